@@ -1,0 +1,241 @@
+"""The canonical Exchange record and the versioned run-directory files (run.json, metrics.json)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from harness.errors import RunDirError, UnknownVersionError
+
+RUN_VERSION = 1
+METRICS_VERSION = 1
+
+Source = Literal["truth", "workload", "kprobe", "uprobe"]
+Side = Literal["client", "server", "wire"]
+
+PROTOCOLS = ("http/1.0", "http/1.1", "h2c-grpc", "h2c")
+
+# Run-directory layout, relative to the run directory.
+RUN_JSON = "run.json"
+METRICS_JSON = "metrics.json"
+CAPTURE = "capture.pcapng"
+WORKLOAD = "workload.jsonl"
+EVENTS_DIR = "events"
+EXCHANGES_DIR = "exchanges"
+
+
+@dataclass(frozen=True, slots=True)
+class Degradation:
+    """One field a source could not determine (or got wrong), and why."""
+
+    field: str
+    reason: str  # e.g. hpack_unknown_index, no_peer_address, truncated_payload
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One HTTP request/response pair or one gRPC call, as one source saw it."""
+
+    source: Source
+    side: Side
+    protocol: str
+    run_id: str = ""
+    scenario: str = ""
+    client_ip: str | None = None
+    client_port: int | None = None
+    server_ip: str | None = None
+    server_port: int | None = None
+    conn_seq: int | None = None  # position on the connection (HTTP/1), 0-based
+    stream_id: int | None = None  # HTTP/2 stream id
+    method: str | None = None
+    path: str | None = None
+    authority: str | None = None
+    status: int | None = None
+    grpc_status: int | None = None
+    grpc_message: str | None = None
+    req_headers: dict[str, str] = field(default_factory=dict)
+    resp_headers: dict[str, str] = field(default_factory=dict)
+    trailers: dict[str, str] = field(default_factory=dict)
+    req_bytes: int | None = None
+    resp_bytes: int | None = None
+    req_messages: int | None = None
+    resp_messages: int | None = None
+    t_start_ns: int | None = None
+    t_end_ns: int | None = None
+    pid: int | None = None  # observing process, for collector sources
+    conn_id: str | None = None  # source-local connection key, for diagnostics
+    degraded: list[Degradation] = field(default_factory=list)
+
+    def degrade(self, field_name: str, reason: str) -> None:
+        if not any(d.field == field_name for d in self.degraded):
+            self.degraded.append(Degradation(field_name, reason))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["degraded"] = [[x.field, x.reason] for x in self.degraded]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Exchange:
+        d = dict(d)
+        d["degraded"] = [Degradation(f, r) for f, r in d.get("degraded") or []]
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def write_exchanges_jsonl(path: Path, exchanges: Iterable[Exchange]) -> int:
+    n = 0
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w") as f:
+        for x in exchanges:
+            f.write(json.dumps(x.to_dict(), sort_keys=True) + "\n")
+            n += 1
+    os.replace(tmp, path)
+    return n
+
+
+def read_exchanges_jsonl(path: Path) -> Iterator[Exchange]:
+    with path.open() as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield Exchange.from_dict(json.loads(line))
+            except (json.JSONDecodeError, TypeError) as e:
+                raise RunDirError(f"{path}:{lineno}: not an exchange record: {e}") from e
+
+
+# -- versioned JSON files ------------------------------------------------------
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write through a temporary file so a crash never leaves half a JSON file behind."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def load_versioned(path: Path, supported: int) -> dict[str, Any]:
+    try:
+        obj = json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise RunDirError(f"{path} does not exist") from e
+    except json.JSONDecodeError as e:
+        raise RunDirError(f"{path} is not valid JSON ({e})") from e
+    if not isinstance(obj, dict) or "version" not in obj:
+        raise RunDirError(f"{path} has no 'version' field: not a probebench file")
+    if obj["version"] != supported:
+        raise UnknownVersionError(
+            f"{path} has version {obj['version']!r}; this probebench reads version {supported}"
+        )
+    return obj
+
+
+def _cmd_output(args: list[str], cwd: Path | None = None) -> str | None:
+    try:
+        out = subprocess.run(args, capture_output=True, text=True, timeout=10, cwd=cwd, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _first_line(text: str | None) -> str | None:
+    return text.splitlines()[0] if text else None
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+def machine_info() -> dict[str, Any]:
+    """Machine, tool and source versions, recorded with every run like pyperf's metadata."""
+    root = repo_root()
+    cpu_model = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import bcc  # noqa: PLC0415  (optional: replay machines need no bcc)
+
+        bcc_version = getattr(bcc, "__version__", None)
+    except ImportError:
+        bcc_version = None
+    grpc_go = None
+    gomod = root / "scenarios" / "go" / "go.mod"
+    if gomod.exists():
+        for line in gomod.read_text().splitlines():
+            if "google.golang.org/grpc " in line:
+                grpc_go = line.split()[-1]
+    dirty = _cmd_output(["git", "status", "--porcelain"], cwd=root)
+    return {
+        "hostname": platform.node(),
+        "kernel": platform.release(),
+        "arch": platform.machine(),
+        "cpu_model": cpu_model,
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "bcc": bcc_version,
+        "tshark": _first_line(_cmd_output(["tshark", "--version"])),
+        "go": _cmd_output(["go", "env", "GOVERSION"]),
+        "grpc_go": grpc_go,
+        "git_commit": _cmd_output(["git", "rev-parse", "HEAD"], cwd=root),
+        "git_dirty": bool(dirty),
+    }
+
+
+@dataclass(slots=True)
+class RunManifest:
+    """run.json: what was recorded, how, on what machine, and how it ended."""
+
+    run_id: str
+    scenario: str
+    params: dict[str, Any]
+    started_utc: str
+    machine: dict[str, Any]
+    finished_utc: str | None = None
+    status: Literal["recording", "complete", "failed", "interrupted"] = "recording"
+    error: str | None = None
+    attach_ns: int | None = None  # CLOCK_MONOTONIC when collectors started recording
+    ports: list[int] = field(default_factory=list)
+    processes: list[dict[str, Any]] = field(default_factory=list)  # pid, role, lang, binary
+    collectors: dict[str, dict[str, Any]] = field(default_factory=dict)  # stats per collector
+    capture: dict[str, Any] = field(default_factory=dict)  # dumpcap stats, drops
+    clock: str = "CLOCK_MONOTONIC"
+    version: int = RUN_VERSION
+
+    def save(self, run_dir: Path) -> None:
+        write_json_atomic(run_dir / RUN_JSON, dataclasses.asdict(self))
+
+    @classmethod
+    def load(cls, run_dir: Path) -> RunManifest:
+        obj = load_versioned(run_dir / RUN_JSON, RUN_VERSION)
+        names = {f.name for f in dataclasses.fields(cls)}
+        try:
+            return cls(**{k: v for k, v in obj.items() if k in names})
+        except TypeError as e:
+            raise RunDirError(f"{run_dir / RUN_JSON} is missing fields: {e}") from e
+
+
+def save_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
+    metrics = {"version": METRICS_VERSION, **metrics}
+    write_json_atomic(run_dir / METRICS_JSON, metrics)
+
+
+def load_metrics(run_dir: Path) -> dict[str, Any]:
+    return load_versioned(run_dir / METRICS_JSON, METRICS_VERSION)
