@@ -1,0 +1,396 @@
+"""Ground-truth exchanges from a pcap, decoded by Wireshark's http, http2 and grpc dissectors.
+
+Two tshark passes at most:
+
+1. a ``-T fields`` scan of every frame: frame times, TCP 4-tuples, expert
+   warnings, and the HTTP/1 messages (fast, single pass: responses point back to
+   their request through ``http.request_in``);
+2. only when h2c ports are given, a ``-T json`` pass over HTTP/2 frames, because
+   ``-T fields`` flattens a packet's frames into one list per field and so loses
+   which header or gRPC message belongs to which HTTP/2 stream.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+from harness.errors import CaptureError
+from harness.groundtruth.tshark import AGG, SEP, decode_as, run_tshark, unescape
+from harness.model import Exchange
+
+WARN_SEVERITY = 0x600000  # expert info: warning and error; chat and note are routine
+NO_BODY_STATUS = frozenset({204, 304})
+
+# The scan pass's columns, in order.
+_FIELDS = (
+    "frame.number", "frame.time_epoch", "tcp.stream",
+    "ip.src", "ipv6.src", "tcp.srcport", "ip.dst", "ipv6.dst", "tcp.dstport",
+    "tcp.segment",
+    "http.request.method", "http.request.uri", "http.request.version",
+    "http.response.code", "http.request_in",
+    "http.content_length", "http.chunk_size", "http.transfer_encoding",
+    "http.request.line", "http.response.line",
+    "_ws.expert.severity", "_ws.expert.message",
+)
+(_NUM, _TIME, _STREAM, _SRC4, _SRC6, _SPORT, _DST4, _DST6, _DPORT, _SEGS, _METHOD, _URI,
+ _VERSION, _CODE, _REQ_IN, _CLEN, _CHUNKS, _TE, _REQ_LINES, _RESP_LINES, _SEV, _MSG) = range(
+    len(_FIELDS))
+
+
+@dataclass(slots=True)
+class TruthStats:
+    """What the decode saw and what it could not make sense of; stored beside the exchanges."""
+
+    packets: int = 0
+    tcp_streams: int = 0
+    exchanges: int = 0
+    unpaired_requests: int = 0  # requests or calls without a response
+    unpaired_responses: int = 0  # responses whose request was not captured
+    truncated: bool = False  # the file ended in the middle of a packet
+    warnings: dict[str, int] = field(default_factory=dict)  # message -> count
+
+    def warn(self, message: str, n: int = 1) -> None:
+        self.warnings[message] = self.warnings.get(message, 0) + n
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class _Frame:
+    t_ns: int
+    stream: int | None
+    src: str | None
+    sport: int | None
+    dst: str | None
+    dport: int | None
+
+
+def epoch_to_ns(text: str) -> int:
+    """``frame.time_epoch`` ("1672043401.014584000") to integer ns, without float rounding."""
+    sec, _, frac = text.partition(".")
+    return int(sec) * 1_000_000_000 + int((frac + "000000000")[:9])
+
+
+def _int(text: str) -> int | None:
+    return int(text) if text else None
+
+
+def _first(text: str) -> str:
+    return text.split(AGG, 1)[0]
+
+
+def _headers(lines: str) -> dict[str, str]:
+    """HTTP/1 header lines ("Name: value\\r\\n", AGG-joined) to a dict with lower-case names."""
+    out: dict[str, str] = {}
+    for raw in lines.split(AGG) if lines else ():
+        line = unescape(raw).rstrip("\r\n")
+        name, sep, value = line.partition(":")
+        if not sep:
+            continue
+        key = name.strip().lower()
+        value = value.strip()
+        out[key] = f"{out[key]}, {value}" if key in out else value
+    return out
+
+
+def _body_size(row: list[str], *, head_or_no_body: bool) -> int | None:
+    """De-chunked body size from the dissector's framing fields."""
+    if head_or_no_body:
+        return 0
+    if row[_CHUNKS]:
+        return sum(int(c) for c in row[_CHUNKS].split(AGG))
+    if row[_CLEN]:
+        return int(row[_CLEN])
+    if "chunked" in row[_TE].lower():
+        return 0
+    return None
+
+
+def _scan(
+    pcap: Path, http1_ports: list[int], h2c_ports: list[int], mono_offset_ns: int,
+    stats: TruthStats,
+) -> tuple[dict[int, _Frame], list[Exchange]]:
+    args = [*decode_as(http1_ports, h2c_ports), "-T", "fields", "-E", "occurrence=a",
+            "-E", f"aggregator={AGG}", "-E", f"separator={SEP}"]
+    for f in _FIELDS:
+        args += ["-e", f]
+    out = run_tshark(pcap, args)
+    if out.truncated:
+        stats.truncated = True
+        stats.warn("capture file cut short in the middle of a packet")
+    frames: dict[int, _Frame] = {}
+    streams: set[int] = set()
+    requests: dict[int, list[Exchange]] = {}  # request frame -> its requests (several if pipelined)
+    req_order: list[Exchange] = []
+    answered: dict[int, int] = {}  # request frame -> responses seen
+    conn_seq: Counter[int] = Counter()
+    warnings: Counter[str] = Counter()
+    http1 = set(http1_ports)
+    for line in out.stdout.split("\n"):  # not splitlines(): it splits on \x1e too
+        if not line:
+            continue
+        row = line.split(SEP)
+        if len(row) != len(_FIELDS):
+            warnings["tshark output row with an unexpected number of fields"] += 1
+            continue
+        num = int(row[_NUM])
+        stream = _int(_first(row[_STREAM]))
+        fr = _Frame(
+            epoch_to_ns(row[_TIME]) - mono_offset_ns, stream,
+            _first(row[_SRC4]) or _first(row[_SRC6]) or None, _int(_first(row[_SPORT])),
+            _first(row[_DST4]) or _first(row[_DST6]) or None, _int(_first(row[_DPORT])),
+        )
+        frames[num] = fr
+        if stream is not None:
+            streams.add(stream)
+        if row[_SEV]:
+            for sev, msg in zip(row[_SEV].split(AGG), row[_MSG].split(AGG), strict=False):
+                if int(sev) >= WARN_SEVERITY:
+                    warnings[unescape(msg)] += 1
+        if row[_METHOD] and fr.dport in http1:
+            methods = row[_METHOD].split(AGG)
+            uris = row[_URI].split(AGG)
+            versions = row[_VERSION].split(AGG)
+            single = len(methods) == 1
+            if not single:
+                warnings["several HTTP/1 requests in one frame (pipelined): sizes not split"] += 1
+            first_seg = min((int(s) for s in row[_SEGS].split(AGG)), default=num) \
+                if row[_SEGS] else num
+            for i, method in enumerate(methods):
+                version = versions[i] if i < len(versions) else ""
+                x = Exchange(
+                    source="truth", side="wire",
+                    protocol=version.lower() if version.upper() in ("HTTP/1.0", "HTTP/1.1")
+                    else "http/1.1",
+                    client_ip=fr.src, client_port=fr.sport, server_ip=fr.dst,
+                    server_port=fr.dport, conn_seq=conn_seq[stream or -1], method=method,
+                    path=unescape(uris[i]) if i < len(uris) else None,
+                    t_start_ns=frames[first_seg].t_ns if first_seg in frames else fr.t_ns,
+                    conn_id=f"tcp.stream={stream}",
+                )
+                conn_seq[stream or -1] += 1
+                if single:
+                    x.req_headers = _headers(row[_REQ_LINES])
+                    x.authority = x.req_headers.get("host")
+                    x.req_bytes = _body_size(row, head_or_no_body=False) or 0
+                requests.setdefault(num, []).append(x)
+                req_order.append(x)
+        elif row[_CODE] and fr.sport in http1:
+            codes = row[_CODE].split(AGG)
+            req_ins = row[_REQ_IN].split(AGG) if row[_REQ_IN] else []
+            if len(codes) > 1:
+                warnings["several HTTP/1 responses in one frame (pipelined): sizes not split"] += 1
+            for i, code in enumerate(codes):
+                req_frame = int(req_ins[i]) if i < len(req_ins) and req_ins[i] else None
+                pending = requests.get(req_frame, []) if req_frame is not None else []
+                k = answered.get(req_frame, 0) if req_frame is not None else 0
+                if req_frame is None or k >= len(pending):
+                    stats.unpaired_responses += 1
+                    continue
+                answered[req_frame] = k + 1
+                x = pending[k]
+                x.status = int(code)
+                x.t_end_ns = fr.t_ns
+                if len(codes) == 1:
+                    x.resp_headers = _headers(row[_RESP_LINES])
+                    x.resp_bytes = _body_size(
+                        row, head_or_no_body=x.method == "HEAD" or x.status in NO_BODY_STATUS
+                        or 100 <= x.status < 200,
+                    )
+                    if x.resp_bytes is None:
+                        warnings["HTTP/1 response without Content-Length or chunking: "
+                                 "body size unknown"] += 1
+    stats.packets += len(frames)
+    stats.tcp_streams = len(streams)
+    stats.unpaired_requests += sum(1 for x in req_order if x.status is None)
+    for msg, n in warnings.items():
+        stats.warn(msg, n)
+    return frames, req_order
+
+
+# -- HTTP/2 --------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Call:
+    """One HTTP/2 stream while its frames are being collected."""
+
+    x: Exchange
+    req_header_blocks: int = 0
+    resp_header_blocks: int = 0
+    data_bytes: list[int] = field(default_factory=lambda: [0, 0])  # client->server, server->client
+    grpc_bytes: list[int] = field(default_factory=lambda: [0, 0])
+    grpc_msgs: list[int] = field(default_factory=lambda: [0, 0])
+    ended: list[bool] = field(default_factory=lambda: [False, False])
+
+
+def _pairs_get(pairs: list[tuple[str, Any]], key: str) -> Any:
+    for k, v in pairs:
+        if k == key:
+            return v
+    return None
+
+
+def _h2_headers(stream: list[tuple[str, Any]]) -> list[tuple[str, str]]:
+    out = []
+    for k, v in stream:
+        if k == "http2.header" and isinstance(v, list):
+            name = _pairs_get(v, "http2.header.name")
+            if name is not None:
+                out.append((name, _pairs_get(v, "http2.header.value") or ""))
+    return out
+
+
+def _h2_streams(layer: Any) -> list[list[tuple[str, Any]]]:
+    return [v for k, v in layer if k == "http2.stream" and isinstance(v, list)] \
+        if isinstance(layer, list) else []
+
+
+def _apply_headers(call: _Call, to_server: bool, hdrs: list[tuple[str, str]]) -> None:
+    x = call.x
+    regular = {n: v for n, v in hdrs if not n.startswith(":")}
+    pseudo = {n: v for n, v in hdrs if n.startswith(":")}
+    if to_server:
+        if call.req_header_blocks == 0:
+            x.method = pseudo.get(":method")
+            x.path = pseudo.get(":path")
+            x.authority = pseudo.get(":authority")
+            x.req_headers = regular
+            if regular.get("content-type", "").startswith("application/grpc"):
+                x.protocol = "h2c-grpc"
+        else:
+            x.trailers.update(regular)  # request trailers are rare; kept with the rest
+        call.req_header_blocks += 1
+        return
+    if call.resp_header_blocks == 0 and ":status" in pseudo:
+        x.status = int(pseudo[":status"])
+        x.resp_headers = regular
+        if "grpc-status" in regular:  # trailers-only response
+            x.trailers = {k: v for k, v in regular.items() if k.startswith("grpc-")}
+    else:
+        x.trailers.update(regular)
+    call.resp_header_blocks += 1
+    status = x.trailers.get("grpc-status")
+    if status is not None and status.isdigit():
+        x.grpc_status = int(status)
+    if "grpc-message" in x.trailers:
+        x.grpc_message = unquote(x.trailers["grpc-message"])
+
+
+def _h2(
+    pcap: Path, h2c_ports: list[int], frames: dict[int, _Frame], stats: TruthStats,
+    http1_ports: list[int],
+) -> list[Exchange]:
+    args = [*decode_as(http1_ports, h2c_ports), "-Y", "http2", "-T", "json",
+            "-J", "frame http2 grpc"]
+    out = run_tshark(pcap, args)
+    try:
+        packets = json.loads(out.stdout or "[]", object_pairs_hook=list)
+    except json.JSONDecodeError as e:
+        raise CaptureError(f"tshark's JSON for {pcap} does not parse: {e}") from e
+    servers = set(h2c_ports)
+    calls: dict[tuple[int, int], _Call] = {}
+    order: list[_Call] = []
+    for pkt in packets:
+        layers = _pairs_get(_pairs_get(pkt, "_source") or [], "layers") or []
+        frame_layer = _pairs_get(layers, "frame") or []
+        num = int(_pairs_get(frame_layer, "frame.number") or 0)
+        fr = frames.get(num)
+        if fr is None or fr.stream is None:
+            stats.warn("HTTP/2 frame missing from the scan pass")
+            continue
+        to_server = fr.dport in servers
+        d = 0 if to_server else 1
+        last: _Call | None = None
+        for name, layer in layers:
+            if name == "grpc" and isinstance(layer, list):
+                if last is None:
+                    stats.warn("gRPC message not attributable to an HTTP/2 stream")
+                    continue
+                length = _pairs_get(layer, "grpc.message_length")
+                last.grpc_msgs[d] += 1
+                last.grpc_bytes[d] += int(length or 0)
+                continue
+            if name != "http2":
+                continue
+            for st in _h2_streams(layer):
+                ftype = _int(_pairs_get(st, "http2.type") or "")
+                sid = _int(_pairs_get(st, "http2.streamid") or "")
+                if not sid or ftype not in (0, 1, 3, 9):  # DATA, HEADERS, RST_STREAM, CONTINUATION
+                    continue
+                key = (fr.stream, sid)
+                call = calls.get(key)
+                if call is None:
+                    if not to_server:
+                        stats.unpaired_responses += 1
+                        calls[key] = call = _Call(Exchange(source="truth", side="wire",
+                                                           protocol="h2c"))
+                        call.x.conn_id = "orphan"
+                    else:
+                        x = Exchange(
+                            source="truth", side="wire", protocol="h2c",
+                            client_ip=fr.src, client_port=fr.sport, server_ip=fr.dst,
+                            server_port=fr.dport, stream_id=sid, t_start_ns=fr.t_ns,
+                            conn_id=f"tcp.stream={fr.stream}",
+                        )
+                        calls[key] = call = _Call(x)
+                        order.append(call)
+                last = call
+                flags = _pairs_get(st, "http2.flags_tree") or []
+                if _pairs_get(flags, "http2.flags.end_stream") == "1":
+                    call.ended[d] = True
+                if ftype in (1, 9):
+                    hdrs = _h2_headers(st)
+                    if hdrs:
+                        _apply_headers(call, to_server, hdrs)
+                elif ftype == 0:
+                    length = int(_pairs_get(st, "http2.length") or 0)
+                    pad = _pairs_get(st, "http2.pad_length")
+                    padded = _pairs_get(flags, "http2.flags.padded") == "1"
+                    call.data_bytes[d] += length - ((int(pad or 0) + 1) if padded else 0)
+                if (not to_server and call.x.conn_id != "orphan") or ftype == 3:
+                    call.x.t_end_ns = fr.t_ns  # last server frame, or a reset from either side
+    result = []
+    for call in order:
+        x = call.x
+        if x.protocol == "h2c-grpc":
+            x.req_messages, x.resp_messages = call.grpc_msgs
+            x.req_bytes, x.resp_bytes = call.grpc_bytes
+            for d, label in ((0, "request"), (1, "response")):
+                if call.data_bytes[d] != call.grpc_bytes[d] + 5 * call.grpc_msgs[d]:
+                    stats.warn(f"gRPC {label} messages do not add up to the DATA bytes")
+        else:
+            x.req_bytes, x.resp_bytes = call.data_bytes
+        if x.status is None:
+            stats.unpaired_requests += 1
+        result.append(x)
+    return result
+
+
+def extract_exchanges(
+    pcap: Path,
+    *,
+    http1_ports: list[int],
+    h2c_ports: list[int],
+    mono_offset_ns: int = 0,
+) -> tuple[list[Exchange], TruthStats]:
+    """Every HTTP/1 exchange and HTTP/2 call on the given server ports, with decode statistics.
+
+    Times are CLOCK_MONOTONIC when ``mono_offset_ns`` is CLOCK_REALTIME - CLOCK_MONOTONIC
+    at capture time (the pcap holds wall-clock times). Exchanges are ordered by protocol,
+    then by request time. Raises CaptureError when tshark cannot read the file at all.
+    """
+    stats = TruthStats()
+    frames, exchanges = _scan(Path(pcap), http1_ports, h2c_ports, mono_offset_ns, stats)
+    if not frames and stats.truncated:
+        raise CaptureError(f"{pcap} is cut short before its first packet")
+    if h2c_ports:
+        exchanges.extend(_h2(Path(pcap), h2c_ports, frames, stats, http1_ports))
+    stats.exchanges = len(exchanges)
+    return exchanges, stats
