@@ -1,0 +1,750 @@
+"""Incremental HTTP/1.x message parser for one direction of one connection (sans-I/O).
+
+Bytes arrive as :class:`~harness.protocols.common.Segment` s (one per data syscall);
+past-tense events come out. The parser never raises on bytes: malformed input,
+capture-limit truncation and late attach are counted in :class:`Http1ParseStats`
+and answered by resynchronising on the next plausible start line.
+"""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_right
+from collections import deque
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Literal
+
+from harness.errors import ProtocolError
+from harness.protocols.common import ParseState, Segment
+
+Kind = Literal["request", "response"]
+Headers = list[tuple[str, str]]
+
+METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE")
+
+# Limits that bound buffering whatever the bytes are.
+MAX_HEADER_BLOCK = 64 * 1024  # start line + header fields; larger is invalid
+MAX_START_LINE = 16 * 1024
+MAX_CHUNK_LINE = 4 * 1024  # chunk-size line with extensions
+_MAX_HEX_DIGITS = 16
+
+# Reason codes carried by MessageLost; they double as Exchange degradation reasons.
+TRUNCATED_PAYLOAD = "truncated_payload"  # the capture limit cut bytes the framing needed
+STREAM_ENDED = "stream_ended"  # end() came in the middle of a message
+INVALID_FRAMING = "invalid_framing"  # a chunk-size line or trailer block made no sense
+
+_REQUEST_LINE = re.compile(
+    rb"(" + b"|".join(m.encode() for m in METHODS) + rb") "
+    rb"([\x21-\x7e\x80-\xff]{1,%d}) HTTP/1\.([01])\r?\n" % MAX_START_LINE
+)
+_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([^\r\n]{0,%d}))?\r?\n" % MAX_START_LINE)
+_HEADER_END = re.compile(rb"\n\r?\n")
+_LINE_SPLIT = re.compile(rb"\r?\n")
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,%d}" % _MAX_HEX_DIGITS)
+_DIGITS = re.compile(r"[0-9]{1,18}")
+
+
+class Http1UsageError(ProtocolError):
+    """The parser was driven wrongly (fed after end(), asked a request parser about responses)."""
+
+
+# -- events --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHeadersParsed:
+    """A request line and its header block were parsed; ``ts_ns`` is the start line's first byte."""
+
+    method: str
+    target: str
+    version: str  # "HTTP/1.0" or "HTTP/1.1"
+    headers: Headers
+    ts_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseHeadersParsed:
+    """A final (non-1xx, or 101) status line and header block were parsed.
+
+    ``matched`` says whether a request queued with ``expect_response_to`` was
+    consumed for it (``request_method`` is that request's method, None when it
+    was unknown); ``unanswered`` queued requests before it were dropped as
+    having lost their responses.
+    """
+
+    status: int
+    reason: str
+    version: str
+    headers: Headers
+    ts_ns: int
+    request_method: str | None = None
+    matched: bool = False
+    unanswered: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class InformationalResponseParsed:
+    """A 1xx interim response (100 Continue, 103 Early Hints) was parsed; the real one follows."""
+
+    status: int
+    reason: str
+    version: str
+    headers: Headers
+    ts_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class BodyDataReceived:
+    """Seen body bytes, de-chunked; only emitted when the parser was made with emit_body=True."""
+
+    data: bytes
+    ts_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class MessageCompleted:
+    """The message ended where its framing said it would.
+
+    ``body_bytes`` is the de-chunked body size including ``truncated_bytes``
+    that the capture limit hid but whose count the framing made certain.
+    """
+
+    body_bytes: int
+    truncated_bytes: int
+    ts_ns: int
+    trailers: Headers = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class MessageLost:
+    """A message that certainly existed could not be followed to its end.
+
+    ``headers_seen`` False means its start line/header block was never parsed
+    (no HeadersParsed event came for it). For a response parser, ``matched`` /
+    ``request_method`` / ``unanswered`` pair it with the queued requests exactly
+    as ResponseHeadersParsed would.
+    """
+
+    reason: str  # TRUNCATED_PAYLOAD, STREAM_ENDED or INVALID_FRAMING
+    headers_seen: bool
+    body_bytes: int  # body bytes known so far (a lower bound)
+    ts_ns: int
+    request_method: str | None = None
+    matched: bool = False
+    unanswered: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Resynchronised:
+    """Parsing resumed at a plausible start line after ``skipped_bytes`` that could not be used."""
+
+    skipped_bytes: int
+    ts_ns: int
+    reason: str  # "mid_stream_start", "after_loss" or "garbage"
+
+
+Event = (
+    RequestHeadersParsed
+    | ResponseHeadersParsed
+    | InformationalResponseParsed
+    | BodyDataReceived
+    | MessageCompleted
+    | MessageLost
+    | Resynchronised
+)
+
+
+@dataclass(slots=True)
+class Http1ParseStats:
+    """What one direction's parser saw, lost and skipped; nothing is only logged."""
+
+    segments: int = 0
+    bytes: int = 0  # bytes the syscalls moved (sum of orig_len)
+    captured_bytes: int = 0  # bytes actually present in the segments
+    messages: int = 0  # MessageCompleted
+    informational: int = 0  # 1xx interim responses
+    lost_messages: int = 0  # MessageLost
+    resyncs: int = 0  # Resynchronised
+    skipped_bytes: int = 0  # bytes not attributable to any parsed message
+    truncated_bytes: int = 0  # body bytes hidden by the capture limit, skipped by length
+    invalid: int = 0  # start lines/header blocks/chunk lines that failed to parse
+    tunnel_bytes: int = 0  # bytes after a 101 / CONNECT 2xx, no longer HTTP/1
+
+
+class _State(Enum):
+    SCAN = "scan"  # looking for a start line
+    HEADERS = "headers"  # start line found, waiting for the end of the header block
+    BODY_LENGTH = "body_length"
+    CHUNK_SIZE = "chunk_size"
+    CHUNK_DATA = "chunk_data"
+    CHUNK_DATA_END = "chunk_data_end"  # the CRLF after a chunk's data
+    TRAILERS = "trailers"
+    BODY_CLOSE = "body_close"  # response body delimited by connection close
+    TUNNEL = "tunnel"
+    CLOSED = "closed"
+
+
+class _Invalid(Exception):
+    """Internal: the bytes at the parse position cannot be what the state expects."""
+
+
+@dataclass(slots=True)
+class _Head:
+    """The start line and header block of the message being parsed."""
+
+    first: str  # method, or status code as text
+    second: str  # target, or reason
+    version: str
+    headers: Headers
+    ts_ns: int
+
+
+class Http1Parser:
+    """One direction of an HTTP/1.x connection: ``feed`` Segments, get events.
+
+    ``kind`` says which messages the direction carries. A response parser must
+    be told, in order, the method of each request it will answer
+    (``expect_response_to``) so that HEAD and CONNECT responses are framed
+    right. ``from_start=True`` promises the first byte fed is the first byte of
+    the connection, so a truncated first segment counts as a lost message.
+    ``pipelined=False`` (HTTP/1 clients do not pipeline in practice) pairs a
+    response with the latest queued request that started before it, so a lost
+    response cannot shift every later pairing.
+    """
+
+    def __init__(
+        self,
+        kind: Kind,
+        *,
+        from_start: bool = False,
+        pipelined: bool = False,
+        emit_body: bool = False,
+    ) -> None:
+        if kind not in ("request", "response"):
+            raise Http1UsageError(f"kind must be 'request' or 'response', not {kind!r}")
+        self.kind: Kind = kind
+        self.stats = Http1ParseStats()
+        self._pipelined = pipelined
+        self._emit_body = emit_body
+        self._state = _State.SCAN
+        # In sync: the next byte should start a message (so garbage is invalid,
+        # and a truncated start is a lost message rather than an unknown gap).
+        self._synced = from_start
+        self._lost_since_pair = False
+        self._resync_reason = "mid_stream_start"  # why bytes are being skipped, for the event
+        self._buf = bytearray()
+        self._pos = 0
+        self._base = 0  # stream offset (captured bytes) of _buf[0]
+        self._seg_starts: list[int] = []  # stream offsets of buffered segments
+        self._seg_ts: list[int] = []
+        self._last_ts = 0
+        self._skip_pending = 0  # bytes skipped since the last start line
+        self._expected: deque[tuple[str | None, int]] = deque()
+        # Message under construction.
+        self._head: _Head | None = None
+        self._line_end = 0  # relative to _pos: end of the start line
+        self._hdr_search = 0  # relative to _pos: where to resume looking for the blank line
+        self._remaining = 0
+        self._body = 0
+        self._truncated = 0
+        self._events: list[Event] = []
+
+    # -- public API -------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        """The internal state's name, for diagnostics and tests."""
+        return self._state.value
+
+    def expect_response_to(self, method: str | None, ts_ns: int = 0) -> None:
+        """Queue the method (None if unknown) of a request whose response this parser will see."""
+        if self.kind != "response":
+            raise Http1UsageError("expect_response_to() is for response parsers")
+        self._expected.append((method, ts_ns))
+
+    def feed(self, seg: Segment) -> list[Event]:
+        """Parse one segment; returns the events it completed."""
+        if self._state is _State.CLOSED:
+            raise Http1UsageError("feed() after end()")
+        self._events = []
+        self.stats.segments += 1
+        self.stats.bytes += max(seg.orig_len, len(seg.data))
+        self.stats.captured_bytes += len(seg.data)
+        self._last_ts = seg.ts_ns
+        if seg.data:
+            self._seg_starts.append(self._base + len(self._buf))
+            self._seg_ts.append(seg.ts_ns)
+            self._buf += seg.data
+            self._run(seg.ts_ns)
+        if seg.truncated > 0:
+            self._gap(seg.truncated, seg.ts_ns)
+        self._compact()
+        return self._events
+
+    def end(self, ts_ns: int | None = None) -> list[Event]:
+        """The connection closed (or observation stopped): finish or account for what is open."""
+        if self._state is _State.CLOSED:
+            return []
+        self._events = []
+        ts = self._last_ts if ts_ns is None else ts_ns
+        st = self._state
+        if st is _State.BODY_CLOSE:
+            self._complete(self._last_ts)
+        elif st is _State.SCAN:
+            leftover = self._buf[self._pos :]
+            if not self._synced or leftover.strip(b"\r\n"):
+                self._skip_pending += len(leftover)
+        elif st is _State.HEADERS:
+            self._lose(STREAM_ENDED, headers_seen=False, ts_ns=ts)
+            self._skip_pending += len(self._buf) - self._pos
+        elif st is not _State.TUNNEL:
+            self._lose(STREAM_ENDED, headers_seen=True, ts_ns=ts)
+        self.stats.skipped_bytes += self._skip_pending
+        self._skip_pending = 0
+        self._buf.clear()
+        self._pos = 0
+        self._state = _State.CLOSED
+        return self._events
+
+    # -- driving loop -----------------------------------------------------------
+
+    def _run(self, ts: int) -> None:
+        while True:
+            try:
+                outcome = self._step(ts)
+            except _Invalid:
+                outcome = ParseState.INVALID
+            if outcome is ParseState.NEEDS_MORE_DATA:
+                return
+            if outcome is ParseState.INVALID:
+                self._invalid()
+
+    def _step(self, ts: int) -> ParseState:
+        st = self._state
+        if st is _State.SCAN:
+            return self._scan()
+        if st is _State.HEADERS:
+            return self._headers(ts)
+        if st is _State.BODY_LENGTH or st is _State.CHUNK_DATA:
+            return self._body_data(ts)
+        if st is _State.CHUNK_SIZE:
+            return self._chunk_size(ts)
+        if st is _State.CHUNK_DATA_END:
+            return self._chunk_data_end()
+        if st is _State.TRAILERS:
+            return self._trailers(ts)
+        if st is _State.BODY_CLOSE:
+            return self._body_close(ts)
+        # TUNNEL: the bytes are another protocol now.
+        n = len(self._buf) - self._pos
+        self.stats.tunnel_bytes += n
+        self._pos += n
+        return ParseState.NEEDS_MORE_DATA
+
+    # -- start line and header block -----------------------------------------------
+
+    def _scan(self) -> ParseState:
+        buf, pos = self._buf, self._pos
+        if self._synced:
+            # Empty lines between messages are tolerated (RFC 9112 section 2.2).
+            while pos < len(buf) and buf[pos] in b"\r\n":
+                pos += 1
+            self._pos = pos
+        if pos >= len(buf):
+            return ParseState.NEEDS_MORE_DATA
+        pattern = _REQUEST_LINE if self.kind == "request" else _STATUS_LINE
+        m = pattern.search(buf, pos)
+        if m is None:
+            # A future start line has no '\n' before its end, so everything up to
+            # the last '\n' (and beyond the longest start line) can go.
+            keep = max(buf.rfind(b"\n", pos) + 1, len(buf) - MAX_START_LINE - 16, pos)
+            if self._synced and keep > pos:
+                self._mark_garbage()
+            self._skip_pending += keep - pos
+            self._pos = keep
+            return ParseState.NEEDS_MORE_DATA
+        if m.start() > pos:
+            if self._synced:
+                self._mark_garbage()
+            self._skip_pending += m.start() - pos
+        msg_ts = self._ts_at(m.start())
+        if self._skip_pending:
+            self.stats.resyncs += 1
+            self.stats.skipped_bytes += self._skip_pending
+            self._events.append(Resynchronised(self._skip_pending, msg_ts, self._resync_reason))
+            self._skip_pending = 0
+        self._resync_reason = "garbage"  # what a later loss of sync will be, unless told
+        self._synced = True
+        g = [x.decode("latin-1") if x is not None else "" for x in m.groups()]
+        if self.kind == "request":
+            self._head = _Head(g[0], g[1], f"HTTP/1.{g[2]}", [], msg_ts)
+        else:
+            self._head = _Head(g[1], g[2], f"HTTP/1.{g[0]}", [], msg_ts)
+        self._pos = m.start()
+        self._line_end = m.end() - m.start()
+        self._hdr_search = self._line_end - 1
+        self._state = _State.HEADERS
+        return ParseState.SUCCESS
+
+    def _mark_garbage(self) -> None:
+        """Bytes where a message should have started were not one: count once per episode."""
+        self.stats.invalid += 1
+        self._synced = False
+
+    def _headers(self, ts: int) -> ParseState:
+        buf, pos = self._buf, self._pos
+        m = _HEADER_END.search(buf, pos + self._hdr_search)
+        if m is None or m.end() - pos > MAX_HEADER_BLOCK:
+            if len(buf) - pos > MAX_HEADER_BLOCK:
+                raise _Invalid("header block too large")
+            self._hdr_search = max(self._line_end - 1, len(buf) - pos - 2)
+            return ParseState.NEEDS_MORE_DATA
+        head = self._head
+        assert head is not None
+        head.headers = _parse_fields(bytes(buf[pos + self._line_end : m.start() + 1]))
+        end = m.end()
+        if self.kind == "request":
+            self._begin_request_body(head, end, ts)
+        else:
+            self._begin_response_body(head, end, ts)
+        return ParseState.SUCCESS
+
+    def _begin_request_body(self, head: _Head, end: int, ts: int) -> None:
+        chunked, length = _framing(head.headers)
+        if chunked is None:
+            raise _Invalid("unsupported transfer-coding on a request")
+        self._pos = end
+        self._events.append(
+            RequestHeadersParsed(head.first, head.second, head.version, head.headers, head.ts_ns)
+        )
+        self._start_body(chunked, length, close_delimited=False, ts=ts)
+
+    def _begin_response_body(self, head: _Head, end: int, ts: int) -> None:
+        if not head.first.isdigit():
+            raise _Invalid("status code")
+        status = int(head.first)
+        chunked, length = _framing(head.headers)
+        self._pos = end
+        if 100 <= status < 200 and status != 101:
+            self.stats.informational += 1
+            self._events.append(
+                InformationalResponseParsed(
+                    status, head.second, head.version, head.headers, head.ts_ns
+                )
+            )
+            self._state = _State.SCAN
+            return
+        method, matched, unanswered = self._pair(head.ts_ns)
+        self._events.append(
+            ResponseHeadersParsed(
+                status,
+                head.second,
+                head.version,
+                head.headers,
+                head.ts_ns,
+                request_method=method,
+                matched=matched,
+                unanswered=unanswered,
+            )
+        )
+        if status == 101 or (method == "CONNECT" and 200 <= status < 300):
+            self._reset_body()
+            self._complete(ts)
+            self._state = _State.TUNNEL
+            return
+        if method == "HEAD" or status in (204, 304):
+            self._start_body(False, 0, close_delimited=False, ts=ts)
+        elif chunked is None:  # a transfer-coding other than chunked: ends at close
+            self._start_body(False, None, close_delimited=True, ts=ts)
+        else:
+            self._start_body(chunked, length, close_delimited=length is None, ts=ts)
+
+    def _start_body(
+        self, chunked: bool, length: int | None, *, close_delimited: bool, ts: int
+    ) -> None:
+        self._reset_body()
+        if chunked:
+            self._state = _State.CHUNK_SIZE
+        elif close_delimited:
+            self._state = _State.BODY_CLOSE
+        elif length:
+            self._remaining = length
+            self._state = _State.BODY_LENGTH
+        else:
+            self._complete(ts)
+
+    def _reset_body(self) -> None:
+        self._remaining = 0
+        self._body = 0
+        self._truncated = 0
+
+    def _pair(self, ts: int) -> tuple[str | None, bool, int]:
+        """Consume the queued request this response (or lost response) answers."""
+        q = self._expected
+        lost, self._lost_since_pair = self._lost_since_pair, False
+        if not q:
+            return None, False, 0
+        if self._pipelined and not lost:
+            return q.popleft()[0], True, 0
+        # The latest request that started before this response; older ones lost theirs.
+        k = 0
+        while k < len(q) and q[k][1] <= ts:
+            k += 1
+        if k == 0:
+            return None, False, 0
+        for _ in range(k - 1):
+            q.popleft()
+        return q.popleft()[0], True, k - 1
+
+    # -- bodies -----------------------------------------------------------------
+
+    def _body_data(self, ts: int) -> ParseState:
+        avail = len(self._buf) - self._pos
+        if avail == 0:
+            return ParseState.NEEDS_MORE_DATA
+        n = min(avail, self._remaining)
+        self._take_body(n, ts)
+        self._remaining -= n
+        if self._remaining:
+            return ParseState.NEEDS_MORE_DATA
+        if self._state is _State.CHUNK_DATA:
+            self._state = _State.CHUNK_DATA_END
+        else:
+            self._complete(ts)
+        return ParseState.SUCCESS
+
+    def _body_close(self, ts: int) -> ParseState:
+        self._take_body(len(self._buf) - self._pos, ts)
+        return ParseState.NEEDS_MORE_DATA
+
+    def _take_body(self, n: int, ts: int) -> None:
+        if self._emit_body and n:
+            self._events.append(BodyDataReceived(bytes(self._buf[self._pos : self._pos + n]), ts))
+        self._pos += n
+        self._body += n
+
+    def _chunk_size(self, ts: int) -> ParseState:
+        buf, pos = self._buf, self._pos
+        nl = buf.find(b"\n", pos, pos + MAX_CHUNK_LINE)
+        if nl < 0:
+            if len(buf) - pos >= MAX_CHUNK_LINE:
+                raise _Invalid("chunk-size line too long")
+            return ParseState.NEEDS_MORE_DATA
+        size_text = bytes(buf[pos:nl]).split(b";", 1)[0].strip(b" \t\r")
+        if not _HEX.fullmatch(size_text):
+            raise _Invalid("chunk size")
+        size = int(size_text, 16)
+        self._pos = nl + 1
+        if size == 0:
+            self._state = _State.TRAILERS
+        else:
+            self._remaining = size
+            self._state = _State.CHUNK_DATA
+        return ParseState.SUCCESS
+
+    def _chunk_data_end(self) -> ParseState:
+        buf, pos = self._buf, self._pos
+        if pos >= len(buf):
+            return ParseState.NEEDS_MORE_DATA
+        if buf[pos] == 0x0A:
+            self._pos = pos + 1
+        elif buf[pos] == 0x0D:
+            if pos + 1 >= len(buf):
+                return ParseState.NEEDS_MORE_DATA
+            if buf[pos + 1] != 0x0A:
+                raise _Invalid("chunk data not followed by CRLF")
+            self._pos = pos + 2
+        else:
+            raise _Invalid("chunk data not followed by CRLF")
+        self._state = _State.CHUNK_SIZE
+        return ParseState.SUCCESS
+
+    def _trailers(self, ts: int) -> ParseState:
+        buf, pos = self._buf, self._pos
+        if pos >= len(buf) or (buf[pos] == 0x0D and pos + 1 >= len(buf)):
+            return ParseState.NEEDS_MORE_DATA
+        if buf[pos] == 0x0A or buf[pos : pos + 2] == b"\r\n":  # no trailer fields
+            self._pos = pos + (1 if buf[pos] == 0x0A else 2)
+            self._complete(ts)
+            return ParseState.SUCCESS
+        m = _HEADER_END.search(buf, pos, pos + MAX_HEADER_BLOCK)
+        if m is None:
+            if len(buf) - pos >= MAX_HEADER_BLOCK:
+                raise _Invalid("trailer block too large")
+            return ParseState.NEEDS_MORE_DATA
+        trailers = _parse_fields(bytes(buf[pos : m.start() + 1]))
+        self._pos = m.end()
+        self._complete(ts, trailers)
+        return ParseState.SUCCESS
+
+    # -- outcomes ---------------------------------------------------------------
+
+    def _complete(self, ts: int, trailers: Headers | None = None) -> None:
+        self.stats.messages += 1
+        self._events.append(MessageCompleted(self._body, self._truncated, ts, trailers or []))
+        self._head = None
+        self._reset_body()
+        self._state = _State.SCAN
+        self._synced = True
+
+    def _lose(self, reason: str, *, headers_seen: bool, ts_ns: int) -> None:
+        """A message certainly existed and is given up; the stream is out of sync after it."""
+        self.stats.lost_messages += 1
+        method, matched, unanswered = None, False, 0
+        if not headers_seen and self.kind == "response":
+            method, matched, unanswered = self._pair(ts_ns)
+        self._events.append(
+            MessageLost(reason, headers_seen, self._body, ts_ns, method, matched, unanswered)
+        )
+        self._lost_since_pair = True
+        self._resync_reason = "after_loss"
+        self._head = None
+        self._reset_body()
+        self._state = _State.SCAN
+        self._synced = False
+
+    def _invalid(self) -> None:
+        """The bytes at the parse position broke the framing: count, then resynchronise."""
+        self.stats.invalid += 1
+        st = self._state
+        if st is _State.HEADERS:
+            # A start line whose header block failed is not known to be a message:
+            # skip its first byte and look again.
+            self._head = None
+            self._skip_pending += 1
+            self._pos += 1
+            self._state = _State.SCAN
+            self._synced = False
+            self._lost_since_pair = True
+            return
+        # Chunk framing or trailers broke after the headers were reported.
+        self._lose(INVALID_FRAMING, headers_seen=True, ts_ns=self._last_ts)
+
+    def _gap(self, n: int, ts: int) -> None:
+        """``n`` bytes the syscall moved but the capture limit cut, right after the buffer."""
+        st = self._state
+        if st is _State.BODY_LENGTH or st is _State.CHUNK_DATA:
+            hidden = min(n, self._remaining)
+            self._remaining -= hidden
+            self._body += hidden
+            self._truncated += hidden
+            self.stats.truncated_bytes += hidden
+            n -= hidden
+            if self._remaining == 0:
+                if st is _State.BODY_LENGTH:
+                    self._complete(ts)
+                elif n == 0:
+                    self._state = _State.CHUNK_DATA_END
+                    return
+                else:
+                    # The CRLF and the next size line are unseen: the framing is gone.
+                    self._skip_pending += n
+                    self._lose(TRUNCATED_PAYLOAD, headers_seen=True, ts_ns=ts)
+                    return
+            if n == 0:
+                return
+        elif st is _State.BODY_CLOSE:
+            self._body += n
+            self._truncated += n
+            self.stats.truncated_bytes += n
+            return
+        elif st is _State.TUNNEL:
+            self.stats.tunnel_bytes += n
+            return
+        elif st in (_State.CHUNK_SIZE, _State.CHUNK_DATA_END, _State.TRAILERS):
+            self._skip_pending += n + len(self._buf) - self._pos
+            self._pos = len(self._buf)
+            self._lose(TRUNCATED_PAYLOAD, headers_seen=True, ts_ns=ts)
+            return
+        # SCAN or HEADERS (also reached after a length-delimited body ended in the gap).
+        partial = len(self._buf) - self._pos
+        # In sync, the hidden bytes (or the partial start line) begin a message.
+        began = self._state is _State.HEADERS or self._synced
+        if self._head is not None:
+            start_ts = self._head.ts_ns
+        else:
+            start_ts = self._ts_at(self._pos) if partial else ts
+        self._skip_pending += n + partial
+        self._pos = len(self._buf)
+        if began:
+            self._lose(TRUNCATED_PAYLOAD, headers_seen=False, ts_ns=start_ts)
+        elif self._resync_reason == "garbage":
+            self._resync_reason = "after_loss"
+        self._state = _State.SCAN
+        self._synced = False
+
+    # -- buffer bookkeeping -----------------------------------------------------
+
+    def _ts_at(self, index: int) -> int:
+        """Timestamp of the segment that carried buffer byte ``index``."""
+        i = bisect_right(self._seg_starts, self._base + index) - 1
+        return self._seg_ts[max(i, 0)] if self._seg_ts else self._last_ts
+
+    def _compact(self) -> None:
+        if self._pos:
+            del self._buf[: self._pos]
+            self._base += self._pos
+            self._pos = 0
+        if not self._buf:
+            self._seg_starts.clear()
+            self._seg_ts.clear()
+            return
+        # Forget segments that lie wholly before the buffer.
+        i = bisect_right(self._seg_starts, self._base) - 1
+        if i > 0:
+            del self._seg_starts[:i]
+            del self._seg_ts[:i]
+
+
+# -- header helpers -----------------------------------------------------------------
+
+
+def _parse_fields(block: bytes) -> Headers:
+    """Parse field lines (each ending in a line break) into (name, value) pairs."""
+    out: Headers = []
+    lines = _LINE_SPLIT.split(block)
+    if lines and lines[-1] == b"":
+        lines.pop()
+    for line in lines:
+        if line[:1] in (b" ", b"\t"):
+            if not out:
+                raise _Invalid("continuation line with no field before it")
+            name, value = out[-1]
+            more = line.strip(b" \t").decode("latin-1")
+            out[-1] = (name, f"{value} {more}".strip())
+            continue
+        colon = line.find(b":")
+        if colon <= 0 or not _TOKEN.fullmatch(line, 0, colon):
+            raise _Invalid("malformed header field")
+        value = line[colon + 1 :].strip(b" \t")
+        out.append((line[:colon].decode("ascii"), value.decode("latin-1")))
+    return out
+
+
+def _framing(headers: Headers) -> tuple[bool | None, int | None]:
+    """(chunked, content-length) from the header fields.
+
+    chunked is None when a transfer-coding other than chunked is last (the body
+    then runs to connection close); content-length is None when absent.
+    Conflicting or malformed content-lengths are invalid.
+    """
+    te: list[str] = []
+    lengths: set[str] = set()
+    for name, value in headers:
+        lname = name.lower()
+        if lname == "transfer-encoding":
+            te += [c.strip().lower() for c in value.split(",") if c.strip()]
+        elif lname == "content-length":
+            lengths.update(v.strip() for v in value.split(","))
+    if te:
+        return (True if te[-1] == "chunked" else None), None
+    if not lengths:
+        return False, None
+    if len(lengths) != 1:
+        raise _Invalid("conflicting content-length")
+    (text,) = lengths
+    if not _DIGITS.fullmatch(text):
+        raise _Invalid("content-length")
+    return False, int(text)
