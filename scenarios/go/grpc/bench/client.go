@@ -1,0 +1,409 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"probebench/grpcbench/benchpb"
+)
+
+// monoClock reads CLOCK_MONOTONIC (the BPF clock) without a syscall per read:
+// one clock_gettime at start, then Go's own monotonic clock, which the runtime
+// reads from CLOCK_MONOTONIC too.
+type monoClock struct {
+	base int64
+	t0   time.Time
+}
+
+func newMonoClock() monoClock {
+	var ts syscall.Timespec
+	a := time.Now()
+	const clockMonotonic = 1
+	syscall.Syscall(syscall.SYS_CLOCK_GETTIME, clockMonotonic, uintptr(unsafe.Pointer(&ts)), 0)
+	b := time.Now()
+	return monoClock{base: ts.Nano(), t0: a.Add(b.Sub(a) / 2)}
+}
+
+func (m monoClock) now() int64 { return m.base + int64(time.Since(m.t0)) }
+
+// conn is one ClientConn, hence one HTTP/2 connection, and its local port.
+type conn struct {
+	idx  int
+	cc   *grpc.ClientConn
+	mu   sync.Mutex
+	port int // local port of the latest TCP connection the dialer made
+	seq  int // next conn_seq on this connection
+}
+
+func (c *conn) dial(ctx context.Context, addr string) (net.Conn, error) {
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	if ta, ok := nc.LocalAddr().(*net.TCPAddr); ok {
+		c.mu.Lock()
+		c.port = ta.Port
+		c.mu.Unlock()
+	}
+	return nc, nil
+}
+
+// start hands out the call's conn_seq and the local port it will use.
+func (c *conn) start() (seq int, port int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	seq = c.seq
+	c.seq++
+	return seq, c.port
+}
+
+// Record is one workload.jsonl line (scenarios/README.md), plus the metadata
+// sent, the grpc-message and the connection index for diagnostics.
+type Record struct {
+	ID           uint64            `json:"id"`
+	Protocol     string            `json:"protocol"`
+	ClientIP     string            `json:"client_ip"`
+	ClientPort   *int              `json:"client_port"`
+	ServerIP     string            `json:"server_ip"`
+	ServerPort   int               `json:"server_port"`
+	ConnSeq      int               `json:"conn_seq"`
+	Conn         int               `json:"conn"`
+	Method       string            `json:"method"`
+	Path         string            `json:"path"`
+	Status       int               `json:"status"`
+	GrpcStatus   uint32            `json:"grpc_status"`
+	GrpcMessage  string            `json:"grpc_message"`
+	ReqBytes     int               `json:"req_bytes"`
+	RespBytes    int               `json:"resp_bytes"`
+	ReqMessages  int               `json:"req_messages"`
+	RespMessages int               `json:"resp_messages"`
+	ReqHeaders   map[string]string `json:"req_headers"`
+	TStartNs     int64             `json:"t_start_ns"`
+	TEndNs       int64             `json:"t_end_ns"`
+	Phase        string            `json:"phase"`
+}
+
+type clientOpts struct {
+	mode, host, workload string
+	port, n, conns       int
+	warmup, inflight     int
+	seed                 uint64
+	deadline             time.Duration
+}
+
+type client struct {
+	opts  clientOpts
+	plan  []Call
+	clock monoClock
+	conns []*conn
+
+	mu   sync.Mutex // guards next, out, err
+	next int
+	out  *bufio.Writer
+	err  error
+}
+
+// ClientMain runs the client per scenarios/README.md and returns the exit code.
+func ClientMain(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("grpc-client", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var o clientOpts
+	proto := fs.String("proto", "grpc", "only grpc")
+	fs.StringVar(&o.mode, "mode", "unary", "unary|server-stream|client-stream|bidi")
+	fs.StringVar(&o.host, "host", "127.0.0.1", "server address")
+	fs.IntVar(&o.port, "port", 0, "server port")
+	fs.IntVar(&o.n, "exchanges", 100, "calls in all, warm-up included")
+	fs.Uint64Var(&o.seed, "seed", 1, "plan seed")
+	fs.IntVar(&o.conns, "connections", 2, "HTTP/2 connections (one ClientConn each)")
+	fs.IntVar(&o.warmup, "warmup", 0, "calls per connection before WARM/GO")
+	fs.IntVar(&o.inflight, "inflight", 3, "concurrent calls per connection after GO")
+	fs.StringVar(&o.workload, "workload", "", "workload.jsonl to append to")
+	deadline := fs.Float64("deadline", 120, "seconds the whole run may take")
+	printPlan := fs.Bool("print-plan", false, "print the plan as JSON lines and exit")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	fail := func(format string, a ...interface{}) int {
+		fmt.Fprintf(stderr, "grpc-client: "+format+"\n", a...)
+		return 1
+	}
+	if *proto != "grpc" {
+		return fail("unsupported --proto %q", *proto)
+	}
+	plan, err := MakePlan(o.mode, o.n, o.seed)
+	if err != nil {
+		return fail("%v", err)
+	}
+	if *printPlan {
+		enc := json.NewEncoder(stdout)
+		for i := range plan {
+			if err := enc.Encode(&plan[i]); err != nil {
+				return fail("%v", err)
+			}
+		}
+		return 0
+	}
+	if o.workload == "" || o.port <= 0 || o.conns < 1 || o.inflight < 1 || o.n < 0 {
+		return fail("need --workload, --port, --connections >= 1, --inflight >= 1")
+	}
+	o.deadline = time.Duration(*deadline * float64(time.Second))
+	cl := &client{opts: o, plan: plan, clock: newMonoClock()}
+	if err := cl.run(stdin, stdout); err != nil {
+		return fail("%v", err)
+	}
+	fmt.Fprintf(stdout, "DONE %d\n", o.n)
+	return 0
+}
+
+func (cl *client) run(stdin io.Reader, stdout io.Writer) error {
+	ctx, cancel := context.WithTimeout(context.Background(), cl.opts.deadline)
+	defer cancel()
+	f, err := os.OpenFile(cl.opts.workload, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	cl.out = bufio.NewWriter(f)
+	defer cl.out.Flush()
+
+	target := net.JoinHostPort(cl.opts.host, strconv.Itoa(cl.opts.port))
+	for i := 0; i < cl.opts.conns; i++ {
+		c := &conn{idx: i}
+		// WithInsecure/WithBlock/DialContext are deprecated in recent grpc-go
+		// but exist in every version we build, unlike their replacements.
+		cc, err := grpc.DialContext(ctx, target, grpc.WithInsecure(), grpc.WithBlock(),
+			grpc.WithContextDialer(c.dial),
+			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMsgSize),
+				grpc.MaxCallSendMsgSize(MaxMsgSize)))
+		if err != nil {
+			return fmt.Errorf("connection %d to %s: %v", i, target, err)
+		}
+		defer cc.Close()
+		c.cc = cc
+		cl.conns = append(cl.conns, c)
+	}
+
+	// Warm-up: W calls on each connection in turn, one at a time.
+	warm := cl.opts.warmup * cl.opts.conns
+	if warm > cl.opts.n {
+		warm = cl.opts.n
+	}
+	for i := 0; i < warm; i++ {
+		if err := cl.call(ctx, cl.conns[i%cl.opts.conns], i, "warmup"); err != nil {
+			return err
+		}
+	}
+	cl.next = warm
+	if cl.opts.warmup > 0 {
+		if err := cl.out.Flush(); err != nil {
+			return err
+		}
+		fmt.Fprintln(stdout, "WARM")
+		if err := waitGo(ctx, stdin); err != nil {
+			return err
+		}
+	}
+
+	// Main phase: inflight workers per connection share one id counter, so ids
+	// are handed out in the order calls start.
+	var wg sync.WaitGroup
+	for _, c := range cl.conns {
+		for k := 0; k < cl.opts.inflight; k++ {
+			wg.Add(1)
+			go func(c *conn) {
+				defer wg.Done()
+				cl.worker(ctx, c)
+			}(c)
+		}
+	}
+	wg.Wait()
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	return cl.err
+}
+
+func waitGo(ctx context.Context, stdin io.Reader) error {
+	line := make(chan string, 1)
+	go func() {
+		s, _ := bufio.NewReader(stdin).ReadString('\n')
+		line <- s
+	}()
+	select {
+	case s := <-line:
+		if strings.TrimSpace(s) != "GO" {
+			return fmt.Errorf("expected GO on stdin, got %q", s)
+		}
+		return nil
+	case <-ctx.Done():
+		return errors.New("deadline reached waiting for GO")
+	}
+}
+
+func (cl *client) worker(ctx context.Context, c *conn) {
+	for range cl.plan { // at most one turn per call: bounded even if take misbehaves
+		cl.mu.Lock()
+		id := cl.next
+		stop := id >= len(cl.plan) || cl.err != nil
+		cl.next++
+		cl.mu.Unlock()
+		if stop {
+			return
+		}
+		if err := cl.call(ctx, c, id, "main"); err != nil {
+			cl.mu.Lock()
+			if cl.err == nil {
+				cl.err = err
+			}
+			cl.mu.Unlock()
+			return
+		}
+	}
+}
+
+// call makes one planned call, checks its outcome and appends its record.
+func (cl *client) call(ctx context.Context, c *conn, id int, phase string) error {
+	p := &cl.plan[id]
+	if ctx.Err() != nil {
+		return fmt.Errorf("deadline reached before call %d", id)
+	}
+	kv := make([]string, 0, 2*len(MetadataKeys))
+	for _, k := range MetadataKeys {
+		kv = append(kv, k, p.Metadata[k])
+	}
+	cctx, cancel := context.WithTimeout(metadata.NewOutgoingContext(ctx, metadata.Pairs(kv...)),
+		30*time.Second)
+	defer cancel()
+	seq, port := c.start()
+	rec := Record{
+		ID: p.ID, Protocol: "h2c-grpc", ClientIP: cl.opts.host, ServerIP: cl.opts.host,
+		ServerPort: cl.opts.port, ConnSeq: seq, Conn: c.idx, Method: "POST", Path: p.Method,
+		Status: 200, ReqHeaders: p.Metadata, Phase: phase,
+	}
+	if port > 0 {
+		rec.ClientPort = &port
+	}
+	rec.TStartNs = cl.clock.now()
+	err := cl.exchange(cctx, c.cc, p, &rec)
+	rec.TEndNs = cl.clock.now()
+	st, _ := status.FromError(err)
+	rec.GrpcStatus = uint32(st.Code())
+	rec.GrpcMessage = st.Message()
+	if rec.GrpcStatus != p.StatusCode || rec.GrpcMessage != p.StatusMessage {
+		return fmt.Errorf("call %d: got status %d %q, planned %d %q",
+			id, rec.GrpcStatus, rec.GrpcMessage, p.StatusCode, p.StatusMessage)
+	}
+	if rec.RespMessages != p.ExpectRespMessages || rec.ReqMessages != p.ReqCount {
+		return fmt.Errorf("call %d: %d/%d messages sent/received, planned %d/%d",
+			id, rec.ReqMessages, rec.RespMessages, p.ReqCount, p.ExpectRespMessages)
+	}
+	line, err := json.Marshal(&rec)
+	if err != nil {
+		return err
+	}
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	_, err = cl.out.Write(append(line, '\n'))
+	return err
+}
+
+func request(p *Call, j int) *benchpb.Req {
+	r := &benchpb.Req{
+		Id: p.ID, Payload: Payload(p.ReqSize), RespCount: uint32(p.RespCount),
+		RespSize: uint32(p.RespSize), StatusCode: p.StatusCode, StatusMessage: p.StatusMessage,
+	}
+	if p.Method == Modes["bidi"] {
+		r.RespCount = uint32(BidiShare(j, p.ReqCount, p.RespCount))
+	}
+	return r
+}
+
+// exchange runs the call's messages; it returns the call's final error (nil for OK).
+func (cl *client) exchange(ctx context.Context, cc *grpc.ClientConn, p *Call, rec *Record) error {
+	mode := cl.opts.mode
+	if mode == "unary" {
+		req, out := request(p, 0), new(benchpb.Resp)
+		rec.ReqMessages, rec.ReqBytes = 1, proto.Size(req)
+		if err := cc.Invoke(ctx, p.Method, req, out); err != nil {
+			return err
+		}
+		rec.RespMessages, rec.RespBytes = 1, proto.Size(out)
+		return nil
+	}
+	// Cancelling on a receive failure unblocks a bidi sender stuck on flow control.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	cs, err := cc.NewStream(ctx, StreamDescs[mode], p.Method)
+	if err != nil {
+		return err
+	}
+	var mu sync.Mutex // the sender goroutine (bidi) and the receiver both update rec
+	send := func() error {
+		for j := 0; j < p.ReqCount; j++ {
+			req := request(p, j)
+			if err := cs.SendMsg(req); err != nil {
+				// io.EOF: the server ended the call; RecvMsg reports the status.
+				if err == io.EOF {
+					return nil
+				}
+				return err
+			}
+			mu.Lock()
+			rec.ReqMessages++
+			rec.ReqBytes += proto.Size(req)
+			mu.Unlock()
+		}
+		return cs.CloseSend()
+	}
+	sent := make(chan error, 1)
+	if mode == "bidi" {
+		go func() { sent <- send() }()
+	} else {
+		sent <- send()
+	}
+	var recvErr error
+	for k := 0; k <= p.RespCount; k++ { // one more than planned, to read the end
+		out := new(benchpb.Resp)
+		if recvErr = cs.RecvMsg(out); recvErr != nil {
+			break
+		}
+		mu.Lock()
+		rec.RespMessages++
+		rec.RespBytes += proto.Size(out)
+		mu.Unlock()
+		if mode == "client-stream" {
+			break // RecvMsg on a non-server-streaming call already read the status
+		}
+	}
+	if recvErr != nil && recvErr != io.EOF {
+		cancel()
+	}
+	sendErr := <-sent
+	if recvErr == io.EOF || (mode == "client-stream" && recvErr == nil) {
+		recvErr = nil
+	} else if recvErr == nil {
+		return fmt.Errorf("call %d: more responses than the %d planned", p.ID, p.RespCount)
+	}
+	if recvErr == nil && sendErr != nil {
+		return sendErr
+	}
+	return recvErr
+}
