@@ -1,0 +1,451 @@
+/* Kernel-side collector: syscall tracepoints (the seed article's "kprobe"
+ * approach), compiled by bcc. Settings arrive as -D cflags, never by editing
+ * this text: PB_FILTER_TGID, PB_FILTER_PORTS, PB_SELF_TGID, PB_MAX_CAPTURE,
+ * PB_RINGBUF_PAGES, PB_MAX_CONNS.
+ *
+ * Kernel side does only: connection table, protocol inference, copy bytes.
+ * Parsing and stitching happen in replay (user space), from the raw records. */
+#include <uapi/linux/ptrace.h>
+#include <linux/socket.h>
+#include <linux/in.h>
+#include <linux/in6.h>
+#include <linux/uio.h>
+#include <net/sock.h>
+#include "kprobe_events.h"
+
+#ifndef PB_RINGBUF_PAGES
+#define PB_RINGBUF_PAGES 1024
+#endif
+#ifndef PB_MAX_CONNS
+#define PB_MAX_CONNS 65536
+#endif
+#ifndef PB_MAX_IOV
+#define PB_MAX_IOV 16
+#endif
+#define PB_IGNORED 255
+#define PB_MAX_CPUS 256
+#define TCP_ESTABLISHED_ 1
+#define TCP_SYN_SENT_ 2
+#define TCP_SYN_RECV_ 3
+
+struct conn_key { u32 tgid; s32 fd; };
+struct conn_info {
+    u8 role;
+    u8 proto;     /* PB_PROTO_*, or PB_IGNORED for non-HTTP */
+    u8 from_start; /* seen from connect/accept */
+    u8 family;
+    u16 lport;
+    u16 rport;
+    u8 laddr[16];
+    u8 raddr[16];
+};
+struct data_args {
+    u64 buf;   /* buffer, or iovec array for the vectored calls */
+    u32 iovcnt;
+    s32 fd;
+    u8 syscall;
+    u8 dir;
+};
+struct accept_args { u64 addr; };
+struct addr_key { u8 addr[16]; u16 port; u16 family; };
+struct addr_val { u8 addr[16]; u16 port; };
+
+BPF_RINGBUF_OUTPUT(events, PB_RINGBUF_PAGES);
+BPF_PERCPU_ARRAY(stats, u64, PB_STAT_MAX);
+/* slack after the event lets a power-of-two mask bound sizes for the verifier */
+struct scratch_event { struct pb_data_event e; u8 slack[PB_MAX_CAPTURE]; };
+/* one slot per CPU: too large for a per-CPU map (32 KiB limit) */
+BPF_ARRAY(scratch, struct scratch_event, PB_MAX_CPUS);
+BPF_HASH(targets, u32, u8, 1024);       /* tgids to trace (PB_FILTER_TGID) */
+BPF_HASH(ports, u16, u8, 256);          /* tcp ports to trace (PB_FILTER_PORTS) */
+BPF_TABLE("lru_hash", struct conn_key, struct conn_info, conns, PB_MAX_CONNS);
+BPF_TABLE("lru_hash", u64, struct conn_key, sk_owner, 4096);  /* connecting sock -> fd */
+BPF_TABLE("lru_hash", struct addr_key, struct addr_val, passive, 4096); /* peer -> local */
+BPF_HASH(connect_fd, u32, s32, 4096);   /* tid -> fd, during connect() */
+BPF_HASH(accept_args_map, u32, struct accept_args, 4096);
+BPF_HASH(data_args_map, u32, struct data_args, 4096);
+
+/* Mask a length so the verifier sees its bound; the asm keeps clang from
+ * dropping a mask it can prove redundant (it cannot see the verifier). */
+static __always_inline u32 verifier_bound(u32 v) {
+    asm volatile("%0 &= %1" : "+r"(v) : "i"(2 * PB_MAX_CAPTURE - 1));
+    return v;
+}
+
+static __always_inline void stat_add(u32 idx, u64 n) {
+    u64 *v = stats.lookup(&idx);
+    if (v) *v += n;
+}
+
+static __always_inline int tgid_traced(u32 tgid) {
+    if (tgid == PB_SELF_TGID) return 0;
+#if PB_FILTER_TGID
+    return targets.lookup(&tgid) != NULL;
+#else
+    return 1;
+#endif
+}
+
+static __always_inline int port_traced(u16 a, u16 b) {
+#if PB_FILTER_PORTS
+    return ports.lookup(&a) != NULL || ports.lookup(&b) != NULL;
+#else
+    return 1;
+#endif
+}
+
+static __always_inline void emit_conn(u8 kind, struct conn_key *k, struct conn_info *c, u64 pid_tgid) {
+    struct pb_conn_event e = {};
+    e.ts_ns = bpf_ktime_get_ns();
+    e.tgid = k->tgid;
+    e.tid = (u32)pid_tgid;
+    e.fd = k->fd;
+    e.kind = kind;
+    e.role = c->role;
+    e.proto = c->proto;
+    e.family = c->family;
+    e.lport = c->lport;
+    e.rport = c->rport;
+    __builtin_memcpy(e.laddr, c->laddr, 16);
+    __builtin_memcpy(e.raddr, c->raddr, 16);
+    bpf_get_current_comm(e.comm, sizeof(e.comm));
+    if (events.ringbuf_output(&e, sizeof(e), 0) < 0) stat_add(PB_STAT_DROPPED, 1);
+    else stat_add(PB_STAT_CONN_EVENTS, 1);
+}
+
+/* ---- connect: SYN_SENT (in the caller's context) ties the sock to the fd,
+ * ESTABLISHED (any context) brings the full 4-tuple. */
+static __always_inline int on_connect_enter(int fd) {
+    u64 id = bpf_get_current_pid_tgid();
+    if (!tgid_traced(id >> 32)) return 0;
+    u32 tid = (u32)id;
+    s32 f = fd;
+    connect_fd.update(&tid, &f);
+    return 0;
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_connect) { return on_connect_enter(args->fd); }
+TRACEPOINT_PROBE(syscalls, sys_exit_connect) {
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    connect_fd.delete(&tid);
+    return 0;
+}
+
+
+TRACEPOINT_PROBE(sock, inet_sock_set_state) {
+    if (args->protocol != IPPROTO_TCP) return 0;
+    u64 sk = (u64)args->skaddr;
+    if (args->newstate == TCP_SYN_SENT_) {
+        u64 id = bpf_get_current_pid_tgid();
+        u32 tid = (u32)id;
+        s32 *fd = connect_fd.lookup(&tid);
+        if (!fd) return 0;
+        struct conn_key k = {.tgid = id >> 32, .fd = *fd};
+        sk_owner.update(&sk, &k);
+        return 0;
+    }
+    if (args->newstate != TCP_ESTABLISHED_) return 0;
+    if (!port_traced(args->sport, args->dport)) return 0;
+    if (args->oldstate == TCP_SYN_SENT_) {
+        struct conn_key *k = sk_owner.lookup(&sk);
+        if (!k) return 0;
+        struct conn_key key = *k;
+        sk_owner.delete(&sk);
+        struct conn_info c = {};
+        c.role = PB_ROLE_CLIENT;
+        c.from_start = 1;
+        c.family = args->family;
+        c.lport = args->sport;
+        c.rport = args->dport;
+        if (args->family == AF_INET) {
+            __builtin_memcpy(c.laddr, args->saddr, 4);
+            __builtin_memcpy(c.raddr, args->daddr, 4);
+        } else {
+            __builtin_memcpy(c.laddr, args->saddr_v6, 16);
+            __builtin_memcpy(c.raddr, args->daddr_v6, 16);
+        }
+        conns.update(&key, &c);
+        emit_conn(PB_EV_CONN, &key, &c, ((u64)key.tgid << 32));
+    } else if (args->oldstate == TCP_SYN_RECV_) {
+        /* passive open: remember local address by peer, for accept() to find */
+        struct addr_key pk = {};
+        struct addr_val lv = {};
+        pk.port = args->dport;
+        pk.family = args->family;
+        lv.port = args->sport;
+        if (args->family == AF_INET) {
+            __builtin_memcpy(pk.addr, args->daddr, 4);
+            __builtin_memcpy(lv.addr, args->saddr, 4);
+        } else {
+            __builtin_memcpy(pk.addr, args->daddr_v6, 16);
+            __builtin_memcpy(lv.addr, args->saddr_v6, 16);
+        }
+        passive.update(&pk, &lv);
+    }
+    return 0;
+}
+
+/* ---- accept: the peer address from the caller's sockaddr, the local one
+ * from the passive ESTABLISHED transition. */
+static __always_inline int on_accept_enter(u64 addr) {
+    u64 id = bpf_get_current_pid_tgid();
+    if (!tgid_traced(id >> 32)) return 0;
+    u32 tid = (u32)id;
+    struct accept_args a = {.addr = addr};
+    accept_args_map.update(&tid, &a);
+    return 0;
+}
+static __always_inline int on_accept_exit(long ret) {
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tid = (u32)id;
+    struct accept_args *a = accept_args_map.lookup(&tid);
+    if (!a) return 0;
+    u64 addr = a->addr;
+    accept_args_map.delete(&tid);
+    if (ret < 0) return 0;
+    struct conn_key key = {.tgid = id >> 32, .fd = (s32)ret};
+    struct conn_info c = {};
+    c.role = PB_ROLE_SERVER;
+    c.from_start = 1;
+    if (addr) {
+        u16 family = 0;
+        bpf_probe_read_user(&family, sizeof(family), (void *)addr);
+        struct addr_key pk = {};
+        pk.family = family;
+        if (family == AF_INET) {
+            struct sockaddr_in sin = {};
+            bpf_probe_read_user(&sin, sizeof(sin), (void *)addr);
+            pk.port = bpf_ntohs(sin.sin_port);
+            __builtin_memcpy(pk.addr, &sin.sin_addr.s_addr, 4);
+        } else if (family == AF_INET6) {
+            struct sockaddr_in6 sin6 = {};
+            bpf_probe_read_user(&sin6, sizeof(sin6), (void *)addr);
+            pk.port = bpf_ntohs(sin6.sin6_port);
+            __builtin_memcpy(pk.addr, &sin6.sin6_addr, 16);
+        }
+        c.family = family;
+        c.rport = pk.port;
+        __builtin_memcpy(c.raddr, pk.addr, 16);
+        struct addr_val *lv = passive.lookup(&pk);
+        if (lv) {
+            c.lport = lv->port;
+            __builtin_memcpy(c.laddr, lv->addr, 16);
+            passive.delete(&pk);
+        }
+    }
+    /* without the local port we cannot apply the port filter here; user
+     * space recovers the address (sock_diag) and filters there */
+    if (c.lport && !port_traced(c.lport, c.rport)) return 0;
+    conns.update(&key, &c);
+    emit_conn(PB_EV_CONN, &key, &c, id);
+    return 0;
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_accept) { return on_accept_enter((u64)args->upeer_sockaddr); }
+TRACEPOINT_PROBE(syscalls, sys_enter_accept4) { return on_accept_enter((u64)args->upeer_sockaddr); }
+TRACEPOINT_PROBE(syscalls, sys_exit_accept) { return on_accept_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_accept4) { return on_accept_exit(args->ret); }
+
+/* ---- close */
+TRACEPOINT_PROBE(syscalls, sys_enter_close) {
+    u64 id = bpf_get_current_pid_tgid();
+    struct conn_key key = {.tgid = id >> 32, .fd = (s32)args->fd};
+    struct conn_info *c = conns.lookup(&key);
+    if (!c) return 0;
+    if (c->proto != PB_IGNORED) emit_conn(PB_EV_CLOSE, &key, c, id);
+    conns.delete(&key);
+    return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exit) {
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32;
+    if ((u32)id != tgid || tgid == PB_SELF_TGID) return 0;  /* whole process only */
+    if (!PB_FILTER_TGID || !targets.lookup(&tgid)) return 0;  /* others: the LRU ages them out */
+    struct conn_key key = {.tgid = tgid, .fd = -1};
+    struct conn_info c = {};
+    emit_conn(PB_EV_EXIT, &key, &c, id);
+    return 0;
+}
+
+/* ---- protocol inference from the first bytes of a call */
+static __always_inline int starts(const char *b, const char *p, int n) {
+    for (int i = 0; i < n; i++)
+        if (b[i] != p[i]) return 0;
+    return 1;
+}
+static __always_inline u8 infer_http1(const char *b) {
+    if (starts(b, "GET ", 4) || starts(b, "PUT ", 4) || starts(b, "POST ", 5) ||
+        starts(b, "HEAD ", 5) || starts(b, "PATCH ", 6) || starts(b, "TRACE ", 6) ||
+        starts(b, "DELETE ", 7) || starts(b, "OPTIONS ", 8) || starts(b, "CONNECT ", 8) ||
+        starts(b, "HTTP/1.", 7))
+        return PB_PROTO_HTTP1;
+    return PB_PROTO_UNKNOWN;
+}
+/* A plausible HTTP/2 frame header, for connections whose preface was missed. */
+static __always_inline u8 infer_h2_frame(const u8 *b, u32 len) {
+    if (len < 9) return PB_PROTO_UNKNOWN;
+    u32 flen = ((u32)b[0] << 16) | ((u32)b[1] << 8) | b[2];
+    u8 type = b[3], flags = b[4];
+    u32 sid = (((u32)b[5] & 0x7f) << 24) | ((u32)b[6] << 16) | ((u32)b[7] << 8) | b[8];
+    if (b[5] & 0x80) return PB_PROTO_UNKNOWN;
+    if (flen > 16384) return PB_PROTO_UNKNOWN;
+    switch (type) {
+    case 0: if (flags & ~0x09) return 0; if (!sid) return 0; break;            /* DATA */
+    case 1: if (flags & ~0x2d) return 0; if (!sid) return 0; break;            /* HEADERS */
+    case 3: if (flags || flen != 4 || !sid) return 0; break;                   /* RST_STREAM */
+    case 4: if ((flags & ~0x01) || sid || flen % 6) return 0; break;           /* SETTINGS */
+    case 6: if ((flags & ~0x01) || sid || flen != 8) return 0; break;          /* PING */
+    case 7: if (flags || sid || flen < 8) return 0; break;                     /* GOAWAY */
+    case 8: if (flags || flen != 4) return 0; break;                           /* WINDOW_UPDATE */
+    default: return PB_PROTO_UNKNOWN;
+    }
+    /* the first frame must fit in what the call moved, or start a larger read */
+    return PB_PROTO_HTTP2;
+}
+static __always_inline u8 infer(const u8 *b, u32 len, u8 from_start) {
+    if (len >= 4 && starts((const char *)b, "PRI ", 4)) return PB_PROTO_HTTP2;
+    u8 p = infer_http1((const char *)b);
+    if (p) return p;
+    if (!from_start) return infer_h2_frame(b, len);
+    return PB_PROTO_UNKNOWN;
+}
+
+/* ---- data */
+static __always_inline int on_data_enter(u8 sc, u8 dir, int fd, u64 buf, u32 iovcnt) {
+    u64 id = bpf_get_current_pid_tgid();
+    if (!tgid_traced(id >> 32)) return 0;
+    u32 tid = (u32)id;
+    struct data_args a = {.buf = buf, .iovcnt = iovcnt, .fd = fd, .syscall = sc, .dir = dir};
+    data_args_map.update(&tid, &a);
+    return 0;
+}
+
+/* Copy up to `want` bytes from one user buffer into one event; returns bytes copied. */
+static __always_inline u32 emit_chunk(struct conn_key *k, struct conn_info *c, struct data_args *a,
+                                      u64 ts, u32 orig, u32 offset, u64 ptr, u32 want) {
+    u32 cpu = bpf_get_smp_processor_id() & (PB_MAX_CPUS - 1);
+    struct scratch_event *se = scratch.lookup(&cpu);
+    if (!se) return 0;
+    struct pb_data_event *e = &se->e;
+    u32 n = want;
+    if (n > PB_MAX_CAPTURE) n = PB_MAX_CAPTURE;
+    e->ts_ns = ts;
+    e->tgid = k->tgid;
+    e->tid = (u32)bpf_get_current_pid_tgid();
+    e->fd = k->fd;
+    e->kind = PB_EV_DATA;
+    e->role = c->role;
+    e->proto = c->proto;
+    e->dir = a->dir;
+    e->syscall = a->syscall;
+    e->orig_len = orig;
+    e->offset = offset;
+    e->cap_len = n;
+    if (n == 0) return 0;
+    if (bpf_probe_read_user(e->data, verifier_bound(n), (void *)ptr) < 0) return 0;
+    u32 size = verifier_bound(offsetof(struct pb_data_event, data) + n);
+    if (events.ringbuf_output(e, size, 0) < 0) {
+        stat_add(PB_STAT_DROPPED, 1);
+        return 0;
+    }
+    stat_add(PB_STAT_DATA_EVENTS, 1);
+    return n;
+}
+
+static __always_inline int on_data_exit(long ret) {
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tid = (u32)id;
+    struct data_args *ap = data_args_map.lookup(&tid);
+    if (!ap) return 0;
+    struct data_args a = *ap;
+    data_args_map.delete(&tid);
+    if (ret <= 0) return 0;
+    u64 ts = bpf_ktime_get_ns();
+    u32 orig = (u32)ret;
+    struct conn_key key = {.tgid = id >> 32, .fd = a.fd};
+    struct conn_info *c = conns.lookup(&key);
+    if (c && c->proto == PB_IGNORED) return 0;
+
+    /* where the first bytes are, for inference */
+    u64 first = a.buf;
+    u32 first_len = orig;
+    if (a.iovcnt) {
+        struct iovec iov = {};
+        bpf_probe_read_user(&iov, sizeof(iov), (void *)a.buf);
+        first = (u64)iov.iov_base;
+        first_len = iov.iov_len < orig ? iov.iov_len : orig;
+    }
+    if (!c || c->proto == PB_PROTO_UNKNOWN) {
+        u8 head[16] = {};
+        bpf_probe_read_user(head, sizeof(head), (void *)first);
+        u8 p = infer(head, first_len, c ? c->from_start : 0);
+        if (!c) {
+            /* Connections opened before attach are inferred only in processes
+             * named as targets: without a socket check, any file read could
+             * pass for an HTTP/2 frame. */
+            if (!PB_FILTER_TGID || !p) return 0;  /* !p: maybe mid-message, retry next call */
+            struct conn_info n = {};
+            n.proto = p;
+            /* who sends a request or a preface is the client */
+            int req = p == PB_PROTO_HTTP2 ? starts((const char *)head, "PRI ", 4)
+                                          : !starts((const char *)head, "HTTP/1.", 7);
+            if (p == PB_PROTO_HTTP2 && !req) n.role = PB_ROLE_UNKNOWN;
+            else n.role = (req == (a.dir == PB_DIR_SEND)) ? PB_ROLE_CLIENT : PB_ROLE_SERVER;
+            conns.update(&key, &n);
+            c = conns.lookup(&key);
+            if (!c) return 0;
+            emit_conn(PB_EV_CONN_INFER, &key, c, id);
+        } else {
+            if (!p) {
+                c->proto = PB_IGNORED;
+                stat_add(PB_STAT_NON_HTTP, 1);
+                return 0;
+            }
+            c->proto = p;
+        }
+    }
+    if (orig > PB_MAX_CAPTURE) {
+        stat_add(PB_STAT_TRUNCATED_CALLS, 1);
+        stat_add(PB_STAT_TRUNCATED_BYTES, orig - PB_MAX_CAPTURE);
+    }
+    if (!a.iovcnt) {
+        emit_chunk(&key, c, &a, ts, orig, 0, a.buf, orig);
+        return 0;
+    }
+    /* vectored: one event per iovec, captured bytes always a prefix */
+    u32 done = 0;
+    for (int i = 0; i < PB_MAX_IOV; i++) {
+        if (i >= a.iovcnt || done >= orig || done >= PB_MAX_CAPTURE) break;
+        struct iovec iov = {};
+        bpf_probe_read_user(&iov, sizeof(iov), (void *)(a.buf + i * sizeof(struct iovec)));
+        u32 want = iov.iov_len;
+        if (want > orig - done) want = orig - done;
+        if (want > PB_MAX_CAPTURE - done) want = PB_MAX_CAPTURE - done;
+        u32 got = emit_chunk(&key, c, &a, ts, orig, done, (u64)iov.iov_base, want);
+        if (got != want) break;
+        done += got;
+    }
+    return 0;
+}
+
+static __always_inline int on_msg_enter(u8 sc, u8 dir, int fd, u64 msg) {
+    struct user_msghdr m = {};
+    if (bpf_probe_read_user(&m, sizeof(m), (void *)msg) < 0) return 0;
+    return on_data_enter(sc, dir, fd, (u64)m.msg_iov, (u32)m.msg_iovlen);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_read) { return on_data_enter(PB_SC_READ, PB_DIR_RECV, args->fd, (u64)args->buf, 0); }
+TRACEPOINT_PROBE(syscalls, sys_exit_read) { return on_data_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_write) { return on_data_enter(PB_SC_WRITE, PB_DIR_SEND, args->fd, (u64)args->buf, 0); }
+TRACEPOINT_PROBE(syscalls, sys_exit_write) { return on_data_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendto) { return on_data_enter(PB_SC_SENDTO, PB_DIR_SEND, args->fd, (u64)args->buff, 0); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendto) { return on_data_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom) { return on_data_enter(PB_SC_RECVFROM, PB_DIR_RECV, args->fd, (u64)args->ubuf, 0); }
+TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom) { return on_data_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_readv) { return on_data_enter(PB_SC_READV, PB_DIR_RECV, args->fd, (u64)args->vec, args->vlen); }
+TRACEPOINT_PROBE(syscalls, sys_exit_readv) { return on_data_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_writev) { return on_data_enter(PB_SC_WRITEV, PB_DIR_SEND, args->fd, (u64)args->vec, args->vlen); }
+TRACEPOINT_PROBE(syscalls, sys_exit_writev) { return on_data_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg) { return on_msg_enter(PB_SC_SENDMSG, PB_DIR_SEND, args->fd, (u64)args->msg); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg) { return on_data_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_recvmsg) { return on_msg_enter(PB_SC_RECVMSG, PB_DIR_RECV, args->fd, (u64)args->msg); }
+TRACEPOINT_PROBE(syscalls, sys_exit_recvmsg) { return on_data_exit(args->ret); }

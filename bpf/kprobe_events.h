@@ -1,0 +1,81 @@
+/* Event records of the kernel-side collector, shared by kprobe_collector.c and
+ * harness/collectors/kprobe/events.py (which parses this header to build its
+ * ctypes layout, so the struct is defined exactly once).
+ * Only fixed-width types, one field per line: the Python side parses it. */
+#ifndef PB_KPROBE_EVENTS_H
+#define PB_KPROBE_EVENTS_H
+
+#define PB_EV_CONN 1       /* connection with full 4-tuple (connect or accept) */
+#define PB_EV_CONN_INFER 2 /* first data on a connection opened before attach */
+#define PB_EV_DATA 3
+#define PB_EV_CLOSE 4
+#define PB_EV_EXIT 5       /* a traced process exited */
+
+#define PB_ROLE_UNKNOWN 0
+#define PB_ROLE_CLIENT 1
+#define PB_ROLE_SERVER 2
+
+#define PB_DIR_SEND 0
+#define PB_DIR_RECV 1
+
+#define PB_PROTO_UNKNOWN 0
+#define PB_PROTO_HTTP1 1
+#define PB_PROTO_HTTP2 2
+
+/* which syscall produced a data event */
+#define PB_SC_READ 1
+#define PB_SC_WRITE 2
+#define PB_SC_SENDTO 3
+#define PB_SC_RECVFROM 4
+#define PB_SC_SENDMSG 5
+#define PB_SC_RECVMSG 6
+#define PB_SC_READV 7
+#define PB_SC_WRITEV 8
+
+/* counters in the stats array */
+#define PB_STAT_DROPPED 0        /* ring buffer full: event lost */
+#define PB_STAT_DATA_EVENTS 1
+#define PB_STAT_TRUNCATED_CALLS 2 /* calls longer than the capture limit */
+#define PB_STAT_TRUNCATED_BYTES 3
+#define PB_STAT_CONN_EVENTS 4
+#define PB_STAT_NON_HTTP 5       /* connections dropped by protocol inference */
+#define PB_STAT_MAX 8
+
+#ifndef PB_MAX_CAPTURE
+#define PB_MAX_CAPTURE 16384 /* payload bytes captured per syscall; power of two */
+#endif
+
+struct pb_conn_event {
+    u64 ts_ns;
+    u32 tgid;
+    u32 tid;
+    s32 fd;
+    u8 kind;
+    u8 role;
+    u8 proto;
+    u8 family;
+    u16 lport;
+    u16 rport;
+    u8 laddr[16];
+    u8 raddr[16];
+    char comm[16];
+};
+
+struct pb_data_event {
+    u64 ts_ns;
+    u32 tgid;
+    u32 tid;
+    s32 fd;
+    u8 kind;
+    u8 role;
+    u8 proto;
+    u8 dir;
+    u8 syscall;
+    u8 pad[3];
+    u32 orig_len; /* bytes the syscall moved */
+    u32 offset;   /* offset of this chunk in the syscall's bytes */
+    u32 cap_len;  /* bytes of data[] that are valid */
+    u8 data[PB_MAX_CAPTURE];
+};
+
+#endif

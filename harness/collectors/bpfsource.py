@@ -1,0 +1,30 @@
+"""Where the BPF sources live, and compiling them with bcc (settings as -D cflags)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from harness.errors import CapabilityError, CollectorError
+
+BPF_DIR = Path(__file__).resolve().parent.parent.parent / "bpf"
+
+
+def load_bcc() -> Any:
+    try:
+        import bcc
+    except ImportError as e:
+        raise CapabilityError(
+            "bcc is not importable: install python3-bpfcc (scripts/setup links it into the venv)"
+        ) from e
+    return bcc
+
+
+def compile_program(source: str, defines: dict[str, int]) -> Any:
+    """Compile and auto-attach a bcc program from bpf/; raises CollectorError with bcc's reason."""
+    bcc = load_bcc()
+    cflags = [f"-I{BPF_DIR}", "-Wno-macro-redefined"] + [f"-D{k}={v}" for k, v in defines.items()]
+    try:
+        return bcc.BPF(src_file=str(BPF_DIR / source), cflags=cflags)
+    except Exception as e:  # bcc raises bare Exception for compile and load failures
+        raise CollectorError(f"bcc could not compile or load {source}: {e}") from e

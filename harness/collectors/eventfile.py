@@ -1,0 +1,114 @@
+"""The raw event file: what a collector records live, and replay reads back.
+
+Layout: magic, a JSON header, then records ``u8 type | u32 length | payload``.
+Type KERNEL holds one ring-buffer record byte for byte; type NOTE holds a JSON
+object written by the collector's user space (sock_diag answers, stats).
+A file cut short (the collector was killed) reads up to its last whole record
+and reports the rest as ``truncated_tail_bytes``: nothing complete is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from harness.errors import RunDirError
+
+MAGIC = b"PBEV\x01\n"
+KERNEL = 1
+NOTE = 2
+_REC = struct.Struct("<BI")
+_MAX_RECORD = 1 << 26
+
+
+class EventWriter:
+    """Appends records; buffered, flushed on close (and by the OS if we are killed)."""
+
+    def __init__(self, path: Path, header: dict[str, Any]) -> None:
+        self.path = path
+        self._f: BinaryIO = path.open("wb", buffering=1 << 20)
+        hdr = json.dumps(header, sort_keys=True).encode()
+        self._f.write(MAGIC + struct.pack("<I", len(hdr)) + hdr)
+        self.records = 0
+        self.bytes = 0
+
+    def kernel(self, payload: bytes) -> None:
+        self._f.write(_REC.pack(KERNEL, len(payload)))
+        self._f.write(payload)
+        self.records += 1
+        self.bytes += len(payload)
+
+    def note(self, obj: dict[str, Any]) -> None:
+        payload = json.dumps(obj, sort_keys=True).encode()
+        self._f.write(_REC.pack(NOTE, len(payload)) + payload)
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def close(self) -> None:
+        if not self._f.closed:
+            self._f.close()
+
+
+@dataclass
+class EventFile:
+    header: dict[str, Any]
+    kernel_records: int = 0
+    notes: int = 0
+    truncated_tail_bytes: int = 0
+    _data: bytes = field(default=b"", repr=False)
+    _start: int = 0
+
+    def records(self) -> Iterator[tuple[int, memoryview | dict[str, Any]]]:
+        """(KERNEL, raw bytes) or (NOTE, dict), in recording order."""
+        view = memoryview(self._data)
+        pos, end = self._start, len(self._data)
+        while pos + _REC.size <= end:
+            rtype, n = _REC.unpack_from(self._data, pos)
+            if pos + _REC.size + n > end:
+                break
+            payload = view[pos + _REC.size : pos + _REC.size + n]
+            pos += _REC.size + n
+            if rtype == KERNEL:
+                yield KERNEL, payload
+            elif rtype == NOTE:
+                yield NOTE, json.loads(bytes(payload))
+
+
+def read_event_file(path: Path) -> EventFile:
+    """Open a recording; a corrupt start raises RunDirError, a cut-off end is counted."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise RunDirError(f"cannot read event file {path}: {e.strerror}") from e
+    if not data.startswith(MAGIC) or len(data) < len(MAGIC) + 4:
+        raise RunDirError(f"{path} is not a probebench event file (bad magic)")
+    (hlen,) = struct.unpack_from("<I", data, len(MAGIC))
+    hstart = len(MAGIC) + 4
+    try:
+        header = json.loads(data[hstart : hstart + hlen])
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunDirError(f"{path}: event file header is corrupt ({e})") from e
+    ef = EventFile(header=header, _data=data, _start=hstart + hlen)
+    # one pass to validate framing and count; stops at the first impossible record
+    pos, end = ef._start, len(data)
+    while pos + _REC.size <= end:
+        rtype, n = _REC.unpack_from(data, pos)
+        if rtype not in (KERNEL, NOTE) or n > _MAX_RECORD:
+            raise RunDirError(f"{path}: corrupt record at byte {pos} (type {rtype}, length {n})")
+        if pos + _REC.size + n > end:
+            break
+        if rtype == KERNEL:
+            ef.kernel_records += 1
+        else:
+            ef.notes += 1
+        pos += _REC.size + n
+    ef.truncated_tail_bytes = end - pos
+    ef._data = data[:pos]
+    return ef
+
+

@@ -1,0 +1,287 @@
+"""Replay side of the kernel-side collector: raw records -> connections of Segments.
+
+Pure function of the event file, so it runs without root. ``attach_at_ns``
+replays a recording as if the collector had attached later: records before it
+are dropped, and connections whose start was missed are found the way the
+kernel program finds them (the same inference on each call's first bytes).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.collectors.eventfile import NOTE, read_event_file
+from harness.collectors.kprobe.layout import header
+from harness.protocols.common import Segment
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+_HTTP1_STARTS = (
+    b"GET ", b"PUT ", b"POST ", b"HEAD ", b"PATCH ", b"TRACE ", b"DELETE ", b"OPTIONS ",
+    b"CONNECT ", b"HTTP/1.",
+)  # fmt: skip
+
+
+@dataclass
+class Endpoint:
+    ip: str
+    port: int
+
+
+@dataclass
+class Connection:
+    """One connection as one process saw it, between its open (or first sight) and close."""
+
+    tgid: int
+    fd: int
+    comm: str
+    role: str  # client | server | unknown
+    proto: str  # http1 | http2
+    from_start: bool  # connect/accept seen
+    opened_ns: int
+    local: Endpoint | None = None
+    remote: Endpoint | None = None
+    addr_source: str | None = None  # connect | accept | sockdiag
+    closed_ns: int | None = None
+    send: list[Segment] = field(default_factory=list)
+    recv: list[Segment] = field(default_factory=list)
+    truncated_bytes: int = 0
+
+    @property
+    def key(self) -> str:
+        return f"{self.tgid}:{self.fd}@{self.opened_ns}"
+
+    def client_server(self) -> tuple[Endpoint | None, Endpoint | None]:
+        if self.role == "client":
+            return self.local, self.remote
+        if self.role == "server":
+            return self.remote, self.local
+        return None, None
+
+
+@dataclass
+class DecodeStats:
+    kernel_records: int = 0
+    data_events: int = 0
+    conn_events: int = 0
+    connections: int = 0
+    inferred_connections: int = 0
+    sockdiag_found: int = 0
+    sockdiag_missing: int = 0
+    orphan_data_events: int = 0  # data for a connection we never opened (cannot happen live)
+    truncated_bytes: int = 0
+    truncated_tail_bytes: int = 0
+    dropped_before_attach: int = 0
+    collector: dict[str, Any] = field(default_factory=dict)  # the recorder's final stats
+
+
+def _ip(raw: bytes, family: int) -> str:
+    if family == 2:
+        return str(ipaddress.IPv4Address(raw[:4]))
+    if family == 10:
+        return str(ipaddress.IPv6Address(raw[:16]))
+    return ""
+
+
+def infer_proto(first: bytes, from_start: bool) -> str | None:
+    """Python twin of the kernel's infer(): which protocol a call's first bytes start."""
+    if first.startswith(b"PRI "):
+        return "http2"
+    if first.startswith(_HTTP1_STARTS):
+        return "http1"
+    if not from_start and plausible_h2_frame(first):
+        return "http2"
+    return None
+
+
+def plausible_h2_frame(b: bytes) -> bool:
+    if len(b) < 9:
+        return False
+    flen = int.from_bytes(b[0:3], "big")
+    ftype, flags = b[3], b[4]
+    sid = int.from_bytes(b[5:9], "big")
+    if sid & 0x80000000 or flen > 16384:
+        return False
+    rules = {
+        0: lambda: not flags & ~0x09 and sid != 0,
+        1: lambda: not flags & ~0x2D and sid != 0,
+        3: lambda: flags == 0 and flen == 4 and sid != 0,
+        4: lambda: not flags & ~0x01 and sid == 0 and flen % 6 == 0,
+        6: lambda: not flags & ~0x01 and sid == 0 and flen == 8,
+        7: lambda: flags == 0 and sid == 0 and flen >= 8,
+        8: lambda: flags == 0 and flen == 4,
+    }
+    rule = rules.get(ftype)
+    return bool(rule and rule())
+
+
+_ROLES = {0: "unknown", 1: "client", 2: "server"}
+_PROTOS = {0: None, 1: "http1", 2: "http2"}
+
+
+def decode(
+    path: Path,
+    *,
+    attach_at_ns: int | None = None,
+    use_sockdiag: bool = True,
+) -> tuple[list[Connection], DecodeStats]:
+    ef = read_event_file(path)
+    defines = ef.header.get("defines", {})
+    hdr = header(int(defines.get("PB_MAX_CAPTURE", 16384)))
+    d = hdr.defines
+    CE, DE = hdr.structs["pb_conn_event"], hdr.structs["pb_data_event"]
+    data_off = hdr.offset("pb_data_event", "data")
+    kind_off = hdr.offset("pb_conn_event", "kind")
+    ce_size = ctypes.sizeof(CE)
+    st = DecodeStats(truncated_tail_bytes=ef.truncated_tail_bytes)
+    live: dict[tuple[int, int], Connection] = {}
+    # simulated late attach: what sock_diag would have answered for sockets opened before it
+    before_attach: dict[tuple[int, int], tuple[Endpoint | None, Endpoint | None]] = {}
+    done: list[Connection] = []
+    # a syscall's chunks arrive as consecutive events; gather them into one Segment
+    pending: dict[tuple[int, int, int], tuple[Connection, str, int, int, list[bytes]]] = {}
+
+    def flush_call(key: tuple[int, int, int]) -> None:
+        conn, direction, ts, orig, parts = pending.pop(key)
+        seg = Segment(ts, b"".join(parts), orig)
+        (conn.send if direction == "send" else conn.recv).append(seg)
+        conn.truncated_bytes += seg.truncated
+        st.truncated_bytes += seg.truncated
+
+    def close(conn: Connection, ts: int | None) -> None:
+        for k in [k for k in pending if k[0] == conn.tgid and k[1] == conn.fd]:
+            flush_call(k)
+        conn.closed_ns = ts
+        done.append(conn)
+
+    for rtype, rec in ef.records():
+        if rtype == NOTE:
+            assert isinstance(rec, dict)
+            if rec.get("type") == "stats":
+                st.collector = {k: v for k, v in rec.items() if k != "type"}
+            elif rec.get("type") == "sockdiag" and use_sockdiag:
+                conn = live.get((rec["tgid"], rec["fd"]))
+                if conn is None:
+                    continue
+                if rec.get("found"):
+                    conn.local = Endpoint(rec["local_ip"], rec["local_port"])
+                    conn.remote = Endpoint(rec["remote_ip"], rec["remote_port"])
+                    conn.addr_source = "sockdiag"
+                    st.sockdiag_found += 1
+                else:
+                    st.sockdiag_missing += 1
+            continue
+        assert isinstance(rec, memoryview)
+        st.kernel_records += 1
+        raw = bytes(rec)
+        kind = raw[kind_off]
+        if kind == d["PB_EV_DATA"]:
+            st.data_events += 1
+            ev = DE.from_buffer_copy(raw[:data_off].ljust(ctypes.sizeof(DE), b"\0"))
+            payload = raw[data_off : data_off + ev.cap_len]
+            if attach_at_ns is not None and ev.ts_ns < attach_at_ns:
+                st.dropped_before_attach += 1
+                continue
+            key = (ev.tgid, ev.fd)
+            conn = live.get(key)
+            direction = "send" if ev.dir == d["PB_DIR_SEND"] else "recv"
+            if conn is None:
+                if attach_at_ns is None:
+                    st.orphan_data_events += 1
+                    continue
+                # simulated late attach: the kernel would infer from this call's first bytes
+                if ev.offset != 0:
+                    continue
+                proto = infer_proto(payload[:16], from_start=False)
+                if proto is None:
+                    continue
+                conn = _inferred(ev, proto, payload, direction)
+                if use_sockdiag and key in before_attach:
+                    conn.local, conn.remote = before_attach[key]
+                    conn.addr_source = "sockdiag"
+                    st.sockdiag_found += 1
+                live[key] = conn
+                st.connections += 1
+                st.inferred_connections += 1
+            pkey = (ev.tgid, ev.fd, ev.ts_ns)
+            if ev.offset == 0:
+                for k in [k for k in pending if k[0] == ev.tgid and k[1] == ev.fd]:
+                    flush_call(k)
+                pending[pkey] = (conn, direction, ev.ts_ns, ev.orig_len, [payload])
+            elif pkey in pending:
+                pending[pkey][4].append(payload)
+            continue
+        ev = CE.from_buffer_copy(raw[:ce_size].ljust(ce_size, b"\0"))
+        st.conn_events += 1
+        key = (ev.tgid, ev.fd)
+        if kind == d["PB_EV_EXIT"]:
+            for k in [k for k in live if k[0] == ev.tgid]:
+                close(live.pop(k), ev.ts_ns)
+            continue
+        if attach_at_ns is not None and ev.ts_ns < attach_at_ns:
+            st.dropped_before_attach += 1
+            if kind == d["PB_EV_CONN"]:
+                before_attach[key] = (
+                    Endpoint(_ip(bytes(ev.laddr), ev.family), ev.lport) if ev.lport else None,
+                    Endpoint(_ip(bytes(ev.raddr), ev.family), ev.rport) if ev.rport else None,
+                )
+            elif kind == d["PB_EV_CLOSE"]:
+                before_attach.pop(key, None)
+            continue
+        if kind == d["PB_EV_CLOSE"]:
+            if key in live:
+                close(live.pop(key), ev.ts_ns)
+            continue
+        if key in live:  # fd reused without a close we saw
+            close(live.pop(key), ev.ts_ns)
+        conn = Connection(
+            tgid=ev.tgid,
+            fd=ev.fd,
+            comm=ev.comm.decode(errors="replace"),
+            role=_ROLES.get(ev.role, "unknown"),
+            proto=_PROTOS.get(ev.proto) or "unknown",
+            from_start=kind == d["PB_EV_CONN"],
+            opened_ns=ev.ts_ns,
+        )
+        if kind == d["PB_EV_CONN"] and ev.family in (2, 10):
+            if ev.rport:
+                conn.remote = Endpoint(_ip(bytes(ev.raddr), ev.family), ev.rport)
+            if ev.lport:
+                conn.local = Endpoint(_ip(bytes(ev.laddr), ev.family), ev.lport)
+            conn.addr_source = "connect" if conn.role == "client" else "accept"
+        else:
+            st.inferred_connections += 1
+        live[key] = conn
+        st.connections += 1
+    for key in list(pending):
+        flush_call(key)
+    for conn in live.values():
+        done.append(conn)
+    # protocol of from-start connections is fixed by their first data
+    for conn in done:
+        if conn.proto == "unknown":
+            first = conn.send[0] if conn.send else (conn.recv[0] if conn.recv else None)
+            if first is not None:
+                conn.proto = infer_proto(first.data[:16], from_start=True) or "unknown"
+    return [c for c in done if c.send or c.recv], st
+
+
+def _inferred(ev: Any, proto: str, payload: bytes, direction: str) -> Connection:
+    if proto == "http2":
+        is_request = payload.startswith(b"PRI ")
+        role = ("client" if direction == "send" else "server") if is_request else "unknown"
+    else:
+        is_request = not payload.startswith(b"HTTP/1.")
+        role = "client" if is_request == (direction == "send") else "server"
+    return Connection(
+        tgid=ev.tgid,
+        fd=ev.fd,
+        comm="",
+        role=role,
+        proto=proto,
+        from_start=False,
+        opened_ns=ev.ts_ns,
+    )

@@ -1,0 +1,206 @@
+"""The kernel-side collector process: attach the syscall-tracepoint program, record raw events.
+
+Runs as its own process (`python -m harness.collectors.kprobe.record`), so its
+CPU time is its own and a crash cannot take the runner down. The live path only
+appends ring-buffer records to the event file; the one thing it does besides is
+the seed's netlink step (sock_diag) for connections found without an address,
+because sockets exist only live. Prints ``ATTACHED <monotonic_ns>`` once the
+probes are in place; SIGTERM/SIGINT or the deadline stop it, after a drain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import resource
+import signal
+import struct
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from harness.collectors import sockdiag
+from harness.collectors.bpfsource import compile_program
+from harness.collectors.eventfile import EventWriter
+from harness.collectors.kprobe.layout import DEFAULT_MAX_CAPTURE, header
+from harness.errors import ProbebenchError
+
+PROGRAM = "kprobe_collector.c"
+
+
+class Recorder:
+    def __init__(
+        self,
+        out: Path,
+        tgids: list[int],
+        ports: list[int],
+        max_capture: int = DEFAULT_MAX_CAPTURE,
+        ringbuf_pages: int = 1024,
+    ) -> None:
+        if max_capture & (max_capture - 1) or not 64 <= max_capture <= 16384:
+            raise ProbebenchError("--max-capture must be a power of two in 64..16384")
+        if ringbuf_pages & (ringbuf_pages - 1):
+            raise ProbebenchError("--ringbuf-pages must be a power of two")
+        self.hdr = header(max_capture)
+        d = self.hdr.defines
+        self.kind_off = self.hdr.offset("pb_conn_event", "kind")
+        self.key_fmt = struct.Struct("<IIi")  # ts low bits skipped: tgid, tid, fd at offset 8
+        self.defines = {
+            "PB_FILTER_TGID": int(bool(tgids)),
+            "PB_FILTER_PORTS": int(bool(ports)),
+            "PB_SELF_TGID": os.getpid(),
+            "PB_MAX_CAPTURE": max_capture,
+            "PB_RINGBUF_PAGES": ringbuf_pages,
+        }
+        self.ev_conn, self.ev_infer, self.ev_exit = (
+            d["PB_EV_CONN"],
+            d["PB_EV_CONN_INFER"],
+            d["PB_EV_EXIT"],
+        )
+        self.lport_off = self.hdr.offset("pb_conn_event", "lport")
+        self.tgids, self.ports = tgids, ports
+        self.writer = EventWriter(
+            out,
+            {
+                "collector": "kprobe",
+                "program": PROGRAM,
+                "defines": self.defines,
+                "tgids": tgids,
+                "ports": ports,
+                "clock": "CLOCK_MONOTONIC",
+                "sizes": {n: ctypes.sizeof(s) for n, s in self.hdr.structs.items()},
+            },
+        )
+        self.pending_diag: list[tuple[int, int, int]] = []  # tgid, fd, ts
+        self.exited: list[int] = []
+        self.sockdiag_lookups = 0
+        self.sockdiag_misses = 0
+
+    def _on_event(self, _ctx: Any, data: int, size: int) -> None:
+        raw = ctypes.string_at(data, size)
+        self.writer.kernel(raw)
+        kind = raw[self.kind_off]
+        if kind == self.ev_infer or (
+            kind == self.ev_conn and struct.unpack_from("<H", raw, self.lport_off)[0] == 0
+        ):
+            tgid, _tid, fd = self.key_fmt.unpack_from(raw, 8)
+            self.pending_diag.append((tgid, fd, struct.unpack_from("<Q", raw, 0)[0]))
+        elif kind == self.ev_exit:
+            self.exited.append(struct.unpack_from("<I", raw, 8)[0])
+
+    def _resolve_pending(self) -> None:
+        """The netlink step, batched: one sock_diag dump per poll round."""
+        if not self.pending_diag:
+            return
+        batch, self.pending_diag = self.pending_diag, []
+        found = sockdiag.lookup([(t, f) for t, f, _ in batch])
+        for tgid, fd, ts in batch:
+            a = found.get((tgid, fd))
+            self.sockdiag_lookups += 1
+            note: dict[str, Any] = {"type": "sockdiag", "tgid": tgid, "fd": fd, "ts_ns": ts}
+            if a is None:
+                self.sockdiag_misses += 1
+                note["found"] = False
+            else:
+                note.update(
+                    found=True,
+                    local_ip=a.local_ip,
+                    local_port=a.local_port,
+                    remote_ip=a.remote_ip,
+                    remote_port=a.remote_port,
+                )
+            self.writer.note(note)
+
+    def _collect_exited(self, bpf: Any) -> None:
+        """Drop connection-table state of processes that exited."""
+        if not self.exited:
+            return
+        gone, self.exited = set(self.exited), []
+        conns = bpf["conns"]
+        for k in [k for k in conns if k.tgid in gone]:
+            del conns[k]
+
+    def run(self, deadline_s: float) -> dict[str, Any]:
+        stop = {"signal": 0}
+
+        def on_signal(signum: int, _f: object) -> None:
+            stop["signal"] = signum
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        bpf = compile_program(PROGRAM, self.defines)
+        try:
+            targets, ports = bpf["targets"], bpf["ports"]
+            for t in self.tgids:
+                targets[ctypes.c_uint32(t)] = ctypes.c_uint8(1)
+            for p in self.ports:
+                ports[ctypes.c_uint16(p)] = ctypes.c_uint8(1)
+            bpf["events"].open_ring_buffer(self._on_event)
+            attach_ns = time.monotonic_ns()
+            self.writer.note({"type": "attached", "ts_ns": attach_ns})
+            print(f"ATTACHED {attach_ns}", flush=True)
+            end = time.monotonic() + deadline_s
+            while not stop["signal"] and time.monotonic() < end:
+                bpf.ring_buffer_poll(100)
+                self._resolve_pending()
+                self._collect_exited(bpf)
+            # drain what the kernel already queued
+            bpf.ring_buffer_consume()
+            self._resolve_pending()
+            stats = self._stats(bpf)
+            stats["stopped_by"] = (
+                signal.Signals(stop["signal"]).name if stop["signal"] else "deadline"
+            )
+            self.writer.note({"type": "stats", **stats})
+            return stats
+        finally:
+            self.writer.close()
+            bpf.cleanup()
+
+    def _stats(self, bpf: Any) -> dict[str, Any]:
+        d = self.hdr.defines
+        arr = bpf["stats"]
+        totals = [sum(arr.getvalue(ctypes.c_int(i))) for i in range(d["PB_STAT_MAX"])]
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        return {
+            "lost_events": totals[d["PB_STAT_DROPPED"]],
+            "data_events": totals[d["PB_STAT_DATA_EVENTS"]],
+            "conn_events": totals[d["PB_STAT_CONN_EVENTS"]],
+            "truncated_calls": totals[d["PB_STAT_TRUNCATED_CALLS"]],
+            "truncated_bytes": totals[d["PB_STAT_TRUNCATED_BYTES"]],
+            "non_http_connections": totals[d["PB_STAT_NON_HTTP"]],
+            "records_written": self.writer.records,
+            "bytes_written": self.writer.bytes,
+            "sockdiag_lookups": self.sockdiag_lookups,
+            "sockdiag_misses": self.sockdiag_misses,
+            "cpu_user_s": ru.ru_utime,
+            "cpu_system_s": ru.ru_stime,
+        }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="probebench-kprobe-record", description=__doc__)
+    ap.add_argument("--out", type=Path, required=True, help="event file to write")
+    ap.add_argument("--tgid", type=int, action="append", default=[], help="trace only these")
+    ap.add_argument("--port", type=int, action="append", default=[], help="trace only these")
+    ap.add_argument("--max-capture", type=int, default=DEFAULT_MAX_CAPTURE)
+    ap.add_argument("--ringbuf-pages", type=int, default=1024)
+    ap.add_argument("--deadline", type=float, default=3600.0, help="stop after this many s")
+    ap.add_argument("--stats", type=Path, help="also write the final stats here as JSON")
+    a = ap.parse_args(argv)
+    try:
+        rec = Recorder(a.out, a.tgid, a.port, a.max_capture, a.ringbuf_pages)
+        stats = rec.run(a.deadline)
+    except ProbebenchError as e:
+        print(f"kprobe collector: {e}", file=sys.stderr)
+        return 2
+    if a.stats:
+        a.stats.write_text(json.dumps(stats, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
