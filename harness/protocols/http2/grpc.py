@@ -1,0 +1,96 @@
+"""Body accounting for one direction of one stream: DATA bytes and gRPC message counting.
+
+gRPC frames each message as a 1-byte compressed flag, a 4-byte big-endian length and the
+message. Messages may span DATA frames and unseen (capture-cut) bytes: the walk follows
+lengths through unseen message bodies and only breaks when a 5-byte prefix itself is unseen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+GRPC_PREFIX_LEN = 5
+
+
+@dataclass(slots=True)
+class BodyCounter:
+    data_bytes: int = 0  # DATA payload minus padding
+    data_exact: bool = True  # False once a padding length byte was unseen
+    frames: int = 0
+    messages: int = 0  # counted when a message's prefix is complete
+    message_bytes: int = 0  # sum of message lengths, prefixes excluded
+    broken: bool = False  # a prefix fell in unseen bytes: counts no longer reliable
+    grpc_shaped: bool = True  # every prefix had a 0/1 compressed flag
+    _prefix: bytearray = field(default_factory=bytearray)
+    _remaining: int = 0  # message bytes still to come
+
+    @property
+    def at_boundary(self) -> bool:
+        """The body ended exactly after a whole message (or is empty)."""
+        return not self._prefix and self._remaining == 0
+
+    def add_data_frame(
+        self, length: int, padded: bool, pieces: Sequence[tuple[int, bytes]]
+    ) -> None:
+        """Account one DATA frame: ``length`` its payload length, ``pieces`` its seen runs."""
+        self.frames += 1
+        start, stop = 0, length
+        if padded:
+            first = pieces[0] if pieces and pieces[0][0] == 0 else None
+            if first is None or length < 1:
+                self.data_exact = False
+                self.broken = True  # the data's end is unknown, so is where prefixes sit
+                return
+            start, stop = 1, length - first[1][0]
+            if stop < start:
+                self.data_exact = False
+                self.broken = True
+                return
+        self.data_bytes += stop - start
+        if self.broken:
+            return
+        cursor = start
+        for off, chunk in pieces:
+            lo, hi = max(off, start), min(off + len(chunk), stop)
+            if lo >= hi:
+                continue
+            if lo > cursor:
+                self._skip_unseen(lo - cursor)
+                if self.broken:
+                    return
+            self._walk(chunk[lo - off : hi - off])
+            cursor = hi
+        if cursor < stop:
+            self._skip_unseen(stop - cursor)
+
+    def mark_lost(self) -> None:
+        """Frames of this direction were lost: counts can no longer be trusted."""
+        self.broken = True
+        self.data_exact = False
+
+    def _skip_unseen(self, n: int) -> None:
+        take = min(n, self._remaining)
+        self._remaining -= take
+        if n > take:
+            self.broken = True
+
+    def _walk(self, data: bytes) -> None:
+        i = 0
+        while i < len(data):
+            if self._remaining:
+                take = min(self._remaining, len(data) - i)
+                self._remaining -= take
+                i += take
+                continue
+            need = GRPC_PREFIX_LEN - len(self._prefix)
+            self._prefix += data[i : i + need]
+            i += min(need, len(data) - i)
+            if len(self._prefix) == GRPC_PREFIX_LEN:
+                if self._prefix[0] not in (0, 1):
+                    self.grpc_shaped = False
+                length = int.from_bytes(self._prefix[1:5], "big")
+                self.messages += 1
+                self.message_bytes += length
+                self._remaining = length
+                self._prefix.clear()

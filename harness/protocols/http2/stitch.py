@@ -1,0 +1,540 @@
+"""Turn both directions of one HTTP/2 connection into one Exchange per stream (h2c and gRPC).
+
+Segments of both directions are merged by time and fed to one frame parser per direction;
+header blocks (HEADERS/PUSH_PROMISE + CONTINUATION) go to that direction's HPACK decoder,
+DATA to per-stream body counters. What could not be known is named on each Exchange
+(``degraded``) and counted in ``Http2Stats``; nothing is guessed.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+from urllib.parse import unquote
+
+from harness.model import Exchange, Side, Source
+from harness.protocols.common import Segment
+from harness.protocols.http2.errors import HpackDecodeError
+from harness.protocols.http2.frames import (
+    FrameEvent,
+    FrameParsed,
+    FrameParser,
+    FrameStats,
+    FrameType,
+    SyncAcquired,
+    SyncLost,
+)
+from harness.protocols.http2.grpc import BodyCounter
+from harness.protocols.http2.hpack import DecodedField, HpackDecoder, HpackMode, HpackStats
+
+C2S, S2C = 0, 1
+END_STREAM, END_HEADERS, PADDED, PRIORITY = 0x1, 0x4, 0x8, 0x20
+SETTINGS_HEADER_TABLE_SIZE, SETTINGS_MAX_FRAME_SIZE = 0x1, 0x5
+
+# Reasons, as the analysis counts them.
+R_HPACK = "hpack_unknown_index"
+R_HPACK_ERROR = "hpack_decode_error"
+R_MISSED = "headers_missed_stream"
+R_TRUNC = "truncated_payload"
+R_INCOMPLETE = "stream_incomplete"
+
+FIELDS = ("method", "path", "authority", "status", "grpc_status", "grpc_message",
+          "req_bytes", "resp_bytes", "req_messages", "resp_messages", "protocol")
+
+
+@dataclass(slots=True)
+class Http2Stats:
+    """Everything the stitcher lost or could not decode, per direction and per field."""
+
+    from_start: bool = False
+    c2s_frames: FrameStats = field(default_factory=FrameStats)
+    s2c_frames: FrameStats = field(default_factory=FrameStats)
+    c2s_hpack: HpackStats = field(default_factory=HpackStats)
+    s2c_hpack: HpackStats = field(default_factory=HpackStats)
+    streams: int = 0
+    exchanges: int = 0
+    grpc_exchanges: int = 0
+    headers_missed_streams: int = 0
+    incomplete_streams: int = 0
+    rst_streams: int = 0
+    hpack_errors: int = 0
+    truncated_header_blocks: int = 0
+    orphan_continuations: int = 0
+    push_promises: int = 0
+    bodies_broken: int = 0
+    unknown_custom_headers: int = 0
+    field_decoded: dict[str, int] = field(default_factory=dict)
+    field_unknown: dict[str, int] = field(default_factory=dict)
+    degraded_by_reason: dict[str, int] = field(default_factory=dict)
+    # One row per exchange, in call order: (conn_seq, header fields known, unknown).
+    recovery: list[tuple[int, int, int]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Block:
+    fields: list[DecodedField] | None  # None: the block could not be decoded at all
+    truncated: bool = False
+
+    @property
+    def unknowns(self) -> int:
+        return -1 if self.fields is None else sum(not f.known for f in self.fields)
+
+    def reason(self) -> str:
+        """Why a field absent from this block may have been there."""
+        if self.fields is None:
+            return R_HPACK_ERROR
+        if self.unknowns:
+            return R_HPACK
+        return R_TRUNC
+
+
+@dataclass(slots=True)
+class _Call:
+    stream_id: int
+    seq: int
+    t_start: int
+    t_end: int
+    headers_missed: bool
+    req: _Block | None = None
+    resp: _Block | None = None
+    trailers: _Block | None = None
+    bodies: tuple[BodyCounter, BodyCounter] = field(
+        default_factory=lambda: (BodyCounter(), BodyCounter()))
+    body_from_start: list[bool] = field(default_factory=lambda: [False, False])
+    ended: list[bool] = field(default_factory=lambda: [False, False])
+    lost: list[bool] = field(default_factory=lambda: [False, False])
+    reset: bool = False
+
+    @property
+    def done(self) -> bool:
+        return self.reset or all(self.ended)
+
+
+_Why = Callable[[_Block | None, int], str]  # names why a header-derived field is missing
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A header block waiting for its CONTINUATIONs."""
+
+    stream_id: int
+    flags: int
+    kind: Literal["headers", "push"]
+    fragment: bytearray
+    truncated: bool
+    ts_ns: int
+
+
+def orient(sent: Iterable[Segment], received: Iterable[Segment],
+           side: Side) -> tuple[Iterable[Segment], Iterable[Segment]]:
+    """(client_to_server, server_to_client) from what the observed process sent/received."""
+    return (sent, received) if side == "client" else (received, sent)
+
+
+def stitch_http2(
+    client_to_server: Iterable[Segment],
+    server_to_client: Iterable[Segment],
+    *,
+    hpack_mode: HpackMode = "tolerant",
+    source: Source = "kprobe",
+    side: Side = "client",
+    conn_id: str | None = None,
+) -> tuple[list[Exchange], Http2Stats]:
+    """Decode one connection; return its Exchanges (call order) and what was lost."""
+    st = _Stitcher(hpack_mode, source, side, conn_id)
+    tagged = [
+        [(s.ts_ns, d, i, s) for i, s in enumerate(segs)]
+        for d, segs in ((C2S, client_to_server), (S2C, server_to_client))
+    ]
+    for ts, d, _, seg in heapq.merge(*(sorted(t, key=lambda x: (x[0], x[2])) for t in tagged)):
+        del ts
+        st.handle(d, st.parsers[d].feed(seg))
+    for d in (C2S, S2C):
+        st.handle(d, st.parsers[d].close())
+    return st.finish()
+
+
+class _Stitcher:
+    def __init__(self, mode: HpackMode, source: Source, side: Side, conn_id: str | None) -> None:
+        self.mode = mode
+        self.source: Source = source
+        self.side: Side = side
+        self.conn_id = conn_id
+        self.parsers = (FrameParser(role="client"), FrameParser(role="server"))
+        self.decoders: list[HpackDecoder | None] = [None, None]
+        self.pending: list[_Pending | None] = [None, None]
+        self.calls: dict[int, _Call] = {}
+        self.finished: list[_Call] = []
+        self.closed_ids: set[int] = set()
+        self.stats = Http2Stats()
+        self.allowed_table: list[int | None] = [None, None]
+        self.first_s2c_settings = False
+        self.s2c_first_offset: int | None = None
+        self.nframes = [0, 0]
+
+    # -- frames ------------------------------------------------------------------------
+
+    def handle(self, d: int, events: list[FrameEvent]) -> None:
+        for ev in events:
+            if isinstance(ev, FrameParsed):
+                self.frame(d, ev)
+            elif isinstance(ev, SyncLost):
+                self.lost(d)
+            elif isinstance(ev, SyncAcquired) and d == S2C and self.s2c_first_offset is None:
+                self.s2c_first_offset = ev.offset
+
+    def lost(self, d: int) -> None:
+        """Frames of direction d were lost: bodies and header state there are uncertain."""
+        for call in self.calls.values():
+            call.lost[d] = True
+            call.bodies[d].mark_lost()
+        if self.pending[d] is not None:
+            self.pending[d] = None
+        dec = self.decoders[d]
+        if dec is not None:
+            dec.lose_sync()
+
+    def decoder(self, d: int) -> HpackDecoder:
+        dec = self.decoders[d]
+        if dec is None:
+            # Both directions attach at once, and a server encodes no header block before
+            # the client's first request: the client's preface vouches for both tables.
+            c2s = self.parsers[C2S].stats
+            if c2s.segments:
+                from_start = c2s.preface_seen and (d == C2S or self.s2c_first_offset == 0)
+            else:  # only the server's bytes: its first frame is SETTINGS at offset 0
+                from_start = self.first_s2c_settings
+            if d == C2S or not c2s.segments:
+                self.stats.from_start = from_start
+            dec = HpackDecoder(mode=self.mode, from_start=from_start)
+            allowed = self.allowed_table[d]
+            if allowed is not None:
+                dec.set_allowed_max(allowed)
+            self.decoders[d] = dec
+        return dec
+
+    def frame(self, d: int, f: FrameParsed) -> None:
+        t = f.type
+        self.nframes[d] += 1
+        if d == S2C and self.nframes[d] == 1:
+            self.first_s2c_settings = (self.s2c_first_offset == 0 and t == FrameType.SETTINGS
+                                       and not f.has(0x1))
+        pend = self.pending[d]
+        if pend is not None and t != FrameType.CONTINUATION:
+            # The block's end was lost; decode what arrived as a cut block.
+            pend.truncated = True
+            self.pending[d] = None
+            self.header_block(d, pend)
+        if t == FrameType.DATA:
+            self.data(d, f)
+        elif t in (FrameType.HEADERS, FrameType.PUSH_PROMISE):
+            self.headers_frame(d, f)
+        elif t == FrameType.CONTINUATION:
+            self.continuation(d, f)
+        elif t == FrameType.RST_STREAM:
+            call = self.calls.get(f.stream_id)
+            if call is not None:
+                self.stats.rst_streams += 1
+                call.reset = True
+                call.t_end = f.ts_ns
+                self.maybe_finish(call)
+        elif t == FrameType.SETTINGS and not f.has(0x1):
+            self.settings(d, f)
+
+    def settings(self, d: int, f: FrameParsed) -> None:
+        # The sender's settings bind the other direction's encoder and frame sizes.
+        other = 1 - d
+        for i in range(0, len(f.payload) - 5, 6):
+            ident = int.from_bytes(f.payload[i : i + 2], "big")
+            value = int.from_bytes(f.payload[i + 2 : i + 6], "big")
+            if ident == SETTINGS_HEADER_TABLE_SIZE:
+                self.allowed_table[other] = value
+                dec = self.decoders[other]
+                if dec is not None:
+                    dec.set_allowed_max(value)
+            elif ident == SETTINGS_MAX_FRAME_SIZE:
+                self.parsers[other].set_max_frame_size(value)
+
+    def call_for(self, sid: int, ts: int, *, by_request_headers: bool) -> _Call | None:
+        if sid == 0 or sid in self.closed_ids:
+            return None
+        call = self.calls.get(sid)
+        if call is None:
+            call = _Call(sid, self.stats.streams, ts, ts, headers_missed=not by_request_headers)
+            self.stats.streams += 1
+            if call.headers_missed:
+                self.stats.headers_missed_streams += 1
+            self.calls[sid] = call
+        call.t_end = max(call.t_end, ts)
+        return call
+
+    def data(self, d: int, f: FrameParsed) -> None:
+        call = self.call_for(f.stream_id, f.ts_ns, by_request_headers=False)
+        if call is None:
+            return
+        call.bodies[d].add_data_frame(f.length, f.has(PADDED), f.pieces)
+        if f.has(END_STREAM):
+            call.ended[d] = True
+            self.maybe_finish(call)
+
+    def headers_frame(self, d: int, f: FrameParsed) -> None:
+        off = 0
+        pad = 0
+        seen = f.payload
+        if f.has(PADDED):
+            if not seen:
+                pad = -1
+            else:
+                pad = seen[0]
+                off = 1
+        if f.type == FrameType.PUSH_PROMISE:
+            off += 4
+            self.stats.push_promises += 1
+        elif f.has(PRIORITY):
+            off += 5
+        if pad < 0:  # the padding length is unseen: the fragment's end is unknown
+            frag, truncated = b"", True
+        else:
+            end = f.length - pad
+            frag = seen[off:end]
+            truncated = len(seen) < end
+        pend = _Pending(f.stream_id, f.flags, "push" if f.type == FrameType.PUSH_PROMISE
+                        else "headers", bytearray(frag), truncated, f.ts_ns)
+        if f.flags & END_HEADERS:
+            self.header_block(d, pend)
+        else:
+            self.pending[d] = pend
+
+    def continuation(self, d: int, f: FrameParsed) -> None:
+        pend = self.pending[d]
+        if pend is None or pend.stream_id != f.stream_id:
+            # The block's start went by unseen: whatever it inserted is unknown.
+            self.stats.orphan_continuations += 1
+            self.decoder(d).lose_sync()
+            call = self.calls.get(f.stream_id)
+            if call is not None:
+                call.lost[d] = True
+            return
+        if not pend.truncated:
+            pend.fragment += f.payload
+            pend.truncated = f.truncated_bytes > 0
+        pend.ts_ns = f.ts_ns
+        if f.flags & END_HEADERS:
+            self.pending[d] = None
+            self.header_block(d, pend)
+
+    def header_block(self, d: int, pend: _Pending) -> None:
+        dec = self.decoder(d)
+        if pend.truncated:
+            self.stats.truncated_header_blocks += 1
+        try:
+            fields: list[DecodedField] | None = dec.decode(bytes(pend.fragment),
+                                                          complete=not pend.truncated)
+        except HpackDecodeError:
+            self.stats.hpack_errors += 1
+            dec.lose_sync()
+            fields = None
+        if pend.kind == "push":
+            return  # decoded only to keep the table in step
+        block = _Block(fields, pend.truncated)
+        call = self.call_for(pend.stream_id, pend.ts_ns, by_request_headers=d == C2S)
+        if call is None:
+            return
+        if d == C2S:
+            if call.req is None and not call.headers_missed:
+                call.req = block
+                call.body_from_start[C2S] = True
+            # else: request trailers, decoded only to keep the table in step
+        elif call.resp is None and not _looks_like_trailers(block, pend.flags, call):
+            if _informational(block):
+                return
+            call.resp = block
+            call.body_from_start[S2C] = True
+        else:
+            call.trailers = block
+        if pend.flags & END_STREAM:
+            call.ended[d] = True
+            self.maybe_finish(call)
+
+    def maybe_finish(self, call: _Call) -> None:
+        if call.done:
+            self.finished.append(call)
+            del self.calls[call.stream_id]
+            self.closed_ids.add(call.stream_id)
+
+    # -- exchanges ---------------------------------------------------------------------
+
+    def finish(self) -> tuple[list[Exchange], Http2Stats]:
+        for d in (C2S, S2C):
+            dec = self.decoders[d]
+            if dec is not None:
+                if d == C2S:
+                    self.stats.c2s_hpack = dec.stats
+                else:
+                    self.stats.s2c_hpack = dec.stats
+        self.stats.c2s_frames = self.parsers[C2S].stats
+        self.stats.s2c_frames = self.parsers[S2C].stats
+        calls = sorted([*self.finished, *self.calls.values()], key=lambda c: c.seq)
+        out = [self.exchange(c) for c in calls]
+        self.stats.exchanges = len(out)
+        return out, self.stats
+
+    def exchange(self, call: _Call) -> Exchange:
+        st = self.stats
+        x = Exchange(source=self.source, side=self.side, protocol="h2c", conn_id=self.conn_id,
+                     stream_id=call.stream_id, conn_seq=call.seq,
+                     t_start_ns=call.t_start, t_end_ns=call.t_end)
+        if not call.done:
+            st.incomplete_streams += 1
+        req = _Fields(call.req)
+        resp = _Fields(call.resp)
+        trl = _Fields(call.trailers)
+
+        def why(block: _Block | None, d: int) -> str:
+            if block is not None:
+                return block.reason()
+            if d == C2S and call.headers_missed:
+                return R_MISSED
+            if call.lost[d]:
+                return R_TRUNC
+            return R_INCOMPLETE
+
+        for name, key in (("method", ":method"), ("path", ":path"), ("authority", ":authority")):
+            value = req.pseudo.get(key)
+            if value is not None:
+                setattr(x, name, value)
+            elif call.req is None or call.req.unknowns or call.req.truncated:
+                x.degrade(name, why(call.req, C2S))
+        status = resp.pseudo.get(":status")
+        if status is not None and status.isdigit():
+            x.status = int(status)
+        elif call.resp is None or call.resp.unknowns or call.resp.truncated:
+            x.degrade("status", why(call.resp, S2C))
+        x.req_headers = req.headers
+        x.resp_headers = resp.headers
+        x.trailers = trl.headers
+        for name, fl, need in (("req_headers", req, 4), ("resp_headers", resp, 1),
+                               ("trailers", trl, 0)):
+            missing_pseudo = need - len(fl.pseudo) if need else 0
+            custom_unknown = max(0, fl.unknown - max(missing_pseudo, 0))
+            if custom_unknown:
+                st.unknown_custom_headers += custom_unknown
+                x.degrade(name, R_HPACK)
+
+        grpc = self.is_grpc(call, x, req, resp, trl)
+        x.protocol = "h2c-grpc" if grpc else "h2c"
+        if grpc:
+            st.grpc_exchanges += 1
+            self.grpc_status(call, x, resp, trl, why)
+        for d, prefix in ((C2S, "req"), (S2C, "resp")):
+            self.body(call, x, d, prefix, grpc, why)
+        for name in FIELDS:
+            bad = any(g.field == name for g in x.degraded)
+            target = st.field_unknown if bad else st.field_decoded
+            target[name] = target.get(name, 0) + 1
+        for g in x.degraded:
+            st.degraded_by_reason[g.reason] = st.degraded_by_reason.get(g.reason, 0) + 1
+        known = req.known + resp.known + trl.known
+        unknown = req.unknown + resp.unknown + trl.unknown
+        st.recovery.append((call.seq, known, unknown))
+        return x
+
+    def is_grpc(self, call: _Call, x: Exchange, req: _Fields, resp: _Fields,
+                trl: _Fields) -> bool:
+        ct = req.headers.get("content-type") or resp.headers.get("content-type")
+        if ct is not None:
+            return ct.startswith("application/grpc")
+        names = [*req.headers, *resp.headers, *trl.headers]
+        if any(n.startswith("grpc-") for n in names) or req.headers.get("te") == "trailers":
+            return True
+        # No header says so: bodies that are exact gRPC framing are strong evidence, but it
+        # is evidence, not a decode, so the protocol is marked as inferred.
+        bodies = call.bodies
+        shaped = all(b.grpc_shaped and not b.broken and b.at_boundary for b in bodies)
+        if shaped and any(b.messages for b in bodies):
+            x.degrade("protocol", R_HPACK if (req.unknown or resp.unknown) else R_MISSED)
+            return True
+        if req.unknown or resp.unknown or call.req is None:
+            x.degrade("protocol", R_HPACK if call.req is not None else R_MISSED)
+        return False
+
+    def grpc_status(self, call: _Call, x: Exchange, resp: _Fields, trl: _Fields,
+                    why: _Why) -> None:
+        src, block = (trl, call.trailers) if call.trailers is not None else (resp, call.resp)
+        value = src.headers.get("grpc-status")
+        if value is not None and value.isdigit():
+            x.grpc_status = int(value)
+        elif block is None or block.unknowns or block.truncated or call.trailers is None:
+            x.degrade("grpc_status", why(call.trailers, S2C))
+        msg = src.headers.get("grpc-message")
+        if msg is not None:
+            x.grpc_message = unquote(msg, errors="replace")
+        elif block is not None and (block.unknowns or block.truncated):
+            x.degrade("grpc_message", block.reason())
+
+    def body(self, call: _Call, x: Exchange, d: int, prefix: str, grpc: bool,
+             why: _Why) -> None:
+        b = call.bodies[d]
+        reason = None
+        if not call.body_from_start[d]:
+            # DATA before this direction's HEADERS: part of the body went by unseen.
+            reason = R_MISSED if call.headers_missed else why(None, d)
+        elif not call.ended[d] and not call.reset:
+            reason = R_INCOMPLETE  # counts so far are only a lower bound
+        if reason is not None:
+            x.degrade(f"{prefix}_bytes", reason)
+            if grpc:
+                x.degrade(f"{prefix}_messages", reason)
+            return
+        if grpc:
+            if b.broken:
+                self.stats.bodies_broken += 1
+                x.degrade(f"{prefix}_bytes", R_TRUNC)
+                x.degrade(f"{prefix}_messages", R_TRUNC)
+                return
+            setattr(x, f"{prefix}_bytes", b.message_bytes)
+            setattr(x, f"{prefix}_messages", b.messages)
+        elif b.data_exact:
+            setattr(x, f"{prefix}_bytes", b.data_bytes)
+        else:
+            x.degrade(f"{prefix}_bytes", R_TRUNC)
+
+
+class _Fields:
+    """A decoded block split into pseudo-headers and lowercase regular headers."""
+
+    def __init__(self, block: _Block | None) -> None:
+        self.pseudo: dict[str, str] = {}
+        self.headers: dict[str, str] = {}
+        self.known = 0
+        self.unknown = 0
+        if block is None or block.fields is None:
+            return
+        for f in block.fields:
+            if not f.known or f.name is None or f.value is None:
+                self.unknown += 1
+                continue
+            self.known += 1
+            name = f.name.decode("latin-1").lower()
+            value = f.value.decode("utf-8", errors="replace")
+            target = self.pseudo if name.startswith(":") else self.headers
+            target[name] = f"{target[name]}, {value}" if name in target else value
+
+
+def _looks_like_trailers(block: _Block, flags: int, call: _Call) -> bool:
+    """A server block with END_STREAM and no :status, after response DATA, is trailers."""
+    if block.fields is None or not flags & END_STREAM:
+        return False
+    names = {f.name for f in block.fields if f.known}
+    if b":status" in names:
+        return False
+    return b"grpc-status" in names or call.bodies[S2C].frames > 0
+
+
+def _informational(block: _Block) -> bool:
+    for f in block.fields or ():
+        if f.known and f.name == b":status" and f.value is not None:
+            return f.value.startswith(b"1")
+    return False
