@@ -36,10 +36,12 @@ _FIELDS = (
     "http.content_length", "http.chunk_size", "http.transfer_encoding",
     "http.request.line", "http.response.line",
     "_ws.expert.severity", "_ws.expert.message",
+    # only for bodies delimited by the connection's close: total minus header bytes
+    "http.response.version", "http.response.phrase", "tcp.len", "tcp.reassembled.length",
 )
 (_NUM, _TIME, _STREAM, _SRC4, _SRC6, _SPORT, _DST4, _DST6, _DPORT, _SEGS, _METHOD, _URI,
- _VERSION, _CODE, _REQ_IN, _CLEN, _CHUNKS, _TE, _REQ_LINES, _RESP_LINES, _SEV, _MSG) = range(
-    len(_FIELDS))
+ _VERSION, _CODE, _REQ_IN, _CLEN, _CHUNKS, _TE, _REQ_LINES, _RESP_LINES, _SEV, _MSG,
+ _RESP_VERSION, _PHRASE, _TCP_LEN, _REASM_LEN) = range(len(_FIELDS))
 
 
 @dataclass(slots=True)
@@ -110,6 +112,17 @@ def _body_size(row: list[str], *, head_or_no_body: bool) -> int | None:
     if "chunked" in row[_TE].lower():
         return 0
     return None
+
+
+def _close_delimited_size(row: list[str]) -> int | None:
+    """Body of a response that ends with the connection: message bytes minus its header."""
+    total = _int(_first(row[_REASM_LEN])) or _int(_first(row[_TCP_LEN]))
+    if total is None or not row[_RESP_VERSION]:
+        return None
+    status = f"{row[_RESP_VERSION]} {row[_CODE]} {unescape(row[_PHRASE])}\r\n"
+    lines = [unescape(ln) for ln in row[_RESP_LINES].split(AGG)] if row[_RESP_LINES] else []
+    head = sum(len(t.encode("utf-8", "surrogateescape")) for t in (status, *lines)) + 2
+    return total - head if total >= head else None
 
 
 def _scan(
@@ -203,6 +216,8 @@ def _scan(
                         row, head_or_no_body=x.method == "HEAD" or x.status in NO_BODY_STATUS
                         or 100 <= x.status < 200,
                     )
+                    if x.resp_bytes is None:
+                        x.resp_bytes = _close_delimited_size(row)
                     if x.resp_bytes is None:
                         warnings["HTTP/1 response without Content-Length or chunking: "
                                  "body size unknown"] += 1

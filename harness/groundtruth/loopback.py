@@ -26,7 +26,10 @@ CHUNK = 1000  # bytes per chunk of /chunked responses
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """Routes: /bytes/N (GET, HEAD), /echo (POST, 201), /empty (204), /chunked/N (HTTP/1.1 only)."""
+    """Routes: /bytes/N (GET, HEAD), /echo (POST, 201), /empty (204), /chunked/N.
+
+    /chunked/N is close-delimited (no Content-Length) for HTTP/1.0 clients.
+    """
 
     protocol_version = "HTTP/1.1"  # keep-alive for 1.1 clients; 1.0 clients still get a close
 
@@ -49,6 +52,12 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.startswith("/empty"):
             self._start(204)
             self.end_headers()
+        elif self.path.startswith("/chunked/") and self.request_version == "HTTP/1.0":
+            # no chunking in HTTP/1.0: the body ends where the connection does
+            self._start(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.end_headers()
+            self.wfile.write(b"c" * self._size())
         elif self.path.startswith("/chunked/"):
             n = self._size()
             self._start(200)
@@ -123,6 +132,7 @@ def fixture_plan() -> list[Connection]:
         Request("HEAD", "/bytes/4096"),
         Request("GET", "/empty"),
         Request("GET", "/bytes/0?q=1"),
+        Request("GET", "/chunked/2500"),  # close-delimited body
     ]
     keep_a = (
         Request("GET", "/bytes/1500"),
