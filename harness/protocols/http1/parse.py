@@ -258,6 +258,11 @@ class Http1Parser:
         """The internal state's name, for diagnostics and tests."""
         return self._state.value
 
+    @property
+    def buffered(self) -> int:
+        """Bytes held waiting for more (a partial start line, header block or chunk line)."""
+        return len(self._buf) - self._pos
+
     def expect_response_to(self, method: str | None, ts_ns: int = 0) -> None:
         """Queue the method (None if unknown) of a request whose response this parser will see."""
         if self.kind != "response":
