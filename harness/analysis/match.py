@@ -1,0 +1,147 @@
+"""Pair collector Exchanges with truth Exchanges, and judge each field of each pair."""
+
+from __future__ import annotations
+
+import bisect
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from harness.model import Exchange
+
+# How far apart a collector's and Wireshark's start of one exchange may be.
+MATCH_WINDOW_NS = 2_000_000_000
+ID_HEADER = "x-probebench-id"
+
+COMMON_FIELDS = (
+    "method", "path", "status", "req_bytes", "resp_bytes",
+    "client_ip", "client_port", "server_ip", "server_port",
+)  # fmt: skip
+GRPC_FIELDS = (
+    *COMMON_FIELDS, "authority", "grpc_status", "grpc_message", "req_messages", "resp_messages",
+    "req_headers",
+)  # fmt: skip
+
+
+def required_fields(protocol: str) -> tuple[str, ...]:
+    return GRPC_FIELDS if protocol.startswith("h2c") else COMMON_FIELDS
+
+
+@dataclass
+class Verdict:
+    """One matched pair: which required fields were missing (with why) or wrong."""
+
+    truth: Exchange
+    observed: Exchange
+    missing: dict[str, str] = field(default_factory=dict)  # field -> reason
+    wrong: dict[str, str] = field(default_factory=dict)  # field -> "truth != observed"
+
+    @property
+    def degraded(self) -> bool:
+        return bool(self.missing or self.wrong)
+
+
+def _custom(headers: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if k.startswith("x-")}
+
+
+def judge(truth: Exchange, obs: Exchange) -> Verdict:
+    v = Verdict(truth, obs)
+    reasons = {d.field: d.reason for d in obs.degraded}
+    for f in required_fields(truth.protocol):
+        want, got = getattr(truth, f), getattr(obs, f)
+        if f == "req_headers":
+            want, got = _custom(want), _custom(got)
+            if want == got:
+                continue
+            absent = [k for k in want if k not in got]
+            if absent and all(want[k] == got.get(k, want[k]) for k in want):
+                v.missing[f] = reasons.get(f) or next(
+                    (r for k, r in reasons.items() if k.startswith("req_headers")), "missing"
+                )
+                continue
+            v.wrong[f] = f"{want!r} != {got!r}"
+            continue
+        if want is None or want == got:
+            continue
+        if got is None:
+            v.missing[f] = reasons.get(f, "missing")
+        else:
+            v.wrong[f] = f"{want!r} != {got!r}"
+    return v
+
+
+def _conn_key(x: Exchange) -> tuple[object, ...] | None:
+    if x.client_port is None or x.server_port is None:
+        return None
+    return (x.client_ip, x.client_port, x.server_ip, x.server_port)
+
+
+@dataclass
+class Matching:
+    pairs: list[Verdict]
+    phantoms: list[Exchange]  # observed, with no truth partner
+
+
+def match(truth: list[Exchange], observed: list[Exchange]) -> Matching:
+    """Pair on the 4-tuple plus HTTP/2 stream id, with time proximity splitting HTTP/1
+    exchanges on one connection and ephemeral-port reuse. A collector record without an
+    address can only be paired through the exchange id it decoded, if any."""
+    by_conn: dict[tuple[object, ...], list[tuple[int, int]]] = defaultdict(list)
+    by_id: dict[str, int] = {}
+    for i, t in enumerate(truth):
+        key = _conn_key(t)
+        if key is not None:
+            by_conn[key].append((t.t_start_ns or 0, i))
+        if ID_HEADER in t.req_headers:
+            by_id[t.req_headers[ID_HEADER]] = i
+    for lst in by_conn.values():
+        lst.sort()
+    taken: set[int] = set()
+    pairs: list[Verdict] = []
+    phantoms: list[Exchange] = []
+    for obs in sorted(observed, key=lambda x: x.t_start_ns or 0):
+        i = _find(obs, truth, by_conn, by_id, taken)
+        if i is None:
+            phantoms.append(obs)
+            continue
+        taken.add(i)
+        pairs.append(judge(truth[i], obs))
+    return Matching(pairs, phantoms)
+
+
+def _find(
+    obs: Exchange,
+    truth: list[Exchange],
+    by_conn: dict[tuple[object, ...], list[tuple[int, int]]],
+    by_id: dict[str, int],
+    taken: set[int],
+) -> int | None:
+    key = _conn_key(obs)
+    if key is None:
+        xid = obs.req_headers.get(ID_HEADER)
+        i = by_id.get(xid) if xid is not None else None
+        return i if i is not None and i not in taken else None
+    cands = by_conn.get(key, [])
+    if obs.stream_id is not None:
+        for _t, i in cands:
+            near = abs((truth[i].t_start_ns or 0) - (obs.t_start_ns or 0)) <= MATCH_WINDOW_NS
+            if truth[i].stream_id == obs.stream_id and i not in taken and near:
+                return i
+        return None
+    ts = obs.t_start_ns or 0
+    pos = bisect.bisect_left(cands, (ts, -1))
+    best: tuple[int, int] | None = None
+    # nearest untaken candidate on either side of ts
+    for j in range(pos - 1, -1, -1):
+        if cands[j][1] not in taken:
+            best = (ts - cands[j][0], cands[j][1])
+            break
+    for j in range(pos, len(cands)):
+        if cands[j][1] not in taken:
+            d = cands[j][0] - ts
+            if best is None or d < best[0]:
+                best = (d, cands[j][1])
+            break
+    if best is None or best[0] > MATCH_WINDOW_NS:
+        return None
+    return best[1]

@@ -1,0 +1,96 @@
+"""The report's numbers, by the definitions DESIGN.md fixes (completeness, degradation, ...)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness.analysis.match import Matching, match
+from harness.model import Exchange
+
+DEFINITIONS = {
+    "observable": "truth exchanges that started after the collector attached",
+    "completeness": "observable truth exchanges matched by a collector exchange / observable",
+    "degradation_rate": "matched exchanges with one or more required fields missing or wrong "
+    "/ matched",
+    "exact_rate": "matched and not degraded / observable",
+    "wrong": "matched exchanges with at least one field whose value differs from the truth "
+    "(worse than missing; also counted in degraded)",
+    "phantoms": "collector exchanges with no truth partner at all",
+    "pre_attach": "collector exchanges whose truth partner started before the attach "
+    "(a late attach caught their tail); neither observable nor phantom",
+    "lost_events": "records the kernel could not queue (ring buffer full), from the in-kernel "
+    "drop counter",
+}
+
+
+@dataclass
+class Row:
+    scenario: str
+    protocol: str
+    client: str
+    server: str
+    attach: str
+    collector: str
+    side: str
+    variant: str
+    observable: int = 0
+    matched: int = 0
+    degraded: int = 0
+    wrong: int = 0
+    phantoms: int = 0
+    pre_attach: int = 0
+    lost_events: int = 0
+    truncated_payloads: int = 0
+    degraded_by_field: dict[str, int] = field(default_factory=dict)
+    degraded_by_reason: dict[str, int] = field(default_factory=dict)
+    wrong_by_field: dict[str, int] = field(default_factory=dict)
+    grpc_go: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(vars(self))
+        d["completeness"] = self.matched / self.observable if self.observable else None
+        d["degradation_rate"] = self.degraded / self.matched if self.matched else None
+        d["exact_rate"] = (
+            (self.matched - self.degraded) / self.observable if self.observable else None
+        )
+        return d
+
+
+def score(
+    row: Row,
+    truth: list[Exchange],
+    observed: list[Exchange],
+    attach_ns: int,
+) -> Matching:
+    """Fill one row (one collector, side and variant) from truth and that side's exchanges."""
+    m = match(truth, observed)
+    observable = {id(t) for t in truth if (t.t_start_ns or 0) >= attach_ns}
+    row.observable = len(observable)
+    fields: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    wrong: Counter[str] = Counter()
+    for v in m.pairs:
+        if id(v.truth) not in observable:
+            row.pre_attach += 1
+            continue
+        row.matched += 1
+        if v.degraded:
+            row.degraded += 1
+        if v.wrong:
+            row.wrong += 1
+        for f, r in v.missing.items():
+            fields[f] += 1
+            reasons[r] += 1
+        for f in v.wrong:
+            fields[f] += 1
+            wrong[f] += 1
+            reasons["wrong_value"] += 1
+        if any(d.reason == "truncated_payload" for d in v.observed.degraded):
+            row.truncated_payloads += 1
+    row.phantoms = len(m.phantoms)
+    row.degraded_by_field = dict(sorted(fields.items()))
+    row.degraded_by_reason = dict(sorted(reasons.items()))
+    row.wrong_by_field = dict(sorted(wrong.items()))
+    return m

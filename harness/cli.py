@@ -1,0 +1,200 @@
+"""The `probebench` command line: doctor, run, observe, replay, report, matrix."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from harness.errors import ProbebenchError
+from harness.model import repo_root
+from harness.runner.lifecycle import Interrupted
+
+DEFAULT_RUNS = repo_root() / "results" / "runs"
+
+
+def _progress(msg: str) -> None:
+    print(f"  · {msg}", file=sys.stderr, flush=True)
+
+
+def cmd_doctor(a: argparse.Namespace) -> int:
+    from harness import doctor
+
+    checks = doctor.run_checks()
+    if a.json:
+        print(json.dumps(doctor.as_json(checks), indent=2))
+    else:
+        marks = {"ok": "OK  ", "warn": "WARN", "fail": "FAIL", "unavailable": "N/A "}
+        width = max(len(c.name) for c in checks)
+        for c in checks:
+            line = f"{marks[c.status]}  {c.name:<{width}}  {c.detail}"
+            if c.status in ("fail", "warn", "unavailable") and c.fix:
+                line += f"\n      {'':<{width}}  fix: {c.fix}"
+            print(line)
+        verdict = "can record" if doctor.can_record(checks) else "CANNOT record"
+        print(f"\nThis machine {verdict} (kernel-side and uprobe collectors).")
+    return 0 if doctor.can_record(checks) else 1
+
+
+def _record_and_replay(spec: object, out: Path) -> Path:
+    from harness.analysis.replay import replay
+    from harness.report.summary import summary_table
+    from harness.runner.record import record
+
+    run_dir = record(spec, out, _progress)  # type: ignore[arg-type]
+    _progress("replaying: Wireshark decode, parsing, matching")
+    metrics = replay(run_dir)
+    print(summary_table(metrics))
+    return run_dir
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from harness.runner.collectors import CollectorOptions
+    from harness.runner.record import RunSpec
+
+    spec = RunSpec(
+        scenario=a.scenario,
+        client=a.client,
+        server=a.server,
+        attach=a.attach,
+        collectors=[c for c in a.collectors.split(",") if c],
+        exchanges=a.exchanges,
+        seed=a.seed,
+        grpc_version=a.grpc_go,
+        port=a.port,
+        options=CollectorOptions(max_capture=a.max_capture, ringbuf_pages=a.ringbuf_pages),
+    )
+    run_dir = _record_and_replay(spec, a.out)
+    print(run_dir)
+    return 0
+
+
+def cmd_replay(a: argparse.Namespace) -> int:
+    from harness.analysis.replay import replay
+    from harness.report.summary import summary_table
+
+    for d in a.dirs:
+        metrics = replay(d, attach_at_s=a.attach_at)
+        print(summary_table(metrics))
+        if a.attach_at is not None:
+            out = d / f"metrics.attach-at-{a.attach_at:g}s.json"
+            out.write_text(json.dumps(metrics, indent=2, sort_keys=True, default=str) + "\n")
+            print(out)
+        else:
+            print(d / "metrics.json")
+    return 0
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from harness.report.build import build_report
+
+    out = build_report(a.dirs, a.out)
+    print(out)
+    return 0
+
+
+def cmd_matrix(a: argparse.Namespace) -> int:
+    from harness.runner.matrix import run_matrix
+
+    report = run_matrix(quick=a.quick, out=a.out, report_dir=a.report, progress=_progress)
+    print(report)
+    return 0
+
+
+def cmd_observe(a: argparse.Namespace) -> int:
+    from harness.runner.observe import observe
+
+    if not a.command:
+        raise ProbebenchError(
+            "observe needs a command after --, e.g. -- curl http://127.0.0.1:8080/"
+        )
+    run_dir = observe(
+        a.command,
+        ports=a.port,
+        h2c=a.h2c,
+        duration_s=a.duration,
+        collectors=[c for c in a.collectors.split(",") if c],
+        out=a.out,
+        progress=_progress,
+    )
+    print(run_dir)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="probebench",
+        description="Measure kernel-side vs uprobe eBPF observation of HTTP and gRPC "
+        "against Wireshark ground truth.",
+    )
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("doctor", help="check what this machine can do, with fixes")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(fn=cmd_doctor)
+
+    from harness.runner.scenarios import GRPC_GO_VERSIONS, SCENARIOS
+
+    p = sub.add_parser("run", help="record one scenario run, analyse it, print its directory")
+    p.add_argument("scenario", choices=list(SCENARIOS))
+    p.add_argument("--client", choices=["py", "go"], default="py")
+    p.add_argument("--server", choices=["py", "go"], default="py")
+    p.add_argument("--attach", choices=["early", "late"], default="early")
+    p.add_argument("--collectors", default="kprobe", help="comma-separated: kprobe,uprobe")
+    p.add_argument("--exchanges", type=int, help="default: the scenario's")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--grpc-go", choices=GRPC_GO_VERSIONS, help="grpc-go version of Go targets")
+    p.add_argument("--port", type=int, help="server port (default: a free one)")
+    p.add_argument("--max-capture", type=int, default=16384, help="payload bytes per syscall")
+    p.add_argument("--ringbuf-pages", type=int, default=1024, help="kernel ring buffer size")
+    p.add_argument("--out", type=Path, default=DEFAULT_RUNS, help="parent of the run directory")
+    p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("observe", help="collect on any command's traffic on given ports")
+    p.add_argument("--port", type=int, action="append", required=True)
+    p.add_argument("--h2c", action="store_true", help="the ports carry h2c / gRPC")
+    p.add_argument("--duration", type=float, default=60.0, help="stop after this many s")
+    p.add_argument("--collectors", default="kprobe")
+    p.add_argument("--out", type=Path, default=DEFAULT_RUNS)
+    p.add_argument("command", nargs=argparse.REMAINDER)
+    p.set_defaults(fn=cmd_observe)
+
+    p = sub.add_parser("replay", help="re-derive exchanges and metrics without root")
+    p.add_argument("dirs", type=Path, nargs="+")
+    p.add_argument("--attach-at", type=float, help="as if attached this many s later")
+    p.set_defaults(fn=cmd_replay)
+
+    p = sub.add_parser("report", help="tables and plots from run directories")
+    p.add_argument("dirs", type=Path, nargs="+")
+    p.add_argument("--out", type=Path, help="report directory (default: beside the runs)")
+    p.set_defaults(fn=cmd_report)
+
+    p = sub.add_parser("matrix", help="run the default matrix, then the report")
+    p.add_argument("--quick", action="store_true", help="a small matrix (minutes)")
+    p.add_argument("--out", type=Path, default=DEFAULT_RUNS)
+    p.add_argument("--report", type=Path, default=repo_root() / "results" / "latest")
+    p.set_defaults(fn=cmd_matrix)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "command", None) and args.command[:1] == ["--"]:
+        args.command = args.command[1:]
+    try:
+        return int(args.fn(args))
+    except Interrupted as e:
+        print(f"probebench: {e}; probes detached, children stopped", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("probebench: interrupted; probes detached, children stopped", file=sys.stderr)
+        return 130
+    except ProbebenchError as e:
+        print(f"probebench: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""The short table `probebench run` and `replay` print at the end."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f}%"
+
+
+def summary_table(metrics: dict[str, Any]) -> str:
+    tvw = metrics["truth_vs_workload"]
+    lines = [
+        f"run {metrics['run_id']}",
+        f"truth vs workload: {tvw['matched']}/{tvw['workload']} workload exchanges found "
+        f"in the capture ({tvw['missing']} missing, {tvw['extra']} extra)",
+        "",
+        f"{'collector':<9} {'variant':<12} {'side':<6} {'observable':>10} {'matched':>8} "
+        f"{'complete':>9} {'degraded':>9} {'wrong':>6} {'exact':>7} {'phantom':>7} {'lost':>5}",
+    ]
+    for r in metrics["rows"]:
+        lines.append(
+            f"{r['collector']:<9} {r['variant']:<12} {r['side']:<6} {r['observable']:>10} "
+            f"{r['matched']:>8} {_pct(r['completeness']):>9} {_pct(r['degradation_rate']):>9} "
+            f"{r['wrong']:>6} {_pct(r['exact_rate']):>7} {r['phantoms']:>7} {r['lost_events']:>5}"
+        )
+        if r["degraded_by_reason"]:
+            reasons = ", ".join(f"{k}={v}" for k, v in r["degraded_by_reason"].items())
+            lines.append(f"{'':<9} {'':<12} {'':<6}   reasons: {reasons}")
+    return "\n".join(lines)

@@ -1,0 +1,91 @@
+"""Collector processes as the runner sees them: start, wait until attached, stop, read stats."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.errors import CollectorError, TargetError
+from harness.runner.lifecycle import Child, ProcessSet, read_line_until
+
+COLLECTORS = ("kprobe", "uprobe")
+ATTACH_TIMEOUT_S = 60.0
+
+
+@dataclass
+class CollectorOptions:
+    max_capture: int = 16384
+    ringbuf_pages: int = 1024
+
+
+@dataclass
+class RunningCollector:
+    name: str
+    child: Child
+    events: Path
+    stats_path: Path
+    attach_ns: int = 0
+
+    def stats(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.stats_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return {}
+
+
+def start_collector(
+    procs: ProcessSet,
+    name: str,
+    events_dir: Path,
+    *,
+    tgids: list[int],
+    ports: list[int],
+    options: CollectorOptions,
+    deadline_s: float,
+    binaries: list[Path] | None = None,
+) -> RunningCollector:
+    events_dir.mkdir(parents=True, exist_ok=True)
+    events = events_dir / f"{name}.bin"
+    stats_path = events_dir / f"{name}.stats.json"
+    args = [sys.executable, "-m", f"harness.collectors.{name}.record", "--out", str(events),
+            "--stats", str(stats_path), "--deadline", str(deadline_s)]  # fmt: skip
+    for t in tgids:
+        args += ["--tgid", str(t)]
+    for p in ports:
+        args += ["--port", str(p)]
+    if name == "kprobe":
+        args += ["--max-capture", str(options.max_capture)]
+        args += ["--ringbuf-pages", str(options.ringbuf_pages)]
+    for b in binaries or []:
+        args += ["--binary", str(b)]
+    errlog = (events_dir / f"{name}.log").open("w")
+    child = procs.spawn(
+        f"{name} collector", args, stop_signal=signal.SIGTERM, stop_timeout=60, stderr=errlog
+    )
+    errlog.close()
+    rc = RunningCollector(name, child, events, stats_path)
+    try:
+        line = read_line_until(
+            child, lambda s: s.startswith("ATTACHED "), ATTACH_TIMEOUT_S, "its probes attached"
+        )
+    except TargetError as e:
+        log = (events_dir / f"{name}.log").read_text().strip().splitlines()
+        why = log[-1] if log else str(e)
+        raise CollectorError(f"the {name} collector failed to attach: {why}") from e
+    rc.attach_ns = int(line.split()[1])
+    return rc
+
+
+def stop_collector(procs: ProcessSet, rc: RunningCollector) -> dict[str, Any]:
+    """SIGTERM: the collector drains its buffer, writes stats, detaches."""
+    code = procs.stop(rc.child)
+    stats = rc.stats()
+    stats["exit_code"] = code
+    if code != 0:
+        log = (rc.events.parent / f"{rc.name}.log").read_text().strip().splitlines()
+        stats["error"] = log[-1] if log else f"exit code {code}"
+    return stats

@@ -1,0 +1,176 @@
+"""One record step: capture, targets, warm-up, collectors, workload, teardown -> a run directory."""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from harness.errors import PortInUseError, ProbebenchError, TargetError
+from harness.groundtruth.capture import Dumpcap
+from harness.model import CAPTURE, EVENTS_DIR, WORKLOAD, RunManifest, machine_info, utc_now
+from harness.runner import scenarios
+from harness.runner.collectors import (
+    CollectorOptions,
+    RunningCollector,
+    start_collector,
+    stop_collector,
+)
+from harness.runner.lifecycle import Interrupted, ProcessSet, read_line_until, signals_as_exceptions
+
+Progress = Callable[[str], None]
+READY_TIMEOUT_S = 30.0
+
+
+@dataclass
+class RunSpec:
+    scenario: str
+    client: str = "py"  # py | go
+    server: str = "py"
+    attach: str = "early"  # early | late
+    collectors: list[str] = field(default_factory=lambda: ["kprobe"])
+    exchanges: int | None = None
+    seed: int = 1
+    grpc_version: str | None = None
+    port: int | None = None  # None: pick a free one
+    deadline_s: float = 300.0  # the client never runs longer
+    options: CollectorOptions = field(default_factory=CollectorOptions)
+
+    def run_id(self) -> str:
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
+        ver = f"-{self.grpc_version}" if self.grpc_version else ""
+        return f"{stamp}-{self.scenario}-{self.client}2{self.server}-{self.attach}{ver}"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def check_port_free(port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as e:
+            raise PortInUseError(f"port {port} on 127.0.0.1 is already in use") from e
+
+
+def record(spec: RunSpec, out_dir: Path, progress: Progress = lambda _m: None) -> Path:
+    """Record one run into a new directory under out_dir; returns it. Raises on failure,
+    after marking run.json failed (never leaves a half-written run looking complete)."""
+    scen = scenarios.get(spec.scenario)
+    for c in spec.collectors:
+        if c not in ("kprobe", "uprobe"):
+            raise ProbebenchError(f"unknown collector {c!r}; choose kprobe and/or uprobe")
+    if spec.attach not in ("early", "late"):
+        raise ProbebenchError("--attach must be early or late")
+    exchanges = spec.exchanges or scen.default_exchanges
+    port = spec.port or free_port()
+    check_port_free(port)
+    run_dir = out_dir / spec.run_id()
+    run_dir.mkdir(parents=True, exist_ok=False)
+    params = asdict(spec)
+    params.update(exchanges=exchanges, port=port, protocol=scen.protocol)
+    manifest = RunManifest(
+        run_id=run_dir.name,
+        scenario=scen.name,
+        params=params,
+        started_utc=utc_now(),
+        machine=machine_info(),
+        ports=[port],
+    )
+    manifest.save(run_dir)
+    try:
+        with signals_as_exceptions():
+            _record(spec, scen, exchanges, port, run_dir, manifest, progress)
+        manifest.status = "complete"
+    except Interrupted as e:
+        manifest.status, manifest.error = "interrupted", str(e)
+        raise
+    except BaseException as e:
+        manifest.status, manifest.error = "failed", str(e) or type(e).__name__
+        raise
+    finally:
+        manifest.finished_utc = utc_now()
+        manifest.save(run_dir)
+    return run_dir
+
+
+def _record(
+    spec: RunSpec,
+    scen: scenarios.Scenario,
+    exchanges: int,
+    port: int,
+    run_dir: Path,
+    manifest: RunManifest,
+    progress: Progress,
+) -> None:
+    events_dir = run_dir / EVENTS_DIR
+    running: list[RunningCollector] = []
+    warmup = scen.warmup if spec.attach == "late" else 0
+    with ProcessSet() as procs, Dumpcap(run_dir / CAPTURE, [port]) as cap:
+        progress(f"capturing tcp port {port} on lo")
+        server_cmd = scenarios.server_command(scen, spec.server, port, spec.grpc_version)
+        server = procs.spawn("server", server_cmd, stdin=subprocess.PIPE)
+        read_line_until(server, lambda s: s.startswith("READY"), READY_TIMEOUT_S, "READY")
+        manifest.processes.append(
+            {"role": "server", "lang": spec.server, "pid": server.pid, "argv": server_cmd}
+        )
+        progress(f"{spec.server} server ready (pid {server.pid})")
+
+        def attach(tgids: list[int]) -> None:
+            for name in spec.collectors:
+                progress(f"attaching {name} collector")
+                rc = start_collector(
+                    procs, name, events_dir, tgids=tgids, ports=[port],
+                    options=spec.options, deadline_s=spec.deadline_s + 120,
+                    binaries=[Path(p["argv"][0]) for p in manifest.processes
+                              if p["lang"] == "go"],
+                )  # fmt: skip
+                running.append(rc)
+                manifest.collectors[name] = {"attach_ns": rc.attach_ns}
+            manifest.attach_ns = max(r.attach_ns for r in running)
+            manifest.save(run_dir)
+
+        client_cmd = scenarios.client_command(
+            scen, spec.client, port, exchanges=exchanges, seed=spec.seed, warmup=warmup,
+            workload=run_dir / WORKLOAD, grpc_version=spec.grpc_version,
+            deadline=spec.deadline_s,
+        )  # fmt: skip
+        if spec.attach == "early":
+            # No client pid yet: the program filters by port, and sees every connection open.
+            attach([server.pid])
+        client = procs.spawn("client", client_cmd, stdin=subprocess.PIPE)
+        manifest.processes.append(
+            {"role": "client", "lang": spec.client, "pid": client.pid, "argv": client_cmd}
+        )
+        if spec.attach == "late":
+            read_line_until(client, lambda s: s == "WARM", READY_TIMEOUT_S * 4, "WARM")
+            progress("connections warm; attaching late")
+            attach([server.pid, client.pid])
+            assert client.proc.stdin is not None
+            client.proc.stdin.write("GO\n")
+            client.proc.stdin.flush()
+        progress(f"{spec.client} client running {exchanges} exchanges")
+        t0 = time.monotonic()
+        read_line_until(client, lambda s: s.startswith("DONE"), spec.deadline_s + 10, "DONE")
+        code = client.proc.wait(timeout=30)
+        if code != 0:
+            err = client.proc.stderr.read().strip() if client.proc.stderr else ""
+            raise TargetError(f"client exited with code {code}: {err.splitlines()[-1:]}")
+        progress(f"workload done in {time.monotonic() - t0:.1f} s")
+        if server.proc.poll() is not None:
+            raise TargetError(f"server died during the run (exit code {server.proc.returncode})")
+        time.sleep(0.2)  # let the last close() reach the collectors
+        for rc in running:
+            stats = stop_collector(procs, rc)
+            manifest.collectors[rc.name].update(stats)
+            if "error" in stats:
+                raise ProbebenchError(f"{rc.name} collector failed: {stats['error']}")
+        progress("collectors stopped")
+    manifest.capture = dict(cap.stats)

@@ -1,0 +1,97 @@
+"""The scenario table: names, protocols, and the target commands that drive them."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.errors import ProbebenchError
+from harness.model import repo_root
+
+SCEN_DIR = repo_root() / "scenarios"
+GO_BIN = SCEN_DIR / "go" / "bin"
+GRPC_GO_VERSIONS = ("v1.33.3", "v1.50.1", "v1.85.0")
+CURRENT_GRPC_GO = GRPC_GO_VERSIONS[-1]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    proto: str  # the targets' --proto
+    protocol: str  # Exchange.protocol the truth should show
+    mode: str | None = None  # gRPC call mode
+    connections: int = 4
+    default_exchanges: int = 2000
+    warmup: int = 3  # exchanges per connection before a late attach
+
+    @property
+    def is_grpc(self) -> bool:
+        return self.proto == "grpc"
+
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        Scenario("http10-short", "http10", "http/1.0", connections=1, warmup=20),
+        Scenario("http11-keepalive", "http11", "http/1.1"),
+        Scenario("grpc-unary", "grpc", "h2c-grpc", "unary", default_exchanges=1000),
+        Scenario("grpc-server-stream", "grpc", "h2c-grpc", "server-stream", default_exchanges=200),
+        Scenario("grpc-client-stream", "grpc", "h2c-grpc", "client-stream", default_exchanges=200),
+        Scenario("grpc-bidi", "grpc", "h2c-grpc", "bidi", default_exchanges=200),
+    )
+}
+
+
+def get(name: str) -> Scenario:
+    try:
+        return SCENARIOS[name]
+    except KeyError as e:
+        raise ProbebenchError(
+            f"unknown scenario {name!r}; choose one of: {', '.join(SCENARIOS)}"
+        ) from e
+
+
+def _go_binary(kind: str, role: str, grpc_version: str | None) -> Path:
+    if kind == "grpc":
+        ver = grpc_version or CURRENT_GRPC_GO
+        path = GO_BIN / f"grpc-{role}-{ver}"
+    else:
+        path = GO_BIN / f"http1-{role}"
+    if not path.exists():
+        raise ProbebenchError(f"Go target {path} is not built: run scripts/build-targets")
+    return path
+
+
+def server_command(s: Scenario, lang: str, port: int, grpc_version: str | None) -> list[str]:
+    common = ["--proto", s.proto, "--host", "127.0.0.1", "--port", str(port)]
+    if lang == "go":
+        return [str(_go_binary("grpc" if s.is_grpc else "http1", "server", grpc_version)), *common]
+    script = SCEN_DIR / "py" / ("grpc_server.py" if s.is_grpc else "http1_server.py")
+    return [sys.executable, str(script), *common]
+
+
+def client_command(
+    s: Scenario,
+    lang: str,
+    port: int,
+    *,
+    exchanges: int,
+    seed: int,
+    warmup: int,
+    workload: Path,
+    grpc_version: str | None,
+    deadline: float,
+) -> list[str]:
+    args = [
+        "--proto", s.proto, "--host", "127.0.0.1", "--port", str(port),
+        "--exchanges", str(exchanges), "--seed", str(seed),
+        "--connections", str(s.connections), "--warmup", str(warmup),
+        "--workload", str(workload), "--deadline", str(int(deadline)),
+    ]  # fmt: skip
+    if s.mode:
+        args += ["--mode", s.mode]
+    if lang == "go":
+        return [str(_go_binary("grpc" if s.is_grpc else "http1", "client", grpc_version)), *args]
+    script = SCEN_DIR / "py" / ("grpc_client.py" if s.is_grpc else "http1_client.py")
+    return [sys.executable, str(script), *args]
