@@ -393,18 +393,31 @@ class FrameParser:
             return ParseState.SUCCESS
 
     def _confirm(self, pos: int, hdr: _Header, *, closing: bool) -> bool | None:
-        """True/False once the following header decides; None while it has not arrived."""
-        nxt = pos + FRAME_HEADER_LEN + hdr.length
+        """True/False once the following headers decide; None while they have not arrived.
+
+        A candidate is confirmed by a plausible next header that starts a syscall segment
+        (writers emit whole frames), or by two plausible headers in a chain; a false
+        boundary inside a payload rarely survives either.
+        """
         at_segment_start = self._buf.is_segment_start(pos)
-        if nxt == self._buf.end and closing:
-            return True  # the frame ends exactly where the input does
-        if nxt + FRAME_HEADER_LEN > self._buf.end:
-            return at_segment_start if closing else None
-        raw = self._buf.get(nxt, FRAME_HEADER_LEN)
-        if raw is None:
-            # Cannot confirm through unseen bytes; a syscall boundary is the best evidence.
-            return at_segment_start
-        return self._plausible(_header(raw))
+        followers = 0
+        nxt = pos + FRAME_HEADER_LEN + hdr.length
+        while True:
+            if closing and nxt >= self._buf.end:
+                return nxt == self._buf.end or followers > 0 or at_segment_start
+            if nxt + FRAME_HEADER_LEN > self._buf.end:
+                return None
+            raw = self._buf.get(nxt, FRAME_HEADER_LEN)
+            if raw is None:
+                # Cannot look through unseen bytes; a syscall boundary is the best evidence.
+                return followers > 0 or at_segment_start
+            h = _header(raw)
+            if not self._plausible(h):
+                return False
+            followers += 1
+            if followers >= 2 or self._buf.is_segment_start(nxt):
+                return True
+            nxt += FRAME_HEADER_LEN + h.length
 
     def _plausible(self, h: _Header) -> bool:
         """Strict rules for a header nobody vouches for yet (RFC 9113 section 6)."""
