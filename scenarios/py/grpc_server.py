@@ -134,21 +134,22 @@ def main(argv: list[str] | None = None) -> int:
         fail(3, f"cannot bind {address}: {e}")
     if bound == 0 or (args.port and bound != args.port):
         fail(3, f"cannot bind {address}")
-    server.start()
-    print(f"READY {bound}", flush=True)
-
     stop = threading.Event()
 
     def on_signal(_signum: int, _frame: FrameType | None) -> None:
         stop.set()
+
+    # Before READY: a runner may send SIGTERM as soon as it reads that line.
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server.start()
+    print(f"READY {bound}", flush=True)
 
     def watch_stdin() -> None:
         for _ in sys.stdin:  # ends at EOF: the runner closed our stdin
             pass
         stop.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     threading.Thread(target=watch_stdin, name="stdin-watch", daemon=True).start()
     if not stop.wait(args.max_lifetime):
         print("grpc_server: --max-lifetime reached, exiting", file=sys.stderr, flush=True)

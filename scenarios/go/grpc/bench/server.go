@@ -39,6 +39,10 @@ func ServerMain(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "grpc-server: cannot bind %s:%d: %v\n", *host, *port, err)
 		return 3
 	}
+	// Before READY: a runner may send SIGTERM as soon as it reads that line.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
 	srv := grpc.NewServer(grpc.MaxRecvMsgSize(MaxMsgSize), grpc.MaxSendMsgSize(MaxMsgSize))
 	srv.RegisterService(&ServiceDesc, Server{})
 	served := make(chan error, 1)
@@ -53,9 +57,6 @@ func ServerMain(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		}
 		close(stdinClosed)
 	}()
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
-	defer signal.Stop(sigs)
 	code := 0
 	select {
 	case <-stdinClosed:
