@@ -1,0 +1,416 @@
+// Command http1-client is the Go HTTP/1.0 and HTTP/1.1 keep-alive target
+// client. It plays the seeded plan of scenarios/plan.md over raw TCP
+// connections (so conn_seq and the local port are exact and nothing follows
+// redirects), verifies every response and writes workload.jsonl, like
+// scenarios/py/http1_client.py. Control protocol: scenarios/README.md.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"probebench/scenarios/http1/monoclock"
+	"probebench/scenarios/http1/plan"
+)
+
+type record struct {
+	ID           int    `json:"id"`
+	Protocol     string `json:"protocol"`
+	ClientIP     string `json:"client_ip"`
+	ClientPort   int    `json:"client_port"`
+	ServerIP     string `json:"server_ip"`
+	ServerPort   int    `json:"server_port"`
+	ConnSeq      int    `json:"conn_seq"`
+	Method       string `json:"method"`
+	Path         string `json:"path"`
+	Status       int    `json:"status"`
+	ReqBytes     int    `json:"req_bytes"`
+	RespBytes    int    `json:"resp_bytes"`
+	ReqMessages  *int   `json:"req_messages"`
+	RespMessages *int   `json:"resp_messages"`
+	GrpcStatus   *int   `json:"grpc_status"`
+	TStartNs     int64  `json:"t_start_ns"`
+	TEndNs       int64  `json:"t_end_ns"`
+	Phase        string `json:"phase"`
+}
+
+type client struct {
+	proto      string
+	addr       string
+	hostHeader string
+	deadline   time.Time
+	clock      *monoclock.Clock
+}
+
+// lane is one persistent connection (http11) or the one sequential lane (http10).
+type lane struct {
+	conn    net.Conn
+	br      *bufio.Reader
+	connSeq int
+	records []record
+}
+
+func (c *client) dial() (net.Conn, *bufio.Reader, error) {
+	d := net.Dialer{Deadline: c.deadline}
+	conn, err := d.Dial("tcp", c.addr)
+	if err != nil {
+		return nil, nil, err
+	}
+	// The overall deadline bounds every read and write on this connection.
+	if err := conn.SetDeadline(c.deadline); err != nil {
+		conn.Close()
+		return nil, nil, err
+	}
+	return conn, bufio.NewReaderSize(conn, 64*1024), nil
+}
+
+// writeRequest sends the head in one write and the body in one write (or one
+// per chunk), the same send pattern as Python's http.client.
+func (c *client) writeRequest(conn net.Conn, req plan.Request) error {
+	vsn := "HTTP/1.1"
+	if c.proto == "http10" {
+		vsn = "HTTP/1.0"
+	}
+	var head bytes.Buffer
+	fmt.Fprintf(&head, "%s %s %s\r\n", req.Method, req.Path, vsn)
+	fmt.Fprintf(&head, "Host: %s\r\n", c.hostHeader)
+	fmt.Fprintf(&head, "x-probebench-id: %d\r\n", req.ID)
+	for _, h := range req.Headers {
+		fmt.Fprintf(&head, "%s: %s\r\n", h[0], h[1])
+	}
+	hasBody := plan.HasBody(req.Method)
+	if hasBody && req.ReqChunked {
+		head.WriteString("Transfer-Encoding: chunked\r\n")
+	} else if hasBody {
+		fmt.Fprintf(&head, "Content-Length: %d\r\n", req.ReqBytes)
+	}
+	head.WriteString("\r\n")
+	if _, err := conn.Write(head.Bytes()); err != nil {
+		return err
+	}
+	if !hasBody {
+		return nil
+	}
+	body := plan.Body(req.ReqBytes)
+	if !req.ReqChunked {
+		if len(body) == 0 {
+			return nil
+		}
+		_, err := conn.Write(body)
+		return err
+	}
+	for k := 0; k < len(body); k += plan.Chunk {
+		piece := body[k:min(k+plan.Chunk, len(body))]
+		chunk := make([]byte, 0, len(piece)+16)
+		chunk = fmt.Appendf(chunk, "%X\r\n", len(piece))
+		chunk = append(chunk, piece...)
+		chunk = append(chunk, "\r\n"...)
+		if _, err := conn.Write(chunk); err != nil {
+			return err
+		}
+	}
+	_, err := conn.Write([]byte("0\r\n\r\n"))
+	return err
+}
+
+func (c *client) verify(req plan.Request, resp *http.Response, body []byte) error {
+	var problems []string
+	wantMinor := 1
+	if c.proto == "http10" {
+		wantMinor = 0
+	}
+	if resp.ProtoMajor != 1 || resp.ProtoMinor != wantMinor {
+		problems = append(problems, fmt.Sprintf("response version %s", resp.Proto))
+	}
+	if resp.StatusCode != req.Status {
+		problems = append(problems, fmt.Sprintf("status %d != %d", resp.StatusCode, req.Status))
+	}
+	if !bytes.Equal(body, plan.Body(req.RespBytes)) {
+		problems = append(problems,
+			fmt.Sprintf("body of %d bytes != pattern of %d", len(body), req.RespBytes))
+	}
+	if got := resp.Header.Get("X-Req-Bytes"); got != strconv.Itoa(req.ReqBytes) {
+		problems = append(problems, fmt.Sprintf("x-req-bytes %q != %d", got, req.ReqBytes))
+	}
+	if resp.Header.Get("X-Probebench-Id") != strconv.Itoa(req.ID) {
+		problems = append(problems, "x-probebench-id not echoed")
+	}
+	if req.Status == 301 && resp.Header.Get("Location") != plan.Location {
+		problems = append(problems, "301 without the expected Location")
+	}
+	if c.proto == "http11" && resp.Close {
+		problems = append(problems, "server closed a keep-alive connection")
+	}
+	if len(problems) > 0 {
+		p := req.Path
+		if len(p) > 60 {
+			p = p[:60]
+		}
+		return fmt.Errorf("id %d %s %s: %s", req.ID, req.Method, p, strings.Join(problems, "; "))
+	}
+	return nil
+}
+
+func (c *client) exchange(conn net.Conn, br *bufio.Reader, req plan.Request, connSeq int,
+	tStart int64, phase string) (record, error) {
+	if err := c.writeRequest(conn, req); err != nil {
+		return record{}, fmt.Errorf("id %d: write: %w", req.ID, err)
+	}
+	resp, err := http.ReadResponse(br, &http.Request{Method: req.Method})
+	if err != nil {
+		return record{}, fmt.Errorf("id %d: read response: %w", req.ID, err)
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, plan.MaxBody+1))
+	resp.Body.Close()
+	if err != nil {
+		return record{}, fmt.Errorf("id %d: read body: %w", req.ID, err)
+	}
+	tEnd := c.clock.Now()
+	if err := c.verify(req, resp, body); err != nil {
+		return record{}, err
+	}
+	local := conn.LocalAddr().(*net.TCPAddr)
+	remote := conn.RemoteAddr().(*net.TCPAddr)
+	protocol := "http/1.1"
+	if c.proto == "http10" {
+		protocol = "http/1.0"
+	}
+	return record{
+		ID: req.ID, Protocol: protocol,
+		ClientIP: local.IP.String(), ClientPort: local.Port,
+		ServerIP: remote.IP.String(), ServerPort: remote.Port,
+		ConnSeq: connSeq, Method: req.Method, Path: req.Path, Status: resp.StatusCode,
+		ReqBytes: req.ReqBytes, RespBytes: len(body),
+		TStartNs: tStart, TEndNs: tEnd, Phase: phase,
+	}, nil
+}
+
+func (c *client) runHTTP11(l *lane, reqs []plan.Request, phase string) error {
+	if l.conn == nil {
+		conn, br, err := c.dial()
+		if err != nil {
+			return err
+		}
+		l.conn, l.br = conn, br
+	}
+	for _, req := range reqs {
+		tStart := c.clock.Now()
+		rec, err := c.exchange(l.conn, l.br, req, l.connSeq, tStart, phase)
+		if err != nil {
+			return err
+		}
+		l.records = append(l.records, rec)
+		l.connSeq++
+	}
+	return nil
+}
+
+func (c *client) runHTTP10(l *lane, reqs []plan.Request, phase string) error {
+	for _, req := range reqs {
+		// The exchange includes the connect: that is what HTTP/1.0 costs.
+		tStart := c.clock.Now()
+		conn, br, err := c.dial()
+		if err != nil {
+			return err
+		}
+		rec, err := c.exchange(conn, br, req, 0, tStart, phase)
+		conn.Close()
+		if err != nil {
+			return err
+		}
+		l.records = append(l.records, rec)
+	}
+	return nil
+}
+
+func (c *client) runPhase(lanes []*lane, lists [][]plan.Request, phase string) error {
+	errs := make([]error, len(lanes))
+	var wg sync.WaitGroup
+	for k := range lanes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if c.proto == "http10" {
+				errs[k] = c.runHTTP10(lanes[k], lists[k], phase)
+			} else {
+				errs[k] = c.runHTTP11(lanes[k], lists[k], phase)
+			}
+		}()
+	}
+	// Every conn has the overall deadline set, so the goroutines end by then.
+	wg.Wait()
+	for k, err := range errs {
+		if err != nil {
+			return fmt.Errorf("connection %d: %w", k, err)
+		}
+	}
+	return nil
+}
+
+// waitGo blocks until a line "GO" on stdin, stdin's EOF, or the deadline.
+func (c *client) waitGo() error {
+	got := make(chan error, 1)
+	go func() {
+		sc := bufio.NewScanner(os.Stdin)
+		for sc.Scan() {
+			if strings.TrimSpace(sc.Text()) == "GO" {
+				got <- nil
+				return
+			}
+		}
+		got <- errors.New("stdin closed before GO")
+	}()
+	timer := time.NewTimer(time.Until(c.deadline))
+	defer timer.Stop()
+	select {
+	case err := <-got:
+		return err
+	case <-timer.C:
+		return errors.New("deadline passed while waiting for GO")
+	}
+}
+
+// split deals the plan round-robin by id over the lanes; the first
+// warmup*lanes ids are the warm-up.
+func split(p []plan.Request, lanes, warmup int) (warm, main [][]plan.Request) {
+	nWarm := min(len(p), warmup*lanes)
+	warm = make([][]plan.Request, lanes)
+	main = make([][]plan.Request, lanes)
+	for _, r := range p {
+		if r.ID < nWarm {
+			warm[r.ID%lanes] = append(warm[r.ID%lanes], r)
+		} else {
+			main[r.ID%lanes] = append(main[r.ID%lanes], r)
+		}
+	}
+	return warm, main
+}
+
+func die(code int, format string, a ...any) {
+	fmt.Fprintf(os.Stderr, "http1-client: "+format+"\n", a...)
+	os.Exit(code)
+}
+
+func main() {
+	proto := flag.String("proto", "", "http10 or http11")
+	host := flag.String("host", "127.0.0.1", "server address")
+	port := flag.Int("port", 0, "server port")
+	exchanges := flag.Int("exchanges", -1, "number of exchanges, warm-up included")
+	seed := flag.Int64("seed", 1, "plan seed")
+	connections := flag.Int("connections", 1, "persistent connections (http11)")
+	warmup := flag.Int("warmup", 0, "warm-up exchanges per connection before WARM/GO")
+	workload := flag.String("workload", "", "workload.jsonl to append to")
+	deadlineS := flag.Float64("deadline", 120, "never run longer than this many seconds")
+	planOnly := flag.Bool("plan-only", false, "print the plan as JSON lines and exit")
+	flag.Parse()
+
+	if *proto != "http10" && *proto != "http11" {
+		die(2, "--proto must be http10 or http11")
+	}
+	if *exchanges < 0 || *connections < 1 || *warmup < 0 || *deadlineS <= 0 {
+		die(2, "--exchanges/--warmup must be >= 0, --connections >= 1, --deadline > 0")
+	}
+	p, err := plan.Make(*exchanges, uint64(*seed), *proto)
+	if err != nil {
+		die(2, "%v", err)
+	}
+	if *planOnly {
+		out := bufio.NewWriter(os.Stdout)
+		for _, r := range p {
+			line, err := r.JSON()
+			if err != nil {
+				die(1, "%v", err)
+			}
+			out.Write(line)
+			out.WriteString("\n")
+		}
+		if err := out.Flush(); err != nil {
+			die(1, "%v", err)
+		}
+		return
+	}
+	if *port <= 0 || *workload == "" {
+		die(2, "--port and --workload are required")
+	}
+	clock, err := monoclock.New()
+	if err != nil {
+		die(1, "clock_gettime: %v", err)
+	}
+	addr := net.JoinHostPort(*host, strconv.Itoa(*port))
+	c := &client{
+		proto: *proto, addr: addr, hostHeader: addr, clock: clock,
+		deadline: time.Now().Add(time.Duration(*deadlineS * float64(time.Second))),
+	}
+	nLanes := *connections
+	if *proto == "http10" {
+		nLanes = 1
+	}
+	warm, mainLists := split(p, nLanes, *warmup)
+	lanes := make([]*lane, nLanes)
+	for k := range lanes {
+		lanes[k] = &lane{}
+	}
+	defer func() {
+		for _, l := range lanes {
+			if l.conn != nil {
+				l.conn.Close()
+			}
+		}
+	}()
+	run := func() error {
+		if *warmup > 0 {
+			if err := c.runPhase(lanes, warm, "warmup"); err != nil {
+				return err
+			}
+			fmt.Println("WARM")
+			if err := c.waitGo(); err != nil {
+				return err
+			}
+		}
+		return c.runPhase(lanes, mainLists, "main")
+	}
+	if err := run(); err != nil {
+		die(1, "%v", err)
+	}
+	var records []record
+	for _, l := range lanes {
+		records = append(records, l.records...)
+	}
+	sort.Slice(records, func(i, j int) bool { return records[i].ID < records[j].ID })
+	if len(records) != len(p) {
+		die(1, "%d records for %d exchanges", len(records), len(p))
+	}
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false) // paths carry '&'; keep them as the Python client writes them
+	for _, r := range records {
+		if err := enc.Encode(r); err != nil {
+			die(1, "%v", err)
+		}
+	}
+	f, err := os.OpenFile(*workload, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+	if err != nil {
+		die(1, "%v", err)
+	}
+	if _, err := f.Write(buf.Bytes()); err != nil {
+		f.Close()
+		die(1, "%v", err)
+	}
+	if err := f.Close(); err != nil {
+		die(1, "%v", err)
+	}
+	fmt.Printf("DONE %d\n", len(records))
+}

@@ -1,0 +1,170 @@
+// Command http1-server is the Go HTTP/1.0 and HTTP/1.1 keep-alive target
+// server. The request path says what to answer ("/r/<status>/<size>/<mode>",
+// see scenarios/plan.md), so it behaves like scenarios/py/http1_server.py.
+// Control protocol: scenarios/README.md.
+package main
+
+import (
+	"bufio"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+
+	"probebench/scenarios/http1/plan"
+)
+
+// idleTimeout must outlive the runner's late-attach pause between WARM and GO.
+const idleTimeout = 300 * time.Second
+
+// maxReqBody bounds what one request may make us read.
+const maxReqBody = 4 * plan.MaxBody
+
+type handler struct{ http10 bool }
+
+func fail(w http.ResponseWriter, r *http.Request, reason string) {
+	w.Header().Set("Content-Type", "text/plain")
+	w.Header().Set("Content-Length", strconv.Itoa(len(reason)))
+	w.Header().Set("Connection", "close")
+	w.WriteHeader(http.StatusBadRequest)
+	if r.Method != http.MethodHead {
+		_, _ = io.WriteString(w, reason)
+	}
+}
+
+// readBody reads the whole body (net/http de-chunks) and checks the pattern.
+func readBody(r *http.Request) (int, error) {
+	buf := make([]byte, 32*1024)
+	total := 0
+	body := io.LimitReader(r.Body, maxReqBody+1)
+	for range maxReqBody/len(buf) + 2 { // bounded: each round reads >= 1 byte or ends
+		n, err := body.Read(buf)
+		if !plan.MatchesPattern(buf[:n], total) {
+			return total, errors.New("request body differs from the pattern")
+		}
+		total += n
+		if total > maxReqBody {
+			return total, errors.New("request body too large")
+		}
+		if errors.Is(err, io.EOF) {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+	}
+	return total, errors.New("request body read did not finish")
+}
+
+func (h handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	reqBytes, err := readBody(r)
+	if err != nil {
+		fail(w, r, err.Error())
+		return
+	}
+	status, size, mode, ok := plan.ParseRoute(r.RequestURI)
+	if !ok {
+		fail(w, r, "bad route")
+		return
+	}
+	if mode == "ch" && !r.ProtoAtLeast(1, 1) {
+		fail(w, r, "chunked response needs HTTP/1.1")
+		return
+	}
+	hd := w.Header()
+	hd.Set("Content-Type", "application/octet-stream")
+	hd.Set("X-Req-Bytes", strconv.Itoa(reqBytes))
+	if id := r.Header.Get("X-Probebench-Id"); id != "" {
+		hd.Set("X-Probebench-Id", id)
+	}
+	if status == http.StatusMovedPermanently {
+		hd.Set("Location", plan.Location)
+	}
+	if h.http10 {
+		hd.Set("Connection", "close")
+	}
+	if status == http.StatusNoContent {
+		w.WriteHeader(status) // no length header, no body
+		return
+	}
+	if mode == "cl" || r.Method == http.MethodHead {
+		hd.Set("Content-Length", strconv.Itoa(size))
+		w.WriteHeader(status)
+		if r.Method != http.MethodHead && size > 0 {
+			_, _ = w.Write(plan.Body(size))
+		}
+		return
+	}
+	// Chunked: flushing the header before any body byte makes net/http chunk
+	// instead of computing a Content-Length; one flush per piece gives one
+	// chunk per piece, like the Python server.
+	w.WriteHeader(status)
+	fl, _ := w.(http.Flusher)
+	if fl == nil {
+		return
+	}
+	fl.Flush()
+	data := plan.Body(size)
+	for k := 0; k < size; k += plan.Chunk {
+		_, _ = w.Write(data[k:min(k+plan.Chunk, size)])
+		fl.Flush()
+	}
+}
+
+func main() {
+	proto := flag.String("proto", "", "http10 or http11")
+	host := flag.String("host", "127.0.0.1", "address to bind")
+	port := flag.Int("port", 0, "port to bind")
+	maxSeconds := flag.Float64("max-seconds", 3600, "exit by itself after this long")
+	flag.Parse()
+	if *proto != "http10" && *proto != "http11" {
+		fmt.Fprintln(os.Stderr, "--proto must be http10 or http11")
+		os.Exit(2)
+	}
+	ln, err := net.Listen("tcp", net.JoinHostPort(*host, strconv.Itoa(*port)))
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "cannot bind %s:%d: %v\n", *host, *port, err)
+		os.Exit(3)
+	}
+	srv := &http.Server{
+		Handler:           handler{http10: *proto == "http10"},
+		ReadHeaderTimeout: 30 * time.Second,
+		IdleTimeout:       idleTimeout,
+	}
+	if *proto == "http10" {
+		srv.SetKeepAlivesEnabled(false)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
+	eof := make(chan struct{})
+	go func() {
+		// Returns at EOF: the runner closing our stdin is the stop signal.
+		sc := bufio.NewScanner(os.Stdin)
+		for sc.Scan() {
+		}
+		close(eof)
+	}()
+	fmt.Printf("READY %d\n", ln.Addr().(*net.TCPAddr).Port)
+
+	code := 0
+	select {
+	case <-stop:
+	case <-eof:
+	case <-time.After(time.Duration(*maxSeconds * float64(time.Second))):
+	case err := <-served:
+		fmt.Fprintf(os.Stderr, "serve: %v\n", err)
+		code = 1
+	}
+	_ = srv.Close()
+	os.Exit(code)
+}

@@ -1,0 +1,3 @@
+module probebench/scenarios/http1
+
+go 1.26
