@@ -64,6 +64,8 @@ _VALID_FLAGS = {
 _CONNECTION_TYPES = {FrameType.SETTINGS, FrameType.PING, FrameType.GOAWAY}
 _FIXED_LENGTH = {FrameType.PRIORITY: 5, FrameType.RST_STREAM: 4, FrameType.PING: 8,
                  FrameType.WINDOW_UPDATE: 4}
+# After a loss, new streams cannot be far beyond the highest one seen in sync.
+_STREAM_ID_SLACK = 20000
 _CLIENT_ODD = {FrameType.DATA, FrameType.HEADERS, FrameType.CONTINUATION}
 
 
@@ -240,6 +242,7 @@ class FrameParser:
         self._search_from = 0  # where the current search began, for the skipped count
         self._synced_once = False
         self._closed = False
+        self._max_stream_id = 0
 
     @property
     def synced(self) -> bool:
@@ -344,6 +347,7 @@ class FrameParser:
         payload = pieces[0][1] if pieces and pieces[0][0] == 0 else b""
         truncated = hdr.length - len(payload)
         self.stats.frames += 1
+        self._max_stream_id = max(self._max_stream_id, hdr.stream_id)
         self.stats.frames_by_type[hdr.type] = self.stats.frames_by_type.get(hdr.type, 0) + 1
         if truncated:
             self.stats.frames_truncated += 1
@@ -395,24 +399,31 @@ class FrameParser:
     def _confirm(self, pos: int, hdr: _Header, *, closing: bool) -> bool | None:
         """True/False once the following headers decide; None while they have not arrived.
 
-        A candidate is confirmed by a plausible next header that starts a syscall segment
-        (writers emit whole frames), or by two plausible headers in a chain; a false
-        boundary inside a payload rarely survives either.
+        A candidate is confirmed by a chain of plausible headers: two followers, or one
+        that starts a syscall segment (writers emit whole frames), or one followed by bytes
+        nobody saw. Followers must carry stream ids near the candidate's, and an empty
+        candidate (nine bytes that often sit just before a real boundary) must also start a
+        segment.
         """
         at_segment_start = self._buf.is_segment_start(pos)
+        if hdr.length == 0 and not at_segment_start:
+            return False
         followers = 0
         nxt = pos + FRAME_HEADER_LEN + hdr.length
         while True:
             if closing and nxt >= self._buf.end:
-                return nxt == self._buf.end or followers > 0 or at_segment_start
+                return nxt == self._buf.end or followers > 0
             if nxt + FRAME_HEADER_LEN > self._buf.end:
                 return None
             raw = self._buf.get(nxt, FRAME_HEADER_LEN)
-            if raw is None:
-                # Cannot look through unseen bytes; a syscall boundary is the best evidence.
-                return followers > 0 or at_segment_start
+            if raw is None:  # cannot look through unseen bytes
+                return followers > 0
             h = _header(raw)
             if not self._plausible(h):
+                return False
+            if hdr.stream_id and h.stream_id and (
+                abs(h.stream_id - hdr.stream_id) > _STREAM_ID_SLACK
+            ):
                 return False
             followers += 1
             if followers >= 2 or self._buf.is_segment_start(nxt):
@@ -436,5 +447,12 @@ class FrameParser:
         if t is FrameType.GOAWAY and h.length < 8:
             return False
         if h.flags & Flag.PADDED and h.length < 1:
+            return False
+        # Nine bytes just before a real boundary often read as an empty frame that the real
+        # frame then "confirms"; only these two empty frames are common in real traffic.
+        if h.length == 0 and not (t in (FrameType.SETTINGS, FrameType.DATA)
+                                  and h.flags & Flag.END_STREAM):
+            return False
+        if self._max_stream_id and h.stream_id > self._max_stream_id + _STREAM_ID_SLACK:
             return False
         return not (self.role == "client" and t in _CLIENT_ODD and h.stream_id % 2 == 0)
