@@ -165,7 +165,13 @@ func ClientMain(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if o.workload == "" || o.port <= 0 || o.conns < 1 || o.inflight < 1 || o.n < 0 {
 		return fail("need --workload, --port, --connections >= 1, --inflight >= 1")
 	}
+	// Keep a little of --deadline for teardown, so the process as a whole stays within it.
 	o.deadline = time.Duration(*deadline * float64(time.Second))
+	if reserve := o.deadline / 10; reserve < 500*time.Millisecond {
+		o.deadline -= reserve
+	} else {
+		o.deadline -= 500 * time.Millisecond
+	}
 	cl := &client{opts: o, plan: plan, clock: newMonoClock()}
 	if err := cl.run(stdin, stdout); err != nil {
 		return fail("%v", err)
