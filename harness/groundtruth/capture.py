@@ -255,7 +255,7 @@ class Dumpcap:
             ln.strip() for ln in self._lines
             if ln.strip() and not ln.startswith(("Running as user", "Capturing on", "File:"))
         ]
-        return lines[0] if lines else "no message on stderr"
+        return lines[0].removeprefix("dumpcap: ") if lines else "no message on stderr"
 
     def _summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from harness.errors import CaptureError
-from harness.groundtruth.tshark import AGG, SEP, decode_as, run_tshark, unescape
+from harness.groundtruth.tshark import AGG, SEP, TsharkStream, decode_as, run_tshark, unescape
 from harness.model import Exchange
 
 WARN_SEVERITY = 0x600000  # expert info: warning and error; chat and note are routine
@@ -91,7 +91,7 @@ def _headers(lines: str) -> dict[str, str]:
     """HTTP/1 header lines ("Name: value\\r\\n", AGG-joined) to a dict with lower-case names."""
     out: dict[str, str] = {}
     for raw in lines.split(AGG) if lines else ():
-        line = unescape(raw).rstrip("\r\n")
+        line = unescape(raw.removesuffix("\\r\\n"))  # the escaped CRLF every line ends in
         name, sep, value = line.partition(":")
         if not sep:
             continue
@@ -133,10 +133,7 @@ def _scan(
             "-E", f"aggregator={AGG}", "-E", f"separator={SEP}"]
     for f in _FIELDS:
         args += ["-e", f]
-    out = run_tshark(pcap, args)
-    if out.truncated:
-        stats.truncated = True
-        stats.warn("capture file cut short in the middle of a packet")
+    tshark = TsharkStream(pcap, args)
     frames: dict[int, _Frame] = {}
     streams: set[int] = set()
     requests: dict[int, list[Exchange]] = {}  # request frame -> its requests (several if pipelined)
@@ -145,9 +142,7 @@ def _scan(
     conn_seq: Counter[int] = Counter()
     warnings: Counter[str] = Counter()
     http1 = set(http1_ports)
-    for line in out.stdout.split("\n"):  # not splitlines(): it splits on \x1e too
-        if not line:
-            continue
+    for line in tshark:
         row = line.split(SEP)
         if len(row) != len(_FIELDS):
             warnings["tshark output row with an unexpected number of fields"] += 1
@@ -221,6 +216,9 @@ def _scan(
                     if x.resp_bytes is None:
                         warnings["HTTP/1 response without Content-Length or chunking: "
                                  "body size unknown"] += 1
+    if tshark.truncated:
+        stats.truncated = True
+        stats.warn("capture file cut short in the middle of a packet")
     stats.packets += len(frames)
     stats.tcp_streams = len(streams)
     stats.unpaired_requests += sum(1 for x in req_order if x.status is None)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.errors import CaptureError
@@ -74,6 +77,63 @@ def run_tshark(pcap: Path, args: list[str], *, timeout: float = 3600) -> TsharkO
         reason = stderr[0] if stderr else f"exit code {proc.returncode}"
         raise CaptureError(f"tshark could not read {pcap}: {reason.removeprefix('tshark: ')}")
     return TsharkOutput(proc.stdout, truncated, stderr)
+
+
+@dataclass(slots=True)
+class TsharkStream:
+    """``tshark -n -r PCAP ARGS`` whose stdout lines are parsed while tshark still decodes.
+
+    On two cores this hides the Python parsing behind tshark's dissection. Iterate
+    once; after the last line, ``truncated`` and ``stderr`` are set, and a file
+    tshark could not read at all raises CaptureError.
+    """
+
+    pcap: Path
+    args: list[str]
+    timeout: float = 3600
+    truncated: bool = False
+    stderr: list[str] = field(default_factory=list)
+
+    def __iter__(self) -> Iterator[str]:
+        check_capture_file(self.pcap)
+        cmd = [tshark_path(), "-n", "-r", str(self.pcap), *self.args]
+        try:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE)
+        except OSError as e:
+            raise CaptureError(f"could not run tshark: {e}") from e
+        assert proc.stdout is not None and proc.stderr is not None
+        err = proc.stderr
+        chunks: list[bytes] = []
+        reader = threading.Thread(target=lambda: chunks.append(err.read()), daemon=True)
+        reader.start()
+        timer = threading.Timer(self.timeout, proc.kill)  # a hung tshark must not hang us
+        timer.start()
+        try:
+            # newline="\n": the \x1c-\x1e and \x85 that split str.splitlines() stay inside
+            out = io.TextIOWrapper(proc.stdout, encoding="utf-8", errors="surrogateescape",
+                                   newline="\n")
+            for line in out:
+                yield line.rstrip("\n")
+            rc = proc.wait()
+        finally:
+            timer.cancel()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            reader.join(timeout=5)
+            proc.stdout.close()
+            err.close()
+        text = b"".join(chunks).decode("utf-8", "replace")
+        self.stderr = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith(_NOISE)]
+        self.truncated = any(_CUT_SHORT in ln for ln in self.stderr)
+        if rc != 0 and not self.truncated:
+            if rc < 0:
+                raise CaptureError(f"tshark was killed (signal {-rc}) while reading {self.pcap}")
+            reason = self.stderr[0] if self.stderr else f"exit code {rc}"
+            raise CaptureError(
+                f"tshark could not read {self.pcap}: {reason.removeprefix('tshark: ')}"
+            )
 
 
 def unescape(text: str) -> str:
