@@ -286,6 +286,8 @@ class Client:
             self.target,
             options=[
                 ("grpc.use_local_subchannel_pool", 1),
+                # Loopback only: never route through an http_proxy from the environment.
+                ("grpc.enable_http_proxy", 0),
                 ("grpc.max_receive_message_length", MAX_MSG_SIZE),
                 ("grpc.max_send_message_length", MAX_MSG_SIZE),
             ],
