@@ -180,6 +180,8 @@ class _Stitcher:
             return self.pending.popleft()
         if version is not None:
             self.protocol = _protocol(version)
+        if not self.out:  # the connection was already mid-exchange when observation began
+            self.stats.started_mid_stream = True
         x = self._new()
         self.stats.request_missed += 1
         for name in ("method", "path", "authority", "req_bytes", "t_start_ns"):
