@@ -299,8 +299,12 @@ class FrameParser:
 
     def _step_start(self, events: list[FrameEvent]) -> ParseState:
         n = min(len(PREFACE), self._buf.end)
-        head = self._buf.get(0, n) if n else b""
-        if head is not None and head == PREFACE[:n]:
+        pieces = self._buf.pieces(0, n)
+        seen = sum(len(p) for _, p in pieces)
+        matches = all(PREFACE[o : o + len(p)] == p for o, p in pieces)
+        # A cut preface still counts when its seen start is unmistakable ("PRI" can never
+        # begin a plausible frame header: that length would exceed 5 MiB).
+        if matches and pieces and pieces[0][0] == 0 and (seen == n or len(pieces[0][1]) >= 3):
             if n < len(PREFACE):
                 return ParseState.NEEDS_MORE_DATA
             self._pos = len(PREFACE)
@@ -309,6 +313,8 @@ class FrameParser:
             self._state = "header"
             events.append(PrefaceReceived(self._buf.ts_at(0)))
             return ParseState.SUCCESS
+        if not pieces and n < len(PREFACE) and self._buf.end == 0:
+            return ParseState.NEEDS_MORE_DATA
         self._state = "search"
         self._search_from = 0
         return ParseState.SUCCESS

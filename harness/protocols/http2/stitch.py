@@ -425,6 +425,11 @@ class _Stitcher:
 
         grpc = self.is_grpc(call, x, req, resp, trl)
         x.protocol = "h2c-grpc" if grpc else "h2c"
+        unsure = next((g.reason for g in x.degraded if g.field == "protocol"), None)
+        if unsure is not None and not grpc:
+            # It may have been gRPC: its gRPC-only fields are unknown, not absent.
+            for name in ("grpc_status", "grpc_message", "req_messages", "resp_messages"):
+                x.degrade(name, unsure)
         if grpc:
             st.grpc_exchanges += 1
             self.grpc_status(call, x, resp, trl, why)
@@ -449,30 +454,39 @@ class _Stitcher:
         names = [*req.headers, *resp.headers, *trl.headers]
         if any(n.startswith("grpc-") for n in names) or req.headers.get("te") == "trailers":
             return True
+        complete = call.req is not None and call.req.fields is not None and not (
+            call.req.unknowns or call.req.truncated)
+        if complete:
+            return False  # the whole request was read and it carries no content-type
         # No header says so: bodies that are exact gRPC framing are strong evidence, but it
-        # is evidence, not a decode, so the protocol is marked as inferred.
+        # is evidence, not a decode, so the protocol is marked as inferred either way.
+        x.degrade("protocol", R_MISSED if call.req is None and call.headers_missed
+                  else _reason(call.req, call.lost[C2S]))
         bodies = call.bodies
         shaped = all(b.grpc_shaped and not b.broken and b.at_boundary for b in bodies)
-        if shaped and any(b.messages for b in bodies):
-            x.degrade("protocol", R_HPACK if (req.unknown or resp.unknown) else R_MISSED)
-            return True
-        if req.unknown or resp.unknown or call.req is None:
-            x.degrade("protocol", R_HPACK if call.req is not None else R_MISSED)
-        return False
+        return shaped and any(b.messages for b in bodies)
 
     def grpc_status(self, call: _Call, x: Exchange, resp: _Fields, trl: _Fields,
                     why: _Why) -> None:
         src, block = (trl, call.trailers) if call.trailers is not None else (resp, call.resp)
         value = src.headers.get("grpc-status")
-        if value is not None and value.isdigit():
-            x.grpc_status = int(value)
-        elif block is None or block.unknowns or block.truncated or call.trailers is None:
-            x.degrade("grpc_status", why(call.trailers, S2C))
         msg = src.headers.get("grpc-message")
         if msg is not None:
             x.grpc_message = unquote(msg, errors="replace")
+        if value is not None and value.isdigit():
+            x.grpc_status = int(value)
+            if msg is None and block is not None and (block.unknowns or block.truncated):
+                x.degrade("grpc_message", block.reason())
+            return
+        if call.trailers is None:
+            reason = why(None, S2C)
         elif block is not None and (block.unknowns or block.truncated):
-            x.degrade("grpc_message", block.reason())
+            reason = block.reason()
+        else:
+            return  # a fully read trailer block without grpc-status: truly absent
+        x.degrade("grpc_status", reason)
+        if msg is None:
+            x.degrade("grpc_message", reason)
 
     def body(self, call: _Call, x: Exchange, d: int, prefix: str, grpc: bool,
              why: _Why) -> None:
@@ -521,6 +535,12 @@ class _Fields:
             value = f.value.decode("utf-8", errors="replace")
             target = self.pseudo if name.startswith(":") else self.headers
             target[name] = f"{target[name]}, {value}" if name in target else value
+
+
+def _reason(block: _Block | None, lost: bool) -> str:
+    if block is not None:
+        return block.reason()
+    return R_TRUNC if lost else R_INCOMPLETE
 
 
 def _looks_like_trailers(block: _Block, flags: int, call: _Call) -> bool:
