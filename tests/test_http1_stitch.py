@@ -1,0 +1,135 @@
+"""Hand-checked stitching cases: pairing, degradations, header dicts, timing, conn_seq."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.errors import ProtocolError
+from harness.protocols.common import Segment
+from harness.protocols.http1 import stitch_http1
+
+
+def seg(ts: int, data: bytes, orig_len: int | None = None) -> Segment:
+    return Segment(ts, data, len(data) if orig_len is None else orig_len)
+
+
+def reasons(x: object) -> dict[str, str]:
+    return {d.field: d.reason for d in x.degraded}  # type: ignore[attr-defined]
+
+
+GET = b"GET /a?q=1 HTTP/1.1\r\nHost: svc:8080\r\nAccept: a\r\naccept: b\r\n\r\n"
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nSet-Cookie: x=1\r\nset-cookie: y=2\r\n\r\nhi"
+
+
+def test_headers_are_lowercased_and_duplicates_joined() -> None:
+    (x,), stats = stitch_http1([seg(1, GET)], [seg(2, OK)], side="client", closed_ns=3)
+    assert x.req_headers == {"host": "svc:8080", "accept": "a, b"}
+    assert x.resp_headers["set-cookie"] == "x=1, y=2"
+    assert (x.authority, x.path, x.protocol, x.status, x.resp_bytes) == (
+        "svc:8080",
+        "/a?q=1",
+        "http/1.1",
+        200,
+        2,
+    )
+    assert (x.t_start_ns, x.t_end_ns, x.conn_seq, x.source, x.side) == (1, 2, 0, "kprobe", "client")
+    assert stats.complete == 1
+
+
+def test_server_side_reads_requests_from_recv_and_source_is_settable() -> None:
+    (x,), _ = stitch_http1(
+        [seg(5, OK[:20]), seg(6, OK[20:])],
+        [seg(1, GET[:10]), seg(2, GET[10:])],
+        side="server",
+        closed_ns=None,
+        source="uprobe",
+    )
+    assert (x.method, x.status, x.t_start_ns, x.t_end_ns, x.source) == ("GET", 200, 1, 6, "uprobe")
+
+
+def test_request_without_response_is_no_response() -> None:
+    xs, stats = stitch_http1([seg(1, GET), seg(3, GET)], [seg(2, OK)], side="client", closed_ns=4)
+    assert [x.status for x in xs] == [200, None]
+    assert reasons(xs[1]) == {"status": "no_response"}
+    assert stats.no_response == 1 and stats.complete == 1
+
+
+def test_absolute_form_target_gives_authority_without_host() -> None:
+    req = b"GET http://proxy.example:81/p HTTP/1.0\r\n\r\n"
+    (x,), _ = stitch_http1([seg(1, req)], [], side="client", closed_ns=None)
+    assert x.authority == "proxy.example:81" and x.protocol == "http/1.0"
+
+
+def test_late_attach_mid_request_gives_request_missed_then_exact() -> None:
+    tail_of_body = b"y" * 50
+    xs, stats = stitch_http1(
+        [seg(20, OK), seg(40, OK)],
+        [seg(10, tail_of_body), seg(30, GET)],
+        side="server",
+        closed_ns=None,
+    )
+    assert [x.conn_seq for x in xs] == [0, 1]
+    assert reasons(xs[0]) == dict.fromkeys(
+        ("method", "path", "authority", "req_bytes", "t_start_ns"), "request_missed"
+    )
+    assert xs[0].status == 200 and xs[0].t_start_ns is None and xs[0].t_end_ns == 20
+    assert not xs[1].degraded and xs[1].method == "GET"
+    assert stats.started_mid_stream and stats.request_missed == 1
+    assert stats.requests.skipped_bytes == 50 and stats.requests.invalid == 0
+
+
+def test_chunk_framing_lost_to_truncation_degrades_resp_bytes() -> None:
+    resp = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nab"
+    xs, stats = stitch_http1(
+        [seg(1, GET), seg(4, GET)],
+        [seg(2, resp, len(resp) + 12), seg(5, OK)],
+        side="client",
+        closed_ns=None,
+    )
+    assert [x.status for x in xs] == [200, 200]
+    assert xs[0].resp_bytes is None and reasons(xs[0]) == {"resp_bytes": "truncated_payload"}
+    assert xs[0].t_end_ns == 2
+    assert not xs[1].degraded and xs[1].resp_bytes == 2
+    assert stats.degraded_payload == 1 and stats.responses.lost_messages == 1
+
+
+def test_truncated_request_head_keeps_its_place() -> None:
+    post = b"POST /big HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\n" + b"b" * 100
+    xs, stats = stitch_http1(
+        [seg(1, GET), seg(3, post[:16], len(post)), seg(5, GET)],
+        [seg(2, OK), seg(4, OK), seg(6, OK)],
+        side="client",
+        closed_ns=None,
+        from_start=True,
+    )
+    assert [x.conn_seq for x in xs] == [0, 1, 2]
+    assert [x.method for x in xs] == ["GET", None, "GET"]
+    assert reasons(xs[1]) == dict.fromkeys(
+        ("method", "path", "authority", "req_bytes"), "truncated_payload"
+    )
+    assert [x.status for x in xs] == [200, 200, 200]
+    assert xs[1].t_start_ns == 3 and xs[1].resp_bytes == 2
+    assert stats.lost_requests == 1 and stats.no_response == 0
+
+
+def test_head_method_reaches_the_response_parser() -> None:
+    head = b"HEAD /f HTTP/1.1\r\nHost: h\r\n\r\n"
+    head_ok = b"HTTP/1.1 200 OK\r\nContent-Length: 999\r\n\r\n"
+    xs, _ = stitch_http1(
+        [seg(1, head), seg(3, GET)], [seg(2, head_ok), seg(4, OK)], side="client", closed_ns=None
+    )
+    assert [(x.method, x.status, x.resp_bytes) for x in xs] == [("HEAD", 200, 0), ("GET", 200, 2)]
+    assert not any(x.degraded for x in xs)
+
+
+def test_close_delimited_response_needs_the_close() -> None:
+    resp = b"HTTP/1.0 200 OK\r\n\r\nbody until close"
+    (x,), _ = stitch_http1(
+        [seg(1, b"GET / HTTP/1.0\r\n\r\n")], [seg(2, resp)], side="client", closed_ns=9
+    )
+    assert x.resp_bytes == len(b"body until close") and x.t_end_ns == 2 and not x.degraded
+
+
+def test_bad_side_is_a_typed_error() -> None:
+    with pytest.raises(ProtocolError):
+        stitch_http1([], [], side="wire", closed_ns=None)  # type: ignore[arg-type]
