@@ -1,7 +1,7 @@
 /* Kernel-side collector: syscall tracepoints (the seed article's "kprobe"
  * approach), compiled by bcc. Settings arrive as -D cflags, never by editing
- * this text: PB_FILTER_TGID, PB_FILTER_PORTS, PB_SELF_TGID, PB_MAX_CAPTURE,
- * PB_RINGBUF_PAGES, PB_MAX_CONNS.
+ * this text: PB_FILTER_TGID, PB_FILTER_PORTS, PB_SELF_TGID, PB_CHUNK,
+ * PB_CALL_LIMIT, PB_RINGBUF_PAGES, PB_MAX_CONNS.
  *
  * Kernel side does only: connection table, protocol inference, copy bytes.
  * Parsing and stitching happen in replay (user space), from the raw records. */
@@ -22,6 +22,9 @@
 #ifndef PB_MAX_IOV
 #define PB_MAX_IOV 16
 #endif
+#ifndef PB_CALL_LIMIT
+#define PB_CALL_LIMIT (4 * PB_CHUNK) /* payload bytes captured per syscall */
+#endif
 #define PB_IGNORED 255
 #define PB_MAX_CPUS 256
 #define TCP_ESTABLISHED_ 1
@@ -40,6 +43,7 @@ struct conn_info {
     u8 raddr[16];
 };
 struct data_args {
+    u64 enter_ns;
     u64 buf;   /* buffer, or iovec array for the vectored calls */
     u32 iovcnt;
     s32 fd;
@@ -53,7 +57,7 @@ struct addr_val { u8 addr[16]; u16 port; };
 BPF_RINGBUF_OUTPUT(events, PB_RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(stats, u64, PB_STAT_MAX);
 /* slack after the event lets a power-of-two mask bound sizes for the verifier */
-struct scratch_event { struct pb_data_event e; u8 slack[PB_MAX_CAPTURE]; };
+struct scratch_event { struct pb_data_event e; u8 slack[PB_CHUNK]; };
 /* one slot per CPU: too large for a per-CPU map (32 KiB limit) */
 BPF_ARRAY(scratch, struct scratch_event, PB_MAX_CPUS);
 BPF_HASH(targets, u32, u8, 1024);       /* tgids to trace (PB_FILTER_TGID) */
@@ -68,7 +72,7 @@ BPF_HASH(data_args_map, u32, struct data_args, 4096);
 /* Mask a length so the verifier sees its bound; the asm keeps clang from
  * dropping a mask it can prove redundant (it cannot see the verifier). */
 static __always_inline u32 verifier_bound(u32 v) {
-    asm volatile("%0 &= %1" : "+r"(v) : "i"(2 * PB_MAX_CAPTURE - 1));
+    asm volatile("%0 &= %1" : "+r"(v) : "i"(2 * PB_CHUNK - 1));
     return v;
 }
 
@@ -314,7 +318,7 @@ static __always_inline int on_data_enter(u8 sc, u8 dir, int fd, u64 buf, u32 iov
     u64 id = bpf_get_current_pid_tgid();
     if (!tgid_traced(id >> 32)) return 0;
     u32 tid = (u32)id;
-    struct data_args a = {.buf = buf, .iovcnt = iovcnt, .fd = fd, .syscall = sc, .dir = dir};
+    struct data_args a = {.enter_ns = bpf_ktime_get_ns(), .buf = buf, .iovcnt = iovcnt, .fd = fd, .syscall = sc, .dir = dir};
     data_args_map.update(&tid, &a);
     return 0;
 }
@@ -327,7 +331,7 @@ static __always_inline u32 emit_chunk(struct conn_key *k, struct conn_info *c, s
     if (!se) return 0;
     struct pb_data_event *e = &se->e;
     u32 n = want;
-    if (n > PB_MAX_CAPTURE) n = PB_MAX_CAPTURE;
+    if (n > PB_CHUNK) n = PB_CHUNK;
     e->ts_ns = ts;
     e->tgid = k->tgid;
     e->tid = (u32)bpf_get_current_pid_tgid();
@@ -359,7 +363,9 @@ static __always_inline int on_data_exit(long ret) {
     struct data_args a = *ap;
     data_args_map.delete(&tid);
     if (ret <= 0) return 0;
-    u64 ts = bpf_ktime_get_ns();
+    /* a send is timed when it starts (its packets leave during the call), a
+     * receive when it returns (a blocking read starts long before data arrives) */
+    u64 ts = a.dir == PB_DIR_SEND ? a.enter_ns : bpf_ktime_get_ns();
     u32 orig = (u32)ret;
     struct conn_key key = {.tgid = id >> 32, .fd = a.fd};
     struct conn_info *c = conns.lookup(&key);
@@ -403,26 +409,34 @@ static __always_inline int on_data_exit(long ret) {
             c->proto = p;
         }
     }
-    if (orig > PB_MAX_CAPTURE) {
+    if (orig > PB_CALL_LIMIT) {
         stat_add(PB_STAT_TRUNCATED_CALLS, 1);
-        stat_add(PB_STAT_TRUNCATED_BYTES, orig - PB_MAX_CAPTURE);
+        stat_add(PB_STAT_TRUNCATED_BYTES, orig - PB_CALL_LIMIT);
     }
+    /* one event per chunk; the captured bytes are always a prefix of the call's */
+    u32 limit = orig < PB_CALL_LIMIT ? orig : PB_CALL_LIMIT;
+    u32 done = 0;
     if (!a.iovcnt) {
-        emit_chunk(&key, c, &a, ts, orig, 0, a.buf, orig);
+#pragma unroll
+        for (int i = 0; i < PB_CALL_LIMIT / PB_CHUNK; i++) {
+            if (done >= limit) break;
+            u32 got = emit_chunk(&key, c, &a, ts, orig, done, a.buf + done, limit - done);
+            if (!got) break;
+            done += got;
+        }
         return 0;
     }
-    /* vectored: one event per iovec, captured bytes always a prefix */
-    u32 done = 0;
+    /* vectored: up to one chunk per iovec; a longer iovec ends the capture there,
+     * so what was captured stays a prefix */
     for (int i = 0; i < PB_MAX_IOV; i++) {
-        if (i >= a.iovcnt || done >= orig || done >= PB_MAX_CAPTURE) break;
+        if (i >= a.iovcnt || done >= limit) break;
         struct iovec iov = {};
         bpf_probe_read_user(&iov, sizeof(iov), (void *)(a.buf + i * sizeof(struct iovec)));
         u32 want = iov.iov_len;
-        if (want > orig - done) want = orig - done;
-        if (want > PB_MAX_CAPTURE - done) want = PB_MAX_CAPTURE - done;
+        if (want > limit - done) want = limit - done;
         u32 got = emit_chunk(&key, c, &a, ts, orig, done, (u64)iov.iov_base, want);
-        if (got != want) break;
         done += got;
+        if (got != want) break;
     }
     return 0;
 }

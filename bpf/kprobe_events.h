@@ -41,8 +41,8 @@
 #define PB_STAT_NON_HTTP 5       /* connections dropped by protocol inference */
 #define PB_STAT_MAX 8
 
-#ifndef PB_MAX_CAPTURE
-#define PB_MAX_CAPTURE 16384 /* payload bytes captured per syscall; power of two */
+#ifndef PB_CHUNK
+#define PB_CHUNK 16384 /* payload bytes per data event; power of two */
 #endif
 
 struct pb_conn_event {
@@ -62,7 +62,7 @@ struct pb_conn_event {
 };
 
 struct pb_data_event {
-    u64 ts_ns;
+    u64 ts_ns;    /* send: when the call began; receive: when it returned */
     u32 tgid;
     u32 tid;
     s32 fd;
@@ -75,7 +75,7 @@ struct pb_data_event {
     u32 orig_len; /* bytes the syscall moved */
     u32 offset;   /* offset of this chunk in the syscall's bytes */
     u32 cap_len;  /* bytes of data[] that are valid */
-    u8 data[PB_MAX_CAPTURE];
+    u8 data[PB_CHUNK];
 };
 
 #endif

@@ -147,8 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--grpc-go", choices=GRPC_GO_VERSIONS, help="grpc-go version of Go targets")
     p.add_argument("--port", type=int, help="server port (default: a free one)")
-    p.add_argument("--max-capture", type=int, default=16384, help="payload bytes per syscall")
-    p.add_argument("--ringbuf-pages", type=int, default=1024, help="kernel ring buffer size")
+    p.add_argument(
+        "--max-capture", type=int, default=65536, help="payload bytes captured per syscall"
+    )
+    p.add_argument("--ringbuf-pages", type=int, default=16384, help="ring buffer, 4 KiB pages")
     p.add_argument("--out", type=Path, default=DEFAULT_RUNS, help="parent of the run directory")
     p.set_defaults(fn=cmd_run)
 

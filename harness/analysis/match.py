@@ -10,6 +10,8 @@ from harness.model import Exchange
 
 # How far apart a collector's and Wireshark's start of one exchange may be.
 MATCH_WINDOW_NS = 2_000_000_000
+# pcap timestamps have microsecond resolution; the clock offset is measured to ~1 us.
+CLOCK_TOLERANCE_NS = 20_000
 ID_HEADER = "x-probebench-id"
 
 COMMON_FIELDS = (
@@ -128,20 +130,24 @@ def _find(
             if truth[i].stream_id == obs.stream_id and i not in taken and near:
                 return i
         return None
+    # Causality, not mere proximity: a client writes a request before its first packet
+    # is on the wire; a server reads it after. Nearest-in-time would pick a neighbour
+    # whenever the server is slower to read than the client is to send the next one.
     ts = obs.t_start_ns or 0
-    pos = bisect.bisect_left(cands, (ts, -1))
-    best: tuple[int, int] | None = None
-    # nearest untaken candidate on either side of ts
-    for j in range(pos - 1, -1, -1):
-        if cands[j][1] not in taken:
-            best = (ts - cands[j][0], cands[j][1])
-            break
-    for j in range(pos, len(cands)):
-        if cands[j][1] not in taken:
-            d = cands[j][0] - ts
-            if best is None or d < best[0]:
-                best = (d, cands[j][1])
-            break
-    if best is None or best[0] > MATCH_WINDOW_NS:
+    if obs.side == "server":
+        pos = bisect.bisect_right(cands, (ts + CLOCK_TOLERANCE_NS, 1 << 62))
+        for j in range(pos - 1, -1, -1):
+            t, i = cands[j]
+            if ts - t > MATCH_WINDOW_NS:
+                break
+            if i not in taken:
+                return i
         return None
-    return best[1]
+    pos = bisect.bisect_left(cands, (ts - CLOCK_TOLERANCE_NS, -1))
+    for j in range(pos, len(cands)):
+        t, i = cands[j]
+        if t - ts > MATCH_WINDOW_NS:
+            break
+        if i not in taken:
+            return i
+    return None

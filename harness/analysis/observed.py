@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,15 @@ class ObservedStats:
     skipped_other_ports: int = 0
     parse: dict[str, int] = field(default_factory=dict)
     decode: dict[str, Any] = field(default_factory=dict)
+
+
+def _int_fields(stats: Any) -> dict[str, int]:
+    """The integer counters of a parser's stats dataclass (slots or not)."""
+    return {
+        f.name: v
+        for f in dataclasses.fields(stats)
+        if isinstance(v := getattr(stats, f.name), int) and not isinstance(v, bool)
+    }
 
 
 def _role(conn: Connection, server_ports: set[int]) -> str:
@@ -82,13 +92,13 @@ def kprobe_exchanges(
                 conn.send, conn.recv, side=role, closed_ns=conn.closed_ns,
                 from_start=conn.from_start,
             )  # fmt: skip
-            counters = {k: v for k, v in vars(pst).items() if isinstance(v, int)}
+            counters = _int_fields(pst)
         elif conn.proto == "http2":
             c2s, s2c = (conn.send, conn.recv) if role == "client" else (conn.recv, conn.send)
             xs, hst = stitch_http2(
                 c2s, s2c, hpack_mode=variant.hpack_mode, side=role, conn_id=conn.key
             )  # type: ignore[arg-type]
-            counters = {k: v for k, v in vars(hst).items() if isinstance(v, int)}
+            counters = _int_fields(hst)
         else:
             continue
         for k, v in counters.items():

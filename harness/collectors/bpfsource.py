@@ -23,7 +23,9 @@ def load_bcc() -> Any:
 def compile_program(source: str, defines: dict[str, int]) -> Any:
     """Compile and auto-attach a bcc program from bpf/; raises CollectorError with bcc's reason."""
     bcc = load_bcc()
-    cflags = [f"-I{BPF_DIR}", "-Wno-macro-redefined"] + [f"-D{k}={v}" for k, v in defines.items()]
+    cflags = [f"-I{BPF_DIR}", "-Wno-macro-redefined", "-Wno-pass-failed"] + [
+        f"-D{k}={v}" for k, v in defines.items()
+    ]
     try:
         return bcc.BPF(src_file=str(BPF_DIR / source), cflags=cflags)
     except Exception as e:  # bcc raises bare Exception for compile and load failures

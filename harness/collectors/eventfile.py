@@ -110,5 +110,3 @@ def read_event_file(path: Path) -> EventFile:
     ef.truncated_tail_bytes = end - pos
     ef._data = data[:pos]
     return ef
-
-

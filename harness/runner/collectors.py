@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.collectors.kprobe.layout import DEFAULT_MAX_CAPTURE, DEFAULT_RINGBUF_PAGES
 from harness.errors import CollectorError, TargetError
 from harness.runner.lifecycle import Child, ProcessSet, read_line_until
 
@@ -18,8 +19,8 @@ ATTACH_TIMEOUT_S = 60.0
 
 @dataclass
 class CollectorOptions:
-    max_capture: int = 16384
-    ringbuf_pages: int = 1024
+    max_capture: int = DEFAULT_MAX_CAPTURE
+    ringbuf_pages: int = DEFAULT_RINGBUF_PAGES
 
 
 @dataclass
@@ -60,7 +61,7 @@ def start_collector(
     if name == "kprobe":
         args += ["--max-capture", str(options.max_capture)]
         args += ["--ringbuf-pages", str(options.ringbuf_pages)]
-    for b in binaries or []:
+    for b in binaries if name == "uprobe" else []:
         args += ["--binary", str(b)]
     errlog = (events_dir / f"{name}.log").open("w")
     child = procs.spawn(

@@ -144,7 +144,7 @@ def _record(
         )  # fmt: skip
         if spec.attach == "early":
             # No client pid yet: the program filters by port, and sees every connection open.
-            attach([server.pid])
+            attach([])
         client = procs.spawn("client", client_cmd, stdin=subprocess.PIPE)
         manifest.processes.append(
             {"role": "client", "lang": spec.client, "pid": client.pid, "argv": client_cmd}

@@ -82,7 +82,9 @@ def _ip(raw: bytes, family: int) -> str:
     if family == 2:
         return str(ipaddress.IPv4Address(raw[:4]))
     if family == 10:
-        return str(ipaddress.IPv6Address(raw[:16]))
+        v6 = ipaddress.IPv6Address(raw[:16])
+        # a dual-stack socket talking IPv4: the wire (and Wireshark) say 127.0.0.1
+        return str(v6.ipv4_mapped or v6)
     return ""
 
 
@@ -130,7 +132,7 @@ def decode(
 ) -> tuple[list[Connection], DecodeStats]:
     ef = read_event_file(path)
     defines = ef.header.get("defines", {})
-    hdr = header(int(defines.get("PB_MAX_CAPTURE", 16384)))
+    hdr = header(int(defines.get("PB_CHUNK", 16384)))
     d = hdr.defines
     CE, DE = hdr.structs["pb_conn_event"], hdr.structs["pb_data_event"]
     data_off = hdr.offset("pb_data_event", "data")

@@ -25,7 +25,12 @@ from typing import Any
 from harness.collectors import sockdiag
 from harness.collectors.bpfsource import compile_program
 from harness.collectors.eventfile import EventWriter
-from harness.collectors.kprobe.layout import DEFAULT_MAX_CAPTURE, header
+from harness.collectors.kprobe.layout import (
+    DEFAULT_MAX_CAPTURE,
+    DEFAULT_RINGBUF_PAGES,
+    chunk_for,
+    header,
+)
 from harness.errors import ProbebenchError
 
 PROGRAM = "kprobe_collector.c"
@@ -38,13 +43,12 @@ class Recorder:
         tgids: list[int],
         ports: list[int],
         max_capture: int = DEFAULT_MAX_CAPTURE,
-        ringbuf_pages: int = 1024,
+        ringbuf_pages: int = DEFAULT_RINGBUF_PAGES,
     ) -> None:
-        if max_capture & (max_capture - 1) or not 64 <= max_capture <= 16384:
-            raise ProbebenchError("--max-capture must be a power of two in 64..16384")
+        chunk = chunk_for(max_capture)
         if ringbuf_pages & (ringbuf_pages - 1):
             raise ProbebenchError("--ringbuf-pages must be a power of two")
-        self.hdr = header(max_capture)
+        self.hdr = header(chunk)
         d = self.hdr.defines
         self.kind_off = self.hdr.offset("pb_conn_event", "kind")
         self.key_fmt = struct.Struct("<IIi")  # ts low bits skipped: tgid, tid, fd at offset 8
@@ -52,7 +56,8 @@ class Recorder:
             "PB_FILTER_TGID": int(bool(tgids)),
             "PB_FILTER_PORTS": int(bool(ports)),
             "PB_SELF_TGID": os.getpid(),
-            "PB_MAX_CAPTURE": max_capture,
+            "PB_CHUNK": chunk,
+            "PB_CALL_LIMIT": max_capture,
             "PB_RINGBUF_PAGES": ringbuf_pages,
         }
         self.ev_conn, self.ev_infer, self.ev_exit = (
@@ -187,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tgid", type=int, action="append", default=[], help="trace only these")
     ap.add_argument("--port", type=int, action="append", default=[], help="trace only these")
     ap.add_argument("--max-capture", type=int, default=DEFAULT_MAX_CAPTURE)
-    ap.add_argument("--ringbuf-pages", type=int, default=1024)
+    ap.add_argument("--ringbuf-pages", type=int, default=DEFAULT_RINGBUF_PAGES)
     ap.add_argument("--deadline", type=float, default=3600.0, help="stop after this many s")
     ap.add_argument("--stats", type=Path, help="also write the final stats here as JSON")
     a = ap.parse_args(argv)
