@@ -347,13 +347,15 @@ class _Stitcher:
                 call.req = block
                 call.body_from_start[C2S] = True
             # else: request trailers, decoded only to keep the table in step
-        elif call.resp is None and not _looks_like_trailers(block, pend.flags, call):
-            if _informational(block):
-                return
-            call.resp = block
-            call.body_from_start[S2C] = True
         else:
-            call.trailers = block
+            kind = _server_block_kind(block, pend.flags) if call.resp is None else "trailers"
+            if kind == "informational":
+                return
+            if kind == "headers":
+                call.resp = block
+                call.body_from_start[S2C] = True
+            else:
+                call.trailers = block
         if pend.flags & END_STREAM:
             call.ended[d] = True
             self.maybe_finish(call)
@@ -494,7 +496,8 @@ class _Stitcher:
         reason = None
         if not call.body_from_start[d]:
             # DATA before this direction's HEADERS: part of the body went by unseen.
-            reason = R_MISSED if call.headers_missed else why(None, d)
+            seen_some = b.frames or call.ended[d]
+            reason = R_MISSED if call.headers_missed or seen_some else why(None, d)
         elif not call.ended[d] and not call.reset:
             reason = R_INCOMPLETE  # counts so far are only a lower bound
         if reason is not None:
@@ -543,18 +546,15 @@ def _reason(block: _Block | None, lost: bool) -> str:
     return R_TRUNC if lost else R_INCOMPLETE
 
 
-def _looks_like_trailers(block: _Block, flags: int, call: _Call) -> bool:
-    """A server block with END_STREAM and no :status, after response DATA, is trailers."""
-    if block.fields is None or not flags & END_STREAM:
-        return False
-    names = {f.name for f in block.fields if f.known}
-    if b":status" in names:
-        return False
-    return b"grpc-status" in names or call.bodies[S2C].frames > 0
+def _server_block_kind(block: _Block, flags: int) -> str:
+    """headers, trailers or informational, for a server block before any response headers.
 
-
-def _informational(block: _Block) -> bool:
+    Only a known :status makes a response header block; without END_STREAM it can only be
+    one too. An END_STREAM block without a known :status is taken as trailers: if it was
+    in fact a trailers-only response, its :status was unknown anyway, and the response body
+    is then correctly treated as partly unseen.
+    """
     for f in block.fields or ():
         if f.known and f.name == b":status" and f.value is not None:
-            return f.value.startswith(b"1")
-    return False
+            return "informational" if f.value.startswith(b"1") else "headers"
+    return "trailers" if flags & END_STREAM else "headers"
