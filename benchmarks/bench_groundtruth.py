@@ -50,6 +50,7 @@ def big(tmp_path_factory: pytest.TempPathFactory) -> Capture:
     with http_server() as port, Dumpcap(path, [port]) as cap:
         records = drive("127.0.0.1", port, keepalive_plan(EXCHANGES, connections=4))
     assert cap.stats["packets_dropped"] == 0, cap.stats
+    assert cap.stats["sentinel_seen"], cap.stats
     return Capture(path, port, cap.stats["packets_captured"], len(records))
 
 

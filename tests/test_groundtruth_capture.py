@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import socket
 from pathlib import Path
 
 import pytest
@@ -53,6 +56,47 @@ def test_missing_interface_is_one_clear_error(tmp_path):
     cap = Dumpcap(tmp_path / "x.pcapng", [8080], interface="nosuchif0")
     with pytest.raises(CaptureError, match=r"dumpcap could not capture on 'nosuchif0': .+"), cap:
         pass
+
+
+@needs_dumpcap
+@pytest.mark.capture
+def test_dumpcap_stopped_by_somebody_else_is_an_error(tmp_path):
+    cap = Dumpcap(tmp_path / "x.pcapng", [9])
+    cap.start()
+    pid = cap.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGTERM)  # our own child, standing in for an outside kill
+    os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+    with pytest.raises(CaptureError, match="stopped before the capture was over"):
+        cap.stop()
+    assert cap.stats["exited_early"] is True
+    assert cap.pid is None
+
+
+@needs_dumpcap
+@pytest.mark.capture
+def test_interim_100_continue_does_not_take_the_final_response(tmp_path):
+    pcap = tmp_path / "continue.pcapng"
+    body = b"e" * 300
+    with (
+        http_server() as port,
+        Dumpcap(pcap, [port]) as cap,
+        socket.create_connection(("127.0.0.1", port), timeout=10) as s,
+    ):
+        s.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nx-probebench-id: 7\r\n"
+                  b"Expect: 100-continue\r\nContent-Length: 300\r\n\r\n")
+        interim = s.recv(1024)
+        s.sendall(body)
+        final = b""
+        while b"\r\n\r\n300" not in final:
+            final += s.recv(1024)
+    assert interim.startswith(b"HTTP/1.1 100")
+    xs, stats = extract_exchanges(pcap, http1_ports=[port], h2c_ports=[],
+                                  mono_offset_ns=cap.stats["mono_offset_ns"])
+    assert len(xs) == 1
+    assert (xs[0].method, xs[0].status, xs[0].req_bytes, xs[0].resp_bytes) == ("POST", 201, 300, 3)
+    assert xs[0].req_headers["expect"] == "100-continue"
+    assert (stats.unpaired_requests, stats.unpaired_responses) == (0, 0)
 
 
 def test_missing_dumpcap_is_one_clear_error(tmp_path):

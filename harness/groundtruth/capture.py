@@ -92,6 +92,11 @@ class Dumpcap:
         self._sentinel: socket.socket | None = None
         self._token = b""
 
+    @property
+    def pid(self) -> int | None:
+        """dumpcap's process id while it runs."""
+        return self._proc.pid if self._proc is not None else None
+
     # -- lifecycle -------------------------------------------------------------
 
     def start(self) -> None:
@@ -152,7 +157,8 @@ class Dumpcap:
         if proc is None:
             return self.stats
         self._proc = None
-        if proc.poll() is None:
+        early = proc.poll() is not None  # stopped by somebody else: the tail is missing
+        if not early:
             self.stats["sentinel_seen"] = self._flush()
         killed = False
         if proc.poll() is None:
@@ -170,10 +176,16 @@ class Dumpcap:
         self.stats["stop_realtime_ns"] = time.clock_gettime_ns(time.CLOCK_REALTIME)
         self.stats["returncode"] = proc.returncode
         self.stats["killed"] = killed
+        self.stats["exited_early"] = early
         self.stats["isb"] = read_isb_stats(self.path) if self.path.exists() else []
         if killed:
             raise CaptureError(
                 f"dumpcap ignored SIGTERM for {self.stop_timeout:g} s and was killed"
+            )
+        if early:
+            raise CaptureError(
+                f"dumpcap stopped before the capture was over (exit code {proc.returncode}, "
+                f"{self.stats.get('packets_captured')} packets): {self._reason(summary=True)}"
             )
         if proc.returncode != 0:
             raise CaptureError(f"dumpcap exited with code {proc.returncode}: {self._reason()}")
@@ -250,11 +262,13 @@ class Dumpcap:
             self._reader.join(timeout=5)
         self._close_sentinel()
 
-    def _reason(self) -> str:
-        lines = [
-            ln.strip() for ln in self._lines
-            if ln.strip() and not ln.startswith(("Running as user", "Capturing on", "File:"))
-        ]
+    def _reason(self, *, summary: bool = False) -> str:
+        skip = ("Running as user", "Capturing on", "File:")
+        if not summary:
+            skip += ("Packets captured", "Packets received")
+        lines = [ln.strip() for ln in self._lines if ln.strip() and not ln.startswith(skip)]
+        if summary:
+            lines = lines[-1:]
         return lines[0].removeprefix("dumpcap: ") if lines else "no message on stderr"
 
     def _summary(self) -> dict[str, Any]:

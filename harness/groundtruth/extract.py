@@ -195,6 +195,8 @@ def _scan(
             if len(codes) > 1:
                 warnings["several HTTP/1 responses in one frame (pipelined): sizes not split"] += 1
             for i, code in enumerate(codes):
+                if 100 <= int(code) < 200 and code != "101":
+                    continue  # interim (100 Continue): the final response follows
                 req_frame = int(req_ins[i]) if i < len(req_ins) and req_ins[i] else None
                 pending = requests.get(req_frame, []) if req_frame is not None else []
                 k = answered.get(req_frame, 0) if req_frame is not None else 0
@@ -209,7 +211,7 @@ def _scan(
                     x.resp_headers = _headers(row[_RESP_LINES])
                     x.resp_bytes = _body_size(
                         row, head_or_no_body=x.method == "HEAD" or x.status in NO_BODY_STATUS
-                        or 100 <= x.status < 200,
+                        or x.status == 101,
                     )
                     if x.resp_bytes is None:
                         x.resp_bytes = _close_delimited_size(row)

@@ -120,8 +120,8 @@ def extract_http1_pyshark(
                 order.append(x)
                 continue
             code = _one(http, "response_code")
-            if code is None or sport not in ports:
-                continue
+            if code is None or sport not in ports or (100 <= int(code) < 200 and code != "101"):
+                continue  # not ours, or interim (100 Continue): the final response follows
             req_in = _one(http, "request_in")
             x = requests.pop(int(req_in), None) if req_in else None  # type: ignore[assignment]
             if x is None:
@@ -131,8 +131,7 @@ def extract_http1_pyshark(
             x.t_end_ns = t
             x.resp_headers = _headers(http, "response_line")
             x.resp_bytes = _body(
-                http, none=x.method == "HEAD" or x.status in NO_BODY_STATUS
-                or 100 <= x.status < 200,
+                http, none=x.method == "HEAD" or x.status in NO_BODY_STATUS or x.status == 101,
             )
             if x.resp_bytes is None:
                 x.resp_bytes = _close_delimited(pkt, http)
