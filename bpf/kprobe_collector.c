@@ -98,7 +98,7 @@ static __always_inline int port_traced(u16 a, u16 b) {
 #endif
 }
 
-static __always_inline void emit_conn(u8 kind, struct conn_key *k, struct conn_info *c, u64 pid_tgid) {
+static __always_inline u64 emit_conn(u8 kind, struct conn_key *k, struct conn_info *c, u64 pid_tgid) {
     struct pb_conn_event e = {};
     e.ts_ns = bpf_ktime_get_ns();
     e.tgid = k->tgid;
@@ -115,6 +115,15 @@ static __always_inline void emit_conn(u8 kind, struct conn_key *k, struct conn_i
     bpf_get_current_comm(e.comm, sizeof(e.comm));
     if (events.ringbuf_output(&e, sizeof(e), 0) < 0) stat_add(PB_STAT_DROPPED, 1);
     else stat_add(PB_STAT_CONN_EVENTS, 1);
+    return e.ts_ns;
+}
+
+/* A connection whose address the kernel could not see. User space polls this
+ * map on its own clock (not behind the data backlog) and asks sock_diag while
+ * the socket still exists; the value ties the answer to the connection event. */
+BPF_HASH(addr_wanted, struct conn_key, u64, 4096);
+static __always_inline void want_address(struct conn_key *k, u64 ts) {
+    addr_wanted.update(k, &ts);
 }
 
 /* ---- connect: SYN_SENT (in the caller's context) ties the sock to the fd,
@@ -240,7 +249,8 @@ static __always_inline int on_accept_exit(long ret) {
      * space recovers the address (sock_diag) and filters there */
     if (c.lport && !port_traced(c.lport, c.rport)) return 0;
     conns.update(&key, &c);
-    emit_conn(PB_EV_CONN, &key, &c, id);
+    u64 ts = emit_conn(PB_EV_CONN, &key, &c, id);
+    if (!c.lport) want_address(&key, ts);
     return 0;
 }
 TRACEPOINT_PROBE(syscalls, sys_enter_accept) { return on_accept_enter((u64)args->upeer_sockaddr); }
@@ -399,7 +409,7 @@ static __always_inline int on_data_exit(long ret) {
             conns.update(&key, &n);
             c = conns.lookup(&key);
             if (!c) return 0;
-            emit_conn(PB_EV_CONN_INFER, &key, c, id);
+            want_address(&key, emit_conn(PB_EV_CONN_INFER, &key, c, id));
         } else {
             if (!p) {
                 c->proto = PB_IGNORED;

@@ -88,6 +88,12 @@ def _ip(raw: bytes, family: int) -> str:
     return ""
 
 
+def _norm_ip(text: str) -> str:
+    ip = ipaddress.ip_address(text)
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return str(mapped or ip)
+
+
 def infer_proto(first: bytes, from_start: bool) -> str | None:
     """Python twin of the kernel's infer(): which protocol a call's first bytes start."""
     if first.startswith(b"PRI "):
@@ -140,6 +146,7 @@ def decode(
     ce_size = ctypes.sizeof(CE)
     st = DecodeStats(truncated_tail_bytes=ef.truncated_tail_bytes)
     live: dict[tuple[int, int], Connection] = {}
+    answers: dict[tuple[int, int, int], dict[str, Any]] = {}
     # simulated late attach: what sock_diag would have answered for sockets opened before it
     before_attach: dict[tuple[int, int], tuple[Endpoint | None, Endpoint | None]] = {}
     done: list[Connection] = []
@@ -165,16 +172,8 @@ def decode(
             if rec.get("type") == "stats":
                 st.collector = {k: v for k, v in rec.items() if k != "type"}
             elif rec.get("type") == "sockdiag" and use_sockdiag:
-                conn = live.get((rec["tgid"], rec["fd"]))
-                if conn is None:
-                    continue
-                if rec.get("found"):
-                    conn.local = Endpoint(rec["local_ip"], rec["local_port"])
-                    conn.remote = Endpoint(rec["remote_ip"], rec["remote_port"])
-                    conn.addr_source = "sockdiag"
-                    st.sockdiag_found += 1
-                else:
-                    st.sockdiag_missing += 1
+                # answers arrive on their own thread's clock: applied after the pass
+                answers[(rec["tgid"], rec["fd"], rec["ts_ns"])] = rec
             continue
         assert isinstance(rec, memoryview)
         st.kernel_records += 1
@@ -262,6 +261,17 @@ def decode(
         flush_call(key)
     for conn in live.values():
         done.append(conn)
+    for conn in done:
+        rec = answers.get((conn.tgid, conn.fd, conn.opened_ns))
+        if rec is None:
+            continue
+        if rec.get("found"):
+            conn.local = Endpoint(_norm_ip(rec["local_ip"]), rec["local_port"])
+            conn.remote = Endpoint(_norm_ip(rec["remote_ip"]), rec["remote_port"])
+            conn.addr_source = "sockdiag"
+            st.sockdiag_found += 1
+        else:
+            st.sockdiag_missing += 1
     # protocol of from-start connections is fixed by their first data
     for conn in done:
         if conn.proto == "unknown":

@@ -4,7 +4,9 @@ Runs as its own process (`python -m harness.collectors.kprobe.record`), so its
 CPU time is its own and a crash cannot take the runner down. The live path only
 appends ring-buffer records to the event file; the one thing it does besides is
 the seed's netlink step (sock_diag) for connections found without an address,
-because sockets exist only live. Prints ``ATTACHED <monotonic_ns>`` once the
+because sockets exist only live. That step runs on its own thread and clock,
+fed by a BPF map, so a data backlog in the ring buffer cannot delay it until
+the sockets are gone. Prints ``ATTACHED <monotonic_ns>`` once the
 probes are in place; SIGTERM/SIGINT or the deadline stop it, after a drain.
 """
 
@@ -18,6 +20,7 @@ import resource
 import signal
 import struct
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -79,44 +82,48 @@ class Recorder:
                 "sizes": {n: ctypes.sizeof(s) for n, s in self.hdr.structs.items()},
             },
         )
-        self.pending_diag: list[tuple[int, int, int]] = []  # tgid, fd, ts
         self.exited: list[int] = []
+        self.lock = threading.Lock()  # the writer is shared with the sock_diag thread
         self.sockdiag_lookups = 0
         self.sockdiag_misses = 0
 
     def _on_event(self, _ctx: Any, data: int, size: int) -> None:
         raw = ctypes.string_at(data, size)
-        self.writer.kernel(raw)
-        kind = raw[self.kind_off]
-        if kind == self.ev_infer or (
-            kind == self.ev_conn and struct.unpack_from("<H", raw, self.lport_off)[0] == 0
-        ):
-            tgid, _tid, fd = self.key_fmt.unpack_from(raw, 8)
-            self.pending_diag.append((tgid, fd, struct.unpack_from("<Q", raw, 0)[0]))
-        elif kind == self.ev_exit:
+        with self.lock:
+            self.writer.kernel(raw)
+        if raw[self.kind_off] == self.ev_exit:
             self.exited.append(struct.unpack_from("<I", raw, 8)[0])
 
-    def _resolve_pending(self) -> None:
-        """The netlink step, batched: one sock_diag dump per poll round."""
-        if not self.pending_diag:
-            return
-        batch, self.pending_diag = self.pending_diag, []
-        found = sockdiag.lookup([(t, f) for t, f, _ in batch])
-        for tgid, fd, ts in batch:
-            a = found.get((tgid, fd))
-            self.sockdiag_lookups += 1
-            note: dict[str, Any] = {"type": "sockdiag", "tgid": tgid, "fd": fd, "ts_ns": ts}
-            if a is None:
-                self.sockdiag_misses += 1
-                note["found"] = False
-            else:
-                note.update(
-                    found=True,
-                    local_ip=a.local_ip,
-                    local_port=a.local_port,
-                    remote_ip=a.remote_ip,
-                    remote_port=a.remote_port,
-                )
+    def _sockdiag_loop(self, bpf: Any, stop: threading.Event) -> None:
+        """The netlink step: one sock_diag dump per round answers every wanted address."""
+        wanted = bpf["addr_wanted"]
+        while True:
+            final = stop.wait(0.005)
+            batch = [(k.tgid, k.fd, v.value) for k, v in wanted.items()]
+            if batch:
+                found = sockdiag.lookup([(t, f) for t, f, _ in batch])
+                for tgid, fd, ts in batch:
+                    self._note_address(tgid, fd, ts, found.get((tgid, fd)))
+                    del wanted[wanted.Key(tgid, fd)]
+            if final:
+                return
+
+    def _note_address(self, tgid: int, fd: int, ts: int, a: sockdiag.SocketAddress | None) -> None:
+        self.sockdiag_lookups += 1
+        # ts_ns names the connection event this answers (fds are reused)
+        note: dict[str, Any] = {"type": "sockdiag", "tgid": tgid, "fd": fd, "ts_ns": ts}
+        if a is None:
+            self.sockdiag_misses += 1
+            note["found"] = False
+        else:
+            note.update(
+                found=True,
+                local_ip=a.local_ip,
+                local_port=a.local_port,
+                remote_ip=a.remote_ip,
+                remote_port=a.remote_port,
+            )
+        with self.lock:
             self.writer.note(note)
 
     def _collect_exited(self, bpf: Any) -> None:
@@ -144,17 +151,24 @@ class Recorder:
             for p in self.ports:
                 ports[ctypes.c_uint16(p)] = ctypes.c_uint8(1)
             bpf["events"].open_ring_buffer(self._on_event)
+            diag_stop = threading.Event()
+            diag = threading.Thread(
+                target=self._sockdiag_loop, args=(bpf, diag_stop), name="sockdiag", daemon=True
+            )
+            diag.start()
             attach_ns = time.monotonic_ns()
             self.writer.note({"type": "attached", "ts_ns": attach_ns})
             print(f"ATTACHED {attach_ns}", flush=True)
             end = time.monotonic() + deadline_s
-            while not stop["signal"] and time.monotonic() < end:
-                bpf.ring_buffer_poll(100)
-                self._resolve_pending()
-                self._collect_exited(bpf)
-            # drain what the kernel already queued
-            bpf.ring_buffer_consume()
-            self._resolve_pending()
+            try:
+                while not stop["signal"] and time.monotonic() < end:
+                    bpf.ring_buffer_poll(100)
+                    self._collect_exited(bpf)
+                # drain what the kernel already queued
+                bpf.ring_buffer_consume()
+            finally:
+                diag_stop.set()
+                diag.join()
             stats = self._stats(bpf)
             stats["stopped_by"] = (
                 signal.Signals(stop["signal"]).name if stop["signal"] else "deadline"
