@@ -315,12 +315,19 @@ static __always_inline u8 infer_h2_frame(const u8 *b, u32 len) {
     /* the first frame must fit in what the call moved, or start a larger read */
     return PB_PROTO_HTTP2;
 }
+/* A SETTINGS frame on stream 0: the server's connection preface, which a Go
+ * server writes before it has read the client's. */
+static __always_inline int is_settings(const u8 *b, u32 len) {
+    u32 flen = ((u32)b[0] << 16) | ((u32)b[1] << 8) | b[2];
+    return len >= 9 && b[3] == 4 && b[4] == 0 && !(b[5] | b[6] | b[7] | b[8]) &&
+           flen % 6 == 0 && flen <= 16384;
+}
 static __always_inline u8 infer(const u8 *b, u32 len, u8 from_start) {
     if (len >= 4 && starts((const char *)b, "PRI ", 4)) return PB_PROTO_HTTP2;
     u8 p = infer_http1((const char *)b);
     if (p) return p;
     if (!from_start) return infer_h2_frame(b, len);
-    return PB_PROTO_UNKNOWN;
+    return is_settings(b, len) ? PB_PROTO_HTTP2 : PB_PROTO_UNKNOWN;
 }
 
 /* ---- data */
@@ -355,7 +362,10 @@ static __always_inline u32 emit_chunk(struct conn_key *k, struct conn_info *c, s
     e->offset = offset;
     e->cap_len = n;
     if (n == 0) return 0;
-    if (bpf_probe_read_user(e->data, verifier_bound(n), (void *)ptr) < 0) return 0;
+    if (bpf_probe_read_user(e->data, verifier_bound(n), (void *)ptr) < 0) {
+        stat_add(PB_STAT_READ_FAILED, 1);
+        return 0;
+    }
     u32 size = verifier_bound(offsetof(struct pb_data_event, data) + n);
     if (events.ringbuf_output(e, size, 0) < 0) {
         stat_add(PB_STAT_DROPPED, 1);
@@ -427,7 +437,6 @@ static __always_inline int on_data_exit(long ret) {
     u32 limit = orig < PB_CALL_LIMIT ? orig : PB_CALL_LIMIT;
     u32 done = 0;
     if (!a.iovcnt) {
-#pragma unroll
         for (int i = 0; i < PB_CALL_LIMIT / PB_CHUNK; i++) {
             if (done >= limit) break;
             u32 got = emit_chunk(&key, c, &a, ts, orig, done, a.buf + done, limit - done);

@@ -39,6 +39,7 @@
 #define PB_STAT_TRUNCATED_BYTES 3
 #define PB_STAT_CONN_EVENTS 4
 #define PB_STAT_NON_HTTP 5       /* connections dropped by protocol inference */
+#define PB_STAT_READ_FAILED 6    /* payload bytes the kernel could not read from user memory */
 #define PB_STAT_MAX 8
 
 #ifndef PB_CHUNK

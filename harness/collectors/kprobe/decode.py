@@ -102,7 +102,20 @@ def infer_proto(first: bytes, from_start: bool) -> str | None:
         return "http1"
     if not from_start and plausible_h2_frame(first):
         return "http2"
+    if from_start and is_settings(first):
+        return "http2"  # the server's connection preface, sent before the client's arrives
     return None
+
+
+def is_settings(b: bytes) -> bool:
+    return (
+        len(b) >= 9
+        and b[3] == 4
+        and b[4] == 0
+        and b[5:9] == b"\0\0\0\0"
+        and int.from_bytes(b[0:3], "big") % 6 == 0
+        and int.from_bytes(b[0:3], "big") <= 16384
+    )
 
 
 def plausible_h2_frame(b: bytes) -> bool:

@@ -191,6 +191,7 @@ class Recorder:
             "truncated_calls": totals[d["PB_STAT_TRUNCATED_CALLS"]],
             "truncated_bytes": totals[d["PB_STAT_TRUNCATED_BYTES"]],
             "non_http_connections": totals[d["PB_STAT_NON_HTTP"]],
+            "payload_read_failures": totals[d["PB_STAT_READ_FAILED"]],
             "records_written": self.writer.records,
             "bytes_written": self.writer.bytes,
             "sockdiag_lookups": self.sockdiag_lookups,
