@@ -163,10 +163,12 @@ def decode(
     # simulated late attach: what sock_diag would have answered for sockets opened before it
     before_attach: dict[tuple[int, int], tuple[Endpoint | None, Endpoint | None]] = {}
     done: list[Connection] = []
-    # a syscall's chunks arrive as consecutive events; gather them into one Segment
-    pending: dict[tuple[int, int, int], tuple[Connection, str, int, int, list[bytes]]] = {}
+    # A syscall's chunks are emitted back to back, but another thread's call on the same
+    # socket (Go reads and writes one fd from two goroutines) can land between them.
+    CallKey = tuple[int, int, str, int, int]  # tgid, fd, direction, tid, ts
+    pending: dict[CallKey, tuple[Connection, str, int, int, list[bytes]]] = {}
 
-    def flush_call(key: tuple[int, int, int]) -> None:
+    def flush_call(key: CallKey) -> None:
         conn, direction, ts, orig, parts = pending.pop(key)
         seg = Segment(ts, b"".join(parts), orig)
         (conn.send if direction == "send" else conn.recv).append(seg)
@@ -220,9 +222,9 @@ def decode(
                 live[key] = conn
                 st.connections += 1
                 st.inferred_connections += 1
-            pkey = (ev.tgid, ev.fd, ev.ts_ns)
+            pkey = (ev.tgid, ev.fd, direction, ev.tid, ev.ts_ns)
             if ev.offset == 0:
-                for k in [k for k in pending if k[0] == ev.tgid and k[1] == ev.fd]:
+                for k in [k for k in pending if k[:3] == pkey[:3]]:
                     flush_call(k)
                 pending[pkey] = (conn, direction, ev.ts_ns, ev.orig_len, [payload])
             elif pkey in pending:
