@@ -20,7 +20,7 @@
 #define PB_MAX_CONNS 65536
 #endif
 #ifndef PB_MAX_IOV
-#define PB_MAX_IOV 16
+#define PB_MAX_IOV 64 /* iovecs walked per call (grpcio writes many small ones) */
 #endif
 #ifndef PB_CALL_LIMIT
 #define PB_CALL_LIMIT (4 * PB_CHUNK) /* payload bytes captured per syscall */
@@ -375,6 +375,12 @@ static __always_inline u32 emit_chunk(struct conn_key *k, struct conn_info *c, s
     return n;
 }
 
+struct iov_walk {
+    struct iovec cur;
+    u64 done, iov_i, iov_off;
+};
+BPF_PERCPU_ARRAY(iov_walks, struct iov_walk, 1);
+
 static __always_inline int on_data_exit(long ret) {
     u64 id = bpf_get_current_pid_tgid();
     u32 tid = (u32)id;
@@ -445,17 +451,34 @@ static __always_inline int on_data_exit(long ret) {
         }
         return 0;
     }
-    /* vectored: up to one chunk per iovec; a longer iovec ends the capture there,
-     * so what was captured stays a prefix */
-    for (int i = 0; i < PB_MAX_IOV; i++) {
-        if (i >= a.iovcnt || done >= limit) break;
-        struct iovec iov = {};
-        bpf_probe_read_user(&iov, sizeof(iov), (void *)(a.buf + i * sizeof(struct iovec)));
-        u32 want = iov.iov_len;
-        if (want > limit - done) want = limit - done;
-        u32 got = emit_chunk(&key, c, &a, ts, orig, done, (u64)iov.iov_base, want);
-        done += got;
-        if (got != want) break;
+    /* vectored: walk the iovecs in order, a chunk at a time, so what was
+     * captured stays a prefix of the call's bytes. The walk's state lives in a
+     * map value: the verifier then sees unknown scalars each iteration and can
+     * prune, where register state would make every path distinct. */
+    u32 zero = 0;
+    struct iov_walk *w = iov_walks.lookup(&zero);
+    if (!w) return 0;
+    w->done = 0;
+    w->iov_i = 0;
+    w->iov_off = 0;
+    bpf_probe_read_user(&w->cur, sizeof(w->cur), (void *)a.buf);
+    for (int i = 0; i < PB_CALL_LIMIT / PB_CHUNK + PB_MAX_IOV; i++) {
+        if (w->done >= limit) break;
+        if (w->iov_off >= w->cur.iov_len) {
+            w->iov_i++;
+            if (w->iov_i >= a.iovcnt || w->iov_i >= PB_MAX_IOV) break;
+            w->iov_off = 0;
+            bpf_probe_read_user(&w->cur, sizeof(w->cur),
+                                (void *)(a.buf + w->iov_i * sizeof(struct iovec)));
+            continue;
+        }
+        u32 want = w->cur.iov_len - w->iov_off;
+        if (want > limit - w->done) want = limit - w->done;
+        u32 got = emit_chunk(&key, c, &a, ts, orig, w->done,
+                             (u64)w->cur.iov_base + w->iov_off, want);
+        if (!got) break;
+        w->done += got;
+        w->iov_off += got;
     }
     return 0;
 }

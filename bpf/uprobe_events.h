@@ -1,0 +1,105 @@
+/* Event records of the uprobe collector (grpc-go), shared by uprobe_grpc.c and
+ * harness/collectors/uprobe/layout.py (which parses this header to build its
+ * ctypes layout, so each struct is defined exactly once).
+ * Only fixed-width types, one field per line: the Python side parses it.
+ * Both events start with the same prefix (ts_ns .. raddr); a test checks it. */
+#ifndef PB_UPROBE_EVENTS_H
+#define PB_UPROBE_EVENTS_H
+
+#define PB_UEV_HEADERS 1 /* one header block, sent or received */
+#define PB_UEV_DATA 2    /* one DATA frame, sent or received */
+
+/* which probe produced an event */
+#define PB_PROBE_WRITE_HEADER 1   /* (*loopyWriter).writeHeader: headers sent */
+#define PB_PROBE_CLIENT_HEADERS 2 /* (*http2Client).operateHeaders: headers received */
+#define PB_PROBE_SERVER_HEADERS 3 /* (*http2Server).operateHeaders: headers received */
+#define PB_PROBE_WRITE_DATA 4     /* DATA frame written (x/net Framer or grpc framer) */
+#define PB_PROBE_CLIENT_DATA 5    /* (*http2Client).handleData */
+#define PB_PROBE_SERVER_DATA 6    /* (*http2Server).handleData */
+
+#define PB_ROLE_UNKNOWN 0
+#define PB_ROLE_CLIENT 1
+#define PB_ROLE_SERVER 2
+
+#define PB_DIR_SEND 0
+#define PB_DIR_RECV 1
+
+/* flags */
+#define PB_FLAG_END_STREAM 1
+#define PB_FLAG_LEN_PARTIAL 2 /* a write had more pieces than the program sums */
+#define PB_FLAG_DATA_UNREAD 4 /* the payload's buffer type was not one we know */
+
+/* what became of the connection's address */
+#define PB_ADDR_OK 0
+#define PB_ADDR_NOT_TCP 1    /* the conn's dynamic type is not *net.TCPConn */
+#define PB_ADDR_UNREADABLE 2 /* a pointer on the way was nil or unreadable */
+#define PB_ADDR_NOT_TCPADDR 3
+
+/* counters in the stats array */
+#define PB_USTAT_DROPPED 0 /* ring buffer full: event lost */
+#define PB_USTAT_HEADER_EVENTS 1
+#define PB_USTAT_DATA_EVENTS 2
+#define PB_USTAT_TRUNCATED_FIELDS 3 /* header names/values cut to fit */
+#define PB_USTAT_EXTRA_FIELDS 4     /* fields beyond PB_MAX_FIELDS in a block */
+#define PB_USTAT_READ_ERRORS 5
+#define PB_USTAT_MAX 8
+
+#define PB_MAX_FIELDS 32
+#define PB_HDR_BLOB 4096 /* power of two */
+#define PB_NAME_MAX 256
+#define PB_VALUE_MAX 2048
+#define PB_DATA_CAP 64 /* first payload bytes of each DATA frame: the gRPC prefixes */
+
+struct pb_header_event {
+    u64 ts_ns;
+    u64 conn;      /* the *net.netFD: names the connection within the process */
+    u32 tgid;
+    u32 tid;
+    u32 stream_id;
+    u8 kind;
+    u8 probe;
+    u8 role;
+    u8 dir;
+    u8 flags;
+    u8 addr_status;
+    u8 ip_len;     /* 4 or 16 */
+    u8 pad;
+    s32 fd;        /* poll.FD.Sysfd, -1 when unknown */
+    u16 lport;
+    u16 rport;
+    u8 laddr[16];
+    u8 raddr[16];
+    u32 nfields;   /* fields in the block, including those beyond PB_MAX_FIELDS */
+    u32 blob_len;  /* valid bytes of blob: the captured names and values, packed */
+    u16 name_len[PB_MAX_FIELDS];  /* original lengths */
+    u16 value_len[PB_MAX_FIELDS];
+    u16 name_cap[PB_MAX_FIELDS];  /* captured lengths */
+    u16 value_cap[PB_MAX_FIELDS];
+    u8 blob[PB_HDR_BLOB];
+};
+
+struct pb_data_event {
+    u64 ts_ns;
+    u64 conn;
+    u32 tgid;
+    u32 tid;
+    u32 stream_id;
+    u8 kind;
+    u8 probe;
+    u8 role;
+    u8 dir;
+    u8 flags;
+    u8 addr_status;
+    u8 ip_len;
+    u8 pad;
+    s32 fd;
+    u16 lport;
+    u16 rport;
+    u8 laddr[16];
+    u8 raddr[16];
+    u32 frame_len; /* DATA payload bytes (padding excluded) */
+    u32 cap_len;   /* bytes of data[] that are valid: a prefix of the payload */
+    u8 data[PB_DATA_CAP];
+};
+
+#endif
