@@ -20,13 +20,14 @@ def load_bcc() -> Any:
     return bcc
 
 
-def compile_program(source: str, defines: dict[str, int]) -> Any:
-    """Compile and auto-attach a bcc program from bpf/; raises CollectorError with bcc's reason."""
+def compile_program(source: str | Path, defines: dict[str, int]) -> Any:
+    """Compile and auto-attach a bcc program (a name in bpf/, or a path); headers come from
+    bpf/. Raises CollectorError with bcc's reason."""
     bcc = load_bcc()
     cflags = [f"-I{BPF_DIR}", "-Wno-macro-redefined", "-Wno-pass-failed"] + [
         f"-D{k}={v}" for k, v in defines.items()
     ]
     try:
-        return bcc.BPF(src_file=str(BPF_DIR / source), cflags=cflags)
+        return bcc.BPF(src_file=str(BPF_DIR / source).encode(), cflags=cflags)
     except Exception as e:  # bcc raises bare Exception for compile and load failures
         raise CollectorError(f"bcc could not compile or load {source}: {e}") from e

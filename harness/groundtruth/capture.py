@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Any
 
 from harness.errors import CaptureError
+from harness.runner.lifecycle import die_with_parent
 
 _SUMMARY = re.compile(
     r"Packets received/dropped on interface '(?P<iface>[^']*)': (?P<recv>\d+)/(?P<drop>\d+)"
@@ -119,6 +120,7 @@ class Dumpcap:
             self._proc = subprocess.Popen(
                 args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE, text=True, errors="replace",
+                preexec_fn=die_with_parent,  # a SIGKILLed runner must not leave dumpcap behind
             )
         except OSError as e:
             self._close_sentinel()

@@ -52,8 +52,8 @@ def signals_as_exceptions() -> Iterator[None]:
             signal.signal(s, h)
 
 
-def _child_setup() -> None:
-    # Die with the parent, even if it is SIGKILLed and cannot clean up.
+def die_with_parent() -> None:
+    """preexec_fn: the child gets SIGTERM when its parent dies, even by SIGKILL."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
@@ -98,7 +98,7 @@ class ProcessSet:
                 env=env,
                 cwd=cwd,
                 start_new_session=True,  # Ctrl-C reaches us; we stop children in order
-                preexec_fn=_child_setup,
+                preexec_fn=die_with_parent,
                 text=True,
                 bufsize=1,
             )

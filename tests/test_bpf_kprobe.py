@@ -1,0 +1,140 @@
+"""The kernel-side collector for real: bcc programs on syscall tracepoints, real processes."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.collectors.bpfsource import compile_program
+from harness.collectors.kprobe.decode import decode
+from harness.collectors.kprobe.layout import header
+from harness.runner.record import free_port
+
+pytestmark = pytest.mark.bpf
+
+SERVER = """
+import socket, sys
+s = socket.socket(); s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen()
+print("READY", flush=True)
+c, _ = s.accept()
+req = c.recv(65536)
+c.sendall(b"HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\n\\r\\nok")
+c.close()
+"""
+CLIENT = """
+import socket, sys
+c = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+c.sendall(sys.argv[2].encode())
+print(c.getsockname()[1], c.recv(65536).decode().split("\\r\\n")[0], flush=True)
+c.close()
+"""
+
+
+def start_recorder(out: Path, ports: list[int], *extra: str) -> subprocess.Popen[str]:
+    args = [sys.executable, "-m", "harness.collectors.kprobe.record", "--out", str(out),
+            "--stats", str(out.with_suffix(".json")), "--deadline", "120"]  # fmt: skip
+    for p in ports:
+        args += ["--port", str(p)]
+    proc = subprocess.Popen([*args, *extra], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("ATTACHED "), line
+    return proc
+
+
+def test_event_structs_match_the_compiled_c(tmp_path: Path) -> None:
+    """The ctypes layout parsed from the header equals what clang lays out for BPF."""
+    src = tmp_path / "layout_probe.c"
+    src.write_text(
+        '#include "kprobe_events.h"\n'
+        "BPF_ARRAY(sizes, u64, 4);\n"
+        "TRACEPOINT_PROBE(syscalls, sys_enter_getppid) {\n"
+        "  int k0 = 0, k1 = 1, k2 = 2, k3 = 3;\n"
+        "  u64 a = sizeof(struct pb_conn_event), b = sizeof(struct pb_data_event);\n"
+        "  u64 c = offsetof(struct pb_data_event, data), d = offsetof(struct pb_conn_event, lport);\n"
+        "  sizes.update(&k0, &a); sizes.update(&k1, &b); sizes.update(&k2, &c);\n"
+        "  sizes.update(&k3, &d); return 0; }\n"
+    )
+    prog = compile_program(src, {"PB_CHUNK": 4096})
+    try:
+        os.getppid()
+        got = [prog["sizes"][ctypes.c_int(i)].value for i in range(4)]
+    finally:
+        prog.cleanup()
+    h = header(4096)
+    want = [
+        ctypes.sizeof(h.structs["pb_conn_event"]),
+        ctypes.sizeof(h.structs["pb_data_event"]),
+        h.offset("pb_data_event", "data"),
+        h.offset("pb_conn_event", "lport"),
+    ]
+    assert got == want
+
+
+def test_collector_records_the_bytes_a_process_wrote(tmp_path: Path) -> None:
+    port = free_port()
+    out = tmp_path / "k.bin"
+    rec = start_recorder(out, [port])
+    try:
+        srv = subprocess.Popen([sys.executable, "-c", SERVER, str(port)], stdout=subprocess.PIPE)
+        assert srv.stdout is not None and srv.stdout.readline().startswith(b"READY")
+        request = f"GET /probe-{os.getpid()}-{time.time_ns()} HTTP/1.1\r\nHost: t\r\n\r\n"
+        cli = subprocess.run(
+            [sys.executable, "-c", CLIENT, str(port), request],
+            capture_output=True, text=True, timeout=30, check=True,
+        )  # fmt: skip
+        srv.wait(timeout=30)
+        client_port = int(cli.stdout.split()[0])
+        time.sleep(0.2)
+    finally:
+        rec.send_signal(signal.SIGTERM)
+        assert rec.wait(timeout=60) == 0
+    conns, st = decode(out)
+    assert st.collector["lost_events"] == 0
+    assert sorted((c.role, c.tgid == srv.pid) for c in conns) == [
+        ("client", False),
+        ("server", True),
+    ], [(c.key, c.comm, c.role, c.local, c.remote) for c in conns]
+    client, server = sorted(conns, key=lambda c: c.role)
+    assert b"".join(s.data for s in client.send) == request.encode()
+    assert b"".join(s.data for s in server.recv) == request.encode()
+    assert b"".join(s.data for s in client.recv).startswith(b"HTTP/1.1 200 OK")
+    # the 4-tuple from connect/accept, with no help from sock_diag
+    assert (client.local.port, client.remote.port) == (client_port, port)
+    assert (server.local.port, server.remote.port) == (port, client_port)
+    assert client.addr_source == "connect" and server.addr_source == "accept"
+    assert client.closed_ns is not None and server.closed_ns is not None
+
+
+def test_large_call_is_captured_in_chunks_up_to_the_limit(tmp_path: Path) -> None:
+    port = free_port()
+    out = tmp_path / "k.bin"
+    rec = start_recorder(out, [port], "--max-capture", "32768")
+    body = bytes(range(256)) * 400  # 102400 bytes
+    request = f"POST / HTTP/1.1\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+    try:
+        srv = subprocess.Popen([sys.executable, "-c", SERVER, str(port)], stdout=subprocess.PIPE)
+        assert srv.stdout is not None and srv.stdout.readline().startswith(b"READY")
+        code = (
+            "import socket,sys;c=socket.create_connection(('127.0.0.1',int(sys.argv[1])));"
+            "c.sendall(sys.stdin.buffer.read());c.recv(100);c.close()"
+        )
+        subprocess.run([sys.executable, "-c", code, str(port)], input=request, check=True)
+        srv.wait(timeout=30)
+        time.sleep(0.2)
+    finally:
+        rec.send_signal(signal.SIGTERM)
+        assert rec.wait(timeout=60) == 0
+    conns, st = decode(out)
+    [client] = [c for c in conns if c.role == "client"]
+    [seg] = client.send
+    assert seg.orig_len == len(request)
+    assert seg.data == request[:32768]  # two 16 KiB chunks, a prefix of the call
+    assert st.collector["truncated_calls"] >= 1
