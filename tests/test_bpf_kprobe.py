@@ -58,7 +58,8 @@ def test_event_structs_match_the_compiled_c(tmp_path: Path) -> None:
         "TRACEPOINT_PROBE(syscalls, sys_enter_getppid) {\n"
         "  int k0 = 0, k1 = 1, k2 = 2, k3 = 3;\n"
         "  u64 a = sizeof(struct pb_conn_event), b = sizeof(struct pb_data_event);\n"
-        "  u64 c = offsetof(struct pb_data_event, data), d = offsetof(struct pb_conn_event, lport);\n"
+        "  u64 c = offsetof(struct pb_data_event, data);\n"
+        "  u64 d = offsetof(struct pb_conn_event, lport);\n"
         "  sizes.update(&k0, &a); sizes.update(&k1, &b); sizes.update(&k2, &c);\n"
         "  sizes.update(&k3, &d); return 0; }\n"
     )
