@@ -39,7 +39,6 @@
 #define PB_USTAT_DROPPED 0 /* ring buffer full: event lost */
 #define PB_USTAT_HEADER_EVENTS 1
 #define PB_USTAT_DATA_EVENTS 2
-#define PB_USTAT_TRUNCATED_FIELDS 3 /* header names/values cut to fit */
 #define PB_USTAT_EXTRA_FIELDS 4     /* fields beyond PB_MAX_FIELDS in a block */
 #define PB_USTAT_READ_ERRORS 5
 #define PB_USTAT_MAX 8

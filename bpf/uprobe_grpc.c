@@ -1,0 +1,373 @@
+/* Uprobe collector for grpc-go, compiled by bcc once per distinct binary layout.
+ * Every offset, register and type address arrives as a -D cflag resolved from the
+ * binary's ELF symbols and DWARF (harness/collectors/uprobe/resolve.py); nothing
+ * here knows a grpc-go version. Registers are DWARF numbers (0 rax, 3 rbx, ...).
+ *
+ * Kernel side does only: read the arguments, walk to the connection's addresses,
+ * copy header fields and the first bytes of DATA payloads. Stitching is replay's. */
+#include <uapi/linux/ptrace.h>
+#include "uprobe_events.h"
+
+#ifndef PB_RINGBUF_PAGES
+#define PB_RINGBUF_PAGES 1024
+#endif
+#ifndef PB_FILTER_TGID
+#define PB_FILTER_TGID 0
+#endif
+#define PB_MAX_PIECES 16 /* [][]byte pieces summed per DATA write */
+#define PB_COPY_PIECES 4 /* pieces the payload prefix is copied from */
+
+BPF_RINGBUF_OUTPUT(events, PB_RINGBUF_PAGES);
+BPF_PERCPU_ARRAY(stats, u64, PB_USTAT_MAX);
+/* slack after the blob lets a power-of-two mask bound offsets for the verifier */
+struct hdr_scratch { struct pb_header_event e; u8 slack[PB_HDR_BLOB]; };
+BPF_PERCPU_ARRAY(hscratch, struct hdr_scratch, 1);
+BPF_HASH(targets, u32, u8, 1024); /* tgids to trace (PB_FILTER_TGID) */
+
+/* data events are built on the stack; the slack bounds variable offsets into data[] */
+struct data_scratch { struct pb_data_event e; u8 slack[2 * PB_DATA_CAP]; };
+struct go_slice { u64 ptr; u64 len; u64 cap; };
+struct go_string { u64 ptr; u64 len; };
+struct conn_addr {
+    u64 conn;
+    s32 fd;
+    u16 lport;
+    u16 rport;
+    u8 laddr[16];
+    u8 raddr[16];
+    u8 ip_len;
+    u8 status;
+};
+
+static __always_inline void stat_add(u32 idx, u64 n) {
+    u64 *v = stats.lookup(&idx);
+    if (v) *v += n;
+}
+
+static __always_inline u32 bound(u32 v, u32 mask) {
+    /* the asm keeps clang from dropping a mask it can prove redundant */
+    asm volatile("%0 &= %1" : "+r"(v) : "r"(mask));
+    return v;
+}
+
+static __always_inline u64 rd64(u64 addr) {
+    u64 v = 0;
+    if (!addr || bpf_probe_read_user(&v, sizeof(v), (void *)addr) < 0) return 0;
+    return v;
+}
+
+static __always_inline u64 go_reg(struct pt_regs *ctx, int dwarf_reg) {
+    switch (dwarf_reg) {
+    case 0: return ctx->ax;
+    case 1: return ctx->dx;
+    case 2: return ctx->cx;
+    case 3: return ctx->bx;
+    case 4: return ctx->si;
+    case 5: return ctx->di;
+    case 8: return ctx->r8;
+    case 9: return ctx->r9;
+    case 10: return ctx->r10;
+    case 11: return ctx->r11;
+    }
+    return 0;
+}
+
+static __always_inline int traced(u32 tgid) {
+#if PB_FILTER_TGID
+    return targets.lookup(&tgid) != NULL;
+#else
+    return 1;
+#endif
+}
+
+/* Is the interface at iface of the dynamic type whose descriptor is at typ? */
+static __always_inline int iface_is(u64 iface, u64 typ) {
+#if PB_CHECK_TYPES
+    u64 itab = rd64(iface);
+    return itab && rd64(itab + PB_ITAB_TYPE) == typ;
+#else
+    return 1;
+#endif
+}
+
+/* One hop of a conn path: off < 0 means no hop; a typed hop reads an interface's data
+ * word (itab at off - 8) after checking its dynamic type. */
+static __always_inline u64 hop(u64 p, s64 off, u64 typ) {
+    if (!p || off < 0) return p;
+    if (typ && !iface_is(p + off - 8, typ)) return 0;
+    return rd64(p + off);
+}
+
+static __always_inline u8 read_tcpaddr(u64 iface, u8 *ip, u16 *port, u8 *ip_len) {
+    if (!iface_is(iface, PB_TYPE_TCPADDR)) return PB_ADDR_NOT_TCPADDR;
+    u64 a = rd64(iface + 8);
+    if (!a) return PB_ADDR_UNREADABLE;
+    struct go_slice s = {};
+    if (bpf_probe_read_user(&s, sizeof(s), (void *)(a + PB_TCPADDR_IP)) < 0) return PB_ADDR_UNREADABLE;
+    u64 p = rd64(a + PB_TCPADDR_PORT);
+    u32 n = s.len == 4 ? 4 : 16;
+    if (s.len != 4 && s.len != 16) return PB_ADDR_UNREADABLE;
+    if (bpf_probe_read_user(ip, n, (void *)s.ptr) < 0) return PB_ADDR_UNREADABLE;
+    *port = (u16)p;
+    *ip_len = n;
+    return PB_ADDR_OK;
+}
+
+/* From the probe's root object to the connection: its netFD, fd and both addresses. */
+static __always_inline void conn_of(struct conn_addr *c, u64 root, s64 s0, u64 t0, s64 s1,
+                                    u64 t1, s64 conn_off) {
+    c->fd = -1;
+    c->status = PB_ADDR_UNREADABLE;
+    u64 obj = hop(hop(root, s0, t0), s1, t1);
+    if (!obj) return;
+    u64 iface = obj + conn_off;
+    u64 tcpconn = rd64(iface + 8);
+    if (!tcpconn) return;
+    c->conn = tcpconn; /* a stable name even when the type is not TCP */
+#if PB_HAVE_ADDR
+    if (!iface_is(iface, PB_TYPE_TCPCONN)) {
+        c->status = PB_ADDR_NOT_TCP;
+        return;
+    }
+    u64 fd = rd64(tcpconn + PB_TCPCONN_FD);
+    if (!fd) return;
+    c->conn = fd;
+    s32 sysfd = -1;
+    bpf_probe_read_user(&sysfd, sizeof(sysfd), (void *)(fd + PB_NETFD_SYSFD));
+    c->fd = sysfd;
+    u8 ll = 0, rl = 0;
+    u8 st = read_tcpaddr(fd + PB_NETFD_LADDR, c->laddr, &c->lport, &ll);
+    if (st == PB_ADDR_OK) st = read_tcpaddr(fd + PB_NETFD_RADDR, c->raddr, &c->rport, &rl);
+    c->ip_len = ll;
+    c->status = st;
+#endif
+}
+
+#define CONN_PATH(P) PB_##P##_S0, PB_##P##_T0, PB_##P##_S1, PB_##P##_T1, PB_##P##_CONN
+
+/* the prefix both event structs share */
+#define FILL_PREFIX(e, c, kind_, probe_, role_, dir_)                  \
+    do {                                                               \
+        u64 id_ = bpf_get_current_pid_tgid();                          \
+        (e)->ts_ns = bpf_ktime_get_ns();                               \
+        (e)->tgid = id_ >> 32;                                         \
+        (e)->tid = (u32)id_;                                           \
+        (e)->kind = (kind_);                                           \
+        (e)->probe = (probe_);                                         \
+        (e)->role = (role_);                                           \
+        (e)->dir = (dir_);                                             \
+        (e)->conn = (c)->conn;                                         \
+        (e)->fd = (c)->fd;                                             \
+        (e)->addr_status = (c)->status;                                \
+        (e)->ip_len = (c)->ip_len;                                     \
+        (e)->lport = (c)->lport;                                       \
+        (e)->rport = (c)->rport;                                       \
+        __builtin_memcpy((e)->laddr, (c)->laddr, 16);                  \
+        __builtin_memcpy((e)->raddr, (c)->raddr, 16);                  \
+    } while (0)
+
+/* ---- header blocks */
+
+#ifdef PB_HFIELD_SIZE
+/* Append up to `max` bytes of a Go string to the blob; returns bytes copied. The running
+ * offset lives in the event (map memory, accessed volatile), not in a register: the
+ * verifier then sees no state carried between loop iterations and prunes each one. */
+static __always_inline u16 blob_put(struct pb_header_event *e, struct go_string *s, u32 max) {
+    volatile u32 *vo = &e->blob_len;
+    u32 off = *vo;
+    if (off >= PB_HDR_BLOB) return 0;
+    u32 n = s->len < max ? (u32)s->len : max;
+    if (n > PB_HDR_BLOB - off) n = PB_HDR_BLOB - off;
+    u32 o = bound(off, PB_HDR_BLOB - 1);
+    u32 m = bound(n, PB_HDR_BLOB - 1);
+    if (!m) return 0;
+    if (bpf_probe_read_user(e->blob + o, m, (void *)s->ptr) < 0) {
+        stat_add(PB_USTAT_READ_ERRORS, 1);
+        return 0;
+    }
+    *vo = off + m;
+    return (u16)m;
+}
+
+static __always_inline int emit_headers(struct conn_addr *c, u8 probe, u8 role, u8 dir, u32 sid,
+                                        u8 end, u64 hf_ptr, u64 hf_len) {
+    u32 zero = 0;
+    struct hdr_scratch *hs = hscratch.lookup(&zero);
+    if (!hs) return 0;
+    struct pb_header_event *e = &hs->e;
+    FILL_PREFIX(e, c, PB_UEV_HEADERS, probe, role, dir);
+    e->stream_id = sid;
+    e->flags = end ? PB_FLAG_END_STREAM : 0;
+    e->pad = 0;
+    e->nfields = (u32)hf_len;
+    u32 n = hf_len < PB_MAX_FIELDS ? (u32)hf_len : PB_MAX_FIELDS;
+    if (hf_len > PB_MAX_FIELDS) stat_add(PB_USTAT_EXTRA_FIELDS, hf_len - PB_MAX_FIELDS);
+    e->blob_len = 0;
+    for (int i = 0; i < PB_MAX_FIELDS; i++) {
+        if (i >= n) break;
+        u64 f = hf_ptr + (u64)i * PB_HFIELD_SIZE;
+        struct go_string name = {}, value = {};
+        bpf_probe_read_user(&name, sizeof(name), (void *)(f + PB_HFIELD_NAME));
+        bpf_probe_read_user(&value, sizeof(value), (void *)(f + PB_HFIELD_VALUE));
+        e->name_len[i] = name.len > 0xffff ? 0xffff : (u16)name.len;
+        e->value_len[i] = value.len > 0xffff ? 0xffff : (u16)value.len;
+        e->name_cap[i] = blob_put(e, &name, PB_NAME_MAX);
+        e->value_cap[i] = blob_put(e, &value, PB_VALUE_MAX);
+    }
+    u32 off = *(volatile u32 *)&e->blob_len;
+    u32 size = offsetof(struct pb_header_event, blob) + bound(off, PB_HDR_BLOB - 1);
+    if (off >= PB_HDR_BLOB) size = sizeof(struct pb_header_event);
+    if (events.ringbuf_output(e, size, 0) < 0) {
+        stat_add(PB_USTAT_DROPPED, 1);
+        return 0;
+    }
+    stat_add(PB_USTAT_HEADER_EVENTS, 1);
+    return 0;
+}
+
+/* (*MetaHeadersFrame): stream id and flags from the embedded *HeadersFrame's header */
+static __always_inline int recv_headers(struct conn_addr *c, u8 probe, u8 role, u64 frame) {
+    u64 hdrs = rd64(frame + PB_MHF_HEADERS);
+    u32 sid = 0;
+    u8 flags = 0;
+    if (hdrs) {
+        bpf_probe_read_user(&sid, sizeof(sid), (void *)(hdrs + PB_HDRF_FH + PB_FH_SID));
+        bpf_probe_read_user(&flags, sizeof(flags), (void *)(hdrs + PB_HDRF_FH + PB_FH_FLAGS));
+    }
+    struct go_slice fields = {};
+    bpf_probe_read_user(&fields, sizeof(fields), (void *)(frame + PB_MHF_FIELDS));
+    return emit_headers(c, probe, role, PB_DIR_RECV, sid, flags & 1, fields.ptr, fields.len);
+}
+#endif
+
+#if PB_HAVE_WRITE_HEADER
+int probe_write_header(struct pt_regs *ctx) {
+    if (!traced(bpf_get_current_pid_tgid() >> 32)) return 0;
+    struct conn_addr c = {};
+    conn_of(&c, go_reg(ctx, PB_WH_RECV_REG), CONN_PATH(WH));
+    return emit_headers(&c, PB_PROBE_WRITE_HEADER, PB_ROLE_UNKNOWN, PB_DIR_SEND,
+                        (u32)go_reg(ctx, PB_WH_SID_REG), (u8)go_reg(ctx, PB_WH_END_REG),
+                        go_reg(ctx, PB_WH_HF_PTR_REG), go_reg(ctx, PB_WH_HF_LEN_REG));
+}
+#endif
+
+#if PB_HAVE_CLIENT_HEADERS
+int probe_client_headers(struct pt_regs *ctx) {
+    if (!traced(bpf_get_current_pid_tgid() >> 32)) return 0;
+    struct conn_addr c = {};
+    conn_of(&c, go_reg(ctx, PB_CH_RECV_REG), CONN_PATH(CH));
+    return recv_headers(&c, PB_PROBE_CLIENT_HEADERS, PB_ROLE_CLIENT, go_reg(ctx, PB_CH_FRAME_REG));
+}
+#endif
+
+#if PB_HAVE_SERVER_HEADERS
+int probe_server_headers(struct pt_regs *ctx) {
+    if (!traced(bpf_get_current_pid_tgid() >> 32)) return 0;
+    struct conn_addr c = {};
+    conn_of(&c, go_reg(ctx, PB_SH_RECV_REG), CONN_PATH(SH));
+    return recv_headers(&c, PB_PROBE_SERVER_HEADERS, PB_ROLE_SERVER, go_reg(ctx, PB_SH_FRAME_REG));
+}
+#endif
+
+/* ---- DATA frames: length, flags and the payload's first bytes */
+
+static __always_inline int emit_data(struct pb_data_event *e) {
+    if (events.ringbuf_output(e, sizeof(*e), 0) < 0) {
+        stat_add(PB_USTAT_DROPPED, 1);
+        return 0;
+    }
+    stat_add(PB_USTAT_DATA_EVENTS, 1);
+    return 0;
+}
+
+#if PB_HAVE_WRITE_DATA
+int probe_write_data(struct pt_regs *ctx) {
+    if (!traced(bpf_get_current_pid_tgid() >> 32)) return 0;
+    struct conn_addr c = {};
+    conn_of(&c, go_reg(ctx, PB_WD_RECV_REG), CONN_PATH(WD));
+    if (!c.conn) return 0; /* an x/net Framer that is not grpc-go's */
+    struct data_scratch ds = {};
+    struct pb_data_event *e = &ds.e;
+    FILL_PREFIX(e, &c, PB_UEV_DATA, PB_PROBE_WRITE_DATA, PB_ROLE_UNKNOWN, PB_DIR_SEND);
+    e->stream_id = (u32)go_reg(ctx, PB_WD_SID_REG);
+    e->flags = go_reg(ctx, PB_WD_END_REG) & 1 ? PB_FLAG_END_STREAM : 0;
+    u64 ptr = go_reg(ctx, PB_WD_DATA_PTR_REG), len = go_reg(ctx, PB_WD_DATA_LEN_REG);
+#if PB_WD_SHAPE == 1
+    /* data []byte */
+    e->frame_len = (u32)len;
+    u32 n = bound(len < PB_DATA_CAP ? (u32)len : PB_DATA_CAP, 2 * PB_DATA_CAP - 1);
+    if (n && bpf_probe_read_user(e->data, n, (void *)ptr) == 0) e->cap_len = n;
+#else
+    /* data [][]byte: the frame is the concatenation of the pieces */
+    /* running totals live in the event (volatile), so iterations carry no verifier state */
+    volatile u32 *total = &e->frame_len, *got = &e->cap_len;
+    for (int i = 0; i < PB_MAX_PIECES; i++) {
+        if (i >= len) break;
+        struct go_slice s = {};
+        bpf_probe_read_user(&s, sizeof(s), (void *)(ptr + (u64)i * sizeof(s)));
+        *total = *total + (u32)s.len;
+        u32 g = *got;
+        if (i >= PB_COPY_PIECES || g >= PB_DATA_CAP || !s.len) continue;
+        u32 n = s.len < PB_DATA_CAP - g ? (u32)s.len : PB_DATA_CAP - g;
+        u32 o = bound(g, PB_DATA_CAP - 1);
+        u32 m = bound(n, 2 * PB_DATA_CAP - 1);
+        if (m && bpf_probe_read_user(e->data + o, m, (void *)s.ptr) == 0) *got = g + m;
+    }
+    if (len > PB_MAX_PIECES) e->flags |= PB_FLAG_LEN_PARTIAL;
+#endif
+    return emit_data(e);
+}
+#endif
+
+#if PB_HAVE_CLIENT_DATA || PB_HAVE_SERVER_DATA
+static __always_inline int recv_data(struct conn_addr *c, u8 probe, u8 role, u64 frame) {
+    struct data_scratch ds = {};
+    struct pb_data_event *e = &ds.e;
+    FILL_PREFIX(e, c, PB_UEV_DATA, probe, role, PB_DIR_RECV);
+    bpf_probe_read_user(&e->stream_id, sizeof(e->stream_id), (void *)(frame + PB_DF_FH + PB_FH_SID));
+    u8 flags = 0;
+    bpf_probe_read_user(&flags, sizeof(flags), (void *)(frame + PB_DF_FH + PB_FH_FLAGS));
+    e->flags = flags & 1 ? PB_FLAG_END_STREAM : 0;
+    struct go_slice s = {};
+#if PB_RD_SHAPE == 1
+    /* data []byte (padding already stripped) */
+    bpf_probe_read_user(&s, sizeof(s), (void *)(frame + PB_DF_DATA));
+#else
+    /* data mem.Buffer: a SliceBuffer (the interface points at a slice header) or a
+     * *mem.buffer (whose data field is the slice) */
+    u64 iface = frame + PB_DF_DATA;
+    u64 itab = rd64(iface);
+    u64 typ = itab ? rd64(itab + PB_ITAB_TYPE) : 0;
+    u64 obj = rd64(iface + 8);
+    if (itab && typ == PB_TYPE_SLICEBUF)
+        bpf_probe_read_user(&s, sizeof(s), (void *)obj);
+    else if (itab && typ == PB_TYPE_MEMBUF)
+        bpf_probe_read_user(&s, sizeof(s), (void *)(obj + PB_MEMBUF_DATA));
+    else if (itab)
+        e->flags |= PB_FLAG_DATA_UNREAD; /* emptyBuffer has no bytes; others are unknown */
+#endif
+    e->frame_len = (u32)s.len;
+    u32 n = bound(s.len < PB_DATA_CAP ? (u32)s.len : PB_DATA_CAP, 2 * PB_DATA_CAP - 1);
+    if (n && bpf_probe_read_user(e->data, n, (void *)s.ptr) == 0) e->cap_len = n;
+    else if (n) stat_add(PB_USTAT_READ_ERRORS, 1);
+    return emit_data(e);
+}
+#endif
+
+#if PB_HAVE_CLIENT_DATA
+int probe_client_data(struct pt_regs *ctx) {
+    if (!traced(bpf_get_current_pid_tgid() >> 32)) return 0;
+    struct conn_addr c = {};
+    conn_of(&c, go_reg(ctx, PB_CD_RECV_REG), CONN_PATH(CD));
+    return recv_data(&c, PB_PROBE_CLIENT_DATA, PB_ROLE_CLIENT, go_reg(ctx, PB_CD_FRAME_REG));
+}
+#endif
+
+#if PB_HAVE_SERVER_DATA
+int probe_server_data(struct pt_regs *ctx) {
+    if (!traced(bpf_get_current_pid_tgid() >> 32)) return 0;
+    struct conn_addr c = {};
+    conn_of(&c, go_reg(ctx, PB_SD_RECV_REG), CONN_PATH(SD));
+    return recv_data(&c, PB_PROBE_SERVER_DATA, PB_ROLE_SERVER, go_reg(ctx, PB_SD_FRAME_REG));
+}
+#endif

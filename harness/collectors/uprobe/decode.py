@@ -1,0 +1,187 @@
+"""Replay side of the uprobe collector: raw records -> header blocks and DATA frames.
+
+A pure function of the event file (no bcc, no root). Each record becomes one
+``HeaderBlock`` or ``DataFrame`` carrying who saw it (process, connection, its
+addresses) and the stream it belongs to; stitching them into calls is
+``harness.analysis.uprobe_observed``'s job.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.collectors.eventfile import NOTE, read_event_file
+from harness.collectors.uprobe.layout import FORMAT, PROBE_NAMES, header
+from harness.errors import RunDirError
+
+ROLES = {0: "unknown", 1: "client", 2: "server"}
+ADDR_STATUS = {0: "ok", 1: "not_tcp", 2: "unreadable", 3: "not_tcpaddr"}
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    ip: str
+    port: int
+
+
+@dataclass(slots=True)
+class Seen:
+    """What every event says about who saw it and on which connection."""
+
+    ts_ns: int
+    tgid: int
+    tid: int
+    conn: int  # the *net.netFD address: a connection's name within its process
+    fd: int
+    probe: str
+    role: str  # client | server | unknown (send probes do not know)
+    direction: str  # send | recv
+    stream_id: int
+    end_stream: bool
+    addr_status: str
+    local: Endpoint | None
+    remote: Endpoint | None
+
+
+@dataclass(slots=True)
+class HeaderBlock:
+    seen: Seen
+    fields: list[tuple[str, str]]  # in order, names as sent (grpc-go sends lowercase)
+    truncated: list[str]  # names of fields whose name or value was cut to fit
+    missing_fields: int  # fields beyond the program's per-block limit
+
+
+@dataclass(slots=True)
+class DataFrame:
+    seen: Seen
+    length: int  # payload bytes, padding excluded
+    head: bytes  # the payload's first bytes
+    length_partial: bool  # the program could not sum every piece of the write
+    unread: bool  # the payload's buffer type was unknown: head is empty
+
+
+@dataclass
+class DecodeStats:
+    kernel_records: int = 0
+    header_blocks: int = 0
+    data_frames: int = 0
+    truncated_fields: int = 0
+    missing_fields: int = 0
+    addr_problems: dict[str, int] = field(default_factory=dict)
+    truncated_tail_bytes: int = 0
+    dropped_before_attach: int = 0
+    unsupported: list[str] = field(default_factory=list)
+    attached_probes: int = 0
+    collector: dict[str, Any] = field(default_factory=dict)  # the recorder's final stats
+
+
+def _ip(raw: bytes, n: int) -> str:
+    if n == 4:
+        return str(ipaddress.IPv4Address(raw[:4]))
+    v6 = ipaddress.IPv6Address(raw[:16])
+    # Go keeps IPv4 addresses in 16-byte form; the wire (and Wireshark) say 127.0.0.1
+    return str(v6.ipv4_mapped or v6)
+
+
+def decode(
+    path: Path, *, attach_at_ns: int | None = None
+) -> tuple[list[HeaderBlock | DataFrame], DecodeStats]:
+    ef = read_event_file(path)
+    if ef.header.get("collector") != "uprobe" or ef.header.get("format") != FORMAT:
+        raise RunDirError(
+            f"{path} is not a {FORMAT} recording (header says "
+            f"{ef.header.get('collector')!r} {ef.header.get('format')!r})"
+        )
+    hdr = header()
+    d = hdr.defines
+    HE, DE = hdr.structs["pb_header_event"], hdr.structs["pb_data_event"]
+    blob_off = hdr.offset("pb_header_event", "blob")
+    kind_off = hdr.offset("pb_header_event", "kind")
+    he_size, de_size = ctypes.sizeof(HE), ctypes.sizeof(DE)
+    st = DecodeStats(truncated_tail_bytes=ef.truncated_tail_bytes)
+    out: list[HeaderBlock | DataFrame] = []
+    for rtype, rec in ef.records():
+        if rtype == NOTE:
+            assert isinstance(rec, dict)
+            if rec.get("type") == "stats":
+                st.collector = {k: v for k, v in rec.items() if k != "type"}
+            elif rec.get("type") == "unsupported":
+                st.unsupported.append(str(rec.get("what")))
+            elif rec.get("type") == "attached":
+                st.attached_probes = len(rec.get("probes") or [])
+            continue
+        assert isinstance(rec, memoryview)
+        st.kernel_records += 1
+        raw = bytes(rec)
+        kind = raw[kind_off]
+        if kind == d["PB_UEV_HEADERS"]:
+            ev: Any = HE.from_buffer_copy(raw[:he_size].ljust(he_size, b"\0"))
+        elif kind == d["PB_UEV_DATA"]:
+            ev = DE.from_buffer_copy(raw[:de_size].ljust(de_size, b"\0"))
+        else:
+            raise RunDirError(f"{path}: record {st.kernel_records} has unknown kind {kind}")
+        if attach_at_ns is not None and ev.ts_ns < attach_at_ns:
+            st.dropped_before_attach += 1
+            continue
+        seen = _seen(ev)
+        if seen.addr_status != "ok":
+            st.addr_problems[seen.addr_status] = st.addr_problems.get(seen.addr_status, 0) + 1
+        if kind == d["PB_UEV_HEADERS"]:
+            out.append(_block(ev, seen, raw[blob_off:], st))
+            st.header_blocks += 1
+        else:
+            out.append(
+                DataFrame(
+                    seen=seen,
+                    length=ev.frame_len,
+                    head=bytes(ev.data[: ev.cap_len]),
+                    length_partial=bool(ev.flags & d["PB_FLAG_LEN_PARTIAL"]),
+                    unread=bool(ev.flags & d["PB_FLAG_DATA_UNREAD"]),
+                )
+            )
+            st.data_frames += 1
+    return out, st
+
+
+def _seen(ev: Any) -> Seen:
+    ok = ev.addr_status == 0 and ev.ip_len in (4, 16)
+    return Seen(
+        ts_ns=ev.ts_ns,
+        tgid=ev.tgid,
+        tid=ev.tid,
+        conn=ev.conn,
+        fd=ev.fd,
+        probe=PROBE_NAMES.get(ev.probe, str(ev.probe)),
+        role=ROLES.get(ev.role, "unknown"),
+        direction="send" if ev.dir == 0 else "recv",
+        stream_id=ev.stream_id,
+        end_stream=bool(ev.flags & 1),
+        addr_status="ok" if ok else ADDR_STATUS.get(ev.addr_status or 2, str(ev.addr_status)),
+        local=Endpoint(_ip(bytes(ev.laddr), ev.ip_len), ev.lport) if ok else None,
+        remote=Endpoint(_ip(bytes(ev.raddr), ev.ip_len), ev.rport) if ok else None,
+    )
+
+
+def _block(ev: Any, seen: Seen, blob: bytes, st: DecodeStats) -> HeaderBlock:
+    fields: list[tuple[str, str]] = []
+    truncated: list[str] = []
+    pos = 0
+    n = min(ev.nfields, len(ev.name_len))
+    blob = blob[: ev.blob_len]
+    for i in range(n):
+        nc, vc = ev.name_cap[i], ev.value_cap[i]
+        name = blob[pos : pos + nc].decode("latin-1")
+        pos += nc
+        value = blob[pos : pos + vc].decode("utf-8", errors="replace")
+        pos += vc
+        if nc != ev.name_len[i] or vc != ev.value_len[i]:
+            truncated.append(name)
+            st.truncated_fields += 1
+        fields.append((name, value))
+    missing = max(0, ev.nfields - n)
+    st.missing_fields += missing
+    return HeaderBlock(seen=seen, fields=fields, truncated=truncated, missing_fields=missing)

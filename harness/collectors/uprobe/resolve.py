@@ -1,0 +1,411 @@
+"""Per-binary probe resolution: symbols, argument registers and struct offsets for grpc-go.
+
+Nothing is hard-coded per version: function addresses come from the ELF symbol table,
+argument registers from Go's register ABI applied to the DWARF formal parameters (and
+checked against DWARF's own location lists), struct member offsets and runtime type
+descriptors from DWARF. The result is a set of -D cflags for bpf/uprobe_grpc.c. What
+cannot be resolved is listed as ``unsupported: <what>``; the probe that needs it is left
+out (its coverage is then 0), never a crash. Results are cached by the binary's hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.collectors.uprobe.elfgo import GoBinary, NotGoBinary, read_go_binary
+
+RESOLVER_VERSION = 2
+
+TRANSPORT = "google.golang.org/grpc/internal/transport"
+HTTP2 = "golang.org/x/net/http2"
+HPACK = "golang.org/x/net/http2/hpack"
+MEM = "google.golang.org/grpc/mem"
+GRPC_MODULE = "google.golang.org/grpc"
+
+SYM_WRITE_HEADER = f"{TRANSPORT}.(*loopyWriter).writeHeader"
+SYM_CLIENT_HEADERS = f"{TRANSPORT}.(*http2Client).operateHeaders"
+SYM_SERVER_HEADERS = f"{TRANSPORT}.(*http2Server).operateHeaders"
+SYM_CLIENT_DATA = f"{TRANSPORT}.(*http2Client).handleData"
+SYM_SERVER_DATA = f"{TRANSPORT}.(*http2Server).handleData"
+SYM_GRPC_WRITE_DATA = f"{TRANSPORT}.(*framer).writeData"  # grpc-go >= 1.6x writes DATA itself
+SYM_XNET_WRITE_DATA = f"{HTTP2}.(*Framer).WriteDataPadded"  # WriteData inlines into it
+
+FUNCTIONS = (
+    SYM_WRITE_HEADER, SYM_CLIENT_HEADERS, SYM_SERVER_HEADERS, SYM_CLIENT_DATA, SYM_SERVER_DATA,
+    SYM_GRPC_WRITE_DATA, SYM_XNET_WRITE_DATA,
+)  # fmt: skip
+STRUCTS = (
+    f"{TRANSPORT}.loopyWriter", f"{TRANSPORT}.framer", f"{TRANSPORT}.bufWriter",
+    f"{TRANSPORT}.http2Client", f"{TRANSPORT}.http2Server", f"{TRANSPORT}.parsedDataFrame",
+    "net.TCPConn", "net.conn", "net.netFD", "internal/poll.FD", "net.TCPAddr",
+    f"{HTTP2}.Framer", f"{HTTP2}.MetaHeadersFrame", f"{HTTP2}.HeadersFrame",
+    f"{HTTP2}.FrameHeader", f"{HTTP2}.DataFrame", f"{HPACK}.HeaderField",
+    "internal/abi.ITab", "runtime.itab", f"{MEM}.buffer",
+)  # fmt: skip
+TYPES = (
+    "*net.TCPConn", "*net.TCPAddr", f"*{TRANSPORT}.bufWriter", f"*{MEM}.buffer",
+    f"{MEM}.SliceBuffer",
+)  # fmt: skip
+
+# Go's ABIInternal integer argument registers on amd64, as DWARF register numbers
+# (RAX, RBX, RCX, RDI, RSI, R8, R9, R10, R11).
+GO_INT_REGS = (0, 3, 2, 5, 4, 8, 9, 10, 11)
+GO_FLOAT_REGS = 15
+
+# probe name -> (event probe id in uprobe_events.h, symbol); the BPF function is probe_<name>
+PROBES = {
+    "write_header": SYM_WRITE_HEADER,
+    "client_headers": SYM_CLIENT_HEADERS,
+    "server_headers": SYM_SERVER_HEADERS,
+    "write_data": None,  # one of two symbols, by shape
+    "client_data": SYM_CLIENT_DATA,
+    "server_data": SYM_SERVER_DATA,
+}
+
+
+class Missing(Exception):
+    """Something one probe needs is not in the binary; the message names it."""
+
+
+@dataclass
+class ProbePoint:
+    symbol: str
+    address: int  # ELF symbol value: what bcc's attach_uprobe(addr=) takes
+
+
+@dataclass
+class Resolution:
+    """What the collector knows about one binary; JSON-able (event file header, cache)."""
+
+    path: str
+    sha256: str
+    go: bool
+    go_version: str | None = None
+    grpc_version: str | None = None
+    probes: dict[str, ProbePoint] = field(default_factory=dict)
+    defines: dict[str, int] = field(default_factory=dict)
+    unsupported: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None  # why nothing at all can be probed
+
+    @property
+    def usable(self) -> bool:
+        return bool(self.probes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Resolution:
+        d = dict(d)
+        d["probes"] = {k: ProbePoint(**v) for k, v in d.get("probes", {}).items()}
+        return cls(**d)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "probebench" / "uprobe"
+
+
+def resolve(path: Path, *, use_cache: bool = True) -> Resolution:
+    """Resolve one binary (cached by content hash); never raises for a bad binary."""
+    path = Path(path)
+    try:
+        digest = file_sha256(path)
+    except OSError as e:
+        return Resolution(str(path), "", go=False, error=f"cannot read {path}: {e.strerror}")
+    cached = cache_dir() / f"{digest[:32]}-v{RESOLVER_VERSION}.json"
+    if use_cache and cached.exists():
+        try:
+            r = Resolution.from_dict(json.loads(cached.read_text()))
+            r.path = str(path)
+            return r
+        except (ValueError, TypeError, KeyError):
+            pass  # a stale or corrupt cache entry: resolve again
+    r = _resolve(path, digest)
+    if use_cache:
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_suffix(".tmp")
+            tmp.write_text(json.dumps(r.to_dict(), sort_keys=True))
+            os.replace(tmp, cached)
+        except OSError:
+            pass  # caching is an optimisation only
+    return r
+
+
+def _resolve(path: Path, digest: str) -> Resolution:
+    try:
+        gb = read_go_binary(
+            path,
+            symbol_names=FUNCTIONS,
+            struct_names=STRUCTS,
+            type_names=TYPES,
+            function_names=FUNCTIONS,
+        )
+    except NotGoBinary as e:
+        return Resolution(str(path), digest, go=False, error=f"{path}: {e}")
+    r = Resolution(str(path), digest, go=True, go_version=gb.go_version,
+                   grpc_version=gb.modules.get(GRPC_MODULE))  # fmt: skip
+    if r.grpc_version is None and not any(s in gb.symbols for s in FUNCTIONS[:5]):
+        r.error = f"{path}: a Go binary without grpc-go ({GRPC_MODULE} not linked in)"
+        return r
+    if not gb.structs:
+        r.error = f"{path}: no DWARF type information (built with -ldflags=-w?)"
+        r.unsupported.append("unsupported: DWARF debug info")
+        return r
+    _Resolver(gb, r).run()
+    if not r.probes and r.error is None:
+        r.error = f"{path}: no grpc-go probe point could be resolved"
+    return r
+
+
+class _Resolver:
+    def __init__(self, gb: GoBinary, r: Resolution) -> None:
+        self.gb, self.r = gb, r
+        self.d: dict[str, int] = {}
+
+    # -- lookups that raise Missing ------------------------------------------------------
+
+    def off(self, struct: str, *members: str) -> int:
+        """Offset of a (possibly nested, through embedded structs) member."""
+        total, cur = 0, struct
+        for m in members:
+            s = self.gb.structs.get(cur)
+            if s is None:
+                raise Missing(f"struct {cur}")
+            mem = s.members.get(m)
+            if mem is None:
+                raise Missing(f"member {cur}.{m}")
+            total += mem.offset
+            cur = mem.type_name
+        return total
+
+    def member_type(self, struct: str, member: str) -> str:
+        s = self.gb.structs.get(struct)
+        if s is None or member not in s.members:
+            raise Missing(f"member {struct}.{member}")
+        return s.members[member].type_name
+
+    def symbol(self, name: str) -> int:
+        if name not in self.gb.symbols:
+            raise Missing(f"symbol {name}")
+        return self.gb.symbols[name]
+
+    def rtype(self, name: str) -> int:
+        if self.gb.elf_type != "ET_EXEC":
+            return 0  # PIE: descriptors move with the load address; checks are off (noted)
+        addr = self.gb.runtime_type(name)
+        if addr is None:
+            raise Missing(f"runtime type {name}")
+        return addr
+
+    def regs(self, func: str, param: str, type_prefix: str | None = None) -> list[int]:
+        """DWARF register numbers holding an input parameter at the function's entry."""
+        fn = self.gb.functions.get(func)
+        if fn is None:
+            raise Missing(f"DWARF subprogram {func}")
+        ints, floats = 0, 0
+        for p in fn.params:
+            if p.output:
+                continue
+            fits = p.words is not None and ints + p.words <= len(GO_INT_REGS) and (
+                floats + p.floats <= GO_FLOAT_REGS)  # fmt: skip
+            assigned = list(GO_INT_REGS[ints : ints + p.words]) if fits and p.words else []
+            if fits:
+                ints, floats = ints + (p.words or 0), floats + p.floats
+            if p.name != param:
+                continue
+            if type_prefix is not None and not p.type_name.startswith(type_prefix):
+                raise Missing(f"parameter {func} {param} of type {type_prefix} (is {p.type_name})")
+            if not assigned:
+                raise Missing(f"register-assigned parameter {func} {param}")
+            if p.entry_regs is not None and p.entry_regs[: len(assigned)] != assigned:
+                raise Missing(
+                    f"agreement of ABI and DWARF on {func} {param} "
+                    f"(ABI {assigned}, DWARF {p.entry_regs})"
+                )
+            return assigned
+        raise Missing(f"parameter {func} {param}")
+
+    # -- the parts -----------------------------------------------------------------------
+
+    def run(self) -> None:
+        d = self.d
+        try:
+            self.addresses()
+            d["PB_HAVE_ADDR"] = 1
+        except Missing as e:
+            self.r.unsupported.append(f"unsupported: {e} (connection addresses)")
+            d["PB_HAVE_ADDR"] = 0
+        if self.gb.elf_type != "ET_EXEC":
+            self.r.notes.append("position-independent binary: dynamic type checks are off")
+        d["PB_CHECK_TYPES"] = int(self.gb.elf_type == "ET_EXEC")
+        for name, fn in (
+            ("header_fields", self.header_fields),
+            ("write_header", self.write_header),
+            ("client_headers", lambda: self.recv_headers("client_headers", SYM_CLIENT_HEADERS,
+                                                         f"{TRANSPORT}.http2Client", "CH")),
+            ("server_headers", lambda: self.recv_headers("server_headers", SYM_SERVER_HEADERS,
+                                                         f"{TRANSPORT}.http2Server", "SH")),
+            ("write_data", self.write_data),
+            ("client_data", lambda: self.recv_data("client_data", SYM_CLIENT_DATA,
+                                                   f"{TRANSPORT}.http2Client", "CD")),
+            ("server_data", lambda: self.recv_data("server_data", SYM_SERVER_DATA,
+                                                   f"{TRANSPORT}.http2Server", "SD")),
+        ):  # fmt: skip
+            side = "server" if name.startswith("server_") else "client"
+            if name.startswith(side) and not self.side_linked(side):
+                continue  # reported once below, not as unsupported
+            saved = dict(d)
+            try:
+                fn()
+            except Missing as e:
+                self.d = d = saved  # nothing half-resolved reaches the program
+                self.r.unsupported.append(f"unsupported: {e}")
+                self.r.probes.pop(name, None)
+                if name == "header_fields":
+                    self.r.notes.append("header probes need hpack.HeaderField: left out")
+        for side in ("client", "server"):
+            if not self.side_linked(side):
+                self.r.notes.append(f"no grpc-go {side} transport linked in: {side} probes skipped")
+        if "PB_HFIELD_SIZE" not in d:
+            for p in ("write_header", "client_headers", "server_headers"):
+                self.r.probes.pop(p, None)
+        for p in PROBES:
+            d[f"PB_HAVE_{p.upper()}"] = int(p in self.r.probes)
+        self.r.defines = dict(sorted(d.items()))
+
+    def side_linked(self, side: str) -> bool:
+        """A client-only binary has no http2Server code at all (and vice versa)."""
+        syms = (SYM_SERVER_HEADERS, SYM_SERVER_DATA) if side == "server" else (
+            SYM_CLIENT_HEADERS, SYM_CLIENT_DATA)  # fmt: skip
+        return any(s in self.gb.symbols or s in self.gb.functions for s in syms)
+
+    def addresses(self) -> None:
+        d = self.d
+        itab = "internal/abi.ITab" if "internal/abi.ITab" in self.gb.structs else "runtime.itab"
+        d["PB_ITAB_TYPE"] = self.off(itab, "Type" if itab.startswith("internal") else "_type")
+        d["PB_TYPE_TCPCONN"] = self.rtype("*net.TCPConn")
+        d["PB_TYPE_TCPADDR"] = self.rtype("*net.TCPAddr")
+        d["PB_TCPCONN_FD"] = self.off("net.TCPConn", "conn", "fd")
+        d["PB_NETFD_SYSFD"] = self.off("net.netFD", "pfd", "Sysfd")
+        d["PB_NETFD_LADDR"] = self.off("net.netFD", "laddr")
+        d["PB_NETFD_RADDR"] = self.off("net.netFD", "raddr")
+        d["PB_TCPADDR_IP"] = self.off("net.TCPAddr", "IP")
+        d["PB_TCPADDR_PORT"] = self.off("net.TCPAddr", "Port")
+
+    def header_fields(self) -> None:
+        hf = f"{HPACK}.HeaderField"
+        s = self.gb.structs.get(hf)
+        if s is None:
+            raise Missing(f"struct {hf}")
+        self.d["PB_HFIELD_SIZE"] = s.size
+        self.d["PB_HFIELD_NAME"] = self.off(hf, "Name")
+        self.d["PB_HFIELD_VALUE"] = self.off(hf, "Value")
+        self.d["PB_FH_FLAGS"] = self.off(f"{HTTP2}.FrameHeader", "Flags")
+        self.d["PB_FH_SID"] = self.off(f"{HTTP2}.FrameHeader", "StreamID")
+
+    def conn_path(self, prefix: str, steps: list[tuple[int, int]], conn_off: int) -> None:
+        """Pointer hops from the probe's root object to the net.Conn interface.
+
+        Each step reads a pointer at an offset; a step with a type reads an interface's
+        data word and first checks its dynamic type."""
+        if len(steps) > 2:
+            raise Missing(f"a conn path of at most 2 hops for {prefix}")
+        for i in range(2):
+            off, typ = steps[i] if i < len(steps) else (-1, 0)
+            self.d[f"PB_{prefix}_S{i}"] = off
+            self.d[f"PB_{prefix}_T{i}"] = typ
+        self.d[f"PB_{prefix}_CONN"] = conn_off
+
+    def write_header(self) -> None:
+        lw = f"{TRANSPORT}.loopyWriter"
+        d = self.d
+        d["PB_WH_RECV_REG"] = self.regs(SYM_WRITE_HEADER, "l")[0]
+        d["PB_WH_SID_REG"] = self.regs(SYM_WRITE_HEADER, "streamID")[0]
+        d["PB_WH_END_REG"] = self.regs(SYM_WRITE_HEADER, "endStream")[0]
+        hf = self.regs(SYM_WRITE_HEADER, "hf", f"[]{HPACK}.HeaderField")
+        d["PB_WH_HF_PTR_REG"], d["PB_WH_HF_LEN_REG"] = hf[0], hf[1]
+        s = self.gb.structs.get(lw)
+        if s is not None and "conn" in s.members:
+            self.conn_path("WH", [], self.off(lw, "conn"))
+        else:
+            bw = f"{TRANSPORT}.bufWriter"
+            self.conn_path(
+                "WH",
+                [(self.off(lw, "framer"), 0), (self.off(f"{TRANSPORT}.framer", "writer"), 0)],
+                self.off(bw, "conn"),
+            )
+        self.r.probes["write_header"] = ProbePoint(SYM_WRITE_HEADER, self.symbol(SYM_WRITE_HEADER))
+
+    def recv_headers(self, name: str, sym: str, transport: str, prefix: str) -> None:
+        d = self.d
+        d[f"PB_{prefix}_RECV_REG"] = self.regs(sym, "t")[0]
+        d[f"PB_{prefix}_FRAME_REG"] = self.regs(sym, "frame", f"*{HTTP2}.MetaHeadersFrame")[0]
+        d["PB_MHF_HEADERS"] = self.off(f"{HTTP2}.MetaHeadersFrame", "HeadersFrame")
+        d["PB_MHF_FIELDS"] = self.off(f"{HTTP2}.MetaHeadersFrame", "Fields")
+        d["PB_HDRF_FH"] = self.off(f"{HTTP2}.HeadersFrame", "FrameHeader")
+        self.conn_path(prefix, [], self.off(transport, "conn"))
+        self.r.probes[name] = ProbePoint(sym, self.symbol(sym))
+
+    def write_data(self) -> None:
+        d = self.d
+        bw = f"{TRANSPORT}.bufWriter"
+        if SYM_GRPC_WRITE_DATA in self.gb.functions and SYM_GRPC_WRITE_DATA in self.gb.symbols:
+            sym, shape = SYM_GRPC_WRITE_DATA, 2
+            data = self.regs(sym, "data", "[][]uint8")
+            self.conn_path("WD", [(self.off(f"{TRANSPORT}.framer", "writer"), 0)],
+                           self.off(bw, "conn"))  # fmt: skip
+        else:
+            sym, shape = SYM_XNET_WRITE_DATA, 1
+            data = self.regs(sym, "data", "[]uint8")
+            # Framer.w is an io.Writer: only grpc-go's bufWriter leads to a grpc connection
+            w = self.off(f"{HTTP2}.Framer", "w")
+            self.conn_path("WD", [(w + 8, self.rtype(f"*{bw}"))], self.off(bw, "conn"))
+        d["PB_WD_SHAPE"] = shape
+        d["PB_WD_RECV_REG"] = self.regs(sym, "f")[0]
+        d["PB_WD_SID_REG"] = self.regs(sym, "streamID")[0]
+        d["PB_WD_END_REG"] = self.regs(sym, "endStream")[0]
+        d["PB_WD_DATA_PTR_REG"], d["PB_WD_DATA_LEN_REG"] = data[0], data[1]
+        self.r.probes["write_data"] = ProbePoint(sym, self.symbol(sym))
+
+    def recv_data(self, name: str, sym: str, transport: str, prefix: str) -> None:
+        d = self.d
+        fn = self.gb.functions.get(sym)
+        if fn is None:
+            raise Missing(f"DWARF subprogram {sym}")
+        ftype = next((p.type_name for p in fn.params if p.name == "f"), "")
+        if ftype == f"*{HTTP2}.DataFrame":
+            shape, frame = 1, f"{HTTP2}.DataFrame"
+        elif ftype == f"*{TRANSPORT}.parsedDataFrame":
+            shape, frame = 2, f"{TRANSPORT}.parsedDataFrame"
+            d["PB_TYPE_SLICEBUF"] = self.rtype(f"{MEM}.SliceBuffer")
+            d["PB_TYPE_MEMBUF"] = self.rtype(f"*{MEM}.buffer")
+            d["PB_MEMBUF_DATA"] = self.off(f"{MEM}.buffer", "data")
+        else:
+            raise Missing(f"a known DATA frame type for {sym} (is {ftype or 'absent'})")
+        if d.get("PB_RD_SHAPE", shape) != shape:
+            raise Missing(f"one DATA frame type for both sides ({sym})")
+        d["PB_RD_SHAPE"] = shape
+        d["PB_FH_FLAGS"] = self.off(f"{HTTP2}.FrameHeader", "Flags")
+        d["PB_FH_SID"] = self.off(f"{HTTP2}.FrameHeader", "StreamID")
+        d["PB_DF_FH"] = self.off(frame, "FrameHeader")
+        d["PB_DF_DATA"] = self.off(frame, "data")
+        d[f"PB_{prefix}_RECV_REG"] = self.regs(sym, "t")[0]
+        d[f"PB_{prefix}_FRAME_REG"] = self.regs(sym, "f")[0]
+        self.conn_path(prefix, [], self.off(transport, "conn"))
+        self.r.probes[name] = ProbePoint(sym, self.symbol(sym))
