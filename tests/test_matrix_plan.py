@@ -1,0 +1,187 @@
+"""The matrix planner, its state file and resume logic, with recording faked (no BPF)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.model import RunManifest
+from harness.runner import matrix
+from harness.runner.matrix import MatrixRun, State, execute, plan, state_path, sweep_times
+from harness.runner.scenarios import CURRENT_GRPC_GO, GRPC_GO_VERSIONS, SCENARIOS
+
+FIXTURES = Path(__file__).parent / "fixtures" / "report"
+EARLY = "20261125T132142-grpc-unary-go2go-early-v1.85.0"
+BOTH = ("kprobe", "uprobe")
+
+
+def test_default_plan_covers_the_matrix_once() -> None:
+    runs = plan(quick=False)
+    keys = [r.key for r in runs]
+    assert len(keys) == len(set(keys))
+    current = [r for r in runs if r.grpc_version in (None, CURRENT_GRPC_GO)]
+    combos = Counter((r.scenario, r.client, r.server, r.attach) for r in current)
+    # every scenario x language pair x attach, exactly once at the current grpc-go
+    assert set(combos.values()) == {1}
+    assert len(combos) == len(SCENARIOS) * 4 * 2
+    old = [r for r in runs if r.grpc_version not in (None, CURRENT_GRPC_GO)]
+    assert {(r.client, r.server) for r in old} == {("go", "go")}
+    assert all(SCENARIOS[r.scenario].is_grpc for r in old)
+    grpc_scens = [s for s in SCENARIOS.values() if s.is_grpc]
+    assert len(old) == len(grpc_scens) * (len(GRPC_GO_VERSIONS) - 1) * 2
+    assert all(r.collectors == BOTH for r in runs)
+
+
+def test_default_plan_versions_and_sizes() -> None:
+    for r in plan(quick=False):
+        has_go_grpc = SCENARIOS[r.scenario].is_grpc and "go" in (r.client, r.server)
+        assert (r.grpc_version is not None) == has_go_grpc, r.key
+        assert r.exchanges == matrix.DEFAULT_EXCHANGES[r.scenario]
+        assert 100 <= r.exchanges <= 500
+        if r.sweep:
+            assert r.attach == "early"
+    assert sum(1 for r in plan(quick=False) if r.sweep) >= 3
+
+
+def test_quick_plan_is_a_handful() -> None:
+    runs = plan(quick=True, collectors=("kprobe",))
+    assert 4 <= len(runs) <= 8
+    assert {r.attach for r in runs} == {"early", "late"}
+    assert {r.grpc_version for r in runs} >= {GRPC_GO_VERSIONS[0], CURRENT_GRPC_GO}
+    assert any(r.sweep for r in runs)
+    assert all(r.exchanges <= 100 and r.collectors == ("kprobe",) for r in runs)
+    assert not {r.key for r in runs} & {r.key for r in plan(quick=False, collectors=("kprobe",))}
+
+
+def test_key_and_spec() -> None:
+    r = MatrixRun("grpc-bidi", "py", "go", "late", 100, BOTH, "v1.50.1")
+    assert r.key == "grpc-bidi/py2go/late/v1.50.1/kprobe+uprobe/n100"
+    spec = r.spec()
+    assert (spec.scenario, spec.client, spec.server, spec.attach) == ("grpc-bidi", "py", "go",
+                                                                      "late")  # fmt: skip
+    assert spec.collectors == ["kprobe", "uprobe"] and spec.exchanges == 100
+    assert spec.grpc_version == "v1.50.1"
+
+
+# -- state and resume ---------------------------------------------------------------------------
+
+
+class FakeRecorder:
+    """Stands in for record(): makes a run directory, or fails/interrupts on chosen keys."""
+
+    def __init__(self, fail: set[str] = frozenset(), interrupt: set[str] = frozenset()) -> None:
+        self.fail, self.interrupt = fail, interrupt
+        self.calls: list[str] = []
+
+    def record(self, spec: Any, out: Path, progress: Any) -> Path:
+        key = f"{spec.scenario}/{spec.client}2{spec.server}/{spec.attach}"
+        self.calls.append(key)
+        d = out / f"run-{len(self.calls)}-{spec.scenario}-{spec.client}2{spec.server}-{spec.attach}"
+        d.mkdir(parents=True)
+        if key in self.interrupt:
+            raise KeyboardInterrupt
+        if key in self.fail:
+            raise RuntimeError("collector exploded")
+        return d
+
+
+def _runs() -> list[MatrixRun]:
+    return [MatrixRun("http10-short", "py", "py", a, 10, ("kprobe",)) for a in ("early", "late")]
+
+
+def test_execute_records_done_and_failed(tmp_path: Path) -> None:
+    rec = FakeRecorder(fail={"http10-short/py2py/late"})
+    state = State.load(state_path(tmp_path, quick=True))
+    msgs: list[str] = []
+    ended = list(execute(_runs(), state, tmp_path, msgs.append, rec.record, lambda d: None))
+    assert [e["status"] for _, e in ended] == ["done", "failed"]
+    saved = json.loads(state_path(tmp_path, True).read_text())
+    assert saved["version"] == 1
+    early, late = (saved["runs"][r.key] for r in _runs())
+    assert early["status"] == "done" and Path(early["run_dir"]).is_dir()
+    assert late["status"] == "failed" and late["error"] == "RuntimeError: collector exploded"
+    # the failed run's partial directory is kept for the report
+    assert late["run_dir"] and Path(late["run_dir"]).name.endswith("py2py-late")
+    assert any("FAILED" in m for m in msgs) and any("run 2/2" in m for m in msgs)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_resume_skips_done_and_retries_failed(tmp_path: Path) -> None:
+    first = FakeRecorder(fail={"http10-short/py2py/late"})
+    list(execute(_runs(), State.load(state_path(tmp_path, True)), tmp_path, lambda m: None,
+                 first.record, lambda d: None))  # fmt: skip
+    again = FakeRecorder()
+    msgs: list[str] = []
+    state = State.load(state_path(tmp_path, True))
+    list(execute(_runs(), state, tmp_path, msgs.append, again.record, lambda d: None))
+    assert again.calls == ["http10-short/py2py/late"]
+    assert "resuming: 1 of 2 runs already done" in msgs
+    assert all(e["status"] == "done" for e in state.runs.values())
+
+
+def test_done_run_whose_directory_vanished_is_redone(tmp_path: Path) -> None:
+    rec = FakeRecorder()
+    state = State.load(state_path(tmp_path, True))
+    list(execute(_runs()[:1], state, tmp_path, lambda m: None, rec.record, lambda d: None))
+    shutil.rmtree(state.runs[_runs()[0].key]["run_dir"])
+    assert not State.load(state_path(tmp_path, True)).done(_runs()[0].key)
+
+
+def test_interrupt_leaves_a_whole_state_file(tmp_path: Path) -> None:
+    rec = FakeRecorder(interrupt={"http10-short/py2py/late"})
+    state = State.load(state_path(tmp_path, True))
+    with pytest.raises(KeyboardInterrupt):
+        list(execute(_runs(), state, tmp_path, lambda m: None, rec.record, lambda d: None))
+    saved = json.loads(state_path(tmp_path, True).read_text())
+    assert list(saved["runs"]) == [_runs()[0].key]  # the interrupted run will be redone
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_state_of_unknown_version_is_refused(tmp_path: Path) -> None:
+    p = state_path(tmp_path, False)
+    p.write_text(json.dumps({"version": 99, "runs": {}}))
+    with pytest.raises(Exception, match="version 99"):
+        State.load(p)
+
+
+# -- sweep and the whole loop with recording faked --------------------------------------------
+
+
+def test_sweep_times_span_the_workload(tmp_path: Path) -> None:
+    m = RunManifest(run_id="r", scenario="grpc-unary", params={}, started_utc="",
+                    machine={}, attach_ns=1_000_000_000)  # fmt: skip
+    m.save(tmp_path)
+    # exchanges start 0.2 s .. 0.6 s after the attach
+    with (tmp_path / "workload.jsonl").open("w") as f:
+        for i, t in enumerate((1_200_000_000, 1_400_000_000, 1_600_000_000)):
+            f.write(json.dumps({"id": i, "t_start_ns": t}) + "\n")
+    assert sweep_times(tmp_path, (0.25, 0.5)) == [0.3, 0.4]
+
+
+def test_run_matrix_reports_on_its_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+
+    def fake_record(spec: Any, out: Path, progress: Any) -> Path:
+        calls.append(spec.scenario)
+        d = out / f"{EARLY}-{len(calls)}"
+        shutil.copytree(FIXTURES / EARLY, d)
+        return d
+
+    runs = [MatrixRun("grpc-unary", "go", "go", "early", 60, ("kprobe",), CURRENT_GRPC_GO)]
+    monkeypatch.setattr(matrix, "plan", lambda quick, collectors: runs)
+    monkeypatch.setattr("harness.runner.record.record", fake_record)
+    monkeypatch.setattr("harness.analysis.replay.replay", lambda d: None)
+    out, rep = tmp_path / "runs", tmp_path / "report"
+    html = matrix.run_matrix(True, out, rep, lambda m: None)
+    assert html == rep / "report.html" and html.exists()
+    m = json.loads((rep / "metrics.json").read_text())
+    assert [r["run_id"] for r in m["runs"]] == [EARLY]
+    assert m["command"] == f"probebench matrix --quick --out {out} --report {rep}"
+    # a second start finds the run done: nothing is recorded again
+    matrix.run_matrix(True, out, rep, lambda m: None)
+    assert calls == ["grpc-unary"]

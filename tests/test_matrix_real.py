@@ -1,0 +1,33 @@
+"""One real matrix run end to end: record, replay, sweep replay, state, report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from harness.runner import matrix
+from harness.runner.matrix import MatrixRun
+
+
+@pytest.mark.bpf
+@pytest.mark.capture
+@pytest.mark.slow
+def test_one_real_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = MatrixRun("http11-keepalive", "py", "py", "early", 40, ("kprobe",), sweep=(0.5,))
+    monkeypatch.setattr(matrix, "plan", lambda quick, collectors: [run])
+    out, rep = tmp_path / "runs", tmp_path / "report"
+    html = matrix.run_matrix(True, out, rep, lambda m: None)
+    state = json.loads(matrix.state_path(out, True).read_text())
+    entry = state["runs"][run.key]
+    assert entry["status"] == "done", entry
+    run_dir = Path(entry["run_dir"])
+    [sweep] = entry["sweep"]
+    swept = json.loads((run_dir / sweep).read_text())
+    assert swept["attach_at_s"] > 0 and swept["version"] == 1
+    truth = json.loads((run_dir / "metrics.json").read_text())["truth_vs_workload"]
+    assert truth["workload"] == 40 and truth["missing"] == 0
+    md = (rep / "report.md").read_text()
+    assert run_dir.name in md and html.exists()
+    assert (rep / "plots" / "sweep.png").stat().st_size > 5000
