@@ -1,0 +1,135 @@
+"""Whole recorded runs through the CLI: teardown on interruption, lost events, replay, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.analysis.replay import replay
+from harness.model import RunManifest, load_metrics
+
+pytestmark = [pytest.mark.bpf, pytest.mark.capture]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def probebench(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "harness.cli", *args],
+        capture_output=True, text=True, cwd=ROOT, timeout=600, **kw,
+    )  # fmt: skip
+
+
+def bpf_prog_ids() -> set[int]:
+    out = subprocess.run(["bpftool", "prog", "show", "-j"], capture_output=True, text=True)
+    if out.returncode != 0:
+        pytest.skip("bpftool is not installed (scripts/setup installs it)")
+    return {p["id"] for p in json.loads(out.stdout or "[]")}
+
+
+def our_uprobe_events() -> list[str]:
+    path = Path("/sys/kernel/tracing/uprobe_events")
+    return [ln for ln in path.read_text().splitlines() if "probebench" in ln or "grpc" in ln]
+
+
+def small_run(tmp_path: Path, *extra: str) -> Path:
+    r = probebench("run", "http11-keepalive", "--exchanges", "60", "--out", str(tmp_path), *extra)
+    assert r.returncode == 0, r.stderr
+    return Path(r.stdout.strip().splitlines()[-1])
+
+
+def test_run_then_replay_gives_identical_metrics(tmp_path: Path) -> None:
+    run_dir = small_run(tmp_path, "--client", "go", "--server", "py")
+    recorded = load_metrics(run_dir)
+    assert recorded["truth_vs_workload"]["matched"] == 60
+    rows = {(r["collector"], r["side"]): r for r in recorded["rows"]}
+    assert rows["kprobe", "client"]["completeness"] == 1.0
+    assert rows["kprobe", "server"]["degradation_rate"] == 0.0
+    again = replay(run_dir, write=False)
+    assert json.dumps(again, sort_keys=True, default=str) == json.dumps(
+        {k: v for k, v in recorded.items() if k != "version"}, sort_keys=True, default=str
+    )
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_interrupted_run_leaves_nothing_behind(tmp_path: Path, sig: int) -> None:
+    before = bpf_prog_ids()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", "run", "http11-keepalive", "--exchanges", "200000",
+         "--out", str(tmp_path)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "client running" in line:
+            break
+    else:
+        pytest.fail(f"the run never started its workload (exit {proc.wait()})")
+    time.sleep(1.0)
+    run_dir = next(tmp_path.iterdir())
+    pids = [p["pid"] for p in RunManifest.load(run_dir).processes]
+    proc.send_signal(sig)
+    code = proc.wait(timeout=120)
+    # children die with their parent (PR_SET_PDEATHSIG), even after SIGKILL
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (
+        bpf_prog_ids() - before or any(Path(f"/proc/{p}").exists() for p in pids)
+    ):
+        time.sleep(0.5)
+    assert not bpf_prog_ids() - before, "BPF programs of the run are still loaded"
+    assert not [p for p in pids if Path(f"/proc/{p}").exists()], "children outlived the run"
+    assert our_uprobe_events() == []
+    if sig != signal.SIGKILL:
+        assert code == 130
+        assert RunManifest.load(run_dir).status == "interrupted"
+    else:
+        assert RunManifest.load(run_dir).status == "recording"  # never claims to be complete
+
+
+def test_tiny_ring_buffer_loses_events_and_says_so(tmp_path: Path) -> None:
+    run_dir = small_run(
+        tmp_path, "--client", "go", "--server", "go", "--ringbuf-pages", "1",
+        "--max-capture", "65536",
+    )  # fmt: skip
+    rows = [r for r in load_metrics(run_dir)["rows"] if r["collector"] == "kprobe"]
+    assert all(r["lost_events"] > 0 for r in rows)
+    assert min(r["completeness"] for r in rows) < 1.0
+
+
+def test_port_in_use_is_one_clear_sentence(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = probebench("run", "http11-keepalive", "--port", str(port), "--out", str(tmp_path))
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"probebench: port {port} on 127.0.0.1 is already in use"
+    assert not list(tmp_path.iterdir())
+
+
+def test_replay_refuses_an_incomplete_run(tmp_path: Path) -> None:
+    run_dir = small_run(tmp_path)
+    m = RunManifest.load(run_dir)
+    m.status = "failed"
+    m.save(run_dir)
+    r = probebench("replay", str(run_dir))
+    assert r.returncode == 2 and "failed recording" in r.stderr
+
+
+def test_doctor_json_is_machine_readable() -> None:
+    r = probebench("doctor", "--json")
+    doc = json.loads(r.stdout)
+    assert doc["version"] == 1 and r.returncode == (0 if doc["can_record"] else 1)
+    names = {c["name"] for c in doc["checks"]}
+    assert {"root", "syscall tracepoints", "kprobes", "uprobes", "bcc", "capture on lo"} <= names
+    for c in doc["checks"]:
+        assert c["status"] in {"ok", "warn", "fail", "unavailable"}
+        assert c["status"] == "ok" or c["fix"], c
+    assert os.geteuid() != 0 or doc["can_record"]
