@@ -73,20 +73,25 @@ def replay(
             + (f" ({manifest.error})" if manifest.error else "")
             + "; only complete runs can be replayed"
         )
-    scen = scenarios.get(manifest.scenario)
     p = manifest.params
+    if manifest.scenario == scenarios.OBSERVE:
+        h2c, protocol = bool(p.get("h2c")), "h2c" if p.get("h2c") else "http/1.x"
+    else:
+        scen = scenarios.get(manifest.scenario)
+        h2c, protocol = scen.is_grpc, scen.protocol
     ports = manifest.ports
     offset = int(manifest.capture.get("mono_offset_ns", 0))
     truth, tstats = extract_exchanges(
         run_dir / CAPTURE,
-        http1_ports=[] if scen.is_grpc else ports,
-        h2c_ports=ports if scen.is_grpc else [],
+        http1_ports=[] if h2c else ports,
+        h2c_ports=ports if h2c else [],
         mono_offset_ns=offset,
     )
     for x in truth:
         x.run_id, x.scenario = manifest.run_id, manifest.scenario
-    workload = workload_exchanges(run_dir / WORKLOAD)
-    tvw = match_workload(truth, run_dir / WORKLOAD)
+    has_workload = (run_dir / WORKLOAD).exists()  # `observe` runs have none
+    workload = workload_exchanges(run_dir / WORKLOAD) if has_workload else []
+    tvw = match_workload(truth, run_dir / WORKLOAD) if has_workload else None
     rows: list[dict[str, Any]] = []
     frames: dict[str, list[Exchange]] = {"truth": truth, "workload": workload}
     collectors: dict[str, Any] = {}
@@ -98,7 +103,7 @@ def replay(
         if not events.exists():
             raise RunDirError(f"{events} is missing: the {name} collector recorded nothing")
         collectors[name] = {"attach_ns": attach_ns, "stats": info}
-        for variant in _variants(name, p["attach"], scen.protocol, attach_at_s is not None):
+        for variant in _variants(name, p["attach"], protocol, attach_at_s is not None):
             if name == "kprobe":
                 observed, ostats = kprobe_exchanges(
                     events, ports, variant=variant,
@@ -115,7 +120,7 @@ def replay(
                 frames[name] = observed
             for side in SIDES:
                 row = Row(
-                    scenario=scen.name, protocol=scen.protocol, client=p["client"],
+                    scenario=manifest.scenario, protocol=protocol, client=p["client"],
                     server=p["server"], attach=attach_mode, collector=name, side=side,
                     variant=variant.name, grpc_go=p.get("grpc_version"),
                 )  # fmt: skip

@@ -11,10 +11,14 @@ def _pct(x: float | None) -> str:
 
 def summary_table(metrics: dict[str, Any]) -> str:
     tvw = metrics["truth_vs_workload"]
+    truth = metrics.get("truth", {})
     lines = [
         f"run {metrics['run_id']}",
+        f"truth: {truth.get('exchanges', '?')} exchanges decoded by Wireshark",
         f"truth vs workload: {tvw['matched']}/{tvw['workload']} workload exchanges found "
-        f"in the capture ({tvw['missing']} missing, {tvw['extra']} extra)",
+        f"in the capture ({tvw['missing']} missing, {tvw['extra']} extra)"
+        if tvw
+        else "truth vs workload: no workload record (observe run)",
         "",
         f"{'collector':<9} {'variant':<12} {'side':<6} {'observable':>10} {'matched':>8} "
         f"{'complete':>9} {'degraded':>9} {'wrong':>6} {'exact':>7} {'phantom':>7} {'lost':>5}",

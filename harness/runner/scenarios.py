@@ -13,6 +13,7 @@ SCEN_DIR = repo_root() / "scenarios"
 GO_BIN = SCEN_DIR / "go" / "bin"
 GRPC_GO_VERSIONS = ("v1.33.3", "v1.50.1", "v1.85.0")
 CURRENT_GRPC_GO = GRPC_GO_VERSIONS[-1]
+OBSERVE = "observe"  # the scenario name of runs whose workload a user brought
 
 
 @dataclass(frozen=True)
