@@ -55,9 +55,13 @@ class MatrixRun:
                        exchanges=self.exchanges, grpc_version=self.grpc_version)  # fmt: skip
 
 
+UPROBE_MODULES = ("harness.collectors.uprobe.record", "harness.analysis.uprobe_observed")
+
+
 def available_collectors() -> tuple[str, ...]:
-    """Both collectors, unless the uprobe recorder is not part of this checkout yet."""
-    if importlib.util.find_spec("harness.collectors.uprobe.record") is None:
+    """Both collectors, unless the uprobe recorder or its replay side is not in this checkout
+    yet (every run would then fail on it, kprobe data included)."""
+    if any(importlib.util.find_spec(m) is None for m in UPROBE_MODULES):
         return ("kprobe",)
     return ("kprobe", "uprobe")
 
