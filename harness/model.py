@@ -171,7 +171,7 @@ def machine_info() -> dict[str, Any]:
     except OSError:
         pass
     try:
-        import bcc  # noqa: PLC0415  (optional: replay machines need no bcc)
+        import bcc  # optional: replay machines need no bcc
 
         bcc_version = getattr(bcc, "__version__", None)
     except ImportError:
