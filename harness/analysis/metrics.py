@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.analysis.match import Matching, match
+from harness.analysis.match import Matching, match, required_fields
 from harness.model import Exchange
 
 DEFINITIONS = {
@@ -22,7 +22,10 @@ DEFINITIONS = {
     "(a late attach caught their tail); neither observable nor phantom",
     "lost_events": "records the kernel could not queue (ring buffer full), from the in-kernel "
     "drop counter",
+    "recovery": "per call index on a connection after the attach (0 = first call seen): "
+    "[index, required fields correct, required fields the truth has], summed over connections",
 }
+RECOVERY_CALLS = 20  # call indexes the recovery curve keeps; later calls are pooled in the last
 
 
 @dataclass
@@ -46,6 +49,7 @@ class Row:
     degraded_by_field: dict[str, int] = field(default_factory=dict)
     degraded_by_reason: dict[str, int] = field(default_factory=dict)
     wrong_by_field: dict[str, int] = field(default_factory=dict)
+    recovery: list[list[int]] = field(default_factory=list)
     grpc_go: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -56,6 +60,11 @@ class Row:
             (self.matched - self.degraded) / self.observable if self.observable else None
         )
         return d
+
+
+def _known(value: object) -> bool:
+    """Whether the truth has this field (0 counts; None and empty header sets do not)."""
+    return value is not None and value != {}
 
 
 def score(
@@ -71,10 +80,16 @@ def score(
     fields: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
     wrong: Counter[str] = Counter()
+    correct_at: Counter[int] = Counter()
+    total_at: Counter[int] = Counter()
     for v in m.pairs:
         if id(v.truth) not in observable:
             row.pre_attach += 1
             continue
+        idx = min(v.observed.conn_seq or 0, RECOVERY_CALLS - 1)
+        have = sum(1 for f in required_fields(v.truth.protocol) if _known(getattr(v.truth, f)))
+        total_at[idx] += have
+        correct_at[idx] += have - len(v.missing) - len(v.wrong)
         row.matched += 1
         if v.degraded:
             row.degraded += 1
@@ -93,4 +108,5 @@ def score(
     row.degraded_by_field = dict(sorted(fields.items()))
     row.degraded_by_reason = dict(sorted(reasons.items()))
     row.wrong_by_field = dict(sorted(wrong.items()))
+    row.recovery = [[i, correct_at[i], total_at[i]] for i in sorted(total_at)]
     return m
