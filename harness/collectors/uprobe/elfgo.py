@@ -6,6 +6,7 @@ part (a few seconds for a 15 MB binary); callers cache its results by binary has
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +60,8 @@ class Param:
 class Function:
     name: str
     low_pc: int
-    params: list[Param]
+    probe_pc: int  # first instruction after the stack-growth check (DWARF prologue_end)
+    params: list[Param]  # registers as they are at probe_pc
 
 
 @dataclass
@@ -175,6 +177,7 @@ def _read_dwarf(
     expr_parser = DWARFExprParser(dwarf.structs)
     for cu in dwarf.iter_CUs():
         version = cu["version"]
+        ends: list[int] | None = None  # this CU's prologue_end addresses, read when needed
         for die in cu.iter_DIEs():
             tag = die.tag
             if tag not in ("DW_TAG_structure_type", "DW_TAG_pointer_type", "DW_TAG_subprogram"):
@@ -193,7 +196,9 @@ def _read_dwarf(
                 and name not in gb.functions
                 and "DW_AT_low_pc" in die.attributes  # the out-of-line copy, not an abstract one
             ):
-                gb.functions[name] = _function(die, name, version, loc_parser, expr_parser)
+                if ends is None:
+                    ends = _prologue_ends(dwarf, cu)
+                gb.functions[name] = _function(die, name, version, ends, loc_parser, expr_parser)
 
 
 def _struct(die: Any) -> Struct:
@@ -289,10 +294,31 @@ def _array_len(t: Any) -> int | None:
     return None
 
 
+def _prologue_ends(dwarf: Any, cu: Any) -> list[int]:
+    lp = dwarf.line_program_for_CU(cu)
+    if lp is None:
+        return []
+    return sorted(
+        e.state.address for e in lp.get_entries() if e.state is not None and e.state.prologue_end
+    )
+
+
 def _function(
-    die: Any, name: str, version: int, lp: LocationParser, ep: DWARFExprParser
+    die: Any, name: str, version: int, ends: list[int], lp: LocationParser, ep: DWARFExprParser
 ) -> Function:
+    """A function and where to probe it. Not its entry: when a goroutine's stack must grow,
+    the prologue calls morestack and then re-runs the function from its entry, so an entry
+    probe would fire twice for one call. Past prologue_end the stack check is done."""
     low_pc = die.attributes["DW_AT_low_pc"].value
+    high = die.attributes.get("DW_AT_high_pc")
+    if high is None:
+        high_pc = low_pc + 1
+    elif high.form == "DW_FORM_addr":
+        high_pc = high.value
+    else:
+        high_pc = low_pc + high.value
+    i = bisect.bisect_left(ends, low_pc)
+    probe_pc = ends[i] if i < len(ends) and ends[i] < high_pc else low_pc
     params: list[Param] = []
     for c in die.iter_children():
         if c.tag != "DW_TAG_formal_parameter":
@@ -308,15 +334,15 @@ def _function(
                 words=None if w is None else w[0],
                 floats=0 if w is None else w[1],
                 output=out,
-                entry_regs=_entry_regs(c, low_pc, version, lp, ep),
+                entry_regs=_entry_regs(c, low_pc, probe_pc, version, lp, ep),
             )
         )
-    return Function(name, low_pc, params)
+    return Function(name, low_pc, probe_pc, params)
 
 
-def _entry_regs(die: Any, low_pc: int, version: int, lp: LocationParser,
+def _entry_regs(die: Any, low_pc: int, pc: int, version: int, lp: LocationParser,
                 ep: DWARFExprParser) -> list[int] | None:  # fmt: skip
-    """The registers a parameter lives in at the function's first instruction, per DWARF."""
+    """The registers a parameter lives in at ``pc``, per DWARF's location list."""
     attr = die.attributes.get("DW_AT_location")
     if attr is None or attr.form not in ("DW_FORM_sec_offset", "DW_FORM_loclistx"):
         return None
@@ -336,7 +362,7 @@ def _entry_regs(die: Any, low_pc: int, version: int, lp: LocationParser,
         absolute = getattr(ent, "is_absolute", False)
         begin = ent.begin_offset if absolute else base + ent.begin_offset
         end = ent.end_offset if absolute else base + ent.end_offset
-        if not begin <= low_pc < end:
+        if not begin <= pc < end:
             continue
         regs: list[int] = []
         for op in ep.parse_expr(ent.loc_expr):

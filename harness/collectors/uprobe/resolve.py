@@ -19,7 +19,7 @@ from typing import Any
 
 from harness.collectors.uprobe.elfgo import GoBinary, NotGoBinary, read_go_binary
 
-RESOLVER_VERSION = 2
+RESOLVER_VERSION = 3
 
 TRANSPORT = "google.golang.org/grpc/internal/transport"
 HTTP2 = "golang.org/x/net/http2"
@@ -75,7 +75,8 @@ class Missing(Exception):
 @dataclass
 class ProbePoint:
     symbol: str
-    address: int  # ELF symbol value: what bcc's attach_uprobe(addr=) takes
+    address: int  # virtual address past the prologue: what bcc's attach_uprobe(addr=) takes
+    symbol_address: int  # the ELF symbol's value (function entry)
 
 
 @dataclass
@@ -204,6 +205,16 @@ class _Resolver:
         if name not in self.gb.symbols:
             raise Missing(f"symbol {name}")
         return self.gb.symbols[name]
+
+    def point(self, sym: str) -> ProbePoint:
+        """Where to attach: past the prologue (see elfgo._function), in the symbol's code."""
+        addr = self.symbol(sym)
+        fn = self.gb.functions.get(sym)
+        if fn is None:
+            raise Missing(f"DWARF subprogram {sym}")
+        if fn.low_pc != addr:
+            raise Missing(f"agreement of ELF and DWARF on {sym}'s address")
+        return ProbePoint(sym, fn.probe_pc, addr)
 
     def rtype(self, name: str) -> int:
         if self.gb.elf_type != "ET_EXEC":
@@ -350,7 +361,7 @@ class _Resolver:
                 [(self.off(lw, "framer"), 0), (self.off(f"{TRANSPORT}.framer", "writer"), 0)],
                 self.off(bw, "conn"),
             )
-        self.r.probes["write_header"] = ProbePoint(SYM_WRITE_HEADER, self.symbol(SYM_WRITE_HEADER))
+        self.r.probes["write_header"] = self.point(SYM_WRITE_HEADER)
 
     def recv_headers(self, name: str, sym: str, transport: str, prefix: str) -> None:
         d = self.d
@@ -360,7 +371,7 @@ class _Resolver:
         d["PB_MHF_FIELDS"] = self.off(f"{HTTP2}.MetaHeadersFrame", "Fields")
         d["PB_HDRF_FH"] = self.off(f"{HTTP2}.HeadersFrame", "FrameHeader")
         self.conn_path(prefix, [], self.off(transport, "conn"))
-        self.r.probes[name] = ProbePoint(sym, self.symbol(sym))
+        self.r.probes[name] = self.point(sym)
 
     def write_data(self) -> None:
         d = self.d
@@ -381,7 +392,7 @@ class _Resolver:
         d["PB_WD_SID_REG"] = self.regs(sym, "streamID")[0]
         d["PB_WD_END_REG"] = self.regs(sym, "endStream")[0]
         d["PB_WD_DATA_PTR_REG"], d["PB_WD_DATA_LEN_REG"] = data[0], data[1]
-        self.r.probes["write_data"] = ProbePoint(sym, self.symbol(sym))
+        self.r.probes["write_data"] = self.point(sym)
 
     def recv_data(self, name: str, sym: str, transport: str, prefix: str) -> None:
         d = self.d
@@ -408,4 +419,4 @@ class _Resolver:
         d[f"PB_{prefix}_RECV_REG"] = self.regs(sym, "t")[0]
         d[f"PB_{prefix}_FRAME_REG"] = self.regs(sym, "f")[0]
         self.conn_path(prefix, [], self.off(transport, "conn"))
-        self.r.probes[name] = ProbePoint(sym, self.symbol(sym))
+        self.r.probes[name] = self.point(sym)
