@@ -1,0 +1,164 @@
+"""Find the grpc-go processes to probe: by process tree and/or by the TCP ports they use.
+
+Reads /proc only (no BPF). A process is a target when its executable is a Go
+binary (a .go.buildinfo section, or a runtime.buildVersion symbol) that links
+grpc-go (the google.golang.org/grpc module in its build info, or grpc-go's
+transport functions in its symbol table).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+
+from harness.collectors.uprobe.elfgo import NotGoBinary, quick_info
+from harness.collectors.uprobe.resolve import GRPC_MODULE, TRANSPORT
+
+PROC = Path("/proc")
+_TCP_LISTEN, _TCP_ESTABLISHED = "0A", "01"
+
+
+@dataclass(frozen=True)
+class GoIdentity:
+    go: bool
+    go_version: str | None = None
+    grpc_version: str | None = None  # "linked" when only symbols say so
+    why: str = ""
+
+
+@dataclass
+class Target:
+    pid: int
+    exe: str
+    go_version: str | None
+    grpc_version: str
+    ports: list[int] = field(default_factory=list)  # requested ports this process uses
+
+
+def identify(exe: Path) -> GoIdentity:
+    """Is this a Go binary, and does it link grpc-go?"""
+    try:
+        version, mods = quick_info(exe)
+    except NotGoBinary as e:
+        if "no .go.buildinfo" not in str(e):
+            return GoIdentity(False, why=str(e))
+        version, mods = None, {}
+    except OSError as e:
+        return GoIdentity(False, why=f"cannot read {exe}: {e.strerror}")
+    has_runtime = version is not None
+    grpc_sym = False
+    try:
+        with exe.open("rb") as f:
+            symtab = ELFFile(f).get_section_by_name(".symtab")
+            for s in symtab.iter_symbols() if symtab is not None else ():  # type: ignore[attr-defined]
+                if s.name == "runtime.buildVersion":
+                    has_runtime = True
+                elif s.name.startswith(f"{TRANSPORT}.("):
+                    grpc_sym = True
+                if has_runtime and grpc_sym:
+                    break
+    except (ELFError, OSError):
+        pass
+    if not has_runtime:
+        return GoIdentity(False, why=f"{exe} is not a Go binary")
+    grpc = mods.get(GRPC_MODULE) or ("linked" if grpc_sym else None)
+    why = "" if grpc else f"{exe} is a Go binary without grpc-go"
+    return GoIdentity(True, version, grpc, why)
+
+
+def _children() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for d in PROC.iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        # the command name may hold spaces and parentheses: fields follow the last ')'
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        kids.setdefault(ppid, []).append(int(d.name))
+    return kids
+
+
+def process_tree(roots: list[int]) -> list[int]:
+    kids = _children()
+    out: list[int] = []
+    todo = list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid in out:
+            continue
+        out.append(pid)
+        todo.extend(kids.get(pid, []))
+    return out
+
+
+def _socket_inodes(ports: set[int]) -> dict[int, int]:
+    """inode -> port, for TCP sockets listening on or connected to one of the ports."""
+    found: dict[int, int] = {}
+    for name in ("tcp", "tcp6"):
+        try:
+            lines = (PROC / "net" / name).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if len(f) < 10 or f[3] not in (_TCP_LISTEN, _TCP_ESTABLISHED):
+                continue
+            lport = int(f[1].rsplit(":", 1)[1], 16)
+            rport = int(f[2].rsplit(":", 1)[1], 16)
+            for p in (lport, rport):
+                if p in ports:
+                    found[int(f[9])] = p
+    return found
+
+
+def pids_using_ports(ports: list[int]) -> dict[int, set[int]]:
+    inodes = _socket_inodes(set(ports))
+    out: dict[int, set[int]] = {}
+    if not inodes:
+        return out
+    for d in PROC.iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fds = os.listdir(d / "fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink(d / "fd" / fd)
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                port = inodes.get(int(link[8:-1]))
+                if port is not None:
+                    out.setdefault(int(d.name), set()).add(port)
+    return out
+
+
+def find_grpc_go_targets(pids: list[int], ports: list[int]) -> list[Target]:
+    """Go processes linking grpc-go among the trees rooted at ``pids`` and the processes
+    using ``ports``; with both given, a process qualifies through either."""
+    by_port = pids_using_ports(ports) if ports else {}
+    candidates = set(process_tree(pids)) | set(by_port)
+    seen: dict[str, GoIdentity] = {}
+    out: list[Target] = []
+    for pid in sorted(candidates):
+        try:
+            exe = os.readlink(PROC / str(pid) / "exe")
+        except OSError:
+            continue  # gone, a kernel thread, or not ours to read
+        ident = seen.get(exe)
+        if ident is None:
+            ident = seen[exe] = identify(Path(exe))
+        if ident.go and ident.grpc_version:
+            out.append(
+                Target(pid, exe, ident.go_version, ident.grpc_version, sorted(by_port.get(pid, ())))
+            )
+    return out

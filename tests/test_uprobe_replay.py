@@ -1,0 +1,200 @@
+"""Uprobe replay without root: hand-built event records -> Exchanges, case by case.
+
+The records are built with the ctypes layout parsed from bpf/uprobe_events.h, exactly
+as the BPF program lays them out, and written with the shared event-file framing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+from pathlib import Path
+
+import pytest
+
+from harness.analysis.uprobe_observed import uprobe_exchanges
+from harness.collectors.eventfile import EventWriter
+from harness.collectors.uprobe.decode import decode
+from harness.collectors.uprobe.layout import FORMAT, header
+from harness.errors import RunDirError
+
+H = header()
+D = H.defines
+HE, DE = H.structs["pb_header_event"], H.structs["pb_data_event"]
+BLOB = H.offset("pb_header_event", "blob")
+SERVER_PORT, CLIENT_PORT = 50051, 40000
+CLIENT_PID, SERVER_PID = 100, 200
+PROBE = {"write_header": 1, "client_headers": 2, "server_headers": 3, "write_data": 4,
+         "client_data": 5, "server_data": 6}  # fmt: skip
+
+
+class Rec:
+    """Builds one process's view of one connection."""
+
+    def __init__(self, side: str, conn: int = 0xC0FFEE) -> None:
+        self.side, self.conn, self.ts = side, conn, 1000
+        self.tgid = CLIENT_PID if side == "client" else SERVER_PID
+        self.ports = (CLIENT_PORT, SERVER_PORT) if side == "client" else (SERVER_PORT, CLIENT_PORT)
+        self.addr_status = 0
+
+    def _prefix(self, e: ctypes.Structure, kind: int, probe: str, sid: int, end: bool) -> None:
+        self.ts += 10
+        e.ts_ns, e.conn, e.tgid, e.tid, e.stream_id = self.ts, self.conn, self.tgid, self.tgid, sid  # type: ignore[attr-defined]
+        e.kind, e.probe = kind, PROBE[probe]  # type: ignore[attr-defined]
+        recv = not probe.startswith("write")
+        e.dir = 1 if recv else 0  # type: ignore[attr-defined]
+        e.role = (1 if self.side == "client" else 2) if recv else 0  # type: ignore[attr-defined]
+        e.flags = 1 if end else 0  # type: ignore[attr-defined]
+        e.addr_status, e.ip_len, e.fd = self.addr_status, 16, 7  # type: ignore[attr-defined]
+        e.lport, e.rport = self.ports  # type: ignore[attr-defined]
+        lo = ipaddress.IPv6Address("::ffff:127.0.0.1").packed
+        e.laddr[:] = list(lo)  # type: ignore[attr-defined]
+        e.raddr[:] = list(lo)  # type: ignore[attr-defined]
+
+    def headers(self, sid: int, fields: list[tuple[str, str]], *, end: bool = False,
+                cut: int | None = None) -> bytes:  # fmt: skip
+        probe = "write_header" if self._sends_headers(fields) else f"{self.side}_headers"
+        e = HE()
+        self._prefix(e, D["PB_UEV_HEADERS"], probe, sid, end)
+        blob = b""
+        e.nfields = len(fields)
+        for i, (n, v) in enumerate(fields):
+            nb, vb = n.encode(), v.encode()
+            e.name_len[i], e.value_len[i] = len(nb), len(vb)
+            vc = vb if cut is None else vb[:cut]
+            e.name_cap[i], e.value_cap[i] = len(nb), len(vc)
+            blob += nb + vc
+        e.blob_len = len(blob)
+        raw = bytearray(bytes(e)[: BLOB + len(blob)])
+        raw[BLOB:] = blob
+        return bytes(raw)
+
+    def _sends_headers(self, fields: list[tuple[str, str]]) -> bool:
+        names = {n for n, _ in fields}
+        if self.side == "client":
+            return ":method" in names
+        return ":method" not in names
+
+    def data(self, sid: int, payload: bytes, *, send: bool, end: bool = False) -> bytes:
+        e = DE()
+        self._prefix(e, D["PB_UEV_DATA"], "write_data" if send else f"{self.side}_data", sid, end)
+        e.frame_len = len(payload)
+        head = payload[: D["PB_DATA_CAP"]]
+        e.cap_len = len(head)
+        e.data[: len(head)] = list(head)
+        return bytes(e)
+
+
+def msg(n: int) -> bytes:
+    return b"\0" + n.to_bytes(4, "big") + b"x" * n
+
+
+REQ = [(":method", "POST"), (":scheme", "http"), (":path", "/probebench.Bench/Unary"),
+       (":authority", "127.0.0.1:50051"), ("content-type", "application/grpc"),
+       ("x-probebench-id", "7"), ("x-tenant", "acme")]  # fmt: skip
+RESP = [(":status", "200"), ("content-type", "application/grpc")]
+
+
+def write(path: Path, records: list[bytes]) -> Path:
+    w = EventWriter(path, {"collector": "uprobe", "format": FORMAT})
+    for r in records:
+        w.kernel(r)
+    w.close()
+    return path
+
+
+def test_unary_call_seen_by_both_sides(tmp_path: Path) -> None:
+    c, s = Rec("client"), Rec("server")
+    trailers = [("grpc-status", "5"), ("grpc-message", "not%20found%20%E2%9C%93")]
+    recs = [
+        c.headers(1, REQ), c.data(1, msg(300), send=True, end=True),
+        s.headers(1, REQ), s.data(1, msg(300), send=False, end=True),
+        s.headers(1, RESP), s.data(1, msg(20), send=True), s.headers(1, trailers, end=True),
+        c.headers(1, RESP), c.data(1, msg(20), send=False), c.headers(1, trailers, end=True),
+    ]  # fmt: skip
+    xs, st = uprobe_exchanges(write(tmp_path / "u.bin", recs), [SERVER_PORT])
+    assert sorted(x.side for x in xs) == ["client", "server"]
+    for x in xs:
+        assert x.degraded == []
+        assert (x.client_ip, x.client_port, x.server_ip, x.server_port) == (
+            "127.0.0.1", CLIENT_PORT, "127.0.0.1", SERVER_PORT)  # fmt: skip
+        assert (x.stream_id, x.method, x.path, x.status) == (1, "POST", "/probebench.Bench/Unary",
+                                                             200)  # fmt: skip
+        assert (x.grpc_status, x.grpc_message) == (5, "not found \u2713")
+        assert (x.req_messages, x.req_bytes, x.resp_messages, x.resp_bytes) == (1, 300, 1, 20)
+        assert x.req_headers == {"content-type": "application/grpc", "x-probebench-id": "7",
+                                 "x-tenant": "acme"}  # fmt: skip
+        assert x.trailers["grpc-status"] == "5"
+        assert x.protocol == "h2c-grpc"
+    assert st.connections == 2
+
+
+def test_streamed_messages_spanning_frames_are_counted(tmp_path: Path) -> None:
+    """A 40000-byte message in three DATA frames, then two small ones in one frame each."""
+    c = Rec("client")
+    big = msg(40000)
+    recs = [c.headers(3, [*REQ[:2], (":path", "/probebench.Bench/ServerStream"), *REQ[3:]]),
+            c.data(3, msg(1), send=True, end=True), c.headers(3, RESP)]  # fmt: skip
+    recs += [c.data(3, big[i : i + 16384], send=False) for i in range(0, len(big), 16384)]
+    recs += [c.data(3, msg(0), send=False), c.data(3, msg(7), send=False)]
+    recs += [c.headers(3, [("grpc-status", "0")], end=True)]
+    (x,), _ = uprobe_exchanges(write(tmp_path / "u.bin", recs), [SERVER_PORT])
+    assert (x.resp_messages, x.resp_bytes) == (3, 40007)
+    assert (x.req_messages, x.req_bytes) == (1, 1)
+    assert x.path == "/probebench.Bench/ServerStream"
+    assert x.degraded == []
+
+
+def test_trailers_only_response(tmp_path: Path) -> None:
+    c = Rec("client")
+    only = [(":status", "200"), ("content-type", "application/grpc"), ("grpc-status", "3"),
+            ("grpc-message", "bad")]  # fmt: skip
+    recs = [c.headers(1, REQ), c.data(1, msg(5), send=True, end=True),
+            c.headers(1, only, end=True)]  # fmt: skip
+    (x,), _ = uprobe_exchanges(write(tmp_path / "u.bin", recs), [SERVER_PORT])
+    assert (x.status, x.grpc_status, x.grpc_message) == (200, 3, "bad")
+    assert (x.resp_messages, x.resp_bytes) == (0, 0)
+    assert x.degraded == []
+
+
+def test_missing_address_and_cut_values_degrade(tmp_path: Path) -> None:
+    c = Rec("client")
+    c.addr_status = D["PB_ADDR_NOT_TCP"]
+    recs = [c.headers(1, REQ, cut=3), c.data(1, msg(5), send=True, end=True),
+            c.headers(1, RESP), c.headers(1, [("grpc-status", "0")], end=True)]  # fmt: skip
+    (x,), st = uprobe_exchanges(write(tmp_path / "u.bin", recs), [SERVER_PORT])
+    reasons = {g.field: g.reason for g in x.degraded}
+    assert reasons["client_port"] == "no_peer_address"
+    assert reasons["path"] == "truncated_payload"  # the value was cut to fit
+    assert x.client_port is None
+    assert st.decode["addr_problems"] == {"not_tcp": 4}
+
+
+def test_stream_whose_start_was_missed_is_degraded_not_invented(tmp_path: Path) -> None:
+    c = Rec("client")
+    recs = [c.headers(1, RESP), c.data(1, msg(5), send=False),
+            c.headers(1, [("grpc-status", "0")], end=True)]  # fmt: skip
+    (x,), st = uprobe_exchanges(write(tmp_path / "u.bin", recs), [SERVER_PORT])
+    reasons = {g.field: g.reason for g in x.degraded}
+    assert reasons["path"] == "headers_missed_stream"
+    assert reasons["resp_messages"] == "headers_missed_stream"
+    assert x.path is None and x.grpc_status == 0
+    assert st.parse["orphan_frames"] == 1
+
+
+def test_other_ports_are_skipped_and_attach_time_applies(tmp_path: Path) -> None:
+    c = Rec("client")
+    recs = [c.headers(1, REQ), c.data(1, msg(5), send=True, end=True), c.headers(1, RESP),
+            c.headers(1, [("grpc-status", "0")], end=True)]  # fmt: skip
+    path = write(tmp_path / "u.bin", recs)
+    xs, st = uprobe_exchanges(path, [SERVER_PORT + 1])
+    assert xs == [] and st.skipped_other_ports == 4
+    _, dst = decode(path, attach_at_ns=1025)
+    assert dst.dropped_before_attach == 2
+
+
+def test_a_kernel_side_recording_is_refused(tmp_path: Path) -> None:
+    w = EventWriter(tmp_path / "k.bin", {"collector": "kprobe"})
+    w.close()
+    with pytest.raises(RunDirError, match="not a uprobe"):
+        decode(tmp_path / "k.bin")
