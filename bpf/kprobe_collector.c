@@ -31,6 +31,32 @@
 #define TCP_SYN_SENT_ 2
 #define TCP_SYN_RECV_ 3
 
+#ifndef PB_H2_STEPS
+#define PB_H2_STEPS 192 /* steps of one call's frame walk, about 2 per frame: as many as the verifier takes (about 3.5k insns each) */
+#endif
+#ifndef PB_H2_MAX_IOV
+#define PB_H2_MAX_IOV 512 /* iovecs followed by the frame walk (grpcio writes up to 260) */
+#endif
+#define H2_HDR 0  /* gathering a frame header into fld */
+#define H2_PAY 1  /* inside a payload captured whole: preface, non-DATA, padded DATA */
+#define H2_DATA 2 /* inside a DATA payload: gRPC prefixes always, bodies while budget lasts */
+#define H2_PREFACE_LEN 24
+
+/* Where one direction of an HTTP/2 connection stands between calls. */
+struct h2_dir {
+    u32 rem;      /* payload bytes left of the current frame */
+    u32 msg_rem;  /* H2_DATA: body bytes left of the current gRPC message */
+    u32 sid;      /* H2_DATA: the frame's stream */
+    u8 sync;      /* 1: frame boundaries known; 0: prefix capture */
+    u8 state;     /* H2_* */
+    u8 have;      /* bytes gathered in fld: of a frame header, or of a gRPC prefix */
+    u8 end_stream;
+    u8 fld[32];   /* 9 used; sized so that masked offsets and lengths stay inside */
+};
+/* gRPC message position of one stream direction, kept between its DATA frames */
+struct grpc_key { u32 tgid; s32 fd; u32 sid; u32 dir; };
+struct grpc_val { u32 msg_rem; u8 have; u8 pre[7]; };
+
 struct conn_key { u32 tgid; s32 fd; };
 struct conn_info {
     u8 role;
@@ -41,6 +67,7 @@ struct conn_info {
     u16 rport;
     u8 laddr[16];
     u8 raddr[16];
+    struct h2_dir h2[2]; /* by PB_DIR_*; used when proto is PB_PROTO_HTTP2 */
 };
 struct data_args {
     u64 enter_ns;
@@ -68,6 +95,7 @@ BPF_TABLE("lru_hash", struct addr_key, struct addr_val, passive, 4096); /* peer 
 BPF_HASH(connect_fd, u32, s32, 4096);   /* tid -> fd, during connect() */
 BPF_HASH(accept_args_map, u32, struct accept_args, 4096);
 BPF_HASH(data_args_map, u32, struct data_args, 4096);
+BPF_TABLE("lru_hash", struct grpc_key, struct grpc_val, grpc_msgs, PB_MAX_CONNS);
 
 /* Mask a length so the verifier sees its bound; the asm keeps clang from
  * dropping a mask it can prove redundant (it cannot see the verifier). */
@@ -381,6 +409,280 @@ struct iov_walk {
 };
 BPF_PERCPU_ARRAY(iov_walks, struct iov_walk, 1);
 
+/* A connection seen from its start turned out HTTP/2 at its first call: both
+ * directions are at offset 0, the client's starting with the 24-byte preface. */
+static __always_inline void h2_start(struct conn_info *c) {
+    u8 pre = c->role == PB_ROLE_CLIENT ? PB_DIR_SEND : PB_DIR_RECV;
+    for (int d = 0; d < 2; d++) {
+        __builtin_memset(&c->h2[d], 0, sizeof(c->h2[d]));
+        c->h2[d].sync = c->role != PB_ROLE_UNKNOWN;
+        if (d == pre) {
+            c->h2[d].state = H2_PAY;
+            c->h2[d].rem = H2_PREFACE_LEN;
+        }
+    }
+}
+
+struct h2_walk {
+    struct iovec cur;
+    u64 iov_i, iov_off;
+    u64 pos;      /* offset in the call */
+    u64 run_ptr;  /* the captured run not yet emitted: user address, call offset, length */
+    u32 run_off, run_len;
+    u32 budget;   /* message-body bytes this call may still capture */
+    u32 skipped;
+    /* this step's decision; kept here rather than in registers (see below) */
+    u64 ptr;
+    u32 avail, n;
+    u8 fin, cap, field, pad;
+    struct h2_dir s; /* working copy of the direction's state */
+};
+BPF_PERCPU_ARRAY(h2_walks, struct h2_walk, 1);
+
+/* Between the phases of a step, values are passed through the map value and
+ * this barrier makes the compiler reload them: the verifier then sees the same
+ * registers wherever the branches of a phase join and prunes all but one path,
+ * so a step costs the verifier about its own length, not its paths' product. */
+#define H2_JOIN() asm volatile("" ::: "memory")
+
+/* End of a frame's payload: a DATA frame leaves its stream's gRPC position
+ * behind for the stream's next DATA frame. */
+static __always_inline void h2_frame_end(struct conn_key *k, struct h2_walk *w, u8 dir) {
+    if (w->s.state == H2_DATA) {
+        struct grpc_key gk = {.tgid = k->tgid, .fd = k->fd, .sid = w->s.sid, .dir = dir};
+        if (w->s.end_stream) {
+            grpc_msgs.delete(&gk);
+        } else {
+            struct grpc_val gv = {.msg_rem = w->s.msg_rem, .have = w->s.have};
+            __builtin_memcpy(gv.pre, w->s.fld, 5);
+            grpc_msgs.update(&gk, &gv);
+        }
+    }
+    w->s.state = H2_HDR;
+    w->s.have = 0;
+}
+
+/* A whole frame header is in fld: enter its payload. */
+static __always_inline void h2_header(struct conn_key *k, struct h2_walk *w, u8 dir, u32 orig) {
+    u8 *f = w->s.fld;
+    u8 type = f[3], flags = f[4];
+    if (type > 0x10 || (f[5] & 0x80)) {
+        /* not a frame header: where frames are is unknown from here on */
+        stat_add(PB_STAT_H2_IMPLAUSIBLE, 1);
+        w->s.sync = 0;
+        w->pos = orig;  /* the rest of this call goes by unseen */
+        return;
+    }
+    w->s.rem = ((u32)f[0] << 16) | ((u32)f[1] << 8) | f[2];
+    w->s.have = 0;
+    w->s.end_stream = flags & 1;
+    u32 sid = (((u32)f[5] & 0x7f) << 24) | ((u32)f[6] << 16) | ((u32)f[7] << 8) | f[8];
+    struct grpc_key gk = {.tgid = k->tgid, .fd = k->fd, .sid = sid, .dir = dir};
+    if (type == 0 && !(flags & 0x8)) {
+        w->s.state = H2_DATA;
+        w->s.sid = sid;
+        w->s.msg_rem = 0;
+        struct grpc_val *gv = grpc_msgs.lookup(&gk);
+        if (gv) {
+            w->s.msg_rem = gv->msg_rem;
+            w->s.have = gv->have;
+            __builtin_memcpy(w->s.fld, gv->pre, 5);
+        }
+        return;
+    }
+    /* padded DATA is captured whole (gRPC does not pad) */
+    w->s.state = H2_PAY;
+    if (type <= 1 && (flags & 1)) grpc_msgs.delete(&gk);
+}
+
+/* How many bytes this step takes, and whether it captures them and gathers them
+ * into fld. Reads w->avail, writes w->n, w->cap, w->field. */
+static __always_inline void h2_decide(struct h2_walk *w) {
+    u32 max;
+    w->cap = 1;
+    w->field = 0;
+    if (w->s.state == H2_HDR) {
+        max = 9 - w->s.have;
+        w->field = 1;
+    } else if (w->s.state == H2_PAY) {
+        max = w->s.rem;
+    } else if (w->s.msg_rem) {
+        max = w->s.rem < w->s.msg_rem ? w->s.rem : w->s.msg_rem;
+        if (!w->budget) w->cap = 0;  /* budget spent: skip to the message's or frame's end */
+        else if (max > w->budget) max = w->budget;
+    } else {
+        max = 5 - w->s.have;  /* a gRPC prefix, perhaps split over frames or calls */
+        if (max > w->s.rem) max = w->s.rem;
+        w->field = 1;
+    }
+    u32 n = w->avail < max ? w->avail : max;
+    if (w->cap && n > PB_CHUNK) n = PB_CHUNK;
+    w->n = n;
+}
+
+/* One call of an HTTP/2 direction in sync: walk its frames, emit the captured
+ * runs (see kprobe_events.h). All walk state lives in a map value so the
+ * verifier sees unknown scalars at each step and can prune. */
+static __always_inline void h2_capture(struct conn_key *k, struct conn_info *c,
+                                       struct data_args *a, u64 ts, u32 orig) {
+    u32 zero = 0;
+    struct h2_walk *w = h2_walks.lookup(&zero);
+    if (!w) return;
+    u8 dir = a->dir & 1;
+    w->s = c->h2[dir];
+    w->pos = 0;
+    w->iov_i = 0;
+    w->iov_off = 0;
+    w->run_len = 0;
+    w->run_off = 0;
+    w->run_ptr = 0;
+    w->budget = PB_CALL_LIMIT;
+    w->skipped = 0;
+    if (a->iovcnt) bpf_probe_read_user(&w->cur, sizeof(w->cur), (void *)a->buf);
+    stat_add(PB_STAT_H2_CALLS, 1);
+    int i;
+#pragma clang loop unroll(disable)
+    for (i = 0; i < PB_H2_STEPS; i++) {
+        H2_JOIN();
+        /* a payload ended: settle the frame before anything else (even at the
+         * call's end, so the state kept between calls is normalised) */
+        if (w->s.state != H2_HDR && w->s.rem == 0) {
+            h2_frame_end(k, w, dir);
+            continue;
+        }
+        /* where the next bytes are */
+        w->fin = w->pos >= orig;
+        w->avail = orig - (u32)w->pos;
+        w->ptr = a->buf + w->pos;
+        if (!w->fin && a->iovcnt) {
+            if (w->iov_off >= w->cur.iov_len) {
+                w->iov_i++;
+                if (w->iov_i >= a->iovcnt || w->iov_i >= PB_H2_MAX_IOV) {
+                    stat_add(PB_STAT_H2_BOUND, 1);
+                    w->s.sync = 0;
+                    w->fin = 1;
+                } else {
+                    /* the next iovec, and go on with it in this same step */
+                    w->iov_off = 0;
+                    bpf_probe_read_user(&w->cur, sizeof(w->cur),
+                                        (void *)(a->buf + w->iov_i * sizeof(struct iovec)));
+                }
+            }
+            H2_JOIN();
+            if (!w->fin) {
+                if (w->iov_off >= w->cur.iov_len) continue;  /* an empty iovec */
+                if (w->cur.iov_len - w->iov_off < w->avail)
+                    w->avail = w->cur.iov_len - w->iov_off;
+                w->ptr = (u64)w->cur.iov_base + w->iov_off;
+            }
+        }
+        H2_JOIN();
+        w->n = 0;
+        w->cap = 1;
+        w->field = 0;
+        if (!w->fin) h2_decide(w);
+        H2_JOIN();
+        /* the one place a run is emitted: it ends at a gap, a jump in user
+         * memory (next iovec), a full chunk, or the call's end */
+        if (w->run_len && (w->fin || !w->cap || w->run_ptr + w->run_len != w->ptr ||
+                           w->run_len + w->n > PB_CHUNK)) {
+            emit_chunk(k, c, a, ts, orig, w->run_off, w->run_ptr, w->run_len);
+            w->run_len = 0;
+        }
+        H2_JOIN();
+        if (w->fin) break;
+        if (w->cap) {
+            if (!w->run_len) {
+                w->run_ptr = w->ptr;
+                w->run_off = (u32)w->pos;
+            }
+            w->run_len += w->n;
+        } else {
+            w->skipped += w->n;
+        }
+        H2_JOIN();
+        if (w->field) {
+            bpf_probe_read_user(&w->s.fld[w->s.have & 15], w->n & 15, (void *)w->ptr);
+            w->s.have += w->n;
+        }
+        w->pos += w->n;
+        w->iov_off += w->n;
+        H2_JOIN();
+        if (w->s.state == H2_HDR) {
+            if (w->s.have >= 9) h2_header(k, w, dir, orig);
+            continue;
+        }
+        w->s.rem -= w->n;
+        if (w->s.state == H2_DATA) {
+            if (w->s.msg_rem) {
+                w->s.msg_rem -= w->n;
+                if (w->cap) w->budget -= w->n;
+            } else if (w->s.have == 5) {
+                u8 *f = w->s.fld;
+                w->s.msg_rem = ((u32)f[1] << 24) | ((u32)f[2] << 16) | ((u32)f[3] << 8) | f[4];
+                w->s.have = 0;
+            }
+        }
+        H2_JOIN();
+        if (w->s.rem == 0) h2_frame_end(k, w, dir);  /* in this step: saves one */
+    }
+    if (i == PB_H2_STEPS) {
+        /* out of steps mid-call: the run so far is emitted, the rest unseen */
+        if (w->run_len) emit_chunk(k, c, a, ts, orig, w->run_off, w->run_ptr, w->run_len);
+        stat_add(PB_STAT_H2_BOUND, 1);
+        w->s.sync = 0;
+    }
+    if (w->skipped || w->pos < orig) {
+        u32 unseen = w->skipped + (orig - (u32)w->pos);
+        stat_add(PB_STAT_TRUNCATED_CALLS, 1);
+        stat_add(PB_STAT_TRUNCATED_BYTES, unseen);
+        stat_add(PB_STAT_H2_SKIPPED_BYTES, w->skipped);
+    }
+    c->h2[dir] = w->s;
+}
+
+#ifndef PB_H2_FIRST_FRAMES
+#define PB_H2_FIRST_FRAMES 8 /* frames followed in a connection's first call */
+#endif
+/* The first call of an HTTP/2 connection (the one that told its protocol) is
+ * captured as a prefix, whole (it is short: preface, SETTINGS, a few frames).
+ * Here only its frame headers are followed, to learn where the direction
+ * stands for its next call; a call that is vectored across iovecs, too long,
+ * or ends inside a header or a DATA payload gives the walk up instead. */
+static __always_inline void h2_first_call(struct conn_info *c, struct data_args *a, u32 orig) {
+    u8 dir = a->dir & 1;
+    struct h2_dir *s = &c->h2[dir];
+    u64 base = a->buf;
+    u32 len = orig;
+    if (a->iovcnt) {
+        struct iovec iov = {};
+        bpf_probe_read_user(&iov, sizeof(iov), (void *)a->buf);
+        base = (u64)iov.iov_base;
+        if (iov.iov_len < orig) len = 0;  /* spans iovecs: not followed here */
+    }
+    u32 pos = s->state == H2_PAY ? s->rem : 0;  /* the client preface */
+    s->state = H2_HDR;
+    s->rem = 0;
+    if (len > PB_CALL_LIMIT || !len) {
+        s->sync = 0;
+        return;
+    }
+    for (int i = 0; i < PB_H2_FIRST_FRAMES; i++) {
+        if (pos == len) return;  /* ends on a frame boundary */
+        u8 h[9] = {};
+        if (pos + 9 > len || bpf_probe_read_user(h, 9, (void *)(base + pos)) < 0) break;
+        u32 flen = ((u32)h[0] << 16) | ((u32)h[1] << 8) | h[2];
+        pos += 9 + flen;
+        if (pos > len) {
+            if (h[3] == 0) break;  /* inside a DATA payload: its gRPC position is unknown */
+            s->state = H2_PAY;
+            s->rem = pos - len;
+            return;
+        }
+    }
+    s->sync = 0;
+}
+
 static __always_inline int on_data_exit(long ret) {
     u64 id = bpf_get_current_pid_tgid();
     u32 tid = (u32)id;
@@ -396,6 +698,13 @@ static __always_inline int on_data_exit(long ret) {
     struct conn_key key = {.tgid = id >> 32, .fd = a.fd};
     struct conn_info *c = conns.lookup(&key);
     if (c && c->proto == PB_IGNORED) return 0;
+    /* HTTP/2 in sync, the common case, is walked before any inference code:
+     * the verifier then enters the walk with one state, not one per way the
+     * inference can go (each would cost it the walk's whole length again) */
+    if (c && c->proto == PB_PROTO_HTTP2 && c->h2[a.dir & 1].sync) {
+        h2_capture(&key, c, &a, ts, orig);
+        return 0;
+    }
 
     /* where the first bytes are, for inference */
     u64 first = a.buf;
@@ -433,6 +742,13 @@ static __always_inline int on_data_exit(long ret) {
                 return 0;
             }
             c->proto = p;
+            if (p == PB_PROTO_HTTP2) {
+                /* the first call starts both directions' walks; it is short
+                 * (preface, SETTINGS), so the walk of the next call begins
+                 * where this call's prefix capture ends */
+                h2_start(c);
+                h2_first_call(c, &a, orig);
+            }
         }
     }
     if (orig > PB_CALL_LIMIT) {

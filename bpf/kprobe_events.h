@@ -40,7 +40,23 @@
 #define PB_STAT_CONN_EVENTS 4
 #define PB_STAT_NON_HTTP 5       /* connections dropped by protocol inference */
 #define PB_STAT_READ_FAILED 6    /* payload bytes the kernel could not read from user memory */
-#define PB_STAT_MAX 8
+#define PB_STAT_H2_CALLS 7       /* calls captured frame-aware (HTTP/2 in sync) */
+#define PB_STAT_H2_SKIPPED_BYTES 8 /* DATA message-body bytes left out as gaps */
+#define PB_STAT_H2_IMPLAUSIBLE 9 /* frame headers that could not be one: sync given up */
+#define PB_STAT_H2_BOUND 10      /* walks out of steps or iovecs: sync given up */
+#define PB_STAT_MAX 12
+
+/* HTTP/2 frame-aware capture (connections seen from their start, PB_PROTO_HTTP2):
+ * the kernel follows frame boundaries in each direction and always captures the
+ * client preface, every frame header, every non-DATA payload and every gRPC
+ * 5-byte message prefix inside DATA; message-body bytes are captured while the
+ * call's budget (PB_CALL_LIMIT) lasts, the rest is left out. A call then yields
+ * several data events, each a contiguous piece at `offset` in the call's bytes;
+ * bytes between pieces (and after the last, up to orig_len) went by unseen. The
+ * first event of every call has offset 0 (a call never starts with skipped
+ * bytes: the budget is fresh at each call), so no empty events are needed.
+ * Connections found mid-stream, or whose walk failed, keep the prefix capture:
+ * one run at offset 0, as many events as PB_CHUNK-sized chunks. */
 
 #ifndef PB_CHUNK
 #define PB_CHUNK 16384 /* payload bytes per data event; power of two */
