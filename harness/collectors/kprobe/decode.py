@@ -166,14 +166,15 @@ def decode(
     # A syscall's chunks are emitted back to back, but another thread's call on the same
     # socket (Go reads and writes one fd from two goroutines) can land between them.
     CallKey = tuple[int, int, str, int, int]  # tgid, fd, direction, tid, ts
-    pending: dict[CallKey, tuple[Connection, str, int, int, list[bytes]]] = {}
+    pending: dict[CallKey, tuple[Connection, str, int, int, list[tuple[int, bytes]]]] = {}
 
     def flush_call(key: CallKey) -> None:
         conn, direction, ts, orig, parts = pending.pop(key)
-        seg = Segment(ts, b"".join(parts), orig)
-        (conn.send if direction == "send" else conn.recv).append(seg)
-        conn.truncated_bytes += seg.truncated
-        st.truncated_bytes += seg.truncated
+        segs = call_segments(ts, orig, parts)
+        (conn.send if direction == "send" else conn.recv).extend(segs)
+        unseen = sum(s.truncated for s in segs)
+        conn.truncated_bytes += unseen
+        st.truncated_bytes += unseen
 
     def close(conn: Connection, ts: int | None) -> None:
         for k in [k for k in pending if k[0] == conn.tgid and k[1] == conn.fd]:
@@ -226,9 +227,9 @@ def decode(
             if ev.offset == 0:
                 for k in [k for k in pending if k[:3] == pkey[:3]]:
                     flush_call(k)
-                pending[pkey] = (conn, direction, ev.ts_ns, ev.orig_len, [payload])
+                pending[pkey] = (conn, direction, ev.ts_ns, ev.orig_len, [(0, payload)])
             elif pkey in pending:
-                pending[pkey][4].append(payload)
+                pending[pkey][4].append((ev.offset, payload))
             continue
         ev = CE.from_buffer_copy(raw[:ce_size].ljust(ce_size, b"\0"))
         st.conn_events += 1
@@ -294,6 +295,31 @@ def decode(
             if first is not None:
                 conn.proto = infer_proto(first.data[:16], from_start=True) or "unknown"
     return [c for c in done if c.send or c.recv], st
+
+
+def call_segments(ts: int, orig: int, parts: list[tuple[int, bytes]]) -> list[Segment]:
+    """One syscall's captured pieces (offset in the call, bytes) -> Segments in order.
+
+    The frame-aware capture leaves gaps between pieces (kprobe_events.h): each run of
+    contiguous pieces becomes ``Segment(ts, run, len(run) + following gap)``, so parsers
+    that skip unseen bytes by length stay in sync unchanged. Pieces that overlap what is
+    already placed (cannot happen live) are dropped rather than guessed at.
+    """
+    segs: list[Segment] = []
+    runs: list[tuple[int, bytearray]] = []
+    for off, data in sorted(parts, key=lambda p: p[0]):
+        end = runs[-1][0] + len(runs[-1][1]) if runs else 0
+        if runs and off == end:
+            runs[-1][1].extend(data)
+        elif off >= end and off + len(data) <= orig:
+            runs.append((off, bytearray(data)))
+    if not runs or runs[0][0] > 0:
+        # the call's start went unseen: its length still has to pass by
+        runs.insert(0, (0, bytearray()))
+    for i, (off, data) in enumerate(runs):
+        nxt = runs[i + 1][0] if i + 1 < len(runs) else max(orig, off + len(data))
+        segs.append(Segment(ts, bytes(data), nxt - off))
+    return segs
 
 
 def _inferred(ev: Any, proto: str, payload: bytes, direction: str) -> Connection:
