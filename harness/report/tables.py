@@ -178,11 +178,20 @@ def _stability(runs: list[RunData], cov: pd.DataFrame) -> pd.DataFrame:
             if ver and f"the {coll} collector" in (r.manifest.get("error") or ""):
                 tried[(coll, ver)].add(r.run_id)
                 failed[(coll, ver)].add(r.run_id)
+    # What the collector itself said about binaries it could not probe (the uprobe
+    # collector attaches what it can and lists the rest as unsupported).
+    by_id = {r.run_id: r for r in runs}
+    notes: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for (c, v), ids in tried.items():
+        for i in ids:
+            st = (by_id[i].manifest.get("collectors") or {}).get(c) or {}
+            notes[(c, v)].update(str(u) for u in st.get("unsupported") or [])
     rows = [{"collector": c, "grpc_go": v, "runs_tried": len(ids), "works": bool(works[(c, v)]),
-             "failed_to_attach": len(failed[(c, v)]), "runs": sorted(ids)}
+             "failed_to_attach": len(failed[(c, v)]),
+             "unsupported": "; ".join(sorted(notes[(c, v)])) or None, "runs": sorted(ids)}
             for (c, v), ids in sorted(tried.items())]  # fmt: skip
     return pd.DataFrame(rows, columns=["collector", "grpc_go", "runs_tried", "works",
-                                       "failed_to_attach", "runs"])
+                                       "failed_to_attach", "unsupported", "runs"])
 
 
 def _fraction_cell(t: pd.DataFrame, flag: str, label: str, what: str) -> Cell:
