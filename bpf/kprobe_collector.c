@@ -641,48 +641,6 @@ static __always_inline void h2_capture(struct conn_key *k, struct conn_info *c,
     c->h2[dir] = w->s;
 }
 
-#ifndef PB_H2_FIRST_FRAMES
-#define PB_H2_FIRST_FRAMES 8 /* frames followed in a connection's first call */
-#endif
-/* The first call of an HTTP/2 connection (the one that told its protocol) is
- * captured as a prefix, whole (it is short: preface, SETTINGS, a few frames).
- * Here only its frame headers are followed, to learn where the direction
- * stands for its next call; a call that is vectored across iovecs, too long,
- * or ends inside a header or a DATA payload gives the walk up instead. */
-static __always_inline void h2_first_call(struct conn_info *c, struct data_args *a, u32 orig) {
-    u8 dir = a->dir & 1;
-    struct h2_dir *s = &c->h2[dir];
-    u64 base = a->buf;
-    u32 len = orig;
-    if (a->iovcnt) {
-        struct iovec iov = {};
-        bpf_probe_read_user(&iov, sizeof(iov), (void *)a->buf);
-        base = (u64)iov.iov_base;
-        if (iov.iov_len < orig) len = 0;  /* spans iovecs: not followed here */
-    }
-    u32 pos = s->state == H2_PAY ? s->rem : 0;  /* the client preface */
-    s->state = H2_HDR;
-    s->rem = 0;
-    if (len > PB_CALL_LIMIT || !len) {
-        s->sync = 0;
-        return;
-    }
-    for (int i = 0; i < PB_H2_FIRST_FRAMES; i++) {
-        if (pos == len) return;  /* ends on a frame boundary */
-        u8 h[9] = {};
-        if (pos + 9 > len || bpf_probe_read_user(h, 9, (void *)(base + pos)) < 0) break;
-        u32 flen = ((u32)h[0] << 16) | ((u32)h[1] << 8) | h[2];
-        pos += 9 + flen;
-        if (pos > len) {
-            if (h[3] == 0) break;  /* inside a DATA payload: its gRPC position is unknown */
-            s->state = H2_PAY;
-            s->rem = pos - len;
-            return;
-        }
-    }
-    s->sync = 0;
-}
-
 static __always_inline int on_data_exit(long ret) {
     u64 id = bpf_get_current_pid_tgid();
     u32 tid = (u32)id;
@@ -698,13 +656,6 @@ static __always_inline int on_data_exit(long ret) {
     struct conn_key key = {.tgid = id >> 32, .fd = a.fd};
     struct conn_info *c = conns.lookup(&key);
     if (c && c->proto == PB_IGNORED) return 0;
-    /* HTTP/2 in sync, the common case, is walked before any inference code:
-     * the verifier then enters the walk with one state, not one per way the
-     * inference can go (each would cost it the walk's whole length again) */
-    if (c && c->proto == PB_PROTO_HTTP2 && c->h2[a.dir & 1].sync) {
-        h2_capture(&key, c, &a, ts, orig);
-        return 0;
-    }
 
     /* where the first bytes are, for inference */
     u64 first = a.buf;
@@ -742,14 +693,13 @@ static __always_inline int on_data_exit(long ret) {
                 return 0;
             }
             c->proto = p;
-            if (p == PB_PROTO_HTTP2) {
-                /* the first call starts both directions' walks; it is short
-                 * (preface, SETTINGS), so the walk of the next call begins
-                 * where this call's prefix capture ends */
-                h2_start(c);
-                h2_first_call(c, &a, orig);
-            }
+            if (p == PB_PROTO_HTTP2) h2_start(c);
         }
+    }
+    /* one call site: the walk is inlined, and each copy costs the verifier */
+    if (c->proto == PB_PROTO_HTTP2 && c->h2[a.dir & 1].sync) {
+        h2_capture(&key, c, &a, ts, orig);
+        return 0;
     }
     if (orig > PB_CALL_LIMIT) {
         stat_add(PB_STAT_TRUNCATED_CALLS, 1);
