@@ -1,0 +1,311 @@
+"""Overhead statistics: per-round samples in, ratios to the baseline with intervals out.
+
+Pure functions, no I/O. The benchmark (benchmarks/bench_overhead.py) measures rounds in
+which the baseline (no collector) and each collector configuration run interleaved in
+one session; this module turns those samples into what the report prints:
+
+- a ratio of means to the baseline with a 95 % interval (t-based by the delta method on
+  the log ratio, Welch degrees of freedom; or a seeded percentile bootstrap),
+- a significance test (Welch's t-test, Mann-Whitney U beside it),
+- a paired view (the rounds are interleaved, so round i of each configuration shared a
+  server process and the machine's state of the moment): the geometric mean of the
+  per-round ratios, its t interval and a paired t-test on the logs,
+- instability warnings in the spirit of pyperf: a coefficient of variation above 10 %,
+  too few rounds, a sample far from the median.
+
+Undefined values (too few samples, a zero baseline) are None, never a made-up number.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+SCHEMA_VERSION = 1
+ALPHA = 0.05
+CONFIDENCE = 0.95
+CV_WARN = 0.10  # pyperf warns when the standard deviation exceeds 10 % of the mean
+MIN_ROUNDS = 5
+OUTLIER_FACTOR = 1.5  # a sample this far above (or this far below, inverted) the median
+BASELINE = "none"
+# Higher is better for throughput; lower is better for latencies. Only used for wording.
+METRICS = ("throughput", "p50_ms", "p99_ms")
+
+
+@dataclass(frozen=True)
+class Summary:
+    n: int
+    mean: float
+    median: float
+    stdev: float | None  # sample standard deviation (ddof=1); None below 2 samples
+    cv: float | None  # stdev / mean
+    min: float
+    max: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def summarize(samples: Sequence[float]) -> Summary:
+    x = _array(samples)
+    mean = float(x.mean())
+    sd = float(x.std(ddof=1)) if len(x) >= 2 else None
+    cv = sd / mean if sd is not None and mean != 0 else None
+    return Summary(len(x), mean, float(np.median(x)), sd, cv, float(x.min()), float(x.max()))
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A treated configuration against the baseline, for one metric."""
+
+    ratio: float  # mean(treated) / mean(baseline)
+    ci95: tuple[float, float] | None
+    ci_method: str
+    p: float | None  # Welch's t-test, two-sided
+    p_mannwhitney: float | None  # two-sided, exact for small samples without ties
+    significant: bool | None  # p < alpha; None when p is undefined
+    paired_ratio: float | None = None  # geometric mean of per-round treated/baseline
+    paired_ci95: tuple[float, float] | None = None
+    paired_p: float | None = None  # paired t-test on log ratios
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k in ("ci95", "paired_ci95"):
+            d[k] = list(d[k]) if d[k] is not None else None
+        return d
+
+
+def _array(samples: Sequence[float]) -> np.ndarray:
+    x = np.asarray(samples, dtype=float)
+    if x.ndim != 1 or len(x) == 0:
+        raise ValueError("samples must be a non-empty sequence of numbers")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("samples must be finite")
+    return x
+
+
+def _positive(x: np.ndarray, what: str) -> None:
+    if np.any(x <= 0):
+        raise ValueError(f"{what} samples must be positive (ratios are taken on them)")
+
+
+def ratio_ci_t(
+    baseline: Sequence[float], treated: Sequence[float], confidence: float = CONFIDENCE
+) -> tuple[float, float] | None:
+    """Interval for mean(treated)/mean(baseline): delta method on the log ratio, Welch df.
+
+    The log keeps the interval positive and asymmetric, as a ratio's should be."""
+    b, t = _array(baseline), _array(treated)
+    _positive(b, "baseline")
+    _positive(t, "treated")
+    if len(b) < 2 or len(t) < 2:
+        return None
+    mb, mt = b.mean(), t.mean()
+    vb = b.var(ddof=1) / (len(b) * mb * mb)  # relative variance of each mean
+    vt = t.var(ddof=1) / (len(t) * mt * mt)
+    r = float(mt / mb)
+    se = math.sqrt(vb + vt)
+    if se == 0:
+        return (r, r)
+    df = (vb + vt) ** 2 / (vb**2 / (len(b) - 1) + vt**2 / (len(t) - 1))
+    q = float(stats.t.ppf(0.5 + confidence / 2, df))
+    return (r * math.exp(-q * se), r * math.exp(q * se))
+
+
+def ratio_ci_bootstrap(
+    baseline: Sequence[float],
+    treated: Sequence[float],
+    confidence: float = CONFIDENCE,
+    resamples: int = 5000,
+    seed: int = 0,
+) -> tuple[float, float] | None:
+    """Percentile bootstrap of mean(treated)/mean(baseline), each group resampled on its own.
+
+    Seeded, so the same samples always give the same interval. With a handful of rounds it
+    is narrower than it should be; the t interval is the default for that reason."""
+    b, t = _array(baseline), _array(treated)
+    _positive(b, "baseline")
+    _positive(t, "treated")
+    if len(b) < 2 or len(t) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    mb = b[rng.integers(0, len(b), size=(resamples, len(b)))].mean(axis=1)
+    mt = t[rng.integers(0, len(t), size=(resamples, len(t)))].mean(axis=1)
+    r = mt / mb
+    lo, hi = np.quantile(r, [0.5 - confidence / 2, 0.5 + confidence / 2])
+    return (float(lo), float(hi))
+
+
+def welch_p(baseline: Sequence[float], treated: Sequence[float]) -> float | None:
+    b, t = _array(baseline), _array(treated)
+    if len(b) < 2 or len(t) < 2:
+        return None
+    if b.var() == 0 and t.var() == 0:
+        # scipy returns nan here; two constant groups differ for certain or not at all
+        return 1.0 if b[0] == t[0] else 0.0
+    return float(stats.ttest_ind(t, b, equal_var=False).pvalue)
+
+
+def mannwhitney_p(baseline: Sequence[float], treated: Sequence[float]) -> float | None:
+    b, t = _array(baseline), _array(treated)
+    if len(b) < 2 or len(t) < 2:
+        return None
+    return float(stats.mannwhitneyu(t, b, alternative="two-sided").pvalue)
+
+
+def paired_log_ratio(
+    baseline: Sequence[float], treated: Sequence[float], confidence: float = CONFIDENCE
+) -> tuple[float, tuple[float, float] | None, float | None]:
+    """Geometric mean of per-round ratios, its t interval, and a paired t-test's p on logs."""
+    b, t = _array(baseline), _array(treated)
+    if len(b) != len(t):
+        raise ValueError("paired samples need one treated sample per baseline round")
+    _positive(b, "baseline")
+    _positive(t, "treated")
+    d = np.log(t / b)
+    gm = float(math.exp(d.mean()))
+    if len(d) < 2:
+        return gm, None, None
+    sd = float(d.std(ddof=1))
+    if sd == 0:
+        return gm, (gm, gm), (1.0 if d[0] == 0 else 0.0)
+    se = sd / math.sqrt(len(d))
+    q = float(stats.t.ppf(0.5 + confidence / 2, len(d) - 1))
+    p = float(stats.ttest_1samp(d, 0.0).pvalue)
+    return gm, (gm * math.exp(-q * se), gm * math.exp(q * se)), p
+
+
+def compare(
+    baseline: Sequence[float],
+    treated: Sequence[float],
+    *,
+    alpha: float = ALPHA,
+    ci: str = "t",
+    paired: bool = False,
+) -> Comparison:
+    """Treated against baseline: ratio of means, 95 % interval, Welch and Mann-Whitney p."""
+    b, t = _array(baseline), _array(treated)
+    _positive(b, "baseline")
+    _positive(t, "treated")
+    if ci == "t":
+        interval = ratio_ci_t(b, t)
+    elif ci == "bootstrap":
+        interval = ratio_ci_bootstrap(b, t)
+    else:
+        raise ValueError(f"ci must be 't' or 'bootstrap', not {ci!r}")
+    p = welch_p(b, t)
+    pr = pci = pp = None
+    if paired:
+        pr, pci, pp = paired_log_ratio(b, t)
+    return Comparison(
+        ratio=float(t.mean() / b.mean()),
+        ci95=interval,
+        ci_method="delta-log-welch-t" if ci == "t" else "percentile-bootstrap",
+        p=p,
+        p_mannwhitney=mannwhitney_p(b, t),
+        significant=None if p is None else p < alpha,
+        paired_ratio=pr,
+        paired_ci95=pci,
+        paired_p=pp,
+    )
+
+
+def instability_warnings(
+    label: str,
+    samples: Sequence[float],
+    *,
+    cv_threshold: float = CV_WARN,
+    min_rounds: int = MIN_ROUNDS,
+) -> list[str]:
+    """pyperf-style warnings for one series of samples; empty when it looks stable."""
+    s = summarize(samples)
+    out: list[str] = []
+    if s.n < min_rounds:
+        out.append(f"{label}: only {s.n} rounds (fewer than {min_rounds}); intervals are wide "
+                   "and the tests weak")  # fmt: skip
+    if s.cv is not None and s.cv > cv_threshold:
+        out.append(f"{label}: unstable, the standard deviation is {100 * s.cv:.0f}% of the "
+                   f"mean (above {100 * cv_threshold:.0f}%)")  # fmt: skip
+    if s.median > 0 and (s.max > OUTLIER_FACTOR * s.median or s.min < s.median / OUTLIER_FACTOR):
+        out.append(f"{label}: a sample lies more than {OUTLIER_FACTOR}x from the median "
+                   f"(min {s.min:.4g}, median {s.median:.4g}, max {s.max:.4g})")  # fmt: skip
+    return out
+
+
+def throughput(records: Sequence[Mapping[str, Any]]) -> float | None:
+    """Exchanges per second over the main phase: n / (last end - first start)."""
+    main = [r for r in records if r.get("phase", "main") == "main"]
+    if not main:
+        return None
+    span = max(r["t_end_ns"] for r in main) - min(r["t_start_ns"] for r in main)
+    return len(main) / (span / 1e9) if span > 0 else None
+
+
+def latency_percentiles(
+    records: Sequence[Mapping[str, Any]], percentiles: Sequence[float] = (50, 99)
+) -> dict[str, float] | None:
+    """Latency percentiles in milliseconds over the main phase, keyed p50_ms, p99_ms, ..."""
+    lat = [r["t_end_ns"] - r["t_start_ns"] for r in records if r.get("phase", "main") == "main"]
+    if not lat:
+        return None
+    vals = np.percentile(np.asarray(lat, dtype=float) / 1e6, list(percentiles))
+    return {f"p{p:g}_ms": float(v) for p, v in zip(percentiles, vals, strict=True)}
+
+
+def per_hit_ns(run_time_ns: int, run_cnt: int) -> float | None:
+    return run_time_ns / run_cnt if run_cnt > 0 else None
+
+
+def analyse_configs(
+    samples: Mapping[str, Mapping[str, Sequence[float]]],
+    *,
+    baseline: str = BASELINE,
+    label: str = "",
+    min_rounds: int = MIN_ROUNDS,
+    ci: str = "t",
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """samples[config][metric] = per-round values (same round order in every config).
+
+    Returns ({config: {metric: summary, metric_ratio, metric_ci95, ...}}, warnings). Ratios
+    are taken against `baseline` measured in the same session; the paired view is added
+    when every config has the baseline's number of rounds."""
+    if baseline not in samples:
+        raise ValueError(f"no {baseline!r} configuration to compare against")
+    out: dict[str, dict[str, Any]] = {}
+    warnings: list[str] = []
+    base = samples[baseline]
+    prefix = f"{label} " if label else ""
+    for config, by_metric in samples.items():
+        entry: dict[str, Any] = {}
+        for metric, values in by_metric.items():
+            if not values:
+                continue
+            entry[metric] = summarize(values).to_dict()
+            entry[f"{metric}_samples"] = [float(v) for v in values]
+            if metric == "throughput":
+                warnings += instability_warnings(f"{prefix}{config} throughput", values,
+                                                 min_rounds=min_rounds)  # fmt: skip
+            if config == baseline or not base.get(metric):
+                continue
+            c = compare(base[metric], values, ci=ci, paired=len(values) == len(base[metric]))
+            name = metric.removesuffix("_ms")
+            entry[f"{name}_ratio"] = c.ratio
+            entry[f"{name}_ci95"] = list(c.ci95) if c.ci95 else None
+            entry[f"{name}_p"] = c.p
+            entry[f"{name}_comparison"] = c.to_dict()
+        if config != baseline and "throughput_ratio" in entry:
+            # the brief's short names for the headline metric
+            entry["ci95"] = entry["throughput_ci95"]
+            entry["p"] = entry["throughput_p"]
+            entry["significant"] = entry["throughput_comparison"]["significant"]
+        out[config] = entry
+    return out, _dedupe(warnings)
+
+
+def _dedupe(items: list[str]) -> list[str]:
+    return list(dict.fromkeys(items))

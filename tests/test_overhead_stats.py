@@ -1,0 +1,142 @@
+"""Overhead statistics on constructed samples: significant vs not, stable vs unstable."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from harness.analysis import overhead as oh
+
+# Ten rounds around 1000/s with ~1 % noise, and a collector 20 % slower.
+BASE = [1000, 1010, 990, 1005, 995, 1002, 998, 1008, 992, 1000]
+SLOW = [x * 0.8 for x in [1003, 995, 1001, 1009, 990, 1000, 1004, 996, 998, 1006]]
+SAME = [1001, 996, 1004, 999, 1003, 994, 1006, 1000, 997, 1002]
+
+
+def test_summary_and_cv():
+    s = oh.summarize([10, 10, 10])
+    assert (s.n, s.mean, s.median, s.stdev, s.cv) == (3, 10, 10, 0, 0)
+    one = oh.summarize([5.0])
+    assert one.stdev is None and one.cv is None
+    with pytest.raises(ValueError):
+        oh.summarize([])
+    with pytest.raises(ValueError):
+        oh.summarize([1.0, float("nan")])
+
+
+def test_significant_slowdown():
+    c = oh.compare(BASE, SLOW, paired=True)
+    assert c.ratio == pytest.approx(0.8, abs=0.01)
+    assert c.ci95 is not None and c.ci95[0] < c.ratio < c.ci95[1] < 0.85
+    assert c.p is not None and c.p < 1e-6 and c.significant is True
+    assert c.p_mannwhitney is not None and c.p_mannwhitney < 0.001
+    assert c.paired_ratio == pytest.approx(0.8, abs=0.01)
+    assert c.paired_ci95 is not None and c.paired_ci95[1] < 1 and c.paired_p < 1e-6
+
+
+def test_no_difference_is_not_significant():
+    c = oh.compare(BASE, SAME, paired=True)
+    assert c.ratio == pytest.approx(1.0, abs=0.005)
+    assert c.ci95 is not None and c.ci95[0] < 1.0 < c.ci95[1]
+    assert c.p is not None and c.p > 0.3 and c.significant is False
+    assert c.p_mannwhitney is not None and c.p_mannwhitney > 0.3
+
+
+def test_t_interval_matches_a_simulation():
+    """The delta-method interval covers the true ratio about 95 % of the time."""
+    rng = np.random.default_rng(7)
+    hits = 0
+    trials = 400
+    for _ in range(trials):
+        b = rng.normal(1000, 30, 8)
+        t = rng.normal(900, 30, 8)
+        lo, hi = oh.ratio_ci_t(b, t)  # type: ignore[misc]
+        hits += lo < 0.9 < hi
+    assert 0.90 < hits / trials < 0.99
+
+
+def test_bootstrap_interval_is_seeded_and_close_to_t():
+    a = oh.ratio_ci_bootstrap(BASE, SLOW)
+    assert a == oh.ratio_ci_bootstrap(BASE, SLOW)
+    t = oh.ratio_ci_t(BASE, SLOW)
+    assert a is not None and t is not None
+    assert a[0] == pytest.approx(t[0], abs=0.01) and a[1] == pytest.approx(t[1], abs=0.01)
+    assert oh.compare(BASE, SLOW, ci="bootstrap").ci_method == "percentile-bootstrap"
+    with pytest.raises(ValueError):
+        oh.compare(BASE, SLOW, ci="guess")
+
+
+def test_undefined_is_none_not_a_number():
+    c = oh.compare([1000.0], [800.0])
+    assert c.ratio == pytest.approx(0.8)
+    assert c.ci95 is None and c.p is None and c.significant is None
+    with pytest.raises(ValueError):
+        oh.compare([0.0, 1.0], [1.0, 1.0])  # a ratio to zero is no measurement
+    with pytest.raises(ValueError):
+        oh.paired_log_ratio([1.0, 2.0], [1.0])
+
+
+def test_constant_groups():
+    assert oh.welch_p([5, 5, 5], [5, 5, 5]) == 1.0
+    assert oh.welch_p([5, 5, 5], [4, 4, 4]) == 0.0
+    assert oh.ratio_ci_t([5, 5, 5], [4, 4, 4]) == (0.8, 0.8)
+
+
+def test_stable_series_has_no_warning():
+    assert oh.instability_warnings("none throughput", BASE) == []
+
+
+def test_unstable_series_warns():
+    noisy = [1000, 1300, 800, 1250, 700, 1100]
+    w = oh.instability_warnings("none throughput", noisy)
+    assert any("unstable" in x and "none throughput" in x for x in w)
+
+
+def test_too_few_rounds_and_outlier_warn():
+    w = oh.instability_warnings("x", [1000, 1001, 999])
+    assert len(w) == 1 and "only 3 rounds" in w[0]
+    w = oh.instability_warnings("x", [1000, 1001, 999, 1002, 998, 1000, 400])
+    assert any("from the median" in x for x in w)
+
+
+def test_throughput_and_latency_from_workload_records():
+    recs = [{"t_start_ns": 0, "t_end_ns": 10_000_000, "phase": "warmup"}] + [
+        {"t_start_ns": 1_000_000_000 + i * 10_000_000,
+         "t_end_ns": 1_000_000_000 + i * 10_000_000 + (i + 1) * 100_000, "phase": "main"}
+        for i in range(100)
+    ]  # fmt: skip
+    # 100 main exchanges from t=1 s to the last end at 1 s + 990 ms + 10 ms
+    assert oh.throughput(recs) == pytest.approx(100.0)
+    lat = oh.latency_percentiles(recs)
+    assert lat is not None
+    assert lat["p50_ms"] == pytest.approx(5.05) and lat["p99_ms"] == pytest.approx(9.901)
+    assert oh.throughput([]) is None and oh.latency_percentiles([]) is None
+
+
+def test_per_hit():
+    assert oh.per_hit_ns(9_500, 10) == 950
+    assert oh.per_hit_ns(0, 0) is None
+
+
+def test_analyse_configs_ratios_and_warnings():
+    samples = {
+        "none": {"throughput": BASE, "p99_ms": [2.0] * 9 + [2.1]},
+        "kprobe": {"throughput": SLOW, "p99_ms": [2.6] * 9 + [2.5]},
+        "uprobe": {"throughput": [1000, 1400, 700, 1300, 700, 1000, 900, 1200, 800, 1100]},
+    }
+    out, warnings = oh.analyse_configs(samples, label="grpc-unary/go2go")
+    k = out["kprobe"]
+    assert k["throughput_ratio"] == pytest.approx(0.8, abs=0.01)
+    assert k["ci95"] == k["throughput_ci95"] and k["ci95"][1] < 1
+    assert k["significant"] is True and k["p"] < 0.001
+    assert k["p99_ratio"] == pytest.approx(2.59 / 2.01, rel=1e-6)
+    assert k["throughput_samples"] == [float(x) for x in SLOW]
+    assert "throughput_ratio" not in out["none"]
+    assert out["uprobe"]["significant"] is False
+    assert warnings == ["grpc-unary/go2go uprobe throughput: unstable, the standard deviation "
+                        "is 24% of the mean (above 10%)"]  # fmt: skip
+    assert math.isclose(out["none"]["throughput"]["mean"], float(np.mean(BASE)))
+    with pytest.raises(ValueError):
+        oh.analyse_configs({"kprobe": {"throughput": BASE}})
