@@ -141,8 +141,18 @@ class Recorder:
         progs = list(self.programs.values())
         t0 = time.monotonic()
         try:
-            for prog in progs:
-                self._attach(prog)
+            for prog in list(progs):
+                try:
+                    self._attach(prog)
+                except CollectorError as e:
+                    # one layout the verifier refuses must not take the others down
+                    progs.remove(prog)
+                    if prog.bpf is not None:
+                        prog.bpf.cleanup()
+                    for r in prog.binaries:
+                        msg = f"{r.path}: unsupported: program rejected ({e})"
+                        self.problems.append(msg)
+                        self.writer.note({"type": "unsupported", "what": msg})
             compile_s = time.monotonic() - t0
             attach_ns = time.monotonic_ns()
             attached = [a for p in progs for a in p.attached]
