@@ -39,6 +39,8 @@ class ObservedStats:
     connections: int = 0
     connections_by_proto: dict[str, int] = field(default_factory=dict)
     skipped_other_ports: int = 0
+    # server port unknown and not one of the run's processes: cannot be tied to the run
+    unattributed_connections: int = 0
     parse: dict[str, int] = field(default_factory=dict)
     decode: dict[str, Any] = field(default_factory=dict)
 
@@ -70,6 +72,7 @@ def kprobe_exchanges(
     *,
     variant: Variant = Variant(),
     attach_at_ns: int | None = None,
+    target_pids: set[int] | None = None,
 ) -> tuple[list[Exchange], ObservedStats]:
     conns, dstats = decode(events, attach_at_ns=attach_at_ns, use_sockdiag=variant.use_sockdiag)
     st = ObservedStats(decode=dict(vars(dstats)))
@@ -84,6 +87,9 @@ def kprobe_exchanges(
         )
         if server is not None and ports and server.port not in ports:
             st.skipped_other_ports += 1
+            continue
+        if server is None and (target_pids is None or conn.tgid not in target_pids):
+            st.unattributed_connections += 1
             continue
         st.connections += 1
         st.connections_by_proto[conn.proto] = st.connections_by_proto.get(conn.proto, 0) + 1

@@ -108,6 +108,7 @@ def replay(
                 observed, ostats = kprobe_exchanges(
                     events, ports, variant=variant,
                     attach_at_ns=attach_ns if attach_at_s is not None else None,
+                    target_pids={int(pr["pid"]) for pr in manifest.processes},
                 )  # fmt: skip
             else:
                 from harness.analysis.uprobe_observed import uprobe_exchanges

@@ -12,8 +12,8 @@ from harness.errors import ProbebenchError, TargetError
 from harness.groundtruth.capture import Dumpcap
 from harness.model import CAPTURE, EVENTS_DIR, RunManifest, machine_info, utc_now
 from harness.runner.collectors import CollectorOptions, start_collector, stop_collector
-from harness.runner.lifecycle import Interrupted, ProcessSet, signals_as_exceptions
-from harness.runner.record import Progress
+from harness.runner.lifecycle import ProcessSet
+from harness.runner.record import Progress, recording
 from harness.runner.scenarios import OBSERVE
 
 
@@ -63,50 +63,38 @@ def observe(
         run_id=run_dir.name, scenario=OBSERVE, params=params, started_utc=utc_now(),
         machine=machine_info(), ports=sorted(set(ports)),
     )  # fmt: skip
-    manifest.save(run_dir)
-    try:
-        with signals_as_exceptions(), ProcessSet() as procs:
-            with Dumpcap(run_dir / CAPTURE, ports) as cap:
-                binaries = [*_port_owner_binaries(ports), Path(exe)]
-                running = []
-                for name in collectors:
-                    progress(f"attaching {name} collector")
-                    rc = start_collector(
-                        procs, name, run_dir / EVENTS_DIR, tgids=[], ports=ports,
-                        options=CollectorOptions(), deadline_s=duration_s + 120,
-                        binaries=binaries,
-                    )  # fmt: skip
-                    running.append(rc)
-                    manifest.collectors[name] = {"attach_ns": rc.attach_ns}
-                manifest.attach_ns = max((r.attach_ns for r in running), default=None)
-                progress(f"running: {' '.join(command)}")
-                # to a file, not a pipe: a chatty workload must never block on its output
-                with (run_dir / "workload.log").open("w") as log:
-                    child = procs.spawn("workload", command, stdout=log, stderr=log)
-                manifest.processes.append({"role": "workload", "pid": child.pid, "argv": command})
-                try:
-                    code = child.proc.wait(timeout=duration_s)
-                except subprocess.TimeoutExpired:
-                    progress(f"still running after {duration_s:g} s: stopping it")
-                    code = procs.stop(child)
-                    manifest.params["stopped_at_duration"] = True
-                if code not in (0, None) and not manifest.params.get("stopped_at_duration"):
-                    tail = (run_dir / "workload.log").read_text(errors="replace").strip()
-                    raise TargetError(f"the workload exited with code {code}: {tail[-300:]}")
-                time.sleep(0.2)
-                for rc in running:
-                    manifest.collectors[rc.name].update(stop_collector(procs, rc))
-            manifest.capture = dict(cap.stats)
-        manifest.status = "complete"
-    except Interrupted as e:
-        manifest.status, manifest.error = "interrupted", str(e)
-        raise
-    except BaseException as e:
-        manifest.status, manifest.error = "failed", str(e) or type(e).__name__
-        raise
-    finally:
-        manifest.finished_utc = utc_now()
-        manifest.save(run_dir)
+    with recording(manifest, run_dir), ProcessSet() as procs:
+        with Dumpcap(run_dir / CAPTURE, ports) as cap:
+            binaries = [*_port_owner_binaries(ports), Path(exe)]
+            running = []
+            for name in collectors:
+                progress(f"attaching {name} collector")
+                rc = start_collector(
+                    procs, name, run_dir / EVENTS_DIR, tgids=[], ports=ports,
+                    options=CollectorOptions(), deadline_s=duration_s + 120,
+                    binaries=binaries,
+                )  # fmt: skip
+                running.append(rc)
+                manifest.collectors[name] = {"attach_ns": rc.attach_ns}
+            manifest.attach_ns = max((r.attach_ns for r in running), default=None)
+            progress(f"running: {' '.join(command)}")
+            # to a file, not a pipe: a chatty workload must never block on its output
+            with (run_dir / "workload.log").open("w") as log:
+                child = procs.spawn("workload", command, stdout=log, stderr=log)
+            manifest.processes.append({"role": "workload", "pid": child.pid, "argv": command})
+            try:
+                code = child.proc.wait(timeout=duration_s)
+            except subprocess.TimeoutExpired:
+                progress(f"still running after {duration_s:g} s: stopping it")
+                code = procs.stop(child)
+                manifest.params["stopped_at_duration"] = True
+            if code not in (0, None) and not manifest.params.get("stopped_at_duration"):
+                tail = (run_dir / "workload.log").read_text(errors="replace").strip()
+                raise TargetError(f"the workload exited with code {code}: {tail[-300:]}")
+            time.sleep(0.2)
+            for rc in running:
+                manifest.collectors[rc.name].update(stop_collector(procs, rc))
+        manifest.capture = dict(cap.stats)
     from harness.analysis.replay import replay
     from harness.report.summary import summary_table
 

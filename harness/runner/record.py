@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -84,10 +85,19 @@ def record(spec: RunSpec, out_dir: Path, progress: Progress = lambda _m: None) -
         machine=machine_info(),
         ports=[port],
     )
+    with recording(manifest, run_dir):
+        _record(spec, scen, exchanges, port, run_dir, manifest, progress)
+    return run_dir
+
+
+@contextlib.contextmanager
+def recording(manifest: RunManifest, run_dir: Path) -> Iterator[None]:
+    """Mark run.json complete only if the body finished; interrupted or failed otherwise,
+    so a half-written run never looks like a good one. SIGINT/SIGTERM become exceptions."""
     manifest.save(run_dir)
     try:
         with signals_as_exceptions():
-            _record(spec, scen, exchanges, port, run_dir, manifest, progress)
+            yield
         manifest.status = "complete"
     except Interrupted as e:
         manifest.status, manifest.error = "interrupted", str(e)
@@ -98,7 +108,6 @@ def record(spec: RunSpec, out_dir: Path, progress: Progress = lambda _m: None) -
     finally:
         manifest.finished_utc = utc_now()
         manifest.save(run_dir)
-    return run_dir
 
 
 def _record(
