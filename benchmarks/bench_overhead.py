@@ -1,0 +1,669 @@
+"""Collector overhead, side by side in one session, with interleaved rounds (DESIGN: overhead).
+
+    .venv/bin/pytest benchmarks/bench_overhead.py --benchmark-only -s
+    PROBEBENCH_OVERHEAD_ROUNDS=8 PROBEBENCH_OVERHEAD_SCALE=1 .venv/bin/nox --no-venv -s bench
+
+Needs root and bcc. Settings: benchmarks/conftest.py. Writes results/overhead.json
+(schema: `harness.analysis.overhead`, version 1) besides pytest-benchmark's JSON.
+
+Per workload (http11-keepalive and grpc-unary; Go and Python servers; Go client) and per
+round: the server starts once (pinned to CPU 1), then every configuration (none, kprobe,
+uprobe, both), in an order rotated by one per round, runs the Go client (pinned to CPU 0):
+it warms its connections, the collectors attach (not timed), GO, the main phase runs a
+fixed number of exchanges, the collectors detach. Throughput and latency come from the
+client's workload.jsonl (main phase only), so attach and compile time never count.
+pytest-benchmark times whole rounds (attach included, so its own statistics are not the
+overhead); the per-round samples, ratios, intervals and warnings are in `extra_info`.
+
+After the rounds one more run with every available collector and
+`kernel.bpf_stats_enabled=1` (restored after) reads each collector program's run time
+and run count from /proc/<collector>/fdinfo (the fds it owns, so nobody else's programs
+are counted; names from bpftool). Stats stay off during the rounds because they add two
+clock reads per program run. test_trap_cost measures the bare cost of the traps on this
+machine with a small C loop built by gcc: write() to /dev/null with and without an empty
+sys_enter_write program, and a call to an empty function with and without a uprobe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from pytest_benchmark.fixture import BenchmarkFixture
+
+from harness.analysis import overhead as oh
+from harness.errors import CollectorError, TargetError
+from harness.model import machine_info
+from harness.runner import scenarios
+from harness.runner.collectors import (
+    CollectorOptions,
+    RunningCollector,
+    start_collector,
+    stop_collector,
+)
+from harness.runner.lifecycle import Child, ProcessSet, read_line_until
+from harness.runner.record import free_port
+
+if TYPE_CHECKING:  # the fixture comes from benchmarks/conftest.py; no import at run time
+    from conftest import OverheadSettings
+
+pytestmark = [pytest.mark.bpf, pytest.mark.slow]
+
+CONFIGS: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "kprobe": ("kprobe",),
+    "uprobe": ("uprobe",),
+    "both": ("kprobe", "uprobe"),
+}
+# Exchanges per run at scale 1: about 1.5-2 s of client main phase each, measured here.
+EXCHANGES = {
+    ("http11-keepalive", "go"): 20_000,
+    ("http11-keepalive", "py"): 8_000,
+    ("grpc-unary", "go"): 4_000,
+    ("grpc-unary", "py"): 4_000,
+}
+MIN_EXCHANGES = 200
+WARMUP_PER_CONN = 10  # exchanges per connection before the attach
+CLIENT = "go"
+CPUS = sorted(os.sched_getaffinity(0))
+SERVER_CPU = CPUS[1] if len(CPUS) > 1 else CPUS[0]
+CLIENT_CPU = CPUS[0]
+CLIENT_DEADLINE_S = 120.0
+COLLECTOR_DEADLINE_S = 300.0  # the collector stops itself even if we never signal it
+READY_TIMEOUT_S = 30.0
+SETTLE_S = 0.2  # lets the last close() reach the collectors before they drain and stop
+BPF_STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
+PROG_KIND = {2: "kprobe", 5: "tracepoint"}  # BPF_PROG_TYPE_*; uprobes load as kprobe type
+TRAP_ROUNDS = 5
+TRAP_N = {"write": 300_000, "call": 20_000_000, "call_uprobe": 20_000}
+
+
+# -- one client run under one configuration ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class Workload:
+    scenario: str
+    server: str
+    exchanges: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.scenario}/{CLIENT}2{self.server}"
+
+
+@dataclass
+class RunResult:
+    config: str
+    throughput: float
+    p50_ms: float
+    p99_ms: float
+    exchanges: int
+    collectors: dict[str, dict[str, Any]] = field(default_factory=dict)
+    programs: list[dict[str, Any]] = field(default_factory=list)
+
+
+def pinned(cpu: int, argv: list[str]) -> list[str]:
+    # taskset execs the target, so the pid we hold is the target's own
+    return ["taskset", "-c", str(cpu), *argv]
+
+
+def proc_cpu_s(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a live process, all threads, from /proc/<pid>/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick  # utime, stime
+
+
+def bpf_programs(pid: int) -> dict[int, dict[str, int]]:
+    """The BPF programs a process holds open, with the kernel's run counters (fdinfo)."""
+    out: dict[int, dict[str, int]] = {}
+    fd_dir = Path(f"/proc/{pid}/fd")
+    for fd in fd_dir.iterdir():
+        try:
+            if os.readlink(fd) != "anon_inode:bpf-prog":
+                continue
+            info = Path(f"/proc/{pid}/fdinfo/{fd.name}").read_text()
+        except OSError:
+            continue  # closed while we looked
+        kv = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+        prog = {k: int(kv[k]) for k in ("prog_id", "prog_type", "run_time_ns", "run_cnt")}
+        out[prog["prog_id"]] = prog
+    return out
+
+
+def bpftool_names() -> dict[int, str]:
+    try:
+        out = subprocess.run(["bpftool", "prog", "show", "-j"], capture_output=True, text=True,
+                             timeout=30, check=True).stdout  # fmt: skip
+        return {p["id"]: p.get("name", "") for p in json.loads(out)}
+    except (OSError, subprocess.SubprocessError, json.JSONDecodeError):
+        return {}
+
+
+def stop_and_forget(procs: ProcessSet, child: Child) -> int:
+    """Stop a child and drop it from the set, so close() never signals its old pid again."""
+    code = procs.stop(child)
+    procs.children.remove(child)
+    return code
+
+
+@dataclass
+class Target:
+    """One workload's server, up for the whole round, and what its client needs."""
+
+    wl: Workload
+    port: int
+    server: Child
+    server_exe: str
+
+
+@dataclass
+class ConfigRun:
+    """One configuration in one round: every workload's client run under one attach."""
+
+    results: dict[str, RunResult] = field(default_factory=dict)
+    collector_stats: dict[str, dict[str, Any]] = field(default_factory=dict)
+    client_exes: dict[str, str] = field(default_factory=dict)
+
+
+def _exe(pid: int) -> str:
+    return os.path.realpath(f"/proc/{pid}/exe")
+
+
+def run_config(
+    config: str, targets: list[Target], work_dir: Path, *, seed: int, with_bpf_stats: bool = False
+) -> ConfigRun:
+    """Warm every client, attach the configuration's collectors once (not timed), then run
+    the clients one after another; CPU and BPF counters are read around each client."""
+    out = ConfigRun()
+    with ProcessSet() as procs:
+        clients: dict[str, Child] = {}
+        for t in targets:
+            scen = scenarios.get(t.wl.scenario)
+            workload = work_dir / f"{t.wl.key.replace('/', '_')}-{config}.jsonl"
+            workload.unlink(missing_ok=True)
+            cmd = scenarios.client_command(
+                scen, CLIENT, t.port, exchanges=t.wl.exchanges + WARMUP_PER_CONN * scen.connections,
+                seed=seed, warmup=WARMUP_PER_CONN, workload=workload, grpc_version=None,
+                deadline=CLIENT_DEADLINE_S,
+            )  # fmt: skip
+            c = procs.spawn(f"client {t.wl.key}", pinned(CLIENT_CPU, cmd), stdin=subprocess.PIPE)
+            read_line_until(c, lambda s: s == "WARM", READY_TIMEOUT_S, "WARM")
+            clients[t.wl.key] = c
+            out.client_exes[t.wl.key] = _exe(c.pid)
+        tgids = [t.server.pid for t in targets] + [c.pid for c in clients.values()]
+        running: list[RunningCollector] = []
+        for name in CONFIGS[config]:
+            running.append(start_collector(
+                procs, name, work_dir / "events", tgids=tgids, ports=[t.port for t in targets],
+                options=CollectorOptions(), deadline_s=COLLECTOR_DEADLINE_S, binaries=[],
+            ))  # fmt: skip
+        for t in targets:
+            out.results[t.wl.key] = _drive(t, config, clients[t.wl.key], running, work_dir,
+                                           with_bpf_stats)  # fmt: skip
+            stop_and_forget(procs, clients[t.wl.key])
+        for rc in running:
+            stats = stop_collector(procs, rc)
+            procs.children.remove(rc.child)
+            if "error" in stats:
+                raise CollectorError(f"the {rc.name} collector failed: {stats['error']}")
+            out.collector_stats[rc.name] = stats
+    for f in (work_dir / "events").glob("*.bin"):
+        f.unlink()  # event files are not looked at; keep the temp dir small
+    return out
+
+
+def _drive(
+    t: Target,
+    config: str,
+    client: Child,
+    running: list[RunningCollector],
+    work_dir: Path,
+    with_bpf_stats: bool,
+) -> RunResult:
+    cpu0 = {rc.name: proc_cpu_s(rc.child.pid) for rc in running}
+    bpf0 = {rc.name: bpf_programs(rc.child.pid) for rc in running} if with_bpf_stats else {}
+    assert client.proc.stdin is not None
+    client.proc.stdin.write("GO\n")
+    client.proc.stdin.flush()
+    read_line_until(client, lambda s: s.startswith("DONE"), CLIENT_DEADLINE_S + 10, "DONE")
+    code = client.proc.wait(timeout=30)
+    if code != 0:
+        raise TargetError(f"{t.wl.key} {config}: client exited with code {code}")
+    if t.server.proc.poll() is not None:
+        raise TargetError(f"{t.wl.key}: server died (exit code {t.server.proc.returncode})")
+    # the collectors' share of this client: what they did until they caught up with it
+    time.sleep(SETTLE_S if running else 0)
+    res = RunResult(config, 0.0, 0.0, 0.0, 0)
+    for rc in running:
+        u1, s1 = proc_cpu_s(rc.child.pid)
+        u0, s0 = cpu0[rc.name]
+        res.collectors[rc.name] = {"cpu_user_s": u1 - u0, "cpu_system_s": s1 - s0}
+    if with_bpf_stats:
+        res.programs = _program_deltas(bpf0, {rc.name: bpf_programs(rc.child.pid)
+                                              for rc in running})  # fmt: skip
+    workload = work_dir / f"{t.wl.key.replace('/', '_')}-{config}.jsonl"
+    records = [json.loads(line) for line in workload.read_text().splitlines() if line.strip()]
+    main = [r for r in records if r.get("phase") == "main"]
+    tput, lat = oh.throughput(main), oh.latency_percentiles(main)
+    if tput is None or lat is None:
+        raise TargetError(f"{t.wl.key} {config}: the workload record has no main-phase exchanges")
+    res.throughput, res.exchanges = tput, len(main)
+    res.p50_ms, res.p99_ms = lat["p50_ms"], lat["p99_ms"]
+    return res
+
+
+def _program_deltas(
+    before: dict[str, dict[int, dict[str, int]]], after: dict[str, dict[int, dict[str, int]]]
+) -> list[dict[str, Any]]:
+    names = bpftool_names()
+    out = []
+    for coll, progs in after.items():
+        for pid_, p in sorted(progs.items()):
+            b = before.get(coll, {}).get(pid_, {"run_time_ns": 0, "run_cnt": 0})
+            kind = PROG_KIND.get(p["prog_type"], str(p["prog_type"]))
+            if coll == "uprobe" and kind == "kprobe":
+                kind = "uprobe"
+            out.append({
+                "collector": coll, "id": pid_, "name": names.get(pid_, ""), "kind": kind,
+                "run_time_ns": p["run_time_ns"] - b["run_time_ns"],
+                "run_cnt": p["run_cnt"] - b["run_cnt"],
+            })  # fmt: skip
+    return out
+
+
+@contextlib.contextmanager
+def bpf_stats_enabled() -> Iterator[None]:
+    """kernel.bpf_stats_enabled=1 for the duration; the previous value is put back."""
+    old = BPF_STATS.read_text().strip()
+    BPF_STATS.write_text("1\n")
+    try:
+        yield
+    finally:
+        BPF_STATS.write_text(old + "\n")
+
+
+@contextlib.contextmanager
+def servers_running(wls: list[Workload]) -> Iterator[list[Target]]:
+    """Every workload's server, pinned, READY; stopped and reaped on the way out."""
+    with ProcessSet() as procs:
+        targets = []
+        for wl in wls:
+            scen = scenarios.get(wl.scenario)
+            port = free_port()
+            cmd = pinned(SERVER_CPU, scenarios.server_command(scen, wl.server, port, None))
+            server = procs.spawn(f"server {wl.key}", cmd, stdin=subprocess.PIPE)
+            read_line_until(server, lambda s: s.startswith("READY"), READY_TIMEOUT_S, "READY")
+            targets.append(Target(wl, port, server, _exe(server.pid)))
+        yield targets
+
+
+# -- the session's results, written once at the end -------------------------------------
+
+
+@dataclass
+class Report:
+    settings: OverheadSettings
+    started_utc: str
+    loadavg_start: tuple[float, float, float]
+    workloads: dict[str, Any] = field(default_factory=dict)
+    bpf_run_time: dict[str, Any] = field(default_factory=dict)
+    trap_cost: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    collectors: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """Flat numbers per collector config across workloads, for the report's seed table."""
+        out: dict[str, dict[str, float]] = {}
+        for config in ("kprobe", "uprobe", "both"):
+            rows = [w["configs"][config] for w in self.workloads.values()
+                    if "throughput_ratio" in w["configs"].get(config, {})]  # fmt: skip
+            if not rows:
+                continue
+            s: dict[str, float] = {
+                "throughput_ratio_min": min(r["throughput_ratio"] for r in rows),
+                "throughput_ratio_max": max(r["throughput_ratio"] for r in rows),
+                "p99_ratio_max": max(r["p99_ratio"] for r in rows),
+            }
+            cpu = [r["collector_cpu_user_s_per_1k"] for r in rows
+                   if r.get("collector_cpu_user_s_per_1k") is not None]  # fmt: skip
+            if cpu:
+                s["cpu_user_s_per_1k_max"] = max(cpu)
+            want = {"kprobe": "tracepoint", "uprobe": "uprobe"}.get(config)
+            hits = [k.get("ns_per_hit") for b in self.bpf_run_time.values()
+                    for kind, k in b["by_kind"].items() if kind == want]  # fmt: skip
+            if any(h is not None for h in hits):
+                s["bpf_ns_per_hit_max"] = max(h for h in hits if h is not None)
+            s["lost_events"] = sum(t["lost_events"]
+                                   for t in self.collectors.get(config, {}).values())
+            out[config] = s
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": oh.SCHEMA_VERSION,
+            "kind": "probebench-overhead",
+            "started_utc": self.started_utc,
+            "finished_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "machine": machine_info(),
+            "settings": {
+                "rounds": self.settings.rounds,
+                "scale": self.settings.scale,
+                "servers": list(self.settings.servers),
+                "client": CLIENT,
+                "warmup_per_connection": WARMUP_PER_CONN,
+                "order": "rotated by one configuration per round",
+                "cpu_placement": {"server": [SERVER_CPU], "client": [CLIENT_CPU],
+                                  "collectors": "unpinned", "trap_helper": [CLIENT_CPU]},
+                "bpf_stats_during_rounds": False,
+                "loadavg_start": list(self.loadavg_start),
+                "loadavg_end": list(os.getloadavg()),
+                "ci": "95% delta-method on the log ratio of means, Welch df",
+                "test": "Welch t-test (p), Mann-Whitney U beside it; alpha 0.05",
+            },
+            "summary": self.summary(),
+            "workloads": self.workloads,
+            "bpf_run_time": self.bpf_run_time,
+            "collectors": self.collectors,
+            "trap_cost": self.trap_cost,
+            "warnings": self.warnings,
+        }
+
+
+@pytest.fixture(scope="module")
+def report(overhead_settings: OverheadSettings) -> Iterator[Report]:
+    r = Report(overhead_settings, dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+               os.getloadavg())  # fmt: skip
+    yield r
+    if r.workloads or r.trap_cost:
+        out = overhead_settings.out
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(r.to_dict(), indent=1) + "\n")
+        print(f"\noverhead results: {out}")
+
+
+# -- the interleaved rounds --------------------------------------------------------------
+
+
+@dataclass
+class Session:
+    workloads: list[Workload]
+    work_dir: Path
+    configs: list[str] = field(default_factory=lambda: list(CONFIGS))
+    results: dict[str, dict[str, list[RunResult]]] = field(default_factory=dict)
+    not_measured: dict[str, dict[str, str]] = field(default_factory=dict)
+    orders: list[list[str]] = field(default_factory=list)
+    collector_totals: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    probed: dict[str, list[str]] = field(default_factory=dict)  # binaries uprobes hit
+
+    def drop_uprobe(self, reason: str) -> None:
+        """The uprobe collector failed: its configurations leave the session everywhere."""
+        for c in [c for c in self.configs if "uprobe" in CONFIGS[c]]:
+            self.configs.remove(c)
+            for wl in self.workloads:
+                self.results.get(wl.key, {}).pop(c, None)
+                self.not_measured.setdefault(wl.key, {})[c] = f"not measured: {reason}"
+
+    def one_round(self) -> None:
+        r = len(self.orders)
+        k = r % len(self.configs)
+        order = self.configs[k:] + self.configs[:k]
+        self.orders.append(order)
+        with servers_running(self.workloads) as targets:
+            for config in order:
+                if config not in self.configs:
+                    continue  # dropped earlier this round
+                try:
+                    run = run_config(config, targets, self.work_dir, seed=r + 1)
+                except CollectorError as e:
+                    if "uprobe" not in CONFIGS[config]:
+                        raise
+                    self.drop_uprobe(f"the uprobe collector failed: {e}")
+                    continue
+                self._keep(config, targets, run)
+
+    def _keep(self, config: str, targets: list[Target], run: ConfigRun) -> None:
+        for name, st in run.collector_stats.items():
+            tot = self.collector_totals.setdefault(config, {}).setdefault(
+                name, {"lost_events": 0, "attached_probes": st.get("attached_probes"),
+                       "unsupported": st.get("unsupported"), "attaches": 0})  # fmt: skip
+            tot["lost_events"] += st.get("lost_events") or 0
+            tot["attaches"] += 1
+        up = run.collector_stats.get("uprobe")
+        for t in targets:
+            key = t.wl.key
+            if up is not None:
+                probed = [os.path.basename(b) for b in (t.server_exe, run.client_exes[key])
+                          if (up.get("binaries") or {}).get(b, {}).get("probes")]  # fmt: skip
+                if not probed:
+                    errs = [str((up.get("binaries") or {}).get(b, {}).get("error"))
+                            for b in (t.server_exe, run.client_exes[key])]  # fmt: skip
+                    self.not_measured.setdefault(key, {})[config] = (
+                        "not measured: the uprobe collector has no probe points in this "
+                        f"workload's binaries ({'; '.join(errs)})")  # fmt: skip
+                    continue
+                self.probed[key] = probed
+            self.results.setdefault(key, {}).setdefault(config, []).append(run.results[key])
+
+
+def workloads(settings: OverheadSettings) -> list[Workload]:
+    return [Workload(s, srv, max(MIN_EXCHANGES, round(EXCHANGES[(s, srv)] * settings.scale)))
+            for s in ("http11-keepalive", "grpc-unary") for srv in settings.servers]  # fmt: skip
+
+
+def test_overhead(
+    benchmark: BenchmarkFixture,
+    report: Report,
+    overhead_settings: OverheadSettings,
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "events").mkdir()
+    sess = Session(workloads(overhead_settings), tmp_path)
+    benchmark.group = "overhead rounds (attach included; see extra_info)"
+    benchmark.pedantic(sess.one_round, rounds=overhead_settings.rounds, iterations=1)
+    bpf = _bpf_pass(sess, tmp_path)
+    for wl in sess.workloads:
+        entry = _analyse(sess, wl, overhead_settings.rounds)
+        entry["bpf_run_time"] = bpf.get(wl.key)
+        report.workloads[wl.key] = {k: v for k, v in entry.items() if k != "warnings"}
+        report.bpf_run_time[wl.key] = bpf.get(wl.key)
+        report.warnings += entry["warnings"]
+        _print_workload(wl, entry["configs"], bpf.get(wl.key), entry["warnings"])
+    report.collectors = sess.collector_totals
+    benchmark.extra_info.update(workloads=report.workloads, collectors=sess.collector_totals,
+                                warnings=report.warnings)  # fmt: skip
+
+
+def _analyse(sess: Session, wl: Workload, rounds: int) -> dict[str, Any]:
+    res = sess.results.get(wl.key, {})
+    if "none" not in res:
+        raise AssertionError(f"{wl.key}: no baseline samples")
+    samples = {c: {"throughput": [r.throughput for r in rs], "p50_ms": [r.p50_ms for r in rs],
+                   "p99_ms": [r.p99_ms for r in rs]}
+               for c, rs in res.items()}  # fmt: skip
+    configs, warnings = oh.analyse_configs(samples, label=wl.key)
+    for c, rs in res.items():
+        configs[c]["rounds"] = len(rs)
+        n = sum(r.exchanges for r in rs)
+        per: dict[str, dict[str, float]] = {}
+        for name in CONFIGS[c]:
+            per[name] = {
+                "cpu_user_s_per_1k": 1000 * sum(r.collectors[name]["cpu_user_s"] for r in rs) / n,
+                "cpu_system_s_per_1k":
+                    1000 * sum(r.collectors[name]["cpu_system_s"] for r in rs) / n,
+            }  # fmt: skip
+        if per:
+            configs[c]["collectors"] = per
+            configs[c]["collector_cpu_user_s_per_1k"] = sum(v["cpu_user_s_per_1k"]
+                                                            for v in per.values())  # fmt: skip
+            configs[c]["lost_events_all_workloads"] = sum(
+                t["lost_events"] for t in sess.collector_totals.get(c, {}).values())
+    for c, why in sess.not_measured.get(wl.key, {}).items():
+        configs[c] = {"not_measured": why}
+    return {"scenario": wl.scenario, "client": CLIENT, "server": wl.server,
+            "exchanges": wl.exchanges, "rounds": rounds, "order": sess.orders,
+            "uprobe_probed_binaries": sess.probed.get(wl.key, []),
+            "configs": configs, "warnings": warnings}  # fmt: skip
+
+
+def _bpf_pass(sess: Session, work_dir: Path) -> dict[str, Any]:
+    """One more attach of every available collector with BPF stats on: ns per program run,
+    read around each workload's client."""
+    config = "both" if "both" in sess.configs else "kprobe"
+    with bpf_stats_enabled(), servers_running(sess.workloads) as targets:
+        run = run_config(config, targets, work_dir, seed=1000, with_bpf_stats=True)
+    out: dict[str, Any] = {}
+    for key, res in run.results.items():
+        by_kind: dict[str, dict[str, Any]] = {}
+        for p in res.programs:
+            k = by_kind.setdefault(p["kind"], {"programs": 0, "run_time_ns": 0, "run_cnt": 0})
+            k["programs"] += 1
+            k["run_time_ns"] += p["run_time_ns"]
+            k["run_cnt"] += p["run_cnt"]
+            p["ns_per_hit"] = oh.per_hit_ns(p["run_time_ns"], p["run_cnt"])
+            p["hits_per_exchange"] = p["run_cnt"] / res.exchanges
+        for k in by_kind.values():
+            k["ns_per_hit"] = oh.per_hit_ns(k["run_time_ns"], k["run_cnt"])
+            k["hits_per_exchange"] = k["run_cnt"] / res.exchanges
+            k["ns_per_exchange"] = k["run_time_ns"] / res.exchanges
+        out[key] = {"config": config, "exchanges": res.exchanges, "throughput": res.throughput,
+                    "by_kind": by_kind,
+                    "programs": [p for p in res.programs if p["run_cnt"]]}  # fmt: skip
+    return out
+
+
+def _print_workload(
+    wl: Workload, configs: dict[str, Any], bpf: dict[str, Any] | None, warnings: list[str]
+) -> None:
+    def f(x: float | None, spec: str) -> str:
+        return "n/a" if x is None else format(x, spec)
+
+    print(f"\n{wl.key}: {wl.exchanges} exchanges per run")
+    for c, e in configs.items():
+        if "not_measured" in e:
+            print(f"  {c:7s} {e['not_measured']}")
+            continue
+        t = e["throughput"]
+        line = (f"  {c:7s} {t['mean']:9.0f}/s cv {f(t['cv'] and 100 * t['cv'], '4.1f')}%  "
+                f"p50 {e['p50_ms']['mean']:.3f} ms  p99 {e['p99_ms']['mean']:.3f} ms")
+        if "throughput_ratio" in e:
+            lo, hi = e["ci95"] or (None, None)
+            line += (f"  ratio {e['throughput_ratio']:.3f} [{f(lo, '.3f')}, {f(hi, '.3f')}]"
+                     f" p={f(e['p'], '.3g')}  p99x {e['p99_ratio']:.2f}"
+                     f"  cpu {e['collector_cpu_user_s_per_1k']:.3f} s/1k")  # fmt: skip
+        print(line)
+    for kind, k in (bpf or {}).get("by_kind", {}).items():
+        print(f"  bpf {kind}: {f(k['ns_per_hit'], '.0f')} ns/hit, "
+              f"{k['hits_per_exchange']:.1f} hits/exchange ({k['programs']} programs)")
+    for w in warnings:
+        print(f"  warning: {w}")
+
+
+# -- the bare trap cost ------------------------------------------------------------------
+
+TRAP_C = r"""
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+/* noinline and an asm barrier: the call must stay, so a uprobe on it fires every time */
+__attribute__((noinline, used)) void pb_empty(void) { __asm__ volatile("" ::: "memory"); }
+
+static long long now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
+int main(int argc, char **argv) {
+    if (argc != 3) return 2;
+    long n = atol(argv[2]);
+    char c = 0;
+    int fd = open("/dev/null", O_WRONLY);
+    if (fd < 0 || n <= 0) return 2;
+    long long t0 = now_ns();
+    if (strcmp(argv[1], "write") == 0) {
+        for (long i = 0; i < n; i++)
+            if (write(fd, &c, 1) != 1) return 1;
+    } else if (strcmp(argv[1], "call") == 0) {
+        for (long i = 0; i < n; i++) pb_empty();
+    } else {
+        return 2;
+    }
+    printf("%.3f\n", (double)(now_ns() - t0) / n);
+    return 0;
+}
+"""
+EMPTY_TP = b"TRACEPOINT_PROBE(syscalls, sys_enter_write) { return 0; }"
+EMPTY_UPROBE = b"int pb_empty_probe(struct pt_regs *ctx) { return 0; }"
+
+
+def _trap_ns(helper: Path, mode: str, n: int) -> float:
+    out = subprocess.run(pinned(CLIENT_CPU, [str(helper), mode, str(n)]), capture_output=True,
+                         text=True, timeout=120, check=True)  # fmt: skip
+    return float(out.stdout.strip())
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc missing")
+def test_trap_cost(benchmark: BenchmarkFixture, report: Report, tmp_path: Path) -> None:
+    from harness.collectors.bpfsource import load_bcc
+
+    bcc = load_bcc()
+    src, helper = tmp_path / "trap.c", tmp_path / "trap"
+    src.write_text(TRAP_C)
+    subprocess.run(["gcc", "-O2", "-g", "-o", str(helper), str(src)], check=True, timeout=120)
+    samples: dict[str, list[float]] = {k: [] for k in
+                                       ("write", "write_tracepoint", "call", "call_uprobe")}
+
+    def one_round() -> None:
+        # bare and traced alternate inside every round, so drift hits both alike
+        samples["write"].append(_trap_ns(helper, "write", TRAP_N["write"]))
+        tp = bcc.BPF(text=EMPTY_TP)  # auto-attaches to sys_enter_write
+        try:
+            samples["write_tracepoint"].append(_trap_ns(helper, "write", TRAP_N["write"]))
+        finally:
+            tp.cleanup()
+        samples["call"].append(_trap_ns(helper, "call", TRAP_N["call"]))
+        up = bcc.BPF(text=EMPTY_UPROBE)
+        try:
+            up.attach_uprobe(name=str(helper).encode(), sym=b"pb_empty",
+                             fn_name=b"pb_empty_probe")  # fmt: skip
+            samples["call_uprobe"].append(_trap_ns(helper, "call", TRAP_N["call_uprobe"]))
+        finally:
+            up.cleanup()
+
+    benchmark.group = "trap cost rounds"
+    benchmark.pedantic(one_round, rounds=TRAP_ROUNDS, iterations=1)
+    med = {k: oh.summarize(v).median for k, v in samples.items()}
+    cost = {
+        "unit": "ns per operation (median of rounds)",
+        "iterations": dict(TRAP_N),
+        "rounds": TRAP_ROUNDS,
+        "median_ns": med,
+        "samples_ns": samples,
+        "tracepoint_added_ns": med["write_tracepoint"] - med["write"],
+        "uprobe_added_ns": med["call_uprobe"] - med["call"],
+        "write_tracepoint_ratio": oh.compare(samples["write"],
+                                             samples["write_tracepoint"]).to_dict(),
+    }  # fmt: skip
+    report.trap_cost = cost
+    benchmark.extra_info.update(cost)
+    print(f"\ntrap cost (ns/op, median of {TRAP_ROUNDS}): write {med['write']:.0f}, with empty "
+          f"tracepoint {med['write_tracepoint']:.0f} (+{cost['tracepoint_added_ns']:.0f}); "
+          f"call {med['call']:.1f}, with uprobe {med['call_uprobe']:.0f} "
+          f"(+{cost['uprobe_added_ns']:.0f})")  # fmt: skip

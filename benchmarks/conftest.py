@@ -1,0 +1,79 @@
+"""Benchmark settings and the `bpf` marker's skip rule (tests/conftest.py does not reach here).
+
+Overhead settings, each an option or an environment variable (the option wins):
+
+    --overhead-rounds N      PROBEBENCH_OVERHEAD_ROUNDS   interleaved rounds (default 3: quick)
+    --overhead-scale F       PROBEBENCH_OVERHEAD_SCALE    exchanges per run x F (default 0.2)
+    --overhead-servers L     PROBEBENCH_OVERHEAD_SERVERS  server languages, "go,py" (default)
+    --overhead-out PATH      PROBEBENCH_OVERHEAD_OUT      results/overhead.json (default)
+
+At scale 1 one configuration's client phase takes about 1.5-2 s on this machine; a
+measurement run is e.g. `PROBEBENCH_OVERHEAD_ROUNDS=8 PROBEBENCH_OVERHEAD_SCALE=1`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("probebench overhead")
+    g.addoption("--overhead-rounds", type=int, default=None, help="interleaved rounds")
+    g.addoption("--overhead-scale", type=float, default=None, help="exchanges multiplier")
+    g.addoption("--overhead-servers", default=None, help="server languages, e.g. go,py")
+    g.addoption("--overhead-out", type=Path, default=None, help="where overhead.json goes")
+
+
+@dataclass(frozen=True)
+class OverheadSettings:
+    rounds: int
+    scale: float
+    servers: tuple[str, ...]
+    out: Path
+
+
+@pytest.fixture(scope="session")
+def overhead_settings(pytestconfig: pytest.Config) -> OverheadSettings:
+    def pick(opt: str, env: str, default: str) -> str:
+        v = pytestconfig.getoption(opt)
+        return str(v) if v is not None else os.environ.get(env, default)
+
+    rounds = int(pick("overhead_rounds", "PROBEBENCH_OVERHEAD_ROUNDS", "3"))
+    scale = float(pick("overhead_scale", "PROBEBENCH_OVERHEAD_SCALE", "0.2"))
+    servers = tuple(s for s in pick("overhead_servers", "PROBEBENCH_OVERHEAD_SERVERS",
+                                    "go,py").split(",") if s)  # fmt: skip
+    out = Path(pick("overhead_out", "PROBEBENCH_OVERHEAD_OUT",
+                    str(ROOT / "results" / "overhead.json")))  # fmt: skip
+    if rounds < 1 or scale <= 0 or not set(servers) <= {"go", "py"} or not servers:
+        raise pytest.UsageError("overhead: rounds >= 1, scale > 0, servers from go,py")
+    return OverheadSettings(rounds, scale, servers, out)
+
+
+@functools.cache
+def _bpf_missing() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root"
+    if not Path("/sys/kernel/tracing/events/syscalls").is_dir():
+        return "syscall tracepoints not available (tracefs not mounted?)"
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        return "bcc is not importable (run scripts/setup)"
+    return None
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("bpf") is None:
+        return
+    why = _bpf_missing()
+    if why is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"bpf benchmark cannot run in CI: {why}", pytrace=False)
+        pytest.skip(f"bpf: {why}")
