@@ -17,7 +17,9 @@ DEFINITIONS = {
     "exact_rate": "matched and not degraded / observable",
     "wrong": "matched exchanges with at least one field whose value differs from the truth "
     "(worse than missing; also counted in degraded)",
-    "phantoms": "collector exchanges with no truth partner at all",
+    "phantoms": "collector exchanges with a connection address but no truth partner",
+    "unmatched_no_address": "collector exchanges with neither an address nor a decoded "
+    "exchange id: nothing ties them to a truth exchange (counted apart from phantoms)",
     "pre_attach": "collector exchanges whose truth partner started before the attach "
     "(a late attach caught their tail); neither observable nor phantom",
     "lost_events": "records the kernel could not queue (ring buffer full), from the in-kernel "
@@ -43,6 +45,7 @@ class Row:
     degraded: int = 0
     wrong: int = 0
     phantoms: int = 0
+    unmatched_no_address: int = 0
     pre_attach: int = 0
     lost_events: int = 0
     truncated_payloads: int = 0
@@ -104,7 +107,9 @@ def score(
             reasons["wrong_value"] += 1
         if any(d.reason == "truncated_payload" for d in v.observed.degraded):
             row.truncated_payloads += 1
-    row.phantoms = len(m.phantoms)
+    addressless = sum(1 for x in m.phantoms if x.client_port is None or x.server_port is None)
+    row.unmatched_no_address = addressless
+    row.phantoms = len(m.phantoms) - addressless
     row.degraded_by_field = dict(sorted(fields.items()))
     row.degraded_by_reason = dict(sorted(reasons.items()))
     row.wrong_by_field = dict(sorted(wrong.items()))

@@ -61,9 +61,27 @@ def _role(conn: Connection, server_ports: set[int]) -> str:
         return "server"
     if conn.remote and conn.remote.port in server_ports:
         return "client"
-    # an HTTP/2 connection seen first from the server's SETTINGS: who reads the preface
-    # is unknowable now; the client sends HEADERS on odd streams, so the h2 stitcher decides
     return "unknown"
+
+
+def _stitch_h2(conn: Connection, role: str, variant: Variant) -> tuple[list[Exchange], Any]:
+    c2s, s2c = (conn.send, conn.recv) if role == "client" else (conn.recv, conn.send)
+    return stitch_http2(c2s, s2c, hpack_mode=variant.hpack_mode, side=role, conn_id=conn.key)  # type: ignore[arg-type]
+
+
+def _h2_by_content(conn: Connection, variant: Variant) -> tuple[str, list[Exchange], Any]:
+    """An HTTP/2 connection found mid-stream with no address: no preface and no port says
+    which end is the client. Requests carry :method and responses :status, both static-table
+    entries that decode even after a late attach, so the orientation that yields more of
+    them is the right one."""
+    best: tuple[int, str, list[Exchange], Any] | None = None
+    for role in ("client", "server"):
+        xs, hst = _stitch_h2(conn, role, variant)
+        score = sum((x.method is not None) + (x.status is not None) for x in xs)
+        if best is None or score > best[0]:
+            best = (score, role, xs, hst)
+    assert best is not None
+    return best[1], best[2], best[3]
 
 
 def kprobe_exchanges(
@@ -80,8 +98,12 @@ def kprobe_exchanges(
     out: list[Exchange] = []
     for conn in conns:
         role = _role(conn, ports)
-        if role == "unknown":
-            role = "client" if conn.send and conn.send[0].data.startswith(b"PRI ") else "server"
+        h2: tuple[list[Exchange], Any] | None = None
+        if role == "unknown" and conn.proto == "http2":
+            role, *rest = _h2_by_content(conn, variant)
+            h2 = (rest[0], rest[1])
+        elif role == "unknown":
+            role = "server"  # an HTTP/1 connection always gets a role from its first bytes
         client, server = (
             (conn.local, conn.remote) if role == "client" else (conn.remote, conn.local)
         )
@@ -100,10 +122,7 @@ def kprobe_exchanges(
             )  # fmt: skip
             counters = _int_fields(pst)
         elif conn.proto == "http2":
-            c2s, s2c = (conn.send, conn.recv) if role == "client" else (conn.recv, conn.send)
-            xs, hst = stitch_http2(
-                c2s, s2c, hpack_mode=variant.hpack_mode, side=role, conn_id=conn.key
-            )  # type: ignore[arg-type]
+            xs, hst = h2 or _stitch_h2(conn, role, variant)
             counters = _int_fields(hst)
         else:
             continue

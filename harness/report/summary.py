@@ -21,13 +21,15 @@ def summary_table(metrics: dict[str, Any]) -> str:
         else "truth vs workload: no workload record (observe run)",
         "",
         f"{'collector':<9} {'variant':<12} {'side':<6} {'observable':>10} {'matched':>8} "
-        f"{'complete':>9} {'degraded':>9} {'wrong':>6} {'exact':>7} {'phantom':>7} {'lost':>5}",
+        f"{'complete':>9} {'degraded':>9} {'wrong':>6} {'exact':>7} {'phantom':>7} {'noaddr':>6} "
+        f"{'lost':>5}",
     ]
     for r in metrics["rows"]:
         lines.append(
             f"{r['collector']:<9} {r['variant']:<12} {r['side']:<6} {r['observable']:>10} "
             f"{r['matched']:>8} {_pct(r['completeness']):>9} {_pct(r['degradation_rate']):>9} "
-            f"{r['wrong']:>6} {_pct(r['exact_rate']):>7} {r['phantoms']:>7} {r['lost_events']:>5}"
+            f"{r['wrong']:>6} {_pct(r['exact_rate']):>7} {r['phantoms']:>7} "
+            f"{r.get('unmatched_no_address', 0):>6} {r['lost_events']:>5}"
         )
         if r["degraded_by_reason"]:
             reasons = ", ".join(f"{k}={v}" for k, v in r["degraded_by_reason"].items())
