@@ -49,7 +49,10 @@ def _custom(headers: dict[str, str]) -> dict[str, str]:
 def judge(truth: Exchange, obs: Exchange) -> Verdict:
     v = Verdict(truth, obs)
     reasons = {d.field: d.reason for d in obs.degraded}
+    unreliable = {d.field for d in truth.degraded}  # Wireshark itself could not tell
     for f in required_fields(truth.protocol):
+        if f in unreliable:
+            continue
         want, got = getattr(truth, f), getattr(obs, f)
         if f == "req_headers":
             want, got = _custom(want), _custom(got)

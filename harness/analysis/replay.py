@@ -113,7 +113,9 @@ def replay(
             else:
                 from harness.analysis.uprobe_observed import uprobe_exchanges
 
-                observed, ostats = uprobe_exchanges(events, ports, attach_at_ns=None)
+                observed, ostats = uprobe_exchanges(
+                    events, ports, attach_at_ns=attach_ns if attach_at_s is not None else None
+                )
             for x in observed:
                 x.run_id, x.scenario, x.source = manifest.run_id, manifest.scenario, name  # type: ignore[assignment]
             collectors[name][variant.name] = vars(ostats)

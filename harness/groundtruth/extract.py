@@ -380,6 +380,11 @@ def _h2(
             for d, label in ((0, "request"), (1, "response")):
                 if call.data_bytes[d] != call.grpc_bytes[d] + 5 * call.grpc_msgs[d]:
                     stats.warn(f"gRPC {label} messages do not add up to the DATA bytes")
+                    # Wireshark lost part of this body (e.g. a segment it did not
+                    # reassemble): its counts are no truth to score a collector against
+                    side = "req" if d == 0 else "resp"
+                    x.degrade(f"{side}_messages", "truth_unreliable")
+                    x.degrade(f"{side}_bytes", "truth_unreliable")
         else:
             x.req_bytes, x.resp_bytes = call.data_bytes
         if x.status is None:

@@ -138,8 +138,7 @@ def _record(
                 rc = start_collector(
                     procs, name, events_dir, tgids=tgids, ports=[port],
                     options=spec.options, deadline_s=spec.deadline_s + 120,
-                    binaries=[Path(p["argv"][0]) for p in manifest.processes
-                              if p["lang"] == "go"],
+                    binaries=go_binaries,
                 )  # fmt: skip
                 running.append(rc)
                 manifest.collectors[name] = {"attach_ns": rc.attach_ns}
@@ -151,6 +150,9 @@ def _record(
             workload=run_dir / WORKLOAD, grpc_version=spec.grpc_version,
             deadline=spec.deadline_s,
         )  # fmt: skip
+        # uprobes attach by binary: the client's too, before it has started
+        go_binaries = [Path(cmd[0]) for cmd, lang in ((server_cmd, spec.server),
+                       (client_cmd, spec.client)) if lang == "go"]  # fmt: skip
         if spec.attach == "early":
             # No client pid yet: the program filters by port, and sees every connection open.
             attach([])
