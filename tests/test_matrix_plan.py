@@ -153,8 +153,11 @@ def test_state_of_unknown_version_is_refused(tmp_path: Path) -> None:
 
 
 def test_sweep_times_span_the_workload(tmp_path: Path) -> None:
-    m = RunManifest(run_id="r", scenario="grpc-unary", params={}, started_utc="",
-                    machine={}, attach_ns=1_000_000_000)  # fmt: skip
+    # T counts from the earliest collector's attach: replay adds it to each one's own
+    m = RunManifest(run_id="r", scenario="grpc-unary", params={}, started_utc="", machine={},
+                    attach_ns=1_100_000_000,
+                    collectors={"kprobe": {"attach_ns": 1_000_000_000},
+                                "uprobe": {"attach_ns": 1_100_000_000}})  # fmt: skip
     m.save(tmp_path)
     # exchanges start 0.2 s .. 0.6 s after the attach
     with (tmp_path / "workload.jsonl").open("w") as f:

@@ -17,6 +17,7 @@ FIXTURES = Path(__file__).parent / "fixtures" / "report"
 EARLY = "20261125T132142-grpc-unary-go2go-early-v1.85.0"
 EARLY_OLD = "20261125T132205-grpc-unary-go2go-early-v1.33.3"
 LATE = "20261125T132155-grpc-unary-go2go-late-v1.85.0"
+LATE_BOTH = "20261125T134841-grpc-unary-go2go-late-v1.85.0"  # kprobe + uprobe, with recovery
 FAILED = "20261125T131435-grpc-unary-go2go-late"
 
 
@@ -51,7 +52,7 @@ def test_outputs_written(report: Path) -> None:
     for name in ("report.md", "report.html", "metrics.json"):
         assert (report / name).stat().st_size > 1000
     pngs = sorted(p.name for p in (report / "plots").glob("*.png"))
-    assert pngs == ["overview.png", "reasons.png", "sweep.png"]  # no recovery data in fixtures
+    assert pngs == ["overview.png", "reasons.png", "recovery.png", "sweep.png"]
     for p in (report / "plots").glob("*.png"):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
 
@@ -83,11 +84,13 @@ def test_seed_table_measured_cells(report: Path) -> None:
     # Two grpc-go versions ran early with a Go side; both decoded at 100 % in the fixtures.
     assert kp["stability"] == "2/2 grpc-go versions (v1.33.3, v1.85.0)"
     assert kp["multi-language"].startswith("3/3 gRPC sides")
-    assert "gRPC late 100.0% (4 sides)" in kp["degradation"]
+    assert "gRPC late 100.0% (6 sides)" in kp["degradation"]
     assert "HTTP/1 early 0.0% (2 sides)" in kp["degradation"]
     assert kp["overhead"].startswith("not measured: no bench results given")
     [up] = md_rows(md, "uprobe — measured")
-    assert up["stability"] == "no grpc-go versions measured"
+    assert up["stability"] == "no grpc-go versions measured"  # its only run attached late
+    assert up["data completeness"] == "gRPC late 100.0% (2 sides)"
+    assert up["degradation"] == "gRPC late 0.0% (2 sides)"
     [art] = md_rows(md, "uprobe — article")
     assert art["stability"] == "weak"
 
@@ -109,7 +112,7 @@ def test_html_is_self_contained(report: Path) -> None:
     page = (report / "report.html").read_text()
     srcs = re.findall(r'\bsrc="([^"]*)"', page)
     hrefs = re.findall(r'\bhref="([^"]*)"', page)
-    assert len(srcs) == 3 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert len(srcs) == 4 and all(s.startswith("data:image/png;base64,") for s in srcs)
     assert hrefs and all(h.startswith("#") for h in hrefs)
     assert "<link" not in page and "<script" not in page and "url(" not in page
 
@@ -117,7 +120,7 @@ def test_html_is_self_contained(report: Path) -> None:
 def test_combined_metrics(report: Path) -> None:
     m = json.loads((report / "metrics.json").read_text())
     assert m["version"] == 1 and m["kind"] == "probebench-report"
-    assert len(m["runs"]) == 8
+    assert len(m["runs"]) == 9
     assert m["machines"] and m["machines"][0]["kernel"] == "6.18.44-fc-v669"
     assert m["seed_table"]["kprobe/stability"]["value"] == 1.0
     assert EARLY_OLD in m["seed_table"]["kprobe/stability"]["runs"]
@@ -134,30 +137,30 @@ def _copy(runs: list[str], dest: Path) -> Path:
     return dest
 
 
-def test_recovery_curve_from_metrics(tmp_path: Path) -> None:
-    runs = _copy([LATE], tmp_path / "runs")
-    path = runs / LATE / "metrics.json"
-    m = json.loads(path.read_text())
-    # Synthetic counts in the two shapes the report reads: aggregated per call index, and
-    # the stitcher's raw (call index, known, unknown) rows under parse.
-    m["collectors"]["kprobe"]["default"]["recovery"] = {"0": [2, 1, 9], "1": [2, 5, 5]}
-    m["collectors"]["kprobe"]["hpack-strict"]["parse"]["recovery"] = [[0, 1, 4], [0, 0, 5],
-                                                                     [1, 1, 4], [1, 1, 4]]
-    path.write_text(json.dumps(m))
-    out = tmp_path / "out"
-    build_report([runs], out)
-    assert (out / "plots" / "recovery.png").stat().st_size > 5000
-    md = (out / "report.md").read_text()
-    rows = {r["call index"]: r for r in md_rows(md, "0") + md_rows(md, "1") if "call index" in r}
-    assert rows["0"]["grpc-unary tolerant"] == "10.0%"
-    assert rows["1"]["grpc-unary tolerant"] == "50.0%"
-    assert rows["0"]["grpc-unary strict"] == "10.0%"
-    assert rows["1"]["grpc-unary strict"] == "20.0%"
+def test_recovery_curve_from_rows(report: Path) -> None:
+    rows = fixture_metrics(LATE_BOTH)["rows"]
 
+    def share(collector: str, variant: str, idx: int) -> str:
+        pts = [p for r in rows if (r["collector"], r["variant"]) == (collector, variant)
+               for p in r["recovery"] if p[0] == idx]  # fmt: skip
+        return cell(sum(p[1] for p in pts) / sum(p[2] for p in pts), "share")
 
-def test_no_recovery_data_is_said(report: Path) -> None:
     md = (report / "report.md").read_text()
-    assert "No recovery data: 2 late-attach gRPC runs" in md
+    table = {r["call index"]: r for i in ("0", "5", "19") for r in md_rows(md, i)
+             if "call index" in r}  # fmt: skip
+    for i in (0, 5, 19):
+        assert table[str(i)]["grpc-unary kprobe tolerant"] == share("kprobe", "default", i)
+        assert table[str(i)]["grpc-unary kprobe strict"] == share("kprobe", "hpack-strict", i)
+    assert table["0"]["grpc-unary uprobe"] == share("uprobe", "default", 0) == "100.0%"
+    assert LATE_BOTH in md.split("## Late-attach recovery")[1].split("## ")[0]
+
+
+def test_no_recovery_data_is_said(tmp_path: Path) -> None:
+    runs = _copy([LATE], tmp_path / "runs")  # replayed before rows carried `recovery`
+    build_report([runs], tmp_path / "out")
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "No recovery data: 1 late-attach gRPC runs" in md
+    assert not (tmp_path / "out" / "plots" / "recovery.png").exists()
 
 
 def test_failed_attach_counts_against_that_collector_only(tmp_path: Path) -> None:
@@ -180,11 +183,13 @@ def test_failed_attach_counts_against_that_collector_only(tmp_path: Path) -> Non
 def test_bench_results_fill_overhead(tmp_path: Path) -> None:
     runs = _copy([EARLY], tmp_path / "runs")
     bench = tmp_path / "bench.json"
-    bench.write_text(json.dumps({"collectors": {"kprobe": {"throughput_change": -0.031}}}))
+    # the shape benchmarks/bench_overhead.py writes
+    bench.write_text(json.dumps({"kind": "probebench-overhead",
+                                 "summary": {"kprobe": {"throughput_ratio_min": 0.5381}}}))
     out = tmp_path / "out"
     build_report([runs, bench], out)
     [kp] = md_rows((out / "report.md").read_text(), "kprobe / tracepoint — measured")
-    assert kp["overhead"].startswith("throughput_change=-0.031")
+    assert kp["overhead"].startswith("throughput_ratio_min=0.5381")
 
 
 def test_default_out_and_single_run_dir(tmp_path: Path) -> None:

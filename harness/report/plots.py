@@ -13,7 +13,6 @@ import pandas as pd
 
 DPI = 110
 COLORS = {"kprobe": "#1f77b4", "uprobe": "#d62728"}
-MAX_CALL_INDEX = 40  # past this the curves are flat; more would only squeeze the start
 
 
 def _save(fig: plt.Figure, path: Path, *, layout: bool = True) -> Path:
@@ -58,24 +57,26 @@ def overview(df: pd.DataFrame, path: Path) -> Path | None:
 
 
 def recovery(rec: pd.DataFrame, path: Path) -> Path | None:
-    """Share of header fields decoded by call index after a late attach, tolerant vs strict."""
-    d = rec[rec["call_index"] <= MAX_CALL_INDEX].dropna(subset=["share"])
+    """Share of required fields correct by call index after a late attach, per series
+    (kprobe tolerant / strict HPACK, uprobe)."""
+    d = rec.dropna(subset=["share"])
     if d.empty:
         return None
     scens = sorted(d["scenario"].unique())
+    styles = {"kprobe tolerant": "-o", "kprobe strict": "--s", "uprobe": ":^"}
     fig, axes = plt.subplots(1, len(scens), figsize=(4.2 * len(scens) + 1, 3.8), sharey=True,
                              squeeze=False)  # fmt: skip
     for ax, scen in zip(axes[0], scens, strict=True):
-        for hpack, style in (("tolerant", "-o"), ("strict", "--s")):
-            s = d[(d["scenario"] == scen) & (d["hpack"] == hpack)].sort_values("call_index")
-            if len(s):
-                ax.plot(s["call_index"], s["share"], style, markersize=3, label=hpack)
+        for series, s in d[d["scenario"] == scen].groupby("series"):
+            s = s.sort_values("call_index")
+            ax.plot(s["call_index"], s["share"], styles.get(str(series), "-"), markersize=3,
+                    label=series, color=COLORS.get(str(series).split()[0]))  # fmt: skip
         ax.set_title(scen)
         ax.set_xlabel("call index on the connection after attach")
-        ax.set_ylim(0, 1.05)
+        ax.set_ylim(-0.02, 1.05)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("header fields decoded (share)")
-    axes[0][0].legend(title="HPACK decoding", fontsize=8)
+    axes[0][0].set_ylabel("required fields correct (share)")
+    axes[0][0].legend(fontsize=8)
     return _save(fig, path)
 
 

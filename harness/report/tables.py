@@ -66,8 +66,8 @@ def rows_frame(runs: list[RunData]) -> pd.DataFrame:
     cols = ["run_id", "scenario", "protocol", "pair", "client", "server", "attach", "grpc_go",
             "collector", "side", "lang", "variant", "observable", "matched", "completeness",
             "degraded", "degradation_rate", "exact_rate", "wrong", "phantoms", "pre_attach",
-            "lost_events", "truncated_payloads", "degraded_by_field",
-            "degraded_by_reason"]  # fmt: skip
+            "unmatched_no_address", "lost_events", "truncated_payloads", "degraded_by_field",
+            "degraded_by_reason", "recovery"]  # fmt: skip
     df = pd.DataFrame(out)
     for c in cols:
         if c not in df:
@@ -227,7 +227,8 @@ def _bench_text(bench: list[tuple[Any, dict[str, Any]]], coll: str) -> str | Non
     """An overhead summary for one collector from a bench results file, when one was given.
     Reads `collectors.<name>` or `results.<name>` (a flat dict of numbers)."""
     for _path, b in bench:
-        for key in ("collectors", "results", "summary"):
+        # `summary` is what benchmarks/bench_overhead.py writes for this table
+        for key in ("summary", "collectors", "results"):
             entry = (b.get(key) or {}).get(coll) if isinstance(b.get(key), dict) else None
             if isinstance(entry, dict):
                 nums = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
@@ -296,7 +297,7 @@ SCENARIO_COLUMNS = {"run_id": "run", "pair": "client→server", "attach": "attac
                     "variant": "variant", "observable": "observable", "matched": "matched",
                     "completeness": "completeness", "degradation_rate": "degradation",
                     "exact_rate": "exact", "wrong": "wrong", "phantoms": "phantoms",
-                    "lost_events": "lost"}  # fmt: skip
+                    "unmatched_no_address": "no address", "lost_events": "lost"}  # fmt: skip
 
 
 def scenario_tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -344,55 +345,33 @@ def reason_totals(df: pd.DataFrame, column: str) -> pd.DataFrame:
     return out[[*keys, "runs", *extra]].sort_values(keys)
 
 
-def _recovery_of(stats: dict[str, Any]) -> dict[int, list[int]]:
-    """call index -> [calls, fields known, fields unknown] from a variant's stats.
-
-    Accepts the stitcher's raw list of (call index, known, unknown) or a dict already
-    aggregated by call index ({index: [calls, known, unknown]}), under `recovery` or
-    `parse.recovery`."""
-    raw = stats.get("recovery")
-    if raw is None:
-        raw = (stats.get("parse") or {}).get("recovery")
-    out: dict[int, list[int]] = defaultdict(lambda: [0, 0, 0])
-    if isinstance(raw, dict):
-        for k, v in raw.items():
-            calls, known, unknown = (v["calls"], v["known"], v["unknown"]) if isinstance(
-                v, dict) else v
-            acc = out[int(k)]
-            acc[0] += int(calls)
-            acc[1] += int(known)
-            acc[2] += int(unknown)
-    elif isinstance(raw, list):
-        for seq, known, unknown in raw:
-            acc = out[int(seq)]
-            acc[0] += 1
-            acc[1] += int(known)
-            acc[2] += int(unknown)
-    return dict(out)
+def recovery_series(collector: str, variant: str) -> str | None:
+    """The recovery curve a row belongs to; None for variants the curve leaves out."""
+    if variant not in HPACK_VARIANTS:
+        return None
+    return f"{collector} {HPACK_VARIANTS[variant]}" if collector == "kprobe" else collector
 
 
-def recovery_frame(runs: list[RunData]) -> pd.DataFrame:
-    """Late-attach gRPC runs: share of header fields decoded by call index on a connection
-    (counted from the first call the collector saw), tolerant vs strict HPACK."""
+def recovery_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """Late-attach gRPC rows: share of required fields correct by call index on a connection
+    (0 = the first call the collector saw), from each row's `recovery`
+    ([index, required fields correct, required fields the truth has]); sides and runs summed."""
     acc: dict[tuple[str, str, int], list[Any]] = {}
-    for r in runs:
-        m = r.metrics
-        if m is None or r.params.get("attach") != "late" or r.params.get("protocol") != "h2c-grpc":
+    late = df[(df["attach"] == "late") & (df["protocol"] == "h2c-grpc")]
+    for _, x in late.iterrows():
+        series = recovery_series(x["collector"], x["variant"])
+        if series is None or not isinstance(x["recovery"], list):
             continue
-        kp = (m.get("collectors") or {}).get("kprobe") or {}
-        for variant, label in HPACK_VARIANTS.items():
-            for seq, (calls, known, unknown) in _recovery_of(kp.get(variant) or {}).items():
-                a = acc.setdefault((r.params.get("scenario", r.manifest.get("scenario")), label,
-                                    seq), [0, 0, 0, set()])  # fmt: skip
-                a[0] += calls
-                a[1] += known
-                a[2] += unknown
-                a[3].add(r.run_id)
-    rows = [{"scenario": s, "hpack": v, "call_index": i, "calls": a[0], "known": a[1],
-             "unknown": a[2], "share": a[1] / (a[1] + a[2]) if a[1] + a[2] else None,
-             "runs": sorted(a[3])} for (s, v, i), a in sorted(acc.items())]  # fmt: skip
-    return pd.DataFrame(rows, columns=["scenario", "hpack", "call_index", "calls", "known",
-                                       "unknown", "share", "runs"])
+        for idx, correct, total in x["recovery"]:
+            a = acc.setdefault((x["scenario"], series, int(idx)), [0, 0, set()])
+            a[0] += int(correct)
+            a[1] += int(total)
+            a[2].add(x["run_id"])
+    rows = [{"scenario": s, "series": v, "call_index": i, "correct": a[0], "total": a[1],
+             "share": a[0] / a[1] if a[1] else None, "runs": sorted(a[2])}
+            for (s, v, i), a in sorted(acc.items())]  # fmt: skip
+    return pd.DataFrame(rows, columns=["scenario", "series", "call_index", "correct", "total",
+                                       "share", "runs"])
 
 
 def sweep_frame(runs: list[RunData]) -> pd.DataFrame:

@@ -165,9 +165,12 @@ def sweep_times(run_dir: Path, fractions: tuple[float, ...]) -> list[float]:
 
     manifest = RunManifest.load(run_dir)
     starts = [r["t_start_ns"] for r in read_workload(run_dir / WORKLOAD) if r.get("t_start_ns")]
-    if not starts or manifest.attach_ns is None:
+    # Replay adds T to each collector's own attach; counting from the earliest keeps every
+    # point inside the workload for that one (a later collector's points fall later still).
+    attached = [int(c["attach_ns"]) for c in manifest.collectors.values() if "attach_ns" in c]
+    if not starts or not attached:
         return []
-    first, last = min(starts) - manifest.attach_ns, max(starts) - manifest.attach_ns
+    first, last = min(starts) - min(attached), max(starts) - min(attached)
     # 0.1 ms resolution: the file name carries T, and a workload lasts tenths of a second.
     return sorted({round((first + f * (last - first)) / 1e9, 4) for f in fractions})
 
@@ -273,4 +276,6 @@ def run_matrix(quick: bool, out: Path, report_dir: Path, progress: Progress) -> 
     # Finished runs are kept on a restart, so the same command only rebuilds the report
     # (and retries failed runs).
     cmd = f"probebench matrix{' --quick' if quick else ''} --out {out} --report {report_dir}"
-    return build_report(dirs, report_dir, command=cmd)
+    # The overhead bench writes results/overhead.json beside results/runs.
+    bench = [b for b in (out.parent / "overhead.json",) if b.is_file()]
+    return build_report([*dirs, *bench], report_dir, command=cmd)
