@@ -10,6 +10,7 @@ matplotlib.use("Agg")  # no display here, and a report must not depend on one
 
 import matplotlib.pyplot as plt
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
 DPI = 110
 COLORS = {"kprobe": "#1f77b4", "uprobe": "#d62728"}
@@ -64,15 +65,18 @@ def recovery(rec: pd.DataFrame, path: Path) -> Path | None:
         return None
     scens = sorted(d["scenario"].unique())
     styles = {"kprobe tolerant": "-o", "kprobe strict": "--s", "uprobe": ":^"}
+    colors = {"kprobe tolerant": COLORS["kprobe"], "kprobe strict": "#8fbce6",
+              "uprobe": COLORS["uprobe"]}  # fmt: skip
     fig, axes = plt.subplots(1, len(scens), figsize=(4.2 * len(scens) + 1, 3.8), sharey=True,
                              squeeze=False)  # fmt: skip
     for ax, scen in zip(axes[0], scens, strict=True):
         for series, s in d[d["scenario"] == scen].groupby("series"):
             s = s.sort_values("call_index")
             ax.plot(s["call_index"], s["share"], styles.get(str(series), "-"), markersize=3,
-                    label=series, color=COLORS.get(str(series).split()[0]))  # fmt: skip
+                    label=series, color=colors.get(str(series)))  # fmt: skip
         ax.set_title(scen)
         ax.set_xlabel("call index on the connection after attach")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylim(-0.02, 1.05)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("required fields correct (share)")
