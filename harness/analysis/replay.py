@@ -96,9 +96,13 @@ def replay(
     frames: dict[str, list[Exchange]] = {"truth": truth, "workload": workload}
     collectors: dict[str, Any] = {}
     attach_mode = p["attach"] if attach_at_s is None else f"at+{attach_at_s:g}s"
+    # A simulated attach is one moment for every collector: T after the first real attach.
+    first_attach = min(int(manifest.collectors[c]["attach_ns"]) for c in p["collectors"])
     for name in p["collectors"]:
         info = manifest.collectors.get(name, {})
-        attach_ns = int(info["attach_ns"]) + int((attach_at_s or 0) * 1e9)
+        attach_ns = (
+            int(info["attach_ns"]) if attach_at_s is None else first_attach + int(attach_at_s * 1e9)
+        )
         events = run_dir / EVENTS_DIR / f"{name}.bin"
         if not events.exists():
             raise RunDirError(f"{events} is missing: the {name} collector recorded nothing")
@@ -142,11 +146,10 @@ def replay(
         "rows": rows,
         "definitions": DEFINITIONS,
     }
-    if write:
+    if write and attach_at_s is None:  # a simulated attach never overwrites the recording's
         xdir = run_dir / EXCHANGES_DIR
         xdir.mkdir(exist_ok=True)
         for src, xs in frames.items():
             to_frame(xs).to_parquet(xdir / f"{src}.parquet", index=False)
-        if attach_at_s is None:
-            save_metrics(run_dir, metrics)
+        save_metrics(run_dir, metrics)
     return metrics
