@@ -10,7 +10,6 @@
 #include <linux/in.h>
 #include <linux/in6.h>
 #include <linux/uio.h>
-#include <net/sock.h>
 #include "kprobe_events.h"
 
 #ifndef PB_RINGBUF_PAGES
@@ -32,7 +31,10 @@
 #define TCP_SYN_RECV_ 3
 
 #ifndef PB_H2_STEPS
-#define PB_H2_STEPS 192 /* steps of one call's frame walk, about 2 per frame: as many as the verifier takes (about 3.5k insns each) */
+/* steps of the frame walk per program run (about 3.7k verifier insns each, about
+ * 2 per frame); a walk goes on in up to 31 chained runs (the kernel's tail-call
+ * limit is 33, two are taken to get here), so a call may take about 31 times this */
+#define PB_H2_STEPS 48
 #endif
 #ifndef PB_H2_MAX_IOV
 #define PB_H2_MAX_IOV 512 /* iovecs followed by the frame walk (grpcio writes up to 260) */
@@ -68,6 +70,7 @@ struct conn_info {
     u8 laddr[16];
     u8 raddr[16];
     struct h2_dir h2[2]; /* by PB_DIR_*; used when proto is PB_PROTO_HTTP2 */
+    u32 seq[2];          /* data calls so far, by PB_DIR_* (pb_data_event.seq) */
 };
 struct data_args {
     u64 enter_ns;
@@ -76,6 +79,17 @@ struct data_args {
     s32 fd;
     u8 syscall;
     u8 dir;
+};
+/* A data call on its way from a sys_exit_* program through the walkers (one per
+ * CPU: a tail-call chain runs on one CPU, and the walkers cannot read `args`). */
+struct data_call {
+    struct data_args a;
+    struct conn_key key;
+    u64 ts;
+    u32 orig;
+    u32 seq;
+    u32 tid;
+    u16 part;  /* events of this call so far, emitted or dropped */
 };
 struct accept_args { u64 addr; };
 struct addr_key { u8 addr[16]; u16 port; u16 family; };
@@ -95,6 +109,8 @@ BPF_TABLE("lru_hash", struct addr_key, struct addr_val, passive, 4096); /* peer 
 BPF_HASH(connect_fd, u32, s32, 4096);   /* tid -> fd, during connect() */
 BPF_HASH(accept_args_map, u32, struct accept_args, 4096);
 BPF_HASH(data_args_map, u32, struct data_args, 4096);
+BPF_PERCPU_ARRAY(calls, struct data_call, 1);
+BPF_PROG_ARRAY(walkers, PB_TC_MAX);
 BPF_TABLE("lru_hash", struct grpc_key, struct grpc_val, grpc_msgs, PB_MAX_CONNS);
 
 /* Mask a length so the verifier sees its bound; the asm keeps clang from
@@ -369,27 +385,30 @@ static __always_inline int on_data_enter(u8 sc, u8 dir, int fd, u64 buf, u32 iov
 }
 
 /* Copy up to `want` bytes from one user buffer into one event; returns bytes copied. */
-static __always_inline u32 emit_chunk(struct conn_key *k, struct conn_info *c, struct data_args *a,
-                                      u64 ts, u32 orig, u32 offset, u64 ptr, u32 want) {
+static __always_inline u32 emit_chunk(struct data_call *dc, struct conn_info *c,
+                                      u32 offset, u64 ptr, u32 want) {
     u32 cpu = bpf_get_smp_processor_id() & (PB_MAX_CPUS - 1);
     struct scratch_event *se = scratch.lookup(&cpu);
     if (!se) return 0;
     struct pb_data_event *e = &se->e;
     u32 n = want;
     if (n > PB_CHUNK) n = PB_CHUNK;
-    e->ts_ns = ts;
-    e->tgid = k->tgid;
-    e->tid = (u32)bpf_get_current_pid_tgid();
-    e->fd = k->fd;
+    if (n == 0) return 0;
+    e->ts_ns = dc->ts;
+    e->tgid = dc->key.tgid;
+    e->tid = dc->tid;
+    e->fd = dc->key.fd;
     e->kind = PB_EV_DATA;
     e->role = c->role;
     e->proto = c->proto;
-    e->dir = a->dir;
-    e->syscall = a->syscall;
-    e->orig_len = orig;
+    e->dir = dc->a.dir;
+    e->syscall = dc->a.syscall;
+    e->pad = 0;
+    e->part = dc->part++;  /* counted before the copy: a failed one shows as a gap */
+    e->orig_len = dc->orig;
     e->offset = offset;
     e->cap_len = n;
-    if (n == 0) return 0;
+    e->seq = dc->seq;
     if (bpf_probe_read_user(e->data, verifier_bound(n), (void *)ptr) < 0) {
         stat_add(PB_STAT_READ_FAILED, 1);
         return 0;
@@ -520,16 +539,13 @@ static __always_inline void h2_decide(struct h2_walk *w) {
     w->n = n;
 }
 
-/* One call of an HTTP/2 direction in sync: walk its frames, emit the captured
- * runs (see kprobe_events.h). All walk state lives in a map value so the
- * verifier sees unknown scalars at each step and can prune. */
-static __always_inline void h2_capture(struct conn_key *k, struct conn_info *c,
-                                       struct data_args *a, u64 ts, u32 orig) {
+/* One call of an HTTP/2 direction in sync: set up the walk of its frames. */
+static __always_inline int h2_begin(struct data_call *dc, struct conn_info *c) {
     u32 zero = 0;
     struct h2_walk *w = h2_walks.lookup(&zero);
-    if (!w) return;
-    u8 dir = a->dir & 1;
-    w->s = c->h2[dir];
+    if (!w) return 0;
+    struct data_args *a = &dc->a;
+    w->s = c->h2[a->dir & 1];
     w->pos = 0;
     w->iov_i = 0;
     w->iov_off = 0;
@@ -540,6 +556,24 @@ static __always_inline void h2_capture(struct conn_key *k, struct conn_info *c,
     w->skipped = 0;
     if (a->iovcnt) bpf_probe_read_user(&w->cur, sizeof(w->cur), (void *)a->buf);
     stat_add(PB_STAT_H2_CALLS, 1);
+    return 1;
+}
+
+/* The frame walk of one call (see kprobe_events.h), PB_H2_STEPS steps per run of
+ * this program; a run out of steps tail-calls this program again to go on.
+ * Not a TRACEPOINT_PROBE: the loader puts it in `walkers`. All walk state lives
+ * in map values so the verifier sees unknown scalars at each step and can prune. */
+int h2_walk_fn(void *ctx) {
+    u32 zero = 0;
+    struct data_call *dc = calls.lookup(&zero);
+    struct h2_walk *w = h2_walks.lookup(&zero);
+    if (!dc || !w) return 0;
+    struct conn_info *c = conns.lookup(&dc->key);
+    if (!c) return 0;  /* closed meanwhile by another thread */
+    struct conn_key *k = &dc->key;
+    struct data_args *a = &dc->a;
+    u32 orig = dc->orig;
+    u8 dir = a->dir & 1;
     int i;
 #pragma clang loop unroll(disable)
     for (i = 0; i < PB_H2_STEPS; i++) {
@@ -586,7 +620,7 @@ static __always_inline void h2_capture(struct conn_key *k, struct conn_info *c,
          * memory (next iovec), a full chunk, or the call's end */
         if (w->run_len && (w->fin || !w->cap || w->run_ptr + w->run_len != w->ptr ||
                            w->run_len + w->n > PB_CHUNK)) {
-            emit_chunk(k, c, a, ts, orig, w->run_off, w->run_ptr, w->run_len);
+            emit_chunk(dc, c, w->run_off, w->run_ptr, w->run_len);
             w->run_len = 0;
         }
         H2_JOIN();
@@ -627,8 +661,10 @@ static __always_inline void h2_capture(struct conn_key *k, struct conn_info *c,
         if (w->s.rem == 0) h2_frame_end(k, w, dir);  /* in this step: saves one */
     }
     if (i == PB_H2_STEPS) {
-        /* out of steps mid-call: the run so far is emitted, the rest unseen */
-        if (w->run_len) emit_chunk(k, c, a, ts, orig, w->run_off, w->run_ptr, w->run_len);
+        /* out of steps mid-call: go on in a fresh run (returns only at the chain's limit) */
+        walkers.call(ctx, PB_TC_H2);
+        /* the run so far is emitted, the rest unseen */
+        if (w->run_len) emit_chunk(dc, c, w->run_off, w->run_ptr, w->run_len);
         stat_add(PB_STAT_H2_BOUND, 1);
         w->s.sync = 0;
     }
@@ -639,21 +675,20 @@ static __always_inline void h2_capture(struct conn_key *k, struct conn_info *c,
         stat_add(PB_STAT_H2_SKIPPED_BYTES, w->skipped);
     }
     c->h2[dir] = w->s;
+    return 0;
 }
 
-static __always_inline int on_data_exit(long ret) {
+/* A data call, from the stash: find or infer its connection, number it, and
+ * capture it (prefix capture here, or hand it to the frame walk).
+ * Not a TRACEPOINT_PROBE: the loader puts it in `walkers`. */
+int data_fn(void *ctx) {
+    u32 zero = 0;
+    struct data_call *dc = calls.lookup(&zero);
+    if (!dc) return 0;
     u64 id = bpf_get_current_pid_tgid();
-    u32 tid = (u32)id;
-    struct data_args *ap = data_args_map.lookup(&tid);
-    if (!ap) return 0;
-    struct data_args a = *ap;
-    data_args_map.delete(&tid);
-    if (ret <= 0) return 0;
-    /* a send is timed when it starts (its packets leave during the call), a
-     * receive when it returns (a blocking read starts long before data arrives) */
-    u64 ts = a.dir == PB_DIR_SEND ? a.enter_ns : bpf_ktime_get_ns();
-    u32 orig = (u32)ret;
-    struct conn_key key = {.tgid = id >> 32, .fd = a.fd};
+    struct data_args a = dc->a;
+    u32 orig = dc->orig;
+    struct conn_key key = dc->key;
     struct conn_info *c = conns.lookup(&key);
     if (c && c->proto == PB_IGNORED) return 0;
 
@@ -696,9 +731,17 @@ static __always_inline int on_data_exit(long ret) {
             if (p == PB_PROTO_HTTP2) h2_start(c);
         }
     }
-    /* one call site: the walk is inlined, and each copy costs the verifier */
+    /* numbered whether or not its events reach the ring buffer (kprobe_events.h);
+     * not atomic (bcc's clang target has no fetch-add): two threads sending on one
+     * socket at once interleave its bytes anyway */
+    u32 seq = c->seq[a.dir & 1] + 1;
+    c->seq[a.dir & 1] = seq;
+    dc->seq = seq;
+    dc->part = 0;
     if (c->proto == PB_PROTO_HTTP2 && c->h2[a.dir & 1].sync) {
-        h2_capture(&key, c, &a, ts, orig);
+        if (h2_begin(dc, c)) walkers.call(ctx, PB_TC_H2);
+        /* the walker is not there: the call goes unseen, its seq tells replay */
+        stat_add(PB_STAT_TAIL_FAILED, 1);
         return 0;
     }
     if (orig > PB_CALL_LIMIT) {
@@ -711,7 +754,7 @@ static __always_inline int on_data_exit(long ret) {
     if (!a.iovcnt) {
         for (int i = 0; i < PB_CALL_LIMIT / PB_CHUNK; i++) {
             if (done >= limit) break;
-            u32 got = emit_chunk(&key, c, &a, ts, orig, done, a.buf + done, limit - done);
+            u32 got = emit_chunk(dc, c, done, a.buf + done, limit - done);
             if (!got) break;
             done += got;
         }
@@ -721,7 +764,6 @@ static __always_inline int on_data_exit(long ret) {
      * captured stays a prefix of the call's bytes. The walk's state lives in a
      * map value: the verifier then sees unknown scalars each iteration and can
      * prune, where register state would make every path distinct. */
-    u32 zero = 0;
     struct iov_walk *w = iov_walks.lookup(&zero);
     if (!w) return 0;
     w->done = 0;
@@ -740,12 +782,40 @@ static __always_inline int on_data_exit(long ret) {
         }
         u32 want = w->cur.iov_len - w->iov_off;
         if (want > limit - w->done) want = limit - w->done;
-        u32 got = emit_chunk(&key, c, &a, ts, orig, w->done,
-                             (u64)w->cur.iov_base + w->iov_off, want);
+        u32 got = emit_chunk(dc, c, w->done, (u64)w->cur.iov_base + w->iov_off, want);
         if (!got) break;
         w->done += got;
         w->iov_off += got;
     }
+    return 0;
+}
+
+/* The sys_exit_* side: stash the call and go on in data_fn. The work is there,
+ * once, rather than inlined into all eight programs (each copy costs the
+ * verifier seconds at attach). */
+static __always_inline int on_data_exit(void *ctx, long ret) {
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tid = (u32)id;
+    struct data_args *ap = data_args_map.lookup(&tid);
+    if (!ap) return 0;
+    struct data_args a = *ap;
+    data_args_map.delete(&tid);
+    if (ret <= 0) return 0;
+    u32 zero = 0;
+    struct data_call *dc = calls.lookup(&zero);
+    if (!dc) return 0;
+    dc->a = a;
+    dc->key.tgid = id >> 32;
+    dc->key.fd = a.fd;
+    dc->tid = tid;
+    /* a send is timed when it starts (its packets leave during the call), a
+     * receive when it returns (a blocking read starts long before data arrives) */
+    dc->ts = a.dir == PB_DIR_SEND ? a.enter_ns : bpf_ktime_get_ns();
+    dc->orig = (u32)ret;
+    dc->seq = 0;
+    dc->part = 0;
+    walkers.call(ctx, PB_TC_DATA);
+    stat_add(PB_STAT_TAIL_FAILED, 1);  /* the walkers are not in place yet */
     return 0;
 }
 
@@ -756,18 +826,18 @@ static __always_inline int on_msg_enter(u8 sc, u8 dir, int fd, u64 msg) {
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_read) { return on_data_enter(PB_SC_READ, PB_DIR_RECV, args->fd, (u64)args->buf, 0); }
-TRACEPOINT_PROBE(syscalls, sys_exit_read) { return on_data_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_read) { return on_data_exit(args, args->ret); }
 TRACEPOINT_PROBE(syscalls, sys_enter_write) { return on_data_enter(PB_SC_WRITE, PB_DIR_SEND, args->fd, (u64)args->buf, 0); }
-TRACEPOINT_PROBE(syscalls, sys_exit_write) { return on_data_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_write) { return on_data_exit(args, args->ret); }
 TRACEPOINT_PROBE(syscalls, sys_enter_sendto) { return on_data_enter(PB_SC_SENDTO, PB_DIR_SEND, args->fd, (u64)args->buff, 0); }
-TRACEPOINT_PROBE(syscalls, sys_exit_sendto) { return on_data_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendto) { return on_data_exit(args, args->ret); }
 TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom) { return on_data_enter(PB_SC_RECVFROM, PB_DIR_RECV, args->fd, (u64)args->ubuf, 0); }
-TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom) { return on_data_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom) { return on_data_exit(args, args->ret); }
 TRACEPOINT_PROBE(syscalls, sys_enter_readv) { return on_data_enter(PB_SC_READV, PB_DIR_RECV, args->fd, (u64)args->vec, args->vlen); }
-TRACEPOINT_PROBE(syscalls, sys_exit_readv) { return on_data_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_readv) { return on_data_exit(args, args->ret); }
 TRACEPOINT_PROBE(syscalls, sys_enter_writev) { return on_data_enter(PB_SC_WRITEV, PB_DIR_SEND, args->fd, (u64)args->vec, args->vlen); }
-TRACEPOINT_PROBE(syscalls, sys_exit_writev) { return on_data_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_writev) { return on_data_exit(args, args->ret); }
 TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg) { return on_msg_enter(PB_SC_SENDMSG, PB_DIR_SEND, args->fd, (u64)args->msg); }
-TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg) { return on_data_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg) { return on_data_exit(args, args->ret); }
 TRACEPOINT_PROBE(syscalls, sys_enter_recvmsg) { return on_msg_enter(PB_SC_RECVMSG, PB_DIR_RECV, args->fd, (u64)args->msg); }
-TRACEPOINT_PROBE(syscalls, sys_exit_recvmsg) { return on_data_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_recvmsg) { return on_data_exit(args, args->ret); }

@@ -44,7 +44,15 @@
 #define PB_STAT_H2_SKIPPED_BYTES 8 /* DATA message-body bytes left out as gaps */
 #define PB_STAT_H2_IMPLAUSIBLE 9 /* frame headers that could not be one: sync given up */
 #define PB_STAT_H2_BOUND 10      /* walks out of steps or iovecs: sync given up */
+#define PB_STAT_TAIL_FAILED 11   /* data calls lost: a tail call into a walker failed */
 #define PB_STAT_MAX 12
+
+/* The sys_exit_* programs only stash a data call and tail-call the walkers
+ * (slots of the `walkers` program array, filled by the loader), so the costly
+ * walk is verified once, not once per syscall. */
+#define PB_TC_DATA 0 /* data_fn: inference, prefix capture, start of an HTTP/2 walk */
+#define PB_TC_H2 1   /* h2_walk_fn: PB_H2_STEPS steps of the walk, then itself again */
+#define PB_TC_MAX 2
 
 /* HTTP/2 frame-aware capture (connections seen from their start, PB_PROTO_HTTP2):
  * the kernel follows frame boundaries in each direction and always captures the
@@ -56,7 +64,12 @@
  * first event of every call has offset 0 (a call never starts with skipped
  * bytes: the budget is fresh at each call), so no empty events are needed.
  * Connections found mid-stream, or whose walk failed, keep the prefix capture:
- * one run at offset 0, as many events as PB_CHUNK-sized chunks. */
+ * one run at offset 0, as many events as PB_CHUNK-sized chunks.
+ *
+ * Loss: `seq` counts the data calls of one connection and direction (from 1),
+ * and `part` the events of one call (from 0), both whether or not an event made
+ * it into the ring buffer; replay sees a jump in either and knows bytes are
+ * missing there, instead of splicing around them. */
 
 #ifndef PB_CHUNK
 #define PB_CHUNK 16384 /* payload bytes per data event; power of two */
@@ -88,10 +101,12 @@ struct pb_data_event {
     u8 proto;
     u8 dir;
     u8 syscall;
-    u8 pad[3];
+    u8 pad;
+    u16 part;     /* index of this event among its call's events */
     u32 orig_len; /* bytes the syscall moved */
     u32 offset;   /* offset of this chunk in the syscall's bytes */
     u32 cap_len;  /* bytes of data[] that are valid */
+    u32 seq;      /* the call's number on its connection and direction, from 1 */
     u8 data[PB_CHUNK];
 };
 

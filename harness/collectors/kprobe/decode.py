@@ -4,6 +4,13 @@ Pure function of the event file, so it runs without root. ``attach_at_ns``
 replays a recording as if the collector had attached later: records before it
 are dropped, and connections whose start was missed are found the way the
 kernel program finds them (the same inference on each call's first bytes).
+
+Loss: every data event carries its call's number on its connection and
+direction (``seq``) and its index among the call's events (``part``). A jump in
+``seq`` means whole calls went missing (ring buffer full): the connection's
+stream ends there and goes on as a new Connection seen mid-stream, so parsers
+resynchronise instead of splicing bytes that were never adjacent. A jump in
+``part`` ends that call's captured bytes there; its length still passes by.
 """
 
 from __future__ import annotations
@@ -49,6 +56,11 @@ class Connection:
     send: list[Segment] = field(default_factory=list)
     recv: list[Segment] = field(default_factory=list)
     truncated_bytes: int = 0
+    # the stream this one continues after lost calls (same socket, mid-stream from here)
+    continues: Connection | None = field(default=None, repr=False)
+    after_loss: bool = False  # begins after lost events (a split, or its open was lost)
+    # seq of the last call seen, by direction (send, recv); None: not known yet
+    last_seq: list[int | None] = field(default_factory=lambda: [0, 0], repr=False)
 
     @property
     def key(self) -> str:
@@ -75,6 +87,13 @@ class DecodeStats:
     truncated_bytes: int = 0
     truncated_tail_bytes: int = 0
     dropped_before_attach: int = 0
+    loss_gaps: int = 0  # jumps in a connection's call numbers: its stream was split there
+    lost_chunks: int = 0  # calls whose captured bytes end early because an event was lost
+    lost_call_starts: int = 0  # events of calls whose first event was lost (dropped)
+    opened_unseen: int = 0  # connections known only from data: their open event was lost
+    responses_before_request: int = 0  # HTTP/1 segments left out after a loss (see below)
+    seq_reordered: int = 0  # a call numbered before one already seen (threads racing)
+    legacy_layout: bool = False  # recorded before seq/part: losses cannot be located
     collector: dict[str, Any] = field(default_factory=dict)  # the recorder's final stats
 
 
@@ -143,6 +162,26 @@ _ROLES = {0: "unknown", 1: "client", 2: "server"}
 _PROTOS = {0: None, 1: "http1", 2: "http2"}
 
 
+@dataclass
+class _Call:
+    """A syscall's events gathered so far (a call's events can interleave with others')."""
+
+    conn: Connection
+    direction: str
+    ts: int
+    orig: int
+    parts: list[tuple[int, bytes]]
+    next_part: int = 1
+    broken: bool = False  # an event of it was lost: what follows it is not used
+
+
+def _legacy_data_event(de: type[ctypes.Structure]) -> type[ctypes.Structure]:
+    """pb_data_event as recorded before seq and part: three pad bytes after syscall."""
+    fields = [(n, t) for n, t in de._fields_ if n not in ("pad", "part", "seq")]  # type: ignore[misc]
+    fields.insert([n for n, _ in fields].index("syscall") + 1, ("pad", ctypes.c_uint8 * 3))
+    return type("pb_data_event_v0", (ctypes.Structure,), {"_fields_": fields})
+
+
 def decode(
     path: Path,
     *,
@@ -154,10 +193,14 @@ def decode(
     hdr = header(int(defines.get("PB_CHUNK", 16384)))
     d = hdr.defines
     CE, DE = hdr.structs["pb_conn_event"], hdr.structs["pb_data_event"]
-    data_off = hdr.offset("pb_data_event", "data")
+    recorded = ef.header.get("sizes", {}).get("pb_data_event", ctypes.sizeof(DE))
+    legacy = recorded != ctypes.sizeof(DE)
+    if legacy:
+        DE = _legacy_data_event(DE)
+    data_off = int(DE.data.offset)  # type: ignore[attr-defined]
     kind_off = hdr.offset("pb_conn_event", "kind")
     ce_size = ctypes.sizeof(CE)
-    st = DecodeStats(truncated_tail_bytes=ef.truncated_tail_bytes)
+    st = DecodeStats(truncated_tail_bytes=ef.truncated_tail_bytes, legacy_layout=legacy)
     live: dict[tuple[int, int], Connection] = {}
     answers: dict[tuple[int, int, int], dict[str, Any]] = {}
     # simulated late attach: what sock_diag would have answered for sockets opened before it
@@ -166,12 +209,13 @@ def decode(
     # A syscall's chunks are emitted back to back, but another thread's call on the same
     # socket (Go reads and writes one fd from two goroutines) can land between them.
     CallKey = tuple[int, int, str, int, int]  # tgid, fd, direction, tid, ts
-    pending: dict[CallKey, tuple[Connection, str, int, int, list[tuple[int, bytes]]]] = {}
+    pending: dict[CallKey, _Call] = {}
 
     def flush_call(key: CallKey) -> None:
-        conn, direction, ts, orig, parts = pending.pop(key)
-        segs = call_segments(ts, orig, parts)
-        (conn.send if direction == "send" else conn.recv).extend(segs)
+        call = pending.pop(key)
+        segs = call_segments(call.ts, call.orig, call.parts)
+        conn = call.conn
+        (conn.send if call.direction == "send" else conn.recv).extend(segs)
         unseen = sum(s.truncated for s in segs)
         conn.truncated_bytes += unseen
         st.truncated_bytes += unseen
@@ -181,6 +225,46 @@ def decode(
             flush_call(k)
         conn.closed_ns = ts
         done.append(conn)
+
+    def reopen(conn: Connection, ts: int, continues: bool) -> Connection:
+        """End conn's stream at lost events; what follows is a connection seen mid-stream.
+
+        ``continues``: the same connection after lost calls (addresses carry over); else
+        a new connection on the same fd whose open (and the old one's close) were lost.
+        """
+        close(conn, None)  # not a close: close-delimited bodies must not end here
+        new = Connection(
+            tgid=conn.tgid, fd=conn.fd, comm=conn.comm, role=conn.role, proto=conn.proto,
+            from_start=False, opened_ns=ts, after_loss=True,
+        )  # fmt: skip
+        if continues:
+            new.continues = conn
+            new.last_seq = list(conn.last_seq)
+        else:
+            new.last_seq = [None, None]
+        live[(conn.tgid, conn.fd)] = new
+        st.connections += 1
+        return new
+
+    def check_seq(conn: Connection, ev: Any, i: int) -> Connection:
+        """The connection a data event belongs to, once its seq is checked."""
+        seq, last = ev.seq, conn.last_seq[i]
+        if last is None or (seq == last + 1 and ev.part == 0):
+            conn.last_seq[i] = seq
+        elif seq > last:  # calls (or this call's first events) were lost
+            st.loss_gaps += 1
+            conn = reopen(conn, ev.ts_ns, continues=True)
+            conn.last_seq[i] = seq
+        elif seq == 1 and ev.part == 0 and last > 1:
+            # numbering restarted: the kernel saw a new connection on this fd
+            st.opened_unseen += 1
+            conn = reopen(conn, ev.ts_ns, continues=False)
+            conn.role = _ROLES.get(ev.role, "unknown")
+            conn.proto = _PROTOS.get(ev.proto) or "unknown"
+            conn.last_seq[i] = seq
+        elif seq < last:
+            st.seq_reordered += 1
+        return conn
 
     for rtype, rec in ef.records():
         if rtype == NOTE:
@@ -205,10 +289,21 @@ def decode(
             key = (ev.tgid, ev.fd)
             conn = live.get(key)
             direction = "send" if ev.dir == d["PB_DIR_SEND"] else "recv"
-            if conn is None:
-                if attach_at_ns is None:
+            i = 0 if direction == "send" else 1
+            if conn is None and attach_at_ns is None:
+                if legacy or ev.part != 0 or not _PROTOS.get(ev.proto):
                     st.orphan_data_events += 1
                     continue
+                # its open event was lost: known from here on, like a connection found late
+                conn = Connection(
+                    tgid=ev.tgid, fd=ev.fd, comm="", role=_ROLES.get(ev.role, "unknown"),
+                    proto=_PROTOS[ev.proto] or "unknown", from_start=False, opened_ns=ev.ts_ns,
+                    last_seq=[None, None], after_loss=True,
+                )  # fmt: skip
+                live[key] = conn
+                st.connections += 1
+                st.opened_unseen += 1
+            if conn is None:
                 # simulated late attach: the kernel would infer from this call's first bytes
                 if ev.offset != 0:
                     continue
@@ -216,6 +311,7 @@ def decode(
                 if proto is None:
                     continue
                 conn = _inferred(ev, proto, payload, direction)
+                conn.last_seq = [None, None]  # numbering began before the simulated attach
                 if use_sockdiag and key in before_attach:
                     conn.local, conn.remote = before_attach[key]
                     conn.addr_source = "sockdiag"
@@ -223,13 +319,25 @@ def decode(
                 live[key] = conn
                 st.connections += 1
                 st.inferred_connections += 1
+            if not legacy:
+                conn = check_seq(conn, ev, i)
             pkey = (ev.tgid, ev.fd, direction, ev.tid, ev.ts_ns)
-            if ev.offset == 0:
+            first = ev.offset == 0 if legacy else ev.part == 0
+            if first:
                 for k in [k for k in pending if k[:3] == pkey[:3]]:
                     flush_call(k)
-                pending[pkey] = (conn, direction, ev.ts_ns, ev.orig_len, [(0, payload)])
-            elif pkey in pending:
-                pending[pkey][4].append((ev.offset, payload))
+                pending[pkey] = _Call(conn, direction, ev.ts_ns, ev.orig_len, [(0, payload)])
+            elif (call := pending.get(pkey)) is None:
+                st.lost_call_starts += 1
+            elif legacy:
+                call.parts.append((ev.offset, payload))
+            elif not call.broken:
+                if ev.part == call.next_part:
+                    call.parts.append((ev.offset, payload))
+                    call.next_part += 1
+                else:  # the call's captured bytes end at the lost event; its length stays
+                    call.broken = True
+                    st.lost_chunks += 1
             continue
         ev = CE.from_buffer_copy(raw[:ce_size].ljust(ce_size, b"\0"))
         st.conn_events += 1
@@ -294,6 +402,19 @@ def decode(
             first = conn.send[0] if conn.send else (conn.recv[0] if conn.recv else None)
             if first is not None:
                 conn.proto = infer_proto(first.data[:16], from_start=True) or "unknown"
+    # a stream split at lost events is still the one connection: its address and protocol
+    # (done is in order: the part before a split is settled before the part after it)
+    for conn in done:
+        prev = conn.continues
+        if prev is not None:
+            if conn.local is None and conn.remote is None:
+                conn.local, conn.remote = prev.local, prev.remote
+                conn.addr_source = prev.addr_source
+            if conn.proto == "unknown":
+                conn.proto = prev.proto
+    for conn in done:
+        if conn.after_loss and conn.proto == "http1":
+            st.responses_before_request += _trim_to_first_request(conn)
     return [c for c in done if c.send or c.recv], st
 
 
@@ -320,6 +441,25 @@ def call_segments(ts: int, orig: int, parts: list[tuple[int, bytes]]) -> list[Se
         nxt = runs[i + 1][0] if i + 1 < len(runs) else max(orig, off + len(data))
         segs.append(Segment(ts, bytes(data), nxt - off))
     return segs
+
+
+def _trim_to_first_request(conn: Connection) -> int:
+    """Leave out response bytes before the first request start after a loss; how many segments.
+
+    They answer requests lost in the gap, and without the request a response's body length
+    is a guess (a HEAD or a 204 has none whatever its headers say): parsing them could
+    swallow the next response and pair it with the wrong request.
+    """
+    if conn.role not in ("client", "server"):
+        return 0
+    reqs, resps = (conn.send, conn.recv) if conn.role == "client" else (conn.recv, conn.send)
+    start = next(
+        (s.ts_ns for s in reqs if s.data.startswith(_HTTP1_STARTS[:-1])), None
+    )  # fmt: skip
+    keep = [s for s in resps if start is not None and s.ts_ns > start]
+    dropped = len(resps) - len(keep)
+    resps[:] = keep
+    return dropped
 
 
 def _inferred(ev: Any, proto: str, payload: bytes, direction: str) -> Connection:

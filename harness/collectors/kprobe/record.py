@@ -34,7 +34,7 @@ from harness.collectors.kprobe.layout import (
     chunk_for,
     header,
 )
-from harness.errors import ProbebenchError
+from harness.errors import CollectorError, ProbebenchError
 
 PROGRAM = "kprobe_collector.c"
 
@@ -86,6 +86,7 @@ class Recorder:
         self.lock = threading.Lock()  # the writer is shared with the sock_diag thread
         self.sockdiag_lookups = 0
         self.sockdiag_misses = 0
+        self.tail_failed_before_attach = 0
 
     def _on_event(self, _ctx: Any, data: int, size: int) -> None:
         raw = ctypes.string_at(data, size)
@@ -145,6 +146,7 @@ class Recorder:
         signal.signal(signal.SIGINT, on_signal)
         bpf = compile_program(PROGRAM, self.defines)
         try:
+            self._load_walkers(bpf)
             targets, ports = bpf["targets"], bpf["ports"]
             for t in self.tgids:
                 targets[ctypes.c_uint32(t)] = ctypes.c_uint8(1)
@@ -179,6 +181,25 @@ class Recorder:
             self.writer.close()
             bpf.cleanup()
 
+    def _load_walkers(self, bpf: Any) -> None:
+        """Put the data-call walkers into the program array the sys_exit_* programs tail-call.
+
+        They are plain functions, not TRACEPOINT_PROBEs, so bcc neither loads nor attaches
+        them; each is verified once here. Calls that end before this are counted as failed
+        tail calls, which happen before ATTACHED: that count is kept to subtract.
+        """
+        d = self.hdr.defines
+        walkers = bpf["walkers"]
+        for name, idx in (("data_fn", d["PB_TC_DATA"]), ("h2_walk_fn", d["PB_TC_H2"])):
+            try:
+                fn = bpf.load_func(name.encode(), bpf.TRACEPOINT)
+            except Exception as e:  # bcc raises bare Exception with the verifier's log
+                raise CollectorError(f"the kernel rejected {name}: {e}") from e
+            walkers[ctypes.c_int(idx)] = ctypes.c_int(fn.fd)
+        self.tail_failed_before_attach = sum(
+            bpf["stats"].getvalue(ctypes.c_int(d["PB_STAT_TAIL_FAILED"]))
+        )
+
     def _stats(self, bpf: Any) -> dict[str, Any]:
         d = self.hdr.defines
         arr = bpf["stats"]
@@ -196,6 +217,7 @@ class Recorder:
             "h2_skipped_body_bytes": totals[d["PB_STAT_H2_SKIPPED_BYTES"]],
             "h2_sync_lost_implausible": totals[d["PB_STAT_H2_IMPLAUSIBLE"]],
             "h2_sync_lost_bound": totals[d["PB_STAT_H2_BOUND"]],
+            "tail_call_failures": totals[d["PB_STAT_TAIL_FAILED"]] - self.tail_failed_before_attach,
             "records_written": self.writer.records,
             "bytes_written": self.writer.bytes,
             "sockdiag_lookups": self.sockdiag_lookups,
