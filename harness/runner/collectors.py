@@ -61,7 +61,7 @@ def start_collector(
     if name == "kprobe":
         args += ["--max-capture", str(options.max_capture)]
         args += ["--ringbuf-pages", str(options.ringbuf_pages)]
-    for b in binaries if name == "uprobe" else []:
+    for b in (binaries or []) if name == "uprobe" else []:
         args += ["--binary", str(b)]
     errlog = (events_dir / f"{name}.log").open("w")
     child = procs.spawn(

@@ -64,6 +64,7 @@ class Child:
     proc: subprocess.Popen[Any]
     stop_signal: int = signal.SIGTERM
     stop_timeout: float = 10.0
+    stopped: bool = False
 
     @property
     def pid(self) -> int:
@@ -111,7 +112,11 @@ class ProcessSet:
     def stop(self, child: Child) -> int:
         """Signal, wait, then SIGKILL the child's process group; always reaps."""
         proc = child.proc
-        if proc.poll() is None:
+        if child.stopped:
+            return proc.returncode
+        child.stopped = True
+        was_running = proc.poll() is None
+        if was_running:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, child.stop_signal)
             try:
@@ -120,9 +125,10 @@ class ProcessSet:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-        # the group may hold grandchildren that outlived the leader
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
+            # The group may hold grandchildren that outlived the leader. Only now: a group
+            # id of a child reaped long ago could have been reused by somebody else.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
         for f in (proc.stdin, proc.stdout, proc.stderr):
             if f is not None:
                 with contextlib.suppress(OSError):
