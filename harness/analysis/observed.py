@@ -41,6 +41,8 @@ class ObservedStats:
     skipped_other_ports: int = 0
     # server port unknown and not one of the run's processes: cannot be tied to the run
     unattributed_connections: int = 0
+    # HTTP/2 streams cut in two by lost events: the part after the gap is not a new call
+    split_stream_tails: int = 0
     parse: dict[str, int] = field(default_factory=dict)
     decode: dict[str, Any] = field(default_factory=dict)
 
@@ -96,6 +98,7 @@ def kprobe_exchanges(
     st = ObservedStats(decode=dict(vars(dstats)))
     ports = set(server_ports)
     out: list[Exchange] = []
+    streams_of: dict[int, set[int]] = {}  # id(connection) -> HTTP/2 stream ids it produced
     for conn in conns:
         role = _role(conn, ports)
         h2: tuple[list[Exchange], Any] | None = None
@@ -128,6 +131,16 @@ def kprobe_exchanges(
             continue
         for k, v in counters.items():
             st.parse[k] = st.parse.get(k, 0) + v
+        if conn.proto == "http2":
+            seen: set[int] = set()
+            prev = conn.continues
+            while prev is not None:
+                seen |= streams_of.get(id(prev), set())
+                prev = prev.continues
+            tails = [x for x in xs if x.stream_id in seen]
+            st.split_stream_tails += len(tails)
+            xs = [x for x in xs if x.stream_id not in seen]
+            streams_of[id(conn)] = {x.stream_id for x in xs if x.stream_id is not None}
         for x in xs:
             x.side = role  # type: ignore[assignment]
             x.pid = conn.tgid

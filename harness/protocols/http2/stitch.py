@@ -437,6 +437,11 @@ class _Stitcher:
             self.grpc_status(call, x, resp, trl, why)
         for d, prefix in ((C2S, "req"), (S2C, "resp")):
             self.body(call, x, d, prefix, grpc, why)
+        if unsure is not None and not grpc:
+            # Raw DATA bytes would count a gRPC body's 5-byte prefixes: unknown, not wrong.
+            x.req_bytes = x.resp_bytes = None
+            x.degrade("req_bytes", unsure)
+            x.degrade("resp_bytes", unsure)
         for name in FIELDS:
             bad = any(g.field == name for g in x.degraded)
             target = st.field_unknown if bad else st.field_decoded
