@@ -40,6 +40,8 @@ R_MISSED = "headers_missed_stream"
 R_TRUNC = "truncated_payload"
 R_INCOMPLETE = "stream_incomplete"
 
+# a header block read whole, yet without the pseudo-header every request/response has
+R_MALFORMED = "malformed_headers"
 FIELDS = ("method", "path", "authority", "status", "grpc_status", "grpc_message",
           "req_bytes", "resp_bytes", "req_messages", "resp_messages", "protocol")
 
@@ -409,14 +411,20 @@ class _Stitcher:
                 setattr(x, name, value)
             elif call.req is None or call.req.unknowns or call.req.truncated:
                 x.degrade(name, why(call.req, C2S))
+            elif name != "authority":  # a whole request block without it is malformed
+                x.degrade(name, R_MALFORMED)
         status = resp.pseudo.get(":status")
         if status is not None and status.isdigit():
             x.status = int(status)
         elif call.resp is None or call.resp.unknowns or call.resp.truncated:
             x.degrade("status", why(call.resp, S2C))
+        else:
+            x.degrade("status", R_MALFORMED)
         x.req_headers = req.headers
         x.resp_headers = resp.headers
         x.trailers = trl.headers
+        if call.req is None:  # the request's header block itself went by unseen
+            x.degrade("req_headers", why(None, C2S))
         for name, fl, need in (("req_headers", req, 4), ("resp_headers", resp, 1),
                                ("trailers", trl, 0)):
             missing_pseudo = need - len(fl.pseudo) if need else 0
