@@ -231,3 +231,43 @@ def test_late_attach_and_cuts_never_invent_frames(seed, cut, loss):
         elif isinstance(e, SyncLost):
             pos = None
     assert p.stats.bytes_seen + p.stats.bytes_unseen == len(wire) - cut
+
+
+def _false_boundary_wire(fake_sid_low: int) -> tuple[bytes, bytes, bytes]:
+    """A gRPC DATA frame on stream 17 whose header, read from its 7th byte, is a header too.
+
+    Its last three stream id bytes (00 00 11: length 17), the message prefix (00: DATA,
+    00: no flags, 00 00 00 12) and the message's first byte read as DATA of length 17 on
+    stream 0x12NN, ending exactly where the next real frame starts.
+    """
+    msg = bytes([fake_sid_low]) + b"m" * 17
+    real = DataFrame(17, data=b"\x00" + len(msg).to_bytes(4, "big") + msg).serialize()
+    fake = real[6:15]
+    assert fake == b"\x00\x00\x11\x00\x00\x00\x00\x12" + bytes([fake_sid_low])
+    after = (DataFrame(17, data=b"\x00\x00\x00\x00\x05hello").serialize()
+             + HeadersFrame(17, data=b"\x88", flags=["END_HEADERS", "END_STREAM"]).serialize())
+    return real, fake, after
+
+
+def test_server_data_on_an_even_stream_is_no_boundary_without_push():
+    # Late attach one byte into the real header (its start unseen): the first candidate is
+    # the fake DATA on stream 0x1246, even, which a server only sends after a PUSH_PROMISE.
+    real, _, after = _false_boundary_wire(0x46)
+    p = FrameParser(role="server")
+    events = run(p, [(real[1:], len(real) - 1), (after, len(after))])
+    assert [(f.type, f.stream_id) for f in parsed(events)] == [(0, 17), (1, 17)]
+    assert p.stats.initial_skipped_bytes == len(real) - 1
+
+
+@pytest.mark.parametrize("role", ["server", None])
+def test_stream_id_far_beyond_those_seen_is_no_boundary_after_a_loss(role):
+    # In sync up to stream 13, then the real header is cut: the fake DATA on odd stream
+    # 0x1247 would need ~2300 streams opened in the 6 bytes skipped since.
+    real, _, after = _false_boundary_wire(0x47)
+    before = DataFrame(13, data=b"x" * 20).serialize()
+    p = FrameParser(role=role)
+    p.feed(Segment(0, PREFACE, len(PREFACE)))
+    events = run(p, [(before + real[:1], len(before) + 2), (real[2:], len(real) - 2),
+                     (after, len(after))])
+    assert [(f.type, f.stream_id) for f in parsed(events)] == [(0, 13), (0, 17), (1, 17)]
+    assert p.stats.resyncs == 1 and p.stats.skipped_bytes == len(real)

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import random
 import struct
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import quote, unquote
 
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.events import DataReceived
 from h2.settings import SettingCodes, Settings
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from harness.errors import ProtocolError
@@ -255,6 +257,8 @@ def late(conv: Conversation, cut_c2s: int, cut_s2c: int, rng: random.Random,
 @given(seed=st.integers(0, 10**9), cut_c2s=st.integers(0, 6000), cut_s2c=st.integers(0, 6000),
        truncate=st.sampled_from([0.0, 0.0, 0.1, 0.4]),
        tables=st.sampled_from([(4096, 4096), (256, 128), (64, 4096), (0, 512)]))
+# Once resynced s2c on a false DATA header (stream 4678) and reported a phantom stream.
+@example(seed=469, cut_c2s=118, cut_s2c=469, truncate=0.4, tables=(64, 4096))
 def test_late_attach_is_never_wrong_and_tolerant_beats_strict(seed, cut_c2s, cut_s2c,
                                                               truncate, tables):
     conv = conversation(seed % 1000, calls=10, client_table=tables[0], server_table=tables[1])
@@ -273,6 +277,28 @@ def test_late_attach_is_never_wrong_and_tolerant_beats_strict(seed, cut_c2s, cut
         assert len({x.stream_id for x in xs}) == len(xs)
     assert set(reported) == {"tolerant", "strict"}
     assert reported["tolerant"] >= reported["strict"]
+
+
+FIXTURES = Path(__file__).parent / "fixtures" / "http2"
+
+
+def test_false_boundary_after_late_attach_invents_no_stream():
+    """The hypothesis case above, frozen as bytes so an h2 upgrade cannot make it vanish.
+
+    s2c lost sync on a header cut by the capture limit. Nine bytes six into the next real
+    header (DATA on stream 17: its stream id's last three bytes, the gRPC prefix 00 00000012
+    and one message byte) read as DATA of length 17 on stream 4678, ending exactly at the
+    following real frame, which "confirmed" it.
+    """
+    doc = json.loads((FIXTURES / "late_attach_false_boundary.json").read_text())
+    c2s, s2c = ([Segment(ts, bytes.fromhex(h), n) for ts, h, n in doc[d]] for d in ("c2s", "s2c"))
+    for mode in ("tolerant", "strict"):
+        xs, stats = stitch_http2(c2s, s2c, hpack_mode=mode)
+        assert xs and {x.stream_id for x in xs} <= set(doc["stream_ids"]), mode
+        # Only the false frame's 26 bytes are skipped: the real frames after it still count.
+        assert stats.s2c_frames.resyncs == 2 and stats.s2c_frames.frames == 15
+        assert stats.s2c_frames.skipped_bytes == 1066
+        assert [x.path for x in xs if x.stream_id == 17] == ["/svc.A/Stream"]
 
 
 def test_tolerant_recovers_more_fields_than_strict_after_late_attach():

@@ -66,7 +66,14 @@ _FIXED_LENGTH = {FrameType.PRIORITY: 5, FrameType.RST_STREAM: 4, FrameType.PING:
                  FrameType.WINDOW_UPDATE: 4}
 # After a loss, new streams cannot be far beyond the highest one seen in sync.
 _STREAM_ID_SLACK = 20000
-_CLIENT_ODD = {FrameType.DATA, FrameType.HEADERS, FrameType.CONTINUATION}
+# ... and each stream first seen in the skipped bytes cost a frame of at least 10 bytes there
+# (HEADERS with one HPACK byte); streams the other end opened before the loss and this end
+# has not used yet are bounded by the concurrency, allowed generously here (512 streams).
+_MIN_STREAM_OPENER = FRAME_HEADER_LEN + 1
+_IN_FLIGHT_IDS = 1024
+# Frames that carry a stream's messages: only its initiator's parity (odd: client) unless
+# the server pushes.
+_STREAM_CARRIERS = {FrameType.DATA, FrameType.HEADERS, FrameType.CONTINUATION}
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +250,7 @@ class FrameParser:
         self._synced_once = False
         self._closed = False
         self._max_stream_id = 0
+        self._lost_at = 0  # end of the last frame read in sync, for the stream id bound
 
     @property
     def synced(self) -> bool:
@@ -363,6 +371,7 @@ class FrameParser:
 
     def _lose(self, events: list[FrameEvent], reason: str) -> None:
         self.stats.sync_losses += 1
+        self._lost_at = self._pos
         events.append(SyncLost(self._pos, reason, self._buf.ts_at(self._pos)))
         self._state = "search"
         self._search_from = self._pos
@@ -380,7 +389,7 @@ class FrameParser:
                 pos += 1
                 continue
             hdr = _header(raw)
-            if not self._plausible(hdr):
+            if not self._plausible(hdr, pos):
                 pos += 1
                 continue
             verdict = self._confirm(pos, hdr, closing=closing)
@@ -425,7 +434,7 @@ class FrameParser:
             if raw is None:  # cannot look through unseen bytes
                 return followers > 0
             h = _header(raw)
-            if not self._plausible(h):
+            if not self._plausible(h, nxt):
                 return False
             if hdr.stream_id and h.stream_id and (
                 abs(h.stream_id - hdr.stream_id) > _STREAM_ID_SLACK
@@ -436,8 +445,8 @@ class FrameParser:
                 return True
             nxt += FRAME_HEADER_LEN + h.length
 
-    def _plausible(self, h: _Header) -> bool:
-        """Strict rules for a header nobody vouches for yet (RFC 9113 section 6)."""
+    def _plausible(self, h: _Header, pos: int) -> bool:
+        """Strict rules for a header at ``pos`` nobody vouches for yet (RFC 9113 section 6)."""
         if h.reserved or h.type > FrameType.CONTINUATION:
             return False
         t = FrameType(h.type)
@@ -459,6 +468,20 @@ class FrameParser:
         if h.length == 0 and not (t in (FrameType.SETTINGS, FrameType.DATA)
                                   and h.flags & Flag.END_STREAM):
             return False
-        if self._max_stream_id and h.stream_id > self._max_stream_id + _STREAM_ID_SLACK:
+        if self._max_stream_id and h.stream_id > self._max_stream_id + min(
+            _STREAM_ID_SLACK,
+            _IN_FLIGHT_IDS + 2 * ((pos - self._lost_at) // _MIN_STREAM_OPENER),
+        ):
             return False
-        return not (self.role == "client" and t in _CLIENT_ODD and h.stream_id % 2 == 0)
+        if self.role == "client":
+            # A client never pushes, and its streams are odd.
+            return t is not FrameType.PUSH_PROMISE and not (
+                t in _STREAM_CARRIERS and h.stream_id % 2 == 0)
+        if self.role == "server":
+            # Promises ride the client's (odd) streams; an even stream is a pushed one, so
+            # rarely real (gRPC never pushes) that it needs a PUSH_PROMISE seen first.
+            if t is FrameType.PUSH_PROMISE:
+                return h.stream_id % 2 == 1
+            pushes = self.stats.frames_by_type.get(FrameType.PUSH_PROMISE, 0)
+            return not (t in _STREAM_CARRIERS and h.stream_id % 2 == 0 and not pushes)
+        return True
