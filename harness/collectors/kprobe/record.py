@@ -12,9 +12,7 @@ probes are in place; SIGTERM/SIGINT or the deadline stop it, after a drain.
 
 from __future__ import annotations
 
-import argparse
 import ctypes
-import json
 import os
 import resource
 import signal
@@ -27,6 +25,7 @@ from typing import Any
 
 from harness.collectors import sockdiag
 from harness.collectors.bpfsource import compile_program
+from harness.collectors.cli import recorder_parser, write_stats
 from harness.collectors.eventfile import EventWriter
 from harness.collectors.kprobe.layout import (
     DEFAULT_MAX_CAPTURE,
@@ -228,14 +227,9 @@ class Recorder:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="probebench-kprobe-record", description=__doc__)
-    ap.add_argument("--out", type=Path, required=True, help="event file to write")
-    ap.add_argument("--tgid", type=int, action="append", default=[], help="trace only these")
-    ap.add_argument("--port", type=int, action="append", default=[], help="trace only these")
+    ap = recorder_parser("probebench-kprobe-record", __doc__)
     ap.add_argument("--max-capture", type=int, default=DEFAULT_MAX_CAPTURE)
     ap.add_argument("--ringbuf-pages", type=int, default=DEFAULT_RINGBUF_PAGES)
-    ap.add_argument("--deadline", type=float, default=3600.0, help="stop after this many s")
-    ap.add_argument("--stats", type=Path, help="also write the final stats here as JSON")
     a = ap.parse_args(argv)
     try:
         rec = Recorder(a.out, a.tgid, a.port, a.max_capture, a.ringbuf_pages)
@@ -243,8 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     except ProbebenchError as e:
         print(f"kprobe collector: {e}", file=sys.stderr)
         return 2
-    if a.stats:
-        a.stats.write_text(json.dumps(stats, indent=2) + "\n")
+    write_stats(a.stats, stats)
     return 0
 
 

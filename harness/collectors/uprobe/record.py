@@ -13,9 +13,7 @@ deadline stop it, after a drain.
 
 from __future__ import annotations
 
-import argparse
 import ctypes
-import json
 import os
 import resource
 import signal
@@ -26,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.collectors.bpfsource import compile_program
+from harness.collectors.cli import recorder_parser, write_stats
 from harness.collectors.eventfile import EventWriter
 from harness.collectors.uprobe.layout import DEFAULT_RINGBUF_PAGES, FORMAT, PROGRAM, header
 from harness.collectors.uprobe.resolve import Resolution, resolve
@@ -215,14 +214,9 @@ class Recorder:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="probebench-uprobe-record", description=__doc__)
-    ap.add_argument("--out", type=Path, required=True, help="event file to write")
-    ap.add_argument("--tgid", type=int, action="append", default=[], help="trace only these")
-    ap.add_argument("--port", type=int, action="append", default=[], help="server ports")
+    ap = recorder_parser("probebench-uprobe-record", __doc__)
     ap.add_argument("--binary", type=Path, action="append", default=[], help="Go binary to probe")
     ap.add_argument("--ringbuf-pages", type=int, default=DEFAULT_RINGBUF_PAGES)
-    ap.add_argument("--deadline", type=float, default=3600.0, help="stop after this many s")
-    ap.add_argument("--stats", type=Path, help="also write the final stats here as JSON")
     a = ap.parse_args(argv)
     try:
         rec = Recorder(a.out, a.tgid, a.port, a.binary, a.ringbuf_pages)
@@ -232,8 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for p in stats["unsupported"]:
         print(f"uprobe collector: {p}", file=sys.stderr)
-    if a.stats:
-        a.stats.write_text(json.dumps(stats, indent=2) + "\n")
+    write_stats(a.stats, stats)
     return 0
 
 

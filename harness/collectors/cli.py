@@ -1,0 +1,24 @@
+"""The command line every collector process shares: the contract with the runner."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def recorder_parser(prog: str, description: str | None) -> argparse.ArgumentParser:
+    """--out, --tgid, --port, --ringbuf-pages, --deadline, --stats; collectors add their own."""
+    ap = argparse.ArgumentParser(prog=prog, description=description)
+    ap.add_argument("--out", type=Path, required=True, help="event file to write")
+    ap.add_argument("--tgid", type=int, action="append", default=[], help="trace only these")
+    ap.add_argument("--port", type=int, action="append", default=[], help="server ports")
+    ap.add_argument("--deadline", type=float, default=3600.0, help="stop after this many s")
+    ap.add_argument("--stats", type=Path, help="also write the final stats here as JSON")
+    return ap
+
+
+def write_stats(path: Path | None, stats: dict[str, Any]) -> None:
+    if path is not None:
+        path.write_text(json.dumps(stats, indent=2) + "\n")
