@@ -39,14 +39,15 @@ def our_uprobe_events() -> list[str]:
     return [ln for ln in path.read_text().splitlines() if "probebench" in ln or "grpc" in ln]
 
 
-def small_run(tmp_path: Path, *extra: str) -> Path:
-    r = probebench("run", "http11-keepalive", "--exchanges", "60", "--out", str(tmp_path), *extra)
+def small_run(tmp_path: Path, *extra: str, scenario: str = "http11-keepalive") -> Path:
+    r = probebench("run", scenario, "--exchanges", "60", "--out", str(tmp_path), *extra)
     assert r.returncode == 0, r.stderr
     return Path(r.stdout.strip().splitlines()[-1])
 
 
-def test_run_then_replay_gives_identical_metrics(tmp_path: Path) -> None:
-    run_dir = small_run(tmp_path, "--client", "go", "--server", "py")
+@pytest.mark.parametrize("scenario", ["http10-short", "http11-keepalive"])
+def test_run_then_replay_gives_identical_metrics(tmp_path: Path, scenario: str) -> None:
+    run_dir = small_run(tmp_path, "--client", "go", "--server", "py", scenario=scenario)
     recorded = load_metrics(run_dir)
     assert recorded["truth_vs_workload"]["matched"] == 60
     rows = {(r["collector"], r["side"]): r for r in recorded["rows"]}
