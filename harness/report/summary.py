@@ -19,6 +19,14 @@ def summary_table(metrics: dict[str, Any]) -> str:
         f"in the capture ({tvw['missing']} missing, {tvw['extra']} extra)"
         if tvw
         else "truth vs workload: no workload record (observe run)",
+        *(
+            [
+                f"WARNING: the capture dropped {dropped} packets; the truth is incomplete and "
+                "the scores below are not reliable"
+            ]
+            if (dropped := (metrics.get("capture") or {}).get("packets_dropped"))
+            else []
+        ),
         "",
         f"{'collector':<9} {'variant':<12} {'side':<6} {'observable':>10} {'matched':>8} "
         f"{'complete':>9} {'degraded':>9} {'wrong':>6} {'exact':>7} {'phantom':>7} {'noaddr':>6} "

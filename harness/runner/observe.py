@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import time
 from pathlib import Path
 
+from harness.collectors.uprobe.discover import Target, find_grpc_go_targets
 from harness.errors import ProbebenchError, TargetError
 from harness.groundtruth.capture import Dumpcap
 from harness.model import CAPTURE, EVENTS_DIR, RunManifest, machine_info, utc_now
@@ -16,27 +16,24 @@ from harness.runner.lifecycle import ProcessSet
 from harness.runner.record import Progress, recording
 from harness.runner.scenarios import OBSERVE
 
+# How long to watch the command's process tree for grpc-go processes it starts.
+DISCOVER_S = 3.0
+# after the first find, how long the rest of a script's services get to appear
+SETTLE_S = 1.5
 
-def _port_owner_binaries(ports: list[int]) -> list[Path]:
-    """Executables of the processes listening on the ports (e.g. a Go gRPC server)."""
-    from harness.collectors import sockdiag
 
-    listening = {
-        inode
-        for inode, a in sockdiag.tcp_sockets_by_inode().items()
-        if a.state == 10 and a.local_port in ports  # TCP_LISTEN
-    }
-    found: set[Path] = set()
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-            for fd in fds:
-                if sockdiag.socket_inode(int(pid), int(fd)) in listening:
-                    found.add(Path(os.readlink(f"/proc/{pid}/exe")))
-                    break
-        except OSError:
-            continue
-    return sorted(found)
+def _discover_late(child_pid: int, ports: list[int]) -> list[Target]:
+    """Poll the command's tree for a bounded time: the Go services a command (say, a shell
+    script) starts only exist after it runs, so the uprobe collector attaches late to them."""
+    deadline = time.monotonic() + DISCOVER_S
+    found: dict[int, Target] = {}
+    while time.monotonic() < deadline:
+        for t in find_grpc_go_targets([child_pid], ports):
+            found.setdefault(t.pid, t)
+        if found:  # let the rest of a script's services appear, briefly
+            deadline = min(deadline, time.monotonic() + SETTLE_S)
+        time.sleep(0.1)
+    return list(found.values())
 
 
 def observe(
@@ -65,23 +62,43 @@ def observe(
     )  # fmt: skip
     with recording(manifest, run_dir), ProcessSet() as procs:
         with Dumpcap(run_dir / CAPTURE, ports) as cap:
-            binaries = [*_port_owner_binaries(ports), Path(exe)]
             running = []
-            for name in collectors:
+
+            def attach(name: str, tgids: list[int], binaries: list[Path]) -> None:
                 progress(f"attaching {name} collector")
                 rc = start_collector(
-                    procs, name, run_dir / EVENTS_DIR, tgids=[], ports=ports,
+                    procs, name, run_dir / EVENTS_DIR, tgids=tgids, ports=ports,
                     options=CollectorOptions(), deadline_s=duration_s + 120,
                     binaries=binaries,
                 )  # fmt: skip
                 running.append(rc)
                 manifest.collectors[name] = {"attach_ns": rc.attach_ns}
-            manifest.attach_ns = max((r.attach_ns for r in running), default=None)
+
+            # grpc-go services already serving the ports are probed from the start
+            early = find_grpc_go_targets([], ports)
+            manifest.params["uprobe_targets"] = [t.exe for t in early]
+            for name in collectors:
+                if name != "uprobe" or early:
+                    attach(name, [], sorted({Path(t.exe) for t in early}))
             progress(f"running: {' '.join(command)}")
             # to a file, not a pipe: a chatty workload must never block on its output
             with (run_dir / "workload.log").open("w") as log:
                 child = procs.spawn("workload", command, stdout=log, stderr=log)
             manifest.processes.append({"role": "workload", "pid": child.pid, "argv": command})
+            if "uprobe" in collectors and not early:
+                late = _discover_late(child.pid, ports)
+                manifest.params["uprobe_targets"] = [t.exe for t in late]
+                if late:
+                    # by binary, not pid: more processes of the same binaries may follow
+                    attach("uprobe", [], sorted({Path(t.exe) for t in late}))
+                else:
+                    progress("uprobe collector: no grpc-go process found; not attached")
+                    manifest.params["uprobe_skipped"] = (
+                        f"no grpc-go process on ports {ports} or started by the command "
+                        f"within {DISCOVER_S:g} s"
+                    )
+                    manifest.params["collectors"] = [c for c in collectors if c != "uprobe"]
+            manifest.attach_ns = max((r.attach_ns for r in running), default=None)
             try:
                 code = child.proc.wait(timeout=duration_s)
             except subprocess.TimeoutExpired:
