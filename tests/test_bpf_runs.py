@@ -27,11 +27,42 @@ def probebench(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-def bpf_prog_ids() -> set[int]:
+def loaded_prog_ids() -> set[int]:
     out = subprocess.run(["bpftool", "prog", "show", "-j"], capture_output=True, text=True)
     if out.returncode != 0:
         pytest.skip("bpftool is not installed (scripts/setup installs it)")
     return {p["id"] for p in json.loads(out.stdout or "[]")}
+
+
+def prog_ids_held_by(pids: set[int]) -> set[int]:
+    """BPF programs the processes hold open (a program lives while an fd holds it)."""
+    ids = set()
+    for pid in pids:
+        try:
+            for f in Path(f"/proc/{pid}/fdinfo").iterdir():
+                for line in f.read_text().splitlines():
+                    if line.startswith("prog_id:"):
+                        ids.add(int(line.split()[1]))
+        except OSError:
+            continue
+    return ids
+
+
+def descendants(root: int) -> set[int]:
+    """root and every process below it, from /proc."""
+    parent: dict[int, int] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                parent[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    out, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        out.add(pid)
+        todo += [c for c, pp in parent.items() if pp == pid and c not in out]
+    return out
 
 
 def our_uprobe_events() -> list[str]:
@@ -61,7 +92,6 @@ def test_run_then_replay_gives_identical_metrics(tmp_path: Path, scenario: str) 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 def test_interrupted_run_leaves_nothing_behind(tmp_path: Path, sig: int) -> None:
-    before = bpf_prog_ids()
     proc = subprocess.Popen(
         [sys.executable, "-m", "harness.cli", "run", "http11-keepalive", "--exchanges", "200000",
          "--out", str(tmp_path)],
@@ -75,16 +105,22 @@ def test_interrupted_run_leaves_nothing_behind(tmp_path: Path, sig: int) -> None
         pytest.fail(f"the run never started its workload (exit {proc.wait()})")
     time.sleep(1.0)
     run_dir = next(tmp_path.iterdir())
-    pids = [p["pid"] for p in RunManifest.load(run_dir).processes]
+    # the run's processes: targets, collectors (they hold the BPF programs), capture
+    pids = sorted(descendants(proc.pid))
+    ours = prog_ids_held_by(set(pids))
+    assert ours, "the run's collector holds no BPF program"
     proc.send_signal(sig)
     code = proc.wait(timeout=120)
     # children die with their parent (PR_SET_PDEATHSIG), even after SIGKILL
     deadline = time.monotonic() + 60
+    def ours_loaded() -> bool:
+        return bool(ours & loaded_prog_ids())
+
     while time.monotonic() < deadline and (
-        bpf_prog_ids() - before or any(Path(f"/proc/{p}").exists() for p in pids)
+        ours_loaded() or any(Path(f"/proc/{p}").exists() for p in pids)
     ):
         time.sleep(0.5)
-    assert not bpf_prog_ids() - before, "BPF programs of the run are still loaded"
+    assert not ours_loaded(), "BPF programs of the run are still loaded"
     assert not [p for p in pids if Path(f"/proc/{p}").exists()], "children outlived the run"
     assert our_uprobe_events() == []
     if sig != signal.SIGKILL:
