@@ -21,7 +21,13 @@ from harness.runner.collectors import (
     start_collector,
     stop_collector,
 )
-from harness.runner.lifecycle import Interrupted, ProcessSet, read_line_until, signals_as_exceptions
+from harness.runner.lifecycle import (
+    Child,
+    Interrupted,
+    ProcessSet,
+    read_line_until,
+    signals_as_exceptions,
+)
 
 Progress = Callable[[str], None]
 READY_TIMEOUT_S = 30.0
@@ -110,6 +116,21 @@ def recording(manifest: RunManifest, run_dir: Path) -> Iterator[None]:
         manifest.save(run_dir)
 
 
+def _spawn_target(procs: ProcessSet, role: str, argv: list[str], run_dir: Path) -> Child:
+    """A target's stderr goes to <role>.log: a pipe nobody reads could fill and stall it."""
+    with (run_dir / f"{role}.log").open("w") as log:  # the child keeps its own descriptor
+        return procs.spawn(role, argv, stdin=subprocess.PIPE, stderr=log)
+
+
+def _wait_for(child: Child, line: str, timeout: float, run_dir: Path) -> None:
+    """Wait for the target's control line; on failure say what its stderr said last."""
+    try:
+        read_line_until(child, lambda s: s.startswith(line), timeout, line)
+    except TargetError as e:
+        said = (run_dir / f"{child.name}.log").read_text(errors="replace").strip().splitlines()
+        raise TargetError(f"{e}" + (f": {said[-1]}" if said else "")) from e
+
+
 def _record(
     spec: RunSpec,
     scen: scenarios.Scenario,
@@ -125,8 +146,8 @@ def _record(
     with ProcessSet() as procs, Dumpcap(run_dir / CAPTURE, [port]) as cap:
         progress(f"capturing tcp port {port} on lo")
         server_cmd = scenarios.server_command(scen, spec.server, port, spec.grpc_version)
-        server = procs.spawn("server", server_cmd, stdin=subprocess.PIPE)
-        read_line_until(server, lambda s: s.startswith("READY"), READY_TIMEOUT_S, "READY")
+        server = _spawn_target(procs, "server", server_cmd, run_dir)
+        _wait_for(server, "READY", READY_TIMEOUT_S, run_dir)
         manifest.processes.append(
             {"role": "server", "lang": spec.server, "pid": server.pid, "argv": server_cmd}
         )
@@ -156,12 +177,12 @@ def _record(
         if spec.attach == "early":
             # No client pid yet: the program filters by port, and sees every connection open.
             attach([])
-        client = procs.spawn("client", client_cmd, stdin=subprocess.PIPE)
+        client = _spawn_target(procs, "client", client_cmd, run_dir)
         manifest.processes.append(
             {"role": "client", "lang": spec.client, "pid": client.pid, "argv": client_cmd}
         )
         if spec.attach == "late":
-            read_line_until(client, lambda s: s == "WARM", READY_TIMEOUT_S * 4, "WARM")
+            _wait_for(client, "WARM", READY_TIMEOUT_S * 4, run_dir)
             progress("connections warm; attaching late")
             attach([server.pid, client.pid])
             assert client.proc.stdin is not None
@@ -169,10 +190,10 @@ def _record(
             client.proc.stdin.flush()
         progress(f"{spec.client} client running {exchanges} exchanges")
         t0 = time.monotonic()
-        read_line_until(client, lambda s: s.startswith("DONE"), spec.deadline_s + 10, "DONE")
+        _wait_for(client, "DONE", spec.deadline_s + 10, run_dir)
         code = client.proc.wait(timeout=30)
         if code != 0:
-            err = client.proc.stderr.read().strip() if client.proc.stderr else ""
+            err = (run_dir / "client.log").read_text(errors="replace").strip()
             raise TargetError(f"client exited with code {code}: {err.splitlines()[-1:]}")
         progress(f"workload done in {time.monotonic() - t0:.1f} s")
         if server.proc.poll() is not None:
