@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -22,3 +23,16 @@ def recorder_parser(prog: str, description: str | None) -> argparse.ArgumentPars
 def write_stats(path: Path | None, stats: dict[str, Any]) -> None:
     if path is not None:
         path.write_text(json.dumps(stats, indent=2) + "\n")
+
+
+def stop_flag() -> dict[str, int]:
+    """SIGTERM/SIGINT set ``flag["signal"]`` instead of killing the recorder, so its poll
+    loop ends, drains the ring buffer, writes its stats and detaches every probe."""
+    flag = {"signal": 0}
+
+    def on_signal(signum: int, _frame: object) -> None:
+        flag["signal"] = signum
+
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, on_signal)
+    return flag

@@ -25,7 +25,7 @@ from typing import Any
 
 from harness.collectors import sockdiag
 from harness.collectors.bpfsource import compile_program
-from harness.collectors.cli import recorder_parser, write_stats
+from harness.collectors.cli import recorder_parser, stop_flag, write_stats
 from harness.collectors.eventfile import EventWriter
 from harness.collectors.kprobe.layout import (
     DEFAULT_MAX_CAPTURE,
@@ -136,13 +136,7 @@ class Recorder:
             del conns[k]
 
     def run(self, deadline_s: float) -> dict[str, Any]:
-        stop = {"signal": 0}
-
-        def on_signal(signum: int, _f: object) -> None:
-            stop["signal"] = signum
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+        stop = stop_flag()
         bpf = compile_program(PROGRAM, self.defines)
         try:
             self._load_walkers(bpf)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.collectors.bpfsource import compile_program
-from harness.collectors.cli import recorder_parser, write_stats
+from harness.collectors.cli import recorder_parser, stop_flag, write_stats
 from harness.collectors.eventfile import EventWriter
 from harness.collectors.uprobe.layout import DEFAULT_RINGBUF_PAGES, FORMAT, PROGRAM, header
 from harness.collectors.uprobe.resolve import Resolution, resolve
@@ -130,13 +130,7 @@ class Recorder:
         prog.bpf["events"].open_ring_buffer(self._on_event)
 
     def run(self, deadline_s: float) -> dict[str, Any]:
-        stop = {"signal": 0}
-
-        def on_signal(signum: int, _f: object) -> None:
-            stop["signal"] = signum
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+        stop = stop_flag()
         progs = list(self.programs.values())
         t0 = time.monotonic()
         try:
