@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "gen"))
 import bench_pb2  # generated into gen/ by scripts/build-grpc-targets
 import bench_pb2_grpc
 import grpc
+from workload import MASK64, SplitMix64  # the one PRNG both plans share, mirrored in Go
 
 STARTED = time.monotonic()
-MASK64 = (1 << 64) - 1
 MAX_MSG_SIZE = 8 << 20  # the plan sends messages of >= 1 MiB
 CALL_TIMEOUT_S = 30.0  # per call; the overall --deadline is the real bound
 
@@ -63,19 +63,6 @@ METADATA_KEYS = (
 )
 FILLER = bytes(ord("a") + i % 26 for i in range(26)) * ((MAX_MSG_SIZE // 26) + 1)
 
-
-class SplitMix64:
-    """splitmix64 (Steele, Lea, Flood 2014), as in the Go client."""
-
-    def __init__(self, seed: int) -> None:
-        self.state = seed & MASK64
-
-    def next(self) -> int:
-        self.state = (self.state + 0x9E3779B97F4A7C15) & MASK64
-        z = self.state
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
-        return z ^ (z >> 31)
 
 
 @dataclass(frozen=True)
