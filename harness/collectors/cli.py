@@ -36,3 +36,8 @@ def stop_flag() -> dict[str, int]:
     for s in (signal.SIGTERM, signal.SIGINT):
         signal.signal(s, on_signal)
     return flag
+
+
+def stopped_by(flag: dict[str, int]) -> str:
+    """What ended the recording, for its stats: the signal's name, or the deadline."""
+    return signal.Signals(flag["signal"]).name if flag["signal"] else "deadline"

@@ -15,7 +15,6 @@ from __future__ import annotations
 import ctypes
 import os
 import resource
-import signal
 import struct
 import sys
 import threading
@@ -25,7 +24,7 @@ from typing import Any
 
 from harness.collectors import sockdiag
 from harness.collectors.bpfsource import compile_program
-from harness.collectors.cli import recorder_parser, stop_flag, write_stats
+from harness.collectors.cli import recorder_parser, stop_flag, stopped_by, write_stats
 from harness.collectors.eventfile import EventWriter
 from harness.collectors.kprobe.layout import (
     DEFAULT_MAX_CAPTURE,
@@ -165,9 +164,7 @@ class Recorder:
                 diag_stop.set()
                 diag.join()
             stats = self._stats(bpf)
-            stats["stopped_by"] = (
-                signal.Signals(stop["signal"]).name if stop["signal"] else "deadline"
-            )
+            stats["stopped_by"] = stopped_by(stop)
             self.writer.note({"type": "stats", **stats})
             return stats
         finally:

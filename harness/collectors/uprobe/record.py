@@ -16,7 +16,6 @@ from __future__ import annotations
 import ctypes
 import os
 import resource
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.collectors.bpfsource import compile_program
-from harness.collectors.cli import recorder_parser, stop_flag, write_stats
+from harness.collectors.cli import recorder_parser, stop_flag, stopped_by, write_stats
 from harness.collectors.eventfile import EventWriter
 from harness.collectors.uprobe.layout import DEFAULT_RINGBUF_PAGES, FORMAT, PROGRAM, header
 from harness.collectors.uprobe.resolve import Resolution, resolve
@@ -161,9 +160,7 @@ class Recorder:
             for prog in progs:  # drain what the kernel already queued
                 prog.bpf.ring_buffer_consume()
             stats = self._stats(progs, compile_s, len(attached))
-            stats["stopped_by"] = (
-                signal.Signals(stop["signal"]).name if stop["signal"] else "deadline"
-            )
+            stats["stopped_by"] = stopped_by(stop)
             self.writer.note({"type": "stats", **stats})
             return stats
         finally:
