@@ -48,6 +48,7 @@ def start_collector(
     options: CollectorOptions,
     deadline_s: float,
     binaries: list[Path] | None = None,
+    follow: int | None = None,
 ) -> RunningCollector:
     events_dir.mkdir(parents=True, exist_ok=True)
     events = events_dir / f"{name}.bin"
@@ -61,8 +62,11 @@ def start_collector(
     if name == "kprobe":
         args += ["--max-capture", str(options.max_capture)]
         args += ["--ringbuf-pages", str(options.ringbuf_pages)]
-    for b in (binaries or []) if name == "uprobe" else []:
-        args += ["--binary", str(b)]
+    if name == "uprobe":
+        for b in binaries or []:
+            args += ["--binary", str(b)]
+        if follow is not None:
+            args += ["--follow", str(follow)]
     errlog = (events_dir / f"{name}.log").open("w")
     child = procs.spawn(
         f"{name} collector", args, stop_signal=signal.SIGTERM, stop_timeout=60, stderr=errlog

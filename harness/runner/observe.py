@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
-from harness.collectors.uprobe.discover import Target, find_grpc_go_targets
+from harness.collectors.uprobe.discover import find_grpc_go_targets
 from harness.errors import ProbebenchError, TargetError
 from harness.groundtruth.capture import Dumpcap
 from harness.model import CAPTURE, EVENTS_DIR, RunManifest, machine_info, utc_now
@@ -16,24 +16,9 @@ from harness.runner.lifecycle import ProcessSet
 from harness.runner.record import Progress, recording
 from harness.runner.scenarios import OBSERVE
 
-# How long to watch the command's process tree for grpc-go processes it starts.
-DISCOVER_S = 3.0
-# after the first find, how long the rest of a script's services get to appear
-SETTLE_S = 1.5
-
-
-def _discover_late(child_pid: int, ports: list[int]) -> list[Target]:
-    """Poll the command's tree for a bounded time: the Go services a command (say, a shell
-    script) starts only exist after it runs, so the uprobe collector attaches late to them."""
-    deadline = time.monotonic() + DISCOVER_S
-    found: dict[int, Target] = {}
-    while time.monotonic() < deadline:
-        for t in find_grpc_go_targets([child_pid], ports):
-            found.setdefault(t.pid, t)
-        if found:  # let the rest of a script's services appear, briefly
-            deadline = min(deadline, time.monotonic() + SETTLE_S)
-        time.sleep(0.1)
-    return list(found.values())
+# The command waits on its stdin (a pipe) until every collector is attached, then runs
+# with /dev/null as stdin: its first exec is already in the exec gate's view.
+HOLD = ["/bin/sh", "-c", 'read -r _; exec "$@" </dev/null', "probebench-hold"]
 
 
 def observe(
@@ -62,55 +47,52 @@ def observe(
     )  # fmt: skip
     with recording(manifest, run_dir), ProcessSet() as procs:
         with Dumpcap(run_dir / CAPTURE, ports) as cap:
-            running = []
-
-            def attach(name: str, tgids: list[int], binaries: list[Path]) -> None:
-                progress(f"attaching {name} collector")
-                rc = start_collector(
-                    procs, name, run_dir / EVENTS_DIR, tgids=tgids, ports=ports,
-                    options=CollectorOptions(), deadline_s=duration_s + 120,
-                    binaries=binaries,
-                )  # fmt: skip
-                running.append(rc)
-                manifest.collectors[name] = {"attach_ns": rc.attach_ns}
-
             # grpc-go services already serving the ports are probed from the start
-            early = find_grpc_go_targets([], ports)
-            manifest.params["uprobe_targets"] = [t.exe for t in early]
-            for name in collectors:
-                if name != "uprobe" or early:
-                    attach(name, [], sorted({Path(t.exe) for t in early}))
-            progress(f"running: {' '.join(command)}")
-            # to a file, not a pipe: a chatty workload must never block on its output
-            with (run_dir / "workload.log").open("w") as log:
-                child = procs.spawn("workload", command, stdout=log, stderr=log)
-            manifest.processes.append({"role": "workload", "pid": child.pid, "argv": command})
-            if "uprobe" in collectors and not early:
-                late = _discover_late(child.pid, ports)
-                manifest.params["uprobe_targets"] = [t.exe for t in late]
-                if late:
-                    # by binary, not pid: more processes of the same binaries may follow
-                    attach("uprobe", [], sorted({Path(t.exe) for t in late}))
-                else:
-                    progress("uprobe collector: no grpc-go process found; not attached")
-                    manifest.params["uprobe_skipped"] = (
-                        f"no grpc-go process on ports {ports} or started by the command "
-                        f"within {DISCOVER_S:g} s"
-                    )
-                    manifest.params["collectors"] = [c for c in collectors if c != "uprobe"]
-            manifest.attach_ns = max((r.attach_ns for r in running), default=None)
+            early = sorted({Path(t.exe) for t in find_grpc_go_targets([], ports)})
+            release_r, release_w = os.pipe()
             try:
-                code = child.proc.wait(timeout=duration_s)
-            except subprocess.TimeoutExpired:
+                with (run_dir / "workload.log").open("w") as log, os.fdopen(release_r) as hold:
+                    # to a file, not a pipe: a chatty workload must never block on its output
+                    child = procs.spawn("workload", HOLD + command, stdin=hold, stdout=log,
+                                        stderr=log)  # fmt: skip
+                manifest.processes.append(
+                    {"role": "workload", "pid": child.pid, "argv": command}
+                )
+                running = []
+                for name in collectors:
+                    progress(f"attaching {name} collector")
+                    rc = start_collector(
+                        procs, name, run_dir / EVENTS_DIR, tgids=[], ports=ports,
+                        options=CollectorOptions(), deadline_s=duration_s + 120,
+                        binaries=early, follow=child.pid,
+                    )  # fmt: skip
+                    running.append(rc)
+                    manifest.collectors[name] = {"attach_ns": rc.attach_ns}
+                manifest.attach_ns = max((r.attach_ns for r in running), default=None)
+                progress(f"running: {' '.join(command)}")
+                os.write(release_w, b"go\n")
+            finally:
+                os.close(release_w)
+            if procs.wait_unreaped(child, duration_s):
+                left = procs.end_leftovers(child)
+                if left:
+                    progress(f"stopped {left} process(es) the command left running")
+                manifest.params["leftover_processes_stopped"] = left
+                code = child.proc.wait()
+                if code != 0:
+                    tail = (run_dir / "workload.log").read_text(errors="replace").strip()
+                    raise TargetError(f"the workload exited with code {code}: {tail[-300:]}")
+            else:
                 progress(f"still running after {duration_s:g} s: stopping it")
-                code = procs.stop(child)
+                procs.stop(child)
                 manifest.params["stopped_at_duration"] = True
-            if code not in (0, None) and not manifest.params.get("stopped_at_duration"):
-                tail = (run_dir / "workload.log").read_text(errors="replace").strip()
-                raise TargetError(f"the workload exited with code {code}: {tail[-300:]}")
             time.sleep(0.2)
             for rc in running:
                 manifest.collectors[rc.name].update(stop_collector(procs, rc))
+            uprobe = manifest.collectors.get("uprobe", {})
+            manifest.params["uprobe_targets"] = sorted(
+                b for b, v in (uprobe.get("binaries") or {}).items() if v.get("probes")
+            )
         manifest.capture = dict(cap.stats)
     from harness.analysis.replay import replay
     from harness.report.summary import summary_table

@@ -112,7 +112,7 @@ def decode(
             elif rec.get("type") == "unsupported":
                 st.unsupported.append(str(rec.get("what")))
             elif rec.get("type") == "attached":
-                st.attached_probes = len(rec.get("probes") or [])
+                st.attached_probes += len(rec.get("probes") or [])  # late binaries add theirs
             continue
         assert isinstance(rec, memoryview)
         st.kernel_records += 1

@@ -17,6 +17,7 @@ from elftools.elf.elffile import ELFFile
 
 from harness.collectors.uprobe.elfgo import NotGoBinary, quick_info
 from harness.collectors.uprobe.resolve import GRPC_MODULE, TRANSPORT
+from harness.procfs import processes
 
 PROC = Path("/proc")
 _TCP_LISTEN, _TCP_ESTABLISHED = "0A", "01"
@@ -72,16 +73,8 @@ def identify(exe: Path) -> GoIdentity:
 
 def _children() -> dict[int, list[int]]:
     kids: dict[int, list[int]] = {}
-    for d in PROC.iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = (d / "stat").read_text()
-        except OSError:
-            continue
-        # the command name may hold spaces and parentheses: fields follow the last ')'
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        kids.setdefault(ppid, []).append(int(d.name))
+    for p in processes():
+        kids.setdefault(p.ppid, []).append(p.pid)
     return kids
 
 

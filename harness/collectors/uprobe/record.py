@@ -7,12 +7,15 @@ those processes. One bcc program is compiled per distinct binary layout (offsets
 arrive as -D cflags). A binary that cannot be probed is reported as
 ``unsupported: ...`` in a NOTE record and the stats, and the collector still attaches
 what it can (possibly nothing), so a run never fails or hangs over it.
+With --follow PID, the exec gate (gate.py) holds every exec in that process's tree
+until the binary is looked at, and grpc-go binaries are probed before they run.
 Prints ``ATTACHED <monotonic_ns>`` once the probes are in place; SIGTERM/SIGINT or the
 deadline stop it, after a drain.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import resource
@@ -25,6 +28,9 @@ from typing import Any
 from harness.collectors.bpfsource import compile_program
 from harness.collectors.cli import recorder_parser, stop_flag, stopped_by, write_stats
 from harness.collectors.eventfile import EventWriter
+from harness.collectors.rings import RingSet
+from harness.collectors.uprobe.discover import identify
+from harness.collectors.uprobe.gate import ExecGate
 from harness.collectors.uprobe.layout import DEFAULT_RINGBUF_PAGES, FORMAT, PROGRAM, header
 from harness.collectors.uprobe.resolve import Resolution, resolve
 from harness.errors import CollectorError, ProbebenchError
@@ -56,6 +62,15 @@ def target_binaries(binaries: list[Path], tgids: list[int]) -> tuple[list[Path],
     return list(out.values()), problems
 
 
+Layout = tuple[tuple[str, int], ...]  # a binary's resolved defines: one program each
+FileKey = tuple[int, int, int, int]
+
+
+def _file_key(st: os.stat_result) -> FileKey:
+    """Names one version of one file, whatever path reaches it."""
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
 class Recorder:
     def __init__(
         self,
@@ -64,23 +79,22 @@ class Recorder:
         ports: list[int],
         binaries: list[Path],
         ringbuf_pages: int = DEFAULT_RINGBUF_PAGES,
+        follow: int | None = None,
     ) -> None:
         if ringbuf_pages & (ringbuf_pages - 1):
             raise ProbebenchError("--ringbuf-pages must be a power of two")
-        self.tgids, self.ports = tgids, ports
+        self.tgids, self.ports, self.follow = tgids, ports, follow
         self.hdr = header()
         paths, self.problems = target_binaries(binaries, tgids)
         t0 = time.monotonic()
         self.resolutions = [resolve(p) for p in paths]
         self.resolve_s = time.monotonic() - t0
-        self.programs: dict[tuple[tuple[str, int], ...], Program] = {}
-        for r in self.resolutions:
-            if r.error:
-                self.problems.append(r.error)
-            self.problems += [f"{r.path}: {u}" for u in r.unsupported]
-            if r.usable:
-                key = tuple(sorted(r.defines.items()))
-                self.programs.setdefault(key, Program(dict(r.defines), [])).binaries.append(r)
+        self.programs: dict[Layout, Program] = {}
+        self.rejected: dict[Layout, str] = {}  # layouts the verifier refused, and why
+        self.rings: RingSet | None = None
+        # binaries met through the gate, by file identity -> what became of them
+        self.seen: dict[FileKey, str] = {}
+        self.followed: dict[str, str] = {}  # exe -> verdict, for the stats
         self.common = {
             "PB_FILTER_TGID": int(bool(tgids)),
             "PB_RINGBUF_PAGES": ringbuf_pages,
@@ -95,83 +109,159 @@ class Recorder:
                 "binaries": [r.to_dict() for r in self.resolutions],
                 "tgids": tgids,
                 "ports": ports,
+                "follow": follow,
                 "clock": "CLOCK_MONOTONIC",
                 "sizes": {n: ctypes.sizeof(s) for n, s in self.hdr.structs.items()},
             },
         )
         for p in self.problems:
             self.writer.note({"type": "unsupported", "what": p})
+        for r in self.resolutions:
+            self._report(r)
 
-    def _on_event(self, _ctx: Any, data: int, size: int) -> None:
+    def _unsupported(self, msg: str) -> None:
+        self.problems.append(msg)
+        self.writer.note({"type": "unsupported", "what": msg})
+
+    def _report(self, r: Resolution) -> None:
+        """What could not be resolved in this binary, in the stats and the event file."""
+        for msg in ([r.error] if r.error else []) + [f"{r.path}: {u}" for u in r.unsupported]:
+            self._unsupported(msg)
+
+    def _on_event(self, data: int, size: int) -> None:
         self.writer.kernel(ctypes.string_at(data, size))
 
-    def _attach(self, prog: Program) -> None:
-        prog.bpf = compile_program(PROGRAM, {**prog.defines, **self.common})
-        targets = prog.bpf["targets"]
-        for t in self.tgids:
-            targets[ctypes.c_uint32(t)] = ctypes.c_uint8(1)
-        for r in prog.binaries:
-            for name, point in r.probes.items():
-                try:
-                    prog.bpf.attach_uprobe(
-                        name=r.path.encode(), addr=point.address, fn_name=f"probe_{name}".encode(),
-                        pid=-1,
-                    )  # fmt: skip
-                except Exception as e:  # bcc raises bare Exception when attaching fails
-                    msg = f"{r.path}: unsupported: attach {point.symbol} ({e})"
-                    self.problems.append(msg)
-                    self.writer.note({"type": "unsupported", "what": msg})
-                    continue
-                prog.attached.append(
-                    {"binary": r.path, "probe": name, "symbol": point.symbol,
-                     "address": point.address}
+    def _program(self, r: Resolution) -> Program | None:
+        """The program for this binary's layout, compiled on first use."""
+        key: Layout = tuple(sorted(r.defines.items()))
+        if key in self.rejected:
+            self._unsupported(f"{r.path}: unsupported: program rejected ({self.rejected[key]})")
+            return None
+        prog = self.programs.get(key)
+        if prog is None:
+            try:
+                bpf = compile_program(PROGRAM, {**r.defines, **self.common})
+            except CollectorError as e:
+                # one layout the verifier refuses must not take the others down
+                self.rejected[key] = str(e)
+                self._unsupported(f"{r.path}: unsupported: program rejected ({e})")
+                return None
+            prog = self.programs[key] = Program(dict(r.defines), [], bpf)
+            targets = bpf["targets"]
+            for t in self.tgids:
+                targets[ctypes.c_uint32(t)] = ctypes.c_uint8(1)
+            assert self.rings is not None
+            self.rings.add(bpf["events"], self._on_event)
+        return prog
+
+    def _probe(self, r: Resolution) -> list[dict[str, Any]]:
+        """Attach uprobes to every process running this binary, now and later."""
+        prog = self._program(r)
+        if prog is None:
+            return []
+        prog.binaries.append(r)
+        attached = []
+        for name, point in r.probes.items():
+            try:
+                prog.bpf.attach_uprobe(
+                    name=r.path.encode(), addr=point.address, fn_name=f"probe_{name}".encode(),
+                    pid=-1,
                 )  # fmt: skip
-        prog.bpf["events"].open_ring_buffer(self._on_event)
+            except Exception as e:  # bcc raises bare Exception when attaching fails
+                self._unsupported(f"{r.path}: unsupported: attach {point.symbol} ({e})")
+                continue
+            attached.append(
+                {"binary": r.path, "probe": name, "symbol": point.symbol, "address": point.address}
+            )
+        prog.attached += attached
+        return attached
+
+    def _met(self, tgid: int) -> None:
+        """A process of the followed tree just exec'd (and waits): probe its binary if it is
+        grpc-go and new to us."""
+        link = f"/proc/{tgid}/exe"
+        try:
+            st = os.stat(link)
+            exe = os.readlink(link)
+        except OSError:
+            return  # gone already
+        key = _file_key(st)
+        if key in self.seen:
+            return
+        # a deleted or replaced file is still reachable through the link
+        path = link if exe.endswith(" (deleted)") else exe
+        ident = identify(Path(path))
+        if not (ident.go and ident.grpc_version):
+            verdict = f"not probed: {ident.why}"
+        else:
+            r = resolve(Path(path))
+            r.path = path
+            self.resolutions.append(r)
+            self._report(r)
+            probes = self._probe(r) if r.usable else []
+            self.writer.note(
+                {"type": "attached", "ts_ns": time.monotonic_ns(), "pid": tgid, "probes": probes}
+            )
+            verdict = f"probed: {len(probes)} probes" if probes else "grpc-go, not probed"
+        self.seen[key] = verdict
+        self.followed[exe] = verdict
+        self.writer.note({"type": "exec", "pid": tgid, "exe": exe, "verdict": verdict})
 
     def run(self, deadline_s: float) -> dict[str, Any]:
         stop = stop_flag()
-        progs = list(self.programs.values())
+        self.rings = RingSet()
+        gate: ExecGate | None = None
         t0 = time.monotonic()
         try:
-            for prog in list(progs):
-                try:
-                    self._attach(prog)
-                except CollectorError as e:
-                    # one layout the verifier refuses must not take the others down
-                    progs.remove(prog)
-                    if prog.bpf is not None:
-                        prog.bpf.cleanup()
-                    for r in prog.binaries:
-                        msg = f"{r.path}: unsupported: program rejected ({e})"
-                        self.problems.append(msg)
-                        self.writer.note({"type": "unsupported", "what": msg})
+            for r in self.resolutions:
+                if r.usable:
+                    self._probe(r)
+                with contextlib.suppress(OSError):  # the gate must not probe these twice
+                    self.seen[_file_key(os.stat(r.path))] = "probed from the start"
+            if self.follow is not None:
+                gate = ExecGate(self.follow)
+                gate.open(self.rings)
             compile_s = time.monotonic() - t0
             attach_ns = time.monotonic_ns()
-            attached = [a for p in progs for a in p.attached]
+            attached = [a for p in self.programs.values() for a in p.attached]
             self.writer.note({"type": "attached", "ts_ns": attach_ns, "probes": attached})
             print(f"ATTACHED {attach_ns}", flush=True)
             end = time.monotonic() + deadline_s
-            slice_ms = max(10, 100 // max(1, len(progs)))
             while not stop["signal"] and time.monotonic() < end:
-                if not progs:
-                    time.sleep(0.1)
-                for prog in progs:
-                    prog.bpf.ring_buffer_poll(slice_ms)
-            for prog in progs:  # drain what the kernel already queued
-                prog.bpf.ring_buffer_consume()
-            stats = self._stats(progs, compile_s, len(attached))
+                self.rings.poll(100)
+                for ex in gate.take() if gate else ():
+                    try:
+                        self._met(ex.tgid)
+                    finally:
+                        gate.release(ex.tgid)
+            if gate is not None:
+                gate.close(self.rings)  # hears the last execs and lets them go
+                for ex in gate.take():
+                    self._met(ex.tgid)
+            self.rings.consume()  # drain what the kernel already queued
+            stats = self._stats(compile_s)
+            if gate is not None:
+                stats["gate"] = gate.stats()
+                stats["followed"] = dict(self.followed)
             stats["stopped_by"] = stopped_by(stop)
             self.writer.note({"type": "stats", **stats})
             return stats
         finally:
-            self.writer.close()
-            for prog in progs:
-                if prog.bpf is not None:
+            try:
+                if gate is not None:
+                    gate.close(self.rings)  # again on an error path: never leave one stopped
+            finally:
+                self.writer.close()
+                self.rings.close()
+                if gate is not None:
+                    gate.cleanup()
+                for prog in self.programs.values():
                     prog.bpf.cleanup()
 
-    def _stats(self, progs: list[Program], compile_s: float, attached: int) -> dict[str, Any]:
+    def _stats(self, compile_s: float) -> dict[str, Any]:
         d = self.hdr.defines
         totals = [0] * d["PB_USTAT_MAX"]
+        progs = list(self.programs.values())
         for prog in progs:
             arr = prog.bpf["stats"]
             for i in range(d["PB_USTAT_MAX"]):
@@ -186,7 +276,7 @@ class Recorder:
             "records_written": self.writer.records,
             "bytes_written": self.writer.bytes,
             "programs": len(progs),
-            "attached_probes": attached,
+            "attached_probes": sum(len(p.attached) for p in progs),
             "unsupported": list(self.problems),
             "binaries": {
                 r.path: {
@@ -208,9 +298,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = recorder_parser("probebench-uprobe-record", __doc__)
     ap.add_argument("--binary", type=Path, action="append", default=[], help="Go binary to probe")
     ap.add_argument("--ringbuf-pages", type=int, default=DEFAULT_RINGBUF_PAGES)
+    ap.add_argument(
+        "--follow", type=int, metavar="PID",
+        help="hold each exec in this process's tree until its binary is probed (if grpc-go)",
+    )  # fmt: skip
     a = ap.parse_args(argv)
     try:
-        rec = Recorder(a.out, a.tgid, a.port, a.binary, a.ringbuf_pages)
+        rec = Recorder(a.out, a.tgid, a.port, a.binary, a.ringbuf_pages, a.follow)
         stats = rec.run(a.deadline)
     except (ProbebenchError, CollectorError) as e:
         print(f"uprobe collector: {e}", file=sys.stderr)

@@ -1,0 +1,121 @@
+"""The exec gate: each exec in a followed process tree waits, stopped, until released.
+
+`probebench observe` cannot know which binaries a user's command will start. The
+gate (bpf/exec_gate.c) follows the command's process tree from the kernel and
+stops every exec in it before the new image runs; the uprobe collector then
+looks at the binary, probes it if it links grpc-go, and lets the process go. A
+service started by a script is thus probed from its first instruction, not
+seconds late. A hold on a binary already seen lasts one ring buffer wake-up.
+
+Nothing is left stopped: execs that cannot be reported are not held (counted as
+lost), and closing detaches the tracepoints before releasing every process still
+held. `observe` also continues any stopped process of the tree after the run, in
+case this collector itself was killed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import time
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from harness.collectors.bpfsource import BPF_DIR, compile_program
+from harness.collectors.cstruct import Header
+from harness.collectors.rings import RingSet
+
+PROGRAM = "exec_gate.c"
+TRACEPOINTS = (b"sched:sched_process_exec", b"sched:sched_process_fork")
+
+
+@cache
+def gate_header() -> Header:
+    return Header(BPF_DIR / "exec_gate.h")
+
+
+@dataclass(frozen=True)
+class Exec:
+    tgid: int
+    ts_ns: int  # CLOCK_MONOTONIC of the exec
+    held: bool
+
+
+class ExecGate:
+    def __init__(self, root: int, *, hold: bool = True) -> None:
+        self.hdr = gate_header()
+        self._ev = self.hdr.structs["pb_exec_event"]
+        self.bpf: Any = compile_program(PROGRAM, {"PB_GATE_HOLD": int(hold)})
+        self.bpf["tree"][ctypes.c_uint32(root)] = ctypes.c_uint8(1)
+        self.root = root
+        self._pending: list[Exec] = []
+        self._held: dict[int, int] = {}  # tgid -> exec time, for those not yet released
+        self.hold_ns: list[int] = []
+        self.gone = 0  # exited (killed?) while held
+        self.released_at_close = 0
+
+    def open(self, rings: RingSet) -> None:
+        rings.add(self.bpf["execs"], self._on_event)
+
+    def _on_event(self, data: int, size: int) -> None:
+        ev = self._ev.from_buffer_copy(ctypes.string_at(data, size))
+        ex = Exec(int(ev.tgid), int(ev.ts_ns), bool(ev.held))
+        if ex.held:
+            self._held[ex.tgid] = ex.ts_ns
+        self._pending.append(ex)
+
+    def take(self) -> list[Exec]:
+        """The execs reported since the last call, oldest first."""
+        out, self._pending = self._pending, []
+        return out
+
+    def release(self, tgid: int) -> None:
+        ts = self._held.pop(tgid, None)
+        if ts is None:
+            return
+        try:
+            os.kill(tgid, signal.SIGCONT)
+        except ProcessLookupError:
+            self.gone += 1
+            return
+        self.hold_ns.append(time.monotonic_ns() - ts)
+
+    def close(self, rings: RingSet) -> None:
+        """Stop holding, hear the execs already reported, and let every held process go."""
+        for tp in TRACEPOINTS:
+            # bcc raises bare Exception (already detached on a second close)
+            with contextlib.suppress(Exception):
+                self.bpf.detach_tracepoint(tp)
+        try:
+            rings.consume()
+        finally:
+            self.released_at_close = len(self._held)
+            for tgid in list(self._held):
+                self.release(tgid)
+
+    def stats(self) -> dict[str, Any]:
+        d = self.hdr.defines
+        arr = self.bpf["gstats"]
+
+        def total(name: str) -> int:
+            return int(sum(arr.getvalue(ctypes.c_int(d[name]))))
+
+        holds = sorted(self.hold_ns)
+        return {
+            "root_pid": self.root,
+            "execs": total("PB_GSTAT_EXECS"),
+            "held": total("PB_GSTAT_HELD"),
+            "lost": total("PB_GSTAT_LOST"),
+            "signal_failed": total("PB_GSTAT_SIGNAL_FAILED"),
+            "tree_full": total("PB_GSTAT_TREE_FULL"),
+            "gone_while_held": self.gone,
+            "released_at_close": self.released_at_close,
+            "hold_ms_median": round(holds[len(holds) // 2] / 1e6, 3) if holds else None,
+            "hold_ms_max": round(holds[-1] / 1e6, 3) if holds else None,
+        }
+
+    def cleanup(self) -> None:
+        self.bpf.cleanup()
