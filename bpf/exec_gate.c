@@ -9,13 +9,13 @@
 #include <uapi/linux/ptrace.h>
 #include "exec_gate.h"
 
-#ifndef PB_GATE_HOLD
-#define PB_GATE_HOLD 1
+#ifndef PB_GATE_RINGBUF_PAGES
+#define PB_GATE_RINGBUF_PAGES 16 /* 64 KiB: some 2,700 execs waiting to be heard */
 #endif
 #define PB_SIGSTOP 19
 
 BPF_HASH(tree, u32, u8, PB_GATE_TREE_MAX);
-BPF_RINGBUF_OUTPUT(execs, 16);
+BPF_RINGBUF_OUTPUT(execs, PB_GATE_RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(gstats, u64, PB_GSTAT_MAX);
 
 static __always_inline void gstat_add(u32 idx) {
@@ -48,16 +48,9 @@ TRACEPOINT_PROBE(sched, sched_process_exec) {
     }
     e->ts_ns = bpf_ktime_get_ns();
     e->tgid = tgid;
-    e->held = 0;
-    if (PB_GATE_HOLD) {
-        /* pending until the return to user space: the new image has not run yet */
-        if (bpf_send_signal(PB_SIGSTOP) == 0) {
-            e->held = 1;
-            gstat_add(PB_GSTAT_HELD);
-        } else {
-            gstat_add(PB_GSTAT_SIGNAL_FAILED);
-        }
-    }
+    /* pending until the return to user space: the new image has not run yet */
+    e->held = bpf_send_signal(PB_SIGSTOP) == 0;
+    gstat_add(e->held ? PB_GSTAT_HELD : PB_GSTAT_SIGNAL_FAILED);
     execs.ringbuf_submit(e, 0);
     return 0;
 }

@@ -48,7 +48,7 @@ def observe(
     with recording(manifest, run_dir), ProcessSet() as procs:
         with Dumpcap(run_dir / CAPTURE, ports) as cap:
             # grpc-go services already serving the ports are probed from the start
-            early = sorted({Path(t.exe) for t in find_grpc_go_targets([], ports)})
+            early = sorted({Path(t.exe) for t in find_grpc_go_targets(ports)})
             release_r, release_w = os.pipe()
             try:
                 with (run_dir / "workload.log").open("w") as log, os.fdopen(release_r) as hold:

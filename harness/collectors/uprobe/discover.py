@@ -1,5 +1,6 @@
-"""Find the grpc-go processes to probe: by process tree and/or by the TCP ports they use.
+"""Find the grpc-go processes to probe: those using the observed TCP ports.
 
+(Processes a command starts are met at exec instead, by the exec gate: gate.py.)
 Reads /proc only (no BPF). A process is a target when its executable is a Go
 binary (a .go.buildinfo section, or a runtime.buildVersion symbol) that links
 grpc-go (the google.golang.org/grpc module in its build info, or grpc-go's
@@ -17,7 +18,6 @@ from elftools.elf.elffile import ELFFile
 
 from harness.collectors.uprobe.elfgo import NotGoBinary, quick_info
 from harness.collectors.uprobe.resolve import GRPC_MODULE, TRANSPORT
-from harness.procfs import processes
 
 PROC = Path("/proc")
 _TCP_LISTEN, _TCP_ESTABLISHED = "0A", "01"
@@ -71,26 +71,6 @@ def identify(exe: Path) -> GoIdentity:
     return GoIdentity(True, version, grpc, why)
 
 
-def _children() -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
-    for p in processes():
-        kids.setdefault(p.ppid, []).append(p.pid)
-    return kids
-
-
-def process_tree(roots: list[int]) -> list[int]:
-    kids = _children()
-    out: list[int] = []
-    todo = list(roots)
-    while todo:
-        pid = todo.pop()
-        if pid in out:
-            continue
-        out.append(pid)
-        todo.extend(kids.get(pid, []))
-    return out
-
-
 def _socket_inodes(ports: set[int]) -> dict[int, int]:
     """inode -> port, for TCP sockets listening on or connected to one of the ports."""
     found: dict[int, int] = {}
@@ -135,14 +115,12 @@ def pids_using_ports(ports: list[int]) -> dict[int, set[int]]:
     return out
 
 
-def find_grpc_go_targets(pids: list[int], ports: list[int]) -> list[Target]:
-    """Go processes linking grpc-go among the trees rooted at ``pids`` and the processes
-    using ``ports``; with both given, a process qualifies through either."""
+def find_grpc_go_targets(ports: list[int]) -> list[Target]:
+    """Go processes linking grpc-go that listen on or connect to one of ``ports``."""
     by_port = pids_using_ports(ports) if ports else {}
-    candidates = set(process_tree(pids)) | set(by_port)
     seen: dict[str, GoIdentity] = {}
     out: list[Target] = []
-    for pid in sorted(candidates):
+    for pid in sorted(by_port):
         try:
             exe = os.readlink(PROC / str(pid) / "exe")
         except OSError:
@@ -151,7 +129,5 @@ def find_grpc_go_targets(pids: list[int], ports: list[int]) -> list[Target]:
         if ident is None:
             ident = seen[exe] = identify(Path(exe))
         if ident.go and ident.grpc_version:
-            out.append(
-                Target(pid, exe, ident.go_version, ident.grpc_version, sorted(by_port.get(pid, ())))
-            )
+            out.append(Target(pid, exe, ident.go_version, ident.grpc_version, sorted(by_port[pid])))
     return out

@@ -45,10 +45,10 @@ class Exec:
 
 
 class ExecGate:
-    def __init__(self, root: int, *, hold: bool = True) -> None:
+    def __init__(self, root: int, *, ringbuf_pages: int = 16) -> None:
         self.hdr = gate_header()
         self._ev = self.hdr.structs["pb_exec_event"]
-        self.bpf: Any = compile_program(PROGRAM, {"PB_GATE_HOLD": int(hold)})
+        self.bpf: Any = compile_program(PROGRAM, {"PB_GATE_RINGBUF_PAGES": ringbuf_pages})
         self.bpf["tree"][ctypes.c_uint32(root)] = ctypes.c_uint8(1)
         self.root = root
         self._pending: list[Exec] = []

@@ -1,0 +1,96 @@
+"""`probebench observe` for real, on a user's kind of command: a shell script that starts
+a grpc-go service and a grpc-go client itself.
+
+Neither binary is named to probebench; the uprobe collector must find both in the
+command's process tree and probe them before their first instruction (the exec
+gate), so even the first call is seen. After the run, nothing the script started
+may still run, nothing may be left stopped, and no probe may remain.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.model import RunManifest, load_metrics
+from harness.procfs import processes
+from harness.runner.record import free_port
+
+pytestmark = [pytest.mark.bpf, pytest.mark.capture]
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = ROOT / "scenarios" / "go" / "bin"
+VERSION = "v1.85.0"
+
+
+def observe(
+    tmp_path: Path, port: int, collectors: str, script: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "harness.cli", "observe", "--port", str(port), "--h2c",
+         "--collectors", collectors, "--duration", "120", "--out", str(tmp_path / "runs"),
+         "--", "bash", "-c", script],
+        capture_output=True, text=True, cwd=ROOT, timeout=600,
+    )  # fmt: skip
+
+
+def running(binary: Path) -> list[int]:
+    out = []
+    for p in processes():
+        try:
+            if os.readlink(f"/proc/{p.pid}/exe") == str(binary):
+                out.append(p.pid)
+        except OSError:
+            continue
+    return out
+
+
+def test_a_script_s_own_services_are_probed_from_their_first_call(tmp_path: Path) -> None:
+    port = free_port()
+    server, client = BIN / f"grpc-server-{VERSION}", BIN / f"grpc-client-{VERSION}"
+    # the server quits when its stdin closes: `sleep |` keeps it up; the script leaves it
+    script = (
+        f"sleep 120 | {server} --proto grpc --host 127.0.0.1 --port {port} & sleep 0.3; "
+        f"{client} --proto grpc --host 127.0.0.1 --port {port} --exchanges 40 --seed 5 "
+        f"--connections 2 --warmup 0 --workload {tmp_path}/w.jsonl --mode unary"
+    )
+    r = observe(tmp_path, port, "kprobe,uprobe", script)
+    assert r.returncode == 0, r.stderr
+    run_dir = Path(r.stdout.strip().splitlines()[-1])
+
+    m = load_metrics(run_dir)
+    assert m["truth"]["exchanges"] == 40
+    rows = {(x["collector"], x["side"]): x for x in m["rows"] if x["variant"] == "default"}
+    for side in ("client", "server"):
+        u = rows[("uprobe", side)]
+        # the client's first call too: it was probed before it ran
+        assert (u["observable"], u["matched"], u["pre_attach"]) == (40, 40, 0), u
+        assert u["degradation_rate"] == 0.0 and u["wrong"] == 0
+        assert rows[("kprobe", side)]["matched"] == 40
+
+    manifest = RunManifest.load(run_dir)
+    up = manifest.collectors["uprobe"]
+    assert up["followed"][str(server)].startswith("probed")
+    assert up["followed"][str(client)].startswith("probed")
+    gate = up["gate"]
+    assert gate["execs"] == gate["held"] >= 4  # bash's sleeps, the server, the client
+    assert (gate["lost"], gate["signal_failed"], gate["released_at_close"]) == (0, 0, 0)
+    assert manifest.params["uprobe_targets"] == sorted([str(client), str(server)])
+    # the server and its `sleep` outlived the script: observe ended them
+    assert manifest.params["leftover_processes_stopped"] == 2
+    assert running(server) == []
+    assert not [p for p in processes() if p.state == "T" and p.pgrp == manifest.processes[0]["pid"]]
+    assert str(server) not in Path("/sys/kernel/tracing/uprobe_events").read_text()
+
+
+def test_a_failing_command_is_a_clear_error(tmp_path: Path) -> None:
+    r = observe(tmp_path, free_port(), "uprobe", "echo 'no such service' >&2; exit 3")
+    assert r.returncode != 0
+    assert "the workload exited with code 3: no such service" in r.stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    manifest = RunManifest.load(run_dir)
+    assert manifest.status == "failed"
