@@ -53,7 +53,6 @@ class ExecGate:
         self.root = root
         self._pending: list[Exec] = []
         self._held: dict[int, int] = {}  # tgid -> exec time, for those not yet released
-        self.hold_ns: list[int] = []
         self.gone = 0  # exited (killed?) while held
         self.released_at_close = 0
 
@@ -72,16 +71,17 @@ class ExecGate:
         out, self._pending = self._pending, []
         return out
 
-    def release(self, tgid: int) -> None:
+    def release(self, tgid: int) -> int | None:
+        """Let a held process go; returns how long it was held (None: not held, or gone)."""
         ts = self._held.pop(tgid, None)
         if ts is None:
-            return
+            return None
         try:
             os.kill(tgid, signal.SIGCONT)
         except ProcessLookupError:
             self.gone += 1
-            return
-        self.hold_ns.append(time.monotonic_ns() - ts)
+            return None
+        return time.monotonic_ns() - ts
 
     def close(self, rings: RingSet) -> None:
         """Stop holding, hear the execs already reported, and let every held process go."""
@@ -103,7 +103,6 @@ class ExecGate:
         def total(name: str) -> int:
             return int(sum(arr.getvalue(ctypes.c_int(d[name]))))
 
-        holds = sorted(self.hold_ns)
         return {
             "root_pid": self.root,
             "execs": total("PB_GSTAT_EXECS"),
@@ -113,8 +112,6 @@ class ExecGate:
             "tree_full": total("PB_GSTAT_TREE_FULL"),
             "gone_while_held": self.gone,
             "released_at_close": self.released_at_close,
-            "hold_ms_median": round(holds[len(holds) // 2] / 1e6, 3) if holds else None,
-            "hold_ms_max": round(holds[-1] / 1e6, 3) if holds else None,
         }
 
     def cleanup(self) -> None:

@@ -30,7 +30,7 @@ from harness.collectors.cli import recorder_parser, stop_flag, stopped_by, write
 from harness.collectors.eventfile import EventWriter
 from harness.collectors.rings import RingSet
 from harness.collectors.uprobe.discover import identify
-from harness.collectors.uprobe.gate import ExecGate
+from harness.collectors.uprobe.gate import Exec, ExecGate
 from harness.collectors.uprobe.layout import DEFAULT_RINGBUF_PAGES, FORMAT, PROGRAM, header
 from harness.collectors.uprobe.resolve import Resolution, resolve
 from harness.errors import CollectorError, ProbebenchError
@@ -71,6 +71,18 @@ def _file_key(st: os.stat_result) -> FileKey:
     return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
 
 
+def _summary_ms(ns: list[int]) -> dict[str, float] | None:
+    if not ns:
+        return None
+    v = sorted(ns)
+    return {
+        "n": len(v),
+        "min": round(v[0] / 1e6, 3),
+        "median": round(v[len(v) // 2] / 1e6, 3),
+        "max": round(v[-1] / 1e6, 3),
+    }
+
+
 class Recorder:
     def __init__(
         self,
@@ -95,6 +107,7 @@ class Recorder:
         # binaries met through the gate, by file identity -> what became of them
         self.seen: dict[FileKey, str] = {}
         self.followed: dict[str, str] = {}  # exe -> verdict, for the stats
+        self.holds_ns: dict[bool, list[int]] = {True: [], False: []}  # by "binary was new"
         self.common = {
             "PB_FILTER_TGID": int(bool(tgids)),
             "PB_RINGBUF_PAGES": ringbuf_pages,
@@ -176,18 +189,18 @@ class Recorder:
         prog.attached += attached
         return attached
 
-    def _met(self, tgid: int) -> None:
+    def _met(self, tgid: int) -> tuple[str | None, bool]:
         """A process of the followed tree just exec'd (and waits): probe its binary if it is
-        grpc-go and new to us."""
+        grpc-go and new to us. Returns its executable (None if gone) and whether it was new."""
         link = f"/proc/{tgid}/exe"
         try:
             st = os.stat(link)
             exe = os.readlink(link)
         except OSError:
-            return  # gone already
+            return None, False  # gone already
         key = _file_key(st)
         if key in self.seen:
-            return
+            return exe, False
         # a deleted or replaced file is still reachable through the link
         path = link if exe.endswith(" (deleted)") else exe
         ident = identify(Path(path))
@@ -205,7 +218,19 @@ class Recorder:
             verdict = f"probed: {len(probes)} probes" if probes else "grpc-go, not probed"
         self.seen[key] = verdict
         self.followed[exe] = verdict
-        self.writer.note({"type": "exec", "pid": tgid, "exe": exe, "verdict": verdict})
+        self.writer.note({"type": "binary", "pid": tgid, "exe": exe, "verdict": verdict})
+        return exe, True
+
+    def _serve(self, gate: ExecGate, ex: Exec) -> None:
+        """Look at one exec, then let it go, whatever happened."""
+        exe, new = None, False
+        try:
+            exe, new = self._met(ex.tgid)
+        finally:
+            held_ns = gate.release(ex.tgid)
+        if held_ns is not None:
+            self.holds_ns[new].append(held_ns)
+        self.writer.note({"type": "exec", "pid": ex.tgid, "exe": exe, "held_ns": held_ns})
 
     def run(self, deadline_s: float) -> dict[str, Any]:
         stop = stop_flag()
@@ -230,18 +255,21 @@ class Recorder:
             while not stop["signal"] and time.monotonic() < end:
                 self.rings.poll(100)
                 for ex in gate.take() if gate else ():
-                    try:
-                        self._met(ex.tgid)
-                    finally:
-                        gate.release(ex.tgid)
+                    self._serve(gate, ex)
             if gate is not None:
                 gate.close(self.rings)  # hears the last execs and lets them go
                 for ex in gate.take():
-                    self._met(ex.tgid)
+                    self._serve(gate, ex)
             self.rings.consume()  # drain what the kernel already queued
             stats = self._stats(compile_s)
             if gate is not None:
-                stats["gate"] = gate.stats()
+                stats["gate"] = {
+                    **gate.stats(),
+                    # what the gate cost: a binary met for the first time waits for its
+                    # look (and compile), or behind another's; a known one only for a wake-up
+                    "hold_ms_new_binary": _summary_ms(self.holds_ns[True]),
+                    "hold_ms_known_binary": _summary_ms(self.holds_ns[False]),
+                }
                 stats["followed"] = dict(self.followed)
             stats["stopped_by"] = stopped_by(stop)
             self.writer.note({"type": "stats", **stats})
