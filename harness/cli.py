@@ -59,7 +59,7 @@ def cmd_run(a: argparse.Namespace) -> int:
         client=a.client,
         server=a.server,
         attach=a.attach,
-        collectors=[c for c in a.collectors.split(",") if c],
+        collectors=a.collectors,
         exchanges=a.exchanges,
         seed=a.seed,
         grpc_version=a.grpc_go,
@@ -115,12 +115,20 @@ def cmd_observe(a: argparse.Namespace) -> int:
         ports=a.port,
         h2c=a.h2c,
         duration_s=a.duration,
-        collectors=[c for c in a.collectors.split(",") if c],
+        collectors=a.collectors,
         out=a.out,
         progress=_progress,
     )
     print(run_dir)
     return 0
+
+
+def _collectors(text: str) -> list[str]:
+    names = [c for c in text.split(",") if c]
+    unknown = sorted(set(names) - {"kprobe", "uprobe"})
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"collectors are kprobe and uprobe, not {text!r}")
+    return names
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,7 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--client", choices=["py", "go"], default="py")
     p.add_argument("--server", choices=["py", "go"], default="py")
     p.add_argument("--attach", choices=["early", "late"], default="early")
-    p.add_argument("--collectors", default="kprobe", help="comma-separated: kprobe,uprobe")
+    p.add_argument(
+        "--collectors", type=_collectors, default="kprobe,uprobe", help="comma-separated"
+    )
     p.add_argument("--exchanges", type=int, help="default: the scenario's")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--grpc-go", choices=GRPC_GO_VERSIONS, help="grpc-go version of Go targets")
@@ -158,7 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, action="append", required=True)
     p.add_argument("--h2c", action="store_true", help="the ports carry h2c / gRPC")
     p.add_argument("--duration", type=float, default=60.0, help="stop after this many s")
-    p.add_argument("--collectors", default="kprobe")
+    p.add_argument(
+        "--collectors", type=_collectors, default="kprobe,uprobe",
+        help="comma-separated; uprobe holds each exec of the command until it is probed",
+    )  # fmt: skip
     p.add_argument("--out", type=Path, default=DEFAULT_RUNS)
     p.add_argument("command", nargs=argparse.REMAINDER)
     p.set_defaults(fn=cmd_observe)
