@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from kernel_state import descendants, loaded_prog_ids, our_uprobe_events, prog_ids_held_by
 
 from harness.analysis.replay import replay
 from harness.model import RunManifest, load_metrics
@@ -27,51 +28,12 @@ def probebench(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-def loaded_prog_ids() -> set[int]:
-    out = subprocess.run(["bpftool", "prog", "show", "-j"], capture_output=True, text=True)
-    if out.returncode != 0:
-        pytest.skip("bpftool is not installed (scripts/setup installs it)")
-    return {p["id"] for p in json.loads(out.stdout or "[]")}
-
-
-def prog_ids_held_by(pids: set[int]) -> set[int]:
-    """BPF programs the processes hold open (a program lives while an fd holds it)."""
-    ids = set()
-    for pid in pids:
-        try:
-            for f in Path(f"/proc/{pid}/fdinfo").iterdir():
-                for line in f.read_text().splitlines():
-                    if line.startswith("prog_id:"):
-                        ids.add(int(line.split()[1]))
-        except OSError:
-            continue
-    return ids
-
-
-def descendants(root: int) -> set[int]:
-    """root and every process below it, from /proc."""
-    parent: dict[int, int] = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                parent[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    out, todo = set(), [root]
-    while todo:
-        pid = todo.pop()
-        out.add(pid)
-        todo += [c for c, pp in parent.items() if pp == pid and c not in out]
-    return out
-
-
-def our_uprobe_events() -> list[str]:
-    path = Path("/sys/kernel/tracing/uprobe_events")
-    return [ln for ln in path.read_text().splitlines() if "probebench" in ln or "grpc" in ln]
-
-
-def small_run(tmp_path: Path, *extra: str, scenario: str = "http11-keepalive") -> Path:
-    r = probebench("run", scenario, "--exchanges", "60", "--out", str(tmp_path), *extra)
+def small_run(
+    tmp_path: Path, *extra: str, scenario: str = "http11-keepalive", exchanges: int = 60
+) -> Path:
+    r = probebench(
+        "run", scenario, "--exchanges", str(exchanges), "--out", str(tmp_path), *extra
+    )
     assert r.returncode == 0, r.stderr
     return Path(r.stdout.strip().splitlines()[-1])
 
@@ -131,13 +93,15 @@ def test_interrupted_run_leaves_nothing_behind(tmp_path: Path, sig: int) -> None
 
 
 def test_tiny_ring_buffer_loses_events_and_says_so(tmp_path: Path) -> None:
+    # enough exchanges that some body outgrows the one-page ring, whatever the timing
     run_dir = small_run(
         tmp_path, "--client", "go", "--server", "go", "--ringbuf-pages", "1",
-        "--max-capture", "65536",
+        "--max-capture", "65536", exchanges=300,
     )  # fmt: skip
     rows = [r for r in load_metrics(run_dir)["rows"] if r["collector"] == "kprobe"]
     assert all(r["lost_events"] > 0 for r in rows)
     assert min(r["completeness"] for r in rows) < 1.0
+    assert all(r["wrong"] == 0 for r in rows)  # streams split at the loss: nothing made up
 
 
 def test_port_in_use_is_one_clear_sentence(tmp_path: Path) -> None:

@@ -10,11 +10,14 @@ may still run, nothing may be left stopped, and no probe may remain.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from kernel_state import descendants, loaded_prog_ids, our_uprobe_events, prog_ids_held_by
 
 from harness.model import RunManifest, load_metrics
 from harness.procfs import processes
@@ -38,9 +41,13 @@ def observe(
     )  # fmt: skip
 
 
-def running(binary: Path) -> list[int]:
+def running(binary: Path, below: int | None = None) -> list[int]:
+    """Processes running ``binary``; with ``below``, only that process's descendants."""
+    mine = descendants(below) if below is not None else None
     out = []
     for p in processes():
+        if mine is not None and p.pid not in mine:
+            continue
         try:
             if os.readlink(f"/proc/{p.pid}/exe") == str(binary):
                 out.append(p.pid)
@@ -58,6 +65,7 @@ def test_a_script_s_own_services_are_probed_from_their_first_call(tmp_path: Path
         f"{client} --proto grpc --host 127.0.0.1 --port {port} --exchanges 40 --seed 5 "
         f"--connections 2 --warmup 0 --workload {tmp_path}/w.jsonl --mode unary"
     )
+    stopped_before = {p.pid for p in processes() if p.state == "T"}
     r = observe(tmp_path, port, "kprobe,uprobe", script)
     assert r.returncode == 0, r.stderr
     run_dir = Path(r.stdout.strip().splitlines()[-1])
@@ -83,8 +91,52 @@ def test_a_script_s_own_services_are_probed_from_their_first_call(tmp_path: Path
     # the server and its `sleep` outlived the script: observe ended them
     assert manifest.params["leftover_processes_stopped"] == 2
     assert running(server) == []
-    assert not [p for p in processes() if p.state == "T" and p.pgrp == manifest.processes[0]["pid"]]
+    assert {p.pid for p in processes() if p.state == "T"} <= stopped_before
     assert str(server) not in Path("/sys/kernel/tracing/uprobe_events").read_text()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_nothing_is_left_when_observe_is_stopped_mid_run(tmp_path: Path, sig: int) -> None:
+    port = free_port()
+    server, client = BIN / f"grpc-server-{VERSION}", BIN / f"grpc-client-{VERSION}"
+    script = (
+        f"sleep 120 | {server} --proto grpc --host 127.0.0.1 --port {port} & sleep 0.3; "
+        f"{client} --proto grpc --host 127.0.0.1 --port {port} --exchanges 1000000 "
+        f"--connections 1 --warmup 0 --workload {tmp_path}/w.jsonl --mode bidi"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", "observe", "--port", str(port), "--h2c",
+         "--duration", "300", "--out", str(tmp_path / "runs"), "--", "bash", "-c", script],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not running(client, below=proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert running(client, below=proc.pid), "the workload never got to its client"
+        time.sleep(1.0)  # mid-run: calls flowing through both collectors
+        ours = descendants(proc.pid)
+        targets = running(server, below=proc.pid) + running(client, below=proc.pid)
+        assert len(targets) == 2
+        progs = prog_ids_held_by(ours)
+        assert progs, "no collector holds a BPF program"
+        proc.send_signal(sig)
+        proc.wait(timeout=120)
+        # everything dies with the runner, the command's own children included (the
+        # keeper gets SIGTERM from the kernel even when the runner is SIGKILLed)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (
+            progs & loaded_prog_ids() or any(Path(f"/proc/{p}").exists() for p in ours)
+        ):
+            time.sleep(0.2)
+        left = [p for p in ours if Path(f"/proc/{p}").exists()]
+        assert not left, [Path(f"/proc/{p}/cmdline").read_bytes() for p in left]
+        assert progs & loaded_prog_ids() == set(), "BPF programs of the run are still loaded"
+        assert our_uprobe_events() == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def test_a_failing_command_is_a_clear_error(tmp_path: Path) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import select
 import signal
 import subprocess
 import threading
@@ -23,7 +22,6 @@ from types import FrameType
 from typing import IO, Any
 
 from harness.errors import ProbebenchError, TargetError
-from harness.procfs import processes
 
 _PR_SET_PDEATHSIG = 1
 
@@ -58,11 +56,6 @@ def die_with_parent() -> None:
     """preexec_fn: the child gets SIGTERM when its parent dies, even by SIGKILL."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-
-
-def group_members(pgid: int) -> set[int]:
-    """Live processes in a process group (zombies excluded)."""
-    return {p.pid for p in processes() if p.pgrp == pgid and p.state not in ("Z", "X")}
 
 
 @dataclass
@@ -141,31 +134,6 @@ class ProcessSet:
                 with contextlib.suppress(OSError):
                     f.close()
         return proc.returncode
-
-    def wait_unreaped(self, child: Child, timeout: float) -> bool:
-        """Wait up to ``timeout`` for the child to exit, without reaping it: while its zombie
-        stands, its pid (and so its process group id) cannot be reused."""
-        fd = os.pidfd_open(child.pid)
-        try:
-            return bool(select.select([fd], [], [], timeout)[0])
-        finally:
-            os.close(fd)
-
-    def end_leftovers(self, child: Child, grace: float = 5.0) -> int:
-        """After the child exited (unreaped, see wait_unreaped), stop what it left running
-        in its process group, stopped processes included; returns how many there were."""
-        pgid = child.pid
-        left = group_members(pgid) - {pgid}
-        if left:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, signal.SIGTERM)
-                os.killpg(pgid, signal.SIGCONT)  # a stopped process acts on SIGTERM only now
-            deadline = time.monotonic() + grace
-            while group_members(pgid) - {pgid} and time.monotonic() < deadline:
-                time.sleep(0.05)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, signal.SIGKILL)
-        return len(left)
 
     def close(self) -> None:
         for child in reversed(self.children):

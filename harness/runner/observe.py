@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import os
+import json
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,13 +14,10 @@ from harness.errors import ProbebenchError, TargetError
 from harness.groundtruth.capture import Dumpcap
 from harness.model import CAPTURE, EVENTS_DIR, RunManifest, machine_info, utc_now
 from harness.runner.collectors import CollectorOptions, start_collector, stop_collector
+from harness.runner.keeper import GRACE_S
 from harness.runner.lifecycle import ProcessSet
 from harness.runner.record import Progress, recording
 from harness.runner.scenarios import OBSERVE
-
-# The command waits on its stdin (a pipe) until every collector is attached, then runs
-# with /dev/null as stdin: its first exec is already in the exec gate's view.
-HOLD = ["/bin/sh", "-c", 'read -r _; exec "$@" </dev/null', "probebench-hold"]
 
 
 def observe(
@@ -49,43 +48,45 @@ def observe(
         with Dumpcap(run_dir / CAPTURE, ports) as cap:
             # grpc-go services already serving the ports are probed from the start
             early = sorted({Path(t.exe) for t in find_grpc_go_targets(ports)})
-            release_r, release_w = os.pipe()
+            keeper_report = run_dir / "keeper.json"
+            # the keeper holds the command until every collector (and the exec gate, which
+            # follows the keeper's tree) is attached; it cleans up after the command
+            keeper = [sys.executable, "-m", "harness.runner.keeper", "--report",
+                      str(keeper_report), "--", *command]  # fmt: skip
+            # output to a file, not a pipe: a chatty workload must never block on it
+            with (run_dir / "workload.log").open("w") as log:
+                child = procs.spawn("workload", keeper, stdin=subprocess.PIPE, stdout=log,
+                                    stderr=log, stop_timeout=GRACE_S + 5)  # fmt: skip
+            manifest.processes.append({"role": "workload", "pid": child.pid, "argv": command})
+            running = []
+            for name in collectors:
+                progress(f"attaching {name} collector")
+                rc = start_collector(
+                    procs, name, run_dir / EVENTS_DIR, tgids=[], ports=ports,
+                    options=CollectorOptions(), deadline_s=duration_s + 120,
+                    binaries=early, follow=child.pid,
+                )  # fmt: skip
+                running.append(rc)
+                manifest.collectors[name] = {"attach_ns": rc.attach_ns}
+            manifest.attach_ns = max((r.attach_ns for r in running), default=None)
+            progress(f"running: {' '.join(command)}")
+            assert child.proc.stdin is not None
+            child.proc.stdin.write("go\n")
+            child.proc.stdin.close()
             try:
-                with (run_dir / "workload.log").open("w") as log, os.fdopen(release_r) as hold:
-                    # to a file, not a pipe: a chatty workload must never block on its output
-                    child = procs.spawn("workload", HOLD + command, stdin=hold, stdout=log,
-                                        stderr=log)  # fmt: skip
-                manifest.processes.append(
-                    {"role": "workload", "pid": child.pid, "argv": command}
-                )
-                running = []
-                for name in collectors:
-                    progress(f"attaching {name} collector")
-                    rc = start_collector(
-                        procs, name, run_dir / EVENTS_DIR, tgids=[], ports=ports,
-                        options=CollectorOptions(), deadline_s=duration_s + 120,
-                        binaries=early, follow=child.pid,
-                    )  # fmt: skip
-                    running.append(rc)
-                    manifest.collectors[name] = {"attach_ns": rc.attach_ns}
-                manifest.attach_ns = max((r.attach_ns for r in running), default=None)
-                progress(f"running: {' '.join(command)}")
-                os.write(release_w, b"go\n")
-            finally:
-                os.close(release_w)
-            if procs.wait_unreaped(child, duration_s):
-                left = procs.end_leftovers(child)
-                if left:
-                    progress(f"stopped {left} process(es) the command left running")
-                manifest.params["leftover_processes_stopped"] = left
-                code = child.proc.wait()
-                if code != 0:
-                    tail = (run_dir / "workload.log").read_text(errors="replace").strip()
-                    raise TargetError(f"the workload exited with code {code}: {tail[-300:]}")
-            else:
+                code = child.proc.wait(timeout=duration_s)
+            except subprocess.TimeoutExpired:
                 progress(f"still running after {duration_s:g} s: stopping it")
-                procs.stop(child)
+                code = procs.stop(child)
                 manifest.params["stopped_at_duration"] = True
+            kept = json.loads(keeper_report.read_text()) if keeper_report.exists() else {}
+            manifest.processes[-1]["command_pid"] = kept.get("pid")
+            manifest.params["leftover_processes_stopped"] = kept.get("stopped")
+            if kept.get("stopped"):
+                progress(f"stopped {kept['stopped']} process(es) the command left running")
+            if code != 0 and not manifest.params.get("stopped_at_duration"):
+                tail = (run_dir / "workload.log").read_text(errors="replace").strip()
+                raise TargetError(f"the workload exited with code {code}: {tail[-300:]}")
             time.sleep(0.2)
             for rc in running:
                 manifest.collectors[rc.name].update(stop_collector(procs, rc))
