@@ -9,8 +9,9 @@ seconds late. A hold on a binary already seen lasts one ring buffer wake-up.
 
 Nothing is left stopped: execs that cannot be reported are not held (counted as
 lost), and closing detaches the tracepoints before releasing every process still
-held. `observe` also continues any stopped process of the tree after the run, in
-case this collector itself was killed.
+held. Should this collector be killed outright, `observe`'s keeper
+(harness/runner/keeper.py) still continues and stops what it held, by the
+`--duration` at the latest.
 """
 
 from __future__ import annotations
