@@ -20,6 +20,7 @@ from harness.errors import ProtocolError
 from harness.model import Exchange
 from harness.protocols.common import Segment
 from harness.protocols.http2 import orient, stitch_http2
+from harness.protocols.http2.frames import FrameParsed, FrameParser, FrameType
 
 C2S, S2C = 0, 1
 
@@ -341,6 +342,107 @@ def test_stream_seen_from_its_data_is_degraded_headers_missed():
     assert x.status == 200
     assert stats.headers_missed_streams >= 1
     check_never_wrong(x, conv.streams[first])
+
+
+def first_frame_ts(segs: list[Segment], role: str, ftype: int) -> dict[int, int]:
+    """When each stream's first frame of one type went by in these segments."""
+    parser = FrameParser(role=role)
+    seen: dict[int, int] = {}
+    for ev in [e for s in segs for e in parser.feed(s)] + parser.close():
+        if isinstance(ev, FrameParsed) and ev.type == ftype and ev.stream_id:
+            seen.setdefault(ev.stream_id, ev.ts_ns)
+    return seen
+
+
+def shifted(segs: list[Segment], dt: int) -> list[Segment]:
+    return [Segment(s.ts_ns + dt, s.data, s.orig_len) for s in segs]
+
+
+def as_compared(x: Exchange) -> tuple:
+    return (x.stream_id, x.conn_seq, x.method, x.path, x.authority, x.status, x.protocol,
+            x.grpc_status, x.grpc_message, x.req_bytes, x.resp_bytes, x.req_messages,
+            x.resp_messages, x.req_headers, x.resp_headers, x.trailers, x.degraded)
+
+
+def test_request_headers_merged_after_the_response_still_make_the_request():
+    """The server's clock runs two writes behind the client's (another CPU): in merged order
+    every response, trailers-only ones included, comes before its request's HEADERS."""
+    conv = conversation(3, calls=12, concurrency=1, client_table=256, server_table=128)
+    c2s, s2c = segments_of(conv, C2S), segments_of(conv, S2C)
+    early = shifted(s2c, -2)
+    req_at = first_frame_ts(c2s, "client", FrameType.HEADERS)
+    resp_at = first_frame_ts(early, "server", FrameType.HEADERS)
+    answered = [sid for sid, sent in conv.streams.items() if not sent.reset]
+    assert answered and all(resp_at[sid] < req_at[sid] for sid in answered)
+    assert any(conv.streams[sid].trailers == [] for sid in answered)  # a trailers-only one
+    ref, ref_stats = stitch_http2(c2s, s2c)
+    xs, stats = stitch_http2(c2s, early)
+    # Each direction's HPACK order is untouched, so every field decodes as without the skew.
+    assert [as_compared(x) for x in xs] == [as_compared(x) for x in ref]
+    for x in xs:
+        check_never_wrong(x, conv.streams[x.stream_id])
+        assert x.method == "POST" and x.path == dict(conv.streams[x.stream_id].req)[":path"]
+        assert x.authority == "localhost:50051"
+    assert stats.headers_missed_streams == ref_stats.headers_missed_streams == 0
+    assert (stats.late_request_headers, ref_stats.late_request_headers) == (len(answered), 0)
+    assert stats.field_unknown == ref_stats.field_unknown
+    assert stats.c2s_hpack.fields_unknown == stats.s2c_hpack.fields_unknown == 0
+
+
+def test_client_gap_merged_between_response_and_request_loses_none_of_the_request():
+    """The client's bytes lose sync (a write cut inside its frame header) after stream 11's
+    response was merged but before its request: all of that request follows the gap."""
+    conv = conversation(3, calls=12, concurrency=1, client_table=256, server_table=128)
+    c2s, s2c = segments_of(conv, C2S), segments_of(conv, S2C)
+    rst = next(i for i, s in enumerate(c2s) if s.data[3] == FrameType.RST_STREAM)
+    c2s[rst] = Segment(c2s[rst].ts_ns, c2s[rst].data[:4], len(c2s[rst].data))
+    early = shifted(s2c, -3)
+    assert first_frame_ts(early, "server", FrameType.HEADERS)[11] < c2s[rst].ts_ns
+    xs, stats = stitch_http2(c2s, early)
+    assert stats.c2s_frames.resyncs == 1
+    x = next(x for x in xs if x.stream_id == 11)
+    sent = conv.streams[11]
+    check_never_wrong(x, sent)
+    assert (x.method, x.path, x.protocol) == ("POST", dict(sent.req)[":path"], "h2c-grpc")
+    # The gap leaves the client's HPACK table uncertain, and only that is degraded.
+    assert {g.reason for g in x.degraded} == {"hpack_unknown_index"}
+    assert (x.req_messages, x.req_bytes) == (len(sent.req_msgs), sum(sent.req_msgs))
+    assert stats.late_request_headers > 0
+
+
+def test_server_reset_merged_before_the_request_keeps_the_request():
+    """A server answers and then resets the stream; both reach the merge before the request.
+
+    The reset must not close the call while its request is still to come: the request's
+    HEADERS and DATA are on the wire and belong to it."""
+    cfg = {"header_encoding": "utf-8"}
+    client = H2Connection(H2Configuration(client_side=True, **cfg))
+    server = H2Connection(H2Configuration(client_side=False, **cfg))
+    client.initiate_connection()
+    server.initiate_connection()
+    req = [(":method", "POST"), (":scheme", "http"), (":path", "/svc.A/Cancel"),
+           (":authority", "localhost:50051"), ("content-type", "application/grpc"),
+           ("te", "trailers")]
+    c2s = [Segment(1, p := client.data_to_send(), len(p))]
+    server.receive_data(c2s[0].data)
+    s2c = [Segment(2, p := server.data_to_send(), len(p))]
+    client.receive_data(s2c[0].data)
+    client.send_headers(1, req)
+    client.send_data(1, struct.pack(">BI", 0, 3) + b"abc", end_stream=True)
+    c2s.append(Segment(10, p := client.data_to_send(), len(p)))
+    server.receive_data(c2s[-1].data)
+    server.send_headers(1, [(":status", "200"), ("content-type", "application/grpc")])
+    server.reset_stream(1, 8)  # CANCEL
+    s2c.append(Segment(5, p := server.data_to_send(), len(p)))  # stamped by a slower clock
+    [x], stats = stitch_http2(c2s, s2c)
+    assert (x.method, x.path, x.authority, x.status) == ("POST", "/svc.A/Cancel",
+                                                         "localhost:50051", 200)
+    assert x.protocol == "h2c-grpc" and (x.req_messages, x.req_bytes) == (1, 3)
+    assert x.req_headers["content-type"] == "application/grpc"
+    assert stats.rst_streams == 1 and stats.headers_missed_streams == 0
+    assert {g.field for g in x.degraded} <= {"grpc_status", "grpc_message", "resp_bytes",
+                                              "resp_messages"}
+    assert all(g.reason != "headers_missed_stream" for g in x.degraded)
 
 
 def test_orient_by_side():

@@ -59,6 +59,8 @@ class Http2Stats:
     exchanges: int = 0
     grpc_exchanges: int = 0
     headers_missed_streams: int = 0
+    # request HEADERS merged after frames of the stream's response, still taken as its head
+    late_request_headers: int = 0
     incomplete_streams: int = 0
     rst_streams: int = 0
     hpack_errors: int = 0
@@ -92,13 +94,19 @@ class _Block:
         return R_TRUNC
 
 
+# How the client's side of a stream was first seen. The server's frames of a stream can be
+# merged before its request's HEADERS (two CPUs' clocks, a segment stamped at its first
+# byte), so a call opened by them waits in "unseen" until the client's first frame on it.
+_RequestStart = Literal["unseen", "head", "missed"]
+
+
 @dataclass(slots=True)
 class _Call:
     stream_id: int
     seq: int
     t_start: int
     t_end: int
-    headers_missed: bool
+    request: _RequestStart = "unseen"
     req: _Block | None = None
     resp: _Block | None = None
     trailers: _Block | None = None
@@ -112,6 +120,22 @@ class _Call:
     @property
     def done(self) -> bool:
         return self.reset or all(self.ended)
+
+    @property
+    def headers_missed(self) -> bool:
+        """The request's HEADERS went by unseen (or are not in the capture at all)."""
+        return self.request != "head"
+
+    @property
+    def closable(self) -> bool:
+        # A call reset before any of its client frames was merged keeps waiting for them:
+        # its request is on the wire, only later in the merge.
+        return self.done and self.request != "unseen"
+
+    def client_frame(self, *, head: bool) -> None:
+        """The client's first frame on the stream says whether its request head was seen."""
+        if self.request == "unseen":
+            self.request = "head" if head else "missed"
 
 
 _Why = Callable[[_Block | None, int], str]  # names why a header-derived field is missing
@@ -190,6 +214,10 @@ class _Stitcher:
     def lost(self, d: int) -> None:
         """Frames of direction d were lost: bodies and header state there are uncertain."""
         for call in self.calls.values():
+            if d == C2S and call.request == "unseen":
+                # Its request starts after the gap in the client's bytes, if it was seen at
+                # all (else it stays headers_missed): none of it is lost here.
+                continue
             call.lost[d] = True
             call.bodies[d].mark_lost()
         if self.pending[d] is not None:
@@ -238,10 +266,16 @@ class _Stitcher:
         elif t == FrameType.RST_STREAM:
             call = self.calls.get(f.stream_id)
             if call is not None:
+                if d == C2S:  # a client resets only a stream it opened: the head went by
+                    call.client_frame(head=False)
                 self.stats.rst_streams += 1
                 call.reset = True
                 call.t_end = f.ts_ns
                 self.maybe_finish(call)
+        elif t == FrameType.WINDOW_UPDATE and d == C2S:
+            call = self.calls.get(f.stream_id)
+            if call is not None:  # sent only on an open stream: after the request head
+                call.client_frame(head=False)
         elif t == FrameType.SETTINGS and not f.has(0x1):
             self.settings(d, f)
 
@@ -259,23 +293,23 @@ class _Stitcher:
             elif ident == SETTINGS_MAX_FRAME_SIZE:
                 self.parsers[other].set_max_frame_size(value)
 
-    def call_for(self, sid: int, ts: int, *, by_request_headers: bool) -> _Call | None:
+    def call_for(self, sid: int, ts: int) -> _Call | None:
         if sid == 0 or sid in self.closed_ids:
             return None
         call = self.calls.get(sid)
         if call is None:
-            call = _Call(sid, self.stats.streams, ts, ts, headers_missed=not by_request_headers)
+            call = _Call(sid, self.stats.streams, ts, ts)
             self.stats.streams += 1
-            if call.headers_missed:
-                self.stats.headers_missed_streams += 1
             self.calls[sid] = call
         call.t_end = max(call.t_end, ts)
         return call
 
     def data(self, d: int, f: FrameParsed) -> None:
-        call = self.call_for(f.stream_id, f.ts_ns, by_request_headers=False)
+        call = self.call_for(f.stream_id, f.ts_ns)
         if call is None:
             return
+        if d == C2S:
+            call.client_frame(head=False)
         call.bodies[d].add_data_frame(f.length, f.has(PADDED), f.pieces)
         if f.has(END_STREAM):
             call.ended[d] = True
@@ -318,6 +352,8 @@ class _Stitcher:
             call = self.calls.get(f.stream_id)
             if call is not None:
                 call.lost[d] = True
+                if d == C2S:
+                    call.client_frame(head=False)
             return
         if not pend.truncated:
             pend.fragment += f.payload
@@ -341,14 +377,19 @@ class _Stitcher:
         if pend.kind == "push":
             return  # decoded only to keep the table in step
         block = _Block(fields, pend.truncated)
-        call = self.call_for(pend.stream_id, pend.ts_ns, by_request_headers=d == C2S)
+        opened_before = pend.stream_id in self.calls
+        call = self.call_for(pend.stream_id, pend.ts_ns)
         if call is None:
             return
         if d == C2S:
-            if call.req is None and not call.headers_missed:
+            if call.request == "unseen":
+                if opened_before:  # by its response's frames, merged first
+                    self.stats.late_request_headers += 1
+                call.client_frame(head=True)
                 call.req = block
                 call.body_from_start[C2S] = True
-            # else: request trailers, decoded only to keep the table in step
+            # else: request trailers, or a block after a missed head: decoded only to keep
+            # the table in step
         else:
             kind = _server_block_kind(block, pend.flags) if call.resp is None else "trailers"
             if kind == "informational":
@@ -363,7 +404,7 @@ class _Stitcher:
             self.maybe_finish(call)
 
     def maybe_finish(self, call: _Call) -> None:
-        if call.done:
+        if call.closable:
             self.finished.append(call)
             del self.calls[call.stream_id]
             self.closed_ids.add(call.stream_id)
@@ -392,6 +433,8 @@ class _Stitcher:
                      t_start_ns=call.t_start, t_end_ns=call.t_end)
         if not call.done:
             st.incomplete_streams += 1
+        if call.headers_missed:
+            st.headers_missed_streams += 1
         req = _Fields(call.req)
         resp = _Fields(call.resp)
         trl = _Fields(call.trailers)
