@@ -139,6 +139,43 @@ def test_nothing_is_left_when_observe_is_stopped_mid_run(tmp_path: Path, sig: in
             proc.wait()
 
 
+def test_a_collector_killed_while_holding_strands_nothing(tmp_path: Path) -> None:
+    port = free_port()
+    server = BIN / f"grpc-server-{VERSION}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", "observe", "--port", str(port), "--h2c",
+         "--collectors", "uprobe", "--duration", "8", "--out", str(tmp_path / "runs"), "--",
+         "bash", "-c", f"sleep 60 | {server} --proto grpc --host 127.0.0.1 --port {port}"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        # the gate holds the server while its probes compile: kill the collector then
+        held: list[int] = []
+        deadline = time.monotonic() + 60
+        while not held and time.monotonic() < deadline:
+            below = descendants(proc.pid)
+            held = [p.pid for p in processes() if p.pid in below and p.state == "T"]
+            time.sleep(0.02)
+        assert held, "the gate never held the server"
+        (collector,) = [
+            p for p in descendants(proc.pid)
+            if b"harness.collectors.uprobe.record" in Path(f"/proc/{p}/cmdline").read_bytes()
+        ]  # fmt: skip
+        ours = descendants(proc.pid)
+        os.kill(collector, signal.SIGKILL)
+        out, err = proc.communicate(timeout=120)
+        # the stranded server waited for the duration, then the keeper ended it
+        assert proc.returncode == 0, err
+        assert "still running after 8 s" in err
+        assert not [p for p in ours if Path(f"/proc/{p}").exists()]
+        manifest = RunManifest.load(Path(out.strip().splitlines()[-1]))
+        assert manifest.collectors["uprobe"]["exit_code"] == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_a_failing_command_is_a_clear_error(tmp_path: Path) -> None:
     r = observe(tmp_path, free_port(), "uprobe", "echo 'no such service' >&2; exit 3")
     assert r.returncode != 0

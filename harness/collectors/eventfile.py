@@ -26,13 +26,16 @@ _MAX_RECORD = 1 << 26
 
 
 class EventWriter:
-    """Appends records; buffered, flushed on close (and by the OS if we are killed)."""
+    """Appends records, buffered. The header is on disk at once; the recorders flush after
+    every poll, so a recorder killed outright (SIGKILL) loses at most its last poll's records
+    and leaves a readable file, its cut-off tail counted by `read_event_file`."""
 
     def __init__(self, path: Path, header: dict[str, Any]) -> None:
         self.path = path
         self._f: BinaryIO = path.open("wb", buffering=1 << 20)
         hdr = json.dumps(header, sort_keys=True).encode()
         self._f.write(MAGIC + struct.pack("<I", len(hdr)) + hdr)
+        self._f.flush()
         self.records = 0
         self.bytes = 0
 

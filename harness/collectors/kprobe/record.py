@@ -157,6 +157,7 @@ class Recorder:
             try:
                 while not stop["signal"] and time.monotonic() < end:
                     bpf.ring_buffer_poll(100)
+                    self.writer.flush()
                     self._collect_exited(bpf)
                 # drain what the kernel already queued
                 bpf.ring_buffer_consume()

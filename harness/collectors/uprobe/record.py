@@ -254,6 +254,7 @@ class Recorder:
             end = time.monotonic() + deadline_s
             while not stop["signal"] and time.monotonic() < end:
                 self.rings.poll(100)
+                self.writer.flush()
                 for ex in gate.take() if gate else ():
                     self._serve(gate, ex)
             if gate is not None:
