@@ -30,15 +30,31 @@ BIN = ROOT / "scenarios" / "go" / "bin"
 VERSION = "v1.85.0"
 
 
+SERVER, CLIENT = BIN / f"grpc-server-{VERSION}", BIN / f"grpc-client-{VERSION}"
+
+
+def observe_argv(tmp_path: Path, port: int, script: str, *options: str) -> list[str]:
+    return [sys.executable, "-m", "harness.cli", "observe", "--port", str(port), "--h2c",
+            "--out", str(tmp_path / "runs"), *options, "--", "bash", "-c", script]  # fmt: skip
+
+
 def observe(
-    tmp_path: Path, port: int, collectors: str, script: str
+    tmp_path: Path, port: int, script: str, *options: str
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "harness.cli", "observe", "--port", str(port), "--h2c",
-         "--collectors", collectors, "--duration", "120", "--out", str(tmp_path / "runs"),
-         "--", "bash", "-c", script],
+        observe_argv(tmp_path, port, script, "--duration", "120", *options),
         capture_output=True, text=True, cwd=ROOT, timeout=600,
     )  # fmt: skip
+
+
+def server_then_client(tmp_path: Path, port: int, *client_args: str) -> str:
+    """A user's kind of script: a service in the background, then a client. The server quits
+    when its stdin closes, so `sleep |` keeps it up; the script leaves it running."""
+    return (
+        f"sleep 120 | {SERVER} --proto grpc --host 127.0.0.1 --port {port} & sleep 0.3; "
+        f"{CLIENT} --proto grpc --host 127.0.0.1 --port {port} --warmup 0 "
+        f"--workload {tmp_path}/w.jsonl {' '.join(client_args)}"
+    )
 
 
 def running(binary: Path, below: int | None = None) -> list[int]:
@@ -58,15 +74,11 @@ def running(binary: Path, below: int | None = None) -> list[int]:
 
 def test_a_script_s_own_services_are_probed_from_their_first_call(tmp_path: Path) -> None:
     port = free_port()
-    server, client = BIN / f"grpc-server-{VERSION}", BIN / f"grpc-client-{VERSION}"
-    # the server quits when its stdin closes: `sleep |` keeps it up; the script leaves it
-    script = (
-        f"sleep 120 | {server} --proto grpc --host 127.0.0.1 --port {port} & sleep 0.3; "
-        f"{client} --proto grpc --host 127.0.0.1 --port {port} --exchanges 40 --seed 5 "
-        f"--connections 2 --warmup 0 --workload {tmp_path}/w.jsonl --mode unary"
+    script = server_then_client(
+        tmp_path, port, "--exchanges", "40", "--seed", "5", "--connections", "2", "--mode", "unary"
     )
     stopped_before = {p.pid for p in processes() if p.state == "T"}
-    r = observe(tmp_path, port, "kprobe,uprobe", script)
+    r = observe(tmp_path, port, script, "--collectors", "kprobe,uprobe")
     assert r.returncode == 0, r.stderr
     run_dir = Path(r.stdout.strip().splitlines()[-1])
 
@@ -82,41 +94,37 @@ def test_a_script_s_own_services_are_probed_from_their_first_call(tmp_path: Path
 
     manifest = RunManifest.load(run_dir)
     up = manifest.collectors["uprobe"]
-    assert up["followed"][str(server)].startswith("probed")
-    assert up["followed"][str(client)].startswith("probed")
+    assert up["followed"][str(SERVER)].startswith("probed")
+    assert up["followed"][str(CLIENT)].startswith("probed")
     gate = up["gate"]
     assert gate["execs"] == gate["held"] >= 4  # bash's sleeps, the server, the client
     assert (gate["lost"], gate["signal_failed"], gate["released_at_close"]) == (0, 0, 0)
-    assert manifest.params["uprobe_targets"] == sorted([str(client), str(server)])
+    assert manifest.params["uprobe_targets"] == sorted([str(CLIENT), str(SERVER)])
     # the server and its `sleep` outlived the script: observe ended them
     assert manifest.params["leftover_processes_stopped"] == 2
-    assert running(server) == []
+    assert running(SERVER) == []
     assert {p.pid for p in processes() if p.state == "T"} <= stopped_before
-    assert str(server) not in Path("/sys/kernel/tracing/uprobe_events").read_text()
+    assert str(SERVER) not in Path("/sys/kernel/tracing/uprobe_events").read_text()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_nothing_is_left_when_observe_is_stopped_mid_run(tmp_path: Path, sig: int) -> None:
     port = free_port()
-    server, client = BIN / f"grpc-server-{VERSION}", BIN / f"grpc-client-{VERSION}"
-    script = (
-        f"sleep 120 | {server} --proto grpc --host 127.0.0.1 --port {port} & sleep 0.3; "
-        f"{client} --proto grpc --host 127.0.0.1 --port {port} --exchanges 1000000 "
-        f"--connections 1 --warmup 0 --workload {tmp_path}/w.jsonl --mode bidi"
+    script = server_then_client(
+        tmp_path, port, "--exchanges", "1000000", "--connections", "1", "--mode", "bidi"
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "harness.cli", "observe", "--port", str(port), "--h2c",
-         "--duration", "300", "--out", str(tmp_path / "runs"), "--", "bash", "-c", script],
+        observe_argv(tmp_path, port, script, "--duration", "300"),
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 120
-        while not running(client, below=proc.pid) and time.monotonic() < deadline:
+        while not running(CLIENT, below=proc.pid) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert running(client, below=proc.pid), "the workload never got to its client"
+        assert running(CLIENT, below=proc.pid), "the workload never got to its client"
         time.sleep(1.0)  # mid-run: calls flowing through both collectors
         ours = descendants(proc.pid)
-        targets = running(server, below=proc.pid) + running(client, below=proc.pid)
+        targets = running(SERVER, below=proc.pid) + running(CLIENT, below=proc.pid)
         assert len(targets) == 2
         progs = prog_ids_held_by(ours)
         assert progs, "no collector holds a BPF program"
@@ -141,11 +149,9 @@ def test_nothing_is_left_when_observe_is_stopped_mid_run(tmp_path: Path, sig: in
 
 def test_a_collector_killed_while_holding_strands_nothing(tmp_path: Path) -> None:
     port = free_port()
-    server = BIN / f"grpc-server-{VERSION}"
+    script = f"sleep 60 | {SERVER} --proto grpc --host 127.0.0.1 --port {port}"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "harness.cli", "observe", "--port", str(port), "--h2c",
-         "--collectors", "uprobe", "--duration", "8", "--out", str(tmp_path / "runs"), "--",
-         "bash", "-c", f"sleep 60 | {server} --proto grpc --host 127.0.0.1 --port {port}"],
+        observe_argv(tmp_path, port, script, "--collectors", "uprobe", "--duration", "8"),
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -177,7 +183,8 @@ def test_a_collector_killed_while_holding_strands_nothing(tmp_path: Path) -> Non
 
 
 def test_a_failing_command_is_a_clear_error(tmp_path: Path) -> None:
-    r = observe(tmp_path, free_port(), "uprobe", "echo 'no such service' >&2; exit 3")
+    script = "echo 'no such service' >&2; exit 3"
+    r = observe(tmp_path, free_port(), script, "--collectors", "uprobe")
     assert r.returncode != 0
     assert "the workload exited with code 3: no such service" in r.stderr
     (run_dir,) = (tmp_path / "runs").iterdir()
