@@ -42,10 +42,6 @@ def bench(session: nox.Session) -> None:
     """Benchmarks (pytest-benchmark), never part of the test suite."""
     benches = sorted((ROOT / "benchmarks").glob("bench_*.py"))
     session.log("benchmarks: " + ", ".join(b.name for b in benches))
-    planned = {"bench_overhead.py": "collector overhead, side by side (issue 6)"}
-    for name, what in planned.items():
-        if not (ROOT / "benchmarks" / name).exists():
-            session.log(f"not yet written: {name} ({what})")
     _run(
         session,
         "pytest",
