@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from harness.groundtruth import extract_exchanges
+from harness.groundtruth.tshark import tshark_path
 
 CAPTURES = Path("/work/shared/captures/grpc-go-for-professionals")
 
@@ -70,3 +72,20 @@ def test_the_wrong_port_decodes_nothing():
                                   h2c_ports=[50052])
     assert xs == []
     assert stats.packets == 56
+
+
+def test_a_call_whose_response_wireshark_never_saw_has_unknown_counts(tmp_path: Path) -> None:
+    # the Unary capture without the server's data segments: as if Wireshark lost the stream
+    cut = tmp_path / "no-response.pcapng"
+    subprocess.run(
+        [tshark_path(), "-r", str(CAPTURES / "Unary.pcapng"),
+         "-Y", "!(tcp.srcport == 50051 && tcp.len > 0)", "-w", str(cut)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    xs, stats = extract_exchanges(cut, http1_ports=[], h2c_ports=[50051])
+    (x,) = xs
+    assert x.path == "/greet.GreetService/Greet" and x.req_messages == 1
+    assert (x.status, x.resp_bytes, x.resp_messages) == (None, None, None)  # not 0
+    unreliable = {d.field for d in x.degraded if d.reason == "truth_unreliable"}
+    assert {"resp_bytes", "resp_messages"} <= unreliable
+    assert stats.unpaired_requests == 1

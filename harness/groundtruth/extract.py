@@ -389,6 +389,12 @@ def _h2(
             x.req_bytes, x.resp_bytes = call.data_bytes
         if x.status is None:
             stats.unpaired_requests += 1
+            if x.conn_id != "orphan":
+                # Wireshark decoded no response for it (it lost the stream, e.g. after a
+                # segment it did not reassemble): the response's counts are unknown, not 0
+                x.resp_bytes = x.resp_messages = None
+                for f in ("resp_bytes", "resp_messages"):
+                    x.degrade(f, "truth_unreliable")
         result.append(x)
     return result
 
