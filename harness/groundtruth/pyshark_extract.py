@@ -78,6 +78,7 @@ def extract_http1_pyshark(
     cap = pyshark.FileCapture(
         str(pcap), keep_packets=False, tshark_path=tshark_path(),
         decode_as={f"tcp.port=={p}": "http" for p in http1_ports},
+        override_prefs={"tcp.reassemble_out_of_order": "TRUE"},  # as tshark.decode_as
     )
     times: dict[int, int] = {}
     streams: set[int] = set()

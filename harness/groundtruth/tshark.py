@@ -45,12 +45,19 @@ def check_capture_file(pcap: Path) -> None:
         raise CaptureError(f"capture file {pcap} is empty")
 
 
+# On loopback with two CPUs dumpcap can record a later segment of a stream before an
+# earlier one; without this, Wireshark takes the earlier for a retransmission and loses
+# the HTTP/2 frame they split, and the rest of the connection with it.
+REASSEMBLE_OUT_OF_ORDER = ["-o", "tcp.reassemble_out_of_order:TRUE"]
+
+
 def decode_as(http1_ports: list[int], h2c_ports: list[int]) -> list[str]:
-    """``-d`` options that force the HTTP dissectors onto the scenario's ports."""
+    """The options every decode uses: out-of-order TCP reassembly, and ``-d`` options that
+    force the HTTP dissectors onto the scenario's ports."""
     both = set(http1_ports) & set(h2c_ports)
     if both:
         raise CaptureError(f"ports {sorted(both)} cannot be both HTTP/1 and h2c")
-    args: list[str] = []
+    args: list[str] = list(REASSEMBLE_OUT_OF_ORDER)
     for p in sorted(set(http1_ports)):
         args += ["-d", f"tcp.port=={p},http"]
     for p in sorted(set(h2c_ports)):
