@@ -91,9 +91,18 @@ def observe(
             for rc in running:
                 manifest.collectors[rc.name].update(stop_collector(procs, rc))
             uprobe = manifest.collectors.get("uprobe", {})
-            manifest.params["uprobe_targets"] = sorted(
+            probed = sorted(
                 b for b, v in (uprobe.get("binaries") or {}).items() if v.get("probes")
             )
+            manifest.params["uprobe_targets"] = probed
+            if "uprobe" in collectors:
+                others = len(set(uprobe.get("followed") or {}) - set(probed))
+                progress(
+                    f"uprobe probed: {', '.join(probed) or 'nothing'}; {others} other "
+                    "binaries of the command were not grpc-go (run.json: collectors.uprobe)"
+                )
+                for problem in uprobe.get("unsupported") or []:
+                    progress(f"uprobe: {problem}")
         manifest.capture = dict(cap.stats)
     from harness.analysis.replay import replay
     from harness.report.summary import summary_table
