@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -71,8 +72,9 @@ def observe(
             manifest.attach_ns = max((r.attach_ns for r in running), default=None)
             progress(f"running: {' '.join(command)}")
             assert child.proc.stdin is not None
-            child.proc.stdin.write("go\n")
-            child.proc.stdin.close()
+            with contextlib.suppress(BrokenPipeError):  # a dead keeper: its exit code says why
+                child.proc.stdin.write("go\n")
+                child.proc.stdin.close()
             try:
                 code = child.proc.wait(timeout=duration_s)
             except subprocess.TimeoutExpired:
