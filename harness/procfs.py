@@ -27,3 +27,19 @@ def processes() -> Iterator[ProcStat]:
         except (OSError, ValueError):
             continue
         yield ProcStat(int(d), state, int(ppid), int(pgrp))
+
+
+def descendants(root: int, *, live_only: bool = True) -> set[int]:
+    """The processes below ``root`` (not root itself); zombies only if not ``live_only``."""
+    kids: dict[int, list[int]] = {}
+    for p in processes():
+        if not (live_only and p.state in ("Z", "X")):
+            kids.setdefault(p.ppid, []).append(p.pid)
+    out: set[int] = set()
+    todo = list(kids.get(root, []))
+    while todo:
+        pid = todo.pop()
+        if pid not in out:
+            out.add(pid)
+            todo += kids.get(pid, [])
+    return out

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.procfs import processes
+from harness import procfs
 
 
 def loaded_prog_ids() -> set[int]:
@@ -34,14 +34,8 @@ def prog_ids_held_by(pids: set[int]) -> set[int]:
 
 
 def descendants(root: int) -> set[int]:
-    """root and every process below it."""
-    parent = {p.pid: p.ppid for p in processes()}
-    out, todo = set(), [root]
-    while todo:
-        pid = todo.pop()
-        out.add(pid)
-        todo += [c for c, pp in parent.items() if pp == pid and c not in out]
-    return out
+    """root and every process below it, zombies included."""
+    return {root} | procfs.descendants(root, live_only=False)
 
 
 def our_uprobe_events() -> list[str]:

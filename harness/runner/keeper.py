@@ -27,26 +27,10 @@ import sys
 import time
 from pathlib import Path
 
-from harness.procfs import processes
+from harness.procfs import descendants
 
 GRACE_S = 5.0  # SIGTERM, then this long, then SIGKILL
 _PR_SET_CHILD_SUBREAPER = 36
-
-
-def descendants(root: int) -> set[int]:
-    """Live processes below ``root`` (zombies excluded)."""
-    kids: dict[int, list[int]] = {}
-    for p in processes():
-        if p.state not in ("Z", "X"):
-            kids.setdefault(p.ppid, []).append(p.pid)
-    out: set[int] = set()
-    todo = list(kids.get(root, []))
-    while todo:
-        pid = todo.pop()
-        if pid not in out:
-            out.add(pid)
-            todo += kids.get(pid, [])
-    return out
 
 
 def _reap() -> None:
