@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 from pathlib import Path
 from typing import Any
 
@@ -31,3 +32,8 @@ def compile_program(source: str | Path, defines: dict[str, int]) -> Any:
         return bcc.BPF(src_file=str(BPF_DIR / source).encode(), cflags=cflags)
     except Exception as e:  # bcc raises bare Exception for compile and load failures
         raise CollectorError(f"bcc could not compile or load {source}: {e}") from e
+
+
+def percpu_totals(table: Any, n: int) -> list[int]:
+    """Slots 0..n-1 of a BPF_PERCPU_ARRAY of counters, each summed over the CPUs."""
+    return [int(sum(table.getvalue(ctypes.c_int(i)))) for i in range(n)]

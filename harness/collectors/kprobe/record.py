@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.collectors import sockdiag
-from harness.collectors.bpfsource import compile_program
+from harness.collectors.bpfsource import compile_program, percpu_totals
 from harness.collectors.cli import recorder_parser, stop_flag, stopped_by, write_stats
 from harness.collectors.eventfile import EventWriter
 from harness.collectors.kprobe.layout import (
@@ -187,14 +187,13 @@ class Recorder:
             except Exception as e:  # bcc raises bare Exception with the verifier's log
                 raise CollectorError(f"the kernel rejected {name}: {e}") from e
             walkers[ctypes.c_int(idx)] = ctypes.c_int(fn.fd)
-        self.tail_failed_before_attach = sum(
-            bpf["stats"].getvalue(ctypes.c_int(d["PB_STAT_TAIL_FAILED"]))
-        )
+        self.tail_failed_before_attach = percpu_totals(bpf["stats"], d["PB_STAT_MAX"])[
+            d["PB_STAT_TAIL_FAILED"]
+        ]
 
     def _stats(self, bpf: Any) -> dict[str, Any]:
         d = self.hdr.defines
-        arr = bpf["stats"]
-        totals = [sum(arr.getvalue(ctypes.c_int(i))) for i in range(d["PB_STAT_MAX"])]
+        totals = percpu_totals(bpf["stats"], d["PB_STAT_MAX"])
         ru = resource.getrusage(resource.RUSAGE_SELF)
         return {
             "lost_events": totals[d["PB_STAT_DROPPED"]],

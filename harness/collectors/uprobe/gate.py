@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from harness.collectors.bpfsource import BPF_DIR, compile_program
+from harness.collectors.bpfsource import BPF_DIR, compile_program, percpu_totals
 from harness.collectors.cstruct import Header
 from harness.collectors.rings import RingSet
 
@@ -56,6 +56,7 @@ class ExecGate:
         self._held: dict[int, int] = {}  # tgid -> exec time, for those not yet released
         self.gone = 0  # exited (killed?) while held
         self.released_at_close = 0
+        self._closed = False
 
     def open(self, rings: RingSet) -> None:
         rings.add(self.bpf["execs"], self._on_event)
@@ -85,9 +86,13 @@ class ExecGate:
         return time.monotonic_ns() - ts
 
     def close(self, rings: RingSet) -> None:
-        """Stop holding, hear the execs already reported, and let every held process go."""
+        """Stop holding, hear the execs already reported, and let every held process go.
+        Once only: a second call (a `finally` after the normal path) does nothing."""
+        if self._closed:
+            return
+        self._closed = True
         for tp in TRACEPOINTS:
-            # bcc raises bare Exception (already detached on a second close)
+            # bcc raises bare Exception; cleanup() retries what is left
             with contextlib.suppress(Exception):
                 self.bpf.detach_tracepoint(tp)
         try:
@@ -99,10 +104,10 @@ class ExecGate:
 
     def stats(self) -> dict[str, Any]:
         d = self.hdr.defines
-        arr = self.bpf["gstats"]
+        totals = percpu_totals(self.bpf["gstats"], d["PB_GSTAT_MAX"])
 
         def total(name: str) -> int:
-            return int(sum(arr.getvalue(ctypes.c_int(d[name]))))
+            return totals[d[name]]
 
         return {
             "root_pid": self.root,

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.collectors.bpfsource import compile_program
+from harness.collectors.bpfsource import compile_program, percpu_totals
 from harness.collectors.cli import recorder_parser, stop_flag, stopped_by, write_stats
 from harness.collectors.eventfile import EventWriter
 from harness.collectors.rings import RingSet
@@ -278,7 +278,7 @@ class Recorder:
         finally:
             try:
                 if gate is not None:
-                    gate.close(self.rings)  # again on an error path: never leave one stopped
+                    gate.close(self.rings)  # on an error path: never leave one stopped
             finally:
                 self.writer.close()
                 self.rings.close()
@@ -289,12 +289,9 @@ class Recorder:
 
     def _stats(self, compile_s: float) -> dict[str, Any]:
         d = self.hdr.defines
-        totals = [0] * d["PB_USTAT_MAX"]
         progs = list(self.programs.values())
-        for prog in progs:
-            arr = prog.bpf["stats"]
-            for i in range(d["PB_USTAT_MAX"]):
-                totals[i] += sum(arr.getvalue(ctypes.c_int(i)))
+        per_prog = [percpu_totals(p.bpf["stats"], d["PB_USTAT_MAX"]) for p in progs]
+        totals = [sum(col) for col in zip(*per_prog, strict=True)] or [0] * d["PB_USTAT_MAX"]
         ru = resource.getrusage(resource.RUSAGE_SELF)
         return {
             "lost_events": totals[d["PB_USTAT_DROPPED"]],
