@@ -13,12 +13,13 @@ measurement run is e.g. `PROBEBENCH_OVERHEAD_ROUNDS=8 PROBEBENCH_OVERHEAD_SCALE=
 
 from __future__ import annotations
 
-import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from harness.doctor import missing_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,23 +57,10 @@ def overhead_settings(pytestconfig: pytest.Config) -> OverheadSettings:
     return OverheadSettings(rounds, scale, servers, out)
 
 
-@functools.cache
-def _bpf_missing() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root"
-    if not Path("/sys/kernel/tracing/events/syscalls").is_dir():
-        return "syscall tracepoints not available (tracefs not mounted?)"
-    try:
-        import bcc  # noqa: F401
-    except ImportError:
-        return "bcc is not importable (run scripts/setup)"
-    return None
-
-
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("bpf") is None:
         return
-    why = _bpf_missing()
+    why = missing_for("bpf")
     if why is not None:
         if os.environ.get("CI"):
             pytest.fail(f"bpf benchmark cannot run in CI: {why}", pytrace=False)

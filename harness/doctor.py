@@ -258,3 +258,19 @@ def as_json(checks: list[Check]) -> dict[str, object]:
         "can_record": can_record(checks),
         "checks": [asdict(c) for c in checks],
     }
+
+
+def missing_for(need: str) -> str | None:
+    """Why tests marked ``need`` ("bpf": root, syscall tracepoints, bcc; "capture": root,
+    dumpcap) cannot run here, or None. The quick form of the checks above, for pytest."""
+    if os.geteuid() != 0:
+        return "needs root"
+    if need == "capture":
+        return None if shutil.which("dumpcap") else "dumpcap is not installed"
+    if not (TRACEFS / "events" / "syscalls").is_dir():
+        return "syscall tracepoints not available (tracefs not mounted?)"
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        return "bcc is not importable (run scripts/setup)"
+    return None

@@ -8,29 +8,15 @@ from __future__ import annotations
 
 import functools
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from harness.doctor import missing_for
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@functools.cache
-def _missing(marker: str) -> str | None:
-    if os.geteuid() != 0:
-        return "needs root"
-    if marker == "capture":
-        return None if shutil.which("dumpcap") else "dumpcap is not installed"
-    if not Path("/sys/kernel/tracing/events/syscalls").is_dir():
-        return "syscall tracepoints not available (tracefs not mounted?)"
-    try:
-        import bcc  # noqa: F401
-    except ImportError:
-        return "bcc is not importable (run scripts/setup)"
-    return None
 
 
 @functools.cache
@@ -45,7 +31,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     for marker in ("bpf", "capture"):
         if item.get_closest_marker(marker) is None:
             continue
-        why = _missing(marker)
+        why = missing_for(marker)
         if why is None:
             continue
         if os.environ.get("CI"):
