@@ -136,10 +136,8 @@ def _scan(
     tshark = TsharkStream(pcap, args)
     frames: dict[int, _Frame] = {}
     streams: set[int] = set()
-    requests: dict[int, list[Exchange]] = {}  # request frame -> its requests (several if pipelined)
-    req_order: list[Exchange] = []
-    answered: dict[int, int] = {}  # request frame -> responses seen
-    conn_seq: Counter[int] = Counter()
+    msgs: list[_H1Msg] = []
+    multi: dict[int, list[_H1Msg]] = {}  # frame -> its messages, split by a JSON pass
     warnings: Counter[str] = Counter()
     http1 = set(http1_ports)
     for line in tshark:
@@ -161,72 +159,238 @@ def _scan(
             for sev, msg in zip(row[_SEV].split(AGG), row[_MSG].split(AGG), strict=False):
                 if int(sev) >= WARN_SEVERITY:
                     warnings[unescape(msg)] += 1
-        if row[_METHOD] and fr.dport in http1:
-            methods = row[_METHOD].split(AGG)
-            uris = row[_URI].split(AGG)
-            versions = row[_VERSION].split(AGG)
-            single = len(methods) == 1
-            if not single:
-                warnings["several HTTP/1 requests in one frame (pipelined): sizes not split"] += 1
-            first_seg = min((int(s) for s in row[_SEGS].split(AGG)), default=num) \
-                if row[_SEGS] else num
-            for i, method in enumerate(methods):
-                version = versions[i] if i < len(versions) else ""
-                x = Exchange(
-                    source="truth", side="wire",
-                    protocol=version.lower() if version.upper() in ("HTTP/1.0", "HTTP/1.1")
-                    else "http/1.1",
-                    client_ip=fr.src, client_port=fr.sport, server_ip=fr.dst,
-                    server_port=fr.dport, conn_seq=conn_seq[stream or -1], method=method,
-                    path=unescape(uris[i]) if i < len(uris) else None,
-                    t_start_ns=frames[first_seg].t_ns if first_seg in frames else fr.t_ns,
-                    conn_id=f"tcp.stream={stream}",
-                )
-                conn_seq[stream or -1] += 1
-                if single:
-                    x.req_headers = _headers(row[_REQ_LINES])
-                    x.authority = x.req_headers.get("host")
-                    x.req_bytes = _body_size(row, head_or_no_body=False) or 0
-                requests.setdefault(num, []).append(x)
-                req_order.append(x)
-        elif row[_CODE] and fr.sport in http1:
-            codes = row[_CODE].split(AGG)
-            req_ins = row[_REQ_IN].split(AGG) if row[_REQ_IN] else []
-            if len(codes) > 1:
-                warnings["several HTTP/1 responses in one frame (pipelined): sizes not split"] += 1
-            for i, code in enumerate(codes):
-                if 100 <= int(code) < 200 and code != "101":
-                    continue  # interim (100 Continue): the final response follows
-                req_frame = int(req_ins[i]) if i < len(req_ins) and req_ins[i] else None
-                pending = requests.get(req_frame, []) if req_frame is not None else []
-                k = answered.get(req_frame, 0) if req_frame is not None else 0
-                if req_frame is None or k >= len(pending):
-                    stats.unpaired_responses += 1
-                    continue
-                answered[req_frame] = k + 1
-                x = pending[k]
-                x.status = int(code)
-                x.t_end_ns = fr.t_ns
-                if len(codes) == 1:
-                    x.resp_headers = _headers(row[_RESP_LINES])
-                    x.resp_bytes = _body_size(
-                        row, head_or_no_body=x.method == "HEAD" or x.status in NO_BODY_STATUS
-                        or x.status == 101,
-                    )
-                    if x.resp_bytes is None:
-                        x.resp_bytes = _close_delimited_size(row)
-                    if x.resp_bytes is None:
-                        warnings["HTTP/1 response without Content-Length or chunking: "
-                                 "body size unknown"] += 1
+        _http1_messages(num, fr, row, http1, msgs, multi)
     if tshark.truncated:
         stats.truncated = True
         stats.warn("capture file cut short in the middle of a packet")
+    if multi:
+        _split_multi(pcap, http1_ports, h2c_ports, multi, warnings)
+    exchanges = _pair_http1(msgs, frames, stats, warnings)
     stats.packets += len(frames)
     stats.tcp_streams = len(streams)
-    stats.unpaired_requests += sum(1 for x in req_order if x.status is None)
+    stats.unpaired_requests += sum(1 for x in exchanges if x.status is None)
     for msg, n in warnings.items():
         stats.warn(msg, n)
-    return frames, req_order
+    return frames, exchanges
+
+
+# -- HTTP/1 messages and their pairing ---------------------------------------------------
+#
+# Wireshark's ``http.request_in`` cannot be the pairing: TShark 4.0.17 leaves it empty
+# for a response sent before its request's body was complete (an early answer to an
+# ``Expect: 100-continue`` upload), and points several pipelined responses at the
+# first request of a burst and the rest at nothing. HTTP/1 answers requests in order
+# on a connection, so the truth pairs the n-th final response of a TCP stream with
+# the n-th request, and uses request_in only as a check: where it disagrees, or a
+# response comes before its request began, the pairing is marked truth_unreliable.
+
+TRUTH_UNRELIABLE = "truth_unreliable"
+_H1_RESPONSE_FIELDS = ("status", "resp_bytes")
+
+
+@dataclass(slots=True)
+class _H1Msg:
+    """One HTTP/1 message as the dissector reported it, with its own slice of the row."""
+
+    frame: int  # the frame whose dissection reported it (its last segment)
+    index: int  # position among the messages reported in that frame
+    first_frame: int  # its first segment
+    fr: _Frame
+    row: list[str]  # _FIELDS layout; HTTP fields hold this message's values only
+    is_request: bool
+
+
+def _http1_messages(
+    num: int, fr: _Frame, row: list[str], http1: set[int], msgs: list[_H1Msg],
+    multi: dict[int, list[_H1Msg]],
+) -> None:
+    """Queue the frame's HTTP/1 messages; a frame with several waits for the JSON pass."""
+    if row[_METHOD] and fr.dport in http1:
+        n, is_request = len(row[_METHOD].split(AGG)), True
+    elif row[_CODE] and fr.sport in http1:
+        n, is_request = len(row[_CODE].split(AGG)), False
+    else:
+        return
+    first_seg = min((int(s) for s in row[_SEGS].split(AGG)), default=num) \
+        if row[_SEGS] else num
+    for i in range(n):
+        m = _H1Msg(num, i, first_seg if i == 0 else num, fr, row, is_request)
+        msgs.append(m)
+        if n > 1:
+            multi.setdefault(num, []).append(m)
+
+
+_ROW_INDEX = {name: i for i, name in enumerate(_FIELDS)}
+_PER_MESSAGE = (_METHOD, _URI, _VERSION, _CODE, _REQ_IN, _CLEN, _CHUNKS, _TE, _REQ_LINES,
+                _RESP_LINES, _RESP_VERSION, _PHRASE)
+_ESCAPED = frozenset({_URI, _REQ_LINES, _RESP_LINES, _PHRASE})
+_MULTI_BATCH = 400  # frames per display filter, so the filter text stays short
+
+
+def _escape(text: str) -> str:
+    """What ``-T fields`` would have printed for a string JSON gives unescaped."""
+    return text.replace("\\", "\\\\").replace("\r", "\\r").replace("\n", "\\n")
+
+
+def _flatten(node: Any, out: list[tuple[str, str]]) -> None:
+    if isinstance(node, list):
+        for k, v in node:
+            if isinstance(v, str):
+                out.append((k, v))
+            else:
+                _flatten(v, out)
+
+
+def _split_multi(
+    pcap: Path, http1_ports: list[int], h2c_ports: list[int],
+    multi: dict[int, list[_H1Msg]], warnings: Counter[str],
+) -> None:
+    """Give each message of a frame that carries several (pipelining) its own fields.
+
+    ``-T fields`` joins the messages' fields into one list per field, so header lines
+    and body sizes cannot be told apart there; ``-T json`` keeps one ``http`` layer
+    per message. Only those frames are dissected again.
+    """
+    nums = sorted(multi)
+    for k in range(0, len(nums), _MULTI_BATCH):
+        batch = nums[k:k + _MULTI_BATCH]
+        flt = "frame.number in {" + ",".join(map(str, batch)) + "}"
+        out = run_tshark(pcap, [*decode_as(http1_ports, h2c_ports), "-Y", flt, "-T", "json",
+                                "-J", "frame http"])
+        try:
+            packets = json.loads(out.stdout or "[]", object_pairs_hook=list)
+        except json.JSONDecodeError as e:
+            raise CaptureError(f"tshark's JSON for {pcap} does not parse: {e}") from e
+        for pkt in packets:
+            layers = _pairs_get(_pairs_get(pkt, "_source") or [], "layers") or []
+            num = int(_pairs_get(_pairs_get(layers, "frame") or [], "frame.number") or 0)
+            ms = multi.get(num, [])
+            http_layers = [v for name, v in layers if name == "http" and isinstance(v, list)]
+            if len(http_layers) != len(ms):
+                warnings["HTTP/1 frame whose messages could not be split: sizes unknown"] += 1
+                for m in ms:
+                    m.row = _one_message_row(m.row, [], m.index, whole=False)
+                continue
+            for m, layer in zip(ms, http_layers, strict=True):
+                pairs: list[tuple[str, str]] = []
+                _flatten(layer, pairs)
+                m.row = _one_message_row(m.row, pairs, m.index, whole=True)
+    for ms in multi.values():
+        for m in ms:
+            if len(m.row[_METHOD if m.is_request else _CODE].split(AGG)) > 1:
+                # the JSON pass did not return this frame
+                warnings["HTTP/1 frame whose messages could not be split: sizes unknown"] += 1
+                m.row = _one_message_row(m.row, [], m.index, whole=False)
+
+
+def _one_message_row(
+    row: list[str], pairs: list[tuple[str, str]], index: int, *, whole: bool
+) -> list[str]:
+    """The frame's row with its HTTP fields replaced by one message's."""
+    new = list(row)
+    if not whole:  # keep only what identifies the message; sizes and headers unknown
+        for i in _PER_MESSAGE:
+            parts = row[i].split(AGG) if row[i] else []
+            keep = i in (_METHOD, _URI, _VERSION, _CODE)
+            new[i] = parts[index] if keep and index < len(parts) else ""
+        new[_CLEN] = new[_CHUNKS] = new[_TE] = ""
+        new.append("unsplit")
+        return new
+    got: dict[int, list[str]] = {}
+    for key, value in pairs:
+        i = _ROW_INDEX.get(key)
+        if i is not None and i in _PER_MESSAGE:
+            got.setdefault(i, []).append(_escape(value) if i in _ESCAPED else value)
+    for i in _PER_MESSAGE:
+        new[i] = AGG.join(got.get(i, []))
+    return new
+
+
+def _new_request(m: _H1Msg, frames: dict[int, _Frame], seq: int) -> Exchange:
+    row, fr = m.row, m.fr
+    version = _first(row[_VERSION])
+    x = Exchange(
+        source="truth", side="wire",
+        protocol=version.lower() if version.upper() in ("HTTP/1.0", "HTTP/1.1") else "http/1.1",
+        client_ip=fr.src, client_port=fr.sport, server_ip=fr.dst, server_port=fr.dport,
+        conn_seq=seq, method=_first(row[_METHOD]), path=unescape(_first(row[_URI])) or None,
+        t_start_ns=frames[m.first_frame].t_ns if m.first_frame in frames else fr.t_ns,
+        conn_id=f"tcp.stream={fr.stream}",
+    )
+    if len(row) == len(_FIELDS):  # split, or alone in its frame
+        x.req_headers = _headers(row[_REQ_LINES])
+        x.authority = x.req_headers.get("host")
+        x.req_bytes = _body_size(row, head_or_no_body=False) or 0
+    return x
+
+
+def _apply_response(x: Exchange, m: _H1Msg, warnings: Counter[str]) -> None:
+    row = m.row
+    x.status = int(_first(row[_CODE]))
+    x.t_end_ns = m.fr.t_ns
+    if len(row) != len(_FIELDS):  # several responses in the frame, not split
+        x.degrade("resp_bytes", TRUTH_UNRELIABLE)
+        return
+    x.resp_headers = _headers(row[_RESP_LINES])
+    x.resp_bytes = _body_size(
+        row, head_or_no_body=x.method == "HEAD" or x.status in NO_BODY_STATUS or x.status == 101,
+    )
+    if x.resp_bytes is None and m.index == 0:
+        x.resp_bytes = _close_delimited_size(row)
+    if x.resp_bytes is None:
+        warnings["HTTP/1 response without Content-Length or chunking: body size unknown"] += 1
+
+
+def _pair_http1(
+    msgs: list[_H1Msg], frames: dict[int, _Frame], stats: TruthStats, warnings: Counter[str],
+) -> list[Exchange]:
+    """Requests become exchanges; each TCP stream's final responses answer them in order."""
+    reqs: dict[int | None, list[tuple[_H1Msg, Exchange]]] = {}
+    resps: dict[int | None, list[_H1Msg]] = {}
+    out: list[Exchange] = []
+    switched: set[int] = set()  # id() of requests after a 101 on their stream
+    for m in sorted(msgs, key=lambda m: (m.frame, m.index)):
+        if m.is_request:
+            lst = reqs.setdefault(m.fr.stream, [])
+            x = _new_request(m, frames, len(lst))
+            lst.append((m, x))
+            out.append(x)
+        else:
+            code = _first(m.row[_CODE])
+            if code.isdigit() and (100 <= int(code) < 200 and code != "101"):
+                continue  # interim (100 Continue, 103 Early Hints): the final one follows
+            resps.setdefault(m.fr.stream, []).append(m)
+    for stream, rs in resps.items():
+        pending = reqs.get(stream, [])
+        broken = False  # once a pairing is doubtful, so is every later one on the stream
+        for k, m in enumerate(rs):
+            if k >= len(pending):
+                stats.unpaired_responses += len(rs) - k
+                break
+            req, x = pending[k]
+            req_in = _int(_first(m.row[_REQ_IN]))
+            if m.frame < req.first_frame or (req_in is not None and req_in != req.frame):
+                if not broken:
+                    warnings["HTTP/1 response that in-order pairing and Wireshark's "
+                             "request_in disagree on: marked truth_unreliable"] += 1
+                broken = True
+            _apply_response(x, m, warnings)
+            if broken:
+                for f in _H1_RESPONSE_FIELDS:
+                    x.degrade(f, TRUTH_UNRELIABLE)
+            if x.status == 101:
+                # the rest of the stream is another protocol, whatever was dissected in it
+                stats.unpaired_responses += len(rs) - k - 1
+                switched.update(id(y) for _, y in pending[k + 1:])
+                break
+    if switched:
+        warnings["HTTP/1 'requests' after a protocol switch (101): not HTTP, dropped"] += \
+            len(switched)
+        out = [x for x in out if id(x) not in switched]
+    for x in out:
+        if len(x.req_headers) == 0 and x.req_bytes is None:
+            x.degrade("req_bytes", TRUTH_UNRELIABLE)
+    return out
 
 
 # -- HTTP/2 --------------------------------------------------------------------
