@@ -104,8 +104,19 @@ def match(truth: list[Exchange], observed: list[Exchange]) -> Matching:
     taken: set[int] = set()
     pairs: list[Verdict] = []
     phantoms: list[Exchange] = []
-    for obs in sorted(observed, key=lambda x: x.t_start_ns or 0):
-        i = _find(obs, truth, by_conn, by_id, taken)
+    ordered = sorted(observed, key=lambda x: (x.t_start_ns or 0, x.conn_seq or 0))
+    # A server reads a pipelined burst in one syscall: its exchanges share one start
+    # time, and each must take its own place in the burst, not the latest one.
+    burst: dict[tuple[object, ...], int] = defaultdict(int)
+    for obs in ordered:
+        if obs.side == "server" and obs.stream_id is None and (key := _conn_key(obs)):
+            burst[(*key, obs.t_start_ns)] += 1
+    for obs in ordered:
+        later = 0
+        if obs.side == "server" and obs.stream_id is None and (key := _conn_key(obs)):
+            burst[(*key, obs.t_start_ns)] -= 1
+            later = burst[(*key, obs.t_start_ns)]
+        i = _find(obs, truth, by_conn, by_id, taken, later)
         if i is None:
             phantoms.append(obs)
             continue
@@ -120,7 +131,9 @@ def _find(
     by_conn: dict[tuple[object, ...], list[tuple[int, int]]],
     by_id: dict[str, int],
     taken: set[int],
+    later: int = 0,
 ) -> int | None:
+    """``later``: exchanges of the same server read still to be matched after this one."""
     key = _conn_key(obs)
     if key is None:
         xid = obs.req_headers.get(ID_HEADER)
@@ -139,13 +152,17 @@ def _find(
     ts = obs.t_start_ns or 0
     if obs.side == "server":
         pos = bisect.bisect_right(cands, (ts + CLOCK_TOLERANCE_NS, 1 << 62))
+        earliest = None  # when the burst has more exchanges than the truth left for it
         for j in range(pos - 1, -1, -1):
             t, i = cands[j]
             if ts - t > MATCH_WINDOW_NS:
                 break
             if i not in taken:
-                return i
-        return None
+                if later == 0:
+                    return i
+                later -= 1  # left for a later exchange of the same read
+                earliest = i
+        return earliest
     pos = bisect.bisect_left(cands, (ts - CLOCK_TOLERANCE_NS, -1))
     for j in range(pos, len(cands)):
         t, i = cands[j]

@@ -209,9 +209,10 @@ class Http1Parser:
     (``expect_response_to``) so that HEAD and CONNECT responses are framed
     right. ``from_start=True`` promises the first byte fed is the first byte of
     the connection, so a truncated first segment counts as a lost message.
-    ``pipelined=False`` (HTTP/1 clients do not pipeline in practice) pairs a
-    response with the latest queued request that started before it, so a lost
-    response cannot shift every later pairing.
+    ``pipelined=True`` pairs responses with queued requests in order (HTTP/1's
+    rule; load tools and proxies do pipeline); after a lost message, and always
+    with ``pipelined=False``, a response pairs with the latest queued request that
+    started before it, so a lost response cannot shift every later pairing.
     """
 
     def __init__(
