@@ -138,6 +138,7 @@ def _scan(
     streams: set[int] = set()
     msgs: list[_H1Msg] = []
     multi: dict[int, list[_H1Msg]] = {}  # frame -> its messages, split by a JSON pass
+    server_data: dict[int | None, int] = {}  # tcp.stream -> last frame with HTTP/1 server bytes
     warnings: Counter[str] = Counter()
     http1 = set(http1_ports)
     for line in tshark:
@@ -160,12 +161,14 @@ def _scan(
                 if int(sev) >= WARN_SEVERITY:
                     warnings[unescape(msg)] += 1
         _http1_messages(num, fr, row, http1, msgs, multi)
+        if fr.sport in http1 and row[_TCP_LEN] not in ("", "0"):
+            server_data[stream] = num
     if tshark.truncated:
         stats.truncated = True
         stats.warn("capture file cut short in the middle of a packet")
     if multi:
         _split_multi(pcap, http1_ports, h2c_ports, multi, warnings)
-    exchanges = _pair_http1(msgs, frames, stats, warnings)
+    exchanges = _pair_http1(msgs, frames, server_data, stats, warnings)
     stats.packets += len(frames)
     stats.tcp_streams = len(streams)
     stats.unpaired_requests += sum(1 for x in exchanges if x.status is None)
@@ -178,11 +181,12 @@ def _scan(
 #
 # Wireshark's ``http.request_in`` cannot be the pairing: TShark 4.0.17 leaves it empty
 # for a response sent before its request's body was complete (an early answer to an
-# ``Expect: 100-continue`` upload), and points several pipelined responses at the
-# first request of a burst and the rest at nothing. HTTP/1 answers requests in order
-# on a connection, so the truth pairs the n-th final response of a TCP stream with
-# the n-th request, and uses request_in only as a check: where it disagrees, or a
-# response comes before its request began, the pairing is marked truth_unreliable.
+# ``Expect: 100-continue`` upload), and under pipelining points a response at the
+# latest request frame before it, or at nothing. HTTP/1 answers requests in order on
+# a connection, so the truth pairs the n-th final response of a TCP stream with the
+# n-th request. request_in is a check where one request was outstanding: where it
+# disagrees, or a response comes before its request began, Wireshark lost a message
+# and the pairing (and every later one on the stream) is marked truth_unreliable.
 
 TRUTH_UNRELIABLE = "truth_unreliable"
 _H1_RESPONSE_FIELDS = ("status", "resp_bytes")
@@ -342,9 +346,16 @@ def _apply_response(x: Exchange, m: _H1Msg, warnings: Counter[str]) -> None:
 
 
 def _pair_http1(
-    msgs: list[_H1Msg], frames: dict[int, _Frame], stats: TruthStats, warnings: Counter[str],
+    msgs: list[_H1Msg], frames: dict[int, _Frame], server_data: dict[int | None, int],
+    stats: TruthStats, warnings: Counter[str],
 ) -> list[Exchange]:
-    """Requests become exchanges; each TCP stream's final responses answer them in order."""
+    """Requests become exchanges; each TCP stream's final responses answer them in order.
+
+    A request left without a response although the server sent bytes after it is one
+    whose response Wireshark did not decode: TShark 4.0.17 frames a pipelined HEAD
+    response by the latest request's method, takes its Content-Length for a body and
+    swallows the responses behind it. Those exchanges are truth_unreliable, not unanswered.
+    """
     reqs: dict[int | None, list[tuple[_H1Msg, Exchange]]] = {}
     resps: dict[int | None, list[_H1Msg]] = {}
     out: list[Exchange] = []
@@ -368,8 +379,11 @@ def _pair_http1(
                 stats.unpaired_responses += len(rs) - k
                 break
             req, x = pending[k]
+            # request_in is only worth checking when this request was the one outstanding:
+            # under pipelining TShark 4.0.17 points responses at the latest request frame
             req_in = _int(_first(m.row[_REQ_IN]))
-            if m.frame < req.first_frame or (req_in is not None and req_in != req.frame):
+            alone = k + 1 >= len(pending) or pending[k + 1][0].first_frame > m.frame
+            if m.frame < req.first_frame or (alone and req_in is not None and req_in != req.frame):
                 if not broken:
                     warnings["HTTP/1 response that in-order pairing and Wireshark's "
                              "request_in disagree on: marked truth_unreliable"] += 1
@@ -383,6 +397,16 @@ def _pair_http1(
                 stats.unpaired_responses += len(rs) - k - 1
                 switched.update(id(y) for _, y in pending[k + 1:])
                 break
+    for stream, pending in reqs.items():
+        last_data = server_data.get(stream, 0)
+        lost = [x for req, x in pending if x.status is None and id(x) not in switched
+                and req.first_frame < last_data]
+        if lost:
+            warnings["HTTP/1 requests whose responses Wireshark did not decode although the "
+                     "server sent data after them: marked truth_unreliable"] += len(lost)
+            for x in lost:
+                for f in _H1_RESPONSE_FIELDS:
+                    x.degrade(f, TRUTH_UNRELIABLE)
     if switched:
         warnings["HTTP/1 'requests' after a protocol switch (101): not HTTP, dropped"] += \
             len(switched)

@@ -149,6 +149,9 @@ class _Stitcher:
                 x.status = ev.status
                 x.resp_headers = _header_dict(ev.headers)
                 self.cur_resp = x
+                if ev.status == 101 or (ev.request_method == "CONNECT" and ev.status < 300):
+                    # the exchange ends at the switch; the client's next bytes are not HTTP
+                    self.req.switch_protocols()
             elif isinstance(ev, MessageCompleted):
                 if self.cur_resp is not None:
                     self.cur_resp.resp_bytes = ev.body_bytes
