@@ -25,6 +25,8 @@ class Scenario:
     connections: int = 4
     default_exchanges: int = 2000
     warmup: int = 3  # exchanges per connection before a late attach
+    pipeline: int = 1  # HTTP/1.1 requests per write before their responses (depth)
+    mixed: bool = False  # HTTP/1.1 plan of HEAD, 304, 204 and 100-continue uploads
 
     @property
     def is_grpc(self) -> bool:
@@ -36,6 +38,10 @@ SCENARIOS: dict[str, Scenario] = {
     for s in (
         Scenario("http10-short", "http10", "http/1.0", connections=1, warmup=20),
         Scenario("http11-keepalive", "http11", "http/1.1"),
+        Scenario("http11-pipelined", "http11", "http/1.1", pipeline=8, default_exchanges=2000,
+                 warmup=8),
+        Scenario("http11-mixed", "http11", "http/1.1", mixed=True, default_exchanges=400,
+                 warmup=4),
         Scenario("grpc-unary", "grpc", "h2c-grpc", "unary", default_exchanges=1000),
         Scenario("grpc-server-stream", "grpc", "h2c-grpc", "server-stream", default_exchanges=200),
         Scenario("grpc-client-stream", "grpc", "h2c-grpc", "client-stream", default_exchanges=200),
@@ -92,6 +98,10 @@ def client_command(
     ]  # fmt: skip
     if s.mode:
         args += ["--mode", s.mode]
+    if s.pipeline > 1:
+        args += ["--pipeline", str(s.pipeline)]
+    if s.mixed:
+        args.append("--mixed")
     if lang == "go":
         return [str(_go_binary("grpc" if s.is_grpc else "http1", "client", grpc_version)), *args]
     script = SCEN_DIR / "py" / ("grpc_client.py" if s.is_grpc else "http1_client.py")
