@@ -417,7 +417,7 @@ def split_plan(
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    plan = make_plan(args.exchanges, args.seed, args.proto, args.mixed)
+    plan = make_plan(args.exchanges, args.seed, args.proto, args.mixed, args.pipeline > 1)
     if args.plan_only:
         sys.stdout.write("".join(r.to_json() + "\n" for r in plan))
         return 0

@@ -399,7 +399,7 @@ func main() {
 	if *pipeline > 1 && (*mixed || *proto != "http11") {
 		die(2, "--pipeline is for the http11 plan, without --mixed (100-continue waits)")
 	}
-	p, err := plan.Make(*exchanges, uint64(*seed), *proto, *mixed)
+	p, err := plan.Make(*exchanges, uint64(*seed), *proto, *mixed, *pipeline > 1)
 	if err != nil {
 		die(2, "%v", err)
 	}
