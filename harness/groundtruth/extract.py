@@ -168,6 +168,8 @@ def _scan(
         stats.warn("capture file cut short in the middle of a packet")
     if multi:
         _split_multi(pcap, http1_ports, h2c_ports, multi, warnings)
+    msgs = _drop_redissected(msgs, warnings)
+    msgs = _drop_repeated_reports(pcap, http1_ports, h2c_ports, msgs, warnings)
     exchanges = _pair_http1(msgs, frames, server_data, stats, warnings)
     stats.packets += len(frames)
     stats.tcp_streams = len(streams)
@@ -185,8 +187,8 @@ def _scan(
 # latest request frame before it, or at nothing. HTTP/1 answers requests in order on
 # a connection, so the truth pairs the n-th final response of a TCP stream with the
 # n-th request. request_in is a check where one request was outstanding: where it
-# disagrees, or a response comes before its request began, Wireshark lost a message
-# and the pairing (and every later one on the stream) is marked truth_unreliable.
+# disagrees, Wireshark lost a message and the pairing (and every later one on the
+# stream) is marked truth_unreliable.
 
 TRUTH_UNRELIABLE = "truth_unreliable"
 _H1_RESPONSE_FIELDS = ("status", "resp_bytes")
@@ -310,6 +312,99 @@ def _one_message_row(
     return new
 
 
+def _identity(m: _H1Msg) -> tuple[str, ...]:
+    return tuple(m.row[i] for i in _PER_MESSAGE if i != _REQ_IN)
+
+
+def _drop_redissected(msgs: list[_H1Msg], warnings: Counter[str]) -> list[_H1Msg]:
+    """Messages TShark 4.0.17 reports twice: when a message that began in a segment
+    holding earlier complete messages is reassembled, it dissects that segment's
+    earlier messages again in the reassembled frame. They lead its list, equal to
+    the messages the earlier frame (one of its segments) reported."""
+    by_frame: dict[int, list[_H1Msg]] = {}
+    for m in msgs:
+        by_frame.setdefault(m.frame, []).append(m)
+    drop: set[int] = set()
+    for f, ms in by_frame.items():
+        segs = ms[0].row[_SEGS]
+        if not segs:
+            continue
+        rest = ms
+        for g in sorted({int(x) for x in segs.split(AGG)} - {f}):
+            prev = [p for p in by_frame.get(g, []) if p.fr.stream == ms[0].fr.stream
+                    and p.is_request == ms[0].is_request]
+            n = len(prev)
+            if n and len(rest) > n and all(
+                _identity(a) == _identity(b) for a, b in zip(prev, rest, strict=False)
+            ):
+                drop.update(id(x) for x in rest[:n])
+                rest = rest[n:]
+                rest[0].first_frame = g  # the message that made the reassembly began there
+    if drop:
+        warnings["HTTP/1 messages Wireshark reported twice (a segment's messages "
+                 "dissected again in a later reassembly): repeats dropped"] += len(drop)
+    return [m for m in msgs if id(m) not in drop]
+
+
+def _start_line(m: _H1Msg) -> bytes:
+    if m.is_request:
+        return f"{_first(m.row[_METHOD])} {unescape(_first(m.row[_URI]))} ".encode("latin-1")
+    return f"{_first(m.row[_RESP_VERSION])} {_first(m.row[_CODE])}".encode("latin-1")
+
+
+def _drop_repeated_reports(
+    pcap: Path, http1_ports: list[int], h2c_ports: list[int], msgs: list[_H1Msg],
+    warnings: Counter[str],
+) -> list[_H1Msg]:
+    """Messages TShark 4.0.17 reports again in the frames after theirs, while it waits
+    for the rest of a chunked body that began in the same frame: the later frames hold
+    only body bytes, yet repeat the earlier frame's messages. A frame whose messages
+    repeat the previous report of its stream and direction is checked against its own
+    bytes; if the first message's start line is not in them, the earlier report is the
+    repeat's original and is dropped (the last report is the most complete), and the
+    body size of what is kept is truth_unreliable."""
+    last: dict[tuple[int | None, bool], list[_H1Msg]] = {}
+    suspects: dict[int, tuple[list[_H1Msg], list[_H1Msg]]] = {}
+    by_frame: dict[int, list[_H1Msg]] = {}
+    for m in msgs:
+        by_frame.setdefault(m.frame, []).append(m)
+    for f in sorted(by_frame):
+        ms = by_frame[f]
+        key = (ms[0].fr.stream, ms[0].is_request)
+        prev = last.get(key)
+        if prev and len(ms) >= len(prev) and all(
+            _identity(a) == _identity(b) for a, b in zip(prev, ms, strict=False)
+        ):
+            suspects[f] = (prev, ms)
+        last[key] = ms
+    if not suspects:
+        return msgs
+    nums = sorted(suspects)
+    payloads: dict[int, bytes] = {}
+    for k in range(0, len(nums), _MULTI_BATCH):
+        flt = "frame.number in {" + ",".join(map(str, nums[k:k + _MULTI_BATCH])) + "}"
+        out = run_tshark(pcap, [*decode_as(http1_ports, h2c_ports), "-Y", flt, "-T", "fields",
+                                "-e", "frame.number", "-e", "tcp.payload"])
+        for line in out.stdout.splitlines():
+            num, _, hexdata = line.partition("\t")
+            try:
+                payloads[int(num)] = bytes.fromhex(hexdata.replace(":", ""))
+            except ValueError:
+                continue
+    drop: set[int] = set()
+    for f in reversed(nums):  # the last report of a run survives
+        prev, ms = suspects[f]
+        if f not in payloads or _start_line(ms[0]) in payloads[f]:
+            continue  # its own bytes hold the message: a genuine repeat of the traffic
+        drop.update(id(x) for x in prev)
+        for x in ms[: len(prev)]:
+            x.row = [*x.row, "repeated"]  # its body size is not to be trusted
+    if drop:
+        warnings["HTTP/1 messages Wireshark reported again in later frames (a chunked "
+                 "body being reassembled): earlier reports dropped"] += len(drop)
+    return [m for m in msgs if id(m) not in drop]
+
+
 def _new_request(m: _H1Msg, frames: dict[int, _Frame], seq: int) -> Exchange:
     row, fr = m.row, m.fr
     version = _first(row[_VERSION])
@@ -321,7 +416,7 @@ def _new_request(m: _H1Msg, frames: dict[int, _Frame], seq: int) -> Exchange:
         t_start_ns=frames[m.first_frame].t_ns if m.first_frame in frames else fr.t_ns,
         conn_id=f"tcp.stream={fr.stream}",
     )
-    if len(row) == len(_FIELDS):  # split, or alone in its frame
+    if len(row) == len(_FIELDS) or row[-1] == "repeated":  # split, or alone in its frame
         x.req_headers = _headers(row[_REQ_LINES])
         x.authority = x.req_headers.get("host")
         x.req_bytes = _body_size(row, head_or_no_body=False) or 0
@@ -332,7 +427,9 @@ def _apply_response(x: Exchange, m: _H1Msg, warnings: Counter[str]) -> None:
     row = m.row
     x.status = int(_first(row[_CODE]))
     x.t_end_ns = m.fr.t_ns
-    if len(row) != len(_FIELDS):  # several responses in the frame, not split
+    if len(row) != len(_FIELDS):  # not split from the frame's others, or reported repeatedly
+        if row[-1] == "repeated":
+            x.resp_headers = _headers(row[_RESP_LINES])
         x.degrade("resp_bytes", TRUTH_UNRELIABLE)
         return
     x.resp_headers = _headers(row[_RESP_LINES])
@@ -379,7 +476,12 @@ def _pair_http1(
             resps.setdefault(m.fr.stream, []).append(m)
     for stream, rs in resps.items():
         pending = reqs.get(stream, [])
-        broken = False  # once a pairing is doubtful, so is every later one on the stream
+        # once a pairing is doubtful, so is every later one on the stream; more responses
+        # than requests means Wireshark lost a request somewhere: all of them are doubtful
+        broken = len(rs) > len(pending)
+        if broken:
+            warnings["HTTP/1 connection with more responses than requests decoded: "
+                     "marked truth_unreliable"] += 1
         for k, m in enumerate(rs):
             if k >= len(pending):
                 stats.unpaired_responses += len(rs) - k
@@ -389,16 +491,17 @@ def _pair_http1(
             # under pipelining TShark 4.0.17 points responses at the latest request frame
             req_in = _int(_first(m.row[_REQ_IN]))
             alone = k + 1 >= len(pending) or pending[k + 1][0].first_frame > m.frame
-            if m.frame < req.first_frame or (alone and req_in is not None and req_in != req.frame):
+            # (frame order is no causality check: dumpcap on loopback can record a
+            # later segment first, and TShark 4.0.17 dissects some retransmissions)
+            if alone and req_in is not None and req_in != req.frame:
                 if not broken:
                     warnings["HTTP/1 response that in-order pairing and Wireshark's "
                              "request_in disagree on: marked truth_unreliable"] += 1
                 broken = True
-            if not alone and not broken and any(
-                r.row[_METHOD] == "HEAD" for r, _ in pending[k:] if r.first_frame < m.frame
-            ):
+            latest = next((r for r, _ in reversed(pending) if r.first_frame <= m.frame), req)
+            if not alone and not broken and (latest.row[_METHOD] == "HEAD") != (x.method == "HEAD"):
                 # TShark 4.0.17 frames a response by the method of the latest request,
-                # not of the one it answers: with a HEAD among the outstanding ones it
+                # not of the one it answers: where one is HEAD and the other not, it
                 # reads a body that is not there (or misses one) and loses the stream
                 warnings["pipelined HEAD: Wireshark frames the responses by the wrong "
                          "request from here on; marked truth_unreliable"] += 1
