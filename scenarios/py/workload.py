@@ -42,6 +42,7 @@ NO_BODY_STATUSES = frozenset({204, 304})
 STATUSES = frozenset(s for s, _ in STATUS_WEIGHTS) | {304}
 
 MAX_BODY = 256 * 1024
+PIPELINED_MAX_BODY = 4096
 # Chunked bodies (both directions, both languages) are cut into pieces of this size;
 # not a power of two so chunk-size lines are not all alike.
 CHUNK = 8000
@@ -128,8 +129,9 @@ def make_plan(
 
     ``mixed`` (http11 only) turns request i into, by i mod 4: a HEAD, a conditional GET
     answered 304, a DELETE answered 204, and a POST uploaded after ``Expect: 100-continue``.
-    ``pipelined`` sends GET where the plan drew HEAD: TShark 4.0.17 frames a pipelined
-    response by the latest request's method, so the truth could not follow a HEAD's.
+    ``pipelined`` sends GET where the plan drew HEAD (TShark 4.0.17 frames a pipelined
+    response by the latest request's method, so the truth could not follow a HEAD's), and
+    keeps bodies small, as pipelining clients do (sizes modulo PIPELINED_MAX_BODY + 1).
     """
     if proto not in PROTOS:
         raise ValueError(f"unknown proto {proto!r}")
@@ -156,8 +158,10 @@ def make_plan(
         body = rng.size()
         body_chunk_draw = rng.below(3)
 
-        if pipelined and method == "HEAD":
-            method = "GET"
+        if pipelined:
+            method = "GET" if method == "HEAD" else method
+            resp_size %= PIPELINED_MAX_BODY + 1
+            body %= PIPELINED_MAX_BODY + 1
         if mixed:
             kind = i % 4
             method = ("HEAD", "GET", "DELETE", "POST")[kind]

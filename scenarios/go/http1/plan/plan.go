@@ -14,6 +14,10 @@ import (
 // MaxBody is the largest request or response body the plan asks for.
 const MaxBody = 256 * 1024
 
+// PipelinedMaxBody bounds bodies of the pipelined plan: pipelining clients
+// send small requests.
+const PipelinedMaxBody = 4096
+
 // Chunk is the piece size of chunked bodies in both directions; not a power
 // of two so chunk-size lines are not all alike.
 const Chunk = 8000
@@ -121,9 +125,9 @@ func NoBody(status int) bool { return status == 204 || status == 304 }
 // GET answered 304, a DELETE answered 204, and a POST uploaded after
 // "Expect: 100-continue".
 //
-// pipelined sends GET where the plan drew HEAD: TShark 4.0.17 frames a
+// pipelined sends GET where the plan drew HEAD (TShark 4.0.17 frames a
 // pipelined response by the latest request's method, so the truth could not
-// follow a HEAD's.
+// follow a HEAD's) and takes body sizes modulo PipelinedMaxBody+1.
 func Make(n int, seed uint64, proto string, mixed, pipelined bool) ([]Request, error) {
 	if proto != "http10" && proto != "http11" {
 		return nil, fmt.Errorf("unknown proto %q", proto)
@@ -160,8 +164,12 @@ func Make(n int, seed uint64, proto string, mixed, pipelined bool) ([]Request, e
 		body := rng.size()
 		bodyChunkDraw := rng.Below(3)
 
-		if pipelined && method == "HEAD" {
-			method = "GET"
+		if pipelined {
+			if method == "HEAD" {
+				method = "GET"
+			}
+			respSize %= PipelinedMaxBody + 1
+			body %= PipelinedMaxBody + 1
 		}
 		if mixed {
 			kind := i % 4
