@@ -22,7 +22,8 @@ ATTACHES = ("early", "late")
 # Exchanges per run, sized so fixed costs (bcc compile, capture start/stop, tshark decode;
 # about 5-10 s a run) still dominate and the default matrix fits in 15 minutes on 2 cores.
 DEFAULT_EXCHANGES = {
-    "http10-short": 400, "http11-keepalive": 400, "grpc-unary": 200,
+    "http10-short": 400, "http11-keepalive": 400, "http11-pipelined": 400, "http11-mixed": 200,
+    "grpc-unary": 200,
     "grpc-server-stream": 100, "grpc-client-stream": 100, "grpc-bidi": 100,
 }  # fmt: skip
 # Where in the workload (share of its time span) the sweep replays an attach.
@@ -103,6 +104,7 @@ def _quick_plan(collectors: tuple[str, ...]) -> list[MatrixRun]:
     return [
         MatrixRun("http10-short", "py", "go", "early", 100, collectors),
         MatrixRun("http11-keepalive", "go", "py", "late", 100, collectors),
+        MatrixRun("http11-pipelined", "py", "go", "late", 96, collectors),
         MatrixRun("grpc-unary", "go", "go", "early", 60, collectors, cur, QUICK_SWEEP_FRACTIONS),
         MatrixRun("grpc-unary", "go", "go", "late", 60, collectors, cur),
         MatrixRun("grpc-unary", "go", "go", "early", 60, collectors, old),
