@@ -154,12 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(fn=cmd_doctor)
 
-    from harness.runner.scenarios import GRPC_GO_VERSIONS, SCENARIOS
+    from harness.runner.scenarios import GRPC_GO_VERSIONS, LANGS, SCENARIOS
 
     p = sub.add_parser("run", help="record one scenario run, analyse it, print its directory")
     p.add_argument("scenario", choices=list(SCENARIOS))
-    p.add_argument("--client", choices=["py", "go"], default="py")
-    p.add_argument("--server", choices=["py", "go"], default="py")
+    p.add_argument("--client", choices=LANGS, default="py")
+    p.add_argument("--server", choices=LANGS, default="py")
     p.add_argument("--attach", choices=["early", "late"], default="early")
     p.add_argument(
         "--collectors", type=_collectors, default="kprobe,uprobe", help="comma-separated"

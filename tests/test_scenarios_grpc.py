@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "scripts" / "build-grpc-targets"
 BIN = ROOT / "scenarios" / "go" / "bin"
 PYDIR = ROOT / "scenarios" / "py"
+NODEDIR = ROOT / "scenarios" / "node"
 PY = sys.executable
 CURRENT = "v1.85.0"
 OLD = ("v1.33.3", "v1.50.1")
@@ -70,12 +71,16 @@ def read_line(proc: subprocess.Popen[str], timeout: float = IO_TIMEOUT_S) -> str
 
 
 def server_cmd(lang: str, version: str = CURRENT) -> list[str]:
+    if lang == "node":
+        return ["node", str(NODEDIR / "grpc_server.js")]
     if lang == "py":
         return [PY, str(PYDIR / "grpc_server.py")]
     return [str(BIN / f"grpc-server-{version}")]
 
 
 def client_cmd(lang: str, version: str = CURRENT) -> list[str]:
+    if lang == "node":
+        return ["node", str(NODEDIR / "grpc_client.js")]
     if lang == "py":
         return [PY, str(PYDIR / "grpc_client.py")]
     return [str(BIN / f"grpc-client-{version}")]
@@ -110,9 +115,19 @@ def stop(proc: subprocess.Popen[str]) -> int:
                 f.close()
 
 
-@pytest.fixture(scope="module", params=["go", "py"])
+@pytest.fixture(scope="session")
+def node_built() -> None:
+    """The Node targets' packages, installed by scripts/build-targets (npm ci, idempotent)."""
+    done = subprocess.run([str(ROOT / "scripts" / "build-node-targets")], capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr + done.stdout
+
+
+@pytest.fixture(scope="module", params=["go", "py", "node"])
 def server(request: pytest.FixtureRequest, built: str) -> Iterator[Server]:
     """One server per language for all the client runs (current grpc-go)."""
+    if request.param == "node":
+        request.getfixturevalue("node_built")
     port = free_port()
     proc = start_server(server_cmd(request.param), port)
     try:
@@ -227,10 +242,13 @@ def check_workload(records: list[dict], mode: str, port: int, plan_mod) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("client", ["go", "py"])
+@pytest.mark.parametrize("client", ["go", "py", "node"])
 def test_clients_against_server(
-    server: Server, client: str, mode: str, tmp_path: Path, plan_mod
+    server: Server, client: str, mode: str, tmp_path: Path, plan_mod,
+    request: pytest.FixtureRequest,
 ) -> None:
+    if client == "node":
+        request.getfixturevalue("node_built")
     workload = tmp_path / "workload.jsonl"
     records = run_client(client_cmd(client), mode, server.port, workload)
     check_workload(records, mode, server.port, plan_mod)
@@ -264,6 +282,11 @@ def test_python_and_go_plans_are_identical(built: str, mode: str, seed: int) -> 
             check=True,
         ).stdout
         assert go == py, version
+    node = subprocess.run(
+        ["node", str(NODEDIR / "grpc_client.js"), *args], capture_output=True, timeout=60,
+        check=True,
+    ).stdout
+    assert node == py, "node"
     assert len(py.splitlines()) == 500
 
 
@@ -286,8 +309,12 @@ def test_plan_has_the_traffic_the_scenarios_need(plan_mod) -> None:
     assert any(any(ord(ch) > 127 for ch in c.status_message) for c in big)
 
 
-@pytest.mark.parametrize("lang", ["go", "py"])
-def test_server_exits_3_when_the_port_is_taken(built: str, lang: str) -> None:
+@pytest.mark.parametrize("lang", ["go", "py", "node"])
+def test_server_exits_3_when_the_port_is_taken(
+    built: str, lang: str, request: pytest.FixtureRequest
+) -> None:
+    if lang == "node":
+        request.getfixturevalue("node_built")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
@@ -304,8 +331,12 @@ def test_server_exits_3_when_the_port_is_taken(built: str, lang: str) -> None:
     assert len(err.strip().splitlines()) == 1, err
 
 
-@pytest.mark.parametrize("lang", ["go", "py"])
-def test_server_exits_0_on_sigterm(built: str, lang: str) -> None:
+@pytest.mark.parametrize("lang", ["go", "py", "node"])
+def test_server_exits_0_on_sigterm(
+    built: str, lang: str, request: pytest.FixtureRequest
+) -> None:
+    if lang == "node":
+        request.getfixturevalue("node_built")
     port = free_port()
     proc = start_server(server_cmd(lang), port)
     try:
