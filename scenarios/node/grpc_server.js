@@ -42,6 +42,8 @@ function main() {
   if (!Number.isInteger(port) || port < 0) fail(2, 'need --port');
 
   const grpc = require('@grpc/grpc-js');
+  // grpc-js logs its own line for a failed bind; the contract allows one line, ours.
+  grpc.setLogVerbosity(grpc.logVerbosity.NONE);
   const protoLoader = require('@grpc/proto-loader');
   const def = protoLoader.loadSync(path.join(__dirname, '..', 'proto', 'bench.proto'),
     { keepCase: true, longs: Number, defaults: true });
