@@ -24,6 +24,7 @@ BUILD = ROOT / "scripts" / "build-grpc-targets"
 BIN = ROOT / "scenarios" / "go" / "bin"
 PYDIR = ROOT / "scenarios" / "py"
 NODEDIR = ROOT / "scenarios" / "node"
+JAVADIR = ROOT / "scenarios" / "java"
 PY = sys.executable
 CURRENT = "v1.85.0"
 OLD = ("v1.33.3", "v1.50.1")
@@ -70,7 +71,14 @@ def read_line(proc: subprocess.Popen[str], timeout: float = IO_TIMEOUT_S) -> str
     return proc.stdout.readline().strip()
 
 
+def java_cmd(main_class: str) -> list[str]:
+    cp = (JAVADIR / "target" / "classpath.txt").read_text().strip()
+    return ["java", "-cp", f"{JAVADIR / 'target' / 'classes'}:{cp}", main_class]
+
+
 def server_cmd(lang: str, version: str = CURRENT) -> list[str]:
+    if lang == "java":
+        return java_cmd("probebench.GrpcServer")
     if lang == "node":
         return ["node", str(NODEDIR / "grpc_server.js")]
     if lang == "py":
@@ -79,6 +87,8 @@ def server_cmd(lang: str, version: str = CURRENT) -> list[str]:
 
 
 def client_cmd(lang: str, version: str = CURRENT) -> list[str]:
+    if lang == "java":
+        return java_cmd("probebench.GrpcClient")
     if lang == "node":
         return ["node", str(NODEDIR / "grpc_client.js")]
     if lang == "py":
@@ -123,11 +133,29 @@ def node_built() -> None:
     assert done.returncode == 0, done.stderr + done.stdout
 
 
-@pytest.fixture(scope="module", params=["go", "py", "node"])
+@pytest.fixture(scope="session")
+def java_built() -> None:
+    """The Java targets, built by scripts/build-targets (Maven, idempotent)."""
+    done = subprocess.run([str(ROOT / "scripts" / "build-java-targets")], capture_output=True,
+                          text=True, timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stderr + done.stdout
+
+
+def needs_build(request: pytest.FixtureRequest, lang: str) -> None:
+    if lang in ("node", "java"):
+        request.getfixturevalue(f"{lang}_built")
+
+
+# Python and Go in every combination; each further stack against Go, both ways.
+PAIRS = [(c, s) for c in ("go", "py") for s in ("go", "py")] + [
+    p for lang in ("node", "java") for p in ((lang, "go"), ("go", lang))
+]
+
+
+@pytest.fixture(scope="module")
 def server(request: pytest.FixtureRequest, built: str) -> Iterator[Server]:
     """One server per language for all the client runs (current grpc-go)."""
-    if request.param == "node":
-        request.getfixturevalue("node_built")
+    needs_build(request, request.param)
     port = free_port()
     proc = start_server(server_cmd(request.param), port)
     try:
@@ -242,13 +270,12 @@ def check_workload(records: list[dict], mode: str, port: int, plan_mod) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("client", ["go", "py", "node"])
+@pytest.mark.parametrize(("client", "server"), PAIRS, indirect=["server"])
 def test_clients_against_server(
     server: Server, client: str, mode: str, tmp_path: Path, plan_mod,
     request: pytest.FixtureRequest,
 ) -> None:
-    if client == "node":
-        request.getfixturevalue("node_built")
+    needs_build(request, client)
     workload = tmp_path / "workload.jsonl"
     records = run_client(client_cmd(client), mode, server.port, workload)
     check_workload(records, mode, server.port, plan_mod)
@@ -269,7 +296,9 @@ def test_old_grpc_go_versions_unary(built: str, version: str, tmp_path: Path, pl
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("seed", [0, 1, 987654321, 2**64 - 1])
-def test_python_and_go_plans_are_identical(built: str, mode: str, seed: int) -> None:
+def test_python_and_go_plans_are_identical(
+    built: str, node_built: None, java_built: None, mode: str, seed: int
+) -> None:
     args = ["--mode", mode, "--exchanges", "500", "--seed", str(seed), "--print-plan"]
     py = subprocess.run(
         [PY, str(PYDIR / "grpc_client.py"), *args], capture_output=True, timeout=60, check=True
@@ -287,6 +316,9 @@ def test_python_and_go_plans_are_identical(built: str, mode: str, seed: int) -> 
         check=True,
     ).stdout
     assert node == py, "node"
+    java = subprocess.run([*java_cmd("probebench.GrpcClient"), *args], capture_output=True,
+                          timeout=60, check=True).stdout  # fmt: skip
+    assert java == py, "java"
     assert len(py.splitlines()) == 500
 
 
@@ -309,12 +341,11 @@ def test_plan_has_the_traffic_the_scenarios_need(plan_mod) -> None:
     assert any(any(ord(ch) > 127 for ch in c.status_message) for c in big)
 
 
-@pytest.mark.parametrize("lang", ["go", "py", "node"])
+@pytest.mark.parametrize("lang", ["go", "py", "node", "java"])
 def test_server_exits_3_when_the_port_is_taken(
     built: str, lang: str, request: pytest.FixtureRequest
 ) -> None:
-    if lang == "node":
-        request.getfixturevalue("node_built")
+    needs_build(request, lang)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
@@ -331,12 +362,11 @@ def test_server_exits_3_when_the_port_is_taken(
     assert len(err.strip().splitlines()) == 1, err
 
 
-@pytest.mark.parametrize("lang", ["go", "py", "node"])
+@pytest.mark.parametrize("lang", ["go", "py", "node", "java"])
 def test_server_exits_0_on_sigterm(
     built: str, lang: str, request: pytest.FixtureRequest
 ) -> None:
-    if lang == "node":
-        request.getfixturevalue("node_built")
+    needs_build(request, lang)
     port = free_port()
     proc = start_server(server_cmd(lang), port)
     try:

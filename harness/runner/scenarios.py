@@ -15,15 +15,17 @@ GRPC_GO_VERSIONS = ("v1.33.3", "v1.50.1", "v1.85.0")
 CURRENT_GRPC_GO = GRPC_GO_VERSIONS[-1]
 OBSERVE = "observe"  # the scenario name of runs whose workload a user brought
 NODE_DIR = SCEN_DIR / "node"
+JAVA_DIR = SCEN_DIR / "java"
 # Languages of the targets (--client/--server), and the protocols each one speaks.
-LANGS = ("py", "go", "node")
+LANGS = ("py", "go", "node", "java")
 LANG_PROTOS = {"py": {"http10", "http11", "grpc"}, "go": {"http10", "http11", "grpc"},
-               "node": {"grpc"}}  # fmt: skip
+               "node": {"grpc"}, "java": {"grpc"}}  # fmt: skip
 # Why the uprobe collector (grpc-go's own functions) cannot see a target of a language: the
 # report's multi-language column states the reason per stack, not just 0%.
 UPROBE_GAP = {
     "py": "grpcio's C core is linked into a module that exports no symbols",
     "node": "grpc-js is JavaScript run by V8's JIT over Node's own HTTP/2; no grpc-go to probe",
+    "java": "grpc-java is JVM bytecode compiled by the JIT (Netty's HTTP/2); no symbols to probe",
 }
 
 
@@ -92,11 +94,21 @@ def _node_script(role: str) -> list[str]:
     return ["node", str(script)]
 
 
+def _java_main(main_class: str) -> list[str]:
+    cp = JAVA_DIR / "target" / "classpath.txt"
+    if not cp.is_file():
+        raise ProbebenchError("the Java targets are not built: run scripts/build-targets")
+    classpath = f"{JAVA_DIR / 'target' / 'classes'}:{cp.read_text().strip()}"
+    return ["java", "-Xmx512m", "-cp", classpath, main_class]
+
+
 def server_command(s: Scenario, lang: str, port: int, grpc_version: str | None) -> list[str]:
     _check_lang(s, lang)
     common = ["--proto", s.proto, "--host", "127.0.0.1", "--port", str(port)]
     if lang == "node":
         return [*_node_script("server"), *common]
+    if lang == "java":
+        return [*_java_main("probebench.GrpcServer"), *common]
     if lang == "go":
         return [str(_go_binary("grpc" if s.is_grpc else "http1", "server", grpc_version)), *common]
     script = SCEN_DIR / "py" / ("grpc_server.py" if s.is_grpc else "http1_server.py")
@@ -126,6 +138,8 @@ def client_command(
     _check_lang(s, lang)
     if lang == "node":
         return [*_node_script("client"), *args]
+    if lang == "java":
+        return [*_java_main("probebench.GrpcClient"), *args]
     if lang == "go":
         return [str(_go_binary("grpc" if s.is_grpc else "http1", "client", grpc_version)), *args]
     script = SCEN_DIR / "py" / ("grpc_client.py" if s.is_grpc else "http1_client.py")
