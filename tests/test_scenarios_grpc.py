@@ -76,7 +76,12 @@ def java_cmd(main_class: str) -> list[str]:
     return ["java", "-cp", f"{JAVADIR / 'target' / 'classes'}:{cp}", main_class]
 
 
+RUSTBIN = ROOT / "scenarios" / "rust" / "target" / "release"
+
+
 def server_cmd(lang: str, version: str = CURRENT) -> list[str]:
+    if lang == "rust":
+        return [str(RUSTBIN / "grpc_server")]
     if lang == "java":
         return java_cmd("probebench.GrpcServer")
     if lang == "node":
@@ -87,6 +92,8 @@ def server_cmd(lang: str, version: str = CURRENT) -> list[str]:
 
 
 def client_cmd(lang: str, version: str = CURRENT) -> list[str]:
+    if lang == "rust":
+        return [str(RUSTBIN / "grpc_client")]
     if lang == "java":
         return java_cmd("probebench.GrpcClient")
     if lang == "node":
@@ -141,14 +148,22 @@ def java_built() -> None:
     assert done.returncode == 0, done.stderr + done.stdout
 
 
+@pytest.fixture(scope="session")
+def rust_built() -> None:
+    """The Rust targets, built by scripts/build-targets (cargo --locked, idempotent)."""
+    done = subprocess.run([str(ROOT / "scripts" / "build-rust-targets")], capture_output=True,
+                          text=True, timeout=1800)  # fmt: skip
+    assert done.returncode == 0, done.stderr + done.stdout
+
+
 def needs_build(request: pytest.FixtureRequest, lang: str) -> None:
-    if lang in ("node", "java"):
+    if lang in ("node", "java", "rust"):
         request.getfixturevalue(f"{lang}_built")
 
 
 # Python and Go in every combination; each further stack against Go, both ways.
 PAIRS = [(c, s) for c in ("go", "py") for s in ("go", "py")] + [
-    p for lang in ("node", "java") for p in ((lang, "go"), ("go", lang))
+    p for lang in ("node", "java", "rust") for p in ((lang, "go"), ("go", lang))
 ]
 
 
@@ -297,7 +312,7 @@ def test_old_grpc_go_versions_unary(built: str, version: str, tmp_path: Path, pl
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("seed", [0, 1, 987654321, 2**64 - 1])
 def test_python_and_go_plans_are_identical(
-    built: str, node_built: None, java_built: None, mode: str, seed: int
+    built: str, node_built: None, java_built: None, rust_built: None, mode: str, seed: int
 ) -> None:
     args = ["--mode", mode, "--exchanges", "500", "--seed", str(seed), "--print-plan"]
     py = subprocess.run(
@@ -319,6 +334,9 @@ def test_python_and_go_plans_are_identical(
     java = subprocess.run([*java_cmd("probebench.GrpcClient"), *args], capture_output=True,
                           timeout=60, check=True).stdout  # fmt: skip
     assert java == py, "java"
+    rust = subprocess.run([str(RUSTBIN / "grpc_client"), *args], capture_output=True,
+                          timeout=60, check=True).stdout  # fmt: skip
+    assert rust == py, "rust"
     assert len(py.splitlines()) == 500
 
 
@@ -341,7 +359,7 @@ def test_plan_has_the_traffic_the_scenarios_need(plan_mod) -> None:
     assert any(any(ord(ch) > 127 for ch in c.status_message) for c in big)
 
 
-@pytest.mark.parametrize("lang", ["go", "py", "node", "java"])
+@pytest.mark.parametrize("lang", ["go", "py", "node", "java", "rust"])
 def test_server_exits_3_when_the_port_is_taken(
     built: str, lang: str, request: pytest.FixtureRequest
 ) -> None:
@@ -362,7 +380,7 @@ def test_server_exits_3_when_the_port_is_taken(
     assert len(err.strip().splitlines()) == 1, err
 
 
-@pytest.mark.parametrize("lang", ["go", "py", "node", "java"])
+@pytest.mark.parametrize("lang", ["go", "py", "node", "java", "rust"])
 def test_server_exits_0_on_sigterm(
     built: str, lang: str, request: pytest.FixtureRequest
 ) -> None:

@@ -19,7 +19,7 @@ Progress = Callable[[str], None]
 STATE_VERSION = 1
 PAIRS = (("go", "go"), ("py", "go"), ("go", "py"), ("py", "py"))
 # Stacks beyond Python and Go, each crossed with Go both ways in every gRPC mode.
-MORE_STACKS = ("node", "java")
+MORE_STACKS = ("node", "java", "rust")
 ATTACHES = ("early", "late")
 # Exchanges per run, sized so fixed costs (bcc compile, capture start/stop, tshark decode;
 # about 5-10 s a run) still dominate and the default matrix fits in 15 minutes on 2 cores.

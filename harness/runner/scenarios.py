@@ -16,16 +16,18 @@ CURRENT_GRPC_GO = GRPC_GO_VERSIONS[-1]
 OBSERVE = "observe"  # the scenario name of runs whose workload a user brought
 NODE_DIR = SCEN_DIR / "node"
 JAVA_DIR = SCEN_DIR / "java"
+RUST_BIN = SCEN_DIR / "rust" / "target" / "release"
 # Languages of the targets (--client/--server), and the protocols each one speaks.
-LANGS = ("py", "go", "node", "java")
+LANGS = ("py", "go", "node", "java", "rust")
 LANG_PROTOS = {"py": {"http10", "http11", "grpc"}, "go": {"http10", "http11", "grpc"},
-               "node": {"grpc"}, "java": {"grpc"}}  # fmt: skip
+               "node": {"grpc"}, "java": {"grpc"}, "rust": {"grpc"}}  # fmt: skip
 # Why the uprobe collector (grpc-go's own functions) cannot see a target of a language: the
 # report's multi-language column states the reason per stack, not just 0%.
 UPROBE_GAP = {
     "py": "grpcio's C core is linked into a module that exports no symbols",
     "node": "grpc-js is JavaScript run by V8's JIT over Node's own HTTP/2; no grpc-go to probe",
     "java": "grpc-java is JVM bytecode compiled by the JIT (Netty's HTTP/2); no symbols to probe",
+    "rust": "tonic and h2 are native code with symbols, but no probe is written for them",
 }
 
 
@@ -102,6 +104,13 @@ def _java_main(main_class: str) -> list[str]:
     return ["java", "-Xmx512m", "-cp", classpath, main_class]
 
 
+def _rust_binary(role: str) -> list[str]:
+    path = RUST_BIN / f"grpc_{role}"
+    if not path.exists():
+        raise ProbebenchError(f"Rust target {path} is not built: run scripts/build-targets")
+    return [str(path)]
+
+
 def server_command(s: Scenario, lang: str, port: int, grpc_version: str | None) -> list[str]:
     _check_lang(s, lang)
     common = ["--proto", s.proto, "--host", "127.0.0.1", "--port", str(port)]
@@ -109,6 +118,8 @@ def server_command(s: Scenario, lang: str, port: int, grpc_version: str | None) 
         return [*_node_script("server"), *common]
     if lang == "java":
         return [*_java_main("probebench.GrpcServer"), *common]
+    if lang == "rust":
+        return [*_rust_binary("server"), *common]
     if lang == "go":
         return [str(_go_binary("grpc" if s.is_grpc else "http1", "server", grpc_version)), *common]
     script = SCEN_DIR / "py" / ("grpc_server.py" if s.is_grpc else "http1_server.py")
@@ -140,6 +151,8 @@ def client_command(
         return [*_node_script("client"), *args]
     if lang == "java":
         return [*_java_main("probebench.GrpcClient"), *args]
+    if lang == "rust":
+        return [*_rust_binary("client"), *args]
     if lang == "go":
         return [str(_go_binary("grpc" if s.is_grpc else "http1", "client", grpc_version)), *args]
     script = SCEN_DIR / "py" / ("grpc_client.py" if s.is_grpc else "http1_client.py")
