@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
+import multiprocessing
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +46,31 @@ def workload_exchanges(path: Path) -> list[Exchange]:
     return out
 
 
+_JSON_COLUMNS = ("req_headers", "resp_headers", "trailers")
+_COLUMNS = tuple(f.name for f in dataclasses.fields(Exchange))
+
+
+def _json(d: dict[str, str]) -> str:
+    return json.dumps(d, sort_keys=True) if d else "{}"
+
+
 def to_frame(exchanges: list[Exchange]) -> pd.DataFrame:
-    rows = []
-    for x in exchanges:
-        d = x.to_dict()
-        for k in ("req_headers", "resp_headers", "trailers", "degraded"):
-            d[k] = json.dumps(d[k], sort_keys=True)
-        rows.append(d)
-    return pd.DataFrame(rows)
+    """Exchanges as one column per field (dicts and degradations as sorted JSON text).
+
+    Built column by column: ``dataclasses.asdict`` per row deep-copies every value and
+    was more than half of a 70k-exchange replay's time."""
+    cols: dict[str, list[Any]] = {}
+    for name in _COLUMNS:
+        if name in _JSON_COLUMNS:
+            cols[name] = [_json(getattr(x, name)) for x in exchanges]
+        elif name == "degraded":
+            cols[name] = [
+                json.dumps([[d.field, d.reason] for d in x.degraded]) if x.degraded else "[]"
+                for x in exchanges
+            ]
+        else:
+            cols[name] = [getattr(x, name) for x in exchanges]
+    return pd.DataFrame(cols) if exchanges else pd.DataFrame()
 
 
 def _variants(collector: str, attach: str, protocol: str, simulated: bool) -> list[Variant]:
@@ -56,6 +79,75 @@ def _variants(collector: str, attach: str, protocol: str, simulated: bool) -> li
         out.append(VARIANTS["no-sockdiag"])
         if protocol.startswith("h2c"):
             out.append(VARIANTS["hpack-strict"])
+    return out
+
+
+# Below this capture size a second process costs more than it saves.
+PARALLEL_TRUTH_BYTES = 8 << 20
+
+
+def _extract(
+    pcap: Path, http1_ports: list[int], h2c_ports: list[int], offset: int
+) -> tuple[list[Exchange], Any]:
+    return extract_exchanges(
+        pcap, http1_ports=http1_ports, h2c_ports=h2c_ports, mono_offset_ns=offset
+    )
+
+
+@contextlib.contextmanager
+def _truth_job(
+    pcap: Path, http1_ports: list[int], h2c_ports: list[int], offset: int
+) -> Iterator[Callable[[], tuple[list[Exchange], Any]]]:
+    """Yields a function that returns the truth: decoded in a worker process for a big
+    capture (started at once, so it overlaps whatever the caller does meanwhile), else
+    decoded when called."""
+    big = pcap.is_file() and pcap.stat().st_size >= PARALLEL_TRUTH_BYTES
+    if not big or (os.cpu_count() or 1) < 2:
+        yield lambda: _extract(pcap, http1_ports, h2c_ports, offset)
+        return
+    # forkserver: the worker does not inherit the caller's threads (observe's)
+    ctx = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(1, mp_context=ctx) as pool:
+        fut = pool.submit(_extract, pcap, http1_ports, h2c_ports, offset)
+        try:
+            yield fut.result
+        finally:
+            fut.cancel()
+
+
+def _observe_all(
+    run_dir: Path, manifest: RunManifest, protocol: str, attach_at_s: float | None
+) -> list[tuple[str, int, dict[str, Any], Variant, list[Exchange], Any]]:
+    """Every collector's exchanges, per replay variant: (name, attach_ns, run.json stats,
+    variant, exchanges, decode stats)."""
+    p, ports = manifest.params, manifest.ports
+    out = []
+    # A simulated attach is one moment for every collector: T after the first real attach.
+    first_attach = min(int(manifest.collectors[c]["attach_ns"]) for c in p["collectors"])
+    for name in p["collectors"]:
+        info = manifest.collectors.get(name, {})
+        attach_ns = (
+            int(info["attach_ns"]) if attach_at_s is None else first_attach + int(attach_at_s * 1e9)
+        )
+        events = run_dir / EVENTS_DIR / f"{name}.bin"
+        if not events.exists():
+            raise RunDirError(f"{events} is missing: the {name} collector recorded nothing")
+        for variant in _variants(name, p["attach"], protocol, attach_at_s is not None):
+            if name == "kprobe":
+                observed, ostats = kprobe_exchanges(
+                    events, ports, variant=variant,
+                    attach_at_ns=attach_ns if attach_at_s is not None else None,
+                    target_pids={int(pr["pid"]) for pr in manifest.processes},
+                )  # fmt: skip
+            else:
+                from harness.analysis.uprobe_observed import uprobe_exchanges
+
+                observed, ostats = uprobe_exchanges(
+                    events, ports, attach_at_ns=attach_ns if attach_at_s is not None else None
+                )
+            for x in observed:
+                x.run_id, x.scenario, x.source = manifest.run_id, manifest.scenario, name  # type: ignore[assignment]
+            out.append((name, attach_ns, info, variant, observed, ostats))
     return out
 
 
@@ -81,12 +173,12 @@ def replay(
         h2c, protocol = scen.is_grpc, scen.protocol
     ports = manifest.ports
     offset = int(manifest.capture.get("mono_offset_ns", 0))
-    truth, tstats = extract_exchanges(
-        run_dir / CAPTURE,
-        http1_ports=[] if h2c else ports,
-        h2c_ports=ports if h2c else [],
-        mono_offset_ns=offset,
-    )
+    truth_args = (run_dir / CAPTURE, [] if h2c else ports, ports if h2c else [], offset)
+    # Wireshark's decode and the collectors' decode are independent until matching: on a
+    # big capture they run side by side, tshark and its reader in a second process.
+    with _truth_job(*truth_args) as truth_job:
+        observed_by = _observe_all(run_dir, manifest, protocol, attach_at_s)
+        truth, tstats = truth_job()
     for x in truth:
         x.run_id, x.scenario = manifest.run_id, manifest.scenario
     has_workload = (run_dir / WORKLOAD).exists()  # `observe` runs have none
@@ -96,44 +188,20 @@ def replay(
     frames: dict[str, list[Exchange]] = {"truth": truth, "workload": workload}
     collectors: dict[str, Any] = {}
     attach_mode = p["attach"] if attach_at_s is None else f"at+{attach_at_s:g}s"
-    # A simulated attach is one moment for every collector: T after the first real attach.
-    first_attach = min(int(manifest.collectors[c]["attach_ns"]) for c in p["collectors"])
-    for name in p["collectors"]:
-        info = manifest.collectors.get(name, {})
-        attach_ns = (
-            int(info["attach_ns"]) if attach_at_s is None else first_attach + int(attach_at_s * 1e9)
-        )
-        events = run_dir / EVENTS_DIR / f"{name}.bin"
-        if not events.exists():
-            raise RunDirError(f"{events} is missing: the {name} collector recorded nothing")
-        collectors[name] = {"attach_ns": attach_ns, "stats": info}
-        for variant in _variants(name, p["attach"], protocol, attach_at_s is not None):
-            if name == "kprobe":
-                observed, ostats = kprobe_exchanges(
-                    events, ports, variant=variant,
-                    attach_at_ns=attach_ns if attach_at_s is not None else None,
-                    target_pids={int(pr["pid"]) for pr in manifest.processes},
-                )  # fmt: skip
-            else:
-                from harness.analysis.uprobe_observed import uprobe_exchanges
-
-                observed, ostats = uprobe_exchanges(
-                    events, ports, attach_at_ns=attach_ns if attach_at_s is not None else None
-                )
-            for x in observed:
-                x.run_id, x.scenario, x.source = manifest.run_id, manifest.scenario, name  # type: ignore[assignment]
-            collectors[name][variant.name] = vars(ostats)
-            if variant.name == "default":
-                frames[name] = observed
-            for side in SIDES:
-                row = Row(
-                    scenario=manifest.scenario, protocol=protocol, client=p["client"],
-                    server=p["server"], attach=attach_mode, collector=name, side=side,
-                    variant=variant.name, grpc_go=p.get("grpc_version"),
-                )  # fmt: skip
-                row.lost_events = int(info.get("lost_events", 0) or 0)
-                score(row, truth, [x for x in observed if x.side == side], attach_ns)
-                rows.append(row.to_dict())
+    for name, attach_ns, info, variant, observed, ostats in observed_by:
+        collectors.setdefault(name, {"attach_ns": attach_ns, "stats": info})
+        collectors[name][variant.name] = vars(ostats)
+        if variant.name == "default":
+            frames[name] = observed
+        for side in SIDES:
+            row = Row(
+                scenario=manifest.scenario, protocol=protocol, client=p["client"],
+                server=p["server"], attach=attach_mode, collector=name, side=side,
+                variant=variant.name, grpc_go=p.get("grpc_version"),
+            )  # fmt: skip
+            row.lost_events = int(info.get("lost_events", 0) or 0)
+            score(row, truth, [x for x in observed if x.side == side], attach_ns)
+            rows.append(row.to_dict())
     metrics = {
         "run_id": manifest.run_id,
         "scenario": manifest.scenario,
