@@ -7,12 +7,16 @@ import dataclasses
 import json
 import multiprocessing
 import os
+import resource
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from harness.analysis.metrics import DEFINITIONS, Row, score
 from harness.analysis.observed import VARIANTS, Variant, kprobe_exchanges
@@ -27,10 +31,12 @@ from harness.model import (
     Exchange,
     RunManifest,
     save_metrics,
+    write_json_atomic,
 )
 from harness.runner import scenarios
 
 SIDES = ("client", "server")
+REPLAY_JSON = "replay.json"  # how long the last replay took, and its peak memory
 
 
 def workload_exchanges(path: Path) -> list[Exchange]:
@@ -54,8 +60,8 @@ def _json(d: dict[str, str]) -> str:
     return json.dumps(d, sort_keys=True) if d else "{}"
 
 
-def to_frame(exchanges: list[Exchange]) -> pd.DataFrame:
-    """Exchanges as one column per field (dicts and degradations as sorted JSON text).
+def _columns(exchanges: list[Exchange]) -> dict[str, list[Any]]:
+    """One list per Exchange field (dicts and degradations as sorted JSON text).
 
     Built column by column: ``dataclasses.asdict`` per row deep-copies every value and
     was more than half of a 70k-exchange replay's time."""
@@ -70,7 +76,57 @@ def to_frame(exchanges: list[Exchange]) -> pd.DataFrame:
             ]
         else:
             cols[name] = [getattr(x, name) for x in exchanges]
-    return pd.DataFrame(cols) if exchanges else pd.DataFrame()
+    return cols
+
+
+def to_frame(exchanges: list[Exchange]) -> pd.DataFrame:
+    """Exchanges as a table, one column per field."""
+    return pd.DataFrame(_columns(exchanges)) if exchanges else pd.DataFrame()
+
+
+# Rows per parquet row group: the frame of one group is built at a time.
+ROW_GROUP = 100_000
+_INT_COLUMNS = frozenset({
+    "client_port", "server_port", "conn_seq", "stream_id", "status", "grpc_status",
+    "req_bytes", "resp_bytes", "req_messages", "resp_messages", "t_start_ns", "t_end_ns", "pid",
+})  # fmt: skip
+SCHEMA = pa.schema([(n, pa.int64() if n in _INT_COLUMNS else pa.string()) for n in _COLUMNS])
+
+
+def write_parquet(exchanges: list[Exchange], path: Path) -> None:
+    """Exchanges to parquet in row groups of ROW_GROUP, one fixed schema (integers stay
+    integers when some are missing)."""
+    with pq.ParquetWriter(path, SCHEMA) as w:
+        for i in range(0, len(exchanges), ROW_GROUP):
+            cols = _columns(exchanges[i : i + ROW_GROUP])
+            w.write_table(
+                pa.table({n: pa.array(cols[n], SCHEMA.field(n).type) for n in cols}, schema=SCHEMA)
+            )
+
+
+def replayable(manifest: RunManifest) -> bool:
+    """Complete runs, and interrupted ones (observe stopped for disk space, Ctrl-C) whose
+    collectors all attached: what they recorded up to the stop is whole and readable."""
+    if manifest.status == "complete":
+        return True
+    names = manifest.params.get("collectors") or []
+    return manifest.status == "interrupted" and all(
+        "attach_ns" in manifest.collectors.get(n, {}) for n in names
+    )
+
+
+def recording_size(run_dir: Path, exchanges: int) -> dict[str, Any]:
+    """What the recording takes on disk, and per 1,000 truth exchanges (to size a soak)."""
+    capture = (run_dir / CAPTURE).stat().st_size if (run_dir / CAPTURE).exists() else 0
+    events = sum(
+        f.stat().st_size for f in (run_dir / EVENTS_DIR).glob("*") if f.is_file()
+    ) if (run_dir / EVENTS_DIR).is_dir() else 0  # fmt: skip
+    total = capture + events
+    return {
+        "capture_bytes": capture, "events_bytes": events, "bytes": total,
+        "truth_exchanges": exchanges,
+        "bytes_per_1k_exchanges": round(total * 1000 / exchanges) if exchanges else None,
+    }  # fmt: skip
 
 
 def _variants(collector: str, attach: str, protocol: str, simulated: bool) -> list[Variant]:
@@ -159,11 +215,13 @@ def replay(
     ``attach_at_s`` replays as if each collector had attached that many seconds after it
     really did (a run recorded with early attach replayed at a later point)."""
     manifest = RunManifest.load(run_dir)
-    if manifest.status != "complete":
+    t0 = time.monotonic()
+    if not replayable(manifest):
         raise RunDirError(
             f"{run_dir} is a {manifest.status} recording"
             + (f" ({manifest.error})" if manifest.error else "")
-            + "; only complete runs can be replayed"
+            + "; only complete runs, and interrupted ones whose collectors attached, can be "
+            "replayed"
         )
     p = manifest.params
     if manifest.scenario == scenarios.OBSERVE:
@@ -218,6 +276,14 @@ def replay(
         xdir = run_dir / EXCHANGES_DIR
         xdir.mkdir(exist_ok=True)
         for src, xs in frames.items():
-            to_frame(xs).to_parquet(xdir / f"{src}.parquet", index=False)
+            write_parquet(xs, xdir / f"{src}.parquet")
         save_metrics(run_dir, metrics)
+        manifest.recording = recording_size(run_dir, len(truth))
+        manifest.save(run_dir)
+        write_json_atomic(run_dir / REPLAY_JSON, {
+            "wall_s": round(time.monotonic() - t0, 3),
+            "exchanges": {src: len(xs) for src, xs in frames.items()},
+            "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+            "children_peak_rss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+        })  # fmt: skip
     return metrics
