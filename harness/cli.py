@@ -129,6 +129,8 @@ def cmd_observe(a: argparse.Namespace) -> int:
         collectors=a.collectors,
         out=a.out,
         progress=_progress,
+        min_free_bytes=int(a.min_free_mb * (1 << 20)),
+        replay_after=not a.no_replay,
     )
     print(run_dir)
     return 0
@@ -179,6 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, action="append", required=True)
     p.add_argument("--h2c", action="store_true", help="the ports carry h2c / gRPC")
     p.add_argument("--duration", type=float, default=60.0, help="stop after this many s")
+    p.add_argument(
+        "--min-free-mb", type=float, default=1024,
+        help="stop cleanly (run marked interrupted, still replayable) below this free disk",
+    )  # fmt: skip
+    p.add_argument(
+        "--no-replay", action="store_true", help="record only; `probebench replay DIR` later"
+    )
     p.add_argument(
         "--collectors", type=_collectors, default="kprobe,uprobe",
         help="comma-separated; uprobe holds each exec of the command until it is probed",
