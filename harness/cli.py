@@ -98,7 +98,8 @@ def cmd_report(a: argparse.Namespace) -> int:
 def cmd_matrix(a: argparse.Namespace) -> int:
     from harness.runner.matrix import run_matrix
 
-    report = run_matrix(quick=a.quick, out=a.out, report_dir=a.report, progress=_progress)
+    report = run_matrix(quick=a.quick, out=a.out, report_dir=a.report, progress=_progress,
+                        overhead=not a.no_overhead)
     print(report)
     return 0
 
@@ -190,6 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a small matrix (minutes)")
     p.add_argument("--out", type=Path, default=DEFAULT_RUNS)
     p.add_argument("--report", type=Path, default=repo_root() / "results" / "latest")
+    p.add_argument(
+        "--no-overhead", action="store_true",
+        help="skip the closing overhead pass (a short benchmarks/bench_overhead.py run; "
+        "skipped anyway when results of this commit and machine are beside the runs)",
+    )  # fmt: skip
     p.set_defaults(fn=cmd_matrix)
     return ap
 
