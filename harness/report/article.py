@@ -175,7 +175,7 @@ def article_table(f: Facts, bench: BenchView, ease: EaseView) -> ArticleTable:
 
     def compat(c: str) -> Cell:
         t = f.stacks[f.stacks["collector"] == c]
-        return _share_cell(t, "covered", "language·protocol stacks", "covered",
+        return _share_cell(t, "covered", "language · protocol stacks", "covered",
                            tables.ARTICLE[c]["compatibility"], A_COVERAGE)
 
     crit.append(Criterion(
@@ -239,7 +239,7 @@ def article_table(f: Facts, bench: BenchView, ease: EaseView) -> ArticleTable:
     def over(c: str) -> Cell:
         cmp = bench.comparison(wl, c) if wl else None
         if cmp is None or cmp.get("throughput_ratio") is None:
-            why = bench.not_measured_reason(wl, c) if wl else bench.missing_reason()
+            why = bench.not_measured_reason(wl, c) if wl else "no overhead results"
             return Cell("—", f"not measured ({why})", None, A_OVERHEAD)
         return Cell("—", f"{cmp['throughput_ratio']:.2f}× throughput of no collector on "
                     f"{bench.label(wl)}", None, A_OVERHEAD, cmp["throughput_ratio"])

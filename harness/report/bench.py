@@ -206,7 +206,7 @@ class BenchView:
                 row["rounds"] = c.get("rounds") or w.get("rounds")
                 row["stability"] = self.unstable(wl, config) or "stable"
                 rows.append(row)
-        return pd.DataFrame(rows).fillna("—")
+        return pd.DataFrame(rows).astype(object).fillna("—")
 
     def plot_frame(self) -> pd.DataFrame:
         rows = []

@@ -159,7 +159,7 @@ def reasons(per100: pd.DataFrame, path: Path) -> Path | None:
         return None
     labels = [f"{r.scenario} · {r.attach} · {r.collector} {r.variant} (n={r.matched})"
               for r in per100.itertuples()]  # fmt: skip
-    fig, axes = _fig(WIDTH, 0.34 * len(labels) + 1.9, 1, 1)
+    fig, axes = _fig(WIDTH - 3, 0.34 * len(labels) + 2.2, 1, 1)
     ax = axes[0][0]
     left = np.zeros(len(labels))
     for c in cols:
@@ -170,7 +170,8 @@ def reasons(per100: pd.DataFrame, path: Path) -> Path | None:
     ax.invert_yaxis()
     ax.set_xlabel("degraded field occurrences per 100 matched exchanges")
     ax.set_title("Why fields degrade (lower is better; n = matched exchanges)", fontsize=11)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    # below the axes: beside them the figure grows wider than the page
+    ax.legend(loc="upper center", bbox_to_anchor=(0.35, -0.16), ncols=4, frameon=False)
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, path)
 

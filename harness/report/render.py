@@ -161,7 +161,7 @@ figcaption{font-size:12.5px;color:#4a5568;max-width:95ch}
 img{max-width:100%;height:auto;border:1px solid #e3e7ee}
 .note{font-size:12.5px;color:#4a5568}
 table.article{table-layout:fixed;width:100%;font-size:13.5px}
-table.article td,table.article th{padding:.3em .6em}
+table.article td,table.article th{padding:.3em .6em;overflow-wrap:anywhere}
 table.article th:first-child,table.article td:first-child{width:10em;font-weight:600}
 .agree{color:#1e7b34;font-weight:600}.disagree{color:#b3261e;font-weight:600}
 .na{color:#6b7280}
