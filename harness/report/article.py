@@ -110,7 +110,7 @@ class Facts:
     def of(cls, runs: list[RunData], df: pd.DataFrame) -> Facts:
         early = tables.side_coverage(runs, df)
         every = tables.side_coverage(runs, df, ("early", "late"))
-        grpc = early[early["protocol"].astype(str).str.startswith("h2c")]
+        grpc = early[early["protocol"].map(tables.family) == "gRPC"]
         return cls(runs, df, early, every, tables.stability(runs, early),
                    tables.coverage_table(grpc, ["side", "lang"]),
                    tables.coverage_table(early, ["protocol", "lang"]))  # fmt: skip
@@ -268,7 +268,7 @@ def findings(f: Facts, bench: BenchView) -> list[Finding]:
         if "uprobe" in colls:
             ug = tables.pooled(f.late_grpc("uprobe", "go"), "degraded", "matched")
             up = f.cov_all[(f.cov_all["collector"] == "uprobe") & (f.cov_all["lang"] == "py")
-                           & f.cov_all["protocol"].astype(str).str.startswith("h2c")]
+                           & (f.cov_all["protocol"].map(tables.family) == "gRPC")]
             if ug.rate is not None:
                 text += f"; the uprobe lost {pct(ug.rate)} of {num(ug.den)} on Go sides"
                 vals["uprobe_late_grpc_go_degraded"] = ug.rate

@@ -278,6 +278,8 @@ def _degradation_section(df: pd.DataFrame, pdir: Path) -> Section:
                            "By field: counts summed over sides and runs", fold=True))
     s.blocks.append(_table(tables.breakdown(df, "degraded_by_reason"), "By reason, per run",
                            fold=True))
+    for col in tables.extra_count_columns(df):
+        s.blocks.append(_table(tables.breakdown(df, col), f"`{col}` per run", fold=True))
     return s
 
 
@@ -290,7 +292,7 @@ def _recovery_section(rec: pd.DataFrame, runs: list[Any], pdir: Path) -> Section
         "strict HPACK decoding, and the uprobe collector beside them. Sides and runs summed; "
         "the last index pools every later call."))  # fmt: skip
     late = [r for r in runs if r.params.get("attach") == "late"
-            and r.params.get("protocol") == "h2c-grpc" and r.metrics is not None]  # fmt: skip
+            and tables.family(r.params.get("protocol")) == "gRPC" and r.metrics is not None]  # fmt: skip
     if rec.empty:
         s.blocks.append(Text(
             f"No recovery data: {len(late)} late-attach gRPC runs, and none of their "

@@ -40,7 +40,7 @@ def pair(client: str | None, server: str | None) -> str:
 
 def grpc_go_of(protocol: str | None, params: dict[str, Any], row: dict[str, Any]) -> str | None:
     """The grpc-go version a row's Go side ran; None when no Go gRPC code was involved."""
-    if not (protocol or "").startswith("h2c") or "go" not in (params.get("client"),
+    if "grpc" not in (protocol or "") or "go" not in (params.get("client"),
                                                                params.get("server")):
         return None
     return row.get("grpc_go") or params.get("grpc_version") or CURRENT_GRPC_GO
@@ -70,7 +70,8 @@ def rows_frame(runs: list[RunData]) -> pd.DataFrame:
     for c in cols:
         if c not in df:
             df[c] = None
-    return df[cols]
+    # keys newer metrics rows carry (e.g. failures by reason) stay, after the known ones
+    return df[cols + [c for c in df.columns if c not in cols]]
 
 
 def _defaults(df: pd.DataFrame) -> pd.DataFrame:
@@ -180,7 +181,9 @@ def stability(runs: list[RunData], cov: pd.DataFrame) -> pd.DataFrame:
 
 
 def family(protocol: str | None) -> str:
-    return "gRPC" if (protocol or "").startswith("h2c") else "HTTP/1"
+    """gRPC, HTTP/2 (plain h2/h2c) or HTTP/1, TLS or not."""
+    p = (protocol or "").lower()
+    return "gRPC" if "grpc" in p else "HTTP/2" if "h2" in p else "HTTP/1"
 
 
 def recorder_cpu(runs: list[RunData]) -> pd.DataFrame:
@@ -215,6 +218,15 @@ def scenario_tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
             ["pair", "attach", "grpc_go", "collector", "variant", "side", "run_id"])
         out[str(scen)] = g[list(SCENARIO_COLUMNS)].rename(columns=SCENARIO_COLUMNS)
     return dict(sorted(out.items()))
+
+
+KNOWN_DICT_COLUMNS = ("degraded_by_field", "degraded_by_reason")
+
+
+def extra_count_columns(df: pd.DataFrame) -> list[str]:
+    """Dict-of-counts columns newer metrics rows add (shown per run, without code changes)."""
+    return [c for c in df.columns if c not in KNOWN_DICT_COLUMNS
+            and df[c].map(lambda v: isinstance(v, dict) and bool(v)).any()]  # fmt: skip
 
 
 def breakdown(df: pd.DataFrame, column: str) -> pd.DataFrame:
@@ -265,7 +277,7 @@ def recovery_frame(df: pd.DataFrame) -> pd.DataFrame:
     (0 = the first call the collector saw), from each row's `recovery`
     ([index, required fields correct, required fields the truth has]); sides and runs summed."""
     acc: dict[tuple[str, str, int], list[Any]] = {}
-    late = df[(df["attach"] == "late") & (df["protocol"] == "h2c-grpc")]
+    late = df[(df["attach"] == "late") & df["protocol"].map(family).isin(["gRPC", "HTTP/2"])]
     for _, x in late.iterrows():
         series = recovery_series(x["collector"], x["variant"])
         if series is None or not isinstance(x["recovery"], list):
