@@ -331,3 +331,31 @@ def test_cell_formatting() -> None:
     assert cell(None) == "—" and cell(float("nan"), "share") == "—"
     assert cell(True) == "yes" and cell(["a", "b"]) == "a, b"
     assert cell(3) == "3"
+
+
+def test_matrix_reuses_bench_results_of_the_same_commit(tmp_path: Path) -> None:
+    import platform
+    import subprocess
+
+    from harness.model import repo_root
+    from harness.runner import matrix
+
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_root(), capture_output=True,
+                          text=True, check=True).stdout.strip()  # fmt: skip
+    bench = json.loads((FIXTURES / "overhead.json").read_text())
+    out = tmp_path / "runs"
+    out.mkdir()
+    bench["machine"].update(git_commit="0" * 40, git_dirty=False, hostname=platform.node(),
+                            kernel=platform.release())  # fmt: skip
+    (out / "overhead.json").write_text(json.dumps(bench))
+    assert not matrix._same_commit_and_machine(out / "overhead.json")  # another commit
+    bench["machine"]["git_commit"] = head
+    (out / "overhead.json").write_text(json.dumps(bench))
+    said: list[str] = []
+    src = matrix.closing_overhead_pass(out, True, said.append)  # reused: no pass is run
+    assert src.files == [out / "overhead.json"] and "reused" in src.origin
+    assert said and "reusing" in said[0]
+    _copy([EARLY], out)
+    build_report([out / EARLY, *src.files], tmp_path / "rep", bench_origin=src.origin)
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "reused, not re-measured" in " ".join(md.split())

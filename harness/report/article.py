@@ -334,6 +334,8 @@ def findings(f: Facts, bench: BenchView) -> list[Finding]:
             if cmp and cmp.get("throughput_ratio") is not None:
                 ci = cmp.get("ci95") or [None, None]
                 ci_s = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if None not in ci else ""
+                if cmp.get("significant") is False:
+                    ci_s += ", not significant"
                 parts.append(f"{cmp['throughput_ratio']:.2f}×{ci_s} of no collector with {name}")
                 vals[f"{coll}_throughput_ratio"] = cmp["throughput_ratio"]
         if parts:

@@ -24,7 +24,8 @@ KNOWN_CONFIG_KEYS = re.compile(
     r"^lost_events_all_workloads$"
 )
 KNOWN_TOP = {"version", "kind", "started_utc", "finished_utc", "machine", "settings", "summary",
-             "workloads", "bpf_run_time", "collectors", "trap_cost", "warnings"}  # fmt: skip
+             "workloads", "bpf_run_time", "collectors", "trap_cost", "warnings",
+             "origin"}  # fmt: skip
 KNOWN_WORKLOAD = {"scenario", "client", "server", "exchanges", "rounds", "order",
                   "uprobe_probed_binaries", "configs", "bpf_run_time"}  # fmt: skip
 
@@ -80,7 +81,9 @@ class BenchView:
         if not files:
             return cls()
         p, b = max(files, key=lambda pb: str(pb[1].get("finished_utc") or ""))
-        return cls(p, b, origin or f"the results file `{p.name}` given to the report")
+        # `origin` is what the matrix's closing pass writes into the file it made
+        said = f"{b['origin']}, file `{p.name}`" if isinstance(b.get("origin"), str) else ""
+        return cls(p, b, origin or said or f"the results file `{p.name}` given to the report")
 
     @property
     def present(self) -> bool:
@@ -204,7 +207,10 @@ class BenchView:
                 row["collector CPU, ms per 1k exchanges"] = (
                     f"{1000 * cpu:.0f}" if isinstance(cpu, int | float) else "—")
                 row["rounds"] = c.get("rounds") or w.get("rounds")
-                row["stability"] = self.unstable(wl, config) or "stable"
+                base = self.unstable(wl, "none")
+                own = self.unstable(wl, config)
+                row["stability"] = "; ".join(
+                    [own] * bool(own) + [f"baseline: {base}"] * bool(base)) or "stable"
                 rows.append(row)
         return pd.DataFrame(rows).astype(object).fillna("—")
 

@@ -291,8 +291,8 @@ def _recovery_section(rec: pd.DataFrame, runs: list[Any], pdir: Path) -> Section
         "required fields it got right against the truth: tolerant (guesses what it can) vs "
         "strict HPACK decoding, and the uprobe collector beside them. Sides and runs summed; "
         "the last index pools every later call."))  # fmt: skip
-    late = [r for r in runs if r.params.get("attach") == "late"
-            and tables.family(r.params.get("protocol")) == "gRPC" and r.metrics is not None]  # fmt: skip
+    late = [r for r in runs if r.params.get("attach") == "late" and r.metrics is not None
+            and tables.family(r.params.get("protocol")) == "gRPC"]  # fmt: skip
     if rec.empty:
         s.blocks.append(Text(
             f"No recovery data: {len(late)} late-attach gRPC runs, and none of their "

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -298,20 +299,42 @@ def closing_overhead_pass(out: Path, quick: bool, progress: Progress) -> Overhea
     progress(f"overhead: closing pass, {rounds} interleaved rounds at scale {scale} "
              "(benchmarks/bench_overhead.py)")  # fmt: skip
     dest.unlink(missing_ok=True)
+    # its own session, so a timeout can stop the bench and everything it started
+    proc = subprocess.Popen(cmd, cwd=repo_root(), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        r = subprocess.run(cmd, cwd=repo_root(), env=env, capture_output=True, text=True,
-                           timeout=OVERHEAD_PASS_TIMEOUT_S, check=False)  # fmt: skip
-        tail = (r.stdout + r.stderr).strip().splitlines()[-1:] or ["no output"]
-        failed = r.returncode != 0 or not dest.is_file()
-        why = f"exit code {r.returncode}: {tail[0][:200]}"
+        output, _ = proc.communicate(timeout=OVERHEAD_PASS_TIMEOUT_S)
+        tail = output.strip().splitlines()[-1:] or ["no output"]
+        failed = not dest.is_file()  # a pass that measured part of it still says so below
+        why = f"exit code {proc.returncode}: {tail[0][:200]}"
     except subprocess.TimeoutExpired:
+        # SIGINT first: the bench's process sets detach probes and stop children on it
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
         failed, why = True, f"no result within {OVERHEAD_PASS_TIMEOUT_S} s"
+    except BaseException:
+        proc.send_signal(signal.SIGINT)  # interrupted matrix: the bench cleans up as well
+        proc.wait(timeout=60)
+        raise
     if failed:
         progress(f"overhead: the closing pass failed ({why}); the report says so")
         return OverheadSource([], "", f"the matrix's closing overhead pass failed ({why})")
-    return OverheadSource([dest], f"the matrix's closing overhead pass ({rounds} interleaved "
-                                  f"rounds at scale {scale}: short, so intervals are wide and "
-                                  "instability likely; `nox -s bench` measures longer)")
+    partial = f"; it ended with {why}" if proc.returncode else ""
+    origin = (f"the matrix's closing overhead pass ({rounds} interleaved rounds at scale "
+              f"{scale}: short, so intervals are wide and instability likely; `nox -s bench` "
+              f"measures longer{partial})")  # fmt: skip
+    # kept in the file, so a later `probebench report` of these runs says it too
+    try:
+        data = json.loads(dest.read_text())
+        data["origin"] = origin
+        write_json_atomic(dest, data)
+    except (OSError, json.JSONDecodeError) as e:
+        return OverheadSource([], "", f"the closing overhead pass wrote no readable file ({e})")
+    return OverheadSource([dest], origin)
 
 
 def run_matrix(quick: bool, out: Path, report_dir: Path, progress: Progress, *,
@@ -344,7 +367,8 @@ def run_matrix(quick: bool, out: Path, report_dir: Path, progress: Progress, *,
     # (and retries failed runs).
     cmd = f"probebench matrix{' --quick' if quick else ''} --out {out} --report {report_dir}"
     if overhead:
-        src = closing_overhead_pass(out, quick, progress)
+        with signals_as_exceptions():  # SIGTERM stops the pass's bench too, cleanly
+            src = closing_overhead_pass(out, quick, progress)
     else:
         # The overhead bench writes results/overhead.json beside results/runs.
         given = [b for b in (out.parent / "overhead.json",) if b.is_file()]
