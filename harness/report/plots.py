@@ -265,7 +265,8 @@ def overhead(pf: pd.DataFrame, path: Path) -> Path | None:
     ax.axvline(1.0, color="black", linewidth=1)
     ax.text(1.0, 1.005, "no collector", fontsize=9, ha="center", va="bottom",
             transform=ax.get_xaxis_transform())  # fmt: skip
-    ax.set_yticks(ys, [f"{r.workload} · {r.config} (n={r.rounds} rounds)"
+    names = {"kprobe": "kernel side"}
+    ax.set_yticks(ys, [f"{r.workload} · {names.get(r.config, r.config)} (n={r.rounds} rounds)"
                        for r in pf.itertuples()])  # fmt: skip
     ax.invert_yaxis()
     ax.set_xlim(0, max(1.1, float(pf["hi"].max(skipna=True) or 0) + 0.05))
