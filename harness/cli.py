@@ -96,8 +96,19 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 
 def cmd_matrix(a: argparse.Namespace) -> int:
-    from harness.runner.matrix import run_matrix
+    from harness.runner.matrix import cells, run_cell, run_matrix
 
+    if a.list:
+        listed = cells()
+        if a.json:
+            print(json.dumps(listed, indent=1))
+        else:
+            for c in listed:
+                print(f"{c['matrix']:8} {c['id']}")
+        return 0
+    if a.cell:
+        print(run_cell(a.cell, a.out, _progress))
+        return 0
     report = run_matrix(quick=a.quick, out=a.out, report_dir=a.report, progress=_progress,
                         overhead=not a.no_overhead)
     print(report)
@@ -196,6 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip the closing overhead pass (a short benchmarks/bench_overhead.py run; "
         "skipped anyway when results of this commit and machine are beside the runs)",
     )  # fmt: skip
+    p.add_argument("--list", action="store_true",
+                   help="print every cell (default and quick) with its stable id, run nothing")
+    p.add_argument("--json", action="store_true", help="with --list: as a JSON array")
+    p.add_argument("--cell", metavar="ID",
+                   help="record and replay one cell into --out; prints its run directory")
     p.set_defaults(fn=cmd_matrix)
     return ap
 
