@@ -268,14 +268,19 @@ def _degradation_section(df: pd.DataFrame, pdir: Path) -> Section:
     s = Section("Degradation by field and by reason", anchor_name=A_DEGRADATION)
     s.blocks.append(Text(tables.REASON_NOTE + " Rates are per matched exchange, so runs of "
                          "different sizes compare."))
-    if (p := plots.field_heatmap(tables.field_heatmap(df), pdir / "fields.png")) is not None:
+    heat = tables.field_heatmap(df)
+    if (p := plots.field_heatmap(heat, pdir / "fields.png")) is not None:
         s.blocks.append(Image(p, "per-field degradation heatmap"))
     per100 = tables.reasons_per_100(df)
     if (p := plots.reasons(per100, pdir / "reasons.png")) is not None:
         s.blocks.append(Image(p, "degradation reasons per 100 exchanges"))
     s.blocks.append(_table(per100.round(1), "Reasons per 100 matched exchanges"))
-    s.blocks.append(_table(tables.reason_totals(df, "degraded_by_field"),
-                           "By field: counts summed over sides and runs", fold=True))
+    if not heat.empty:
+        # fields as rows: one column per case stays narrow however many fields there are
+        wide = heat.rename(columns=lambda c: str(c).replace("\n", " ")).rename_axis("field")
+        s.blocks.append(_table(wide.reset_index(), "By field: share of matched exchanges with "
+                                                   "the field degraded", percent=True,
+                               fold=True))  # fmt: skip
     s.blocks.append(_table(tables.breakdown(df, "degraded_by_reason"), "By reason, per run",
                            fold=True))
     for col in tables.extra_count_columns(df):
@@ -316,7 +321,9 @@ def _sweep_section(sweep: pd.DataFrame, pdir: Path) -> Section:
         "Early-attach recordings replayed as if the collectors had attached T seconds later "
         "(`probebench replay DIR --attach-at T`): what a collector started mid-traffic would "
         "have reported. `started_before` is the share of the run's exchanges already begun "
-        "at T, the plot's x axis. Default variant, mean of the two sides."))  # fmt: skip
+        "at T, the plot's x axis. Default variant, mean of the two sides. A collector that "
+        "matched nothing of a run's traffic (the uprobe on HTTP/1) is left out of the plot: "
+        "not applicable, not zero."))  # fmt: skip
     if sweep.empty:
         s.blocks.append(Text("No sweep: no run directory holds a metrics.attach-at-*.json."))
         return s

@@ -189,7 +189,8 @@ def recovery(rec: pd.DataFrame, path: Path) -> Path | None:
               "uprobe": COLORS["uprobe"]}  # fmt: skip
     lo = max(0.0, float(d["share"].min()) - 0.05)
     hi = min(1.0, float(d["share"].max())) + 0.03
-    fig, axes = _fig(WIDTH if ncol == 2 else 7.5, 3.6 * nrow, nrow, ncol, sharey=True)
+    fig, axes = _fig(WIDTH if ncol == 2 else 7.5, 3.9 * nrow + 0.4, nrow, ncol, sharey=True,
+                     layout="constrained")  # fmt: skip
     for k, scen in enumerate(scens):
         ax = axes[k // ncol][k % ncol]
         for series, s in d[d["scenario"] == scen].groupby("series"):
@@ -213,8 +214,8 @@ def recovery(rec: pd.DataFrame, path: Path) -> Path | None:
         fig.suptitle("Late-attach recovery: required fields correct per call (higher is "
                      f"better; y axis from {100 * lo:.0f}%)")  # fmt: skip
     # below the axes: inside, the legend hid the curve it explains
-    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="lower center", ncols=3,
-               bbox_to_anchor=(0.5, -0.1), frameon=False)  # fmt: skip
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside lower center", ncols=3,
+               frameon=False)  # fmt: skip
     return _save(fig, path)
 
 
@@ -227,12 +228,15 @@ def sweep(sw: pd.DataFrame, path: Path) -> Path | None:
     g = (d.groupby(["scenario", "pair", "collector", "attach_at_s"])
          [["started_before", "degradation_rate", "completeness"]].mean().reset_index())  # fmt: skip
     fig, axes = _fig(WIDTH, 4.4, 1, 2)
+    dashes = dict(zip(sorted(g["scenario"].unique()), ["-", "--", ":", "-."] * 4, strict=False))
     for (scen, pr, coll), s in g.groupby(["scenario", "pair", "collector"]):
         s = s.sort_values("started_before")
+        if not (s["completeness"].fillna(0) > 0).any():
+            continue  # the collector sees none of this traffic: not applicable, not a zero
         label = f"{scen} {pr} ({coll}, {len(s)} points)"
         for ax, col in ((axes[0][0], "degradation_rate"), (axes[0][1], "completeness")):
             ax.step(100 * s["started_before"], s[col], where="post", label=label,
-                    color=COLORS.get(str(coll)), linestyle="-" if "unary" in scen else "--")
+                    color=COLORS.get(str(coll)), linestyle=dashes[scen])
             ax.plot(100 * s["started_before"], s[col], "o", markersize=4,
                     color=COLORS.get(str(coll)))  # fmt: skip
     for ax, title in ((axes[0][0], "Degraded / matched (lower is better)"),
@@ -243,7 +247,8 @@ def sweep(sw: pd.DataFrame, path: Path) -> Path | None:
         ax.set_ylim(-0.03, 1.05)
         ax.yaxis.set_major_formatter(PercentFormatter(1.0))
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=9)
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="lower center", ncols=3,
+               bbox_to_anchor=(0.5, -0.16), frameon=False, fontsize=9)  # fmt: skip
     fig.suptitle("Attach-time sweep: early recordings replayed as if attached later")
     return _save(fig, path)
 

@@ -456,7 +456,8 @@ def field_heatmap(df: pd.DataFrame) -> pd.DataFrame:
     if not cols:
         return pd.DataFrame()
     fields = sorted({f for c in cols for f, n in acc[c].items() if n})
-    return pd.DataFrame({c: [acc[c].get(f, 0) / matched[c] for f in fields] for c in cols},
+    return pd.DataFrame({f"{c} (n={matched[c]:,})": [acc[c].get(f, 0) / matched[c]
+                                                     for f in fields] for c in cols},
                         index=fields)  # fmt: skip
 
 
