@@ -44,8 +44,9 @@ def _save(fig: plt.Figure, path: Path) -> Path:
 
 
 def _na(ax: plt.Axes, x: float, width: float, top: float) -> None:
-    ax.bar(x, top, width, color="white", edgecolor=NA, hatch="///", linewidth=0.8)
-    ax.text(x, top * 0.5, "n/a", ha="center", va="center", fontsize=9, color="#6b7280",
+    """A short hatched stub labelled n/a: visibly not a bar, and not a zero either."""
+    ax.bar(x, top * 0.12, width, color="white", edgecolor=NA, hatch="///", linewidth=0.8)
+    ax.text(x, top * 0.14, "n/a", ha="center", va="bottom", fontsize=8, color="#6b7280",
             rotation=90)
 
 
@@ -79,9 +80,11 @@ def per_language(df: pd.DataFrame, path: Path) -> Path | None:
                 y = float(gg[num].fillna(0).sum()) / tot
                 ax.bar(x, max(y, 0.006), width * 0.9, color=COLORS.get(coll, "grey"),
                        alpha=LANG_SHADE.get(lang, 0.8), edgecolor="white")  # fmt: skip
-                ax.text(x, max(y, 0) + 0.02, f"{100 * y:.0f}", ha="center", fontsize=8)
+                ax.text(x, max(y, 0) + 0.015, f"{100 * y:.0f}", ha="center", va="bottom",
+                        fontsize=8, rotation=90)  # fmt: skip
         ax.set_xticks(range(len(groups)), groups)
-        ax.set_ylim(0, 1.12)
+        ax.set_ylim(0, 1.16)
+        ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
         ax.yaxis.set_major_formatter(PercentFormatter(1.0))
         ax.set_title(title, fontsize=11)
         ax.grid(axis="y", alpha=0.3)
@@ -91,7 +94,7 @@ def per_language(df: pd.DataFrame, path: Path) -> Path | None:
                      label=f"{c}, {lang_name(lg)} side (n={n[(c, lg)]} sides)")
                for c, lg in series]  # fmt: skip
     handles.append(Patch(facecolor="white", edgecolor=NA, hatch="///",
-                         label="n/a: no run of this kind"))  # fmt: skip
+                         label="n/a: nothing to measure (no run, or none matched)"))  # fmt: skip
     fig.legend(handles=handles, loc="lower center", ncols=min(len(handles), 3),
                bbox_to_anchor=(0.5, -0.12), frameon=False)  # fmt: skip
     fig.suptitle("Per collector and language of the observed side (default variant; "
