@@ -94,9 +94,9 @@ class EaseView:
                 fs = self.files[coll][part]
                 rows.append({"collector": coll, "part": part, "lines": n,
                              "in the table's total": "yes" if part in COUNTED else "no",
-                             "files": f"{len(fs)}: " + ", ".join(os.path.basename(f)
-                                                                 for f in fs[:8])
-                             + (" …" if len(fs) > 8 else "")})  # fmt: skip
+                             "files": f"{len(fs)}: " + ", ".join(
+                                 f.removeprefix("harness/") for f in fs[:6])
+                             + (" …" if len(fs) > 6 else "")})  # fmt: skip
         return pd.DataFrame(rows)
 
     def binaries_frame(self) -> pd.DataFrame:

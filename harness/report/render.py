@@ -166,7 +166,7 @@ table.article th:first-child,table.article td:first-child{width:10em;font-weight
 .agree{color:#1e7b34;font-weight:600}.disagree{color:#b3261e;font-weight:600}
 .na{color:#6b7280}
 @media (max-width:700px){main{padding:.5em .6em 3em}table{font-size:11.5px}
-  table.article th:first-child,table.article td:first-child{width:6.5em}}
+  table.article th:first-child,table.article td:first-child{width:8.6em}}
 """
 
 _NUMERIC = re.compile(r"^[-+]?[\d.,]+%?$|^—$")
@@ -189,6 +189,8 @@ def _inline(text: str) -> str:
 def _td_class(t: Table, column: str, value: str) -> str:
     if column in ("run", "run_id"):
         return "id"
+    if t.css == "article":
+        return "t"  # may wrap anywhere: the table must fit a phone
     if t.css not in ("kv", "article") and _NUMERIC.match(value):
         return "n"
     # Single tokens (grpc-server-stream, hpack-strict) break badly at their hyphens.
