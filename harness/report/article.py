@@ -335,12 +335,12 @@ def findings(f: Facts, bench: BenchView) -> list[Finding]:
                 ci = cmp.get("ci95") or [None, None]
                 ci_s = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if None not in ci else ""
                 if cmp.get("significant") is False:
-                    ci_s += ", not significant"
-                parts.append(f"{cmp['throughput_ratio']:.2f}×{ci_s} of no collector with {name}")
+                    ci_s += " (not significant)"
+                parts.append(f"{cmp['throughput_ratio']:.2f}×{ci_s} with {name}")
                 vals[f"{coll}_throughput_ratio"] = cmp["throughput_ratio"]
         if parts:
             text = (f"On the same workload ({bench.label(wl)}, closed loop on loopback) "
-                    f"throughput fell to {' and '.join(parts)}")
+                    f"throughput was {' and '.join(parts)}, as a share of no collector's")
             tc = bench.trap_added()
             if tc:
                 text += (f"; an empty uprobe adds {num(tc[1])} ns per hit, an empty syscall "
