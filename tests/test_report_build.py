@@ -359,3 +359,17 @@ def test_matrix_reuses_bench_results_of_the_same_commit(tmp_path: Path) -> None:
     build_report([out / EARLY, *src.files], tmp_path / "rep", bench_origin=src.origin)
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "reused, not re-measured" in " ".join(md.split())
+
+
+def test_ease_of_building_proxies(tmp_path: Path) -> None:
+    from harness.report.ease import code_lines, ease_view
+
+    c = tmp_path / "x.c"
+    c.write_text("#include <a.h>\n/* one\n two */\n\n// note\nint x; /* tail */\n")
+    py = tmp_path / "x.py"
+    py.write_text("# comment\n\nimport os\nx = 1  # trailing\n")
+    assert code_lines(c) == 2 and code_lines(py) == 2
+    e = ease_view([])
+    for coll in ("kprobe", "uprobe"):
+        assert e.lines[coll]["BPF C"] > 100 and e.total_lines(coll)
+    assert e.attach.empty and e.failures.empty and e.binaries == []

@@ -348,6 +348,8 @@ def _ease_section(e: EaseView) -> Section:
     if e.binaries:
         s.blocks.append(_table(e.binaries_frame(), "uprobe: facts resolved per grpc-go binary "
                                                    "and the code path chosen"))
+        if paths := e.code_paths():
+            s.blocks.append(Text(paths))
     if not e.attach.empty:
         s.blocks.append(_table(e.attach, "Attach time from run.json (seconds)",
                                note="Steps a collector does not record are absent."))

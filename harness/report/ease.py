@@ -48,8 +48,12 @@ SOURCES: dict[str, dict[str, tuple[str, ...]]] = {
 }  # fmt: skip
 COUNTED = ("BPF C", "decoding")  # what the article table's one number adds up
 # -D settings that pick one of several code paths by the binary's shape.
-SHAPE_DEFINES = {"PB_WD_SHAPE": "DATA write", "PB_RD_SHAPE": "DATA read",
-                 "PB_WH_S0": "header writer → conn hops"}  # fmt: skip
+SHAPE_DEFINES: dict[str, dict[int, str]] = {
+    "PB_WD_SHAPE": {1: "DATA written by x/net Framer.WriteDataPadded",
+                    2: "DATA written by grpc framer.writeData"},
+    "PB_RD_SHAPE": {1: "DATA read as http2.DataFrame", 2: "DATA read as parsedDataFrame"},
+    "PB_WH_S0": {0: "headers: conn in loopyWriter", 1: "headers: conn via framer.writer"},
+}  # fmt: skip
 
 
 def code_lines(path: Path) -> int:
@@ -102,6 +106,15 @@ class EaseView:
     def binaries_frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.binaries)
 
+    def code_paths(self) -> str:
+        """How many distinct probe shapes the binaries that ran needed."""
+        paths = {b["code path"] for b in self.binaries if b.get("probes") not in (None, "—")}
+        vers = {b["grpc-go"] for b in self.binaries if b.get("grpc-go") not in (None, "—")}
+        if not paths:
+            return ""
+        return (f"Version-specific code paths: the {len(vers)} grpc-go versions that ran needed "
+                f"{len(paths)} distinct probe shapes, each chosen from the binary's DWARF.")
+
 
 def _lines(root: Path) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, list[str]]]]:
     lines: dict[str, dict[str, int]] = {}
@@ -144,8 +157,8 @@ def _binaries(runs: list[RunData]) -> list[dict[str, Any]]:
             continue
         d = res.defines
         facts = sum(1 for k in d if not k.startswith("PB_HAVE_")) + len(res.probes)
-        shape = ", ".join(f"{label} {d[k] if k != 'PB_WH_S0' else int(d[k] >= 0)}"
-                          for k, label in SHAPE_DEFINES.items() if k in d)  # fmt: skip
+        shape = "; ".join(names.get(d[k] if k != "PB_WH_S0" else int(d[k] >= 0), str(d[k]))
+                          for k, names in SHAPE_DEFINES.items() if k in d)  # fmt: skip
         out.append({"binary": name, "grpc-go": res.grpc_version or "—",
                     "facts resolved": facts, "probes": len(res.probes),
                     "code path": shape or "—"})  # fmt: skip
