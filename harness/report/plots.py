@@ -122,7 +122,7 @@ def coverage(matrix: pd.DataFrame, path: Path) -> Path | None:
             ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor=cmap(float(v)),
                                        edgecolor="white"))  # fmt: skip
             ax.text(j, i, f"{100 * v:.0f}%\nn={int(n.loc[coll, c])}", ha="center",
-                    va="center", fontsize=9)  # fmt: skip
+                    va="center", fontsize=10, color="white" if v > 0.8 or v < 0.2 else "black")
     ax.set_xlim(-0.5, len(cols) - 0.5)
     ax.set_ylim(len(comp) - 0.5, -0.5)
     ax.set_xticks(range(len(cols)), [c.replace(" · ", "\n") for c in cols])
