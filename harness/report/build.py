@@ -33,7 +33,16 @@ from harness.report.article import (
 from harness.report.bench import BenchView
 from harness.report.ease import EaseView, ease_view
 from harness.report.load import Loaded, load
-from harness.report.render import Bullets, Image, Section, Table, Text, to_html, to_markdown
+from harness.report.render import (
+    Bullets,
+    Image,
+    Note,
+    Section,
+    Table,
+    Text,
+    to_html,
+    to_markdown,
+)
 
 REPORT_VERSION = 1
 TITLE = "probebench: kernel-side vs uprobe observation of HTTP and gRPC"
@@ -94,8 +103,9 @@ def _assemble(loaded: Loaded, bench: BenchView, out: Path,
             + (bench.origin if bench.present else "nowhere: " + bench.absent) + ". "
             "Ground truth: Wireshark's decode of a packet capture of the same traffic.")
     sections = [
-        Section("Key findings", [Bullets([f.line() for f in found], css="findings")],
-                A_FINDINGS),
+        # the words explained right under their first use
+        Section("Key findings", [Bullets([f.line() for f in found], css="findings"),
+                                 Note(GLOSSARY)], A_FINDINGS),
         _article_section(table),
         _overhead_section(bench, runs, pdir),
         _coverage_section(facts, pdir),
@@ -171,8 +181,7 @@ GLOSSARY = (
 def _article_section(t: ArticleTable) -> Section:
     s = Section("The article's table, measured", anchor_name=A_ARTICLE)
     rules = " ".join(f"{c.name.capitalize()}: {c.rule}." for c in t.criteria)
-    s.blocks.append(Table(t.frame(), css="article", markup=True,
-                          note=GLOSSARY))  # fmt: skip
+    s.blocks.append(Table(t.frame(), css="article", markup=True))
     s.blocks.append(Text("How each value is measured and when it agrees with the article. "
                          + rules))
     return s

@@ -23,6 +23,11 @@ class Text:
 
 
 @dataclass
+class Note(Text):
+    """A small-print paragraph (glossary, caveats)."""
+
+
+@dataclass
 class Bullets:
     items: list[str]  # each with the same markup as Text
     css: str = ""  # an HTML class for the list ("findings")
@@ -49,7 +54,7 @@ class Image:
 @dataclass
 class Section:
     title: str
-    blocks: list[Text | Bullets | Table | Image] = field(default_factory=list)
+    blocks: list[Text | Bullets | Table | Image] = field(default_factory=list)  # Note is a Text
     anchor_name: str = ""  # a short stable anchor; default from the title
 
     @property
@@ -159,7 +164,7 @@ details>summary{cursor:pointer;color:#2456a6;margin:.4em 0}
 figure{margin:.5em 0 1.2em}
 figcaption{font-size:12.5px;color:#4a5568;max-width:95ch}
 img{max-width:100%;height:auto;border:1px solid #e3e7ee}
-.note{font-size:12.5px;color:#4a5568}
+.note{font-size:12.5px;color:#4a5568;max-width:none}
 table.article{table-layout:fixed;width:100%;font-size:13.5px}
 table.article td,table.article th{padding:.3em .6em;overflow-wrap:anywhere}
 table.article th:first-child,table.article td:first-child{width:10em;font-weight:600}
@@ -239,7 +244,9 @@ def to_html(title: str, sections: list[Section], lead: str = "") -> str:
     for s in sections:
         parts.append(f'<h2 id="{s.anchor}">{html.escape(s.title)}</h2>')
         for b in s.blocks:
-            if isinstance(b, Text):
+            if isinstance(b, Note):
+                parts.append(f'<p class="note">{_inline(b.body)}</p>')
+            elif isinstance(b, Text):
                 parts.append(f"<p>{_inline(b.body)}</p>")
             elif isinstance(b, Bullets):
                 cls = f' class="{b.css}"' if b.css else ""
