@@ -211,7 +211,7 @@ def test_newer_bench_keys_are_shown(tmp_path: Path) -> None:
     bench["fixed_rate"] = {"rate_per_s": 1000, "kprobe": {"cpu_pct_of_core": 4.2}}
     (tmp_path / "overhead.json").write_text(json.dumps(bench))
     out = tmp_path / "out"
-    build_report([runs, tmp_path / "overhead.json"], out)
+    build_report([runs, tmp_path / "overhead.json"], out, draw=False)
     md = (out / "report.md").read_text()
     assert any(r["measure"] == "decomposition.floor_ns_per_exchange" and r["unit"] == "ns"
                for r in md_rows(md, "grpc-unary go→go") if "measure" in r)
@@ -298,7 +298,7 @@ def test_failed_attach_counts_against_that_collector_only(tmp_path: Path) -> Non
     (runs / EARLY_OLD / "run.json").write_text(json.dumps(man))
     (runs / EARLY_OLD / "metrics.json").unlink()
     out = tmp_path / "out"
-    build_report([runs], out)
+    build_report([runs], out, draw=False)
     stab = article((out / "report.md").read_text(), "stability")
     assert measured(stab[UP]) == "0/1 grpc-go targets work (0.0%)"
     assert measured(stab[KP]) == "1/1 grpc-go targets work (100.0%)"
@@ -317,7 +317,7 @@ def test_no_bench_results_is_said(tmp_path: Path) -> None:
 def test_default_out_and_single_run_dir(tmp_path: Path) -> None:
     runs = _copy([EARLY, LATE], tmp_path / "runs")
     assert default_out([runs / EARLY, runs / LATE]) == runs / "report"
-    html = build_report([runs / EARLY, runs / LATE])
+    html = build_report([runs / EARLY, runs / LATE], draw=False)
     assert html == runs / "report" / "report.html" and html.exists()
 
 
@@ -356,7 +356,8 @@ def test_matrix_reuses_bench_results_of_the_same_commit(tmp_path: Path) -> None:
     assert src.files == [out / "overhead.json"] and "reused" in src.origin
     assert said and "reusing" in said[0]
     _copy([EARLY], out)
-    build_report([out / EARLY, *src.files], tmp_path / "rep", bench_origin=src.origin)
+    build_report([out / EARLY, *src.files], tmp_path / "rep", bench_origin=src.origin,
+                 draw=False)
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "reused, not re-measured" in " ".join(md.split())
 

@@ -59,12 +59,13 @@ def regenerate_command(dirs: list[Path], out: Path) -> str:
 
 
 def build_report(dirs: list[Path], out: Path | None = None, *, command: str | None = None,
-                 bench_origin: str = "", bench_absent: str = "") -> Path:
+                 bench_origin: str = "", bench_absent: str = "", draw: bool = True) -> Path:
     """Write the report of the runs under ``dirs`` into ``out``; returns report.html's path.
 
     ``command`` is printed as the way to regenerate it (default: the `probebench report`
     call with the same arguments). ``bench_origin`` says where the overhead results came
-    from (default: given on the command line); ``bench_absent`` why there are none."""
+    from (default: given on the command line); ``bench_absent`` why there are none.
+    ``draw=False`` leaves the plots out (tests of the tables need none)."""
     loaded = load(dirs)
     if not loaded.runs:
         why = "; ".join(f"{p}: {w}" for p, w in loaded.skipped) or "nothing given"
@@ -76,15 +77,15 @@ def build_report(dirs: list[Path], out: Path | None = None, *, command: str | No
     if not bench.present:
         bench.absent = bench_absent or ("no overhead results were given (run `nox -s bench` "
                                         "or `probebench matrix`, which ends with a short pass)")
-    lead, sections, combined = _assemble(loaded, bench, out, cmd)
+    lead, sections, combined = _assemble(loaded, bench, out, cmd, draw)
     (out / "report.md").write_text(to_markdown(TITLE, sections, out, lead))
     (out / "report.html").write_text(to_html(TITLE, sections, lead))
     write_json_atomic(out / "metrics.json", combined)
     return out / "report.html"
 
 
-def _assemble(loaded: Loaded, bench: BenchView, out: Path,
-              cmd: str) -> tuple[str, list[Section], dict[str, Any]]:
+def _assemble(loaded: Loaded, bench: BenchView, out: Path, cmd: str,
+              draw: bool = True) -> tuple[str, list[Section], dict[str, Any]]:
     runs = loaded.runs
     df = tables.rows_frame(runs)
     facts = Facts.of(runs, df)
@@ -93,9 +94,9 @@ def _assemble(loaded: Loaded, bench: BenchView, out: Path,
     found = findings(facts, bench)
     rec = tables.recovery_frame(df)
     sweep = tables.sweep_frame(runs)
-    pdir = out / "plots"
-    for old in pdir.glob("*.png"):
+    for old in (out / "plots").glob("*.png"):
         old.unlink()  # a plot with no data this time must not linger from the last report
+    pdir = out / "plots" if draw else None
     scen = sorted({str(r.params.get("scenario") or r.manifest.get("scenario")) for r in runs})
     machines = _unique([r.machine for r in runs])
     lead = (f"{len(runs)} runs of {len(scen)} scenarios ({', '.join(scen)}) on "
@@ -154,6 +155,11 @@ def _assemble(loaded: Loaded, bench: BenchView, out: Path,
     return lead, sections, combined
 
 
+def _draw(fn: Any, data: Any, pdir: Path | None, name: str) -> Path | None:
+    """One plot, or none when the report is built without plots (``draw=False``)."""
+    return None if pdir is None else fn(data, pdir / name)
+
+
 def _unique(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for x in items:
@@ -187,7 +193,7 @@ def _article_section(t: ArticleTable) -> Section:
     return s
 
 
-def _overhead_section(b: BenchView, runs: list[Any], pdir: Path) -> Section:
+def _overhead_section(b: BenchView, runs: list[Any], pdir: Path | None) -> Section:
     s = Section("Overhead", anchor_name=A_OVERHEAD)
     if not b.present:
         s.blocks.append(Text(f"Not measured for this report: {b.absent}."))
@@ -198,7 +204,7 @@ def _overhead_section(b: BenchView, runs: list[Any], pdir: Path) -> Section:
                          "collector on the same workload in the same session; numbers of "
                          "different workloads are never set against each other."))
     s.blocks.append(Bullets(b.methodology(commits, hosts)))
-    if (p := plots.overhead(b.plot_frame(), pdir / "overhead.png")) is not None:
+    if (p := _draw(plots.overhead, b.plot_frame(), pdir, "overhead.png")) is not None:
         s.blocks.append(Image(p, "throughput ratio per workload with 95% CI",
                               "A ratio of 0.5× means half the exchanges per second of the "
                               "same workload without a collector. These are closed-loop "
@@ -230,16 +236,16 @@ def _overhead_section(b: BenchView, runs: list[Any], pdir: Path) -> Section:
     return s
 
 
-def _coverage_section(f: Facts, pdir: Path) -> Section:
+def _coverage_section(f: Facts, pdir: Path | None) -> Section:
     s = Section("Coverage: languages and protocols", anchor_name=A_COVERAGE)
     s.blocks.append(Text(
         f"A side counts as covered when the collector matched at least {tables.COVERED:.0%} "
         "of its observable exchanges (early attach). n/a: no run put that stack in front of "
         "that collector, which is not the same as 0%."))  # fmt: skip
     cm = tables.coverage_matrix(f.cov_early, set(f.collectors()))
-    if (p := plots.coverage(cm, pdir / "coverage.png")) is not None:
+    if (p := _draw(plots.coverage, cm, pdir, "coverage.png")) is not None:
         s.blocks.append(Image(p, "coverage matrix"))
-    if (p := plots.per_language(f.df, pdir / "per_language.png")) is not None:
+    if (p := _draw(plots.per_language, f.df, pdir, "per_language.png")) is not None:
         s.blocks.append(Image(p, "completeness and degradation per language"))
     cols = {"mean_completeness": "mean completeness", "runs": "runs"}
     for t, cap in ((f.langs, "gRPC sides per collector (multi-language)"),
@@ -273,15 +279,15 @@ def _scenario_section(df: pd.DataFrame) -> Section:
     return s
 
 
-def _degradation_section(df: pd.DataFrame, pdir: Path) -> Section:
+def _degradation_section(df: pd.DataFrame, pdir: Path | None) -> Section:
     s = Section("Degradation by field and by reason", anchor_name=A_DEGRADATION)
     s.blocks.append(Text(tables.REASON_NOTE + " Rates are per matched exchange, so runs of "
                          "different sizes compare."))
     heat = tables.field_heatmap(df)
-    if (p := plots.field_heatmap(heat, pdir / "fields.png")) is not None:
+    if (p := _draw(plots.field_heatmap, heat, pdir, "fields.png")) is not None:
         s.blocks.append(Image(p, "per-field degradation heatmap"))
     per100 = tables.reasons_per_100(df)
-    if (p := plots.reasons(per100, pdir / "reasons.png")) is not None:
+    if (p := _draw(plots.reasons, per100, pdir, "reasons.png")) is not None:
         s.blocks.append(Image(p, "degradation reasons per 100 exchanges"))
     s.blocks.append(_table(per100.round(1), "Reasons per 100 matched exchanges"))
     if not heat.empty:
@@ -297,7 +303,7 @@ def _degradation_section(df: pd.DataFrame, pdir: Path) -> Section:
     return s
 
 
-def _recovery_section(rec: pd.DataFrame, runs: list[Any], pdir: Path) -> Section:
+def _recovery_section(rec: pd.DataFrame, runs: list[Any], pdir: Path | None) -> Section:
     s = Section("Late-attach recovery (gRPC)", anchor_name=A_RECOVERY)
     s.blocks.append(Text(
         "After a late attach the kernel-side collector has missed the HPACK dynamic table. "
@@ -313,7 +319,7 @@ def _recovery_section(rec: pd.DataFrame, runs: list[Any], pdir: Path) -> Section
             "metrics.json rows carries `recovery`; replay them with the current probebench "
             "(`probebench replay DIR`) to add it."))
         return s
-    if (p := plots.recovery(rec, pdir / "recovery.png")) is not None:
+    if (p := _draw(plots.recovery, rec, pdir, "recovery.png")) is not None:
         s.blocks.append(Image(p, "late-attach recovery curve"))
     wide = rec.pivot_table(index="call_index", columns=["scenario", "series"], values="share")
     wide.columns = [f"{a} {b}" for a, b in wide.columns]
@@ -324,7 +330,7 @@ def _recovery_section(rec: pd.DataFrame, runs: list[Any], pdir: Path) -> Section
     return s
 
 
-def _sweep_section(sweep: pd.DataFrame, pdir: Path) -> Section:
+def _sweep_section(sweep: pd.DataFrame, pdir: Path | None) -> Section:
     s = Section("Attach-time sweep", anchor_name="sweep")
     s.blocks.append(Text(
         "Early-attach recordings replayed as if the collectors had attached T seconds later "
@@ -336,7 +342,7 @@ def _sweep_section(sweep: pd.DataFrame, pdir: Path) -> Section:
     if sweep.empty:
         s.blocks.append(Text("No sweep: no run directory holds a metrics.attach-at-*.json."))
         return s
-    if (p := plots.sweep(sweep, pdir / "sweep.png")) is not None:
+    if (p := _draw(plots.sweep, sweep, pdir, "sweep.png")) is not None:
         s.blocks.append(Image(p, "degradation vs attach time"))
     s.blocks.append(_table(sweep.rename(columns={"run_id": "run", "attach_at_s": "T (s)"}),
                            "Sweep points", fold=True))
