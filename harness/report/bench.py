@@ -25,9 +25,22 @@ KNOWN_CONFIG_KEYS = re.compile(
 )
 KNOWN_TOP = {"version", "kind", "started_utc", "finished_utc", "machine", "settings", "summary",
              "workloads", "bpf_run_time", "collectors", "trap_cost", "warnings",
-             "origin"}  # fmt: skip
+             "origin", "decomposition", "fixed_rate"}  # fmt: skip
 KNOWN_WORKLOAD = {"scenario", "client", "server", "exchanges", "rounds", "order",
-                  "uprobe_probed_binaries", "configs", "bpf_run_time"}  # fmt: skip
+                  "uprobe_probed_binaries", "configs", "bpf_run_time", "fixed_rate"}  # fmt: skip
+# The decomposition against the floor (bench schema 2), column by column: key, header, format.
+DECOMPOSITION = (
+    ("hits_per_exchange", "probe hits per exchange", "{:.1f}"),
+    ("bare_trap_ns", "bare trap, ns per hit", "{:,.0f}"),
+    ("floor_ns_per_exchange", "floor: hits × trap, ns per exchange", "{:,.0f}"),
+    ("bpf_ns_per_exchange", "our BPF programs, ns per exchange", "{:,.0f}"),
+    ("bpf_per_hit_over_trap", "BPF per hit / bare trap", "{:.1f}×"),
+    ("cpu_ms_per_1k", "collector CPU, ms per 1k exchanges", "{:,.0f}"),
+    ("context_switches_per_1k", "collector wake-ups per 1k exchanges", "{:,.0f}"),
+    ("predicted_ratio_floor", "throughput ratio the floor alone predicts", "{:.2f}×"),
+    ("throughput_ratio", "throughput ratio measured", "{:.2f}×"),
+    ("fixed_rate_core_pct", "% of a core at the fixed rate", "{:.1f}%"),
+)
 
 
 def workload_label(key: str) -> str:
@@ -75,12 +88,19 @@ class BenchView:
 
     @classmethod
     def pick(cls, bench: list[tuple[Path, dict[str, Any]]], origin: str = "") -> BenchView:
-        """The newest overhead results file among those given."""
+        """Of the overhead results files given, the one with the most rounds (the most
+        precise), then the newest."""
         files = [(p, b) for p, b in bench if isinstance(b, dict)
                  and (b.get("kind") == "probebench-overhead" or "workloads" in b)]  # fmt: skip
         if not files:
             return cls()
-        p, b = max(files, key=lambda pb: str(pb[1].get("finished_utc") or ""))
+        def weight(pb: tuple[Path, dict[str, Any]]) -> tuple[float, str]:
+            st = pb[1].get("settings") or {}
+            rounds = st.get("rounds") if isinstance(st.get("rounds"), int | float) else 0
+            scale = st.get("scale") if isinstance(st.get("scale"), int | float) else 0
+            return (rounds * scale, str(pb[1].get("finished_utc") or ""))
+
+        p, b = max(files, key=weight)
         # `origin` is what the matrix's closing pass writes into the file it made
         said = f"{b['origin']}, file `{p.name}`" if isinstance(b.get("origin"), str) else ""
         return cls(p, b, origin or said or f"the results file `{p.name}` given to the report")
@@ -181,6 +201,8 @@ class BenchView:
             f"loopback; BPF statistics off during the rounds.",
             f"Statistics: {s.get('ci', '?')}; {s.get('test', '?')}.",
         ]  # fmt: skip
+        if fr := self.fixed_rate_line():
+            lines.append(fr)
         return lines
 
     def ratio_frame(self) -> pd.DataFrame:
@@ -264,6 +286,36 @@ class BenchView:
                              "ns per exchange": f"{k.get('ns_per_exchange', 0):,.0f}",
                              "n": f"{k.get('run_cnt', '?'):,} hits"})  # fmt: skip
         return pd.DataFrame(rows)
+
+    def decomposition_frame(self) -> pd.DataFrame:
+        """Per workload and collector: the floor any collector at the same points pays, then
+        what is ours on top (BPF time, user-space CPU, wake-ups), and the fixed-rate CPU."""
+        dec = self.data.get("decomposition")
+        if not isinstance(dec, dict):
+            return pd.DataFrame()
+        rows = []
+        for wl in sorted(dec):
+            for coll, d in sorted((dec[wl] or {}).items()):
+                if not isinstance(d, dict):
+                    continue
+                d = dict(d)
+                u, sy = d.get("cpu_user_s_per_1k"), d.get("cpu_system_s_per_1k")
+                if isinstance(u, int | float):
+                    d["cpu_ms_per_1k"] = 1000 * (u + (sy if isinstance(sy, int | float) else 0))
+                row = {"workload": workload_label(wl), "collector": CONFIG_LABEL.get(coll, coll)}
+                for key, head, fmt in DECOMPOSITION:
+                    v = d.get(key)
+                    row[head] = fmt.format(v) if isinstance(v, int | float) else "—"
+                rows.append(row)
+        return pd.DataFrame(rows)
+
+    def fixed_rate_line(self) -> str:
+        fr = (self.data.get("settings") or {}).get("fixed_rate")
+        if not isinstance(fr, dict):
+            return ""
+        return (f"Fixed rate: {fr.get('exchanges_per_s', '?')} exchanges per second "
+                f"({fr.get('loop', 'open loop')}), where the collector's CPU is given as a share "
+                "of one core, as production agents publish it.")
 
     def extra_frames(self) -> list[tuple[str, pd.DataFrame]]:
         """Whatever the file holds beyond what this report knows, one table per kind:

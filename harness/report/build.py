@@ -224,6 +224,14 @@ def _overhead_section(b: BenchView, runs: list[Any], pdir: Path | None) -> Secti
     if not hits.empty:
         s.blocks.append(_table(hits, "Cost per probe hit, ns (bare traps on this machine, "
                                      "then each collector's programs with BPF stats on)"))
+    dec = b.decomposition_frame()
+    if not dec.empty:
+        s.blocks.append(_table(dec, "Against the floor: what any collector at the same probe "
+                                    "points pays (hits × bare trap), and what is ours on top",
+                               note="The floor is hits per exchange × the bare trap cost "
+                                    "measured in the same session; everything above it (BPF "
+                                    "program time, copies, wake-ups, user-space draining) is "
+                                    "the collector's own."))  # fmt: skip
     for caption, frame in b.extra_frames():
         s.blocks.append(_table(frame, caption))
     cpu = tables.recorder_cpu(runs)
