@@ -103,7 +103,11 @@ class BenchView:
         p, b = max(files, key=weight)
         # `origin` is what the matrix's closing pass writes into the file it made
         said = f"{b['origin']}, file `{p.name}`" if isinstance(b.get("origin"), str) else ""
-        return cls(p, b, origin or said or f"the results file `{p.name}` given to the report")
+        text = origin or said or f"the results file `{p.name}` given to the report"
+        others = [q.name for q, _ in files if q != p]
+        if others:
+            text += f" (the one with the most rounds × scale; not used: {', '.join(others)})"
+        return cls(p, b, text)
 
     @property
     def present(self) -> bool:
