@@ -185,8 +185,9 @@ class BenchView:
         same = ("the same commit as the runs" if run_commits == {commit}
                 else f"commit `{commit[:10]}`; the runs: "
                 + ", ".join(f"`{c[:10]}`" for c in sorted(run_commits)))  # fmt: skip
-        host = ("the same machine as the runs" if run_hosts == {m.get("hostname")}
-                else f"host {m.get('hostname')} (runs on {', '.join(sorted(run_hosts))})")
+        me = f"{m.get('hostname')} kernel {m.get('kernel')}"
+        host = ("the same machine and kernel as the runs" if run_hosts == {me}
+                else f"{me} (the runs: {', '.join(sorted(run_hosts))})")
         load0, load1 = s.get("loadavg_start") or [], s.get("loadavg_end") or []
         lines = [
             f"Source: {self.origin}, {same}, {host}; "

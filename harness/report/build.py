@@ -199,7 +199,7 @@ def _overhead_section(b: BenchView, runs: list[Any], pdir: Path | None) -> Secti
         s.blocks.append(Text(f"Not measured for this report: {b.absent}."))
         return s
     commits = {str(r.machine.get("git_commit")) for r in runs if r.machine.get("git_commit")}
-    hosts = {str(r.machine.get("hostname")) for r in runs if r.machine.get("hostname")}
+    hosts = {f"{r.machine.get('hostname')} kernel {r.machine.get('kernel')}" for r in runs}
     s.blocks.append(Text("Methodology first. Every ratio compares a collector with no "
                          "collector on the same workload in the same session; numbers of "
                          "different workloads are never set against each other."))
