@@ -227,6 +227,43 @@ def test_newer_bench_keys_are_shown(tmp_path: Path) -> None:
     assert any(r["value"] == "12.5" and r["unit"] == "ns" for r in md_rows(md, "skipped_ns"))
 
 
+def test_sweep_and_failed_runs_listed(report: Path) -> None:
+    md = (report / "report.md").read_text()
+    sweep = [r for r in md_rows(md, EARLY) if "T (s)" in r]
+    sweep_fixture = json.loads((FIXTURES / EARLY / "metrics.attach-at-0.0327s.json").read_text())
+    client = next(r for r in sweep_fixture["rows"]
+                  if r["variant"] == "default" and r["side"] == "client")  # fmt: skip
+    [row] = [r for r in sweep if r["T (s)"] == "0.0327" and r["side"] == "client"]
+    assert row["observable"] == str(client["observable"])
+    assert row["started_before"] == cell(1 - client["observable"] / 60, "share")
+    [failed] = md_rows(md, FAILED)
+    assert failed["status"] == "failed" and "uprobe collector failed to attach" in failed["why"]
+
+
+def test_html_is_self_contained(report: Path) -> None:
+    page = (report / "report.html").read_text()
+    srcs = re.findall(r'\bsrc="([^"]*)"', page)
+    hrefs = re.findall(r'\bhref="([^"]*)"', page)
+    assert len(srcs) == 7 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert hrefs and all(h.startswith("#") for h in hrefs)
+    assert "<link" not in page and "<script" not in page and "url(" not in page
+
+
+def test_combined_metrics(report: Path) -> None:
+    m = json.loads((report / "metrics.json").read_text())
+    assert m["version"] == 1 and m["kind"] == "probebench-report"
+    assert len(m["runs"]) == 9
+    assert m["machines"] and m["machines"][0]["kernel"] == "6.18.44-fc-v669"
+    assert m["article_table"]["stability"]["kprobe"]["value"] == 1.0
+    assert EARLY_OLD in m["article_table"]["stability"]["kprobe"]["runs"]
+    assert m["overhead"]["file"].endswith("overhead.json")
+    by_id = {r["run_id"]: r for r in m["runs"]}
+    assert by_id[LATE]["rows"] == fixture_metrics(LATE)["rows"]
+    assert sorted(by_id[EARLY]["sweep"]) == ["0.0327", "0.0367", "0.0408"]
+    assert "completeness" in m["definitions"]
+    assert m["command"].startswith("probebench report ")
+
+
 def _copy(runs: list[str], dest: Path) -> Path:
     for r in runs:
         shutil.copytree(FIXTURES / r, dest / r)
