@@ -246,6 +246,8 @@ def test_html_is_self_contained(report: Path) -> None:
     hrefs = re.findall(r'\bhref="([^"]*)"', page)
     assert len(srcs) == 7 and all(s.startswith("data:image/png;base64,") for s in srcs)
     assert hrefs and all(h.startswith("#") for h in hrefs)
+    ids = set(re.findall(r'\bid="([^"]*)"', page))
+    assert {h[1:] for h in hrefs} <= ids  # every "details" and "more" link lands somewhere
     assert "<link" not in page and "<script" not in page and "url(" not in page
 
 
