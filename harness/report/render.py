@@ -174,7 +174,7 @@ table.article th:first-child,table.article td:first-child{width:10em;font-weight
   table.article th:first-child,table.article td:first-child{width:8.6em}}
 """
 
-_NUMERIC = re.compile(r"^[-+]?[\d.,]+%?$|^—$")
+_NUMERIC = re.compile(r"^[-+]?[\d.,]+[%×]?$|^—$")
 _LINK = re.compile(r"\[([^\]]+)\]\((#[A-Za-z0-9_-]+)\)")
 _BOLD = re.compile(r"\*\*(.+?)\*\*")
 _MARKS = {"✓ agrees": "agree", "✗ disagrees": "disagree"}
