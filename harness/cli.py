@@ -109,7 +109,8 @@ def cmd_matrix(a: argparse.Namespace) -> int:
     if a.cell:
         print(run_cell(a.cell, a.out, _progress))
         return 0
-    report = run_matrix(quick=a.quick, out=a.out, report_dir=a.report, progress=_progress)
+    report = run_matrix(quick=a.quick, out=a.out, report_dir=a.report, progress=_progress,
+                        overhead=not a.no_overhead)
     print(report)
     return 0
 
@@ -210,6 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a small matrix (minutes)")
     p.add_argument("--out", type=Path, default=DEFAULT_RUNS)
     p.add_argument("--report", type=Path, default=repo_root() / "results" / "latest")
+    p.add_argument(
+        "--no-overhead", action="store_true",
+        help="skip the closing overhead pass (a short benchmarks/bench_overhead.py run; "
+        "skipped anyway when results of this commit and machine are beside the runs)",
+    )  # fmt: skip
     p.add_argument("--list", action="store_true",
                    help="print every cell (default and quick) with its stable id, run nothing")
     p.add_argument("--json", action="store_true", help="with --list: as a JSON array")
