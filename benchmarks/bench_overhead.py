@@ -27,9 +27,11 @@ sys_enter_write program, and a call to an empty function with and without a upro
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import datetime as dt
 import json
 import os
+import platform
 import shutil
 import subprocess
 import time
@@ -83,6 +85,8 @@ COLLECTOR_DEADLINE_S = 300.0  # the collector stops itself even if we never sign
 READY_TIMEOUT_S = 30.0
 SETTLE_S = 0.2  # lets the last close() reach the collectors before they drain and stop
 BPF_STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
+SYS_BPF = {"x86_64": 321, "aarch64": 280}.get(platform.machine())
+BPF_ENABLE_STATS = 32
 PROG_KIND = {2: "kprobe", 5: "tracepoint"}  # BPF_PROG_TYPE_*; uprobes load as kprobe type
 TRAP_ROUNDS = 7
 TRAP_N = {"write": 300_000, "call": 20_000_000, "call_uprobe": 20_000}
@@ -124,6 +128,20 @@ def proc_cpu_s(pid: int) -> tuple[float, float]:
     fields = stat[stat.rindex(")") + 2 :].split()
     tick = os.sysconf("SC_CLK_TCK")
     return int(fields[11]) / tick, int(fields[12]) / tick  # utime, stime
+
+
+def proc_ctxsw(pid: int) -> int:
+    """Context switches (voluntary + involuntary) of a live process, all threads: each
+    voluntary one is a wake-up after a wait, so this counts the collector's wake-ups."""
+    n = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                    n += int(line.split()[1])
+        except OSError:
+            continue  # a thread ended while we looked
+    return n
 
 
 def bpf_programs(pid: int) -> dict[int, dict[str, int]]:
@@ -234,6 +252,7 @@ def _drive(
     with_bpf_stats: bool,
 ) -> RunResult:
     cpu0 = {rc.name: proc_cpu_s(rc.child.pid) for rc in running}
+    csw0 = {rc.name: proc_ctxsw(rc.child.pid) for rc in running}
     bpf0 = {rc.name: bpf_programs(rc.child.pid) for rc in running} if with_bpf_stats else {}
     assert client.proc.stdin is not None
     client.proc.stdin.write("GO\n")
@@ -250,7 +269,8 @@ def _drive(
     for rc in running:
         u1, s1 = proc_cpu_s(rc.child.pid)
         u0, s0 = cpu0[rc.name]
-        res.collectors[rc.name] = {"cpu_user_s": u1 - u0, "cpu_system_s": s1 - s0}
+        res.collectors[rc.name] = {"cpu_user_s": u1 - u0, "cpu_system_s": s1 - s0,
+                                   "context_switches": proc_ctxsw(rc.child.pid) - csw0[rc.name]}
     if with_bpf_stats:
         res.programs = _program_deltas(bpf0, {rc.name: bpf_programs(rc.child.pid)
                                               for rc in running})  # fmt: skip
@@ -286,13 +306,26 @@ def _program_deltas(
 
 @contextlib.contextmanager
 def bpf_stats_enabled() -> Iterator[None]:
-    """kernel.bpf_stats_enabled=1 for the duration; the previous value is put back."""
-    old = BPF_STATS.read_text().strip()
-    BPF_STATS.write_text("1\n")
+    """BPF run-time stats on for the duration, through the bpf(BPF_ENABLE_STATS) fd: the
+    kernel counts its holders, so another user writing kernel.bpf_stats_enabled meanwhile
+    (a shared machine) can neither turn them off under us nor be left with them on."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    attr = (ctypes.c_uint32 * 30)()  # union bpf_attr, zeroed; enable_stats.type = RUN_TIME (0)
+    fd = -1
+    if SYS_BPF is not None:
+        fd = libc.syscall(SYS_BPF, BPF_ENABLE_STATS, ctypes.byref(attr), ctypes.sizeof(attr))
+    if fd < 0:  # an older kernel: the sysctl, put back after
+        old = BPF_STATS.read_text().strip()
+        BPF_STATS.write_text("1\n")
+        try:
+            yield
+        finally:
+            BPF_STATS.write_text(old + "\n")
+        return
     try:
         yield
     finally:
-        BPF_STATS.write_text(old + "\n")
+        os.close(fd)
 
 
 @contextlib.contextmanager
