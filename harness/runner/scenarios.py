@@ -83,7 +83,9 @@ def client_command(
     workload: Path,
     grpc_version: str | None,
     deadline: float,
+    rate: float | None = None,
 ) -> list[str]:
+    """The client's argv; ``rate`` (Go clients) paces the main phase open loop, per second."""
     args = [
         "--proto", s.proto, "--host", "127.0.0.1", "--port", str(port),
         "--exchanges", str(exchanges), "--seed", str(seed),
@@ -92,6 +94,10 @@ def client_command(
     ]  # fmt: skip
     if s.mode:
         args += ["--mode", s.mode]
+    if rate:
+        if lang != "go":
+            raise ProbebenchError("only the Go clients pace to a --rate")
+        args += ["--rate", str(rate)]
     if lang == "go":
         return [str(_go_binary("grpc" if s.is_grpc else "http1", "client", grpc_version)), *args]
     script = SCEN_DIR / "py" / ("grpc_client.py" if s.is_grpc else "http1_client.py")

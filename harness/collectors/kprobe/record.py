@@ -116,7 +116,8 @@ class Recorder:
             rec_type=KERNEL,
             kind_off=self.kind_off,
             # data events are reserved by size class: keep only their valid bytes
-            trim=Trim(ev_data, h.offset("pb_data_event", "cap_len"), h.offset("pb_data_event", "data")),
+            trim=Trim(ev_data, h.offset("pb_data_event", "cap_len"),
+                      h.offset("pb_data_event", "data")),
             watch=Watch(self.ev_exit, h.offset("pb_conn_event", "tgid")),
         )
 
