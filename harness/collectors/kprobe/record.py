@@ -41,7 +41,7 @@ PROGRAM = "kprobe_collector.c"
 DEFAULT_POLL_MS = 20
 # Up to this many target tgids are compared inline in the programs (no map lookup
 # for the syscalls of other processes); more go through the `targets` map.
-INLINE_TGIDS = 8
+INLINE_TGIDS = 8  # at most 16: the size of traced_calls in the program
 
 
 class Recorder:
@@ -197,7 +197,7 @@ class Recorder:
                 diag.join()
                 rings.close()
             stats = self._stats(bpf)
-            stats.update(polls=self.polls, drain_batches=batch.batches,
+            stats.update(traced_calls_by_tgid=self._traced_calls(bpf), polls=self.polls, drain_batches=batch.batches,
                          drain_trimmed_bytes=batch.trimmed_bytes, poll_ms=self.poll_ms,
                          programs=program_names(bpf))  # fmt: skip
             stats["stopped_by"] = stopped_by(stop)
@@ -206,6 +206,13 @@ class Recorder:
         finally:
             self.writer.close()
             bpf.cleanup()
+
+    def _traced_calls(self, bpf: Any) -> dict[str, int]:
+        """Data syscalls each inline-listed target entered (their hits are twice that)."""
+        if "PB_TGID_LIST" not in self.defines:
+            return {}
+        totals = percpu_totals(bpf["traced_calls"], len(self.tgids))
+        return {str(t): n for t, n in zip(self.tgids, totals, strict=True)}
 
     def _load_walkers(self, bpf: Any) -> None:
         """Put the data-call walkers into the program array the sys_exit_* programs tail-call.
