@@ -197,9 +197,14 @@ class Recorder:
                 diag.join()
                 rings.close()
             stats = self._stats(bpf)
-            stats.update(traced_calls_by_tgid=self._traced_calls(bpf), polls=self.polls, drain_batches=batch.batches,
-                         drain_trimmed_bytes=batch.trimmed_bytes, poll_ms=self.poll_ms,
-                         programs=program_names(bpf))  # fmt: skip
+            stats.update(
+                traced_calls_by_tgid=self._traced_calls(bpf),
+                polls=self.polls,
+                drain_batches=batch.batches,
+                drain_trimmed_bytes=batch.trimmed_bytes,
+                poll_ms=self.poll_ms,
+                programs=program_names(bpf),
+            )
             stats["stopped_by"] = stopped_by(stop)
             self.writer.note({"type": "stats", **stats})
             return stats
