@@ -213,12 +213,31 @@ def run_config(
     with_bpf_stats: bool = False,
     rate: float | None = None,
     options: CollectorOptions | None = None,
+    servers_only: bool = False,
+    early: bool = False,
 ) -> ConfigRun:
     """Warm every client, attach the configuration's collectors once (not timed), then run
-    the clients one after another; CPU and BPF counters are read around each client."""
+    the clients one after another; CPU and BPF counters are read around each client.
+    ``servers_only``: the collectors trace the servers only; ``early`` (servers only): they
+    attach before the clients start, so they see every connection from its first byte
+    (HTTP/2 frame-aware capture)."""
+    if early and not servers_only:
+        raise ValueError("early attach traces the servers only (no client pid yet)")
     out = ConfigRun()
     with ProcessSet() as procs:
         clients: dict[str, Child] = {}
+        running: list[RunningCollector] = []
+
+        def attach(tgids: list[int]) -> None:
+            for name in CONFIGS[config]:
+                running.append(start_collector(
+                    procs, name, work_dir / "events", tgids=tgids,
+                    ports=[t.port for t in targets], options=options or CollectorOptions(),
+                    deadline_s=COLLECTOR_DEADLINE_S, binaries=[],
+                ))  # fmt: skip
+
+        if early:
+            attach([t.server.pid for t in targets])
         for t in targets:
             scen = scenarios.get(t.wl.scenario)
             workload = work_dir / f"{t.wl.key.replace('/', '_')}-{config}.jsonl"
@@ -232,13 +251,9 @@ def run_config(
             read_line_until(c, lambda s: s == "WARM", READY_TIMEOUT_S, "WARM")
             clients[t.wl.key] = c
             out.client_exes[t.wl.key] = _exe(c.pid)
-        tgids = [t.server.pid for t in targets] + [c.pid for c in clients.values()]
-        running: list[RunningCollector] = []
-        for name in CONFIGS[config]:
-            running.append(start_collector(
-                procs, name, work_dir / "events", tgids=tgids, ports=[t.port for t in targets],
-                options=options or CollectorOptions(), deadline_s=COLLECTOR_DEADLINE_S, binaries=[],
-            ))  # fmt: skip
+        if not early:
+            attach([t.server.pid for t in targets]
+                   + ([] if servers_only else [c.pid for c in clients.values()]))  # fmt: skip
         for t in targets:
             out.results[t.wl.key] = _drive(t, config, clients[t.wl.key], running, work_dir,
                                            with_bpf_stats)  # fmt: skip
@@ -252,7 +267,7 @@ def run_config(
     # the kprobe program counts each target's data syscalls: the hits of this workload
     by_tgid = out.collector_stats.get("kprobe", {}).get("traced_calls_by_tgid") or {}
     for t in targets:
-        pids = (t.server.pid, clients[t.wl.key].pid)
+        pids = (t.server.pid,) if servers_only else (t.server.pid, clients[t.wl.key].pid)
         if by_tgid and all(str(p) in by_tgid for p in pids):
             out.results[t.wl.key].traced_calls = sum(by_tgid[str(p)] for p in pids)
     for f in (work_dir / "events").glob("*.bin"):
@@ -375,6 +390,7 @@ class Report:
     warnings: list[str] = field(default_factory=list)
     collectors: dict[str, Any] = field(default_factory=dict)
     fixed_rate: dict[str, Any] = field(default_factory=dict)
+    h2_walk: dict[str, Any] = field(default_factory=dict)
 
     def decomposition(self) -> dict[str, Any]:
         """Per workload and collector: the floor, our BPF work, our user space (oh.decompose)."""
@@ -441,6 +457,7 @@ class Report:
             "collectors": self.collectors,
             "trap_cost": self.trap_cost,
             "fixed_rate": self.fixed_rate,
+            "h2_walk": self.h2_walk,
             "decomposition": self.decomposition(),
             "warnings": self.warnings,
         }
@@ -540,6 +557,7 @@ def test_overhead(
     bpf = _bpf_pass(sess, tmp_path)
     fixed = _rate_pass(sess, tmp_path, overhead_settings.scale)
     report.fixed_rate = fixed
+    report.h2_walk = _h2_walk_pass(sess, tmp_path)
     for wl in sess.workloads:
         entry = _analyse(sess, wl, overhead_settings.rounds)
         entry["bpf_run_time"] = bpf.get(wl.key)
@@ -548,6 +566,12 @@ def test_overhead(
         report.bpf_run_time[wl.key] = bpf.get(wl.key)
         report.warnings += entry["warnings"]
         _print_workload(wl, entry["configs"], bpf.get(wl.key), entry["warnings"], fixed.get(wl.key))
+    for key, modes in report.h2_walk.items():
+        for mode, m in modes.items():
+            print(f"\n{key} server side, {mode}: {m['bpf_ns_per_exchange']:.0f} ns BPF/exchange, "
+                  f"exit programs {m['exit_ns_per_hit'] or 0:.0f} ns/hit x "
+                  f"{m['exit_hits_per_exchange']:.1f} hits/exchange, "
+                  f"{m['h2_frame_aware_calls']} frame-aware calls")  # fmt: skip
     report.collectors = sess.collector_totals
     benchmark.extra_info.update(workloads=report.workloads, collectors=sess.collector_totals,
                                 warnings=report.warnings)  # fmt: skip
@@ -607,6 +631,39 @@ def _bpf_pass(sess: Session, work_dir: Path) -> dict[str, Any]:
             # every data syscall of the workload's own processes is two hits (enter, exit);
             # the rest of run_cnt is other processes' syscalls passing the filter
             out[key]["target_hits_per_exchange"] = 2 * res.traced_calls / res.exchanges
+    return out
+
+
+def _h2_walk_pass(sess: Session, work_dir: Path) -> dict[str, Any]:
+    """The HTTP/2 frame walk's cost: the gRPC servers traced alone, once with the collector
+    attached before the clients connect (every call walked frame by frame) and once after
+    (connections found mid-stream: prefix capture), BPF stats on; per exit-program hit and
+    per exchange, server side only."""
+    wls = [w for w in sess.workloads if scenarios.get(w.scenario).is_grpc]
+    out: dict[str, Any] = {}
+    if not wls:
+        return out
+    with bpf_stats_enabled(), servers_running(wls) as targets:
+        for mode, early in (("frame_aware", True), ("prefix", False)):
+            run = run_config("kprobe", targets, work_dir, seed=3000, with_bpf_stats=True,
+                             servers_only=True, early=early)  # fmt: skip
+            st = run.collector_stats.get("kprobe", {})
+            for key, res in run.results.items():
+                _name_programs(res.programs, run.collector_stats)
+                exits = [p for p in res.programs if "sys_exit_" in p["name"] and p["run_cnt"]]
+                t_ns = sum(p["run_time_ns"] for p in res.programs)
+                ex_ns = sum(p["run_time_ns"] for p in exits)
+                ex_cnt = sum(p["run_cnt"] for p in exits)
+                out.setdefault(key, {})[mode] = {
+                    "exchanges": res.exchanges,
+                    "bpf_ns_per_exchange": t_ns / res.exchanges,
+                    "exit_ns_per_hit": oh.per_hit_ns(ex_ns, ex_cnt),
+                    "exit_hits_per_exchange": ex_cnt / res.exchanges,
+                    "target_calls_per_exchange": (res.traced_calls or 0) / res.exchanges,
+                    "h2_frame_aware_calls": st.get("h2_frame_aware_calls"),
+                    "truncated_calls": st.get("truncated_calls"),
+                    "programs": [p for p in res.programs if p["run_cnt"]],
+                }
     return out
 
 
