@@ -15,6 +15,9 @@
 #ifndef PB_RINGBUF_PAGES
 #define PB_RINGBUF_PAGES 1024
 #endif
+#ifndef PB_TASK_STORAGE
+#define PB_TASK_STORAGE 0 /* 1: pending calls in task storage (needs kernel BTF, 5.11+) */
+#endif
 #ifndef PB_WAKE_BYTES
 #define PB_WAKE_BYTES (PB_RINGBUF_PAGES * 4096 / 16) /* per CPU, between forced wake-ups */
 #endif
@@ -107,7 +110,13 @@ BPF_TABLE("lru_hash", u64, struct conn_key, sk_owner, 4096);  /* connecting sock
 BPF_TABLE("lru_hash", struct addr_key, struct addr_val, passive, 4096); /* peer -> local */
 BPF_HASH(connect_fd, u32, s32, 4096);   /* tid -> fd, during connect() */
 BPF_HASH(accept_args_map, u32, struct accept_args, 4096);
+#if PB_TASK_STORAGE
+/* a data call between its enter and exit, kept on the thread itself: task
+ * storage costs about a third of a hash update + lookup + delete keyed by tid */
+BPF_TASK_STORAGE(data_args_ts, struct data_args);
+#else
 BPF_HASH(data_args_map, u32, struct data_args, 4096);
+#endif
 BPF_PERCPU_ARRAY(calls, struct data_call, 1);
 BPF_PROG_ARRAY(walkers, PB_TC_MAX);
 BPF_TABLE("lru_hash", struct grpc_key, struct grpc_val, grpc_msgs, PB_MAX_CONNS);
@@ -416,9 +425,21 @@ static __always_inline int on_data_enter(u8 sc, u8 dir, int fd, u64 buf, u32 iov
 #else
     if (!tgid_traced(id >> 32)) return 0;
 #endif
+#if PB_TASK_STORAGE
+    struct task_struct *t = (struct task_struct *)bpf_get_current_task_btf();
+    struct data_args *ap = data_args_ts.task_storage_get(t, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+    if (!ap) return 0;
+    ap->enter_ns = bpf_ktime_get_ns();  /* nonzero: a call is pending */
+    ap->buf = buf;
+    ap->iovcnt = iovcnt;
+    ap->fd = fd;
+    ap->syscall = sc;
+    ap->dir = dir;
+#else
     u32 tid = (u32)id;
     struct data_args a = {.enter_ns = bpf_ktime_get_ns(), .buf = buf, .iovcnt = iovcnt, .fd = fd, .syscall = sc, .dir = dir};
     data_args_map.update(&tid, &a);
+#endif
     return 0;
 }
 
@@ -877,11 +898,23 @@ static __always_inline int on_data_exit(void *ctx, long ret) {
     u64 id = bpf_get_current_pid_tgid();
     if (!tgid_traced(id >> 32)) return 0;  /* others: no lookup when the list is inline */
     u32 tid = (u32)id;
+#if PB_TASK_STORAGE
+    struct task_struct *t = (struct task_struct *)bpf_get_current_task_btf();
+    struct data_args *ap = data_args_ts.task_storage_get(t, 0, 0);
+    if (!ap || !ap->enter_ns) return 0;
+    if (ret <= 0) {
+        ap->enter_ns = 0;
+        return 0;
+    }
+    struct data_args a = *ap;
+    ap->enter_ns = 0;
+#else
     struct data_args *ap = data_args_map.lookup(&tid);
     if (!ap) return 0;
     struct data_args a = *ap;
     data_args_map.delete(&tid);
     if (ret <= 0) return 0;
+#endif
     u32 zero = 0;
     struct data_call *dc = calls.lookup(&zero);
     if (!dc) return 0;

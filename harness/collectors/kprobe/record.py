@@ -72,6 +72,8 @@ class Recorder:
             "PB_CALL_LIMIT": max_capture,
             "PB_RINGBUF_PAGES": ringbuf_pages,
         }
+        if Path("/sys/kernel/btf/vmlinux").exists():
+            self.defines["PB_TASK_STORAGE"] = 1  # bpf_get_current_task_btf needs kernel BTF
         if 0 < len(tgids) <= INLINE_TGIDS:
             self.defines["PB_TGID_LIST"] = ",".join(str(t) for t in tgids)
         self.ev_conn, self.ev_infer, self.ev_exit = (
