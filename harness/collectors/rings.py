@@ -40,6 +40,8 @@ RecordHandler = Callable[[int, int], None]
 DRAIN_LIB_ENV = "PROBEBENCH_DRAIN_LIB"
 WATCH_MAX = 64  # PB_WATCH_MAX in native/pbdrain.c
 DEFAULT_BATCH_BYTES = 8 << 20
+# the largest record a batch must always have room for (kprobe: 16 KiB chunk + header)
+DEFAULT_HEADROOM = 1 << 18
 
 
 def drain_lib_path() -> Path:
@@ -58,6 +60,8 @@ class _CBatch(ctypes.Structure):
         ("records", ctypes.c_uint64),
         ("payload", ctypes.c_uint64),
         ("trimmed", ctypes.c_uint64),
+        ("headroom", ctypes.c_uint64),
+        ("dropped", ctypes.c_uint64),
         ("rec_type", ctypes.c_uint32),
         ("kind_off", ctypes.c_int32),
         ("trim_kind", ctypes.c_uint32),
@@ -102,11 +106,15 @@ class Batch:
         trim: Trim | None = None,
         watch: Watch | None = None,
         capacity: int = DEFAULT_BATCH_BYTES,
+        headroom: int = DEFAULT_HEADROOM,
     ) -> None:
+        if capacity < 2 * headroom:
+            raise CollectorError("a drain batch needs room for two of its largest records")
         self.on_batch = on_batch
         self._buf = (ctypes.c_uint8 * capacity)()
         self.c = _CBatch(buf=ctypes.addressof(self._buf), cap=capacity, rec_type=rec_type,
-                         kind_off=kind_off, trim_kind=256, watch_kind=256)  # fmt: skip
+                         kind_off=kind_off, trim_kind=256, watch_kind=256,
+                         headroom=headroom)  # fmt: skip
         if trim is not None:
             self.c.trim_kind, self.c.trim_len_off = trim.kind, trim.len_off
             self.c.trim_base = trim.base
@@ -115,6 +123,11 @@ class Batch:
         self.batches = 0  # Python calls made, for the recorder's stats
         self.records = 0
         self.trimmed_bytes = 0
+
+    @property
+    def dropped(self) -> int:
+        """Records lost because one was larger than the headroom (a bug if ever nonzero)."""
+        return int(self.c.dropped)
 
     def empty(self) -> bool:
         return self.c.len == 0 and self.c.nwatched == 0
@@ -191,6 +204,7 @@ class RingSet:
         """Hand the batches over; while a full one stopped libbcc, consume again."""
         for _ in range(1 << 16):  # bounded: each turn empties at least one full batch
             self._raise_pending()
+            # a batch stopped libbpf (nearly full, its record kept): empty it, consume again
             full = rc < 0 and any(not b.empty() for b in self._batches)
             for b in self._batches:
                 b.hand_over()

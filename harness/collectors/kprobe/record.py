@@ -204,9 +204,11 @@ class Recorder:
                 polls=self.polls,
                 drain_batches=batch.batches,
                 drain_trimmed_bytes=batch.trimmed_bytes,
+                drain_dropped=batch.dropped,
                 poll_ms=self.poll_ms,
                 programs=program_names(bpf),
             )
+            stats["lost_events"] += batch.dropped  # counted in user space, never silent
             stats["stopped_by"] = stopped_by(stop)
             self.writer.note({"type": "stats", **stats})
             return stats

@@ -20,6 +20,8 @@ struct pb_batch {
     uint64_t records;    /* records appended since the batch was last emptied */
     uint64_t payload;    /* their payload bytes */
     uint64_t trimmed;    /* bytes left out by trimming (reserved but not valid) */
+    uint64_t headroom;   /* stop taking records when less than this is free */
+    uint64_t dropped;    /* records larger than the free space: lost (never with headroom) */
     uint32_t rec_type;   /* the framing's type byte for these records */
     int32_t kind_off;    /* offset of the record's kind byte; < 0: no trim, no watch */
     /* records of kind trim_kind are cut to trim_base + (u32 at trim_len_off) bytes */
@@ -39,8 +41,11 @@ static uint32_t rd32(const uint8_t *p) {
     return v;
 }
 
-/* ring_buffer_sample_fn. Returning < 0 makes libbpf stop before this record and
- * leave it in the ring: the caller empties the batch and polls again. */
+/* ring_buffer_sample_fn. libbpf advances past a record before calling this, so a
+ * record is never refused: it is stored, and when the batch is then nearly full
+ * (less than `headroom`, at least the largest record, left) or its watch list is
+ * full, returning < 0 makes libbpf stop after it; the caller empties the batch and
+ * consumes again. */
 int pb_batch_append(void *ctx, void *data, size_t size) {
     struct pb_batch *b = ctx;
     const uint8_t *d = data;
@@ -55,7 +60,10 @@ int pb_batch_append(void *ctx, void *data, size_t size) {
         }
         watch = kind == b->watch_kind && (uint64_t)b->watch_off + 4 <= n;
     }
-    if (b->len + 5 + n > b->cap || (watch && b->nwatched >= PB_WATCH_MAX)) return -1;
+    if (b->len + 5 + n > b->cap || (watch && b->nwatched >= PB_WATCH_MAX)) {
+        b->dropped++;  /* headroom too small for this record: counted, never silent */
+        return -1;
+    }
     if (watch) b->watched[b->nwatched++] = rd32(d + b->watch_off);
     b->trimmed += size - n;
     uint8_t *p = b->buf + b->len;
@@ -66,5 +74,6 @@ int pb_batch_append(void *ctx, void *data, size_t size) {
     b->len += 5 + n;
     b->records++;
     b->payload += n;
+    if (b->cap - b->len < b->headroom || b->nwatched >= PB_WATCH_MAX) return -1;
     return 0;
 }
