@@ -421,6 +421,12 @@ class Report:
                     for kind, k in b["by_kind"].items() if kind == want]  # fmt: skip
             if any(h is not None for h in hits):
                 s["bpf_ns_per_hit_max"] = max(h for h in hits if h is not None)
+            dec = [d[config] for d in self.decomposition().values() if config in d]
+            for key in ("bpf_ns_per_exchange", "fixed_rate_core_pct", "hits_per_exchange",
+                        "context_switches_per_1k"):
+                vals = [d[key] for d in dec if d.get(key) is not None]
+                if vals:
+                    s[f"{key}_max"] = max(vals)
             s["lost_events"] = sum(t["lost_events"]
                                    for t in self.collectors.get(config, {}).values())
             out[config] = s
