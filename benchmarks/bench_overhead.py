@@ -676,7 +676,8 @@ def _h2_walk_pass(sess: Session, work_dir: Path) -> dict[str, Any]:
 def _name_programs(programs: list[dict[str, Any]], stats: dict[str, dict[str, Any]]) -> None:
     """Full program names from the collectors' own report (bpftool cuts them at 15)."""
     for p in programs:
-        full = (stats.get(p["collector"], {}).get("programs") or {}).get(str(p["id"]))
+        names = stats.get(p["collector"], {}).get("programs")
+        full = names.get(str(p["id"])) if isinstance(names, dict) else None
         if full:
             p["name"] = full
 
