@@ -137,7 +137,9 @@ def client_command(
     workload: Path,
     grpc_version: str | None,
     deadline: float,
+    rate: float | None = None,
 ) -> list[str]:
+    """The client's argv; ``rate`` (Go clients) paces the main phase open loop, per second."""
     args = [
         "--proto", s.proto, "--host", "127.0.0.1", "--port", str(port),
         "--exchanges", str(exchanges), "--seed", str(seed),
@@ -146,6 +148,10 @@ def client_command(
     ]  # fmt: skip
     if s.mode:
         args += ["--mode", s.mode]
+    if rate:
+        if lang != "go":
+            raise ProbebenchError("only the Go clients pace to a --rate")
+        args += ["--rate", str(rate)]
     _check_lang(s, lang)
     if lang == "node":
         return [*_node_script("client"), *args]
