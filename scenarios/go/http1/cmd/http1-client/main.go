@@ -54,6 +54,22 @@ type client struct {
 	deadline   time.Time
 	clock      *monoclock.Clock
 	pipeline   int // requests per write (http11); 1 is no pipelining
+	// Open-loop pacing of the main phase (--rate): exchange k of the phase is
+	// due at start + k/rate, whatever the previous ones took; zero: closed loop.
+	rate  float64
+	start time.Time
+	first int // id of the main phase's first exchange
+}
+
+// pace waits until the exchange with this id is due (open loop, --rate).
+func (c *client) pace(id int, phase string) {
+	if c.rate <= 0 || phase != "main" {
+		return
+	}
+	due := c.start.Add(time.Duration(float64(id-c.first) / c.rate * float64(time.Second)))
+	if d := time.Until(due); d > 0 {
+		time.Sleep(d)
+	}
 }
 
 // lane is one persistent connection (http11) or the one sequential lane (http10).
@@ -250,6 +266,7 @@ func (c *client) runHTTP11(l *lane, reqs []plan.Request, phase string) error {
 		return c.runPipelined(l, reqs, phase)
 	}
 	for _, req := range reqs {
+		c.pace(req.ID, phase)
 		tStart := c.clock.Now()
 		rec, err := c.exchange(l.conn, l.br, req, l.connSeq, tStart, phase)
 		if err != nil {
@@ -266,6 +283,7 @@ func (c *client) runHTTP11(l *lane, reqs []plan.Request, phase string) error {
 func (c *client) runPipelined(l *lane, reqs []plan.Request, phase string) error {
 	for k := 0; k < len(reqs); k += c.pipeline {
 		batch := reqs[k:min(k+c.pipeline, len(reqs))]
+		c.pace(batch[0].ID, phase)
 		var buf bytes.Buffer
 		for _, req := range batch {
 			buf.Write(c.requestHead(req))
@@ -291,6 +309,7 @@ func (c *client) runPipelined(l *lane, reqs []plan.Request, phase string) error 
 
 func (c *client) runHTTP10(l *lane, reqs []plan.Request, phase string) error {
 	for _, req := range reqs {
+		c.pace(req.ID, phase)
 		// The exchange includes the connect: that is what HTTP/1.0 costs.
 		tStart := c.clock.Now()
 		conn, br, err := c.dial()
@@ -388,13 +407,15 @@ func main() {
 	planOnly := flag.Bool("plan-only", false, "print the plan as JSON lines and exit")
 	pipeline := flag.Int("pipeline", 1, "requests sent in one write before their responses (http11)")
 	mixed := flag.Bool("mixed", false, "the mixed plan: HEAD, 304, 204, 100-continue uploads")
+	rate := flag.Float64("rate", 0, "main phase: exchanges per second in all, open loop (0: as fast as it goes)")
 	flag.Parse()
 
 	if *proto != "http10" && *proto != "http11" {
 		die(2, "--proto must be http10 or http11")
 	}
-	if *exchanges < 0 || *connections < 1 || *warmup < 0 || *deadlineS <= 0 || *pipeline < 1 {
-		die(2, "--exchanges/--warmup must be >= 0, --connections/--pipeline >= 1, --deadline > 0")
+	if *exchanges < 0 || *connections < 1 || *warmup < 0 || *deadlineS <= 0 || *pipeline < 1 ||
+		*rate < 0 {
+		die(2, "--exchanges/--warmup/--rate must be >= 0, --connections/--pipeline >= 1, --deadline > 0")
 	}
 	if *pipeline > 1 && (*mixed || *proto != "http11") {
 		die(2, "--pipeline is for the http11 plan, without --mixed (100-continue waits)")
@@ -429,6 +450,7 @@ func main() {
 	c := &client{
 		proto: *proto, addr: addr, hostHeader: addr, clock: clock, pipeline: *pipeline,
 		deadline: time.Now().Add(time.Duration(*deadlineS * float64(time.Second))),
+		rate:     *rate,
 	}
 	nLanes := *connections
 	if *proto == "http10" {
@@ -456,6 +478,8 @@ func main() {
 				return err
 			}
 		}
+		c.first = min(len(p), *warmup*nLanes)
+		c.start = time.Now()
 		return c.runPhase(lanes, mainLists, "main")
 	}
 	if err := run(); err != nil {
