@@ -223,6 +223,8 @@ class RunManifest:
     processes: list[dict[str, Any]] = field(default_factory=list)  # pid, role, lang, binary
     collectors: dict[str, dict[str, Any]] = field(default_factory=dict)  # stats per collector
     capture: dict[str, Any] = field(default_factory=dict)  # dumpcap stats, drops
+    # bytes on disk (capture, events) and per 1,000 truth exchanges; set by replay
+    recording: dict[str, Any] = field(default_factory=dict)
     clock: str = "CLOCK_MONOTONIC"
     version: int = RUN_VERSION
 

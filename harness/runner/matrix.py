@@ -23,6 +23,8 @@ from harness.runner.scenarios import CURRENT_GRPC_GO, GRPC_GO_VERSIONS, SCENARIO
 Progress = Callable[[str], None]
 STATE_VERSION = 1
 PAIRS = (("go", "go"), ("py", "go"), ("go", "py"), ("py", "py"))
+# Stacks beyond Python and Go, each crossed with Go both ways in every gRPC mode.
+MORE_STACKS = ("node", "java", "rust")
 ATTACHES = ("early", "late")
 # Exchanges per run, sized so fixed costs (bcc compile, capture start/stop, tshark decode;
 # about 5-10 s a run) still dominate and the default matrix fits in 15 minutes on 2 cores.
@@ -112,6 +114,21 @@ def plan(quick: bool, collectors: tuple[str, ...] = ("kprobe", "uprobe")) -> lis
                     continue
                 for attach in ATTACHES:
                     runs.append(MatrixRun(name, "go", "go", attach, n, collectors, ver))
+    runs += _more_stacks(collectors)
+    return runs
+
+
+def _more_stacks(collectors: tuple[str, ...]) -> list[MatrixRun]:
+    """New client -> Go server and Go client -> new server, every gRPC mode, early and late."""
+    runs = []
+    for lang in MORE_STACKS:
+        for name, scen in SCENARIOS.items():
+            if not scen.is_grpc:
+                continue
+            for client, server in ((lang, "go"), ("go", lang)):
+                for attach in ATTACHES:
+                    runs.append(MatrixRun(name, client, server, attach, DEFAULT_EXCHANGES[name],
+                                          collectors, CURRENT_GRPC_GO))  # fmt: skip
     return runs
 
 
