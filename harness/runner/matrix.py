@@ -373,9 +373,12 @@ def closing_overhead_pass(out: Path, quick: bool, progress: Progress) -> Overhea
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         output, _ = proc.communicate(timeout=OVERHEAD_PASS_TIMEOUT_S)
-        tail = output.strip().splitlines()[-1:] or ["no output"]
+        lines = output.strip().splitlines()
+        # pytest's last "E   SomeError: ..." line says why; its summary line only counts
+        errs = [x[1:].strip() for x in lines if x.startswith("E ")]
+        said = errs[-1] if errs else (lines[-1] if lines else "no output")
         failed = not dest.is_file()  # a pass that measured part of it still says so below
-        why = f"exit code {proc.returncode}: {tail[0][:200]}"
+        why = f"exit code {proc.returncode}: {said[:240]}"
     except subprocess.TimeoutExpired:
         # SIGINT first: the bench's process sets detach probes and stop children on it
         proc.send_signal(signal.SIGINT)
