@@ -18,6 +18,7 @@ table entry around them agrees (noted), never to a guess.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -66,6 +67,16 @@ def part_of(name: str) -> str:
     return "go"
 
 
+# x/net functions grpc-go always links: their source lines tell x/net versions apart when
+# the build info does not (GOPATH builds). Only fingerprinted, never probed.
+XNET_FINGERPRINT = (
+    f"{_HTTP2}.(*Framer).WriteDataPadded",
+    f"{_HTTP2}.(*Framer).ReadFrame",
+    f"{_HTTP2}.(*Framer).WriteHeaders",
+    f"{_HTTP2}.(*Framer).WriteSettings",
+)
+
+
 def runtime_name(dwarf_name: str) -> str:
     """The name the runtime gives a type: the package name, not its path."""
     star = "*" if dwarf_name.startswith("*") else ""
@@ -100,14 +111,18 @@ def _params_json(fn: Function) -> list[list[Any]]:
     return [[p.name, p.type_name, p.words, p.floats, p.output, p.entry_regs] for p in fn.params]
 
 
-def fingerprint(pt: Pclntab, functions: tuple[str, ...]) -> dict[str, list[Any]]:
-    """Source file (inside grpc-go) and line of each grpc-go probed function's entry."""
+def fingerprint(
+    pt: Pclntab, functions: tuple[str, ...], part: str = "grpc"
+) -> dict[str, list[Any]]:
+    """Source file (inside its module) and line of each function's entry, for the functions
+    of one part (grpc: the probed ones; xnet: XNET_FINGERPRINT)."""
     out: dict[str, list[Any]] = {}
-    for name in functions:
+    module = GRPC if part == "grpc" else XNET
+    for name in functions if part == "grpc" else XNET_FINGERPRINT:
         f = pt.functions.get(name)
-        if f is None or part_of(name) != "grpc":
+        if f is None or part_of(name) != part:
             continue
-        rel = relative_source(f.file, GRPC)
+        rel = relative_source(f.file, module)
         if rel is not None:
             out[name] = [rel, f.line]
     return out
@@ -121,7 +136,7 @@ def extract(
                         function_names=functions)  # fmt: skip
     with path.open("rb") as f:
         elf = ELFFile(f)
-        pt = read_pclntab(elf, set(functions))
+        pt = read_pclntab(elf, set(functions) | set(XNET_FINGERPRINT))
         kinds: dict[str, dict[str, int]] = {"grpc": {}, "xnet": {}, "go": {}}
         for t in types:
             addr = gb.runtime_type(t)
@@ -142,6 +157,7 @@ def extract(
             "xnet": {
                 "structs": _structs_json(gb, "xnet"),
                 "functions": {n: p for n, p in funcs.items() if part_of(n) == "xnet"},
+                "fingerprint": fingerprint(pt, functions, "xnet"),
                 "type_kinds": kinds["xnet"],
             },
             "go": {
@@ -158,6 +174,14 @@ def _kind_at(elf: ELFFile, addr: int) -> int:
 
 
 # -- reading the table (resolver) --------------------------------------------------------
+
+
+@cache
+def table_digest(path: Path = TABLE_FILE) -> str:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    except OSError:
+        return "none"
 
 
 @cache
@@ -226,25 +250,40 @@ def pick(
 
 
 def identify_by_fingerprint(
-    table: dict[str, Any], fp: dict[str, list[Any]]
+    table: dict[str, Any], fp: dict[str, list[Any]], part: str = "grpc"
 ) -> tuple[list[str], str]:
-    """grpc-go versions whose recorded source files and lines match this binary's."""
+    """Versions of one part whose recorded source files and lines match this binary's."""
+    what = "grpc-go" if part == "grpc" else "x/net"
     if len(fp) < 2:
-        return [], "too few grpc-go functions with source lines to compare"
+        return [], f"too few {what} functions with source lines to compare"
     hits = []
-    for ver, e in table.get("grpc", {}).items():
+    for ver, e in table.get(part, {}).items():
         known = e.get("fingerprint", {})
         if all(known.get(n) == v for n, v in fp.items()):
             hits.append(ver)
     hits.sort(key=version_key)
-    return hits, "" if hits else "no grpc-go version in the table has these source lines"
+    return hits, "" if hits else f"no {what} version in the table has these source lines"
 
 
-def same_layout(table: dict[str, Any], versions: list[str]) -> bool:
-    es = [table["grpc"][v] for v in versions]
+def same_layout(table: dict[str, Any], versions: list[str], part: str = "grpc") -> bool:
+    es = [table[part][v] for v in versions]
     return all(
         e["structs"] == es[0]["structs"] and e["functions"] == es[0]["functions"] for e in es
     )
+
+
+def pick_xnet(
+    table: dict[str, Any], version: str | None, pt: Pclntab, functions: tuple[str, ...]
+) -> tuple[dict[str, Any] | None, str]:
+    """The x/net entry: by the build info's version, else by fingerprint, else the layouts
+    every entry agrees on."""
+    if version is None:
+        hits, _ = identify_by_fingerprint(table, fingerprint(pt, functions, "xnet"), "xnet")
+        if hits and same_layout(table, hits, "xnet"):
+            return table["xnet"][hits[0]], (
+                f"x/net identified by the source lines of its functions: {', '.join(hits)}"
+            )
+    return pick(table, "xnet", version, "x/net")
 
 
 def synthesize(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,20 @@ def merge_into(table: dict[str, Any], ex: dict[str, Any], source: str) -> None:
         old["from"] = sorted(set(old["from"]) | {source})
 
 
+def _override(ex: dict[str, Any], spec: str) -> None:
+    """PATH=grpc@VER,xnet@VER: the versions of a GOPATH build (its build info has none),
+    e.g. Debian's packaged sources."""
+    for kv in spec.split(","):
+        part, _, ver = kv.partition("@")
+        if part not in ("grpc", "xnet") or not ver:
+            raise SystemExit(f"bad version override {kv!r} (want grpc@VER or xnet@VER)")
+        ex[part] = ver
+
+
+def _extract(arg: str) -> dict[str, Any]:
+    return extract(Path(arg.partition("=")[0]), FUNCTIONS, STRUCTS, TYPES)
+
+
 def main(argv: list[str]) -> int:
     table: dict[str, Any] = {
         "format": TABLE_FORMAT,
@@ -45,9 +60,14 @@ def main(argv: list[str]) -> int:
         "xnet": {},
         "go": {},
     }
-    for b in argv:
+    # the DWARF walk takes about a minute a binary here: a few at once
+    with ProcessPoolExecutor(max_workers=3) as pool:
+        exs = list(pool.map(_extract, argv))
+    for arg, ex in zip(argv, exs, strict=True):
+        b, _, spec = arg.partition("=")
         p = Path(b)
-        ex = extract(p, FUNCTIONS, STRUCTS, TYPES)
+        if spec:
+            _override(ex, spec)
         if ex["grpc"] is None:
             print(f"[gen] {b}: no grpc-go version in its build info: skipped", file=sys.stderr)
             continue

@@ -144,7 +144,8 @@ def resolve(path: Path, *, use_cache: bool = True, use_dwarf: bool = True) -> Re
         digest = file_sha256(path)
     except OSError as e:
         return Resolution(str(path), "", go=False, error=f"cannot read {path}: {e.strerror}")
-    cached = cache_dir() / f"{digest[:32]}-v{RESOLVER_VERSION}.json"
+    # the offsets table is an input too: a regenerated table must not meet old answers
+    cached = cache_dir() / f"{digest[:32]}-v{RESOLVER_VERSION}-{offsets.table_digest()}.json"
     use_cache = use_cache and use_dwarf
     if use_cache and cached.exists():
         try:
@@ -222,7 +223,7 @@ def _from_table(path: Path, gb: GoBinary, r: Resolution) -> GoBinary | None:
         with path.open("rb") as f:
             elf = ELFFile(f)
             try:
-                pt = read_pclntab(elf, set(FUNCTIONS))
+                pt = read_pclntab(elf, set(FUNCTIONS) | set(offsets.XNET_FINGERPRINT))
             except NoPclntab as e:
                 r.error = (f"{path}: stripped (no DWARF) and its Go function table is "
                            f"unreadable ({e}): not probed")  # fmt: skip
@@ -260,12 +261,12 @@ def _from_table(path: Path, gb: GoBinary, r: Resolution) -> GoBinary | None:
                     known = sorted(table["grpc"], key=offsets.version_key)
                     span = f"{known[0]} to {known[-1]}" if known else "empty"
                     r.error = (
-                        f"{path}: stripped grpc-go {version} is outside the offsets "
+                        f"{path}: stripped grpc-go {version} is not in the offsets "
                         f"table ({len(known)} versions, {span}): not probed"
                     )
                     return None
             parts = {"grpc": entry}
-            xnet, xwhy = offsets.pick(table, "xnet", gb.modules.get(XNET_MODULE), "x/net")
+            xnet, xwhy = offsets.pick_xnet(table, gb.modules.get(XNET_MODULE), pt, FUNCTIONS)
             gov, gwhy = offsets.pick(table, "go", offsets.go_minor(gb.go_version), "Go")
             for part, got, why in (("xnet", xnet, xwhy), ("go", gov, gwhy)):
                 if got is None:
