@@ -161,11 +161,12 @@ def va_bytes(elf: ELFFile, addr: int, n: int) -> bytes | None:
 #   CMPQ SP, 16(R14)                       49 3b 66 10
 # or, for frames past the small-frame slack:
 #   LEAQ -N(SP), R12; CMPQ R12, 16(R14)    4c 8d 64 24 NN | 4c 8d a4 24 NNNNNNNN ; 4d 3b 66 10
-# then JBE to the morestack call: 76 NN | 0f 86 NNNNNNNN; then the frame pointer is saved
-# (PUSHQ BP; MOVQ SP, BP: 55 48 89 e5), which is where Go's DWARF puts prologue_end.
+# then JBE to the morestack call: 76 NN | 0f 86 NNNNNNNN. Go >= 1.21 then saves the frame
+# pointer first (PUSHQ BP; MOVQ SP, BP: 55 48 89 e5) and puts prologue_end after it; older
+# Go allocates the frame first (SUBQ) and puts prologue_end right after the JBE.
 _CHECK = re.compile(
     rb"(?:\x49\x3b\x66\x10|\x4c\x8d\x64\x24.\x4d\x3b\x66\x10|\x4c\x8d\xa4\x24....\x4d\x3b\x66\x10)"
-    rb"(?:\x76.|\x0f\x86....)\x55\x48\x89\xe5",
+    rb"(?:\x76.|\x0f\x86....)(?:\x55\x48\x89\xe5)?",
     re.DOTALL,
 )
 

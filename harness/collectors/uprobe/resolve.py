@@ -26,7 +26,7 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
 from harness.collectors.uprobe import offsets
-from harness.collectors.uprobe.elfgo import GoBinary, NotGoBinary, read_go_binary
+from harness.collectors.uprobe.elfgo import GoBinary, NotGoBinary, quick_info, read_go_binary
 from harness.collectors.uprobe.pclntab import NoPclntab, read_pclntab
 
 RESOLVER_VERSION = 4
@@ -166,7 +166,28 @@ def resolve(path: Path, *, use_cache: bool = True, use_dwarf: bool = True) -> Re
     return r
 
 
+def _links_grpc(path: Path) -> bool | None:
+    """Does the function table name grpc-go's transport? (None: no table to tell.) Cheap,
+    and spares a Go binary without grpc-go the DWARF walk."""
+    try:
+        with path.open("rb") as f:
+            sec = ELFFile(f).get_section_by_name(".gopclntab")
+            return None if sec is None else f"{TRANSPORT}.(".encode() in sec.data()
+    except (ELFError, OSError):
+        return None
+
+
 def _resolve(path: Path, digest: str, use_dwarf: bool = True) -> Resolution:
+    try:
+        version, modules = quick_info(path)
+    except NotGoBinary as e:
+        return Resolution(str(path), digest, go=False, error=f"{path}: {e}")
+    except OSError as e:
+        return Resolution(str(path), digest, go=False, error=f"cannot read {path}: {e.strerror}")
+    if GRPC_MODULE not in modules and _links_grpc(path) is False:
+        return Resolution(str(path), digest, go=True, go_version=version,
+                          error=f"{path}: a Go binary without grpc-go ({GRPC_MODULE} not "
+                          "linked in)")  # fmt: skip
     try:
         gb = read_go_binary(
             path,
