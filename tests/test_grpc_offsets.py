@@ -11,6 +11,7 @@ No root needed: only files are read.
 from __future__ import annotations
 
 import copy
+import json
 import re
 import shutil
 import subprocess
@@ -154,3 +155,43 @@ def test_reasons_for_binaries_not_probed(tmp_path: Path) -> None:
     assert r.source == "none" and not r.probes
     assert re.search(r"stripped \(no DWARF\) and its Go function table is unreadable",
                      r.error or "")  # fmt: skip
+
+
+@pytest.mark.bpf
+@pytest.mark.parametrize(("version", "mode"), [("v1.33.3", "unary"), ("v1.85.0", "bidi")])
+def test_stripped_targets_are_observed_completely(tmp_path: Path, version: str, mode: str) -> None:
+    """Real uprobes on stripped builds, placed from the table: every call of the workload,
+    from both sides, with no field degraded."""
+    from test_uprobe_bpf import FIELDS, client_args, start_collector, start_server, stop
+
+    from harness.analysis.uprobe_observed import uprobe_exchanges
+    from harness.runner.record import free_port
+
+    build = f"{version}-stripped"
+    port = free_port()
+    events, workload = tmp_path / "uprobe.bin", tmp_path / "workload.jsonl"
+    col = start_collector(
+        events, [BIN / f"grpc-server-{build}", BIN / f"grpc-client-{build}"], port
+    )
+    try:
+        srv = start_server(build, port)
+        try:
+            subprocess.run(client_args(build, port, mode, 30, workload), check=True,
+                           capture_output=True, timeout=120)  # fmt: skip
+        finally:
+            stop(srv)
+    finally:
+        assert stop(col) == 0
+    stats = json.loads(events.with_suffix(".json").read_text())
+    assert stats["lost_events"] == 0 and stats["unsupported"] == []
+    assert {b["source"] for b in stats["binaries"].values()} == {"table"}
+    xs, _ = uprobe_exchanges(events, [port])
+    want = {str(w["id"]): w for w in map(json.loads, workload.read_text().splitlines())}
+    assert len(want) == 30
+    for side in ("client", "server"):
+        got = {x.req_headers["x-probebench-id"]: x for x in xs if x.side == side}
+        assert sorted(got) == sorted(want), side
+        for i, w in want.items():
+            assert got[i].degraded == [], (side, i, got[i].degraded)
+            for f in FIELDS:
+                assert getattr(got[i], f) == w[f], (side, i, f)
