@@ -20,7 +20,7 @@ GRPC_GO_BUILDS = GRPC_GO_VERSIONS + tuple(v + STRIPPED for v in GRPC_GO_VERSIONS
 OBSERVE = "observe"  # the scenario name of runs whose workload a user brought
 NODE_DIR = SCEN_DIR / "node"
 JAVA_DIR = SCEN_DIR / "java"
-RUST_BIN = SCEN_DIR / "rust" / "target" / "release"
+RUST_BIN = SCEN_DIR / "rust" / "bin"
 # Languages of the targets (--client/--server), and the protocols each one speaks.
 LANGS = ("py", "go", "node", "java", "rust")
 LANG_PROTOS = {"py": {"http10", "http11", "grpc"}, "go": {"http10", "http11", "grpc"},
