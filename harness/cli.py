@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(fn=cmd_doctor)
 
-    from harness.runner.scenarios import GRPC_GO_VERSIONS, LANGS, SCENARIOS
+    from harness.runner.scenarios import GRPC_GO_BUILDS, LANGS, SCENARIOS
 
     p = sub.add_parser("run", help="record one scenario run, analyse it, print its directory")
     p.add_argument("scenario", choices=list(SCENARIOS))
@@ -170,7 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--exchanges", type=int, help="default: the scenario's")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--grpc-go", choices=GRPC_GO_VERSIONS, help="grpc-go version of Go targets")
+    p.add_argument(
+        "--grpc-go", choices=GRPC_GO_BUILDS,
+        help="grpc-go version of Go targets (VER-stripped: the same, built -ldflags='-s -w')",
+    )  # fmt: skip
     p.add_argument("--port", type=int, help="server port (default: a free one)")
     p.add_argument(
         "--pipeline-depth", type=int,

@@ -13,7 +13,7 @@ import pytest
 from harness.model import RunManifest
 from harness.runner import matrix
 from harness.runner.matrix import MatrixRun, State, execute, plan, state_path, sweep_times
-from harness.runner.scenarios import CURRENT_GRPC_GO, GRPC_GO_VERSIONS, SCENARIOS
+from harness.runner.scenarios import CURRENT_GRPC_GO, GRPC_GO_VERSIONS, SCENARIOS, STRIPPED
 
 FIXTURES = Path(__file__).parent / "fixtures" / "report"
 EARLY = "20261125T132142-grpc-unary-go2go-early-v1.85.0"
@@ -41,7 +41,11 @@ def test_default_plan_covers_the_matrix_once() -> None:
     old = [r for r in runs if r.grpc_version not in (None, CURRENT_GRPC_GO)]
     assert {(r.client, r.server) for r in old} == {("go", "go")}
     assert all(SCENARIOS[r.scenario].is_grpc for r in old)
-    assert len(old) == len(grpc_scens) * (len(GRPC_GO_VERSIONS) - 1) * 2
+    stripped = [r for r in old if r.grpc_version.endswith(STRIPPED)]  # type: ignore[union-attr]
+    assert len(old) - len(stripped) == len(grpc_scens) * (len(GRPC_GO_VERSIONS) - 1) * 2
+    # stripped builds of every version, both attaches, in a few scenarios
+    assert {r.grpc_version for r in stripped} == {v + STRIPPED for v in GRPC_GO_VERSIONS}
+    assert len(stripped) == len(matrix.STRIPPED_SCENARIOS) * len(GRPC_GO_VERSIONS) * 2
     assert all(r.collectors == BOTH for r in runs)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from harness.errors import ProbebenchError, RunDirError
 from harness.model import METRICS_VERSION, RunManifest, repo_root, utc_now, write_json_atomic
 from harness.runner.lifecycle import Interrupted, signals_as_exceptions
-from harness.runner.scenarios import CURRENT_GRPC_GO, GRPC_GO_VERSIONS, SCENARIOS
+from harness.runner.scenarios import CURRENT_GRPC_GO, GRPC_GO_VERSIONS, SCENARIOS, STRIPPED
 
 Progress = Callable[[str], None]
 STATE_VERSION = 1
@@ -33,6 +33,8 @@ DEFAULT_EXCHANGES = {
     "grpc-unary": 200,
     "grpc-server-stream": 100, "grpc-client-stream": 100, "grpc-bidi": 100,
 }  # fmt: skip
+# gRPC scenarios also run against stripped Go builds (-ldflags="-s -w").
+STRIPPED_SCENARIOS = ("grpc-unary", "grpc-bidi")
 # Where in the workload (share of its time span) the sweep replays an attach.
 SWEEP_FRACTIONS = (0.1, 0.25, 0.5, 0.75)
 QUICK_SWEEP_FRACTIONS = (0.25, 0.5, 0.75)
@@ -115,6 +117,12 @@ def plan(quick: bool, collectors: tuple[str, ...] = ("kprobe", "uprobe")) -> lis
                     continue
                 for attach in ATTACHES:
                     runs.append(MatrixRun(name, "go", "go", attach, n, collectors, ver))
+        if name in STRIPPED_SCENARIOS:
+            # Stripped builds of every version (stability on binaries as shipped): two
+            # call modes are enough, the probes are the same for all four.
+            for ver in GRPC_GO_VERSIONS:
+                for attach in ATTACHES:
+                    runs.append(MatrixRun(name, "go", "go", attach, n, collectors, ver + STRIPPED))
     runs += _more_stacks(collectors)
     return runs
 
@@ -143,6 +151,7 @@ def _quick_plan(collectors: tuple[str, ...]) -> list[MatrixRun]:
         MatrixRun("grpc-unary", "go", "go", "early", 60, collectors, cur, QUICK_SWEEP_FRACTIONS),
         MatrixRun("grpc-unary", "go", "go", "late", 60, collectors, cur),
         MatrixRun("grpc-unary", "go", "go", "early", 60, collectors, old),
+        MatrixRun("grpc-unary", "go", "go", "late", 60, collectors, old + STRIPPED),
         MatrixRun("grpc-bidi", "py", "go", "late", 30, collectors, cur),
         MatrixRun("grpc-server-stream", "go", "py", "early", 30, collectors, cur),
     ]

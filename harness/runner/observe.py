@@ -116,11 +116,16 @@ def observe(
             )
             manifest.params["uprobe_targets"] = probed
             if "uprobe" in collectors:
-                others = len(set(uprobe.get("followed") or {}) - set(probed))
-                progress(
-                    f"uprobe probed: {', '.join(probed) or 'nothing'}; {others} other "
-                    "binaries of the command were not grpc-go (run.json: collectors.uprobe)"
-                )
+                # per binary: what was probed and from what (DWARF or the offsets table),
+                # and why each other one was not (not Go, no grpc-go, version not in table)
+                bins = uprobe.get("binaries") or {}
+                progress(f"uprobe probed: {', '.join(probed) or 'nothing'} (run.json: "
+                         "collectors.uprobe)")  # fmt: skip
+                for b in probed:
+                    progress(f"uprobe: {b}: layouts from {bins[b].get('how') or 'DWARF'}")
+                for exe, verdict in sorted((uprobe.get("followed") or {}).items()):
+                    if exe not in probed and verdict.startswith("not probed"):
+                        progress(f"uprobe: {exe}: {verdict}")
                 for problem in uprobe.get("unsupported") or []:
                     progress(f"uprobe: {problem}")
         manifest.capture = dict(cap.stats)

@@ -13,6 +13,10 @@ SCEN_DIR = repo_root() / "scenarios"
 GO_BIN = SCEN_DIR / "go" / "bin"
 GRPC_GO_VERSIONS = ("v1.33.3", "v1.50.1", "v1.85.0")
 CURRENT_GRPC_GO = GRPC_GO_VERSIONS[-1]
+# The same targets built with -ldflags="-s -w" (no symbols, no DWARF), as services ship:
+# `--grpc-go v1.33.3-stripped` runs them (scripts/build-grpc-targets builds both).
+STRIPPED = "-stripped"
+GRPC_GO_BUILDS = GRPC_GO_VERSIONS + tuple(v + STRIPPED for v in GRPC_GO_VERSIONS)
 OBSERVE = "observe"  # the scenario name of runs whose workload a user brought
 NODE_DIR = SCEN_DIR / "node"
 JAVA_DIR = SCEN_DIR / "java"

@@ -4,7 +4,7 @@
 Reads /proc only (no BPF). A process is a target when its executable is a Go
 binary (a .go.buildinfo section, or a runtime.buildVersion symbol) that links
 grpc-go (the google.golang.org/grpc module in its build info, or grpc-go's
-transport functions in its symbol table).
+transport functions in its symbol table or, stripped, in Go's function table).
 """
 
 from __future__ import annotations
@@ -52,9 +52,11 @@ def identify(exe: Path) -> GoIdentity:
         return GoIdentity(False, why=f"cannot read {exe}: {e.strerror}")
     has_runtime = version is not None
     grpc_sym = False
+    stripped_blind = False  # no symbol table and no function table: cannot tell
     try:
         with exe.open("rb") as f:
-            symtab = ELFFile(f).get_section_by_name(".symtab")
+            elf = ELFFile(f)
+            symtab = elf.get_section_by_name(".symtab")
             for s in symtab.iter_symbols() if symtab is not None else ():  # type: ignore[attr-defined]
                 if s.name == "runtime.buildVersion":
                     has_runtime = True
@@ -62,12 +64,23 @@ def identify(exe: Path) -> GoIdentity:
                     grpc_sym = True
                 if has_runtime and grpc_sym:
                     break
+            if symtab is None and has_runtime and GRPC_MODULE not in mods:
+                # stripped: function names survive in .gopclntab (a GOPATH or vendored
+                # build lists no modules in its build info)
+                pcln = elf.get_section_by_name(".gopclntab")
+                if pcln is None:
+                    stripped_blind = True
+                else:
+                    grpc_sym = f"{TRANSPORT}.(".encode() in pcln.data()
     except (ELFError, OSError):
         pass
     if not has_runtime:
         return GoIdentity(False, why=f"{exe} is not a Go binary")
     grpc = mods.get(GRPC_MODULE) or ("linked" if grpc_sym else None)
-    why = "" if grpc else f"{exe} is a Go binary without grpc-go"
+    if stripped_blind:
+        why = f"{exe} is a stripped Go binary with no function table (.gopclntab)"
+    else:
+        why = "" if grpc else f"{exe} is a Go binary without grpc-go"
     return GoIdentity(True, version, grpc, why)
 
 

@@ -162,8 +162,8 @@ def read_go_binary(
                 elif s.name == "runtime.types":
                     types_base = s["st_value"]
         gb = GoBinary(path, elf.header["e_type"], go_version, modules, symbols, types_base)
-        if not elf.has_dwarf_info():
-            return gb
+        if not elf.has_dwarf_info() or not (want_structs or want_types or want_funcs):
+            return gb  # the DWARF walk is the slow part: only when something is asked of it
         _read_dwarf(elf, gb, want_structs, want_types, want_funcs)
     return gb
 

@@ -310,6 +310,8 @@ class Recorder:
                     "go_version": r.go_version,
                     "probes": sorted(r.probes),
                     "error": r.error,
+                    "source": r.source,  # where layouts came from: dwarf | table | none
+                    "how": r.how,
                 }
                 for r in self.resolutions
             },

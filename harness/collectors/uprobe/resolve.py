@@ -1,11 +1,16 @@
 """Per-binary probe resolution: symbols, argument registers and struct offsets for grpc-go.
 
-Nothing is hard-coded per version: function addresses come from the ELF symbol table,
+Nothing is typed in per version: function addresses come from the ELF symbol table,
 argument registers from Go's register ABI applied to the DWARF formal parameters (and
 checked against DWARF's own location lists), struct member offsets and runtime type
-descriptors from DWARF. The result is a set of -D cflags for bpf/uprobe_grpc.c. What
-cannot be resolved is listed as ``unsupported: <what>``; the probe that needs it is left
-out (its coverage is then 0), never a crash. Results are cached by the binary's hash.
+descriptors from DWARF. A stripped binary (no symbols, no DWARF) is resolved from what
+stripping leaves: addresses from Go's function table (.gopclntab), layouts from the
+offsets table generated from the DWARF of many grpc-go versions (offsets.py), picked by
+the grpc-go version in the build info, in the source paths, or matched by the source
+lines of the probed functions; descriptors from the type data. DWARF wins when present.
+The result is a set of -D cflags for bpf/uprobe_grpc.c. What cannot be resolved is
+listed as ``unsupported: <what>``; the probe that needs it is left out (its coverage is
+then 0), never a crash. Results are cached by the binary's hash.
 """
 
 from __future__ import annotations
@@ -17,13 +22,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.collectors.uprobe.elfgo import GoBinary, NotGoBinary, read_go_binary
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
 
-RESOLVER_VERSION = 3
+from harness.collectors.uprobe import offsets
+from harness.collectors.uprobe.elfgo import GoBinary, NotGoBinary, quick_info, read_go_binary
+from harness.collectors.uprobe.pclntab import NoPclntab, read_pclntab
+
+RESOLVER_VERSION = 4
 
 TRANSPORT = "google.golang.org/grpc/internal/transport"
 HTTP2 = "golang.org/x/net/http2"
 HPACK = "golang.org/x/net/http2/hpack"
+XNET_MODULE = "golang.org/x/net"
 MEM = "google.golang.org/grpc/mem"
 GRPC_MODULE = "google.golang.org/grpc"
 
@@ -93,6 +104,9 @@ class Resolution:
     unsupported: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     error: str | None = None  # why nothing at all can be probed
+    # where the layouts came from: "dwarf", "table" (stripped: the offsets table) or "none"
+    source: str = "none"
+    how: str = ""  # one line: how the versions and layouts were found (for run.json)
 
     @property
     def usable(self) -> bool:
@@ -121,14 +135,18 @@ def cache_dir() -> Path:
     return Path(base) / "probebench" / "uprobe"
 
 
-def resolve(path: Path, *, use_cache: bool = True) -> Resolution:
-    """Resolve one binary (cached by content hash); never raises for a bad binary."""
+def resolve(path: Path, *, use_cache: bool = True, use_dwarf: bool = True) -> Resolution:
+    """Resolve one binary (cached by content hash); never raises for a bad binary.
+
+    ``use_dwarf=False`` resolves as if the binary were stripped (the table's test)."""
     path = Path(path)
     try:
         digest = file_sha256(path)
     except OSError as e:
         return Resolution(str(path), "", go=False, error=f"cannot read {path}: {e.strerror}")
-    cached = cache_dir() / f"{digest[:32]}-v{RESOLVER_VERSION}.json"
+    # the offsets table is an input too: a regenerated table must not meet old answers
+    cached = cache_dir() / f"{digest[:32]}-v{RESOLVER_VERSION}-{offsets.table_digest()}.json"
+    use_cache = use_cache and use_dwarf
     if use_cache and cached.exists():
         try:
             r = Resolution.from_dict(json.loads(cached.read_text()))
@@ -136,7 +154,7 @@ def resolve(path: Path, *, use_cache: bool = True) -> Resolution:
             return r
         except (ValueError, TypeError, KeyError):
             pass  # a stale or corrupt cache entry: resolve again
-    r = _resolve(path, digest)
+    r = _resolve(path, digest, use_dwarf)
     if use_cache:
         try:
             cached.parent.mkdir(parents=True, exist_ok=True)
@@ -148,30 +166,143 @@ def resolve(path: Path, *, use_cache: bool = True) -> Resolution:
     return r
 
 
-def _resolve(path: Path, digest: str) -> Resolution:
+def _links_grpc(path: Path) -> bool | None:
+    """Does the function table name grpc-go's transport? (None: no table to tell.) Cheap,
+    and spares a Go binary without grpc-go the DWARF walk."""
+    try:
+        with path.open("rb") as f:
+            sec = ELFFile(f).get_section_by_name(".gopclntab")
+            return None if sec is None else f"{TRANSPORT}.(".encode() in sec.data()
+    except (ELFError, OSError):
+        return None
+
+
+def _resolve(path: Path, digest: str, use_dwarf: bool = True) -> Resolution:
+    try:
+        version, modules = quick_info(path)
+    except NotGoBinary as e:
+        return Resolution(str(path), digest, go=False, error=f"{path}: {e}")
+    except OSError as e:
+        return Resolution(str(path), digest, go=False, error=f"cannot read {path}: {e.strerror}")
+    if GRPC_MODULE not in modules and _links_grpc(path) is False:
+        return Resolution(str(path), digest, go=True, go_version=version,
+                          error=f"{path}: a Go binary without grpc-go ({GRPC_MODULE} not "
+                          "linked in)")  # fmt: skip
     try:
         gb = read_go_binary(
             path,
             symbol_names=FUNCTIONS,
-            struct_names=STRUCTS,
-            type_names=TYPES,
-            function_names=FUNCTIONS,
+            struct_names=STRUCTS if use_dwarf else (),
+            type_names=TYPES if use_dwarf else (),
+            function_names=FUNCTIONS if use_dwarf else (),
         )
     except NotGoBinary as e:
         return Resolution(str(path), digest, go=False, error=f"{path}: {e}")
     r = Resolution(str(path), digest, go=True, go_version=gb.go_version,
                    grpc_version=gb.modules.get(GRPC_MODULE))  # fmt: skip
-    if r.grpc_version is None and not any(s in gb.symbols for s in FUNCTIONS[:5]):
-        r.error = f"{path}: a Go binary without grpc-go ({GRPC_MODULE} not linked in)"
-        return r
-    if not gb.structs:
-        r.error = f"{path}: no DWARF type information (built with -ldflags=-w?)"
-        r.unsupported.append("unsupported: DWARF debug info")
-        return r
-    _Resolver(gb, r).run()
+    has_dwarf = bool(gb.structs) and any(f in gb.functions for f in FUNCTIONS)
+    if not use_dwarf:
+        gb.symbols = {}
+    if has_dwarf:
+        r.source, r.how = "dwarf", "DWARF"
+        _fill_symbols(path, gb)
+        if r.grpc_version is None and not any(s in gb.symbols for s in FUNCTIONS[:5]):
+            r.error = f"{path}: a Go binary without grpc-go ({GRPC_MODULE} not linked in)"
+            r.source = "none"
+            return r
+        _Resolver(gb, r).run()
+    else:
+        tgb = _from_table(path, gb, r)
+        if tgb is None:
+            r.source = "none"
+            return r
+        r.source = "table"
+        _Resolver(tgb, r).run()
     if not r.probes and r.error is None:
         r.error = f"{path}: no grpc-go probe point could be resolved"
     return r
+
+
+def _fill_symbols(path: Path, gb: GoBinary) -> None:
+    """Function entries a binary without a symbol table (-s, DWARF kept) still has."""
+    if all(f in gb.symbols for f in gb.functions):
+        return
+    try:
+        with path.open("rb") as f:
+            pt = read_pclntab(ELFFile(f), set(FUNCTIONS))
+    except (NoPclntab, ELFError, OSError):
+        return
+    for name, fi in pt.functions.items():
+        gb.symbols.setdefault(name, fi.entry)
+
+
+def _from_table(path: Path, gb: GoBinary, r: Resolution) -> GoBinary | None:
+    """A stripped binary: what DWARF would have said, from pclntab and the offsets table.
+    Sets r.error (and returns None) when the binary cannot be probed, saying why."""
+    table = offsets.load_table()
+    try:
+        with path.open("rb") as f:
+            elf = ELFFile(f)
+            try:
+                pt = read_pclntab(elf, set(FUNCTIONS) | set(offsets.XNET_FINGERPRINT))
+            except NoPclntab as e:
+                r.error = (f"{path}: stripped (no DWARF) and its Go function table is "
+                           f"unreadable ({e}): not probed")  # fmt: skip
+                return None
+            grpc_funcs = [n for n in FUNCTIONS if offsets.part_of(n) == "grpc"]
+            if not any(n in pt.functions for n in grpc_funcs):
+                r.error = f"{path}: a Go binary without grpc-go (no grpc-go transport functions)"
+                return None
+            version, how = r.grpc_version, "build info"
+            if version is None:
+                version = pt.source_version(GRPC_MODULE, grpc_funcs)
+                how = "source paths"
+            if version is None:
+                hits, why = offsets.identify_by_fingerprint(
+                    table, offsets.fingerprint(pt, FUNCTIONS)
+                )
+                if not hits:
+                    r.error = (f"{path}: stripped grpc-go of unknown version ({why}): "
+                               "not probed")  # fmt: skip
+                    return None
+                if not offsets.same_layout(table, hits):
+                    r.error = (
+                        f"{path}: stripped grpc-go whose source lines match "
+                        f"{', '.join(hits)}, which differ in layout: not probed"
+                    )
+                    return None
+                version = hits[0] if len(hits) == 1 else f"{hits[0]}..{hits[-1]}"
+                how = "fingerprint (source lines of the probed functions)"
+                r.grpc_version = version
+                entry = table["grpc"][hits[0]]
+            else:
+                r.grpc_version = version
+                entry = table["grpc"].get(version)
+                if entry is None:
+                    known = sorted(table["grpc"], key=offsets.version_key)
+                    span = f"{known[0]} to {known[-1]}" if known else "empty"
+                    r.error = (
+                        f"{path}: stripped grpc-go {version} is not in the offsets "
+                        f"table ({len(known)} versions, {span}): not probed"
+                    )
+                    return None
+            parts = {"grpc": entry}
+            xnet, xwhy = offsets.pick_xnet(table, gb.modules.get(XNET_MODULE), pt, FUNCTIONS)
+            gov, gwhy = offsets.pick(table, "go", offsets.go_minor(gb.go_version), "Go")
+            for part, got, why in (("xnet", xnet, xwhy), ("go", gov, gwhy)):
+                if got is None:
+                    r.error = f"{path}: stripped grpc-go {version}: {why}: not probed"
+                    return None
+                if why:
+                    r.notes.append(why)
+                parts[part] = got
+            tgb = offsets.synthesize(path, elf, pt, parts, gb.go_version, gb.modules, TYPES)
+    except (ELFError, OSError) as e:
+        r.error = f"{path}: cannot read it ({e})"
+        return None
+    r.how = f"offsets table: grpc-go {version} from {how}"
+    r.notes.append(f"stripped: {r.how}")
+    return tgb
 
 
 class _Resolver:
