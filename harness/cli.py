@@ -65,6 +65,8 @@ def cmd_run(a: argparse.Namespace) -> int:
         grpc_version=a.grpc_go,
         port=a.port,
         options=CollectorOptions(max_capture=a.max_capture, ringbuf_pages=a.ringbuf_pages),
+        tls=a.tls,
+        tls_version=a.tls_version,
     )
     run_dir = _record_and_replay(spec, a.out)
     print(run_dir)
@@ -161,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-capture", type=int, default=65536, help="payload bytes captured per syscall"
     )
     p.add_argument("--ringbuf-pages", type=int, default=16384, help="ring buffer, 4 KiB pages")
+    p.add_argument("--tls", action="store_true", help="the same scenario over TLS")
+    p.add_argument("--tls-version", choices=["1.2", "1.3"], default="1.3")
     p.add_argument("--out", type=Path, default=DEFAULT_RUNS, help="parent of the run directory")
     p.set_defaults(fn=cmd_run)
 

@@ -30,6 +30,8 @@ CAPTURE = "capture.pcapng"
 WORKLOAD = "workload.jsonl"
 EVENTS_DIR = "events"
 EXCHANGES_DIR = "exchanges"
+# TLS runs: the throwaway CA, server certificate and key logs (secrets stay in the run dir)
+TLS_DIR = "tls"
 
 
 @dataclass(frozen=True, slots=True)

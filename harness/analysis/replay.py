@@ -9,14 +9,16 @@ from typing import Any
 import pandas as pd
 
 from harness.analysis.metrics import DEFINITIONS, Row, score
-from harness.analysis.observed import VARIANTS, Variant, kprobe_exchanges
+from harness.analysis.observed import VARIANTS, EncryptedConn, Variant, kprobe_exchanges
 from harness.errors import RunDirError
 from harness.groundtruth.extract import extract_exchanges
 from harness.groundtruth.match import match_workload, read_workload
+from harness.groundtruth.tlskeys import check_handshakes, merge_keylogs
 from harness.model import (
     CAPTURE,
     EVENTS_DIR,
     EXCHANGES_DIR,
+    TLS_DIR,
     WORKLOAD,
     Exchange,
     RunManifest,
@@ -50,6 +52,20 @@ def to_frame(exchanges: list[Exchange]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def tls_protocol(protocol: str) -> str:
+    """The report's name of a protocol carried over TLS: tls-http/1.1, tls-h2-grpc."""
+    return "tls-" + protocol.replace("h2c", "h2")
+
+
+def encrypted_count(
+    truth: list[Exchange], conns: list[EncryptedConn], side: str, attach_ns: int
+) -> int:
+    """Observable truth exchanges on connections this side saw only as TLS records."""
+    keys = {(c.client_port, c.server_port) for c in conns if c.side == side}
+    return sum(1 for t in truth if (t.t_start_ns or 0) >= attach_ns
+               and (t.client_port, t.server_port) in keys)  # fmt: skip
+
+
 def _variants(collector: str, attach: str, protocol: str, simulated: bool) -> list[Variant]:
     out = [VARIANTS["default"]]
     if collector == "kprobe" and (attach == "late" or simulated):
@@ -81,11 +97,32 @@ def replay(
         h2c, protocol = scen.is_grpc, scen.protocol
     ports = manifest.ports
     offset = int(manifest.capture.get("mono_offset_ns", 0))
+    tls_version = (p.get("tls_version") or "1.3") if p.get("tls") else None
+    keylog, tls_info = None, None
+    if tls_version:
+        (run_dir / TLS_DIR).mkdir(exist_ok=True)
+        keylog = run_dir / TLS_DIR / "keys.log"
+        kst, randoms = merge_keylogs(sorted((run_dir / TLS_DIR).glob("*.keylog")), keylog)
+        check_handshakes(run_dir / CAPTURE, ports, randoms, kst)
+        tls_info = kst.to_dict()
+        if kst.sessions == 0:
+            # no secrets: Wireshark would decode nothing, and an empty truth scores nothing
+            why = ("no TLS secrets in the key logs ("
+                   + (", ".join(kst.files) or "none written") + "): the truth cannot be "
+                   "decrypted, so no collector is scored")  # fmt: skip
+            metrics = {"run_id": manifest.run_id, "scenario": manifest.scenario, "params": p,
+                       "attach_at_s": attach_at_s, "truth_unavailable": why, "tls": tls_info,
+                       "truth_vs_workload": None,
+                       "rows": [], "definitions": DEFINITIONS}  # fmt: skip
+            if write and attach_at_s is None:
+                save_metrics(run_dir, metrics)
+            return metrics
     truth, tstats = extract_exchanges(
         run_dir / CAPTURE,
         http1_ports=[] if h2c else ports,
         h2c_ports=ports if h2c else [],
         mono_offset_ns=offset,
+        tls_keylog=keylog,
     )
     for x in truth:
         x.run_id, x.scenario = manifest.run_id, manifest.scenario
@@ -108,11 +145,13 @@ def replay(
             raise RunDirError(f"{events} is missing: the {name} collector recorded nothing")
         collectors[name] = {"attach_ns": attach_ns, "stats": info}
         for variant in _variants(name, p["attach"], protocol, attach_at_s is not None):
+            encrypted: list[EncryptedConn] = []
             if name == "kprobe":
                 observed, ostats = kprobe_exchanges(
                     events, ports, variant=variant,
                     attach_at_ns=attach_ns if attach_at_s is not None else None,
                     target_pids={int(pr["pid"]) for pr in manifest.processes},
+                    encrypted=encrypted,
                 )  # fmt: skip
             else:
                 from harness.analysis.uprobe_observed import uprobe_exchanges
@@ -127,12 +166,17 @@ def replay(
                 frames[name] = observed
             for side in SIDES:
                 row = Row(
-                    scenario=manifest.scenario, protocol=protocol, client=p["client"],
-                    server=p["server"], attach=attach_mode, collector=name, side=side,
-                    variant=variant.name, grpc_go=p.get("grpc_version"),
+                    scenario=manifest.scenario,
+                    protocol=tls_protocol(protocol) if tls_version else protocol,
+                    client=p["client"], server=p["server"], attach=attach_mode, collector=name,
+                    side=side, variant=variant.name, grpc_go=p.get("grpc_version"),
+                    tls=tls_version,
                 )  # fmt: skip
                 row.lost_events = int(info.get("lost_events", 0) or 0)
                 score(row, truth, [x for x in observed if x.side == side], attach_ns)
+                if encrypted:
+                    row.undecodable["encrypted"] = encrypted_count(truth, encrypted, side,
+                                                                   attach_ns)  # fmt: skip
                 rows.append(row.to_dict())
     metrics = {
         "run_id": manifest.run_id,
@@ -141,6 +185,7 @@ def replay(
         "attach_at_s": attach_at_s,
         "truth_vs_workload": tvw,
         "truth": tstats.to_dict(),
+        "tls": tls_info,
         "capture": {k: manifest.capture.get(k) for k in ("packets_captured", "packets_dropped")},
         "collectors": collectors,
         "rows": rows,

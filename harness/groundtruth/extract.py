@@ -127,9 +127,9 @@ def _close_delimited_size(row: list[str]) -> int | None:
 
 def _scan(
     pcap: Path, http1_ports: list[int], h2c_ports: list[int], mono_offset_ns: int,
-    stats: TruthStats,
+    stats: TruthStats, tls_keylog: Path | None = None,
 ) -> tuple[dict[int, _Frame], list[Exchange]]:
-    args = [*decode_as(http1_ports, h2c_ports), "-T", "fields", "-E", "occurrence=a",
+    args = [*decode_as(http1_ports, h2c_ports, tls_keylog), "-T", "fields", "-E", "occurrence=a",
             "-E", f"aggregator={AGG}", "-E", f"separator={SEP}"]
     for f in _FIELDS:
         args += ["-e", f]
@@ -300,9 +300,9 @@ def _apply_headers(call: _Call, to_server: bool, hdrs: list[tuple[str, str]]) ->
 
 def _h2(
     pcap: Path, h2c_ports: list[int], frames: dict[int, _Frame], stats: TruthStats,
-    http1_ports: list[int],
+    http1_ports: list[int], tls_keylog: Path | None = None,
 ) -> list[Exchange]:
-    args = [*decode_as(http1_ports, h2c_ports), "-Y", "http2", "-T", "json",
+    args = [*decode_as(http1_ports, h2c_ports, tls_keylog), "-Y", "http2", "-T", "json",
             "-J", "frame http2 grpc"]
     out = run_tshark(pcap, args)
     try:
@@ -405,18 +405,21 @@ def extract_exchanges(
     http1_ports: list[int],
     h2c_ports: list[int],
     mono_offset_ns: int = 0,
+    tls_keylog: Path | None = None,
 ) -> tuple[list[Exchange], TruthStats]:
     """Every HTTP/1 exchange and HTTP/2 call on the given server ports, with decode statistics.
 
+    With ``tls_keylog`` the ports carry TLS, decrypted with that NSS key log.
     Times are CLOCK_MONOTONIC when ``mono_offset_ns`` is CLOCK_REALTIME - CLOCK_MONOTONIC
     at capture time (the pcap holds wall-clock times). Exchanges are ordered by protocol,
     then by request time. Raises CaptureError when tshark cannot read the file at all.
     """
     stats = TruthStats()
-    frames, exchanges = _scan(Path(pcap), http1_ports, h2c_ports, mono_offset_ns, stats)
+    frames, exchanges = _scan(Path(pcap), http1_ports, h2c_ports, mono_offset_ns, stats,
+                              tls_keylog)  # fmt: skip
     if not frames and stats.truncated:
         raise CaptureError(f"{pcap} is cut short before its first packet")
     if h2c_ports:
-        exchanges.extend(_h2(Path(pcap), h2c_ports, frames, stats, http1_ports))
+        exchanges.extend(_h2(Path(pcap), h2c_ports, frames, stats, http1_ports, tls_keylog))
     stats.exchanges = len(exchanges)
     return exchanges, stats

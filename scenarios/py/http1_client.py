@@ -17,6 +17,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import tlsopts
 from workload import (
     BODY_METHODS,
     LOCATION,
@@ -56,6 +57,7 @@ class Client:
         )
         self.errors: list[str] = []
         self.errors_lock = threading.Lock()
+        self.tls = tlsopts.context(args, server=False, alpn="http/1.1")
 
     def _timeout(self) -> float:
         left = self.deadline - time.monotonic()
@@ -64,7 +66,13 @@ class Client:
         return min(IO_TIMEOUT_S, left)
 
     def _connect(self) -> http.client.HTTPConnection:
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=self._timeout())
+        conn = (
+            http.client.HTTPSConnection(
+                self.host, self.port, timeout=self._timeout(), context=self.tls
+            )
+            if self.tls
+            else http.client.HTTPConnection(self.host, self.port, timeout=self._timeout())
+        )
         if self.proto == "http10":
             # http.client has no public switch; these two attributes are what it reads.
             conn._http_vsn = 10
@@ -229,6 +237,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workload")
     p.add_argument("--deadline", type=float, default=120.0)
     p.add_argument("--plan-only", action="store_true", help="print the plan as JSON lines and exit")
+    tlsopts.add_arguments(p)
     args = p.parse_args(argv)
     if args.exchanges < 0 or args.connections < 1 or args.warmup < 0 or args.deadline <= 0:
         p.error("--exchanges/--warmup must be >= 0, --connections >= 1, --deadline > 0")

@@ -108,6 +108,7 @@ type clientOpts struct {
 	warmup, inflight     int
 	seed                 uint64
 	deadline             time.Duration
+	tls                  tlsFlags
 }
 
 type client struct {
@@ -139,6 +140,7 @@ func ClientMain(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.workload, "workload", "", "workload.jsonl to append to")
 	deadline := fs.Float64("deadline", 120, "seconds the whole run may take")
 	printPlan := fs.Bool("print-plan", false, "print the plan as JSON lines and exit")
+	o.tls.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -192,11 +194,19 @@ func (cl *client) run(stdin io.Reader, stdout io.Writer) error {
 	defer cl.out.Flush()
 
 	target := net.JoinHostPort(cl.opts.host, strconv.Itoa(cl.opts.port))
+	security := grpc.WithInsecure()
+	creds, err := cl.opts.tls.creds(false, cl.opts.host)
+	if err != nil {
+		return fmt.Errorf("TLS: %v", err)
+	}
+	if creds != nil {
+		security = grpc.WithTransportCredentials(creds)
+	}
 	for i := 0; i < cl.opts.conns; i++ {
 		c := &conn{idx: i}
 		// WithInsecure/WithBlock/DialContext are deprecated in recent grpc-go
 		// but exist in every version we build, unlike their replacements.
-		cc, err := grpc.DialContext(ctx, target, grpc.WithInsecure(), grpc.WithBlock(),
+		cc, err := grpc.DialContext(ctx, target, security, grpc.WithBlock(),
 			grpc.WithContextDialer(c.dial),
 			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMsgSize),
 				grpc.MaxCallSendMsgSize(MaxMsgSize)))
