@@ -126,10 +126,14 @@ def cmd_observe(a: argparse.Namespace) -> int:
 
 
 def _collectors(text: str) -> list[str]:
+    from harness.runner.collectors import COLLECTORS
+
     names = [c for c in text.split(",") if c]
-    unknown = sorted(set(names) - {"kprobe", "uprobe"})
+    unknown = sorted(set(names) - set(COLLECTORS))
     if unknown or not names:
-        raise argparse.ArgumentTypeError(f"collectors are kprobe and uprobe, not {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"collectors are {', '.join(COLLECTORS)}, not {text!r}"
+        )
     return names
 
 

@@ -18,7 +18,7 @@ from harness.errors import RunDirError, UnknownVersionError
 RUN_VERSION = 1
 METRICS_VERSION = 1
 
-Source = Literal["truth", "workload", "kprobe", "uprobe"]
+Source = Literal["truth", "workload", "kprobe", "uprobe", "tls"]
 Side = Literal["client", "server", "wire"]
 
 PROTOCOLS = ("http/1.0", "http/1.1", "h2c-grpc", "h2c")

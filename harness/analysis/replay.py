@@ -153,6 +153,13 @@ def replay(
                     target_pids={int(pr["pid"]) for pr in manifest.processes},
                     encrypted=encrypted,
                 )  # fmt: skip
+            elif name == "tls":
+                from harness.analysis.tls_observed import tls_exchanges
+
+                observed, ostats = tls_exchanges(
+                    events, ports, attach_at_ns=attach_ns if attach_at_s is not None else None,
+                    h2=h2c,
+                )  # fmt: skip
             else:
                 from harness.analysis.uprobe_observed import uprobe_exchanges
 

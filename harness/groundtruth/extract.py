@@ -38,10 +38,13 @@ _FIELDS = (
     "_ws.expert.severity", "_ws.expert.message",
     # only for bodies delimited by the connection's close: total minus header bytes
     "http.response.version", "http.response.phrase", "tcp.len", "tcp.reassembled.length",
+    # over TLS, a message in several records: the frames of the records (tcp.segment then
+    # names only the last record's segments, which made a request start too late)
+    "tls.segment",
 )
 (_NUM, _TIME, _STREAM, _SRC4, _SRC6, _SPORT, _DST4, _DST6, _DPORT, _SEGS, _METHOD, _URI,
  _VERSION, _CODE, _REQ_IN, _CLEN, _CHUNKS, _TE, _REQ_LINES, _RESP_LINES, _SEV, _MSG,
- _RESP_VERSION, _PHRASE, _TCP_LEN, _REASM_LEN) = range(len(_FIELDS))
+ _RESP_VERSION, _PHRASE, _TCP_LEN, _REASM_LEN, _TLS_SEGS) = range(len(_FIELDS))
 
 
 @dataclass(slots=True)
@@ -168,8 +171,8 @@ def _scan(
             single = len(methods) == 1
             if not single:
                 warnings["several HTTP/1 requests in one frame (pipelined): sizes not split"] += 1
-            first_seg = min((int(s) for s in row[_SEGS].split(AGG)), default=num) \
-                if row[_SEGS] else num
+            segs = [s for s in (*row[_SEGS].split(AGG), *row[_TLS_SEGS].split(AGG)) if s]
+            first_seg = min((int(s) for s in segs), default=num)
             for i, method in enumerate(methods):
                 version = versions[i] if i < len(versions) else ""
                 x = Exchange(

@@ -13,7 +13,7 @@ from harness.collectors.kprobe.layout import DEFAULT_MAX_CAPTURE, DEFAULT_RINGBU
 from harness.errors import CollectorError, TargetError
 from harness.runner.lifecycle import Child, ProcessSet, read_line_until
 
-COLLECTORS = ("kprobe", "uprobe")
+COLLECTORS = ("kprobe", "uprobe", "tls")
 ATTACH_TIMEOUT_S = 60.0
 
 

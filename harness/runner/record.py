@@ -24,6 +24,7 @@ from harness.model import (
 )
 from harness.runner import scenarios
 from harness.runner.collectors import (
+    COLLECTORS,
     CollectorOptions,
     RunningCollector,
     start_collector,
@@ -84,8 +85,8 @@ def record(spec: RunSpec, out_dir: Path, progress: Progress = lambda _m: None) -
     after marking run.json failed (never leaves a half-written run looking complete)."""
     scen = scenarios.get(spec.scenario)
     for c in spec.collectors:
-        if c not in ("kprobe", "uprobe"):
-            raise ProbebenchError(f"unknown collector {c!r}; choose kprobe and/or uprobe")
+        if c not in COLLECTORS:
+            raise ProbebenchError(f"unknown collector {c!r}; choose from {', '.join(COLLECTORS)}")
     if spec.attach not in ("early", "late"):
         raise ProbebenchError("--attach must be early or late")
     if spec.tls_version not in TLS_VERSIONS:
