@@ -120,6 +120,8 @@ def cmd_observe(a: argparse.Namespace) -> int:
         collectors=a.collectors,
         out=a.out,
         progress=_progress,
+        tls=a.tls,
+        keylog=a.keylog,
     )
     print(run_dir)
     return 0
@@ -175,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("observe", help="collect on any command's traffic on given ports")
     p.add_argument("--port", type=int, action="append", required=True)
     p.add_argument("--h2c", action="store_true", help="the ports carry h2c / gRPC")
+    p.add_argument("--tls", action="store_true", help="the ports carry TLS (HTTPS, gRPC+TLS)")
+    p.add_argument("--keylog", type=Path,
+                   help="the NSS key log the workload writes (e.g. its SSLKEYLOGFILE)")
     p.add_argument("--duration", type=float, default=60.0, help="stop after this many s")
     p.add_argument(
         "--collectors", type=_collectors, default="kprobe,uprobe",

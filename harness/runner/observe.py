@@ -13,7 +13,7 @@ from pathlib import Path
 from harness.collectors.uprobe.discover import find_grpc_go_targets
 from harness.errors import ProbebenchError, TargetError
 from harness.groundtruth.capture import Dumpcap
-from harness.model import CAPTURE, EVENTS_DIR, RunManifest, machine_info, utc_now
+from harness.model import CAPTURE, EVENTS_DIR, TLS_DIR, RunManifest, machine_info, utc_now
 from harness.runner.collectors import CollectorOptions, start_collector, stop_collector
 from harness.runner.keeper import GRACE_S
 from harness.runner.lifecycle import ProcessSet
@@ -30,10 +30,14 @@ def observe(
     collectors: list[str],
     out: Path,
     progress: Progress,
+    tls: bool = False,
+    keylog: Path | None = None,
 ) -> Path:
     exe = shutil.which(command[0])
     if exe is None:
         raise ProbebenchError(f"command not found: {command[0]}")
+    if keylog is not None and not tls:
+        raise ProbebenchError("--keylog needs --tls")
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     run_dir = out / f"{stamp}-observe-{Path(command[0]).name}"
     run_dir.mkdir(parents=True, exist_ok=False)
@@ -41,6 +45,9 @@ def observe(
         "command": command, "h2c": h2c, "duration_s": duration_s, "collectors": collectors,
         "attach": "early", "client": "user", "server": "user",
     }  # fmt: skip
+    if tls:
+        # the ports carry TLS; the user's client writes the secrets (e.g. SSLKEYLOGFILE)
+        params.update(tls=True, tls_version="any", keylogs=[f"{TLS_DIR}/user.keylog"])
     manifest = RunManifest(
         run_id=run_dir.name, scenario=OBSERVE, params=params, started_utc=utc_now(),
         machine=machine_info(), ports=sorted(set(ports)),
@@ -106,9 +113,24 @@ def observe(
                 for problem in uprobe.get("unsupported") or []:
                     progress(f"uprobe: {problem}")
         manifest.capture = dict(cap.stats)
+        if tls:
+            _take_keylog(keylog, run_dir / TLS_DIR, progress)
     from harness.analysis.replay import replay
     from harness.report.summary import summary_table
 
     progress("replaying: Wireshark decode, parsing, matching")
     print(summary_table(replay(run_dir)))
     return run_dir
+
+
+def _take_keylog(keylog: Path | None, tls_dir: Path, progress: Progress) -> None:
+    """Copy the user's key log into the run directory (the only place secrets are kept), so
+    the run replays later without it. None: say the truth will have no secrets."""
+    tls_dir.mkdir(mode=0o700, exist_ok=True)
+    if keylog is None or not keylog.is_file():
+        progress(f"no TLS key log {'at ' + str(keylog) if keylog else 'given (--keylog)'}: "
+                 "the truth cannot be decrypted")  # fmt: skip
+        return
+    dest = tls_dir / "user.keylog"
+    shutil.copyfile(keylog, dest)
+    dest.chmod(0o600)
