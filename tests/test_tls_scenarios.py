@@ -73,9 +73,9 @@ def test_throwaway_certificate_is_valid_for_loopback(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
 
 
-def _run(tmp_path: Path, *args: str) -> Path:
+def _run(tmp_path: Path, *args: str, collectors: str = "kprobe") -> Path:
     r = subprocess.run(
-        [sys.executable, "-m", "harness.cli", "run", *args, "--tls", "--collectors", "kprobe",
+        [sys.executable, "-m", "harness.cli", "run", *args, "--tls", "--collectors", collectors,
          "--out", str(tmp_path)],
         capture_output=True, text=True, cwd=ROOT, timeout=600, check=False,
     )  # fmt: skip
@@ -87,20 +87,31 @@ def _run(tmp_path: Path, *args: str) -> Path:
 @pytest.mark.capture
 @pytest.mark.parametrize(
     ("scenario", "client", "server", "version"),
-    [("http11-keepalive", "py", "go", "1.3"), ("grpc-unary", "py", "go", "1.2")],
+    [
+        ("http11-keepalive", "py", "go", "1.3"),
+        pytest.param("grpc-unary", "py", "go", "1.2", marks=pytest.mark.slow),
+    ],
 )
 def test_tls_run_truth_decrypted_and_kernel_side_blind(
     tmp_path: Path, scenario: str, client: str, server: str, version: str
 ) -> None:
     run_dir = _run(tmp_path, scenario, "--client", client, "--server", server,
-                   "--exchanges", "40", "--tls-version", version)  # fmt: skip
+                   "--exchanges", "40", "--tls-version", version,
+                   collectors="kprobe,tls")  # fmt: skip
     m = load_metrics(run_dir)
     assert m["truth_vs_workload"]["matched"] == 40 == m["truth_vs_workload"]["workload"]
     assert m["tls"]["handshakes"] > 0 and m["tls"]["handshakes_without_secrets"] == 0
-    for r in (r for r in m["rows"] if r["variant"] == "default"):
+    rows = {(r["collector"], r["side"]): r for r in m["rows"] if r["variant"] == "default"}
+    for r in rows.values():
         assert r["protocol"].startswith("tls-") and r["tls"] == version
-        assert r["matched"] == 0 and r["phantoms"] == 0 and r["wrong"] == 0
-        assert r["undecodable"] == {"encrypted": r["observable"]} and r["observable"] == 40
+        assert r["phantoms"] == 0 and r["wrong"] == 0 and r["observable"] == 40
+    for side in ("client", "server"):
+        k = rows["kprobe", side]
+        assert k["matched"] == 0 and k["undecodable"] == {"encrypted": 40}
+    # the TLS probes see Python's libssl (the client here); Go's crypto/tls is not probed
+    assert rows["tls", "client"]["completeness"] == 1.0
+    assert rows["tls", "client"]["degraded"] == 0
+    assert rows["tls", "server"]["matched"] == 0
 
 
 @pytest.mark.bpf
