@@ -59,6 +59,7 @@ class Row:
     grpc_go: str | None = None
     tls: str | None = None  # TLS version of a TLS run
     undecodable: dict[str, int] = field(default_factory=dict)
+    not_covered: str | None = None  # why this collector cannot see this side at all
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(vars(self))

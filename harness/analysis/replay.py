@@ -57,6 +57,16 @@ def tls_protocol(protocol: str) -> str:
     return "tls-" + protocol.replace("h2c", "h2")
 
 
+def tls_not_covered(lang: str | None, grpc: bool) -> str | None:
+    """Why the TLS collector cannot see a side at all, or None where it can."""
+    if lang == "py" and grpc:
+        return ("grpcio: its TLS is BoringSSL linked statically into cygrpc with no symbol "
+                "table, so there is nothing to probe (uncoverable)")
+    if lang == "go":
+        return "Go crypto/tls: not probed yet (only OpenSSL's libssl is)"
+    return None
+
+
 def encrypted_count(
     truth: list[Exchange], conns: list[EncryptedConn], side: str, attach_ns: int
 ) -> int:
@@ -181,6 +191,8 @@ def replay(
                 )  # fmt: skip
                 row.lost_events = int(info.get("lost_events", 0) or 0)
                 score(row, truth, [x for x in observed if x.side == side], attach_ns)
+                if name == "tls":
+                    row.not_covered = tls_not_covered(p.get(side), h2c)
                 if encrypted:
                     row.undecodable["encrypted"] = encrypted_count(truth, encrypted, side,
                                                                    attach_ns)  # fmt: skip

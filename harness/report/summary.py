@@ -44,6 +44,8 @@ def summary_table(metrics: dict[str, Any]) -> str:
         if r["degraded_by_reason"]:
             reasons = ", ".join(f"{k}={v}" for k, v in r["degraded_by_reason"].items())
             lines.append(f"{'':<9} {'':<12} {'':<6}   reasons: {reasons}")
+        if r.get("not_covered"):
+            lines.append(f"{'':<9} {'':<12} {'':<6}   not covered: {r['not_covered']}")
         if r.get("undecodable"):
             seen = ", ".join(f"{k}={v}" for k, v in r["undecodable"].items())
             lines.append(f"{'':<9} {'':<12} {'':<6}   seen, not decodable: {seen}")
