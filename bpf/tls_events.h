@@ -16,8 +16,10 @@
 #define PB_TLS_ADDR_NONE 0    /* not found: replay may still tie it by (tgid, ssl) */
 #define PB_TLS_ADDR_SYSCALL 1 /* the socket the SSL call's own send/recv used (same thread) */
 #define PB_TLS_ADDR_SSL 2     /* no socket call inside (buffered read): the SSL's last one */
+#define PB_TLS_ADDR_STRUCT 3  /* Go: read from the *tls.Conn's own net.Conn */
 
 #define PB_TLS_LIB_OPENSSL 1
+#define PB_TLS_LIB_GO 2
 
 /* counters in the stats array */
 #define PB_TSTAT_DROPPED 0       /* ring buffer full: event lost */

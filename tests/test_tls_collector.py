@@ -46,7 +46,7 @@ def _start(events: Path, port: int) -> subprocess.Popen[str]:
 class _Quiet(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         body = b"x" * 1000
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))

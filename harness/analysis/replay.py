@@ -62,8 +62,6 @@ def tls_not_covered(lang: str | None, grpc: bool) -> str | None:
     if lang == "py" and grpc:
         return ("grpcio: its TLS is BoringSSL linked statically into cygrpc with no symbol "
                 "table, so there is nothing to probe (uncoverable)")
-    if lang == "go":
-        return "Go crypto/tls: not probed yet (only OpenSSL's libssl is)"
     return None
 
 

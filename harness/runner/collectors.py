@@ -62,6 +62,9 @@ def start_collector(
     if name == "kprobe":
         args += ["--max-capture", str(options.max_capture)]
         args += ["--ringbuf-pages", str(options.ringbuf_pages)]
+    if name == "tls":
+        for b in binaries or []:
+            args += ["--binary", str(b)]
     if name == "uprobe":
         for b in binaries or []:
             args += ["--binary", str(b)]

@@ -94,7 +94,7 @@ def decode(
     hdr = header()
     ev_t = hdr.structs["pb_tls_event"]
     data_off = hdr.offset("pb_tls_event", "data")
-    sources = {0: "none", 1: "syscall", 2: "ssl"}
+    sources = {0: "none", 1: "syscall", 2: "ssl", 3: "struct"}
     st = TlsDecodeStats()
     noted: dict[tuple[int, int], tuple[Endpoint, Endpoint]] = {}
     current: dict[tuple[int, int], TlsConnection] = {}

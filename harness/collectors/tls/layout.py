@@ -9,6 +9,7 @@ from harness.collectors.cstruct import Header
 
 HEADER_FILE = BPF_DIR / "tls_events.h"
 PROGRAM = "tls_openssl.c"
+GO_PROGRAM = "tls_go.c"  # compiled once per Go binary layout (offsets as -D cflags)
 FORMAT = "tls-openssl/1"  # event file format version (header "format")
 DEFAULT_RINGBUF_PAGES = 4096  # 16 MiB
 # OpenSSL's plaintext calls: (symbol, probe function); each also gets the return probe.

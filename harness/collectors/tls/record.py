@@ -15,6 +15,7 @@ the deadline stop it, after a drain.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ipaddress
 import os
@@ -30,10 +31,12 @@ from harness.collectors.bpfsource import compile_program, percpu_totals
 from harness.collectors.cli import recorder_parser, stop_flag, stopped_by, write_stats
 from harness.collectors.eventfile import EventWriter
 from harness.collectors.rings import RingSet
+from harness.collectors.tls.gotls import GoTls, resolve_go_tls
 from harness.collectors.tls.layout import (
     DEFAULT_RINGBUF_PAGES,
     FORMAT,
     FREE_PROBE,
+    GO_PROGRAM,
     OPENSSL_PROBES,
     PROGRAM,
     RETURN_PROBE,
@@ -74,6 +77,7 @@ class Recorder:
         ports: list[int],
         libraries: list[Path],
         ringbuf_pages: int = DEFAULT_RINGBUF_PAGES,
+        binaries: list[Path] | None = None,
     ) -> None:
         if ringbuf_pages & (ringbuf_pages - 1):
             raise ProbebenchError("--ringbuf-pages must be a power of two")
@@ -92,8 +96,21 @@ class Recorder:
             if lib:
                 libs[lib] = None
         self.libraries = list(libs)
-        if not self.libraries:
-            self.problems.append("no libssl found to probe (no process maps one)")
+        # Go binaries: those named (early attach) and those the processes run
+        exes: dict[str, None] = {os.path.realpath(b): None for b in binaries or []}
+        for t in tgids:
+            with contextlib.suppress(OSError):
+                exes[os.readlink(f"/proc/{t}/exe")] = None
+        self.go: list[GoTls] = []
+        for exe in exes:
+            g = resolve_go_tls(Path(exe))
+            if g.error is None:
+                self.go.append(g)
+            elif "not a Go binary" not in g.error:
+                self.problems.append(f"{exe}: Go crypto/tls not probed: {g.error}")
+        if not self.libraries and not self.go:
+            self.problems.append("no libssl and no Go crypto/tls found to probe")
+        self.go_programs: list[Any] = []
         self.defines = {
             "PB_FILTER_TGID": int(bool(tgids)),
             "PB_FILTER_PORTS": int(bool(ports)),
@@ -111,6 +128,7 @@ class Recorder:
                 "program": PROGRAM,
                 "defines": self.defines,
                 "libraries": self.libraries,
+                "go_binaries": [g.to_dict() for g in self.go],
                 "tgids": tgids,
                 "ports": ports,
                 "clock": "CLOCK_MONOTONIC",
@@ -183,6 +201,34 @@ class Recorder:
                 self.problems.append(msg)
                 self.writer.note({"type": "unsupported", "what": msg})
 
+    def _attach_go(self, rings: RingSet) -> None:
+        """One program per distinct Go layout; uprobes at Write, Read and Read's RETs."""
+        by_layout: dict[tuple[tuple[str, int], ...], Any] = {}
+        for g in self.go:
+            key = tuple(sorted(g.defines.items()))
+            bpf = by_layout.get(key)
+            if bpf is None:
+                bpf = compile_program(GO_PROGRAM, {**g.defines, **self.defines})
+                by_layout[key] = bpf
+                self.go_programs.append(bpf)
+                for t in self.tgids:
+                    bpf["targets"][ctypes.c_uint32(t)] = ctypes.c_uint8(1)
+                for p in self.ports:
+                    bpf["ports"][ctypes.c_uint16(p)] = ctypes.c_uint8(1)
+                rings.add(bpf["events"], self._on_event)
+            points = [(g.write, "probe_go_write"), (g.read, "probe_go_read")] + [
+                (a, "probe_go_read_ret") for a in g.read_rets]
+            for addr, fn in points:
+                try:
+                    bpf.attach_uprobe(name=g.path.encode(), addr=addr, fn_name=fn.encode(),
+                                      pid=-1)  # fmt: skip
+                except Exception as e:  # bcc raises bare Exception when attaching fails
+                    msg = f"{g.path}: unsupported: attach {fn} at {addr:#x} ({e})"
+                    self.problems.append(msg)
+                    self.writer.note({"type": "unsupported", "what": msg})
+                    continue
+                self.attached.append({"binary": g.path, "probe": fn, "address": addr})
+
     def run(self, deadline_s: float) -> dict[str, Any]:
         stop = stop_flag()
         rings = RingSet()
@@ -195,7 +241,8 @@ class Recorder:
             rings.add(bpf["events"], self._on_event)
             t0 = time.monotonic()
             self._attach(bpf)
-            if self.libraries and not self.attached:
+            self._attach_go(rings)
+            if (self.libraries or self.go) and not self.attached:
                 raise CollectorError(f"no OpenSSL probe attached: {self.problems[-1]}")
             attach_s = time.monotonic() - t0
             attach_ns = time.monotonic_ns()
@@ -216,10 +263,15 @@ class Recorder:
             self.writer.close()
             rings.close()
             bpf.cleanup()
+            for gp in self.go_programs:
+                gp.cleanup()
 
     def _stats(self, bpf: Any, attach_s: float) -> dict[str, Any]:
         d = self.hdr.defines
         t = percpu_totals(bpf["stats"], d["PB_TSTAT_MAX"])
+        for gp in self.go_programs:
+            t = [a + b for a, b in zip(t, percpu_totals(gp["stats"], d["PB_TSTAT_MAX"]),
+                                       strict=True)]  # fmt: skip
         ru = resource.getrusage(resource.RUSAGE_SELF)
         return {
             "lost_events": t[d["PB_TSTAT_DROPPED"]],
@@ -236,7 +288,9 @@ class Recorder:
             "records_written": self.writer.records,
             "bytes_written": self.writer.bytes,
             "libraries": self.libraries,
-            "attached_probes": len(self.attached) * 2 + len(self.libraries),
+            "attached_probes": len(self.attached) + sum(
+                1 for a in self.attached if "symbol" in a) + len(self.libraries),
+            "go_binaries": [g.path for g in self.go],
             "unsupported": list(self.problems),
             "attach_s": round(attach_s, 3),
             "cpu_user_s": ru.ru_utime,
@@ -249,9 +303,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--library", type=Path, action="append", default=[],
                     help="a libssl to probe besides those the processes map")  # fmt: skip
     ap.add_argument("--ringbuf-pages", type=int, default=DEFAULT_RINGBUF_PAGES)
+    ap.add_argument("--binary", type=Path, action="append", default=[],
+                    help="a Go binary whose crypto/tls to probe")  # fmt: skip
     a = ap.parse_args(argv)
     try:
-        rec = Recorder(a.out, a.tgid, a.port, a.library, a.ringbuf_pages)
+        rec = Recorder(a.out, a.tgid, a.port, a.library, a.ringbuf_pages, a.binary)
         stats = rec.run(a.deadline)
     except (ProbebenchError, CollectorError) as e:
         print(f"tls collector: {e}", file=sys.stderr)
