@@ -98,8 +98,19 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 
 def cmd_matrix(a: argparse.Namespace) -> int:
-    from harness.runner.matrix import run_matrix
+    from harness.runner.matrix import cells, run_cell, run_matrix
 
+    if a.list:
+        listed = cells()
+        if a.json:
+            print(json.dumps(listed, indent=1))
+        else:
+            for c in listed:
+                print(f"{c['matrix']:8} {c['id']}")
+        return 0
+    if a.cell:
+        print(run_cell(a.cell, a.out, _progress))
+        return 0
     report = run_matrix(quick=a.quick, out=a.out, report_dir=a.report, progress=_progress)
     print(report)
     return 0
@@ -203,6 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a small matrix (minutes)")
     p.add_argument("--out", type=Path, default=DEFAULT_RUNS)
     p.add_argument("--report", type=Path, default=repo_root() / "results" / "latest")
+    p.add_argument("--list", action="store_true",
+                   help="print every cell (default and quick) with its stable id, run nothing")
+    p.add_argument("--json", action="store_true", help="with --list: as a JSON array")
+    p.add_argument("--cell", metavar="ID",
+                   help="record and replay one cell into --out; prints its run directory")
     p.set_defaults(fn=cmd_matrix)
     return ap
 

@@ -201,3 +201,59 @@ def test_run_matrix_reports_on_its_runs(tmp_path: Path, monkeypatch: pytest.Monk
     # a second start finds the run done: nothing is recorded again
     matrix.run_matrix(True, out, rep, lambda m: None)
     assert calls == ["grpc-unary"]
+
+
+# -- cells as CI jobs ---------------------------------------------------------------------------
+
+
+def test_cells_have_unique_stable_ids() -> None:
+    listed = matrix.cells()
+    ids = [c["id"] for c in listed]
+    assert len(ids) == len(set(ids))
+    assert all("/" not in i and " " not in i for i in ids)
+    default = [c for c in listed if c["matrix"] == "default"]
+    assert len(default) == len(plan(quick=False, collectors=matrix.available_collectors()))
+    # the id is the key, spelled for job names: the same cell gets the same id tomorrow
+    r = MatrixRun("grpc-bidi", "py", "go", "late", 100, BOTH, "v1.50.1")
+    assert r.cell_id == "grpc-bidi_py2go_late_v1.50.1_kprobe+uprobe_n100"
+    assert matrix.find_cell(listed[0]["id"]).cell_id == listed[0]["id"]
+
+
+def test_unknown_cell_is_a_clear_error(tmp_path: Path) -> None:
+    from harness.errors import ProbebenchError
+
+    with pytest.raises(ProbebenchError, match="matrix --list"):
+        matrix.run_cell("no-such-cell", tmp_path, lambda m: None)
+
+
+def test_cli_lists_cells_as_json(capsys: pytest.CaptureFixture[str]) -> None:
+    from harness.cli import main
+
+    assert main(["matrix", "--list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [c["id"] for c in listed] == [c["id"] for c in matrix.cells()]
+    assert {"id", "scenario", "client", "server", "attach", "collectors"} <= set(listed[0])
+
+
+def test_run_cell_records_one_run_and_fails_loudly(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.errors import ProbebenchError
+
+    cell = matrix.cells()[0]["id"]
+    ok = FakeRecorder()
+    monkeypatch.setattr(matrix, "execute", _execute_with(ok.record))
+    run_dir = matrix.run_cell(cell, tmp_path, lambda m: None)
+    assert run_dir.is_dir() and len(ok.calls) == 1
+    bad = FakeRecorder(fail={ok.calls[0]})
+    monkeypatch.setattr(matrix, "execute", _execute_with(bad.record))
+    with pytest.raises(ProbebenchError, match="failed: RuntimeError"):
+        matrix.run_cell(cell, tmp_path / "other", lambda m: None)
+
+
+def _execute_with(record: Any) -> Any:
+    real = execute
+
+    def fake(runs: Any, state: Any, out: Any, progress: Any) -> Any:
+        return real(runs, state, out, progress, record, lambda d: None)
+
+    return fake

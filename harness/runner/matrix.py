@@ -49,6 +49,19 @@ class MatrixRun:
                 f"{'+'.join(self.collectors)}/n{self.exchanges}"
                 + ("/tls" if self.tls else ""))  # fmt: skip
 
+    @property
+    def cell_id(self) -> str:
+        """The key as a job name: stable across releases for the same cell, safe in file
+        names and CI job ids (`/` is the only character of a key that is not)."""
+        return self.key.replace("/", "_")
+
+    def cell(self, matrix_name: str) -> dict[str, Any]:
+        """What `probebench matrix --list --json` prints for this run."""
+        return {"id": self.cell_id, "matrix": matrix_name, "scenario": self.scenario,
+                "client": self.client, "server": self.server, "attach": self.attach,
+                "grpc_version": self.grpc_version, "collectors": list(self.collectors),
+                "exchanges": self.exchanges, "sweep": list(self.sweep)}  # fmt: skip
+
     def spec(self) -> Any:
         from harness.runner.record import RunSpec
 
@@ -137,6 +150,43 @@ def _quick_plan(collectors: tuple[str, ...]) -> list[MatrixRun]:
         MatrixRun("grpc-server-stream", "go", "py", "early", 30, collectors, cur),
         *tls_plan(collectors, quick=True),
     ]
+
+
+def cells() -> list[dict[str, Any]]:
+    """Every cell of the default and the quick matrix, each once (default first), for CI
+    engines that fan the matrix out as jobs."""
+    seen: set[str] = set()
+    out = []
+    for name, quick in (("default", False), ("quick", True)):
+        for run in plan(quick, available_collectors()):
+            if run.cell_id not in seen:
+                seen.add(run.cell_id)
+                out.append(run.cell(name))
+    return out
+
+
+def find_cell(cell_id: str) -> MatrixRun:
+    """The run a cell id names; an unknown id is an error that says where ids come from."""
+    for quick in (False, True):
+        for run in plan(quick, available_collectors()):
+            if run.cell_id == cell_id:
+                return run
+    raise ProbebenchError(f"no matrix cell {cell_id!r}; `probebench matrix --list` prints them")
+
+
+def run_cell(cell_id: str, out: Path, progress: Progress) -> Path:
+    """Record and replay one cell under ``out`` (resumable, like the matrix); returns its run
+    directory. A failed cell is an error: a CI job must fail, not report an empty cell."""
+    run = find_cell(cell_id)
+    out.mkdir(parents=True, exist_ok=True)
+    state = State.load(out / "matrix-cells.state.json")
+    with signals_as_exceptions():
+        for _ in execute([run], state, out, progress):
+            pass
+    entry = state.runs[run.key]
+    if entry["status"] != "done":
+        raise ProbebenchError(f"matrix cell {cell_id} failed: {entry.get('error')}")
+    return Path(entry["run_dir"])
 
 
 # -- state --------------------------------------------------------------------------------------
