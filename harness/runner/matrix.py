@@ -60,7 +60,8 @@ class MatrixRun:
         return {"id": self.cell_id, "matrix": matrix_name, "scenario": self.scenario,
                 "client": self.client, "server": self.server, "attach": self.attach,
                 "grpc_version": self.grpc_version, "collectors": list(self.collectors),
-                "exchanges": self.exchanges, "sweep": list(self.sweep)}  # fmt: skip
+                "exchanges": self.exchanges, "sweep": list(self.sweep),
+                "tls": self.tls}  # fmt: skip
 
     def spec(self) -> Any:
         from harness.runner.record import RunSpec
