@@ -405,8 +405,15 @@ static __always_inline int is_settings(const u8 *b, u32 len) {
     return len >= 9 && b[3] == 4 && b[4] == 0 && !(b[5] | b[6] | b[7] | b[8]) &&
            flen % 6 == 0 && flen <= 16384;
 }
+/* A TLS record header: handshake (0x16) or, mid-stream, application data (0x17),
+ * version 0x0300-0x0304. Neither can start an HTTP/1 message or a plausible
+ * HTTP/2 frame (its length would be > 16384). */
+static __always_inline int is_tls_record(const u8 *b, u32 len) {
+    return len >= 5 && (b[0] == 0x16 || b[0] == 0x17) && b[1] == 3 && b[2] <= 4;
+}
 static __always_inline u8 infer(const u8 *b, u32 len, u8 from_start) {
     if (len >= 4 && starts((const char *)b, "PRI ", 4)) return PB_PROTO_HTTP2;
+    if (is_tls_record(b, len)) return PB_PROTO_TLS;
     u8 p = infer_http1((const char *)b);
     if (p) return p;
     if (!from_start) return infer_h2_frame(b, len);
@@ -816,7 +823,7 @@ int data_fn(void *ctx) {
             /* who sends a request or a preface is the client */
             int req = p == PB_PROTO_HTTP2 ? starts((const char *)head, "PRI ", 4)
                                           : !starts((const char *)head, "HTTP/1.", 7);
-            if (p == PB_PROTO_HTTP2 && !req) n.role = PB_ROLE_UNKNOWN;
+            if ((p == PB_PROTO_HTTP2 && !req) || p == PB_PROTO_TLS) n.role = PB_ROLE_UNKNOWN;
             else n.role = (req == (a.dir == PB_DIR_SEND)) ? PB_ROLE_CLIENT : PB_ROLE_SERVER;
             conns.update(&key, &n);
             c = conns.lookup(&key);

@@ -21,6 +21,7 @@
 #define PB_PROTO_UNKNOWN 0
 #define PB_PROTO_HTTP1 1
 #define PB_PROTO_HTTP2 2
+#define PB_PROTO_TLS 3     /* TLS records: encrypted, kept so replay can say so */
 
 /* which syscall produced a data event */
 #define PB_SC_READ 1

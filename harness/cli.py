@@ -65,6 +65,8 @@ def cmd_run(a: argparse.Namespace) -> int:
         grpc_version=a.grpc_go,
         port=a.port,
         options=CollectorOptions(max_capture=a.max_capture, ringbuf_pages=a.ringbuf_pages),
+        tls=a.tls,
+        tls_version=a.tls_version,
         pipeline_depth=a.pipeline_depth,
     )
     run_dir = _record_and_replay(spec, a.out)
@@ -131,6 +133,8 @@ def cmd_observe(a: argparse.Namespace) -> int:
         collectors=a.collectors,
         out=a.out,
         progress=_progress,
+        tls=a.tls,
+        keylog=a.keylog,
         min_free_bytes=int(a.min_free_mb * (1 << 20)),
         replay_after=not a.no_replay,
     )
@@ -139,10 +143,14 @@ def cmd_observe(a: argparse.Namespace) -> int:
 
 
 def _collectors(text: str) -> list[str]:
+    from harness.runner.collectors import COLLECTORS
+
     names = [c for c in text.split(",") if c]
-    unknown = sorted(set(names) - {"kprobe", "uprobe"})
+    unknown = sorted(set(names) - set(COLLECTORS))
     if unknown or not names:
-        raise argparse.ArgumentTypeError(f"collectors are kprobe and uprobe, not {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"collectors are {', '.join(COLLECTORS)}, not {text!r}"
+        )
     return names
 
 
@@ -183,12 +191,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-capture", type=int, default=65536, help="payload bytes captured per syscall"
     )
     p.add_argument("--ringbuf-pages", type=int, default=16384, help="ring buffer, 4 KiB pages")
+    p.add_argument("--tls", action="store_true", help="the same scenario over TLS")
+    p.add_argument("--tls-version", choices=["1.2", "1.3"], default="1.3")
     p.add_argument("--out", type=Path, default=DEFAULT_RUNS, help="parent of the run directory")
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("observe", help="collect on any command's traffic on given ports")
     p.add_argument("--port", type=int, action="append", required=True)
     p.add_argument("--h2c", action="store_true", help="the ports carry h2c / gRPC")
+    p.add_argument("--tls", action="store_true", help="the ports carry TLS (HTTPS, gRPC+TLS)")
+    p.add_argument("--keylog", type=Path,
+                   help="the NSS key log the workload writes (e.g. its SSLKEYLOGFILE)")
     p.add_argument("--duration", type=float, default=60.0, help="stop after this many s")
     p.add_argument(
         "--min-free-mb", type=float, default=1024,

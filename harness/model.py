@@ -18,7 +18,7 @@ from harness.errors import RunDirError, UnknownVersionError
 RUN_VERSION = 1
 METRICS_VERSION = 1
 
-Source = Literal["truth", "workload", "kprobe", "uprobe"]
+Source = Literal["truth", "workload", "kprobe", "uprobe", "tls"]
 Side = Literal["client", "server", "wire"]
 
 PROTOCOLS = ("http/1.0", "http/1.1", "h2c-grpc", "h2c")
@@ -30,6 +30,8 @@ CAPTURE = "capture.pcapng"
 WORKLOAD = "workload.jsonl"
 EVENTS_DIR = "events"
 EXCHANGES_DIR = "exchanges"
+# TLS runs: the throwaway CA, server certificate and key logs (secrets stay in the run dir)
+TLS_DIR = "tls"
 
 
 @dataclass(frozen=True, slots=True)

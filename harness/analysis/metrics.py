@@ -24,6 +24,9 @@ DEFINITIONS = {
     "(a late attach caught their tail); neither observable nor phantom",
     "lost_events": "records the kernel could not queue (ring buffer full), from the in-kernel "
     "drop counter",
+    "undecodable": "observable truth exchanges the collector saw but could not decode, by "
+    "reason (encrypted: on a connection whose bytes were TLS records); never matched, "
+    "never phantoms",
     "recovery": "per call index on a connection after the attach (0 = first call seen): "
     "[index, required fields correct, required fields the truth has], summed over connections",
 }
@@ -54,6 +57,9 @@ class Row:
     wrong_by_field: dict[str, int] = field(default_factory=dict)
     recovery: list[list[int]] = field(default_factory=list)
     grpc_go: str | None = None
+    tls: str | None = None  # TLS version of a TLS run
+    undecodable: dict[str, int] = field(default_factory=dict)
+    not_covered: str | None = None  # why this collector cannot see this side at all
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(vars(self))

@@ -45,6 +45,20 @@ class ObservedStats:
     split_stream_tails: int = 0
     parse: dict[str, int] = field(default_factory=dict)
     decode: dict[str, Any] = field(default_factory=dict)
+    # TLS connections: nothing in them can be decoded; by side, with and without address
+    encrypted_connections: dict[str, int] = field(default_factory=dict)
+    encrypted_without_address: int = 0
+
+
+@dataclass(frozen=True)
+class EncryptedConn:
+    """A connection whose bytes were TLS records, as one side saw it (for scoring)."""
+
+    side: str
+    client_port: int
+    server_port: int
+    start_ns: int
+    end_ns: int | None
 
 
 def _int_fields(stats: Any) -> dict[str, int]:
@@ -93,7 +107,10 @@ def kprobe_exchanges(
     variant: Variant = Variant(),
     attach_at_ns: int | None = None,
     target_pids: set[int] | None = None,
+    encrypted: list[EncryptedConn] | None = None,
 ) -> tuple[list[Exchange], ObservedStats]:
+    """Exchanges a kernel-side recording yields. TLS connections yield none: each is
+    appended to ``encrypted`` (when given) so the scoring can say what it could not see."""
     conns, dstats = decode(events, attach_at_ns=attach_at_ns, use_sockdiag=variant.use_sockdiag)
     st = ObservedStats(decode=dict(vars(dstats)))
     ports = set(server_ports)
@@ -118,6 +135,15 @@ def kprobe_exchanges(
             continue
         st.connections += 1
         st.connections_by_proto[conn.proto] = st.connections_by_proto.get(conn.proto, 0) + 1
+        if conn.proto == "tls":
+            side = role if role != "unknown" else "server"
+            st.encrypted_connections[side] = st.encrypted_connections.get(side, 0) + 1
+            if client is None or server is None:
+                st.encrypted_without_address += 1
+            elif encrypted is not None:
+                encrypted.append(EncryptedConn(side, client.port, server.port, conn.opened_ns,
+                                               conn.closed_ns))  # fmt: skip
+            continue
         if conn.proto == "http1":
             xs, pst = stitch_http1(
                 conn.send, conn.recv, side=role, closed_ns=conn.closed_ns,

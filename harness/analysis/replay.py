@@ -19,14 +19,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from harness.analysis.metrics import DEFINITIONS, Row, score
-from harness.analysis.observed import VARIANTS, Variant, kprobe_exchanges
+from harness.analysis.observed import VARIANTS, EncryptedConn, Variant, kprobe_exchanges
 from harness.errors import RunDirError
 from harness.groundtruth.extract import extract_exchanges
 from harness.groundtruth.match import match_workload, read_workload
+from harness.groundtruth.tlskeys import check_handshakes, merge_keylogs
 from harness.model import (
     CAPTURE,
     EVENTS_DIR,
     EXCHANGES_DIR,
+    TLS_DIR,
     WORKLOAD,
     Exchange,
     RunManifest,
@@ -129,6 +131,28 @@ def recording_size(run_dir: Path, exchanges: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def tls_protocol(protocol: str) -> str:
+    """The report's name of a protocol carried over TLS: tls-http/1.1, tls-h2-grpc."""
+    return "tls-" + protocol.replace("h2c", "h2")
+
+
+def tls_not_covered(lang: str | None, grpc: bool) -> str | None:
+    """Why the TLS collector cannot see a side at all, or None where it can."""
+    if lang == "py" and grpc:
+        return ("grpcio: its TLS is BoringSSL linked statically into cygrpc with no symbol "
+                "table, so there is nothing to probe (uncoverable)")
+    return None
+
+
+def encrypted_count(
+    truth: list[Exchange], conns: list[EncryptedConn], side: str, attach_ns: int
+) -> int:
+    """Observable truth exchanges on connections this side saw only as TLS records."""
+    keys = {(c.client_port, c.server_port) for c in conns if c.side == side}
+    return sum(1 for t in truth if (t.t_start_ns or 0) >= attach_ns
+               and (t.client_port, t.server_port) in keys)  # fmt: skip
+
+
 def _variants(collector: str, attach: str, protocol: str, simulated: bool) -> list[Variant]:
     out = [VARIANTS["default"]]
     if collector == "kprobe" and (attach == "late" or simulated):
@@ -143,28 +167,31 @@ PARALLEL_TRUTH_BYTES = 8 << 20
 
 
 def _extract(
-    pcap: Path, http1_ports: list[int], h2c_ports: list[int], offset: int
+    pcap: Path, http1_ports: list[int], h2c_ports: list[int], offset: int,
+    keylog: Path | None = None,
 ) -> tuple[list[Exchange], Any]:
     return extract_exchanges(
-        pcap, http1_ports=http1_ports, h2c_ports=h2c_ports, mono_offset_ns=offset
+        pcap, http1_ports=http1_ports, h2c_ports=h2c_ports, mono_offset_ns=offset,
+        tls_keylog=keylog,
     )
 
 
 @contextlib.contextmanager
 def _truth_job(
-    pcap: Path, http1_ports: list[int], h2c_ports: list[int], offset: int
+    pcap: Path, http1_ports: list[int], h2c_ports: list[int], offset: int,
+    keylog: Path | None = None,
 ) -> Iterator[Callable[[], tuple[list[Exchange], Any]]]:
     """Yields a function that returns the truth: decoded in a worker process for a big
     capture (started at once, so it overlaps whatever the caller does meanwhile), else
     decoded when called."""
     big = pcap.is_file() and pcap.stat().st_size >= PARALLEL_TRUTH_BYTES
     if not big or (os.cpu_count() or 1) < 2:
-        yield lambda: _extract(pcap, http1_ports, h2c_ports, offset)
+        yield lambda: _extract(pcap, http1_ports, h2c_ports, offset, keylog)
         return
     # forkserver: the worker does not inherit the caller's threads (observe's)
     ctx = multiprocessing.get_context("forkserver")
     with ProcessPoolExecutor(1, mp_context=ctx) as pool:
-        fut = pool.submit(_extract, pcap, http1_ports, h2c_ports, offset)
+        fut = pool.submit(_extract, pcap, http1_ports, h2c_ports, offset, keylog)
         try:
             yield fut.result
         finally:
@@ -173,9 +200,9 @@ def _truth_job(
 
 def _observe_all(
     run_dir: Path, manifest: RunManifest, protocol: str, attach_at_s: float | None
-) -> list[tuple[str, int, dict[str, Any], Variant, list[Exchange], Any]]:
+) -> list[tuple[str, int, dict[str, Any], Variant, list[Exchange], Any, list[EncryptedConn]]]:
     """Every collector's exchanges, per replay variant: (name, attach_ns, run.json stats,
-    variant, exchanges, decode stats)."""
+    variant, exchanges, decode stats, connections it saw only encrypted)."""
     p, ports = manifest.params, manifest.ports
     out = []
     # A simulated attach is one moment for every collector: T after the first real attach.
@@ -189,11 +216,20 @@ def _observe_all(
         if not events.exists():
             raise RunDirError(f"{events} is missing: the {name} collector recorded nothing")
         for variant in _variants(name, p["attach"], protocol, attach_at_s is not None):
+            encrypted: list[EncryptedConn] = []
             if name == "kprobe":
                 observed, ostats = kprobe_exchanges(
                     events, ports, variant=variant,
                     attach_at_ns=attach_ns if attach_at_s is not None else None,
                     target_pids={int(pr["pid"]) for pr in manifest.processes},
+                    encrypted=encrypted,
+                )  # fmt: skip
+            elif name == "tls":
+                from harness.analysis.tls_observed import tls_exchanges
+
+                observed, ostats = tls_exchanges(
+                    events, ports, attach_at_ns=attach_ns if attach_at_s is not None else None,
+                    h2=protocol.startswith("h2c"),
                 )  # fmt: skip
             else:
                 from harness.analysis.uprobe_observed import uprobe_exchanges
@@ -203,7 +239,7 @@ def _observe_all(
                 )
             for x in observed:
                 x.run_id, x.scenario, x.source = manifest.run_id, manifest.scenario, name  # type: ignore[assignment]
-            out.append((name, attach_ns, info, variant, observed, ostats))
+            out.append((name, attach_ns, info, variant, observed, ostats, encrypted))
     return out
 
 
@@ -231,7 +267,27 @@ def replay(
         h2c, protocol = scen.is_grpc, scen.protocol
     ports = manifest.ports
     offset = int(manifest.capture.get("mono_offset_ns", 0))
-    truth_args = (run_dir / CAPTURE, [] if h2c else ports, ports if h2c else [], offset)
+    tls_version = (p.get("tls_version") or "1.3") if p.get("tls") else None
+    keylog, tls_info = None, None
+    if tls_version:
+        (run_dir / TLS_DIR).mkdir(exist_ok=True)
+        keylog = run_dir / TLS_DIR / "keys.log"
+        kst, randoms = merge_keylogs(sorted((run_dir / TLS_DIR).glob("*.keylog")), keylog)
+        check_handshakes(run_dir / CAPTURE, ports, randoms, kst)
+        tls_info = kst.to_dict()
+        if kst.sessions == 0:
+            # no secrets: Wireshark would decode nothing, and an empty truth scores nothing
+            why = ("no TLS secrets in the key logs ("
+                   + (", ".join(kst.files) or "none written") + "): the truth cannot be "
+                   "decrypted, so no collector is scored")  # fmt: skip
+            metrics = {"run_id": manifest.run_id, "scenario": manifest.scenario, "params": p,
+                       "attach_at_s": attach_at_s, "truth_unavailable": why, "tls": tls_info,
+                       "truth_vs_workload": None,
+                       "rows": [], "definitions": DEFINITIONS}  # fmt: skip
+            if write and attach_at_s is None:
+                save_metrics(run_dir, metrics)
+            return metrics
+    truth_args = (run_dir / CAPTURE, [] if h2c else ports, ports if h2c else [], offset, keylog)
     # Wireshark's decode and the collectors' decode are independent until matching: on a
     # big capture they run side by side, tshark and its reader in a second process.
     with _truth_job(*truth_args) as truth_job:
@@ -246,19 +302,26 @@ def replay(
     frames: dict[str, list[Exchange]] = {"truth": truth, "workload": workload}
     collectors: dict[str, Any] = {}
     attach_mode = p["attach"] if attach_at_s is None else f"at+{attach_at_s:g}s"
-    for name, attach_ns, info, variant, observed, ostats in observed_by:
+    for name, attach_ns, info, variant, observed, ostats, encrypted in observed_by:
         collectors.setdefault(name, {"attach_ns": attach_ns, "stats": info})
         collectors[name][variant.name] = vars(ostats)
         if variant.name == "default":
             frames[name] = observed
         for side in SIDES:
             row = Row(
-                scenario=manifest.scenario, protocol=protocol, client=p["client"],
-                server=p["server"], attach=attach_mode, collector=name, side=side,
-                variant=variant.name, grpc_go=p.get("grpc_version"),
+                scenario=manifest.scenario,
+                protocol=tls_protocol(protocol) if tls_version else protocol,
+                client=p["client"], server=p["server"], attach=attach_mode, collector=name,
+                side=side, variant=variant.name, grpc_go=p.get("grpc_version"),
+                tls=tls_version,
             )  # fmt: skip
             row.lost_events = int(info.get("lost_events", 0) or 0)
             score(row, truth, [x for x in observed if x.side == side], attach_ns)
+            if name == "tls":
+                row.not_covered = tls_not_covered(p.get(side), h2c)
+            if encrypted:
+                row.undecodable["encrypted"] = encrypted_count(truth, encrypted, side,
+                                                               attach_ns)  # fmt: skip
             rows.append(row.to_dict())
     metrics = {
         "run_id": manifest.run_id,
@@ -267,6 +330,7 @@ def replay(
         "attach_at_s": attach_at_s,
         "truth_vs_workload": tvw,
         "truth": tstats.to_dict(),
+        "tls": tls_info,
         "capture": {k: manifest.capture.get(k) for k in ("packets_captured", "packets_dropped")},
         "collectors": collectors,
         "rows": rows,

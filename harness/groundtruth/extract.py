@@ -40,10 +40,13 @@ _FIELDS = (
     "_ws.expert.severity", "_ws.expert.message",
     # only for bodies delimited by the connection's close: total minus header bytes
     "http.response.version", "http.response.phrase", "tcp.len", "tcp.reassembled.length",
+    # over TLS, a message in several records: the frames of the records (tcp.segment then
+    # names only the last record's segments, which made a request start too late)
+    "tls.segment",
 )
 (_NUM, _TIME, _STREAM, _SRC4, _SRC6, _SPORT, _DST4, _DST6, _DPORT, _SEGS, _METHOD, _URI,
  _VERSION, _CODE, _REQ_IN, _CLEN, _CHUNKS, _TE, _REQ_LINES, _RESP_LINES, _SEV, _MSG,
- _RESP_VERSION, _PHRASE, _TCP_LEN, _REASM_LEN) = range(len(_FIELDS))
+ _RESP_VERSION, _PHRASE, _TCP_LEN, _REASM_LEN, _TLS_SEGS) = range(len(_FIELDS))
 # Added to the scan pass when there are h2c ports: every HTTP/2 frame's header, and the
 # header fields and gRPC message lengths, each flattened over the packet (see _H2Fields).
 _H2_FIELDS = (
@@ -139,9 +142,9 @@ def _close_delimited_size(row: list[str]) -> int | None:
 
 def _scan(
     pcap: Path, http1_ports: list[int], h2c_ports: list[int], mono_offset_ns: int,
-    stats: TruthStats, h2: _H2Fields | None = None,
+    stats: TruthStats, h2: _H2Fields | None = None, tls_keylog: Path | None = None,
 ) -> tuple[dict[int, _Frame], list[Exchange]]:
-    args = [*decode_as(http1_ports, h2c_ports), "-T", "fields", "-E", "occurrence=a",
+    args = [*decode_as(http1_ports, h2c_ports, tls_keylog), "-T", "fields", "-E", "occurrence=a",
             "-E", f"aggregator={AGG}", "-E", f"separator={SEP}"]
     columns = _FIELDS + (_H2_FIELDS if h2 is not None else ())
     for f in columns:
@@ -244,8 +247,8 @@ def _http1_messages(
         n, is_request = len(row[_CODE].split(AGG)), False
     else:
         return
-    first_seg = min((int(s) for s in row[_SEGS].split(AGG)), default=num) \
-        if row[_SEGS] else num
+    segs = [s for s in (*row[_SEGS].split(AGG), *row[_TLS_SEGS].split(AGG)) if s]
+    first_seg = min((int(s) for s in segs), default=num)
     for i in range(n):
         m = _H1Msg(num, i, first_seg if i == 0 else num, fr, row, is_request)
         msgs.append(m)
@@ -802,9 +805,9 @@ def _h2_json_packets(pcap: Path, args: list[str]) -> Iterator[list[tuple[str, An
 
 def _h2(
     pcap: Path, h2c_ports: list[int], frames: dict[int, _Frame], stats: TruthStats,
-    http1_ports: list[int],
+    http1_ports: list[int], tls_keylog: Path | None = None,
 ) -> list[Exchange]:
-    args = [*decode_as(http1_ports, h2c_ports), "-Y", "http2", "-T", "json",
+    args = [*decode_as(http1_ports, h2c_ports, tls_keylog), "-Y", "http2", "-T", "json",
             "-J", "frame http2 grpc"]
     h2 = _H2Calls(h2c_ports, stats)
     for pkt in _h2_json_packets(pcap, args):
@@ -848,9 +851,11 @@ def extract_exchanges(
     http1_ports: list[int],
     h2c_ports: list[int],
     mono_offset_ns: int = 0,
+    tls_keylog: Path | None = None,
 ) -> tuple[list[Exchange], TruthStats]:
     """Every HTTP/1 exchange and HTTP/2 call on the given server ports, with decode statistics.
 
+    With ``tls_keylog`` the ports carry TLS, decrypted with that NSS key log.
     Times are CLOCK_MONOTONIC when ``mono_offset_ns`` is CLOCK_REALTIME - CLOCK_MONOTONIC
     at capture time (the pcap holds wall-clock times). Exchanges are ordered by protocol,
     then by request time. Raises CaptureError when tshark cannot read the file at all.
@@ -858,7 +863,8 @@ def extract_exchanges(
     stats = TruthStats()
     # the fields route counts into its own stats: they only count if it sees it through
     h2 = _H2Fields(_H2Calls(h2c_ports, TruthStats())) if h2c_ports else None
-    frames, exchanges = _scan(Path(pcap), http1_ports, h2c_ports, mono_offset_ns, stats, h2)
+    frames, exchanges = _scan(Path(pcap), http1_ports, h2c_ports, mono_offset_ns, stats, h2,
+                              tls_keylog)  # fmt: skip
     if not stats.packets and stats.truncated:
         raise CaptureError(f"{pcap} is cut short before its first packet")
     if h2 is not None and h2.unsure is None:
@@ -871,6 +877,6 @@ def extract_exchanges(
         stats.h2_decode = "fields"
     elif h2 is not None:
         stats.h2_decode = f"json ({h2.unsure})"
-        exchanges.extend(_h2(Path(pcap), h2c_ports, frames, stats, http1_ports))
+        exchanges.extend(_h2(Path(pcap), h2c_ports, frames, stats, http1_ports, tls_keylog))
     stats.exchanges = len(exchanges)
     return exchanges, stats

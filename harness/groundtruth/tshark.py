@@ -51,17 +51,29 @@ def check_capture_file(pcap: Path) -> None:
 REASSEMBLE_OUT_OF_ORDER = ["-o", "tcp.reassemble_out_of_order:TRUE"]
 
 
-def decode_as(http1_ports: list[int], h2c_ports: list[int]) -> list[str]:
+def decode_as(
+    http1_ports: list[int], h2c_ports: list[int], tls_keylog: Path | None = None
+) -> list[str]:
     """The options every decode uses: out-of-order TCP reassembly, and ``-d`` options that
-    force the HTTP dissectors onto the scenario's ports."""
+    force the HTTP dissectors onto the scenario's ports. With a TLS key log (NSS format)
+    the ports are TLS, decrypted with it, and the HTTP dissectors run on what is inside."""
     both = set(http1_ports) & set(h2c_ports)
     if both:
         raise CaptureError(f"ports {sorted(both)} cannot be both HTTP/1 and h2c")
     args: list[str] = list(REASSEMBLE_OUT_OF_ORDER)
-    for p in sorted(set(http1_ports)):
-        args += ["-d", f"tcp.port=={p},http"]
-    for p in sorted(set(h2c_ports)):
-        args += ["-d", f"tcp.port=={p},http2"]
+    if tls_keylog is not None:
+        # ',' and ':' would split the -o value; the run directory's path has neither
+        if any(c in str(tls_keylog) for c in ",:"):
+            raise CaptureError(f"key log path {tls_keylog} must not contain ',' or ':'")
+        args += ["-o", f"tls.keylog_file:{tls_keylog}"]
+    for ports, proto in ((http1_ports, "http"), (h2c_ports, "http2")):
+        for p in sorted(set(ports)):
+            if tls_keylog is None:
+                args += ["-d", f"tcp.port=={p},{proto}"]
+            elif proto == "http":
+                args += ["-d", f"tcp.port=={p},tls", "-d", f"tls.port=={p},http"]
+            else:  # HTTP/2 has no tls.port entry: Wireshark follows the ALPN "h2"
+                args += ["-d", f"tcp.port=={p},tls"]
     return args
 
 

@@ -10,8 +10,10 @@ def _pct(x: float | None) -> str:
 
 
 def summary_table(metrics: dict[str, Any]) -> str:
-    tvw = metrics["truth_vs_workload"]
-    truth = metrics.get("truth", {})
+    tvw = metrics.get("truth_vs_workload")
+    truth = metrics.get("truth") or {}
+    if metrics.get("truth_unavailable"):
+        return f"run {metrics['run_id']}\nNO TRUTH: {metrics['truth_unavailable']}"
     lines = [
         f"run {metrics['run_id']}",
         f"truth: {truth.get('exchanges', '?')} exchanges decoded by Wireshark",
@@ -42,4 +44,9 @@ def summary_table(metrics: dict[str, Any]) -> str:
         if r["degraded_by_reason"]:
             reasons = ", ".join(f"{k}={v}" for k, v in r["degraded_by_reason"].items())
             lines.append(f"{'':<9} {'':<12} {'':<6}   reasons: {reasons}")
+        if r.get("not_covered"):
+            lines.append(f"{'':<9} {'':<12} {'':<6}   not covered: {r['not_covered']}")
+        if r.get("undecodable"):
+            seen = ", ".join(f"{k}={v}" for k, v in r["undecodable"].items())
+            lines.append(f"{'':<9} {'':<12} {'':<6}   seen, not decodable: {seen}")
     return "\n".join(lines)

@@ -13,7 +13,7 @@ from harness.collectors.kprobe.layout import DEFAULT_MAX_CAPTURE, DEFAULT_RINGBU
 from harness.errors import CollectorError, TargetError
 from harness.runner.lifecycle import Child, ProcessSet, read_line_until
 
-COLLECTORS = ("kprobe", "uprobe")
+COLLECTORS = ("kprobe", "uprobe", "tls")
 ATTACH_TIMEOUT_S = 60.0
 
 
@@ -62,6 +62,9 @@ def start_collector(
     if name == "kprobe":
         args += ["--max-capture", str(options.max_capture)]
         args += ["--ringbuf-pages", str(options.ringbuf_pages)]
+    if name == "tls":
+        for b in binaries or []:
+            args += ["--binary", str(b)]
     if name == "uprobe":
         for b in binaries or []:
             args += ["--binary", str(b)]

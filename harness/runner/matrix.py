@@ -50,12 +50,14 @@ class MatrixRun:
     collectors: tuple[str, ...]
     grpc_version: str | None = None  # None: no Go gRPC code in the run
     sweep: tuple[float, ...] = ()  # attach-at replays, as shares of the workload's span
+    tls: bool = False
 
     @property
     def key(self) -> str:
         ver = self.grpc_version or "-"
         return (f"{self.scenario}/{self.client}2{self.server}/{self.attach}/{ver}/"
-                f"{'+'.join(self.collectors)}/n{self.exchanges}")  # fmt: skip
+                f"{'+'.join(self.collectors)}/n{self.exchanges}"
+                + ("/tls" if self.tls else ""))  # fmt: skip
 
     @property
     def cell_id(self) -> str:
@@ -68,14 +70,16 @@ class MatrixRun:
         return {"id": self.cell_id, "matrix": matrix_name, "scenario": self.scenario,
                 "client": self.client, "server": self.server, "attach": self.attach,
                 "grpc_version": self.grpc_version, "collectors": list(self.collectors),
-                "exchanges": self.exchanges, "sweep": list(self.sweep)}  # fmt: skip
+                "exchanges": self.exchanges, "sweep": list(self.sweep),
+                "tls": self.tls}  # fmt: skip
 
     def spec(self) -> Any:
         from harness.runner.record import RunSpec
 
         return RunSpec(scenario=self.scenario, client=self.client, server=self.server,
                        attach=self.attach, collectors=list(self.collectors),
-                       exchanges=self.exchanges, grpc_version=self.grpc_version)  # fmt: skip
+                       exchanges=self.exchanges, grpc_version=self.grpc_version,
+                       tls=self.tls)  # fmt: skip
 
 
 UPROBE_MODULES = ("harness.collectors.uprobe.record", "harness.analysis.uprobe_observed")
@@ -124,6 +128,30 @@ def plan(quick: bool, collectors: tuple[str, ...] = ("kprobe", "uprobe")) -> lis
                 for attach in ATTACHES:
                     runs.append(MatrixRun(name, "go", "go", attach, n, collectors, ver + STRIPPED))
     runs += _more_stacks(collectors)
+    return runs + tls_plan(collectors)
+
+
+TLS_LATE = ("http11-keepalive", "grpc-unary", "grpc-bidi")  # where late attach tells something
+
+
+def tls_plan(collectors: tuple[str, ...], quick: bool = False) -> list[MatrixRun]:
+    """TLS cells: every scenario and language pair, early attach (late where it matters),
+    with the TLS collector added. grpcio to grpcio is left out: neither end writes a key
+    log, so such a run has no truth (it says so when run by hand)."""
+    cols = (*collectors, "tls") if "tls" not in collectors else collectors
+    if quick:
+        return [MatrixRun("http11-keepalive", "py", "go", "early", 100, cols, tls=True),
+                MatrixRun("grpc-unary", "py", "go", "late", 60, cols, CURRENT_GRPC_GO,
+                          tls=True)]  # fmt: skip
+    runs = []
+    for name, scen in SCENARIOS.items():
+        n = DEFAULT_EXCHANGES[name]
+        for client, server in PAIRS:
+            if scen.is_grpc and (client, server) == ("py", "py"):
+                continue
+            ver = _grpc_version(name, client, server, CURRENT_GRPC_GO)
+            for attach in ATTACHES if name in TLS_LATE else ("early",):
+                runs.append(MatrixRun(name, client, server, attach, n, cols, ver, tls=True))
     return runs
 
 
@@ -154,6 +182,7 @@ def _quick_plan(collectors: tuple[str, ...]) -> list[MatrixRun]:
         MatrixRun("grpc-unary", "go", "go", "late", 60, collectors, old + STRIPPED),
         MatrixRun("grpc-bidi", "py", "go", "late", 30, collectors, cur),
         MatrixRun("grpc-server-stream", "go", "py", "early", 30, collectors, cur),
+        *tls_plan(collectors, quick=True),
     ]
 
 

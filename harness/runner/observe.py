@@ -14,7 +14,7 @@ from typing import Any
 from harness.collectors.uprobe.discover import find_grpc_go_targets
 from harness.errors import ProbebenchError, TargetError
 from harness.groundtruth.capture import Dumpcap
-from harness.model import CAPTURE, EVENTS_DIR, RunManifest, machine_info, utc_now
+from harness.model import CAPTURE, EVENTS_DIR, TLS_DIR, RunManifest, machine_info, utc_now
 from harness.runner.collectors import CollectorOptions, start_collector, stop_collector
 from harness.runner.keeper import GRACE_S
 from harness.runner.lifecycle import ProcessSet
@@ -35,12 +35,16 @@ def observe(
     collectors: list[str],
     out: Path,
     progress: Progress,
+    tls: bool = False,
+    keylog: Path | None = None,
     min_free_bytes: int = DEFAULT_MIN_FREE,
     replay_after: bool = True,
 ) -> Path:
     exe = shutil.which(command[0])
     if exe is None:
         raise ProbebenchError(f"command not found: {command[0]}")
+    if keylog is not None and not tls:
+        raise ProbebenchError("--keylog needs --tls")
     out.mkdir(parents=True, exist_ok=True)
     if (free := shutil.disk_usage(out).free) < min_free_bytes:
         raise ProbebenchError(
@@ -54,6 +58,9 @@ def observe(
         "command": command, "h2c": h2c, "duration_s": duration_s, "collectors": collectors,
         "attach": "early", "client": "user", "server": "user",
     }  # fmt: skip
+    if tls:
+        # the ports carry TLS; the user's client writes the secrets (e.g. SSLKEYLOGFILE)
+        params.update(tls=True, tls_version="any", keylogs=[f"{TLS_DIR}/user.keylog"])
     manifest = RunManifest(
         run_id=run_dir.name, scenario=OBSERVE, params=params, started_utc=utc_now(),
         machine=machine_info(), ports=sorted(set(ports)),
@@ -129,6 +136,8 @@ def observe(
                 for problem in uprobe.get("unsupported") or []:
                     progress(f"uprobe: {problem}")
         manifest.capture = dict(cap.stats)
+        if tls:
+            _take_keylog(keylog, run_dir / TLS_DIR, progress)
     if manifest.params.get("stopped_low_disk"):
         # stopped cleanly: collectors drained and detached, the capture closed; all of it
         # replays, but the run did not last as long as asked
@@ -143,6 +152,18 @@ def observe(
     print(summary_table(replay(run_dir)))
     return run_dir
 
+
+def _take_keylog(keylog: Path | None, tls_dir: Path, progress: Progress) -> None:
+    """Copy the user's key log into the run directory (the only place secrets are kept), so
+    the run replays later without it. None: say the truth will have no secrets."""
+    tls_dir.mkdir(mode=0o700, exist_ok=True)
+    if keylog is None or not keylog.is_file():
+        progress(f"no TLS key log {'at ' + str(keylog) if keylog else 'given (--keylog)'}: "
+                 "the truth cannot be decrypted")  # fmt: skip
+        return
+    dest = tls_dir / "user.keylog"
+    shutil.copyfile(keylog, dest)
+    dest.chmod(0o600)
 
 
 def _wait_watching_disk(

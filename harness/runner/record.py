@@ -13,9 +13,18 @@ from pathlib import Path
 
 from harness.errors import PortInUseError, ProbebenchError, TargetError
 from harness.groundtruth.capture import Dumpcap
-from harness.model import CAPTURE, EVENTS_DIR, WORKLOAD, RunManifest, machine_info, utc_now
+from harness.model import (
+    CAPTURE,
+    EVENTS_DIR,
+    TLS_DIR,
+    WORKLOAD,
+    RunManifest,
+    machine_info,
+    utc_now,
+)
 from harness.runner import scenarios
 from harness.runner.collectors import (
+    COLLECTORS,
     CollectorOptions,
     RunningCollector,
     start_collector,
@@ -28,6 +37,7 @@ from harness.runner.lifecycle import (
     read_line_until,
     signals_as_exceptions,
 )
+from harness.runner.tlsfiles import TLS_VERSIONS, make_tls_files
 
 Progress = Callable[[str], None]
 READY_TIMEOUT_S = 30.0
@@ -47,11 +57,14 @@ class RunSpec:
     deadline_s: float = 300.0  # the client never runs longer
     pipeline_depth: int | None = None  # None: the scenario's (http11-pipelined: 8)
     options: CollectorOptions = field(default_factory=CollectorOptions)
+    tls: bool = False
+    tls_version: str = "1.3"
 
     def run_id(self) -> str:
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
         ver = f"-{self.grpc_version}" if self.grpc_version else ""
-        return f"{stamp}-{self.scenario}-{self.client}2{self.server}-{self.attach}{ver}"
+        tls = ("-tls" + ("12" if self.tls_version == "1.2" else "")) if self.tls else ""
+        return f"{stamp}-{self.scenario}{tls}-{self.client}2{self.server}-{self.attach}{ver}"
 
 
 def free_port() -> int:
@@ -79,10 +92,12 @@ def record(spec: RunSpec, out_dir: Path, progress: Progress = lambda _m: None) -
             )
         scen = replace(scen, pipeline=spec.pipeline_depth)
     for c in spec.collectors:
-        if c not in ("kprobe", "uprobe"):
-            raise ProbebenchError(f"unknown collector {c!r}; choose kprobe and/or uprobe")
+        if c not in COLLECTORS:
+            raise ProbebenchError(f"unknown collector {c!r}; choose from {', '.join(COLLECTORS)}")
     if spec.attach not in ("early", "late"):
         raise ProbebenchError("--attach must be early or late")
+    if spec.tls_version not in TLS_VERSIONS:
+        raise ProbebenchError(f"--tls-version must be one of {', '.join(TLS_VERSIONS)}")
     exchanges = spec.exchanges or scen.default_exchanges
     port = spec.port or free_port()
     check_port_free(port)
@@ -90,6 +105,10 @@ def record(spec: RunSpec, out_dir: Path, progress: Progress = lambda _m: None) -
     run_dir.mkdir(parents=True, exist_ok=False)
     params = asdict(spec)
     params.update(exchanges=exchanges, port=port, protocol=scen.protocol)
+    if spec.tls:
+        params["keylogs"] = [f"{TLS_DIR}/{role}.keylog" for role, lang in
+                             (("server", spec.server), ("client", spec.client))
+                             if scenarios.keylog_writer(scen, lang)]  # fmt: skip
     manifest = RunManifest(
         run_id=run_dir.name,
         scenario=scen.name,
@@ -150,9 +169,16 @@ def _record(
     events_dir = run_dir / EVENTS_DIR
     running: list[RunningCollector] = []
     warmup = scen.warmup if spec.attach == "late" else 0
+    tls = make_tls_files(run_dir / TLS_DIR) if spec.tls else None
+
+    def tls_args(role: str, lang: str) -> list[str]:
+        return scenarios.tls_arguments(scen, lang, tls and tls.dir, spec.tls_version,
+                                       tls and tls.keylog(role))  # fmt: skip
+
     with ProcessSet() as procs, Dumpcap(run_dir / CAPTURE, [port]) as cap:
         progress(f"capturing tcp port {port} on lo")
         server_cmd = scenarios.server_command(scen, spec.server, port, spec.grpc_version)
+        server_cmd += tls_args("server", spec.server)
         server = _spawn_target(procs, "server", server_cmd, run_dir)
         _wait_for(server, "READY", READY_TIMEOUT_S, run_dir)
         manifest.processes.append(
@@ -179,6 +205,7 @@ def _record(
             workload=run_dir / WORKLOAD, grpc_version=spec.grpc_version,
             deadline=spec.deadline_s,
         )  # fmt: skip
+        client_cmd += tls_args("client", spec.client)
         # uprobes attach by binary: the client's too, before it has started
         go_binaries = [Path(cmd[0]) for cmd, lang in ((server_cmd, spec.server),
                        (client_cmd, spec.client)) if lang == "go"]  # fmt: skip

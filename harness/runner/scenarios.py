@@ -177,3 +177,21 @@ def client_command(
         return [str(_go_binary("grpc" if s.is_grpc else "http1", "client", grpc_version)), *args]
     script = SCEN_DIR / "py" / ("grpc_client.py" if s.is_grpc else "http1_client.py")
     return [sys.executable, str(script), *args]
+
+
+def keylog_writer(s: Scenario, lang: str) -> bool:
+    """Whether this target can write its TLS secrets: Python's ssl and Go's crypto/tls can;
+    grpcio's TLS (BoringSSL inside its C core) offers Python no key log."""
+    return not (s.is_grpc and lang == "py")
+
+
+def tls_arguments(
+    s: Scenario, lang: str, tls_dir: Path | None, version: str, keylog: Path | None
+) -> list[str]:
+    """The target options of a TLS run (scenarios/README.md, "TLS"); none without TLS."""
+    if tls_dir is None:
+        return []
+    args = ["--tls-dir", str(tls_dir), "--tls-version", version]
+    if keylog is not None and keylog_writer(s, lang):
+        args += ["--keylog", str(keylog)]
+    return args

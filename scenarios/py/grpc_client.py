@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "gen"))
 import bench_pb2  # generated into gen/ by scripts/build-grpc-targets
 import bench_pb2_grpc
 import grpc
+import tlsopts
 from workload import MASK64, SplitMix64  # the one PRNG both plans share, mirrored in Go
 
 STARTED = time.monotonic()
@@ -269,15 +270,20 @@ class Client:
         # A local subchannel pool gives each channel its own subchannel, hence
         # its own TCP connection; by default grpcio shares one between channels
         # to the same target.
-        channel = grpc.insecure_channel(
-            self.target,
-            options=[
+        files = tlsopts.grpc_files(self.args)
+        options = [
                 ("grpc.use_local_subchannel_pool", 1),
                 # Loopback only: never route through an http_proxy from the environment.
                 ("grpc.enable_http_proxy", 0),
                 ("grpc.max_receive_message_length", MAX_MSG_SIZE),
                 ("grpc.max_send_message_length", MAX_MSG_SIZE),
-            ],
+        ]
+        channel = (
+            grpc.secure_channel(
+                self.target, grpc.ssl_channel_credentials(root_certificates=files[0]), options
+            )
+            if files
+            else grpc.insecure_channel(self.target, options=options)
         )
         before = own_tcp_ports(self.args.port)
         try:
@@ -460,6 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workload", help="workload.jsonl to append to")
     ap.add_argument("--deadline", type=float, default=120.0)
     ap.add_argument("--print-plan", action="store_true", help="print the plan and exit")
+    tlsopts.add_arguments(ap)
     args = ap.parse_args(argv)
     try:
         plan = make_plan(args.mode, args.exchanges, args.seed)

@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "gen"))
 import bench_pb2  # generated into gen/ by scripts/build-grpc-targets
 import bench_pb2_grpc
 import grpc
+import tlsopts
 
 MAX_MSG_SIZE = 8 << 20  # the plan sends messages of >= 1 MiB
 STOP_GRACE_S = 2.0
@@ -107,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--mode", help="ignored: the server serves every mode")
     ap.add_argument("--workers", type=int, default=16, help="thread pool size")
+    tlsopts.add_arguments(ap)
     ap.add_argument(
         "--max-lifetime",
         type=float,
@@ -129,7 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     bench_pb2_grpc.add_BenchServicer_to_server(Bench(), server)
     address = f"[{args.host}]:{args.port}" if ":" in args.host else f"{args.host}:{args.port}"
     try:
-        bound = server.add_insecure_port(address)
+        files = tlsopts.grpc_files(args)
+        bound = (
+            server.add_secure_port(address, grpc.ssl_server_credentials([(files[2], files[1])]))
+            if files
+            else server.add_insecure_port(address)
+        )
     except RuntimeError as e:  # recent grpcio raises instead of returning 0
         fail(3, f"cannot bind {address}: {e}")
     if bound == 0 or (args.port and bound != args.port):

@@ -18,6 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import tlsopts
 from workload import (
     BODY_METHODS,
     LOCATION,
@@ -145,6 +146,7 @@ class Client:
         )
         self.errors: list[str] = []
         self.errors_lock = threading.Lock()
+        self.tls = tlsopts.context(args, server=False, alpn="http/1.1")
 
     def _timeout(self) -> float:
         left = self.deadline - time.monotonic()
@@ -153,7 +155,13 @@ class Client:
         return min(IO_TIMEOUT_S, left)
 
     def _connect(self) -> http.client.HTTPConnection:
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=self._timeout())
+        conn = (
+            http.client.HTTPSConnection(
+                self.host, self.port, timeout=self._timeout(), context=self.tls
+            )
+            if self.tls
+            else http.client.HTTPConnection(self.host, self.port, timeout=self._timeout())
+        )
         if self.proto == "http10":
             # http.client has no public switch; these two attributes are what it reads.
             conn._http_vsn = 10
@@ -385,6 +393,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workload")
     p.add_argument("--deadline", type=float, default=120.0)
     p.add_argument("--plan-only", action="store_true", help="print the plan as JSON lines and exit")
+    tlsopts.add_arguments(p)
     p.add_argument("--pipeline", type=int, default=1,
                    help="requests sent in one write before their responses (http11)")
     p.add_argument("--mixed", action="store_true",

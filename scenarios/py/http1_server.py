@@ -16,6 +16,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
 
+import tlsopts
 from workload import CHUNK, LOCATION, MAX_BODY, NO_BODY_STATUSES, body_bytes, parse_route
 
 # Idle keep-alive connections must outlive the runner's late-attach pause
@@ -167,6 +168,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=3600.0,
         help="exit by itself after this long even if nobody stops it",
     )
+    tlsopts.add_arguments(p)
     return p.parse_args(argv)
 
 
@@ -181,6 +183,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cannot bind {args.host}:{args.port}: {e}", file=sys.stderr, flush=True)
         return 3
 
+    ctx = tlsopts.context(args, server=True, alpn="http/1.1")
+    if ctx is not None:
+        # The handshake happens in the handler's thread on its first read, never in
+        # the accept loop, where one slow peer would hold up every other connection.
+        server.socket = ctx.wrap_socket(
+            server.socket, server_side=True, do_handshake_on_connect=False
+        )
     stop = threading.Event()
     terminated: list[int] = []
 

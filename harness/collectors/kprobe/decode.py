@@ -46,7 +46,7 @@ class Connection:
     fd: int
     comm: str
     role: str  # client | server | unknown
-    proto: str  # http1 | http2
+    proto: str  # http1 | http2 | tls (encrypted: replay cannot decode it)
     from_start: bool  # connect/accept seen
     opened_ns: int
     local: Endpoint | None = None
@@ -117,6 +117,8 @@ def infer_proto(first: bytes, from_start: bool) -> str | None:
     """Python twin of the kernel's infer(): which protocol a call's first bytes start."""
     if first.startswith(b"PRI "):
         return "http2"
+    if is_tls_record(first):
+        return "tls"
     if first.startswith(_HTTP1_STARTS):
         return "http1"
     if not from_start and plausible_h2_frame(first):
@@ -124,6 +126,11 @@ def infer_proto(first: bytes, from_start: bool) -> str | None:
     if from_start and is_settings(first):
         return "http2"  # the server's connection preface, sent before the client's arrives
     return None
+
+
+def is_tls_record(b: bytes) -> bool:
+    """A TLS record header (handshake or application data): the kernel's is_tls_record."""
+    return len(b) >= 5 and b[0] in (0x16, 0x17) and b[1] == 3 and b[2] <= 4
 
 
 def is_settings(b: bytes) -> bool:
@@ -159,7 +166,7 @@ def plausible_h2_frame(b: bytes) -> bool:
 
 
 _ROLES = {0: "unknown", 1: "client", 2: "server"}
-_PROTOS = {0: None, 1: "http1", 2: "http2"}
+_PROTOS = {0: None, 1: "http1", 2: "http2", 3: "tls"}
 
 
 @dataclass
@@ -477,6 +484,8 @@ def _inferred(ev: Any, proto: str, payload: bytes, direction: str) -> Connection
     if proto == "http2":
         is_request = payload.startswith(b"PRI ")
         role = ("client" if direction == "send" else "server") if is_request else "unknown"
+    elif proto == "tls":
+        role = "unknown"  # application data either way: the port says which end this is
     else:
         is_request = not payload.startswith(b"HTTP/1.")
         role = "client" if is_request == (direction == "send") else "server"

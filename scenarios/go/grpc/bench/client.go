@@ -108,6 +108,7 @@ type clientOpts struct {
 	warmup, inflight     int
 	seed                 uint64
 	deadline             time.Duration
+	tls                  tlsFlags
 	rate                 float64 // main phase, calls/s in all, open loop; 0: closed loop
 }
 
@@ -145,6 +146,7 @@ func ClientMain(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	deadline := fs.Float64("deadline", 120, "seconds the whole run may take")
 	fs.Float64Var(&o.rate, "rate", 0, "main phase: calls per second in all, open loop (0: as fast as it goes)")
 	printPlan := fs.Bool("print-plan", false, "print the plan as JSON lines and exit")
+	o.tls.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -198,11 +200,19 @@ func (cl *client) run(stdin io.Reader, stdout io.Writer) error {
 	defer cl.out.Flush()
 
 	target := net.JoinHostPort(cl.opts.host, strconv.Itoa(cl.opts.port))
+	security := grpc.WithInsecure()
+	creds, err := cl.opts.tls.creds(false, cl.opts.host)
+	if err != nil {
+		return fmt.Errorf("TLS: %v", err)
+	}
+	if creds != nil {
+		security = grpc.WithTransportCredentials(creds)
+	}
 	for i := 0; i < cl.opts.conns; i++ {
 		c := &conn{idx: i}
 		// WithInsecure/WithBlock/DialContext are deprecated in recent grpc-go
 		// but exist in every version we build, unlike their replacements.
-		cc, err := grpc.DialContext(ctx, target, grpc.WithInsecure(), grpc.WithBlock(),
+		cc, err := grpc.DialContext(ctx, target, security, grpc.WithBlock(),
 			grpc.WithContextDialer(c.dial),
 			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMsgSize),
 				grpc.MaxCallSendMsgSize(MaxMsgSize)))

@@ -27,6 +27,8 @@ func ServerMain(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	port := fs.Int("port", 0, "port to bind")
 	fs.String("mode", "", "ignored: the server serves every mode")
 	lifetime := fs.Duration("max-lifetime", time.Hour, "exit 0 after this long regardless")
+	var tf tlsFlags
+	tf.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -43,7 +45,16 @@ func ServerMain(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(sigs)
-	srv := grpc.NewServer(grpc.MaxRecvMsgSize(MaxMsgSize), grpc.MaxSendMsgSize(MaxMsgSize))
+	creds, err := tf.creds(true, "")
+	if err != nil {
+		fmt.Fprintf(stderr, "grpc-server: TLS: %v\n", err)
+		return 2
+	}
+	opts := []grpc.ServerOption{grpc.MaxRecvMsgSize(MaxMsgSize), grpc.MaxSendMsgSize(MaxMsgSize)}
+	if creds != nil {
+		opts = append(opts, grpc.Creds(creds))
+	}
+	srv := grpc.NewServer(opts...)
 	srv.RegisterService(&ServiceDesc, Server{})
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(lis) }()

@@ -8,6 +8,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -24,6 +25,7 @@ import (
 
 	"probebench/scenarios/http1/monoclock"
 	"probebench/scenarios/http1/plan"
+	"probebench/scenarios/http1/tlsconf"
 )
 
 type record struct {
@@ -51,6 +53,7 @@ type client struct {
 	proto      string
 	addr       string
 	hostHeader string
+	tls        *tls.Config // nil: plain TCP
 	deadline   time.Time
 	clock      *monoclock.Clock
 	pipeline   int // requests per write (http11); 1 is no pipelining
@@ -85,6 +88,19 @@ func (c *client) dial() (net.Conn, *bufio.Reader, error) {
 	conn, err := d.Dial("tcp", c.addr)
 	if err != nil {
 		return nil, nil, err
+	}
+	if c.tls != nil {
+		tc := tls.Client(conn, c.tls)
+		// The handshake before the first request: a request's start time is
+		// then its own write, as on a plain connection.
+		if err := tc.SetDeadline(c.deadline); err == nil {
+			err = tc.Handshake()
+		}
+		if err != nil {
+			conn.Close()
+			return nil, nil, fmt.Errorf("TLS handshake: %w", err)
+		}
+		conn = tc
 	}
 	// The overall deadline bounds every read and write on this connection.
 	if err := conn.SetDeadline(c.deadline); err != nil {
@@ -405,6 +421,9 @@ func main() {
 	workload := flag.String("workload", "", "workload.jsonl to append to")
 	deadlineS := flag.Float64("deadline", 120, "never run longer than this many seconds")
 	planOnly := flag.Bool("plan-only", false, "print the plan as JSON lines and exit")
+	tlsDir := flag.String("tls-dir", "", "speak TLS, trusting DIR/ca.pem (scenarios/README.md)")
+	tlsVersion := flag.String("tls-version", "1.3", "1.2 or 1.3")
+	keylog := flag.String("keylog", "", "append TLS secrets here (NSS key log format)")
 	pipeline := flag.Int("pipeline", 1, "requests sent in one write before their responses (http11)")
 	mixed := flag.Bool("mixed", false, "the mixed plan: HEAD, 304, 204, 100-continue uploads")
 	rate := flag.Float64("rate", 0, "main phase: exchanges per second in all, open loop (0: as fast as it goes)")
@@ -451,6 +470,15 @@ func main() {
 		proto: *proto, addr: addr, hostHeader: addr, clock: clock, pipeline: *pipeline,
 		deadline: time.Now().Add(time.Duration(*deadlineS * float64(time.Second))),
 		rate:     *rate,
+	}
+	if *tlsDir != "" {
+		cfg, closer, err := tlsconf.Config(*tlsDir, *tlsVersion, *keylog, false, *host)
+		if err != nil {
+			die(2, "TLS: %v", err)
+		}
+		defer closer.Close()
+		cfg.NextProtos = []string{"http/1.1"}
+		c.tls = cfg
 	}
 	nLanes := *connections
 	if *proto == "http10" {

@@ -6,6 +6,7 @@ package main
 
 import (
 	"bufio"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 	"time"
 
 	"probebench/scenarios/http1/plan"
+	"probebench/scenarios/http1/tlsconf"
 )
 
 // idleTimeout must outlive the runner's late-attach pause between WARM and GO.
@@ -123,6 +125,9 @@ func main() {
 	host := flag.String("host", "127.0.0.1", "address to bind")
 	port := flag.Int("port", 0, "port to bind")
 	maxSeconds := flag.Float64("max-seconds", 3600, "exit by itself after this long")
+	tlsDir := flag.String("tls-dir", "", "speak TLS with DIR/server.pem and DIR/server.key")
+	tlsVersion := flag.String("tls-version", "1.3", "1.2 or 1.3")
+	keylog := flag.String("keylog", "", "append TLS secrets here (NSS key log format)")
 	flag.Parse()
 	if *proto != "http10" && *proto != "http11" {
 		fmt.Fprintln(os.Stderr, "--proto must be http10 or http11")
@@ -132,6 +137,16 @@ func main() {
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "cannot bind %s:%d: %v\n", *host, *port, err)
 		os.Exit(3)
+	}
+	if *tlsDir != "" {
+		cfg, closer, err := tlsconf.Config(*tlsDir, *tlsVersion, *keylog, true, "")
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "TLS: %v\n", err)
+			os.Exit(2)
+		}
+		defer closer.Close()
+		cfg.NextProtos = []string{"http/1.1"} // never h2: this is the HTTP/1 target
+		ln = tls.NewListener(ln, cfg)
 	}
 	srv := &http.Server{
 		Handler:           handler{http10: *proto == "http10"},

@@ -1,0 +1,83 @@
+"""TLS-collector recordings -> Exchanges: the plaintext of each SSL connection goes through
+the same HTTP/1 and HTTP/2 stitchers as the kernel side's bytes.
+
+A TLS probe attached late meets the same HPACK problem as the kernel side: its
+connections' header tables were filled before it looked. That is measured, not hidden.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.analysis.observed import ADDRESS_FIELDS, ObservedStats, _int_fields
+from harness.collectors.kprobe.decode import infer_proto
+from harness.collectors.tls.decode import TlsConnection, decode
+from harness.model import Exchange
+from harness.protocols.http1.stitch import stitch_http1
+from harness.protocols.http2.stitch import stitch_http2
+
+
+def _role(conn: TlsConnection, ports: set[int]) -> str | None:
+    if conn.local is not None and conn.local.port in ports:
+        return "server"
+    if conn.remote is not None and conn.remote.port in ports:
+        return "client"
+    return None
+
+
+def _proto(conn: TlsConnection, from_start: bool) -> str | None:
+    for d in (0, 1):
+        segs = conn.segments(d)
+        if segs and segs[0].data:
+            p = infer_proto(segs[0].data[:16], from_start=from_start)
+            if p in ("http1", "http2"):
+                return p
+    return None
+
+
+def tls_exchanges(
+    events: Path, server_ports: list[int], *, attach_at_ns: int | None = None,
+    h2: bool = False,
+) -> tuple[list[Exchange], ObservedStats]:
+    """Exchanges one TLS recording yields, both sides. ``h2``: the run's ports carry HTTP/2
+    (used when a late-attached connection's first bytes cannot tell)."""
+    conns, dst = decode(events, attach_at_ns=attach_at_ns)
+    st = ObservedStats(decode=dict(vars(dst)))
+    ports = set(server_ports)
+    out: list[Exchange] = []
+    for conn in conns:
+        role = _role(conn, ports)
+        if role is None:
+            if conn.local is None:
+                st.unattributed_connections += 1
+            else:
+                st.skipped_other_ports += 1
+            continue
+        from_start = conn.seen_from_start()
+        proto = _proto(conn, from_start) or ("http2" if h2 else "http1")
+        st.connections += 1
+        st.connections_by_proto[proto] = st.connections_by_proto.get(proto, 0) + 1
+        send, recv = conn.segments(0), conn.segments(1)
+        if proto == "http1":
+            xs, pst = stitch_http1(send, recv, side=role, closed_ns=None, source="tls",  # type: ignore[arg-type]
+                                   from_start=from_start)  # fmt: skip
+        else:
+            c2s, s2c = (send, recv) if role == "client" else (recv, send)
+            xs, pst = stitch_http2(c2s, s2c, source="tls", side=role, conn_id=conn.key)  # type: ignore[arg-type]
+        for k, v in _int_fields(pst).items():
+            st.parse[k] = st.parse.get(k, 0) + v
+        client, server = (conn.local, conn.remote) if role == "client" else \
+            (conn.remote, conn.local)
+        for x in xs:
+            x.source = "tls"
+            x.side = role  # type: ignore[assignment]
+            x.pid = conn.tgid
+            x.conn_id = conn.key
+            if client is not None and server is not None:
+                x.client_ip, x.client_port = client.ip, client.port
+                x.server_ip, x.server_port = server.ip, server.port
+            for f in ADDRESS_FIELDS:
+                if getattr(x, f) is None:
+                    x.degrade(f, "no_peer_address")
+            out.append(x)
+    return out, st

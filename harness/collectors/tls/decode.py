@@ -1,0 +1,153 @@
+"""Raw TLS-collector events -> plaintext connections (no root, no BPF).
+
+An OpenSSL connection is one SSL object of one process while it talks to one socket:
+(tgid, SSL pointer, local port, remote port). A freed SSL object's address can be
+reused by the next connection, so a changed address starts a new connection. Calls
+whose socket the kernel could not name take the address a sock_diag note gave that
+SSL object, or else stay on the SSL object's current connection (counted).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.collectors.eventfile import KERNEL, read_event_file
+from harness.collectors.tls.layout import FORMAT, header
+from harness.errors import RunDirError
+from harness.protocols.common import Segment
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    ip: str
+    port: int
+
+
+@dataclass
+class TlsConnection:
+    tgid: int
+    ssl: int
+    local: Endpoint | None
+    remote: Endpoint | None
+    first_ns: int
+    first_source: str  # syscall: its socket was established after attach (seen from byte 0)
+    # per direction (send, recv): call seq -> [ts, orig_len, {offset: bytes}]
+    calls: list[dict[int, list[Any]]] = field(default_factory=lambda: [{}, {}])
+
+    @property
+    def key(self) -> str:
+        return f"{self.tgid}:ssl{self.ssl:x}@{self.first_ns}"
+
+    def segments(self, d: int) -> list[Segment]:
+        out = []
+        for _seq, (ts, orig, parts) in sorted(self.calls[d].items()):
+            data = b""
+            for off in sorted(parts):
+                if off != len(data):
+                    break  # a lost chunk: the rest of the call is unseen (orig_len says so)
+                data += parts[off]
+            out.append(Segment(ts, data, orig))
+        return out
+
+    def seen_from_start(self) -> bool:
+        """The plaintext starts at byte 0: the socket was established after the probes were
+        in (its address came from the kernel's own state change), and no first call is
+        missing."""
+        return self.first_source == "syscall" and all(not c or min(c) == 1 for c in self.calls)
+
+    def lost_calls(self) -> int:
+        return sum(max(c) - len(c) for c in self.calls if c)
+
+
+@dataclass
+class TlsDecodeStats:
+    events: int = 0
+    dropped_before_attach: int = 0
+    addr_sources: dict[str, int] = field(default_factory=dict)
+    addr_from_note: int = 0
+    without_address: int = 0  # calls no address could be given: kept on their SSL object
+    connections: int = 0
+    lost_calls: int = 0  # seq gaps: calls the ring buffer lost
+    truncated_calls: int = 0
+    collector: dict[str, Any] = field(default_factory=dict)
+    unsupported: list[str] = field(default_factory=list)
+
+
+def _ip(raw: Any, family: int) -> str:
+    b = bytes(raw)
+    if family == 2:
+        return str(ipaddress.IPv4Address(b[:4]))
+    v6 = ipaddress.IPv6Address(b[:16])
+    return str(v6.ipv4_mapped or v6)
+
+
+def decode(
+    path: Path, *, attach_at_ns: int | None = None
+) -> tuple[list[TlsConnection], TlsDecodeStats]:
+    ef = read_event_file(path)
+    if ef.header.get("format") != FORMAT:
+        raise RunDirError(f"{path}: not a TLS collector recording ({ef.header.get('format')})")
+    hdr = header()
+    ev_t = hdr.structs["pb_tls_event"]
+    data_off = hdr.offset("pb_tls_event", "data")
+    sources = {0: "none", 1: "syscall", 2: "ssl", 3: "struct"}
+    st = TlsDecodeStats()
+    noted: dict[tuple[int, int], tuple[Endpoint, Endpoint]] = {}
+    current: dict[tuple[int, int], TlsConnection] = {}
+    conns: list[TlsConnection] = []
+    raw_records = list(ef.records())
+    for rtype, rec in raw_records:  # sock_diag answers first: they name earlier calls too
+        if rtype != KERNEL and isinstance(rec, dict) and rec.get("type") == "sockdiag" \
+                and rec.get("local_port"):
+            noted[(rec["tgid"], rec["ssl"])] = (
+                Endpoint(rec["local_ip"], rec["local_port"]),
+                Endpoint(rec["remote_ip"], rec["remote_port"]),
+            )
+    for rtype, rec in raw_records:
+        if rtype != KERNEL:
+            assert isinstance(rec, dict)
+            if rec.get("type") == "stats":
+                st.collector = {k: v for k, v in rec.items() if k != "type"}
+            elif rec.get("type") == "unsupported":
+                st.unsupported.append(rec["what"])
+            continue
+        assert isinstance(rec, memoryview)
+        raw = bytes(rec)
+        ev = ev_t.from_buffer_copy(raw[:data_off].ljust(ctypes.sizeof(ev_t), b"\0"))
+        st.events += 1
+        if attach_at_ns is not None and ev.ts_ns < attach_at_ns:
+            st.dropped_before_attach += 1
+            continue
+        if ev.part == 0:
+            src = sources.get(ev.addr_source, "none")
+            st.addr_sources[src] = st.addr_sources.get(src, 0) + 1
+        ident = (ev.tgid, ev.ssl)
+        local = remote = None
+        if ev.addr_source:
+            local = Endpoint(_ip(ev.laddr, ev.family), ev.lport)
+            remote = Endpoint(_ip(ev.raddr, ev.family), ev.rport)
+        elif ident in noted:
+            local, remote = noted[ident]
+            st.addr_from_note += ev.part == 0
+        conn = current.get(ident)
+        if conn is None or (local is not None and (conn.local, conn.remote) != (local, remote)):
+            if local is None and conn is None:
+                st.without_address += ev.part == 0
+            conn = TlsConnection(ev.tgid, ev.ssl, local, remote, ev.ts_ns,
+                                 sources.get(ev.addr_source, "none"))  # fmt: skip
+            current[ident] = conn
+            conns.append(conn)
+        elif local is None:
+            st.without_address += ev.part == 0
+        call = conn.calls[ev.dir & 1].setdefault(ev.seq, [ev.ts_ns, ev.orig_len, {}])
+        call[2][ev.offset] = raw[data_off : data_off + ev.cap_len]
+        if ev.part == 0 and ev.orig_len > ev.cap_len and ev.offset == 0 \
+                and ev.orig_len > hdr.defines["PB_TLS_CHUNK"] * hdr.defines["PB_TLS_MAX_CHUNKS"]:
+            st.truncated_calls += 1
+    st.connections = len(conns)
+    st.lost_calls = sum(c.lost_calls() for c in conns)
+    return conns, st
