@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.collectors import sockdiag
+from harness.collectors.btf import socket_walk_defines
 from harness.collectors.bpfsource import compile_program, percpu_totals
 from harness.collectors.cli import recorder_parser, stop_flag, stopped_by, write_stats
 from harness.collectors.eventfile import EventWriter
@@ -61,6 +62,8 @@ class Recorder:
             "PB_CALL_LIMIT": max_capture,
             "PB_RINGBUF_PAGES": ringbuf_pages,
         }
+        # fd -> socket walk at the running kernel's offsets (connections' own addresses)
+        self.defines.update(socket_walk_defines())
         self.ev_conn, self.ev_infer, self.ev_exit = (
             d["PB_EV_CONN"],
             d["PB_EV_CONN_INFER"],
@@ -210,11 +213,22 @@ class Recorder:
             "tail_call_failures": totals[d["PB_STAT_TAIL_FAILED"]] - self.tail_failed_before_attach,
             "records_written": self.writer.records,
             "bytes_written": self.writer.bytes,
+            "connections": conn_stats(bpf, d),
             "sockdiag_lookups": self.sockdiag_lookups,
             "sockdiag_misses": self.sockdiag_misses,
             "cpu_user_s": ru.ru_utime,
             "cpu_system_s": ru.ru_stime,
         }
+
+
+def conn_stats(bpf: Any, d: dict[str, int]) -> dict[str, int]:
+    """The connection-tracking counters (PB_CSTAT_* in kprobe_events.h), by name."""
+    totals = percpu_totals(bpf["conn_stats"], d["PB_CSTAT_MAX"])
+    return {
+        k[len("PB_CSTAT_") :].lower(): totals[v]
+        for k, v in d.items()
+        if k.startswith("PB_CSTAT_") and k != "PB_CSTAT_MAX"
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
