@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.collectors import sockdiag
-from harness.collectors.btf import socket_walk_defines
 from harness.collectors.bpfsource import compile_program, percpu_totals
+from harness.collectors.btf import socket_walk_defines
 from harness.collectors.cli import recorder_parser, stop_flag, stopped_by, write_stats
 from harness.collectors.eventfile import EventWriter
 from harness.collectors.kprobe.layout import (
