@@ -59,6 +59,11 @@ def _variants(collector: str, attach: str, protocol: str, simulated: bool) -> li
     return out
 
 
+def _window(xs: list[Exchange], until: int | None) -> list[Exchange]:
+    """The exchanges that started before the observation's end (all when it has none)."""
+    return xs if until is None else [x for x in xs if (x.t_start_ns or 0) <= until]
+
+
 def replay(
     run_dir: Path, *, attach_at_s: float | None = None, write: bool = True
 ) -> dict[str, Any]:
@@ -93,6 +98,9 @@ def replay(
     workload = workload_exchanges(run_dir / WORKLOAD) if has_workload else []
     tvw = match_workload(truth, run_dir / WORKLOAD) if has_workload else None
     rows: list[dict[str, Any]] = []
+    # observe: when the collectors were told to stop; traffic of services outside the
+    # command goes on, and what the capture saw after that was no collector's to see
+    until = p.get("observed_until_ns")
     frames: dict[str, list[Exchange]] = {"truth": truth, "workload": workload}
     collectors: dict[str, Any] = {}
     attach_mode = p["attach"] if attach_at_s is None else f"at+{attach_at_s:g}s"
@@ -132,7 +140,8 @@ def replay(
                     variant=variant.name, grpc_go=p.get("grpc_version"),
                 )  # fmt: skip
                 row.lost_events = int(info.get("lost_events", 0) or 0)
-                score(row, truth, [x for x in observed if x.side == side], attach_ns)
+                seen = [x for x in observed if x.side == side]
+                score(row, _window(truth, until), _window(seen, until), attach_ns)
                 rows.append(row.to_dict())
     metrics = {
         "run_id": manifest.run_id,

@@ -141,12 +141,14 @@ class Recorder:
         stop = stop_flag()
         bpf = compile_program(PROGRAM, self.defines)
         try:
-            self._load_walkers(bpf)
+            # filters first: data calls reach the walkers as soon as they are loaded, and a
+            # socket not seen opened that meets an empty port filter is remembered as ignored
             targets, ports = bpf["targets"], bpf["ports"]
             for t in self.tgids:
                 targets[ctypes.c_uint32(t)] = ctypes.c_uint8(1)
             for p in self.ports:
                 ports[ctypes.c_uint16(p)] = ctypes.c_uint8(1)
+            self._load_walkers(bpf)
             bpf["events"].open_ring_buffer(self._on_event)
             diag_stop = threading.Event()
             diag = threading.Thread(
