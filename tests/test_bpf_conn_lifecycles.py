@@ -37,6 +37,8 @@ CASES = {
     "half-close": ("server", "client"),
     "nonblocking-connect": ("client",),
     "short": ("server", "client"),
+    # issue 16: a keep-alive connection opened before the attach, in processes no one named
+    "before-attach": ("server", "client"),
 }
 
 
@@ -49,13 +51,24 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "--stats", str(tmp / "stats.json"), "--deadline", "300"]  # fmt: skip
     for p in ports.values():
         args += ["--port", str(p)]
+    early = subprocess.Popen(
+        [sys.executable, str(TARGET), "before-attach", str(ports["before-attach"]), str(N)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert early.stdin is not None and early.stdout is not None
+    assert early.stdout.readline().strip() == "WARM"
     rec = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
     clients: dict[str, list[dict[str, Any]]] = {}
     try:
         assert rec.stdout is not None
         line = rec.stdout.readline()
         assert line.startswith("ATTACHED "), line
+        out_early, _ = early.communicate("go\n", timeout=60)
+        assert early.returncode == 0
+        clients["before-attach"] = [json.loads(x) for x in out_early.splitlines()]
         for case, port in ports.items():
+            if case == "before-attach":
+                continue
             run = subprocess.run(
                 [sys.executable, str(TARGET), case, str(port), str(N)],
                 capture_output=True, text=True, timeout=60,
@@ -63,6 +76,9 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             assert run.returncode == 0, (case, run.stderr[-2000:])
             clients[case] = [json.loads(x) for x in run.stdout.splitlines()]
     finally:
+        if early.poll() is None:
+            early.kill()
+            early.wait()
         rec.send_signal(signal.SIGTERM)
         assert rec.wait(timeout=60) == 0
     exchanges = {
@@ -97,6 +113,8 @@ def test_every_connection_is_complete_and_right_on_the_side_concerned(
 
 def test_the_cases_did_what_they_say(corpus: dict[str, Any]) -> None:
     """The corpus keeps its meaning: fds reused at once, connections under a millisecond."""
+    early = corpus["clients"]["before-attach"]
+    assert len({d["client_port"] for d in early}) == 1  # one connection, opened before
     reuse = corpus["clients"]["fd-reuse"]
     assert len({d["fd"] for d in reuse}) == 1  # every connection took the same fd number
     short = corpus["clients"]["short"]
@@ -111,8 +129,10 @@ def test_no_connection_of_the_corpus_lost_its_address(corpus: dict[str, Any]) ->
     st = corpus["decode"]
     conns = st.collector["connections"]
     assert conns["accept_no_sock"] == 0 and conns["accept_no_addr"] == 0, conns
-    # prefork children and dup2 are found on their sockets (2 x N connections at least)
-    assert conns["infer_sock"] >= 2 * N, conns
+    # prefork children and dup2 are found on their sockets (2 x N connections), and the
+    # connection opened before the attach on both ends
+    assert conns["infer_sock"] >= 2 * N + 2, conns
+    assert st.socket_addresses >= 2 * N + 2 and not st.addresses_unknown
     ours = corpus["exchanges"]
     assert all(
         not any(d.reason == "no_peer_address" for d in x.degraded)
