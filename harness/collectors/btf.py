@@ -146,13 +146,14 @@ SOCKET_WALK = (
 def socket_walk_defines(path: Path = VMLINUX) -> dict[str, int]:
     """-D settings for the collector's fd -> socket walk; PB_FD_SOCK=0 when BTF is missing."""
     try:
-        blob = path.read_bytes()
-    except OSError:
+        btf = Btf(path.read_bytes())
+        out = {name: btf.offset(s, m) for name, s, m in SOCKET_WALK}
+        # struct sock begins with its sock_common
+        if btf.offset("sock", "__sk_common") != 0:
+            raise CollectorError("struct sock does not begin with __sk_common")
+    except (OSError, CollectorError):
+        # another kernel's layout: the collector falls back to the caller's sockaddr and
+        # sock_diag (the event file's header records PB_FD_SOCK=0)
         return {"PB_FD_SOCK": 0}
-    btf = Btf(blob)
-    out = {name: btf.offset(s, m) for name, s, m in SOCKET_WALK}
-    # struct sock begins with its sock_common
-    if btf.offset("sock", "__sk_common") != 0:
-        raise CollectorError("struct sock does not begin with __sk_common")
     out["PB_FD_SOCK"] = 1
     return out
