@@ -20,7 +20,7 @@ def test_offsets_of_the_running_kernel() -> None:
     assert (d["PB_OFF_SK_DADDR"], d["PB_OFF_SK_SADDR"]) == (0, 4)
     assert (d["PB_OFF_SK_DPORT"], d["PB_OFF_SK_NUM"]) == (12, 14)
     # members found inside anonymous unions and structs, at distinct places
-    walk = [v for k, v in d.items() if k.startswith("PB_OFF_FILE")]
+    walk = [v for k, v in d.items() if k.startswith("PB_OFF_FILE_")]
     assert len(set(walk)) == len(walk) and all(v % 8 == 0 for v in walk)
 
 
