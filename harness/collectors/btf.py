@@ -49,48 +49,54 @@ class _Type:
 
 
 class Btf:
-    """The types of one BTF blob, looked up by struct name."""
+    """The types of one BTF blob, looked up by struct name.
+
+    The type section is scanned once for where each type is; members are decoded only
+    for the structs a look-up walks through (a kernel has some 150k types)."""
 
     def __init__(self, blob: bytes) -> None:
         if len(blob) < 24 or struct.unpack_from("<H", blob, 0)[0] != _MAGIC:
             raise CollectorError("not a BTF blob (bad magic)")
         hdr_len, type_off, type_len, str_off, str_len = struct.unpack_from("<IIIII", blob, 4)
-        types_at = hdr_len + type_off
-        strs = blob[hdr_len + str_off : hdr_len + str_off + str_len]
-
-        def name(off: int) -> str:
-            return strs[off : strs.index(b"\0", off)].decode()
-
-        self.types: list[_Type | None] = [None]  # id 0 is void
+        self.blob = blob
+        self.strs = blob[hdr_len + str_off : hdr_len + str_off + str_len]
+        # per type id: (kind, name_off, size or type, position of what follows, vlen, kflag)
+        self.index: list[tuple[int, int, int, int, int, int]] = [(0, 0, 0, 0, 0, 0)]
         self.by_name: dict[str, int] = {}
-        pos, end = types_at, types_at + type_len
+        pos, end = hdr_len + type_off, hdr_len + type_off + type_len
+        unpack = struct.Struct("<III").unpack_from
         while pos < end:
-            name_off, info, size = struct.unpack_from("<III", blob, pos)
+            name_off, info, size = unpack(blob, pos)
             pos += 12
             kind, vlen, kflag = (info >> 24) & 0x1F, info & 0xFFFF, info >> 31
             extra, per_member = _EXTRA.get(kind, (None, False))
             if extra is None:
                 raise CollectorError(f"unknown BTF kind {kind}")
-            members: tuple[_Member, ...] = ()
-            if kind in (_STRUCT, _UNION):
-                ms = []
-                for i in range(vlen):
-                    m_name, m_type, m_off = struct.unpack_from("<III", blob, pos + 12 * i)
-                    bits = m_off >> 24 if kflag else 0
-                    off = m_off & 0xFFFFFF if kflag else m_off
-                    ms.append(_Member(name(m_name), m_type, off, bits))
-                members = tuple(ms)
+            self.index.append((kind, name_off, size, pos, vlen, kflag))
+            if kind in (_STRUCT, _UNION) and name_off:
+                self.by_name.setdefault(self._name(name_off), len(self.index) - 1)
             pos += extra * vlen if per_member else extra
-            t = _Type(kind, name(name_off), size, members)
-            if kind in (_STRUCT, _UNION) and t.name and t.name not in self.by_name:
-                self.by_name[t.name] = len(self.types)
-            self.types.append(t)
+
+    def _name(self, off: int) -> str:
+        return self.strs[off : self.strs.index(b"\0", off)].decode()
+
+    def _type(self, type_id: int) -> _Type:
+        kind, name_off, size, pos, vlen, kflag = self.index[type_id]
+        members: tuple[_Member, ...] = ()
+        if kind in (_STRUCT, _UNION):
+            ms = []
+            for i in range(vlen):
+                m_name, m_type, m_off = struct.unpack_from("<III", self.blob, pos + 12 * i)
+                bits = m_off >> 24 if kflag else 0
+                off = m_off & 0xFFFFFF if kflag else m_off
+                ms.append(_Member(self._name(m_name), m_type, off, bits))
+            members = tuple(ms)
+        return _Type(kind, self._name(name_off), size, members)
 
     def _resolve(self, type_id: int) -> _Type | None:
-        t = self.types[type_id]
-        while t is not None and t.kind in _ALIASES:
-            t = self.types[t.size]
-        return t
+        while type_id and self.index[type_id][0] in _ALIASES:
+            type_id = self.index[type_id][2]
+        return self._type(type_id) if type_id else None
 
     def _find(self, t: _Type, member: str) -> int | None:
         """Bit offset of a member, looking into anonymous structs and unions."""
@@ -110,9 +116,9 @@ class Btf:
     def offset(self, struct_name: str, member: str) -> int:
         """Byte offset of ``struct_name.member`` (members of anonymous parts included)."""
         tid = self.by_name.get(struct_name)
-        t = self.types[tid] if tid is not None else None
-        if t is None:
+        if tid is None:
             raise CollectorError(f"the kernel's BTF has no struct {struct_name}")
+        t = self._type(tid)
         off = self._find(t, member)
         if off is None:
             raise CollectorError(f"the kernel's struct {struct_name} has no member {member}")
