@@ -42,4 +42,11 @@ def summary_table(metrics: dict[str, Any]) -> str:
         if r["degraded_by_reason"]:
             reasons = ", ".join(f"{k}={v}" for k, v in r["degraded_by_reason"].items())
             lines.append(f"{'':<9} {'':<12} {'':<6}   reasons: {reasons}")
+    # connections a collector kept without an address, by reason (never dropped silently)
+    for name, c in (metrics.get("collectors") or {}).items():
+        for variant, v in c.items():
+            unknown = isinstance(v, dict) and (v.get("decode") or {}).get("addresses_unknown")
+            if unknown:
+                why = ", ".join(f"{k}={n}" for k, n in sorted(unknown.items()))
+                lines.append(f"{name} {variant}: connections without an address: {why}")
     return "\n".join(lines)
