@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from harness.analysis.match import match
 from harness.analysis.metrics import DEFINITIONS, Row, score
 from harness.analysis.observed import VARIANTS, Variant, kprobe_exchanges
 from harness.errors import RunDirError
@@ -59,9 +60,24 @@ def _variants(collector: str, attach: str, protocol: str, simulated: bool) -> li
     return out
 
 
-def _window(xs: list[Exchange], until: int | None) -> list[Exchange]:
-    """The exchanges that started before the observation's end (all when it has none)."""
-    return xs if until is None else [x for x in xs if (x.t_start_ns or 0) <= until]
+def _window(
+    truth: list[Exchange], seen: list[Exchange], until: int | None
+) -> tuple[list[Exchange], list[Exchange]]:
+    """Truth that started before the observation's end, and what a collector saw of it.
+
+    Cut on the truth's clock and carried over through the pairing: a client's send begins
+    a moment before its packet is on the wire, so one cut on both would leave that exchange
+    a phantom on one side of it."""
+    if until is None:
+        return truth, seen
+    kept = [t for t in truth if (t.t_start_ns or 0) <= until]
+    ids = {id(t) for t in kept}
+    partner = {id(v.observed): id(v.truth) for v in match(truth, seen).pairs}
+    return kept, [
+        x
+        for x in seen
+        if (partner[id(x)] in ids if id(x) in partner else (x.t_start_ns or 0) <= until)
+    ]
 
 
 def replay(
@@ -141,7 +157,7 @@ def replay(
                 )  # fmt: skip
                 row.lost_events = int(info.get("lost_events", 0) or 0)
                 seen = [x for x in observed if x.side == side]
-                score(row, _window(truth, until), _window(seen, until), attach_ns)
+                score(row, *_window(truth, seen, until), attach_ns)
                 rows.append(row.to_dict())
     metrics = {
         "run_id": manifest.run_id,

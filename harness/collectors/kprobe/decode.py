@@ -91,7 +91,9 @@ class DecodeStats:
     lost_chunks: int = 0  # calls whose captured bytes end early because an event was lost
     lost_call_starts: int = 0  # events of calls whose first event was lost (dropped)
     opened_unseen: int = 0  # connections known only from data: their open event was lost
-    responses_before_request: int = 0  # HTTP/1 segments left out after a loss (see below)
+    # HTTP/1 segments left out after a loss or before the first request of a connection
+    # found mid-stream (see _trim_to_first_request)
+    responses_before_request: int = 0
     seq_reordered: int = 0  # a call numbered before one already seen (threads racing)
     legacy_layout: bool = False  # recorded before seq/part: losses cannot be located
     # connections found by the kernel's fd -> socket walk (opened before the attach, in a
@@ -425,7 +427,9 @@ def decode(
             if conn.proto == "unknown":
                 conn.proto = prev.proto
     for conn in done:
-        if conn.after_loss and conn.proto == "http1":
+        # found mid-stream (after a loss, or opened before the attach): responses before the
+        # first request seen answer requests no one saw
+        if (conn.after_loss or not conn.from_start) and conn.proto == "http1":
             st.responses_before_request += _trim_to_first_request(conn)
     kept = [c for c in done if c.send or c.recv]
     for conn in kept:
