@@ -16,7 +16,7 @@ CURRENT_GRPC_GO = GRPC_GO_VERSIONS[-1]
 OBSERVE = "observe"  # the scenario name of runs whose workload a user brought
 NODE_DIR = SCEN_DIR / "node"
 JAVA_DIR = SCEN_DIR / "java"
-RUST_BIN = SCEN_DIR / "rust" / "target" / "release"
+RUST_BIN = SCEN_DIR / "rust" / "bin"
 # Languages of the targets (--client/--server), and the protocols each one speaks.
 LANGS = ("py", "go", "node", "java", "rust")
 LANG_PROTOS = {"py": {"http10", "http11", "grpc"}, "go": {"http10", "http11", "grpc"},
