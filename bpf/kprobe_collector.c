@@ -209,6 +209,63 @@ static __always_inline void want_address(struct conn_key *k, u64 ts) {
     addr_wanted.update(k, &ts);
 }
 
+/* ---- the socket behind an fd (PB_FD_SOCK): addresses that never depend on what
+ * the caller passed to accept(), and a socket check for data on fds not seen
+ * opened. The kernel headers bcc compiles against may be another kernel's, so
+ * members are read at offsets from the running kernel's BTF (-D PB_OFF_*,
+ * harness/collectors/btf.py), never through the headers' structs. */
+#ifndef PB_FD_SOCK
+#define PB_FD_SOCK 0
+#endif
+BPF_PERCPU_ARRAY(conn_stats, u64, PB_CSTAT_MAX);
+static __always_inline void cstat_add(u32 idx) {
+    u64 *v = conn_stats.lookup(&idx);
+    if (v) *v += 1;
+}
+#define PB_KREAD(dst, base, off) bpf_probe_read_kernel(&(dst), sizeof(dst), (void *)((base) + (off)))
+/* 1: fd is a connected TCP socket of the current process; its family, ports and
+ * addresses are in c. 0: not one (a file, a pipe, UDP, unconnected, gone). */
+static __always_inline int fd_sock(s32 fd, struct conn_info *c) {
+#if PB_FD_SOCK
+    cstat_add(PB_CSTAT_SOCK_WALKS);
+    if (fd < 0) return 0;
+    u64 task = bpf_get_current_task();
+    u64 files = 0, fdt = 0, arr = 0, file = 0, inode = 0, sock = 0, sk = 0;
+    u32 max = 0;
+    u16 mode = 0, family = 0, proto = 0, type = 0, num = 0, dport = 0;
+    if (PB_KREAD(files, task, PB_OFF_TASK_FILES) || !files) return 0;
+    if (PB_KREAD(fdt, files, PB_OFF_FILES_FDT) || !fdt) return 0;
+    if (PB_KREAD(max, fdt, PB_OFF_FDT_MAX) || (u32)fd >= max) return 0;
+    if (PB_KREAD(arr, fdt, PB_OFF_FDT_FD) || !arr) return 0;
+    if (PB_KREAD(file, arr, (u64)fd * 8) || !file) return 0;
+    if (PB_KREAD(inode, file, PB_OFF_FILE_INODE) || !inode) return 0;
+    if (PB_KREAD(mode, inode, PB_OFF_INODE_MODE) || (mode & 0170000) != 0140000) return 0;
+    if (PB_KREAD(sock, file, PB_OFF_FILE_PRIV) || !sock) return 0;
+    if (PB_KREAD(sk, sock, PB_OFF_SOCKET_SK) || !sk) return 0;
+    PB_KREAD(family, sk, PB_OFF_SK_FAMILY);
+    PB_KREAD(proto, sk, PB_OFF_SK_PROTOCOL);
+    PB_KREAD(type, sk, PB_OFF_SK_TYPE);
+    if ((family != AF_INET && family != AF_INET6) || proto != IPPROTO_TCP || type != 1 /* SOCK_STREAM */)
+        return 0;
+    PB_KREAD(num, sk, PB_OFF_SK_NUM);
+    PB_KREAD(dport, sk, PB_OFF_SK_DPORT);
+    if (!num || !dport) return 0;  /* not connected */
+    c->family = family;
+    c->lport = num;
+    c->rport = bpf_ntohs(dport);
+    if (family == AF_INET) {
+        bpf_probe_read_kernel(c->laddr, 4, (void *)(sk + PB_OFF_SK_SADDR));
+        bpf_probe_read_kernel(c->raddr, 4, (void *)(sk + PB_OFF_SK_DADDR));
+    } else {
+        bpf_probe_read_kernel(c->laddr, 16, (void *)(sk + PB_OFF_SK_V6_SADDR));
+        bpf_probe_read_kernel(c->raddr, 16, (void *)(sk + PB_OFF_SK_V6_DADDR));
+    }
+    return 1;
+#else
+    return 0;
+#endif
+}
+
 /* ---- connect: SYN_SENT (in the caller's context) ties the sock to the fd,
  * ESTABLISHED (any context) brings the full 4-tuple. */
 static __always_inline int on_connect_enter(int fd) {
@@ -261,8 +318,9 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
         }
         conns.update(&key, &c);
         emit_conn(PB_EV_CONN, &key, &c, ((u64)key.tgid << 32));
-    } else if (args->oldstate == TCP_SYN_RECV_) {
-        /* passive open: remember local address by peer, for accept() to find */
+    } else if (!PB_FD_SOCK && args->oldstate == TCP_SYN_RECV_) {
+        /* passive open: remember local address by peer, for accept() to find
+         * (with PB_FD_SOCK, accept reads both addresses from the socket) */
         struct addr_key pk = {};
         struct addr_val lv = {};
         pk.port = args->dport;
@@ -302,7 +360,9 @@ static __always_inline int on_accept_exit(long ret) {
     struct conn_info c = {};
     c.role = PB_ROLE_SERVER;
     c.from_start = 1;
-    if (addr) {
+    int from_sock = fd_sock(key.fd, &c);
+    if (!from_sock && PB_FD_SOCK) cstat_add(PB_CSTAT_ACCEPT_NO_SOCK);
+    if (!from_sock && addr) {
         u16 family = 0;
         bpf_probe_read_user(&family, sizeof(family), (void *)addr);
         struct addr_key pk = {};
@@ -333,7 +393,10 @@ static __always_inline int on_accept_exit(long ret) {
     if (c.lport && !port_traced(c.lport, c.rport)) return 0;
     conns.update(&key, &c);
     u64 ts = emit_conn(PB_EV_CONN, &key, &c, id);
-    if (!c.lport) want_address(&key, ts);
+    if (!c.lport) {
+        cstat_add(PB_CSTAT_ACCEPT_NO_ADDR);
+        want_address(&key, ts);
+    }
     return 0;
 }
 TRACEPOINT_PROBE(syscalls, sys_enter_accept) { return on_accept_enter((u64)args->upeer_sockaddr); }
@@ -350,6 +413,46 @@ TRACEPOINT_PROBE(syscalls, sys_enter_close) {
     if (c->proto != PB_IGNORED) emit_conn(PB_EV_CLOSE, &key, c, id);
     conns.delete(&key);
     return 0;
+}
+
+/* dup2/dup3 onto an fd in the table close what it held, without a close() */
+static __always_inline int on_fd_replaced(long ret) {
+    if (ret < 0) return 0;
+    u64 id = bpf_get_current_pid_tgid();
+    struct conn_key key = {.tgid = id >> 32, .fd = (s32)ret};
+    struct conn_info *c = conns.lookup(&key);
+    if (!c) return 0;
+    if (c->proto != PB_IGNORED) emit_conn(PB_EV_CLOSE, &key, c, id);
+    conns.delete(&key);
+    return 0;
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_dup2) { return on_fd_replaced(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_dup3) { return on_fd_replaced(args->ret); }
+
+/* Data on an fd not in the table (a connection opened before the attach, in a
+ * child after fork, or through dup): 1 if it is a TCP socket on the traced
+ * ports, its addresses and (from which end has the traced port) role in n. A
+ * TCP socket off the ports is remembered as ignored, so its later calls stop at
+ * the table; other fds (files, pipes) are walked again at each call, since
+ * their numbers can turn into sockets without a close we see (exec). */
+static __always_inline int unseen_socket(struct conn_key *key, struct conn_info *n) {
+    if (!fd_sock(key->fd, n)) return 0;
+#if PB_FILTER_PORTS
+    /* values read, not pointers compared: clang would OR the two pointers */
+    u8 server = 0, client = 0;
+    u8 *sv = ports.lookup(&n->lport);
+    if (sv) server = *sv;
+    u8 *cv = ports.lookup(&n->rport);
+    if (cv) client = *cv;
+    if (!server && !client) {
+        cstat_add(PB_CSTAT_OTHER_PORTS);
+        struct conn_info ign = {.proto = PB_IGNORED};
+        conns.update(key, &ign);
+        return 0;
+    }
+    if (server != client) n->role = server ? PB_ROLE_SERVER : PB_ROLE_CLIENT;
+#endif
+    return 1;
 }
 
 TRACEPOINT_PROBE(sched, sched_process_exit) {
@@ -799,6 +902,9 @@ int data_fn(void *ctx) {
     struct conn_key key = dc->key;
     struct conn_info *c = conns.lookup(&key);
     if (c && c->proto == PB_IGNORED) return 0;
+    struct conn_info n = {};
+    int sock = !c && unseen_socket(&key, &n);
+    if (!c && PB_FD_SOCK && !sock) return 0;
 
     /* where the first bytes are, for inference */
     u64 first = a.buf;
@@ -814,21 +920,27 @@ int data_fn(void *ctx) {
         bpf_probe_read_user(head, sizeof(head), (void *)first);
         u8 p = infer(head, first_len, c ? c->from_start : 0);
         if (!c) {
-            /* Connections opened before attach are inferred only in processes
-             * named as targets: without a socket check, any file read could
-             * pass for an HTTP/2 frame. */
-            if (!PB_FILTER_TGID || !p) return 0;  /* !p: maybe mid-message, retry next call */
-            struct conn_info n = {};
+            /* Connections opened before attach are inferred only on sockets
+             * (PB_FD_SOCK), or else only in processes named as targets: without
+             * a socket check, any file read could pass for an HTTP/2 frame. */
+            if ((!PB_FILTER_TGID && !sock) || !p) return 0;  /* !p: maybe mid-message, retry next call */
             n.proto = p;
             /* who sends a request or a preface is the client */
             int req = p == PB_PROTO_HTTP2 ? starts((const char *)head, "PRI ", 4)
                                           : !starts((const char *)head, "HTTP/1.", 7);
-            if ((p == PB_PROTO_HTTP2 && !req) || p == PB_PROTO_TLS) n.role = PB_ROLE_UNKNOWN;
-            else n.role = (req == (a.dir == PB_DIR_SEND)) ? PB_ROLE_CLIENT : PB_ROLE_SERVER;
+            /* else the ports told; a TLS record says nothing of who sent it */
+            if (n.role == PB_ROLE_UNKNOWN && !(p == PB_PROTO_HTTP2 && !req) && p != PB_PROTO_TLS)
+                n.role = (req == (a.dir == PB_DIR_SEND)) ? PB_ROLE_CLIENT : PB_ROLE_SERVER;
             conns.update(&key, &n);
             c = conns.lookup(&key);
             if (!c) return 0;
-            want_address(&key, emit_conn(PB_EV_CONN_INFER, &key, c, id));
+            u64 ts = emit_conn(PB_EV_CONN_INFER, &key, c, id);
+            if (c->lport) {
+                cstat_add(PB_CSTAT_INFER_SOCK);
+            } else {
+                cstat_add(PB_CSTAT_INFER_NO_ADDR);
+                want_address(&key, ts);
+            }
         } else {
             if (!p) {
                 c->proto = PB_IGNORED;

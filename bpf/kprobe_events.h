@@ -111,4 +111,15 @@ struct pb_data_event {
     u8 data[PB_CHUNK];
 };
 
+/* Connection-tracking counters, in their own array (conn_stats): why a
+ * connection's addresses stayed unknown in the kernel, and what the walk from
+ * an fd to its socket (PB_FD_SOCK) decided for sockets not seen opened. */
+#define PB_CSTAT_ACCEPT_NO_SOCK 0  /* accept: the fd's socket unreadable, caller's sockaddr used */
+#define PB_CSTAT_ACCEPT_NO_ADDR 1  /* accept: no address from the socket nor the caller */
+#define PB_CSTAT_INFER_SOCK 2      /* a socket not seen opened, addresses from the socket */
+#define PB_CSTAT_INFER_NO_ADDR 3   /* a connection inferred from bytes alone (no socket walk) */
+#define PB_CSTAT_OTHER_PORTS 4     /* a TCP socket not seen opened, off the traced ports */
+#define PB_CSTAT_SOCK_WALKS 5      /* fd -> socket walks for data on fds not in the table */
+#define PB_CSTAT_MAX 6
+
 #endif

@@ -18,6 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from harness.analysis.match import match
 from harness.analysis.metrics import DEFINITIONS, Row, score
 from harness.analysis.observed import VARIANTS, EncryptedConn, Variant, kprobe_exchanges
 from harness.errors import RunDirError
@@ -166,6 +167,26 @@ def _variants(collector: str, attach: str, protocol: str, simulated: bool) -> li
 PARALLEL_TRUTH_BYTES = 8 << 20
 
 
+def _window(
+    truth: list[Exchange], seen: list[Exchange], until: int | None
+) -> tuple[list[Exchange], list[Exchange]]:
+    """Truth that started before the observation's end, and what a collector saw of it.
+
+    Cut on the truth's clock and carried over through the pairing: a client's send begins
+    a moment before its packet is on the wire, so one cut on both would leave that exchange
+    a phantom on one side of it."""
+    if until is None:
+        return truth, seen
+    kept = [t for t in truth if (t.t_start_ns or 0) <= until]
+    ids = {id(t) for t in kept}
+    partner = {id(v.observed): id(v.truth) for v in match(truth, seen).pairs}
+    return kept, [
+        x
+        for x in seen
+        if (partner[id(x)] in ids if id(x) in partner else (x.t_start_ns or 0) <= until)
+    ]
+
+
 def _extract(
     pcap: Path, http1_ports: list[int], h2c_ports: list[int], offset: int,
     keylog: Path | None = None,
@@ -299,6 +320,9 @@ def replay(
     workload = workload_exchanges(run_dir / WORKLOAD) if has_workload else []
     tvw = match_workload(truth, run_dir / WORKLOAD) if has_workload else None
     rows: list[dict[str, Any]] = []
+    # observe: when the collectors were told to stop; traffic of services outside the
+    # command goes on, and what the capture saw after that was no collector's to see
+    until = p.get("observed_until_ns")
     frames: dict[str, list[Exchange]] = {"truth": truth, "workload": workload}
     collectors: dict[str, Any] = {}
     attach_mode = p["attach"] if attach_at_s is None else f"at+{attach_at_s:g}s"
@@ -316,11 +340,13 @@ def replay(
                 tls=tls_version,
             )  # fmt: skip
             row.lost_events = int(info.get("lost_events", 0) or 0)
-            score(row, truth, [x for x in observed if x.side == side], attach_ns)
+            seen = [x for x in observed if x.side == side]
+            in_window, seen = _window(truth, seen, until)
+            score(row, in_window, seen, attach_ns)
             if name == "tls":
                 row.not_covered = tls_not_covered(p.get(side), h2c)
             if encrypted:
-                row.undecodable["encrypted"] = encrypted_count(truth, encrypted, side,
+                row.undecodable["encrypted"] = encrypted_count(in_window, encrypted, side,
                                                                attach_ns)  # fmt: skip
             rows.append(row.to_dict())
     metrics = {

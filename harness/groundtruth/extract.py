@@ -579,6 +579,8 @@ class _Call:
     grpc_bytes: list[int] = field(default_factory=lambda: [0, 0])
     grpc_msgs: list[int] = field(default_factory=lambda: [0, 0])
     ended: list[bool] = field(default_factory=lambda: [False, False])
+    # header blocks with fields Wireshark could not resolve (by direction: req, resp)
+    hpack_unknown: list[bool] = field(default_factory=lambda: [False, False])
 
 
 def _pairs_get(pairs: list[tuple[str, Any]], key: str) -> Any:
@@ -605,7 +607,10 @@ def _h2_streams(layer: Any) -> list[list[tuple[str, Any]]]:
 
 def _apply_headers(call: _Call, to_server: bool, hdrs: list[tuple[str, str]]) -> None:
     x = call.x
-    regular = {n: v for n, v in hdrs if not n.startswith(":")}
+    if any(n == "<unknown>" for n, _ in hdrs):
+        # an HPACK index into a dynamic table filled before the capture began
+        call.hpack_unknown[0 if to_server else 1] = True
+    regular = {n: v for n, v in hdrs if not n.startswith(":") and n != "<unknown>"}
     pseudo = {n: v for n, v in hdrs if n.startswith(":")}
     if to_server:
         if call.req_header_blocks == 0:
@@ -709,6 +714,7 @@ class _H2Calls:
                         x.degrade(f"{side}_bytes", "truth_unreliable")
             else:
                 x.req_bytes, x.resp_bytes = call.data_bytes
+            _truth_blind(call)
             if x.status is None:
                 stats.unpaired_requests += 1
                 if x.conn_id != "orphan":
@@ -843,6 +849,23 @@ def _h2(
                 if call is not None:
                     last = call
     return h2.finish()
+
+
+def _truth_blind(call: _Call) -> None:
+    """A stream on a connection whose start the capture missed (Wireshark's HPACK table is
+    empty): what its header blocks could not name is unknown to the truth, not absent."""
+    x = call.x
+    if call.hpack_unknown[0]:
+        for f in ("method", "path", "authority", "req_headers"):
+            if f == "req_headers" or getattr(x, f) is None:
+                x.degrade(f, "truth_hpack_unknown")
+    if call.hpack_unknown[1] and x.grpc_status is None:
+        for f in ("grpc_status", "grpc_message"):
+            x.degrade(f, "truth_hpack_unknown")
+    if any(call.hpack_unknown) and x.protocol != "h2c-grpc":
+        # gRPC or not is unknown (content-type unresolved): so is what the body sizes count
+        for f in ("req_bytes", "resp_bytes", "req_messages", "resp_messages"):
+            x.degrade(f, "truth_hpack_unknown")
 
 
 def extract_exchanges(

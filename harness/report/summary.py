@@ -49,4 +49,11 @@ def summary_table(metrics: dict[str, Any]) -> str:
         if r.get("undecodable"):
             seen = ", ".join(f"{k}={v}" for k, v in r["undecodable"].items())
             lines.append(f"{'':<9} {'':<12} {'':<6}   seen, not decodable: {seen}")
+    # connections a collector kept without an address, by reason (never dropped silently)
+    for name, c in (metrics.get("collectors") or {}).items():
+        for variant, v in c.items():
+            unknown = isinstance(v, dict) and (v.get("decode") or {}).get("addresses_unknown")
+            if unknown:
+                why = ", ".join(f"{k}={n}" for k, n in sorted(unknown.items()))
+                lines.append(f"{name} {variant}: connections without an address: {why}")
     return "\n".join(lines)

@@ -115,6 +115,9 @@ def observe(
                 tail = (run_dir / "workload.log").read_text(errors="replace").strip()
                 raise TargetError(f"the workload exited with code {code}: {tail[-300:]}")
             time.sleep(0.2)
+            # the end of the observation: services outside the command keep talking while
+            # the collectors stop and the capture closes; replay scores up to here
+            manifest.params["observed_until_ns"] = time.monotonic_ns()
             for rc in running:
                 manifest.collectors[rc.name].update(stop_collector(procs, rc))
             uprobe = manifest.collectors.get("uprobe", {})

@@ -51,7 +51,7 @@ class Connection:
     opened_ns: int
     local: Endpoint | None = None
     remote: Endpoint | None = None
-    addr_source: str | None = None  # connect | accept | sockdiag
+    addr_source: str | None = None  # connect | accept | socket | sockdiag
     closed_ns: int | None = None
     send: list[Segment] = field(default_factory=list)
     recv: list[Segment] = field(default_factory=list)
@@ -91,9 +91,16 @@ class DecodeStats:
     lost_chunks: int = 0  # calls whose captured bytes end early because an event was lost
     lost_call_starts: int = 0  # events of calls whose first event was lost (dropped)
     opened_unseen: int = 0  # connections known only from data: their open event was lost
-    responses_before_request: int = 0  # HTTP/1 segments left out after a loss (see below)
+    # HTTP/1 segments left out after a loss or before the first request of a connection
+    # found mid-stream (see _trim_to_first_request)
+    responses_before_request: int = 0
     seq_reordered: int = 0  # a call numbered before one already seen (threads racing)
     legacy_layout: bool = False  # recorded before seq/part: losses cannot be located
+    # connections found by the kernel's fd -> socket walk (opened before the attach, in a
+    # forked child, through dup), with their addresses from the socket itself
+    socket_addresses: int = 0
+    # connections with data whose addresses stayed unknown, by reason (never dropped silently)
+    addresses_unknown: dict[str, int] = field(default_factory=dict)
     collector: dict[str, Any] = field(default_factory=dict)  # the recorder's final stats
 
 
@@ -393,6 +400,13 @@ def decode(
             conn.addr_source = "connect" if conn.role == "client" else "accept"
         else:
             st.inferred_connections += 1
+            # the kernel read these from the socket: the in-kernel twin of the sock_diag
+            # step, so the no-sockdiag variant leaves them out as well
+            if ev.lport and ev.rport and ev.family in (2, 10) and use_sockdiag:
+                conn.local = Endpoint(_ip(bytes(ev.laddr), ev.family), ev.lport)
+                conn.remote = Endpoint(_ip(bytes(ev.raddr), ev.family), ev.rport)
+                conn.addr_source = "socket"
+                st.socket_addresses += 1
         live[key] = conn
         st.connections += 1
     for key in list(pending):
@@ -427,9 +441,32 @@ def decode(
             if conn.proto == "unknown":
                 conn.proto = prev.proto
     for conn in done:
-        if conn.after_loss and conn.proto == "http1":
+        # found mid-stream (after a loss, or opened before the attach): responses before the
+        # first request seen answer requests no one saw
+        if (conn.after_loss or not conn.from_start) and conn.proto == "http1":
             st.responses_before_request += _trim_to_first_request(conn)
-    return [c for c in done if c.send or c.recv], st
+    kept = [c for c in done if c.send or c.recv]
+    for conn in kept:
+        if conn.local is None or conn.remote is None:
+            reason = _why_no_address(conn, answers, use_sockdiag)
+            st.addresses_unknown[reason] = st.addresses_unknown.get(reason, 0) + 1
+    return kept, st
+
+
+def _why_no_address(
+    conn: Connection, answers: dict[tuple[int, int, int], dict[str, Any]], use_sockdiag: bool
+) -> str:
+    """Why a connection has no address: the reasons are what the report counts."""
+    if conn.after_loss:
+        return "open_event_lost"  # its open (or the part before a loss) was never seen
+    if not use_sockdiag and not conn.from_start:
+        return "lookup_disabled"  # the no-sockdiag variant
+    rec = answers.get((conn.tgid, conn.fd, conn.opened_ns))
+    if rec is not None:
+        return "socket_gone"  # sock_diag asked, the socket was already closed
+    if conn.from_start:
+        return "accept_unreadable"  # neither the socket nor the caller's sockaddr could be read
+    return "not_looked_up"
 
 
 def call_segments(ts: int, orig: int, parts: list[tuple[int, bytes]]) -> list[Segment]:

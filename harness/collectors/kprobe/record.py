@@ -25,6 +25,7 @@ from typing import Any
 
 from harness.collectors import sockdiag
 from harness.collectors.bpfsource import compile_program, percpu_totals
+from harness.collectors.btf import socket_walk_defines
 from harness.collectors.cli import recorder_parser, stop_flag, stopped_by, write_stats
 from harness.collectors.eventfile import KERNEL, EventWriter
 from harness.collectors.kprobe.layout import (
@@ -73,6 +74,8 @@ class Recorder:
             "PB_CALL_LIMIT": max_capture,
             "PB_RINGBUF_PAGES": ringbuf_pages,
         }
+        # fd -> socket walk at the running kernel's offsets (connections' own addresses)
+        self.defines.update(socket_walk_defines())
         if Path("/sys/kernel/btf/vmlinux").exists():
             self.defines["PB_TASK_STORAGE"] = 1  # bpf_get_current_task_btf needs kernel BTF
         if 0 < len(tgids) <= INLINE_TGIDS:
@@ -170,12 +173,14 @@ class Recorder:
         t0 = time.monotonic()
         bpf = compile_program(PROGRAM, self.defines)
         try:
-            self._load_walkers(bpf)
+            # filters first: data calls reach the walkers as soon as they are loaded, and a
+            # socket not seen opened that meets an empty port filter is remembered as ignored
             targets, ports = bpf["targets"], bpf["ports"]
             for t in self.tgids:
                 targets[ctypes.c_uint32(t)] = ctypes.c_uint8(1)
             for p in self.ports:
                 ports[ctypes.c_uint16(p)] = ctypes.c_uint8(1)
+            self._load_walkers(bpf)
             rings = RingSet()
             batch = self._batch()
             rings.add_batch(bpf["events"], batch)
@@ -269,6 +274,7 @@ class Recorder:
             "tail_call_failures": totals[d["PB_STAT_TAIL_FAILED"]] - self.tail_failed_before_attach,
             "records_written": self.writer.records,
             "bytes_written": self.writer.bytes,
+            "connections": conn_stats(bpf, d),
             "sockdiag_lookups": self.sockdiag_lookups,
             "sockdiag_misses": self.sockdiag_misses,
             "cpu_user_s": ru.ru_utime,
@@ -276,6 +282,14 @@ class Recorder:
         }
 
 
+def conn_stats(bpf: Any, d: dict[str, int]) -> dict[str, int]:
+    """The connection-tracking counters (PB_CSTAT_* in kprobe_events.h), by name."""
+    totals = percpu_totals(bpf["conn_stats"], d["PB_CSTAT_MAX"])
+    return {
+        k[len("PB_CSTAT_") :].lower(): totals[v]
+        for k, v in d.items()
+        if k.startswith("PB_CSTAT_") and k != "PB_CSTAT_MAX"
+    }
 def program_names(bpf: Any) -> dict[str, str]:
     """Kernel program id -> full function name (bpftool shows only 15 characters), so the
     overhead bench can name each program's run time."""

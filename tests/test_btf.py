@@ -1,0 +1,42 @@
+"""Kernel struct offsets from BTF, for the kernel-side collector's fd -> socket walk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.collectors.btf import VMLINUX, Btf, socket_walk_defines
+from harness.errors import CollectorError
+
+needs_btf = pytest.mark.skipif(not VMLINUX.exists(), reason="no /sys/kernel/btf/vmlinux")
+
+
+@needs_btf
+def test_offsets_of_the_running_kernel() -> None:
+    d = socket_walk_defines()
+    assert d["PB_FD_SOCK"] == 1
+    # sock_common's head has kept its layout for a decade: addresses, then ports
+    assert (d["PB_OFF_SK_DADDR"], d["PB_OFF_SK_SADDR"]) == (0, 4)
+    assert (d["PB_OFF_SK_DPORT"], d["PB_OFF_SK_NUM"]) == (12, 14)
+    # members found inside anonymous unions and structs, at distinct places
+    walk = [v for k, v in d.items() if k.startswith("PB_OFF_FILE_")]
+    assert len(set(walk)) == len(walk) and all(v % 8 == 0 for v in walk)
+
+
+@needs_btf
+def test_a_missing_member_is_a_clear_error() -> None:
+    btf = Btf(VMLINUX.read_bytes())
+    with pytest.raises(CollectorError, match="has no member"):
+        btf.offset("sock_common", "no_such_member")
+    with pytest.raises(CollectorError, match="no struct"):
+        btf.offset("no_such_struct", "x")
+
+
+def test_not_btf_falls_back_to_no_socket_walk(tmp_path: Path) -> None:
+    bad = tmp_path / "vmlinux"
+    bad.write_bytes(b"\0" * 64)
+    with pytest.raises(CollectorError, match="not a BTF blob"):
+        Btf(bad.read_bytes())
+    assert socket_walk_defines(bad) == {"PB_FD_SOCK": 0}
+    assert socket_walk_defines(tmp_path / "absent") == {"PB_FD_SOCK": 0}

@@ -1,0 +1,30 @@
+"""observe scores up to the moment the collectors were told to stop."""
+
+from __future__ import annotations
+
+from harness.analysis.replay import _window
+from harness.model import Exchange
+
+UNTIL = 10_000
+
+
+def _x(source: str, t: int, port: int) -> Exchange:
+    return Exchange(
+        source=source, side="client" if source != "truth" else "wire", protocol="http/1.1",
+        client_ip="127.0.0.1", client_port=port, server_ip="127.0.0.1", server_port=80,
+        conn_seq=0, method="GET", path="/", status=200, t_start_ns=t,
+    )  # fmt: skip
+
+
+def test_truth_after_the_end_is_not_scored_and_pairs_stay_whole() -> None:
+    truth = [_x("truth", 5_000, 1), _x("truth", UNTIL + 50, 2), _x("truth", UNTIL + 9_000, 3)]
+    # port 2: the client's send began just before the end, its packet left just after
+    seen = [_x("kprobe", 5_000, 1), _x("kprobe", UNTIL - 50, 2), _x("kprobe", UNTIL + 9_000, 3)]
+    t, s = _window(truth, seen, UNTIL)
+    assert [x.client_port for x in t] == [1]
+    assert [x.client_port for x in s] == [1]  # no phantom from either edge
+
+
+def test_without_an_end_everything_is_scored() -> None:
+    truth, seen = [_x("truth", UNTIL * 9, 1)], [_x("kprobe", UNTIL * 9, 1)]
+    assert _window(truth, seen, None) == (truth, seen)
