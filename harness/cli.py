@@ -112,7 +112,10 @@ def cmd_matrix(a: argparse.Namespace) -> int:
     if a.cell:
         print(run_cell(a.cell, a.out, _progress))
         return 0
-    report = run_matrix(quick=a.quick, out=a.out, report_dir=a.report, progress=_progress,
+    if a.quick and a.full:
+        raise ProbebenchError("--quick and --full are two different matrices: choose one")
+    report = run_matrix(quick=a.quick, full=a.full, out=a.out, report_dir=a.report,
+                        progress=_progress,
                         overhead=not a.no_overhead)
     print(report)
     return 0
@@ -230,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("matrix", help="run the default matrix, then the report")
     p.add_argument("--quick", action="store_true", help="a small matrix (minutes)")
+    p.add_argument("--full", action="store_true",
+                   help="every cell: each further stack, TLS pair, grpc-go build and mode")
     p.add_argument("--out", type=Path, default=DEFAULT_RUNS)
     p.add_argument("--report", type=Path, default=repo_root() / "results" / "latest")
     p.add_argument(

@@ -20,8 +20,8 @@ EARLY = "20261125T132142-grpc-unary-go2go-early-v1.85.0"
 BOTH = ("kprobe", "uprobe")
 
 
-def test_default_plan_covers_the_matrix_once() -> None:
-    runs = plan(quick=False)
+def test_full_plan_covers_the_matrix_once() -> None:
+    runs = plan(quick=False, full=True)
     keys = [r.key for r in runs]
     assert len(keys) == len(set(keys))
     runs = [r for r in runs if not r.tls]  # TLS cells: test_tls_cells below
@@ -51,7 +51,7 @@ def test_default_plan_covers_the_matrix_once() -> None:
 
 
 def test_tls_cells_cover_every_scenario_and_language() -> None:
-    tls = [r for r in plan(quick=False) if r.tls]
+    tls = [r for r in plan(quick=False, full=True) if r.tls]
     assert all("tls" in r.collectors and r.spec().tls for r in tls)
     assert {r.scenario for r in tls} == set(SCENARIOS)
     for name, scen in SCENARIOS.items():
@@ -63,7 +63,7 @@ def test_tls_cells_cover_every_scenario_and_language() -> None:
 
 
 def test_default_plan_versions_and_sizes() -> None:
-    for r in plan(quick=False):
+    for r in plan(quick=False, full=True):
         has_go_grpc = SCENARIOS[r.scenario].is_grpc and "go" in (r.client, r.server)
         assert (r.grpc_version is not None) == has_go_grpc, r.key
         assert r.exchanges == matrix.DEFAULT_EXCHANGES[r.scenario]
@@ -73,9 +73,27 @@ def test_default_plan_versions_and_sizes() -> None:
     assert sum(1 for r in plan(quick=False) if r.sweep) >= 3
 
 
+def test_default_plan_samples_every_dimension_of_the_full_one() -> None:
+    full, default = plan(quick=False, full=True), plan(quick=False)
+    assert {r.key for r in default} < {r.key for r in full}
+    assert len(default) <= 100  # scripts/bootstrap matrix: minutes, not an hour
+    # the original six scenarios: every py/go pair and attach, as the reference report has
+    core = {(r.scenario, r.client, r.server, r.attach) for r in default
+            if not r.tls and r.grpc_version in (None, CURRENT_GRPC_GO)}  # fmt: skip
+    for name in ("http10-short", "http11-keepalive", "grpc-unary", "grpc-server-stream",
+                 "grpc-client-stream", "grpc-bidi"):
+        assert {(c, s, a) for n, c, s, a in core if n == name} >= {
+            (c, s, a) for c in ("py", "go") for s in ("py", "go") for a in ("early", "late")}
+    # each further dimension is sampled: stacks, grpc-go builds, TLS, the new HTTP/1 scenarios
+    assert {lang for r in default for lang in (r.client, r.server)} >= set(matrix.MORE_STACKS)
+    assert {r.grpc_version for r in default if r.grpc_version} >= {
+        *GRPC_GO_VERSIONS, *(v + STRIPPED for v in GRPC_GO_VERSIONS)}
+    assert any(r.tls for r in default) and {r.scenario for r in default} == set(SCENARIOS)
+
+
 def test_quick_plan_is_a_handful() -> None:
     runs = [r for r in plan(quick=True, collectors=("kprobe",)) if not r.tls]
-    assert 4 <= len(runs) <= 8
+    assert 4 <= len(runs) <= 10
     assert {r.attach for r in runs} == {"early", "late"}
     assert {r.grpc_version for r in runs} >= {GRPC_GO_VERSIONS[0], CURRENT_GRPC_GO}
     assert any(r.sweep for r in runs)
@@ -201,7 +219,7 @@ def test_run_matrix_reports_on_its_runs(tmp_path: Path, monkeypatch: pytest.Monk
         return d
 
     runs = [MatrixRun("grpc-unary", "go", "go", "early", 60, ("kprobe",), CURRENT_GRPC_GO)]
-    monkeypatch.setattr(matrix, "plan", lambda quick, collectors: runs)
+    monkeypatch.setattr(matrix, "plan", lambda quick, collectors, full=False: runs)
     monkeypatch.setattr("harness.runner.record.record", fake_record)
     monkeypatch.setattr("harness.analysis.replay.replay", lambda d: None)
     out, rep = tmp_path / "runs", tmp_path / "report"

@@ -98,10 +98,42 @@ def _grpc_version(scenario: str, client: str, server: str, version: str) -> str 
     return version if SCENARIOS[scenario].is_grpc and has_go else None
 
 
-def plan(quick: bool, collectors: tuple[str, ...] = ("kprobe", "uprobe")) -> list[MatrixRun]:
-    """The runs of the quick or the default matrix, in the order they are recorded."""
+def plan(
+    quick: bool, collectors: tuple[str, ...] = ("kprobe", "uprobe"), *, full: bool = False
+) -> list[MatrixRun]:
+    """The runs of the quick, the default or the full matrix, in the order they are recorded.
+    The default is the full matrix less the cells that only repeat a dimension it already
+    measures (see _in_default), so `scripts/bootstrap matrix` stays within minutes."""
     if quick:
         return _quick_plan(collectors)
+    runs = _full_plan(collectors)
+    return runs if full else [r for r in runs if _in_default(r)]
+
+
+# The default matrix keeps every scenario x py/go pair x attach of the original six
+# scenarios and samples the other dimensions; --full runs all of them.
+DEFAULT_TLS = {("http11-keepalive", "py", "go", "early"), ("http11-keepalive", "go", "go", "early"),
+               ("grpc-unary", "go", "go", "early"), ("grpc-unary", "go", "go", "late")}  # fmt: skip
+NEW_HTTP1 = ("http11-pipelined", "http11-mixed")
+
+
+def _in_default(r: MatrixRun) -> bool:
+    ver = r.grpc_version or ""
+    if r.tls:
+        return (r.scenario, r.client, r.server, r.attach) in DEFAULT_TLS
+    if {r.client, r.server} - {"py", "go"}:  # further stacks: unary, both ways, both attaches
+        return r.scenario == "grpc-unary"
+    if ver.endswith(STRIPPED):  # every version stripped, unary; late for the current one
+        return r.scenario == "grpc-unary" and (r.attach == "early" or ver.startswith(
+            CURRENT_GRPC_GO))  # fmt: skip
+    if ver and ver != CURRENT_GRPC_GO:  # old grpc-go versions: unary and bidi
+        return r.scenario in ("grpc-unary", "grpc-bidi")
+    if r.scenario in NEW_HTTP1:  # the crossed language pairs
+        return r.client != r.server
+    return True
+
+
+def _full_plan(collectors: tuple[str, ...]) -> list[MatrixRun]:
     runs = []
     for name, scen in SCENARIOS.items():
         n = DEFAULT_EXCHANGES[name]
@@ -186,13 +218,16 @@ def _quick_plan(collectors: tuple[str, ...]) -> list[MatrixRun]:
     ]
 
 
+MATRICES = (("default", False, False), ("full", False, True), ("quick", True, False))
+
+
 def cells() -> list[dict[str, Any]]:
-    """Every cell of the default and the quick matrix, each once (default first), for CI
-    engines that fan the matrix out as jobs."""
+    """Every cell of the default, full and quick matrix, each once, labelled with the first of
+    them that has it, for CI engines that fan the matrix out as jobs."""
     seen: set[str] = set()
     out = []
-    for name, quick in (("default", False), ("quick", True)):
-        for run in plan(quick, available_collectors()):
+    for name, quick, full in MATRICES:
+        for run in plan(quick, available_collectors(), full=full):
             if run.cell_id not in seen:
                 seen.add(run.cell_id)
                 out.append(run.cell(name))
@@ -201,8 +236,8 @@ def cells() -> list[dict[str, Any]]:
 
 def find_cell(cell_id: str) -> MatrixRun:
     """The run a cell id names; an unknown id is an error that says where ids come from."""
-    for quick in (False, True):
-        for run in plan(quick, available_collectors()):
+    for _, quick, full in MATRICES:
+        for run in plan(quick, available_collectors(), full=full):
             if run.cell_id == cell_id:
                 return run
     raise ProbebenchError(f"no matrix cell {cell_id!r}; `probebench matrix --list` prints them")
@@ -262,8 +297,8 @@ class State:
         self.save()
 
 
-def state_path(out: Path, quick: bool) -> Path:
-    return out / f"matrix-{'quick' if quick else 'default'}.state.json"
+def state_path(out: Path, quick: bool, full: bool = False) -> Path:
+    return out / f"matrix-{'quick' if quick else 'full' if full else 'default'}.state.json"
 
 
 # -- running --------------------------------------------------------------------------------------
@@ -448,8 +483,8 @@ def closing_overhead_pass(out: Path, quick: bool, progress: Progress) -> Overhea
 
 
 def run_matrix(quick: bool, out: Path, report_dir: Path, progress: Progress, *,
-               overhead: bool = False) -> Path:
-    """Record the quick or default matrix under ``out`` (resuming from its state file), then
+               overhead: bool = False, full: bool = False) -> Path:
+    """Record the quick, default or full matrix under ``out`` (resuming from its state file), then
     (with ``overhead``) the closing overhead pass, then build the report of its runs into
     ``report_dir``; returns the report's path."""
     from harness.report.build import build_report
@@ -457,9 +492,9 @@ def run_matrix(quick: bool, out: Path, report_dir: Path, progress: Progress, *,
     collectors = available_collectors()
     if "uprobe" not in collectors:
         progress("uprobe collector not available in this checkout: recording kprobe only")
-    runs = plan(quick, collectors)
+    runs = plan(quick, collectors, full=full)
     out.mkdir(parents=True, exist_ok=True)
-    state = State.load(state_path(out, quick))
+    state = State.load(state_path(out, quick, full))
     t0 = time.monotonic()
     with signals_as_exceptions():
         for _ in execute(runs, state, out, progress):
@@ -475,7 +510,8 @@ def run_matrix(quick: bool, out: Path, report_dir: Path, progress: Progress, *,
         raise ProbebenchError("the matrix produced no run directories to report on")
     # Finished runs are kept on a restart, so the same command only rebuilds the report
     # (and retries failed runs).
-    cmd = f"probebench matrix{' --quick' if quick else ''} --out {out} --report {report_dir}"
+    size = " --quick" if quick else " --full" if full else ""
+    cmd = f"probebench matrix{size} --out {out} --report {report_dir}"
     if overhead:
         with signals_as_exceptions():  # SIGTERM stops the pass's bench too, cleanly
             src = closing_overhead_pass(out, quick, progress)
