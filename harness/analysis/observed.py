@@ -131,6 +131,8 @@ def kprobe_exchanges(
             continue
         for k, v in counters.items():
             st.parse[k] = st.parse.get(k, 0) + v
+        # its bytes are parsed: let them go while the next connection is stitched
+        conn.send, conn.recv = [], []
         if conn.proto == "http2":
             seen: set[int] = set()
             prev = conn.continues
