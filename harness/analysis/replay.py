@@ -18,6 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from harness.analysis.compact import Sharer
 from harness.analysis.metrics import DEFINITIONS, Row, score
 from harness.analysis.observed import VARIANTS, Variant, kprobe_exchanges
 from harness.errors import RunDirError
@@ -145,9 +146,11 @@ PARALLEL_TRUTH_BYTES = 8 << 20
 def _extract(
     pcap: Path, http1_ports: list[int], h2c_ports: list[int], offset: int
 ) -> tuple[list[Exchange], Any]:
-    return extract_exchanges(
+    truth, stats = extract_exchanges(
         pcap, http1_ports=http1_ports, h2c_ports=h2c_ports, mono_offset_ns=offset
     )
+    Sharer()(truth)
+    return truth, stats
 
 
 @contextlib.contextmanager
