@@ -47,6 +47,12 @@ class EventWriter:
         self.records += 1
         self.bytes += len(payload)
 
+    def kernel_framed(self, framed: memoryview | bytes, records: int, payload: int) -> None:
+        """KERNEL records already framed (the C bulk drain of harness/collectors/rings.py)."""
+        self._f.write(framed)
+        self.records += records
+        self.bytes += payload
+
     def note(self, obj: dict[str, Any]) -> None:
         payload = json.dumps(obj, sort_keys=True).encode()
         self._f.write(_REC.pack(NOTE, len(payload)) + payload)

@@ -14,6 +14,21 @@ GO_BIN = SCEN_DIR / "go" / "bin"
 GRPC_GO_VERSIONS = ("v1.33.3", "v1.50.1", "v1.85.0")
 CURRENT_GRPC_GO = GRPC_GO_VERSIONS[-1]
 OBSERVE = "observe"  # the scenario name of runs whose workload a user brought
+NODE_DIR = SCEN_DIR / "node"
+JAVA_DIR = SCEN_DIR / "java"
+RUST_BIN = SCEN_DIR / "rust" / "target" / "release"
+# Languages of the targets (--client/--server), and the protocols each one speaks.
+LANGS = ("py", "go", "node", "java", "rust")
+LANG_PROTOS = {"py": {"http10", "http11", "grpc"}, "go": {"http10", "http11", "grpc"},
+               "node": {"grpc"}, "java": {"grpc"}, "rust": {"grpc"}}  # fmt: skip
+# Why the uprobe collector (grpc-go's own functions) cannot see a target of a language: the
+# report's multi-language column states the reason per stack, not just 0%.
+UPROBE_GAP = {
+    "py": "grpcio's C core is linked into a module that exports no symbols",
+    "node": "grpc-js is JavaScript run by V8's JIT over Node's own HTTP/2; no grpc-go to probe",
+    "java": "grpc-java is JVM bytecode compiled by the JIT (Netty's HTTP/2); no symbols to probe",
+    "rust": "tonic and h2 are native code with symbols, but no probe is written for them",
+}
 
 
 @dataclass(frozen=True)
@@ -64,8 +79,47 @@ def _go_binary(kind: str, role: str, grpc_version: str | None) -> Path:
     return path
 
 
+def _check_lang(s: Scenario, lang: str) -> None:
+    if lang not in LANGS:
+        raise ProbebenchError(f"unknown target language {lang!r}; "
+                              f"choose one of: {', '.join(LANGS)}")  # fmt: skip
+    if s.proto not in LANG_PROTOS[lang]:
+        speaks = ", ".join(n for n, sc in SCENARIOS.items() if sc.proto in LANG_PROTOS[lang])
+        raise ProbebenchError(f"the {lang} targets do not run {s.name}; they run: {speaks}")
+
+
+def _node_script(role: str) -> list[str]:
+    script = NODE_DIR / f"grpc_{role}.js"
+    if not (NODE_DIR / "node_modules" / "@grpc" / "grpc-js").is_dir():
+        raise ProbebenchError("the Node targets' packages are not installed: "
+                              "run scripts/build-targets")  # fmt: skip
+    return ["node", str(script)]
+
+
+def _java_main(main_class: str) -> list[str]:
+    cp = JAVA_DIR / "target" / "classpath.txt"
+    if not cp.is_file():
+        raise ProbebenchError("the Java targets are not built: run scripts/build-targets")
+    classpath = f"{JAVA_DIR / 'target' / 'classes'}:{cp.read_text().strip()}"
+    return ["java", "-Xmx512m", "-cp", classpath, main_class]
+
+
+def _rust_binary(role: str) -> list[str]:
+    path = RUST_BIN / f"grpc_{role}"
+    if not path.exists():
+        raise ProbebenchError(f"Rust target {path} is not built: run scripts/build-targets")
+    return [str(path)]
+
+
 def server_command(s: Scenario, lang: str, port: int, grpc_version: str | None) -> list[str]:
+    _check_lang(s, lang)
     common = ["--proto", s.proto, "--host", "127.0.0.1", "--port", str(port)]
+    if lang == "node":
+        return [*_node_script("server"), *common]
+    if lang == "java":
+        return [*_java_main("probebench.GrpcServer"), *common]
+    if lang == "rust":
+        return [*_rust_binary("server"), *common]
     if lang == "go":
         return [str(_go_binary("grpc" if s.is_grpc else "http1", "server", grpc_version)), *common]
     script = SCEN_DIR / "py" / ("grpc_server.py" if s.is_grpc else "http1_server.py")
@@ -83,7 +137,9 @@ def client_command(
     workload: Path,
     grpc_version: str | None,
     deadline: float,
+    rate: float | None = None,
 ) -> list[str]:
+    """The client's argv; ``rate`` (Go clients) paces the main phase open loop, per second."""
     args = [
         "--proto", s.proto, "--host", "127.0.0.1", "--port", str(port),
         "--exchanges", str(exchanges), "--seed", str(seed),
@@ -92,6 +148,17 @@ def client_command(
     ]  # fmt: skip
     if s.mode:
         args += ["--mode", s.mode]
+    if rate:
+        if lang != "go":
+            raise ProbebenchError("only the Go clients pace to a --rate")
+        args += ["--rate", str(rate)]
+    _check_lang(s, lang)
+    if lang == "node":
+        return [*_node_script("client"), *args]
+    if lang == "java":
+        return [*_java_main("probebench.GrpcClient"), *args]
+    if lang == "rust":
+        return [*_rust_binary("client"), *args]
     if lang == "go":
         return [str(_go_binary("grpc" if s.is_grpc else "http1", "client", grpc_version)), *args]
     script = SCEN_DIR / "py" / ("grpc_client.py" if s.is_grpc else "http1_client.py")
