@@ -144,30 +144,31 @@ PARALLEL_TRUTH_BYTES = 8 << 20
 
 
 def _extract(
-    pcap: Path, http1_ports: list[int], h2c_ports: list[int], offset: int
+    pcap: Path, http1_ports: list[int], h2c_ports: list[int], offset: int, out_of_order: bool
 ) -> tuple[list[Exchange], Any]:
     truth, stats = extract_exchanges(
-        pcap, http1_ports=http1_ports, h2c_ports=h2c_ports, mono_offset_ns=offset
-    )
+        pcap, http1_ports=http1_ports, h2c_ports=h2c_ports, mono_offset_ns=offset,
+        out_of_order=out_of_order,
+    )  # fmt: skip
     Sharer()(truth)
     return truth, stats
 
 
 @contextlib.contextmanager
 def _truth_job(
-    pcap: Path, http1_ports: list[int], h2c_ports: list[int], offset: int
+    pcap: Path, http1_ports: list[int], h2c_ports: list[int], offset: int, out_of_order: bool
 ) -> Iterator[Callable[[], tuple[list[Exchange], Any]]]:
     """Yields a function that returns the truth: decoded in a worker process for a big
     capture (started at once, so it overlaps whatever the caller does meanwhile), else
     decoded when called."""
     big = pcap.is_file() and pcap.stat().st_size >= PARALLEL_TRUTH_BYTES
     if not big or (os.cpu_count() or 1) < 2:
-        yield lambda: _extract(pcap, http1_ports, h2c_ports, offset)
+        yield lambda: _extract(pcap, http1_ports, h2c_ports, offset, out_of_order)
         return
     # forkserver: the worker does not inherit the caller's threads (observe's)
     ctx = multiprocessing.get_context("forkserver")
     with ProcessPoolExecutor(1, mp_context=ctx) as pool:
-        fut = pool.submit(_extract, pcap, http1_ports, h2c_ports, offset)
+        fut = pool.submit(_extract, pcap, http1_ports, h2c_ports, offset, out_of_order)
         try:
             yield fut.result
         finally:
@@ -234,7 +235,9 @@ def replay(
         h2c, protocol = scen.is_grpc, scen.protocol
     ports = manifest.ports
     offset = int(manifest.capture.get("mono_offset_ns", 0))
-    truth_args = (run_dir / CAPTURE, [] if h2c else ports, ports if h2c else [], offset)
+    # dumpcap's drops leave gaps that out-of-order reassembly would wait on forever
+    clean = not int(manifest.capture.get("packets_dropped") or 0)
+    truth_args = (run_dir / CAPTURE, [] if h2c else ports, ports if h2c else [], offset, clean)
     # Wireshark's decode and the collectors' decode are independent until matching: on a
     # big capture they run side by side, tshark and its reader in a second process.
     with _truth_job(*truth_args) as truth_job:
