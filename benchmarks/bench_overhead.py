@@ -717,6 +717,8 @@ def _rate_pass(sess: Session, work_dir: Path, scale: float) -> dict[str, Any]:
                 entry: dict[str, Any] = {"rate_achieved": res.throughput, "wall_s": res.wall_s,
                                          "p50_ms": res.p50_ms, "p99_ms": res.p99_ms}  # fmt: skip
                 for name, c in res.collectors.items():
+                    if name in (sess.not_measured.get(key) or {}):
+                        continue  # no probe points in this workload's binaries
                     bpf_s = sum(p["run_time_ns"] for p in res.programs
                                 if p["collector"] == name) / 1e9  # fmt: skip
                     entry[name] = oh.core_share(c["cpu_user_s"], c["cpu_system_s"], bpf_s,

@@ -65,6 +65,7 @@ def cmd_run(a: argparse.Namespace) -> int:
         grpc_version=a.grpc_go,
         port=a.port,
         options=CollectorOptions(max_capture=a.max_capture, ringbuf_pages=a.ringbuf_pages),
+        pipeline_depth=a.pipeline_depth,
     )
     run_dir = _record_and_replay(spec, a.out)
     print(run_dir)
@@ -171,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--grpc-go", choices=GRPC_GO_VERSIONS, help="grpc-go version of Go targets")
     p.add_argument("--port", type=int, help="server port (default: a free one)")
+    p.add_argument(
+        "--pipeline-depth", type=int,
+        help="HTTP/1.1 requests per write before their responses (http11-pipelined: 8)",
+    )
     p.add_argument(
         "--max-capture", type=int, default=65536, help="payload bytes captured per syscall"
     )

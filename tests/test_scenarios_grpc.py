@@ -76,7 +76,7 @@ def java_cmd(main_class: str) -> list[str]:
     return ["java", "-cp", f"{JAVADIR / 'target' / 'classes'}:{cp}", main_class]
 
 
-RUSTBIN = ROOT / "scenarios" / "rust" / "target" / "release"
+RUSTBIN = ROOT / "scenarios" / "rust" / "bin"
 
 
 def server_cmd(lang: str, version: str = CURRENT) -> list[str]:

@@ -217,28 +217,44 @@ def test_client_server_combo(tmp_path, go_bins, server_lang, client_lang, proto)
             assert [r["conn_seq"] for r in lane_rows] == list(range(len(lane_rows)))
 
 
-@pytest.mark.parametrize("proto", ["http10", "http11"])
-def test_python_and_go_plans_identical(go_bins, proto):
+@pytest.mark.parametrize(
+    ("proto", "variant"),
+    [("http10", ()), ("http11", ()), ("http11", ("--mixed",)), ("http11", ("--pipeline", "8"))],
+)
+def test_python_and_go_plans_identical(go_bins, proto, variant):
     for seed in (0, 1, SEED, -7, 2**63 + 5):
         plans = []
         for lang in ("py", "go"):
             signed = seed if seed < 2**63 else seed - 2**64
             argv = [*_cmd("client", lang, go_bins), "--proto", proto, "--exchanges", "400",
-                    "--seed", str(signed), "--plan-only"]  # fmt: skip
+                    "--seed", str(signed), "--plan-only", *variant]  # fmt: skip
             res = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True)
             plans.append(res.stdout)
         assert plans[0] == plans[1], f"plans differ for seed {seed}"
         rows = [json.loads(line) for line in plans[0].splitlines()]
         assert len(rows) == 400
+        mixed, pipelined = "--mixed" in variant, "--pipeline" in variant
         assert [(r["method"], r["path"], r["status"]) for r in rows] == [
-            (p.method, p.path, p.status) for p in workload.make_plan(400, seed, proto)
+            (p.method, p.path, p.status)
+            for p in workload.make_plan(400, seed, proto, mixed, pipelined)
         ]
+
+
+def test_mixed_and_pipelined_plans_follow_their_rules():
+    mixed = workload.make_plan(400, 1, "http11", mixed=True)
+    assert [p.method for p in mixed[:8]] == ["HEAD", "GET", "DELETE", "POST"] * 2
+    assert {p.status for p in mixed[1::4]} == {304} and {p.status for p in mixed[2::4]} == {204}
+    assert all(("Expect", "100-continue") in p.headers and p.req_bytes > 0 for p in mixed[3::4])
+    assert all(p.resp_bytes == 0 for p in mixed[0::4])
+    piped = workload.make_plan(2000, 1, "http11", pipelined=True)
+    assert "HEAD" not in {p.method for p in piped}
+    assert max(max(p.req_bytes, p.resp_size) for p in piped) <= workload.PIPELINED_MAX_BODY
 
 
 def test_plan_covers_the_space():
     plan = workload.make_plan(2000, 1, "http11")
     assert {p.method for p in plan} == {m for m, _ in workload.METHOD_WEIGHTS}
-    assert {p.status for p in plan} == workload.STATUSES
+    assert {p.status for p in plan} == {s for s, _ in workload.STATUS_WEIGHTS}
     assert {p.resp_mode for p in plan} == {"cl", "ch"}
     assert any(p.req_chunked for p in plan)
     assert max(p.req_bytes for p in plan) > 200 * 1024

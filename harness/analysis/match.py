@@ -104,14 +104,57 @@ def match(truth: list[Exchange], observed: list[Exchange]) -> Matching:
     taken: set[int] = set()
     pairs: list[Verdict] = []
     phantoms: list[Exchange] = []
-    for obs in sorted(observed, key=lambda x: x.t_start_ns or 0):
-        i = _find(obs, truth, by_conn, by_id, taken)
+    ordered = sorted(observed, key=lambda x: (x.t_start_ns or 0, x.conn_seq or 0))
+    # A server reads a pipelined burst in one syscall: its exchanges share one start
+    # time, and each must take its own place in the burst, not the latest one.
+    burst: dict[tuple[object, ...], int] = defaultdict(int)
+    for obs in ordered:
+        if obs.side == "server" and obs.stream_id is None and (key := _conn_key(obs)):
+            burst[(*key, obs.t_start_ns)] += 1
+    # The truth exchange each connection's last observed exchange took: the next one in
+    # the collector's sequence answers the next request in the truth's (pipelining puts
+    # several requests on the wire before the server reads the first).
+    last: dict[tuple[object, ...], tuple[str | None, int, int]] = {}
+    for obs in ordered:
+        later = 0
+        key = _conn_key(obs) if obs.stream_id is None else None
+        if obs.side == "server" and key:
+            burst[(*key, obs.t_start_ns)] -= 1
+            later = burst[(*key, obs.t_start_ns)]
+        i = None
+        prev = last.get(key) if key and obs.side == "server" else None
+        if prev is not None and prev[0] == obs.conn_id and prev[1] + 1 == obs.conn_seq:
+            i = _next_in_sequence(obs, truth, by_conn[key], prev[2], taken)
+        if i is None:
+            i = _find(obs, truth, by_conn, by_id, taken, later)
         if i is None:
             phantoms.append(obs)
             continue
+        if key and obs.conn_seq is not None:
+            last[key] = (obs.conn_id, obs.conn_seq, i)
         taken.add(i)
         pairs.append(judge(truth[i], obs))
     return Matching(pairs, phantoms)
+
+
+def _next_in_sequence(
+    obs: Exchange, truth: list[Exchange], cands: list[tuple[int, int]], prev: int,
+    taken: set[int],
+) -> int | None:
+    """The first free truth exchange after ``prev`` on the connection that a server
+    could have read by ``obs``'s start."""
+    ts = obs.t_start_ns or 0
+    after = False
+    for t, i in cands:
+        if i == prev:
+            after = True
+            continue
+        if not after or i in taken:
+            continue
+        if t > ts + CLOCK_TOLERANCE_NS or ts - t > MATCH_WINDOW_NS:
+            return None
+        return i
+    return None
 
 
 def _find(
@@ -120,7 +163,9 @@ def _find(
     by_conn: dict[tuple[object, ...], list[tuple[int, int]]],
     by_id: dict[str, int],
     taken: set[int],
+    later: int = 0,
 ) -> int | None:
+    """``later``: exchanges of the same server read still to be matched after this one."""
     key = _conn_key(obs)
     if key is None:
         xid = obs.req_headers.get(ID_HEADER)
@@ -139,13 +184,22 @@ def _find(
     ts = obs.t_start_ns or 0
     if obs.side == "server":
         pos = bisect.bisect_right(cands, (ts + CLOCK_TOLERANCE_NS, 1 << 62))
+        earliest = None  # when the burst has more exchanges than the truth left for it
         for j in range(pos - 1, -1, -1):
             t, i = cands[j]
             if ts - t > MATCH_WINDOW_NS:
                 break
             if i not in taken:
-                return i
-        return None
+                if later == 0:
+                    # requests that reached the wire together (one pipelined write) are
+                    # read in their order: take the first of them still free
+                    k = j
+                    while k > 0 and cands[k - 1][0] == t and cands[k - 1][1] not in taken:
+                        k -= 1
+                    return cands[k][1]
+                later -= 1  # left for a later exchange of the same read
+                earliest = i
+        return earliest
     pos = bisect.bisect_left(cands, (ts - CLOCK_TOLERANCE_NS, -1))
     for j in range(pos, len(cands)):
         t, i = cands[j]

@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from harness.errors import CaptureError
-from harness.groundtruth.tshark import AGG, SEP, TsharkStream, decode_as, unescape
+from harness.groundtruth.tshark import AGG, SEP, TsharkStream, decode_as, run_tshark, unescape
 from harness.model import Exchange
 
 WARN_SEVERITY = 0x600000  # expert info: warning and error; chat and note are routine
@@ -158,10 +158,9 @@ def _scan(
     times = array("q")
     packets = 0
     streams: set[int] = set()
-    requests: dict[int, list[Exchange]] = {}  # request frame -> its requests (several if pipelined)
-    req_order: list[Exchange] = []
-    answered: dict[int, int] = {}  # request frame -> responses seen
-    conn_seq: Counter[int] = Counter()
+    msgs: list[_H1Msg] = []
+    multi: dict[int, list[_H1Msg]] = {}  # frame -> its messages, split by a JSON pass
+    server_data: dict[int | None, int] = {}  # tcp.stream -> last frame with HTTP/1 server bytes
     warnings: Counter[str] = Counter()
     http1 = set(http1_ports)
     for line in tshark:
@@ -190,73 +189,381 @@ def _scan(
             for sev, msg in zip(row[_SEV].split(AGG), row[_MSG].split(AGG), strict=False):
                 if int(sev) >= WARN_SEVERITY:
                     warnings[unescape(msg)] += 1
-        if row[_METHOD] and fr.dport in http1:
-            methods = row[_METHOD].split(AGG)
-            uris = row[_URI].split(AGG)
-            versions = row[_VERSION].split(AGG)
-            single = len(methods) == 1
-            if not single:
-                warnings["several HTTP/1 requests in one frame (pipelined): sizes not split"] += 1
-            first_seg = min((int(s) for s in row[_SEGS].split(AGG)), default=num) \
-                if row[_SEGS] else num
-            for i, method in enumerate(methods):
-                version = versions[i] if i < len(versions) else ""
-                x = Exchange(
-                    source="truth", side="wire",
-                    protocol=version.lower() if version.upper() in ("HTTP/1.0", "HTTP/1.1")
-                    else "http/1.1",
-                    client_ip=fr.src, client_port=fr.sport, server_ip=fr.dst,
-                    server_port=fr.dport, conn_seq=conn_seq[stream or -1], method=method,
-                    path=unescape(uris[i]) if i < len(uris) else None,
-                    t_start_ns=times[first_seg]
-                    if 0 <= first_seg < len(times) and times[first_seg] != -1 else fr.t_ns,
-                    conn_id=f"tcp.stream={stream}",
-                )
-                conn_seq[stream or -1] += 1
-                if single:
-                    x.req_headers = _headers(row[_REQ_LINES])
-                    x.authority = x.req_headers.get("host")
-                    x.req_bytes = _body_size(row, head_or_no_body=False) or 0
-                requests.setdefault(num, []).append(x)
-                req_order.append(x)
-        elif row[_CODE] and fr.sport in http1:
-            codes = row[_CODE].split(AGG)
-            req_ins = row[_REQ_IN].split(AGG) if row[_REQ_IN] else []
-            if len(codes) > 1:
-                warnings["several HTTP/1 responses in one frame (pipelined): sizes not split"] += 1
-            for i, code in enumerate(codes):
-                if 100 <= int(code) < 200 and code != "101":
-                    continue  # interim (100 Continue): the final response follows
-                req_frame = int(req_ins[i]) if i < len(req_ins) and req_ins[i] else None
-                pending = requests.get(req_frame, []) if req_frame is not None else []
-                k = answered.get(req_frame, 0) if req_frame is not None else 0
-                if req_frame is None or k >= len(pending):
-                    stats.unpaired_responses += 1
-                    continue
-                answered[req_frame] = k + 1
-                x = pending[k]
-                x.status = int(code)
-                x.t_end_ns = fr.t_ns
-                if len(codes) == 1:
-                    x.resp_headers = _headers(row[_RESP_LINES])
-                    x.resp_bytes = _body_size(
-                        row, head_or_no_body=x.method == "HEAD" or x.status in NO_BODY_STATUS
-                        or x.status == 101,
-                    )
-                    if x.resp_bytes is None:
-                        x.resp_bytes = _close_delimited_size(row)
-                    if x.resp_bytes is None:
-                        warnings["HTTP/1 response without Content-Length or chunking: "
-                                 "body size unknown"] += 1
+        _http1_messages(num, fr, row, http1, msgs, multi)
+        if fr.sport in http1 and row[_TCP_LEN] not in ("", "0"):
+            server_data[stream] = num
     if tshark.truncated:
         stats.truncated = True
         stats.warn("capture file cut short in the middle of a packet")
+    if multi:
+        _split_multi(pcap, http1_ports, h2c_ports, multi, warnings)
+    msgs = _drop_redissected(msgs, warnings)
+    msgs = _drop_repeated_reports(pcap, http1_ports, h2c_ports, msgs, warnings)
+    exchanges = _pair_http1(msgs, times, server_data, stats, warnings)
     stats.packets += packets
     stats.tcp_streams = len(streams)
-    stats.unpaired_requests += sum(1 for x in req_order if x.status is None)
+    stats.unpaired_requests += sum(1 for x in exchanges if x.status is None)
     for msg, n in warnings.items():
         stats.warn(msg, n)
-    return frames, req_order
+    return frames, exchanges
+
+
+# -- HTTP/1 messages and their pairing ---------------------------------------------------
+#
+# Wireshark's ``http.request_in`` cannot be the pairing: TShark 4.0.17 leaves it empty
+# for a response sent before its request's body was complete (an early answer to an
+# ``Expect: 100-continue`` upload), and under pipelining points a response at the
+# latest request frame before it, or at nothing. HTTP/1 answers requests in order on
+# a connection, so the truth pairs the n-th final response of a TCP stream with the
+# n-th request. request_in is a check where one request was outstanding: where it
+# disagrees, Wireshark lost a message and the pairing (and every later one on the
+# stream) is marked truth_unreliable.
+
+TRUTH_UNRELIABLE = "truth_unreliable"
+_H1_RESPONSE_FIELDS = ("status", "resp_bytes")
+
+
+@dataclass(slots=True)
+class _H1Msg:
+    """One HTTP/1 message as the dissector reported it, with its own slice of the row."""
+
+    frame: int  # the frame whose dissection reported it (its last segment)
+    index: int  # position among the messages reported in that frame
+    first_frame: int  # its first segment
+    fr: _Frame
+    row: list[str]  # _FIELDS layout; HTTP fields hold this message's values only
+    is_request: bool
+    unsplit: bool = False  # shares its frame's fields with others: headers and sizes unknown
+    repeated: bool = False  # TShark reported it more than once: its body size is doubtful
+
+
+def _http1_messages(
+    num: int, fr: _Frame, row: list[str], http1: set[int], msgs: list[_H1Msg],
+    multi: dict[int, list[_H1Msg]],
+) -> None:
+    """Queue the frame's HTTP/1 messages; a frame with several waits for the JSON pass."""
+    if row[_METHOD] and fr.dport in http1:
+        n, is_request = len(row[_METHOD].split(AGG)), True
+    elif row[_CODE] and fr.sport in http1:
+        n, is_request = len(row[_CODE].split(AGG)), False
+    else:
+        return
+    first_seg = min((int(s) for s in row[_SEGS].split(AGG)), default=num) \
+        if row[_SEGS] else num
+    for i in range(n):
+        m = _H1Msg(num, i, first_seg if i == 0 else num, fr, row, is_request)
+        msgs.append(m)
+        if n > 1:
+            multi.setdefault(num, []).append(m)
+
+
+_ROW_INDEX = {name: i for i, name in enumerate(_FIELDS)}
+_PER_MESSAGE = (_METHOD, _URI, _VERSION, _CODE, _REQ_IN, _CLEN, _CHUNKS, _TE, _REQ_LINES,
+                _RESP_LINES, _RESP_VERSION, _PHRASE)
+_ESCAPED = frozenset({_URI, _REQ_LINES, _RESP_LINES, _PHRASE})
+_MULTI_BATCH = 400  # frames per display filter, so the filter text stays short
+
+
+def _escape(text: str) -> str:
+    """What ``-T fields`` would have printed for a string JSON gives unescaped."""
+    return text.replace("\\", "\\\\").replace("\r", "\\r").replace("\n", "\\n")
+
+
+def _flatten(node: Any, out: list[tuple[str, str]]) -> None:
+    if isinstance(node, list):
+        for k, v in node:
+            if isinstance(v, str):
+                out.append((k, v))
+            else:
+                _flatten(v, out)
+
+
+def _split_multi(
+    pcap: Path, http1_ports: list[int], h2c_ports: list[int],
+    multi: dict[int, list[_H1Msg]], warnings: Counter[str],
+) -> None:
+    """Give each message of a frame that carries several (pipelining) its own fields.
+
+    ``-T fields`` joins the messages' fields into one list per field, so header lines
+    and body sizes cannot be told apart there; ``-T json`` keeps one ``http`` layer
+    per message. Only those frames are dissected again.
+    """
+    nums = sorted(multi)
+    for k in range(0, len(nums), _MULTI_BATCH):
+        batch = nums[k:k + _MULTI_BATCH]
+        flt = "frame.number in {" + ",".join(map(str, batch)) + "}"
+        out = run_tshark(pcap, [*decode_as(http1_ports, h2c_ports), "-Y", flt, "-T", "json",
+                                "-J", "frame http"])
+        try:
+            packets = json.loads(out.stdout or "[]", object_pairs_hook=list)
+        except json.JSONDecodeError as e:
+            raise CaptureError(f"tshark's JSON for {pcap} does not parse: {e}") from e
+        for pkt in packets:
+            layers = _pairs_get(_pairs_get(pkt, "_source") or [], "layers") or []
+            num = int(_pairs_get(_pairs_get(layers, "frame") or [], "frame.number") or 0)
+            ms = multi.get(num, [])
+            http_layers = [v for name, v in layers if name == "http" and isinstance(v, list)]
+            if len(http_layers) != len(ms):
+                warnings["HTTP/1 frame whose messages could not be split: sizes unknown"] += 1
+                for m in ms:
+                    m.row, m.unsplit = _one_message_row(m.row, [], m.index, whole=False), True
+                continue
+            for m, layer in zip(ms, http_layers, strict=True):
+                pairs: list[tuple[str, str]] = []
+                _flatten(layer, pairs)
+                m.row = _one_message_row(m.row, pairs, m.index, whole=True)
+    for ms in multi.values():
+        for m in ms:
+            if len(m.row[_METHOD if m.is_request else _CODE].split(AGG)) > 1:
+                # the JSON pass did not return this frame
+                warnings["HTTP/1 frame whose messages could not be split: sizes unknown"] += 1
+                m.row, m.unsplit = _one_message_row(m.row, [], m.index, whole=False), True
+
+
+def _one_message_row(
+    row: list[str], pairs: list[tuple[str, str]], index: int, *, whole: bool
+) -> list[str]:
+    """The frame's row with its HTTP fields replaced by one message's."""
+    new = list(row)
+    if not whole:  # keep only what identifies the message; sizes and headers unknown
+        for i in _PER_MESSAGE:
+            parts = row[i].split(AGG) if row[i] else []
+            keep = i in (_METHOD, _URI, _VERSION, _CODE)
+            new[i] = parts[index] if keep and index < len(parts) else ""
+        new[_CLEN] = new[_CHUNKS] = new[_TE] = ""
+        return new
+    got: dict[int, list[str]] = {}
+    for key, value in pairs:
+        i = _ROW_INDEX.get(key)
+        if i is not None and i in _PER_MESSAGE:
+            got.setdefault(i, []).append(_escape(value) if i in _ESCAPED else value)
+    for i in _PER_MESSAGE:
+        new[i] = AGG.join(got.get(i, []))
+    return new
+
+
+def _identity(m: _H1Msg) -> tuple[str, ...]:
+    return tuple(m.row[i] for i in _PER_MESSAGE if i != _REQ_IN)
+
+
+def _drop_redissected(msgs: list[_H1Msg], warnings: Counter[str]) -> list[_H1Msg]:
+    """Messages TShark 4.0.17 reports twice: when a message that began in a segment
+    holding earlier complete messages is reassembled, it dissects that segment's
+    earlier messages again in the reassembled frame. They lead its list, equal to
+    the messages the earlier frame (one of its segments) reported."""
+    by_frame: dict[int, list[_H1Msg]] = {}
+    for m in msgs:
+        by_frame.setdefault(m.frame, []).append(m)
+    drop: set[int] = set()
+    for f, ms in by_frame.items():
+        segs = ms[0].row[_SEGS]
+        if not segs:
+            continue
+        rest = ms
+        for g in sorted({int(x) for x in segs.split(AGG)} - {f}):
+            prev = [p for p in by_frame.get(g, []) if p.fr.stream == ms[0].fr.stream
+                    and p.is_request == ms[0].is_request]
+            n = len(prev)
+            if n and len(rest) > n and all(
+                _identity(a) == _identity(b) for a, b in zip(prev, rest, strict=False)
+            ):
+                drop.update(id(x) for x in rest[:n])
+                rest = rest[n:]
+                rest[0].first_frame = g  # the message that made the reassembly began there
+    if drop:
+        warnings["HTTP/1 messages Wireshark reported twice (a segment's messages "
+                 "dissected again in a later reassembly): repeats dropped"] += len(drop)
+    return [m for m in msgs if id(m) not in drop]
+
+
+def _start_line(m: _H1Msg) -> bytes:
+    if m.is_request:
+        return f"{_first(m.row[_METHOD])} {unescape(_first(m.row[_URI]))} ".encode("latin-1")
+    return f"{_first(m.row[_RESP_VERSION])} {_first(m.row[_CODE])}".encode("latin-1")
+
+
+def _drop_repeated_reports(
+    pcap: Path, http1_ports: list[int], h2c_ports: list[int], msgs: list[_H1Msg],
+    warnings: Counter[str],
+) -> list[_H1Msg]:
+    """Messages TShark 4.0.17 reports again in the frames after theirs, while it waits
+    for the rest of a chunked body that began in the same frame: the later frames hold
+    only body bytes, yet repeat the earlier frame's messages. A frame whose messages
+    repeat the previous report of its stream and direction is checked against its own
+    bytes; if the first message's start line is not in them, the earlier report is the
+    repeat's original and is dropped (the last report is the most complete), and the
+    body size of what is kept is truth_unreliable."""
+    last: dict[tuple[int | None, bool], list[_H1Msg]] = {}
+    suspects: dict[int, tuple[list[_H1Msg], list[_H1Msg]]] = {}
+    by_frame: dict[int, list[_H1Msg]] = {}
+    for m in msgs:
+        by_frame.setdefault(m.frame, []).append(m)
+    for f in sorted(by_frame):
+        ms = by_frame[f]
+        key = (ms[0].fr.stream, ms[0].is_request)
+        prev = last.get(key)
+        if prev and len(ms) >= len(prev) and all(
+            _identity(a) == _identity(b) for a, b in zip(prev, ms, strict=False)
+        ):
+            suspects[f] = (prev, ms)
+        last[key] = ms
+    if not suspects:
+        return msgs
+    nums = sorted(suspects)
+    payloads: dict[int, bytes] = {}
+    for k in range(0, len(nums), _MULTI_BATCH):
+        flt = "frame.number in {" + ",".join(map(str, nums[k:k + _MULTI_BATCH])) + "}"
+        out = run_tshark(pcap, [*decode_as(http1_ports, h2c_ports), "-Y", flt, "-T", "fields",
+                                "-e", "frame.number", "-e", "tcp.payload"])
+        for line in out.stdout.splitlines():
+            num, _, hexdata = line.partition("\t")
+            try:
+                payloads[int(num)] = bytes.fromhex(hexdata.replace(":", ""))
+            except ValueError:
+                continue
+    drop: set[int] = set()
+    for f in reversed(nums):  # the last report of a run survives
+        prev, ms = suspects[f]
+        if f not in payloads or _start_line(ms[0]) in payloads[f]:
+            continue  # its own bytes hold the message: a genuine repeat of the traffic
+        drop.update(id(x) for x in prev)
+        for x in ms[: len(prev)]:
+            x.repeated = True  # its body size is not to be trusted
+    if drop:
+        warnings["HTTP/1 messages Wireshark reported again in later frames (a chunked "
+                 "body being reassembled): earlier reports dropped"] += len(drop)
+    return [m for m in msgs if id(m) not in drop]
+
+
+def _new_request(m: _H1Msg, times: array[int], seq: int) -> Exchange:
+    row, fr = m.row, m.fr
+    version = _first(row[_VERSION])
+    x = Exchange(
+        source="truth", side="wire",
+        protocol=version.lower() if version.upper() in ("HTTP/1.0", "HTTP/1.1") else "http/1.1",
+        client_ip=fr.src, client_port=fr.sport, server_ip=fr.dst, server_port=fr.dport,
+        conn_seq=seq, method=_first(row[_METHOD]), path=unescape(_first(row[_URI])) or None,
+        t_start_ns=times[m.first_frame]
+        if 0 <= m.first_frame < len(times) and times[m.first_frame] != -1 else fr.t_ns,
+        conn_id=f"tcp.stream={fr.stream}",
+    )
+    if not m.unsplit:
+        x.req_headers = _headers(row[_REQ_LINES])
+        x.authority = x.req_headers.get("host")
+        x.req_bytes = _body_size(row, head_or_no_body=False) or 0
+    return x
+
+
+def _apply_response(x: Exchange, m: _H1Msg, warnings: Counter[str]) -> None:
+    row = m.row
+    x.status = int(_first(row[_CODE]))
+    x.t_end_ns = m.fr.t_ns
+    if m.unsplit or m.repeated:  # sizes shared with the frame's others, or doubtful
+        if m.repeated:
+            x.resp_headers = _headers(row[_RESP_LINES])
+        x.degrade("resp_bytes", TRUTH_UNRELIABLE)
+        return
+    x.resp_headers = _headers(row[_RESP_LINES])
+    try:
+        x.resp_bytes = _body_size(
+            row, head_or_no_body=x.method == "HEAD" or x.status in NO_BODY_STATUS
+            or x.status == 101,
+        )
+    except ValueError:  # several lengths for one message: the dissector lost the framing
+        warnings["HTTP/1 response with several Content-Length values: size unknown"] += 1
+        x.degrade("resp_bytes", TRUTH_UNRELIABLE)
+        return
+    if x.resp_bytes is None and m.index == 0:
+        x.resp_bytes = _close_delimited_size(row)
+    if x.resp_bytes is None:
+        warnings["HTTP/1 response without Content-Length or chunking: body size unknown"] += 1
+
+
+def _pair_http1(
+    msgs: list[_H1Msg], times: array[int], server_data: dict[int | None, int],
+    stats: TruthStats, warnings: Counter[str],
+) -> list[Exchange]:
+    """Requests become exchanges; each TCP stream's final responses answer them in order.
+
+    A request left without a response although the server sent bytes after it is one
+    whose response Wireshark did not decode: TShark 4.0.17 frames a pipelined HEAD
+    response by the latest request's method, takes its Content-Length for a body and
+    swallows the responses behind it. Those exchanges are truth_unreliable, not unanswered.
+    """
+    reqs: dict[int | None, list[tuple[_H1Msg, Exchange]]] = {}
+    resps: dict[int | None, list[_H1Msg]] = {}
+    out: list[Exchange] = []
+    switched: set[int] = set()  # id() of requests after a 101 on their stream
+    for m in sorted(msgs, key=lambda m: (m.frame, m.index)):
+        if m.is_request:
+            lst = reqs.setdefault(m.fr.stream, [])
+            x = _new_request(m, times, len(lst))
+            lst.append((m, x))
+            out.append(x)
+        else:
+            code = _first(m.row[_CODE])
+            if code.isdigit() and (100 <= int(code) < 200 and code != "101"):
+                continue  # interim (100 Continue, 103 Early Hints): the final one follows
+            resps.setdefault(m.fr.stream, []).append(m)
+    for stream, rs in resps.items():
+        pending = reqs.get(stream, [])
+        # once a pairing is doubtful, so is every later one on the stream; more responses
+        # than requests means Wireshark lost a request somewhere: all of them are doubtful
+        broken = len(rs) > len(pending)
+        if broken:
+            warnings["HTTP/1 connection with more responses than requests decoded: "
+                     "marked truth_unreliable"] += 1
+        for k, m in enumerate(rs):
+            if k >= len(pending):
+                stats.unpaired_responses += len(rs) - k
+                break
+            req, x = pending[k]
+            # request_in is only worth checking when this request was the one outstanding:
+            # under pipelining TShark 4.0.17 points responses at the latest request frame
+            req_in = _int(_first(m.row[_REQ_IN]))
+            alone = k + 1 >= len(pending) or pending[k + 1][0].first_frame > m.frame
+            # (frame order is no causality check: dumpcap on loopback can record a
+            # later segment first, and TShark 4.0.17 dissects some retransmissions)
+            if alone and req_in is not None and req_in != req.frame:
+                if not broken:
+                    warnings["HTTP/1 response that in-order pairing and Wireshark's "
+                             "request_in disagree on: marked truth_unreliable"] += 1
+                broken = True
+            latest = next((r for r, _ in reversed(pending) if r.first_frame <= m.frame), req)
+            if not alone and not broken and (latest.row[_METHOD] == "HEAD") != (x.method == "HEAD"):
+                # TShark 4.0.17 frames a response by the method of the latest request,
+                # not of the one it answers: where one is HEAD and the other not, it
+                # reads a body that is not there (or misses one) and loses the stream
+                warnings["pipelined HEAD: Wireshark frames the responses by the wrong "
+                         "request from here on; marked truth_unreliable"] += 1
+                broken = True
+            _apply_response(x, m, warnings)
+            if broken:
+                for f in _H1_RESPONSE_FIELDS:
+                    x.degrade(f, TRUTH_UNRELIABLE)
+            if x.status == 101:
+                # the rest of the stream is another protocol, whatever was dissected in it
+                stats.unpaired_responses += len(rs) - k - 1
+                switched.update(id(y) for _, y in pending[k + 1:])
+                break
+    for stream, pending in reqs.items():
+        last_data = server_data.get(stream, 0)
+        lost = [x for req, x in pending if x.status is None and id(x) not in switched
+                and req.first_frame < last_data]
+        if lost:
+            warnings["HTTP/1 requests whose responses Wireshark did not decode although the "
+                     "server sent data after them: marked truth_unreliable"] += len(lost)
+            for x in lost:
+                for f in _H1_RESPONSE_FIELDS:
+                    x.degrade(f, TRUTH_UNRELIABLE)
+    if switched:
+        warnings["HTTP/1 'requests' after a protocol switch (101): not HTTP, dropped"] += \
+            len(switched)
+        out = [x for x in out if id(x) not in switched]
+    for x in out:
+        if len(x.req_headers) == 0 and x.req_bytes is None:
+            x.degrade("req_bytes", TRUTH_UNRELIABLE)
+    return out
 
 
 # -- HTTP/2 --------------------------------------------------------------------

@@ -328,7 +328,7 @@ def findings(f: Facts, bench: BenchView) -> list[Finding]:
     # 5. overhead, same workload
     wl = bench.common_workload(OVERHEAD_PREFERRED)
     if wl:
-        parts, vals = [], {}
+        parts, vals, missing = [], {}, ""
         for coll, name in (("kprobe", "the kernel side"), ("uprobe", "the uprobe")):
             cmp = bench.comparison(wl, coll)
             if cmp and cmp.get("throughput_ratio") is not None:
@@ -338,9 +338,13 @@ def findings(f: Facts, bench: BenchView) -> list[Finding]:
                     ci_s += " (not significant)"
                 parts.append(f"{cmp['throughput_ratio']:.2f}×{ci_s} with {name}")
                 vals[f"{coll}_throughput_ratio"] = cmp["throughput_ratio"]
+            elif coll in colls:
+                missing = f"{name} was not measured ({bench.not_measured_reason(wl, coll)})"
         if parts:
             text = (f"On the same workload ({bench.label(wl)}, closed loop on loopback) "
                     f"throughput was {' and '.join(parts)}, as a share of no collector's")
+            if missing:
+                text += f"; {missing}"
             tc = bench.trap_added()
             if tc:
                 text += (f"; an empty uprobe adds {num(tc[1])} ns per hit, an empty syscall "

@@ -134,7 +134,9 @@ class BenchView:
         why = why.removeprefix("not measured: ")
         if "no probe points" in why:
             return "no probe points in this workload's binaries"
-        return why if len(why) < 90 else why[:87] + "…"
+        # "the uprobe collector failed: the uprobe collector failed to attach: ..." once
+        why = re.sub(r"^the (\w+) collector failed: (?=the \1 collector)", "", why)
+        return why if len(why) < 130 else why[:127] + "…"
 
     def label(self, wl: str) -> str:
         return workload_label(wl)

@@ -101,7 +101,7 @@ def _assemble(loaded: Loaded, bench: BenchView, out: Path, cmd: str,
     machines = _unique([r.machine for r in runs])
     lead = (f"{len(runs)} runs of {len(scen)} scenarios ({', '.join(scen)}) on "
             f"{len(machines)} machine{'s' if len(machines) != 1 else ''}; overhead from "
-            + (bench.origin if bench.present else "nowhere: " + bench.absent) + ". "
+            + (bench.origin if bench.present else "nowhere (" + bench.absent + ")") + ". "
             "Ground truth: Wireshark's decode of a packet capture of the same traffic.")
     sections = [
         # the words explained right under their first use

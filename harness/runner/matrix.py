@@ -29,7 +29,8 @@ ATTACHES = ("early", "late")
 # Exchanges per run, sized so fixed costs (bcc compile, capture start/stop, tshark decode;
 # about 5-10 s a run) still dominate and the default matrix fits in 15 minutes on 2 cores.
 DEFAULT_EXCHANGES = {
-    "http10-short": 400, "http11-keepalive": 400, "grpc-unary": 200,
+    "http10-short": 400, "http11-keepalive": 400, "http11-pipelined": 400, "http11-mixed": 200,
+    "grpc-unary": 200,
     "grpc-server-stream": 100, "grpc-client-stream": 100, "grpc-bidi": 100,
 }  # fmt: skip
 # Where in the workload (share of its time span) the sweep replays an attach.
@@ -138,6 +139,7 @@ def _quick_plan(collectors: tuple[str, ...]) -> list[MatrixRun]:
     return [
         MatrixRun("http10-short", "py", "go", "early", 100, collectors),
         MatrixRun("http11-keepalive", "go", "py", "late", 100, collectors),
+        MatrixRun("http11-pipelined", "py", "go", "late", 96, collectors),
         MatrixRun("grpc-unary", "go", "go", "early", 60, collectors, cur, QUICK_SWEEP_FRACTIONS),
         MatrixRun("grpc-unary", "go", "go", "late", 60, collectors, cur),
         MatrixRun("grpc-unary", "go", "go", "early", 60, collectors, old),
@@ -371,9 +373,12 @@ def closing_overhead_pass(out: Path, quick: bool, progress: Progress) -> Overhea
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         output, _ = proc.communicate(timeout=OVERHEAD_PASS_TIMEOUT_S)
-        tail = output.strip().splitlines()[-1:] or ["no output"]
+        lines = output.strip().splitlines()
+        # pytest's last "E   SomeError: ..." line says why; its summary line only counts
+        errs = [x[1:].strip() for x in lines if x.startswith("E ")]
+        said = errs[-1] if errs else (lines[-1] if lines else "no output")
         failed = not dest.is_file()  # a pass that measured part of it still says so below
-        why = f"exit code {proc.returncode}: {tail[0][:200]}"
+        why = f"exit code {proc.returncode}: {said[:240]}"
     except subprocess.TimeoutExpired:
         # SIGINT first: the bench's process sets detach probes and stop children on it
         proc.send_signal(signal.SIGINT)

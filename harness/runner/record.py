@@ -8,7 +8,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from harness.errors import PortInUseError, ProbebenchError, TargetError
@@ -45,6 +45,7 @@ class RunSpec:
     grpc_version: str | None = None
     port: int | None = None  # None: pick a free one
     deadline_s: float = 300.0  # the client never runs longer
+    pipeline_depth: int | None = None  # None: the scenario's (http11-pipelined: 8)
     options: CollectorOptions = field(default_factory=CollectorOptions)
 
     def run_id(self) -> str:
@@ -71,6 +72,12 @@ def record(spec: RunSpec, out_dir: Path, progress: Progress = lambda _m: None) -
     """Record one run into a new directory under out_dir; returns it. Raises on failure,
     after marking run.json failed (never leaves a half-written run looking complete)."""
     scen = scenarios.get(spec.scenario)
+    if spec.pipeline_depth is not None:
+        if scen.proto != "http11" or scen.mixed or spec.pipeline_depth < 1:
+            raise ProbebenchError(
+                "--pipeline-depth must be >= 1 and is for http11-pipelined or http11-keepalive"
+            )
+        scen = replace(scen, pipeline=spec.pipeline_depth)
     for c in spec.collectors:
         if c not in ("kprobe", "uprobe"):
             raise ProbebenchError(f"unknown collector {c!r}; choose kprobe and/or uprobe")

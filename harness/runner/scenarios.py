@@ -16,7 +16,7 @@ CURRENT_GRPC_GO = GRPC_GO_VERSIONS[-1]
 OBSERVE = "observe"  # the scenario name of runs whose workload a user brought
 NODE_DIR = SCEN_DIR / "node"
 JAVA_DIR = SCEN_DIR / "java"
-RUST_BIN = SCEN_DIR / "rust" / "target" / "release"
+RUST_BIN = SCEN_DIR / "rust" / "bin"
 # Languages of the targets (--client/--server), and the protocols each one speaks.
 LANGS = ("py", "go", "node", "java", "rust")
 LANG_PROTOS = {"py": {"http10", "http11", "grpc"}, "go": {"http10", "http11", "grpc"},
@@ -40,6 +40,8 @@ class Scenario:
     connections: int = 4
     default_exchanges: int = 2000
     warmup: int = 3  # exchanges per connection before a late attach
+    pipeline: int = 1  # HTTP/1.1 requests per write before their responses (depth)
+    mixed: bool = False  # HTTP/1.1 plan of HEAD, 304, 204 and 100-continue uploads
 
     @property
     def is_grpc(self) -> bool:
@@ -51,6 +53,10 @@ SCENARIOS: dict[str, Scenario] = {
     for s in (
         Scenario("http10-short", "http10", "http/1.0", connections=1, warmup=20),
         Scenario("http11-keepalive", "http11", "http/1.1"),
+        Scenario("http11-pipelined", "http11", "http/1.1", pipeline=8, default_exchanges=2000,
+                 warmup=8),
+        Scenario("http11-mixed", "http11", "http/1.1", mixed=True, default_exchanges=400,
+                 warmup=4),
         Scenario("grpc-unary", "grpc", "h2c-grpc", "unary", default_exchanges=1000),
         Scenario("grpc-server-stream", "grpc", "h2c-grpc", "server-stream", default_exchanges=200),
         Scenario("grpc-client-stream", "grpc", "h2c-grpc", "client-stream", default_exchanges=200),
@@ -148,6 +154,10 @@ def client_command(
     ]  # fmt: skip
     if s.mode:
         args += ["--mode", s.mode]
+    if s.pipeline > 1:
+        args += ["--pipeline", str(s.pipeline)]
+    if s.mixed:
+        args.append("--mixed")
     if rate:
         if lang != "go":
             raise ProbebenchError("only the Go clients pace to a --rate")

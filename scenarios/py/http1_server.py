@@ -16,7 +16,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
 
-from workload import CHUNK, LOCATION, MAX_BODY, body_bytes, parse_route
+from workload import CHUNK, LOCATION, MAX_BODY, NO_BODY_STATUSES, body_bytes, parse_route
 
 # Idle keep-alive connections must outlive the runner's late-attach pause
 # (collectors compile and attach between WARM and GO), yet end on their own.
@@ -127,8 +127,8 @@ class Http1Handler(BaseHTTPRequestHandler):
             self.send_header("Location", LOCATION)
         if self.protocol_version == "HTTP/1.0":
             self.send_header("Connection", "close")
-        if status == 204:
-            self.end_headers()  # no length header, no body (RFC 9110 6.4.1)
+        if status in NO_BODY_STATUSES:
+            self.end_headers()  # 204, 304: no length header, no body (RFC 9110 6.4.1, 15.4.5)
             return
         if mode == "cl" or self.command == "HEAD":
             self.send_header("Content-Length", str(size))

@@ -37,9 +37,12 @@ STATUS_WEIGHTS: tuple[tuple[int, int], ...] = (
     (500, 7),
 )
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-STATUSES = frozenset(s for s, _ in STATUS_WEIGHTS)
+# 304 only comes from the mixed plan; like 204 it has neither length header nor body.
+NO_BODY_STATUSES = frozenset({204, 304})
+STATUSES = frozenset(s for s, _ in STATUS_WEIGHTS) | {304}
 
 MAX_BODY = 256 * 1024
+PIPELINED_MAX_BODY = 4096
 # Chunked bodies (both directions, both languages) are cut into pieces of this size;
 # not a power of two so chunk-size lines are not all alike.
 CHUNK = 8000
@@ -119,10 +122,21 @@ class PlannedRequest:
         )
 
 
-def make_plan(n: int, seed: int, proto: str) -> list[PlannedRequest]:
-    """The n requests for this seed; the draw order is the spec in scenarios/plan.md."""
+def make_plan(
+    n: int, seed: int, proto: str, mixed: bool = False, pipelined: bool = False
+) -> list[PlannedRequest]:
+    """The n requests for this seed; the draw order is the spec in scenarios/plan.md.
+
+    ``mixed`` (http11 only) turns request i into, by i mod 4: a HEAD, a conditional GET
+    answered 304, a DELETE answered 204, and a POST uploaded after ``Expect: 100-continue``.
+    ``pipelined`` sends GET where the plan drew HEAD (TShark 4.0.17 frames a pipelined
+    response by the latest request's method, so the truth could not follow a HEAD's), and
+    keeps bodies small, as pipelining clients do (sizes modulo PIPELINED_MAX_BODY + 1).
+    """
     if proto not in PROTOS:
         raise ValueError(f"unknown proto {proto!r}")
+    if mixed and proto != "http11":
+        raise ValueError("the mixed plan is HTTP/1.1 only")
     rng = SplitMix64(seed)
     plan = []
     for i in range(n):
@@ -144,10 +158,33 @@ def make_plan(n: int, seed: int, proto: str) -> list[PlannedRequest]:
         body = rng.size()
         body_chunk_draw = rng.below(3)
 
-        if status == 204:
+        if pipelined:
+            method = "GET" if method == "HEAD" else method
+            resp_size %= PIPELINED_MAX_BODY + 1
+            body %= PIPELINED_MAX_BODY + 1
+        if mixed:
+            kind = i % 4
+            method = ("HEAD", "GET", "DELETE", "POST")[kind]
+            if kind == 0 or (kind == 3 and status == 204):
+                status = 200
+            elif kind == 1:
+                status = 304
+                headers.append(("If-None-Match", f'"pb-{qv}"'))
+            elif kind == 2:
+                status = 204
+            if kind == 3:
+                body = max(body, 1)
+                body_chunk_draw = 1
+                headers.append(("Expect", "100-continue"))
+        if status in NO_BODY_STATUSES:
             resp_size = 0
         resp_mode = "cl"
-        if chunk_draw == 0 and proto == "http11" and status != 204 and method != "HEAD":
+        if (
+            chunk_draw == 0
+            and proto == "http11"
+            and status not in NO_BODY_STATUSES
+            and method != "HEAD"
+        ):
             resp_mode = "ch"
         resp_bytes = 0 if method == "HEAD" else resp_size
         if method not in BODY_METHODS:

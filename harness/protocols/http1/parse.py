@@ -209,9 +209,10 @@ class Http1Parser:
     (``expect_response_to``) so that HEAD and CONNECT responses are framed
     right. ``from_start=True`` promises the first byte fed is the first byte of
     the connection, so a truncated first segment counts as a lost message.
-    ``pipelined=False`` (HTTP/1 clients do not pipeline in practice) pairs a
-    response with the latest queued request that started before it, so a lost
-    response cannot shift every later pairing.
+    ``pipelined=True`` pairs responses with queued requests in order (HTTP/1's
+    rule; load tools and proxies do pipeline); after a lost message, and always
+    with ``pipelined=False``, a response pairs with the latest queued request that
+    started before it, so a lost response cannot shift every later pairing.
     """
 
     def __init__(
@@ -250,6 +251,7 @@ class Http1Parser:
         self._body = 0
         self._truncated = 0
         self._events: list[Event] = []
+        self._tunnel_next = False  # switch_protocols() came in the middle of a message
 
     # -- public API -------------------------------------------------------------
 
@@ -268,6 +270,14 @@ class Http1Parser:
         if self.kind != "response":
             raise Http1UsageError("expect_response_to() is for response parsers")
         self._expected.append((method, ts_ns))
+
+    def switch_protocols(self) -> None:
+        """The other direction switched protocols (101, CONNECT 2xx): what follows the
+        message in progress (or from now, between messages) is no longer HTTP/1."""
+        if self._state is _State.SCAN:
+            self._state = _State.TUNNEL
+        elif self._state is not _State.CLOSED:
+            self._tunnel_next = True
 
     def feed(self, seg: Segment) -> list[Event]:
         """Parse one segment; returns the events it completed."""
@@ -591,7 +601,7 @@ class Http1Parser:
         self._events.append(MessageCompleted(self._body, self._truncated, ts, trailers or []))
         self._head = None
         self._reset_body()
-        self._state = _State.SCAN
+        self._state = _State.TUNNEL if self._tunnel_next else _State.SCAN
         self._synced = True
 
     def _lose(self, reason: str, *, headers_seen: bool, ts_ns: int) -> None:

@@ -149,6 +149,9 @@ class _Stitcher:
                 x.status = ev.status
                 x.resp_headers = _header_dict(ev.headers)
                 self.cur_resp = x
+                if ev.status == 101 or (ev.request_method == "CONNECT" and ev.status < 300):
+                    # the exchange ends at the switch; the client's next bytes are not HTTP
+                    self.req.switch_protocols()
             elif isinstance(ev, MessageCompleted):
                 if self.cur_resp is not None:
                     self.cur_resp.resp_bytes = ev.body_bytes
@@ -219,7 +222,7 @@ def stitch_http1(
     closed_ns: int | None,
     source: Source = "kprobe",
     from_start: bool = False,
-    pipelined: bool = False,
+    pipelined: bool = True,
 ) -> tuple[list[Exchange], Http1Stats]:
     """Parse both directions of one HTTP/1.x connection and pair requests with responses.
 
@@ -228,6 +231,10 @@ def stitch_http1(
     received. ``closed_ns`` is when the connection closed (None if it was still
     open when observation stopped); it ends close-delimited bodies.
     ``from_start`` promises both directions start at the connection's first byte.
+    ``pipelined`` (the default) pairs responses with requests in order, as HTTP/1
+    does, falling back to time order only after a lost message; False pairs each
+    response with the latest request before it, which loses all but the last of a
+    pipelined burst (h2load --h1 -m 8, proxies).
     Addresses, run id and scenario are the caller's to fill in.
     """
     if side not in ("client", "server"):

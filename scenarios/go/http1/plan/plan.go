@@ -14,6 +14,10 @@ import (
 // MaxBody is the largest request or response body the plan asks for.
 const MaxBody = 256 * 1024
 
+// PipelinedMaxBody bounds bodies of the pipelined plan: pipelining clients
+// send small requests.
+const PipelinedMaxBody = 4096
+
 // Chunk is the piece size of chunked bodies in both directions; not a power
 // of two so chunk-size lines are not all alike.
 const Chunk = 8000
@@ -112,10 +116,24 @@ func HasBody(method string) bool {
 	return method == "POST" || method == "PUT" || method == "PATCH"
 }
 
+// NoBody reports whether a status never carries a length header or a body
+// in the plan (304 only comes from the mixed plan).
+func NoBody(status int) bool { return status == 204 || status == 304 }
+
 // Make returns the n requests for seed and proto ("http10" or "http11").
-func Make(n int, seed uint64, proto string) ([]Request, error) {
+// mixed (http11 only) turns request i into, by i mod 4: a HEAD, a conditional
+// GET answered 304, a DELETE answered 204, and a POST uploaded after
+// "Expect: 100-continue".
+//
+// pipelined sends GET where the plan drew HEAD (TShark 4.0.17 frames a
+// pipelined response by the latest request's method, so the truth could not
+// follow a HEAD's) and takes body sizes modulo PipelinedMaxBody+1.
+func Make(n int, seed uint64, proto string, mixed, pipelined bool) ([]Request, error) {
 	if proto != "http10" && proto != "http11" {
 		return nil, fmt.Errorf("unknown proto %q", proto)
+	}
+	if mixed && proto != "http11" {
+		return nil, fmt.Errorf("the mixed plan is HTTP/1.1 only")
 	}
 	rng := &SplitMix64{state: seed}
 	out := make([]Request, 0, n)
@@ -146,11 +164,36 @@ func Make(n int, seed uint64, proto string) ([]Request, error) {
 		body := rng.size()
 		bodyChunkDraw := rng.Below(3)
 
-		if status == 204 {
+		if pipelined {
+			if method == "HEAD" {
+				method = "GET"
+			}
+			respSize %= PipelinedMaxBody + 1
+			body %= PipelinedMaxBody + 1
+		}
+		if mixed {
+			kind := i % 4
+			method = [4]string{"HEAD", "GET", "DELETE", "POST"}[kind]
+			switch {
+			case kind == 0 || (kind == 3 && status == 204):
+				status = 200
+			case kind == 1:
+				status = 304
+				headers = append(headers, Header{"If-None-Match", fmt.Sprintf("\"pb-%d\"", qv)})
+			case kind == 2:
+				status = 204
+			}
+			if kind == 3 {
+				body = max(body, 1)
+				bodyChunkDraw = 1
+				headers = append(headers, Header{"Expect", "100-continue"})
+			}
+		}
+		if NoBody(status) {
 			respSize = 0
 		}
 		mode := "cl"
-		if chunkDraw == 0 && proto == "http11" && status != 204 && method != "HEAD" {
+		if chunkDraw == 0 && proto == "http11" && !NoBody(status) && method != "HEAD" {
 			mode = "ch"
 		}
 		respBytes := respSize
@@ -214,7 +257,7 @@ func ParseRoute(path string) (status, size int, mode string, ok bool) {
 		return 0, 0, "", false
 	}
 	switch status {
-	case 200, 201, 204, 301, 404, 500:
+	case 200, 201, 204, 301, 304, 404, 500:
 	default:
 		return 0, 0, "", false
 	}

@@ -53,6 +53,7 @@ type client struct {
 	hostHeader string
 	deadline   time.Time
 	clock      *monoclock.Clock
+	pipeline   int // requests per write (http11); 1 is no pipelining
 	// Open-loop pacing of the main phase (--rate): exchange k of the phase is
 	// due at start + k/rate, whatever the previous ones took; zero: closed loop.
 	rate  float64
@@ -93,9 +94,8 @@ func (c *client) dial() (net.Conn, *bufio.Reader, error) {
 	return conn, bufio.NewReaderSize(conn, 64*1024), nil
 }
 
-// writeRequest sends the head in one write and the body in one write (or one
-// per chunk), the same send pattern as Python's http.client.
-func (c *client) writeRequest(conn net.Conn, req plan.Request) error {
+// requestHead is the request line and header block.
+func (c *client) requestHead(req plan.Request) []byte {
 	vsn := "HTTP/1.1"
 	if c.proto == "http10" {
 		vsn = "HTTP/1.0"
@@ -114,10 +114,13 @@ func (c *client) writeRequest(conn net.Conn, req plan.Request) error {
 		fmt.Fprintf(&head, "Content-Length: %d\r\n", req.ReqBytes)
 	}
 	head.WriteString("\r\n")
-	if _, err := conn.Write(head.Bytes()); err != nil {
-		return err
-	}
-	if !hasBody {
+	return head.Bytes()
+}
+
+// bodyWrites is the request body as the writes that send it: one, or one per
+// chunk plus the last chunk.
+func bodyWrites(req plan.Request) [][]byte {
+	if !plan.HasBody(req.Method) {
 		return nil
 	}
 	body := plan.Body(req.ReqBytes)
@@ -125,21 +128,52 @@ func (c *client) writeRequest(conn net.Conn, req plan.Request) error {
 		if len(body) == 0 {
 			return nil
 		}
-		_, err := conn.Write(body)
-		return err
+		return [][]byte{body}
 	}
+	var out [][]byte
 	for k := 0; k < len(body); k += plan.Chunk {
 		piece := body[k:min(k+plan.Chunk, len(body))]
 		chunk := make([]byte, 0, len(piece)+16)
 		chunk = fmt.Appendf(chunk, "%X\r\n", len(piece))
 		chunk = append(chunk, piece...)
 		chunk = append(chunk, "\r\n"...)
-		if _, err := conn.Write(chunk); err != nil {
+		out = append(out, chunk)
+	}
+	return append(out, []byte("0\r\n\r\n"))
+}
+
+func expectsContinue(req plan.Request) bool {
+	for _, h := range req.Headers {
+		if strings.EqualFold(h[0], "Expect") && strings.EqualFold(h[1], "100-continue") {
+			return true
+		}
+	}
+	return false
+}
+
+// writeRequest sends the head in one write and the body in one write (or one
+// per chunk), the same send pattern as Python's http.client. With
+// "Expect: 100-continue" the body waits for the server's 100 Continue.
+func (c *client) writeRequest(conn net.Conn, br *bufio.Reader, req plan.Request) error {
+	if _, err := conn.Write(c.requestHead(req)); err != nil {
+		return err
+	}
+	if expectsContinue(req) {
+		interim, err := http.ReadResponse(br, &http.Request{Method: req.Method})
+		if err != nil {
+			return fmt.Errorf("waiting for 100 Continue: %w", err)
+		}
+		interim.Body.Close()
+		if interim.StatusCode != http.StatusContinue {
+			return fmt.Errorf("status %d instead of 100 Continue", interim.StatusCode)
+		}
+	}
+	for _, w := range bodyWrites(req) {
+		if _, err := conn.Write(w); err != nil {
 			return err
 		}
 	}
-	_, err := conn.Write([]byte("0\r\n\r\n"))
-	return err
+	return nil
 }
 
 func (c *client) verify(req plan.Request, resp *http.Response, body []byte) error {
@@ -182,9 +216,15 @@ func (c *client) verify(req plan.Request, resp *http.Response, body []byte) erro
 
 func (c *client) exchange(conn net.Conn, br *bufio.Reader, req plan.Request, connSeq int,
 	tStart int64, phase string) (record, error) {
-	if err := c.writeRequest(conn, req); err != nil {
+	if err := c.writeRequest(conn, br, req); err != nil {
 		return record{}, fmt.Errorf("id %d: write: %w", req.ID, err)
 	}
+	return c.readExchange(conn, br, req, connSeq, tStart, phase)
+}
+
+// readExchange reads and checks the response to req.
+func (c *client) readExchange(conn net.Conn, br *bufio.Reader, req plan.Request, connSeq int,
+	tStart int64, phase string) (record, error) {
 	resp, err := http.ReadResponse(br, &http.Request{Method: req.Method})
 	if err != nil {
 		return record{}, fmt.Errorf("id %d: read response: %w", req.ID, err)
@@ -222,6 +262,9 @@ func (c *client) runHTTP11(l *lane, reqs []plan.Request, phase string) error {
 		}
 		l.conn, l.br = conn, br
 	}
+	if c.pipeline > 1 {
+		return c.runPipelined(l, reqs, phase)
+	}
 	for _, req := range reqs {
 		c.pace(req.ID, phase)
 		tStart := c.clock.Now()
@@ -231,6 +274,35 @@ func (c *client) runHTTP11(l *lane, reqs []plan.Request, phase string) error {
 		}
 		l.records = append(l.records, rec)
 		l.connSeq++
+	}
+	return nil
+}
+
+// runPipelined sends up to c.pipeline requests in one write, then reads their
+// responses in order.
+func (c *client) runPipelined(l *lane, reqs []plan.Request, phase string) error {
+	for k := 0; k < len(reqs); k += c.pipeline {
+		batch := reqs[k:min(k+c.pipeline, len(reqs))]
+		c.pace(batch[0].ID, phase)
+		var buf bytes.Buffer
+		for _, req := range batch {
+			buf.Write(c.requestHead(req))
+			for _, w := range bodyWrites(req) {
+				buf.Write(w)
+			}
+		}
+		tStart := c.clock.Now()
+		if _, err := l.conn.Write(buf.Bytes()); err != nil {
+			return fmt.Errorf("id %d: write: %w", batch[0].ID, err)
+		}
+		for _, req := range batch {
+			rec, err := c.readExchange(l.conn, l.br, req, l.connSeq, tStart, phase)
+			if err != nil {
+				return err
+			}
+			l.records = append(l.records, rec)
+			l.connSeq++
+		}
 	}
 	return nil
 }
@@ -333,16 +405,22 @@ func main() {
 	workload := flag.String("workload", "", "workload.jsonl to append to")
 	deadlineS := flag.Float64("deadline", 120, "never run longer than this many seconds")
 	planOnly := flag.Bool("plan-only", false, "print the plan as JSON lines and exit")
+	pipeline := flag.Int("pipeline", 1, "requests sent in one write before their responses (http11)")
+	mixed := flag.Bool("mixed", false, "the mixed plan: HEAD, 304, 204, 100-continue uploads")
 	rate := flag.Float64("rate", 0, "main phase: exchanges per second in all, open loop (0: as fast as it goes)")
 	flag.Parse()
 
 	if *proto != "http10" && *proto != "http11" {
 		die(2, "--proto must be http10 or http11")
 	}
-	if *exchanges < 0 || *connections < 1 || *warmup < 0 || *deadlineS <= 0 || *rate < 0 {
-		die(2, "--exchanges/--warmup must be >= 0, --connections >= 1, --deadline > 0")
+	if *exchanges < 0 || *connections < 1 || *warmup < 0 || *deadlineS <= 0 || *pipeline < 1 ||
+		*rate < 0 {
+		die(2, "--exchanges/--warmup/--rate must be >= 0, --connections/--pipeline >= 1, --deadline > 0")
 	}
-	p, err := plan.Make(*exchanges, uint64(*seed), *proto)
+	if *pipeline > 1 && (*mixed || *proto != "http11") {
+		die(2, "--pipeline is for the http11 plan, without --mixed (100-continue waits)")
+	}
+	p, err := plan.Make(*exchanges, uint64(*seed), *proto, *mixed, *pipeline > 1)
 	if err != nil {
 		die(2, "%v", err)
 	}
@@ -370,7 +448,7 @@ func main() {
 	}
 	addr := net.JoinHostPort(*host, strconv.Itoa(*port))
 	c := &client{
-		proto: *proto, addr: addr, hostHeader: addr, clock: clock,
+		proto: *proto, addr: addr, hostHeader: addr, clock: clock, pipeline: *pipeline,
 		deadline: time.Now().Add(time.Duration(*deadlineS * float64(time.Second))),
 		rate:     *rate,
 	}

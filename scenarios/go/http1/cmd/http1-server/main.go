@@ -90,8 +90,8 @@ func (h handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if h.http10 {
 		hd.Set("Connection", "close")
 	}
-	if status == http.StatusNoContent {
-		w.WriteHeader(status) // no length header, no body
+	if plan.NoBody(status) {
+		w.WriteHeader(status) // 204, 304: no length header, no body
 		return
 	}
 	if mode == "cl" || r.Method == http.MethodHead {

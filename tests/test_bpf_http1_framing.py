@@ -1,0 +1,60 @@
+"""Pipelining and 100-continue for real: the kernel-side collector against Wireshark.
+
+One `probebench observe` (one BPF compile) around a script that starts the Go HTTP/1
+server and plays two Python clients against it: eight requests per write on two
+connections, then the mixed plan (HEAD, 304, 204, POST after Expect: 100-continue).
+Before issue 19 the first gave hundreds of phantoms and the second's uploads were
+missing from the truth.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from harness.model import load_metrics
+from harness.runner.record import free_port
+
+pytestmark = [pytest.mark.bpf, pytest.mark.capture]
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVER = ROOT / "scenarios" / "go" / "bin" / "http1-server"
+CLIENT = ROOT / "scenarios" / "py" / "http1_client.py"
+PIPELINED, MIXED = 48, 24
+
+
+def test_pipelined_and_100_continue_are_seen_whole_on_both_sides(tmp_path: Path) -> None:
+    port = free_port()
+    client = (f"{sys.executable} {CLIENT} --proto http11 --host 127.0.0.1 --port {port} "
+              f"--warmup 0 --deadline 60")  # fmt: skip
+    script = (
+        f"sleep 120 | {SERVER} --proto http11 --host 127.0.0.1 --port {port} & sleep 0.3; "
+        f"{client} --workload {tmp_path}/p.jsonl --exchanges {PIPELINED} --connections 2 "
+        f"--pipeline 8 && "
+        f"{client} --workload {tmp_path}/m.jsonl --exchanges {MIXED} --connections 1 --mixed"
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "observe", "--port", str(port),
+         "--collectors", "kprobe", "--duration", "120", "--out", str(tmp_path / "runs"),
+         "--", "bash", "-c", script],
+        capture_output=True, text=True, cwd=ROOT, timeout=600,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    run_dir = Path(r.stdout.strip().splitlines()[-1])
+    metrics = load_metrics(run_dir)
+    truth = metrics["truth"]
+    kinds = pd.read_parquet(run_dir / "exchanges" / "truth.parquet")
+    methods = kinds["method"].value_counts().to_dict()
+    assert methods["POST"] >= MIXED // 4 and methods["HEAD"] == MIXED // 4  # uploads are in
+    assert (kinds["status"] == 304).sum() == MIXED // 4
+    assert truth["exchanges"] == PIPELINED + MIXED
+    assert truth["unpaired_requests"] == truth["unpaired_responses"] == 0
+    rows = {r["side"]: r for r in metrics["rows"] if r["variant"] == "default"}
+    assert set(rows) == {"client", "server"}
+    for side, row in rows.items():
+        got = (row["observable"], row["matched"], row["degraded"], row["phantoms"])
+        assert got == (PIPELINED + MIXED, PIPELINED + MIXED, 0, 0), (side, row)
