@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.analysis.compact import Sharer
 from harness.collectors.kprobe.decode import Connection, decode
 from harness.model import Exchange
 from harness.protocols.http1.stitch import stitch_http1
@@ -115,6 +116,7 @@ def kprobe_exchanges(
     st = ObservedStats(decode=dict(vars(dstats)))
     ports = set(server_ports)
     out: list[Exchange] = []
+    share = Sharer()
     streams_of: dict[int, set[int]] = {}  # id(connection) -> HTTP/2 stream ids it produced
     for conn in conns:
         role = _role(conn, ports)
@@ -157,6 +159,9 @@ def kprobe_exchanges(
             continue
         for k, v in counters.items():
             st.parse[k] = st.parse.get(k, 0) + v
+        # its bytes are parsed: let them go while the next connection is stitched
+        conn.send, conn.recv = [], []
+        share(xs)
         if conn.proto == "http2":
             seen: set[int] = set()
             prev = conn.continues

@@ -18,6 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from harness.analysis.compact import Sharer
 from harness.analysis.match import match
 from harness.analysis.metrics import DEFINITIONS, Row, score
 from harness.analysis.observed import VARIANTS, EncryptedConn, Variant, kprobe_exchanges
@@ -188,18 +189,20 @@ def _window(
 
 
 def _extract(
-    pcap: Path, http1_ports: list[int], h2c_ports: list[int], offset: int,
+    pcap: Path, http1_ports: list[int], h2c_ports: list[int], offset: int, out_of_order: bool,
     keylog: Path | None = None,
 ) -> tuple[list[Exchange], Any]:
-    return extract_exchanges(
+    truth, stats = extract_exchanges(
         pcap, http1_ports=http1_ports, h2c_ports=h2c_ports, mono_offset_ns=offset,
-        tls_keylog=keylog,
-    )
+        out_of_order=out_of_order, tls_keylog=keylog,
+    )  # fmt: skip
+    Sharer()(truth)
+    return truth, stats
 
 
 @contextlib.contextmanager
 def _truth_job(
-    pcap: Path, http1_ports: list[int], h2c_ports: list[int], offset: int,
+    pcap: Path, http1_ports: list[int], h2c_ports: list[int], offset: int, out_of_order: bool,
     keylog: Path | None = None,
 ) -> Iterator[Callable[[], tuple[list[Exchange], Any]]]:
     """Yields a function that returns the truth: decoded in a worker process for a big
@@ -207,12 +210,12 @@ def _truth_job(
     decoded when called."""
     big = pcap.is_file() and pcap.stat().st_size >= PARALLEL_TRUTH_BYTES
     if not big or (os.cpu_count() or 1) < 2:
-        yield lambda: _extract(pcap, http1_ports, h2c_ports, offset, keylog)
+        yield lambda: _extract(pcap, http1_ports, h2c_ports, offset, out_of_order, keylog)
         return
     # forkserver: the worker does not inherit the caller's threads (observe's)
     ctx = multiprocessing.get_context("forkserver")
     with ProcessPoolExecutor(1, mp_context=ctx) as pool:
-        fut = pool.submit(_extract, pcap, http1_ports, h2c_ports, offset, keylog)
+        fut = pool.submit(_extract, pcap, http1_ports, h2c_ports, offset, out_of_order, keylog)
         try:
             yield fut.result
         finally:
@@ -308,7 +311,10 @@ def replay(
             if write and attach_at_s is None:
                 save_metrics(run_dir, metrics)
             return metrics
-    truth_args = (run_dir / CAPTURE, [] if h2c else ports, ports if h2c else [], offset, keylog)
+    # dumpcap's drops leave gaps that out-of-order reassembly would wait on forever
+    clean = not int(manifest.capture.get("packets_dropped") or 0)
+    truth_args = (run_dir / CAPTURE, [] if h2c else ports, ports if h2c else [], offset, clean,
+                  keylog)  # fmt: skip
     # Wireshark's decode and the collectors' decode are independent until matching: on a
     # big capture they run side by side, tshark and its reader in a second process.
     with _truth_job(*truth_args) as truth_job:

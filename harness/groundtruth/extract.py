@@ -67,6 +67,9 @@ class TruthStats:
     unpaired_requests: int = 0  # requests or calls without a response
     unpaired_responses: int = 0  # responses whose request was not captured
     truncated: bool = False  # the file ended in the middle of a packet
+    # TCP segments recorded out of order are reassembled (off when the capture dropped
+    # packets: see tshark.decode_as)
+    out_of_order: bool = True
     # how the HTTP/2 calls were decoded: "fields" (the scan pass), "json (why)", None: no h2c
     h2_decode: str | None = None
     warnings: dict[str, int] = field(default_factory=dict)  # message -> count
@@ -144,8 +147,9 @@ def _scan(
     pcap: Path, http1_ports: list[int], h2c_ports: list[int], mono_offset_ns: int,
     stats: TruthStats, h2: _H2Fields | None = None, tls_keylog: Path | None = None,
 ) -> tuple[dict[int, _Frame], list[Exchange]]:
-    args = [*decode_as(http1_ports, h2c_ports, tls_keylog), "-T", "fields", "-E", "occurrence=a",
-            "-E", f"aggregator={AGG}", "-E", f"separator={SEP}"]
+    args = [*decode_as(http1_ports, h2c_ports, tls_keylog, out_of_order=stats.out_of_order),
+            "-T", "fields", "-E", "occurrence=a", "-E", f"aggregator={AGG}",
+            "-E", f"separator={SEP}"]
     columns = _FIELDS + (_H2_FIELDS if h2 is not None else ())
     for f in columns:
         args += ["-e", f]
@@ -813,7 +817,8 @@ def _h2(
     pcap: Path, h2c_ports: list[int], frames: dict[int, _Frame], stats: TruthStats,
     http1_ports: list[int], tls_keylog: Path | None = None,
 ) -> list[Exchange]:
-    args = [*decode_as(http1_ports, h2c_ports, tls_keylog), "-Y", "http2", "-T", "json",
+    args = [*decode_as(http1_ports, h2c_ports, tls_keylog, out_of_order=stats.out_of_order),
+            "-Y", "http2", "-T", "json",
             "-J", "frame http2 grpc"]
     h2 = _H2Calls(h2c_ports, stats)
     for pkt in _h2_json_packets(pcap, args):
@@ -875,6 +880,7 @@ def extract_exchanges(
     h2c_ports: list[int],
     mono_offset_ns: int = 0,
     tls_keylog: Path | None = None,
+    out_of_order: bool = True,
 ) -> tuple[list[Exchange], TruthStats]:
     """Every HTTP/1 exchange and HTTP/2 call on the given server ports, with decode statistics.
 
@@ -883,7 +889,7 @@ def extract_exchanges(
     at capture time (the pcap holds wall-clock times). Exchanges are ordered by protocol,
     then by request time. Raises CaptureError when tshark cannot read the file at all.
     """
-    stats = TruthStats()
+    stats = TruthStats(out_of_order=out_of_order)
     # the fields route counts into its own stats: they only count if it sees it through
     h2 = _H2Fields(_H2Calls(h2c_ports, TruthStats())) if h2c_ports else None
     frames, exchanges = _scan(Path(pcap), http1_ports, h2c_ports, mono_offset_ns, stats, h2,

@@ -1,0 +1,51 @@
+"""One copy of each repeated header set and string among many Exchanges.
+
+A busy recording repeats the same headers in every exchange (an nginx response's eight
+headers, the same Host and User-Agent): held per exchange they were most of a replay's
+memory, some 3 KB an exchange. Exchanges are only read once decoded and stitched, so
+equal header dicts can be one shared dict. Pickling (the truth worker's answer) then
+sends each shared dict once too.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+
+from harness.model import Exchange
+
+_STRINGS = ("client_ip", "server_ip", "method", "path", "authority", "protocol")
+
+
+class Sharer:
+    """Replaces equal header dicts and strings of the exchanges it is given by one object.
+
+    Call it once an exchange will no longer change: the shared dicts must not be mutated."""
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self._dicts: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
+        self._max = max_entries  # unique header sets (e.g. a Date header per second)
+
+    def _dict(self, d: dict[str, str]) -> dict[str, str]:
+        if not d:
+            return d
+        key = tuple(d.items())
+        got = self._dicts.get(key)
+        if got is not None:
+            return got
+        if len(self._dicts) < self._max:
+            shared = {sys.intern(k): sys.intern(v) for k, v in key}
+            self._dicts[key] = shared
+            return shared
+        return d
+
+    def __call__(self, exchanges: Iterable[Exchange]) -> None:
+        intern = sys.intern
+        for x in exchanges:
+            x.req_headers = self._dict(x.req_headers)
+            x.resp_headers = self._dict(x.resp_headers)
+            x.trailers = self._dict(x.trailers)
+            for name in _STRINGS:
+                v = getattr(x, name)
+                if type(v) is str:
+                    setattr(x, name, intern(v))
