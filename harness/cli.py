@@ -64,7 +64,9 @@ def cmd_run(a: argparse.Namespace) -> int:
         seed=a.seed,
         grpc_version=a.grpc_go,
         port=a.port,
-        options=CollectorOptions(max_capture=a.max_capture, ringbuf_pages=a.ringbuf_pages),
+        options=CollectorOptions(max_capture=a.max_capture, ringbuf_pages=a.ringbuf_pages,
+                                 uprobe_level=a.uprobe_level,
+                                 uprobe_value_max=a.uprobe_value_max),  # fmt: skip
     )
     run_dir = _record_and_replay(spec, a.out)
     print(run_dir)
@@ -104,6 +106,7 @@ def cmd_matrix(a: argparse.Namespace) -> int:
 
 
 def cmd_observe(a: argparse.Namespace) -> int:
+    from harness.runner.collectors import CollectorOptions
     from harness.runner.observe import observe
 
     if not a.command:
@@ -118,6 +121,7 @@ def cmd_observe(a: argparse.Namespace) -> int:
         collectors=a.collectors,
         out=a.out,
         progress=_progress,
+        options=CollectorOptions(uprobe_level=a.uprobe_level, uprobe_value_max=a.uprobe_value_max),
     )
     print(run_dir)
     return 0
@@ -129,6 +133,18 @@ def _collectors(text: str) -> list[str]:
     if unknown or not names:
         raise argparse.ArgumentTypeError(f"collectors are kprobe and uprobe, not {text!r}")
     return names
+
+
+def _uprobe_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--uprobe-level", choices=["headers", "messages"], default="headers",
+        help="uprobe: header blocks only (3 hits per unary call per side), or also every "
+        "DATA frame (+1 hit each) for message counts and sizes",
+    )  # fmt: skip
+    p.add_argument(
+        "--uprobe-value-max", type=int, default=16384,
+        help="uprobe: header value bytes captured; a longer value is marked cut, never used",
+    )  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-capture", type=int, default=65536, help="payload bytes captured per syscall"
     )
     p.add_argument("--ringbuf-pages", type=int, default=16384, help="ring buffer, 4 KiB pages")
+    _uprobe_options(p)
     p.add_argument("--out", type=Path, default=DEFAULT_RUNS, help="parent of the run directory")
     p.set_defaults(fn=cmd_run)
 
@@ -172,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--collectors", type=_collectors, default="kprobe,uprobe",
         help="comma-separated; uprobe holds each exec of the command until it is probed",
     )  # fmt: skip
+    _uprobe_options(p)
     p.add_argument("--out", type=Path, default=DEFAULT_RUNS)
     p.add_argument("command", nargs=argparse.REMAINDER)
     p.set_defaults(fn=cmd_observe)

@@ -30,6 +30,7 @@ def observe(
     collectors: list[str],
     out: Path,
     progress: Progress,
+    options: CollectorOptions | None = None,
 ) -> Path:
     exe = shutil.which(command[0])
     if exe is None:
@@ -64,7 +65,7 @@ def observe(
                 progress(f"attaching {name} collector")
                 rc = start_collector(
                     procs, name, run_dir / EVENTS_DIR, tgids=[], ports=ports,
-                    options=CollectorOptions(), deadline_s=duration_s + 120,
+                    options=options or CollectorOptions(), deadline_s=duration_s + 120,
                     binaries=early, follow=child.pid,
                 )  # fmt: skip
                 running.append(rc)
