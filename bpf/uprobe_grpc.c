@@ -215,25 +215,21 @@ static __always_inline void hdr_flush(struct pb_header_event *e) {
     e->part += 1;
 }
 
-struct hloop { u64 hf_ptr; };
+/* Where a block's walk stands between the runs of its tail-call chain (one CPU). */
+struct hwalk { u64 hf_ptr; u32 next; u32 n; };
+BPF_PERCPU_ARRAY(hwalk, struct hwalk, 1);
+BPF_PROG_ARRAY(hdr_walker, 1); /* [0] = hdr_fields, loaded by the recorder */
 
-/* bpf_loop callback: one header field into the current part (a new part when it is full).
- * The verifier checks this body once, whatever the block's length. */
-static int hdr_field(u32 i, void *arg) {
-    struct hloop *l = arg;
-    struct pb_header_event *e = hscratch_get();
-    if (!e) return 1;
-    u64 f = l->hf_ptr + (u64)i * PB_HFIELD_SIZE;
+/* One header field into the current part; returns 0 when the part is full (nothing added). */
+static __always_inline int hdr_field(struct pb_header_event *e, u64 f) {
     struct go_string name = {}, value = {};
     bpf_probe_read_user(&name, sizeof(name), (void *)(f + PB_HFIELD_NAME));
     bpf_probe_read_user(&value, sizeof(value), (void *)(f + PB_HFIELD_VALUE));
     u32 nl = name.len < PB_NAME_MAX ? (u32)name.len : PB_NAME_MAX;
     u32 vl = value.len < PB_VALUE_MAX ? (u32)value.len : PB_VALUE_MAX;
     u32 cnt = *(volatile u32 *)&e->count;
-    if (cnt >= PB_EV_FIELDS || *(volatile u32 *)&e->blob_len + nl + vl > PB_HDR_BLOB) {
-        hdr_flush(e);
-        cnt = 0;
-    }
+    if (cnt >= PB_EV_FIELDS) return 0;
+    if (cnt && *(volatile u32 *)&e->blob_len + nl + vl > PB_HDR_BLOB) return 0;
     u32 k = bound(cnt, PB_EV_FIELDS - 1);
     e->name_len[k] = name.len > 0xffffffffULL ? 0xffffffff : (u32)name.len;
     e->value_len[k] = value.len > 0xffffffffULL ? 0xffffffff : (u32)value.len;
@@ -242,36 +238,65 @@ static int hdr_field(u32 i, void *arg) {
     e->name_cap[k] = nc;
     e->value_cap[k] = vc;
     if (nc != name.len || vc != value.len) stat_add(PB_USTAT_CUT_VALUES, 1);
-    e->count = k + 1;
+    *(volatile u32 *)&e->count = k + 1;
+    return 1;
+}
+
+/* Fill one part with the block's next fields and send it; tail-call itself for the rest.
+ * A chain is at most 33 runs (the kernel's tail-call limit): fields beyond it are counted
+ * in nfields but not sent, which replay marks as truncated_headers. Each run's loop is
+ * verified once, whatever the block's length. */
+int hdr_fields(struct pt_regs *ctx) {
+    u32 zero = 0;
+    struct hwalk *w = hwalk.lookup(&zero);
+    struct pb_header_event *e = hscratch_get();
+    if (!w || !e) return 0;
+    for (int i = 0; i < PB_EV_FIELDS; i++) {
+        u32 idx = *(volatile u32 *)&w->next;
+        if (idx >= w->n) break;
+        if (!hdr_field(e, w->hf_ptr + (u64)idx * PB_HFIELD_SIZE)) break;
+        *(volatile u32 *)&w->next = idx + 1;
+    }
+    if (w->next < w->n) {
+        hdr_flush(e);
+        hdr_walker.call(ctx, 0);
+        /* the chain's end (tail-call limit, or no walker loaded): the rest goes unsent */
+    }
+    e->flags |= PB_FLAG_LAST_PART;
+    hdr_flush(e);
     return 0;
 }
 
-static __always_inline int emit_headers(struct conn_addr *c, u8 probe, u8 role, u8 dir, u32 sid,
-                                        u8 end, u64 hf_ptr, u64 hf_len) {
+static __always_inline int emit_headers(struct pt_regs *ctx, struct conn_addr *c, u8 probe,
+                                        u8 role, u8 dir, u32 sid, u8 end, u64 hf_ptr,
+                                        u64 hf_len) {
+    u32 zero = 0;
+    struct hwalk *w = hwalk.lookup(&zero);
     struct pb_header_event *e = hscratch_get();
-    if (!e) return 0;
+    if (!w || !e) return 0;
     FILL_PREFIX(e, c, PB_UEV_HEADERS, probe, role, dir);
     e->stream_id = sid;
     e->flags = end ? PB_FLAG_END_STREAM : 0;
     e->pad = 0;
     e->nfields = hf_len > 0xffffffffULL ? 0xffffffff : (u32)hf_len;
-    u32 n = hf_len < PB_MAX_BLOCK_FIELDS ? (u32)hf_len : PB_MAX_BLOCK_FIELDS;
     if (hf_len > PB_MAX_BLOCK_FIELDS) stat_add(PB_USTAT_EXTRA_FIELDS, hf_len - PB_MAX_BLOCK_FIELDS);
     e->first = 0;
     e->count = 0;
     e->part = 0;
     e->blob_len = 0;
-    struct hloop l = {.hf_ptr = hf_ptr};
-    bpf_loop(n, hdr_field, &l, 0);
-    e = hscratch_get();
-    if (!e) return 0;
+    w->hf_ptr = hf_ptr;
+    w->next = 0;
+    w->n = hf_len < PB_MAX_BLOCK_FIELDS ? (u32)hf_len : PB_MAX_BLOCK_FIELDS;
+    hdr_walker.call(ctx, 0);
+    /* no walker loaded: the block's fields go unsent, and replay says so */
     e->flags |= PB_FLAG_LAST_PART;
     hdr_flush(e);
     return 0;
 }
 
 /* (*MetaHeadersFrame): stream id and flags from the embedded *HeadersFrame's header */
-static __always_inline int recv_headers(struct conn_addr *c, u8 probe, u8 role, u64 frame) {
+static __always_inline int recv_headers(struct pt_regs *ctx, struct conn_addr *c, u8 probe,
+                                        u8 role, u64 frame) {
     u64 hdrs = rd64(frame + PB_MHF_HEADERS);
     u32 sid = 0;
     u8 flags = 0;
@@ -281,7 +306,7 @@ static __always_inline int recv_headers(struct conn_addr *c, u8 probe, u8 role, 
     }
     struct go_slice fields = {};
     bpf_probe_read_user(&fields, sizeof(fields), (void *)(frame + PB_MHF_FIELDS));
-    return emit_headers(c, probe, role, PB_DIR_RECV, sid, flags & 1, fields.ptr, fields.len);
+    return emit_headers(ctx, c, probe, role, PB_DIR_RECV, sid, flags & 1, fields.ptr, fields.len);
 }
 #endif
 
@@ -291,7 +316,7 @@ int probe_write_header(struct pt_regs *ctx) {
     stat_add(PB_USTAT_HITS + PB_PROBE_WRITE_HEADER, 1);
     struct conn_addr c = {};
     conn_of(&c, go_reg(ctx, PB_WH_RECV_REG), CONN_PATH(WH));
-    return emit_headers(&c, PB_PROBE_WRITE_HEADER, PB_ROLE_UNKNOWN, PB_DIR_SEND,
+    return emit_headers(ctx, &c, PB_PROBE_WRITE_HEADER, PB_ROLE_UNKNOWN, PB_DIR_SEND,
                         (u32)go_reg(ctx, PB_WH_SID_REG), (u8)go_reg(ctx, PB_WH_END_REG),
                         go_reg(ctx, PB_WH_HF_PTR_REG), go_reg(ctx, PB_WH_HF_LEN_REG));
 }
@@ -303,7 +328,7 @@ int probe_client_headers(struct pt_regs *ctx) {
     stat_add(PB_USTAT_HITS + PB_PROBE_CLIENT_HEADERS, 1);
     struct conn_addr c = {};
     conn_of(&c, go_reg(ctx, PB_CH_RECV_REG), CONN_PATH(CH));
-    return recv_headers(&c, PB_PROBE_CLIENT_HEADERS, PB_ROLE_CLIENT, go_reg(ctx, PB_CH_FRAME_REG));
+    return recv_headers(ctx, &c, PB_PROBE_CLIENT_HEADERS, PB_ROLE_CLIENT, go_reg(ctx, PB_CH_FRAME_REG));
 }
 #endif
 
@@ -313,7 +338,7 @@ int probe_server_headers(struct pt_regs *ctx) {
     stat_add(PB_USTAT_HITS + PB_PROBE_SERVER_HEADERS, 1);
     struct conn_addr c = {};
     conn_of(&c, go_reg(ctx, PB_SH_RECV_REG), CONN_PATH(SH));
-    return recv_headers(&c, PB_PROBE_SERVER_HEADERS, PB_ROLE_SERVER, go_reg(ctx, PB_SH_FRAME_REG));
+    return recv_headers(ctx, &c, PB_PROBE_SERVER_HEADERS, PB_ROLE_SERVER, go_reg(ctx, PB_SH_FRAME_REG));
 }
 #endif
 

@@ -188,6 +188,13 @@ class Recorder:
                 self.rejected[key] = str(e)
                 self._unsupported(f"{r.path}: unsupported: program rejected ({e})")
                 return None
+            try:
+                self._load_walker(bpf, r)
+            except CollectorError as e:
+                bpf.cleanup()
+                self.rejected[key] = str(e)
+                self._unsupported(f"{r.path}: unsupported: program rejected ({e})")
+                return None
             prog = self.programs[key] = Program(dict(r.defines), [], bpf)
             targets = bpf["targets"]
             for t in self.tgids:
@@ -195,6 +202,19 @@ class Recorder:
             assert self.rings is not None
             self.rings.add(bpf["events"], self._on_event)
         return prog
+
+    @staticmethod
+    def _load_walker(bpf: Any, r: Resolution) -> None:
+        """Put hdr_fields, which walks a header block in a chain of tail calls, into the
+        program array the header probes call. A plain function: bcc neither loads nor
+        attaches it by itself."""
+        if "PB_HFIELD_SIZE" not in r.defines:
+            return  # no header probe in this layout
+        try:
+            fn = bpf.load_func(b"hdr_fields", bpf.KPROBE)
+        except Exception as e:  # bcc raises bare Exception with the verifier's log
+            raise CollectorError(f"the kernel rejected hdr_fields: {str(e)[-300:]}") from e
+        bpf["hdr_walker"][ctypes.c_int(0)] = ctypes.c_int(fn.fd)
 
     def _probe(self, r: Resolution) -> list[dict[str, Any]]:
         """Attach uprobes to every process running this binary, now and later."""
