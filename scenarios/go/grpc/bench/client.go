@@ -3,6 +3,7 @@ package bench
 import (
 	"bufio"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -108,11 +109,13 @@ type clientOpts struct {
 	warmup, inflight     int
 	seed                 uint64
 	deadline             time.Duration
+	metadataFile         string
 }
 
 type client struct {
 	opts  clientOpts
 	plan  []Call
+	extra []extraMD // --metadata-file: call i also sends extra[i % len]
 	clock monoClock
 	conns []*conn
 
@@ -137,6 +140,8 @@ func ClientMain(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.warmup, "warmup", 0, "calls per connection before WARM/GO")
 	fs.IntVar(&o.inflight, "inflight", 3, "concurrent calls per connection after GO")
 	fs.StringVar(&o.workload, "workload", "", "workload.jsonl to append to")
+	fs.StringVar(&o.metadataFile, "metadata-file", "",
+		"JSON lines of extra metadata; call i sends line i % lines (-bin values in base64)")
 	deadline := fs.Float64("deadline", 120, "seconds the whole run may take")
 	printPlan := fs.Bool("print-plan", false, "print the plan as JSON lines and exit")
 	if err := fs.Parse(args); err != nil {
@@ -173,6 +178,11 @@ func ClientMain(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		o.deadline -= 500 * time.Millisecond
 	}
 	cl := &client{opts: o, plan: plan, clock: newMonoClock()}
+	if o.metadataFile != "" {
+		if cl.extra, err = readExtra(o.metadataFile); err != nil {
+			return fail("%v", err)
+		}
+	}
 	if err := cl.run(stdin, stdout); err != nil {
 		return fail("%v", err)
 	}
@@ -295,6 +305,18 @@ func (cl *client) call(ctx context.Context, c *conn, id int, phase string) error
 	for _, k := range MetadataKeys {
 		kv = append(kv, k, p.Metadata[k])
 	}
+	sent := p.Metadata
+	if len(cl.extra) > 0 {
+		x := cl.extra[id%len(cl.extra)]
+		sent = make(map[string]string, len(p.Metadata)+len(x.pairs)/2)
+		for k, v := range p.Metadata {
+			sent[k] = v
+		}
+		kv = append(kv, x.pairs...)
+		for k, v := range x.wire {
+			sent[k] = v
+		}
+	}
 	cctx, cancel := context.WithTimeout(metadata.NewOutgoingContext(ctx, metadata.Pairs(kv...)),
 		30*time.Second)
 	defer cancel()
@@ -302,7 +324,7 @@ func (cl *client) call(ctx context.Context, c *conn, id int, phase string) error
 	rec := Record{
 		ID: p.ID, Protocol: "h2c-grpc", ClientIP: cl.opts.host, ServerIP: cl.opts.host,
 		ServerPort: cl.opts.port, ConnSeq: seq, Conn: c.idx, Method: "POST", Path: p.Method,
-		Status: 200, ReqHeaders: p.Metadata, Phase: phase,
+		Status: 200, ReqHeaders: sent, Phase: phase,
 	}
 	if port > 0 {
 		rec.ClientPort = &port
@@ -329,6 +351,55 @@ func (cl *client) call(ctx context.Context, c *conn, id int, phase string) error
 	defer cl.mu.Unlock()
 	_, err = cl.out.Write(append(line, '\n'))
 	return err
+}
+
+// extraMD is one line of --metadata-file: the pairs to send, and the values as the wire
+// carries them (grpc-go sends -bin values in unpadded base64).
+type extraMD struct {
+	pairs []string
+	wire  map[string]string
+}
+
+func readExtra(path string) ([]extraMD, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var out []extraMD
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 64<<20)
+	for sc.Scan() {
+		if strings.TrimSpace(sc.Text()) == "" {
+			continue
+		}
+		var m map[string]string
+		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
+			return nil, fmt.Errorf("%s: %v", path, err)
+		}
+		x := extraMD{wire: map[string]string{}}
+		for k, v := range m {
+			if strings.HasSuffix(k, "-bin") {
+				raw, err := base64.StdEncoding.DecodeString(v)
+				if err != nil {
+					return nil, fmt.Errorf("%s: %s: %v", path, k, err)
+				}
+				x.pairs = append(x.pairs, k, string(raw))
+				x.wire[k] = base64.RawStdEncoding.EncodeToString(raw)
+			} else {
+				x.pairs = append(x.pairs, k, v)
+				x.wire[k] = v
+			}
+		}
+		out = append(out, x)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, err
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%s holds no metadata lines", path)
+	}
+	return out, nil
 }
 
 func request(p *Call, j int) *benchpb.Req {
