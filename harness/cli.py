@@ -64,9 +64,10 @@ def cmd_run(a: argparse.Namespace) -> int:
         seed=a.seed,
         grpc_version=a.grpc_go,
         port=a.port,
-        options=CollectorOptions(max_capture=a.max_capture, ringbuf_pages=a.ringbuf_pages,
-                                 uprobe_level=a.uprobe_level,
-                                 uprobe_value_max=a.uprobe_value_max),  # fmt: skip
+        options=CollectorOptions(
+            max_capture=a.max_capture, ringbuf_pages=a.ringbuf_pages,
+            uprobe_level=a.uprobe_level, uprobe_value_max=a.uprobe_value_max,
+        ),
     )
     run_dir = _record_and_replay(spec, a.out)
     print(run_dir)

@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from test_uprobe_bpf import BIN, client_args, start_collector, start_server, stop
 
 from harness.analysis.uprobe_observed import uprobe_exchanges
 from harness.collectors.uprobe.decode import HeaderBlock, decode
 from harness.runner.record import free_port
-from test_uprobe_bpf import BIN, client_args, start_collector, start_server, stop
 
 pytestmark = pytest.mark.bpf
 

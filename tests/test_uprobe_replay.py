@@ -233,7 +233,7 @@ def test_a_block_in_several_parts_is_one_block(tmp_path: Path) -> None:
     other = o.headers(3, REQ)
     recs = [parts[0], other, *parts[1:], c.data(1, msg(5), send=True, end=True),
             c.headers(1, RESP), c.headers(1, [("grpc-status", "0")], end=True)]  # fmt: skip
-    evs, st = decode(write(tmp_path / "u.bin", recs))
+    _, st = decode(write(tmp_path / "u.bin", recs))
     assert st.header_blocks == 4 and st.header_parts == 7
     xs, _ = uprobe_exchanges(tmp_path / "u.bin", [SERVER_PORT])
     x = next(x for x in xs if x.stream_id == 1)
