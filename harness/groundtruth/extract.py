@@ -243,6 +243,9 @@ class _Call:
     grpc_bytes: list[int] = field(default_factory=lambda: [0, 0])
     grpc_msgs: list[int] = field(default_factory=lambda: [0, 0])
     ended: list[bool] = field(default_factory=lambda: [False, False])
+    # a header block's fields while its HEADERS + CONTINUATION frames come in, per direction:
+    # Wireshark decodes each fragment apart (a block over 16 KiB spans several frames)
+    open_block: list[list[tuple[str, str]] | None] = field(default_factory=lambda: [None, None])
 
 
 def _pairs_get(pairs: list[tuple[str, Any]], key: str) -> Any:
@@ -267,10 +270,21 @@ def _h2_streams(layer: Any) -> list[list[tuple[str, Any]]]:
         if isinstance(layer, list) else []
 
 
+END_HEADERS = 0x4
+
+
+def _joined(hdrs: list[tuple[str, str]]) -> dict[str, str]:
+    """Fields of one name joined with ", " in order, as both collectors do (RFC 9110 5.3)."""
+    out: dict[str, str] = {}
+    for n, v in hdrs:
+        out[n] = f"{out[n]}, {v}" if n in out else v
+    return out
+
+
 def _apply_headers(call: _Call, to_server: bool, hdrs: list[tuple[str, str]]) -> None:
     x = call.x
-    regular = {n: v for n, v in hdrs if not n.startswith(":")}
-    pseudo = {n: v for n, v in hdrs if n.startswith(":")}
+    regular = _joined([(n, v) for n, v in hdrs if not n.startswith(":")])
+    pseudo = _joined([(n, v) for n, v in hdrs if n.startswith(":")])
     if to_server:
         if call.req_header_blocks == 0:
             x.method = pseudo.get(":method")
@@ -361,9 +375,14 @@ def _h2(
                 if _pairs_get(flags, "http2.flags.end_stream") == "1":
                     call.ended[d] = True
                 if ftype in (1, 9):
-                    hdrs = _h2_headers(st)
-                    if hdrs:
-                        _apply_headers(call, to_server, hdrs)
+                    block = call.open_block[d]
+                    if ftype == 1 or block is None:
+                        block = call.open_block[d] = []
+                    block += _h2_headers(st)
+                    if int(_pairs_get(st, "http2.flags") or "0", 16) & END_HEADERS:
+                        call.open_block[d] = None
+                        if block:
+                            _apply_headers(call, to_server, block)
                 elif ftype == 0:
                     length = int(_pairs_get(st, "http2.length") or 0)
                     pad = _pairs_get(st, "http2.pad_length")
@@ -374,6 +393,13 @@ def _h2(
     result = []
     for call in order:
         x = call.x
+        for d, side in ((0, "req"), (1, "resp")):
+            if call.open_block[d] is not None:
+                # a block whose END_HEADERS Wireshark never decoded: its fields are partial
+                stats.warn("HTTP/2 header block without END_HEADERS")
+                x.degrade(f"{side}_headers", "truth_unreliable")
+                if call.open_block[d]:
+                    _apply_headers(call, d == 0, call.open_block[d] or [])
         if x.protocol == "h2c-grpc":
             x.req_messages, x.resp_messages = call.grpc_msgs
             x.req_bytes, x.resp_bytes = call.grpc_bytes
