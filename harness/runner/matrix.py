@@ -24,7 +24,11 @@ ATTACHES = ("early", "late")
 DEFAULT_EXCHANGES = {
     "http10-short": 400, "http11-keepalive": 400, "grpc-unary": 200,
     "grpc-server-stream": 100, "grpc-client-stream": 100, "grpc-bidi": 100,
+    "grpc-unary-shapes": 300, "grpc-stream-shapes": 100,
 }  # fmt: skip
+# The stream-shape scenarios run against the Go server only (its GOAWAY option), from
+# both client languages.
+SHAPE_PAIRS = (("go", "go"), ("py", "go"))
 # Where in the workload (share of its time span) the sweep replays an attach.
 SWEEP_FRACTIONS = (0.1, 0.25, 0.5, 0.75)
 QUICK_SWEEP_FRACTIONS = (0.25, 0.5, 0.75)
@@ -78,7 +82,8 @@ def plan(quick: bool, collectors: tuple[str, ...] = ("kprobe", "uprobe")) -> lis
     runs = []
     for name, scen in SCENARIOS.items():
         n = DEFAULT_EXCHANGES[name]
-        for client, server in PAIRS:
+        shapes = name.endswith("-shapes")
+        for client, server in SHAPE_PAIRS if shapes else PAIRS:
             for attach in ATTACHES:
                 runs.append(MatrixRun(
                     name, client, server, attach, n, collectors,
@@ -86,7 +91,7 @@ def plan(quick: bool, collectors: tuple[str, ...] = ("kprobe", "uprobe")) -> lis
                     SWEEP_FRACTIONS if attach == "early" and (client, server) == ("go", "go")
                     and name in ("http11-keepalive", "grpc-unary", "grpc-bidi") else (),
                 ))  # fmt: skip
-        if scen.is_grpc:
+        if scen.is_grpc and not shapes:
             # Old grpc-go only where both sides are Go: the stability column needs the
             # versions, not every language pair again.
             for ver in GRPC_GO_VERSIONS:

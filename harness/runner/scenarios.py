@@ -25,6 +25,9 @@ class Scenario:
     connections: int = 4
     default_exchanges: int = 2000
     warmup: int = 3  # exchanges per connection before a late attach
+    client_args: tuple[str, ...] = ()  # stream-shape options of the targets
+    server_args: tuple[str, ...] = ()
+    servers: tuple[str, ...] = ("py", "go")  # languages whose server takes server_args
 
     @property
     def is_grpc(self) -> bool:
@@ -40,6 +43,18 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("grpc-server-stream", "grpc", "h2c-grpc", "server-stream", default_exchanges=200),
         Scenario("grpc-client-stream", "grpc", "h2c-grpc", "client-stream", default_exchanges=200),
         Scenario("grpc-bidi", "grpc", "h2c-grpc", "bidi", default_exchanges=200),
+        # Stream shapes of real clients: 60 concurrent streams on one connection, every 7th
+        # call ended early (deadline, cancel: RST_STREAM before the response headers),
+        # gzip-compressed messages.
+        Scenario("grpc-unary-shapes", "grpc", "h2c-grpc", "unary", connections=1,
+                 default_exchanges=600,
+                 client_args=("--inflight", "60", "--cancel-every", "7", "--compress", "gzip")),
+        # Server streams cancelled after the response headers (and deadlines), while the
+        # server sends GOAWAY every 2 s and the client reconnects.
+        Scenario("grpc-stream-shapes", "grpc", "h2c-grpc", "server-stream", connections=1,
+                 default_exchanges=200,
+                 client_args=("--inflight", "8", "--cancel-every", "5"),
+                 server_args=("--max-connection-age", "2s"), servers=("go",)),
     )
 }
 
@@ -66,10 +81,13 @@ def _go_binary(kind: str, role: str, grpc_version: str | None) -> Path:
 
 def server_command(s: Scenario, lang: str, port: int, grpc_version: str | None) -> list[str]:
     common = ["--proto", s.proto, "--host", "127.0.0.1", "--port", str(port)]
+    if lang not in s.servers:
+        raise ProbebenchError(f"scenario {s.name} needs a {' or '.join(s.servers)} server")
     if lang == "go":
-        return [str(_go_binary("grpc" if s.is_grpc else "http1", "server", grpc_version)), *common]
+        binary = _go_binary("grpc" if s.is_grpc else "http1", "server", grpc_version)
+        return [str(binary), *common, *s.server_args]
     script = SCEN_DIR / "py" / ("grpc_server.py" if s.is_grpc else "http1_server.py")
-    return [sys.executable, str(script), *common]
+    return [sys.executable, str(script), *common, *s.server_args]
 
 
 def client_command(
@@ -92,6 +110,7 @@ def client_command(
     ]  # fmt: skip
     if s.mode:
         args += ["--mode", s.mode]
+    args += s.client_args
     if lang == "go":
         return [str(_go_binary("grpc" if s.is_grpc else "http1", "client", grpc_version)), *args]
     script = SCEN_DIR / "py" / ("grpc_client.py" if s.is_grpc else "http1_client.py")

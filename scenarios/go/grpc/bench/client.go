@@ -19,6 +19,8 @@ import (
 	"unsafe"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/encoding/gzip"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -110,6 +112,8 @@ type clientOpts struct {
 	seed                 uint64
 	deadline             time.Duration
 	metadataFile         string
+	cancelEvery          int
+	compress             string
 }
 
 type client struct {
@@ -140,6 +144,10 @@ func ClientMain(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.warmup, "warmup", 0, "calls per connection before WARM/GO")
 	fs.IntVar(&o.inflight, "inflight", 3, "concurrent calls per connection after GO")
 	fs.StringVar(&o.workload, "workload", "", "workload.jsonl to append to")
+	fs.IntVar(&o.cancelEvery, "cancel-every", 0,
+		"every Nth call ends early: deadline expiry, cancel before the response headers, "+
+			"cancel after the first response, in turn (0: none)")
+	fs.StringVar(&o.compress, "compress", "", "gzip: send messages compressed (grpc-encoding)")
 	fs.StringVar(&o.metadataFile, "metadata-file", "",
 		"JSON lines of extra metadata; call i sends line i % lines (-bin values in base64)")
 	deadline := fs.Float64("deadline", 120, "seconds the whole run may take")
@@ -166,6 +174,12 @@ func ClientMain(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			}
 		}
 		return 0
+	}
+	if o.cancelEvery > 0 && o.mode != "unary" && o.mode != "server-stream" {
+		return fail("--cancel-every needs --mode unary or server-stream (the server waits there)")
+	}
+	if o.compress != "" && o.compress != gzip.Name {
+		return fail("unsupported --compress %q (gzip only)", o.compress)
 	}
 	if o.workload == "" || o.port <= 0 || o.conns < 1 || o.inflight < 1 || o.n < 0 {
 		return fail("need --workload, --port, --connections >= 1, --inflight >= 1")
@@ -208,8 +222,7 @@ func (cl *client) run(stdin io.Reader, stdout io.Writer) error {
 		// but exist in every version we build, unlike their replacements.
 		cc, err := grpc.DialContext(ctx, target, grpc.WithInsecure(), grpc.WithBlock(),
 			grpc.WithContextDialer(c.dial),
-			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMsgSize),
-				grpc.MaxCallSendMsgSize(MaxMsgSize)))
+			grpc.WithDefaultCallOptions(cl.callOptions()...))
 		if err != nil {
 			return fmt.Errorf("connection %d to %s: %v", i, target, err)
 		}
@@ -255,6 +268,34 @@ func (cl *client) run(stdin io.Reader, stdout io.Writer) error {
 	cl.mu.Lock()
 	defer cl.mu.Unlock()
 	return cl.err
+}
+
+func (cl *client) callOptions() []grpc.CallOption {
+	o := []grpc.CallOption{grpc.MaxCallRecvMsgSize(MaxMsgSize), grpc.MaxCallSendMsgSize(MaxMsgSize)}
+	if cl.opts.compress != "" {
+		o = append(o, grpc.UseCompressor(cl.opts.compress))
+	}
+	return o
+}
+
+// Shapes of the calls --cancel-every ends early.
+const (
+	shapeNone = iota
+	shapeDeadline
+	shapeCancelBeforeHeaders
+	shapeCancelAfterResponse
+)
+
+func (cl *client) shape(id int) int {
+	k := cl.opts.cancelEvery
+	if k <= 0 || id%k != k-1 {
+		return shapeNone
+	}
+	s := shapeDeadline + (id/k)%3
+	if s == shapeCancelAfterResponse && cl.opts.mode == "unary" {
+		s = shapeCancelBeforeHeaders // a unary response's headers come with its message
+	}
+	return s
 }
 
 func waitGo(ctx context.Context, stdin io.Reader) error {
@@ -317,9 +358,26 @@ func (cl *client) call(ctx context.Context, c *conn, id int, phase string) error
 			sent[k] = v
 		}
 	}
+	shape := cl.shape(id)
+	timeout := 30 * time.Second
+	if shape != shapeNone {
+		// the server waits (after its first response when streaming) long enough for the
+		// client to give up first
+		kv = append(kv, DelayHeader, "3000")
+	}
+	if shape == shapeDeadline {
+		timeout = 100 * time.Millisecond
+	}
 	cctx, cancel := context.WithTimeout(metadata.NewOutgoingContext(ctx, metadata.Pairs(kv...)),
-		30*time.Second)
+		timeout)
 	defer cancel()
+	if shape == shapeCancelBeforeHeaders {
+		t := time.AfterFunc(100*time.Millisecond, cancel)
+		defer t.Stop()
+	}
+	if shape == shapeCancelAfterResponse {
+		cctx = context.WithValue(cctx, cancelAfterFirstKey{}, context.CancelFunc(cancel))
+	}
 	seq, port := c.start()
 	rec := Record{
 		ID: p.ID, Protocol: "h2c-grpc", ClientIP: cl.opts.host, ServerIP: cl.opts.host,
@@ -335,11 +393,19 @@ func (cl *client) call(ctx context.Context, c *conn, id int, phase string) error
 	st, _ := status.FromError(err)
 	rec.GrpcStatus = uint32(st.Code())
 	rec.GrpcMessage = st.Message()
-	if rec.GrpcStatus != p.StatusCode || rec.GrpcMessage != p.StatusMessage {
+	if shape != shapeNone {
+		// ended early by the client: its library's status, not one the server sent
+		if st.Code() != codes.Canceled && st.Code() != codes.DeadlineExceeded {
+			return fmt.Errorf("call %d: ended early, got status %d %q", id, rec.GrpcStatus,
+				rec.GrpcMessage)
+		}
+		rec.Phase = phase + "-ended-early"
+	} else if rec.GrpcStatus != p.StatusCode || rec.GrpcMessage != p.StatusMessage {
 		return fmt.Errorf("call %d: got status %d %q, planned %d %q",
 			id, rec.GrpcStatus, rec.GrpcMessage, p.StatusCode, p.StatusMessage)
 	}
-	if rec.RespMessages != p.ExpectRespMessages || rec.ReqMessages != p.ReqCount {
+	if shape == shapeNone && (rec.RespMessages != p.ExpectRespMessages ||
+		rec.ReqMessages != p.ReqCount) {
 		return fmt.Errorf("call %d: %d/%d messages sent/received, planned %d/%d",
 			id, rec.ReqMessages, rec.RespMessages, p.ReqCount, p.ExpectRespMessages)
 	}
@@ -413,6 +479,9 @@ func request(p *Call, j int) *benchpb.Req {
 	return r
 }
 
+// cancelAfterFirstKey marks a call the client cancels once its first response arrived.
+type cancelAfterFirstKey struct{}
+
 // exchange runs the call's messages; it returns the call's final error (nil for OK).
 func (cl *client) exchange(ctx context.Context, cc *grpc.ClientConn, p *Call, rec *Record) error {
 	mode := cl.opts.mode
@@ -466,6 +535,9 @@ func (cl *client) exchange(ctx context.Context, cc *grpc.ClientConn, p *Call, re
 		rec.RespMessages++
 		rec.RespBytes += proto.Size(out)
 		mu.Unlock()
+		if c, ok := ctx.Value(cancelAfterFirstKey{}).(context.CancelFunc); ok && k == 0 {
+			c() // the response headers and a message arrived: RST_STREAM after them
+		}
 		if mode == "client-stream" {
 			break // RecvMsg on a non-server-streaming call already read the status
 		}

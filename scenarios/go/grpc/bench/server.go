@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	_ "google.golang.org/grpc/encoding/gzip" // serves clients that send grpc-encoding: gzip
+	"google.golang.org/grpc/keepalive"
 )
 
 // MaxMsgSize is raised on both sides so the >= 1 MiB messages pass.
@@ -27,6 +29,8 @@ func ServerMain(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	port := fs.Int("port", 0, "port to bind")
 	fs.String("mode", "", "ignored: the server serves every mode")
 	lifetime := fs.Duration("max-lifetime", time.Hour, "exit 0 after this long regardless")
+	connAge := fs.Duration("max-connection-age", 0,
+		"send GOAWAY to each connection after this long (0: never); clients reconnect")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -43,7 +47,12 @@ func ServerMain(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(sigs)
-	srv := grpc.NewServer(grpc.MaxRecvMsgSize(MaxMsgSize), grpc.MaxSendMsgSize(MaxMsgSize))
+	opts := []grpc.ServerOption{grpc.MaxRecvMsgSize(MaxMsgSize), grpc.MaxSendMsgSize(MaxMsgSize)}
+	if *connAge > 0 {
+		opts = append(opts, grpc.KeepaliveParams(keepalive.ServerParameters{
+			MaxConnectionAge: *connAge, MaxConnectionAgeGrace: 5 * time.Second}))
+	}
+	srv := grpc.NewServer(opts...)
 	srv.RegisterService(&ServiceDesc, Server{})
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(lis) }()
