@@ -419,7 +419,8 @@ class Client:
             "conn": conn.idx,
             "method": "POST",
             "path": call.method,
-            "status": 200,
+            # a unary call ended early gave up before its response headers
+            "status": None if shape and self.mode == "unary" else 200,
             "grpc_status": code,
             "grpc_message": message,
             "req_bytes": tally.req_bytes,

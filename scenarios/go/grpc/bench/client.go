@@ -92,7 +92,7 @@ type Record struct {
 	Conn         int               `json:"conn"`
 	Method       string            `json:"method"`
 	Path         string            `json:"path"`
-	Status       int               `json:"status"`
+	Status       *int              `json:"status"` // null: the call ended before the response headers
 	GrpcStatus   uint32            `json:"grpc_status"`
 	GrpcMessage  string            `json:"grpc_message"`
 	ReqBytes     int               `json:"req_bytes"`
@@ -382,10 +382,14 @@ func (cl *client) call(ctx context.Context, c *conn, id int, phase string) error
 	rec := Record{
 		ID: p.ID, Protocol: "h2c-grpc", ClientIP: cl.opts.host, ServerIP: cl.opts.host,
 		ServerPort: cl.opts.port, ConnSeq: seq, Conn: c.idx, Method: "POST", Path: p.Method,
-		Status: 200, ReqHeaders: sent, Phase: phase,
+		ReqHeaders: sent, Phase: phase,
 	}
 	if port > 0 {
 		rec.ClientPort = &port
+	}
+	if shape == shapeNone || cl.opts.mode != "unary" {
+		ok := 200 // a unary call ended early gave up before its response headers
+		rec.Status = &ok
 	}
 	rec.TStartNs = cl.clock.now()
 	err := cl.exchange(cctx, c.cc, p, &rec)
