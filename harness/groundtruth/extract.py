@@ -246,6 +246,9 @@ class _Call:
     # a header block's fields while its HEADERS + CONTINUATION frames come in, per direction:
     # Wireshark decodes each fragment apart (a block over 16 KiB spans several frames)
     open_block: list[list[tuple[str, str]] | None] = field(default_factory=lambda: [None, None])
+    open_len: list[int] = field(default_factory=lambda: [0, 0])  # the open block's bytes
+    undecoded: list[bool] = field(default_factory=lambda: [False, False])  # a block Wireshark
+    # could not decode (e.g. its HPACK table out of step): that side's header fields unknown
 
 
 def _pairs_get(pairs: list[tuple[str, Any]], key: str) -> Any:
@@ -378,11 +381,15 @@ def _h2(
                     block = call.open_block[d]
                     if ftype == 1 or block is None:
                         block = call.open_block[d] = []
+                        call.open_len[d] = 0
                     block += _h2_headers(st)
+                    call.open_len[d] += int(_pairs_get(st, "http2.length") or 0)
                     if int(_pairs_get(st, "http2.flags") or "0", 16) & END_HEADERS:
                         call.open_block[d] = None
                         if block:
                             _apply_headers(call, to_server, block)
+                        elif call.open_len[d] > 9:  # more than padding and priority fields
+                            call.undecoded[d] = True
                 elif ftype == 0:
                     length = int(_pairs_get(st, "http2.length") or 0)
                     pad = _pairs_get(st, "http2.pad_length")
@@ -393,6 +400,12 @@ def _h2(
     result = []
     for call in order:
         x = call.x
+        for d, fields in ((0, ("method", "path", "authority", "req_headers")),
+                          (1, ("status", "resp_headers", "grpc_status", "grpc_message"))):
+            if call.undecoded[d]:
+                stats.warn("HTTP/2 header block Wireshark decoded no field of")
+                for f in fields:
+                    x.degrade(f, "truth_unreliable")
         for d, side in ((0, "req"), (1, "resp")):
             if call.open_block[d] is not None:
                 # a block whose END_HEADERS Wireshark never decoded: its fields are partial
