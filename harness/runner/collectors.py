@@ -15,7 +15,8 @@ from harness.errors import CollectorError, TargetError
 from harness.runner.lifecycle import Child, ProcessSet, read_line_until
 
 COLLECTORS = ("kprobe", "uprobe")
-ATTACH_TIMEOUT_S = 60.0
+# bcc compiles one program per grpc-go binary: ~10 s each at load 18 on 2 cores
+ATTACH_TIMEOUT_S = 120.0
 
 
 @dataclass

@@ -389,6 +389,12 @@ class Client:
         else:
             code, message = self.exchange(conn, call, tally)
         t_end = time.monotonic_ns()
+        port = conn.port
+        if len(self.conns) == 1:
+            # the server may have sent GOAWAY and the channel reconnected: with one
+            # channel, the one connection we hold now is the call's; two: unknown
+            now = own_tcp_ports(self.args.port)
+            port = next(iter(now)) if now == {conn.port} or len(now) == 1 else None
         if shape:
             # ended early by the client: its library's status, not one the server sent
             if code not in (grpc.StatusCode.CANCELLED.value[0],
@@ -412,7 +418,7 @@ class Client:
             "id": call.id,
             "protocol": "h2c-grpc",
             "client_ip": self.args.host,
-            "client_port": conn.port,
+            "client_port": port,
             "server_ip": self.args.host,
             "server_port": self.args.port,
             "conn_seq": seq,

@@ -70,6 +70,13 @@ func (c *conn) dial(ctx context.Context, addr string) (net.Conn, error) {
 	return nc, nil
 }
 
+// peek returns the current conn_seq and local port without taking them.
+func (c *conn) peek() (int, int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.seq, c.port
+}
+
 // start hands out the call's conn_seq and the local port it will use.
 func (c *conn) start() (seq int, port int) {
 	c.mu.Lock()
@@ -394,6 +401,9 @@ func (cl *client) call(ctx context.Context, c *conn, id int, phase string) error
 	rec.TStartNs = cl.clock.now()
 	err := cl.exchange(cctx, c.cc, p, &rec)
 	rec.TEndNs = cl.clock.now()
+	if _, now := c.peek(); now != port {
+		rec.ClientPort = nil // reconnected (GOAWAY) during the call: which one it used is unknown
+	}
 	st, _ := status.FromError(err)
 	rec.GrpcStatus = uint32(st.Code())
 	rec.GrpcMessage = st.Message()
