@@ -27,9 +27,11 @@ sys_enter_write program, and a call to an empty function with and without a upro
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import datetime as dt
 import json
 import os
+import platform
 import shutil
 import subprocess
 import time
@@ -83,7 +85,11 @@ COLLECTOR_DEADLINE_S = 300.0  # the collector stops itself even if we never sign
 READY_TIMEOUT_S = 30.0
 SETTLE_S = 0.2  # lets the last close() reach the collectors before they drain and stop
 BPF_STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
+SYS_BPF = {"x86_64": 321, "aarch64": 280}.get(platform.machine())
+BPF_ENABLE_STATS = 32
 PROG_KIND = {2: "kprobe", 5: "tracepoint"}  # BPF_PROG_TYPE_*; uprobes load as kprobe type
+FIXED_RATE = 2000.0  # exchanges/s of the open-loop pass
+FIXED_RATE_S = 4.0  # its length at scale 1
 TRAP_ROUNDS = 7
 TRAP_N = {"write": 300_000, "call": 20_000_000, "call_uprobe": 20_000}
 
@@ -111,6 +117,8 @@ class RunResult:
     exchanges: int
     collectors: dict[str, dict[str, Any]] = field(default_factory=dict)
     programs: list[dict[str, Any]] = field(default_factory=list)
+    wall_s: float = 0.0  # main phase span
+    traced_calls: int | None = None  # data syscalls of this workload's processes (kprobe)
 
 
 def pinned(cpu: int, argv: list[str]) -> list[str]:
@@ -124,6 +132,20 @@ def proc_cpu_s(pid: int) -> tuple[float, float]:
     fields = stat[stat.rindex(")") + 2 :].split()
     tick = os.sysconf("SC_CLK_TCK")
     return int(fields[11]) / tick, int(fields[12]) / tick  # utime, stime
+
+
+def proc_ctxsw(pid: int) -> int:
+    """Context switches (voluntary + involuntary) of a live process, all threads: each
+    voluntary one is a wake-up after a wait, so this counts the collector's wake-ups."""
+    n = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                    n += int(line.split()[1])
+        except OSError:
+            continue  # a thread ended while we looked
+    return n
 
 
 def bpf_programs(pid: int) -> dict[int, dict[str, int]]:
@@ -183,13 +205,39 @@ def _exe(pid: int) -> str:
 
 
 def run_config(
-    config: str, targets: list[Target], work_dir: Path, *, seed: int, with_bpf_stats: bool = False
+    config: str,
+    targets: list[Target],
+    work_dir: Path,
+    *,
+    seed: int,
+    with_bpf_stats: bool = False,
+    rate: float | None = None,
+    options: CollectorOptions | None = None,
+    servers_only: bool = False,
+    early: bool = False,
 ) -> ConfigRun:
     """Warm every client, attach the configuration's collectors once (not timed), then run
-    the clients one after another; CPU and BPF counters are read around each client."""
+    the clients one after another; CPU and BPF counters are read around each client.
+    ``servers_only``: the collectors trace the servers only; ``early`` (servers only): they
+    attach before the clients start, so they see every connection from its first byte
+    (HTTP/2 frame-aware capture)."""
+    if early and not servers_only:
+        raise ValueError("early attach traces the servers only (no client pid yet)")
     out = ConfigRun()
     with ProcessSet() as procs:
         clients: dict[str, Child] = {}
+        running: list[RunningCollector] = []
+
+        def attach(tgids: list[int]) -> None:
+            for name in CONFIGS[config]:
+                running.append(start_collector(
+                    procs, name, work_dir / "events", tgids=tgids,
+                    ports=[t.port for t in targets], options=options or CollectorOptions(),
+                    deadline_s=COLLECTOR_DEADLINE_S, binaries=[],
+                ))  # fmt: skip
+
+        if early:
+            attach([t.server.pid for t in targets])
         for t in targets:
             scen = scenarios.get(t.wl.scenario)
             workload = work_dir / f"{t.wl.key.replace('/', '_')}-{config}.jsonl"
@@ -197,19 +245,15 @@ def run_config(
             cmd = scenarios.client_command(
                 scen, CLIENT, t.port, exchanges=t.wl.exchanges + WARMUP_PER_CONN * scen.connections,
                 seed=seed, warmup=WARMUP_PER_CONN, workload=workload, grpc_version=None,
-                deadline=CLIENT_DEADLINE_S,
+                deadline=CLIENT_DEADLINE_S, rate=rate,
             )  # fmt: skip
             c = procs.spawn(f"client {t.wl.key}", pinned(CLIENT_CPU, cmd), stdin=subprocess.PIPE)
             read_line_until(c, lambda s: s == "WARM", READY_TIMEOUT_S, "WARM")
             clients[t.wl.key] = c
             out.client_exes[t.wl.key] = _exe(c.pid)
-        tgids = [t.server.pid for t in targets] + [c.pid for c in clients.values()]
-        running: list[RunningCollector] = []
-        for name in CONFIGS[config]:
-            running.append(start_collector(
-                procs, name, work_dir / "events", tgids=tgids, ports=[t.port for t in targets],
-                options=CollectorOptions(), deadline_s=COLLECTOR_DEADLINE_S, binaries=[],
-            ))  # fmt: skip
+        if not early:
+            attach([t.server.pid for t in targets]
+                   + ([] if servers_only else [c.pid for c in clients.values()]))  # fmt: skip
         for t in targets:
             out.results[t.wl.key] = _drive(t, config, clients[t.wl.key], running, work_dir,
                                            with_bpf_stats)  # fmt: skip
@@ -220,6 +264,12 @@ def run_config(
             if "error" in stats:
                 raise CollectorError(f"the {rc.name} collector failed: {stats['error']}")
             out.collector_stats[rc.name] = stats
+    # the kprobe program counts each target's data syscalls: the hits of this workload
+    by_tgid = out.collector_stats.get("kprobe", {}).get("traced_calls_by_tgid") or {}
+    for t in targets:
+        pids = (t.server.pid,) if servers_only else (t.server.pid, clients[t.wl.key].pid)
+        if by_tgid and all(str(p) in by_tgid for p in pids):
+            out.results[t.wl.key].traced_calls = sum(by_tgid[str(p)] for p in pids)
     for f in (work_dir / "events").glob("*.bin"):
         f.unlink()  # event files are not looked at; keep the temp dir small
     return out
@@ -234,6 +284,7 @@ def _drive(
     with_bpf_stats: bool,
 ) -> RunResult:
     cpu0 = {rc.name: proc_cpu_s(rc.child.pid) for rc in running}
+    csw0 = {rc.name: proc_ctxsw(rc.child.pid) for rc in running}
     bpf0 = {rc.name: bpf_programs(rc.child.pid) for rc in running} if with_bpf_stats else {}
     assert client.proc.stdin is not None
     client.proc.stdin.write("GO\n")
@@ -250,7 +301,8 @@ def _drive(
     for rc in running:
         u1, s1 = proc_cpu_s(rc.child.pid)
         u0, s0 = cpu0[rc.name]
-        res.collectors[rc.name] = {"cpu_user_s": u1 - u0, "cpu_system_s": s1 - s0}
+        res.collectors[rc.name] = {"cpu_user_s": u1 - u0, "cpu_system_s": s1 - s0,
+                                   "context_switches": proc_ctxsw(rc.child.pid) - csw0[rc.name]}
     if with_bpf_stats:
         res.programs = _program_deltas(bpf0, {rc.name: bpf_programs(rc.child.pid)
                                               for rc in running})  # fmt: skip
@@ -261,6 +313,7 @@ def _drive(
     if tput is None or lat is None:
         raise TargetError(f"{t.wl.key} {config}: the workload record has no main-phase exchanges")
     res.throughput, res.exchanges = tput, len(main)
+    res.wall_s = (max(r["t_end_ns"] for r in main) - min(r["t_start_ns"] for r in main)) / 1e9
     res.p50_ms, res.p99_ms = lat["p50_ms"], lat["p99_ms"]
     return res
 
@@ -286,13 +339,26 @@ def _program_deltas(
 
 @contextlib.contextmanager
 def bpf_stats_enabled() -> Iterator[None]:
-    """kernel.bpf_stats_enabled=1 for the duration; the previous value is put back."""
-    old = BPF_STATS.read_text().strip()
-    BPF_STATS.write_text("1\n")
+    """BPF run-time stats on for the duration, through the bpf(BPF_ENABLE_STATS) fd: the
+    kernel counts its holders, so another user writing kernel.bpf_stats_enabled meanwhile
+    (a shared machine) can neither turn them off under us nor be left with them on."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    attr = (ctypes.c_uint32 * 30)()  # union bpf_attr, zeroed; enable_stats.type = RUN_TIME (0)
+    fd = -1
+    if SYS_BPF is not None:
+        fd = libc.syscall(SYS_BPF, BPF_ENABLE_STATS, ctypes.byref(attr), ctypes.sizeof(attr))
+    if fd < 0:  # an older kernel: the sysctl, put back after
+        old = BPF_STATS.read_text().strip()
+        BPF_STATS.write_text("1\n")
+        try:
+            yield
+        finally:
+            BPF_STATS.write_text(old + "\n")
+        return
     try:
         yield
     finally:
-        BPF_STATS.write_text(old + "\n")
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -323,6 +389,15 @@ class Report:
     trap_cost: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     collectors: dict[str, Any] = field(default_factory=dict)
+    fixed_rate: dict[str, Any] = field(default_factory=dict)
+    h2_walk: dict[str, Any] = field(default_factory=dict)
+
+    def decomposition(self) -> dict[str, Any]:
+        """Per workload and collector: the floor, our BPF work, our user space (oh.decompose)."""
+        out: dict[str, Any] = {}
+        for key, w in self.workloads.items():
+            out[key] = oh.decompose(w, self.trap_cost or None)
+        return out
 
     def summary(self) -> dict[str, dict[str, float]]:
         """Flat numbers per collector config across workloads, for the report's seed table."""
@@ -346,6 +421,12 @@ class Report:
                     for kind, k in b["by_kind"].items() if kind == want]  # fmt: skip
             if any(h is not None for h in hits):
                 s["bpf_ns_per_hit_max"] = max(h for h in hits if h is not None)
+            dec = [d[config] for d in self.decomposition().values() if config in d]
+            for key in ("bpf_ns_per_exchange", "fixed_rate_core_pct", "hits_per_exchange",
+                        "context_switches_per_1k"):
+                vals = [d[key] for d in dec if d.get(key) is not None]
+                if vals:
+                    s[f"{key}_max"] = max(vals)
             s["lost_events"] = sum(t["lost_events"]
                                    for t in self.collectors.get(config, {}).values())
             out[config] = s
@@ -368,6 +449,9 @@ class Report:
                 "cpu_placement": {"server": [SERVER_CPU], "client": [CLIENT_CPU],
                                   "collectors": "unpinned", "trap_helper": [CLIENT_CPU]},
                 "bpf_stats_during_rounds": False,
+                "fixed_rate": {"exchanges_per_s": FIXED_RATE, "seconds_at_scale_1": FIXED_RATE_S,
+                               "loop": "open: exchange k due at start + k/rate",
+                               "bpf_stats": True},
                 "loadavg_start": list(self.loadavg_start),
                 "loadavg_end": list(os.getloadavg()),
                 "ci": "95% delta-method on the log ratio of means, Welch df",
@@ -378,6 +462,9 @@ class Report:
             "bpf_run_time": self.bpf_run_time,
             "collectors": self.collectors,
             "trap_cost": self.trap_cost,
+            "fixed_rate": self.fixed_rate,
+            "h2_walk": self.h2_walk,
+            "decomposition": self.decomposition(),
             "warnings": self.warnings,
         }
 
@@ -474,13 +561,23 @@ def test_overhead(
     benchmark.group = "overhead rounds (attach included; see extra_info)"
     benchmark.pedantic(sess.one_round, rounds=overhead_settings.rounds, iterations=1)
     bpf = _bpf_pass(sess, tmp_path)
+    fixed = _rate_pass(sess, tmp_path, overhead_settings.scale)
+    report.fixed_rate = fixed
+    report.h2_walk = _h2_walk_pass(sess, tmp_path)
     for wl in sess.workloads:
         entry = _analyse(sess, wl, overhead_settings.rounds)
         entry["bpf_run_time"] = bpf.get(wl.key)
+        entry["fixed_rate"] = fixed.get(wl.key)
         report.workloads[wl.key] = {k: v for k, v in entry.items() if k != "warnings"}
         report.bpf_run_time[wl.key] = bpf.get(wl.key)
         report.warnings += entry["warnings"]
-        _print_workload(wl, entry["configs"], bpf.get(wl.key), entry["warnings"])
+        _print_workload(wl, entry["configs"], bpf.get(wl.key), entry["warnings"], fixed.get(wl.key))
+    for key, modes in report.h2_walk.items():
+        for mode, m in modes.items():
+            print(f"\n{key} server side, {mode}: {m['bpf_ns_per_exchange']:.0f} ns BPF/exchange, "
+                  f"exit programs {m['exit_ns_per_hit'] or 0:.0f} ns/hit x "
+                  f"{m['exit_hits_per_exchange']:.1f} hits/exchange, "
+                  f"{m['h2_frame_aware_calls']} frame-aware calls")  # fmt: skip
     report.collectors = sess.collector_totals
     benchmark.extra_info.update(workloads=report.workloads, collectors=sess.collector_totals,
                                 warnings=report.warnings)  # fmt: skip
@@ -503,11 +600,16 @@ def _analyse(sess: Session, wl: Workload, rounds: int) -> dict[str, Any]:
                 "cpu_user_s_per_1k": 1000 * sum(r.collectors[name]["cpu_user_s"] for r in rs) / n,
                 "cpu_system_s_per_1k":
                     1000 * sum(r.collectors[name]["cpu_system_s"] for r in rs) / n,
+                "context_switches_per_1k":
+                    1000 * sum(r.collectors[name]["context_switches"] for r in rs) / n,
             }  # fmt: skip
+            per[name]["cpu_s_per_1k"] = (per[name]["cpu_user_s_per_1k"]
+                                         + per[name]["cpu_system_s_per_1k"])  # fmt: skip
         if per:
             configs[c]["collectors"] = per
             configs[c]["collector_cpu_user_s_per_1k"] = sum(v["cpu_user_s_per_1k"]
                                                             for v in per.values())  # fmt: skip
+            configs[c]["collector_cpu_s_per_1k"] = sum(v["cpu_s_per_1k"] for v in per.values())
             configs[c]["lost_events_all_workloads"] = sum(
                 t["lost_events"] for t in sess.collector_totals.get(c, {}).values())
     for c, why in sess.not_measured.get(wl.key, {}).items():
@@ -526,26 +628,109 @@ def _bpf_pass(sess: Session, work_dir: Path) -> dict[str, Any]:
         run = run_config(config, targets, work_dir, seed=1000, with_bpf_stats=True)
     out: dict[str, Any] = {}
     for key, res in run.results.items():
-        by_kind: dict[str, dict[str, Any]] = {}
-        for p in res.programs:
-            k = by_kind.setdefault(p["kind"], {"programs": 0, "run_time_ns": 0, "run_cnt": 0})
-            k["programs"] += 1
-            k["run_time_ns"] += p["run_time_ns"]
-            k["run_cnt"] += p["run_cnt"]
-            p["ns_per_hit"] = oh.per_hit_ns(p["run_time_ns"], p["run_cnt"])
-            p["hits_per_exchange"] = p["run_cnt"] / res.exchanges
-        for k in by_kind.values():
-            k["ns_per_hit"] = oh.per_hit_ns(k["run_time_ns"], k["run_cnt"])
-            k["hits_per_exchange"] = k["run_cnt"] / res.exchanges
-            k["ns_per_exchange"] = k["run_time_ns"] / res.exchanges
+        _name_programs(res.programs, run.collector_stats)
+        by_kind = _by_kind(res.programs, res.exchanges)
         out[key] = {"config": config, "exchanges": res.exchanges, "throughput": res.throughput,
                     "by_kind": by_kind,
                     "programs": [p for p in res.programs if p["run_cnt"]]}  # fmt: skip
+        if res.traced_calls is not None:
+            # every data syscall of the workload's own processes is two hits (enter, exit);
+            # the rest of run_cnt is other processes' syscalls passing the filter
+            out[key]["target_hits_per_exchange"] = 2 * res.traced_calls / res.exchanges
+    return out
+
+
+def _h2_walk_pass(sess: Session, work_dir: Path) -> dict[str, Any]:
+    """The HTTP/2 frame walk's cost: the gRPC servers traced alone, once with the collector
+    attached before the clients connect (every call walked frame by frame) and once after
+    (connections found mid-stream: prefix capture), BPF stats on; per exit-program hit and
+    per exchange, server side only."""
+    wls = [w for w in sess.workloads if scenarios.get(w.scenario).is_grpc]
+    out: dict[str, Any] = {}
+    if not wls:
+        return out
+    with bpf_stats_enabled(), servers_running(wls) as targets:
+        for mode, early in (("frame_aware", True), ("prefix", False)):
+            run = run_config("kprobe", targets, work_dir, seed=3000, with_bpf_stats=True,
+                             servers_only=True, early=early)  # fmt: skip
+            st = run.collector_stats.get("kprobe", {})
+            for key, res in run.results.items():
+                _name_programs(res.programs, run.collector_stats)
+                exits = [p for p in res.programs if "sys_exit_" in p["name"] and p["run_cnt"]]
+                t_ns = sum(p["run_time_ns"] for p in res.programs)
+                ex_ns = sum(p["run_time_ns"] for p in exits)
+                ex_cnt = sum(p["run_cnt"] for p in exits)
+                out.setdefault(key, {})[mode] = {
+                    "exchanges": res.exchanges,
+                    "bpf_ns_per_exchange": t_ns / res.exchanges,
+                    "exit_ns_per_hit": oh.per_hit_ns(ex_ns, ex_cnt),
+                    "exit_hits_per_exchange": ex_cnt / res.exchanges,
+                    "target_calls_per_exchange": (res.traced_calls or 0) / res.exchanges,
+                    "h2_frame_aware_calls": st.get("h2_frame_aware_calls"),
+                    "truncated_calls": st.get("truncated_calls"),
+                    "programs": [p for p in res.programs if p["run_cnt"]],
+                }
+    return out
+
+
+def _name_programs(programs: list[dict[str, Any]], stats: dict[str, dict[str, Any]]) -> None:
+    """Full program names from the collectors' own report (bpftool cuts them at 15)."""
+    for p in programs:
+        names = stats.get(p["collector"], {}).get("programs")
+        full = names.get(str(p["id"])) if isinstance(names, dict) else None
+        if full:
+            p["name"] = full
+
+
+def _by_kind(programs: list[dict[str, Any]], exchanges: int) -> dict[str, dict[str, Any]]:
+    by_kind: dict[str, dict[str, Any]] = {}
+    for p in programs:
+        k = by_kind.setdefault(p["kind"], {"programs": 0, "run_time_ns": 0, "run_cnt": 0})
+        k["programs"] += 1
+        k["run_time_ns"] += p["run_time_ns"]
+        k["run_cnt"] += p["run_cnt"]
+        p["ns_per_hit"] = oh.per_hit_ns(p["run_time_ns"], p["run_cnt"])
+        p["hits_per_exchange"] = p["run_cnt"] / exchanges
+    for k in by_kind.values():
+        k["ns_per_hit"] = oh.per_hit_ns(k["run_time_ns"], k["run_cnt"])
+        k["hits_per_exchange"] = k["run_cnt"] / exchanges
+        k["ns_per_exchange"] = k["run_time_ns"] / exchanges
+    return by_kind
+
+
+def _rate_pass(sess: Session, work_dir: Path, scale: float) -> dict[str, Any]:
+    """Each collector alone, the clients paced open loop to FIXED_RATE exchanges/s (the
+    load production agents quote their CPU at): the collector's CPU (user + system of its
+    process + its programs' BPF run time) as a percentage of one core."""
+    n = max(MIN_EXCHANGES, round(FIXED_RATE * FIXED_RATE_S * scale))
+    wls = [Workload(w.scenario, w.server, n) for w in sess.workloads]
+    configs = ["none"] + [c for c in ("kprobe", "uprobe") if c in sess.configs]
+    out: dict[str, Any] = {}
+    with bpf_stats_enabled(), servers_running(wls) as targets:
+        for config in configs:
+            run = run_config(config, targets, work_dir, seed=2000, with_bpf_stats=True,
+                             rate=FIXED_RATE)  # fmt: skip
+            for key, res in run.results.items():
+                e = out.setdefault(key, {"rate_target": FIXED_RATE, "exchanges": n,
+                                         "configs": {}})  # fmt: skip
+                _name_programs(res.programs, run.collector_stats)
+                entry: dict[str, Any] = {"rate_achieved": res.throughput, "wall_s": res.wall_s,
+                                         "p50_ms": res.p50_ms, "p99_ms": res.p99_ms}  # fmt: skip
+                for name, c in res.collectors.items():
+                    bpf_s = sum(p["run_time_ns"] for p in res.programs
+                                if p["collector"] == name) / 1e9  # fmt: skip
+                    entry[name] = oh.core_share(c["cpu_user_s"], c["cpu_system_s"], bpf_s,
+                                                res.wall_s, c["context_switches"])  # fmt: skip
+                e["configs"][config] = entry
     return out
 
 
 def _print_workload(
-    wl: Workload, configs: dict[str, Any], bpf: dict[str, Any] | None, warnings: list[str]
+    wl: Workload,
+    configs: dict[str, Any],
+    bpf: dict[str, Any] | None,
+    warnings: list[str],
+    fixed: dict[str, Any] | None = None,
 ) -> None:
     def f(x: float | None, spec: str) -> str:
         return "n/a" if x is None else format(x, spec)
@@ -566,7 +751,18 @@ def _print_workload(
         print(line)
     for kind, k in (bpf or {}).get("by_kind", {}).items():
         print(f"  bpf {kind}: {f(k['ns_per_hit'], '.0f')} ns/hit, "
-              f"{k['hits_per_exchange']:.1f} hits/exchange ({k['programs']} programs)")
+              f"{k['hits_per_exchange']:.1f} hits/exchange ({k['programs']} programs), "
+              f"{k['ns_per_exchange']:.0f} ns/exchange")  # fmt: skip
+    if bpf and "target_hits_per_exchange" in bpf:
+        print(f"  kprobe: {bpf['target_hits_per_exchange']:.1f} hits/exchange by the workload's "
+              "own processes")  # fmt: skip
+    for c, e in ((fixed or {}).get("configs") or {}).items():
+        for name in ("kprobe", "uprobe"):
+            if name in e:
+                x = e[name]
+                print(f"  at {e['rate_achieved']:.0f}/s ({c}): {name} {x['core_pct']:.2f}% "
+                      f"of a core (user {x['user_pct']:.2f}, sys {x['system_pct']:.2f}, "
+                      f"bpf {x['bpf_pct']:.2f}), {x['context_switches_per_s']:.0f} wake-ups/s")
     for w in warnings:
         print(f"  warning: {w}")
 
@@ -613,6 +809,22 @@ EMPTY_TP = b"TRACEPOINT_PROBE(syscalls, sys_enter_write) { return 0; }"
 EMPTY_UPROBE = b"int pb_empty_probe(struct pt_regs *ctx) { return 0; }"
 
 
+def _write_under_collector(helper: Path, work: Path) -> list[float]:
+    """write() of an untraced process, the kernel-side collector attached for another."""
+    out = []
+    with ProcessSet() as procs:
+        rc = start_collector(procs, "kprobe", work / "trap-events", tgids=[os.getpid()],
+                             ports=[], options=CollectorOptions(),
+                             deadline_s=COLLECTOR_DEADLINE_S, binaries=[])  # fmt: skip
+        try:
+            for _ in range(TRAP_ROUNDS):
+                out.append(_trap_ns(helper, "write", TRAP_N["write"]))
+        finally:
+            stop_collector(procs, rc)
+            procs.children.remove(rc.child)
+    return out
+
+
 def _trap_ns(helper: Path, mode: str, n: int) -> float:
     out = subprocess.run(pinned(CLIENT_CPU, [str(helper), mode, str(n)]), capture_output=True,
                          text=True, timeout=120, check=True)  # fmt: skip
@@ -649,6 +861,7 @@ def test_trap_cost(benchmark: BenchmarkFixture, report: Report, tmp_path: Path) 
 
     benchmark.group = "trap cost rounds"
     benchmark.pedantic(one_round, rounds=TRAP_ROUNDS, iterations=1)
+    samples["write_kprobe_other"] = _write_under_collector(helper, tmp_path)
     med = {k: oh.summarize(v).median for k, v in samples.items()}
     # the minimum is the least disturbed round (timeit's reasoning): the added cost from it
     low = {k: min(v) for k, v in samples.items()}
@@ -660,6 +873,9 @@ def test_trap_cost(benchmark: BenchmarkFixture, report: Report, tmp_path: Path) 
         "min_ns": low,
         "samples_ns": samples,
         "tracepoint_added_ns": low["write_tracepoint"] - low["write"],
+        # the kernel-side collector attached, tracing other processes: what its two programs
+        # on write (enter, exit) cost a process it does not trace; the floor is 2 traps
+        "kprobe_untraced_write_added_ns": low["write_kprobe_other"] - low["write"],
         "uprobe_added_ns": low["call_uprobe"] - low["call"],
         "write_tracepoint_ratio": oh.compare(samples["write"],
                                              samples["write_tracepoint"]).to_dict(),
@@ -669,4 +885,6 @@ def test_trap_cost(benchmark: BenchmarkFixture, report: Report, tmp_path: Path) 
     print(f"\ntrap cost (ns/op, min of {TRAP_ROUNDS}): write {low['write']:.0f}, with empty "
           f"tracepoint {low['write_tracepoint']:.0f} (+{cost['tracepoint_added_ns']:.0f}); "
           f"call {low['call']:.1f}, with uprobe {low['call_uprobe']:.0f} "
-          f"(+{cost['uprobe_added_ns']:.0f}); medians {med}")  # fmt: skip
+          f"(+{cost['uprobe_added_ns']:.0f}); write of an untraced process with the kprobe "
+          f"collector attached {low['write_kprobe_other']:.0f} "
+          f"(+{cost['kprobe_untraced_write_added_ns']:.0f}); medians {med}")  # fmt: skip

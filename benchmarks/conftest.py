@@ -4,7 +4,7 @@ Overhead settings, each an option or an environment variable (the option wins):
 
     --overhead-rounds N      PROBEBENCH_OVERHEAD_ROUNDS   interleaved rounds (default 3: quick)
     --overhead-scale F       PROBEBENCH_OVERHEAD_SCALE    exchanges per run x F (default 0.2)
-    --overhead-servers L     PROBEBENCH_OVERHEAD_SERVERS  server languages, "go,py" (default)
+    --overhead-servers L     PROBEBENCH_OVERHEAD_SERVERS  "go" (default), "go,py"
     --overhead-out PATH      PROBEBENCH_OVERHEAD_OUT      results/overhead.json (default)
 
 At scale 1 one configuration's client phase takes about 1.5-2 s on this machine; a
@@ -49,7 +49,7 @@ def overhead_settings(pytestconfig: pytest.Config) -> OverheadSettings:
     rounds = int(pick("overhead_rounds", "PROBEBENCH_OVERHEAD_ROUNDS", "3"))
     scale = float(pick("overhead_scale", "PROBEBENCH_OVERHEAD_SCALE", "0.2"))
     servers = tuple(s for s in pick("overhead_servers", "PROBEBENCH_OVERHEAD_SERVERS",
-                                    "go,py").split(",") if s)  # fmt: skip
+                                    "go").split(",") if s)  # fmt: skip
     out = Path(pick("overhead_out", "PROBEBENCH_OVERHEAD_OUT",
                     str(ROOT / "results" / "overhead.json")))  # fmt: skip
     if rounds < 1 or scale <= 0 or not set(servers) <= {"go", "py"} or not servers:

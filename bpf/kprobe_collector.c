@@ -15,6 +15,12 @@
 #ifndef PB_RINGBUF_PAGES
 #define PB_RINGBUF_PAGES 1024
 #endif
+#ifndef PB_TASK_STORAGE
+#define PB_TASK_STORAGE 0 /* 1: pending calls in task storage (needs kernel BTF, 5.11+) */
+#endif
+#ifndef PB_WAKE_BYTES
+#define PB_WAKE_BYTES (PB_RINGBUF_PAGES * 4096 / 16) /* per CPU, between forced wake-ups */
+#endif
 #ifndef PB_MAX_CONNS
 #define PB_MAX_CONNS 65536
 #endif
@@ -97,10 +103,6 @@ struct addr_val { u8 addr[16]; u16 port; };
 
 BPF_RINGBUF_OUTPUT(events, PB_RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(stats, u64, PB_STAT_MAX);
-/* slack after the event lets a power-of-two mask bound sizes for the verifier */
-struct scratch_event { struct pb_data_event e; u8 slack[PB_CHUNK]; };
-/* one slot per CPU: too large for a per-CPU map (32 KiB limit) */
-BPF_ARRAY(scratch, struct scratch_event, PB_MAX_CPUS);
 BPF_HASH(targets, u32, u8, 1024);       /* tgids to trace (PB_FILTER_TGID) */
 BPF_HASH(ports, u16, u8, 256);          /* tcp ports to trace (PB_FILTER_PORTS) */
 BPF_TABLE("lru_hash", struct conn_key, struct conn_info, conns, PB_MAX_CONNS);
@@ -108,26 +110,43 @@ BPF_TABLE("lru_hash", u64, struct conn_key, sk_owner, 4096);  /* connecting sock
 BPF_TABLE("lru_hash", struct addr_key, struct addr_val, passive, 4096); /* peer -> local */
 BPF_HASH(connect_fd, u32, s32, 4096);   /* tid -> fd, during connect() */
 BPF_HASH(accept_args_map, u32, struct accept_args, 4096);
+#if PB_TASK_STORAGE
+/* a data call between its enter and exit, kept on the thread itself: task
+ * storage costs about a third of a hash update + lookup + delete keyed by tid */
+BPF_TASK_STORAGE(data_args_ts, struct data_args);
+#else
 BPF_HASH(data_args_map, u32, struct data_args, 4096);
+#endif
 BPF_PERCPU_ARRAY(calls, struct data_call, 1);
 BPF_PROG_ARRAY(walkers, PB_TC_MAX);
 BPF_TABLE("lru_hash", struct grpc_key, struct grpc_val, grpc_msgs, PB_MAX_CONNS);
-
-/* Mask a length so the verifier sees its bound; the asm keeps clang from
- * dropping a mask it can prove redundant (it cannot see the verifier). */
-static __always_inline u32 verifier_bound(u32 v) {
-    asm volatile("%0 &= %1" : "+r"(v) : "i"(2 * PB_CHUNK - 1));
-    return v;
-}
 
 static __always_inline void stat_add(u32 idx, u64 n) {
     u64 *v = stats.lookup(&idx);
     if (v) *v += n;
 }
 
+#if PB_FILTER_TGID && defined(PB_TGID_LIST)
+/* A few targets, known at load, are compared inline, so the syscalls of every
+ * other process on the machine cost no map lookup. Returns the tgid's place in
+ * the list, or -1. */
+static __always_inline int tgid_index(u32 tgid) {
+    u32 list[] = {PB_TGID_LIST};
+#pragma unroll
+    for (int i = 0; i < sizeof(list) / sizeof(list[0]); i++)
+        if (tgid == list[i]) return i;
+    return -1;
+}
+/* data syscalls entered, by place in PB_TGID_LIST: the hits our targets cause
+ * (each one an enter and an exit), for the overhead bench's floor */
+BPF_PERCPU_ARRAY(traced_calls, u64, 16);
+#endif
+
 static __always_inline int tgid_traced(u32 tgid) {
     if (tgid == PB_SELF_TGID) return 0;
-#if PB_FILTER_TGID
+#if PB_FILTER_TGID && defined(PB_TGID_LIST)
+    return tgid_index(tgid) >= 0;
+#elif PB_FILTER_TGID
     return targets.lookup(&tgid) != NULL;
 #else
     return 1;
@@ -140,6 +159,26 @@ static __always_inline int port_traced(u16 a, u16 b) {
 #else
     return 1;
 #endif
+}
+
+/* Batched wake-ups: records go in with BPF_RB_NO_WAKEUP and the recorder drains
+ * on a timer (rings.py); only after PB_WAKE_BYTES submitted on this CPU since its
+ * last forced wake-up is the consumer woken early, so a burst cannot fill the
+ * ring between two timed drains. (bcc 0.26 cannot name the map for
+ * bpf_ringbuf_query, so each CPU counts its own bytes instead of asking the ring;
+ * a non-atomic count on one CPU is exact enough for a threshold.) */
+BPF_PERCPU_ARRAY(rb_pending, u64, 1);
+static __always_inline u64 rb_flags(u32 size) {
+    u32 zero = 0;
+    u64 *p = rb_pending.lookup(&zero);
+    if (!p) return 0;
+    u64 v = *p + size + 8;  /* + the ring's record header */
+    if (v < PB_WAKE_BYTES) {
+        *p = v;
+        return BPF_RB_NO_WAKEUP;
+    }
+    *p = 0;
+    return BPF_RB_FORCE_WAKEUP;
 }
 
 static __always_inline u64 emit_conn(u8 kind, struct conn_key *k, struct conn_info *c, u64 pid_tgid) {
@@ -157,7 +196,7 @@ static __always_inline u64 emit_conn(u8 kind, struct conn_key *k, struct conn_in
     __builtin_memcpy(e.laddr, c->laddr, 16);
     __builtin_memcpy(e.raddr, c->raddr, 16);
     bpf_get_current_comm(e.comm, sizeof(e.comm));
-    if (events.ringbuf_output(&e, sizeof(e), 0) < 0) stat_add(PB_STAT_DROPPED, 1);
+    if (events.ringbuf_output(&e, sizeof(e), rb_flags(sizeof(e))) < 0) stat_add(PB_STAT_DROPPED, 1);
     else stat_add(PB_STAT_CONN_EVENTS, 1);
     return e.ts_ns;
 }
@@ -377,23 +416,90 @@ static __always_inline u8 infer(const u8 *b, u32 len, u8 from_start) {
 /* ---- data */
 static __always_inline int on_data_enter(u8 sc, u8 dir, int fd, u64 buf, u32 iovcnt) {
     u64 id = bpf_get_current_pid_tgid();
+#if PB_FILTER_TGID && defined(PB_TGID_LIST)
+    int slot = tgid_index(id >> 32);
+    if (slot < 0) return 0;
+    u32 k = slot;
+    u64 *nc = traced_calls.lookup(&k);
+    if (nc) *nc += 1;
+#else
     if (!tgid_traced(id >> 32)) return 0;
+#endif
+#if PB_TASK_STORAGE
+    struct task_struct *t = (struct task_struct *)bpf_get_current_task_btf();
+    struct data_args *ap = data_args_ts.task_storage_get(t, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+    if (!ap) return 0;
+    ap->enter_ns = bpf_ktime_get_ns();  /* nonzero: a call is pending */
+    ap->buf = buf;
+    ap->iovcnt = iovcnt;
+    ap->fd = fd;
+    ap->syscall = sc;
+    ap->dir = dir;
+#else
     u32 tid = (u32)id;
     struct data_args a = {.enter_ns = bpf_ktime_get_ns(), .buf = buf, .iovcnt = iovcnt, .fd = fd, .syscall = sc, .dir = dir};
     data_args_map.update(&tid, &a);
+#endif
     return 0;
 }
 
-/* Copy up to `want` bytes from one user buffer into one event; returns bytes copied. */
+/* Reserve one data event with room for `cls` payload bytes. The verifier needs a
+ * constant size per reserve, so events come in size classes (PB_CHUNK the
+ * largest); the recorder's drain cuts each to its cap_len before writing it.
+ * (bcc rewrites map calls only outside macros, so each class is spelled out.) */
+#define PB_DATA_HDR offsetof(struct pb_data_event, data)
+/* n & mask, kept by clang, so the verifier sees n within the class */
+#define PB_MASKED(n, mask) ({ u32 _v = (n); asm volatile("%0 &= %1" : "+r"(_v) : "i"(mask)); _v; })
+
+/* Copy up to `want` bytes from one user buffer into one event, straight into
+ * the ring buffer (each byte copied once); returns bytes copied. */
 static __always_inline u32 emit_chunk(struct data_call *dc, struct conn_info *c,
                                       u32 offset, u64 ptr, u32 want) {
-    u32 cpu = bpf_get_smp_processor_id() & (PB_MAX_CPUS - 1);
-    struct scratch_event *se = scratch.lookup(&cpu);
-    if (!se) return 0;
-    struct pb_data_event *e = &se->e;
     u32 n = want;
     if (n > PB_CHUNK) n = PB_CHUNK;
     if (n == 0) return 0;
+    struct pb_data_event *e;
+    long rd;
+    u32 cls;
+    /* a class takes n below its size (a mask bounds n for the verifier); the
+     * largest takes n == PB_CHUNK too, read with a constant size */
+#if PB_CHUNK > 256
+    if (n < 256) {
+        cls = 256;
+        e = (struct pb_data_event *)events.ringbuf_reserve(PB_DATA_HDR + 256);
+        if (!e) goto dropped;
+        rd = bpf_probe_read_user(e->data, PB_MASKED(n, 255), (void *)ptr);
+    } else
+#endif
+#if PB_CHUNK > 1024
+    if (n < 1024) {
+        cls = 1024;
+        e = (struct pb_data_event *)events.ringbuf_reserve(PB_DATA_HDR + 1024);
+        if (!e) goto dropped;
+        rd = bpf_probe_read_user(e->data, PB_MASKED(n, 1023), (void *)ptr);
+    } else
+#endif
+#if PB_CHUNK > 4096
+    if (n < 4096) {
+        cls = 4096;
+        e = (struct pb_data_event *)events.ringbuf_reserve(PB_DATA_HDR + 4096);
+        if (!e) goto dropped;
+        rd = bpf_probe_read_user(e->data, PB_MASKED(n, 4095), (void *)ptr);
+    } else
+#endif
+    {
+        cls = PB_CHUNK;
+        e = (struct pb_data_event *)events.ringbuf_reserve(PB_DATA_HDR + PB_CHUNK);
+        if (!e) goto dropped;
+        if (n == PB_CHUNK) rd = bpf_probe_read_user(e->data, PB_CHUNK, (void *)ptr);
+        else rd = bpf_probe_read_user(e->data, PB_MASKED(n, PB_CHUNK - 1), (void *)ptr);
+    }
+    e->part = dc->part++;  /* counted before the copy: a failed one shows as a gap */
+    if (rd < 0) {
+        events.ringbuf_discard(e, BPF_RB_NO_WAKEUP);
+        stat_add(PB_STAT_READ_FAILED, 1);
+        return 0;
+    }
     e->ts_ns = dc->ts;
     e->tgid = dc->key.tgid;
     e->tid = dc->tid;
@@ -404,22 +510,17 @@ static __always_inline u32 emit_chunk(struct data_call *dc, struct conn_info *c,
     e->dir = dc->a.dir;
     e->syscall = dc->a.syscall;
     e->pad = 0;
-    e->part = dc->part++;  /* counted before the copy: a failed one shows as a gap */
     e->orig_len = dc->orig;
     e->offset = offset;
     e->cap_len = n;
     e->seq = dc->seq;
-    if (bpf_probe_read_user(e->data, verifier_bound(n), (void *)ptr) < 0) {
-        stat_add(PB_STAT_READ_FAILED, 1);
-        return 0;
-    }
-    u32 size = verifier_bound(offsetof(struct pb_data_event, data) + n);
-    if (events.ringbuf_output(e, size, 0) < 0) {
-        stat_add(PB_STAT_DROPPED, 1);
-        return 0;
-    }
+    events.ringbuf_submit(e, rb_flags(PB_DATA_HDR + cls));
     stat_add(PB_STAT_DATA_EVENTS, 1);
     return n;
+dropped:
+    dc->part++;
+    stat_add(PB_STAT_DROPPED, 1);
+    return 0;
 }
 
 struct iov_walk {
@@ -795,12 +896,25 @@ int data_fn(void *ctx) {
  * verifier seconds at attach). */
 static __always_inline int on_data_exit(void *ctx, long ret) {
     u64 id = bpf_get_current_pid_tgid();
+    if (!tgid_traced(id >> 32)) return 0;  /* others: no lookup when the list is inline */
     u32 tid = (u32)id;
+#if PB_TASK_STORAGE
+    struct task_struct *t = (struct task_struct *)bpf_get_current_task_btf();
+    struct data_args *ap = data_args_ts.task_storage_get(t, 0, 0);
+    if (!ap || !ap->enter_ns) return 0;
+    if (ret <= 0) {
+        ap->enter_ns = 0;
+        return 0;
+    }
+    struct data_args a = *ap;
+    ap->enter_ns = 0;
+#else
     struct data_args *ap = data_args_map.lookup(&tid);
     if (!ap) return 0;
     struct data_args a = *ap;
     data_args_map.delete(&tid);
     if (ret <= 0) return 0;
+#endif
     u32 zero = 0;
     struct data_call *dc = calls.lookup(&zero);
     if (!dc) return 0;

@@ -99,9 +99,21 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 
 def cmd_matrix(a: argparse.Namespace) -> int:
-    from harness.runner.matrix import run_matrix
+    from harness.runner.matrix import cells, run_cell, run_matrix
 
-    report = run_matrix(quick=a.quick, out=a.out, report_dir=a.report, progress=_progress)
+    if a.list:
+        listed = cells()
+        if a.json:
+            print(json.dumps(listed, indent=1))
+        else:
+            for c in listed:
+                print(f"{c['matrix']:8} {c['id']}")
+        return 0
+    if a.cell:
+        print(run_cell(a.cell, a.out, _progress))
+        return 0
+    report = run_matrix(quick=a.quick, out=a.out, report_dir=a.report, progress=_progress,
+                        overhead=not a.no_overhead)
     print(report)
     return 0
 
@@ -123,6 +135,8 @@ def cmd_observe(a: argparse.Namespace) -> int:
         out=a.out,
         progress=_progress,
         options=CollectorOptions(uprobe_level=a.uprobe_level, uprobe_value_max=a.uprobe_value_max),
+        min_free_bytes=int(a.min_free_mb * (1 << 20)),
+        replay_after=not a.no_replay,
     )
     print(run_dir)
     return 0
@@ -160,12 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(fn=cmd_doctor)
 
-    from harness.runner.scenarios import GRPC_GO_VERSIONS, SCENARIOS
+    from harness.runner.scenarios import GRPC_GO_VERSIONS, LANGS, SCENARIOS
 
     p = sub.add_parser("run", help="record one scenario run, analyse it, print its directory")
     p.add_argument("scenario", choices=list(SCENARIOS))
-    p.add_argument("--client", choices=["py", "go"], default="py")
-    p.add_argument("--server", choices=["py", "go"], default="py")
+    p.add_argument("--client", choices=LANGS, default="py")
+    p.add_argument("--server", choices=LANGS, default="py")
     p.add_argument("--attach", choices=["early", "late"], default="early")
     p.add_argument(
         "--collectors", type=_collectors, default="kprobe,uprobe", help="comma-separated"
@@ -186,6 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, action="append", required=True)
     p.add_argument("--h2c", action="store_true", help="the ports carry h2c / gRPC")
     p.add_argument("--duration", type=float, default=60.0, help="stop after this many s")
+    p.add_argument(
+        "--min-free-mb", type=float, default=1024,
+        help="stop cleanly (run marked interrupted, still replayable) below this free disk",
+    )  # fmt: skip
+    p.add_argument(
+        "--no-replay", action="store_true", help="record only; `probebench replay DIR` later"
+    )
     p.add_argument(
         "--collectors", type=_collectors, default="kprobe,uprobe",
         help="comma-separated; uprobe holds each exec of the command until it is probed",
@@ -209,6 +230,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a small matrix (minutes)")
     p.add_argument("--out", type=Path, default=DEFAULT_RUNS)
     p.add_argument("--report", type=Path, default=repo_root() / "results" / "latest")
+    p.add_argument(
+        "--no-overhead", action="store_true",
+        help="skip the closing overhead pass (a short benchmarks/bench_overhead.py run; "
+        "skipped anyway when results of this commit and machine are beside the runs)",
+    )  # fmt: skip
+    p.add_argument("--list", action="store_true",
+                   help="print every cell (default and quick) with its stable id, run nothing")
+    p.add_argument("--json", action="store_true", help="with --list: as a JSON array")
+    p.add_argument("--cell", metavar="ID",
+                   help="record and replay one cell into --out; prints its run directory")
     p.set_defaults(fn=cmd_matrix)
     return ap
 

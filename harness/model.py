@@ -163,13 +163,19 @@ def machine_info() -> dict[str, Any]:
     """Machine, tool and source versions, recorded with every run like pyperf's metadata."""
     root = repo_root()
     cpu_model = None
+    cpu: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
+            k, _, v = line.partition(":")
+            if not k.strip() and cpu:
+                break  # the first processor's block is enough
+            cpu.setdefault(k.strip(), v.strip())
+        cpu_model = cpu.get("model name")
     except OSError:
         pass
+    # A VM may show only "AMD EPYC" as the model name: family/model/stepping tell which one.
+    cpu_id = (f"{cpu.get('vendor_id', '?')} family {cpu.get('cpu family', '?')} model "
+              f"{cpu.get('model', '?')} stepping {cpu.get('stepping', '?')}") if cpu else None
     try:
         import bcc  # optional: replay machines need no bcc
 
@@ -188,6 +194,7 @@ def machine_info() -> dict[str, Any]:
         "kernel": platform.release(),
         "arch": platform.machine(),
         "cpu_model": cpu_model,
+        "cpu_id": cpu_id,
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "bcc": bcc_version,
@@ -216,6 +223,8 @@ class RunManifest:
     processes: list[dict[str, Any]] = field(default_factory=list)  # pid, role, lang, binary
     collectors: dict[str, dict[str, Any]] = field(default_factory=dict)  # stats per collector
     capture: dict[str, Any] = field(default_factory=dict)  # dumpcap stats, drops
+    # bytes on disk (capture, events) and per 1,000 truth exchanges; set by replay
+    recording: dict[str, Any] = field(default_factory=dict)
     clock: str = "CLOCK_MONOTONIC"
     version: int = RUN_VERSION
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import struct
 from pathlib import Path
 
@@ -93,6 +94,10 @@ def test_pyshark_path_gives_the_same_exchanges(truth):
     assert [x.to_dict() for x in xs] == [x.to_dict() for x in truth[0]]
     assert (stats.packets, stats.tcp_streams, stats.exchanges) == (
         truth[1].packets, truth[1].tcp_streams, truth[1].exchanges)
+    # pyshark's own loop would leave a SIGCHLD handler whose wake-up socket, never read,
+    # fills once the test process has spawned enough children (a later test then fails)
+    assert signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL
+    assert signal.set_wakeup_fd(-1) == -1
 
 
 def test_match_workload_all_matched(truth):

@@ -24,7 +24,8 @@ def test_default_plan_covers_the_matrix_once() -> None:
     runs = plan(quick=False)
     keys = [r.key for r in runs]
     assert len(keys) == len(set(keys))
-    current = [r for r in runs if r.grpc_version in (None, CURRENT_GRPC_GO)]
+    current = [r for r in runs if r.grpc_version in (None, CURRENT_GRPC_GO)
+               and {r.client, r.server} <= {"py", "go"}]  # fmt: skip
     combos = Counter((r.scenario, r.client, r.server, r.attach) for r in current)
     # every scenario x language pair x attach, exactly once at the current grpc-go; the
     # stream-shape scenarios go→go and py→go only
@@ -33,10 +34,17 @@ def test_default_plan_covers_the_matrix_once() -> None:
     assert len(shapes) == 2
     assert len(combos) == (len(SCENARIOS) - len(shapes)) * 4 * 2 + len(shapes) * 2 * 2
     assert {(c, s) for (n, c, s, _a) in combos if n in shapes} == {("go", "go"), ("py", "go")}
+    # every further stack crossed with Go both ways, in every gRPC mode, early and late
+    grpc_scens = [n for n, s in SCENARIOS.items() if s.is_grpc and n not in shapes]
+    for lang in matrix.MORE_STACKS:
+        mine = Counter((r.scenario, r.client, r.server, r.attach) for r in runs
+                       if lang in (r.client, r.server))  # fmt: skip
+        assert set(mine.values()) == {1}
+        assert set(mine) == {(n, c, s, a) for n in grpc_scens for c, s in ((lang, "go"),
+                             ("go", lang)) for a in ("early", "late")}  # fmt: skip
     old = [r for r in runs if r.grpc_version not in (None, CURRENT_GRPC_GO)]
     assert {(r.client, r.server) for r in old} == {("go", "go")}
     assert all(SCENARIOS[r.scenario].is_grpc for r in old)
-    grpc_scens = [s for n, s in SCENARIOS.items() if s.is_grpc and n not in shapes]
     assert len(old) == len(grpc_scens) * (len(GRPC_GO_VERSIONS) - 1) * 2
     assert all(r.collectors == BOTH for r in runs)
 
@@ -192,3 +200,59 @@ def test_run_matrix_reports_on_its_runs(tmp_path: Path, monkeypatch: pytest.Monk
     # a second start finds the run done: nothing is recorded again
     matrix.run_matrix(True, out, rep, lambda m: None)
     assert calls == ["grpc-unary"]
+
+
+# -- cells as CI jobs ---------------------------------------------------------------------------
+
+
+def test_cells_have_unique_stable_ids() -> None:
+    listed = matrix.cells()
+    ids = [c["id"] for c in listed]
+    assert len(ids) == len(set(ids))
+    assert all("/" not in i and " " not in i for i in ids)
+    default = [c for c in listed if c["matrix"] == "default"]
+    assert len(default) == len(plan(quick=False, collectors=matrix.available_collectors()))
+    # the id is the key, spelled for job names: the same cell gets the same id tomorrow
+    r = MatrixRun("grpc-bidi", "py", "go", "late", 100, BOTH, "v1.50.1")
+    assert r.cell_id == "grpc-bidi_py2go_late_v1.50.1_kprobe+uprobe_n100"
+    assert matrix.find_cell(listed[0]["id"]).cell_id == listed[0]["id"]
+
+
+def test_unknown_cell_is_a_clear_error(tmp_path: Path) -> None:
+    from harness.errors import ProbebenchError
+
+    with pytest.raises(ProbebenchError, match="matrix --list"):
+        matrix.run_cell("no-such-cell", tmp_path, lambda m: None)
+
+
+def test_cli_lists_cells_as_json(capsys: pytest.CaptureFixture[str]) -> None:
+    from harness.cli import main
+
+    assert main(["matrix", "--list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [c["id"] for c in listed] == [c["id"] for c in matrix.cells()]
+    assert {"id", "scenario", "client", "server", "attach", "collectors"} <= set(listed[0])
+
+
+def test_run_cell_records_one_run_and_fails_loudly(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.errors import ProbebenchError
+
+    cell = matrix.cells()[0]["id"]
+    ok = FakeRecorder()
+    monkeypatch.setattr(matrix, "execute", _execute_with(ok.record))
+    run_dir = matrix.run_cell(cell, tmp_path, lambda m: None)
+    assert run_dir.is_dir() and len(ok.calls) == 1
+    bad = FakeRecorder(fail={ok.calls[0]})
+    monkeypatch.setattr(matrix, "execute", _execute_with(bad.record))
+    with pytest.raises(ProbebenchError, match="failed: RuntimeError"):
+        matrix.run_cell(cell, tmp_path / "other", lambda m: None)
+
+
+def _execute_with(record: Any) -> Any:
+    real = execute
+
+    def fake(runs: Any, state: Any, out: Any, progress: Any) -> Any:
+        return real(runs, state, out, progress, record, lambda d: None)
+
+    return fake

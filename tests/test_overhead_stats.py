@@ -140,3 +140,51 @@ def test_analyse_configs_ratios_and_warnings():
     assert math.isclose(out["none"]["throughput"]["mean"], float(np.mean(BASE)))
     with pytest.raises(ValueError):
         oh.analyse_configs({"kprobe": {"throughput": BASE}})
+
+
+def test_core_share_adds_process_and_bpf_time():
+    s = oh.core_share(0.01, 0.02, 0.03, 2.0, 100)
+    assert s["core_pct"] == pytest.approx(3.0)
+    assert (s["user_pct"], s["system_pct"], s["bpf_pct"]) == pytest.approx((0.5, 1.0, 1.5))
+    assert s["context_switches_per_s"] == pytest.approx(50)
+    assert oh.core_share(1, 1, 1, 0.0, 5)["core_pct"] is None
+
+
+def test_predicted_ratio():
+    assert oh.predicted_ratio(0.0, 10_000) == 1.0
+    # 100 us more per exchange at 10k/s over two CPUs: half the CPUs' time added
+    assert oh.predicted_ratio(100_000, 10_000) == pytest.approx(1 / 1.5)
+    assert oh.predicted_ratio(None, 10_000) is None
+    assert oh.predicted_ratio(1.0, None) is None
+
+
+def test_decompose_against_the_floor():
+    workload = {
+        "configs": {
+            "none": {"throughput": {"mean": 10_000.0}},
+            "kprobe": {
+                "throughput_ratio": 0.9, "throughput_ci95": [0.85, 0.95], "p99_ratio": 1.2,
+                "collectors": {"kprobe": {"cpu_user_s_per_1k": 0.01, "cpu_system_s_per_1k": 0.002,
+                                          "context_switches_per_1k": 12.0}},
+            },
+            "uprobe": {"not_measured": "no probes"},
+        },
+        "bpf_run_time": {
+            "target_hits_per_exchange": 16.0,
+            "by_kind": {"tracepoint": {"hits_per_exchange": 40.0, "ns_per_exchange": 8000.0,
+                                       "ns_per_hit": 200.0}},
+        },
+        "fixed_rate": {"configs": {"kprobe": {"kprobe": {"core_pct": 1.5, "bpf_pct": 0.4,
+                                                         "context_switches_per_s": 60.0}}}},
+    }  # fmt: skip
+    d = oh.decompose(workload, {"tracepoint_added_ns": 50.0, "uprobe_added_ns": 9000.0})
+    assert set(d) == {"kprobe"}  # uprobe not measured: no made-up row
+    k = d["kprobe"]
+    # the floor counts the workload's own hits, not other processes' passing the filter
+    assert k["hits_per_exchange"] == 16.0 and k["hits_per_exchange_all_processes"] == 40.0
+    assert k["floor_ns_per_exchange"] == pytest.approx(800.0)
+    assert k["bpf_per_hit_over_trap"] == pytest.approx(4.0)
+    assert k["predicted_ratio_floor"] == pytest.approx(1 / (1 + 800 * 10_000 / 2e9))
+    assert k["predicted_ratio_floor_and_bpf"] == pytest.approx(1 / (1 + 8800 * 10_000 / 2e9))
+    assert k["fixed_rate_core_pct"] == 1.5 and k["context_switches_per_1k"] == 12.0
+    assert oh.decompose(workload, None)["kprobe"]["floor_ns_per_exchange"] is None

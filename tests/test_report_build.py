@@ -52,9 +52,12 @@ def test_outputs_written(report: Path) -> None:
     for name in ("report.md", "report.html", "metrics.json"):
         assert (report / name).stat().st_size > 1000
     pngs = sorted(p.name for p in (report / "plots").glob("*.png"))
-    assert pngs == ["overview.png", "reasons.png", "recovery.png", "sweep.png"]
+    assert pngs == ["coverage.png", "fields.png", "overhead.png", "per_language.png",
+                    "reasons.png", "recovery.png", "sweep.png"]
     for p in (report / "plots").glob("*.png"):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
+        # drawn no wider than the page's content at 1400 px, so never scaled up or squeezed
+        assert int.from_bytes(p.read_bytes()[16:20], "big") <= 1320
 
 
 def test_scenario_tables_carry_every_fixture_row(report: Path) -> None:
@@ -78,21 +81,150 @@ def test_scenario_tables_carry_every_fixture_row(report: Path) -> None:
     assert checked >= 20
 
 
-def test_seed_table_measured_cells(report: Path) -> None:
+KP, UP = "kernel side (syscall tracepoints)", "uprobe (grpc-go)"
+
+
+def article(md: str, criterion: str) -> dict[str, str]:
+    [row] = [r for r in md_rows(md, criterion) if KP in r]
+    return row
+
+
+def measured(cell: str) -> str:
+    """The one bold measured value of an article-table cell."""
+    [value] = re.findall(r"\*\*(.+?)\*\*", cell)
+    return value
+
+
+def test_article_table_transposed(report: Path) -> None:
     md = (report / "report.md").read_text()
-    [kp] = md_rows(md, "kprobe / tracepoint — measured")
+    stab = article(md, "stability")
     # Two grpc-go versions ran early with a Go side; both decoded at 100 % in the fixtures.
-    assert kp["stability"] == "2/2 grpc-go versions (v1.33.3, v1.85.0)"
-    assert kp["multi-language"].startswith("3/3 gRPC sides")
-    assert "gRPC late 100.0% (6 sides)" in kp["degradation"]
-    assert "HTTP/1 early 0.0% (2 sides)" in kp["degradation"]
-    assert kp["overhead"].startswith("not measured: no bench results given")
-    [up] = md_rows(md, "uprobe — measured")
-    assert up["stability"] == "no grpc-go versions measured"  # its only run attached late
-    assert up["data completeness"] == "gRPC late 100.0% (2 sides)"
-    assert up["degradation"] == "gRPC late 0.0% (2 sides)"
-    [art] = md_rows(md, "uprobe — article")
-    assert art["stability"] == "weak"
+    assert measured(stab[KP]) == "2/2 grpc-go targets work (100.0%)"
+    assert stab[KP].startswith("article: strong") and "✓ agrees" in stab[KP]
+    assert stab[UP].startswith("article: weak")
+    assert measured(stab[UP]) == "not measured (no early-attach run)"  # it only ran late
+    assert "agrees" not in stab[UP]
+    assert measured(article(md, "multi-language")[KP]).startswith("3/3 gRPC language sides")
+    comp = article(md, "data completeness")
+    late = [r for run in FIXTURES.iterdir() if (run / "metrics.json").exists()
+            for r in fixture_metrics(run.name)["rows"]
+            if r["attach"] == "late" and r["protocol"] == "h2c-grpc"
+            and r["variant"] == "default" and r["collector"] == "kprobe"]  # fmt: skip
+    rate = sum(r["degraded"] for r in late) / sum(r["matched"] for r in late)
+    assert measured(comp[KP]) == (f"{100 * rate:.1f}% of {sum(r['matched'] for r in late):,} "
+                                  "gRPC calls degraded after a late attach")
+    assert "✓ agrees" in comp[KP] and "[details](#degradation)" in comp[KP]
+    over = article(md, "overhead")
+    assert measured(over[KP]) == "0.66× throughput of no collector on grpc-unary go→go"
+    assert measured(over[UP]) == "0.52× throughput of no collector on grpc-unary go→go"
+    ease = article(md, "ease of building")
+    assert re.fullmatch(r"[\d,]+ lines of BPF C and decoding code", measured(ease[KP]))
+
+
+def test_article_cells_one_value_one_unit(report: Path) -> None:
+    md = (report / "report.md").read_text()
+    rows = [r for r in md_rows(md, "stability") if KP in r]
+    table = md.split("## The article's table, measured")[1].split("\n\n")[1]
+    cells = [c for line in table.splitlines()[2:] for c in line.strip("|").split(" | ")[1:]]
+    assert rows and len(cells) == 14  # 7 criteria × 2 approaches
+    for c in cells:
+        value = measured(c)
+        units = {u for u in ("%", "×", " lines", " ns", " s ") if u in value}
+        assert len(units) <= 1, value
+
+
+def test_findings_cite_the_metrics(report: Path) -> None:
+    """Each finding's numbers, recomputed here from the fixture files they come from."""
+    m = json.loads((report / "metrics.json").read_text())
+    md = (report / "report.md").read_text()
+    found = {f["anchor"]: f for f in m["findings"]}
+    assert 4 <= len(found) <= 6
+    rows = [r for run in FIXTURES.iterdir() if (run / "metrics.json").exists()
+            for r in fixture_metrics(run.name)["rows"]]  # fmt: skip
+
+    def rate(num: str, den: str, variant: str = "default", **match: object) -> float:
+        sel = [r for r in rows if r["variant"] == variant
+               and all(str(r[k]).startswith(str(v)) for k, v in match.items())]  # fmt: skip
+        return sum(r[num] for r in sel) / sum(r[den] for r in sel)
+
+    v = found["degradation"]["values"]
+    assert v["kprobe_late_grpc_degraded"] == rate("degraded", "matched", collector="kprobe",
+                                                  attach="late", protocol="h2c")
+    assert v["uprobe_late_grpc_go_degraded"] == rate("degraded", "matched",
+                                                     collector="uprobe", attach="late")
+    v = found["scenarios"]["values"]
+    assert v["kprobe_http1_completeness"] == rate("matched", "observable", collector="kprobe",
+                                                  protocol="http/")
+    assert v["kprobe_http11_late_nosockdiag_degraded"] == rate(
+        "degraded", "matched", variant="no-sockdiag", scenario="http11", attach="late")
+    bench = json.loads((FIXTURES / "overhead.json").read_text())
+    cfg = bench["workloads"]["grpc-unary/go2go"]["configs"]
+    v = found["overhead"]["values"]
+    assert v["kprobe_throughput_ratio"] == cfg["kprobe"]["throughput_ratio"]
+    assert v["uprobe_throughput_ratio"] == cfg["uprobe"]["throughput_ratio"]
+    assert v["uprobe_added_ns"] == bench["trap_cost"]["uprobe_added_ns"]
+    v = found["ground-truth"]["values"]
+    done = [run for run in FIXTURES.iterdir() if (run / "metrics.json").exists()]
+    tvw = [fixture_metrics(r.name)["truth_vs_workload"] for r in done]
+    assert v["runs"] == len(done)
+    assert v["truth_found"] == sum(t["matched"] for t in tvw) / sum(t["workload"] for t in tvw)
+    assert v["wrong"] == sum(r["wrong"] for r in rows)
+    # and the sentences print those numbers
+    findings = md.split("## Key findings")[1].split("## ")[0]
+    flat = " ".join(findings.split())
+    for f in m["findings"]:
+        assert " ".join(f["text"].split()) in flat
+    d = found["degradation"]
+    assert f"{100 * d['values']['kprobe_late_grpc_degraded']:.1f}% of " in d["text"]
+    o = found["overhead"]
+    assert f"{o['values']['kprobe_throughput_ratio']:.2f}×" in o["text"]
+    assert f"{o['values']['uprobe_throughput_ratio']:.2f}×" in o["text"]
+
+
+def test_markdown_lines_short(report: Path) -> None:
+    md = (report / "report.md").read_text()
+    in_code = False
+    for line in md.splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+        assert in_code or len(line) <= 400, line[:120]
+
+
+def test_overhead_names_its_workload(report: Path) -> None:
+    md = (report / "report.md").read_text()
+    sec = md.split("## Overhead")[1].split("\n## ")[0]
+    ratios = [r for r in md_rows(md, "grpc-unary go→go") + md_rows(md, "grpc-unary go→py")
+              + md_rows(md, "http11-keepalive go→go") if "throughput ratio [95% CI]" in r]
+    assert len(ratios) == 9  # 3 configs × 3 workloads in the fixture file, not-measured kept
+    assert any(r["throughput ratio [95% CI]"] == "0.66× [0.59, 0.73]" for r in ratios)
+    assert "unstable: sd 13% of mean" in sec  # the file's warnings are on the page
+    assert "Methodology first" in sec and "CPU [1]" in sec
+    hits = [r for r in md_rows(md, "the same call with an empty uprobe") if "workload" in r]
+    assert hits[0]["added by the probe, ns"] == "9,126" and hits[0]["workload"]
+
+
+def test_newer_bench_keys_are_shown(tmp_path: Path) -> None:
+    runs = _copy([EARLY], tmp_path / "runs")
+    bench = json.loads((FIXTURES / "overhead.json").read_text())
+    # bench schema 2 (the decomposition against the floor), and a key no report knows yet
+    bench["decomposition"] = {"grpc-unary/go2go": {"kprobe": {
+        "hits_per_exchange": 43.9, "bare_trap_ns": 166.0, "floor_ns_per_exchange": 7287.4,
+        "bpf_ns_per_exchange": 92489.0, "cpu_user_s_per_1k": 0.1, "cpu_system_s_per_1k": 0.02,
+        "context_switches_per_1k": 812.0, "throughput_ratio": 0.66,
+        "fixed_rate_core_pct": 4.2}}}
+    bench["settings"]["fixed_rate"] = {"exchanges_per_s": 1000, "loop": "open"}
+    bench["h2_walk"] = {"budget_bytes": 4096, "skipped_ns": 12.5}
+    (tmp_path / "overhead.json").write_text(json.dumps(bench))
+    out = tmp_path / "out"
+    build_report([runs, tmp_path / "overhead.json"], out, draw=False)
+    md = (out / "report.md").read_text()
+    [dec] = [r for r in md_rows(md, "grpc-unary go→go") if "probe hits per exchange" in r]
+    assert dec["collector"] == "kernel side"
+    assert dec["floor: hits × trap, ns per exchange"] == "7,287"
+    assert dec["collector CPU, ms per 1k exchanges"] == "120"
+    assert dec["% of a core at the fixed rate"] == "4.2%"
+    assert "Fixed rate: 1000 exchanges per second" in " ".join(md.split())
+    assert any(r["value"] == "12.5" and r["unit"] == "ns" for r in md_rows(md, "skipped_ns"))
 
 
 def test_sweep_and_failed_runs_listed(report: Path) -> None:
@@ -112,8 +244,10 @@ def test_html_is_self_contained(report: Path) -> None:
     page = (report / "report.html").read_text()
     srcs = re.findall(r'\bsrc="([^"]*)"', page)
     hrefs = re.findall(r'\bhref="([^"]*)"', page)
-    assert len(srcs) == 4 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert len(srcs) == 7 and all(s.startswith("data:image/png;base64,") for s in srcs)
     assert hrefs and all(h.startswith("#") for h in hrefs)
+    ids = set(re.findall(r'\bid="([^"]*)"', page))
+    assert {h[1:] for h in hrefs} <= ids  # every "details" and "more" link lands somewhere
     assert "<link" not in page and "<script" not in page and "url(" not in page
 
 
@@ -122,8 +256,9 @@ def test_combined_metrics(report: Path) -> None:
     assert m["version"] == 1 and m["kind"] == "probebench-report"
     assert len(m["runs"]) == 9
     assert m["machines"] and m["machines"][0]["kernel"] == "6.18.44-fc-v669"
-    assert m["seed_table"]["kprobe/stability"]["value"] == 1.0
-    assert EARLY_OLD in m["seed_table"]["kprobe/stability"]["runs"]
+    assert m["article_table"]["stability"]["kprobe"]["value"] == 1.0
+    assert EARLY_OLD in m["article_table"]["stability"]["kprobe"]["runs"]
+    assert m["overhead"]["file"].endswith("overhead.json")
     by_id = {r["run_id"]: r for r in m["runs"]}
     assert by_id[LATE]["rows"] == fixture_metrics(LATE)["rows"]
     assert sorted(by_id[EARLY]["sweep"]) == ["0.0327", "0.0367", "0.0408"]
@@ -152,7 +287,8 @@ def test_recovery_curve_from_rows(report: Path) -> None:
         assert table[str(i)]["grpc-unary kprobe tolerant"] == share("kprobe", "default", i)
         assert table[str(i)]["grpc-unary kprobe strict"] == share("kprobe", "hpack-strict", i)
     assert table["0"]["grpc-unary uprobe"] == share("uprobe", "default", 0) == "100.0%"
-    assert LATE_BOTH in md.split("## Late-attach recovery")[1].split("## ")[0]
+    m = json.loads((report / "metrics.json").read_text())
+    assert {LATE_BOTH} <= {i for r in m["recovery"] for i in r["runs"]}
 
 
 def test_no_recovery_data_is_said(tmp_path: Path) -> None:
@@ -172,30 +308,26 @@ def test_failed_attach_counts_against_that_collector_only(tmp_path: Path) -> Non
     (runs / EARLY_OLD / "run.json").write_text(json.dumps(man))
     (runs / EARLY_OLD / "metrics.json").unlink()
     out = tmp_path / "out"
+    build_report([runs], out, draw=False)
+    stab = article((out / "report.md").read_text(), "stability")
+    assert measured(stab[UP]) == "0/1 grpc-go targets work (0.0%)"
+    assert measured(stab[KP]) == "1/1 grpc-go targets work (100.0%)"
+
+
+def test_no_bench_results_is_said(tmp_path: Path) -> None:
+    runs = _copy([EARLY], tmp_path / "runs")
+    out = tmp_path / "out"
     build_report([runs], out)
     md = (out / "report.md").read_text()
-    [up] = md_rows(md, "uprobe — measured")
-    assert up["stability"] == "0/1 grpc-go versions (none)"
-    [kp] = md_rows(md, "kprobe / tracepoint — measured")
-    assert kp["stability"] == "1/1 grpc-go versions (v1.85.0)"
-
-
-def test_bench_results_fill_overhead(tmp_path: Path) -> None:
-    runs = _copy([EARLY], tmp_path / "runs")
-    bench = tmp_path / "bench.json"
-    # the shape benchmarks/bench_overhead.py writes
-    bench.write_text(json.dumps({"kind": "probebench-overhead",
-                                 "summary": {"kprobe": {"throughput_ratio_min": 0.5381}}}))
-    out = tmp_path / "out"
-    build_report([runs, bench], out)
-    [kp] = md_rows((out / "report.md").read_text(), "kprobe / tracepoint — measured")
-    assert kp["overhead"].startswith("throughput_ratio_min=0.5381")
+    assert measured(article(md, "overhead")[KP]) == "not measured (no overhead results)"
+    assert "Overhead was not measured for this report: no overhead results were given" in md
+    assert not (out / "plots" / "overhead.png").exists()
 
 
 def test_default_out_and_single_run_dir(tmp_path: Path) -> None:
     runs = _copy([EARLY, LATE], tmp_path / "runs")
     assert default_out([runs / EARLY, runs / LATE]) == runs / "report"
-    html = build_report([runs / EARLY, runs / LATE])
+    html = build_report([runs / EARLY, runs / LATE], draw=False)
     assert html == runs / "report" / "report.html" and html.exists()
 
 
@@ -209,3 +341,46 @@ def test_cell_formatting() -> None:
     assert cell(None) == "—" and cell(float("nan"), "share") == "—"
     assert cell(True) == "yes" and cell(["a", "b"]) == "a, b"
     assert cell(3) == "3"
+
+
+def test_matrix_reuses_bench_results_of_the_same_commit(tmp_path: Path) -> None:
+    import platform
+    import subprocess
+
+    from harness.model import repo_root
+    from harness.runner import matrix
+
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_root(), capture_output=True,
+                          text=True, check=True).stdout.strip()  # fmt: skip
+    bench = json.loads((FIXTURES / "overhead.json").read_text())
+    out = tmp_path / "runs"
+    out.mkdir()
+    bench["machine"].update(git_commit="0" * 40, git_dirty=False, hostname=platform.node(),
+                            kernel=platform.release())  # fmt: skip
+    (out / "overhead.json").write_text(json.dumps(bench))
+    assert not matrix._same_commit_and_machine(out / "overhead.json")  # another commit
+    bench["machine"]["git_commit"] = head
+    (out / "overhead.json").write_text(json.dumps(bench))
+    said: list[str] = []
+    src = matrix.closing_overhead_pass(out, True, said.append)  # reused: no pass is run
+    assert src.files == [out / "overhead.json"] and "reused" in src.origin
+    assert said and "reusing" in said[0]
+    _copy([EARLY], out)
+    build_report([out / EARLY, *src.files], tmp_path / "rep", bench_origin=src.origin,
+                 draw=False)
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "reused, not re-measured" in " ".join(md.split())
+
+
+def test_ease_of_building_proxies(tmp_path: Path) -> None:
+    from harness.report.ease import code_lines, ease_view
+
+    c = tmp_path / "x.c"
+    c.write_text("#include <a.h>\n/* one\n two */\n\n// note\nint x; /* tail */\n")
+    py = tmp_path / "x.py"
+    py.write_text("# comment\n\nimport os\nx = 1  # trailing\n")
+    assert code_lines(c) == 2 and code_lines(py) == 2
+    e = ease_view([])
+    for coll in ("kprobe", "uprobe"):
+        assert e.lines[coll]["BPF C"] > 100 and e.total_lines(coll)
+    assert e.attach.empty and e.failures.empty and e.binaries == []

@@ -23,6 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "scripts" / "build-grpc-targets"
 BIN = ROOT / "scenarios" / "go" / "bin"
 PYDIR = ROOT / "scenarios" / "py"
+NODEDIR = ROOT / "scenarios" / "node"
+JAVADIR = ROOT / "scenarios" / "java"
 PY = sys.executable
 CURRENT = "v1.85.0"
 OLD = ("v1.33.3", "v1.50.1")
@@ -69,13 +71,33 @@ def read_line(proc: subprocess.Popen[str], timeout: float = IO_TIMEOUT_S) -> str
     return proc.stdout.readline().strip()
 
 
+def java_cmd(main_class: str) -> list[str]:
+    cp = (JAVADIR / "target" / "classpath.txt").read_text().strip()
+    return ["java", "-cp", f"{JAVADIR / 'target' / 'classes'}:{cp}", main_class]
+
+
+RUSTBIN = ROOT / "scenarios" / "rust" / "target" / "release"
+
+
 def server_cmd(lang: str, version: str = CURRENT) -> list[str]:
+    if lang == "rust":
+        return [str(RUSTBIN / "grpc_server")]
+    if lang == "java":
+        return java_cmd("probebench.GrpcServer")
+    if lang == "node":
+        return ["node", str(NODEDIR / "grpc_server.js")]
     if lang == "py":
         return [PY, str(PYDIR / "grpc_server.py")]
     return [str(BIN / f"grpc-server-{version}")]
 
 
 def client_cmd(lang: str, version: str = CURRENT) -> list[str]:
+    if lang == "rust":
+        return [str(RUSTBIN / "grpc_client")]
+    if lang == "java":
+        return java_cmd("probebench.GrpcClient")
+    if lang == "node":
+        return ["node", str(NODEDIR / "grpc_client.js")]
     if lang == "py":
         return [PY, str(PYDIR / "grpc_client.py")]
     return [str(BIN / f"grpc-client-{version}")]
@@ -110,9 +132,45 @@ def stop(proc: subprocess.Popen[str]) -> int:
                 f.close()
 
 
-@pytest.fixture(scope="module", params=["go", "py"])
+@pytest.fixture(scope="session")
+def node_built() -> None:
+    """The Node targets' packages, installed by scripts/build-targets (npm ci, idempotent)."""
+    done = subprocess.run([str(ROOT / "scripts" / "build-node-targets")], capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr + done.stdout
+
+
+@pytest.fixture(scope="session")
+def java_built() -> None:
+    """The Java targets, built by scripts/build-targets (Maven, idempotent)."""
+    done = subprocess.run([str(ROOT / "scripts" / "build-java-targets")], capture_output=True,
+                          text=True, timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stderr + done.stdout
+
+
+@pytest.fixture(scope="session")
+def rust_built() -> None:
+    """The Rust targets, built by scripts/build-targets (cargo --locked, idempotent)."""
+    done = subprocess.run([str(ROOT / "scripts" / "build-rust-targets")], capture_output=True,
+                          text=True, timeout=1800)  # fmt: skip
+    assert done.returncode == 0, done.stderr + done.stdout
+
+
+def needs_build(request: pytest.FixtureRequest, lang: str) -> None:
+    if lang in ("node", "java", "rust"):
+        request.getfixturevalue(f"{lang}_built")
+
+
+# Python and Go in every combination; each further stack against Go, both ways.
+PAIRS = [(c, s) for c in ("go", "py") for s in ("go", "py")] + [
+    p for lang in ("node", "java", "rust") for p in ((lang, "go"), ("go", lang))
+]
+
+
+@pytest.fixture(scope="module")
 def server(request: pytest.FixtureRequest, built: str) -> Iterator[Server]:
     """One server per language for all the client runs (current grpc-go)."""
+    needs_build(request, request.param)
     port = free_port()
     proc = start_server(server_cmd(request.param), port)
     try:
@@ -227,10 +285,12 @@ def check_workload(records: list[dict], mode: str, port: int, plan_mod) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("client", ["go", "py"])
+@pytest.mark.parametrize(("client", "server"), PAIRS, indirect=["server"])
 def test_clients_against_server(
-    server: Server, client: str, mode: str, tmp_path: Path, plan_mod
+    server: Server, client: str, mode: str, tmp_path: Path, plan_mod,
+    request: pytest.FixtureRequest,
 ) -> None:
+    needs_build(request, client)
     workload = tmp_path / "workload.jsonl"
     records = run_client(client_cmd(client), mode, server.port, workload)
     check_workload(records, mode, server.port, plan_mod)
@@ -251,7 +311,9 @@ def test_old_grpc_go_versions_unary(built: str, version: str, tmp_path: Path, pl
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("seed", [0, 1, 987654321, 2**64 - 1])
-def test_python_and_go_plans_are_identical(built: str, mode: str, seed: int) -> None:
+def test_python_and_go_plans_are_identical(
+    built: str, node_built: None, java_built: None, rust_built: None, mode: str, seed: int
+) -> None:
     args = ["--mode", mode, "--exchanges", "500", "--seed", str(seed), "--print-plan"]
     py = subprocess.run(
         [PY, str(PYDIR / "grpc_client.py"), *args], capture_output=True, timeout=60, check=True
@@ -264,6 +326,17 @@ def test_python_and_go_plans_are_identical(built: str, mode: str, seed: int) -> 
             check=True,
         ).stdout
         assert go == py, version
+    node = subprocess.run(
+        ["node", str(NODEDIR / "grpc_client.js"), *args], capture_output=True, timeout=60,
+        check=True,
+    ).stdout
+    assert node == py, "node"
+    java = subprocess.run([*java_cmd("probebench.GrpcClient"), *args], capture_output=True,
+                          timeout=60, check=True).stdout  # fmt: skip
+    assert java == py, "java"
+    rust = subprocess.run([str(RUSTBIN / "grpc_client"), *args], capture_output=True,
+                          timeout=60, check=True).stdout  # fmt: skip
+    assert rust == py, "rust"
     assert len(py.splitlines()) == 500
 
 
@@ -286,8 +359,11 @@ def test_plan_has_the_traffic_the_scenarios_need(plan_mod) -> None:
     assert any(any(ord(ch) > 127 for ch in c.status_message) for c in big)
 
 
-@pytest.mark.parametrize("lang", ["go", "py"])
-def test_server_exits_3_when_the_port_is_taken(built: str, lang: str) -> None:
+@pytest.mark.parametrize("lang", ["go", "py", "node", "java", "rust"])
+def test_server_exits_3_when_the_port_is_taken(
+    built: str, lang: str, request: pytest.FixtureRequest
+) -> None:
+    needs_build(request, lang)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
@@ -304,8 +380,11 @@ def test_server_exits_3_when_the_port_is_taken(built: str, lang: str) -> None:
     assert len(err.strip().splitlines()) == 1, err
 
 
-@pytest.mark.parametrize("lang", ["go", "py"])
-def test_server_exits_0_on_sigterm(built: str, lang: str) -> None:
+@pytest.mark.parametrize("lang", ["go", "py", "node", "java", "rust"])
+def test_server_exits_0_on_sigterm(
+    built: str, lang: str, request: pytest.FixtureRequest
+) -> None:
+    needs_build(request, lang)
     port = free_port()
     proc = start_server(server_cmd(lang), port)
     try:

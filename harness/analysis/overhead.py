@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-SCHEMA_VERSION = 1
+# 2: adds fixed_rate, decomposition, collector context switches and system CPU (v1 keys kept)
+SCHEMA_VERSION = 2
 ALPHA = 0.05
 CONFIDENCE = 0.95
 CV_WARN = 0.10  # pyperf warns when the standard deviation exceeds 10 % of the mean
@@ -259,6 +260,88 @@ def latency_percentiles(
 
 def per_hit_ns(run_time_ns: int, run_cnt: int) -> float | None:
     return run_time_ns / run_cnt if run_cnt > 0 else None
+
+
+def core_share(
+    user_s: float, system_s: float, bpf_s: float, wall_s: float, context_switches: int
+) -> dict[str, float | None]:
+    """A collector's CPU over a wall-clock span, as % of one core: its process's user and
+    system time plus its programs' BPF run time (spent in the traced processes' context)."""
+    if wall_s <= 0:
+        return {"core_pct": None, "user_pct": None, "system_pct": None, "bpf_pct": None,
+                "context_switches_per_s": None}  # fmt: skip
+    pct = {"user_pct": 100 * user_s / wall_s, "system_pct": 100 * system_s / wall_s,
+           "bpf_pct": 100 * bpf_s / wall_s}  # fmt: skip
+    return {"core_pct": sum(pct.values()), **pct,
+            "context_switches_per_s": context_switches / wall_s,
+            "cpu_user_s": user_s, "cpu_system_s": system_s, "bpf_s": bpf_s,
+            "wall_s": wall_s}  # fmt: skip
+
+
+# The workloads' client and server are pinned to one CPU each: added kernel work per exchange
+# is spread over both when they are the bottleneck (closed loop, saturation).
+PATH_CPUS = 2
+# (collector, kind of its programs in bpf_run_time.by_kind, key of its bare trap in trap_cost)
+FLOORS = (("kprobe", "tracepoint", "tracepoint_added_ns"), ("uprobe", "uprobe", "uprobe_added_ns"))
+
+
+def predicted_ratio(added_ns: float | None, baseline_per_s: float | None) -> float | None:
+    """Saturation throughput ratio if each exchange cost ``added_ns`` more CPU, spread over
+    PATH_CPUS busy CPUs: 1 / (1 + added x rate / (1e9 x PATH_CPUS))."""
+    if added_ns is None or not baseline_per_s:
+        return None
+    return 1 / (1 + added_ns * baseline_per_s / (1e9 * PATH_CPUS))
+
+
+def decompose(workload: Mapping[str, Any], trap: Mapping[str, Any] | None) -> dict[str, Any]:
+    """One workload's overhead per collector, against its floor: hits per exchange x the bare
+    trap of the same session (what any collector at those points pays), the BPF run time
+    per exchange (our programs' work on top of the trap), the collector process's CPU and
+    wake-ups per 1k exchanges, the saturation ratios, and the CPU share at a fixed rate."""
+    bpf = workload.get("bpf_run_time") or {}
+    by_kind = bpf.get("by_kind") or {}
+    configs = workload.get("configs") or {}
+    fixed = (workload.get("fixed_rate") or {}).get("configs") or {}
+    base = (configs.get(BASELINE) or {}).get("throughput") or {}
+    out: dict[str, Any] = {}
+    for coll, kind, trap_key in FLOORS:
+        c = configs.get(coll)
+        if not c or "not_measured" in c:
+            continue
+        k = by_kind.get(kind) or {}
+        hits_all = k.get("hits_per_exchange")
+        hits = bpf.get("target_hits_per_exchange") if coll == "kprobe" else hits_all
+        if hits is None:
+            hits = hits_all
+        trap_ns = (trap or {}).get(trap_key)
+        floor = hits * trap_ns if hits is not None and trap_ns is not None else None
+        bpf_ns = k.get("ns_per_exchange")
+        per_hit = k.get("ns_per_hit")
+        proc = (c.get("collectors") or {}).get(coll) or {}
+        at_rate = (fixed.get(coll) or {}).get(coll) or {}
+        kernel = floor + bpf_ns if floor is not None and bpf_ns is not None else None
+        out[coll] = {
+            "hits_per_exchange": hits,
+            "hits_per_exchange_all_processes": hits_all,
+            "bare_trap_ns": trap_ns,
+            "floor_ns_per_exchange": floor,
+            "bpf_ns_per_exchange": bpf_ns,
+            "bpf_ns_per_hit": per_hit,
+            "bpf_per_hit_over_trap": per_hit / trap_ns if per_hit and trap_ns else None,
+            "cpu_user_s_per_1k": proc.get("cpu_user_s_per_1k"),
+            "cpu_system_s_per_1k": proc.get("cpu_system_s_per_1k"),
+            "context_switches_per_1k": proc.get("context_switches_per_1k"),
+            "throughput_ratio": c.get("throughput_ratio"),
+            "throughput_ci95": c.get("throughput_ci95"),
+            "p50_ratio": c.get("p50_ratio"),
+            "p99_ratio": c.get("p99_ratio"),
+            "predicted_ratio_floor": predicted_ratio(floor, base.get("mean")),
+            "predicted_ratio_floor_and_bpf": predicted_ratio(kernel, base.get("mean")),
+            "fixed_rate_core_pct": at_rate.get("core_pct"),
+            "fixed_rate_bpf_pct": at_rate.get("bpf_pct"),
+            "fixed_rate_context_switches_per_s": at_rate.get("context_switches_per_s"),
+        }
+    return out
 
 
 def analyse_configs(

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
+import multiprocessing
+import os
+import resource
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from harness.analysis.metrics import DEFINITIONS, Row, score
 from harness.analysis.observed import VARIANTS, Variant, kprobe_exchanges
@@ -21,10 +31,12 @@ from harness.model import (
     Exchange,
     RunManifest,
     save_metrics,
+    write_json_atomic,
 )
 from harness.runner import scenarios
 
 SIDES = ("client", "server")
+REPLAY_JSON = "replay.json"  # how long the last replay took, and its peak memory
 
 
 def workload_exchanges(path: Path) -> list[Exchange]:
@@ -40,14 +52,81 @@ def workload_exchanges(path: Path) -> list[Exchange]:
     return out
 
 
+_JSON_COLUMNS = ("req_headers", "resp_headers", "trailers")
+_COLUMNS = tuple(f.name for f in dataclasses.fields(Exchange))
+
+
+def _json(d: dict[str, str]) -> str:
+    return json.dumps(d, sort_keys=True) if d else "{}"
+
+
+def _columns(exchanges: list[Exchange]) -> dict[str, list[Any]]:
+    """One list per Exchange field (dicts and degradations as sorted JSON text).
+
+    Built column by column: ``dataclasses.asdict`` per row deep-copies every value and
+    was more than half of a 70k-exchange replay's time."""
+    cols: dict[str, list[Any]] = {}
+    for name in _COLUMNS:
+        if name in _JSON_COLUMNS:
+            cols[name] = [_json(getattr(x, name)) for x in exchanges]
+        elif name == "degraded":
+            cols[name] = [
+                json.dumps([[d.field, d.reason] for d in x.degraded]) if x.degraded else "[]"
+                for x in exchanges
+            ]
+        else:
+            cols[name] = [getattr(x, name) for x in exchanges]
+    return cols
+
+
 def to_frame(exchanges: list[Exchange]) -> pd.DataFrame:
-    rows = []
-    for x in exchanges:
-        d = x.to_dict()
-        for k in ("req_headers", "resp_headers", "trailers", "degraded"):
-            d[k] = json.dumps(d[k], sort_keys=True)
-        rows.append(d)
-    return pd.DataFrame(rows)
+    """Exchanges as a table, one column per field."""
+    return pd.DataFrame(_columns(exchanges)) if exchanges else pd.DataFrame()
+
+
+# Rows per parquet row group: the frame of one group is built at a time.
+ROW_GROUP = 100_000
+_INT_COLUMNS = frozenset({
+    "client_port", "server_port", "conn_seq", "stream_id", "status", "grpc_status",
+    "req_bytes", "resp_bytes", "req_messages", "resp_messages", "t_start_ns", "t_end_ns", "pid",
+})  # fmt: skip
+SCHEMA = pa.schema([(n, pa.int64() if n in _INT_COLUMNS else pa.string()) for n in _COLUMNS])
+
+
+def write_parquet(exchanges: list[Exchange], path: Path) -> None:
+    """Exchanges to parquet in row groups of ROW_GROUP, one fixed schema (integers stay
+    integers when some are missing)."""
+    with pq.ParquetWriter(path, SCHEMA) as w:
+        for i in range(0, len(exchanges), ROW_GROUP):
+            cols = _columns(exchanges[i : i + ROW_GROUP])
+            w.write_table(
+                pa.table({n: pa.array(cols[n], SCHEMA.field(n).type) for n in cols}, schema=SCHEMA)
+            )
+
+
+def replayable(manifest: RunManifest) -> bool:
+    """Complete runs, and interrupted ones (observe stopped for disk space, Ctrl-C) whose
+    collectors all attached: what they recorded up to the stop is whole and readable."""
+    if manifest.status == "complete":
+        return True
+    names = manifest.params.get("collectors") or []
+    return manifest.status == "interrupted" and all(
+        "attach_ns" in manifest.collectors.get(n, {}) for n in names
+    )
+
+
+def recording_size(run_dir: Path, exchanges: int) -> dict[str, Any]:
+    """What the recording takes on disk, and per 1,000 truth exchanges (to size a soak)."""
+    capture = (run_dir / CAPTURE).stat().st_size if (run_dir / CAPTURE).exists() else 0
+    events = sum(
+        f.stat().st_size for f in (run_dir / EVENTS_DIR).glob("*") if f.is_file()
+    ) if (run_dir / EVENTS_DIR).is_dir() else 0  # fmt: skip
+    total = capture + events
+    return {
+        "capture_bytes": capture, "events_bytes": events, "bytes": total,
+        "truth_exchanges": exchanges,
+        "bytes_per_1k_exchanges": round(total * 1000 / exchanges) if exchanges else None,
+    }  # fmt: skip
 
 
 def _variants(collector: str, attach: str, protocol: str, simulated: bool) -> list[Variant]:
@@ -59,43 +138,46 @@ def _variants(collector: str, attach: str, protocol: str, simulated: bool) -> li
     return out
 
 
-def replay(
-    run_dir: Path, *, attach_at_s: float | None = None, write: bool = True
-) -> dict[str, Any]:
-    """Re-derive every exchange and metric of a recorded run.
+# Below this capture size a second process costs more than it saves.
+PARALLEL_TRUTH_BYTES = 8 << 20
 
-    ``attach_at_s`` replays as if each collector had attached that many seconds after it
-    really did (a run recorded with early attach replayed at a later point)."""
-    manifest = RunManifest.load(run_dir)
-    if manifest.status != "complete":
-        raise RunDirError(
-            f"{run_dir} is a {manifest.status} recording"
-            + (f" ({manifest.error})" if manifest.error else "")
-            + "; only complete runs can be replayed"
-        )
-    p = manifest.params
-    if manifest.scenario == scenarios.OBSERVE:
-        h2c, protocol = bool(p.get("h2c")), "h2c" if p.get("h2c") else "http/1.x"
-    else:
-        scen = scenarios.get(manifest.scenario)
-        h2c, protocol = scen.is_grpc, scen.protocol
-    ports = manifest.ports
-    offset = int(manifest.capture.get("mono_offset_ns", 0))
-    truth, tstats = extract_exchanges(
-        run_dir / CAPTURE,
-        http1_ports=[] if h2c else ports,
-        h2c_ports=ports if h2c else [],
-        mono_offset_ns=offset,
+
+def _extract(
+    pcap: Path, http1_ports: list[int], h2c_ports: list[int], offset: int
+) -> tuple[list[Exchange], Any]:
+    return extract_exchanges(
+        pcap, http1_ports=http1_ports, h2c_ports=h2c_ports, mono_offset_ns=offset
     )
-    for x in truth:
-        x.run_id, x.scenario = manifest.run_id, manifest.scenario
-    has_workload = (run_dir / WORKLOAD).exists()  # `observe` runs have none
-    workload = workload_exchanges(run_dir / WORKLOAD) if has_workload else []
-    tvw = match_workload(truth, run_dir / WORKLOAD) if has_workload else None
-    rows: list[dict[str, Any]] = []
-    frames: dict[str, list[Exchange]] = {"truth": truth, "workload": workload}
-    collectors: dict[str, Any] = {}
-    attach_mode = p["attach"] if attach_at_s is None else f"at+{attach_at_s:g}s"
+
+
+@contextlib.contextmanager
+def _truth_job(
+    pcap: Path, http1_ports: list[int], h2c_ports: list[int], offset: int
+) -> Iterator[Callable[[], tuple[list[Exchange], Any]]]:
+    """Yields a function that returns the truth: decoded in a worker process for a big
+    capture (started at once, so it overlaps whatever the caller does meanwhile), else
+    decoded when called."""
+    big = pcap.is_file() and pcap.stat().st_size >= PARALLEL_TRUTH_BYTES
+    if not big or (os.cpu_count() or 1) < 2:
+        yield lambda: _extract(pcap, http1_ports, h2c_ports, offset)
+        return
+    # forkserver: the worker does not inherit the caller's threads (observe's)
+    ctx = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(1, mp_context=ctx) as pool:
+        fut = pool.submit(_extract, pcap, http1_ports, h2c_ports, offset)
+        try:
+            yield fut.result
+        finally:
+            fut.cancel()
+
+
+def _observe_all(
+    run_dir: Path, manifest: RunManifest, protocol: str, attach_at_s: float | None
+) -> list[tuple[str, int, dict[str, Any], Variant, list[Exchange], Any]]:
+    """Every collector's exchanges, per replay variant: (name, attach_ns, run.json stats,
+    variant, exchanges, decode stats)."""
+    p, ports = manifest.params, manifest.ports
+    out = []
     # A simulated attach is one moment for every collector: T after the first real attach.
     first_attach = min(int(manifest.collectors[c]["attach_ns"]) for c in p["collectors"])
     for name in p["collectors"]:
@@ -106,7 +188,6 @@ def replay(
         events = run_dir / EVENTS_DIR / f"{name}.bin"
         if not events.exists():
             raise RunDirError(f"{events} is missing: the {name} collector recorded nothing")
-        collectors[name] = {"attach_ns": attach_ns, "stats": info}
         for variant in _variants(name, p["attach"], protocol, attach_at_s is not None):
             if name == "kprobe":
                 observed, ostats = kprobe_exchanges(
@@ -122,18 +203,63 @@ def replay(
                 )
             for x in observed:
                 x.run_id, x.scenario, x.source = manifest.run_id, manifest.scenario, name  # type: ignore[assignment]
-            collectors[name][variant.name] = vars(ostats)
-            if variant.name == "default":
-                frames[name] = observed
-            for side in SIDES:
-                row = Row(
-                    scenario=manifest.scenario, protocol=protocol, client=p["client"],
-                    server=p["server"], attach=attach_mode, collector=name, side=side,
-                    variant=variant.name, grpc_go=p.get("grpc_version"),
-                )  # fmt: skip
-                row.lost_events = int(info.get("lost_events", 0) or 0)
-                score(row, truth, [x for x in observed if x.side == side], attach_ns)
-                rows.append(row.to_dict())
+            out.append((name, attach_ns, info, variant, observed, ostats))
+    return out
+
+
+def replay(
+    run_dir: Path, *, attach_at_s: float | None = None, write: bool = True
+) -> dict[str, Any]:
+    """Re-derive every exchange and metric of a recorded run.
+
+    ``attach_at_s`` replays as if each collector had attached that many seconds after it
+    really did (a run recorded with early attach replayed at a later point)."""
+    manifest = RunManifest.load(run_dir)
+    t0 = time.monotonic()
+    if not replayable(manifest):
+        raise RunDirError(
+            f"{run_dir} is a {manifest.status} recording"
+            + (f" ({manifest.error})" if manifest.error else "")
+            + "; only complete runs, and interrupted ones whose collectors attached, can be "
+            "replayed"
+        )
+    p = manifest.params
+    if manifest.scenario == scenarios.OBSERVE:
+        h2c, protocol = bool(p.get("h2c")), "h2c" if p.get("h2c") else "http/1.x"
+    else:
+        scen = scenarios.get(manifest.scenario)
+        h2c, protocol = scen.is_grpc, scen.protocol
+    ports = manifest.ports
+    offset = int(manifest.capture.get("mono_offset_ns", 0))
+    truth_args = (run_dir / CAPTURE, [] if h2c else ports, ports if h2c else [], offset)
+    # Wireshark's decode and the collectors' decode are independent until matching: on a
+    # big capture they run side by side, tshark and its reader in a second process.
+    with _truth_job(*truth_args) as truth_job:
+        observed_by = _observe_all(run_dir, manifest, protocol, attach_at_s)
+        truth, tstats = truth_job()
+    for x in truth:
+        x.run_id, x.scenario = manifest.run_id, manifest.scenario
+    has_workload = (run_dir / WORKLOAD).exists()  # `observe` runs have none
+    workload = workload_exchanges(run_dir / WORKLOAD) if has_workload else []
+    tvw = match_workload(truth, run_dir / WORKLOAD) if has_workload else None
+    rows: list[dict[str, Any]] = []
+    frames: dict[str, list[Exchange]] = {"truth": truth, "workload": workload}
+    collectors: dict[str, Any] = {}
+    attach_mode = p["attach"] if attach_at_s is None else f"at+{attach_at_s:g}s"
+    for name, attach_ns, info, variant, observed, ostats in observed_by:
+        collectors.setdefault(name, {"attach_ns": attach_ns, "stats": info})
+        collectors[name][variant.name] = vars(ostats)
+        if variant.name == "default":
+            frames[name] = observed
+        for side in SIDES:
+            row = Row(
+                scenario=manifest.scenario, protocol=protocol, client=p["client"],
+                server=p["server"], attach=attach_mode, collector=name, side=side,
+                variant=variant.name, grpc_go=p.get("grpc_version"),
+            )  # fmt: skip
+            row.lost_events = int(info.get("lost_events", 0) or 0)
+            score(row, truth, [x for x in observed if x.side == side], attach_ns)
+            rows.append(row.to_dict())
     metrics = {
         "run_id": manifest.run_id,
         "scenario": manifest.scenario,
@@ -150,6 +276,14 @@ def replay(
         xdir = run_dir / EXCHANGES_DIR
         xdir.mkdir(exist_ok=True)
         for src, xs in frames.items():
-            to_frame(xs).to_parquet(xdir / f"{src}.parquet", index=False)
+            write_parquet(xs, xdir / f"{src}.parquet")
         save_metrics(run_dir, metrics)
+        manifest.recording = recording_size(run_dir, len(truth))
+        manifest.save(run_dir)
+        write_json_atomic(run_dir / REPLAY_JSON, {
+            "wall_s": round(time.monotonic() - t0, 3),
+            "exchanges": {src: len(xs) for src, xs in frames.items()},
+            "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+            "children_peak_rss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+        })  # fmt: skip
     return metrics

@@ -21,7 +21,7 @@ def load_bcc() -> Any:
     return bcc
 
 
-def compile_program(source: str | Path, defines: dict[str, int]) -> Any:
+def compile_program(source: str | Path, defines: dict[str, int | str]) -> Any:
     """Compile and auto-attach a bcc program (a name in bpf/, or a path); headers come from
     bpf/. Raises CollectorError with bcc's reason."""
     bcc = load_bcc()

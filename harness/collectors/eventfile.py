@@ -10,6 +10,8 @@ and reports the rest as ``truncated_tail_bytes``: nothing complete is lost.
 from __future__ import annotations
 
 import json
+import mmap
+import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -45,6 +47,12 @@ class EventWriter:
         self.records += 1
         self.bytes += len(payload)
 
+    def kernel_framed(self, framed: memoryview | bytes, records: int, payload: int) -> None:
+        """KERNEL records already framed (the C bulk drain of harness/collectors/rings.py)."""
+        self._f.write(framed)
+        self.records += records
+        self.bytes += payload
+
     def note(self, obj: dict[str, Any]) -> None:
         payload = json.dumps(obj, sort_keys=True).encode()
         self._f.write(_REC.pack(NOTE, len(payload)) + payload)
@@ -63,32 +71,48 @@ class EventFile:
     kernel_records: int = 0
     notes: int = 0
     truncated_tail_bytes: int = 0
-    _data: bytes = field(default=b"", repr=False)
+    # the file's bytes, mapped (not read): a recording of minutes is gigabytes, and mapped
+    # pages are the page cache's to drop, not the replay's resident memory
+    _data: bytes | mmap.mmap = field(default=b"", repr=False)
     _start: int = 0
+    _end: int = 0
 
     def records(self) -> Iterator[tuple[int, memoryview | dict[str, Any]]]:
-        """(KERNEL, raw bytes) or (NOTE, dict), in recording order."""
-        view = memoryview(self._data)
-        pos, end = self._start, len(self._data)
-        while pos + _REC.size <= end:
-            rtype, n = _REC.unpack_from(self._data, pos)
-            if pos + _REC.size + n > end:
+        """(KERNEL, raw bytes) or (NOTE, dict), in recording order, read as iterated."""
+        data = self._data
+        view = memoryview(data)
+        unpack = _REC.unpack_from
+        size = _REC.size
+        pos, end = self._start, self._end
+        while pos + size <= end:
+            rtype, n = unpack(data, pos)
+            if pos + size + n > end:
                 break
-            payload = view[pos + _REC.size : pos + _REC.size + n]
-            pos += _REC.size + n
+            payload = view[pos + size : pos + size + n]
+            pos += size + n
             if rtype == KERNEL:
                 yield KERNEL, payload
             elif rtype == NOTE:
                 yield NOTE, json.loads(bytes(payload))
 
 
+def _map(path: Path) -> bytes | mmap.mmap:
+    with path.open("rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return b""
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+
+
 def read_event_file(path: Path) -> EventFile:
-    """Open a recording; a corrupt start raises RunDirError, a cut-off end is counted."""
+    """Open a recording; a corrupt start raises RunDirError, a cut-off end is counted.
+
+    The framing of every record is checked here, in one pass over the mapped file;
+    payloads are only read when `EventFile.records` is iterated."""
     try:
-        data = path.read_bytes()
+        data = _map(path)
     except OSError as e:
         raise RunDirError(f"cannot read event file {path}: {e.strerror}") from e
-    if not data.startswith(MAGIC) or len(data) < len(MAGIC) + 4:
+    if data[: len(MAGIC)] != MAGIC or len(data) < len(MAGIC) + 4:
         raise RunDirError(f"{path} is not a probebench event file (bad magic)")
     (hlen,) = struct.unpack_from("<I", data, len(MAGIC))
     hstart = len(MAGIC) + 4
@@ -99,17 +123,27 @@ def read_event_file(path: Path) -> EventFile:
     ef = EventFile(header=header, _data=data, _start=hstart + hlen)
     # one pass to validate framing and count; stops at the first impossible record
     pos, end = ef._start, len(data)
-    while pos + _REC.size <= end:
-        rtype, n = _REC.unpack_from(data, pos)
-        if rtype not in (KERNEL, NOTE) or n > _MAX_RECORD:
-            raise RunDirError(f"{path}: corrupt record at byte {pos} (type {rtype}, length {n})")
-        if pos + _REC.size + n > end:
-            break
+    unpack = _REC.unpack_from
+    size = _REC.size
+    kernel = notes = 0
+    while pos + size <= end:
+        rtype, n = unpack(data, pos)
         if rtype == KERNEL:
-            ef.kernel_records += 1
+            kernel += 1
+        elif rtype == NOTE:
+            notes += 1
         else:
-            ef.notes += 1
-        pos += _REC.size + n
+            raise RunDirError(f"{path}: corrupt record at byte {pos} (type {rtype}, length {n})")
+        if n > _MAX_RECORD:
+            raise RunDirError(f"{path}: corrupt record at byte {pos} (type {rtype}, length {n})")
+        if pos + size + n > end:
+            if rtype == KERNEL:
+                kernel -= 1
+            else:
+                notes -= 1
+            break
+        pos += size + n
+    ef.kernel_records, ef.notes = kernel, notes
     ef.truncated_tail_bytes = end - pos
-    ef._data = data[:pos]
+    ef._end = pos
     return ef

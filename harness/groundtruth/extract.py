@@ -13,14 +13,16 @@ Two tshark passes at most:
 from __future__ import annotations
 
 import json
+from array import array
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
 from harness.errors import CaptureError
-from harness.groundtruth.tshark import AGG, SEP, TsharkStream, decode_as, run_tshark, unescape
+from harness.groundtruth.tshark import AGG, SEP, TsharkStream, decode_as, unescape
 from harness.model import Exchange
 
 WARN_SEVERITY = 0x600000  # expert info: warning and error; chat and note are routine
@@ -42,6 +44,14 @@ _FIELDS = (
 (_NUM, _TIME, _STREAM, _SRC4, _SRC6, _SPORT, _DST4, _DST6, _DPORT, _SEGS, _METHOD, _URI,
  _VERSION, _CODE, _REQ_IN, _CLEN, _CHUNKS, _TE, _REQ_LINES, _RESP_LINES, _SEV, _MSG,
  _RESP_VERSION, _PHRASE, _TCP_LEN, _REASM_LEN) = range(len(_FIELDS))
+# Added to the scan pass when there are h2c ports: every HTTP/2 frame's header, and the
+# header fields and gRPC message lengths, each flattened over the packet (see _H2Fields).
+_H2_FIELDS = (
+    "http2.type", "http2.streamid", "http2.length", "http2.flags", "http2.header.count",
+    "http2.header.name", "http2.header.value", "grpc.message_length",
+)
+(_H2_TYPE, _H2_SID, _H2_LEN, _H2_FLAGS, _H2_HCOUNT, _H2_NAMES, _H2_VALUES,
+ _GRPC_LEN) = range(len(_FIELDS), len(_FIELDS) + len(_H2_FIELDS))
 
 
 @dataclass(slots=True)
@@ -54,6 +64,8 @@ class TruthStats:
     unpaired_requests: int = 0  # requests or calls without a response
     unpaired_responses: int = 0  # responses whose request was not captured
     truncated: bool = False  # the file ended in the middle of a packet
+    # how the HTTP/2 calls were decoded: "fields" (the scan pass), "json (why)", None: no h2c
+    h2_decode: str | None = None
     warnings: dict[str, int] = field(default_factory=dict)  # message -> count
 
     def warn(self, message: str, n: int = 1) -> None:
@@ -127,14 +139,20 @@ def _close_delimited_size(row: list[str]) -> int | None:
 
 def _scan(
     pcap: Path, http1_ports: list[int], h2c_ports: list[int], mono_offset_ns: int,
-    stats: TruthStats,
+    stats: TruthStats, h2: _H2Fields | None = None,
 ) -> tuple[dict[int, _Frame], list[Exchange]]:
     args = [*decode_as(http1_ports, h2c_ports), "-T", "fields", "-E", "occurrence=a",
             "-E", f"aggregator={AGG}", "-E", f"separator={SEP}"]
-    for f in _FIELDS:
+    columns = _FIELDS + (_H2_FIELDS if h2 is not None else ())
+    for f in columns:
         args += ["-e", f]
     tshark = TsharkStream(pcap, args)
+    # Only the JSON route of HTTP/2 looks frames up afterwards; HTTP/1 only needs the time of
+    # a request's first segment: 8 bytes a frame, not a record (millions on a soak)
     frames: dict[int, _Frame] = {}
+    keep_frames = bool(h2c_ports)
+    times = array("q")
+    packets = 0
     streams: set[int] = set()
     requests: dict[int, list[Exchange]] = {}  # request frame -> its requests (several if pipelined)
     req_order: list[Exchange] = []
@@ -144,7 +162,7 @@ def _scan(
     http1 = set(http1_ports)
     for line in tshark:
         row = line.split(SEP)
-        if len(row) != len(_FIELDS):
+        if len(row) != len(columns):
             warnings["tshark output row with an unexpected number of fields"] += 1
             continue
         num = int(row[_NUM])
@@ -154,9 +172,16 @@ def _scan(
             _first(row[_SRC4]) or _first(row[_SRC6]) or None, _int(_first(row[_SPORT])),
             _first(row[_DST4]) or _first(row[_DST6]) or None, _int(_first(row[_DPORT])),
         )
-        frames[num] = fr
+        packets += 1
+        if keep_frames:
+            frames[num] = fr
+        if num >= len(times):
+            times.extend([-1] * (num + 1 - len(times)))
+        times[num] = fr.t_ns
         if stream is not None:
             streams.add(stream)
+        if h2 is not None and row[_H2_TYPE]:
+            h2.packet(row, fr)
         if row[_SEV]:
             for sev, msg in zip(row[_SEV].split(AGG), row[_MSG].split(AGG), strict=False):
                 if int(sev) >= WARN_SEVERITY:
@@ -179,7 +204,8 @@ def _scan(
                     client_ip=fr.src, client_port=fr.sport, server_ip=fr.dst,
                     server_port=fr.dport, conn_seq=conn_seq[stream or -1], method=method,
                     path=unescape(uris[i]) if i < len(uris) else None,
-                    t_start_ns=frames[first_seg].t_ns if first_seg in frames else fr.t_ns,
+                    t_start_ns=times[first_seg]
+                    if 0 <= first_seg < len(times) and times[first_seg] != -1 else fr.t_ns,
                     conn_id=f"tcp.stream={stream}",
                 )
                 conn_seq[stream or -1] += 1
@@ -221,7 +247,7 @@ def _scan(
     if tshark.truncated:
         stats.truncated = True
         stats.warn("capture file cut short in the middle of a packet")
-    stats.packets += len(frames)
+    stats.packets += packets
     stats.tcp_streams = len(streams)
     stats.unpaired_requests += sum(1 for x in req_order if x.status is None)
     for msg, n in warnings.items():
@@ -315,21 +341,209 @@ def _apply_headers(call: _Call, to_server: bool, hdrs: list[tuple[str, str]]) ->
         x.grpc_message = unquote(x.trailers["grpc-message"])
 
 
+class _H2Calls:
+    """The HTTP/2 calls of a capture while its packets' frames are applied, in frame order."""
+
+    def __init__(self, h2c_ports: list[int], stats: TruthStats) -> None:
+        self.servers = set(h2c_ports)
+        self.stats = stats
+        self.calls: dict[tuple[int, int], _Call] = {}
+        self.order: list[_Call] = []
+
+    def frame(
+        self, fr: _Frame, ftype: int | None, sid: int | None, end_stream: bool,
+        headers: list[tuple[str, str]] | None, data_len: int,
+        end_headers: bool = True, length: int = 0,
+    ) -> _Call | None:
+        """One HTTP/2 frame of packet ``fr``; the call it belongs to (None: not a call's).
+
+        ``data_len``: a DATA frame's length less its padding. ``end_headers`` and
+        ``length``: a HEADERS or CONTINUATION frame's flag and payload length."""
+        if not sid or ftype not in (0, 1, 3, 9):  # DATA, HEADERS, RST_STREAM, CONTINUATION
+            return None
+        to_server = fr.dport in self.servers
+        d = 0 if to_server else 1
+        assert fr.stream is not None
+        key = (fr.stream, sid)
+        call = self.calls.get(key)
+        if call is None:
+            if not to_server:
+                self.stats.unpaired_responses += 1
+                self.calls[key] = call = _Call(Exchange(source="truth", side="wire",
+                                                        protocol="h2c"))
+                call.x.conn_id = "orphan"
+            else:
+                x = Exchange(
+                    source="truth", side="wire", protocol="h2c",
+                    client_ip=fr.src, client_port=fr.sport, server_ip=fr.dst,
+                    server_port=fr.dport, stream_id=sid, t_start_ns=fr.t_ns,
+                    conn_id=f"tcp.stream={fr.stream}",
+                )
+                self.calls[key] = call = _Call(x)
+                self.order.append(call)
+        if end_stream:
+            call.ended[d] = True
+        if ftype in (1, 9):
+            block = call.open_block[d]
+            if ftype == 1 or block is None:
+                block = call.open_block[d] = []
+                call.open_len[d] = 0
+            block += headers or []
+            call.open_len[d] += length
+            if end_headers:
+                call.open_block[d] = None
+                if block:
+                    _apply_headers(call, to_server, block)
+                elif call.open_len[d] > 9:  # more than padding and priority fields
+                    call.undecoded[d] = True
+        elif ftype == 0:
+            call.data_bytes[d] += data_len
+        if (not to_server and call.x.conn_id != "orphan") or ftype == 3:
+            call.x.t_end_ns = fr.t_ns  # last server frame, or a reset from either side
+        return call
+
+    def grpc_message(self, fr: _Frame, call: _Call | None, length: int) -> None:
+        if call is None:
+            self.stats.warn("gRPC message not attributable to an HTTP/2 stream")
+            return
+        d = 0 if fr.dport in self.servers else 1
+        call.grpc_msgs[d] += 1
+        call.grpc_bytes[d] += length
+
+    def finish(self) -> list[Exchange]:
+        stats = self.stats
+        result = []
+        for call in self.order:
+            x = call.x
+            for d, fields in ((0, ("method", "path", "authority", "req_headers")),
+                              (1, ("status", "resp_headers", "grpc_status", "grpc_message"))):
+                if call.undecoded[d]:
+                    stats.warn("HTTP/2 header block Wireshark decoded no field of")
+                    for f in fields:
+                        x.degrade(f, "truth_unreliable")
+            for d, side in ((0, "req"), (1, "resp")):
+                block = call.open_block[d]
+                if block is not None:
+                    # a block whose END_HEADERS Wireshark never decoded: its fields are partial
+                    stats.warn("HTTP/2 header block without END_HEADERS")
+                    x.degrade(f"{side}_headers", "truth_unreliable")
+                    if block:
+                        _apply_headers(call, d == 0, block)
+            if x.protocol == "h2c-grpc":
+                x.req_messages, x.resp_messages = call.grpc_msgs
+                x.req_bytes, x.resp_bytes = call.grpc_bytes
+                for d, label in ((0, "request"), (1, "response")):
+                    if call.data_bytes[d] != call.grpc_bytes[d] + 5 * call.grpc_msgs[d]:
+                        stats.warn(f"gRPC {label} messages do not add up to the DATA bytes")
+                        # Wireshark lost part of this body (e.g. a segment it did not
+                        # reassemble): its counts are no truth to score a collector against
+                        side = "req" if d == 0 else "resp"
+                        x.degrade(f"{side}_messages", "truth_unreliable")
+                        x.degrade(f"{side}_bytes", "truth_unreliable")
+            else:
+                x.req_bytes, x.resp_bytes = call.data_bytes
+            if x.status is None:
+                stats.unpaired_requests += 1
+                if x.conn_id != "orphan":
+                    # Wireshark decoded no response for it (it lost the stream, e.g. after a
+                    # segment it did not reassemble): the response's counts are unknown, not 0
+                    x.resp_bytes = x.resp_messages = None
+                    for f in ("resp_bytes", "resp_messages"):
+                        x.degrade(f, "truth_unreliable")
+            result.append(x)
+        return result
+
+
+class _H2Fields:
+    """HTTP/2 calls from the scan pass's flattened fields, while tshark still decodes.
+
+    ``-T fields`` lists each field over all of a packet's frames. Frame type, stream id,
+    length and flags occur once per frame, so they line up; header fields line up with
+    ``http2.header.count`` (one per header block). Whatever cannot be lined up for sure
+    (CONTINUATION or PUSH_PROMISE frames, padding, gRPC messages in a packet that carries
+    DATA of several streams, counts that do not add up) sets ``unsure``: the caller then
+    decodes the capture's HTTP/2 with the JSON pass instead. The JSON pass writes some
+    10 KB per packet on a busy h2c capture (gigabytes), this one a few hundred bytes.
+    """
+
+    def __init__(self, calls: _H2Calls) -> None:
+        self.h2 = calls
+        self.unsure: str | None = None
+
+    def packet(self, row: list[str], fr: _Frame) -> None:
+        if self.unsure is not None:
+            return
+        types = row[_H2_TYPE].split(AGG)
+        sids = row[_H2_SID].split(AGG)
+        lens = row[_H2_LEN].split(AGG)
+        flags = row[_H2_FLAGS].split(AGG)
+        if not len(types) == len(sids) == len(lens) == len(flags) or fr.stream is None:
+            self.unsure = "HTTP/2 frame fields do not line up"
+            return
+        counts = [int(c) for c in row[_H2_HCOUNT].split(AGG)] if row[_H2_HCOUNT] else []
+        names = row[_H2_NAMES].split(AGG) if row[_H2_NAMES] else []
+        values = row[_H2_VALUES].split(AGG) if row[_H2_NAMES] else []
+        if len(names) != len(values) or sum(counts) != len(names):
+            self.unsure = "HTTP/2 header fields do not line up"
+            return
+        ints = [(int(t), int(sid), int(n), int(f, 16)) for t, sid, n, f in
+                zip(types, sids, lens, flags, strict=True)]
+        blocks = sum(1 for t, *_ in ints if t in (1, 5, 9))
+        if any(t in (5, 9) for t, *_ in ints) or blocks != len(counts):
+            self.unsure = "HTTP/2 header blocks do not line up with their frames"
+            return
+        if any(t in (0, 1) and f & 0x08 for t, _, _, f in ints):
+            self.unsure = "padded HTTP/2 frames"
+            return
+        grpc = [int(n) for n in row[_GRPC_LEN].split(AGG)] if row[_GRPC_LEN] else []
+        if grpc and len({sid for t, sid, _, _ in ints if sid and t in (0, 1, 3, 9)}) > 1:
+            self.unsure = "gRPC messages in a packet with several streams' frames"
+            return
+        block = pos = 0
+        last: _Call | None = None
+        for ftype, sid, length, fl in ints:
+            headers = None
+            if ftype == 1:
+                n = counts[block]
+                block += 1
+                headers = [(unescape(names[i]), unescape(values[i]))
+                           for i in range(pos, pos + n)]
+                pos += n
+            call = self.h2.frame(fr, ftype, sid, ftype in (0, 1) and bool(fl & 0x01),
+                                 headers, length, bool(fl & END_HEADERS), length)
+            if call is not None:
+                last = call
+        for n in grpc:
+            self.h2.grpc_message(fr, last, n)
+
+
+def _h2_json_packets(pcap: Path, args: list[str]) -> Iterator[list[tuple[str, Any]]]:
+    """tshark's ``-T json`` output, one packet at a time (the whole array can be gigabytes)."""
+    tshark = TsharkStream(pcap, args)
+    buf: list[str] = []
+    for line in tshark:
+        if line == "  {":
+            buf = [line]
+        elif buf:
+            if line in ("  }", "  },"):
+                buf.append("  }")
+                try:
+                    yield json.loads("".join(buf), object_pairs_hook=list)
+                except json.JSONDecodeError as e:
+                    raise CaptureError(f"tshark's JSON for {pcap} does not parse: {e}") from e
+                buf = []
+            else:
+                buf.append(line)
+
+
 def _h2(
     pcap: Path, h2c_ports: list[int], frames: dict[int, _Frame], stats: TruthStats,
     http1_ports: list[int],
 ) -> list[Exchange]:
     args = [*decode_as(http1_ports, h2c_ports), "-Y", "http2", "-T", "json",
             "-J", "frame http2 grpc"]
-    out = run_tshark(pcap, args)
-    try:
-        packets = json.loads(out.stdout or "[]", object_pairs_hook=list)
-    except json.JSONDecodeError as e:
-        raise CaptureError(f"tshark's JSON for {pcap} does not parse: {e}") from e
-    servers = set(h2c_ports)
-    calls: dict[tuple[int, int], _Call] = {}
-    order: list[_Call] = []
-    for pkt in packets:
+    h2 = _H2Calls(h2c_ports, stats)
+    for pkt in _h2_json_packets(pcap, args):
         layers = _pairs_get(_pairs_get(pkt, "_source") or [], "layers") or []
         frame_layer = _pairs_get(layers, "frame") or []
         num = int(_pairs_get(frame_layer, "frame.number") or 0)
@@ -337,105 +551,33 @@ def _h2(
         if fr is None or fr.stream is None:
             stats.warn("HTTP/2 frame missing from the scan pass")
             continue
-        to_server = fr.dport in servers
-        d = 0 if to_server else 1
         last: _Call | None = None
         for name, layer in layers:
             if name == "grpc" and isinstance(layer, list):
-                if last is None:
-                    stats.warn("gRPC message not attributable to an HTTP/2 stream")
-                    continue
                 length = _pairs_get(layer, "grpc.message_length")
-                last.grpc_msgs[d] += 1
-                last.grpc_bytes[d] += int(length or 0)
+                h2.grpc_message(fr, last, int(length or 0))
                 continue
             if name != "http2":
                 continue
             for st in _h2_streams(layer):
                 ftype = _int(_pairs_get(st, "http2.type") or "")
                 sid = _int(_pairs_get(st, "http2.streamid") or "")
-                if not sid or ftype not in (0, 1, 3, 9):  # DATA, HEADERS, RST_STREAM, CONTINUATION
-                    continue
-                key = (fr.stream, sid)
-                call = calls.get(key)
-                if call is None:
-                    if not to_server:
-                        stats.unpaired_responses += 1
-                        calls[key] = call = _Call(Exchange(source="truth", side="wire",
-                                                           protocol="h2c"))
-                        call.x.conn_id = "orphan"
-                    else:
-                        x = Exchange(
-                            source="truth", side="wire", protocol="h2c",
-                            client_ip=fr.src, client_port=fr.sport, server_ip=fr.dst,
-                            server_port=fr.dport, stream_id=sid, t_start_ns=fr.t_ns,
-                            conn_id=f"tcp.stream={fr.stream}",
-                        )
-                        calls[key] = call = _Call(x)
-                        order.append(call)
-                last = call
                 flags = _pairs_get(st, "http2.flags_tree") or []
-                if _pairs_get(flags, "http2.flags.end_stream") == "1":
-                    call.ended[d] = True
-                if ftype in (1, 9):
-                    block = call.open_block[d]
-                    if ftype == 1 or block is None:
-                        block = call.open_block[d] = []
-                        call.open_len[d] = 0
-                    block += _h2_headers(st)
-                    call.open_len[d] += int(_pairs_get(st, "http2.length") or 0)
-                    if int(_pairs_get(st, "http2.flags") or "0", 16) & END_HEADERS:
-                        call.open_block[d] = None
-                        if block:
-                            _apply_headers(call, to_server, block)
-                        elif call.open_len[d] > 9:  # more than padding and priority fields
-                            call.undecoded[d] = True
-                elif ftype == 0:
+                data_len = 0
+                if ftype == 0:
                     length = int(_pairs_get(st, "http2.length") or 0)
                     pad = _pairs_get(st, "http2.pad_length")
                     padded = _pairs_get(flags, "http2.flags.padded") == "1"
-                    call.data_bytes[d] += length - ((int(pad or 0) + 1) if padded else 0)
-                if (not to_server and call.x.conn_id != "orphan") or ftype == 3:
-                    call.x.t_end_ns = fr.t_ns  # last server frame, or a reset from either side
-    result = []
-    for call in order:
-        x = call.x
-        for d, fields in ((0, ("method", "path", "authority", "req_headers")),
-                          (1, ("status", "resp_headers", "grpc_status", "grpc_message"))):
-            if call.undecoded[d]:
-                stats.warn("HTTP/2 header block Wireshark decoded no field of")
-                for f in fields:
-                    x.degrade(f, "truth_unreliable")
-        for d, side in ((0, "req"), (1, "resp")):
-            if call.open_block[d] is not None:
-                # a block whose END_HEADERS Wireshark never decoded: its fields are partial
-                stats.warn("HTTP/2 header block without END_HEADERS")
-                x.degrade(f"{side}_headers", "truth_unreliable")
-                if call.open_block[d]:
-                    _apply_headers(call, d == 0, call.open_block[d] or [])
-        if x.protocol == "h2c-grpc":
-            x.req_messages, x.resp_messages = call.grpc_msgs
-            x.req_bytes, x.resp_bytes = call.grpc_bytes
-            for d, label in ((0, "request"), (1, "response")):
-                if call.data_bytes[d] != call.grpc_bytes[d] + 5 * call.grpc_msgs[d]:
-                    stats.warn(f"gRPC {label} messages do not add up to the DATA bytes")
-                    # Wireshark lost part of this body (e.g. a segment it did not
-                    # reassemble): its counts are no truth to score a collector against
-                    side = "req" if d == 0 else "resp"
-                    x.degrade(f"{side}_messages", "truth_unreliable")
-                    x.degrade(f"{side}_bytes", "truth_unreliable")
-        else:
-            x.req_bytes, x.resp_bytes = call.data_bytes
-        if x.status is None:
-            stats.unpaired_requests += 1
-            if x.conn_id != "orphan":
-                # Wireshark decoded no response for it (it lost the stream, e.g. after a
-                # segment it did not reassemble): the response's counts are unknown, not 0
-                x.resp_bytes = x.resp_messages = None
-                for f in ("resp_bytes", "resp_messages"):
-                    x.degrade(f, "truth_unreliable")
-        result.append(x)
-    return result
+                    data_len = length - ((int(pad or 0) + 1) if padded else 0)
+                call = h2.frame(
+                    fr, ftype, sid, _pairs_get(flags, "http2.flags.end_stream") == "1",
+                    _h2_headers(st) if ftype in (1, 9) else None, data_len,
+                    bool(int(_pairs_get(st, "http2.flags") or "0", 16) & END_HEADERS),
+                    int(_pairs_get(st, "http2.length") or 0),
+                )  # fmt: skip
+                if call is not None:
+                    last = call
+    return h2.finish()
 
 
 def extract_exchanges(
@@ -452,10 +594,21 @@ def extract_exchanges(
     then by request time. Raises CaptureError when tshark cannot read the file at all.
     """
     stats = TruthStats()
-    frames, exchanges = _scan(Path(pcap), http1_ports, h2c_ports, mono_offset_ns, stats)
-    if not frames and stats.truncated:
+    # the fields route counts into its own stats: they only count if it sees it through
+    h2 = _H2Fields(_H2Calls(h2c_ports, TruthStats())) if h2c_ports else None
+    frames, exchanges = _scan(Path(pcap), http1_ports, h2c_ports, mono_offset_ns, stats, h2)
+    if not stats.packets and stats.truncated:
         raise CaptureError(f"{pcap} is cut short before its first packet")
-    if h2c_ports:
+    if h2 is not None and h2.unsure is None:
+        exchanges.extend(h2.h2.finish())
+        own = h2.h2.stats
+        stats.unpaired_requests += own.unpaired_requests
+        stats.unpaired_responses += own.unpaired_responses
+        for msg, n in own.warnings.items():
+            stats.warn(msg, n)
+        stats.h2_decode = "fields"
+    elif h2 is not None:
+        stats.h2_decode = f"json ({h2.unsure})"
         exchanges.extend(_h2(Path(pcap), h2c_ports, frames, stats, http1_ports))
     stats.exchanges = len(exchanges)
     return exchanges, stats

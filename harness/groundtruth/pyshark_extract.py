@@ -70,13 +70,19 @@ def extract_http1_pyshark(
     pcap: Path, *, http1_ports: list[int], mono_offset_ns: int = 0
 ) -> tuple[list[Exchange], TruthStats]:
     """HTTP/1 exchanges on ``http1_ports`` via pyshark; output as ``extract_exchanges``."""
+    import asyncio
+
     import pyshark  # slow to import; only this path needs it
 
     pcap = Path(pcap)
     check_capture_file(pcap)
     stats = TruthStats()
+    # Our own loop: left to itself, pyshark installs a SIGCHLD-driven child watcher that
+    # outlives the call, and once the process spawns enough children its unread wake-up
+    # socket fills and every later signal raises in the handler.
+    loop = asyncio.new_event_loop()
     cap = pyshark.FileCapture(
-        str(pcap), keep_packets=False, tshark_path=tshark_path(),
+        str(pcap), keep_packets=False, tshark_path=tshark_path(), eventloop=loop,
         decode_as={f"tcp.port=={p}": "http" for p in http1_ports},
         override_prefs={"tcp.reassemble_out_of_order": "TRUE"},  # as tshark.decode_as
     )
@@ -140,6 +146,7 @@ def extract_http1_pyshark(
         raise CaptureError(f"tshark (under pyshark) failed on {pcap}: {e}") from e
     finally:
         cap.close()
+        loop.close()
     stats.tcp_streams = len(streams)
     stats.exchanges = len(order)
     stats.unpaired_requests = sum(1 for x in order if x.status is None)

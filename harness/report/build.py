@@ -12,8 +12,37 @@ import pandas as pd
 from harness.errors import ProbebenchError
 from harness.model import utc_now, write_json_atomic
 from harness.report import plots, tables
+from harness.report.article import (
+    A_ARTICLE,
+    A_COVERAGE,
+    A_DEGRADATION,
+    A_EASE,
+    A_FINDINGS,
+    A_MACHINE,
+    A_OVERHEAD,
+    A_PROVENANCE,
+    A_RECOVERY,
+    A_SCENARIOS,
+    A_STABILITY,
+    A_TRUTH,
+    ArticleTable,
+    Facts,
+    article_table,
+    findings,
+)
+from harness.report.bench import BenchView
+from harness.report.ease import EaseView, ease_view
 from harness.report.load import Loaded, load
-from harness.report.render import Image, Section, Table, Text, to_html, to_markdown
+from harness.report.render import (
+    Bullets,
+    Image,
+    Note,
+    Section,
+    Table,
+    Text,
+    to_html,
+    to_markdown,
+)
 
 REPORT_VERSION = 1
 TITLE = "probebench: kernel-side vs uprobe observation of HTTP and gRPC"
@@ -29,11 +58,14 @@ def regenerate_command(dirs: list[Path], out: Path) -> str:
     return shlex.join(["probebench", "report", *map(str, dirs), "--out", str(out)])
 
 
-def build_report(dirs: list[Path], out: Path | None = None, *, command: str | None = None) -> Path:
+def build_report(dirs: list[Path], out: Path | None = None, *, command: str | None = None,
+                 bench_origin: str = "", bench_absent: str = "", draw: bool = True) -> Path:
     """Write the report of the runs under ``dirs`` into ``out``; returns report.html's path.
 
     ``command`` is printed as the way to regenerate it (default: the `probebench report`
-    call with the same arguments)."""
+    call with the same arguments). ``bench_origin`` says where the overhead results came
+    from (default: given on the command line); ``bench_absent`` why there are none.
+    ``draw=False`` leaves the plots out (tests of the tables need none)."""
     loaded = load(dirs)
     if not loaded.runs:
         why = "; ".join(f"{p}: {w}" for p, w in loaded.skipped) or "nothing given"
@@ -41,44 +73,73 @@ def build_report(dirs: list[Path], out: Path | None = None, *, command: str | No
     out = out or default_out([r.run_dir for r in loaded.runs])
     out.mkdir(parents=True, exist_ok=True)
     cmd = command or regenerate_command(dirs, out)
-    sections, combined = _assemble(loaded, out, cmd)
-    (out / "report.md").write_text(to_markdown(TITLE, sections, out))
-    (out / "report.html").write_text(to_html(TITLE, sections))
+    bench = BenchView.pick(loaded.bench, bench_origin)
+    if not bench.present:
+        bench.absent = bench_absent or ("no overhead results were given (run `nox -s bench` "
+                                        "or `probebench matrix`, which ends with a short pass)")
+    lead, sections, combined = _assemble(loaded, bench, out, cmd, draw)
+    (out / "report.md").write_text(to_markdown(TITLE, sections, out, lead))
+    (out / "report.html").write_text(to_html(TITLE, sections, lead))
     write_json_atomic(out / "metrics.json", combined)
     return out / "report.html"
 
 
-def _assemble(loaded: Loaded, out: Path, cmd: str) -> tuple[list[Section], dict[str, Any]]:
+def _assemble(loaded: Loaded, bench: BenchView, out: Path, cmd: str,
+              draw: bool = True) -> tuple[str, list[Section], dict[str, Any]]:
     runs = loaded.runs
     df = tables.rows_frame(runs)
-    seed = tables.seed_table(runs, df, loaded.bench)
+    facts = Facts.of(runs, df)
+    ease = ease_view(runs)
+    table = article_table(facts, bench, ease)
+    found = findings(facts, bench)
     rec = tables.recovery_frame(df)
     sweep = tables.sweep_frame(runs)
-    pdir = out / "plots"
+    for old in (out / "plots").glob("*.png"):
+        old.unlink()  # a plot with no data this time must not linger from the last report
+    pdir = out / "plots" if draw else None
+    scen = sorted({str(r.params.get("scenario") or r.manifest.get("scenario")) for r in runs})
+    machines = _unique([r.machine for r in runs])
+    lead = (f"{len(runs)} runs of {len(scen)} scenarios ({', '.join(scen)}) on "
+            f"{len(machines)} machine{'s' if len(machines) != 1 else ''}; overhead from "
+            + (bench.origin if bench.present else "nowhere: " + bench.absent) + ". "
+            "Ground truth: Wireshark's decode of a packet capture of the same traffic.")
     sections = [
-        _seed_section(seed, len(runs), loaded),
-        _scenario_section(df, pdir),
+        # the words explained right under their first use
+        Section("Key findings", [Bullets([f.line() for f in found], css="findings"),
+                                 Note(GLOSSARY)], A_FINDINGS),
+        _article_section(table),
+        _overhead_section(bench, runs, pdir),
+        _coverage_section(facts, pdir),
+        _stability_section(facts),
         _degradation_section(df, pdir),
         _recovery_section(rec, runs, pdir),
         _sweep_section(sweep, pdir),
+        _ease_section(ease),
+        _scenario_section(df),
         _truth_section(runs),
-        _machine_section(runs, loaded),
+        _machine_section(runs, loaded, bench),
+        _provenance_section(table, runs, loaded),
         _definitions_section(runs),
         Section("Regenerate this report", [
             Text(f"Generated {utc_now()} from {len(runs)} run directories. Command:"),
             Text(f"`{cmd}`"),
-            Text("Every number above names the run it comes from (column `run`); each run "
-                 "directory holds its `run.json` (parameters, machine) and `metrics.json`, "
-                 "re-derivable with `probebench replay DIR`."),
-        ]),
+            Text("Each run directory holds its `run.json` (parameters, machine) and "
+                 "`metrics.json`, re-derivable with `probebench replay DIR`; this report's "
+                 "`metrics.json` lists every run id behind every cell."),
+        ], "regenerate"),
     ]  # fmt: skip
     combined = {
         "version": REPORT_VERSION,
         "kind": "probebench-report",
         "generated_utc": utc_now(),
         "command": cmd,
-        "machines": _unique([r.machine for r in runs]),
-        "seed_table": seed.to_json(),
+        "machines": machines,
+        "findings": [{"text": f.text, "anchor": f.anchor, "values": f.values} for f in found],
+        "article_table": table.to_json(),
+        "overhead": {"origin": bench.origin, "file": str(bench.path) if bench.path else None,
+                     "absent": None if bench.present else bench.absent},
+        "ease_of_building": {"lines": ease.lines, "files": ease.files,
+                             "binaries": ease.binaries},
         "recovery": rec.to_dict(orient="records"),
         "definitions": tables.definitions(runs),
         "runs": [
@@ -91,7 +152,12 @@ def _assemble(loaded: Loaded, out: Path, cmd: str) -> tuple[list[Section], dict[
         ],
         "bench": [{"file": str(p), "results": b} for p, b in loaded.bench],
     }  # fmt: skip
-    return sections, combined
+    return lead, sections, combined
+
+
+def _draw(fn: Any, data: Any, pdir: Path | None, name: str) -> Path | None:
+    """One plot, or none when the report is built without plots (``draw=False``)."""
+    return None if pdir is None else fn(data, pdir / name)
 
 
 def _unique(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -103,122 +169,227 @@ def _unique(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _table(df: pd.DataFrame, caption: str = "", css: str = "", *, fold: bool = False,
-           percent: bool = False) -> Table:
+           percent: bool = False, note: str = "") -> Table:
     return Table(df, caption, collapsed=fold or len(df) > COLLAPSE_ROWS, css=css,
-                 percent=percent)  # fmt: skip
+                 percent=percent, note=note)  # fmt: skip
 
 
-def _seed_section(seed: tables.SeedTable, n_runs: int, loaded: Loaded) -> Section:
-    s = Section("The article's table, measured")
-    s.blocks.append(Text(
-        "SEED.md's conclusion table: for each approach, the article's verdict and the value "
-        f"measured on these {n_runs} runs. Stability: grpc-go versions whose probes attached "
-        "and decoded (an early-attach run with a side at least "
-        f"{tables.WORKS_COMPLETENESS:.0%} complete and at most {tables.WORKS_DEGRADATION:.0%} "
-        "degraded) / versions tried. Multi-language: (language, side) pairs of the gRPC runs "
-        f"the collector covered (mean completeness at least {tables.COVERED:.0%}, early "
-        "attach). Compatibility: the same over (language, protocol) stacks of all scenarios. "
-        "Data completeness and degradation: mean over default-variant rows, by attach time. "
-        "Overhead comes from a bench results file when one is given; the recorder CPU is what "
-        "the collector processes used during the runs."))  # fmt: skip
-    s.blocks.append(_table(seed.frame(), css="seed"))
-    src = pd.DataFrame(
-        [{"approach": a, "column": c, "runs": r} for a, c, r in seed.sources()],
-        columns=["approach", "column", "runs"])  # fmt: skip
-    s.blocks.append(Table(src, "Runs behind each measured cell", collapsed=True))
-    s.blocks.append(_table(seed.stability, "Stability: grpc-go versions per collector"))
-    s.blocks.append(_table(seed.languages, "Multi-language: gRPC sides per collector"))
-    s.blocks.append(_table(seed.stacks, "Compatibility: protocol stacks per collector"))
-    s.blocks.append(_table(seed.overhead, "Recorder CPU per run (collector processes)"))
-    if not loaded.bench:
-        s.blocks.append(Text("Overhead (throughput, latency, BPF run time) was not measured "
-                             "for this report: no bench results file was given."))
+GLOSSARY = (
+    "Words used throughout: a **side** is the client or the server process of a run, each "
+    "observed on its own; **observable** exchanges started after the collector attached; "
+    "**late attach** means the collector started after the connections were open; "
+    "**degraded** means matched but with a required field missing or wrong; **h2c** is "
+    "HTTP/2 without TLS (how gRPC runs here); the kernel side is the syscall-tracepoint "
+    "collector (the article's kprobe approach)."
+)
+
+
+def _article_section(t: ArticleTable) -> Section:
+    s = Section("The article's table, measured", anchor_name=A_ARTICLE)
+    rules = " ".join(f"{c.name.capitalize()}: {c.rule}." for c in t.criteria)
+    s.blocks.append(Table(t.frame(), css="article", markup=True))
+    s.blocks.append(Text("How each value is measured and when it agrees with the article. "
+                         + rules))
     return s
 
 
-def _scenario_section(df: pd.DataFrame, pdir: Path) -> Section:
-    s = Section("Per scenario")
+def _overhead_section(b: BenchView, runs: list[Any], pdir: Path | None) -> Section:
+    s = Section("Overhead", anchor_name=A_OVERHEAD)
+    if not b.present:
+        s.blocks.append(Text(f"Not measured for this report: {b.absent}."))
+        return s
+    commits = {str(r.machine.get("git_commit")) for r in runs if r.machine.get("git_commit")}
+    hosts = {f"{r.machine.get('hostname')} kernel {r.machine.get('kernel')}" for r in runs}
+    s.blocks.append(Text("Methodology first. Every ratio compares a collector with no "
+                         "collector on the same workload in the same session; numbers of "
+                         "different workloads are never set against each other."))
+    s.blocks.append(Bullets(b.methodology(commits, hosts)))
+    if (p := _draw(plots.overhead, b.plot_frame(), pdir, "overhead.png")) is not None:
+        s.blocks.append(Image(p, "throughput ratio per workload with 95% CI",
+                              "A ratio of 0.5× means half the exchanges per second of the "
+                              "same workload without a collector. These are closed-loop "
+                              "loopback workloads where each syscall is most of the work; a "
+                              "service that does more per request pays proportionally less."))
+    s.blocks.append(_table(b.ratio_frame(), "Same-workload ratios to no collector"))
+    warn = b.warnings()
+    if warn:
+        s.blocks.append(Text(f"Instability warnings ({len(warn)}; a series whose standard "
+                             "deviation exceeds 10% of its mean, or with few rounds):"))
+        s.blocks.append(Bullets(warn[:12] + ([f"… and {len(warn) - 12} more in the "
+                                              "results file"] if len(warn) > 12 else [])))
+    else:
+        s.blocks.append(Text("No instability warnings: every series varied by less than 10% "
+                             "of its mean."))
+    hits = b.per_hit_frame()
+    if not hits.empty:
+        s.blocks.append(_table(hits, "Cost per probe hit, ns (bare traps on this machine, "
+                                     "then each collector's programs with BPF stats on)"))
+    dec = b.decomposition_frame()
+    if not dec.empty:
+        s.blocks.append(_table(dec, "Against the floor: what any collector at the same probe "
+                                    "points pays (hits × bare trap), and what is ours on top",
+                               note="The floor is hits per exchange × the bare trap cost "
+                                    "measured in the same session; everything above it (BPF "
+                                    "program time, copies, wake-ups, user-space draining) is "
+                                    "the collector's own."))  # fmt: skip
+    for caption, frame in b.extra_frames():
+        s.blocks.append(_table(frame, caption))
+    cpu = tables.recorder_cpu(runs)
+    if not cpu.empty:
+        s.blocks.append(_table(
+            cpu.rename(columns={"run_id": "run", "cpu_s": "CPU s (start-up included)",
+                                "cpu_s_per_1k": "CPU s per 1k exchanges"}),
+            "Collector process CPU in the matrix runs (bcc compile and attach included, so "
+            "not an overhead figure)", fold=True))  # fmt: skip
+    return s
+
+
+def _coverage_section(f: Facts, pdir: Path | None) -> Section:
+    s = Section("Coverage: languages and protocols", anchor_name=A_COVERAGE)
     s.blocks.append(Text(
-        "One row per run, collector, variant and observed side. `variant` default is the "
-        "collector as shipped; no-sockdiag replays it without the netlink peer lookup; "
-        "hpack-strict refuses to guess HPACK references it never saw. `lost` counts ring "
-        "buffer drops. Rates are shares of the observable or matched exchanges (see the "
-        "definitions)."))  # fmt: skip
-    if (p := plots.overview(df, pdir / "overview.png")) is not None:
-        s.blocks.append(Image(p, "completeness and degradation per scenario"))
+        f"A side counts as covered when the collector matched at least {tables.COVERED:.0%} "
+        "of its observable exchanges (early attach). n/a: no run put that stack in front of "
+        "that collector, which is not the same as 0%."))  # fmt: skip
+    cm = tables.coverage_matrix(f.cov_early, set(f.collectors()))
+    if (p := _draw(plots.coverage, cm, pdir, "coverage.png")) is not None:
+        s.blocks.append(Image(p, "coverage matrix"))
+    if (p := _draw(plots.per_language, f.df, pdir, "per_language.png")) is not None:
+        s.blocks.append(Image(p, "completeness and degradation per language"))
+    cols = {"mean_completeness": "mean completeness", "runs": "runs"}
+    for t, cap in ((f.langs, "gRPC sides per collector (multi-language)"),
+                   (f.stacks, "Protocol stacks per collector (compatibility)")):
+        s.blocks.append(_table(t.assign(runs=t["runs"].map(len)).rename(columns=cols), cap))
+    return s
+
+
+def _stability_section(f: Facts) -> Section:
+    s = Section("Stability across grpc-go targets", anchor_name=A_STABILITY)
+    s.blocks.append(Text(
+        f"A target (grpc-go version, and build variant where runs name one) works for a "
+        f"collector when an early-attach run had a side at least "
+        f"{tables.WORKS_COMPLETENESS:.0%} complete and at most "
+        f"{tables.WORKS_DEGRADATION:.0%} degraded. `unsupported` is what the collector said "
+        "it could not probe."))  # fmt: skip
+    t = f.stab.assign(runs=f.stab["runs"].map(len))
+    s.blocks.append(_table(t.rename(columns={"grpc_go": "grpc-go target"})))
+    return s
+
+
+def _scenario_section(df: pd.DataFrame) -> Section:
+    s = Section("Per scenario", anchor_name=A_SCENARIOS)
+    s.blocks.append(Text(
+        "One row per run, collector, variant and observed side, folded. `variant` default "
+        "is the collector as shipped; no-sockdiag replays it without the netlink peer "
+        "lookup; hpack-strict refuses to guess HPACK references it never saw. `lost` counts "
+        "ring buffer drops."))  # fmt: skip
     for scen, t in tables.scenario_tables(df).items():
-        s.blocks.append(_table(t, scen))
+        s.blocks.append(_table(t, scen, fold=True))
     return s
 
 
-def _degradation_section(df: pd.DataFrame, pdir: Path) -> Section:
-    s = Section("Degradation by reason and by field")
-    s.blocks.append(Text(tables.REASON_NOTE))
-    totals = tables.reason_totals(df, "degraded_by_reason")
-    if (p := plots.reasons(totals, pdir / "reasons.png")) is not None:
-        s.blocks.append(Image(p, "degradation reasons"))
-    s.blocks.append(_table(totals, "By reason, summed over sides and runs"))
-    s.blocks.append(_table(tables.reason_totals(df, "degraded_by_field"),
-                           "By field, summed over sides and runs"))
+def _degradation_section(df: pd.DataFrame, pdir: Path | None) -> Section:
+    s = Section("Degradation by field and by reason", anchor_name=A_DEGRADATION)
+    s.blocks.append(Text(tables.REASON_NOTE + " Rates are per matched exchange, so runs of "
+                         "different sizes compare."))
+    heat = tables.field_heatmap(df)
+    if (p := _draw(plots.field_heatmap, heat, pdir, "fields.png")) is not None:
+        s.blocks.append(Image(p, "per-field degradation heatmap"))
+    per100 = tables.reasons_per_100(df)
+    if (p := _draw(plots.reasons, per100, pdir, "reasons.png")) is not None:
+        s.blocks.append(Image(p, "degradation reasons per 100 exchanges"))
+    s.blocks.append(_table(per100.round(1), "Reasons per 100 matched exchanges"))
+    if not heat.empty:
+        # fields as rows: one column per case stays narrow however many fields there are
+        wide = heat.rename(columns=lambda c: str(c).replace("\n", " ")).rename_axis("field")
+        s.blocks.append(_table(wide.reset_index(), "By field: share of matched exchanges with "
+                                                   "the field degraded", percent=True,
+                               fold=True))  # fmt: skip
     s.blocks.append(_table(tables.breakdown(df, "degraded_by_reason"), "By reason, per run",
                            fold=True))
-    s.blocks.append(_table(tables.breakdown(df, "degraded_by_field"), "By field, per run",
-                           fold=True))
+    for col in tables.extra_count_columns(df):
+        s.blocks.append(_table(tables.breakdown(df, col), f"`{col}` per run", fold=True))
     return s
 
 
-def _recovery_section(rec: pd.DataFrame, runs: list[Any], pdir: Path) -> Section:
-    s = Section("Late-attach recovery (gRPC)")
+def _recovery_section(rec: pd.DataFrame, runs: list[Any], pdir: Path | None) -> Section:
+    s = Section("Late-attach recovery (gRPC)", anchor_name=A_RECOVERY)
     s.blocks.append(Text(
         "After a late attach the kernel-side collector has missed the HPACK dynamic table. "
         "Per call index on a connection (0 = the first call the collector saw), the share of "
         "required fields it got right against the truth: tolerant (guesses what it can) vs "
         "strict HPACK decoding, and the uprobe collector beside them. Sides and runs summed; "
         "the last index pools every later call."))  # fmt: skip
-    late = [r for r in runs if r.params.get("attach") == "late"
-            and r.params.get("protocol") == "h2c-grpc" and r.metrics is not None]  # fmt: skip
+    late = [r for r in runs if r.params.get("attach") == "late" and r.metrics is not None
+            and tables.family(r.params.get("protocol")) == "gRPC"]  # fmt: skip
     if rec.empty:
         s.blocks.append(Text(
             f"No recovery data: {len(late)} late-attach gRPC runs, and none of their "
             "metrics.json rows carries `recovery`; replay them with the current probebench "
             "(`probebench replay DIR`) to add it."))
         return s
-    if (p := plots.recovery(rec, pdir / "recovery.png")) is not None:
+    if (p := _draw(plots.recovery, rec, pdir, "recovery.png")) is not None:
         s.blocks.append(Image(p, "late-attach recovery curve"))
     wide = rec.pivot_table(index="call_index", columns=["scenario", "series"], values="share")
     wide.columns = [f"{a} {b}" for a, b in wide.columns]
     s.blocks.append(_table(wide.reset_index().rename(columns={"call_index": "call index"}),
-                           "Share of required fields correct", percent=True))
-    runs_col = sorted({i for ids in rec["runs"] for i in ids})
-    s.blocks.append(Text("From runs: " + ", ".join(f"`{r}`" for r in runs_col)))
+                           "Share of required fields correct", percent=True, fold=True))
+    ids = sorted({i for ids in rec["runs"] for i in ids})
+    s.blocks.append(Text("From " + tables.run_pattern(runs, ids) + "."))
     return s
 
 
-def _sweep_section(sweep: pd.DataFrame, pdir: Path) -> Section:
-    s = Section("Attach-time sweep")
+def _sweep_section(sweep: pd.DataFrame, pdir: Path | None) -> Section:
+    s = Section("Attach-time sweep", anchor_name="sweep")
     s.blocks.append(Text(
         "Early-attach recordings replayed as if the collectors had attached T seconds later "
         "(`probebench replay DIR --attach-at T`): what a collector started mid-traffic would "
-        "have reported. T = 0 is the real attach; `started_before` is the share of the "
-        "run's exchanges already begun at T, the plot's x axis. Default variant, mean of the "
-        "two sides in the plot."))  # fmt: skip
+        "have reported. `started_before` is the share of the run's exchanges already begun "
+        "at T, the plot's x axis. Default variant, mean of the two sides. A collector that "
+        "matched nothing of a run's traffic (the uprobe on HTTP/1) is left out of the plot: "
+        "not applicable, not zero."))  # fmt: skip
     if sweep.empty:
         s.blocks.append(Text("No sweep: no run directory holds a metrics.attach-at-*.json."))
         return s
-    if (p := plots.sweep(sweep, pdir / "sweep.png")) is not None:
+    if (p := _draw(plots.sweep, sweep, pdir, "sweep.png")) is not None:
         s.blocks.append(Image(p, "degradation vs attach time"))
     s.blocks.append(_table(sweep.rename(columns={"run_id": "run", "attach_at_s": "T (s)"}),
-                           "Sweep points"))
+                           "Sweep points", fold=True))
+    return s
+
+
+def _ease_section(e: EaseView) -> Section:
+    s = Section("Ease of building, measured", anchor_name=A_EASE)
+    s.blocks.append(Text(
+        "The article calls the kernel side complex and the uprobe simple. Proxies, stated: "
+        "lines of code (non-blank, non-comment) in this checkout; facts the collector must "
+        "resolve in each target binary before it can attach (symbol addresses, DWARF struct "
+        "offsets, argument registers); the code paths chosen by binary shape; attach time; "
+        "what failed to attach, and why. The kernel side resolves nothing per binary: its "
+        "tracepoints are the syscall ABI, and their argument layouts are read from tracefs "
+        "once per kernel."))  # fmt: skip
+    s.blocks.append(_table(e.lines_frame(), "Lines of code per collector and part"))
+    if e.binaries:
+        s.blocks.append(_table(e.binaries_frame(), "uprobe: facts resolved per grpc-go binary "
+                                                   "and the code path chosen"))
+        if paths := e.code_paths():
+            s.blocks.append(Text(paths))
+    if not e.attach.empty:
+        s.blocks.append(_table(e.attach, "Attach time from run.json (seconds)",
+                               note="Steps a collector does not record are absent."))
+    if not e.failures.empty:
+        s.blocks.append(_table(e.failures, "What could not attach, and why"))
+    else:
+        s.blocks.append(Text("Nothing failed to attach in these runs."))
     return s
 
 
 def _truth_section(runs: list[Any]) -> Section:
-    s = Section("Ground truth vs workload")
+    s = Section("Ground truth vs workload", anchor_name=A_TRUTH)
     s.blocks.append(Text(
         "What the clients logged doing (workload.jsonl) against what Wireshark decoded from "
         "the capture: missing or extra exchanges here would make every collector number "
         "above suspect for that run."))
-    s.blocks.append(_table(tables.truth_frame(runs)))
+    s.blocks.append(_table(tables.truth_frame(runs), fold=True))
     failed = tables.failed_frame(runs)
     if not failed.empty:
         s.blocks.append(_table(failed, "Runs without metrics (failed, interrupted, "
@@ -226,23 +397,37 @@ def _truth_section(runs: list[Any]) -> Section:
     return s
 
 
-def _machine_section(runs: list[Any], loaded: Loaded) -> Section:
-    s = Section("Machine, kernel and tools")
+def _machine_section(runs: list[Any], loaded: Loaded, bench: BenchView) -> Section:
+    s = Section("Machine, kernel, tools and target versions", anchor_name=A_MACHINE)
     s.blocks.append(Text("From each run's run.json; one column per distinct combination."))
     s.blocks.append(_table(tables.machines_frame(runs), css="kv"))
+    s.blocks.append(_table(tables.targets_frame(runs), "Every target that ran"))
     if loaded.skipped:
         skipped = pd.DataFrame([{"path": str(p), "why": w} for p, w in loaded.skipped])
         s.blocks.append(_table(skipped, "Paths given but not reported on"))
     return s
 
 
+def _provenance_section(t: ArticleTable, runs: list[Any], loaded: Loaded) -> Section:
+    s = Section("Appendix: the runs behind each cell", anchor_name=A_PROVENANCE)
+    rows = []
+    for c in t.criteria:
+        for coll, cell in c.cells.items():
+            if cell.runs:
+                rows.append({"criterion": c.name, "approach": tables.APPROACHES[coll],
+                             "runs": tables.run_pattern(runs, cell.runs)})
+    s.blocks.append(Text("Counts and patterns of scenarios, client→server pairs, attach times "
+                         "and grpc-go targets; the full run ids are in this report's "
+                         "`metrics.json` (`article_table`)."))
+    s.blocks.append(_table(pd.DataFrame(rows)))
+    all_ids = [r.run_id for r in runs]
+    s.blocks.append(Text("All runs: " + tables.run_pattern(runs, all_ids) + "."))
+    return s
+
+
 def _definitions_section(runs: list[Any]) -> Section:
-    s = Section("Metric definitions")
+    s = Section("Metric definitions", anchor_name="definitions")
     defs = tables.definitions(runs)
     s.blocks.append(_table(pd.DataFrame({"metric": list(defs), "definition": list(defs.values())}),
                            "As recorded in the runs' metrics.json"))
-    s.blocks.append(Text(
-        f"Seed-table thresholds: covered = mean completeness ≥ {tables.COVERED:.0%}; a grpc-go "
-        f"version works = an early-attach run at least {tables.WORKS_COMPLETENESS:.0%} "
-        f"complete and at most {tables.WORKS_DEGRADATION:.0%} degraded on one side."))
     return s

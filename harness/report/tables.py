@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -12,7 +12,7 @@ import pandas as pd
 from harness.report.load import RunData
 from harness.runner.scenarios import CURRENT_GRPC_GO
 
-APPROACHES = {"kprobe": "kprobe / tracepoint", "uprobe": "uprobe"}
+APPROACHES = {"kprobe": "kernel side (syscall tracepoints)", "uprobe": "uprobe (grpc-go)"}
 # The article's verdicts, quoted beside the measured values (SEED.md).
 ARTICLE = {
     "kprobe": {"stability": "strong", "multi-language": "strong", "compatibility": "strong",
@@ -20,8 +20,6 @@ ARTICLE = {
     "uprobe": {"stability": "weak", "multi-language": "weak", "compatibility": "weak",
                "ease of building": "simple", "data completeness": "complete"},
 }  # fmt: skip
-SEED_COLUMNS = ("stability", "multi-language", "compatibility", "ease of building",
-                "data completeness", "degradation", "overhead")  # fmt: skip
 # A side counts as covered by a collector when it matched at least this share of the
 # observable exchanges; below it the collector does not really see that side.
 COVERED = 0.5
@@ -42,7 +40,7 @@ def pair(client: str | None, server: str | None) -> str:
 
 def grpc_go_of(protocol: str | None, params: dict[str, Any], row: dict[str, Any]) -> str | None:
     """The grpc-go version a row's Go side ran; None when no Go gRPC code was involved."""
-    if not (protocol or "").startswith("h2c") or "go" not in (params.get("client"),
+    if "grpc" not in (protocol or "") or "go" not in (params.get("client"),
                                                                params.get("server")):
         return None
     return row.get("grpc_go") or params.get("grpc_version") or CURRENT_GRPC_GO
@@ -60,7 +58,7 @@ def rows_frame(runs: list[RunData]) -> pd.DataFrame:
             d = dict(row)
             d["run_id"] = r.run_id
             d["pair"] = pair(row.get("client"), row.get("server"))
-            d["grpc_go"] = grpc_go_of(row.get("protocol"), p, row)
+            d["grpc_go"] = target_of(p, grpc_go_of(row.get("protocol"), p, row))
             d["lang"] = row.get(row.get("side", ""), None)  # the language of the observed side
             out.append(d)
     cols = ["run_id", "scenario", "protocol", "pair", "client", "server", "attach", "grpc_go",
@@ -72,7 +70,8 @@ def rows_frame(runs: list[RunData]) -> pd.DataFrame:
     for c in cols:
         if c not in df:
             df[c] = None
-    return df[cols]
+    # keys newer metrics rows carry (e.g. failures by reason) stay, after the known ones
+    return df[cols + [c for c in df.columns if c not in cols]]
 
 
 def _defaults(df: pd.DataFrame) -> pd.DataFrame:
@@ -80,49 +79,34 @@ def _defaults(df: pd.DataFrame) -> pd.DataFrame:
     return df[(df["variant"] == "default") & df["attach"].isin(["early", "late"])]
 
 
-# -- the seed's comparison table -----------------------------------------------------------
+# -- coverage and stability ------------------------------------------------------------------
+
+# Run parameters that make a build of the same target version a different target (a
+# stripped binary, another build mode); they join the version in the stability column.
+BUILD_PARAMS = ("build", "binary", "stripped", "strip")
 
 
-@dataclass
-class Cell:
-    text: str
-    runs: list[str] = field(default_factory=list)
-    value: float | None = None
+def target_of(params: dict[str, Any], version: str | None) -> str | None:
+    """The stability column's target: the grpc-go version plus any build variant."""
+    if version is None:
+        return None
+    extra = []
+    for k in BUILD_PARAMS:
+        v = params.get(k)
+        if v in (None, False, "", "default"):
+            continue
+        extra.append(k if v is True else str(v))
+    return " ".join([version, *extra])
 
 
-@dataclass
-class SeedTable:
-    cells: dict[tuple[str, str], Cell]  # (collector, column) -> measured cell
-    stability: pd.DataFrame
-    languages: pd.DataFrame
-    stacks: pd.DataFrame
-    overhead: pd.DataFrame
-
-    def frame(self) -> pd.DataFrame:
-        """Article and measured lines per approach, in the seed's column order."""
-        lines = []
-        for coll, name in APPROACHES.items():
-            lines.append({"approach": f"{name} — article",
-                          **{c: ARTICLE[coll].get(c, "—") for c in SEED_COLUMNS}})
-            lines.append({"approach": f"{name} — measured",
-                          **{c: self.cells[(coll, c)].text for c in SEED_COLUMNS}})
-        return pd.DataFrame(lines)
-
-    def sources(self) -> list[tuple[str, str, list[str]]]:
-        return [(APPROACHES[k[0]], k[1], c.runs) for k, c in self.cells.items() if c.runs]
-
-    def to_json(self) -> dict[str, Any]:
-        return {f"{k[0]}/{k[1]}": {"text": c.text, "value": c.value, "runs": c.runs}
-                for k, c in self.cells.items()}
-
-
-def _side_coverage(runs: list[RunData], df: pd.DataFrame) -> pd.DataFrame:
-    """Per early-attach run, side and collector: the completeness (0 when the collector was
-    asked for but reported nothing for that side)."""
+def side_coverage(runs: list[RunData], df: pd.DataFrame,
+                  attaches: tuple[str, ...] = ("early",)) -> pd.DataFrame:
+    """Per run (of the given attach times), side and collector: the completeness (0 when the
+    collector was asked for but reported nothing for that side)."""
     out = []
     d = _defaults(df)
     for r in runs:
-        if r.metrics is None or r.params.get("attach") != "early":
+        if r.metrics is None or r.params.get("attach") not in attaches:
             continue
         p = r.params
         mine = d[d["run_id"] == r.run_id]
@@ -135,15 +119,17 @@ def _side_coverage(runs: list[RunData], df: pd.DataFrame) -> pd.DataFrame:
                 deg = hit["degradation_rate"].dropna()
                 out.append({"run_id": r.run_id, "collector": coll, "side": side,
                             "lang": p.get(side), "protocol": p.get("protocol"),
-                            "grpc_go": grpc_go_of(p.get("protocol"), p, {}),
-                            "completeness": comp,
+                            "grpc_go": target_of(p, grpc_go_of(p.get("protocol"), p, {})),
+                            "completeness": comp, "attach": p.get("attach"),
+                            "scenario": p.get("scenario"),
                             "degradation_rate": float(deg.mean()) if len(deg) else None,
                             })  # fmt: skip
     return pd.DataFrame(out, columns=["run_id", "collector", "side", "lang", "protocol",
-                                      "grpc_go", "completeness", "degradation_rate"])
+                                      "grpc_go", "completeness", "attach", "scenario",
+                                      "degradation_rate"])
 
 
-def _coverage_table(cov: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+def coverage_table(cov: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     rows = []
     for k, g in cov.groupby(["collector", *keys], dropna=False):
         mean = float(g["completeness"].mean())
@@ -153,7 +139,7 @@ def _coverage_table(cov: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["collector", *keys, "mean_completeness", "covered", "runs"])
 
 
-def _stability(runs: list[RunData], cov: pd.DataFrame) -> pd.DataFrame:
+def stability(runs: list[RunData], cov: pd.DataFrame) -> pd.DataFrame:
     """Per collector and grpc-go version: early-attach gRPC runs with a Go side tried, and
     whether the collector attached and decoded in at least one of them. A run that failed
     because a collector failed to attach counts against that collector only."""
@@ -173,7 +159,7 @@ def _stability(runs: list[RunData], cov: pd.DataFrame) -> pd.DataFrame:
         p = r.params
         if r.metrics is not None or r.status != "failed" or p.get("attach") != "early":
             continue
-        ver = grpc_go_of(p.get("protocol"), p, {})
+        ver = target_of(p, grpc_go_of(p.get("protocol"), p, {}))
         for coll in p.get("collectors") or []:
             if ver and f"the {coll} collector" in (r.manifest.get("error") or ""):
                 tried[(coll, ver)].add(r.run_id)
@@ -194,51 +180,13 @@ def _stability(runs: list[RunData], cov: pd.DataFrame) -> pd.DataFrame:
                                        "failed_to_attach", "unsupported", "runs"])
 
 
-def _fraction_cell(t: pd.DataFrame, flag: str, label: str, what: str) -> Cell:
-    if t.empty:
-        return Cell(f"no {what} measured")
-    ok = t[t[flag]]
-    names = ", ".join(str(x) for x in ok[label]) or "none"
-    runs = sorted({i for ids in t["runs"] for i in ids})
-    value = len(ok) / len(t)
-    return Cell(f"{len(ok)}/{len(t)} {what} ({names})", runs, value)
-
-
 def family(protocol: str | None) -> str:
-    return "gRPC" if (protocol or "").startswith("h2c") else "HTTP/1"
+    """gRPC, HTTP/2 (plain h2/h2c) or HTTP/1, TLS or not."""
+    p = (protocol or "").lower()
+    return "gRPC" if "grpc" in p else "HTTP/2" if "h2" in p else "HTTP/1"
 
 
-def _mean_cell(d: pd.DataFrame, col: str) -> Cell:
-    """Mean of a rate per protocol family and attach time, e.g. `gRPC late 93.1% (8 sides)`."""
-    parts, runs = [], []
-    for fam in ("HTTP/1", "gRPC"):
-        for attach in ("early", "late"):
-            g = d[(d["protocol"].map(family) == fam) & (d["attach"] == attach) & d[col].notna()]
-            if g.empty:
-                continue
-            parts.append(f"{fam} {attach} {100 * float(g[col].mean()):.1f}% ({len(g)} sides)")
-            runs.extend(g["run_id"])
-    if not parts:
-        return Cell("no runs")
-    return Cell(" · ".join(parts), sorted(set(runs)), float(d[col].dropna().mean()))
-
-
-def _bench_text(bench: list[tuple[Any, dict[str, Any]]], coll: str) -> str | None:
-    """An overhead summary for one collector from a bench results file, when one was given.
-    Reads `collectors.<name>` or `results.<name>` (a flat dict of numbers)."""
-    for _path, b in bench:
-        # `summary` is what benchmarks/bench_overhead.py writes for this table
-        for key in ("summary", "collectors", "results"):
-            entry = (b.get(key) or {}).get(coll) if isinstance(b.get(key), dict) else None
-            if isinstance(entry, dict):
-                nums = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                        for k, v in entry.items() if isinstance(v, int | float)]  # fmt: skip
-                if nums:
-                    return "; ".join(nums[:6])
-    return None
-
-
-def _recorder_cpu(runs: list[RunData]) -> pd.DataFrame:
+def recorder_cpu(runs: list[RunData]) -> pd.DataFrame:
     """Collector process CPU seconds (user + system) per 1,000 truth exchanges, per run."""
     out = []
     for r in runs:
@@ -251,43 +199,6 @@ def _recorder_cpu(runs: list[RunData]) -> pd.DataFrame:
                 out.append({"run_id": r.run_id, "collector": coll, "exchanges": n,
                             "cpu_s": cpu, "cpu_s_per_1k": 1000 * cpu / n})  # fmt: skip
     return pd.DataFrame(out, columns=["run_id", "collector", "exchanges", "cpu_s", "cpu_s_per_1k"])
-
-
-def seed_table(
-    runs: list[RunData], df: pd.DataFrame, bench: list[tuple[Any, dict[str, Any]]]
-) -> SeedTable:
-    cov = _side_coverage(runs, df)
-    stab = _stability(runs, cov)
-    langs = _coverage_table(cov[cov["protocol"] == "h2c-grpc"], ["side", "lang"])
-    stacks = _coverage_table(cov, ["protocol", "lang"])
-    cpu = _recorder_cpu(runs)
-    d = _defaults(df)
-    cells: dict[tuple[str, str], Cell] = {}
-    for coll in APPROACHES:
-        s = stab[stab["collector"] == coll]
-        cells[(coll, "stability")] = _fraction_cell(
-            s.assign(label=s["grpc_go"]), "works", "label", "grpc-go versions")
-        lg = langs[langs["collector"] == coll]
-        cells[(coll, "multi-language")] = _fraction_cell(
-            lg.assign(label=lg["lang"] + " " + lg["side"]), "covered", "label", "gRPC sides")
-        st = stacks[stacks["collector"] == coll]
-        cells[(coll, "compatibility")] = _fraction_cell(
-            st.assign(label=st["lang"] + " " + st["protocol"]), "covered", "label",
-            "protocol stacks")  # fmt: skip
-        cells[(coll, "ease of building")] = Cell("not measured (no run measures it)")
-        mine = d[d["collector"] == coll]
-        cells[(coll, "data completeness")] = _mean_cell(mine, "completeness")
-        cells[(coll, "degradation")] = _mean_cell(mine, "degradation_rate")
-        bench_text = _bench_text(bench, coll)
-        c = cpu[cpu["collector"] == coll]
-        # Start-up (bcc compile, attach) dominates a short run's CPU, so per run, not per
-        # exchange, and never in place of a bench measurement.
-        cpu_text = (f"recorder CPU per run, start-up included: median {c['cpu_s'].median():.1f} s "
-                    f"({len(c)} runs)") if len(c) else ""  # fmt: skip
-        text = bench_text or "not measured: no bench results given"
-        text += f"; {cpu_text}" if cpu_text else ""
-        cells[(coll, "overhead")] = Cell(text, sorted(set(c["run_id"])))
-    return SeedTable(cells, stab, langs, stacks, cpu)
 
 
 # -- per scenario, degradation, truth, machines --------------------------------------------
@@ -307,6 +218,15 @@ def scenario_tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
             ["pair", "attach", "grpc_go", "collector", "variant", "side", "run_id"])
         out[str(scen)] = g[list(SCENARIO_COLUMNS)].rename(columns=SCENARIO_COLUMNS)
     return dict(sorted(out.items()))
+
+
+KNOWN_DICT_COLUMNS = ("degraded_by_field", "degraded_by_reason")
+
+
+def extra_count_columns(df: pd.DataFrame) -> list[str]:
+    """Dict-of-counts columns newer metrics rows add (shown per run, without code changes)."""
+    return [c for c in df.columns if c not in KNOWN_DICT_COLUMNS
+            and df[c].map(lambda v: isinstance(v, dict) and bool(v)).any()]  # fmt: skip
 
 
 def breakdown(df: pd.DataFrame, column: str) -> pd.DataFrame:
@@ -357,7 +277,7 @@ def recovery_frame(df: pd.DataFrame) -> pd.DataFrame:
     (0 = the first call the collector saw), from each row's `recovery`
     ([index, required fields correct, required fields the truth has]); sides and runs summed."""
     acc: dict[tuple[str, str, int], list[Any]] = {}
-    late = df[(df["attach"] == "late") & (df["protocol"] == "h2c-grpc")]
+    late = df[(df["attach"] == "late") & df["protocol"].map(family).isin(["gRPC", "HTTP/2"])]
     for _, x in late.iterrows():
         series = recovery_series(x["collector"], x["variant"])
         if series is None or not isinstance(x["recovery"], list):
@@ -429,6 +349,8 @@ def machines_frame(runs: list[RunData]) -> pd.DataFrame:
     cols = {}
     for i, (key, rs) in enumerate(groups.items(), 1):
         m = json.loads(key)
+        if m.get("grpc_go") is None:
+            m.pop("grpc_go", None)  # the versions that ran are in the targets table
         m["runs"] = f"{len(rs)} ({rs[0].run_id} … {rs[-1].run_id})" if len(rs) > 1 else rs[0].run_id
         cols[f"machine {i}"] = {k: ("—" if v is None else str(v)) for k, v in m.items()}
     return pd.DataFrame(cols).rename_axis("field").reset_index() if cols else pd.DataFrame()
@@ -451,3 +373,138 @@ def definitions(runs: list[RunData]) -> dict[str, str]:
     for r in runs:
         out.update((r.metrics or {}).get("definitions") or {})
     return dict(sorted(out.items()))
+
+
+# -- pooled rates, run patterns, plot frames ------------------------------------------------
+
+
+@dataclass
+class Pooled:
+    """A rate pooled over rows (sum of numerators / sum of denominators), with its base."""
+
+    num: int
+    den: int
+    sides: int
+    runs: list[str]
+
+    @property
+    def rate(self) -> float | None:
+        return self.num / self.den if self.den else None
+
+
+def pooled(d: pd.DataFrame, num: str, den: str) -> Pooled:
+    d = d[d[den].notna()]
+    return Pooled(int(d[num].fillna(0).sum()), int(d[den].sum()), len(d),
+                  sorted(set(d["run_id"])))  # fmt: skip
+
+
+def _short_list(items: list[str], limit: int = 6) -> str:
+    items = sorted(set(items))
+    if len(items) <= limit:
+        return ", ".join(items)
+    return ", ".join(items[:limit]) + f" and {len(items) - limit} more"
+
+
+def run_pattern(runs: list[RunData], ids: list[str]) -> str:
+    """A run set in one short line: count, then the scenarios, pairs, attach times and
+    grpc-go targets it spans (instead of listing the ids)."""
+    chosen = [r for r in runs if r.run_id in set(ids)]
+    if not chosen:
+        return "no runs"
+    ps = [r.params for r in chosen]
+    parts = [_short_list([str(p.get("scenario") or r.manifest.get("scenario"))
+                          for p, r in zip(ps, chosen, strict=True)]),
+             _short_list([pair(p.get("client"), p.get("server")) for p in ps]),
+             _short_list([str(p.get("attach")) for p in ps])]  # fmt: skip
+    vers = [t for p in ps if (t := target_of(p, grpc_go_of(p.get("protocol"), p, {})))]
+    if vers:
+        parts.append("grpc-go " + _short_list(vers))
+    return f"{len(chosen)} runs: " + "; ".join(parts)
+
+
+def lang_name(code: str | None) -> str:
+    return {"py": "Python", "go": "Go", "node": "Node", "java": "Java", "rust": "Rust",
+            "go-nethttp": "Go net/http"}.get(str(code), str(code))  # fmt: skip
+
+
+def coverage_matrix(cov: pd.DataFrame, runs_collectors: set[str]) -> pd.DataFrame:
+    """Collector × (language, protocol): mean completeness over early-attach sides; NaN where
+    no run put that stack in front of that collector (not applicable, not zero)."""
+    if cov.empty:
+        return pd.DataFrame()
+    cov = cov.assign(stack=cov["lang"].map(lang_name) + " · " + cov["protocol"].astype(str))
+    m = cov.pivot_table(index="collector", columns="stack", values="completeness",
+                        aggfunc="mean")  # fmt: skip
+    n = cov.pivot_table(index="collector", columns="stack", values="run_id", aggfunc="count")
+    m = m.reindex(sorted(runs_collectors | set(m.index)))
+    return pd.concat({"completeness": m, "n": n.reindex(m.index)}, axis=1)
+
+
+def field_heatmap(df: pd.DataFrame) -> pd.DataFrame:
+    """Share of matched exchanges with each field degraded, per collector, variant, protocol
+    family and attach (columns) and field (rows); only groups with degraded fields."""
+    acc: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    matched: dict[str, int] = defaultdict(int)
+    for _, x in df.iterrows():
+        if not x["matched"]:
+            continue
+        col = f"{x['collector']} {x['variant']}\n{family(x['protocol'])} {x['attach']}"
+        matched[col] += int(x["matched"])
+        for f, n in (x["degraded_by_field"] or {}).items():
+            acc[col][f] += int(n)
+    cols = sorted(c for c in acc if any(acc[c].values()))
+    if not cols:
+        return pd.DataFrame()
+    fields = sorted({f for c in cols for f, n in acc[c].items() if n})
+    return pd.DataFrame({f"{c} (n={matched[c]:,})": [acc[c].get(f, 0) / matched[c]
+                                                     for f in fields] for c in cols},
+                        index=fields)  # fmt: skip
+
+
+def reasons_per_100(df: pd.DataFrame) -> pd.DataFrame:
+    """Degradation reasons per 100 matched exchanges, per scenario, attach, collector and
+    variant (runs of different sizes become comparable)."""
+    keys = ["scenario", "attach", "collector", "variant"]
+    acc: dict[tuple[Any, ...], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    matched: dict[tuple[Any, ...], int] = defaultdict(int)
+    for _, x in df.iterrows():
+        k = tuple(x[c] for c in keys)
+        matched[k] += int(x["matched"] or 0)
+        for name, n in (x["degraded_by_reason"] or {}).items():
+            acc[k][name] += int(n)
+    rows = [{**dict(zip(keys, k, strict=True)), "matched": matched[k],
+             **{r: 100 * n / matched[k] for r, n in v.items()}}
+            for k, v in acc.items() if any(v.values()) and matched[k]]  # fmt: skip
+    if not rows:
+        return pd.DataFrame(columns=[*keys, "matched"])
+    out = pd.DataFrame(rows)
+    extra = sorted(c for c in out.columns if c not in (*keys, "matched"))
+    out[extra] = out[extra].fillna(0.0)
+    return out[[*keys, "matched", *extra]].sort_values(keys)
+
+
+def targets_frame(runs: list[RunData]) -> pd.DataFrame:
+    """Every target that ran: language, role, version (grpc-go, Go, Python), and runs."""
+    acc: dict[tuple[str, str, str], set[str]] = defaultdict(set)
+    for r in runs:
+        p = r.params
+        for role in ("client", "server"):
+            lang = p.get(role)
+            if not lang:
+                continue
+            ver = "—"
+            if lang == "go":
+                g = grpc_go_of(p.get("protocol"), p, {})
+                ver = f"grpc-go {target_of(p, g)}" if g else "net/http"
+                ver += f", {r.machine.get('go') or 'go ?'}"
+            elif lang == "py":
+                ver = f"Python {r.machine.get('python') or '?'}"
+            acc[(lang_name(lang), role, ver)].add(r.run_id)
+        for _b, st in ((r.manifest.get("collectors") or {}).get("uprobe") or {}).get(
+                "binaries", {}).items():  # the versions the uprobe collector read itself
+            if st.get("grpc_version"):
+                acc[("Go (read from binary)", "probed", f"grpc-go {st['grpc_version']}, "
+                     f"{st.get('go_version') or '?'}")].add(r.run_id)
+    rows = [{"language": k[0], "role": k[1], "version": k[2], "runs": len(v)}
+            for k, v in sorted(acc.items())]  # fmt: skip
+    return pd.DataFrame(rows, columns=["language", "role", "version", "runs"])

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import platform
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -11,13 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ProbebenchError, RunDirError
-from harness.model import METRICS_VERSION, RunManifest, utc_now, write_json_atomic
+from harness.model import METRICS_VERSION, RunManifest, repo_root, utc_now, write_json_atomic
 from harness.runner.lifecycle import Interrupted, signals_as_exceptions
 from harness.runner.scenarios import CURRENT_GRPC_GO, GRPC_GO_VERSIONS, SCENARIOS
 
 Progress = Callable[[str], None]
 STATE_VERSION = 1
 PAIRS = (("go", "go"), ("py", "go"), ("go", "py"), ("py", "py"))
+# Stacks beyond Python and Go, each crossed with Go both ways in every gRPC mode.
+MORE_STACKS = ("node", "java", "rust")
 ATTACHES = ("early", "late")
 # Exchanges per run, sized so fixed costs (bcc compile, capture start/stop, tshark decode;
 # about 5-10 s a run) still dominate and the default matrix fits in 15 minutes on 2 cores.
@@ -50,6 +57,19 @@ class MatrixRun:
         ver = self.grpc_version or "-"
         return (f"{self.scenario}/{self.client}2{self.server}/{self.attach}/{ver}/"
                 f"{'+'.join(self.collectors)}/n{self.exchanges}")  # fmt: skip
+
+    @property
+    def cell_id(self) -> str:
+        """The key as a job name: stable across releases for the same cell, safe in file
+        names and CI job ids (`/` is the only character of a key that is not)."""
+        return self.key.replace("/", "_")
+
+    def cell(self, matrix_name: str) -> dict[str, Any]:
+        """What `probebench matrix --list --json` prints for this run."""
+        return {"id": self.cell_id, "matrix": matrix_name, "scenario": self.scenario,
+                "client": self.client, "server": self.server, "attach": self.attach,
+                "grpc_version": self.grpc_version, "collectors": list(self.collectors),
+                "exchanges": self.exchanges, "sweep": list(self.sweep)}  # fmt: skip
 
     def spec(self) -> Any:
         from harness.runner.record import RunSpec
@@ -99,6 +119,21 @@ def plan(quick: bool, collectors: tuple[str, ...] = ("kprobe", "uprobe")) -> lis
                     continue
                 for attach in ATTACHES:
                     runs.append(MatrixRun(name, "go", "go", attach, n, collectors, ver))
+    runs += _more_stacks(collectors)
+    return runs
+
+
+def _more_stacks(collectors: tuple[str, ...]) -> list[MatrixRun]:
+    """New client -> Go server and Go client -> new server, every gRPC mode, early and late."""
+    runs = []
+    for lang in MORE_STACKS:
+        for name, scen in SCENARIOS.items():
+            if not scen.is_grpc or name.endswith("-shapes"):  # their options: Go and Python
+                continue
+            for client, server in ((lang, "go"), ("go", lang)):
+                for attach in ATTACHES:
+                    runs.append(MatrixRun(name, client, server, attach, DEFAULT_EXCHANGES[name],
+                                          collectors, CURRENT_GRPC_GO))  # fmt: skip
     return runs
 
 
@@ -114,6 +149,43 @@ def _quick_plan(collectors: tuple[str, ...]) -> list[MatrixRun]:
         MatrixRun("grpc-bidi", "py", "go", "late", 30, collectors, cur),
         MatrixRun("grpc-server-stream", "go", "py", "early", 30, collectors, cur),
     ]
+
+
+def cells() -> list[dict[str, Any]]:
+    """Every cell of the default and the quick matrix, each once (default first), for CI
+    engines that fan the matrix out as jobs."""
+    seen: set[str] = set()
+    out = []
+    for name, quick in (("default", False), ("quick", True)):
+        for run in plan(quick, available_collectors()):
+            if run.cell_id not in seen:
+                seen.add(run.cell_id)
+                out.append(run.cell(name))
+    return out
+
+
+def find_cell(cell_id: str) -> MatrixRun:
+    """The run a cell id names; an unknown id is an error that says where ids come from."""
+    for quick in (False, True):
+        for run in plan(quick, available_collectors()):
+            if run.cell_id == cell_id:
+                return run
+    raise ProbebenchError(f"no matrix cell {cell_id!r}; `probebench matrix --list` prints them")
+
+
+def run_cell(cell_id: str, out: Path, progress: Progress) -> Path:
+    """Record and replay one cell under ``out`` (resumable, like the matrix); returns its run
+    directory. A failed cell is an error: a CI job must fail, not report an empty cell."""
+    run = find_cell(cell_id)
+    out.mkdir(parents=True, exist_ok=True)
+    state = State.load(out / "matrix-cells.state.json")
+    with signals_as_exceptions():
+        for _ in execute([run], state, out, progress):
+            pass
+    entry = state.runs[run.key]
+    if entry["status"] != "done":
+        raise ProbebenchError(f"matrix cell {cell_id} failed: {entry.get('error')}")
+    return Path(entry["run_dir"])
 
 
 # -- state --------------------------------------------------------------------------------------
@@ -254,9 +326,94 @@ def execute(
         yield run, state.runs[run.key]
 
 
-def run_matrix(quick: bool, out: Path, report_dir: Path, progress: Progress) -> Path:
+# -- the closing overhead pass --------------------------------------------------------------
+
+# (rounds, scale) of benchmarks/bench_overhead.py at the end of the matrix: about 2 minutes
+# for the default matrix; a quick matrix gets a quicker pass still.
+OVERHEAD_PASS = {False: (3, 0.2), True: (2, 0.1)}
+OVERHEAD_PASS_TIMEOUT_S = 600
+
+
+@dataclass
+class OverheadSource:
+    files: list[Path]
+    origin: str  # how the report got them
+    absent: str = ""  # why there are none
+
+
+def _same_commit_and_machine(path: Path) -> bool:
+    try:
+        m = json.loads(path.read_text()).get("machine") or {}
+    except (OSError, json.JSONDecodeError):
+        return False
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_root(), capture_output=True,
+                          text=True, check=False).stdout.strip()  # fmt: skip
+    return bool(head) and m.get("git_commit") == head and not m.get("git_dirty") and (
+        m.get("hostname") == platform.node() and m.get("kernel") == platform.release())
+
+
+def closing_overhead_pass(out: Path, quick: bool, progress: Progress) -> OverheadSource:
+    """Bench results for this commit and machine: reused when at hand (beside the runs, or
+    where `nox -s bench` writes them), else measured now by a short interleaved pass of
+    benchmarks/bench_overhead.py, the same bench code with fewer rounds."""
+    for p in (out / "overhead.json", out.parent / "overhead.json"):
+        if p.is_file() and _same_commit_and_machine(p):
+            progress(f"overhead: reusing {p} (same commit and machine)")
+            return OverheadSource([p], f"the bench results `{p}` of the same commit and "
+                                       "machine (reused, not re-measured)")  # fmt: skip
+    rounds, scale = OVERHEAD_PASS[quick]
+    dest = out / "overhead.json"
+    bench = repo_root() / "benchmarks" / "bench_overhead.py"
+    env = {**os.environ, "PROBEBENCH_OVERHEAD_ROUNDS": str(rounds),
+           "PROBEBENCH_OVERHEAD_SCALE": str(scale), "PROBEBENCH_OVERHEAD_OUT": str(dest)}
+    cmd = [sys.executable, "-m", "pytest", str(bench), "--benchmark-only", "-q",
+           "-p", "no:cacheprovider", "--rootdir", str(repo_root())]  # fmt: skip
+    progress(f"overhead: closing pass, {rounds} interleaved rounds at scale {scale} "
+             "(benchmarks/bench_overhead.py)")  # fmt: skip
+    dest.unlink(missing_ok=True)
+    # its own session, so a timeout can stop the bench and everything it started
+    proc = subprocess.Popen(cmd, cwd=repo_root(), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=OVERHEAD_PASS_TIMEOUT_S)
+        tail = output.strip().splitlines()[-1:] or ["no output"]
+        failed = not dest.is_file()  # a pass that measured part of it still says so below
+        why = f"exit code {proc.returncode}: {tail[0][:200]}"
+    except subprocess.TimeoutExpired:
+        # SIGINT first: the bench's process sets detach probes and stop children on it
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+        failed, why = True, f"no result within {OVERHEAD_PASS_TIMEOUT_S} s"
+    except BaseException:
+        proc.send_signal(signal.SIGINT)  # interrupted matrix: the bench cleans up as well
+        proc.wait(timeout=60)
+        raise
+    if failed:
+        progress(f"overhead: the closing pass failed ({why}); the report says so")
+        return OverheadSource([], "", f"the matrix's closing overhead pass failed ({why})")
+    partial = f"; it ended with {why}" if proc.returncode else ""
+    origin = (f"the matrix's closing overhead pass ({rounds} interleaved rounds at scale "
+              f"{scale}: short, so intervals are wide and instability likely; `nox -s bench` "
+              f"measures longer{partial})")  # fmt: skip
+    # kept in the file, so a later `probebench report` of these runs says it too
+    try:
+        data = json.loads(dest.read_text())
+        data["origin"] = origin
+        write_json_atomic(dest, data)
+    except (OSError, json.JSONDecodeError) as e:
+        return OverheadSource([], "", f"the closing overhead pass wrote no readable file ({e})")
+    return OverheadSource([dest], origin)
+
+
+def run_matrix(quick: bool, out: Path, report_dir: Path, progress: Progress, *,
+               overhead: bool = False) -> Path:
     """Record the quick or default matrix under ``out`` (resuming from its state file), then
-    build the report of its runs into ``report_dir``; returns the report's path."""
+    (with ``overhead``) the closing overhead pass, then build the report of its runs into
+    ``report_dir``; returns the report's path."""
     from harness.report.build import build_report
 
     collectors = available_collectors()
@@ -281,6 +438,13 @@ def run_matrix(quick: bool, out: Path, report_dir: Path, progress: Progress) -> 
     # Finished runs are kept on a restart, so the same command only rebuilds the report
     # (and retries failed runs).
     cmd = f"probebench matrix{' --quick' if quick else ''} --out {out} --report {report_dir}"
-    # The overhead bench writes results/overhead.json beside results/runs.
-    bench = [b for b in (out.parent / "overhead.json",) if b.is_file()]
-    return build_report([*dirs, *bench], report_dir, command=cmd)
+    if overhead:
+        with signals_as_exceptions():  # SIGTERM stops the pass's bench too, cleanly
+            src = closing_overhead_pass(out, quick, progress)
+    else:
+        # The overhead bench writes results/overhead.json beside results/runs.
+        given = [b for b in (out.parent / "overhead.json",) if b.is_file()]
+        src = OverheadSource(given, "", "" if given else "the matrix ran without its "
+                                                         "overhead pass (--no-overhead)")
+    return build_report([*dirs, *src.files], report_dir, command=cmd, bench_origin=src.origin,
+                        bench_absent=src.absent)  # fmt: skip

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from harness.collectors.uprobe.discover import find_grpc_go_targets
 from harness.errors import ProbebenchError, TargetError
@@ -19,6 +20,10 @@ from harness.runner.keeper import GRACE_S
 from harness.runner.lifecycle import ProcessSet
 from harness.runner.record import Progress, recording
 from harness.runner.scenarios import OBSERVE
+
+# observe stops the command when the disk holding the run has less than this left
+DEFAULT_MIN_FREE = 1 << 30
+DISK_POLL_S = 0.5
 
 
 def observe(
@@ -31,10 +36,18 @@ def observe(
     out: Path,
     progress: Progress,
     options: CollectorOptions | None = None,
+    min_free_bytes: int = DEFAULT_MIN_FREE,
+    replay_after: bool = True,
 ) -> Path:
     exe = shutil.which(command[0])
     if exe is None:
         raise ProbebenchError(f"command not found: {command[0]}")
+    out.mkdir(parents=True, exist_ok=True)
+    if (free := shutil.disk_usage(out).free) < min_free_bytes:
+        raise ProbebenchError(
+            f"only {free >> 20} MiB free under {out}, below --min-free-mb "
+            f"{min_free_bytes >> 20}: a recording takes about 1 MB per 1,000 exchanges"
+        )
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     run_dir = out / f"{stamp}-observe-{Path(command[0]).name}"
     run_dir.mkdir(parents=True, exist_ok=False)
@@ -76,18 +89,23 @@ def observe(
             with contextlib.suppress(BrokenPipeError):  # a dead keeper: its exit code says why
                 child.proc.stdin.write("go\n")
                 child.proc.stdin.close()
-            try:
-                code = child.proc.wait(timeout=duration_s)
-            except subprocess.TimeoutExpired:
-                progress(f"still running after {duration_s:g} s: stopping it")
+            low_disk = _wait_watching_disk(child.proc, duration_s, run_dir, min_free_bytes,
+                                           progress)  # fmt: skip
+            if low_disk is not None or child.proc.poll() is None:
+                if low_disk is None:
+                    progress(f"still running after {duration_s:g} s: stopping it")
                 code = procs.stop(child)
-                manifest.params["stopped_at_duration"] = True
+                manifest.params["stopped_at_duration"] = low_disk is None
+                manifest.params["stopped_low_disk"] = low_disk
+            else:
+                code = child.proc.returncode
             kept = json.loads(keeper_report.read_text()) if keeper_report.exists() else {}
             manifest.processes[-1]["command_pid"] = kept.get("pid")
             manifest.params["leftover_processes_stopped"] = kept.get("stopped")
             if kept.get("stopped"):
                 progress(f"stopped {kept['stopped']} process(es) the command left running")
-            if code != 0 and not manifest.params.get("stopped_at_duration"):
+            stopped = manifest.params.get("stopped_at_duration") or low_disk
+            if code != 0 and not stopped:
                 tail = (run_dir / "workload.log").read_text(errors="replace").strip()
                 raise TargetError(f"the workload exited with code {code}: {tail[-300:]}")
             time.sleep(0.2)
@@ -107,9 +125,45 @@ def observe(
                 for problem in uprobe.get("unsupported") or []:
                     progress(f"uprobe: {problem}")
         manifest.capture = dict(cap.stats)
+    if manifest.params.get("stopped_low_disk"):
+        # stopped cleanly: collectors drained and detached, the capture closed; all of it
+        # replays, but the run did not last as long as asked
+        manifest.status, manifest.error = "interrupted", manifest.params["stopped_low_disk"]
+        manifest.save(run_dir)
+    if not replay_after:
+        return run_dir
     from harness.analysis.replay import replay
     from harness.report.summary import summary_table
 
     progress("replaying: Wireshark decode, parsing, matching")
     print(summary_table(replay(run_dir)))
     return run_dir
+
+
+
+def _wait_watching_disk(
+    proc: subprocess.Popen[Any], duration_s: float, run_dir: Path, min_free: int,
+    progress: Progress,
+) -> str | None:
+    """Wait for the command to exit or ``duration_s`` to pass, watching the free space of the
+    run's disk (capture and events grow by megabytes a second on a busy port). Warns once at
+    twice ``min_free``; returns why it stopped early when free space fell below it."""
+    deadline = time.monotonic() + duration_s
+    warned = False
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            proc.wait(timeout=min(DISK_POLL_S, left))
+            return None
+        except subprocess.TimeoutExpired:
+            pass
+        free = shutil.disk_usage(run_dir).free
+        if free < min_free:
+            why = (f"stopped after {duration_s - left:.1f} s: {free >> 20} MiB left on the "
+                   f"run's disk, below --min-free-mb {min_free >> 20}")  # fmt: skip
+            progress(why)
+            return why
+        if free < 2 * min_free and not warned:
+            warned = True
+            progress(f"warning: {free >> 20} MiB left on the run's disk; observe stops at "
+                     f"{min_free >> 20} MiB")  # fmt: skip
+    return None

@@ -149,7 +149,8 @@ def _record(
         server = _spawn_target(procs, "server", server_cmd, run_dir)
         _wait_for(server, "READY", READY_TIMEOUT_S, run_dir)
         manifest.processes.append(
-            {"role": "server", "lang": spec.server, "pid": server.pid, "argv": server_cmd}
+            {"role": "server", "lang": spec.server, "pid": server.pid, "argv": server_cmd,
+             "uprobe_gap": scenarios.UPROBE_GAP.get(spec.server)}
         )
         progress(f"{spec.server} server ready (pid {server.pid})")
 
@@ -179,7 +180,8 @@ def _record(
             attach([])
         client = _spawn_target(procs, "client", client_cmd, run_dir)
         manifest.processes.append(
-            {"role": "client", "lang": spec.client, "pid": client.pid, "argv": client_cmd}
+            {"role": "client", "lang": spec.client, "pid": client.pid, "argv": client_cmd,
+             "uprobe_gap": scenarios.UPROBE_GAP.get(spec.client)}
         )
         if spec.attach == "late":
             _wait_for(client, "WARM", READY_TIMEOUT_S * 4, run_dir)

@@ -14,6 +14,21 @@ GO_BIN = SCEN_DIR / "go" / "bin"
 GRPC_GO_VERSIONS = ("v1.33.3", "v1.50.1", "v1.85.0")
 CURRENT_GRPC_GO = GRPC_GO_VERSIONS[-1]
 OBSERVE = "observe"  # the scenario name of runs whose workload a user brought
+NODE_DIR = SCEN_DIR / "node"
+JAVA_DIR = SCEN_DIR / "java"
+RUST_BIN = SCEN_DIR / "rust" / "target" / "release"
+# Languages of the targets (--client/--server), and the protocols each one speaks.
+LANGS = ("py", "go", "node", "java", "rust")
+LANG_PROTOS = {"py": {"http10", "http11", "grpc"}, "go": {"http10", "http11", "grpc"},
+               "node": {"grpc"}, "java": {"grpc"}, "rust": {"grpc"}}  # fmt: skip
+# Why the uprobe collector (grpc-go's own functions) cannot see a target of a language: the
+# report's multi-language column states the reason per stack, not just 0%.
+UPROBE_GAP = {
+    "py": "grpcio's C core is linked into a module that exports no symbols",
+    "node": "grpc-js is JavaScript run by V8's JIT over Node's own HTTP/2; no grpc-go to probe",
+    "java": "grpc-java is JVM bytecode compiled by the JIT (Netty's HTTP/2); no symbols to probe",
+    "rust": "tonic and h2 are native code with symbols, but no probe is written for them",
+}
 
 
 @dataclass(frozen=True)
@@ -27,7 +42,8 @@ class Scenario:
     warmup: int = 3  # exchanges per connection before a late attach
     client_args: tuple[str, ...] = ()  # stream-shape options of the targets
     server_args: tuple[str, ...] = ()
-    servers: tuple[str, ...] = ("py", "go")  # languages whose server takes server_args
+    servers: tuple[str, ...] = LANGS  # server languages that can run the scenario
+    clients: tuple[str, ...] = ("py", "go")  # client languages that take client_args
 
     @property
     def is_grpc(self) -> bool:
@@ -48,7 +64,8 @@ SCENARIOS: dict[str, Scenario] = {
         # gzip-compressed messages.
         Scenario("grpc-unary-shapes", "grpc", "h2c-grpc", "unary", connections=1,
                  default_exchanges=600,
-                 client_args=("--inflight", "60", "--cancel-every", "7", "--compress", "gzip")),
+                 client_args=("--inflight", "60", "--cancel-every", "7", "--compress", "gzip"),
+                 servers=("py", "go")),  # they wait when the call asks (x-probebench-delay-ms)
         # Server streams cancelled after the response headers (and deadlines), while the
         # server sends GOAWAY every 2 s and the client reconnects.
         Scenario("grpc-stream-shapes", "grpc", "h2c-grpc", "server-stream", connections=1,
@@ -79,10 +96,49 @@ def _go_binary(kind: str, role: str, grpc_version: str | None) -> Path:
     return path
 
 
+def _check_lang(s: Scenario, lang: str) -> None:
+    if lang not in LANGS:
+        raise ProbebenchError(f"unknown target language {lang!r}; "
+                              f"choose one of: {', '.join(LANGS)}")  # fmt: skip
+    if s.proto not in LANG_PROTOS[lang]:
+        speaks = ", ".join(n for n, sc in SCENARIOS.items() if sc.proto in LANG_PROTOS[lang])
+        raise ProbebenchError(f"the {lang} targets do not run {s.name}; they run: {speaks}")
+
+
+def _node_script(role: str) -> list[str]:
+    script = NODE_DIR / f"grpc_{role}.js"
+    if not (NODE_DIR / "node_modules" / "@grpc" / "grpc-js").is_dir():
+        raise ProbebenchError("the Node targets' packages are not installed: "
+                              "run scripts/build-targets")  # fmt: skip
+    return ["node", str(script)]
+
+
+def _java_main(main_class: str) -> list[str]:
+    cp = JAVA_DIR / "target" / "classpath.txt"
+    if not cp.is_file():
+        raise ProbebenchError("the Java targets are not built: run scripts/build-targets")
+    classpath = f"{JAVA_DIR / 'target' / 'classes'}:{cp.read_text().strip()}"
+    return ["java", "-Xmx512m", "-cp", classpath, main_class]
+
+
+def _rust_binary(role: str) -> list[str]:
+    path = RUST_BIN / f"grpc_{role}"
+    if not path.exists():
+        raise ProbebenchError(f"Rust target {path} is not built: run scripts/build-targets")
+    return [str(path)]
+
+
 def server_command(s: Scenario, lang: str, port: int, grpc_version: str | None) -> list[str]:
+    _check_lang(s, lang)
     common = ["--proto", s.proto, "--host", "127.0.0.1", "--port", str(port)]
     if lang not in s.servers:
         raise ProbebenchError(f"scenario {s.name} needs a {' or '.join(s.servers)} server")
+    if lang == "node":
+        return [*_node_script("server"), *common]
+    if lang == "java":
+        return [*_java_main("probebench.GrpcServer"), *common]
+    if lang == "rust":
+        return [*_rust_binary("server"), *common]
     if lang == "go":
         binary = _go_binary("grpc" if s.is_grpc else "http1", "server", grpc_version)
         return [str(binary), *common, *s.server_args]
@@ -101,7 +157,9 @@ def client_command(
     workload: Path,
     grpc_version: str | None,
     deadline: float,
+    rate: float | None = None,
 ) -> list[str]:
+    """The client's argv; ``rate`` (Go clients) paces the main phase open loop, per second."""
     args = [
         "--proto", s.proto, "--host", "127.0.0.1", "--port", str(port),
         "--exchanges", str(exchanges), "--seed", str(seed),
@@ -110,7 +168,21 @@ def client_command(
     ]  # fmt: skip
     if s.mode:
         args += ["--mode", s.mode]
-    args += s.client_args
+    if s.client_args:
+        if lang not in s.clients:
+            raise ProbebenchError(f"scenario {s.name} needs a {' or '.join(s.clients)} client")
+        args += s.client_args
+    if rate:
+        if lang != "go":
+            raise ProbebenchError("only the Go clients pace to a --rate")
+        args += ["--rate", str(rate)]
+    _check_lang(s, lang)
+    if lang == "node":
+        return [*_node_script("client"), *args]
+    if lang == "java":
+        return [*_java_main("probebench.GrpcClient"), *args]
+    if lang == "rust":
+        return [*_rust_binary("client"), *args]
     if lang == "go":
         return [str(_go_binary("grpc" if s.is_grpc else "http1", "client", grpc_version)), *args]
     script = SCEN_DIR / "py" / ("grpc_client.py" if s.is_grpc else "http1_client.py")

@@ -210,9 +210,13 @@ def decode(
     # socket (Go reads and writes one fd from two goroutines) can land between them.
     CallKey = tuple[int, int, str, int, int]  # tgid, fd, direction, tid, ts
     pending: dict[CallKey, _Call] = {}
+    # the pending calls of each (tgid, fd, direction), in arrival order: a scan of all of
+    # `pending` per event was a tenth of a big replay
+    pending_of: dict[tuple[int, int, str], dict[CallKey, None]] = {}
 
     def flush_call(key: CallKey) -> None:
         call = pending.pop(key)
+        del pending_of[key[:3]][key]
         segs = call_segments(call.ts, call.orig, call.parts)
         conn = call.conn
         (conn.send if call.direction == "send" else conn.recv).extend(segs)
@@ -221,8 +225,9 @@ def decode(
         st.truncated_bytes += unseen
 
     def close(conn: Connection, ts: int | None) -> None:
-        for k in [k for k in pending if k[0] == conn.tgid and k[1] == conn.fd]:
-            flush_call(k)
+        for direction in ("send", "recv"):
+            for k in list(pending_of.get((conn.tgid, conn.fd, direction), ())):
+                flush_call(k)
         conn.closed_ns = ts
         done.append(conn)
 
@@ -324,9 +329,11 @@ def decode(
             pkey = (ev.tgid, ev.fd, direction, ev.tid, ev.ts_ns)
             first = ev.offset == 0 if legacy else ev.part == 0
             if first:
-                for k in [k for k in pending if k[:3] == pkey[:3]]:
+                same = pending_of.setdefault(pkey[:3], {})
+                for k in list(same):
                     flush_call(k)
                 pending[pkey] = _Call(conn, direction, ev.ts_ns, ev.orig_len, [(0, payload)])
+                same[pkey] = None
             elif (call := pending.get(pkey)) is None:
                 st.lost_call_starts += 1
             elif legacy:
@@ -426,6 +433,10 @@ def call_segments(ts: int, orig: int, parts: list[tuple[int, bytes]]) -> list[Se
     that skip unseen bytes by length stay in sync unchanged. Pieces that overlap what is
     already placed (cannot happen live) are dropped rather than guessed at.
     """
+    if len(parts) == 1 and parts[0][0] == 0:  # the common case: one piece from the start
+        data = parts[0][1]
+        if len(data) <= orig:
+            return [Segment(ts, bytes(data), orig)]
     segs: list[Segment] = []
     runs: list[tuple[int, bytearray]] = []
     for off, data in sorted(parts, key=lambda p: p[0]):

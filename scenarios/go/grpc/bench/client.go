@@ -121,6 +121,7 @@ type clientOpts struct {
 	metadataFile         string
 	cancelEvery          int
 	compress             string
+	rate                 float64 // main phase, calls/s in all, open loop; 0: closed loop
 }
 
 type client struct {
@@ -129,6 +130,10 @@ type client struct {
 	extra []extraMD // --metadata-file: call i also sends extra[i % len]
 	clock monoClock
 	conns []*conn
+
+	// main phase start and its first call's id, for --rate pacing
+	start time.Time
+	first int
 
 	mu   sync.Mutex // guards next, out, err
 	next int
@@ -158,6 +163,7 @@ func ClientMain(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.metadataFile, "metadata-file", "",
 		"JSON lines of extra metadata; call i sends line i % lines (-bin values in base64)")
 	deadline := fs.Float64("deadline", 120, "seconds the whole run may take")
+	fs.Float64Var(&o.rate, "rate", 0, "main phase: calls per second in all, open loop (0: as fast as it goes)")
 	printPlan := fs.Bool("print-plan", false, "print the plan as JSON lines and exit")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -188,7 +194,7 @@ func ClientMain(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if o.compress != "" && o.compress != gzip.Name {
 		return fail("unsupported --compress %q (gzip only)", o.compress)
 	}
-	if o.workload == "" || o.port <= 0 || o.conns < 1 || o.inflight < 1 || o.n < 0 {
+	if o.workload == "" || o.port <= 0 || o.conns < 1 || o.inflight < 1 || o.n < 0 || o.rate < 0 {
 		return fail("need --workload, --port, --connections >= 1, --inflight >= 1")
 	}
 	// Keep a little of --deadline for teardown, so the process as a whole stays within it.
@@ -261,6 +267,7 @@ func (cl *client) run(stdin io.Reader, stdout io.Writer) error {
 
 	// Main phase: inflight workers per connection share one id counter, so ids
 	// are handed out in the order calls start.
+	cl.first, cl.start = warm, time.Now()
 	var wg sync.WaitGroup
 	for _, c := range cl.conns {
 		for k := 0; k < cl.opts.inflight; k++ {
@@ -331,6 +338,14 @@ func (cl *client) worker(ctx context.Context, c *conn) {
 		cl.mu.Unlock()
 		if stop {
 			return
+		}
+		if cl.opts.rate > 0 {
+			// open loop: call k of the phase is due at start + k/rate; the
+			// inflight workers are the most calls that can be late at once
+			due := cl.start.Add(time.Duration(float64(id-cl.first) / cl.opts.rate * float64(time.Second)))
+			if d := time.Until(due); d > 0 {
+				time.Sleep(d)
+			}
 		}
 		if err := cl.call(ctx, c, id, "main"); err != nil {
 			cl.mu.Lock()

@@ -53,6 +53,22 @@ type client struct {
 	hostHeader string
 	deadline   time.Time
 	clock      *monoclock.Clock
+	// Open-loop pacing of the main phase (--rate): exchange k of the phase is
+	// due at start + k/rate, whatever the previous ones took; zero: closed loop.
+	rate  float64
+	start time.Time
+	first int // id of the main phase's first exchange
+}
+
+// pace waits until the exchange with this id is due (open loop, --rate).
+func (c *client) pace(id int, phase string) {
+	if c.rate <= 0 || phase != "main" {
+		return
+	}
+	due := c.start.Add(time.Duration(float64(id-c.first) / c.rate * float64(time.Second)))
+	if d := time.Until(due); d > 0 {
+		time.Sleep(d)
+	}
 }
 
 // lane is one persistent connection (http11) or the one sequential lane (http10).
@@ -207,6 +223,7 @@ func (c *client) runHTTP11(l *lane, reqs []plan.Request, phase string) error {
 		l.conn, l.br = conn, br
 	}
 	for _, req := range reqs {
+		c.pace(req.ID, phase)
 		tStart := c.clock.Now()
 		rec, err := c.exchange(l.conn, l.br, req, l.connSeq, tStart, phase)
 		if err != nil {
@@ -220,6 +237,7 @@ func (c *client) runHTTP11(l *lane, reqs []plan.Request, phase string) error {
 
 func (c *client) runHTTP10(l *lane, reqs []plan.Request, phase string) error {
 	for _, req := range reqs {
+		c.pace(req.ID, phase)
 		// The exchange includes the connect: that is what HTTP/1.0 costs.
 		tStart := c.clock.Now()
 		conn, br, err := c.dial()
@@ -315,12 +333,13 @@ func main() {
 	workload := flag.String("workload", "", "workload.jsonl to append to")
 	deadlineS := flag.Float64("deadline", 120, "never run longer than this many seconds")
 	planOnly := flag.Bool("plan-only", false, "print the plan as JSON lines and exit")
+	rate := flag.Float64("rate", 0, "main phase: exchanges per second in all, open loop (0: as fast as it goes)")
 	flag.Parse()
 
 	if *proto != "http10" && *proto != "http11" {
 		die(2, "--proto must be http10 or http11")
 	}
-	if *exchanges < 0 || *connections < 1 || *warmup < 0 || *deadlineS <= 0 {
+	if *exchanges < 0 || *connections < 1 || *warmup < 0 || *deadlineS <= 0 || *rate < 0 {
 		die(2, "--exchanges/--warmup must be >= 0, --connections >= 1, --deadline > 0")
 	}
 	p, err := plan.Make(*exchanges, uint64(*seed), *proto)
@@ -353,6 +372,7 @@ func main() {
 	c := &client{
 		proto: *proto, addr: addr, hostHeader: addr, clock: clock,
 		deadline: time.Now().Add(time.Duration(*deadlineS * float64(time.Second))),
+		rate:     *rate,
 	}
 	nLanes := *connections
 	if *proto == "http10" {
@@ -380,6 +400,8 @@ func main() {
 				return err
 			}
 		}
+		c.first = min(len(p), *warmup*nLanes)
+		c.start = time.Now()
 		return c.runPhase(lanes, mainLists, "main")
 	}
 	if err := run(); err != nil {

@@ -1,0 +1,134 @@
+"""Soak: a bounded `probebench observe` of wrk against nginx, then its replay.
+
+    PROBEBENCH_SOAK_S=60 .venv/bin/pytest benchmarks/bench_soak.py --benchmark-only -s
+
+Sets up nginx itself (a temporary config on a free loopback port, 612-byte pages,
+sendfile off so the kernel side sees the bodies), records `wrk -t1 -c4` for
+PROBEBENCH_SOAK_S seconds (default 60) with the kernel-side collector, then times
+`probebench replay` of the run in a child process. Reports exchanges, replay wall
+time, peak RSS (replay and its truth worker) and exchanges/s per core in
+`extra_info` of the bench results (results/bench.json under `nox -s bench`).
+Root, BPF, nginx and wrk needed; the run directory goes under a temporary folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pytest_benchmark.fixture import BenchmarkFixture
+
+from harness.analysis.replay import REPLAY_JSON
+from harness.model import RunManifest, load_metrics
+
+ROOT = Path(__file__).resolve().parent.parent
+SOAK_S = float(os.environ.get("PROBEBENCH_SOAK_S", "60"))
+PROBEBENCH = str(Path(sys.executable).with_name("probebench"))
+
+pytestmark = [
+    pytest.mark.bpf,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not (shutil.which("nginx") and shutil.which("wrk")), reason="nginx or wrk missing"
+    ),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    root = tmp_path_factory.mktemp("nginx")
+    (root / "html").mkdir()
+    (root / "html" / "index.html").write_text("x" * 611 + "\n")
+    port = _free_port()
+    (root / "nginx.conf").write_text(
+        f"worker_processes 1; daemon off; pid {root}/nginx.pid; error_log {root}/error.log;\n"
+        "events { worker_connections 256; }\n"
+        "http { access_log off; sendfile off;\n"
+        f"  server {{ listen 127.0.0.1:{port}; root {root}/html; "
+        "keepalive_requests 100000000; } }\n"
+    )
+    proc = subprocess.Popen(
+        ["nginx", "-c", str(root / "nginx.conf"), "-p", str(root)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError as e:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    log = (root / "error.log").read_text()
+                    raise RuntimeError(f"nginx did not start: {log}") from e
+                time.sleep(0.05)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_soak_replay(
+    benchmark: BenchmarkFixture, nginx: int, tmp_path: Path
+) -> None:
+    url = f"http://127.0.0.1:{nginx}/index.html"
+    rec = subprocess.run(
+        ["timeout", str(int(SOAK_S) + 240), PROBEBENCH, "observe", "--port", str(nginx),
+         "--collectors", "kprobe", "--duration", str(SOAK_S + 60), "--no-replay",
+         "--out", str(tmp_path), "--", "wrk", "-t1", "-c4", f"-d{SOAK_S:g}s", url],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert rec.returncode == 0, rec.stderr[-2000:]
+    run_dir = Path(rec.stdout.strip().splitlines()[-1])
+
+    def replay() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["timeout", "3600", PROBEBENCH, "replay", str(run_dir)],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+
+    t0 = time.monotonic()
+    cpu0 = os.times()
+    done = benchmark.pedantic(replay, rounds=1, iterations=1)
+    wall = time.monotonic() - t0
+    cpu1 = os.times()
+    assert done.returncode == 0, done.stderr[-2000:]
+    stats = json.loads((run_dir / REPLAY_JSON).read_text())
+    metrics = load_metrics(run_dir)
+    truth = int(metrics["truth"]["exchanges"])
+    cpu = (cpu1.children_user - cpu0.children_user) + (cpu1.children_system - cpu0.children_system)
+    rows = {(r["side"], r["variant"]): r for r in metrics["rows"]}
+    info = {
+        "soak_s": SOAK_S,
+        "truth_exchanges": truth,
+        "replay_wall_s": round(wall, 2),
+        "replay_cpu_s": round(cpu, 2),
+        "exchanges_per_s": round(truth / wall) if wall else None,
+        "exchanges_per_cpu_s": round(truth / cpu) if cpu else None,
+        "exchanges_per_s_per_core": round(truth / wall / (os.cpu_count() or 1)) if wall else None,
+        "peak_rss_mb": round(stats["peak_rss_kb"] / 1024),
+        "worker_peak_rss_mb": round(stats["children_peak_rss_kb"] / 1024),
+        "recording": RunManifest.load(run_dir).recording,
+        "completeness": {side: rows[(side, "default")]["completeness"]
+                         for side in ("client", "server")},
+        "wrong": sum(r["wrong"] for r in metrics["rows"]),
+        "lost_events": rows[("server", "default")]["lost_events"],
+    }  # fmt: skip
+    benchmark.extra_info.update(info)
+    print(json.dumps(info, indent=2))
+    assert truth > 0
+    assert info["wrong"] == 0
