@@ -28,6 +28,11 @@
 #define PB_FLAG_END_STREAM 1
 #define PB_FLAG_LEN_PARTIAL 2 /* a write had more pieces than the program sums */
 #define PB_FLAG_DATA_UNREAD 4 /* the payload's buffer type was not one we know */
+#define PB_FLAG_LAST_PART 8   /* the last event of a header block */
+
+/* collection levels (recorder option --uprobe-level) */
+#define PB_LEVEL_HEADERS 0  /* header blocks only: 3 hits per unary call per side */
+#define PB_LEVEL_MESSAGES 1 /* plus one hit per DATA frame sent or received */
 
 /* what became of the connection's address */
 #define PB_ADDR_OK 0
@@ -39,14 +44,28 @@
 #define PB_USTAT_DROPPED 0 /* ring buffer full: event lost */
 #define PB_USTAT_HEADER_EVENTS 1
 #define PB_USTAT_DATA_EVENTS 2
-#define PB_USTAT_EXTRA_FIELDS 4     /* fields beyond PB_MAX_FIELDS in a block */
+#define PB_USTAT_EXTRA_FIELDS 4     /* fields beyond PB_MAX_BLOCK_FIELDS in a block */
 #define PB_USTAT_READ_ERRORS 5
-#define PB_USTAT_MAX 8
+#define PB_USTAT_CUT_VALUES 6       /* names or values captured only in part */
+#define PB_USTAT_HITS 8             /* + probe id (1..6): uprobe hits per probe */
+#define PB_USTAT_MAX 16
 
-#define PB_MAX_FIELDS 32
-#define PB_HDR_BLOB 4096 /* power of two */
+/* A header block is sent as one or more events (parts) of up to PB_EV_FIELDS fields and
+ * PB_HDR_BLOB bytes of names and values; the parts of a block share ts_ns and tid.
+ * PB_VALUE_MAX and PB_MAX_BLOCK_FIELDS may be overridden with -D (recorder options);
+ * PB_HDR_BLOB must stay a power of two >= PB_NAME_MAX + PB_VALUE_MAX. The blob is the
+ * event's last field, and replay reads only blob_len bytes of it, so its size may vary. */
+#define PB_EV_FIELDS 64 /* power of two */
+#ifndef PB_HDR_BLOB
+#define PB_HDR_BLOB 32768
+#endif
 #define PB_NAME_MAX 256
-#define PB_VALUE_MAX 2048
+#ifndef PB_VALUE_MAX
+#define PB_VALUE_MAX 16384
+#endif
+#ifndef PB_MAX_BLOCK_FIELDS
+#define PB_MAX_BLOCK_FIELDS 1024
+#endif
 #define PB_DATA_CAP 64 /* first payload bytes of each DATA frame: the gRPC prefixes */
 
 struct pb_header_event {
@@ -68,12 +87,15 @@ struct pb_header_event {
     u16 rport;
     u8 laddr[16];
     u8 raddr[16];
-    u32 nfields;   /* fields in the block, including those beyond PB_MAX_FIELDS */
+    u32 nfields;   /* fields in the whole block, including those beyond PB_MAX_BLOCK_FIELDS */
+    u32 first;     /* index in the block of this part's first field */
+    u32 count;     /* fields in this part */
+    u32 part;      /* 0, 1, ...: this event's place among the block's parts */
     u32 blob_len;  /* valid bytes of blob: the captured names and values, packed */
-    u16 name_len[PB_MAX_FIELDS];  /* original lengths */
-    u16 value_len[PB_MAX_FIELDS];
-    u16 name_cap[PB_MAX_FIELDS];  /* captured lengths */
-    u16 value_cap[PB_MAX_FIELDS];
+    u32 name_len[PB_EV_FIELDS];  /* original lengths (clamped to 2^32-1) */
+    u32 value_len[PB_EV_FIELDS];
+    u32 name_cap[PB_EV_FIELDS];  /* captured lengths: less than the original = cut */
+    u32 value_cap[PB_EV_FIELDS];
     u8 blob[PB_HDR_BLOB];
 };
 

@@ -19,9 +19,14 @@
 
 BPF_RINGBUF_OUTPUT(events, PB_RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(stats, u64, PB_USTAT_MAX);
-/* slack after the blob lets a power-of-two mask bound offsets for the verifier */
+/* Header events are built in one scratch entry per CPU (bpf_loop callbacks reach it by
+ * CPU id): a plain array, because a per-CPU map's values are capped at 32 KiB. Slack after
+ * the blob lets a power-of-two mask bound offsets for the verifier. */
+#ifndef PB_NCPU
+#define PB_NCPU 64
+#endif
 struct hdr_scratch { struct pb_header_event e; u8 slack[PB_HDR_BLOB]; };
-BPF_PERCPU_ARRAY(hscratch, struct hdr_scratch, 1);
+BPF_ARRAY(hscratch, struct hdr_scratch, PB_NCPU);
 BPF_HASH(targets, u32, u8, 1024); /* tgids to trace (PB_FILTER_TGID) */
 
 /* data events are built on the stack; the slack bounds variable offsets into data[] */
@@ -169,10 +174,16 @@ static __always_inline void conn_of(struct conn_addr *c, u64 root, s64 s0, u64 t
 /* ---- header blocks */
 
 #ifdef PB_HFIELD_SIZE
+static __always_inline struct pb_header_event *hscratch_get(void) {
+    u32 cpu = bpf_get_smp_processor_id();
+    struct hdr_scratch *hs = hscratch.lookup(&cpu);
+    return hs ? &hs->e : NULL;
+}
+
 /* Append up to `max` bytes of a Go string to the blob; returns bytes copied. The running
  * offset lives in the event (map memory, accessed volatile), not in a register: the
- * verifier then sees no state carried between loop iterations and prunes each one. */
-static __always_inline u16 blob_put(struct pb_header_event *e, struct go_string *s, u32 max) {
+ * verifier then sees no state carried between calls. */
+static __always_inline u32 blob_put(struct pb_header_event *e, struct go_string *s, u32 max) {
     volatile u32 *vo = &e->blob_len;
     u32 off = *vo;
     if (off >= PB_HDR_BLOB) return 0;
@@ -186,47 +197,106 @@ static __always_inline u16 blob_put(struct pb_header_event *e, struct go_string 
         return 0;
     }
     *vo = off + m;
-    return (u16)m;
+    return m;
 }
 
-static __always_inline int emit_headers(struct conn_addr *c, u8 probe, u8 role, u8 dir, u32 sid,
-                                        u8 end, u64 hf_ptr, u64 hf_len) {
+/* Send the part built so far and start the next one. */
+static __always_inline void hdr_flush(struct pb_header_event *e) {
+    u32 off = *(volatile u32 *)&e->blob_len;
+    u32 size = offsetof(struct pb_header_event, blob) + bound(off, PB_HDR_BLOB - 1);
+    if (off >= PB_HDR_BLOB) size = sizeof(struct pb_header_event);
+    if (events.ringbuf_output(e, size, 0) < 0)
+        stat_add(PB_USTAT_DROPPED, 1);
+    else
+        stat_add(PB_USTAT_HEADER_EVENTS, 1);
+    e->first += e->count;
+    e->count = 0;
+    e->blob_len = 0;
+    e->part += 1;
+}
+
+/* Where a block's walk stands between the runs of its tail-call chain (one CPU). */
+struct hwalk { u64 hf_ptr; u32 next; u32 n; };
+BPF_PERCPU_ARRAY(hwalk, struct hwalk, 1);
+BPF_PROG_ARRAY(hdr_walker, 1); /* [0] = hdr_fields, loaded by the recorder */
+
+/* One header field into the current part; returns 0 when the part is full (nothing added). */
+static __always_inline int hdr_field(struct pb_header_event *e, u64 f) {
+    struct go_string name = {}, value = {};
+    bpf_probe_read_user(&name, sizeof(name), (void *)(f + PB_HFIELD_NAME));
+    bpf_probe_read_user(&value, sizeof(value), (void *)(f + PB_HFIELD_VALUE));
+    u32 nl = name.len < PB_NAME_MAX ? (u32)name.len : PB_NAME_MAX;
+    u32 vl = value.len < PB_VALUE_MAX ? (u32)value.len : PB_VALUE_MAX;
+    u32 cnt = *(volatile u32 *)&e->count;
+    if (cnt >= PB_EV_FIELDS) return 0;
+    if (cnt && *(volatile u32 *)&e->blob_len + nl + vl > PB_HDR_BLOB) return 0;
+    u32 k = bound(cnt, PB_EV_FIELDS - 1);
+    e->name_len[k] = name.len > 0xffffffffULL ? 0xffffffff : (u32)name.len;
+    e->value_len[k] = value.len > 0xffffffffULL ? 0xffffffff : (u32)value.len;
+    u32 nc = blob_put(e, &name, PB_NAME_MAX);
+    u32 vc = blob_put(e, &value, PB_VALUE_MAX);
+    e->name_cap[k] = nc;
+    e->value_cap[k] = vc;
+    if (nc != name.len || vc != value.len) stat_add(PB_USTAT_CUT_VALUES, 1);
+    *(volatile u32 *)&e->count = k + 1;
+    return 1;
+}
+
+/* Fill one part with the block's next fields and send it; tail-call itself for the rest.
+ * A chain is at most 33 runs (the kernel's tail-call limit): fields beyond it are counted
+ * in nfields but not sent, which replay marks as truncated_headers. Each run's loop is
+ * verified once, whatever the block's length. */
+int hdr_fields(struct pt_regs *ctx) {
     u32 zero = 0;
-    struct hdr_scratch *hs = hscratch.lookup(&zero);
-    if (!hs) return 0;
-    struct pb_header_event *e = &hs->e;
+    struct hwalk *w = hwalk.lookup(&zero);
+    struct pb_header_event *e = hscratch_get();
+    if (!w || !e) return 0;
+    for (int i = 0; i < PB_EV_FIELDS; i++) {
+        u32 idx = *(volatile u32 *)&w->next;
+        if (idx >= w->n) break;
+        if (!hdr_field(e, w->hf_ptr + (u64)idx * PB_HFIELD_SIZE)) break;
+        *(volatile u32 *)&w->next = idx + 1;
+    }
+    if (w->next < w->n) {
+        hdr_flush(e);
+        hdr_walker.call(ctx, 0);
+        /* the chain's end (tail-call limit, or no walker loaded): the rest goes unsent */
+    }
+    e->flags |= PB_FLAG_LAST_PART;
+    hdr_flush(e);
+    return 0;
+}
+
+static __always_inline int emit_headers(struct pt_regs *ctx, struct conn_addr *c, u8 probe,
+                                        u8 role, u8 dir, u32 sid, u8 end, u64 hf_ptr,
+                                        u64 hf_len) {
+    u32 zero = 0;
+    struct hwalk *w = hwalk.lookup(&zero);
+    struct pb_header_event *e = hscratch_get();
+    if (!w || !e) return 0;
     FILL_PREFIX(e, c, PB_UEV_HEADERS, probe, role, dir);
     e->stream_id = sid;
     e->flags = end ? PB_FLAG_END_STREAM : 0;
     e->pad = 0;
-    e->nfields = (u32)hf_len;
-    u32 n = hf_len < PB_MAX_FIELDS ? (u32)hf_len : PB_MAX_FIELDS;
-    if (hf_len > PB_MAX_FIELDS) stat_add(PB_USTAT_EXTRA_FIELDS, hf_len - PB_MAX_FIELDS);
+    e->nfields = hf_len > 0xffffffffULL ? 0xffffffff : (u32)hf_len;
+    if (hf_len > PB_MAX_BLOCK_FIELDS) stat_add(PB_USTAT_EXTRA_FIELDS, hf_len - PB_MAX_BLOCK_FIELDS);
+    e->first = 0;
+    e->count = 0;
+    e->part = 0;
     e->blob_len = 0;
-    for (int i = 0; i < PB_MAX_FIELDS; i++) {
-        if (i >= n) break;
-        u64 f = hf_ptr + (u64)i * PB_HFIELD_SIZE;
-        struct go_string name = {}, value = {};
-        bpf_probe_read_user(&name, sizeof(name), (void *)(f + PB_HFIELD_NAME));
-        bpf_probe_read_user(&value, sizeof(value), (void *)(f + PB_HFIELD_VALUE));
-        e->name_len[i] = name.len > 0xffff ? 0xffff : (u16)name.len;
-        e->value_len[i] = value.len > 0xffff ? 0xffff : (u16)value.len;
-        e->name_cap[i] = blob_put(e, &name, PB_NAME_MAX);
-        e->value_cap[i] = blob_put(e, &value, PB_VALUE_MAX);
-    }
-    u32 off = *(volatile u32 *)&e->blob_len;
-    u32 size = offsetof(struct pb_header_event, blob) + bound(off, PB_HDR_BLOB - 1);
-    if (off >= PB_HDR_BLOB) size = sizeof(struct pb_header_event);
-    if (events.ringbuf_output(e, size, 0) < 0) {
-        stat_add(PB_USTAT_DROPPED, 1);
-        return 0;
-    }
-    stat_add(PB_USTAT_HEADER_EVENTS, 1);
+    w->hf_ptr = hf_ptr;
+    w->next = 0;
+    w->n = hf_len < PB_MAX_BLOCK_FIELDS ? (u32)hf_len : PB_MAX_BLOCK_FIELDS;
+    hdr_walker.call(ctx, 0);
+    /* no walker loaded: the block's fields go unsent, and replay says so */
+    e->flags |= PB_FLAG_LAST_PART;
+    hdr_flush(e);
     return 0;
 }
 
 /* (*MetaHeadersFrame): stream id and flags from the embedded *HeadersFrame's header */
-static __always_inline int recv_headers(struct conn_addr *c, u8 probe, u8 role, u64 frame) {
+static __always_inline int recv_headers(struct pt_regs *ctx, struct conn_addr *c, u8 probe,
+                                        u8 role, u64 frame) {
     u64 hdrs = rd64(frame + PB_MHF_HEADERS);
     u32 sid = 0;
     u8 flags = 0;
@@ -236,16 +306,17 @@ static __always_inline int recv_headers(struct conn_addr *c, u8 probe, u8 role, 
     }
     struct go_slice fields = {};
     bpf_probe_read_user(&fields, sizeof(fields), (void *)(frame + PB_MHF_FIELDS));
-    return emit_headers(c, probe, role, PB_DIR_RECV, sid, flags & 1, fields.ptr, fields.len);
+    return emit_headers(ctx, c, probe, role, PB_DIR_RECV, sid, flags & 1, fields.ptr, fields.len);
 }
 #endif
 
 #if PB_HAVE_WRITE_HEADER
 int probe_write_header(struct pt_regs *ctx) {
     if (!traced(bpf_get_current_pid_tgid() >> 32)) return 0;
+    stat_add(PB_USTAT_HITS + PB_PROBE_WRITE_HEADER, 1);
     struct conn_addr c = {};
     conn_of(&c, go_reg(ctx, PB_WH_RECV_REG), CONN_PATH(WH));
-    return emit_headers(&c, PB_PROBE_WRITE_HEADER, PB_ROLE_UNKNOWN, PB_DIR_SEND,
+    return emit_headers(ctx, &c, PB_PROBE_WRITE_HEADER, PB_ROLE_UNKNOWN, PB_DIR_SEND,
                         (u32)go_reg(ctx, PB_WH_SID_REG), (u8)go_reg(ctx, PB_WH_END_REG),
                         go_reg(ctx, PB_WH_HF_PTR_REG), go_reg(ctx, PB_WH_HF_LEN_REG));
 }
@@ -254,18 +325,20 @@ int probe_write_header(struct pt_regs *ctx) {
 #if PB_HAVE_CLIENT_HEADERS
 int probe_client_headers(struct pt_regs *ctx) {
     if (!traced(bpf_get_current_pid_tgid() >> 32)) return 0;
+    stat_add(PB_USTAT_HITS + PB_PROBE_CLIENT_HEADERS, 1);
     struct conn_addr c = {};
     conn_of(&c, go_reg(ctx, PB_CH_RECV_REG), CONN_PATH(CH));
-    return recv_headers(&c, PB_PROBE_CLIENT_HEADERS, PB_ROLE_CLIENT, go_reg(ctx, PB_CH_FRAME_REG));
+    return recv_headers(ctx, &c, PB_PROBE_CLIENT_HEADERS, PB_ROLE_CLIENT, go_reg(ctx, PB_CH_FRAME_REG));
 }
 #endif
 
 #if PB_HAVE_SERVER_HEADERS
 int probe_server_headers(struct pt_regs *ctx) {
     if (!traced(bpf_get_current_pid_tgid() >> 32)) return 0;
+    stat_add(PB_USTAT_HITS + PB_PROBE_SERVER_HEADERS, 1);
     struct conn_addr c = {};
     conn_of(&c, go_reg(ctx, PB_SH_RECV_REG), CONN_PATH(SH));
-    return recv_headers(&c, PB_PROBE_SERVER_HEADERS, PB_ROLE_SERVER, go_reg(ctx, PB_SH_FRAME_REG));
+    return recv_headers(ctx, &c, PB_PROBE_SERVER_HEADERS, PB_ROLE_SERVER, go_reg(ctx, PB_SH_FRAME_REG));
 }
 #endif
 
@@ -283,6 +356,7 @@ static __always_inline int emit_data(struct pb_data_event *e) {
 #if PB_HAVE_WRITE_DATA
 int probe_write_data(struct pt_regs *ctx) {
     if (!traced(bpf_get_current_pid_tgid() >> 32)) return 0;
+    stat_add(PB_USTAT_HITS + PB_PROBE_WRITE_DATA, 1);
     struct conn_addr c = {};
     conn_of(&c, go_reg(ctx, PB_WD_RECV_REG), CONN_PATH(WD));
     if (!c.conn) return 0; /* an x/net Framer that is not grpc-go's */
@@ -357,6 +431,7 @@ static __always_inline int recv_data(struct conn_addr *c, u8 probe, u8 role, u64
 #if PB_HAVE_CLIENT_DATA
 int probe_client_data(struct pt_regs *ctx) {
     if (!traced(bpf_get_current_pid_tgid() >> 32)) return 0;
+    stat_add(PB_USTAT_HITS + PB_PROBE_CLIENT_DATA, 1);
     struct conn_addr c = {};
     conn_of(&c, go_reg(ctx, PB_CD_RECV_REG), CONN_PATH(CD));
     return recv_data(&c, PB_PROBE_CLIENT_DATA, PB_ROLE_CLIENT, go_reg(ctx, PB_CD_FRAME_REG));
@@ -366,6 +441,7 @@ int probe_client_data(struct pt_regs *ctx) {
 #if PB_HAVE_SERVER_DATA
 int probe_server_data(struct pt_regs *ctx) {
     if (!traced(bpf_get_current_pid_tgid() >> 32)) return 0;
+    stat_add(PB_USTAT_HITS + PB_PROBE_SERVER_DATA, 1);
     struct conn_addr c = {};
     conn_of(&c, go_reg(ctx, PB_SD_RECV_REG), CONN_PATH(SD));
     return recv_data(&c, PB_PROBE_SERVER_DATA, PB_ROLE_SERVER, go_reg(ctx, PB_SD_FRAME_REG));

@@ -64,7 +64,10 @@ def cmd_run(a: argparse.Namespace) -> int:
         seed=a.seed,
         grpc_version=a.grpc_go,
         port=a.port,
-        options=CollectorOptions(max_capture=a.max_capture, ringbuf_pages=a.ringbuf_pages),
+        options=CollectorOptions(
+            max_capture=a.max_capture, ringbuf_pages=a.ringbuf_pages,
+            uprobe_level=a.uprobe_level, uprobe_value_max=a.uprobe_value_max,
+        ),
         tls=a.tls,
         tls_version=a.tls_version,
         pipeline_depth=a.pipeline_depth,
@@ -122,6 +125,7 @@ def cmd_matrix(a: argparse.Namespace) -> int:
 
 
 def cmd_observe(a: argparse.Namespace) -> int:
+    from harness.runner.collectors import CollectorOptions
     from harness.runner.observe import observe
 
     if not a.command:
@@ -138,6 +142,7 @@ def cmd_observe(a: argparse.Namespace) -> int:
         progress=_progress,
         tls=a.tls,
         keylog=a.keylog,
+        options=CollectorOptions(uprobe_level=a.uprobe_level, uprobe_value_max=a.uprobe_value_max),
         min_free_bytes=int(a.min_free_mb * (1 << 20)),
         replay_after=not a.no_replay,
     )
@@ -155,6 +160,18 @@ def _collectors(text: str) -> list[str]:
             f"collectors are {', '.join(COLLECTORS)}, not {text!r}"
         )
     return names
+
+
+def _uprobe_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--uprobe-level", choices=["headers", "messages"], default="headers",
+        help="uprobe: header blocks only (3 hits per unary call per side), or also every "
+        "DATA frame (+1 hit each) for message counts and sizes",
+    )  # fmt: skip
+    p.add_argument(
+        "--uprobe-value-max", type=int, default=16384,
+        help="uprobe: header value bytes captured; a longer value is marked cut, never used",
+    )  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -196,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ringbuf-pages", type=int, default=16384, help="ring buffer, 4 KiB pages")
     p.add_argument("--tls", action="store_true", help="the same scenario over TLS")
     p.add_argument("--tls-version", choices=["1.2", "1.3"], default="1.3")
+    _uprobe_options(p)
     p.add_argument("--out", type=Path, default=DEFAULT_RUNS, help="parent of the run directory")
     p.set_defaults(fn=cmd_run)
 
@@ -217,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--collectors", type=_collectors, default="kprobe,uprobe",
         help="comma-separated; uprobe holds each exec of the command until it is probed",
     )  # fmt: skip
+    _uprobe_options(p)
     p.add_argument("--out", type=Path, default=DEFAULT_RUNS)
     p.add_argument("command", nargs=argparse.REMAINDER)
     p.set_defaults(fn=cmd_observe)

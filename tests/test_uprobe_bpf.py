@@ -37,10 +37,16 @@ FIELDS = (
 )  # fmt: skip
 
 
-def start_collector(out: Path, binaries: list[Path], port: int) -> subprocess.Popen[str]:
+def start_collector(
+    out: Path, binaries: list[Path], port: int, level: str = "messages",
+    value_max: int | None = None,
+) -> subprocess.Popen[str]:
     stats = out.with_suffix(".json")
     args = [sys.executable, "-m", "harness.collectors.uprobe.record", "--out", str(out),
-            "--stats", str(stats), "--deadline", "300", "--port", str(port)]  # fmt: skip
+            "--stats", str(stats), "--deadline", "300", "--port", str(port),
+            "--level", level]  # fmt: skip
+    if value_max is not None:
+        args += ["--value-max", str(value_max)]
     for b in binaries:
         args += ["--binary", str(b)]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, cwd=ROOT)

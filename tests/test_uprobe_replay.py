@@ -53,21 +53,38 @@ class Rec:
 
     def headers(self, sid: int, fields: list[tuple[str, str]], *, end: bool = False,
                 cut: int | None = None) -> bytes:  # fmt: skip
+        (one,) = self.header_parts(sid, fields, end=end, cut=cut)
+        return one
+
+    def header_parts(self, sid: int, fields: list[tuple[str, str]], *, end: bool = False,
+                     cut: int | None = None, per_part: int | None = None,
+                     nfields: int | None = None) -> list[bytes]:  # fmt: skip
+        """One header block as the program sends it: parts of per_part fields sharing
+        ts_ns and tid, the last flagged."""
         probe = "write_header" if self._sends_headers(fields) else f"{self.side}_headers"
-        e = HE()
-        self._prefix(e, D["PB_UEV_HEADERS"], probe, sid, end)
-        blob = b""
-        e.nfields = len(fields)
-        for i, (n, v) in enumerate(fields):
-            nb, vb = n.encode(), v.encode()
-            e.name_len[i], e.value_len[i] = len(nb), len(vb)
-            vc = vb if cut is None else vb[:cut]
-            e.name_cap[i], e.value_cap[i] = len(nb), len(vc)
-            blob += nb + vc
-        e.blob_len = len(blob)
-        raw = bytearray(bytes(e)[: BLOB + len(blob)])
-        raw[BLOB:] = blob
-        return bytes(raw)
+        step = per_part or max(1, len(fields))
+        chunks = [fields[i : i + step] for i in range(0, len(fields), step)] or [[]]
+        out = []
+        e0 = HE()
+        self._prefix(e0, D["PB_UEV_HEADERS"], probe, sid, end)
+        for k, chunk in enumerate(chunks):
+            e = HE.from_buffer_copy(bytes(e0))
+            blob = b""
+            e.nfields = len(fields) if nfields is None else nfields
+            e.first, e.count, e.part = k * step, len(chunk), k
+            if k == len(chunks) - 1:
+                e.flags |= D["PB_FLAG_LAST_PART"]
+            for i, (n, v) in enumerate(chunk):
+                nb, vb = n.encode(), v.encode()
+                e.name_len[i], e.value_len[i] = len(nb), len(vb)
+                vc = vb if cut is None else vb[:cut]
+                e.name_cap[i], e.value_cap[i] = len(nb), len(vc)
+                blob += nb + vc
+            e.blob_len = len(blob)
+            raw = bytearray(bytes(e)[: BLOB + len(blob)])
+            raw[BLOB:] = blob
+            out.append(bytes(raw))
+        return out
 
     def _sends_headers(self, fields: list[tuple[str, str]]) -> bool:
         names = {n for n, _ in fields}
@@ -165,7 +182,10 @@ def test_missing_address_and_cut_values_degrade(tmp_path: Path) -> None:
     (x,), st = uprobe_exchanges(write(tmp_path / "u.bin", recs), [SERVER_PORT])
     reasons = {g.field: g.reason for g in x.degraded}
     assert reasons["client_port"] == "no_peer_address"
-    assert reasons["path"] == "truncated_payload"  # the value was cut to fit
+    assert reasons["path"] == "truncated_value"  # the value was cut to fit
+    assert reasons["req_headers"] == "truncated_value"
+    # a cut value is never given as a value; "7" fitted
+    assert x.path is None and x.req_headers == {"x-probebench-id": "7"}
     assert x.client_port is None
     assert st.decode["addr_problems"] == {"not_tcp": 4}
 
@@ -198,3 +218,64 @@ def test_a_kernel_side_recording_is_refused(tmp_path: Path) -> None:
     w.close()
     with pytest.raises(RunDirError, match="not a uprobe"):
         decode(tmp_path / "k.bin")
+
+
+def _many(n: int) -> list[tuple[str, str]]:
+    return [(f"x-m{i:03d}", f"v{i}" * (1 + i % 7)) for i in range(n)]
+
+
+def test_a_block_in_several_parts_is_one_block(tmp_path: Path) -> None:
+    c = Rec("client")
+    fields = REQ + _many(200)
+    parts = c.header_parts(1, fields, per_part=64)
+    o = Rec("client", conn=0xBEEF)
+    o.ts += 5  # another thread's block, recorded between the parts
+    other = o.headers(3, REQ)
+    recs = [parts[0], other, *parts[1:], c.data(1, msg(5), send=True, end=True),
+            c.headers(1, RESP), c.headers(1, [("grpc-status", "0")], end=True)]  # fmt: skip
+    _, st = decode(write(tmp_path / "u.bin", recs))
+    assert st.header_blocks == 4 and st.header_parts == 7
+    xs, _ = uprobe_exchanges(tmp_path / "u.bin", [SERVER_PORT])
+    x = next(x for x in xs if x.stream_id == 1)
+    assert x.req_headers == {k: v for k, v in fields if not k.startswith(":")}
+    assert x.degraded == []
+
+
+@pytest.mark.parametrize("lose", ["middle", "last"])
+def test_a_lost_part_leaves_headers_unknown_never_wrong(tmp_path: Path, lose: str) -> None:
+    c = Rec("client")
+    fields = REQ + _many(150)
+    parts = c.header_parts(1, fields, per_part=64)
+    del parts[1 if lose == "middle" else -1]
+    recs = [*parts, c.data(1, msg(5), send=True, end=True),
+            c.headers(1, RESP), c.headers(1, [("grpc-status", "0")], end=True)]  # fmt: skip
+    (x,), st = uprobe_exchanges(write(tmp_path / "u.bin", recs), [SERVER_PORT])
+    assert st.decode["incomplete_blocks"] == 1
+    assert x.req_headers == {}  # an unread field may share any name read
+    assert {g.field: g.reason for g in x.degraded}["req_headers"] == "truncated_headers"
+    assert x.path == "/probebench.Bench/Unary"  # pseudo-headers read are still certain
+
+
+def test_fields_beyond_the_block_limit_are_unknown(tmp_path: Path) -> None:
+    c = Rec("client")
+    recs = [*c.header_parts(1, REQ, nfields=len(REQ) + 5),
+            c.data(1, msg(5), send=True, end=True),
+            c.headers(1, RESP), c.headers(1, [("grpc-status", "0")], end=True)]  # fmt: skip
+    (x,), _ = uprobe_exchanges(write(tmp_path / "u.bin", recs), [SERVER_PORT])
+    assert x.req_headers == {}
+    assert {g.field: g.reason for g in x.degraded}["req_headers"] == "truncated_headers"
+
+
+def test_headers_level_leaves_message_counts_out_of_scope(tmp_path: Path) -> None:
+    c = Rec("client")
+    recs = [c.headers(1, REQ), c.headers(1, RESP), c.headers(1, [("grpc-status", "0")], end=True)]
+    w = EventWriter(tmp_path / "u.bin", {"collector": "uprobe", "format": FORMAT,
+                                         "level": "headers"})  # fmt: skip
+    for r in recs:
+        w.kernel(r)
+    w.close()
+    (x,), _ = uprobe_exchanges(tmp_path / "u.bin", [SERVER_PORT])
+    assert (x.status, x.grpc_status, x.req_headers["x-tenant"]) == (200, 0, "acme")
+    reasons = {g.field: g.reason for g in x.degraded}
+    assert reasons == {f: "not_collected" for f in
+                       ("req_bytes", "req_messages", "resp_bytes", "resp_messages")}  # fmt: skip

@@ -13,6 +13,9 @@ MATCH_WINDOW_NS = 2_000_000_000
 # pcap timestamps have microsecond resolution; the clock offset is measured to ~1 us.
 CLOCK_TOLERANCE_NS = 20_000
 ID_HEADER = "x-probebench-id"
+# A field the source's configuration does not look at (e.g. message counts at the uprobe
+# collector's "headers" level): out of that source's scope, so neither scored nor wrong.
+NOT_COLLECTED = "not_collected"
 
 COMMON_FIELDS = (
     "method", "path", "status", "req_bytes", "resp_bytes",
@@ -50,6 +53,7 @@ def judge(truth: Exchange, obs: Exchange) -> Verdict:
     v = Verdict(truth, obs)
     reasons = {d.field: d.reason for d in obs.degraded}
     unreliable = {d.field for d in truth.degraded}  # Wireshark itself could not tell
+    unreliable |= {d.field for d in obs.degraded if d.reason == NOT_COLLECTED}
     for f in required_fields(truth.protocol):
         if f in unreliable:
             continue

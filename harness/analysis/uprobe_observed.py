@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote
 
+from harness.analysis.match import NOT_COLLECTED
 from harness.analysis.observed import ADDRESS_FIELDS, ObservedStats
 from harness.collectors.uprobe.decode import DataFrame, Endpoint, HeaderBlock, Seen, decode
 from harness.model import Exchange
@@ -21,6 +22,9 @@ from harness.protocols.http2.grpc import BodyCounter
 C2S, S2C = 0, 1
 R_MISSED = "headers_missed_stream"
 R_TRUNC = "truncated_payload"
+R_CUT_VALUE = "truncated_value"  # a name or value longer than the probe's cap: not used
+R_CUT_HEADERS = "truncated_headers"  # fields of a block the probe did not read at all
+R_NOT_COLLECTED = NOT_COLLECTED  # the recording's --uprobe-level does not look at it
 R_INCOMPLETE = "incomplete_stream"
 R_ADDR = "no_peer_address"
 
@@ -40,10 +44,12 @@ class _Call:
     ended: list[bool] = field(default_factory=lambda: [False, False])
     bodies: list[BodyCounter] = field(default_factory=lambda: [BodyCounter(), BodyCounter()])
     body_lost: list[bool] = field(default_factory=lambda: [False, False])
+    messages: bool = True  # DATA frames were probed (level "messages")
 
     @property
     def done(self) -> bool:
-        return self.ended[C2S] and self.ended[S2C]
+        # without DATA probes a request's END_STREAM (on its last DATA frame) goes unseen
+        return (self.ended[C2S] or not self.messages) and self.ended[S2C]
 
 
 def _conn_key(s: Seen) -> ConnKey:
@@ -86,6 +92,7 @@ def uprobe_exchanges(
     evs, dst = decode(events, attach_at_ns=attach_at_ns)
     st = ObservedStats(decode=dict(vars(dst)))
     ports = set(server_ports)
+    messages = dst.level == "messages"
     roles = _roles(evs, ports)
     calls: dict[tuple[ConnKey, int], _Call] = {}
     finished: list[_Call] = []
@@ -110,7 +117,8 @@ def uprobe_exchanges(
             finished.append(calls.pop(key))
             call = None
         if call is None:
-            call = _Call(seen=s, seq=len(calls) + len(finished), t_start=s.ts_ns, t_end=s.ts_ns)
+            call = _Call(seen=s, seq=len(calls) + len(finished), t_start=s.ts_ns, t_end=s.ts_ns,
+                         messages=messages)  # fmt: skip
             calls[key] = call
             parse["calls"] += 1
             if not (isinstance(ev, HeaderBlock) and d == C2S):
@@ -158,10 +166,19 @@ def _add_block(call: _Call, b: HeaderBlock, d: int, parse: dict[str, int]) -> No
 
 
 def _split(block: HeaderBlock | None) -> tuple[dict[str, str], dict[str, str]]:
+    """Pseudo-headers and regular headers. A field cut short is left out (its value is not
+    the value), and so is every other field of its name: a join would be wrong too."""
     pseudo: dict[str, str] = {}
     headers: dict[str, str] = {}
-    for name, value in block.fields if block else ():
+    if block is None:
+        return pseudo, headers
+    cut_names = {block.fields[i][0].lower() for i in block.cut}
+    for name, value in block.fields:
         name = name.lower()
+        if name in cut_names:
+            continue
+        if block.missing_fields and not name.startswith(":"):
+            continue  # an unread field may share the name: no regular header is certain
         target = pseudo if name.startswith(":") else headers
         target[name] = f"{target[name]}, {value}" if name in target else value
     return pseudo, headers
@@ -223,7 +240,9 @@ def _exchange(call: _Call, role: str) -> Exchange:
     for d, prefix in ((C2S, "req"), (S2C, "resp")):
         b = call.bodies[d]
         reason = None
-        if call.req is None:
+        if not call.messages:
+            reason = R_NOT_COLLECTED
+        elif call.req is None:
             reason = R_MISSED  # frames before the first one seen are unknown
         elif not call.ended[d]:
             reason = R_INCOMPLETE
@@ -239,8 +258,12 @@ def _exchange(call: _Call, role: str) -> Exchange:
 
 
 def _degrade_cut(x: Exchange, block: HeaderBlock, named: dict[str, str], rest: str) -> None:
-    """Fields cut to fit the probe's buffers, or beyond its per-block limit."""
+    """Fields cut to fit the probe's buffers, or not read at all (beyond its per-block
+    limit, or in a part the ring buffer lost): unknown, never a value."""
     for name in block.truncated:
-        x.degrade(named.get(name.lower(), rest), R_TRUNC)
+        x.degrade(named.get(name.lower(), rest), R_CUT_VALUE)
     if block.missing_fields:
-        x.degrade(rest, R_TRUNC)
+        # any field may be among those not read, the named ones too
+        for f in (*named.values(), rest):
+            if getattr(x, f) in (None, {}) or f == rest:
+                x.degrade(f, R_CUT_HEADERS)

@@ -585,6 +585,12 @@ class _Call:
     ended: list[bool] = field(default_factory=lambda: [False, False])
     # header blocks with fields Wireshark could not resolve (by direction: req, resp)
     hpack_unknown: list[bool] = field(default_factory=lambda: [False, False])
+    # a header block's fields while its HEADERS + CONTINUATION frames come in, per direction:
+    # Wireshark decodes each fragment apart (a block over 16 KiB spans several frames)
+    open_block: list[list[tuple[str, str]] | None] = field(default_factory=lambda: [None, None])
+    open_len: list[int] = field(default_factory=lambda: [0, 0])  # the open block's bytes
+    undecoded: list[bool] = field(default_factory=lambda: [False, False])  # a block Wireshark
+    # could not decode (e.g. its HPACK table out of step): that side's header fields unknown
 
 
 def _pairs_get(pairs: list[tuple[str, Any]], key: str) -> Any:
@@ -609,13 +615,24 @@ def _h2_streams(layer: Any) -> list[list[tuple[str, Any]]]:
         if isinstance(layer, list) else []
 
 
+END_HEADERS = 0x4
+
+
+def _joined(hdrs: list[tuple[str, str]]) -> dict[str, str]:
+    """Fields of one name joined with ", " in order, as both collectors do (RFC 9110 5.3)."""
+    out: dict[str, str] = {}
+    for n, v in hdrs:
+        out[n] = f"{out[n]}, {v}" if n in out else v
+    return out
+
+
 def _apply_headers(call: _Call, to_server: bool, hdrs: list[tuple[str, str]]) -> None:
     x = call.x
     if any(n == "<unknown>" for n, _ in hdrs):
         # an HPACK index into a dynamic table filled before the capture began
         call.hpack_unknown[0 if to_server else 1] = True
-    regular = {n: v for n, v in hdrs if not n.startswith(":") and n != "<unknown>"}
-    pseudo = {n: v for n, v in hdrs if n.startswith(":")}
+    regular = _joined([(n, v) for n, v in hdrs if not n.startswith(":") and n != "<unknown>"])
+    pseudo = _joined([(n, v) for n, v in hdrs if n.startswith(":")])
     if to_server:
         if call.req_header_blocks == 0:
             x.method = pseudo.get(":method")
@@ -655,10 +672,12 @@ class _H2Calls:
     def frame(
         self, fr: _Frame, ftype: int | None, sid: int | None, end_stream: bool,
         headers: list[tuple[str, str]] | None, data_len: int,
+        end_headers: bool = True, length: int = 0,
     ) -> _Call | None:
         """One HTTP/2 frame of packet ``fr``; the call it belongs to (None: not a call's).
 
-        ``data_len``: a DATA frame's length less its padding."""
+        ``data_len``: a DATA frame's length less its padding. ``end_headers`` and
+        ``length``: a HEADERS or CONTINUATION frame's flag and payload length."""
         if not sid or ftype not in (0, 1, 3, 9):  # DATA, HEADERS, RST_STREAM, CONTINUATION
             return None
         to_server = fr.dport in self.servers
@@ -684,8 +703,18 @@ class _H2Calls:
         if end_stream:
             call.ended[d] = True
         if ftype in (1, 9):
-            if headers:
-                _apply_headers(call, to_server, headers)
+            block = call.open_block[d]
+            if ftype == 1 or block is None:
+                block = call.open_block[d] = []
+                call.open_len[d] = 0
+            block += headers or []
+            call.open_len[d] += length
+            if end_headers:
+                call.open_block[d] = None
+                if block:
+                    _apply_headers(call, to_server, block)
+                elif call.open_len[d] > 9:  # more than padding and priority fields
+                    call.undecoded[d] = True
         elif ftype == 0:
             call.data_bytes[d] += data_len
         if (not to_server and call.x.conn_id != "orphan") or ftype == 3:
@@ -705,6 +734,20 @@ class _H2Calls:
         result = []
         for call in self.order:
             x = call.x
+            for d, fields in ((0, ("method", "path", "authority", "req_headers")),
+                              (1, ("status", "resp_headers", "grpc_status", "grpc_message"))):
+                if call.undecoded[d]:
+                    stats.warn("HTTP/2 header block Wireshark decoded no field of")
+                    for f in fields:
+                        x.degrade(f, "truth_unreliable")
+            for d, side in ((0, "req"), (1, "resp")):
+                block = call.open_block[d]
+                if block is not None:
+                    # a block whose END_HEADERS Wireshark never decoded: its fields are partial
+                    stats.warn("HTTP/2 header block without END_HEADERS")
+                    x.degrade(f"{side}_headers", "truth_unreliable")
+                    if block:
+                        _apply_headers(call, d == 0, block)
             if x.protocol == "h2c-grpc":
                 x.req_messages, x.resp_messages = call.grpc_msgs
                 x.req_bytes, x.resp_bytes = call.grpc_bytes
@@ -787,7 +830,7 @@ class _H2Fields:
                            for i in range(pos, pos + n)]
                 pos += n
             call = self.h2.frame(fr, ftype, sid, ftype in (0, 1) and bool(fl & 0x01),
-                                 headers, length)
+                                 headers, length, bool(fl & END_HEADERS), length)
             if call is not None:
                 last = call
         for n in grpc:
@@ -850,6 +893,8 @@ def _h2(
                 call = h2.frame(
                     fr, ftype, sid, _pairs_get(flags, "http2.flags.end_stream") == "1",
                     _h2_headers(st) if ftype in (1, 9) else None, data_len,
+                    bool(int(_pairs_get(st, "http2.flags") or "0", 16) & END_HEADERS),
+                    int(_pairs_get(st, "http2.length") or 0),
                 )  # fmt: skip
                 if call is not None:
                     last = call

@@ -10,17 +10,21 @@ from pathlib import Path
 from typing import Any
 
 from harness.collectors.kprobe.layout import DEFAULT_MAX_CAPTURE, DEFAULT_RINGBUF_PAGES
+from harness.collectors.uprobe.layout import DEFAULT_VALUE_MAX
 from harness.errors import CollectorError, TargetError
 from harness.runner.lifecycle import Child, ProcessSet, read_line_until
 
 COLLECTORS = ("kprobe", "uprobe", "tls")
-ATTACH_TIMEOUT_S = 60.0
+# bcc compiles one program per grpc-go binary: ~10 s each at load 18 on 2 cores
+ATTACH_TIMEOUT_S = 120.0
 
 
 @dataclass
 class CollectorOptions:
     max_capture: int = DEFAULT_MAX_CAPTURE
     ringbuf_pages: int = DEFAULT_RINGBUF_PAGES
+    uprobe_level: str = "headers"  # or "messages": + one uprobe hit per DATA frame
+    uprobe_value_max: int = DEFAULT_VALUE_MAX
 
 
 @dataclass
@@ -70,6 +74,7 @@ def start_collector(
             args += ["--binary", str(b)]
         if follow is not None:
             args += ["--follow", str(follow)]
+        args += ["--level", options.uprobe_level, "--value-max", str(options.uprobe_value_max)]
     errlog = (events_dir / f"{name}.log").open("w")
     child = procs.spawn(
         f"{name} collector", args, stop_signal=signal.SIGTERM, stop_timeout=60, stderr=errlog

@@ -32,9 +32,13 @@ DEFAULT_EXCHANGES = {
     "http10-short": 400, "http11-keepalive": 400, "http11-pipelined": 400, "http11-mixed": 200,
     "grpc-unary": 200,
     "grpc-server-stream": 100, "grpc-client-stream": 100, "grpc-bidi": 100,
+    "grpc-unary-shapes": 300, "grpc-stream-shapes": 100,
 }  # fmt: skip
 # gRPC scenarios also run against stripped Go builds (-ldflags="-s -w").
 STRIPPED_SCENARIOS = ("grpc-unary", "grpc-bidi")
+# The stream-shape scenarios run against the Go server only (its GOAWAY option), from
+# both client languages.
+SHAPE_PAIRS = (("go", "go"), ("py", "go"))
 # Where in the workload (share of its time span) the sweep replays an attach.
 SWEEP_FRACTIONS = (0.1, 0.25, 0.5, 0.75)
 QUICK_SWEEP_FRACTIONS = (0.25, 0.5, 0.75)
@@ -137,7 +141,8 @@ def _full_plan(collectors: tuple[str, ...]) -> list[MatrixRun]:
     runs = []
     for name, scen in SCENARIOS.items():
         n = DEFAULT_EXCHANGES[name]
-        for client, server in PAIRS:
+        shapes = name.endswith("-shapes")
+        for client, server in SHAPE_PAIRS if shapes else PAIRS:
             for attach in ATTACHES:
                 runs.append(MatrixRun(
                     name, client, server, attach, n, collectors,
@@ -145,7 +150,7 @@ def _full_plan(collectors: tuple[str, ...]) -> list[MatrixRun]:
                     SWEEP_FRACTIONS if attach == "early" and (client, server) == ("go", "go")
                     and name in ("http11-keepalive", "grpc-unary", "grpc-bidi") else (),
                 ))  # fmt: skip
-        if scen.is_grpc:
+        if scen.is_grpc and not shapes:
             # Old grpc-go only where both sides are Go: the stability column needs the
             # versions, not every language pair again.
             for ver in GRPC_GO_VERSIONS:
@@ -192,7 +197,7 @@ def _more_stacks(collectors: tuple[str, ...]) -> list[MatrixRun]:
     runs = []
     for lang in MORE_STACKS:
         for name, scen in SCENARIOS.items():
-            if not scen.is_grpc:
+            if not scen.is_grpc or name.endswith("-shapes"):  # their options: Go and Python
                 continue
             for client, server in ((lang, "go"), ("go", lang)):
                 for attach in ATTACHES:

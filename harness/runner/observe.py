@@ -37,6 +37,7 @@ def observe(
     progress: Progress,
     tls: bool = False,
     keylog: Path | None = None,
+    options: CollectorOptions | None = None,
     min_free_bytes: int = DEFAULT_MIN_FREE,
     replay_after: bool = True,
 ) -> Path:
@@ -84,7 +85,7 @@ def observe(
                 progress(f"attaching {name} collector")
                 rc = start_collector(
                     procs, name, run_dir / EVENTS_DIR, tgids=[], ports=ports,
-                    options=CollectorOptions(), deadline_s=duration_s + 120,
+                    options=options or CollectorOptions(), deadline_s=duration_s + 120,
                     binaries=early, follow=child.pid,
                 )  # fmt: skip
                 running.append(rc)

@@ -46,6 +46,10 @@ class Scenario:
     warmup: int = 3  # exchanges per connection before a late attach
     pipeline: int = 1  # HTTP/1.1 requests per write before their responses (depth)
     mixed: bool = False  # HTTP/1.1 plan of HEAD, 304, 204 and 100-continue uploads
+    client_args: tuple[str, ...] = ()  # stream-shape options of the targets
+    server_args: tuple[str, ...] = ()
+    servers: tuple[str, ...] = LANGS  # server languages that can run the scenario
+    clients: tuple[str, ...] = ("py", "go")  # client languages that take client_args
 
     @property
     def is_grpc(self) -> bool:
@@ -65,6 +69,19 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("grpc-server-stream", "grpc", "h2c-grpc", "server-stream", default_exchanges=200),
         Scenario("grpc-client-stream", "grpc", "h2c-grpc", "client-stream", default_exchanges=200),
         Scenario("grpc-bidi", "grpc", "h2c-grpc", "bidi", default_exchanges=200),
+        # Stream shapes of real clients: 60 concurrent streams on one connection, every 7th
+        # call ended early (deadline, cancel: RST_STREAM before the response headers),
+        # gzip-compressed messages.
+        Scenario("grpc-unary-shapes", "grpc", "h2c-grpc", "unary", connections=1,
+                 default_exchanges=600,
+                 client_args=("--inflight", "60", "--cancel-every", "7", "--compress", "gzip"),
+                 servers=("py", "go")),  # they wait when the call asks (x-probebench-delay-ms)
+        # Server streams cancelled after the response headers (and deadlines), while the
+        # server sends GOAWAY every 2 s and the client reconnects.
+        Scenario("grpc-stream-shapes", "grpc", "h2c-grpc", "server-stream", connections=1,
+                 default_exchanges=200,
+                 client_args=("--inflight", "8", "--cancel-every", "5"),
+                 server_args=("--max-connection-age", "2s"), servers=("go",)),
     )
 }
 
@@ -124,6 +141,8 @@ def _rust_binary(role: str) -> list[str]:
 def server_command(s: Scenario, lang: str, port: int, grpc_version: str | None) -> list[str]:
     _check_lang(s, lang)
     common = ["--proto", s.proto, "--host", "127.0.0.1", "--port", str(port)]
+    if lang not in s.servers:
+        raise ProbebenchError(f"scenario {s.name} needs a {' or '.join(s.servers)} server")
     if lang == "node":
         return [*_node_script("server"), *common]
     if lang == "java":
@@ -131,9 +150,10 @@ def server_command(s: Scenario, lang: str, port: int, grpc_version: str | None) 
     if lang == "rust":
         return [*_rust_binary("server"), *common]
     if lang == "go":
-        return [str(_go_binary("grpc" if s.is_grpc else "http1", "server", grpc_version)), *common]
+        binary = _go_binary("grpc" if s.is_grpc else "http1", "server", grpc_version)
+        return [str(binary), *common, *s.server_args]
     script = SCEN_DIR / "py" / ("grpc_server.py" if s.is_grpc else "http1_server.py")
-    return [sys.executable, str(script), *common]
+    return [sys.executable, str(script), *common, *s.server_args]
 
 
 def client_command(
@@ -162,6 +182,10 @@ def client_command(
         args += ["--pipeline", str(s.pipeline)]
     if s.mixed:
         args.append("--mixed")
+    if s.client_args:
+        if lang not in s.clients:
+            raise ProbebenchError(f"scenario {s.name} needs a {' or '.join(s.clients)} client")
+        args += s.client_args
     if rate:
         if lang != "go":
             raise ProbebenchError("only the Go clients pace to a --rate")

@@ -31,6 +31,7 @@ from workload import MASK64, SplitMix64  # the one PRNG both plans share, mirror
 
 STARTED = time.monotonic()
 MAX_MSG_SIZE = 8 << 20  # the plan sends messages of >= 1 MiB
+DELAY_HEADER = "x-probebench-delay-ms"  # the servers wait this long when asked
 CALL_TIMEOUT_S = 30.0  # per call; the overall --deadline is the real bound
 
 # -- the plan (keep identical to scenarios/go/grpc/bench/plan.go) --------------
@@ -271,19 +272,21 @@ class Client:
         # its own TCP connection; by default grpcio shares one between channels
         # to the same target.
         files = tlsopts.grpc_files(self.args)
+        compression = grpc.Compression.Gzip if self.args.compress else None
         options = [
-                ("grpc.use_local_subchannel_pool", 1),
-                # Loopback only: never route through an http_proxy from the environment.
-                ("grpc.enable_http_proxy", 0),
-                ("grpc.max_receive_message_length", MAX_MSG_SIZE),
-                ("grpc.max_send_message_length", MAX_MSG_SIZE),
+            ("grpc.use_local_subchannel_pool", 1),
+            # Loopback only: never route through an http_proxy from the environment.
+            ("grpc.enable_http_proxy", 0),
+            ("grpc.max_receive_message_length", MAX_MSG_SIZE),
+            ("grpc.max_send_message_length", MAX_MSG_SIZE),
         ]
         channel = (
             grpc.secure_channel(
-                self.target, grpc.ssl_channel_credentials(root_certificates=files[0]), options
+                self.target, grpc.ssl_channel_credentials(root_certificates=files[0]), options,
+                compression=compression,
             )
             if files
-            else grpc.insecure_channel(self.target, options=options)
+            else grpc.insecure_channel(self.target, options=options, compression=compression)
         )
         before = own_tcp_ports(self.args.port)
         try:
@@ -315,6 +318,40 @@ class Client:
             req = self.request(call, j)
             tally.sent(req)
             yield req
+
+    def shape(self, call_id: int) -> str:
+        """How --cancel-every ends this call early, as the Go client does ("" = it does not)."""
+        k = self.args.cancel_every
+        if k <= 0 or call_id % k != k - 1:
+            return ""
+        s = ("deadline", "cancel", "cancel-after-response")[(call_id // k) % 3]
+        return "cancel" if s == "cancel-after-response" and self.mode == "unary" else s
+
+    def exchange_early(self, conn: Conn, call: Call, tally: Tally, shape: str) -> tuple[int, str]:
+        """A call the client gives up on: the server waits (after its first response when
+        streaming) longer than the client does."""
+        md = (*((k, call.metadata[k]) for k in METADATA_KEYS), (DELAY_HEADER, "3000"))
+        timeout = 0.1 if shape == "deadline" else min(CALL_TIMEOUT_S, self.remaining())
+        req = self.request(call, 0)
+        tally.sent(req)
+        try:
+            if self.mode == "unary":
+                fut = conn.stub.Unary.future(req, metadata=md, timeout=timeout)
+                if shape != "deadline":
+                    time.sleep(0.1)
+                    fut.cancel()
+                tally.received(fut.result())
+            else:
+                it = conn.stub.ServerStream(req, metadata=md, timeout=timeout)
+                for resp in it:
+                    tally.received(resp)
+                    if shape != "deadline":
+                        it.cancel()  # RST_STREAM after the response headers
+        except grpc.FutureCancelledError:
+            return grpc.StatusCode.CANCELLED.value[0], "cancelled"
+        except grpc.RpcError as e:
+            return e.code().value[0], e.details() or ""
+        return 0, ""
 
     def exchange(self, conn: Conn, call: Call, tally: Tally) -> tuple[int, str]:
         """Run one call; returns its final (grpc status code, message)."""
@@ -353,14 +390,30 @@ class Client:
         seq = conn.start()
         tally = Tally()
         t_start = time.monotonic_ns()
-        code, message = self.exchange(conn, call, tally)
+        shape = self.shape(call_id)
+        if shape:
+            code, message = self.exchange_early(conn, call, tally, shape)
+        else:
+            code, message = self.exchange(conn, call, tally)
         t_end = time.monotonic_ns()
-        if (code, message) != (call.status_code, call.status_message):
+        port = conn.port
+        if len(self.conns) == 1:
+            # the server may have sent GOAWAY and the channel reconnected: with one
+            # channel, the one connection we hold now is the call's; two: unknown
+            now = own_tcp_ports(self.args.port)
+            port = next(iter(now)) if now == {conn.port} or len(now) == 1 else None
+        if shape:
+            # ended early by the client: its library's status, not one the server sent
+            if code not in (grpc.StatusCode.CANCELLED.value[0],
+                            grpc.StatusCode.DEADLINE_EXCEEDED.value[0]):
+                raise CallFailed(f"call {call_id}: ended early, got status {code} {message!r}")
+            phase += "-ended-early"
+        elif (code, message) != (call.status_code, call.status_message):
             raise CallFailed(
                 f"call {call_id}: got status {code} {message!r}, "
                 f"planned {call.status_code} {call.status_message!r}"
             )
-        if (tally.req_messages, tally.resp_messages) != (
+        if not shape and (tally.req_messages, tally.resp_messages) != (
             call.req_count,
             call.expect_resp_messages,
         ):
@@ -372,14 +425,15 @@ class Client:
             "id": call.id,
             "protocol": "h2c-grpc",
             "client_ip": self.args.host,
-            "client_port": conn.port,
+            "client_port": port,
             "server_ip": self.args.host,
             "server_port": self.args.port,
             "conn_seq": seq,
             "conn": conn.idx,
             "method": "POST",
             "path": call.method,
-            "status": 200,
+            # a unary call ended early gave up before its response headers
+            "status": None if shape and self.mode == "unary" else 200,
             "grpc_status": code,
             "grpc_message": message,
             "req_bytes": tally.req_bytes,
@@ -467,6 +521,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--deadline", type=float, default=120.0)
     ap.add_argument("--print-plan", action="store_true", help="print the plan and exit")
     tlsopts.add_arguments(ap)
+    ap.add_argument(
+        "--cancel-every", type=int, default=0,
+        help="every Nth call ends early: deadline expiry, cancel before the response headers, "
+        "cancel after the first response, in turn (0: none; unary and server-stream)",
+    )
+    ap.add_argument("--compress", choices=["gzip"], help="send messages compressed")
     args = ap.parse_args(argv)
     try:
         plan = make_plan(args.mode, args.exchanges, args.seed)
@@ -478,6 +538,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.workload or args.port <= 0 or args.connections < 1 or args.inflight < 1:
         print("grpc_client: need --workload, --port, --connections >= 1", file=sys.stderr)
+        return 2
+    if args.cancel_every > 0 and args.mode not in ("unary", "server-stream"):
+        print("grpc_client: --cancel-every needs --mode unary or server-stream", file=sys.stderr)
         return 2
     try:
         Client(args, plan).run()

@@ -12,6 +12,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
@@ -46,8 +47,22 @@ def end_with(req: bench_pb2.Req | None, context: grpc.ServicerContext) -> None:
         context.abort(CODES[req.status_code], req.status_message)
 
 
+DELAY_HEADER = "x-probebench-delay-ms"  # as the Go server: wait, so a client can give up
+
+
+def delay(context: grpc.ServicerContext) -> None:
+    """Wait as the call's metadata asks, or until the call ends (cancel, deadline)."""
+    ms = dict(context.invocation_metadata()).get(DELAY_HEADER)
+    if not ms or not str(ms).isdigit():
+        return
+    end = time.monotonic() + int(ms) / 1000
+    while context.is_active() and time.monotonic() < end:
+        time.sleep(0.01)
+
+
 class Bench(bench_pb2_grpc.BenchServicer):
     def Unary(self, request: bench_pb2.Req, context: grpc.ServicerContext) -> bench_pb2.Resp:
+        delay(context)
         end_with(request, context)
         return resp(request.id, 0, request.resp_size)
 
@@ -56,6 +71,10 @@ class Bench(bench_pb2_grpc.BenchServicer):
     ) -> Iterator[bench_pb2.Resp]:
         for seq in range(request.resp_count):
             yield resp(request.id, seq, request.resp_size)
+            if seq == 0:
+                delay(context)  # after the response headers and a first message
+        if request.resp_count == 0:
+            delay(context)
         end_with(request, context)
 
     def ClientStream(
@@ -115,9 +134,15 @@ def main(argv: list[str] | None = None) -> int:
         default=3600.0,
         help="exit 0 after this many seconds regardless",
     )
+    ap.add_argument(
+        "--max-connection-age", type=float, default=0.0,
+        help="send GOAWAY to each connection after this many seconds (0: never)",
+    )
     args = ap.parse_args(argv)
 
     check_bindable(args.host, args.port)
+    age = [("grpc.max_connection_age_ms", int(args.max_connection_age * 1000)),
+           ("grpc.max_connection_age_grace_ms", 5000)] if args.max_connection_age > 0 else []
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=args.workers),
         options=[
@@ -126,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             # grpcio sets SO_REUSEPORT by default, which would let a second
             # server bind a port already in use instead of failing.
             ("grpc.so_reuseport", 0),
+            *age,
         ],
     )
     bench_pb2_grpc.add_BenchServicer_to_server(Bench(), server)

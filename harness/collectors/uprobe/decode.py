@@ -52,7 +52,8 @@ class HeaderBlock:
     seen: Seen
     fields: list[tuple[str, str]]  # in order, names as sent (grpc-go sends lowercase)
     truncated: list[str]  # names of fields whose name or value was cut to fit
-    missing_fields: int  # fields beyond the program's per-block limit
+    missing_fields: int  # fields not read: beyond the per-block limit, or in a lost part
+    cut: set[int] = field(default_factory=set)  # indexes in fields of those cut short
 
 
 @dataclass(slots=True)
@@ -71,6 +72,9 @@ class DecodeStats:
     data_frames: int = 0
     truncated_fields: int = 0
     missing_fields: int = 0
+    header_parts: int = 0
+    incomplete_blocks: int = 0  # blocks with a part lost (ring buffer full)
+    level: str = "messages"  # recordings made before levels existed probed DATA frames too
     addr_problems: dict[str, int] = field(default_factory=dict)
     truncated_tail_bytes: int = 0
     dropped_before_attach: int = 0
@@ -103,7 +107,12 @@ def decode(
     kind_off = hdr.offset("pb_header_event", "kind")
     he_size, de_size = ctypes.sizeof(HE), ctypes.sizeof(DE)
     st = DecodeStats(truncated_tail_bytes=ef.truncated_tail_bytes)
+    st.level = str(ef.header.get("level", "messages"))
     out: list[HeaderBlock | DataFrame] = []
+    # a block's parts share (tgid, tid, ts_ns, probe); parts of other blocks (other CPUs)
+    # may come between them. The block takes the place of its first part.
+    pending: dict[tuple[int, int, int, int], tuple[int, list[tuple[Any, bytes]]]] = {}
+    last_flag = d["PB_FLAG_LAST_PART"]
     for rtype, rec in ef.records():
         if rtype == NOTE:
             assert isinstance(rec, dict)
@@ -131,8 +140,17 @@ def decode(
         if seen.addr_status != "ok":
             st.addr_problems[seen.addr_status] = st.addr_problems.get(seen.addr_status, 0) + 1
         if kind == d["PB_UEV_HEADERS"]:
-            out.append(_block(ev, seen, raw[blob_off:], st))
-            st.header_blocks += 1
+            st.header_parts += 1
+            bkey = (ev.tgid, ev.tid, ev.ts_ns, ev.probe)
+            if bkey not in pending:
+                pending[bkey] = (len(out), [])
+                out.append(None)  # type: ignore[arg-type]  # its place, filled below
+            pos, parts = pending[bkey]
+            parts.append((ev, raw[blob_off : blob_off + ev.blob_len]))
+            if ev.flags & last_flag:
+                out[pos] = _block(parts, seen, st)
+                del pending[bkey]
+                st.header_blocks += 1
         else:
             out.append(
                 DataFrame(
@@ -144,6 +162,9 @@ def decode(
                 )
             )
             st.data_frames += 1
+    for pos, parts in pending.values():  # the last part was lost: what came is kept
+        out[pos] = _block(parts, _seen(parts[0][0]), st)
+        st.header_blocks += 1
     return out, st
 
 
@@ -166,22 +187,36 @@ def _seen(ev: Any) -> Seen:
     )
 
 
-def _block(ev: Any, seen: Seen, blob: bytes, st: DecodeStats) -> HeaderBlock:
+def _block(parts: list[tuple[Any, bytes]], seen: Seen, st: DecodeStats) -> HeaderBlock:
+    """One header block from its parts. A field cut short keeps its name (so the exchange
+    can say which field) but is flagged: its value is not the value."""
     fields: list[tuple[str, str]] = []
     truncated: list[str] = []
-    pos = 0
-    n = min(ev.nfields, len(ev.name_len))
-    blob = blob[: ev.blob_len]
-    for i in range(n):
-        nc, vc = ev.name_cap[i], ev.value_cap[i]
-        name = blob[pos : pos + nc].decode("latin-1")
-        pos += nc
-        value = blob[pos : pos + vc].decode("utf-8", errors="replace")
-        pos += vc
-        if nc != ev.name_len[i] or vc != ev.value_len[i]:
-            truncated.append(name)
-            st.truncated_fields += 1
-        fields.append((name, value))
-    missing = max(0, ev.nfields - n)
+    cut: set[int] = set()
+    nfields = parts[0][0].nfields
+    complete = any(ev.flags & header().defines["PB_FLAG_LAST_PART"] for ev, _ in parts)
+    expect = 0
+    for ev, blob in sorted(parts, key=lambda p: p[0].part):
+        if ev.first != expect:
+            complete = False  # a part in the middle was lost
+        expect = ev.first + ev.count
+        pos = 0
+        for i in range(min(ev.count, len(ev.name_len))):
+            nc, vc = ev.name_cap[i], ev.value_cap[i]
+            name = blob[pos : pos + nc].decode("latin-1")
+            pos += nc
+            value = blob[pos : pos + vc].decode("utf-8", errors="replace")
+            pos += vc
+            if nc != ev.name_len[i] or vc != ev.value_len[i] or pos > len(blob):
+                truncated.append(name)
+                cut.add(len(fields))
+                st.truncated_fields += 1
+            fields.append((name, value))
+    missing = max(0, nfields - len(fields))
+    if not complete:
+        st.incomplete_blocks += 1
+        missing = max(missing, 1)  # the lost part's fields are unknown, and so is their count
     st.missing_fields += missing
-    return HeaderBlock(seen=seen, fields=fields, truncated=truncated, missing_fields=missing)
+    return HeaderBlock(
+        seen=seen, fields=fields, truncated=truncated, missing_fields=missing, cut=cut
+    )

@@ -6,11 +6,16 @@ from functools import cache
 
 from harness.collectors.bpfsource import BPF_DIR
 from harness.collectors.cstruct import Header
+from harness.errors import ProbebenchError
 
 HEADER_FILE = BPF_DIR / "uprobe_events.h"
 PROGRAM = "uprobe_grpc.c"
-FORMAT = "uprobe-grpc/1"  # event file format version (header "format")
-DEFAULT_RINGBUF_PAGES = 4096  # 16 MiB: header events are up to 4.5 KiB each
+FORMAT = "uprobe-grpc/2"  # event file format version (header "format")
+DEFAULT_RINGBUF_PAGES = 4096  # 16 MiB: a header event holds up to PB_HDR_BLOB + 1 KiB
+LEVELS = ("headers", "messages")  # --uprobe-level: what each call costs in hits
+DATA_PROBES = frozenset({"write_data", "client_data", "server_data"})
+DEFAULT_VALUE_MAX = 16384
+MAX_VALUE_MAX = 1 << 20
 PROBE_NAMES = {
     1: "write_header",
     2: "client_headers",
@@ -24,3 +29,13 @@ PROBE_NAMES = {
 @cache
 def header() -> Header:
     return Header(HEADER_FILE)
+
+
+def sizing_defines(value_max: int) -> dict[str, int]:
+    """-D flags for a header value cap: the blob must be a power of two that holds a whole
+    name and value, so one field always fits in an empty part."""
+    if not 1 <= value_max <= MAX_VALUE_MAX:
+        raise ProbebenchError(f"the header value cap must be 1..{MAX_VALUE_MAX} bytes")
+    need = value_max + header().defines["PB_NAME_MAX"]
+    blob = max(header().defines["PB_HDR_BLOB"], 1 << (need - 1).bit_length())
+    return {"PB_VALUE_MAX": value_max, "PB_HDR_BLOB": blob}

@@ -31,7 +31,17 @@ from harness.collectors.eventfile import EventWriter
 from harness.collectors.rings import RingSet
 from harness.collectors.uprobe.discover import identify
 from harness.collectors.uprobe.gate import Exec, ExecGate
-from harness.collectors.uprobe.layout import DEFAULT_RINGBUF_PAGES, FORMAT, PROGRAM, header
+from harness.collectors.uprobe.layout import (
+    DATA_PROBES,
+    DEFAULT_RINGBUF_PAGES,
+    DEFAULT_VALUE_MAX,
+    FORMAT,
+    LEVELS,
+    PROBE_NAMES,
+    PROGRAM,
+    header,
+    sizing_defines,
+)
 from harness.collectors.uprobe.resolve import Resolution, resolve
 from harness.errors import CollectorError, ProbebenchError
 
@@ -71,6 +81,15 @@ def _file_key(st: os.stat_result) -> FileKey:
     return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
 
 
+def _possible_cpus() -> int:
+    """CPUs the kernel may ever run on (/sys/devices/system/cpu/possible, e.g. "0-3")."""
+    try:
+        text = Path("/sys/devices/system/cpu/possible").read_text().strip()
+    except OSError:
+        return 1
+    return max(int(part.split("-")[-1]) for part in text.split(",")) + 1
+
+
 def _summary_ms(ns: list[int]) -> dict[str, float] | None:
     if not ns:
         return None
@@ -92,10 +111,15 @@ class Recorder:
         binaries: list[Path],
         ringbuf_pages: int = DEFAULT_RINGBUF_PAGES,
         follow: int | None = None,
+        level: str = "headers",
+        value_max: int = DEFAULT_VALUE_MAX,
     ) -> None:
         if ringbuf_pages & (ringbuf_pages - 1):
             raise ProbebenchError("--ringbuf-pages must be a power of two")
+        if level not in LEVELS:
+            raise ProbebenchError(f"--uprobe-level is one of {', '.join(LEVELS)}, not {level!r}")
         self.tgids, self.ports, self.follow = tgids, ports, follow
+        self.level = level
         self.hdr = header()
         paths, self.problems = target_binaries(binaries, tgids)
         t0 = time.monotonic()
@@ -111,6 +135,9 @@ class Recorder:
         self.common = {
             "PB_FILTER_TGID": int(bool(tgids)),
             "PB_RINGBUF_PAGES": ringbuf_pages,
+            # bpf_get_smp_processor_id() indexes the header scratch: every possible CPU
+            "PB_NCPU": max(os.cpu_count() or 1, _possible_cpus()),
+            **sizing_defines(value_max),
         }
         self.writer = EventWriter(
             out,
@@ -123,6 +150,8 @@ class Recorder:
                 "tgids": tgids,
                 "ports": ports,
                 "follow": follow,
+                "level": level,
+                "value_max": value_max,
                 "clock": "CLOCK_MONOTONIC",
                 "sizes": {n: ctypes.sizeof(s) for n, s in self.hdr.structs.items()},
             },
@@ -159,6 +188,13 @@ class Recorder:
                 self.rejected[key] = str(e)
                 self._unsupported(f"{r.path}: unsupported: program rejected ({e})")
                 return None
+            try:
+                self._load_walker(bpf, r)
+            except CollectorError as e:
+                bpf.cleanup()
+                self.rejected[key] = str(e)
+                self._unsupported(f"{r.path}: unsupported: program rejected ({e})")
+                return None
             prog = self.programs[key] = Program(dict(r.defines), [], bpf)
             targets = bpf["targets"]
             for t in self.tgids:
@@ -166,6 +202,19 @@ class Recorder:
             assert self.rings is not None
             self.rings.add(bpf["events"], self._on_event)
         return prog
+
+    @staticmethod
+    def _load_walker(bpf: Any, r: Resolution) -> None:
+        """Put hdr_fields, which walks a header block in a chain of tail calls, into the
+        program array the header probes call. A plain function: bcc neither loads nor
+        attaches it by itself."""
+        if "PB_HFIELD_SIZE" not in r.defines:
+            return  # no header probe in this layout
+        try:
+            fn = bpf.load_func(b"hdr_fields", bpf.KPROBE)
+        except Exception as e:  # bcc raises bare Exception with the verifier's log
+            raise CollectorError(f"the kernel rejected hdr_fields: {str(e)[-300:]}") from e
+        bpf["hdr_walker"][ctypes.c_int(0)] = ctypes.c_int(fn.fd)
 
     def _probe(self, r: Resolution) -> list[dict[str, Any]]:
         """Attach uprobes to every process running this binary, now and later."""
@@ -175,6 +224,8 @@ class Recorder:
         prog.binaries.append(r)
         attached = []
         for name, point in r.probes.items():
+            if name in DATA_PROBES and self.level != "messages":
+                continue  # a hit per DATA frame: only when message counting is asked for
             try:
                 prog.bpf.attach_uprobe(
                     name=r.path.encode(), addr=point.address, fn_name=f"probe_{name}".encode(),
@@ -299,6 +350,12 @@ class Recorder:
             "data_events": totals[d["PB_USTAT_DATA_EVENTS"]],
             "extra_fields": totals[d["PB_USTAT_EXTRA_FIELDS"]],
             "read_errors": totals[d["PB_USTAT_READ_ERRORS"]],
+            "cut_values": totals[d["PB_USTAT_CUT_VALUES"]],
+            "level": self.level,
+            # uprobe hits per probe: the collector's cost is hits x the trap's
+            "hits": {
+                name: totals[d["PB_USTAT_HITS"] + pid] for pid, name in PROBE_NAMES.items()
+            },
             "records_written": self.writer.records,
             "bytes_written": self.writer.bytes,
             "programs": len(progs),
@@ -327,12 +384,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--binary", type=Path, action="append", default=[], help="Go binary to probe")
     ap.add_argument("--ringbuf-pages", type=int, default=DEFAULT_RINGBUF_PAGES)
     ap.add_argument(
+        "--level", choices=LEVELS, default="headers",
+        help="headers: header blocks sent and received (3 hits per unary call per side); "
+        "messages: also one hit per DATA frame, for message counts and sizes",
+    )  # fmt: skip
+    ap.add_argument(
+        "--value-max", type=int, default=DEFAULT_VALUE_MAX,
+        help="bytes of each header value captured; a longer value is marked cut, never used",
+    )  # fmt: skip
+    ap.add_argument(
         "--follow", type=int, metavar="PID",
         help="hold each exec in this process's tree until its binary is probed (if grpc-go)",
     )  # fmt: skip
     a = ap.parse_args(argv)
     try:
-        rec = Recorder(a.out, a.tgid, a.port, a.binary, a.ringbuf_pages, a.follow)
+        rec = Recorder(
+            a.out, a.tgid, a.port, a.binary, a.ringbuf_pages, a.follow, a.level, a.value_max
+        )
         stats = rec.run(a.deadline)
     except (ProbebenchError, CollectorError) as e:
         print(f"uprobe collector: {e}", file=sys.stderr)

@@ -3,6 +3,7 @@ package bench
 import (
 	"bufio"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -18,6 +19,8 @@ import (
 	"unsafe"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/encoding/gzip"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -67,6 +70,13 @@ func (c *conn) dial(ctx context.Context, addr string) (net.Conn, error) {
 	return nc, nil
 }
 
+// peek returns the current conn_seq and local port without taking them.
+func (c *conn) peek() (int, int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.seq, c.port
+}
+
 // start hands out the call's conn_seq and the local port it will use.
 func (c *conn) start() (seq int, port int) {
 	c.mu.Lock()
@@ -89,7 +99,7 @@ type Record struct {
 	Conn         int               `json:"conn"`
 	Method       string            `json:"method"`
 	Path         string            `json:"path"`
-	Status       int               `json:"status"`
+	Status       *int              `json:"status"` // null: the call ended before the response headers
 	GrpcStatus   uint32            `json:"grpc_status"`
 	GrpcMessage  string            `json:"grpc_message"`
 	ReqBytes     int               `json:"req_bytes"`
@@ -109,12 +119,16 @@ type clientOpts struct {
 	seed                 uint64
 	deadline             time.Duration
 	tls                  tlsFlags
+	metadataFile         string
+	cancelEvery          int
+	compress             string
 	rate                 float64 // main phase, calls/s in all, open loop; 0: closed loop
 }
 
 type client struct {
 	opts  clientOpts
 	plan  []Call
+	extra []extraMD // --metadata-file: call i also sends extra[i % len]
 	clock monoClock
 	conns []*conn
 
@@ -143,6 +157,12 @@ func ClientMain(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.warmup, "warmup", 0, "calls per connection before WARM/GO")
 	fs.IntVar(&o.inflight, "inflight", 3, "concurrent calls per connection after GO")
 	fs.StringVar(&o.workload, "workload", "", "workload.jsonl to append to")
+	fs.IntVar(&o.cancelEvery, "cancel-every", 0,
+		"every Nth call ends early: deadline expiry, cancel before the response headers, "+
+			"cancel after the first response, in turn (0: none)")
+	fs.StringVar(&o.compress, "compress", "", "gzip: send messages compressed (grpc-encoding)")
+	fs.StringVar(&o.metadataFile, "metadata-file", "",
+		"JSON lines of extra metadata; call i sends line i % lines (-bin values in base64)")
 	deadline := fs.Float64("deadline", 120, "seconds the whole run may take")
 	fs.Float64Var(&o.rate, "rate", 0, "main phase: calls per second in all, open loop (0: as fast as it goes)")
 	printPlan := fs.Bool("print-plan", false, "print the plan as JSON lines and exit")
@@ -170,6 +190,12 @@ func ClientMain(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		}
 		return 0
 	}
+	if o.cancelEvery > 0 && o.mode != "unary" && o.mode != "server-stream" {
+		return fail("--cancel-every needs --mode unary or server-stream (the server waits there)")
+	}
+	if o.compress != "" && o.compress != gzip.Name {
+		return fail("unsupported --compress %q (gzip only)", o.compress)
+	}
 	if o.workload == "" || o.port <= 0 || o.conns < 1 || o.inflight < 1 || o.n < 0 || o.rate < 0 {
 		return fail("need --workload, --port, --connections >= 1, --inflight >= 1")
 	}
@@ -181,6 +207,11 @@ func ClientMain(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		o.deadline -= 500 * time.Millisecond
 	}
 	cl := &client{opts: o, plan: plan, clock: newMonoClock()}
+	if o.metadataFile != "" {
+		if cl.extra, err = readExtra(o.metadataFile); err != nil {
+			return fail("%v", err)
+		}
+	}
 	if err := cl.run(stdin, stdout); err != nil {
 		return fail("%v", err)
 	}
@@ -214,8 +245,7 @@ func (cl *client) run(stdin io.Reader, stdout io.Writer) error {
 		// but exist in every version we build, unlike their replacements.
 		cc, err := grpc.DialContext(ctx, target, security, grpc.WithBlock(),
 			grpc.WithContextDialer(c.dial),
-			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMsgSize),
-				grpc.MaxCallSendMsgSize(MaxMsgSize)))
+			grpc.WithDefaultCallOptions(cl.callOptions()...))
 		if err != nil {
 			return fmt.Errorf("connection %d to %s: %v", i, target, err)
 		}
@@ -262,6 +292,34 @@ func (cl *client) run(stdin io.Reader, stdout io.Writer) error {
 	cl.mu.Lock()
 	defer cl.mu.Unlock()
 	return cl.err
+}
+
+func (cl *client) callOptions() []grpc.CallOption {
+	o := []grpc.CallOption{grpc.MaxCallRecvMsgSize(MaxMsgSize), grpc.MaxCallSendMsgSize(MaxMsgSize)}
+	if cl.opts.compress != "" {
+		o = append(o, grpc.UseCompressor(cl.opts.compress))
+	}
+	return o
+}
+
+// Shapes of the calls --cancel-every ends early.
+const (
+	shapeNone = iota
+	shapeDeadline
+	shapeCancelBeforeHeaders
+	shapeCancelAfterResponse
+)
+
+func (cl *client) shape(id int) int {
+	k := cl.opts.cancelEvery
+	if k <= 0 || id%k != k-1 {
+		return shapeNone
+	}
+	s := shapeDeadline + (id/k)%3
+	if s == shapeCancelAfterResponse && cl.opts.mode == "unary" {
+		s = shapeCancelBeforeHeaders // a unary response's headers come with its message
+	}
+	return s
 }
 
 func waitGo(ctx context.Context, stdin io.Reader) error {
@@ -320,29 +378,73 @@ func (cl *client) call(ctx context.Context, c *conn, id int, phase string) error
 	for _, k := range MetadataKeys {
 		kv = append(kv, k, p.Metadata[k])
 	}
+	sent := p.Metadata
+	if len(cl.extra) > 0 {
+		x := cl.extra[id%len(cl.extra)]
+		sent = make(map[string]string, len(p.Metadata)+len(x.pairs)/2)
+		for k, v := range p.Metadata {
+			sent[k] = v
+		}
+		kv = append(kv, x.pairs...)
+		for k, v := range x.wire {
+			sent[k] = v
+		}
+	}
+	shape := cl.shape(id)
+	timeout := 30 * time.Second
+	if shape != shapeNone {
+		// the server waits (after its first response when streaming) long enough for the
+		// client to give up first
+		kv = append(kv, DelayHeader, "3000")
+	}
+	if shape == shapeDeadline {
+		timeout = 100 * time.Millisecond
+	}
 	cctx, cancel := context.WithTimeout(metadata.NewOutgoingContext(ctx, metadata.Pairs(kv...)),
-		30*time.Second)
+		timeout)
 	defer cancel()
+	if shape == shapeCancelBeforeHeaders {
+		t := time.AfterFunc(100*time.Millisecond, cancel)
+		defer t.Stop()
+	}
+	if shape == shapeCancelAfterResponse {
+		cctx = context.WithValue(cctx, cancelAfterFirstKey{}, context.CancelFunc(cancel))
+	}
 	seq, port := c.start()
 	rec := Record{
 		ID: p.ID, Protocol: "h2c-grpc", ClientIP: cl.opts.host, ServerIP: cl.opts.host,
 		ServerPort: cl.opts.port, ConnSeq: seq, Conn: c.idx, Method: "POST", Path: p.Method,
-		Status: 200, ReqHeaders: p.Metadata, Phase: phase,
+		ReqHeaders: sent, Phase: phase,
 	}
 	if port > 0 {
 		rec.ClientPort = &port
 	}
+	if shape == shapeNone || cl.opts.mode != "unary" {
+		ok := 200 // a unary call ended early gave up before its response headers
+		rec.Status = &ok
+	}
 	rec.TStartNs = cl.clock.now()
 	err := cl.exchange(cctx, c.cc, p, &rec)
 	rec.TEndNs = cl.clock.now()
+	if _, now := c.peek(); now != port {
+		rec.ClientPort = nil // reconnected (GOAWAY) during the call: which one it used is unknown
+	}
 	st, _ := status.FromError(err)
 	rec.GrpcStatus = uint32(st.Code())
 	rec.GrpcMessage = st.Message()
-	if rec.GrpcStatus != p.StatusCode || rec.GrpcMessage != p.StatusMessage {
+	if shape != shapeNone {
+		// ended early by the client: its library's status, not one the server sent
+		if st.Code() != codes.Canceled && st.Code() != codes.DeadlineExceeded {
+			return fmt.Errorf("call %d: ended early, got status %d %q", id, rec.GrpcStatus,
+				rec.GrpcMessage)
+		}
+		rec.Phase = phase + "-ended-early"
+	} else if rec.GrpcStatus != p.StatusCode || rec.GrpcMessage != p.StatusMessage {
 		return fmt.Errorf("call %d: got status %d %q, planned %d %q",
 			id, rec.GrpcStatus, rec.GrpcMessage, p.StatusCode, p.StatusMessage)
 	}
-	if rec.RespMessages != p.ExpectRespMessages || rec.ReqMessages != p.ReqCount {
+	if shape == shapeNone && (rec.RespMessages != p.ExpectRespMessages ||
+		rec.ReqMessages != p.ReqCount) {
 		return fmt.Errorf("call %d: %d/%d messages sent/received, planned %d/%d",
 			id, rec.ReqMessages, rec.RespMessages, p.ReqCount, p.ExpectRespMessages)
 	}
@@ -356,6 +458,55 @@ func (cl *client) call(ctx context.Context, c *conn, id int, phase string) error
 	return err
 }
 
+// extraMD is one line of --metadata-file: the pairs to send, and the values as the wire
+// carries them (grpc-go sends -bin values in unpadded base64).
+type extraMD struct {
+	pairs []string
+	wire  map[string]string
+}
+
+func readExtra(path string) ([]extraMD, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var out []extraMD
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 64<<20)
+	for sc.Scan() {
+		if strings.TrimSpace(sc.Text()) == "" {
+			continue
+		}
+		var m map[string]string
+		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
+			return nil, fmt.Errorf("%s: %v", path, err)
+		}
+		x := extraMD{wire: map[string]string{}}
+		for k, v := range m {
+			if strings.HasSuffix(k, "-bin") {
+				raw, err := base64.StdEncoding.DecodeString(v)
+				if err != nil {
+					return nil, fmt.Errorf("%s: %s: %v", path, k, err)
+				}
+				x.pairs = append(x.pairs, k, string(raw))
+				x.wire[k] = base64.RawStdEncoding.EncodeToString(raw)
+			} else {
+				x.pairs = append(x.pairs, k, v)
+				x.wire[k] = v
+			}
+		}
+		out = append(out, x)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, err
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%s holds no metadata lines", path)
+	}
+	return out, nil
+}
+
 func request(p *Call, j int) *benchpb.Req {
 	r := &benchpb.Req{
 		Id: p.ID, Payload: Payload(p.ReqSize), RespCount: uint32(p.RespCount),
@@ -366,6 +517,9 @@ func request(p *Call, j int) *benchpb.Req {
 	}
 	return r
 }
+
+// cancelAfterFirstKey marks a call the client cancels once its first response arrived.
+type cancelAfterFirstKey struct{}
 
 // exchange runs the call's messages; it returns the call's final error (nil for OK).
 func (cl *client) exchange(ctx context.Context, cc *grpc.ClientConn, p *Call, rec *Record) error {
@@ -420,6 +574,9 @@ func (cl *client) exchange(ctx context.Context, cc *grpc.ClientConn, p *Call, re
 		rec.RespMessages++
 		rec.RespBytes += proto.Size(out)
 		mu.Unlock()
+		if c, ok := ctx.Value(cancelAfterFirstKey{}).(context.CancelFunc); ok && k == 0 {
+			c() // the response headers and a message arrived: RST_STREAM after them
+		}
 		if mode == "client-stream" {
 			break // RecvMsg on a non-server-streaming call already read the status
 		}

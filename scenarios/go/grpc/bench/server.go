@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	_ "google.golang.org/grpc/encoding/gzip" // serves clients that send grpc-encoding: gzip
+	"google.golang.org/grpc/keepalive"
 )
 
 // MaxMsgSize is raised on both sides so the >= 1 MiB messages pass.
@@ -29,6 +31,8 @@ func ServerMain(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	lifetime := fs.Duration("max-lifetime", time.Hour, "exit 0 after this long regardless")
 	var tf tlsFlags
 	tf.register(fs)
+	connAge := fs.Duration("max-connection-age", 0,
+		"send GOAWAY to each connection after this long (0: never); clients reconnect")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -51,6 +55,10 @@ func ServerMain(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return 2
 	}
 	opts := []grpc.ServerOption{grpc.MaxRecvMsgSize(MaxMsgSize), grpc.MaxSendMsgSize(MaxMsgSize)}
+	if *connAge > 0 {
+		opts = append(opts, grpc.KeepaliveParams(keepalive.ServerParameters{
+			MaxConnectionAge: *connAge, MaxConnectionAgeGrace: 5 * time.Second}))
+	}
 	if creds != nil {
 		opts = append(opts, grpc.Creds(creds))
 	}

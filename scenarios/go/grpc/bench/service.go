@@ -3,9 +3,12 @@ package bench
 import (
 	"context"
 	"io"
+	"strconv"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"probebench/grpcbench/benchpb"
@@ -91,8 +94,34 @@ func resp(id uint64, seq uint32, size uint32) *benchpb.Resp {
 	return &benchpb.Resp{Id: id, Seq: seq, Payload: Payload(int(size))}
 }
 
+// DelayHeader asks the server to wait this many ms (unary: before answering; server
+// streaming: after the first response), so a client can cancel or time out mid-call.
+const DelayHeader = "x-probebench-delay-ms"
+
+// delay waits as the call's metadata asks, or until the call ends (cancel, deadline).
+func delay(ctx context.Context) error {
+	md, _ := metadata.FromIncomingContext(ctx)
+	v := md.Get(DelayHeader)
+	if len(v) == 0 {
+		return nil
+	}
+	ms, err := strconv.Atoi(v[0])
+	if err != nil || ms <= 0 {
+		return nil
+	}
+	select {
+	case <-time.After(time.Duration(ms) * time.Millisecond):
+		return nil
+	case <-ctx.Done():
+		return status.FromContextError(ctx.Err()).Err()
+	}
+}
+
 // Unary sends one response, or none and the wanted error.
-func (Server) Unary(_ context.Context, req *benchpb.Req) (*benchpb.Resp, error) {
+func (Server) Unary(ctx context.Context, req *benchpb.Req) (*benchpb.Resp, error) {
+	if err := delay(ctx); err != nil {
+		return nil, err
+	}
 	if err := reqStatus(req); err != nil {
 		return nil, err
 	}
@@ -103,6 +132,16 @@ func (Server) Unary(_ context.Context, req *benchpb.Req) (*benchpb.Resp, error) 
 func (Server) ServerStream(req *benchpb.Req, stream grpc.ServerStream) error {
 	for seq := uint32(0); seq < req.RespCount; seq++ {
 		if err := stream.SendMsg(resp(req.Id, seq, req.RespSize)); err != nil {
+			return err
+		}
+		if seq == 0 {
+			if err := delay(stream.Context()); err != nil {
+				return err
+			}
+		}
+	}
+	if req.RespCount == 0 {
+		if err := delay(stream.Context()); err != nil {
 			return err
 		}
 	}
