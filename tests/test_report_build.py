@@ -281,12 +281,12 @@ def test_recovery_curve_from_rows(report: Path) -> None:
         return cell(sum(p[1] for p in pts) / sum(p[2] for p in pts), "share")
 
     md = (report / "report.md").read_text()
-    table = {r["call index"]: r for i in ("0", "5", "19") for r in md_rows(md, i)
-             if "call index" in r}  # fmt: skip
+    # one row per scenario and series, one column per call index
+    table = {r["series"]: r for r in md_rows(md, "grpc-unary") if "call 0" in r}
     for i in (0, 5, 19):
-        assert table[str(i)]["grpc-unary kprobe tolerant"] == share("kprobe", "default", i)
-        assert table[str(i)]["grpc-unary kprobe strict"] == share("kprobe", "hpack-strict", i)
-    assert table["0"]["grpc-unary uprobe"] == share("uprobe", "default", 0) == "100.0%"
+        assert table["kprobe tolerant"][f"call {i}"] == share("kprobe", "default", i)
+        assert table["kprobe strict"][f"call {i}"] == share("kprobe", "hpack-strict", i)
+    assert table["uprobe"]["call 0"] == share("uprobe", "default", 0) == "100.0%"
     m = json.loads((report / "metrics.json").read_text())
     assert {LATE_BOTH} <= {i for r in m["recovery"] for i in r["runs"]}
 

@@ -122,12 +122,20 @@ class Facts:
 
     def late_grpc(self, collector: str, lang: str | None = None) -> pd.DataFrame:
         d = self.defaults(collector)
-        d = d[(d["attach"] == "late") & (d["protocol"].map(tables.family) == "gRPC")]
+        # cleartext only: the HPACK question is about bytes a collector can read; over TLS
+        # the grpc-go probes' losses are addresses (the TLS section says so)
+        d = d[(d["attach"] == "late") & (d["protocol"].map(tables.family) == "gRPC")
+              & ~d["protocol"].map(is_tls)]  # fmt: skip
         return d if lang is None else d[d["lang"] == lang]
 
     def collectors(self) -> list[str]:
         seen = {c for r in self.runs for c in (r.params.get("collectors") or [])}
         return [c for c in tables.APPROACHES if c in seen or c in set(self.df["collector"])]
+
+
+def is_tls(protocol: str | None) -> bool:
+    """TLS rows (tls-http/1.1, tls-h2-grpc): the kernel side is blind there by design."""
+    return (protocol or "").startswith("tls-")
 
 
 def plural(n: int, word: str) -> str:
@@ -279,7 +287,7 @@ def findings(f: Facts, bench: BenchView) -> list[Finding]:
         out.append(Finding(text + ".", A_DEGRADATION, vals))
     # 2. HTTP/1 on the kernel side, and what the sock_diag lookup is worth
     d = f.defaults("kprobe")
-    h1 = d[d["protocol"].map(tables.family) == "HTTP/1"]
+    h1 = d[(d["protocol"].map(tables.family) == "HTTP/1") & ~d["protocol"].map(is_tls)]
     c, g = tables.pooled(h1, "matched", "observable"), tables.pooled(h1, "degraded", "matched")
     if c.rate is not None:
         text = (f"On HTTP/1.0 and HTTP/1.1 the kernel side matched {pct(c.rate)} of "

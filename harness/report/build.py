@@ -98,7 +98,8 @@ def _assemble(loaded: Loaded, bench: BenchView, out: Path, cmd: str,
         old.unlink()  # a plot with no data this time must not linger from the last report
     pdir = out / "plots" if draw else None
     scen = sorted({str(r.params.get("scenario") or r.manifest.get("scenario")) for r in runs})
-    machines = _unique([r.machine for r in runs])
+    # a machine is its host, kernel and CPU: the target versions in run.json vary by run
+    machines = _unique([{k: r.machine.get(k) for k in MACHINE_KEYS} for r in runs])
     lead = (f"{len(runs)} runs of {len(scen)} scenarios ({', '.join(scen)}) on "
             f"{len(machines)} machine{'s' if len(machines) != 1 else ''}; overhead from "
             + (bench.origin if bench.present else "nowhere (" + bench.absent + ")") + ". "
@@ -158,6 +159,9 @@ def _assemble(loaded: Loaded, bench: BenchView, out: Path, cmd: str,
 def _draw(fn: Any, data: Any, pdir: Path | None, name: str) -> Path | None:
     """One plot, or none when the report is built without plots (``draw=False``)."""
     return None if pdir is None else fn(data, pdir / name)
+
+
+MACHINE_KEYS = ("hostname", "kernel", "cpu_model", "cpu_id")
 
 
 def _unique(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -329,10 +333,12 @@ def _recovery_section(rec: pd.DataFrame, runs: list[Any], pdir: Path | None) -> 
         return s
     if (p := _draw(plots.recovery, rec, pdir, "recovery.png")) is not None:
         s.blocks.append(Image(p, "late-attach recovery curve"))
-    wide = rec.pivot_table(index="call_index", columns=["scenario", "series"], values="share")
-    wide.columns = [f"{a} {b}" for a, b in wide.columns]
-    s.blocks.append(_table(wide.reset_index().rename(columns={"call_index": "call index"}),
-                           "Share of required fields correct", percent=True, fold=True))
+    # one row per series, one column per call index: as many scenarios as the matrix has
+    # must not widen a row past what a page (or a Markdown line) holds
+    wide = rec.pivot_table(index=["scenario", "series"], columns="call_index", values="share")
+    wide.columns = [f"call {c}" for c in wide.columns]
+    s.blocks.append(_table(wide.reset_index(), "Share of required fields correct, by call index",
+                           percent=True, fold=True))
     ids = sorted({i for ids in rec["runs"] for i in ids})
     s.blocks.append(Text("From " + tables.run_pattern(runs, ids) + "."))
     return s
