@@ -145,8 +145,16 @@ def extract_http1_pyshark(
     except pyshark.capture.capture.TSharkCrashException as e:
         raise CaptureError(f"tshark (under pyshark) failed on {pcap}: {e}") from e
     finally:
-        cap.close()
-        loop.close()
+        try:
+            cap.close()
+        except pyshark.capture.capture.TSharkCrashException as e:
+            # Seen (1 in ~3 full suites): every packet was read, then tshark's exit status
+            # was 255. The decode is whole; the status is said, not turned into a failure.
+            stats.warn("tshark (under pyshark) exited badly after the last packet: "
+                       + str(e).splitlines()[0])  # fmt: skip
+        finally:
+            cap._running_processes.clear()  # nothing left for __del__ to close on a closed loop
+            loop.close()
     stats.tcp_streams = len(streams)
     stats.exchanges = len(order)
     stats.unpaired_requests = sum(1 for x in order if x.status is None)
