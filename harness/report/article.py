@@ -125,7 +125,7 @@ class Facts:
         # cleartext only: the HPACK question is about bytes a collector can read; over TLS
         # the grpc-go probes' losses are addresses (the TLS section says so)
         d = d[(d["attach"] == "late") & (d["protocol"].map(tables.family) == "gRPC")
-              & ~d["protocol"].map(is_tls)]  # fmt: skip
+              & ~d["protocol"].map(is_tls).astype(bool)]  # fmt: skip
         return d if lang is None else d[d["lang"] == lang]
 
     def collectors(self) -> list[str]:
@@ -287,7 +287,7 @@ def findings(f: Facts, bench: BenchView) -> list[Finding]:
         out.append(Finding(text + ".", A_DEGRADATION, vals))
     # 2. HTTP/1 on the kernel side, and what the sock_diag lookup is worth
     d = f.defaults("kprobe")
-    h1 = d[(d["protocol"].map(tables.family) == "HTTP/1") & ~d["protocol"].map(is_tls)]
+    h1 = d[(d["protocol"].map(tables.family) == "HTTP/1") & ~d["protocol"].map(is_tls).astype(bool)]
     c, g = tables.pooled(h1, "matched", "observable"), tables.pooled(h1, "degraded", "matched")
     if c.rate is not None:
         text = (f"On HTTP/1.0 and HTTP/1.1 the kernel side matched {pct(c.rate)} of "
