@@ -86,7 +86,8 @@ class GoBinary:
         return off
 
 
-def _uvarint(buf: bytes, pos: int) -> tuple[int, int]:
+def uvarint(buf: bytes, pos: int) -> tuple[int, int]:
+    """Go's unsigned varint at ``pos``: (value, position after it)."""
     v = shift = 0
     while True:
         b = buf[pos]
@@ -104,9 +105,9 @@ def parse_buildinfo(data: bytes) -> tuple[str | None, dict[str, str]]:
     flags = data[15]
     if not flags & 2:  # pre-1.18 pointer format: not worth supporting here
         return None, {}
-    n, pos = _uvarint(data, 32)
+    n, pos = uvarint(data, 32)
     version = data[pos : pos + n].decode(errors="replace")
-    n, pos = _uvarint(data, pos + n)
+    n, pos = uvarint(data, pos + n)
     modinfo = data[pos : pos + n].decode(errors="replace")
     mods: dict[str, str] = {}
     for line in modinfo.splitlines():

@@ -18,6 +18,8 @@ from typing import Any
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
+from harness.collectors.uprobe.elfgo import uvarint
+
 MAGIC_118 = 0xFFFFFFF0  # Go 1.18, 1.19
 MAGIC_120 = 0xFFFFFFF1  # Go >= 1.20
 # internal/abi.Type (runtime._type before 1.21): the fields read here have kept these
@@ -76,20 +78,9 @@ def relative_source(file: str, module: str) -> str | None:
     return file[i + len(module) + 1 :] if i >= 0 else None
 
 
-def _uvarint(buf: bytes, pos: int) -> tuple[int, int]:
-    v = shift = 0
-    while True:
-        b = buf[pos]
-        pos += 1
-        v |= (b & 0x7F) << shift
-        if b < 0x80:
-            return v, pos
-        shift += 7
-
-
 def _first_value(pctab: bytes, off: int) -> int:
     """The value a pc-value table gives at the function's entry (Go's runtime.step)."""
-    uv, _ = _uvarint(pctab, off)
+    uv, _ = uvarint(pctab, off)
     return -1 + (-(uv & 1) ^ (uv >> 1))
 
 
@@ -186,7 +177,7 @@ def _name_at(buf: bytes, off: int) -> str | None:
     """A runtime type name (internal/abi.Name): a flags byte, a uvarint length, the bytes."""
     if off <= 0 or off + 2 > len(buf):
         return None
-    n, pos = _uvarint(buf, off + 1)
+    n, pos = uvarint(buf, off + 1)
     return buf[pos : pos + n].decode(errors="replace")
 
 
