@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 from harness.model import Exchange, Source
 from harness.protocols.common import Segment
 from harness.protocols.http1.parse import (
+    PAIRING_UNKNOWN,
     Event,
     Headers,
     Http1Parser,
@@ -26,7 +27,7 @@ from harness.protocols.http1.parse import (
 )
 
 # Degradation reasons this module adds to the parser's (truncated_payload, stream_ended,
-# invalid_framing).
+# invalid_framing, method_unknown, pairing_unknown).
 NO_RESPONSE = "no_response"
 REQUEST_MISSED = "request_missed"
 
@@ -41,6 +42,7 @@ class Http1Stats:
     complete: int = 0  # returned with nothing degraded
     no_response: int = 0  # request seen, its response never parsed
     request_missed: int = 0  # response seen, its request not
+    unpaired: int = 0  # requests whose answer could not be told apart after a loss
     lost_requests: int = 0  # requests known to exist but lost (truncated/ended headers)
     lost_responses: int = 0
     degraded_payload: int = 0  # req_bytes/resp_bytes unknown (framing lost)
@@ -128,12 +130,22 @@ class _Stitcher:
                     self.stats.lost_requests += 1
                     x = self._new()
                     x.t_start_ns = ev.ts_ns
+                    method = None
+                    if ev.start_line is not None:  # the header block was cut, not the line
+                        method, x.path, version = ev.start_line
+                        x.method, x.protocol = method, _protocol(version)
                     for name in ("method", "path", "authority", "req_bytes"):
-                        x.degrade(name, ev.reason)
-                    self._expect(x, None, ev.ts_ns)
+                        if getattr(x, name) is None:
+                            x.degrade(name, ev.reason)
+                    self._expect(x, method, ev.ts_ns)
                 self.cur_req = None
-            elif isinstance(ev, Resynchronised) and ev.reason == "mid_stream_start":
-                self.stats.started_mid_stream = True
+                # what the lost bytes held is unknown: maybe more requests
+                self.resp.note_request_loss()
+            elif isinstance(ev, Resynchronised):
+                if ev.reason == "mid_stream_start":
+                    self.stats.started_mid_stream = True
+                else:
+                    self.resp.note_request_loss()
 
     def _expect(self, x: Exchange, method: str | None, ts_ns: int) -> None:
         self.cur_req = x
@@ -144,7 +156,10 @@ class _Stitcher:
 
     def on_response(self, events: list[Event]) -> None:
         for ev in events:
-            if isinstance(ev, ResponseHeadersParsed):
+            if isinstance(ev, ResponseHeadersParsed) and ev.unpaired:
+                self._unpaired()
+                self.cur_resp = None
+            elif isinstance(ev, ResponseHeadersParsed):
                 x = self._paired(ev.matched, ev.unanswered, ev.version)
                 x.status = ev.status
                 x.resp_headers = _header_dict(ev.headers)
@@ -154,7 +169,10 @@ class _Stitcher:
                     self.req.switch_protocols()
             elif isinstance(ev, MessageCompleted):
                 if self.cur_resp is not None:
-                    self.cur_resp.resp_bytes = ev.body_bytes
+                    if ev.unsure:
+                        self.cur_resp.degrade("resp_bytes", ev.unsure)
+                    else:
+                        self.cur_resp.resp_bytes = ev.body_bytes
                     self.cur_resp.t_end_ns = ev.ts_ns
                     if ev.trailers:
                         self.cur_resp.trailers = _header_dict(ev.trailers)
@@ -162,10 +180,18 @@ class _Stitcher:
             elif isinstance(ev, MessageLost):
                 if ev.headers_seen:
                     x = self.cur_resp
+                elif ev.unpaired:
+                    self.stats.lost_responses += 1
+                    self._unpaired()
+                    x = None
                 else:
                     self.stats.lost_responses += 1
                     x = self._paired(ev.matched, ev.unanswered, None)
-                    x.degrade("status", ev.reason)
+                    if ev.start_line is not None:  # the status line was whole
+                        x.status = int(ev.start_line[0])
+                        self.protocol = _protocol(ev.start_line[2])
+                    else:
+                        x.degrade("status", ev.reason)
                 if x is not None:
                     x.degrade("resp_bytes", ev.reason)
                     x.t_end_ns = ev.ts_ns
@@ -190,6 +216,14 @@ class _Stitcher:
         for name in ("method", "path", "authority", "req_bytes", "t_start_ns"):
             x.degrade(name, REQUEST_MISSED)
         return x
+
+    def _unpaired(self) -> None:
+        """A response that answers one of several queued requests: the oldest of them is
+        answered by now, by it or by one lost before it, and which is unknown."""
+        self.stats.unpaired += 1
+        x = self.pending.popleft()
+        for name in ("status", "resp_bytes"):
+            x.degrade(name, PAIRING_UNKNOWN)
 
     def _no_response(self, x: Exchange) -> None:
         self.stats.no_response += 1
@@ -240,9 +274,20 @@ def stitch_http1(
     if side not in ("client", "server"):
         raise Http1UsageError(f"side must be 'client' or 'server', not {side!r}")
     st = _Stitcher(side, source, from_start, pipelined)
+    starts = 0  # requests begun since the last response bytes
     for is_req, seg in _merge(send, recv, "send" if side == "client" else "recv"):
         if is_req:
-            st.on_request(st.req.feed(seg))
+            events = st.req.feed(seg)
+            starts += sum(
+                isinstance(ev, RequestHeadersParsed)
+                or (isinstance(ev, MessageLost) and not ev.headers_seen)
+                for ev in events
+            )
+            if starts > 1:  # a second request before any answer: the client pipelines
+                st.resp.note_pipelining()
+            st.on_request(events)
         else:
+            if seg.orig_len:
+                starts = 0
             st.on_response(st.resp.feed(seg))
     return st.finish(closed_ns)
