@@ -215,3 +215,19 @@ def test_after_a_loss_one_candidate_is_a_proof_even_when_pipelining() -> None:
     )  # fmt: skip
     assert (xs[2].path, xs[2].status, xs[2].resp_bytes) == ("/3", 404, 1)
     assert not xs[2].degraded
+
+
+@pytest.mark.parametrize("pipelining", [False, True])
+def test_a_stream_split_at_lost_events_pairs_as_after_a_loss(pipelining: bool) -> None:
+    """The part of a connection after lost events: /1 was read before a 404 that may
+    answer a request from before the loss (a pipelining client) or /1 (one at a time)."""
+    r404 = b"HTTP/1.1 404 NF\r\nContent-Length: 1\r\n\r\n!"
+    xs, _ = stitch_http1(
+        [seg(2, r404)], [seg(1, GET.replace(b"/a?q=1", b"/1"))], side="server", closed_ns=None,
+        after_loss=True, pipelining=pipelining,
+    )  # fmt: skip
+    (x,) = xs
+    if pipelining:
+        assert x.status is None and reasons(x)["status"] == "pairing_unknown"
+    else:
+        assert (x.path, x.status, x.resp_bytes) == ("/1", 404, 1) and not x.degraded

@@ -118,6 +118,7 @@ def kprobe_exchanges(
     out: list[Exchange] = []
     share = Sharer()
     streams_of: dict[int, set[int]] = {}  # id(connection) -> HTTP/2 stream ids it produced
+    pipelining: set[int] = set()  # id(connection) of HTTP/1 streams seen pipelining
     for conn in conns:
         role = _role(conn, ports)
         h2: tuple[list[Exchange], Any] | None = None
@@ -147,10 +148,16 @@ def kprobe_exchanges(
                                                conn.closed_ns))  # fmt: skip
             continue
         if conn.proto == "http1":
+            # after lost events, pairing is proven afresh (the part before may have shown
+            # the connection pipelining)
+            prev = conn.continues
             xs, pst = stitch_http1(
                 conn.send, conn.recv, side=role, closed_ns=conn.closed_ns,
-                from_start=conn.from_start,
+                from_start=conn.from_start, after_loss=conn.after_loss,
+                pipelining=prev is not None and id(prev) in pipelining,
             )  # fmt: skip
+            if pst.pipelining or (prev is not None and id(prev) in pipelining):
+                pipelining.add(id(conn))
             counters = _int_fields(pst)
         elif conn.proto == "http2":
             xs, hst = h2 or _stitch_h2(conn, role, variant)

@@ -297,6 +297,11 @@ class Http1Parser:
             raise Http1UsageError("expect_response_to() is for response parsers")
         self._expected.append((method, ts_ns))
 
+    @property
+    def pipelining_seen(self) -> bool:
+        """Two requests were outstanding at once on this connection (as far as seen)."""
+        return self._pipelining_seen
+
     def note_request_loss(self) -> None:
         """The request direction lost sync: requests may be missing from the queue, so
         in-order pairing is off until a response is paired by time again."""

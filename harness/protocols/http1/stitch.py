@@ -50,6 +50,7 @@ class Http1Stats:
     # Either direction began mid-message (late attach): exchanges before the first
     # one returned were missed and the caller must offset conn_seq.
     started_mid_stream: bool = False
+    pipelining: bool = False  # two requests were outstanding at once on the connection
 
 
 def _header_dict(headers: Headers) -> dict[str, str]:
@@ -235,6 +236,7 @@ class _Stitcher:
         while self.pending:
             self._no_response(self.pending.popleft())
         st = self.stats
+        st.pipelining = self.resp.pipelining_seen
         st.exchanges = len(self.out)
         st.complete = sum(1 for x in self.out if not x.degraded)
         st.degraded_payload = sum(
@@ -257,6 +259,8 @@ def stitch_http1(
     source: Source = "kprobe",
     from_start: bool = False,
     pipelined: bool = True,
+    after_loss: bool = False,
+    pipelining: bool = False,
 ) -> tuple[list[Exchange], Http1Stats]:
     """Parse both directions of one HTTP/1.x connection and pair requests with responses.
 
@@ -269,11 +273,18 @@ def stitch_http1(
     does, falling back to time order only after a lost message; False pairs each
     response with the latest request before it, which loses all but the last of a
     pipelined burst (h2load --h1 -m 8, proxies).
+    ``after_loss`` says the streams begin right after lost events (the collector's ring
+    buffer overflowed): requests from before may still be unanswered, so pairing starts
+    as after any loss. ``pipelining`` says the connection was seen pipelining before.
     Addresses, run id and scenario are the caller's to fill in.
     """
     if side not in ("client", "server"):
         raise Http1UsageError(f"side must be 'client' or 'server', not {side!r}")
     st = _Stitcher(side, source, from_start, pipelined)
+    if after_loss:
+        st.resp.note_request_loss()
+    if pipelining:
+        st.resp.note_pipelining()
     starts = 0  # requests begun since the last response bytes
     for is_req, seg in _merge(send, recv, "send" if side == "client" else "recv"):
         if is_req:
