@@ -102,7 +102,8 @@ def test_truncated_request_head_keeps_its_place() -> None:
         closed_ns=None,
         from_start=True,
     )
-    assert [x.conn_seq for x in xs] == [0, 1, 2]
+    # its hidden bytes may have held more requests: the next one's position is not known
+    assert [x.conn_seq for x in xs] == [0, 1, 3]
     assert [x.method for x in xs] == ["GET", None, "GET"]
     assert reasons(xs[1]) == dict.fromkeys(
         ("method", "path", "authority", "req_bytes"), "truncated_payload"

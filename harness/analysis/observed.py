@@ -155,6 +155,7 @@ def kprobe_exchanges(
                 conn.send, conn.recv, side=role, closed_ns=conn.closed_ns,
                 from_start=conn.from_start, after_loss=conn.after_loss,
                 pipelining=prev is not None and id(prev) in pipelining,
+                requests_lost_after=conn.lost_after[0 if role == "client" else 1],
             )  # fmt: skip
             if pst.pipelining or (prev is not None and id(prev) in pipelining):
                 pipelining.add(id(conn))

@@ -258,6 +258,7 @@ class Http1Parser:
         self._lost_since_pair = False
         self._pipelining_seen = False  # two requests outstanding at once on this connection
         self._requests_hidden = False  # the request direction lost messages (count unknown)
+        self._requests_lost_after: int | None = None  # ... at unknown times after this
         self._resync_reason = "mid_stream_start"  # why bytes are being skipped, for the event
         self._buf = bytearray()
         self._pos = 0
@@ -307,6 +308,12 @@ class Http1Parser:
         in-order pairing is off until a response is paired by time again."""
         self._lost_since_pair = True
         self._requests_hidden = True
+
+    def note_requests_lost_after(self, ts_ns: int) -> None:
+        """Requests were lost at unknown times after ``ts_ns``: a queued request after it
+        may follow a lost one, and a response after it may answer one, so neither pairs."""
+        had = self._requests_lost_after
+        self._requests_lost_after = ts_ns if had is None else min(had, ts_ns)
 
     def note_pipelining(self) -> None:
         """The other direction showed two requests outstanding at once on this connection:
@@ -580,22 +587,27 @@ class Http1Parser:
         k = 0  # requests that started before this response: the candidates
         while k < len(q) and q[k][1] <= ts:
             k += 1
-        if self._pipelined and not lost:
+        gone = self._requests_lost_after
+        if self._pipelined and not lost and (gone is None or q[0][1] <= gone):
+            # both counts exact up to the oldest queued request: it is the one answered
             if k > 1:
                 self._pipelining_seen = True
             return q.popleft()[0], True, 0, False
         if k == 0:
             return None, False, 0, False
-        if not self._pipelined or not self._pipelining_seen or (
+        # a request lost at an unknown time may be the one answered
+        lost_between = gone is not None and ts > gone
+        if not lost_between and (not self._pipelined or not self._pipelining_seen or (
             k == 1 and not self._requests_hidden
-        ):
+        )):
             # The latest request that started before this response; older ones lost theirs
             # (one at a time on the connection, or only one candidate).
             for _ in range(k - 1):
                 q.popleft()
             return q.popleft()[0], True, k - 1, False
-        # Pipelined: any of the k may be the one. The oldest is answered by now (by this
-        # response or one lost before it), and the count stays unknown.
+        # Any of the k may be the one (pipelining, or requests lost among them). The oldest
+        # is answered by now (by this response or one lost before it); the count stays
+        # unknown.
         self._lost_since_pair = True
         frames = {m for m, _ in list(q)[:k]}
         method = q.popleft()[0]

@@ -38,7 +38,9 @@ class Http1Stats:
 
     requests: Http1ParseStats = field(default_factory=Http1ParseStats)
     responses: Http1ParseStats = field(default_factory=Http1ParseStats)
-    exchanges: int = 0  # Exchanges returned (conn_seq runs 0..exchanges-1)
+    # Exchanges returned. conn_seq counts them from 0, skipping one number wherever lost
+    # request bytes may have held requests (the position after it is not known)
+    exchanges: int = 0
     complete: int = 0  # returned with nothing degraded
     no_response: int = 0  # request seen, its response never parsed
     request_missed: int = 0  # response seen, its request not
@@ -100,15 +102,25 @@ class _Stitcher:
         self.cur_resp: Exchange | None = None
         self.stats = Http1Stats(self.req.stats, self.resp.stats)
         self.protocol = "http/1.1"  # last version seen, for exchanges known only by a loss
+        self.next_seq = 0
+        self.seq_gap = False  # skip a conn_seq before the next exchange
 
     def _new(self) -> Exchange:
         x = Exchange(
-            source=self.source, side=self.side, protocol=self.protocol, conn_seq=len(self.out)
-        )
+            source=self.source, side=self.side, protocol=self.protocol,
+            conn_seq=self.next_seq + self.seq_gap,
+        )  # fmt: skip
+        self.next_seq += 1 + self.seq_gap
+        self.seq_gap = False
         self.out.append(x)
         return x
 
     # -- request direction ----------------------------------------------------------
+
+    def _requests_lost(self) -> None:
+        """Lost request bytes may have held whole requests: pairing and position restart."""
+        self.resp.note_request_loss()
+        self.seq_gap = True
 
     def on_request(self, events: list[Event]) -> None:
         for ev in events:
@@ -140,13 +152,12 @@ class _Stitcher:
                             x.degrade(name, ev.reason)
                     self._expect(x, method, ev.ts_ns)
                 self.cur_req = None
-                # what the lost bytes held is unknown: maybe more requests
-                self.resp.note_request_loss()
+                self._requests_lost()  # what the lost bytes held is unknown
             elif isinstance(ev, Resynchronised):
                 if ev.reason == "mid_stream_start":
                     self.stats.started_mid_stream = True
                 else:
-                    self.resp.note_request_loss()
+                    self._requests_lost()
 
     def _expect(self, x: Exchange, method: str | None, ts_ns: int) -> None:
         self.cur_req = x
@@ -261,6 +272,7 @@ def stitch_http1(
     pipelined: bool = True,
     after_loss: bool = False,
     pipelining: bool = False,
+    requests_lost_after: int | None = None,
 ) -> tuple[list[Exchange], Http1Stats]:
     """Parse both directions of one HTTP/1.x connection and pair requests with responses.
 
@@ -276,6 +288,8 @@ def stitch_http1(
     ``after_loss`` says the streams begin right after lost events (the collector's ring
     buffer overflowed): requests from before may still be unanswered, so pairing starts
     as after any loss. ``pipelining`` says the connection was seen pipelining before.
+    ``requests_lost_after``: requests were lost at some unknown time after this one (a
+    gap found only later), see ``Http1Parser.note_requests_lost_after``.
     Addresses, run id and scenario are the caller's to fill in.
     """
     if side not in ("client", "server"):
@@ -285,20 +299,22 @@ def stitch_http1(
         st.resp.note_request_loss()
     if pipelining:
         st.resp.note_pipelining()
-    starts = 0  # requests begun since the last response bytes
+    if requests_lost_after is not None:
+        st.resp.note_requests_lost_after(requests_lost_after)
+    # Messages begun in one direction since the other's last bytes: a second request before
+    # any answer, or a second answer before any new request, means several requests were
+    # outstanding at once (pipelining), however much of them a capture budget hid.
+    starts = {True: 0, False: 0}
     for is_req, seg in _merge(send, recv, "send" if side == "client" else "recv"):
-        if is_req:
-            events = st.req.feed(seg)
-            starts += sum(
-                isinstance(ev, RequestHeadersParsed)
-                or (isinstance(ev, MessageLost) and not ev.headers_seen)
-                for ev in events
-            )
-            if starts > 1:  # a second request before any answer: the client pipelines
-                st.resp.note_pipelining()
-            st.on_request(events)
-        else:
-            if seg.orig_len:
-                starts = 0
-            st.on_response(st.resp.feed(seg))
+        events = (st.req if is_req else st.resp).feed(seg)
+        if seg.orig_len:
+            starts[not is_req] = 0
+        starts[is_req] += sum(
+            isinstance(ev, (RequestHeadersParsed, ResponseHeadersParsed))
+            or (isinstance(ev, MessageLost) and not ev.headers_seen)
+            for ev in events
+        )
+        if starts[is_req] > 1:
+            st.resp.note_pipelining()
+        (st.on_request if is_req else st.on_response)(events)
     return st.finish(closed_ns)
