@@ -99,4 +99,3 @@ def test_no_header_value_is_decoded_across_lost_calls(tmp_path: Path) -> None:
     write(tmp_path / "all", [event(i + 1, SEND, c, 1000 + i) for i, c in enumerate(calls)])
     xs, _ = tls_exchanges(tmp_path / "all", [PORT])
     assert {x.stream_id: dict(x.req_headers) for x in xs}[5] == {"x-h3": "v3"}
-
