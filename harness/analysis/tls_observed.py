@@ -64,7 +64,8 @@ def tls_exchanges(
         send, recv = conn.segments(0), conn.segments(1)
         if proto == "http1":
             xs, pst = stitch_http1(send, recv, side=role, closed_ns=None, source="tls",  # type: ignore[arg-type]
-                                   from_start=from_start)  # fmt: skip
+                                   from_start=from_start,
+                                   after_loss=conn.continues is not None)  # fmt: skip
         else:
             c2s, s2c = (send, recv) if role == "client" else (recv, send)
             xs, pst = stitch_http2(c2s, s2c, source="tls", side=role, conn_id=conn.key)  # type: ignore[arg-type]
