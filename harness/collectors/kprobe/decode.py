@@ -276,8 +276,8 @@ def decode(
     def lost_since(part: Connection | None, nxt: int, since: int, i: int) -> None:
         """Calls of direction i were lost somewhere after ``since``: the parts of the stream
         (from ``part`` back, the one after it opened at ``nxt``) that lasted past it (split
-        at the other direction's gaps meanwhile) may hold the hole. The part the gap ends
-        is not marked by its caller: its other direction is whole, so it pairs in order."""
+        at the other direction's gaps meanwhile) may hold the hole. Requests queued before
+        ``since`` still pair in order there: the counts are exact up to them."""
         while part is not None and nxt > since:
             had = part.lost_after[i]
             part.lost_after[i] = since if had is None else min(had, since)
@@ -290,7 +290,7 @@ def decode(
             conn.last_seq[i] = seq
         elif seq > last:  # calls (or this call's first events) were lost
             st.loss_gaps += 1
-            lost_since(conn.continues, conn.opened_ns, conn.last_ts[i], i)
+            lost_since(conn, ev.ts_ns, conn.last_ts[i], i)
             conn = reopen(conn, ev.ts_ns, continues=True)
             conn.last_seq[i] = seq
         elif seq == 1 and ev.part == 0 and last > 1:
