@@ -718,12 +718,7 @@ class Http1Parser:
         ):
             # a cut 100 Continue: not an answer, but what its hidden bytes held is unknown
             self.stats.informational += 1
-            self._lost_since_pair = True
-            self._resync_reason = "after_loss"
-            self._head = None
-            self._reset_body()
-            self._state = _State.SCAN
-            self._synced = False
+            self._out_of_sync()
             return
         self.stats.lost_messages += 1
         method, matched, unanswered, unpaired = None, False, 0, False
@@ -733,6 +728,10 @@ class Http1Parser:
         lost = MessageLost(reason, headers_seen, self._body, ts_ns, method, matched, unanswered,
                            line, unpaired)  # fmt: skip
         self._events.append(lost)
+        self._out_of_sync()
+
+    def _out_of_sync(self) -> None:
+        """After a loss: pairing by count is off, and the next start line is looked for."""
         self._lost_since_pair = True
         self._resync_reason = "after_loss"
         self._head = None
