@@ -43,7 +43,8 @@ def test_full_plan_covers_the_matrix_once() -> None:
     grpc_scens = [n for n, s in SCENARIOS.items() if s.is_grpc and n not in shapes]
     for lang in matrix.MORE_STACKS:
         mine = Counter((r.scenario, r.client, r.server, r.attach) for r in runs
-                       if lang in (r.client, r.server) and SCENARIOS[r.scenario].is_grpc)  # fmt: skip
+                       if lang in (r.client, r.server)
+                       and SCENARIOS[r.scenario].is_grpc)  # fmt: skip
         assert set(mine.values()) == {1}
         assert set(mine) == {(n, c, s, a) for n in grpc_scens for c, s in ((lang, "go"),
                              ("go", lang)) for a in ("early", "late")}  # fmt: skip

@@ -119,8 +119,11 @@ function goSignal() {
 }
 
 async function main() {
+  // "--seed -3": parseArgs would take a negative seed for an option; join it as "--seed=-3"
+  const argv = process.argv.slice(2).flatMap((a, i, all) => (a === '--seed' && i + 1 < all.length
+    ? [`--seed=${all[i + 1]}`] : (all[i - 1] === '--seed' ? [] : [a])));
   const { values } = parseArgs({
-    args: process.argv.slice(2),
+    args: argv,
     options: {
       proto: { type: 'string', default: 'h2c' },
       host: { type: 'string', default: '127.0.0.1' },
