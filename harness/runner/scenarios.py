@@ -48,7 +48,9 @@ def uprobe_gap(s: Scenario, lang: str) -> str | None:
     beforehand (the run measures it all the same)."""
     if s.proto == "h2c":
         return H2C_UPROBE_GAP.get(lang)
-    return UPROBE_GAP.get(lang) if s.is_grpc else None
+    if not s.is_grpc:
+        return "HTTP/1: the probes hook grpc-go's HTTP/2 transport only"
+    return UPROBE_GAP.get(lang)
 
 
 @dataclass(frozen=True)
