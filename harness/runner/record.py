@@ -96,6 +96,9 @@ def record(spec: RunSpec, out_dir: Path, progress: Progress = lambda _m: None) -
             raise ProbebenchError(f"unknown collector {c!r}; choose from {', '.join(COLLECTORS)}")
     if spec.attach not in ("early", "late"):
         raise ProbebenchError("--attach must be early or late")
+    scenarios.check_pair(scen, spec.client, spec.server)
+    if spec.tls:
+        scenarios.check_tls(scen)
     if spec.tls_version not in TLS_VERSIONS:
         raise ProbebenchError(f"--tls-version must be one of {', '.join(TLS_VERSIONS)}")
     exchanges = spec.exchanges or scen.default_exchanges

@@ -141,6 +141,14 @@ def _check_lang(s: Scenario, lang: str) -> None:
         raise ProbebenchError(f"the {lang} targets do not run {s.name}; they run: {speaks}")
 
 
+def check_pair(s: Scenario, client: str, server: str) -> None:
+    """Both targets can run the scenario: an error before a run directory exists."""
+    _check_lang(s, client)
+    _check_lang(s, server)
+    if server not in s.servers:
+        raise ProbebenchError(f"scenario {s.name} needs a {' or '.join(s.servers)} server")
+
+
 def _node_script(role: str, proto: str = "grpc") -> list[str]:
     script = NODE_DIR / f"{proto}_{role}.js"
     if proto == "grpc" and not (NODE_DIR / "node_modules" / "@grpc" / "grpc-js").is_dir():
@@ -235,15 +243,20 @@ def keylog_writer(s: Scenario, lang: str) -> bool:
     return not (s.is_grpc and lang == "py")
 
 
+def check_tls(s: Scenario) -> None:
+    """A scenario that has no TLS variant is an error before anything starts."""
+    if s.proto == "h2c":
+        raise ProbebenchError(f"{s.name} is cleartext HTTP/2 with prior knowledge: it has no "
+                              "TLS variant")
+
+
 def tls_arguments(
     s: Scenario, lang: str, tls_dir: Path | None, version: str, keylog: Path | None
 ) -> list[str]:
     """The target options of a TLS run (scenarios/README.md, "TLS"); none without TLS."""
     if tls_dir is None:
         return []
-    if s.proto == "h2c":
-        raise ProbebenchError(f"{s.name} is cleartext HTTP/2 with prior knowledge: it has no "
-                              "TLS variant")
+    check_tls(s)
     args = ["--tls-dir", str(tls_dir), "--tls-version", version]
     if keylog is not None and keylog_writer(s, lang):
         args += ["--keylog", str(keylog)]
