@@ -141,12 +141,16 @@ def _check_lang(s: Scenario, lang: str) -> None:
         raise ProbebenchError(f"the {lang} targets do not run {s.name}; they run: {speaks}")
 
 
+def _check_server(s: Scenario, lang: str) -> None:
+    _check_lang(s, lang)
+    if lang not in s.servers:
+        raise ProbebenchError(f"scenario {s.name} needs a {' or '.join(s.servers)} server")
+
+
 def check_pair(s: Scenario, client: str, server: str) -> None:
     """Both targets can run the scenario: an error before a run directory exists."""
     _check_lang(s, client)
-    _check_lang(s, server)
-    if server not in s.servers:
-        raise ProbebenchError(f"scenario {s.name} needs a {' or '.join(s.servers)} server")
+    _check_server(s, server)
 
 
 def _node_script(role: str, proto: str = "grpc") -> list[str]:
@@ -173,10 +177,8 @@ def _rust_binary(role: str) -> list[str]:
 
 
 def server_command(s: Scenario, lang: str, port: int, grpc_version: str | None) -> list[str]:
-    _check_lang(s, lang)
+    _check_server(s, lang)
     common = ["--proto", s.proto, "--host", "127.0.0.1", "--port", str(port)]
-    if lang not in s.servers:
-        raise ProbebenchError(f"scenario {s.name} needs a {' or '.join(s.servers)} server")
     if lang == "node":
         return [*_node_script("server", s.proto), *common]
     if lang == "java":
