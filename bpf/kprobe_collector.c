@@ -752,7 +752,10 @@ static __always_inline void h2_header(struct conn_key *k, struct h2_walk *w, u8 
             w->s.rem = rest < PB_CALL_LIMIT ? rest : PB_CALL_LIMIT;
             return;
         }
-        w->pos = orig;  /* the rest of this call goes by unseen */
+        /* the rest of this call goes by unseen, and is counted */
+        stat_add(PB_STAT_TRUNCATED_CALLS, 1);
+        stat_add(PB_STAT_TRUNCATED_BYTES, orig - (u32)w->pos);
+        w->pos = orig;
         return;
     }
     if (w->s.trial) w->s.trial--;
