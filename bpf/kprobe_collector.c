@@ -561,7 +561,8 @@ static __always_inline int on_data_enter(u8 sc, u8 dir, int fd, u64 buf, u32 iov
     struct task_struct *t = (struct task_struct *)bpf_get_current_task_btf();
     struct data_args *ap = data_args_ts.task_storage_get(t, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
     if (!ap) return 0;
-    ap->enter_ns = bpf_ktime_get_ns();  /* nonzero: a call is pending */
+    /* nonzero: a call is pending; only a send is timed at its start (on_data_exit) */
+    ap->enter_ns = dir == PB_DIR_SEND ? bpf_ktime_get_ns() : 1;
     ap->buf = buf;
     ap->iovcnt = iovcnt;
     ap->fd = fd;
@@ -569,7 +570,8 @@ static __always_inline int on_data_enter(u8 sc, u8 dir, int fd, u64 buf, u32 iov
     ap->dir = dir;
 #else
     u32 tid = (u32)id;
-    struct data_args a = {.enter_ns = bpf_ktime_get_ns(), .buf = buf, .iovcnt = iovcnt, .fd = fd, .syscall = sc, .dir = dir};
+    struct data_args a = {.enter_ns = dir == PB_DIR_SEND ? bpf_ktime_get_ns() : 1, .buf = buf,
+                          .iovcnt = iovcnt, .fd = fd, .syscall = sc, .dir = dir};
     data_args_map.update(&tid, &a);
 #endif
     return 0;
