@@ -298,6 +298,7 @@ def _drive(
         idle_s = time.monotonic() - t0
     cpu0 = {rc.name: proc_cpu_s(rc.child.pid) for rc in running}
     csw0 = {rc.name: proc_ctxsw(rc.child.pid) for rc in running}
+    size0 = {rc.name: _size(rc.events) for rc in running}
     bpf0 = {rc.name: bpf_programs(rc.child.pid) for rc in running} if with_bpf_stats else {}
     assert client.proc.stdin is not None
     client.proc.stdin.write("GO\n")
@@ -315,7 +316,9 @@ def _drive(
         u1, s1 = proc_cpu_s(rc.child.pid)
         u0, s0 = cpu0[rc.name]
         res.collectors[rc.name] = {"cpu_user_s": u1 - u0, "cpu_system_s": s1 - s0,
-                                   "context_switches": proc_ctxsw(rc.child.pid) - csw0[rc.name]}
+                                   "context_switches": proc_ctxsw(rc.child.pid) - csw0[rc.name],
+                                   # the recorder flushes after every poll: what it wrote
+                                   "event_bytes": _size(rc.events) - size0[rc.name]}
     if with_bpf_stats:
         res.programs = _program_deltas(bpf0, {rc.name: bpf_programs(rc.child.pid)
                                               for rc in running})  # fmt: skip
@@ -331,6 +334,13 @@ def _drive(
     res.wall_s = (max(r["t_end_ns"] for r in main) - min(r["t_start_ns"] for r in main)) / 1e9
     res.p50_ms, res.p99_ms = lat["p50_ms"], lat["p99_ms"]
     return res
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _program_deltas(
@@ -617,6 +627,10 @@ def _analyse(sess: Session, wl: Workload, rounds: int) -> dict[str, Any]:
                     1000 * sum(r.collectors[name]["cpu_system_s"] for r in rs) / n,
                 "context_switches_per_1k":
                     1000 * sum(r.collectors[name]["context_switches"] for r in rs) / n,
+                # payload and event headers the collector wrote per exchange: what is copied
+                # (ring, batch, file), so what the per-byte part of its cost scales with
+                "event_bytes_per_exchange":
+                    sum(r.collectors[name].get("event_bytes", 0) for r in rs) / n,
             }  # fmt: skip
             per[name]["cpu_s_per_1k"] = (per[name]["cpu_user_s_per_1k"]
                                          + per[name]["cpu_system_s_per_1k"])  # fmt: skip

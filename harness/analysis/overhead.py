@@ -355,6 +355,7 @@ def decompose(workload: Mapping[str, Any], trap: Mapping[str, Any] | None) -> di
             "cpu_user_s_per_1k": proc.get("cpu_user_s_per_1k"),
             "cpu_system_s_per_1k": proc.get("cpu_system_s_per_1k"),
             "context_switches_per_1k": proc.get("context_switches_per_1k"),
+            "event_bytes_per_exchange": proc.get("event_bytes_per_exchange"),
             "throughput_ratio": c.get("throughput_ratio"),
             "throughput_ci95": c.get("throughput_ci95"),
             "p50_ratio": c.get("p50_ratio"),
