@@ -4,7 +4,7 @@
     PROBEBENCH_OVERHEAD_ROUNDS=8 PROBEBENCH_OVERHEAD_SCALE=1 .venv/bin/nox --no-venv -s bench
 
 Needs root and bcc. Settings: benchmarks/conftest.py. Writes results/overhead.json
-(schema: `harness.analysis.overhead`, version 1) besides pytest-benchmark's JSON.
+(schema: `harness.analysis.overhead`, SCHEMA_VERSION) besides pytest-benchmark's JSON.
 
 Per workload (http11-keepalive and grpc-unary; Go and Python servers; Go client) and per
 round: the server starts once (pinned to CPU 1), then every configuration (none, kprobe,

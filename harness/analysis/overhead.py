@@ -27,7 +27,10 @@ import numpy as np
 from scipy import stats
 
 # 2: adds fixed_rate, decomposition, collector context switches and system CPU (v1 keys kept)
-SCHEMA_VERSION = 2
+# 3: the kernel side's bpf_ns_per_exchange (decomposition, fixed-rate bpf_pct) leaves out other
+#    processes' hits (the all-process figure kept beside it); adds per side, the recorder's
+#    ns per exchange, predicted_ratio_all, event bytes per exchange, bpf_run_time.idle
+SCHEMA_VERSION = 3
 ALPHA = 0.05
 CONFIDENCE = 0.95
 CV_WARN = 0.10  # pyperf warns when the standard deviation exceeds 10 % of the mean
