@@ -15,23 +15,13 @@ import time
 from pathlib import Path
 
 import pytest
+from test_kprobe_capture_chain import PREFACE, SERVER, frame
 
 from harness.collectors.kprobe.decode import decode
 from harness.runner.record import free_port
 
 pytestmark = pytest.mark.bpf
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-SERVER = """
-import socket, sys
-s = socket.socket(); s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen()
-print("READY", flush=True)
-c, _ = s.accept()
-n = 0
-while (b := c.recv(65536)):
-    n += len(b)
-print(n, flush=True)
-"""
 # one call per stdin line (hex), acknowledged, so each is its own syscall
 CLIENT = """
 import socket, sys
@@ -41,11 +31,6 @@ for line in sys.stdin:
     print("SENT", flush=True)
 c.close()
 """
-
-
-def frame(ftype: int, flags: int, sid: int, payload: bytes) -> bytes:
-    head = struct.pack(">I", len(payload))[1:] + bytes([ftype, flags]) + struct.pack(">I", sid)
-    return head + payload
 
 
 def grpc_message(body: bytes) -> bytes:
