@@ -681,15 +681,16 @@ def _idle(res: RunResult) -> dict[str, Any]:
 
 def _h2_walk_pass(sess: Session, work_dir: Path) -> dict[str, Any]:
     """The HTTP/2 frame walk's cost: the gRPC servers traced alone, once with the collector
-    attached before the clients connect (every call walked frame by frame) and once after
-    (connections found mid-stream: prefix capture), BPF stats on; per exit-program hit and
+    attached before the clients connect (every call walked frame by frame from the preface)
+    and once after (connections found mid-stream: prefix capture until a call starts with a
+    plausible frame header, then the walk on trial), BPF stats on; per exit-program hit and
     per exchange, server side only."""
     wls = [w for w in sess.workloads if scenarios.get(w.scenario).is_grpc]
     out: dict[str, Any] = {}
     if not wls:
         return out
     with bpf_stats_enabled(), servers_running(wls) as targets:
-        for mode, early in (("frame_aware", True), ("prefix", False)):
+        for mode, early in (("frame_aware", True), ("found_mid_stream", False)):
             run = run_config("kprobe", targets, work_dir, seed=3000, with_bpf_stats=True,
                              servers_only=True, early=early)  # fmt: skip
             st = run.collector_stats.get("kprobe", {})
