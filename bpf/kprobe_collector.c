@@ -52,7 +52,7 @@
 #ifndef PB_H2_BODY_LIMIT
 /* gRPC message-body bytes a frame-aware call captures: no field needs them (frame
  * headers, HEADERS payloads and message prefixes are always captured), so the
- * recorder passes a small budget; bodies are most of gRPC's bytes */
+ * recorder passes 0 by default (--h2-body-limit); bodies are most of gRPC's bytes */
 #define PB_H2_BODY_LIMIT PB_CALL_LIMIT
 #endif
 #ifndef PB_H2_TRIAL
