@@ -1,0 +1,83 @@
+"""Matching holds a window of truth, not the recording: its state stays flat with length."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from harness.analysis.match import HORIZON_NS, StreamMatcher, Verdict, match
+from harness.model import Exchange
+
+MS = 1_000_000
+
+
+def _x(source: str, t: int, port: int, seq: int) -> Exchange:
+    return Exchange(
+        source=source, side="server" if source != "truth" else "wire",  # type: ignore[arg-type]
+        protocol="http/1.1", client_ip="127.0.0.1", client_port=port,
+        server_ip="127.0.0.1", server_port=80, conn_seq=seq, method="GET", path="/",
+        status=200, t_start_ns=t, conn_id=f"c{port}" if source != "truth" else None,
+    )  # fmt: skip
+
+
+def _soak(n: int) -> tuple[Iterator[tuple[int, Exchange]], Iterator[Exchange], dict[str, int]]:
+    """n exchanges 1 ms apart: half on two keep-alive connections, half one per connection
+    (HTTP/1.0: a new port each); the server reads each 50 us after it is on the wire."""
+
+    def port(k: int) -> int:
+        return 1000 + k % 4 if k % 2 else 10_000 + k
+
+    def seq(k: int) -> int:
+        return k // 4 if k % 2 else 0
+
+    truth = ((k, _x("truth", k * MS, port(k), seq(k))) for k in range(n))
+    seen = (_x("kprobe", k * MS + 50_000, port(k), seq(k)) for k in range(n))
+    ends = {f"c{port(k)}": 1 for k in range(0, n, 2)}
+    ends.update({f"c{1000 + j}": len(range(j, n, 4)) for j in (1, 3)})
+    return truth, seen, ends
+
+
+def _peak(n: int) -> dict[str, int]:
+    """The most state the matcher held while matching n exchanges, sampled as it went."""
+    peak: dict[str, int] = {"pairs": 0}
+    phantoms: list[Exchange] = []
+
+    def on_pair(v: Verdict) -> None:
+        assert not v.degraded
+        peak["pairs"] += 1
+        if peak["pairs"] % 101 == 0:
+            for k, c in m.retained().items():
+                peak[k] = max(peak.get(k, 0), c)
+
+    m = StreamMatcher(on_pair, phantoms.append)
+    truth, seen, ends = _soak(n)
+    m.run(truth, seen, ends=ends)
+    assert not phantoms
+    return peak
+
+
+def test_matching_state_does_not_grow_with_the_recording() -> None:
+    short, long = _peak(6_000), _peak(18_000)
+    assert (short["pairs"], long["pairs"]) == (6_000, 18_000)
+    window = 2 * HORIZON_NS // MS + 10  # behind and ahead of the observation, 1 per ms
+    assert long["truth"] <= window and long["candidates"] <= window
+    # closed HTTP/1.0 connections are forgotten: only the keep-alive ones stay
+    assert long["last"] <= 4
+    for k in ("truth", "candidates", "connections", "taken", "last"):
+        assert long[k] <= short[k] + 10, (k, short[k], long[k])
+
+
+def test_truth_aged_out_still_decides_the_next_in_sequence() -> None:
+    """A free truth exchange after the previous pair that is already too old was what the
+    in-sequence rule looked at first: the match falls back to the nearest one, as it did
+    when all the truth was held."""
+    s = 1_000 * MS
+    truth = [
+        _x("truth", 0, 5, 0), _x("truth", 100 * MS, 5, 1),  # the second one nobody reads
+        _x("truth", 1_500 * MS, 5, 2), _x("truth", 2_500 * MS, 5, 3),
+        _x("truth", 2_900 * MS, 6, 0),  # another connection moves time on
+    ]  # fmt: skip
+    seen = [_x("kprobe", 50_000, 5, 0), _x("kprobe", 2_900 * MS + 50_000, 6, 0),
+            _x("kprobe", 3 * s, 5, 1)]  # fmt: skip
+    got = {id(v.observed): v.truth for v in match(truth, seen).pairs}
+    assert got[id(seen[2])] is truth[3]
+    assert got[id(seen[0])] is truth[0]
