@@ -81,8 +81,13 @@ def _merge(
         yield is_req, seg
 
 
-class _Stitcher:
-    """Applies both parsers' events to Exchanges; pending requests mirror the parser's queue."""
+class Http1Stitcher:
+    """Applies both parsers' events to Exchanges; pending requests mirror the parser's queue.
+
+    Incremental: ``feed`` a connection's segments as they come (requests and responses in
+    the order ``_merge`` gives them) and take each exchange as soon as nothing can change
+    it any more (``ready``), in the order they began; only the exchanges still open stay.
+    """
 
     def __init__(
         self, side: Literal["client", "server"], source: Source, from_start: bool, pipelined: bool
@@ -91,19 +96,49 @@ class _Stitcher:
         self.source: Source = source
         self.req = Http1Parser("request", from_start=from_start, pipelined=pipelined)
         self.resp = Http1Parser("response", from_start=from_start, pipelined=pipelined)
-        self.out: list[Exchange] = []
+        self.seq = 0  # exchanges begun so far (conn_seq of the next)
+        # begun, in order, not yet handed out: the first ones go once nothing can change them
+        self.open: deque[Exchange] = deque()
+        self.done: list[Exchange] = []  # finished, not yet taken by ``ready``
         self.pending: deque[Exchange] = deque()  # lockstep with self.resp's expected queue
+        self._pending_ids: set[int] = set()
         self.cur_req: Exchange | None = None
         self.cur_resp: Exchange | None = None
         self.stats = Http1Stats(self.req.stats, self.resp.stats)
         self.protocol = "http/1.1"  # last version seen, for exchanges known only by a loss
 
     def _new(self) -> Exchange:
-        x = Exchange(
-            source=self.source, side=self.side, protocol=self.protocol, conn_seq=len(self.out)
-        )
-        self.out.append(x)
+        x = Exchange(source=self.source, side=self.side, protocol=self.protocol, conn_seq=self.seq)
+        self.seq += 1
+        self.open.append(x)
         return x
+
+    def feed(self, is_request: bool, seg: Segment) -> None:
+        if is_request:
+            self.on_request(self.req.feed(seg))
+        else:
+            self.on_response(self.resp.feed(seg))
+        self._settle()
+
+    def _settle(self) -> None:
+        """Hand out the first open exchanges that no request or response still refers to."""
+        while self.open:
+            x = self.open[0]
+            if x is self.cur_req or x is self.cur_resp or id(x) in self._pending_ids:
+                return
+            self.open.popleft()
+            self.stats.exchanges += 1
+            if not x.degraded:
+                self.stats.complete += 1
+            if any(d.field in ("req_bytes", "resp_bytes") and d.reason != REQUEST_MISSED
+                   for d in x.degraded):  # fmt: skip
+                self.stats.degraded_payload += 1
+            self.done.append(x)
+
+    def ready(self) -> list[Exchange]:
+        """The exchanges finished since the last call, in the order they began."""
+        out, self.done = self.done, []
+        return out
 
     # -- request direction ----------------------------------------------------------
 
@@ -138,6 +173,7 @@ class _Stitcher:
     def _expect(self, x: Exchange, method: str | None, ts_ns: int) -> None:
         self.cur_req = x
         self.pending.append(x)
+        self._pending_ids.add(id(x))
         self.resp.expect_response_to(method, ts_ns)
 
     # -- response direction ---------------------------------------------------------
@@ -178,12 +214,12 @@ class _Stitcher:
     def _paired(self, matched: bool, unanswered: int, version: str | None) -> Exchange:
         """The exchange a response answers, after dropping requests that lost theirs."""
         for _ in range(unanswered):
-            self._no_response(self.pending.popleft())
+            self._no_response(self._pop())
         if matched:
-            return self.pending.popleft()
+            return self._pop()
         if version is not None:
             self.protocol = _protocol(version)
-        if not self.out:  # the connection was already mid-exchange when observation began
+        if not self.seq:  # the connection was already mid-exchange when observation began
             self.stats.started_mid_stream = True
         x = self._new()
         self.stats.request_missed += 1
@@ -191,27 +227,24 @@ class _Stitcher:
             x.degrade(name, REQUEST_MISSED)
         return x
 
+    def _pop(self) -> Exchange:
+        x = self.pending.popleft()
+        self._pending_ids.discard(id(x))
+        return x
+
     def _no_response(self, x: Exchange) -> None:
         self.stats.no_response += 1
         x.degrade("status", NO_RESPONSE)
 
-    def finish(self, closed_ns: int | None) -> tuple[list[Exchange], Http1Stats]:
+    def finish(self, closed_ns: int | None) -> Http1Stats:
+        """End both directions (at ``closed_ns``, or open); every exchange is ready then."""
         self.on_request(self.req.end(closed_ns))
         self.on_response(self.resp.end(closed_ns))
         while self.pending:
-            self._no_response(self.pending.popleft())
-        st = self.stats
-        st.exchanges = len(self.out)
-        st.complete = sum(1 for x in self.out if not x.degraded)
-        st.degraded_payload = sum(
-            1
-            for x in self.out
-            if any(
-                d.field in ("req_bytes", "resp_bytes") and d.reason != REQUEST_MISSED
-                for d in x.degraded
-            )
-        )
-        return self.out, st
+            self._no_response(self._pop())
+        self.cur_req = self.cur_resp = None
+        self._settle()
+        return self.stats
 
 
 def stitch_http1(
@@ -239,10 +272,8 @@ def stitch_http1(
     """
     if side not in ("client", "server"):
         raise Http1UsageError(f"side must be 'client' or 'server', not {side!r}")
-    st = _Stitcher(side, source, from_start, pipelined)
+    st = Http1Stitcher(side, source, from_start, pipelined)
     for is_req, seg in _merge(send, recv, "send" if side == "client" else "recv"):
-        if is_req:
-            st.on_request(st.req.feed(seg))
-        else:
-            st.on_response(st.resp.feed(seg))
-    return st.finish(closed_ns)
+        st.feed(is_req, seg)
+    stats = st.finish(closed_ns)
+    return st.ready(), stats

@@ -1,4 +1,4 @@
-"""Matching holds a window of truth, not the recording: its state stays flat with length."""
+"""Replay holds a window, not the recording: matcher and stitcher state stay flat with length."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from collections.abc import Iterator
 
 from harness.analysis.match import HORIZON_NS, StreamMatcher, Verdict, match
 from harness.model import Exchange
+from harness.protocols.common import Segment
+from harness.protocols.http1.stitch import Http1Stitcher
 
 MS = 1_000_000
 
@@ -81,3 +83,25 @@ def test_truth_aged_out_still_decides_the_next_in_sequence() -> None:
     got = {id(v.observed): v.truth for v in match(truth, seen).pairs}
     assert got[id(seen[2])] is truth[3]
     assert got[id(seen[0])] is truth[0]
+
+
+def test_http1_stitcher_hands_exchanges_out_as_they_finish() -> None:
+    """A long keep-alive connection, pipelined in bursts of 4: only the exchanges still
+    open are held, whatever the connection's length."""
+    n, peak, got = 4_000, 0, 0
+    st = Http1Stitcher("server", "kprobe", from_start=True, pipelined=True)
+    for k in range(0, n, 4):
+        t = k * MS
+        burst = b"".join(b"GET /%d HTTP/1.1\r\nHost: a\r\n\r\n" % (k + j) for j in range(4))
+        st.feed(True, Segment(t, burst, len(burst)))
+        for j in range(4):
+            resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+            st.feed(False, Segment(t + (j + 1) * 1000, resp, len(resp)))
+            peak = max(peak, len(st.open))
+        xs = st.ready()
+        assert [x.path for x in xs] == [f"/{i}" for i in range(got, got + len(xs))]
+        got += len(xs)
+    stats = st.finish(None)
+    got += len(st.ready())
+    assert got == stats.exchanges == stats.complete == n
+    assert peak <= 4
