@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
 
 from harness.analysis.match import HORIZON_NS, StreamMatcher, Verdict, match
+from harness.collectors.kprobe.decode import decode
 from harness.model import Exchange
 from harness.protocols.common import Segment
-from harness.protocols.http1.stitch import Http1Stitcher
+from harness.protocols.http1.stitch import Http1Stitcher, Http1Stream, stitch_http1
 
 MS = 1_000_000
+RUNS = sorted(p for p in (Path(__file__).parent / "fixtures" / "replay").iterdir() if p.is_dir())
 
 
 def _x(source: str, t: int, port: int, seq: int) -> Exchange:
@@ -105,3 +110,43 @@ def test_http1_stitcher_hands_exchanges_out_as_they_finish() -> None:
     got += len(st.ready())
     assert got == stats.exchanges == stats.complete == n
     assert peak <= 4
+
+
+def test_http1_stream_holds_only_what_it_has_not_placed() -> None:
+    """Segments arrive direction by direction; a request waits only for the response side
+    to show where it goes in time, so a long connection holds a handful of segments."""
+    st = Http1Stream("client", from_start=True)
+    peak = 0
+    for k in range(2_000):
+        req = b"GET /%d HTTP/1.1\r\nHost: a\r\n\r\n" % k
+        resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        st.add(True, Segment(k * MS, req, len(req)))
+        st.add(False, Segment(k * MS + 500, resp, len(resp)))
+        peak = max(peak, st.held_segments, len(st.stitcher.open))
+    xs, stats = st.finish(None)
+    assert len(xs) == stats.complete == 2_000
+    assert [x.conn_seq for x in xs] == list(range(2_000))
+    assert peak <= 2
+
+
+@pytest.mark.parametrize("run", RUNS, ids=[r.name for r in RUNS])
+def test_stitched_while_decoded_equals_stitched_after(run: Path) -> None:
+    """Connections seen from their open are stitched during the decode, their bytes let go;
+    each gives the exchanges and counters stitching its kept bytes afterwards gives."""
+    events = run / "events" / "kprobe.bin"
+    live, _ = decode(events, stitch=True)
+    kept, _ = decode(events)
+    by_key = {c.key: c for c in kept}
+    streamed = [c for c in live if c.stitched is not None]
+    # a late attach sees HTTP/1.0's new connections open, not keep-alive's old ones
+    assert bool(streamed) == ("http10" in run.name)
+    for c in streamed:
+        assert not c.send and not c.recv
+        old = by_key[c.key]
+        xs, st = stitch_http1(old.send, old.recv, side=old.role, closed_ns=old.closed_ns,  # type: ignore[arg-type]
+                              from_start=old.from_start)  # fmt: skip
+        assert c.stitched == (xs, st)
+    others = [c for c in live if c.stitched is None]
+    assert [(c.key, c.send, c.recv) for c in others] == [
+        (by_key[c.key].key, by_key[c.key].send, by_key[c.key].recv) for c in others
+    ]

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import heapq
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import urlsplit
@@ -70,22 +69,11 @@ def _authority(target: str, headers: dict[str, str]) -> str | None:
     return None
 
 
-def _merge(
-    send: Iterable[Segment], recv: Iterable[Segment], requests_are: Literal["send", "recv"]
-) -> Iterator[tuple[bool, Segment]]:
-    """Both directions in time order, each kept in its own order; requests first on a tie."""
-    req, resp = (send, recv) if requests_are == "send" else (recv, send)
-    tagged_req = ((s.ts_ns, 0, True, s) for s in req)
-    tagged_resp = ((s.ts_ns, 1, False, s) for s in resp)
-    for _, _, is_req, seg in heapq.merge(tagged_req, tagged_resp, key=lambda t: t[:2]):
-        yield is_req, seg
-
-
 class Http1Stitcher:
     """Applies both parsers' events to Exchanges; pending requests mirror the parser's queue.
 
     Incremental: ``feed`` a connection's segments as they come (requests and responses in
-    the order ``_merge`` gives them) and take each exchange as soon as nothing can change
+    the order ``Http1Stream`` merges them) and take each exchange as soon as nothing can change
     it any more (``ready``), in the order they began; only the exchanges still open stay.
     """
 
@@ -270,10 +258,56 @@ def stitch_http1(
     pipelined burst (h2load --h1 -m 8, proxies).
     Addresses, run id and scenario are the caller's to fill in.
     """
-    if side not in ("client", "server"):
-        raise Http1UsageError(f"side must be 'client' or 'server', not {side!r}")
-    st = Http1Stitcher(side, source, from_start, pipelined)
-    for is_req, seg in _merge(send, recv, "send" if side == "client" else "recv"):
-        st.feed(is_req, seg)
-    stats = st.finish(closed_ns)
-    return st.ready(), stats
+    st = Http1Stream(side, source=source, from_start=from_start, pipelined=pipelined)
+    for seg in send:
+        st.add(True, seg)
+    for seg in recv:
+        st.add(False, seg)
+    return st.finish(closed_ns)
+
+
+class Http1Stream:
+    """One HTTP/1.x connection stitched while its segments arrive, so a replay need not
+    hold them: each direction keeps its own order, and both are merged in time order
+    (requests first on a tie) as far as both have arrived; only segments not yet placed
+    and exchanges not yet finished are held. ``exchanges`` grows as they finish."""
+
+    def __init__(
+        self, side: Literal["client", "server"], *, source: Source = "kprobe",
+        from_start: bool = False, pipelined: bool = True,
+    ) -> None:  # fmt: skip
+        if side not in ("client", "server"):
+            raise Http1UsageError(f"side must be 'client' or 'server', not {side!r}")
+        self.side = side
+        self.stitcher = Http1Stitcher(side, source, from_start, pipelined)
+        self._req: deque[Segment] = deque()
+        self._resp: deque[Segment] = deque()
+        self.exchanges: list[Exchange] = []
+
+    @property
+    def held_segments(self) -> int:
+        return len(self._req) + len(self._resp)
+
+    def add(self, sent: bool, seg: Segment) -> None:
+        """A segment the observed process sent (else received), in its direction's order."""
+        (self._req if sent == (self.side == "client") else self._resp).append(seg)
+        self._place()
+
+    def _place(self, final: bool = False) -> None:
+        req, resp, st = self._req, self._resp, self.stitcher
+        while req and resp:
+            if req[0].ts_ns <= resp[0].ts_ns:
+                st.feed(True, req.popleft())
+            else:
+                st.feed(False, resp.popleft())
+        while final and req:
+            st.feed(True, req.popleft())
+        while final and resp:
+            st.feed(False, resp.popleft())
+        self.exchanges.extend(st.ready())
+
+    def finish(self, closed_ns: int | None) -> tuple[list[Exchange], Http1Stats]:
+        self._place(final=True)
+        stats = self.stitcher.finish(closed_ns)
+        self.exchanges.extend(self.stitcher.ready())
+        return self.exchanges, stats
