@@ -110,7 +110,9 @@ _Cand = tuple[int, int]  # (truth start, truth index): each connection's list is
 
 @dataclass(slots=True)
 class _Last:
-    """The truth exchange a connection's last observed exchange took."""
+    """The truth exchange a connection's last observed exchange took: the next one in the
+    collector's sequence answers the next request in the truth's (pipelining puts several
+    requests on the wire before the server reads the first)."""
 
     conn_id: str | None
     conn_seq: int
