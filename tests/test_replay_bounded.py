@@ -134,7 +134,7 @@ def test_stitched_while_decoded_equals_stitched_after(run: Path) -> None:
     """Connections seen from their open are stitched during the decode, their bytes let go;
     each gives the exchanges and counters stitching its kept bytes afterwards gives."""
     events = run / "events" / "kprobe.bin"
-    live, _ = decode(events, stitch=True)
+    live, _ = decode(events, stitch=lambda _xs: None)
     kept, _ = decode(events)
     by_key = {c.key: c for c in kept}
     streamed = [c for c in live if c.stitched is not None]

@@ -129,13 +129,13 @@ def kprobe_exchanges(
 ) -> tuple[list[Exchange], ObservedStats]:
     """Exchanges a kernel-side recording yields. TLS connections yield none: each is
     appended to ``encrypted`` (when given) so the scoring can say what it could not see."""
+    share = Sharer()
     conns, dstats = decode(
-        events, attach_at_ns=attach_at_ns, use_sockdiag=variant.use_sockdiag, stitch=True
+        events, attach_at_ns=attach_at_ns, use_sockdiag=variant.use_sockdiag, stitch=share
     )
     st = ObservedStats(decode=dict(vars(dstats)))
     ports = set(server_ports)
     out: list[Exchange] = []
-    share = Sharer()
     streams_of: dict[int, set[int]] = {}  # id(connection) -> HTTP/2 stream ids it produced
     for conn in conns:
         role = _role(conn, ports)

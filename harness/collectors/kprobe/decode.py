@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -207,11 +208,13 @@ def decode(
     *,
     attach_at_ns: int | None = None,
     use_sockdiag: bool = True,
-    stitch: bool = False,
+    stitch: Callable[[list[Exchange]], None] | None = None,
 ) -> tuple[list[Connection], DecodeStats]:
     """``stitch``: HTTP/1 connections seen from their open are stitched as they are read
     (``Connection.stitched``), so their bytes are not all held until the end; the others
-    (found mid-stream, after a loss, of a protocol known only at the end) keep theirs."""
+    (found mid-stream, after a loss, of a protocol known only at the end) keep theirs.
+    ``stitch`` is called on each batch of finished exchanges (to share equal headers
+    before many pile up)."""
     ef = read_event_file(path)
     defines = ef.header.get("defines", {})
     hdr = header(int(defines.get("PB_CHUNK", 16384)))
@@ -253,10 +256,10 @@ def decode(
                 conn.http1.add(sent, seg)
             return
         (conn.send if sent else conn.recv).extend(segs)
-        if stitch and first_sent and _stitch_live(conn):
+        if stitch is not None and first_sent and _stitch_live(conn):
             # what the pass after the loop would decide from its first sent bytes, now
             conn.proto = "http1"
-            conn.http1 = Http1Stream(conn.role, from_start=True)  # type: ignore[arg-type]
+            conn.http1 = Http1Stream(conn.role, from_start=True, on_ready=stitch)  # type: ignore[arg-type]
             for seg in conn.recv:
                 conn.http1.add(False, seg)
             for seg in conn.send:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import urlsplit
@@ -275,6 +275,7 @@ class Http1Stream:
     def __init__(
         self, side: Literal["client", "server"], *, source: Source = "kprobe",
         from_start: bool = False, pipelined: bool = True,
+        on_ready: Callable[[list[Exchange]], None] | None = None,
     ) -> None:  # fmt: skip
         if side not in ("client", "server"):
             raise Http1UsageError(f"side must be 'client' or 'server', not {side!r}")
@@ -283,6 +284,13 @@ class Http1Stream:
         self._req: deque[Segment] = deque()
         self._resp: deque[Segment] = deque()
         self.exchanges: list[Exchange] = []
+        self._on_ready = on_ready  # each batch of finished exchanges, before it is kept
+
+    def _take(self) -> None:
+        xs = self.stitcher.ready()
+        if xs and self._on_ready is not None:
+            self._on_ready(xs)
+        self.exchanges.extend(xs)
 
     @property
     def held_segments(self) -> int:
@@ -304,10 +312,10 @@ class Http1Stream:
             st.feed(True, req.popleft())
         while final and resp:
             st.feed(False, resp.popleft())
-        self.exchanges.extend(st.ready())
+        self._take()
 
     def finish(self, closed_ns: int | None) -> tuple[list[Exchange], Http1Stats]:
         self._place(final=True)
         stats = self.stitcher.finish(closed_ns)
-        self.exchanges.extend(self.stitcher.ready())
+        self._take()
         return self.exchanges, stats
