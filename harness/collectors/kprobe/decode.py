@@ -64,7 +64,7 @@ class Connection:
     after_loss: bool = False  # begins after lost events (a split, or its open was lost)
     # seq of the last call seen, by direction (send, recv); None: not known yet
     last_seq: list[int | None] = field(default_factory=lambda: [0, 0], repr=False)
-    # decode(stitch=True): an HTTP/1 connection seen from its open is stitched while it is
+    # decode(stitch=...): an HTTP/1 connection seen from its open is stitched while it is
     # read, its bytes let go; ``stitched`` holds what that gave once it ended
     http1: Http1Stream | None = field(default=None, repr=False)
     stitched: tuple[list[Exchange], Http1Stats] | None = field(default=None, repr=False)
