@@ -282,7 +282,13 @@ def core_share(
 # is spread over both when they are the bottleneck (closed loop, saturation).
 PATH_CPUS = 2
 # (collector, kind of its programs in bpf_run_time.by_kind, key of its bare trap in trap_cost)
-FLOORS = (("kprobe", "tracepoint", "tracepoint_added_ns"), ("uprobe", "uprobe", "uprobe_added_ns"))
+# (collector, its programs' kind in bpf_run_time.by_kind, the bare trap it pays per hit);
+# the TLS collector's uprobes pay a uprobe's trap (its kernel-side helpers are listed apart)
+FLOORS = (
+    ("kprobe", "tracepoint", "tracepoint_added_ns"),
+    ("uprobe", "uprobe", "uprobe_added_ns"),
+    ("tls", "tls_uprobe", "uprobe_added_ns"),
+)
 
 
 def predicted_ratio(added_ns: float | None, baseline_per_s: float | None) -> float | None:
