@@ -347,6 +347,14 @@ def decompose(workload: Mapping[str, Any], trap: Mapping[str, Any] | None) -> di
             "fixed_rate_bpf_pct": at_rate.get("bpf_pct"),
             "fixed_rate_context_switches_per_s": at_rate.get("context_switches_per_s"),
         }
+        helpers = by_kind.get(f"{kind.split('_')[0]}_tracepoint") if "_" in kind else None
+        if helpers:
+            # the TLS collector's socket tracepoints (which socket an SSL call used) run for
+            # every process's syscalls: their hits per exchange count other processes too
+            out[coll]["tracepoint_hits_per_exchange_all_processes"] = helpers.get(
+                "hits_per_exchange")
+            out[coll]["tracepoint_bpf_ns_per_exchange"] = helpers.get("ns_per_exchange")
+            out[coll]["tracepoint_bpf_ns_per_hit"] = helpers.get("ns_per_hit")
     return out
 
 
