@@ -282,12 +282,13 @@ def core_share(
 # is spread over both when they are the bottleneck (closed loop, saturation).
 PATH_CPUS = 2
 # (collector, kind of its programs in bpf_run_time.by_kind, key of its bare trap in trap_cost)
-# (collector, its programs' kind in bpf_run_time.by_kind, the bare trap it pays per hit);
-# the TLS collector's uprobes pay a uprobe's trap (its kernel-side helpers are listed apart)
+# (collector, its programs' kind in bpf_run_time.by_kind, the bare trap it pays per hit,
+# the kind of its helper tracepoints or None); the TLS collector's uprobes pay a uprobe's
+# trap, its socket tracepoints (which socket an SSL call used) are listed apart
 FLOORS = (
-    ("kprobe", "tracepoint", "tracepoint_added_ns"),
-    ("uprobe", "uprobe", "uprobe_added_ns"),
-    ("tls", "tls_uprobe", "uprobe_added_ns"),
+    ("kprobe", "tracepoint", "tracepoint_added_ns", None),
+    ("uprobe", "uprobe", "uprobe_added_ns", None),
+    ("tls", "tls_uprobe", "uprobe_added_ns", "tls_tracepoint"),
 )
 
 
@@ -310,7 +311,7 @@ def decompose(workload: Mapping[str, Any], trap: Mapping[str, Any] | None) -> di
     fixed = (workload.get("fixed_rate") or {}).get("configs") or {}
     base = (configs.get(BASELINE) or {}).get("throughput") or {}
     out: dict[str, Any] = {}
-    for coll, kind, trap_key in FLOORS:
+    for coll, kind, trap_key, helper_kind in FLOORS:
         c = configs.get(coll)
         if not c or "not_measured" in c:
             continue
@@ -347,10 +348,9 @@ def decompose(workload: Mapping[str, Any], trap: Mapping[str, Any] | None) -> di
             "fixed_rate_bpf_pct": at_rate.get("bpf_pct"),
             "fixed_rate_context_switches_per_s": at_rate.get("context_switches_per_s"),
         }
-        helpers = by_kind.get(f"{kind.split('_')[0]}_tracepoint") if "_" in kind else None
+        helpers = by_kind.get(helper_kind) if helper_kind else None
         if helpers:
-            # the TLS collector's socket tracepoints (which socket an SSL call used) run for
-            # every process's syscalls: their hits per exchange count other processes too
+            # they run for every process's syscalls: their hits count other processes too
             out[coll]["tracepoint_hits_per_exchange_all_processes"] = helpers.get(
                 "hits_per_exchange")
             out[coll]["tracepoint_bpf_ns_per_exchange"] = helpers.get("ns_per_exchange")

@@ -54,14 +54,14 @@ GRPC = "google.golang.org/grpc"
 XNET = "golang.org/x/net"
 _TRANSPORT = f"{GRPC}/internal/transport"
 _MEM = f"{GRPC}/mem"
-_CREDS = f"{GRPC}/internal/credentials"
+CREDS = f"{GRPC}/internal/credentials"  # grpc-go's TLS wrapper (syscallConn) lives here
 _HTTP2 = f"{XNET}/http2"
 
 
 def part_of(name: str) -> str:
     """Which version decides a struct or function: grpc, xnet or go."""
     bare = name.lstrip("*")
-    if bare.startswith((_TRANSPORT + ".", _MEM + ".", _CREDS + ".")):
+    if bare.startswith((_TRANSPORT + ".", _MEM + ".", CREDS + ".")):
         return "grpc"
     if bare.startswith(_HTTP2):
         return "xnet"

@@ -37,7 +37,7 @@ HPACK = "golang.org/x/net/http2/hpack"
 XNET_MODULE = "golang.org/x/net"
 MEM = "google.golang.org/grpc/mem"
 GRPC_MODULE = "google.golang.org/grpc"
-CREDS = "google.golang.org/grpc/internal/credentials"
+CREDS = offsets.CREDS
 
 SYM_WRITE_HEADER = f"{TRANSPORT}.(*loopyWriter).writeHeader"
 SYM_CLIENT_HEADERS = f"{TRANSPORT}.(*http2Client).operateHeaders"
