@@ -1,7 +1,9 @@
 """Third-party peers over TLS under `probebench observe`: curl against nginx (nginx-light,
-libssl linked dynamically). nginx peeks at one byte of each new TLS connection before its
-handshake; the kernel side used to settle the connection's protocol on that byte and
-ignore the connection, so nginx's side showed 0 `encrypted` exchanges (issue 12)."""
+libssl linked dynamically), TLS 1.3. nginx peeks at one byte of each new TLS connection
+before its handshake; the kernel side used to settle the connection's protocol on that
+byte and ignore the connection, so nginx's side showed 0 `encrypted` exchanges (issue 12).
+With TLS 1.3 nginx's first SSL_read may return a request its handshake already read: no
+socket I/O in the call, so its address comes from the handshake's socket."""
 
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ http {{
   scgi_temp_path {d}/scgi;
   server {{
     listen 127.0.0.1:{port} ssl;
+    ssl_protocols TLSv1.3;
     ssl_certificate {d}/tls/server.pem;
     ssl_certificate_key {d}/tls/server.key;
     root {d}/www;
