@@ -142,6 +142,7 @@ def test_decrypted_bytes_are_read_from_the_hex_dump() -> None:
         "   31\n\nFrame (60 bytes):\n0000  00 01 02 03   ....\n"
         "Decrypted TLS (2 bytes):\n0000  4f 4b                                             OK\n"
         "Decrypted TLS (2 bytes):\n0000  21 21                                             !!\n"
+        "   32\n\nFrame (66 bytes):\n0000  00 01 02 03   ....\n"
     )
     got = parse_decrypted_dump(dump)
-    assert got == {30: b"GET /index.html HTTP", 31: b"OK!!"}
+    assert got == {30: b"GET /index.html HTTP", 31: b"OK!!"}  # 32: nothing decrypted

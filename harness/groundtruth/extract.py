@@ -413,7 +413,8 @@ def _own_bytes(
 
 def parse_decrypted_dump(text: str) -> dict[int, bytes]:
     """Frame number -> the bytes of its "Decrypted TLS (N bytes):" blocks, from
-    ``tshark -P -x`` with the number as the only column."""
+    ``tshark -P -x`` with the number as the only column. A frame without one is absent
+    (its bytes unknown: the check then keeps its messages)."""
     out: dict[int, bytes] = {}
     num: int | None = None
     take = False
@@ -421,9 +422,10 @@ def parse_decrypted_dump(text: str) -> dict[int, bytes]:
         stripped = line.strip()
         if stripped.isdigit():
             num, take = int(stripped), False
-            out.setdefault(num, b"")
         elif stripped.endswith("bytes):"):
             take = num is not None and stripped.startswith("Decrypted TLS (")
+            if take:
+                out.setdefault(num, b"")
         elif take and num is not None and len(line) > 6 and line[4:6] == "  ":
             # "0000  47 45 54 ...   GET ...": 16 bytes of hex in the 47 columns after the offset
             try:
