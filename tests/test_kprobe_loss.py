@@ -485,3 +485,31 @@ def test_requests_lost_at_an_unknown_time_stop_pairing_after_it() -> None:
     assert {d.field: d.reason for d in xs[1].degraded} == dict.fromkeys(
         ("status", "resp_bytes"), "pairing_unknown"
     )
+
+
+def test_a_stream_stitched_while_read_is_marked_when_its_loss_shows_later(tmp_path: Path) -> None:
+    """decode(stitch=...) stitches a connection seen from its open before its close says
+    calls were lost: what the stitch then paired past the loss becomes unknown, so it never
+    knows more than a stitch told of the loss up front."""
+    send, recv = D["PB_DIR_SEND"], D["PB_DIR_RECV"]
+    close = CONN_EVENT.from_buffer_copy(_conn_event(60, 5, role=2, kind=D["PB_EV_CLOSE"]))
+    close.seq[send], close.seq[recv] = 2, 4  # a read after the one at 25 never reached the ring
+    path = tmp_path / "k.bin"
+    _write(path, [
+        _conn_event(1, 5, role=2),
+        _data_event(10, 5, recv, 1, req(0)), _data_event(11, 5, send, 1, resp(200, b"a")),
+        _data_event(20, 5, recv, 2, b"\x00garbage\r\n\r\n"),  # the stream loses sync here
+        _data_event(25, 5, recv, 3, req(1)), _data_event(31, 5, send, 2, resp(201, b"b")),
+        bytes(close),
+    ])  # fmt: skip
+    (live,), _ = decode(path, stitch=lambda _xs: None)
+    (kept,), st = decode(path)
+    assert st.lost_tails == 1 and kept.lost_after == [None, 25]
+    assert live.stitched is not None and not live.send
+    xs, _ = stitch_http1(kept.send, kept.recv, side="server", closed_ns=kept.closed_ns,
+                         from_start=True, requests_lost_after=25)  # fmt: skip
+    got, pst = live.stitched
+    # the 201 came after the loss, and after the garbage pairing is by time: not proven
+    assert [(x.path, x.status) for x in got] == [(x.path, x.status) for x in xs]
+    assert got[-1].status is None and pst.unpaired >= 1
+    assert {d.field: d.reason for d in got[-1].degraded}["status"] == "pairing_unknown"

@@ -129,11 +129,13 @@ def kprobe_exchanges(
 ) -> tuple[list[Exchange], ObservedStats]:
     """Exchanges a kernel-side recording yields. TLS connections yield none: each is
     appended to ``encrypted`` (when given) so the scoring can say what it could not see."""
-    conns, dstats = decode(events, attach_at_ns=attach_at_ns, use_sockdiag=variant.use_sockdiag)
+    share = Sharer()
+    conns, dstats = decode(
+        events, attach_at_ns=attach_at_ns, use_sockdiag=variant.use_sockdiag, stitch=share
+    )
     st = ObservedStats(decode=dict(vars(dstats)))
     ports = set(server_ports)
     out: list[Exchange] = []
-    share = Sharer()
     streams_of: dict[int, set[int]] = {}  # id(connection) -> HTTP/2 stream ids it produced
     pipelining: set[int] = set()  # id(connection) of HTTP/1 streams seen pipelining
     for conn in conns:
@@ -164,17 +166,24 @@ def kprobe_exchanges(
                 encrypted.append(EncryptedConn(side, client.port, server.port, conn.opened_ns,
                                                conn.closed_ns))  # fmt: skip
             continue
-        if conn.proto == "http1":
-            # after lost events, pairing is proven afresh (the part before may have shown
-            # the connection pipelining)
-            prev = conn.continues
+        prev = conn.continues
+        # a part after a split carries the pipelining seen before it (after lost events,
+        # pairing is proven afresh)
+        piped = prev is not None and id(prev) in pipelining
+        if conn.stitched is not None:  # stitched while decoded (a chain's first part)
+            xs, pst = conn.stitched
+            conn.stitched = None
+            if pst.pipelining:
+                pipelining.add(id(conn))
+            counters = _int_fields(pst)
+        elif conn.proto == "http1":
             xs, pst = stitch_http1(
                 conn.send, conn.recv, side=role, closed_ns=conn.closed_ns,
                 from_start=conn.from_start, after_loss=conn.after_loss,
-                pipelining=prev is not None and id(prev) in pipelining,
+                pipelining=piped,
                 requests_lost_after=conn.lost_after[0 if role == "client" else 1],
             )  # fmt: skip
-            if pst.pipelining or (prev is not None and id(prev) in pipelining):
+            if pst.pipelining or piped:
                 pipelining.add(id(conn))
             counters = _int_fields(pst)
         elif conn.proto == "http2":

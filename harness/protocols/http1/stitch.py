@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import heapq
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import urlsplit
@@ -75,45 +74,89 @@ def _authority(target: str, headers: dict[str, str]) -> str | None:
     return None
 
 
-def _merge(
-    send: Iterable[Segment], recv: Iterable[Segment], requests_are: Literal["send", "recv"]
-) -> Iterator[tuple[bool, Segment]]:
-    """Both directions in time order, each kept in its own order; requests first on a tie."""
-    req, resp = (send, recv) if requests_are == "send" else (recv, send)
-    tagged_req = ((s.ts_ns, 0, True, s) for s in req)
-    tagged_resp = ((s.ts_ns, 1, False, s) for s in resp)
-    for _, _, is_req, seg in heapq.merge(tagged_req, tagged_resp, key=lambda t: t[:2]):
-        yield is_req, seg
+class Http1Stitcher:
+    """Applies both parsers' events to Exchanges; pending requests mirror the parser's queue.
 
-
-class _Stitcher:
-    """Applies both parsers' events to Exchanges; pending requests mirror the parser's queue."""
+    Incremental: ``feed`` a connection's segments as they come (requests and responses in
+    the order ``Http1Stream`` merges them) and take each exchange as soon as nothing can change
+    it any more (``ready``), in the order they began; only the exchanges still open stay.
+    """
 
     def __init__(
-        self, side: Literal["client", "server"], source: Source, from_start: bool, pipelined: bool
-    ) -> None:
+        self, side: Literal["client", "server"], source: Source, from_start: bool, pipelined: bool,
+        after_loss: bool = False, pipelining: bool = False,
+        requests_lost_after: int | None = None,
+    ) -> None:  # fmt: skip
         self.side = side
         self.source: Source = source
         self.req = Http1Parser("request", from_start=from_start, pipelined=pipelined)
         self.resp = Http1Parser("response", from_start=from_start, pipelined=pipelined)
-        self.out: list[Exchange] = []
+        if after_loss:
+            self.resp.note_request_loss()
+        if pipelining:
+            self.resp.note_pipelining()
+        if requests_lost_after is not None:
+            self.resp.note_requests_lost_after(requests_lost_after)
+        self.seq = 0  # exchanges begun so far (conn_seq of the next)
+        # begun, in order, not yet handed out: the first ones go once nothing can change them
+        self.open: deque[Exchange] = deque()
+        self.done: list[Exchange] = []  # finished, not yet taken by ``ready``
         self.pending: deque[Exchange] = deque()  # lockstep with self.resp's expected queue
+        self._pending_ids: set[int] = set()
         self.cur_req: Exchange | None = None
         self.cur_resp: Exchange | None = None
         self.stats = Http1Stats(self.req.stats, self.resp.stats)
         self.protocol = "http/1.1"  # last version seen, for exchanges known only by a loss
-        self.next_seq = 0
         self.seq_gap = False  # skip a conn_seq before the next exchange
+        # Messages begun in one direction since the other's last bytes: a second request
+        # before any answer, or a second answer before any new request, means several
+        # requests were outstanding at once (pipelining), however much a budget hid.
+        self._starts = {True: 0, False: 0}
 
     def _new(self) -> Exchange:
         x = Exchange(
             source=self.source, side=self.side, protocol=self.protocol,
-            conn_seq=self.next_seq + self.seq_gap,
+            conn_seq=self.seq + self.seq_gap,
         )  # fmt: skip
-        self.next_seq += 1 + self.seq_gap
+        self.seq += 1 + self.seq_gap
         self.seq_gap = False
-        self.out.append(x)
+        self.open.append(x)
         return x
+
+    def feed(self, is_request: bool, seg: Segment) -> None:
+        events = (self.req if is_request else self.resp).feed(seg)
+        starts = self._starts
+        if seg.orig_len:
+            starts[not is_request] = 0
+        starts[is_request] += sum(
+            isinstance(ev, (RequestHeadersParsed, ResponseHeadersParsed))
+            or (isinstance(ev, MessageLost) and not ev.headers_seen)
+            for ev in events
+        )
+        if starts[is_request] > 1:
+            self.resp.note_pipelining()
+        (self.on_request if is_request else self.on_response)(events)
+        self._settle()
+
+    def _settle(self) -> None:
+        """Hand out the first open exchanges that no request or response still refers to."""
+        while self.open:
+            x = self.open[0]
+            if x is self.cur_req or x is self.cur_resp or id(x) in self._pending_ids:
+                return
+            self.open.popleft()
+            self.stats.exchanges += 1
+            if not x.degraded:
+                self.stats.complete += 1
+            if any(d.field in ("req_bytes", "resp_bytes") and d.reason != REQUEST_MISSED
+                   for d in x.degraded):  # fmt: skip
+                self.stats.degraded_payload += 1
+            self.done.append(x)
+
+    def ready(self) -> list[Exchange]:
+        """The exchanges finished since the last call, in the order they began."""
+        out, self.done = self.done, []
+        return out
 
     # -- request direction ----------------------------------------------------------
 
@@ -162,6 +205,7 @@ class _Stitcher:
     def _expect(self, x: Exchange, method: str | None, ts_ns: int) -> None:
         self.cur_req = x
         self.pending.append(x)
+        self._pending_ids.add(id(x))
         self.resp.expect_response_to(method, ts_ns)
 
     # -- response direction ---------------------------------------------------------
@@ -216,12 +260,12 @@ class _Stitcher:
     def _paired(self, matched: bool, unanswered: int, version: str | None) -> Exchange:
         """The exchange a response answers, after dropping requests that lost theirs."""
         for _ in range(unanswered):
-            self._no_response(self.pending.popleft())
+            self._no_response(self._pop())
         if matched:
-            return self.pending.popleft()
+            return self._pop()
         if version is not None:
             self.protocol = _protocol(version)
-        if not self.out:  # the connection was already mid-exchange when observation began
+        if not self.seq:  # the connection was already mid-exchange when observation began
             self.stats.started_mid_stream = True
         x = self._new()
         self.stats.request_missed += 1
@@ -233,32 +277,62 @@ class _Stitcher:
         """A response that answers one of several queued requests: the oldest of them is
         answered by now, by it or by one lost before it, and which is unknown."""
         self.stats.unpaired += 1
-        x = self.pending.popleft()
+        x = self._pop()
         for name in ("status", "resp_bytes"):
             x.degrade(name, PAIRING_UNKNOWN)
+
+    def _pop(self) -> Exchange:
+        x = self.pending.popleft()
+        self._pending_ids.discard(id(x))
+        return x
 
     def _no_response(self, x: Exchange) -> None:
         self.stats.no_response += 1
         x.degrade("status", NO_RESPONSE)
 
-    def finish(self, closed_ns: int | None) -> tuple[list[Exchange], Http1Stats]:
+    def finish(self, closed_ns: int | None) -> Http1Stats:
+        """End both directions (at ``closed_ns``, or open); every exchange is ready then."""
         self.on_request(self.req.end(closed_ns))
         self.on_response(self.resp.end(closed_ns))
         while self.pending:
-            self._no_response(self.pending.popleft())
-        st = self.stats
-        st.pipelining = self.resp.pipelining_seen
-        st.exchanges = len(self.out)
-        st.complete = sum(1 for x in self.out if not x.degraded)
-        st.degraded_payload = sum(
-            1
-            for x in self.out
-            if any(
-                d.field in ("req_bytes", "resp_bytes") and d.reason != REQUEST_MISSED
-                for d in x.degraded
-            )
+            self._no_response(self._pop())
+        self.cur_req = self.cur_resp = None
+        self._settle()
+        self.stats.pipelining = self.resp.pipelining_seen
+        return self.stats
+
+
+def unpair_after(xs: list[Exchange], stats: Http1Stats, ts_ns: int) -> None:
+    """Requests were lost at unknown times after ``ts_ns``, found only once ``xs`` were
+    stitched (a gap noticed at a later call or the close): mark them as a stitch told of it
+    up front would, or more cautiously. Requests queued by ``ts_ns`` still paired in order;
+    one begun after it may have taken the answer of a lost one. After any loss of its own
+    the stitch paired by time, and a response after ``ts_ns`` may answer a lost request.
+    Either way that exchange's status and response size are unknown."""
+    req, resp = stats.requests, stats.responses
+    by_time = bool(req.lost_messages or req.resyncs or resp.lost_messages or resp.resyncs
+                   or stats.unpaired)  # fmt: skip
+    for x in xs:
+        start = x.t_start_ns if x.t_start_ns is not None else x.t_end_ns
+        end = x.t_end_ns if by_time else None
+        if (start is not None and start <= ts_ns) and (end is None or end <= ts_ns):
+            continue
+        unknown = {d.field for d in x.degraded}
+        if "status" in unknown and "resp_bytes" in unknown:
+            continue  # already unknown (no response, a loss, an unprovable pairing)
+        was_complete = not x.degraded
+        had_payload = any(
+            d.field in ("req_bytes", "resp_bytes") and d.reason != REQUEST_MISSED
+            for d in x.degraded
         )
-        return self.out, st
+        if "status" not in unknown:
+            x.status, x.resp_headers, x.trailers = None, {}, {}
+            x.degrade("status", PAIRING_UNKNOWN)
+            stats.unpaired += 1
+        x.resp_bytes = None
+        x.degrade("resp_bytes", PAIRING_UNKNOWN)
+        stats.complete -= was_complete
+        stats.degraded_payload += not had_payload
 
 
 def stitch_http1(
@@ -292,29 +366,71 @@ def stitch_http1(
     gap found only later), see ``Http1Parser.note_requests_lost_after``.
     Addresses, run id and scenario are the caller's to fill in.
     """
-    if side not in ("client", "server"):
-        raise Http1UsageError(f"side must be 'client' or 'server', not {side!r}")
-    st = _Stitcher(side, source, from_start, pipelined)
-    if after_loss:
-        st.resp.note_request_loss()
-    if pipelining:
-        st.resp.note_pipelining()
-    if requests_lost_after is not None:
-        st.resp.note_requests_lost_after(requests_lost_after)
-    # Messages begun in one direction since the other's last bytes: a second request before
-    # any answer, or a second answer before any new request, means several requests were
-    # outstanding at once (pipelining), however much of them a capture budget hid.
-    starts = {True: 0, False: 0}
-    for is_req, seg in _merge(send, recv, "send" if side == "client" else "recv"):
-        events = (st.req if is_req else st.resp).feed(seg)
-        if seg.orig_len:
-            starts[not is_req] = 0
-        starts[is_req] += sum(
-            isinstance(ev, (RequestHeadersParsed, ResponseHeadersParsed))
-            or (isinstance(ev, MessageLost) and not ev.headers_seen)
-            for ev in events
-        )
-        if starts[is_req] > 1:
-            st.resp.note_pipelining()
-        (st.on_request if is_req else st.on_response)(events)
+    st = Http1Stream(
+        side, source=source, from_start=from_start, pipelined=pipelined, after_loss=after_loss,
+        pipelining=pipelining, requests_lost_after=requests_lost_after,
+    )  # fmt: skip
+    for seg in send:
+        st.add(True, seg)
+    for seg in recv:
+        st.add(False, seg)
     return st.finish(closed_ns)
+
+
+class Http1Stream:
+    """One HTTP/1.x connection stitched while its segments arrive, so a replay need not
+    hold them: each direction keeps its own order, and both are merged in time order
+    (requests first on a tie) as far as both have arrived; only segments not yet placed
+    and exchanges not yet finished are held. ``exchanges`` grows as they finish."""
+
+    def __init__(
+        self, side: Literal["client", "server"], *, source: Source = "kprobe",
+        from_start: bool = False, pipelined: bool = True,
+        on_ready: Callable[[list[Exchange]], None] | None = None,
+        after_loss: bool = False, pipelining: bool = False,
+        requests_lost_after: int | None = None,
+    ) -> None:  # fmt: skip
+        if side not in ("client", "server"):
+            raise Http1UsageError(f"side must be 'client' or 'server', not {side!r}")
+        self.side = side
+        self.stitcher = Http1Stitcher(
+            side, source, from_start, pipelined, after_loss, pipelining, requests_lost_after
+        )
+        self._req: deque[Segment] = deque()
+        self._resp: deque[Segment] = deque()
+        self.exchanges: list[Exchange] = []
+        self._on_ready = on_ready  # each batch of finished exchanges, before it is kept
+
+    def _take(self) -> None:
+        xs = self.stitcher.ready()
+        if xs and self._on_ready is not None:
+            self._on_ready(xs)
+        self.exchanges.extend(xs)
+
+    @property
+    def held_segments(self) -> int:
+        return len(self._req) + len(self._resp)
+
+    def add(self, sent: bool, seg: Segment) -> None:
+        """A segment the observed process sent (else received), in its direction's order."""
+        (self._req if sent == (self.side == "client") else self._resp).append(seg)
+        self._place()
+
+    def _place(self, final: bool = False) -> None:
+        req, resp, st = self._req, self._resp, self.stitcher
+        while req and resp:
+            if req[0].ts_ns <= resp[0].ts_ns:
+                st.feed(True, req.popleft())
+            else:
+                st.feed(False, resp.popleft())
+        while final and req:
+            st.feed(True, req.popleft())
+        while final and resp:
+            st.feed(False, resp.popleft())
+        self._take()
+
+    def finish(self, closed_ns: int | None) -> tuple[list[Exchange], Http1Stats]:
+        self._place(final=True)
+        stats = self.stitcher.finish(closed_ns)
+        self._take()
+        return self.exchanges, stats
