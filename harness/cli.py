@@ -67,6 +67,7 @@ def cmd_run(a: argparse.Namespace) -> int:
         options=CollectorOptions(
             max_capture=a.max_capture, ringbuf_pages=a.ringbuf_pages,
             uprobe_level=a.uprobe_level, uprobe_value_max=a.uprobe_value_max,
+            kernel_hooks=a.kernel_hooks,
         ),
         tls=a.tls,
         tls_version=a.tls_version,
@@ -142,7 +143,8 @@ def cmd_observe(a: argparse.Namespace) -> int:
         progress=_progress,
         tls=a.tls,
         keylog=a.keylog,
-        options=CollectorOptions(uprobe_level=a.uprobe_level, uprobe_value_max=a.uprobe_value_max),
+        options=CollectorOptions(uprobe_level=a.uprobe_level, uprobe_value_max=a.uprobe_value_max,
+                                 kernel_hooks=a.kernel_hooks),
         min_free_bytes=int(a.min_free_mb * (1 << 20)),
         replay_after=not a.no_replay,
     )
@@ -171,6 +173,16 @@ def _uprobe_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--uprobe-value-max", type=int, default=16384,
         help="uprobe: header value bytes captured; a longer value is marked cut, never used",
+    )  # fmt: skip
+
+
+def _kernel_hooks_option(p: argparse.ArgumentParser) -> None:
+    from harness.collectors.kprobe.hooks import DEFAULT_HOOKS, HOOKS
+
+    p.add_argument(
+        "--kernel-hooks", choices=HOOKS, default=DEFAULT_HOOKS,
+        help="kernel-side collector: syscall tracepoints, or kprobes on the syscall "
+        "functions (__x64_sys_*; `probebench doctor` says which this kernel has)",
     )  # fmt: skip
 
 
@@ -214,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls", action="store_true", help="the same scenario over TLS")
     p.add_argument("--tls-version", choices=["1.2", "1.3"], default="1.3")
     _uprobe_options(p)
+    _kernel_hooks_option(p)
     p.add_argument("--out", type=Path, default=DEFAULT_RUNS, help="parent of the run directory")
     p.set_defaults(fn=cmd_run)
 
@@ -236,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated; uprobe holds each exec of the command until it is probed",
     )  # fmt: skip
     _uprobe_options(p)
+    _kernel_hooks_option(p)
     p.add_argument("--out", type=Path, default=DEFAULT_RUNS)
     p.add_argument("command", nargs=argparse.REMAINDER)
     p.set_defaults(fn=cmd_observe)

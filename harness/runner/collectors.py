@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.collectors.kprobe.hooks import DEFAULT_HOOKS
 from harness.collectors.kprobe.layout import DEFAULT_MAX_CAPTURE, DEFAULT_RINGBUF_PAGES
 from harness.collectors.uprobe.layout import DEFAULT_VALUE_MAX
 from harness.errors import CollectorError, TargetError
@@ -25,6 +26,7 @@ class CollectorOptions:
     ringbuf_pages: int = DEFAULT_RINGBUF_PAGES
     uprobe_level: str = "headers"  # or "messages": + one uprobe hit per DATA frame
     uprobe_value_max: int = DEFAULT_VALUE_MAX
+    kernel_hooks: str = DEFAULT_HOOKS  # kernel side: "tracepoints" or "kprobes" (hooks.py)
 
 
 @dataclass
@@ -66,6 +68,7 @@ def start_collector(
     if name == "kprobe":
         args += ["--max-capture", str(options.max_capture)]
         args += ["--ringbuf-pages", str(options.ringbuf_pages)]
+        args += ["--kernel-hooks", options.kernel_hooks]
     if name == "tls":
         for b in binaries or []:
             args += ["--binary", str(b)]

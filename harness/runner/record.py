@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from harness.collectors.kprobe.hooks import require as require_hooks
 from harness.errors import PortInUseError, ProbebenchError, TargetError
 from harness.groundtruth.capture import Dumpcap
 from harness.model import (
@@ -64,7 +65,9 @@ class RunSpec:
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
         ver = f"-{self.grpc_version}" if self.grpc_version else ""
         tls = ("-tls" + ("12" if self.tls_version == "1.2" else "")) if self.tls else ""
-        return f"{stamp}-{self.scenario}{tls}-{self.client}2{self.server}-{self.attach}{ver}"
+        hooks = "-kprobes" if self.options.kernel_hooks == "kprobes" else ""
+        return (f"{stamp}-{self.scenario}{tls}-{self.client}2{self.server}-{self.attach}{ver}"
+                f"{hooks}")
 
 
 def free_port() -> int:
@@ -96,6 +99,8 @@ def record(spec: RunSpec, out_dir: Path, progress: Progress = lambda _m: None) -
             raise ProbebenchError(f"unknown collector {c!r}; choose from {', '.join(COLLECTORS)}")
     if spec.attach not in ("early", "late"):
         raise ProbebenchError("--attach must be early or late")
+    if "kprobe" in spec.collectors:
+        require_hooks(spec.options.kernel_hooks)  # here, not after the targets started
     if spec.tls_version not in TLS_VERSIONS:
         raise ProbebenchError(f"--tls-version must be one of {', '.join(TLS_VERSIONS)}")
     exchanges = spec.exchanges or scen.default_exchanges
