@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -111,3 +112,34 @@ def test_kprobe_mode_on_a_real_workload(tmp_path: Path, attach: str) -> None:
     left = events.read_text() if events.exists() else ""
     assert not [ln for ln in left.splitlines() if "__x64_sys_" in ln and "_bcc_" in ln
                 and f"_bcc_{stats['pid']}" in ln]  # fmt: skip
+
+
+def _run(host: str, kernel: str, hooks_: str, completeness: float, idx: int) -> Any:
+    from harness.report.load import RunData
+
+    row = {"scenario": "grpc-unary", "protocol": "h2c-grpc", "client": "go", "server": "go",
+           "attach": "late", "collector": "kprobe", "side": "server", "variant": "default",
+           "observable": 10, "matched": int(10 * completeness), "completeness": completeness,
+           "degraded": 0, "wrong": 0, "phantoms": 0, "lost_events": 0}  # fmt: skip
+    manifest = {"run_id": f"r{idx}", "params": {"client": "go", "server": "go"},
+                "machine": {"hostname": host, "kernel": kernel},
+                "collectors": {"kprobe": {"kernel_hooks": hooks_}}}  # fmt: skip
+    return RunData(Path(f"/nonexistent/r{idx}"), manifest, {"rows": [row]})
+
+
+def test_report_keeps_kernels_apart_and_compares_hook_modes() -> None:
+    from harness.report.tables import hook_agreement, kernels_frame, rows_frame
+
+    runs = [_run("host", "6.18", "tracepoints", 1.0, 1),
+            _run("pb-6.1", "6.1.0-57-amd64", "tracepoints", 1.0, 2),
+            _run("pb-6.1", "6.1.0-57-amd64", "kprobes", 1.0, 3),
+            _run("pb-6.12", "6.12.117+deb12-amd64", "tracepoints", 1.0, 4),
+            _run("pb-6.12", "6.12.117+deb12-amd64", "kprobes", 0.5, 5)]  # fmt: skip
+    kf = kernels_frame(rows_frame(runs))
+    # one row per machine and mode: the 0.5 of one guest is not averaged into another's 1.0
+    assert len(kf) == 5 and set(kf["runs"]) == {1}
+    assert kf.set_index(["machine", "kernel_hooks"]).loc[
+        ("pb-6.12, kernel 6.12.117+deb12-amd64", "kprobes"), "completeness"] == 0.5
+    agree = hook_agreement(kf).set_index("machine")["same"].to_dict()
+    assert agree == {"pb-6.1, kernel 6.1.0-57-amd64": "yes",
+                     "pb-6.12, kernel 6.12.117+deb12-amd64": "NO"}  # the host has one mode

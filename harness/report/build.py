@@ -100,8 +100,10 @@ def _assemble(loaded: Loaded, bench: BenchView, out: Path, cmd: str,
     scen = sorted({str(r.params.get("scenario") or r.manifest.get("scenario")) for r in runs})
     # a machine is its host, kernel and CPU: the target versions in run.json vary by run
     machines = _unique([{k: r.machine.get(k) for k in MACHINE_KEYS} for r in runs])
+    mixed = (" (pooled by cell in the tables above the kernel section, which keeps each "
+             "machine and kernel apart)") if len(machines) > 1 else ""
     lead = (f"{len(runs)} runs of {len(scen)} scenarios ({', '.join(scen)}) on "
-            f"{len(machines)} machine{'s' if len(machines) != 1 else ''}; overhead from "
+            f"{len(machines)} machine{'s' if len(machines) != 1 else ''}{mixed}; overhead from "
             + (bench.origin if bench.present else "nowhere (" + bench.absent + ")") + ". "
             "Ground truth: Wireshark's decode of a packet capture of the same traffic.")
     sections = [
@@ -118,6 +120,7 @@ def _assemble(loaded: Loaded, bench: BenchView, out: Path, cmd: str,
         _ease_section(ease),
         _scenario_section(df),
         _truth_section(runs),
+        *_kernels_section(df, runs),
         _machine_section(runs, loaded, bench),
         _provenance_section(table, runs, loaded),
         _definitions_section(runs),
@@ -401,6 +404,29 @@ def _truth_section(runs: list[Any]) -> Section:
         s.blocks.append(_table(failed, "Runs without metrics (failed, interrupted, "
                                        "or not replayed)"))
     return s
+
+
+def _kernels_section(df: pd.DataFrame, runs: list[Any]) -> list[Section]:
+    """The kernel dimension: the kernel side per machine (host beside guest kernels) and
+    hook mode; only when the runs have more than one kernel or any kprobe-mode run."""
+    kf = tables.kernels_frame(df)
+    if kf.empty or (kf["machine"].nunique() < 2 and set(kf["kernel_hooks"]) == {"tracepoints"}):
+        return []
+    s = Section("Kernels and hook modes", anchor_name="kernels")
+    s.blocks.append(Text(
+        "The kernel-side collector on each machine (a guest kernel booted by `probebench "
+        "kernels` is its own machine) and each way it hooks the syscalls: `tracepoints` "
+        "(syscalls:sys_enter/exit_*) or `kprobes` (on the syscall functions __x64_sys_*, "
+        "entry and return; the same in-kernel logic behind both). Values are summed over "
+        "the runs of one machine only, never across machines. Guests run under QEMU's "
+        "emulation (TCG), so no overhead is measured there."))
+    s.blocks.append(_table(kf, "Kernel side per machine, hook mode, cell and side"))
+    agree = tables.hook_agreement(kf)
+    if not agree.empty:
+        n_diff = int((agree["same"] != "yes").sum())
+        s.blocks.append(_table(agree, f"tracepoints vs kprobes on the same machine: "
+                                      f"{len(agree) - n_diff} cells agree, {n_diff} differ"))
+    return [s]
 
 
 def _machine_section(runs: list[Any], loaded: Loaded, bench: BenchView) -> Section:

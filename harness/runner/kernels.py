@@ -170,7 +170,9 @@ def boot(vng: Path, kernel: GuestKernel, out: Path, quick: bool, progress: Progr
     t0 = time.monotonic()
     with (out / "console.log").open("w") as log:
         # own session: at the timeout QEMU and vng's helpers (virtiofsd) go together
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
+        # vng runs virtme-run, installed beside it
+        env = {**os.environ, "PATH": f"{vng.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, env=env,
                                 stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
         try:
             rc = proc.wait(timeout=timeout_s)
@@ -194,3 +196,28 @@ def boot(vng: Path, kernel: GuestKernel, out: Path, quick: bool, progress: Progr
     guest["command"] = shlex.join(cmd)
     (out / GUEST_JSON).write_text(json.dumps(guest, indent=1) + "\n")
     return guest
+
+
+def run_guests(series: list[str], quick: bool, out: Path, progress: Progress,
+               install_only: bool = False) -> list[tuple[GuestKernel, Path, dict[str, object]]]:
+    """Find, install and boot each kernel series in turn; one output directory each."""
+    kernels = [find_kernel(s, progress) for s in series]
+    vng = ensure_installed(kernels, progress)
+    if install_only:
+        return []
+    done = []
+    for k in kernels:
+        gdir = out / k.release
+        guest = boot(vng, k, gdir, quick, progress)
+        done.append((k, gdir, guest))
+        tests = guest.get("tests") or {}
+        progress(f"{k.release}: {guest.get('error') or 'done'}; tests: "
+                 f"{tests.get('summary', 'not run') if isinstance(tests, dict) else tests}; "
+                 f"{guest['boot_to_poweroff_s']} s")  # fmt: skip
+    return done
+
+
+def run_dirs(guest: dict[str, object]) -> list[Path]:
+    runs = guest.get("runs") or []
+    assert isinstance(runs, list)
+    return [Path(r["run_dir"]) for r in runs if r.get("run_dir") and Path(r["run_dir"]).is_dir()]

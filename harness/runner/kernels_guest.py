@@ -91,13 +91,17 @@ def main(argv: list[str] | None = None) -> int:
     _mount_tracefs()
     modes = hook_modes()
     have = [m for m in HOOKS if modes[m] is None]
-    res: dict[str, Any] = {"kernel": platform.release(), "hook_modes": modes, "quick": a.quick}
+    # seconds from power-on to here: the boot and the Python start-up under TCG
+    booted = float(Path("/proc/uptime").read_text().split()[0])
+    res: dict[str, Any] = {"kernel": platform.release(), "hook_modes": modes, "quick": a.quick,
+                           "uptime_at_start_s": booted}
     print(f"[guest] kernel {res['kernel']}, hook modes {have}", flush=True)
     if not a.no_tests:
         res["tests"] = run_tests(a.out, a.quick)
         print(f"[guest] tests: {res['tests']['summary']}", flush=True)
     res["runs"] = record_cells(a.out, a.quick, have)
     res["guest_seconds"] = round(time.monotonic() - t0, 1)
+    print(f"[guest] done in {res['guest_seconds']} s after {booted:.0f} s of boot", flush=True)
     (a.out / GUEST_JSON).write_text(json.dumps(res, indent=1) + "\n")
     return 0
 
