@@ -142,7 +142,7 @@ def cmd_kernels(a: argparse.Namespace) -> int:
         kernels.run_guests(series, a.quick, out, _progress, install_only=True)
         print("installed: QEMU, busybox, virtme-ng and the kernels of " + ", ".join(series))
         return 0
-    guests = kernels.run_guests(series, a.quick, out, _progress)
+    guests = kernels.run_guests(series, a.quick, out, _progress, timeout_s=a.timeout)
     dirs = [d for _, _, g in guests for d in kernels.run_dirs(g)]
     failed = [f"{k.release}: {g['error']}" for k, _, g in guests if g.get("error")]
     failed += [f"{k.release}: tests exited {t.get('exit_code')} ({t.get('summary')})"
@@ -351,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave out the same cells on this machine's own kernel")
     p.add_argument("--install-only", action="store_true",
                    help="install QEMU, busybox, virtme-ng and the kernels; boot nothing")
+    p.add_argument("--timeout", type=float, metavar="S",
+                   help="per guest, boot to power-off (default: 420 with --quick, else 2400); "
+                   "QEMU emulates the CPU, so a loaded machine needs more")
     p.add_argument("--out", type=Path, default=repo_root() / "results" / "kernels")
     p.set_defaults(fn=cmd_kernels)
     return ap

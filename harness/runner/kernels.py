@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import shlex
 import shutil
 import subprocess
@@ -168,6 +169,7 @@ def boot(vng: Path, kernel: GuestKernel, out: Path, quick: bool, progress: Progr
     cmd = vng_command(vng, kernel, out, quick)
     progress(f"{kernel.release}: booting under TCG (timeout {timeout_s:.0f} s)")
     t0 = time.monotonic()
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     with (out / "console.log").open("w") as log:
         # own session: at the timeout QEMU and vng's helpers (virtiofsd) go together
         # vng runs virtme-run, installed beside it
@@ -186,6 +188,7 @@ def boot(vng: Path, kernel: GuestKernel, out: Path, quick: bool, progress: Progr
             proc.wait()
             raise
     took = time.monotonic() - t0
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         guest = json.loads((out / GUEST_JSON).read_text())
     except (OSError, json.JSONDecodeError) as e:
@@ -193,13 +196,17 @@ def boot(vng: Path, kernel: GuestKernel, out: Path, quick: bool, progress: Progr
     if why and "error" not in guest:
         guest["error"] = why
     guest["boot_to_poweroff_s"] = round(took, 1)
+    # QEMU's CPU time: what the guest cost, less dependent on the machine's load than the
+    # wall clock (with GUEST_CPUS vCPUs a quiet machine needs at least cpu / GUEST_CPUS)
+    guest["host_cpu_s"] = round(cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime, 1)
     guest["command"] = shlex.join(cmd)
     (out / GUEST_JSON).write_text(json.dumps(guest, indent=1) + "\n")
     return guest
 
 
 def run_guests(series: list[str], quick: bool, out: Path, progress: Progress,
-               install_only: bool = False) -> list[tuple[GuestKernel, Path, dict[str, object]]]:
+               install_only: bool = False, timeout_s: float | None = None,
+               ) -> list[tuple[GuestKernel, Path, dict[str, object]]]:
     """Find, install and boot each kernel series in turn; one output directory each."""
     kernels = [find_kernel(s, progress) for s in series]
     vng = ensure_installed(kernels, progress)
@@ -208,12 +215,12 @@ def run_guests(series: list[str], quick: bool, out: Path, progress: Progress,
     done = []
     for k in kernels:
         gdir = out / k.release
-        guest = boot(vng, k, gdir, quick, progress)
+        guest = boot(vng, k, gdir, quick, progress, timeout_s)
         done.append((k, gdir, guest))
         tests = guest.get("tests") or {}
         progress(f"{k.release}: {guest.get('error') or 'done'}; tests: "
                  f"{tests.get('summary', 'not run') if isinstance(tests, dict) else tests}; "
-                 f"{guest['boot_to_poweroff_s']} s")  # fmt: skip
+                 f"{guest['boot_to_poweroff_s']} s, QEMU used {guest['host_cpu_s']} CPU s")
     return done
 
 

@@ -48,7 +48,8 @@ def run_tests(out: Path, quick: bool) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o",
            "cache_dir=/tmp", "--junitxml", str(out / "pytest.xml"),
            *(TESTS_QUICK if quick else TESTS_FULL)]  # fmt: skip
-    env = {**os.environ, "CI": "true", "TMPDIR": "/tmp"}  # CI: a missing capability fails
+    # CI: a missing capability fails; unbuffered: the log shows progress while it runs
+    env = {**os.environ, "CI": "true", "TMPDIR": "/tmp", "PYTHONUNBUFFERED": "1"}
     with (out / "pytest.log").open("w") as log:
         rc = subprocess.run(cmd, cwd=repo_root(), stdout=log, stderr=subprocess.STDOUT,
                             env=env, check=False).returncode  # fmt: skip
