@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from harness.runner.lifecycle import Child, ProcessSet, read_line_until
 COLLECTORS = ("kprobe", "uprobe", "tls")
 # bcc compiles one program per grpc-go binary: ~10 s each at load 18 on 2 cores
 ATTACH_TIMEOUT_S = 120.0
+# ... and more in an emulated guest (`probebench kernels`: bcc 25-35x slower under TCG)
+ATTACH_TIMEOUT_ENV = "PROBEBENCH_ATTACH_TIMEOUT_S"
 
 
 @dataclass
@@ -86,7 +89,8 @@ def start_collector(
     rc = RunningCollector(name, child, events, stats_path)
     try:
         line = read_line_until(
-            child, lambda s: s.startswith("ATTACHED "), ATTACH_TIMEOUT_S, "its probes attached"
+            child, lambda s: s.startswith("ATTACHED "),
+            float(os.environ.get(ATTACH_TIMEOUT_ENV, ATTACH_TIMEOUT_S)), "its probes attached"
         )
     except TargetError as e:
         log = (events_dir / f"{name}.log").read_text().strip().splitlines()
