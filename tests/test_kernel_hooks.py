@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -143,3 +144,29 @@ def test_report_keeps_kernels_apart_and_compares_hook_modes() -> None:
     agree = hook_agreement(kf).set_index("machine")["same"].to_dict()
     assert agree == {"pb-6.1, kernel 6.1.0-57-amd64": "yes",
                      "pb-6.12, kernel 6.12.117+deb12-amd64": "NO"}  # the host has one mode
+
+
+def test_report_shows_guest_kernels_beside_the_host(tmp_path: Path) -> None:
+    """A guest kernel's runs in both hook modes: the kernels section lists each machine and
+    mode apart, and the kprobe-mode run stays out of the tracepoint headline tables."""
+    from harness.report.build import build_report
+
+    src = Path(__file__).parent / "fixtures" / "report" / "20261125T132126-http10-short-py2go-early"
+    runs = [src]
+    for mode in ("tracepoints", "kprobes"):
+        d = tmp_path / f"{src.name}-{mode}"
+        shutil.copytree(src, d)
+        m = json.loads((d / "run.json").read_text())
+        m["run_id"] = d.name
+        m["machine"].update(hostname="pb-6.1", kernel="6.1.0-57-amd64")
+        m["collectors"]["kprobe"]["kernel_hooks"] = mode
+        (d / "run.json").write_text(json.dumps(m))
+        runs.append(d)
+    md = (build_report(runs, tmp_path / "report", draw=False).parent / "report.md").read_text()
+    assert "## Kernels and hook modes" in md
+    section = md.split("## Kernels and hook modes")[1].split("\n## ")[0]
+    assert "vm, kernel 6.18.44-fc-v669" in section and "pb-6.1, kernel 6.1.0-57-amd64" in section
+    assert "2 cells agree, 0 differ" in section  # client and server side of the one cell
+    assert "on 2 machines (pooled by cell" in md
+    combined = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert len(combined["runs"]) == 3

@@ -86,8 +86,13 @@ def build_report(dirs: list[Path], out: Path | None = None, *, command: str | No
 
 def _assemble(loaded: Loaded, bench: BenchView, out: Path, cmd: str,
               draw: bool = True) -> tuple[str, list[Section], dict[str, Any]]:
-    runs = loaded.runs
-    df = tables.rows_frame(runs)
+    every = loaded.runs
+    df_all = tables.rows_frame(every)
+    # The headline tables are the kernel side as it ships (syscall tracepoints): runs in
+    # kprobe mode go to the kernels section, beside the tracepoint runs of their machine.
+    runs = [r for r in every if r.kernel_hooks != "kprobes"] or every
+    ids = {r.run_id for r in runs}
+    df = df_all[df_all["run_id"].isin(ids)]
     facts = Facts.of(runs, df)
     ease = ease_view(runs)
     table = article_table(facts, bench, ease)
@@ -97,12 +102,12 @@ def _assemble(loaded: Loaded, bench: BenchView, out: Path, cmd: str,
     for old in (out / "plots").glob("*.png"):
         old.unlink()  # a plot with no data this time must not linger from the last report
     pdir = out / "plots" if draw else None
-    scen = sorted({str(r.params.get("scenario") or r.manifest.get("scenario")) for r in runs})
+    scen = sorted({str(r.params.get("scenario") or r.manifest.get("scenario")) for r in every})
     # a machine is its host, kernel and CPU: the target versions in run.json vary by run
-    machines = _unique([{k: r.machine.get(k) for k in MACHINE_KEYS} for r in runs])
+    machines = _unique([{k: r.machine.get(k) for k in MACHINE_KEYS} for r in every])
     mixed = (" (pooled by cell in the tables above the kernel section, which keeps each "
              "machine and kernel apart)") if len(machines) > 1 else ""
-    lead = (f"{len(runs)} runs of {len(scen)} scenarios ({', '.join(scen)}) on "
+    lead = (f"{len(every)} runs of {len(scen)} scenarios ({', '.join(scen)}) on "
             f"{len(machines)} machine{'s' if len(machines) != 1 else ''}{mixed}; overhead from "
             + (bench.origin if bench.present else "nowhere (" + bench.absent + ")") + ". "
             "Ground truth: Wireshark's decode of a packet capture of the same traffic.")
@@ -118,14 +123,14 @@ def _assemble(loaded: Loaded, bench: BenchView, out: Path, cmd: str,
         _recovery_section(rec, runs, pdir),
         _sweep_section(sweep, pdir),
         _ease_section(ease),
-        _scenario_section(df),
-        _truth_section(runs),
-        *_kernels_section(df, runs),
-        _machine_section(runs, loaded, bench),
+        _scenario_section(df_all),
+        _truth_section(every),
+        *_kernels_section(df_all, every),
+        _machine_section(every, loaded, bench),
         _provenance_section(table, runs, loaded),
         _definitions_section(runs),
         Section("Regenerate this report", [
-            Text(f"Generated {utc_now()} from {len(runs)} run directories. Command:"),
+            Text(f"Generated {utc_now()} from {len(every)} run directories. Command:"),
             Text(f"`{cmd}`"),
             Text("Each run directory holds its `run.json` (parameters, machine) and "
                  "`metrics.json`, re-derivable with `probebench replay DIR`; this report's "
@@ -152,7 +157,7 @@ def _assemble(loaded: Loaded, bench: BenchView, out: Path, cmd: str,
              "truth_vs_workload": (r.metrics or {}).get("truth_vs_workload"),
              "collectors": (r.metrics or {}).get("collectors"), "rows": r.rows,
              "sweep": {f"{t:g}": m.get("rows") for t, m in r.sweep.items()}}
-            for r in runs
+            for r in every
         ],
         "bench": [{"file": str(p), "results": b} for p, b in loaded.bench],
     }  # fmt: skip

@@ -207,7 +207,8 @@ def recorder_cpu(runs: list[RunData]) -> pd.DataFrame:
 
 SCENARIO_COLUMNS = {"run_id": "run", "pair": "client→server", "attach": "attach",
                     "grpc_go": "grpc-go", "collector": "collector", "side": "side",
-                    "variant": "variant", "observable": "observable", "matched": "matched",
+                    "variant": "variant", "kernel_hooks": "kernel hooks",
+                    "observable": "observable", "matched": "matched",
                     "completeness": "completeness", "degradation_rate": "degradation",
                     "exact_rate": "exact", "wrong": "wrong", "phantoms": "phantoms",
                     "unmatched_no_address": "no address", "lost_events": "lost"}  # fmt: skip
