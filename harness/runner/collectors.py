@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 from dataclasses import dataclass
@@ -14,13 +13,12 @@ from harness.collectors.kprobe.hooks import DEFAULT_HOOKS
 from harness.collectors.kprobe.layout import DEFAULT_MAX_CAPTURE, DEFAULT_RINGBUF_PAGES
 from harness.collectors.uprobe.layout import DEFAULT_VALUE_MAX
 from harness.errors import CollectorError, TargetError
+from harness.model import waited
 from harness.runner.lifecycle import Child, ProcessSet, read_line_until
 
 COLLECTORS = ("kprobe", "uprobe", "tls")
 # bcc compiles one program per grpc-go binary: ~10 s each at load 18 on 2 cores
 ATTACH_TIMEOUT_S = 120.0
-# ... and more in an emulated guest (`probebench kernels`: bcc 25-35x slower under TCG)
-ATTACH_TIMEOUT_ENV = "PROBEBENCH_ATTACH_TIMEOUT_S"
 
 
 @dataclass
@@ -89,8 +87,8 @@ def start_collector(
     rc = RunningCollector(name, child, events, stats_path)
     try:
         line = read_line_until(
-            child, lambda s: s.startswith("ATTACHED "),
-            float(os.environ.get(ATTACH_TIMEOUT_ENV, ATTACH_TIMEOUT_S)), "its probes attached"
+            child, lambda s: s.startswith("ATTACHED "), waited(ATTACH_TIMEOUT_S),
+            "its probes attached"
         )
     except TargetError as e:
         log = (events_dir / f"{name}.log").read_text().strip().splitlines()

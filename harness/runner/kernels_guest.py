@@ -19,8 +19,8 @@ from typing import Any
 
 from harness.collectors.kprobe.hooks import HOOKS, hook_modes
 from harness.errors import ProbebenchError
-from harness.model import repo_root
-from harness.runner.collectors import ATTACH_TIMEOUT_ENV, CollectorOptions
+from harness.model import SLOWDOWN_ENV, repo_root
+from harness.runner.collectors import CollectorOptions
 from harness.runner.kernels import GUEST_JSON
 from harness.runner.record import RunSpec, record
 
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-tests", action="store_true")
     a = ap.parse_args(argv)
     t0 = time.monotonic()
-    os.environ.setdefault(ATTACH_TIMEOUT_ENV, "900")  # for our runs and the tests' alike
+    os.environ.setdefault(SLOWDOWN_ENV, "30")  # TCG: for our runs and the tests' alike
     _mount_tracefs()
     modes = hook_modes()
     have = [m for m in HOOKS if modes[m] is None]

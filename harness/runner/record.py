@@ -22,6 +22,7 @@ from harness.model import (
     RunManifest,
     machine_info,
     utc_now,
+    waited,
 )
 from harness.runner import scenarios
 from harness.runner.collectors import (
@@ -185,7 +186,7 @@ def _record(
         server_cmd = scenarios.server_command(scen, spec.server, port, spec.grpc_version)
         server_cmd += tls_args("server", spec.server)
         server = _spawn_target(procs, "server", server_cmd, run_dir)
-        _wait_for(server, "READY", READY_TIMEOUT_S, run_dir)
+        _wait_for(server, "READY", waited(READY_TIMEOUT_S), run_dir)
         manifest.processes.append(
             {"role": "server", "lang": spec.server, "pid": server.pid, "argv": server_cmd,
              "uprobe_gap": scenarios.UPROBE_GAP.get(spec.server)}
@@ -223,7 +224,7 @@ def _record(
              "uprobe_gap": scenarios.UPROBE_GAP.get(spec.client)}
         )
         if spec.attach == "late":
-            _wait_for(client, "WARM", READY_TIMEOUT_S * 4, run_dir)
+            _wait_for(client, "WARM", waited(READY_TIMEOUT_S * 4), run_dir)
             progress("connections warm; attaching late")
             attach([server.pid, client.pid])
             assert client.proc.stdin is not None
