@@ -4,7 +4,7 @@
     PROBEBENCH_OVERHEAD_ROUNDS=8 PROBEBENCH_OVERHEAD_SCALE=1 .venv/bin/nox --no-venv -s bench
 
 Needs root and bcc. Settings: benchmarks/conftest.py. Writes results/overhead.json
-(schema: `harness.analysis.overhead`, version 1) besides pytest-benchmark's JSON.
+(schema: `harness.analysis.overhead`, SCHEMA_VERSION) besides pytest-benchmark's JSON.
 
 Per workload (http11-keepalive and grpc-unary; Go and Python servers; Go client) and per
 round: the server starts once (pinned to CPU 1), then every configuration (none, kprobe,
@@ -55,6 +55,7 @@ from harness.runner.collectors import (
 )
 from harness.runner.lifecycle import Child, ProcessSet, read_line_until
 from harness.runner.record import free_port
+from harness.runner.tlsfiles import make_tls_files
 
 if TYPE_CHECKING:  # the fixture comes from benchmarks/conftest.py; no import at run time
     from conftest import OverheadSettings
@@ -66,7 +67,11 @@ CONFIGS: dict[str, tuple[str, ...]] = {
     "kprobe": ("kprobe",),
     "uprobe": ("uprobe",),
     "both": ("kprobe", "uprobe"),
+    "tls": ("tls",),  # the HTTPS workloads only (test_tls_overhead)
 }
+PLAIN_CONFIGS = ("none", "kprobe", "uprobe", "both")
+TLS_CONFIGS = ("none", "tls")
+TLS_VERSION = "1.3"
 # Exchanges per run at scale 1: about 1.5-2 s of client main phase each, measured here.
 EXCHANGES = {
     ("http11-keepalive", "go"): 20_000,
@@ -91,6 +96,10 @@ PROG_KIND = {2: "kprobe", 5: "tracepoint"}  # BPF_PROG_TYPE_*; uprobes load as k
 FIXED_RATE = 2000.0  # exchanges/s of the open-loop pass
 FIXED_RATE_S = 4.0  # its length at scale 1
 TRAP_ROUNDS = 7
+# With BPF stats on, the programs' counters are read over this idle span before GO: every
+# hit then is another process's (or an idle target's), which gives what a hit the filter
+# turns away costs, to take the other processes' share out of the workload's BPF time.
+IDLE_S = 0.3
 TRAP_N = {"write": 300_000, "call": 20_000_000, "call_uprobe": 20_000}
 
 
@@ -102,10 +111,11 @@ class Workload:
     scenario: str
     server: str
     exchanges: int
+    tls: bool = False
 
     @property
     def key(self) -> str:
-        return f"{self.scenario}/{CLIENT}2{self.server}"
+        return f"{self.scenario}{'+tls' if self.tls else ''}/{CLIENT}2{self.server}"
 
 
 @dataclass
@@ -118,6 +128,8 @@ class RunResult:
     collectors: dict[str, dict[str, Any]] = field(default_factory=dict)
     programs: list[dict[str, Any]] = field(default_factory=list)
     wall_s: float = 0.0  # main phase span
+    idle_programs: list[dict[str, Any]] = field(default_factory=list)  # IDLE_S before GO
+    idle_s: float = 0.0
     traced_calls: int | None = None  # data syscalls of this workload's processes (kprobe)
 
 
@@ -189,6 +201,7 @@ class Target:
     port: int
     server: Child
     server_exe: str
+    client_tls: list[str] = field(default_factory=list)  # the client's TLS options, if any
 
 
 @dataclass
@@ -246,7 +259,7 @@ def run_config(
                 scen, CLIENT, t.port, exchanges=t.wl.exchanges + WARMUP_PER_CONN * scen.connections,
                 seed=seed, warmup=WARMUP_PER_CONN, workload=workload, grpc_version=None,
                 deadline=CLIENT_DEADLINE_S, rate=rate,
-            )  # fmt: skip
+            ) + t.client_tls  # fmt: skip
             c = procs.spawn(f"client {t.wl.key}", pinned(CLIENT_CPU, cmd), stdin=subprocess.PIPE)
             read_line_until(c, lambda s: s == "WARM", READY_TIMEOUT_S, "WARM")
             clients[t.wl.key] = c
@@ -283,8 +296,16 @@ def _drive(
     work_dir: Path,
     with_bpf_stats: bool,
 ) -> RunResult:
+    idle0: dict[str, dict[int, dict[str, int]]] = {}
+    idle_s = 0.0
+    if with_bpf_stats and running:
+        idle0 = {rc.name: bpf_programs(rc.child.pid) for rc in running}
+        t0 = time.monotonic()
+        time.sleep(IDLE_S)
+        idle_s = time.monotonic() - t0
     cpu0 = {rc.name: proc_cpu_s(rc.child.pid) for rc in running}
     csw0 = {rc.name: proc_ctxsw(rc.child.pid) for rc in running}
+    size0 = {rc.name: _size(rc.events) for rc in running}
     bpf0 = {rc.name: bpf_programs(rc.child.pid) for rc in running} if with_bpf_stats else {}
     assert client.proc.stdin is not None
     client.proc.stdin.write("GO\n")
@@ -302,10 +323,14 @@ def _drive(
         u1, s1 = proc_cpu_s(rc.child.pid)
         u0, s0 = cpu0[rc.name]
         res.collectors[rc.name] = {"cpu_user_s": u1 - u0, "cpu_system_s": s1 - s0,
-                                   "context_switches": proc_ctxsw(rc.child.pid) - csw0[rc.name]}
+                                   "context_switches": proc_ctxsw(rc.child.pid) - csw0[rc.name],
+                                   # the recorder flushes after every poll: what it wrote
+                                   "event_bytes": _size(rc.events) - size0[rc.name]}
     if with_bpf_stats:
         res.programs = _program_deltas(bpf0, {rc.name: bpf_programs(rc.child.pid)
                                               for rc in running})  # fmt: skip
+        if idle0:
+            res.idle_programs, res.idle_s = _program_deltas(idle0, bpf0), idle_s
     workload = work_dir / f"{t.wl.key.replace('/', '_')}-{config}.jsonl"
     records = [json.loads(line) for line in workload.read_text().splitlines() if line.strip()]
     main = [r for r in records if r.get("phase") == "main"]
@@ -318,6 +343,13 @@ def _drive(
     return res
 
 
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
 def _program_deltas(
     before: dict[str, dict[int, dict[str, int]]], after: dict[str, dict[int, dict[str, int]]]
 ) -> list[dict[str, Any]]:
@@ -327,8 +359,10 @@ def _program_deltas(
         for pid_, p in sorted(progs.items()):
             b = before.get(coll, {}).get(pid_, {"run_time_ns": 0, "run_cnt": 0})
             kind = PROG_KIND.get(p["prog_type"], str(p["prog_type"]))
-            if coll == "uprobe" and kind == "kprobe":
+            if coll in ("uprobe", "tls") and kind == "kprobe":
                 kind = "uprobe"
+            if coll == "tls":
+                kind = f"tls_{kind}"  # beside the grpc-go uprobes' and the kernel side's
             out.append({
                 "collector": coll, "id": pid_, "name": names.get(pid_, ""), "kind": kind,
                 "run_time_ns": p["run_time_ns"] - b["run_time_ns"],
@@ -362,17 +396,23 @@ def bpf_stats_enabled() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def servers_running(wls: list[Workload]) -> Iterator[list[Target]]:
-    """Every workload's server, pinned, READY; stopped and reaped on the way out."""
+def servers_running(wls: list[Workload], tls_dir: Path | None = None) -> Iterator[list[Target]]:
+    """Every workload's server, pinned, READY; stopped and reaped on the way out. TLS
+    workloads use the certificate in ``tls_dir`` (no key log: nobody decrypts here)."""
     with ProcessSet() as procs:
         targets = []
         for wl in wls:
             scen = scenarios.get(wl.scenario)
             port = free_port()
-            cmd = pinned(SERVER_CPU, scenarios.server_command(scen, wl.server, port, None))
+            d = tls_dir if wl.tls else None
+            if wl.tls and d is None:
+                raise ValueError(f"{wl.key}: a TLS workload needs a certificate directory")
+            cmd = pinned(SERVER_CPU, scenarios.server_command(scen, wl.server, port, None)
+                         + scenarios.tls_arguments(scen, wl.server, d, TLS_VERSION, None))
             server = procs.spawn(f"server {wl.key}", cmd, stdin=subprocess.PIPE)
             read_line_until(server, lambda s: s.startswith("READY"), READY_TIMEOUT_S, "READY")
-            targets.append(Target(wl, port, server, _exe(server.pid)))
+            targets.append(Target(wl, port, server, _exe(server.pid),
+                                  scenarios.tls_arguments(scen, CLIENT, d, TLS_VERSION, None)))
         yield targets
 
 
@@ -402,7 +442,7 @@ class Report:
     def summary(self) -> dict[str, dict[str, float]]:
         """Flat numbers per collector config across workloads, for the report's seed table."""
         out: dict[str, dict[str, float]] = {}
-        for config in ("kprobe", "uprobe", "both"):
+        for config in ("kprobe", "uprobe", "both", "tls"):
             rows = [w["configs"][config] for w in self.workloads.values()
                     if "throughput_ratio" in w["configs"].get(config, {})]  # fmt: skip
             if not rows:
@@ -416,7 +456,7 @@ class Report:
                    if r.get("collector_cpu_user_s_per_1k") is not None]  # fmt: skip
             if cpu:
                 s["cpu_user_s_per_1k_max"] = max(cpu)
-            want = {"kprobe": "tracepoint", "uprobe": "uprobe"}.get(config)
+            want = {"kprobe": "tracepoint", "uprobe": "uprobe", "tls": "tls_uprobe"}.get(config)
             hits = [k.get("ns_per_hit") for b in self.bpf_run_time.values()
                     for kind, k in b["by_kind"].items() if kind == want]  # fmt: skip
             if any(h is not None for h in hits):
@@ -488,7 +528,8 @@ def report(overhead_settings: OverheadSettings) -> Iterator[Report]:
 class Session:
     workloads: list[Workload]
     work_dir: Path
-    configs: list[str] = field(default_factory=lambda: list(CONFIGS))
+    configs: list[str] = field(default_factory=lambda: list(PLAIN_CONFIGS))
+    tls_dir: Path | None = None  # the certificate of the TLS workloads
     results: dict[str, dict[str, list[RunResult]]] = field(default_factory=dict)
     not_measured: dict[str, dict[str, str]] = field(default_factory=dict)
     orders: list[list[str]] = field(default_factory=list)
@@ -508,7 +549,7 @@ class Session:
         k = r % len(self.configs)
         order = self.configs[k:] + self.configs[:k]
         self.orders.append(order)
-        with servers_running(self.workloads) as targets:
+        with servers_running(self.workloads, self.tls_dir) as targets:
             for config in order:
                 if config not in self.configs:
                     continue  # dropped earlier this round
@@ -578,9 +619,39 @@ def test_overhead(
                   f"exit programs {m['exit_ns_per_hit'] or 0:.0f} ns/hit x "
                   f"{m['exit_hits_per_exchange']:.1f} hits/exchange, "
                   f"{m['h2_frame_aware_calls']} frame-aware calls")  # fmt: skip
-    report.collectors = sess.collector_totals
+    report.collectors.update(sess.collector_totals)
     benchmark.extra_info.update(workloads=report.workloads, collectors=sess.collector_totals,
                                 warnings=report.warnings)  # fmt: skip
+
+
+def test_tls_overhead(
+    benchmark: BenchmarkFixture,
+    report: Report,
+    overhead_settings: OverheadSettings,
+    tmp_path: Path,
+) -> None:
+    """The TLS collector on HTTPS/1.1 keep-alive (TLS 1.3), Go client: none and tls
+    interleaved per round, then its programs' hits and run time with BPF stats on. A Go
+    server is probed at crypto/tls, a Python one at libssl (OpenSSL)."""
+    (tmp_path / "events").mkdir()
+    tls_dir = make_tls_files(tmp_path / "tls").dir
+    wls = [Workload(w.scenario, w.server, w.exchanges, tls=True)
+           for w in workloads(overhead_settings) if w.scenario == "http11-keepalive"]
+    sess = Session(wls, tmp_path, list(TLS_CONFIGS), tls_dir)
+    benchmark.group = "TLS overhead rounds (attach included; see extra_info)"
+    benchmark.pedantic(sess.one_round, rounds=overhead_settings.rounds, iterations=1)
+    bpf = _bpf_pass(sess, tmp_path)
+    for wl in sess.workloads:
+        entry = _analyse(sess, wl, overhead_settings.rounds)
+        entry["tls_version"] = TLS_VERSION
+        entry["bpf_run_time"] = bpf.get(wl.key)
+        report.workloads[wl.key] = {k: v for k, v in entry.items() if k != "warnings"}
+        report.bpf_run_time[wl.key] = bpf.get(wl.key)
+        report.warnings += entry["warnings"]
+        _print_workload(wl, entry["configs"], bpf.get(wl.key), entry["warnings"])
+    report.collectors.update(sess.collector_totals)
+    benchmark.extra_info.update(workloads={w.key: report.workloads[w.key] for w in wls},
+                                collectors=sess.collector_totals)  # fmt: skip
 
 
 def _analyse(sess: Session, wl: Workload, rounds: int) -> dict[str, Any]:
@@ -602,6 +673,10 @@ def _analyse(sess: Session, wl: Workload, rounds: int) -> dict[str, Any]:
                     1000 * sum(r.collectors[name]["cpu_system_s"] for r in rs) / n,
                 "context_switches_per_1k":
                     1000 * sum(r.collectors[name]["context_switches"] for r in rs) / n,
+                # payload and event headers the collector wrote per exchange: what is copied
+                # (ring, batch, file), so what the per-byte part of its cost scales with
+                "event_bytes_per_exchange":
+                    sum(r.collectors[name].get("event_bytes", 0) for r in rs) / n,
             }  # fmt: skip
             per[name]["cpu_s_per_1k"] = (per[name]["cpu_user_s_per_1k"]
                                          + per[name]["cpu_system_s_per_1k"])  # fmt: skip
@@ -623,8 +698,8 @@ def _analyse(sess: Session, wl: Workload, rounds: int) -> dict[str, Any]:
 def _bpf_pass(sess: Session, work_dir: Path) -> dict[str, Any]:
     """One more attach of every available collector with BPF stats on: ns per program run,
     read around each workload's client."""
-    config = "both" if "both" in sess.configs else "kprobe"
-    with bpf_stats_enabled(), servers_running(sess.workloads) as targets:
+    config = next(c for c in ("both", "tls", "kprobe") if c in sess.configs)
+    with bpf_stats_enabled(), servers_running(sess.workloads, sess.tls_dir) as targets:
         run = run_config(config, targets, work_dir, seed=1000, with_bpf_stats=True)
     out: dict[str, Any] = {}
     for key, res in run.results.items():
@@ -637,20 +712,31 @@ def _bpf_pass(sess: Session, work_dir: Path) -> dict[str, Any]:
             # every data syscall of the workload's own processes is two hits (enter, exit);
             # the rest of run_cnt is other processes' syscalls passing the filter
             out[key]["target_hits_per_exchange"] = 2 * res.traced_calls / res.exchanges
+        out[key]["idle"] = _idle(res)
     return out
+
+
+def _idle(res: RunResult) -> dict[str, Any]:
+    """What the kernel-side programs did in the idle span before GO: hits per second and
+    ns per hit of hits the filter turned away (other processes' syscalls)."""
+    progs = [p for p in res.idle_programs if p["collector"] == "kprobe"]
+    cnt = sum(p["run_cnt"] for p in progs)
+    return {"seconds": res.idle_s, "kprobe_hits": cnt,
+            "kprobe_ns_per_hit": oh.per_hit_ns(sum(p["run_time_ns"] for p in progs), cnt)}
 
 
 def _h2_walk_pass(sess: Session, work_dir: Path) -> dict[str, Any]:
     """The HTTP/2 frame walk's cost: the gRPC servers traced alone, once with the collector
-    attached before the clients connect (every call walked frame by frame) and once after
-    (connections found mid-stream: prefix capture), BPF stats on; per exit-program hit and
+    attached before the clients connect (every call walked frame by frame from the preface)
+    and once after (connections found mid-stream: prefix capture until a call starts with a
+    plausible frame header, then the walk on trial), BPF stats on; per exit-program hit and
     per exchange, server side only."""
     wls = [w for w in sess.workloads if scenarios.get(w.scenario).is_grpc]
     out: dict[str, Any] = {}
     if not wls:
         return out
     with bpf_stats_enabled(), servers_running(wls) as targets:
-        for mode, early in (("frame_aware", True), ("prefix", False)):
+        for mode, early in (("frame_aware", True), ("found_mid_stream", False)):
             run = run_config("kprobe", targets, work_dir, seed=3000, with_bpf_stats=True,
                              servers_only=True, early=early)  # fmt: skip
             st = run.collector_stats.get("kprobe", {})
@@ -719,10 +805,20 @@ def _rate_pass(sess: Session, work_dir: Path, scale: float) -> dict[str, Any]:
                 for name, c in res.collectors.items():
                     if name in (sess.not_measured.get(key) or {}):
                         continue  # no probe points in this workload's binaries
-                    bpf_s = sum(p["run_time_ns"] for p in res.programs
-                                if p["collector"] == name) / 1e9  # fmt: skip
-                    entry[name] = oh.core_share(c["cpu_user_s"], c["cpu_system_s"], bpf_s,
-                                                res.wall_s, c["context_switches"])  # fmt: skip
+                    progs = [p for p in res.programs if p["collector"] == name]
+                    bpf_s = sum(p["run_time_ns"] for p in progs) / 1e9
+                    # the kernel-side programs also run (briefly) for every other process's
+                    # syscalls; that share, estimated from the idle span, is not this workload's
+                    others_s = 0.0
+                    if name == "kprobe" and res.traced_calls is not None:
+                        idle = _idle(res)
+                        others_s = oh.others_bpf_ns(sum(p["run_cnt"] for p in progs),
+                                                    2 * res.traced_calls,
+                                                    idle["kprobe_ns_per_hit"]) / 1e9  # fmt: skip
+                    entry[name] = oh.core_share(c["cpu_user_s"], c["cpu_system_s"],
+                                                bpf_s - others_s, res.wall_s,
+                                                c["context_switches"])  # fmt: skip
+                    entry[name]["bpf_other_processes_s"] = others_s
                 e["configs"][config] = entry
     return out
 

@@ -14,11 +14,39 @@
 #ifndef PB_FILTER_TGID
 #define PB_FILTER_TGID 0
 #endif
+#ifndef PB_TYPE_SYSCONN
+#define PB_TYPE_SYSCONN 0 /* no *syscallConn hop (see unwrap) */
+#endif
+#ifndef PB_TYPE_TLSCONN
+#define PB_TYPE_TLSCONN 0 /* no *tls.Conn hop */
+#endif
 #define PB_MAX_PIECES 16 /* [][]byte pieces summed per DATA write */
 #define PB_COPY_PIECES 4 /* pieces the payload prefix is copied from */
 
 BPF_RINGBUF_OUTPUT(events, PB_RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(stats, u64, PB_USTAT_MAX);
+
+/* Batched wake-ups, as in kprobe_collector.c (rb_flags there; bcc rewrites map calls in
+ * the main file only, so the two cannot share a header): records go in without waking
+ * the recorder, which drains on its poll timer, unless this CPU has submitted
+ * PB_WAKE_BYTES since its last forced wake-up. A wake-up per record was 2.5 context
+ * switches per gRPC call, on the cores the traced processes need. */
+#ifndef PB_WAKE_BYTES
+#define PB_WAKE_BYTES (PB_RINGBUF_PAGES * 4096 / 16)
+#endif
+BPF_PERCPU_ARRAY(rb_pending, u64, 1);
+static __always_inline u64 rb_flags(u32 size) {
+    u32 zero = 0;
+    u64 *p = rb_pending.lookup(&zero);
+    if (!p) return 0;
+    u64 v = *p + size + 8;
+    if (v < PB_WAKE_BYTES) {
+        *p = v;
+        return BPF_RB_NO_WAKEUP;
+    }
+    *p = 0;
+    return BPF_RB_FORCE_WAKEUP;
+}
 /* Header events are built in one scratch entry per CPU (bpf_loop callbacks reach it by
  * CPU id): a plain array, because a per-CPU map's values are capped at 32 KiB. Slack after
  * the blob lets a power-of-two mask bound offsets for the verifier. */
@@ -118,6 +146,25 @@ static __always_inline u8 read_tcpaddr(u64 iface, u8 *ip, u16 *port, u8 *ip_len)
     return PB_ADDR_OK;
 }
 
+/* Over TLS the transport's net.Conn is grpc-go's *syscallConn, whose sysConn field holds
+ * the raw *net.TCPConn, or a bare *tls.Conn, whose conn field holds it: one hop, by the
+ * wrapper's dynamic type, to the interface that names the socket. */
+static __always_inline u64 unwrap(u64 iface) {
+#if PB_TYPE_SYSCONN
+    if (iface_is(iface, PB_TYPE_SYSCONN)) {
+        u64 w = rd64(iface + 8);
+        return w ? w + PB_SYSCONN_INNER : iface;
+    }
+#endif
+#if PB_TYPE_TLSCONN
+    if (iface_is(iface, PB_TYPE_TLSCONN)) {
+        u64 w = rd64(iface + 8);
+        return w ? w + PB_TLSCONN_INNER : iface;
+    }
+#endif
+    return iface;
+}
+
 /* From the probe's root object to the connection: its netFD, fd and both addresses. */
 static __always_inline void conn_of(struct conn_addr *c, u64 root, s64 s0, u64 t0, s64 s1,
                                     u64 t1, s64 conn_off) {
@@ -130,6 +177,9 @@ static __always_inline void conn_of(struct conn_addr *c, u64 root, s64 s0, u64 t
     if (!tcpconn) return;
     c->conn = tcpconn; /* a stable name even when the type is not TCP */
 #if PB_HAVE_ADDR
+    iface = unwrap(iface);
+    tcpconn = rd64(iface + 8);
+    if (!tcpconn) return;
     if (!iface_is(iface, PB_TYPE_TCPCONN)) {
         c->status = PB_ADDR_NOT_TCP;
         return;
@@ -205,7 +255,7 @@ static __always_inline void hdr_flush(struct pb_header_event *e) {
     u32 off = *(volatile u32 *)&e->blob_len;
     u32 size = offsetof(struct pb_header_event, blob) + bound(off, PB_HDR_BLOB - 1);
     if (off >= PB_HDR_BLOB) size = sizeof(struct pb_header_event);
-    if (events.ringbuf_output(e, size, 0) < 0)
+    if (events.ringbuf_output(e, size, rb_flags(size)) < 0)
         stat_add(PB_USTAT_DROPPED, 1);
     else
         stat_add(PB_USTAT_HEADER_EVENTS, 1);
@@ -345,7 +395,7 @@ int probe_server_headers(struct pt_regs *ctx) {
 /* ---- DATA frames: length, flags and the payload's first bytes */
 
 static __always_inline int emit_data(struct pb_data_event *e) {
-    if (events.ringbuf_output(e, sizeof(*e), 0) < 0) {
+    if (events.ringbuf_output(e, sizeof(*e), rb_flags(sizeof(*e))) < 0) {
         stat_add(PB_USTAT_DROPPED, 1);
         return 0;
     }

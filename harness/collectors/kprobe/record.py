@@ -31,6 +31,7 @@ from harness.collectors.cli import recorder_parser, stop_flag, stopped_by, write
 from harness.collectors.eventfile import KERNEL, EventWriter
 from harness.collectors.kprobe import hooks
 from harness.collectors.kprobe.layout import (
+    DEFAULT_H2_BODY_LIMIT,
     DEFAULT_MAX_CAPTURE,
     DEFAULT_RINGBUF_PAGES,
     chunk_for,
@@ -58,9 +59,12 @@ class Recorder:
         max_capture: int = DEFAULT_MAX_CAPTURE,
         ringbuf_pages: int = DEFAULT_RINGBUF_PAGES,
         poll_ms: int = DEFAULT_POLL_MS,
+        h2_body_limit: int = DEFAULT_H2_BODY_LIMIT,
         kernel_hooks: str = hooks.DEFAULT_HOOKS,
     ) -> None:
         chunk = chunk_for(max_capture)
+        if not 0 <= h2_body_limit <= max_capture:
+            raise ProbebenchError("--h2-body-limit must be between 0 and --max-capture")
         hooks.require(kernel_hooks)
         self.kernel_hooks = kernel_hooks
         self.kprobes: list[str] = []  # probes attached in kprobes mode
@@ -79,6 +83,7 @@ class Recorder:
             "PB_SELF_TGID": os.getpid(),
             "PB_CHUNK": chunk,
             "PB_CALL_LIMIT": max_capture,
+            "PB_H2_BODY_LIMIT": h2_body_limit,
             "PB_RINGBUF_PAGES": ringbuf_pages,
             "PB_KPROBES": int(kernel_hooks == "kprobes"),
         }
@@ -294,6 +299,7 @@ class Recorder:
             "h2_skipped_body_bytes": totals[d["PB_STAT_H2_SKIPPED_BYTES"]],
             "h2_sync_lost_implausible": totals[d["PB_STAT_H2_IMPLAUSIBLE"]],
             "h2_sync_lost_bound": totals[d["PB_STAT_H2_BOUND"]],
+            "h2_resyncs": totals[d["PB_STAT_H2_RESYNC"]],
             "tail_call_failures": totals[d["PB_STAT_TAIL_FAILED"]] - self.tail_failed_before_attach,
             "records_written": self.writer.records,
             "bytes_written": self.writer.bytes,
@@ -334,11 +340,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ringbuf-pages", type=int, default=DEFAULT_RINGBUF_PAGES)
     ap.add_argument("--poll-ms", type=int, default=DEFAULT_POLL_MS,
                     help="drain the ring at least this often (records do not wake the recorder)")
+    ap.add_argument("--h2-body-limit", type=int, default=DEFAULT_H2_BODY_LIMIT,
+                    help="gRPC message-body bytes captured per frame-aware HTTP/2 call")
     ap.add_argument("--kernel-hooks", choices=hooks.HOOKS, default=hooks.DEFAULT_HOOKS)
     a = ap.parse_args(argv)
     try:
         rec = Recorder(a.out, a.tgid, a.port, a.max_capture, a.ringbuf_pages, a.poll_ms,
-                       a.kernel_hooks)
+                       a.h2_body_limit, a.kernel_hooks)
         stats = rec.run(a.deadline)
     except ProbebenchError as e:
         print(f"kprobe collector: {e}", file=sys.stderr)
