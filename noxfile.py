@@ -65,3 +65,10 @@ def replay(session: nox.Session) -> None:
 def matrix(session: nox.Session) -> None:
     """The default matrix and its report (needs root): nox -s matrix [-- --quick]"""
     _run(session, "probebench", "matrix")
+
+
+@nox.session
+def kernels(session: nox.Session) -> None:
+    """The BPF tests and a smoke matrix in Debian 6.1 and 6.12 guests (root; installs QEMU,
+    busybox-static, virtme-ng and the kernels): nox -s kernels [-- --kernel 6.1 --quick]"""
+    _run(session, "probebench", "kernels")

@@ -93,6 +93,19 @@ class Exchange:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
+# Start-up waits (targets ready, dumpcap capturing, probes attached) are multiplied by
+# this factor from the environment: an emulated guest (`probebench kernels`) is 25-35x
+# slower than the host. It never changes what is measured, only how long we wait.
+SLOWDOWN_ENV = "PROBEBENCH_SLOWDOWN"
+
+
+def waited(seconds: float) -> float:
+    """A start-up timeout, scaled for a slow machine (PROBEBENCH_SLOWDOWN, default 1)."""
+    try:
+        return seconds * max(1.0, float(os.environ.get(SLOWDOWN_ENV, "1")))
+    except ValueError:
+        return seconds
+
 def write_exchanges_jsonl(path: Path, exchanges: Iterable[Exchange]) -> int:
     n = 0
     tmp = path.with_suffix(path.suffix + ".tmp")

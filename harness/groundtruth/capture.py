@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Any
 
 from harness.errors import CaptureError
+from harness.model import waited
 from harness.runner.lifecycle import die_with_parent
 
 _SUMMARY = re.compile(
@@ -82,7 +83,7 @@ class Dumpcap:
         self.ports = list(ports)
         self.interface = interface
         self.buffer_mib = buffer_mib
-        self.ready_timeout = ready_timeout
+        self.ready_timeout = waited(ready_timeout)
         self.stop_timeout = stop_timeout
         self.settle = settle
         self.dumpcap = dumpcap

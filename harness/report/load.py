@@ -41,6 +41,21 @@ class RunData:
         return dict(self.manifest.get("machine") or {})
 
     @property
+    def kernel_hooks(self) -> str:
+        """How the kernel-side collector hooked the syscalls (runs before the option
+        existed: tracepoints, the only mode then)."""
+        stats = (self.manifest.get("collectors") or {}).get("kprobe") or {}
+        opts = self.params.get("options") or {}
+        return str(stats.get("kernel_hooks") or opts.get("kernel_hooks")
+                   or self.params.get("kernel_hooks") or "tracepoints")
+
+    @property
+    def machine_label(self) -> str:
+        """One machine, as the report names it: host and kernel (a guest is its own)."""
+        m = self.machine
+        return f"{m.get('hostname') or '?'}, kernel {m.get('kernel') or '?'}"
+
+    @property
     def rows(self) -> list[dict[str, Any]]:
         return list((self.metrics or {}).get("rows") or [])
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.collectors.kprobe.hooks import DEFAULT_HOOKS
 from harness.collectors.kprobe.layout import (
     DEFAULT_H2_BODY_LIMIT,
     DEFAULT_MAX_CAPTURE,
@@ -16,6 +17,7 @@ from harness.collectors.kprobe.layout import (
 )
 from harness.collectors.uprobe.layout import DEFAULT_VALUE_MAX
 from harness.errors import CollectorError, TargetError
+from harness.model import waited
 from harness.runner.lifecycle import Child, ProcessSet, read_line_until
 
 COLLECTORS = ("kprobe", "uprobe", "tls")
@@ -30,6 +32,7 @@ class CollectorOptions:
     ringbuf_pages: int = DEFAULT_RINGBUF_PAGES
     uprobe_level: str = "headers"  # or "messages": + one uprobe hit per DATA frame
     uprobe_value_max: int = DEFAULT_VALUE_MAX
+    kernel_hooks: str = DEFAULT_HOOKS  # kernel side: "tracepoints" or "kprobes" (hooks.py)
 
 
 @dataclass
@@ -72,6 +75,7 @@ def start_collector(
         args += ["--max-capture", str(options.max_capture)]
         args += ["--h2-body-limit", str(options.h2_body_limit)]
         args += ["--ringbuf-pages", str(options.ringbuf_pages)]
+        args += ["--kernel-hooks", options.kernel_hooks]
     if name == "tls":
         for b in binaries or []:
             args += ["--binary", str(b)]
@@ -89,7 +93,8 @@ def start_collector(
     rc = RunningCollector(name, child, events, stats_path)
     try:
         line = read_line_until(
-            child, lambda s: s.startswith("ATTACHED "), ATTACH_TIMEOUT_S, "its probes attached"
+            child, lambda s: s.startswith("ATTACHED "), waited(ATTACH_TIMEOUT_S),
+            "its probes attached"
         )
     except TargetError as e:
         log = (events_dir / f"{name}.log").read_text().strip().splitlines()

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from harness.collectors.kprobe.hooks import require as require_hooks
 from harness.collectors.uprobe.discover import find_grpc_go_targets
 from harness.errors import ProbebenchError, TargetError
 from harness.groundtruth.capture import Dumpcap
@@ -46,6 +47,9 @@ def observe(
         raise ProbebenchError(f"command not found: {command[0]}")
     if keylog is not None and not tls:
         raise ProbebenchError("--keylog needs --tls")
+    options = options or CollectorOptions()
+    if "kprobe" in collectors:
+        require_hooks(options.kernel_hooks)
     out.mkdir(parents=True, exist_ok=True)
     if (free := shutil.disk_usage(out).free) < min_free_bytes:
         raise ProbebenchError(
@@ -58,6 +62,7 @@ def observe(
     params = {
         "command": command, "h2c": h2c, "duration_s": duration_s, "collectors": collectors,
         "attach": "early", "client": "user", "server": "user",
+        "kernel_hooks": options.kernel_hooks,
     }  # fmt: skip
     if tls:
         # the ports carry TLS; the user's client writes the secrets (e.g. SSLKEYLOGFILE)
@@ -85,7 +90,7 @@ def observe(
                 progress(f"attaching {name} collector")
                 rc = start_collector(
                     procs, name, run_dir / EVENTS_DIR, tgids=[], ports=ports,
-                    options=options or CollectorOptions(), deadline_s=duration_s + 120,
+                    options=options, deadline_s=duration_s + 120,
                     binaries=early, follow=child.pid,
                 )  # fmt: skip
                 running.append(rc)

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from harness.collectors.kprobe.hooks import require as require_hooks
 from harness.errors import PortInUseError, ProbebenchError, TargetError
 from harness.groundtruth.capture import Dumpcap
 from harness.model import (
@@ -21,6 +22,7 @@ from harness.model import (
     RunManifest,
     machine_info,
     utc_now,
+    waited,
 )
 from harness.runner import scenarios
 from harness.runner.collectors import (
@@ -64,7 +66,9 @@ class RunSpec:
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
         ver = f"-{self.grpc_version}" if self.grpc_version else ""
         tls = ("-tls" + ("12" if self.tls_version == "1.2" else "")) if self.tls else ""
-        return f"{stamp}-{self.scenario}{tls}-{self.client}2{self.server}-{self.attach}{ver}"
+        hooks = "-kprobes" if self.options.kernel_hooks == "kprobes" else ""
+        return (f"{stamp}-{self.scenario}{tls}-{self.client}2{self.server}-{self.attach}{ver}"
+                f"{hooks}")
 
 
 def free_port() -> int:
@@ -99,6 +103,8 @@ def record(spec: RunSpec, out_dir: Path, progress: Progress = lambda _m: None) -
     scenarios.check_pair(scen, spec.client, spec.server)
     if spec.tls:
         scenarios.check_tls(scen)
+    if "kprobe" in spec.collectors:
+        require_hooks(spec.options.kernel_hooks)  # here, not after the targets started
     if spec.tls_version not in TLS_VERSIONS:
         raise ProbebenchError(f"--tls-version must be one of {', '.join(TLS_VERSIONS)}")
     exchanges = spec.exchanges or scen.default_exchanges
@@ -183,7 +189,7 @@ def _record(
         server_cmd = scenarios.server_command(scen, spec.server, port, spec.grpc_version)
         server_cmd += tls_args("server", spec.server)
         server = _spawn_target(procs, "server", server_cmd, run_dir)
-        _wait_for(server, "READY", READY_TIMEOUT_S, run_dir)
+        _wait_for(server, "READY", waited(READY_TIMEOUT_S), run_dir)
         manifest.processes.append(
             {"role": "server", "lang": spec.server, "pid": server.pid, "argv": server_cmd,
              "uprobe_gap": scenarios.uprobe_gap(scen, spec.server)}
@@ -221,7 +227,7 @@ def _record(
              "uprobe_gap": scenarios.uprobe_gap(scen, spec.client)}
         )
         if spec.attach == "late":
-            _wait_for(client, "WARM", READY_TIMEOUT_S * 4, run_dir)
+            _wait_for(client, "WARM", waited(READY_TIMEOUT_S * 4), run_dir)
             progress("connections warm; attaching late")
             attach([server.pid, client.pid])
             assert client.proc.stdin is not None
