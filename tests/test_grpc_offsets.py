@@ -164,7 +164,7 @@ def test_stripped_targets_are_observed_completely(tmp_path: Path, version: str, 
     from both sides, with no field degraded."""
     from test_uprobe_bpf import FIELDS, client_args, start_collector, start_server, stop
 
-    from harness.analysis.uprobe_observed import uprobe_exchanges
+    from harness.collectors.uprobe.exchanges import uprobe_exchanges
     from harness.runner.record import free_port
 
     build = f"{version}-stripped"

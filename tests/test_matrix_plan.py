@@ -12,8 +12,8 @@ import pytest
 
 from harness.model import RunManifest
 from harness.runner import matrix
-from harness.runner.matrix import MatrixRun, State, execute, plan, state_path, sweep_times
-from harness.runner.scenarios import CURRENT_GRPC_GO, GRPC_GO_VERSIONS, SCENARIOS, STRIPPED
+from harness.scenarios import CURRENT_GRPC_GO, GRPC_GO_VERSIONS, SCENARIOS, STRIPPED
+from harness.workflows.matrix import MatrixRun, State, execute, plan, state_path, sweep_times
 
 FIXTURES = Path(__file__).parent / "fixtures" / "report"
 EARLY = "20261125T132142-grpc-unary-go2go-early-v1.85.0"

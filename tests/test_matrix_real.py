@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from harness.runner import matrix
-from harness.runner.matrix import MatrixRun
+from harness.workflows.matrix import MatrixRun
 
 
 @pytest.mark.bpf

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.analysis.uprobe_observed import uprobe_exchanges
 from harness.collectors.bpfsource import compile_program
+from harness.collectors.uprobe.exchanges import uprobe_exchanges
 from harness.collectors.uprobe.layout import header
 from harness.runner.record import free_port
 

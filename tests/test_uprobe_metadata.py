@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from test_uprobe_bpf import BIN, client_args, start_collector, start_server, stop
 
-from harness.analysis.uprobe_observed import uprobe_exchanges
 from harness.collectors.uprobe.decode import HeaderBlock, decode
+from harness.collectors.uprobe.exchanges import uprobe_exchanges
 from harness.runner.record import free_port
 
 pytestmark = pytest.mark.bpf

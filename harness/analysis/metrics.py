@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.analysis.match import Matching, match, required_fields
-from harness.model import Exchange
+from harness.model import TRUNCATED_PAYLOAD, Exchange
 
 DEFINITIONS = {
     "observable": "truth exchanges that started after the collector attached",
@@ -111,7 +111,7 @@ def score(
             fields[f] += 1
             wrong[f] += 1
             reasons["wrong_value"] += 1
-        if any(d.reason == "truncated_payload" for d in v.observed.degraded):
+        if any(d.reason == TRUNCATED_PAYLOAD for d in v.observed.degraded):
             row.truncated_payloads += 1
     addressless = sum(1 for x in m.phantoms if x.client_port is None or x.server_port is None)
     row.unmatched_no_address = addressless

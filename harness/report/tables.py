@@ -10,7 +10,6 @@ from typing import Any
 import pandas as pd
 
 from harness.report.load import RunData
-from harness.runner.scenarios import CURRENT_GRPC_GO
 
 APPROACHES = {"kprobe": "kernel side (syscall tracepoints)", "uprobe": "uprobe (grpc-go)"}
 # The article's verdicts, quoted beside the measured values (SEED.md).
@@ -43,7 +42,7 @@ def grpc_go_of(protocol: str | None, params: dict[str, Any], row: dict[str, Any]
     if "grpc" not in (protocol or "") or "go" not in (params.get("client"),
                                                                params.get("server")):
         return None
-    return row.get("grpc_go") or params.get("grpc_version") or CURRENT_GRPC_GO
+    return row.get("grpc_go") or params.get("grpc_version")  # what the run recorded, or None
 
 
 # -- all rows ------------------------------------------------------------------------------

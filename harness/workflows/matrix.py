@@ -18,7 +18,7 @@ from typing import Any
 from harness.errors import ProbebenchError, RunDirError
 from harness.model import METRICS_VERSION, RunManifest, repo_root, utc_now, write_json_atomic
 from harness.runner.lifecycle import Interrupted, signals_as_exceptions
-from harness.runner.scenarios import CURRENT_GRPC_GO, GRPC_GO_VERSIONS, SCENARIOS, STRIPPED
+from harness.scenarios import CURRENT_GRPC_GO, GRPC_GO_VERSIONS, SCENARIOS, STRIPPED
 
 Progress = Callable[[str], None]
 STATE_VERSION = 1
@@ -86,7 +86,7 @@ class MatrixRun:
                        tls=self.tls)  # fmt: skip
 
 
-UPROBE_MODULES = ("harness.collectors.uprobe.record", "harness.analysis.uprobe_observed")
+UPROBE_MODULES = ("harness.collectors.uprobe.record", "harness.collectors.uprobe.exchanges")
 
 
 def available_collectors() -> tuple[str, ...]:

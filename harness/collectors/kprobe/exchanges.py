@@ -2,73 +2,23 @@
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.analysis.compact import Sharer
+from harness.collectors.base import (
+    ADDRESS_FIELDS,
+    VARIANTS,
+    EncryptedConn,
+    ObservedStats,
+    ReplayInput,
+    Variant,
+    int_fields,
+)
 from harness.collectors.kprobe.decode import Connection, decode
-from harness.model import Exchange
+from harness.compact import Sharer
+from harness.model import NO_PEER_ADDRESS, Exchange, is_h2
 from harness.protocols.http1.stitch import stitch_http1
 from harness.protocols.http2.stitch import stitch_http2
-
-ADDRESS_FIELDS = ("client_ip", "client_port", "server_ip", "server_port")
-
-
-@dataclass(frozen=True)
-class Variant:
-    """A collector option compared in the report; replay applies it to one recording."""
-
-    name: str = "default"
-    use_sockdiag: bool = True
-    hpack_mode: str = "tolerant"
-
-
-VARIANTS = {
-    v.name: v
-    for v in (
-        Variant(),
-        Variant("no-sockdiag", use_sockdiag=False),
-        Variant("hpack-strict", hpack_mode="strict"),
-    )
-}
-
-
-@dataclass
-class ObservedStats:
-    connections: int = 0
-    connections_by_proto: dict[str, int] = field(default_factory=dict)
-    skipped_other_ports: int = 0
-    # server port unknown and not one of the run's processes: cannot be tied to the run
-    unattributed_connections: int = 0
-    # HTTP/2 streams cut in two by lost events: the part after the gap is not a new call
-    split_stream_tails: int = 0
-    parse: dict[str, int] = field(default_factory=dict)
-    decode: dict[str, Any] = field(default_factory=dict)
-    # TLS connections: nothing in them can be decoded; by side, with and without address
-    encrypted_connections: dict[str, int] = field(default_factory=dict)
-    encrypted_without_address: int = 0
-
-
-@dataclass(frozen=True)
-class EncryptedConn:
-    """A connection whose bytes were TLS records, as one side saw it (for scoring)."""
-
-    side: str
-    client_port: int
-    server_port: int
-    start_ns: int
-    end_ns: int | None
-
-
-def _int_fields(stats: Any) -> dict[str, int]:
-    """The integer counters of a parser's stats dataclass (slots or not)."""
-    return {
-        f.name: v
-        for f in dataclasses.fields(stats)
-        if isinstance(v := getattr(stats, f.name), int) and not isinstance(v, bool)
-    }
 
 
 def _role(conn: Connection, server_ports: set[int]) -> str:
@@ -105,7 +55,7 @@ def kprobe_exchanges(
     events: Path,
     server_ports: list[int],
     *,
-    variant: Variant = Variant(),
+    variant: Variant = VARIANTS["default"],
     attach_at_ns: int | None = None,
     target_pids: set[int] | None = None,
     encrypted: list[EncryptedConn] | None = None,
@@ -151,10 +101,10 @@ def kprobe_exchanges(
                 conn.send, conn.recv, side=role, closed_ns=conn.closed_ns,
                 from_start=conn.from_start,
             )  # fmt: skip
-            counters = _int_fields(pst)
+            counters = int_fields(pst)
         elif conn.proto == "http2":
             xs, hst = h2 or _stitch_h2(conn, role, variant)
-            counters = _int_fields(hst)
+            counters = int_fields(hst)
         else:
             continue
         for k, v in counters.items():
@@ -182,6 +132,19 @@ def kprobe_exchanges(
                 x.server_ip, x.server_port = server.ip, server.port
             for f in ADDRESS_FIELDS:
                 if getattr(x, f) is None:
-                    x.degrade(f, "no_peer_address")
+                    x.degrade(f, NO_PEER_ADDRESS)
             out.append(x)
     return out, st
+
+
+def variants(attach: str, protocol: str, simulated: bool) -> tuple[str, ...]:
+    """Replay variants: without sock_diag, and strict HPACK, where a late attach tells."""
+    if attach != "late" and not simulated:
+        return ("default",)
+    return ("default", "no-sockdiag", "hpack-strict") if is_h2(protocol) else (
+        "default", "no-sockdiag")
+
+
+def replay_exchanges(r: ReplayInput) -> tuple[list[Exchange], ObservedStats]:
+    return kprobe_exchanges(r.events, r.ports, variant=r.variant, attach_at_ns=r.attach_at_ns,
+                            target_pids=r.target_pids, encrypted=r.encrypted)  # fmt: skip

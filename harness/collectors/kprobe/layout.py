@@ -11,10 +11,6 @@ from harness.errors import ProbebenchError
 HEADER_FILE = BPF_DIR / "kprobe_events.h"
 MAX_CHUNK = 16384  # payload bytes per data event
 MAX_CHUNKS = 16  # events per syscall, the program's loop bound
-# 64 KiB per call covers Go's 32 KiB reads whole, so chunked framing stays in view.
-DEFAULT_MAX_CAPTURE = 65536
-# 64 MiB: a Go client moving 256 KiB bodies outruns a Python consumer for a moment
-DEFAULT_RINGBUF_PAGES = 16384
 
 
 def chunk_for(max_capture: int) -> int:

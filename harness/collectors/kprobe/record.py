@@ -24,16 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from harness.collectors import sockdiag
+from harness.collectors.base import DEFAULT_MAX_CAPTURE, DEFAULT_RINGBUF_PAGES
 from harness.collectors.bpfsource import compile_program, percpu_totals
 from harness.collectors.btf import socket_walk_defines
 from harness.collectors.cli import recorder_parser, stop_flag, stopped_by, write_stats
 from harness.collectors.eventfile import KERNEL, EventWriter
-from harness.collectors.kprobe.layout import (
-    DEFAULT_MAX_CAPTURE,
-    DEFAULT_RINGBUF_PAGES,
-    chunk_for,
-    header,
-)
+from harness.collectors.kprobe.layout import chunk_for, header
 from harness.collectors.rings import Batch, RingSet, Trim, Watch
 from harness.errors import CollectorError, ProbebenchError
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.analysis.observed import ADDRESS_FIELDS, ObservedStats, _int_fields
-from harness.collectors.kprobe.decode import infer_proto
+from harness.collectors.base import ADDRESS_FIELDS, ObservedStats, ReplayInput, int_fields
 from harness.collectors.tls.decode import TlsConnection, decode
-from harness.model import Exchange
+from harness.model import NO_PEER_ADDRESS, Exchange, is_h2
 from harness.protocols.http1.stitch import stitch_http1
 from harness.protocols.http2.stitch import stitch_http2
+from harness.protocols.sniff import infer_proto
 
 
 def _role(conn: TlsConnection, ports: set[int]) -> str | None:
@@ -64,7 +64,7 @@ def tls_exchanges(
         else:
             c2s, s2c = (send, recv) if role == "client" else (recv, send)
             xs, pst = stitch_http2(c2s, s2c, source="tls", side=role, conn_id=conn.key)  # type: ignore[arg-type]
-        for k, v in _int_fields(pst).items():
+        for k, v in int_fields(pst).items():
             st.parse[k] = st.parse.get(k, 0) + v
         client, server = (conn.local, conn.remote) if role == "client" else \
             (conn.remote, conn.local)
@@ -78,6 +78,18 @@ def tls_exchanges(
                 x.server_ip, x.server_port = server.ip, server.port
             for f in ADDRESS_FIELDS:
                 if getattr(x, f) is None:
-                    x.degrade(f, "no_peer_address")
+                    x.degrade(f, NO_PEER_ADDRESS)
             out.append(x)
     return out, st
+
+
+def replay_exchanges(r: ReplayInput) -> tuple[list[Exchange], ObservedStats]:
+    return tls_exchanges(r.events, r.ports, attach_at_ns=r.attach_at_ns, h2=is_h2(r.protocol))
+
+
+def not_covered(lang: str | None, grpc: bool) -> str | None:
+    """Why the TLS collector cannot see a side at all, or None where it can."""
+    if lang == "py" and grpc:
+        return ("grpcio: its TLS is BoringSSL linked statically into cygrpc with no symbol "
+                "table, so there is nothing to probe (uncoverable)")
+    return None

@@ -3,7 +3,7 @@
 A pure function of the event file (no bcc, no root). Each record becomes one
 ``HeaderBlock`` or ``DataFrame`` carrying who saw it (process, connection, its
 addresses) and the stream it belongs to; stitching them into calls is
-``harness.analysis.uprobe_observed``'s job.
+``harness.collectors.uprobe.exchanges``'s job.
 """
 
 from __future__ import annotations

@@ -13,20 +13,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote
 
-from harness.analysis.match import NOT_COLLECTED
-from harness.analysis.observed import ADDRESS_FIELDS, ObservedStats
+from harness.collectors.base import ADDRESS_FIELDS, ObservedStats, ReplayInput
 from harness.collectors.uprobe.decode import DataFrame, Endpoint, HeaderBlock, Seen, decode
-from harness.model import Exchange
+from harness.model import (
+    HEADERS_MISSED_STREAM,
+    NO_PEER_ADDRESS,
+    NOT_COLLECTED,
+    STREAM_INCOMPLETE,
+    TRUNCATED_HEADERS,
+    TRUNCATED_PAYLOAD,
+    TRUNCATED_VALUE,
+    Exchange,
+)
 from harness.protocols.http2.grpc import BodyCounter
 
 C2S, S2C = 0, 1
-R_MISSED = "headers_missed_stream"
-R_TRUNC = "truncated_payload"
-R_CUT_VALUE = "truncated_value"  # a name or value longer than the probe's cap: not used
-R_CUT_HEADERS = "truncated_headers"  # fields of a block the probe did not read at all
+R_MISSED = HEADERS_MISSED_STREAM
+R_TRUNC = TRUNCATED_PAYLOAD
+R_CUT_VALUE = TRUNCATED_VALUE  # a name or value longer than the probe's cap: not used
+R_CUT_HEADERS = TRUNCATED_HEADERS  # fields of a block the probe did not read at all
 R_NOT_COLLECTED = NOT_COLLECTED  # the recording's --uprobe-level does not look at it
-R_INCOMPLETE = "incomplete_stream"
-R_ADDR = "no_peer_address"
+R_INCOMPLETE = STREAM_INCOMPLETE
+R_ADDR = NO_PEER_ADDRESS
 
 ConnKey = tuple[int, int, Endpoint | None, Endpoint | None]
 
@@ -267,3 +275,7 @@ def _degrade_cut(x: Exchange, block: HeaderBlock, named: dict[str, str], rest: s
         for f in (*named.values(), rest):
             if getattr(x, f) in (None, {}) or f == rest:
                 x.degrade(f, R_CUT_HEADERS)
+
+
+def replay_exchanges(r: ReplayInput) -> tuple[list[Exchange], ObservedStats]:
+    return uprobe_exchanges(r.events, r.ports, attach_at_ns=r.attach_at_ns)

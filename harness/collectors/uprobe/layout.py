@@ -12,9 +12,7 @@ HEADER_FILE = BPF_DIR / "uprobe_events.h"
 PROGRAM = "uprobe_grpc.c"
 FORMAT = "uprobe-grpc/2"  # event file format version (header "format")
 DEFAULT_RINGBUF_PAGES = 4096  # 16 MiB: a header event holds up to PB_HDR_BLOB + 1 KiB
-LEVELS = ("headers", "messages")  # --uprobe-level: what each call costs in hits
 DATA_PROBES = frozenset({"write_data", "client_data", "server_data"})
-DEFAULT_VALUE_MAX = 16384
 MAX_VALUE_MAX = 1 << 20
 PROBE_NAMES = {
     1: "write_header",

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.collectors.base import DEFAULT_VALUE_MAX, LEVELS
 from harness.collectors.bpfsource import compile_program, percpu_totals
 from harness.collectors.cli import recorder_parser, stop_flag, stopped_by, write_stats
 from harness.collectors.eventfile import EventWriter
@@ -34,9 +35,7 @@ from harness.collectors.uprobe.gate import Exec, ExecGate
 from harness.collectors.uprobe.layout import (
     DATA_PROBES,
     DEFAULT_RINGBUF_PAGES,
-    DEFAULT_VALUE_MAX,
     FORMAT,
-    LEVELS,
     PROBE_NAMES,
     PROGRAM,
     header,
