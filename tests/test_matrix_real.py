@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.runner import matrix
+from harness.workflows import matrix
 from harness.workflows.matrix import MatrixRun
 
 

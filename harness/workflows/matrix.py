@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import platform
@@ -15,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.collectors import registry
 from harness.errors import ProbebenchError, RunDirError
 from harness.model import METRICS_VERSION, RunManifest, repo_root, utc_now, write_json_atomic
 from harness.runner.lifecycle import Interrupted, signals_as_exceptions
@@ -86,28 +86,18 @@ class MatrixRun:
                        tls=self.tls)  # fmt: skip
 
 
-UPROBE_MODULES = ("harness.collectors.uprobe.record", "harness.collectors.uprobe.exchanges")
-
-
-def available_collectors() -> tuple[str, ...]:
-    """Both collectors, unless the uprobe recorder or its replay side is not in this checkout
-    yet (every run would then fail on it, kprobe data included)."""
-    if any(importlib.util.find_spec(m) is None for m in UPROBE_MODULES):
-        return ("kprobe",)
-    return ("kprobe", "uprobe")
-
-
 def _grpc_version(scenario: str, client: str, server: str, version: str) -> str | None:
     has_go = "go" in (client, server)
     return version if SCENARIOS[scenario].is_grpc and has_go else None
 
 
 def plan(
-    quick: bool, collectors: tuple[str, ...] = ("kprobe", "uprobe"), *, full: bool = False
+    quick: bool, collectors: tuple[str, ...] | None = None, *, full: bool = False
 ) -> list[MatrixRun]:
     """The runs of the quick, the default or the full matrix, in the order they are recorded.
     The default is the full matrix less the cells that only repeat a dimension it already
     measures (see _in_default), so `scripts/bootstrap matrix` stays within minutes."""
+    collectors = collectors or registry.default_names()
     if quick:
         return _quick_plan(collectors)
     runs = _full_plan(collectors)
@@ -175,7 +165,7 @@ def tls_plan(collectors: tuple[str, ...], quick: bool = False) -> list[MatrixRun
     """TLS cells: every scenario and language pair, early attach (late where it matters),
     with the TLS collector added. grpcio to grpcio is left out: neither end writes a key
     log, so such a run has no truth (it says so when run by hand)."""
-    cols = (*collectors, "tls") if "tls" not in collectors else collectors
+    cols = (*collectors, *(c for c in registry.tls_names() if c not in collectors))
     if quick:
         return [MatrixRun("http11-keepalive", "py", "go", "early", 100, cols, tls=True),
                 MatrixRun("grpc-unary", "py", "go", "late", 60, cols, CURRENT_GRPC_GO,
@@ -232,7 +222,7 @@ def cells() -> list[dict[str, Any]]:
     seen: set[str] = set()
     out = []
     for name, quick, full in MATRICES:
-        for run in plan(quick, available_collectors(), full=full):
+        for run in plan(quick, full=full):
             if run.cell_id not in seen:
                 seen.add(run.cell_id)
                 out.append(run.cell(name))
@@ -242,7 +232,7 @@ def cells() -> list[dict[str, Any]]:
 def find_cell(cell_id: str) -> MatrixRun:
     """The run a cell id names; an unknown id is an error that says where ids come from."""
     for _, quick, full in MATRICES:
-        for run in plan(quick, available_collectors(), full=full):
+        for run in plan(quick, full=full):
             if run.cell_id == cell_id:
                 return run
     raise ProbebenchError(f"no matrix cell {cell_id!r}; `probebench matrix --list` prints them")
@@ -494,10 +484,7 @@ def run_matrix(quick: bool, out: Path, report_dir: Path, progress: Progress, *,
     ``report_dir``; returns the report's path."""
     from harness.report.build import build_report
 
-    collectors = available_collectors()
-    if "uprobe" not in collectors:
-        progress("uprobe collector not available in this checkout: recording kprobe only")
-    runs = plan(quick, collectors, full=full)
+    runs = plan(quick, full=full)
     out.mkdir(parents=True, exist_ok=True)
     state = State.load(state_path(out, quick, full))
     t0 = time.monotonic()
