@@ -16,7 +16,7 @@ from types import TracebackType
 from typing import Any
 
 from harness.errors import CaptureError
-from harness.runner.lifecycle import die_with_parent
+from harness.procfs import die_with_parent
 
 _SUMMARY = re.compile(
     r"Packets received/dropped on interface '(?P<iface>[^']*)': (?P<recv>\d+)/(?P<drop>\d+)"
