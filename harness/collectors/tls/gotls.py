@@ -1,12 +1,10 @@
 """Go crypto/tls in a binary: where (*Conn).Write and (*Conn).Read start and return, and
 the offsets from a *tls.Conn to its socket's addresses, read from the symbol table, the
-DWARF (as the grpc-go probes are resolved: harness/collectors/uprobe/elfgo.py) and the
+DWARF (as the grpc-go probes are resolved: harness/collectors/gobin/elfgo.py) and the
 RET instructions Go's own disassembler lists. No uretprobes on Go: stacks move."""
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import shutil
 import subprocess
@@ -14,8 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.collectors.uprobe.elfgo import NotGoBinary, read_go_binary
-from harness.collectors.uprobe.resolve import cache_dir, file_sha256
+from harness.collectors.gobin.cache import cache_dir, cached, file_sha256
+from harness.collectors.gobin.elfgo import NotGoBinary, read_go_binary
 
 RESOLVER_VERSION = 1
 
@@ -65,21 +63,10 @@ def resolve_go_tls(path: Path, *, use_cache: bool = True) -> GoTls:
         digest = file_sha256(path)
     except OSError as e:
         return GoTls(str(path), error=f"cannot read {path}: {e.strerror}")
-    cached = cache_dir().parent / "tls" / f"{digest[:32]}-v{RESOLVER_VERSION}.json"
-    if use_cache and cached.exists():
-        try:
-            return GoTls(**{**json.loads(cached.read_text()), "path": str(path)})
-        except (ValueError, TypeError):
-            pass  # stale or corrupt: resolve again
-    r = _resolve(path)
-    if use_cache:
-        try:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_suffix(".tmp")
-            tmp.write_text(json.dumps(r.to_dict(), sort_keys=True))
-            os.replace(tmp, cached)
-        except OSError:
-            pass  # caching is an optimisation only
+    entry = cache_dir("tls") / f"{digest[:32]}-v{RESOLVER_VERSION}.json"
+    r = cached(entry, lambda: _resolve(path), GoTls.to_dict, lambda d: GoTls(**d),
+               use_cache=use_cache)  # fmt: skip
+    r.path = str(path)
     return r
 
 

@@ -53,6 +53,6 @@ COLLECTOR = Collector(
         "loader": ("harness/collectors/uprobe/record.py", "harness/collectors/uprobe/layout.py",
                    "harness/collectors/uprobe/discover.py"),
         "target resolution": ("harness/collectors/uprobe/resolve.py",
-                              "harness/collectors/uprobe/elfgo.py"),
+                              "harness/collectors/gobin/elfgo.py"),
     },
 )  # fmt: skip

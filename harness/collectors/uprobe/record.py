@@ -27,7 +27,13 @@ from typing import Any
 
 from harness.collectors.base import DEFAULT_VALUE_MAX, LEVELS
 from harness.collectors.bpfsource import compile_program, percpu_totals
-from harness.collectors.cli import recorder_parser, stop_flag, stopped_by, write_stats
+from harness.collectors.cli import (
+    record_until_stopped,
+    recorder_parser,
+    stop_flag,
+    stopped_by,
+    write_stats,
+)
 from harness.collectors.eventfile import EventWriter
 from harness.collectors.rings import RingSet
 from harness.collectors.uprobe.discover import identify
@@ -297,16 +303,14 @@ class Recorder:
                 gate = ExecGate(self.follow)
                 gate.open(self.rings)
             compile_s = time.monotonic() - t0
-            attach_ns = time.monotonic_ns()
             attached = [a for p in self.programs.values() for a in p.attached]
-            self.writer.note({"type": "attached", "ts_ns": attach_ns, "probes": attached})
-            print(f"ATTACHED {attach_ns}", flush=True)
-            end = time.monotonic() + deadline_s
-            while not stop["signal"] and time.monotonic() < end:
-                self.rings.poll(100)
-                self.writer.flush()
+
+            def serve_execs() -> None:
                 for ex in gate.take() if gate else ():
                     self._serve(gate, ex)
+
+            record_until_stopped(self.writer, self.rings, attached, deadline_s, stop,
+                                 serve_execs)  # fmt: skip
             if gate is not None:
                 gate.close(self.rings)  # hears the last execs and lets them go
                 for ex in gate.take():
