@@ -245,7 +245,7 @@ def _observe_all(
                 variant=variant, encrypted=encrypted,
             ))  # fmt: skip
             for x in observed:
-                x.run_id, x.scenario, x.source = manifest.run_id, manifest.scenario, name  # type: ignore[assignment]
+                x.run_id, x.scenario, x.source = manifest.run_id, manifest.scenario, name
             out.append((name, attach_ns, info, variant, observed, ostats, encrypted))
     return out
 
@@ -284,7 +284,7 @@ def replay(
             why = ("no TLS secrets in the key logs ("
                    + (", ".join(kst.files) or "none written") + "): the truth cannot be "
                    "decrypted, so no collector is scored")  # fmt: skip
-            metrics = {"run_id": manifest.run_id, "scenario": manifest.scenario, "params": p,
+            metrics: dict[str, Any] = {"run_id": manifest.run_id, "scenario": manifest.scenario, "params": p,
                        "attach_at_s": attach_at_s, "truth_unavailable": why, "tls": tls_info,
                        "truth_vs_workload": None,
                        "rows": [], "definitions": DEFINITIONS}  # fmt: skip

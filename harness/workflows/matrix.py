@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -335,6 +336,10 @@ def run_sweep(run_dir: Path, fractions: tuple[float, ...], progress: Progress) -
     return files
 
 
+def _tagged(progress: Progress, i: int, msg: str) -> None:
+    progress(f"  [{i}] {msg}")
+
+
 def _fmt_s(s: float) -> str:
     return f"{int(s // 60)}m{int(s % 60):02d}s"
 
@@ -355,10 +360,10 @@ def execute(
 ) -> Iterator[tuple[MatrixRun, dict[str, Any]]]:
     """Record and replay each run not yet done, recording each outcome in ``state``; yields
     (run, state entry) as each one ends. Interrupts propagate after the state is saved."""
-    if record_fn is None:
-        from harness.runner.record import record as record_fn
-    if replay_fn is None:
-        from harness.analysis.replay import replay as replay_fn
+    from harness.analysis.replay import replay
+    from harness.runner.record import record
+
+    record_fn, replay_fn = record_fn or record, replay_fn or replay
     todo = [r for r in runs if not state.done(r.key)]
     if len(todo) < len(runs):
         progress(f"resuming: {len(runs) - len(todo)} of {len(runs)} runs already done")
@@ -370,7 +375,7 @@ def execute(
         before = set(out.iterdir()) if out.is_dir() else set()
         run_dir: Path | None = None
         try:
-            run_dir = record_fn(run.spec(), out, lambda m, i=i: progress(f"  [{i}] {m}"))
+            run_dir = record_fn(run.spec(), out, functools.partial(_tagged, progress, i))
             replay_fn(run_dir)
             sweep = run_sweep(run_dir, run.sweep, progress) if run.sweep else []
         except (Interrupted, KeyboardInterrupt):
@@ -379,7 +384,7 @@ def execute(
         except Exception as e:  # one failed run must not stop the matrix; it is recorded
             new = _new_dirs(out, before)
             run_dir = run_dir or (new[0] if len(new) == 1 else None)
-            entry = {"status": "failed", "error": f"{type(e).__name__}: {e}",
+            entry: dict[str, Any] = {"status": "failed", "error": f"{type(e).__name__}: {e}",
                      "run_dir": str(run_dir) if run_dir else None,
                      "seconds": round(time.monotonic() - t0, 1)}  # fmt: skip
             progress(f"run {i}/{len(todo)} FAILED: {entry['error']}")

@@ -98,7 +98,7 @@ def kprobe_exchanges(
             continue
         if conn.proto == "http1":
             xs, pst = stitch_http1(
-                conn.send, conn.recv, side=role, closed_ns=conn.closed_ns,
+                conn.send, conn.recv, side=role, closed_ns=conn.closed_ns,  # type: ignore[arg-type]
                 from_start=conn.from_start,
             )  # fmt: skip
             counters = int_fields(pst)

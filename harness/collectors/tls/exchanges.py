@@ -8,6 +8,7 @@ connections' header tables were filled before it looked. That is measured, not h
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from harness.collectors.base import ADDRESS_FIELDS, ObservedStats, ReplayInput, int_fields
 from harness.collectors.tls.decode import TlsConnection, decode
@@ -58,6 +59,7 @@ def tls_exchanges(
         st.connections += 1
         st.connections_by_proto[proto] = st.connections_by_proto.get(proto, 0) + 1
         send, recv = conn.segments(0), conn.segments(1)
+        pst: Any  # the HTTP/1 or the HTTP/2 stitcher's stats
         if proto == "http1":
             xs, pst = stitch_http1(send, recv, side=role, closed_ns=None, source="tls",  # type: ignore[arg-type]
                                    from_start=from_start)  # fmt: skip

@@ -148,8 +148,8 @@ def uprobe_exchanges(
     out = [_exchange(c, roles[_conn_key(c.seen)]) for c in sorted(finished, key=lambda c: c.seq)]
     for x in out:
         for g in x.degraded:
-            key = f"degraded_{g.reason}"
-            st.parse[key] = st.parse.get(key, 0) + 1
+            counter = f"degraded_{g.reason}"
+            st.parse[counter] = st.parse.get(counter, 0) + 1
     return out, st
 
 

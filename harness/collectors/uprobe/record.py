@@ -306,8 +306,9 @@ class Recorder:
             attached = [a for p in self.programs.values() for a in p.attached]
 
             def serve_execs() -> None:
-                for ex in gate.take() if gate else ():
-                    self._serve(gate, ex)
+                if gate is not None:
+                    for ex in gate.take():
+                        self._serve(gate, ex)
 
             record_until_stopped(self.writer, self.rings, attached, deadline_s, stop,
                                  serve_execs)  # fmt: skip
