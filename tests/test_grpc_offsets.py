@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 from elftools.elf.elffile import ELFFile
 
+from harness.collectors.gobin.pclntab import read_pclntab
 from harness.collectors.uprobe import offsets
 from harness.collectors.uprobe.discover import identify
-from harness.collectors.gobin.pclntab import read_pclntab
 from harness.collectors.uprobe.resolve import FUNCTIONS, Resolution, resolve
 
 ROOT = Path(__file__).resolve().parent.parent

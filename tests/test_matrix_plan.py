@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from harness.model import RunManifest
-from harness.workflows import matrix
 from harness.scenarios import CURRENT_GRPC_GO, GRPC_GO_VERSIONS, SCENARIOS, STRIPPED
+from harness.workflows import matrix
 from harness.workflows.matrix import MatrixRun, State, execute, plan, state_path, sweep_times
 
 FIXTURES = Path(__file__).parent / "fixtures" / "report"

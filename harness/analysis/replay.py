@@ -284,7 +284,8 @@ def replay(
             why = ("no TLS secrets in the key logs ("
                    + (", ".join(kst.files) or "none written") + "): the truth cannot be "
                    "decrypted, so no collector is scored")  # fmt: skip
-            metrics: dict[str, Any] = {"run_id": manifest.run_id, "scenario": manifest.scenario, "params": p,
+            metrics: dict[str, Any] = {
+                       "run_id": manifest.run_id, "scenario": manifest.scenario, "params": p,
                        "attach_at_s": attach_at_s, "truth_unavailable": why, "tls": tls_info,
                        "truth_vs_workload": None,
                        "rows": [], "definitions": DEFINITIONS}  # fmt: skip
