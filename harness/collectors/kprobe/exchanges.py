@@ -18,7 +18,7 @@ from harness.collectors.kprobe.decode import Connection, decode
 from harness.compact import Sharer
 from harness.model import NO_PEER_ADDRESS, Exchange, is_h2
 from harness.protocols.http1.stitch import stitch_http1
-from harness.protocols.http2.stitch import stitch_http2
+from harness.protocols.http2.stitch import orient, stitch_http2
 
 
 def _role(conn: Connection, server_ports: set[int]) -> str:
@@ -32,7 +32,7 @@ def _role(conn: Connection, server_ports: set[int]) -> str:
 
 
 def _stitch_h2(conn: Connection, role: str, variant: Variant) -> tuple[list[Exchange], Any]:
-    c2s, s2c = (conn.send, conn.recv) if role == "client" else (conn.recv, conn.send)
+    c2s, s2c = orient(conn.send, conn.recv, role)  # type: ignore[arg-type]
     return stitch_http2(c2s, s2c, hpack_mode=variant.hpack_mode, side=role, conn_id=conn.key)  # type: ignore[arg-type]
 
 

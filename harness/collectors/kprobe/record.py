@@ -16,7 +16,6 @@ import ctypes
 import gc
 import os
 import resource
-import struct
 import sys
 import threading
 import time
@@ -62,7 +61,6 @@ class Recorder:
         self.hdr = header(chunk)
         d = self.hdr.defines
         self.kind_off = self.hdr.offset("pb_conn_event", "kind")
-        self.key_fmt = struct.Struct("<IIi")  # ts low bits skipped: tgid, tid, fd at offset 8
         self.defines: dict[str, int | str] = {
             "PB_FILTER_TGID": int(bool(tgids)),
             "PB_FILTER_PORTS": int(bool(ports)),
@@ -77,12 +75,7 @@ class Recorder:
             self.defines["PB_TASK_STORAGE"] = 1  # bpf_get_current_task_btf needs kernel BTF
         if 0 < len(tgids) <= INLINE_TGIDS:
             self.defines["PB_TGID_LIST"] = ",".join(str(t) for t in tgids)
-        self.ev_conn, self.ev_infer, self.ev_exit = (
-            d["PB_EV_CONN"],
-            d["PB_EV_CONN_INFER"],
-            d["PB_EV_EXIT"],
-        )
-        self.lport_off = self.hdr.offset("pb_conn_event", "lport")
+        self.ev_exit = d["PB_EV_EXIT"]
         self.tgids, self.ports = tgids, ports
         self.writer = EventWriter(
             out,

@@ -14,7 +14,7 @@ from harness.collectors.base import ADDRESS_FIELDS, ObservedStats, ReplayInput, 
 from harness.collectors.tls.decode import TlsConnection, decode
 from harness.model import NO_PEER_ADDRESS, Exchange, is_h2
 from harness.protocols.http1.stitch import stitch_http1
-from harness.protocols.http2.stitch import stitch_http2
+from harness.protocols.http2.stitch import orient, stitch_http2
 from harness.protocols.sniff import infer_proto
 
 
@@ -64,7 +64,7 @@ def tls_exchanges(
             xs, pst = stitch_http1(send, recv, side=role, closed_ns=None, source="tls",  # type: ignore[arg-type]
                                    from_start=from_start)  # fmt: skip
         else:
-            c2s, s2c = (send, recv) if role == "client" else (recv, send)
+            c2s, s2c = orient(send, recv, role)  # type: ignore[arg-type]
             xs, pst = stitch_http2(c2s, s2c, source="tls", side=role, conn_id=conn.key)  # type: ignore[arg-type]
         for k, v in int_fields(pst).items():
             st.parse[k] = st.parse.get(k, 0) + v
