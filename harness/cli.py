@@ -11,7 +11,7 @@ from pathlib import Path
 from harness.collectors import registry
 from harness.collectors.base import LEVELS, CollectorOptions
 from harness.errors import ProbebenchError
-from harness.model import repo_root
+from harness.model import repo_root, save_sweep
 from harness.runner.lifecycle import Interrupted
 
 DEFAULT_RUNS = repo_root() / "results" / "runs"
@@ -86,9 +86,7 @@ def cmd_replay(a: argparse.Namespace) -> int:
         metrics = replay(d, attach_at_s=a.attach_at)
         print(summary_table(metrics))
         if a.attach_at is not None:
-            out = d / f"metrics.attach-at-{a.attach_at:g}s.json"
-            out.write_text(json.dumps(metrics, indent=2, sort_keys=True, default=str) + "\n")
-            print(out)
+            print(save_sweep(d, a.attach_at, metrics))
         else:
             print(d / "metrics.json")
     return 0

@@ -245,5 +245,17 @@ def save_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
     write_json_atomic(run_dir / METRICS_JSON, metrics)
 
 
+def sweep_path(run_dir: Path, attach_at_s: float) -> Path:
+    """Where a replay as if attached ``attach_at_s`` later is kept (the report globs these)."""
+    return run_dir / f"metrics.attach-at-{attach_at_s:g}s.json"
+
+
+def save_sweep(run_dir: Path, attach_at_s: float, metrics: dict[str, Any]) -> Path:
+    """The one writer of sweep files: versioned like metrics.json, and atomic."""
+    path = sweep_path(run_dir, attach_at_s)
+    write_json_atomic(path, {"version": METRICS_VERSION, **metrics})
+    return path
+
+
 def load_metrics(run_dir: Path) -> dict[str, Any]:
     return load_versioned(run_dir / METRICS_JSON, METRICS_VERSION)

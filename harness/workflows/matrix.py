@@ -17,7 +17,14 @@ from typing import Any
 
 from harness.collectors import registry
 from harness.errors import ProbebenchError, RunDirError
-from harness.model import METRICS_VERSION, RunManifest, repo_root, utc_now, write_json_atomic
+from harness.model import (
+    RunManifest,
+    repo_root,
+    save_sweep,
+    sweep_path,
+    utc_now,
+    write_json_atomic,
+)
 from harness.runner.lifecycle import Interrupted, signals_as_exceptions
 from harness.scenarios import CURRENT_GRPC_GO, GRPC_GO_VERSIONS, SCENARIOS, STRIPPED
 
@@ -318,20 +325,15 @@ def sweep_times(run_dir: Path, fractions: tuple[float, ...]) -> list[float]:
     return sorted({round((first + f * (last - first)) / 1e9, 4) for f in fractions})
 
 
-def sweep_file(run_dir: Path, t: float) -> Path:
-    return run_dir / f"metrics.attach-at-{t:g}s.json"  # the name `probebench replay` uses
-
-
 def run_sweep(run_dir: Path, fractions: tuple[float, ...], progress: Progress) -> list[str]:
     from harness.analysis.replay import replay
 
     files = []
     for t in sweep_times(run_dir, fractions):
-        path = sweep_file(run_dir, t)
+        path = sweep_path(run_dir, t)
         if not path.exists():
             progress(f"sweep: replaying {run_dir.name} as if attached {t:g} s later")
-            metrics = replay(run_dir, attach_at_s=t, write=False)
-            write_json_atomic(path, {"version": METRICS_VERSION, **metrics})
+            save_sweep(run_dir, t, replay(run_dir, attach_at_s=t, write=False))
         files.append(path.name)
     return files
 
