@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.collectors.eventfile import NOTE, read_event_file
-from harness.collectors.kprobe.layout import header
+from harness.collectors.kprobe.layout import FORMAT, header
+from harness.errors import RunDirError
 from harness.protocols.common import Segment
 from harness.protocols.sniff import HTTP1_STARTS, infer_proto
 
@@ -146,6 +147,9 @@ def decode(
     use_sockdiag: bool = True,
 ) -> tuple[list[Connection], DecodeStats]:
     ef = read_event_file(path)
+    if ef.header.get("format", FORMAT) != FORMAT:
+        raise RunDirError(f"{path} is not a {FORMAT} recording (header says "
+                          f"{ef.header.get('format')!r})")  # fmt: skip
     defines = ef.header.get("defines", {})
     hdr = header(int(defines.get("PB_CHUNK", 16384)))
     d = hdr.defines

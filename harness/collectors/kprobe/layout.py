@@ -9,6 +9,9 @@ from harness.collectors.cstruct import Header
 from harness.errors import ProbebenchError
 
 HEADER_FILE = BPF_DIR / "kprobe_events.h"
+# event file format version (header "format"); recordings from before it was written have
+# none and are this same format
+FORMAT = "kprobe-syscalls/1"
 MAX_CHUNK = 16384  # payload bytes per data event
 MAX_CHUNKS = 16  # events per syscall, the program's loop bound
 

@@ -28,7 +28,7 @@ from harness.collectors.bpfsource import compile_program, percpu_totals
 from harness.collectors.btf import socket_walk_defines
 from harness.collectors.cli import recorder_parser, stop_flag, stopped_by, write_stats
 from harness.collectors.eventfile import KERNEL, EventWriter
-from harness.collectors.kprobe.layout import chunk_for, header
+from harness.collectors.kprobe.layout import FORMAT, chunk_for, header
 from harness.collectors.rings import Batch, RingSet, Trim, Watch
 from harness.errors import CollectorError, ProbebenchError
 
@@ -81,6 +81,7 @@ class Recorder:
             out,
             {
                 "collector": "kprobe",
+                "format": FORMAT,
                 "program": PROGRAM,
                 "defines": self.defines,
                 "tgids": tgids,
