@@ -15,11 +15,20 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from uprobe_run import (
+    BIN,
+    assert_both_sides_match,
+    client_args,
+    recording,
+    run_client,
+    start_collector,
+    start_server,
+    stop,
+)
 
 from harness.collectors.bpfsource import compile_program
 from harness.collectors.uprobe.exchanges import uprobe_exchanges
@@ -28,53 +37,7 @@ from harness.runner.record import free_port
 
 pytestmark = pytest.mark.bpf
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = ROOT / "scenarios" / "go" / "bin"
 UPROBE_EVENTS = Path("/sys/kernel/tracing/uprobe_events")
-FIELDS = (
-    "path", "grpc_status", "grpc_message", "req_messages", "resp_messages", "req_bytes",
-    "resp_bytes", "client_ip", "client_port", "server_ip", "server_port", "status",
-)  # fmt: skip
-
-
-def start_collector(
-    out: Path, binaries: list[Path], port: int, level: str = "messages",
-    value_max: int | None = None,
-) -> subprocess.Popen[str]:
-    stats = out.with_suffix(".json")
-    args = [sys.executable, "-m", "harness.collectors.uprobe.record", "--out", str(out),
-            "--stats", str(stats), "--deadline", "300", "--port", str(port),
-            "--level", level]  # fmt: skip
-    if value_max is not None:
-        args += ["--value-max", str(value_max)]
-    for b in binaries:
-        args += ["--binary", str(b)]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert line.startswith("ATTACHED "), line
-    return proc
-
-
-def start_server(version: str, port: int) -> subprocess.Popen[str]:
-    srv = subprocess.Popen(
-        [str(BIN / f"grpc-server-{version}"), "--proto", "grpc", "--host", "127.0.0.1",
-         "--port", str(port)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    assert srv.stdout is not None and srv.stdout.readline().startswith("READY")
-    return srv
-
-
-def client_args(version: str, port: int, mode: str, n: int, workload: Path) -> list[str]:
-    return [str(BIN / f"grpc-client-{version}"), "--proto", "grpc", "--host", "127.0.0.1",
-            "--port", str(port), "--exchanges", str(n), "--seed", "3", "--connections", "2",
-            "--warmup", "0", "--workload", str(workload), "--mode", mode]  # fmt: skip
-
-
-def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> int:
-    proc.send_signal(sig)
-    return proc.wait(timeout=60)
 
 
 def test_event_structs_match_the_compiled_c(tmp_path: Path) -> None:
@@ -118,34 +81,13 @@ def test_event_structs_match_the_compiled_c(tmp_path: Path) -> None:
 def test_calls_match_the_workload_from_both_sides(tmp_path: Path, version: str, mode: str) -> None:
     port = free_port()
     events, workload = tmp_path / "uprobe.bin", tmp_path / "workload.jsonl"
-    col = start_collector(
-        events, [BIN / f"grpc-server-{version}", BIN / f"grpc-client-{version}"], port
-    )
-    try:
-        srv = start_server(version, port)
-        try:
-            subprocess.run(client_args(version, port, mode, 40, workload), check=True,
-                           capture_output=True, timeout=120)  # fmt: skip
-        finally:
-            stop(srv)
-    finally:
-        assert stop(col) == 0
-    stats = json.loads(events.with_suffix(".json").read_text())
-    assert stats["lost_events"] == 0 and stats["unsupported"] == []
+    with recording(events, version, port):
+        run_client(client_args(version, port, mode, 40, workload))
     xs, _ = uprobe_exchanges(events, [port])
-    want = [json.loads(line) for line in workload.read_text().splitlines()]
-    assert len(want) == 40
-    by_side: dict[str, dict[str, object]] = {"client": {}, "server": {}}
+    want = assert_both_sides_match(xs, workload, 40)
     for x in xs:
-        by_side[x.side][x.req_headers["x-probebench-id"]] = x
-    for side, got in by_side.items():
-        assert sorted(got, key=int) == sorted((str(w["id"]) for w in want), key=int), side
-        for w in want:
-            x = got[str(w["id"])]
-            assert x.degraded == [], (side, w["id"], x.degraded)  # type: ignore[attr-defined]
-            for f in FIELDS:
-                assert getattr(x, f) == w[f], (side, w["id"], f)
-            assert x.req_headers["x-request-nonce"] == w["req_headers"]["x-request-nonce"]  # type: ignore[attr-defined]
+        w = next(w for w in want if str(w["id"]) == x.req_headers["x-probebench-id"])
+        assert x.req_headers["x-request-nonce"] == w["req_headers"]["x-request-nonce"]
     # some calls of the plan stream many messages: the counts above were not all 1
     assert max(w["req_messages"] + w["resp_messages"] for w in want) > 2
 
