@@ -21,7 +21,7 @@ COLLECTOR = Collector(
     variants=variants,
     color="#1f77b4",
     parts={
-        "BPF C": ("bpf/kprobe_collector.c", "bpf/kprobe_events.h"),
+        "BPF C": ("bpf/kprobe_collector.c", "bpf/kprobe_events.h", "bpf/pb_common.h"),
         "decoding": ("harness/collectors/kprobe/decode.py",
                      "harness/collectors/kprobe/exchanges.py",
                      "harness/protocols/http1/*.py", "harness/protocols/http2/*.py",

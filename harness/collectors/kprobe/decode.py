@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.collectors.eventfile import NOTE, read_event_file
-from harness.collectors.kprobe.layout import FORMAT, header
+from harness.collectors.kprobe.layout import FORMAT, header, protos, roles
 from harness.errors import RunDirError
 from harness.protocols.common import Segment
 from harness.protocols.sniff import HTTP1_STARTS, infer_proto
@@ -116,8 +116,6 @@ def _norm_ip(text: str) -> str:
     return str(mapped or ip)
 
 
-_ROLES = {0: "unknown", 1: "client", 2: "server"}
-_PROTOS = {0: None, 1: "http1", 2: "http2", 3: "tls"}
 
 
 @dataclass
@@ -225,8 +223,8 @@ def decode(
             # numbering restarted: the kernel saw a new connection on this fd
             st.opened_unseen += 1
             conn = reopen(conn, ev.ts_ns, continues=False)
-            conn.role = _ROLES.get(ev.role, "unknown")
-            conn.proto = _PROTOS.get(ev.proto) or "unknown"
+            conn.role = roles().get(ev.role, "unknown")
+            conn.proto = protos().get(ev.proto) or "unknown"
             conn.last_seq[i] = seq
         elif seq < last:
             st.seq_reordered += 1
@@ -257,13 +255,13 @@ def decode(
             direction = "send" if ev.dir == d["PB_DIR_SEND"] else "recv"
             i = 0 if direction == "send" else 1
             if conn is None and attach_at_ns is None:
-                if legacy or ev.part != 0 or not _PROTOS.get(ev.proto):
+                if legacy or ev.part != 0 or not protos().get(ev.proto):
                     st.orphan_data_events += 1
                     continue
                 # its open event was lost: known from here on, like a connection found late
                 conn = Connection(
-                    tgid=ev.tgid, fd=ev.fd, comm="", role=_ROLES.get(ev.role, "unknown"),
-                    proto=_PROTOS[ev.proto] or "unknown", from_start=False, opened_ns=ev.ts_ns,
+                    tgid=ev.tgid, fd=ev.fd, comm="", role=roles().get(ev.role, "unknown"),
+                    proto=protos()[ev.proto] or "unknown", from_start=False, opened_ns=ev.ts_ns,
                     last_seq=[None, None], after_loss=True,
                 )  # fmt: skip
                 live[key] = conn
@@ -334,8 +332,8 @@ def decode(
             tgid=ev.tgid,
             fd=ev.fd,
             comm=ev.comm.decode(errors="replace"),
-            role=_ROLES.get(ev.role, "unknown"),
-            proto=_PROTOS.get(ev.proto) or "unknown",
+            role=roles().get(ev.role, "unknown"),
+            proto=protos().get(ev.proto) or "unknown",
             from_start=kind == d["PB_EV_CONN"],
             opened_ns=ev.ts_ns,
         )

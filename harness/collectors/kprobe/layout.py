@@ -33,3 +33,15 @@ def chunk_for(max_capture: int) -> int:
 @cache
 def header(chunk: int = MAX_CHUNK) -> Header:
     return Header(HEADER_FILE, {"PB_CHUNK": chunk})
+
+
+@cache
+def roles() -> dict[int, str]:
+    """PB_ROLE_* of bpf/pb_common.h: 0 unknown, 1 client, 2 server."""
+    return header().enum("PB_ROLE_")
+
+
+@cache
+def protos() -> dict[int, str | None]:
+    """PB_PROTO_* of the event header by value; None for unknown (not inferred)."""
+    return {v: (None if n == "unknown" else n) for v, n in header().enum("PB_PROTO_").items()}

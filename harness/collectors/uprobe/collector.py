@@ -46,7 +46,7 @@ COLLECTOR = Collector(
     observe_summary=_observe_summary,
     color="#d62728",
     parts={
-        "BPF C": ("bpf/uprobe_grpc.c", "bpf/uprobe_events.h"),
+        "BPF C": ("bpf/uprobe_grpc.c", "bpf/uprobe_events.h", "bpf/pb_common.h"),
         "decoding": ("harness/collectors/uprobe/decode.py",
                      "harness/collectors/uprobe/exchanges.py",
                      "harness/protocols/http2/grpc.py"),

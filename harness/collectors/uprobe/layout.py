@@ -29,6 +29,12 @@ def header() -> Header:
     return Header(HEADER_FILE)
 
 
+@cache
+def roles() -> dict[int, str]:
+    """PB_ROLE_* of bpf/pb_common.h: 0 unknown, 1 client, 2 server."""
+    return header().enum("PB_ROLE_")
+
+
 def sizing_defines(value_max: int) -> dict[str, int]:
     """-D flags for a header value cap: the blob must be a power of two that holds a whole
     name and value, so one field always fits in an empty part."""
