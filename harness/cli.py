@@ -40,20 +40,9 @@ def cmd_doctor(a: argparse.Namespace) -> int:
     return 0 if doctor.can_record(checks) else 1
 
 
-def _record_and_replay(spec: object, out: Path) -> Path:
-    from harness.analysis.replay import replay
-    from harness.report.summary import summary_table
-    from harness.runner.record import record
-
-    run_dir = record(spec, out, _progress)  # type: ignore[arg-type]
-    _progress("replaying: Wireshark decode, parsing, matching")
-    metrics = replay(run_dir)
-    print(summary_table(metrics))
-    return run_dir
-
-
 def cmd_run(a: argparse.Namespace) -> int:
     from harness.runner.record import RunSpec
+    from harness.workflows.run import record_and_replay
 
     spec = RunSpec(
         scenario=a.scenario,
@@ -73,7 +62,7 @@ def cmd_run(a: argparse.Namespace) -> int:
         tls_version=a.tls_version,
         pipeline_depth=a.pipeline_depth,
     )
-    run_dir = _record_and_replay(spec, a.out)
+    run_dir = record_and_replay(spec, a.out, _progress)
     print(run_dir)
     return 0
 

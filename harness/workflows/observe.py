@@ -138,11 +138,9 @@ def observe(
         manifest.save(run_dir)
     if not replay_after:
         return run_dir
-    from harness.analysis.replay import replay
-    from harness.report.summary import summary_table
+    from harness.workflows.run import replay_and_summarize
 
-    progress("replaying: Wireshark decode, parsing, matching")
-    print(summary_table(replay(run_dir)))
+    replay_and_summarize(run_dir, progress)
     return run_dir
 
 
