@@ -33,7 +33,9 @@ def _role(conn: Connection, server_ports: set[int]) -> str:
 
 def _stitch_h2(conn: Connection, role: str, variant: Variant) -> tuple[list[Exchange], Any]:
     c2s, s2c = orient(conn.send, conn.recv, role)  # type: ignore[arg-type]
-    return stitch_http2(c2s, s2c, hpack_mode=variant.hpack_mode, side=role, conn_id=conn.key)  # type: ignore[arg-type]
+    # role and mode are checked strings: "client"/"server", "tolerant"/"strict"
+    kw: dict[str, Any] = {"hpack_mode": variant.hpack_mode, "side": role}
+    return stitch_http2(c2s, s2c, conn_id=conn.key, source="kprobe", **kw)
 
 
 def _h2_by_content(conn: Connection, variant: Variant) -> tuple[str, list[Exchange], Any]:
@@ -99,7 +101,7 @@ def kprobe_exchanges(
         if conn.proto == "http1":
             xs, pst = stitch_http1(
                 conn.send, conn.recv, side=role, closed_ns=conn.closed_ns,  # type: ignore[arg-type]
-                from_start=conn.from_start,
+                from_start=conn.from_start, source="kprobe",
             )  # fmt: skip
             counters = int_fields(pst)
         elif conn.proto == "http2":

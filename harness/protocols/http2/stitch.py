@@ -174,7 +174,7 @@ def stitch_http2(
     server_to_client: Iterable[Segment],
     *,
     hpack_mode: HpackMode = "tolerant",
-    source: Source = "kprobe",
+    source: Source = "",  # the collector that saw the bytes: it names itself
     side: Side = "client",
     conn_id: str | None = None,
 ) -> tuple[list[Exchange], Http2Stats]:
