@@ -146,5 +146,8 @@ class Collector:
     default: bool = True  # recorded when --collectors is not given
     tls: bool = False  # added to the matrix's TLS cells
     color: str = "grey"  # in the report's plots
+    # the seed article's verdicts on this approach (criterion -> verdict), for the report's
+    # side-by-side table; empty for a collector the article did not look at
+    article: dict[str, str] = field(default_factory=dict)
     # the report's ease-of-implementation proxies: part -> files, relative to the repository
     parts: dict[str, tuple[str, ...]] = field(default_factory=dict)

@@ -20,6 +20,8 @@ COLLECTOR = Collector(
     recorder_args=_recorder_args,
     variants=variants,
     color="#1f77b4",
+    article={"stability": "strong", "multi-language": "strong", "compatibility": "strong",
+             "ease of building": "complex", "data completeness": "degrades"},
     parts={
         "BPF C": ("bpf/kprobe_collector.c", "bpf/kprobe_events.h", "bpf/pb_common.h"),
         "decoding": ("harness/collectors/kprobe/decode.py",

@@ -45,6 +45,8 @@ COLLECTOR = Collector(
     observe_binaries=_observe_binaries,
     observe_summary=_observe_summary,
     color="#d62728",
+    article={"stability": "weak", "multi-language": "weak", "compatibility": "weak",
+             "ease of building": "simple", "data completeness": "complete"},
     parts={
         "BPF C": ("bpf/uprobe_grpc.c", "bpf/uprobe_events.h", "bpf/pb_common.h"),
         "decoding": ("harness/collectors/uprobe/decode.py",
