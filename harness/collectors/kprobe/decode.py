@@ -62,13 +62,6 @@ class Connection:
     def key(self) -> str:
         return f"{self.tgid}:{self.fd}@{self.opened_ns}"
 
-    def client_server(self) -> tuple[Endpoint | None, Endpoint | None]:
-        if self.role == "client":
-            return self.local, self.remote
-        if self.role == "server":
-            return self.remote, self.local
-        return None, None
-
 
 @dataclass
 class DecodeStats:
