@@ -31,6 +31,7 @@ from harness.model import (
     CAPTURE,
     EVENTS_DIR,
     EXCHANGES_DIR,
+    H2_FAMILY,
     TLS_DIR,
     WORKLOAD,
     Exchange,
@@ -115,8 +116,8 @@ def run_protocol(manifest: RunManifest) -> str:
     p = manifest.params
     if "protocol" in p:
         return str(p["protocol"])
-    if "h2c" in p:  # observe
-        return "h2c" if p["h2c"] else "http/1.x"
+    if "h2c" in p:  # observe, before it recorded its protocol
+        return H2_FAMILY if p["h2c"] else "http/1.x"
     raise RunDirError(f"run {manifest.run_id}: run.json's params record no protocol")
 
 

@@ -15,7 +15,15 @@ from harness.collectors import registry
 from harness.collectors.base import CollectorOptions
 from harness.errors import ProbebenchError, TargetError
 from harness.groundtruth.capture import Dumpcap
-from harness.model import CAPTURE, EVENTS_DIR, TLS_DIR, RunManifest, machine_info, utc_now
+from harness.model import (
+    CAPTURE,
+    EVENTS_DIR,
+    H2_FAMILY,
+    TLS_DIR,
+    RunManifest,
+    machine_info,
+    utc_now,
+)
 from harness.runner.collectors import start_collector, stop_collector
 from harness.runner.keeper import GRACE_S
 from harness.runner.lifecycle import ProcessSet
@@ -59,6 +67,7 @@ def observe(
     params = {
         "command": command, "h2c": h2c, "duration_s": duration_s, "collectors": collectors,
         "attach": "early", "client": "user", "server": "user",
+        "protocol": H2_FAMILY if h2c else "http/1.x",
     }  # fmt: skip
     if tls:
         # the ports carry TLS; the user's client writes the secrets (e.g. SSLKEYLOGFILE)
