@@ -7,9 +7,9 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from harness.model import Exchange
+from harness.model import NO_PEER_ADDRESS, Exchange
 
 ADDRESS_FIELDS = ("client_ip", "client_port", "server_ip", "server_port")
 
@@ -76,6 +76,24 @@ class EncryptedConn:
     server_port: int
     start_ns: int
     end_ns: int | None
+
+
+class _Endpoint(Protocol):
+    @property
+    def ip(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+
+
+def set_addresses(x: Exchange, client: _Endpoint | None, server: _Endpoint | None) -> None:
+    """The ends a collector knows, and each one it does not marked no_peer_address."""
+    if client is not None:
+        x.client_ip, x.client_port = client.ip, client.port
+    if server is not None:
+        x.server_ip, x.server_port = server.ip, server.port
+    for f in ADDRESS_FIELDS:
+        if getattr(x, f) is None:
+            x.degrade(f, NO_PEER_ADDRESS)
 
 
 def int_fields(stats: Any) -> dict[str, int]:

@@ -6,17 +6,17 @@ from pathlib import Path
 from typing import Any
 
 from harness.collectors.base import (
-    ADDRESS_FIELDS,
     VARIANTS,
     EncryptedConn,
     ObservedStats,
     ReplayInput,
     Variant,
     int_fields,
+    set_addresses,
 )
 from harness.collectors.kprobe.decode import Connection, decode
 from harness.compact import Sharer
-from harness.model import NO_PEER_ADDRESS, Exchange, is_h2
+from harness.model import Exchange, is_h2
 from harness.protocols.http1.stitch import stitch_http1
 from harness.protocols.http2.stitch import orient, stitch_http2
 
@@ -128,13 +128,7 @@ def kprobe_exchanges(
             x.side = role  # type: ignore[assignment]
             x.pid = conn.tgid
             x.conn_id = conn.key
-            if client is not None:
-                x.client_ip, x.client_port = client.ip, client.port
-            if server is not None:
-                x.server_ip, x.server_port = server.ip, server.port
-            for f in ADDRESS_FIELDS:
-                if getattr(x, f) is None:
-                    x.degrade(f, NO_PEER_ADDRESS)
+            set_addresses(x, client, server)
             out.append(x)
     return out, st
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from harness.collectors.base import ADDRESS_FIELDS, ObservedStats, ReplayInput, int_fields
+from harness.collectors.base import ObservedStats, ReplayInput, int_fields, set_addresses
 from harness.collectors.tls.decode import TlsConnection, decode
-from harness.model import NO_PEER_ADDRESS, Exchange, is_h2
+from harness.model import Exchange, is_h2
 from harness.protocols.http1.stitch import stitch_http1
 from harness.protocols.http2.stitch import orient, stitch_http2
 from harness.protocols.sniff import infer_proto
@@ -75,12 +75,9 @@ def tls_exchanges(
             x.side = role  # type: ignore[assignment]
             x.pid = conn.tgid
             x.conn_id = conn.key
-            if client is not None and server is not None:
-                x.client_ip, x.client_port = client.ip, client.port
-                x.server_ip, x.server_port = server.ip, server.port
-            for f in ADDRESS_FIELDS:
-                if getattr(x, f) is None:
-                    x.degrade(f, NO_PEER_ADDRESS)
+            # one end without the other cannot be tied to the truth: neither is used
+            both = client is not None and server is not None
+            set_addresses(x, client if both else None, server if both else None)
             out.append(x)
     return out, st
 

@@ -13,11 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote
 
-from harness.collectors.base import ADDRESS_FIELDS, ObservedStats, ReplayInput
+from harness.collectors.base import ObservedStats, ReplayInput, set_addresses
 from harness.collectors.uprobe.decode import DataFrame, Endpoint, HeaderBlock, Seen, decode
 from harness.model import (
     HEADERS_MISSED_STREAM,
-    NO_PEER_ADDRESS,
     NOT_COLLECTED,
     STREAM_INCOMPLETE,
     TRUNCATED_HEADERS,
@@ -34,7 +33,6 @@ R_CUT_VALUE = TRUNCATED_VALUE  # a name or value longer than the probe's cap: no
 R_CUT_HEADERS = TRUNCATED_HEADERS  # fields of a block the probe did not read at all
 R_NOT_COLLECTED = NOT_COLLECTED  # the recording's --uprobe-level does not look at it
 R_INCOMPLETE = STREAM_INCOMPLETE
-R_ADDR = NO_PEER_ADDRESS
 
 ConnKey = tuple[int, int, Endpoint | None, Endpoint | None]
 
@@ -206,12 +204,8 @@ def _exchange(call: _Call, role: str) -> Exchange:
         f"-{s.remote.port if s.remote else '?'}",
     )
     client, server = (s.local, s.remote) if role == "client" else (s.remote, s.local)
-    if client is not None and server is not None:
-        x.client_ip, x.client_port = client.ip, client.port
-        x.server_ip, x.server_port = server.ip, server.port
-    else:
-        for f in ADDRESS_FIELDS:
-            x.degrade(f, R_ADDR)
+    both = client is not None and server is not None
+    set_addresses(x, client if both else None, server if both else None)
     req_p, x.req_headers = _split(call.req)
     resp_p, x.resp_headers = _split(call.resp)
     _, x.trailers = _split(call.trailers)
