@@ -96,6 +96,23 @@ def set_addresses(x: Exchange, client: _Endpoint | None, server: _Endpoint | Non
             x.degrade(f, NO_PEER_ADDRESS)
 
 
+def drop_split_tails(
+    conn: Any, xs: list[Exchange], streams_of: dict[int, set[int]], st: ObservedStats
+) -> list[Exchange]:
+    """HTTP/2 streams cut in two by lost events: the part after the gap is not a new call
+    (the part before it is, degraded). ``conn.continues`` links a connection split at lost
+    events to the part before the gap; ``streams_of`` maps id(part) -> its stream ids."""
+    seen: set[int] = set()
+    prev = conn.continues
+    while prev is not None:
+        seen |= streams_of.get(id(prev), set())
+        prev = prev.continues
+    st.split_stream_tails += sum(1 for x in xs if x.stream_id in seen)
+    xs = [x for x in xs if x.stream_id not in seen]
+    streams_of[id(conn)] = {x.stream_id for x in xs if x.stream_id is not None}
+    return xs
+
+
 def int_fields(stats: Any) -> dict[str, int]:
     """The integer counters of a parser's stats dataclass (slots or not)."""
     return {

@@ -11,6 +11,7 @@ from harness.collectors.base import (
     ObservedStats,
     ReplayInput,
     Variant,
+    drop_split_tails,
     int_fields,
     set_addresses,
 )
@@ -115,15 +116,7 @@ def kprobe_exchanges(
         conn.send, conn.recv = [], []
         share(xs)
         if conn.proto == "http2":
-            seen: set[int] = set()
-            prev = conn.continues
-            while prev is not None:
-                seen |= streams_of.get(id(prev), set())
-                prev = prev.continues
-            tails = [x for x in xs if x.stream_id in seen]
-            st.split_stream_tails += len(tails)
-            xs = [x for x in xs if x.stream_id not in seen]
-            streams_of[id(conn)] = {x.stream_id for x in xs if x.stream_id is not None}
+            xs = drop_split_tails(conn, xs, streams_of, st)
         for x in xs:
             x.side = role  # type: ignore[assignment]
             x.pid = conn.tgid

@@ -10,7 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from harness.collectors.base import ObservedStats, ReplayInput, int_fields, set_addresses
+from harness.collectors.base import (
+    ObservedStats,
+    ReplayInput,
+    drop_split_tails,
+    int_fields,
+    set_addresses,
+)
 from harness.collectors.tls.decode import TlsConnection, decode
 from harness.model import Exchange, is_h2
 from harness.protocols.http1.stitch import stitch_http1
@@ -37,7 +43,10 @@ def _proto(conn: TlsConnection, from_start: bool) -> str | None:
 
 
 def tls_exchanges(
-    events: Path, server_ports: list[int], *, attach_at_ns: int | None = None,
+    events: Path,
+    server_ports: list[int],
+    *,
+    attach_at_ns: int | None = None,
     h2: bool = False,
 ) -> tuple[list[Exchange], ObservedStats]:
     """Exchanges one TLS recording yields, both sides. ``h2``: the run's ports carry HTTP/2
@@ -46,6 +55,7 @@ def tls_exchanges(
     st = ObservedStats(decode=dict(vars(dst)))
     ports = set(server_ports)
     out: list[Exchange] = []
+    streams_of: dict[int, set[int]] = {}  # id(connection) -> HTTP/2 stream ids it produced
     for conn in conns:
         role = _role(conn, ports)
         if role is None:
@@ -66,10 +76,12 @@ def tls_exchanges(
         else:
             c2s, s2c = orient(send, recv, role)  # type: ignore[arg-type]
             xs, pst = stitch_http2(c2s, s2c, source="tls", side=role, conn_id=conn.key)  # type: ignore[arg-type]
+            xs = drop_split_tails(conn, xs, streams_of, st)
         for k, v in int_fields(pst).items():
             st.parse[k] = st.parse.get(k, 0) + v
-        client, server = (conn.local, conn.remote) if role == "client" else \
-            (conn.remote, conn.local)
+        client, server = (
+            (conn.local, conn.remote) if role == "client" else (conn.remote, conn.local)
+        )
         for x in xs:
             x.source = "tls"
             x.side = role  # type: ignore[assignment]
