@@ -6,7 +6,7 @@ import bisect
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from harness.model import NOT_COLLECTED, Exchange, is_h2
+from harness.model import H2_FAMILY, NOT_COLLECTED, Exchange, is_h2
 
 # How far apart a collector's and Wireshark's start of one exchange may be.
 MATCH_WINDOW_NS = 2_000_000_000
@@ -24,9 +24,16 @@ GRPC_FIELDS = (
     *COMMON_FIELDS, "authority", "grpc_status", "grpc_message", "req_messages", "resp_messages",
     "req_headers",
 )  # fmt: skip
+# Plain HTTP/2 (h2c-plain): the HTTP/1 fields, plus what HPACK can hide: the authority and
+# the custom fields of both header blocks (the echoed id and x-req-bytes come back in the
+# response's).
+H2C_FIELDS = (*COMMON_FIELDS, "authority", "req_headers", "resp_headers")
+HEADER_FIELDS = ("req_headers", "resp_headers")  # scored on their custom (x-) fields
 
 
 def required_fields(protocol: str) -> tuple[str, ...]:
+    if protocol == H2_FAMILY:  # plain HTTP/2: no gRPC fields
+        return H2C_FIELDS
     return GRPC_FIELDS if is_h2(protocol) else COMMON_FIELDS
 
 
@@ -57,14 +64,14 @@ def judge(truth: Exchange, obs: Exchange) -> Verdict:
         if f in unreliable:
             continue
         want, got = getattr(truth, f), getattr(obs, f)
-        if f == "req_headers":
+        if f in HEADER_FIELDS:
             want, got = _custom(want), _custom(got)
             if want == got:
                 continue
             absent = [k for k in want if k not in got]
             if absent and all(want[k] == got.get(k, want[k]) for k in want):
                 v.missing[f] = reasons.get(f) or next(
-                    (r for k, r in reasons.items() if k.startswith("req_headers")), "missing"
+                    (r for k, r in reasons.items() if k.startswith(f)), "missing"
                 )
                 continue
             v.wrong[f] = f"{want!r} != {got!r}"
