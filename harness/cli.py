@@ -55,7 +55,8 @@ def cmd_run(a: argparse.Namespace) -> int:
         grpc_version=a.grpc_go,
         port=a.port,
         options=CollectorOptions(
-            max_capture=a.max_capture, ringbuf_pages=a.ringbuf_pages,
+            max_capture=a.max_capture, h2_body_limit=a.h2_body_limit,
+            ringbuf_pages=a.ringbuf_pages,
             uprobe_level=a.uprobe_level, uprobe_value_max=a.uprobe_value_max,
         ),
         tls=a.tls,
@@ -197,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-capture", type=int, default=CollectorOptions.max_capture,
         help="payload bytes captured per syscall",
     )
+    p.add_argument(
+        "--h2-body-limit", type=int, default=CollectorOptions.h2_body_limit,
+        help="gRPC message-body bytes captured per frame-aware HTTP/2 call (no field needs them)",
+    )  # fmt: skip
     p.add_argument("--ringbuf-pages", type=int, default=CollectorOptions.ringbuf_pages,
                    help="ring buffer, 4 KiB pages")
     p.add_argument("--tls", action="store_true", help="the same scenario over TLS")

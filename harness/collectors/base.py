@@ -16,6 +16,10 @@ ADDRESS_FIELDS = ("client_ip", "client_port", "server_ip", "server_port")
 # Capture defaults, defined once: recorders, runner and command line all read them here.
 # 64 KiB per call covers Go's 32 KiB reads whole, so chunked framing stays in view.
 DEFAULT_MAX_CAPTURE = 65536
+# gRPC message-body bytes captured per frame-aware HTTP/2 call: none. No field needs them
+# (messages are counted by their 5-byte prefixes, which are always kept), and they were
+# most of the collector's cost on gRPC (1 MiB messages written to the event file).
+DEFAULT_H2_BODY_LIMIT = 0
 # 64 MiB: a Go client moving 256 KiB bodies outruns a Python consumer for a moment
 DEFAULT_RINGBUF_PAGES = 16384
 DEFAULT_VALUE_MAX = 16384  # header value bytes a uprobe copies; a longer one is marked cut
@@ -27,6 +31,7 @@ class CollectorOptions:
     """Recorder options of a run (run.json's params.options keeps these names)."""
 
     max_capture: int = DEFAULT_MAX_CAPTURE
+    h2_body_limit: int = DEFAULT_H2_BODY_LIMIT  # gRPC message-body bytes per HTTP/2 call
     ringbuf_pages: int = DEFAULT_RINGBUF_PAGES
     uprobe_level: str = "headers"  # or "messages": + one uprobe hit per DATA frame
     uprobe_value_max: int = DEFAULT_VALUE_MAX
