@@ -24,8 +24,6 @@ from uprobe_run import (
     BIN,
     assert_both_sides_match,
     client_args,
-    recording,
-    run_client,
     start_collector,
     start_server,
     stop,
@@ -35,6 +33,7 @@ from harness.collectors.bpfsource import compile_program
 from harness.collectors.uprobe.exchanges import uprobe_exchanges
 from harness.collectors.uprobe.layout import header
 from harness.runner.record import free_port
+from harness.runner.tlsfiles import make_tls_files
 
 pytestmark = pytest.mark.bpf
 
@@ -76,21 +75,47 @@ def test_event_structs_match_the_compiled_c(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("version", "mode"),
-    [("v1.85.0", "bidi"), ("v1.50.1", "server-stream"), ("v1.33.3", "client-stream")],
+    ("version", "mode", "tls"),
+    [
+        ("v1.85.0", "bidi", False),
+        ("v1.50.1", "server-stream", False),
+        ("v1.33.3", "client-stream", False),
+        # over TLS the transport's conn is grpc-go's *syscallConn around a *tls.Conn: the
+        # addresses (checked below like every field) come from following it to the socket
+        ("v1.85.0", "unary", True),
+        ("v1.33.3", "bidi", True),
+    ],
 )
-def test_calls_match_the_workload_from_both_sides(tmp_path: Path, version: str, mode: str) -> None:
+def test_calls_match_the_workload_from_both_sides(
+    tmp_path: Path, version: str, mode: str, tls: bool
+) -> None:
     port = free_port()
     events, workload = tmp_path / "uprobe.bin", tmp_path / "workload.jsonl"
-    with recording(events, version, port):
-        run_client(client_args(version, port, mode, 40, workload))
+    extra: tuple[str, ...] = ()
+    if tls:
+        make_tls_files(tmp_path / "tls")
+        extra = ("--tls-dir", str(tmp_path / "tls"), "--tls-version", "1.3")
+    col = start_collector(
+        events, [BIN / f"grpc-server-{version}", BIN / f"grpc-client-{version}"], port
+    )
+    try:
+        srv = start_server(version, port, extra)
+        try:
+            subprocess.run([*client_args(version, port, mode, 40, workload), *extra],
+                           check=True, capture_output=True, timeout=120)  # fmt: skip
+        finally:
+            stop(srv)
+    finally:
+        assert stop(col) == 0
+    stats = json.loads(events.with_suffix(".json").read_text())
+    assert stats["lost_events"] == 0 and stats["unsupported"] == []
     xs, _ = uprobe_exchanges(events, [port])
     want = assert_both_sides_match(xs, workload, 40)
-    for x in xs:
-        w = next(w for w in want if str(w["id"]) == x.req_headers["x-probebench-id"])
-        assert x.req_headers["x-request-nonce"] == w["req_headers"]["x-request-nonce"]
-    # some calls of the plan stream many messages: the counts above were not all 1
-    assert max(w["req_messages"] + w["resp_messages"] for w in want) > 2
+    nonce = {str(w["id"]): w["req_headers"]["x-request-nonce"] for w in want}
+    assert all(x.req_headers["x-request-nonce"] == nonce[x.req_headers["x-probebench-id"]]
+               for x in xs)  # fmt: skip
+    # some calls of a streaming plan carry many messages: the counts above were not all 1
+    assert mode == "unary" or max(w["req_messages"] + w["resp_messages"] for w in want) > 2
 
 
 def _our_probes(pid: int, binary: Path) -> list[str]:

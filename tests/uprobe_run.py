@@ -41,10 +41,10 @@ def start_collector(
     return proc
 
 
-def start_server(version: str, port: int) -> subprocess.Popen[str]:
+def start_server(version: str, port: int, extra: tuple[str, ...] = ()) -> subprocess.Popen[str]:
     srv = subprocess.Popen(
         [str(BIN / f"grpc-server-{version}"), "--proto", "grpc", "--host", "127.0.0.1",
-         "--port", str(port)],
+         "--port", str(port), *extra],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert srv.stdout is not None and srv.stdout.readline().startswith("READY")

@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from harness.analysis.match import match
+from harness.analysis.match import match_into
 from harness.analysis.metrics import DEFINITIONS, Row, score
 from harness.collectors import registry
 from harness.collectors.base import VARIANTS, EncryptedConn, ReplayInput, Variant
@@ -176,7 +176,9 @@ def _window(
         return truth, seen
     kept = [t for t in truth if (t.t_start_ns or 0) <= until]
     ids = {id(t) for t in kept}
-    partner = {id(v.observed): id(v.truth) for v in match(truth, seen).pairs}
+    partner: dict[int, int] = {}
+    match_into(truth, seen, lambda v: partner.update({id(v.observed): id(v.truth)}),
+               lambda _x: None)  # fmt: skip
     return kept, [
         x
         for x in seen

@@ -199,9 +199,9 @@ def _scan(
         stats.truncated = True
         stats.warn("capture file cut short in the middle of a packet")
     if multi:
-        _split_multi(pcap, http1_ports, h2c_ports, multi, warnings)
+        _split_multi(pcap, http1_ports, h2c_ports, multi, warnings, tls_keylog)
     msgs = _drop_redissected(msgs, warnings)
-    msgs = _drop_repeated_reports(pcap, http1_ports, h2c_ports, msgs, warnings)
+    msgs = _drop_repeated_reports(pcap, http1_ports, h2c_ports, msgs, warnings, tls_keylog)
     exchanges = _pair_http1(msgs, times, server_data, stats, warnings)
     stats.packets += packets
     stats.tcp_streams = len(streams)
@@ -282,7 +282,7 @@ def _flatten(node: Any, out: list[tuple[str, str]]) -> None:
 
 def _split_multi(
     pcap: Path, http1_ports: list[int], h2c_ports: list[int],
-    multi: dict[int, list[_H1Msg]], warnings: Counter[str],
+    multi: dict[int, list[_H1Msg]], warnings: Counter[str], tls_keylog: Path | None = None,
 ) -> None:
     """Give each message of a frame that carries several (pipelining) its own fields.
 
@@ -294,8 +294,8 @@ def _split_multi(
     for k in range(0, len(nums), _MULTI_BATCH):
         batch = nums[k:k + _MULTI_BATCH]
         flt = "frame.number in {" + ",".join(map(str, batch)) + "}"
-        out = run_tshark(pcap, [*decode_as(http1_ports, h2c_ports), "-Y", flt, "-T", "json",
-                                "-J", "frame http"])
+        out = run_tshark(pcap, [*decode_as(http1_ports, h2c_ports, tls_keylog), "-Y", flt,
+                                "-T", "json", "-J", "frame http"])  # fmt: skip
         try:
             packets = json.loads(out.stdout or "[]", object_pairs_hook=list)
         except json.JSONDecodeError as e:
@@ -384,9 +384,59 @@ def _start_line(m: _H1Msg) -> bytes:
     return f"{_first(m.row[_RESP_VERSION])} {_first(m.row[_CODE])}".encode("latin-1")
 
 
+def _own_bytes(
+    pcap: Path, args: list[str], nums: list[int], *, decrypted: bool
+) -> dict[int, bytes]:
+    """Each frame's own TCP payload; over TLS its plaintext: the records it decrypts to,
+    which only tshark's hex dump of the "Decrypted TLS" data sources shows (no field holds
+    them). A frame whose bytes could not be read is absent."""
+    payloads: dict[int, bytes] = {}
+    for k in range(0, len(nums), _MULTI_BATCH):
+        flt = "frame.number in {" + ",".join(map(str, nums[k:k + _MULTI_BATCH])) + "}"
+        if not decrypted:
+            out = run_tshark(pcap, [*args, "-Y", flt, "-T", "fields", "-e", "frame.number",
+                                    "-e", "tcp.payload"])  # fmt: skip
+            for line in out.stdout.splitlines():
+                num, _, hexdata = line.partition("\t")
+                try:
+                    payloads[int(num)] = bytes.fromhex(hexdata.replace(":", ""))
+                except ValueError:
+                    continue
+            continue
+        # the summary line reduced to the frame number, then each data source's hex dump
+        out = run_tshark(pcap, [*args, "-Y", flt, "-o", 'gui.column.format:"No.","%m"', "-P",
+                                "-x"])  # fmt: skip
+        payloads.update(parse_decrypted_dump(out.stdout))
+    return payloads
+
+
+def parse_decrypted_dump(text: str) -> dict[int, bytes]:
+    """Frame number -> the bytes of its "Decrypted TLS (N bytes):" blocks, from
+    ``tshark -P -x`` with the number as the only column. A frame without one is absent
+    (its bytes unknown: the check then keeps its messages)."""
+    out: dict[int, bytes] = {}
+    num: int | None = None
+    take = False
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.isdigit():
+            num, take = int(stripped), False
+        elif stripped.endswith("bytes):"):
+            take = num is not None and stripped.startswith("Decrypted TLS (")
+            if take:
+                out.setdefault(num, b"")
+        elif take and num is not None and len(line) > 6 and line[4:6] == "  ":
+            # "0000  47 45 54 ...   GET ...": 16 bytes of hex in the 47 columns after the offset
+            try:
+                out[num] += bytes.fromhex(line[6:53])
+            except ValueError:
+                continue
+    return out
+
+
 def _drop_repeated_reports(
     pcap: Path, http1_ports: list[int], h2c_ports: list[int], msgs: list[_H1Msg],
-    warnings: Counter[str],
+    warnings: Counter[str], tls_keylog: Path | None = None,
 ) -> list[_H1Msg]:
     """Messages TShark 4.0.17 reports again in the frames after theirs, while it waits
     for the rest of a chunked body that began in the same frame: the later frames hold
@@ -412,17 +462,8 @@ def _drop_repeated_reports(
     if not suspects:
         return msgs
     nums = sorted(suspects)
-    payloads: dict[int, bytes] = {}
-    for k in range(0, len(nums), _MULTI_BATCH):
-        flt = "frame.number in {" + ",".join(map(str, nums[k:k + _MULTI_BATCH])) + "}"
-        out = run_tshark(pcap, [*decode_as(http1_ports, h2c_ports), "-Y", flt, "-T", "fields",
-                                "-e", "frame.number", "-e", "tcp.payload"])
-        for line in out.stdout.splitlines():
-            num, _, hexdata = line.partition("\t")
-            try:
-                payloads[int(num)] = bytes.fromhex(hexdata.replace(":", ""))
-            except ValueError:
-                continue
+    payloads = _own_bytes(pcap, decode_as(http1_ports, h2c_ports, tls_keylog), nums,
+                          decrypted=tls_keylog is not None)  # fmt: skip
     drop: set[int] = set()
     for f in reversed(nums):  # the last report of a run survives
         prev, ms = suspects[f]
