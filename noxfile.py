@@ -34,7 +34,11 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
+    """ruff, then the layers (import-linter, pyproject's contracts), then the types (mypy)."""
     _run(session, "ruff", "check", "harness", "tests", "benchmarks", "noxfile.py")
+    session.run(str(BIN / "lint-imports"), "--config", str(ROOT / "pyproject.toml"),
+                external=True)
+    session.run(str(BIN / "mypy"), str(ROOT / "harness"), external=True)
 
 
 @nox.session

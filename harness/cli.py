@@ -8,8 +8,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from harness.collectors import registry
+from harness.collectors.base import LEVELS, CollectorOptions
 from harness.errors import ProbebenchError
-from harness.model import repo_root
+from harness.model import repo_root, save_sweep
 from harness.runner.lifecycle import Interrupted
 
 DEFAULT_RUNS = repo_root() / "results" / "runs"
@@ -38,21 +40,9 @@ def cmd_doctor(a: argparse.Namespace) -> int:
     return 0 if doctor.can_record(checks) else 1
 
 
-def _record_and_replay(spec: object, out: Path) -> Path:
-    from harness.analysis.replay import replay
-    from harness.report.summary import summary_table
-    from harness.runner.record import record
-
-    run_dir = record(spec, out, _progress)  # type: ignore[arg-type]
-    _progress("replaying: Wireshark decode, parsing, matching")
-    metrics = replay(run_dir)
-    print(summary_table(metrics))
-    return run_dir
-
-
 def cmd_run(a: argparse.Namespace) -> int:
-    from harness.runner.collectors import CollectorOptions
     from harness.runner.record import RunSpec
+    from harness.workflows.run import record_and_replay
 
     spec = RunSpec(
         scenario=a.scenario,
@@ -74,7 +64,7 @@ def cmd_run(a: argparse.Namespace) -> int:
         tls_version=a.tls_version,
         pipeline_depth=a.pipeline_depth,
     )
-    run_dir = _record_and_replay(spec, a.out)
+    run_dir = record_and_replay(spec, a.out, _progress)
     print(run_dir)
     return 0
 
@@ -87,9 +77,7 @@ def cmd_replay(a: argparse.Namespace) -> int:
         metrics = replay(d, attach_at_s=a.attach_at)
         print(summary_table(metrics))
         if a.attach_at is not None:
-            out = d / f"metrics.attach-at-{a.attach_at:g}s.json"
-            out.write_text(json.dumps(metrics, indent=2, sort_keys=True, default=str) + "\n")
-            print(out)
+            print(save_sweep(d, a.attach_at, metrics))
         else:
             print(d / "metrics.json")
     return 0
@@ -104,7 +92,7 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 
 def cmd_matrix(a: argparse.Namespace) -> int:
-    from harness.runner.matrix import cells, run_cell, run_matrix
+    from harness.workflows.matrix import cells, run_cell, run_matrix
 
     if a.list:
         listed = cells()
@@ -185,8 +173,7 @@ def cmd_kernels(a: argparse.Namespace) -> int:
 
 
 def cmd_observe(a: argparse.Namespace) -> int:
-    from harness.runner.collectors import CollectorOptions
-    from harness.runner.observe import observe
+    from harness.workflows.observe import observe
 
     if not a.command:
         raise ProbebenchError(
@@ -212,34 +199,32 @@ def cmd_observe(a: argparse.Namespace) -> int:
 
 
 def _collectors(text: str) -> list[str]:
-    from harness.runner.collectors import COLLECTORS
-
     names = [c for c in text.split(",") if c]
-    unknown = sorted(set(names) - set(COLLECTORS))
+    unknown = sorted(set(names) - set(registry.NAMES))
     if unknown or not names:
         raise argparse.ArgumentTypeError(
-            f"collectors are {', '.join(COLLECTORS)}, not {text!r}"
+            f"collectors are {', '.join(registry.NAMES)}, not {text!r}"
         )
     return names
 
 
 def _uprobe_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--uprobe-level", choices=["headers", "messages"], default="headers",
+        "--uprobe-level", choices=LEVELS, default=CollectorOptions.uprobe_level,
         help="uprobe: header blocks only (3 hits per unary call per side), or also every "
         "DATA frame (+1 hit each) for message counts and sizes",
     )  # fmt: skip
     p.add_argument(
-        "--uprobe-value-max", type=int, default=16384,
+        "--uprobe-value-max", type=int, default=CollectorOptions.uprobe_value_max,
         help="uprobe: header value bytes captured; a longer value is marked cut, never used",
     )  # fmt: skip
 
 
 def _kernel_hooks_option(p: argparse.ArgumentParser) -> None:
-    from harness.collectors.kprobe.hooks import DEFAULT_HOOKS, HOOKS
+    from harness.collectors.base import DEFAULT_KERNEL_HOOKS, KERNEL_HOOKS
 
     p.add_argument(
-        "--kernel-hooks", choices=HOOKS, default=DEFAULT_HOOKS,
+        "--kernel-hooks", choices=KERNEL_HOOKS, default=DEFAULT_KERNEL_HOOKS,
         help="kernel-side collector: syscall tracepoints, or kprobes on the syscall "
         "functions (__x64_sys_*; `probebench doctor` says which this kernel has)",
     )  # fmt: skip
@@ -257,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(fn=cmd_doctor)
 
-    from harness.runner.scenarios import GRPC_GO_BUILDS, LANGS, SCENARIOS
+    from harness.scenarios import GRPC_GO_BUILDS, LANGS, SCENARIOS
 
     p = sub.add_parser("run", help="record one scenario run, analyse it, print its directory")
     p.add_argument("scenario", choices=list(SCENARIOS))
@@ -265,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--server", choices=LANGS, default="py")
     p.add_argument("--attach", choices=["early", "late"], default="early")
     p.add_argument(
-        "--collectors", type=_collectors, default="kprobe,uprobe", help="comma-separated"
+        "--collectors", type=_collectors, default=",".join(registry.default_names()),
+        help="comma-separated",
     )
     p.add_argument("--exchanges", type=int, help="default: the scenario's")
     p.add_argument("--seed", type=int, default=1)
@@ -279,13 +265,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="HTTP/1.1 requests per write before their responses (http11-pipelined: 8)",
     )
     p.add_argument(
-        "--max-capture", type=int, default=65536, help="payload bytes captured per syscall"
+        "--max-capture", type=int, default=CollectorOptions.max_capture,
+        help="payload bytes captured per syscall",
     )
     p.add_argument(
-        "--h2-body-limit", type=int, default=0,
+        "--h2-body-limit", type=int, default=CollectorOptions.h2_body_limit,
         help="gRPC message-body bytes captured per frame-aware HTTP/2 call (no field needs them)",
     )  # fmt: skip
-    p.add_argument("--ringbuf-pages", type=int, default=16384, help="ring buffer, 4 KiB pages")
+    p.add_argument("--ringbuf-pages", type=int, default=CollectorOptions.ringbuf_pages,
+                   help="ring buffer, 4 KiB pages")
     p.add_argument("--tls", action="store_true", help="the same scenario over TLS")
     p.add_argument("--tls-version", choices=["1.2", "1.3"], default="1.3")
     _uprobe_options(p)
@@ -308,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-replay", action="store_true", help="record only; `probebench replay DIR` later"
     )
     p.add_argument(
-        "--collectors", type=_collectors, default="kprobe,uprobe",
+        "--collectors", type=_collectors, default=",".join(registry.default_names()),
         help="comma-separated; uprobe holds each exec of the command until it is probed",
     )  # fmt: skip
     _uprobe_options(p)

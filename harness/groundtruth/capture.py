@@ -17,7 +17,7 @@ from typing import Any
 
 from harness.errors import CaptureError
 from harness.model import waited
-from harness.runner.lifecycle import die_with_parent
+from harness.procfs import die_with_parent
 
 _SUMMARY = re.compile(
     r"Packets received/dropped on interface '(?P<iface>[^']*)': (?P<recv>\d+)/(?P<drop>\d+)"

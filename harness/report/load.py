@@ -109,8 +109,7 @@ def _sweep_files(run_dir: Path) -> dict[float, dict[str, Any]]:
             m = json.loads(f.read_text())
         except json.JSONDecodeError as e:
             raise RunDirError(f"{f} is not valid JSON ({e})") from e
-        # `probebench replay --attach-at` writes these without the version key; a key that
-        # is there must still be one we read.
+        # written with a version since model.save_sweep; older ones without, read as today's
         if m.get("version", METRICS_VERSION) != METRICS_VERSION:
             raise RunDirError(f"{f} has version {m['version']!r}; this report reads "
                               f"version {METRICS_VERSION}")

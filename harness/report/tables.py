@@ -9,17 +9,13 @@ from typing import Any
 
 import pandas as pd
 
+from harness.collectors import registry
 from harness.report.load import RunData
-from harness.runner.scenarios import CURRENT_GRPC_GO
 
-APPROACHES = {"kprobe": "kernel side (syscall tracepoints)", "uprobe": "uprobe (grpc-go)"}
-# The article's verdicts, quoted beside the measured values (SEED.md).
-ARTICLE = {
-    "kprobe": {"stability": "strong", "multi-language": "strong", "compatibility": "strong",
-               "ease of building": "complex", "data completeness": "degrades"},
-    "uprobe": {"stability": "weak", "multi-language": "weak", "compatibility": "weak",
-               "ease of building": "simple", "data completeness": "complete"},
-}  # fmt: skip
+# The approaches the article compares (their collectors say so when they register), with
+# its verdicts quoted beside the measured values (SEED.md).
+APPROACHES = {c.name: c.label for c in registry.collectors() if c.article}
+ARTICLE = {c.name: c.article for c in registry.collectors() if c.article}
 # A side counts as covered by a collector when it matched at least this share of the
 # observable exchanges; below it the collector does not really see that side.
 COVERED = 0.5
@@ -43,7 +39,7 @@ def grpc_go_of(protocol: str | None, params: dict[str, Any], row: dict[str, Any]
     if "grpc" not in (protocol or "") or "go" not in (params.get("client"),
                                                                params.get("server")):
         return None
-    return row.get("grpc_go") or params.get("grpc_version") or CURRENT_GRPC_GO
+    return row.get("grpc_go") or params.get("grpc_version")  # what the run recorded, or None
 
 
 # -- all rows ------------------------------------------------------------------------------

@@ -11,6 +11,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from harness import scenarios
+from harness.collectors import registry
+from harness.collectors.base import CollectorOptions
 from harness.collectors.kprobe.hooks import require as require_hooks
 from harness.errors import PortInUseError, ProbebenchError, TargetError
 from harness.groundtruth.capture import Dumpcap
@@ -24,14 +27,7 @@ from harness.model import (
     utc_now,
     waited,
 )
-from harness.runner import scenarios
-from harness.runner.collectors import (
-    COLLECTORS,
-    CollectorOptions,
-    RunningCollector,
-    start_collector,
-    stop_collector,
-)
+from harness.runner.collectors import RunningCollector, start_collector, stop_collector
 from harness.runner.lifecycle import (
     Child,
     Interrupted,
@@ -51,7 +47,7 @@ class RunSpec:
     client: str = "py"  # py | go
     server: str = "py"
     attach: str = "early"  # early | late
-    collectors: list[str] = field(default_factory=lambda: ["kprobe"])
+    collectors: list[str] = field(default_factory=lambda: list(registry.default_names()))
     exchanges: int | None = None
     seed: int = 1
     grpc_version: str | None = None
@@ -96,8 +92,7 @@ def record(spec: RunSpec, out_dir: Path, progress: Progress = lambda _m: None) -
             )
         scen = replace(scen, pipeline=spec.pipeline_depth)
     for c in spec.collectors:
-        if c not in COLLECTORS:
-            raise ProbebenchError(f"unknown collector {c!r}; choose from {', '.join(COLLECTORS)}")
+        registry.get(c)  # an unknown name is an error that lists the known ones
     if spec.attach not in ("early", "late"):
         raise ProbebenchError("--attach must be early or late")
     scenarios.check_pair(scen, spec.client, spec.server)
@@ -114,6 +109,9 @@ def record(spec: RunSpec, out_dir: Path, progress: Progress = lambda _m: None) -
     run_dir.mkdir(parents=True, exist_ok=False)
     params = asdict(spec)
     params.update(exchanges=exchanges, port=port, protocol=scen.protocol)
+    if scen.is_grpc and "go" in (spec.client, spec.server) and not spec.grpc_version:
+        # the build a Go side runs when none is asked for: recorded, never left to guess
+        params["grpc_version"] = scenarios.CURRENT_GRPC_GO
     if spec.tls:
         params["keylogs"] = [f"{TLS_DIR}/{role}.keylog" for role, lang in
                              (("server", spec.server), ("client", spec.client))
@@ -123,7 +121,7 @@ def record(spec: RunSpec, out_dir: Path, progress: Progress = lambda _m: None) -
         scenario=scen.name,
         params=params,
         started_utc=utc_now(),
-        machine=machine_info(),
+        machine={**machine_info(), "targets": scenarios.target_versions()},
         ports=[port],
     )
     with recording(manifest, run_dir):

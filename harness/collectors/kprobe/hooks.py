@@ -13,10 +13,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from harness.collectors.base import KERNEL_HOOKS as HOOKS
 from harness.errors import CapabilityError, CollectorError
 
-HOOKS = ("tracepoints", "kprobes")
-DEFAULT_HOOKS = "tracepoints"  # the published numbers; kprobes where asked for and present
 ENTER, EXIT = b"pb_sysenter__", b"pb_sysexit__"
 # Return-probe instances per probe: one is held by every thread blocked inside the call
 # (a threaded server's readers). The kernel's default, max(10, 2 * CPUs), would miss

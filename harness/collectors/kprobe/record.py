@@ -17,7 +17,6 @@ import ctypes
 import gc
 import os
 import resource
-import struct
 import sys
 import threading
 import time
@@ -25,18 +24,18 @@ from pathlib import Path
 from typing import Any
 
 from harness.collectors import sockdiag
+from harness.collectors.base import (
+    DEFAULT_H2_BODY_LIMIT,
+    DEFAULT_KERNEL_HOOKS,
+    DEFAULT_MAX_CAPTURE,
+    DEFAULT_RINGBUF_PAGES,
+)
 from harness.collectors.bpfsource import compile_program, load_bcc, percpu_totals
 from harness.collectors.btf import socket_walk_defines
 from harness.collectors.cli import recorder_parser, stop_flag, stopped_by, write_stats
 from harness.collectors.eventfile import KERNEL, EventWriter
 from harness.collectors.kprobe import hooks
-from harness.collectors.kprobe.layout import (
-    DEFAULT_H2_BODY_LIMIT,
-    DEFAULT_MAX_CAPTURE,
-    DEFAULT_RINGBUF_PAGES,
-    chunk_for,
-    header,
-)
+from harness.collectors.kprobe.layout import FORMAT, chunk_for, header
 from harness.collectors.rings import Batch, RingSet, Trim, Watch
 from harness.errors import CollectorError, ProbebenchError
 
@@ -60,7 +59,7 @@ class Recorder:
         ringbuf_pages: int = DEFAULT_RINGBUF_PAGES,
         poll_ms: int = DEFAULT_POLL_MS,
         h2_body_limit: int = DEFAULT_H2_BODY_LIMIT,
-        kernel_hooks: str = hooks.DEFAULT_HOOKS,
+        kernel_hooks: str = DEFAULT_KERNEL_HOOKS,
     ) -> None:
         chunk = chunk_for(max_capture)
         if not 0 <= h2_body_limit <= max_capture:
@@ -76,7 +75,6 @@ class Recorder:
         self.hdr = header(chunk)
         d = self.hdr.defines
         self.kind_off = self.hdr.offset("pb_conn_event", "kind")
-        self.key_fmt = struct.Struct("<IIi")  # ts low bits skipped: tgid, tid, fd at offset 8
         self.defines: dict[str, int | str] = {
             "PB_FILTER_TGID": int(bool(tgids)),
             "PB_FILTER_PORTS": int(bool(ports)),
@@ -93,17 +91,13 @@ class Recorder:
             self.defines["PB_TASK_STORAGE"] = 1  # bpf_get_current_task_btf needs kernel BTF
         if 0 < len(tgids) <= INLINE_TGIDS:
             self.defines["PB_TGID_LIST"] = ",".join(str(t) for t in tgids)
-        self.ev_conn, self.ev_infer, self.ev_exit = (
-            d["PB_EV_CONN"],
-            d["PB_EV_CONN_INFER"],
-            d["PB_EV_EXIT"],
-        )
-        self.lport_off = self.hdr.offset("pb_conn_event", "lport")
+        self.ev_exit = d["PB_EV_EXIT"]
         self.tgids, self.ports = tgids, ports
         self.writer = EventWriter(
             out,
             {
                 "collector": "kprobe",
+                "format": FORMAT,
                 "program": PROGRAM,
                 "kernel_hooks": kernel_hooks,
                 "defines": self.defines,
@@ -342,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="drain the ring at least this often (records do not wake the recorder)")
     ap.add_argument("--h2-body-limit", type=int, default=DEFAULT_H2_BODY_LIMIT,
                     help="gRPC message-body bytes captured per frame-aware HTTP/2 call")
-    ap.add_argument("--kernel-hooks", choices=hooks.HOOKS, default=hooks.DEFAULT_HOOKS)
+    ap.add_argument("--kernel-hooks", choices=hooks.HOOKS, default=DEFAULT_KERNEL_HOOKS)
     a = ap.parse_args(argv)
     try:
         rec = Recorder(a.out, a.tgid, a.port, a.max_capture, a.ringbuf_pages, a.poll_ms,
