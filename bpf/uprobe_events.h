@@ -17,12 +17,7 @@
 #define PB_PROBE_CLIENT_DATA 5    /* (*http2Client).handleData */
 #define PB_PROBE_SERVER_DATA 6    /* (*http2Server).handleData */
 
-#define PB_ROLE_UNKNOWN 0
-#define PB_ROLE_CLIENT 1
-#define PB_ROLE_SERVER 2
-
-#define PB_DIR_SEND 0
-#define PB_DIR_RECV 1
+#include "pb_common.h" /* roles, directions */
 
 /* flags */
 #define PB_FLAG_END_STREAM 1

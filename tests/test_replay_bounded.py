@@ -145,7 +145,8 @@ def test_stitched_while_decoded_equals_stitched_after(run: Path) -> None:
         old = by_key[c.key]
         lost = old.lost_after[0 if old.role == "client" else 1]
         xs, st = stitch_http1(old.send, old.recv, side=old.role, closed_ns=old.closed_ns,  # type: ignore[arg-type]
-                              from_start=old.from_start, requests_lost_after=lost)  # fmt: skip
+                              from_start=old.from_start, source="kprobe",
+                              requests_lost_after=lost)  # fmt: skip
         if lost is None:
             assert c.stitched == (xs, st)
         else:

@@ -27,7 +27,7 @@ def test_both_ends_of_a_connection_resolve_and_a_listener_does_not() -> None:
 
 
 def test_observe_counts_the_connections_a_service_already_holds() -> None:
-    from harness.runner.observe import _connections_on
+    from harness.workflows.observe import _connections_on
 
     with socket.socket() as srv:
         srv.bind(("127.0.0.1", 0))
