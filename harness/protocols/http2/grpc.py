@@ -94,3 +94,50 @@ class BodyCounter:
                 self.message_bytes += length
                 self._remaining = length
                 self._prefix.clear()
+
+
+# -- calls ended by RST_STREAM -------------------------------------------------------------
+
+# The gRPC status a grpc-go client gives a call ended by RST_STREAM with each HTTP/2 error
+# code: http2ErrConvTab in grpc-go's internal/transport/http_util.go (the same from v1.33
+# to v1.85). A code missing from it is UNKNOWN (2). A client that reset the stream itself
+# (cancel, deadline) gets its context's status, CANCELLED or DEADLINE_EXCEEDED, and sends
+# CANCEL: the same two statuses the table and grpc-go's deadline rule give.
+RST_TO_GRPC_STATUS = {
+    0x0: 13, 0x1: 13, 0x2: 13, 0x3: 8, 0x4: 13, 0x5: 13, 0x6: 13, 0x7: 14, 0x8: 1,
+    0x9: 13, 0xA: 13, 0xB: 8, 0xC: 7, 0xD: 13,
+}  # fmt: skip
+RST_CANCEL = 0x8
+GRPC_UNKNOWN, GRPC_CANCELLED, GRPC_DEADLINE_EXCEEDED = 2, 1, 4
+# A CANCEL near the call's deadline: a cancel just before it or the deadline itself.
+R_RST_CANCEL_OR_DEADLINE = "rst_cancel_or_deadline"
+_TIMEOUT_UNITS = {"H": 3_600_000_000_000, "M": 60_000_000_000, "S": 1_000_000_000,
+                  "m": 1_000_000, "u": 1_000, "n": 1}  # fmt: skip
+
+
+def grpc_timeout_ns(value: str | None) -> int | None:
+    """The ``grpc-timeout`` header's value in ns (1-8 digits and a unit); None if invalid."""
+    if not value or len(value) > 9 or value[-1] not in _TIMEOUT_UNITS or not value[:-1].isdigit():
+        return None
+    return int(value[:-1]) * _TIMEOUT_UNITS[value[-1]]
+
+
+def rst_grpc_status(code: int, timeout_ns: int | None,
+                    elapsed_ns: int) -> tuple[int | None, str | None]:
+    """(gRPC status, None) for a call ended by RST_STREAM ``code``, or (None, reason).
+
+    CANCEL on a call with a deadline (``timeout_ns`` from its ``grpc-timeout``) is
+    DEADLINE_EXCEEDED once ``elapsed_ns`` (request head to reset, on the observer's clock)
+    reached the timeout, as grpc-go itself decides; well before it, CANCELLED. In between
+    the observers' clocks could disagree, so the status is left unknown, with a reason.
+    """
+    status = RST_TO_GRPC_STATUS.get(code, GRPC_UNKNOWN)
+    if code != RST_CANCEL or timeout_ns is None:
+        return status, None
+    if elapsed_ns >= timeout_ns:
+        return GRPC_DEADLINE_EXCEEDED, None
+    # a request head written a little after its timeout was computed makes a deadline's
+    # reset come a little before the timeout: the margin leaves those unknown
+    if elapsed_ns < timeout_ns - max(5_000_000, timeout_ns // 4):
+        return GRPC_CANCELLED, None
+    return None, R_RST_CANCEL_OR_DEADLINE
