@@ -26,7 +26,12 @@ from harness.protocols.http2.frames import (
     SyncAcquired,
     SyncLost,
 )
-from harness.protocols.http2.grpc import BodyCounter
+from harness.protocols.http2.grpc import (
+    RST_CANCEL,
+    BodyCounter,
+    grpc_timeout_ns,
+    rst_grpc_status,
+)
 from harness.protocols.http2.hpack import DecodedField, HpackDecoder, HpackMode, HpackStats
 
 C2S, S2C = 0, 1
@@ -116,6 +121,8 @@ class _Call:
     ended: list[bool] = field(default_factory=lambda: [False, False])
     lost: list[bool] = field(default_factory=lambda: [False, False])
     reset: bool = False
+    # the first RST_STREAM's error code (None: its payload went unseen) and time
+    rst: tuple[int | None, int] | None = None
 
     @property
     def done(self) -> bool:
@@ -264,13 +271,18 @@ class _Stitcher:
         elif t == FrameType.CONTINUATION:
             self.continuation(d, f)
         elif t == FrameType.RST_STREAM:
-            call = self.calls.get(f.stream_id)
+            # A reset may be a stream's first frame seen (a server refusing the stream,
+            # merged before its request; a request unseen): it still makes a call.
+            call = self.call_for(f.stream_id, f.ts_ns)
             if call is not None:
                 if d == C2S:  # a client resets only a stream it opened: the head went by
                     call.client_frame(head=False)
                 self.stats.rst_streams += 1
                 call.reset = True
                 call.t_end = f.ts_ns
+                if call.rst is None:
+                    code = int.from_bytes(f.payload, "big") if len(f.payload) == 4 else None
+                    call.rst = (code, f.ts_ns)
                 self.maybe_finish(call)
         elif t == FrameType.WINDOW_UPDATE and d == C2S:
             call = self.calls.get(f.stream_id)
@@ -536,6 +548,8 @@ class _Stitcher:
             if msg is None and block is not None and (block.unknowns or block.truncated):
                 x.degrade("grpc_message", block.reason())
             return
+        if call.rst is not None and self.rst_status(call, x):
+            return
         if call.trailers is None:
             reason = why(None, S2C)
         elif block is not None and (block.unknowns or block.truncated):
@@ -545,6 +559,28 @@ class _Stitcher:
         x.degrade("grpc_status", reason)
         if msg is None:
             x.degrade("grpc_message", reason)
+
+    def rst_status(self, call: _Call, x: Exchange) -> bool:
+        """The status of a call reset before any grpc-status; False: left to the caller."""
+        assert call.rst is not None
+        code, ts = call.rst
+        if code is None:
+            x.degrade("grpc_status", R_TRUNC)
+            return True
+        timeout = None
+        if code == RST_CANCEL:
+            req = call.req
+            if req is None or req.unknowns or req.truncated:
+                # whether the request set a deadline (grpc-timeout) is unknown
+                x.degrade("grpc_status", R_MISSED if req is None else req.reason())
+                return True
+            timeout = grpc_timeout_ns(_Fields(req).headers.get("grpc-timeout"))
+        status, reason = rst_grpc_status(code, timeout, ts - call.t_start)
+        if status is not None:
+            x.grpc_status = status
+        elif reason is not None:
+            x.degrade("grpc_status", reason)
+        return True
 
     def body(self, call: _Call, x: Exchange, d: int, prefix: str, grpc: bool,
              why: _Why) -> None:
