@@ -24,7 +24,7 @@ from urllib.parse import unquote
 from harness.errors import CaptureError
 from harness.groundtruth.tshark import AGG, SEP, TsharkStream, decode_as, run_tshark, unescape
 from harness.model import Exchange
-from harness.protocols.http2.grpc import grpc_timeout_ns, rst_grpc_status
+from harness.protocols.http2.grpc import apply_reset_status
 
 WARN_SEVERITY = 0x600000  # expert info: warning and error; chat and note are routine
 NO_BODY_STATUS = frozenset({204, 304})
@@ -768,7 +768,10 @@ class _H2Calls:
             else:
                 x.req_bytes, x.resp_bytes = call.data_bytes
             if x.protocol == "h2c-grpc" and x.grpc_status is None and call.rst is not None:
-                _rst_status(x, *call.rst)
+                code, t_ns = call.rst
+                apply_reset_status(x, code, t_ns - (x.t_start_ns or t_ns),
+                                   "truth_hpack_unknown" if call.hpack_unknown[0] else
+                                   "truth_unreliable" if call.undecoded[0] else None)
             _truth_blind(call)
             if x.status is None:
                 stats.unpaired_requests += 1
@@ -914,16 +917,6 @@ def _h2(
                 if call is not None:
                     last = call
     return h2.finish()
-
-
-def _rst_status(x: Exchange, code: int, t_ns: int) -> None:
-    """A gRPC call ended by RST_STREAM before any grpc-status: the status its client sees."""
-    status, reason = rst_grpc_status(code, grpc_timeout_ns(x.req_headers.get("grpc-timeout")),
-                                     t_ns - x.t_start_ns)
-    if status is not None:
-        x.grpc_status = status
-    elif reason is not None:
-        x.degrade("grpc_status", reason)
 
 
 def _truth_blind(call: _Call) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from harness.model import Exchange
+
 GRPC_PREFIX_LEN = 5
 
 
@@ -141,3 +143,23 @@ def rst_grpc_status(code: int, timeout_ns: int | None,
     if elapsed_ns < timeout_ns - max(5_000_000, timeout_ns // 4):
         return GRPC_CANCELLED, None
     return None, R_RST_CANCEL_OR_DEADLINE
+
+
+def apply_reset_status(x: Exchange, code: int, elapsed_ns: int,
+                       request_unknown: str | None) -> None:
+    """Set (or mark unknown) the grpc_status of a call reset before any grpc-status.
+
+    ``request_unknown``: why the request's headers are not all known (None: they are); a
+    CANCEL then has an unknown deadline, so an unknown status. ``x.req_headers`` must be set.
+    """
+    timeout = None
+    if code == RST_CANCEL:
+        if request_unknown is not None:
+            x.degrade("grpc_status", request_unknown)
+            return
+        timeout = grpc_timeout_ns(x.req_headers.get("grpc-timeout"))
+    status, reason = rst_grpc_status(code, timeout, elapsed_ns)
+    if status is not None:
+        x.grpc_status = status
+    elif reason is not None:
+        x.degrade("grpc_status", reason)

@@ -26,12 +26,7 @@ from harness.protocols.http2.frames import (
     SyncAcquired,
     SyncLost,
 )
-from harness.protocols.http2.grpc import (
-    RST_CANCEL,
-    BodyCounter,
-    grpc_timeout_ns,
-    rst_grpc_status,
-)
+from harness.protocols.http2.grpc import BodyCounter, apply_reset_status
 from harness.protocols.http2.hpack import DecodedField, HpackDecoder, HpackMode, HpackStats
 
 C2S, S2C = 0, 1
@@ -548,7 +543,14 @@ class _Stitcher:
             if msg is None and block is not None and (block.unknowns or block.truncated):
                 x.degrade("grpc_message", block.reason())
             return
-        if call.rst is not None and self.rst_status(call, x):
+        if call.rst is not None:
+            code, ts = call.rst
+            req = call.req
+            if code is None:  # the reset's payload went unseen
+                x.degrade("grpc_status", R_TRUNC)
+            else:
+                apply_reset_status(x, code, ts - call.t_start, R_MISSED if req is None else (
+                    req.reason() if req.unknowns or req.truncated else None))
             return
         if call.trailers is None:
             reason = why(None, S2C)
@@ -559,28 +561,6 @@ class _Stitcher:
         x.degrade("grpc_status", reason)
         if msg is None:
             x.degrade("grpc_message", reason)
-
-    def rst_status(self, call: _Call, x: Exchange) -> bool:
-        """The status of a call reset before any grpc-status; False: left to the caller."""
-        assert call.rst is not None
-        code, ts = call.rst
-        if code is None:
-            x.degrade("grpc_status", R_TRUNC)
-            return True
-        timeout = None
-        if code == RST_CANCEL:
-            req = call.req
-            if req is None or req.unknowns or req.truncated:
-                # whether the request set a deadline (grpc-timeout) is unknown
-                x.degrade("grpc_status", R_MISSED if req is None else req.reason())
-                return True
-            timeout = grpc_timeout_ns(_Fields(req).headers.get("grpc-timeout"))
-        status, reason = rst_grpc_status(code, timeout, ts - call.t_start)
-        if status is not None:
-            x.grpc_status = status
-        elif reason is not None:
-            x.degrade("grpc_status", reason)
-        return True
 
     def body(self, call: _Call, x: Exchange, d: int, prefix: str, grpc: bool,
              why: _Why) -> None:
