@@ -82,7 +82,7 @@ def test_stripped_target_resolves_from_the_table(version: str) -> None:
         assert r.source == "table" and r.error is None and r.unsupported == [], r.error
         assert r.grpc_version == version and "from build info" in r.how
         assert r.defines["PB_HAVE_ADDR"] == 1 and r.defines["PB_TYPE_TCPCONN"] > 0
-        assert {"write_header", "write_data"} <= set(r.probes)
+        assert {"write_header", "write_data", "write_rst", f"{role}_rst"} <= set(r.probes)
 
 
 def test_pclntab_entries_match_the_symbol_table() -> None:
@@ -112,7 +112,8 @@ def test_gopath_build_is_identified_by_fingerprint() -> None:
     assert r.source == "table" and r.error is None and r.unsupported == [], (r.error, r.notes)
     assert r.grpc_version == "v1.33.3" and "fingerprint" in r.how
     assert r.go_version is not None and r.go_version.startswith("go1.19")
-    assert {"server_headers", "server_data", "write_header", "write_data"} <= set(r.probes)
+    assert {"server_headers", "server_data", "write_header", "write_data", "server_rst",
+            "write_rst"} <= set(r.probes)
 
 
 def test_version_not_in_the_table_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
