@@ -111,7 +111,8 @@ RST_TO_GRPC_STATUS = {
 }  # fmt: skip
 RST_CANCEL = 0x8
 GRPC_UNKNOWN, GRPC_CANCELLED, GRPC_DEADLINE_EXCEEDED = 2, 1, 4
-# A CANCEL near the call's deadline: a cancel just before it or the deadline itself.
+# A CANCEL on a call with a deadline, near enough to it that a cancel and the deadline
+# cannot be told apart by this observer.
 R_RST_CANCEL_OR_DEADLINE = "rst_cancel_or_deadline"
 _TIMEOUT_UNITS = {"H": 3_600_000_000_000, "M": 60_000_000_000, "S": 1_000_000_000,
                   "m": 1_000_000, "u": 1_000, "n": 1}  # fmt: skip
@@ -124,24 +125,31 @@ def grpc_timeout_ns(value: str | None) -> int | None:
     return int(value[:-1]) * _TIMEOUT_UNITS[value[-1]]
 
 
-def rst_grpc_status(code: int, timeout_ns: int | None,
-                    elapsed_ns: int) -> tuple[int | None, str | None]:
+# The most an observer's view of a call may lag the client's clock: the client computes its
+# grpc-timeout some time before the request head is on the wire (tens of ms under load
+# here), and a server may read a request head late and its reset promptly.
+LAG_BOUND_NS = 1_000_000_000
+
+
+def rst_grpc_status(code: int, timeout_ns: int | None, elapsed_ns: int, *,
+                    server_side: bool) -> tuple[int | None, str | None]:
     """(gRPC status, None) for a call ended by RST_STREAM ``code``, or (None, reason).
 
-    CANCEL on a call with a deadline (``timeout_ns`` from its ``grpc-timeout``) is
-    DEADLINE_EXCEEDED once ``elapsed_ns`` (request head to reset, on the observer's clock)
-    reached the timeout, as grpc-go itself decides; well before it, CANCELLED. In between
-    the observers' clocks could disagree, so the status is left unknown, with a reason.
+    CANCEL on a call with a deadline (``timeout_ns`` from its ``grpc-timeout``) may be a
+    cancel (CANCELLED) or the deadline (DEADLINE_EXCEEDED). ``elapsed_ns`` is request head
+    to reset on the observer's clock. A reset seen at or after the timeout by the wire or
+    the client came after the client's deadline: DEADLINE_EXCEEDED, as grpc-go decides. A
+    server may read the head late and the reset early (or the reverse), so it never
+    concludes the deadline. Well before the timeout (by more than any lag): CANCELLED.
+    Otherwise the status is unknown, with a reason, never guessed.
     """
     status = RST_TO_GRPC_STATUS.get(code, GRPC_UNKNOWN)
     if code != RST_CANCEL or timeout_ns is None:
         return status, None
-    if elapsed_ns >= timeout_ns:
-        return GRPC_DEADLINE_EXCEEDED, None
-    # a request head written a little after its timeout was computed makes a deadline's
-    # reset come a little before the timeout: the margin leaves those unknown
-    if elapsed_ns < timeout_ns - max(5_000_000, timeout_ns // 4):
+    if elapsed_ns < timeout_ns - max(LAG_BOUND_NS, timeout_ns // 2):
         return GRPC_CANCELLED, None
+    if elapsed_ns >= timeout_ns and not server_side:
+        return GRPC_DEADLINE_EXCEEDED, None
     return None, R_RST_CANCEL_OR_DEADLINE
 
 
@@ -150,7 +158,8 @@ def apply_reset_status(x: Exchange, code: int, elapsed_ns: int,
     """Set (or mark unknown) the grpc_status of a call reset before any grpc-status.
 
     ``request_unknown``: why the request's headers are not all known (None: they are); a
-    CANCEL then has an unknown deadline, so an unknown status. ``x.req_headers`` must be set.
+    CANCEL then has an unknown deadline, so an unknown status. ``x.req_headers`` and
+    ``x.side`` (whose clock ``elapsed_ns`` is on) must be set.
     """
     timeout = None
     if code == RST_CANCEL:
@@ -158,7 +167,7 @@ def apply_reset_status(x: Exchange, code: int, elapsed_ns: int,
             x.degrade("grpc_status", request_unknown)
             return
         timeout = grpc_timeout_ns(x.req_headers.get("grpc-timeout"))
-    status, reason = rst_grpc_status(code, timeout, elapsed_ns)
+    status, reason = rst_grpc_status(code, timeout, elapsed_ns, server_side=x.side == "server")
     if status is not None:
         x.grpc_status = status
     elif reason is not None:
