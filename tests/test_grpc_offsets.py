@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from elftools.elf.elffile import ELFFile
 
+from harness.collectors.tls.gotls import resolve_go_tls
 from harness.collectors.uprobe import offsets
 from harness.collectors.uprobe.discover import identify
 from harness.collectors.uprobe.pclntab import read_pclntab
@@ -196,3 +197,26 @@ def test_stripped_targets_are_observed_completely(tmp_path: Path, version: str, 
             assert got[i].degraded == [], (side, i, got[i].degraded)
             for f in FIELDS:
                 assert getattr(got[i], f) == w[f], (side, i, f)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_stripped_go_tls_resolves_as_dwarf_does(version: str) -> None:
+    """The Go crypto/tls probes on a stripped build: the same entries, RET instructions and
+    layouts (from pclntab, a disassembly and the table's Go part) as DWARF gives."""
+    whole = resolve_go_tls(BIN / f"grpc-server-{version}", use_cache=False)
+    bare = resolve_go_tls(BIN / f"grpc-server-{version}-stripped", use_cache=False)
+    assert (whole.source, whole.error, bare.source, bare.error) == ("dwarf", None, "table", None)
+    assert len(bare.read_rets) >= 2
+    assert (bare.write, bare.read, bare.read_rets, bare.defines) == (
+        whole.write, whole.read, whole.read_rets, whole.defines,
+    )  # fmt: skip
+
+
+def test_stripped_go_tls_without_a_layout_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    table = copy.deepcopy(offsets.load_table())
+    for entry in table["go"].values():
+        entry["structs"].pop("crypto/tls.Conn", None)
+    monkeypatch.setattr(offsets, "load_table", lambda: table)
+    r = resolve_go_tls(BIN / "grpc-server-v1.85.0-stripped", use_cache=False)
+    assert r.source == "none" and r.defines == {} and r.read_rets == []
+    assert r.error is not None and "no crypto/tls layout" in r.error

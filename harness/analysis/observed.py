@@ -101,6 +101,23 @@ def _h2_by_content(conn: Connection, variant: Variant) -> tuple[str, list[Exchan
     return best[1], best[2], best[3]
 
 
+def drop_split_tails(
+    conn: Any, xs: list[Exchange], streams_of: dict[int, set[int]], st: ObservedStats
+) -> list[Exchange]:
+    """HTTP/2 streams cut in two by lost events: the part after the gap is not a new call
+    (the part before it is, degraded). ``conn.continues`` links a connection split at lost
+    events to the part before the gap; ``streams_of`` maps id(part) -> its stream ids."""
+    seen: set[int] = set()
+    prev = conn.continues
+    while prev is not None:
+        seen |= streams_of.get(id(prev), set())
+        prev = prev.continues
+    st.split_stream_tails += sum(1 for x in xs if x.stream_id in seen)
+    xs = [x for x in xs if x.stream_id not in seen]
+    streams_of[id(conn)] = {x.stream_id for x in xs if x.stream_id is not None}
+    return xs
+
+
 def kprobe_exchanges(
     events: Path,
     server_ports: list[int],
@@ -163,15 +180,7 @@ def kprobe_exchanges(
         conn.send, conn.recv = [], []
         share(xs)
         if conn.proto == "http2":
-            seen: set[int] = set()
-            prev = conn.continues
-            while prev is not None:
-                seen |= streams_of.get(id(prev), set())
-                prev = prev.continues
-            tails = [x for x in xs if x.stream_id in seen]
-            st.split_stream_tails += len(tails)
-            xs = [x for x in xs if x.stream_id not in seen]
-            streams_of[id(conn)] = {x.stream_id for x in xs if x.stream_id is not None}
+            xs = drop_split_tails(conn, xs, streams_of, st)
         for x in xs:
             x.side = role  # type: ignore[assignment]
             x.pid = conn.tgid

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.analysis.observed import ADDRESS_FIELDS, ObservedStats, _int_fields
+from harness.analysis.observed import ADDRESS_FIELDS, ObservedStats, _int_fields, drop_split_tails
 from harness.collectors.kprobe.decode import infer_proto
 from harness.collectors.tls.decode import TlsConnection, decode
 from harness.model import Exchange
@@ -36,7 +36,10 @@ def _proto(conn: TlsConnection, from_start: bool) -> str | None:
 
 
 def tls_exchanges(
-    events: Path, server_ports: list[int], *, attach_at_ns: int | None = None,
+    events: Path,
+    server_ports: list[int],
+    *,
+    attach_at_ns: int | None = None,
     h2: bool = False,
 ) -> tuple[list[Exchange], ObservedStats]:
     """Exchanges one TLS recording yields, both sides. ``h2``: the run's ports carry HTTP/2
@@ -45,6 +48,7 @@ def tls_exchanges(
     st = ObservedStats(decode=dict(vars(dst)))
     ports = set(server_ports)
     out: list[Exchange] = []
+    streams_of: dict[int, set[int]] = {}  # id(connection) -> HTTP/2 stream ids it produced
     for conn in conns:
         role = _role(conn, ports)
         if role is None:
@@ -64,10 +68,12 @@ def tls_exchanges(
         else:
             c2s, s2c = (send, recv) if role == "client" else (recv, send)
             xs, pst = stitch_http2(c2s, s2c, source="tls", side=role, conn_id=conn.key)  # type: ignore[arg-type]
+            xs = drop_split_tails(conn, xs, streams_of, st)
         for k, v in _int_fields(pst).items():
             st.parse[k] = st.parse.get(k, 0) + v
-        client, server = (conn.local, conn.remote) if role == "client" else \
-            (conn.remote, conn.local)
+        client, server = (
+            (conn.local, conn.remote) if role == "client" else (conn.remote, conn.local)
+        )
         for x in xs:
             x.source = "tls"
             x.side = role  # type: ignore[assignment]

@@ -5,6 +5,11 @@ An OpenSSL connection is one SSL object of one process while it talks to one soc
 reused by the next connection, so a changed address starts a new connection. Calls
 whose socket the kernel could not name take the address a sock_diag note gave that
 SSL object, or else stay on the SSL object's current connection (counted).
+
+Lost calls (a jump in a direction's call numbers) split a connection as the kernel side
+does: what follows is a connection seen mid-stream, so the stitchers start over (HPACK
+from an empty table, HTTP/1 pairing from the next message) instead of joining bytes
+across the gap, which would decode header indices against the wrong table.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ class TlsConnection:
     first_source: str  # syscall: its socket was established after attach (seen from byte 0)
     # per direction (send, recv): call seq -> [ts, orig_len, {offset: bytes}]
     calls: list[dict[int, list[Any]]] = field(default_factory=lambda: [{}, {}])
+    last_seq: list[int] = field(default_factory=lambda: [0, 0])  # per direction
+    continues: TlsConnection | None = None  # the part before lost calls split it
 
     @property
     def key(self) -> str:
@@ -57,10 +64,11 @@ class TlsConnection:
         """The plaintext starts at byte 0: the socket was established after the probes were
         in (its address came from the kernel's own state change), and no first call is
         missing."""
-        return self.first_source == "syscall" and all(not c or min(c) == 1 for c in self.calls)
-
-    def lost_calls(self) -> int:
-        return sum(max(c) - len(c) for c in self.calls if c)
+        return (
+            self.first_source == "syscall"
+            and self.continues is None
+            and all(not c or min(c) == 1 for c in self.calls)
+        )
 
 
 @dataclass
@@ -72,6 +80,7 @@ class TlsDecodeStats:
     without_address: int = 0  # calls no address could be given: kept on their SSL object
     connections: int = 0
     lost_calls: int = 0  # seq gaps: calls the ring buffer lost
+    loss_splits: int = 0  # connections split at such a gap (the tail is seen mid-stream)
     truncated_calls: int = 0
     collector: dict[str, Any] = field(default_factory=dict)
     unsupported: list[str] = field(default_factory=list)
@@ -101,8 +110,12 @@ def decode(
     conns: list[TlsConnection] = []
     raw_records = list(ef.records())
     for rtype, rec in raw_records:  # sock_diag answers first: they name earlier calls too
-        if rtype != KERNEL and isinstance(rec, dict) and rec.get("type") == "sockdiag" \
-                and rec.get("local_port"):
+        if (
+            rtype != KERNEL
+            and isinstance(rec, dict)
+            and rec.get("type") == "sockdiag"
+            and rec.get("local_port")
+        ):
             noted[(rec["tgid"], rec["ssl"])] = (
                 Endpoint(rec["local_ip"], rec["local_port"]),
                 Endpoint(rec["remote_ip"], rec["remote_port"]),
@@ -143,11 +156,26 @@ def decode(
             conns.append(conn)
         elif local is None:
             st.without_address += ev.part == 0
-        call = conn.calls[ev.dir & 1].setdefault(ev.seq, [ev.ts_ns, ev.orig_len, {}])
+        d = ev.dir & 1
+        last = conn.last_seq[d]
+        if ev.seq > last + 1:
+            st.lost_calls += ev.seq - last - 1
+            if last:
+                st.loss_splits += 1
+                tail = TlsConnection(ev.tgid, ev.ssl, conn.local, conn.remote, ev.ts_ns,
+                                     conn.first_source, continues=conn)  # fmt: skip
+                tail.last_seq = list(conn.last_seq)
+                conn = current[ident] = tail
+                conns.append(conn)
+        conn.last_seq[d] = max(last, ev.seq)
+        call = conn.calls[d].setdefault(ev.seq, [ev.ts_ns, ev.orig_len, {}])
         call[2][ev.offset] = raw[data_off : data_off + ev.cap_len]
-        if ev.part == 0 and ev.orig_len > ev.cap_len and ev.offset == 0 \
-                and ev.orig_len > hdr.defines["PB_TLS_CHUNK"] * hdr.defines["PB_TLS_MAX_CHUNKS"]:
+        if (
+            ev.part == 0
+            and ev.orig_len > ev.cap_len
+            and ev.offset == 0
+            and ev.orig_len > hdr.defines["PB_TLS_CHUNK"] * hdr.defines["PB_TLS_MAX_CHUNKS"]
+        ):
             st.truncated_calls += 1
     st.connections = len(conns)
-    st.lost_calls = sum(c.lost_calls() for c in conns)
     return conns, st

@@ -1,28 +1,37 @@
 """Go crypto/tls in a binary: where (*Conn).Write and (*Conn).Read start and return, and
-the offsets from a *tls.Conn to its socket's addresses, read from the symbol table, the
-DWARF (as the grpc-go probes are resolved: harness/collectors/uprobe/elfgo.py) and the
-RET instructions Go's own disassembler lists. No uretprobes on Go: stacks move."""
+the offsets from a *tls.Conn to its socket's addresses. Entries and RET instructions come
+from Go's function table (.gopclntab, which stripping keeps) and a disassembly; layouts
+from the DWARF when there is one, else from the generated offsets table's Go part, as the
+grpc-go probes are resolved (harness/collectors/uprobe/resolve.py). No uretprobes on Go:
+stacks move."""
 
 from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
-import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.collectors.uprobe.elfgo import NotGoBinary, read_go_binary
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+
+from harness.collectors.uprobe import offsets
+from harness.collectors.uprobe.elfgo import GoBinary, NotGoBinary, read_go_binary
+from harness.collectors.uprobe.pclntab import (
+    NoDisassembly,
+    NoPclntab,
+    probe_pc,
+    read_pclntab,
+    ret_addresses,
+)
 from harness.collectors.uprobe.resolve import cache_dir, file_sha256
 
-RESOLVER_VERSION = 1
+RESOLVER_VERSION = 2
 
 WRITE = "crypto/tls.(*Conn).Write"
 READ = "crypto/tls.(*Conn).Read"
 CONN = "crypto/tls.Conn"
-_RET = re.compile(r"^\s+\S+:\d+\s+0x([0-9a-f]+)\s+\S+\s+RET\b", re.M)
 
 
 @dataclass
@@ -33,29 +42,11 @@ class GoTls:
     read: int = 0
     read_rets: list[int] = field(default_factory=list)  # RET instructions of Read
     defines: dict[str, int] = field(default_factory=dict)
+    source: str = "none"  # where the layouts came from: "dwarf" | "table" | "none"
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def go_tool() -> str | None:
-    return shutil.which("go") or next(
-        (p for p in ("/usr/local/go/bin/go",) if Path(p).exists()), None
-    )
-
-
-def ret_addresses(path: Path, symbol: str) -> list[int]:
-    """The RET instructions of one function, from `go tool objdump`."""
-    go = go_tool()
-    if go is None:
-        raise RuntimeError("the go tool is needed to find RET instructions (go tool objdump)")
-    pattern = "^" + re.escape(symbol) + "$"
-    out = subprocess.run([go, "tool", "objdump", "-s", pattern, str(path)],
-                         capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
-    if out.returncode != 0:
-        raise RuntimeError(f"go tool objdump failed: {out.stderr.strip()[-200:]}")
-    return [int(a, 16) for a in _RET.findall(out.stdout)]
 
 
 def resolve_go_tls(path: Path, *, use_cache: bool = True) -> GoTls:
@@ -86,51 +77,70 @@ def resolve_go_tls(path: Path, *, use_cache: bool = True) -> GoTls:
 def _resolve(path: Path) -> GoTls:
     r = GoTls(str(path))
     try:
-        gb = read_go_binary(
-            path, symbol_names=(WRITE, READ),
-            struct_names=(CONN, "net.TCPConn", "net.conn", "net.netFD", "internal/poll.FD",
-                          "net.TCPAddr"),
-            type_names=(), function_names=(WRITE, READ),
-        )  # fmt: skip
+        gb = read_go_binary(path, symbol_names=(), struct_names=offsets.TLS_STRUCTS,
+                            type_names=(), function_names=(WRITE, READ))  # fmt: skip
     except NotGoBinary as e:
         r.error = str(e)
         return r
     r.go_version = gb.go_version
-    if WRITE not in gb.symbols or READ not in gb.symbols:
-        r.error = "crypto/tls is not linked in"
-        return r
     try:
-        def off(struct: str, *members: str) -> int:
-            total, cur = 0, struct
-            for m in members:
-                mem = gb.structs[cur].members[m]
-                total, cur = total + mem.offset, mem.type_name
-            return total
-
-        r.defines = {
-            "PB_TLSCONN_CONN": off(CONN, "conn"),
-            "PB_TCPCONN_FD": off("net.TCPConn", "conn", "fd"),
-            "PB_NETFD_SYSFD": off("net.netFD", "pfd", "Sysfd"),
-            "PB_NETFD_LADDR": off("net.netFD", "laddr"),
-            "PB_NETFD_RADDR": off("net.netFD", "raddr"),
-            "PB_TCPADDR_IP": off("net.TCPAddr", "IP"),
-            "PB_TCPADDR_PORT": off("net.TCPAddr", "Port"),
-        }
-    except KeyError as e:
-        r.error = f"no DWARF for {e} (stripped, or another Go layout)"
-        return r
-    # past the stack-growth check: a morestack detour re-enters at the symbol, and an entry
-    # probe there would see one Write twice (the registers still hold the arguments here)
-    fw, fr = gb.functions.get(WRITE), gb.functions.get(READ)
-    if fw is None or fr is None:
-        r.error = "no DWARF subprogram for crypto/tls.(*Conn).Write/Read"
-        return r
-    r.write, r.read = fw.probe_pc, fr.probe_pc
-    try:
-        r.read_rets = ret_addresses(path, READ)
-    except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
+        with path.open("rb") as f:
+            elf = ELFFile(f)
+            pt = read_pclntab(elf, {WRITE, READ})
+            fw, fr = pt.functions.get(WRITE), pt.functions.get(READ)
+            if fw is None or fr is None:
+                r.error = "crypto/tls is not linked in"
+                return r
+            if CONN in gb.structs and WRITE in gb.functions and READ in gb.functions:
+                r.source = "dwarf"
+                # DWARF's prologue_end: past the stack-growth check, where a morestack
+                # detour re-enters (an entry probe would see one Write twice)
+                r.write, r.read = gb.functions[WRITE].probe_pc, gb.functions[READ].probe_pc
+            else:
+                gov, why = offsets.pick(offsets.load_table(), "go",
+                                        offsets.go_minor(gb.go_version), "Go")  # fmt: skip
+                if gov is None or CONN not in gov.get("structs", {}):
+                    r.error = (f"stripped, and the offsets table has no crypto/tls layout "
+                               f"for {gb.go_version} ({why or 'no crypto/tls.Conn'})")  # fmt: skip
+                    return r
+                gb = offsets.synthesize(path, elf, pt, {"go": gov}, gb.go_version,
+                                        gb.modules, ())  # fmt: skip
+                pw, pr = probe_pc(elf, fw), probe_pc(elf, fr)
+                if pw is None or pr is None:
+                    r.error = "stripped, and a crypto/tls prologue is not one we know"
+                    return r
+                r.source, r.write, r.read = "table", pw, pr
+            r.read_rets = ret_addresses(path, fr)
+    except (NoPclntab, NoDisassembly) as e:
         r.error = str(e)
+        return r
+    except (ELFError, OSError) as e:
+        r.error = f"cannot read it ({e})"
         return r
     if not r.read_rets:
         r.error = f"no RET found in {READ}"
+        return r
+    try:
+        r.defines = _defines(gb)
+    except KeyError as e:
+        r.error = f"no layout for {e} in the {r.source}"
     return r
+
+
+def _defines(gb: GoBinary) -> dict[str, int]:
+    def off(struct: str, *members: str) -> int:
+        total, cur = 0, struct
+        for m in members:
+            mem = gb.structs[cur].members[m]
+            total, cur = total + mem.offset, mem.type_name
+        return total
+
+    return {
+        "PB_TLSCONN_CONN": off(CONN, "conn"),
+        "PB_TCPCONN_FD": off("net.TCPConn", "conn", "fd"),
+        "PB_NETFD_SYSFD": off("net.netFD", "pfd", "Sysfd"),
+        "PB_NETFD_LADDR": off("net.netFD", "laddr"),
+        "PB_NETFD_RADDR": off("net.netFD", "raddr"),
+        "PB_TCPADDR_IP": off("net.TCPAddr", "IP"),
+        "PB_TCPADDR_PORT": off("net.TCPAddr", "Port"),
+    }

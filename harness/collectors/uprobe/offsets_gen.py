@@ -13,7 +13,13 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from harness.collectors.uprobe.offsets import TABLE_FILE, TABLE_FORMAT, extract, go_minor
+from harness.collectors.uprobe.offsets import (
+    TABLE_FILE,
+    TABLE_FORMAT,
+    TLS_STRUCTS,
+    extract,
+    go_minor,
+)
 from harness.collectors.uprobe.resolve import FUNCTIONS, STRUCTS, TYPES
 
 
@@ -49,7 +55,8 @@ def _override(ex: dict[str, Any], spec: str) -> None:
 
 
 def _extract(arg: str) -> dict[str, Any]:
-    return extract(Path(arg.partition("=")[0]), FUNCTIONS, STRUCTS, TYPES)
+    structs = tuple(dict.fromkeys(STRUCTS + TLS_STRUCTS))
+    return extract(Path(arg.partition("=")[0]), FUNCTIONS, structs, TYPES)
 
 
 def main(argv: list[str]) -> int:

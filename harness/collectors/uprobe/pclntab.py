@@ -4,13 +4,16 @@
 ``.gopclntab`` (function names, entry addresses, source files and lines, for tracebacks)
 and the type descriptors (for reflection and interfaces), so both stay. Formats read:
 the pcHeader of Go 1.18-1.19 (magic 0xfffffff0) and Go >= 1.20 (0xfffffff1; its _func
-gains startLine). Pure reading of one file, no process and no BPF.
+gains startLine). Reading of one file (GNU objdump disassembles for RET instructions),
+no BPF.
 """
 
 from __future__ import annotations
 
 import re
+import shutil
 import struct
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,10 @@ _VERSIONED = re.compile(r"@(v[0-9][^/]*)/")
 
 class NoPclntab(Exception):
     """The file has no Go function table we can read; the message says why."""
+
+
+class NoDisassembly(Exception):
+    """A function's instructions could not be listed; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -171,6 +178,26 @@ def probe_pc(elf: ELFFile, fn: FuncInfo) -> int | None:
         return None
     m = _CHECK.match(code)
     return fn.entry + m.end() if m else None
+
+
+_RET = re.compile(r"^\s*([0-9a-f]+):\s+ret[q]?\s*$", re.M)
+
+
+def ret_addresses(path: Path, fn: FuncInfo) -> list[int]:
+    """The RET instructions of one function, by disassembling [entry, end) with GNU
+    objdump: it needs no symbols, so stripped binaries work, and a uprobe placed anywhere
+    but an instruction boundary would corrupt the program, so no byte scan."""
+    exe = shutil.which("objdump")
+    if exe is None:
+        raise NoDisassembly("GNU objdump (binutils) is needed to find RET instructions")
+    out = subprocess.run(
+        [exe, "-d", "--no-show-raw-insn", f"--start-address={fn.entry:#x}",
+         f"--stop-address={fn.end:#x}", str(path)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    if out.returncode != 0:
+        raise NoDisassembly(f"objdump failed on {path}: {out.stderr.strip()[-200:]}")
+    return [int(a, 16) for a in _RET.findall(out.stdout)]
 
 
 def _name_at(buf: bytes, off: int) -> str | None:
