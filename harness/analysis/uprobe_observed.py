@@ -24,7 +24,7 @@ from harness.collectors.uprobe.decode import (
     decode,
 )
 from harness.model import Exchange
-from harness.protocols.http2.grpc import BodyCounter, apply_reset_status
+from harness.protocols.http2.grpc import R_RESET, BodyCounter, apply_reset_status
 
 C2S, S2C = 0, 1
 R_MISSED = "headers_missed_stream"
@@ -242,7 +242,8 @@ def _exchange(call: _Call, role: str) -> Exchange:
     if status is not None and status.isdigit():
         x.status = int(status)
     elif call.resp is None:
-        x.degrade("status", R_INCOMPLETE if not call.ended[S2C] else R_MISSED)
+        x.degrade("status", R_RESET if call.rst is not None else
+                  R_INCOMPLETE if not call.ended[S2C] else R_MISSED)
     if call.resp is not None:
         _degrade_cut(x, call.resp, {":status": "status"}, "resp_headers")
     src, src_headers = (call.trailers, x.trailers) if call.trailers else (call.resp, x.resp_headers)

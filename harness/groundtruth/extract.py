@@ -594,6 +594,10 @@ class _Call:
     undecoded: list[bool] = field(default_factory=lambda: [False, False])  # a block Wireshark
     # could not decode (e.g. its HPACK table out of step): that side's header fields unknown
     rst: tuple[int, int] | None = None  # the first RST_STREAM's (error code, time)
+    # the server's header block came after the client's reset: the client discarded it,
+    # so its grpc-status is the server's, not the one the client saw
+    crossed_reset: bool = False
+    rst_by_client: bool = False
 
 
 def _pairs_get(pairs: list[tuple[str, Any]], key: str) -> Any:
@@ -707,6 +711,8 @@ class _H2Calls:
         if end_stream:
             call.ended[d] = True
         if ftype in (1, 9):
+            if not to_server and call.rst is not None and call.rst_by_client:
+                call.crossed_reset = True
             block = call.open_block[d]
             if ftype == 1 or block is None:
                 block = call.open_block[d] = []
@@ -723,6 +729,7 @@ class _H2Calls:
             call.data_bytes[d] += data_len
         elif ftype == 3 and call.rst is None and rst_code is not None:
             call.rst = (rst_code, fr.t_ns)
+            call.rst_by_client = to_server
         if (not to_server and call.x.conn_id != "orphan") or ftype == 3:
             call.x.t_end_ns = fr.t_ns  # last server frame, or a reset from either side
         return call
@@ -767,7 +774,10 @@ class _H2Calls:
                         x.degrade(f"{side}_bytes", "truth_unreliable")
             else:
                 x.req_bytes, x.resp_bytes = call.data_bytes
-            if x.protocol == "h2c-grpc" and x.grpc_status is None and call.rst is not None:
+            if call.crossed_reset and x.grpc_status is not None:
+                for f in ("grpc_status", "grpc_message"):
+                    x.degrade(f, "truth_unreliable")
+            elif x.protocol == "h2c-grpc" and x.grpc_status is None and call.rst is not None:
                 code, t_ns = call.rst
                 apply_reset_status(x, code, t_ns - (x.t_start_ns or t_ns),
                                    "truth_hpack_unknown" if call.hpack_unknown[0] else

@@ -114,6 +114,7 @@ GRPC_UNKNOWN, GRPC_CANCELLED, GRPC_DEADLINE_EXCEEDED = 2, 1, 4
 # A CANCEL on a call with a deadline, near enough to it that a cancel and the deadline
 # cannot be told apart by this observer.
 R_RST_CANCEL_OR_DEADLINE = "rst_cancel_or_deadline"
+R_RESET = "stream_reset"  # ended by RST_STREAM: what would have followed is not there
 _TIMEOUT_UNITS = {"H": 3_600_000_000_000, "M": 60_000_000_000, "S": 1_000_000_000,
                   "m": 1_000_000, "u": 1_000, "n": 1}  # fmt: skip
 
@@ -161,6 +162,9 @@ def apply_reset_status(x: Exchange, code: int, elapsed_ns: int,
     CANCEL then has an unknown deadline, so an unknown status. ``x.req_headers`` and
     ``x.side`` (whose clock ``elapsed_ns`` is on) must be set.
     """
+    if x.grpc_message is None:
+        # the client's message is its library's; a server's that crossed the reset unseen
+        x.degrade("grpc_message", R_RESET)
     timeout = None
     if code == RST_CANCEL:
         if request_unknown is not None:

@@ -26,7 +26,7 @@ from harness.protocols.http2.frames import (
     SyncAcquired,
     SyncLost,
 )
-from harness.protocols.http2.grpc import BodyCounter, apply_reset_status
+from harness.protocols.http2.grpc import R_RESET, BodyCounter, apply_reset_status
 from harness.protocols.http2.hpack import DecodedField, HpackDecoder, HpackMode, HpackStats
 
 C2S, S2C = 0, 1
@@ -453,7 +453,7 @@ class _Stitcher:
                 return R_MISSED
             if call.lost[d]:
                 return R_TRUNC
-            return R_INCOMPLETE
+            return R_RESET if call.reset else R_INCOMPLETE
 
         for name, key in (("method", ":method"), ("path", ":path"), ("authority", ":authority")):
             value = req.pseudo.get(key)
