@@ -63,6 +63,7 @@ def test_cost_per_metadata_entry(benchmark: BenchmarkFixture, tmp_path: Path,
             monkeypatch.setitem(scenarios.SCENARIOS, name, dataclasses.replace(
                 base, name=name, client_args=("--metadata-file", str(md))))
             wl = Workload(name, "go", CALLS)
+            (tmp_path / name).mkdir()
             with servers_running([wl]) as targets, bpf_stats_enabled():
                 run = run_config("both", targets, tmp_path / name, seed=21, with_bpf_stats=True)
             res = run.results[wl.key]
