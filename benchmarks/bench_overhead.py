@@ -4,7 +4,7 @@
     PROBEBENCH_OVERHEAD_ROUNDS=8 PROBEBENCH_OVERHEAD_SCALE=1 .venv/bin/nox --no-venv -s bench
 
 Needs root and bcc. Settings: benchmarks/conftest.py. Writes results/overhead.json
-(schema: `harness.analysis.overhead`, version 1) besides pytest-benchmark's JSON.
+(schema: `harness.analysis.overhead`, SCHEMA_VERSION) besides pytest-benchmark's JSON.
 
 Per workload (http11-keepalive and grpc-unary; Go and Python servers; Go client) and per
 round: the server starts once (pinned to CPU 1), then every configuration (none, kprobe,
@@ -91,6 +91,10 @@ PROG_KIND = {2: "kprobe", 5: "tracepoint"}  # BPF_PROG_TYPE_*; uprobes load as k
 FIXED_RATE = 2000.0  # exchanges/s of the open-loop pass
 FIXED_RATE_S = 4.0  # its length at scale 1
 TRAP_ROUNDS = 7
+# With BPF stats on, the programs' counters are read over this idle span before GO: every
+# hit then is another process's (or an idle target's), which gives what a hit the filter
+# turns away costs, to take the other processes' share out of the workload's BPF time.
+IDLE_S = 0.3
 TRAP_N = {"write": 300_000, "call": 20_000_000, "call_uprobe": 20_000}
 
 
@@ -118,6 +122,8 @@ class RunResult:
     collectors: dict[str, dict[str, Any]] = field(default_factory=dict)
     programs: list[dict[str, Any]] = field(default_factory=list)
     wall_s: float = 0.0  # main phase span
+    idle_programs: list[dict[str, Any]] = field(default_factory=list)  # IDLE_S before GO
+    idle_s: float = 0.0
     traced_calls: int | None = None  # data syscalls of this workload's processes (kprobe)
 
 
@@ -283,8 +289,16 @@ def _drive(
     work_dir: Path,
     with_bpf_stats: bool,
 ) -> RunResult:
+    idle0: dict[str, dict[int, dict[str, int]]] = {}
+    idle_s = 0.0
+    if with_bpf_stats and running:
+        idle0 = {rc.name: bpf_programs(rc.child.pid) for rc in running}
+        t0 = time.monotonic()
+        time.sleep(IDLE_S)
+        idle_s = time.monotonic() - t0
     cpu0 = {rc.name: proc_cpu_s(rc.child.pid) for rc in running}
     csw0 = {rc.name: proc_ctxsw(rc.child.pid) for rc in running}
+    size0 = {rc.name: _size(rc.events) for rc in running}
     bpf0 = {rc.name: bpf_programs(rc.child.pid) for rc in running} if with_bpf_stats else {}
     assert client.proc.stdin is not None
     client.proc.stdin.write("GO\n")
@@ -302,10 +316,14 @@ def _drive(
         u1, s1 = proc_cpu_s(rc.child.pid)
         u0, s0 = cpu0[rc.name]
         res.collectors[rc.name] = {"cpu_user_s": u1 - u0, "cpu_system_s": s1 - s0,
-                                   "context_switches": proc_ctxsw(rc.child.pid) - csw0[rc.name]}
+                                   "context_switches": proc_ctxsw(rc.child.pid) - csw0[rc.name],
+                                   # the recorder flushes after every poll: what it wrote
+                                   "event_bytes": _size(rc.events) - size0[rc.name]}
     if with_bpf_stats:
         res.programs = _program_deltas(bpf0, {rc.name: bpf_programs(rc.child.pid)
                                               for rc in running})  # fmt: skip
+        if idle0:
+            res.idle_programs, res.idle_s = _program_deltas(idle0, bpf0), idle_s
     workload = work_dir / f"{t.wl.key.replace('/', '_')}-{config}.jsonl"
     records = [json.loads(line) for line in workload.read_text().splitlines() if line.strip()]
     main = [r for r in records if r.get("phase") == "main"]
@@ -316,6 +334,13 @@ def _drive(
     res.wall_s = (max(r["t_end_ns"] for r in main) - min(r["t_start_ns"] for r in main)) / 1e9
     res.p50_ms, res.p99_ms = lat["p50_ms"], lat["p99_ms"]
     return res
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _program_deltas(
@@ -602,6 +627,10 @@ def _analyse(sess: Session, wl: Workload, rounds: int) -> dict[str, Any]:
                     1000 * sum(r.collectors[name]["cpu_system_s"] for r in rs) / n,
                 "context_switches_per_1k":
                     1000 * sum(r.collectors[name]["context_switches"] for r in rs) / n,
+                # payload and event headers the collector wrote per exchange: what is copied
+                # (ring, batch, file), so what the per-byte part of its cost scales with
+                "event_bytes_per_exchange":
+                    sum(r.collectors[name].get("event_bytes", 0) for r in rs) / n,
             }  # fmt: skip
             per[name]["cpu_s_per_1k"] = (per[name]["cpu_user_s_per_1k"]
                                          + per[name]["cpu_system_s_per_1k"])  # fmt: skip
@@ -637,20 +666,31 @@ def _bpf_pass(sess: Session, work_dir: Path) -> dict[str, Any]:
             # every data syscall of the workload's own processes is two hits (enter, exit);
             # the rest of run_cnt is other processes' syscalls passing the filter
             out[key]["target_hits_per_exchange"] = 2 * res.traced_calls / res.exchanges
+        out[key]["idle"] = _idle(res)
     return out
+
+
+def _idle(res: RunResult) -> dict[str, Any]:
+    """What the kernel-side programs did in the idle span before GO: hits per second and
+    ns per hit of hits the filter turned away (other processes' syscalls)."""
+    progs = [p for p in res.idle_programs if p["collector"] == "kprobe"]
+    cnt = sum(p["run_cnt"] for p in progs)
+    return {"seconds": res.idle_s, "kprobe_hits": cnt,
+            "kprobe_ns_per_hit": oh.per_hit_ns(sum(p["run_time_ns"] for p in progs), cnt)}
 
 
 def _h2_walk_pass(sess: Session, work_dir: Path) -> dict[str, Any]:
     """The HTTP/2 frame walk's cost: the gRPC servers traced alone, once with the collector
-    attached before the clients connect (every call walked frame by frame) and once after
-    (connections found mid-stream: prefix capture), BPF stats on; per exit-program hit and
+    attached before the clients connect (every call walked frame by frame from the preface)
+    and once after (connections found mid-stream: prefix capture until a call starts with a
+    plausible frame header, then the walk on trial), BPF stats on; per exit-program hit and
     per exchange, server side only."""
     wls = [w for w in sess.workloads if scenarios.get(w.scenario).is_grpc]
     out: dict[str, Any] = {}
     if not wls:
         return out
     with bpf_stats_enabled(), servers_running(wls) as targets:
-        for mode, early in (("frame_aware", True), ("prefix", False)):
+        for mode, early in (("frame_aware", True), ("found_mid_stream", False)):
             run = run_config("kprobe", targets, work_dir, seed=3000, with_bpf_stats=True,
                              servers_only=True, early=early)  # fmt: skip
             st = run.collector_stats.get("kprobe", {})
@@ -719,10 +759,20 @@ def _rate_pass(sess: Session, work_dir: Path, scale: float) -> dict[str, Any]:
                 for name, c in res.collectors.items():
                     if name in (sess.not_measured.get(key) or {}):
                         continue  # no probe points in this workload's binaries
-                    bpf_s = sum(p["run_time_ns"] for p in res.programs
-                                if p["collector"] == name) / 1e9  # fmt: skip
-                    entry[name] = oh.core_share(c["cpu_user_s"], c["cpu_system_s"], bpf_s,
-                                                res.wall_s, c["context_switches"])  # fmt: skip
+                    progs = [p for p in res.programs if p["collector"] == name]
+                    bpf_s = sum(p["run_time_ns"] for p in progs) / 1e9
+                    # the kernel-side programs also run (briefly) for every other process's
+                    # syscalls; that share, estimated from the idle span, is not this workload's
+                    others_s = 0.0
+                    if name == "kprobe" and res.traced_calls is not None:
+                        idle = _idle(res)
+                        others_s = oh.others_bpf_ns(sum(p["run_cnt"] for p in progs),
+                                                    2 * res.traced_calls,
+                                                    idle["kprobe_ns_per_hit"]) / 1e9  # fmt: skip
+                    entry[name] = oh.core_share(c["cpu_user_s"], c["cpu_system_s"],
+                                                bpf_s - others_s, res.wall_s,
+                                                c["context_switches"])  # fmt: skip
+                    entry[name]["bpf_other_processes_s"] = others_s
                 e["configs"][config] = entry
     return out
 

@@ -1,7 +1,7 @@
 /* Kernel-side collector: syscall tracepoints (the seed article's "kprobe"
  * approach), compiled by bcc. Settings arrive as -D cflags, never by editing
  * this text: PB_FILTER_TGID, PB_FILTER_PORTS, PB_SELF_TGID, PB_CHUNK,
- * PB_CALL_LIMIT, PB_RINGBUF_PAGES, PB_MAX_CONNS.
+ * PB_CALL_LIMIT, PB_H2_BODY_LIMIT, PB_RINGBUF_PAGES, PB_MAX_CONNS.
  *
  * Kernel side does only: connection table, protocol inference, copy bytes.
  * Parsing and stitching happen in replay (user space), from the raw records. */
@@ -49,6 +49,18 @@
 #define H2_PAY 1  /* inside a payload captured whole: preface, non-DATA, padded DATA */
 #define H2_DATA 2 /* inside a DATA payload: gRPC prefixes always, bodies while budget lasts */
 #define H2_PREFACE_LEN 24
+#ifndef PB_H2_BODY_LIMIT
+/* gRPC message-body bytes a frame-aware call captures: no field needs them (frame
+ * headers, HEADERS payloads and message prefixes are always captured), so the
+ * recorder passes 0 by default (--h2-body-limit); bodies are most of gRPC's bytes */
+#define PB_H2_BODY_LIMIT PB_CALL_LIMIT
+#endif
+#ifndef PB_H2_TRIAL
+/* a direction found mid-stream walks frames from a call that starts with a plausible
+ * frame header; bodies are skipped only after this many more plausible headers
+ * (until then everything is captured, as the prefix capture would) */
+#define PB_H2_TRIAL 3
+#endif
 
 /* Where one direction of an HTTP/2 connection stands between calls. */
 struct h2_dir {
@@ -59,6 +71,9 @@ struct h2_dir {
     u8 state;     /* H2_* */
     u8 have;      /* bytes gathered in fld: of a frame header, or of a gRPC prefix */
     u8 end_stream;
+    u8 trial;     /* plausible headers still to see before bodies may be skipped */
+    u8 mid;       /* synced mid-stream: a stream's message position is known only
+                   * from its HEADERS on (an entry in grpc_msgs) */
     u8 fld[32];   /* 9 used; sized so that masked offsets and lengths stay inside */
 };
 /* gRPC message position of one stream direction, kept between its DATA frames */
@@ -278,7 +293,9 @@ static __always_inline int on_connect_enter(int fd) {
 }
 TRACEPOINT_PROBE(syscalls, sys_enter_connect) { return on_connect_enter(args->fd); }
 TRACEPOINT_PROBE(syscalls, sys_exit_connect) {
-    u32 tid = (u32)bpf_get_current_pid_tgid();
+    u64 id = bpf_get_current_pid_tgid();
+    if (!tgid_traced(id >> 32)) return 0;
+    u32 tid = (u32)id;
     connect_fd.delete(&tid);
     return 0;
 }
@@ -350,6 +367,7 @@ static __always_inline int on_accept_enter(u64 addr) {
 }
 static __always_inline int on_accept_exit(long ret) {
     u64 id = bpf_get_current_pid_tgid();
+    if (!tgid_traced(id >> 32)) return 0;
     u32 tid = (u32)id;
     struct accept_args *a = accept_args_map.lookup(&tid);
     if (!a) return 0;
@@ -405,8 +423,11 @@ TRACEPOINT_PROBE(syscalls, sys_exit_accept) { return on_accept_exit(args->ret); 
 TRACEPOINT_PROBE(syscalls, sys_exit_accept4) { return on_accept_exit(args->ret); }
 
 /* ---- close */
+/* every process's close() and dup2() pass here: the target filter comes first, so
+ * the others cost no table lookup (only targets' fds are in the table) */
 TRACEPOINT_PROBE(syscalls, sys_enter_close) {
     u64 id = bpf_get_current_pid_tgid();
+    if (!tgid_traced(id >> 32)) return 0;
     struct conn_key key = {.tgid = id >> 32, .fd = (s32)args->fd};
     struct conn_info *c = conns.lookup(&key);
     if (!c) return 0;
@@ -419,6 +440,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_close) {
 static __always_inline int on_fd_replaced(long ret) {
     if (ret < 0) return 0;
     u64 id = bpf_get_current_pid_tgid();
+    if (!tgid_traced(id >> 32)) return 0;
     struct conn_key key = {.tgid = id >> 32, .fd = (s32)ret};
     struct conn_info *c = conns.lookup(&key);
     if (!c) return 0;
@@ -539,7 +561,8 @@ static __always_inline int on_data_enter(u8 sc, u8 dir, int fd, u64 buf, u32 iov
     struct task_struct *t = (struct task_struct *)bpf_get_current_task_btf();
     struct data_args *ap = data_args_ts.task_storage_get(t, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
     if (!ap) return 0;
-    ap->enter_ns = bpf_ktime_get_ns();  /* nonzero: a call is pending */
+    /* nonzero: a call is pending; only a send is timed at its start (on_data_exit) */
+    ap->enter_ns = dir == PB_DIR_SEND ? bpf_ktime_get_ns() : 1;
     ap->buf = buf;
     ap->iovcnt = iovcnt;
     ap->fd = fd;
@@ -547,7 +570,8 @@ static __always_inline int on_data_enter(u8 sc, u8 dir, int fd, u64 buf, u32 iov
     ap->dir = dir;
 #else
     u32 tid = (u32)id;
-    struct data_args a = {.enter_ns = bpf_ktime_get_ns(), .buf = buf, .iovcnt = iovcnt, .fd = fd, .syscall = sc, .dir = dir};
+    struct data_args a = {.enter_ns = dir == PB_DIR_SEND ? bpf_ktime_get_ns() : 1, .buf = buf,
+                          .iovcnt = iovcnt, .fd = fd, .syscall = sc, .dir = dir};
     data_args_map.update(&tid, &a);
 #endif
     return 0;
@@ -653,6 +677,23 @@ static __always_inline void h2_start(struct conn_info *c) {
     }
 }
 
+/* A direction not in sync (found mid-stream, or its walk failed): a call that starts
+ * with a plausible frame header starts a walk on trial (PB_H2_TRIAL). */
+static __always_inline void h2_resync(struct conn_info *c, u8 dir, u64 first, u32 first_len) {
+#if PB_H2_TRIAL
+    u8 head[16] = {};
+    if (first_len < 9 || bpf_probe_read_user(head, sizeof(head), (void *)first) < 0) return;
+    if (infer_h2_frame(head, first_len) != PB_PROTO_HTTP2) return;
+    struct h2_dir *d = &c->h2[dir & 1];
+    __builtin_memset(d, 0, sizeof(*d));
+    d->sync = 1;
+    d->state = H2_HDR;
+    d->trial = PB_H2_TRIAL;
+    d->mid = 1;
+    stat_add(PB_STAT_H2_RESYNC, 1);
+#endif
+}
+
 struct h2_walk {
     struct iovec cur;
     u64 iov_i, iov_off;
@@ -696,13 +737,30 @@ static __always_inline void h2_frame_end(struct conn_key *k, struct h2_walk *w, 
 static __always_inline void h2_header(struct conn_key *k, struct h2_walk *w, u8 dir, u32 orig) {
     u8 *f = w->s.fld;
     u8 type = f[3], flags = f[4];
-    if (type > 0x10 || (f[5] & 0x80)) {
+    int bad = type > 0x10 || (f[5] & 0x80);
+    /* on trial, only the frames a peer sends unprompted pass (infer_h2_frame) */
+    if (!bad && w->s.trial) bad = infer_h2_frame(f, 9) != PB_PROTO_HTTP2;
+    if (bad) {
         /* not a frame header: where frames are is unknown from here on */
         stat_add(PB_STAT_H2_IMPLAUSIBLE, 1);
         w->s.sync = 0;
-        w->pos = orig;  /* the rest of this call goes by unseen */
+        if (w->s.trial) {
+            /* a mid-stream sync that did not hold: nothing was skipped yet, and the
+             * rest of the call is captured as the prefix capture would have */
+            w->s.trial = 0;
+            w->s.state = H2_PAY;
+            w->s.have = 0;
+            u32 rest = orig - (u32)w->pos;
+            w->s.rem = rest < PB_CALL_LIMIT ? rest : PB_CALL_LIMIT;
+            return;
+        }
+        /* the rest of this call goes by unseen, and is counted */
+        stat_add(PB_STAT_TRUNCATED_CALLS, 1);
+        stat_add(PB_STAT_TRUNCATED_BYTES, orig - (u32)w->pos);
+        w->pos = orig;
         return;
     }
+    if (w->s.trial) w->s.trial--;
     w->s.rem = ((u32)f[0] << 16) | ((u32)f[1] << 8) | f[2];
     w->s.have = 0;
     w->s.end_stream = flags & 1;
@@ -717,8 +775,17 @@ static __always_inline void h2_header(struct conn_key *k, struct h2_walk *w, u8 
             w->s.msg_rem = gv->msg_rem;
             w->s.have = gv->have;
             __builtin_memcpy(w->s.fld, gv->pre, 5);
+        } else if (w->s.mid) {
+            /* a stream that began before the sync: where its messages start is
+             * unknown, so its DATA is captured whole */
+            w->s.state = H2_PAY;
         }
         return;
+    }
+    if (type == 1 && !(flags & 1) && w->s.mid) {
+        /* a stream's headers, seen in sync: its DATA starts with a message prefix */
+        struct grpc_val z = {};
+        grpc_msgs.update(&gk, &z);
     }
     /* padded DATA is captured whole (gRPC does not pad) */
     w->s.state = H2_PAY;
@@ -738,8 +805,14 @@ static __always_inline void h2_decide(struct h2_walk *w) {
         max = w->s.rem;
     } else if (w->s.msg_rem) {
         max = w->s.rem < w->s.msg_rem ? w->s.rem : w->s.msg_rem;
-        if (!w->budget) w->cap = 0;  /* budget spent: skip to the message's or frame's end */
-        else if (max > w->budget) max = w->budget;
+        if (!w->budget) {
+            /* budget spent: skip to the message's or frame's end; but a call's first
+             * byte is kept, so every call has its first event at offset 0 */
+            if (w->pos) w->cap = 0;
+            else max = 1;
+        } else if (max > w->budget) {
+            max = w->budget;
+        }
     } else {
         max = 5 - w->s.have;  /* a gRPC prefix, perhaps split over frames or calls */
         if (max > w->s.rem) max = w->s.rem;
@@ -763,7 +836,7 @@ static __always_inline int h2_begin(struct data_call *dc, struct conn_info *c) {
     w->run_len = 0;
     w->run_off = 0;
     w->run_ptr = 0;
-    w->budget = PB_CALL_LIMIT;
+    w->budget = w->s.trial ? PB_CALL_LIMIT : PB_H2_BODY_LIMIT;
     w->skipped = 0;
     if (a->iovcnt) bpf_probe_read_user(&w->cur, sizeof(w->cur), (void *)a->buf);
     stat_add(PB_STAT_H2_CALLS, 1);
@@ -861,7 +934,7 @@ int h2_walk_fn(void *ctx) {
         if (w->s.state == H2_DATA) {
             if (w->s.msg_rem) {
                 w->s.msg_rem -= w->n;
-                if (w->cap) w->budget -= w->n;
+                if (w->cap) w->budget = w->n < w->budget ? w->budget - w->n : 0;
             } else if (w->s.have == 5) {
                 u8 *f = w->s.fld;
                 w->s.msg_rem = ((u32)f[1] << 24) | ((u32)f[2] << 16) | ((u32)f[3] << 8) | f[4];
@@ -879,12 +952,13 @@ int h2_walk_fn(void *ctx) {
         stat_add(PB_STAT_H2_BOUND, 1);
         w->s.sync = 0;
     }
-    if (w->skipped || w->pos < orig) {
-        u32 unseen = w->skipped + (orig - (u32)w->pos);
+    /* skipped message bodies cost no field (gRPC counts messages by their prefixes,
+     * which are kept): they are counted apart from truncation, which can */
+    if (w->pos < orig) {
         stat_add(PB_STAT_TRUNCATED_CALLS, 1);
-        stat_add(PB_STAT_TRUNCATED_BYTES, unseen);
-        stat_add(PB_STAT_H2_SKIPPED_BYTES, w->skipped);
+        stat_add(PB_STAT_TRUNCATED_BYTES, orig - (u32)w->pos);
     }
+    if (w->skipped) stat_add(PB_STAT_H2_SKIPPED_BYTES, w->skipped);
     c->h2[dir] = w->s;
     return 0;
 }
@@ -958,6 +1032,7 @@ int data_fn(void *ctx) {
     c->seq[a.dir & 1] = seq;
     dc->seq = seq;
     dc->part = 0;
+    if (c->proto == PB_PROTO_HTTP2 && !c->h2[a.dir & 1].sync) h2_resync(c, a.dir & 1, first, first_len);
     if (c->proto == PB_PROTO_HTTP2 && c->h2[a.dir & 1].sync) {
         if (h2_begin(dc, c)) walkers.call(ctx, PB_TC_H2);
         /* the walker is not there: the call goes unseen, its seq tells replay */

@@ -46,7 +46,8 @@
 #define PB_STAT_H2_IMPLAUSIBLE 9 /* frame headers that could not be one: sync given up */
 #define PB_STAT_H2_BOUND 10      /* walks out of steps or iovecs: sync given up */
 #define PB_STAT_TAIL_FAILED 11   /* data calls lost: a tail call into a walker failed */
-#define PB_STAT_MAX 12
+#define PB_STAT_H2_RESYNC 12     /* frame walks begun mid-stream, on trial (PB_H2_TRIAL) */
+#define PB_STAT_MAX 13
 
 /* The sys_exit_* programs only stash a data call and tail-call the walkers
  * (slots of the `walkers` program array, filled by the loader), so the costly
@@ -55,16 +56,16 @@
 #define PB_TC_H2 1   /* h2_walk_fn: PB_H2_STEPS steps of the walk, then itself again */
 #define PB_TC_MAX 2
 
-/* HTTP/2 frame-aware capture (connections seen from their start, PB_PROTO_HTTP2):
- * the kernel follows frame boundaries in each direction and always captures the
- * client preface, every frame header, every non-DATA payload and every gRPC
- * 5-byte message prefix inside DATA; message-body bytes are captured while the
- * call's budget (PB_CALL_LIMIT) lasts, the rest is left out. A call then yields
+/* HTTP/2 frame-aware capture (PB_PROTO_HTTP2 connections seen from their start, or
+ * directions that found frame boundaries mid-stream, see h2_resync): the kernel
+ * follows frame boundaries in each direction and always captures the client
+ * preface, every frame header, every non-DATA payload and every gRPC 5-byte
+ * message prefix inside DATA; message-body bytes are captured while the call's
+ * budget (PB_H2_BODY_LIMIT) lasts, the rest is left out. A call then yields
  * several data events, each a contiguous piece at `offset` in the call's bytes;
  * bytes between pieces (and after the last, up to orig_len) went by unseen. The
- * first event of every call has offset 0 (a call never starts with skipped
- * bytes: the budget is fresh at each call), so no empty events are needed.
- * Connections found mid-stream, or whose walk failed, keep the prefix capture:
+ * first event of every call has offset 0 (a call's first byte is never skipped),
+ * so no empty events are needed. Directions not in sync keep the prefix capture:
  * one run at offset 0, as many events as PB_CHUNK-sized chunks.
  *
  * Loss: `seq` counts the data calls of one connection and direction (from 1),

@@ -65,7 +65,8 @@ def cmd_run(a: argparse.Namespace) -> int:
         grpc_version=a.grpc_go,
         port=a.port,
         options=CollectorOptions(
-            max_capture=a.max_capture, ringbuf_pages=a.ringbuf_pages,
+            max_capture=a.max_capture, h2_body_limit=a.h2_body_limit,
+            ringbuf_pages=a.ringbuf_pages,
             uprobe_level=a.uprobe_level, uprobe_value_max=a.uprobe_value_max,
         ),
         tls=a.tls,
@@ -210,6 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-capture", type=int, default=65536, help="payload bytes captured per syscall"
     )
+    p.add_argument(
+        "--h2-body-limit", type=int, default=0,
+        help="gRPC message-body bytes captured per frame-aware HTTP/2 call (no field needs them)",
+    )  # fmt: skip
     p.add_argument("--ringbuf-pages", type=int, default=16384, help="ring buffer, 4 KiB pages")
     p.add_argument("--tls", action="store_true", help="the same scenario over TLS")
     p.add_argument("--tls-version", choices=["1.2", "1.3"], default="1.3")

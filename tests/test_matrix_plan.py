@@ -26,20 +26,25 @@ def test_full_plan_covers_the_matrix_once() -> None:
     assert len(keys) == len(set(keys))
     runs = [r for r in runs if not r.tls]  # TLS cells: test_tls_cells below
     current = [r for r in runs if r.grpc_version in (None, CURRENT_GRPC_GO)
-               and {r.client, r.server} <= {"py", "go"}]  # fmt: skip
+               and {r.client, r.server} <= {"py", "go"} and r.scenario != "h2c-plain"]  # fmt: skip
     combos = Counter((r.scenario, r.client, r.server, r.attach) for r in current)
     # every scenario x language pair x attach, exactly once at the current grpc-go; the
     # stream-shape scenarios go→go and py→go only
     assert set(combos.values()) == {1}
     shapes = [s for s in SCENARIOS if s.endswith("-shapes")]
     assert len(shapes) == 2
-    assert len(combos) == (len(SCENARIOS) - len(shapes)) * 4 * 2 + len(shapes) * 2 * 2
+    assert len(combos) == (len(SCENARIOS) - len(shapes) - 1) * 4 * 2 + len(shapes) * 2 * 2
+    # plain HTTP/2: Go net/http and Node's http2 in every direction, early and late
+    h2c = Counter((r.client, r.server, r.attach) for r in runs if r.scenario == "h2c-plain")
+    assert set(h2c.values()) == {1}
+    assert set(h2c) == {(c, s, a) for c, s in matrix.H2C_PAIRS for a in ("early", "late")}
     assert {(c, s) for (n, c, s, _a) in combos if n in shapes} == {("go", "go"), ("py", "go")}
     # every further stack crossed with Go both ways, in every gRPC mode, early and late
     grpc_scens = [n for n, s in SCENARIOS.items() if s.is_grpc and n not in shapes]
     for lang in matrix.MORE_STACKS:
         mine = Counter((r.scenario, r.client, r.server, r.attach) for r in runs
-                       if lang in (r.client, r.server))  # fmt: skip
+                       if lang in (r.client, r.server)
+                       and SCENARIOS[r.scenario].is_grpc)  # fmt: skip
         assert set(mine.values()) == {1}
         assert set(mine) == {(n, c, s, a) for n in grpc_scens for c, s in ((lang, "go"),
                              ("go", lang)) for a in ("early", "late")}  # fmt: skip
@@ -57,8 +62,10 @@ def test_full_plan_covers_the_matrix_once() -> None:
 def test_tls_cells_cover_every_scenario_and_language() -> None:
     tls = [r for r in plan(quick=False, full=True) if r.tls]
     assert all("tls" in r.collectors and r.spec().tls for r in tls)
-    assert {r.scenario for r in tls} == set(SCENARIOS)
+    assert {r.scenario for r in tls} == set(SCENARIOS) - {"h2c-plain"}  # cleartext by name
     for name, scen in SCENARIOS.items():
+        if scen.proto == "h2c":
+            continue
         pairs = {(r.client, r.server) for r in tls if r.scenario == name}
         # grpcio to grpcio has no key log on either end: no truth, so no cell
         assert ("py", "py") in pairs or scen.is_grpc
@@ -93,6 +100,12 @@ def test_default_plan_samples_every_dimension_of_the_full_one() -> None:
     assert {r.grpc_version for r in default if r.grpc_version} >= {
         *GRPC_GO_VERSIONS, *(v + STRIPPED for v in GRPC_GO_VERSIONS)}
     assert any(r.tls for r in default) and {r.scenario for r in default} == set(SCENARIOS)
+    # plain HTTP/2: each language on each side, at both attach times
+    h2c = {(r.client, r.server, r.attach) for r in default if r.scenario == "h2c-plain"}
+    for lang in ("go", "node"):
+        for attach in ("early", "late"):
+            assert any(c == lang and a == attach for c, _s, a in h2c)
+            assert any(s == lang and a == attach for _c, s, a in h2c)
 
 
 def test_quick_plan_is_a_handful() -> None:

@@ -188,3 +188,27 @@ def test_decompose_against_the_floor():
     assert k["predicted_ratio_floor_and_bpf"] == pytest.approx(1 / (1 + 8800 * 10_000 / 2e9))
     assert k["fixed_rate_core_pct"] == 1.5 and k["context_switches_per_1k"] == 12.0
     assert oh.decompose(workload, None)["kprobe"]["floor_ns_per_exchange"] is None
+    # the recorder's CPU (12 ms per 1k = 12,000 ns per exchange) competes for the cores too
+    assert k["recorder_ns_per_exchange"] == pytest.approx(12_000.0)
+    assert k["predicted_ratio_all"] == pytest.approx(1 / (1 + 20_800 * 10_000 / 2e9))
+    assert k["bpf_ns_per_exchange_per_side"] == pytest.approx(4000.0)
+
+
+def test_decompose_takes_other_processes_hits_out():
+    """24 of the 40 hits per exchange were other processes' syscalls turned away by the
+    filter, at 50 ns each (measured idle): 1,200 ns of the 8,000 are not the workload's."""
+    workload = {
+        "configs": {"none": {"throughput": {"mean": 10_000.0}},
+                    "kprobe": {"throughput_ratio": 0.9}},
+        "bpf_run_time": {
+            "target_hits_per_exchange": 16.0,
+            "idle": {"seconds": 0.3, "kprobe_hits": 900, "kprobe_ns_per_hit": 50.0},
+            "by_kind": {"tracepoint": {"hits_per_exchange": 40.0, "ns_per_exchange": 8000.0,
+                                       "ns_per_hit": 200.0}},
+        },
+    }  # fmt: skip
+    k = oh.decompose(workload, {"tracepoint_added_ns": 50.0})["kprobe"]
+    assert k["bpf_ns_per_exchange"] == pytest.approx(6800.0)
+    assert k["bpf_ns_per_exchange_all_processes"] == 8000.0
+    assert k["bpf_ns_per_hit"] == pytest.approx(6800.0 / 16)
+    assert oh.others_bpf_ns(10, 16, 50.0) == 0.0  # never negative

@@ -25,9 +25,16 @@ GRPC_FIELDS = (
     *COMMON_FIELDS, "authority", "grpc_status", "grpc_message", "req_messages", "resp_messages",
     "req_headers",
 )  # fmt: skip
+# Plain HTTP/2 (h2c-plain): the HTTP/1 fields, plus what HPACK can hide: the authority and
+# the custom fields of both header blocks (the echoed id and x-req-bytes come back in the
+# response's).
+H2C_FIELDS = (*COMMON_FIELDS, "authority", "req_headers", "resp_headers")
+HEADER_FIELDS = ("req_headers", "resp_headers")  # scored on their custom (x-) fields
 
 
 def required_fields(protocol: str) -> tuple[str, ...]:
+    if protocol == "h2c":
+        return H2C_FIELDS
     return GRPC_FIELDS if protocol.startswith("h2c") else COMMON_FIELDS
 
 
@@ -58,14 +65,14 @@ def judge(truth: Exchange, obs: Exchange) -> Verdict:
         if f in unreliable:
             continue
         want, got = getattr(truth, f), getattr(obs, f)
-        if f == "req_headers":
+        if f in HEADER_FIELDS:
             want, got = _custom(want), _custom(got)
             if want == got:
                 continue
             absent = [k for k in want if k not in got]
             if absent and all(want[k] == got.get(k, want[k]) for k in want):
                 v.missing[f] = reasons.get(f) or next(
-                    (r for k, r in reasons.items() if k.startswith("req_headers")), "missing"
+                    (r for k, r in reasons.items() if k.startswith(f)), "missing"
                 )
                 continue
             v.wrong[f] = f"{want!r} != {got!r}"

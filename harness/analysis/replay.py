@@ -288,7 +288,7 @@ def replay(
         h2c, protocol = bool(p.get("h2c")), "h2c" if p.get("h2c") else "http/1.x"
     else:
         scen = scenarios.get(manifest.scenario)
-        h2c, protocol = scen.is_grpc, scen.protocol
+        h2c, protocol = scen.is_h2, scen.protocol
     ports = manifest.ports
     offset = int(manifest.capture.get("mono_offset_ns", 0))
     tls_version = (p.get("tls_version") or "1.3") if p.get("tls") else None

@@ -34,7 +34,9 @@ class EventWriter:
 
     def __init__(self, path: Path, header: dict[str, Any]) -> None:
         self.path = path
-        self._f: BinaryIO = path.open("wb", buffering=1 << 20)
+        # a small buffer: a drained batch larger than it goes to write() straight from the
+        # batch (no copy into the buffer first); notes and small batches are still gathered
+        self._f: BinaryIO = path.open("wb", buffering=1 << 16)
         hdr = json.dumps(header, sort_keys=True).encode()
         self._f.write(MAGIC + struct.pack("<I", len(hdr)) + hdr)
         self._f.flush()

@@ -34,10 +34,13 @@ DECOMPOSITION = (
     ("bare_trap_ns", "bare trap, ns per hit", "{:,.0f}"),
     ("floor_ns_per_exchange", "floor: hits × trap, ns per exchange", "{:,.0f}"),
     ("bpf_ns_per_exchange", "our BPF programs, ns per exchange", "{:,.0f}"),
+    ("bpf_ns_per_exchange_per_side", "our BPF programs, ns per exchange per side", "{:,.0f}"),
     ("bpf_per_hit_over_trap", "BPF per hit / bare trap", "{:.1f}×"),
     ("cpu_ms_per_1k", "collector CPU, ms per 1k exchanges", "{:,.0f}"),
+    ("event_bytes_per_exchange", "bytes recorded per exchange", "{:,.0f}"),
     ("context_switches_per_1k", "collector wake-ups per 1k exchanges", "{:,.0f}"),
     ("predicted_ratio_floor", "throughput ratio the floor alone predicts", "{:.2f}×"),
+    ("predicted_ratio_all", "ratio floor + BPF + recorder CPU predict", "{:.2f}×"),
     ("throughput_ratio", "throughput ratio measured", "{:.2f}×"),
     ("fixed_rate_core_pct", "% of a core at the fixed rate", "{:.1f}%"),
 )

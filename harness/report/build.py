@@ -183,7 +183,8 @@ GLOSSARY = (
     "observed on its own; **observable** exchanges started after the collector attached; "
     "**late attach** means the collector started after the connections were open; "
     "**degraded** means matched but with a required field missing or wrong; **h2c** is "
-    "HTTP/2 without TLS (how gRPC runs here); the kernel side is the syscall-tracepoint "
+    "HTTP/2 without TLS (how gRPC runs here; h2c-plain is plain HTTP/2 requests from Go "
+    "net/http and Node's http2); the kernel side is the syscall-tracepoint "
     "collector (the article's kprobe approach)."
 )
 
@@ -259,7 +260,8 @@ def _coverage_section(f: Facts, pdir: Path | None) -> Section:
         s.blocks.append(Image(p, "coverage matrix"))
     if (p := _draw(plots.per_language, f.df, pdir, "per_language.png")) is not None:
         s.blocks.append(Image(p, "completeness and degradation per language"))
-    cols = {"mean_completeness": "mean completeness", "runs": "runs"}
+    cols = {"mean_completeness": "mean completeness", "why_not": "why not covered",
+            "runs": "runs"}
     for t, cap in ((f.langs, "gRPC sides per collector (multi-language)"),
                    (f.stacks, "Protocol stacks per collector (compatibility)")):
         s.blocks.append(_table(t.assign(runs=t["runs"].map(len)).rename(columns=cols), cap))

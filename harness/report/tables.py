@@ -110,6 +110,8 @@ def side_coverage(runs: list[RunData], df: pd.DataFrame,
             continue
         p = r.params
         mine = d[d["run_id"] == r.run_id]
+        # what the runner knew the uprobe collector could not see of each side's stack
+        gaps = {pr.get("role"): pr.get("uprobe_gap") for pr in r.manifest.get("processes") or []}
         for coll in p.get("collectors") or []:
             for side in ("client", "server"):
                 hit = mine[(mine["collector"] == coll) & (mine["side"] == side)]
@@ -123,20 +125,26 @@ def side_coverage(runs: list[RunData], df: pd.DataFrame,
                             "completeness": comp, "attach": p.get("attach"),
                             "scenario": p.get("scenario"),
                             "degradation_rate": float(deg.mean()) if len(deg) else None,
+                            "gap": gaps.get(side) if coll == "uprobe" else None,
                             })  # fmt: skip
     return pd.DataFrame(out, columns=["run_id", "collector", "side", "lang", "protocol",
                                       "grpc_go", "completeness", "attach", "scenario",
-                                      "degradation_rate"])
+                                      "degradation_rate", "gap"])
 
 
 def coverage_table(cov: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Mean completeness per collector and keys; where not covered, the stated reason (the
+    stack's uprobe gap, e.g. no grpc-go linked), so the report never gives a bare 0%."""
     rows = []
     for k, g in cov.groupby(["collector", *keys], dropna=False):
         mean = float(g["completeness"].mean())
+        gaps = sorted({str(x) for x in g.get("gap", pd.Series(dtype=object)).dropna()})
         rows.append({"collector": k[0], **dict(zip(keys, k[1:], strict=True)),
                      "mean_completeness": mean, "covered": mean >= COVERED,
+                     "why_not": "; ".join(gaps) if gaps and mean < COVERED else None,
                      "runs": sorted(set(g["run_id"]))})  # fmt: skip
-    return pd.DataFrame(rows, columns=["collector", *keys, "mean_completeness", "covered", "runs"])
+    return pd.DataFrame(rows, columns=["collector", *keys, "mean_completeness", "covered",
+                                       "why_not", "runs"])
 
 
 def stability(runs: list[RunData], cov: pd.DataFrame) -> pd.DataFrame:

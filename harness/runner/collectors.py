@@ -9,7 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.collectors.kprobe.layout import DEFAULT_MAX_CAPTURE, DEFAULT_RINGBUF_PAGES
+from harness.collectors.kprobe.layout import (
+    DEFAULT_H2_BODY_LIMIT,
+    DEFAULT_MAX_CAPTURE,
+    DEFAULT_RINGBUF_PAGES,
+)
 from harness.collectors.uprobe.layout import DEFAULT_VALUE_MAX
 from harness.errors import CollectorError, TargetError
 from harness.runner.lifecycle import Child, ProcessSet, read_line_until
@@ -22,6 +26,7 @@ ATTACH_TIMEOUT_S = 120.0
 @dataclass
 class CollectorOptions:
     max_capture: int = DEFAULT_MAX_CAPTURE
+    h2_body_limit: int = DEFAULT_H2_BODY_LIMIT  # gRPC message-body bytes per HTTP/2 call
     ringbuf_pages: int = DEFAULT_RINGBUF_PAGES
     uprobe_level: str = "headers"  # or "messages": + one uprobe hit per DATA frame
     uprobe_value_max: int = DEFAULT_VALUE_MAX
@@ -65,6 +70,7 @@ def start_collector(
         args += ["--port", str(p)]
     if name == "kprobe":
         args += ["--max-capture", str(options.max_capture)]
+        args += ["--h2-body-limit", str(options.h2_body_limit)]
         args += ["--ringbuf-pages", str(options.ringbuf_pages)]
     if name == "tls":
         for b in binaries or []:

@@ -32,13 +32,15 @@ DEFAULT_EXCHANGES = {
     "http10-short": 400, "http11-keepalive": 400, "http11-pipelined": 400, "http11-mixed": 200,
     "grpc-unary": 200,
     "grpc-server-stream": 100, "grpc-client-stream": 100, "grpc-bidi": 100,
-    "grpc-unary-shapes": 300, "grpc-stream-shapes": 100,
+    "grpc-unary-shapes": 300, "grpc-stream-shapes": 100, "h2c-plain": 300,
 }  # fmt: skip
 # gRPC scenarios also run against stripped Go builds (-ldflags="-s -w").
 STRIPPED_SCENARIOS = ("grpc-unary", "grpc-bidi")
 # The stream-shape scenarios run against the Go server only (its GOAWAY option), from
 # both client languages.
 SHAPE_PAIRS = (("go", "go"), ("py", "go"))
+# Plain HTTP/2 (h2c-plain): Go net/http and Node's http2, every direction.
+H2C_PAIRS = (("go", "go"), ("go", "node"), ("node", "go"), ("node", "node"))
 # Where in the workload (share of its time span) the sweep replays an attach.
 SWEEP_FRACTIONS = (0.1, 0.25, 0.5, 0.75)
 QUICK_SWEEP_FRACTIONS = (0.25, 0.5, 0.75)
@@ -125,6 +127,8 @@ def _in_default(r: MatrixRun) -> bool:
     ver = r.grpc_version or ""
     if r.tls:
         return (r.scenario, r.client, r.server, r.attach) in DEFAULT_TLS
+    if SCENARIOS[r.scenario].proto == "h2c":  # each language on each side, early and late
+        return r.client != r.server or r.attach == "early"
     if {r.client, r.server} - {"py", "go"}:  # further stacks: unary, both ways, both attaches
         return r.scenario == "grpc-unary"
     if ver.endswith(STRIPPED):  # every version stripped, unary; late for the current one
@@ -142,7 +146,8 @@ def _full_plan(collectors: tuple[str, ...]) -> list[MatrixRun]:
     for name, scen in SCENARIOS.items():
         n = DEFAULT_EXCHANGES[name]
         shapes = name.endswith("-shapes")
-        for client, server in SHAPE_PAIRS if shapes else PAIRS:
+        pairs = SHAPE_PAIRS if shapes else H2C_PAIRS if scen.proto == "h2c" else PAIRS
+        for client, server in pairs:
             for attach in ATTACHES:
                 runs.append(MatrixRun(
                     name, client, server, attach, n, collectors,
@@ -183,6 +188,8 @@ def tls_plan(collectors: tuple[str, ...], quick: bool = False) -> list[MatrixRun
     runs = []
     for name, scen in SCENARIOS.items():
         n = DEFAULT_EXCHANGES[name]
+        if scen.proto == "h2c":  # prior-knowledge cleartext: no TLS variant
+            continue
         for client, server in PAIRS:
             if scen.is_grpc and (client, server) == ("py", "py"):
                 continue
@@ -219,6 +226,7 @@ def _quick_plan(collectors: tuple[str, ...]) -> list[MatrixRun]:
         MatrixRun("grpc-unary", "go", "go", "late", 60, collectors, old + STRIPPED),
         MatrixRun("grpc-bidi", "py", "go", "late", 30, collectors, cur),
         MatrixRun("grpc-server-stream", "go", "py", "early", 30, collectors, cur),
+        MatrixRun("h2c-plain", "node", "go", "late", 60, collectors),
         *tls_plan(collectors, quick=True),
     ]
 

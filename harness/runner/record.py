@@ -96,6 +96,9 @@ def record(spec: RunSpec, out_dir: Path, progress: Progress = lambda _m: None) -
             raise ProbebenchError(f"unknown collector {c!r}; choose from {', '.join(COLLECTORS)}")
     if spec.attach not in ("early", "late"):
         raise ProbebenchError("--attach must be early or late")
+    scenarios.check_pair(scen, spec.client, spec.server)
+    if spec.tls:
+        scenarios.check_tls(scen)
     if spec.tls_version not in TLS_VERSIONS:
         raise ProbebenchError(f"--tls-version must be one of {', '.join(TLS_VERSIONS)}")
     exchanges = spec.exchanges or scen.default_exchanges
@@ -183,7 +186,7 @@ def _record(
         _wait_for(server, "READY", READY_TIMEOUT_S, run_dir)
         manifest.processes.append(
             {"role": "server", "lang": spec.server, "pid": server.pid, "argv": server_cmd,
-             "uprobe_gap": scenarios.UPROBE_GAP.get(spec.server)}
+             "uprobe_gap": scenarios.uprobe_gap(scen, spec.server)}
         )
         progress(f"{spec.server} server ready (pid {server.pid})")
 
@@ -215,7 +218,7 @@ def _record(
         client = _spawn_target(procs, "client", client_cmd, run_dir)
         manifest.processes.append(
             {"role": "client", "lang": spec.client, "pid": client.pid, "argv": client_cmd,
-             "uprobe_gap": scenarios.UPROBE_GAP.get(spec.client)}
+             "uprobe_gap": scenarios.uprobe_gap(scen, spec.client)}
         )
         if spec.attach == "late":
             _wait_for(client, "WARM", READY_TIMEOUT_S * 4, run_dir)

@@ -23,8 +23,9 @@ JAVA_DIR = SCEN_DIR / "java"
 RUST_BIN = SCEN_DIR / "rust" / "bin"
 # Languages of the targets (--client/--server), and the protocols each one speaks.
 LANGS = ("py", "go", "node", "java", "rust")
-LANG_PROTOS = {"py": {"http10", "http11", "grpc"}, "go": {"http10", "http11", "grpc"},
-               "node": {"grpc"}, "java": {"grpc"}, "rust": {"grpc"}}  # fmt: skip
+# h2c: plain HTTP/2 with prior knowledge, Go net/http's own and Node's built-in http2.
+LANG_PROTOS = {"py": {"http10", "http11", "grpc"}, "go": {"http10", "http11", "grpc", "h2c"},
+               "node": {"grpc", "h2c"}, "java": {"grpc"}, "rust": {"grpc"}}  # fmt: skip
 # Why the uprobe collector (grpc-go's own functions) cannot see a target of a language: the
 # report's multi-language column states the reason per stack, not just 0%.
 UPROBE_GAP = {
@@ -33,6 +34,23 @@ UPROBE_GAP = {
     "java": "grpc-java is JVM bytecode compiled by the JIT (Netty's HTTP/2); no symbols to probe",
     "rust": "tonic and h2 are native code with symbols, but no probe is written for them",
 }
+# The same for plain HTTP/2 (h2c-plain): neither stack links grpc-go.
+H2C_UPROBE_GAP = {
+    "go": "Go net/http's own HTTP/2 (its bundled x/net/http2), not grpc-go: the library the "
+          "probes hook is not linked",
+    "node": "Node's built-in http2 (nghttp2 inside the node binary, driven from JavaScript): "
+            "no grpc-go to probe",
+}
+
+
+def uprobe_gap(s: Scenario, lang: str) -> str | None:
+    """Why the uprobe collector cannot see this scenario's target of this language, if known
+    beforehand (the run measures it all the same)."""
+    if s.proto == "h2c":
+        return H2C_UPROBE_GAP.get(lang)
+    if not s.is_grpc:
+        return "HTTP/1: the probes hook grpc-go's HTTP/2 transport only"
+    return UPROBE_GAP.get(lang)
 
 
 @dataclass(frozen=True)
@@ -54,6 +72,11 @@ class Scenario:
     @property
     def is_grpc(self) -> bool:
         return self.proto == "grpc"
+
+    @property
+    def is_h2(self) -> bool:
+        """HTTP/2 on the wire (gRPC or plain h2c): the truth decodes its port as http2."""
+        return self.protocol.startswith("h2c")
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -82,6 +105,9 @@ SCENARIOS: dict[str, Scenario] = {
                  default_exchanges=200,
                  client_args=("--inflight", "8", "--cancel-every", "5"),
                  server_args=("--max-connection-age", "2s"), servers=("go",)),
+        # The HTTP/1 plan (methods, statuses, extra headers, bodies streamed without a
+        # length) over prior-knowledge h2c: Go net/http's own HTTP/2 and Node's http2.
+        Scenario("h2c-plain", "h2c", "h2c", default_exchanges=1000, servers=("go", "node")),
     )
 }
 
@@ -115,9 +141,21 @@ def _check_lang(s: Scenario, lang: str) -> None:
         raise ProbebenchError(f"the {lang} targets do not run {s.name}; they run: {speaks}")
 
 
-def _node_script(role: str) -> list[str]:
-    script = NODE_DIR / f"grpc_{role}.js"
-    if not (NODE_DIR / "node_modules" / "@grpc" / "grpc-js").is_dir():
+def _check_server(s: Scenario, lang: str) -> None:
+    _check_lang(s, lang)
+    if lang not in s.servers:
+        raise ProbebenchError(f"scenario {s.name} needs a {' or '.join(s.servers)} server")
+
+
+def check_pair(s: Scenario, client: str, server: str) -> None:
+    """Both targets can run the scenario: an error before a run directory exists."""
+    _check_lang(s, client)
+    _check_server(s, server)
+
+
+def _node_script(role: str, proto: str = "grpc") -> list[str]:
+    script = NODE_DIR / f"{proto}_{role}.js"
+    if proto == "grpc" and not (NODE_DIR / "node_modules" / "@grpc" / "grpc-js").is_dir():
         raise ProbebenchError("the Node targets' packages are not installed: "
                               "run scripts/build-targets")  # fmt: skip
     return ["node", str(script)]
@@ -139,12 +177,10 @@ def _rust_binary(role: str) -> list[str]:
 
 
 def server_command(s: Scenario, lang: str, port: int, grpc_version: str | None) -> list[str]:
-    _check_lang(s, lang)
+    _check_server(s, lang)
     common = ["--proto", s.proto, "--host", "127.0.0.1", "--port", str(port)]
-    if lang not in s.servers:
-        raise ProbebenchError(f"scenario {s.name} needs a {' or '.join(s.servers)} server")
     if lang == "node":
-        return [*_node_script("server"), *common]
+        return [*_node_script("server", s.proto), *common]
     if lang == "java":
         return [*_java_main("probebench.GrpcServer"), *common]
     if lang == "rust":
@@ -192,7 +228,7 @@ def client_command(
         args += ["--rate", str(rate)]
     _check_lang(s, lang)
     if lang == "node":
-        return [*_node_script("client"), *args]
+        return [*_node_script("client", s.proto), *args]
     if lang == "java":
         return [*_java_main("probebench.GrpcClient"), *args]
     if lang == "rust":
@@ -209,12 +245,20 @@ def keylog_writer(s: Scenario, lang: str) -> bool:
     return not (s.is_grpc and lang == "py")
 
 
+def check_tls(s: Scenario) -> None:
+    """A scenario that has no TLS variant is an error before anything starts."""
+    if s.proto == "h2c":
+        raise ProbebenchError(f"{s.name} is cleartext HTTP/2 with prior knowledge: it has no "
+                              "TLS variant")
+
+
 def tls_arguments(
     s: Scenario, lang: str, tls_dir: Path | None, version: str, keylog: Path | None
 ) -> list[str]:
     """The target options of a TLS run (scenarios/README.md, "TLS"); none without TLS."""
     if tls_dir is None:
         return []
+    check_tls(s)
     args = ["--tls-dir", str(tls_dir), "--tls-version", version]
     if keylog is not None and keylog_writer(s, lang):
         args += ["--keylog", str(keylog)]

@@ -129,4 +129,4 @@ function canonical(msg) {
   return out;
 }
 
-module.exports = { MODES, METADATA_KEYS, makePlan, callJson, bidiShare, canonical };
+module.exports = { MODES, METADATA_KEYS, makePlan, callJson, bidiShare, canonical, SplitMix64 };

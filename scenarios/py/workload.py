@@ -16,8 +16,11 @@ T = TypeVar("T")
 
 MASK64 = (1 << 64) - 1
 
-PROTOS = ("http10", "http11")
-PROTOCOL_NAME = {"http10": "http/1.0", "http11": "http/1.1"}
+# h2c: the same plan over prior-knowledge HTTP/2 (scenario h2c-plain, Go and Node targets);
+# a body "chunked" in HTTP/1.1 is one streamed without content-length there.
+PROTOS = ("http10", "http11", "h2c")
+PROTOCOL_NAME = {"http10": "http/1.0", "http11": "http/1.1", "h2c": "h2c"}
+STREAMED = frozenset({"http11", "h2c"})  # protos whose bodies may go without a length
 
 METHOD_WEIGHTS: tuple[tuple[str, int], ...] = (
     ("GET", 30),
@@ -181,7 +184,7 @@ def make_plan(
         resp_mode = "cl"
         if (
             chunk_draw == 0
-            and proto == "http11"
+            and proto in STREAMED
             and status not in NO_BODY_STATUSES
             and method != "HEAD"
         ):
@@ -189,7 +192,7 @@ def make_plan(
         resp_bytes = 0 if method == "HEAD" else resp_size
         if method not in BODY_METHODS:
             body = 0
-        req_chunked = body_chunk_draw == 0 and proto == "http11" and method in BODY_METHODS
+        req_chunked = body_chunk_draw == 0 and proto in STREAMED and method in BODY_METHODS
         path = f"/r/{status}/{resp_size}/{resp_mode}?n={i}&v={qv}"
         if pad_draw == 0:
             path += "&pad=" + "p" * pad_len

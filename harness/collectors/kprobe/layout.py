@@ -13,6 +13,10 @@ MAX_CHUNK = 16384  # payload bytes per data event
 MAX_CHUNKS = 16  # events per syscall, the program's loop bound
 # 64 KiB per call covers Go's 32 KiB reads whole, so chunked framing stays in view.
 DEFAULT_MAX_CAPTURE = 65536
+# gRPC message-body bytes captured per frame-aware HTTP/2 call: none. No field needs them
+# (messages are counted by their 5-byte prefixes, which are always kept), and they were
+# most of the collector's cost on gRPC (1 MiB messages written to the event file).
+DEFAULT_H2_BODY_LIMIT = 0
 # 64 MiB: a Go client moving 256 KiB bodies outruns a Python consumer for a moment
 DEFAULT_RINGBUF_PAGES = 16384
 

@@ -29,6 +29,7 @@ from harness.collectors.btf import socket_walk_defines
 from harness.collectors.cli import recorder_parser, stop_flag, stopped_by, write_stats
 from harness.collectors.eventfile import KERNEL, EventWriter
 from harness.collectors.kprobe.layout import (
+    DEFAULT_H2_BODY_LIMIT,
     DEFAULT_MAX_CAPTURE,
     DEFAULT_RINGBUF_PAGES,
     chunk_for,
@@ -56,8 +57,11 @@ class Recorder:
         max_capture: int = DEFAULT_MAX_CAPTURE,
         ringbuf_pages: int = DEFAULT_RINGBUF_PAGES,
         poll_ms: int = DEFAULT_POLL_MS,
+        h2_body_limit: int = DEFAULT_H2_BODY_LIMIT,
     ) -> None:
         chunk = chunk_for(max_capture)
+        if not 0 <= h2_body_limit <= max_capture:
+            raise ProbebenchError("--h2-body-limit must be between 0 and --max-capture")
         if not 1 <= poll_ms <= 1000:
             raise ProbebenchError("--poll-ms must be between 1 and 1000")
         self.poll_ms = poll_ms
@@ -73,6 +77,7 @@ class Recorder:
             "PB_SELF_TGID": os.getpid(),
             "PB_CHUNK": chunk,
             "PB_CALL_LIMIT": max_capture,
+            "PB_H2_BODY_LIMIT": h2_body_limit,
             "PB_RINGBUF_PAGES": ringbuf_pages,
         }
         # fd -> socket walk at the running kernel's offsets (connections' own addresses)
@@ -277,6 +282,7 @@ class Recorder:
             "h2_skipped_body_bytes": totals[d["PB_STAT_H2_SKIPPED_BYTES"]],
             "h2_sync_lost_implausible": totals[d["PB_STAT_H2_IMPLAUSIBLE"]],
             "h2_sync_lost_bound": totals[d["PB_STAT_H2_BOUND"]],
+            "h2_resyncs": totals[d["PB_STAT_H2_RESYNC"]],
             "tail_call_failures": totals[d["PB_STAT_TAIL_FAILED"]] - self.tail_failed_before_attach,
             "records_written": self.writer.records,
             "bytes_written": self.writer.bytes,
@@ -317,9 +323,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ringbuf-pages", type=int, default=DEFAULT_RINGBUF_PAGES)
     ap.add_argument("--poll-ms", type=int, default=DEFAULT_POLL_MS,
                     help="drain the ring at least this often (records do not wake the recorder)")
+    ap.add_argument("--h2-body-limit", type=int, default=DEFAULT_H2_BODY_LIMIT,
+                    help="gRPC message-body bytes captured per frame-aware HTTP/2 call")
     a = ap.parse_args(argv)
     try:
-        rec = Recorder(a.out, a.tgid, a.port, a.max_capture, a.ringbuf_pages, a.poll_ms)
+        rec = Recorder(a.out, a.tgid, a.port, a.max_capture, a.ringbuf_pages, a.poll_ms,
+                       a.h2_body_limit)
         stats = rec.run(a.deadline)
     except ProbebenchError as e:
         print(f"kprobe collector: {e}", file=sys.stderr)

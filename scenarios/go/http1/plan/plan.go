@@ -120,7 +120,12 @@ func HasBody(method string) bool {
 // in the plan (304 only comes from the mixed plan).
 func NoBody(status int) bool { return status == 204 || status == 304 }
 
-// Make returns the n requests for seed and proto ("http10" or "http11").
+// streamed reports whether proto's bodies may go without a length: chunked in
+// HTTP/1.1, DATA frames without content-length in h2c.
+func streamed(proto string) bool { return proto == "http11" || proto == "h2c" }
+
+// Make returns the n requests for seed and proto ("http10", "http11" or "h2c",
+// the same plan over prior-knowledge HTTP/2).
 // mixed (http11 only) turns request i into, by i mod 4: a HEAD, a conditional
 // GET answered 304, a DELETE answered 204, and a POST uploaded after
 // "Expect: 100-continue".
@@ -129,7 +134,7 @@ func NoBody(status int) bool { return status == 204 || status == 304 }
 // pipelined response by the latest request's method, so the truth could not
 // follow a HEAD's) and takes body sizes modulo PipelinedMaxBody+1.
 func Make(n int, seed uint64, proto string, mixed, pipelined bool) ([]Request, error) {
-	if proto != "http10" && proto != "http11" {
+	if proto != "http10" && proto != "http11" && proto != "h2c" {
 		return nil, fmt.Errorf("unknown proto %q", proto)
 	}
 	if mixed && proto != "http11" {
@@ -193,7 +198,7 @@ func Make(n int, seed uint64, proto string, mixed, pipelined bool) ([]Request, e
 			respSize = 0
 		}
 		mode := "cl"
-		if chunkDraw == 0 && proto == "http11" && !NoBody(status) && method != "HEAD" {
+		if chunkDraw == 0 && streamed(proto) && !NoBody(status) && method != "HEAD" {
 			mode = "ch"
 		}
 		respBytes := respSize
@@ -203,7 +208,7 @@ func Make(n int, seed uint64, proto string, mixed, pipelined bool) ([]Request, e
 		if !HasBody(method) {
 			body = 0
 		}
-		reqChunked := bodyChunkDraw == 0 && proto == "http11" && HasBody(method)
+		reqChunked := bodyChunkDraw == 0 && streamed(proto) && HasBody(method)
 		path := fmt.Sprintf("/r/%d/%d/%s?n=%d&v=%d", status, respSize, mode, i, qv)
 		if padDraw == 0 {
 			path += "&pad=" + strings.Repeat("p", int(padLen))

@@ -2,7 +2,8 @@
 // client. It plays the seeded plan of scenarios/plan.md over raw TCP
 // connections (so conn_seq and the local port are exact and nothing follows
 // redirects), verifies every response and writes workload.jsonl, like
-// scenarios/py/http1_client.py. Control protocol: scenarios/README.md.
+// scenarios/py/http1_client.py. With --proto h2c it plays the plan over
+// net/http's own HTTP/2 instead (h2c.go). Control protocol: scenarios/README.md.
 package main
 
 import (
@@ -81,6 +82,7 @@ type lane struct {
 	br      *bufio.Reader
 	connSeq int
 	records []record
+	h2      *http.Transport // h2c: the lane's own transport, so its own connection
 }
 
 func (c *client) dial() (net.Conn, *bufio.Reader, error) {
@@ -194,11 +196,13 @@ func (c *client) writeRequest(conn net.Conn, br *bufio.Reader, req plan.Request)
 
 func (c *client) verify(req plan.Request, resp *http.Response, body []byte) error {
 	var problems []string
-	wantMinor := 1
+	wantMajor, wantMinor := 1, 1
 	if c.proto == "http10" {
 		wantMinor = 0
+	} else if c.proto == "h2c" {
+		wantMajor, wantMinor = 2, 0
 	}
-	if resp.ProtoMajor != 1 || resp.ProtoMinor != wantMinor {
+	if resp.ProtoMajor != wantMajor || resp.ProtoMinor != wantMinor {
 		problems = append(problems, fmt.Sprintf("response version %s", resp.Proto))
 	}
 	if resp.StatusCode != req.Status {
@@ -351,6 +355,8 @@ func (c *client) runPhase(lanes []*lane, lists [][]plan.Request, phase string) e
 			defer wg.Done()
 			if c.proto == "http10" {
 				errs[k] = c.runHTTP10(lanes[k], lists[k], phase)
+			} else if c.proto == "h2c" {
+				errs[k] = c.runH2C(lanes[k], lists[k], phase)
 			} else {
 				errs[k] = c.runHTTP11(lanes[k], lists[k], phase)
 			}
@@ -411,7 +417,7 @@ func die(code int, format string, a ...any) {
 }
 
 func main() {
-	proto := flag.String("proto", "", "http10 or http11")
+	proto := flag.String("proto", "", "http10, http11 or h2c")
 	host := flag.String("host", "127.0.0.1", "server address")
 	port := flag.Int("port", 0, "server port")
 	exchanges := flag.Int("exchanges", -1, "number of exchanges, warm-up included")
@@ -429,8 +435,11 @@ func main() {
 	rate := flag.Float64("rate", 0, "main phase: exchanges per second in all, open loop (0: as fast as it goes)")
 	flag.Parse()
 
-	if *proto != "http10" && *proto != "http11" {
-		die(2, "--proto must be http10 or http11")
+	if *proto != "http10" && *proto != "http11" && *proto != "h2c" {
+		die(2, "--proto must be http10, http11 or h2c")
+	}
+	if *proto == "h2c" && *tlsDir != "" {
+		die(2, "--proto h2c is cleartext HTTP/2: no --tls-dir")
 	}
 	if *exchanges < 0 || *connections < 1 || *warmup < 0 || *deadlineS <= 0 || *pipeline < 1 ||
 		*rate < 0 {
@@ -493,6 +502,9 @@ func main() {
 		for _, l := range lanes {
 			if l.conn != nil {
 				l.conn.Close()
+			}
+			if l.h2 != nil {
+				l.h2.CloseIdleConnections()
 			}
 		}
 	}()

@@ -1,5 +1,6 @@
 // Command http1-server is the Go HTTP/1.0 and HTTP/1.1 keep-alive target
-// server. The request path says what to answer ("/r/<status>/<size>/<mode>",
+// server, and with --proto h2c the h2c-plain one: net/http's own HTTP/2 over
+// cleartext with prior knowledge (no upgrade), the same handler. The request path says what to answer ("/r/<status>/<size>/<mode>",
 // see scenarios/plan.md), so it behaves like scenarios/py/http1_server.py.
 // Control protocol: scenarios/README.md.
 package main
@@ -121,7 +122,7 @@ func (h handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func main() {
-	proto := flag.String("proto", "", "http10 or http11")
+	proto := flag.String("proto", "", "http10, http11 or h2c")
 	host := flag.String("host", "127.0.0.1", "address to bind")
 	port := flag.Int("port", 0, "port to bind")
 	maxSeconds := flag.Float64("max-seconds", 3600, "exit by itself after this long")
@@ -129,8 +130,12 @@ func main() {
 	tlsVersion := flag.String("tls-version", "1.3", "1.2 or 1.3")
 	keylog := flag.String("keylog", "", "append TLS secrets here (NSS key log format)")
 	flag.Parse()
-	if *proto != "http10" && *proto != "http11" {
-		fmt.Fprintln(os.Stderr, "--proto must be http10 or http11")
+	if *proto != "http10" && *proto != "http11" && *proto != "h2c" {
+		fmt.Fprintln(os.Stderr, "--proto must be http10, http11 or h2c")
+		os.Exit(2)
+	}
+	if *proto == "h2c" && *tlsDir != "" {
+		fmt.Fprintln(os.Stderr, "--proto h2c is cleartext HTTP/2: no --tls-dir")
 		os.Exit(2)
 	}
 	ln, err := net.Listen("tcp", net.JoinHostPort(*host, strconv.Itoa(*port)))
@@ -155,6 +160,12 @@ func main() {
 	}
 	if *proto == "http10" {
 		srv.SetKeepAlivesEnabled(false)
+	}
+	if *proto == "h2c" {
+		// HTTP/2 only, prior knowledge: a client must open with the preface.
+		var p http.Protocols
+		p.SetUnencryptedHTTP2(true)
+		srv.Protocols = &p
 	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
