@@ -55,6 +55,7 @@ from harness.runner.collectors import (
 )
 from harness.runner.lifecycle import Child, ProcessSet, read_line_until
 from harness.runner.record import free_port
+from harness.runner.tlsfiles import make_tls_files
 
 if TYPE_CHECKING:  # the fixture comes from benchmarks/conftest.py; no import at run time
     from conftest import OverheadSettings
@@ -66,7 +67,11 @@ CONFIGS: dict[str, tuple[str, ...]] = {
     "kprobe": ("kprobe",),
     "uprobe": ("uprobe",),
     "both": ("kprobe", "uprobe"),
+    "tls": ("tls",),  # the HTTPS workloads only (test_tls_overhead)
 }
+PLAIN_CONFIGS = ("none", "kprobe", "uprobe", "both")
+TLS_CONFIGS = ("none", "tls")
+TLS_VERSION = "1.3"
 # Exchanges per run at scale 1: about 1.5-2 s of client main phase each, measured here.
 EXCHANGES = {
     ("http11-keepalive", "go"): 20_000,
@@ -106,10 +111,11 @@ class Workload:
     scenario: str
     server: str
     exchanges: int
+    tls: bool = False
 
     @property
     def key(self) -> str:
-        return f"{self.scenario}/{CLIENT}2{self.server}"
+        return f"{self.scenario}{'+tls' if self.tls else ''}/{CLIENT}2{self.server}"
 
 
 @dataclass
@@ -195,6 +201,7 @@ class Target:
     port: int
     server: Child
     server_exe: str
+    client_tls: list[str] = field(default_factory=list)  # the client's TLS options, if any
 
 
 @dataclass
@@ -252,7 +259,7 @@ def run_config(
                 scen, CLIENT, t.port, exchanges=t.wl.exchanges + WARMUP_PER_CONN * scen.connections,
                 seed=seed, warmup=WARMUP_PER_CONN, workload=workload, grpc_version=None,
                 deadline=CLIENT_DEADLINE_S, rate=rate,
-            )  # fmt: skip
+            ) + t.client_tls  # fmt: skip
             c = procs.spawn(f"client {t.wl.key}", pinned(CLIENT_CPU, cmd), stdin=subprocess.PIPE)
             read_line_until(c, lambda s: s == "WARM", READY_TIMEOUT_S, "WARM")
             clients[t.wl.key] = c
@@ -352,8 +359,10 @@ def _program_deltas(
         for pid_, p in sorted(progs.items()):
             b = before.get(coll, {}).get(pid_, {"run_time_ns": 0, "run_cnt": 0})
             kind = PROG_KIND.get(p["prog_type"], str(p["prog_type"]))
-            if coll == "uprobe" and kind == "kprobe":
+            if coll in ("uprobe", "tls") and kind == "kprobe":
                 kind = "uprobe"
+            if coll == "tls":
+                kind = f"tls_{kind}"  # beside the grpc-go uprobes' and the kernel side's
             out.append({
                 "collector": coll, "id": pid_, "name": names.get(pid_, ""), "kind": kind,
                 "run_time_ns": p["run_time_ns"] - b["run_time_ns"],
@@ -387,17 +396,23 @@ def bpf_stats_enabled() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def servers_running(wls: list[Workload]) -> Iterator[list[Target]]:
-    """Every workload's server, pinned, READY; stopped and reaped on the way out."""
+def servers_running(wls: list[Workload], tls_dir: Path | None = None) -> Iterator[list[Target]]:
+    """Every workload's server, pinned, READY; stopped and reaped on the way out. TLS
+    workloads use the certificate in ``tls_dir`` (no key log: nobody decrypts here)."""
     with ProcessSet() as procs:
         targets = []
         for wl in wls:
             scen = scenarios.get(wl.scenario)
             port = free_port()
-            cmd = pinned(SERVER_CPU, scenarios.server_command(scen, wl.server, port, None))
+            d = tls_dir if wl.tls else None
+            if wl.tls and d is None:
+                raise ValueError(f"{wl.key}: a TLS workload needs a certificate directory")
+            cmd = pinned(SERVER_CPU, scenarios.server_command(scen, wl.server, port, None)
+                         + scenarios.tls_arguments(scen, wl.server, d, TLS_VERSION, None))
             server = procs.spawn(f"server {wl.key}", cmd, stdin=subprocess.PIPE)
             read_line_until(server, lambda s: s.startswith("READY"), READY_TIMEOUT_S, "READY")
-            targets.append(Target(wl, port, server, _exe(server.pid)))
+            targets.append(Target(wl, port, server, _exe(server.pid),
+                                  scenarios.tls_arguments(scen, CLIENT, d, TLS_VERSION, None)))
         yield targets
 
 
@@ -427,7 +442,7 @@ class Report:
     def summary(self) -> dict[str, dict[str, float]]:
         """Flat numbers per collector config across workloads, for the report's seed table."""
         out: dict[str, dict[str, float]] = {}
-        for config in ("kprobe", "uprobe", "both"):
+        for config in ("kprobe", "uprobe", "both", "tls"):
             rows = [w["configs"][config] for w in self.workloads.values()
                     if "throughput_ratio" in w["configs"].get(config, {})]  # fmt: skip
             if not rows:
@@ -441,7 +456,7 @@ class Report:
                    if r.get("collector_cpu_user_s_per_1k") is not None]  # fmt: skip
             if cpu:
                 s["cpu_user_s_per_1k_max"] = max(cpu)
-            want = {"kprobe": "tracepoint", "uprobe": "uprobe"}.get(config)
+            want = {"kprobe": "tracepoint", "uprobe": "uprobe", "tls": "tls_uprobe"}.get(config)
             hits = [k.get("ns_per_hit") for b in self.bpf_run_time.values()
                     for kind, k in b["by_kind"].items() if kind == want]  # fmt: skip
             if any(h is not None for h in hits):
@@ -513,7 +528,8 @@ def report(overhead_settings: OverheadSettings) -> Iterator[Report]:
 class Session:
     workloads: list[Workload]
     work_dir: Path
-    configs: list[str] = field(default_factory=lambda: list(CONFIGS))
+    configs: list[str] = field(default_factory=lambda: list(PLAIN_CONFIGS))
+    tls_dir: Path | None = None  # the certificate of the TLS workloads
     results: dict[str, dict[str, list[RunResult]]] = field(default_factory=dict)
     not_measured: dict[str, dict[str, str]] = field(default_factory=dict)
     orders: list[list[str]] = field(default_factory=list)
@@ -533,7 +549,7 @@ class Session:
         k = r % len(self.configs)
         order = self.configs[k:] + self.configs[:k]
         self.orders.append(order)
-        with servers_running(self.workloads) as targets:
+        with servers_running(self.workloads, self.tls_dir) as targets:
             for config in order:
                 if config not in self.configs:
                     continue  # dropped earlier this round
@@ -603,9 +619,39 @@ def test_overhead(
                   f"exit programs {m['exit_ns_per_hit'] or 0:.0f} ns/hit x "
                   f"{m['exit_hits_per_exchange']:.1f} hits/exchange, "
                   f"{m['h2_frame_aware_calls']} frame-aware calls")  # fmt: skip
-    report.collectors = sess.collector_totals
+    report.collectors.update(sess.collector_totals)
     benchmark.extra_info.update(workloads=report.workloads, collectors=sess.collector_totals,
                                 warnings=report.warnings)  # fmt: skip
+
+
+def test_tls_overhead(
+    benchmark: BenchmarkFixture,
+    report: Report,
+    overhead_settings: OverheadSettings,
+    tmp_path: Path,
+) -> None:
+    """The TLS collector on HTTPS/1.1 keep-alive (TLS 1.3), Go client: none and tls
+    interleaved per round, then its programs' hits and run time with BPF stats on. A Go
+    server is probed at crypto/tls, a Python one at libssl (OpenSSL)."""
+    (tmp_path / "events").mkdir()
+    tls_dir = make_tls_files(tmp_path / "tls").dir
+    wls = [Workload(w.scenario, w.server, w.exchanges, tls=True)
+           for w in workloads(overhead_settings) if w.scenario == "http11-keepalive"]
+    sess = Session(wls, tmp_path, list(TLS_CONFIGS), tls_dir)
+    benchmark.group = "TLS overhead rounds (attach included; see extra_info)"
+    benchmark.pedantic(sess.one_round, rounds=overhead_settings.rounds, iterations=1)
+    bpf = _bpf_pass(sess, tmp_path)
+    for wl in sess.workloads:
+        entry = _analyse(sess, wl, overhead_settings.rounds)
+        entry["tls_version"] = TLS_VERSION
+        entry["bpf_run_time"] = bpf.get(wl.key)
+        report.workloads[wl.key] = {k: v for k, v in entry.items() if k != "warnings"}
+        report.bpf_run_time[wl.key] = bpf.get(wl.key)
+        report.warnings += entry["warnings"]
+        _print_workload(wl, entry["configs"], bpf.get(wl.key), entry["warnings"])
+    report.collectors.update(sess.collector_totals)
+    benchmark.extra_info.update(workloads={w.key: report.workloads[w.key] for w in wls},
+                                collectors=sess.collector_totals)  # fmt: skip
 
 
 def _analyse(sess: Session, wl: Workload, rounds: int) -> dict[str, Any]:
@@ -652,8 +698,8 @@ def _analyse(sess: Session, wl: Workload, rounds: int) -> dict[str, Any]:
 def _bpf_pass(sess: Session, work_dir: Path) -> dict[str, Any]:
     """One more attach of every available collector with BPF stats on: ns per program run,
     read around each workload's client."""
-    config = "both" if "both" in sess.configs else "kprobe"
-    with bpf_stats_enabled(), servers_running(sess.workloads) as targets:
+    config = next(c for c in ("both", "tls", "kprobe") if c in sess.configs)
+    with bpf_stats_enabled(), servers_running(sess.workloads, sess.tls_dir) as targets:
         run = run_config(config, targets, work_dir, seed=1000, with_bpf_stats=True)
     out: dict[str, Any] = {}
     for key, res in run.results.items():

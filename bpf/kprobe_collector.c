@@ -533,8 +533,9 @@ static __always_inline int is_settings(const u8 *b, u32 len) {
 /* A TLS record header: handshake (0x16) or, mid-stream, application data (0x17),
  * version 0x0300-0x0304. Neither can start an HTTP/1 message or a plausible
  * HTTP/2 frame (its length would be > 16384). */
+#define PB_INFER_MIN 5 /* a TLS record header; every HTTP/1 method fits too */
 static __always_inline int is_tls_record(const u8 *b, u32 len) {
-    return len >= 5 && (b[0] == 0x16 || b[0] == 0x17) && b[1] == 3 && b[2] <= 4;
+    return len >= PB_INFER_MIN && (b[0] == 0x16 || b[0] == 0x17) && b[1] == 3 && b[2] <= 4;
 }
 static __always_inline u8 infer(const u8 *b, u32 len, u8 from_start) {
     if (len >= 4 && starts((const char *)b, "PRI ", 4)) return PB_PROTO_HTTP2;
@@ -1016,6 +1017,9 @@ int data_fn(void *ctx) {
                 want_address(&key, ts);
             }
         } else {
+            /* fewer bytes than a TLS record header cannot rule anything out (nginx peeks
+             * at 1 byte of a new TLS connection): unnumbered, the next call decides */
+            if (!p && first_len < PB_INFER_MIN) return 0;
             if (!p) {
                 c->proto = PB_IGNORED;
                 stat_add(PB_STAT_NON_HTTP, 1);

@@ -6,7 +6,9 @@
  * sock_send_length/sock_recv_length tracepoints on the same thread while the call
  * is open (the approach Pixie and Coroot moved to), its address from the TCP state
  * change that established it. A call that moved no socket bytes (a read served
- * from OpenSSL's buffer) takes the address its SSL object used last. Stitching
+ * from OpenSSL's buffer) takes the address its SSL object used last, or the one its
+ * handshake (SSL_do_handshake) used: with TLS 1.3 a server's first SSL_read often
+ * returns a request the handshake already read (nginx). Stitching
  * and everything else is replay's. */
 #include <uapi/linux/ptrace.h>
 #include <linux/socket.h>
@@ -219,6 +221,36 @@ int probe_ssl_write_ex(struct pt_regs *ctx) { return enter(ctx, PB_TLS_DIR_SEND,
 int probe_ssl_read(struct pt_regs *ctx) { return enter(ctx, PB_TLS_DIR_RECV, 0); }
 int probe_ssl_read_ex(struct pt_regs *ctx) { return enter(ctx, PB_TLS_DIR_RECV, 1); }
 int probe_ssl_return(struct pt_regs *ctx) { return leave(ctx); }
+/* SSL_do_handshake: no plaintext, only the socket its own I/O used, kept as the SSL
+ * object's address. Its own return probe, so a handshake run inside an open SSL_read
+ * or SSL_write (not tracked then) never ends that call. */
+#define HANDSHAKE_DIR 0xff
+int probe_ssl_handshake(struct pt_regs *ctx) {
+    u64 id = bpf_get_current_pid_tgid();
+    if (!traced(id >> 32)) return 0;
+    u32 tid = (u32)id;
+    if (open_calls.lookup(&tid)) return 0;
+    struct open_call c = {};
+    c.ssl = PT_REGS_PARM1(ctx);
+    c.fd = -1;
+    c.dir = HANDSHAKE_DIR;
+    open_calls.update(&tid, &c);
+    return 0;
+}
+int probe_ssl_handshake_return(struct pt_regs *ctx) {
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct open_call *c = open_calls.lookup(&tid);
+    if (!c || c->dir != HANDSHAKE_DIR) return 0;
+    u64 ssl = c->ssl, sk = c->sk;
+    open_calls.delete(&tid);
+    struct addr *found = sk ? sk_addr.lookup(&sk) : 0;
+    if (found) {
+        struct addr a = *found;
+        ssl_addr.update(&ssl, &a);
+    }
+    return 0;
+}
+
 /* A freed SSL object's address may be the next connection's: forget it. */
 int probe_ssl_free(struct pt_regs *ctx) {
     if (!traced(bpf_get_current_pid_tgid() >> 32)) return 0;

@@ -14,6 +14,12 @@
 #ifndef PB_FILTER_TGID
 #define PB_FILTER_TGID 0
 #endif
+#ifndef PB_TYPE_SYSCONN
+#define PB_TYPE_SYSCONN 0 /* no *syscallConn hop (see unwrap) */
+#endif
+#ifndef PB_TYPE_TLSCONN
+#define PB_TYPE_TLSCONN 0 /* no *tls.Conn hop */
+#endif
 #define PB_MAX_PIECES 16 /* [][]byte pieces summed per DATA write */
 #define PB_COPY_PIECES 4 /* pieces the payload prefix is copied from */
 
@@ -140,6 +146,25 @@ static __always_inline u8 read_tcpaddr(u64 iface, u8 *ip, u16 *port, u8 *ip_len)
     return PB_ADDR_OK;
 }
 
+/* Over TLS the transport's net.Conn is grpc-go's *syscallConn, whose sysConn field holds
+ * the raw *net.TCPConn, or a bare *tls.Conn, whose conn field holds it: one hop, by the
+ * wrapper's dynamic type, to the interface that names the socket. */
+static __always_inline u64 unwrap(u64 iface) {
+#if PB_TYPE_SYSCONN
+    if (iface_is(iface, PB_TYPE_SYSCONN)) {
+        u64 w = rd64(iface + 8);
+        return w ? w + PB_SYSCONN_INNER : iface;
+    }
+#endif
+#if PB_TYPE_TLSCONN
+    if (iface_is(iface, PB_TYPE_TLSCONN)) {
+        u64 w = rd64(iface + 8);
+        return w ? w + PB_TLSCONN_INNER : iface;
+    }
+#endif
+    return iface;
+}
+
 /* From the probe's root object to the connection: its netFD, fd and both addresses. */
 static __always_inline void conn_of(struct conn_addr *c, u64 root, s64 s0, u64 t0, s64 s1,
                                     u64 t1, s64 conn_off) {
@@ -152,6 +177,9 @@ static __always_inline void conn_of(struct conn_addr *c, u64 root, s64 s0, u64 t
     if (!tcpconn) return;
     c->conn = tcpconn; /* a stable name even when the type is not TCP */
 #if PB_HAVE_ADDR
+    iface = unwrap(iface);
+    tcpconn = rd64(iface + 8);
+    if (!tcpconn) return;
     if (!iface_is(iface, PB_TYPE_TCPCONN)) {
         c->status = PB_ADDR_NOT_TCP;
         return;

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from harness.groundtruth import extract
 from harness.model import load_metrics
 from harness.runner.record import free_port
 
@@ -27,7 +29,9 @@ CLIENT = ROOT / "scenarios" / "py" / "http1_client.py"
 PIPELINED, MIXED = 48, 24
 
 
-def test_pipelined_and_100_continue_are_seen_whole_on_both_sides(tmp_path: Path) -> None:
+def test_pipelined_and_100_continue_are_seen_whole_on_both_sides(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     port = free_port()
     client = (f"{sys.executable} {CLIENT} --proto http11 --host 127.0.0.1 --port {port} "
               f"--warmup 0 --deadline 60")  # fmt: skip
@@ -58,3 +62,11 @@ def test_pipelined_and_100_continue_are_seen_whole_on_both_sides(tmp_path: Path)
     for side, row in rows.items():
         got = (row["observable"], row["matched"], row["degraded"], row["phantoms"])
         assert got == (PIPELINED + MIXED, PIPELINED + MIXED, 0, 0), (side, row)
+    # Frames re-read for their messages or bytes (pipelined, repeated): in batches of frame
+    # numbers, or in one pass over every HTTP frame when they are many (a soak): the same
+    capture = run_dir / "capture.pcapng"
+    batched, _ = extract.extract_exchanges(capture, http1_ports=[port], h2c_ports=[])
+    monkeypatch.setattr(extract, "_MULTI_PASSES", 0)
+    one_pass, _ = extract.extract_exchanges(capture, http1_ports=[port], h2c_ports=[])
+    assert len(batched) == PIPELINED + MIXED
+    assert [asdict(x) for x in one_pass] == [asdict(x) for x in batched]

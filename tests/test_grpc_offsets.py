@@ -83,6 +83,9 @@ def test_stripped_target_resolves_from_the_table(version: str) -> None:
         assert r.source == "table" and r.error is None and r.unsupported == [], r.error
         assert r.grpc_version == version and "from build info" in r.how
         assert r.defines["PB_HAVE_ADDR"] == 1 and r.defines["PB_TYPE_TCPCONN"] > 0
+        # over TLS the walk follows grpc-go's wrapper and *tls.Conn to the socket
+        assert r.defines["PB_TYPE_SYSCONN"] > 0 and r.defines["PB_TYPE_TLSCONN"] > 0
+        assert r.defines["PB_SYSCONN_INNER"] == 16 and r.defines["PB_TLSCONN_INNER"] == 0
         assert {"write_header", "write_data", "write_rst", f"{role}_rst"} <= set(r.probes)
 
 

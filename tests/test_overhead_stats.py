@@ -212,3 +212,26 @@ def test_decompose_takes_other_processes_hits_out():
     assert k["bpf_ns_per_exchange_all_processes"] == 8000.0
     assert k["bpf_ns_per_hit"] == pytest.approx(6800.0 / 16)
     assert oh.others_bpf_ns(10, 16, 50.0) == 0.0  # never negative
+
+
+def test_decompose_the_tls_collector_against_the_uprobe_trap():
+    workload = {
+        "configs": {
+            "none": {"throughput": {"mean": 1000.0}},
+            "tls": {"throughput_ratio": 0.8,
+                    "collectors": {"tls": {"cpu_user_s_per_1k": 0.1}}},
+        },
+        "bpf_run_time": {"by_kind": {
+            "tls_uprobe": {"hits_per_exchange": 6.0, "ns_per_exchange": 6000.0,
+                           "ns_per_hit": 1000.0},
+            "tls_tracepoint": {"hits_per_exchange": 50.0, "ns_per_exchange": 5000.0,
+                               "ns_per_hit": 100.0},
+            # another collector's programs in the same pass are not the TLS collector's
+            "uprobe": {"hits_per_exchange": 99.0, "ns_per_exchange": 1.0, "ns_per_hit": 1.0},
+        }},
+    }  # fmt: skip
+    t = oh.decompose(workload, {"tracepoint_added_ns": 50.0, "uprobe_added_ns": 2000.0})["tls"]
+    assert t["hits_per_exchange"] == 6.0 and t["floor_ns_per_exchange"] == 12_000.0
+    assert t["bpf_per_hit_over_trap"] == pytest.approx(0.5)
+    assert t["tracepoint_hits_per_exchange_all_processes"] == 50.0
+    assert t["tracepoint_bpf_ns_per_exchange"] == 5000.0 and t["cpu_user_s_per_1k"] == 0.1

@@ -11,6 +11,7 @@ import pytest
 
 from harness.collectors.kprobe.decode import infer_proto, is_tls_record
 from harness.errors import CaptureError
+from harness.groundtruth.extract import parse_decrypted_dump
 from harness.groundtruth.tlskeys import merge_keylogs
 from harness.groundtruth.tshark import decode_as
 from harness.model import load_metrics
@@ -128,3 +129,20 @@ def test_tls_run_without_secrets_is_marked_not_scored(tmp_path: Path) -> None:
     m = load_metrics(run_dir)
     assert "no TLS secrets" in m["truth_unavailable"]
     assert m["rows"] == [] and m["tls"]["handshakes"] > 0
+
+
+def test_decrypted_bytes_are_read_from_the_hex_dump() -> None:
+    # tshark -P -x with the frame number as the only column: each frame's data sources
+    dump = (
+        "   30\n\nFrame (184 bytes):\n"
+        "0000  00 00 17 03 03 00 71 5f e5 c9 73 5e ac c6 f8 c5   ......q_..s^....\n"
+        "Decrypted TLS (20 bytes):\n"
+        "0000  47 45 54 20 2f 69 6e 64 65 78 2e 68 74 6d 6c 20   GET /index.html \n"
+        "0010  48 54 54 50                                       HTTP\n\n"
+        "   31\n\nFrame (60 bytes):\n0000  00 01 02 03   ....\n"
+        "Decrypted TLS (2 bytes):\n0000  4f 4b                                             OK\n"
+        "Decrypted TLS (2 bytes):\n0000  21 21                                             !!\n"
+        "   32\n\nFrame (66 bytes):\n0000  00 01 02 03   ....\n"
+    )
+    got = parse_decrypted_dump(dump)
+    assert got == {30: b"GET /index.html HTTP", 31: b"OK!!"}  # 32: nothing decrypted

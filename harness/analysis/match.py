@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import bisect
-from collections import defaultdict
+import heapq
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from harness.model import Exchange
@@ -98,124 +100,270 @@ class Matching:
     phantoms: list[Exchange]  # observed, with no truth partner
 
 
+# Every path below looks at most MATCH_WINDOW_NS back and CLOCK_TOLERANCE_NS ahead of an
+# observation's start: truth older than this behind it can be nobody's partner any more.
+HORIZON_NS = MATCH_WINDOW_NS + CLOCK_TOLERANCE_NS
+
+_Key = tuple[object, ...]
+_Cand = tuple[int, int]  # (truth start, truth index): each connection's list is sorted on it
+
+
+@dataclass(slots=True)
+class _Last:
+    """The truth exchange a connection's last observed exchange took: the next one in the
+    collector's sequence answers the next request in the truth's (pipelining puts several
+    requests on the wire before the server reads the first)."""
+
+    conn_id: str | None
+    conn_seq: int
+    cand: _Cand
+    # truth after ``cand`` on the connection that aged out while free: the first of them
+    # was the next in sequence, and too old for any later observation
+    blocked: bool = False
+    blocked_ids: list[int] = field(default_factory=list)  # such truth an id may still take
+
+
+class StreamMatcher:
+    """``match`` over time-ordered streams, holding only the truth of the last few seconds.
+
+    Feed truth with ``add_truth`` and observations with ``add_observed`` in order of start
+    time, truth at least HORIZON_NS ahead of the observations (``run`` does the
+    interleaving); ``close_connection`` once a collector connection has yielded its last
+    exchange; ``finish`` at the end. Verdicts and phantoms go to the callbacks as they are
+    decided. Truth that carries the workload's exchange id stays to the end: an
+    observation without an address may claim it by that id at any time."""
+
+    def __init__(
+        self, on_pair: Callable[[Verdict], None], on_phantom: Callable[[Exchange], None]
+    ) -> None:
+        self._on_pair, self._on_phantom = on_pair, on_phantom
+        self._truth: dict[int, Exchange] = {}
+        self._by_conn: dict[_Key, list[_Cand]] = {}
+        self._by_id: dict[str, int] = {}
+        self._taken: set[int] = set()
+        self._last: dict[_Key, _Last] = {}
+        self._key_of: dict[str, _Key] = {}  # conn_id -> the key its _Last is under
+        self._aging: list[tuple[int, int, _Key]] = []  # heap of (start, index, key)
+        self._group: list[Exchange] = []  # observations sharing one start time
+        self._closing: list[str] = []
+        self._count = 0
+
+    def retained(self) -> dict[str, int]:
+        """How much state is held (what must not grow with a recording's length)."""
+        return {
+            "truth": len(self._truth), "candidates": sum(map(len, self._by_conn.values())),
+            "connections": len(self._by_conn), "taken": len(self._taken),
+            "last": len(self._last), "group": len(self._group),
+        }  # fmt: skip
+
+    def run(
+        self,
+        truth: Iterable[tuple[int, Exchange]],
+        observed: Iterable[Exchange],
+        *,
+        ends: dict[str, int] | None = None,
+        known: Iterable[tuple[int, Exchange]] = (),
+    ) -> None:
+        """Match (index, truth) and observations, each in order of start time. ``ends``: how
+        many exchanges each collector connection yields, so its state goes after its last
+        one. ``known``: truth added before anything else."""
+        for i, t in known:
+            self.add_truth(t, i)
+        pending = iter(truth)
+        nxt = next(pending, None)
+        left = dict(ends or {})
+        for obs in observed:
+            ahead = (obs.t_start_ns or 0) + HORIZON_NS
+            while nxt is not None and (nxt[1].t_start_ns or 0) <= ahead:
+                self.add_truth(nxt[1], nxt[0])
+                nxt = next(pending, None)
+            self.add_observed(obs)
+            if obs.conn_id is not None and obs.conn_id in left:
+                left[obs.conn_id] -= 1
+                if not left[obs.conn_id]:
+                    self.close_connection(obs.conn_id)
+        self.finish()
+
+    def add_truth(self, t: Exchange, index: int | None = None) -> None:
+        """``index``: the truth's place in its list (ties in start time go by it)."""
+        i = self._count if index is None else index
+        self._count = max(self._count, i + 1)
+        self._truth[i] = t
+        if ID_HEADER in t.req_headers:
+            self._by_id[t.req_headers[ID_HEADER]] = i
+        key = _conn_key(t)
+        if key is not None:
+            cand = (t.t_start_ns or 0, i)
+            bisect.insort(self._by_conn.setdefault(key, []), cand)
+            heapq.heappush(self._aging, (*cand, key))
+        elif ID_HEADER not in t.req_headers:
+            del self._truth[i]  # neither an address nor an id: no observation can take it
+
+    def add_observed(self, obs: Exchange) -> None:
+        if self._group and (self._group[0].t_start_ns or 0) != (obs.t_start_ns or 0):
+            self._flush()
+        self._group.append(obs)
+
+    def close_connection(self, conn_id: str) -> None:
+        self._closing.append(conn_id)
+
+    def finish(self) -> None:
+        self._flush()
+
+    def _flush(self) -> None:
+        group, self._group = self._group, []
+        # A server reads a pipelined burst in one syscall: its exchanges share one start
+        # time, and each must take its own place in the burst, not the latest one.
+        burst: dict[_Key, int] = defaultdict(int)
+        for obs in group:
+            if obs.side == "server" and obs.stream_id is None and (key := _conn_key(obs)):
+                burst[key] += 1
+        for obs in group:
+            later = 0
+            key = _conn_key(obs) if obs.stream_id is None else None
+            if obs.side == "server" and key:
+                burst[key] -= 1
+                later = burst[key]
+            i = None
+            prev = self._last.get(key) if key and obs.side == "server" else None
+            if (
+                prev is not None
+                and prev.conn_id == obs.conn_id
+                and prev.conn_seq + 1 == obs.conn_seq
+            ):
+                i = self._next_in_sequence(obs, self._by_conn.get(key, []), prev)
+            if i is None:
+                i = self._find(obs, later)
+            if i is None:
+                self._on_phantom(obs)
+                continue
+            if key and obs.conn_seq is not None:
+                self._last[key] = _Last(
+                    obs.conn_id, obs.conn_seq, (self._truth[i].t_start_ns or 0, i)
+                )
+                if obs.conn_id is not None:
+                    self._key_of[obs.conn_id] = key
+            self._taken.add(i)
+            self._on_pair(judge(self._truth[i], obs))
+        for conn_id in self._closing:
+            key = self._key_of.pop(conn_id, None)
+            if key is not None and self._last[key].conn_id == conn_id:
+                del self._last[key]
+        self._closing.clear()
+        if group:
+            self._age(group[0].t_start_ns or 0)
+
+    def _age(self, now: int) -> None:
+        """Forget truth too old for any observation from ``now`` on."""
+        cutoff = now - HORIZON_NS
+        keys = set()
+        while self._aging and self._aging[0][0] < cutoff:
+            keys.add(heapq.heappop(self._aging)[2])
+        for key in keys:
+            cands = self._by_conn[key]
+            n = bisect.bisect_left(cands, (cutoff, -1))
+            last = self._last.get(key)
+            for cand in cands[:n]:
+                i = cand[1]
+                free = i not in self._taken
+                has_id = ID_HEADER in self._truth[i].req_headers
+                if last is not None and free and cand > last.cand:
+                    if has_id:
+                        last.blocked_ids.append(i)
+                    else:
+                        last.blocked = True
+                if not has_id:  # an id keeps it (and whether it was taken) for by_id
+                    self._taken.discard(i)
+                    del self._truth[i]
+            if n == len(cands):
+                del self._by_conn[key]
+            else:
+                del cands[:n]
+
+    def _next_in_sequence(self, obs: Exchange, cands: list[_Cand], prev: _Last) -> int | None:
+        """The first free truth exchange after ``prev`` on the connection that a server
+        could have read by ``obs``'s start."""
+        if prev.blocked or any(i not in self._taken for i in prev.blocked_ids):
+            return None  # the first free one after prev is long past
+        ts = obs.t_start_ns or 0
+        for j in range(bisect.bisect_right(cands, prev.cand), len(cands)):
+            t, i = cands[j]
+            if i in self._taken:
+                continue
+            if t > ts + CLOCK_TOLERANCE_NS or ts - t > MATCH_WINDOW_NS:
+                return None
+            return i
+        return None
+
+    def _find(self, obs: Exchange, later: int = 0) -> int | None:
+        """``later``: exchanges of the same server read still to be matched after this one."""
+        taken = self._taken
+        key = _conn_key(obs)
+        if key is None:
+            xid = obs.req_headers.get(ID_HEADER)
+            i = self._by_id.get(xid) if xid is not None else None
+            return i if i is not None and i not in taken else None
+        cands = self._by_conn.get(key, [])
+        ts = obs.t_start_ns or 0
+        if obs.stream_id is not None:
+            for t, i in cands:
+                near = abs(t - ts) <= MATCH_WINDOW_NS
+                if self._truth[i].stream_id == obs.stream_id and i not in taken and near:
+                    return i
+            return None
+        # Causality, not mere proximity: a client writes a request before its first packet
+        # is on the wire; a server reads it after. Nearest-in-time would pick a neighbour
+        # whenever the server is slower to read than the client is to send the next one.
+        if obs.side == "server":
+            pos = bisect.bisect_right(cands, (ts + CLOCK_TOLERANCE_NS, 1 << 62))
+            earliest = None  # when the burst has more exchanges than the truth left for it
+            for j in range(pos - 1, -1, -1):
+                t, i = cands[j]
+                if ts - t > MATCH_WINDOW_NS:
+                    break
+                if i not in taken:
+                    if later == 0:
+                        # requests that reached the wire together (one pipelined write) are
+                        # read in their order: take the first of them still free
+                        k = j
+                        while k > 0 and cands[k - 1][0] == t and cands[k - 1][1] not in taken:
+                            k -= 1
+                        return cands[k][1]
+                    later -= 1  # left for a later exchange of the same read
+                    earliest = i
+            return earliest
+        pos = bisect.bisect_left(cands, (ts - CLOCK_TOLERANCE_NS, -1))
+        for j in range(pos, len(cands)):
+            t, i = cands[j]
+            if t - ts > MATCH_WINDOW_NS:
+                break
+            if i not in taken:
+                return i
+        return None
+
+
+def match_into(
+    truth: list[Exchange],
+    observed: list[Exchange],
+    on_pair: Callable[[Verdict], None],
+    on_phantom: Callable[[Exchange], None],
+) -> None:
+    """``match``, with each verdict and phantom handed over as it is decided."""
+    ordered = sorted(observed, key=lambda x: (x.t_start_ns or 0, x.conn_seq or 0))
+    # truth that carries an id may be claimed by it at any distance in time
+    early = [(i, t) for i, t in enumerate(truth) if ID_HEADER in t.req_headers]
+    rest = sorted(
+        ((i, t) for i, t in enumerate(truth) if ID_HEADER not in t.req_headers),
+        key=lambda it: it[1].t_start_ns or 0,
+    )
+    ends = Counter(x.conn_id for x in ordered if x.conn_id is not None)
+    StreamMatcher(on_pair, on_phantom).run(rest, ordered, ends=ends, known=early)
+
+
 def match(truth: list[Exchange], observed: list[Exchange]) -> Matching:
     """Pair on the 4-tuple plus HTTP/2 stream id, with time proximity splitting HTTP/1
     exchanges on one connection and ephemeral-port reuse. A collector record without an
     address can only be paired through the exchange id it decoded, if any."""
-    by_conn: dict[tuple[object, ...], list[tuple[int, int]]] = defaultdict(list)
-    by_id: dict[str, int] = {}
-    for i, t in enumerate(truth):
-        key = _conn_key(t)
-        if key is not None:
-            by_conn[key].append((t.t_start_ns or 0, i))
-        if ID_HEADER in t.req_headers:
-            by_id[t.req_headers[ID_HEADER]] = i
-    for lst in by_conn.values():
-        lst.sort()
-    taken: set[int] = set()
-    pairs: list[Verdict] = []
-    phantoms: list[Exchange] = []
-    ordered = sorted(observed, key=lambda x: (x.t_start_ns or 0, x.conn_seq or 0))
-    # A server reads a pipelined burst in one syscall: its exchanges share one start
-    # time, and each must take its own place in the burst, not the latest one.
-    burst: dict[tuple[object, ...], int] = defaultdict(int)
-    for obs in ordered:
-        if obs.side == "server" and obs.stream_id is None and (key := _conn_key(obs)):
-            burst[(*key, obs.t_start_ns)] += 1
-    # The truth exchange each connection's last observed exchange took: the next one in
-    # the collector's sequence answers the next request in the truth's (pipelining puts
-    # several requests on the wire before the server reads the first).
-    last: dict[tuple[object, ...], tuple[str | None, int, int]] = {}
-    for obs in ordered:
-        later = 0
-        key = _conn_key(obs) if obs.stream_id is None else None
-        if obs.side == "server" and key:
-            burst[(*key, obs.t_start_ns)] -= 1
-            later = burst[(*key, obs.t_start_ns)]
-        i = None
-        prev = last.get(key) if key and obs.side == "server" else None
-        if prev is not None and prev[0] == obs.conn_id and prev[1] + 1 == obs.conn_seq:
-            i = _next_in_sequence(obs, truth, by_conn[key], prev[2], taken)
-        if i is None:
-            i = _find(obs, truth, by_conn, by_id, taken, later)
-        if i is None:
-            phantoms.append(obs)
-            continue
-        if key and obs.conn_seq is not None:
-            last[key] = (obs.conn_id, obs.conn_seq, i)
-        taken.add(i)
-        pairs.append(judge(truth[i], obs))
-    return Matching(pairs, phantoms)
-
-
-def _next_in_sequence(
-    obs: Exchange, truth: list[Exchange], cands: list[tuple[int, int]], prev: int,
-    taken: set[int],
-) -> int | None:
-    """The first free truth exchange after ``prev`` on the connection that a server
-    could have read by ``obs``'s start."""
-    ts = obs.t_start_ns or 0
-    after = False
-    for t, i in cands:
-        if i == prev:
-            after = True
-            continue
-        if not after or i in taken:
-            continue
-        if t > ts + CLOCK_TOLERANCE_NS or ts - t > MATCH_WINDOW_NS:
-            return None
-        return i
-    return None
-
-
-def _find(
-    obs: Exchange,
-    truth: list[Exchange],
-    by_conn: dict[tuple[object, ...], list[tuple[int, int]]],
-    by_id: dict[str, int],
-    taken: set[int],
-    later: int = 0,
-) -> int | None:
-    """``later``: exchanges of the same server read still to be matched after this one."""
-    key = _conn_key(obs)
-    if key is None:
-        xid = obs.req_headers.get(ID_HEADER)
-        i = by_id.get(xid) if xid is not None else None
-        return i if i is not None and i not in taken else None
-    cands = by_conn.get(key, [])
-    if obs.stream_id is not None:
-        for _t, i in cands:
-            near = abs((truth[i].t_start_ns or 0) - (obs.t_start_ns or 0)) <= MATCH_WINDOW_NS
-            if truth[i].stream_id == obs.stream_id and i not in taken and near:
-                return i
-        return None
-    # Causality, not mere proximity: a client writes a request before its first packet
-    # is on the wire; a server reads it after. Nearest-in-time would pick a neighbour
-    # whenever the server is slower to read than the client is to send the next one.
-    ts = obs.t_start_ns or 0
-    if obs.side == "server":
-        pos = bisect.bisect_right(cands, (ts + CLOCK_TOLERANCE_NS, 1 << 62))
-        earliest = None  # when the burst has more exchanges than the truth left for it
-        for j in range(pos - 1, -1, -1):
-            t, i = cands[j]
-            if ts - t > MATCH_WINDOW_NS:
-                break
-            if i not in taken:
-                if later == 0:
-                    # requests that reached the wire together (one pipelined write) are
-                    # read in their order: take the first of them still free
-                    k = j
-                    while k > 0 and cands[k - 1][0] == t and cands[k - 1][1] not in taken:
-                        k -= 1
-                    return cands[k][1]
-                later -= 1  # left for a later exchange of the same read
-                earliest = i
-        return earliest
-    pos = bisect.bisect_left(cands, (ts - CLOCK_TOLERANCE_NS, -1))
-    for j in range(pos, len(cands)):
-        t, i = cands[j]
-        if t - ts > MATCH_WINDOW_NS:
-            break
-        if i not in taken:
-            return i
-    return None
+    m = Matching([], [])
+    match_into(truth, observed, m.pairs.append, m.phantoms.append)
+    return m

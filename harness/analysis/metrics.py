@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.analysis.match import Matching, match, required_fields
+from harness.analysis.match import Verdict, match_into, required_fields
 from harness.model import Exchange
 
 DEFINITIONS = {
@@ -76,48 +76,73 @@ def _known(value: object) -> bool:
     return value is not None and value != {}
 
 
-def score(
-    row: Row,
-    truth: list[Exchange],
-    observed: list[Exchange],
-    attach_ns: int,
-) -> Matching:
-    """Fill one row (one collector, side and variant) from truth and that side's exchanges."""
-    m = match(truth, observed)
-    observable = {id(t) for t in truth if (t.t_start_ns or 0) >= attach_ns}
-    row.observable = len(observable)
-    fields: Counter[str] = Counter()
-    reasons: Counter[str] = Counter()
-    wrong: Counter[str] = Counter()
-    correct_at: Counter[int] = Counter()
-    total_at: Counter[int] = Counter()
-    for v in m.pairs:
-        if id(v.truth) not in observable:
+class Scorer:
+    """One row's numbers, added up as truth, verdicts and phantoms stream past: nothing is
+    kept per exchange, so a row costs the same for a second of traffic as for an hour."""
+
+    def __init__(self, row: Row, attach_ns: int) -> None:
+        self.row, self.attach_ns = row, attach_ns
+        self._fields: Counter[str] = Counter()
+        self._reasons: Counter[str] = Counter()
+        self._wrong: Counter[str] = Counter()
+        self._correct_at: Counter[int] = Counter()
+        self._total_at: Counter[int] = Counter()
+        self._addressless = self._phantoms = 0
+
+    def truth(self, t: Exchange) -> None:
+        if (t.t_start_ns or 0) >= self.attach_ns:
+            self.row.observable += 1
+
+    def pair(self, v: Verdict) -> None:
+        row = self.row
+        if (v.truth.t_start_ns or 0) < self.attach_ns:
             row.pre_attach += 1
-            continue
+            return
         idx = min(v.observed.conn_seq or 0, RECOVERY_CALLS - 1)
         have = sum(1 for f in required_fields(v.truth.protocol) if _known(getattr(v.truth, f)))
-        total_at[idx] += have
-        correct_at[idx] += have - len(v.missing) - len(v.wrong)
+        self._total_at[idx] += have
+        self._correct_at[idx] += have - len(v.missing) - len(v.wrong)
         row.matched += 1
         if v.degraded:
             row.degraded += 1
         if v.wrong:
             row.wrong += 1
         for f, r in v.missing.items():
-            fields[f] += 1
-            reasons[r] += 1
+            self._fields[f] += 1
+            self._reasons[r] += 1
         for f in v.wrong:
-            fields[f] += 1
-            wrong[f] += 1
-            reasons["wrong_value"] += 1
+            self._fields[f] += 1
+            self._wrong[f] += 1
+            self._reasons["wrong_value"] += 1
         if any(d.reason == "truncated_payload" for d in v.observed.degraded):
             row.truncated_payloads += 1
-    addressless = sum(1 for x in m.phantoms if x.client_port is None or x.server_port is None)
-    row.unmatched_no_address = addressless
-    row.phantoms = len(m.phantoms) - addressless
-    row.degraded_by_field = dict(sorted(fields.items()))
-    row.degraded_by_reason = dict(sorted(reasons.items()))
-    row.wrong_by_field = dict(sorted(wrong.items()))
-    row.recovery = [[i, correct_at[i], total_at[i]] for i in sorted(total_at)]
-    return m
+
+    def phantom(self, x: Exchange) -> None:
+        if x.client_port is None or x.server_port is None:
+            self._addressless += 1
+        else:
+            self._phantoms += 1
+
+    def done(self) -> Row:
+        row = self.row
+        row.unmatched_no_address = self._addressless
+        row.phantoms = self._phantoms
+        row.degraded_by_field = dict(sorted(self._fields.items()))
+        row.degraded_by_reason = dict(sorted(self._reasons.items()))
+        row.wrong_by_field = dict(sorted(self._wrong.items()))
+        row.recovery = [[i, self._correct_at[i], self._total_at[i]] for i in sorted(self._total_at)]
+        return row
+
+
+def score(
+    row: Row,
+    truth: list[Exchange],
+    observed: list[Exchange],
+    attach_ns: int,
+) -> Row:
+    """Fill one row (one collector, side and variant) from truth and that side's exchanges."""
+    sc = Scorer(row, attach_ns)
+    for t in truth:
+        sc.truth(t)
+    match_into(truth, observed, sc.pair, sc.phantom)
+    return sc.done()

@@ -129,11 +129,13 @@ def kprobe_exchanges(
 ) -> tuple[list[Exchange], ObservedStats]:
     """Exchanges a kernel-side recording yields. TLS connections yield none: each is
     appended to ``encrypted`` (when given) so the scoring can say what it could not see."""
-    conns, dstats = decode(events, attach_at_ns=attach_at_ns, use_sockdiag=variant.use_sockdiag)
+    share = Sharer()
+    conns, dstats = decode(
+        events, attach_at_ns=attach_at_ns, use_sockdiag=variant.use_sockdiag, stitch=share
+    )
     st = ObservedStats(decode=dict(vars(dstats)))
     ports = set(server_ports)
     out: list[Exchange] = []
-    share = Sharer()
     streams_of: dict[int, set[int]] = {}  # id(connection) -> HTTP/2 stream ids it produced
     for conn in conns:
         role = _role(conn, ports)
@@ -163,7 +165,11 @@ def kprobe_exchanges(
                 encrypted.append(EncryptedConn(side, client.port, server.port, conn.opened_ns,
                                                conn.closed_ns))  # fmt: skip
             continue
-        if conn.proto == "http1":
+        if conn.stitched is not None:  # stitched while decoded
+            xs, pst = conn.stitched
+            conn.stitched = None
+            counters = _int_fields(pst)
+        elif conn.proto == "http1":
             xs, pst = stitch_http1(
                 conn.send, conn.recv, side=role, closed_ns=conn.closed_ns,
                 from_start=conn.from_start,

@@ -285,7 +285,14 @@ def core_share(
 # is spread over both when they are the bottleneck (closed loop, saturation).
 PATH_CPUS = 2
 # (collector, kind of its programs in bpf_run_time.by_kind, key of its bare trap in trap_cost)
-FLOORS = (("kprobe", "tracepoint", "tracepoint_added_ns"), ("uprobe", "uprobe", "uprobe_added_ns"))
+# (collector, its programs' kind in bpf_run_time.by_kind, the bare trap it pays per hit,
+# the kind of its helper tracepoints or None); the TLS collector's uprobes pay a uprobe's
+# trap, its socket tracepoints (which socket an SSL call used) are listed apart
+FLOORS = (
+    ("kprobe", "tracepoint", "tracepoint_added_ns", None),
+    ("uprobe", "uprobe", "uprobe_added_ns", None),
+    ("tls", "tls_uprobe", "uprobe_added_ns", "tls_tracepoint"),
+)
 
 
 def others_bpf_ns(hits_all: int, target_hits: int, ns_per_other_hit: float | None) -> float:
@@ -315,7 +322,7 @@ def decompose(workload: Mapping[str, Any], trap: Mapping[str, Any] | None) -> di
     fixed = (workload.get("fixed_rate") or {}).get("configs") or {}
     base = (configs.get(BASELINE) or {}).get("throughput") or {}
     out: dict[str, Any] = {}
-    for coll, kind, trap_key in FLOORS:
+    for coll, kind, trap_key, helper_kind in FLOORS:
         c = configs.get(coll)
         if not c or "not_measured" in c:
             continue
@@ -371,6 +378,13 @@ def decompose(workload: Mapping[str, Any], trap: Mapping[str, Any] | None) -> di
             "fixed_rate_bpf_pct": at_rate.get("bpf_pct"),
             "fixed_rate_context_switches_per_s": at_rate.get("context_switches_per_s"),
         }
+        helpers = by_kind.get(helper_kind) if helper_kind else None
+        if helpers:
+            # they run for every process's syscalls: their hits count other processes too
+            out[coll]["tracepoint_hits_per_exchange_all_processes"] = helpers.get(
+                "hits_per_exchange")
+            out[coll]["tracepoint_bpf_ns_per_exchange"] = helpers.get("ns_per_exchange")
+            out[coll]["tracepoint_bpf_ns_per_hit"] = helpers.get("ns_per_hit")
     return out
 
 

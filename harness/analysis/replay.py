@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from harness.analysis.compact import Sharer
-from harness.analysis.match import match
+from harness.analysis.match import match_into
 from harness.analysis.metrics import DEFINITIONS, Row, score
 from harness.analysis.observed import VARIANTS, EncryptedConn, Variant, kprobe_exchanges
 from harness.errors import RunDirError
@@ -180,7 +180,9 @@ def _window(
         return truth, seen
     kept = [t for t in truth if (t.t_start_ns or 0) <= until]
     ids = {id(t) for t in kept}
-    partner = {id(v.observed): id(v.truth) for v in match(truth, seen).pairs}
+    partner: dict[int, int] = {}
+    match_into(truth, seen, lambda v: partner.update({id(v.observed): id(v.truth)}),
+               lambda _x: None)  # fmt: skip
     return kept, [
         x
         for x in seen

@@ -201,9 +201,9 @@ def _scan(
         stats.truncated = True
         stats.warn("capture file cut short in the middle of a packet")
     if multi:
-        _split_multi(pcap, http1_ports, h2c_ports, multi, warnings)
+        _split_multi(pcap, http1_ports, h2c_ports, multi, warnings, tls_keylog)
     msgs = _drop_redissected(msgs, warnings)
-    msgs = _drop_repeated_reports(pcap, http1_ports, h2c_ports, msgs, warnings)
+    msgs = _drop_repeated_reports(pcap, http1_ports, h2c_ports, msgs, warnings, tls_keylog)
     exchanges = _pair_http1(msgs, times, server_data, stats, warnings)
     stats.packets += packets
     stats.tcp_streams = len(streams)
@@ -267,6 +267,20 @@ _PER_MESSAGE = (_METHOD, _URI, _VERSION, _CODE, _REQ_IN, _CLEN, _CHUNKS, _TE, _R
                 _RESP_LINES, _RESP_VERSION, _PHRASE)
 _ESCAPED = frozenset({_URI, _REQ_LINES, _RESP_LINES, _PHRASE})
 _MULTI_BATCH = 400  # frames per display filter, so the filter text stays short
+_MULTI_PASSES = 2  # batches beyond this: one pass over every HTTP frame instead
+
+
+def _frame_passes(nums: list[int], *, batches_only: bool = False) -> list[str]:
+    """Display filters returning at least these frames, one tshark pass over the whole
+    capture each: a few batches of frame numbers, or, for many frames (a soak's identical
+    keep-alive requests, heavy pipelining), every HTTP frame in one pass, the caller
+    keeping those it asked for. Batches alone grew with the square of the capture."""
+    if len(nums) > _MULTI_PASSES * _MULTI_BATCH and not batches_only:
+        return ["http"]
+    return [
+        "frame.number in {" + ",".join(map(str, nums[k : k + _MULTI_BATCH])) + "}"
+        for k in range(0, len(nums), _MULTI_BATCH)
+    ]
 
 
 def _escape(text: str) -> str:
@@ -285,7 +299,7 @@ def _flatten(node: Any, out: list[tuple[str, str]]) -> None:
 
 def _split_multi(
     pcap: Path, http1_ports: list[int], h2c_ports: list[int],
-    multi: dict[int, list[_H1Msg]], warnings: Counter[str],
+    multi: dict[int, list[_H1Msg]], warnings: Counter[str], tls_keylog: Path | None = None,
 ) -> None:
     """Give each message of a frame that carries several (pipelining) its own fields.
 
@@ -293,20 +307,14 @@ def _split_multi(
     and body sizes cannot be told apart there; ``-T json`` keeps one ``http`` layer
     per message. Only those frames are dissected again.
     """
-    nums = sorted(multi)
-    for k in range(0, len(nums), _MULTI_BATCH):
-        batch = nums[k:k + _MULTI_BATCH]
-        flt = "frame.number in {" + ",".join(map(str, batch)) + "}"
-        out = run_tshark(pcap, [*decode_as(http1_ports, h2c_ports), "-Y", flt, "-T", "json",
-                                "-J", "frame http"])
-        try:
-            packets = json.loads(out.stdout or "[]", object_pairs_hook=list)
-        except json.JSONDecodeError as e:
-            raise CaptureError(f"tshark's JSON for {pcap} does not parse: {e}") from e
-        for pkt in packets:
+    args = [*decode_as(http1_ports, h2c_ports, tls_keylog), "-T", "json", "-J", "frame http"]
+    for flt in _frame_passes(sorted(multi)):
+        for pkt in _json_packets(pcap, [*args, "-Y", flt]):
             layers = _pairs_get(_pairs_get(pkt, "_source") or [], "layers") or []
             num = int(_pairs_get(_pairs_get(layers, "frame") or [], "frame.number") or 0)
-            ms = multi.get(num, [])
+            ms = multi.get(num)
+            if ms is None:
+                continue  # a frame of a pass over every HTTP frame that carries one message
             http_layers = [v for name, v in layers if name == "http" and isinstance(v, list)]
             if len(http_layers) != len(ms):
                 warnings["HTTP/1 frame whose messages could not be split: sizes unknown"] += 1
@@ -387,9 +395,63 @@ def _start_line(m: _H1Msg) -> bytes:
     return f"{_first(m.row[_RESP_VERSION])} {_first(m.row[_CODE])}".encode("latin-1")
 
 
+def _own_bytes(
+    pcap: Path, args: list[str], nums: list[int], *, decrypted: bool
+) -> dict[int, bytes]:
+    """Each frame's own TCP payload; over TLS its plaintext: the records it decrypts to,
+    which only tshark's hex dump of the "Decrypted TLS" data sources shows (no field holds
+    them). A frame whose bytes could not be read is absent."""
+    payloads: dict[int, bytes] = {}
+    if not decrypted:
+        wanted = set(nums)
+        for flt in _frame_passes(nums):
+            stream = TsharkStream(pcap, [*args, "-Y", flt, "-T", "fields", "-e", "frame.number",
+                                         "-e", "tcp.payload"])  # fmt: skip
+            for line in stream:
+                num, _, hexdata = line.partition("\t")
+                try:
+                    if int(num) in wanted:
+                        payloads[int(num)] = bytes.fromhex(hexdata.replace(":", ""))
+                except ValueError:
+                    continue
+        return payloads
+    # Decrypted: always by batch, since a pass over every frame's hex dump would hold the
+    # whole plaintext at once (TLS runs are short; a TLS soak would need a streamed parse).
+    for flt in _frame_passes(nums, batches_only=True):
+        # the summary line reduced to the frame number, then each data source's hex dump
+        out = run_tshark(pcap, [*args, "-Y", flt, "-o", 'gui.column.format:"No.","%m"', "-P",
+                                "-x"])  # fmt: skip
+        payloads.update(parse_decrypted_dump(out.stdout))
+    return payloads
+
+
+def parse_decrypted_dump(text: str) -> dict[int, bytes]:
+    """Frame number -> the bytes of its "Decrypted TLS (N bytes):" blocks, from
+    ``tshark -P -x`` with the number as the only column. A frame without one is absent
+    (its bytes unknown: the check then keeps its messages)."""
+    out: dict[int, bytes] = {}
+    num: int | None = None
+    take = False
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.isdigit():
+            num, take = int(stripped), False
+        elif stripped.endswith("bytes):"):
+            take = num is not None and stripped.startswith("Decrypted TLS (")
+            if take:
+                out.setdefault(num, b"")
+        elif take and num is not None and len(line) > 6 and line[4:6] == "  ":
+            # "0000  47 45 54 ...   GET ...": 16 bytes of hex in the 47 columns after the offset
+            try:
+                out[num] += bytes.fromhex(line[6:53])
+            except ValueError:
+                continue
+    return out
+
+
 def _drop_repeated_reports(
     pcap: Path, http1_ports: list[int], h2c_ports: list[int], msgs: list[_H1Msg],
-    warnings: Counter[str],
+    warnings: Counter[str], tls_keylog: Path | None = None,
 ) -> list[_H1Msg]:
     """Messages TShark 4.0.17 reports again in the frames after theirs, while it waits
     for the rest of a chunked body that began in the same frame: the later frames hold
@@ -415,17 +477,8 @@ def _drop_repeated_reports(
     if not suspects:
         return msgs
     nums = sorted(suspects)
-    payloads: dict[int, bytes] = {}
-    for k in range(0, len(nums), _MULTI_BATCH):
-        flt = "frame.number in {" + ",".join(map(str, nums[k:k + _MULTI_BATCH])) + "}"
-        out = run_tshark(pcap, [*decode_as(http1_ports, h2c_ports), "-Y", flt, "-T", "fields",
-                                "-e", "frame.number", "-e", "tcp.payload"])
-        for line in out.stdout.splitlines():
-            num, _, hexdata = line.partition("\t")
-            try:
-                payloads[int(num)] = bytes.fromhex(hexdata.replace(":", ""))
-            except ValueError:
-                continue
+    payloads = _own_bytes(pcap, decode_as(http1_ports, h2c_ports, tls_keylog), nums,
+                          decrypted=tls_keylog is not None)  # fmt: skip
     drop: set[int] = set()
     for f in reversed(nums):  # the last report of a run survives
         prev, ms = suspects[f]
@@ -864,7 +917,7 @@ class _H2Fields:
             self.h2.grpc_message(fr, last, n)
 
 
-def _h2_json_packets(pcap: Path, args: list[str]) -> Iterator[list[tuple[str, Any]]]:
+def _json_packets(pcap: Path, args: list[str]) -> Iterator[list[tuple[str, Any]]]:
     """tshark's ``-T json`` output, one packet at a time (the whole array can be gigabytes)."""
     tshark = TsharkStream(pcap, args)
     buf: list[str] = []
@@ -891,7 +944,7 @@ def _h2(
             "-Y", "http2", "-T", "json",
             "-J", "frame http2 grpc"]
     h2 = _H2Calls(h2c_ports, stats)
-    for pkt in _h2_json_packets(pcap, args):
+    for pkt in _json_packets(pcap, args):
         layers = _pairs_get(_pairs_get(pkt, "_source") or [], "layers") or []
         frame_layer = _pairs_get(layers, "frame") or []
         num = int(_pairs_get(frame_layer, "frame.number") or 0)

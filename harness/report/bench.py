@@ -285,9 +285,10 @@ class BenchView:
                 continue
             for kind, k in sorted((b.get("by_kind") or {}).items()):
                 hit = k.get("ns_per_hit")
+                owner = "TLS" if kind.startswith("tls_") else (
+                    "uprobe" if kind == "uprobe" else "kernel-side")  # fmt: skip
                 rows.append({"what": f"{kind} programs ({k.get('programs', '?')}) of the "
-                                     f"{'uprobe' if kind == 'uprobe' else 'kernel-side'} "
-                                     "collector",
+                                     f"{owner} collector",
                              "workload": workload_label(wl),
                              "ns per hit (min)": "—",
                              "ns per hit (median)": f"{hit:,.0f} (mean)" if hit else "—",

@@ -449,8 +449,11 @@ def closing_overhead_pass(out: Path, quick: bool, progress: Progress) -> Overhea
     bench = repo_root() / "benchmarks" / "bench_overhead.py"
     env = {**os.environ, "PROBEBENCH_OVERHEAD_ROUNDS": str(rounds),
            "PROBEBENCH_OVERHEAD_SCALE": str(scale), "PROBEBENCH_OVERHEAD_OUT": str(dest)}
+    # the TLS collector's bench (HTTPS workloads) is `nox -s bench`'s alone: the matrix's
+    # pass stays within its time
     cmd = [sys.executable, "-m", "pytest", str(bench), "--benchmark-only", "-q",
-           "-p", "no:cacheprovider", "--rootdir", str(repo_root())]  # fmt: skip
+           "-p", "no:cacheprovider", "--rootdir", str(repo_root()),
+           "-k", "not test_tls_overhead"]  # fmt: skip
     progress(f"overhead: closing pass, {rounds} interleaved rounds at scale {scale} "
              "(benchmarks/bench_overhead.py)")  # fmt: skip
     dest.unlink(missing_ok=True)

@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from harness.collectors.eventfile import NOTE, read_event_file
 from harness.collectors.kprobe.layout import header
+from harness.model import Exchange
 from harness.protocols.common import Segment
+from harness.protocols.http1.stitch import Http1Stats, Http1Stream
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _HTTP1_STARTS = (
@@ -61,6 +64,10 @@ class Connection:
     after_loss: bool = False  # begins after lost events (a split, or its open was lost)
     # seq of the last call seen, by direction (send, recv); None: not known yet
     last_seq: list[int | None] = field(default_factory=lambda: [0, 0], repr=False)
+    # decode(stitch=...): an HTTP/1 connection seen from its open is stitched while it is
+    # read, its bytes let go; ``stitched`` holds what that gave once it ended
+    http1: Http1Stream | None = field(default=None, repr=False)
+    stitched: tuple[list[Exchange], Http1Stats] | None = field(default=None, repr=False)
 
     @property
     def key(self) -> str:
@@ -201,7 +208,13 @@ def decode(
     *,
     attach_at_ns: int | None = None,
     use_sockdiag: bool = True,
+    stitch: Callable[[list[Exchange]], None] | None = None,
 ) -> tuple[list[Connection], DecodeStats]:
+    """``stitch``: HTTP/1 connections seen from their open are stitched as they are read
+    (``Connection.stitched``), so their bytes are not all held until the end; the others
+    (found mid-stream, after a loss, of a protocol known only at the end) keep theirs.
+    ``stitch`` is called on each batch of finished exchanges (to share equal headers
+    before many pile up)."""
     ef = read_event_file(path)
     defines = ef.header.get("defines", {})
     hdr = header(int(defines.get("PB_CHUNK", 16384)))
@@ -233,16 +246,33 @@ def decode(
         del pending_of[key[:3]][key]
         segs = call_segments(call.ts, call.orig, call.parts)
         conn = call.conn
-        (conn.send if call.direction == "send" else conn.recv).extend(segs)
         unseen = sum(s.truncated for s in segs)
         conn.truncated_bytes += unseen
         st.truncated_bytes += unseen
+        sent = call.direction == "send"
+        first_sent = sent and not conn.send
+        if conn.http1 is not None:
+            for seg in segs:
+                conn.http1.add(sent, seg)
+            return
+        (conn.send if sent else conn.recv).extend(segs)
+        if stitch is not None and first_sent and _stitch_live(conn):
+            # what the pass after the loop would decide from its first sent bytes, now
+            conn.proto = "http1"
+            conn.http1 = Http1Stream(conn.role, from_start=True, on_ready=stitch)  # type: ignore[arg-type]
+            for seg in conn.recv:
+                conn.http1.add(False, seg)
+            for seg in conn.send:
+                conn.http1.add(True, seg)
+            conn.send, conn.recv = [], []
 
     def close(conn: Connection, ts: int | None) -> None:
         for direction in ("send", "recv"):
             for k in list(pending_of.get((conn.tgid, conn.fd, direction), ())):
                 flush_call(k)
         conn.closed_ns = ts
+        if conn.http1 is not None:
+            conn.stitched, conn.http1 = conn.http1.finish(ts), None
         done.append(conn)
 
     def reopen(conn: Connection, ts: int, continues: bool) -> Connection:
@@ -412,6 +442,8 @@ def decode(
     for key in list(pending):
         flush_call(key)
     for conn in live.values():
+        if conn.http1 is not None:
+            conn.stitched, conn.http1 = conn.http1.finish(None), None
         done.append(conn)
     for conn in done:
         rec = answers.get((conn.tgid, conn.fd, conn.opened_ns))
@@ -445,12 +477,24 @@ def decode(
         # first request seen answer requests no one saw
         if (conn.after_loss or not conn.from_start) and conn.proto == "http1":
             st.responses_before_request += _trim_to_first_request(conn)
-    kept = [c for c in done if c.send or c.recv]
+    kept = [c for c in done if c.send or c.recv or c.stitched is not None]
     for conn in kept:
         if conn.local is None or conn.remote is None:
             reason = _why_no_address(conn, answers, use_sockdiag)
             st.addresses_unknown[reason] = st.addresses_unknown.get(reason, 0) + 1
     return kept, st
+
+
+def _stitch_live(conn: Connection) -> bool:
+    """Whether a connection whose first sent segment just arrived can be stitched from here
+    on: HTTP/1 seen from its open with a known role, so nothing after the pass (trimming
+    after a loss, a protocol inferred from its bytes) can change how it is stitched."""
+    if not conn.from_start or conn.after_loss or conn.role not in ("client", "server"):
+        return False
+    proto = conn.proto
+    if proto == "unknown":
+        proto = infer_proto(conn.send[0].data[:16], from_start=True) or "unknown"
+    return proto == "http1"
 
 
 def _why_no_address(

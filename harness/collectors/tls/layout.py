@@ -21,6 +21,8 @@ OPENSSL_PROBES = (
 )
 RETURN_PROBE = "probe_ssl_return"
 FREE_PROBE = ("SSL_free", "probe_ssl_free")  # entry only: forgets the SSL object
+# (symbol, entry probe, return probe): the handshake's socket becomes the SSL object's
+HANDSHAKE_PROBE = ("SSL_do_handshake", "probe_ssl_handshake", "probe_ssl_handshake_return")
 ADDR_SOURCES = {0: "none", 1: "syscall", 2: "ssl", 3: "sockdiag"}
 
 

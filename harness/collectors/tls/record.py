@@ -37,6 +37,7 @@ from harness.collectors.tls.layout import (
     FORMAT,
     FREE_PROBE,
     GO_PROGRAM,
+    HANDSHAKE_PROBE,
     OPENSSL_PROBES,
     PROGRAM,
     RETURN_PROBE,
@@ -198,6 +199,16 @@ class Recorder:
                                   fn_name=FREE_PROBE[1].encode(), pid=-1)  # fmt: skip
             except Exception as e:  # without it a reused SSL address joins two connections
                 msg = f"{lib}: attach {FREE_PROBE[0]} failed ({e})"
+                self.problems.append(msg)
+                self.writer.note({"type": "unsupported", "what": msg})
+            sym, entry, ret = HANDSHAKE_PROBE
+            try:
+                bpf.attach_uprobe(name=lib.encode(), sym=sym.encode(), fn_name=entry.encode(),
+                                  pid=-1)  # fmt: skip
+                bpf.attach_uretprobe(name=lib.encode(), sym=sym.encode(), fn_name=ret.encode(),
+                                     pid=-1)  # fmt: skip
+            except Exception as e:  # without it a read served from the handshake's buffer
+                msg = f"{lib}: attach {sym} failed ({e})"  # may lack its address
                 self.problems.append(msg)
                 self.writer.note({"type": "unsupported", "what": msg})
 

@@ -54,6 +54,7 @@ GRPC = "google.golang.org/grpc"
 XNET = "golang.org/x/net"
 _TRANSPORT = f"{GRPC}/internal/transport"
 _MEM = f"{GRPC}/mem"
+CREDS = f"{GRPC}/internal/credentials"  # grpc-go's TLS wrapper (syscallConn) lives here
 _HTTP2 = f"{XNET}/http2"
 
 
@@ -68,7 +69,7 @@ TLS_STRUCTS = (
 def part_of(name: str) -> str:
     """Which version decides a struct or function: grpc, xnet or go."""
     bare = name.lstrip("*")
-    if bare.startswith((_TRANSPORT + ".", _MEM + ".")):
+    if bare.startswith((_TRANSPORT + ".", _MEM + ".", CREDS + ".")):
         return "grpc"
     if bare.startswith(_HTTP2):
         return "xnet"

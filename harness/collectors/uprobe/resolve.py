@@ -37,6 +37,7 @@ HPACK = "golang.org/x/net/http2/hpack"
 XNET_MODULE = "golang.org/x/net"
 MEM = "google.golang.org/grpc/mem"
 GRPC_MODULE = "google.golang.org/grpc"
+CREDS = offsets.CREDS
 
 SYM_WRITE_HEADER = f"{TRANSPORT}.(*loopyWriter).writeHeader"
 SYM_CLIENT_HEADERS = f"{TRANSPORT}.(*http2Client).operateHeaders"
@@ -61,10 +62,11 @@ STRUCTS = (
     f"{HTTP2}.FrameHeader", f"{HTTP2}.DataFrame", f"{HTTP2}.RSTStreamFrame",
     f"{HPACK}.HeaderField",
     "internal/abi.ITab", "runtime.itab", f"{MEM}.buffer",
+    "crypto/tls.Conn", f"{CREDS}.syscallConn",
 )  # fmt: skip
 TYPES = (
     "*net.TCPConn", "*net.TCPAddr", f"*{TRANSPORT}.bufWriter", f"*{MEM}.buffer",
-    f"{MEM}.SliceBuffer",
+    f"{MEM}.SliceBuffer", "*crypto/tls.Conn", f"*{CREDS}.syscallConn",
 )  # fmt: skip
 
 # Go's ABIInternal integer argument registers on amd64, as DWARF register numbers
@@ -397,6 +399,7 @@ class _Resolver:
         try:
             self.addresses()
             d["PB_HAVE_ADDR"] = 1
+            self.tls_wrappers()
         except Missing as e:
             self.r.unsupported.append(f"unsupported: {e} (connection addresses)")
             d["PB_HAVE_ADDR"] = 0
@@ -461,6 +464,26 @@ class _Resolver:
         d["PB_NETFD_RADDR"] = self.off("net.netFD", "raddr")
         d["PB_TCPADDR_IP"] = self.off("net.TCPAddr", "IP")
         d["PB_TCPADDR_PORT"] = self.off("net.TCPAddr", "Port")
+
+    def tls_wrappers(self) -> None:
+        """grpc-go's TLS credentials hand the transport a *syscallConn (the *tls.Conn beside
+        the raw socket as a syscall.Conn), or a bare *tls.Conn when the raw conn is no
+        syscall.Conn: one hop from either reaches the *net.TCPConn. Each hop needs the
+        wrapper's type descriptor (a PIE has none to compare): without it, that wrapper's
+        calls stay `no_peer_address`, noted."""
+        for key, typ, struct, member in (
+            ("SYSCONN", f"*{CREDS}.syscallConn", f"{CREDS}.syscallConn", "sysConn"),
+            ("TLSCONN", "*crypto/tls.Conn", "crypto/tls.Conn", "conn"),
+        ):
+            try:
+                off, t = self.off(struct, member), self.rtype(typ)
+            except Missing as e:
+                self.r.notes.append(f"{typ} not followed to its socket ({e})")
+                continue
+            if not t:
+                self.r.notes.append(f"{typ} not followed to its socket (no type checks)")
+                continue
+            self.d[f"PB_TYPE_{key}"], self.d[f"PB_{key}_INNER"] = t, off
 
     def header_fields(self) -> None:
         hf = f"{HPACK}.HeaderField"

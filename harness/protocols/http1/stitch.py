@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import heapq
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import urlsplit
@@ -70,19 +69,13 @@ def _authority(target: str, headers: dict[str, str]) -> str | None:
     return None
 
 
-def _merge(
-    send: Iterable[Segment], recv: Iterable[Segment], requests_are: Literal["send", "recv"]
-) -> Iterator[tuple[bool, Segment]]:
-    """Both directions in time order, each kept in its own order; requests first on a tie."""
-    req, resp = (send, recv) if requests_are == "send" else (recv, send)
-    tagged_req = ((s.ts_ns, 0, True, s) for s in req)
-    tagged_resp = ((s.ts_ns, 1, False, s) for s in resp)
-    for _, _, is_req, seg in heapq.merge(tagged_req, tagged_resp, key=lambda t: t[:2]):
-        yield is_req, seg
+class Http1Stitcher:
+    """Applies both parsers' events to Exchanges; pending requests mirror the parser's queue.
 
-
-class _Stitcher:
-    """Applies both parsers' events to Exchanges; pending requests mirror the parser's queue."""
+    Incremental: ``feed`` a connection's segments as they come (requests and responses in
+    the order ``Http1Stream`` merges them) and take each exchange as soon as nothing can change
+    it any more (``ready``), in the order they began; only the exchanges still open stay.
+    """
 
     def __init__(
         self, side: Literal["client", "server"], source: Source, from_start: bool, pipelined: bool
@@ -91,19 +84,49 @@ class _Stitcher:
         self.source: Source = source
         self.req = Http1Parser("request", from_start=from_start, pipelined=pipelined)
         self.resp = Http1Parser("response", from_start=from_start, pipelined=pipelined)
-        self.out: list[Exchange] = []
+        self.seq = 0  # exchanges begun so far (conn_seq of the next)
+        # begun, in order, not yet handed out: the first ones go once nothing can change them
+        self.open: deque[Exchange] = deque()
+        self.done: list[Exchange] = []  # finished, not yet taken by ``ready``
         self.pending: deque[Exchange] = deque()  # lockstep with self.resp's expected queue
+        self._pending_ids: set[int] = set()
         self.cur_req: Exchange | None = None
         self.cur_resp: Exchange | None = None
         self.stats = Http1Stats(self.req.stats, self.resp.stats)
         self.protocol = "http/1.1"  # last version seen, for exchanges known only by a loss
 
     def _new(self) -> Exchange:
-        x = Exchange(
-            source=self.source, side=self.side, protocol=self.protocol, conn_seq=len(self.out)
-        )
-        self.out.append(x)
+        x = Exchange(source=self.source, side=self.side, protocol=self.protocol, conn_seq=self.seq)
+        self.seq += 1
+        self.open.append(x)
         return x
+
+    def feed(self, is_request: bool, seg: Segment) -> None:
+        if is_request:
+            self.on_request(self.req.feed(seg))
+        else:
+            self.on_response(self.resp.feed(seg))
+        self._settle()
+
+    def _settle(self) -> None:
+        """Hand out the first open exchanges that no request or response still refers to."""
+        while self.open:
+            x = self.open[0]
+            if x is self.cur_req or x is self.cur_resp or id(x) in self._pending_ids:
+                return
+            self.open.popleft()
+            self.stats.exchanges += 1
+            if not x.degraded:
+                self.stats.complete += 1
+            if any(d.field in ("req_bytes", "resp_bytes") and d.reason != REQUEST_MISSED
+                   for d in x.degraded):  # fmt: skip
+                self.stats.degraded_payload += 1
+            self.done.append(x)
+
+    def ready(self) -> list[Exchange]:
+        """The exchanges finished since the last call, in the order they began."""
+        out, self.done = self.done, []
+        return out
 
     # -- request direction ----------------------------------------------------------
 
@@ -138,6 +161,7 @@ class _Stitcher:
     def _expect(self, x: Exchange, method: str | None, ts_ns: int) -> None:
         self.cur_req = x
         self.pending.append(x)
+        self._pending_ids.add(id(x))
         self.resp.expect_response_to(method, ts_ns)
 
     # -- response direction ---------------------------------------------------------
@@ -178,12 +202,12 @@ class _Stitcher:
     def _paired(self, matched: bool, unanswered: int, version: str | None) -> Exchange:
         """The exchange a response answers, after dropping requests that lost theirs."""
         for _ in range(unanswered):
-            self._no_response(self.pending.popleft())
+            self._no_response(self._pop())
         if matched:
-            return self.pending.popleft()
+            return self._pop()
         if version is not None:
             self.protocol = _protocol(version)
-        if not self.out:  # the connection was already mid-exchange when observation began
+        if not self.seq:  # the connection was already mid-exchange when observation began
             self.stats.started_mid_stream = True
         x = self._new()
         self.stats.request_missed += 1
@@ -191,27 +215,24 @@ class _Stitcher:
             x.degrade(name, REQUEST_MISSED)
         return x
 
+    def _pop(self) -> Exchange:
+        x = self.pending.popleft()
+        self._pending_ids.discard(id(x))
+        return x
+
     def _no_response(self, x: Exchange) -> None:
         self.stats.no_response += 1
         x.degrade("status", NO_RESPONSE)
 
-    def finish(self, closed_ns: int | None) -> tuple[list[Exchange], Http1Stats]:
+    def finish(self, closed_ns: int | None) -> Http1Stats:
+        """End both directions (at ``closed_ns``, or open); every exchange is ready then."""
         self.on_request(self.req.end(closed_ns))
         self.on_response(self.resp.end(closed_ns))
         while self.pending:
-            self._no_response(self.pending.popleft())
-        st = self.stats
-        st.exchanges = len(self.out)
-        st.complete = sum(1 for x in self.out if not x.degraded)
-        st.degraded_payload = sum(
-            1
-            for x in self.out
-            if any(
-                d.field in ("req_bytes", "resp_bytes") and d.reason != REQUEST_MISSED
-                for d in x.degraded
-            )
-        )
-        return self.out, st
+            self._no_response(self._pop())
+        self.cur_req = self.cur_resp = None
+        self._settle()
+        return self.stats
 
 
 def stitch_http1(
@@ -237,12 +258,64 @@ def stitch_http1(
     pipelined burst (h2load --h1 -m 8, proxies).
     Addresses, run id and scenario are the caller's to fill in.
     """
-    if side not in ("client", "server"):
-        raise Http1UsageError(f"side must be 'client' or 'server', not {side!r}")
-    st = _Stitcher(side, source, from_start, pipelined)
-    for is_req, seg in _merge(send, recv, "send" if side == "client" else "recv"):
-        if is_req:
-            st.on_request(st.req.feed(seg))
-        else:
-            st.on_response(st.resp.feed(seg))
+    st = Http1Stream(side, source=source, from_start=from_start, pipelined=pipelined)
+    for seg in send:
+        st.add(True, seg)
+    for seg in recv:
+        st.add(False, seg)
     return st.finish(closed_ns)
+
+
+class Http1Stream:
+    """One HTTP/1.x connection stitched while its segments arrive, so a replay need not
+    hold them: each direction keeps its own order, and both are merged in time order
+    (requests first on a tie) as far as both have arrived; only segments not yet placed
+    and exchanges not yet finished are held. ``exchanges`` grows as they finish."""
+
+    def __init__(
+        self, side: Literal["client", "server"], *, source: Source = "kprobe",
+        from_start: bool = False, pipelined: bool = True,
+        on_ready: Callable[[list[Exchange]], None] | None = None,
+    ) -> None:  # fmt: skip
+        if side not in ("client", "server"):
+            raise Http1UsageError(f"side must be 'client' or 'server', not {side!r}")
+        self.side = side
+        self.stitcher = Http1Stitcher(side, source, from_start, pipelined)
+        self._req: deque[Segment] = deque()
+        self._resp: deque[Segment] = deque()
+        self.exchanges: list[Exchange] = []
+        self._on_ready = on_ready  # each batch of finished exchanges, before it is kept
+
+    def _take(self) -> None:
+        xs = self.stitcher.ready()
+        if xs and self._on_ready is not None:
+            self._on_ready(xs)
+        self.exchanges.extend(xs)
+
+    @property
+    def held_segments(self) -> int:
+        return len(self._req) + len(self._resp)
+
+    def add(self, sent: bool, seg: Segment) -> None:
+        """A segment the observed process sent (else received), in its direction's order."""
+        (self._req if sent == (self.side == "client") else self._resp).append(seg)
+        self._place()
+
+    def _place(self, final: bool = False) -> None:
+        req, resp, st = self._req, self._resp, self.stitcher
+        while req and resp:
+            if req[0].ts_ns <= resp[0].ts_ns:
+                st.feed(True, req.popleft())
+            else:
+                st.feed(False, resp.popleft())
+        while final and req:
+            st.feed(True, req.popleft())
+        while final and resp:
+            st.feed(False, resp.popleft())
+        self._take()
+
+    def finish(self, closed_ns: int | None) -> tuple[list[Exchange], Http1Stats]:
+        self._place(final=True)
+        stats = self.stitcher.finish(closed_ns)
+        self._take()
+        return self.exchanges, stats

@@ -1,0 +1,152 @@
+"""Replay holds a window, not the recording: matcher and stitcher state stay flat with length."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from harness.analysis.match import HORIZON_NS, StreamMatcher, Verdict, match
+from harness.collectors.kprobe.decode import decode
+from harness.model import Exchange
+from harness.protocols.common import Segment
+from harness.protocols.http1.stitch import Http1Stitcher, Http1Stream, stitch_http1
+
+MS = 1_000_000
+RUNS = sorted(p for p in (Path(__file__).parent / "fixtures" / "replay").iterdir() if p.is_dir())
+
+
+def _x(source: str, t: int, port: int, seq: int) -> Exchange:
+    return Exchange(
+        source=source, side="server" if source != "truth" else "wire",  # type: ignore[arg-type]
+        protocol="http/1.1", client_ip="127.0.0.1", client_port=port,
+        server_ip="127.0.0.1", server_port=80, conn_seq=seq, method="GET", path="/",
+        status=200, t_start_ns=t, conn_id=f"c{port}" if source != "truth" else None,
+    )  # fmt: skip
+
+
+def _soak(n: int) -> tuple[Iterator[tuple[int, Exchange]], Iterator[Exchange], dict[str, int]]:
+    """n exchanges 1 ms apart: half on two keep-alive connections, half one per connection
+    (HTTP/1.0: a new port each); the server reads each 50 us after it is on the wire."""
+
+    def port(k: int) -> int:
+        return 1000 + k % 4 if k % 2 else 10_000 + k
+
+    def seq(k: int) -> int:
+        return k // 4 if k % 2 else 0
+
+    truth = ((k, _x("truth", k * MS, port(k), seq(k))) for k in range(n))
+    seen = (_x("kprobe", k * MS + 50_000, port(k), seq(k)) for k in range(n))
+    ends = {f"c{port(k)}": 1 for k in range(0, n, 2)}
+    ends.update({f"c{1000 + j}": len(range(j, n, 4)) for j in (1, 3)})
+    return truth, seen, ends
+
+
+def _peak(n: int) -> dict[str, int]:
+    """The most state the matcher held while matching n exchanges, sampled as it went."""
+    peak: dict[str, int] = {"pairs": 0}
+    phantoms: list[Exchange] = []
+
+    def on_pair(v: Verdict) -> None:
+        assert not v.degraded
+        peak["pairs"] += 1
+        if peak["pairs"] % 101 == 0:
+            for k, c in m.retained().items():
+                peak[k] = max(peak.get(k, 0), c)
+
+    m = StreamMatcher(on_pair, phantoms.append)
+    truth, seen, ends = _soak(n)
+    m.run(truth, seen, ends=ends)
+    assert not phantoms
+    return peak
+
+
+def test_matching_state_does_not_grow_with_the_recording() -> None:
+    short, long = _peak(6_000), _peak(18_000)
+    assert (short["pairs"], long["pairs"]) == (6_000, 18_000)
+    window = 2 * HORIZON_NS // MS + 10  # behind and ahead of the observation, 1 per ms
+    assert long["truth"] <= window and long["candidates"] <= window
+    # closed HTTP/1.0 connections are forgotten: only the keep-alive ones stay
+    assert long["last"] <= 4
+    for k in ("truth", "candidates", "connections", "taken", "last"):
+        assert long[k] <= short[k] + 10, (k, short[k], long[k])
+
+
+def test_truth_aged_out_still_decides_the_next_in_sequence() -> None:
+    """A free truth exchange after the previous pair that is already too old was what the
+    in-sequence rule looked at first: the match falls back to the nearest one, as it did
+    when all the truth was held."""
+    s = 1_000 * MS
+    truth = [
+        _x("truth", 0, 5, 0), _x("truth", 100 * MS, 5, 1),  # the second one nobody reads
+        _x("truth", 1_500 * MS, 5, 2), _x("truth", 2_500 * MS, 5, 3),
+        _x("truth", 2_900 * MS, 6, 0),  # another connection moves time on
+    ]  # fmt: skip
+    seen = [_x("kprobe", 50_000, 5, 0), _x("kprobe", 2_900 * MS + 50_000, 6, 0),
+            _x("kprobe", 3 * s, 5, 1)]  # fmt: skip
+    got = {id(v.observed): v.truth for v in match(truth, seen).pairs}
+    assert got[id(seen[2])] is truth[3]
+    assert got[id(seen[0])] is truth[0]
+
+
+def test_http1_stitcher_hands_exchanges_out_as_they_finish() -> None:
+    """A long keep-alive connection, pipelined in bursts of 4: only the exchanges still
+    open are held, whatever the connection's length."""
+    n, peak, got = 4_000, 0, 0
+    st = Http1Stitcher("server", "kprobe", from_start=True, pipelined=True)
+    for k in range(0, n, 4):
+        t = k * MS
+        burst = b"".join(b"GET /%d HTTP/1.1\r\nHost: a\r\n\r\n" % (k + j) for j in range(4))
+        st.feed(True, Segment(t, burst, len(burst)))
+        for j in range(4):
+            resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+            st.feed(False, Segment(t + (j + 1) * 1000, resp, len(resp)))
+            peak = max(peak, len(st.open))
+        xs = st.ready()
+        assert [x.path for x in xs] == [f"/{i}" for i in range(got, got + len(xs))]
+        got += len(xs)
+    stats = st.finish(None)
+    got += len(st.ready())
+    assert got == stats.exchanges == stats.complete == n
+    assert peak <= 4
+
+
+def test_http1_stream_holds_only_what_it_has_not_placed() -> None:
+    """Segments arrive direction by direction; a request waits only for the response side
+    to show where it goes in time, so a long connection holds a handful of segments."""
+    st = Http1Stream("client", from_start=True)
+    peak = 0
+    for k in range(2_000):
+        req = b"GET /%d HTTP/1.1\r\nHost: a\r\n\r\n" % k
+        resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        st.add(True, Segment(k * MS, req, len(req)))
+        st.add(False, Segment(k * MS + 500, resp, len(resp)))
+        peak = max(peak, st.held_segments, len(st.stitcher.open))
+    xs, stats = st.finish(None)
+    assert len(xs) == stats.complete == 2_000
+    assert [x.conn_seq for x in xs] == list(range(2_000))
+    assert peak <= 2
+
+
+@pytest.mark.parametrize("run", RUNS, ids=[r.name for r in RUNS])
+def test_stitched_while_decoded_equals_stitched_after(run: Path) -> None:
+    """Connections seen from their open are stitched during the decode, their bytes let go;
+    each gives the exchanges and counters stitching its kept bytes afterwards gives."""
+    events = run / "events" / "kprobe.bin"
+    live, _ = decode(events, stitch=lambda _xs: None)
+    kept, _ = decode(events)
+    by_key = {c.key: c for c in kept}
+    streamed = [c for c in live if c.stitched is not None]
+    # a late attach sees HTTP/1.0's new connections open, not keep-alive's old ones
+    assert bool(streamed) == ("http10" in run.name)
+    for c in streamed:
+        assert not c.send and not c.recv
+        old = by_key[c.key]
+        xs, st = stitch_http1(old.send, old.recv, side=old.role, closed_ns=old.closed_ns,  # type: ignore[arg-type]
+                              from_start=old.from_start)  # fmt: skip
+        assert c.stitched == (xs, st)
+    others = [c for c in live if c.stitched is None]
+    assert [(c.key, c.send, c.recv) for c in others] == [
+        (by_key[c.key].key, by_key[c.key].send, by_key[c.key].recv) for c in others
+    ]
