@@ -34,7 +34,11 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
+    """ruff, then the layers (import-linter, pyproject's contracts), then the types (mypy)."""
     _run(session, "ruff", "check", "harness", "tests", "benchmarks", "noxfile.py")
+    session.run(str(BIN / "lint-imports"), "--config", str(ROOT / "pyproject.toml"),
+                external=True)
+    session.run(str(BIN / "mypy"), str(ROOT / "harness"), external=True)
 
 
 @nox.session
@@ -65,3 +69,10 @@ def replay(session: nox.Session) -> None:
 def matrix(session: nox.Session) -> None:
     """The default matrix and its report (needs root): nox -s matrix [-- --quick]"""
     _run(session, "probebench", "matrix")
+
+
+@nox.session
+def kernels(session: nox.Session) -> None:
+    """The BPF tests and a smoke matrix in Debian 6.1 and 6.12 guests (root; installs QEMU,
+    busybox-static, virtme-ng and the kernels): nox -s kernels [-- --kernel 6.1 --quick]"""
+    _run(session, "probebench", "kernels")

@@ -43,10 +43,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
+from harness import scenarios
 from harness.analysis import overhead as oh
 from harness.errors import CollectorError, TargetError
 from harness.model import machine_info
-from harness.runner import scenarios
 from harness.runner.collectors import (
     CollectorOptions,
     RunningCollector,

@@ -1,7 +1,8 @@
-/* Kernel-side collector: syscall tracepoints (the seed article's "kprobe"
- * approach), compiled by bcc. Settings arrive as -D cflags, never by editing
- * this text: PB_FILTER_TGID, PB_FILTER_PORTS, PB_SELF_TGID, PB_CHUNK,
- * PB_CALL_LIMIT, PB_H2_BODY_LIMIT, PB_RINGBUF_PAGES, PB_MAX_CONNS.
+/* Kernel-side collector: syscall tracepoints, or kprobes on the syscall
+ * functions (PB_KPROBES=1) (the seed article's "kprobe" approach), compiled by
+ * bcc. Settings arrive as -D cflags, never by editing this text: PB_FILTER_TGID,
+ * PB_FILTER_PORTS, PB_SELF_TGID, PB_CHUNK, PB_CALL_LIMIT, PB_H2_BODY_LIMIT,
+ * PB_RINGBUF_PAGES, PB_MAX_CONNS, PB_KPROBES.
  *
  * Kernel side does only: connection table, protocol inference, copy bytes.
  * Parsing and stitching happen in replay (user space), from the raw records. */
@@ -12,6 +13,9 @@
 #include <linux/uio.h>
 #include "kprobe_events.h"
 
+#ifndef PB_KPROBES
+#define PB_KPROBES 0
+#endif
 #ifndef PB_RINGBUF_PAGES
 #define PB_RINGBUF_PAGES 1024
 #endif
@@ -291,8 +295,7 @@ static __always_inline int on_connect_enter(int fd) {
     connect_fd.update(&tid, &f);
     return 0;
 }
-TRACEPOINT_PROBE(syscalls, sys_enter_connect) { return on_connect_enter(args->fd); }
-TRACEPOINT_PROBE(syscalls, sys_exit_connect) {
+static __always_inline int on_connect_exit(void) {
     u64 id = bpf_get_current_pid_tgid();
     if (!tgid_traced(id >> 32)) return 0;
     u32 tid = (u32)id;
@@ -417,18 +420,14 @@ static __always_inline int on_accept_exit(long ret) {
     }
     return 0;
 }
-TRACEPOINT_PROBE(syscalls, sys_enter_accept) { return on_accept_enter((u64)args->upeer_sockaddr); }
-TRACEPOINT_PROBE(syscalls, sys_enter_accept4) { return on_accept_enter((u64)args->upeer_sockaddr); }
-TRACEPOINT_PROBE(syscalls, sys_exit_accept) { return on_accept_exit(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_exit_accept4) { return on_accept_exit(args->ret); }
 
 /* ---- close */
 /* every process's close() and dup2() pass here: the target filter comes first, so
  * the others cost no table lookup (only targets' fds are in the table) */
-TRACEPOINT_PROBE(syscalls, sys_enter_close) {
+static __always_inline int on_close_enter(int fd) {
     u64 id = bpf_get_current_pid_tgid();
     if (!tgid_traced(id >> 32)) return 0;
-    struct conn_key key = {.tgid = id >> 32, .fd = (s32)args->fd};
+    struct conn_key key = {.tgid = id >> 32, .fd = (s32)fd};
     struct conn_info *c = conns.lookup(&key);
     if (!c) return 0;
     if (c->proto != PB_IGNORED) emit_conn(PB_EV_CLOSE, &key, c, id);
@@ -448,8 +447,6 @@ static __always_inline int on_fd_replaced(long ret) {
     conns.delete(&key);
     return 0;
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_dup2) { return on_fd_replaced(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_exit_dup3) { return on_fd_replaced(args->ret); }
 
 /* Data on an fd not in the table (a connection opened before the attach, in a
  * child after fork, or through dup): 1 if it is a TCP socket on the traced
@@ -1137,6 +1134,19 @@ static __always_inline int on_msg_enter(u8 sc, u8 dir, int fd, u64 msg) {
     return on_data_enter(sc, dir, fd, (u64)m.msg_iov, (u32)m.msg_iovlen);
 }
 
+/* ---- the syscall hooks: thin entry points into the on_* logic above, attached
+ * either to the syscall tracepoints (default) or, with PB_KPROBES, as kprobes on
+ * the syscall functions (entry and return), the way Pixie attaches. */
+#if !PB_KPROBES
+TRACEPOINT_PROBE(syscalls, sys_enter_connect) { return on_connect_enter(args->fd); }
+TRACEPOINT_PROBE(syscalls, sys_exit_connect) { return on_connect_exit(); }
+TRACEPOINT_PROBE(syscalls, sys_enter_accept) { return on_accept_enter((u64)args->upeer_sockaddr); }
+TRACEPOINT_PROBE(syscalls, sys_enter_accept4) { return on_accept_enter((u64)args->upeer_sockaddr); }
+TRACEPOINT_PROBE(syscalls, sys_exit_accept) { return on_accept_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_accept4) { return on_accept_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_close) { return on_close_enter(args->fd); }
+TRACEPOINT_PROBE(syscalls, sys_exit_dup2) { return on_fd_replaced(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_dup3) { return on_fd_replaced(args->ret); }
 TRACEPOINT_PROBE(syscalls, sys_enter_read) { return on_data_enter(PB_SC_READ, PB_DIR_RECV, args->fd, (u64)args->buf, 0); }
 TRACEPOINT_PROBE(syscalls, sys_exit_read) { return on_data_exit(args, args->ret); }
 TRACEPOINT_PROBE(syscalls, sys_enter_write) { return on_data_enter(PB_SC_WRITE, PB_DIR_SEND, args->fd, (u64)args->buf, 0); }
@@ -1153,3 +1163,41 @@ TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg) { return on_msg_enter(PB_SC_SENDMS
 TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg) { return on_data_exit(args, args->ret); }
 TRACEPOINT_PROBE(syscalls, sys_enter_recvmsg) { return on_msg_enter(PB_SC_RECVMSG, PB_DIR_RECV, args->fd, (u64)args->msg); }
 TRACEPOINT_PROBE(syscalls, sys_exit_recvmsg) { return on_data_exit(args, args->ret); }
+#else
+/* Not auto-attached (no kprobe__ prefix): the recorder attaches each
+ * pb_sysenter__NAME / pb_sysexit__NAME to the kernel's NAME syscall function
+ * (__x64_sys_NAME), the return probes with room for many blocked threads. The
+ * syscall functions take one argument, the user's registers at the syscall,
+ * which hold its arguments: PB_SYSREGS copies them to `r` on the stack. */
+#define PB_SYSREGS struct pt_regs r = {}; \
+    bpf_probe_read_kernel(&r, sizeof(r), (void *)PT_REGS_PARM1(ctx))
+#define PB_A1 ((int)PT_REGS_PARM1(&r))
+#define PB_A2 ((u64)PT_REGS_PARM2(&r))
+#define PB_A3 ((u32)PT_REGS_PARM3(&r))
+#define PB_RET ((long)PT_REGS_RC(ctx))
+int pb_sysenter__connect(struct pt_regs *ctx) { PB_SYSREGS; return on_connect_enter(PB_A1); }
+int pb_sysexit__connect(struct pt_regs *ctx) { return on_connect_exit(); }
+int pb_sysenter__accept(struct pt_regs *ctx) { PB_SYSREGS; return on_accept_enter(PB_A2); }
+int pb_sysenter__accept4(struct pt_regs *ctx) { PB_SYSREGS; return on_accept_enter(PB_A2); }
+int pb_sysexit__accept(struct pt_regs *ctx) { return on_accept_exit(PB_RET); }
+int pb_sysexit__accept4(struct pt_regs *ctx) { return on_accept_exit(PB_RET); }
+int pb_sysenter__close(struct pt_regs *ctx) { PB_SYSREGS; return on_close_enter(PB_A1); }
+int pb_sysexit__dup2(struct pt_regs *ctx) { return on_fd_replaced(PB_RET); }
+int pb_sysexit__dup3(struct pt_regs *ctx) { return on_fd_replaced(PB_RET); }
+int pb_sysenter__read(struct pt_regs *ctx) { PB_SYSREGS; return on_data_enter(PB_SC_READ, PB_DIR_RECV, PB_A1, PB_A2, 0); }
+int pb_sysexit__read(struct pt_regs *ctx) { return on_data_exit(ctx, PB_RET); }
+int pb_sysenter__write(struct pt_regs *ctx) { PB_SYSREGS; return on_data_enter(PB_SC_WRITE, PB_DIR_SEND, PB_A1, PB_A2, 0); }
+int pb_sysexit__write(struct pt_regs *ctx) { return on_data_exit(ctx, PB_RET); }
+int pb_sysenter__sendto(struct pt_regs *ctx) { PB_SYSREGS; return on_data_enter(PB_SC_SENDTO, PB_DIR_SEND, PB_A1, PB_A2, 0); }
+int pb_sysexit__sendto(struct pt_regs *ctx) { return on_data_exit(ctx, PB_RET); }
+int pb_sysenter__recvfrom(struct pt_regs *ctx) { PB_SYSREGS; return on_data_enter(PB_SC_RECVFROM, PB_DIR_RECV, PB_A1, PB_A2, 0); }
+int pb_sysexit__recvfrom(struct pt_regs *ctx) { return on_data_exit(ctx, PB_RET); }
+int pb_sysenter__readv(struct pt_regs *ctx) { PB_SYSREGS; return on_data_enter(PB_SC_READV, PB_DIR_RECV, PB_A1, PB_A2, PB_A3); }
+int pb_sysexit__readv(struct pt_regs *ctx) { return on_data_exit(ctx, PB_RET); }
+int pb_sysenter__writev(struct pt_regs *ctx) { PB_SYSREGS; return on_data_enter(PB_SC_WRITEV, PB_DIR_SEND, PB_A1, PB_A2, PB_A3); }
+int pb_sysexit__writev(struct pt_regs *ctx) { return on_data_exit(ctx, PB_RET); }
+int pb_sysenter__sendmsg(struct pt_regs *ctx) { PB_SYSREGS; return on_msg_enter(PB_SC_SENDMSG, PB_DIR_SEND, PB_A1, PB_A2); }
+int pb_sysexit__sendmsg(struct pt_regs *ctx) { return on_data_exit(ctx, PB_RET); }
+int pb_sysenter__recvmsg(struct pt_regs *ctx) { PB_SYSREGS; return on_msg_enter(PB_SC_RECVMSG, PB_DIR_RECV, PB_A1, PB_A2); }
+int pb_sysexit__recvmsg(struct pt_regs *ctx) { return on_data_exit(ctx, PB_RET); }
+#endif

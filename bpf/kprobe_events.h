@@ -11,12 +11,7 @@
 #define PB_EV_CLOSE 4
 #define PB_EV_EXIT 5       /* a traced process exited */
 
-#define PB_ROLE_UNKNOWN 0
-#define PB_ROLE_CLIENT 1
-#define PB_ROLE_SERVER 2
-
-#define PB_DIR_SEND 0
-#define PB_DIR_RECV 1
+#include "pb_common.h" /* roles, directions */
 
 #define PB_PROTO_UNKNOWN 0
 #define PB_PROTO_HTTP1 1

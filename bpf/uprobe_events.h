@@ -21,12 +21,7 @@
 #define PB_PROBE_CLIENT_RST 8     /* (*http2Client).handleRSTStream: a reset received */
 #define PB_PROBE_SERVER_RST 9     /* (*http2Server).handleRSTStream */
 
-#define PB_ROLE_UNKNOWN 0
-#define PB_ROLE_CLIENT 1
-#define PB_ROLE_SERVER 2
-
-#define PB_DIR_SEND 0
-#define PB_DIR_RECV 1
+#include "pb_common.h" /* roles, directions */
 
 /* flags */
 #define PB_FLAG_END_STREAM 1

@@ -8,8 +8,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from harness.collectors import registry
+from harness.collectors.base import LEVELS, CollectorOptions
 from harness.errors import ProbebenchError
-from harness.model import repo_root
+from harness.model import repo_root, save_sweep
 from harness.runner.lifecycle import Interrupted
 
 DEFAULT_RUNS = repo_root() / "results" / "runs"
@@ -38,21 +40,9 @@ def cmd_doctor(a: argparse.Namespace) -> int:
     return 0 if doctor.can_record(checks) else 1
 
 
-def _record_and_replay(spec: object, out: Path) -> Path:
-    from harness.analysis.replay import replay
-    from harness.report.summary import summary_table
-    from harness.runner.record import record
-
-    run_dir = record(spec, out, _progress)  # type: ignore[arg-type]
-    _progress("replaying: Wireshark decode, parsing, matching")
-    metrics = replay(run_dir)
-    print(summary_table(metrics))
-    return run_dir
-
-
 def cmd_run(a: argparse.Namespace) -> int:
-    from harness.runner.collectors import CollectorOptions
     from harness.runner.record import RunSpec
+    from harness.workflows.run import record_and_replay
 
     spec = RunSpec(
         scenario=a.scenario,
@@ -68,12 +58,13 @@ def cmd_run(a: argparse.Namespace) -> int:
             max_capture=a.max_capture, h2_body_limit=a.h2_body_limit,
             ringbuf_pages=a.ringbuf_pages,
             uprobe_level=a.uprobe_level, uprobe_value_max=a.uprobe_value_max,
+            kernel_hooks=a.kernel_hooks,
         ),
         tls=a.tls,
         tls_version=a.tls_version,
         pipeline_depth=a.pipeline_depth,
     )
-    run_dir = _record_and_replay(spec, a.out)
+    run_dir = record_and_replay(spec, a.out, _progress)
     print(run_dir)
     return 0
 
@@ -86,9 +77,7 @@ def cmd_replay(a: argparse.Namespace) -> int:
         metrics = replay(d, attach_at_s=a.attach_at)
         print(summary_table(metrics))
         if a.attach_at is not None:
-            out = d / f"metrics.attach-at-{a.attach_at:g}s.json"
-            out.write_text(json.dumps(metrics, indent=2, sort_keys=True, default=str) + "\n")
-            print(out)
+            print(save_sweep(d, a.attach_at, metrics))
         else:
             print(d / "metrics.json")
     return 0
@@ -103,7 +92,7 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 
 def cmd_matrix(a: argparse.Namespace) -> int:
-    from harness.runner.matrix import cells, run_cell, run_matrix
+    from harness.workflows.matrix import cells, run_cell, run_matrix
 
     if a.list:
         listed = cells()
@@ -125,9 +114,66 @@ def cmd_matrix(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_kernels(a: argparse.Namespace) -> int:
+    import time
+
+    from harness.analysis.replay import replay
+    from harness.report.build import build_report
+    from harness.report.load import load
+    from harness.report.tables import hook_agreement, kernels_frame, rows_frame
+    from harness.runner import kernels
+    from harness.runner.kernels_guest import record_cells
+
+    t0 = time.monotonic()
+    series = a.kernel or list(kernels.DEFAULT_SERIES)
+    out = a.out / time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    if a.install_only:
+        kernels.run_guests(series, a.quick, out, _progress, install_only=True)
+        print("installed: QEMU, busybox, virtme-ng and the kernels of " + ", ".join(series))
+        return 0
+    guests = kernels.run_guests(series, a.quick, out, _progress, timeout_s=a.timeout,
+                                tests=not a.no_tests)
+    dirs = [d for _, _, g in guests for d in kernels.run_dirs(g)]
+    failed = [f"{k.release}: {g['error']}" for k, _, g in guests if g.get("error")]
+    failed += [f"{k.release}: tests exited {t.get('exit_code')} ({t.get('summary')})"
+               for k, _, g in guests if isinstance(t := g.get("tests"), dict)
+               and t.get("exit_code") != 0]  # fmt: skip
+    failed += [f"{k.release}: {r['kernel_hooks']} {r['scenario']} {r['attach']}: {r['error']}"
+               for k, _, g in guests for r in g.get("runs") or [] if r.get("error")]  # fmt: skip
+    if not a.no_host:
+        _progress("the same cells on this machine's kernel (its hook modes)")
+        from harness.collectors.kprobe.hooks import HOOKS, hook_modes
+
+        have = [m for m in HOOKS if hook_modes()[m] is None]
+        host = record_cells(out / "host", a.quick, have)
+        dirs += [Path(r["run_dir"]) for r in host if r.get("run_dir")]
+        failed += [f"host: {r['kernel_hooks']} {r['scenario']}: {r['error']}"
+                   for r in host if r.get("error")]  # fmt: skip
+    if not dirs:
+        raise ProbebenchError("no run came back from the guests: " + "; ".join(failed))
+    _progress(f"replaying {len(dirs)} runs on this machine")
+    for d in dirs:
+        try:
+            replay(d)
+        except ProbebenchError as e:
+            failed.append(f"replay {d.name}: {e}")
+    agree = hook_agreement(kernels_frame(rows_frame(load(dirs).runs)))
+    if not agree.empty:
+        print(agree.to_string(index=False))
+        failed += [f"{x.machine}: {x.scenario} {x.pair} {x.attach} {x.side}: kprobes differ"
+                   for x in agree.itertuples() if x.same != "yes"]  # fmt: skip
+    report = build_report(dirs, out / "report",
+                          command=f"probebench report {out}/*/runs --out {out}/report")
+    print(f"took {time.monotonic() - t0:.0f} s (guests under TCG: noisy on a shared machine)")
+    for f in failed:
+        print(f"problem: {f}")
+    print(f"runs: {out}")
+    print(report)
+    return 1 if failed else 0
+
+
 def cmd_observe(a: argparse.Namespace) -> int:
-    from harness.runner.collectors import CollectorOptions
-    from harness.runner.observe import observe
+    from harness.workflows.observe import observe
 
     if not a.command:
         raise ProbebenchError(
@@ -143,7 +189,8 @@ def cmd_observe(a: argparse.Namespace) -> int:
         progress=_progress,
         tls=a.tls,
         keylog=a.keylog,
-        options=CollectorOptions(uprobe_level=a.uprobe_level, uprobe_value_max=a.uprobe_value_max),
+        options=CollectorOptions(uprobe_level=a.uprobe_level, uprobe_value_max=a.uprobe_value_max,
+                                 kernel_hooks=a.kernel_hooks),
         min_free_bytes=int(a.min_free_mb * (1 << 20)),
         replay_after=not a.no_replay,
     )
@@ -152,26 +199,34 @@ def cmd_observe(a: argparse.Namespace) -> int:
 
 
 def _collectors(text: str) -> list[str]:
-    from harness.runner.collectors import COLLECTORS
-
     names = [c for c in text.split(",") if c]
-    unknown = sorted(set(names) - set(COLLECTORS))
+    unknown = sorted(set(names) - set(registry.NAMES))
     if unknown or not names:
         raise argparse.ArgumentTypeError(
-            f"collectors are {', '.join(COLLECTORS)}, not {text!r}"
+            f"collectors are {', '.join(registry.NAMES)}, not {text!r}"
         )
     return names
 
 
 def _uprobe_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--uprobe-level", choices=["headers", "messages"], default="headers",
+        "--uprobe-level", choices=LEVELS, default=CollectorOptions.uprobe_level,
         help="uprobe: header blocks only (3 hits per unary call per side), or also every "
         "DATA frame (+1 hit each) for message counts and sizes",
     )  # fmt: skip
     p.add_argument(
-        "--uprobe-value-max", type=int, default=16384,
+        "--uprobe-value-max", type=int, default=CollectorOptions.uprobe_value_max,
         help="uprobe: header value bytes captured; a longer value is marked cut, never used",
+    )  # fmt: skip
+
+
+def _kernel_hooks_option(p: argparse.ArgumentParser) -> None:
+    from harness.collectors.base import DEFAULT_KERNEL_HOOKS, KERNEL_HOOKS
+
+    p.add_argument(
+        "--kernel-hooks", choices=KERNEL_HOOKS, default=DEFAULT_KERNEL_HOOKS,
+        help="kernel-side collector: syscall tracepoints, or kprobes on the syscall "
+        "functions (__x64_sys_*; `probebench doctor` says which this kernel has)",
     )  # fmt: skip
 
 
@@ -187,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(fn=cmd_doctor)
 
-    from harness.runner.scenarios import GRPC_GO_BUILDS, LANGS, SCENARIOS
+    from harness.scenarios import GRPC_GO_BUILDS, LANGS, SCENARIOS
 
     p = sub.add_parser("run", help="record one scenario run, analyse it, print its directory")
     p.add_argument("scenario", choices=list(SCENARIOS))
@@ -195,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--server", choices=LANGS, default="py")
     p.add_argument("--attach", choices=["early", "late"], default="early")
     p.add_argument(
-        "--collectors", type=_collectors, default="kprobe,uprobe", help="comma-separated"
+        "--collectors", type=_collectors, default=",".join(registry.default_names()),
+        help="comma-separated",
     )
     p.add_argument("--exchanges", type=int, help="default: the scenario's")
     p.add_argument("--seed", type=int, default=1)
@@ -209,16 +265,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="HTTP/1.1 requests per write before their responses (http11-pipelined: 8)",
     )
     p.add_argument(
-        "--max-capture", type=int, default=65536, help="payload bytes captured per syscall"
+        "--max-capture", type=int, default=CollectorOptions.max_capture,
+        help="payload bytes captured per syscall",
     )
     p.add_argument(
-        "--h2-body-limit", type=int, default=0,
+        "--h2-body-limit", type=int, default=CollectorOptions.h2_body_limit,
         help="gRPC message-body bytes captured per frame-aware HTTP/2 call (no field needs them)",
     )  # fmt: skip
-    p.add_argument("--ringbuf-pages", type=int, default=16384, help="ring buffer, 4 KiB pages")
+    p.add_argument("--ringbuf-pages", type=int, default=CollectorOptions.ringbuf_pages,
+                   help="ring buffer, 4 KiB pages")
     p.add_argument("--tls", action="store_true", help="the same scenario over TLS")
     p.add_argument("--tls-version", choices=["1.2", "1.3"], default="1.3")
     _uprobe_options(p)
+    _kernel_hooks_option(p)
     p.add_argument("--out", type=Path, default=DEFAULT_RUNS, help="parent of the run directory")
     p.set_defaults(fn=cmd_run)
 
@@ -237,10 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-replay", action="store_true", help="record only; `probebench replay DIR` later"
     )
     p.add_argument(
-        "--collectors", type=_collectors, default="kprobe,uprobe",
+        "--collectors", type=_collectors, default=",".join(registry.default_names()),
         help="comma-separated; uprobe holds each exec of the command until it is probed",
     )  # fmt: skip
     _uprobe_options(p)
+    _kernel_hooks_option(p)
     p.add_argument("--out", type=Path, default=DEFAULT_RUNS)
     p.add_argument("command", nargs=argparse.REMAINDER)
     p.set_defaults(fn=cmd_observe)
@@ -272,6 +332,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cell", metavar="ID",
                    help="record and replay one cell into --out; prints its run directory")
     p.set_defaults(fn=cmd_matrix)
+
+    p = sub.add_parser(
+        "kernels", help="the BPF tests and a smoke matrix in Debian kernels booted as guests")
+    p.add_argument("--kernel", action="append", metavar="VERSION",
+                   help="a Debian kernel series, e.g. 6.1 or 6.12 (repeatable; default both): "
+                   "its newest image and headers are found with apt and installed")
+    p.add_argument("--quick", action="store_true",
+                   help="the smoke set: the hook-mode tests, one HTTP/1.1 (early) and one "
+                   "gRPC (late) run per hook mode")
+    p.add_argument("--no-tests", action="store_true",
+                   help="record the smoke cells only, without the BPF tests in the guest")
+    p.add_argument("--no-host", action="store_true",
+                   help="leave out the same cells on this machine's own kernel")
+    p.add_argument("--install-only", action="store_true",
+                   help="install QEMU, busybox, virtme-ng and the kernels; boot nothing")
+    p.add_argument("--timeout", type=float, metavar="S",
+                   help="per guest, boot to power-off (default: 420 with --quick, else 2400); "
+                   "QEMU emulates the CPU, so a loaded machine needs more")
+    p.add_argument("--out", type=Path, default=repo_root() / "results" / "kernels")
+    p.set_defaults(fn=cmd_kernels)
     return ap
 
 

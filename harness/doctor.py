@@ -113,16 +113,21 @@ def check_syscall_tracepoints() -> Check:
     )
 
 
-def check_kprobes(cfg: dict[str, str]) -> Check:
-    have = (TRACEFS / "kprobe_events").exists() or cfg.get("CONFIG_KPROBES") == "y"
-    if have:
-        return Check("kprobes", OK, "kprobes available (optional attach mode)", required=False)
-    why = "CONFIG_KPROBES is not set" if cfg else "no kprobe_events in tracefs"
+def check_kernel_hooks() -> Check:
+    """Which --kernel-hooks modes this kernel supports (tracepoints are checked above)."""
+    from harness.collectors.kprobe.hooks import hook_modes
+
+    modes = hook_modes()
+    have = [m for m, why in modes.items() if why is None]
+    detail = "--kernel-hooks " + ("|".join(have) if have else "(none)")
+    if modes["kprobes"] is None:
+        return Check("kprobes", OK, detail + " (kprobes on __x64_sys_*)", required=False)
     return Check(
         "kprobes",
         UNAVAILABLE,
-        f"{why}: the kernel-side collector uses syscall tracepoints instead",
-        "none needed; kprobe attach mode needs a kernel built with CONFIG_KPROBES=y",
+        f"{detail}; kprobes: {modes['kprobes']}",
+        "none needed; kprobe attach mode needs a kernel built with CONFIG_KPROBES=y "
+        "(`probebench kernels` tries it in Debian kernels booted as guests)",
         required=False,
     )
 
@@ -228,7 +233,7 @@ def run_checks(progress: Callable[[str], None] | None = None) -> list[Check]:
         check_bpf_syscall,
         check_tracefs,
         check_syscall_tracepoints,
-        lambda: check_kprobes(cfg),
+        check_kernel_hooks,
         lambda: check_uprobes(cfg),
         check_btf,
         check_headers,

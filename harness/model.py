@@ -8,7 +8,6 @@ import json
 import os
 import platform
 import subprocess
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -18,10 +17,40 @@ from harness.errors import RunDirError, UnknownVersionError
 RUN_VERSION = 1
 METRICS_VERSION = 1
 
-Source = Literal["truth", "workload", "kprobe", "uprobe", "tls"]
+# "truth", "workload", or a collector's registered name
+Source = str
 Side = Literal["client", "server", "wire"]
 
-PROTOCOLS = ("http/1.0", "http/1.1", "h2c-grpc", "h2c")
+# Protocol families: a run's protocol is http/1.0, http/1.1, h2c-grpc or h2c (tls- in front
+# in the report when carried over TLS); h2c and h2c-grpc are the HTTP/2 family.
+H2_FAMILY = "h2c"
+
+
+def is_h2(protocol: str) -> bool:
+    """HTTP/2 (h2c, h2c-grpc), as opposed to HTTP/1.x."""
+    return protocol.startswith(H2_FAMILY)
+
+
+def is_grpc(protocol: str) -> bool:
+    return protocol == H2_FAMILY + "-grpc"
+
+
+# Degradation reasons: one vocabulary for every source, so the report can add them up.
+NO_PEER_ADDRESS = "no_peer_address"
+HEADERS_MISSED_STREAM = "headers_missed_stream"  # the stream's header block was not seen
+STREAM_INCOMPLETE = "stream_incomplete"  # the stream's end was not seen
+TRUNCATED_PAYLOAD = "truncated_payload"
+TRUNCATED_VALUE = "truncated_value"  # a name or value longer than a probe's cap
+TRUNCATED_HEADERS = "truncated_headers"  # fields of a block a probe did not read
+NOT_COLLECTED = "not_collected"  # the recording's options do not look at it
+HPACK_UNKNOWN_INDEX = "hpack_unknown_index"
+HPACK_DECODE_ERROR = "hpack_decode_error"
+MALFORMED_HEADERS = "malformed_headers"
+TRUTH_UNRELIABLE = "truth_unreliable"
+TRUTH_HPACK_UNKNOWN = "truth_hpack_unknown"
+STREAM_RESET = "stream_reset"  # ended by RST_STREAM: what would have followed is not there
+# RST_STREAM CANCEL on a call with a deadline: a cancel or the deadline, not told apart
+RST_CANCEL_OR_DEADLINE = "rst_cancel_or_deadline"
 
 # Run-directory layout, relative to the run directory.
 RUN_JSON = "run.json"
@@ -93,26 +122,18 @@ class Exchange:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-def write_exchanges_jsonl(path: Path, exchanges: Iterable[Exchange]) -> int:
-    n = 0
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w") as f:
-        for x in exchanges:
-            f.write(json.dumps(x.to_dict(), sort_keys=True) + "\n")
-            n += 1
-    os.replace(tmp, path)
-    return n
+# Start-up waits (targets ready, dumpcap capturing, probes attached) are multiplied by
+# this factor from the environment: an emulated guest (`probebench kernels`) is 25-35x
+# slower than the host. It never changes what is measured, only how long we wait.
+SLOWDOWN_ENV = "PROBEBENCH_SLOWDOWN"
 
 
-def read_exchanges_jsonl(path: Path) -> Iterator[Exchange]:
-    with path.open() as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield Exchange.from_dict(json.loads(line))
-            except (json.JSONDecodeError, TypeError) as e:
-                raise RunDirError(f"{path}:{lineno}: not an exchange record: {e}") from e
+def waited(seconds: float) -> float:
+    """A start-up timeout, scaled for a slow machine (PROBEBENCH_SLOWDOWN, default 1)."""
+    try:
+        return seconds * max(1.0, float(os.environ.get(SLOWDOWN_ENV, "1")))
+    except ValueError:
+        return seconds
 
 
 # -- versioned JSON files ------------------------------------------------------
@@ -184,12 +205,6 @@ def machine_info() -> dict[str, Any]:
         bcc_version = getattr(bcc, "__version__", None)
     except ImportError:
         bcc_version = None
-    grpc_go = None
-    gomod = root / "scenarios" / "go" / "go.mod"
-    if gomod.exists():
-        for line in gomod.read_text().splitlines():
-            if "google.golang.org/grpc " in line:
-                grpc_go = line.split()[-1]
     dirty = _cmd_output(["git", "status", "--porcelain"], cwd=root)
     return {
         "hostname": platform.node(),
@@ -202,7 +217,6 @@ def machine_info() -> dict[str, Any]:
         "bcc": bcc_version,
         "tshark": _first_line(_cmd_output(["tshark", "--version"])),
         "go": _cmd_output(["go", "env", "GOVERSION"]),
-        "grpc_go": grpc_go,
         "git_commit": _cmd_output(["git", "rev-parse", "HEAD"], cwd=root),
         "git_dirty": bool(dirty),
     }
@@ -246,6 +260,18 @@ class RunManifest:
 def save_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
     metrics = {"version": METRICS_VERSION, **metrics}
     write_json_atomic(run_dir / METRICS_JSON, metrics)
+
+
+def sweep_path(run_dir: Path, attach_at_s: float) -> Path:
+    """Where a replay as if attached ``attach_at_s`` later is kept (the report globs these)."""
+    return run_dir / f"metrics.attach-at-{attach_at_s:g}s.json"
+
+
+def save_sweep(run_dir: Path, attach_at_s: float, metrics: dict[str, Any]) -> Path:
+    """The one writer of sweep files: versioned like metrics.json, and atomic."""
+    path = sweep_path(run_dir, attach_at_s)
+    write_json_atomic(path, {"version": METRICS_VERSION, **metrics})
+    return path
 
 
 def load_metrics(run_dir: Path) -> dict[str, Any]:

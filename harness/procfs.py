@@ -1,10 +1,21 @@
-"""Reading processes from /proc: what the runner and the uprobe discovery both need."""
+"""Processes from /proc, and a child tied to its parent: what the runner, the capture and the
+uprobe discovery all need."""
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """preexec_fn: the child gets SIGTERM when its parent dies, even by SIGKILL."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,12 @@ def _doctor() -> str:
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("kprobes") is not None:
+        from harness.collectors.kprobe.hooks import hook_modes
+
+        # a kernel property, not a setup fault: this host's kernel has none, by design
+        if why := hook_modes()["kprobes"]:
+            pytest.skip(f"kprobes: {why}")
     for marker in ("bpf", "capture"):
         if item.get_closest_marker(marker) is None:
             continue

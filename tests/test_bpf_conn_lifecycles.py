@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from harness.analysis.observed import kprobe_exchanges
 from harness.collectors.kprobe.decode import decode
+from harness.collectors.kprobe.exchanges import kprobe_exchanges
 from harness.runner.record import free_port
 
 pytestmark = pytest.mark.bpf

@@ -1,4 +1,4 @@
-"""h2c/gRPC ground truth on third-party grpc-go captures (/work/shared/captures, never copied)."""
+"""h2c/gRPC ground truth on third-party grpc-go captures (shared/captures, never copied)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from shared_files import needs, shared_captures
 
 from harness.groundtruth import extract_exchanges
 from harness.groundtruth.tshark import tshark_path
 
-CAPTURES = Path("/work/shared/captures/grpc-go-for-professionals")
+CAPTURES = shared_captures("grpc-go-for-professionals")
 
 # Checked by hand with: tshark -d tcp.port==50051,http2 -Y grpc -T fields -e tcp.srcport
 #   -e grpc.message_length (messages and payload bytes per direction).
@@ -22,7 +23,7 @@ CASES = [
     ("Bidi Streaming", 0, "/greet.GreetService/GreetEveryone", 3, 3, 22, 43, 51164),
 ]
 
-pytestmark = pytest.mark.skipif(not CAPTURES.is_dir(), reason="shared captures not present")
+pytestmark = needs(CAPTURES)
 
 
 @pytest.mark.parametrize(("name", "stream", "path", "req_n", "resp_n", "req_b", "resp_b", "cport"),

@@ -11,7 +11,6 @@ No root needed: only files are read.
 from __future__ import annotations
 
 import copy
-import json
 import re
 import shutil
 import subprocess
@@ -20,10 +19,10 @@ from pathlib import Path
 import pytest
 from elftools.elf.elffile import ELFFile
 
+from harness.collectors.gobin.pclntab import read_pclntab
 from harness.collectors.tls.gotls import resolve_go_tls
 from harness.collectors.uprobe import offsets
 from harness.collectors.uprobe.discover import identify
-from harness.collectors.uprobe.pclntab import read_pclntab
 from harness.collectors.uprobe.resolve import FUNCTIONS, Resolution, resolve
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -167,39 +166,19 @@ def test_reasons_for_binaries_not_probed(tmp_path: Path) -> None:
 def test_stripped_targets_are_observed_completely(tmp_path: Path, version: str, mode: str) -> None:
     """Real uprobes on stripped builds, placed from the table: every call of the workload,
     from both sides, with no field degraded."""
-    from test_uprobe_bpf import FIELDS, client_args, start_collector, start_server, stop
+    from uprobe_run import assert_both_sides_match, client_args, recording, run_client
 
-    from harness.analysis.uprobe_observed import uprobe_exchanges
+    from harness.collectors.uprobe.exchanges import uprobe_exchanges
     from harness.runner.record import free_port
 
     build = f"{version}-stripped"
     port = free_port()
     events, workload = tmp_path / "uprobe.bin", tmp_path / "workload.jsonl"
-    col = start_collector(
-        events, [BIN / f"grpc-server-{build}", BIN / f"grpc-client-{build}"], port
-    )
-    try:
-        srv = start_server(build, port)
-        try:
-            subprocess.run(client_args(build, port, mode, 30, workload), check=True,
-                           capture_output=True, timeout=120)  # fmt: skip
-        finally:
-            stop(srv)
-    finally:
-        assert stop(col) == 0
-    stats = json.loads(events.with_suffix(".json").read_text())
-    assert stats["lost_events"] == 0 and stats["unsupported"] == []
+    with recording(events, build, port) as stats:
+        run_client(client_args(build, port, mode, 30, workload))
     assert {b["source"] for b in stats["binaries"].values()} == {"table"}
     xs, _ = uprobe_exchanges(events, [port])
-    want = {str(w["id"]): w for w in map(json.loads, workload.read_text().splitlines())}
-    assert len(want) == 30
-    for side in ("client", "server"):
-        got = {x.req_headers["x-probebench-id"]: x for x in xs if x.side == side}
-        assert sorted(got) == sorted(want), side
-        for i, w in want.items():
-            assert got[i].degraded == [], (side, i, got[i].degraded)
-            for f in FIELDS:
-                assert getattr(got[i], f) == w[f], (side, i, f)
+    assert_both_sides_match(xs, workload, 30)
 
 
 @pytest.mark.parametrize("version", VERSIONS)

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from harness import scenarios
 from harness.analysis.match import judge
 from harness.errors import ProbebenchError
 from harness.model import Exchange, RunManifest, load_metrics
-from harness.runner import scenarios
 from harness.runner.lifecycle import ProcessSet, read_line_until
 from harness.runner.record import free_port
 

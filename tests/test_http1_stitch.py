@@ -32,7 +32,7 @@ def test_headers_are_lowercased_and_duplicates_joined() -> None:
         200,
         2,
     )
-    assert (x.t_start_ns, x.t_end_ns, x.conn_seq, x.source, x.side) == (1, 2, 0, "kprobe", "client")
+    assert (x.t_start_ns, x.t_end_ns, x.conn_seq, x.source, x.side) == (1, 2, 0, "", "client")
     assert stats.complete == 1
 
 

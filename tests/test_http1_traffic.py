@@ -277,7 +277,7 @@ def _check_connection(conn: dict, side: str) -> None:
     c2s, s2c = _segments(conn["c2s"]), _segments(conn["s2c"])
     send, recv = (c2s, s2c) if side == "client" else (s2c, c2s)
     exchanges, stats = stitch_http1(
-        send, recv, side=side, closed_ns=conn["closed_ns"], from_start=True
+        send, recv, side=side, closed_ns=conn["closed_ns"], from_start=True, source="kprobe"
     )
     expected = conn["expected"]
     assert [(x.method, x.path, x.status) for x in exchanges] == [

@@ -9,19 +9,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from shared_files import needs, shared_captures
 
 from harness.protocols.common import Segment
 from harness.protocols.http2 import stitch_http2
 
-CAPTURES = Path("/work/shared/captures/grpc-go-for-professionals")
+CAPTURES = shared_captures("grpc-go-for-professionals")
 PORT = "50051"
 FILES = ["Unary.pcapng", "Server Streaming.pcapng", "Client Streaming.pcapng",
          "Bidi Streaming.pcapng"]
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("tshark") is None or not CAPTURES.is_dir(),
-    reason="needs tshark and /work/shared/captures",
-)
+pytestmark = [
+    pytest.mark.skipif(shutil.which("tshark") is None, reason="needs tshark"),
+    needs(CAPTURES),
+]
 
 
 def tshark(path: Path, *args: str) -> list[list[str]]:

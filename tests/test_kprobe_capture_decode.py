@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import struct
 
+import pytest
+
 from harness.collectors.kprobe.decode import call_segments
 from harness.protocols.common import Segment
 from harness.protocols.http2.frames import FrameParsed, FrameParser
@@ -53,3 +55,19 @@ def test_frame_parser_stays_in_sync_across_skipped_data_bodies() -> None:
     assert frames[-1].payload == b"\x88"
     assert p.stats.sync_losses == 0
     assert all(f.payload == body[:4] for f in frames[:3])
+
+
+def test_a_kernel_event_file_of_another_format_is_refused(tmp_path) -> None:
+    from harness.collectors.eventfile import EventWriter
+    from harness.collectors.kprobe.decode import decode
+    from harness.errors import RunDirError
+
+    w = EventWriter(tmp_path / "k.bin", {"collector": "kprobe", "format": "kprobe-syscalls/99"})
+    w.close()
+    with pytest.raises(RunDirError, match="not a kprobe-syscalls/1 recording"):
+        decode(tmp_path / "k.bin")
+    # a recording from before the format was written reads as format 1
+    w = EventWriter(tmp_path / "old.bin", {"collector": "kprobe"})
+    w.close()
+    conns, _ = decode(tmp_path / "old.bin")
+    assert conns == []

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from harness.analysis.observed import kprobe_exchanges
 from harness.collectors.eventfile import EventWriter
 from harness.collectors.kprobe.decode import decode
+from harness.collectors.kprobe.exchanges import kprobe_exchanges
 from harness.collectors.kprobe.layout import header
 from harness.protocols.http1.stitch import stitch_http1
 from harness.runner.record import free_port

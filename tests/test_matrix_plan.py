@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from harness.model import RunManifest
-from harness.runner import matrix
-from harness.runner.matrix import MatrixRun, State, execute, plan, state_path, sweep_times
-from harness.runner.scenarios import CURRENT_GRPC_GO, GRPC_GO_VERSIONS, SCENARIOS, STRIPPED
+from harness.scenarios import CURRENT_GRPC_GO, GRPC_GO_VERSIONS, SCENARIOS, STRIPPED
+from harness.workflows import matrix
+from harness.workflows.matrix import MatrixRun, State, execute, plan, state_path, sweep_times
 
 FIXTURES = Path(__file__).parent / "fixtures" / "report"
 EARLY = "20261125T132142-grpc-unary-go2go-early-v1.85.0"
@@ -236,7 +236,7 @@ def test_run_matrix_reports_on_its_runs(tmp_path: Path, monkeypatch: pytest.Monk
         return d
 
     runs = [MatrixRun("grpc-unary", "go", "go", "early", 60, ("kprobe",), CURRENT_GRPC_GO)]
-    monkeypatch.setattr(matrix, "plan", lambda quick, collectors, full=False: runs)
+    monkeypatch.setattr(matrix, "plan", lambda quick, full=False: runs)
     monkeypatch.setattr("harness.runner.record.record", fake_record)
     monkeypatch.setattr("harness.analysis.replay.replay", lambda d: None)
     out, rep = tmp_path / "runs", tmp_path / "report"
@@ -259,7 +259,7 @@ def test_cells_have_unique_stable_ids() -> None:
     assert len(ids) == len(set(ids))
     assert all("/" not in i and " " not in i for i in ids)
     default = [c for c in listed if c["matrix"] == "default"]
-    assert len(default) == len(plan(quick=False, collectors=matrix.available_collectors()))
+    assert len(default) == len(plan(quick=False))
     # the id is the key, spelled for job names: the same cell gets the same id tomorrow
     r = MatrixRun("grpc-bidi", "py", "go", "late", 100, BOTH, "v1.50.1")
     assert r.cell_id == "grpc-bidi_py2go_late_v1.50.1_kprobe+uprobe_n100"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.runner import matrix
-from harness.runner.matrix import MatrixRun
+from harness.workflows import matrix
+from harness.workflows.matrix import MatrixRun
 
 
 @pytest.mark.bpf
@@ -16,7 +16,7 @@ from harness.runner.matrix import MatrixRun
 @pytest.mark.slow
 def test_one_real_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run = MatrixRun("http11-keepalive", "py", "py", "early", 40, ("kprobe",), sweep=(0.5,))
-    monkeypatch.setattr(matrix, "plan", lambda quick, collectors, full=False: [run])
+    monkeypatch.setattr(matrix, "plan", lambda quick, full=False: [run])
     out, rep = tmp_path / "runs", tmp_path / "report"
     html = matrix.run_matrix(True, out, rep, lambda m: None)
     state = json.loads(matrix.state_path(out, True).read_text())

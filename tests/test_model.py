@@ -9,13 +9,10 @@ import pytest
 
 from harness.errors import RunDirError, UnknownVersionError
 from harness.model import (
-    Exchange,
     RunManifest,
     load_metrics,
     machine_info,
-    read_exchanges_jsonl,
     save_metrics,
-    write_exchanges_jsonl,
 )
 
 
@@ -45,11 +42,3 @@ def test_not_json_and_missing(tmp_path: Path) -> None:
 def test_metrics_carry_version(tmp_path: Path) -> None:
     save_metrics(tmp_path, {"rows": []})
     assert load_metrics(tmp_path)["version"] == 1
-
-
-def test_exchange_jsonl_round_trip(tmp_path: Path) -> None:
-    x = Exchange(source="kprobe", side="server", protocol="http/1.1", method="GET", status=200)
-    x.degrade("client_port", "no_peer_address")
-    write_exchanges_jsonl(tmp_path / "x.jsonl", [x])
-    [back] = list(read_exchanges_jsonl(tmp_path / "x.jsonl"))
-    assert back == x

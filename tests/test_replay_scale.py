@@ -22,7 +22,7 @@ from harness.analysis.replay import REPLAY_JSON, replay, write_parquet
 from harness.groundtruth import extract as extract_mod
 from harness.groundtruth.extract import extract_exchanges
 from harness.model import Degradation, Exchange, RunManifest
-from harness.runner.observe import _wait_watching_disk
+from harness.workflows.observe import _wait_watching_disk
 
 FIXTURES = Path(__file__).parent / "fixtures" / "replay"
 RUNS = sorted(p for p in FIXTURES.iterdir() if p.is_dir())

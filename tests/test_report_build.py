@@ -348,7 +348,7 @@ def test_matrix_reuses_bench_results_of_the_same_commit(tmp_path: Path) -> None:
     import subprocess
 
     from harness.model import repo_root
-    from harness.runner import matrix
+    from harness.workflows import matrix
 
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_root(), capture_output=True,
                           text=True, check=True).stdout.strip()  # fmt: skip

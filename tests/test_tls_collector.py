@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from kernel_state import prog_ids_held_by
 
-from harness.analysis.tls_observed import tls_exchanges
+from harness.collectors.tls.exchanges import tls_exchanges
 from harness.runner.record import free_port
 from harness.runner.tlsfiles import make_tls_files
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from hpack import Encoder
 
-from harness.analysis.tls_observed import tls_exchanges
 from harness.collectors.eventfile import EventWriter
 from harness.collectors.tls.decode import decode
+from harness.collectors.tls.exchanges import tls_exchanges
 from harness.collectors.tls.layout import FORMAT, header
 
 PORT = 50051

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from harness.collectors.kprobe.decode import infer_proto, is_tls_record
+from harness import scenarios
 from harness.errors import CaptureError
 from harness.groundtruth.extract import parse_decrypted_dump
 from harness.groundtruth.tlskeys import merge_keylogs
 from harness.groundtruth.tshark import decode_as
 from harness.model import load_metrics
-from harness.runner import scenarios
+from harness.protocols.sniff import infer_proto, is_tls_record
 from harness.runner.tlsfiles import make_tls_files
 
 ROOT = Path(__file__).resolve().parent.parent

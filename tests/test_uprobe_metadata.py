@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from test_uprobe_bpf import BIN, client_args, start_collector, start_server, stop
+from uprobe_run import client_args, recording
 
-from harness.analysis.uprobe_observed import uprobe_exchanges
 from harness.collectors.uprobe.decode import HeaderBlock, decode
+from harness.collectors.uprobe.exchanges import uprobe_exchanges
 from harness.runner.record import free_port
 
 pytestmark = pytest.mark.bpf
@@ -36,28 +36,16 @@ def _record(tmp_path: Path, runs: list[list[dict[str, str]]], *, value_max: int 
     set i). Returns the events, every workload record, the port and the collector stats."""
     port = free_port()
     events = tmp_path / "uprobe.bin"
-    col = start_collector(
-        events, [BIN / f"grpc-server-{VERSION}", BIN / f"grpc-client-{VERSION}"], port,
-        level="headers", value_max=value_max,
-    )  # fmt: skip
     records: list[dict] = []
-    try:
-        srv = start_server(VERSION, port)
-        try:
-            for k, sets in enumerate(runs):
-                md, wl = tmp_path / f"md{k}.jsonl", tmp_path / f"w{k}.jsonl"
-                md.write_text("".join(json.dumps(m) + "\n" for m in sets))
-                args = client_args(VERSION, port, "unary", len(sets), wl)
-                args[args.index("--connections") + 1] = "1"
-                subprocess.run([*args, "--metadata-file", str(md)], check=True,
-                               capture_output=True, timeout=120)  # fmt: skip
-                records += [json.loads(ln) for ln in wl.read_text().splitlines()]
-        finally:
-            stop(srv)
-    finally:
-        assert stop(col) == 0
-    stats = json.loads(events.with_suffix(".json").read_text())
-    assert stats["lost_events"] == 0 and stats["unsupported"] == []
+    with recording(events, VERSION, port, level="headers", value_max=value_max) as stats:
+        for k, sets in enumerate(runs):
+            md, wl = tmp_path / f"md{k}.jsonl", tmp_path / f"w{k}.jsonl"
+            md.write_text("".join(json.dumps(m) + "\n" for m in sets))
+            args = client_args(VERSION, port, "unary", len(sets), wl)
+            args[args.index("--connections") + 1] = "1"
+            subprocess.run([*args, "--metadata-file", str(md)], check=True,
+                           capture_output=True, timeout=120)  # fmt: skip
+            records += [json.loads(ln) for ln in wl.read_text().splitlines()]
     return events, records, port, stats
 
 

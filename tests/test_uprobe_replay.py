@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.analysis.uprobe_observed import uprobe_exchanges
 from harness.collectors.eventfile import EventWriter
 from harness.collectors.uprobe.decode import decode
+from harness.collectors.uprobe.exchanges import uprobe_exchanges
 from harness.collectors.uprobe.layout import FORMAT, header
 from harness.errors import RunDirError
 

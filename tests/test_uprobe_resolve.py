@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.collectors.gobin.elfgo import parse_buildinfo
 from harness.collectors.uprobe.discover import find_grpc_go_targets, identify
-from harness.collectors.uprobe.elfgo import parse_buildinfo
 from harness.collectors.uprobe.resolve import Resolution, resolve
 from harness.runner.record import free_port
 

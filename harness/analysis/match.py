@@ -8,7 +8,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from harness.model import Exchange
+from harness.model import H2_FAMILY, NOT_COLLECTED, Exchange, is_h2
 
 # How far apart a collector's and Wireshark's start of one exchange may be.
 MATCH_WINDOW_NS = 2_000_000_000
@@ -17,7 +17,6 @@ CLOCK_TOLERANCE_NS = 20_000
 ID_HEADER = "x-probebench-id"
 # A field the source's configuration does not look at (e.g. message counts at the uprobe
 # collector's "headers" level): out of that source's scope, so neither scored nor wrong.
-NOT_COLLECTED = "not_collected"
 
 COMMON_FIELDS = (
     "method", "path", "status", "req_bytes", "resp_bytes",
@@ -35,9 +34,9 @@ HEADER_FIELDS = ("req_headers", "resp_headers")  # scored on their custom (x-) f
 
 
 def required_fields(protocol: str) -> tuple[str, ...]:
-    if protocol == "h2c":
+    if protocol == H2_FAMILY:  # plain HTTP/2: no gRPC fields
         return H2C_FIELDS
-    return GRPC_FIELDS if protocol.startswith("h2c") else COMMON_FIELDS
+    return GRPC_FIELDS if is_h2(protocol) else COMMON_FIELDS
 
 
 @dataclass

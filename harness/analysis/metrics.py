@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.analysis.match import Verdict, match_into, required_fields
-from harness.model import Exchange
+from harness.model import TRUNCATED_PAYLOAD, Exchange
 
 DEFINITIONS = {
     "observable": "truth exchanges that started after the collector attached",
@@ -114,7 +114,7 @@ class Scorer:
             self._fields[f] += 1
             self._wrong[f] += 1
             self._reasons["wrong_value"] += 1
-        if any(d.reason == "truncated_payload" for d in v.observed.degraded):
+        if any(d.reason == TRUNCATED_PAYLOAD for d in v.observed.degraded):
             row.truncated_payloads += 1
 
     def phantom(self, x: Exchange) -> None:

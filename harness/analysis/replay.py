@@ -18,10 +18,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from harness.analysis.compact import Sharer
 from harness.analysis.match import match_into
 from harness.analysis.metrics import DEFINITIONS, Row, score
-from harness.analysis.observed import VARIANTS, EncryptedConn, Variant, kprobe_exchanges
+from harness.collectors import registry
+from harness.collectors.base import VARIANTS, EncryptedConn, ReplayInput, Variant
+from harness.compact import Sharer
 from harness.errors import RunDirError
 from harness.groundtruth.extract import extract_exchanges
 from harness.groundtruth.match import match_workload, read_workload
@@ -30,14 +31,16 @@ from harness.model import (
     CAPTURE,
     EVENTS_DIR,
     EXCHANGES_DIR,
+    H2_FAMILY,
     TLS_DIR,
     WORKLOAD,
     Exchange,
     RunManifest,
+    is_grpc,
+    is_h2,
     save_metrics,
     write_json_atomic,
 )
-from harness.runner import scenarios
 
 SIDES = ("client", "server")
 REPLAY_JSON = "replay.json"  # how long the last replay took, and its peak memory
@@ -108,6 +111,16 @@ def write_parquet(exchanges: list[Exchange], path: Path) -> None:
             )
 
 
+def run_protocol(manifest: RunManifest) -> str:
+    """The protocol the run recorded (observe: h2c or HTTP/1 by its --h2c)."""
+    p = manifest.params
+    if "protocol" in p:
+        return str(p["protocol"])
+    if "h2c" in p:  # observe, before it recorded its protocol
+        return H2_FAMILY if p["h2c"] else "http/1.x"
+    raise RunDirError(f"run {manifest.run_id}: run.json's params record no protocol")
+
+
 def replayable(manifest: RunManifest) -> bool:
     """Complete runs, and interrupted ones (observe stopped for disk space, Ctrl-C) whose
     collectors all attached: what they recorded up to the stop is whole and readable."""
@@ -138,14 +151,6 @@ def tls_protocol(protocol: str) -> str:
     return "tls-" + protocol.replace("h2c", "h2")
 
 
-def tls_not_covered(lang: str | None, grpc: bool) -> str | None:
-    """Why the TLS collector cannot see a side at all, or None where it can."""
-    if lang == "py" and grpc:
-        return ("grpcio: its TLS is BoringSSL linked statically into cygrpc with no symbol "
-                "table, so there is nothing to probe (uncoverable)")
-    return None
-
-
 def encrypted_count(
     truth: list[Exchange], conns: list[EncryptedConn], side: str, attach_ns: int
 ) -> int:
@@ -153,15 +158,6 @@ def encrypted_count(
     keys = {(c.client_port, c.server_port) for c in conns if c.side == side}
     return sum(1 for t in truth if (t.t_start_ns or 0) >= attach_ns
                and (t.client_port, t.server_port) in keys)  # fmt: skip
-
-
-def _variants(collector: str, attach: str, protocol: str, simulated: bool) -> list[Variant]:
-    out = [VARIANTS["default"]]
-    if collector == "kprobe" and (attach == "late" or simulated):
-        out.append(VARIANTS["no-sockdiag"])
-        if protocol.startswith("h2c"):
-            out.append(VARIANTS["hpack-strict"])
-    return out
 
 
 # Below this capture size a second process costs more than it saves.
@@ -241,30 +237,18 @@ def _observe_all(
         events = run_dir / EVENTS_DIR / f"{name}.bin"
         if not events.exists():
             raise RunDirError(f"{events} is missing: the {name} collector recorded nothing")
-        for variant in _variants(name, p["attach"], protocol, attach_at_s is not None):
+        coll = registry.get(name)
+        for vname in coll.variants(p["attach"], protocol, attach_at_s is not None):
+            variant = VARIANTS[vname]
             encrypted: list[EncryptedConn] = []
-            if name == "kprobe":
-                observed, ostats = kprobe_exchanges(
-                    events, ports, variant=variant,
-                    attach_at_ns=attach_ns if attach_at_s is not None else None,
-                    target_pids={int(pr["pid"]) for pr in manifest.processes},
-                    encrypted=encrypted,
-                )  # fmt: skip
-            elif name == "tls":
-                from harness.analysis.tls_observed import tls_exchanges
-
-                observed, ostats = tls_exchanges(
-                    events, ports, attach_at_ns=attach_ns if attach_at_s is not None else None,
-                    h2=protocol.startswith("h2c"),
-                )  # fmt: skip
-            else:
-                from harness.analysis.uprobe_observed import uprobe_exchanges
-
-                observed, ostats = uprobe_exchanges(
-                    events, ports, attach_at_ns=attach_ns if attach_at_s is not None else None
-                )
+            observed, ostats = coll.exchanges(ReplayInput(
+                events, ports, protocol,
+                attach_at_ns=attach_ns if attach_at_s is not None else None,
+                target_pids={int(pr["pid"]) for pr in manifest.processes},
+                variant=variant, encrypted=encrypted,
+            ))  # fmt: skip
             for x in observed:
-                x.run_id, x.scenario, x.source = manifest.run_id, manifest.scenario, name  # type: ignore[assignment]
+                x.run_id, x.scenario, x.source = manifest.run_id, manifest.scenario, name
             out.append((name, attach_ns, info, variant, observed, ostats, encrypted))
     return out
 
@@ -286,11 +270,8 @@ def replay(
             "replayed"
         )
     p = manifest.params
-    if manifest.scenario == scenarios.OBSERVE:
-        h2c, protocol = bool(p.get("h2c")), "h2c" if p.get("h2c") else "http/1.x"
-    else:
-        scen = scenarios.get(manifest.scenario)
-        h2c, protocol = scen.is_h2, scen.protocol
+    protocol = run_protocol(manifest)
+    h2c = is_h2(protocol)
     ports = manifest.ports
     offset = int(manifest.capture.get("mono_offset_ns", 0))
     tls_version = (p.get("tls_version") or "1.3") if p.get("tls") else None
@@ -306,7 +287,8 @@ def replay(
             why = ("no TLS secrets in the key logs ("
                    + (", ".join(kst.files) or "none written") + "): the truth cannot be "
                    "decrypted, so no collector is scored")  # fmt: skip
-            metrics = {"run_id": manifest.run_id, "scenario": manifest.scenario, "params": p,
+            metrics: dict[str, Any] = {
+                       "run_id": manifest.run_id, "scenario": manifest.scenario, "params": p,
                        "attach_at_s": attach_at_s, "truth_unavailable": why, "tls": tls_info,
                        "truth_vs_workload": None,
                        "rows": [], "definitions": DEFINITIONS}  # fmt: skip
@@ -351,8 +333,7 @@ def replay(
             seen = [x for x in observed if x.side == side]
             in_window, seen = _window(truth, seen, until)
             score(row, in_window, seen, attach_ns)
-            if name == "tls":
-                row.not_covered = tls_not_covered(p.get(side), h2c)
+            row.not_covered = registry.get(name).not_covered(p.get(side), is_grpc(protocol))
             if encrypted:
                 row.undecodable["encrypted"] = encrypted_count(in_window, encrypted, side,
                                                                attach_ns)  # fmt: skip

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 
 def recorder_parser(prog: str, description: str | None) -> argparse.ArgumentParser:
@@ -36,6 +38,32 @@ def stop_flag() -> dict[str, int]:
     for s in (signal.SIGTERM, signal.SIGINT):
         signal.signal(s, on_signal)
     return flag
+
+
+class _Writer(Protocol):
+    def note(self, obj: dict[str, Any]) -> None: ...
+    def flush(self) -> None: ...
+
+
+class _Rings(Protocol):
+    def poll(self, timeout_ms: int) -> Any: ...
+
+
+def record_until_stopped(
+    writer: _Writer, rings: _Rings, probes: list[Any], deadline_s: float,
+    stop: dict[str, int], tick: Callable[[], None] = lambda: None,
+) -> None:
+    """The recorder's loop: note the attach in the event file and print ``ATTACHED <ns>`` (what
+    the runner waits for), then poll the rings, run ``tick`` and flush the events until a
+    signal or the deadline. The caller drains and writes its stats after."""
+    attach_ns = time.monotonic_ns()
+    writer.note({"type": "attached", "ts_ns": attach_ns, "probes": probes})
+    print(f"ATTACHED {attach_ns}", flush=True)
+    end = time.monotonic() + deadline_s
+    while not stop["signal"] and time.monotonic() < end:
+        rings.poll(100)
+        tick()
+        writer.flush()
 
 
 def stopped_by(flag: dict[str, int]) -> str:

@@ -22,6 +22,16 @@ _TYPES: dict[str, type] = {
 _DEFINE = re.compile(r"^#define\s+(PB_\w+)\s+(\d+)\b", re.M)
 _STRUCT = re.compile(r"struct\s+(\w+)\s*\{(.*?)\};", re.S)
 _FIELD = re.compile(r"^\s*(\w+)\s+(\w+)(?:\[(\w+)\])?\s*;")
+_INCLUDE = re.compile(r'^#include\s+"([\w.]+)"', re.M)
+
+
+def _with_includes(path: Path, seen: frozenset[Path] = frozenset()) -> str:
+    """The header's text with its local #include "x.h" files inlined (pb_common.h), as the
+    C compiler sees them."""
+    if path in seen:
+        return ""
+    text = path.read_text()
+    return _INCLUDE.sub(lambda m: _with_includes(path.parent / m.group(1), seen | {path}), text)
 
 
 def _strip_comments(text: str) -> str:
@@ -33,7 +43,7 @@ class Header:
     """The #define constants and ctypes structs of one header (fixed-width fields only)."""
 
     def __init__(self, path: Path, overrides: dict[str, int] | None = None) -> None:
-        text = _strip_comments(path.read_text())
+        text = _strip_comments(_with_includes(path))
         self.defines: dict[str, int] = {k: int(v) for k, v in _DEFINE.findall(text)}
         self.defines.update(overrides or {})
         self.structs: dict[str, type[ctypes.Structure]] = {}
@@ -51,6 +61,12 @@ class Header:
                     ctype = ctype * n
                 fields.append((fname, ctype))
             self.structs[name] = type(name, (ctypes.Structure,), {"_fields_": fields})
+
+    def enum(self, prefix: str) -> dict[int, str]:
+        """The values of one family of #defines, named by what follows the prefix, in lower
+        case: enum("PB_ROLE_") is {0: "unknown", 1: "client", 2: "server"}."""
+        return {v: k.removeprefix(prefix).lower() for k, v in self.defines.items()
+                if k.startswith(prefix)}  # fmt: skip
 
     def offset(self, struct: str, field: str) -> int:
         return int(getattr(self.structs[struct], field).offset)

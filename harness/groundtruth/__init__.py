@@ -3,14 +3,12 @@
 from harness.groundtruth.capture import Dumpcap, bpf_filter, mono_offset_ns, read_isb_stats
 from harness.groundtruth.extract import TruthStats, extract_exchanges
 from harness.groundtruth.match import match_workload
-from harness.groundtruth.pyshark_extract import extract_http1_pyshark
 
 __all__ = [
     "Dumpcap",
     "TruthStats",
     "bpf_filter",
     "extract_exchanges",
-    "extract_http1_pyshark",
     "match_workload",
     "mono_offset_ns",
     "read_isb_stats",

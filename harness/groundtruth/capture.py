@@ -16,7 +16,8 @@ from types import TracebackType
 from typing import Any
 
 from harness.errors import CaptureError
-from harness.runner.lifecycle import die_with_parent
+from harness.model import waited
+from harness.procfs import die_with_parent
 
 _SUMMARY = re.compile(
     r"Packets received/dropped on interface '(?P<iface>[^']*)': (?P<recv>\d+)/(?P<drop>\d+)"
@@ -82,7 +83,7 @@ class Dumpcap:
         self.ports = list(ports)
         self.interface = interface
         self.buffer_mib = buffer_mib
-        self.ready_timeout = ready_timeout
+        self.ready_timeout = waited(ready_timeout)
         self.stop_timeout = stop_timeout
         self.settle = settle
         self.dumpcap = dumpcap

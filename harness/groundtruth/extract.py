@@ -23,7 +23,7 @@ from urllib.parse import unquote
 
 from harness.errors import CaptureError
 from harness.groundtruth.tshark import AGG, SEP, TsharkStream, decode_as, run_tshark, unescape
-from harness.model import Exchange
+from harness.model import TRUTH_HPACK_UNKNOWN, TRUTH_UNRELIABLE, Exchange
 from harness.protocols.http2.grpc import apply_reset_status
 
 WARN_SEVERITY = 0x600000  # expert info: warning and error; chat and note are routine
@@ -224,7 +224,6 @@ def _scan(
 # disagrees, Wireshark lost a message and the pairing (and every later one on the
 # stream) is marked truth_unreliable.
 
-TRUTH_UNRELIABLE = "truth_unreliable"
 _H1_RESPONSE_FIELDS = ("status", "resp_bytes")
 
 
@@ -805,13 +804,13 @@ class _H2Calls:
                 if call.undecoded[d]:
                     stats.warn("HTTP/2 header block Wireshark decoded no field of")
                     for f in fields:
-                        x.degrade(f, "truth_unreliable")
+                        x.degrade(f, TRUTH_UNRELIABLE)
             for d, side in ((0, "req"), (1, "resp")):
                 block = call.open_block[d]
                 if block is not None:
                     # a block whose END_HEADERS Wireshark never decoded: its fields are partial
                     stats.warn("HTTP/2 header block without END_HEADERS")
-                    x.degrade(f"{side}_headers", "truth_unreliable")
+                    x.degrade(f"{side}_headers", TRUTH_UNRELIABLE)
                     if block:
                         _apply_headers(call, d == 0, block)
             if x.protocol == "h2c-grpc":
@@ -823,18 +822,18 @@ class _H2Calls:
                         # Wireshark lost part of this body (e.g. a segment it did not
                         # reassemble): its counts are no truth to score a collector against
                         side = "req" if d == 0 else "resp"
-                        x.degrade(f"{side}_messages", "truth_unreliable")
-                        x.degrade(f"{side}_bytes", "truth_unreliable")
+                        x.degrade(f"{side}_messages", TRUTH_UNRELIABLE)
+                        x.degrade(f"{side}_bytes", TRUTH_UNRELIABLE)
             else:
                 x.req_bytes, x.resp_bytes = call.data_bytes
             if call.crossed_reset and x.grpc_status is not None:
                 for f in ("grpc_status", "grpc_message"):
-                    x.degrade(f, "truth_unreliable")
+                    x.degrade(f, TRUTH_UNRELIABLE)
             elif x.protocol == "h2c-grpc" and x.grpc_status is None and call.rst is not None:
                 code, t_ns = call.rst
                 apply_reset_status(x, code, t_ns - (x.t_start_ns or t_ns),
-                                   "truth_hpack_unknown" if call.hpack_unknown[0] else
-                                   "truth_unreliable" if call.undecoded[0] else None)
+                                   TRUTH_HPACK_UNKNOWN if call.hpack_unknown[0] else
+                                   TRUTH_UNRELIABLE if call.undecoded[0] else None)
             _truth_blind(call)
             if x.status is None:
                 stats.unpaired_requests += 1
@@ -843,7 +842,7 @@ class _H2Calls:
                     # segment it did not reassemble): the response's counts are unknown, not 0
                     x.resp_bytes = x.resp_messages = None
                     for f in ("resp_bytes", "resp_messages"):
-                        x.degrade(f, "truth_unreliable")
+                        x.degrade(f, TRUTH_UNRELIABLE)
             result.append(x)
         return result
 
@@ -989,14 +988,14 @@ def _truth_blind(call: _Call) -> None:
     if call.hpack_unknown[0]:
         for f in ("method", "path", "authority", "req_headers"):
             if f == "req_headers" or getattr(x, f) is None:
-                x.degrade(f, "truth_hpack_unknown")
+                x.degrade(f, TRUTH_HPACK_UNKNOWN)
     if call.hpack_unknown[1] and x.grpc_status is None:
         for f in ("grpc_status", "grpc_message"):
-            x.degrade(f, "truth_hpack_unknown")
+            x.degrade(f, TRUTH_HPACK_UNKNOWN)
     if any(call.hpack_unknown) and x.protocol != "h2c-grpc":
         # gRPC or not is unknown (content-type unresolved): so is what the body sizes count
         for f in ("req_bytes", "resp_bytes", "req_messages", "resp_messages"):
-            x.degrade(f, "truth_hpack_unknown")
+            x.degrade(f, TRUTH_HPACK_UNKNOWN)
 
 
 def extract_exchanges(

@@ -6,11 +6,6 @@ from dataclasses import dataclass
 from enum import Enum
 
 
-class Direction(Enum):
-    SEND = "send"  # bytes the observed process wrote
-    RECV = "recv"  # bytes the observed process read
-
-
 @dataclass(frozen=True, slots=True)
 class Segment:
     """The bytes of one data syscall (or one captured chunk of it).

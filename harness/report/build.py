@@ -86,8 +86,13 @@ def build_report(dirs: list[Path], out: Path | None = None, *, command: str | No
 
 def _assemble(loaded: Loaded, bench: BenchView, out: Path, cmd: str,
               draw: bool = True) -> tuple[str, list[Section], dict[str, Any]]:
-    runs = loaded.runs
-    df = tables.rows_frame(runs)
+    every = loaded.runs
+    df_all = tables.rows_frame(every)
+    # The headline tables are the kernel side as it ships (syscall tracepoints): runs in
+    # kprobe mode go to the kernels section, beside the tracepoint runs of their machine.
+    runs = [r for r in every if r.kernel_hooks != "kprobes"] or every
+    ids = {r.run_id for r in runs}
+    df = df_all[df_all["run_id"].isin(ids)]
     facts = Facts.of(runs, df)
     ease = ease_view(runs)
     table = article_table(facts, bench, ease)
@@ -97,11 +102,13 @@ def _assemble(loaded: Loaded, bench: BenchView, out: Path, cmd: str,
     for old in (out / "plots").glob("*.png"):
         old.unlink()  # a plot with no data this time must not linger from the last report
     pdir = out / "plots" if draw else None
-    scen = sorted({str(r.params.get("scenario") or r.manifest.get("scenario")) for r in runs})
+    scen = sorted({str(r.params.get("scenario") or r.manifest.get("scenario")) for r in every})
     # a machine is its host, kernel and CPU: the target versions in run.json vary by run
-    machines = _unique([{k: r.machine.get(k) for k in MACHINE_KEYS} for r in runs])
-    lead = (f"{len(runs)} runs of {len(scen)} scenarios ({', '.join(scen)}) on "
-            f"{len(machines)} machine{'s' if len(machines) != 1 else ''}; overhead from "
+    machines = _unique([{k: r.machine.get(k) for k in MACHINE_KEYS} for r in every])
+    mixed = (" (pooled by cell in the tables above the kernel section, which keeps each "
+             "machine and kernel apart)") if len(machines) > 1 else ""
+    lead = (f"{len(every)} runs of {len(scen)} scenarios ({', '.join(scen)}) on "
+            f"{len(machines)} machine{'s' if len(machines) != 1 else ''}{mixed}; overhead from "
             + (bench.origin if bench.present else "nowhere (" + bench.absent + ")") + ". "
             "Ground truth: Wireshark's decode of a packet capture of the same traffic.")
     sections = [
@@ -116,13 +123,14 @@ def _assemble(loaded: Loaded, bench: BenchView, out: Path, cmd: str,
         _recovery_section(rec, runs, pdir),
         _sweep_section(sweep, pdir),
         _ease_section(ease),
-        _scenario_section(df),
-        _truth_section(runs),
-        _machine_section(runs, loaded, bench),
+        _scenario_section(df_all),
+        _truth_section(every),
+        *_kernels_section(df_all, every),
+        _machine_section(every, loaded, bench),
         _provenance_section(table, runs, loaded),
         _definitions_section(runs),
         Section("Regenerate this report", [
-            Text(f"Generated {utc_now()} from {len(runs)} run directories. Command:"),
+            Text(f"Generated {utc_now()} from {len(every)} run directories. Command:"),
             Text(f"`{cmd}`"),
             Text("Each run directory holds its `run.json` (parameters, machine) and "
                  "`metrics.json`, re-derivable with `probebench replay DIR`; this report's "
@@ -149,7 +157,7 @@ def _assemble(loaded: Loaded, bench: BenchView, out: Path, cmd: str,
              "truth_vs_workload": (r.metrics or {}).get("truth_vs_workload"),
              "collectors": (r.metrics or {}).get("collectors"), "rows": r.rows,
              "sweep": {f"{t:g}": m.get("rows") for t, m in r.sweep.items()}}
-            for r in runs
+            for r in every
         ],
         "bench": [{"file": str(p), "results": b} for p, b in loaded.bench],
     }  # fmt: skip
@@ -403,6 +411,29 @@ def _truth_section(runs: list[Any]) -> Section:
         s.blocks.append(_table(failed, "Runs without metrics (failed, interrupted, "
                                        "or not replayed)"))
     return s
+
+
+def _kernels_section(df: pd.DataFrame, runs: list[Any]) -> list[Section]:
+    """The kernel dimension: the kernel side per machine (host beside guest kernels) and
+    hook mode; only when the runs have more than one kernel or any kprobe-mode run."""
+    kf = tables.kernels_frame(df)
+    if kf.empty or (kf["machine"].nunique() < 2 and set(kf["kernel_hooks"]) == {"tracepoints"}):
+        return []
+    s = Section("Kernels and hook modes", anchor_name="kernels")
+    s.blocks.append(Text(
+        "The kernel-side collector on each machine (a guest kernel booted by `probebench "
+        "kernels` is its own machine) and each way it hooks the syscalls: `tracepoints` "
+        "(syscalls:sys_enter/exit_*) or `kprobes` (on the syscall functions __x64_sys_*, "
+        "entry and return; the same in-kernel logic behind both). Values are summed over "
+        "the runs of one machine only, never across machines. Guests run under QEMU's "
+        "emulation (TCG), so no overhead is measured there."))
+    s.blocks.append(_table(kf, "Kernel side per machine, hook mode, cell and side"))
+    agree = tables.hook_agreement(kf)
+    if not agree.empty:
+        n_diff = int((agree["same"] != "yes").sum())
+        s.blocks.append(_table(agree, f"tracepoints vs kprobes on the same machine: "
+                                      f"{len(agree) - n_diff} cells agree, {n_diff} differ"))
+    return [s]
 
 
 def _machine_section(runs: list[Any], loaded: Loaded, bench: BenchView) -> Section:

@@ -21,31 +21,10 @@ from typing import Any
 
 import pandas as pd
 
+from harness.collectors import registry
 from harness.model import repo_root
 from harness.report.load import RunData
 
-# Per collector: the code each part of it needs, as globs under the repository root. A
-# file shared by both (the HTTP/2 frame parser) counts for each one that needs it.
-SOURCES: dict[str, dict[str, tuple[str, ...]]] = {
-    "kprobe": {
-        "BPF C": ("bpf/kprobe_collector.c", "bpf/kprobe_events.h"),
-        "decoding": ("harness/collectors/kprobe/decode.py", "harness/analysis/observed.py",
-                     "harness/protocols/http1/*.py", "harness/protocols/http2/*.py",
-                     "harness/protocols/common.py"),
-        "loader": ("harness/collectors/kprobe/record.py", "harness/collectors/kprobe/layout.py",
-                   "harness/collectors/sockdiag.py"),
-    },
-    "uprobe": {
-        "BPF C": ("bpf/uprobe_grpc.c", "bpf/uprobe_events.h"),
-        "decoding": ("harness/collectors/uprobe/decode.py",
-                     "harness/analysis/uprobe_observed.py",
-                     "harness/protocols/http2/grpc.py"),
-        "loader": ("harness/collectors/uprobe/record.py", "harness/collectors/uprobe/layout.py",
-                   "harness/collectors/uprobe/discover.py"),
-        "target resolution": ("harness/collectors/uprobe/resolve.py",
-                              "harness/collectors/uprobe/elfgo.py"),
-    },
-}  # fmt: skip
 COUNTED = ("BPF C", "decoding")  # what the article table's one number adds up
 # -D settings that pick one of several code paths by the binary's shape.
 SHAPE_DEFINES: dict[str, dict[int, str]] = {
@@ -119,7 +98,9 @@ class EaseView:
 def _lines(root: Path) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, list[str]]]]:
     lines: dict[str, dict[str, int]] = {}
     files: dict[str, dict[str, list[str]]] = {}
-    for coll, parts in SOURCES.items():
+    # per collector, the code each part of it needs (its registration says), as globs under
+    # the repository root; a file shared by two (the HTTP/2 parser) counts for each
+    for coll, parts in ((c.name, c.parts) for c in registry.collectors()):
         for part, globs in parts.items():
             found = sorted({p for g in globs for p in root.glob(g) if p.is_file()})
             if not found:

@@ -41,6 +41,21 @@ class RunData:
         return dict(self.manifest.get("machine") or {})
 
     @property
+    def kernel_hooks(self) -> str:
+        """How the kernel-side collector hooked the syscalls (runs before the option
+        existed: tracepoints, the only mode then)."""
+        stats = (self.manifest.get("collectors") or {}).get("kprobe") or {}
+        opts = self.params.get("options") or {}
+        return str(stats.get("kernel_hooks") or opts.get("kernel_hooks")
+                   or self.params.get("kernel_hooks") or "tracepoints")
+
+    @property
+    def machine_label(self) -> str:
+        """One machine, as the report names it: host and kernel (a guest is its own)."""
+        m = self.machine
+        return f"{m.get('hostname') or '?'}, kernel {m.get('kernel') or '?'}"
+
+    @property
     def rows(self) -> list[dict[str, Any]]:
         return list((self.metrics or {}).get("rows") or [])
 
@@ -94,8 +109,7 @@ def _sweep_files(run_dir: Path) -> dict[float, dict[str, Any]]:
             m = json.loads(f.read_text())
         except json.JSONDecodeError as e:
             raise RunDirError(f"{f} is not valid JSON ({e})") from e
-        # `probebench replay --attach-at` writes these without the version key; a key that
-        # is there must still be one we read.
+        # written with a version since model.save_sweep; older ones without, read as today's
         if m.get("version", METRICS_VERSION) != METRICS_VERSION:
             raise RunDirError(f"{f} has version {m['version']!r}; this report reads "
                               f"version {METRICS_VERSION}")

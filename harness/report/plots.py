@@ -20,9 +20,11 @@ import pandas as pd
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
+from harness.collectors import registry
+
 DPI = 100
 WIDTH = 12.4  # inches: 1240 px, the page's content width at 1400 px
-COLORS = {"kprobe": "#1f77b4", "uprobe": "#d62728", "both": "#7b4fa0"}
+COLORS = {**{c.name: c.color for c in registry.collectors()}, "both": "#7b4fa0"}
 LANG_SHADE = {"go": 1.0, "py": 0.55}
 NA = "#c9ced6"
 STYLE = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "xtick.labelsize": 10,

@@ -9,17 +9,13 @@ from typing import Any
 
 import pandas as pd
 
+from harness.collectors import registry
 from harness.report.load import RunData
-from harness.runner.scenarios import CURRENT_GRPC_GO
 
-APPROACHES = {"kprobe": "kernel side (syscall tracepoints)", "uprobe": "uprobe (grpc-go)"}
-# The article's verdicts, quoted beside the measured values (SEED.md).
-ARTICLE = {
-    "kprobe": {"stability": "strong", "multi-language": "strong", "compatibility": "strong",
-               "ease of building": "complex", "data completeness": "degrades"},
-    "uprobe": {"stability": "weak", "multi-language": "weak", "compatibility": "weak",
-               "ease of building": "simple", "data completeness": "complete"},
-}  # fmt: skip
+# The approaches the article compares (their collectors say so when they register), with
+# its verdicts quoted beside the measured values (SEED.md).
+APPROACHES = {c.name: c.label for c in registry.collectors() if c.article}
+ARTICLE = {c.name: c.article for c in registry.collectors() if c.article}
 # A side counts as covered by a collector when it matched at least this share of the
 # observable exchanges; below it the collector does not really see that side.
 COVERED = 0.5
@@ -43,7 +39,7 @@ def grpc_go_of(protocol: str | None, params: dict[str, Any], row: dict[str, Any]
     if "grpc" not in (protocol or "") or "go" not in (params.get("client"),
                                                                params.get("server")):
         return None
-    return row.get("grpc_go") or params.get("grpc_version") or CURRENT_GRPC_GO
+    return row.get("grpc_go") or params.get("grpc_version")  # what the run recorded, or None
 
 
 # -- all rows ------------------------------------------------------------------------------
@@ -60,12 +56,14 @@ def rows_frame(runs: list[RunData]) -> pd.DataFrame:
             d["pair"] = pair(row.get("client"), row.get("server"))
             d["grpc_go"] = target_of(p, grpc_go_of(row.get("protocol"), p, row))
             d["lang"] = row.get(row.get("side", ""), None)  # the language of the observed side
+            d["machine"], d["kernel"] = r.machine_label, r.machine.get("kernel")
+            d["kernel_hooks"] = r.kernel_hooks if row.get("collector") == "kprobe" else None
             out.append(d)
     cols = ["run_id", "scenario", "protocol", "pair", "client", "server", "attach", "grpc_go",
             "collector", "side", "lang", "variant", "observable", "matched", "completeness",
             "degraded", "degradation_rate", "exact_rate", "wrong", "phantoms", "pre_attach",
             "unmatched_no_address", "lost_events", "truncated_payloads", "degraded_by_field",
-            "degraded_by_reason", "recovery"]  # fmt: skip
+            "degraded_by_reason", "recovery", "machine", "kernel", "kernel_hooks"]  # fmt: skip
     df = pd.DataFrame(out)
     for c in cols:
         if c not in df:
@@ -213,7 +211,8 @@ def recorder_cpu(runs: list[RunData]) -> pd.DataFrame:
 
 SCENARIO_COLUMNS = {"run_id": "run", "pair": "client→server", "attach": "attach",
                     "grpc_go": "grpc-go", "collector": "collector", "side": "side",
-                    "variant": "variant", "observable": "observable", "matched": "matched",
+                    "variant": "variant", "kernel_hooks": "kernel hooks",
+                    "observable": "observable", "matched": "matched",
                     "completeness": "completeness", "degradation_rate": "degradation",
                     "exact_rate": "exact", "wrong": "wrong", "phantoms": "phantoms",
                     "unmatched_no_address": "no address", "lost_events": "lost"}  # fmt: skip
@@ -347,6 +346,49 @@ def truth_frame(runs: list[RunData]) -> pd.DataFrame:
                     "packets dropped": cap.get("packets_dropped"),
                     "tshark warnings": sum((truth.get("warnings") or {}).values())})  # fmt: skip
     return pd.DataFrame(out)
+
+
+KERNEL_KEYS = ["machine", "kernel_hooks", "scenario", "pair", "attach", "side"]
+
+
+def kernels_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """The kernel side's fidelity per machine (host or guest kernel) and hook mode: one row
+    per cell and side, summed over its runs on that machine only, never across machines."""
+    k = df[(df["collector"] == "kprobe") & (df["variant"] == "default")]
+    out = []
+    for key, g in k.groupby(KERNEL_KEYS, sort=True, dropna=False):
+        obs, matched = int(g["observable"].sum()), int(g["matched"].sum())
+        out.append({**dict(zip(KERNEL_KEYS, key, strict=True)), "runs": len(g),
+                    "observable": obs, "matched": matched,
+                    "completeness": matched / obs if obs else None,
+                    "degraded": int(g["degraded"].fillna(0).sum()),
+                    "wrong": int(g["wrong"].fillna(0).sum()),
+                    "phantoms": int(g["phantoms"].fillna(0).sum()),
+                    "lost": int(g["lost_events"].fillna(0).sum())})  # fmt: skip
+    return pd.DataFrame(out)
+
+
+def hook_agreement(kf: pd.DataFrame) -> pd.DataFrame:
+    """Per machine and cell, whether kprobes gave what the tracepoints gave (completeness,
+    degraded, wrong, phantoms); only where both modes ran on that machine."""
+    cell = ["machine", "scenario", "pair", "attach", "side"]
+    vals = ["completeness", "degraded", "wrong", "phantoms"]
+    out = []
+    if kf.empty:
+        return pd.DataFrame(out)
+    for key, g in kf.groupby(cell, sort=True):
+        modes = {m: x.iloc[0] for m, x in g.groupby("kernel_hooks")}
+        if {"tracepoints", "kprobes"} <= modes.keys():
+            tp, kp = modes["tracepoints"], modes["kprobes"]
+            same = all(tp[v] == kp[v] for v in vals)
+            out.append({**dict(zip(cell, key, strict=True)),
+                        **{f"{v} tp/kp": f"{_fmt(tp[v])} / {_fmt(kp[v])}" for v in vals},
+                        "same": "yes" if same else "NO"})  # fmt: skip
+    return pd.DataFrame(out)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
 def machines_frame(runs: list[RunData]) -> pd.DataFrame:

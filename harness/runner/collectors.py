@@ -9,27 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.collectors.kprobe.layout import (
-    DEFAULT_H2_BODY_LIMIT,
-    DEFAULT_MAX_CAPTURE,
-    DEFAULT_RINGBUF_PAGES,
-)
-from harness.collectors.uprobe.layout import DEFAULT_VALUE_MAX
+from harness.collectors import registry
+from harness.collectors.base import CollectorOptions
 from harness.errors import CollectorError, TargetError
+from harness.model import waited
 from harness.runner.lifecycle import Child, ProcessSet, read_line_until
 
-COLLECTORS = ("kprobe", "uprobe", "tls")
 # bcc compiles one program per grpc-go binary: ~10 s each at load 18 on 2 cores
 ATTACH_TIMEOUT_S = 120.0
-
-
-@dataclass
-class CollectorOptions:
-    max_capture: int = DEFAULT_MAX_CAPTURE
-    h2_body_limit: int = DEFAULT_H2_BODY_LIMIT  # gRPC message-body bytes per HTTP/2 call
-    ringbuf_pages: int = DEFAULT_RINGBUF_PAGES
-    uprobe_level: str = "headers"  # or "messages": + one uprobe hit per DATA frame
-    uprobe_value_max: int = DEFAULT_VALUE_MAX
 
 
 @dataclass
@@ -62,25 +49,14 @@ def start_collector(
     events_dir.mkdir(parents=True, exist_ok=True)
     events = events_dir / f"{name}.bin"
     stats_path = events_dir / f"{name}.stats.json"
-    args = [sys.executable, "-m", f"harness.collectors.{name}.record", "--out", str(events),
+    coll = registry.get(name)
+    args = [sys.executable, "-m", coll.record_module, "--out", str(events),
             "--stats", str(stats_path), "--deadline", str(deadline_s)]  # fmt: skip
     for t in tgids:
         args += ["--tgid", str(t)]
     for p in ports:
         args += ["--port", str(p)]
-    if name == "kprobe":
-        args += ["--max-capture", str(options.max_capture)]
-        args += ["--h2-body-limit", str(options.h2_body_limit)]
-        args += ["--ringbuf-pages", str(options.ringbuf_pages)]
-    if name == "tls":
-        for b in binaries or []:
-            args += ["--binary", str(b)]
-    if name == "uprobe":
-        for b in binaries or []:
-            args += ["--binary", str(b)]
-        if follow is not None:
-            args += ["--follow", str(follow)]
-        args += ["--level", options.uprobe_level, "--value-max", str(options.uprobe_value_max)]
+    args += coll.recorder_args(options, binaries or [], follow)
     errlog = (events_dir / f"{name}.log").open("w")
     child = procs.spawn(
         f"{name} collector", args, stop_signal=signal.SIGTERM, stop_timeout=60, stderr=errlog
@@ -89,7 +65,8 @@ def start_collector(
     rc = RunningCollector(name, child, events, stats_path)
     try:
         line = read_line_until(
-            child, lambda s: s.startswith("ATTACHED "), ATTACH_TIMEOUT_S, "its probes attached"
+            child, lambda s: s.startswith("ATTACHED "), waited(ATTACH_TIMEOUT_S),
+            "its probes attached"
         )
     except TargetError as e:
         log = (events_dir / f"{name}.log").read_text().strip().splitlines()

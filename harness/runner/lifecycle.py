@@ -10,7 +10,6 @@ start order: clients before collectors before the capture.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
@@ -22,8 +21,7 @@ from types import FrameType
 from typing import IO, Any
 
 from harness.errors import ProbebenchError, TargetError
-
-_PR_SET_PDEATHSIG = 1
+from harness.procfs import die_with_parent
 
 
 class Interrupted(ProbebenchError):
@@ -50,12 +48,6 @@ def signals_as_exceptions() -> Iterator[None]:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-
-
-def die_with_parent() -> None:
-    """preexec_fn: the child gets SIGTERM when its parent dies, even by SIGKILL."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 @dataclass

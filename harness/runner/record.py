@@ -11,6 +11,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from harness import scenarios
+from harness.collectors import registry
+from harness.collectors.base import CollectorOptions
+from harness.collectors.kprobe.hooks import require as require_hooks
 from harness.errors import PortInUseError, ProbebenchError, TargetError
 from harness.groundtruth.capture import Dumpcap
 from harness.model import (
@@ -21,15 +25,9 @@ from harness.model import (
     RunManifest,
     machine_info,
     utc_now,
+    waited,
 )
-from harness.runner import scenarios
-from harness.runner.collectors import (
-    COLLECTORS,
-    CollectorOptions,
-    RunningCollector,
-    start_collector,
-    stop_collector,
-)
+from harness.runner.collectors import RunningCollector, start_collector, stop_collector
 from harness.runner.lifecycle import (
     Child,
     Interrupted,
@@ -49,7 +47,7 @@ class RunSpec:
     client: str = "py"  # py | go
     server: str = "py"
     attach: str = "early"  # early | late
-    collectors: list[str] = field(default_factory=lambda: ["kprobe"])
+    collectors: list[str] = field(default_factory=lambda: list(registry.default_names()))
     exchanges: int | None = None
     seed: int = 1
     grpc_version: str | None = None
@@ -64,7 +62,9 @@ class RunSpec:
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
         ver = f"-{self.grpc_version}" if self.grpc_version else ""
         tls = ("-tls" + ("12" if self.tls_version == "1.2" else "")) if self.tls else ""
-        return f"{stamp}-{self.scenario}{tls}-{self.client}2{self.server}-{self.attach}{ver}"
+        hooks = "-kprobes" if self.options.kernel_hooks == "kprobes" else ""
+        return (f"{stamp}-{self.scenario}{tls}-{self.client}2{self.server}-{self.attach}{ver}"
+                f"{hooks}")
 
 
 def free_port() -> int:
@@ -92,13 +92,14 @@ def record(spec: RunSpec, out_dir: Path, progress: Progress = lambda _m: None) -
             )
         scen = replace(scen, pipeline=spec.pipeline_depth)
     for c in spec.collectors:
-        if c not in COLLECTORS:
-            raise ProbebenchError(f"unknown collector {c!r}; choose from {', '.join(COLLECTORS)}")
+        registry.get(c)  # an unknown name is an error that lists the known ones
     if spec.attach not in ("early", "late"):
         raise ProbebenchError("--attach must be early or late")
     scenarios.check_pair(scen, spec.client, spec.server)
     if spec.tls:
         scenarios.check_tls(scen)
+    if "kprobe" in spec.collectors:
+        require_hooks(spec.options.kernel_hooks)  # here, not after the targets started
     if spec.tls_version not in TLS_VERSIONS:
         raise ProbebenchError(f"--tls-version must be one of {', '.join(TLS_VERSIONS)}")
     exchanges = spec.exchanges or scen.default_exchanges
@@ -108,6 +109,9 @@ def record(spec: RunSpec, out_dir: Path, progress: Progress = lambda _m: None) -
     run_dir.mkdir(parents=True, exist_ok=False)
     params = asdict(spec)
     params.update(exchanges=exchanges, port=port, protocol=scen.protocol)
+    if scen.is_grpc and "go" in (spec.client, spec.server) and not spec.grpc_version:
+        # the build a Go side runs when none is asked for: recorded, never left to guess
+        params["grpc_version"] = scenarios.CURRENT_GRPC_GO
     if spec.tls:
         params["keylogs"] = [f"{TLS_DIR}/{role}.keylog" for role, lang in
                              (("server", spec.server), ("client", spec.client))
@@ -117,7 +121,7 @@ def record(spec: RunSpec, out_dir: Path, progress: Progress = lambda _m: None) -
         scenario=scen.name,
         params=params,
         started_utc=utc_now(),
-        machine=machine_info(),
+        machine={**machine_info(), "targets": scenarios.target_versions()},
         ports=[port],
     )
     with recording(manifest, run_dir):
@@ -183,7 +187,7 @@ def _record(
         server_cmd = scenarios.server_command(scen, spec.server, port, spec.grpc_version)
         server_cmd += tls_args("server", spec.server)
         server = _spawn_target(procs, "server", server_cmd, run_dir)
-        _wait_for(server, "READY", READY_TIMEOUT_S, run_dir)
+        _wait_for(server, "READY", waited(READY_TIMEOUT_S), run_dir)
         manifest.processes.append(
             {"role": "server", "lang": spec.server, "pid": server.pid, "argv": server_cmd,
              "uprobe_gap": scenarios.uprobe_gap(scen, spec.server)}
@@ -221,7 +225,7 @@ def _record(
              "uprobe_gap": scenarios.uprobe_gap(scen, spec.client)}
         )
         if spec.attach == "late":
-            _wait_for(client, "WARM", READY_TIMEOUT_S * 4, run_dir)
+            _wait_for(client, "WARM", waited(READY_TIMEOUT_S * 4), run_dir)
             progress("connections warm; attaching late")
             attach([server.pid, client.pid])
             assert client.proc.stdin is not None

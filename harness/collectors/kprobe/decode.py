@@ -23,16 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from harness.collectors.eventfile import NOTE, read_event_file
-from harness.collectors.kprobe.layout import header
+from harness.collectors.kprobe.layout import FORMAT, header, protos, roles
+from harness.errors import RunDirError
 from harness.model import Exchange
 from harness.protocols.common import Segment
 from harness.protocols.http1.stitch import Http1Stats, Http1Stream
-
-H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-_HTTP1_STARTS = (
-    b"GET ", b"PUT ", b"POST ", b"HEAD ", b"PATCH ", b"TRACE ", b"DELETE ", b"OPTIONS ",
-    b"CONNECT ", b"HTTP/1.",
-)  # fmt: skip
+from harness.protocols.sniff import HTTP1_STARTS, infer_proto
 
 
 @dataclass
@@ -72,13 +68,6 @@ class Connection:
     @property
     def key(self) -> str:
         return f"{self.tgid}:{self.fd}@{self.opened_ns}"
-
-    def client_server(self) -> tuple[Endpoint | None, Endpoint | None]:
-        if self.role == "client":
-            return self.local, self.remote
-        if self.role == "server":
-            return self.remote, self.local
-        return None, None
 
 
 @dataclass
@@ -127,60 +116,6 @@ def _norm_ip(text: str) -> str:
     return str(mapped or ip)
 
 
-def infer_proto(first: bytes, from_start: bool) -> str | None:
-    """Python twin of the kernel's infer(): which protocol a call's first bytes start."""
-    if first.startswith(b"PRI "):
-        return "http2"
-    if is_tls_record(first):
-        return "tls"
-    if first.startswith(_HTTP1_STARTS):
-        return "http1"
-    if not from_start and plausible_h2_frame(first):
-        return "http2"
-    if from_start and is_settings(first):
-        return "http2"  # the server's connection preface, sent before the client's arrives
-    return None
-
-
-def is_tls_record(b: bytes) -> bool:
-    """A TLS record header (handshake or application data): the kernel's is_tls_record."""
-    return len(b) >= 5 and b[0] in (0x16, 0x17) and b[1] == 3 and b[2] <= 4
-
-
-def is_settings(b: bytes) -> bool:
-    return (
-        len(b) >= 9
-        and b[3] == 4
-        and b[4] == 0
-        and b[5:9] == b"\0\0\0\0"
-        and int.from_bytes(b[0:3], "big") % 6 == 0
-        and int.from_bytes(b[0:3], "big") <= 16384
-    )
-
-
-def plausible_h2_frame(b: bytes) -> bool:
-    if len(b) < 9:
-        return False
-    flen = int.from_bytes(b[0:3], "big")
-    ftype, flags = b[3], b[4]
-    sid = int.from_bytes(b[5:9], "big")
-    if sid & 0x80000000 or flen > 16384:
-        return False
-    rules = {
-        0: lambda: not flags & ~0x09 and sid != 0,
-        1: lambda: not flags & ~0x2D and sid != 0,
-        3: lambda: flags == 0 and flen == 4 and sid != 0,
-        4: lambda: not flags & ~0x01 and sid == 0 and flen % 6 == 0,
-        6: lambda: not flags & ~0x01 and sid == 0 and flen == 8,
-        7: lambda: flags == 0 and sid == 0 and flen >= 8,
-        8: lambda: flags == 0 and flen == 4,
-    }
-    rule = rules.get(ftype)
-    return bool(rule and rule())
-
-
-_ROLES = {0: "unknown", 1: "client", 2: "server"}
-_PROTOS = {0: None, 1: "http1", 2: "http2", 3: "tls"}
 
 
 @dataclass
@@ -216,6 +151,9 @@ def decode(
     ``stitch`` is called on each batch of finished exchanges (to share equal headers
     before many pile up)."""
     ef = read_event_file(path)
+    if ef.header.get("format", FORMAT) != FORMAT:
+        raise RunDirError(f"{path} is not a {FORMAT} recording (header says "
+                          f"{ef.header.get('format')!r})")  # fmt: skip
     defines = ef.header.get("defines", {})
     hdr = header(int(defines.get("PB_CHUNK", 16384)))
     d = hdr.defines
@@ -308,8 +246,8 @@ def decode(
             # numbering restarted: the kernel saw a new connection on this fd
             st.opened_unseen += 1
             conn = reopen(conn, ev.ts_ns, continues=False)
-            conn.role = _ROLES.get(ev.role, "unknown")
-            conn.proto = _PROTOS.get(ev.proto) or "unknown"
+            conn.role = roles().get(ev.role, "unknown")
+            conn.proto = protos().get(ev.proto) or "unknown"
             conn.last_seq[i] = seq
         elif seq < last:
             st.seq_reordered += 1
@@ -340,13 +278,13 @@ def decode(
             direction = "send" if ev.dir == d["PB_DIR_SEND"] else "recv"
             i = 0 if direction == "send" else 1
             if conn is None and attach_at_ns is None:
-                if legacy or ev.part != 0 or not _PROTOS.get(ev.proto):
+                if legacy or ev.part != 0 or not protos().get(ev.proto):
                     st.orphan_data_events += 1
                     continue
                 # its open event was lost: known from here on, like a connection found late
                 conn = Connection(
-                    tgid=ev.tgid, fd=ev.fd, comm="", role=_ROLES.get(ev.role, "unknown"),
-                    proto=_PROTOS[ev.proto] or "unknown", from_start=False, opened_ns=ev.ts_ns,
+                    tgid=ev.tgid, fd=ev.fd, comm="", role=roles().get(ev.role, "unknown"),
+                    proto=protos()[ev.proto] or "unknown", from_start=False, opened_ns=ev.ts_ns,
                     last_seq=[None, None], after_loss=True,
                 )  # fmt: skip
                 live[key] = conn
@@ -417,8 +355,8 @@ def decode(
             tgid=ev.tgid,
             fd=ev.fd,
             comm=ev.comm.decode(errors="replace"),
-            role=_ROLES.get(ev.role, "unknown"),
-            proto=_PROTOS.get(ev.proto) or "unknown",
+            role=roles().get(ev.role, "unknown"),
+            proto=protos().get(ev.proto) or "unknown",
             from_start=kind == d["PB_EV_CONN"],
             opened_ns=ev.ts_ns,
         )
@@ -553,7 +491,7 @@ def _trim_to_first_request(conn: Connection) -> int:
         return 0
     reqs, resps = (conn.send, conn.recv) if conn.role == "client" else (conn.recv, conn.send)
     start = next(
-        (s.ts_ns for s in reqs if s.data.startswith(_HTTP1_STARTS[:-1])), None
+        (s.ts_ns for s in reqs if s.data.startswith(HTTP1_STARTS[:-1])), None
     )  # fmt: skip
     keep = [s for s in resps if start is not None and s.ts_ns > start]
     dropped = len(resps) - len(keep)

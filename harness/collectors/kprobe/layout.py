@@ -9,16 +9,11 @@ from harness.collectors.cstruct import Header
 from harness.errors import ProbebenchError
 
 HEADER_FILE = BPF_DIR / "kprobe_events.h"
+# event file format version (header "format"); recordings from before it was written have
+# none and are this same format
+FORMAT = "kprobe-syscalls/1"
 MAX_CHUNK = 16384  # payload bytes per data event
 MAX_CHUNKS = 16  # events per syscall, the program's loop bound
-# 64 KiB per call covers Go's 32 KiB reads whole, so chunked framing stays in view.
-DEFAULT_MAX_CAPTURE = 65536
-# gRPC message-body bytes captured per frame-aware HTTP/2 call: none. No field needs them
-# (messages are counted by their 5-byte prefixes, which are always kept), and they were
-# most of the collector's cost on gRPC (1 MiB messages written to the event file).
-DEFAULT_H2_BODY_LIMIT = 0
-# 64 MiB: a Go client moving 256 KiB bodies outruns a Python consumer for a moment
-DEFAULT_RINGBUF_PAGES = 16384
 
 
 def chunk_for(max_capture: int) -> int:
@@ -38,3 +33,15 @@ def chunk_for(max_capture: int) -> int:
 @cache
 def header(chunk: int = MAX_CHUNK) -> Header:
     return Header(HEADER_FILE, {"PB_CHUNK": chunk})
+
+
+@cache
+def roles() -> dict[int, str]:
+    """PB_ROLE_* of bpf/pb_common.h: 0 unknown, 1 client, 2 server."""
+    return header().enum("PB_ROLE_")
+
+
+@cache
+def protos() -> dict[int, str | None]:
+    """PB_PROTO_* of the event header by value; None for unknown (not inferred)."""
+    return {v: (None if n == "unknown" else n) for v, n in header().enum("PB_PROTO_").items()}

@@ -1,4 +1,5 @@
-"""The kernel-side collector process: attach the syscall-tracepoint program, record raw events.
+"""The kernel-side collector process: attach the syscall program (tracepoints or kprobes, see
+hooks.py), record raw events.
 
 Runs as its own process (`python -m harness.collectors.kprobe.record`), so its
 CPU time is its own and a crash cannot take the runner down. The live path only
@@ -16,7 +17,6 @@ import ctypes
 import gc
 import os
 import resource
-import struct
 import sys
 import threading
 import time
@@ -24,17 +24,18 @@ from pathlib import Path
 from typing import Any
 
 from harness.collectors import sockdiag
-from harness.collectors.bpfsource import compile_program, percpu_totals
+from harness.collectors.base import (
+    DEFAULT_H2_BODY_LIMIT,
+    DEFAULT_KERNEL_HOOKS,
+    DEFAULT_MAX_CAPTURE,
+    DEFAULT_RINGBUF_PAGES,
+)
+from harness.collectors.bpfsource import compile_program, load_bcc, percpu_totals
 from harness.collectors.btf import socket_walk_defines
 from harness.collectors.cli import recorder_parser, stop_flag, stopped_by, write_stats
 from harness.collectors.eventfile import KERNEL, EventWriter
-from harness.collectors.kprobe.layout import (
-    DEFAULT_H2_BODY_LIMIT,
-    DEFAULT_MAX_CAPTURE,
-    DEFAULT_RINGBUF_PAGES,
-    chunk_for,
-    header,
-)
+from harness.collectors.kprobe import hooks
+from harness.collectors.kprobe.layout import FORMAT, chunk_for, header
 from harness.collectors.rings import Batch, RingSet, Trim, Watch
 from harness.errors import CollectorError, ProbebenchError
 
@@ -58,10 +59,14 @@ class Recorder:
         ringbuf_pages: int = DEFAULT_RINGBUF_PAGES,
         poll_ms: int = DEFAULT_POLL_MS,
         h2_body_limit: int = DEFAULT_H2_BODY_LIMIT,
+        kernel_hooks: str = DEFAULT_KERNEL_HOOKS,
     ) -> None:
         chunk = chunk_for(max_capture)
         if not 0 <= h2_body_limit <= max_capture:
             raise ProbebenchError("--h2-body-limit must be between 0 and --max-capture")
+        hooks.require(kernel_hooks)
+        self.kernel_hooks = kernel_hooks
+        self.kprobes: list[str] = []  # probes attached in kprobes mode
         if not 1 <= poll_ms <= 1000:
             raise ProbebenchError("--poll-ms must be between 1 and 1000")
         self.poll_ms = poll_ms
@@ -70,7 +75,6 @@ class Recorder:
         self.hdr = header(chunk)
         d = self.hdr.defines
         self.kind_off = self.hdr.offset("pb_conn_event", "kind")
-        self.key_fmt = struct.Struct("<IIi")  # ts low bits skipped: tgid, tid, fd at offset 8
         self.defines: dict[str, int | str] = {
             "PB_FILTER_TGID": int(bool(tgids)),
             "PB_FILTER_PORTS": int(bool(ports)),
@@ -79,6 +83,7 @@ class Recorder:
             "PB_CALL_LIMIT": max_capture,
             "PB_H2_BODY_LIMIT": h2_body_limit,
             "PB_RINGBUF_PAGES": ringbuf_pages,
+            "PB_KPROBES": int(kernel_hooks == "kprobes"),
         }
         # fd -> socket walk at the running kernel's offsets (connections' own addresses)
         self.defines.update(socket_walk_defines())
@@ -86,18 +91,15 @@ class Recorder:
             self.defines["PB_TASK_STORAGE"] = 1  # bpf_get_current_task_btf needs kernel BTF
         if 0 < len(tgids) <= INLINE_TGIDS:
             self.defines["PB_TGID_LIST"] = ",".join(str(t) for t in tgids)
-        self.ev_conn, self.ev_infer, self.ev_exit = (
-            d["PB_EV_CONN"],
-            d["PB_EV_CONN_INFER"],
-            d["PB_EV_EXIT"],
-        )
-        self.lport_off = self.hdr.offset("pb_conn_event", "lport")
+        self.ev_exit = d["PB_EV_EXIT"]
         self.tgids, self.ports = tgids, ports
         self.writer = EventWriter(
             out,
             {
                 "collector": "kprobe",
+                "format": FORMAT,
                 "program": PROGRAM,
+                "kernel_hooks": kernel_hooks,
                 "defines": self.defines,
                 "tgids": tgids,
                 "ports": ports,
@@ -192,6 +194,9 @@ class Recorder:
             for p in self.ports:
                 ports[ctypes.c_uint16(p)] = ctypes.c_uint8(1)
             self._load_walkers(bpf)
+            if self.kernel_hooks == "kprobes":
+                # after the walkers: the syscall hooks tail-call them from their first hit
+                self.kprobes = hooks.attach_syscall_kprobes(bpf, load_bcc().lib)
             rings = RingSet()
             batch = self._batch()
             rings.add_batch(bpf["events"], batch)
@@ -230,6 +235,10 @@ class Recorder:
                 drain_dropped=batch.dropped,
                 poll_ms=self.poll_ms,
                 programs=program_names(bpf),
+                kernel_hooks=self.kernel_hooks,
+                pid=os.getpid(),  # names its kprobe events (…_bcc_PID) for leak checks
+                kprobes_attached=len(self.kprobes),
+                kprobe_misses=hooks.kprobe_misses(self.kprobes) if self.kprobes else 0,
             )
             stats["lost_events"] += batch.dropped  # counted in user space, never silent
             stats["stopped_by"] = stopped_by(stop)
@@ -255,9 +264,11 @@ class Recorder:
         """
         d = self.hdr.defines
         walkers = bpf["walkers"]
+        # a tail call stays within one program type: the hooks' own
+        kind = bpf.KPROBE if self.kernel_hooks == "kprobes" else bpf.TRACEPOINT
         for name, idx in (("data_fn", d["PB_TC_DATA"]), ("h2_walk_fn", d["PB_TC_H2"])):
             try:
-                fn = bpf.load_func(name.encode(), bpf.TRACEPOINT)
+                fn = bpf.load_func(name.encode(), kind)
             except Exception as e:  # bcc raises bare Exception with the verifier's log
                 raise CollectorError(f"the kernel rejected {name}: {e}") from e
             walkers[ctypes.c_int(idx)] = ctypes.c_int(fn.fd)
@@ -325,10 +336,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="drain the ring at least this often (records do not wake the recorder)")
     ap.add_argument("--h2-body-limit", type=int, default=DEFAULT_H2_BODY_LIMIT,
                     help="gRPC message-body bytes captured per frame-aware HTTP/2 call")
+    ap.add_argument("--kernel-hooks", choices=hooks.HOOKS, default=DEFAULT_KERNEL_HOOKS)
     a = ap.parse_args(argv)
     try:
         rec = Recorder(a.out, a.tgid, a.port, a.max_capture, a.ringbuf_pages, a.poll_ms,
-                       a.h2_body_limit)
+                       a.h2_body_limit, a.kernel_hooks)
         stats = rec.run(a.deadline)
     except ProbebenchError as e:
         print(f"kprobe collector: {e}", file=sys.stderr)

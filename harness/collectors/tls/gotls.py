@@ -7,8 +7,6 @@ stacks move."""
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,16 +14,16 @@ from typing import Any
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from harness.collectors.uprobe import offsets
-from harness.collectors.uprobe.elfgo import GoBinary, NotGoBinary, read_go_binary
-from harness.collectors.uprobe.pclntab import (
+from harness.collectors.gobin.cache import cache_dir, cached, file_sha256
+from harness.collectors.gobin.elfgo import GoBinary, NotGoBinary, read_go_binary
+from harness.collectors.gobin.pclntab import (
     NoDisassembly,
     NoPclntab,
     probe_pc,
     read_pclntab,
     ret_addresses,
 )
-from harness.collectors.uprobe.resolve import cache_dir, file_sha256
+from harness.collectors.uprobe import offsets
 
 RESOLVER_VERSION = 2
 
@@ -56,21 +54,10 @@ def resolve_go_tls(path: Path, *, use_cache: bool = True) -> GoTls:
         digest = file_sha256(path)
     except OSError as e:
         return GoTls(str(path), error=f"cannot read {path}: {e.strerror}")
-    cached = cache_dir().parent / "tls" / f"{digest[:32]}-v{RESOLVER_VERSION}.json"
-    if use_cache and cached.exists():
-        try:
-            return GoTls(**{**json.loads(cached.read_text()), "path": str(path)})
-        except (ValueError, TypeError):
-            pass  # stale or corrupt: resolve again
-    r = _resolve(path)
-    if use_cache:
-        try:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_suffix(".tmp")
-            tmp.write_text(json.dumps(r.to_dict(), sort_keys=True))
-            os.replace(tmp, cached)
-        except OSError:
-            pass  # caching is an optimisation only
+    entry = cache_dir("tls") / f"{digest[:32]}-v{RESOLVER_VERSION}.json"
+    r = cached(entry, lambda: _resolve(path), GoTls.to_dict, lambda d: GoTls(**d),
+               use_cache=use_cache)  # fmt: skip
+    r.path = str(path)
     return r
 
 

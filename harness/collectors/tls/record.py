@@ -28,7 +28,13 @@ from typing import Any
 
 from harness.collectors import sockdiag
 from harness.collectors.bpfsource import compile_program, percpu_totals
-from harness.collectors.cli import recorder_parser, stop_flag, stopped_by, write_stats
+from harness.collectors.cli import (
+    record_until_stopped,
+    recorder_parser,
+    stop_flag,
+    stopped_by,
+    write_stats,
+)
 from harness.collectors.eventfile import EventWriter
 from harness.collectors.rings import RingSet
 from harness.collectors.tls.gotls import GoTls, resolve_go_tls
@@ -256,14 +262,8 @@ class Recorder:
             if (self.libraries or self.go) and not self.attached:
                 raise CollectorError(f"no OpenSSL probe attached: {self.problems[-1]}")
             attach_s = time.monotonic() - t0
-            attach_ns = time.monotonic_ns()
-            self.writer.note({"type": "attached", "ts_ns": attach_ns, "probes": self.attached})
-            print(f"ATTACHED {attach_ns}", flush=True)
-            end = time.monotonic() + deadline_s
-            while not stop["signal"] and time.monotonic() < end:
-                rings.poll(100)
-                self._resolve_pending(bpf)
-                self.writer.flush()
+            record_until_stopped(self.writer, rings, self.attached, deadline_s, stop,
+                                 lambda: self._resolve_pending(bpf))  # fmt: skip
             rings.consume()
             self._resolve_pending(bpf)
             stats = self._stats(bpf, attach_s)

@@ -3,7 +3,7 @@
 A pure function of the event file (no bcc, no root). Each record becomes one
 ``HeaderBlock`` or ``DataFrame`` carrying who saw it (process, connection, its
 addresses) and the stream it belongs to; stitching them into calls is
-``harness.analysis.uprobe_observed``'s job.
+``harness.collectors.uprobe.exchanges``'s job.
 """
 
 from __future__ import annotations
@@ -15,10 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from harness.collectors.eventfile import NOTE, read_event_file
-from harness.collectors.uprobe.layout import FORMAT, PROBE_NAMES, READABLE_FORMATS, header
+from harness.collectors.uprobe.layout import (
+    FORMAT,
+    PROBE_NAMES,
+    READABLE_FORMATS,
+    header,
+    roles,
+)
 from harness.errors import RunDirError
 
-ROLES = {0: "unknown", 1: "client", 2: "server"}
 ADDR_STATUS = {0: "ok", 1: "not_tcp", 2: "unreadable", 3: "not_tcpaddr"}
 
 
@@ -196,7 +201,7 @@ def _seen(ev: Any) -> Seen:
         conn=ev.conn,
         fd=ev.fd,
         probe=PROBE_NAMES.get(ev.probe, str(ev.probe)),
-        role=ROLES.get(ev.role, "unknown"),
+        role=roles().get(ev.role, "unknown"),
         direction="send" if ev.dir == 0 else "recv",
         stream_id=ev.stream_id,
         end_stream=bool(ev.flags & 1),

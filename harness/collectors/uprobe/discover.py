@@ -16,7 +16,7 @@ from pathlib import Path
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from harness.collectors.uprobe.elfgo import NotGoBinary, quick_info
+from harness.collectors.gobin.elfgo import NotGoBinary, quick_info
 from harness.collectors.uprobe.resolve import GRPC_MODULE, TRANSPORT
 
 PROC = Path("/proc")

@@ -14,9 +14,7 @@ FORMAT = "uprobe-grpc/3"  # event file format version (header "format"); /3 adds
 # what replay reads: /2 has the same records less RST_STREAM
 READABLE_FORMATS = frozenset({"uprobe-grpc/2", FORMAT})
 DEFAULT_RINGBUF_PAGES = 4096  # 16 MiB: a header event holds up to PB_HDR_BLOB + 1 KiB
-LEVELS = ("headers", "messages")  # --uprobe-level: what each call costs in hits
 DATA_PROBES = frozenset({"write_data", "client_data", "server_data"})
-DEFAULT_VALUE_MAX = 16384
 MAX_VALUE_MAX = 1 << 20
 PROBE_NAMES = {
     1: "write_header",
@@ -34,6 +32,12 @@ PROBE_NAMES = {
 @cache
 def header() -> Header:
     return Header(HEADER_FILE)
+
+
+@cache
+def roles() -> dict[int, str]:
+    """PB_ROLE_* of bpf/pb_common.h: 0 unknown, 1 client, 2 server."""
+    return header().enum("PB_ROLE_")
 
 
 def sizing_defines(value_max: int) -> dict[str, int]:

@@ -28,7 +28,7 @@ from typing import Any
 
 from elftools.elf.elffile import ELFFile
 
-from harness.collectors.uprobe.elfgo import (
+from harness.collectors.gobin.elfgo import (
     Function,
     GoBinary,
     Member,
@@ -36,7 +36,7 @@ from harness.collectors.uprobe.elfgo import (
     Struct,
     read_go_binary,
 )
-from harness.collectors.uprobe.pclntab import (
+from harness.collectors.gobin.pclntab import (
     KIND_MASK,
     TYPE_KIND_OFF,
     Pclntab,

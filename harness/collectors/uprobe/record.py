@@ -25,8 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.collectors.base import DEFAULT_VALUE_MAX, LEVELS
 from harness.collectors.bpfsource import compile_program, percpu_totals
-from harness.collectors.cli import recorder_parser, stop_flag, stopped_by, write_stats
+from harness.collectors.cli import (
+    record_until_stopped,
+    recorder_parser,
+    stop_flag,
+    stopped_by,
+    write_stats,
+)
 from harness.collectors.eventfile import KERNEL, EventWriter
 from harness.collectors.rings import Batch, RingSet
 from harness.collectors.uprobe.discover import identify
@@ -34,9 +41,7 @@ from harness.collectors.uprobe.gate import Exec, ExecGate
 from harness.collectors.uprobe.layout import (
     DATA_PROBES,
     DEFAULT_RINGBUF_PAGES,
-    DEFAULT_VALUE_MAX,
     FORMAT,
-    LEVELS,
     PROBE_NAMES,
     PROGRAM,
     header,
@@ -304,16 +309,15 @@ class Recorder:
                 gate = ExecGate(self.follow)
                 gate.open(self.rings)
             compile_s = time.monotonic() - t0
-            attach_ns = time.monotonic_ns()
             attached = [a for p in self.programs.values() for a in p.attached]
-            self.writer.note({"type": "attached", "ts_ns": attach_ns, "probes": attached})
-            print(f"ATTACHED {attach_ns}", flush=True)
-            end = time.monotonic() + deadline_s
-            while not stop["signal"] and time.monotonic() < end:
-                self.rings.poll(100)
-                self.writer.flush()
-                for ex in gate.take() if gate else ():
-                    self._serve(gate, ex)
+
+            def serve_execs() -> None:
+                if gate is not None:
+                    for ex in gate.take():
+                        self._serve(gate, ex)
+
+            record_until_stopped(self.writer, self.rings, attached, deadline_s, stop,
+                                 serve_execs)  # fmt: skip
             if gate is not None:
                 gate.close(self.rings)  # hears the last execs and lets them go
                 for ex in gate.take():

@@ -15,9 +15,6 @@ then 0), never a crash. Results are cached by the binary's hash.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,9 +22,10 @@ from typing import Any
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
+from harness.collectors.gobin.cache import cache_dir, cached, file_sha256
+from harness.collectors.gobin.elfgo import GoBinary, NotGoBinary, quick_info, read_go_binary
+from harness.collectors.gobin.pclntab import NoPclntab, read_pclntab
 from harness.collectors.uprobe import offsets
-from harness.collectors.uprobe.elfgo import GoBinary, NotGoBinary, quick_info, read_go_binary
-from harness.collectors.uprobe.pclntab import NoPclntab, read_pclntab
 
 RESOLVER_VERSION = 5
 
@@ -131,19 +129,6 @@ class Resolution:
         return cls(**d)
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "probebench" / "uprobe"
-
-
 def resolve(path: Path, *, use_cache: bool = True, use_dwarf: bool = True) -> Resolution:
     """Resolve one binary (cached by content hash); never raises for a bad binary.
 
@@ -154,24 +139,11 @@ def resolve(path: Path, *, use_cache: bool = True, use_dwarf: bool = True) -> Re
     except OSError as e:
         return Resolution(str(path), "", go=False, error=f"cannot read {path}: {e.strerror}")
     # the offsets table is an input too: a regenerated table must not meet old answers
-    cached = cache_dir() / f"{digest[:32]}-v{RESOLVER_VERSION}-{offsets.table_digest()}.json"
-    use_cache = use_cache and use_dwarf
-    if use_cache and cached.exists():
-        try:
-            r = Resolution.from_dict(json.loads(cached.read_text()))
-            r.path = str(path)
-            return r
-        except (ValueError, TypeError, KeyError):
-            pass  # a stale or corrupt cache entry: resolve again
-    r = _resolve(path, digest, use_dwarf)
-    if use_cache:
-        try:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_suffix(".tmp")
-            tmp.write_text(json.dumps(r.to_dict(), sort_keys=True))
-            os.replace(tmp, cached)
-        except OSError:
-            pass  # caching is an optimisation only
+    entry = cache_dir("uprobe") / (
+        f"{digest[:32]}-v{RESOLVER_VERSION}-{offsets.table_digest()}.json")
+    r = cached(entry, lambda: _resolve(path, digest, use_dwarf), Resolution.to_dict,
+               Resolution.from_dict, use_cache=use_cache and use_dwarf)  # fmt: skip
+    r.path = str(path)
     return r
 
 

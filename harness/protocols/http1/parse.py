@@ -16,6 +16,7 @@ from enum import Enum
 from typing import Literal
 
 from harness.errors import ProtocolError
+from harness.model import TRUNCATED_PAYLOAD
 from harness.protocols.common import ParseState, Segment
 
 Kind = Literal["request", "response"]
@@ -30,7 +31,6 @@ MAX_CHUNK_LINE = 4 * 1024  # chunk-size line with extensions
 _MAX_HEX_DIGITS = 16
 
 # Reason codes carried by MessageLost; they double as Exchange degradation reasons.
-TRUNCATED_PAYLOAD = "truncated_payload"  # the capture limit cut bytes the framing needed
 STREAM_ENDED = "stream_ended"  # end() came in the middle of a message
 INVALID_FRAMING = "invalid_framing"  # a chunk-size line or trailer block made no sense
 

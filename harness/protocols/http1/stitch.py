@@ -241,7 +241,7 @@ def stitch_http1(
     *,
     side: Literal["client", "server"],
     closed_ns: int | None,
-    source: Source = "kprobe",
+    source: Source = "",  # the collector that saw the bytes: it names itself
     from_start: bool = False,
     pipelined: bool = True,
 ) -> tuple[list[Exchange], Http1Stats]:

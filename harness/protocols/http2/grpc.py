@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from harness.model import Exchange
+from harness.model import RST_CANCEL_OR_DEADLINE, STREAM_RESET, Exchange
 
 GRPC_PREFIX_LEN = 5
 
@@ -111,10 +111,8 @@ RST_TO_GRPC_STATUS = {
 }  # fmt: skip
 RST_CANCEL = 0x8
 GRPC_UNKNOWN, GRPC_CANCELLED, GRPC_DEADLINE_EXCEEDED = 2, 1, 4
-# A CANCEL on a call with a deadline, near enough to it that a cancel and the deadline
-# cannot be told apart by this observer.
-R_RST_CANCEL_OR_DEADLINE = "rst_cancel_or_deadline"
-R_RESET = "stream_reset"  # ended by RST_STREAM: what would have followed is not there
+R_RST_CANCEL_OR_DEADLINE = RST_CANCEL_OR_DEADLINE
+R_RESET = STREAM_RESET
 _TIMEOUT_UNITS = {"H": 3_600_000_000_000, "M": 60_000_000_000, "S": 1_000_000_000,
                   "m": 1_000_000, "u": 1_000, "n": 1}  # fmt: skip
 

@@ -30,13 +30,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from harness.model import HPACK_UNKNOWN_INDEX
 from harness.protocols.http2.errors import HpackDecodeError
 from harness.protocols.http2.huffman import huffman_decode
 
 HpackMode = Literal["tolerant", "strict"]
 
 OK = "ok"
-UNKNOWN_INDEX = "hpack_unknown_index"
+UNKNOWN_INDEX = HPACK_UNKNOWN_INDEX
 DEFAULT_TABLE_SIZE = 4096
 ENTRY_OVERHEAD = 32
 _MAX_INT = 1 << 32  # bigger integers only come from garbage; refuse them early

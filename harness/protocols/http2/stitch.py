@@ -14,7 +14,17 @@ from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import unquote
 
-from harness.model import Exchange, Side, Source
+from harness.model import (
+    HEADERS_MISSED_STREAM,
+    HPACK_DECODE_ERROR,
+    HPACK_UNKNOWN_INDEX,
+    MALFORMED_HEADERS,
+    STREAM_INCOMPLETE,
+    TRUNCATED_PAYLOAD,
+    Exchange,
+    Side,
+    Source,
+)
 from harness.protocols.common import Segment
 from harness.protocols.http2.errors import HpackDecodeError
 from harness.protocols.http2.frames import (
@@ -34,14 +44,14 @@ END_STREAM, END_HEADERS, PADDED, PRIORITY = 0x1, 0x4, 0x8, 0x20
 SETTINGS_HEADER_TABLE_SIZE, SETTINGS_MAX_FRAME_SIZE = 0x1, 0x5
 
 # Reasons, as the analysis counts them.
-R_HPACK = "hpack_unknown_index"
-R_HPACK_ERROR = "hpack_decode_error"
-R_MISSED = "headers_missed_stream"
-R_TRUNC = "truncated_payload"
-R_INCOMPLETE = "stream_incomplete"
+R_HPACK = HPACK_UNKNOWN_INDEX
+R_HPACK_ERROR = HPACK_DECODE_ERROR
+R_MISSED = HEADERS_MISSED_STREAM
+R_TRUNC = TRUNCATED_PAYLOAD
+R_INCOMPLETE = STREAM_INCOMPLETE
 
 # a header block read whole, yet without the pseudo-header every request/response has
-R_MALFORMED = "malformed_headers"
+R_MALFORMED = MALFORMED_HEADERS
 FIELDS = ("method", "path", "authority", "status", "grpc_status", "grpc_message",
           "req_bytes", "resp_bytes", "req_messages", "resp_messages", "protocol")
 
@@ -166,7 +176,7 @@ def stitch_http2(
     server_to_client: Iterable[Segment],
     *,
     hpack_mode: HpackMode = "tolerant",
-    source: Source = "kprobe",
+    source: Source = "",  # the collector that saw the bytes: it names itself
     side: Side = "client",
     conn_id: str | None = None,
 ) -> tuple[list[Exchange], Http2Stats]:

@@ -2,73 +2,24 @@
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.analysis.compact import Sharer
+from harness.collectors.base import (
+    VARIANTS,
+    EncryptedConn,
+    ObservedStats,
+    ReplayInput,
+    Variant,
+    drop_split_tails,
+    int_fields,
+    set_addresses,
+)
 from harness.collectors.kprobe.decode import Connection, decode
-from harness.model import Exchange
+from harness.compact import Sharer
+from harness.model import Exchange, is_h2
 from harness.protocols.http1.stitch import stitch_http1
-from harness.protocols.http2.stitch import stitch_http2
-
-ADDRESS_FIELDS = ("client_ip", "client_port", "server_ip", "server_port")
-
-
-@dataclass(frozen=True)
-class Variant:
-    """A collector option compared in the report; replay applies it to one recording."""
-
-    name: str = "default"
-    use_sockdiag: bool = True
-    hpack_mode: str = "tolerant"
-
-
-VARIANTS = {
-    v.name: v
-    for v in (
-        Variant(),
-        Variant("no-sockdiag", use_sockdiag=False),
-        Variant("hpack-strict", hpack_mode="strict"),
-    )
-}
-
-
-@dataclass
-class ObservedStats:
-    connections: int = 0
-    connections_by_proto: dict[str, int] = field(default_factory=dict)
-    skipped_other_ports: int = 0
-    # server port unknown and not one of the run's processes: cannot be tied to the run
-    unattributed_connections: int = 0
-    # HTTP/2 streams cut in two by lost events: the part after the gap is not a new call
-    split_stream_tails: int = 0
-    parse: dict[str, int] = field(default_factory=dict)
-    decode: dict[str, Any] = field(default_factory=dict)
-    # TLS connections: nothing in them can be decoded; by side, with and without address
-    encrypted_connections: dict[str, int] = field(default_factory=dict)
-    encrypted_without_address: int = 0
-
-
-@dataclass(frozen=True)
-class EncryptedConn:
-    """A connection whose bytes were TLS records, as one side saw it (for scoring)."""
-
-    side: str
-    client_port: int
-    server_port: int
-    start_ns: int
-    end_ns: int | None
-
-
-def _int_fields(stats: Any) -> dict[str, int]:
-    """The integer counters of a parser's stats dataclass (slots or not)."""
-    return {
-        f.name: v
-        for f in dataclasses.fields(stats)
-        if isinstance(v := getattr(stats, f.name), int) and not isinstance(v, bool)
-    }
+from harness.protocols.http2.stitch import orient, stitch_http2
 
 
 def _role(conn: Connection, server_ports: set[int]) -> str:
@@ -82,8 +33,10 @@ def _role(conn: Connection, server_ports: set[int]) -> str:
 
 
 def _stitch_h2(conn: Connection, role: str, variant: Variant) -> tuple[list[Exchange], Any]:
-    c2s, s2c = (conn.send, conn.recv) if role == "client" else (conn.recv, conn.send)
-    return stitch_http2(c2s, s2c, hpack_mode=variant.hpack_mode, side=role, conn_id=conn.key)  # type: ignore[arg-type]
+    c2s, s2c = orient(conn.send, conn.recv, role)  # type: ignore[arg-type]
+    # role and mode are checked strings: "client"/"server", "tolerant"/"strict"
+    kw: dict[str, Any] = {"hpack_mode": variant.hpack_mode, "side": role}
+    return stitch_http2(c2s, s2c, conn_id=conn.key, source="kprobe", **kw)
 
 
 def _h2_by_content(conn: Connection, variant: Variant) -> tuple[str, list[Exchange], Any]:
@@ -101,28 +54,11 @@ def _h2_by_content(conn: Connection, variant: Variant) -> tuple[str, list[Exchan
     return best[1], best[2], best[3]
 
 
-def drop_split_tails(
-    conn: Any, xs: list[Exchange], streams_of: dict[int, set[int]], st: ObservedStats
-) -> list[Exchange]:
-    """HTTP/2 streams cut in two by lost events: the part after the gap is not a new call
-    (the part before it is, degraded). ``conn.continues`` links a connection split at lost
-    events to the part before the gap; ``streams_of`` maps id(part) -> its stream ids."""
-    seen: set[int] = set()
-    prev = conn.continues
-    while prev is not None:
-        seen |= streams_of.get(id(prev), set())
-        prev = prev.continues
-    st.split_stream_tails += sum(1 for x in xs if x.stream_id in seen)
-    xs = [x for x in xs if x.stream_id not in seen]
-    streams_of[id(conn)] = {x.stream_id for x in xs if x.stream_id is not None}
-    return xs
-
-
 def kprobe_exchanges(
     events: Path,
     server_ports: list[int],
     *,
-    variant: Variant = Variant(),
+    variant: Variant = VARIANTS["default"],
     attach_at_ns: int | None = None,
     target_pids: set[int] | None = None,
     encrypted: list[EncryptedConn] | None = None,
@@ -168,16 +104,16 @@ def kprobe_exchanges(
         if conn.stitched is not None:  # stitched while decoded
             xs, pst = conn.stitched
             conn.stitched = None
-            counters = _int_fields(pst)
+            counters = int_fields(pst)
         elif conn.proto == "http1":
             xs, pst = stitch_http1(
-                conn.send, conn.recv, side=role, closed_ns=conn.closed_ns,
-                from_start=conn.from_start,
+                conn.send, conn.recv, side=role, closed_ns=conn.closed_ns,  # type: ignore[arg-type]
+                from_start=conn.from_start, source="kprobe",
             )  # fmt: skip
-            counters = _int_fields(pst)
+            counters = int_fields(pst)
         elif conn.proto == "http2":
             xs, hst = h2 or _stitch_h2(conn, role, variant)
-            counters = _int_fields(hst)
+            counters = int_fields(hst)
         else:
             continue
         for k, v in counters.items():
@@ -191,12 +127,19 @@ def kprobe_exchanges(
             x.side = role  # type: ignore[assignment]
             x.pid = conn.tgid
             x.conn_id = conn.key
-            if client is not None:
-                x.client_ip, x.client_port = client.ip, client.port
-            if server is not None:
-                x.server_ip, x.server_port = server.ip, server.port
-            for f in ADDRESS_FIELDS:
-                if getattr(x, f) is None:
-                    x.degrade(f, "no_peer_address")
+            set_addresses(x, client, server)
             out.append(x)
     return out, st
+
+
+def variants(attach: str, protocol: str, simulated: bool) -> tuple[str, ...]:
+    """Replay variants: without sock_diag, and strict HPACK, where a late attach tells."""
+    if attach != "late" and not simulated:
+        return ("default",)
+    return ("default", "no-sockdiag", "hpack-strict") if is_h2(protocol) else (
+        "default", "no-sockdiag")
+
+
+def replay_exchanges(r: ReplayInput) -> tuple[list[Exchange], ObservedStats]:
+    return kprobe_exchanges(r.events, r.ports, variant=r.variant, attach_at_ns=r.attach_at_ns,
+                            target_pids=r.target_pids, encrypted=r.encrypted)  # fmt: skip

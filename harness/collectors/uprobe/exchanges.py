@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote
 
-from harness.analysis.match import NOT_COLLECTED
-from harness.analysis.observed import ADDRESS_FIELDS, ObservedStats
+from harness.collectors.base import ObservedStats, ReplayInput, set_addresses
 from harness.collectors.uprobe.decode import (
     Endpoint,
     Event,
@@ -23,17 +22,24 @@ from harness.collectors.uprobe.decode import (
     Seen,
     decode,
 )
-from harness.model import Exchange
+from harness.model import (
+    HEADERS_MISSED_STREAM,
+    NOT_COLLECTED,
+    STREAM_INCOMPLETE,
+    TRUNCATED_HEADERS,
+    TRUNCATED_PAYLOAD,
+    TRUNCATED_VALUE,
+    Exchange,
+)
 from harness.protocols.http2.grpc import R_RESET, BodyCounter, apply_reset_status
 
 C2S, S2C = 0, 1
-R_MISSED = "headers_missed_stream"
-R_TRUNC = "truncated_payload"
-R_CUT_VALUE = "truncated_value"  # a name or value longer than the probe's cap: not used
-R_CUT_HEADERS = "truncated_headers"  # fields of a block the probe did not read at all
+R_MISSED = HEADERS_MISSED_STREAM
+R_TRUNC = TRUNCATED_PAYLOAD
+R_CUT_VALUE = TRUNCATED_VALUE  # a name or value longer than the probe's cap: not used
+R_CUT_HEADERS = TRUNCATED_HEADERS  # fields of a block the probe did not read at all
 R_NOT_COLLECTED = NOT_COLLECTED  # the recording's --uprobe-level does not look at it
-R_INCOMPLETE = "incomplete_stream"
-R_ADDR = "no_peer_address"
+R_INCOMPLETE = STREAM_INCOMPLETE
 
 ConnKey = tuple[int, int, Endpoint | None, Endpoint | None]
 
@@ -160,8 +166,8 @@ def uprobe_exchanges(
     out = [_exchange(c, roles[_conn_key(c.seen)]) for c in sorted(finished, key=lambda c: c.seq)]
     for x in out:
         for g in x.degraded:
-            key = f"degraded_{g.reason}"
-            st.parse[key] = st.parse.get(key, 0) + 1
+            counter = f"degraded_{g.reason}"
+            st.parse[counter] = st.parse.get(counter, 0) + 1
     return out, st
 
 
@@ -218,12 +224,8 @@ def _exchange(call: _Call, role: str) -> Exchange:
         f"-{s.remote.port if s.remote else '?'}",
     )
     client, server = (s.local, s.remote) if role == "client" else (s.remote, s.local)
-    if client is not None and server is not None:
-        x.client_ip, x.client_port = client.ip, client.port
-        x.server_ip, x.server_port = server.ip, server.port
-    else:
-        for f in ADDRESS_FIELDS:
-            x.degrade(f, R_ADDR)
+    both = client is not None and server is not None
+    set_addresses(x, client if both else None, server if both else None)
     req_p, x.req_headers = _split(call.req)
     resp_p, x.resp_headers = _split(call.resp)
     _, x.trailers = _split(call.trailers)
@@ -293,3 +295,7 @@ def _degrade_cut(x: Exchange, block: HeaderBlock, named: dict[str, str], rest: s
         for f in (*named.values(), rest):
             if getattr(x, f) in (None, {}) or f == rest:
                 x.degrade(f, R_CUT_HEADERS)
+
+
+def replay_exchanges(r: ReplayInput) -> tuple[list[Exchange], ObservedStats]:
+    return uprobe_exchanges(r.events, r.ports, attach_at_ns=r.attach_at_ns)

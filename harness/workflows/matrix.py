@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import functools
 import json
 import os
 import platform
@@ -15,10 +15,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.collectors import registry
 from harness.errors import ProbebenchError, RunDirError
-from harness.model import METRICS_VERSION, RunManifest, repo_root, utc_now, write_json_atomic
+from harness.model import (
+    RunManifest,
+    repo_root,
+    save_sweep,
+    sweep_path,
+    utc_now,
+    write_json_atomic,
+)
 from harness.runner.lifecycle import Interrupted, signals_as_exceptions
-from harness.runner.scenarios import CURRENT_GRPC_GO, GRPC_GO_VERSIONS, SCENARIOS, STRIPPED
+from harness.scenarios import CURRENT_GRPC_GO, GRPC_GO_VERSIONS, SCENARIOS, STRIPPED
 
 Progress = Callable[[str], None]
 STATE_VERSION = 1
@@ -88,28 +96,18 @@ class MatrixRun:
                        tls=self.tls)  # fmt: skip
 
 
-UPROBE_MODULES = ("harness.collectors.uprobe.record", "harness.analysis.uprobe_observed")
-
-
-def available_collectors() -> tuple[str, ...]:
-    """Both collectors, unless the uprobe recorder or its replay side is not in this checkout
-    yet (every run would then fail on it, kprobe data included)."""
-    if any(importlib.util.find_spec(m) is None for m in UPROBE_MODULES):
-        return ("kprobe",)
-    return ("kprobe", "uprobe")
-
-
 def _grpc_version(scenario: str, client: str, server: str, version: str) -> str | None:
     has_go = "go" in (client, server)
     return version if SCENARIOS[scenario].is_grpc and has_go else None
 
 
 def plan(
-    quick: bool, collectors: tuple[str, ...] = ("kprobe", "uprobe"), *, full: bool = False
+    quick: bool, collectors: tuple[str, ...] | None = None, *, full: bool = False
 ) -> list[MatrixRun]:
     """The runs of the quick, the default or the full matrix, in the order they are recorded.
     The default is the full matrix less the cells that only repeat a dimension it already
     measures (see _in_default), so `scripts/bootstrap matrix` stays within minutes."""
+    collectors = collectors or registry.default_names()
     if quick:
         return _quick_plan(collectors)
     runs = _full_plan(collectors)
@@ -180,7 +178,7 @@ def tls_plan(collectors: tuple[str, ...], quick: bool = False) -> list[MatrixRun
     """TLS cells: every scenario and language pair, early attach (late where it matters),
     with the TLS collector added. grpcio to grpcio is left out: neither end writes a key
     log, so such a run has no truth (it says so when run by hand)."""
-    cols = (*collectors, "tls") if "tls" not in collectors else collectors
+    cols = (*collectors, *(c for c in registry.tls_names() if c not in collectors))
     if quick:
         return [MatrixRun("http11-keepalive", "py", "go", "early", 100, cols, tls=True),
                 MatrixRun("grpc-unary", "py", "go", "late", 60, cols, CURRENT_GRPC_GO,
@@ -240,7 +238,7 @@ def cells() -> list[dict[str, Any]]:
     seen: set[str] = set()
     out = []
     for name, quick, full in MATRICES:
-        for run in plan(quick, available_collectors(), full=full):
+        for run in plan(quick, full=full):
             if run.cell_id not in seen:
                 seen.add(run.cell_id)
                 out.append(run.cell(name))
@@ -250,7 +248,7 @@ def cells() -> list[dict[str, Any]]:
 def find_cell(cell_id: str) -> MatrixRun:
     """The run a cell id names; an unknown id is an error that says where ids come from."""
     for _, quick, full in MATRICES:
-        for run in plan(quick, available_collectors(), full=full):
+        for run in plan(quick, full=full):
             if run.cell_id == cell_id:
                 return run
     raise ProbebenchError(f"no matrix cell {cell_id!r}; `probebench matrix --list` prints them")
@@ -335,22 +333,21 @@ def sweep_times(run_dir: Path, fractions: tuple[float, ...]) -> list[float]:
     return sorted({round((first + f * (last - first)) / 1e9, 4) for f in fractions})
 
 
-def sweep_file(run_dir: Path, t: float) -> Path:
-    return run_dir / f"metrics.attach-at-{t:g}s.json"  # the name `probebench replay` uses
-
-
 def run_sweep(run_dir: Path, fractions: tuple[float, ...], progress: Progress) -> list[str]:
     from harness.analysis.replay import replay
 
     files = []
     for t in sweep_times(run_dir, fractions):
-        path = sweep_file(run_dir, t)
+        path = sweep_path(run_dir, t)
         if not path.exists():
             progress(f"sweep: replaying {run_dir.name} as if attached {t:g} s later")
-            metrics = replay(run_dir, attach_at_s=t, write=False)
-            write_json_atomic(path, {"version": METRICS_VERSION, **metrics})
+            save_sweep(run_dir, t, replay(run_dir, attach_at_s=t, write=False))
         files.append(path.name)
     return files
+
+
+def _tagged(progress: Progress, i: int, msg: str) -> None:
+    progress(f"  [{i}] {msg}")
 
 
 def _fmt_s(s: float) -> str:
@@ -373,10 +370,10 @@ def execute(
 ) -> Iterator[tuple[MatrixRun, dict[str, Any]]]:
     """Record and replay each run not yet done, recording each outcome in ``state``; yields
     (run, state entry) as each one ends. Interrupts propagate after the state is saved."""
-    if record_fn is None:
-        from harness.runner.record import record as record_fn
-    if replay_fn is None:
-        from harness.analysis.replay import replay as replay_fn
+    from harness.analysis.replay import replay
+    from harness.runner.record import record
+
+    record_fn, replay_fn = record_fn or record, replay_fn or replay
     todo = [r for r in runs if not state.done(r.key)]
     if len(todo) < len(runs):
         progress(f"resuming: {len(runs) - len(todo)} of {len(runs)} runs already done")
@@ -388,7 +385,7 @@ def execute(
         before = set(out.iterdir()) if out.is_dir() else set()
         run_dir: Path | None = None
         try:
-            run_dir = record_fn(run.spec(), out, lambda m, i=i: progress(f"  [{i}] {m}"))
+            run_dir = record_fn(run.spec(), out, functools.partial(_tagged, progress, i))
             replay_fn(run_dir)
             sweep = run_sweep(run_dir, run.sweep, progress) if run.sweep else []
         except (Interrupted, KeyboardInterrupt):
@@ -397,7 +394,7 @@ def execute(
         except Exception as e:  # one failed run must not stop the matrix; it is recorded
             new = _new_dirs(out, before)
             run_dir = run_dir or (new[0] if len(new) == 1 else None)
-            entry = {"status": "failed", "error": f"{type(e).__name__}: {e}",
+            entry: dict[str, Any] = {"status": "failed", "error": f"{type(e).__name__}: {e}",
                      "run_dir": str(run_dir) if run_dir else None,
                      "seconds": round(time.monotonic() - t0, 1)}  # fmt: skip
             progress(f"run {i}/{len(todo)} FAILED: {entry['error']}")
@@ -505,10 +502,7 @@ def run_matrix(quick: bool, out: Path, report_dir: Path, progress: Progress, *,
     ``report_dir``; returns the report's path."""
     from harness.report.build import build_report
 
-    collectors = available_collectors()
-    if "uprobe" not in collectors:
-        progress("uprobe collector not available in this checkout: recording kprobe only")
-    runs = plan(quick, collectors, full=full)
+    runs = plan(quick, full=full)
     out.mkdir(parents=True, exist_ok=True)
     state = State.load(state_path(out, quick, full))
     t0 = time.monotonic()

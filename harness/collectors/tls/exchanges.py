@@ -8,13 +8,20 @@ connections' header tables were filled before it looked. That is measured, not h
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from harness.analysis.observed import ADDRESS_FIELDS, ObservedStats, _int_fields, drop_split_tails
-from harness.collectors.kprobe.decode import infer_proto
+from harness.collectors.base import (
+    ObservedStats,
+    ReplayInput,
+    drop_split_tails,
+    int_fields,
+    set_addresses,
+)
 from harness.collectors.tls.decode import TlsConnection, decode
-from harness.model import Exchange
+from harness.model import Exchange, is_h2
 from harness.protocols.http1.stitch import stitch_http1
-from harness.protocols.http2.stitch import stitch_http2
+from harness.protocols.http2.stitch import orient, stitch_http2
+from harness.protocols.sniff import infer_proto
 
 
 def _role(conn: TlsConnection, ports: set[int]) -> str | None:
@@ -62,14 +69,15 @@ def tls_exchanges(
         st.connections += 1
         st.connections_by_proto[proto] = st.connections_by_proto.get(proto, 0) + 1
         send, recv = conn.segments(0), conn.segments(1)
+        pst: Any  # the HTTP/1 or the HTTP/2 stitcher's stats
         if proto == "http1":
             xs, pst = stitch_http1(send, recv, side=role, closed_ns=None, source="tls",  # type: ignore[arg-type]
                                    from_start=from_start)  # fmt: skip
         else:
-            c2s, s2c = (send, recv) if role == "client" else (recv, send)
+            c2s, s2c = orient(send, recv, role)  # type: ignore[arg-type]
             xs, pst = stitch_http2(c2s, s2c, source="tls", side=role, conn_id=conn.key)  # type: ignore[arg-type]
             xs = drop_split_tails(conn, xs, streams_of, st)
-        for k, v in _int_fields(pst).items():
+        for k, v in int_fields(pst).items():
             st.parse[k] = st.parse.get(k, 0) + v
         client, server = (
             (conn.local, conn.remote) if role == "client" else (conn.remote, conn.local)
@@ -79,11 +87,20 @@ def tls_exchanges(
             x.side = role  # type: ignore[assignment]
             x.pid = conn.tgid
             x.conn_id = conn.key
-            if client is not None and server is not None:
-                x.client_ip, x.client_port = client.ip, client.port
-                x.server_ip, x.server_port = server.ip, server.port
-            for f in ADDRESS_FIELDS:
-                if getattr(x, f) is None:
-                    x.degrade(f, "no_peer_address")
+            # one end without the other cannot be tied to the truth: neither is used
+            both = client is not None and server is not None
+            set_addresses(x, client if both else None, server if both else None)
             out.append(x)
     return out, st
+
+
+def replay_exchanges(r: ReplayInput) -> tuple[list[Exchange], ObservedStats]:
+    return tls_exchanges(r.events, r.ports, attach_at_ns=r.attach_at_ns, h2=is_h2(r.protocol))
+
+
+def not_covered(lang: str | None, grpc: bool) -> str | None:
+    """Why the TLS collector cannot see a side at all, or None where it can."""
+    if lang == "py" and grpc:
+        return ("grpcio: its TLS is BoringSSL linked statically into cygrpc with no symbol "
+                "table, so there is nothing to probe (uncoverable)")
+    return None

@@ -21,7 +21,7 @@ from typing import Any
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from harness.collectors.uprobe.elfgo import uvarint
+from harness.collectors.gobin.elfgo import uvarint
 
 MAGIC_118 = 0xFFFFFFF0  # Go 1.18, 1.19
 MAGIC_120 = 0xFFFFFFF1  # Go >= 1.20

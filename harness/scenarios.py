@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from harness.errors import ProbebenchError
 from harness.model import repo_root
@@ -263,3 +266,35 @@ def tls_arguments(
     if keylog is not None and keylog_writer(s, lang):
         args += ["--keylog", str(keylog)]
     return args
+
+
+def _version_after(path: Path, pattern: str) -> str | None:
+    """The first match group of ``pattern`` in a build file, or None when not there."""
+    try:
+        m = re.search(pattern, path.read_text(), re.MULTILINE)
+    except OSError:
+        return None
+    return m.group(1) if m else None
+
+
+def target_versions() -> dict[str, Any]:
+    """The gRPC library versions of every target stack, read from their build files (None:
+    that stack is not set up in this checkout): recorded in run.json's machine."""
+    go = {}
+    for ver in GRPC_GO_VERSIONS:
+        go[ver] = _version_after(SCEN_DIR / "go" / f"grpc-{ver}" / "go.mod",
+                                 r"^\s*google\.golang\.org/grpc (v\S+)")  # fmt: skip
+    try:
+        grpcio: str | None = importlib.metadata.version("grpcio")
+    except importlib.metadata.PackageNotFoundError:
+        grpcio = None
+    return {
+        "grpc_go": go,
+        "grpcio": grpcio,
+        "grpc_js": _version_after(SCEN_DIR / "node" / "node_modules" / "@grpc" / "grpc-js"
+                                  / "package.json", r'"version":\s*"([^"]+)"'),
+        "grpc_java": _version_after(SCEN_DIR / "java" / "pom.xml",
+                                    r"<grpc\.version>([^<]+)</grpc\.version>"),
+        "tonic": _version_after(SCEN_DIR / "rust" / "Cargo.lock",
+                                r'^name = "tonic"\nversion = "([^"]+)"'),
+    }  # fmt: skip

@@ -11,15 +11,25 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.collectors.uprobe.discover import find_grpc_go_targets
+from harness.collectors import registry
+from harness.collectors.base import CollectorOptions
+from harness.collectors.kprobe.hooks import require as require_hooks
 from harness.errors import ProbebenchError, TargetError
 from harness.groundtruth.capture import Dumpcap
-from harness.model import CAPTURE, EVENTS_DIR, TLS_DIR, RunManifest, machine_info, utc_now
-from harness.runner.collectors import CollectorOptions, start_collector, stop_collector
+from harness.model import (
+    CAPTURE,
+    EVENTS_DIR,
+    H2_FAMILY,
+    TLS_DIR,
+    RunManifest,
+    machine_info,
+    utc_now,
+)
+from harness.runner.collectors import start_collector, stop_collector
 from harness.runner.keeper import GRACE_S
 from harness.runner.lifecycle import ProcessSet
 from harness.runner.record import Progress, recording
-from harness.runner.scenarios import OBSERVE
+from harness.scenarios import OBSERVE
 
 # observe stops the command when the disk holding the run has less than this left
 DEFAULT_MIN_FREE = 1 << 30
@@ -46,6 +56,9 @@ def observe(
         raise ProbebenchError(f"command not found: {command[0]}")
     if keylog is not None and not tls:
         raise ProbebenchError("--keylog needs --tls")
+    options = options or CollectorOptions()
+    if "kprobe" in collectors:
+        require_hooks(options.kernel_hooks)
     out.mkdir(parents=True, exist_ok=True)
     if (free := shutil.disk_usage(out).free) < min_free_bytes:
         raise ProbebenchError(
@@ -58,6 +71,8 @@ def observe(
     params = {
         "command": command, "h2c": h2c, "duration_s": duration_s, "collectors": collectors,
         "attach": "early", "client": "user", "server": "user",
+        "kernel_hooks": options.kernel_hooks,
+        "protocol": H2_FAMILY if h2c else "http/1.x",
     }  # fmt: skip
     if tls:
         # the ports carry TLS; the user's client writes the secrets (e.g. SSLKEYLOGFILE)
@@ -68,8 +83,9 @@ def observe(
     )  # fmt: skip
     with recording(manifest, run_dir), ProcessSet() as procs:
         with Dumpcap(run_dir / CAPTURE, ports) as cap:
+            # binaries already serving the ports (grpc-go services), probed from the start
+            early = sorted({b for c in collectors for b in registry.get(c).observe_binaries(ports)})
             # grpc-go services already serving the ports are probed from the start
-            early = sorted({Path(t.exe) for t in find_grpc_go_targets(ports)})
             keeper_report = run_dir / "keeper.json"
             # the keeper holds the command until every collector (and the exec gate, which
             # follows the keeper's tree) is attached; it cleans up after the command
@@ -85,7 +101,7 @@ def observe(
                 progress(f"attaching {name} collector")
                 rc = start_collector(
                     procs, name, run_dir / EVENTS_DIR, tgids=[], ports=ports,
-                    options=options or CollectorOptions(), deadline_s=duration_s + 120,
+                    options=options, deadline_s=duration_s + 120,
                     binaries=early, follow=child.pid,
                 )  # fmt: skip
                 running.append(rc)
@@ -121,24 +137,11 @@ def observe(
             manifest.params["observed_until_ns"] = time.monotonic_ns()
             for rc in running:
                 manifest.collectors[rc.name].update(stop_collector(procs, rc))
-            uprobe = manifest.collectors.get("uprobe", {})
-            probed = sorted(
-                b for b, v in (uprobe.get("binaries") or {}).items() if v.get("probes")
-            )
-            manifest.params["uprobe_targets"] = probed
-            if "uprobe" in collectors:
-                # per binary: what was probed and from what (DWARF or the offsets table),
-                # and why each other one was not (not Go, no grpc-go, version not in table)
-                bins = uprobe.get("binaries") or {}
-                progress(f"uprobe probed: {', '.join(probed) or 'nothing'} (run.json: "
-                         "collectors.uprobe)")  # fmt: skip
-                for b in probed:
-                    progress(f"uprobe: {b}: layouts from {bins[b].get('how') or 'DWARF'}")
-                for exe, verdict in sorted((uprobe.get("followed") or {}).items()):
-                    if exe not in probed and verdict.startswith("not probed"):
-                        progress(f"uprobe: {exe}: {verdict}")
-                for problem in uprobe.get("unsupported") or []:
-                    progress(f"uprobe: {problem}")
+            for name in collectors:
+                params, lines = registry.get(name).observe_summary(manifest.collectors[name])
+                manifest.params.update(params)
+                for line in lines:
+                    progress(line)
         manifest.capture = dict(cap.stats)
         if tls:
             _take_keylog(keylog, run_dir / TLS_DIR, progress)
@@ -149,11 +152,9 @@ def observe(
         manifest.save(run_dir)
     if not replay_after:
         return run_dir
-    from harness.analysis.replay import replay
-    from harness.report.summary import summary_table
+    from harness.workflows.run import replay_and_summarize
 
-    progress("replaying: Wireshark decode, parsing, matching")
-    print(summary_table(replay(run_dir)))
+    replay_and_summarize(run_dir, progress)
     return run_dir
 
 

@@ -1,0 +1,198 @@
+"""What every collector has in common: the shape the registry holds, the options the runner
+passes its recorder, and what its replay side takes and gives."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from harness.model import NO_PEER_ADDRESS, Exchange
+
+ADDRESS_FIELDS = ("client_ip", "client_port", "server_ip", "server_port")
+
+# Capture defaults, defined once: recorders, runner and command line all read them here.
+# 64 KiB per call covers Go's 32 KiB reads whole, so chunked framing stays in view.
+DEFAULT_MAX_CAPTURE = 65536
+# gRPC message-body bytes captured per frame-aware HTTP/2 call: none. No field needs them
+# (messages are counted by their 5-byte prefixes, which are always kept), and they were
+# most of the collector's cost on gRPC (1 MiB messages written to the event file).
+DEFAULT_H2_BODY_LIMIT = 0
+# 64 MiB: a Go client moving 256 KiB bodies outruns a Python consumer for a moment
+DEFAULT_RINGBUF_PAGES = 16384
+DEFAULT_VALUE_MAX = 16384  # header value bytes a uprobe copies; a longer one is marked cut
+LEVELS = ("headers", "messages")  # --uprobe-level: what each call costs in hits
+# The kernel side's attach points (collectors/kprobe/hooks.py): the published numbers are
+# tracepoints'; kprobes where asked for and the kernel has them.
+KERNEL_HOOKS = ("tracepoints", "kprobes")
+DEFAULT_KERNEL_HOOKS = "tracepoints"
+
+
+@dataclass
+class CollectorOptions:
+    """Recorder options of a run (run.json's params.options keeps these names)."""
+
+    max_capture: int = DEFAULT_MAX_CAPTURE
+    h2_body_limit: int = DEFAULT_H2_BODY_LIMIT  # gRPC message-body bytes per HTTP/2 call
+    ringbuf_pages: int = DEFAULT_RINGBUF_PAGES
+    uprobe_level: str = "headers"  # or "messages": + one uprobe hit per DATA frame
+    uprobe_value_max: int = DEFAULT_VALUE_MAX
+    kernel_hooks: str = DEFAULT_KERNEL_HOOKS  # kernel side: "tracepoints" or "kprobes"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A collector option compared in the report; replay applies it to one recording."""
+
+    name: str = "default"
+    use_sockdiag: bool = True
+    hpack_mode: str = "tolerant"
+
+
+VARIANTS = {
+    v.name: v
+    for v in (
+        Variant(),
+        Variant("no-sockdiag", use_sockdiag=False),
+        Variant("hpack-strict", hpack_mode="strict"),
+    )
+}
+
+
+@dataclass
+class ObservedStats:
+    connections: int = 0
+    connections_by_proto: dict[str, int] = field(default_factory=dict)
+    skipped_other_ports: int = 0
+    # server port unknown and not one of the run's processes: cannot be tied to the run
+    unattributed_connections: int = 0
+    # HTTP/2 streams cut in two by lost events: the part after the gap is not a new call
+    split_stream_tails: int = 0
+    parse: dict[str, int] = field(default_factory=dict)
+    decode: dict[str, Any] = field(default_factory=dict)
+    # TLS connections: nothing in them can be decoded; by side, with and without address
+    encrypted_connections: dict[str, int] = field(default_factory=dict)
+    encrypted_without_address: int = 0
+
+
+@dataclass(frozen=True)
+class EncryptedConn:
+    """A connection whose bytes were TLS records, as one side saw it (for scoring)."""
+
+    side: str
+    client_port: int
+    server_port: int
+    start_ns: int
+    end_ns: int | None
+
+
+class _Endpoint(Protocol):
+    @property
+    def ip(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+
+
+def set_addresses(x: Exchange, client: _Endpoint | None, server: _Endpoint | None) -> None:
+    """The ends a collector knows, and each one it does not marked no_peer_address."""
+    if client is not None:
+        x.client_ip, x.client_port = client.ip, client.port
+    if server is not None:
+        x.server_ip, x.server_port = server.ip, server.port
+    for f in ADDRESS_FIELDS:
+        if getattr(x, f) is None:
+            x.degrade(f, NO_PEER_ADDRESS)
+
+
+def drop_split_tails(
+    conn: Any, xs: list[Exchange], streams_of: dict[int, set[int]], st: ObservedStats
+) -> list[Exchange]:
+    """HTTP/2 streams cut in two by lost events: the part after the gap is not a new call
+    (the part before it is, degraded). ``conn.continues`` links a connection split at lost
+    events to the part before the gap; ``streams_of`` maps id(part) -> its stream ids."""
+    seen: set[int] = set()
+    prev = conn.continues
+    while prev is not None:
+        seen |= streams_of.get(id(prev), set())
+        prev = prev.continues
+    st.split_stream_tails += sum(1 for x in xs if x.stream_id in seen)
+    xs = [x for x in xs if x.stream_id not in seen]
+    streams_of[id(conn)] = {x.stream_id for x in xs if x.stream_id is not None}
+    return xs
+
+
+def int_fields(stats: Any) -> dict[str, int]:
+    """The integer counters of a parser's stats dataclass (slots or not)."""
+    return {
+        f.name: v
+        for f in dataclasses.fields(stats)
+        if isinstance(v := getattr(stats, f.name), int) and not isinstance(v, bool)
+    }
+
+
+@dataclass
+class ReplayInput:
+    """What replay hands a collector's exchanges function for one recording."""
+
+    events: Path
+    ports: list[int]
+    protocol: str  # the run's: http/1.0, http/1.1, h2c-grpc, h2c
+    attach_at_ns: int | None = None  # a simulated attach; None: the recording's own
+    target_pids: set[int] = field(default_factory=set)
+    variant: Variant = field(default_factory=Variant)
+    # out: connections seen only as TLS records, for the scoring to count
+    encrypted: list[EncryptedConn] = field(default_factory=list)
+
+
+Exchanges = Callable[[ReplayInput], tuple[list[Exchange], ObservedStats]]
+
+
+def only_default(_attach: str, _protocol: str, _simulated: bool) -> tuple[str, ...]:
+    return ("default",)
+
+
+def no_arguments(_opts: CollectorOptions, _bins: list[Path], _follow: int | None) -> list[str]:
+    return []
+
+
+def no_binaries(_ports: list[int]) -> list[Path]:
+    return []
+
+
+def nothing_to_say(_stats: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    return {}, []
+
+
+def always_covered(_lang: str | None, _grpc: bool) -> str | None:
+    return None
+
+
+@dataclass(frozen=True)
+class Collector:
+    """One collector, as every other module sees it: registered once, in its own package."""
+
+    name: str  # run.json, metrics rows, events/<name>.bin
+    label: str  # what the report calls it
+    record_module: str  # `python -m` this to record
+    exchanges: Exchanges  # replay: its recording -> Exchanges
+    # recorder arguments beyond the common ones: (options, binaries, follow) -> argv
+    recorder_args: Callable[[CollectorOptions, list[Path], int | None], list[str]] = no_arguments
+    # replay variant names for a run: (attach, protocol, simulated attach) -> names
+    variants: Callable[[str, str, bool], tuple[str, ...]] = only_default
+    # why a side cannot be seen at all by this collector, or None: (lang, grpc) -> reason
+    not_covered: Callable[[str | None, bool], str | None] = always_covered
+    # observe: binaries already serving the ports, to probe from the start
+    observe_binaries: Callable[[list[int]], list[Path]] = no_binaries
+    # observe: from the collector's stats, params for run.json and lines to tell the user
+    observe_summary: Callable[[dict[str, Any]], tuple[dict[str, Any], list[str]]] = (
+        nothing_to_say)
+    default: bool = True  # recorded when --collectors is not given
+    tls: bool = False  # added to the matrix's TLS cells
+    color: str = "grey"  # in the report's plots
+    # the seed article's verdicts on this approach (criterion -> verdict), for the report's
+    # side-by-side table; empty for a collector the article did not look at
+    article: dict[str, str] = field(default_factory=dict)
+    # the report's ease-of-implementation proxies: part -> files, relative to the repository
+    parts: dict[str, tuple[str, ...]] = field(default_factory=dict)

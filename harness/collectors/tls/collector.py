@@ -1,0 +1,24 @@
+"""The TLS collector (OpenSSL and Go crypto/tls plaintext), as the registry holds it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.collectors.base import Collector, CollectorOptions
+from harness.collectors.tls.exchanges import not_covered, replay_exchanges
+
+
+def _recorder_args(_opts: CollectorOptions, bins: list[Path], _follow: int | None) -> list[str]:
+    return [a for b in bins for a in ("--binary", str(b))]
+
+
+COLLECTOR = Collector(
+    name="tls",
+    label="TLS library probes",
+    record_module="harness.collectors.tls.record",
+    exchanges=replay_exchanges,
+    recorder_args=_recorder_args,
+    not_covered=not_covered,
+    default=False,
+    tls=True,
+)

@@ -1,0 +1,113 @@
+"""The guest side of `probebench kernels`: run inside a booted guest kernel (see kernels.py).
+
+Runs the BPF tests, then records the smoke cells in every hook mode the kernel has
+(record only: the Wireshark decode and the scoring run on the host afterwards), and
+writes what happened to OUT/guest.json. Writes nothing outside OUT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from harness.collectors.kprobe.hooks import HOOKS, hook_modes
+from harness.errors import ProbebenchError
+from harness.model import SLOWDOWN_ENV, repo_root
+from harness.runner.collectors import CollectorOptions
+from harness.runner.kernels import GUEST_JSON
+from harness.runner.record import RunSpec, record
+
+# One HTTP/1.1 and one gRPC cell per mode, early and late; the full set adds the other
+# attach of each, with the languages swapped (other syscalls: sendto/recvfrom, sendmsg).
+SMOKE = (("http11-keepalive", "py", "go", "early", 60), ("grpc-unary", "go", "go", "late", 40))
+MORE = (("http11-keepalive", "go", "py", "late", 60), ("grpc-unary", "py", "go", "early", 40))
+# quick: the hook-mode tests, with one real workload (late attach; the smoke cells add early)
+TESTS_QUICK = ["tests/test_kernel_hooks.py", "-k", "not early"]
+TESTS_FULL = ["-m", "bpf or kprobes"]
+
+
+def cells(quick: bool) -> list[tuple[str, str, str, str, int]]:
+    return list(SMOKE if quick else SMOKE + MORE)
+
+
+def _mount_tracefs() -> None:
+    """virtme-ng's init may leave tracefs unmounted; bcc needs it for tracepoints."""
+    for fs, where in (("tracefs", "/sys/kernel/tracing"), ("debugfs", "/sys/kernel/debug")):
+        if not os.path.ismount(where):
+            subprocess.run(["mount", "-t", fs, "nodev", where], check=False)
+
+
+def run_tests(out: Path, quick: bool) -> dict[str, Any]:
+    t0 = time.monotonic()
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o",
+           "cache_dir=/tmp", "--junitxml", str(out / "pytest.xml"),
+           *(TESTS_QUICK if quick else TESTS_FULL)]  # fmt: skip
+    # CI: a missing capability fails; unbuffered: the log shows progress while it runs
+    env = {**os.environ, "CI": "true", "TMPDIR": "/tmp", "PYTHONUNBUFFERED": "1"}
+    with (out / "pytest.log").open("w") as log:
+        rc = subprocess.run(cmd, cwd=repo_root(), stdout=log, stderr=subprocess.STDOUT,
+                            env=env, check=False).returncode  # fmt: skip
+    lines = (out / "pytest.log").read_text().strip().splitlines()
+    return {"command": " ".join(cmd[1:]), "exit_code": rc, "summary": lines[-1] if lines else "",
+            "seconds": round(time.monotonic() - t0, 1)}
+
+
+def record_cells(out: Path, quick: bool, modes: list[str]) -> list[dict[str, Any]]:
+    done = []
+    runs = out / "runs"
+    for mode in modes:
+        for scenario, client, server, attach, n in cells(quick):
+            spec = RunSpec(scenario=scenario, client=client, server=server, attach=attach,
+                           exchanges=n, collectors=["kprobe"],
+                           options=CollectorOptions(kernel_hooks=mode))  # fmt: skip
+            entry: dict[str, Any] = {"scenario": scenario, "client": client, "server": server,
+                                     "attach": attach, "kernel_hooks": mode}  # fmt: skip
+            t0 = time.monotonic()
+            print(f"[guest] {mode}: {scenario} {client}->{server} {attach}", flush=True)
+            try:
+                entry["run_dir"] = str(record(spec, runs))
+            except ProbebenchError as e:
+                entry["error"] = str(e)
+                failed = sorted(runs.glob(f"*{scenario}*"), key=lambda p: p.stat().st_mtime)
+                if failed:
+                    entry["run_dir"] = str(failed[-1])
+            entry["seconds"] = round(time.monotonic() - t0, 1)
+            done.append(entry)
+    return done
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="kernels_guest", description=__doc__)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--no-tests", action="store_true")
+    a = ap.parse_args(argv)
+    t0 = time.monotonic()
+    os.environ.setdefault(SLOWDOWN_ENV, "30")  # TCG: for our runs and the tests' alike
+    _mount_tracefs()
+    modes = hook_modes()
+    have = [m for m in HOOKS if modes[m] is None]
+    # seconds from power-on to here: the boot and the Python start-up under TCG
+    booted = float(Path("/proc/uptime").read_text().split()[0])
+    res: dict[str, Any] = {"kernel": platform.release(), "hook_modes": modes, "quick": a.quick,
+                           "uptime_at_start_s": booted}
+    print(f"[guest] kernel {res['kernel']}, hook modes {have}", flush=True)
+    if not a.no_tests:
+        res["tests"] = run_tests(a.out, a.quick)
+        print(f"[guest] tests: {res['tests']['summary']}", flush=True)
+    res["runs"] = record_cells(a.out, a.quick, have)
+    res["guest_seconds"] = round(time.monotonic() - t0, 1)
+    print(f"[guest] done in {res['guest_seconds']} s after {booted:.0f} s of boot", flush=True)
+    (a.out / GUEST_JSON).write_text(json.dumps(res, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

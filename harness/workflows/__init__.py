@@ -1,0 +1,1 @@
+"""What the commands do end to end: record, then replay, then report (run, observe, matrix)."""

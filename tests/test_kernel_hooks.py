@@ -1,0 +1,172 @@
+"""--kernel-hooks: the kprobe attach mode of the kernel-side collector, and finding kernels.
+
+The kprobe-mode programs are verified on any kernel (kprobe-type programs load where
+uprobes work); attaching them needs CONFIG_KPROBES, which this host's kernel lacks, so
+the real-workload test runs in the guests of `probebench kernels`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.collectors.bpfsource import BPF_DIR, compile_program, load_bcc
+from harness.collectors.kprobe import hooks
+from harness.collectors.kprobe.record import Recorder
+from harness.errors import CapabilityError, ProbebenchError
+from harness.runner.collectors import CollectorOptions
+from harness.runner.kernels import newest_release
+
+SOURCE = (BPF_DIR / "kprobe_collector.c").read_text()
+
+
+def tracepoint_hooks() -> set[str]:
+    """enter:NAME / exit:NAME of every syscall tracepoint the default mode attaches."""
+    return {f"{m[0]}:{m[1]}" for m in
+            re.findall(r"TRACEPOINT_PROBE\(syscalls, sys_(enter|exit)_(\w+)\)", SOURCE)}
+
+
+def test_kprobe_mode_hooks_the_same_syscalls_as_the_tracepoints() -> None:
+    kp = {f"{m[0]}:{m[1]}" for m in re.findall(r"int pb_sys(enter|exit)__(\w+)\(", SOURCE)}
+    assert kp == tracepoint_hooks()
+    assert len(kp) == 25
+
+
+@pytest.mark.bpf
+def test_kprobe_mode_programs_pass_the_verifier(tmp_path: Path) -> None:
+    """Compiled with PB_KPROBES=1, every syscall hook and both walkers load as kprobe
+    programs: the verifier accepts the shared logic behind a pt_regs context too."""
+    rec = Recorder(tmp_path / "k.bin", [1], [9], kernel_hooks="tracepoints")
+    rec.kernel_hooks = "kprobes"  # compile for kprobes without attaching (no kprobes here)
+    rec.defines["PB_KPROBES"] = 1
+    bpf = compile_program("kprobe_collector.c", rec.defines)
+    try:
+        # PB_KPROBES=1 leaves no syscall tracepoint attached
+        assert not [n for n in bpf.tracepoint_fds if n.startswith(b"syscalls:")]
+        rec._load_walkers(bpf)
+        lib = load_bcc().lib
+        names = [lib.bpf_function_name(bpf.module, i)
+                 for i in range(lib.bpf_num_functions(bpf.module))]  # fmt: skip
+        loaded = {n for n in names if n.startswith((hooks.ENTER, hooks.EXIT))
+                  and bpf.load_func(n, bpf.KPROBE).fd > 0}  # fmt: skip
+        assert len(loaded) == 25
+        assert bpf.get_syscall_fnname(b"read") == b"__x64_sys_read"
+    finally:
+        bpf.cleanup()
+
+
+def test_kprobes_refused_before_anything_starts(monkeypatch: pytest.MonkeyPatch,
+                                                tmp_path: Path) -> None:
+    from harness.runner.record import RunSpec, record
+
+    monkeypatch.setattr(hooks, "hook_modes", lambda: {"tracepoints": None,
+                                                       "kprobes": "no kprobes (test)"})
+    spec = RunSpec("http11-keepalive", options=CollectorOptions(kernel_hooks="kprobes"))
+    with pytest.raises(CapabilityError, match="--kernel-hooks kprobes is not possible"):
+        record(spec, tmp_path)
+    assert not list(tmp_path.iterdir())  # no run directory, no process started
+    with pytest.raises(CapabilityError, match="one of tracepoints, kprobes"):
+        hooks.require("fentry")
+
+
+def test_newest_release_per_series() -> None:
+    names = [f"linux-image-{v}-unsigned" for v in (
+        "6.1.0-9-amd64", "6.1.0-57-amd64", "6.1.0-60-cloud-amd64", "6.12.117+deb12-amd64",
+        "6.12.9+deb12-amd64", "6.1.0-61-rt-amd64")]  # fmt: skip
+    assert newest_release("6.1", names) == "6.1.0-57-amd64"
+    assert newest_release("6.12", names) == "6.12.117+deb12-amd64"
+    assert newest_release("5.10", names) is None
+    with pytest.raises(ProbebenchError, match=r"series like 6\.1"):
+        newest_release("6.1.0-57", names)
+
+
+@pytest.mark.bpf
+@pytest.mark.capture
+@pytest.mark.kprobes
+@pytest.mark.parametrize("attach", ["early", "late"])
+def test_kprobe_mode_on_a_real_workload(tmp_path: Path, attach: str) -> None:
+    """kprobes on __x64_sys_* see a real HTTP/1.1 run whole, like the tracepoints do, and
+    leave no probe behind."""
+    from harness.analysis.replay import replay
+    from harness.runner.record import RunSpec, record
+
+    spec = RunSpec("http11-keepalive", client="py", server="go", attach=attach, exchanges=30,
+                   collectors=["kprobe"], options=CollectorOptions(kernel_hooks="kprobes"))
+    run_dir = record(spec, tmp_path)
+    metrics = replay(run_dir)
+    rows = [r for r in metrics["rows"] if r["collector"] == "kprobe" and r["variant"] == "default"]
+    assert {r["side"] for r in rows} == {"client", "server"}
+    for r in rows:
+        assert r["completeness"] == 1.0, r
+        assert r["degraded"] == 0 and r.get("wrong", 0) == 0 and r["phantoms"] == 0, r
+    stats = json.loads((run_dir / "run.json").read_text())["collectors"]["kprobe"]
+    assert stats["kernel_hooks"] == "kprobes"
+    assert stats["kprobes_attached"] == 25
+    assert stats["lost_events"] == 0
+    # every probe of the recorder went with it (other sessions' probes are not ours)
+    events = Path("/sys/kernel/tracing/kprobe_events")
+    left = events.read_text() if events.exists() else ""
+    assert not [ln for ln in left.splitlines() if "__x64_sys_" in ln and "_bcc_" in ln
+                and f"_bcc_{stats['pid']}" in ln]  # fmt: skip
+
+
+def _run(host: str, kernel: str, hooks_: str, completeness: float, idx: int) -> Any:
+    from harness.report.load import RunData
+
+    row = {"scenario": "grpc-unary", "protocol": "h2c-grpc", "client": "go", "server": "go",
+           "attach": "late", "collector": "kprobe", "side": "server", "variant": "default",
+           "observable": 10, "matched": int(10 * completeness), "completeness": completeness,
+           "degraded": 0, "wrong": 0, "phantoms": 0, "lost_events": 0}  # fmt: skip
+    manifest = {"run_id": f"r{idx}", "params": {"client": "go", "server": "go"},
+                "machine": {"hostname": host, "kernel": kernel},
+                "collectors": {"kprobe": {"kernel_hooks": hooks_}}}  # fmt: skip
+    return RunData(Path(f"/nonexistent/r{idx}"), manifest, {"rows": [row]})
+
+
+def test_report_keeps_kernels_apart_and_compares_hook_modes() -> None:
+    from harness.report.tables import hook_agreement, kernels_frame, rows_frame
+
+    runs = [_run("host", "6.18", "tracepoints", 1.0, 1),
+            _run("pb-6.1", "6.1.0-57-amd64", "tracepoints", 1.0, 2),
+            _run("pb-6.1", "6.1.0-57-amd64", "kprobes", 1.0, 3),
+            _run("pb-6.12", "6.12.117+deb12-amd64", "tracepoints", 1.0, 4),
+            _run("pb-6.12", "6.12.117+deb12-amd64", "kprobes", 0.5, 5)]  # fmt: skip
+    kf = kernels_frame(rows_frame(runs))
+    # one row per machine and mode: the 0.5 of one guest is not averaged into another's 1.0
+    assert len(kf) == 5 and set(kf["runs"]) == {1}
+    assert kf.set_index(["machine", "kernel_hooks"]).loc[
+        ("pb-6.12, kernel 6.12.117+deb12-amd64", "kprobes"), "completeness"] == 0.5
+    agree = hook_agreement(kf).set_index("machine")["same"].to_dict()
+    assert agree == {"pb-6.1, kernel 6.1.0-57-amd64": "yes",
+                     "pb-6.12, kernel 6.12.117+deb12-amd64": "NO"}  # the host has one mode
+
+
+def test_report_shows_guest_kernels_beside_the_host(tmp_path: Path) -> None:
+    """A guest kernel's runs in both hook modes: the kernels section lists each machine and
+    mode apart, and the kprobe-mode run stays out of the tracepoint headline tables."""
+    from harness.report.build import build_report
+
+    src = Path(__file__).parent / "fixtures" / "report" / "20261125T132126-http10-short-py2go-early"
+    runs = [src]
+    for mode in ("tracepoints", "kprobes"):
+        d = tmp_path / f"{src.name}-{mode}"
+        shutil.copytree(src, d)
+        m = json.loads((d / "run.json").read_text())
+        m["run_id"] = d.name
+        m["machine"].update(hostname="pb-6.1", kernel="6.1.0-57-amd64")
+        m["collectors"]["kprobe"]["kernel_hooks"] = mode
+        (d / "run.json").write_text(json.dumps(m))
+        runs.append(d)
+    md = (build_report(runs, tmp_path / "report", draw=False).parent / "report.md").read_text()
+    assert "## Kernels and hook modes" in md
+    section = md.split("## Kernels and hook modes")[1].split("\n## ")[0]
+    assert "vm, kernel 6.18.44-fc-v669" in section and "pb-6.1, kernel 6.1.0-57-amd64" in section
+    assert "2 cells agree, 0 differ" in section  # client and server side of the one cell
+    assert "on 2 machines (pooled by cell" in md
+    combined = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert len(combined["runs"]) == 3
