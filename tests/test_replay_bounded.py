@@ -144,7 +144,7 @@ def test_stitched_while_decoded_equals_stitched_after(run: Path) -> None:
         assert not c.send and not c.recv
         old = by_key[c.key]
         xs, st = stitch_http1(old.send, old.recv, side=old.role, closed_ns=old.closed_ns,  # type: ignore[arg-type]
-                              from_start=old.from_start)  # fmt: skip
+                              from_start=old.from_start, source="kprobe")  # fmt: skip
         assert c.stitched == (xs, st)
     others = [c for c in live if c.stitched is None]
     assert [(c.key, c.send, c.recv) for c in others] == [

@@ -197,7 +197,7 @@ def decode(
         if stitch is not None and first_sent and _stitch_live(conn):
             # what the pass after the loop would decide from its first sent bytes, now
             conn.proto = "http1"
-            conn.http1 = Http1Stream(conn.role, from_start=True, on_ready=stitch)  # type: ignore[arg-type]
+            conn.http1 = Http1Stream(conn.role, source="kprobe", from_start=True, on_ready=stitch)  # type: ignore[arg-type]
             for seg in conn.recv:
                 conn.http1.add(False, seg)
             for seg in conn.send:
