@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import json
 from array import array
+from bisect import bisect_right
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -564,6 +566,10 @@ def _pair_http1(
             resps.setdefault(m.fr.stream, []).append(m)
     for stream, rs in resps.items():
         pending = reqs.get(stream, [])
+        # the latest request a response's frame could follow, in O(log n): the suffix
+        # minima of the requests' first frames rise, so the last request at or before a
+        # frame is where they pass it (a scan per response was quadratic on a soak)
+        sufmin = list(accumulate(reversed([r.first_frame for r, _ in pending]), min))[::-1]
         # once a pairing is doubtful, so is every later one on the stream; more responses
         # than requests means Wireshark lost a request somewhere: all of them are doubtful
         broken = len(rs) > len(pending)
@@ -586,7 +592,8 @@ def _pair_http1(
                     warnings["HTTP/1 response that in-order pairing and Wireshark's "
                              "request_in disagree on: marked truth_unreliable"] += 1
                 broken = True
-            latest = next((r for r, _ in reversed(pending) if r.first_frame <= m.frame), req)
+            i = bisect_right(sufmin, m.frame) - 1
+            latest = pending[i][0] if i >= 0 else req
             if not alone and not broken and (latest.row[_METHOD] == "HEAD") != (x.method == "HEAD"):
                 # TShark 4.0.17 frames a response by the method of the latest request,
                 # not of the one it answers: where one is HEAD and the other not, it
