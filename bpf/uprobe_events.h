@@ -8,6 +8,7 @@
 
 #define PB_UEV_HEADERS 1 /* one header block, sent or received */
 #define PB_UEV_DATA 2    /* one DATA frame, sent or received */
+#define PB_UEV_RST 3     /* one RST_STREAM frame, sent or received */
 
 /* which probe produced an event */
 #define PB_PROBE_WRITE_HEADER 1   /* (*loopyWriter).writeHeader: headers sent */
@@ -16,6 +17,9 @@
 #define PB_PROBE_WRITE_DATA 4     /* DATA frame written (x/net Framer or grpc framer) */
 #define PB_PROBE_CLIENT_DATA 5    /* (*http2Client).handleData */
 #define PB_PROBE_SERVER_DATA 6    /* (*http2Server).handleData */
+#define PB_PROBE_WRITE_RST 7      /* (*http2.Framer).WriteRSTStream: a reset sent */
+#define PB_PROBE_CLIENT_RST 8     /* (*http2Client).handleRSTStream: a reset received */
+#define PB_PROBE_SERVER_RST 9     /* (*http2Server).handleRSTStream */
 
 #include "pb_common.h" /* roles, directions */
 
@@ -42,8 +46,9 @@
 #define PB_USTAT_EXTRA_FIELDS 4     /* fields beyond PB_MAX_BLOCK_FIELDS in a block */
 #define PB_USTAT_READ_ERRORS 5
 #define PB_USTAT_CUT_VALUES 6       /* names or values captured only in part */
-#define PB_USTAT_HITS 8             /* + probe id (1..6): uprobe hits per probe */
-#define PB_USTAT_MAX 16
+#define PB_USTAT_RST_EVENTS 7
+#define PB_USTAT_HITS 8             /* + probe id (1..9): uprobe hits per probe */
+#define PB_USTAT_MAX 24
 
 /* A header block is sent as one or more events (parts) of up to PB_EV_FIELDS fields and
  * PB_HDR_BLOB bytes of names and values; the parts of a block share ts_ns and tid.
@@ -116,6 +121,29 @@ struct pb_data_event {
     u32 frame_len; /* DATA payload bytes (padding excluded) */
     u32 cap_len;   /* bytes of data[] that are valid: a prefix of the payload */
     u8 data[PB_DATA_CAP];
+};
+
+struct pb_rst_event {
+    u64 ts_ns;
+    u64 conn;
+    u32 tgid;
+    u32 tid;
+    u32 stream_id;
+    u8 kind;
+    u8 probe;
+    u8 role;
+    u8 dir;
+    u8 flags;
+    u8 addr_status;
+    u8 ip_len;
+    u8 pad;
+    s32 fd;
+    u16 lport;
+    u16 rport;
+    u8 laddr[16];
+    u8 raddr[16];
+    u32 err_code;  /* the HTTP/2 error code */
+    u32 pad2;
 };
 
 #endif

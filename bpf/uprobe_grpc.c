@@ -497,3 +497,65 @@ int probe_server_data(struct pt_regs *ctx) {
     return recv_data(&c, PB_PROBE_SERVER_DATA, PB_ROLE_SERVER, go_reg(ctx, PB_SD_FRAME_REG));
 }
 #endif
+
+/* ---- RST_STREAM frames: stream id and error code (a call's end, and its status) */
+
+#if PB_HAVE_WRITE_RST || PB_HAVE_CLIENT_RST || PB_HAVE_SERVER_RST
+static __always_inline int emit_rst(struct pb_rst_event *e) {
+    if (events.ringbuf_output(e, sizeof(*e), 0) < 0) {
+        stat_add(PB_USTAT_DROPPED, 1);
+        return 0;
+    }
+    stat_add(PB_USTAT_RST_EVENTS, 1);
+    return 0;
+}
+#endif
+
+#if PB_HAVE_WRITE_RST
+int probe_write_rst(struct pt_regs *ctx) {
+    if (!traced(bpf_get_current_pid_tgid() >> 32)) return 0;
+    stat_add(PB_USTAT_HITS + PB_PROBE_WRITE_RST, 1);
+    struct conn_addr c = {};
+    conn_of(&c, go_reg(ctx, PB_WR_RECV_REG), CONN_PATH(WR));
+    if (!c.conn) return 0; /* an x/net Framer that is not grpc-go's */
+    struct pb_rst_event e = {};
+    FILL_PREFIX(&e, &c, PB_UEV_RST, PB_PROBE_WRITE_RST, PB_ROLE_UNKNOWN, PB_DIR_SEND);
+    e.stream_id = (u32)go_reg(ctx, PB_WR_SID_REG);
+    e.err_code = (u32)go_reg(ctx, PB_WR_CODE_REG);
+    return emit_rst(&e);
+}
+#endif
+
+#if PB_HAVE_CLIENT_RST || PB_HAVE_SERVER_RST
+static __always_inline int recv_rst(struct conn_addr *c, u8 probe, u8 role, u64 frame) {
+    struct pb_rst_event e = {};
+    FILL_PREFIX(&e, c, PB_UEV_RST, probe, role, PB_DIR_RECV);
+    if (bpf_probe_read_user(&e.stream_id, sizeof(e.stream_id),
+                            (void *)(frame + PB_RSTF_FH + PB_FH_SID)) < 0 ||
+        bpf_probe_read_user(&e.err_code, sizeof(e.err_code), (void *)(frame + PB_RSTF_CODE)) < 0) {
+        stat_add(PB_USTAT_READ_ERRORS, 1);
+        return 0;
+    }
+    return emit_rst(&e);
+}
+#endif
+
+#if PB_HAVE_CLIENT_RST
+int probe_client_rst(struct pt_regs *ctx) {
+    if (!traced(bpf_get_current_pid_tgid() >> 32)) return 0;
+    stat_add(PB_USTAT_HITS + PB_PROBE_CLIENT_RST, 1);
+    struct conn_addr c = {};
+    conn_of(&c, go_reg(ctx, PB_CR_RECV_REG), CONN_PATH(CR));
+    return recv_rst(&c, PB_PROBE_CLIENT_RST, PB_ROLE_CLIENT, go_reg(ctx, PB_CR_FRAME_REG));
+}
+#endif
+
+#if PB_HAVE_SERVER_RST
+int probe_server_rst(struct pt_regs *ctx) {
+    if (!traced(bpf_get_current_pid_tgid() >> 32)) return 0;
+    stat_add(PB_USTAT_HITS + PB_PROBE_SERVER_RST, 1);
+    struct conn_addr c = {};
+    conn_of(&c, go_reg(ctx, PB_SR_RECV_REG), CONN_PATH(SR));
+    return recv_rst(&c, PB_PROBE_SERVER_RST, PB_ROLE_SERVER, go_reg(ctx, PB_SR_FRAME_REG));
+}
+#endif

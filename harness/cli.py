@@ -139,7 +139,7 @@ def cmd_kernels(a: argparse.Namespace) -> int:
                for k, _, g in guests if isinstance(t := g.get("tests"), dict)
                and t.get("exit_code") != 0]  # fmt: skip
     failed += [f"{k.release}: {r['kernel_hooks']} {r['scenario']} {r['attach']}: {r['error']}"
-               for k, _, g in guests for r in g.get("runs") or [] if r.get("error")]  # fmt: skip
+               for k, _, g in guests for r in kernels.guest_runs(g) if r.get("error")]  # fmt: skip
     if not a.no_host:
         _progress("the same cells on this machine's kernel (its hook modes)")
         from harness.collectors.kprobe.hooks import HOOKS, hook_modes

@@ -48,6 +48,9 @@ HPACK_DECODE_ERROR = "hpack_decode_error"
 MALFORMED_HEADERS = "malformed_headers"
 TRUTH_UNRELIABLE = "truth_unreliable"
 TRUTH_HPACK_UNKNOWN = "truth_hpack_unknown"
+STREAM_RESET = "stream_reset"  # ended by RST_STREAM: what would have followed is not there
+# RST_STREAM CANCEL on a call with a deadline: a cancel or the deadline, not told apart
+RST_CANCEL_OR_DEADLINE = "rst_cancel_or_deadline"
 
 # Run-directory layout, relative to the run directory.
 RUN_JSON = "run.json"

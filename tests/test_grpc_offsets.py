@@ -85,7 +85,7 @@ def test_stripped_target_resolves_from_the_table(version: str) -> None:
         # over TLS the walk follows grpc-go's wrapper and *tls.Conn to the socket
         assert r.defines["PB_TYPE_SYSCONN"] > 0 and r.defines["PB_TYPE_TLSCONN"] > 0
         assert r.defines["PB_SYSCONN_INNER"] == 16 and r.defines["PB_TLSCONN_INNER"] == 0
-        assert {"write_header", "write_data"} <= set(r.probes)
+        assert {"write_header", "write_data", "write_rst", f"{role}_rst"} <= set(r.probes)
 
 
 def test_pclntab_entries_match_the_symbol_table() -> None:
@@ -115,7 +115,8 @@ def test_gopath_build_is_identified_by_fingerprint() -> None:
     assert r.source == "table" and r.error is None and r.unsupported == [], (r.error, r.notes)
     assert r.grpc_version == "v1.33.3" and "fingerprint" in r.how
     assert r.go_version is not None and r.go_version.startswith("go1.19")
-    assert {"server_headers", "server_data", "write_header", "write_data"} <= set(r.probes)
+    assert {"server_headers", "server_data", "write_header", "write_data", "server_rst",
+            "write_rst"} <= set(r.probes)
 
 
 def test_version_not_in_the_table_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -25,7 +25,9 @@ BLOB = H.offset("pb_header_event", "blob")
 SERVER_PORT, CLIENT_PORT = 50051, 40000
 CLIENT_PID, SERVER_PID = 100, 200
 PROBE = {"write_header": 1, "client_headers": 2, "server_headers": 3, "write_data": 4,
-         "client_data": 5, "server_data": 6}  # fmt: skip
+         "client_data": 5, "server_data": 6, "write_rst": 7, "client_rst": 8,
+         "server_rst": 9}  # fmt: skip
+RE = H.structs["pb_rst_event"]
 
 
 class Rec:
@@ -99,6 +101,14 @@ class Rec:
         head = payload[: D["PB_DATA_CAP"]]
         e.cap_len = len(head)
         e.data[: len(head)] = list(head)
+        return bytes(e)
+
+
+    def rst(self, sid: int, code: int, *, send: bool, after_ns: int = 0) -> bytes:
+        e = RE()
+        self.ts += after_ns
+        self._prefix(e, D["PB_UEV_RST"], "write_rst" if send else f"{self.side}_rst", sid, False)
+        e.err_code = code
         return bytes(e)
 
 
@@ -279,3 +289,38 @@ def test_headers_level_leaves_message_counts_out_of_scope(tmp_path: Path) -> Non
     reasons = {g.field: g.reason for g in x.degraded}
     assert reasons == {f: "not_collected" for f in
                        ("req_bytes", "req_messages", "resp_bytes", "resp_messages")}  # fmt: skip
+
+
+MS = 1_000_000
+
+
+def test_reset_calls_have_their_clients_status(tmp_path: Path) -> None:
+    """A cancel (sent by the client, received by the server), a deadline, a refused stream,
+    a reset after the trailers (ignored) and a reset as the stream's first event."""
+    c, s = Rec("client"), Rec("server")
+    timed = [*REQ, ("grpc-timeout", "100m")]
+    recs = [
+        c.headers(1, REQ), c.data(1, msg(3), send=True, end=True), c.rst(1, 8, send=True),
+        s.headers(1, REQ), s.data(1, msg(3), send=False, end=True), s.rst(1, 8, send=False),
+        c.headers(3, timed), c.data(3, msg(3), send=True, end=True),
+        c.rst(3, 8, send=True, after_ns=101 * MS),
+        c.headers(5, REQ), c.rst(5, 7, send=False),
+        s.headers(7, REQ), s.data(7, msg(3), send=False, end=True), s.headers(7, RESP),
+        s.headers(7, [("grpc-status", "0")], end=True), s.rst(7, 0, send=True),
+        s.rst(9, 7, send=True),
+        c.headers(11, timed), c.rst(11, 8, send=True, after_ns=90 * MS),
+    ]  # fmt: skip
+    xs, st = uprobe_exchanges(write(tmp_path / "u.bin", recs), [SERVER_PORT])
+    got = {(x.side, x.stream_id): x for x in xs}
+    assert len(xs) == 7 and st.parse["after_end"] == 1
+    assert got["client", 1].grpc_status == 1 and got["server", 1].grpc_status == 1
+    assert got["client", 1].req_messages == 1 and got["client", 1].resp_messages == 0
+    assert got["client", 3].grpc_status == 4  # CANCEL past its deadline
+    assert got["client", 5].grpc_status == 14  # REFUSED_STREAM: UNAVAILABLE
+    assert got["server", 7].grpc_status == 0  # the trailers' status stands
+    x9 = got["server", 9]  # a reset alone: a call, its request unknown
+    assert x9.grpc_status == 14 and x9.path is None
+    x11 = got["client", 11]  # near its deadline: unknown, with the reason
+    assert x11.grpc_status is None
+    assert ("grpc_status", "rst_cancel_or_deadline") in [(g.field, g.reason)
+                                                         for g in x11.degraded]

@@ -50,8 +50,8 @@ def test_every_probe_resolves_on_the_server(
     assert r.error is None and r.unsupported == []
     assert r.grpc_version == version and r.go
     assert sorted(r.probes) == [
-        "client_data", "client_headers", "server_data", "server_headers", "write_data",
-        "write_header",
+        "client_data", "client_headers", "client_rst", "server_data", "server_headers",
+        "server_rst", "write_data", "write_header", "write_rst",
     ]  # fmt: skip
     d = r.defines
     # DESIGN.md: writeHeader's streamID in RBX, hf in RDI/RSI, 40-byte HeaderFields

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import json
 from array import array
+from bisect import bisect_right
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -24,6 +26,7 @@ from urllib.parse import unquote
 from harness.errors import CaptureError
 from harness.groundtruth.tshark import AGG, SEP, TsharkStream, decode_as, run_tshark, unescape
 from harness.model import TRUTH_HPACK_UNKNOWN, TRUTH_UNRELIABLE, Exchange
+from harness.protocols.http2.grpc import apply_reset_status
 
 WARN_SEVERITY = 0x600000  # expert info: warning and error; chat and note are routine
 NO_BODY_STATUS = frozenset({204, 304})
@@ -52,9 +55,10 @@ _FIELDS = (
 _H2_FIELDS = (
     "http2.type", "http2.streamid", "http2.length", "http2.flags", "http2.header.count",
     "http2.header.name", "http2.header.value", "grpc.message_length",
+    "http2.rst_stream.error",
 )
 (_H2_TYPE, _H2_SID, _H2_LEN, _H2_FLAGS, _H2_HCOUNT, _H2_NAMES, _H2_VALUES,
- _GRPC_LEN) = range(len(_FIELDS), len(_FIELDS) + len(_H2_FIELDS))
+ _GRPC_LEN, _H2_RST) = range(len(_FIELDS), len(_FIELDS) + len(_H2_FIELDS))
 
 
 @dataclass(slots=True)
@@ -562,6 +566,10 @@ def _pair_http1(
             resps.setdefault(m.fr.stream, []).append(m)
     for stream, rs in resps.items():
         pending = reqs.get(stream, [])
+        # the latest request a response's frame could follow, in O(log n): the suffix
+        # minima of the requests' first frames rise, so the last request at or before a
+        # frame is where they pass it (a scan per response was quadratic on a soak)
+        sufmin = list(accumulate(reversed([r.first_frame for r, _ in pending]), min))[::-1]
         # once a pairing is doubtful, so is every later one on the stream; more responses
         # than requests means Wireshark lost a request somewhere: all of them are doubtful
         broken = len(rs) > len(pending)
@@ -584,7 +592,8 @@ def _pair_http1(
                     warnings["HTTP/1 response that in-order pairing and Wireshark's "
                              "request_in disagree on: marked truth_unreliable"] += 1
                 broken = True
-            latest = next((r for r, _ in reversed(pending) if r.first_frame <= m.frame), req)
+            i = bisect_right(sufmin, m.frame) - 1
+            latest = pending[i][0] if i >= 0 else req
             if not alone and not broken and (latest.row[_METHOD] == "HEAD") != (x.method == "HEAD"):
                 # TShark 4.0.17 frames a response by the method of the latest request,
                 # not of the one it answers: where one is HEAD and the other not, it
@@ -643,6 +652,11 @@ class _Call:
     open_len: list[int] = field(default_factory=lambda: [0, 0])  # the open block's bytes
     undecoded: list[bool] = field(default_factory=lambda: [False, False])  # a block Wireshark
     # could not decode (e.g. its HPACK table out of step): that side's header fields unknown
+    rst: tuple[int, int] | None = None  # the first RST_STREAM's (error code, time)
+    # the server's header block came after the client's reset: the client discarded it,
+    # so its grpc-status is the server's, not the one the client saw
+    crossed_reset: bool = False
+    rst_by_client: bool = False
 
 
 def _pairs_get(pairs: list[tuple[str, Any]], key: str) -> Any:
@@ -724,12 +738,13 @@ class _H2Calls:
     def frame(
         self, fr: _Frame, ftype: int | None, sid: int | None, end_stream: bool,
         headers: list[tuple[str, str]] | None, data_len: int,
-        end_headers: bool = True, length: int = 0,
+        end_headers: bool = True, length: int = 0, rst_code: int | None = None,
     ) -> _Call | None:
         """One HTTP/2 frame of packet ``fr``; the call it belongs to (None: not a call's).
 
         ``data_len``: a DATA frame's length less its padding. ``end_headers`` and
-        ``length``: a HEADERS or CONTINUATION frame's flag and payload length."""
+        ``length``: a HEADERS or CONTINUATION frame's flag and payload length.
+        ``rst_code``: a RST_STREAM frame's error code."""
         if not sid or ftype not in (0, 1, 3, 9):  # DATA, HEADERS, RST_STREAM, CONTINUATION
             return None
         to_server = fr.dport in self.servers
@@ -755,6 +770,8 @@ class _H2Calls:
         if end_stream:
             call.ended[d] = True
         if ftype in (1, 9):
+            if not to_server and call.rst is not None and call.rst_by_client:
+                call.crossed_reset = True
             block = call.open_block[d]
             if ftype == 1 or block is None:
                 block = call.open_block[d] = []
@@ -769,6 +786,9 @@ class _H2Calls:
                     call.undecoded[d] = True
         elif ftype == 0:
             call.data_bytes[d] += data_len
+        elif ftype == 3 and call.rst is None and rst_code is not None:
+            call.rst = (rst_code, fr.t_ns)
+            call.rst_by_client = to_server
         if (not to_server and call.x.conn_id != "orphan") or ftype == 3:
             call.x.t_end_ns = fr.t_ns  # last server frame, or a reset from either side
         return call
@@ -813,6 +833,14 @@ class _H2Calls:
                         x.degrade(f"{side}_bytes", TRUTH_UNRELIABLE)
             else:
                 x.req_bytes, x.resp_bytes = call.data_bytes
+            if call.crossed_reset and x.grpc_status is not None:
+                for f in ("grpc_status", "grpc_message"):
+                    x.degrade(f, TRUTH_UNRELIABLE)
+            elif x.protocol == "h2c-grpc" and x.grpc_status is None and call.rst is not None:
+                code, t_ns = call.rst
+                apply_reset_status(x, code, t_ns - (x.t_start_ns or t_ns),
+                                   TRUTH_HPACK_UNKNOWN if call.hpack_unknown[0] else
+                                   TRUTH_UNRELIABLE if call.undecoded[0] else None)
             _truth_blind(call)
             if x.status is None:
                 stats.unpaired_requests += 1
@@ -871,6 +899,11 @@ class _H2Fields:
         if grpc and len({sid for t, sid, _, _ in ints if sid and t in (0, 1, 3, 9)}) > 1:
             self.unsure = "gRPC messages in a packet with several streams' frames"
             return
+        rsts = [int(c) for c in row[_H2_RST].split(AGG)] if row[_H2_RST] else []
+        if len(rsts) != sum(1 for t, *_ in ints if t == 3):
+            self.unsure = "RST_STREAM error codes do not line up with their frames"
+            return
+        rsts.reverse()
         block = pos = 0
         last: _Call | None = None
         for ftype, sid, length, fl in ints:
@@ -882,7 +915,8 @@ class _H2Fields:
                            for i in range(pos, pos + n)]
                 pos += n
             call = self.h2.frame(fr, ftype, sid, ftype in (0, 1) and bool(fl & 0x01),
-                                 headers, length, bool(fl & END_HEADERS), length)
+                                 headers, length, bool(fl & END_HEADERS), length,
+                                 rsts.pop() if ftype == 3 else None)
             if call is not None:
                 last = call
         for n in grpc:
@@ -947,6 +981,7 @@ def _h2(
                     _h2_headers(st) if ftype in (1, 9) else None, data_len,
                     bool(int(_pairs_get(st, "http2.flags") or "0", 16) & END_HEADERS),
                     int(_pairs_get(st, "http2.length") or 0),
+                    _int(_pairs_get(st, "http2.rst_stream.error") or "") if ftype == 3 else None,
                 )  # fmt: skip
                 if call is not None:
                     last = call

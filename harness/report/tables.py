@@ -373,7 +373,7 @@ def hook_agreement(kf: pd.DataFrame) -> pd.DataFrame:
     degraded, wrong, phantoms); only where both modes ran on that machine."""
     cell = ["machine", "scenario", "pair", "attach", "side"]
     vals = ["completeness", "degraded", "wrong", "phantoms"]
-    out = []
+    out: list[dict[str, Any]] = []
     if kf.empty:
         return pd.DataFrame(out)
     for key, g in kf.groupby(cell, sort=True):

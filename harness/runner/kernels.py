@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from harness.errors import CapabilityError, ProbebenchError
 from harness.model import repo_root
@@ -220,14 +221,19 @@ def run_guests(series: list[str], quick: bool, out: Path, progress: Progress,
         gdir = out / k.release
         guest = boot(vng, k, gdir, quick, progress, timeout_s, tests)
         done.append((k, gdir, guest))
-        tests = guest.get("tests") or {}
+        result = guest.get("tests") or {}
         progress(f"{k.release}: {guest.get('error') or 'done'}; tests: "
-                 f"{tests.get('summary', 'not run') if isinstance(tests, dict) else tests}; "
+                 f"{result.get('summary', 'not run') if isinstance(result, dict) else result}; "
                  f"{guest['boot_to_poweroff_s']} s, QEMU used {guest['host_cpu_s']} CPU s")
     return done
 
 
+def guest_runs(guest: dict[str, object]) -> list[dict[str, Any]]:
+    """The runs a guest reported (its JSON's "runs"), whatever else it holds."""
+    runs = guest.get("runs")
+    return [r for r in runs if isinstance(r, dict)] if isinstance(runs, list) else []
+
+
 def run_dirs(guest: dict[str, object]) -> list[Path]:
-    runs = guest.get("runs") or []
-    assert isinstance(runs, list)
-    return [Path(r["run_dir"]) for r in runs if r.get("run_dir") and Path(r["run_dir"]).is_dir()]
+    return [Path(r["run_dir"]) for r in guest_runs(guest)
+            if r.get("run_dir") and Path(r["run_dir"]).is_dir()]  # fmt: skip

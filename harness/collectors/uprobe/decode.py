@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from harness.collectors.eventfile import NOTE, read_event_file
-from harness.collectors.uprobe.layout import FORMAT, PROBE_NAMES, header, roles
+from harness.collectors.uprobe.layout import (
+    FORMAT,
+    PROBE_NAMES,
+    READABLE_FORMATS,
+    header,
+    roles,
+)
 from harness.errors import RunDirError
 
 ADDR_STATUS = {0: "ok", 1: "not_tcp", 2: "unreadable", 3: "not_tcpaddr"}
@@ -64,11 +70,20 @@ class DataFrame:
     unread: bool  # the payload's buffer type was unknown: head is empty
 
 
+@dataclass(slots=True)
+class ResetFrame:
+    """A RST_STREAM frame sent or received: the end of its stream, and why."""
+
+    seen: Seen
+    error_code: int
+
+
 @dataclass
 class DecodeStats:
     kernel_records: int = 0
     header_blocks: int = 0
     data_frames: int = 0
+    reset_frames: int = 0
     truncated_fields: int = 0
     missing_fields: int = 0
     header_parts: int = 0
@@ -90,11 +105,14 @@ def _ip(raw: bytes, n: int) -> str:
     return str(v6.ipv4_mapped or v6)
 
 
+Event = HeaderBlock | DataFrame | ResetFrame
+
+
 def decode(
     path: Path, *, attach_at_ns: int | None = None
-) -> tuple[list[HeaderBlock | DataFrame], DecodeStats]:
+) -> tuple[list[Event], DecodeStats]:
     ef = read_event_file(path)
-    if ef.header.get("collector") != "uprobe" or ef.header.get("format") != FORMAT:
+    if ef.header.get("collector") != "uprobe" or ef.header.get("format") not in READABLE_FORMATS:
         raise RunDirError(
             f"{path} is not a {FORMAT} recording (header says "
             f"{ef.header.get('collector')!r} {ef.header.get('format')!r})"
@@ -102,12 +120,14 @@ def decode(
     hdr = header()
     d = hdr.defines
     HE, DE = hdr.structs["pb_header_event"], hdr.structs["pb_data_event"]
+    RE = hdr.structs["pb_rst_event"]
+    re_size = ctypes.sizeof(RE)
     blob_off = hdr.offset("pb_header_event", "blob")
     kind_off = hdr.offset("pb_header_event", "kind")
     he_size, de_size = ctypes.sizeof(HE), ctypes.sizeof(DE)
     st = DecodeStats(truncated_tail_bytes=ef.truncated_tail_bytes)
     st.level = str(ef.header.get("level", "messages"))
-    out: list[HeaderBlock | DataFrame] = []
+    out: list[Event] = []
     # a block's parts share (tgid, tid, ts_ns, probe); parts of other blocks (other CPUs)
     # may come between them. The block takes the place of its first part.
     pending: dict[tuple[int, int, int, int], tuple[int, list[tuple[Any, bytes]]]] = {}
@@ -130,6 +150,8 @@ def decode(
             ev: Any = HE.from_buffer_copy(raw[:he_size].ljust(he_size, b"\0"))
         elif kind == d["PB_UEV_DATA"]:
             ev = DE.from_buffer_copy(raw[:de_size].ljust(de_size, b"\0"))
+        elif kind == d["PB_UEV_RST"]:
+            ev = RE.from_buffer_copy(raw[:re_size].ljust(re_size, b"\0"))
         else:
             raise RunDirError(f"{path}: record {st.kernel_records} has unknown kind {kind}")
         if attach_at_ns is not None and ev.ts_ns < attach_at_ns:
@@ -150,6 +172,9 @@ def decode(
                 out[pos] = _block(parts, seen, st)
                 del pending[bkey]
                 st.header_blocks += 1
+        elif kind == d["PB_UEV_RST"]:
+            out.append(ResetFrame(seen=seen, error_code=ev.err_code))
+            st.reset_frames += 1
         else:
             out.append(
                 DataFrame(

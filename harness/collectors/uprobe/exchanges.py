@@ -14,7 +14,14 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from harness.collectors.base import ObservedStats, ReplayInput, set_addresses
-from harness.collectors.uprobe.decode import DataFrame, Endpoint, HeaderBlock, Seen, decode
+from harness.collectors.uprobe.decode import (
+    Endpoint,
+    Event,
+    HeaderBlock,
+    ResetFrame,
+    Seen,
+    decode,
+)
 from harness.model import (
     HEADERS_MISSED_STREAM,
     NOT_COLLECTED,
@@ -24,7 +31,7 @@ from harness.model import (
     TRUNCATED_VALUE,
     Exchange,
 )
-from harness.protocols.http2.grpc import BodyCounter
+from harness.protocols.http2.grpc import R_RESET, BodyCounter, apply_reset_status
 
 C2S, S2C = 0, 1
 R_MISSED = HEADERS_MISSED_STREAM
@@ -51,11 +58,13 @@ class _Call:
     bodies: list[BodyCounter] = field(default_factory=lambda: [BodyCounter(), BodyCounter()])
     body_lost: list[bool] = field(default_factory=lambda: [False, False])
     messages: bool = True  # DATA frames were probed (level "messages")
+    rst: tuple[int, int] | None = None  # the first RST_STREAM's (error code, time)
 
     @property
     def done(self) -> bool:
         # without DATA probes a request's END_STREAM (on its last DATA frame) goes unseen
-        return (self.ended[C2S] or not self.messages) and self.ended[S2C]
+        return self.rst is not None or (
+            (self.ended[C2S] or not self.messages) and self.ended[S2C])
 
 
 def _conn_key(s: Seen) -> ConnKey:
@@ -67,7 +76,7 @@ def _has(block: HeaderBlock, name: str) -> bool:
     return any(n == name for n, _ in block.fields)
 
 
-def _roles(events: list[HeaderBlock | DataFrame], ports: set[int]) -> dict[ConnKey, str]:
+def _roles(events: list[Event], ports: set[int]) -> dict[ConnKey, str]:
     """Each connection's role in its process: the receive probes know it (http2Client or
     http2Server); a sent request or response says it too; the server port last."""
     roles: dict[ConnKey, str] = {}
@@ -103,7 +112,10 @@ def uprobe_exchanges(
     calls: dict[tuple[ConnKey, int], _Call] = {}
     finished: list[_Call] = []
     conns: set[ConnKey] = set()
-    parse = {"calls": 0, "orphan_frames": 0, "extra_blocks": 0, "unknown_role": 0}
+    parse = {"calls": 0, "orphan_frames": 0, "extra_blocks": 0, "unknown_role": 0,
+             "after_end": 0}  # fmt: skip
+    # streams ended by a reset, or reset after their end: later frames are not a new call
+    closed: set[tuple[ConnKey, int]] = set()
     for ev in evs:
         s = ev.seen
         ckey = _conn_key(s)
@@ -119,6 +131,11 @@ def uprobe_exchanges(
         d = C2S if (s.direction == "send") == (role == "client") else S2C
         key = (ckey, s.stream_id)
         call = calls.get(key)
+        if key in closed or (isinstance(ev, ResetFrame) and call is not None and call.done):
+            # e.g. a server's RST_STREAM(NO_ERROR) after its trailers, DATA crossing a reset
+            parse["after_end"] += 1
+            closed.add(key)
+            continue
         if call is not None and call.done:
             finished.append(calls.pop(key))
             call = None
@@ -132,6 +149,9 @@ def uprobe_exchanges(
         call.t_end = max(call.t_end, s.ts_ns)
         if isinstance(ev, HeaderBlock):
             _add_block(call, ev, d, parse)
+        elif isinstance(ev, ResetFrame):
+            call.rst = (ev.error_code, s.ts_ns)
+            closed.add(key)
         else:
             if ev.unread or ev.length_partial:
                 call.bodies[d].mark_lost()
@@ -224,13 +244,19 @@ def _exchange(call: _Call, role: str) -> Exchange:
     if status is not None and status.isdigit():
         x.status = int(status)
     elif call.resp is None:
-        x.degrade("status", R_INCOMPLETE if not call.ended[S2C] else R_MISSED)
+        x.degrade("status", R_RESET if call.rst is not None else
+                  R_INCOMPLETE if not call.ended[S2C] else R_MISSED)
     if call.resp is not None:
         _degrade_cut(x, call.resp, {":status": "status"}, "resp_headers")
     src, src_headers = (call.trailers, x.trailers) if call.trailers else (call.resp, x.resp_headers)
     gs, gm = src_headers.get("grpc-status"), src_headers.get("grpc-message")
     if gs is not None and gs.isdigit():
         x.grpc_status = int(gs)
+    elif call.rst is not None:
+        req = call.req
+        unknown = R_MISSED if req is None else R_CUT_HEADERS if req.missing_fields or any(
+            n.lower() == "grpc-timeout" for n in req.truncated) else None
+        apply_reset_status(x, call.rst[0], call.rst[1] - call.t_start, unknown)
     elif src is None or not call.ended[S2C]:
         x.degrade("grpc_status", R_INCOMPLETE)
         x.degrade("grpc_message", R_INCOMPLETE)
@@ -246,7 +272,7 @@ def _exchange(call: _Call, role: str) -> Exchange:
             reason = R_NOT_COLLECTED
         elif call.req is None:
             reason = R_MISSED  # frames before the first one seen are unknown
-        elif not call.ended[d]:
+        elif not call.ended[d] and call.rst is None:  # a reset ends the count too
             reason = R_INCOMPLETE
         elif b.broken or not b.at_boundary:
             reason = R_TRUNC

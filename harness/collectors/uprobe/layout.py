@@ -10,7 +10,9 @@ from harness.errors import ProbebenchError
 
 HEADER_FILE = BPF_DIR / "uprobe_events.h"
 PROGRAM = "uprobe_grpc.c"
-FORMAT = "uprobe-grpc/2"  # event file format version (header "format")
+FORMAT = "uprobe-grpc/3"  # event file format version (header "format"); /3 adds RST_STREAM
+# what replay reads: /2 has the same records less RST_STREAM
+READABLE_FORMATS = frozenset({"uprobe-grpc/2", FORMAT})
 DEFAULT_RINGBUF_PAGES = 4096  # 16 MiB: a header event holds up to PB_HDR_BLOB + 1 KiB
 DATA_PROBES = frozenset({"write_data", "client_data", "server_data"})
 MAX_VALUE_MAX = 1 << 20
@@ -21,6 +23,9 @@ PROBE_NAMES = {
     4: "write_data",
     5: "client_data",
     6: "server_data",
+    7: "write_rst",
+    8: "client_rst",
+    9: "server_rst",
 }
 
 

@@ -44,17 +44,21 @@ SYM_CLIENT_DATA = f"{TRANSPORT}.(*http2Client).handleData"
 SYM_SERVER_DATA = f"{TRANSPORT}.(*http2Server).handleData"
 SYM_GRPC_WRITE_DATA = f"{TRANSPORT}.(*framer).writeData"  # grpc-go >= 1.6x writes DATA itself
 SYM_XNET_WRITE_DATA = f"{HTTP2}.(*Framer).WriteDataPadded"  # WriteData inlines into it
+SYM_WRITE_RST = f"{HTTP2}.(*Framer).WriteRSTStream"  # every grpc-go version resets so
+SYM_CLIENT_RST = f"{TRANSPORT}.(*http2Client).handleRSTStream"
+SYM_SERVER_RST = f"{TRANSPORT}.(*http2Server).handleRSTStream"
 
 FUNCTIONS = (
     SYM_WRITE_HEADER, SYM_CLIENT_HEADERS, SYM_SERVER_HEADERS, SYM_CLIENT_DATA, SYM_SERVER_DATA,
-    SYM_GRPC_WRITE_DATA, SYM_XNET_WRITE_DATA,
+    SYM_GRPC_WRITE_DATA, SYM_XNET_WRITE_DATA, SYM_WRITE_RST, SYM_CLIENT_RST, SYM_SERVER_RST,
 )  # fmt: skip
 STRUCTS = (
     f"{TRANSPORT}.loopyWriter", f"{TRANSPORT}.framer", f"{TRANSPORT}.bufWriter",
     f"{TRANSPORT}.http2Client", f"{TRANSPORT}.http2Server", f"{TRANSPORT}.parsedDataFrame",
     "net.TCPConn", "net.conn", "net.netFD", "internal/poll.FD", "net.TCPAddr",
     f"{HTTP2}.Framer", f"{HTTP2}.MetaHeadersFrame", f"{HTTP2}.HeadersFrame",
-    f"{HTTP2}.FrameHeader", f"{HTTP2}.DataFrame", f"{HPACK}.HeaderField",
+    f"{HTTP2}.FrameHeader", f"{HTTP2}.DataFrame", f"{HTTP2}.RSTStreamFrame",
+    f"{HPACK}.HeaderField",
     "internal/abi.ITab", "runtime.itab", f"{MEM}.buffer",
     "crypto/tls.Conn", f"{CREDS}.syscallConn",
 )  # fmt: skip
@@ -76,6 +80,9 @@ PROBES = {
     "write_data": None,  # one of two symbols, by shape
     "client_data": SYM_CLIENT_DATA,
     "server_data": SYM_SERVER_DATA,
+    "write_rst": SYM_WRITE_RST,
+    "client_rst": SYM_CLIENT_RST,
+    "server_rst": SYM_SERVER_RST,
 }
 
 
@@ -383,6 +390,11 @@ class _Resolver:
                                                    f"{TRANSPORT}.http2Client", "CD")),
             ("server_data", lambda: self.recv_data("server_data", SYM_SERVER_DATA,
                                                    f"{TRANSPORT}.http2Server", "SD")),
+            ("write_rst", self.write_rst),
+            ("client_rst", lambda: self.recv_rst("client_rst", SYM_CLIENT_RST,
+                                                 f"{TRANSPORT}.http2Client", "CR")),
+            ("server_rst", lambda: self.recv_rst("server_rst", SYM_SERVER_RST,
+                                                 f"{TRANSPORT}.http2Server", "SR")),
         ):  # fmt: skip
             side = "server" if name.startswith("server_") else "client"
             if name.startswith(side) and not self.side_linked(side):
@@ -544,5 +556,27 @@ class _Resolver:
         d["PB_DF_DATA"] = self.off(frame, "data")
         d[f"PB_{prefix}_RECV_REG"] = self.regs(sym, "t")[0]
         d[f"PB_{prefix}_FRAME_REG"] = self.regs(sym, "f")[0]
+        self.conn_path(prefix, [], self.off(transport, "conn"))
+        self.r.probes[name] = self.point(sym)
+
+    def write_rst(self) -> None:
+        d = self.d
+        bw = f"{TRANSPORT}.bufWriter"
+        # Framer.w is an io.Writer: only grpc-go's bufWriter leads to a grpc connection
+        w = self.off(f"{HTTP2}.Framer", "w")
+        self.conn_path("WR", [(w + 8, self.rtype(f"*{bw}"))], self.off(bw, "conn"))
+        d["PB_WR_RECV_REG"] = self.regs(SYM_WRITE_RST, "f")[0]
+        d["PB_WR_SID_REG"] = self.regs(SYM_WRITE_RST, "streamID")[0]
+        d["PB_WR_CODE_REG"] = self.regs(SYM_WRITE_RST, "code")[0]
+        self.r.probes["write_rst"] = self.point(SYM_WRITE_RST)
+
+    def recv_rst(self, name: str, sym: str, transport: str, prefix: str) -> None:
+        d = self.d
+        frame = f"{HTTP2}.RSTStreamFrame"
+        d[f"PB_{prefix}_RECV_REG"] = self.regs(sym, "t")[0]
+        d[f"PB_{prefix}_FRAME_REG"] = self.regs(sym, "f", f"*{frame}")[0]
+        d["PB_FH_SID"] = self.off(f"{HTTP2}.FrameHeader", "StreamID")
+        d["PB_RSTF_FH"] = self.off(frame, "FrameHeader")
+        d["PB_RSTF_CODE"] = self.off(frame, "ErrCode")
         self.conn_path(prefix, [], self.off(transport, "conn"))
         self.r.probes[name] = self.point(sym)

@@ -384,7 +384,7 @@ class Http1Stream:
     and exchanges not yet finished are held. ``exchanges`` grows as they finish."""
 
     def __init__(
-        self, side: Literal["client", "server"], *, source: Source = "kprobe",
+        self, side: Literal["client", "server"], *, source: Source = "",
         from_start: bool = False, pipelined: bool = True,
         on_ready: Callable[[list[Exchange]], None] | None = None,
         after_loss: bool = False, pipelining: bool = False,

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from harness.model import RST_CANCEL_OR_DEADLINE, STREAM_RESET, Exchange
+
 GRPC_PREFIX_LEN = 5
 
 
@@ -94,3 +96,81 @@ class BodyCounter:
                 self.message_bytes += length
                 self._remaining = length
                 self._prefix.clear()
+
+
+# -- calls ended by RST_STREAM -------------------------------------------------------------
+
+# The gRPC status a grpc-go client gives a call ended by RST_STREAM with each HTTP/2 error
+# code: http2ErrConvTab in grpc-go's internal/transport/http_util.go (the same from v1.33
+# to v1.85). A code missing from it is UNKNOWN (2). A client that reset the stream itself
+# (cancel, deadline) gets its context's status, CANCELLED or DEADLINE_EXCEEDED, and sends
+# CANCEL: the same two statuses the table and grpc-go's deadline rule give.
+RST_TO_GRPC_STATUS = {
+    0x0: 13, 0x1: 13, 0x2: 13, 0x3: 8, 0x4: 13, 0x5: 13, 0x6: 13, 0x7: 14, 0x8: 1,
+    0x9: 13, 0xA: 13, 0xB: 8, 0xC: 7, 0xD: 13,
+}  # fmt: skip
+RST_CANCEL = 0x8
+GRPC_UNKNOWN, GRPC_CANCELLED, GRPC_DEADLINE_EXCEEDED = 2, 1, 4
+R_RST_CANCEL_OR_DEADLINE = RST_CANCEL_OR_DEADLINE
+R_RESET = STREAM_RESET
+_TIMEOUT_UNITS = {"H": 3_600_000_000_000, "M": 60_000_000_000, "S": 1_000_000_000,
+                  "m": 1_000_000, "u": 1_000, "n": 1}  # fmt: skip
+
+
+def grpc_timeout_ns(value: str | None) -> int | None:
+    """The ``grpc-timeout`` header's value in ns (1-8 digits and a unit); None if invalid."""
+    if not value or len(value) > 9 or value[-1] not in _TIMEOUT_UNITS or not value[:-1].isdigit():
+        return None
+    return int(value[:-1]) * _TIMEOUT_UNITS[value[-1]]
+
+
+# The most an observer's view of a call may lag the client's clock: the client computes its
+# grpc-timeout some time before the request head is on the wire (tens of ms under load
+# here), and a server may read a request head late and its reset promptly.
+LAG_BOUND_NS = 1_000_000_000
+
+
+def rst_grpc_status(code: int, timeout_ns: int | None, elapsed_ns: int, *,
+                    server_side: bool) -> tuple[int | None, str | None]:
+    """(gRPC status, None) for a call ended by RST_STREAM ``code``, or (None, reason).
+
+    CANCEL on a call with a deadline (``timeout_ns`` from its ``grpc-timeout``) may be a
+    cancel (CANCELLED) or the deadline (DEADLINE_EXCEEDED). ``elapsed_ns`` is request head
+    to reset on the observer's clock. A reset seen at or after the timeout by the wire or
+    the client came after the client's deadline: DEADLINE_EXCEEDED, as grpc-go decides. A
+    server may read the head late and the reset early (or the reverse), so it never
+    concludes the deadline. Well before the timeout (by more than any lag): CANCELLED.
+    Otherwise the status is unknown, with a reason, never guessed.
+    """
+    status = RST_TO_GRPC_STATUS.get(code, GRPC_UNKNOWN)
+    if code != RST_CANCEL or timeout_ns is None:
+        return status, None
+    if elapsed_ns < timeout_ns - max(LAG_BOUND_NS, timeout_ns // 2):
+        return GRPC_CANCELLED, None
+    if elapsed_ns >= timeout_ns and not server_side:
+        return GRPC_DEADLINE_EXCEEDED, None
+    return None, R_RST_CANCEL_OR_DEADLINE
+
+
+def apply_reset_status(x: Exchange, code: int, elapsed_ns: int,
+                       request_unknown: str | None) -> None:
+    """Set (or mark unknown) the grpc_status of a call reset before any grpc-status.
+
+    ``request_unknown``: why the request's headers are not all known (None: they are); a
+    CANCEL then has an unknown deadline, so an unknown status. ``x.req_headers`` and
+    ``x.side`` (whose clock ``elapsed_ns`` is on) must be set.
+    """
+    if x.grpc_message is None:
+        # the client's message is its library's; a server's that crossed the reset unseen
+        x.degrade("grpc_message", R_RESET)
+    timeout = None
+    if code == RST_CANCEL:
+        if request_unknown is not None:
+            x.degrade("grpc_status", request_unknown)
+            return
+        timeout = grpc_timeout_ns(x.req_headers.get("grpc-timeout"))
+    status, reason = rst_grpc_status(code, timeout, elapsed_ns, server_side=x.side == "server")
+    if status is not None:
+        x.grpc_status = status
+    elif reason is not None:
+        x.degrade("grpc_status", reason)

@@ -36,7 +36,7 @@ from harness.protocols.http2.frames import (
     SyncAcquired,
     SyncLost,
 )
-from harness.protocols.http2.grpc import BodyCounter
+from harness.protocols.http2.grpc import R_RESET, BodyCounter, apply_reset_status
 from harness.protocols.http2.hpack import DecodedField, HpackDecoder, HpackMode, HpackStats
 
 C2S, S2C = 0, 1
@@ -126,6 +126,8 @@ class _Call:
     ended: list[bool] = field(default_factory=lambda: [False, False])
     lost: list[bool] = field(default_factory=lambda: [False, False])
     reset: bool = False
+    # the first RST_STREAM's error code (None: its payload went unseen) and time
+    rst: tuple[int | None, int] | None = None
 
     @property
     def done(self) -> bool:
@@ -274,13 +276,18 @@ class _Stitcher:
         elif t == FrameType.CONTINUATION:
             self.continuation(d, f)
         elif t == FrameType.RST_STREAM:
-            call = self.calls.get(f.stream_id)
+            # A reset may be a stream's first frame seen (a server refusing the stream,
+            # merged before its request; a request unseen): it still makes a call.
+            call = self.call_for(f.stream_id, f.ts_ns)
             if call is not None:
                 if d == C2S:  # a client resets only a stream it opened: the head went by
                     call.client_frame(head=False)
                 self.stats.rst_streams += 1
                 call.reset = True
                 call.t_end = f.ts_ns
+                if call.rst is None:
+                    code = int.from_bytes(f.payload, "big") if len(f.payload) == 4 else None
+                    call.rst = (code, f.ts_ns)
                 self.maybe_finish(call)
         elif t == FrameType.WINDOW_UPDATE and d == C2S:
             call = self.calls.get(f.stream_id)
@@ -456,7 +463,7 @@ class _Stitcher:
                 return R_MISSED
             if call.lost[d]:
                 return R_TRUNC
-            return R_INCOMPLETE
+            return R_RESET if call.reset else R_INCOMPLETE
 
         for name, key in (("method", ":method"), ("path", ":path"), ("authority", ":authority")):
             value = req.pseudo.get(key)
@@ -545,6 +552,15 @@ class _Stitcher:
             x.grpc_status = int(value)
             if msg is None and block is not None and (block.unknowns or block.truncated):
                 x.degrade("grpc_message", block.reason())
+            return
+        if call.rst is not None:
+            code, ts = call.rst
+            req = call.req
+            if code is None:  # the reset's payload went unseen
+                x.degrade("grpc_status", R_TRUNC)
+            else:
+                apply_reset_status(x, code, ts - call.t_start, R_MISSED if req is None else (
+                    req.reason() if req.unknowns or req.truncated else None))
             return
         if call.trailers is None:
             reason = why(None, S2C)

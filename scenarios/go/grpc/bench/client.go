@@ -391,6 +391,9 @@ func (cl *client) call(ctx context.Context, c *conn, id int, phase string) error
 		}
 	}
 	shape := cl.shape(id)
+	if shape == shapeCancelAfterResponse && p.ExpectRespMessages == 0 {
+		shape = shapeCancelBeforeHeaders // no first response to cancel after
+	}
 	timeout := 30 * time.Second
 	if shape != shapeNone {
 		// the server waits (after its first response when streaming) long enough for the

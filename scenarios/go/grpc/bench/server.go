@@ -33,6 +33,8 @@ func ServerMain(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	tf.register(fs)
 	connAge := fs.Duration("max-connection-age", 0,
 		"send GOAWAY to each connection after this long (0: never); clients reconnect")
+	maxStreams := fs.Uint("max-concurrent-streams", 0,
+		"SETTINGS_MAX_CONCURRENT_STREAMS (0: grpc-go's default); a stream over it is refused")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -58,6 +60,9 @@ func ServerMain(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if *connAge > 0 {
 		opts = append(opts, grpc.KeepaliveParams(keepalive.ServerParameters{
 			MaxConnectionAge: *connAge, MaxConnectionAgeGrace: 5 * time.Second}))
+	}
+	if *maxStreams > 0 {
+		opts = append(opts, grpc.MaxConcurrentStreams(uint32(*maxStreams)))
 	}
 	if creds != nil {
 		opts = append(opts, grpc.Creds(creds))
