@@ -215,6 +215,8 @@ static __always_inline u64 emit_conn(u8 kind, struct conn_key *k, struct conn_in
     __builtin_memcpy(e.laddr, c->laddr, 16);
     __builtin_memcpy(e.raddr, c->raddr, 16);
     bpf_get_current_comm(e.comm, sizeof(e.comm));
+    e.seq[0] = c->seq[0];
+    e.seq[1] = c->seq[1];
     if (events.ringbuf_output(&e, sizeof(e), rb_flags(sizeof(e))) < 0) stat_add(PB_STAT_DROPPED, 1);
     else stat_add(PB_STAT_CONN_EVENTS, 1);
     return e.ts_ns;

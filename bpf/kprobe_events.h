@@ -86,6 +86,7 @@ struct pb_conn_event {
     u8 laddr[16];
     u8 raddr[16];
     char comm[16];
+    u32 seq[2];   /* close: data calls numbered on it, by PB_DIR_* (replay finds a lost tail) */
 };
 
 struct pb_data_event {

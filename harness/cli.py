@@ -193,6 +193,8 @@ def cmd_observe(a: argparse.Namespace) -> int:
                                  kernel_hooks=a.kernel_hooks),
         min_free_bytes=int(a.min_free_mb * (1 << 20)),
         replay_after=not a.no_replay,
+        client=a.client,
+        server=a.server,
     )
     print(run_dir)
     return 0
@@ -288,6 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keylog", type=Path,
                    help="the NSS key log the workload writes (e.g. its SSLKEYLOGFILE)")
     p.add_argument("--duration", type=float, default=60.0, help="stop after this many s")
+    p.add_argument("--client", default="user",
+                   help="what the clients are, for the report (e.g. h2load)")
+    p.add_argument("--server", default="user",
+                   help="what the service is, for the report (e.g. nghttpd)")
     p.add_argument(
         "--min-free-mb", type=float, default=1024,
         help="stop cleanly (run marked interrupted, still replayable) below this free disk",

@@ -102,7 +102,8 @@ def test_truncated_request_head_keeps_its_place() -> None:
         closed_ns=None,
         from_start=True,
     )
-    assert [x.conn_seq for x in xs] == [0, 1, 2]
+    # its hidden bytes may have held more requests: the next one's position is not known
+    assert [x.conn_seq for x in xs] == [0, 1, 3]
     assert [x.method for x in xs] == ["GET", None, "GET"]
     assert reasons(xs[1]) == dict.fromkeys(
         ("method", "path", "authority", "req_bytes"), "truncated_payload"
@@ -133,3 +134,101 @@ def test_close_delimited_response_needs_the_close() -> None:
 def test_bad_side_is_a_typed_error() -> None:
     with pytest.raises(ProtocolError):
         stitch_http1([], [], side="wire", closed_ns=None)  # type: ignore[arg-type]
+
+
+# -- a small capture budget cuts heads and bodies: what it costs is unknown, never wrong --
+
+HEAD_REQ = b"HEAD /f?n=1 HTTP/1.1\r\nHost: h\r\nX-Pad: " + b"p" * 300 + b"\r\n\r\n"
+HEAD_OK = b"HTTP/1.1 200 OK\r\nContent-Length: 999\r\n\r\n"
+
+
+def budget(ts: int, data: bytes, limit: int = 64) -> Segment:
+    """What a kernel-side collector with a per-call capture limit records of one call."""
+    return Segment(ts, data[:limit], len(data))
+
+
+def test_a_cut_request_head_keeps_its_method_so_a_head_response_has_no_body() -> None:
+    xs, _ = stitch_http1(
+        [budget(1, HEAD_REQ), seg(3, GET)], [budget(2, HEAD_OK), seg(4, OK)],
+        side="client", closed_ns=None, from_start=True,
+    )  # fmt: skip
+    assert [(x.method, x.path, x.status) for x in xs] == [
+        ("HEAD", "/f?n=1", 200), ("GET", "/a?q=1", 200)
+    ]
+    assert xs[0].resp_bytes == 0 and reasons(xs[0]) == dict.fromkeys(
+        ("authority", "req_bytes"), "truncated_payload"
+    )
+    assert xs[1].resp_bytes == 2
+
+
+@pytest.mark.parametrize("request_seen", [False, True])
+def test_a_response_whose_request_method_is_unknown_is_not_framed_by_its_headers(
+    request_seen: bool,
+) -> None:
+    """The request's first bytes are cut away (or never seen): a 999-byte Content-Length
+    may be a HEAD's. Taken as a body it would swallow the next response."""
+    first = [budget(1, HEAD_REQ, 3)] if request_seen else []
+    xs, _ = stitch_http1(
+        [budget(1, HEAD_REQ[3:], 3), *first, seg(3, GET)],
+        [budget(2, HEAD_OK), seg(4, OK)],
+        side="client", closed_ns=None, from_start=False,
+    )  # fmt: skip
+    head, get = xs[-2], xs[-1]
+    assert head.status == 200 and head.resp_bytes is None
+    assert reasons(head)["resp_bytes"] == "method_unknown"
+    assert (get.method, get.status, get.resp_bytes) == ("GET", 200, 2) and not get.degraded
+
+
+def test_body_bytes_after_the_headers_prove_the_body_when_the_method_is_unknown() -> None:
+    resp = b"HTTP/1.1 200 OK\r\nContent-Length: 600\r\n\r\n" + b"b" * 600
+    xs, _ = stitch_http1(
+        [seg(1, b"xx"), seg(3, GET)], [budget(2, resp), seg(4, OK)],
+        side="client", closed_ns=None,
+    )  # fmt: skip
+    assert (xs[0].status, xs[0].resp_bytes) == (200, 600)
+    assert "resp_bytes" not in reasons(xs[0])
+    assert (xs[1].method, xs[1].resp_bytes) == ("GET", 2) and not xs[1].degraded
+
+
+def test_after_a_loss_a_pipelining_connection_degrades_rather_than_guesses() -> None:
+    """Four requests in one write, then a response cut before its status line (its hidden
+    bytes may hold the next one too): the 404 answers /3 or /4, and which is not provable."""
+    reqs = b"".join(GET.replace(b"/a?q=1", b"/%d" % i) for i in range(1, 5))
+    r404 = b"HTTP/1.1 404 NF\r\nContent-Length: 1\r\n\r\n!"
+    xs, stats = stitch_http1(
+        [seg(1, reqs)], [seg(2, OK), Segment(3, b"HT", 40), seg(4, r404)],
+        side="client", closed_ns=None, from_start=True,
+    )  # fmt: skip
+    assert [x.path for x in xs] == ["/1", "/2", "/3", "/4"]
+    assert (xs[0].status, xs[0].resp_bytes) == (200, 2) and not xs[0].degraded
+    assert reasons(xs[1])["status"] == "truncated_payload"
+    assert reasons(xs[2]) == dict.fromkeys(("status", "resp_bytes"), "pairing_unknown")
+    assert all(x.status is None for x in xs[1:])  # the 404 is no one's for sure
+    assert stats.unpaired == 1
+
+
+def test_after_a_loss_one_candidate_is_a_proof_even_when_pipelining() -> None:
+    reqs = b"".join(GET.replace(b"/a?q=1", b"/%d" % i) for i in range(1, 4))
+    r404 = b"HTTP/1.1 404 NF\r\nContent-Length: 1\r\n\r\n!"
+    xs, _ = stitch_http1(
+        [seg(1, reqs)], [seg(2, OK), Segment(3, b"HT", 40), seg(4, r404)],
+        side="client", closed_ns=None, from_start=True,
+    )  # fmt: skip
+    assert (xs[2].path, xs[2].status, xs[2].resp_bytes) == ("/3", 404, 1)
+    assert not xs[2].degraded
+
+
+@pytest.mark.parametrize("pipelining", [False, True])
+def test_a_stream_split_at_lost_events_pairs_as_after_a_loss(pipelining: bool) -> None:
+    """The part of a connection after lost events: /1 was read before a 404 that may
+    answer a request from before the loss (a pipelining client) or /1 (one at a time)."""
+    r404 = b"HTTP/1.1 404 NF\r\nContent-Length: 1\r\n\r\n!"
+    xs, _ = stitch_http1(
+        [seg(2, r404)], [seg(1, GET.replace(b"/a?q=1", b"/1"))], side="server", closed_ns=None,
+        after_loss=True, pipelining=pipelining,
+    )  # fmt: skip
+    (x,) = xs
+    if pipelining:
+        assert x.status is None and reasons(x)["status"] == "pairing_unknown"
+    else:
+        assert (x.path, x.status, x.resp_bytes) == ("/1", 404, 1) and not x.degraded

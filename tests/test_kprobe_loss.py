@@ -21,6 +21,7 @@ from harness.collectors.eventfile import EventWriter
 from harness.collectors.kprobe.decode import decode
 from harness.collectors.kprobe.exchanges import kprobe_exchanges
 from harness.collectors.kprobe.layout import header
+from harness.protocols.common import Segment
 from harness.protocols.http1.stitch import stitch_http1
 from harness.runner.record import free_port
 
@@ -446,3 +447,69 @@ def test_responses_to_requests_lost_in_a_gap_are_left_out(tmp_path: Path) -> Non
     conns, st = decode(path)
     assert (st.loss_gaps, st.responses_before_request) == (2, 1)
     assert _stitch_all(conns, "server")[-1] == ("/r/0/9", 209)
+
+
+def test_a_lost_tail_is_found_from_the_close_and_nothing_after_it_pairs(tmp_path: Path) -> None:
+    """The last calls of a stream were lost: no later call shows the gap, but the close
+    (and the recorder's call counts) number more calls than were seen."""
+    send, recv = D["PB_DIR_SEND"], D["PB_DIR_RECV"]
+    close = CONN_EVENT.from_buffer_copy(_conn_event(60, 5, role=2, kind=D["PB_EV_CLOSE"]))
+    close.seq[send], close.seq[recv] = 2, 3  # request 2's read never reached the ring
+    path = tmp_path / "k.bin"
+    _write(path, [
+        _conn_event(1, 5, role=2),
+        _data_event(10, 5, recv, 1, req(0)), _data_event(11, 5, send, 1, resp(200, b"a")),
+        _data_event(20, 5, recv, 2, req(1)), _data_event(31, 5, send, 2, resp(201, b"b")),
+        bytes(close),
+    ])  # fmt: skip
+    (conn,), st = decode(path)
+    assert st.lost_tails == 1 and st.loss_gaps == 0
+    assert conn.lost_after == [None, 20]  # requests lost at some time after the read at 20
+    xs, _ = stitch_http1(conn.send, conn.recv, side="server", closed_ns=conn.closed_ns,
+                         from_start=True, requests_lost_after=conn.lost_after[recv])  # fmt: skip
+    # both counts are exact up to request 1 (the loss came after it): the 201 is its answer
+    assert [(x.path, x.status) for x in xs] == [("/r/0/0", 200), ("/r/0/1", 201)]
+
+
+def whole(ts: int, data: bytes) -> Segment:
+    return Segment(ts, data, len(data))
+
+
+def test_requests_lost_at_an_unknown_time_stop_pairing_after_it() -> None:
+    xs, _ = stitch_http1(
+        [whole(11, resp(200, b"a")), whole(31, resp(201, b"b"))],
+        [whole(10, req(0)), whole(30, req(1))],
+        side="server", closed_ns=None, from_start=True, requests_lost_after=15,
+    )  # fmt: skip
+    assert [(x.path, x.status) for x in xs] == [("/r/0/0", 200), ("/r/0/1", None)]
+    assert {d.field: d.reason for d in xs[1].degraded} == dict.fromkeys(
+        ("status", "resp_bytes"), "pairing_unknown"
+    )
+
+
+def test_a_stream_stitched_while_read_is_marked_when_its_loss_shows_later(tmp_path: Path) -> None:
+    """decode(stitch=...) stitches a connection seen from its open before its close says
+    calls were lost: what the stitch then paired past the loss becomes unknown, so it never
+    knows more than a stitch told of the loss up front."""
+    send, recv = D["PB_DIR_SEND"], D["PB_DIR_RECV"]
+    close = CONN_EVENT.from_buffer_copy(_conn_event(60, 5, role=2, kind=D["PB_EV_CLOSE"]))
+    close.seq[send], close.seq[recv] = 2, 4  # a read after the one at 25 never reached the ring
+    path = tmp_path / "k.bin"
+    _write(path, [
+        _conn_event(1, 5, role=2),
+        _data_event(10, 5, recv, 1, req(0)), _data_event(11, 5, send, 1, resp(200, b"a")),
+        _data_event(20, 5, recv, 2, b"\x00garbage\r\n\r\n"),  # the stream loses sync here
+        _data_event(25, 5, recv, 3, req(1)), _data_event(31, 5, send, 2, resp(201, b"b")),
+        bytes(close),
+    ])  # fmt: skip
+    (live,), _ = decode(path, stitch=lambda _xs: None)
+    (kept,), st = decode(path)
+    assert st.lost_tails == 1 and kept.lost_after == [None, 25]
+    assert live.stitched is not None and not live.send
+    xs, _ = stitch_http1(kept.send, kept.recv, side="server", closed_ns=kept.closed_ns,
+                         from_start=True, requests_lost_after=25)  # fmt: skip
+    got, pst = live.stitched
+    # the 201 came after the loss, and after the garbage pairing is by time: not proven
+    assert [(x.path, x.status) for x in got] == [(x.path, x.status) for x in xs]
+    assert got[-1].status is None and pst.unpaired >= 1
+    assert {d.field: d.reason for d in got[-1].degraded}["status"] == "pairing_unknown"

@@ -93,6 +93,8 @@ def test_a_script_s_own_services_are_probed_from_their_first_call(tmp_path: Path
         assert rows[("kprobe", side)]["matched"] == 40
 
     manifest = RunManifest.load(run_dir)
+    # the script's services opened their connections after the attach
+    assert (manifest.params["attach"], manifest.params["preexisting_connections"]) == ("early", 0)
     up = manifest.collectors["uprobe"]
     assert up["followed"][str(SERVER)].startswith("probed")
     assert up["followed"][str(CLIENT)].startswith("probed")

@@ -143,9 +143,18 @@ def test_stitched_while_decoded_equals_stitched_after(run: Path) -> None:
     for c in streamed:
         assert not c.send and not c.recv
         old = by_key[c.key]
+        lost = old.lost_after[0 if old.role == "client" else 1]
         xs, st = stitch_http1(old.send, old.recv, side=old.role, closed_ns=old.closed_ns,  # type: ignore[arg-type]
-                              from_start=old.from_start, source="kprobe")  # fmt: skip
-        assert c.stitched == (xs, st)
+                              from_start=old.from_start, source="kprobe",
+                              requests_lost_after=lost)  # fmt: skip
+        if lost is None:
+            assert c.stitched == (xs, st)
+        else:
+            # w16: a loss found after the stream was stitched (its close's call counts)
+            # re-marks it, at least as cautiously as a stitch told up front: it knows no
+            # status the other does not
+            after = {x.conn_seq: x.status for x in xs}
+            assert all(x.status in (None, after.get(x.conn_seq)) for x in c.stitched[0])
     others = [c for c in live if c.stitched is None]
     assert [(c.key, c.send, c.recv) for c in others] == [
         (by_key[c.key].key, by_key[c.key].send, by_key[c.key].recv) for c in others

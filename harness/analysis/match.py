@@ -327,6 +327,13 @@ class StreamMatcher:
                         k = j
                         while k > 0 and cands[k - 1][0] == t and cands[k - 1][1] not in taken:
                             k -= 1
+                        # unless the collector missed some of them (a capture budget cut
+                        # the read): then the request line it did read says which
+                        same = (obs.method, obs.path)
+                        for _t, i2 in cands[k : j + 1]:
+                            t2 = self._truth[i2]
+                            if obs.path is not None and (t2.method, t2.path) == same:
+                                return i2
                         return cands[k][1]
                     later -= 1  # left for a later exchange of the same read
                     earliest = i

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.collectors import registry
+from harness.collectors import registry, sockdiag
 from harness.collectors.base import CollectorOptions
 from harness.collectors.kprobe.hooks import require as require_hooks
 from harness.errors import ProbebenchError, TargetError
@@ -30,6 +30,14 @@ from harness.runner.keeper import GRACE_S
 from harness.runner.lifecycle import ProcessSet
 from harness.runner.record import Progress, recording
 from harness.scenarios import OBSERVE
+
+
+def _connections_on(ports: list[int]) -> int:
+    """Connected TCP sockets whose local port is one of ``ports`` (each connection's
+    server end), as sock_diag lists them now."""
+    wanted = set(ports)
+    return sum(1 for a in sockdiag.tcp_sockets_by_inode().values() if a.local_port in wanted)
+
 
 # observe stops the command when the disk holding the run has less than this left
 DEFAULT_MIN_FREE = 1 << 30
@@ -50,6 +58,8 @@ def observe(
     options: CollectorOptions | None = None,
     min_free_bytes: int = DEFAULT_MIN_FREE,
     replay_after: bool = True,
+    client: str = "user",
+    server: str = "user",
 ) -> Path:
     exe = shutil.which(command[0])
     if exe is None:
@@ -70,7 +80,7 @@ def observe(
     run_dir.mkdir(parents=True, exist_ok=False)
     params = {
         "command": command, "h2c": h2c, "duration_s": duration_s, "collectors": collectors,
-        "attach": "early", "client": "user", "server": "user",
+        "attach": "early", "client": client, "server": server,
         "kernel_hooks": options.kernel_hooks,
         "protocol": H2_FAMILY if h2c else "http/1.x",
     }  # fmt: skip
@@ -107,6 +117,11 @@ def observe(
                 running.append(rc)
                 manifest.collectors[name] = {"attach_ns": rc.attach_ns}
             manifest.attach_ns = max((r.attach_ns for r in running), default=None)
+            # connections the services already held at the attach (the command is still
+            # held): for them this is a late attach, and the report says so
+            held = _connections_on(ports)
+            manifest.params.update(preexisting_connections=held,
+                                   attach="late" if held else "early")  # fmt: skip
             progress(f"running: {' '.join(command)}")
             assert child.proc.stdin is not None
             with contextlib.suppress(BrokenPipeError):  # a dead keeper: its exit code says why

@@ -27,7 +27,7 @@ from harness.collectors.kprobe.layout import FORMAT, header, protos, roles
 from harness.errors import RunDirError
 from harness.model import Exchange
 from harness.protocols.common import Segment
-from harness.protocols.http1.stitch import Http1Stats, Http1Stream
+from harness.protocols.http1.stitch import Http1Stats, Http1Stream, unpair_after
 from harness.protocols.sniff import HTTP1_STARTS, infer_proto
 
 
@@ -60,6 +60,11 @@ class Connection:
     after_loss: bool = False  # begins after lost events (a split, or its open was lost)
     # seq of the last call seen, by direction (send, recv); None: not known yet
     last_seq: list[int | None] = field(default_factory=lambda: [0, 0], repr=False)
+    # when the last call seen was, by direction: lost calls came after it
+    last_ts: list[int] = field(default_factory=lambda: [0, 0], repr=False)
+    # by direction (send, recv): calls were lost at some time after this one, found only
+    # later (the gap showed once this part had ended): what came after it is unproven
+    lost_after: list[int | None] = field(default_factory=lambda: [None, None], repr=False)
     # decode(stitch=...): an HTTP/1 connection seen from its open is stitched while it is
     # read, its bytes let go; ``stitched`` holds what that gave once it ended
     http1: Http1Stream | None = field(default=None, repr=False)
@@ -91,6 +96,7 @@ class DecodeStats:
     # found mid-stream (see _trim_to_first_request)
     responses_before_request: int = 0
     seq_reordered: int = 0  # a call numbered before one already seen (threads racing)
+    lost_tails: int = 0  # a close numbered more calls than were seen: lost at the end
     legacy_layout: bool = False  # recorded before seq/part: losses cannot be located
     # connections found by the kernel's fd -> socket walk (opened before the attach, in a
     # forked child, through dup), with their addresses from the socket itself
@@ -171,6 +177,7 @@ def decode(
     # simulated late attach: what sock_diag would have answered for sockets opened before it
     before_attach: dict[tuple[int, int], tuple[Endpoint | None, Endpoint | None]] = {}
     done: list[Connection] = []
+    counts: list[list[int]] = []  # [tgid, fd, send calls, recv calls] numbered by the kernel
     # A syscall's chunks are emitted back to back, but another thread's call on the same
     # socket (Go reads and writes one fd from two goroutines) can land between them.
     CallKey = tuple[int, int, str, int, int]  # tgid, fd, direction, tid, ts
@@ -227,11 +234,22 @@ def decode(
         if continues:
             new.continues = conn
             new.last_seq = list(conn.last_seq)
+            new.last_ts = list(conn.last_ts)
         else:
             new.last_seq = [None, None]
         live[(conn.tgid, conn.fd)] = new
         st.connections += 1
         return new
+
+    def lost_since(part: Connection | None, nxt: int, since: int, i: int) -> None:
+        """Calls of direction i were lost somewhere after ``since``: the parts of the stream
+        (from ``part`` back, the one after it opened at ``nxt``) that lasted past it (split
+        at the other direction's gaps meanwhile) may hold the hole. Requests queued before
+        ``since`` still pair in order there: the counts are exact up to them."""
+        while part is not None and nxt > since:
+            had = part.lost_after[i]
+            part.lost_after[i] = since if had is None else min(had, since)
+            nxt, part = part.opened_ns, part.continues
 
     def check_seq(conn: Connection, ev: Any, i: int) -> Connection:
         """The connection a data event belongs to, once its seq is checked."""
@@ -240,6 +258,7 @@ def decode(
             conn.last_seq[i] = seq
         elif seq > last:  # calls (or this call's first events) were lost
             st.loss_gaps += 1
+            lost_since(conn, ev.ts_ns, conn.last_ts[i], i)
             conn = reopen(conn, ev.ts_ns, continues=True)
             conn.last_seq[i] = seq
         elif seq == 1 and ev.part == 0 and last > 1:
@@ -251,6 +270,7 @@ def decode(
             conn.last_seq[i] = seq
         elif seq < last:
             st.seq_reordered += 1
+        conn.last_ts[i] = max(conn.last_ts[i], ev.ts_ns)
         return conn
 
     for rtype, rec in ef.records():
@@ -258,6 +278,8 @@ def decode(
             assert isinstance(rec, dict)
             if rec.get("type") == "stats":
                 st.collector = {k: v for k, v in rec.items() if k != "type"}
+            elif rec.get("type") == "call_counts":
+                counts.extend(rec["conns"])
             elif rec.get("type") == "sockdiag" and use_sockdiag:
                 # answers arrive on their own thread's clock: applied after the pass
                 answers[(rec["tgid"], rec["fd"], rec["ts_ns"])] = rec
@@ -347,7 +369,13 @@ def decode(
             continue
         if kind == d["PB_EV_CLOSE"]:
             if key in live:
-                close(live.pop(key), ev.ts_ns)
+                conn = live.pop(key)
+                for i in (0, 1):  # calls numbered after the last one seen: a lost tail
+                    last = conn.last_seq[i]
+                    if last is not None and ev.seq[i] > last:
+                        st.lost_tails += 1
+                        lost_since(conn, ev.ts_ns + 1, conn.last_ts[i], i)
+                close(conn, ev.ts_ns)
             continue
         if key in live:  # fd reused without a close we saw
             close(live.pop(key), ev.ts_ns)
@@ -383,6 +411,26 @@ def decode(
         if conn.http1 is not None:
             conn.stitched, conn.http1 = conn.http1.finish(None), None
         done.append(conn)
+    # calls numbered past the last one seen on a stream that ended (process exit, end of
+    # observation): its tail was lost
+    latest: dict[tuple[int, int], Connection] = {}
+    for conn in done:
+        had = latest.get((conn.tgid, conn.fd))
+        if had is None or conn.opened_ns >= had.opened_ns:
+            latest[(conn.tgid, conn.fd)] = conn
+    for tgid, fd, *numbered in counts:
+        tail = latest.get((tgid, fd))
+        for i in (0, 1):
+            last = tail.last_seq[i] if tail is not None else None
+            if tail is not None and last is not None and numbered[i] > last:
+                st.lost_tails += 1
+                lost_since(tail, 1 << 63, tail.last_ts[i], i)
+    # a stream stitched while read had its loss found only later (a gap at a later part, its
+    # close's or the exit's call counts): what it paired after the loss began is unproven
+    for conn in done:
+        lost = conn.lost_after[0 if conn.role == "client" else 1]
+        if conn.stitched is not None and lost is not None:
+            unpair_after(*conn.stitched, lost)
     for conn in done:
         rec = answers.get((conn.tgid, conn.fd, conn.opened_ns))
         if rec is None:

@@ -73,6 +73,7 @@ def kprobe_exchanges(
     ports = set(server_ports)
     out: list[Exchange] = []
     streams_of: dict[int, set[int]] = {}  # id(connection) -> HTTP/2 stream ids it produced
+    pipelining: set[int] = set()  # id(connection) of HTTP/1 streams seen pipelining
     for conn in conns:
         role = _role(conn, ports)
         h2: tuple[list[Exchange], Any] | None = None
@@ -101,15 +102,25 @@ def kprobe_exchanges(
                 encrypted.append(EncryptedConn(side, client.port, server.port, conn.opened_ns,
                                                conn.closed_ns))  # fmt: skip
             continue
-        if conn.stitched is not None:  # stitched while decoded
+        prev = conn.continues
+        # a part after a split carries the pipelining seen before it (after lost events,
+        # pairing is proven afresh)
+        piped = prev is not None and id(prev) in pipelining
+        if conn.stitched is not None:  # stitched while decoded (a chain's first part)
             xs, pst = conn.stitched
             conn.stitched = None
+            if pst.pipelining:
+                pipelining.add(id(conn))
             counters = int_fields(pst)
         elif conn.proto == "http1":
             xs, pst = stitch_http1(
                 conn.send, conn.recv, side=role, closed_ns=conn.closed_ns,  # type: ignore[arg-type]
-                from_start=conn.from_start, source="kprobe",
+                from_start=conn.from_start, source="kprobe", after_loss=conn.after_loss,
+                pipelining=piped,
+                requests_lost_after=conn.lost_after[0 if role == "client" else 1],
             )  # fmt: skip
+            if pst.pipelining or piped:
+                pipelining.add(id(conn))
             counters = int_fields(pst)
         elif conn.proto == "http2":
             xs, hst = h2 or _stitch_h2(conn, role, variant)

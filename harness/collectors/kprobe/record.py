@@ -178,8 +178,19 @@ class Recorder:
             return
         gone, self.exited = set(self.exited), []
         conns = bpf["conns"]
-        for k in [k for k in conns if k.tgid in gone]:
+        items = [(k, v) for k, v in conns.items() if k.tgid in gone]
+        self._note_call_counts(items)
+        for k, _ in items:
             del conns[k]
+
+    def _note_call_counts(self, items: list[tuple[Any, Any]]) -> None:
+        """How many data calls the kernel numbered on each connection by now: replay finds
+        calls lost at the end of a stream (no later call shows the gap) from these."""
+        counts = [[k.tgid, k.fd, int(v.seq[0]), int(v.seq[1])] for k, v in items
+                  if v.seq[0] or v.seq[1]]  # fmt: skip
+        if counts:
+            with self.lock:
+                self.writer.note({"type": "call_counts", "conns": counts})
 
     def run(self, deadline_s: float) -> dict[str, Any]:
         stop = stop_flag()
@@ -222,6 +233,7 @@ class Recorder:
                     self._collect_exited(bpf)
                 # drain what the kernel already queued
                 rings.consume()
+                self._note_call_counts(list(bpf["conns"].items()))
             finally:
                 diag_stop.set()
                 diag.join()

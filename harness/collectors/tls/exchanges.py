@@ -72,7 +72,8 @@ def tls_exchanges(
         pst: Any  # the HTTP/1 or the HTTP/2 stitcher's stats
         if proto == "http1":
             xs, pst = stitch_http1(send, recv, side=role, closed_ns=None, source="tls",  # type: ignore[arg-type]
-                                   from_start=from_start)  # fmt: skip
+                                   from_start=from_start,
+                                   after_loss=conn.continues is not None)  # fmt: skip
         else:
             c2s, s2c = orient(send, recv, role)  # type: ignore[arg-type]
             xs, pst = stitch_http2(c2s, s2c, source="tls", side=role, conn_id=conn.key)  # type: ignore[arg-type]

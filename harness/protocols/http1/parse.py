@@ -33,6 +33,12 @@ _MAX_HEX_DIGITS = 16
 # Reason codes carried by MessageLost; they double as Exchange degradation reasons.
 STREAM_ENDED = "stream_ended"  # end() came in the middle of a message
 INVALID_FRAMING = "invalid_framing"  # a chunk-size line or trailer block made no sense
+# A response's body size hangs on its request's method (a HEAD response has none whatever
+# its headers say), and that method was not seen.
+METHOD_UNKNOWN = "method_unknown"
+# After a loss, which of several queued requests a response answers is not proven.
+PAIRING_UNKNOWN = "pairing_unknown"
+_STATUS_PREFIX = b"HTTP/1."
 
 _REQUEST_LINE = re.compile(
     rb"(" + b"|".join(m.encode() for m in METHODS) + rb") "
@@ -82,6 +88,9 @@ class ResponseHeadersParsed:
     request_method: str | None = None
     matched: bool = False
     unanswered: int = 0
+    # after a loss: it answers one of several queued requests, which one is unproven; the
+    # oldest of them was consumed (its answer is unknown) and this response is no one's
+    unpaired: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +124,8 @@ class MessageCompleted:
     truncated_bytes: int
     ts_ns: int
     trailers: Headers = field(default_factory=list)
+    # the framing is a best reading, not proven: why (METHOD_UNKNOWN); body_bytes unknown
+    unsure: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +145,10 @@ class MessageLost:
     request_method: str | None = None
     matched: bool = False
     unanswered: int = 0
+    # headers_seen False but the start line was whole: (method, target, version) or
+    # (status, reason, version). A request's method still frames its response.
+    start_line: tuple[str, str, str] | None = None
+    unpaired: bool = False  # as ResponseHeadersParsed.unpaired
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +196,9 @@ class _State(Enum):
     CHUNK_DATA = "chunk_data"
     CHUNK_DATA_END = "chunk_data_end"  # the CRLF after a chunk's data
     TRAILERS = "trailers"
+    # A response's headers say it has a body, but its request's method is unknown (a HEAD
+    # response sends such headers and no body): the next bytes tell which.
+    PEEK = "peek"
     BODY_CLOSE = "body_close"  # response body delimited by connection close
     TUNNEL = "tunnel"
     CLOSED = "closed"
@@ -210,9 +228,13 @@ class Http1Parser:
     right. ``from_start=True`` promises the first byte fed is the first byte of
     the connection, so a truncated first segment counts as a lost message.
     ``pipelined=True`` pairs responses with queued requests in order (HTTP/1's
-    rule; load tools and proxies do pipeline); after a lost message, and always
-    with ``pipelined=False``, a response pairs with the latest queued request that
-    started before it, so a lost response cannot shift every later pairing.
+    rule; load tools and proxies do pipeline). After a lost message (this parser's,
+    or the request direction's, see ``note_request_loss``) the count is off, and
+    time order decides: a response answers the latest queued request that started
+    before it, unless pipelining was seen on the connection (two requests
+    outstanding at once, see ``note_pipelining``): then only a response with
+    exactly one candidate is paired, and otherwise none is (``unpaired``), so a
+    lost message never shifts a pairing. ``pipelined=False`` always pairs by time.
     """
 
     def __init__(
@@ -234,6 +256,9 @@ class Http1Parser:
         # and a truncated start is a lost message rather than an unknown gap).
         self._synced = from_start
         self._lost_since_pair = False
+        self._pipelining_seen = False  # two requests outstanding at once on this connection
+        self._requests_hidden = False  # the request direction lost messages (count unknown)
+        self._requests_lost_after: int | None = None  # ... at unknown times after this
         self._resync_reason = "mid_stream_start"  # why bytes are being skipped, for the event
         self._buf = bytearray()
         self._pos = 0
@@ -250,6 +275,8 @@ class Http1Parser:
         self._remaining = 0
         self._body = 0
         self._truncated = 0
+        self._unsure: str | None = None
+        self._peek_framing: tuple[bool, int | None, bool] = (False, None, False)
         self._events: list[Event] = []
         self._tunnel_next = False  # switch_protocols() came in the middle of a message
 
@@ -270,6 +297,28 @@ class Http1Parser:
         if self.kind != "response":
             raise Http1UsageError("expect_response_to() is for response parsers")
         self._expected.append((method, ts_ns))
+
+    @property
+    def pipelining_seen(self) -> bool:
+        """Two requests were outstanding at once on this connection (as far as seen)."""
+        return self._pipelining_seen
+
+    def note_request_loss(self) -> None:
+        """The request direction lost sync: requests may be missing from the queue, so
+        in-order pairing is off until a response is paired by time again."""
+        self._lost_since_pair = True
+        self._requests_hidden = True
+
+    def note_requests_lost_after(self, ts_ns: int) -> None:
+        """Requests were lost at unknown times after ``ts_ns``: a queued request after it
+        may follow a lost one, and a response after it may answer one, so neither pairs."""
+        had = self._requests_lost_after
+        self._requests_lost_after = ts_ns if had is None else min(had, ts_ns)
+
+    def note_pipelining(self) -> None:
+        """The other direction showed two requests outstanding at once on this connection:
+        after a loss, time order no longer says which request a response answers."""
+        self._pipelining_seen = True
 
     def switch_protocols(self) -> None:
         """The other direction switched protocols (101, CONNECT 2xx): what follows the
@@ -312,8 +361,10 @@ class Http1Parser:
             if not self._synced or leftover.strip(b"\r\n"):
                 self._skip_pending += len(leftover)
         elif st is _State.HEADERS:
-            self._lose(STREAM_ENDED, headers_seen=False, ts_ns=ts)
+            self._lose(STREAM_ENDED, headers_seen=False, ts_ns=ts, start=self._head)
             self._skip_pending += len(self._buf) - self._pos
+        elif st is _State.PEEK:  # nothing followed the headers: a HEAD's, or a cut body
+            self._lose(METHOD_UNKNOWN, headers_seen=True, ts_ns=ts)
         elif st is not _State.TUNNEL:
             self._lose(STREAM_ENDED, headers_seen=True, ts_ns=ts)
         self.stats.skipped_bytes += self._skip_pending
@@ -352,6 +403,8 @@ class Http1Parser:
             return self._trailers(ts)
         if st is _State.BODY_CLOSE:
             return self._body_close(ts)
+        if st is _State.PEEK:
+            return self._peek(ts)
         # TUNNEL: the bytes are another protocol now.
         n = len(self._buf) - self._pos
         self.stats.tunnel_bytes += n
@@ -449,9 +502,10 @@ class Http1Parser:
                     status, head.second, head.version, head.headers, head.ts_ns
                 )
             )
+            self._head = None
             self._state = _State.SCAN
             return
-        method, matched, unanswered = self._pair(head.ts_ns)
+        method, matched, unanswered, unpaired = self._pair(head.ts_ns)
         self._events.append(
             ResponseHeadersParsed(
                 status,
@@ -462,6 +516,7 @@ class Http1Parser:
                 request_method=method,
                 matched=matched,
                 unanswered=unanswered,
+                unpaired=unpaired,
             )
         )
         if status == 101 or (method == "CONNECT" and 200 <= status < 300):
@@ -471,6 +526,12 @@ class Http1Parser:
             return
         if method == "HEAD" or status in (204, 304):
             self._start_body(False, 0, close_delimited=False, ts=ts)
+        elif method is None and (chunked is not False or length or length is None):
+            # every framing but Content-Length: 0 is one a HEAD response could carry
+            self._reset_body()
+            self._peek_framing = (chunked is True, length, chunked is None or (
+                chunked is False and length is None))
+            self._state = _State.PEEK
         elif chunked is None:  # a transfer-coding other than chunked: ends at close
             self._start_body(False, None, close_delimited=True, ts=ts)
         else:
@@ -494,24 +555,65 @@ class Http1Parser:
         self._remaining = 0
         self._body = 0
         self._truncated = 0
+        self._unsure = None
 
-    def _pair(self, ts: int) -> tuple[str | None, bool, int]:
-        """Consume the queued request this response (or lost response) answers."""
+    def _peek(self, ts: int) -> ParseState:
+        """Body or next response? Only the next response (or nothing) follows a HEAD's."""
+        buf, pos = self._buf, self._pos
+        while pos < len(buf) and buf[pos] in b"\r\n":  # blank lines between messages
+            pos += 1
+        ahead = bytes(buf[pos : pos + len(_STATUS_PREFIX)])
+        if len(ahead) < len(_STATUS_PREFIX) and _STATUS_PREFIX.startswith(ahead):
+            return ParseState.NEEDS_MORE_DATA
+        chunked, length, close_delimited = self._peek_framing
+        if ahead == _STATUS_PREFIX:
+            self._unsure = METHOD_UNKNOWN  # most likely a HEAD's: not proven
+            self._complete(ts)
+        elif close_delimited:
+            # to the close: a body, or a CONNECT tunnel; its size is not proven either way
+            self._start_body(False, None, close_delimited=True, ts=ts)
+            self._unsure = METHOD_UNKNOWN
+        else:  # bytes that cannot start a response follow the headers: a body, framed
+            self._start_body(chunked, length, close_delimited=False, ts=ts)
+        return ParseState.SUCCESS
+
+    def _pair(self, ts: int) -> tuple[str | None, bool, int, bool]:
+        """Consume the queued request this response (or lost response) answers:
+        (its method, matched, unanswered requests dropped before it, unpaired)."""
         q = self._expected
         lost, self._lost_since_pair = self._lost_since_pair, False
         if not q:
-            return None, False, 0
-        if self._pipelined and not lost:
-            return q.popleft()[0], True, 0
-        # The latest request that started before this response; older ones lost theirs.
-        k = 0
+            return None, False, 0, False
+        k = 0  # requests that started before this response: the candidates
         while k < len(q) and q[k][1] <= ts:
             k += 1
+        gone = self._requests_lost_after
+        if self._pipelined and not lost and (gone is None or q[0][1] <= gone):
+            # both counts exact up to the oldest queued request: it is the one answered
+            if k > 1:
+                self._pipelining_seen = True
+            return q.popleft()[0], True, 0, False
         if k == 0:
-            return None, False, 0
-        for _ in range(k - 1):
-            q.popleft()
-        return q.popleft()[0], True, k - 1
+            return None, False, 0, False
+        # a request lost at an unknown time may be the one answered
+        lost_between = gone is not None and ts > gone
+        if not lost_between and (not self._pipelined or not self._pipelining_seen or (
+            k == 1 and not self._requests_hidden
+        )):
+            # The latest request that started before this response; older ones lost theirs
+            # (one at a time on the connection, or only one candidate).
+            for _ in range(k - 1):
+                q.popleft()
+            return q.popleft()[0], True, k - 1, False
+        # Any of the k may be the one (pipelining, or requests lost among them). The oldest
+        # is answered by now (by this response or one lost before it); the count stays
+        # unknown.
+        self._lost_since_pair = True
+        frames = {m for m, _ in list(q)[:k]}
+        method = q.popleft()[0]
+        if frames & {None, "HEAD", "CONNECT"}:
+            method = None  # the body's framing hangs on which it answers
+        return method, False, 0, True
 
     # -- bodies -----------------------------------------------------------------
 
@@ -598,21 +700,38 @@ class Http1Parser:
 
     def _complete(self, ts: int, trailers: Headers | None = None) -> None:
         self.stats.messages += 1
-        self._events.append(MessageCompleted(self._body, self._truncated, ts, trailers or []))
+        self._events.append(
+            MessageCompleted(self._body, self._truncated, ts, trailers or [], self._unsure)
+        )
         self._head = None
         self._reset_body()
         self._state = _State.TUNNEL if self._tunnel_next else _State.SCAN
         self._synced = True
 
-    def _lose(self, reason: str, *, headers_seen: bool, ts_ns: int) -> None:
-        """A message certainly existed and is given up; the stream is out of sync after it."""
+    def _lose(
+        self, reason: str, *, headers_seen: bool, ts_ns: int, start: _Head | None = None
+    ) -> None:
+        """A message certainly existed and is given up; the stream is out of sync after it.
+        ``start``: its start line, when that was whole and only the header block was cut."""
+        if start is not None and self.kind == "response" and start.first[:1] == "1" and (
+            start.first != "101"
+        ):
+            # a cut 100 Continue: not an answer, but what its hidden bytes held is unknown
+            self.stats.informational += 1
+            self._out_of_sync()
+            return
         self.stats.lost_messages += 1
-        method, matched, unanswered = None, False, 0
+        method, matched, unanswered, unpaired = None, False, 0, False
         if not headers_seen and self.kind == "response":
-            method, matched, unanswered = self._pair(ts_ns)
-        self._events.append(
-            MessageLost(reason, headers_seen, self._body, ts_ns, method, matched, unanswered)
-        )
+            method, matched, unanswered, unpaired = self._pair(ts_ns)
+        line = (start.first, start.second, start.version) if start is not None else None
+        lost = MessageLost(reason, headers_seen, self._body, ts_ns, method, matched, unanswered,
+                           line, unpaired)  # fmt: skip
+        self._events.append(lost)
+        self._out_of_sync()
+
+    def _out_of_sync(self) -> None:
+        """After a loss: pairing by count is off, and the next start line is looked for."""
         self._lost_since_pair = True
         self._resync_reason = "after_loss"
         self._head = None
@@ -668,7 +787,7 @@ class Http1Parser:
         elif st is _State.TUNNEL:
             self.stats.tunnel_bytes += n
             return
-        elif st in (_State.CHUNK_SIZE, _State.CHUNK_DATA_END, _State.TRAILERS):
+        elif st in (_State.CHUNK_SIZE, _State.CHUNK_DATA_END, _State.TRAILERS, _State.PEEK):
             self._skip_pending += n + len(self._buf) - self._pos
             self._pos = len(self._buf)
             self._lose(TRUNCATED_PAYLOAD, headers_seen=True, ts_ns=ts)
@@ -684,7 +803,7 @@ class Http1Parser:
         self._skip_pending += n + partial
         self._pos = len(self._buf)
         if began:
-            self._lose(TRUNCATED_PAYLOAD, headers_seen=False, ts_ns=start_ts)
+            self._lose(TRUNCATED_PAYLOAD, headers_seen=False, ts_ns=start_ts, start=self._head)
         elif self._resync_reason == "garbage":
             self._resync_reason = "after_loss"
         self._state = _State.SCAN

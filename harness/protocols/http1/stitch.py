@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from harness.model import Exchange, Source
 from harness.protocols.common import Segment
 from harness.protocols.http1.parse import (
+    PAIRING_UNKNOWN,
     Event,
     Headers,
     Http1Parser,
@@ -25,7 +26,7 @@ from harness.protocols.http1.parse import (
 )
 
 # Degradation reasons this module adds to the parser's (truncated_payload, stream_ended,
-# invalid_framing).
+# invalid_framing, method_unknown, pairing_unknown).
 NO_RESPONSE = "no_response"
 REQUEST_MISSED = "request_missed"
 
@@ -36,10 +37,13 @@ class Http1Stats:
 
     requests: Http1ParseStats = field(default_factory=Http1ParseStats)
     responses: Http1ParseStats = field(default_factory=Http1ParseStats)
-    exchanges: int = 0  # Exchanges returned (conn_seq runs 0..exchanges-1)
+    # Exchanges returned. conn_seq counts them from 0, skipping one number wherever lost
+    # request bytes may have held requests (the position after it is not known)
+    exchanges: int = 0
     complete: int = 0  # returned with nothing degraded
     no_response: int = 0  # request seen, its response never parsed
     request_missed: int = 0  # response seen, its request not
+    unpaired: int = 0  # requests whose answer could not be told apart after a loss
     lost_requests: int = 0  # requests known to exist but lost (truncated/ended headers)
     lost_responses: int = 0
     degraded_payload: int = 0  # req_bytes/resp_bytes unknown (framing lost)
@@ -47,6 +51,7 @@ class Http1Stats:
     # Either direction began mid-message (late attach): exchanges before the first
     # one returned were missed and the caller must offset conn_seq.
     started_mid_stream: bool = False
+    pipelining: bool = False  # two requests were outstanding at once on the connection
 
 
 def _header_dict(headers: Headers) -> dict[str, str]:
@@ -78,12 +83,20 @@ class Http1Stitcher:
     """
 
     def __init__(
-        self, side: Literal["client", "server"], source: Source, from_start: bool, pipelined: bool
-    ) -> None:
+        self, side: Literal["client", "server"], source: Source, from_start: bool, pipelined: bool,
+        after_loss: bool = False, pipelining: bool = False,
+        requests_lost_after: int | None = None,
+    ) -> None:  # fmt: skip
         self.side = side
         self.source: Source = source
         self.req = Http1Parser("request", from_start=from_start, pipelined=pipelined)
         self.resp = Http1Parser("response", from_start=from_start, pipelined=pipelined)
+        if after_loss:
+            self.resp.note_request_loss()
+        if pipelining:
+            self.resp.note_pipelining()
+        if requests_lost_after is not None:
+            self.resp.note_requests_lost_after(requests_lost_after)
         self.seq = 0  # exchanges begun so far (conn_seq of the next)
         # begun, in order, not yet handed out: the first ones go once nothing can change them
         self.open: deque[Exchange] = deque()
@@ -94,18 +107,35 @@ class Http1Stitcher:
         self.cur_resp: Exchange | None = None
         self.stats = Http1Stats(self.req.stats, self.resp.stats)
         self.protocol = "http/1.1"  # last version seen, for exchanges known only by a loss
+        self.seq_gap = False  # skip a conn_seq before the next exchange
+        # Messages begun in one direction since the other's last bytes: a second request
+        # before any answer, or a second answer before any new request, means several
+        # requests were outstanding at once (pipelining), however much a budget hid.
+        self._starts = {True: 0, False: 0}
 
     def _new(self) -> Exchange:
-        x = Exchange(source=self.source, side=self.side, protocol=self.protocol, conn_seq=self.seq)
-        self.seq += 1
+        x = Exchange(
+            source=self.source, side=self.side, protocol=self.protocol,
+            conn_seq=self.seq + self.seq_gap,
+        )  # fmt: skip
+        self.seq += 1 + self.seq_gap
+        self.seq_gap = False
         self.open.append(x)
         return x
 
     def feed(self, is_request: bool, seg: Segment) -> None:
-        if is_request:
-            self.on_request(self.req.feed(seg))
-        else:
-            self.on_response(self.resp.feed(seg))
+        events = (self.req if is_request else self.resp).feed(seg)
+        starts = self._starts
+        if seg.orig_len:
+            starts[not is_request] = 0
+        starts[is_request] += sum(
+            isinstance(ev, (RequestHeadersParsed, ResponseHeadersParsed))
+            or (isinstance(ev, MessageLost) and not ev.headers_seen)
+            for ev in events
+        )
+        if starts[is_request] > 1:
+            self.resp.note_pipelining()
+        (self.on_request if is_request else self.on_response)(events)
         self._settle()
 
     def _settle(self) -> None:
@@ -130,6 +160,11 @@ class Http1Stitcher:
 
     # -- request direction ----------------------------------------------------------
 
+    def _requests_lost(self) -> None:
+        """Lost request bytes may have held whole requests: pairing and position restart."""
+        self.resp.note_request_loss()
+        self.seq_gap = True
+
     def on_request(self, events: list[Event]) -> None:
         for ev in events:
             if isinstance(ev, RequestHeadersParsed):
@@ -151,12 +186,21 @@ class Http1Stitcher:
                     self.stats.lost_requests += 1
                     x = self._new()
                     x.t_start_ns = ev.ts_ns
+                    method = None
+                    if ev.start_line is not None:  # the header block was cut, not the line
+                        method, x.path, version = ev.start_line
+                        x.method, x.protocol = method, _protocol(version)
                     for name in ("method", "path", "authority", "req_bytes"):
-                        x.degrade(name, ev.reason)
-                    self._expect(x, None, ev.ts_ns)
+                        if getattr(x, name) is None:
+                            x.degrade(name, ev.reason)
+                    self._expect(x, method, ev.ts_ns)
                 self.cur_req = None
-            elif isinstance(ev, Resynchronised) and ev.reason == "mid_stream_start":
-                self.stats.started_mid_stream = True
+                self._requests_lost()  # what the lost bytes held is unknown
+            elif isinstance(ev, Resynchronised):
+                if ev.reason == "mid_stream_start":
+                    self.stats.started_mid_stream = True
+                else:
+                    self._requests_lost()
 
     def _expect(self, x: Exchange, method: str | None, ts_ns: int) -> None:
         self.cur_req = x
@@ -168,7 +212,10 @@ class Http1Stitcher:
 
     def on_response(self, events: list[Event]) -> None:
         for ev in events:
-            if isinstance(ev, ResponseHeadersParsed):
+            if isinstance(ev, ResponseHeadersParsed) and ev.unpaired:
+                self._unpaired()
+                self.cur_resp = None
+            elif isinstance(ev, ResponseHeadersParsed):
                 x = self._paired(ev.matched, ev.unanswered, ev.version)
                 x.status = ev.status
                 x.resp_headers = _header_dict(ev.headers)
@@ -178,7 +225,10 @@ class Http1Stitcher:
                     self.req.switch_protocols()
             elif isinstance(ev, MessageCompleted):
                 if self.cur_resp is not None:
-                    self.cur_resp.resp_bytes = ev.body_bytes
+                    if ev.unsure:
+                        self.cur_resp.degrade("resp_bytes", ev.unsure)
+                    else:
+                        self.cur_resp.resp_bytes = ev.body_bytes
                     self.cur_resp.t_end_ns = ev.ts_ns
                     if ev.trailers:
                         self.cur_resp.trailers = _header_dict(ev.trailers)
@@ -186,10 +236,18 @@ class Http1Stitcher:
             elif isinstance(ev, MessageLost):
                 if ev.headers_seen:
                     x = self.cur_resp
+                elif ev.unpaired:
+                    self.stats.lost_responses += 1
+                    self._unpaired()
+                    x = None
                 else:
                     self.stats.lost_responses += 1
                     x = self._paired(ev.matched, ev.unanswered, None)
-                    x.degrade("status", ev.reason)
+                    if ev.start_line is not None:  # the status line was whole
+                        x.status = int(ev.start_line[0])
+                        self.protocol = _protocol(ev.start_line[2])
+                    else:
+                        x.degrade("status", ev.reason)
                 if x is not None:
                     x.degrade("resp_bytes", ev.reason)
                     x.t_end_ns = ev.ts_ns
@@ -215,6 +273,14 @@ class Http1Stitcher:
             x.degrade(name, REQUEST_MISSED)
         return x
 
+    def _unpaired(self) -> None:
+        """A response that answers one of several queued requests: the oldest of them is
+        answered by now, by it or by one lost before it, and which is unknown."""
+        self.stats.unpaired += 1
+        x = self._pop()
+        for name in ("status", "resp_bytes"):
+            x.degrade(name, PAIRING_UNKNOWN)
+
     def _pop(self) -> Exchange:
         x = self.pending.popleft()
         self._pending_ids.discard(id(x))
@@ -232,7 +298,41 @@ class Http1Stitcher:
             self._no_response(self._pop())
         self.cur_req = self.cur_resp = None
         self._settle()
+        self.stats.pipelining = self.resp.pipelining_seen
         return self.stats
+
+
+def unpair_after(xs: list[Exchange], stats: Http1Stats, ts_ns: int) -> None:
+    """Requests were lost at unknown times after ``ts_ns``, found only once ``xs`` were
+    stitched (a gap noticed at a later call or the close): mark them as a stitch told of it
+    up front would, or more cautiously. Requests queued by ``ts_ns`` still paired in order;
+    one begun after it may have taken the answer of a lost one. After any loss of its own
+    the stitch paired by time, and a response after ``ts_ns`` may answer a lost request.
+    Either way that exchange's status and response size are unknown."""
+    req, resp = stats.requests, stats.responses
+    by_time = bool(req.lost_messages or req.resyncs or resp.lost_messages or resp.resyncs
+                   or stats.unpaired)  # fmt: skip
+    for x in xs:
+        start = x.t_start_ns if x.t_start_ns is not None else x.t_end_ns
+        end = x.t_end_ns if by_time else None
+        if (start is not None and start <= ts_ns) and (end is None or end <= ts_ns):
+            continue
+        unknown = {d.field for d in x.degraded}
+        if "status" in unknown and "resp_bytes" in unknown:
+            continue  # already unknown (no response, a loss, an unprovable pairing)
+        was_complete = not x.degraded
+        had_payload = any(
+            d.field in ("req_bytes", "resp_bytes") and d.reason != REQUEST_MISSED
+            for d in x.degraded
+        )
+        if "status" not in unknown:
+            x.status, x.resp_headers, x.trailers = None, {}, {}
+            x.degrade("status", PAIRING_UNKNOWN)
+            stats.unpaired += 1
+        x.resp_bytes = None
+        x.degrade("resp_bytes", PAIRING_UNKNOWN)
+        stats.complete -= was_complete
+        stats.degraded_payload += not had_payload
 
 
 def stitch_http1(
@@ -244,6 +344,9 @@ def stitch_http1(
     source: Source = "",  # the collector that saw the bytes: it names itself
     from_start: bool = False,
     pipelined: bool = True,
+    after_loss: bool = False,
+    pipelining: bool = False,
+    requests_lost_after: int | None = None,
 ) -> tuple[list[Exchange], Http1Stats]:
     """Parse both directions of one HTTP/1.x connection and pair requests with responses.
 
@@ -256,9 +359,17 @@ def stitch_http1(
     does, falling back to time order only after a lost message; False pairs each
     response with the latest request before it, which loses all but the last of a
     pipelined burst (h2load --h1 -m 8, proxies).
+    ``after_loss`` says the streams begin right after lost events (the collector's ring
+    buffer overflowed): requests from before may still be unanswered, so pairing starts
+    as after any loss. ``pipelining`` says the connection was seen pipelining before.
+    ``requests_lost_after``: requests were lost at some unknown time after this one (a
+    gap found only later), see ``Http1Parser.note_requests_lost_after``.
     Addresses, run id and scenario are the caller's to fill in.
     """
-    st = Http1Stream(side, source=source, from_start=from_start, pipelined=pipelined)
+    st = Http1Stream(
+        side, source=source, from_start=from_start, pipelined=pipelined, after_loss=after_loss,
+        pipelining=pipelining, requests_lost_after=requests_lost_after,
+    )  # fmt: skip
     for seg in send:
         st.add(True, seg)
     for seg in recv:
@@ -276,11 +387,15 @@ class Http1Stream:
         self, side: Literal["client", "server"], *, source: Source = "",
         from_start: bool = False, pipelined: bool = True,
         on_ready: Callable[[list[Exchange]], None] | None = None,
+        after_loss: bool = False, pipelining: bool = False,
+        requests_lost_after: int | None = None,
     ) -> None:  # fmt: skip
         if side not in ("client", "server"):
             raise Http1UsageError(f"side must be 'client' or 'server', not {side!r}")
         self.side = side
-        self.stitcher = Http1Stitcher(side, source, from_start, pipelined)
+        self.stitcher = Http1Stitcher(
+            side, source, from_start, pipelined, after_loss, pipelining, requests_lost_after
+        )
         self._req: deque[Segment] = deque()
         self._resp: deque[Segment] = deque()
         self.exchanges: list[Exchange] = []
