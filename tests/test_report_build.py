@@ -218,11 +218,11 @@ def test_newer_bench_keys_are_shown(tmp_path: Path) -> None:
     out = tmp_path / "out"
     build_report([runs, tmp_path / "overhead.json"], out, draw=False)
     md = (out / "report.md").read_text()
-    [dec] = [r for r in md_rows(md, "grpc-unary go→go") if "probe hits per exchange" in r]
+    [dec] = [r for r in md_rows(md, "grpc-unary go→go") if "hits per exchange" in r]
     assert dec["collector"] == "kernel side"
-    assert dec["floor: hits × trap, ns per exchange"] == "7,287"
-    assert dec["collector CPU, ms per 1k exchanges"] == "120"
-    assert dec["% of a core at the fixed rate"] == "4.2%"
+    assert dec["floor: hits × trap, ns/exchange"] == "7,287"
+    assert dec["collector CPU, ms per 1k"] == "120"
+    assert dec["% of a core at fixed rate"] == "4.2%"
     assert "Fixed rate: 1000 exchanges per second" in " ".join(md.split())
     assert any(r["value"] == "12.5" and r["unit"] == "ns" for r in md_rows(md, "skipped_ns"))
 

@@ -30,19 +30,19 @@ KNOWN_WORKLOAD = {"scenario", "client", "server", "exchanges", "rounds", "order"
                   "uprobe_probed_binaries", "configs", "bpf_run_time", "fixed_rate"}  # fmt: skip
 # The decomposition against the floor (bench schema 2), column by column: key, header, format.
 DECOMPOSITION = (
-    ("hits_per_exchange", "probe hits per exchange", "{:.1f}"),
-    ("bare_trap_ns", "bare trap, ns per hit", "{:,.0f}"),
-    ("floor_ns_per_exchange", "floor: hits × trap, ns per exchange", "{:,.0f}"),
-    ("bpf_ns_per_exchange", "our BPF programs, ns per exchange", "{:,.0f}"),
-    ("bpf_ns_per_exchange_per_side", "our BPF programs, ns per exchange per side", "{:,.0f}"),
-    ("bpf_per_hit_over_trap", "BPF per hit / bare trap", "{:.1f}×"),
-    ("cpu_ms_per_1k", "collector CPU, ms per 1k exchanges", "{:,.0f}"),
-    ("event_bytes_per_exchange", "bytes recorded per exchange", "{:,.0f}"),
-    ("context_switches_per_1k", "collector wake-ups per 1k exchanges", "{:,.0f}"),
-    ("predicted_ratio_floor", "throughput ratio the floor alone predicts", "{:.2f}×"),
-    ("predicted_ratio_all", "ratio floor + BPF + recorder CPU predict", "{:.2f}×"),
-    ("throughput_ratio", "throughput ratio measured", "{:.2f}×"),
-    ("fixed_rate_core_pct", "% of a core at the fixed rate", "{:.1f}%"),
+    ("hits_per_exchange", "hits per exchange", "{:.1f}"),
+    ("bare_trap_ns", "bare trap, ns/hit", "{:,.0f}"),
+    ("floor_ns_per_exchange", "floor: hits × trap, ns/exchange", "{:,.0f}"),
+    ("bpf_ns_per_exchange", "our BPF, ns/exchange", "{:,.0f}"),
+    ("bpf_ns_per_exchange_per_side", "our BPF, ns/exchange per side", "{:,.0f}"),
+    ("bpf_per_hit_over_trap", "BPF per hit / trap", "{:.1f}×"),
+    ("cpu_ms_per_1k", "collector CPU, ms per 1k", "{:,.0f}"),
+    ("event_bytes_per_exchange", "bytes recorded/exchange", "{:,.0f}"),
+    ("context_switches_per_1k", "wake-ups per 1k", "{:,.0f}"),
+    ("predicted_ratio_floor", "ratio the floor predicts", "{:.2f}×"),
+    ("predicted_ratio_all", "ratio floor+BPF+CPU predict", "{:.2f}×"),
+    ("throughput_ratio", "ratio measured", "{:.2f}×"),
+    ("fixed_rate_core_pct", "% of a core at fixed rate", "{:.1f}%"),
 )
 
 
@@ -236,7 +236,7 @@ class BenchView:
                 row["significant"] = {True: "yes", False: "no"}.get(c.get("significant"), "—")
                 row["p99 latency ratio [95% CI]"] = _ratio(c.get("p99_ratio"), c.get("p99_ci95"))
                 cpu = c.get("collector_cpu_user_s_per_1k")
-                row["collector CPU, ms per 1k exchanges"] = (
+                row["collector CPU, ms per 1k"] = (
                     f"{1000 * cpu:.0f}" if isinstance(cpu, int | float) else "—")
                 row["rounds"] = c.get("rounds") or w.get("rounds")
                 base = self.unstable(wl, "none")

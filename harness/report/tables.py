@@ -498,7 +498,8 @@ def field_heatmap(df: pd.DataFrame) -> pd.DataFrame:
     for _, x in df.iterrows():
         if not x["matched"]:
             continue
-        col = f"{x['collector']} {x['variant']}\n{family(x['protocol'])} {x['attach']}"
+        variant = "" if x["variant"] == "default" else f" {x['variant']}"  # the usual one unsaid
+        col = f"{x['collector']}{variant}\n{family(x['protocol'])} {x['attach']}"
         matched[col] += int(x["matched"])
         for f, n in (x["degraded_by_field"] or {}).items():
             acc[col][f] += int(n)
