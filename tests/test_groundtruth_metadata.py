@@ -5,42 +5,23 @@ truth joins them (the issue found it held 100 of 206 headers of a 40 KiB block).
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
+from go_grpc_capture import capture_go_grpc
 
-from harness.groundtruth import Dumpcap, extract_exchanges
-from harness.runner.record import free_port
+from harness.groundtruth import extract_exchanges
 
 pytestmark = pytest.mark.capture
 
-BIN = Path(__file__).resolve().parent.parent / "scenarios" / "go" / "bin"
-VERSION = "v1.85.0"
-
 
 def test_a_40_kib_header_block_is_whole_in_the_truth(tmp_path: Path) -> None:
-    port = free_port()
     md, wl, pcap = tmp_path / "md.jsonl", tmp_path / "w.jsonl", tmp_path / "c.pcapng"
     sets = [{"x-case": f"wide{i}", **{f"x-w{j:03d}": f"{i}" * 200 for j in range(200)},
              "x-dup": "a", "x-blob-bin": "AAECAwQ="} for i in range(6)]  # fmt: skip
     md.write_text("".join(json.dumps(s) + "\n" for s in sets))
-    with Dumpcap(pcap, [port]):
-        srv = subprocess.Popen(
-            [str(BIN / f"grpc-server-{VERSION}"), "--proto", "grpc", "--port", str(port)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        try:
-            assert srv.stdout is not None and srv.stdout.readline().startswith("READY")
-            subprocess.run(
-                [str(BIN / f"grpc-client-{VERSION}"), "--proto", "grpc", "--port", str(port),
-                 "--exchanges", "6", "--connections", "1", "--workload", str(wl),
-                 "--metadata-file", str(md), "--mode", "unary"],
-                check=True, capture_output=True, timeout=60,
-            )  # fmt: skip
-        finally:
-            srv.terminate()
-            srv.wait(timeout=10)
+    port = capture_go_grpc(pcap, ["--exchanges", "6", "--workload", str(wl),
+                                  "--metadata-file", str(md), "--mode", "unary"])  # fmt: skip
     xs, stats = extract_exchanges(pcap, http1_ports=[], h2c_ports=[port])
     sent = {r["req_headers"]["x-case"]: r["req_headers"] for r in
             map(json.loads, wl.read_text().splitlines())}  # fmt: skip

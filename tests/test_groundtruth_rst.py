@@ -6,41 +6,22 @@ Checked against the real grpc-go client's own record of each call's status."""
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
+from go_grpc_capture import capture_go_grpc
 
-from harness.groundtruth import Dumpcap, extract_exchanges
 from harness.groundtruth import extract as extract_mod
+from harness.groundtruth import extract_exchanges
 from harness.protocols.http2.grpc import R_RST_CANCEL_OR_DEADLINE
-from harness.runner.record import free_port
 
 pytestmark = pytest.mark.capture
 
-BIN = Path(__file__).resolve().parent.parent / "scenarios" / "go" / "bin"
-VERSION = "v1.85.0"
-
 
 def _record(tmp_path: Path, mode: str, n: int) -> tuple[Path, int, dict[str, dict]]:
-    port = free_port()
     wl, pcap = tmp_path / "w.jsonl", tmp_path / "c.pcapng"
-    with Dumpcap(pcap, [port]):
-        srv = subprocess.Popen(
-            [str(BIN / f"grpc-server-{VERSION}"), "--proto", "grpc", "--port", str(port)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        try:
-            assert srv.stdout is not None and srv.stdout.readline().startswith("READY")
-            subprocess.run(
-                [str(BIN / f"grpc-client-{VERSION}"), "--proto", "grpc", "--port", str(port),
-                 "--exchanges", str(n), "--connections", "1", "--inflight", "1",
-                 "--workload", str(wl), "--mode", mode, "--cancel-every", "2"],
-                check=True, capture_output=True, timeout=60,
-            )  # fmt: skip
-        finally:
-            srv.terminate()
-            srv.wait(timeout=10)
+    port = capture_go_grpc(pcap, ["--exchanges", str(n), "--inflight", "1", "--workload",
+                                  str(wl), "--mode", mode, "--cancel-every", "2"])  # fmt: skip
     recs = [json.loads(line) for line in wl.read_text().splitlines()]
     return pcap, port, {str(r["id"]): r for r in recs}
 
