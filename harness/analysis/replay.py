@@ -165,25 +165,48 @@ PARALLEL_TRUTH_BYTES = 8 << 20
 
 
 def _window(
-    truth: list[Exchange], seen: list[Exchange], until: int | None
+    truth: list[Exchange], seen: list[Exchange], until: int | None, since: int | None = None
 ) -> tuple[list[Exchange], list[Exchange]]:
     """Truth that started before the observation's end, and what a collector saw of it.
 
     Cut on the truth's clock and carried over through the pairing: a client's send begins
     a moment before its packet is on the wire, so one cut on both would leave that exchange
-    a phantom on one side of it."""
-    if until is None:
+    a phantom on one side of it. ``since``: when the capture began (observe starts it after
+    the attach); a collector's exchange from before it with no truth partner is outside
+    the truth, not a phantom."""
+    if until is None and since is None:
         return truth, seen
-    kept = [t for t in truth if (t.t_start_ns or 0) <= until]
+    kept = [t for t in truth if until is None or (t.t_start_ns or 0) <= until]
     ids = {id(t) for t in kept}
     partner: dict[int, int] = {}
     match_into(truth, seen, lambda v: partner.update({id(v.observed): id(v.truth)}),
                lambda _x: None)  # fmt: skip
+    lo, hi = since or 0, until if until is not None else float("inf")
     return kept, [
         x
         for x in seen
-        if (partner[id(x)] in ids if id(x) in partner else (x.t_start_ns or 0) <= until)
+        if (partner[id(x)] in ids if id(x) in partner else lo <= (x.t_start_ns or 0) <= hi)
     ]
+
+
+def truth_window(manifest: RunManifest, truth: list[Exchange]) -> dict[str, Any]:
+    """What stretch of time the truth covers and is scored over (monotonic ns), as
+    metrics.json says it: observe's capture starts after the attach and is scored up to
+    the collectors' stop; run's capture covers the whole run."""
+    p = manifest.params
+    since, until = p.get("truth_from_ns"), p.get("observed_until_ns")
+    hi = until if until is not None else float("inf")
+    out: dict[str, Any] = {
+        "from_ns": since, "until_ns": until,
+        "seconds": round((until - since) / 1e9, 3)
+        if since is not None and until is not None else None,
+        "exchanges": sum(1 for t in truth if (since or 0) <= (t.t_start_ns or 0) <= hi),
+    }  # fmt: skip
+    if since is not None:
+        out["before_from"] = "not captured: the capture starts once the collectors are attached"
+    if until is not None:
+        out["after_until"] = "captured, not scored: the collectors were stopping"
+    return out
 
 
 def _extract(
@@ -313,6 +336,8 @@ def replay(
     # observe: when the collectors were told to stop; traffic of services outside the
     # command goes on, and what the capture saw after that was no collector's to see
     until = p.get("observed_until_ns")
+    # observe: the capture began after the attach; nothing before it can be scored
+    since = p.get("truth_from_ns")
     frames: dict[str, list[Exchange]] = {"truth": truth, "workload": workload}
     collectors: dict[str, Any] = {}
     attach_mode = p["attach"] if attach_at_s is None else f"at+{attach_at_s:g}s"
@@ -331,12 +356,13 @@ def replay(
             )  # fmt: skip
             row.lost_events = int(info.get("lost_events", 0) or 0)
             seen = [x for x in observed if x.side == side]
-            in_window, seen = _window(truth, seen, until)
-            score(row, in_window, seen, attach_ns)
+            in_window, seen = _window(truth, seen, until, since)
+            scored_from = max(attach_ns, since or 0)
+            score(row, in_window, seen, scored_from)
             row.not_covered = registry.get(name).not_covered(p.get(side), is_grpc(protocol))
             if encrypted:
                 row.undecodable["encrypted"] = encrypted_count(in_window, encrypted, side,
-                                                               attach_ns)  # fmt: skip
+                                                               scored_from)  # fmt: skip
             rows.append(row.to_dict())
     metrics = {
         "run_id": manifest.run_id,
@@ -345,6 +371,7 @@ def replay(
         "attach_at_s": attach_at_s,
         "truth_vs_workload": tvw,
         "truth": tstats.to_dict(),
+        "truth_window": truth_window(manifest, truth),
         "tls": tls_info,
         "capture": {k: manifest.capture.get(k) for k in ("packets_captured", "packets_dropped")},
         "collectors": collectors,

@@ -42,6 +42,8 @@ def _connections_on(ports: list[int]) -> int:
 # observe stops the command when the disk holding the run has less than this left
 DEFAULT_MIN_FREE = 1 << 30
 DISK_POLL_S = 0.5
+# how long the capture goes on after the observation's end, for exchanges in flight then
+CAPTURE_GRACE_S = 0.3
 
 
 def observe(
@@ -92,31 +94,36 @@ def observe(
         machine=machine_info(), ports=sorted(set(ports)),
     )  # fmt: skip
     with recording(manifest, run_dir), ProcessSet() as procs:
+        # binaries already serving the ports (grpc-go services), probed from the start
+        early = sorted({b for c in collectors for b in registry.get(c).observe_binaries(ports)})
+        keeper_report = run_dir / "keeper.json"
+        # the keeper holds the command until every collector (and the exec gate, which
+        # follows the keeper's tree) is attached; it cleans up after the command
+        keeper = [sys.executable, "-m", "harness.runner.keeper", "--report",
+                  str(keeper_report), "--", *command]  # fmt: skip
+        # output to a file, not a pipe: a chatty workload must never block on it
+        with (run_dir / "workload.log").open("w") as log:
+            child = procs.spawn("workload", keeper, stdin=subprocess.PIPE, stdout=log,
+                                stderr=log, stop_timeout=GRACE_S + 5)  # fmt: skip
+        manifest.processes.append({"role": "workload", "pid": child.pid, "argv": command})
+        running = []
+        for name in collectors:
+            progress(f"attaching {name} collector")
+            rc = start_collector(
+                procs, name, run_dir / EVENTS_DIR, tgids=[], ports=ports,
+                options=options, deadline_s=duration_s + 120,
+                binaries=early, follow=child.pid,
+            )  # fmt: skip
+            running.append(rc)
+            manifest.collectors[name] = {"attach_ns": rc.attach_ns}
+        manifest.attach_ns = max((r.attach_ns for r in running), default=None)
+        # The capture starts only now: compiling and attaching take seconds (tens under
+        # load), and services already running on the ports fill them with traffic no
+        # collector saw: a busy one wrote 0.5-1.5 GB nobody scores, and its decode never
+        # came back in bounded time. The command is still held, so none of its traffic
+        # is missed; the truth covers [truth_from_ns, observed_until_ns].
         with Dumpcap(run_dir / CAPTURE, ports) as cap:
-            # binaries already serving the ports (grpc-go services), probed from the start
-            early = sorted({b for c in collectors for b in registry.get(c).observe_binaries(ports)})
-            # grpc-go services already serving the ports are probed from the start
-            keeper_report = run_dir / "keeper.json"
-            # the keeper holds the command until every collector (and the exec gate, which
-            # follows the keeper's tree) is attached; it cleans up after the command
-            keeper = [sys.executable, "-m", "harness.runner.keeper", "--report",
-                      str(keeper_report), "--", *command]  # fmt: skip
-            # output to a file, not a pipe: a chatty workload must never block on it
-            with (run_dir / "workload.log").open("w") as log:
-                child = procs.spawn("workload", keeper, stdin=subprocess.PIPE, stdout=log,
-                                    stderr=log, stop_timeout=GRACE_S + 5)  # fmt: skip
-            manifest.processes.append({"role": "workload", "pid": child.pid, "argv": command})
-            running = []
-            for name in collectors:
-                progress(f"attaching {name} collector")
-                rc = start_collector(
-                    procs, name, run_dir / EVENTS_DIR, tgids=[], ports=ports,
-                    options=options, deadline_s=duration_s + 120,
-                    binaries=early, follow=child.pid,
-                )  # fmt: skip
-                running.append(rc)
-                manifest.collectors[name] = {"attach_ns": rc.attach_ns}
-            manifest.attach_ns = max((r.attach_ns for r in running), default=None)
+            manifest.params["truth_from_ns"] = time.monotonic_ns()
             # connections the services already held at the attach (the command is still
             # held): for them this is a late attach, and the report says so
             held = _connections_on(ports)
@@ -150,6 +157,12 @@ def observe(
             # the end of the observation: services outside the command keep talking while
             # the collectors stop and the capture closes; replay scores up to here
             manifest.params["observed_until_ns"] = time.monotonic_ns()
+            # the capture closes before the collectors stop, once exchanges in flight at the
+            # end had time to finish: stopping collectors takes seconds, and busy services
+            # outside the command would fill them with traffic nobody scores (a request
+            # whose answer came later still has its request in the truth, status unknown)
+            time.sleep(CAPTURE_GRACE_S)
+            cap.stop()
             for rc in running:
                 manifest.collectors[rc.name].update(stop_collector(procs, rc))
             for name in collectors:
