@@ -28,3 +28,23 @@ def test_truth_after_the_end_is_not_scored_and_pairs_stay_whole() -> None:
 def test_without_an_end_everything_is_scored() -> None:
     truth, seen = [_x("truth", UNTIL * 9, 1)], [_x("kprobe", UNTIL * 9, 1)]
     assert _window(truth, seen, None) == (truth, seen)
+
+
+SINCE = 2_000
+
+
+def test_before_the_capture_began_nothing_is_a_phantom() -> None:
+    # port 1: a collector saw it before the capture began, so the truth has none of it;
+    # port 2: begun before the capture, its response captured (the truth's start is later);
+    # port 3: wholly inside the window
+    truth = [_x("truth", SINCE + 100, 2), _x("truth", 5_000, 3)]
+    seen = [_x("kprobe", SINCE - 500, 1), _x("kprobe", SINCE - 100, 2), _x("kprobe", 5_000, 3)]
+    t, s = _window(truth, seen, UNTIL, SINCE)
+    assert [x.client_port for x in t] == [2, 3]
+    assert [x.client_port for x in s] == [2, 3]
+
+
+def test_a_phantom_inside_the_window_stays_one() -> None:
+    truth = [_x("truth", 5_000, 3)]
+    seen = [_x("kprobe", 5_000, 3), _x("kprobe", 6_000, 4)]
+    assert [x.client_port for x in _window(truth, seen, UNTIL, SINCE)[1]] == [3, 4]
