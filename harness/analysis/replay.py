@@ -318,8 +318,11 @@ def replay(
             if write and attach_at_s is None:
                 save_metrics(run_dir, metrics)
             return metrics
-    # dumpcap's drops leave gaps that out-of-order reassembly would wait on forever
-    clean = not int(manifest.capture.get("packets_dropped") or 0)
+    # dumpcap's drops leave gaps that out-of-order reassembly would wait on forever, and so
+    # does a capture begun mid-connection (observe of services already connected): on one
+    # such wrk connection, 4,996 of 5,000 responses were never dissected
+    clean = not int(manifest.capture.get("packets_dropped") or 0) and not p.get(
+        "preexisting_connections")  # fmt: skip
     truth_args = (run_dir / CAPTURE, [] if h2c else ports, ports if h2c else [], offset, clean,
                   keylog)  # fmt: skip
     # Wireshark's decode and the collectors' decode are independent until matching: on a

@@ -46,10 +46,14 @@ _FIELDS = (
     # over TLS, a message in several records: the frames of the records (tcp.segment then
     # names only the last record's segments, which made a request start too late)
     "tls.segment",
+    # a capture begun mid-connection (observe): a response sent before the server had the
+    # first captured request answers one the capture missed (absolute: relative numbers
+    # of a stream whose start was not captured begin at whatever was seen first)
+    "tcp.seq_raw", "tcp.ack_raw",
 )
 (_NUM, _TIME, _STREAM, _SRC4, _SRC6, _SPORT, _DST4, _DST6, _DPORT, _SEGS, _METHOD, _URI,
  _VERSION, _CODE, _REQ_IN, _CLEN, _CHUNKS, _TE, _REQ_LINES, _RESP_LINES, _SEV, _MSG,
- _RESP_VERSION, _PHRASE, _TCP_LEN, _REASM_LEN, _TLS_SEGS) = range(len(_FIELDS))
+ _RESP_VERSION, _PHRASE, _TCP_LEN, _REASM_LEN, _TLS_SEGS, _SEQ_RAW, _ACK_RAW) = range(len(_FIELDS))
 # Added to the scan pass when there are h2c ports: every HTTP/2 frame's header, and the
 # header fields and gRPC message lengths, each flattened over the packet (see _H2Fields).
 _H2_FIELDS = (
@@ -538,6 +542,19 @@ def _apply_response(x: Exchange, m: _H1Msg, warnings: Counter[str]) -> None:
         warnings["HTTP/1 response without Content-Length or chunking: body size unknown"] += 1
 
 
+def _answers_earlier(resp: _H1Msg, req: _H1Msg) -> bool:
+    """Whether ``resp`` left the server before it had any byte of ``req`` (its ACK does not
+    reach the request's first byte): it answers an earlier request, one sent before the
+    capture began. Judged only for a request in one segment (an early answer to an upload
+    may precede the request's last segment, never its first)."""
+    if req.first_frame != req.frame:
+        return False
+    ack, seq = _int(_first(resp.row[_ACK_RAW])), _int(_first(req.row[_SEQ_RAW]))
+    if ack is None or seq is None:
+        return False
+    return (seq - ack) % (1 << 32) < (1 << 31)  # seq at or after ack, modulo wrap-around
+
+
 def _pair_http1(
     msgs: list[_H1Msg], times: array[int], server_data: dict[int | None, int],
     stats: TruthStats, warnings: Counter[str],
@@ -566,6 +583,14 @@ def _pair_http1(
             resps.setdefault(m.fr.stream, []).append(m)
     for stream, rs in resps.items():
         pending = reqs.get(stream, [])
+        lead = 0
+        while pending and lead < len(rs) and _answers_earlier(rs[lead], pending[0][0]):
+            lead += 1
+        if lead:
+            warnings["HTTP/1 responses to requests sent before the capture began: not "
+                     "exchanges of the capture, dropped"] += lead
+            stats.unpaired_responses += lead
+            rs = rs[lead:]
         # the latest request a response's frame could follow, in O(log n): the suffix
         # minima of the requests' first frames rise, so the last request at or before a
         # frame is where they pass it (a scan per response was quadratic on a soak)
