@@ -206,6 +206,8 @@ def truth_window(manifest: RunManifest, truth: list[Exchange]) -> dict[str, Any]
         out["before_from"] = "not captured: the capture starts once the collectors are attached"
     if until is not None:
         out["after_until"] = "captured, not scored: the collectors were stopping"
+    if p.get("stopped_capture_bytes"):  # observe --max-capture-mb ended the window early
+        out["ended_early"] = p["stopped_capture_bytes"]
     return out
 
 

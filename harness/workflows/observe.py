@@ -44,6 +44,7 @@ DEFAULT_MIN_FREE = 1 << 30
 DISK_POLL_S = 0.5
 # how long the capture goes on after the observation's end, for exchanges in flight then
 CAPTURE_GRACE_S = 0.3
+CAPTURE_POLL_S = 0.05  # with --max-capture-mb
 
 
 def observe(
@@ -62,6 +63,7 @@ def observe(
     replay_after: bool = True,
     client: str = "user",
     server: str = "user",
+    max_capture_bytes: int | None = None,
 ) -> Path:
     exe = shutil.which(command[0])
     if exe is None:
@@ -134,14 +136,18 @@ def observe(
             with contextlib.suppress(BrokenPipeError):  # a dead keeper: its exit code says why
                 child.proc.stdin.write("go\n")
                 child.proc.stdin.close()
-            low_disk = _wait_watching_disk(child.proc, duration_s, run_dir, min_free_bytes,
-                                           progress)  # fmt: skip
-            if low_disk is not None or child.proc.poll() is None:
-                if low_disk is None:
+            low_disk, full = _wait_watching_disk(
+                child.proc, duration_s, run_dir, min_free_bytes, progress,
+                capture=(run_dir / CAPTURE, max_capture_bytes) if max_capture_bytes else None,
+            )  # fmt: skip
+            if low_disk is not None or full is not None or child.proc.poll() is None:
+                if low_disk is None and full is None:
                     progress(f"still running after {duration_s:g} s: stopping it")
                 code = procs.stop(child)
-                manifest.params["stopped_at_duration"] = low_disk is None
+                manifest.params["stopped_at_duration"] = low_disk is None and full is None
                 manifest.params["stopped_low_disk"] = low_disk
+                # asked for: the run is complete, over a shorter window (truth_window says)
+                manifest.params["stopped_capture_bytes"] = full
             else:
                 code = child.proc.returncode
             kept = json.loads(keeper_report.read_text()) if keeper_report.exists() else {}
@@ -149,7 +155,7 @@ def observe(
             manifest.params["leftover_processes_stopped"] = kept.get("stopped")
             if kept.get("stopped"):
                 progress(f"stopped {kept['stopped']} process(es) the command left running")
-            stopped = manifest.params.get("stopped_at_duration") or low_disk
+            stopped = manifest.params.get("stopped_at_duration") or low_disk or full
             if code != 0 and not stopped:
                 tail = (run_dir / "workload.log").read_text(errors="replace").strip()
                 raise TargetError(f"the workload exited with code {code}: {tail[-300:]}")
@@ -201,27 +207,38 @@ def _take_keylog(keylog: Path | None, tls_dir: Path, progress: Progress) -> None
 
 def _wait_watching_disk(
     proc: subprocess.Popen[Any], duration_s: float, run_dir: Path, min_free: int,
-    progress: Progress,
-) -> str | None:
+    progress: Progress, capture: tuple[Path, int] | None = None,
+) -> tuple[str | None, str | None]:
     """Wait for the command to exit or ``duration_s`` to pass, watching the free space of the
-    run's disk (capture and events grow by megabytes a second on a busy port). Warns once at
-    twice ``min_free``; returns why it stopped early when free space fell below it."""
+    run's disk (capture and events grow by megabytes a second on a busy port) and, with
+    ``capture`` (its path and a size), the capture's size. Warns once at twice ``min_free``;
+    returns why it stopped early: (low disk, capture full), each None when not."""
     deadline = time.monotonic() + duration_s
     warned = False
+    # a busy port fills a capture at up to hundreds of MB/s: look at its size often
+    poll = DISK_POLL_S if capture is None else CAPTURE_POLL_S
     while (left := deadline - time.monotonic()) > 0:
         try:
-            proc.wait(timeout=min(DISK_POLL_S, left))
-            return None
+            proc.wait(timeout=min(poll, left))
+            return None, None
         except subprocess.TimeoutExpired:
             pass
+        if capture is not None:
+            with contextlib.suppress(OSError):  # not written yet
+                if (size := capture[0].stat().st_size) >= capture[1]:
+                    why = (f"stopped after {duration_s - left:.1f} s: the capture reached "
+                           f"{size >> 20} MiB, --max-capture-mb "
+                           f"{capture[1] / (1 << 20):g}")  # fmt: skip
+                    progress(why)
+                    return None, why
         free = shutil.disk_usage(run_dir).free
         if free < min_free:
             why = (f"stopped after {duration_s - left:.1f} s: {free >> 20} MiB left on the "
                    f"run's disk, below --min-free-mb {min_free >> 20}")  # fmt: skip
             progress(why)
-            return why
+            return why, None
         if free < 2 * min_free and not warned:
             warned = True
             progress(f"warning: {free >> 20} MiB left on the run's disk; observe stops at "
                      f"{min_free >> 20} MiB")  # fmt: skip
-    return None
+    return None, None
