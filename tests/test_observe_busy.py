@@ -28,10 +28,8 @@ BUSY = r"""
 import http.client, http.server, sys, threading, time
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    def do_GET(self):
-        body = b"x" * 700
-        self.send_response(200); self.send_header("Content-Length", str(len(body)))
-        self.end_headers(); self.wfile.write(body)
+    def do_GET(self):  # one write, as nginx does
+        self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 700\r\n\r\n" + b"x" * 700)
     def log_message(self, *a): pass
 srv = http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H)
 threading.Thread(target=srv.serve_forever, daemon=True).start()

@@ -171,21 +171,23 @@ def _window(
 
     Cut on the truth's clock and carried over through the pairing: a client's send begins
     a moment before its packet is on the wire, so one cut on both would leave that exchange
-    a phantom on one side of it. ``since``: when the capture began (observe starts it after
-    the attach); a collector's exchange from before it with no truth partner is outside
-    the truth, not a phantom."""
-    if until is None and since is None:
+    a phantom on one side of it. ``since``: when the truth begins (observe starts the
+    capture after the attach, and lets what was in flight then settle before it): what a
+    collector saw start before it has no truth, and is left out before matching, where it
+    would take a later truth exchange of its connection as its partner."""
+    if since is not None:
+        seen = [x for x in seen if (x.t_start_ns or 0) >= since]
+    if until is None:
         return truth, seen
-    kept = [t for t in truth if until is None or (t.t_start_ns or 0) <= until]
+    kept = [t for t in truth if (t.t_start_ns or 0) <= until]
     ids = {id(t) for t in kept}
     partner: dict[int, int] = {}
     match_into(truth, seen, lambda v: partner.update({id(v.observed): id(v.truth)}),
                lambda _x: None)  # fmt: skip
-    lo, hi = since or 0, until if until is not None else float("inf")
     return kept, [
         x
         for x in seen
-        if (partner[id(x)] in ids if id(x) in partner else lo <= (x.t_start_ns or 0) <= hi)
+        if (partner[id(x)] in ids if id(x) in partner else (x.t_start_ns or 0) <= until)
     ]
 
 

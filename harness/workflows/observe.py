@@ -45,6 +45,7 @@ DISK_POLL_S = 0.5
 # how long the capture goes on after the observation's end, for exchanges in flight then
 CAPTURE_GRACE_S = 0.3
 CAPTURE_POLL_S = 0.05  # with --max-capture-mb
+CAPTURE_LEAD_S = 0.05  # from the capture's start to the truth's (exchanges in flight settle)
 
 
 def observe(
@@ -125,12 +126,15 @@ def observe(
         # came back in bounded time. The command is still held, so none of its traffic
         # is missed; the truth covers [truth_from_ns, observed_until_ns].
         with Dumpcap(run_dir / CAPTURE, ports) as cap:
-            manifest.params["truth_from_ns"] = time.monotonic_ns()
             # connections the services already held at the attach (the command is still
             # held): for them this is a late attach, and the report says so
             held = _connections_on(ports)
             manifest.params.update(preexisting_connections=held,
                                    attach="late" if held else "early")  # fmt: skip
+            # the truth begins a moment after the capture did, so that whatever a collector
+            # saw start from here has its packets in the capture; the command starts after
+            time.sleep(CAPTURE_LEAD_S)
+            manifest.params["truth_from_ns"] = time.monotonic_ns()
             progress(f"running: {' '.join(command)}")
             assert child.proc.stdin is not None
             with contextlib.suppress(BrokenPipeError):  # a dead keeper: its exit code says why
