@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.collectors.base import Collector, CollectorOptions
+from harness.collectors.base import BpfCost, Collector, CollectorOptions
 from harness.collectors.tls.exchanges import not_covered, replay_exchanges
 
 
@@ -21,4 +21,9 @@ COLLECTOR = Collector(
     not_covered=not_covered,
     default=False,
     tls=True,
+    short="tls",
+    family="TLS",
+    # its uprobes pay a uprobe's trap; its socket tracepoints (which socket an SSL call
+    # used) are counted apart
+    bpf=BpfCost(("tls_uprobe",), "uprobe_added_ns", helper_kind="tls_tracepoint"),
 )
