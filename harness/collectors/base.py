@@ -174,6 +174,16 @@ def no_binary_facts(_stats: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 @dataclass(frozen=True)
+class GoLayouts:
+    """What a collector reads from a Go binary's DWARF: the offsets table
+    (collectors/gobin/offsets.py) keeps these per version for binaries stripped of it."""
+
+    functions: tuple[str, ...] = ()  # probed: parameters, and source lines as fingerprint
+    structs: tuple[str, ...] = ()  # member offsets
+    types: tuple[str, ...] = ()  # runtime type descriptors
+
+
+@dataclass(frozen=True)
 class Curve:
     """One late-attach recovery curve the report draws: a replay variant of a collector."""
 
@@ -236,6 +246,8 @@ class Collector:
     # the report's ease section: per binary it probed, the facts it had to resolve, from
     # its stats in each run.json (the runs it was in)
     binary_facts: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] = no_binary_facts
+    # what it needs from Go binaries, for scripts/gen-grpc-offsets; None: nothing
+    go_layouts: Callable[[], GoLayouts] | None = None
 
     @property
     def called(self) -> str:

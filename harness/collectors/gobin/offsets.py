@@ -58,14 +58,6 @@ CREDS = f"{GRPC}/internal/credentials"  # grpc-go's TLS wrapper (syscallConn) li
 _HTTP2 = f"{XNET}/http2"
 
 
-# Standard-library structs the Go crypto/tls probes read (harness/collectors/tls/gotls.py),
-# kept in the table's ``go`` part beside grpc-go's so stripped binaries' TLS is probed too.
-TLS_STRUCTS = (
-    "crypto/tls.Conn", "net.TCPConn", "net.conn", "net.netFD", "internal/poll.FD",
-    "net.TCPAddr",
-)  # fmt: skip
-
-
 def part_of(name: str) -> str:
     """Which version decides a struct or function: grpc, xnet or go."""
     bare = name.lstrip("*")
