@@ -199,21 +199,21 @@ def compare(
     _positive(b, "baseline")
     _positive(t, "treated")
     if ci == "t":
-        interval = ratio_ci_t(b, t)
+        interval = ratio_ci_t(baseline, treated)
     elif ci == "bootstrap":
-        interval = ratio_ci_bootstrap(b, t)
+        interval = ratio_ci_bootstrap(baseline, treated)
     else:
         raise ValueError(f"ci must be 't' or 'bootstrap', not {ci!r}")
-    p = welch_p(b, t)
+    p = welch_p(baseline, treated)
     pr = pci = pp = None
     if paired:
-        pr, pci, pp = paired_log_ratio(b, t)
+        pr, pci, pp = paired_log_ratio(baseline, treated)
     return Comparison(
         ratio=float(t.mean() / b.mean()),
         ci95=interval,
         ci_method="delta-log-welch-t" if ci == "t" else "percentile-bootstrap",
         p=p,
-        p_mannwhitney=mannwhitney_p(b, t),
+        p_mannwhitney=mannwhitney_p(baseline, treated),
         significant=None if p is None else p < alpha,
         paired_ratio=pr,
         paired_ci95=pci,
@@ -319,7 +319,7 @@ def decompose(workload: Mapping[str, Any], trap: Mapping[str, Any] | None) -> di
         c = configs.get(coll)
         if not c or "not_measured" in c:
             continue
-        k = next((by_kind[x] for x in cost.kinds if by_kind.get(x)), {})
+        k: dict[str, Any] = next((by_kind[x] for x in cost.kinds if by_kind.get(x)), {})
         hits_all = k.get("hits_per_exchange")
         hits = bpf.get("target_hits_per_exchange") if cost.every_process else hits_all
         if hits is None:

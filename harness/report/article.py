@@ -248,7 +248,7 @@ def article_table(f: Facts, bench: BenchView, ease: EaseView) -> ArticleTable:
 
     def over(c: str) -> Cell:
         cmp = bench.comparison(wl, c) if wl else None
-        if cmp is None or cmp.get("throughput_ratio") is None:
+        if wl is None or cmp is None or cmp.get("throughput_ratio") is None:
             why = bench.not_measured_reason(wl, c) if wl else "no overhead results"
             return Cell("—", f"not measured ({why})", None, A_OVERHEAD)
         return Cell("—", f"{cmp['throughput_ratio']:.2f}× throughput of no collector on "
@@ -377,12 +377,10 @@ def findings(f: Facts, bench: BenchView) -> list[Finding]:
         out.append(Finding(f"Overhead was not measured for this report: "
                            f"{bench.missing_reason()}.", A_OVERHEAD, {}))
     # 6. the truth and the counters that must stay zero
-    done = [r for r in f.runs if r.metrics is not None]
+    done = [r.metrics for r in f.runs if r.metrics is not None]
     if done:
-        wl_n = sum((r.metrics.get("truth_vs_workload") or {}).get("workload") or 0
-                   for r in done)  # fmt: skip
-        found = sum((r.metrics.get("truth_vs_workload") or {}).get("matched") or 0
-                    for r in done)  # fmt: skip
+        wl_n = sum(int((m.get("truth_vs_workload") or {}).get("workload") or 0) for m in done)
+        found = sum(int((m.get("truth_vs_workload") or {}).get("matched") or 0) for m in done)
         wrong = int(f.df["wrong"].fillna(0).sum())
         phantoms = int(f.df[f.df["variant"] == "default"]["phantoms"].fillna(0).sum())
         d0 = f.df[f.df["variant"] == "default"]

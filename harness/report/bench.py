@@ -101,8 +101,9 @@ class BenchView:
             return cls()
         def weight(pb: tuple[Path, dict[str, Any]]) -> tuple[float, str]:
             st = pb[1].get("settings") or {}
-            rounds = st.get("rounds") if isinstance(st.get("rounds"), int | float) else 0
-            scale = st.get("scale") if isinstance(st.get("scale"), int | float) else 0
+            r, s = st.get("rounds"), st.get("scale")
+            rounds = r if isinstance(r, int | float) else 0
+            scale = s if isinstance(s, int | float) else 0
             return (rounds * scale, str(pb[1].get("finished_utc") or ""))
 
         p, b = max(files, key=weight)
@@ -236,7 +237,8 @@ class BenchView:
                 ci = c.get("ci95") or c.get("throughput_ci95")
                 row["throughput ratio [95% CI]"] = _ratio(c["throughput_ratio"], ci)
                 row["p"] = _p(c.get("p"))
-                row["significant"] = {True: "yes", False: "no"}.get(c.get("significant"), "—")
+                sig = c.get("significant")
+                row["significant"] = "yes" if sig is True else "no" if sig is False else "—"
                 row["p99 latency ratio [95% CI]"] = _ratio(c.get("p99_ratio"), c.get("p99_ci95"))
                 cpu = c.get("collector_cpu_user_s_per_1k")
                 row["collector CPU, ms per 1k"] = (

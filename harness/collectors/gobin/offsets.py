@@ -206,9 +206,9 @@ def _consensus(entries: list[dict[str, Any]]) -> dict[str, Any]:
             continue
         members = {
             m: v for m, v in s["members"].items()
-            if all(o["members"].get(m) == v for o in others)  # type: ignore[index]
+            if all(o["members"].get(m) == v for o in others)
         }  # fmt: skip
-        size = s["size"] if all(o["size"] == s["size"] for o in others) else 0  # type: ignore[index]
+        size = s["size"] if all(o["size"] == s["size"] for o in others) else 0
         out["structs"][sname] = {"size": size, "members": members}
     for key in ("functions", "type_kinds"):
         for n, v in first.get(key, {}).items():
