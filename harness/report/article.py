@@ -337,7 +337,7 @@ def findings(f: Facts, bench: BenchView) -> list[Finding]:
         text = "; ".join(parts)
         out.append(Finding(text[0].upper() + text[1:] + ".", A_COVERAGE, vals))
     # 4. stability across grpc-go targets
-    s = f.stab[f.stab["collector"] == (upr.name if upr else None)]
+    s = f.stab[f.stab["collector"] == upr.name] if upr else f.stab.iloc[:0]
     if upr and len(s):
         ok = s[s["works"]]
         text = (f"The {upr.called}'s probes attached and decoded on {len(ok)} of {len(s)} "

@@ -46,9 +46,8 @@ class RunData:
         """How the kernel-side collector hooked the syscalls (runs before the option
         existed: tracepoints, the only mode then)."""
         recorded = self.manifest.get("collectors") or {}
-        stats: dict[str, Any] = next((recorded[c.name] for c in registry.collectors()
-                                      if c.kernel_hooks and isinstance(recorded.get(c.name),
-                                                                       dict)), {})  # fmt: skip
+        hooked = [recorded.get(c.name) for c in registry.collectors() if c.kernel_hooks]
+        stats: dict[str, Any] = next((s for s in hooked if isinstance(s, dict)), {})
         opts = self.params.get("options") or {}
         return str(stats.get("kernel_hooks") or opts.get("kernel_hooks")
                    or self.params.get("kernel_hooks") or "tracepoints")
