@@ -36,10 +36,6 @@ def tls_names() -> tuple[str, ...]:
     return tuple(c.name for c in collectors() if c.tls)
 
 
-def labels() -> dict[str, str]:
-    return {c.name: c.label for c in collectors()}
-
-
 def known(name: str) -> Collector | None:
     """The registered collector of that name, or None (a run recorded by another version)."""
     return get(name) if name in NAMES else None

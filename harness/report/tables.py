@@ -14,8 +14,8 @@ from harness.report.load import RunData
 
 # The approaches the article compares (their collectors say so when they register), with
 # its verdicts quoted beside the measured values (SEED.md).
-APPROACHES = {c.name: c.label for c in registry.collectors() if c.article}
-ARTICLE = {c.name: c.article for c in registry.collectors() if c.article}
+APPROACHES = {c.name: c.label for c in registry.compared()}
+ARTICLE = {c.name: c.article for c in registry.compared()}
 # collectors whose attach points --kernel-hooks chooses: their rows say which they used
 HOOKED = tuple(c.name for c in registry.collectors() if c.kernel_hooks)
 # A side counts as covered by a collector when it matched at least this share of the
