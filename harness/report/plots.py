@@ -189,9 +189,9 @@ def recovery(rec: pd.DataFrame, path: Path) -> Path | None:
     scens = sorted(d["scenario"].unique())
     ncol = 2 if len(scens) > 1 else 1
     nrow = (len(scens) + ncol - 1) // ncol
-    styles = {"kprobe tolerant": "-o", "kprobe strict": "--s", "uprobe": ":^"}
-    colors = {"kprobe tolerant": COLORS["kprobe"], "kprobe strict": "#6aa8dc",
-              "uprobe": COLORS["uprobe"]}  # fmt: skip
+    # each series' line and colour, as its collector registered the curve
+    curves = {c.series(v.variant): (v.style, v.color or c.color)
+              for c in registry.collectors() for v in c.curves}  # fmt: skip
     lo = max(0.0, float(d["share"].min()) - 0.05)
     hi = min(1.0, float(d["share"].max())) + 0.03
     fig, axes = _fig(WIDTH if ncol == 2 else 7.5, 3.9 * nrow + 0.4, nrow, ncol, sharey=True,
@@ -201,8 +201,9 @@ def recovery(rec: pd.DataFrame, path: Path) -> Path | None:
         for series, s in d[d["scenario"] == scen].groupby("series"):
             s = s.sort_values("call_index")
             n = int(s["total"].sum())
-            ax.plot(s["call_index"], s["share"], styles.get(str(series), "-"), markersize=4,
-                    label=f"{series} (n={n:,} fields)", color=colors.get(str(series)))
+            style, color = curves.get(str(series), ("-", None))
+            ax.plot(s["call_index"], s["share"], style, markersize=4,
+                    label=f"{series} (n={n:,} fields)", color=color)
         ax.set_title(scen if len(scens) > 1 else
                      f"{scen}: required fields correct per call after a late attach "
                      "(higher is better)", fontsize=11)  # fmt: skip
@@ -275,7 +276,7 @@ def overhead(pf: pd.DataFrame, path: Path) -> Path | None:
     ax.axvline(1.0, color="black", linewidth=1)
     ax.text(1.0, 1.005, "no collector", fontsize=9, ha="center", va="bottom",
             transform=ax.get_xaxis_transform())  # fmt: skip
-    names = {"kprobe": "kernel side"}
+    names = {c.name: c.called for c in registry.collectors()}
     ax.set_yticks(ys, [f"{r.workload} · {names.get(r.config, r.config)} (n={r.rounds} rounds)"
                        for r in pf.itertuples()])  # fmt: skip
     ax.invert_yaxis()
