@@ -207,9 +207,11 @@ def _scan(
         stats.truncated = True
         stats.warn("capture file cut short in the middle of a packet")
     if multi:
-        _split_multi(pcap, http1_ports, h2c_ports, multi, warnings, tls_keylog)
+        _split_multi(pcap, http1_ports, h2c_ports, multi, warnings, tls_keylog,
+                     out_of_order=stats.out_of_order)  # fmt: skip
     msgs = _drop_redissected(msgs, warnings)
-    msgs = _drop_repeated_reports(pcap, http1_ports, h2c_ports, msgs, warnings, tls_keylog)
+    msgs = _drop_repeated_reports(pcap, http1_ports, h2c_ports, msgs, warnings, tls_keylog,
+                                  out_of_order=stats.out_of_order)  # fmt: skip
     exchanges = _pair_http1(msgs, times, server_data, stats, warnings)
     stats.packets += packets
     stats.tcp_streams = len(streams)
@@ -305,6 +307,7 @@ def _flatten(node: Any, out: list[tuple[str, str]]) -> None:
 def _split_multi(
     pcap: Path, http1_ports: list[int], h2c_ports: list[int],
     multi: dict[int, list[_H1Msg]], warnings: Counter[str], tls_keylog: Path | None = None,
+    *, out_of_order: bool = True,
 ) -> None:
     """Give each message of a frame that carries several (pipelining) its own fields.
 
@@ -312,7 +315,9 @@ def _split_multi(
     and body sizes cannot be told apart there; ``-T json`` keeps one ``http`` layer
     per message. Only those frames are dissected again.
     """
-    args = [*decode_as(http1_ports, h2c_ports, tls_keylog), "-T", "json", "-J", "frame http"]
+    # the scan pass's reassembly settings, or frames would not be dissected the same way
+    args = [*decode_as(http1_ports, h2c_ports, tls_keylog, out_of_order=out_of_order),
+            "-T", "json", "-J", "frame http"]
     for flt in _frame_passes(sorted(multi)):
         for pkt in _json_packets(pcap, [*args, "-Y", flt]):
             layers = _pairs_get(_pairs_get(pkt, "_source") or [], "layers") or []
@@ -456,7 +461,7 @@ def parse_decrypted_dump(text: str) -> dict[int, bytes]:
 
 def _drop_repeated_reports(
     pcap: Path, http1_ports: list[int], h2c_ports: list[int], msgs: list[_H1Msg],
-    warnings: Counter[str], tls_keylog: Path | None = None,
+    warnings: Counter[str], tls_keylog: Path | None = None, *, out_of_order: bool = True,
 ) -> list[_H1Msg]:
     """Messages TShark 4.0.17 reports again in the frames after theirs, while it waits
     for the rest of a chunked body that began in the same frame: the later frames hold
@@ -482,7 +487,10 @@ def _drop_repeated_reports(
     if not suspects:
         return msgs
     nums = sorted(suspects)
-    payloads = _own_bytes(pcap, decode_as(http1_ports, h2c_ports, tls_keylog), nums,
+    # as the scan pass reassembled: with out-of-order reassembly on a capture begun
+    # mid-connection this pass ran 84+ CPU-s where the scan took a few
+    args = decode_as(http1_ports, h2c_ports, tls_keylog, out_of_order=out_of_order)
+    payloads = _own_bytes(pcap, args, nums,
                           decrypted=tls_keylog is not None)  # fmt: skip
     drop: set[int] = set()
     for f in reversed(nums):  # the last report of a run survives
