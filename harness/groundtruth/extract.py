@@ -136,15 +136,55 @@ def _body_size(row: list[str], *, head_or_no_body: bool) -> int | None:
     return None
 
 
+def _head_size(row: list[str], *, request: bool) -> int | None:
+    """Bytes of a message's start line and header block, rebuilt from its fields."""
+    if request:
+        start = f"{row[_METHOD]} {unescape(row[_URI])} {row[_VERSION]}\r\n"
+        raw = row[_REQ_LINES]
+    elif row[_RESP_VERSION]:
+        start = f"{row[_RESP_VERSION]} {row[_CODE]} {unescape(row[_PHRASE])}\r\n"
+        raw = row[_RESP_LINES]
+    else:
+        return None
+    lines = [unescape(ln) for ln in raw.split(AGG)] if raw else []
+    return sum(len(t.encode("utf-8", "surrogateescape")) for t in (start, *lines)) + 2
+
+
 def _close_delimited_size(row: list[str]) -> int | None:
     """Body of a response that ends with the connection: message bytes minus its header."""
     total = _int(_first(row[_REASM_LEN])) or _int(_first(row[_TCP_LEN]))
-    if total is None or not row[_RESP_VERSION]:
+    head = _head_size(row, request=False)
+    if total is None or head is None:
         return None
-    status = f"{row[_RESP_VERSION]} {row[_CODE]} {unescape(row[_PHRASE])}\r\n"
-    lines = [unescape(ln) for ln in row[_RESP_LINES].split(AGG)] if row[_RESP_LINES] else []
-    head = sum(len(t.encode("utf-8", "surrogateescape")) for t in (status, *lines)) + 2
     return total - head if total >= head else None
+
+
+def _wire_size(m: _H1Msg) -> int | None:
+    """A message's bytes on the wire, where its fields fix them (no chunking, no body
+    delimited by the close); None otherwise."""
+    row = m.row
+    if m.unsplit or row[_TE] or row[_CHUNKS] or AGG in row[_CLEN]:
+        return None
+    if row[_CLEN]:
+        body = int(row[_CLEN])
+    elif m.is_request or row[_CODE] in ("204", "304"):
+        body = 0
+    else:
+        return None
+    head = _head_size(row, request=m.is_request)
+    return None if head is None else head + body
+
+
+def _holds_exactly(f: int, ms: list[_H1Msg]) -> bool:
+    """The frame's own TCP payload is these messages and nothing else: each lies wholly in
+    it (no reassembly) and their sizes add up to its length, so their start lines are in
+    it. Saves reading its bytes back from the capture (a second tshark pass over every
+    HTTP frame of a soak, whose keep-alive requests each repeat the one before)."""
+    row = ms[0].row
+    if row[_SEGS] or row[_TLS_SEGS] or row[_REASM_LEN] or any(m.first_frame != f for m in ms):
+        return False
+    sizes = [_wire_size(m) for m in ms]
+    return None not in sizes and sum(sizes) == _int(_first(row[_TCP_LEN]))  # type: ignore[arg-type]
 
 
 def _scan(
@@ -475,6 +515,8 @@ def _drop_repeated_reports(
         ):
             suspects[f] = (prev, ms)
         last[key] = ms
+    if tls_keylog is None:  # over TLS a frame's length is its records', not the plaintext's
+        suspects = {f: v for f, v in suspects.items() if not _holds_exactly(f, v[1])}
     if not suspects:
         return msgs
     nums = sorted(suspects)
