@@ -73,9 +73,18 @@ def _columns(exchanges: list[Exchange]) -> dict[str, list[Any]]:
     Built column by column: ``dataclasses.asdict`` per row deep-copies every value and
     was more than half of a 70k-exchange replay's time."""
     cols: dict[str, list[Any]] = {}
+    # header dicts are shared among exchanges (Sharer): each is encoded once
+    text: dict[int, str] = {}
     for name in _COLUMNS:
         if name in _JSON_COLUMNS:
-            cols[name] = [_json(getattr(x, name)) for x in exchanges]
+            col = []
+            for x in exchanges:
+                d = getattr(x, name)
+                t = text.get(id(d))
+                if t is None:
+                    t = text[id(d)] = _json(d)
+                col.append(t)
+            cols[name] = col
         elif name == "degraded":
             cols[name] = [
                 json.dumps([[d.field, d.reason] for d in x.degraded]) if x.degraded else "[]"
