@@ -13,6 +13,7 @@ Two tshark passes at most:
 from __future__ import annotations
 
 import json
+import sys
 from array import array
 from bisect import bisect_right
 from collections import Counter
@@ -219,8 +220,10 @@ def _scan(
         stream = _int(_first(row[_STREAM]))
         fr = _Frame(
             epoch_to_ns(row[_TIME]) - mono_offset_ns, stream,
-            _first(row[_SRC4]) or _first(row[_SRC6]) or None, _int(_first(row[_SPORT])),
-            _first(row[_DST4]) or _first(row[_DST6]) or None, _int(_first(row[_DPORT])),
+            sys.intern(_first(row[_SRC4]) or _first(row[_SRC6])) or None,
+            _int(_first(row[_SPORT])),
+            sys.intern(_first(row[_DST4]) or _first(row[_DST6])) or None,
+            _int(_first(row[_DPORT])),
         )
         packets += 1
         if keep_frames:
@@ -296,11 +299,28 @@ def _http1_messages(
         return
     segs = [s for s in (*row[_SEGS].split(AGG), *row[_TLS_SEGS].split(AGG)) if s]
     first_seg = min((int(s) for s in segs), default=num)
+    row = _slim(row)
     for i in range(n):
         m = _H1Msg(num, i, first_seg if i == 0 else num, fr, row, is_request)
         msgs.append(m)
         if n > 1:
             multi.setdefault(num, []).append(m)
+
+
+# What a message keeps of its frame's row until the pairing: a soak holds millions of
+# messages, so the rest goes, and what repeats from message to message (the same
+# method, path, header lines) is one string for all.
+_SHARED = frozenset({_METHOD, _URI, _VERSION, _CODE, _CLEN, _CHUNKS, _TE, _REQ_LINES,
+                     _RESP_LINES, _RESP_VERSION, _PHRASE, _TCP_LEN})
+_OWN = frozenset({_SEGS, _REQ_IN, _REASM_LEN, _TLS_SEGS})
+
+
+def _slim(row: list[str]) -> list[str]:
+    intern = sys.intern
+    return [
+        (intern(v) if i in _SHARED else v) if v and (i in _SHARED or i in _OWN) else ""
+        for i, v in enumerate(row[: len(_FIELDS)])
+    ]
 
 
 _ROW_INDEX = {name: i for i, name in enumerate(_FIELDS)}
@@ -536,7 +556,16 @@ def _drop_repeated_reports(
     return [m for m in msgs if id(m) not in drop]
 
 
-def _new_request(m: _H1Msg, times: array[int], seq: int) -> Exchange:
+class _HeaderDicts(dict[str, dict[str, str]]):
+    """Header lines (one string, shared by the messages that repeat them) -> their dict,
+    parsed once and shared by those exchanges (read only from here on)."""
+
+    def __missing__(self, lines: str) -> dict[str, str]:
+        d = self[lines] = _headers(lines)
+        return d
+
+
+def _new_request(m: _H1Msg, times: array[int], seq: int, hd: _HeaderDicts) -> Exchange:
     row, fr = m.row, m.fr
     version = _first(row[_VERSION])
     x = Exchange(
@@ -549,22 +578,24 @@ def _new_request(m: _H1Msg, times: array[int], seq: int) -> Exchange:
         conn_id=f"tcp.stream={fr.stream}",
     )
     if not m.unsplit:
-        x.req_headers = _headers(row[_REQ_LINES])
+        x.req_headers = hd[row[_REQ_LINES]]
         x.authority = x.req_headers.get("host")
         x.req_bytes = _body_size(row, head_or_no_body=False) or 0
     return x
 
 
-def _apply_response(x: Exchange, m: _H1Msg, warnings: Counter[str]) -> None:
+def _apply_response(
+    x: Exchange, m: _H1Msg, warnings: Counter[str], hd: _HeaderDicts
+) -> None:
     row = m.row
     x.status = int(_first(row[_CODE]))
     x.t_end_ns = m.fr.t_ns
     if m.unsplit or m.repeated:  # sizes shared with the frame's others, or doubtful
         if m.repeated:
-            x.resp_headers = _headers(row[_RESP_LINES])
+            x.resp_headers = hd[row[_RESP_LINES]]
         x.degrade("resp_bytes", TRUTH_UNRELIABLE)
         return
-    x.resp_headers = _headers(row[_RESP_LINES])
+    x.resp_headers = hd[row[_RESP_LINES]]
     try:
         x.resp_bytes = _body_size(
             row, head_or_no_body=x.method == "HEAD" or x.status in NO_BODY_STATUS
@@ -595,10 +626,11 @@ def _pair_http1(
     resps: dict[int | None, list[_H1Msg]] = {}
     out: list[Exchange] = []
     switched: set[int] = set()  # id() of requests after a 101 on their stream
+    hd = _HeaderDicts()
     for m in sorted(msgs, key=lambda m: (m.frame, m.index)):
         if m.is_request:
             lst = reqs.setdefault(m.fr.stream, [])
-            x = _new_request(m, times, len(lst))
+            x = _new_request(m, times, len(lst), hd)
             lst.append((m, x))
             out.append(x)
         else:
@@ -643,7 +675,7 @@ def _pair_http1(
                 warnings["pipelined HEAD: Wireshark frames the responses by the wrong "
                          "request from here on; marked truth_unreliable"] += 1
                 broken = True
-            _apply_response(x, m, warnings)
+            _apply_response(x, m, warnings, hd)
             if broken:
                 for f in _H1_RESPONSE_FIELDS:
                     x.degrade(f, TRUTH_UNRELIABLE)
