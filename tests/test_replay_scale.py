@@ -72,9 +72,11 @@ def test_parallel_truth_worker_scores_the_same(
     work = tmp_path / run.name
     shutil.copytree(run, work)
     monkeypatch.setattr(replay_mod, "PARALLEL_TRUTH_BYTES", 0)
-    after = replay(work, write=False)
+    after = replay(work)
     expected = _scores(json.loads((run / "metrics.json").read_text()))
     assert _as_before(_scores(json.loads(json.dumps(after, default=str))), expected) == expected
+    # the worker's own peak (it is no child of the replay's: the forkserver's)
+    assert json.loads((work / REPLAY_JSON).read_text())["truth_peak_rss_kb"] > 0
 
 
 def _port(pcap: Path) -> int:

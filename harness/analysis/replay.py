@@ -198,20 +198,22 @@ def _window(
 def _extract(
     pcap: Path, http1_ports: list[int], h2c_ports: list[int], offset: int, out_of_order: bool,
     keylog: Path | None = None,
-) -> tuple[list[Exchange], Any]:
+) -> tuple[list[Exchange], Any, int]:
+    """The truth, its stats, and the peak RSS (KiB) of the process that decoded it (a
+    worker's is no child's of the replay: the forkserver forked it)."""
     truth, stats = extract_exchanges(
         pcap, http1_ports=http1_ports, h2c_ports=h2c_ports, mono_offset_ns=offset,
         out_of_order=out_of_order, tls_keylog=keylog,
     )  # fmt: skip
     Sharer()(truth)
-    return truth, stats
+    return truth, stats, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 @contextlib.contextmanager
 def _truth_job(
     pcap: Path, http1_ports: list[int], h2c_ports: list[int], offset: int, out_of_order: bool,
     keylog: Path | None = None,
-) -> Iterator[Callable[[], tuple[list[Exchange], Any]]]:
+) -> Iterator[Callable[[], tuple[list[Exchange], Any, int]]]:
     """Yields a function that returns the truth: decoded in a worker process for a big
     capture (started at once, so it overlaps whatever the caller does meanwhile), else
     decoded when called."""
@@ -312,7 +314,7 @@ def replay(
     # big capture they run side by side, tshark and its reader in a second process.
     with _truth_job(*truth_args) as truth_job:
         observed_by = _observe_all(run_dir, manifest, protocol, attach_at_s)
-        truth, tstats = truth_job()
+        truth, tstats, truth_rss_kb = truth_job()
     for x in truth:
         x.run_id, x.scenario = manifest.run_id, manifest.scenario
     has_workload = (run_dir / WORKLOAD).exists()  # `observe` runs have none
@@ -373,5 +375,6 @@ def replay(
             "exchanges": {src: len(xs) for src, xs in frames.items()},
             "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
             "children_peak_rss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+            "truth_peak_rss_kb": truth_rss_kb,
         })  # fmt: skip
     return metrics
