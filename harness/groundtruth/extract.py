@@ -184,8 +184,8 @@ def _holds_exactly(f: int, ms: list[_H1Msg]) -> bool:
     row = ms[0].row
     if row[_SEGS] or row[_TLS_SEGS] or row[_REASM_LEN] or any(m.first_frame != f for m in ms):
         return False
-    sizes = [_wire_size(m) for m in ms]
-    return None not in sizes and sum(sizes) == _int(_first(row[_TCP_LEN]))  # type: ignore[arg-type]
+    sizes = [n for m in ms if (n := _wire_size(m)) is not None]
+    return len(sizes) == len(ms) and sum(sizes) == _int(_first(row[_TCP_LEN]))
 
 
 def _scan(
