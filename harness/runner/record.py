@@ -27,7 +27,7 @@ from harness.model import (
     utc_now,
     waited,
 )
-from harness.runner.collectors import RunningCollector, start_collector, stop_collector
+from harness.runner.collectors import RunningCollector, start_collectors, stop_collectors
 from harness.runner.lifecycle import (
     Child,
     Interrupted,
@@ -195,15 +195,14 @@ def _record(
         progress(f"{spec.server} server ready (pid {server.pid})")
 
         def attach(tgids: list[int]) -> None:
-            for name in spec.collectors:
-                progress(f"attaching {name} collector")
-                rc = start_collector(
-                    procs, name, events_dir, tgids=tgids, ports=[port],
-                    options=spec.options, deadline_s=spec.deadline_s + 120,
-                    binaries=go_binaries,
-                )  # fmt: skip
-                running.append(rc)
-                manifest.collectors[name] = {"attach_ns": rc.attach_ns}
+            progress(f"attaching {', '.join(spec.collectors)} collector"
+                     + ("s side by side" if len(spec.collectors) > 1 else ""))  # fmt: skip
+            running.extend(start_collectors(
+                procs, spec.collectors, events_dir, tgids=tgids, ports=[port],
+                options=spec.options, deadline_s=spec.deadline_s + 120, binaries=go_binaries,
+            ))  # fmt: skip
+            for rc in running:
+                manifest.collectors[rc.name] = {"attach_ns": rc.attach_ns}
             manifest.attach_ns = max(r.attach_ns for r in running)
             manifest.save(run_dir)
 
@@ -242,10 +241,11 @@ def _record(
         if server.proc.poll() is not None:
             raise TargetError(f"server died during the run (exit code {server.proc.returncode})")
         time.sleep(0.2)  # let the last close() reach the collectors
-        for rc in running:
-            stats = stop_collector(procs, rc)
+        for rc, stats in zip(running, stop_collectors(procs, running), strict=True):
             manifest.collectors[rc.name].update(stats)
-            if "error" in stats:
-                raise ProbebenchError(f"{rc.name} collector failed: {stats['error']}")
+        for rc in running:
+            if "error" in manifest.collectors[rc.name]:
+                raise ProbebenchError(
+                    f"{rc.name} collector failed: {manifest.collectors[rc.name]['error']}")
         progress("collectors stopped")
     manifest.capture = dict(cap.stats)
