@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -304,3 +305,26 @@ def _execute_with(record: Any) -> Any:
         return real(runs, state, out, progress, record, lambda d: None)
 
     return fake
+
+
+def test_a_replay_overlaps_the_next_recording(tmp_path: Path) -> None:
+    """Run 1's replay is still going when run 2 is recorded, and outcomes stay in order."""
+    second_recorded = threading.Event()
+    overlapped: list[bool] = []
+    rec = FakeRecorder()
+
+    def record(spec: Any, out: Path, progress: Any) -> Path:
+        d = rec.record(spec, out, progress)
+        if len(rec.calls) == 2:
+            second_recorded.set()
+        return d
+
+    def replay(run_dir: Path) -> None:
+        if run_dir.name.startswith("run-1-"):  # waits for run 2: a serial loop never gets there
+            overlapped.append(second_recorded.wait(timeout=60))
+
+    state = State.load(state_path(tmp_path, True))
+    ended = list(execute(_runs(), state, tmp_path, lambda m: None, record, replay))
+    assert overlapped == [True]
+    assert [r.key for r, _ in ended] == [r.key for r in _runs()]
+    assert [e["status"] for _, e in ended] == ["done", "done"]

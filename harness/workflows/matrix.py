@@ -374,8 +374,8 @@ def execute(
     saved.
 
     A run's replay (Wireshark's decode, parsing, matching: CPU-bound, no root) overlaps the
-    next run's recording, which mostly waits on its collectors' compiles and the workload:
-    on 2 cores that is about a third off the matrix's time. Recordings stay one at a time
+    next run's recording, which mostly waits on its collectors' compiles and the workload,
+    so on 2 cores the two mostly fit side by side. Recordings stay one at a time
     (their ports, captures and probes never meet); the replay that overlaps reads only
     its own finished run directory."""
     from harness.analysis.replay import replay
@@ -435,18 +435,19 @@ def execute(
                     new = _new_dirs(out, before)
                     entry = failed(i, e, new[0] if len(new) == 1 else None, t0)
                     if pending:
-                        yield finish(*pending)
-                        pending = None
+                        done, pending = finish(*pending), None
+                        yield done
                     ended += 1
                     state.record(run.key, **entry)
                     yield run, state.runs[run.key]
                     continue
                 if pending:
-                    yield finish(*pending)
+                    done, pending = finish(*pending), None
+                    yield done
                 pending = (i, run, run_dir, t0, pool.submit(analyse, run_dir, run.sweep))
             if pending:
-                yield finish(*pending)
-                pending = None
+                done, pending = finish(*pending), None
+                yield done
         finally:
             if pending:  # interrupted while the previous run's replay went on: keep it
                 try:
