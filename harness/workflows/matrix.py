@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -386,7 +388,6 @@ def execute(
     if len(todo) < len(runs):
         progress(f"resuming: {len(runs) - len(todo)} of {len(runs)} runs already done")
     started = time.monotonic()
-    ended = 0
 
     def analyse(run_dir: Path, sweep: tuple[float, ...]) -> list[str]:
         replay_fn(run_dir)
@@ -402,7 +403,6 @@ def execute(
     def finish(i: int, run: MatrixRun, run_dir: Path, t0: float, job: Future[list[str]]
                ) -> tuple[MatrixRun, dict[str, Any]]:  # fmt: skip
         """Wait for a run's replay and record its outcome."""
-        nonlocal ended
         try:
             sweep = job.result()
         except Exception as e:  # one failed run must not stop the matrix; it is recorded
@@ -410,18 +410,26 @@ def execute(
         else:
             entry = {"status": "done", "run_dir": str(run_dir), "sweep": sweep,
                      "seconds": round(time.monotonic() - t0, 1)}  # fmt: skip
-        ended += 1
         state.record(run.key, **entry)
         return run, state.runs[run.key]
 
-    # one worker: replays stay in order and never compete with each other for the 2nd core
+    # one worker: replays run in order and never compete with each other for the 2nd core;
+    # a slow one (a sweep replays its run four more times) delays no recording, it queues
+    pending: deque[tuple[int, MatrixRun, Path, float, Future[list[str]]]] = deque()
+
+    def finished(wait: bool) -> Iterator[tuple[MatrixRun, dict[str, Any]]]:
+        """Outcomes of the queued replays that are over (all of them with ``wait``), in
+        order; each leaves the queue only once recorded."""
+        while pending and (wait or pending[0][4].done()):
+            out = finish(*pending[0])
+            pending.popleft()
+            yield out
+
     with ThreadPoolExecutor(1, thread_name_prefix="replay") as pool:
-        pending: tuple[int, MatrixRun, Path, float, Future[list[str]]] | None = None
         try:
             for i, run in enumerate(todo, 1):
-                left = len(todo) - i + 1
-                eta = (f", ETA {_fmt_s((time.monotonic() - started) / ended * left)}"
-                       if ended else "")  # fmt: skip
+                per_run = (time.monotonic() - started) / max(i - 1, 1)
+                eta = f", ETA {_fmt_s(per_run * (len(todo) - i + 1))}" if i > 1 else ""
                 progress(f"run {i}/{len(todo)}: {run.key}{eta}")
                 t0 = time.monotonic()
                 before = set(out.iterdir()) if out.is_dir() else set()
@@ -434,26 +442,22 @@ def execute(
                 except Exception as e:
                     new = _new_dirs(out, before)
                     entry = failed(i, e, new[0] if len(new) == 1 else None, t0)
-                    if pending:
-                        done, pending = finish(*pending), None
-                        yield done
-                    ended += 1
+                    yield from finished(wait=True)  # outcomes stay in the plan's order
                     state.record(run.key, **entry)
                     yield run, state.runs[run.key]
                     continue
-                if pending:
-                    done, pending = finish(*pending), None
-                    yield done
-                pending = (i, run, run_dir, t0, pool.submit(analyse, run_dir, run.sweep))
-            if pending:
-                done, pending = finish(*pending), None
-                yield done
+                pending.append((i, run, run_dir, t0, pool.submit(analyse, run_dir, run.sweep)))
+                yield from finished(wait=False)
+            yield from finished(wait=True)
         finally:
-            if pending:  # interrupted while the previous run's replay went on: keep it
-                try:
-                    finish(*pending)
-                except (Interrupted, KeyboardInterrupt):
-                    pending[4].cancel()
+            # interrupted: a replay not begun is redone on the next start, the one going on
+            # is waited for (a thread cannot be stopped) and kept
+            kept = [job for job in pending if not job[4].cancel()]
+            pending.clear()
+            pending.extend(kept)
+            with contextlib.suppress(Interrupted, KeyboardInterrupt):
+                for _ in finished(wait=True):
+                    pass
 
 
 # -- the closing overhead pass --------------------------------------------------------------
