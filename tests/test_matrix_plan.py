@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 from collections import Counter
@@ -311,6 +312,7 @@ def test_a_replay_overlaps_the_next_recording(tmp_path: Path) -> None:
     """Run 1's replay is still going when run 2 is recorded, and outcomes stay in order."""
     second_recorded = threading.Event()
     overlapped: list[bool] = []
+    nice: list[int] = []
     rec = FakeRecorder()
 
     def record(spec: Any, out: Path, progress: Any) -> Path:
@@ -320,11 +322,14 @@ def test_a_replay_overlaps_the_next_recording(tmp_path: Path) -> None:
         return d
 
     def replay(run_dir: Path) -> None:
+        nice.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
         if run_dir.name.startswith("run-1-"):  # waits for run 2: a serial loop never gets there
             overlapped.append(second_recorded.wait(timeout=60))
 
     state = State.load(state_path(tmp_path, True))
     ended = list(execute(_runs(), state, tmp_path, lambda m: None, record, replay))
     assert overlapped == [True]
+    # the recording gets the cores first: the replays run niced
+    assert nice == [matrix.REPLAY_NICE] * 2 or os.geteuid() != 0
     assert [r.key for r, _ in ended] == [r.key for r in _runs()]
     assert [e["status"] for _, e in ended] == ["done", "done"]

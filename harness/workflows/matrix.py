@@ -10,6 +10,7 @@ import platform
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -363,6 +364,17 @@ def _new_dirs(out: Path, before: set[Path]) -> list[Path]:
     return sorted(p for p in out.iterdir() if p.is_dir() and p not in before)
 
 
+REPLAY_NICE = 10
+
+
+def _yield_cpu() -> None:
+    """Lower the calling thread's priority (Linux nices threads one by one; tshark and the
+    truth's worker started from it inherit it): the recording beside it, whose collectors
+    compile and whose workload runs, gets the cores first, and the replay the rest."""
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), REPLAY_NICE)
+
+
 def execute(
     runs: list[MatrixRun],
     state: State,
@@ -425,7 +437,7 @@ def execute(
             pending.popleft()
             yield out
 
-    with ThreadPoolExecutor(1, thread_name_prefix="replay") as pool:
+    with ThreadPoolExecutor(1, thread_name_prefix="replay", initializer=_yield_cpu) as pool:
         try:
             for i, run in enumerate(todo, 1):
                 per_run = (time.monotonic() - started) / max(i - 1, 1)
