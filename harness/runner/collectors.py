@@ -46,10 +46,9 @@ def start_collector(
     binaries: list[Path] | None = None,
     follow: int | None = None,
 ) -> RunningCollector:
-    rc = launch_collector(procs, name, events_dir, tgids=tgids, ports=ports, options=options,
-                          deadline_s=deadline_s, binaries=binaries, follow=follow)  # fmt: skip
-    wait_attached(rc)
-    return rc
+    return start_collectors(procs, [name], events_dir, tgids=tgids, ports=ports,
+                            options=options, deadline_s=deadline_s, binaries=binaries,
+                            follow=follow)[0]  # fmt: skip
 
 
 def start_collectors(
@@ -64,53 +63,35 @@ def start_collectors(
     binaries: list[Path] | None = None,
     follow: int | None = None,
 ) -> list[RunningCollector]:
-    """Start several collectors side by side: each compiles and attaches its own bcc program
-    in its own process (seconds of clang each), so all are launched before any is waited
-    for. Returns once every one has attached; the first that fails is the error (the
-    others are stopped with the process set)."""
-    running = [
-        launch_collector(procs, name, events_dir, tgids=tgids, ports=ports, options=options,
-                         deadline_s=deadline_s, binaries=binaries, follow=follow)
-        for name in names
-    ]  # fmt: skip
+    """Start collectors side by side: each compiles and attaches its own bcc program in its
+    own process (seconds of clang each), so all are launched before any is waited for.
+    Returns once every one has attached; the first that fails is the error (the others are
+    stopped with the process set)."""
+    events_dir.mkdir(parents=True, exist_ok=True)
+    running = []
+    for name in names:
+        events = events_dir / f"{name}.bin"
+        stats_path = events_dir / f"{name}.stats.json"
+        coll = registry.get(name)
+        args = [sys.executable, "-m", coll.record_module, "--out", str(events),
+                "--stats", str(stats_path), "--deadline", str(deadline_s)]  # fmt: skip
+        for t in tgids:
+            args += ["--tgid", str(t)]
+        for p in ports:
+            args += ["--port", str(p)]
+        args += coll.recorder_args(options, binaries or [], follow)
+        errlog = (events_dir / f"{name}.log").open("w")
+        child = procs.spawn(
+            f"{name} collector", args, stop_signal=signal.SIGTERM, stop_timeout=60, stderr=errlog
+        )
+        errlog.close()
+        running.append(RunningCollector(name, child, events, stats_path))
     for rc in running:
-        wait_attached(rc)
+        _wait_attached(rc)
     return running
 
 
-def launch_collector(
-    procs: ProcessSet,
-    name: str,
-    events_dir: Path,
-    *,
-    tgids: list[int],
-    ports: list[int],
-    options: CollectorOptions,
-    deadline_s: float,
-    binaries: list[Path] | None = None,
-    follow: int | None = None,
-) -> RunningCollector:
-    """Start the collector's process; it has not attached yet (see wait_attached)."""
-    events_dir.mkdir(parents=True, exist_ok=True)
-    events = events_dir / f"{name}.bin"
-    stats_path = events_dir / f"{name}.stats.json"
-    coll = registry.get(name)
-    args = [sys.executable, "-m", coll.record_module, "--out", str(events),
-            "--stats", str(stats_path), "--deadline", str(deadline_s)]  # fmt: skip
-    for t in tgids:
-        args += ["--tgid", str(t)]
-    for p in ports:
-        args += ["--port", str(p)]
-    args += coll.recorder_args(options, binaries or [], follow)
-    errlog = (events_dir / f"{name}.log").open("w")
-    child = procs.spawn(
-        f"{name} collector", args, stop_signal=signal.SIGTERM, stop_timeout=60, stderr=errlog
-    )
-    errlog.close()
-    return RunningCollector(name, child, events, stats_path)
-
-
-def wait_attached(rc: RunningCollector) -> None:
+def _wait_attached(rc: RunningCollector) -> None:
     """Wait for the collector's ``ATTACHED <ns>`` line and note the time it gives."""
     try:
         line = read_line_until(
