@@ -131,7 +131,7 @@ def _in_default(r: MatrixRun) -> bool:
     ver = r.grpc_version or ""
     if r.tls:
         return (r.scenario, r.client, r.server, r.attach) in DEFAULT_TLS
-    if SCENARIOS[r.scenario].proto == "h2c":  # each language on each side, early and late
+    if SCENARIOS[r.scenario].proto == "h2c":  # crossed pairs: each stack on each side, 2 attaches
         return r.client != r.server
     if {r.client, r.server} - {"py", "go"}:  # further stacks: unary, both ways, both attaches
         return r.scenario == "grpc-unary"
