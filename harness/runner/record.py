@@ -182,11 +182,14 @@ def _record(
         return scenarios.tls_arguments(scen, lang, tls and tls.dir, spec.tls_version,
                                        tls and tls.keylog(role))  # fmt: skip
 
-    with ProcessSet() as procs, Dumpcap(run_dir / CAPTURE, [port]) as cap:
-        progress(f"capturing tcp port {port} on lo")
+    with ProcessSet() as procs, contextlib.ExitStack() as capture:
         server_cmd = scenarios.server_command(scen, spec.server, port, spec.grpc_version)
         server_cmd += tls_args("server", spec.server)
+        # A server only listens until a client comes, so it starts while dumpcap does (each
+        # takes tenths of a second); the capture is stopped first, the server after it.
         server = _spawn_target(procs, "server", server_cmd, run_dir)
+        cap = capture.enter_context(Dumpcap(run_dir / CAPTURE, [port]))
+        progress(f"capturing tcp port {port} on lo")
         _wait_for(server, "READY", waited(READY_TIMEOUT_S), run_dir)
         manifest.processes.append(
             {"role": "server", "lang": spec.server, "pid": server.pid, "argv": server_cmd,
