@@ -318,7 +318,7 @@ def _http1_messages(
 # method, path, header lines) is one string for all.
 _SHARED = frozenset({_METHOD, _URI, _VERSION, _CODE, _CLEN, _CHUNKS, _TE, _REQ_LINES,
                      _RESP_LINES, _RESP_VERSION, _PHRASE, _TCP_LEN})
-_OWN = frozenset({_SEGS, _REQ_IN, _REASM_LEN, _TLS_SEGS})
+_OWN = frozenset({_SEGS, _REQ_IN, _REASM_LEN, _TLS_SEGS, _SEQ_RAW, _ACK_RAW})
 
 
 def _slim(row: list[str]) -> list[str]:
