@@ -131,8 +131,9 @@ def cmd_kernels(a: argparse.Namespace) -> int:
         kernels.run_guests(series, a.quick, out, _progress, install_only=True)
         print("installed: QEMU, busybox, virtme-ng and the kernels of " + ", ".join(series))
         return 0
+    tests = "none" if a.no_tests else a.tests or ("quick" if a.quick else "full")
     guests = kernels.run_guests(series, a.quick, out, _progress, timeout_s=a.timeout,
-                                tests=not a.no_tests)
+                                tests=tests)
     dirs = [d for _, _, g in guests for d in kernels.run_dirs(g)]
     failed = [f"{k.release}: {g['error']}" for k, _, g in guests if g.get("error")]
     failed += [f"{k.release}: tests exited {t.get('exit_code')} ({t.get('summary')})"
@@ -347,8 +348,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="the smoke set: the hook-mode tests, one HTTP/1.1 (early) and one "
                    "gRPC (late) run per hook mode")
-    p.add_argument("--no-tests", action="store_true",
-                   help="record the smoke cells only, without the BPF tests in the guest")
+    p.add_argument("--tests", choices=["quick", "full", "none"],
+                   help="the tests in each guest: quick (the hook-mode tests), full (every "
+                   "test marked bpf or kprobes) or none; default quick with --quick, else full")
+    p.add_argument("--no-tests", action="store_true", help="the same as --tests none")
     p.add_argument("--no-host", action="store_true",
                    help="leave out the same cells on this machine's own kernel")
     p.add_argument("--install-only", action="store_true",

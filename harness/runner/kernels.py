@@ -143,20 +143,19 @@ def ensure_installed(kernels: list[GuestKernel], progress: Progress) -> Path:
     return vng
 
 
-def guest_command(out: Path, quick: bool, tests: bool = True) -> str:
+def guest_command(out: Path, quick: bool, tests: str = "quick") -> str:
     """What the guest runs: the project's venv Python (a symlink to Debian's, with bcc),
     from the read-only checkout, writing only under `out`."""
     args = [sys.executable, "-m", "harness.runner.kernels_guest", "--out", str(out)]
     if quick:
         args.append("--quick")
-    if not tests:
-        args.append("--no-tests")
+    args += ["--tests", tests]
     # the guest's root is read-only: no byte-code caches
     return f"cd {shlex.quote(str(repo_root()))} && PYTHONDONTWRITEBYTECODE=1 {shlex.join(args)}"
 
 
 def vng_command(vng: Path, kernel: GuestKernel, out: Path, quick: bool,
-                tests: bool = True) -> list[str]:
+                tests: str = "quick") -> list[str]:
     return [str(vng), "--run", str(kernel.vmlinuz), "--disable-kvm",
             "--cpus", str(GUEST_CPUS), "--memory", GUEST_MEMORY,
             "--rwdir", str(out), "--name", f"pb-{kernel.series}",
@@ -164,7 +163,7 @@ def vng_command(vng: Path, kernel: GuestKernel, out: Path, quick: bool,
 
 
 def boot(vng: Path, kernel: GuestKernel, out: Path, quick: bool, progress: Progress,
-         timeout_s: float | None = None, tests: bool = True) -> dict[str, object]:
+         timeout_s: float | None = None, tests: str = "quick") -> dict[str, object]:
     """Boot one guest, run the guest side, return what it wrote to guest.json (or why not).
     The console goes to out/console.log; QEMU is killed at the timeout."""
     out.mkdir(parents=True, exist_ok=True)
@@ -210,7 +209,7 @@ def boot(vng: Path, kernel: GuestKernel, out: Path, quick: bool, progress: Progr
 
 def run_guests(series: list[str], quick: bool, out: Path, progress: Progress,
                install_only: bool = False, timeout_s: float | None = None,
-               tests: bool = True) -> list[tuple[GuestKernel, Path, dict[str, object]]]:
+               tests: str = "quick") -> list[tuple[GuestKernel, Path, dict[str, object]]]:
     """Find, install and boot each kernel series in turn; one output directory each."""
     kernels = [find_kernel(s, progress) for s in series]
     vng = ensure_installed(kernels, progress)

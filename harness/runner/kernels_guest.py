@@ -29,8 +29,8 @@ from harness.runner.record import RunSpec, record
 SMOKE = (("http11-keepalive", "py", "go", "early", 60), ("grpc-unary", "go", "go", "late", 40))
 MORE = (("http11-keepalive", "go", "py", "late", 60), ("grpc-unary", "py", "go", "early", 40))
 # quick: the hook-mode tests, with one real workload (late attach; the smoke cells add early)
-TESTS_QUICK = ["tests/test_kernel_hooks.py", "-k", "not early"]
-TESTS_FULL = ["-m", "bpf or kprobes"]
+TESTS = {"quick": ["tests/test_kernel_hooks.py", "-k", "not early"],
+         "full": ["-m", "bpf or kprobes"]}
 
 
 def cells(quick: bool) -> list[tuple[str, str, str, str, int]]:
@@ -44,11 +44,12 @@ def _mount_tracefs() -> None:
             subprocess.run(["mount", "-t", fs, "nodev", where], check=False)
 
 
-def run_tests(out: Path, quick: bool) -> dict[str, Any]:
+def run_tests(out: Path, which: str) -> dict[str, Any]:
     t0 = time.monotonic()
+    # --durations: where a guest's minutes go, per test (the profile of a slow run)
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o",
-           "cache_dir=/tmp", "--junitxml", str(out / "pytest.xml"),
-           *(TESTS_QUICK if quick else TESTS_FULL)]  # fmt: skip
+           "cache_dir=/tmp", "--durations=15", "--junitxml", str(out / "pytest.xml"),
+           *TESTS[which]]  # fmt: skip
     # CI: a missing capability fails; unbuffered: the log shows progress while it runs
     env = {**os.environ, "CI": "true", "TMPDIR": "/tmp", "PYTHONUNBUFFERED": "1"}
     with (out / "pytest.log").open("w") as log:
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="kernels_guest", description=__doc__)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--no-tests", action="store_true")
+    ap.add_argument("--tests", choices=[*TESTS, "none"], default="quick")
     a = ap.parse_args(argv)
     t0 = time.monotonic()
     os.environ.setdefault(SLOWDOWN_ENV, "30")  # TCG: for our runs and the tests' alike
@@ -97,10 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     # seconds from power-on to here: the boot and the Python start-up under TCG
     booted = float(Path("/proc/uptime").read_text().split()[0])
     res: dict[str, Any] = {"kernel": platform.release(), "hook_modes": modes, "quick": a.quick,
+                           "tests_set": a.tests,
                            "uptime_at_start_s": booted}
     print(f"[guest] kernel {res['kernel']}, hook modes {have}", flush=True)
-    if not a.no_tests:
-        res["tests"] = run_tests(a.out, a.quick)
+    if a.tests != "none":
+        res["tests"] = run_tests(a.out, a.tests)
         print(f"[guest] tests: {res['tests']['summary']}", flush=True)
     res["runs"] = record_cells(a.out, a.quick, have)
     res["guest_seconds"] = round(time.monotonic() - t0, 1)
