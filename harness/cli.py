@@ -164,7 +164,7 @@ def cmd_kernels(a: argparse.Namespace) -> int:
         failed += [f"{x.machine}: {x.scenario} {x.pair} {x.attach} {x.side}: kprobes differ"
                    for x in agree.itertuples() if x.same != "yes"]  # fmt: skip
     report = build_report(dirs, out / "report",
-                          command=f"probebench report {out}/*/runs --out {out}/report")
+                          command=f"probebench report {out} --out {out}/report")
     print(f"took {time.monotonic() - t0:.0f} s (guests under TCG: noisy on a shared machine)")
     for f in failed:
         print(f"problem: {f}")

@@ -152,17 +152,20 @@ def test_report_shows_guest_kernels_beside_the_host(tmp_path: Path) -> None:
     from harness.report.build import build_report
 
     src = Path(__file__).parent / "fixtures" / "report" / "20261125T132126-http10-short-py2go-early"
-    runs = [src]
+    # laid out as `probebench kernels` leaves them: OUT/RELEASE/runs/RUN; the report is
+    # given OUT itself
+    kernels_out = tmp_path / "kernels"
     for mode in ("tracepoints", "kprobes"):
-        d = tmp_path / f"{src.name}-{mode}"
+        d = kernels_out / "6.1.0-57-amd64" / "runs" / f"{src.name}-{mode}"
         shutil.copytree(src, d)
         m = json.loads((d / "run.json").read_text())
         m["run_id"] = d.name
         m["machine"].update(hostname="pb-6.1", kernel="6.1.0-57-amd64")
         m["collectors"]["kprobe"]["kernel_hooks"] = mode
         (d / "run.json").write_text(json.dumps(m))
-        runs.append(d)
-    md = (build_report(runs, tmp_path / "report", draw=False).parent / "report.md").read_text()
+    (kernels_out / "6.1.0-57-amd64" / "guest.json").write_text("{}")
+    html = build_report([src, kernels_out], tmp_path / "report", draw=False)
+    md = (html.parent / "report.md").read_text()
     assert "## Kernels and hook modes" in md
     section = md.split("## Kernels and hook modes")[1].split("\n## ")[0]
     assert "vm, kernel 6.18.44-fc-v669" in section and "pb-6.1, kernel 6.1.0-57-amd64" in section
