@@ -114,15 +114,42 @@ def cmd_matrix(a: argparse.Namespace) -> int:
     return 0
 
 
+def _replay_all(runs: list[Path], done: list[Path]) -> list[str]:
+    """Replay each run, appending it to `done`; what failed, one line each."""
+    from harness.analysis.replay import replay
+
+    failed = []
+    for d in runs:
+        try:
+            replay(d)
+        except ProbebenchError as e:
+            failed.append(f"replay {d.name}: {e}")
+        done.append(d)
+    return failed
+
+
+def _host_cells(out: Path, quick: bool, done: list[Path]) -> list[str]:
+    """The guests' cells on this machine's kernel (its hook modes), recorded and replayed;
+    what failed, one line each."""
+    from harness.collectors.kprobe.hooks import HOOKS, hook_modes
+    from harness.runner.kernels_guest import record_cells
+
+    _progress("the same cells on this machine's kernel, beside the guests")
+    host = record_cells(out, quick, [m for m in HOOKS if hook_modes()[m] is None])
+    failed = [f"host: {r['kernel_hooks']} {r['scenario']}: {r['error']}"
+              for r in host if r.get("error")]  # fmt: skip
+    return failed + _replay_all([Path(r["run_dir"]) for r in host if r.get("run_dir")], done)
+
+
 def cmd_kernels(a: argparse.Namespace) -> int:
     import time
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Event
 
-    from harness.analysis.replay import replay
     from harness.report.build import build_report
     from harness.report.load import load
     from harness.report.tables import hook_agreement, kernels_frame, rows_frame
     from harness.runner import kernels
-    from harness.runner.kernels_guest import record_cells
 
     t0 = time.monotonic()
     series = a.kernel or list(kernels.DEFAULT_SERIES)
@@ -132,32 +159,33 @@ def cmd_kernels(a: argparse.Namespace) -> int:
         print("installed: QEMU, busybox, virtme-ng and the kernels of " + ", ".join(series))
         return 0
     tests = "none" if a.no_tests else a.tests or ("quick" if a.quick else "full")
-    guests = kernels.run_guests(series, a.quick, out, _progress, timeout_s=a.timeout,
-                                tests=tests)
-    dirs = [d for _, _, g in guests for d in kernels.run_dirs(g)]
-    failed = [f"{k.release}: {g['error']}" for k, _, g in guests if g.get("error")]
+    kernels.run_guests(series, a.quick, out, _progress, install_only=True)  # before the host
+    failed: list[str] = []
+    dirs: list[Path] = []
+    # the host's cells and their replays while the guests run: a guest under TCG leaves
+    # host CPU idle between its compiles; record() stays on the main thread (signals)
+    cancel = Event()  # an error or ^C here stops the guest too, not only at its timeout
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(kernels.run_guests, series, a.quick, out, _progress,
+                              timeout_s=a.timeout, tests=tests, cancel=cancel)  # fmt: skip
+        try:
+            failed += _host_cells(out / "host", a.quick, dirs) if not a.no_host else []
+            guests = running.result()
+        except BaseException:
+            cancel.set()
+            raise
+    guest_dirs = [d for _, _, g in guests for d in kernels.run_dirs(g)]
+    failed += [f"{k.release}: {g['error']}" for k, _, g in guests if g.get("error")]
     failed += [f"{k.release}: tests exited {t.get('exit_code')} ({t.get('summary')})"
                for k, _, g in guests if isinstance(t := g.get("tests"), dict)
                and t.get("exit_code") != 0]  # fmt: skip
     failed += [f"{k.release}: {r['kernel_hooks']} {r['scenario']} {r['attach']}: {r['error']}"
                for k, _, g in guests for r in kernels.guest_runs(g) if r.get("error")]  # fmt: skip
-    if not a.no_host:
-        _progress("the same cells on this machine's kernel (its hook modes)")
-        from harness.collectors.kprobe.hooks import HOOKS, hook_modes
-
-        have = [m for m in HOOKS if hook_modes()[m] is None]
-        host = record_cells(out / "host", a.quick, have)
-        dirs += [Path(r["run_dir"]) for r in host if r.get("run_dir")]
-        failed += [f"host: {r['kernel_hooks']} {r['scenario']}: {r['error']}"
-                   for r in host if r.get("error")]  # fmt: skip
+    if guest_dirs:
+        _progress(f"replaying the guests' {len(guest_dirs)} runs on this machine")
+    failed += _replay_all(guest_dirs, dirs)
     if not dirs:
         raise ProbebenchError("no run came back from the guests: " + "; ".join(failed))
-    _progress(f"replaying {len(dirs)} runs on this machine")
-    for d in dirs:
-        try:
-            replay(d)
-        except ProbebenchError as e:
-            failed.append(f"replay {d.name}: {e}")
     agree = hook_agreement(kernels_frame(rows_frame(load(dirs).runs)))
     if not agree.empty:
         print(agree.to_string(index=False))

@@ -173,3 +173,17 @@ def test_report_shows_guest_kernels_beside_the_host(tmp_path: Path) -> None:
     assert "on 2 machines (pooled by cell" in md
     combined = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert len(combined["runs"]) == 3
+
+
+def test_guest_test_sets_pick_only_the_files_that_need_a_kernel() -> None:
+    """The guest collects only files with a bpf or kprobes test (imports cost 25-35x there);
+    none of those is left out, and no file of pure tests comes in."""
+    from harness.runner.kernels_guest import MARKERS, test_args
+
+    full = test_args("full")
+    assert full[:2] == ["-m", MARKERS]
+    files = set(full[2:])
+    assert {"tests/test_kernel_hooks.py", "tests/test_bpf_kprobe.py"} <= files
+    assert "tests/test_report_build.py" not in files  # pure: the host runs it
+    quick = test_args("quick")
+    assert quick[:2] == ["-m", MARKERS] and "tests/test_kernel_hooks.py" in quick

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from threading import Event
 from typing import Any
 
 from harness.errors import CapabilityError, ProbebenchError
@@ -162,10 +163,27 @@ def vng_command(vng: Path, kernel: GuestKernel, out: Path, quick: bool,
             "--exec", guest_command(out, quick, tests)]  # fmt: skip
 
 
+def _wait(proc: subprocess.Popen[bytes], timeout_s: float, cancel: Event | None) -> str | None:
+    """Wait for the guest to power off; why it failed, or None. QEMU (its whole session)
+    is killed at the timeout or when `cancel` is set (the caller gave up)."""
+    deadline = time.monotonic() + timeout_s
+    while (cancel is None or not cancel.is_set()) and time.monotonic() < deadline:
+        try:
+            rc = proc.wait(timeout=1)
+            return None if rc == 0 else f"vng exited with {rc}"
+        except subprocess.TimeoutExpired:
+            continue
+    os.killpg(proc.pid, 9)
+    proc.wait()
+    return "cancelled" if cancel is not None and cancel.is_set() else (
+        f"no result within {timeout_s:.0f} s")
+
+
 def boot(vng: Path, kernel: GuestKernel, out: Path, quick: bool, progress: Progress,
-         timeout_s: float | None = None, tests: str = "quick") -> dict[str, object]:
+         timeout_s: float | None = None, tests: str = "quick",
+         cancel: Event | None = None) -> dict[str, object]:
     """Boot one guest, run the guest side, return what it wrote to guest.json (or why not).
-    The console goes to out/console.log; QEMU is killed at the timeout."""
+    The console goes to out/console.log; QEMU is killed at the timeout or on `cancel`."""
     out.mkdir(parents=True, exist_ok=True)
     (out / GUEST_JSON).unlink(missing_ok=True)
     timeout_s = timeout_s or GUEST_TIMEOUT_S[quick]
@@ -180,12 +198,7 @@ def boot(vng: Path, kernel: GuestKernel, out: Path, quick: bool, progress: Progr
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, env=env,
                                 stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
         try:
-            rc = proc.wait(timeout=timeout_s)
-            why = None if rc == 0 else f"vng exited with {rc}"
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait()
-            why = f"no result within {timeout_s:.0f} s"
+            why = _wait(proc, timeout_s, cancel)
         except BaseException:
             os.killpg(proc.pid, 9)
             proc.wait()
@@ -209,7 +222,8 @@ def boot(vng: Path, kernel: GuestKernel, out: Path, quick: bool, progress: Progr
 
 def run_guests(series: list[str], quick: bool, out: Path, progress: Progress,
                install_only: bool = False, timeout_s: float | None = None,
-               tests: str = "quick") -> list[tuple[GuestKernel, Path, dict[str, object]]]:
+               tests: str = "quick", cancel: Event | None = None,
+               ) -> list[tuple[GuestKernel, Path, dict[str, object]]]:
     """Find, install and boot each kernel series in turn; one output directory each."""
     kernels = [find_kernel(s, progress) for s in series]
     vng = ensure_installed(kernels, progress)
@@ -218,7 +232,9 @@ def run_guests(series: list[str], quick: bool, out: Path, progress: Progress,
     done = []
     for k in kernels:
         gdir = out / k.release
-        guest = boot(vng, k, gdir, quick, progress, timeout_s, tests)
+        if cancel is not None and cancel.is_set():
+            break
+        guest = boot(vng, k, gdir, quick, progress, timeout_s, tests, cancel)
         done.append((k, gdir, guest))
         result = guest.get("tests") or {}
         progress(f"{k.release}: {guest.get('error') or 'done'}; tests: "
