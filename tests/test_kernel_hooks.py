@@ -187,3 +187,25 @@ def test_guest_test_sets_pick_only_the_files_that_need_a_kernel() -> None:
     assert "tests/test_report_build.py" not in files  # pure: the host runs it
     quick = test_args("quick")
     assert quick[:2] == ["-m", MARKERS] and "tests/test_kernel_hooks.py" in quick
+
+
+def test_a_guest_is_killed_when_the_caller_gives_up() -> None:
+    """kernels runs the host's cells while a guest boots: an error or ^C there sets the
+    event, and the guest's whole session (QEMU, virtiofsd) goes within a second or so."""
+    import subprocess
+    import threading
+    import time
+
+    from harness.runner.kernels import _wait
+
+    cancel = threading.Event()
+    proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    threading.Timer(0.3, cancel.set).start()
+    t0 = time.monotonic()
+    assert _wait(proc, 60, cancel) == "cancelled"
+    assert proc.returncode is not None and time.monotonic() - t0 < 10
+    quick = subprocess.Popen(["true"], start_new_session=True)
+    assert _wait(quick, 60, threading.Event()) is None
+    stuck = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    assert _wait(stuck, 0.5, None) == "no result within 0 s"
+    assert stuck.returncode is not None
