@@ -23,7 +23,7 @@ from harness.collectors.kprobe.hooks import HOOKS, hook_modes
 from harness.errors import ProbebenchError
 from harness.model import SLOWDOWN_ENV, repo_root
 from harness.runner.collectors import CollectorOptions
-from harness.runner.kernels import GUEST_JSON
+from harness.runner.kernels import GUEST_JSON, loop_seconds
 from harness.runner.record import RunSpec, record
 
 # One HTTP/1.1 and one gRPC cell per mode, early and late; the full set adds the other
@@ -64,7 +64,8 @@ def _mount_tracefs() -> None:
 def run_tests(out: Path, which: str) -> dict[str, Any]:
     t0 = time.monotonic()
     # --durations: where a guest's minutes go, per test (the profile of a slow run)
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o",
+    # -v: one line per test as it ends, so a guest killed at its timeout leaves its results
+    cmd = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-o",
            "cache_dir=/tmp", "--durations=15", "--junitxml", str(out / "pytest.xml"),
            *test_args(which)]  # fmt: skip
     # CI: a missing capability fails; unbuffered: the log shows progress while it runs
@@ -106,18 +107,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--tests", choices=["quick", "full", "none"], default="quick")
+    ap.add_argument("--host-loop-s", type=float, help="kernels.loop_seconds() on the host")
     a = ap.parse_args(argv)
     t0 = time.monotonic()
-    os.environ.setdefault(SLOWDOWN_ENV, "30")  # TCG: for our runs and the tests' alike
+    # TCG runs 25-35x slower than the host on a quiet machine, far more on a loaded one:
+    # start-up waits are scaled by twice what this guest measures now, 30x at least
+    slower = loop_seconds() / a.host_loop_s if a.host_loop_s else 0.0
+    os.environ.setdefault(SLOWDOWN_ENV, str(round(max(30.0, 2 * slower))))
     _mount_tracefs()
     modes = hook_modes()
     have = [m for m in HOOKS if modes[m] is None]
     # seconds from power-on to here: the boot and the Python start-up under TCG
     booted = float(Path("/proc/uptime").read_text().split()[0])
     res: dict[str, Any] = {"kernel": platform.release(), "hook_modes": modes, "quick": a.quick,
-                           "tests_set": a.tests,
+                           "tests_set": a.tests, "slower_than_host": round(slower, 1),
+                           "slowdown": os.environ[SLOWDOWN_ENV],
                            "uptime_at_start_s": booted}
-    print(f"[guest] kernel {res['kernel']}, hook modes {have}", flush=True)
+    print(f"[guest] kernel {res['kernel']}, hook modes {have}, {slower:.0f}x slower than "
+          "the host", flush=True)
     # The tests and the cells side by side: under TCG a guest spends most of its time in
     # single-threaded bcc compiles, so one at a time leaves a vCPU idle (measured: QEMU used
     # 1.1 host CPUs on average over a quick session run in series).
