@@ -89,7 +89,7 @@ def record_cells(out: Path, quick: bool, modes: list[str]) -> list[dict[str, Any
             entry: dict[str, Any] = {"scenario": scenario, "client": client, "server": server,
                                      "attach": attach, "kernel_hooks": mode}  # fmt: skip
             t0 = time.monotonic()
-            print(f"[guest] {mode}: {scenario} {client}->{server} {attach}", flush=True)
+            print(f"[{platform.node()}] {mode}: {scenario} {client}->{server} {attach}", flush=True)
             try:
                 entry["run_dir"] = str(record(spec, runs))
             except ProbebenchError as e:
