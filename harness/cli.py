@@ -374,11 +374,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a Debian kernel series, e.g. 6.1 or 6.12 (repeatable; default both): "
                    "its newest image and headers are found with apt and installed")
     p.add_argument("--quick", action="store_true",
-                   help="the smoke set: the hook-mode tests, one HTTP/1.1 (early) and one "
-                   "gRPC (late) run per hook mode")
+                   help="the smoke set: one HTTP/1.1 (early) and one gRPC (late) run per hook "
+                   "mode, and (unless --tests says otherwise) the quick tests")
     p.add_argument("--tests", choices=["quick", "full", "none"],
-                   help="the tests in each guest: quick (the hook-mode tests), full (every "
-                   "test marked bpf or kprobes) or none; default quick with --quick, else full")
+                   help="the tests in each guest: quick (kprobe mode on a real workload), "
+                   "full (every test marked bpf or kprobes) or none; default quick with "
+                   "--quick, else full")
     p.add_argument("--no-tests", action="store_true", help="the same as --tests none")
     p.add_argument("--no-host", action="store_true",
                    help="leave out the same cells on this machine's own kernel")

@@ -30,7 +30,6 @@ from harness.runner.record import RunSpec, record
 # attach of each, with the languages swapped (other syscalls: sendto/recvfrom, sendmsg).
 SMOKE = (("http11-keepalive", "py", "go", "early", 60), ("grpc-unary", "go", "go", "late", 40))
 MORE = (("http11-keepalive", "go", "py", "late", 60), ("grpc-unary", "py", "go", "early", 40))
-# quick: the hook-mode tests, with one real workload (late attach; the smoke cells add early)
 # Only the tests that need this kernel: the pure ones ran on the host. Under TCG a Python
 # import costs 25-35x the host's, so collecting every test file (or loading hypothesis's
 # plugin) would take minutes: the test files are picked by their markers first.
