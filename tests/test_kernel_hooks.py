@@ -19,6 +19,7 @@ from harness.collectors.bpfsource import BPF_DIR, compile_program, load_bcc
 from harness.collectors.kprobe import hooks
 from harness.collectors.kprobe.record import Recorder
 from harness.errors import CapabilityError, ProbebenchError
+from harness.model import waited
 from harness.runner.collectors import CollectorOptions
 from harness.runner.kernels import newest_release
 
@@ -95,8 +96,10 @@ def test_kprobe_mode_on_a_real_workload(tmp_path: Path, attach: str) -> None:
     from harness.analysis.replay import replay
     from harness.runner.record import RunSpec, record
 
+    # in a guest (PROBEBENCH_SLOWDOWN) the warm client waits for GO through a slow compile
     spec = RunSpec("http11-keepalive", client="py", server="go", attach=attach, exchanges=30,
-                   collectors=["kprobe"], options=CollectorOptions(kernel_hooks="kprobes"))
+                   collectors=["kprobe"], options=CollectorOptions(kernel_hooks="kprobes"),
+                   deadline_s=waited(RunSpec.deadline_s))  # fmt: skip
     run_dir = record(spec, tmp_path)
     metrics = replay(run_dir)
     rows = [r for r in metrics["rows"] if r["collector"] == "kprobe" and r["variant"] == "default"]

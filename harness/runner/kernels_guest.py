@@ -21,7 +21,7 @@ from typing import Any
 
 from harness.collectors.kprobe.hooks import HOOKS, hook_modes
 from harness.errors import ProbebenchError
-from harness.model import SLOWDOWN_ENV, repo_root
+from harness.model import SLOWDOWN_ENV, repo_root, waited
 from harness.runner.collectors import CollectorOptions
 from harness.runner.kernels import GUEST_JSON, loop_seconds
 from harness.runner.record import RunSpec, record
@@ -85,8 +85,11 @@ def record_cells(out: Path, quick: bool, modes: list[str]) -> list[dict[str, Any
     runs = out / "runs"
     for mode in modes:
         for scenario, client, server, attach, n in cells(quick):
+            # the client's deadline scaled too: a compile before a late attach took 5+ min
+            # in a guest on a loaded machine, and the warm client gave up waiting for GO
             spec = RunSpec(scenario=scenario, client=client, server=server, attach=attach,
                            exchanges=n, collectors=["kprobe"],
+                           deadline_s=waited(RunSpec.deadline_s),
                            options=CollectorOptions(kernel_hooks=mode))  # fmt: skip
             entry: dict[str, Any] = {"scenario": scenario, "client": client, "server": server,
                                      "attach": attach, "kernel_hooks": mode}  # fmt: skip
