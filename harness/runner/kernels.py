@@ -223,6 +223,10 @@ def boot(vng: Path, kernel: GuestKernel, out: Path, quick: bool, progress: Progr
         guest = {"error": why or f"the guest wrote no {GUEST_JSON} ({e})"}
     if why and "error" not in guest:
         guest["error"] = why
+    if "runs" not in guest and (out / "runs").is_dir():
+        # killed before it wrote its summary: the runs it finished are still worth a replay
+        guest["runs"] = [{"run_dir": str(d)} for d in sorted((out / "runs").iterdir())
+                         if (d / "run.json").is_file()]  # fmt: skip
     guest["boot_to_poweroff_s"] = round(took, 1)
     # QEMU's CPU time: what the guest cost, less dependent on the machine's load than the
     # wall clock (with GUEST_CPUS vCPUs a quiet machine needs at least cpu / GUEST_CPUS)
