@@ -845,9 +845,9 @@ def _parse_fields(block: bytes) -> Headers:
         if line[:1] in (b" ", b"\t"):
             if not out:
                 raise _Invalid("continuation line with no field before it")
-            name, value = out[-1]
+            name, prev = out[-1]
             more = line.strip(b" \t").decode("latin-1")
-            out[-1] = (name, f"{value} {more}".strip())
+            out[-1] = (name, f"{prev} {more}".strip())
             continue
         colon = line.find(b":")
         if colon <= 0 or not _TOKEN.fullmatch(line, 0, colon):

@@ -235,22 +235,22 @@ class Http1Stitcher:
                 self.cur_resp = None
             elif isinstance(ev, MessageLost):
                 if ev.headers_seen:
-                    x = self.cur_resp
+                    lost: Exchange | None = self.cur_resp
                 elif ev.unpaired:
                     self.stats.lost_responses += 1
                     self._unpaired()
-                    x = None
+                    lost = None
                 else:
                     self.stats.lost_responses += 1
-                    x = self._paired(ev.matched, ev.unanswered, None)
+                    lost = self._paired(ev.matched, ev.unanswered, None)
                     if ev.start_line is not None:  # the status line was whole
-                        x.status = int(ev.start_line[0])
+                        lost.status = int(ev.start_line[0])
                         self.protocol = _protocol(ev.start_line[2])
                     else:
-                        x.degrade("status", ev.reason)
-                if x is not None:
-                    x.degrade("resp_bytes", ev.reason)
-                    x.t_end_ns = ev.ts_ns
+                        lost.degrade("status", ev.reason)
+                if lost is not None:
+                    lost.degrade("resp_bytes", ev.reason)
+                    lost.t_end_ns = ev.ts_ns
                 self.cur_resp = None
             elif isinstance(ev, InformationalResponseParsed):
                 self.stats.informational += 1
