@@ -212,3 +212,16 @@ def test_a_guest_is_killed_when_the_caller_gives_up() -> None:
     stuck = subprocess.Popen(["sleep", "60"], start_new_session=True)
     assert _wait(stuck, 0.5, None) == "no result within 0 s"
     assert stuck.returncode is not None
+
+
+def test_a_guest_killed_at_its_timeout_still_gives_its_runs(tmp_path: Path) -> None:
+    from harness.runner.kernels import left_runs, run_dirs
+
+    assert left_runs(tmp_path) == []  # not even a runs/ folder
+    for name in ("b-late", "a-early", "c-no-manifest"):
+        (tmp_path / "runs" / name).mkdir(parents=True)
+    for name in ("b-late", "a-early"):
+        (tmp_path / "runs" / name / "run.json").write_text("{}")
+    found = left_runs(tmp_path)
+    assert [Path(r["run_dir"]).name for r in found] == ["a-early", "b-late"]
+    assert [p.name for p in run_dirs({"runs": found})] == ["a-early", "b-late"]

@@ -223,10 +223,9 @@ def boot(vng: Path, kernel: GuestKernel, out: Path, quick: bool, progress: Progr
         guest = {"error": why or f"the guest wrote no {GUEST_JSON} ({e})"}
     if why and "error" not in guest:
         guest["error"] = why
-    if "runs" not in guest and (out / "runs").is_dir():
-        # killed before it wrote its summary: the runs it finished are still worth a replay
-        guest["runs"] = [{"run_dir": str(d)} for d in sorted((out / "runs").iterdir())
-                         if (d / "run.json").is_file()]  # fmt: skip
+    if "runs" not in guest:
+        # killed before it wrote its summary: the runs it recorded are still worth a replay
+        guest["runs"] = left_runs(out)
     guest["boot_to_poweroff_s"] = round(took, 1)
     # QEMU's CPU time: what the guest cost, less dependent on the machine's load than the
     # wall clock (with GUEST_CPUS vCPUs a quiet machine needs at least cpu / GUEST_CPUS)
@@ -234,6 +233,14 @@ def boot(vng: Path, kernel: GuestKernel, out: Path, quick: bool, progress: Progr
     guest["command"] = shlex.join(cmd)
     (out / GUEST_JSON).write_text(json.dumps(guest, indent=1) + "\n")
     return guest
+
+
+def left_runs(out: Path) -> list[dict[str, Any]]:
+    """The runs a guest left in OUT/runs/ (for one that never wrote its guest.json); one
+    cut short says so in its run.json, and its replay fails with that reason."""
+    runs = out / "runs"
+    found = sorted(d for d in runs.iterdir() if (d / "run.json").is_file()) if runs.is_dir() else []
+    return [{"run_dir": str(d)} for d in found]
 
 
 def run_guests(series: list[str], quick: bool, out: Path, progress: Progress,
