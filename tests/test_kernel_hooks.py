@@ -194,24 +194,22 @@ def test_guest_test_sets_pick_only_the_files_that_need_a_kernel() -> None:
 
 def test_a_guest_is_killed_when_the_caller_gives_up() -> None:
     """kernels runs the host's cells while a guest boots: an error or ^C there sets the
-    event, and the guest's whole session (QEMU, virtiofsd) goes within a second or so."""
+    event, and the guest's whole session (QEMU, virtiofsd) is killed, not waited for."""
     import subprocess
     import threading
-    import time
 
     from harness.runner.kernels import _wait
 
     cancel = threading.Event()
-    proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    proc = subprocess.Popen(["sleep", "600"], start_new_session=True)
     threading.Timer(0.3, cancel.set).start()
-    t0 = time.monotonic()
-    assert _wait(proc, 60, cancel) == "cancelled"
-    assert proc.returncode is not None and time.monotonic() - t0 < 10
+    assert _wait(proc, 600, cancel) == "cancelled"
+    assert proc.returncode == -9  # killed and reaped, not waited for
     quick = subprocess.Popen(["true"], start_new_session=True)
     assert _wait(quick, 60, threading.Event()) is None
-    stuck = subprocess.Popen(["sleep", "60"], start_new_session=True)
-    assert _wait(stuck, 0.5, None) == "no result within 0 s"
-    assert stuck.returncode is not None
+    stuck = subprocess.Popen(["sleep", "600"], start_new_session=True)
+    assert _wait(stuck, 1, None) == "no result within 1 s"
+    assert stuck.returncode == -9
 
 
 def test_a_guest_killed_at_its_timeout_still_gives_its_runs(tmp_path: Path) -> None:
