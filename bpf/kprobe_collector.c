@@ -80,6 +80,24 @@ struct h2_dir {
                    * from its HEADERS on (an entry in grpc_msgs) */
     u8 fld[32];   /* 9 used; sized so that masked offsets and lengths stay inside */
 };
+#ifndef PB_H1_SKIP
+#define PB_H1_SKIP 1 /* 0: HTTP/1 bodies captured like any bytes (prefix capture) */
+#endif
+#ifndef PB_H1_HDR_MAX
+/* bytes of an HTTP/1 message scanned for the end of its header block; a power of two
+ * (the verifier walks the scan once per 8 bytes of it) */
+#define PB_H1_HDR_MAX 2048
+#endif
+#define H1_OFF 0  /* framing not followed: prefix capture */
+#define H1_MSG 1  /* the direction's next byte starts a message */
+#define H1_BODY 2 /* rem bytes of a Content-Length body go first, then a message */
+/* Where one direction of an HTTP/1 connection stands between calls. */
+struct h1_dir {
+    u32 rem;
+    u8 state;
+    u8 pad[3];
+};
+
 /* gRPC message position of one stream direction, kept between its DATA frames */
 struct grpc_key { u32 tgid; s32 fd; u32 sid; u32 dir; };
 struct grpc_val { u32 msg_rem; u8 have; u8 pre[7]; };
@@ -94,7 +112,14 @@ struct conn_info {
     u16 rport;
     u8 laddr[16];
     u8 raddr[16];
-    struct h2_dir h2[2]; /* by PB_DIR_*; used when proto is PB_PROTO_HTTP2 */
+    union {  /* by PB_DIR_*, as proto says */
+        struct h2_dir h2[2]; /* PB_PROTO_HTTP2 */
+        struct {
+            struct h1_dir h1[2]; /* PB_PROTO_HTTP1 */
+            u8 h1_resp_ok;       /* every request so far framed and not HEAD/CONNECT: a
+                                  * response's own headers give its body length */
+        };
+    };
     u32 seq[2];          /* data calls so far, by PB_DIR_* (pb_data_event.seq) */
 };
 struct data_args {
@@ -963,6 +988,251 @@ int h2_walk_fn(void *ctx) {
     return 0;
 }
 
+/* ---- HTTP/1 body skipping (kprobe_events.h): a direction in step with its messages
+ * captures each header block and leaves Content-Length bodies out as gaps. */
+#define H1_MASK (PB_H1_HDR_MAX - 1)
+struct h1_scan {
+    union {  /* a message's first bytes; 16 readable past any offset */
+        u8 buf[PB_H1_HDR_MAX + 32];
+        u64 words[PB_H1_HDR_MAX / 8 + 4];
+    };
+    u32 n;        /* bytes of buf read from the call */
+    u32 o;        /* where the scan goes on (a multiple of 8) */
+    u32 end;      /* length of the header block (through its empty line); 0: not found */
+    u32 cl_at;    /* offset just past the last "content-length:" */
+    u32 cl;       /* its value (h1_cl_value) */
+    u8 cl_count;  /* content-length lines seen */
+    u8 te;        /* a transfer-encoding line: framing left to replay */
+    u8 digits;
+    u8 bad;
+};
+BPF_PERCPU_ARRAY(h1_scans, struct h1_scan, 1);
+/* one call's walk over its messages, between runs of h1_walk_fn */
+struct h1_walk {
+    u64 pos;      /* offset in the call */
+    u64 skipped;  /* body bytes left out so far */
+    u8 scanning;  /* a head is in h1_scans, its scan goes on in the next run */
+};
+BPF_PERCPU_ARRAY(h1_walks, struct h1_walk, 1);
+
+/* header names, 8 bytes little-endian, lower case (a byte | 0x20 folds A-Z) */
+#define H1_LOWER 0x2020202020202020ULL
+#define H1_W_CONTENT 0x2d746e65746e6f63ULL  /* "content-" */
+#define H1_W_LENGTH 0x3a6874676e656cULL     /* "length:" (7 bytes) */
+#define H1_W_TRANSFER 0x726566736e617274ULL /* "transfer" */
+
+/* A line starts at q: the header block's end, or a header that frames the body.
+ * (Loose matches are harmless: replay frames the bytes again and checks the gaps.) */
+static __always_inline void h1_line(struct h1_scan *s, u32 q) {
+    if (q >= s->n || s->end) return;
+    u32 m = q & H1_MASK;
+    if (s->buf[m] == '\r' && s->buf[m + 1] == '\n') {
+        if (q + 2 <= s->n) s->end = q + 2;
+        return;
+    }
+    u64 a = *(u64 *)&s->buf[m] | H1_LOWER;
+    if (a == H1_W_CONTENT) {
+        u64 b = (*(u64 *)&s->buf[m + 8] | H1_LOWER) & 0x00ffffffffffffffULL;
+        if (b == H1_W_LENGTH) {
+            s->cl_at = q + 15;
+            s->cl_count++;
+        }
+    } else if (a == H1_W_TRANSFER) {
+        s->te = 1;
+    }
+}
+
+#ifndef PB_H1_SCAN_WORDS
+/* 8-byte words of a head scanned per run of h1_walk_fn: the verifier keeps every
+ * branch of a run pending at once (at most 8192), so a run scans a slice */
+#define PB_H1_SCAN_WORDS 32
+#endif
+/* Go on finding the header block's end in s->buf[0, n), a word at a time: a word
+ * without a '\n' costs a few instructions. State lives in the map value (H2_JOIN). */
+static __always_inline void h1_scan_step(struct h1_scan *s) {
+#pragma clang loop unroll(disable)
+    for (u32 i = 0; i < PB_H1_SCAN_WORDS; i++) {
+        H2_JOIN();
+        u32 o = s->o & H1_MASK;
+        if (s->o >= s->n || s->end) break;
+        s->o = o + 8;
+        u64 x = s->words[o / 8] ^ 0x0a0a0a0a0a0a0a0aULL;
+        if (!((x - 0x0101010101010101ULL) & ~x & 0x8080808080808080ULL)) continue;
+        /* a '\n' in this word (or a rare false hit above one): each lane is checked */
+#pragma unroll
+        for (u32 j = 0; j < 8; j++) {
+            H2_JOIN();
+            if (s->buf[o + j] == '\n') h1_line(s, o + j + 1);
+        }
+    }
+}
+
+/* The Content-Length value at cl_at: spaces, 1 to 9 digits, CR. 0: not that. */
+static __always_inline int h1_cl_value(struct h1_scan *s) {
+    s->cl = 0;
+    s->digits = 0;
+    s->bad = 0;
+    int i;
+#pragma clang loop unroll(disable)
+    for (i = 0; i < 16; i++) {
+        H2_JOIN();
+        u8 ch = s->buf[(s->cl_at + i) & H1_MASK];
+        if (ch == '\r') break;
+        if (ch == ' ' || ch == '\t') {
+            if (s->digits) s->bad = 1;
+            continue;
+        }
+        if (ch < '0' || ch > '9' || s->digits >= 9) {
+            s->bad = 1;
+            break;
+        }
+        s->cl = s->cl * 10 + (ch - '0');
+        s->digits++;
+    }
+    return i < 16 && !s->bad && s->digits;
+}
+
+/* The body length of the message whose head is in s, or -1 when it cannot be framed
+ * here for sure (req: a request, else a response). */
+static __always_inline s64 h1_body(struct conn_info *c, struct h1_scan *s, u8 req) {
+    if (s->end < 16 || s->te || s->cl_count > 1) return -1;
+    const char *b = (const char *)s->buf;
+    if (req) {
+        if (!infer_http1(b) || starts(b, "HTTP/1.", 7)) return -1;
+        /* a HEAD's response carries a length and no body; CONNECT's turns to a tunnel */
+        if (starts(b, "HEAD ", 5) || starts(b, "CONNECT ", 8)) c->h1_resp_ok = 0;
+        if (!s->cl_count) return 0;  /* a request without a length has no body */
+        return h1_cl_value(s) ? s->cl : -1;
+    }
+    if (!c->h1_resp_ok || !starts(b, "HTTP/1.", 7) || b[8] != ' ') return -1;
+    u8 d0 = b[9] - '0', d1 = b[10] - '0', d2 = b[11] - '0';
+    if (d0 > 9 || d1 > 9 || d2 > 9) return -1;
+    u32 status = d0 * 100 + d1 * 10 + d2;
+    if (status == 101) return -1;  /* another protocol follows */
+    if (status < 200 || status == 204 || status == 304) return 0;
+    if (!s->cl_count) return -1;  /* close-delimited */
+    return h1_cl_value(s) ? s->cl : -1;
+}
+
+/* A connection seen from its start turned out HTTP/1 at its first call: both
+ * directions are at a message's start. */
+static __always_inline void h1_start(struct conn_info *c) {
+    u8 on = PB_H1_SKIP && c->role != PB_ROLE_UNKNOWN;
+    c->h1[0].state = on ? H1_MSG : H1_OFF;
+    c->h1[1].state = on ? H1_MSG : H1_OFF;
+    c->h1_resp_ok = on;
+}
+
+/* This direction's framing is not followed any more (prefix capture from here on);
+ * a request direction given up hides the methods its responses depend on. */
+static __always_inline void h1_give_up(struct conn_info *c, u8 dir) {
+    c->h1[dir & 1].state = H1_OFF;
+    if ((c->role == PB_ROLE_CLIENT) == (dir == PB_DIR_SEND)) c->h1_resp_ok = 0;
+    stat_add(PB_STAT_H1_GIVEN_UP, 1);
+}
+
+/* Capture a call's bytes from `start` as a prefix: PB_CHUNK-sized events, at most
+ * PB_CALL_LIMIT bytes, the rest counted as truncated. */
+static __always_inline void capture_prefix(struct data_call *dc, struct conn_info *c,
+                                           u32 start, u64 buf, u32 orig) {
+    u32 left = orig - start;
+    if (left > PB_CALL_LIMIT) {
+        stat_add(PB_STAT_TRUNCATED_CALLS, 1);
+        stat_add(PB_STAT_TRUNCATED_BYTES, left - PB_CALL_LIMIT);
+    }
+    u32 limit = left < PB_CALL_LIMIT ? left : PB_CALL_LIMIT;
+    u32 done = 0;
+    for (int i = 0; i < PB_CALL_LIMIT / PB_CHUNK; i++) {
+        if (done >= limit) break;
+        u32 got = emit_chunk(dc, c, start + done, buf + start + done, limit - done);
+        if (!got) break;
+        done += got;
+    }
+}
+
+/* One message of a call whose direction follows HTTP/1 framing (the rest of a body,
+ * then a head), then this program again for the next; see kprobe_events.h.
+ * Not a TRACEPOINT_PROBE: the loader puts it in `walkers`. */
+int h1_walk_fn(void *ctx) {
+    u32 zero = 0;
+    struct data_call *dc = calls.lookup(&zero);
+    struct h1_walk *w = h1_walks.lookup(&zero);
+    struct h1_scan *s = h1_scans.lookup(&zero);
+    if (!dc || !w || !s) return 0;
+    struct conn_info *c = conns.lookup(&dc->key);
+    if (!c) return 0;  /* closed meanwhile by another thread */
+    u8 dir = dc->a.dir & 1;
+    u32 orig = dc->orig;
+    u64 buf = dc->a.buf;
+    struct h1_dir *d = &c->h1[dir];
+    if (d->state == H1_BODY) {
+        u32 k = orig - (u32)w->pos;
+        if (d->rem < k) k = d->rem;
+        if (!w->pos) {
+            emit_chunk(dc, c, 0, buf, 1);  /* a call's first byte is kept */
+            k--;
+            w->pos = 1;
+            d->rem--;
+        }
+        d->rem -= k;
+        w->pos += k;
+        w->skipped += k;
+        if (!d->rem) d->state = H1_MSG;
+    }
+    if (!w->scanning && w->pos < orig && d->state == H1_MSG) {
+        u32 n = orig - (u32)w->pos;
+        if (n > H1_MASK) n = H1_MASK;
+        if (bpf_probe_read_user(s->buf, PB_MASKED(n, H1_MASK), (void *)(buf + w->pos)) < 0) n = 0;
+        s->n = n;
+        s->o = 0;
+        s->end = 0;
+        s->cl_at = 0;
+        s->cl_count = 0;
+        s->te = 0;
+        w->scanning = 1;
+    }
+    if (w->scanning) {
+        h1_scan_step(s);
+        if (!s->end && s->o < s->n) {
+            walkers.call(ctx, PB_TC_H1);  /* the scan goes on in a fresh run */
+        } else {
+            w->scanning = 0;
+            s64 body = h1_body(c, s, (c->role == PB_ROLE_CLIENT) == (dir == PB_DIR_SEND));
+            if (body >= 0) {
+                emit_chunk(dc, c, (u32)w->pos, buf + w->pos, s->end);
+                w->pos += s->end;
+                d->rem = (u32)body;
+                d->state = body ? H1_BODY : H1_MSG;
+                /* the next message (or this one's body) in a fresh run */
+                if (w->pos < orig) walkers.call(ctx, PB_TC_H1);
+            }
+        }
+    }
+    if (w->pos < orig) {
+        /* not framed for sure here, or out of tail calls: the rest as a prefix */
+        h1_give_up(c, dir);
+        capture_prefix(dc, c, (u32)w->pos, buf, orig);
+    }
+    if (w->skipped) stat_add(PB_STAT_H1_SKIPPED_BYTES, w->skipped);
+    return 0;
+}
+
+/* A call on a direction that follows HTTP/1 framing: 1 to go on in h1_walk_fn. */
+static __always_inline int h1_begin(struct conn_info *c, struct data_args *a) {
+    u32 zero = 0;
+    struct h1_walk *w = h1_walks.lookup(&zero);
+    if (!w) return 0;
+    if (a->iovcnt) {
+        /* vectored: left to the prefix capture (the walk reads one buffer) */
+        h1_give_up(c, a->dir);
+        return 0;
+    }
+    w->pos = 0;
+    w->skipped = 0;
+    w->scanning = 0;
+    return 1;
+}
+
 /* A data call, from the stash: find or infer its connection, number it, and
  * capture it (prefix capture here, or hand it to the frame walk).
  * Not a TRACEPOINT_PROBE: the loader puts it in `walkers`. */
@@ -1026,6 +1296,7 @@ int data_fn(void *ctx) {
             }
             c->proto = p;
             if (p == PB_PROTO_HTTP2) h2_start(c);
+            if (p == PB_PROTO_HTTP1) h1_start(c);
         }
     }
     /* numbered whether or not its events reach the ring buffer (kprobe_events.h);
@@ -1042,22 +1313,21 @@ int data_fn(void *ctx) {
         stat_add(PB_STAT_TAIL_FAILED, 1);
         return 0;
     }
+    if (c->proto == PB_PROTO_HTTP1 && c->h1[a.dir & 1].state != H1_OFF && h1_begin(c, &a)) {
+        walkers.call(ctx, PB_TC_H1);
+        stat_add(PB_STAT_TAIL_FAILED, 1);  /* the call goes unseen, its seq tells replay */
+        return 0;
+    }
+    /* one event per chunk; the captured bytes are always a prefix of the call's */
+    if (!a.iovcnt) {
+        capture_prefix(dc, c, 0, a.buf, orig);
+        return 0;
+    }
     if (orig > PB_CALL_LIMIT) {
         stat_add(PB_STAT_TRUNCATED_CALLS, 1);
         stat_add(PB_STAT_TRUNCATED_BYTES, orig - PB_CALL_LIMIT);
     }
-    /* one event per chunk; the captured bytes are always a prefix of the call's */
     u32 limit = orig < PB_CALL_LIMIT ? orig : PB_CALL_LIMIT;
-    u32 done = 0;
-    if (!a.iovcnt) {
-        for (int i = 0; i < PB_CALL_LIMIT / PB_CHUNK; i++) {
-            if (done >= limit) break;
-            u32 got = emit_chunk(dc, c, done, a.buf + done, limit - done);
-            if (!got) break;
-            done += got;
-        }
-        return 0;
-    }
     /* vectored: walk the iovecs in order, a chunk at a time, so what was
      * captured stays a prefix of the call's bytes. The walk's state lives in a
      * map value: the verifier then sees unknown scalars each iteration and can

@@ -278,7 +278,8 @@ class Recorder:
         walkers = bpf["walkers"]
         # a tail call stays within one program type: the hooks' own
         kind = bpf.KPROBE if self.kernel_hooks == "kprobes" else bpf.TRACEPOINT
-        for name, idx in (("data_fn", d["PB_TC_DATA"]), ("h2_walk_fn", d["PB_TC_H2"])):
+        for name, idx in (("data_fn", d["PB_TC_DATA"]), ("h2_walk_fn", d["PB_TC_H2"]),
+                          ("h1_walk_fn", d["PB_TC_H1"])):
             try:
                 fn = bpf.load_func(name.encode(), kind)
             except Exception as e:  # bcc raises bare Exception with the verifier's log
@@ -306,6 +307,8 @@ class Recorder:
             "h2_sync_lost_implausible": totals[d["PB_STAT_H2_IMPLAUSIBLE"]],
             "h2_sync_lost_bound": totals[d["PB_STAT_H2_BOUND"]],
             "h2_resyncs": totals[d["PB_STAT_H2_RESYNC"]],
+            "h1_skipped_body_bytes": totals[d["PB_STAT_H1_SKIPPED_BYTES"]],
+            "h1_framing_given_up": totals[d["PB_STAT_H1_GIVEN_UP"]],
             "tail_call_failures": totals[d["PB_STAT_TAIL_FAILED"]] - self.tail_failed_before_attach,
             "records_written": self.writer.records,
             "bytes_written": self.writer.bytes,
