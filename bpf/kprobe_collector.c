@@ -86,16 +86,23 @@ struct h2_dir {
 #ifndef PB_H1_HDR_MAX
 /* bytes of an HTTP/1 message scanned for the end of its header block; a power of two
  * (the verifier walks the scan once per 8 bytes of it) */
-#define PB_H1_HDR_MAX 2048
+#define PB_H1_HDR_MAX 8192
 #endif
+#define H1_SLICE 1024 /* a head is read from the call a slice at a time, as the scan needs */
 #define H1_OFF 0  /* framing not followed: prefix capture */
 #define H1_MSG 1  /* the direction's next byte starts a message */
 #define H1_BODY 2 /* rem bytes of a Content-Length body go first, then a message */
+#define H1_CHUNK 3 /* a chunk-size line next (after the CRLF ending a chunk's data, if crlf) */
+#define H1_CDATA 4 /* rem bytes of a chunk's data, then H1_CHUNK */
 /* Where one direction of an HTTP/1 connection stands between calls. */
 struct h1_dir {
     u32 rem;
     u8 state;
-    u8 pad[3];
+    u8 crlf;
+    u8 pre_len;   /* H1_MSG: a head's first bytes came in calls of their own (Go's
+                   * server reads 1 byte, then the rest): pre holds them */
+    u8 pad;
+    u8 pre[16];
 };
 
 /* gRPC message position of one stream direction, kept between its DATA frames */
@@ -116,8 +123,12 @@ struct conn_info {
         struct h2_dir h2[2]; /* PB_PROTO_HTTP2 */
         struct {
             struct h1_dir h1[2]; /* PB_PROTO_HTTP1 */
-            u8 h1_resp_ok;       /* every request so far framed and not HEAD/CONNECT: a
-                                  * response's own headers give its body length */
+            u64 h1_heads;        /* bit (n % 64): request n was a HEAD (its response's
+                                  * length header announces no body) */
+            u32 h1_reqs;         /* requests framed */
+            u32 h1_resps;        /* final responses framed */
+            u8 h1_resp_ok;       /* every request so far framed, none a CONNECT, at most
+                                  * 64 unanswered: responses can be paired with them */
         };
     };
     u32 seq[2];          /* data calls so far, by PB_DIR_* (pb_data_event.seq) */
@@ -997,14 +1008,18 @@ struct h1_scan {
         u64 words[PB_H1_HDR_MAX / 8 + 4];
     };
     u32 n;        /* bytes of buf read from the call */
+    u32 lim;      /* bytes there are to read, at most PB_H1_HDR_MAX - 1 */
+    u32 sh;       /* buf starts with this many bytes of earlier calls (h1_dir.pre) */
     u32 o;        /* where the scan goes on (a multiple of 8) */
     u32 end;      /* length of the header block (through its empty line); 0: not found */
     u32 cl_at;    /* offset just past the last "content-length:" */
-    u32 cl;       /* its value (h1_cl_value) */
+    u32 cl;       /* its value (h1_cl_value), or a chunk's size (h1_chunk_line) */
+    u32 te_at;    /* offset just past the last "transfer-encoding:" */
     u8 cl_count;  /* content-length lines seen */
-    u8 te;        /* a transfer-encoding line: framing left to replay */
+    u8 te;        /* transfer-encoding (or transfer-*) lines seen */
     u8 digits;
     u8 bad;
+    u8 nl;        /* a '\n' was seen */
 };
 BPF_PERCPU_ARRAY(h1_scans, struct h1_scan, 1);
 /* one call's walk over its messages, between runs of h1_walk_fn */
@@ -1020,10 +1035,13 @@ BPF_PERCPU_ARRAY(h1_walks, struct h1_walk, 1);
 #define H1_W_CONTENT 0x2d746e65746e6f63ULL  /* "content-" */
 #define H1_W_LENGTH 0x3a6874676e656cULL     /* "length:" (7 bytes) */
 #define H1_W_TRANSFER 0x726566736e617274ULL /* "transfer" */
+#define H1_W_ENCODIN 0x6e69646f636e652dULL  /* "-encodin" */
+#define H1_W_CHUNKED 0x64656b6e756863ULL    /* "chunked" (7 bytes) */
 
 /* A line starts at q: the header block's end, or a header that frames the body.
  * (Loose matches are harmless: replay frames the bytes again and checks the gaps.) */
 static __always_inline void h1_line(struct h1_scan *s, u32 q) {
+    s->nl = 1;
     if (q >= s->n || s->end) return;
     u32 m = q & H1_MASK;
     if (s->buf[m] == '\r' && s->buf[m + 1] == '\n') {
@@ -1038,15 +1056,18 @@ static __always_inline void h1_line(struct h1_scan *s, u32 q) {
             s->cl_count++;
         }
     } else if (a == H1_W_TRANSFER) {
-        s->te = 1;
+        s->te++;  /* only "transfer-encoding: chunked" is framed, once */
+        if ((*(u64 *)&s->buf[m + 8] | H1_LOWER) == H1_W_ENCODIN) s->te_at = q + 18;
     }
 }
 
 #ifndef PB_H1_SCAN_WORDS
 /* 8-byte words of a head scanned per run of h1_walk_fn: the verifier keeps every
  * branch of a run pending at once (at most 8192), so a run scans a slice */
-#define PB_H1_SCAN_WORDS 32
+#define PB_H1_SCAN_WORDS 64
 #endif
+/* A line checked at a word's end reads up to 40 bytes on: not past what was read */
+#define H1_WANTS_SLICE(s) ((s)->n < (s)->lim && (s)->o + 48 > (s)->n)
 /* Go on finding the header block's end in s->buf[0, n), a word at a time: a word
  * without a '\n' costs a few instructions. State lives in the map value (H2_JOIN). */
 static __always_inline void h1_scan_step(struct h1_scan *s) {
@@ -1054,7 +1075,7 @@ static __always_inline void h1_scan_step(struct h1_scan *s) {
     for (u32 i = 0; i < PB_H1_SCAN_WORDS; i++) {
         H2_JOIN();
         u32 o = s->o & H1_MASK;
-        if (s->o >= s->n || s->end) break;
+        if (s->o >= s->n || s->end || H1_WANTS_SLICE(s)) break;
         s->o = o + 8;
         u64 x = s->words[o / 8] ^ 0x0a0a0a0a0a0a0a0aULL;
         if (!((x - 0x0101010101010101ULL) & ~x & 0x8080808080808080ULL)) continue;
@@ -1065,6 +1086,21 @@ static __always_inline void h1_scan_step(struct h1_scan *s) {
             if (s->buf[o + j] == '\n') h1_line(s, o + j + 1);
         }
     }
+}
+
+/* Read the call's next slice of a head into s->buf, after the s->sh bytes of earlier
+ * calls (the call's bytes read so far are a multiple of H1_SLICE). */
+static __always_inline void h1_read_slice(struct h1_scan *s, u64 ptr) {
+    u32 off = (s->n - s->sh) & (H1_MASK & ~(H1_SLICE - 1));
+    u32 want = s->lim - s->n;
+    if (!want) return;
+    if (want > H1_SLICE) want = H1_SLICE;
+    want = PB_MASKED(want - 1, H1_SLICE - 1) + 1;
+    if (bpf_probe_read_user(&s->buf[off + (s->sh & 15)], want, (void *)(ptr + off)) < 0) {
+        s->lim = s->n;  /* unreadable: the scan ends at what it has */
+        return;
+    }
+    s->n = s->sh + off + want;
 }
 
 /* The Content-Length value at cl_at: spaces, 1 to 9 digits, CR. 0: not that. */
@@ -1092,15 +1128,74 @@ static __always_inline int h1_cl_value(struct h1_scan *s) {
     return i < 16 && !s->bad && s->digits;
 }
 
-/* The body length of the message whose head is in s, or -1 when it cannot be framed
- * here for sure (req: a request, else a response). */
+/* One "transfer-encoding: chunked" line and no content-length. */
+static __always_inline int h1_chunked(struct h1_scan *s) {
+    if (s->te != 1 || !s->te_at || s->cl_count) return 0;
+    u32 at = s->te_at;
+    if (s->buf[at & H1_MASK] == ' ') at++;
+    u64 v = *(u64 *)&s->buf[at & H1_MASK];
+    return ((v | H1_LOWER) & 0x00ffffffffffffffULL) == H1_W_CHUNKED && (v >> 56) == '\r';
+}
+
+/* At s->buf[0, n): with crlf, the CRLF ending a chunk's data (a writer may send it
+ * alone); else a chunk-size line, hex size CRLF, and after the last chunk's (size 0)
+ * the empty line ending the message (trailers are not framed here). Sets s->end to
+ * the bytes taken, s->digits to the size's (0: the CRLF) and s->cl to the size;
+ * s->end 0: not that, or cut. */
+static __always_inline void h1_chunk_line(struct h1_scan *s, u8 crlf) {
+    s->end = 0;
+    s->cl = 0;
+    s->digits = 0;
+    s->bad = 0;
+    s->o = 0;
+    if (crlf) {
+        if (s->n >= 2 && s->buf[0] == '\r' && s->buf[1] == '\n') s->end = 2;
+        return;
+    }
+    int i;
+#pragma clang loop unroll(disable)
+    for (i = 0; i < 8; i++) {
+        H2_JOIN();
+        if (s->o >= s->n) break;
+        u8 ch = s->buf[s->o & 31];
+        if (ch == '\r') break;
+        u8 v;
+        if (ch >= '0' && ch <= '9') v = ch - '0';
+        else if ((ch | 0x20) >= 'a' && (ch | 0x20) <= 'f') v = (ch | 0x20) - 'a' + 10;
+        else break;  /* an extension, or not a size line */
+        if (s->digits >= 7) break;
+        s->cl = (s->cl << 4) | v;
+        s->digits++;
+        s->o++;
+    }
+    u32 o = s->o & 31;
+    if (!s->digits || o + 2 > s->n || s->buf[o] != '\r' || s->buf[o + 1] != '\n') return;
+    o += 2;
+    if (!s->cl) {
+        if (o + 2 > s->n || s->buf[o] != '\r' || s->buf[o + 1] != '\n') return;
+        o += 2;
+    }
+    s->end = o;
+}
+
+#define H1_UNSURE (-1)
+#define H1_CHUNKED (-2)
+#define H1_NO_TE (-3) /* no transfer-encoding: the length rules apply */
+/* The body length of the message whose head is in s, H1_CHUNKED, or H1_UNSURE when
+ * it cannot be framed here for sure (req: a request, else a response). */
 static __always_inline s64 h1_body(struct conn_info *c, struct h1_scan *s, u8 req) {
-    if (s->end < 16 || s->te || s->cl_count > 1) return -1;
+    if (s->end < 16 || s->cl_count > 1) return H1_UNSURE;
+    s64 framed = h1_chunked(s) ? H1_CHUNKED : s->te ? H1_UNSURE : H1_NO_TE;
     const char *b = (const char *)s->buf;
     if (req) {
         if (!infer_http1(b) || starts(b, "HTTP/1.", 7)) return -1;
         /* a HEAD's response carries a length and no body; CONNECT's turns to a tunnel */
-        if (starts(b, "HEAD ", 5) || starts(b, "CONNECT ", 8)) c->h1_resp_ok = 0;
+        if (starts(b, "CONNECT ", 8) || c->h1_reqs - c->h1_resps >= 64) c->h1_resp_ok = 0;
+        u64 bit = 1ULL << (c->h1_reqs & 63);
+        if (starts(b, "HEAD ", 5)) c->h1_heads |= bit;
+        else c->h1_heads &= ~bit;
+        c->h1_reqs++;
+        if (framed != H1_NO_TE) return framed;
         if (!s->cl_count) return 0;  /* a request without a length has no body */
         return h1_cl_value(s) ? s->cl : -1;
     }
@@ -1109,7 +1204,12 @@ static __always_inline s64 h1_body(struct conn_info *c, struct h1_scan *s, u8 re
     if (d0 > 9 || d1 > 9 || d2 > 9) return -1;
     u32 status = d0 * 100 + d1 * 10 + d2;
     if (status == 101) return -1;  /* another protocol follows */
-    if (status < 200 || status == 204 || status == 304) return 0;
+    if (status < 200) return 0;    /* interim: the request's answer is still to come */
+    if (c->h1_resps == c->h1_reqs) return -1;  /* no request seen for it */
+    u8 head = (c->h1_heads >> (c->h1_resps & 63)) & 1;
+    c->h1_resps++;
+    if (head || status == 204 || status == 304) return 0;
+    if (framed != H1_NO_TE) return framed;
     if (!s->cl_count) return -1;  /* close-delimited */
     return h1_cl_value(s) ? s->cl : -1;
 }
@@ -1118,9 +1218,13 @@ static __always_inline s64 h1_body(struct conn_info *c, struct h1_scan *s, u8 re
  * directions are at a message's start. */
 static __always_inline void h1_start(struct conn_info *c) {
     u8 on = PB_H1_SKIP && c->role != PB_ROLE_UNKNOWN;
+    __builtin_memset(c->h1, 0, sizeof(c->h1));
     c->h1[0].state = on ? H1_MSG : H1_OFF;
     c->h1[1].state = on ? H1_MSG : H1_OFF;
     c->h1_resp_ok = on;
+    c->h1_heads = 0;
+    c->h1_reqs = 0;
+    c->h1_resps = 0;
 }
 
 /* This direction's framing is not followed any more (prefix capture from here on);
@@ -1165,7 +1269,7 @@ int h1_walk_fn(void *ctx) {
     u32 orig = dc->orig;
     u64 buf = dc->a.buf;
     struct h1_dir *d = &c->h1[dir];
-    if (d->state == H1_BODY) {
+    if (d->state == H1_BODY || d->state == H1_CDATA) {
         u32 k = orig - (u32)w->pos;
         if (d->rem < k) k = d->rem;
         if (!w->pos) {
@@ -1177,14 +1281,34 @@ int h1_walk_fn(void *ctx) {
         d->rem -= k;
         w->pos += k;
         w->skipped += k;
-        if (!d->rem) d->state = H1_MSG;
+        if (!d->rem) {
+            d->crlf = 1;
+            d->state = d->state == H1_BODY ? H1_MSG : H1_CHUNK;
+        }
     }
-    if (!w->scanning && w->pos < orig && d->state == H1_MSG) {
+    if (!w->scanning && w->pos < orig && d->state == H1_CHUNK) {
         u32 n = orig - (u32)w->pos;
-        if (n > H1_MASK) n = H1_MASK;
-        if (bpf_probe_read_user(s->buf, PB_MASKED(n, H1_MASK), (void *)(buf + w->pos)) < 0) n = 0;
+        if (n > 31) n = 31;
+        if (bpf_probe_read_user(s->buf, PB_MASKED(n, 31), (void *)(buf + w->pos)) < 0) n = 0;
         s->n = n;
+        h1_chunk_line(s, d->crlf);
+        if (s->end) {
+            emit_chunk(dc, c, (u32)w->pos, buf + w->pos, s->end);
+            w->pos += s->end;
+            d->rem = s->cl;
+            d->state = !s->digits ? H1_CHUNK : s->cl ? H1_CDATA : H1_MSG;
+            d->crlf = 0;
+            if (w->pos < orig) walkers.call(ctx, PB_TC_H1);
+        }
+    } else if (!w->scanning && w->pos < orig && d->state == H1_MSG) {
+        u32 n = orig - (u32)w->pos;
+        __builtin_memcpy(s->buf, d->pre, 16);
+        s->sh = d->pre_len & 15;
+        s->lim = s->sh + (n < H1_MASK - 16 ? n : H1_MASK - 16);
+        s->n = s->sh;
+        h1_read_slice(s, buf + w->pos);
         s->o = 0;
+        s->nl = 0;
         s->end = 0;
         s->cl_at = 0;
         s->cl_count = 0;
@@ -1193,16 +1317,32 @@ int h1_walk_fn(void *ctx) {
     }
     if (w->scanning) {
         h1_scan_step(s);
+        if (!s->end && H1_WANTS_SLICE(s)) h1_read_slice(s, buf + w->pos);
         if (!s->end && s->o < s->n) {
             walkers.call(ctx, PB_TC_H1);  /* the scan goes on in a fresh run */
         } else {
             w->scanning = 0;
-            s64 body = h1_body(c, s, (c->role == PB_ROLE_CLIENT) == (dir == PB_DIR_SEND));
-            if (body >= 0) {
-                emit_chunk(dc, c, (u32)w->pos, buf + w->pos, s->end);
-                w->pos += s->end;
-                d->rem = (u32)body;
-                d->state = body ? H1_BODY : H1_MSG;
+            s64 body = H1_UNSURE;
+            if (!s->end && !s->nl && s->n < 16 && s->lim - s->sh == orig - (u32)w->pos &&
+                s->n >= s->lim) {
+                /* the call ended a few bytes into a start line: they wait for the next */
+                emit_chunk(dc, c, (u32)w->pos, buf + w->pos, orig - (u32)w->pos);
+                __builtin_memcpy(d->pre, s->buf, 16);
+                d->pre_len = s->n;
+                w->pos = orig;
+            } else {
+                body = h1_body(c, s, (c->role == PB_ROLE_CLIENT) == (dir == PB_DIR_SEND));
+            }
+            u32 took = s->end - s->sh;  /* the head's bytes in this call */
+            /* a head is captured in one event, whole (else as a prefix, cut as ever) */
+            if (took > PB_CHUNK || took > PB_CALL_LIMIT) body = H1_UNSURE;
+            if (body >= 0 || body == H1_CHUNKED) {
+                d->pre_len = 0;
+                emit_chunk(dc, c, (u32)w->pos, buf + w->pos, took);
+                w->pos += took;
+                d->rem = body > 0 ? (u32)body : 0;
+                d->state = body > 0 ? H1_BODY : body ? H1_CHUNK : H1_MSG;
+                d->crlf = 0;
                 /* the next message (or this one's body) in a fresh run */
                 if (w->pos < orig) walkers.call(ctx, PB_TC_H1);
             }

@@ -70,10 +70,13 @@
  * vectored): each direction follows message framing across calls; a call's header
  * blocks are captured and Content-Length body bytes are left out as gaps (the
  * first byte of a call is kept, as above). Anything it cannot frame for sure
- * (chunked, close-delimited, 101, a header block cut by the call's end or longer
- * than PB_H1_HDR_MAX, a HEAD or CONNECT request on the connection, a vectored
- * call) ends the following of that direction for the connection: prefix capture
- * from there on. Replay's parser frames the bytes itself and checks that every
+ * (close-delimited, 101, chunk extensions or trailers, a head or chunk-size line
+ * cut by the call's end, a head longer than PB_H1_HDR_MAX, a vectored call, a
+ * response to a request not framed or to a CONNECT) ends the following of that
+ * direction for the connection: prefix capture from there on. Chunked bodies are
+ * followed chunk by chunk (size lines captured, data left out); a HEAD's response
+ * is known from the requests framed on the connection (paired in order, as
+ * pipelining keeps them). Replay's parser frames the bytes itself and checks that every
  * gap falls inside a body; a gap elsewhere is a lost message, never a guess.
  *
  * Loss: `seq` counts the data calls of one connection and direction (from 1),
