@@ -99,10 +99,10 @@ struct h1_dir {
     u32 rem;
     u8 state;
     u8 crlf;
-    u8 pre_len;   /* H1_MSG: a head's first bytes came in calls of their own (Go's
-                   * server reads 1 byte, then the rest): pre holds them */
-    u8 pad;
-    u8 pre[16];
+    u16 pend;     /* H1_MSG: a head's first bytes came in earlier calls (Go's server
+                   * reads 1 byte, then the rest; a read ends mid-head): in h1_pends */
+    u8 clen;      /* H1_CHUNK: bytes of a size line an earlier call ended in, in cline */
+    u8 cline[15];
 };
 
 /* gRPC message position of one stream direction, kept between its DATA frames */
@@ -1004,8 +1004,8 @@ int h2_walk_fn(void *ctx) {
 #define H1_MASK (PB_H1_HDR_MAX - 1)
 struct h1_scan {
     union {  /* a message's first bytes; 16 readable past any offset */
-        u8 buf[PB_H1_HDR_MAX + 32];
-        u64 words[PB_H1_HDR_MAX / 8 + 4];
+        u8 buf[2 * PB_H1_HDR_MAX + 32];  /* room for a slice read past pending bytes */
+        u64 words[2 * PB_H1_HDR_MAX / 8 + 4];
     };
     u32 n;        /* bytes of buf read from the call */
     u32 lim;      /* bytes there are to read, at most PB_H1_HDR_MAX - 1 */
@@ -1019,16 +1019,23 @@ struct h1_scan {
     u8 te;        /* transfer-encoding (or transfer-*) lines seen */
     u8 digits;
     u8 bad;
-    u8 nl;        /* a '\n' was seen */
+    u8 cut;       /* h1_chunk_line: the bytes ended inside the line */
 };
 BPF_PERCPU_ARRAY(h1_scans, struct h1_scan, 1);
+/* the first bytes of a head a call ended in, for the direction's next call */
+struct h1_pend_key { u32 tgid; s32 fd; u32 dir; };
+struct h1_pend_val { u8 buf[PB_H1_HDR_MAX]; };
+BPF_TABLE("lru_hash", struct h1_pend_key, struct h1_pend_val, h1_pends, 256);
 /* one call's walk over its messages, between runs of h1_walk_fn */
 struct h1_walk {
     u64 pos;      /* offset in the call */
     u64 skipped;  /* body bytes left out so far */
-    u8 scanning;  /* a head is in h1_scans, its scan goes on in the next run */
+    u8 scanning;  /* H1_SCANNING: a head is in h1_scans, its scan goes on in the next
+                   * run; H1_SCANNED: the next run decides from it */
 };
 BPF_PERCPU_ARRAY(h1_walks, struct h1_walk, 1);
+#define H1_SCANNING 1
+#define H1_SCANNED 2
 
 /* header names, 8 bytes little-endian, lower case (a byte | 0x20 folds A-Z) */
 #define H1_LOWER 0x2020202020202020ULL
@@ -1041,7 +1048,6 @@ BPF_PERCPU_ARRAY(h1_walks, struct h1_walk, 1);
 /* A line starts at q: the header block's end, or a header that frames the body.
  * (Loose matches are harmless: replay frames the bytes again and checks the gaps.) */
 static __always_inline void h1_line(struct h1_scan *s, u32 q) {
-    s->nl = 1;
     if (q >= s->n || s->end) return;
     u32 m = q & H1_MASK;
     if (s->buf[m] == '\r' && s->buf[m + 1] == '\n') {
@@ -1096,7 +1102,7 @@ static __always_inline void h1_read_slice(struct h1_scan *s, u64 ptr) {
     if (!want) return;
     if (want > H1_SLICE) want = H1_SLICE;
     want = PB_MASKED(want - 1, H1_SLICE - 1) + 1;
-    if (bpf_probe_read_user(&s->buf[off + (s->sh & 15)], want, (void *)(ptr + off)) < 0) {
+    if (bpf_probe_read_user(&s->buf[off + (s->sh & H1_MASK)], want, (void *)(ptr + off)) < 0) {
         s->lim = s->n;  /* unreadable: the scan ends at what it has */
         return;
     }
@@ -1147,17 +1153,22 @@ static __always_inline void h1_chunk_line(struct h1_scan *s, u8 crlf) {
     s->cl = 0;
     s->digits = 0;
     s->bad = 0;
+    s->cut = 0;
     s->o = 0;
     if (crlf) {
         if (s->n >= 2 && s->buf[0] == '\r' && s->buf[1] == '\n') s->end = 2;
+        s->cut = s->n == 1 && s->buf[0] == '\r';
         return;
     }
     int i;
 #pragma clang loop unroll(disable)
     for (i = 0; i < 8; i++) {
         H2_JOIN();
-        if (s->o >= s->n) break;
-        u8 ch = s->buf[s->o & 31];
+        if (s->o >= s->n) {
+            s->cut = 1;
+            break;
+        }
+        u8 ch = s->buf[s->o & 63];
         if (ch == '\r') break;
         u8 v;
         if (ch >= '0' && ch <= '9') v = ch - '0';
@@ -1168,10 +1179,14 @@ static __always_inline void h1_chunk_line(struct h1_scan *s, u8 crlf) {
         s->digits++;
         s->o++;
     }
-    u32 o = s->o & 31;
+    if (s->cut) return;
+    u32 o = s->o & 63;
+    /* a line cut after its digits or its CR (o + 1 == n: the CR is there) */
+    s->cut = s->digits && (o >= s->n || (o + 1 == s->n && s->buf[o] == '\r'));
     if (!s->digits || o + 2 > s->n || s->buf[o] != '\r' || s->buf[o + 1] != '\n') return;
     o += 2;
     if (!s->cl) {
+        s->cut = o >= s->n || (o + 1 == s->n && s->buf[o] == '\r');
         if (o + 2 > s->n || s->buf[o] != '\r' || s->buf[o + 1] != '\n') return;
         o += 2;
     }
@@ -1269,83 +1284,109 @@ int h1_walk_fn(void *ctx) {
     u32 orig = dc->orig;
     u64 buf = dc->a.buf;
     struct h1_dir *d = &c->h1[dir];
-    if (d->state == H1_BODY || d->state == H1_CDATA) {
-        u32 k = orig - (u32)w->pos;
-        if (d->rem < k) k = d->rem;
-        if (!w->pos) {
-            emit_chunk(dc, c, 0, buf, 1);  /* a call's first byte is kept */
-            k--;
-            w->pos = 1;
-            d->rem--;
-        }
-        d->rem -= k;
-        w->pos += k;
-        w->skipped += k;
-        if (!d->rem) {
-            d->crlf = 1;
-            d->state = d->state == H1_BODY ? H1_MSG : H1_CHUNK;
-        }
-    }
-    if (!w->scanning && w->pos < orig && d->state == H1_CHUNK) {
-        u32 n = orig - (u32)w->pos;
-        if (n > 31) n = 31;
-        if (bpf_probe_read_user(s->buf, PB_MASKED(n, 31), (void *)(buf + w->pos)) < 0) n = 0;
-        s->n = n;
-        h1_chunk_line(s, d->crlf);
-        if (s->end) {
-            emit_chunk(dc, c, (u32)w->pos, buf + w->pos, s->end);
-            w->pos += s->end;
-            d->rem = s->cl;
-            d->state = !s->digits ? H1_CHUNK : s->cl ? H1_CDATA : H1_MSG;
-            d->crlf = 0;
-            if (w->pos < orig) walkers.call(ctx, PB_TC_H1);
-        }
-    } else if (!w->scanning && w->pos < orig && d->state == H1_MSG) {
-        u32 n = orig - (u32)w->pos;
-        __builtin_memcpy(s->buf, d->pre, 16);
-        s->sh = d->pre_len & 15;
-        s->lim = s->sh + (n < H1_MASK - 16 ? n : H1_MASK - 16);
-        s->n = s->sh;
-        h1_read_slice(s, buf + w->pos);
-        s->o = 0;
-        s->nl = 0;
-        s->end = 0;
-        s->cl_at = 0;
-        s->cl_count = 0;
-        s->te = 0;
-        w->scanning = 1;
-    }
-    if (w->scanning) {
+    if (w->scanning == H1_SCANNING) {
         h1_scan_step(s);
         if (!s->end && H1_WANTS_SLICE(s)) h1_read_slice(s, buf + w->pos);
-        if (!s->end && s->o < s->n) {
-            walkers.call(ctx, PB_TC_H1);  /* the scan goes on in a fresh run */
-        } else {
-            w->scanning = 0;
-            s64 body = H1_UNSURE;
-            if (!s->end && !s->nl && s->n < 16 && s->lim - s->sh == orig - (u32)w->pos &&
-                s->n >= s->lim) {
-                /* the call ended a few bytes into a start line: they wait for the next */
-                emit_chunk(dc, c, (u32)w->pos, buf + w->pos, orig - (u32)w->pos);
-                __builtin_memcpy(d->pre, s->buf, 16);
-                d->pre_len = s->n;
-                w->pos = orig;
-            } else {
-                body = h1_body(c, s, (c->role == PB_ROLE_CLIENT) == (dir == PB_DIR_SEND));
+        /* the scan goes on, or its outcome is decided, in a fresh run: a run that
+         * scans leaves the verifier few paths to follow past its loop */
+        if (s->end || s->o >= s->n) w->scanning = H1_SCANNED;
+        walkers.call(ctx, PB_TC_H1);
+    } else if (w->scanning == H1_SCANNED) {
+        w->scanning = 0;
+        s64 body = H1_UNSURE;
+        u32 rest = orig - (u32)w->pos;
+        u32 take = 0;  /* bytes of this call captured as one event: a head, or its start */
+        if (!s->end && s->n >= s->lim && s->lim - s->sh == rest && s->n < H1_MASK) {
+            /* the call ended inside a head: its bytes so far wait for the next call */
+            struct h1_pend_key pk = {.tgid = dc->key.tgid, .fd = dc->key.fd, .dir = dir};
+            if (!h1_pends.update(&pk, (struct h1_pend_val *)s->buf)) {
+                d->pend = s->n;
+                take = rest;
             }
-            u32 took = s->end - s->sh;  /* the head's bytes in this call */
-            /* a head is captured in one event, whole (else as a prefix, cut as ever) */
-            if (took > PB_CHUNK || took > PB_CALL_LIMIT) body = H1_UNSURE;
-            if (body >= 0 || body == H1_CHUNKED) {
-                d->pre_len = 0;
-                emit_chunk(dc, c, (u32)w->pos, buf + w->pos, took);
-                w->pos += took;
+        } else if (s->end > s->sh) {
+            body = h1_body(c, s, (c->role == PB_ROLE_CLIENT) == (dir == PB_DIR_SEND));
+            if (body >= 0 || body == H1_CHUNKED) take = s->end - s->sh;
+        }
+        /* one event, whole (else as a prefix, cut as ever) */
+        if (take > PB_CHUNK || take > PB_CALL_LIMIT) take = 0;
+        H2_JOIN();
+        if (take) {
+            /* a lost event shows in its call's parts: replay stops trusting the call */
+            emit_chunk(dc, c, (u32)w->pos, buf + w->pos, take);
+            w->pos += take;
+            if (body != H1_UNSURE) {
+                d->pend = 0;
                 d->rem = body > 0 ? (u32)body : 0;
                 d->state = body > 0 ? H1_BODY : body ? H1_CHUNK : H1_MSG;
                 d->crlf = 0;
-                /* the next message (or this one's body) in a fresh run */
+            }
+            /* the next message (or this one's body) in a fresh run */
+            if (w->pos < orig) walkers.call(ctx, PB_TC_H1);
+        }
+    } else {
+        if (d->state == H1_BODY || d->state == H1_CDATA) {
+            u32 k = orig - (u32)w->pos;
+            if (d->rem < k) k = d->rem;
+            if (!w->pos) {
+                emit_chunk(dc, c, 0, buf, 1);  /* a call's first byte is kept */
+                k--;
+                w->pos = 1;
+                d->rem--;
+            }
+            d->rem -= k;
+            w->pos += k;
+            w->skipped += k;
+            if (!d->rem) {
+                d->crlf = 1;
+                d->state = d->state == H1_BODY ? H1_MSG : H1_CHUNK;
+            }
+        }
+        if (w->pos < orig && d->state == H1_CHUNK) {
+            u32 n = orig - (u32)w->pos;
+            if (n > 31) n = 31;
+            u32 cp = d->clen & 15;  /* the line's start, from an earlier call */
+            __builtin_memcpy(s->buf, d->cline, 15);
+            if (bpf_probe_read_user(&s->buf[cp], PB_MASKED(n, 31), (void *)(buf + w->pos)) < 0)
+                n = 0;
+            s->n = cp + n;
+            h1_chunk_line(s, d->crlf);
+            if (!s->end && s->cut && s->n < 16 && n == orig - (u32)w->pos) {
+                /* the call ended inside the line: its bytes so far wait for the next */
+                emit_chunk(dc, c, (u32)w->pos, buf + w->pos, n);
+                __builtin_memcpy(d->cline, s->buf, 15);
+                d->clen = s->n;
+                w->pos = orig;
+            } else if (s->end > cp) {
+                emit_chunk(dc, c, (u32)w->pos, buf + w->pos, s->end - cp);
+                w->pos += s->end - cp;
+                d->clen = 0;
+                d->rem = s->cl;
+                d->state = !s->digits ? H1_CHUNK : s->cl ? H1_CDATA : H1_MSG;
+                d->crlf = 0;
                 if (w->pos < orig) walkers.call(ctx, PB_TC_H1);
             }
+        } else if (w->pos < orig && d->state == H1_MSG) {
+            u32 n = orig - (u32)w->pos;
+            s->sh = 0;
+            if (d->pend) {
+                struct h1_pend_key pk = {.tgid = dc->key.tgid, .fd = dc->key.fd, .dir = dir};
+                struct h1_pend_val *pv = h1_pends.lookup(&pk);
+                /* gone from the LRU: this head cannot be framed (lim 0 gives up below) */
+                if (pv && !bpf_probe_read_kernel(s->buf, PB_MASKED(d->pend, H1_MASK), pv->buf))
+                    s->sh = d->pend & H1_MASK;
+                else
+                    n = 0;
+            }
+            s->lim = s->sh + (n < H1_MASK - s->sh ? n : H1_MASK - s->sh);
+            s->n = s->sh;
+            h1_read_slice(s, buf + w->pos);
+            s->o = 0;
+            s->end = 0;
+            s->cl_at = 0;
+            s->cl_count = 0;
+            s->te = 0;
+            w->scanning = H1_SCANNING;
+            walkers.call(ctx, PB_TC_H1);  /* the scan runs at the start of a run: one path in */
         }
     }
     if (w->pos < orig) {
