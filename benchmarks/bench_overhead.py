@@ -51,7 +51,9 @@ from harness.runner.collectors import (
     CollectorOptions,
     RunningCollector,
     start_collector,
+    start_collectors,
     stop_collector,
+    stop_collectors,
 )
 from harness.runner.lifecycle import Child, ProcessSet, read_line_until
 from harness.runner.record import free_port
@@ -242,12 +244,11 @@ def run_config(
         running: list[RunningCollector] = []
 
         def attach(tgids: list[int]) -> None:
-            for name in CONFIGS[config]:
-                running.append(start_collector(
-                    procs, name, work_dir / "events", tgids=tgids,
-                    ports=[t.port for t in targets], options=options or CollectorOptions(),
-                    deadline_s=COLLECTOR_DEADLINE_S, binaries=[],
-                ))  # fmt: skip
+            running.extend(start_collectors(
+                procs, list(CONFIGS[config]), work_dir / "events", tgids=tgids,
+                ports=[t.port for t in targets], options=options or CollectorOptions(),
+                deadline_s=COLLECTOR_DEADLINE_S, binaries=[],
+            ))  # fmt: skip
 
         if early:
             attach([t.server.pid for t in targets])
@@ -271,8 +272,7 @@ def run_config(
             out.results[t.wl.key] = _drive(t, config, clients[t.wl.key], running, work_dir,
                                            with_bpf_stats)  # fmt: skip
             stop_and_forget(procs, clients[t.wl.key])
-        for rc in running:
-            stats = stop_collector(procs, rc)
+        for rc, stats in zip(running, stop_collectors(procs, running), strict=True):
             procs.children.remove(rc.child)
             if "error" in stats:
                 raise CollectorError(f"the {rc.name} collector failed: {stats['error']}")

@@ -121,7 +121,7 @@ def test_soak_replay(
         "exchanges_per_cpu_s": round(truth / cpu) if cpu else None,
         "exchanges_per_s_per_core": round(truth / wall / (os.cpu_count() or 1)) if wall else None,
         "peak_rss_mb": round(stats["peak_rss_kb"] / 1024),
-        "worker_peak_rss_mb": round(stats["children_peak_rss_kb"] / 1024),
+        "truth_peak_rss_mb": round(stats["truth_peak_rss_kb"] / 1024),
         "recording": RunManifest.load(run_dir).recording,
         "completeness": {side: rows[(side, "default")]["completeness"]
                          for side in ("client", "server")},

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 
 from harness.model import Exchange
 
+_SEEN = 1024  # dicts remembered by identity; few, so as not to keep the unshared alive
 _STRINGS = ("client_ip", "server_ip", "method", "path", "authority", "protocol")
 
 
@@ -25,10 +26,23 @@ class Sharer:
     def __init__(self, max_entries: int = 100_000) -> None:
         self._dicts: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
         self._max = max_entries  # unique header sets (e.g. a Date header per second)
+        # dicts already seen (a stitcher shares one among a connection's equal header sets):
+        # id -> (that dict, kept so the id stays its own, its shared copy)
+        self._seen: dict[int, tuple[dict[str, str], dict[str, str]]] = {}
 
     def _dict(self, d: dict[str, str]) -> dict[str, str]:
         if not d:
             return d
+        seen = self._seen.get(id(d))
+        if seen is not None and seen[0] is d:
+            return seen[1]
+        if len(self._seen) >= _SEEN:
+            self._seen.clear()
+        shared = self._share(d)
+        self._seen[id(d)] = (d, shared)
+        return shared
+
+    def _share(self, d: dict[str, str]) -> dict[str, str]:
         key = tuple(d.items())
         got = self._dicts.get(key)
         if got is not None:

@@ -40,3 +40,14 @@ def test_not_btf_falls_back_to_no_socket_walk(tmp_path: Path) -> None:
         Btf(bad.read_bytes())
     assert socket_walk_defines(bad) == {"PB_FD_SOCK": 0}
     assert socket_walk_defines(tmp_path / "absent") == {"PB_FD_SOCK": 0}
+
+
+@needs_btf
+def test_cached_offsets_equal_a_fresh_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    fresh = socket_walk_defines(use_cache=False)
+    assert socket_walk_defines() == fresh  # computed, then written
+    (entry,) = (tmp_path / "probebench" / "btf").glob("*.json")
+    assert socket_walk_defines() == fresh  # read back
+    entry.write_text("{not json")  # a corrupt entry is computed again, never trusted
+    assert socket_walk_defines() == fresh

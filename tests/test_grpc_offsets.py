@@ -1,6 +1,6 @@
 """Stripped grpc-go binaries: the generated offsets table against DWARF, and honest refusals.
 
-The checked-in table (harness/collectors/uprobe/grpc_offsets.json, made by
+The checked-in table (harness/collectors/gobin/grpc_offsets.json, made by
 scripts/gen-grpc-offsets) must give, for every grpc-go target the project builds, exactly
 what DWARF gives: the same -D defines (registers, offsets, type descriptors) and the same
 probe addresses. The stripped builds (-ldflags="-s -w") of those targets must resolve from
@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from elftools.elf.elffile import ELFFile
 
+from harness.collectors.gobin import offsets
 from harness.collectors.gobin.pclntab import read_pclntab
 from harness.collectors.tls.gotls import resolve_go_tls
-from harness.collectors.uprobe import offsets
 from harness.collectors.uprobe.discover import identify
 from harness.collectors.uprobe.resolve import FUNCTIONS, Resolution, resolve
 

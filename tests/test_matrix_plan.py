@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -100,6 +102,11 @@ def test_default_plan_samples_every_dimension_of_the_full_one() -> None:
     assert {r.grpc_version for r in default if r.grpc_version} >= {
         *GRPC_GO_VERSIONS, *(v + STRIPPED for v in GRPC_GO_VERSIONS)}
     assert any(r.tls for r in default) and {r.scenario for r in default} == set(SCENARIOS)
+    # every grpc-go build early (the stability column counts early runs), and late too
+    for v in (*GRPC_GO_VERSIONS, *(v + STRIPPED for v in GRPC_GO_VERSIONS)):
+        assert any(r.grpc_version == v and r.attach == "early" for r in default), v
+    for v in GRPC_GO_VERSIONS:
+        assert any(r.grpc_version == v and r.attach == "late" for r in default), v
     # plain HTTP/2: each language on each side, at both attach times
     h2c = {(r.client, r.server, r.attach) for r in default if r.scenario == "h2c-plain"}
     for lang in ("go", "node"):
@@ -304,3 +311,30 @@ def _execute_with(record: Any) -> Any:
         return real(runs, state, out, progress, record, lambda d: None)
 
     return fake
+
+
+def test_a_replay_overlaps_the_next_recording(tmp_path: Path) -> None:
+    """Run 1's replay is still going when run 2 is recorded, and outcomes stay in order."""
+    second_recorded = threading.Event()
+    overlapped: list[bool] = []
+    nice: list[int] = []
+    rec = FakeRecorder()
+
+    def record(spec: Any, out: Path, progress: Any) -> Path:
+        d = rec.record(spec, out, progress)
+        if len(rec.calls) == 2:
+            second_recorded.set()
+        return d
+
+    def replay(run_dir: Path) -> None:
+        nice.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        if run_dir.name.startswith("run-1-"):  # waits for run 2: a serial loop never gets there
+            overlapped.append(second_recorded.wait(timeout=60))
+
+    state = State.load(state_path(tmp_path, True))
+    ended = list(execute(_runs(), state, tmp_path, lambda m: None, record, replay))
+    assert overlapped == [True]
+    # the recording gets the cores first: the replays run niced
+    assert nice == [matrix.REPLAY_NICE] * 2 or os.geteuid() != 0
+    assert [r.key for r, _ in ended] == [r.key for r in _runs()]
+    assert [e["status"] for _, e in ended] == ["done", "done"]

@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from harness.collectors import registry
+
 # 2: adds fixed_rate, decomposition, collector context switches and system CPU (v1 keys kept)
 # 3: the kernel side's bpf_ns_per_exchange (decomposition, fixed-rate bpf_pct) leaves out other
 #    processes' hits (the all-process figure kept beside it); adds per side, the recorder's
@@ -197,21 +199,21 @@ def compare(
     _positive(b, "baseline")
     _positive(t, "treated")
     if ci == "t":
-        interval = ratio_ci_t(b, t)
+        interval = ratio_ci_t(baseline, treated)
     elif ci == "bootstrap":
-        interval = ratio_ci_bootstrap(b, t)
+        interval = ratio_ci_bootstrap(baseline, treated)
     else:
         raise ValueError(f"ci must be 't' or 'bootstrap', not {ci!r}")
-    p = welch_p(b, t)
+    p = welch_p(baseline, treated)
     pr = pci = pp = None
     if paired:
-        pr, pci, pp = paired_log_ratio(b, t)
+        pr, pci, pp = paired_log_ratio(baseline, treated)
     return Comparison(
         ratio=float(t.mean() / b.mean()),
         ci95=interval,
         ci_method="delta-log-welch-t" if ci == "t" else "percentile-bootstrap",
         p=p,
-        p_mannwhitney=mannwhitney_p(b, t),
+        p_mannwhitney=mannwhitney_p(baseline, treated),
         significant=None if p is None else p < alpha,
         paired_ratio=pr,
         paired_ci95=pci,
@@ -284,15 +286,6 @@ def core_share(
 # The workloads' client and server are pinned to one CPU each: added kernel work per exchange
 # is spread over both when they are the bottleneck (closed loop, saturation).
 PATH_CPUS = 2
-# (collector, kind of its programs in bpf_run_time.by_kind, key of its bare trap in trap_cost)
-# (collector, its programs' kind in bpf_run_time.by_kind, the bare trap it pays per hit,
-# the kind of its helper tracepoints or None); the TLS collector's uprobes pay a uprobe's
-# trap, its socket tracepoints (which socket an SSL call used) are listed apart
-FLOORS = (
-    ("kprobe", "tracepoint", "tracepoint_added_ns", None),
-    ("uprobe", "uprobe", "uprobe_added_ns", None),
-    ("tls", "tls_uprobe", "uprobe_added_ns", "tls_tracepoint"),
-)
 
 
 def others_bpf_ns(hits_all: int, target_hits: int, ns_per_other_hit: float | None) -> float:
@@ -322,23 +315,24 @@ def decompose(workload: Mapping[str, Any], trap: Mapping[str, Any] | None) -> di
     fixed = (workload.get("fixed_rate") or {}).get("configs") or {}
     base = (configs.get(BASELINE) or {}).get("throughput") or {}
     out: dict[str, Any] = {}
-    for coll, kind, trap_key, helper_kind in FLOORS:
+    for coll, cost in ((c.name, c.bpf) for c in registry.collectors() if c.bpf):
         c = configs.get(coll)
         if not c or "not_measured" in c:
             continue
-        k = by_kind.get(kind) or {}
+        k: dict[str, Any] = next((by_kind[x] for x in cost.kinds if by_kind.get(x)), {})
         hits_all = k.get("hits_per_exchange")
-        hits = bpf.get("target_hits_per_exchange") if coll == "kprobe" else hits_all
+        hits = bpf.get("target_hits_per_exchange") if cost.every_process else hits_all
         if hits is None:
             hits = hits_all
-        trap_ns = (trap or {}).get(trap_key)
+        trap_ns = (trap or {}).get(cost.trap)
         floor = hits * trap_ns if hits is not None and trap_ns is not None else None
         bpf_ns = k.get("ns_per_exchange")
         per_hit = k.get("ns_per_hit")
-        if coll == "kprobe" and bpf_ns is not None and hits is not None and hits_all is not None:
+        if (cost.every_process and bpf_ns is not None and hits is not None
+                and hits_all is not None):
             # run_cnt counts every process's syscalls the filter turned away: their share,
             # at the idle span's cost per hit, is not this workload's
-            idle = (bpf.get("idle") or {}).get("kprobe_ns_per_hit")
+            idle = (bpf.get("idle") or {}).get(f"{coll}_ns_per_hit")
             if idle is not None:
                 bpf_ns -= min(others_bpf_ns(hits_all, hits, idle), bpf_ns)
                 per_hit = bpf_ns / hits if hits else None
@@ -378,7 +372,7 @@ def decompose(workload: Mapping[str, Any], trap: Mapping[str, Any] | None) -> di
             "fixed_rate_bpf_pct": at_rate.get("bpf_pct"),
             "fixed_rate_context_switches_per_s": at_rate.get("context_switches_per_s"),
         }
-        helpers = by_kind.get(helper_kind) if helper_kind else None
+        helpers = by_kind.get(cost.helper_kind) if cost.helper_kind else None
         if helpers:
             # they run for every process's syscalls: their hits count other processes too
             out[coll]["tracepoint_hits_per_exchange_all_processes"] = helpers.get(

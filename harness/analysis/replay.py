@@ -73,9 +73,18 @@ def _columns(exchanges: list[Exchange]) -> dict[str, list[Any]]:
     Built column by column: ``dataclasses.asdict`` per row deep-copies every value and
     was more than half of a 70k-exchange replay's time."""
     cols: dict[str, list[Any]] = {}
+    # header dicts are shared among exchanges (Sharer): each is encoded once
+    text: dict[int, str] = {}
     for name in _COLUMNS:
         if name in _JSON_COLUMNS:
-            cols[name] = [_json(getattr(x, name)) for x in exchanges]
+            col = []
+            for x in exchanges:
+                d = getattr(x, name)
+                t = text.get(id(d))
+                if t is None:
+                    t = text[id(d)] = _json(d)
+                col.append(t)
+            cols[name] = col
         elif name == "degraded":
             cols[name] = [
                 json.dumps([[d.field, d.reason] for d in x.degraded]) if x.degraded else "[]"
@@ -189,20 +198,22 @@ def _window(
 def _extract(
     pcap: Path, http1_ports: list[int], h2c_ports: list[int], offset: int, out_of_order: bool,
     keylog: Path | None = None,
-) -> tuple[list[Exchange], Any]:
+) -> tuple[list[Exchange], Any, int]:
+    """The truth, its stats, and the peak RSS (KiB) of the process that decoded it (a
+    worker's is no child's of the replay: the forkserver forked it)."""
     truth, stats = extract_exchanges(
         pcap, http1_ports=http1_ports, h2c_ports=h2c_ports, mono_offset_ns=offset,
         out_of_order=out_of_order, tls_keylog=keylog,
     )  # fmt: skip
     Sharer()(truth)
-    return truth, stats
+    return truth, stats, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 @contextlib.contextmanager
 def _truth_job(
     pcap: Path, http1_ports: list[int], h2c_ports: list[int], offset: int, out_of_order: bool,
     keylog: Path | None = None,
-) -> Iterator[Callable[[], tuple[list[Exchange], Any]]]:
+) -> Iterator[Callable[[], tuple[list[Exchange], Any, int]]]:
     """Yields a function that returns the truth: decoded in a worker process for a big
     capture (started at once, so it overlaps whatever the caller does meanwhile), else
     decoded when called."""
@@ -303,7 +314,7 @@ def replay(
     # big capture they run side by side, tshark and its reader in a second process.
     with _truth_job(*truth_args) as truth_job:
         observed_by = _observe_all(run_dir, manifest, protocol, attach_at_s)
-        truth, tstats = truth_job()
+        truth, tstats, truth_rss_kb = truth_job()
     for x in truth:
         x.run_id, x.scenario = manifest.run_id, manifest.scenario
     has_workload = (run_dir / WORKLOAD).exists()  # `observe` runs have none
@@ -364,5 +375,6 @@ def replay(
             "exchanges": {src: len(xs) for src, xs in frames.items()},
             "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
             "children_peak_rss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+            "truth_peak_rss_kb": truth_rss_kb,
         })  # fmt: skip
     return metrics

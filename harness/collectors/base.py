@@ -175,6 +175,43 @@ def always_covered(_lang: str | None, _grpc: bool) -> str | None:
     return None
 
 
+def no_binary_facts(_stats: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return []
+
+
+@dataclass(frozen=True)
+class GoLayouts:
+    """What a collector reads from a Go binary's DWARF: the offsets table
+    (collectors/gobin/offsets.py) keeps these per version for binaries stripped of it."""
+
+    functions: tuple[str, ...] = ()  # probed: parameters, and source lines as fingerprint
+    structs: tuple[str, ...] = ()  # member offsets
+    types: tuple[str, ...] = ()  # runtime type descriptors
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One late-attach recovery curve the report draws: a replay variant of a collector."""
+
+    variant: str = "default"
+    suffix: str = ""  # the series is "<collector> <suffix>", or the collector's name alone
+    style: str = "-"  # matplotlib's marker and line format
+    color: str | None = None  # None: the collector's colour
+
+
+@dataclass(frozen=True)
+class BpfCost:
+    """Where the overhead benchmark files a collector's programs (bpf_run_time.by_kind) and
+    the bare trap each of their hits pays (trap_cost), for the report's floor."""
+
+    kinds: tuple[str, ...]  # its probes' kinds, the one the floor reads first
+    trap: str  # the key of its bare trap in trap_cost
+    helper_kind: str | None = None  # its helper tracepoints' kind, counted apart
+    # its programs run for every process's syscalls and turn the others away: the bench
+    # counts the target's hits apart (target_hits_per_exchange, idle <name>_ns_per_hit)
+    every_process: bool = False
+
+
 @dataclass(frozen=True)
 class Collector:
     """One collector, as every other module sees it: registered once, in its own package."""
@@ -202,3 +239,27 @@ class Collector:
     article: dict[str, str] = field(default_factory=dict)
     # the report's ease-of-implementation proxies: part -> files, relative to the repository
     parts: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # what the report's sentences and overhead tables call it (default: its name), and the
+    # approach family it belongs to (kernel-side, uprobe, TLS): the article compares the
+    # kernel-side and uprobe collectors it has verdicts for
+    short: str = ""
+    family: str = ""
+    curves: tuple[Curve, ...] = (Curve(),)  # the late-attach recovery curves it adds
+    bpf: BpfCost | None = None  # None: the overhead floor leaves it out
+    kernel_hooks: bool = False  # attaches where --kernel-hooks says (tracepoints, kprobes)
+    # the key in run.json's processes that says why it cannot see that process's stack
+    process_gap: str | None = None
+    # the report's ease section: per binary it probed, the facts it had to resolve, from
+    # its stats in each run.json (the runs it was in)
+    binary_facts: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] = no_binary_facts
+    # what it needs from Go binaries, for scripts/gen-grpc-offsets; None: nothing
+    go_layouts: Callable[[], GoLayouts] | None = None
+
+    @property
+    def called(self) -> str:
+        return self.short or self.name
+
+    def series(self, variant: str) -> str | None:
+        """The recovery curve a metrics row of this variant belongs to, or None."""
+        c = next((c for c in self.curves if c.variant == variant), None)
+        return None if c is None else f"{self.name} {c.suffix}".strip()

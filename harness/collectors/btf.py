@@ -12,10 +12,12 @@ the string section; only structs, unions and the types that lead to them matter.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.collectors.gobin.cache import cache_dir, cached
 from harness.errors import CollectorError
 
 VMLINUX = Path("/sys/kernel/btf/vmlinux")
@@ -149,15 +151,29 @@ SOCKET_WALK = (
 )
 
 
-def socket_walk_defines(path: Path = VMLINUX) -> dict[str, int]:
-    """-D settings for the collector's fd -> socket walk; PB_FD_SOCK=0 when BTF is missing."""
+def socket_walk_defines(path: Path = VMLINUX, *, use_cache: bool = True) -> dict[str, int]:
+    """-D settings for the collector's fd -> socket walk; PB_FD_SOCK=0 when BTF is missing.
+
+    Cached by the blob's hash: reading a kernel's BTF costs every collector start a second
+    of CPU (a tenth of a matrix run's), and the answer changes only with the kernel."""
     try:
-        btf = Btf(path.read_bytes())
+        blob = path.read_bytes()
+    except OSError:
+        return {"PB_FD_SOCK": 0}
+    key = hashlib.sha256(blob + repr(SOCKET_WALK).encode()).hexdigest()
+    return cached(cache_dir("btf") / f"{key}.json", lambda: _socket_walk(blob),
+                  dict, lambda d: {str(k): int(v) for k, v in d.items()},
+                  use_cache=use_cache)  # fmt: skip
+
+
+def _socket_walk(blob: bytes) -> dict[str, int]:
+    try:
+        btf = Btf(blob)
         out = {name: btf.offset(s, m) for name, s, m in SOCKET_WALK}
         # struct sock begins with its sock_common
         if btf.offset("sock", "__sk_common") != 0:
             raise CollectorError("struct sock does not begin with __sk_common")
-    except (OSError, CollectorError):
+    except CollectorError:
         # another kernel's layout: the collector falls back to the caller's sockaddr and
         # sock_diag (the event file's header records PB_FD_SOCK=0)
         return {"PB_FD_SOCK": 0}

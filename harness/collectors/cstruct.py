@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import re
 from pathlib import Path
+from typing import Any
 
 from harness.errors import CollectorError
 
@@ -48,14 +49,16 @@ class Header:
         self.defines.update(overrides or {})
         self.structs: dict[str, type[ctypes.Structure]] = {}
         for name, body in _STRUCT.findall(text):
-            fields: list[tuple[str, type]] = []
+            fields: list[tuple[str, Any]] = []
             for line in body.splitlines():
                 if not line.strip():
                     continue
                 m = _FIELD.match(line)
                 if not m or m.group(1) not in _TYPES:
                     raise CollectorError(f"{path}: cannot map field {line.strip()!r} of {name}")
-                ctype, fname, dim = _TYPES[m.group(1)], m.group(2), m.group(3)
+                # a base type, or an array type of it (ctypes makes those by multiplying)
+                ctype: Any = _TYPES[m.group(1)]
+                fname, dim = m.group(2), m.group(3)
                 if dim is not None:
                     n = int(dim) if dim.isdigit() else self.defines[dim]
                     ctype = ctype * n

@@ -25,6 +25,22 @@ KERNEL = 1
 NOTE = 2
 _REC = struct.Struct("<BI")
 _MAX_RECORD = 1 << 26
+# Mapped pages read stay in the process's resident set (its RSS counts them) until told
+# otherwise: every this many bytes the pages behind the reader are let go. They stay in
+# the page cache; a payload still held is faulted back in from there if read again.
+_RELEASE_BYTES = 32 << 20
+
+
+def _release(data: bytes | mmap.mmap, start: int, end: int) -> int:
+    """Drop the mapping's pages in [start, end) from the resident set; returns where the
+    next release starts (page-aligned)."""
+    if not isinstance(data, mmap.mmap) or not hasattr(mmap, "MADV_DONTNEED"):
+        return start
+    end -= end % mmap.PAGESIZE
+    if end > start:
+        data.madvise(mmap.MADV_DONTNEED, start, end - start)
+        return end
+    return start
 
 
 class EventWriter:
@@ -86,12 +102,15 @@ class EventFile:
         unpack = _REC.unpack_from
         size = _REC.size
         pos, end = self._start, self._end
+        released = 0
         while pos + size <= end:
             rtype, n = unpack(data, pos)
             if pos + size + n > end:
                 break
             payload = view[pos + size : pos + size + n]
             pos += size + n
+            if pos - released >= _RELEASE_BYTES:
+                released = _release(data, released, pos - size - n)
             if rtype == KERNEL:
                 yield KERNEL, payload
             elif rtype == NOTE:
@@ -128,7 +147,10 @@ def read_event_file(path: Path) -> EventFile:
     unpack = _REC.unpack_from
     size = _REC.size
     kernel = notes = 0
+    released = 0
     while pos + size <= end:
+        if pos - released >= _RELEASE_BYTES:
+            released = _release(data, released, pos)
         rtype, n = unpack(data, pos)
         if rtype == KERNEL:
             kernel += 1
@@ -145,6 +167,7 @@ def read_event_file(path: Path) -> EventFile:
                 notes -= 1
             break
         pos += size + n
+    _release(data, released, pos)
     ef.kernel_records, ef.notes = kernel, notes
     ef.truncated_tail_bytes = end - pos
     ef._end = pos

@@ -11,6 +11,8 @@ from harness.collectors.base import Collector
 from harness.errors import ProbebenchError
 
 NAMES = ("kprobe", "uprobe", "tls")
+# The seed article's two approach families (Collector.family), which its table compares
+KERNEL_SIDE, UPROBE = "kernel-side", "uprobe"
 
 
 def get(name: str) -> Collector:
@@ -34,5 +36,16 @@ def tls_names() -> tuple[str, ...]:
     return tuple(c.name for c in collectors() if c.tls)
 
 
-def labels() -> dict[str, str]:
-    return {c.name: c.label for c in collectors()}
+def known(name: str) -> Collector | None:
+    """The registered collector of that name, or None (a run recorded by another version)."""
+    return get(name) if name in NAMES else None
+
+
+def compared() -> list[Collector]:
+    """The approaches the seed article compares: the collectors registered with its verdicts."""
+    return [c for c in collectors() if c.article]
+
+
+def approach(family: str) -> Collector | None:
+    """The article's approach of that family (kernel-side, uprobe), if one is registered."""
+    return next((c for c in compared() if c.family == family), None)

@@ -13,6 +13,7 @@ Two tshark passes at most:
 from __future__ import annotations
 
 import json
+import sys
 from array import array
 from bisect import bisect_right
 from collections import Counter
@@ -136,15 +137,55 @@ def _body_size(row: list[str], *, head_or_no_body: bool) -> int | None:
     return None
 
 
+def _head_size(row: list[str], *, request: bool) -> int | None:
+    """Bytes of a message's start line and header block, rebuilt from its fields."""
+    if request:
+        start = f"{row[_METHOD]} {unescape(row[_URI])} {row[_VERSION]}\r\n"
+        raw = row[_REQ_LINES]
+    elif row[_RESP_VERSION]:
+        start = f"{row[_RESP_VERSION]} {row[_CODE]} {unescape(row[_PHRASE])}\r\n"
+        raw = row[_RESP_LINES]
+    else:
+        return None
+    lines = [unescape(ln) for ln in raw.split(AGG)] if raw else []
+    return sum(len(t.encode("utf-8", "surrogateescape")) for t in (start, *lines)) + 2
+
+
 def _close_delimited_size(row: list[str]) -> int | None:
     """Body of a response that ends with the connection: message bytes minus its header."""
     total = _int(_first(row[_REASM_LEN])) or _int(_first(row[_TCP_LEN]))
-    if total is None or not row[_RESP_VERSION]:
+    head = _head_size(row, request=False)
+    if total is None or head is None:
         return None
-    status = f"{row[_RESP_VERSION]} {row[_CODE]} {unescape(row[_PHRASE])}\r\n"
-    lines = [unescape(ln) for ln in row[_RESP_LINES].split(AGG)] if row[_RESP_LINES] else []
-    head = sum(len(t.encode("utf-8", "surrogateescape")) for t in (status, *lines)) + 2
     return total - head if total >= head else None
+
+
+def _wire_size(m: _H1Msg) -> int | None:
+    """A message's bytes on the wire, where its fields fix them (no chunking, no body
+    delimited by the close); None otherwise."""
+    row = m.row
+    if m.unsplit or row[_TE] or row[_CHUNKS] or AGG in row[_CLEN]:
+        return None
+    if row[_CLEN]:
+        body = int(row[_CLEN])
+    elif m.is_request or row[_CODE] in ("204", "304"):
+        body = 0
+    else:
+        return None
+    head = _head_size(row, request=m.is_request)
+    return None if head is None else head + body
+
+
+def _holds_exactly(f: int, ms: list[_H1Msg]) -> bool:
+    """The frame's own TCP payload is these messages and nothing else: each lies wholly in
+    it (no reassembly) and their sizes add up to its length, so their start lines are in
+    it. Saves reading its bytes back from the capture (a second tshark pass over every
+    HTTP frame of a soak, whose keep-alive requests each repeat the one before)."""
+    row = ms[0].row
+    if row[_SEGS] or row[_TLS_SEGS] or row[_REASM_LEN] or any(m.first_frame != f for m in ms):
+        return False
+    sizes = [n for m in ms if (n := _wire_size(m)) is not None]
+    return len(sizes) == len(ms) and sum(sizes) == _int(_first(row[_TCP_LEN]))
 
 
 def _scan(
@@ -179,8 +220,10 @@ def _scan(
         stream = _int(_first(row[_STREAM]))
         fr = _Frame(
             epoch_to_ns(row[_TIME]) - mono_offset_ns, stream,
-            _first(row[_SRC4]) or _first(row[_SRC6]) or None, _int(_first(row[_SPORT])),
-            _first(row[_DST4]) or _first(row[_DST6]) or None, _int(_first(row[_DPORT])),
+            sys.intern(_first(row[_SRC4]) or _first(row[_SRC6])) or None,
+            _int(_first(row[_SPORT])),
+            sys.intern(_first(row[_DST4]) or _first(row[_DST6])) or None,
+            _int(_first(row[_DPORT])),
         )
         packets += 1
         if keep_frames:
@@ -256,11 +299,28 @@ def _http1_messages(
         return
     segs = [s for s in (*row[_SEGS].split(AGG), *row[_TLS_SEGS].split(AGG)) if s]
     first_seg = min((int(s) for s in segs), default=num)
+    row = _slim(row)
     for i in range(n):
         m = _H1Msg(num, i, first_seg if i == 0 else num, fr, row, is_request)
         msgs.append(m)
         if n > 1:
             multi.setdefault(num, []).append(m)
+
+
+# What a message keeps of its frame's row until the pairing: a soak holds millions of
+# messages, so the rest goes, and what repeats from message to message (the same
+# method, path, header lines) is one string for all.
+_SHARED = frozenset({_METHOD, _URI, _VERSION, _CODE, _CLEN, _CHUNKS, _TE, _REQ_LINES,
+                     _RESP_LINES, _RESP_VERSION, _PHRASE, _TCP_LEN})
+_OWN = frozenset({_SEGS, _REQ_IN, _REASM_LEN, _TLS_SEGS})
+
+
+def _slim(row: list[str]) -> list[str]:
+    intern = sys.intern
+    return [
+        (intern(v) if i in _SHARED else v) if v and (i in _SHARED or i in _OWN) else ""
+        for i, v in enumerate(row[: len(_FIELDS)])
+    ]
 
 
 _ROW_INDEX = {name: i for i, name in enumerate(_FIELDS)}
@@ -475,6 +535,8 @@ def _drop_repeated_reports(
         ):
             suspects[f] = (prev, ms)
         last[key] = ms
+    if tls_keylog is None:  # over TLS a frame's length is its records', not the plaintext's
+        suspects = {f: v for f, v in suspects.items() if not _holds_exactly(f, v[1])}
     if not suspects:
         return msgs
     nums = sorted(suspects)
@@ -494,7 +556,16 @@ def _drop_repeated_reports(
     return [m for m in msgs if id(m) not in drop]
 
 
-def _new_request(m: _H1Msg, times: array[int], seq: int) -> Exchange:
+class _HeaderDicts(dict[str, dict[str, str]]):
+    """Header lines (one string, shared by the messages that repeat them) -> their dict,
+    parsed once and shared by those exchanges (read only from here on)."""
+
+    def __missing__(self, lines: str) -> dict[str, str]:
+        d = self[lines] = _headers(lines)
+        return d
+
+
+def _new_request(m: _H1Msg, times: array[int], seq: int, hd: _HeaderDicts) -> Exchange:
     row, fr = m.row, m.fr
     version = _first(row[_VERSION])
     x = Exchange(
@@ -507,22 +578,24 @@ def _new_request(m: _H1Msg, times: array[int], seq: int) -> Exchange:
         conn_id=f"tcp.stream={fr.stream}",
     )
     if not m.unsplit:
-        x.req_headers = _headers(row[_REQ_LINES])
+        x.req_headers = hd[row[_REQ_LINES]]
         x.authority = x.req_headers.get("host")
         x.req_bytes = _body_size(row, head_or_no_body=False) or 0
     return x
 
 
-def _apply_response(x: Exchange, m: _H1Msg, warnings: Counter[str]) -> None:
+def _apply_response(
+    x: Exchange, m: _H1Msg, warnings: Counter[str], hd: _HeaderDicts
+) -> None:
     row = m.row
     x.status = int(_first(row[_CODE]))
     x.t_end_ns = m.fr.t_ns
     if m.unsplit or m.repeated:  # sizes shared with the frame's others, or doubtful
         if m.repeated:
-            x.resp_headers = _headers(row[_RESP_LINES])
+            x.resp_headers = hd[row[_RESP_LINES]]
         x.degrade("resp_bytes", TRUTH_UNRELIABLE)
         return
-    x.resp_headers = _headers(row[_RESP_LINES])
+    x.resp_headers = hd[row[_RESP_LINES]]
     try:
         x.resp_bytes = _body_size(
             row, head_or_no_body=x.method == "HEAD" or x.status in NO_BODY_STATUS
@@ -553,10 +626,11 @@ def _pair_http1(
     resps: dict[int | None, list[_H1Msg]] = {}
     out: list[Exchange] = []
     switched: set[int] = set()  # id() of requests after a 101 on their stream
+    hd = _HeaderDicts()
     for m in sorted(msgs, key=lambda m: (m.frame, m.index)):
         if m.is_request:
             lst = reqs.setdefault(m.fr.stream, [])
-            x = _new_request(m, times, len(lst))
+            x = _new_request(m, times, len(lst), hd)
             lst.append((m, x))
             out.append(x)
         else:
@@ -601,7 +675,7 @@ def _pair_http1(
                 warnings["pipelined HEAD: Wireshark frames the responses by the wrong "
                          "request from here on; marked truth_unreliable"] += 1
                 broken = True
-            _apply_response(x, m, warnings)
+            _apply_response(x, m, warnings, hd)
             if broken:
                 for f in _H1_RESPONSE_FIELDS:
                     x.degrade(f, TRUTH_UNRELIABLE)

@@ -12,6 +12,8 @@ from typing import Any
 
 import pandas as pd
 
+from harness.collectors import registry
+from harness.collectors.base import Collector
 from harness.report import tables
 from harness.report.bench import BenchView
 from harness.report.ease import EaseView
@@ -246,7 +248,7 @@ def article_table(f: Facts, bench: BenchView, ease: EaseView) -> ArticleTable:
 
     def over(c: str) -> Cell:
         cmp = bench.comparison(wl, c) if wl else None
-        if cmp is None or cmp.get("throughput_ratio") is None:
+        if wl is None or cmp is None or cmp.get("throughput_ratio") is None:
             why = bench.not_measured_reason(wl, c) if wl else "no overhead results"
             return Cell("—", f"not measured ({why})", None, A_OVERHEAD)
         return Cell("—", f"{cmp['throughput_ratio']:.2f}× throughput of no collector on "
@@ -261,48 +263,60 @@ def article_table(f: Facts, bench: BenchView, ease: EaseView) -> ArticleTable:
 # -- key findings -----------------------------------------------------------------------------
 
 
+def _http1_finding(f: Facts, kern: Collector, out: list[Finding]) -> None:
+    """HTTP/1 on the kernel side, and what its sock_diag lookup is worth."""
+    kn = kern.name
+    d = f.defaults(kn)
+    h1 = d[(d["protocol"].map(tables.family) == "HTTP/1") & ~d["protocol"].map(is_tls).astype(bool)]
+    c, g = tables.pooled(h1, "matched", "observable"), tables.pooled(h1, "degraded", "matched")
+    if c.rate is None:
+        return
+    text = (f"On HTTP/1.0 and HTTP/1.1 the {kern.called} matched {pct(c.rate)} of "
+            f"{num(c.den)} exchanges, {pct(g.rate)} degraded, late attach included")
+    vals: dict[str, float | int | None] = {
+        f"{kn}_http1_completeness": c.rate, f"{kn}_http1_observable": c.den,
+        f"{kn}_http1_degraded": g.rate}
+    df = f.df
+    ns = df[(df["collector"] == kn) & (df["variant"] == "no-sockdiag")
+            & (df["scenario"] == "http11-keepalive") & (df["attach"] == "late")]
+    n = tables.pooled(ns, "degraded", "matched")
+    if n.rate is not None:
+        text += (f"; replayed without the sock_diag address lookup, {pct(n.rate)} of late "
+                 "keep-alive exchanges lack an address")
+        vals[f"{kn}_http11_late_nosockdiag_degraded"] = n.rate
+    out.append(Finding(text + ".", A_SCENARIOS, vals))
+
+
 def findings(f: Facts, bench: BenchView) -> list[Finding]:
     out: list[Finding] = []
     colls = f.collectors()
+    kern, upr = registry.approach(registry.KERNEL_SIDE), registry.approach(registry.UPROBE)
+    vals: dict[str, float | int | None]
     # 1. late-attach gRPC on the kernel side against the uprobe
-    k = tables.pooled(f.late_grpc("kprobe"), "degraded", "matched")
-    if k.rate is not None:
-        kw = int(f.late_grpc("kprobe")["wrong"].fillna(0).sum())
-        text = (f"After a late attach the kernel side lost at least one gRPC header field in "
+    k = tables.pooled(f.late_grpc(kern.name), "degraded", "matched") if kern else None
+    if kern and k and k.rate is not None:
+        kn = kern.name
+        kw = int(f.late_grpc(kn)["wrong"].fillna(0).sum())
+        text = (f"After a late attach the {kern.called} lost at least one gRPC header field in "
                 f"{pct(k.rate)} of {num(k.den)} calls ({plural(kw, 'wrong value')})")
-        vals: dict[str, float | int | None] = {"kprobe_late_grpc_degraded": k.rate,
-                                               "kprobe_late_grpc_matched": k.den,
-                                               "kprobe_late_grpc_wrong": kw}
-        if "uprobe" in colls:
-            ug = tables.pooled(f.late_grpc("uprobe", "go"), "degraded", "matched")
-            up = f.cov_all[(f.cov_all["collector"] == "uprobe") & (f.cov_all["lang"] == "py")
+        vals = {f"{kn}_late_grpc_degraded": k.rate, f"{kn}_late_grpc_matched": k.den,
+                f"{kn}_late_grpc_wrong": kw}
+        if upr and upr.name in colls:
+            un = upr.name
+            ug = tables.pooled(f.late_grpc(un, "go"), "degraded", "matched")
+            up = f.cov_all[(f.cov_all["collector"] == un) & (f.cov_all["lang"] == "py")
                            & (f.cov_all["protocol"].map(tables.family) == "gRPC")]
             if ug.rate is not None:
-                text += f"; the uprobe lost {pct(ug.rate)} of {num(ug.den)} on Go sides"
-                vals["uprobe_late_grpc_go_degraded"] = ug.rate
+                text += f"; the {upr.called} lost {pct(ug.rate)} of {num(ug.den)} on Go sides"
+                vals[f"{un}_late_grpc_go_degraded"] = ug.rate
             if len(up):
                 py = float(up["completeness"].mean())
                 text += f" and matched {pct(py)} of Python sides' calls"
-                vals["uprobe_python_completeness"] = py
+                vals[f"{un}_python_completeness"] = py
         out.append(Finding(text + ".", A_DEGRADATION, vals))
     # 2. HTTP/1 on the kernel side, and what the sock_diag lookup is worth
-    d = f.defaults("kprobe")
-    h1 = d[(d["protocol"].map(tables.family) == "HTTP/1") & ~d["protocol"].map(is_tls).astype(bool)]
-    c, g = tables.pooled(h1, "matched", "observable"), tables.pooled(h1, "degraded", "matched")
-    if c.rate is not None:
-        text = (f"On HTTP/1.0 and HTTP/1.1 the kernel side matched {pct(c.rate)} of "
-                f"{num(c.den)} exchanges, {pct(g.rate)} degraded, late attach included")
-        vals = {"kprobe_http1_completeness": c.rate, "kprobe_http1_observable": c.den,
-                "kprobe_http1_degraded": g.rate}
-        df = f.df
-        ns = df[(df["collector"] == "kprobe") & (df["variant"] == "no-sockdiag")
-                & (df["scenario"] == "http11-keepalive") & (df["attach"] == "late")]
-        n = tables.pooled(ns, "degraded", "matched")
-        if n.rate is not None:
-            text += (f"; replayed without the sock_diag address lookup, {pct(n.rate)} of late "
-                     "keep-alive exchanges lack an address")
-            vals["kprobe_http11_late_nosockdiag_degraded"] = n.rate
-        out.append(Finding(text + ".", A_SCENARIOS, vals))
+    if kern:
+        _http1_finding(f, kern, out)
     # 3. language coverage
     parts, vals = [], {}
     for coll in colls:
@@ -311,7 +325,7 @@ def findings(f: Facts, bench: BenchView) -> list[Finding]:
             continue
         ok = t[t["covered"]]
         miss = t[~t["covered"]]
-        s = f"the {'uprobe' if coll == 'uprobe' else 'kernel side'} covered {len(ok)} of " \
+        s = f"the {registry.get(coll).called} covered {len(ok)} of " \
             f"{len(t)} gRPC language sides"
         if len(miss):
             s += " (not " + ", ".join(f"{tables.lang_name(x.lang)} {x.side}"
@@ -323,21 +337,21 @@ def findings(f: Facts, bench: BenchView) -> list[Finding]:
         text = "; ".join(parts)
         out.append(Finding(text[0].upper() + text[1:] + ".", A_COVERAGE, vals))
     # 4. stability across grpc-go targets
-    s = f.stab[f.stab["collector"] == "uprobe"]
-    if len(s):
+    s = f.stab[f.stab["collector"] == upr.name] if upr else f.stab.iloc[:0]
+    if upr and len(s):
         ok = s[s["works"]]
-        text = (f"The uprobe's probes attached and decoded on {len(ok)} of {len(s)} grpc-go "
-                f"targets ({', '.join(map(str, ok['grpc_go'])) or 'none'})")
+        text = (f"The {upr.called}'s probes attached and decoded on {len(ok)} of {len(s)} "
+                f"grpc-go targets ({', '.join(map(str, ok['grpc_go'])) or 'none'})")
         bad = s[~s["works"]]
         if len(bad):
             text += "; not on " + ", ".join(map(str, bad["grpc_go"]))
-        out.append(Finding(text + ".", A_STABILITY,
-                           {"uprobe_targets_working": len(ok), "uprobe_targets": len(s)}))
+        out.append(Finding(text + ".", A_STABILITY, {f"{upr.name}_targets_working": len(ok),
+                                                     f"{upr.name}_targets": len(s)}))
     # 5. overhead, same workload
     wl = bench.common_workload(OVERHEAD_PREFERRED)
     if wl:
         parts, vals, missing = [], {}, ""
-        for coll, name in (("kprobe", "the kernel side"), ("uprobe", "the uprobe")):
+        for coll, name in ((c.name, f"the {c.called}") for c in registry.compared()):
             cmp = bench.comparison(wl, coll)
             if cmp and cmp.get("throughput_ratio") is not None:
                 ci = cmp.get("ci95") or [None, None]
@@ -363,12 +377,10 @@ def findings(f: Facts, bench: BenchView) -> list[Finding]:
         out.append(Finding(f"Overhead was not measured for this report: "
                            f"{bench.missing_reason()}.", A_OVERHEAD, {}))
     # 6. the truth and the counters that must stay zero
-    done = [r for r in f.runs if r.metrics is not None]
+    done = [r.metrics for r in f.runs if r.metrics is not None]
     if done:
-        wl_n = sum((r.metrics.get("truth_vs_workload") or {}).get("workload") or 0
-                   for r in done)  # fmt: skip
-        found = sum((r.metrics.get("truth_vs_workload") or {}).get("matched") or 0
-                    for r in done)  # fmt: skip
+        wl_n = sum(int((m.get("truth_vs_workload") or {}).get("workload") or 0) for m in done)
+        found = sum(int((m.get("truth_vs_workload") or {}).get("matched") or 0) for m in done)
         wrong = int(f.df["wrong"].fillna(0).sum())
         phantoms = int(f.df[f.df["variant"] == "default"]["phantoms"].fillna(0).sum())
         d0 = f.df[f.df["variant"] == "default"]

@@ -15,7 +15,9 @@ from typing import Any
 
 import pandas as pd
 
-CONFIG_LABEL = {"kprobe": "kernel side", "uprobe": "uprobe", "both": "both"}
+from harness.collectors import registry
+
+CONFIG_LABEL = {**{c.name: c.called for c in registry.collectors()}, "both": "both"}
 # Per-config keys shown in the ratio table or deliberately left out (raw samples, the
 # per-metric comparison objects the table already summarises).
 KNOWN_CONFIG_KEYS = re.compile(
@@ -99,8 +101,9 @@ class BenchView:
             return cls()
         def weight(pb: tuple[Path, dict[str, Any]]) -> tuple[float, str]:
             st = pb[1].get("settings") or {}
-            rounds = st.get("rounds") if isinstance(st.get("rounds"), int | float) else 0
-            scale = st.get("scale") if isinstance(st.get("scale"), int | float) else 0
+            r, s = st.get("rounds"), st.get("scale")
+            rounds = r if isinstance(r, int | float) else 0
+            scale = s if isinstance(s, int | float) else 0
             return (rounds * scale, str(pb[1].get("finished_utc") or ""))
 
         p, b = max(files, key=weight)
@@ -145,15 +148,16 @@ class BenchView:
         return workload_label(wl)
 
     def common_workload(self, preferred: tuple[str, ...]) -> str | None:
-        """A workload on which the kernel side and the uprobe were both measured."""
-        both = [w for w in self.workloads() if self.comparison(w, "kprobe")
-                and self.comparison(w, "uprobe")]  # fmt: skip
+        """A workload on which the approaches the article compares (kernel side, uprobe)
+        were all measured; else one the first of them was measured on."""
+        names = [c.name for c in registry.compared()]
+        both = [w for w in self.workloads() if all(self.comparison(w, n) for n in names)]
         for w in preferred:
             if w in both:
                 return w
         if both:
             return sorted(both)[0]
-        some = [w for w in self.workloads() if self.comparison(w, "kprobe")]
+        some = [w for w in self.workloads() if names and self.comparison(w, names[0])]
         return sorted(some)[0] if some else None
 
     def trap_added(self) -> tuple[float, float] | None:
@@ -233,7 +237,8 @@ class BenchView:
                 ci = c.get("ci95") or c.get("throughput_ci95")
                 row["throughput ratio [95% CI]"] = _ratio(c["throughput_ratio"], ci)
                 row["p"] = _p(c.get("p"))
-                row["significant"] = {True: "yes", False: "no"}.get(c.get("significant"), "—")
+                sig = c.get("significant")
+                row["significant"] = "yes" if sig is True else "no" if sig is False else "—"
                 row["p99 latency ratio [95% CI]"] = _ratio(c.get("p99_ratio"), c.get("p99_ci95"))
                 cpu = c.get("collector_cpu_user_s_per_1k")
                 row["collector CPU, ms per 1k"] = (
@@ -285,10 +290,10 @@ class BenchView:
                 continue
             for kind, k in sorted((b.get("by_kind") or {}).items()):
                 hit = k.get("ns_per_hit")
-                owner = "TLS" if kind.startswith("tls_") else (
-                    "uprobe" if kind == "uprobe" else "kernel-side")  # fmt: skip
-                rows.append({"what": f"{kind} programs ({k.get('programs', '?')}) of the "
-                                     f"{owner} collector",
+                what = f"{kind} programs ({k.get('programs', '?')})"
+                owner = next((c.family for c in registry.collectors() if c.bpf and (
+                    kind in c.bpf.kinds or kind == c.bpf.helper_kind)), None)  # fmt: skip
+                rows.append({"what": f"{what} of the {owner} collector" if owner else what,
                              "workload": workload_label(wl),
                              "ns per hit (min)": "—",
                              "ns per hit (median)": f"{hit:,.0f} (mean)" if hit else "—",

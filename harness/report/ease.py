@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -26,13 +25,6 @@ from harness.model import repo_root
 from harness.report.load import RunData
 
 COUNTED = ("BPF C", "decoding")  # what the article table's one number adds up
-# -D settings that pick one of several code paths by the binary's shape.
-SHAPE_DEFINES: dict[str, dict[int, str]] = {
-    "PB_WD_SHAPE": {1: "DATA written by x/net Framer.WriteDataPadded",
-                    2: "DATA written by grpc framer.writeData"},
-    "PB_RD_SHAPE": {1: "DATA read as http2.DataFrame", 2: "DATA read as parsedDataFrame"},
-    "PB_WH_S0": {0: "headers: conn in loopyWriter", 1: "headers: conn via framer.writer"},
-}  # fmt: skip
 
 
 def code_lines(path: Path) -> int:
@@ -111,38 +103,12 @@ def _lines(root: Path) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, l
 
 
 def _binaries(runs: list[RunData]) -> list[dict[str, Any]]:
-    """Facts the uprobe resolver needs per grpc-go binary that ran, re-resolved here (the
-    resolver caches by the binary's hash) when the binary is still on disk."""
-    paths: dict[str, set[str]] = defaultdict(set)
-    for r in runs:
-        up = (r.manifest.get("collectors") or {}).get("uprobe") or {}
-        for b, st in (up.get("binaries") or {}).items():
-            if st.get("probes"):
-                paths[os.path.basename(b)].add(b)
-    out = []
-    try:
-        from harness.collectors.uprobe.resolve import resolve
-    except ImportError:  # no uprobe collector in this checkout
-        return out
-    for name, ps in sorted(paths.items()):
-        path = next((Path(p) for p in sorted(ps) if Path(p).is_file()), None)
-        if path is None:
-            out.append({"binary": name, "grpc-go": "—", "facts resolved": "—",
-                        "probes": "—", "code path": "binary no longer on disk"})
-            continue
-        try:
-            res = resolve(path)
-        except Exception as e:  # a resolver failure is a finding here, not a crash
-            out.append({"binary": name, "grpc-go": "—", "facts resolved": "—", "probes": "—",
-                        "code path": f"resolver failed: {type(e).__name__}"})
-            continue
-        d = res.defines
-        facts = sum(1 for k in d if not k.startswith("PB_HAVE_")) + len(res.probes)
-        shape = "; ".join(names.get(d[k] if k != "PB_WH_S0" else int(d[k] >= 0), str(d[k]))
-                          for k, names in SHAPE_DEFINES.items() if k in d)  # fmt: skip
-        out.append({"binary": name, "grpc-go": res.grpc_version or "—",
-                    "facts resolved": facts, "probes": len(res.probes),
-                    "code path": shape or "—"})  # fmt: skip
+    """Per binary a collector probed, the facts it had to resolve (its registration says)."""
+    out: list[dict[str, Any]] = []
+    for c in registry.collectors():
+        stats = [st for r in runs
+                 if isinstance(st := (r.manifest.get("collectors") or {}).get(c.name), dict)]
+        out += c.binary_facts(stats)
     return out
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.collectors import registry
 from harness.errors import RunDirError
 from harness.model import METRICS_JSON, METRICS_VERSION, RUN_JSON, RUN_VERSION, load_versioned
 
@@ -44,7 +45,9 @@ class RunData:
     def kernel_hooks(self) -> str:
         """How the kernel-side collector hooked the syscalls (runs before the option
         existed: tracepoints, the only mode then)."""
-        stats = (self.manifest.get("collectors") or {}).get("kprobe") or {}
+        recorded = self.manifest.get("collectors") or {}
+        hooked = [recorded.get(c.name) for c in registry.collectors() if c.kernel_hooks]
+        stats: dict[str, Any] = next((s for s in hooked if isinstance(s, dict)), {})
         opts = self.params.get("options") or {}
         return str(stats.get("kernel_hooks") or opts.get("kernel_hooks")
                    or self.params.get("kernel_hooks") or "tracepoints")

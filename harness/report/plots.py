@@ -189,23 +189,27 @@ def recovery(rec: pd.DataFrame, path: Path) -> Path | None:
     scens = sorted(d["scenario"].unique())
     ncol = 2 if len(scens) > 1 else 1
     nrow = (len(scens) + ncol - 1) // ncol
-    styles = {"kprobe tolerant": "-o", "kprobe strict": "--s", "uprobe": ":^"}
-    colors = {"kprobe tolerant": COLORS["kprobe"], "kprobe strict": "#6aa8dc",
-              "uprobe": COLORS["uprobe"]}  # fmt: skip
+    # each series' line and colour, as its collector registered the curve
+    curves = {c.series(v.variant): (v.style, v.color or c.color)
+              for c in registry.collectors() for v in c.curves}  # fmt: skip
     lo = max(0.0, float(d["share"].min()) - 0.05)
     hi = min(1.0, float(d["share"].max())) + 0.03
     fig, axes = _fig(WIDTH if ncol == 2 else 7.5, 3.9 * nrow + 0.4, nrow, ncol, sharey=True,
                      layout="constrained")  # fmt: skip
+    handles: dict[str, object] = {}  # one legend entry per series across every panel
     for k, scen in enumerate(scens):
         ax = axes[k // ncol][k % ncol]
-        for series, s in d[d["scenario"] == scen].groupby("series"):
+        ds = d[d["scenario"] == scen]
+        for series, s in ds.groupby("series"):
             s = s.sort_values("call_index")
-            n = int(s["total"].sum())
-            ax.plot(s["call_index"], s["share"], styles.get(str(series), "-"), markersize=4,
-                    label=f"{series} (n={n:,} fields)", color=colors.get(str(series)))
-        ax.set_title(scen if len(scens) > 1 else
+            style, color = curves.get(str(series), ("-", None))
+            (line,) = ax.plot(s["call_index"], s["share"], style, markersize=4,
+                              label=str(series), color=color)  # fmt: skip
+            handles.setdefault(str(series), line)
+        n = int(ds["total"].sum())
+        ax.set_title(f"{scen} (n={n:,} fields)" if len(scens) > 1 else
                      f"{scen}: required fields correct per call after a late attach "
-                     "(higher is better)", fontsize=11)  # fmt: skip
+                     f"(higher is better; n={n:,} fields)", fontsize=11)  # fmt: skip
         ax.set_xlabel("call index on the connection after the attach (0 = first seen)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.yaxis.set_major_formatter(PercentFormatter(1.0))
@@ -219,7 +223,7 @@ def recovery(rec: pd.DataFrame, path: Path) -> Path | None:
         fig.suptitle("Late-attach recovery: required fields correct per call (higher is "
                      f"better; y axis from {100 * lo:.0f}%)")  # fmt: skip
     # below the axes: inside, the legend hid the curve it explains
-    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside lower center", ncols=3,
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=3,
                frameon=False)  # fmt: skip
     return _save(fig, path)
 
@@ -275,7 +279,7 @@ def overhead(pf: pd.DataFrame, path: Path) -> Path | None:
     ax.axvline(1.0, color="black", linewidth=1)
     ax.text(1.0, 1.005, "no collector", fontsize=9, ha="center", va="bottom",
             transform=ax.get_xaxis_transform())  # fmt: skip
-    names = {"kprobe": "kernel side"}
+    names = {c.name: c.called for c in registry.collectors()}
     ax.set_yticks(ys, [f"{r.workload} · {names.get(r.config, r.config)} (n={r.rounds} rounds)"
                        for r in pf.itertuples()])  # fmt: skip
     ax.invert_yaxis()

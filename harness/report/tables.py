@@ -14,8 +14,10 @@ from harness.report.load import RunData
 
 # The approaches the article compares (their collectors say so when they register), with
 # its verdicts quoted beside the measured values (SEED.md).
-APPROACHES = {c.name: c.label for c in registry.collectors() if c.article}
-ARTICLE = {c.name: c.article for c in registry.collectors() if c.article}
+APPROACHES = {c.name: c.label for c in registry.compared()}
+ARTICLE = {c.name: c.article for c in registry.compared()}
+# collectors whose attach points --kernel-hooks chooses: their rows say which they used
+HOOKED = tuple(c.name for c in registry.collectors() if c.kernel_hooks)
 # A side counts as covered by a collector when it matched at least this share of the
 # observable exchanges; below it the collector does not really see that side.
 COVERED = 0.5
@@ -23,7 +25,6 @@ COVERED = 0.5
 # a side at least this complete and at most this degraded.
 WORKS_COMPLETENESS = 0.5
 WORKS_DEGRADATION = 0.5
-HPACK_VARIANTS = {"default": "tolerant", "hpack-strict": "strict"}
 REASON_NOTE = (
     "Counts are field occurrences: one degraded exchange with three unknown fields counts "
     "three times."
@@ -57,7 +58,7 @@ def rows_frame(runs: list[RunData]) -> pd.DataFrame:
             d["grpc_go"] = target_of(p, grpc_go_of(row.get("protocol"), p, row))
             d["lang"] = row.get(row.get("side", ""), None)  # the language of the observed side
             d["machine"], d["kernel"] = r.machine_label, r.machine.get("kernel")
-            d["kernel_hooks"] = r.kernel_hooks if row.get("collector") == "kprobe" else None
+            d["kernel_hooks"] = r.kernel_hooks if row.get("collector") in HOOKED else None
             out.append(d)
     cols = ["run_id", "scenario", "protocol", "pair", "client", "server", "attach", "grpc_go",
             "collector", "side", "lang", "variant", "observable", "matched", "completeness",
@@ -108,9 +109,12 @@ def side_coverage(runs: list[RunData], df: pd.DataFrame,
             continue
         p = r.params
         mine = d[d["run_id"] == r.run_id]
-        # what the runner knew the uprobe collector could not see of each side's stack
-        gaps = {pr.get("role"): pr.get("uprobe_gap") for pr in r.manifest.get("processes") or []}
+        procs = r.manifest.get("processes") or []
         for coll in p.get("collectors") or []:
+            # what the runner knew this collector could not see of each side's stack
+            known = registry.known(coll)
+            key = known.process_gap if known else None
+            gaps = {pr.get("role"): pr.get(key) for pr in procs} if key else {}
             for side in ("client", "server"):
                 hit = mine[(mine["collector"] == coll) & (mine["side"] == side)]
                 if len(hit) and hit["completeness"].isna().all():
@@ -123,7 +127,7 @@ def side_coverage(runs: list[RunData], df: pd.DataFrame,
                             "completeness": comp, "attach": p.get("attach"),
                             "scenario": p.get("scenario"),
                             "degradation_rate": float(deg.mean()) if len(deg) else None,
-                            "gap": gaps.get(side) if coll == "uprobe" else None,
+                            "gap": gaps.get(side),
                             })  # fmt: skip
     return pd.DataFrame(out, columns=["run_id", "collector", "side", "lang", "protocol",
                                       "grpc_go", "completeness", "attach", "scenario",
@@ -273,10 +277,12 @@ def reason_totals(df: pd.DataFrame, column: str) -> pd.DataFrame:
 
 
 def recovery_series(collector: str, variant: str) -> str | None:
-    """The recovery curve a row belongs to; None for variants the curve leaves out."""
-    if variant not in HPACK_VARIANTS:
-        return None
-    return f"{collector} {HPACK_VARIANTS[variant]}" if collector == "kprobe" else collector
+    """The recovery curve a row belongs to (its collector's registration names them); None
+    for variants the curves leave out. A collector no longer registered: its default."""
+    c = registry.known(collector)
+    if c is None:
+        return collector if variant == "default" else None
+    return c.series(variant)
 
 
 def recovery_frame(df: pd.DataFrame) -> pd.DataFrame:
@@ -354,7 +360,7 @@ KERNEL_KEYS = ["machine", "kernel_hooks", "scenario", "pair", "attach", "side"]
 def kernels_frame(df: pd.DataFrame) -> pd.DataFrame:
     """The kernel side's fidelity per machine (host or guest kernel) and hook mode: one row
     per cell and side, summed over its runs on that machine only, never across machines."""
-    k = df[(df["collector"] == "kprobe") & (df["variant"] == "default")]
+    k = df[df["collector"].isin(HOOKED) & (df["variant"] == "default")]
     out = []
     for key, g in k.groupby(KERNEL_KEYS, sort=True, dropna=False):
         obs, matched = int(g["observable"].sum()), int(g["matched"].sum())
@@ -551,11 +557,20 @@ def targets_frame(runs: list[RunData]) -> pd.DataFrame:
             elif lang == "py":
                 ver = f"Python {r.machine.get('python') or '?'}"
             acc[(lang_name(lang), role, ver)].add(r.run_id)
-        for _b, st in ((r.manifest.get("collectors") or {}).get("uprobe") or {}).get(
-                "binaries", {}).items():  # the versions the uprobe collector read itself
+        for _b, st in _binaries_read(r):
             if st.get("grpc_version"):
                 acc[("Go (read from binary)", "probed", f"grpc-go {st['grpc_version']}, "
                      f"{st.get('go_version') or '?'}")].add(r.run_id)
     rows = [{"language": k[0], "role": k[1], "version": k[2], "runs": len(v)}
             for k, v in sorted(acc.items())]  # fmt: skip
     return pd.DataFrame(rows, columns=["language", "role", "version", "runs"])
+
+
+def _binaries_read(r: RunData) -> list[tuple[str, dict[str, Any]]]:
+    """The binaries a collector read its target's versions from (its stats' ``binaries``)."""
+    out = []
+    for st in (r.manifest.get("collectors") or {}).values():
+        bins = st.get("binaries") if isinstance(st, dict) else None
+        if isinstance(bins, dict):
+            out += [(b, v) for b, v in bins.items() if isinstance(v, dict)]
+    return out

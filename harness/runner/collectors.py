@@ -46,42 +46,80 @@ def start_collector(
     binaries: list[Path] | None = None,
     follow: int | None = None,
 ) -> RunningCollector:
+    return start_collectors(procs, [name], events_dir, tgids=tgids, ports=ports,
+                            options=options, deadline_s=deadline_s, binaries=binaries,
+                            follow=follow)[0]  # fmt: skip
+
+
+def start_collectors(
+    procs: ProcessSet,
+    names: list[str],
+    events_dir: Path,
+    *,
+    tgids: list[int],
+    ports: list[int],
+    options: CollectorOptions,
+    deadline_s: float,
+    binaries: list[Path] | None = None,
+    follow: int | None = None,
+) -> list[RunningCollector]:
+    """Start collectors side by side: each compiles and attaches its own bcc program in its
+    own process (seconds of clang each), so all are launched before any is waited for.
+    Returns once every one has attached; the first that fails is the error (the others are
+    stopped with the process set)."""
     events_dir.mkdir(parents=True, exist_ok=True)
-    events = events_dir / f"{name}.bin"
-    stats_path = events_dir / f"{name}.stats.json"
-    coll = registry.get(name)
-    args = [sys.executable, "-m", coll.record_module, "--out", str(events),
-            "--stats", str(stats_path), "--deadline", str(deadline_s)]  # fmt: skip
-    for t in tgids:
-        args += ["--tgid", str(t)]
-    for p in ports:
-        args += ["--port", str(p)]
-    args += coll.recorder_args(options, binaries or [], follow)
-    errlog = (events_dir / f"{name}.log").open("w")
-    child = procs.spawn(
-        f"{name} collector", args, stop_signal=signal.SIGTERM, stop_timeout=60, stderr=errlog
-    )
-    errlog.close()
-    rc = RunningCollector(name, child, events, stats_path)
+    running = []
+    for name in names:
+        events = events_dir / f"{name}.bin"
+        stats_path = events_dir / f"{name}.stats.json"
+        coll = registry.get(name)
+        args = [sys.executable, "-m", coll.record_module, "--out", str(events),
+                "--stats", str(stats_path), "--deadline", str(deadline_s)]  # fmt: skip
+        for t in tgids:
+            args += ["--tgid", str(t)]
+        for p in ports:
+            args += ["--port", str(p)]
+        args += coll.recorder_args(options, binaries or [], follow)
+        errlog = (events_dir / f"{name}.log").open("w")
+        child = procs.spawn(
+            f"{name} collector", args, stop_signal=signal.SIGTERM, stop_timeout=60, stderr=errlog
+        )
+        errlog.close()
+        running.append(RunningCollector(name, child, events, stats_path))
+    for rc in running:
+        _wait_attached(rc)
+    return running
+
+
+def _wait_attached(rc: RunningCollector) -> None:
+    """Wait for the collector's ``ATTACHED <ns>`` line and note the time it gives."""
     try:
         line = read_line_until(
-            child, lambda s: s.startswith("ATTACHED "), waited(ATTACH_TIMEOUT_S),
+            rc.child, lambda s: s.startswith("ATTACHED "), waited(ATTACH_TIMEOUT_S),
             "its probes attached"
         )
     except TargetError as e:
-        log = (events_dir / f"{name}.log").read_text().strip().splitlines()
+        log = (rc.events.parent / f"{rc.name}.log").read_text().strip().splitlines()
         why = log[-1] if log else str(e)
-        raise CollectorError(f"the {name} collector failed to attach: {why}") from e
+        raise CollectorError(f"the {rc.name} collector failed to attach: {why}") from e
     rc.attach_ns = int(line.split()[1])
-    return rc
 
 
 def stop_collector(procs: ProcessSet, rc: RunningCollector) -> dict[str, Any]:
     """SIGTERM: the collector drains its buffer, writes stats, detaches."""
-    code = procs.stop(rc.child)
-    stats = rc.stats()
-    stats["exit_code"] = code
-    if code != 0:
-        log = (rc.events.parent / f"{rc.name}.log").read_text().strip().splitlines()
-        stats["error"] = log[-1] if log else f"exit code {code}"
-    return stats
+    return stop_collectors(procs, [rc])[0]
+
+
+def stop_collectors(procs: ProcessSet, running: list[RunningCollector]) -> list[dict[str, Any]]:
+    """Stop several collectors at once (detaching probes takes the kernel a grace period
+    each: seconds for a collector's dozens), then read each one's stats, in order."""
+    codes = procs.stop_all([rc.child for rc in running])
+    out = []
+    for rc, code in zip(running, codes, strict=True):
+        stats = rc.stats()
+        stats["exit_code"] = code
+        if code != 0:
+            log = (rc.events.parent / f"{rc.name}.log").read_text().strip().splitlines()
+            stats["error"] = log[-1] if log else f"exit code {code}"
+        out.append(stats)
+    return out

@@ -103,14 +103,30 @@ class ProcessSet:
 
     def stop(self, child: Child) -> int:
         """Signal, wait, then SIGKILL the child's process group; always reaps."""
+        return self.stop_all([child])[0]
+
+    def stop_all(self, children: list[Child]) -> list[int]:
+        """Stop several children at once: all are signalled before any is waited for, so
+        their shutdowns (a collector's drain and detach takes seconds) overlap. Returns
+        their exit codes, in order."""
+        signalled = []
+        for child in children:
+            if not child.stopped and child.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.proc.pid, child.stop_signal)
+                signalled.append(child)
+        for child in children:
+            self._reap(child, child in signalled)
+        return [c.proc.returncode for c in children]
+
+    def _reap(self, child: Child, was_running: bool) -> None:
+        """Wait for a signalled child (SIGKILL its group after its stop timeout), then close
+        its pipes."""
         proc = child.proc
         if child.stopped:
-            return proc.returncode
+            return
         child.stopped = True
-        was_running = proc.poll() is None
         if was_running:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, child.stop_signal)
             try:
                 proc.wait(timeout=child.stop_timeout)
             except subprocess.TimeoutExpired:
@@ -125,7 +141,6 @@ class ProcessSet:
             if f is not None:
                 with contextlib.suppress(OSError):
                     f.close()
-        return proc.returncode
 
     def close(self) -> None:
         for child in reversed(self.children):

@@ -27,7 +27,7 @@ from harness.model import (
     utc_now,
     waited,
 )
-from harness.runner.collectors import RunningCollector, start_collector, stop_collector
+from harness.runner.collectors import RunningCollector, start_collectors, stop_collectors
 from harness.runner.lifecycle import (
     Child,
     Interrupted,
@@ -182,11 +182,14 @@ def _record(
         return scenarios.tls_arguments(scen, lang, tls and tls.dir, spec.tls_version,
                                        tls and tls.keylog(role))  # fmt: skip
 
-    with ProcessSet() as procs, Dumpcap(run_dir / CAPTURE, [port]) as cap:
-        progress(f"capturing tcp port {port} on lo")
+    with ProcessSet() as procs, contextlib.ExitStack() as capture:
         server_cmd = scenarios.server_command(scen, spec.server, port, spec.grpc_version)
         server_cmd += tls_args("server", spec.server)
+        # A server only listens until a client comes, so it starts while dumpcap does (each
+        # takes tenths of a second); the capture is stopped first, the server after it.
         server = _spawn_target(procs, "server", server_cmd, run_dir)
+        cap = capture.enter_context(Dumpcap(run_dir / CAPTURE, [port]))
+        progress(f"capturing tcp port {port} on lo")
         _wait_for(server, "READY", waited(READY_TIMEOUT_S), run_dir)
         manifest.processes.append(
             {"role": "server", "lang": spec.server, "pid": server.pid, "argv": server_cmd,
@@ -195,15 +198,14 @@ def _record(
         progress(f"{spec.server} server ready (pid {server.pid})")
 
         def attach(tgids: list[int]) -> None:
-            for name in spec.collectors:
-                progress(f"attaching {name} collector")
-                rc = start_collector(
-                    procs, name, events_dir, tgids=tgids, ports=[port],
-                    options=spec.options, deadline_s=spec.deadline_s + 120,
-                    binaries=go_binaries,
-                )  # fmt: skip
-                running.append(rc)
-                manifest.collectors[name] = {"attach_ns": rc.attach_ns}
+            progress(f"attaching {', '.join(spec.collectors)} collector"
+                     + ("s side by side" if len(spec.collectors) > 1 else ""))  # fmt: skip
+            running.extend(start_collectors(
+                procs, spec.collectors, events_dir, tgids=tgids, ports=[port],
+                options=spec.options, deadline_s=spec.deadline_s + 120, binaries=go_binaries,
+            ))  # fmt: skip
+            for rc in running:
+                manifest.collectors[rc.name] = {"attach_ns": rc.attach_ns}
             manifest.attach_ns = max(r.attach_ns for r in running)
             manifest.save(run_dir)
 
@@ -242,10 +244,11 @@ def _record(
         if server.proc.poll() is not None:
             raise TargetError(f"server died during the run (exit code {server.proc.returncode})")
         time.sleep(0.2)  # let the last close() reach the collectors
-        for rc in running:
-            stats = stop_collector(procs, rc)
+        for rc, stats in zip(running, stop_collectors(procs, running), strict=True):
             manifest.collectors[rc.name].update(stats)
-            if "error" in stats:
-                raise ProbebenchError(f"{rc.name} collector failed: {stats['error']}")
+        for rc in running:
+            if "error" in manifest.collectors[rc.name]:
+                raise ProbebenchError(
+                    f"{rc.name} collector failed: {manifest.collectors[rc.name]['error']}")
         progress("collectors stopped")
     manifest.capture = dict(cap.stats)

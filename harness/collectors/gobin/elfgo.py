@@ -157,7 +157,7 @@ def read_go_binary(
         types_base = None
         symtab = elf.get_section_by_name(".symtab")
         if symtab is not None:
-            for s in symtab.iter_symbols():  # type: ignore[attr-defined]
+            for s in symtab.iter_symbols():
                 if s.name in want_syms:
                     symbols[s.name] = s["st_value"]
                 elif s.name == "runtime.types":

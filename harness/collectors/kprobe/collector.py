@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.collectors.base import Collector, CollectorOptions
+from harness.collectors.base import BpfCost, Collector, CollectorOptions, Curve
 from harness.collectors.kprobe.exchanges import replay_exchanges, variants
 
 
@@ -22,6 +22,12 @@ COLLECTOR = Collector(
     recorder_args=_recorder_args,
     variants=variants,
     color="#1f77b4",
+    short="kernel side",
+    family="kernel-side",
+    # HPACK decoding as shipped (tolerant) and strict, both drawn after a late attach
+    curves=(Curve("default", "tolerant", "-o"), Curve("hpack-strict", "strict", "--s", "#6aa8dc")),
+    bpf=BpfCost(("tracepoint", "kprobe"), "tracepoint_added_ns", every_process=True),
+    kernel_hooks=True,
     article={"stability": "strong", "multi-language": "strong", "compatibility": "strong",
              "ease of building": "complex", "data completeness": "degrades"},
     parts={

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.collectors.base import Collector, CollectorOptions
+from harness.collectors.base import BpfCost, Collector, CollectorOptions, GoLayouts
 from harness.collectors.tls.exchanges import not_covered, replay_exchanges
 
 
 def _recorder_args(_opts: CollectorOptions, bins: list[Path], _follow: int | None) -> list[str]:
     return [a for b in bins for a in ("--binary", str(b))]
+
+
+def _go_layouts() -> GoLayouts:
+    from harness.collectors.tls.gotls import TLS_STRUCTS
+
+    return GoLayouts(structs=TLS_STRUCTS)
 
 
 COLLECTOR = Collector(
@@ -21,4 +27,10 @@ COLLECTOR = Collector(
     not_covered=not_covered,
     default=False,
     tls=True,
+    short="tls",
+    family="TLS",
+    # its uprobes pay a uprobe's trap; its socket tracepoints (which socket an SSL call
+    # used) are counted apart
+    bpf=BpfCost(("tls_uprobe",), "uprobe_added_ns", helper_kind="tls_tracepoint"),
+    go_layouts=_go_layouts,
 )

@@ -2,7 +2,7 @@
 the offsets from a *tls.Conn to its socket's addresses. Entries and RET instructions come
 from Go's function table (.gopclntab, which stripping keeps) and a disassembly; layouts
 from the DWARF when there is one, else from the generated offsets table's Go part, as the
-grpc-go probes are resolved (harness/collectors/uprobe/resolve.py). No uretprobes on Go:
+grpc-go probes are resolved (harness/collectors/gobin/offsets.py). No uretprobes on Go:
 stacks move."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
+from harness.collectors.gobin import offsets
 from harness.collectors.gobin.cache import cache_dir, cached, file_sha256
 from harness.collectors.gobin.elfgo import GoBinary, NotGoBinary, read_go_binary
 from harness.collectors.gobin.pclntab import (
@@ -23,13 +24,18 @@ from harness.collectors.gobin.pclntab import (
     read_pclntab,
     ret_addresses,
 )
-from harness.collectors.uprobe import offsets
 
 RESOLVER_VERSION = 2
 
 WRITE = "crypto/tls.(*Conn).Write"
 READ = "crypto/tls.(*Conn).Read"
 CONN = "crypto/tls.Conn"
+# Standard-library structs these probes read: the offsets table keeps them in its ``go``
+# part beside grpc-go's (collector.py declares them), so stripped binaries' TLS is probed too
+TLS_STRUCTS = (
+    "crypto/tls.Conn", "net.TCPConn", "net.conn", "net.netFD", "internal/poll.FD",
+    "net.TCPAddr",
+)  # fmt: skip
 
 
 @dataclass
@@ -64,7 +70,7 @@ def resolve_go_tls(path: Path, *, use_cache: bool = True) -> GoTls:
 def _resolve(path: Path) -> GoTls:
     r = GoTls(str(path))
     try:
-        gb = read_go_binary(path, symbol_names=(), struct_names=offsets.TLS_STRUCTS,
+        gb = read_go_binary(path, symbol_names=(), struct_names=TLS_STRUCTS,
                             type_names=(), function_names=(WRITE, READ))  # fmt: skip
     except NotGoBinary as e:
         r.error = str(e)

@@ -99,9 +99,9 @@ class Recorder:
             for lib in found:
                 libs[lib] = None
         if not tgids:
-            lib = system_libssl()
-            if lib:
-                libs[lib] = None
+            own = system_libssl()
+            if own:
+                libs[own] = None
         self.libraries = list(libs)
         # Go binaries: those named (early attach) and those the processes run
         exes: dict[str, None] = {os.path.realpath(b): None for b in binaries or []}
@@ -118,7 +118,7 @@ class Recorder:
         if not self.libraries and not self.go:
             self.problems.append("no libssl and no Go crypto/tls found to probe")
         self.go_programs: list[Any] = []
-        self.defines = {
+        self.defines: dict[str, int | str] = {
             "PB_FILTER_TGID": int(bool(tgids)),
             "PB_FILTER_PORTS": int(bool(ports)),
             "PB_RINGBUF_PAGES": ringbuf_pages,

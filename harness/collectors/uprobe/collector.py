@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from harness.collectors.base import Collector, CollectorOptions
+from harness.collectors.base import BpfCost, Collector, CollectorOptions, Curve, GoLayouts
 from harness.collectors.uprobe.discover import find_grpc_go_targets
 from harness.collectors.uprobe.exchanges import replay_exchanges
+from harness.collectors.uprobe.facts import binary_facts
 
 
 def _recorder_args(opts: CollectorOptions, bins: list[Path], follow: int | None) -> list[str]:
@@ -36,6 +37,12 @@ def _observe_summary(stats: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     return {"uprobe_targets": probed}, lines
 
 
+def _go_layouts() -> GoLayouts:
+    from harness.collectors.uprobe.resolve import FUNCTIONS, STRUCTS, TYPES
+
+    return GoLayouts(FUNCTIONS, STRUCTS, TYPES)
+
+
 COLLECTOR = Collector(
     name="uprobe",
     label="uprobe (grpc-go)",
@@ -45,6 +52,13 @@ COLLECTOR = Collector(
     observe_binaries=_observe_binaries,
     observe_summary=_observe_summary,
     color="#d62728",
+    short="uprobe",
+    family="uprobe",
+    curves=(Curve(style=":^"),),
+    bpf=BpfCost(("uprobe",), "uprobe_added_ns"),
+    process_gap="uprobe_gap",
+    binary_facts=binary_facts,
+    go_layouts=_go_layouts,
     article={"stability": "weak", "multi-language": "weak", "compatibility": "weak",
              "ease of building": "simple", "data completeness": "complete"},
     parts={

@@ -57,7 +57,7 @@ def identify(exe: Path) -> GoIdentity:
         with exe.open("rb") as f:
             elf = ELFFile(f)
             symtab = elf.get_section_by_name(".symtab")
-            for s in symtab.iter_symbols() if symtab is not None else ():  # type: ignore[attr-defined]
+            for s in symtab.iter_symbols() if symtab is not None else ():
                 if s.name == "runtime.buildVersion":
                     has_runtime = True
                 elif s.name.startswith(f"{TRANSPORT}.("):

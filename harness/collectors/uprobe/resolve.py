@@ -22,10 +22,10 @@ from typing import Any
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
+from harness.collectors.gobin import offsets
 from harness.collectors.gobin.cache import cache_dir, cached, file_sha256
 from harness.collectors.gobin.elfgo import GoBinary, NotGoBinary, quick_info, read_go_binary
 from harness.collectors.gobin.pclntab import NoPclntab, read_pclntab
-from harness.collectors.uprobe import offsets
 
 RESOLVER_VERSION = 5
 

@@ -29,6 +29,7 @@ MAX_HEADER_BLOCK = 64 * 1024  # start line + header fields; larger is invalid
 MAX_START_LINE = 16 * 1024
 MAX_CHUNK_LINE = 4 * 1024  # chunk-size line with extensions
 _MAX_HEX_DIGITS = 16
+_FIELD_CACHE = 64  # distinct header blocks remembered per direction (a Date per second)
 
 # Reason codes carried by MessageLost; they double as Exchange degradation reasons.
 STREAM_ENDED = "stream_ended"  # end() came in the middle of a message
@@ -279,6 +280,7 @@ class Http1Parser:
         self._peek_framing: tuple[bool, int | None, bool] = (False, None, False)
         self._events: list[Event] = []
         self._tunnel_next = False  # switch_protocols() came in the middle of a message
+        self._field_cache: dict[bytes, tuple[Headers, tuple[bool | None, int | None]]] = {}
 
     # -- public API -------------------------------------------------------------
 
@@ -471,16 +473,30 @@ class Http1Parser:
             return ParseState.NEEDS_MORE_DATA
         head = self._head
         assert head is not None
-        head.headers = _parse_fields(bytes(buf[pos + self._line_end : m.start() + 1]))
+        head.headers, framing = self._fields(bytes(buf[pos + self._line_end : m.start() + 1]))
         end = m.end()
         if self.kind == "request":
-            self._begin_request_body(head, end, ts)
+            self._begin_request_body(head, end, ts, framing)
         else:
-            self._begin_response_body(head, end, ts)
+            self._begin_response_body(head, end, ts, framing)
         return ParseState.SUCCESS
 
-    def _begin_request_body(self, head: _Head, end: int, ts: int) -> None:
-        chunked, length = _framing(head.headers)
+    def _fields(self, block: bytes) -> tuple[Headers, tuple[bool | None, int | None]]:
+        """A header block's fields and framing; a busy connection repeats the same few
+        blocks, so they are parsed once (the lists are shared: events are read only)."""
+        got = self._field_cache.get(block)
+        if got is None:
+            headers = _parse_fields(block)
+            got = (headers, _framing(headers))
+            if len(self._field_cache) >= _FIELD_CACHE:
+                self._field_cache.clear()
+            self._field_cache[block] = got
+        return got
+
+    def _begin_request_body(
+        self, head: _Head, end: int, ts: int, framing: tuple[bool | None, int | None]
+    ) -> None:
+        chunked, length = framing
         if chunked is None:
             raise _Invalid("unsupported transfer-coding on a request")
         self._pos = end
@@ -489,11 +505,13 @@ class Http1Parser:
         )
         self._start_body(chunked, length, close_delimited=False, ts=ts)
 
-    def _begin_response_body(self, head: _Head, end: int, ts: int) -> None:
+    def _begin_response_body(
+        self, head: _Head, end: int, ts: int, framing: tuple[bool | None, int | None]
+    ) -> None:
         if not head.first.isdigit():
             raise _Invalid("status code")
         status = int(head.first)
-        chunked, length = _framing(head.headers)
+        chunked, length = framing
         self._pos = end
         if 100 <= status < 200 and status != 101:
             self.stats.informational += 1
@@ -845,9 +863,9 @@ def _parse_fields(block: bytes) -> Headers:
         if line[:1] in (b" ", b"\t"):
             if not out:
                 raise _Invalid("continuation line with no field before it")
-            name, value = out[-1]
+            name, prev = out[-1]
             more = line.strip(b" \t").decode("latin-1")
-            out[-1] = (name, f"{value} {more}".strip())
+            out[-1] = (name, f"{prev} {more}".strip())
             continue
         colon = line.find(b":")
         if colon <= 0 or not _TOKEN.fullmatch(line, 0, colon):

@@ -54,6 +54,9 @@ class Http1Stats:
     pipelining: bool = False  # two requests were outstanding at once on the connection
 
 
+_DICT_CACHE = 64  # as the parser's header-block cache
+
+
 def _header_dict(headers: Headers) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, value in headers:
@@ -112,6 +115,20 @@ class Http1Stitcher:
         # before any answer, or a second answer before any new request, means several
         # requests were outstanding at once (pipelining), however much a budget hid.
         self._starts = {True: 0, False: 0}
+        # header lists the parser shares between equal blocks -> their dict, made once
+        self._dicts: dict[int, tuple[Headers, dict[str, str]]] = {}
+
+    def _hdict(self, headers: Headers) -> dict[str, str]:
+        """The headers as a dict, one shared dict per list the parser shares (exchanges'
+        dicts are read only once stitched; the Sharer shares them later anyway)."""
+        got = self._dicts.get(id(headers))
+        if got is not None and got[0] is headers:
+            return got[1]
+        d = _header_dict(headers)
+        if len(self._dicts) >= _DICT_CACHE:
+            self._dicts.clear()
+        self._dicts[id(headers)] = (headers, d)
+        return d
 
     def _new(self) -> Exchange:
         x = Exchange(
@@ -128,11 +145,11 @@ class Http1Stitcher:
         starts = self._starts
         if seg.orig_len:
             starts[not is_request] = 0
-        starts[is_request] += sum(
-            isinstance(ev, (RequestHeadersParsed, ResponseHeadersParsed))
-            or (isinstance(ev, MessageLost) and not ev.headers_seen)
-            for ev in events
-        )
+        for ev in events:
+            if isinstance(ev, (RequestHeadersParsed, ResponseHeadersParsed)) or (
+                isinstance(ev, MessageLost) and not ev.headers_seen
+            ):
+                starts[is_request] += 1
         if starts[is_request] > 1:
             self.resp.note_pipelining()
         (self.on_request if is_request else self.on_response)(events)
@@ -171,7 +188,7 @@ class Http1Stitcher:
                 self.protocol = _protocol(ev.version)
                 x = self._new()
                 x.method, x.path, x.t_start_ns = ev.method, ev.target, ev.ts_ns
-                x.req_headers = _header_dict(ev.headers)
+                x.req_headers = self._hdict(ev.headers)
                 x.authority = _authority(ev.target, x.req_headers)
                 self._expect(x, ev.method, ev.ts_ns)
             elif isinstance(ev, MessageCompleted):
@@ -218,7 +235,7 @@ class Http1Stitcher:
             elif isinstance(ev, ResponseHeadersParsed):
                 x = self._paired(ev.matched, ev.unanswered, ev.version)
                 x.status = ev.status
-                x.resp_headers = _header_dict(ev.headers)
+                x.resp_headers = self._hdict(ev.headers)
                 self.cur_resp = x
                 if ev.status == 101 or (ev.request_method == "CONNECT" and ev.status < 300):
                     # the exchange ends at the switch; the client's next bytes are not HTTP
@@ -235,22 +252,22 @@ class Http1Stitcher:
                 self.cur_resp = None
             elif isinstance(ev, MessageLost):
                 if ev.headers_seen:
-                    x = self.cur_resp
+                    lost: Exchange | None = self.cur_resp
                 elif ev.unpaired:
                     self.stats.lost_responses += 1
                     self._unpaired()
-                    x = None
+                    lost = None
                 else:
                     self.stats.lost_responses += 1
-                    x = self._paired(ev.matched, ev.unanswered, None)
+                    lost = self._paired(ev.matched, ev.unanswered, None)
                     if ev.start_line is not None:  # the status line was whole
-                        x.status = int(ev.start_line[0])
+                        lost.status = int(ev.start_line[0])
                         self.protocol = _protocol(ev.start_line[2])
                     else:
-                        x.degrade("status", ev.reason)
-                if x is not None:
-                    x.degrade("resp_bytes", ev.reason)
-                    x.t_end_ns = ev.ts_ns
+                        lost.degrade("status", ev.reason)
+                if lost is not None:
+                    lost.degrade("resp_bytes", ev.reason)
+                    lost.t_end_ns = ev.ts_ns
                 self.cur_resp = None
             elif isinstance(ev, InformationalResponseParsed):
                 self.stats.informational += 1

@@ -1,4 +1,5 @@
-"""Merge the DWARF of unstripped grpc-go binaries into the offsets table (see offsets.py).
+"""Merge the DWARF of unstripped grpc-go binaries into the offsets table (see offsets.py):
+the functions, structs and types every registered collector reads from Go binaries.
 
 Called by scripts/gen-grpc-offsets with the binaries it built; writes grpc_offsets.json.
 Two binaries of one version that disagree (they should not: the same sources and Go)
@@ -13,14 +14,16 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from harness.collectors.uprobe.offsets import (
-    TABLE_FILE,
-    TABLE_FORMAT,
-    TLS_STRUCTS,
-    extract,
-    go_minor,
-)
-from harness.collectors.uprobe.resolve import FUNCTIONS, STRUCTS, TYPES
+from harness.collectors import registry
+from harness.collectors.base import GoLayouts
+from harness.collectors.gobin.offsets import TABLE_FILE, TABLE_FORMAT, extract, go_minor
+
+
+def wanted() -> GoLayouts:
+    """What every registered collector reads from Go binaries, in registry order."""
+    got = [c.go_layouts() for c in registry.collectors() if c.go_layouts]
+    return GoLayouts(*(tuple(dict.fromkeys(x for g in got for x in getattr(g, f)))
+                       for f in ("functions", "structs", "types")))  # fmt: skip
 
 
 def merge_into(table: dict[str, Any], ex: dict[str, Any], source: str) -> None:
@@ -55,8 +58,8 @@ def _override(ex: dict[str, Any], spec: str) -> None:
 
 
 def _extract(arg: str) -> dict[str, Any]:
-    structs = tuple(dict.fromkeys(STRUCTS + TLS_STRUCTS))
-    return extract(Path(arg.partition("=")[0]), FUNCTIONS, structs, TYPES)
+    w = wanted()
+    return extract(Path(arg.partition("=")[0]), w.functions, w.structs, w.types)
 
 
 def main(argv: list[str]) -> int:

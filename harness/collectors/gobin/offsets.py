@@ -58,14 +58,6 @@ CREDS = f"{GRPC}/internal/credentials"  # grpc-go's TLS wrapper (syscallConn) li
 _HTTP2 = f"{XNET}/http2"
 
 
-# Standard-library structs the Go crypto/tls probes read (harness/collectors/tls/gotls.py),
-# kept in the table's ``go`` part beside grpc-go's so stripped binaries' TLS is probed too.
-TLS_STRUCTS = (
-    "crypto/tls.Conn", "net.TCPConn", "net.conn", "net.netFD", "internal/poll.FD",
-    "net.TCPAddr",
-)  # fmt: skip
-
-
 def part_of(name: str) -> str:
     """Which version decides a struct or function: grpc, xnet or go."""
     bare = name.lstrip("*")
@@ -214,9 +206,9 @@ def _consensus(entries: list[dict[str, Any]]) -> dict[str, Any]:
             continue
         members = {
             m: v for m, v in s["members"].items()
-            if all(o["members"].get(m) == v for o in others)  # type: ignore[index]
+            if all(o["members"].get(m) == v for o in others)
         }  # fmt: skip
-        size = s["size"] if all(o["size"] == s["size"] for o in others) else 0  # type: ignore[index]
+        size = s["size"] if all(o["size"] == s["size"] for o in others) else 0
         out["structs"][sname] = {"size": size, "members": members}
     for key in ("functions", "type_kinds"):
         for n, v in first.get(key, {}).items():
