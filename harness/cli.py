@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from harness.collectors import registry
-from harness.collectors.base import LEVELS, CollectorOptions
+from harness.collectors.base import H1_BODIES, LEVELS, CollectorOptions
 from harness.errors import ProbebenchError
 from harness.model import repo_root, save_sweep
 from harness.runner.lifecycle import Interrupted
@@ -55,7 +55,7 @@ def cmd_run(a: argparse.Namespace) -> int:
         grpc_version=a.grpc_go,
         port=a.port,
         options=CollectorOptions(
-            max_capture=a.max_capture, h2_body_limit=a.h2_body_limit,
+            max_capture=a.max_capture, h2_body_limit=a.h2_body_limit, h1_bodies=a.h1_bodies,
             ringbuf_pages=a.ringbuf_pages,
             uprobe_level=a.uprobe_level, uprobe_value_max=a.uprobe_value_max,
             kernel_hooks=a.kernel_hooks,
@@ -303,6 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--h2-body-limit", type=int, default=CollectorOptions.h2_body_limit,
         help="gRPC message-body bytes captured per frame-aware HTTP/2 call (no field needs them)",
     )  # fmt: skip
+    p.add_argument(
+        "--h1-bodies", choices=H1_BODIES, default=CollectorOptions.h1_bodies,
+        help="HTTP/1 bodies the kernel side can frame: left out of the capture, or captured",
+    )
     p.add_argument("--ringbuf-pages", type=int, default=CollectorOptions.ringbuf_pages,
                    help="ring buffer, 4 KiB pages")
     p.add_argument("--tls", action="store_true", help="the same scenario over TLS")
