@@ -80,6 +80,31 @@ struct h2_dir {
                    * from its HEADERS on (an entry in grpc_msgs) */
     u8 fld[32];   /* 9 used; sized so that masked offsets and lengths stay inside */
 };
+#ifndef PB_H1_SKIP
+#define PB_H1_SKIP 1 /* 0: HTTP/1 bodies captured like any bytes (prefix capture) */
+#endif
+#ifndef PB_H1_HDR_MAX
+/* bytes of an HTTP/1 message scanned for the end of its header block; a power of two
+ * (the verifier walks the scan once per 8 bytes of it) */
+#define PB_H1_HDR_MAX 8192
+#endif
+#define H1_SLICE 1024 /* a head is read from the call a slice at a time, as the scan needs */
+#define H1_OFF 0  /* framing not followed: prefix capture */
+#define H1_MSG 1  /* the direction's next byte starts a message */
+#define H1_BODY 2 /* rem bytes of a Content-Length body go first, then a message */
+#define H1_CHUNK 3 /* a chunk-size line next (after the CRLF ending a chunk's data, if crlf) */
+#define H1_CDATA 4 /* rem bytes of a chunk's data, then H1_CHUNK */
+/* Where one direction of an HTTP/1 connection stands between calls. */
+struct h1_dir {
+    u32 rem;
+    u8 state;
+    u8 crlf;
+    u16 pend;     /* H1_MSG: a head's first bytes came in earlier calls (Go's server
+                   * reads 1 byte, then the rest; a read ends mid-head): in h1_pends */
+    u8 clen;      /* H1_CHUNK: bytes of a size line an earlier call ended in, in cline */
+    u8 cline[15];
+};
+
 /* gRPC message position of one stream direction, kept between its DATA frames */
 struct grpc_key { u32 tgid; s32 fd; u32 sid; u32 dir; };
 struct grpc_val { u32 msg_rem; u8 have; u8 pre[7]; };
@@ -94,7 +119,18 @@ struct conn_info {
     u16 rport;
     u8 laddr[16];
     u8 raddr[16];
-    struct h2_dir h2[2]; /* by PB_DIR_*; used when proto is PB_PROTO_HTTP2 */
+    union {  /* by PB_DIR_*, as proto says */
+        struct h2_dir h2[2]; /* PB_PROTO_HTTP2 */
+        struct {
+            struct h1_dir h1[2]; /* PB_PROTO_HTTP1 */
+            u64 h1_heads;        /* bit (n % 64): request n was a HEAD (its response's
+                                  * length header announces no body) */
+            u32 h1_reqs;         /* requests framed */
+            u32 h1_resps;        /* final responses framed */
+            u8 h1_resp_ok;       /* every request so far framed, none a CONNECT, at most
+                                  * 64 unanswered: responses can be paired with them */
+        };
+    };
     u32 seq[2];          /* data calls so far, by PB_DIR_* (pb_data_event.seq) */
 };
 struct data_args {
@@ -963,6 +999,421 @@ int h2_walk_fn(void *ctx) {
     return 0;
 }
 
+/* ---- HTTP/1 body skipping (kprobe_events.h): a direction in step with its messages
+ * captures each header block and leaves Content-Length bodies out as gaps. */
+#define H1_MASK (PB_H1_HDR_MAX - 1)
+struct h1_scan {
+    union {  /* a message's first bytes; 16 readable past any offset */
+        u8 buf[2 * PB_H1_HDR_MAX + 32];  /* room for a slice read past pending bytes */
+        u64 words[2 * PB_H1_HDR_MAX / 8 + 4];
+    };
+    u32 n;        /* bytes of buf read from the call */
+    u32 lim;      /* bytes there are to read, at most PB_H1_HDR_MAX - 1 */
+    u32 sh;       /* buf starts with this many bytes of earlier calls (h1_dir.pre) */
+    u32 o;        /* where the scan goes on (a multiple of 8) */
+    u32 end;      /* length of the header block (through its empty line); 0: not found */
+    u32 cl_at;    /* offset just past the last "content-length:" */
+    u32 cl;       /* its value (h1_cl_value), or a chunk's size (h1_chunk_line) */
+    u32 te_at;    /* offset just past the last "transfer-encoding:" */
+    u8 cl_count;  /* content-length lines seen */
+    u8 te;        /* transfer-encoding (or transfer-*) lines seen */
+    u8 digits;
+    u8 bad;
+    u8 cut;       /* h1_chunk_line: the bytes ended inside the line */
+};
+BPF_PERCPU_ARRAY(h1_scans, struct h1_scan, 1);
+/* the first bytes of a head a call ended in, for the direction's next call */
+struct h1_pend_key { u32 tgid; s32 fd; u32 dir; };
+struct h1_pend_val { u8 buf[PB_H1_HDR_MAX]; };
+BPF_TABLE("lru_hash", struct h1_pend_key, struct h1_pend_val, h1_pends, 256);
+/* one call's walk over its messages, between runs of h1_walk_fn */
+struct h1_walk {
+    u64 pos;      /* offset in the call */
+    u64 skipped;  /* body bytes left out so far */
+    u8 scanning;  /* H1_SCANNING: a head is in h1_scans, its scan goes on in the next
+                   * run; H1_SCANNED: the next run decides from it */
+};
+BPF_PERCPU_ARRAY(h1_walks, struct h1_walk, 1);
+#define H1_SCANNING 1
+#define H1_SCANNED 2
+
+/* header names, 8 bytes little-endian, lower case (a byte | 0x20 folds A-Z) */
+#define H1_LOWER 0x2020202020202020ULL
+#define H1_W_CONTENT 0x2d746e65746e6f63ULL  /* "content-" */
+#define H1_W_LENGTH 0x3a6874676e656cULL     /* "length:" (7 bytes) */
+#define H1_W_TRANSFER 0x726566736e617274ULL /* "transfer" */
+#define H1_W_ENCODIN 0x6e69646f636e652dULL  /* "-encodin" */
+#define H1_W_CHUNKED 0x64656b6e756863ULL    /* "chunked" (7 bytes) */
+
+/* A line starts at q: the header block's end, or a header that frames the body.
+ * (Loose matches are harmless: replay frames the bytes again and checks the gaps.) */
+static __always_inline void h1_line(struct h1_scan *s, u32 q) {
+    if (q >= s->n || s->end) return;
+    u32 m = q & H1_MASK;
+    if (s->buf[m] == '\r' && s->buf[m + 1] == '\n') {
+        if (q + 2 <= s->n) s->end = q + 2;
+        return;
+    }
+    u64 a = *(u64 *)&s->buf[m] | H1_LOWER;
+    if (a == H1_W_CONTENT) {
+        u64 b = (*(u64 *)&s->buf[m + 8] | H1_LOWER) & 0x00ffffffffffffffULL;
+        if (b == H1_W_LENGTH) {
+            s->cl_at = q + 15;
+            s->cl_count++;
+        }
+    } else if (a == H1_W_TRANSFER) {
+        s->te++;  /* only "transfer-encoding: chunked" is framed, once */
+        if ((*(u64 *)&s->buf[m + 8] | H1_LOWER) == H1_W_ENCODIN) s->te_at = q + 18;
+    }
+}
+
+#ifndef PB_H1_SCAN_WORDS
+/* 8-byte words of a head scanned per run of h1_walk_fn: the verifier keeps every
+ * branch of a run pending at once (at most 8192), so a run scans a slice */
+#define PB_H1_SCAN_WORDS 64
+#endif
+/* A line checked at a word's end reads up to 40 bytes on: not past what was read */
+#define H1_WANTS_SLICE(s) ((s)->n < (s)->lim && (s)->o + 48 > (s)->n)
+/* Go on finding the header block's end in s->buf[0, n), a word at a time: a word
+ * without a '\n' costs a few instructions. State lives in the map value (H2_JOIN). */
+static __always_inline void h1_scan_step(struct h1_scan *s) {
+#pragma clang loop unroll(disable)
+    for (u32 i = 0; i < PB_H1_SCAN_WORDS; i++) {
+        H2_JOIN();
+        u32 o = s->o & H1_MASK;
+        if (s->o >= s->n || s->end || H1_WANTS_SLICE(s)) break;
+        s->o = o + 8;
+        u64 x = s->words[o / 8] ^ 0x0a0a0a0a0a0a0a0aULL;
+        if (!((x - 0x0101010101010101ULL) & ~x & 0x8080808080808080ULL)) continue;
+        /* a '\n' in this word (or a rare false hit above one): each lane is checked */
+#pragma unroll
+        for (u32 j = 0; j < 8; j++) {
+            H2_JOIN();
+            if (s->buf[o + j] == '\n') h1_line(s, o + j + 1);
+        }
+    }
+}
+
+/* Read the call's next slice of a head into s->buf, after the s->sh bytes of earlier
+ * calls (the call's bytes read so far are a multiple of H1_SLICE). */
+static __always_inline void h1_read_slice(struct h1_scan *s, u64 ptr) {
+    u32 off = (s->n - s->sh) & (H1_MASK & ~(H1_SLICE - 1));
+    u32 want = s->lim - s->n;
+    if (!want) return;
+    if (want > H1_SLICE) want = H1_SLICE;
+    want = PB_MASKED(want - 1, H1_SLICE - 1) + 1;
+    if (bpf_probe_read_user(&s->buf[off + (s->sh & H1_MASK)], want, (void *)(ptr + off)) < 0) {
+        s->lim = s->n;  /* unreadable: the scan ends at what it has */
+        return;
+    }
+    s->n = s->sh + off + want;
+}
+
+/* The Content-Length value at cl_at: spaces, 1 to 9 digits, CR. 0: not that. */
+static __always_inline int h1_cl_value(struct h1_scan *s) {
+    s->cl = 0;
+    s->digits = 0;
+    s->bad = 0;
+    int i;
+#pragma clang loop unroll(disable)
+    for (i = 0; i < 16; i++) {
+        H2_JOIN();
+        u8 ch = s->buf[(s->cl_at + i) & H1_MASK];
+        if (ch == '\r') break;
+        if (ch == ' ' || ch == '\t') {
+            if (s->digits) s->bad = 1;
+            continue;
+        }
+        if (ch < '0' || ch > '9' || s->digits >= 9) {
+            s->bad = 1;
+            break;
+        }
+        s->cl = s->cl * 10 + (ch - '0');
+        s->digits++;
+    }
+    return i < 16 && !s->bad && s->digits;
+}
+
+/* One "transfer-encoding: chunked" line and no content-length. */
+static __always_inline int h1_chunked(struct h1_scan *s) {
+    if (s->te != 1 || !s->te_at || s->cl_count) return 0;
+    u32 at = s->te_at;
+    if (s->buf[at & H1_MASK] == ' ') at++;
+    u64 v = *(u64 *)&s->buf[at & H1_MASK];
+    return ((v | H1_LOWER) & 0x00ffffffffffffffULL) == H1_W_CHUNKED && (v >> 56) == '\r';
+}
+
+/* At s->buf[0, n): with crlf, the CRLF ending a chunk's data (a writer may send it
+ * alone); else a chunk-size line, hex size CRLF, and after the last chunk's (size 0)
+ * the empty line ending the message (trailers are not framed here). Sets s->end to
+ * the bytes taken, s->digits to the size's (0: the CRLF) and s->cl to the size;
+ * s->end 0: not that, or cut. */
+static __always_inline void h1_chunk_line(struct h1_scan *s, u8 crlf) {
+    s->end = 0;
+    s->cl = 0;
+    s->digits = 0;
+    s->bad = 0;
+    s->cut = 0;
+    s->o = 0;
+    if (crlf) {
+        if (s->n >= 2 && s->buf[0] == '\r' && s->buf[1] == '\n') s->end = 2;
+        s->cut = s->n == 1 && s->buf[0] == '\r';
+        return;
+    }
+    int i;
+#pragma clang loop unroll(disable)
+    for (i = 0; i < 8; i++) {
+        H2_JOIN();
+        if (s->o >= s->n) {
+            s->cut = 1;
+            break;
+        }
+        u8 ch = s->buf[s->o & 63];
+        if (ch == '\r') break;
+        u8 v;
+        if (ch >= '0' && ch <= '9') v = ch - '0';
+        else if ((ch | 0x20) >= 'a' && (ch | 0x20) <= 'f') v = (ch | 0x20) - 'a' + 10;
+        else break;  /* an extension, or not a size line */
+        if (s->digits >= 7) break;
+        s->cl = (s->cl << 4) | v;
+        s->digits++;
+        s->o++;
+    }
+    if (s->cut) return;
+    u32 o = s->o & 63;
+    /* a line cut after its digits or its CR (o + 1 == n: the CR is there) */
+    s->cut = s->digits && (o >= s->n || (o + 1 == s->n && s->buf[o] == '\r'));
+    if (!s->digits || o + 2 > s->n || s->buf[o] != '\r' || s->buf[o + 1] != '\n') return;
+    o += 2;
+    if (!s->cl) {
+        s->cut = o >= s->n || (o + 1 == s->n && s->buf[o] == '\r');
+        if (o + 2 > s->n || s->buf[o] != '\r' || s->buf[o + 1] != '\n') return;
+        o += 2;
+    }
+    s->end = o;
+}
+
+#define H1_UNSURE (-1)
+#define H1_CHUNKED (-2)
+#define H1_NO_TE (-3) /* no transfer-encoding: the length rules apply */
+/* The body length of the message whose head is in s, H1_CHUNKED, or H1_UNSURE when
+ * it cannot be framed here for sure (req: a request, else a response). */
+static __always_inline s64 h1_body(struct conn_info *c, struct h1_scan *s, u8 req) {
+    if (s->end < 16 || s->cl_count > 1) return H1_UNSURE;
+    s64 framed = h1_chunked(s) ? H1_CHUNKED : s->te ? H1_UNSURE : H1_NO_TE;
+    const char *b = (const char *)s->buf;
+    if (req) {
+        if (!infer_http1(b) || starts(b, "HTTP/1.", 7)) return -1;
+        /* a HEAD's response carries a length and no body; CONNECT's turns to a tunnel */
+        if (starts(b, "CONNECT ", 8) || c->h1_reqs - c->h1_resps >= 64) c->h1_resp_ok = 0;
+        u64 bit = 1ULL << (c->h1_reqs & 63);
+        if (starts(b, "HEAD ", 5)) c->h1_heads |= bit;
+        else c->h1_heads &= ~bit;
+        c->h1_reqs++;
+        if (framed != H1_NO_TE) return framed;
+        if (!s->cl_count) return 0;  /* a request without a length has no body */
+        return h1_cl_value(s) ? s->cl : -1;
+    }
+    if (!c->h1_resp_ok || !starts(b, "HTTP/1.", 7) || b[8] != ' ') return -1;
+    u8 d0 = b[9] - '0', d1 = b[10] - '0', d2 = b[11] - '0';
+    if (d0 > 9 || d1 > 9 || d2 > 9) return -1;
+    u32 status = d0 * 100 + d1 * 10 + d2;
+    if (status == 101) return -1;  /* another protocol follows */
+    if (status < 200) return 0;    /* interim: the request's answer is still to come */
+    if (c->h1_resps == c->h1_reqs) return -1;  /* no request seen for it */
+    u8 head = (c->h1_heads >> (c->h1_resps & 63)) & 1;
+    c->h1_resps++;
+    if (head || status == 204 || status == 304) return 0;
+    if (framed != H1_NO_TE) return framed;
+    if (!s->cl_count) return -1;  /* close-delimited */
+    return h1_cl_value(s) ? s->cl : -1;
+}
+
+/* A connection seen from its start turned out HTTP/1 at its first call: both
+ * directions are at a message's start. */
+static __always_inline void h1_start(struct conn_info *c) {
+    u8 on = PB_H1_SKIP && c->role != PB_ROLE_UNKNOWN;
+    __builtin_memset(c->h1, 0, sizeof(c->h1));
+    c->h1[0].state = on ? H1_MSG : H1_OFF;
+    c->h1[1].state = on ? H1_MSG : H1_OFF;
+    c->h1_resp_ok = on;
+    c->h1_heads = 0;
+    c->h1_reqs = 0;
+    c->h1_resps = 0;
+}
+
+/* This direction's framing is not followed any more (prefix capture from here on);
+ * a request direction given up hides the methods its responses depend on. */
+static __always_inline void h1_give_up(struct conn_info *c, u8 dir) {
+    c->h1[dir & 1].state = H1_OFF;
+    if ((c->role == PB_ROLE_CLIENT) == (dir == PB_DIR_SEND)) c->h1_resp_ok = 0;
+    stat_add(PB_STAT_H1_GIVEN_UP, 1);
+}
+
+/* Capture a call's bytes from `start` as a prefix: PB_CHUNK-sized events, at most
+ * PB_CALL_LIMIT bytes, the rest counted as truncated. */
+static __always_inline void capture_prefix(struct data_call *dc, struct conn_info *c,
+                                           u32 start, u64 buf, u32 orig) {
+    u32 left = orig - start;
+    if (left > PB_CALL_LIMIT) {
+        stat_add(PB_STAT_TRUNCATED_CALLS, 1);
+        stat_add(PB_STAT_TRUNCATED_BYTES, left - PB_CALL_LIMIT);
+    }
+    u32 limit = left < PB_CALL_LIMIT ? left : PB_CALL_LIMIT;
+    u32 done = 0;
+    for (int i = 0; i < PB_CALL_LIMIT / PB_CHUNK; i++) {
+        if (done >= limit) break;
+        u32 got = emit_chunk(dc, c, start + done, buf + start + done, limit - done);
+        if (!got) break;
+        done += got;
+    }
+}
+
+/* One message of a call whose direction follows HTTP/1 framing (the rest of a body,
+ * then a head), then this program again for the next; see kprobe_events.h.
+ * Not a TRACEPOINT_PROBE: the loader puts it in `walkers`. */
+int h1_walk_fn(void *ctx) {
+    u32 zero = 0;
+    struct data_call *dc = calls.lookup(&zero);
+    struct h1_walk *w = h1_walks.lookup(&zero);
+    struct h1_scan *s = h1_scans.lookup(&zero);
+    if (!dc || !w || !s) return 0;
+    struct conn_info *c = conns.lookup(&dc->key);
+    if (!c) return 0;  /* closed meanwhile by another thread */
+    u8 dir = dc->a.dir & 1;
+    u32 orig = dc->orig;
+    u64 buf = dc->a.buf;
+    struct h1_dir *d = &c->h1[dir];
+    if (w->scanning == H1_SCANNING) {
+        h1_scan_step(s);
+        if (!s->end && H1_WANTS_SLICE(s)) h1_read_slice(s, buf + w->pos);
+        /* the scan goes on, or its outcome is decided, in a fresh run: a run that
+         * scans leaves the verifier few paths to follow past its loop */
+        if (s->end || s->o >= s->n) w->scanning = H1_SCANNED;
+        walkers.call(ctx, PB_TC_H1);
+    } else if (w->scanning == H1_SCANNED) {
+        w->scanning = 0;
+        s64 body = H1_UNSURE;
+        u32 rest = orig - (u32)w->pos;
+        u32 take = 0;  /* bytes of this call captured as one event: a head, or its start */
+        if (!s->end && s->n >= s->lim && s->lim - s->sh == rest && s->n < H1_MASK) {
+            /* the call ended inside a head: its bytes so far wait for the next call */
+            struct h1_pend_key pk = {.tgid = dc->key.tgid, .fd = dc->key.fd, .dir = dir};
+            if (!h1_pends.update(&pk, (struct h1_pend_val *)s->buf)) {
+                d->pend = s->n;
+                take = rest;
+            }
+        } else if (s->end > s->sh) {
+            body = h1_body(c, s, (c->role == PB_ROLE_CLIENT) == (dir == PB_DIR_SEND));
+            if (body >= 0 || body == H1_CHUNKED) take = s->end - s->sh;
+        }
+        /* one event, whole (else as a prefix, cut as ever) */
+        if (take > PB_CHUNK || take > PB_CALL_LIMIT) take = 0;
+        H2_JOIN();
+        if (take) {
+            /* a lost event shows in its call's parts: replay stops trusting the call */
+            emit_chunk(dc, c, (u32)w->pos, buf + w->pos, take);
+            w->pos += take;
+            if (body != H1_UNSURE) {
+                d->pend = 0;
+                d->rem = body > 0 ? (u32)body : 0;
+                d->state = body > 0 ? H1_BODY : body ? H1_CHUNK : H1_MSG;
+                d->crlf = 0;
+            }
+            /* the next message (or this one's body) in a fresh run */
+            if (w->pos < orig) walkers.call(ctx, PB_TC_H1);
+        }
+    } else {
+        if (d->state == H1_BODY || d->state == H1_CDATA) {
+            u32 k = orig - (u32)w->pos;
+            if (d->rem < k) k = d->rem;
+            if (!w->pos) {
+                emit_chunk(dc, c, 0, buf, 1);  /* a call's first byte is kept */
+                k--;
+                w->pos = 1;
+                d->rem--;
+            }
+            d->rem -= k;
+            w->pos += k;
+            w->skipped += k;
+            if (!d->rem) {
+                d->crlf = 1;
+                d->state = d->state == H1_BODY ? H1_MSG : H1_CHUNK;
+            }
+        }
+        if (w->pos < orig && d->state == H1_CHUNK) {
+            u32 n = orig - (u32)w->pos;
+            if (n > 31) n = 31;
+            u32 cp = d->clen & 15;  /* the line's start, from an earlier call */
+            __builtin_memcpy(s->buf, d->cline, 15);
+            if (bpf_probe_read_user(&s->buf[cp], PB_MASKED(n, 31), (void *)(buf + w->pos)) < 0)
+                n = 0;
+            s->n = cp + n;
+            h1_chunk_line(s, d->crlf);
+            if (!s->end && s->cut && s->n < 16 && n == orig - (u32)w->pos) {
+                /* the call ended inside the line: its bytes so far wait for the next */
+                emit_chunk(dc, c, (u32)w->pos, buf + w->pos, n);
+                __builtin_memcpy(d->cline, s->buf, 15);
+                d->clen = s->n;
+                w->pos = orig;
+            } else if (s->end > cp) {
+                emit_chunk(dc, c, (u32)w->pos, buf + w->pos, s->end - cp);
+                w->pos += s->end - cp;
+                d->clen = 0;
+                d->rem = s->cl;
+                d->state = !s->digits ? H1_CHUNK : s->cl ? H1_CDATA : H1_MSG;
+                d->crlf = 0;
+                if (w->pos < orig) walkers.call(ctx, PB_TC_H1);
+            }
+        } else if (w->pos < orig && d->state == H1_MSG) {
+            u32 n = orig - (u32)w->pos;
+            s->sh = 0;
+            if (d->pend) {
+                struct h1_pend_key pk = {.tgid = dc->key.tgid, .fd = dc->key.fd, .dir = dir};
+                struct h1_pend_val *pv = h1_pends.lookup(&pk);
+                /* gone from the LRU: this head cannot be framed (lim 0 gives up below) */
+                if (pv && !bpf_probe_read_kernel(s->buf, PB_MASKED(d->pend, H1_MASK), pv->buf))
+                    s->sh = d->pend & H1_MASK;
+                else
+                    n = 0;
+            }
+            s->lim = s->sh + (n < H1_MASK - s->sh ? n : H1_MASK - s->sh);
+            s->n = s->sh;
+            h1_read_slice(s, buf + w->pos);
+            s->o = 0;
+            s->end = 0;
+            s->cl_at = 0;
+            s->cl_count = 0;
+            s->te = 0;
+            w->scanning = H1_SCANNING;
+            walkers.call(ctx, PB_TC_H1);  /* the scan runs at the start of a run: one path in */
+        }
+    }
+    if (w->pos < orig) {
+        /* not framed for sure here, or out of tail calls: the rest as a prefix */
+        h1_give_up(c, dir);
+        capture_prefix(dc, c, (u32)w->pos, buf, orig);
+    }
+    if (w->skipped) stat_add(PB_STAT_H1_SKIPPED_BYTES, w->skipped);
+    return 0;
+}
+
+/* A call on a direction that follows HTTP/1 framing: 1 to go on in h1_walk_fn. */
+static __always_inline int h1_begin(struct conn_info *c, struct data_args *a) {
+    u32 zero = 0;
+    struct h1_walk *w = h1_walks.lookup(&zero);
+    if (!w) return 0;
+    if (a->iovcnt) {
+        /* vectored: left to the prefix capture (the walk reads one buffer) */
+        h1_give_up(c, a->dir);
+        return 0;
+    }
+    w->pos = 0;
+    w->skipped = 0;
+    w->scanning = 0;
+    return 1;
+}
+
 /* A data call, from the stash: find or infer its connection, number it, and
  * capture it (prefix capture here, or hand it to the frame walk).
  * Not a TRACEPOINT_PROBE: the loader puts it in `walkers`. */
@@ -1026,6 +1477,7 @@ int data_fn(void *ctx) {
             }
             c->proto = p;
             if (p == PB_PROTO_HTTP2) h2_start(c);
+            if (p == PB_PROTO_HTTP1) h1_start(c);
         }
     }
     /* numbered whether or not its events reach the ring buffer (kprobe_events.h);
@@ -1042,22 +1494,21 @@ int data_fn(void *ctx) {
         stat_add(PB_STAT_TAIL_FAILED, 1);
         return 0;
     }
+    if (c->proto == PB_PROTO_HTTP1 && c->h1[a.dir & 1].state != H1_OFF && h1_begin(c, &a)) {
+        walkers.call(ctx, PB_TC_H1);
+        stat_add(PB_STAT_TAIL_FAILED, 1);  /* the call goes unseen, its seq tells replay */
+        return 0;
+    }
+    /* one event per chunk; the captured bytes are always a prefix of the call's */
+    if (!a.iovcnt) {
+        capture_prefix(dc, c, 0, a.buf, orig);
+        return 0;
+    }
     if (orig > PB_CALL_LIMIT) {
         stat_add(PB_STAT_TRUNCATED_CALLS, 1);
         stat_add(PB_STAT_TRUNCATED_BYTES, orig - PB_CALL_LIMIT);
     }
-    /* one event per chunk; the captured bytes are always a prefix of the call's */
     u32 limit = orig < PB_CALL_LIMIT ? orig : PB_CALL_LIMIT;
-    u32 done = 0;
-    if (!a.iovcnt) {
-        for (int i = 0; i < PB_CALL_LIMIT / PB_CHUNK; i++) {
-            if (done >= limit) break;
-            u32 got = emit_chunk(dc, c, done, a.buf + done, limit - done);
-            if (!got) break;
-            done += got;
-        }
-        return 0;
-    }
     /* vectored: walk the iovecs in order, a chunk at a time, so what was
      * captured stays a prefix of the call's bytes. The walk's state lives in a
      * map value: the verifier then sees unknown scalars each iteration and can

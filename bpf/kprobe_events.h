@@ -42,14 +42,17 @@
 #define PB_STAT_H2_BOUND 10      /* walks out of steps or iovecs: sync given up */
 #define PB_STAT_TAIL_FAILED 11   /* data calls lost: a tail call into a walker failed */
 #define PB_STAT_H2_RESYNC 12     /* frame walks begun mid-stream, on trial (PB_H2_TRIAL) */
-#define PB_STAT_MAX 13
+#define PB_STAT_H1_SKIPPED_BYTES 13 /* HTTP/1 Content-Length body bytes left out as gaps */
+#define PB_STAT_H1_GIVEN_UP 14   /* HTTP/1 directions whose framing stopped being followed */
+#define PB_STAT_MAX 15
 
 /* The sys_exit_* programs only stash a data call and tail-call the walkers
  * (slots of the `walkers` program array, filled by the loader), so the costly
  * walk is verified once, not once per syscall. */
 #define PB_TC_DATA 0 /* data_fn: inference, prefix capture, start of an HTTP/2 walk */
 #define PB_TC_H2 1   /* h2_walk_fn: PB_H2_STEPS steps of the walk, then itself again */
-#define PB_TC_MAX 2
+#define PB_TC_H1 2   /* h1_walk_fn: one HTTP/1 message of a call, then itself again */
+#define PB_TC_MAX 3
 
 /* HTTP/2 frame-aware capture (PB_PROTO_HTTP2 connections seen from their start, or
  * directions that found frame boundaries mid-stream, see h2_resync): the kernel
@@ -62,6 +65,19 @@
  * first event of every call has offset 0 (a call's first byte is never skipped),
  * so no empty events are needed. Directions not in sync keep the prefix capture:
  * one run at offset 0, as many events as PB_CHUNK-sized chunks.
+ *
+ * HTTP/1 body skipping (connections seen from their start, role known, calls not
+ * vectored): each direction follows message framing across calls; a call's header
+ * blocks are captured and Content-Length body bytes are left out as gaps (the
+ * first byte of a call is kept, as above). Anything it cannot frame for sure
+ * (close-delimited, 101, chunk extensions or trailers, a head or chunk-size line
+ * cut by the call's end, a head longer than PB_H1_HDR_MAX, a vectored call, a
+ * response to a request not framed or to a CONNECT) ends the following of that
+ * direction for the connection: prefix capture from there on. Chunked bodies are
+ * followed chunk by chunk (size lines captured, data left out); a HEAD's response
+ * is known from the requests framed on the connection (paired in order, as
+ * pipelining keeps them). Replay's parser frames the bytes itself and checks that every
+ * gap falls inside a body; a gap elsewhere is a lost message, never a guess.
  *
  * Loss: `seq` counts the data calls of one connection and direction (from 1),
  * and `part` the events of one call (from 0), both whether or not an event made

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from harness.collectors import registry
-from harness.collectors.base import LEVELS, CollectorOptions
+from harness.collectors.base import H1_BODIES, LEVELS, CollectorOptions
 from harness.errors import ProbebenchError
 from harness.model import repo_root, save_sweep
 from harness.runner.lifecycle import Interrupted
@@ -55,7 +55,7 @@ def cmd_run(a: argparse.Namespace) -> int:
         grpc_version=a.grpc_go,
         port=a.port,
         options=CollectorOptions(
-            max_capture=a.max_capture, h2_body_limit=a.h2_body_limit,
+            max_capture=a.max_capture, h2_body_limit=a.h2_body_limit, h1_bodies=a.h1_bodies,
             ringbuf_pages=a.ringbuf_pages,
             uprobe_level=a.uprobe_level, uprobe_value_max=a.uprobe_value_max,
             kernel_hooks=a.kernel_hooks,
@@ -114,15 +114,42 @@ def cmd_matrix(a: argparse.Namespace) -> int:
     return 0
 
 
+def _replay_all(runs: list[Path], done: list[Path]) -> list[str]:
+    """Replay each run, appending it to `done`; what failed, one line each."""
+    from harness.analysis.replay import replay
+
+    failed = []
+    for d in runs:
+        try:
+            replay(d)
+        except ProbebenchError as e:
+            failed.append(f"replay {d.name}: {e}")
+        done.append(d)
+    return failed
+
+
+def _host_cells(out: Path, quick: bool, done: list[Path]) -> list[str]:
+    """The guests' cells on this machine's kernel (its hook modes), recorded and replayed;
+    what failed, one line each."""
+    from harness.collectors.kprobe.hooks import HOOKS, hook_modes
+    from harness.runner.kernels_guest import record_cells
+
+    _progress("the same cells on this machine's kernel, beside the guests")
+    host = record_cells(out, quick, [m for m in HOOKS if hook_modes()[m] is None])
+    failed = [f"host: {r['kernel_hooks']} {r['scenario']}: {r['error']}"
+              for r in host if r.get("error")]  # fmt: skip
+    return failed + _replay_all([Path(r["run_dir"]) for r in host if r.get("run_dir")], done)
+
+
 def cmd_kernels(a: argparse.Namespace) -> int:
     import time
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Event
 
-    from harness.analysis.replay import replay
     from harness.report.build import build_report
     from harness.report.load import load
     from harness.report.tables import hook_agreement, kernels_frame, rows_frame
     from harness.runner import kernels
-    from harness.runner.kernels_guest import record_cells
 
     t0 = time.monotonic()
     series = a.kernel or list(kernels.DEFAULT_SERIES)
@@ -131,39 +158,41 @@ def cmd_kernels(a: argparse.Namespace) -> int:
         kernels.run_guests(series, a.quick, out, _progress, install_only=True)
         print("installed: QEMU, busybox, virtme-ng and the kernels of " + ", ".join(series))
         return 0
-    guests = kernels.run_guests(series, a.quick, out, _progress, timeout_s=a.timeout,
-                                tests=not a.no_tests)
-    dirs = [d for _, _, g in guests for d in kernels.run_dirs(g)]
-    failed = [f"{k.release}: {g['error']}" for k, _, g in guests if g.get("error")]
+    tests = "none" if a.no_tests else a.tests or ("quick" if a.quick else "full")
+    kernels.run_guests(series, a.quick, out, _progress, install_only=True)  # before the host
+    failed: list[str] = []
+    dirs: list[Path] = []
+    # the host's cells and their replays while the guests run: a guest under TCG leaves
+    # host CPU idle between its compiles; record() stays on the main thread (signals)
+    cancel = Event()  # an error or ^C here stops the guest too, not only at its timeout
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(kernels.run_guests, series, a.quick, out, _progress,
+                              timeout_s=a.timeout, tests=tests, cancel=cancel)  # fmt: skip
+        try:
+            failed += _host_cells(out / "host", a.quick, dirs) if not a.no_host else []
+            guests = running.result()
+        except BaseException:
+            cancel.set()
+            raise
+    guest_dirs = [d for _, _, g in guests for d in kernels.run_dirs(g)]
+    failed += [f"{k.release}: {g['error']}" for k, _, g in guests if g.get("error")]
     failed += [f"{k.release}: tests exited {t.get('exit_code')} ({t.get('summary')})"
                for k, _, g in guests if isinstance(t := g.get("tests"), dict)
                and t.get("exit_code") != 0]  # fmt: skip
     failed += [f"{k.release}: {r['kernel_hooks']} {r['scenario']} {r['attach']}: {r['error']}"
                for k, _, g in guests for r in kernels.guest_runs(g) if r.get("error")]  # fmt: skip
-    if not a.no_host:
-        _progress("the same cells on this machine's kernel (its hook modes)")
-        from harness.collectors.kprobe.hooks import HOOKS, hook_modes
-
-        have = [m for m in HOOKS if hook_modes()[m] is None]
-        host = record_cells(out / "host", a.quick, have)
-        dirs += [Path(r["run_dir"]) for r in host if r.get("run_dir")]
-        failed += [f"host: {r['kernel_hooks']} {r['scenario']}: {r['error']}"
-                   for r in host if r.get("error")]  # fmt: skip
+    if guest_dirs:
+        _progress(f"replaying the guests' {len(guest_dirs)} runs on this machine")
+    failed += _replay_all(guest_dirs, dirs)
     if not dirs:
         raise ProbebenchError("no run came back from the guests: " + "; ".join(failed))
-    _progress(f"replaying {len(dirs)} runs on this machine")
-    for d in dirs:
-        try:
-            replay(d)
-        except ProbebenchError as e:
-            failed.append(f"replay {d.name}: {e}")
     agree = hook_agreement(kernels_frame(rows_frame(load(dirs).runs)))
     if not agree.empty:
         print(agree.to_string(index=False))
         failed += [f"{x.machine}: {x.scenario} {x.pair} {x.attach} {x.side}: kprobes differ"
                    for x in agree.itertuples() if x.same != "yes"]  # fmt: skip
     report = build_report(dirs, out / "report",
-                          command=f"probebench report {out}/*/runs --out {out}/report")
+                          command=f"probebench report {out} --out {out}/report")
     print(f"took {time.monotonic() - t0:.0f} s (guests under TCG: noisy on a shared machine)")
     for f in failed:
         print(f"problem: {f}")
@@ -275,6 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--h2-body-limit", type=int, default=CollectorOptions.h2_body_limit,
         help="gRPC message-body bytes captured per frame-aware HTTP/2 call (no field needs them)",
     )  # fmt: skip
+    p.add_argument(
+        "--h1-bodies", choices=H1_BODIES, default=CollectorOptions.h1_bodies,
+        help="HTTP/1 bodies the kernel side can frame: left out of the capture, or captured",
+    )
     p.add_argument("--ringbuf-pages", type=int, default=CollectorOptions.ringbuf_pages,
                    help="ring buffer, 4 KiB pages")
     p.add_argument("--tls", action="store_true", help="the same scenario over TLS")
@@ -351,10 +384,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a Debian kernel series, e.g. 6.1 or 6.12 (repeatable; default both): "
                    "its newest image and headers are found with apt and installed")
     p.add_argument("--quick", action="store_true",
-                   help="the smoke set: the hook-mode tests, one HTTP/1.1 (early) and one "
-                   "gRPC (late) run per hook mode")
-    p.add_argument("--no-tests", action="store_true",
-                   help="record the smoke cells only, without the BPF tests in the guest")
+                   help="the smoke set: one HTTP/1.1 (early) and one gRPC (late) run per hook "
+                   "mode, and (unless --tests says otherwise) the quick tests")
+    p.add_argument("--tests", choices=["quick", "full", "none"],
+                   help="the tests in each guest: quick (kprobe mode on a real workload), "
+                   "full (every test marked bpf or kprobes) or none; default quick with "
+                   "--quick, else full")
+    p.add_argument("--no-tests", action="store_true", help="the same as --tests none")
     p.add_argument("--no-host", action="store_true",
                    help="leave out the same cells on this machine's own kernel")
     p.add_argument("--install-only", action="store_true",

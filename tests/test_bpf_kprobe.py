@@ -125,7 +125,8 @@ def test_collector_records_the_bytes_a_process_wrote(tmp_path: Path) -> None:
 def test_large_call_is_captured_in_chunks_up_to_the_limit(tmp_path: Path) -> None:
     port = free_port()
     out = tmp_path / "k.bin"
-    rec = start_recorder(out, [port], "--max-capture", "32768")
+    # bodies captured like any bytes (by default a framed body is left out as a gap)
+    rec = start_recorder(out, [port], "--max-capture", "32768", "--h1-bodies", "capture")
     body = bytes(range(256)) * 400  # 102400 bytes
     request = f"POST / HTTP/1.1\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
     try:

@@ -19,6 +19,7 @@ from harness.collectors.bpfsource import BPF_DIR, compile_program, load_bcc
 from harness.collectors.kprobe import hooks
 from harness.collectors.kprobe.record import Recorder
 from harness.errors import CapabilityError, ProbebenchError
+from harness.model import waited
 from harness.runner.collectors import CollectorOptions
 from harness.runner.kernels import newest_release
 
@@ -95,8 +96,10 @@ def test_kprobe_mode_on_a_real_workload(tmp_path: Path, attach: str) -> None:
     from harness.analysis.replay import replay
     from harness.runner.record import RunSpec, record
 
+    # in a guest (PROBEBENCH_SLOWDOWN) the warm client waits for GO through a slow compile
     spec = RunSpec("http11-keepalive", client="py", server="go", attach=attach, exchanges=30,
-                   collectors=["kprobe"], options=CollectorOptions(kernel_hooks="kprobes"))
+                   collectors=["kprobe"], options=CollectorOptions(kernel_hooks="kprobes"),
+                   deadline_s=waited(RunSpec.deadline_s))  # fmt: skip
     run_dir = record(spec, tmp_path)
     metrics = replay(run_dir)
     rows = [r for r in metrics["rows"] if r["collector"] == "kprobe" and r["variant"] == "default"]
@@ -152,17 +155,20 @@ def test_report_shows_guest_kernels_beside_the_host(tmp_path: Path) -> None:
     from harness.report.build import build_report
 
     src = Path(__file__).parent / "fixtures" / "report" / "20261125T132126-http10-short-py2go-early"
-    runs = [src]
+    # laid out as `probebench kernels` leaves them: OUT/RELEASE/runs/RUN; the report is
+    # given OUT itself
+    kernels_out = tmp_path / "kernels"
     for mode in ("tracepoints", "kprobes"):
-        d = tmp_path / f"{src.name}-{mode}"
+        d = kernels_out / "6.1.0-57-amd64" / "runs" / f"{src.name}-{mode}"
         shutil.copytree(src, d)
         m = json.loads((d / "run.json").read_text())
         m["run_id"] = d.name
         m["machine"].update(hostname="pb-6.1", kernel="6.1.0-57-amd64")
         m["collectors"]["kprobe"]["kernel_hooks"] = mode
         (d / "run.json").write_text(json.dumps(m))
-        runs.append(d)
-    md = (build_report(runs, tmp_path / "report", draw=False).parent / "report.md").read_text()
+    (kernels_out / "6.1.0-57-amd64" / "guest.json").write_text("{}")
+    html = build_report([src, kernels_out], tmp_path / "report", draw=False)
+    md = (html.parent / "report.md").read_text()
     assert "## Kernels and hook modes" in md
     section = md.split("## Kernels and hook modes")[1].split("\n## ")[0]
     assert "vm, kernel 6.18.44-fc-v669" in section and "pb-6.1, kernel 6.1.0-57-amd64" in section
@@ -170,3 +176,50 @@ def test_report_shows_guest_kernels_beside_the_host(tmp_path: Path) -> None:
     assert "on 2 machines (pooled by cell" in md
     combined = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert len(combined["runs"]) == 3
+
+
+def test_guest_test_sets_pick_only_the_files_that_need_a_kernel() -> None:
+    """The guest collects only files with a bpf or kprobes test (imports cost 25-35x there);
+    none of those is left out, and no file of pure tests comes in."""
+    from harness.runner.kernels_guest import MARKERS, test_args
+
+    full = test_args("full")
+    assert full[:2] == ["-m", MARKERS]
+    files = set(full[2:])
+    assert {"tests/test_kernel_hooks.py", "tests/test_bpf_kprobe.py"} <= files
+    assert "tests/test_report_build.py" not in files  # pure: the host runs it
+    quick = test_args("quick")
+    assert quick[:2] == ["-m", "kprobes"] and "tests/test_kernel_hooks.py" in quick
+
+
+def test_a_guest_is_killed_when_the_caller_gives_up() -> None:
+    """kernels runs the host's cells while a guest boots: an error or ^C there sets the
+    event, and the guest's whole session (QEMU, virtiofsd) is killed, not waited for."""
+    import subprocess
+    import threading
+
+    from harness.runner.kernels import _wait
+
+    cancel = threading.Event()
+    proc = subprocess.Popen(["sleep", "600"], start_new_session=True)
+    threading.Timer(0.3, cancel.set).start()
+    assert _wait(proc, 600, cancel) == "cancelled"
+    assert proc.returncode == -9  # killed and reaped, not waited for
+    quick = subprocess.Popen(["true"], start_new_session=True)
+    assert _wait(quick, 60, threading.Event()) is None
+    stuck = subprocess.Popen(["sleep", "600"], start_new_session=True)
+    assert _wait(stuck, 1, None) == "no result within 1 s"
+    assert stuck.returncode == -9
+
+
+def test_a_guest_killed_at_its_timeout_still_gives_its_runs(tmp_path: Path) -> None:
+    from harness.runner.kernels import left_runs, run_dirs
+
+    assert left_runs(tmp_path) == []  # not even a runs/ folder
+    for name in ("b-late", "a-early", "c-no-manifest"):
+        (tmp_path / "runs" / name).mkdir(parents=True)
+    for name in ("b-late", "a-early"):
+        (tmp_path / "runs" / name / "run.json").write_text("{}")
+    found = left_runs(tmp_path)
+    assert [Path(r["run_dir"]).name for r in found] == ["a-early", "b-late"]
+    assert [p.name for p in run_dirs({"runs": found})] == ["a-early", "b-late"]

@@ -338,3 +338,20 @@ def test_a_replay_overlaps_the_next_recording(tmp_path: Path) -> None:
     assert nice == [matrix.REPLAY_NICE] * 2 or os.geteuid() != 0
     assert [r.key for r, _ in ended] == [r.key for r in _runs()]
     assert [e["status"] for _, e in ended] == ["done", "done"]
+
+
+def test_recorded_run_interrupted_before_its_replay_is_replayed_not_recorded_again(
+    tmp_path: Path,
+) -> None:
+    state = State.load(state_path(tmp_path, True))
+    first = _runs()[0]
+    run_dir = tmp_path / "recorded-first"
+    run_dir.mkdir()
+    state.record(first.key, status="recorded", run_dir=str(run_dir))
+    rec, replayed = FakeRecorder(), []
+    list(execute(_runs(), State.load(state_path(tmp_path, True)), tmp_path, lambda m: None,
+                 rec.record, replayed.append))  # fmt: skip
+    assert first.key not in rec.calls and len(rec.calls) == len(_runs()) - 1
+    assert replayed[0] == run_dir
+    saved = State.load(state_path(tmp_path, True))
+    assert all(saved.done(r.key) for r in _runs())

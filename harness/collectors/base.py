@@ -20,6 +20,11 @@ DEFAULT_MAX_CAPTURE = 65536
 # (messages are counted by their 5-byte prefixes, which are always kept), and they were
 # most of the collector's cost on gRPC (1 MiB messages written to the event file).
 DEFAULT_H2_BODY_LIMIT = 0
+# HTTP/1 bodies on the kernel side: "skip" leaves the bodies it can frame out of the
+# capture (no field needs their bytes, and they were most of what it wrote on HTTP/1);
+# "capture" copies them like any bytes, up to --max-capture per call.
+H1_BODIES = ("skip", "capture")
+DEFAULT_H1_BODIES = "skip"
 # 64 MiB: a Go client moving 256 KiB bodies outruns a Python consumer for a moment
 DEFAULT_RINGBUF_PAGES = 16384
 DEFAULT_VALUE_MAX = 16384  # header value bytes a uprobe copies; a longer one is marked cut
@@ -36,6 +41,7 @@ class CollectorOptions:
 
     max_capture: int = DEFAULT_MAX_CAPTURE
     h2_body_limit: int = DEFAULT_H2_BODY_LIMIT  # gRPC message-body bytes per HTTP/2 call
+    h1_bodies: str = DEFAULT_H1_BODIES  # kernel side: "skip" or "capture" HTTP/1 bodies
     ringbuf_pages: int = DEFAULT_RINGBUF_PAGES
     uprobe_level: str = "headers"  # or "messages": + one uprobe hit per DATA frame
     uprobe_value_max: int = DEFAULT_VALUE_MAX

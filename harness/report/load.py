@@ -78,7 +78,8 @@ def discover(paths: Iterable[Path]) -> tuple[list[Path], list[Path], list[tuple[
     """Run directories, bench JSON files and unusable paths among ``paths``.
 
     A path may be a run directory, a directory of run directories (one or two levels down,
-    so `results/` and `results/runs/` both work), or a bench results JSON file."""
+    so `results/` and `results/runs/` both work; or a `probebench kernels` output, its runs
+    in KERNEL/runs/ and host/runs/), or a bench results JSON file."""
     runs: list[Path] = []
     bench: list[Path] = []
     skipped: list[tuple[Path, str]] = []
@@ -89,8 +90,8 @@ def discover(paths: Iterable[Path]) -> tuple[list[Path], list[Path], list[tuple[
             runs.append(p)
         elif p.is_dir():
             found = sorted(c for c in p.iterdir() if c.is_dir() and _is_run_dir(c))
-            if not found:
-                found = sorted(g.parent for g in p.glob(f"*/*/{RUN_JSON}"))
+            for pattern in (f"*/*/{RUN_JSON}", f"*/runs/*/{RUN_JSON}"):
+                found = found or sorted(g.parent for g in p.glob(pattern))
             for name in ("bench.json", "overhead.json"):
                 if (p / name).is_file():
                     bench.append(p / name)

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from threading import Event
 from typing import Any
 
 from harness.errors import CapabilityError, ProbebenchError
@@ -143,30 +144,58 @@ def ensure_installed(kernels: list[GuestKernel], progress: Progress) -> Path:
     return vng
 
 
-def guest_command(out: Path, quick: bool, tests: bool = True) -> str:
+def loop_seconds() -> float:
+    """Seconds a fixed bit of pure Python takes here (the best of three): the host's and a
+    guest's, side by side, say how much slower the guest runs right now."""
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        sum(i * i for i in range(200_000))
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def guest_command(out: Path, quick: bool, tests: str = "quick") -> str:
     """What the guest runs: the project's venv Python (a symlink to Debian's, with bcc),
     from the read-only checkout, writing only under `out`."""
-    args = [sys.executable, "-m", "harness.runner.kernels_guest", "--out", str(out)]
+    args = [sys.executable, "-m", "harness.runner.kernels_guest", "--out", str(out),
+            "--host-loop-s", f"{loop_seconds():.5f}"]  # fmt: skip
     if quick:
         args.append("--quick")
-    if not tests:
-        args.append("--no-tests")
+    args += ["--tests", tests]
     # the guest's root is read-only: no byte-code caches
     return f"cd {shlex.quote(str(repo_root()))} && PYTHONDONTWRITEBYTECODE=1 {shlex.join(args)}"
 
 
 def vng_command(vng: Path, kernel: GuestKernel, out: Path, quick: bool,
-                tests: bool = True) -> list[str]:
+                tests: str = "quick") -> list[str]:
     return [str(vng), "--run", str(kernel.vmlinuz), "--disable-kvm",
             "--cpus", str(GUEST_CPUS), "--memory", GUEST_MEMORY,
             "--rwdir", str(out), "--name", f"pb-{kernel.series}",
             "--exec", guest_command(out, quick, tests)]  # fmt: skip
 
 
+def _wait(proc: subprocess.Popen[bytes], timeout_s: float, cancel: Event | None) -> str | None:
+    """Wait for the guest to power off; why it failed, or None. QEMU (its whole session)
+    is killed at the timeout or when `cancel` is set (the caller gave up)."""
+    deadline = time.monotonic() + timeout_s
+    while (cancel is None or not cancel.is_set()) and time.monotonic() < deadline:
+        try:
+            rc = proc.wait(timeout=1)
+            return None if rc == 0 else f"vng exited with {rc}"
+        except subprocess.TimeoutExpired:
+            continue
+    os.killpg(proc.pid, 9)
+    proc.wait()
+    return "cancelled" if cancel is not None and cancel.is_set() else (
+        f"no result within {timeout_s:.0f} s")
+
+
 def boot(vng: Path, kernel: GuestKernel, out: Path, quick: bool, progress: Progress,
-         timeout_s: float | None = None, tests: bool = True) -> dict[str, object]:
+         timeout_s: float | None = None, tests: str = "quick",
+         cancel: Event | None = None) -> dict[str, object]:
     """Boot one guest, run the guest side, return what it wrote to guest.json (or why not).
-    The console goes to out/console.log; QEMU is killed at the timeout."""
+    The console goes to out/console.log; QEMU is killed at the timeout or on `cancel`."""
     out.mkdir(parents=True, exist_ok=True)
     (out / GUEST_JSON).unlink(missing_ok=True)
     timeout_s = timeout_s or GUEST_TIMEOUT_S[quick]
@@ -181,12 +210,7 @@ def boot(vng: Path, kernel: GuestKernel, out: Path, quick: bool, progress: Progr
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, env=env,
                                 stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
         try:
-            rc = proc.wait(timeout=timeout_s)
-            why = None if rc == 0 else f"vng exited with {rc}"
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait()
-            why = f"no result within {timeout_s:.0f} s"
+            why = _wait(proc, timeout_s, cancel)
         except BaseException:
             os.killpg(proc.pid, 9)
             proc.wait()
@@ -199,6 +223,9 @@ def boot(vng: Path, kernel: GuestKernel, out: Path, quick: bool, progress: Progr
         guest = {"error": why or f"the guest wrote no {GUEST_JSON} ({e})"}
     if why and "error" not in guest:
         guest["error"] = why
+    if "runs" not in guest:
+        # killed before it wrote its summary: the runs it recorded are still worth a replay
+        guest["runs"] = left_runs(out)
     guest["boot_to_poweroff_s"] = round(took, 1)
     # QEMU's CPU time: what the guest cost, less dependent on the machine's load than the
     # wall clock (with GUEST_CPUS vCPUs a quiet machine needs at least cpu / GUEST_CPUS)
@@ -208,9 +235,18 @@ def boot(vng: Path, kernel: GuestKernel, out: Path, quick: bool, progress: Progr
     return guest
 
 
+def left_runs(out: Path) -> list[dict[str, Any]]:
+    """The runs a guest left in OUT/runs/ (for one that never wrote its guest.json); one
+    cut short says so in its run.json, and its replay fails with that reason."""
+    runs = out / "runs"
+    found = sorted(d for d in runs.iterdir() if (d / "run.json").is_file()) if runs.is_dir() else []
+    return [{"run_dir": str(d)} for d in found]
+
+
 def run_guests(series: list[str], quick: bool, out: Path, progress: Progress,
                install_only: bool = False, timeout_s: float | None = None,
-               tests: bool = True) -> list[tuple[GuestKernel, Path, dict[str, object]]]:
+               tests: str = "quick", cancel: Event | None = None,
+               ) -> list[tuple[GuestKernel, Path, dict[str, object]]]:
     """Find, install and boot each kernel series in turn; one output directory each."""
     kernels = [find_kernel(s, progress) for s in series]
     vng = ensure_installed(kernels, progress)
@@ -219,7 +255,9 @@ def run_guests(series: list[str], quick: bool, out: Path, progress: Progress,
     done = []
     for k in kernels:
         gdir = out / k.release
-        guest = boot(vng, k, gdir, quick, progress, timeout_s, tests)
+        if cancel is not None and cancel.is_set():
+            break
+        guest = boot(vng, k, gdir, quick, progress, timeout_s, tests, cancel)
         done.append((k, gdir, guest))
         result = guest.get("tests") or {}
         progress(f"{k.release}: {guest.get('error') or 'done'}; tests: "

@@ -98,7 +98,7 @@ def record(spec: RunSpec, out_dir: Path, progress: Progress = lambda _m: None) -
     scenarios.check_pair(scen, spec.client, spec.server)
     if spec.tls:
         scenarios.check_tls(scen)
-    if "kprobe" in spec.collectors:
+    if any(registry.get(c).kernel_hooks for c in spec.collectors):
         require_hooks(spec.options.kernel_hooks)  # here, not after the targets started
     if spec.tls_version not in TLS_VERSIONS:
         raise ProbebenchError(f"--tls-version must be one of {', '.join(TLS_VERSIONS)}")

@@ -311,6 +311,14 @@ class State:
         e = self.runs.get(key)
         return bool(e and e.get("status") == "done" and Path(e["run_dir"]).is_dir())
 
+    def recorded(self, key: str) -> Path | None:
+        """The run directory of a run recorded but not yet replayed (an interrupt came
+        first), if still on disk."""
+        e = self.runs.get(key)
+        if e and e.get("status") == "recorded" and Path(e["run_dir"]).is_dir():
+            return Path(e["run_dir"])
+        return None
+
     def record(self, key: str, **entry: Any) -> None:
         self.runs[key] = {**entry, "finished_utc": utc_now()}
         self.save()
@@ -449,6 +457,10 @@ def execute(
                 progress(f"run {i}/{len(todo)}: {run.key}{eta}")
                 t0 = time.monotonic()
                 before = set(out.iterdir()) if out.is_dir() else set()
+                if recorded := state.recorded(run.key):  # interrupted before its replay
+                    job = pool.submit(analyse, recorded, run.sweep)
+                    pending.append((i, run, recorded, t0, job))
+                    continue
                 try:
                     run_dir = record_fn(run.spec(), out, functools.partial(_tagged, progress, i))
                 except (Interrupted, KeyboardInterrupt):
@@ -466,9 +478,14 @@ def execute(
                 yield from finished(wait=False)
             yield from finished(wait=True)
         finally:
-            # interrupted: a replay not begun is redone on the next start, the one going on
-            # is waited for (a thread cannot be stopped) and kept
-            kept = [job for job in pending if not job[4].cancel()]
+            # interrupted: a replay not begun is left for the next start (its recording is
+            # kept and marked so), the one going on is waited for (a thread cannot be stopped)
+            kept = []
+            for job in pending:
+                if job[4].cancel():
+                    state.record(job[1].key, status="recorded", run_dir=str(job[2]))
+                else:
+                    kept.append(job)
             pending.clear()
             pending.extend(kept)
             with contextlib.suppress(Interrupted, KeyboardInterrupt):

@@ -10,6 +10,7 @@ from harness.collectors.kprobe.exchanges import replay_exchanges, variants
 
 def _recorder_args(opts: CollectorOptions, _bins: list[Path], _follow: int | None) -> list[str]:
     return ["--max-capture", str(opts.max_capture), "--h2-body-limit", str(opts.h2_body_limit),
+            "--h1-bodies", opts.h1_bodies,
             "--ringbuf-pages", str(opts.ringbuf_pages), "--kernel-hooks", opts.kernel_hooks]
 
 

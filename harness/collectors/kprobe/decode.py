@@ -85,6 +85,8 @@ class DecodeStats:
     sockdiag_found: int = 0
     sockdiag_missing: int = 0
     orphan_data_events: int = 0  # data for a connection we never opened (cannot happen live)
+    # bytes moved but not captured: the capture limit, and the bodies the kernel left out
+    # (HTTP/2 message bodies, framed HTTP/1 bodies; the recorder's stats count those apart)
     truncated_bytes: int = 0
     truncated_tail_bytes: int = 0
     dropped_before_attach: int = 0

@@ -25,10 +25,12 @@ from typing import Any
 
 from harness.collectors import sockdiag
 from harness.collectors.base import (
+    DEFAULT_H1_BODIES,
     DEFAULT_H2_BODY_LIMIT,
     DEFAULT_KERNEL_HOOKS,
     DEFAULT_MAX_CAPTURE,
     DEFAULT_RINGBUF_PAGES,
+    H1_BODIES,
 )
 from harness.collectors.bpfsource import compile_program, load_bcc, percpu_totals
 from harness.collectors.btf import socket_walk_defines
@@ -60,6 +62,7 @@ class Recorder:
         poll_ms: int = DEFAULT_POLL_MS,
         h2_body_limit: int = DEFAULT_H2_BODY_LIMIT,
         kernel_hooks: str = DEFAULT_KERNEL_HOOKS,
+        h1_bodies: str = DEFAULT_H1_BODIES,
     ) -> None:
         chunk = chunk_for(max_capture)
         if not 0 <= h2_body_limit <= max_capture:
@@ -82,6 +85,7 @@ class Recorder:
             "PB_CHUNK": chunk,
             "PB_CALL_LIMIT": max_capture,
             "PB_H2_BODY_LIMIT": h2_body_limit,
+            "PB_H1_SKIP": int(h1_bodies == "skip"),
             "PB_RINGBUF_PAGES": ringbuf_pages,
             "PB_KPROBES": int(kernel_hooks == "kprobes"),
         }
@@ -278,7 +282,8 @@ class Recorder:
         walkers = bpf["walkers"]
         # a tail call stays within one program type: the hooks' own
         kind = bpf.KPROBE if self.kernel_hooks == "kprobes" else bpf.TRACEPOINT
-        for name, idx in (("data_fn", d["PB_TC_DATA"]), ("h2_walk_fn", d["PB_TC_H2"])):
+        for name, idx in (("data_fn", d["PB_TC_DATA"]), ("h2_walk_fn", d["PB_TC_H2"]),
+                          ("h1_walk_fn", d["PB_TC_H1"])):
             try:
                 fn = bpf.load_func(name.encode(), kind)
             except Exception as e:  # bcc raises bare Exception with the verifier's log
@@ -306,6 +311,8 @@ class Recorder:
             "h2_sync_lost_implausible": totals[d["PB_STAT_H2_IMPLAUSIBLE"]],
             "h2_sync_lost_bound": totals[d["PB_STAT_H2_BOUND"]],
             "h2_resyncs": totals[d["PB_STAT_H2_RESYNC"]],
+            "h1_skipped_body_bytes": totals[d["PB_STAT_H1_SKIPPED_BYTES"]],
+            "h1_framing_given_up": totals[d["PB_STAT_H1_GIVEN_UP"]],
             "tail_call_failures": totals[d["PB_STAT_TAIL_FAILED"]] - self.tail_failed_before_attach,
             "records_written": self.writer.records,
             "bytes_written": self.writer.bytes,
@@ -349,10 +356,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--h2-body-limit", type=int, default=DEFAULT_H2_BODY_LIMIT,
                     help="gRPC message-body bytes captured per frame-aware HTTP/2 call")
     ap.add_argument("--kernel-hooks", choices=hooks.HOOKS, default=DEFAULT_KERNEL_HOOKS)
+    ap.add_argument("--h1-bodies", choices=H1_BODIES, default=DEFAULT_H1_BODIES,
+                    help="HTTP/1 bodies it can frame: left out as gaps, or captured")
     a = ap.parse_args(argv)
     try:
         rec = Recorder(a.out, a.tgid, a.port, a.max_capture, a.ringbuf_pages, a.poll_ms,
-                       a.h2_body_limit, a.kernel_hooks)
+                       a.h2_body_limit, a.kernel_hooks, a.h1_bodies)
         stats = rec.run(a.deadline)
     except ProbebenchError as e:
         print(f"kprobe collector: {e}", file=sys.stderr)
