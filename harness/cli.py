@@ -224,6 +224,7 @@ def cmd_observe(a: argparse.Namespace) -> int:
         replay_after=not a.no_replay,
         client=a.client,
         server=a.server,
+        max_capture_bytes=int(a.max_capture_mb * (1 << 20)) if a.max_capture_mb else None,
     )
     print(run_dir)
     return 0
@@ -330,6 +331,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--min-free-mb", type=float, default=1024,
         help="stop cleanly (run marked interrupted, still replayable) below this free disk",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-capture-mb", type=float,
+        help="end the observation when the capture reaches this size (a busy service's "
+        "truth then decodes in bounded time; metrics.json truth_window gives the window)",
     )  # fmt: skip
     p.add_argument(
         "--no-replay", action="store_true", help="record only; `probebench replay DIR` later"

@@ -28,3 +28,24 @@ def test_truth_after_the_end_is_not_scored_and_pairs_stay_whole() -> None:
 def test_without_an_end_everything_is_scored() -> None:
     truth, seen = [_x("truth", UNTIL * 9, 1)], [_x("kprobe", UNTIL * 9, 1)]
     assert _window(truth, seen, None) == (truth, seen)
+
+
+SINCE = 2_000
+
+
+def test_before_the_truth_began_nothing_is_a_phantom_or_a_partner() -> None:
+    # port 1: a collector saw it before the truth began: no phantom, and it must not take
+    # port 1's next exchange (the first the truth has) as its partner;
+    # port 2: wholly inside the window
+    truth = [_x("truth", SINCE + 100, 1), _x("truth", 5_000, 2)]
+    seen = [_x("kprobe", SINCE - 500, 1), _x("kprobe", SINCE + 90, 1), _x("kprobe", 5_000, 2)]
+    seen[0].path = "/before"
+    t, s = _window(truth, seen, UNTIL, SINCE)
+    assert [x.client_port for x in t] == [1, 2]
+    assert [(x.client_port, x.t_start_ns) for x in s] == [(1, SINCE + 90), (2, 5_000)]
+
+
+def test_a_phantom_inside_the_window_stays_one() -> None:
+    truth = [_x("truth", 5_000, 3)]
+    seen = [_x("kprobe", 5_000, 3), _x("kprobe", 6_000, 4)]
+    assert [x.client_port for x in _window(truth, seen, UNTIL, SINCE)[1]] == [3, 4]

@@ -153,16 +153,34 @@ def test_disk_guard_stops_below_the_threshold_and_not_above(tmp_path: Path) -> N
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         free = shutil.disk_usage(tmp_path).free
-        why = _wait_watching_disk(sleeper, 20, tmp_path, free * 4, said.append)
-        assert why is not None and "below --min-free-mb" in why
+        why, full = _wait_watching_disk(sleeper, 20, tmp_path, free * 4, said.append)
+        assert why is not None and "below --min-free-mb" in why and full is None
         assert sleeper.poll() is None  # the caller stops the command, cleanly
     finally:
         sleeper.kill()
         sleeper.wait()
     quick = subprocess.Popen([sys.executable, "-c", "pass"])
-    assert _wait_watching_disk(quick, 20, tmp_path, 1, said.append) is None
+    assert _wait_watching_disk(quick, 20, tmp_path, 1, said.append) == (None, None)
     assert quick.returncode == 0
     assert not any("warning" in s for s in said[1:])
+
+
+def test_a_capture_bound_ends_the_observation_once_reached(tmp_path: Path) -> None:
+    said: list[str] = []
+    capture = tmp_path / "capture.pcapng"
+    # a capture growing 64 KiB every 10 ms, bounded at 1 MiB
+    grow = (f"import time\nwith open({str(capture)!r}, 'ab') as f:\n    for _ in range(3000):\n"
+            "        f.write(b'x' * 65536); f.flush(); time.sleep(0.01)")
+    writer = subprocess.Popen([sys.executable, "-c", grow])
+    try:
+        low, full = _wait_watching_disk(writer, 20, tmp_path, 1, said.append,
+                                        capture=(capture, 1 << 20))  # fmt: skip
+        assert low is None and full is not None and "--max-capture-mb 1" in full
+        assert writer.poll() is None  # ended by the bound, not by the command
+        assert 1 << 20 <= capture.stat().st_size < 64 << 20
+    finally:
+        writer.kill()
+        writer.wait()
 
 
 def test_an_interrupted_run_whose_collectors_attached_is_replayable() -> None:

@@ -47,10 +47,14 @@ _FIELDS = (
     # over TLS, a message in several records: the frames of the records (tcp.segment then
     # names only the last record's segments, which made a request start too late)
     "tls.segment",
+    # a capture begun mid-connection (observe): a response sent before the server had the
+    # first captured request answers one the capture missed (absolute: relative numbers
+    # of a stream whose start was not captured begin at whatever was seen first)
+    "tcp.seq_raw", "tcp.ack_raw",
 )
 (_NUM, _TIME, _STREAM, _SRC4, _SRC6, _SPORT, _DST4, _DST6, _DPORT, _SEGS, _METHOD, _URI,
  _VERSION, _CODE, _REQ_IN, _CLEN, _CHUNKS, _TE, _REQ_LINES, _RESP_LINES, _SEV, _MSG,
- _RESP_VERSION, _PHRASE, _TCP_LEN, _REASM_LEN, _TLS_SEGS) = range(len(_FIELDS))
+ _RESP_VERSION, _PHRASE, _TCP_LEN, _REASM_LEN, _TLS_SEGS, _SEQ_RAW, _ACK_RAW) = range(len(_FIELDS))
 # Added to the scan pass when there are h2c ports: every HTTP/2 frame's header, and the
 # header fields and gRPC message lengths, each flattened over the packet (see _H2Fields).
 _H2_FIELDS = (
@@ -246,9 +250,11 @@ def _scan(
         stats.truncated = True
         stats.warn("capture file cut short in the middle of a packet")
     if multi:
-        _split_multi(pcap, http1_ports, h2c_ports, multi, warnings, tls_keylog)
+        _split_multi(pcap, http1_ports, h2c_ports, multi, warnings, tls_keylog,
+                     out_of_order=stats.out_of_order)  # fmt: skip
     msgs = _drop_redissected(msgs, warnings)
-    msgs = _drop_repeated_reports(pcap, http1_ports, h2c_ports, msgs, warnings, tls_keylog)
+    msgs = _drop_repeated_reports(pcap, http1_ports, h2c_ports, msgs, warnings, tls_keylog,
+                                  out_of_order=stats.out_of_order)  # fmt: skip
     exchanges = _pair_http1(msgs, times, server_data, stats, warnings)
     stats.packets += packets
     stats.tcp_streams = len(streams)
@@ -312,7 +318,7 @@ def _http1_messages(
 # method, path, header lines) is one string for all.
 _SHARED = frozenset({_METHOD, _URI, _VERSION, _CODE, _CLEN, _CHUNKS, _TE, _REQ_LINES,
                      _RESP_LINES, _RESP_VERSION, _PHRASE, _TCP_LEN})
-_OWN = frozenset({_SEGS, _REQ_IN, _REASM_LEN, _TLS_SEGS})
+_OWN = frozenset({_SEGS, _REQ_IN, _REASM_LEN, _TLS_SEGS, _SEQ_RAW, _ACK_RAW})
 
 
 def _slim(row: list[str]) -> list[str]:
@@ -361,6 +367,7 @@ def _flatten(node: Any, out: list[tuple[str, str]]) -> None:
 def _split_multi(
     pcap: Path, http1_ports: list[int], h2c_ports: list[int],
     multi: dict[int, list[_H1Msg]], warnings: Counter[str], tls_keylog: Path | None = None,
+    *, out_of_order: bool = True,
 ) -> None:
     """Give each message of a frame that carries several (pipelining) its own fields.
 
@@ -368,7 +375,9 @@ def _split_multi(
     and body sizes cannot be told apart there; ``-T json`` keeps one ``http`` layer
     per message. Only those frames are dissected again.
     """
-    args = [*decode_as(http1_ports, h2c_ports, tls_keylog), "-T", "json", "-J", "frame http"]
+    # the scan pass's reassembly settings, or frames would not be dissected the same way
+    args = [*decode_as(http1_ports, h2c_ports, tls_keylog, out_of_order=out_of_order),
+            "-T", "json", "-J", "frame http"]
     for flt in _frame_passes(sorted(multi)):
         for pkt in _json_packets(pcap, [*args, "-Y", flt]):
             layers = _pairs_get(_pairs_get(pkt, "_source") or [], "layers") or []
@@ -512,7 +521,7 @@ def parse_decrypted_dump(text: str) -> dict[int, bytes]:
 
 def _drop_repeated_reports(
     pcap: Path, http1_ports: list[int], h2c_ports: list[int], msgs: list[_H1Msg],
-    warnings: Counter[str], tls_keylog: Path | None = None,
+    warnings: Counter[str], tls_keylog: Path | None = None, *, out_of_order: bool = True,
 ) -> list[_H1Msg]:
     """Messages TShark 4.0.17 reports again in the frames after theirs, while it waits
     for the rest of a chunked body that began in the same frame: the later frames hold
@@ -540,7 +549,10 @@ def _drop_repeated_reports(
     if not suspects:
         return msgs
     nums = sorted(suspects)
-    payloads = _own_bytes(pcap, decode_as(http1_ports, h2c_ports, tls_keylog), nums,
+    # as the scan pass reassembled: with out-of-order reassembly on a capture begun
+    # mid-connection this pass ran 84+ CPU-s where the scan took a few
+    args = decode_as(http1_ports, h2c_ports, tls_keylog, out_of_order=out_of_order)
+    payloads = _own_bytes(pcap, args, nums,
                           decrypted=tls_keylog is not None)  # fmt: skip
     drop: set[int] = set()
     for f in reversed(nums):  # the last report of a run survives
@@ -611,6 +623,19 @@ def _apply_response(
         warnings["HTTP/1 response without Content-Length or chunking: body size unknown"] += 1
 
 
+def _answers_earlier(resp: _H1Msg, req: _H1Msg) -> bool:
+    """Whether ``resp`` left the server before it had any byte of ``req`` (its ACK does not
+    reach the request's first byte): it answers an earlier request, one sent before the
+    capture began. Judged only for a request in one segment (an early answer to an upload
+    may precede the request's last segment, never its first)."""
+    if req.first_frame != req.frame:
+        return False
+    ack, seq = _int(_first(resp.row[_ACK_RAW])), _int(_first(req.row[_SEQ_RAW]))
+    if ack is None or seq is None:
+        return False
+    return (seq - ack) % (1 << 32) < (1 << 31)  # seq at or after ack, modulo wrap-around
+
+
 def _pair_http1(
     msgs: list[_H1Msg], times: array[int], server_data: dict[int | None, int],
     stats: TruthStats, warnings: Counter[str],
@@ -640,6 +665,14 @@ def _pair_http1(
             resps.setdefault(m.fr.stream, []).append(m)
     for stream, rs in resps.items():
         pending = reqs.get(stream, [])
+        lead = 0
+        while pending and lead < len(rs) and _answers_earlier(rs[lead], pending[0][0]):
+            lead += 1
+        if lead:
+            warnings["HTTP/1 responses to requests sent before the capture began: not "
+                     "exchanges of the capture, dropped"] += lead
+            stats.unpaired_responses += lead
+            rs = rs[lead:]
         # the latest request a response's frame could follow, in O(log n): the suffix
         # minima of the requests' first frames rise, so the last request at or before a
         # frame is where they pass it (a scan per response was quadratic on a soak)
