@@ -481,11 +481,12 @@ def execute(
             # interrupted: a replay not begun is left for the next start (its recording is
             # kept and marked so), the one going on is waited for (a thread cannot be stopped)
             kept = []
-            for job in pending:
-                if job[4].cancel():
-                    state.record(job[1].key, status="recorded", run_dir=str(job[2]))
+            for queued in pending:
+                _, run, run_dir, _, fut = queued
+                if fut.cancel():
+                    state.record(run.key, status="recorded", run_dir=str(run_dir))
                 else:
-                    kept.append(job)
+                    kept.append(queued)
             pending.clear()
             pending.extend(kept)
             with contextlib.suppress(Interrupted, KeyboardInterrupt):
