@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from harness.collectors import registry
 from harness.collectors.kprobe.hooks import HOOKS, hook_modes
 from harness.errors import ProbebenchError
 from harness.model import SLOWDOWN_ENV, repo_root, waited
@@ -83,12 +84,14 @@ def run_tests(out: Path, which: str) -> dict[str, Any]:
 def record_cells(out: Path, quick: bool, modes: list[str]) -> list[dict[str, Any]]:
     done = []
     runs = out / "runs"
+    # the collectors whose hooks --kernel-hooks picks: what the guest's cells compare
+    hooked = [c.name for c in registry.collectors() if c.kernel_hooks]
     for mode in modes:
         for scenario, client, server, attach, n in cells(quick):
             # the client's deadline scaled too: a compile before a late attach took 5+ min
             # in a guest on a loaded machine, and the warm client gave up waiting for GO
             spec = RunSpec(scenario=scenario, client=client, server=server, attach=attach,
-                           exchanges=n, collectors=["kprobe"],
+                           exchanges=n, collectors=hooked,
                            deadline_s=waited(RunSpec.deadline_s),
                            options=CollectorOptions(kernel_hooks=mode))  # fmt: skip
             entry: dict[str, Any] = {"scenario": scenario, "client": client, "server": server,

@@ -72,7 +72,7 @@ def observe(
     if keylog is not None and not tls:
         raise ProbebenchError("--keylog needs --tls")
     options = options or CollectorOptions()
-    if "kprobe" in collectors:
+    if any(registry.get(c).kernel_hooks for c in collectors):
         require_hooks(options.kernel_hooks)
     out.mkdir(parents=True, exist_ok=True)
     if (free := shutil.disk_usage(out).free) < min_free_bytes:
