@@ -106,8 +106,10 @@ class Exchange:
     degraded: list[Degradation] = field(default_factory=list)
 
     def degrade(self, field_name: str, reason: str) -> None:
-        if not any(d.field == field_name for d in self.degraded):
-            self.degraded.append(Degradation(field_name, reason))
+        for d in self.degraded:  # a plain loop: called ~10 times per exchange
+            if d.field == field_name:
+                return
+        self.degraded.append(Degradation(field_name, reason))
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

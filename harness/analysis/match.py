@@ -138,6 +138,9 @@ class StreamMatcher:
         self._on_pair, self._on_phantom = on_pair, on_phantom
         self._truth: dict[int, Exchange] = {}
         self._by_conn: dict[_Key, list[_Cand]] = {}
+        # the same candidates by (connection, HTTP/2 stream id): ids are unique on a
+        # connection (no run lasts to their wrap), so an observation's stream looks at its own
+        self._by_stream: dict[tuple[_Key, int], list[_Cand]] = {}
         self._by_id: dict[str, int] = {}
         self._taken: set[int] = set()
         self._last: dict[_Key, _Last] = {}
@@ -151,7 +154,8 @@ class StreamMatcher:
         """How much state is held (what must not grow with a recording's length)."""
         return {
             "truth": len(self._truth), "candidates": sum(map(len, self._by_conn.values())),
-            "connections": len(self._by_conn), "taken": len(self._taken),
+            "connections": len(self._by_conn), "streams": len(self._by_stream),
+            "taken": len(self._taken),
             "last": len(self._last), "group": len(self._group),
         }  # fmt: skip
 
@@ -194,6 +198,8 @@ class StreamMatcher:
         if key is not None:
             cand = (t.t_start_ns or 0, i)
             bisect.insort(self._by_conn.setdefault(key, []), cand)
+            if t.stream_id is not None:
+                bisect.insort(self._by_stream.setdefault((key, t.stream_id), []), cand)
             heapq.heappush(self._aging, (*cand, key))
         elif ID_HEADER not in t.req_headers:
             del self._truth[i]  # neither an address nor an id: no observation can take it
@@ -266,6 +272,12 @@ class StreamMatcher:
                 i = cand[1]
                 free = i not in self._taken
                 has_id = ID_HEADER in self._truth[i].req_headers
+                sid = self._truth[i].stream_id
+                if sid is not None:  # the oldest of its stream's candidates too
+                    scands = self._by_stream[(key, sid)]
+                    scands.remove(cand)
+                    if not scands:
+                        del self._by_stream[(key, sid)]
                 if last is not None and free and cand > last.cand:
                     if has_id:
                         last.blocked_ids.append(i)
@@ -305,9 +317,8 @@ class StreamMatcher:
         cands = self._by_conn.get(key, [])
         ts = obs.t_start_ns or 0
         if obs.stream_id is not None:
-            for t, i in cands:
-                near = abs(t - ts) <= MATCH_WINDOW_NS
-                if self._truth[i].stream_id == obs.stream_id and i not in taken and near:
+            for t, i in self._by_stream.get((key, obs.stream_id), ()):
+                if i not in taken and abs(t - ts) <= MATCH_WINDOW_NS:
                     return i
             return None
         # Causality, not mere proximity: a client writes a request before its first packet

@@ -41,6 +41,7 @@ from harness.model import (
     save_metrics,
     write_json_atomic,
 )
+from harness.scenarios import OBSERVE
 
 SIDES = ("client", "server")
 REPLAY_JSON = "replay.json"  # how long the last replay took, and its peak memory
@@ -276,7 +277,8 @@ def _observe_all(
         if not events.exists():
             raise RunDirError(f"{events} is missing: the {name} collector recorded nothing")
         coll = registry.get(name)
-        for vname in coll.variants(p["attach"], protocol, attach_at_s is not None):
+        attach = OBSERVE if manifest.scenario == OBSERVE else p["attach"]
+        for vname in coll.variants(attach, protocol, attach_at_s is not None):
             variant = VARIANTS[vname]
             encrypted: list[EncryptedConn] = []
             observed, ostats = coll.exchanges(ReplayInput(

@@ -222,7 +222,8 @@ class Collector:
     exchanges: Exchanges  # replay: its recording -> Exchanges
     # recorder arguments beyond the common ones: (options, binaries, follow) -> argv
     recorder_args: Callable[[CollectorOptions, list[Path], int | None], list[str]] = no_arguments
-    # replay variant names for a run: (attach, protocol, simulated attach) -> names
+    # replay variant names for a run: (attach, protocol, simulated attach) -> names;
+    # attach is the run's --attach, or "observe" for an observe run
     variants: Callable[[str, str, bool], tuple[str, ...]] = only_default
     # why a side cannot be seen at all by this collector, or None: (lang, grpc) -> reason
     not_covered: Callable[[str | None, bool], str | None] = always_covered

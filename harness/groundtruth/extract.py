@@ -549,15 +549,22 @@ def _drop_repeated_reports(
     if not suspects:
         return msgs
     nums = sorted(suspects)
+    # Where the first message's start line must be. A message reassembled from segments
+    # that all came after the previous report (a server writing headers and body apart:
+    # http.server) begins in its own first segment, not in the frame reporting it, which
+    # holds only the body's end. A repeat of an earlier report begins no later than it.
+    where = {f: g if (g := ms[0].first_frame) > prev[-1].frame else f
+             for f, (prev, ms) in suspects.items()}
     # as the scan pass reassembled: with out-of-order reassembly on a capture begun
     # mid-connection this pass ran 84+ CPU-s where the scan took a few
     args = decode_as(http1_ports, h2c_ports, tls_keylog, out_of_order=out_of_order)
-    payloads = _own_bytes(pcap, args, nums,
+    payloads = _own_bytes(pcap, args, sorted(set(where.values())),
                           decrypted=tls_keylog is not None)  # fmt: skip
     drop: set[int] = set()
     for f in reversed(nums):  # the last report of a run survives
         prev, ms = suspects[f]
-        if f not in payloads or _start_line(ms[0]) in payloads[f]:
+        g = where[f]
+        if g not in payloads or _start_line(ms[0]) in payloads[g]:
             continue  # its own bytes hold the message: a genuine repeat of the traffic
         drop.update(id(x) for x in prev)
         for x in ms[: len(prev)]:

@@ -358,4 +358,4 @@ def _decode_str(data: bytes, pos: int) -> tuple[bytes, int]:
     if end > len(data):
         raise _Truncated
     raw = data[pos:end]
-    return (huffman_decode(raw) if huff else raw), end
+    return (huffman_decode(bytes(raw)) if huff else raw), end

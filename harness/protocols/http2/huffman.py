@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from harness.protocols.http2.errors import HpackDecodeError
 
 # RFC 7541 Appendix B is a canonical Huffman code: codes are handed out in order of
@@ -61,8 +63,10 @@ CODES, _FIRST_CODE = _canonical()
 _COUNT = {length: len(syms) for length, syms in SYMBOLS_BY_LENGTH.items()}
 
 
+@functools.lru_cache(maxsize=4096)
 def huffman_decode(data: bytes) -> bytes:
-    """Decode one Huffman-coded string literal; raise HpackDecodeError when it is not valid."""
+    """Decode one Huffman-coded string literal; raise HpackDecodeError when it is not valid.
+    Memoized: a connection's literals recur (a date, the same path on every stream)."""
     out = bytearray()
     code = 0
     length = 0

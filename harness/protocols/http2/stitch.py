@@ -90,10 +90,11 @@ class Http2Stats:
 class _Block:
     fields: list[DecodedField] | None  # None: the block could not be decoded at all
     truncated: bool = False
+    # fields not known (-1: no fields at all); counted once, asked for many times
+    unknowns: int = field(init=False)
 
-    @property
-    def unknowns(self) -> int:
-        return -1 if self.fields is None else sum(not f.known for f in self.fields)
+    def __post_init__(self) -> None:
+        self.unknowns = -1 if self.fields is None else sum(not f.known for f in self.fields)
 
     def reason(self) -> str:
         """Why a field absent from this block may have been there."""
@@ -510,9 +511,9 @@ class _Stitcher:
             x.req_bytes = x.resp_bytes = None
             x.degrade("req_bytes", unsure)
             x.degrade("resp_bytes", unsure)
+        bad_fields = {g.field for g in x.degraded}
         for name in FIELDS:
-            bad = any(g.field == name for g in x.degraded)
-            target = st.field_unknown if bad else st.field_decoded
+            target = st.field_unknown if name in bad_fields else st.field_decoded
             target[name] = target.get(name, 0) + 1
         for g in x.degraded:
             st.degraded_by_reason[g.reason] = st.degraded_by_reason.get(g.reason, 0) + 1
