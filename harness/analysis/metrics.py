@@ -29,6 +29,11 @@ DEFINITIONS = {
     "never phantoms",
     "recovery": "per call index on a connection after the attach (0 = first call seen): "
     "[index, required fields correct, required fields the truth has], summed over connections",
+    "unjudged": "matched exchanges' fields the truth itself could not determine, as "
+    "'field:reason' (e.g. truth_hpack_unknown: Wireshark missed the HPACK table's start); "
+    "neither correct nor degraded",
+    "self_reported": "matched exchanges' fields the collector marked unknown itself, as "
+    "'field:reason', whether or not the truth could judge them",
 }
 RECOVERY_CALLS = 20  # call indexes the recovery curve keeps; later calls are pooled in the last
 
@@ -60,6 +65,8 @@ class Row:
     tls: str | None = None  # TLS version of a TLS run
     undecodable: dict[str, int] = field(default_factory=dict)
     not_covered: str | None = None  # why this collector cannot see this side at all
+    unjudged: dict[str, int] = field(default_factory=dict)
+    self_reported: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(vars(self))
@@ -86,6 +93,9 @@ class Scorer:
         self._reasons: Counter[str] = Counter()
         self._wrong: Counter[str] = Counter()
         self._correct_at: Counter[int] = Counter()
+        # a late attach's HPACK losses show here even where the truth lost the same fields
+        self._unjudged: Counter[str] = Counter()
+        self._self_reported: Counter[str] = Counter()
         self._total_at: Counter[int] = Counter()
         self._addressless = self._phantoms = 0
 
@@ -116,6 +126,8 @@ class Scorer:
             self._reasons["wrong_value"] += 1
         if any(d.reason == TRUNCATED_PAYLOAD for d in v.observed.degraded):
             row.truncated_payloads += 1
+        self._unjudged.update(f"{d.field}:{d.reason}" for d in v.truth.degraded)
+        self._self_reported.update(f"{d.field}:{d.reason}" for d in v.observed.degraded)
 
     def phantom(self, x: Exchange) -> None:
         if x.client_port is None or x.server_port is None:
@@ -130,6 +142,8 @@ class Scorer:
         row.degraded_by_field = dict(sorted(self._fields.items()))
         row.degraded_by_reason = dict(sorted(self._reasons.items()))
         row.wrong_by_field = dict(sorted(self._wrong.items()))
+        row.unjudged = dict(sorted(self._unjudged.items()))
+        row.self_reported = dict(sorted(self._self_reported.items()))
         row.recovery = [[i, self._correct_at[i], self._total_at[i]] for i in sorted(self._total_at)]
         return row
 
