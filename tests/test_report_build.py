@@ -384,3 +384,17 @@ def test_ease_of_building_proxies(tmp_path: Path) -> None:
     for coll in ("kprobe", "uprobe"):
         assert e.lines[coll]["BPF C"] > 100 and e.total_lines(coll)
     assert e.attach.empty and e.failures.empty and e.binaries == []
+
+
+def test_extra_count_column_is_one_row_per_key_and_older_rows_count_nothing() -> None:
+    import pandas as pd
+
+    from harness.report import tables
+
+    base = {"run_id": "r", "pair": "go→go", "collector": "kprobe", "variant": "default"}
+    counts = {"path:truth_hpack_unknown": 3, "authority:truth_hpack_unknown": 0}
+    df = pd.DataFrame([{**base, "side": "client", "unjudged": counts},
+                       {**base, "side": "server", "unjudged": float("nan")}])  # fmt: skip
+    long = tables.breakdown_long(df, "unjudged")
+    want = {**base, "side": "client", "what": "path:truth_hpack_unknown", "count": 3}
+    assert long.to_dict("records") == [want]

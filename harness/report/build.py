@@ -321,7 +321,8 @@ def _degradation_section(df: pd.DataFrame, pdir: Path | None) -> Section:
     s.blocks.append(_table(tables.breakdown(df, "degraded_by_reason"), "By reason, per run",
                            fold=True))
     for col in tables.extra_count_columns(df):
-        s.blocks.append(_table(tables.breakdown(df, col), f"`{col}` per run", fold=True))
+        s.blocks.append(_table(tables.breakdown_long(df, col), f"`{col}` per run",
+                               fold=True))  # fmt: skip
     return s
 
 

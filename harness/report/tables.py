@@ -240,12 +240,22 @@ def extra_count_columns(df: pd.DataFrame) -> list[str]:
             and df[c].map(lambda v: isinstance(v, dict) and bool(v)).any()]  # fmt: skip
 
 
+def breakdown_long(df: pd.DataFrame, column: str) -> pd.DataFrame:
+    """A dict-of-counts column as one row per run, side and key: however many keys a
+    newer row adds (e.g. field:reason pairs), the table stays narrow."""
+    keys = ["run_id", "pair", "collector", "variant", "side"]
+    rows = [{**{k: x[k] for k in keys}, "what": what, "count": int(n)}
+            for _, x in df.iterrows() if isinstance(x[column], dict)
+            for what, n in sorted(x[column].items()) if n]  # fmt: skip
+    return pd.DataFrame(rows, columns=[*keys, "what", "count"])
+
+
 def breakdown(df: pd.DataFrame, column: str) -> pd.DataFrame:
     """Rows with any degradation, one count column per reason (or field)."""
     keys = ["run_id", "scenario", "pair", "attach", "collector", "variant", "side"]
     rows = []
     for _, x in df.iterrows():
-        counts = x[column] or {}
+        counts = x[column] if isinstance(x[column], dict) else {}  # NaN: an older row
         if any(counts.values()):
             rows.append({**{k: x[k] for k in keys}, "degraded": x["degraded"], **counts})
     if not rows:
