@@ -255,7 +255,7 @@ def breakdown(df: pd.DataFrame, column: str) -> pd.DataFrame:
     keys = ["run_id", "scenario", "pair", "attach", "collector", "variant", "side"]
     rows = []
     for _, x in df.iterrows():
-        counts = x[column] if isinstance(x[column], dict) else {}  # NaN: an older row
+        counts = x[column] or {}
         if any(counts.values()):
             rows.append({**{k: x[k] for k in keys}, "degraded": x["degraded"], **counts})
     if not rows:

@@ -318,18 +318,21 @@ class State:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.path, {"version": STATE_VERSION, "runs": self.runs})
 
+    def _on_disk(self, key: str, status: str) -> Path | None:
+        """The run directory of a run in this state, if it is still on disk."""
+        e = self.runs.get(key)
+        if e and e.get("status") == status and Path(e["run_dir"]).is_dir():
+            return Path(e["run_dir"])
+        return None
+
     def done(self, key: str) -> bool:
         """Finished and still on disk; failed runs are tried again on the next start."""
-        e = self.runs.get(key)
-        return bool(e and e.get("status") == "done" and Path(e["run_dir"]).is_dir())
+        return self._on_disk(key, "done") is not None
 
     def recorded(self, key: str) -> Path | None:
         """The run directory of a run recorded but not yet replayed (an interrupt came
         first), if still on disk."""
-        e = self.runs.get(key)
-        if e and e.get("status") == "recorded" and Path(e["run_dir"]).is_dir():
-            return Path(e["run_dir"])
-        return None
+        return self._on_disk(key, "recorded")
 
     def record(self, key: str, **entry: Any) -> None:
         self.runs[key] = {**entry, "finished_utc": utc_now()}
