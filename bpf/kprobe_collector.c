@@ -1390,6 +1390,14 @@ int h1_walk_fn(void *ctx) {
                 d->state = body > 0 ? H1_BODY : body ? H1_CHUNK : H1_MSG;
                 d->crlf = 0;
             }
+            u32 left = orig - (u32)w->pos;
+            if (d->state == H1_BODY && d->rem >= left) {
+                /* the body takes the rest of the call: left out here, no run more */
+                d->rem -= left;
+                w->skipped += left;
+                w->pos = orig;
+                if (!d->rem) d->state = H1_MSG;
+            }
             /* the next message (or this one's body) in a fresh run */
             if (w->pos < orig) walkers.call(ctx, PB_TC_H1);
         }
@@ -1470,6 +1478,21 @@ int h1_walk_fn(void *ctx) {
     }
     if (w->skipped) stat_add(PB_STAT_H1_SKIPPED_BYTES, w->skipped);
     return 0;
+}
+
+/* A call wholly inside a Content-Length body or a chunk's data (a large body's later
+ * calls, most calls of a big transfer): 1 if so, and the direction is moved past it.
+ * Only its first byte is captured (data_fn), with no walker run. */
+static __always_inline int h1_inside_body(struct conn_info *c, u8 dir, u32 orig) {
+    struct h1_dir *d = &c->h1[dir & 1];
+    if ((d->state != H1_BODY && d->state != H1_CDATA) || d->rem < orig) return 0;
+    d->rem -= orig;
+    if (!d->rem) {
+        d->crlf = 1;
+        d->state = d->state == H1_BODY ? H1_MSG : H1_CHUNK;
+    }
+    stat_add(PB_STAT_H1_SKIPPED_BYTES, orig - 1);
+    return 1;
 }
 
 /* A call on a direction that follows HTTP/1 framing: 1 to go on in h1_walk_fn. */
@@ -1568,14 +1591,18 @@ int data_fn(void *ctx) {
         stat_add(PB_STAT_TAIL_FAILED, 1);
         return 0;
     }
-    if (c->proto == PB_PROTO_HTTP1 && c->h1[a.dir & 1].state != H1_OFF && h1_begin(c, &a)) {
+    u32 cap = orig;  /* the prefix captured */
+    if (c->proto == PB_PROTO_HTTP1 && !a.iovcnt && h1_inside_body(c, a.dir, orig)) {
+        cap = 1;  /* a call's first byte is kept (kprobe_events.h) */
+    } else if (c->proto == PB_PROTO_HTTP1 && c->h1[a.dir & 1].state != H1_OFF &&
+               h1_begin(c, &a)) {
         walkers.call(ctx, PB_TC_H1);
         stat_add(PB_STAT_TAIL_FAILED, 1);  /* the call goes unseen, its seq tells replay */
         return 0;
     }
     /* one event per chunk; the captured bytes are always a prefix of the call's */
     if (!a.iovcnt) {
-        capture_prefix(dc, c, 0, a.buf, orig);
+        capture_prefix(dc, c, 0, a.buf, cap);
         return 0;
     }
     if (orig > PB_CALL_LIMIT) {
