@@ -10,9 +10,11 @@ several messages or that repeat an earlier report.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import json
 import marshal
+import operator
 import sys
 import tempfile
 from array import array
@@ -144,13 +146,18 @@ def _body_size(row: list[str], *, head_or_no_body: bool) -> int | None:
 def _head_size(row: list[str], *, request: bool) -> int | None:
     """Bytes of a message's start line and header block, rebuilt from its fields."""
     if request:
-        start = f"{row[_METHOD]} {unescape(row[_URI])} {row[_VERSION]}\r\n"
-        raw = row[_REQ_LINES]
-    elif row[_RESP_VERSION]:
-        start = f"{row[_RESP_VERSION]} {row[_CODE]} {unescape(row[_PHRASE])}\r\n"
-        raw = row[_RESP_LINES]
-    else:
-        return None
+        return _head_bytes(f"{row[_METHOD]} ", row[_URI], f" {row[_VERSION]}", row[_REQ_LINES])
+    if row[_RESP_VERSION]:
+        return _head_bytes(f"{row[_RESP_VERSION]} {row[_CODE]} ", row[_PHRASE], "",
+                           row[_RESP_LINES])  # fmt: skip
+    return None
+
+
+@functools.lru_cache(maxsize=4096)  # a keep-alive load repeats the same heads
+def _head_bytes(before: str, escaped: str, after: str, raw: str) -> int:
+    """Bytes of a start line (``escaped`` unescaped between ``before`` and ``after``) and
+    its AGG-joined, escaped header lines, with the empty line that ends them."""
+    start = f"{before}{unescape(escaped)}{after}\r\n"
     lines = [unescape(ln) for ln in raw.split(AGG)] if raw else []
     return sum(len(t.encode("utf-8", "surrogateescape")) for t in (start, *lines)) + 2
 
@@ -295,6 +302,7 @@ class _Scan:
         # closed by close(), after the pairing pass has read it back
         self.spill = tempfile.TemporaryFile(prefix="probebench-truth-")  # noqa: SIM115
         self.batch_min: list[int] = []  # earliest request start in each spill record
+        self.sizes: list[int] = []  # bytes of each spill record
         self._buf: list[tuple[Any, ...]] = []
         self._buf_min = _NEVER
 
@@ -410,7 +418,9 @@ class _Scan:
 
     def _flush(self) -> None:
         if self._buf:
-            marshal.dump(self._buf, self.spill)
+            blob = marshal.dumps(self._buf)
+            self.spill.write(blob)
+            self.sizes.append(len(blob))
             self.batch_min.append(self._buf_min)
             self._buf, self._buf_min = [], _NEVER
 
@@ -418,10 +428,11 @@ class _Scan:
         """The spilled messages again, one record at a time, in frame order."""
         self.spill.seek(0)
         frames: dict[int, _Frame] = {}
-        for _ in range(len(self.batch_min)):
+        for size in self.sizes:
             out = []
+            # loads of what was read: marshal.load on the file reads it a few bytes at a time
             for num, index, first, t_ns, stream, src, sport, dst, dport, is_req, row in \
-                    marshal.load(self.spill):
+                    marshal.loads(self.spill.read(size)):
                 fr = frames.get(num)
                 if fr is None:
                     frames.clear()
@@ -477,10 +488,14 @@ _OWN = frozenset({_SEGS, _REQ_IN, _REASM_LEN, _TLS_SEGS, _SEQ_RAW, _ACK_RAW})
 
 def _slim(row: list[str]) -> list[str]:
     intern = sys.intern
-    return [
-        (intern(v) if i in _SHARED else v) if v and (i in _SHARED or i in _OWN) else ""
-        for i, v in enumerate(row[: len(_FIELDS)])
-    ]
+    out = [""] * len(_FIELDS)
+    for i in _SHARED:
+        if v := row[i]:
+            out[i] = intern(v)
+    for i in _OWN:
+        if v := row[i]:
+            out[i] = v
+    return out
 
 
 _ROW_INDEX = {name: i for i, name in enumerate(_FIELDS)}
@@ -579,8 +594,11 @@ def _one_message_row(
     return new
 
 
+_IDENTITY = operator.itemgetter(*(i for i in _PER_MESSAGE if i != _REQ_IN))
+
+
 def _identity(m: _H1Msg) -> tuple[str, ...]:
-    return tuple(m.row[i] for i in _PER_MESSAGE if i != _REQ_IN)
+    return _IDENTITY(m.row)  # type: ignore[no-any-return]
 
 
 def _drop_redissected(msgs: list[_H1Msg], warnings: Counter[str]) -> list[_H1Msg]:
