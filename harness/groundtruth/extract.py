@@ -83,6 +83,11 @@ class TruthStats:
     out_of_order: bool = True
     # how the HTTP/2 calls were decoded: "fields" (the scan pass), "json (why)", None: no h2c
     h2_decode: str | None = None
+    # what the streamed decode held at most: exchanges decided but not yet past the
+    # watermark plus requests waiting for their response (bounded, not the recording's size)
+    held_peak: int = 0
+    # HTTP/1 streams held whole for a repair (several messages in a frame, repeated reports)
+    streams_held_whole: int = 0
     warnings: dict[str, int] = field(default_factory=dict)  # message -> count
 
     def warn(self, message: str, n: int = 1) -> None:
@@ -892,10 +897,10 @@ class _H1Pairer:
         out, self.out = self.out, []
         return out
 
-    def held_from(self) -> int:
-        """The earliest start among requests still waiting for their response."""
-        return min((x.t_start_ns or 0 for s in self.open for _, x in self.state[s].pending),
-                   default=_NEVER)  # fmt: skip
+    def held(self) -> tuple[int, int]:
+        """How many requests wait for their response, and the earliest start among them."""
+        starts = [x.t_start_ns or 0 for s in self.open for _, x in self.state[s].pending]
+        return len(starts), min(starts, default=_NEVER)
 
     def _start(self, stream: int | None) -> _Pairing:
         info = self.streams[stream]
@@ -1437,7 +1442,9 @@ def stream_exchanges(
                     pairer.feed(m)
             for x, f, i in pairer.take():
                 heapq.heappush(heap, (x.t_start_ns or 0, 0, f, i, x))
-            mark = min(pairer.held_from(), later[b + 1])
+            waiting, first = pairer.held()
+            mark = min(first, later[b + 1])
+            stats.held_peak = max(stats.held_peak, len(heap) + waiting)
             while heap and heap[0][0] < mark:
                 out.append(heapq.heappop(heap)[-1])
             if len(out) >= batch:
@@ -1478,6 +1485,7 @@ def _hard_streams(scan: _Scan) -> list[tuple[Exchange, int, int]]:
     """The streams whose messages need repairs across messages or a second look at the
     capture: held whole, repaired, then paired like the rest."""
     hard = {s for s, st in scan.streams.items() if st.hard}
+    scan.stats.streams_held_whole = len(hard)
     if not hard:
         return []
     msgs = [m for ms in scan.spilled() for m in ms if m.fr.stream in hard]
