@@ -591,9 +591,9 @@ def _one_message_row(
         return new
     got: dict[int, list[str]] = {}
     for key, value in pairs:
-        i = _ROW_INDEX.get(key)
-        if i is not None and i in _PER_MESSAGE:
-            got.setdefault(i, []).append(_escape(value) if i in _ESCAPED else value)
+        j = _ROW_INDEX.get(key)
+        if j is not None and j in _PER_MESSAGE:
+            got.setdefault(j, []).append(_escape(value) if j in _ESCAPED else value)
     for i in _PER_MESSAGE:
         new[i] = AGG.join(got.get(i, []))
     return new
@@ -603,7 +603,7 @@ _IDENTITY = operator.itemgetter(*(i for i in _PER_MESSAGE if i != _REQ_IN))
 
 
 def _identity(m: _H1Msg) -> tuple[str, ...]:
-    return _IDENTITY(m.row)  # type: ignore[no-any-return]
+    return _IDENTITY(m.row)
 
 
 def _drop_redissected(msgs: list[_H1Msg], warnings: Counter[str]) -> list[_H1Msg]:
@@ -685,7 +685,7 @@ def parse_decrypted_dump(text: str) -> dict[int, bytes]:
             num, take = int(stripped), False
         elif stripped.endswith("bytes):"):
             take = num is not None and stripped.startswith("Decrypted TLS (")
-            if take:
+            if take and num is not None:
                 out.setdefault(num, b"")
         elif take and num is not None and len(line) > 6 and line[4:6] == "  ":
             # "0000  47 45 54 ...   GET ...": 16 bytes of hex in the 47 columns after the offset
