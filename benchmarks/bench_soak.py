@@ -6,8 +6,10 @@ Sets up nginx itself (a temporary config on a free loopback port, 612-byte pages
 sendfile off so the kernel side sees the bodies), records `wrk -t1 -c4` for
 PROBEBENCH_SOAK_S seconds (default 60) with the kernel-side collector, then times
 `probebench replay` of the run in a child process. Reports exchanges, replay wall
-time, peak RSS (replay and its truth worker) and exchanges/s per core in
-`extra_info` of the bench results (results/bench.json under `nox -s bench`).
+time, peak RSS (replay and its truth worker as replay.json has them; and, sampled every
+0.2 s, the whole process tree's: the sum of its resident sets, and each program's peak,
+tshark's included) and exchanges/s per core in `extra_info` of the bench results
+(results/bench.json under `nox -s bench`).
 Root, BPF, nginx and wrk needed; the run directory goes under a temporary folder.
 """
 
@@ -19,6 +21,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +31,7 @@ from pytest_benchmark.fixture import BenchmarkFixture
 
 from harness.analysis.replay import REPLAY_JSON
 from harness.model import RunManifest, load_metrics
+from harness.procfs import descendants, memory_kb
 
 ROOT = Path(__file__).resolve().parent.parent
 SOAK_S = float(os.environ.get("PROBEBENCH_SOAK_S", "60"))
@@ -95,11 +99,18 @@ def test_soak_replay(
     assert rec.returncode == 0, rec.stderr[-2000:]
     run_dir = Path(rec.stdout.strip().splitlines()[-1])
 
+    tree = {"sum_kb": 0, "peak_kb": {}}
+
     def replay() -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
+        proc = subprocess.Popen(
             ["timeout", "3600", PROBEBENCH, "replay", str(run_dir)],
-            capture_output=True, text=True, check=False,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
+        watch = threading.Thread(target=_watch_tree, args=(proc, tree), daemon=True)
+        watch.start()
+        out, err = proc.communicate()
+        watch.join()
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
     t0 = time.monotonic()
     cpu0 = os.times()
@@ -122,6 +133,9 @@ def test_soak_replay(
         "exchanges_per_s_per_core": round(truth / wall / (os.cpu_count() or 1)) if wall else None,
         "peak_rss_mb": round(stats["peak_rss_kb"] / 1024),
         "truth_peak_rss_mb": round(stats["truth_peak_rss_kb"] / 1024),
+        # sampled: what the replay's processes held at once, and each program's own peak
+        "tree_peak_rss_mb": round(tree["sum_kb"] / 1024),
+        "peak_rss_by_program_mb": {k: round(v / 1024) for k, v in tree["peak_kb"].items()},
         "recording": RunManifest.load(run_dir).recording,
         "completeness": {side: rows[(side, "default")]["completeness"]
                          for side in ("client", "server")},
@@ -132,3 +146,19 @@ def test_soak_replay(
     print(json.dumps(info, indent=2))
     assert truth > 0
     assert info["wrong"] == 0
+
+
+def _watch_tree(proc: subprocess.Popen[str], tree: dict) -> None:
+    """Until ``proc`` ends: the largest sum of resident sets over it and its descendants
+    (the forkserver's truth worker and its tshark among them), and each program's peak."""
+    while proc.poll() is None:
+        total = 0
+        for pid in {proc.pid} | descendants(proc.pid):
+            mem = memory_kb(pid)
+            if mem is None:
+                continue
+            name, rss, hwm = mem
+            total += rss
+            tree["peak_kb"][name] = max(tree["peak_kb"].get(name, 0), hwm)
+        tree["sum_kb"] = max(tree["sum_kb"], total)
+        time.sleep(0.2)
