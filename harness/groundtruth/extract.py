@@ -10,7 +10,6 @@ several messages or that repeat an earlier report.
 
 from __future__ import annotations
 
-import functools
 import heapq
 import json
 import marshal
@@ -148,23 +147,28 @@ def _body_size(row: list[str], *, head_or_no_body: bool) -> int | None:
     return None
 
 
-def _head_size(row: list[str], *, request: bool) -> int | None:
-    """Bytes of a message's start line and header block, rebuilt from its fields."""
+def _head_size(
+    row: list[str], *, request: bool, known: dict[tuple[str, ...], int] | None = None
+) -> int | None:
+    """Bytes of a message's start line and header block, rebuilt from its fields.
+    ``known``: sizes already worked out, by their fields (a keep-alive load repeats them)."""
     if request:
-        return _head_bytes(f"{row[_METHOD]} ", row[_URI], f" {row[_VERSION]}", row[_REQ_LINES])
-    if row[_RESP_VERSION]:
-        return _head_bytes(f"{row[_RESP_VERSION]} {row[_CODE]} ", row[_PHRASE], "",
-                           row[_RESP_LINES])  # fmt: skip
-    return None
-
-
-@functools.lru_cache(maxsize=4096)  # a keep-alive load repeats the same heads
-def _head_bytes(before: str, escaped: str, after: str, raw: str) -> int:
-    """Bytes of a start line (``escaped`` unescaped between ``before`` and ``after``) and
-    its AGG-joined, escaped header lines, with the empty line that ends them."""
-    start = f"{before}{unescape(escaped)}{after}\r\n"
+        key = (row[_METHOD], row[_URI], row[_VERSION], row[_REQ_LINES])
+    elif row[_RESP_VERSION]:
+        key = (row[_RESP_VERSION], row[_CODE], row[_PHRASE], row[_RESP_LINES])
+    else:
+        return None
+    if known is not None and (size := known.get(key)) is not None:
+        return size
+    a, b, c, raw = key
+    start = f"{a} {unescape(b)} {c}\r\n" if request else f"{a} {b} {unescape(c)}\r\n"
     lines = [unescape(ln) for ln in raw.split(AGG)] if raw else []
-    return sum(len(t.encode("utf-8", "surrogateescape")) for t in (start, *lines)) + 2
+    size = sum(len(t.encode("utf-8", "surrogateescape")) for t in (start, *lines)) + 2
+    if known is not None:
+        if len(known) >= _HEADER_SETS:
+            known.clear()
+        known[key] = size
+    return size
 
 
 def _close_delimited_size(row: list[str]) -> int | None:
@@ -176,7 +180,7 @@ def _close_delimited_size(row: list[str]) -> int | None:
     return total - head if total >= head else None
 
 
-def _wire_size(m: _H1Msg) -> int | None:
+def _wire_size(m: _H1Msg, known: dict[tuple[str, ...], int] | None = None) -> int | None:
     """A message's bytes on the wire, where its fields fix them (no chunking, no body
     delimited by the close); None otherwise."""
     row = m.row
@@ -188,11 +192,13 @@ def _wire_size(m: _H1Msg) -> int | None:
         body = 0
     else:
         return None
-    head = _head_size(row, request=m.is_request)
+    head = _head_size(row, request=m.is_request, known=known)
     return None if head is None else head + body
 
 
-def _holds_exactly(f: int, ms: list[_H1Msg]) -> bool:
+def _holds_exactly(
+    f: int, ms: list[_H1Msg], known: dict[tuple[str, ...], int] | None = None
+) -> bool:
     """The frame's own TCP payload is these messages and nothing else: each lies wholly in
     it (no reassembly) and their sizes add up to its length, so their start lines are in
     it. Saves reading its bytes back from the capture (a second tshark pass over every
@@ -200,7 +206,7 @@ def _holds_exactly(f: int, ms: list[_H1Msg]) -> bool:
     row = ms[0].row
     if row[_SEGS] or row[_TLS_SEGS] or row[_REASM_LEN] or any(m.first_frame != f for m in ms):
         return False
-    sizes = [n for m in ms if (n := _wire_size(m)) is not None]
+    sizes = [n for m in ms if (n := _wire_size(m, known)) is not None]
     return len(sizes) == len(ms) and sum(sizes) == _int(_first(row[_TCP_LEN]))
 
 
@@ -308,6 +314,7 @@ class _Scan:
         self.spill = tempfile.TemporaryFile(prefix="probebench-truth-")  # noqa: SIM115
         self.batch_min: list[int] = []  # earliest request start in each spill record
         self.sizes: list[int] = []  # bytes of each spill record
+        self.head_sizes: dict[tuple[str, ...], int] = {}
         self._buf: list[tuple[Any, ...]] = []
         self._buf_min = _NEVER
 
@@ -419,7 +426,7 @@ class _Scan:
             _identity(a) == _identity(b) for a, b in zip(prev, ms, strict=False)
         ):
             return False
-        return self.tls_keylog is not None or not _holds_exactly(num, ms)
+        return self.tls_keylog is not None or not _holds_exactly(num, ms, self.head_sizes)
 
     def _flush(self) -> None:
         if self._buf:
