@@ -87,6 +87,7 @@ class TruthStats:
     held_peak: int = 0
     # HTTP/1 streams held whole for a repair (several messages in a frame, repeated reports)
     streams_held_whole: int = 0
+    spill_bytes: int = 0  # HTTP/1 messages written to a temporary file between the passes
     warnings: dict[str, int] = field(default_factory=dict)  # message -> count
 
     def warn(self, message: str, n: int = 1) -> None:
@@ -431,8 +432,13 @@ class _Scan:
     def _flush(self) -> None:
         if self._buf:
             blob = marshal.dumps(self._buf)
-            self.spill.write(blob)
+            try:
+                self.spill.write(blob)
+            except OSError as e:
+                raise CaptureError(f"could not write the truth's spill file in "
+                                   f"{tempfile.gettempdir()}: {e}") from e  # fmt: skip
             self.sizes.append(len(blob))
+            self.stats.spill_bytes += len(blob)
             self.batch_min.append(self._buf_min)
             self._buf, self._buf_min = [], _NEVER
 
