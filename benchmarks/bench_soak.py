@@ -16,13 +16,16 @@ Root, BPF, nginx and wrk needed; the run directory goes under a temporary folder
         --benchmark-only -s
 
 replays a copy of an existing recording DIR (e.g. the 138k wrk one) the same way and
-reports the same figures; no root needed.
+reports the same figures; no root needed. ``-k truth`` instead decodes only its truth, in
+this process, consuming the batches as the replay's worker does: CPU seconds of Python and
+of tshark, peak RSS of each, the most exchanges held at once.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -35,8 +38,9 @@ from pathlib import Path
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from harness.analysis.replay import REPLAY_JSON
-from harness.model import RunManifest, load_metrics
+from harness.analysis.replay import REPLAY_JSON, run_protocol
+from harness.groundtruth.extract import stream_exchanges
+from harness.model import CAPTURE, RunManifest, is_h2, load_metrics
 from harness.procfs import descendants, memory_kb
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,6 +122,52 @@ def test_replay_of_a_recording(benchmark: BenchmarkFixture, tmp_path: Path) -> N
     shutil.copytree(src, run_dir, ignore=shutil.ignore_patterns("exchanges"))
     info = _timed_replay(benchmark, run_dir)
     assert info["truth_exchanges"] > 0
+
+
+@pytest.mark.skipif(REPLAY_RUN is None, reason="PROBEBENCH_REPLAY_RUN not set")
+def test_truth_of_a_recording(benchmark: BenchmarkFixture) -> None:
+    assert REPLAY_RUN is not None
+    run_dir = Path(REPLAY_RUN)  # only read
+    m = RunManifest.load(run_dir)
+    h2c = is_h2(run_protocol(m))
+    clean = not int(m.capture.get("packets_dropped") or 0) and not m.params.get(
+        "preexisting_connections")  # fmt: skip
+    got: dict = {}
+
+    def truth() -> None:
+        gen = stream_exchanges(
+            run_dir / CAPTURE, http1_ports=[] if h2c else m.ports,
+            h2c_ports=m.ports if h2c else [],
+            mono_offset_ns=int(m.capture.get("mono_offset_ns", 0)), out_of_order=clean,
+        )  # fmt: skip
+        n = 0
+        while True:
+            try:
+                n += len(next(gen).exchanges)
+            except StopIteration as stop:
+                got["stats"], got["n"] = stop.value, n
+                return
+
+    r0, c0 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.monotonic()
+    benchmark.pedantic(truth, rounds=1, iterations=1)
+    wall = time.monotonic() - t0
+    r1, c1 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    st = got["stats"]
+    py = r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
+    ts = c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime
+    info = {
+        "run": run_dir.name, "truth_exchanges": got["n"], "wall_s": round(wall, 2),
+        "python_cpu_s": round(py, 2), "tshark_cpu_s": round(ts, 2),
+        "exchanges_per_cpu_s": round(got["n"] / (py + ts)) if py + ts else None,
+        # this process's peak includes pytest's own; tshark's is its child's peak
+        "python_peak_rss_mb": r1.ru_maxrss // 1024, "tshark_peak_rss_mb": c1.ru_maxrss // 1024,
+        "held_peak": st.held_peak, "streams_held_whole": st.streams_held_whole,
+        "spill_mb": round(st.spill_bytes / 2**20, 1),
+    }  # fmt: skip
+    benchmark.extra_info.update(info)
+    print(json.dumps(info, indent=2))
+    assert got["n"] == st.exchanges > 0
 
 
 def _timed_replay(benchmark: BenchmarkFixture, run_dir: Path) -> dict:
