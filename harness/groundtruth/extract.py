@@ -296,7 +296,7 @@ def _interim(m: _H1Msg) -> bool:
 class _Scan:
     """The scan pass: tshark's field output read as it comes; frame times, warnings, HTTP/2
     frames (to ``h2``), and HTTP/1 messages: summarised per TCP stream and spilled to an
-    unlinked temporary file for the pairing pass (``http1``)."""
+    unlinked temporary file for the pairing pass (``spilled``)."""
 
     def __init__(
         self, pcap: Path, http1_ports: list[int], h2c_ports: list[int], mono_offset_ns: int,
