@@ -118,7 +118,7 @@ def _int(text: str) -> int | None:
 
 
 def _first(text: str) -> str:
-    return text.split(AGG, 1)[0]
+    return text if AGG not in text else text.split(AGG, 1)[0]  # most fields occur once
 
 
 def _headers(lines: str) -> dict[str, str]:
