@@ -20,6 +20,7 @@ from harness.collectors.uprobe.layout import (
     PROBE_NAMES,
     READABLE_FORMATS,
     header,
+    hfield_struct,
     roles,
 )
 from harness.errors import RunDirError
@@ -146,6 +147,11 @@ def decode(
         st.kernel_records += 1
         raw = bytes(rec)
         kind = raw[kind_off]
+        if kind == d["PB_UEV_HEADERS"] and ef.header.get("format") != FORMAT:
+            raise RunDirError(
+                f"{path}: its header records are of {ef.header.get('format')}, whose per-field "
+                "table replay no longer reads: record the run again"
+            )
         if kind == d["PB_UEV_HEADERS"]:
             ev: Any = HE.from_buffer_copy(raw[:he_size].ljust(he_size, b"\0"))
         elif kind == d["PB_UEV_DATA"]:
@@ -219,19 +225,24 @@ def _block(parts: list[tuple[Any, bytes]], seen: Seen, st: DecodeStats) -> Heade
     cut: set[int] = set()
     nfields = parts[0][0].nfields
     complete = any(ev.flags & header().defines["PB_FLAG_LAST_PART"] for ev, _ in parts)
+    hf = hfield_struct()
     expect = 0
     for ev, blob in sorted(parts, key=lambda p: p[0].part):
         if ev.first != expect:
             complete = False  # a part in the middle was lost
         expect = ev.first + ev.count
         pos = 0
-        for i in range(min(ev.count, len(ev.name_len))):
-            nc, vc = ev.name_cap[i], ev.value_cap[i]
+        for _ in range(ev.count):
+            if pos + hf.size > len(blob):
+                complete = False  # the part ended early: its other fields are unknown
+                break
+            name_len, value_len, nc, vc = hf.unpack_from(blob, pos)
+            pos += hf.size
             name = blob[pos : pos + nc].decode("latin-1")
             pos += nc
             value = blob[pos : pos + vc].decode("utf-8", errors="replace")
             pos += vc
-            if nc != ev.name_len[i] or vc != ev.value_len[i] or pos > len(blob):
+            if nc != name_len or vc != value_len or pos > len(blob):
                 truncated.append(name)
                 cut.add(len(fields))
                 st.truncated_fields += 1
