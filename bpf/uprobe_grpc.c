@@ -439,15 +439,27 @@ static __always_inline int emit_headers(struct pt_regs *ctx, struct conn_addr *c
 /* (*MetaHeadersFrame): stream id and flags from the embedded *HeadersFrame's header */
 static __always_inline int recv_headers(struct pt_regs *ctx, struct conn_addr *c, u8 probe,
                                         u8 role, u64 frame) {
-    u64 hdrs = rd64(frame + PB_MHF_HEADERS);
+    struct go_slice fields = {};
+    u64 hdrs = 0;
+#if PB_MHF_FIELDS == PB_MHF_HEADERS + 8
+    struct { u64 hdrs; struct go_slice fields; } m = {};
+    bpf_probe_read_user(&m, sizeof(m), (void *)(frame + PB_MHF_HEADERS));
+    hdrs = m.hdrs;
+    fields = m.fields;
+#else
+    hdrs = rd64(frame + PB_MHF_HEADERS);
+    bpf_probe_read_user(&fields, sizeof(fields), (void *)(frame + PB_MHF_FIELDS));
+#endif
     u32 sid = 0;
     u8 flags = 0;
     if (hdrs) {
-        bpf_probe_read_user(&sid, sizeof(sid), (void *)(hdrs + PB_HDRF_FH + PB_FH_SID));
-        bpf_probe_read_user(&flags, sizeof(flags), (void *)(hdrs + PB_HDRF_FH + PB_FH_FLAGS));
+        /* the frame header's flags and stream id, in one read */
+        u8 fh[PB_FH_SID + 4] = {};
+        _Static_assert(PB_FH_FLAGS < PB_FH_SID, "FrameHeader layout");
+        bpf_probe_read_user(fh, sizeof(fh), (void *)(hdrs + PB_HDRF_FH));
+        flags = fh[PB_FH_FLAGS];
+        __builtin_memcpy(&sid, fh + PB_FH_SID, sizeof(sid));
     }
-    struct go_slice fields = {};
-    bpf_probe_read_user(&fields, sizeof(fields), (void *)(frame + PB_MHF_FIELDS));
     return emit_headers(ctx, c, probe, role, PB_DIR_RECV, sid, flags & 1, fields.ptr, fields.len);
 }
 #endif
