@@ -323,3 +323,27 @@ def test_reset_calls_have_their_clients_status(tmp_path: Path) -> None:
     assert x11.grpc_status is None
     assert ("grpc_status", "rst_cancel_or_deadline") in [(g.field, g.reason)
                                                          for g in x11.degraded]
+
+
+def test_header_records_of_the_old_table_format_are_refused(tmp_path: Path) -> None:
+    """uprobe-grpc/3 header records carried a per-field table this decoder no longer reads:
+    a clear error, not fields parsed from the wrong bytes."""
+    c = Rec("client")
+    w = EventWriter(tmp_path / "u.bin", {"collector": "uprobe", "format": "uprobe-grpc/3"})
+    w.kernel(c.headers(1, REQ))
+    w.close()
+    with pytest.raises(RunDirError, match="record the run again"):
+        decode(tmp_path / "u.bin")
+
+
+def test_a_field_whose_strings_were_unreadable_is_cut_not_empty(tmp_path: Path) -> None:
+    """The program sends a field whose string headers it could not read with lengths of
+    2^32-1 and nothing captured: replay counts it truncated, never an empty value."""
+    c = Rec("client")
+    raw = bytearray(c.headers(1, REQ[:1])) + HF.pack(0xFFFFFFFF, 0xFFFFFFFF, 0, 0)
+    for name, v in (("count", 2), ("nfields", 2), ("blob_len", len(raw) - BLOB)):
+        at = H.offset("pb_header_event", name)
+        raw[at : at + 4] = v.to_bytes(4, "little")
+    (block,), st = decode(write(tmp_path / "u.bin", [bytes(raw)]))
+    assert block.fields == [(":method", "POST"), ("", "")]
+    assert block.cut == {1} and st.truncated_fields == 1

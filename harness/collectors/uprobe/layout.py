@@ -59,6 +59,6 @@ def sizing_defines(value_max: int) -> dict[str, int]:
     name and value, so one field always fits in an empty part."""
     if not 1 <= value_max <= MAX_VALUE_MAX:
         raise ProbebenchError(f"the header value cap must be 1..{MAX_VALUE_MAX} bytes")
-    need = value_max + header().defines["PB_NAME_MAX"] + ctypes.sizeof(header().structs["pb_hfield"])
+    need = value_max + header().defines["PB_NAME_MAX"] + hfield_struct().size
     blob = max(header().defines["PB_HDR_BLOB"], 1 << (need - 1).bit_length())
     return {"PB_VALUE_MAX": value_max, "PB_HDR_BLOB": blob}
