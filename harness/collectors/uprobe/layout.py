@@ -50,8 +50,10 @@ def hfield_struct() -> struct.Struct:
     """struct pb_hfield (the lengths before each field's bytes in a header event's blob) as
     a struct.Struct: replay unpacks one per field, much cheaper than a ctypes object."""
     hf = header().structs["pb_hfield"]
-    kinds = {ctypes.c_uint32: "I"}
-    return struct.Struct("=" + "".join(kinds[t] for _, t in hf._fields_))
+    types = {f[1] for f in hf._fields_}
+    if types != {ctypes.c_uint32}:
+        raise ProbebenchError(f"struct pb_hfield is not all u32: {sorted(map(str, types))}")
+    return struct.Struct("=" + "I" * len(hf._fields_))
 
 
 def sizing_defines(value_max: int) -> dict[str, int]:
