@@ -325,17 +325,6 @@ def test_reset_calls_have_their_clients_status(tmp_path: Path) -> None:
                                                          for g in x11.degraded]
 
 
-def test_header_records_of_the_old_table_format_are_refused(tmp_path: Path) -> None:
-    """uprobe-grpc/3 header records carried a per-field table this decoder no longer reads:
-    a clear error, not fields parsed from the wrong bytes."""
-    c = Rec("client")
-    w = EventWriter(tmp_path / "u.bin", {"collector": "uprobe", "format": "uprobe-grpc/3"})
-    w.kernel(c.headers(1, REQ))
-    w.close()
-    with pytest.raises(RunDirError, match="record the run again"):
-        decode(tmp_path / "u.bin")
-
-
 def test_a_field_whose_strings_were_unreadable_is_cut_not_empty(tmp_path: Path) -> None:
     """The program sends a field whose string headers it could not read with lengths of
     2^32-1 and nothing captured: replay counts it truncated, never an empty value."""

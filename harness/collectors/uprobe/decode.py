@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,7 @@ def decode(
     blob_off = hdr.offset("pb_header_event", "blob")
     kind_off = hdr.offset("pb_header_event", "kind")
     he_size, de_size = ctypes.sizeof(HE), ctypes.sizeof(DE)
+    legacy = ef.header.get("format") != FORMAT  # header records with a per-field table
     st = DecodeStats(truncated_tail_bytes=ef.truncated_tail_bytes)
     st.level = str(ef.header.get("level", "messages"))
     out: list[Event] = []
@@ -147,11 +149,6 @@ def decode(
         st.kernel_records += 1
         raw = bytes(rec)
         kind = raw[kind_off]
-        if kind == d["PB_UEV_HEADERS"] and ef.header.get("format") != FORMAT:
-            raise RunDirError(
-                f"{path}: its header records are of {ef.header.get('format')}, whose per-field "
-                "table replay no longer reads: record the run again"
-            )
         if kind == d["PB_UEV_HEADERS"]:
             ev: Any = HE.from_buffer_copy(raw[:he_size].ljust(he_size, b"\0"))
         elif kind == d["PB_UEV_DATA"]:
@@ -173,7 +170,10 @@ def decode(
                 pending[bkey] = (len(out), [])
                 out.append(None)  # type: ignore[arg-type]  # its place, filled below
             pos, parts = pending[bkey]
-            parts.append((ev, raw[blob_off : blob_off + ev.blob_len]))
+            if legacy:
+                parts.append((ev, _table_blob(raw, ev, blob_off, d["PB_EV_FIELDS"])))
+            else:
+                parts.append((ev, raw[blob_off : blob_off + ev.blob_len]))
             if ev.flags & last_flag:
                 out[pos] = _block(parts, seen, st)
                 del pending[bkey]
@@ -215,6 +215,26 @@ def _seen(ev: Any) -> Seen:
         local=Endpoint(_ip(bytes(ev.laddr), ev.ip_len), ev.lport) if ok else None,
         remote=Endpoint(_ip(bytes(ev.raddr), ev.ip_len), ev.rport) if ok else None,
     )
+
+
+def _table_blob(raw: bytes, ev: Any, blob_off: int, ev_fields: int) -> bytes:
+    """A header record of uprobe-grpc/2 or /3 in today's blob layout: those records held
+    four u32[PB_EV_FIELDS] tables (name_len, value_len, name_cap, value_cap) after the
+    prefix, then the names and values packed."""
+    hf = hfield_struct()
+    table = struct.unpack_from(f"={4 * ev_fields}I", raw, blob_off)
+    name_len, value_len, name_cap, value_cap = (
+        table[k * ev_fields : (k + 1) * ev_fields] for k in range(4)
+    )
+    start = blob_off + 4 * 4 * ev_fields  # past the four tables
+    packed = raw[start : start + ev.blob_len]
+    out, pos = bytearray(), 0
+    for i in range(min(ev.count, ev_fields)):
+        take = name_cap[i] + value_cap[i]
+        out += hf.pack(name_len[i], value_len[i], name_cap[i], value_cap[i])
+        out += packed[pos : pos + take]
+        pos += take
+    return bytes(out)
 
 
 def _block(parts: list[tuple[Any, bytes]], seen: Seen, st: DecodeStats) -> HeaderBlock:

@@ -16,7 +16,7 @@ PROGRAM = "uprobe_grpc.c"
 # field's lengths with its bytes (struct pb_hfield) instead of a fixed per-event table
 FORMAT = "uprobe-grpc/4"
 # what replay reads: /2 and /3 have the same data and reset records, and header records
-# replay no longer parses (a recording holding one is refused, see decode)
+# with the per-field table (decode converts them)
 READABLE_FORMATS = frozenset({"uprobe-grpc/2", "uprobe-grpc/3", FORMAT})
 DEFAULT_RINGBUF_PAGES = 4096  # 16 MiB: a header event holds up to PB_HDR_BLOB + 96 bytes
 DATA_PROBES = frozenset({"write_data", "client_data", "server_data"})
