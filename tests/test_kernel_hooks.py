@@ -188,6 +188,7 @@ def test_guest_test_sets_pick_only_the_files_that_need_a_kernel() -> None:
     files = set(full[2:])
     assert {"tests/test_kernel_hooks.py", "tests/test_bpf_kprobe.py"} <= files
     assert "tests/test_report_build.py" not in files  # pure: the host runs it
+    assert full[2] == "tests/test_kernel_hooks.py"  # kprobe-mode tests first: guests only
     quick = test_args("quick")
     assert quick[:2] == ["-m", "kprobes"] and "tests/test_kernel_hooks.py" in quick
 
