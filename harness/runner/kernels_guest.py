@@ -70,10 +70,12 @@ def _mount_tracefs() -> None:
 def run_tests(out: Path, which: str) -> dict[str, Any]:
     t0 = time.monotonic()
     # --durations: where a guest's minutes go, per test (the profile of a slow run)
-    # -v: one line per test as it ends, so a guest killed at its timeout leaves its results
+    # -v: one line per test as it ends, so a guest killed at its timeout leaves its results,
+    # each with its time (console_output_style=times), which --durations would only print
+    # at the end
     cmd = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-o",
-           "cache_dir=/tmp", "--durations=15", "--junitxml", str(out / "pytest.xml"),
-           *test_args(which)]  # fmt: skip
+           "cache_dir=/tmp", "-o", "console_output_style=times", "--durations=15",
+           "--junitxml", str(out / "pytest.xml"), *test_args(which)]  # fmt: skip
     # CI: a missing capability fails; unbuffered: the log shows progress while it runs
     env = {**os.environ, "CI": "true", "TMPDIR": "/tmp", "PYTHONUNBUFFERED": "1"}
     with (out / "pytest.log").open("w") as log:
