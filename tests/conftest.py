@@ -43,3 +43,15 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         if os.environ.get("CI"):
             pytest.fail(f"{marker} test cannot run in CI: {why}\n{_doctor()}", pytrace=False)
         pytest.skip(f"{marker}: {why}")
+
+
+# set by `probebench kernels` in a guest: a guest killed at its timeout never prints the
+# session's summary, so each failure's traceback goes to the log as it happens
+TRACEBACK_NOW_ENV = "PROBEBENCH_TRACEBACK_NOW"
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.failed and os.environ.get(TRACEBACK_NOW_ENV):
+        sys.stdout.write(f"\n--- {report.nodeid} ({report.when}) failed:\n"
+                         f"{report.longreprtext}\n---\n")  # fmt: skip
+        sys.stdout.flush()

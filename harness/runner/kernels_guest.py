@@ -73,11 +73,15 @@ def run_tests(out: Path, which: str) -> dict[str, Any]:
     # -v: one line per test as it ends, so a guest killed at its timeout leaves its results,
     # each with its time (console_output_style=times), which --durations would only print
     # at the end
+    # --basetemp in OUT: a failed test's run directory comes back to the host
     cmd = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-o",
            "cache_dir=/tmp", "-o", "console_output_style=times", "--durations=15",
-           "--junitxml", str(out / "pytest.xml"), *test_args(which)]  # fmt: skip
-    # CI: a missing capability fails; unbuffered: the log shows progress while it runs
-    env = {**os.environ, "CI": "true", "TMPDIR": "/tmp", "PYTHONUNBUFFERED": "1"}
+           "--basetemp", str(out / "pytest-tmp"), "--junitxml", str(out / "pytest.xml"),
+           *test_args(which)]  # fmt: skip
+    # CI: a missing capability fails; unbuffered: the log shows progress while it runs;
+    # each failure's traceback as it happens (tests/conftest.py)
+    env = {**os.environ, "CI": "true", "TMPDIR": "/tmp", "PYTHONUNBUFFERED": "1",
+           "PROBEBENCH_TRACEBACK_NOW": "1"}  # fmt: skip
     with (out / "pytest.log").open("w") as log:
         rc = subprocess.run(cmd, cwd=repo_root(), stdout=log, stderr=subprocess.STDOUT,
                             env=env, check=False).returncode  # fmt: skip
