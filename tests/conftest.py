@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from harness.doctor import missing_for
+from harness.model import TRACEBACK_NOW_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,11 +44,6 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         if os.environ.get("CI"):
             pytest.fail(f"{marker} test cannot run in CI: {why}\n{_doctor()}", pytrace=False)
         pytest.skip(f"{marker}: {why}")
-
-
-# set by `probebench kernels` in a guest: a guest killed at its timeout never prints the
-# session's summary, so each failure's traceback goes to the log as it happens
-TRACEBACK_NOW_ENV = "PROBEBENCH_TRACEBACK_NOW"
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 from harness.collectors import registry
 from harness.collectors.kprobe.hooks import HOOKS, hook_modes
 from harness.errors import ProbebenchError
-from harness.model import SLOWDOWN_ENV, repo_root, waited
+from harness.model import SLOWDOWN_ENV, TRACEBACK_NOW_ENV, repo_root, waited
 from harness.runner.collectors import CollectorOptions
 from harness.runner.kernels import GUEST_JSON, loop_seconds
 from harness.runner.record import RunSpec, record
@@ -81,7 +81,7 @@ def run_tests(out: Path, which: str) -> dict[str, Any]:
     # CI: a missing capability fails; unbuffered: the log shows progress while it runs;
     # each failure's traceback as it happens (tests/conftest.py)
     env = {**os.environ, "CI": "true", "TMPDIR": "/tmp", "PYTHONUNBUFFERED": "1",
-           "PROBEBENCH_TRACEBACK_NOW": "1"}  # fmt: skip
+           TRACEBACK_NOW_ENV: "1"}  # fmt: skip
     with (out / "pytest.log").open("w") as log:
         rc = subprocess.run(cmd, cwd=repo_root(), stdout=log, stderr=subprocess.STDOUT,
                             env=env, check=False).returncode  # fmt: skip
