@@ -25,8 +25,9 @@ import (
 )
 
 // idleTimeout must outlive the runner's late-attach pause between WARM and GO. In a guest
-// kernel under QEMU's emulation that pause (a bcc compile) took 250-270 s of the 300, so it
-// is scaled like the runner's own start-up waits (PROBEBENCH_SLOWDOWN, harness.model.waited).
+// kernel under QEMU's emulation that pause (a bcc compile) took 310 s, so the warm
+// connections were closed before GO; it is scaled like the runner's own start-up waits
+// (PROBEBENCH_SLOWDOWN, harness.model.waited).
 func idleTimeout() time.Duration {
 	d := 300 * time.Second
 	if f, err := strconv.ParseFloat(os.Getenv("PROBEBENCH_SLOWDOWN"), 64); err == nil && f > 1 {
