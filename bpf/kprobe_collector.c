@@ -113,11 +113,14 @@ struct h2_dir {
 #define PB_H1_HDR_MAX 8192
 #endif
 #define H1_SLICE 1024 /* a head is read from the call a slice at a time, as the scan needs */
-#define H1_OFF 0  /* framing not followed: prefix capture */
+/* 0: a connection found mid-stream has its table entry made zeroed (data_fn), and data_fn
+ * has no stack left to set anything more */
+#define H1_SEEK 0 /* found mid-stream: prefix capture until a call starts a message (h1_seek_may) */
 #define H1_MSG 1  /* the direction's next byte starts a message */
 #define H1_BODY 2 /* rem bytes of a Content-Length body go first, then a message */
 #define H1_CHUNK 3 /* a chunk-size line next (after the CRLF ending a chunk's data, if crlf) */
 #define H1_CDATA 4 /* rem bytes of a chunk's data, then H1_CHUNK */
+#define H1_OFF 5  /* framing not followed: prefix capture */
 /* Where one direction of an HTTP/1 connection stands between calls. */
 struct h1_dir {
     u32 rem;
@@ -153,6 +156,8 @@ struct conn_info {
             u32 h1_resps;        /* final responses framed */
             u8 h1_resp_ok;       /* every request so far framed, none a CONNECT, at most
                                   * 64 unanswered: responses can be paired with them */
+            u32 h1_mark;         /* found mid-stream: the response direction's calls
+                                  * (seq) when the request direction began following */
         };
     };
     u32 seq[2];          /* data calls so far, by PB_DIR_* (pb_data_event.seq) */
@@ -1241,6 +1246,7 @@ struct h1_scan {
     u32 cl_at;    /* offset just past the last "content-length:" */
     u32 cl;       /* its value (h1_cl_value), or a chunk's size (h1_chunk_line) */
     u32 te_at;    /* offset just past the last "transfer-encoding:" */
+    u32 line1;    /* offset just past the first line's '\n'; 0: not found yet */
     u8 cl_count;  /* content-length lines seen */
     u8 te;        /* transfer-encoding (or transfer-*) lines seen */
     u8 digits;
@@ -1274,6 +1280,7 @@ BPF_PERCPU_ARRAY(h1_walks, struct h1_walk, 1);
 /* A line starts at q: the header block's end, or a header that frames the body.
  * (Loose matches are harmless: replay frames the bytes again and checks the gaps.) */
 static __always_inline void h1_line(struct h1_scan *s, u32 q) {
+    if (!s->line1) s->line1 = q;
     if (q >= s->n || s->end) return;
     u32 m = q & H1_MASK;
     if (s->buf[m] == '\r' && s->buf[m + 1] == '\n') {
@@ -1369,6 +1376,17 @@ static __always_inline int h1_chunked(struct h1_scan *s) {
     return ((v | H1_LOWER) & 0x00ffffffffffffffULL) == H1_W_CHUNKED && (v >> 56) == '\r';
 }
 
+/* The head's first line ends in " HTTP/1.x" CRLF: with a method before it (h1_body), a
+ * request line, which a direction found mid-stream may start following at. */
+#define H1_W_VERSION 0x2e312f5054544820ULL /* " HTTP/1." */
+static __always_inline int h1_request_line(struct h1_scan *s) {
+    u32 e = s->line1;
+    if (e < 16 || e > s->end) return 0;
+    u8 v = s->buf[(e - 3) & H1_MASK];
+    return *(u64 *)&s->buf[(e - 11) & H1_MASK] == H1_W_VERSION && v >= '0' && v <= '9' &&
+           s->buf[(e - 2) & H1_MASK] == '\r';
+}
+
 /* At s->buf[0, n): with crlf, the CRLF ending a chunk's data (a writer may send it
  * alone); else a chunk-size line, hex size CRLF, and after the last chunk's (size 0)
  * the empty line ending the message (trailers are not framed here). Sets s->end to
@@ -1417,6 +1435,11 @@ static __always_inline void h1_chunk_line(struct h1_scan *s, u8 crlf) {
         o += 2;
     }
     s->end = o;
+}
+
+/* The direction a call went is the connection's request direction. */
+static __always_inline u8 h1_is_req(struct conn_info *c, u8 dir) {
+    return (c->role == PB_ROLE_CLIENT) == (dir == PB_DIR_SEND);
 }
 
 #define H1_UNSURE (-1)
@@ -1468,12 +1491,46 @@ static __always_inline void h1_start(struct conn_info *c) {
     c->h1_resps = 0;
 }
 
+
 /* This direction's framing is not followed any more (prefix capture from here on);
  * a request direction given up hides the methods its responses depend on. */
 static __always_inline void h1_give_up(struct conn_info *c, u8 dir) {
     c->h1[dir & 1].state = H1_OFF;
-    if ((c->role == PB_ROLE_CLIENT) == (dir == PB_DIR_SEND)) c->h1_resp_ok = 0;
-    stat_add(PB_STAT_H1_GIVEN_UP, 1);
+    if (h1_is_req(c, dir)) c->h1_resp_ok = 0;
+    if (PB_H1_SKIP) stat_add(PB_STAT_H1_GIVEN_UP, 1);  /* (else nothing was followed) */
+}
+
+/* A direction in H1_SEEK (found mid-stream) may start following at a call that starts a
+ * message; the walk then checks the message whole. A request direction tries every call
+ * that starts with a method. A response direction waits for the request direction to
+ * begin, then tries only its next call, which must start with a status line: a later
+ * one could answer a request sent before the one framed first, so it gives up instead.
+ * A connection found mid-stream is in H1_SEEK from its first call (its entry zeroed).
+ * h1_seek_may: before the call's bytes are read, 0 to wait (or after giving up). */
+static __always_inline int h1_seek_may(struct conn_info *c, u8 dir) {
+    if (!PB_H1_SKIP || c->role == PB_ROLE_UNKNOWN) {
+        c->h1[dir & 1].state = H1_OFF;  /* not to be followed: prefix capture, as ever */
+        return 0;
+    }
+    if (h1_is_req(c, dir)) return 1;
+    u8 rq = c->h1[dir ^ 1].state;
+    if (rq == H1_SEEK) return 0;
+    if (rq == H1_OFF || !c->h1_resp_ok || !c->h1_reqs || c->h1_resps ||
+        c->seq[dir & 1] != c->h1_mark + 1) {
+        h1_give_up(c, dir);
+        return 0;
+    }
+    return 1;
+}
+/* ... and with the call's first bytes read into s->buf. */
+static __always_inline int h1_seek_starts(struct conn_info *c, u8 dir, struct h1_scan *s) {
+    u8 req = h1_is_req(c, dir);
+    const char *b = (const char *)s->buf;
+    if (s->n >= 16 && starts(b, "HTTP/1.", 7) == !req &&
+        (!req || infer_http1(b) != PB_PROTO_UNKNOWN))
+        return 1;
+    if (!req) h1_give_up(c, dir);
+    return 0;
 }
 
 /* Capture a call's bytes from `start` as a prefix: PB_CHUNK-sized events, at most
@@ -1522,15 +1579,24 @@ int h1_walk_fn(void *ctx) {
         s64 body = H1_UNSURE;
         u32 rest = orig - (u32)w->pos;
         u32 take = 0;  /* bytes of this call captured as one event: a head, or its start */
-        if (!s->end && s->n >= s->lim && s->lim - s->sh == rest && s->n < H1_MASK) {
+        u8 req = h1_is_req(c, dir);
+        u8 seek = d->state == H1_SEEK;  /* a message's start, if this head is a whole one */
+        if (!seek && !s->end && s->n >= s->lim && s->lim - s->sh == rest && s->n < H1_MASK) {
             /* the call ended inside a head: its bytes so far wait for the next call */
             struct h1_pend_key pk = {.tgid = dc->key.tgid, .fd = dc->key.fd, .dir = dir};
             if (!h1_pends.update(&pk, (struct h1_pend_val *)s->buf)) {
                 d->pend = s->n;
                 take = rest;
             }
-        } else if (s->end > s->sh) {
-            body = h1_body(c, s, (c->role == PB_ROLE_CLIENT) == (dir == PB_DIR_SEND));
+        } else if (s->end > s->sh && (!seek || !req || h1_request_line(s))) {
+            if (seek && req) {
+                /* responses are paired from this request on */
+                c->h1_reqs = 0;
+                c->h1_resps = 0;
+                c->h1_heads = 0;
+                c->h1_resp_ok = 1;
+            }
+            body = h1_body(c, s, req);
             if (body >= 0 || body == H1_CHUNKED) take = s->end - s->sh;
         }
         /* one event, whole (else as a prefix, cut as ever) */
@@ -1541,10 +1607,22 @@ int h1_walk_fn(void *ctx) {
             emit_chunk(dc, c, (u32)w->pos, buf + w->pos, take);
             w->pos += take;
             if (body != H1_UNSURE) {
+                if (seek) {
+                    stat_add(PB_STAT_H1_MIDSTREAM, 1);
+                    if (req) c->h1_mark = c->seq[dir ^ 1];  /* see h1_seek */
+                }
                 d->pend = 0;
                 d->rem = body > 0 ? (u32)body : 0;
                 d->state = body > 0 ? H1_BODY : body ? H1_CHUNK : H1_MSG;
                 d->crlf = 0;
+            }
+            u32 left = orig - (u32)w->pos;
+            if (d->state == H1_BODY && d->rem >= left) {
+                /* the body takes the rest of the call: left out here, no run more */
+                d->rem -= left;
+                w->skipped += left;
+                w->pos = orig;
+                if (!d->rem) d->state = H1_MSG;
             }
             /* the next message (or this one's body) in a fresh run */
             if (w->pos < orig) walkers.call(ctx, PB_TC_H1);
@@ -1591,9 +1669,11 @@ int h1_walk_fn(void *ctx) {
                 d->crlf = 0;
                 if (w->pos < orig) walkers.call(ctx, PB_TC_H1);
             }
-        } else if (w->pos < orig && d->state == H1_MSG) {
+        } else if (w->pos < orig && (d->state == H1_MSG ||
+                                     (d->state == H1_SEEK && h1_seek_may(c, dir)))) {
             u32 n = orig - (u32)w->pos;
             s->sh = 0;
+            s->line1 = 0;
             if (d->pend) {
                 struct h1_pend_key pk = {.tgid = dc->key.tgid, .fd = dc->key.fd, .dir = dir};
                 struct h1_pend_val *pv = h1_pends.lookup(&pk);
@@ -1612,16 +1692,33 @@ int h1_walk_fn(void *ctx) {
             s->cl_count = 0;
             s->te = 0;
             w->scanning = H1_SCANNING;
-            walkers.call(ctx, PB_TC_H1);  /* the scan runs at the start of a run: one path in */
+            /* the scan runs at the start of a run: one path in */
+            if (d->state != H1_SEEK || h1_seek_starts(c, dir, s)) walkers.call(ctx, PB_TC_H1);
         }
     }
     if (w->pos < orig) {
-        /* not framed for sure here, or out of tail calls: the rest as a prefix */
-        h1_give_up(c, dir);
+        /* not framed for sure here, or out of tail calls: the rest as a prefix (a direction
+         * still seeking tries again at its next call; one given up here is already off) */
+        if (d->state != H1_SEEK && d->state != H1_OFF) h1_give_up(c, dir);
         capture_prefix(dc, c, (u32)w->pos, buf, orig);
     }
     if (w->skipped) stat_add(PB_STAT_H1_SKIPPED_BYTES, w->skipped);
     return 0;
+}
+
+/* A call wholly inside a Content-Length body or a chunk's data (a large body's later
+ * calls, most calls of a big transfer): 1 if so, and the direction is moved past it.
+ * Only its first byte is captured (data_fn), with no walker run. */
+static __always_inline int h1_inside_body(struct conn_info *c, u8 dir, u32 orig) {
+    struct h1_dir *d = &c->h1[dir & 1];
+    if ((d->state != H1_BODY && d->state != H1_CDATA) || d->rem < orig) return 0;
+    d->rem -= orig;
+    if (!d->rem) {
+        d->crlf = 1;
+        d->state = d->state == H1_BODY ? H1_MSG : H1_CHUNK;
+    }
+    stat_add(PB_STAT_H1_SKIPPED_BYTES, orig - 1);
+    return 1;
 }
 
 /* A call on a direction that follows HTTP/1 framing: 1 to go on in h1_walk_fn. */
@@ -1722,14 +1819,18 @@ int data_fn(void *ctx) {
         stat_add(PB_STAT_TAIL_FAILED, 1);
         return 0;
     }
-    if (c->proto == PB_PROTO_HTTP1 && c->h1[a.dir & 1].state != H1_OFF && h1_begin(c, &a)) {
+    u32 cap = orig;  /* the prefix captured */
+    if (c->proto == PB_PROTO_HTTP1 && !a.iovcnt && h1_inside_body(c, a.dir, orig)) {
+        cap = 1;  /* a call's first byte is kept (kprobe_events.h) */
+    } else if (c->proto == PB_PROTO_HTTP1 && c->h1[a.dir & 1].state != H1_OFF &&
+               h1_begin(c, &a)) {
         walkers.call(ctx, PB_TC_H1);
         stat_add(PB_STAT_TAIL_FAILED, 1);  /* the call goes unseen, its seq tells replay */
         return 0;
     }
     /* one event per chunk; the captured bytes are always a prefix of the call's */
     if (!a.iovcnt) {
-        capture_prefix(dc, c, 0, a.buf, orig);
+        capture_prefix(dc, c, 0, a.buf, cap);
         return 0;
     }
     if (orig > PB_CALL_LIMIT) {

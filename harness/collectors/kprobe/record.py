@@ -324,6 +324,7 @@ class Recorder:
             "h2_resyncs": totals[d["PB_STAT_H2_RESYNC"]],
             "h1_skipped_body_bytes": totals[d["PB_STAT_H1_SKIPPED_BYTES"]],
             "h1_framing_given_up": totals[d["PB_STAT_H1_GIVEN_UP"]],
+            "h1_midstream_starts": totals[d["PB_STAT_H1_MIDSTREAM"]],
             "tail_call_failures": totals[d["PB_STAT_TAIL_FAILED"]] - self.tail_failed_before_attach,
             "records_written": self.writer.records,
             "bytes_written": self.writer.bytes,
