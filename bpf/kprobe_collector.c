@@ -22,9 +22,6 @@
 #ifndef PB_TASK_STORAGE
 #define PB_TASK_STORAGE 0 /* 1: pending calls in task storage (needs kernel BTF, 5.11+) */
 #endif
-#ifndef PB_WAKE_BYTES
-#define PB_WAKE_BYTES (PB_RINGBUF_PAGES * 4096 / 16) /* per CPU, between forced wake-ups */
-#endif
 #ifndef PB_MAX_CONNS
 #define PB_MAX_CONNS 65536
 #endif
@@ -206,8 +203,7 @@ BPF_PROG_ARRAY(walkers, PB_TC_MAX);
 BPF_TABLE("lru_hash", struct grpc_key, struct grpc_val, grpc_msgs, PB_MAX_CONNS);
 
 static __always_inline void stat_add(u32 idx, u64 n) {
-    u64 *v = stats.lookup(&idx);
-    if (v) *v += n;
+    pb_count(stats.lookup(&idx), n);
 }
 #ifndef PB_PROFILE
 #define PB_PROFILE 0 /* 1: count the data path's work (PB_PROF_*, recorder --profile) */
@@ -223,30 +219,15 @@ static __always_inline void prof_add(u32 idx, u64 n) {
 }
 
 #if PB_FILTER_TGID && defined(PB_TGID_LIST)
-/* A few targets, known at load, are compared inline, so the syscalls of every
- * other process on the machine cost no map lookup. Returns the tgid's place in
- * the list, or -1. */
-static __always_inline int tgid_index(u32 tgid) {
-    u32 list[] = {PB_TGID_LIST};
-#pragma unroll
-    for (int i = 0; i < sizeof(list) / sizeof(list[0]); i++)
-        if (tgid == list[i]) return i;
-    return -1;
-}
 /* data syscalls entered, by place in PB_TGID_LIST: the hits our targets cause
  * (each one an enter and an exit), for the overhead bench's floor */
 BPF_PERCPU_ARRAY(traced_calls, u64, 16);
 #endif
 
+/* the target filter (pb_common.h), with the map when there is no inline list */
 static __always_inline int tgid_traced(u32 tgid) {
-    if (tgid == PB_SELF_TGID) return 0;
-#if PB_FILTER_TGID && defined(PB_TGID_LIST)
-    return tgid_index(tgid) >= 0;
-#elif PB_FILTER_TGID
-    return targets.lookup(&tgid) != NULL;
-#else
-    return 1;
-#endif
+    int known = pb_tgid_filter(tgid);
+    return known >= 0 ? known : targets.lookup(&tgid) != NULL;
 }
 
 static __always_inline int port_traced(u16 a, u16 b) {
@@ -257,24 +238,11 @@ static __always_inline int port_traced(u16 a, u16 b) {
 #endif
 }
 
-/* Batched wake-ups: records go in with BPF_RB_NO_WAKEUP and the recorder drains
- * on a timer (rings.py); only after PB_WAKE_BYTES submitted on this CPU since its
- * last forced wake-up is the consumer woken early, so a burst cannot fill the
- * ring between two timed drains. (bcc 0.26 cannot name the map for
- * bpf_ringbuf_query, so each CPU counts its own bytes instead of asking the ring;
- * a non-atomic count on one CPU is exact enough for a threshold.) */
+/* batched wake-ups (pb_common.h) */
 BPF_PERCPU_ARRAY(rb_pending, u64, 1);
 static __always_inline u64 rb_flags(u32 size) {
     u32 zero = 0;
-    u64 *p = rb_pending.lookup(&zero);
-    if (!p) return 0;
-    u64 v = *p + size + 8;  /* + the ring's record header */
-    if (v < PB_WAKE_BYTES) {
-        *p = v;
-        return BPF_RB_NO_WAKEUP;
-    }
-    *p = 0;
-    return BPF_RB_FORCE_WAKEUP;
+    return pb_rb_flags(rb_pending.lookup(&zero), size, PB_WAKE_BYTES);
 }
 
 static __always_inline u64 emit_conn(u8 kind, struct conn_key *k, struct conn_info *c, u64 pid_tgid) {
@@ -626,7 +594,7 @@ static __always_inline u8 infer(const u8 *b, u32 len, u8 from_start) {
 static __always_inline int on_data_enter(u8 sc, u8 dir, int fd, u64 buf, u32 iovcnt) {
     u64 id = bpf_get_current_pid_tgid();
 #if PB_FILTER_TGID && defined(PB_TGID_LIST)
-    int slot = tgid_index(id >> 32);
+    int slot = pb_tgid_index(id >> 32);
     if (slot < 0) return 0;
     u32 k = slot;
     u64 *nc = traced_calls.lookup(&k);

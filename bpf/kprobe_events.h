@@ -29,7 +29,7 @@
 #define PB_SC_WRITEV 8
 
 /* counters in the stats array */
-#define PB_STAT_DROPPED 0        /* ring buffer full: event lost */
+/* PB_STAT_DROPPED 0 (pb_common.h): ring buffer full, event lost */
 #define PB_STAT_DATA_EVENTS 1
 #define PB_STAT_TRUNCATED_CALLS 2 /* calls longer than the capture limit */
 #define PB_STAT_TRUNCATED_BYTES 3
