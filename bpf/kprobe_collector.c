@@ -632,6 +632,25 @@ static __always_inline int on_data_enter(u8 sc, u8 dir, int fd, u64 buf, u32 iov
 
 /* Copy up to `want` bytes from one user buffer into one event, straight into
  * the ring buffer (each byte copied once); returns bytes copied. */
+/* A data event's head, all but its part. */
+static __always_inline void data_head(struct pb_data_event *e, struct data_call *dc,
+                                      struct conn_info *c, u32 offset, u32 n) {
+    e->ts_ns = dc->ts;
+    e->tgid = dc->key.tgid;
+    e->tid = dc->tid;
+    e->fd = dc->key.fd;
+    e->kind = PB_EV_DATA;
+    e->role = c->role;
+    e->proto = c->proto;
+    e->dir = dc->a.dir;
+    e->syscall = dc->a.syscall;
+    e->packed = 0;
+    e->orig_len = dc->orig;
+    e->offset = offset;
+    e->cap_len = n;
+    e->seq = dc->seq;
+}
+
 /* Copy the bytes from kernel memory at kptr instead (nonzero: the HTTP/2 walk's window
  * holds them); a user read costs several times a kernel one. */
 #define PB_READ(dst, n, ptr, kptr) \
@@ -683,20 +702,7 @@ static __always_inline u32 emit_piece(struct data_call *dc, struct conn_info *c,
         stat_add(PB_STAT_READ_FAILED, 1);
         return 0;
     }
-    e->ts_ns = dc->ts;
-    e->tgid = dc->key.tgid;
-    e->tid = dc->tid;
-    e->fd = dc->key.fd;
-    e->kind = PB_EV_DATA;
-    e->role = c->role;
-    e->proto = c->proto;
-    e->dir = dc->a.dir;
-    e->syscall = dc->a.syscall;
-    e->packed = 0;
-    e->orig_len = dc->orig;
-    e->offset = offset;
-    e->cap_len = n;
-    e->seq = dc->seq;
+    data_head(e, dc, c, offset, n);
     prof_add(PB_PROF_RING_RECORDS, 1);
     if (!kptr) {
         prof_add(PB_PROF_USER_READS, 1);
@@ -814,21 +820,8 @@ static __always_inline void h2_emit(struct data_call *dc, struct conn_info *c, s
     if (w->pack_len + need > PB_H2_PACK) h2_flush(w);
     u32 at = PB_MASKED(w->pack_len, PB_H2_PACK - 1);
     struct pb_data_event *e = (struct pb_data_event *)&w->pack[at];
-    e->ts_ns = dc->ts;
-    e->tgid = dc->key.tgid;
-    e->tid = dc->tid;
-    e->fd = dc->key.fd;
-    e->kind = PB_EV_DATA;
-    e->role = c->role;
-    e->proto = c->proto;
-    e->dir = dc->a.dir;
-    e->syscall = dc->a.syscall;
-    e->packed = 0;
     e->part = dc->part++;
-    e->orig_len = dc->orig;
-    e->offset = w->run_off;
-    e->cap_len = n;
-    e->seq = dc->seq;
+    data_head(e, dc, c, w->run_off, n);
     bpf_probe_read_kernel(e->data, PB_MASKED(n, H2_PIECE_MAX - 1), (void *)src);
     w->pack_len += need;
     w->pack_n++;

@@ -43,14 +43,38 @@ TRACEPOINT_PROBE(syscalls, sys_enter_getppid) {
 """
 
 
+def _drain(program: str, batch: Batch, got: list[bytes], calls: int) -> list[bytes]:
+    """Load the program, call getppid() `calls` times, drain its ring `out` into the batch
+    (on the timer: nothing wakes the poll); the records of the batches handed to `got`."""
+    from harness.collectors.bpfsource import load_bcc
+
+    b = load_bcc().BPF(text=program.encode(), cflags=[f"-DPB_PID={os.getpid()}"])
+    rings = RingSet()
+    try:
+        rings.add_batch(b["out"], batch)
+        libc = ctypes.CDLL(None)
+        for _ in range(calls):
+            libc.getppid()
+        rings.poll(50)
+        rings.consume()
+    finally:
+        rings.close()
+        b.cleanup()
+    data = b"".join(got)
+    recs = []
+    pos = 0
+    while pos < len(data):
+        rtype, n = struct.unpack_from("<BI", data, pos)
+        assert rtype == KERNEL
+        recs.append(data[pos + 5 : pos + 5 + n])
+        pos += 5 + n
+    assert pos == len(data)
+    return recs
+
+
 def test_bulk_drain_frames_trims_watches_and_resumes():
     if not drain_lib_path().exists():
         pytest.fail(f"{drain_lib_path()} missing: scripts/setup builds it")
-    from harness.collectors.bpfsource import load_bcc
-
-    bcc = load_bcc()
-    b = bcc.BPF(text=PROGRAM.encode(), cflags=[f"-DPB_PID={os.getpid()}"])
-    rings = RingSet()
     got: list[bytes] = []
     watched: list[int] = []
     counts = {"records": 0, "payload": 0}
@@ -64,27 +88,7 @@ def test_bulk_drain_frames_trims_watches_and_resumes():
     # room for about ten records: the drain must stop libbpf and resume many times
     batch = Batch(on_batch, rec_type=KERNEL, kind_off=0, trim=Trim(1, 4, 12), watch=Watch(2, 8),
                   capacity=10 * (5 + REC), headroom=5 + REC)  # fmt: skip
-    try:
-        rings.add_batch(b["out"], batch)
-        libc = ctypes.CDLL(None)
-        for _ in range(N):
-            libc.getppid()
-        # nothing woke the poll: it returns on its timeout and reads on the timer
-        rings.poll(50)
-        rings.consume()
-    finally:
-        rings.close()
-        b.cleanup()
-
-    data = b"".join(got)
-    recs = []
-    pos = 0
-    while pos < len(data):
-        rtype, n = struct.unpack_from("<BI", data, pos)
-        assert rtype == KERNEL
-        recs.append(data[pos + 5 : pos + 5 + n])
-        pos += 5 + n
-    assert pos == len(data)
+    recs = _drain(PROGRAM, batch, got, N)
     assert batch.dropped == 0
     assert len(recs) == N == counts["records"] == batch.records
     assert counts["payload"] == sum(len(r) for r in recs)
@@ -128,28 +132,10 @@ TRACEPOINT_PROBE(syscalls, sys_enter_getppid) {
 def test_bulk_drain_takes_a_packed_record_apart():
     """One ring record packing three events comes out as three records, each cut to its
     valid bytes, the packing count zeroed: as if each had been submitted alone."""
-    from harness.collectors.bpfsource import load_bcc
-
-    bcc = load_bcc()
-    b = bcc.BPF(text=PACKED.encode(), cflags=[f"-DPB_PID={os.getpid()}"])
-    rings = RingSet()
     got: list[bytes] = []
     batch = Batch(lambda view, *_: got.append(bytes(view)), rec_type=KERNEL, kind_off=0,
                   trim=Trim(1, 4, 12, pack_off=1))  # fmt: skip
-    try:
-        rings.add_batch(b["out"], batch)
-        ctypes.CDLL(None).getppid()
-        rings.poll(50)
-        rings.consume()
-    finally:
-        rings.close()
-        b.cleanup()
-    data = b"".join(got)
-    recs, pos = [], 0
-    while pos < len(data):
-        _, n = struct.unpack_from("<BI", data, pos)
-        recs.append(data[pos + 5 : pos + 5 + n])
-        pos += 5 + n
+    recs = _drain(PACKED, batch, got, 1)
     assert batch.dropped == 0 and batch.records == 3
     assert [len(r) for r in recs] == [17, 12, 21]
     assert [struct.unpack_from("<I", r, 8)[0] for r in recs] == [100, 101, 102]
