@@ -110,8 +110,8 @@ struct h2_dir {
 #define PB_H1_HDR_MAX 8192
 #endif
 #define H1_SLICE 1024 /* a head is read from the call a slice at a time, as the scan needs */
-/* 0: a connection found mid-stream has its table entry made zeroed (data_fn), and data_fn
- * has no stack left to set anything more */
+/* H1_SEEK is 0 so that a connection found mid-stream seeks from its first call: data_fn
+ * makes its table entry zeroed and has no stack left to set more */
 #define H1_SEEK 0 /* found mid-stream: prefix capture until a call starts a message (h1_seek_may) */
 #define H1_MSG 1  /* the direction's next byte starts a message */
 #define H1_BODY 2 /* rem bytes of a Content-Length body go first, then a message */
@@ -1452,7 +1452,6 @@ static __always_inline void h1_start(struct conn_info *c) {
     c->h1_resps = 0;
 }
 
-
 /* This direction's framing is not followed any more (prefix capture from here on);
  * a request direction given up hides the methods its responses depend on. */
 static __always_inline void h1_give_up(struct conn_info *c, u8 dir) {
@@ -1570,7 +1569,7 @@ int h1_walk_fn(void *ctx) {
             if (body != H1_UNSURE) {
                 if (seek) {
                     stat_add(PB_STAT_H1_MIDSTREAM, 1);
-                    if (req) c->h1_mark = c->seq[dir ^ 1];  /* see h1_seek */
+                    if (req) c->h1_mark = c->seq[dir ^ 1];  /* see h1_seek_may */
                 }
                 d->pend = 0;
                 d->rem = body > 0 ? (u32)body : 0;
