@@ -483,6 +483,7 @@ class Report:
                 "rounds": self.settings.rounds,
                 "scale": self.settings.scale,
                 "servers": list(self.settings.servers),
+                "scenarios": list(self.settings.scenarios),
                 "client": CLIENT,
                 "warmup_per_connection": WARMUP_PER_CONN,
                 "order": "rotated by one configuration per round",
@@ -588,7 +589,7 @@ class Session:
 
 def workloads(settings: OverheadSettings) -> list[Workload]:
     return [Workload(s, srv, max(MIN_EXCHANGES, round(EXCHANGES[(s, srv)] * settings.scale)))
-            for s in ("http11-keepalive", "grpc-unary") for srv in settings.servers]  # fmt: skip
+            for s in settings.scenarios for srv in settings.servers]  # fmt: skip
 
 
 def test_overhead(

@@ -22,9 +22,6 @@
 #ifndef PB_TASK_STORAGE
 #define PB_TASK_STORAGE 0 /* 1: pending calls in task storage (needs kernel BTF, 5.11+) */
 #endif
-#ifndef PB_WAKE_BYTES
-#define PB_WAKE_BYTES (PB_RINGBUF_PAGES * 4096 / 16) /* per CPU, between forced wake-ups */
-#endif
 #ifndef PB_MAX_CONNS
 #define PB_MAX_CONNS 65536
 #endif
@@ -46,6 +43,18 @@
  * limit is 33, two are taken to get here), so a call may take about 31 times this */
 #define PB_H2_STEPS 48
 #endif
+#ifndef PB_H2_WIN
+/* bytes of a call read at once into the walk's window, where frame headers, gRPC
+ * prefixes and captured runs are then taken from: one user read where there were a
+ * few per frame; a power of two (most unary gRPC writes fit in one) */
+#define PB_H2_WIN 1024
+#endif
+#ifndef PB_H2_PACK
+/* bytes of events one ring record packs: the small pieces of a walked call go out in
+ * one reservation (the drain splits them, kprobe_events.h); a power of two */
+#define PB_H2_PACK 2048
+#endif
+#define H2_PIECE_MAX 512 /* larger pieces, or ones not in the window, go out alone */
 #ifndef PB_H2_MAX_IOV
 #define PB_H2_MAX_IOV 512 /* iovecs followed by the frame walk (grpcio writes up to 260) */
 #endif
@@ -77,8 +86,20 @@ struct h2_dir {
     u8 end_stream;
     u8 trial;     /* plausible headers still to see before bodies may be skipped */
     u8 mid;       /* synced mid-stream: a stream's message position is known only
-                   * from its HEADERS on (an entry in grpc_msgs) */
-    u8 fld[32];   /* 9 used; sized so that masked offsets and lengths stay inside */
+                   * from its HEADERS on (kept as below) */
+    /* a frame header, or a gRPC prefix, gathered; at most 16 bytes are ever written
+     * (a read's offset and length are masked to 15 each for the verifier, and the map
+     * value goes on past fld, so such a write would stay inside it) */
+    u8 fld[16];
+    /* The gRPC message position of one stream between its DATA frames, kept here: a
+     * connection carrying one call at a time never needs grpc_msgs, whose LRU updates
+     * and deletes were the walk's largest cost. Another stream's position moves the
+     * one here to the map (spilled), and only then is the map looked up. */
+    u32 c_sid;    /* 0: none */
+    u32 c_msg_rem;
+    u8 c_have;
+    u8 c_pre[5];
+    u8 spilled;   /* grpc_msgs may hold positions of this direction's streams */
 };
 #ifndef PB_H1_SKIP
 #define PB_H1_SKIP 1 /* 0: HTTP/1 bodies captured like any bytes (prefix capture) */
@@ -182,35 +203,31 @@ BPF_PROG_ARRAY(walkers, PB_TC_MAX);
 BPF_TABLE("lru_hash", struct grpc_key, struct grpc_val, grpc_msgs, PB_MAX_CONNS);
 
 static __always_inline void stat_add(u32 idx, u64 n) {
-    u64 *v = stats.lookup(&idx);
+    pb_count(stats.lookup(&idx), n);
+}
+#ifndef PB_PROFILE
+#define PB_PROFILE 0 /* 1: count the data path's work (PB_PROF_*, recorder --profile) */
+#endif
+#if PB_PROFILE
+BPF_PERCPU_ARRAY(prof, u64, PB_PROF_MAX);
+#endif
+static __always_inline void prof_add(u32 idx, u64 n) {
+#if PB_PROFILE
+    u64 *v = prof.lookup(&idx);
     if (v) *v += n;
+#endif
 }
 
 #if PB_FILTER_TGID && defined(PB_TGID_LIST)
-/* A few targets, known at load, are compared inline, so the syscalls of every
- * other process on the machine cost no map lookup. Returns the tgid's place in
- * the list, or -1. */
-static __always_inline int tgid_index(u32 tgid) {
-    u32 list[] = {PB_TGID_LIST};
-#pragma unroll
-    for (int i = 0; i < sizeof(list) / sizeof(list[0]); i++)
-        if (tgid == list[i]) return i;
-    return -1;
-}
 /* data syscalls entered, by place in PB_TGID_LIST: the hits our targets cause
  * (each one an enter and an exit), for the overhead bench's floor */
 BPF_PERCPU_ARRAY(traced_calls, u64, 16);
 #endif
 
+/* the target filter (pb_common.h), with the map when there is no inline list */
 static __always_inline int tgid_traced(u32 tgid) {
-    if (tgid == PB_SELF_TGID) return 0;
-#if PB_FILTER_TGID && defined(PB_TGID_LIST)
-    return tgid_index(tgid) >= 0;
-#elif PB_FILTER_TGID
-    return targets.lookup(&tgid) != NULL;
-#else
-    return 1;
-#endif
+    int known = pb_tgid_filter(tgid);
+    return known >= 0 ? known : targets.lookup(&tgid) != NULL;
 }
 
 static __always_inline int port_traced(u16 a, u16 b) {
@@ -221,24 +238,11 @@ static __always_inline int port_traced(u16 a, u16 b) {
 #endif
 }
 
-/* Batched wake-ups: records go in with BPF_RB_NO_WAKEUP and the recorder drains
- * on a timer (rings.py); only after PB_WAKE_BYTES submitted on this CPU since its
- * last forced wake-up is the consumer woken early, so a burst cannot fill the
- * ring between two timed drains. (bcc 0.26 cannot name the map for
- * bpf_ringbuf_query, so each CPU counts its own bytes instead of asking the ring;
- * a non-atomic count on one CPU is exact enough for a threshold.) */
+/* batched wake-ups (pb_common.h) */
 BPF_PERCPU_ARRAY(rb_pending, u64, 1);
 static __always_inline u64 rb_flags(u32 size) {
     u32 zero = 0;
-    u64 *p = rb_pending.lookup(&zero);
-    if (!p) return 0;
-    u64 v = *p + size + 8;  /* + the ring's record header */
-    if (v < PB_WAKE_BYTES) {
-        *p = v;
-        return BPF_RB_NO_WAKEUP;
-    }
-    *p = 0;
-    return BPF_RB_FORCE_WAKEUP;
+    return pb_rb_flags(rb_pending.lookup(&zero), size, PB_WAKE_BYTES);
 }
 
 static __always_inline u64 emit_conn(u8 kind, struct conn_key *k, struct conn_info *c, u64 pid_tgid) {
@@ -590,7 +594,7 @@ static __always_inline u8 infer(const u8 *b, u32 len, u8 from_start) {
 static __always_inline int on_data_enter(u8 sc, u8 dir, int fd, u64 buf, u32 iovcnt) {
     u64 id = bpf_get_current_pid_tgid();
 #if PB_FILTER_TGID && defined(PB_TGID_LIST)
-    int slot = tgid_index(id >> 32);
+    int slot = pb_tgid_index(id >> 32);
     if (slot < 0) return 0;
     u32 k = slot;
     u64 *nc = traced_calls.lookup(&k);
@@ -628,8 +632,31 @@ static __always_inline int on_data_enter(u8 sc, u8 dir, int fd, u64 buf, u32 iov
 
 /* Copy up to `want` bytes from one user buffer into one event, straight into
  * the ring buffer (each byte copied once); returns bytes copied. */
-static __always_inline u32 emit_chunk(struct data_call *dc, struct conn_info *c,
-                                      u32 offset, u64 ptr, u32 want) {
+/* A data event's head, all but its part. */
+static __always_inline void data_head(struct pb_data_event *e, struct data_call *dc,
+                                      struct conn_info *c, u32 offset, u32 n) {
+    e->ts_ns = dc->ts;
+    e->tgid = dc->key.tgid;
+    e->tid = dc->tid;
+    e->fd = dc->key.fd;
+    e->kind = PB_EV_DATA;
+    e->role = c->role;
+    e->proto = c->proto;
+    e->dir = dc->a.dir;
+    e->syscall = dc->a.syscall;
+    e->packed = 0;
+    e->orig_len = dc->orig;
+    e->offset = offset;
+    e->cap_len = n;
+    e->seq = dc->seq;
+}
+
+/* Copy the bytes from kernel memory at kptr instead (nonzero: the HTTP/2 walk's window
+ * holds them); a user read costs several times a kernel one. */
+#define PB_READ(dst, n, ptr, kptr) \
+    ((kptr) ? bpf_probe_read_kernel(dst, n, (void *)(kptr)) : bpf_probe_read_user(dst, n, (void *)(ptr)))
+static __always_inline u32 emit_piece(struct data_call *dc, struct conn_info *c,
+                                      u32 offset, u64 ptr, u32 want, u64 kptr) {
     u32 n = want;
     if (n > PB_CHUNK) n = PB_CHUNK;
     if (n == 0) return 0;
@@ -643,7 +670,7 @@ static __always_inline u32 emit_chunk(struct data_call *dc, struct conn_info *c,
         cls = 256;
         e = (struct pb_data_event *)events.ringbuf_reserve(PB_DATA_HDR + 256);
         if (!e) goto dropped;
-        rd = bpf_probe_read_user(e->data, PB_MASKED(n, 255), (void *)ptr);
+        rd = PB_READ(e->data, PB_MASKED(n, 255), ptr, kptr);
     } else
 #endif
 #if PB_CHUNK > 1024
@@ -651,7 +678,7 @@ static __always_inline u32 emit_chunk(struct data_call *dc, struct conn_info *c,
         cls = 1024;
         e = (struct pb_data_event *)events.ringbuf_reserve(PB_DATA_HDR + 1024);
         if (!e) goto dropped;
-        rd = bpf_probe_read_user(e->data, PB_MASKED(n, 1023), (void *)ptr);
+        rd = PB_READ(e->data, PB_MASKED(n, 1023), ptr, kptr);
     } else
 #endif
 #if PB_CHUNK > 4096
@@ -659,15 +686,15 @@ static __always_inline u32 emit_chunk(struct data_call *dc, struct conn_info *c,
         cls = 4096;
         e = (struct pb_data_event *)events.ringbuf_reserve(PB_DATA_HDR + 4096);
         if (!e) goto dropped;
-        rd = bpf_probe_read_user(e->data, PB_MASKED(n, 4095), (void *)ptr);
+        rd = PB_READ(e->data, PB_MASKED(n, 4095), ptr, kptr);
     } else
 #endif
     {
         cls = PB_CHUNK;
         e = (struct pb_data_event *)events.ringbuf_reserve(PB_DATA_HDR + PB_CHUNK);
         if (!e) goto dropped;
-        if (n == PB_CHUNK) rd = bpf_probe_read_user(e->data, PB_CHUNK, (void *)ptr);
-        else rd = bpf_probe_read_user(e->data, PB_MASKED(n, PB_CHUNK - 1), (void *)ptr);
+        if (n == PB_CHUNK) rd = PB_READ(e->data, PB_CHUNK, ptr, kptr);
+        else rd = PB_READ(e->data, PB_MASKED(n, PB_CHUNK - 1), ptr, kptr);
     }
     e->part = dc->part++;  /* counted before the copy: a failed one shows as a gap */
     if (rd < 0) {
@@ -675,20 +702,12 @@ static __always_inline u32 emit_chunk(struct data_call *dc, struct conn_info *c,
         stat_add(PB_STAT_READ_FAILED, 1);
         return 0;
     }
-    e->ts_ns = dc->ts;
-    e->tgid = dc->key.tgid;
-    e->tid = dc->tid;
-    e->fd = dc->key.fd;
-    e->kind = PB_EV_DATA;
-    e->role = c->role;
-    e->proto = c->proto;
-    e->dir = dc->a.dir;
-    e->syscall = dc->a.syscall;
-    e->pad = 0;
-    e->orig_len = dc->orig;
-    e->offset = offset;
-    e->cap_len = n;
-    e->seq = dc->seq;
+    data_head(e, dc, c, offset, n);
+    prof_add(PB_PROF_RING_RECORDS, 1);
+    if (!kptr) {
+        prof_add(PB_PROF_USER_READS, 1);
+        prof_add(PB_PROF_USER_READ_BYTES, n);
+    }
     events.ringbuf_submit(e, rb_flags(PB_DATA_HDR + cls));
     stat_add(PB_STAT_DATA_EVENTS, 1);
     return n;
@@ -696,6 +715,10 @@ dropped:
     dc->part++;
     stat_add(PB_STAT_DROPPED, 1);
     return 0;
+}
+static __always_inline u32 emit_chunk(struct data_call *dc, struct conn_info *c,
+                                      u32 offset, u64 ptr, u32 want) {
+    return emit_piece(dc, c, offset, ptr, want, 0);
 }
 
 struct iov_walk {
@@ -748,8 +771,96 @@ struct h2_walk {
     u32 avail, n;
     u8 fin, cap, field, pad;
     struct h2_dir s; /* working copy of the direction's state */
+    u64 win_ptr;  /* the window: win[0, win_len) holds the user bytes at win_ptr */
+    u32 win_len;
+    u32 pack_len; /* bytes of pack in use: pack_n events, each at an 8-byte boundary */
+    u32 pack_n;
+    u8 win[2 * PB_H2_WIN]; /* twice: masked offsets plus masked lengths stay inside */
+    u8 pack[2 * PB_H2_PACK];
 };
 BPF_PERCPU_ARRAY(h2_walks, struct h2_walk, 1);
+
+/* The window's kernel address of the user bytes [ptr, ptr + n), or 0 if it does not
+ * hold them all. */
+static __always_inline u64 h2_win_at(struct h2_walk *w, u64 ptr, u32 n) {
+    if (ptr < w->win_ptr || ptr + n > w->win_ptr + w->win_len) return 0;
+    return (u64)&w->win[(ptr - w->win_ptr) & (PB_H2_WIN - 1)];
+}
+
+/* The packed events go out as one ring record (the first one's `packed` says how many). */
+static __always_inline void h2_flush(struct h2_walk *w) {
+    u32 n = w->pack_n;
+    if (!n) return;
+    u32 len = w->pack_len;
+    w->pack_n = 0;
+    w->pack_len = 0;
+    ((struct pb_data_event *)w->pack)->packed = (u8)n;
+    len = PB_MASKED(len, 2 * PB_H2_PACK - 1);
+    u64 flags = rb_flags(len);
+    struct pb_data_event *first = (struct pb_data_event *)w->pack;
+    if (events.ringbuf_output(first, len, flags) < 0) {
+        stat_add(PB_STAT_DROPPED, n);
+        return;
+    }
+    stat_add(PB_STAT_DATA_EVENTS, n);
+    prof_add(PB_PROF_RING_RECORDS, 1);
+}
+
+/* One captured run of the walk as a data event: packed when it is small and in the
+ * window, else (after what is packed, to keep the call's events in order) alone. */
+static __always_inline void h2_emit(struct data_call *dc, struct conn_info *c, struct h2_walk *w) {
+    u32 n = w->run_len;
+    u64 src = h2_win_at(w, w->run_ptr, n);
+    if (!src || n > H2_PIECE_MAX) {
+        h2_flush(w);
+        emit_piece(dc, c, w->run_off, w->run_ptr, n, src);
+        return;
+    }
+    u32 need = (PB_DATA_HDR + n + 7) & ~7;
+    if (w->pack_len + need > PB_H2_PACK) h2_flush(w);
+    u32 at = PB_MASKED(w->pack_len, PB_H2_PACK - 1);
+    struct pb_data_event *e = (struct pb_data_event *)&w->pack[at];
+    e->part = dc->part++;
+    data_head(e, dc, c, w->run_off, n);
+    bpf_probe_read_kernel(e->data, PB_MASKED(n, H2_PIECE_MAX - 1), (void *)src);
+    w->pack_len += need;
+    w->pack_n++;
+}
+
+/* This step's field bytes (w->n of them at w->ptr) into fld at `have`: from the
+ * window, read anew at ptr (up to PB_H2_WIN of the w->avail bytes there) when it
+ * does not hold them. */
+static __always_inline void h2_field(struct h2_walk *w) {
+    u64 src = h2_win_at(w, w->ptr, w->n);
+    if (!src) {
+        /* a call's start holds its headers; further in, after a skipped body, the
+         * next frame header or two is what is wanted */
+        u32 len = w->pos ? PB_H2_WIN / 8 : PB_H2_WIN;
+        if (w->avail < len) len = w->avail;
+        w->win_len = 0;
+        prof_add(PB_PROF_USER_READS, 1);
+        prof_add(PB_PROF_USER_READ_BYTES, len);
+        if (len && !bpf_probe_read_user(w->win, PB_MASKED(len - 1, PB_H2_WIN - 1) + 1,
+                                        (void *)w->ptr)) {
+            w->win_ptr = w->ptr;
+            w->win_len = len;
+        }
+        src = h2_win_at(w, w->ptr, w->n);
+    }
+    if (!src) {
+        prof_add(PB_PROF_USER_READS, 1);
+        prof_add(PB_PROF_USER_READ_BYTES, w->n);
+        bpf_probe_read_user(&w->s.fld[w->s.have & 15], w->n & 15, (void *)w->ptr);
+        return;
+    }
+    if (w->s.have) {
+        bpf_probe_read_kernel(&w->s.fld[w->s.have & 15], w->n & 15, (void *)src);
+        return;
+    }
+    /* the common case, a field from its start: 16 bytes copied, no helper (past the n
+     * wanted they are not read; the window has room past any masked offset) */
+    __builtin_memcpy(w->s.fld, &w->win[(w->ptr - w->win_ptr) & (PB_H2_WIN - 1)], 16);
+}
 
 /* Between the phases of a step, values are passed through the map value and
  * this barrier makes the compiler reload them: the verifier then sees the same
@@ -757,18 +868,59 @@ BPF_PERCPU_ARRAY(h2_walks, struct h2_walk, 1);
  * so a step costs the verifier about its own length, not its paths' product. */
 #define H2_JOIN() asm volatile("" ::: "memory")
 
+/* A stream's gRPC message position (msg_rem, have, fld[0..5)) kept for its next DATA
+ * frame: in the direction's one-stream cache, the stream there before going to the map. */
+static __always_inline void grpc_put(struct conn_key *k, struct h2_walk *w, u8 dir, u32 sid) {
+    struct h2_dir *s = &w->s;
+    if (s->c_sid && s->c_sid != sid) {
+        struct grpc_key gk = {.tgid = k->tgid, .fd = k->fd, .sid = s->c_sid, .dir = dir};
+        struct grpc_val gv = {.msg_rem = s->c_msg_rem, .have = s->c_have};
+        __builtin_memcpy(gv.pre, s->c_pre, 5);
+        prof_add(PB_PROF_GRPC_MAP_OPS, 1);
+        grpc_msgs.update(&gk, &gv);
+        s->spilled = 1;
+    }
+    s->c_sid = sid;
+    s->c_msg_rem = s->msg_rem;
+    s->c_have = s->have;
+    __builtin_memcpy(s->c_pre, s->fld, 5);
+}
+
+/* The position kept for a stream into msg_rem, have, fld[0..5); 0: none kept. */
+static __always_inline int grpc_get(struct conn_key *k, struct h2_walk *w, u8 dir, u32 sid) {
+    struct h2_dir *s = &w->s;
+    if (sid && s->c_sid == sid) {
+        s->msg_rem = s->c_msg_rem;
+        s->have = s->c_have;
+        __builtin_memcpy(s->fld, s->c_pre, 5);
+        return 1;
+    }
+    if (!s->spilled) return 0;
+    struct grpc_key gk = {.tgid = k->tgid, .fd = k->fd, .sid = sid, .dir = dir};
+    prof_add(PB_PROF_GRPC_MAP_OPS, 1);
+    struct grpc_val *gv = grpc_msgs.lookup(&gk);
+    if (!gv) return 0;
+    s->msg_rem = gv->msg_rem;
+    s->have = gv->have;
+    __builtin_memcpy(s->fld, gv->pre, 5);
+    return 1;
+}
+
+/* A stream ended: nothing kept for it. */
+static __always_inline void grpc_drop(struct conn_key *k, struct h2_walk *w, u8 dir, u32 sid) {
+    if (w->s.c_sid == sid) w->s.c_sid = 0;
+    if (!w->s.spilled) return;
+    struct grpc_key gk = {.tgid = k->tgid, .fd = k->fd, .sid = sid, .dir = dir};
+    prof_add(PB_PROF_GRPC_MAP_OPS, 1);
+    grpc_msgs.delete(&gk);
+}
+
 /* End of a frame's payload: a DATA frame leaves its stream's gRPC position
  * behind for the stream's next DATA frame. */
 static __always_inline void h2_frame_end(struct conn_key *k, struct h2_walk *w, u8 dir) {
     if (w->s.state == H2_DATA) {
-        struct grpc_key gk = {.tgid = k->tgid, .fd = k->fd, .sid = w->s.sid, .dir = dir};
-        if (w->s.end_stream) {
-            grpc_msgs.delete(&gk);
-        } else {
-            struct grpc_val gv = {.msg_rem = w->s.msg_rem, .have = w->s.have};
-            __builtin_memcpy(gv.pre, w->s.fld, 5);
-            grpc_msgs.update(&gk, &gv);
-        }
+        if (w->s.end_stream) grpc_drop(k, w, dir, w->s.sid);
+        else grpc_put(k, w, dir, w->s.sid);
     }
     w->s.state = H2_HDR;
     w->s.have = 0;
@@ -806,17 +958,11 @@ static __always_inline void h2_header(struct conn_key *k, struct h2_walk *w, u8 
     w->s.have = 0;
     w->s.end_stream = flags & 1;
     u32 sid = (((u32)f[5] & 0x7f) << 24) | ((u32)f[6] << 16) | ((u32)f[7] << 8) | f[8];
-    struct grpc_key gk = {.tgid = k->tgid, .fd = k->fd, .sid = sid, .dir = dir};
     if (type == 0 && !(flags & 0x8)) {
         w->s.state = H2_DATA;
         w->s.sid = sid;
         w->s.msg_rem = 0;
-        struct grpc_val *gv = grpc_msgs.lookup(&gk);
-        if (gv) {
-            w->s.msg_rem = gv->msg_rem;
-            w->s.have = gv->have;
-            __builtin_memcpy(w->s.fld, gv->pre, 5);
-        } else if (w->s.mid) {
+        if (!grpc_get(k, w, dir, sid) && w->s.mid) {
             /* a stream that began before the sync: where its messages start is
              * unknown, so its DATA is captured whole */
             w->s.state = H2_PAY;
@@ -825,12 +971,42 @@ static __always_inline void h2_header(struct conn_key *k, struct h2_walk *w, u8 
     }
     if (type == 1 && !(flags & 1) && w->s.mid) {
         /* a stream's headers, seen in sync: its DATA starts with a message prefix */
-        struct grpc_val z = {};
-        grpc_msgs.update(&gk, &z);
+        w->s.msg_rem = 0;
+        w->s.have = 0;
+        grpc_put(k, w, dir, sid);
     }
     /* padded DATA is captured whole (gRPC does not pad) */
     w->s.state = H2_PAY;
-    if (type <= 1 && (flags & 1)) grpc_msgs.delete(&gk);
+    if (type <= 1 && (flags & 1)) grpc_drop(k, w, dir, sid);
+}
+
+/* Right after a frame header, in the same step: a payload captured whole that this
+ * buffer holds goes into the run at once, and so does the gRPC prefix of a DATA frame
+ * that starts a message, when the header's window copy brought it along (fld[9, 14)).
+ * Saves a step per frame and a read per message; the general steps do the rest. */
+static __always_inline void h2_quick(struct h2_walk *w) {
+    u32 left = w->avail - w->n;  /* this buffer's bytes after the header */
+    u64 next = w->ptr + w->n;
+    if (!w->run_len || w->run_ptr + w->run_len != next) return;  /* not one run */
+    if (w->s.state == H2_DATA) {
+        if (w->s.msg_rem || w->s.have || w->s.rem < 5 || w->n != 9 || left < 5 ||
+            w->run_len + 5 > PB_CHUNK || !h2_win_at(w, w->ptr, 14))
+            return;
+        u8 *f = w->s.fld;
+        w->s.msg_rem = ((u32)f[10] << 24) | ((u32)f[11] << 16) | ((u32)f[12] << 8) | f[13];
+        w->s.rem -= 5;
+        w->pos += 5;
+        w->iov_off += 5;
+        w->run_len += 5;
+        return;
+    }
+    if (w->s.state != H2_PAY || w->s.rem > left || w->run_len + w->s.rem > PB_CHUNK) return;
+    w->run_len += w->s.rem;
+    w->pos += w->s.rem;
+    w->iov_off += w->s.rem;
+    w->s.rem = 0;
+    w->s.state = H2_HDR;  /* the frame's end (h2_frame_end of a payload captured whole) */
+    w->s.have = 0;
 }
 
 /* How many bytes this step takes, and whether it captures them and gathers them
@@ -879,6 +1055,9 @@ static __always_inline int h2_begin(struct data_call *dc, struct conn_info *c) {
     w->run_ptr = 0;
     w->budget = w->s.trial ? PB_CALL_LIMIT : PB_H2_BODY_LIMIT;
     w->skipped = 0;
+    w->win_len = 0;  /* a buffer's bytes change between calls (Go reuses its buffers) */
+    w->pack_len = 0;
+    w->pack_n = 0;
     if (a->iovcnt) bpf_probe_read_user(&w->cur, sizeof(w->cur), (void *)a->buf);
     stat_add(PB_STAT_H2_CALLS, 1);
     return 1;
@@ -900,9 +1079,11 @@ int h2_walk_fn(void *ctx) {
     u32 orig = dc->orig;
     u8 dir = a->dir & 1;
     int i;
+    prof_add(PB_PROF_H2_RUNS, 1);
 #pragma clang loop unroll(disable)
     for (i = 0; i < PB_H2_STEPS; i++) {
         H2_JOIN();
+        prof_add(PB_PROF_H2_STEPS, 1);
         /* a payload ended: settle the frame before anything else (even at the
          * call's end, so the state kept between calls is normalised) */
         if (w->s.state != H2_HDR && w->s.rem == 0) {
@@ -945,7 +1126,7 @@ int h2_walk_fn(void *ctx) {
          * memory (next iovec), a full chunk, or the call's end */
         if (w->run_len && (w->fin || !w->cap || w->run_ptr + w->run_len != w->ptr ||
                            w->run_len + w->n > PB_CHUNK)) {
-            emit_chunk(dc, c, w->run_off, w->run_ptr, w->run_len);
+            h2_emit(dc, c, w);
             w->run_len = 0;
         }
         H2_JOIN();
@@ -961,14 +1142,19 @@ int h2_walk_fn(void *ctx) {
         }
         H2_JOIN();
         if (w->field) {
-            bpf_probe_read_user(&w->s.fld[w->s.have & 15], w->n & 15, (void *)w->ptr);
+            prof_add(PB_PROF_H2_FIELDS, 1);
+            h2_field(w);
             w->s.have += w->n;
         }
         w->pos += w->n;
         w->iov_off += w->n;
         H2_JOIN();
         if (w->s.state == H2_HDR) {
-            if (w->s.have >= 9) h2_header(k, w, dir, orig);
+            if (w->s.have >= 9) {
+                h2_header(k, w, dir, orig);
+                H2_JOIN();
+                h2_quick(w);
+            }
             continue;
         }
         w->s.rem -= w->n;
@@ -989,7 +1175,7 @@ int h2_walk_fn(void *ctx) {
         /* out of steps mid-call: go on in a fresh run (returns only at the chain's limit) */
         walkers.call(ctx, PB_TC_H2);
         /* the run so far is emitted, the rest unseen */
-        if (w->run_len) emit_chunk(dc, c, w->run_off, w->run_ptr, w->run_len);
+        if (w->run_len) h2_emit(dc, c, w);
         stat_add(PB_STAT_H2_BOUND, 1);
         w->s.sync = 0;
     }
@@ -999,6 +1185,7 @@ int h2_walk_fn(void *ctx) {
         stat_add(PB_STAT_TRUNCATED_CALLS, 1);
         stat_add(PB_STAT_TRUNCATED_BYTES, orig - (u32)w->pos);
     }
+    h2_flush(w);
     if (w->skipped) stat_add(PB_STAT_H2_SKIPPED_BYTES, w->skipped);
     c->h2[dir] = w->s;
     return 0;
@@ -1517,6 +1704,7 @@ int data_fn(void *ctx) {
     u32 zero = 0;
     struct data_call *dc = calls.lookup(&zero);
     if (!dc) return 0;
+    prof_add(PB_PROF_DATA_CALLS, 1);
     u64 id = bpf_get_current_pid_tgid();
     struct data_args a = dc->a;
     u32 orig = dc->orig;
@@ -1585,6 +1773,7 @@ int data_fn(void *ctx) {
     dc->part = 0;
     if (c->proto == PB_PROTO_HTTP2 && !c->h2[a.dir & 1].sync) h2_resync(c, a.dir & 1, first, first_len);
     if (c->proto == PB_PROTO_HTTP2 && c->h2[a.dir & 1].sync) {
+        prof_add(PB_PROF_H2_CALLS, 1);
         if (h2_begin(dc, c)) walkers.call(ctx, PB_TC_H2);
         /* the walker is not there: the call goes unseen, its seq tells replay */
         stat_add(PB_STAT_TAIL_FAILED, 1);
@@ -1645,6 +1834,7 @@ int data_fn(void *ctx) {
 static __always_inline int on_data_exit(void *ctx, long ret) {
     u64 id = bpf_get_current_pid_tgid();
     if (!tgid_traced(id >> 32)) return 0;  /* others: no lookup when the list is inline */
+    if (ret <= 0) prof_add(PB_PROF_EMPTY_CALLS, 1);
     u32 tid = (u32)id;
 #if PB_TASK_STORAGE
     struct task_struct *t = (struct task_struct *)bpf_get_current_task_btf();

@@ -40,7 +40,7 @@
 #define PB_ADDR_NOT_TCPADDR 3
 
 /* counters in the stats array */
-#define PB_USTAT_DROPPED 0 /* ring buffer full: event lost */
+/* PB_STAT_DROPPED 0 (pb_common.h): ring buffer full, event lost */
 #define PB_USTAT_HEADER_EVENTS 1
 #define PB_USTAT_DATA_EVENTS 2
 #define PB_USTAT_EXTRA_FIELDS 4     /* fields beyond PB_MAX_BLOCK_FIELDS in a block */

@@ -11,9 +11,6 @@
 #ifndef PB_RINGBUF_PAGES
 #define PB_RINGBUF_PAGES 1024
 #endif
-#ifndef PB_FILTER_TGID
-#define PB_FILTER_TGID 0
-#endif
 #ifndef PB_TYPE_SYSCONN
 #define PB_TYPE_SYSCONN 0 /* no *syscallConn hop (see unwrap) */
 #endif
@@ -26,26 +23,11 @@
 BPF_RINGBUF_OUTPUT(events, PB_RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(stats, u64, PB_USTAT_MAX);
 
-/* Batched wake-ups, as in kprobe_collector.c (rb_flags there; bcc rewrites map calls in
- * the main file only, so the two cannot share a header): records go in without waking
- * the recorder, which drains on its poll timer, unless this CPU has submitted
- * PB_WAKE_BYTES since its last forced wake-up. A wake-up per record was 2.5 context
- * switches per gRPC call, on the cores the traced processes need. */
-#ifndef PB_WAKE_BYTES
-#define PB_WAKE_BYTES (PB_RINGBUF_PAGES * 4096 / 16)
-#endif
+/* batched wake-ups (pb_common.h) */
 BPF_PERCPU_ARRAY(rb_pending, u64, 1);
 static __always_inline u64 rb_flags(u32 size) {
     u32 zero = 0;
-    u64 *p = rb_pending.lookup(&zero);
-    if (!p) return 0;
-    u64 v = *p + size + 8;
-    if (v < PB_WAKE_BYTES) {
-        *p = v;
-        return BPF_RB_NO_WAKEUP;
-    }
-    *p = 0;
-    return BPF_RB_FORCE_WAKEUP;
+    return pb_rb_flags(rb_pending.lookup(&zero), size, PB_WAKE_BYTES);
 }
 /* Header events are built in one scratch entry per CPU (bpf_loop callbacks reach it by
  * CPU id): a plain array, because a per-CPU map's values are capped at 32 KiB. Slack after
@@ -73,8 +55,7 @@ struct conn_addr {
 };
 
 static __always_inline void stat_add(u32 idx, u64 n) {
-    u64 *v = stats.lookup(&idx);
-    if (v) *v += n;
+    pb_count(stats.lookup(&idx), n);
 }
 
 static __always_inline u32 bound(u32 v, u32 mask) {
@@ -105,12 +86,10 @@ static __always_inline u64 go_reg(struct pt_regs *ctx, int dwarf_reg) {
     return 0;
 }
 
+/* the target filter (pb_common.h), with the map when there is no inline list */
 static __always_inline int traced(u32 tgid) {
-#if PB_FILTER_TGID
-    return targets.lookup(&tgid) != NULL;
-#else
-    return 1;
-#endif
+    int known = pb_tgid_filter(tgid);
+    return known >= 0 ? known : targets.lookup(&tgid) != NULL;
 }
 
 struct go_iface { u64 tab; u64 data; };
@@ -298,7 +277,7 @@ static __always_inline void hdr_flush(struct pb_header_event *e) {
     u32 size = offsetof(struct pb_header_event, blob) + bound(off, PB_HDR_BLOB - 1);
     if (off >= PB_HDR_BLOB) size = sizeof(struct pb_header_event);
     if (events.ringbuf_output(e, size, rb_flags(size)) < 0)
-        stat_add(PB_USTAT_DROPPED, 1);
+        stat_add(PB_STAT_DROPPED, 1);
     else
         stat_add(PB_USTAT_HEADER_EVENTS, 1);
     e->first += e->count;
@@ -500,7 +479,7 @@ int probe_server_headers(struct pt_regs *ctx) {
 
 static __always_inline int emit_data(struct pb_data_event *e) {
     if (events.ringbuf_output(e, sizeof(*e), rb_flags(sizeof(*e))) < 0) {
-        stat_add(PB_USTAT_DROPPED, 1);
+        stat_add(PB_STAT_DROPPED, 1);
         return 0;
     }
     stat_add(PB_USTAT_DATA_EVENTS, 1);
@@ -607,7 +586,7 @@ int probe_server_data(struct pt_regs *ctx) {
 #if PB_HAVE_WRITE_RST || PB_HAVE_CLIENT_RST || PB_HAVE_SERVER_RST
 static __always_inline int emit_rst(struct pb_rst_event *e) {
     if (events.ringbuf_output(e, sizeof(*e), 0) < 0) {
-        stat_add(PB_USTAT_DROPPED, 1);
+        stat_add(PB_STAT_DROPPED, 1);
         return 0;
     }
     stat_add(PB_USTAT_RST_EVENTS, 1);
