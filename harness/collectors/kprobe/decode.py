@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,11 @@ class Connection:
     # read, its bytes let go; ``stitched`` holds what that gave once it ended
     http1: Http1Stream | None = field(default=None, repr=False)
     stitched: tuple[list[Exchange], Http1Stats] | None = field(default=None, repr=False)
+    # streamed replay (decode(handover=...)): its exchanges are handed over as they become
+    # final; ``held`` are stitched ones that a loss found later could still change
+    handed: bool = field(default=False, repr=False)
+    held: list[Exchange] = field(default_factory=list, repr=False)
+    hold_to_end: bool = field(default=False, repr=False)  # split at a loss: held to the end
 
     @property
     def key(self) -> str:
@@ -106,6 +111,9 @@ class DecodeStats:
     # connections with data whose addresses stayed unknown, by reason (never dropped silently)
     addresses_unknown: dict[str, int] = field(default_factory=dict)
     collector: dict[str, Any] = field(default_factory=dict)  # the recorder's final stats
+    # streamed replay: exchanges handed over after a watermark that said none would start
+    # before them (a send blocked longer than WATERMARK_SLACK_NS); scored all the same
+    late_exchanges: int = 0
 
 
 def _ip(raw: bytes, family: int) -> str:
@@ -124,6 +132,32 @@ def _norm_ip(text: str) -> str:
     return str(mapped or ip)
 
 
+
+
+# How long a send may have been under way (its event carries its start) before its event
+# is read: the streamed decode's watermark stays this far behind the newest event.
+WATERMARK_SLACK_NS = 1_000_000_000
+# Kernel records read between two hand-overs of a streamed decode.
+HANDOVER_RECORDS = 16384
+
+
+@dataclass
+class Handover:
+    """A streamed decode's output so far (decode_steps): what the caller takes at each step."""
+
+    ready: list[tuple[Connection, list[Exchange]]] = field(default_factory=list)
+    finished: list[Connection] = field(default_factory=list)  # yield nothing more
+    # no exchange handed over later starts before it (but for a late send: late_exchanges)
+    watermark: int = -(1 << 63)
+
+
+def _final(x: Exchange, seen_until: int) -> bool:
+    """Whether no loss found from now on can change ``x`` (``unpair_after`` leaves alone
+    what started and ended by the last request-direction call seen: a gap found later
+    dates its loss after that call)."""
+    start = x.t_start_ns if x.t_start_ns is not None else x.t_end_ns
+    return start is not None and start <= seen_until and (
+        x.t_end_ns is None or x.t_end_ns <= seen_until)
 
 
 @dataclass
@@ -158,6 +192,27 @@ def decode(
     (found mid-stream, after a loss, of a protocol known only at the end) keep theirs.
     ``stitch`` is called on each batch of finished exchanges (to share equal headers
     before many pile up)."""
+    steps = decode_steps(path, attach_at_ns=attach_at_ns, use_sockdiag=use_sockdiag,
+                         stitch=stitch)  # fmt: skip
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+
+def decode_steps(
+    path: Path,
+    *,
+    attach_at_ns: int | None = None,
+    use_sockdiag: bool = True,
+    stitch: Callable[[list[Exchange]], None] | None = None,
+    handover: Handover | None = None,
+) -> Generator[None, None, tuple[list[Connection], DecodeStats]]:
+    """``decode``, a step at a time (a yield every HANDOVER_RECORDS records). With
+    ``handover``, HTTP/1 connections stitched while read whose addresses came with their
+    open hand their exchanges over (``handover.ready``) once nothing later can change
+    them, so a replay need not hold them; the connections returned then hold none."""
     ef = read_event_file(path)
     if ef.header.get("format", FORMAT) != FORMAT:
         raise RunDirError(f"{path} is not a {FORMAT} recording (header says "
@@ -206,12 +261,47 @@ def decode(
         if stitch is not None and first_sent and _stitch_live(conn):
             # what the pass after the loop would decide from its first sent bytes, now
             conn.proto = "http1"
-            conn.http1 = Http1Stream(conn.role, source="kprobe", from_start=True, on_ready=stitch)  # type: ignore[arg-type]
+            # its addresses came with its open: nothing after the pass changes them
+            conn.handed = handover is not None and None not in (conn.local, conn.remote)
+            on_ready = (lambda xs, c=conn: got(c, xs)) if conn.handed else stitch
+            conn.http1 = Http1Stream(conn.role, source="kprobe", from_start=True,  # type: ignore[arg-type]
+                                     on_ready=on_ready, hand_over=conn.handed)  # fmt: skip
             for seg in conn.recv:
                 conn.http1.add(False, seg)
             for seg in conn.send:
                 conn.http1.add(True, seg)
             conn.send, conn.recv = [], []
+
+    holding: dict[int, Connection] = {}  # id -> handed connection with held exchanges
+    # closed handed connections whose held exchanges wait for their fd's next connection
+    # (the end's call counts apply to the last one on an fd) or the end
+    closed_on: dict[tuple[int, int], Connection] = {}
+    stuck = [1 << 63]  # earliest open of a closed connection whose exchanges come at the end
+
+    def got(conn: Connection, xs: list[Exchange]) -> None:
+        if stitch is not None:
+            stitch(xs)
+        conn.held.extend(xs)
+        holding[id(conn)] = conn
+
+    def settle(conn: Connection, everything: bool = False) -> None:
+        """Hand over what no later loss can change (all of it: ``everything``)."""
+        seen = conn.last_ts[0 if conn.role == "client" else 1]
+        out = conn.held if everything else [x for x in conn.held if _final(x, seen)]
+        if out:
+            assert handover is not None
+            handover.ready.append((conn, out))
+            conn.held = [] if everything else [x for x in conn.held if not _final(x, seen)]
+        if not conn.held:
+            holding.pop(id(conn), None)
+
+    def opened(key: tuple[int, int]) -> None:
+        """A new connection on this fd: the closed one before it is final."""
+        old = closed_on.pop(key, None)
+        if old is not None:
+            settle(old, everything=True)
+            assert handover is not None
+            handover.finished.append(old)
 
     def close(conn: Connection, ts: int | None) -> None:
         for direction in ("send", "recv"):
@@ -221,6 +311,19 @@ def decode(
         if conn.http1 is not None:
             conn.stitched, conn.http1 = conn.http1.finish(ts), None
         done.append(conn)
+        if handover is None:
+            return
+        if not conn.handed:
+            if conn.send or conn.recv or conn.stitched is not None:
+                stuck[0] = min(stuck[0], conn.opened_ns)
+        elif ts is None:
+            conn.hold_to_end = True  # split at a loss: the part after it may date it earlier
+        else:
+            settle(conn)
+            if conn.held:
+                closed_on[(conn.tgid, conn.fd)] = conn
+            else:
+                handover.finished.append(conn)
 
     def reopen(conn: Connection, ts: int, continues: bool) -> Connection:
         """End conn's stream at lost events; what follows is a connection seen mid-stream.
@@ -241,6 +344,8 @@ def decode(
             new.last_seq = [None, None]
         live[(conn.tgid, conn.fd)] = new
         st.connections += 1
+        if handover is not None and not continues:
+            opened((conn.tgid, conn.fd))
         return new
 
     def lost_since(part: Connection | None, nxt: int, since: int, i: int) -> None:
@@ -275,6 +380,7 @@ def decode(
         conn.last_ts[i] = max(conn.last_ts[i], ev.ts_ns)
         return conn
 
+    newest = 0  # the latest event time read
     for rtype, rec in ef.records():
         if rtype == NOTE:
             assert isinstance(rec, dict)
@@ -288,12 +394,25 @@ def decode(
             continue
         assert isinstance(rec, memoryview)
         st.kernel_records += 1
+        if handover is not None and not st.kernel_records % HANDOVER_RECORDS:
+            for conn in list(holding.values()):
+                if conn.closed_ns is None and not conn.hold_to_end:
+                    settle(conn)
+            handover.watermark = max(handover.watermark, min(
+                newest - WATERMARK_SLACK_NS, stuck[0],
+                min((c.ts for c in pending.values()), default=1 << 63),
+                min((b for c in live.values() if (b := _bound(c)) is not None), default=1 << 63),
+                min((x.t_start_ns or 0 for c in holding.values() for x in c.held),
+                    default=1 << 63),
+            ))  # fmt: skip
+            yield
         raw = bytes(rec)
         kind = raw[kind_off]
         if kind == d["PB_EV_DATA"]:
             st.data_events += 1
             ev = DE.from_buffer_copy(raw[:data_off].ljust(ctypes.sizeof(DE), b"\0"))
             payload = raw[data_off : data_off + ev.cap_len]
+            newest = max(newest, ev.ts_ns)
             if attach_at_ns is not None and ev.ts_ns < attach_at_ns:
                 st.dropped_before_attach += 1
                 continue
@@ -314,6 +433,8 @@ def decode(
                 live[key] = conn
                 st.connections += 1
                 st.opened_unseen += 1
+                if handover is not None:
+                    opened(key)
             if conn is None:
                 # simulated late attach: the kernel would infer from this call's first bytes
                 if ev.offset != 0:
@@ -330,6 +451,8 @@ def decode(
                 live[key] = conn
                 st.connections += 1
                 st.inferred_connections += 1
+                if handover is not None:
+                    opened(key)
             if not legacy:
                 conn = check_seq(conn, ev, i)
             pkey = (ev.tgid, ev.fd, direction, ev.tid, ev.ts_ns)
@@ -407,6 +530,8 @@ def decode(
                 st.socket_addresses += 1
         live[key] = conn
         st.connections += 1
+        if handover is not None:
+            opened(key)
     for key in list(pending):
         flush_call(key)
     for conn in live.values():
@@ -432,7 +557,9 @@ def decode(
     for conn in done:
         lost = conn.lost_after[0 if conn.role == "client" else 1]
         if conn.stitched is not None and lost is not None:
-            unpair_after(*conn.stitched, lost)
+            unpair_after(conn.stitched[0] + conn.held, conn.stitched[1], lost)
+    for conn in list(holding.values()):  # streamed: the rest is final now
+        settle(conn, everything=True)
     for conn in done:
         rec = answers.get((conn.tgid, conn.fd, conn.opened_ns))
         if rec is None:
@@ -471,6 +598,17 @@ def decode(
             reason = _why_no_address(conn, answers, use_sockdiag)
             st.addresses_unknown[reason] = st.addresses_unknown.get(reason, 0) + 1
     return kept, st
+
+
+def _bound(conn: Connection) -> int | None:
+    """The earliest start an exchange a live connection yields later can have, from what
+    it holds (None: nothing; its next calls are bounded by the newest event)."""
+    if conn.handed:
+        assert conn.http1 is not None
+        return conn.http1.earliest_start()
+    if conn.send or conn.recv or conn.http1 is not None:
+        return conn.opened_ns  # its exchanges come at the end
+    return None
 
 
 def _stitch_live(conn: Connection) -> bool:

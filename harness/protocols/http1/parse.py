@@ -294,6 +294,11 @@ class Http1Parser:
         """Bytes held waiting for more (a partial start line, header block or chunk line)."""
         return len(self._buf) - self._pos
 
+    def pending_since(self) -> int | None:
+        """When the oldest byte still buffered arrived (a message begun there is still to
+        come), or None when nothing is buffered."""
+        return self._ts_at(self._pos) if len(self._buf) > self._pos else None
+
     def expect_response_to(self, method: str | None, ts_ns: int = 0) -> None:
         """Queue the method (None if unknown) of a request whose response this parser will see."""
         if self.kind != "response":
