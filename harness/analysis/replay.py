@@ -33,6 +33,7 @@ from harness.collectors.base import (
 )
 from harness.compact import Sharer
 from harness.errors import RunDirError
+from harness.groundtruth import extract as extract_mod
 from harness.groundtruth.extract import extract_exchanges
 from harness.groundtruth.match import match_workload, read_workload
 from harness.groundtruth.tlskeys import check_handshakes, merge_keylogs
@@ -257,19 +258,87 @@ class _TruthJob:
         """Whether asking now would not wait (in-process: decoded last, like before)."""
         return self._fut is not None and self._fut.done()
 
-    def result(self) -> tuple[list[Exchange], Any, int]:
-        return self._fut.result() if self._fut is not None else _extract(*self._args)
+    def next(self) -> tuple[list[Exchange], int] | None:
+        """The whole truth as one batch, then None (``result`` has its stats)."""
+        if self._fut is None and not self._args:
+            return None
+        truth, self.stats, self.rss_kb = (
+            self._fut.result() if self._fut is not None else _extract(*self._args))
+        self._fut, self._args = None, ()
+        return truth, STREAM_END_NS
 
     def cancel(self) -> None:
         if self._fut is not None:
             self._fut.cancel()
 
 
+# Truth batches a streaming worker may have queued ahead of the replay (back-pressure:
+# beyond it the worker waits, so its memory stays bounded too).
+TRUTH_QUEUE = 8
+
+
+def _stream_truth(q: Any, args: tuple[Any, ...]) -> None:
+    """In the worker: the truth in batches with their watermark, then ("end", stats, peak
+    RSS) or ("error", exception)."""
+    pcap, http1_ports, h2c_ports, offset, out_of_order, keylog = args
+    try:
+        share = Sharer()
+        stream = extract_mod.stream_exchanges  # type: ignore[attr-defined]
+        gen = stream(pcap, http1_ports=http1_ports, h2c_ports=h2c_ports, mono_offset_ns=offset,
+                     out_of_order=out_of_order, tls_keylog=keylog)  # fmt: skip
+        while True:
+            try:
+                b = next(gen)
+            except StopIteration as stop:
+                q.put(("end", stop.value, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+                return
+            share(b.exchanges)
+            q.put(("batch", b.exchanges, b.watermark_ns))
+    except Exception as e:  # handed to the replay, which raises it
+        q.put(("error", e, 0))
+
+
+class _TruthStream:
+    """The truth decoded by a worker process and handed over in batches as tshark's output
+    is read (groundtruth.stream_exchanges): the replay never holds all of it."""
+
+    def __init__(self, args: tuple[Any, ...], ctx: Any) -> None:
+        self._q = ctx.Queue(TRUTH_QUEUE)
+        self._proc = ctx.Process(target=_stream_truth, args=(self._q, args), daemon=True)
+        self._proc.start()
+        self.stats: Any = None
+        self.rss_kb = 0
+        self._done = False
+
+    def ready(self) -> bool:
+        return not self._done and not self._q.empty()
+
+    def next(self) -> tuple[list[Exchange], int] | None:
+        if self._done:
+            return None
+        kind, a, b = self._q.get()
+        if kind == "batch":
+            return a, b
+        self._done = True
+        self._proc.join()
+        if kind == "error":
+            raise a
+        self.stats, self.rss_kb = a, b
+        return None
+
+    def cancel(self) -> None:
+        if self._proc.is_alive():
+            self._proc.terminate()
+        self._proc.join()
+
+
 @contextlib.contextmanager
 def _truth_job(
     pcap: Path, http1_ports: list[int], h2c_ports: list[int], offset: int, out_of_order: bool,
-    keylog: Path | None = None,
-) -> Iterator[_TruthJob]:
+    keylog: Path | None = None, *, whole: bool = False,
+) -> Iterator[_TruthJob | _TruthStream]:
+    """``whole``: the truth as one list (the workload's comparison needs it whole, and the
+    id-carrying truth is known to the matcher before anything else, as ``match`` has it)."""
     args = (pcap, http1_ports, h2c_ports, offset, out_of_order, keylog)
     big = pcap.is_file() and pcap.stat().st_size >= PARALLEL_TRUTH_BYTES
     if not big or (os.cpu_count() or 1) < 2:
@@ -277,6 +346,14 @@ def _truth_job(
         return
     # forkserver: the worker does not inherit the caller's threads (observe's)
     ctx = multiprocessing.get_context("forkserver")
+    # (a groundtruth without stream_exchanges: the whole list, as before)
+    if not whole and hasattr(extract_mod, "stream_exchanges"):
+        stream = _TruthStream(args, ctx)
+        try:
+            yield stream
+        finally:
+            stream.cancel()
+        return
     with ProcessPoolExecutor(1, mp_context=ctx) as pool:
         job = _TruthJob(args, pool)
         try:
@@ -345,7 +422,7 @@ class _Observed:
 
 # Collector exchanges held waiting for the truth before the replay waits on the truth
 # worker instead of decoding further ahead of it.
-MAX_AHEAD = 400_000
+MAX_AHEAD = 250_000
 
 
 def replay(
@@ -459,7 +536,7 @@ def replay(
                 attach_at_ns=attach_ns if attach_at_s is not None else None,
                 target_pids=target_pids, variant=variant, encrypted=encrypted,
             ))  # fmt: skip
-            rows: dict[str, RowStream] = {}
+            by_side: dict[str, RowStream] = {}
             for side in SIDES:
                 row = Row(
                     scenario=manifest.scenario,
@@ -469,26 +546,29 @@ def replay(
                     tls=tls_version,
                 )  # fmt: skip
                 row.lost_events = int(info.get("lost_events", 0) or 0)
-                rows[side] = RowStream(row, max(attach_ns, since or 0), feed, until=until,
-                                       since=since)  # fmt: skip
+                by_side[side] = RowStream(row, max(attach_ns, since or 0), feed, until=until,
+                                          since=since)  # fmt: skip
             observed.append(_Observed(
-                name, attach_ns, info, variant, stream, rows, encrypted,
+                name, attach_ns, info, variant, stream, by_side, encrypted,
                 sink(name) if variant.name == "default" else None,
             ))  # fmt: skip
-    tstats: Any = None
-    truth_rss_kb = 0
     # Wireshark's decode and the collectors' decode are independent until matching: on a
     # big capture they run side by side, tshark and its reader in a second process.
-    with _truth_job(*truth_args) as truth_job:
+    with _truth_job(*truth_args, whole=kept is not None) as truth_job:
         active = list(observed)
         while active or not feed.done:
             held = sum(r.held for o in observed for r in o.rows.values())
             if not feed.done and (not active or held > MAX_AHEAD or truth_job.ready()):
-                truth, tstats, truth_rss_kb = truth_job.result()
-                feed.whole(truth)
-                if kept is not None:
-                    kept = truth
-                del truth
+                got = truth_job.next()
+                if got is None:  # a stream's end
+                    feed.add([], STREAM_END_NS)
+                elif isinstance(truth_job, _TruthJob):
+                    feed.whole(got[0])
+                    if kept is not None:
+                        kept = got[0]
+                else:
+                    feed.add(*got)
+                del got
             else:
                 o = min(active, key=lambda o: o.watermark)
                 try:
@@ -513,6 +593,9 @@ def replay(
                     r.step(o.watermark, feed.watermark)
             feed.trim(min((r.position() for o in observed for r in o.rows.values()),
                           default=feed.base + len(feed.items)))  # fmt: skip
+        while (got := truth_job.next()) is not None:  # the stream's end: its stats
+            feed.add(*got)
+        tstats, truth_rss_kb = truth_job.stats, truth_job.rss_kb
     rows: list[dict[str, Any]] = []
     for o in observed:
         collectors[o.name][o.variant.name] = vars(o.stats)
