@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
+import struct
+from collections import namedtuple
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,6 +175,27 @@ class _Call:
     broken: bool = False  # an event of it was lost: what follows it is not used
 
 
+def _fixed_part(de: type[ctypes.Structure]) -> tuple[struct.Struct, Any]:
+    """A data event's fields before ``data`` (from the header's layout): a struct that
+    unpacks them in one call and a named tuple to read them by name; arrays (padding) are
+    skipped."""
+    fmt, names, pos = "<", [], 0
+    for name, ctype in de._fields_:  # type: ignore[misc]
+        if name == "data":
+            break
+        off, size = getattr(de, name).offset, ctypes.sizeof(ctype)
+        fmt += f"{off - pos}x" if off > pos else ""
+        if issubclass(ctype, ctypes.Array):
+            fmt += f"{size}x"
+        else:
+            signed = ctype(-1).value < 0
+            code = {1: "b", 2: "h", 4: "i", 8: "q"}[size]
+            fmt += code if signed else code.upper()
+            names.append(name)
+        pos = off + size
+    return struct.Struct(fmt), namedtuple("DataEvent", names)  # type: ignore[misc]
+
+
 def _legacy_data_event(de: type[ctypes.Structure]) -> type[ctypes.Structure]:
     """pb_data_event as recorded before seq and part: three pad bytes after syscall."""
     fields = [(n, t) for n, t in de._fields_ if n not in ("pad", "part", "seq")]  # type: ignore[misc]
@@ -226,6 +249,9 @@ def decode_steps(
     if legacy:
         DE = _legacy_data_event(DE)
     data_off = int(DE.data.offset)  # type: ignore[attr-defined]
+    unpack_data, as_event = _fixed_part(DE)
+    data_min = unpack_data.size
+    data_kind = d["PB_EV_DATA"]
     kind_off = hdr.offset("pb_conn_event", "kind")
     ce_size = ctypes.sizeof(CE)
     st = DecodeStats(truncated_tail_bytes=ef.truncated_tail_bytes, legacy_layout=legacy)
@@ -406,12 +432,14 @@ def decode_steps(
                     default=1 << 63),
             ))  # fmt: skip
             yield
-        raw = bytes(rec)
-        kind = raw[kind_off]
-        if kind == d["PB_EV_DATA"]:
+        kind = rec[kind_off]
+        if kind == data_kind:
             st.data_events += 1
-            ev = DE.from_buffer_copy(raw[:data_off].ljust(ctypes.sizeof(DE), b"\0"))
-            payload = raw[data_off : data_off + ev.cap_len]
+            # the fixed part read in place (a ctypes copy padded to the whole struct cost
+            # a 16 KiB allocation per event)
+            fixed = rec if len(rec) >= data_min else bytes(rec).ljust(data_min, b"\0")
+            ev = as_event._make(unpack_data.unpack_from(fixed))
+            payload = bytes(rec[data_off : data_off + ev.cap_len])
             newest = max(newest, ev.ts_ns)
             if attach_at_ns is not None and ev.ts_ns < attach_at_ns:
                 st.dropped_before_attach += 1
@@ -475,7 +503,7 @@ def decode_steps(
                     call.broken = True
                     st.lost_chunks += 1
             continue
-        ev = CE.from_buffer_copy(raw[:ce_size].ljust(ce_size, b"\0"))
+        ev = CE.from_buffer_copy(bytes(rec[:ce_size]).ljust(ce_size, b"\0"))
         st.conn_events += 1
         key = (ev.tgid, ev.fd)
         if kind == d["PB_EV_EXIT"]:
