@@ -107,10 +107,12 @@ def kprobe_stream(
             conns, dstats = stop.value
             break
         xs = _handed(ho, ports)
+        share(xs)
         late += sum(1 for x in xs if (x.t_start_ns or 0) < said)
         yield ExchangeBatch(xs, ho.watermark, [c.key for c in ho.finished])
         ho.finished.clear()
     xs = _handed(ho, ports)
+    share(xs)
     dstats.late_exchanges = late + sum(1 for x in xs if (x.t_start_ns or 0) < ho.watermark)
     rest, st = _exchanges(conns, dstats, ports, variant, target_pids, encrypted, share)
     yield ExchangeBatch(xs + rest, STREAM_END_NS)
