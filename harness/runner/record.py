@@ -179,8 +179,8 @@ def _record(
     tls = make_tls_files(run_dir / TLS_DIR) if spec.tls else None
 
     def tls_args(role: str, lang: str) -> list[str]:
-        return scenarios.tls_arguments(scen, lang, tls and tls.dir, spec.tls_version,
-                                       tls and tls.keylog(role))  # fmt: skip
+        return scenarios.tls_arguments(scen, lang, tls.dir if tls else None, spec.tls_version,
+                                       tls.keylog(role) if tls else None)  # fmt: skip
 
     with ProcessSet() as procs, contextlib.ExitStack() as capture:
         server_cmd = scenarios.server_command(scen, spec.server, port, spec.grpc_version)
