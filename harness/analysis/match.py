@@ -237,7 +237,8 @@ class StreamMatcher:
             i = None
             prev = self._last.get(key) if key and obs.side == "server" else None
             if (
-                prev is not None
+                key is not None
+                and prev is not None
                 and prev.conn_id == obs.conn_id
                 and prev.conn_seq + 1 == obs.conn_seq
             ):

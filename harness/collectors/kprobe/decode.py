@@ -188,12 +188,12 @@ def _fixed_part(de: type[ctypes.Structure]) -> tuple[struct.Struct, Any]:
         if issubclass(ctype, ctypes.Array):
             fmt += f"{size}x"
         else:
-            signed = ctype(-1).value < 0
+            signed = ctype(-1).value < 0  # type: ignore[union-attr]
             code = {1: "b", 2: "h", 4: "i", 8: "q"}[size]
             fmt += code if signed else code.upper()
             names.append(name)
         pos = off + size
-    return struct.Struct(fmt), namedtuple("DataEvent", names)  # type: ignore[misc]
+    return struct.Struct(fmt), namedtuple("DataEvent", names)
 
 
 def _legacy_data_event(de: type[ctypes.Structure]) -> type[ctypes.Structure]:
@@ -221,7 +221,7 @@ def decode(
         try:
             next(steps)
         except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
+            return done.value
 
 
 def decode_steps(
@@ -248,7 +248,7 @@ def decode_steps(
     legacy = recorded != ctypes.sizeof(DE)
     if legacy:
         DE = _legacy_data_event(DE)
-    data_off = int(DE.data.offset)  # type: ignore[attr-defined]
+    data_off = int(DE.data.offset)
     unpack_data, as_event = _fixed_part(DE)
     data_min = unpack_data.size
     data_kind = d["PB_EV_DATA"]
@@ -420,9 +420,9 @@ def decode_steps(
         assert isinstance(rec, memoryview)
         st.kernel_records += 1
         if handover is not None and not st.kernel_records % HANDOVER_RECORDS:
-            for conn in list(holding.values()):
-                if conn.closed_ns is None and not conn.hold_to_end:
-                    settle(conn)
+            for hc in list(holding.values()):
+                if hc.closed_ns is None and not hc.hold_to_end:
+                    settle(hc)
             handover.watermark = max(handover.watermark, min(
                 newest - WATERMARK_SLACK_NS, stuck[0],
                 min((c.ts for c in pending.values()), default=1 << 63),
@@ -506,8 +506,8 @@ def decode_steps(
         st.conn_events += 1
         key = (ev.tgid, ev.fd)
         if kind == d["PB_EV_EXIT"]:
-            for k in [k for k in live if k[0] == ev.tgid]:
-                close(live.pop(k), ev.ts_ns)
+            for gone in [k for k in live if k[0] == ev.tgid]:
+                close(live.pop(gone), ev.ts_ns)
             continue
         if attach_at_ns is not None and ev.ts_ns < attach_at_ns:
             st.dropped_before_attach += 1
@@ -559,8 +559,8 @@ def decode_steps(
         st.connections += 1
         if handover is not None:
             opened(key)
-    for key in list(pending):
-        flush_call(key)
+    for pkey in list(pending):
+        flush_call(pkey)
     for conn in live.values():
         if conn.http1 is not None:
             conn.stitched, conn.http1 = conn.http1.finish(None), None
@@ -588,12 +588,12 @@ def decode_steps(
     for conn in list(holding.values()):  # streamed: the rest is final now
         settle(conn, everything=True)
     for conn in done:
-        rec = answers.get((conn.tgid, conn.fd, conn.opened_ns))
-        if rec is None:
+        answer = answers.get((conn.tgid, conn.fd, conn.opened_ns))
+        if answer is None:
             continue
-        if rec.get("found"):
-            conn.local = Endpoint(_norm_ip(rec["local_ip"]), rec["local_port"])
-            conn.remote = Endpoint(_norm_ip(rec["remote_ip"]), rec["remote_port"])
+        if answer.get("found"):
+            conn.local = Endpoint(_norm_ip(answer["local_ip"]), answer["local_port"])
+            conn.remote = Endpoint(_norm_ip(answer["remote_ip"]), answer["remote_port"])
             conn.addr_source = "sockdiag"
             st.sockdiag_found += 1
         else:
@@ -689,9 +689,9 @@ def call_segments(ts: int, orig: int, parts: list[tuple[int, bytes]]) -> list[Se
     if not runs or runs[0][0] > 0:
         # the call's start went unseen: its length still has to pass by
         runs.insert(0, (0, bytearray()))
-    for i, (off, data) in enumerate(runs):
-        nxt = runs[i + 1][0] if i + 1 < len(runs) else max(orig, off + len(data))
-        segs.append(Segment(ts, bytes(data), nxt - off))
+    for i, (off, run) in enumerate(runs):
+        nxt = runs[i + 1][0] if i + 1 < len(runs) else max(orig, off + len(run))
+        segs.append(Segment(ts, bytes(run), nxt - off))
     return segs
 
 
