@@ -7,6 +7,7 @@ import dataclasses
 import json
 import multiprocessing
 import os
+import queue
 import resource
 import time
 from collections.abc import Iterator
@@ -330,7 +331,17 @@ class _TruthStream:
     def next(self) -> tuple[list[Exchange], int] | None:
         if self._done:
             return None
-        kind, a, b = self._q.get()
+        while True:
+            try:
+                kind, a, b = self._q.get(timeout=1.0)
+                break
+            except queue.Empty:
+                if not self._proc.is_alive() and self._q.empty():
+                    self._done = True
+                    raise RunDirError(
+                        f"the truth worker ended (exit code {self._proc.exitcode}) before "
+                        "it finished the capture's decode"
+                    ) from None
         if kind == "batch":
             return a, b
         self._done = True
