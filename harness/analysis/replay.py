@@ -126,15 +126,48 @@ _INT_COLUMNS = frozenset({
 SCHEMA = pa.schema([(n, pa.int64() if n in _INT_COLUMNS else pa.string()) for n in _COLUMNS])
 
 
-def write_parquet(exchanges: list[Exchange], path: Path) -> None:
-    """Exchanges to parquet in row groups of ROW_GROUP, one fixed schema (integers stay
-    integers when some are missing)."""
-    with pq.ParquetWriter(path, SCHEMA) as w:
-        for i in range(0, len(exchanges), ROW_GROUP):
-            cols = _columns(exchanges[i : i + ROW_GROUP])
-            w.write_table(
+class ParquetSink:
+    """One source's exchanges to parquet in row groups of ROW_GROUP as they come (none held
+    beyond a group), one fixed schema (integers stay integers when some are missing);
+    ``path`` None counts them only."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path, self.count = path, 0
+        self._buf: list[Exchange] = []
+        self._w: pq.ParquetWriter | None = None
+
+    def add(self, xs: list[Exchange]) -> None:
+        self.count += len(xs)
+        if self.path is None:
+            return
+        self._buf.extend(xs)
+        if len(self._buf) >= ROW_GROUP:
+            self._flush()
+
+    def _flush(self) -> None:
+        assert self.path is not None
+        if self._w is None:
+            self._w = pq.ParquetWriter(self.path, SCHEMA)
+        for i in range(0, len(self._buf), ROW_GROUP):  # the whole buffer: at close
+            cols = _columns(self._buf[i : i + ROW_GROUP])
+            self._w.write_table(
                 pa.table({n: pa.array(cols[n], SCHEMA.field(n).type) for n in cols}, schema=SCHEMA)
             )
+        self._buf = []
+
+    def close(self) -> None:
+        if self.path is None:
+            return
+        if self._buf or self._w is None:  # the rest, or an empty file with the schema
+            self._flush()
+        assert self._w is not None
+        self._w.close()
+
+
+def write_parquet(exchanges: list[Exchange], path: Path) -> None:
+    sink = ParquetSink(path)
+    sink.add(exchanges)
+    sink.close()
 
 
 def run_protocol(manifest: RunManifest) -> str:
@@ -387,46 +420,6 @@ def _truth_job(
             job.cancel()
 
 
-class _Sink:
-    """One source's exchanges to parquet, a row group at a time as they come (none held
-    beyond a group); ``path`` None counts them only."""
-
-    def __init__(self, path: Path | None) -> None:
-        self.path, self.count = path, 0
-        self._buf: list[Exchange] = []
-        self._w: pq.ParquetWriter | None = None
-
-    def add(self, xs: list[Exchange]) -> None:
-        self.count += len(xs)
-        if self.path is None:
-            return
-        self._buf.extend(xs)
-        if len(self._buf) >= ROW_GROUP:
-            self._flush()
-
-    def _flush(self) -> None:
-        assert self.path is not None
-        if self._w is None:
-            self._w = pq.ParquetWriter(self.path, SCHEMA)
-        for i in range(0, len(self._buf), ROW_GROUP):
-            cols = _columns(self._buf[i : i + ROW_GROUP])
-            self._w.write_table(
-                pa.table({n: pa.array(cols[n], SCHEMA.field(n).type) for n in cols}, schema=SCHEMA)
-            )
-        self._buf = []
-
-    def close(self) -> None:
-        if self.path is None:
-            return
-        if self._buf or self._w is None:
-            if self._w is None and not self._buf:
-                write_parquet([], self.path)
-                return
-            self._flush()
-        assert self._w is not None
-        self._w.close()
-
-
 @dataclass
 class _Observed:
     """One collector variant's replay in progress: its stream, where its watermark is, and
@@ -439,7 +432,7 @@ class _Observed:
     stream: ExchangeStream
     rows: dict[str, RowStream]
     encrypted: list[EncryptedConn]
-    sink: _Sink | None
+    sink: ParquetSink | None
     watermark: int = -STREAM_END_NS
     stats: Any = None
     held: int = 0
@@ -514,8 +507,8 @@ def replay(
     if saving:
         xdir.mkdir(exist_ok=True)
 
-    def sink(src: str) -> _Sink:
-        return _Sink(xdir / f"{src}.parquet" if saving else None)
+    def sink(src: str) -> ParquetSink:
+        return ParquetSink(xdir / f"{src}.parquet" if saving else None)
 
     attach_mode = p["attach"] if attach_at_s is None else f"at+{attach_at_s:g}s"
     # A simulated attach is one moment for every collector: T after the first real attach.
