@@ -9,11 +9,15 @@ kernel side's streamed decode must hand over the same exchanges as the whole dec
 from __future__ import annotations
 
 import copy
+import json
+import shutil
+from pathlib import Path
 from typing import Any
 
 import pytest
 from test_scoring import RUNS, unpack
 
+from harness.analysis import replay as replay_mod
 from harness.analysis.match import ID_HEADER
 from harness.analysis.metrics import Row, score
 from harness.analysis.replay import _window, run_protocol
@@ -23,7 +27,11 @@ from harness.collectors.base import STREAM_END_NS, VARIANTS, ReplayInput
 from harness.collectors.kprobe import decode as decode_mod
 from harness.collectors.kprobe.exchanges import kprobe_exchanges, kprobe_stream
 from harness.groundtruth.extract import extract_exchanges
-from harness.model import CAPTURE, EVENTS_DIR, Exchange, RunManifest, is_h2
+from harness.model import CAPTURE, EVENTS_DIR, WORKLOAD, Exchange, RunManifest, is_h2
+
+REPLAY_RUNS = sorted(
+    p for p in (Path(__file__).parent / "fixtures" / "replay").iterdir() if p.is_dir()
+)
 
 
 @pytest.fixture(scope="module")
@@ -172,3 +180,26 @@ def test_a_row_holds_the_window_not_the_recording() -> None:
     assert (row.observable, row.matched, row.degraded, row.phantoms) == (n, n, 0, 0)
     window = 2 * 2_020 + 1_000  # ms of truth behind and ahead of the matcher, plus a batch
     assert peak["items"] <= window and peak["held"] <= window
+
+
+@pytest.mark.parametrize("run", REPLAY_RUNS, ids=[r.name for r in REPLAY_RUNS])
+def test_a_run_without_workload_streams_its_truth_and_scores_as_before(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a workload (as an observe run has none) the truth is not needed whole: it
+    comes from the worker process in batches (groundtruth.stream_exchanges) and each row is
+    matched as it comes. Every row counts what the whole replay counted, the rows matched
+    by the exchange id the kernel side decoded (no-sockdiag: no addresses) included."""
+    work = tmp_path / run.name
+    shutil.copytree(run, work)
+    (work / WORKLOAD).unlink()
+    monkeypatch.setattr(replay_mod, "PARALLEL_TRUTH_BYTES", 0)  # the worker, however small
+    before = json.loads((run / "metrics.json").read_text())["rows"]
+    after = replay_mod.replay(work)["rows"]
+    counts = ("observable", "matched", "degraded", "wrong", "phantoms", "degraded_by_field",
+              "recovery")  # fmt: skip
+    assert [{k: r[k] for k in counts} for r in after] == [
+        {k: r[k] for k in counts} for r in before
+    ]
+    used = json.loads((work / replay_mod.REPLAY_JSON).read_text())
+    assert used["truth_cpu_s"] > 0 and used["truth_peak_rss_kb"] > 0
