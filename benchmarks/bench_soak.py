@@ -6,19 +6,31 @@ Sets up nginx itself (a temporary config on a free loopback port, 612-byte pages
 sendfile off so the kernel side sees the bodies), records `wrk -t1 -c4` for
 PROBEBENCH_SOAK_S seconds (default 60) with the kernel-side collector, then times
 `probebench replay` of the run in a child process. Reports exchanges, replay wall
-time, peak RSS (replay and its truth worker) and exchanges/s per core in
-`extra_info` of the bench results (results/bench.json under `nox -s bench`).
+time, peak RSS (replay and its truth worker as replay.json has them; and, sampled every
+0.2 s, the whole process tree's: the sum of its resident sets, and each program's peak,
+tshark's included) and exchanges/s per core in `extra_info` of the bench results
+(results/bench.json under `nox -s bench`).
 Root, BPF, nginx and wrk needed; the run directory goes under a temporary folder.
+
+    PROBEBENCH_REPLAY_RUN=DIR .venv/bin/pytest benchmarks/bench_soak.py -k recording \
+        --benchmark-only -s
+
+replays a copy of an existing recording DIR (e.g. the 138k wrk one) the same way and
+reports the same figures; no root needed. ``-k truth`` instead decodes only its truth, in
+this process, consuming the batches as the replay's worker does: CPU seconds of Python and
+of tshark, peak RSS of each, the most exchanges held at once.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,20 +38,18 @@ from pathlib import Path
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from harness.analysis.replay import REPLAY_JSON
-from harness.model import RunManifest, load_metrics
+from harness.analysis.replay import REPLAY_JSON, run_protocol
+from harness.groundtruth.extract import stream_exchanges
+from harness.model import CAPTURE, RunManifest, is_h2, load_metrics
+from harness.procfs import descendants, memory_kb
 
 ROOT = Path(__file__).resolve().parent.parent
 SOAK_S = float(os.environ.get("PROBEBENCH_SOAK_S", "60"))
+REPLAY_RUN = os.environ.get("PROBEBENCH_REPLAY_RUN")
 PROBEBENCH = str(Path(sys.executable).with_name("probebench"))
 
-pytestmark = [
-    pytest.mark.bpf,
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not (shutil.which("nginx") and shutil.which("wrk")), reason="nginx or wrk missing"
-    ),
-]
+pytestmark = pytest.mark.slow
+
 
 
 def _free_port() -> int:
@@ -82,6 +92,10 @@ def nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
         proc.wait(timeout=10)
 
 
+@pytest.mark.bpf
+@pytest.mark.skipif(
+    not (shutil.which("nginx") and shutil.which("wrk")), reason="nginx or wrk missing"
+)
 def test_soak_replay(
     benchmark: BenchmarkFixture, nginx: int, tmp_path: Path
 ) -> None:
@@ -94,12 +108,83 @@ def test_soak_replay(
     )  # fmt: skip
     assert rec.returncode == 0, rec.stderr[-2000:]
     run_dir = Path(rec.stdout.strip().splitlines()[-1])
+    info = _timed_replay(benchmark, run_dir)
+    assert info["truth_exchanges"] > 0
+    assert info["wrong"] == 0
+
+
+@pytest.mark.skipif(REPLAY_RUN is None, reason="PROBEBENCH_REPLAY_RUN not set")
+def test_replay_of_a_recording(benchmark: BenchmarkFixture, tmp_path: Path) -> None:
+    assert REPLAY_RUN is not None
+    src = Path(REPLAY_RUN)
+    run_dir = tmp_path / src.name
+    # a copy: the replay rewrites its exchanges, metrics and run.json
+    shutil.copytree(src, run_dir, ignore=shutil.ignore_patterns("exchanges"))
+    info = _timed_replay(benchmark, run_dir)
+    assert info["truth_exchanges"] > 0
+
+
+@pytest.mark.skipif(REPLAY_RUN is None, reason="PROBEBENCH_REPLAY_RUN not set")
+def test_truth_of_a_recording(benchmark: BenchmarkFixture) -> None:
+    assert REPLAY_RUN is not None
+    run_dir = Path(REPLAY_RUN)  # only read
+    m = RunManifest.load(run_dir)
+    h2c = is_h2(run_protocol(m))
+    clean = not int(m.capture.get("packets_dropped") or 0) and not m.params.get(
+        "preexisting_connections")  # fmt: skip
+    got: dict = {}
+
+    def truth() -> None:
+        gen = stream_exchanges(
+            run_dir / CAPTURE, http1_ports=[] if h2c else m.ports,
+            h2c_ports=m.ports if h2c else [],
+            mono_offset_ns=int(m.capture.get("mono_offset_ns", 0)), out_of_order=clean,
+        )  # fmt: skip
+        n = 0
+        while True:
+            try:
+                n += len(next(gen).exchanges)
+            except StopIteration as stop:
+                got["stats"], got["n"] = stop.value, n
+                return
+
+    r0, c0 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.monotonic()
+    benchmark.pedantic(truth, rounds=1, iterations=1)
+    wall = time.monotonic() - t0
+    r1, c1 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    st = got["stats"]
+    py = r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
+    ts = c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime
+    info = {
+        "run": run_dir.name, "truth_exchanges": got["n"], "wall_s": round(wall, 2),
+        "python_cpu_s": round(py, 2), "tshark_cpu_s": round(ts, 2),
+        "exchanges_per_cpu_s": round(got["n"] / (py + ts)) if py + ts else None,
+        # this process's peak includes pytest's own; tshark's is its child's peak
+        "python_peak_rss_mb": r1.ru_maxrss // 1024, "tshark_peak_rss_mb": c1.ru_maxrss // 1024,
+        "held_peak": st.held_peak, "streams_held_whole": st.streams_held_whole,
+        "spill_mb": round(st.spill_bytes / 2**20, 1),
+    }  # fmt: skip
+    benchmark.extra_info.update(info)
+    print(json.dumps(info, indent=2))
+    assert got["n"] == st.exchanges > 0
+
+
+def _timed_replay(benchmark: BenchmarkFixture, run_dir: Path) -> dict:
+    """``probebench replay`` of ``run_dir`` in a child process, its process tree watched;
+    the figures go to the bench results and are printed."""
+    tree = {"sum_kb": 0, "peak_kb": {}}
 
     def replay() -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
+        proc = subprocess.Popen(
             ["timeout", "3600", PROBEBENCH, "replay", str(run_dir)],
-            capture_output=True, text=True, check=False,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
+        watch = threading.Thread(target=_watch_tree, args=(proc, tree), daemon=True)
+        watch.start()
+        out, err = proc.communicate()
+        watch.join()
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
     t0 = time.monotonic()
     cpu0 = os.times()
@@ -111,9 +196,9 @@ def test_soak_replay(
     metrics = load_metrics(run_dir)
     truth = int(metrics["truth"]["exchanges"])
     cpu = (cpu1.children_user - cpu0.children_user) + (cpu1.children_system - cpu0.children_system)
-    rows = {(r["side"], r["variant"]): r for r in metrics["rows"]}
+    rows = [r for r in metrics["rows"] if r["variant"] == "default"]
     info = {
-        "soak_s": SOAK_S,
+        "run": run_dir.name,
         "truth_exchanges": truth,
         "replay_wall_s": round(wall, 2),
         "replay_cpu_s": round(cpu, 2),
@@ -122,13 +207,32 @@ def test_soak_replay(
         "exchanges_per_s_per_core": round(truth / wall / (os.cpu_count() or 1)) if wall else None,
         "peak_rss_mb": round(stats["peak_rss_kb"] / 1024),
         "truth_peak_rss_mb": round(stats["truth_peak_rss_kb"] / 1024),
+        # sampled: what the replay's processes held at once, and each program's own peak
+        "tree_peak_rss_mb": round(tree["sum_kb"] / 1024),
+        "peak_rss_by_program_mb": {k: round(v / 1024) for k, v in tree["peak_kb"].items()},
         "recording": RunManifest.load(run_dir).recording,
-        "completeness": {side: rows[(side, "default")]["completeness"]
-                         for side in ("client", "server")},
+        # per collector and side: completeness, degraded, wrong, phantoms, lost events
+        "scores": {f'{r["collector"]}/{r["side"]}': [
+            r["completeness"], r["degraded"], r["wrong"], r["phantoms"], r["lost_events"]]
+            for r in rows},
         "wrong": sum(r["wrong"] for r in metrics["rows"]),
-        "lost_events": rows[("server", "default")]["lost_events"],
     }  # fmt: skip
     benchmark.extra_info.update(info)
     print(json.dumps(info, indent=2))
-    assert truth > 0
-    assert info["wrong"] == 0
+    return info
+
+
+def _watch_tree(proc: subprocess.Popen[str], tree: dict) -> None:
+    """Until ``proc`` ends: the largest sum of resident sets over it and its descendants
+    (the forkserver's truth worker and its tshark among them), and each program's peak."""
+    while proc.poll() is None:
+        total = 0
+        for pid in {proc.pid} | descendants(proc.pid):
+            mem = memory_kb(pid)
+            if mem is None:
+                continue
+            name, rss, hwm = mem
+            total += rss
+            tree["peak_kb"][name] = max(tree["peak_kb"].get(name, 0), hwm)
+        tree["sum_kb"] = max(tree["sum_kb"], total)
+        time.sleep(0.2)

@@ -54,3 +54,14 @@ def descendants(root: int, *, live_only: bool = True) -> set[int]:
             out.add(pid)
             todo += kids.get(pid, [])
     return out
+
+
+def memory_kb(pid: int) -> tuple[str, int, int] | None:
+    """(command name, resident KiB now, peak resident KiB) of a process; None once gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        return (fields["Name"].strip(), int(fields["VmRSS"].split()[0]),
+                int(fields["VmHWM"].split()[0]))  # fmt: skip
+    except (OSError, KeyError, ValueError):  # gone, or a kernel thread / zombie (no Vm lines)
+        return None

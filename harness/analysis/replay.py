@@ -35,8 +35,7 @@ from harness.collectors.base import (
 )
 from harness.compact import Sharer
 from harness.errors import RunDirError
-from harness.groundtruth import extract as extract_mod
-from harness.groundtruth.extract import extract_exchanges
+from harness.groundtruth.extract import extract_exchanges, stream_exchanges
 from harness.groundtruth.match import match_workload, read_workload
 from harness.groundtruth.tlskeys import check_handshakes, merge_keylogs
 from harness.model import (
@@ -331,9 +330,9 @@ def _stream_truth(q: Any, args: tuple[Any, ...]) -> None:
     pcap, http1_ports, h2c_ports, offset, out_of_order, keylog = args
     try:
         share = Sharer()
-        stream = extract_mod.stream_exchanges  # type: ignore[attr-defined]
-        gen = stream(pcap, http1_ports=http1_ports, h2c_ports=h2c_ports, mono_offset_ns=offset,
-                     out_of_order=out_of_order, tls_keylog=keylog)  # fmt: skip
+        gen = stream_exchanges(pcap, http1_ports=http1_ports, h2c_ports=h2c_ports,
+                               mono_offset_ns=offset, out_of_order=out_of_order,
+                               tls_keylog=keylog)  # fmt: skip
         while True:
             try:
                 b = next(gen)
@@ -404,8 +403,7 @@ def _truth_job(
         return
     # forkserver: the worker does not inherit the caller's threads (observe's)
     ctx = multiprocessing.get_context("forkserver")
-    # (a groundtruth without stream_exchanges: the whole list, as before)
-    if not whole and hasattr(extract_mod, "stream_exchanges"):
+    if not whole:
         stream = _TruthStream(args, ctx)
         try:
             yield stream

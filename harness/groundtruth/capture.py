@@ -268,7 +268,7 @@ class Dumpcap:
         self._close_sentinel()
 
     def _reason(self, *, summary: bool = False) -> str:
-        skip = ("Running as user", "Capturing on", "File:")
+        skip: tuple[str, ...] = ("Running as user", "Capturing on", "File:")
         if not summary:
             skip += ("Packets captured", "Packets received")
         lines = [ln.strip() for ln in self._lines if ln.strip() and not ln.startswith(skip)]

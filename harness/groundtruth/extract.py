@@ -1,23 +1,24 @@
 """Ground-truth exchanges from a pcap, decoded by Wireshark's http, http2 and grpc dissectors.
 
-Two tshark passes at most:
-
-1. a ``-T fields`` scan of every frame: frame times, TCP 4-tuples, expert
-   warnings, and the HTTP/1 messages (fast, single pass: responses point back to
-   their request through ``http.request_in``);
-2. only when h2c ports are given, a ``-T json`` pass over HTTP/2 frames, because
-   ``-T fields`` flattens a packet's frames into one list per field and so loses
-   which header or gRPC message belongs to which HTTP/2 stream.
+One ``-T fields`` scan of every frame: frame times, TCP 4-tuples, expert warnings, the
+HTTP/1 messages (summarised per TCP stream, spilled to a temporary file, then paired in a
+second pass over that file, not over the capture) and the HTTP/2 frames. tshark runs
+again only where the fields cannot say enough: a ``-T json`` pass over HTTP/2 frames
+whose fields cannot be lined up with their streams, and over HTTP/1 frames that carry
+several messages or that repeat an earlier report.
 """
 
 from __future__ import annotations
 
+import heapq
 import json
+import marshal
+import operator
 import sys
+import tempfile
 from array import array
-from bisect import bisect_right
-from collections import Counter
-from collections.abc import Iterator
+from collections import Counter, deque
+from collections.abc import Generator, Iterator
 from dataclasses import asdict, dataclass, field
 from itertools import accumulate
 from pathlib import Path
@@ -81,6 +82,12 @@ class TruthStats:
     out_of_order: bool = True
     # how the HTTP/2 calls were decoded: "fields" (the scan pass), "json (why)", None: no h2c
     h2_decode: str | None = None
+    # what the streamed decode held at most: exchanges decided but not yet past the
+    # watermark plus requests waiting for their response (bounded, not the recording's size)
+    held_peak: int = 0
+    # HTTP/1 streams held whole for a repair (several messages in a frame, repeated reports)
+    streams_held_whole: int = 0
+    spill_bytes: int = 0  # HTTP/1 messages written to a temporary file between the passes
     warnings: dict[str, int] = field(default_factory=dict)  # message -> count
 
     def warn(self, message: str, n: int = 1) -> None:
@@ -111,7 +118,7 @@ def _int(text: str) -> int | None:
 
 
 def _first(text: str) -> str:
-    return text.split(AGG, 1)[0]
+    return text if AGG not in text else text.split(AGG, 1)[0]  # most fields occur once
 
 
 def _headers(lines: str) -> dict[str, str]:
@@ -141,18 +148,28 @@ def _body_size(row: list[str], *, head_or_no_body: bool) -> int | None:
     return None
 
 
-def _head_size(row: list[str], *, request: bool) -> int | None:
-    """Bytes of a message's start line and header block, rebuilt from its fields."""
+def _head_size(
+    row: list[str], *, request: bool, known: dict[tuple[str, ...], int] | None = None
+) -> int | None:
+    """Bytes of a message's start line and header block, rebuilt from its fields.
+    ``known``: sizes already worked out, by their fields (a keep-alive load repeats them)."""
     if request:
-        start = f"{row[_METHOD]} {unescape(row[_URI])} {row[_VERSION]}\r\n"
-        raw = row[_REQ_LINES]
+        key = (row[_METHOD], row[_URI], row[_VERSION], row[_REQ_LINES])
     elif row[_RESP_VERSION]:
-        start = f"{row[_RESP_VERSION]} {row[_CODE]} {unescape(row[_PHRASE])}\r\n"
-        raw = row[_RESP_LINES]
+        key = (row[_RESP_VERSION], row[_CODE], row[_PHRASE], row[_RESP_LINES])
     else:
         return None
+    if known is not None and (size := known.get(key)) is not None:
+        return size
+    a, b, c, raw = key
+    start = f"{a} {unescape(b)} {c}\r\n" if request else f"{a} {b} {unescape(c)}\r\n"
     lines = [unescape(ln) for ln in raw.split(AGG)] if raw else []
-    return sum(len(t.encode("utf-8", "surrogateescape")) for t in (start, *lines)) + 2
+    size = sum(len(t.encode("utf-8", "surrogateescape")) for t in (start, *lines)) + 2
+    if known is not None:
+        if len(known) >= _HEADER_SETS:
+            known.clear()
+        known[key] = size
+    return size
 
 
 def _close_delimited_size(row: list[str]) -> int | None:
@@ -164,7 +181,7 @@ def _close_delimited_size(row: list[str]) -> int | None:
     return total - head if total >= head else None
 
 
-def _wire_size(m: _H1Msg) -> int | None:
+def _wire_size(m: _H1Msg, known: dict[tuple[str, ...], int] | None = None) -> int | None:
     """A message's bytes on the wire, where its fields fix them (no chunking, no body
     delimited by the close); None otherwise."""
     row = m.row
@@ -176,11 +193,13 @@ def _wire_size(m: _H1Msg) -> int | None:
         body = 0
     else:
         return None
-    head = _head_size(row, request=m.is_request)
+    head = _head_size(row, request=m.is_request, known=known)
     return None if head is None else head + body
 
 
-def _holds_exactly(f: int, ms: list[_H1Msg]) -> bool:
+def _holds_exactly(
+    f: int, ms: list[_H1Msg], known: dict[tuple[str, ...], int] | None = None
+) -> bool:
     """The frame's own TCP payload is these messages and nothing else: each lies wholly in
     it (no reassembly) and their sizes add up to its length, so their start lines are in
     it. Saves reading its bytes back from the capture (a second tshark pass over every
@@ -188,80 +207,265 @@ def _holds_exactly(f: int, ms: list[_H1Msg]) -> bool:
     row = ms[0].row
     if row[_SEGS] or row[_TLS_SEGS] or row[_REASM_LEN] or any(m.first_frame != f for m in ms):
         return False
-    sizes = [n for m in ms if (n := _wire_size(m)) is not None]
+    sizes = [n for m in ms if (n := _wire_size(m, known)) is not None]
     return len(sizes) == len(ms) and sum(sizes) == _int(_first(row[_TCP_LEN]))
 
 
-def _scan(
-    pcap: Path, http1_ports: list[int], h2c_ports: list[int], mono_offset_ns: int,
-    stats: TruthStats, h2: _H2Fields | None = None, tls_keylog: Path | None = None,
-) -> tuple[dict[int, _Frame], list[Exchange]]:
-    args = [*decode_as(http1_ports, h2c_ports, tls_keylog, out_of_order=stats.out_of_order),
-            "-T", "fields", "-E", "occurrence=a", "-E", f"aggregator={AGG}",
-            "-E", f"separator={SEP}"]
-    columns = _FIELDS + (_H2_FIELDS if h2 is not None else ())
-    for f in columns:
-        args += ["-e", f]
-    tshark = TsharkStream(pcap, args)
-    # Only the JSON route of HTTP/2 looks frames up afterwards; HTTP/1 only needs the time of
-    # a request's first segment: 8 bytes a frame, not a record (millions on a soak)
-    frames: dict[int, _Frame] = {}
-    keep_frames = bool(h2c_ports)
-    times = array("q")
-    packets = 0
-    streams: set[int] = set()
-    msgs: list[_H1Msg] = []
-    multi: dict[int, list[_H1Msg]] = {}  # frame -> its messages, split by a JSON pass
-    server_data: dict[int | None, int] = {}  # tcp.stream -> last frame with HTTP/1 server bytes
-    warnings: Counter[str] = Counter()
-    http1 = set(http1_ports)
-    for line in tshark:
-        row = line.split(SEP)
-        if len(row) != len(columns):
-            warnings["tshark output row with an unexpected number of fields"] += 1
-            continue
-        num = int(row[_NUM])
-        stream = _int(_first(row[_STREAM]))
-        fr = _Frame(
-            epoch_to_ns(row[_TIME]) - mono_offset_ns, stream,
-            sys.intern(_first(row[_SRC4]) or _first(row[_SRC6])) or None,
-            _int(_first(row[_SPORT])),
-            sys.intern(_first(row[_DST4]) or _first(row[_DST6])) or None,
-            _int(_first(row[_DPORT])),
-        )
-        packets += 1
-        if keep_frames:
-            frames[num] = fr
-        if num >= len(times):
-            times.extend([-1] * (num + 1 - len(times)))
-        times[num] = fr.t_ns
-        if stream is not None:
-            streams.add(stream)
-        if h2 is not None and row[_H2_TYPE]:
-            h2.packet(row, fr)
-        if row[_SEV]:
-            for sev, msg in zip(row[_SEV].split(AGG), row[_MSG].split(AGG), strict=False):
-                if int(sev) >= WARN_SEVERITY:
-                    warnings[unescape(msg)] += 1
-        _http1_messages(num, fr, row, http1, msgs, multi)
-        if fr.sport in http1 and row[_TCP_LEN] not in ("", "0"):
-            server_data[stream] = num
-    if tshark.truncated:
-        stats.truncated = True
-        stats.warn("capture file cut short in the middle of a packet")
-    if multi:
-        _split_multi(pcap, http1_ports, h2c_ports, multi, warnings, tls_keylog,
-                     out_of_order=stats.out_of_order)  # fmt: skip
-    msgs = _drop_redissected(msgs, warnings)
-    msgs = _drop_repeated_reports(pcap, http1_ports, h2c_ports, msgs, warnings, tls_keylog,
-                                  out_of_order=stats.out_of_order)  # fmt: skip
-    exchanges = _pair_http1(msgs, times, server_data, stats, warnings)
-    stats.packets += packets
-    stats.tcp_streams = len(streams)
-    stats.unpaired_requests += sum(1 for x in exchanges if x.status is None)
-    for msg, n in warnings.items():
-        stats.warn(msg, n)
-    return frames, exchanges
+# -- the scan pass ------------------------------------------------------------------
+#
+# HTTP/1 pairing decides some flags per whole TCP stream ("more responses than requests:
+# every pairing of the stream is doubtful"), and a soak's keep-alive connections last the
+# whole recording. So the truth is made in two passes: the scan reads tshark's output once,
+# keeps a small summary per TCP stream (_H1Stream) and writes each message to a spill file;
+# the pairing then reads the spill in frame order knowing every stream's summary, and
+# yields each exchange once nothing earlier can come. The result is the one a whole-list
+# pairing gives; memory holds the requests in flight, not the recording.
+
+_SPILL_BATCH = 4096  # messages per marshal record of the spill file
+
+
+@dataclass(slots=True)
+class _H1Stream:
+    """What the pairing of one TCP stream must know before its first pairing: counts of
+    requests and final responses, the leading responses that answer requests sent before the
+    capture began, where a 101 switches protocols, how far a message's reassembly reaches
+    back (``lag``, in frames). Fed each message in frame order (``add``)."""
+
+    messages: int = 0
+    requests: int = 0
+    finals: int = 0  # final responses (interim 1xx other than 101 left out), leads included
+    lead: int = 0
+    lead_open: bool = True
+    judged: int = 0  # finals whose lead-ness is decided
+    first_req: _H1Msg | None = None
+    waiting: list[_H1Msg] = field(default_factory=list)  # finals before the first request
+    switch_at: int | None = None  # index of the first 101 among the finals after the lead
+    lag: int = 0
+    # streams whose messages need a repair that looks at other messages or at the capture
+    # again (several in a frame, a reassembly over an earlier report, a repeated report):
+    # held whole and repaired as before (none on a keep-alive load like wrk's)
+    hard: bool = False
+    last: tuple[list[_H1Msg] | None, list[_H1Msg] | None] = (None, None)  # last report (resp, req)
+
+    def add(self, m: _H1Msg) -> None:
+        self.messages += 1
+        self.lag = max(self.lag, m.frame - m.first_frame)
+        if m.is_request:
+            self.requests += 1
+            if self.first_req is None:
+                self.first_req = m
+                waiting, self.waiting = self.waiting, []
+                for r in waiting:
+                    self._final(r)
+            return
+        if _interim(m):
+            return
+        self.finals += 1
+        if self.first_req is None:
+            self.waiting.append(m)
+        else:
+            self._final(m)
+
+    def _final(self, m: _H1Msg) -> None:
+        self.judged += 1
+        if self.lead_open:
+            assert self.first_req is not None
+            if _answers_earlier(m, self.first_req):
+                self.lead += 1
+                return
+            self.lead_open = False
+        if self.switch_at is None and _first(m.row[_CODE]) == "101":
+            self.switch_at = self.judged - 1 - self.lead
+
+    def finish(self) -> None:
+        """No request at all: no response is a lead (pairing has nothing to pair them with)."""
+        if self.first_req is None:
+            self.lead_open = False
+            for r in self.waiting:
+                self._final(r)
+            self.waiting = []
+        self.first_req = None
+        self.last = (None, None)
+
+
+def _interim(m: _H1Msg) -> bool:
+    code = _first(m.row[_CODE])
+    return code.isdigit() and (100 <= int(code) < 200 and code != "101")
+
+
+class _Scan:
+    """The scan pass: tshark's field output read as it comes; frame times, warnings, HTTP/2
+    frames (to ``h2``), and HTTP/1 messages: summarised per TCP stream and spilled to an
+    unlinked temporary file for the pairing pass (``spilled``)."""
+
+    def __init__(
+        self, pcap: Path, http1_ports: list[int], h2c_ports: list[int], mono_offset_ns: int,
+        stats: TruthStats, h2: _H2Fields | None = None, tls_keylog: Path | None = None,
+    ) -> None:
+        self.pcap, self.http1_ports, self.h2c_ports = pcap, http1_ports, h2c_ports
+        self.offset, self.stats, self.h2, self.tls_keylog = mono_offset_ns, stats, h2, tls_keylog
+        # Only the JSON route of HTTP/2 looks frames up afterwards; HTTP/1 only needs the time
+        # of a request's first segment: 8 bytes a frame, not a record (millions on a soak)
+        self.frames: dict[int, _Frame] = {}
+        self.times = array("q")
+        self.streams: dict[int | None, _H1Stream] = {}
+        self.server_data: dict[int | None, int] = {}  # tcp.stream -> last frame with server bytes
+        self.warnings: Counter[str] = Counter()
+        # closed by close(), after the pairing pass has read it back
+        self.spill = tempfile.TemporaryFile(prefix="probebench-truth-")  # noqa: SIM115
+        self.batch_min: list[int] = []  # earliest request start in each spill record
+        self.sizes: list[int] = []  # bytes of each spill record
+        self.head_sizes: dict[tuple[str, ...], int] = {}
+        self._buf: list[tuple[Any, ...]] = []
+        self._buf_min = _NEVER
+
+    def close(self) -> None:
+        self.spill.close()
+
+    def read(self) -> None:
+        stats = self.stats
+        args = [*decode_as(self.http1_ports, self.h2c_ports, self.tls_keylog,
+                           out_of_order=stats.out_of_order),
+                "-T", "fields", "-E", "occurrence=a", "-E", f"aggregator={AGG}",
+                "-E", f"separator={SEP}"]  # fmt: skip
+        columns = _FIELDS + (_H2_FIELDS if self.h2 is not None else ())
+        for f in columns:
+            args += ["-e", f]
+        tshark = TsharkStream(self.pcap, args)
+        keep_frames = bool(self.h2c_ports)
+        times, frames, warnings, h2 = self.times, self.frames, self.warnings, self.h2
+        packets = 0
+        streams: set[int] = set()
+        http1 = set(self.http1_ports)
+        intern = sys.intern
+        for line in tshark:
+            row = line.split(SEP)
+            if len(row) != len(columns):
+                warnings["tshark output row with an unexpected number of fields"] += 1
+                continue
+            num = int(row[_NUM])
+            stream = _int(_first(row[_STREAM]))
+            fr = _Frame(
+                epoch_to_ns(row[_TIME]) - self.offset, stream,
+                intern(_first(row[_SRC4]) or _first(row[_SRC6])) or None,
+                _int(_first(row[_SPORT])),
+                intern(_first(row[_DST4]) or _first(row[_DST6])) or None,
+                _int(_first(row[_DPORT])),
+            )
+            packets += 1
+            if keep_frames:
+                frames[num] = fr
+            if num >= len(times):
+                times.extend([-1] * (num + 1 - len(times)))
+            times[num] = fr.t_ns
+            if stream is not None:
+                streams.add(stream)
+            if h2 is not None and row[_H2_TYPE]:
+                h2.packet(row, fr)
+            if row[_SEV]:
+                for sev, msg in zip(row[_SEV].split(AGG), row[_MSG].split(AGG), strict=False):
+                    if int(sev) >= WARN_SEVERITY:
+                        warnings[unescape(msg)] += 1
+            if http1:
+                self._messages(num, fr, row, http1)
+                if fr.sport in http1 and row[_TCP_LEN] not in ("", "0"):
+                    self.server_data[stream] = num
+        self._flush()
+        if tshark.truncated:
+            stats.truncated = True
+            stats.warn("capture file cut short in the middle of a packet")
+        stats.packets += packets
+        stats.tcp_streams = len(streams)
+        for st in self.streams.values():
+            st.finish()
+
+    def _messages(self, num: int, fr: _Frame, row: list[str], http1: set[int]) -> None:
+        """The frame's HTTP/1 messages: into its stream's summary and the spill."""
+        if row[_METHOD] and fr.dport in http1:
+            n, is_request = len(row[_METHOD].split(AGG)), True
+        elif row[_CODE] and fr.sport in http1:
+            n, is_request = len(row[_CODE].split(AGG)), False
+        else:
+            return
+        segs = [s for s in (*row[_SEGS].split(AGG), *row[_TLS_SEGS].split(AGG)) if s]
+        first_seg = min((int(s) for s in segs), default=num)
+        row = _slim(row)
+        ms = [_H1Msg(num, i, first_seg if i == 0 else num, fr, row, is_request)
+              for i in range(n)]  # fmt: skip
+        st = self.streams.get(fr.stream)
+        if st is None:
+            st = self.streams[fr.stream] = _H1Stream()
+        prev = st.last[is_request]
+        if not st.hard and (n > 1 or self._redissects(row, num, prev)
+                            or self._repeats(num, prev, ms)):  # fmt: skip
+            st.hard = True
+        st.last = (st.last[0], ms) if is_request else (ms, st.last[1])
+        t_start = _NEVER
+        for m in ms:
+            if not st.hard:
+                st.add(m)
+            if is_request:
+                t_start = min(t_start, _request_start(m, self.times))
+            self._buf.append((num, m.index, m.first_frame, fr.t_ns, fr.stream, fr.src, fr.sport,
+                              fr.dst, fr.dport, is_request, row))  # fmt: skip
+        self._buf_min = min(self._buf_min, t_start)
+        if len(self._buf) >= _SPILL_BATCH:
+            self._flush()
+
+    @staticmethod
+    def _redissects(row: list[str], num: int, prev: list[_H1Msg] | None) -> bool:
+        """A reassembly reaching back to a frame that reported messages of this stream and
+        direction: _drop_redissected may find them reported again."""
+        if not row[_SEGS] or prev is None:
+            return False
+        return any(int(g) != num and int(g) <= prev[-1].frame for g in row[_SEGS].split(AGG))
+
+    def _repeats(self, num: int, prev: list[_H1Msg] | None, ms: list[_H1Msg]) -> bool:
+        """A report equal to the previous one of its stream and direction that its own bytes
+        do not settle at once: _drop_repeated_reports must read the capture again."""
+        if prev is None or len(ms) < len(prev) or not all(
+            _identity(a) == _identity(b) for a, b in zip(prev, ms, strict=False)
+        ):
+            return False
+        return self.tls_keylog is not None or not _holds_exactly(num, ms, self.head_sizes)
+
+    def _flush(self) -> None:
+        if self._buf:
+            blob = marshal.dumps(self._buf)
+            try:
+                self.spill.write(blob)
+            except OSError as e:
+                raise CaptureError(f"could not write the truth's spill file in "
+                                   f"{tempfile.gettempdir()}: {e}") from e  # fmt: skip
+            self.sizes.append(len(blob))
+            self.stats.spill_bytes += len(blob)
+            self.batch_min.append(self._buf_min)
+            self._buf, self._buf_min = [], _NEVER
+
+    def spilled(self) -> Iterator[list[_H1Msg]]:
+        """The spilled messages again, one record at a time, in frame order."""
+        self.spill.seek(0)
+        frames: dict[int, _Frame] = {}
+        for size in self.sizes:
+            out = []
+            # loads of what was read: marshal.load on the file reads it a few bytes at a time
+            for num, index, first, t_ns, stream, src, sport, dst, dport, is_req, row in \
+                    marshal.loads(self.spill.read(size)):
+                fr = frames.get(num)
+                if fr is None:
+                    frames.clear()
+                    fr = frames[num] = _Frame(t_ns, stream, src, sport, dst, dport)
+                out.append(_H1Msg(num, index, first, fr, row, is_req))
+            yield out
+
+
+_NEVER = 1 << 63  # later than any start time: the watermark once nothing more can come
+
+
+def _request_start(m: _H1Msg, times: array[int]) -> int:
+    """When a request began: its first segment's time (the reporting frame's, if unknown)."""
+    f = m.first_frame
+    return times[f] if 0 <= f < len(times) and times[f] != -1 else m.fr.t_ns
 
 
 # -- HTTP/1 messages and their pairing ---------------------------------------------------
@@ -292,27 +496,6 @@ class _H1Msg:
     repeated: bool = False  # TShark reported it more than once: its body size is doubtful
 
 
-def _http1_messages(
-    num: int, fr: _Frame, row: list[str], http1: set[int], msgs: list[_H1Msg],
-    multi: dict[int, list[_H1Msg]],
-) -> None:
-    """Queue the frame's HTTP/1 messages; a frame with several waits for the JSON pass."""
-    if row[_METHOD] and fr.dport in http1:
-        n, is_request = len(row[_METHOD].split(AGG)), True
-    elif row[_CODE] and fr.sport in http1:
-        n, is_request = len(row[_CODE].split(AGG)), False
-    else:
-        return
-    segs = [s for s in (*row[_SEGS].split(AGG), *row[_TLS_SEGS].split(AGG)) if s]
-    first_seg = min((int(s) for s in segs), default=num)
-    row = _slim(row)
-    for i in range(n):
-        m = _H1Msg(num, i, first_seg if i == 0 else num, fr, row, is_request)
-        msgs.append(m)
-        if n > 1:
-            multi.setdefault(num, []).append(m)
-
-
 # What a message keeps of its frame's row until the pairing: a soak holds millions of
 # messages, so the rest goes, and what repeats from message to message (the same
 # method, path, header lines) is one string for all.
@@ -323,10 +506,14 @@ _OWN = frozenset({_SEGS, _REQ_IN, _REASM_LEN, _TLS_SEGS, _SEQ_RAW, _ACK_RAW})
 
 def _slim(row: list[str]) -> list[str]:
     intern = sys.intern
-    return [
-        (intern(v) if i in _SHARED else v) if v and (i in _SHARED or i in _OWN) else ""
-        for i, v in enumerate(row[: len(_FIELDS)])
-    ]
+    out = [""] * len(_FIELDS)
+    for i in _SHARED:
+        if v := row[i]:
+            out[i] = intern(v)
+    for i in _OWN:
+        if v := row[i]:
+            out[i] = v
+    return out
 
 
 _ROW_INDEX = {name: i for i, name in enumerate(_FIELDS)}
@@ -417,16 +604,19 @@ def _one_message_row(
         return new
     got: dict[int, list[str]] = {}
     for key, value in pairs:
-        i = _ROW_INDEX.get(key)
-        if i is not None and i in _PER_MESSAGE:
-            got.setdefault(i, []).append(_escape(value) if i in _ESCAPED else value)
+        j = _ROW_INDEX.get(key)
+        if j is not None and j in _PER_MESSAGE:
+            got.setdefault(j, []).append(_escape(value) if j in _ESCAPED else value)
     for i in _PER_MESSAGE:
         new[i] = AGG.join(got.get(i, []))
     return new
 
 
+_IDENTITY = operator.itemgetter(*(i for i in _PER_MESSAGE if i != _REQ_IN))
+
+
 def _identity(m: _H1Msg) -> tuple[str, ...]:
-    return tuple(m.row[i] for i in _PER_MESSAGE if i != _REQ_IN)
+    return _IDENTITY(m.row)
 
 
 def _drop_redissected(msgs: list[_H1Msg], warnings: Counter[str]) -> list[_H1Msg]:
@@ -508,7 +698,7 @@ def parse_decrypted_dump(text: str) -> dict[int, bytes]:
             num, take = int(stripped), False
         elif stripped.endswith("bytes):"):
             take = num is not None and stripped.startswith("Decrypted TLS (")
-            if take:
+            if take and num is not None:
                 out.setdefault(num, b"")
         elif take and num is not None and len(line) > 6 and line[4:6] == "  ":
             # "0000  47 45 54 ...   GET ...": 16 bytes of hex in the 47 columns after the offset
@@ -575,11 +765,16 @@ def _drop_repeated_reports(
     return [m for m in msgs if id(m) not in drop]
 
 
+_HEADER_SETS = 4096
+
+
 class _HeaderDicts(dict[str, dict[str, str]]):
     """Header lines (one string, shared by the messages that repeat them) -> their dict,
     parsed once and shared by those exchanges (read only from here on)."""
 
     def __missing__(self, lines: str) -> dict[str, str]:
+        if len(self) >= _HEADER_SETS:  # one per request (an id header): forget, not grow
+            self.clear()
         d = self[lines] = _headers(lines)
         return d
 
@@ -592,8 +787,7 @@ def _new_request(m: _H1Msg, times: array[int], seq: int, hd: _HeaderDicts) -> Ex
         protocol=version.lower() if version.upper() in ("HTTP/1.0", "HTTP/1.1") else "http/1.1",
         client_ip=fr.src, client_port=fr.sport, server_ip=fr.dst, server_port=fr.dport,
         conn_seq=seq, method=_first(row[_METHOD]), path=unescape(_first(row[_URI])) or None,
-        t_start_ns=times[m.first_frame]
-        if 0 <= m.first_frame < len(times) and times[m.first_frame] != -1 else fr.t_ns,
+        t_start_ns=_request_start(m, times),
         conn_id=f"tcp.stream={fr.stream}",
     )
     if not m.unsplit:
@@ -646,102 +840,192 @@ def _answers_earlier(resp: _H1Msg, req: _H1Msg) -> bool:
 def _pair_http1(
     msgs: list[_H1Msg], times: array[int], server_data: dict[int | None, int],
     stats: TruthStats, warnings: Counter[str],
-) -> list[Exchange]:
+) -> list[tuple[Exchange, int, int]]:
+    """The exchanges of whole streams' messages (already repaired), with their request's
+    frame and index: each stream summarised, then paired."""
+    msgs = sorted(msgs, key=lambda m: (m.frame, m.index))
+    streams: dict[int | None, _H1Stream] = {}
+    for m in msgs:
+        st = streams.get(m.fr.stream)
+        if st is None:
+            st = streams[m.fr.stream] = _H1Stream()
+        st.add(m)
+    for st in streams.values():
+        st.finish()
+    pairer = _H1Pairer(streams, times, server_data, stats, warnings)
+    for m in msgs:
+        pairer.feed(m)
+    return pairer.take()
+
+
+@dataclass(slots=True)
+class _Pairing:
+    """One TCP stream while it is paired: its requests waiting for their response, and
+    the responses waiting until every request that could precede them has been read."""
+
+    info: _H1Stream
+    answered: int  # requests that get a response
+    cut: int  # requests from here on follow a protocol switch (101): not HTTP
+    broken: bool
+    fed: int = 0
+    nreq: int = 0
+    nresp: int = 0  # final responses read, leads included
+    pending: deque[tuple[_H1Msg, Exchange]] = field(default_factory=deque)
+    resps: deque[_H1Msg] = field(default_factory=deque)
+    done: int = 0  # responses paired so far: the index of the next request to answer
+    # first frame and HEAD-ness of each request from index ff_base on: the pipelined HEAD
+    # check needs the latest request begun before a response's frame
+    ffs: list[tuple[int, bool]] = field(default_factory=list)
+    ff_base: int = 0
+    latest: int = -1
+    latest_head: bool = False
+
+
+class _H1Pairer:
     """Requests become exchanges; each TCP stream's final responses answer them in order.
+
+    Fed every message of the streams it was given, in frame order; ``take`` returns what is
+    finished (exchange, its request's frame, its index in that frame). A response is paired
+    once no request it might follow can come any more (``lag`` frames after its own), so
+    the pairing is the whole-stream one, read once.
 
     A request left without a response although the server sent bytes after it is one
     whose response Wireshark did not decode: TShark 4.0.17 frames a pipelined HEAD
     response by the latest request's method, takes its Content-Length for a body and
     swallows the responses behind it. Those exchanges are truth_unreliable, not unanswered.
     """
-    reqs: dict[int | None, list[tuple[_H1Msg, Exchange]]] = {}
-    resps: dict[int | None, list[_H1Msg]] = {}
-    out: list[Exchange] = []
-    switched: set[int] = set()  # id() of requests after a 101 on their stream
-    hd = _HeaderDicts()
-    for m in sorted(msgs, key=lambda m: (m.frame, m.index)):
-        if m.is_request:
-            lst = reqs.setdefault(m.fr.stream, [])
-            x = _new_request(m, times, len(lst), hd)
-            lst.append((m, x))
-            out.append(x)
-        else:
-            code = _first(m.row[_CODE])
-            if code.isdigit() and (100 <= int(code) < 200 and code != "101"):
-                continue  # interim (100 Continue, 103 Early Hints): the final one follows
-            resps.setdefault(m.fr.stream, []).append(m)
-    for stream, rs in resps.items():
-        pending = reqs.get(stream, [])
-        lead = 0
-        while pending and lead < len(rs) and _answers_earlier(rs[lead], pending[0][0]):
-            lead += 1
-        if lead:
+
+    def __init__(
+        self, streams: dict[int | None, _H1Stream], times: array[int],
+        server_data: dict[int | None, int], stats: TruthStats, warnings: Counter[str],
+    ) -> None:
+        self.streams, self.times, self.server_data = streams, times, server_data
+        self.stats, self.warnings = stats, warnings
+        self.state: dict[int | None, _Pairing] = {}
+        self.open: set[int | None] = set()  # streams with requests waiting for a response
+        self.out: list[tuple[Exchange, int, int]] = []
+        self.hd = _HeaderDicts()
+
+    def take(self) -> list[tuple[Exchange, int, int]]:
+        out, self.out = self.out, []
+        return out
+
+    def held(self) -> tuple[int, int]:
+        """How many requests wait for their response, and the earliest start among them."""
+        starts = [x.t_start_ns or 0 for s in self.open for _, x in self.state[s].pending]
+        return len(starts), min(starts, default=_NEVER)
+
+    def _start(self, stream: int | None) -> _Pairing:
+        info = self.streams[stream]
+        rs, nreq = info.finals - info.lead, info.requests
+        warnings, stats = self.warnings, self.stats
+        if info.lead:
             warnings["HTTP/1 responses to requests sent before the capture began: not "
-                     "exchanges of the capture, dropped"] += lead
-            stats.unpaired_responses += lead
-            rs = rs[lead:]
-        # the latest request a response's frame could follow, in O(log n): the suffix
-        # minima of the requests' first frames rise, so the last request at or before a
-        # frame is where they pass it (a scan per response was quadratic on a soak)
-        sufmin = list(accumulate(reversed([r.first_frame for r, _ in pending]), min))[::-1]
+                     "exchanges of the capture, dropped"] += info.lead
+            stats.unpaired_responses += info.lead
         # once a pairing is doubtful, so is every later one on the stream; more responses
         # than requests means Wireshark lost a request somewhere: all of them are doubtful
-        broken = len(rs) > len(pending)
+        broken = rs > nreq
         if broken:
             warnings["HTTP/1 connection with more responses than requests decoded: "
                      "marked truth_unreliable"] += 1
-        for k, m in enumerate(rs):
-            if k >= len(pending):
-                stats.unpaired_responses += len(rs) - k
-                break
-            req, x = pending[k]
-            # request_in is only worth checking when this request was the one outstanding:
-            # under pipelining TShark 4.0.17 points responses at the latest request frame
-            req_in = _int(_first(m.row[_REQ_IN]))
-            alone = k + 1 >= len(pending) or pending[k + 1][0].first_frame > m.frame
-            # (frame order is no causality check: dumpcap on loopback can record a
-            # later segment first, and TShark 4.0.17 dissects some retransmissions)
-            if alone and req_in is not None and req_in != req.frame:
-                if not broken:
-                    warnings["HTTP/1 response that in-order pairing and Wireshark's "
-                             "request_in disagree on: marked truth_unreliable"] += 1
-                broken = True
-            i = bisect_right(sufmin, m.frame) - 1
-            latest = pending[i][0] if i >= 0 else req
-            if not alone and not broken and (latest.row[_METHOD] == "HEAD") != (x.method == "HEAD"):
-                # TShark 4.0.17 frames a response by the method of the latest request,
-                # not of the one it answers: where one is HEAD and the other not, it
-                # reads a body that is not there (or misses one) and loses the stream
-                warnings["pipelined HEAD: Wireshark frames the responses by the wrong "
-                         "request from here on; marked truth_unreliable"] += 1
-                broken = True
-            _apply_response(x, m, warnings, hd)
-            if broken:
-                for f in _H1_RESPONSE_FIELDS:
-                    x.degrade(f, TRUTH_UNRELIABLE)
-            if x.status == 101:
-                # the rest of the stream is another protocol, whatever was dissected in it
-                stats.unpaired_responses += len(rs) - k - 1
-                switched.update(id(y) for _, y in pending[k + 1:])
-                break
-    for stream, pending in reqs.items():
-        last_data = server_data.get(stream, 0)
-        lost = [x for req, x in pending if x.status is None and id(x) not in switched
-                and req.first_frame < last_data]
-        if lost:
-            warnings["HTTP/1 requests whose responses Wireshark did not decode although the "
-                     "server sent data after them: marked truth_unreliable"] += len(lost)
-            for x in lost:
-                for f in _H1_RESPONSE_FIELDS:
-                    x.degrade(f, TRUTH_UNRELIABLE)
-    if switched:
-        warnings["HTTP/1 'requests' after a protocol switch (101): not HTTP, dropped"] += \
-            len(switched)
-        out = [x for x in out if id(x) not in switched]
-    for x in out:
+        if info.switch_at is not None and info.switch_at < nreq:
+            # the rest of the stream is another protocol, whatever was dissected in it
+            answered = cut = info.switch_at + 1
+            stats.unpaired_responses += rs - cut
+            if nreq > cut:
+                warnings["HTTP/1 'requests' after a protocol switch (101): not HTTP, "
+                         "dropped"] += nreq - cut
+        else:
+            answered, cut = min(rs, nreq), nreq
+            stats.unpaired_responses += max(0, rs - nreq)
+        p = self.state[stream] = _Pairing(info, answered, cut, broken)
+        return p
+
+    def feed(self, m: _H1Msg) -> None:
+        stream = m.fr.stream
+        p = self.state.get(stream) or self._start(stream)
+        p.fed += 1
+        if m.is_request:
+            idx = p.nreq
+            p.nreq += 1
+            p.ffs.append((m.first_frame, m.row[_METHOD] == "HEAD"))
+            if idx < p.cut:
+                x = _new_request(m, self.times, idx, self.hd)
+                if idx < p.answered:
+                    p.pending.append((m, x))
+                    self.open.add(stream)
+                else:
+                    self._unanswered(m, x)
+        elif not _interim(m):
+            k = p.nresp - p.info.lead
+            p.nresp += 1
+            if 0 <= k < p.answered:
+                p.resps.append(m)
+        end = p.fed == p.info.messages
+        while p.resps and p.nreq > p.done and (end or p.resps[0].frame + p.info.lag < m.frame):
+            self._pair(p, p.resps.popleft())
+        if not p.pending:
+            self.open.discard(stream)
+        if end:
+            del self.state[stream]
+
+    def _unanswered(self, req: _H1Msg, x: Exchange) -> None:
+        if req.first_frame < self.server_data.get(req.fr.stream, 0):
+            self.warnings["HTTP/1 requests whose responses Wireshark did not decode although "
+                          "the server sent data after them: marked truth_unreliable"] += 1
+            for f in _H1_RESPONSE_FIELDS:
+                x.degrade(f, TRUTH_UNRELIABLE)
+        self._emit(req, x)
+
+    def _emit(self, req: _H1Msg, x: Exchange) -> None:
         if len(x.req_headers) == 0 and x.req_bytes is None:
             x.degrade("req_bytes", TRUTH_UNRELIABLE)
-    return out
+        if x.status is None:
+            self.stats.unpaired_requests += 1
+        self.out.append((x, req.frame, req.index))
+
+    def _pair(self, p: _Pairing, m: _H1Msg) -> None:
+        k = p.done
+        p.done += 1
+        req, x = p.pending.popleft()
+        warnings = self.warnings
+        # request_in is only worth checking when this request was the one outstanding:
+        # under pipelining TShark 4.0.17 points responses at the latest request frame
+        req_in = _int(_first(m.row[_REQ_IN]))
+        nxt = k + 1 - p.ff_base
+        # a request not read yet began after this response's frame (it is ``lag`` behind)
+        alone = k + 1 >= p.info.requests or nxt >= len(p.ffs) or p.ffs[nxt][0] > m.frame
+        # (frame order is no causality check: dumpcap on loopback can record a
+        # later segment first, and TShark 4.0.17 dissects some retransmissions)
+        if alone and req_in is not None and req_in != req.frame:
+            if not p.broken:
+                warnings["HTTP/1 response that in-order pairing and Wireshark's "
+                         "request_in disagree on: marked truth_unreliable"] += 1
+            p.broken = True
+        # the latest request begun at or before the response's frame; later responses
+        # only move it on, so the requests before it are not looked at again
+        for j in range(len(p.ffs) - 1, p.latest - p.ff_base, -1):
+            if p.ffs[j][0] <= m.frame:
+                p.latest, p.latest_head = j + p.ff_base, p.ffs[j][1]
+                break
+        latest_head = p.latest_head if p.latest >= 0 else req.row[_METHOD] == "HEAD"
+        if not alone and not p.broken and latest_head != (x.method == "HEAD"):
+            # TShark 4.0.17 frames a response by the method of the latest request,
+            # not of the one it answers: where one is HEAD and the other not, it
+            # reads a body that is not there (or misses one) and loses the stream
+            warnings["pipelined HEAD: Wireshark frames the responses by the wrong "
+                     "request from here on; marked truth_unreliable"] += 1
+            p.broken = True
+        _apply_response(x, m, warnings, self.hd)
+        if p.broken:
+            for f in _H1_RESPONSE_FIELDS:
+                x.degrade(f, TRUTH_UNRELIABLE)
+        self._emit(req, x)
+        drop = min(k + 2, p.latest + 1) - p.ff_base
+        if drop > 256:  # what no later response looks at
+            del p.ffs[:drop]
+            p.ff_base += drop
 
 
 # -- HTTP/2 --------------------------------------------------------------------
@@ -1119,6 +1403,118 @@ def _truth_blind(call: _Call) -> None:
             x.degrade(f, TRUTH_HPACK_UNKNOWN)
 
 
+@dataclass(slots=True)
+class TruthBatch:
+    """Truth exchanges in order of start time (ties in the order the requests were
+    reported); ``watermark_ns``: no exchange of a later batch starts before it."""
+
+    exchanges: list[Exchange]
+    watermark_ns: int
+
+
+def stream_exchanges(
+    pcap: Path,
+    *,
+    http1_ports: list[int],
+    h2c_ports: list[int],
+    mono_offset_ns: int = 0,
+    tls_keylog: Path | None = None,
+    out_of_order: bool = True,
+    batch: int = 5000,
+) -> Generator[TruthBatch, None, TruthStats]:
+    """Every HTTP/1 exchange and HTTP/2 call on the given server ports, in batches of about
+    ``batch`` in order of start time; returns the decode statistics.
+
+    With ``tls_keylog`` the ports carry TLS, decrypted with that NSS key log.
+    Times are CLOCK_MONOTONIC when ``mono_offset_ns`` is CLOCK_REALTIME - CLOCK_MONOTONIC
+    at capture time (the pcap holds wall-clock times). Memory holds the HTTP/1 requests in
+    flight and the exchanges not yet past the watermark; HTTP/2 calls are all held until the
+    scan ends. Raises CaptureError when tshark cannot read the file at all.
+    """
+    stats = TruthStats(out_of_order=out_of_order)
+    # the fields route counts into its own stats: they only count if it sees it through
+    h2 = _H2Fields(_H2Calls(h2c_ports, TruthStats())) if h2c_ports else None
+    scan = _Scan(Path(pcap), http1_ports, h2c_ports, mono_offset_ns, stats, h2, tls_keylog)
+    n = 0
+    try:
+        scan.read()
+        if not stats.packets and stats.truncated:
+            raise CaptureError(f"{pcap} is cut short before its first packet")
+        # (start, 0, frame, index, exchange) for HTTP/1, (start, 1, order, 0, call) for HTTP/2
+        heap: list[tuple[int, int, int, int, Exchange]] = [
+            (x.t_start_ns or 0, 1, i, 0, x) for i, x in enumerate(_h2_calls(scan, h2))
+        ]
+        heap += [(x.t_start_ns or 0, 0, f, i, x) for x, f, i in _hard_streams(scan)]
+        heapq.heapify(heap)
+        pairer = _H1Pairer(scan.streams, scan.times, scan.server_data, stats, scan.warnings)
+        later = [*list(accumulate(reversed(scan.batch_min), min))[::-1], _NEVER]
+        out: list[Exchange] = []
+        for b, msgs in enumerate(scan.spilled()):
+            for m in msgs:
+                if not scan.streams[m.fr.stream].hard:
+                    pairer.feed(m)
+            for x, f, i in pairer.take():
+                heapq.heappush(heap, (x.t_start_ns or 0, 0, f, i, x))
+            waiting, first = pairer.held()
+            mark = min(first, later[b + 1])
+            stats.held_peak = max(stats.held_peak, len(heap) + waiting)
+            while heap and heap[0][0] < mark:
+                out.append(heapq.heappop(heap)[-1])
+            if len(out) >= batch:
+                n += len(out)
+                yield TruthBatch(out, mark)
+                out = []
+        out += [heapq.heappop(heap)[-1] for _ in range(len(heap))]
+        n += len(out)
+        yield TruthBatch(out, _NEVER)
+    finally:
+        scan.close()
+    for msg, count in scan.warnings.items():
+        stats.warn(msg, count)
+    stats.exchanges = n
+    return stats
+
+
+def _h2_calls(scan: _Scan, h2: _H2Fields | None) -> list[Exchange]:
+    """The HTTP/2 calls once the scan is done: from its fields, or a JSON pass if they
+    could not be lined up."""
+    stats = scan.stats
+    if h2 is None:
+        return []
+    if h2.unsure is None:
+        calls = h2.h2.finish()
+        own = h2.h2.stats
+        stats.unpaired_requests += own.unpaired_requests
+        stats.unpaired_responses += own.unpaired_responses
+        for msg, n in own.warnings.items():
+            stats.warn(msg, n)
+        stats.h2_decode = "fields"
+        return calls
+    stats.h2_decode = f"json ({h2.unsure})"
+    return _h2(scan.pcap, scan.h2c_ports, scan.frames, stats, scan.http1_ports, scan.tls_keylog)
+
+
+def _hard_streams(scan: _Scan) -> list[tuple[Exchange, int, int]]:
+    """The streams whose messages need repairs across messages or a second look at the
+    capture: held whole, repaired, then paired like the rest."""
+    hard = {s for s, st in scan.streams.items() if st.hard}
+    scan.stats.streams_held_whole = len(hard)
+    if not hard:
+        return []
+    msgs = [m for ms in scan.spilled() for m in ms if m.fr.stream in hard]
+    per_frame: dict[int, list[_H1Msg]] = {}
+    for m in msgs:
+        per_frame.setdefault(m.frame, []).append(m)
+    multi = {f: ms for f, ms in per_frame.items() if len(ms) > 1}
+    args = (scan.pcap, scan.http1_ports, scan.h2c_ports)
+    ooo = scan.stats.out_of_order
+    if multi:
+        _split_multi(*args, multi, scan.warnings, scan.tls_keylog, out_of_order=ooo)
+    msgs = _drop_redissected(msgs, scan.warnings)
+    msgs = _drop_repeated_reports(*args, msgs, scan.warnings, scan.tls_keylog, out_of_order=ooo)
+    return _pair_http1(msgs, scan.times, scan.server_data, scan.stats, scan.warnings)
+
+
 def extract_exchanges(
     pcap: Path,
     *,
@@ -1128,30 +1524,13 @@ def extract_exchanges(
     tls_keylog: Path | None = None,
     out_of_order: bool = True,
 ) -> tuple[list[Exchange], TruthStats]:
-    """Every HTTP/1 exchange and HTTP/2 call on the given server ports, with decode statistics.
-
-    With ``tls_keylog`` the ports carry TLS, decrypted with that NSS key log.
-    Times are CLOCK_MONOTONIC when ``mono_offset_ns`` is CLOCK_REALTIME - CLOCK_MONOTONIC
-    at capture time (the pcap holds wall-clock times). Exchanges are ordered by protocol,
-    then by request time. Raises CaptureError when tshark cannot read the file at all.
-    """
-    stats = TruthStats(out_of_order=out_of_order)
-    # the fields route counts into its own stats: they only count if it sees it through
-    h2 = _H2Fields(_H2Calls(h2c_ports, TruthStats())) if h2c_ports else None
-    frames, exchanges = _scan(Path(pcap), http1_ports, h2c_ports, mono_offset_ns, stats, h2,
-                              tls_keylog)  # fmt: skip
-    if not stats.packets and stats.truncated:
-        raise CaptureError(f"{pcap} is cut short before its first packet")
-    if h2 is not None and h2.unsure is None:
-        exchanges.extend(h2.h2.finish())
-        own = h2.h2.stats
-        stats.unpaired_requests += own.unpaired_requests
-        stats.unpaired_responses += own.unpaired_responses
-        for msg, n in own.warnings.items():
-            stats.warn(msg, n)
-        stats.h2_decode = "fields"
-    elif h2 is not None:
-        stats.h2_decode = f"json ({h2.unsure})"
-        exchanges.extend(_h2(Path(pcap), h2c_ports, frames, stats, http1_ports, tls_keylog))
-    stats.exchanges = len(exchanges)
-    return exchanges, stats
+    """``stream_exchanges`` as one list, in order of start time, and the statistics."""
+    gen = stream_exchanges(pcap, http1_ports=http1_ports, h2c_ports=h2c_ports,
+                           mono_offset_ns=mono_offset_ns, tls_keylog=tls_keylog,
+                           out_of_order=out_of_order)  # fmt: skip
+    out: list[Exchange] = []
+    while True:
+        try:
+            out += next(gen).exchanges
+        except StopIteration as stop:
+            return out, stop.value

@@ -66,14 +66,14 @@ def match_workload(truth: list[Exchange], workload_jsonl: Path) -> dict[str, Any
     for rec in work:
         xid = rec["id"]
         seen.add(xid)
-        x = by_id.get(xid)
+        got = by_id.get(xid)
         why = None
-        if x is None:
+        if got is None:
             why = "not_captured"
         else:
             for name in _CHECKED:
                 want = rec.get(name)
-                if want is not None and getattr(x, name) != want:
+                if want is not None and getattr(got, name) != want:
                     why = f"{name}_differs"
                     break
         if why is None:

@@ -130,10 +130,11 @@ def extract_http1_pyshark(
             if code is None or sport not in ports or (100 <= int(code) < 200 and code != "101"):
                 continue  # not ours, or interim (100 Continue): the final response follows
             req_in = _one(http, "request_in")
-            x = requests.pop(int(req_in), None) if req_in else None  # type: ignore[assignment]
-            if x is None:
+            answered = requests.pop(int(req_in), None) if req_in else None
+            if answered is None:
                 stats.unpaired_responses += 1
                 continue
+            x = answered
             x.status = int(code)
             x.t_end_ns = t
             x.resp_headers = _headers(http, "response_line")
