@@ -300,13 +300,15 @@ class _TruthJob:
     def __init__(self, args: tuple[Any, ...], pool: ProcessPoolExecutor | None) -> None:
         self._args = args
         self._fut = pool.submit(_extract, *args) if pool is not None else None
+        self.stats: Any = None
+        self.usage: dict[str, float] = {}
 
     def ready(self) -> bool:
         """Whether asking now would not wait (in-process: decoded last, like before)."""
         return self._fut is not None and self._fut.done()
 
     def next(self) -> tuple[list[Exchange], int] | None:
-        """The whole truth as one batch, then None (``result`` has its stats)."""
+        """The whole truth as one batch, then None (``stats`` and ``usage`` are set then)."""
         if self._fut is None and not self._args:
             return None
         truth, self.stats, self.usage = (
@@ -432,8 +434,7 @@ class _Observed:
     encrypted: list[EncryptedConn]
     sink: ParquetSink | None
     watermark: int = -STREAM_END_NS
-    stats: Any = None
-    held: int = 0
+    stats: Any = None  # the stream's return value, once it ended
 
 
 # Collector exchanges held waiting for the truth before the replay waits on the truth
