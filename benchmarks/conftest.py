@@ -5,6 +5,7 @@ Overhead settings, each an option or an environment variable (the option wins):
     --overhead-rounds N      PROBEBENCH_OVERHEAD_ROUNDS   interleaved rounds (default 3: quick)
     --overhead-scale F       PROBEBENCH_OVERHEAD_SCALE    exchanges per run x F (default 0.2)
     --overhead-servers L     PROBEBENCH_OVERHEAD_SERVERS  "go" (default), "go,py"
+    --overhead-scenarios L   PROBEBENCH_OVERHEAD_SCENARIOS  "http11-keepalive,grpc-unary" (default)
     --overhead-out PATH      PROBEBENCH_OVERHEAD_OUT      results/overhead.json (default)
 
 At scale 1 one configuration's client phase takes about 1.5-2 s on this machine; a
@@ -22,6 +23,7 @@ import pytest
 from harness.doctor import missing_for
 
 ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS = ("http11-keepalive", "grpc-unary")  # the workloads the bench knows
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -29,6 +31,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--overhead-rounds", type=int, default=None, help="interleaved rounds")
     g.addoption("--overhead-scale", type=float, default=None, help="exchanges multiplier")
     g.addoption("--overhead-servers", default=None, help="server languages, e.g. go,py")
+    g.addoption("--overhead-scenarios", default=None, help="workloads, e.g. grpc-unary")
     g.addoption("--overhead-out", type=Path, default=None, help="where overhead.json goes")
 
 
@@ -38,6 +41,7 @@ class OverheadSettings:
     scale: float
     servers: tuple[str, ...]
     out: Path
+    scenarios: tuple[str, ...] = SCENARIOS
 
 
 @pytest.fixture(scope="session")
@@ -52,9 +56,13 @@ def overhead_settings(pytestconfig: pytest.Config) -> OverheadSettings:
                                     "go").split(",") if s)  # fmt: skip
     out = Path(pick("overhead_out", "PROBEBENCH_OVERHEAD_OUT",
                     str(ROOT / "results" / "overhead.json")))  # fmt: skip
+    scens = tuple(s for s in pick("overhead_scenarios", "PROBEBENCH_OVERHEAD_SCENARIOS",
+                                  ",".join(SCENARIOS)).split(",") if s)  # fmt: skip
     if rounds < 1 or scale <= 0 or not set(servers) <= {"go", "py"} or not servers:
         raise pytest.UsageError("overhead: rounds >= 1, scale > 0, servers from go,py")
-    return OverheadSettings(rounds, scale, servers, out)
+    if not scens or not set(scens) <= set(SCENARIOS):
+        raise pytest.UsageError(f"overhead: scenarios from {','.join(SCENARIOS)}")
+    return OverheadSettings(rounds, scale, servers, out, scens)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -22,9 +22,6 @@
 #ifndef PB_TASK_STORAGE
 #define PB_TASK_STORAGE 0 /* 1: pending calls in task storage (needs kernel BTF, 5.11+) */
 #endif
-#ifndef PB_WAKE_BYTES
-#define PB_WAKE_BYTES (PB_RINGBUF_PAGES * 4096 / 16) /* per CPU, between forced wake-ups */
-#endif
 #ifndef PB_MAX_CONNS
 #define PB_MAX_CONNS 65536
 #endif
@@ -46,6 +43,18 @@
  * limit is 33, two are taken to get here), so a call may take about 31 times this */
 #define PB_H2_STEPS 48
 #endif
+#ifndef PB_H2_WIN
+/* bytes of a call read at once into the walk's window, where frame headers, gRPC
+ * prefixes and captured runs are then taken from: one user read where there were a
+ * few per frame; a power of two (most unary gRPC writes fit in one) */
+#define PB_H2_WIN 1024
+#endif
+#ifndef PB_H2_PACK
+/* bytes of events one ring record packs: the small pieces of a walked call go out in
+ * one reservation (the drain splits them, kprobe_events.h); a power of two */
+#define PB_H2_PACK 2048
+#endif
+#define H2_PIECE_MAX 512 /* larger pieces, or ones not in the window, go out alone */
 #ifndef PB_H2_MAX_IOV
 #define PB_H2_MAX_IOV 512 /* iovecs followed by the frame walk (grpcio writes up to 260) */
 #endif
@@ -77,8 +86,20 @@ struct h2_dir {
     u8 end_stream;
     u8 trial;     /* plausible headers still to see before bodies may be skipped */
     u8 mid;       /* synced mid-stream: a stream's message position is known only
-                   * from its HEADERS on (an entry in grpc_msgs) */
-    u8 fld[32];   /* 9 used; sized so that masked offsets and lengths stay inside */
+                   * from its HEADERS on (kept as below) */
+    /* a frame header, or a gRPC prefix, gathered; at most 16 bytes are ever written
+     * (a read's offset and length are masked to 15 each for the verifier, and the map
+     * value goes on past fld, so such a write would stay inside it) */
+    u8 fld[16];
+    /* The gRPC message position of one stream between its DATA frames, kept here: a
+     * connection carrying one call at a time never needs grpc_msgs, whose LRU updates
+     * and deletes were the walk's largest cost. Another stream's position moves the
+     * one here to the map (spilled), and only then is the map looked up. */
+    u32 c_sid;    /* 0: none */
+    u32 c_msg_rem;
+    u8 c_have;
+    u8 c_pre[5];
+    u8 spilled;   /* grpc_msgs may hold positions of this direction's streams */
 };
 #ifndef PB_H1_SKIP
 #define PB_H1_SKIP 1 /* 0: HTTP/1 bodies captured like any bytes (prefix capture) */
@@ -89,11 +110,14 @@ struct h2_dir {
 #define PB_H1_HDR_MAX 8192
 #endif
 #define H1_SLICE 1024 /* a head is read from the call a slice at a time, as the scan needs */
-#define H1_OFF 0  /* framing not followed: prefix capture */
+/* H1_SEEK is 0 so that a connection found mid-stream seeks from its first call: data_fn
+ * makes its table entry zeroed and has no stack left to set more */
+#define H1_SEEK 0 /* found mid-stream: prefix capture until a call starts a message (h1_seek_may) */
 #define H1_MSG 1  /* the direction's next byte starts a message */
 #define H1_BODY 2 /* rem bytes of a Content-Length body go first, then a message */
 #define H1_CHUNK 3 /* a chunk-size line next (after the CRLF ending a chunk's data, if crlf) */
 #define H1_CDATA 4 /* rem bytes of a chunk's data, then H1_CHUNK */
+#define H1_OFF 5  /* framing not followed: prefix capture */
 /* Where one direction of an HTTP/1 connection stands between calls. */
 struct h1_dir {
     u32 rem;
@@ -129,6 +153,8 @@ struct conn_info {
             u32 h1_resps;        /* final responses framed */
             u8 h1_resp_ok;       /* every request so far framed, none a CONNECT, at most
                                   * 64 unanswered: responses can be paired with them */
+            u32 h1_mark;         /* found mid-stream: the response direction's calls
+                                  * (seq) when the request direction began following */
         };
     };
     u32 seq[2];          /* data calls so far, by PB_DIR_* (pb_data_event.seq) */
@@ -177,35 +203,31 @@ BPF_PROG_ARRAY(walkers, PB_TC_MAX);
 BPF_TABLE("lru_hash", struct grpc_key, struct grpc_val, grpc_msgs, PB_MAX_CONNS);
 
 static __always_inline void stat_add(u32 idx, u64 n) {
-    u64 *v = stats.lookup(&idx);
+    pb_count(stats.lookup(&idx), n);
+}
+#ifndef PB_PROFILE
+#define PB_PROFILE 0 /* 1: count the data path's work (PB_PROF_*, recorder --profile) */
+#endif
+#if PB_PROFILE
+BPF_PERCPU_ARRAY(prof, u64, PB_PROF_MAX);
+#endif
+static __always_inline void prof_add(u32 idx, u64 n) {
+#if PB_PROFILE
+    u64 *v = prof.lookup(&idx);
     if (v) *v += n;
+#endif
 }
 
 #if PB_FILTER_TGID && defined(PB_TGID_LIST)
-/* A few targets, known at load, are compared inline, so the syscalls of every
- * other process on the machine cost no map lookup. Returns the tgid's place in
- * the list, or -1. */
-static __always_inline int tgid_index(u32 tgid) {
-    u32 list[] = {PB_TGID_LIST};
-#pragma unroll
-    for (int i = 0; i < sizeof(list) / sizeof(list[0]); i++)
-        if (tgid == list[i]) return i;
-    return -1;
-}
 /* data syscalls entered, by place in PB_TGID_LIST: the hits our targets cause
  * (each one an enter and an exit), for the overhead bench's floor */
 BPF_PERCPU_ARRAY(traced_calls, u64, 16);
 #endif
 
+/* the target filter (pb_common.h), with the map when there is no inline list */
 static __always_inline int tgid_traced(u32 tgid) {
-    if (tgid == PB_SELF_TGID) return 0;
-#if PB_FILTER_TGID && defined(PB_TGID_LIST)
-    return tgid_index(tgid) >= 0;
-#elif PB_FILTER_TGID
-    return targets.lookup(&tgid) != NULL;
-#else
-    return 1;
-#endif
+    int known = pb_tgid_filter(tgid);
+    return known >= 0 ? known : targets.lookup(&tgid) != NULL;
 }
 
 static __always_inline int port_traced(u16 a, u16 b) {
@@ -216,24 +238,11 @@ static __always_inline int port_traced(u16 a, u16 b) {
 #endif
 }
 
-/* Batched wake-ups: records go in with BPF_RB_NO_WAKEUP and the recorder drains
- * on a timer (rings.py); only after PB_WAKE_BYTES submitted on this CPU since its
- * last forced wake-up is the consumer woken early, so a burst cannot fill the
- * ring between two timed drains. (bcc 0.26 cannot name the map for
- * bpf_ringbuf_query, so each CPU counts its own bytes instead of asking the ring;
- * a non-atomic count on one CPU is exact enough for a threshold.) */
+/* batched wake-ups (pb_common.h) */
 BPF_PERCPU_ARRAY(rb_pending, u64, 1);
 static __always_inline u64 rb_flags(u32 size) {
     u32 zero = 0;
-    u64 *p = rb_pending.lookup(&zero);
-    if (!p) return 0;
-    u64 v = *p + size + 8;  /* + the ring's record header */
-    if (v < PB_WAKE_BYTES) {
-        *p = v;
-        return BPF_RB_NO_WAKEUP;
-    }
-    *p = 0;
-    return BPF_RB_FORCE_WAKEUP;
+    return pb_rb_flags(rb_pending.lookup(&zero), size, PB_WAKE_BYTES);
 }
 
 static __always_inline u64 emit_conn(u8 kind, struct conn_key *k, struct conn_info *c, u64 pid_tgid) {
@@ -585,7 +594,7 @@ static __always_inline u8 infer(const u8 *b, u32 len, u8 from_start) {
 static __always_inline int on_data_enter(u8 sc, u8 dir, int fd, u64 buf, u32 iovcnt) {
     u64 id = bpf_get_current_pid_tgid();
 #if PB_FILTER_TGID && defined(PB_TGID_LIST)
-    int slot = tgid_index(id >> 32);
+    int slot = pb_tgid_index(id >> 32);
     if (slot < 0) return 0;
     u32 k = slot;
     u64 *nc = traced_calls.lookup(&k);
@@ -623,8 +632,31 @@ static __always_inline int on_data_enter(u8 sc, u8 dir, int fd, u64 buf, u32 iov
 
 /* Copy up to `want` bytes from one user buffer into one event, straight into
  * the ring buffer (each byte copied once); returns bytes copied. */
-static __always_inline u32 emit_chunk(struct data_call *dc, struct conn_info *c,
-                                      u32 offset, u64 ptr, u32 want) {
+/* A data event's head, all but its part. */
+static __always_inline void data_head(struct pb_data_event *e, struct data_call *dc,
+                                      struct conn_info *c, u32 offset, u32 n) {
+    e->ts_ns = dc->ts;
+    e->tgid = dc->key.tgid;
+    e->tid = dc->tid;
+    e->fd = dc->key.fd;
+    e->kind = PB_EV_DATA;
+    e->role = c->role;
+    e->proto = c->proto;
+    e->dir = dc->a.dir;
+    e->syscall = dc->a.syscall;
+    e->packed = 0;
+    e->orig_len = dc->orig;
+    e->offset = offset;
+    e->cap_len = n;
+    e->seq = dc->seq;
+}
+
+/* Copy the bytes from kernel memory at kptr instead (nonzero: the HTTP/2 walk's window
+ * holds them); a user read costs several times a kernel one. */
+#define PB_READ(dst, n, ptr, kptr) \
+    ((kptr) ? bpf_probe_read_kernel(dst, n, (void *)(kptr)) : bpf_probe_read_user(dst, n, (void *)(ptr)))
+static __always_inline u32 emit_piece(struct data_call *dc, struct conn_info *c,
+                                      u32 offset, u64 ptr, u32 want, u64 kptr) {
     u32 n = want;
     if (n > PB_CHUNK) n = PB_CHUNK;
     if (n == 0) return 0;
@@ -638,7 +670,7 @@ static __always_inline u32 emit_chunk(struct data_call *dc, struct conn_info *c,
         cls = 256;
         e = (struct pb_data_event *)events.ringbuf_reserve(PB_DATA_HDR + 256);
         if (!e) goto dropped;
-        rd = bpf_probe_read_user(e->data, PB_MASKED(n, 255), (void *)ptr);
+        rd = PB_READ(e->data, PB_MASKED(n, 255), ptr, kptr);
     } else
 #endif
 #if PB_CHUNK > 1024
@@ -646,7 +678,7 @@ static __always_inline u32 emit_chunk(struct data_call *dc, struct conn_info *c,
         cls = 1024;
         e = (struct pb_data_event *)events.ringbuf_reserve(PB_DATA_HDR + 1024);
         if (!e) goto dropped;
-        rd = bpf_probe_read_user(e->data, PB_MASKED(n, 1023), (void *)ptr);
+        rd = PB_READ(e->data, PB_MASKED(n, 1023), ptr, kptr);
     } else
 #endif
 #if PB_CHUNK > 4096
@@ -654,15 +686,15 @@ static __always_inline u32 emit_chunk(struct data_call *dc, struct conn_info *c,
         cls = 4096;
         e = (struct pb_data_event *)events.ringbuf_reserve(PB_DATA_HDR + 4096);
         if (!e) goto dropped;
-        rd = bpf_probe_read_user(e->data, PB_MASKED(n, 4095), (void *)ptr);
+        rd = PB_READ(e->data, PB_MASKED(n, 4095), ptr, kptr);
     } else
 #endif
     {
         cls = PB_CHUNK;
         e = (struct pb_data_event *)events.ringbuf_reserve(PB_DATA_HDR + PB_CHUNK);
         if (!e) goto dropped;
-        if (n == PB_CHUNK) rd = bpf_probe_read_user(e->data, PB_CHUNK, (void *)ptr);
-        else rd = bpf_probe_read_user(e->data, PB_MASKED(n, PB_CHUNK - 1), (void *)ptr);
+        if (n == PB_CHUNK) rd = PB_READ(e->data, PB_CHUNK, ptr, kptr);
+        else rd = PB_READ(e->data, PB_MASKED(n, PB_CHUNK - 1), ptr, kptr);
     }
     e->part = dc->part++;  /* counted before the copy: a failed one shows as a gap */
     if (rd < 0) {
@@ -670,20 +702,12 @@ static __always_inline u32 emit_chunk(struct data_call *dc, struct conn_info *c,
         stat_add(PB_STAT_READ_FAILED, 1);
         return 0;
     }
-    e->ts_ns = dc->ts;
-    e->tgid = dc->key.tgid;
-    e->tid = dc->tid;
-    e->fd = dc->key.fd;
-    e->kind = PB_EV_DATA;
-    e->role = c->role;
-    e->proto = c->proto;
-    e->dir = dc->a.dir;
-    e->syscall = dc->a.syscall;
-    e->pad = 0;
-    e->orig_len = dc->orig;
-    e->offset = offset;
-    e->cap_len = n;
-    e->seq = dc->seq;
+    data_head(e, dc, c, offset, n);
+    prof_add(PB_PROF_RING_RECORDS, 1);
+    if (!kptr) {
+        prof_add(PB_PROF_USER_READS, 1);
+        prof_add(PB_PROF_USER_READ_BYTES, n);
+    }
     events.ringbuf_submit(e, rb_flags(PB_DATA_HDR + cls));
     stat_add(PB_STAT_DATA_EVENTS, 1);
     return n;
@@ -691,6 +715,10 @@ dropped:
     dc->part++;
     stat_add(PB_STAT_DROPPED, 1);
     return 0;
+}
+static __always_inline u32 emit_chunk(struct data_call *dc, struct conn_info *c,
+                                      u32 offset, u64 ptr, u32 want) {
+    return emit_piece(dc, c, offset, ptr, want, 0);
 }
 
 struct iov_walk {
@@ -743,8 +771,96 @@ struct h2_walk {
     u32 avail, n;
     u8 fin, cap, field, pad;
     struct h2_dir s; /* working copy of the direction's state */
+    u64 win_ptr;  /* the window: win[0, win_len) holds the user bytes at win_ptr */
+    u32 win_len;
+    u32 pack_len; /* bytes of pack in use: pack_n events, each at an 8-byte boundary */
+    u32 pack_n;
+    u8 win[2 * PB_H2_WIN]; /* twice: masked offsets plus masked lengths stay inside */
+    u8 pack[2 * PB_H2_PACK];
 };
 BPF_PERCPU_ARRAY(h2_walks, struct h2_walk, 1);
+
+/* The window's kernel address of the user bytes [ptr, ptr + n), or 0 if it does not
+ * hold them all. */
+static __always_inline u64 h2_win_at(struct h2_walk *w, u64 ptr, u32 n) {
+    if (ptr < w->win_ptr || ptr + n > w->win_ptr + w->win_len) return 0;
+    return (u64)&w->win[(ptr - w->win_ptr) & (PB_H2_WIN - 1)];
+}
+
+/* The packed events go out as one ring record (the first one's `packed` says how many). */
+static __always_inline void h2_flush(struct h2_walk *w) {
+    u32 n = w->pack_n;
+    if (!n) return;
+    u32 len = w->pack_len;
+    w->pack_n = 0;
+    w->pack_len = 0;
+    ((struct pb_data_event *)w->pack)->packed = (u8)n;
+    len = PB_MASKED(len, 2 * PB_H2_PACK - 1);
+    u64 flags = rb_flags(len);
+    struct pb_data_event *first = (struct pb_data_event *)w->pack;
+    if (events.ringbuf_output(first, len, flags) < 0) {
+        stat_add(PB_STAT_DROPPED, n);
+        return;
+    }
+    stat_add(PB_STAT_DATA_EVENTS, n);
+    prof_add(PB_PROF_RING_RECORDS, 1);
+}
+
+/* One captured run of the walk as a data event: packed when it is small and in the
+ * window, else (after what is packed, to keep the call's events in order) alone. */
+static __always_inline void h2_emit(struct data_call *dc, struct conn_info *c, struct h2_walk *w) {
+    u32 n = w->run_len;
+    u64 src = h2_win_at(w, w->run_ptr, n);
+    if (!src || n > H2_PIECE_MAX) {
+        h2_flush(w);
+        emit_piece(dc, c, w->run_off, w->run_ptr, n, src);
+        return;
+    }
+    u32 need = (PB_DATA_HDR + n + 7) & ~7;
+    if (w->pack_len + need > PB_H2_PACK) h2_flush(w);
+    u32 at = PB_MASKED(w->pack_len, PB_H2_PACK - 1);
+    struct pb_data_event *e = (struct pb_data_event *)&w->pack[at];
+    e->part = dc->part++;
+    data_head(e, dc, c, w->run_off, n);
+    bpf_probe_read_kernel(e->data, PB_MASKED(n, H2_PIECE_MAX - 1), (void *)src);
+    w->pack_len += need;
+    w->pack_n++;
+}
+
+/* This step's field bytes (w->n of them at w->ptr) into fld at `have`: from the
+ * window, read anew at ptr (up to PB_H2_WIN of the w->avail bytes there) when it
+ * does not hold them. */
+static __always_inline void h2_field(struct h2_walk *w) {
+    u64 src = h2_win_at(w, w->ptr, w->n);
+    if (!src) {
+        /* a call's start holds its headers; further in, after a skipped body, the
+         * next frame header or two is what is wanted */
+        u32 len = w->pos ? PB_H2_WIN / 8 : PB_H2_WIN;
+        if (w->avail < len) len = w->avail;
+        w->win_len = 0;
+        prof_add(PB_PROF_USER_READS, 1);
+        prof_add(PB_PROF_USER_READ_BYTES, len);
+        if (len && !bpf_probe_read_user(w->win, PB_MASKED(len - 1, PB_H2_WIN - 1) + 1,
+                                        (void *)w->ptr)) {
+            w->win_ptr = w->ptr;
+            w->win_len = len;
+        }
+        src = h2_win_at(w, w->ptr, w->n);
+    }
+    if (!src) {
+        prof_add(PB_PROF_USER_READS, 1);
+        prof_add(PB_PROF_USER_READ_BYTES, w->n);
+        bpf_probe_read_user(&w->s.fld[w->s.have & 15], w->n & 15, (void *)w->ptr);
+        return;
+    }
+    if (w->s.have) {
+        bpf_probe_read_kernel(&w->s.fld[w->s.have & 15], w->n & 15, (void *)src);
+        return;
+    }
+    /* the common case, a field from its start: 16 bytes copied, no helper (past the n
+     * wanted they are not read; the window has room past any masked offset) */
+    __builtin_memcpy(w->s.fld, &w->win[(w->ptr - w->win_ptr) & (PB_H2_WIN - 1)], 16);
+}
 
 /* Between the phases of a step, values are passed through the map value and
  * this barrier makes the compiler reload them: the verifier then sees the same
@@ -752,18 +868,59 @@ BPF_PERCPU_ARRAY(h2_walks, struct h2_walk, 1);
  * so a step costs the verifier about its own length, not its paths' product. */
 #define H2_JOIN() asm volatile("" ::: "memory")
 
+/* A stream's gRPC message position (msg_rem, have, fld[0..5)) kept for its next DATA
+ * frame: in the direction's one-stream cache, the stream there before going to the map. */
+static __always_inline void grpc_put(struct conn_key *k, struct h2_walk *w, u8 dir, u32 sid) {
+    struct h2_dir *s = &w->s;
+    if (s->c_sid && s->c_sid != sid) {
+        struct grpc_key gk = {.tgid = k->tgid, .fd = k->fd, .sid = s->c_sid, .dir = dir};
+        struct grpc_val gv = {.msg_rem = s->c_msg_rem, .have = s->c_have};
+        __builtin_memcpy(gv.pre, s->c_pre, 5);
+        prof_add(PB_PROF_GRPC_MAP_OPS, 1);
+        grpc_msgs.update(&gk, &gv);
+        s->spilled = 1;
+    }
+    s->c_sid = sid;
+    s->c_msg_rem = s->msg_rem;
+    s->c_have = s->have;
+    __builtin_memcpy(s->c_pre, s->fld, 5);
+}
+
+/* The position kept for a stream into msg_rem, have, fld[0..5); 0: none kept. */
+static __always_inline int grpc_get(struct conn_key *k, struct h2_walk *w, u8 dir, u32 sid) {
+    struct h2_dir *s = &w->s;
+    if (sid && s->c_sid == sid) {
+        s->msg_rem = s->c_msg_rem;
+        s->have = s->c_have;
+        __builtin_memcpy(s->fld, s->c_pre, 5);
+        return 1;
+    }
+    if (!s->spilled) return 0;
+    struct grpc_key gk = {.tgid = k->tgid, .fd = k->fd, .sid = sid, .dir = dir};
+    prof_add(PB_PROF_GRPC_MAP_OPS, 1);
+    struct grpc_val *gv = grpc_msgs.lookup(&gk);
+    if (!gv) return 0;
+    s->msg_rem = gv->msg_rem;
+    s->have = gv->have;
+    __builtin_memcpy(s->fld, gv->pre, 5);
+    return 1;
+}
+
+/* A stream ended: nothing kept for it. */
+static __always_inline void grpc_drop(struct conn_key *k, struct h2_walk *w, u8 dir, u32 sid) {
+    if (w->s.c_sid == sid) w->s.c_sid = 0;
+    if (!w->s.spilled) return;
+    struct grpc_key gk = {.tgid = k->tgid, .fd = k->fd, .sid = sid, .dir = dir};
+    prof_add(PB_PROF_GRPC_MAP_OPS, 1);
+    grpc_msgs.delete(&gk);
+}
+
 /* End of a frame's payload: a DATA frame leaves its stream's gRPC position
  * behind for the stream's next DATA frame. */
 static __always_inline void h2_frame_end(struct conn_key *k, struct h2_walk *w, u8 dir) {
     if (w->s.state == H2_DATA) {
-        struct grpc_key gk = {.tgid = k->tgid, .fd = k->fd, .sid = w->s.sid, .dir = dir};
-        if (w->s.end_stream) {
-            grpc_msgs.delete(&gk);
-        } else {
-            struct grpc_val gv = {.msg_rem = w->s.msg_rem, .have = w->s.have};
-            __builtin_memcpy(gv.pre, w->s.fld, 5);
-            grpc_msgs.update(&gk, &gv);
-        }
+        if (w->s.end_stream) grpc_drop(k, w, dir, w->s.sid);
+        else grpc_put(k, w, dir, w->s.sid);
     }
     w->s.state = H2_HDR;
     w->s.have = 0;
@@ -801,17 +958,11 @@ static __always_inline void h2_header(struct conn_key *k, struct h2_walk *w, u8 
     w->s.have = 0;
     w->s.end_stream = flags & 1;
     u32 sid = (((u32)f[5] & 0x7f) << 24) | ((u32)f[6] << 16) | ((u32)f[7] << 8) | f[8];
-    struct grpc_key gk = {.tgid = k->tgid, .fd = k->fd, .sid = sid, .dir = dir};
     if (type == 0 && !(flags & 0x8)) {
         w->s.state = H2_DATA;
         w->s.sid = sid;
         w->s.msg_rem = 0;
-        struct grpc_val *gv = grpc_msgs.lookup(&gk);
-        if (gv) {
-            w->s.msg_rem = gv->msg_rem;
-            w->s.have = gv->have;
-            __builtin_memcpy(w->s.fld, gv->pre, 5);
-        } else if (w->s.mid) {
+        if (!grpc_get(k, w, dir, sid) && w->s.mid) {
             /* a stream that began before the sync: where its messages start is
              * unknown, so its DATA is captured whole */
             w->s.state = H2_PAY;
@@ -820,12 +971,42 @@ static __always_inline void h2_header(struct conn_key *k, struct h2_walk *w, u8 
     }
     if (type == 1 && !(flags & 1) && w->s.mid) {
         /* a stream's headers, seen in sync: its DATA starts with a message prefix */
-        struct grpc_val z = {};
-        grpc_msgs.update(&gk, &z);
+        w->s.msg_rem = 0;
+        w->s.have = 0;
+        grpc_put(k, w, dir, sid);
     }
     /* padded DATA is captured whole (gRPC does not pad) */
     w->s.state = H2_PAY;
-    if (type <= 1 && (flags & 1)) grpc_msgs.delete(&gk);
+    if (type <= 1 && (flags & 1)) grpc_drop(k, w, dir, sid);
+}
+
+/* Right after a frame header, in the same step: a payload captured whole that this
+ * buffer holds goes into the run at once, and so does the gRPC prefix of a DATA frame
+ * that starts a message, when the header's window copy brought it along (fld[9, 14)).
+ * Saves a step per frame and a read per message; the general steps do the rest. */
+static __always_inline void h2_quick(struct h2_walk *w) {
+    u32 left = w->avail - w->n;  /* this buffer's bytes after the header */
+    u64 next = w->ptr + w->n;
+    if (!w->run_len || w->run_ptr + w->run_len != next) return;  /* not one run */
+    if (w->s.state == H2_DATA) {
+        if (w->s.msg_rem || w->s.have || w->s.rem < 5 || w->n != 9 || left < 5 ||
+            w->run_len + 5 > PB_CHUNK || !h2_win_at(w, w->ptr, 14))
+            return;
+        u8 *f = w->s.fld;
+        w->s.msg_rem = ((u32)f[10] << 24) | ((u32)f[11] << 16) | ((u32)f[12] << 8) | f[13];
+        w->s.rem -= 5;
+        w->pos += 5;
+        w->iov_off += 5;
+        w->run_len += 5;
+        return;
+    }
+    if (w->s.state != H2_PAY || w->s.rem > left || w->run_len + w->s.rem > PB_CHUNK) return;
+    w->run_len += w->s.rem;
+    w->pos += w->s.rem;
+    w->iov_off += w->s.rem;
+    w->s.rem = 0;
+    w->s.state = H2_HDR;  /* the frame's end (h2_frame_end of a payload captured whole) */
+    w->s.have = 0;
 }
 
 /* How many bytes this step takes, and whether it captures them and gathers them
@@ -874,6 +1055,9 @@ static __always_inline int h2_begin(struct data_call *dc, struct conn_info *c) {
     w->run_ptr = 0;
     w->budget = w->s.trial ? PB_CALL_LIMIT : PB_H2_BODY_LIMIT;
     w->skipped = 0;
+    w->win_len = 0;  /* a buffer's bytes change between calls (Go reuses its buffers) */
+    w->pack_len = 0;
+    w->pack_n = 0;
     if (a->iovcnt) bpf_probe_read_user(&w->cur, sizeof(w->cur), (void *)a->buf);
     stat_add(PB_STAT_H2_CALLS, 1);
     return 1;
@@ -895,9 +1079,11 @@ int h2_walk_fn(void *ctx) {
     u32 orig = dc->orig;
     u8 dir = a->dir & 1;
     int i;
+    prof_add(PB_PROF_H2_RUNS, 1);
 #pragma clang loop unroll(disable)
     for (i = 0; i < PB_H2_STEPS; i++) {
         H2_JOIN();
+        prof_add(PB_PROF_H2_STEPS, 1);
         /* a payload ended: settle the frame before anything else (even at the
          * call's end, so the state kept between calls is normalised) */
         if (w->s.state != H2_HDR && w->s.rem == 0) {
@@ -940,7 +1126,7 @@ int h2_walk_fn(void *ctx) {
          * memory (next iovec), a full chunk, or the call's end */
         if (w->run_len && (w->fin || !w->cap || w->run_ptr + w->run_len != w->ptr ||
                            w->run_len + w->n > PB_CHUNK)) {
-            emit_chunk(dc, c, w->run_off, w->run_ptr, w->run_len);
+            h2_emit(dc, c, w);
             w->run_len = 0;
         }
         H2_JOIN();
@@ -956,14 +1142,19 @@ int h2_walk_fn(void *ctx) {
         }
         H2_JOIN();
         if (w->field) {
-            bpf_probe_read_user(&w->s.fld[w->s.have & 15], w->n & 15, (void *)w->ptr);
+            prof_add(PB_PROF_H2_FIELDS, 1);
+            h2_field(w);
             w->s.have += w->n;
         }
         w->pos += w->n;
         w->iov_off += w->n;
         H2_JOIN();
         if (w->s.state == H2_HDR) {
-            if (w->s.have >= 9) h2_header(k, w, dir, orig);
+            if (w->s.have >= 9) {
+                h2_header(k, w, dir, orig);
+                H2_JOIN();
+                h2_quick(w);
+            }
             continue;
         }
         w->s.rem -= w->n;
@@ -984,7 +1175,7 @@ int h2_walk_fn(void *ctx) {
         /* out of steps mid-call: go on in a fresh run (returns only at the chain's limit) */
         walkers.call(ctx, PB_TC_H2);
         /* the run so far is emitted, the rest unseen */
-        if (w->run_len) emit_chunk(dc, c, w->run_off, w->run_ptr, w->run_len);
+        if (w->run_len) h2_emit(dc, c, w);
         stat_add(PB_STAT_H2_BOUND, 1);
         w->s.sync = 0;
     }
@@ -994,6 +1185,7 @@ int h2_walk_fn(void *ctx) {
         stat_add(PB_STAT_TRUNCATED_CALLS, 1);
         stat_add(PB_STAT_TRUNCATED_BYTES, orig - (u32)w->pos);
     }
+    h2_flush(w);
     if (w->skipped) stat_add(PB_STAT_H2_SKIPPED_BYTES, w->skipped);
     c->h2[dir] = w->s;
     return 0;
@@ -1015,6 +1207,7 @@ struct h1_scan {
     u32 cl_at;    /* offset just past the last "content-length:" */
     u32 cl;       /* its value (h1_cl_value), or a chunk's size (h1_chunk_line) */
     u32 te_at;    /* offset just past the last "transfer-encoding:" */
+    u32 line1;    /* offset just past the first line's '\n'; 0: not found yet */
     u8 cl_count;  /* content-length lines seen */
     u8 te;        /* transfer-encoding (or transfer-*) lines seen */
     u8 digits;
@@ -1048,6 +1241,7 @@ BPF_PERCPU_ARRAY(h1_walks, struct h1_walk, 1);
 /* A line starts at q: the header block's end, or a header that frames the body.
  * (Loose matches are harmless: replay frames the bytes again and checks the gaps.) */
 static __always_inline void h1_line(struct h1_scan *s, u32 q) {
+    if (!s->line1) s->line1 = q;
     if (q >= s->n || s->end) return;
     u32 m = q & H1_MASK;
     if (s->buf[m] == '\r' && s->buf[m + 1] == '\n') {
@@ -1143,6 +1337,17 @@ static __always_inline int h1_chunked(struct h1_scan *s) {
     return ((v | H1_LOWER) & 0x00ffffffffffffffULL) == H1_W_CHUNKED && (v >> 56) == '\r';
 }
 
+/* The head's first line ends in " HTTP/1.x" CRLF: with a method before it (h1_body), a
+ * request line, which a direction found mid-stream may start following at. */
+#define H1_W_VERSION 0x2e312f5054544820ULL /* " HTTP/1." */
+static __always_inline int h1_request_line(struct h1_scan *s) {
+    u32 e = s->line1;
+    if (e < 16 || e > s->end) return 0;
+    u8 v = s->buf[(e - 3) & H1_MASK];
+    return *(u64 *)&s->buf[(e - 11) & H1_MASK] == H1_W_VERSION && v >= '0' && v <= '9' &&
+           s->buf[(e - 2) & H1_MASK] == '\r';
+}
+
 /* At s->buf[0, n): with crlf, the CRLF ending a chunk's data (a writer may send it
  * alone); else a chunk-size line, hex size CRLF, and after the last chunk's (size 0)
  * the empty line ending the message (trailers are not framed here). Sets s->end to
@@ -1191,6 +1396,11 @@ static __always_inline void h1_chunk_line(struct h1_scan *s, u8 crlf) {
         o += 2;
     }
     s->end = o;
+}
+
+/* The direction a call went is the connection's request direction. */
+static __always_inline u8 h1_is_req(struct conn_info *c, u8 dir) {
+    return (c->role == PB_ROLE_CLIENT) == (dir == PB_DIR_SEND);
 }
 
 #define H1_UNSURE (-1)
@@ -1246,8 +1456,41 @@ static __always_inline void h1_start(struct conn_info *c) {
  * a request direction given up hides the methods its responses depend on. */
 static __always_inline void h1_give_up(struct conn_info *c, u8 dir) {
     c->h1[dir & 1].state = H1_OFF;
-    if ((c->role == PB_ROLE_CLIENT) == (dir == PB_DIR_SEND)) c->h1_resp_ok = 0;
-    stat_add(PB_STAT_H1_GIVEN_UP, 1);
+    if (h1_is_req(c, dir)) c->h1_resp_ok = 0;
+    if (PB_H1_SKIP) stat_add(PB_STAT_H1_GIVEN_UP, 1);  /* (else nothing was followed) */
+}
+
+/* A direction in H1_SEEK (found mid-stream) may start following at a call that starts a
+ * message; the walk then checks the message whole. A request direction tries every call
+ * that starts with a method. A response direction waits for the request direction to
+ * begin, then tries only its next call, which must start with a status line: a later
+ * one could answer a request sent before the one framed first, so it gives up instead.
+ * A connection found mid-stream is in H1_SEEK from its first call (its entry zeroed).
+ * h1_seek_may: before the call's bytes are read, 0 to wait (or after giving up). */
+static __always_inline int h1_seek_may(struct conn_info *c, u8 dir) {
+    if (!PB_H1_SKIP || c->role == PB_ROLE_UNKNOWN) {
+        c->h1[dir & 1].state = H1_OFF;  /* not to be followed: prefix capture, as ever */
+        return 0;
+    }
+    if (h1_is_req(c, dir)) return 1;
+    u8 rq = c->h1[dir ^ 1].state;
+    if (rq == H1_SEEK) return 0;
+    if (rq == H1_OFF || !c->h1_resp_ok || !c->h1_reqs || c->h1_resps ||
+        c->seq[dir & 1] != c->h1_mark + 1) {
+        h1_give_up(c, dir);
+        return 0;
+    }
+    return 1;
+}
+/* ... and with the call's first bytes read into s->buf. */
+static __always_inline int h1_seek_starts(struct conn_info *c, u8 dir, struct h1_scan *s) {
+    u8 req = h1_is_req(c, dir);
+    const char *b = (const char *)s->buf;
+    if (s->n >= 16 && starts(b, "HTTP/1.", 7) == !req &&
+        (!req || infer_http1(b) != PB_PROTO_UNKNOWN))
+        return 1;
+    if (!req) h1_give_up(c, dir);
+    return 0;
 }
 
 /* Capture a call's bytes from `start` as a prefix: PB_CHUNK-sized events, at most
@@ -1296,15 +1539,24 @@ int h1_walk_fn(void *ctx) {
         s64 body = H1_UNSURE;
         u32 rest = orig - (u32)w->pos;
         u32 take = 0;  /* bytes of this call captured as one event: a head, or its start */
-        if (!s->end && s->n >= s->lim && s->lim - s->sh == rest && s->n < H1_MASK) {
+        u8 req = h1_is_req(c, dir);
+        u8 seek = d->state == H1_SEEK;  /* a message's start, if this head is a whole one */
+        if (!seek && !s->end && s->n >= s->lim && s->lim - s->sh == rest && s->n < H1_MASK) {
             /* the call ended inside a head: its bytes so far wait for the next call */
             struct h1_pend_key pk = {.tgid = dc->key.tgid, .fd = dc->key.fd, .dir = dir};
             if (!h1_pends.update(&pk, (struct h1_pend_val *)s->buf)) {
                 d->pend = s->n;
                 take = rest;
             }
-        } else if (s->end > s->sh) {
-            body = h1_body(c, s, (c->role == PB_ROLE_CLIENT) == (dir == PB_DIR_SEND));
+        } else if (s->end > s->sh && (!seek || !req || h1_request_line(s))) {
+            if (seek && req) {
+                /* responses are paired from this request on */
+                c->h1_reqs = 0;
+                c->h1_resps = 0;
+                c->h1_heads = 0;
+                c->h1_resp_ok = 1;
+            }
+            body = h1_body(c, s, req);
             if (body >= 0 || body == H1_CHUNKED) take = s->end - s->sh;
         }
         /* one event, whole (else as a prefix, cut as ever) */
@@ -1315,10 +1567,22 @@ int h1_walk_fn(void *ctx) {
             emit_chunk(dc, c, (u32)w->pos, buf + w->pos, take);
             w->pos += take;
             if (body != H1_UNSURE) {
+                if (seek) {
+                    stat_add(PB_STAT_H1_MIDSTREAM, 1);
+                    if (req) c->h1_mark = c->seq[dir ^ 1];  /* see h1_seek_may */
+                }
                 d->pend = 0;
                 d->rem = body > 0 ? (u32)body : 0;
                 d->state = body > 0 ? H1_BODY : body ? H1_CHUNK : H1_MSG;
                 d->crlf = 0;
+            }
+            u32 left = orig - (u32)w->pos;
+            if (d->state == H1_BODY && d->rem >= left) {
+                /* the body takes the rest of the call: left out here, no run more */
+                d->rem -= left;
+                w->skipped += left;
+                w->pos = orig;
+                if (!d->rem) d->state = H1_MSG;
             }
             /* the next message (or this one's body) in a fresh run */
             if (w->pos < orig) walkers.call(ctx, PB_TC_H1);
@@ -1365,9 +1629,11 @@ int h1_walk_fn(void *ctx) {
                 d->crlf = 0;
                 if (w->pos < orig) walkers.call(ctx, PB_TC_H1);
             }
-        } else if (w->pos < orig && d->state == H1_MSG) {
+        } else if (w->pos < orig && (d->state == H1_MSG ||
+                                     (d->state == H1_SEEK && h1_seek_may(c, dir)))) {
             u32 n = orig - (u32)w->pos;
             s->sh = 0;
+            s->line1 = 0;
             if (d->pend) {
                 struct h1_pend_key pk = {.tgid = dc->key.tgid, .fd = dc->key.fd, .dir = dir};
                 struct h1_pend_val *pv = h1_pends.lookup(&pk);
@@ -1386,16 +1652,33 @@ int h1_walk_fn(void *ctx) {
             s->cl_count = 0;
             s->te = 0;
             w->scanning = H1_SCANNING;
-            walkers.call(ctx, PB_TC_H1);  /* the scan runs at the start of a run: one path in */
+            /* the scan runs at the start of a run: one path in */
+            if (d->state != H1_SEEK || h1_seek_starts(c, dir, s)) walkers.call(ctx, PB_TC_H1);
         }
     }
     if (w->pos < orig) {
-        /* not framed for sure here, or out of tail calls: the rest as a prefix */
-        h1_give_up(c, dir);
+        /* not framed for sure here, or out of tail calls: the rest as a prefix (a direction
+         * still seeking tries again at its next call; one given up here is already off) */
+        if (d->state != H1_SEEK && d->state != H1_OFF) h1_give_up(c, dir);
         capture_prefix(dc, c, (u32)w->pos, buf, orig);
     }
     if (w->skipped) stat_add(PB_STAT_H1_SKIPPED_BYTES, w->skipped);
     return 0;
+}
+
+/* A call wholly inside a Content-Length body or a chunk's data (a large body's later
+ * calls, most calls of a big transfer): 1 if so, and the direction is moved past it.
+ * Only its first byte is captured (data_fn), with no walker run. */
+static __always_inline int h1_inside_body(struct conn_info *c, u8 dir, u32 orig) {
+    struct h1_dir *d = &c->h1[dir & 1];
+    if ((d->state != H1_BODY && d->state != H1_CDATA) || d->rem < orig) return 0;
+    d->rem -= orig;
+    if (!d->rem) {
+        d->crlf = 1;
+        d->state = d->state == H1_BODY ? H1_MSG : H1_CHUNK;
+    }
+    stat_add(PB_STAT_H1_SKIPPED_BYTES, orig - 1);
+    return 1;
 }
 
 /* A call on a direction that follows HTTP/1 framing: 1 to go on in h1_walk_fn. */
@@ -1421,6 +1704,7 @@ int data_fn(void *ctx) {
     u32 zero = 0;
     struct data_call *dc = calls.lookup(&zero);
     if (!dc) return 0;
+    prof_add(PB_PROF_DATA_CALLS, 1);
     u64 id = bpf_get_current_pid_tgid();
     struct data_args a = dc->a;
     u32 orig = dc->orig;
@@ -1489,19 +1773,24 @@ int data_fn(void *ctx) {
     dc->part = 0;
     if (c->proto == PB_PROTO_HTTP2 && !c->h2[a.dir & 1].sync) h2_resync(c, a.dir & 1, first, first_len);
     if (c->proto == PB_PROTO_HTTP2 && c->h2[a.dir & 1].sync) {
+        prof_add(PB_PROF_H2_CALLS, 1);
         if (h2_begin(dc, c)) walkers.call(ctx, PB_TC_H2);
         /* the walker is not there: the call goes unseen, its seq tells replay */
         stat_add(PB_STAT_TAIL_FAILED, 1);
         return 0;
     }
-    if (c->proto == PB_PROTO_HTTP1 && c->h1[a.dir & 1].state != H1_OFF && h1_begin(c, &a)) {
+    u32 cap = orig;  /* the prefix captured */
+    if (c->proto == PB_PROTO_HTTP1 && !a.iovcnt && h1_inside_body(c, a.dir, orig)) {
+        cap = 1;  /* a call's first byte is kept (kprobe_events.h) */
+    } else if (c->proto == PB_PROTO_HTTP1 && c->h1[a.dir & 1].state != H1_OFF &&
+               h1_begin(c, &a)) {
         walkers.call(ctx, PB_TC_H1);
         stat_add(PB_STAT_TAIL_FAILED, 1);  /* the call goes unseen, its seq tells replay */
         return 0;
     }
     /* one event per chunk; the captured bytes are always a prefix of the call's */
     if (!a.iovcnt) {
-        capture_prefix(dc, c, 0, a.buf, orig);
+        capture_prefix(dc, c, 0, a.buf, cap);
         return 0;
     }
     if (orig > PB_CALL_LIMIT) {
@@ -1545,6 +1834,7 @@ int data_fn(void *ctx) {
 static __always_inline int on_data_exit(void *ctx, long ret) {
     u64 id = bpf_get_current_pid_tgid();
     if (!tgid_traced(id >> 32)) return 0;  /* others: no lookup when the list is inline */
+    if (ret <= 0) prof_add(PB_PROF_EMPTY_CALLS, 1);
     u32 tid = (u32)id;
 #if PB_TASK_STORAGE
     struct task_struct *t = (struct task_struct *)bpf_get_current_task_btf();

@@ -29,7 +29,7 @@
 #define PB_SC_WRITEV 8
 
 /* counters in the stats array */
-#define PB_STAT_DROPPED 0        /* ring buffer full: event lost */
+/* PB_STAT_DROPPED 0 (pb_common.h): ring buffer full, event lost */
 #define PB_STAT_DATA_EVENTS 1
 #define PB_STAT_TRUNCATED_CALLS 2 /* calls longer than the capture limit */
 #define PB_STAT_TRUNCATED_BYTES 3
@@ -44,7 +44,22 @@
 #define PB_STAT_H2_RESYNC 12     /* frame walks begun mid-stream, on trial (PB_H2_TRIAL) */
 #define PB_STAT_H1_SKIPPED_BYTES 13 /* HTTP/1 Content-Length body bytes left out as gaps */
 #define PB_STAT_H1_GIVEN_UP 14   /* HTTP/1 directions whose framing stopped being followed */
-#define PB_STAT_MAX 15
+#define PB_STAT_H1_MIDSTREAM 15  /* HTTP/1 directions found mid-stream that began following */
+#define PB_STAT_MAX 16
+
+/* What the data path did, counted with -D PB_PROFILE=1 (recorder --profile): where a
+ * data call's BPF time goes, in counts that do not depend on the machine's load */
+#define PB_PROF_DATA_CALLS 0     /* data calls that moved bytes (data_fn runs) */
+#define PB_PROF_EMPTY_CALLS 1    /* data calls that moved nothing (EAGAIN, EOF) */
+#define PB_PROF_H2_CALLS 2       /* calls walked frame by frame */
+#define PB_PROF_H2_RUNS 3        /* runs of h2_walk_fn: tail calls into it */
+#define PB_PROF_H2_STEPS 4       /* steps of the frame walk */
+#define PB_PROF_H2_FIELDS 5      /* frame headers and gRPC prefixes gathered */
+#define PB_PROF_USER_READS 6     /* bpf_probe_read_user calls for payload bytes */
+#define PB_PROF_USER_READ_BYTES 7
+#define PB_PROF_RING_RECORDS 8   /* ring records of data events (one may pack several) */
+#define PB_PROF_GRPC_MAP_OPS 9   /* grpc_msgs lookups, updates, deletes */
+#define PB_PROF_MAX 10
 
 /* The sys_exit_* programs only stash a data call and tail-call the walkers
  * (slots of the `walkers` program array, filled by the loader), so the costly
@@ -66,18 +81,24 @@
  * so no empty events are needed. Directions not in sync keep the prefix capture:
  * one run at offset 0, as many events as PB_CHUNK-sized chunks.
  *
- * HTTP/1 body skipping (connections seen from their start, role known, calls not
- * vectored): each direction follows message framing across calls; a call's header
- * blocks are captured and Content-Length body bytes are left out as gaps (the
- * first byte of a call is kept, as above). Anything it cannot frame for sure
- * (close-delimited, 101, chunk extensions or trailers, a head or chunk-size line
- * cut by the call's end, a head longer than PB_H1_HDR_MAX, a vectored call, a
- * response to a request not framed or to a CONNECT) ends the following of that
- * direction for the connection: prefix capture from there on. Chunked bodies are
- * followed chunk by chunk (size lines captured, data left out); a HEAD's response
- * is known from the requests framed on the connection (paired in order, as
- * pipelining keeps them). Replay's parser frames the bytes itself and checks that every
- * gap falls inside a body; a gap elsewhere is a lost message, never a guess.
+ * HTTP/1 body skipping (role known, calls not vectored): each direction follows
+ * message framing across calls; a call's header blocks are captured and
+ * Content-Length body bytes are left out as gaps (the first byte of a call is kept,
+ * as above). Anything it cannot frame for sure (close-delimited, 101, chunk
+ * extensions or trailers, a head or chunk-size line cut by the call's end, a head
+ * longer than PB_H1_HDR_MAX, a vectored call, a response to a request not framed or
+ * to a CONNECT) ends the following of that direction for the connection: prefix
+ * capture from there on. Chunked bodies are followed chunk by chunk (size lines
+ * captured, data left out); a HEAD's response is known from the requests framed on
+ * the connection (paired in order, as pipelining keeps them). A connection found
+ * mid-stream (opened before the attach) seeks a message's start in each direction,
+ * with prefix capture until then: the request direction begins at a call that starts
+ * with a whole request line, the response direction only at its first call after
+ * that, and only if that call starts with a status line: it answers the first
+ * request framed (unless requests were pipelined across the attach, which replay's
+ * own in-order pairing cannot tell either). Replay's parser frames the bytes itself
+ * and checks that every gap falls inside a body; a gap elsewhere is a lost message,
+ * never a guess.
  *
  * Loss: `seq` counts the data calls of one connection and direction (from 1),
  * and `part` the events of one call (from 0), both whether or not an event made
@@ -115,7 +136,8 @@ struct pb_data_event {
     u8 proto;
     u8 dir;
     u8 syscall;
-    u8 pad;
+    u8 packed;    /* events in this ring record, set in its first (0 or 1: one alone);
+                   * the recorder's drain takes them apart and zeroes it */
     u16 part;     /* index of this event among its call's events */
     u32 orig_len; /* bytes the syscall moved */
     u32 offset;   /* offset of this chunk in the syscall's bytes */

@@ -22,7 +22,7 @@
 #define PB_TLS_LIB_GO 2
 
 /* counters in the stats array */
-#define PB_TSTAT_DROPPED 0       /* ring buffer full: event lost */
+#include "pb_common.h" /* PB_STAT_DROPPED 0: ring buffer full, event lost */
 #define PB_TSTAT_EVENTS 1
 #define PB_TSTAT_CALLS 2         /* SSL calls that moved plaintext */
 #define PB_TSTAT_TRUNCATED 3     /* calls longer than the capture limit */

@@ -11,12 +11,6 @@
 #ifndef PB_RINGBUF_PAGES
 #define PB_RINGBUF_PAGES 4096
 #endif
-#ifndef PB_FILTER_TGID
-#define PB_FILTER_TGID 0
-#endif
-#ifndef PB_FILTER_PORTS
-#define PB_FILTER_PORTS 0
-#endif
 
 BPF_RINGBUF_OUTPUT(events, PB_RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(stats, u64, PB_TSTAT_MAX);
@@ -31,8 +25,7 @@ struct seqs { u32 n[2]; };
 BPF_TABLE("lru_hash", u64, struct seqs, conn_seq, 65536);
 
 static __always_inline void stat_add(u32 i, u64 n) {
-    u64 *v = stats.lookup(&i);
-    if (v) *v += n;
+    pb_count(stats.lookup(&i), n);
 }
 static __always_inline u32 verifier_bound(u32 v) {
     asm volatile("%0 &= %1" : "+r"(v) : "i"(2 * PB_TLS_CHUNK - 1));
@@ -111,14 +104,16 @@ static __always_inline int emit(u64 conn, u64 buf, u64 n, u8 dir) {
         if (bpf_probe_read_user(e->data, verifier_bound(len), (void *)(buf + off)) < 0)
             e->cap_len = 0;
         u32 size = verifier_bound(offsetof(struct pb_tls_event, data) + e->cap_len);
-        if (events.ringbuf_output(e, size, 0) < 0) stat_add(PB_TSTAT_DROPPED, 1);
+        if (events.ringbuf_output(e, size, 0) < 0) stat_add(PB_STAT_DROPPED, 1);
         else stat_add(PB_TSTAT_EVENTS, 1);
     }
     return 0;
 }
 
+/* the target filter (pb_common.h), with the map when there is no inline list */
 static __always_inline int traced(u32 tgid) {
-    return !PB_FILTER_TGID || targets.lookup(&tgid);
+    int known = pb_tgid_filter(tgid);
+    return known >= 0 ? known : targets.lookup(&tgid) != NULL;
 }
 
 int probe_go_write(struct pt_regs *ctx) {

@@ -18,12 +18,6 @@
 #ifndef PB_RINGBUF_PAGES
 #define PB_RINGBUF_PAGES 4096
 #endif
-#ifndef PB_FILTER_TGID
-#define PB_FILTER_TGID 0
-#endif
-#ifndef PB_FILTER_PORTS
-#define PB_FILTER_PORTS 0
-#endif
 #define TCP_ESTABLISHED_ 1
 
 BPF_RINGBUF_OUTPUT(events, PB_RINGBUF_PAGES);
@@ -59,8 +53,7 @@ struct seqs { u32 n[2]; };
 BPF_TABLE("lru_hash", u64, struct seqs, ssl_seq, 65536);
 
 static __always_inline void stat_add(u32 i, u64 n) {
-    u64 *v = stats.lookup(&i);
-    if (v) *v += n;
+    pb_count(stats.lookup(&i), n);
 }
 /* Mask a length so the verifier sees its bound; the asm keeps clang from
  * dropping a mask it can prove redundant (as in kprobe_collector.c). */
@@ -68,8 +61,10 @@ static __always_inline u32 verifier_bound(u32 v) {
     asm volatile("%0 &= %1" : "+r"(v) : "i"(2 * PB_TLS_CHUNK - 1));
     return v;
 }
+/* the target filter (pb_common.h), with the map when there is no inline list */
 static __always_inline int traced(u32 tgid) {
-    return !PB_FILTER_TGID || targets.lookup(&tgid);
+    int known = pb_tgid_filter(tgid);
+    return known >= 0 ? known : targets.lookup(&tgid) != NULL;
 }
 
 /* ---- addresses */
@@ -210,7 +205,7 @@ static __always_inline int leave(struct pt_regs *ctx) {
         if (bpf_probe_read_user(e->data, verifier_bound(len), (void *)(c.buf + off)) < 0)
             e->cap_len = 0; /* unreadable: the event still says how much went by */
         u32 size = verifier_bound(offsetof(struct pb_tls_event, data) + e->cap_len);
-        if (events.ringbuf_output(e, size, 0) < 0) stat_add(PB_TSTAT_DROPPED, 1);
+        if (events.ringbuf_output(e, size, 0) < 0) stat_add(PB_STAT_DROPPED, 1);
         else stat_add(PB_TSTAT_EVENTS, 1);
     }
     return 0;

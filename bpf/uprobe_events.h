@@ -40,7 +40,7 @@
 #define PB_ADDR_NOT_TCPADDR 3
 
 /* counters in the stats array */
-#define PB_USTAT_DROPPED 0 /* ring buffer full: event lost */
+/* PB_STAT_DROPPED 0 (pb_common.h): ring buffer full, event lost */
 #define PB_USTAT_HEADER_EVENTS 1
 #define PB_USTAT_DATA_EVENTS 2
 #define PB_USTAT_EXTRA_FIELDS 4     /* fields beyond PB_MAX_BLOCK_FIELDS in a block */
@@ -51,10 +51,13 @@
 #define PB_USTAT_MAX 24
 
 /* A header block is sent as one or more events (parts) of up to PB_EV_FIELDS fields and
- * PB_HDR_BLOB bytes of names and values; the parts of a block share ts_ns and tid.
+ * PB_HDR_BLOB bytes; the parts of a block share ts_ns and tid. The blob holds each field as
+ * a struct pb_hfield followed by its captured name and value bytes, so a part is as long
+ * as what it carries (a fixed per-field table cost 1 KiB per event).
  * PB_VALUE_MAX and PB_MAX_BLOCK_FIELDS may be overridden with -D (recorder options);
- * PB_HDR_BLOB must stay a power of two >= PB_NAME_MAX + PB_VALUE_MAX. The blob is the
- * event's last field, and replay reads only blob_len bytes of it, so its size may vary. */
+ * PB_HDR_BLOB must stay a power of two >= sizeof(struct pb_hfield) + PB_NAME_MAX +
+ * PB_VALUE_MAX. The blob is the event's last field, and replay reads only blob_len bytes
+ * of it, so its size may vary. */
 #define PB_EV_FIELDS 64 /* power of two */
 #ifndef PB_HDR_BLOB
 #define PB_HDR_BLOB 32768
@@ -91,12 +94,17 @@ struct pb_header_event {
     u32 first;     /* index in the block of this part's first field */
     u32 count;     /* fields in this part */
     u32 part;      /* 0, 1, ...: this event's place among the block's parts */
-    u32 blob_len;  /* valid bytes of blob: the captured names and values, packed */
-    u32 name_len[PB_EV_FIELDS];  /* original lengths (clamped to 2^32-1) */
-    u32 value_len[PB_EV_FIELDS];
-    u32 name_cap[PB_EV_FIELDS];  /* captured lengths: less than the original = cut */
-    u32 value_cap[PB_EV_FIELDS];
+    u32 blob_len;  /* valid bytes of blob: count fields, each a pb_hfield, name, value */
     u8 blob[PB_HDR_BLOB];
+};
+
+/* one header field in a pb_header_event's blob, followed by name_cap bytes of its name
+ * and value_cap bytes of its value */
+struct pb_hfield {
+    u32 name_len;  /* original lengths (clamped to 2^32-1) */
+    u32 value_len;
+    u32 name_cap;  /* captured lengths: less than the original = cut */
+    u32 value_cap;
 };
 
 struct pb_data_event {

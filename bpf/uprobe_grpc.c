@@ -11,9 +11,6 @@
 #ifndef PB_RINGBUF_PAGES
 #define PB_RINGBUF_PAGES 1024
 #endif
-#ifndef PB_FILTER_TGID
-#define PB_FILTER_TGID 0
-#endif
 #ifndef PB_TYPE_SYSCONN
 #define PB_TYPE_SYSCONN 0 /* no *syscallConn hop (see unwrap) */
 #endif
@@ -26,26 +23,11 @@
 BPF_RINGBUF_OUTPUT(events, PB_RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(stats, u64, PB_USTAT_MAX);
 
-/* Batched wake-ups, as in kprobe_collector.c (rb_flags there; bcc rewrites map calls in
- * the main file only, so the two cannot share a header): records go in without waking
- * the recorder, which drains on its poll timer, unless this CPU has submitted
- * PB_WAKE_BYTES since its last forced wake-up. A wake-up per record was 2.5 context
- * switches per gRPC call, on the cores the traced processes need. */
-#ifndef PB_WAKE_BYTES
-#define PB_WAKE_BYTES (PB_RINGBUF_PAGES * 4096 / 16)
-#endif
+/* batched wake-ups (pb_common.h) */
 BPF_PERCPU_ARRAY(rb_pending, u64, 1);
 static __always_inline u64 rb_flags(u32 size) {
     u32 zero = 0;
-    u64 *p = rb_pending.lookup(&zero);
-    if (!p) return 0;
-    u64 v = *p + size + 8;
-    if (v < PB_WAKE_BYTES) {
-        *p = v;
-        return BPF_RB_NO_WAKEUP;
-    }
-    *p = 0;
-    return BPF_RB_FORCE_WAKEUP;
+    return pb_rb_flags(rb_pending.lookup(&zero), size, PB_WAKE_BYTES);
 }
 /* Header events are built in one scratch entry per CPU (bpf_loop callbacks reach it by
  * CPU id): a plain array, because a per-CPU map's values are capped at 32 KiB. Slack after
@@ -73,8 +55,7 @@ struct conn_addr {
 };
 
 static __always_inline void stat_add(u32 idx, u64 n) {
-    u64 *v = stats.lookup(&idx);
-    if (v) *v += n;
+    pb_count(stats.lookup(&idx), n);
 }
 
 static __always_inline u32 bound(u32 v, u32 mask) {
@@ -105,9 +86,27 @@ static __always_inline u64 go_reg(struct pt_regs *ctx, int dwarf_reg) {
     return 0;
 }
 
+/* the target filter (pb_common.h), with the map when there is no inline list */
 static __always_inline int traced(u32 tgid) {
-#if PB_FILTER_TGID
-    return targets.lookup(&tgid) != NULL;
+    int known = pb_tgid_filter(tgid);
+    return known >= 0 ? known : targets.lookup(&tgid) != NULL;
+}
+
+struct go_iface { u64 tab; u64 data; };
+
+/* The dynamic type of an interface whose itab is tab, for type_is; without type checks
+ * (resolve.py turns them off for PIE binaries) nothing is read. */
+static __always_inline u64 dyn_type(u64 tab) {
+#if PB_CHECK_TYPES
+    return tab ? rd64(tab + PB_ITAB_TYPE) : 0;
+#else
+    return 0;
+#endif
+}
+
+static __always_inline int type_is(u64 t, u64 want) {
+#if PB_CHECK_TYPES
+    return t == want;
 #else
     return 1;
 #endif
@@ -116,8 +115,7 @@ static __always_inline int traced(u32 tgid) {
 /* Is the interface at iface of the dynamic type whose descriptor is at typ? */
 static __always_inline int iface_is(u64 iface, u64 typ) {
 #if PB_CHECK_TYPES
-    u64 itab = rd64(iface);
-    return itab && rd64(itab + PB_ITAB_TYPE) == typ;
+    return type_is(dyn_type(rd64(iface)), typ);
 #else
     return 1;
 #endif
@@ -131,13 +129,26 @@ static __always_inline u64 hop(u64 p, s64 off, u64 typ) {
     return rd64(p + off);
 }
 
-static __always_inline u8 read_tcpaddr(u64 iface, u8 *ip, u16 *port, u8 *ip_len) {
-    if (!iface_is(iface, PB_TYPE_TCPADDR)) return PB_ADDR_NOT_TCPADDR;
-    u64 a = rd64(iface + 8);
-    if (!a) return PB_ADDR_UNREADABLE;
+/* A net.Addr interface (its itab's type known as t) holding a *net.TCPAddr: IP and port.
+ * Every read costs about as much as the copy of a few hundred bytes, so adjacent fields
+ * come in one read. */
+static __always_inline u8 read_tcpaddr(struct go_iface *i, u64 t, u8 *ip, u16 *port,
+                                       u8 *ip_len) {
+    if (!type_is(t, PB_TYPE_TCPADDR)) return PB_ADDR_NOT_TCPADDR;
+    if (!i->data) return PB_ADDR_UNREADABLE;
     struct go_slice s = {};
-    if (bpf_probe_read_user(&s, sizeof(s), (void *)(a + PB_TCPADDR_IP)) < 0) return PB_ADDR_UNREADABLE;
-    u64 p = rd64(a + PB_TCPADDR_PORT);
+    u64 p = 0;
+#if PB_TCPADDR_PORT == PB_TCPADDR_IP + 24
+    struct { struct go_slice ip; u64 port; } ta = {};
+    if (bpf_probe_read_user(&ta, sizeof(ta), (void *)(i->data + PB_TCPADDR_IP)) < 0)
+        return PB_ADDR_UNREADABLE;
+    s = ta.ip;
+    p = ta.port;
+#else
+    if (bpf_probe_read_user(&s, sizeof(s), (void *)(i->data + PB_TCPADDR_IP)) < 0)
+        return PB_ADDR_UNREADABLE;
+    p = rd64(i->data + PB_TCPADDR_PORT);
+#endif
     u32 n = s.len == 4 ? 4 : 16;
     if (s.len != 4 && s.len != 16) return PB_ADDR_UNREADABLE;
     if (bpf_probe_read_user(ip, n, (void *)s.ptr) < 0) return PB_ADDR_UNREADABLE;
@@ -148,21 +159,19 @@ static __always_inline u8 read_tcpaddr(u64 iface, u8 *ip, u16 *port, u8 *ip_len)
 
 /* Over TLS the transport's net.Conn is grpc-go's *syscallConn, whose sysConn field holds
  * the raw *net.TCPConn, or a bare *tls.Conn, whose conn field holds it: one hop, by the
- * wrapper's dynamic type, to the interface that names the socket. */
-static __always_inline u64 unwrap(u64 iface) {
+ * wrapper's dynamic type t, to the interface that names the socket (t follows). */
+static __always_inline void unwrap(struct go_iface *i, u64 *t) {
+    u64 inner = 0;
 #if PB_TYPE_SYSCONN
-    if (iface_is(iface, PB_TYPE_SYSCONN)) {
-        u64 w = rd64(iface + 8);
-        return w ? w + PB_SYSCONN_INNER : iface;
-    }
+    if (type_is(*t, PB_TYPE_SYSCONN)) inner = i->data + PB_SYSCONN_INNER;
 #endif
 #if PB_TYPE_TLSCONN
-    if (iface_is(iface, PB_TYPE_TLSCONN)) {
-        u64 w = rd64(iface + 8);
-        return w ? w + PB_TLSCONN_INNER : iface;
-    }
+    if (!inner && type_is(*t, PB_TYPE_TLSCONN)) inner = i->data + PB_TLSCONN_INNER;
 #endif
-    return iface;
+    struct go_iface w = {};
+    if (!inner || bpf_probe_read_user(&w, sizeof(w), (void *)inner) < 0 || !w.data) return;
+    *i = w;
+    *t = dyn_type(w.tab);
 }
 
 /* From the probe's root object to the connection: its netFD, fd and both addresses. */
@@ -172,27 +181,39 @@ static __always_inline void conn_of(struct conn_addr *c, u64 root, s64 s0, u64 t
     c->status = PB_ADDR_UNREADABLE;
     u64 obj = hop(hop(root, s0, t0), s1, t1);
     if (!obj) return;
-    u64 iface = obj + conn_off;
-    u64 tcpconn = rd64(iface + 8);
-    if (!tcpconn) return;
-    c->conn = tcpconn; /* a stable name even when the type is not TCP */
+    struct go_iface ci = {};
+    if (bpf_probe_read_user(&ci, sizeof(ci), (void *)(obj + conn_off)) < 0 || !ci.data) return;
+    c->conn = ci.data; /* a stable name even when the type is not TCP */
 #if PB_HAVE_ADDR
-    iface = unwrap(iface);
-    tcpconn = rd64(iface + 8);
-    if (!tcpconn) return;
-    if (!iface_is(iface, PB_TYPE_TCPCONN)) {
+    u64 t = dyn_type(ci.tab);
+    unwrap(&ci, &t);
+    if (!type_is(t, PB_TYPE_TCPCONN)) {
         c->status = PB_ADDR_NOT_TCP;
         return;
     }
-    u64 fd = rd64(tcpconn + PB_TCPCONN_FD);
+    u64 fd = rd64(ci.data + PB_TCPCONN_FD);
     if (!fd) return;
     c->conn = fd;
     s32 sysfd = -1;
     bpf_probe_read_user(&sysfd, sizeof(sysfd), (void *)(fd + PB_NETFD_SYSFD));
     c->fd = sysfd;
+    struct go_iface la = {}, ra = {};
+#if PB_NETFD_RADDR == PB_NETFD_LADDR + 16
+    struct go_iface both[2] = {};
+    if (bpf_probe_read_user(both, sizeof(both), (void *)(fd + PB_NETFD_LADDR)) < 0) return;
+    la = both[0];
+    ra = both[1];
+#else
+    if (bpf_probe_read_user(&la, sizeof(la), (void *)(fd + PB_NETFD_LADDR)) < 0 ||
+        bpf_probe_read_user(&ra, sizeof(ra), (void *)(fd + PB_NETFD_RADDR)) < 0)
+        return;
+#endif
+    /* both addresses are usually of one type: its itab's type is read once */
+    u64 lt = dyn_type(la.tab);
+    u64 rt = ra.tab == la.tab ? lt : dyn_type(ra.tab);
     u8 ll = 0, rl = 0;
-    u8 st = read_tcpaddr(fd + PB_NETFD_LADDR, c->laddr, &c->lport, &ll);
-    if (st == PB_ADDR_OK) st = read_tcpaddr(fd + PB_NETFD_RADDR, c->raddr, &c->rport, &rl);
+    u8 st = read_tcpaddr(&la, lt, c->laddr, &c->lport, &ll);
+    if (st == PB_ADDR_OK) st = read_tcpaddr(&ra, rt, c->raddr, &c->rport, &rl);
     c->ip_len = ll;
     c->status = st;
 #endif
@@ -256,7 +277,7 @@ static __always_inline void hdr_flush(struct pb_header_event *e) {
     u32 size = offsetof(struct pb_header_event, blob) + bound(off, PB_HDR_BLOB - 1);
     if (off >= PB_HDR_BLOB) size = sizeof(struct pb_header_event);
     if (events.ringbuf_output(e, size, rb_flags(size)) < 0)
-        stat_add(PB_USTAT_DROPPED, 1);
+        stat_add(PB_STAT_DROPPED, 1);
     else
         stat_add(PB_USTAT_HEADER_EVENTS, 1);
     e->first += e->count;
@@ -265,30 +286,78 @@ static __always_inline void hdr_flush(struct pb_header_event *e) {
     e->part += 1;
 }
 
-/* Where a block's walk stands between the runs of its tail-call chain (one CPU). */
-struct hwalk { u64 hf_ptr; u32 next; u32 n; };
+/* Where a block's walk stands between the runs of its tail-call chain (one CPU), and the
+ * (name, value) string headers of up to PB_FCHUNK fields from index base, fetched in one
+ * read: each probe read costs more than copying a few hundred bytes. */
+#define PB_FCHUNK 8
+#define PB_FBUF 512 /* power of two > PB_FCHUNK * PB_HFIELD_SIZE */
+_Static_assert(PB_FCHUNK * PB_HFIELD_SIZE < PB_FBUF, "field chunk exceeds its buffer");
+struct hwalk {
+    u64 hf_ptr;
+    u32 next;
+    u32 n;
+    u32 base;
+    u32 loaded;
+    u8 fbuf[2 * PB_FBUF]; /* slack: a masked offset plus a string header stays inside */
+};
 BPF_PERCPU_ARRAY(hwalk, struct hwalk, 1);
 BPF_PROG_ARRAY(hdr_walker, 1); /* [0] = hdr_fields, loaded by the recorder */
 
-/* One header field into the current part; returns 0 when the part is full (nothing added). */
-static __always_inline int hdr_field(struct pb_header_event *e, u64 f) {
+/* Field idx's name and value string headers, from the chunk, read first if need be.
+ * Returns -1 when they cannot be read. */
+static __always_inline int field_strings(struct hwalk *w, u32 idx, struct go_string *name,
+                                         struct go_string *value) {
+    u32 k = idx - w->base;
+    if (idx < w->base || k >= w->loaded) {
+        u32 left = w->n - idx;
+        u32 cnt = left < PB_FCHUNK ? left : PB_FCHUNK;
+        u32 size = bound(cnt * PB_HFIELD_SIZE, PB_FBUF - 1);
+        w->loaded = 0;
+        if (!size || bpf_probe_read_user(w->fbuf, size,
+                                         (void *)(w->hf_ptr + (u64)idx * PB_HFIELD_SIZE)) < 0)
+            return -1;
+        w->base = idx;
+        w->loaded = cnt;
+        k = 0;
+    }
+    u32 at = k * PB_HFIELD_SIZE;
+    __builtin_memcpy(name, w->fbuf + bound(at + PB_HFIELD_NAME, PB_FBUF - 1), sizeof(*name));
+    __builtin_memcpy(value, w->fbuf + bound(at + PB_HFIELD_VALUE, PB_FBUF - 1), sizeof(*value));
+    return 0;
+}
+
+/* One header field into the current part: its pb_hfield, name and value; returns 0 when
+ * the part is full (nothing added). A field whose string headers cannot be read goes in
+ * with lengths of 2^32-1 and nothing captured: replay marks it cut, never empty. */
+static __always_inline int hdr_field(struct pb_header_event *e, struct hwalk *w, u32 idx) {
     struct go_string name = {}, value = {};
-    bpf_probe_read_user(&name, sizeof(name), (void *)(f + PB_HFIELD_NAME));
-    bpf_probe_read_user(&value, sizeof(value), (void *)(f + PB_HFIELD_VALUE));
+    if (field_strings(w, idx, &name, &value) < 0) {
+        stat_add(PB_USTAT_READ_ERRORS, 1);
+        name.len = value.len = 0xffffffffULL;
+        name.ptr = value.ptr = 0;
+    }
     u32 nl = name.len < PB_NAME_MAX ? (u32)name.len : PB_NAME_MAX;
     u32 vl = value.len < PB_VALUE_MAX ? (u32)value.len : PB_VALUE_MAX;
+    if (!name.ptr) nl = 0;
+    if (!value.ptr) vl = 0;
     u32 cnt = *(volatile u32 *)&e->count;
     if (cnt >= PB_EV_FIELDS) return 0;
-    if (cnt && *(volatile u32 *)&e->blob_len + nl + vl > PB_HDR_BLOB) return 0;
-    u32 k = bound(cnt, PB_EV_FIELDS - 1);
-    e->name_len[k] = name.len > 0xffffffffULL ? 0xffffffff : (u32)name.len;
-    e->value_len[k] = value.len > 0xffffffffULL ? 0xffffffff : (u32)value.len;
-    u32 nc = blob_put(e, &name, PB_NAME_MAX);
-    u32 vc = blob_put(e, &value, PB_VALUE_MAX);
-    e->name_cap[k] = nc;
-    e->value_cap[k] = vc;
+    volatile u32 *vo = &e->blob_len;
+    u32 off = *vo;
+    if (off >= PB_HDR_BLOB) return 0;
+    if (cnt && off + sizeof(struct pb_hfield) + nl + vl > PB_HDR_BLOB) return 0;
+    /* the slack after the blob keeps a masked offset plus the record inside the entry */
+    struct pb_hfield *h = (struct pb_hfield *)(e->blob + bound(off, PB_HDR_BLOB - 1));
+    h->name_len = name.len > 0xffffffffULL ? 0xffffffff : (u32)name.len;
+    h->value_len = value.len > 0xffffffffULL ? 0xffffffff : (u32)value.len;
+    *vo = off + sizeof(struct pb_hfield);
+    struct go_string nc_s = {name.ptr, nl}, vc_s = {value.ptr, vl};
+    u32 nc = blob_put(e, &nc_s, PB_NAME_MAX);
+    u32 vc = blob_put(e, &vc_s, PB_VALUE_MAX);
+    h->name_cap = nc;
+    h->value_cap = vc;
     if (nc != name.len || vc != value.len) stat_add(PB_USTAT_CUT_VALUES, 1);
-    *(volatile u32 *)&e->count = k + 1;
+    *(volatile u32 *)&e->count = cnt + 1;
     return 1;
 }
 
@@ -304,7 +373,7 @@ int hdr_fields(struct pt_regs *ctx) {
     for (int i = 0; i < PB_EV_FIELDS; i++) {
         u32 idx = *(volatile u32 *)&w->next;
         if (idx >= w->n) break;
-        if (!hdr_field(e, w->hf_ptr + (u64)idx * PB_HFIELD_SIZE)) break;
+        if (!hdr_field(e, w, idx)) break;
         *(volatile u32 *)&w->next = idx + 1;
     }
     if (w->next < w->n) {
@@ -336,6 +405,8 @@ static __always_inline int emit_headers(struct pt_regs *ctx, struct conn_addr *c
     e->blob_len = 0;
     w->hf_ptr = hf_ptr;
     w->next = 0;
+    w->base = 0;
+    w->loaded = 0;
     w->n = hf_len < PB_MAX_BLOCK_FIELDS ? (u32)hf_len : PB_MAX_BLOCK_FIELDS;
     hdr_walker.call(ctx, 0);
     /* no walker loaded: the block's fields go unsent, and replay says so */
@@ -347,15 +418,27 @@ static __always_inline int emit_headers(struct pt_regs *ctx, struct conn_addr *c
 /* (*MetaHeadersFrame): stream id and flags from the embedded *HeadersFrame's header */
 static __always_inline int recv_headers(struct pt_regs *ctx, struct conn_addr *c, u8 probe,
                                         u8 role, u64 frame) {
-    u64 hdrs = rd64(frame + PB_MHF_HEADERS);
+    struct go_slice fields = {};
+    u64 hdrs = 0;
+#if PB_MHF_FIELDS == PB_MHF_HEADERS + 8
+    struct { u64 hdrs; struct go_slice fields; } m = {};
+    bpf_probe_read_user(&m, sizeof(m), (void *)(frame + PB_MHF_HEADERS));
+    hdrs = m.hdrs;
+    fields = m.fields;
+#else
+    hdrs = rd64(frame + PB_MHF_HEADERS);
+    bpf_probe_read_user(&fields, sizeof(fields), (void *)(frame + PB_MHF_FIELDS));
+#endif
     u32 sid = 0;
     u8 flags = 0;
     if (hdrs) {
-        bpf_probe_read_user(&sid, sizeof(sid), (void *)(hdrs + PB_HDRF_FH + PB_FH_SID));
-        bpf_probe_read_user(&flags, sizeof(flags), (void *)(hdrs + PB_HDRF_FH + PB_FH_FLAGS));
+        /* the frame header's flags and stream id, in one read */
+        u8 fh[PB_FH_SID + 4] = {};
+        _Static_assert(PB_FH_FLAGS < PB_FH_SID, "FrameHeader layout");
+        bpf_probe_read_user(fh, sizeof(fh), (void *)(hdrs + PB_HDRF_FH));
+        flags = fh[PB_FH_FLAGS];
+        __builtin_memcpy(&sid, fh + PB_FH_SID, sizeof(sid));
     }
-    struct go_slice fields = {};
-    bpf_probe_read_user(&fields, sizeof(fields), (void *)(frame + PB_MHF_FIELDS));
     return emit_headers(ctx, c, probe, role, PB_DIR_RECV, sid, flags & 1, fields.ptr, fields.len);
 }
 #endif
@@ -396,7 +479,7 @@ int probe_server_headers(struct pt_regs *ctx) {
 
 static __always_inline int emit_data(struct pb_data_event *e) {
     if (events.ringbuf_output(e, sizeof(*e), rb_flags(sizeof(*e))) < 0) {
-        stat_add(PB_USTAT_DROPPED, 1);
+        stat_add(PB_STAT_DROPPED, 1);
         return 0;
     }
     stat_add(PB_USTAT_DATA_EVENTS, 1);
@@ -503,7 +586,7 @@ int probe_server_data(struct pt_regs *ctx) {
 #if PB_HAVE_WRITE_RST || PB_HAVE_CLIENT_RST || PB_HAVE_SERVER_RST
 static __always_inline int emit_rst(struct pb_rst_event *e) {
     if (events.ringbuf_output(e, sizeof(*e), 0) < 0) {
-        stat_add(PB_USTAT_DROPPED, 1);
+        stat_add(PB_STAT_DROPPED, 1);
         return 0;
     }
     stat_add(PB_USTAT_RST_EVENTS, 1);

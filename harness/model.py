@@ -128,6 +128,9 @@ class Exchange:
 # this factor from the environment: an emulated guest (`probebench kernels`) is 25-35x
 # slower than the host. It never changes what is measured, only how long we wait.
 SLOWDOWN_ENV = "PROBEBENCH_SLOWDOWN"
+# set in a guest of `probebench kernels`: its pytest prints each failure's traceback as it
+# happens (tests/conftest.py), since a guest killed at its timeout never prints the summary
+TRACEBACK_NOW_ENV = "PROBEBENCH_TRACEBACK_NOW"
 
 
 def waited(seconds: float) -> float:

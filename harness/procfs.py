@@ -24,6 +24,7 @@ class ProcStat:
     state: str  # R, S, D, T (stopped), t, Z (zombie), X ...
     ppid: int
     pgrp: int
+    cpu_s: float = 0.0  # its own user + system time, without its children's
 
 
 def processes() -> Iterator[ProcStat]:
@@ -34,10 +35,12 @@ def processes() -> Iterator[ProcStat]:
         try:
             with open(f"/proc/{d}/stat") as f:
                 # the command name may hold spaces and parentheses: fields follow the last ')'
-                state, ppid, pgrp = f.read().rsplit(")", 1)[1].split()[:3]
+                fields = f.read().rsplit(")", 1)[1].split()
+                state, ppid, pgrp, utime, stime = *fields[:3], *fields[11:13]
         except (OSError, ValueError):
             continue
-        yield ProcStat(int(d), state, int(ppid), int(pgrp))
+        ticks = os.sysconf("SC_CLK_TCK")
+        yield ProcStat(int(d), state, int(ppid), int(pgrp), (int(utime) + int(stime)) / ticks)
 
 
 def descendants(root: int, *, live_only: bool = True) -> set[int]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from harness.doctor import missing_for
+from harness.model import TRACEBACK_NOW_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,3 +44,10 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         if os.environ.get("CI"):
             pytest.fail(f"{marker} test cannot run in CI: {why}\n{_doctor()}", pytrace=False)
         pytest.skip(f"{marker}: {why}")
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.failed and os.environ.get(TRACEBACK_NOW_ENV):
+        sys.stdout.write(f"\n--- {report.nodeid} ({report.when}) failed:\n"
+                         f"{report.longreprtext}\n---\n")  # fmt: skip
+        sys.stdout.flush()

@@ -118,15 +118,17 @@ def test_kprobe_mode_on_a_real_workload(tmp_path: Path, attach: str) -> None:
                 and f"_bcc_{stats['pid']}" in ln]  # fmt: skip
 
 
-def _run(host: str, kernel: str, hooks_: str, completeness: float, idx: int) -> Any:
+def _run(host: str, kernel: str, hooks_: str, completeness: float, idx: int,
+         protocol: str = "h2c-grpc", grpc_go: str = "v1.85.0") -> Any:
     from harness.report.load import RunData
 
-    row = {"scenario": "grpc-unary", "protocol": "h2c-grpc", "client": "go", "server": "go",
+    row = {"scenario": "grpc-unary", "protocol": protocol, "client": "go", "server": "go",
            "attach": "late", "collector": "kprobe", "side": "server", "variant": "default",
            "observable": 10, "matched": int(10 * completeness), "completeness": completeness,
-           "degraded": 0, "wrong": 0, "phantoms": 0, "lost_events": 0}  # fmt: skip
+           "degraded": 0, "wrong": 0, "phantoms": 0, "lost_events": 0, "grpc_go": grpc_go}
+    cpu = "QEMU TCG CPU version 2.5+" if host.startswith("pb-") else "AMD EPYC"
     manifest = {"run_id": f"r{idx}", "params": {"client": "go", "server": "go"},
-                "machine": {"hostname": host, "kernel": kernel},
+                "machine": {"hostname": host, "kernel": kernel, "cpu_model": cpu},
                 "collectors": {"kprobe": {"kernel_hooks": hooks_}}}  # fmt: skip
     return RunData(Path(f"/nonexistent/r{idx}"), manifest, {"rows": [row]})
 
@@ -149,6 +151,34 @@ def test_report_keeps_kernels_apart_and_compares_hook_modes() -> None:
                      "pb-6.12, kernel 6.12.117+deb12-amd64": "NO"}  # the host has one mode
 
 
+def test_kernel_cells_keep_tls_and_builds_apart_and_put_the_host_first() -> None:
+    """A TLS run (0% on the kernel side by design) and another grpc-go build are cells of
+    their own, not pooled into the plaintext cell; the wide table has one column per
+    machine and mode, the host first and 6.1 before 6.12, and leaves out (but counts) the
+    cells only one column ran."""
+    from harness.report.tables import kernels_frame, kernels_wide, rows_frame
+
+    runs = [_run("host", "6.18.44", "tracepoints", 1.0, 1),
+            _run("host", "6.18.44", "tracepoints", 0.0, 2, protocol="tls-h2-grpc"),
+            _run("host", "6.18.44", "tracepoints", 1.0, 3, grpc_go="v1.33.3"),
+            _run("pb-6.12", "6.12.117+deb12-amd64", "kprobes", 1.0, 4),
+            _run("pb-6.1", "6.1.0-57-amd64", "kprobes", 1.0, 5),
+            _run("pb-6.1", "6.1.0-57-amd64", "tracepoints", 1.0, 6)]  # fmt: skip
+    guests = {r.machine_label for r in runs if r.guest}
+    assert guests == {"pb-6.1, kernel 6.1.0-57-amd64", "pb-6.12, kernel 6.12.117+deb12-amd64"}
+    kf = kernels_frame(rows_frame(runs))
+    host = kf[kf["machine"] == "host, kernel 6.18.44"]
+    assert len(host) == 3 and set(host["runs"]) == {1}
+    assert sorted(host["completeness"]) == [0.0, 1.0, 1.0]
+    wide, alone = kernels_wide(kf, guests)
+    assert list(wide.columns[-4:]) == ["host 6.18.44 · tracepoints",
+                                       "guest 6.1.0-57-amd64 · tracepoints",
+                                       "guest 6.1.0-57-amd64 · kprobes",
+                                       "guest 6.12.117+deb12-amd64 · kprobes"]
+    assert len(wide) == 1 and alone == 2  # the TLS and v1.33.3 cells: the host's only
+    assert wide.iloc[0]["host 6.18.44 · tracepoints"] == "10/10 · 0 · 0 · 0"
+
+
 def test_report_shows_guest_kernels_beside_the_host(tmp_path: Path) -> None:
     """A guest kernel's runs in both hook modes: the kernels section lists each machine and
     mode apart, and the kprobe-mode run stays out of the tracepoint headline tables."""
@@ -163,7 +193,8 @@ def test_report_shows_guest_kernels_beside_the_host(tmp_path: Path) -> None:
         shutil.copytree(src, d)
         m = json.loads((d / "run.json").read_text())
         m["run_id"] = d.name
-        m["machine"].update(hostname="pb-6.1", kernel="6.1.0-57-amd64")
+        m["machine"].update(hostname="pb-6.1", kernel="6.1.0-57-amd64",
+                            cpu_model="QEMU TCG CPU version 2.5+")  # fmt: skip
         m["collectors"]["kprobe"]["kernel_hooks"] = mode
         (d / "run.json").write_text(json.dumps(m))
     (kernels_out / "6.1.0-57-amd64" / "guest.json").write_text("{}")
@@ -173,6 +204,11 @@ def test_report_shows_guest_kernels_beside_the_host(tmp_path: Path) -> None:
     section = md.split("## Kernels and hook modes")[1].split("\n## ")[0]
     assert "vm, kernel 6.18.44-fc-v669" in section and "pb-6.1, kernel 6.1.0-57-amd64" in section
     assert "2 cells agree, 0 differ" in section  # client and server side of the one cell
+    guest = "| pb-6.1, kernel 6.1.0-57-amd64 | QEMU TCG guest | kprobes, tracepoints | 2 |"
+    assert guest in section
+    head = next(ln for ln in section.splitlines() if ln.startswith("| scenario |"))
+    assert head.endswith("| host 6.18.44-fc-v669 · tracepoints | guest 6.1.0-57-amd64 · "
+                         "tracepoints | guest 6.1.0-57-amd64 · kprobes |")
     assert "on 2 machines (pooled by cell" in md
     combined = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert len(combined["runs"]) == 3
@@ -188,6 +224,7 @@ def test_guest_test_sets_pick_only_the_files_that_need_a_kernel() -> None:
     files = set(full[2:])
     assert {"tests/test_kernel_hooks.py", "tests/test_bpf_kprobe.py"} <= files
     assert "tests/test_report_build.py" not in files  # pure: the host runs it
+    assert full[2] == "tests/test_kernel_hooks.py"  # kprobe-mode tests first: guests only
     quick = test_args("quick")
     assert quick[:2] == ["-m", "kprobes"] and "tests/test_kernel_hooks.py" in quick
 
@@ -203,12 +240,16 @@ def test_a_guest_is_killed_when_the_caller_gives_up() -> None:
     cancel = threading.Event()
     proc = subprocess.Popen(["sleep", "600"], start_new_session=True)
     threading.Timer(0.3, cancel.set).start()
-    assert _wait(proc, 600, cancel) == "cancelled"
+    assert _wait(proc, 600, cancel)[0] == "cancelled"
     assert proc.returncode == -9  # killed and reaped, not waited for
     quick = subprocess.Popen(["true"], start_new_session=True)
-    assert _wait(quick, 60, threading.Event()) is None
-    stuck = subprocess.Popen(["sleep", "600"], start_new_session=True)
-    assert _wait(stuck, 1, None) == "no result within 1 s"
+    assert _wait(quick, 60, threading.Event()) == (None, 0.0)
+    # a busy grandchild (QEMU under vng) killed with the session: its CPU time is counted,
+    # since nobody reaps it into this process's rusage
+    stuck = subprocess.Popen(["sh", "-c", "sh -c 'while :; do :; done' & wait"],
+                             start_new_session=True)  # fmt: skip
+    why, cpu_s = _wait(stuck, 1.5, None)
+    assert why == "no result within 2 s" and cpu_s > 0
     assert stuck.returncode == -9
 
 

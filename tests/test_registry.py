@@ -49,6 +49,22 @@ def test_each_collector_has_its_report_facts() -> None:
     assert len(kinds) == len(set(kinds))
 
 
+def test_each_program_type_files_under_one_of_its_collectors_kinds() -> None:
+    """The overhead bench files each program it reads (fdinfo's prog_type) under a kind its
+    collector's BpfCost declares: uprobes load as kprobe programs."""
+    kprobe, tracepoint = 2, 5
+    got = {c.name: (c.bpf.kind_of(kprobe), c.bpf.kind_of(tracepoint))
+           for c in registry.collectors() if c.bpf}  # fmt: skip
+    for c in registry.collectors():
+        if c.bpf:
+            assert set(got[c.name]) <= {*c.bpf.kinds, c.bpf.helper_kind, "5"}, c.name
+    kern, upr = registry.approach(registry.KERNEL_SIDE), registry.approach(registry.UPROBE)
+    assert kern is not None and upr is not None
+    assert got[kern.name] == ("kprobe", "tracepoint")
+    assert got[upr.name][0] == "uprobe"
+    assert kern.bpf is not None and kern.bpf.kind_of(99) == "99"  # an unknown type, as is
+
+
 def test_recovery_series_and_overhead_labels_come_from_the_registry() -> None:
     kern = registry.approach(registry.KERNEL_SIDE)
     assert kern is not None

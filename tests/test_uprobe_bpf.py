@@ -30,8 +30,9 @@ from uprobe_run import (
 )
 
 from harness.collectors.bpfsource import compile_program
+from harness.collectors.eventfile import KERNEL, read_event_file
 from harness.collectors.uprobe.exchanges import uprobe_exchanges
-from harness.collectors.uprobe.layout import header
+from harness.collectors.uprobe.layout import header, hfield_struct
 from harness.runner.record import free_port
 from harness.runner.tlsfiles import make_tls_files
 
@@ -111,11 +112,34 @@ def test_calls_match_the_workload_from_both_sides(
     assert stats["lost_events"] == 0 and stats["unsupported"] == []
     xs, _ = uprobe_exchanges(events, [port])
     want = assert_both_sides_match(xs, workload, 40)
+    _assert_header_records_sized_to_content(events)
     nonce = {str(w["id"]): w["req_headers"]["x-request-nonce"] for w in want}
     assert all(x.req_headers["x-request-nonce"] == nonce[x.req_headers["x-probebench-id"]]
                for x in xs)  # fmt: skip
     # some calls of a streaming plan carry many messages: the counts above were not all 1
     assert mode == "unary" or max(w["req_messages"] + w["resp_messages"] for w in want) > 2
+
+
+def _assert_header_records_sized_to_content(events: Path) -> None:
+    """A header record is as long as its fields: prefix, then per field a pb_hfield and the
+    captured bytes (a fixed per-field table made every record 1 KiB longer)."""
+    h = header()
+    hf, kind_off = hfield_struct(), h.offset("pb_header_event", "kind")
+    he = h.structs["pb_header_event"]
+    blob_off = h.offset("pb_header_event", "blob")
+    seen = 0
+    for rtype, rec in read_event_file(events).records():
+        if rtype != KERNEL or bytes(rec[kind_off : kind_off + 1])[0] != h.defines["PB_UEV_HEADERS"]:
+            continue
+        ev = he.from_buffer_copy(bytes(rec[:blob_off]).ljust(ctypes.sizeof(he), b"\0"))
+        assert len(rec) == blob_off + ev.blob_len
+        pos = 0
+        for _ in range(ev.count):
+            _, _, nc, vc = hf.unpack_from(rec, blob_off + pos)
+            pos += hf.size + nc + vc
+        assert pos == ev.blob_len
+        seen += 1
+    assert seen
 
 
 def _our_probes(pid: int, binary: Path) -> list[str]:

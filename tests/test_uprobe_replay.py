@@ -15,13 +15,14 @@ import pytest
 from harness.collectors.eventfile import EventWriter
 from harness.collectors.uprobe.decode import decode
 from harness.collectors.uprobe.exchanges import uprobe_exchanges
-from harness.collectors.uprobe.layout import FORMAT, header
+from harness.collectors.uprobe.layout import FORMAT, header, hfield_struct
 from harness.errors import RunDirError
 
 H = header()
 D = H.defines
 HE, DE = H.structs["pb_header_event"], H.structs["pb_data_event"]
 BLOB = H.offset("pb_header_event", "blob")
+HF = hfield_struct()
 SERVER_PORT, CLIENT_PORT = 50051, 40000
 CLIENT_PID, SERVER_PID = 100, 200
 PROBE = {"write_header": 1, "client_headers": 2, "server_headers": 3, "write_data": 4,
@@ -76,12 +77,10 @@ class Rec:
             e.first, e.count, e.part = k * step, len(chunk), k
             if k == len(chunks) - 1:
                 e.flags |= D["PB_FLAG_LAST_PART"]
-            for i, (n, v) in enumerate(chunk):
+            for n, v in chunk:
                 nb, vb = n.encode(), v.encode()
-                e.name_len[i], e.value_len[i] = len(nb), len(vb)
                 vc = vb if cut is None else vb[:cut]
-                e.name_cap[i], e.value_cap[i] = len(nb), len(vc)
-                blob += nb + vc
+                blob += HF.pack(len(nb), len(vb), len(nb), len(vc)) + nb + vc
             e.blob_len = len(blob)
             raw = bytearray(bytes(e)[: BLOB + len(blob)])
             raw[BLOB:] = blob
@@ -324,3 +323,16 @@ def test_reset_calls_have_their_clients_status(tmp_path: Path) -> None:
     assert x11.grpc_status is None
     assert ("grpc_status", "rst_cancel_or_deadline") in [(g.field, g.reason)
                                                          for g in x11.degraded]
+
+
+def test_a_field_whose_strings_were_unreadable_is_cut_not_empty(tmp_path: Path) -> None:
+    """The program sends a field whose string headers it could not read with lengths of
+    2^32-1 and nothing captured: replay counts it truncated, never an empty value."""
+    c = Rec("client")
+    raw = bytearray(c.headers(1, REQ[:1])) + HF.pack(0xFFFFFFFF, 0xFFFFFFFF, 0, 0)
+    for name, v in (("count", 2), ("nfields", 2), ("blob_len", len(raw) - BLOB)):
+        at = H.offset("pb_header_event", name)
+        raw[at : at + 4] = v.to_bytes(4, "little")
+    (block,), st = decode(write(tmp_path / "u.bin", [bytes(raw)]))
+    assert block.fields == [(":method", "POST"), ("", "")]
+    assert block.cut == {1} and st.truncated_fields == 1

@@ -224,6 +224,11 @@ class Curve:
     color: str | None = None  # None: the collector's colour
 
 
+# The kinds a program of each kernel program type (BPF_PROG_TYPE_*) can be filed under, by
+# how its name ends: uprobes load as kprobe programs.
+PROG_TYPE_KINDS: dict[int, tuple[str, ...]] = {2: ("kprobe", "uprobe"), 5: ("tracepoint",)}
+
+
 @dataclass(frozen=True)
 class BpfCost:
     """Where the overhead benchmark files a collector's programs (bpf_run_time.by_kind) and
@@ -235,6 +240,15 @@ class BpfCost:
     # its programs run for every process's syscalls and turn the others away: the bench
     # counts the target's hits apart (target_hits_per_exchange, idle <name>_ns_per_hit)
     every_process: bool = False
+
+    def kind_of(self, prog_type: int) -> str:
+        """The kind one of its programs is filed under, from the kernel's program type: the
+        first of its kinds (then its helper kind) that the type can be; else the number."""
+        ends = PROG_TYPE_KINDS.get(prog_type, ())
+        for kind in (*self.kinds, *((self.helper_kind,) if self.helper_kind else ())):
+            if kind.endswith(ends):
+                return kind
+        return str(prog_type)
 
 
 @dataclass(frozen=True)

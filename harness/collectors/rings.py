@@ -67,6 +67,7 @@ class _CBatch(ctypes.Structure):
         ("trim_kind", ctypes.c_uint32),
         ("trim_len_off", ctypes.c_uint32),
         ("trim_base", ctypes.c_uint32),
+        ("pack_off", ctypes.c_int32),
         ("watch_kind", ctypes.c_uint32),
         ("watch_off", ctypes.c_uint32),
         ("nwatched", ctypes.c_uint32),
@@ -76,11 +77,14 @@ class _CBatch(ctypes.Structure):
 
 @dataclass(frozen=True)
 class Trim:
-    """Records of ``kind`` are cut to ``base + u32 at len_off`` bytes (reserved, not valid)."""
+    """Records of ``kind`` are cut to ``base + u32 at len_off`` bytes (reserved, not valid).
+    With ``pack_off``, the u8 there counts the events of that kind one record packs (0 or 1:
+    one), each at an 8-byte boundary; each is taken as its own record, the count zeroed."""
 
     kind: int
     len_off: int
     base: int
+    pack_off: int = -1
 
 
 @dataclass(frozen=True)
@@ -113,11 +117,11 @@ class Batch:
         self.on_batch = on_batch
         self._buf = (ctypes.c_uint8 * capacity)()
         self.c = _CBatch(buf=ctypes.addressof(self._buf), cap=capacity, rec_type=rec_type,
-                         kind_off=kind_off, trim_kind=256, watch_kind=256,
+                         kind_off=kind_off, trim_kind=256, watch_kind=256, pack_off=-1,
                          headroom=headroom)  # fmt: skip
         if trim is not None:
             self.c.trim_kind, self.c.trim_len_off = trim.kind, trim.len_off
-            self.c.trim_base = trim.base
+            self.c.trim_base, self.c.pack_off = trim.base, trim.pack_off
         if watch is not None:
             self.c.watch_kind, self.c.watch_off = watch.kind, watch.off
         self.batches = 0  # Python calls made, for the recorder's stats

@@ -420,16 +420,30 @@ def _kernels_section(df: pd.DataFrame, runs: list[Any]) -> list[Section]:
     kf = tables.kernels_frame(df)
     if kf.empty or (kf["machine"].nunique() < 2 and set(kf["kernel_hooks"]) == {"tracepoints"}):
         return []
+    guests = {r.machine_label for r in runs if r.guest}
     s = Section("Kernels and hook modes", anchor_name="kernels")
     s.blocks.append(Text(
         "The kernel-side collector on each machine (a guest kernel booted by `probebench "
-        "kernels` is its own machine) and each way it hooks the syscalls: `tracepoints` "
-        "(syscalls:sys_enter/exit_*) or `kprobes` (on the syscall functions __x64_sys_*, "
-        "entry and return; the same in-kernel logic behind both). Values are summed over "
-        "the runs of one machine only, never across machines. Guests run under QEMU's "
-        "emulation (TCG), so no overhead is measured there."))
-    s.blocks.append(_table(kf, "Kernel side per machine, hook mode, cell and side"))
-    agree = tables.hook_agreement(kf)
+        "kernels` under QEMU's emulation, TCG, is its own machine) and each way it hooks the "
+        "syscalls: `tracepoints` (syscalls:sys_enter/exit_*) or `kprobes` (on the syscall "
+        "functions __x64_sys_*, entry and return; the same in-kernel logic behind both). "
+        "Each column is one machine and hook mode, the host first; values are summed over "
+        "that column's runs only, never across machines. No overhead is measured in a guest "
+        "(emulated CPU)."))
+    modes = kf.groupby("machine")["kernel_hooks"].agg(lambda h: ", ".join(sorted(set(h.dropna()))))
+    order = sorted(modes.index, key=lambda m: tables.machine_order(m, guests))
+    who = pd.DataFrame({"machine": order,
+                        "role": ["QEMU TCG guest" if m in guests else "host" for m in order],
+                        "hook modes": [modes[m] for m in order],
+                        "runs": [sum(r.machine_label == m for r in runs) for m in order]})
+    s.blocks.append(_table(who, "Machines", css="kv"))
+    wide, alone = tables.kernels_wide(kf, guests)
+    note = (f"{alone} more cells (per side) ran on one machine and hook mode only (the host's "
+            "matrix); they are in the tables above." if alone else "")
+    wide, agree = (t.rename(columns={"grpc_go": "grpc-go"})
+                   for t in (wide, tables.hook_agreement(kf)))  # fmt: skip
+    s.blocks.append(_table(wide, "Kernel side per cell: matched/observable · degraded · "
+                                 "wrong · phantoms, per machine and hook mode", note=note))
     if not agree.empty:
         n_diff = int((agree["same"] != "yes").sum())
         s.blocks.append(_table(agree, f"tracepoints vs kprobes on the same machine: "

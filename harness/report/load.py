@@ -59,6 +59,11 @@ class RunData:
         return f"{m.get('hostname') or '?'}, kernel {m.get('kernel') or '?'}"
 
     @property
+    def guest(self) -> bool:
+        """Recorded in a kernel booted under QEMU (`probebench kernels`), not on a host."""
+        return "QEMU" in str(self.machine.get("cpu_model") or "")
+
+    @property
     def rows(self) -> list[dict[str, Any]]:
         return list((self.metrics or {}).get("rows") or [])
 

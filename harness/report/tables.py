@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -364,7 +365,11 @@ def truth_frame(runs: list[RunData]) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-KERNEL_KEYS = ["machine", "kernel_hooks", "scenario", "pair", "attach", "side"]
+# a cell on one machine: TLS and each grpc-go build are cells of their own (pooling a TLS
+# run, 0% by design on the kernel side, into its plaintext twin made 85.7% of 100%)
+KERNEL_KEYS = ["machine", "kernel", "kernel_hooks", "scenario", "protocol", "pair", "grpc_go",
+               "attach", "side"]  # fmt: skip
+CELL_KEYS = KERNEL_KEYS[3:]
 
 
 def kernels_frame(df: pd.DataFrame) -> pd.DataFrame:
@@ -384,20 +389,68 @@ def kernels_frame(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def machine_order(label: str, guests: set[str]) -> tuple[bool, tuple[int, ...], str]:
+    """Hosts first, then guests by kernel version (6.1 before 6.12)."""
+    kernel = label.rsplit("kernel ", 1)[-1]
+    return (label in guests, tuple(int(n) for n in re.findall(r"\d+", kernel)[:3]), label)
+
+
+def kernels_wide(kf: pd.DataFrame, guests: set[str]) -> tuple[pd.DataFrame, int]:
+    """The cells that ran on more than one machine or hook mode, one row each (per side),
+    one column per machine and hook mode, hosts first: `matched/observable · degraded ·
+    wrong · phantoms` (lost events and the number of runs when any). Nothing is pooled
+    across columns. Also how many cells ran in one column only (a host's own matrix):
+    those are left out."""
+    if kf.empty:
+        return pd.DataFrame(), 0
+    # a column: role, kernel (the whole machine label if two machines share a kernel), mode
+    kernels = kf.groupby("kernel")["machine"].nunique()
+    name = {m: ("guest " if m in guests else "host ") + (
+                str(k) if kernels.get(k, 0) == 1 else m)
+            for m, k in zip(kf["machine"], kf["kernel"], strict=True)}  # fmt: skip
+    kf = kf.assign(column=kf["machine"].map(name) + " · " + kf["kernel_hooks"].fillna("?"))
+    keys = _present(kf, CELL_KEYS)
+    groups = list(kf.groupby(keys, sort=True, dropna=False))
+    # with no cell in two columns (one machine, one mode), every cell is shown
+    alone = sum(g["column"].nunique() < 2 for _, g in groups)
+    shown = [(k, g) for k, g in groups if g["column"].nunique() > 1] or groups
+    order = sorted(kf["machine"].unique(), key=lambda m: machine_order(m, guests))
+    columns = [f"{name[m]} · {h}" for m in order for h in ("tracepoints", "kprobes", "?")
+               if f"{name[m]} · {h}" in set(kf["column"])]  # fmt: skip
+    out = []
+    for key, g in shown:
+        row: dict[str, Any] = {k: ("—" if pd.isna(v) else v)
+                               for k, v in zip(keys, key, strict=True)}  # fmt: skip
+        by_col = {x.column: x for x in g.itertuples()}
+        for c in columns:
+            x = by_col.get(c)
+            row[c] = "not run" if x is None else (
+                f"{x.matched}/{x.observable} · {x.degraded} · {x.wrong} · {x.phantoms}"
+                + (f" · {x.lost} lost" if x.lost else "")
+                + (f" ({x.runs} runs)" if x.runs > 1 else ""))
+        out.append(row)
+    return pd.DataFrame(out), alone if len(shown) < len(groups) else 0
+
+
+def _present(df: pd.DataFrame, keys: list[str]) -> list[str]:
+    """The keys with a value somewhere (grpc-go is empty on every HTTP/1-only table)."""
+    return [k for k in keys if df[k].notna().any()]
+
+
 def hook_agreement(kf: pd.DataFrame) -> pd.DataFrame:
     """Per machine and cell, whether kprobes gave what the tracepoints gave (completeness,
     degraded, wrong, phantoms); only where both modes ran on that machine."""
-    cell = ["machine", "scenario", "pair", "attach", "side"]
+    if kf.empty:
+        return pd.DataFrame()
+    cell = ["machine", *_present(kf, CELL_KEYS)]
     vals = ["completeness", "degraded", "wrong", "phantoms"]
     out: list[dict[str, Any]] = []
-    if kf.empty:
-        return pd.DataFrame(out)
-    for key, g in kf.groupby(cell, sort=True):
+    for key, g in kf.groupby(cell, sort=True, dropna=False):
         modes = {m: x.iloc[0] for m, x in g.groupby("kernel_hooks")}
         if {"tracepoints", "kprobes"} <= modes.keys():
             tp, kp = modes["tracepoints"], modes["kprobes"]
             same = all(tp[v] == kp[v] for v in vals)
-            out.append({**dict(zip(cell, key, strict=True)),
+            out.append({**{k: ("—" if pd.isna(v) else v) for k, v in zip(cell, key, strict=True)},
                         **{f"{v} tp/kp": f"{_fmt(tp[v])} / {_fmt(kp[v])}" for v in vals},
                         "same": "yes" if same else "NO"})  # fmt: skip
     return pd.DataFrame(out)

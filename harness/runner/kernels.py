@@ -27,6 +27,7 @@ from typing import Any
 
 from harness.errors import CapabilityError, ProbebenchError
 from harness.model import repo_root
+from harness.procfs import processes
 
 Progress = Callable[[str], None]
 DEFAULT_SERIES = ("6.1", "6.12")
@@ -175,20 +176,24 @@ def vng_command(vng: Path, kernel: GuestKernel, out: Path, quick: bool,
             "--exec", guest_command(out, quick, tests)]  # fmt: skip
 
 
-def _wait(proc: subprocess.Popen[bytes], timeout_s: float, cancel: Event | None) -> str | None:
+def _wait(proc: subprocess.Popen[bytes], timeout_s: float,
+          cancel: Event | None) -> tuple[str | None, float]:
     """Wait for the guest to power off; why it failed, or None. QEMU (its whole session)
-    is killed at the timeout or when `cancel` is set (the caller gave up)."""
+    is killed at the timeout or when `cancel` is set (the caller gave up). Also the CPU
+    seconds of the session's processes killed then: nobody reaps them into our rusage."""
     deadline = time.monotonic() + timeout_s
     while (cancel is None or not cancel.is_set()) and time.monotonic() < deadline:
         try:
             rc = proc.wait(timeout=1)
-            return None if rc == 0 else f"vng exited with {rc}"
+            return (None if rc == 0 else f"vng exited with {rc}"), 0.0
         except subprocess.TimeoutExpired:
             continue
+    # vng itself is our child: its own time comes with its rusage
+    killed = sum(p.cpu_s for p in processes() if p.pgrp == proc.pid and p.pid != proc.pid)
     os.killpg(proc.pid, 9)
     proc.wait()
-    return "cancelled" if cancel is not None and cancel.is_set() else (
-        f"no result within {timeout_s:.0f} s")
+    return ("cancelled" if cancel is not None and cancel.is_set() else
+            f"no result within {timeout_s:.0f} s"), killed  # fmt: skip
 
 
 def boot(vng: Path, kernel: GuestKernel, out: Path, quick: bool, progress: Progress,
@@ -210,7 +215,7 @@ def boot(vng: Path, kernel: GuestKernel, out: Path, quick: bool, progress: Progr
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, env=env,
                                 stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
         try:
-            why = _wait(proc, timeout_s, cancel)
+            why, killed_cpu_s = _wait(proc, timeout_s, cancel)
         except BaseException:
             os.killpg(proc.pid, 9)
             proc.wait()
@@ -229,7 +234,8 @@ def boot(vng: Path, kernel: GuestKernel, out: Path, quick: bool, progress: Progr
     guest["boot_to_poweroff_s"] = round(took, 1)
     # QEMU's CPU time: what the guest cost, less dependent on the machine's load than the
     # wall clock (with GUEST_CPUS vCPUs a quiet machine needs at least cpu / GUEST_CPUS)
-    guest["host_cpu_s"] = round(cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime, 1)
+    guest["host_cpu_s"] = round(cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
+                                + killed_cpu_s, 1)  # fmt: skip
     guest["command"] = shlex.join(cmd)
     (out / GUEST_JSON).write_text(json.dumps(guest, indent=1) + "\n")
     return guest

@@ -22,7 +22,7 @@ from typing import Any
 from harness.collectors import registry
 from harness.collectors.kprobe.hooks import HOOKS, hook_modes
 from harness.errors import ProbebenchError
-from harness.model import SLOWDOWN_ENV, repo_root, waited
+from harness.model import SLOWDOWN_ENV, TRACEBACK_NOW_ENV, repo_root, waited
 from harness.runner.collectors import CollectorOptions
 from harness.runner.kernels import GUEST_JSON, loop_seconds
 from harness.runner.record import RunSpec, record
@@ -48,8 +48,11 @@ def test_args(which: str) -> list[str]:
         return QUICK_TESTS
     tests = repo_root() / "tests"
     marked = re.compile(r"pytest\.mark\.(bpf|kprobes)\b")
-    files = sorted(str(f.relative_to(repo_root())) for f in tests.glob("test_*.py")
-                   if marked.search(f.read_text()))  # fmt: skip
+    texts = {str(f.relative_to(repo_root())): f.read_text() for f in tests.glob("test_*.py")}
+    # kprobe-mode tests first: only a guest runs them (the host has no kprobes), so a guest
+    # cut off at its timeout has still run what nothing else can
+    files = sorted((n for n, t in texts.items() if marked.search(t)),
+                   key=lambda n: ("pytest.mark.kprobes" not in texts[n], n))  # fmt: skip
     return ["-m", MARKERS, *files]
 
 
@@ -67,12 +70,18 @@ def _mount_tracefs() -> None:
 def run_tests(out: Path, which: str) -> dict[str, Any]:
     t0 = time.monotonic()
     # --durations: where a guest's minutes go, per test (the profile of a slow run)
-    # -v: one line per test as it ends, so a guest killed at its timeout leaves its results
+    # -v: one line per test as it ends, so a guest killed at its timeout leaves its results,
+    # each with its time (console_output_style=times), which --durations would only print
+    # at the end
+    # --basetemp in OUT: a failed test's run directory comes back to the host
     cmd = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-o",
-           "cache_dir=/tmp", "--durations=15", "--junitxml", str(out / "pytest.xml"),
+           "cache_dir=/tmp", "-o", "console_output_style=times", "--durations=15",
+           "--basetemp", str(out / "pytest-tmp"), "--junitxml", str(out / "pytest.xml"),
            *test_args(which)]  # fmt: skip
-    # CI: a missing capability fails; unbuffered: the log shows progress while it runs
-    env = {**os.environ, "CI": "true", "TMPDIR": "/tmp", "PYTHONUNBUFFERED": "1"}
+    # CI: a missing capability fails; unbuffered: the log shows progress while it runs;
+    # each failure's traceback as it happens (tests/conftest.py)
+    env = {**os.environ, "CI": "true", "TMPDIR": "/tmp", "PYTHONUNBUFFERED": "1",
+           TRACEBACK_NOW_ENV: "1"}  # fmt: skip
     with (out / "pytest.log").open("w") as log:
         rc = subprocess.run(cmd, cwd=repo_root(), stdout=log, stderr=subprocess.STDOUT,
                             env=env, check=False).returncode  # fmt: skip

@@ -198,7 +198,7 @@ def _fixed_part(de: type[ctypes.Structure]) -> tuple[struct.Struct, Any]:
 
 def _legacy_data_event(de: type[ctypes.Structure]) -> type[ctypes.Structure]:
     """pb_data_event as recorded before seq and part: three pad bytes after syscall."""
-    fields = [(n, t) for n, t in de._fields_ if n not in ("pad", "part", "seq")]  # type: ignore[misc]
+    fields = [(n, t) for n, t in de._fields_ if n not in ("packed", "part", "seq")]  # type: ignore[misc]
     fields.insert([n for n, _ in fields].index("syscall") + 1, ("pad", ctypes.c_uint8 * 3))
     return type("pb_data_event_v0", (ctypes.Structure,), {"_fields_": fields})
 

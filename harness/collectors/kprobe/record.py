@@ -63,6 +63,7 @@ class Recorder:
         h2_body_limit: int = DEFAULT_H2_BODY_LIMIT,
         kernel_hooks: str = DEFAULT_KERNEL_HOOKS,
         h1_bodies: str = DEFAULT_H1_BODIES,
+        profile: bool = False,
     ) -> None:
         chunk = chunk_for(max_capture)
         if not 0 <= h2_body_limit <= max_capture:
@@ -88,6 +89,7 @@ class Recorder:
             "PB_H1_SKIP": int(h1_bodies == "skip"),
             "PB_RINGBUF_PAGES": ringbuf_pages,
             "PB_KPROBES": int(kernel_hooks == "kprobes"),
+            "PB_PROFILE": int(profile),
         }
         # fd -> socket walk at the running kernel's offsets (connections' own addresses)
         self.defines.update(socket_walk_defines())
@@ -133,9 +135,10 @@ class Recorder:
             self._on_batch,
             rec_type=KERNEL,
             kind_off=self.kind_off,
-            # data events are reserved by size class: keep only their valid bytes
+            # data events are reserved by size class: keep only their valid bytes; the
+            # HTTP/2 walk packs a call's small ones into one record (`packed`)
             trim=Trim(ev_data, h.offset("pb_data_event", "cap_len"),
-                      h.offset("pb_data_event", "data")),
+                      h.offset("pb_data_event", "data"), h.offset("pb_data_event", "packed")),
             watch=Watch(self.ev_exit, h.offset("pb_conn_event", "tgid")),
         )
 
@@ -256,6 +259,8 @@ class Recorder:
                 kprobes_attached=len(self.kprobes),
                 kprobe_misses=hooks.kprobe_misses(self.kprobes) if self.kprobes else 0,
             )
+            if self.defines["PB_PROFILE"]:
+                stats["profile"] = self._profile(bpf)
             stats["lost_events"] += batch.dropped  # counted in user space, never silent
             stats["stopped_by"] = stopped_by(stop)
             self.writer.note({"type": "stats", **stats})
@@ -263,6 +268,12 @@ class Recorder:
         finally:
             self.writer.close()
             bpf.cleanup()
+
+    def _profile(self, bpf: Any) -> dict[str, int]:
+        """The data path's work counters (PB_PROF_* in kprobe_events.h), by name."""
+        d = self.hdr.defines
+        totals = percpu_totals(bpf["prof"], d["PB_PROF_MAX"])
+        return {name: totals[i] for i, name in self.hdr.enum("PB_PROF_").items() if name != "max"}
 
     def _traced_calls(self, bpf: Any) -> dict[str, int]:
         """Data syscalls each inline-listed target entered (their hits are twice that)."""
@@ -313,6 +324,7 @@ class Recorder:
             "h2_resyncs": totals[d["PB_STAT_H2_RESYNC"]],
             "h1_skipped_body_bytes": totals[d["PB_STAT_H1_SKIPPED_BYTES"]],
             "h1_framing_given_up": totals[d["PB_STAT_H1_GIVEN_UP"]],
+            "h1_midstream_starts": totals[d["PB_STAT_H1_MIDSTREAM"]],
             "tail_call_failures": totals[d["PB_STAT_TAIL_FAILED"]] - self.tail_failed_before_attach,
             "records_written": self.writer.records,
             "bytes_written": self.writer.bytes,
@@ -358,10 +370,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kernel-hooks", choices=hooks.HOOKS, default=DEFAULT_KERNEL_HOOKS)
     ap.add_argument("--h1-bodies", choices=H1_BODIES, default=DEFAULT_H1_BODIES,
                     help="HTTP/1 bodies it can frame: left out as gaps, or captured")
+    ap.add_argument("--profile", action="store_true",
+                    help="count the data path's work (calls, walk steps, user reads, ring "
+                         "records) into the stats, for the overhead analysis")  # fmt: skip
     a = ap.parse_args(argv)
     try:
         rec = Recorder(a.out, a.tgid, a.port, a.max_capture, a.ringbuf_pages, a.poll_ms,
-                       a.h2_body_limit, a.kernel_hooks, a.h1_bodies)
+                       a.h2_body_limit, a.kernel_hooks, a.h1_bodies, a.profile)
         stats = rec.run(a.deadline)
     except ProbebenchError as e:
         print(f"kprobe collector: {e}", file=sys.stderr)

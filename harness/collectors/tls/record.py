@@ -285,7 +285,7 @@ class Recorder:
                                        strict=True)]  # fmt: skip
         ru = resource.getrusage(resource.RUSAGE_SELF)
         return {
-            "lost_events": t[d["PB_TSTAT_DROPPED"]],
+            "lost_events": t[d["PB_STAT_DROPPED"]],
             "data_events": t[d["PB_TSTAT_EVENTS"]],
             "calls": t[d["PB_TSTAT_CALLS"]],
             "truncated_calls": t[d["PB_TSTAT_TRUNCATED"]],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from harness.collectors.uprobe.layout import (
     PROBE_NAMES,
     READABLE_FORMATS,
     header,
+    hfield_struct,
     roles,
 )
 from harness.errors import RunDirError
@@ -125,6 +127,7 @@ def decode(
     blob_off = hdr.offset("pb_header_event", "blob")
     kind_off = hdr.offset("pb_header_event", "kind")
     he_size, de_size = ctypes.sizeof(HE), ctypes.sizeof(DE)
+    legacy = ef.header.get("format") != FORMAT  # header records with a per-field table
     st = DecodeStats(truncated_tail_bytes=ef.truncated_tail_bytes)
     st.level = str(ef.header.get("level", "messages"))
     out: list[Event] = []
@@ -167,7 +170,10 @@ def decode(
                 pending[bkey] = (len(out), [])
                 out.append(None)  # type: ignore[arg-type]  # its place, filled below
             pos, parts = pending[bkey]
-            parts.append((ev, raw[blob_off : blob_off + ev.blob_len]))
+            if legacy:
+                parts.append((ev, _table_blob(raw, ev, blob_off, d["PB_EV_FIELDS"])))
+            else:
+                parts.append((ev, raw[blob_off : blob_off + ev.blob_len]))
             if ev.flags & last_flag:
                 out[pos] = _block(parts, seen, st)
                 del pending[bkey]
@@ -211,6 +217,26 @@ def _seen(ev: Any) -> Seen:
     )
 
 
+def _table_blob(raw: bytes, ev: Any, blob_off: int, ev_fields: int) -> bytes:
+    """A header record of uprobe-grpc/2 or /3 in today's blob layout: those records held
+    four u32[PB_EV_FIELDS] tables (name_len, value_len, name_cap, value_cap) after the
+    prefix, then the names and values packed."""
+    hf = hfield_struct()
+    table = struct.unpack_from(f"={4 * ev_fields}I", raw, blob_off)
+    name_len, value_len, name_cap, value_cap = (
+        table[k * ev_fields : (k + 1) * ev_fields] for k in range(4)
+    )
+    start = blob_off + 4 * 4 * ev_fields  # past the four tables
+    packed = raw[start : start + ev.blob_len]
+    out, pos = bytearray(), 0
+    for i in range(min(ev.count, ev_fields)):
+        take = name_cap[i] + value_cap[i]
+        out += hf.pack(name_len[i], value_len[i], name_cap[i], value_cap[i])
+        out += packed[pos : pos + take]
+        pos += take
+    return bytes(out)
+
+
 def _block(parts: list[tuple[Any, bytes]], seen: Seen, st: DecodeStats) -> HeaderBlock:
     """One header block from its parts. A field cut short keeps its name (so the exchange
     can say which field) but is flagged: its value is not the value."""
@@ -219,19 +245,24 @@ def _block(parts: list[tuple[Any, bytes]], seen: Seen, st: DecodeStats) -> Heade
     cut: set[int] = set()
     nfields = parts[0][0].nfields
     complete = any(ev.flags & header().defines["PB_FLAG_LAST_PART"] for ev, _ in parts)
+    hf = hfield_struct()
     expect = 0
     for ev, blob in sorted(parts, key=lambda p: p[0].part):
         if ev.first != expect:
             complete = False  # a part in the middle was lost
         expect = ev.first + ev.count
         pos = 0
-        for i in range(min(ev.count, len(ev.name_len))):
-            nc, vc = ev.name_cap[i], ev.value_cap[i]
+        for _ in range(ev.count):
+            if pos + hf.size > len(blob):
+                complete = False  # the part ended early: its other fields are unknown
+                break
+            name_len, value_len, nc, vc = hf.unpack_from(blob, pos)
+            pos += hf.size
             name = blob[pos : pos + nc].decode("latin-1")
             pos += nc
             value = blob[pos : pos + vc].decode("utf-8", errors="replace")
             pos += vc
-            if nc != ev.name_len[i] or vc != ev.value_len[i] or pos > len(blob):
+            if nc != name_len or vc != value_len or pos > len(blob):
                 truncated.append(name)
                 cut.add(len(fields))
                 st.truncated_fields += 1

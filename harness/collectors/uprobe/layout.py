@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import struct
 from functools import cache
 
 from harness.collectors.bpfsource import BPF_DIR
@@ -10,10 +12,13 @@ from harness.errors import ProbebenchError
 
 HEADER_FILE = BPF_DIR / "uprobe_events.h"
 PROGRAM = "uprobe_grpc.c"
-FORMAT = "uprobe-grpc/3"  # event file format version (header "format"); /3 adds RST_STREAM
-# what replay reads: /2 has the same records less RST_STREAM
-READABLE_FORMATS = frozenset({"uprobe-grpc/2", FORMAT})
-DEFAULT_RINGBUF_PAGES = 4096  # 16 MiB: a header event holds up to PB_HDR_BLOB + 1 KiB
+# event file format version (header "format"); /3 added RST_STREAM, /4 packs each header
+# field's lengths with its bytes (struct pb_hfield) instead of a fixed per-event table
+FORMAT = "uprobe-grpc/4"
+# what replay reads: /2 and /3 have the same data and reset records, and header records
+# with the per-field table (decode converts them)
+READABLE_FORMATS = frozenset({"uprobe-grpc/2", "uprobe-grpc/3", FORMAT})
+DEFAULT_RINGBUF_PAGES = 4096  # 16 MiB: a header event holds up to PB_HDR_BLOB + 96 bytes
 DATA_PROBES = frozenset({"write_data", "client_data", "server_data"})
 MAX_VALUE_MAX = 1 << 20
 PROBE_NAMES = {
@@ -40,11 +45,22 @@ def roles() -> dict[int, str]:
     return header().enum("PB_ROLE_")
 
 
+@cache
+def hfield_struct() -> struct.Struct:
+    """struct pb_hfield (the lengths before each field's bytes in a header event's blob) as
+    a struct.Struct: replay unpacks one per field, much cheaper than a ctypes object."""
+    hf = header().structs["pb_hfield"]
+    types = {f[1] for f in hf._fields_}
+    if types != {ctypes.c_uint32}:
+        raise ProbebenchError(f"struct pb_hfield is not all u32: {sorted(map(str, types))}")
+    return struct.Struct("=" + "I" * len(hf._fields_))
+
+
 def sizing_defines(value_max: int) -> dict[str, int]:
     """-D flags for a header value cap: the blob must be a power of two that holds a whole
     name and value, so one field always fits in an empty part."""
     if not 1 <= value_max <= MAX_VALUE_MAX:
         raise ProbebenchError(f"the header value cap must be 1..{MAX_VALUE_MAX} bytes")
-    need = value_max + header().defines["PB_NAME_MAX"]
+    need = value_max + header().defines["PB_NAME_MAX"] + hfield_struct().size
     blob = max(header().defines["PB_HDR_BLOB"], 1 << (need - 1).bit_length())
     return {"PB_VALUE_MAX": value_max, "PB_HDR_BLOB": blob}

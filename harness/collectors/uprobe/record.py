@@ -356,7 +356,7 @@ class Recorder:
         ru = resource.getrusage(resource.RUSAGE_SELF)
         return {
             # dropped by the drain: never expected (the headroom holds the largest record)
-            "lost_events": totals[d["PB_USTAT_DROPPED"]] + sum(b.dropped for b in self.batches),
+            "lost_events": totals[d["PB_STAT_DROPPED"]] + sum(b.dropped for b in self.batches),
             "header_events": totals[d["PB_USTAT_HEADER_EVENTS"]],
             "data_events": totals[d["PB_USTAT_DATA_EVENTS"]],
             "extra_fields": totals[d["PB_USTAT_EXTRA_FIELDS"]],

@@ -24,8 +24,17 @@ import (
 	"probebench/scenarios/http1/tlsconf"
 )
 
-// idleTimeout must outlive the runner's late-attach pause between WARM and GO.
-const idleTimeout = 300 * time.Second
+// idleTimeout must outlive the runner's late-attach pause between WARM and GO. In a guest
+// kernel under QEMU's emulation that pause (a bcc compile) took 310 s, so the warm
+// connections were closed before GO; it is scaled like the runner's own start-up waits
+// (PROBEBENCH_SLOWDOWN, harness.model.waited).
+func idleTimeout() time.Duration {
+	d := 300 * time.Second
+	if f, err := strconv.ParseFloat(os.Getenv("PROBEBENCH_SLOWDOWN"), 64); err == nil && f > 1 {
+		d = time.Duration(float64(d) * f)
+	}
+	return d
+}
 
 // maxReqBody bounds what one request may make us read.
 const maxReqBody = 4 * plan.MaxBody
@@ -156,7 +165,7 @@ func main() {
 	srv := &http.Server{
 		Handler:           handler{http10: *proto == "http10"},
 		ReadHeaderTimeout: 30 * time.Second,
-		IdleTimeout:       idleTimeout,
+		IdleTimeout:       idleTimeout(),
 	}
 	if *proto == "http10" {
 		srv.SetKeepAlivesEnabled(false)
