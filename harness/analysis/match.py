@@ -133,9 +133,14 @@ class StreamMatcher:
     observation without an address may claim it by that id at any time."""
 
     def __init__(
-        self, on_pair: Callable[[Verdict], None], on_phantom: Callable[[Exchange], None]
+        self,
+        on_pair: Callable[[Verdict], None],
+        on_phantom: Callable[[Exchange], None],
+        on_closed: Callable[[str], None] | None = None,
     ) -> None:
-        self._on_pair, self._on_phantom = on_pair, on_phantom
+        """``on_closed``: told each connection id once its closing took effect (after every
+        exchange added before ``close_connection`` was decided), to chain a second matcher."""
+        self._on_pair, self._on_phantom, self._on_closed = on_pair, on_phantom, on_closed
         self._truth: dict[int, Exchange] = {}
         self._by_conn: dict[_Key, list[_Cand]] = {}
         # the same candidates by (connection, HTTP/2 stream id): ids are unique on a
@@ -232,7 +237,8 @@ class StreamMatcher:
             i = None
             prev = self._last.get(key) if key and obs.side == "server" else None
             if (
-                prev is not None
+                key is not None
+                and prev is not None
                 and prev.conn_id == obs.conn_id
                 and prev.conn_seq + 1 == obs.conn_seq
             ):
@@ -254,9 +260,21 @@ class StreamMatcher:
             key = self._key_of.pop(conn_id, None)
             if key is not None and self._last[key].conn_id == conn_id:
                 del self._last[key]
+            if self._on_closed is not None:
+                self._on_closed(conn_id)
         self._closing.clear()
         if group:
             self._age(group[0].t_start_ns or 0)
+
+    def advance(self, now: int) -> None:
+        """No observation added from here on starts before ``now``: decide what is pending
+        and forget the truth too old for any later one, as the next observation would.
+        Aging early changes nothing (what it reads changes only with observations), and
+        lets a row whose collector sees nothing for a while hold no more than the window."""
+        if self._group and (self._group[0].t_start_ns or 0) < now:
+            self._flush()
+        if not self._group:
+            self._age(now)
 
     def _age(self, now: int) -> None:
         """Forget truth too old for any observation from ``now`` on."""

@@ -7,10 +7,13 @@ import dataclasses
 import json
 import multiprocessing
 import os
+import queue
 import resource
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +22,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from harness.analysis.match import match_into
-from harness.analysis.metrics import DEFINITIONS, Row, score
+from harness.analysis.metrics import DEFINITIONS, Row
+from harness.analysis.streaming import RowStream, TruthFeed
 from harness.collectors import registry
-from harness.collectors.base import VARIANTS, EncryptedConn, ReplayInput, Variant
+from harness.collectors.base import (
+    STREAM_END_NS,
+    VARIANTS,
+    EncryptedConn,
+    ExchangeStream,
+    ReplayInput,
+    Variant,
+)
 from harness.compact import Sharer
 from harness.errors import RunDirError
-from harness.groundtruth.extract import extract_exchanges
+from harness.groundtruth.extract import extract_exchanges, stream_exchanges
 from harness.groundtruth.match import match_workload, read_workload
 from harness.groundtruth.tlskeys import check_handshakes, merge_keylogs
 from harness.model import (
@@ -68,32 +79,36 @@ def _json(d: dict[str, str]) -> str:
     return json.dumps(d, sort_keys=True) if d else "{}"
 
 
+_PLAIN = tuple(n for n in _COLUMNS if n not in _JSON_COLUMNS and n != "degraded")
+_GET_PLAIN = attrgetter(*_PLAIN)
+
+
 def _columns(exchanges: list[Exchange]) -> dict[str, list[Any]]:
     """One list per Exchange field (dicts and degradations as sorted JSON text).
 
     Built column by column: ``dataclasses.asdict`` per row deep-copies every value and
-    was more than half of a 70k-exchange replay's time."""
+    was more than half of a 70k-exchange replay's time; the plain fields are read in one
+    C-level pass (attrgetter over all of them, then transposed)."""
     cols: dict[str, list[Any]] = {}
+    rows = list(map(_GET_PLAIN, exchanges))
+    for name, values in zip(_PLAIN, zip(*rows, strict=True) if rows else [()] * len(_PLAIN),
+                            strict=True):  # fmt: skip
+        cols[name] = list(values)
     # header dicts are shared among exchanges (Sharer): each is encoded once
     text: dict[int, str] = {}
-    for name in _COLUMNS:
-        if name in _JSON_COLUMNS:
-            col = []
-            for x in exchanges:
-                d = getattr(x, name)
-                t = text.get(id(d))
-                if t is None:
-                    t = text[id(d)] = _json(d)
-                col.append(t)
-            cols[name] = col
-        elif name == "degraded":
-            cols[name] = [
-                json.dumps([[d.field, d.reason] for d in x.degraded]) if x.degraded else "[]"
-                for x in exchanges
-            ]
-        else:
-            cols[name] = [getattr(x, name) for x in exchanges]
-    return cols
+    for name in _JSON_COLUMNS:
+        col: list[str] = []
+        for d in map(attrgetter(name), exchanges):
+            t = text.get(id(d))
+            if t is None:
+                t = text[id(d)] = _json(d)
+            col.append(t)
+        cols[name] = col
+    cols["degraded"] = [
+        json.dumps([[d.field, d.reason] for d in x.degraded]) if x.degraded else "[]"
+        for x in exchanges
+    ]
+    return {n: cols[n] for n in _COLUMNS}
 
 
 def to_frame(exchanges: list[Exchange]) -> pd.DataFrame:
@@ -110,15 +125,48 @@ _INT_COLUMNS = frozenset({
 SCHEMA = pa.schema([(n, pa.int64() if n in _INT_COLUMNS else pa.string()) for n in _COLUMNS])
 
 
-def write_parquet(exchanges: list[Exchange], path: Path) -> None:
-    """Exchanges to parquet in row groups of ROW_GROUP, one fixed schema (integers stay
-    integers when some are missing)."""
-    with pq.ParquetWriter(path, SCHEMA) as w:
-        for i in range(0, len(exchanges), ROW_GROUP):
-            cols = _columns(exchanges[i : i + ROW_GROUP])
-            w.write_table(
+class ParquetSink:
+    """One source's exchanges to parquet in row groups of ROW_GROUP as they come (none held
+    beyond a group), one fixed schema (integers stay integers when some are missing);
+    ``path`` None counts them only."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path, self.count = path, 0
+        self._buf: list[Exchange] = []
+        self._w: pq.ParquetWriter | None = None
+
+    def add(self, xs: list[Exchange]) -> None:
+        self.count += len(xs)
+        if self.path is None:
+            return
+        self._buf.extend(xs)
+        if len(self._buf) >= ROW_GROUP:
+            self._flush()
+
+    def _flush(self) -> None:
+        assert self.path is not None
+        if self._w is None:
+            self._w = pq.ParquetWriter(self.path, SCHEMA)
+        for i in range(0, len(self._buf), ROW_GROUP):  # the whole buffer: at close
+            cols = _columns(self._buf[i : i + ROW_GROUP])
+            self._w.write_table(
                 pa.table({n: pa.array(cols[n], SCHEMA.field(n).type) for n in cols}, schema=SCHEMA)
             )
+        self._buf = []
+
+    def close(self) -> None:
+        if self.path is None:
+            return
+        if self._buf or self._w is None:  # the rest, or an empty file with the schema
+            self._flush()
+        assert self._w is not None
+        self._w.close()
+
+
+def write_parquet(exchanges: list[Exchange], path: Path) -> None:
+    sink = ParquetSink(path)
+    sink.add(exchanges)
+    sink.close()
 
 
 def run_protocol(manifest: RunManifest) -> str:
@@ -201,18 +249,17 @@ def _window(
     ]
 
 
-def truth_window(manifest: RunManifest, truth: list[Exchange]) -> dict[str, Any]:
+def truth_window(manifest: RunManifest, exchanges: int) -> dict[str, Any]:
     """What stretch of time the truth covers and is scored over (monotonic ns), as
     metrics.json says it: observe's capture starts after the attach and is scored up to
     the collectors' stop; run's capture covers the whole run."""
     p = manifest.params
     since, until = p.get("truth_from_ns"), p.get("observed_until_ns")
-    hi = until if until is not None else float("inf")
     out: dict[str, Any] = {
         "from_ns": since, "until_ns": until,
         "seconds": round((until - since) / 1e9, 3)
         if since is not None and until is not None else None,
-        "exchanges": sum(1 for t in truth if (since or 0) <= (t.t_start_ns or 0) <= hi),
+        "exchanges": exchanges,  # truth that started in it
     }  # fmt: skip
     if since is not None:
         out["before_from"] = "not captured: the capture starts once the collectors are attached"
@@ -226,71 +273,173 @@ def truth_window(manifest: RunManifest, truth: list[Exchange]) -> dict[str, Any]
 def _extract(
     pcap: Path, http1_ports: list[int], h2c_ports: list[int], offset: int, out_of_order: bool,
     keylog: Path | None = None,
-) -> tuple[list[Exchange], Any, int]:
-    """The truth, its stats, and the peak RSS (KiB) of the process that decoded it (a
-    worker's is no child's of the replay: the forkserver forked it)."""
+) -> tuple[list[Exchange], Any, dict[str, float]]:
+    """The truth, its stats, and what the process that decoded it used (a worker's is no
+    child's of the replay: the forkserver forked it)."""
     truth, stats = extract_exchanges(
         pcap, http1_ports=http1_ports, h2c_ports=h2c_ports, mono_offset_ns=offset,
         out_of_order=out_of_order, tls_keylog=keylog,
     )  # fmt: skip
     Sharer()(truth)
-    return truth, stats, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return truth, stats, _usage()
+
+
+def _usage() -> dict[str, float]:
+    """This process's peak RSS (KiB) and CPU seconds, its waited-for children's (tshark)
+    apart: CPU seconds are what the replay's cost is compared by on a loaded machine."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"peak_rss_kb": me.ru_maxrss, "cpu_s": round(me.ru_utime + me.ru_stime, 2),
+            "children_cpu_s": round(kids.ru_utime + kids.ru_stime, 2)}  # fmt: skip
+
+
+class _TruthJob:
+    """The truth of a run, decoded in a worker process for a big capture (started at once,
+    so it overlaps the collectors' decode), else in this one when asked for."""
+
+    def __init__(self, args: tuple[Any, ...], pool: ProcessPoolExecutor | None) -> None:
+        self._args = args
+        self._fut = pool.submit(_extract, *args) if pool is not None else None
+        self.stats: Any = None
+        self.usage: dict[str, float] = {}
+
+    def ready(self) -> bool:
+        """Whether asking now would not wait (in-process: decoded last, like before)."""
+        return self._fut is not None and self._fut.done()
+
+    def next(self) -> tuple[list[Exchange], int] | None:
+        """The whole truth as one batch, then None (``stats`` and ``usage`` are set then)."""
+        if self._fut is None and not self._args:
+            return None
+        truth, self.stats, self.usage = (
+            self._fut.result() if self._fut is not None else _extract(*self._args))
+        self._fut, self._args = None, ()
+        return truth, STREAM_END_NS
+
+    def cancel(self) -> None:
+        if self._fut is not None:
+            self._fut.cancel()
+
+
+# Truth batches a streaming worker may have queued ahead of the replay (back-pressure:
+# beyond it the worker waits, so its memory stays bounded too).
+TRUTH_QUEUE = 8
+
+
+def _stream_truth(q: Any, args: tuple[Any, ...]) -> None:
+    """In the worker: the truth in batches with their watermark, then ("end", stats, peak
+    RSS) or ("error", exception)."""
+    pcap, http1_ports, h2c_ports, offset, out_of_order, keylog = args
+    try:
+        share = Sharer()
+        gen = stream_exchanges(pcap, http1_ports=http1_ports, h2c_ports=h2c_ports,
+                               mono_offset_ns=offset, out_of_order=out_of_order,
+                               tls_keylog=keylog)  # fmt: skip
+        while True:
+            try:
+                b = next(gen)
+            except StopIteration as stop:
+                q.put(("end", stop.value, _usage()))
+                return
+            share(b.exchanges)
+            q.put(("batch", b.exchanges, b.watermark_ns))
+    except Exception as e:  # handed to the replay, which raises it
+        q.put(("error", e, 0))
+
+
+class _TruthStream:
+    """The truth decoded by a worker process and handed over in batches as tshark's output
+    is read (groundtruth.stream_exchanges): the replay never holds all of it."""
+
+    def __init__(self, args: tuple[Any, ...], ctx: Any) -> None:
+        self._q = ctx.Queue(TRUTH_QUEUE)
+        self._proc = ctx.Process(target=_stream_truth, args=(self._q, args), daemon=True)
+        self._proc.start()
+        self.stats: Any = None
+        self.usage: dict[str, float] = {}
+        self._done = False
+
+    def ready(self) -> bool:
+        return not self._done and not self._q.empty()
+
+    def next(self) -> tuple[list[Exchange], int] | None:
+        if self._done:
+            return None
+        while True:
+            try:
+                kind, a, b = self._q.get(timeout=1.0)
+                break
+            except queue.Empty:
+                if not self._proc.is_alive() and self._q.empty():
+                    self._done = True
+                    raise RunDirError(
+                        f"the truth worker ended (exit code {self._proc.exitcode}) before "
+                        "it finished the capture's decode"
+                    ) from None
+        if kind == "batch":
+            return a, b
+        self._done = True
+        self._proc.join()
+        if kind == "error":
+            raise a
+        self.stats, self.usage = a, b
+        return None
+
+    def cancel(self) -> None:
+        if self._proc.is_alive():
+            self._proc.terminate()
+        self._proc.join()
 
 
 @contextlib.contextmanager
 def _truth_job(
     pcap: Path, http1_ports: list[int], h2c_ports: list[int], offset: int, out_of_order: bool,
-    keylog: Path | None = None,
-) -> Iterator[Callable[[], tuple[list[Exchange], Any, int]]]:
-    """Yields a function that returns the truth: decoded in a worker process for a big
-    capture (started at once, so it overlaps whatever the caller does meanwhile), else
-    decoded when called."""
+    keylog: Path | None = None, *, whole: bool = False,
+) -> Iterator[_TruthJob | _TruthStream]:
+    """``whole``: the truth as one list (the workload's comparison needs it whole, and the
+    id-carrying truth is known to the matcher before anything else, as ``match`` has it)."""
+    args = (pcap, http1_ports, h2c_ports, offset, out_of_order, keylog)
     big = pcap.is_file() and pcap.stat().st_size >= PARALLEL_TRUTH_BYTES
     if not big or (os.cpu_count() or 1) < 2:
-        yield lambda: _extract(pcap, http1_ports, h2c_ports, offset, out_of_order, keylog)
+        yield _TruthJob(args, None)
         return
     # forkserver: the worker does not inherit the caller's threads (observe's)
     ctx = multiprocessing.get_context("forkserver")
-    with ProcessPoolExecutor(1, mp_context=ctx) as pool:
-        fut = pool.submit(_extract, pcap, http1_ports, h2c_ports, offset, out_of_order, keylog)
+    if not whole:
+        stream = _TruthStream(args, ctx)
         try:
-            yield fut.result
+            yield stream
         finally:
-            fut.cancel()
+            stream.cancel()
+        return
+    with ProcessPoolExecutor(1, mp_context=ctx) as pool:
+        job = _TruthJob(args, pool)
+        try:
+            yield job
+        finally:
+            job.cancel()
 
 
-def _observe_all(
-    run_dir: Path, manifest: RunManifest, protocol: str, attach_at_s: float | None
-) -> list[tuple[str, int, dict[str, Any], Variant, list[Exchange], Any, list[EncryptedConn]]]:
-    """Every collector's exchanges, per replay variant: (name, attach_ns, run.json stats,
-    variant, exchanges, decode stats, connections it saw only encrypted)."""
-    p, ports = manifest.params, manifest.ports
-    out = []
-    # A simulated attach is one moment for every collector: T after the first real attach.
-    first_attach = min(int(manifest.collectors[c]["attach_ns"]) for c in p["collectors"])
-    for name in p["collectors"]:
-        info = manifest.collectors.get(name, {})
-        attach_ns = (
-            int(info["attach_ns"]) if attach_at_s is None else first_attach + int(attach_at_s * 1e9)
-        )
-        events = run_dir / EVENTS_DIR / f"{name}.bin"
-        if not events.exists():
-            raise RunDirError(f"{events} is missing: the {name} collector recorded nothing")
-        coll = registry.get(name)
-        attach = OBSERVE if manifest.scenario == OBSERVE else p["attach"]
-        for vname in coll.variants(attach, protocol, attach_at_s is not None):
-            variant = VARIANTS[vname]
-            encrypted: list[EncryptedConn] = []
-            observed, ostats = coll.exchanges(ReplayInput(
-                events, ports, protocol,
-                attach_at_ns=attach_ns if attach_at_s is not None else None,
-                target_pids={int(pr["pid"]) for pr in manifest.processes},
-                variant=variant, encrypted=encrypted,
-            ))  # fmt: skip
-            for x in observed:
-                x.run_id, x.scenario, x.source = manifest.run_id, manifest.scenario, name
-            out.append((name, attach_ns, info, variant, observed, ostats, encrypted))
-    return out
+@dataclass
+class _Observed:
+    """One collector variant's replay in progress: its stream, where its watermark is, and
+    its rows (one per side)."""
+
+    name: str
+    attach_ns: int
+    info: dict[str, Any]
+    variant: Variant
+    stream: ExchangeStream
+    rows: dict[str, RowStream]
+    encrypted: list[EncryptedConn]
+    sink: ParquetSink | None
+    watermark: int = -STREAM_END_NS
+    stats: Any = None  # the stream's return value, once it ended
+
+
+# Collector exchanges held waiting for the truth before the replay waits on the truth
+# worker instead of decoding further ahead of it.
+MAX_AHEAD = 250_000
 
 
 def replay(
@@ -299,7 +448,11 @@ def replay(
     """Re-derive every exchange and metric of a recorded run.
 
     ``attach_at_s`` replays as if each collector had attached that many seconds after it
-    really did (a run recorded with early attach replayed at a later point)."""
+    really did (a run recorded with early attach replayed at a later point).
+
+    Streamed: each collector variant's exchanges are scored (streaming.RowStream) and
+    written to parquet as its replay yields them, beside the truth; only the matching
+    window and what is still open are held."""
     manifest = RunManifest.load(run_dir)
     t0 = time.monotonic()
     if not replayable(manifest):
@@ -342,48 +495,143 @@ def replay(
         "preexisting_connections")  # fmt: skip
     truth_args = (run_dir / CAPTURE, [] if h2c else ports, ports if h2c else [], offset, clean,
                   keylog)  # fmt: skip
-    # Wireshark's decode and the collectors' decode are independent until matching: on a
-    # big capture they run side by side, tshark and its reader in a second process.
-    with _truth_job(*truth_args) as truth_job:
-        observed_by = _observe_all(run_dir, manifest, protocol, attach_at_s)
-        truth, tstats, truth_rss_kb = truth_job()
-    for x in truth:
-        x.run_id, x.scenario = manifest.run_id, manifest.scenario
     has_workload = (run_dir / WORKLOAD).exists()  # `observe` runs have none
-    workload = workload_exchanges(run_dir / WORKLOAD) if has_workload else []
-    tvw = match_workload(truth, run_dir / WORKLOAD) if has_workload else None
-    rows: list[dict[str, Any]] = []
     # observe: when the collectors were told to stop; traffic of services outside the
     # command goes on, and what the capture saw after that was no collector's to see
     until = p.get("observed_until_ns")
     # observe: the capture began after the attach; nothing before it can be scored
     since = p.get("truth_from_ns")
-    frames: dict[str, list[Exchange]] = {"truth": truth, "workload": workload}
-    collectors: dict[str, Any] = {}
+    saving = write and attach_at_s is None  # a simulated attach never overwrites the recording's
+    xdir = run_dir / EXCHANGES_DIR
+    if saving:
+        xdir.mkdir(exist_ok=True)
+
+    def sink(src: str) -> ParquetSink:
+        return ParquetSink(xdir / f"{src}.parquet" if saving else None)
+
     attach_mode = p["attach"] if attach_at_s is None else f"at+{attach_at_s:g}s"
-    for name, attach_ns, info, variant, observed, ostats, encrypted in observed_by:
-        collectors.setdefault(name, {"attach_ns": attach_ns, "stats": info})
-        collectors[name][variant.name] = vars(ostats)
-        if variant.name == "default":
-            frames[name] = observed
-        for side in SIDES:
-            row = Row(
-                scenario=manifest.scenario,
-                protocol=tls_protocol(protocol) if tls_version else protocol,
-                client=p["client"], server=p["server"], attach=attach_mode, collector=name,
-                side=side, variant=variant.name, grpc_go=p.get("grpc_version"),
-                tls=tls_version,
-            )  # fmt: skip
-            row.lost_events = int(info.get("lost_events", 0) or 0)
-            seen = [x for x in observed if x.side == side]
-            in_window, seen = _window(truth, seen, until, since)
-            scored_from = max(attach_ns, since or 0)
-            score(row, in_window, seen, scored_from)
-            row.not_covered = registry.get(name).not_covered(p.get(side), is_grpc(protocol))
-            if encrypted:
-                row.undecodable["encrypted"] = encrypted_count(in_window, encrypted, side,
-                                                               scored_from)  # fmt: skip
+    # A simulated attach is one moment for every collector: T after the first real attach.
+    first_attach = min(int(manifest.collectors[c]["attach_ns"]) for c in p["collectors"])
+    target_pids = {int(pr["pid"]) for pr in manifest.processes}
+    attach = OBSERVE if manifest.scenario == OBSERVE else p["attach"]
+    observed: list[_Observed] = []
+    collectors: dict[str, Any] = {}
+    # the whole truth is kept where something needs it whole: the workload's comparison
+    # (scenario runs) and TLS's encrypted counts (small runs)
+    kept: list[Exchange] | None = [] if has_workload or tls_version else None
+    truth_sink = sink("truth")
+    in_window = [0]
+    lo, hi = since or 0, until if until is not None else STREAM_END_NS
+    truth_batch: list[Exchange] = []
+
+    def released(t: Exchange) -> None:
+        t.run_id, t.scenario = manifest.run_id, manifest.scenario
+        if lo <= (t.t_start_ns or 0) <= hi:
+            in_window[0] += 1
+        for o in observed:
+            for r in o.rows.values():
+                r.count_truth(t)
+        truth_batch.append(t)
+
+    feed = TruthFeed(released)
+    # every collector variant's rows exist before any truth is released: each counts it all
+    for name in p["collectors"]:
+        info = manifest.collectors.get(name, {})
+        attach_ns = (
+            int(info["attach_ns"]) if attach_at_s is None else first_attach + int(attach_at_s * 1e9)
+        )
+        events = run_dir / EVENTS_DIR / f"{name}.bin"
+        if not events.exists():
+            raise RunDirError(f"{events} is missing: the {name} collector recorded nothing")
+        coll = registry.get(name)
+        collectors[name] = {"attach_ns": attach_ns, "stats": info}
+        for vname in coll.variants(attach, protocol, attach_at_s is not None):
+            variant = VARIANTS[vname]
+            encrypted: list[EncryptedConn] = []
+            stream = coll.replay_stream(ReplayInput(
+                events, ports, protocol,
+                attach_at_ns=attach_ns if attach_at_s is not None else None,
+                target_pids=target_pids, variant=variant, encrypted=encrypted,
+            ))  # fmt: skip
+            by_side: dict[str, RowStream] = {}
+            for side in SIDES:
+                row = Row(
+                    scenario=manifest.scenario,
+                    protocol=tls_protocol(protocol) if tls_version else protocol,
+                    client=p["client"], server=p["server"], attach=attach_mode, collector=name,
+                    side=side, variant=variant.name, grpc_go=p.get("grpc_version"),
+                    tls=tls_version,
+                )  # fmt: skip
+                row.lost_events = int(info.get("lost_events", 0) or 0)
+                by_side[side] = RowStream(row, max(attach_ns, since or 0), feed, until=until,
+                                          since=since)  # fmt: skip
+            observed.append(_Observed(
+                name, attach_ns, info, variant, stream, by_side, encrypted,
+                sink(name) if variant.name == "default" else None,
+            ))  # fmt: skip
+    # Wireshark's decode and the collectors' decode are independent until matching: on a
+    # big capture they run side by side, tshark and its reader in a second process.
+    with _truth_job(*truth_args, whole=kept is not None) as truth_job:
+        active = list(observed)
+        while active or not feed.done:
+            held = sum(r.held for o in observed for r in o.rows.values())
+            if not feed.done and (not active or held > MAX_AHEAD or truth_job.ready()):
+                got = truth_job.next()
+                if got is None:  # a stream's end
+                    feed.add([], STREAM_END_NS)
+                elif isinstance(truth_job, _TruthJob):
+                    feed.whole(got[0])
+                    if kept is not None:
+                        kept = got[0]
+                else:
+                    feed.add(*got)
+                del got
+            else:
+                o = min(active, key=lambda o: o.watermark)
+                try:
+                    batch = next(o.stream)
+                except StopIteration as stop:
+                    o.stats, o.watermark = stop.value, STREAM_END_NS
+                    active.remove(o)
+                else:
+                    o.watermark = max(o.watermark, batch.watermark_ns)
+                    for x in batch.exchanges:
+                        x.run_id, x.scenario, x.source = manifest.run_id, manifest.scenario, o.name
+                    if o.sink is not None:
+                        o.sink.add(batch.exchanges)
+                    for side, r in o.rows.items():
+                        r.push(x for x in batch.exchanges if x.side == side)
+                        r.finished(batch.finished)
+            if truth_batch:
+                truth_sink.add(truth_batch)
+                truth_batch.clear()
+            for o in observed:
+                for r in o.rows.values():
+                    r.step(o.watermark, feed.watermark)
+            feed.trim(min((r.position() for o in observed for r in o.rows.values()),
+                          default=feed.base + len(feed.items)))  # fmt: skip
+        while (got := truth_job.next()) is not None:  # the stream's end: its stats
+            feed.add(*got)
+        tstats, truth_usage = truth_job.stats, truth_job.usage
+    rows: list[dict[str, Any]] = []
+    for o in observed:
+        collectors[o.name][o.variant.name] = vars(o.stats)
+        for side, r in o.rows.items():
+            row = r.done()
+            row.not_covered = registry.get(o.name).not_covered(p.get(side), is_grpc(protocol))
+            if o.encrypted:
+                assert kept is not None  # TLS runs keep their truth
+                win, _ = _window(kept, [], until, since)
+                row.undecodable["encrypted"] = encrypted_count(win, o.encrypted, side,
+                                                               r.scorer.attach_ns)  # fmt: skip
             rows.append(row.to_dict())
+    workload = workload_exchanges(run_dir / WORKLOAD) if has_workload else []
+    tvw = match_workload(kept or [], run_dir / WORKLOAD) if has_workload else None
+    sinks = {"truth": truth_sink, "workload": sink("workload")}
+    sinks["workload"].add(workload)
+    sinks.update({o.name: o.sink for o in observed if o.sink is not None})
+    for sk in sinks.values():
+        sk.close()
     metrics = {
         "run_id": manifest.run_id,
         "scenario": manifest.scenario,
@@ -391,26 +639,25 @@ def replay(
         "attach_at_s": attach_at_s,
         "truth_vs_workload": tvw,
         "truth": tstats.to_dict(),
-        "truth_window": truth_window(manifest, truth),
+        "truth_window": truth_window(manifest, in_window[0]),
         "tls": tls_info,
         "capture": {k: manifest.capture.get(k) for k in ("packets_captured", "packets_dropped")},
         "collectors": collectors,
         "rows": rows,
         "definitions": DEFINITIONS,
     }
-    if write and attach_at_s is None:  # a simulated attach never overwrites the recording's
-        xdir = run_dir / EXCHANGES_DIR
-        xdir.mkdir(exist_ok=True)
-        for src, xs in frames.items():
-            write_parquet(xs, xdir / f"{src}.parquet")
+    if saving:
         save_metrics(run_dir, metrics)
-        manifest.recording = recording_size(run_dir, len(truth))
+        manifest.recording = recording_size(run_dir, truth_sink.count)
         manifest.save(run_dir)
         write_json_atomic(run_dir / REPLAY_JSON, {
             "wall_s": round(time.monotonic() - t0, 3),
-            "exchanges": {src: len(xs) for src, xs in frames.items()},
+            "exchanges": {src: sk.count for src, sk in sinks.items()},
             "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
             "children_peak_rss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
-            "truth_peak_rss_kb": truth_rss_kb,
+            # the truth worker: tshark is its child (in-process: these are the replay's)
+            "truth_peak_rss_kb": truth_usage["peak_rss_kb"],
+            "truth_cpu_s": truth_usage["cpu_s"], "tshark_cpu_s": truth_usage["children_cpu_s"],
+            "cpu_s": _usage()["cpu_s"],
         })  # fmt: skip
     return metrics

@@ -4,7 +4,7 @@ passes its recorder, and what its replay side takes and gives."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -155,6 +155,31 @@ class ReplayInput:
 Exchanges = Callable[[ReplayInput], tuple[list[Exchange], ObservedStats]]
 
 
+@dataclass
+class ExchangeBatch:
+    """Exchanges a collector's replay has finished, as it reads its recording."""
+
+    exchanges: list[Exchange]
+    # no exchange of a later batch starts before this (monotonic ns); a stream's last batch
+    # says 2**63: the scoring matches what starts before it and holds the rest
+    watermark_ns: int
+    # connections (conn_id) that yield nothing more: their matching state can go
+    finished: list[str] = field(default_factory=list)
+
+
+# A collector's replay as a stream: batches as its recording is read, its stats at the end
+# (the generator's return value). Memory is bounded by what is open at once, not the run.
+ExchangeStream = Generator[ExchangeBatch, None, ObservedStats]
+STREAM_END_NS = 1 << 63
+
+
+def whole_stream(exchanges: Exchanges, r: ReplayInput) -> ExchangeStream:
+    """A collector without a streaming replay: all of its exchanges as one batch."""
+    xs, st = exchanges(r)
+    yield ExchangeBatch(xs, STREAM_END_NS, sorted({x.conn_id for x in xs if x.conn_id}))
+    return st
+
+
 def only_default(_attach: str, _protocol: str, _simulated: bool) -> tuple[str, ...]:
     return ("default",)
 
@@ -234,6 +259,8 @@ class Collector:
     label: str  # what the report calls it
     record_module: str  # `python -m` this to record
     exchanges: Exchanges  # replay: its recording -> Exchanges
+    # replay as a stream (bounded memory); None: ``exchanges`` whole, as one batch
+    stream: Callable[[ReplayInput], ExchangeStream] | None = None
     # recorder arguments beyond the common ones: (options, binaries, follow) -> argv
     recorder_args: Callable[[CollectorOptions, list[Path], int | None], list[str]] = no_arguments
     # replay variant names for a run: (attach, protocol, simulated attach) -> names;
@@ -269,6 +296,9 @@ class Collector:
     binary_facts: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] = no_binary_facts
     # what it needs from Go binaries, for scripts/gen-grpc-offsets; None: nothing
     go_layouts: Callable[[], GoLayouts] | None = None
+
+    def replay_stream(self, r: ReplayInput) -> ExchangeStream:
+        return self.stream(r) if self.stream is not None else whole_stream(self.exchanges, r)
 
     @property
     def called(self) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.collectors.base import BpfCost, Collector, CollectorOptions, Curve
-from harness.collectors.kprobe.exchanges import replay_exchanges, variants
+from harness.collectors.kprobe.exchanges import replay_exchanges, replay_stream, variants
 
 
 def _recorder_args(opts: CollectorOptions, _bins: list[Path], _follow: int | None) -> list[str]:
@@ -19,6 +19,7 @@ COLLECTOR = Collector(
     label="kernel side (syscall tracepoints)",
     record_module="harness.collectors.kprobe.record",
     exchanges=replay_exchanges,
+    stream=replay_stream,
     recorder_args=_recorder_args,
     variants=variants,
     color="#1f77b4",

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
-from collections.abc import Callable
+import struct
+from collections import namedtuple
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +71,11 @@ class Connection:
     # read, its bytes let go; ``stitched`` holds what that gave once it ended
     http1: Http1Stream | None = field(default=None, repr=False)
     stitched: tuple[list[Exchange], Http1Stats] | None = field(default=None, repr=False)
+    # streamed replay (decode(handover=...)): its exchanges are handed over as they become
+    # final; ``held`` are stitched ones that a loss found later could still change
+    handed: bool = field(default=False, repr=False)
+    held: list[Exchange] = field(default_factory=list, repr=False)
+    hold_to_end: bool = field(default=False, repr=False)  # split at a loss: held to the end
 
     @property
     def key(self) -> str:
@@ -106,6 +113,9 @@ class DecodeStats:
     # connections with data whose addresses stayed unknown, by reason (never dropped silently)
     addresses_unknown: dict[str, int] = field(default_factory=dict)
     collector: dict[str, Any] = field(default_factory=dict)  # the recorder's final stats
+    # streamed replay: exchanges handed over after a watermark that said none would start
+    # before them (a send blocked longer than WATERMARK_SLACK_NS); scored all the same
+    late_exchanges: int = 0
 
 
 def _ip(raw: bytes, family: int) -> str:
@@ -126,6 +136,32 @@ def _norm_ip(text: str) -> str:
 
 
 
+# How long a send may have been under way (its event carries its start) before its event
+# is read: the streamed decode's watermark stays this far behind the newest event.
+WATERMARK_SLACK_NS = 1_000_000_000
+# Kernel records read between two hand-overs of a streamed decode.
+HANDOVER_RECORDS = 16384
+
+
+@dataclass
+class Handover:
+    """A streamed decode's output so far (decode_steps): what the caller takes at each step."""
+
+    ready: list[tuple[Connection, list[Exchange]]] = field(default_factory=list)
+    finished: list[Connection] = field(default_factory=list)  # yield nothing more
+    # no exchange handed over later starts before it (but for a late send: late_exchanges)
+    watermark: int = -(1 << 63)
+
+
+def _final(x: Exchange, seen_until: int) -> bool:
+    """Whether no loss found from now on can change ``x`` (``unpair_after`` leaves alone
+    what started and ended by the last request-direction call seen: a gap found later
+    dates its loss after that call)."""
+    start = x.t_start_ns if x.t_start_ns is not None else x.t_end_ns
+    return start is not None and start <= seen_until and (
+        x.t_end_ns is None or x.t_end_ns <= seen_until)
+
+
 @dataclass
 class _Call:
     """A syscall's events gathered so far (a call's events can interleave with others')."""
@@ -137,6 +173,27 @@ class _Call:
     parts: list[tuple[int, bytes]]
     next_part: int = 1
     broken: bool = False  # an event of it was lost: what follows it is not used
+
+
+def _fixed_part(de: type[ctypes.Structure]) -> tuple[struct.Struct, Any]:
+    """A data event's fields before ``data`` (from the header's layout): a struct that
+    unpacks them in one call and a named tuple to read them by name; arrays (padding) are
+    skipped."""
+    fmt, names, pos = "<", [], 0
+    for name, ctype in de._fields_:  # type: ignore[misc]
+        if name == "data":
+            break
+        off, size = getattr(de, name).offset, ctypes.sizeof(ctype)
+        fmt += f"{off - pos}x" if off > pos else ""
+        if issubclass(ctype, ctypes.Array):
+            fmt += f"{size}x"
+        else:
+            signed = ctype(-1).value < 0  # type: ignore[union-attr]
+            code = {1: "b", 2: "h", 4: "i", 8: "q"}[size]
+            fmt += code if signed else code.upper()
+            names.append(name)
+        pos = off + size
+    return struct.Struct(fmt), namedtuple("DataEvent", names)
 
 
 def _legacy_data_event(de: type[ctypes.Structure]) -> type[ctypes.Structure]:
@@ -158,6 +215,27 @@ def decode(
     (found mid-stream, after a loss, of a protocol known only at the end) keep theirs.
     ``stitch`` is called on each batch of finished exchanges (to share equal headers
     before many pile up)."""
+    steps = decode_steps(path, attach_at_ns=attach_at_ns, use_sockdiag=use_sockdiag,
+                         stitch=stitch)  # fmt: skip
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def decode_steps(
+    path: Path,
+    *,
+    attach_at_ns: int | None = None,
+    use_sockdiag: bool = True,
+    stitch: Callable[[list[Exchange]], None] | None = None,
+    handover: Handover | None = None,
+) -> Generator[None, None, tuple[list[Connection], DecodeStats]]:
+    """``decode``, a step at a time (a yield every HANDOVER_RECORDS records). With
+    ``handover``, HTTP/1 connections stitched while read whose addresses came with their
+    open hand their exchanges over (``handover.ready``) once nothing later can change
+    them, so a replay need not hold them; the connections returned then hold none."""
     ef = read_event_file(path)
     if ef.header.get("format", FORMAT) != FORMAT:
         raise RunDirError(f"{path} is not a {FORMAT} recording (header says "
@@ -170,7 +248,10 @@ def decode(
     legacy = recorded != ctypes.sizeof(DE)
     if legacy:
         DE = _legacy_data_event(DE)
-    data_off = int(DE.data.offset)  # type: ignore[attr-defined]
+    data_off = int(DE.data.offset)
+    unpack_data, as_event = _fixed_part(DE)
+    data_min = unpack_data.size
+    data_kind = d["PB_EV_DATA"]
     kind_off = hdr.offset("pb_conn_event", "kind")
     ce_size = ctypes.sizeof(CE)
     st = DecodeStats(truncated_tail_bytes=ef.truncated_tail_bytes, legacy_layout=legacy)
@@ -206,12 +287,46 @@ def decode(
         if stitch is not None and first_sent and _stitch_live(conn):
             # what the pass after the loop would decide from its first sent bytes, now
             conn.proto = "http1"
-            conn.http1 = Http1Stream(conn.role, source="kprobe", from_start=True, on_ready=stitch)  # type: ignore[arg-type]
+            # its addresses came with its open: nothing after the pass changes them
+            conn.handed = handover is not None and None not in (conn.local, conn.remote)
+            on_ready = (lambda xs, c=conn: got(c, xs)) if conn.handed else stitch
+            conn.http1 = Http1Stream(conn.role, source="kprobe", from_start=True,  # type: ignore[arg-type]
+                                     on_ready=on_ready, hand_over=conn.handed)  # fmt: skip
             for seg in conn.recv:
                 conn.http1.add(False, seg)
             for seg in conn.send:
                 conn.http1.add(True, seg)
             conn.send, conn.recv = [], []
+
+    holding: dict[int, Connection] = {}  # id -> handed connection with held exchanges
+    # closed handed connections whose held exchanges wait for their fd's next connection
+    # (the end's call counts apply to the last one on an fd) or the end
+    closed_on: dict[tuple[int, int], Connection] = {}
+    stuck = [1 << 63]  # earliest open of a closed connection whose exchanges come at the end
+
+    def got(conn: Connection, xs: list[Exchange]) -> None:
+        # (the caller shares equal headers over each hand-over batch, not per exchange)
+        conn.held.extend(xs)
+        holding[id(conn)] = conn
+
+    def settle(conn: Connection, everything: bool = False) -> None:
+        """Hand over what no later loss can change (all of it: ``everything``)."""
+        seen = conn.last_ts[0 if conn.role == "client" else 1]
+        out = conn.held if everything else [x for x in conn.held if _final(x, seen)]
+        if out:
+            assert handover is not None
+            handover.ready.append((conn, out))
+            conn.held = [] if everything else [x for x in conn.held if not _final(x, seen)]
+        if not conn.held:
+            holding.pop(id(conn), None)
+
+    def opened(key: tuple[int, int]) -> None:
+        """A new connection on this fd: the closed one before it is final."""
+        old = closed_on.pop(key, None)
+        if old is not None:
+            settle(old, everything=True)
+            assert handover is not None
+            handover.finished.append(old)
 
     def close(conn: Connection, ts: int | None) -> None:
         for direction in ("send", "recv"):
@@ -221,6 +336,19 @@ def decode(
         if conn.http1 is not None:
             conn.stitched, conn.http1 = conn.http1.finish(ts), None
         done.append(conn)
+        if handover is None:
+            return
+        if not conn.handed:
+            if conn.send or conn.recv or conn.stitched is not None:
+                stuck[0] = min(stuck[0], conn.opened_ns)
+        elif ts is None:
+            conn.hold_to_end = True  # split at a loss: the part after it may date it earlier
+        else:
+            settle(conn)
+            if conn.held:
+                closed_on[(conn.tgid, conn.fd)] = conn
+            else:
+                handover.finished.append(conn)
 
     def reopen(conn: Connection, ts: int, continues: bool) -> Connection:
         """End conn's stream at lost events; what follows is a connection seen mid-stream.
@@ -241,6 +369,8 @@ def decode(
             new.last_seq = [None, None]
         live[(conn.tgid, conn.fd)] = new
         st.connections += 1
+        if handover is not None and not continues:
+            opened((conn.tgid, conn.fd))
         return new
 
     def lost_since(part: Connection | None, nxt: int, since: int, i: int) -> None:
@@ -275,6 +405,7 @@ def decode(
         conn.last_ts[i] = max(conn.last_ts[i], ev.ts_ns)
         return conn
 
+    newest = 0  # the latest event time read
     for rtype, rec in ef.records():
         if rtype == NOTE:
             assert isinstance(rec, dict)
@@ -288,12 +419,27 @@ def decode(
             continue
         assert isinstance(rec, memoryview)
         st.kernel_records += 1
-        raw = bytes(rec)
-        kind = raw[kind_off]
-        if kind == d["PB_EV_DATA"]:
+        if handover is not None and not st.kernel_records % HANDOVER_RECORDS:
+            for hc in list(holding.values()):
+                if hc.closed_ns is None and not hc.hold_to_end:
+                    settle(hc)
+            handover.watermark = max(handover.watermark, min(
+                newest - WATERMARK_SLACK_NS, stuck[0],
+                min((c.ts for c in pending.values()), default=1 << 63),
+                min((b for c in live.values() if (b := _bound(c)) is not None), default=1 << 63),
+                min((x.t_start_ns or 0 for c in holding.values() for x in c.held),
+                    default=1 << 63),
+            ))  # fmt: skip
+            yield
+        kind = rec[kind_off]
+        if kind == data_kind:
             st.data_events += 1
-            ev = DE.from_buffer_copy(raw[:data_off].ljust(ctypes.sizeof(DE), b"\0"))
-            payload = raw[data_off : data_off + ev.cap_len]
+            # the fixed part read in place (a ctypes copy padded to the whole struct cost
+            # a 16 KiB allocation per event)
+            fixed = rec if len(rec) >= data_min else bytes(rec).ljust(data_min, b"\0")
+            ev = as_event._make(unpack_data.unpack_from(fixed))
+            payload = bytes(rec[data_off : data_off + ev.cap_len])
+            newest = max(newest, ev.ts_ns)
             if attach_at_ns is not None and ev.ts_ns < attach_at_ns:
                 st.dropped_before_attach += 1
                 continue
@@ -314,6 +460,8 @@ def decode(
                 live[key] = conn
                 st.connections += 1
                 st.opened_unseen += 1
+                if handover is not None:
+                    opened(key)
             if conn is None:
                 # simulated late attach: the kernel would infer from this call's first bytes
                 if ev.offset != 0:
@@ -330,6 +478,8 @@ def decode(
                 live[key] = conn
                 st.connections += 1
                 st.inferred_connections += 1
+                if handover is not None:
+                    opened(key)
             if not legacy:
                 conn = check_seq(conn, ev, i)
             pkey = (ev.tgid, ev.fd, direction, ev.tid, ev.ts_ns)
@@ -352,12 +502,12 @@ def decode(
                     call.broken = True
                     st.lost_chunks += 1
             continue
-        ev = CE.from_buffer_copy(raw[:ce_size].ljust(ce_size, b"\0"))
+        ev = CE.from_buffer_copy(bytes(rec[:ce_size]).ljust(ce_size, b"\0"))
         st.conn_events += 1
         key = (ev.tgid, ev.fd)
         if kind == d["PB_EV_EXIT"]:
-            for k in [k for k in live if k[0] == ev.tgid]:
-                close(live.pop(k), ev.ts_ns)
+            for gone in [k for k in live if k[0] == ev.tgid]:
+                close(live.pop(gone), ev.ts_ns)
             continue
         if attach_at_ns is not None and ev.ts_ns < attach_at_ns:
             st.dropped_before_attach += 1
@@ -407,8 +557,10 @@ def decode(
                 st.socket_addresses += 1
         live[key] = conn
         st.connections += 1
-    for key in list(pending):
-        flush_call(key)
+        if handover is not None:
+            opened(key)
+    for pkey in list(pending):
+        flush_call(pkey)
     for conn in live.values():
         if conn.http1 is not None:
             conn.stitched, conn.http1 = conn.http1.finish(None), None
@@ -432,14 +584,16 @@ def decode(
     for conn in done:
         lost = conn.lost_after[0 if conn.role == "client" else 1]
         if conn.stitched is not None and lost is not None:
-            unpair_after(*conn.stitched, lost)
+            unpair_after(conn.stitched[0] + conn.held, conn.stitched[1], lost)
+    for conn in list(holding.values()):  # streamed: the rest is final now
+        settle(conn, everything=True)
     for conn in done:
-        rec = answers.get((conn.tgid, conn.fd, conn.opened_ns))
-        if rec is None:
+        answer = answers.get((conn.tgid, conn.fd, conn.opened_ns))
+        if answer is None:
             continue
-        if rec.get("found"):
-            conn.local = Endpoint(_norm_ip(rec["local_ip"]), rec["local_port"])
-            conn.remote = Endpoint(_norm_ip(rec["remote_ip"]), rec["remote_port"])
+        if answer.get("found"):
+            conn.local = Endpoint(_norm_ip(answer["local_ip"]), answer["local_port"])
+            conn.remote = Endpoint(_norm_ip(answer["remote_ip"]), answer["remote_port"])
             conn.addr_source = "sockdiag"
             st.sockdiag_found += 1
         else:
@@ -471,6 +625,17 @@ def decode(
             reason = _why_no_address(conn, answers, use_sockdiag)
             st.addresses_unknown[reason] = st.addresses_unknown.get(reason, 0) + 1
     return kept, st
+
+
+def _bound(conn: Connection) -> int | None:
+    """The earliest start an exchange a live connection yields later can have, from what
+    it holds (None: nothing; its next calls are bounded by the newest event)."""
+    if conn.handed:
+        assert conn.http1 is not None
+        return conn.http1.earliest_start()
+    if conn.send or conn.recv or conn.http1 is not None:
+        return conn.opened_ns  # its exchanges come at the end
+    return None
 
 
 def _stitch_live(conn: Connection) -> bool:
@@ -524,9 +689,9 @@ def call_segments(ts: int, orig: int, parts: list[tuple[int, bytes]]) -> list[Se
     if not runs or runs[0][0] > 0:
         # the call's start went unseen: its length still has to pass by
         runs.insert(0, (0, bytearray()))
-    for i, (off, data) in enumerate(runs):
-        nxt = runs[i + 1][0] if i + 1 < len(runs) else max(orig, off + len(data))
-        segs.append(Segment(ts, bytes(data), nxt - off))
+    for i, (off, run) in enumerate(runs):
+        nxt = runs[i + 1][0] if i + 1 < len(runs) else max(orig, off + len(run))
+        segs.append(Segment(ts, bytes(run), nxt - off))
     return segs
 
 

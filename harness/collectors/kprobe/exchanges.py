@@ -6,8 +6,11 @@ from pathlib import Path
 from typing import Any
 
 from harness.collectors.base import (
+    STREAM_END_NS,
     VARIANTS,
     EncryptedConn,
+    ExchangeBatch,
+    ExchangeStream,
     ObservedStats,
     ReplayInput,
     Variant,
@@ -15,7 +18,13 @@ from harness.collectors.base import (
     int_fields,
     set_addresses,
 )
-from harness.collectors.kprobe.decode import Connection, decode
+from harness.collectors.kprobe.decode import (
+    Connection,
+    DecodeStats,
+    Handover,
+    decode,
+    decode_steps,
+)
 from harness.compact import Sharer
 from harness.model import Exchange, is_h2
 from harness.protocols.http1.stitch import stitch_http1
@@ -69,8 +78,74 @@ def kprobe_exchanges(
     conns, dstats = decode(
         events, attach_at_ns=attach_at_ns, use_sockdiag=variant.use_sockdiag, stitch=share
     )
-    st = ObservedStats(decode=dict(vars(dstats)))
+    return _exchanges(conns, dstats, set(server_ports), variant, target_pids, encrypted, share)
+
+
+def kprobe_stream(
+    events: Path,
+    server_ports: list[int],
+    *,
+    variant: Variant = VARIANTS["default"],
+    attach_at_ns: int | None = None,
+    target_pids: set[int] | None = None,
+    encrypted: list[EncryptedConn] | None = None,
+) -> ExchangeStream:
+    """``kprobe_exchanges`` as the recording is read: HTTP/1 connections seen from their
+    open come out as their exchanges become final; the rest (found mid-stream, HTTP/2,
+    after losses) at the end, as before."""
+    share = Sharer()
     ports = set(server_ports)
+    ho = Handover()
+    steps = decode_steps(events, attach_at_ns=attach_at_ns, use_sockdiag=variant.use_sockdiag,
+                         stitch=share, handover=ho)  # fmt: skip
+    late = 0
+    while True:
+        said = ho.watermark
+        try:
+            next(steps)
+        except StopIteration as stop:
+            conns, dstats = stop.value
+            break
+        xs = _handed(ho, ports)
+        share(xs)
+        late += sum(1 for x in xs if (x.t_start_ns or 0) < said)
+        yield ExchangeBatch(xs, ho.watermark, [c.key for c in ho.finished])
+        ho.finished.clear()
+    xs = _handed(ho, ports)
+    share(xs)
+    dstats.late_exchanges = late + sum(1 for x in xs if (x.t_start_ns or 0) < ho.watermark)
+    rest, st = _exchanges(conns, dstats, ports, variant, target_pids, encrypted, share)
+    yield ExchangeBatch(xs + rest, STREAM_END_NS)
+    return st
+
+
+def _handed(ho: Handover, ports: set[int]) -> list[Exchange]:
+    """The exchanges a streamed decode handed over, placed on their connection (roles and
+    addresses known from the open) and kept if on the run's ports."""
+    out: list[Exchange] = []
+    for conn, xs in ho.ready:
+        client, server = (
+            (conn.local, conn.remote) if conn.role == "client" else (conn.remote, conn.local)
+        )
+        if server is not None and ports and server.port not in ports:
+            continue  # counted with the connection at the end (skipped_other_ports)
+        for x in xs:
+            x.side = conn.role  # type: ignore[assignment]
+            x.pid = conn.tgid
+            x.conn_id = conn.key
+            set_addresses(x, client, server)
+        out.extend(xs)
+    ho.ready.clear()
+    return out
+
+
+def _exchanges(
+    conns: list[Connection], dstats: DecodeStats, ports: set[int], variant: Variant,
+    target_pids: set[int] | None, encrypted: list[EncryptedConn] | None, share: Sharer,
+) -> tuple[list[Exchange], ObservedStats]:  # fmt: skip
+    """Each decoded connection's exchanges: stitched per protocol, placed on their side and
+    addresses."""
+    st = ObservedStats(decode=dict(vars(dstats)))
     out: list[Exchange] = []
     streams_of: dict[int, set[int]] = {}  # id(connection) -> HTTP/2 stream ids it produced
     pipelining: set[int] = set()  # id(connection) of HTTP/1 streams seen pipelining
@@ -159,3 +234,8 @@ def variants(attach: str, protocol: str, simulated: bool) -> tuple[str, ...]:
 def replay_exchanges(r: ReplayInput) -> tuple[list[Exchange], ObservedStats]:
     return kprobe_exchanges(r.events, r.ports, variant=r.variant, attach_at_ns=r.attach_at_ns,
                             target_pids=r.target_pids, encrypted=r.encrypted)  # fmt: skip
+
+
+def replay_stream(r: ReplayInput) -> ExchangeStream:
+    return kprobe_stream(r.events, r.ports, variant=r.variant, attach_at_ns=r.attach_at_ns,
+                         target_pids=r.target_pids, encrypted=r.encrypted)  # fmt: skip

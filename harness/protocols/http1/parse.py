@@ -281,6 +281,7 @@ class Http1Parser:
         self._events: list[Event] = []
         self._tunnel_next = False  # switch_protocols() came in the middle of a message
         self._field_cache: dict[bytes, tuple[Headers, tuple[bool | None, int | None]]] = {}
+        self._line_cache: dict[bytes, list[str]] = {}
 
     # -- public API -------------------------------------------------------------
 
@@ -293,6 +294,11 @@ class Http1Parser:
     def buffered(self) -> int:
         """Bytes held waiting for more (a partial start line, header block or chunk line)."""
         return len(self._buf) - self._pos
+
+    def pending_since(self) -> int | None:
+        """When the oldest byte still buffered arrived (a message begun there is still to
+        come), or None when nothing is buffered."""
+        return self._ts_at(self._pos) if len(self._buf) > self._pos else None
 
     def expect_response_to(self, method: str | None, ts_ns: int = 0) -> None:
         """Queue the method (None if unknown) of a request whose response this parser will see."""
@@ -447,7 +453,14 @@ class Http1Parser:
             self._skip_pending = 0
         self._resync_reason = "garbage"  # what a later loss of sync will be, unless told
         self._synced = True
-        g = [x.decode("latin-1") if x is not None else "" for x in m.groups()]
+        # a busy connection repeats a few start lines: each is decoded once
+        line = m.group()
+        g = self._line_cache.get(line)
+        if g is None:
+            g = [x.decode("latin-1") if x is not None else "" for x in m.groups()]
+            if len(self._line_cache) >= _FIELD_CACHE:
+                self._line_cache.clear()
+            self._line_cache[line] = g
         if self.kind == "request":
             self._head = _Head(g[0], g[1], f"HTTP/1.{g[2]}", [], msg_ts)
         else:

@@ -405,7 +405,7 @@ class Http1Stream:
         from_start: bool = False, pipelined: bool = True,
         on_ready: Callable[[list[Exchange]], None] | None = None,
         after_loss: bool = False, pipelining: bool = False,
-        requests_lost_after: int | None = None,
+        requests_lost_after: int | None = None, hand_over: bool = False,
     ) -> None:  # fmt: skip
         if side not in ("client", "server"):
             raise Http1UsageError(f"side must be 'client' or 'server', not {side!r}")
@@ -417,16 +417,29 @@ class Http1Stream:
         self._resp: deque[Segment] = deque()
         self.exchanges: list[Exchange] = []
         self._on_ready = on_ready  # each batch of finished exchanges, before it is kept
+        # the exchanges given to on_ready are its own: not kept here (streamed replay)
+        self._hand_over = hand_over
 
     def _take(self) -> None:
         xs = self.stitcher.ready()
         if xs and self._on_ready is not None:
             self._on_ready(xs)
+            if self._hand_over:
+                return
         self.exchanges.extend(xs)
 
     @property
     def held_segments(self) -> int:
         return len(self._req) + len(self._resp)
+
+    def earliest_start(self) -> int | None:
+        """The earliest start time an exchange not yet handed out can have (an exchange
+        known only by its response starts at 0), or None when nothing is pending."""
+        st = self.stitcher
+        starts = [x.t_start_ns or 0 for x in st.open]
+        starts += [q[0].ts_ns for q in (self._req, self._resp) if q]
+        starts += [t for p in (st.req, st.resp) if (t := p.pending_since()) is not None]
+        return min(starts, default=None)
 
     def add(self, sent: bool, seg: Segment) -> None:
         """A segment the observed process sent (else received), in its direction's order."""

@@ -1,0 +1,228 @@
+"""Scoring as the exchanges stream past: truth and each collector's exchanges arrive in
+batches, each with a watermark ("nothing later starts before it"), and every metrics row is
+matched and counted as far as both watermarks allow. What is held is the matcher's window
+(MATCH_WINDOW_NS behind and ahead), the exchanges not yet released by a watermark, and the
+truth some row has not passed yet: not the recording.
+
+Every row gives exactly what ``metrics.score`` over whole lists gives: the same matcher is
+fed the same truth and observations in the same order (start time, then the truth's index
+or the collector's conn_seq); only the moments at which it ages its truth move earlier,
+which changes nothing (aging reads only what observations change).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from harness.analysis.match import HORIZON_NS, ID_HEADER, StreamMatcher, Verdict
+from harness.analysis.metrics import Row, Scorer
+from harness.collectors.base import STREAM_END_NS as END_NS
+from harness.model import Exchange
+
+
+def _start(x: Exchange) -> int:
+    return x.t_start_ns or 0
+
+
+class TruthFeed:
+    """The truth in (start, index) order, released up to its watermark and kept until every
+    stage of every row has taken it. Indexes are the truth's places in arrival order (the
+    matcher breaks ties in start time by them: a pipelined burst shares one start)."""
+
+    def __init__(self, on_release: Callable[[Exchange], None]) -> None:
+        self._heap: list[tuple[int, int, Exchange]] = []
+        self._count = 0
+        self.items: deque[tuple[int, Exchange]] = deque()  # released, in order
+        self.base = 0  # absolute position of items[0]
+        self.watermark = -END_NS  # every truth exchange starting before it is released
+        self.early: list[tuple[int, Exchange]] = []  # carry the workload's id: known first
+        self._on_release = on_release
+
+    @property
+    def done(self) -> bool:
+        return self.watermark >= END_NS
+
+    def whole(self, truth: list[Exchange]) -> None:
+        """All of the truth at once (a list): id-carrying exchanges are known to every
+        matcher before anything else, as ``match_into`` has them."""
+        for i, t in enumerate(truth):
+            if ID_HEADER in t.req_headers:
+                self.early.append((i, t))
+        self._count = len(truth)
+        for i, t in sorted(
+            ((i, t) for i, t in enumerate(truth) if ID_HEADER not in t.req_headers),
+            key=lambda it: _start(it[1]),
+        ):
+            self.items.append((i, t))
+        for t in truth:
+            self._on_release(t)
+        self.watermark = END_NS
+
+    def add(self, batch: Iterable[Exchange], watermark: int) -> None:
+        for t in batch:
+            heapq.heappush(self._heap, (_start(t), self._count, t))
+            self._count += 1
+        self.watermark = max(self.watermark, watermark)
+        heap = self._heap
+        while heap and heap[0][0] < self.watermark:
+            _s, i, t = heapq.heappop(heap)
+            self.items.append((i, t))
+            self._on_release(t)
+
+    def trim(self, upto: int) -> None:
+        """Forget what every stage has taken (positions below ``upto``)."""
+        while self.base < upto and self.items:
+            self.items.popleft()
+            self.base += 1
+
+
+class _Stage:
+    """One StreamMatcher and its place in the truth feed."""
+
+    def __init__(
+        self, feed: TruthFeed, matcher: StreamMatcher, until: int | None
+    ) -> None:
+        self.feed, self.m, self.until = feed, matcher, until
+        self.pos = feed.base
+        self._early = False
+
+    def truth_upto(self, ahead: int) -> None:
+        """Add the released truth starting at or before ``ahead``, as ``run`` does before
+        an observation ``HORIZON_NS`` earlier (the id-carrying truth before anything)."""
+        items, feed, until = self.feed.items, self.feed, self.until
+        if not self._early and feed.early:
+            self._early = True
+            for i, t in feed.early:
+                if until is None or _start(t) <= until:
+                    self.m.add_truth(t, i)
+        while True:
+            k = self.pos - feed.base
+            if k >= len(items):
+                return
+            i, t = items[k]
+            s = _start(t)
+            if s > ahead:
+                return
+            if until is None or s <= until:
+                self.m.add_truth(t, i)
+            self.pos += 1
+
+
+@dataclass
+class _Conn:
+    pushed: int = 0
+    fed: int = 0
+    finished: bool = False
+
+
+class RowStream:
+    """One metrics row: one side of one collector variant, matched and counted as the
+    exchanges come. ``until`` (observe): the truth that started before the observation's
+    end, and what the collector saw of it, as ``replay._window`` cuts them: a first matcher
+    over all the truth decides which observations belong to the window, a second scores
+    them against the truth in it. ``since``: observations that start before it are left
+    out (the truth begins there)."""
+
+    def __init__(
+        self, row: Row, scored_from: int, feed: TruthFeed, *, until: int | None = None,
+        since: int | None = None,
+    ) -> None:  # fmt: skip
+        self.row = row
+        self.scorer = Scorer(row, scored_from)
+        self.until, self.since = until, since
+        self._heap: list[tuple[int, int, int, Exchange]] = []
+        self._n = 0
+        self._conns: dict[str, _Conn] = {}
+        sc = self.scorer
+        if until is None:
+            self.first = _Stage(feed, StreamMatcher(sc.pair, sc.phantom), None)
+            self.second: _Stage | None = None
+        else:
+            self.second = _Stage(feed, StreamMatcher(sc.pair, sc.phantom), until)
+            m1 = StreamMatcher(self._kept_pair, self._kept_phantom, self.second.m.close_connection)
+            self.first = _Stage(feed, m1, None)
+
+    @property
+    def held(self) -> int:
+        return len(self._heap)
+
+    def count_truth(self, t: Exchange) -> None:
+        if self.until is None or _start(t) <= self.until:
+            self.scorer.truth(t)
+
+    def push(self, xs: Iterable[Exchange]) -> None:
+        for x in xs:
+            if self.since is not None and _start(x) < self.since:
+                continue
+            heapq.heappush(self._heap, (_start(x), x.conn_seq or 0, self._n, x))
+            self._n += 1
+            if x.conn_id is not None:
+                c = self._conns.get(x.conn_id)
+                if c is None:
+                    c = self._conns[x.conn_id] = _Conn()
+                c.pushed += 1
+
+    def finished(self, conn_ids: Iterable[str]) -> None:
+        """These connections yield no more exchanges: each is closed in the matcher after
+        its last one (its state goes)."""
+        for cid in conn_ids:
+            c = self._conns.get(cid)
+            if c is None:
+                continue
+            c.finished = True
+            if c.fed == c.pushed:
+                self.first.m.close_connection(cid)
+                del self._conns[cid]
+
+    def step(self, collector_wm: int, truth_wm: int) -> None:
+        """Match what both watermarks allow: observations that start before the
+        collector's, whose window of truth (HORIZON_NS ahead) is all released."""
+        limit = collector_wm if truth_wm >= END_NS else min(collector_wm, truth_wm - HORIZON_NS - 1)
+        heap, first = self._heap, self.first
+        while heap and heap[0][0] < limit:
+            obs = heapq.heappop(heap)[3]
+            first.truth_upto(_start(obs) + HORIZON_NS)
+            first.m.add_observed(obs)
+            cid = obs.conn_id
+            if cid is not None and (c := self._conns.get(cid)) is not None:
+                c.fed += 1
+                if c.finished and c.fed == c.pushed:
+                    first.m.close_connection(cid)
+                    del self._conns[cid]
+        if limit >= END_NS:
+            return
+        # nothing before `limit` comes any more: age the truth now, not at the next
+        # observation (a row that sees nothing for a while would hold it all)
+        first.truth_upto(limit + HORIZON_NS)
+        first.m.advance(limit)
+        if self.second is not None:
+            self.second.truth_upto(limit + HORIZON_NS)
+            self.second.m.advance(limit)
+
+    def _kept_pair(self, v: Verdict) -> None:
+        assert self.until is not None
+        if _start(v.truth) <= self.until:
+            self._forward(v.observed)
+
+    def _kept_phantom(self, x: Exchange) -> None:
+        assert self.until is not None
+        if _start(x) <= self.until:
+            self._forward(x)
+
+    def _forward(self, x: Exchange) -> None:
+        assert self.second is not None
+        self.second.truth_upto(_start(x) + HORIZON_NS)
+        self.second.m.add_observed(x)
+
+    def position(self) -> int:
+        """The lowest truth position a stage of this row still needs."""
+        return min(self.first.pos, self.second.pos) if self.second is not None else self.first.pos
+
+    def done(self) -> Row:
+        self.first.m.finish()
+        if self.second is not None:
+            self.second.m.finish()
+        return self.scorer.done()
