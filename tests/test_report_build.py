@@ -213,7 +213,8 @@ def test_newer_bench_keys_are_shown(tmp_path: Path) -> None:
         "context_switches_per_1k": 812.0, "throughput_ratio": 0.66,
         "fixed_rate_core_pct": 4.2}}}
     bench["settings"]["fixed_rate"] = {"exchanges_per_s": 1000, "loop": "open"}
-    bench["h2_walk"] = {"budget_bytes": 4096, "skipped_ns": 12.5}
+    bench["h2_walk"] = {"budget_bytes": 4096, "w/l": {"mode": {
+        "skipped_ns": 12.5, "programs": [{"name": "p", "run_time_ns": 1000, "run_cnt": 4}]}}}
     (tmp_path / "overhead.json").write_text(json.dumps(bench))
     out = tmp_path / "out"
     build_report([runs, tmp_path / "overhead.json"], out, draw=False)
@@ -224,7 +225,12 @@ def test_newer_bench_keys_are_shown(tmp_path: Path) -> None:
     assert dec["collector CPU, ms per 1k"] == "120"
     assert dec["% of a core at fixed rate"] == "4.2%"
     assert "Fixed rate: 1000 exchanges per second" in " ".join(md.split())
-    assert any(r["value"] == "12.5" and r["unit"] == "ns" for r in md_rows(md, "skipped_ns"))
+    # a section's records: one row each (its path in `where`), a list of records its own table
+    assert [r["budget_bytes"] for r in md_rows(md, "—") if "budget_bytes" in r] == ["4096"]
+    [walk] = [r for r in md_rows(md, "w/l / mode") if "skipped_ns" in r]
+    assert walk["skipped_ns"] == "12.5"
+    [prog] = [r for r in md_rows(md, "w/l / mode") if "ns per run" in r]
+    assert prog["name"] == "p" and prog["ns per run"] == "250"
 
 
 def test_sweep_and_failed_runs_listed(report: Path) -> None:

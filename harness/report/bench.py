@@ -358,12 +358,45 @@ class BenchView:
         for top, v in self.data.items():
             if top in KNOWN_TOP:
                 continue
-            flat = flatten(v)
-            if flat:
-                out.append((f"`{top}`", pd.DataFrame(
-                    [{"measure": k, "value": _val(x), "unit": unit_of(k)}
-                     for k, x in list(flat.items())[:200]])))  # fmt: skip
+            # one row per nested record and one table per list of records: a flattened
+            # dump of a section's program list ran to 200 rows nobody reads
+            scalars: list[dict[str, Any]] = []
+            lists: dict[str, list[dict[str, Any]]] = {}
+            _records(v, (), scalars, lists)
+            if scalars:
+                out.append((f"`{top}`", pd.DataFrame(scalars).fillna("")))
+            for key, recs in lists.items():
+                out.append((f"`{top}`: {key}", pd.DataFrame(recs).fillna("")))
         return out
+
+
+def _records(
+    d: Any, path: tuple[str, ...], scalars: list[dict[str, Any]],
+    lists: dict[str, list[dict[str, Any]]],
+) -> None:
+    """A section's scalars as one row per dict (its path in `where`), its lists of dicts
+    as rows of a table per list key (BPF programs: ns per run added)."""
+    if not isinstance(d, dict):
+        if path:
+            scalars.append({"where": " / ".join(path[:-1]) or "—", path[-1]: _val(d)})
+        return
+    where = " / ".join(path) or "—"
+    row = {k: _val(x) for k, x in d.items() if not isinstance(x, dict | list)}
+    row.update({k: ", ".join(map(str, x)) for k, x in d.items()
+                if isinstance(x, list) and all(not isinstance(y, dict | list) for y in x)})
+    if row:
+        scalars.append({"where": where, **row})
+    for k, x in d.items():
+        if isinstance(x, dict):
+            _records(x, (*path, k), scalars, lists)
+        elif isinstance(x, list) and x and all(isinstance(y, dict) for y in x):
+            for rec in x:
+                r = {"where": where, **{f: _val(y) for f, y in rec.items()
+                                         if not isinstance(y, dict | list)}}
+                n, t = rec.get("run_cnt"), rec.get("run_time_ns")
+                if isinstance(n, int) and n and isinstance(t, int | float):
+                    r["ns per run"] = _val(t / n)
+                lists.setdefault(k, []).append(r)
 
 
 def _val(v: Any) -> str:
