@@ -14,6 +14,12 @@
 
 BPF_RINGBUF_OUTPUT(events, PB_RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(stats, u64, PB_TSTAT_MAX);
+/* batched wake-ups (pb_common.h): the recorder drains on its poll timer */
+BPF_PERCPU_ARRAY(rb_pending, u64, 1);
+static __always_inline u64 rb_flags(u32 size) {
+    u32 zero = 0;
+    return pb_rb_flags(rb_pending.lookup(&zero), size, PB_WAKE_BYTES);
+}
 BPF_HASH(targets, u32, u8, 1024);
 BPF_HASH(ports, u16, u8, 64);
 struct tls_scratch { struct pb_tls_event e; u8 slack[PB_TLS_CHUNK]; };
@@ -104,7 +110,7 @@ static __always_inline int emit(u64 conn, u64 buf, u64 n, u8 dir) {
         if (bpf_probe_read_user(e->data, verifier_bound(len), (void *)(buf + off)) < 0)
             e->cap_len = 0;
         u32 size = verifier_bound(offsetof(struct pb_tls_event, data) + e->cap_len);
-        if (events.ringbuf_output(e, size, 0) < 0) stat_add(PB_STAT_DROPPED, 1);
+        if (events.ringbuf_output(e, size, rb_flags(size)) < 0) stat_add(PB_STAT_DROPPED, 1);
         else stat_add(PB_TSTAT_EVENTS, 1);
     }
     return 0;
