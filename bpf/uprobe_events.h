@@ -2,7 +2,9 @@
  * harness/collectors/uprobe/layout.py (which parses this header to build its
  * ctypes layout, so each struct is defined exactly once).
  * Only fixed-width types, one field per line: the Python side parses it.
- * Both events start with the same prefix (ts_ns .. raddr); a test checks it. */
+ * Every event starts with the same head (ts_ns .. raddr), defined once in
+ * uprobe_event_head.h and included as the first lines of each struct: the decoder reads
+ * it from any of them. */
 #ifndef PB_UPROBE_EVENTS_H
 #define PB_UPROBE_EVENTS_H
 
@@ -72,24 +74,7 @@
 #define PB_DATA_CAP 64 /* first payload bytes of each DATA frame: the gRPC prefixes */
 
 struct pb_header_event {
-    u64 ts_ns;
-    u64 conn;      /* the *net.netFD: names the connection within the process */
-    u32 tgid;
-    u32 tid;
-    u32 stream_id;
-    u8 kind;
-    u8 probe;
-    u8 role;
-    u8 dir;
-    u8 flags;
-    u8 addr_status;
-    u8 ip_len;     /* 4 or 16 */
-    u8 pad;
-    s32 fd;        /* poll.FD.Sysfd, -1 when unknown */
-    u16 lport;
-    u16 rport;
-    u8 laddr[16];
-    u8 raddr[16];
+#include "uprobe_event_head.h"
     u32 nfields;   /* fields in the whole block, including those beyond PB_MAX_BLOCK_FIELDS */
     u32 first;     /* index in the block of this part's first field */
     u32 count;     /* fields in this part */
@@ -108,48 +93,14 @@ struct pb_hfield {
 };
 
 struct pb_data_event {
-    u64 ts_ns;
-    u64 conn;
-    u32 tgid;
-    u32 tid;
-    u32 stream_id;
-    u8 kind;
-    u8 probe;
-    u8 role;
-    u8 dir;
-    u8 flags;
-    u8 addr_status;
-    u8 ip_len;
-    u8 pad;
-    s32 fd;
-    u16 lport;
-    u16 rport;
-    u8 laddr[16];
-    u8 raddr[16];
+#include "uprobe_event_head.h"
     u32 frame_len; /* DATA payload bytes (padding excluded) */
     u32 cap_len;   /* bytes of data[] that are valid: a prefix of the payload */
     u8 data[PB_DATA_CAP];
 };
 
 struct pb_rst_event {
-    u64 ts_ns;
-    u64 conn;
-    u32 tgid;
-    u32 tid;
-    u32 stream_id;
-    u8 kind;
-    u8 probe;
-    u8 role;
-    u8 dir;
-    u8 flags;
-    u8 addr_status;
-    u8 ip_len;
-    u8 pad;
-    s32 fd;
-    u16 lport;
-    u16 rport;
-    u8 laddr[16];
-    u8 raddr[16];
+#include "uprobe_event_head.h"
     u32 err_code;  /* the HTTP/2 error code */
     u32 pad2;
 };

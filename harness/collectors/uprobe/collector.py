@@ -62,7 +62,8 @@ COLLECTOR = Collector(
     article={"stability": "weak", "multi-language": "weak", "compatibility": "weak",
              "ease of building": "simple", "data completeness": "complete"},
     parts={
-        "BPF C": ("bpf/uprobe_grpc.c", "bpf/uprobe_events.h", "bpf/pb_common.h"),
+        "BPF C": ("bpf/uprobe_grpc.c", "bpf/uprobe_events.h", "bpf/uprobe_event_head.h",
+                  "bpf/pb_common.h"),
         "decoding": ("harness/collectors/uprobe/decode.py",
                      "harness/collectors/uprobe/exchanges.py",
                      "harness/protocols/http2/grpc.py"),
