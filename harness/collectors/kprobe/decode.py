@@ -28,37 +28,28 @@ from harness.collectors.eventfile import NOTE, read_event_file
 from harness.collectors.kprobe.layout import FORMAT, header, protos, roles
 from harness.errors import RunDirError
 from harness.model import Exchange
+from harness.protocols.bytestream import ByteStream, Endpoint
 from harness.protocols.common import Segment
 from harness.protocols.http1.stitch import Http1Stats, Http1Stream, unpair_after
 from harness.protocols.sniff import HTTP1_STARTS, infer_proto
 
 
 @dataclass
-class Endpoint:
-    ip: str
-    port: int
-
-
-@dataclass
-class Connection:
-    """One connection as one process saw it, between its open (or first sight) and close."""
+class Connection(ByteStream):
+    """One connection as one process saw it, between its open (or first sight) and close
+    (or lost calls: ``continues``)."""
 
     tgid: int
     fd: int
     comm: str
-    role: str  # client | server | unknown
     proto: str  # http1 | http2 | tls (encrypted: replay cannot decode it)
     from_start: bool  # connect/accept seen
     opened_ns: int
-    local: Endpoint | None = None
-    remote: Endpoint | None = None
     addr_source: str | None = None  # connect | accept | socket | sockdiag
     closed_ns: int | None = None
     send: list[Segment] = field(default_factory=list)
     recv: list[Segment] = field(default_factory=list)
     truncated_bytes: int = 0
-    # the stream this one continues after lost calls (same socket, mid-stream from here)
-    continues: Connection | None = field(default=None, repr=False)
     after_loss: bool = False  # begins after lost events (a split, or its open was lost)
     # seq of the last call seen, by direction (send, recv); None: not known yet
     last_seq: list[int | None] = field(default_factory=lambda: [0, 0], repr=False)

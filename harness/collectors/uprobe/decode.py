@@ -25,14 +25,9 @@ from harness.collectors.uprobe.layout import (
     roles,
 )
 from harness.errors import RunDirError
+from harness.protocols.bytestream import Endpoint
 
 ADDR_STATUS = {0: "ok", 1: "not_tcp", 2: "unreadable", 3: "not_tcpaddr"}
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    ip: str
-    port: int
 
 
 @dataclass(slots=True)
