@@ -14,6 +14,7 @@ HTTP/1 pairing from the next message) instead of joining bytes that were never a
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, Self
@@ -26,12 +27,24 @@ from harness.protocols.http2.stitch import Http2Stats, orient, stitch_http2
 
 ADDRESS_FIELDS = ("client_ip", "client_port", "server_ip", "server_port")
 Role = Literal["client", "server"]
+AF_INET, AF_INET6 = 2, 10
 
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     ip: str
     port: int
+
+
+def ip_text(raw: bytes, family: int) -> str:
+    """A raw address as the wire (and Wireshark) writes it: IPv4-mapped IPv6 (a dual-stack
+    socket, or Go's 16-byte form, talking IPv4) as IPv4; "" for another family."""
+    if family == AF_INET:
+        return str(ipaddress.IPv4Address(raw[:4]))
+    if family == AF_INET6:
+        v6 = ipaddress.IPv6Address(raw[:16])
+        return str(v6.ipv4_mapped or v6)
+    return ""
 
 
 @dataclass(kw_only=True)
@@ -47,6 +60,17 @@ class ByteStream:
     def ends(self, role: str) -> tuple[Endpoint | None, Endpoint | None]:
         """(client, server) when the observed process is ``role``."""
         return (self.local, self.remote) if role == "client" else (self.remote, self.local)
+
+    def role_by_ports(self, server_ports: set[int]) -> Role | None:
+        """Which end the observed process is: the role it knows, else the end on one of the
+        run's server ports (None: neither tells)."""
+        if self.role in ("client", "server"):
+            return self.role  # type: ignore[return-value]
+        if self.local is not None and self.local.port in server_ports:
+            return "server"
+        if self.remote is not None and self.remote.port in server_ports:
+            return "client"
+        return None
 
     def before(self) -> Iterator[Self]:
         """The parts before this one, nearest first."""

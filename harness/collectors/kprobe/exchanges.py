@@ -30,16 +30,6 @@ from harness.protocols.http1.stitch import Http1Stats
 from harness.protocols.http2.stitch import Http2Stats
 
 
-def _role(conn: Connection, server_ports: set[int]) -> Role | None:
-    if conn.role in ("client", "server"):
-        return conn.role  # type: ignore[return-value]
-    if conn.local and conn.local.port in server_ports:
-        return "server"
-    if conn.remote and conn.remote.port in server_ports:
-        return "client"
-    return None
-
-
 def _stitch_h2(conn: Connection, role: Role, variant: Variant) -> tuple[list[Exchange], Any]:
     return stitch(conn.send, conn.recv, proto="http2", role=role, source="kprobe",
                   conn_id=conn.key, hpack_mode=variant.hpack_mode)  # type: ignore[arg-type]
@@ -142,7 +132,7 @@ def _exchanges(
     streams_of: dict[int, set[int]] = {}  # id(connection) -> HTTP/2 stream ids it produced
     pipelining: set[int] = set()  # id(connection) of HTTP/1 streams seen pipelining
     for conn in conns:
-        role = _role(conn, ports)
+        role = conn.role_by_ports(ports)
         h2: tuple[list[Exchange], Any] | None = None
         if role is None and conn.proto == "http2":
             role, *rest = _h2_by_content(conn, variant)

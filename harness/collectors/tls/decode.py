@@ -15,7 +15,6 @@ across the gap, which would decode header indices against the wrong table.
 from __future__ import annotations
 
 import ctypes
-import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from typing import Any
 from harness.collectors.eventfile import KERNEL, read_event_file
 from harness.collectors.tls.layout import FORMAT, header
 from harness.errors import RunDirError
-from harness.protocols.bytestream import ByteStream, Endpoint
+from harness.protocols.bytestream import ByteStream, Endpoint, ip_text
 from harness.protocols.common import Segment
 
 
@@ -80,14 +79,6 @@ class TlsDecodeStats:
     unsupported: list[str] = field(default_factory=list)
 
 
-def _ip(raw: Any, family: int) -> str:
-    b = bytes(raw)
-    if family == 2:
-        return str(ipaddress.IPv4Address(b[:4]))
-    v6 = ipaddress.IPv6Address(b[:16])
-    return str(v6.ipv4_mapped or v6)
-
-
 def decode(
     path: Path, *, attach_at_ns: int | None = None
 ) -> tuple[list[TlsConnection], TlsDecodeStats]:
@@ -135,8 +126,8 @@ def decode(
         ident = (ev.tgid, ev.ssl)
         local = remote = None
         if ev.addr_source:
-            local = Endpoint(_ip(ev.laddr, ev.family), ev.lport)
-            remote = Endpoint(_ip(ev.raddr, ev.family), ev.rport)
+            local = Endpoint(ip_text(bytes(ev.laddr), ev.family), ev.lport)
+            remote = Endpoint(ip_text(bytes(ev.raddr), ev.family), ev.rport)
         elif ident in noted:
             local, remote = noted[ident]
             st.addr_from_note += ev.part == 0

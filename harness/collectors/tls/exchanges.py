@@ -12,16 +12,8 @@ from pathlib import Path
 from harness.collectors.base import ObservedStats, ReplayInput, int_fields
 from harness.collectors.tls.decode import TlsConnection, decode
 from harness.model import Exchange, is_h2
-from harness.protocols.bytestream import Role, drop_split_tails, place, stitch
+from harness.protocols.bytestream import drop_split_tails, place, stitch
 from harness.protocols.sniff import infer_proto
-
-
-def _role(conn: TlsConnection, ports: set[int]) -> Role | None:
-    if conn.local is not None and conn.local.port in ports:
-        return "server"
-    if conn.remote is not None and conn.remote.port in ports:
-        return "client"
-    return None
 
 
 def _proto(conn: TlsConnection, from_start: bool) -> str | None:
@@ -49,7 +41,7 @@ def tls_exchanges(
     out: list[Exchange] = []
     streams_of: dict[int, set[int]] = {}  # id(connection) -> HTTP/2 stream ids it produced
     for conn in conns:
-        role = _role(conn, ports)
+        role = conn.role_by_ports(ports)
         if role is None:
             if conn.local is None:
                 st.unattributed_connections += 1
