@@ -149,12 +149,11 @@ def _exchanges(
         st.connections += 1
         st.connections_by_proto[conn.proto] = st.connections_by_proto.get(conn.proto, 0) + 1
         if conn.proto == "tls":
-            side = role
-            st.encrypted_connections[side] = st.encrypted_connections.get(side, 0) + 1
+            st.encrypted_connections[role] = st.encrypted_connections.get(role, 0) + 1
             if client is None or server is None:
                 st.encrypted_without_address += 1
             elif encrypted is not None:
-                encrypted.append(EncryptedConn(side, client.port, server.port, conn.opened_ns,
+                encrypted.append(EncryptedConn(role, client.port, server.port, conn.opened_ns,
                                                conn.closed_ns))  # fmt: skip
             continue
         prev = conn.continues
