@@ -80,6 +80,13 @@ class ObservedStats:
     encrypted_connections: dict[str, int] = field(default_factory=dict)
     encrypted_without_address: int = 0
 
+    def add_parse(self, stats: Any) -> None:
+        """Add a stitcher's integer counters (its stats dataclass, slots or not) to ``parse``."""
+        for f in dataclasses.fields(stats):
+            v = getattr(stats, f.name)
+            if isinstance(v, int) and not isinstance(v, bool):
+                self.parse[f.name] = self.parse.get(f.name, 0) + v
+
 
 @dataclass(frozen=True)
 class EncryptedConn:
@@ -90,15 +97,6 @@ class EncryptedConn:
     server_port: int
     start_ns: int
     end_ns: int | None
-
-
-def int_fields(stats: Any) -> dict[str, int]:
-    """The integer counters of a parser's stats dataclass (slots or not)."""
-    return {
-        f.name: v
-        for f in dataclasses.fields(stats)
-        if isinstance(v := getattr(stats, f.name), int) and not isinstance(v, bool)
-    }
 
 
 @dataclass

@@ -14,7 +14,6 @@ from harness.collectors.base import (
     ObservedStats,
     ReplayInput,
     Variant,
-    int_fields,
 )
 from harness.collectors.kprobe.decode import (
     Connection,
@@ -176,9 +175,7 @@ def _exchanges(
             continue
         if isinstance(pst, Http1Stats) and (pst.pipelining or piped):
             pipelining.add(id(conn))
-        counters = int_fields(pst)
-        for k, v in counters.items():
-            st.parse[k] = st.parse.get(k, 0) + v
+        st.add_parse(pst)
         # its bytes are parsed: let them go while the next connection is stitched
         conn.send, conn.recv = [], []
         share(xs)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.collectors.base import ObservedStats, ReplayInput, int_fields
+from harness.collectors.base import ObservedStats, ReplayInput
 from harness.collectors.tls.decode import TlsConnection, decode
 from harness.model import Exchange, is_h2
 from harness.protocols.bytestream import drop_split_tails, place, stitch
@@ -58,8 +58,7 @@ def tls_exchanges(
         if proto == "http2":
             xs, tails = drop_split_tails(conn, xs, streams_of)
             st.split_stream_tails += tails
-        for k, v in int_fields(pst).items():
-            st.parse[k] = st.parse.get(k, 0) + v
+        st.add_parse(pst)
         place(xs, conn, role, pid=conn.tgid, conn_id=conn.key, both_ends=True)
         out.extend(xs)
     return out, st
