@@ -7,11 +7,9 @@ import dataclasses
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from harness.model import NO_PEER_ADDRESS, Exchange
-
-ADDRESS_FIELDS = ("client_ip", "client_port", "server_ip", "server_port")
+from harness.model import Exchange
 
 # Capture defaults, defined once: recorders, runner and command line all read them here.
 # 64 KiB per call covers Go's 32 KiB reads whole, so chunked framing stays in view.
@@ -82,6 +80,13 @@ class ObservedStats:
     encrypted_connections: dict[str, int] = field(default_factory=dict)
     encrypted_without_address: int = 0
 
+    def add_parse(self, stats: Any) -> None:
+        """Add a stitcher's integer counters (its stats dataclass, slots or not) to ``parse``."""
+        for f in dataclasses.fields(stats):
+            v = getattr(stats, f.name)
+            if isinstance(v, int) and not isinstance(v, bool):
+                self.parse[f.name] = self.parse.get(f.name, 0) + v
+
 
 @dataclass(frozen=True)
 class EncryptedConn:
@@ -92,50 +97,6 @@ class EncryptedConn:
     server_port: int
     start_ns: int
     end_ns: int | None
-
-
-class _Endpoint(Protocol):
-    @property
-    def ip(self) -> str: ...
-    @property
-    def port(self) -> int: ...
-
-
-def set_addresses(x: Exchange, client: _Endpoint | None, server: _Endpoint | None) -> None:
-    """The ends a collector knows, and each one it does not marked no_peer_address."""
-    if client is not None:
-        x.client_ip, x.client_port = client.ip, client.port
-    if server is not None:
-        x.server_ip, x.server_port = server.ip, server.port
-    for f in ADDRESS_FIELDS:
-        if getattr(x, f) is None:
-            x.degrade(f, NO_PEER_ADDRESS)
-
-
-def drop_split_tails(
-    conn: Any, xs: list[Exchange], streams_of: dict[int, set[int]], st: ObservedStats
-) -> list[Exchange]:
-    """HTTP/2 streams cut in two by lost events: the part after the gap is not a new call
-    (the part before it is, degraded). ``conn.continues`` links a connection split at lost
-    events to the part before the gap; ``streams_of`` maps id(part) -> its stream ids."""
-    seen: set[int] = set()
-    prev = conn.continues
-    while prev is not None:
-        seen |= streams_of.get(id(prev), set())
-        prev = prev.continues
-    st.split_stream_tails += sum(1 for x in xs if x.stream_id in seen)
-    xs = [x for x in xs if x.stream_id not in seen]
-    streams_of[id(conn)] = {x.stream_id for x in xs if x.stream_id is not None}
-    return xs
-
-
-def int_fields(stats: Any) -> dict[str, int]:
-    """The integer counters of a parser's stats dataclass (slots or not)."""
-    return {
-        f.name: v
-        for f in dataclasses.fields(stats)
-        if isinstance(v := getattr(stats, f.name), int) and not isinstance(v, bool)
-    }
 
 
 @dataclass

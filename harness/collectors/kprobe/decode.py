@@ -28,37 +28,28 @@ from harness.collectors.eventfile import NOTE, read_event_file
 from harness.collectors.kprobe.layout import FORMAT, header, protos, roles
 from harness.errors import RunDirError
 from harness.model import Exchange
+from harness.protocols.bytestream import ByteStream, Endpoint, ip_text
 from harness.protocols.common import Segment
 from harness.protocols.http1.stitch import Http1Stats, Http1Stream, unpair_after
 from harness.protocols.sniff import HTTP1_STARTS, infer_proto
 
 
 @dataclass
-class Endpoint:
-    ip: str
-    port: int
-
-
-@dataclass
-class Connection:
-    """One connection as one process saw it, between its open (or first sight) and close."""
+class Connection(ByteStream):
+    """One connection as one process saw it, between its open (or first sight) and close
+    (or lost calls: ``continues``)."""
 
     tgid: int
     fd: int
     comm: str
-    role: str  # client | server | unknown
     proto: str  # http1 | http2 | tls (encrypted: replay cannot decode it)
     from_start: bool  # connect/accept seen
     opened_ns: int
-    local: Endpoint | None = None
-    remote: Endpoint | None = None
     addr_source: str | None = None  # connect | accept | socket | sockdiag
     closed_ns: int | None = None
     send: list[Segment] = field(default_factory=list)
     recv: list[Segment] = field(default_factory=list)
     truncated_bytes: int = 0
-    # the stream this one continues after lost calls (same socket, mid-stream from here)
-    continues: Connection | None = field(default=None, repr=False)
     after_loss: bool = False  # begins after lost events (a split, or its open was lost)
     # seq of the last call seen, by direction (send, recv); None: not known yet
     last_seq: list[int | None] = field(default_factory=lambda: [0, 0], repr=False)
@@ -116,16 +107,6 @@ class DecodeStats:
     # streamed replay: exchanges handed over after a watermark that said none would start
     # before them (a send blocked longer than WATERMARK_SLACK_NS); scored all the same
     late_exchanges: int = 0
-
-
-def _ip(raw: bytes, family: int) -> str:
-    if family == 2:
-        return str(ipaddress.IPv4Address(raw[:4]))
-    if family == 10:
-        v6 = ipaddress.IPv6Address(raw[:16])
-        # a dual-stack socket talking IPv4: the wire (and Wireshark) say 127.0.0.1
-        return str(v6.ipv4_mapped or v6)
-    return ""
 
 
 def _norm_ip(text: str) -> str:
@@ -513,8 +494,8 @@ def decode_steps(
             st.dropped_before_attach += 1
             if kind == d["PB_EV_CONN"]:
                 before_attach[key] = (
-                    Endpoint(_ip(bytes(ev.laddr), ev.family), ev.lport) if ev.lport else None,
-                    Endpoint(_ip(bytes(ev.raddr), ev.family), ev.rport) if ev.rport else None,
+                    Endpoint(ip_text(bytes(ev.laddr), ev.family), ev.lport) if ev.lport else None,
+                    Endpoint(ip_text(bytes(ev.raddr), ev.family), ev.rport) if ev.rport else None,
                 )
             elif kind == d["PB_EV_CLOSE"]:
                 before_attach.pop(key, None)
@@ -542,17 +523,17 @@ def decode_steps(
         )
         if kind == d["PB_EV_CONN"] and ev.family in (2, 10):
             if ev.rport:
-                conn.remote = Endpoint(_ip(bytes(ev.raddr), ev.family), ev.rport)
+                conn.remote = Endpoint(ip_text(bytes(ev.raddr), ev.family), ev.rport)
             if ev.lport:
-                conn.local = Endpoint(_ip(bytes(ev.laddr), ev.family), ev.lport)
+                conn.local = Endpoint(ip_text(bytes(ev.laddr), ev.family), ev.lport)
             conn.addr_source = "connect" if conn.role == "client" else "accept"
         else:
             st.inferred_connections += 1
             # the kernel read these from the socket: the in-kernel twin of the sock_diag
             # step, so the no-sockdiag variant leaves them out as well
             if ev.lport and ev.rport and ev.family in (2, 10) and use_sockdiag:
-                conn.local = Endpoint(_ip(bytes(ev.laddr), ev.family), ev.lport)
-                conn.remote = Endpoint(_ip(bytes(ev.raddr), ev.family), ev.rport)
+                conn.local = Endpoint(ip_text(bytes(ev.laddr), ev.family), ev.lport)
+                conn.remote = Endpoint(ip_text(bytes(ev.raddr), ev.family), ev.rport)
                 conn.addr_source = "socket"
                 st.socket_addresses += 1
         live[key] = conn

@@ -14,9 +14,6 @@ from harness.collectors.base import (
     ObservedStats,
     ReplayInput,
     Variant,
-    drop_split_tails,
-    int_fields,
-    set_addresses,
 )
 from harness.collectors.kprobe.decode import (
     Connection,
@@ -27,34 +24,24 @@ from harness.collectors.kprobe.decode import (
 )
 from harness.compact import Sharer
 from harness.model import Exchange, is_h2
-from harness.protocols.http1.stitch import stitch_http1
-from harness.protocols.http2.stitch import orient, stitch_http2
+from harness.protocols.bytestream import Role, drop_split_tails, place, stitch
+from harness.protocols.http1.stitch import Http1Stats
+from harness.protocols.http2.stitch import Http2Stats
 
 
-def _role(conn: Connection, server_ports: set[int]) -> str:
-    if conn.role != "unknown":
-        return conn.role
-    if conn.local and conn.local.port in server_ports:
-        return "server"
-    if conn.remote and conn.remote.port in server_ports:
-        return "client"
-    return "unknown"
+def _stitch_h2(conn: Connection, role: Role, variant: Variant) -> tuple[list[Exchange], Any]:
+    return stitch(conn.send, conn.recv, proto="http2", role=role, source="kprobe",
+                  conn_id=conn.key, hpack_mode=variant.hpack_mode)  # type: ignore[arg-type]
 
 
-def _stitch_h2(conn: Connection, role: str, variant: Variant) -> tuple[list[Exchange], Any]:
-    c2s, s2c = orient(conn.send, conn.recv, role)  # type: ignore[arg-type]
-    # role and mode are checked strings: "client"/"server", "tolerant"/"strict"
-    kw: dict[str, Any] = {"hpack_mode": variant.hpack_mode, "side": role}
-    return stitch_http2(c2s, s2c, conn_id=conn.key, source="kprobe", **kw)
-
-
-def _h2_by_content(conn: Connection, variant: Variant) -> tuple[str, list[Exchange], Any]:
+def _h2_by_content(conn: Connection, variant: Variant) -> tuple[Role, list[Exchange], Any]:
     """An HTTP/2 connection found mid-stream with no address: no preface and no port says
     which end is the client. Requests carry :method and responses :status, both static-table
     entries that decode even after a late attach, so the orientation that yields more of
     them is the right one."""
-    best: tuple[int, str, list[Exchange], Any] | None = None
-    for role in ("client", "server"):
+    best: tuple[int, Role, list[Exchange], Any] | None = None
+    roles: tuple[Role, Role] = ("client", "server")
+    for role in roles:
         xs, hst = _stitch_h2(conn, role, variant)
         score = sum((x.method is not None) + (x.status is not None) for x in xs)
         if best is None or score > best[0]:
@@ -124,16 +111,10 @@ def _handed(ho: Handover, ports: set[int]) -> list[Exchange]:
     addresses known from the open) and kept if on the run's ports."""
     out: list[Exchange] = []
     for conn, xs in ho.ready:
-        client, server = (
-            (conn.local, conn.remote) if conn.role == "client" else (conn.remote, conn.local)
-        )
+        _client, server = conn.ends(conn.role)
         if server is not None and ports and server.port not in ports:
             continue  # counted with the connection at the end (skipped_other_ports)
-        for x in xs:
-            x.side = conn.role  # type: ignore[assignment]
-            x.pid = conn.tgid
-            x.conn_id = conn.key
-            set_addresses(x, client, server)
+        place(xs, conn, conn.role, pid=conn.tgid, conn_id=conn.key)
         out.extend(xs)
     ho.ready.clear()
     return out
@@ -150,16 +131,14 @@ def _exchanges(
     streams_of: dict[int, set[int]] = {}  # id(connection) -> HTTP/2 stream ids it produced
     pipelining: set[int] = set()  # id(connection) of HTTP/1 streams seen pipelining
     for conn in conns:
-        role = _role(conn, ports)
+        role = conn.role_by_ports(ports)
         h2: tuple[list[Exchange], Any] | None = None
-        if role == "unknown" and conn.proto == "http2":
+        if role is None and conn.proto == "http2":
             role, *rest = _h2_by_content(conn, variant)
             h2 = (rest[0], rest[1])
-        elif role == "unknown":
+        elif role is None:
             role = "server"  # an HTTP/1 connection always gets a role from its first bytes
-        client, server = (
-            (conn.local, conn.remote) if role == "client" else (conn.remote, conn.local)
-        )
+        client, server = conn.ends(role)
         if server is not None and ports and server.port not in ports:
             st.skipped_other_ports += 1
             continue
@@ -169,52 +148,42 @@ def _exchanges(
         st.connections += 1
         st.connections_by_proto[conn.proto] = st.connections_by_proto.get(conn.proto, 0) + 1
         if conn.proto == "tls":
-            side = role if role != "unknown" else "server"
-            st.encrypted_connections[side] = st.encrypted_connections.get(side, 0) + 1
+            st.encrypted_connections[role] = st.encrypted_connections.get(role, 0) + 1
             if client is None or server is None:
                 st.encrypted_without_address += 1
             elif encrypted is not None:
-                encrypted.append(EncryptedConn(side, client.port, server.port, conn.opened_ns,
+                encrypted.append(EncryptedConn(role, client.port, server.port, conn.opened_ns,
                                                conn.closed_ns))  # fmt: skip
             continue
         prev = conn.continues
         # a part after a split carries the pipelining seen before it (after lost events,
         # pairing is proven afresh)
         piped = prev is not None and id(prev) in pipelining
+        pst: Http1Stats | Http2Stats
         if conn.stitched is not None:  # stitched while decoded (a chain's first part)
             xs, pst = conn.stitched
             conn.stitched = None
-            if pst.pipelining:
-                pipelining.add(id(conn))
-            counters = int_fields(pst)
-        elif conn.proto == "http1":
-            xs, pst = stitch_http1(
-                conn.send, conn.recv, side=role, closed_ns=conn.closed_ns,  # type: ignore[arg-type]
-                from_start=conn.from_start, source="kprobe", after_loss=conn.after_loss,
-                pipelining=piped,
+        elif conn.proto in ("http1", "http2"):
+            xs, pst = h2 or stitch(
+                conn.send, conn.recv, proto=conn.proto, role=role, source="kprobe",
+                conn_id=conn.key, closed_ns=conn.closed_ns, from_start=conn.from_start,
+                after_loss=conn.after_loss, pipelining=piped,
                 requests_lost_after=conn.lost_after[0 if role == "client" else 1],
+                hpack_mode=variant.hpack_mode,  # type: ignore[arg-type]
             )  # fmt: skip
-            if pst.pipelining or piped:
-                pipelining.add(id(conn))
-            counters = int_fields(pst)
-        elif conn.proto == "http2":
-            xs, hst = h2 or _stitch_h2(conn, role, variant)
-            counters = int_fields(hst)
         else:
             continue
-        for k, v in counters.items():
-            st.parse[k] = st.parse.get(k, 0) + v
+        if isinstance(pst, Http1Stats) and (pst.pipelining or piped):
+            pipelining.add(id(conn))
+        st.add_parse(pst)
         # its bytes are parsed: let them go while the next connection is stitched
         conn.send, conn.recv = [], []
         share(xs)
         if conn.proto == "http2":
-            xs = drop_split_tails(conn, xs, streams_of, st)
-        for x in xs:
-            x.side = role  # type: ignore[assignment]
-            x.pid = conn.tgid
-            x.conn_id = conn.key
-            set_addresses(x, client, server)
-            out.append(x)
+            xs, tails = drop_split_tails(conn, xs, streams_of)
+            st.split_stream_tails += tails
+        place(xs, conn, role, pid=conn.tgid, conn_id=conn.key)
+        out.extend(xs)
     return out, st
 
 

@@ -15,7 +15,6 @@ across the gap, which would decode header indices against the wrong table.
 from __future__ import annotations
 
 import ctypes
-import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,27 +22,21 @@ from typing import Any
 from harness.collectors.eventfile import KERNEL, read_event_file
 from harness.collectors.tls.layout import FORMAT, header
 from harness.errors import RunDirError
+from harness.protocols.bytestream import ByteStream, Endpoint, ip_text
 from harness.protocols.common import Segment
 
 
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    ip: str
-    port: int
-
-
 @dataclass
-class TlsConnection:
+class TlsConnection(ByteStream):
+    """An SSL object's plaintext; ``role`` stays unknown (the run's ports tell it)."""
+
     tgid: int
     ssl: int
-    local: Endpoint | None
-    remote: Endpoint | None
     first_ns: int
     first_source: str  # syscall: its socket was established after attach (seen from byte 0)
     # per direction (send, recv): call seq -> [ts, orig_len, {offset: bytes}]
     calls: list[dict[int, list[Any]]] = field(default_factory=lambda: [{}, {}])
     last_seq: list[int] = field(default_factory=lambda: [0, 0])  # per direction
-    continues: TlsConnection | None = None  # the part before lost calls split it
 
     @property
     def key(self) -> str:
@@ -84,14 +77,6 @@ class TlsDecodeStats:
     truncated_calls: int = 0
     collector: dict[str, Any] = field(default_factory=dict)
     unsupported: list[str] = field(default_factory=list)
-
-
-def _ip(raw: Any, family: int) -> str:
-    b = bytes(raw)
-    if family == 2:
-        return str(ipaddress.IPv4Address(b[:4]))
-    v6 = ipaddress.IPv6Address(b[:16])
-    return str(v6.ipv4_mapped or v6)
 
 
 def decode(
@@ -141,8 +126,8 @@ def decode(
         ident = (ev.tgid, ev.ssl)
         local = remote = None
         if ev.addr_source:
-            local = Endpoint(_ip(ev.laddr, ev.family), ev.lport)
-            remote = Endpoint(_ip(ev.raddr, ev.family), ev.rport)
+            local = Endpoint(ip_text(bytes(ev.laddr), ev.family), ev.lport)
+            remote = Endpoint(ip_text(bytes(ev.raddr), ev.family), ev.rport)
         elif ident in noted:
             local, remote = noted[ident]
             st.addr_from_note += ev.part == 0
@@ -150,8 +135,9 @@ def decode(
         if conn is None or (local is not None and (conn.local, conn.remote) != (local, remote)):
             if local is None and conn is None:
                 st.without_address += ev.part == 0
-            conn = TlsConnection(ev.tgid, ev.ssl, local, remote, ev.ts_ns,
-                                 sources.get(ev.addr_source, "none"))  # fmt: skip
+            conn = TlsConnection(tgid=ev.tgid, ssl=ev.ssl, local=local, remote=remote,
+                                 first_ns=ev.ts_ns,
+                                 first_source=sources.get(ev.addr_source, "none"))  # fmt: skip
             current[ident] = conn
             conns.append(conn)
         elif local is None:
@@ -162,8 +148,9 @@ def decode(
             st.lost_calls += ev.seq - last - 1
             if last:
                 st.loss_splits += 1
-                tail = TlsConnection(ev.tgid, ev.ssl, conn.local, conn.remote, ev.ts_ns,
-                                     conn.first_source, continues=conn)  # fmt: skip
+                tail = TlsConnection(tgid=ev.tgid, ssl=ev.ssl, local=conn.local,
+                                     remote=conn.remote, first_ns=ev.ts_ns,
+                                     first_source=conn.first_source, continues=conn)  # fmt: skip
                 tail.last_seq = list(conn.last_seq)
                 conn = current[ident] = tail
                 conns.append(conn)

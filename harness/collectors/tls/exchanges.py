@@ -8,28 +8,12 @@ connections' header tables were filled before it looked. That is measured, not h
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from harness.collectors.base import (
-    ObservedStats,
-    ReplayInput,
-    drop_split_tails,
-    int_fields,
-    set_addresses,
-)
+from harness.collectors.base import ObservedStats, ReplayInput
 from harness.collectors.tls.decode import TlsConnection, decode
 from harness.model import Exchange, is_h2
-from harness.protocols.http1.stitch import stitch_http1
-from harness.protocols.http2.stitch import orient, stitch_http2
+from harness.protocols.bytestream import drop_split_tails, place, stitch
 from harness.protocols.sniff import infer_proto
-
-
-def _role(conn: TlsConnection, ports: set[int]) -> str | None:
-    if conn.local is not None and conn.local.port in ports:
-        return "server"
-    if conn.remote is not None and conn.remote.port in ports:
-        return "client"
-    return None
 
 
 def _proto(conn: TlsConnection, from_start: bool) -> str | None:
@@ -57,7 +41,7 @@ def tls_exchanges(
     out: list[Exchange] = []
     streams_of: dict[int, set[int]] = {}  # id(connection) -> HTTP/2 stream ids it produced
     for conn in conns:
-        role = _role(conn, ports)
+        role = conn.role_by_ports(ports)
         if role is None:
             if conn.local is None:
                 st.unattributed_connections += 1
@@ -68,30 +52,15 @@ def tls_exchanges(
         proto = _proto(conn, from_start) or ("http2" if h2 else "http1")
         st.connections += 1
         st.connections_by_proto[proto] = st.connections_by_proto.get(proto, 0) + 1
-        send, recv = conn.segments(0), conn.segments(1)
-        pst: Any  # the HTTP/1 or the HTTP/2 stitcher's stats
-        if proto == "http1":
-            xs, pst = stitch_http1(send, recv, side=role, closed_ns=None, source="tls",  # type: ignore[arg-type]
-                                   from_start=from_start,
-                                   after_loss=conn.continues is not None)  # fmt: skip
-        else:
-            c2s, s2c = orient(send, recv, role)  # type: ignore[arg-type]
-            xs, pst = stitch_http2(c2s, s2c, source="tls", side=role, conn_id=conn.key)  # type: ignore[arg-type]
-            xs = drop_split_tails(conn, xs, streams_of, st)
-        for k, v in int_fields(pst).items():
-            st.parse[k] = st.parse.get(k, 0) + v
-        client, server = (
-            (conn.local, conn.remote) if role == "client" else (conn.remote, conn.local)
-        )
-        for x in xs:
-            x.source = "tls"
-            x.side = role  # type: ignore[assignment]
-            x.pid = conn.tgid
-            x.conn_id = conn.key
-            # one end without the other cannot be tied to the truth: neither is used
-            both = client is not None and server is not None
-            set_addresses(x, client if both else None, server if both else None)
-            out.append(x)
+        xs, pst = stitch(conn.segments(0), conn.segments(1), proto=proto, role=role,
+                         source="tls", conn_id=conn.key, from_start=from_start,
+                         after_loss=conn.continues is not None)  # fmt: skip
+        if proto == "http2":
+            xs, tails = drop_split_tails(conn, xs, streams_of)
+            st.split_stream_tails += tails
+        st.add_parse(pst)
+        place(xs, conn, role, pid=conn.tgid, conn_id=conn.key, both_ends=True)
+        out.extend(xs)
     return out, st
 
 

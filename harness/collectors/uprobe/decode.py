@@ -9,7 +9,6 @@ addresses) and the stream it belongs to; stitching them into calls is
 from __future__ import annotations
 
 import ctypes
-import ipaddress
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,14 +24,9 @@ from harness.collectors.uprobe.layout import (
     roles,
 )
 from harness.errors import RunDirError
+from harness.protocols.bytestream import AF_INET, AF_INET6, Endpoint, ip_text
 
 ADDR_STATUS = {0: "ok", 1: "not_tcp", 2: "unreadable", 3: "not_tcpaddr"}
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    ip: str
-    port: int
 
 
 @dataclass(slots=True)
@@ -99,12 +93,9 @@ class DecodeStats:
     collector: dict[str, Any] = field(default_factory=dict)  # the recorder's final stats
 
 
-def _ip(raw: bytes, n: int) -> str:
-    if n == 4:
-        return str(ipaddress.IPv4Address(raw[:4]))
-    v6 = ipaddress.IPv6Address(raw[:16])
-    # Go keeps IPv4 addresses in 16-byte form; the wire (and Wireshark) say 127.0.0.1
-    return str(v6.ipv4_mapped or v6)
+def _family(ip_len: int) -> int:
+    # Go keeps IPv4 addresses in 16-byte form: ip_text reads those as IPv4 too
+    return AF_INET if ip_len == 4 else AF_INET6
 
 
 Event = HeaderBlock | DataFrame | ResetFrame
@@ -212,8 +203,8 @@ def _seen(ev: Any) -> Seen:
         stream_id=ev.stream_id,
         end_stream=bool(ev.flags & 1),
         addr_status="ok" if ok else ADDR_STATUS.get(ev.addr_status or 2, str(ev.addr_status)),
-        local=Endpoint(_ip(bytes(ev.laddr), ev.ip_len), ev.lport) if ok else None,
-        remote=Endpoint(_ip(bytes(ev.raddr), ev.ip_len), ev.rport) if ok else None,
+        local=Endpoint(ip_text(bytes(ev.laddr), _family(ev.ip_len)), ev.lport) if ok else None,
+        remote=Endpoint(ip_text(bytes(ev.raddr), _family(ev.ip_len)), ev.rport) if ok else None,
     )
 
 

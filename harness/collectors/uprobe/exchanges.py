@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote
 
-from harness.collectors.base import ObservedStats, ReplayInput, set_addresses
+from harness.collectors.base import ObservedStats, ReplayInput
 from harness.collectors.uprobe.decode import (
-    Endpoint,
     Event,
     HeaderBlock,
     ResetFrame,
@@ -31,6 +30,7 @@ from harness.model import (
     TRUNCATED_VALUE,
     Exchange,
 )
+from harness.protocols.bytestream import Endpoint, set_addresses
 from harness.protocols.http2.grpc import R_RESET, BodyCounter, apply_reset_status
 
 C2S, S2C = 0, 1
