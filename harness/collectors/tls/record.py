@@ -155,6 +155,12 @@ class Recorder:
         return Batch(self._on_batch, rec_type=KERNEL,
                      kind_off=h.offset("pb_tls_event", "addr_source"), watch=unnamed)  # fmt: skip
 
+    def _drain(self, rings: RingSet, bpf: Any) -> None:
+        """Serve the program's ring buffer in bulk."""
+        batch = self._batch()
+        self.batches.append(batch)
+        rings.add_batch(bpf["events"], batch)
+
     def _on_batch(self, framed: memoryview, records: int, payload: int, watched: list[int]) -> None:
         """One poll's records of one program, framed for the event file by the C drain."""
         self.writer.kernel_framed(framed, records, payload)
@@ -250,9 +256,7 @@ class Recorder:
                     bpf["targets"][ctypes.c_uint32(t)] = ctypes.c_uint8(1)
                 for p in self.ports:
                     bpf["ports"][ctypes.c_uint16(p)] = ctypes.c_uint8(1)
-                batch = self._batch()
-                self.batches.append(batch)
-                rings.add_batch(bpf["events"], batch)
+                self._drain(rings, bpf)
             points = [(g.write, "probe_go_write"), (g.read, "probe_go_read")] + [
                 (a, "probe_go_read_ret") for a in g.read_rets]
             for addr, fn in points:
@@ -275,9 +279,7 @@ class Recorder:
                 bpf["targets"][ctypes.c_uint32(t)] = ctypes.c_uint8(1)
             for p in self.ports:
                 bpf["ports"][ctypes.c_uint16(p)] = ctypes.c_uint8(1)
-            batch = self._batch()
-            self.batches.append(batch)
-            rings.add_batch(bpf["events"], batch)
+            self._drain(rings, bpf)
             t0 = time.monotonic()
             self._attach(bpf)
             self._attach_go(rings)
