@@ -54,7 +54,8 @@
  * one reservation (the drain splits them, kprobe_events.h); a power of two */
 #define PB_H2_PACK 2048
 #endif
-#define H2_PIECE_MAX 512 /* larger pieces, or ones not in the window, go out alone */
+#define H2_PIECE_MAX 512 /* larger pieces, or ones not in the window, go out alone;
+                           * a power of two (h2_emit masks a length with it) */
 #ifndef PB_H2_MAX_IOV
 #define PB_H2_MAX_IOV 512 /* iovecs followed by the frame walk (grpcio writes up to 260) */
 #endif
@@ -822,7 +823,10 @@ static __always_inline void h2_emit(struct data_call *dc, struct conn_info *c, s
     struct pb_data_event *e = (struct pb_data_event *)&w->pack[at];
     e->part = dc->part++;
     data_head(e, dc, c, w->run_off, n);
-    bpf_probe_read_kernel(e->data, PB_MASKED(n, H2_PIECE_MAX - 1), (void *)src);
+    /* n is 1..H2_PIECE_MAX: masked as n - 1, so that a piece of exactly H2_PIECE_MAX
+     * bytes is copied whole (n & (H2_PIECE_MAX - 1) made it 0: the record then carried
+     * the pack buffer's stale bytes, e.g. a write of HEADERS frames 512 bytes long) */
+    bpf_probe_read_kernel(e->data, PB_MASKED(n - 1, H2_PIECE_MAX - 1) + 1, (void *)src);
     w->pack_len += need;
     w->pack_n++;
 }
