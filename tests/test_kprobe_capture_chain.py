@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_bpf_kprobe import start_recorder
 
 from harness.collectors.kprobe.decode import decode
 from harness.protocols.http2.frames import FrameParsed, FrameParser
@@ -52,13 +53,7 @@ def one_call(tmp_path: Path, frames: int) -> tuple[list[FrameParsed], int, dict[
     the client's send side, the parser's sync losses and the collector's stats."""
     port = free_port()
     out = tmp_path / "k.bin"
-    rec = subprocess.Popen(
-        [sys.executable, "-m", "harness.collectors.kprobe.record", "--out", str(out),
-         "--stats", str(out.with_suffix(".json")), "--deadline", "120", "--port", str(port)],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    assert rec.stdout is not None
-    assert rec.stdout.readline().startswith("ATTACHED ")
+    rec = start_recorder(out, [port])
     wire = (
         PREFACE
         + frame(4, 0, 0, b"")

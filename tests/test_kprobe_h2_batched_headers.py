@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from hpack import Decoder, Encoder
 from hpack.struct import NeverIndexedHeaderTuple
+from test_bpf_kprobe import start_recorder
 from test_kprobe_capture_chain import PREFACE, SERVER, frame
 from test_kprobe_h2_midstream import CLIENT, grpc_message, seen, seen_map
 
@@ -89,14 +90,9 @@ def test_headers_batched_after_a_big_data_tail_are_all_captured(tmp_path: Path) 
 
     port = free_port()
     out = tmp_path / "k.bin"
-    rec = subprocess.Popen(
-        [sys.executable, "-m", "harness.collectors.kprobe.record", "--out", str(out),
-         "--stats", str(out.with_suffix(".json")), "--deadline", "120", "--port", str(port)],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    rec = start_recorder(out, [port])
     srv = cli = None
     try:
-        assert rec.stdout is not None and rec.stdout.readline().startswith("ATTACHED ")
         srv = subprocess.Popen([sys.executable, "-c", SERVER, str(port)],
                                stdout=subprocess.PIPE, text=True)  # fmt: skip
         assert srv.stdout is not None and srv.stdout.readline().strip() == "READY"
