@@ -45,6 +45,7 @@
 /* PB_STAT_DROPPED 0 (pb_common.h): ring buffer full, event lost */
 #define PB_USTAT_HEADER_EVENTS 1
 #define PB_USTAT_DATA_EVENTS 2
+#define PB_USTAT_USER_READS 3       /* reads of user memory (only with PB_PROFILE) */
 #define PB_USTAT_EXTRA_FIELDS 4     /* fields beyond PB_MAX_BLOCK_FIELDS in a block */
 #define PB_USTAT_READ_ERRORS 5
 #define PB_USTAT_CUT_VALUES 6       /* names or values captured only in part */

@@ -58,6 +58,19 @@ static __always_inline void stat_add(u32 idx, u64 n) {
     pb_count(stats.lookup(&idx), n);
 }
 
+#ifndef PB_PROFILE
+#define PB_PROFILE 0 /* 1: count user-memory reads (PB_USTAT_USER_READS, recorder --profile) */
+#endif
+/* Every read of the traced process's memory goes through here: a read costs about as much
+ * as copying a few hundred bytes (page-fault-safe copy, per call), so their number, not
+ * their size, sets a hit's cost; --profile counts them. */
+static __always_inline long uread(void *dst, u32 size, const void *src) {
+#if PB_PROFILE
+    stat_add(PB_USTAT_USER_READS, 1);
+#endif
+    return bpf_probe_read_user(dst, size, src);
+}
+
 static __always_inline u32 bound(u32 v, u32 mask) {
     /* the asm keeps clang from dropping a mask it can prove redundant */
     asm volatile("%0 &= %1" : "+r"(v) : "r"(mask));
@@ -66,7 +79,7 @@ static __always_inline u32 bound(u32 v, u32 mask) {
 
 static __always_inline u64 rd64(u64 addr) {
     u64 v = 0;
-    if (!addr || bpf_probe_read_user(&v, sizeof(v), (void *)addr) < 0) return 0;
+    if (!addr || uread(&v, sizeof(v), (void *)addr) < 0) return 0;
     return v;
 }
 
@@ -140,18 +153,18 @@ static __always_inline u8 read_tcpaddr(struct go_iface *i, u64 t, u8 *ip, u16 *p
     u64 p = 0;
 #if PB_TCPADDR_PORT == PB_TCPADDR_IP + 24
     struct { struct go_slice ip; u64 port; } ta = {};
-    if (bpf_probe_read_user(&ta, sizeof(ta), (void *)(i->data + PB_TCPADDR_IP)) < 0)
+    if (uread(&ta, sizeof(ta), (void *)(i->data + PB_TCPADDR_IP)) < 0)
         return PB_ADDR_UNREADABLE;
     s = ta.ip;
     p = ta.port;
 #else
-    if (bpf_probe_read_user(&s, sizeof(s), (void *)(i->data + PB_TCPADDR_IP)) < 0)
+    if (uread(&s, sizeof(s), (void *)(i->data + PB_TCPADDR_IP)) < 0)
         return PB_ADDR_UNREADABLE;
     p = rd64(i->data + PB_TCPADDR_PORT);
 #endif
     u32 n = s.len == 4 ? 4 : 16;
     if (s.len != 4 && s.len != 16) return PB_ADDR_UNREADABLE;
-    if (bpf_probe_read_user(ip, n, (void *)s.ptr) < 0) return PB_ADDR_UNREADABLE;
+    if (uread(ip, n, (void *)s.ptr) < 0) return PB_ADDR_UNREADABLE;
     *port = (u16)p;
     *ip_len = n;
     return PB_ADDR_OK;
@@ -169,7 +182,7 @@ static __always_inline void unwrap(struct go_iface *i, u64 *t) {
     if (!inner && type_is(*t, PB_TYPE_TLSCONN)) inner = i->data + PB_TLSCONN_INNER;
 #endif
     struct go_iface w = {};
-    if (!inner || bpf_probe_read_user(&w, sizeof(w), (void *)inner) < 0 || !w.data) return;
+    if (!inner || uread(&w, sizeof(w), (void *)inner) < 0 || !w.data) return;
     *i = w;
     *t = dyn_type(w.tab);
 }
@@ -182,7 +195,7 @@ static __always_inline void conn_of(struct conn_addr *c, u64 root, s64 s0, u64 t
     u64 obj = hop(hop(root, s0, t0), s1, t1);
     if (!obj) return;
     struct go_iface ci = {};
-    if (bpf_probe_read_user(&ci, sizeof(ci), (void *)(obj + conn_off)) < 0 || !ci.data) return;
+    if (uread(&ci, sizeof(ci), (void *)(obj + conn_off)) < 0 || !ci.data) return;
     c->conn = ci.data; /* a stable name even when the type is not TCP */
 #if PB_HAVE_ADDR
     u64 t = dyn_type(ci.tab);
@@ -195,17 +208,17 @@ static __always_inline void conn_of(struct conn_addr *c, u64 root, s64 s0, u64 t
     if (!fd) return;
     c->conn = fd;
     s32 sysfd = -1;
-    bpf_probe_read_user(&sysfd, sizeof(sysfd), (void *)(fd + PB_NETFD_SYSFD));
+    uread(&sysfd, sizeof(sysfd), (void *)(fd + PB_NETFD_SYSFD));
     c->fd = sysfd;
     struct go_iface la = {}, ra = {};
 #if PB_NETFD_RADDR == PB_NETFD_LADDR + 16
     struct go_iface both[2] = {};
-    if (bpf_probe_read_user(both, sizeof(both), (void *)(fd + PB_NETFD_LADDR)) < 0) return;
+    if (uread(both, sizeof(both), (void *)(fd + PB_NETFD_LADDR)) < 0) return;
     la = both[0];
     ra = both[1];
 #else
-    if (bpf_probe_read_user(&la, sizeof(la), (void *)(fd + PB_NETFD_LADDR)) < 0 ||
-        bpf_probe_read_user(&ra, sizeof(ra), (void *)(fd + PB_NETFD_RADDR)) < 0)
+    if (uread(&la, sizeof(la), (void *)(fd + PB_NETFD_LADDR)) < 0 ||
+        uread(&ra, sizeof(ra), (void *)(fd + PB_NETFD_RADDR)) < 0)
         return;
 #endif
     /* both addresses are usually of one type: its itab's type is read once */
@@ -263,7 +276,7 @@ static __always_inline u32 blob_put(struct pb_header_event *e, struct go_string 
     u32 o = bound(off, PB_HDR_BLOB - 1);
     u32 m = bound(n, PB_HDR_BLOB - 1);
     if (!m) return 0;
-    if (bpf_probe_read_user(e->blob + o, m, (void *)s->ptr) < 0) {
+    if (uread(e->blob + o, m, (void *)s->ptr) < 0) {
         stat_add(PB_USTAT_READ_ERRORS, 1);
         return 0;
     }
@@ -313,7 +326,7 @@ static __always_inline int field_strings(struct hwalk *w, u32 idx, struct go_str
         u32 cnt = left < PB_FCHUNK ? left : PB_FCHUNK;
         u32 size = bound(cnt * PB_HFIELD_SIZE, PB_FBUF - 1);
         w->loaded = 0;
-        if (!size || bpf_probe_read_user(w->fbuf, size,
+        if (!size || uread(w->fbuf, size,
                                          (void *)(w->hf_ptr + (u64)idx * PB_HFIELD_SIZE)) < 0)
             return -1;
         w->base = idx;
@@ -422,12 +435,12 @@ static __always_inline int recv_headers(struct pt_regs *ctx, struct conn_addr *c
     u64 hdrs = 0;
 #if PB_MHF_FIELDS == PB_MHF_HEADERS + 8
     struct { u64 hdrs; struct go_slice fields; } m = {};
-    bpf_probe_read_user(&m, sizeof(m), (void *)(frame + PB_MHF_HEADERS));
+    uread(&m, sizeof(m), (void *)(frame + PB_MHF_HEADERS));
     hdrs = m.hdrs;
     fields = m.fields;
 #else
     hdrs = rd64(frame + PB_MHF_HEADERS);
-    bpf_probe_read_user(&fields, sizeof(fields), (void *)(frame + PB_MHF_FIELDS));
+    uread(&fields, sizeof(fields), (void *)(frame + PB_MHF_FIELDS));
 #endif
     u32 sid = 0;
     u8 flags = 0;
@@ -435,7 +448,7 @@ static __always_inline int recv_headers(struct pt_regs *ctx, struct conn_addr *c
         /* the frame header's flags and stream id, in one read */
         u8 fh[PB_FH_SID + 4] = {};
         _Static_assert(PB_FH_FLAGS < PB_FH_SID, "FrameHeader layout");
-        bpf_probe_read_user(fh, sizeof(fh), (void *)(hdrs + PB_HDRF_FH));
+        uread(fh, sizeof(fh), (void *)(hdrs + PB_HDRF_FH));
         flags = fh[PB_FH_FLAGS];
         __builtin_memcpy(&sid, fh + PB_FH_SID, sizeof(sid));
     }
@@ -503,7 +516,7 @@ int probe_write_data(struct pt_regs *ctx) {
     /* data []byte */
     e->frame_len = (u32)len;
     u32 n = bound(len < PB_DATA_CAP ? (u32)len : PB_DATA_CAP, 2 * PB_DATA_CAP - 1);
-    if (n && bpf_probe_read_user(e->data, n, (void *)ptr) == 0) e->cap_len = n;
+    if (n && uread(e->data, n, (void *)ptr) == 0) e->cap_len = n;
 #else
     /* data [][]byte: the frame is the concatenation of the pieces */
     /* running totals live in the event (volatile), so iterations carry no verifier state */
@@ -511,14 +524,14 @@ int probe_write_data(struct pt_regs *ctx) {
     for (int i = 0; i < PB_MAX_PIECES; i++) {
         if (i >= len) break;
         struct go_slice s = {};
-        bpf_probe_read_user(&s, sizeof(s), (void *)(ptr + (u64)i * sizeof(s)));
+        uread(&s, sizeof(s), (void *)(ptr + (u64)i * sizeof(s)));
         *total = *total + (u32)s.len;
         u32 g = *got;
         if (i >= PB_COPY_PIECES || g >= PB_DATA_CAP || !s.len) continue;
         u32 n = s.len < PB_DATA_CAP - g ? (u32)s.len : PB_DATA_CAP - g;
         u32 o = bound(g, PB_DATA_CAP - 1);
         u32 m = bound(n, 2 * PB_DATA_CAP - 1);
-        if (m && bpf_probe_read_user(e->data + o, m, (void *)s.ptr) == 0) *got = g + m;
+        if (m && uread(e->data + o, m, (void *)s.ptr) == 0) *got = g + m;
     }
     if (len > PB_MAX_PIECES) e->flags |= PB_FLAG_LEN_PARTIAL;
 #endif
@@ -531,14 +544,14 @@ static __always_inline int recv_data(struct conn_addr *c, u8 probe, u8 role, u64
     struct data_scratch ds = {};
     struct pb_data_event *e = &ds.e;
     FILL_PREFIX(e, c, PB_UEV_DATA, probe, role, PB_DIR_RECV);
-    bpf_probe_read_user(&e->stream_id, sizeof(e->stream_id), (void *)(frame + PB_DF_FH + PB_FH_SID));
+    uread(&e->stream_id, sizeof(e->stream_id), (void *)(frame + PB_DF_FH + PB_FH_SID));
     u8 flags = 0;
-    bpf_probe_read_user(&flags, sizeof(flags), (void *)(frame + PB_DF_FH + PB_FH_FLAGS));
+    uread(&flags, sizeof(flags), (void *)(frame + PB_DF_FH + PB_FH_FLAGS));
     e->flags = flags & 1 ? PB_FLAG_END_STREAM : 0;
     struct go_slice s = {};
 #if PB_RD_SHAPE == 1
     /* data []byte (padding already stripped) */
-    bpf_probe_read_user(&s, sizeof(s), (void *)(frame + PB_DF_DATA));
+    uread(&s, sizeof(s), (void *)(frame + PB_DF_DATA));
 #else
     /* data mem.Buffer: a SliceBuffer (the interface points at a slice header) or a
      * *mem.buffer (whose data field is the slice) */
@@ -547,15 +560,15 @@ static __always_inline int recv_data(struct conn_addr *c, u8 probe, u8 role, u64
     u64 typ = itab ? rd64(itab + PB_ITAB_TYPE) : 0;
     u64 obj = rd64(iface + 8);
     if (itab && typ == PB_TYPE_SLICEBUF)
-        bpf_probe_read_user(&s, sizeof(s), (void *)obj);
+        uread(&s, sizeof(s), (void *)obj);
     else if (itab && typ == PB_TYPE_MEMBUF)
-        bpf_probe_read_user(&s, sizeof(s), (void *)(obj + PB_MEMBUF_DATA));
+        uread(&s, sizeof(s), (void *)(obj + PB_MEMBUF_DATA));
     else if (itab)
         e->flags |= PB_FLAG_DATA_UNREAD; /* emptyBuffer has no bytes; others are unknown */
 #endif
     e->frame_len = (u32)s.len;
     u32 n = bound(s.len < PB_DATA_CAP ? (u32)s.len : PB_DATA_CAP, 2 * PB_DATA_CAP - 1);
-    if (n && bpf_probe_read_user(e->data, n, (void *)s.ptr) == 0) e->cap_len = n;
+    if (n && uread(e->data, n, (void *)s.ptr) == 0) e->cap_len = n;
     else if (n) stat_add(PB_USTAT_READ_ERRORS, 1);
     return emit_data(e);
 }
@@ -585,7 +598,7 @@ int probe_server_data(struct pt_regs *ctx) {
 
 #if PB_HAVE_WRITE_RST || PB_HAVE_CLIENT_RST || PB_HAVE_SERVER_RST
 static __always_inline int emit_rst(struct pb_rst_event *e) {
-    if (events.ringbuf_output(e, sizeof(*e), 0) < 0) {
+    if (events.ringbuf_output(e, sizeof(*e), rb_flags(sizeof(*e))) < 0) {
         stat_add(PB_STAT_DROPPED, 1);
         return 0;
     }
@@ -613,9 +626,9 @@ int probe_write_rst(struct pt_regs *ctx) {
 static __always_inline int recv_rst(struct conn_addr *c, u8 probe, u8 role, u64 frame) {
     struct pb_rst_event e = {};
     FILL_PREFIX(&e, c, PB_UEV_RST, probe, role, PB_DIR_RECV);
-    if (bpf_probe_read_user(&e.stream_id, sizeof(e.stream_id),
+    if (uread(&e.stream_id, sizeof(e.stream_id),
                             (void *)(frame + PB_RSTF_FH + PB_FH_SID)) < 0 ||
-        bpf_probe_read_user(&e.err_code, sizeof(e.err_code), (void *)(frame + PB_RSTF_CODE)) < 0) {
+        uread(&e.err_code, sizeof(e.err_code), (void *)(frame + PB_RSTF_CODE)) < 0) {
         stat_add(PB_USTAT_READ_ERRORS, 1);
         return 0;
     }
