@@ -284,14 +284,39 @@ static __always_inline u32 blob_put(struct pb_header_event *e, struct go_string 
     return m;
 }
 
+/* Where a block's walk stands between the runs of its tail-call chain (one CPU), and the
+ * (name, value) string headers of up to PB_FCHUNK fields from index base, fetched in one
+ * read: each probe read costs more than copying a few hundred bytes. `ro` remembers the
+ * read-only strings this CPU has sent (pb_hfield): a slot is good while its epoch is the
+ * walk's, which moves on when a record is lost (its strings must be sent again). */
+#define PB_FCHUNK 8
+#define PB_FBUF 512 /* power of two > PB_FCHUNK * PB_HFIELD_SIZE */
+#define PB_RO_SLOTS 256 /* power of two */
+_Static_assert(PB_FCHUNK * PB_HFIELD_SIZE < PB_FBUF, "field chunk exceeds its buffer");
+struct roslot { u64 ptr; u32 len; u32 tgid; u32 epoch; u32 pad; };
+struct hwalk {
+    u64 hf_ptr;
+    u32 next;
+    u32 n;
+    u32 base;
+    u32 loaded;
+    u32 epoch;
+    u32 pad;
+    u8 fbuf[2 * PB_FBUF]; /* slack: a masked offset plus a string header stays inside */
+    struct roslot ro[PB_RO_SLOTS];
+};
+BPF_PERCPU_ARRAY(hwalk, struct hwalk, 1);
+BPF_PROG_ARRAY(hdr_walker, 1); /* [0] = hdr_fields, loaded by the recorder */
+
 /* Send the part built so far and start the next one. */
-static __always_inline void hdr_flush(struct pb_header_event *e) {
+static __always_inline void hdr_flush(struct pb_header_event *e, struct hwalk *w) {
     u32 off = *(volatile u32 *)&e->blob_len;
     u32 size = offsetof(struct pb_header_event, blob) + bound(off, PB_HDR_BLOB - 1);
     if (off >= PB_HDR_BLOB) size = sizeof(struct pb_header_event);
-    if (events.ringbuf_output(e, size, rb_flags(size)) < 0)
+    if (events.ringbuf_output(e, size, rb_flags(size)) < 0) {
         stat_add(PB_STAT_DROPPED, 1);
-    else
+        w->epoch += 1; /* its strings may be named later: forget every one */
+    } else
         stat_add(PB_USTAT_HEADER_EVENTS, 1);
     e->first += e->count;
     e->count = 0;
@@ -299,22 +324,6 @@ static __always_inline void hdr_flush(struct pb_header_event *e) {
     e->part += 1;
 }
 
-/* Where a block's walk stands between the runs of its tail-call chain (one CPU), and the
- * (name, value) string headers of up to PB_FCHUNK fields from index base, fetched in one
- * read: each probe read costs more than copying a few hundred bytes. */
-#define PB_FCHUNK 8
-#define PB_FBUF 512 /* power of two > PB_FCHUNK * PB_HFIELD_SIZE */
-_Static_assert(PB_FCHUNK * PB_HFIELD_SIZE < PB_FBUF, "field chunk exceeds its buffer");
-struct hwalk {
-    u64 hf_ptr;
-    u32 next;
-    u32 n;
-    u32 base;
-    u32 loaded;
-    u8 fbuf[2 * PB_FBUF]; /* slack: a masked offset plus a string header stays inside */
-};
-BPF_PERCPU_ARRAY(hwalk, struct hwalk, 1);
-BPF_PROG_ARRAY(hdr_walker, 1); /* [0] = hdr_fields, loaded by the recorder */
 
 /* Field idx's name and value string headers, from the chunk, read first if need be.
  * Returns -1 when they cannot be read. */
@@ -339,6 +348,67 @@ static __always_inline int field_strings(struct hwalk *w, u32 idx, struct go_str
     return 0;
 }
 
+/* ---- strings in the binary's read-only segment [PB_RO_LO, PB_RO_HI) (resolve.py; none
+ * for a PIE): header names, and values grpc-go takes from constants or hpack's static
+ * table, sent once per CPU and process, then named by address (pb_hfield). */
+#ifndef PB_RO_HI
+#define PB_RO_LO 0
+#define PB_RO_HI 0
+#endif
+
+/* The slot that remembers s, or NULL when s is not a whole read-only string. */
+static __always_inline struct roslot *ro_slot(struct hwalk *w, u32 tgid, struct go_string *s,
+                                              u32 cap) {
+#if PB_RO_HI
+    if (!s->len || s->len > cap || s->ptr < PB_RO_LO || s->ptr + s->len > PB_RO_HI) return NULL;
+    u32 i = bound((u32)(s->ptr >> 3) ^ (u32)(s->ptr >> 11) ^ tgid, PB_RO_SLOTS - 1);
+    return &w->ro[i];
+#else
+    return NULL;
+#endif
+}
+
+/* A string's address into the blob (space checked by the caller) */
+static __always_inline void blob_addr(struct pb_header_event *e, u64 addr) {
+    volatile u32 *vo = &e->blob_len;
+    u32 off = *vo;
+    if (off >= PB_HDR_BLOB) return;
+    __builtin_memcpy(e->blob + bound(off, PB_HDR_BLOB - 1), &addr, sizeof(addr));
+    *vo = off + sizeof(addr);
+}
+
+/* One string of a field (c: up to its cap): with its address if it is read-only, then its
+ * bytes unless this CPU sent them before; the PB_HOW_* bits go into h->how. Returns the
+ * bytes that follow in the blob. A string sent with its address whose bytes could not all
+ * be read is forgotten: no reference may name it. */
+static __always_inline u32 put_str(struct pb_header_event *e, struct hwalk *w,
+                                   struct pb_hfield *h, struct go_string *s,
+                                   struct go_string *c, u32 max, u32 addr, u32 ref) {
+    u32 tgid = e->tgid;
+    struct roslot *r = c->len == s->len ? ro_slot(w, tgid, s, max) : NULL;
+    if (r) {
+        blob_addr(e, s->ptr);
+        if (r->ptr == s->ptr && r->len == (u32)s->len && r->tgid == tgid &&
+            r->epoch == w->epoch) {
+            *(volatile u32 *)&h->how |= addr | ref;
+            return 0;
+        }
+        *(volatile u32 *)&h->how |= addr;
+    }
+    u32 got = blob_put(e, c, max);
+    if (got != s->len) {
+        stat_add(PB_USTAT_CUT_VALUES, 1);
+        return got;
+    }
+    if (r) {
+        r->ptr = s->ptr;
+        r->len = (u32)s->len;
+        r->tgid = tgid;
+        r->epoch = w->epoch;
+    }
+    return got;
+}
+
 /* One header field into the current part: its pb_hfield, name and value; returns 0 when
  * the part is full (nothing added). A field whose string headers cannot be read goes in
  * with lengths of 2^32-1 and nothing captured: replay marks it cut, never empty. */
@@ -358,18 +428,18 @@ static __always_inline int hdr_field(struct pb_header_event *e, struct hwalk *w,
     volatile u32 *vo = &e->blob_len;
     u32 off = *vo;
     if (off >= PB_HDR_BLOB) return 0;
-    if (cnt && off + sizeof(struct pb_hfield) + nl + vl > PB_HDR_BLOB) return 0;
+    /* 16: room for both addresses (sizing_defines keeps one whole field within a part) */
+    if (cnt && off + sizeof(struct pb_hfield) + nl + vl + 16 > PB_HDR_BLOB) return 0;
     /* the slack after the blob keeps a masked offset plus the record inside the entry */
     struct pb_hfield *h = (struct pb_hfield *)(e->blob + bound(off, PB_HDR_BLOB - 1));
     h->name_len = name.len > 0xffffffffULL ? 0xffffffff : (u32)name.len;
     h->value_len = value.len > 0xffffffffULL ? 0xffffffff : (u32)value.len;
     *vo = off + sizeof(struct pb_hfield);
     struct go_string nc_s = {name.ptr, nl}, vc_s = {value.ptr, vl};
-    u32 nc = blob_put(e, &nc_s, PB_NAME_MAX);
-    u32 vc = blob_put(e, &vc_s, PB_VALUE_MAX);
-    h->name_cap = nc;
-    h->value_cap = vc;
-    if (nc != name.len || vc != value.len) stat_add(PB_USTAT_CUT_VALUES, 1);
+    h->how = 0;
+    h->name_cap = put_str(e, w, h, &name, &nc_s, PB_NAME_MAX, PB_HOW_NAME_ADDR, PB_HOW_NAME_REF);
+    h->value_cap = put_str(e, w, h, &value, &vc_s, PB_VALUE_MAX, PB_HOW_VALUE_ADDR,
+                           PB_HOW_VALUE_REF);
     *(volatile u32 *)&e->count = cnt + 1;
     return 1;
 }
@@ -378,24 +448,29 @@ static __always_inline int hdr_field(struct pb_header_event *e, struct hwalk *w,
  * A chain is at most 33 runs (the kernel's tail-call limit): fields beyond it are counted
  * in nfields but not sent, which replay marks as truncated_headers. Each run's loop is
  * verified once, whatever the block's length. */
+
+/* Fields per run of hdr_fields: the verifier walks each of them (about 17k instructions
+ * each, of its million); 33 runs still reach PB_MAX_BLOCK_FIELDS. */
+#define PB_RUN_FIELDS 32
+_Static_assert(PB_RUN_FIELDS <= PB_EV_FIELDS, "a run fills at most one part");
 int hdr_fields(struct pt_regs *ctx) {
     u32 zero = 0;
     struct hwalk *w = hwalk.lookup(&zero);
     struct pb_header_event *e = hscratch_get();
     if (!w || !e) return 0;
-    for (int i = 0; i < PB_EV_FIELDS; i++) {
+    for (int i = 0; i < PB_RUN_FIELDS; i++) {
         u32 idx = *(volatile u32 *)&w->next;
         if (idx >= w->n) break;
         if (!hdr_field(e, w, idx)) break;
         *(volatile u32 *)&w->next = idx + 1;
     }
     if (w->next < w->n) {
-        hdr_flush(e);
+        hdr_flush(e, w);
         hdr_walker.call(ctx, 0);
         /* the chain's end (tail-call limit, or no walker loaded): the rest goes unsent */
     }
     e->flags |= PB_FLAG_LAST_PART;
-    hdr_flush(e);
+    hdr_flush(e, w);
     return 0;
 }
 
@@ -424,7 +499,7 @@ static __always_inline int emit_headers(struct pt_regs *ctx, struct conn_addr *c
     hdr_walker.call(ctx, 0);
     /* no walker loaded: the block's fields go unsent, and replay says so */
     e->flags |= PB_FLAG_LAST_PART;
-    hdr_flush(e);
+    hdr_flush(e, w);
     return 0;
 }
 
