@@ -139,7 +139,8 @@ def _assert_header_records_sized_to_content(events: Path) -> None:
         for _ in range(ev.count):
             _, _, nc, vc, how = hf.unpack_from(rec, blob_off + pos)
             pos += hf.size + nc + vc
-            pos += 8 * ((how & d["PB_HOW_NAME_ADDR"]) > 0) + 8 * ((how & d["PB_HOW_VALUE_ADDR"]) > 0)
+            for bit in ("PB_HOW_NAME_ADDR", "PB_HOW_VALUE_ADDR"):
+                pos += 8 if how & d[bit] else 0
             refs += (how & d["PB_HOW_NAME_REF"]) > 0
         assert pos == ev.blob_len
         seen += 1

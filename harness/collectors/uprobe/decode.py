@@ -177,7 +177,7 @@ def decode(
     hf = hfield_struct() if fmt == FORMAT else HFIELD_V4
     st = DecodeStats(truncated_tail_bytes=ef.truncated_tail_bytes)
     st.level = str(ef.header.get("level", "messages"))
-    out: list[Any] = []
+    out: list[Any] = []  # events; a header block's place holds None until the end
     strings: Strings = {}
     # a block's parts share (tgid, tid, ts_ns, probe); parts of other blocks (other CPUs)
     # may come between them. The block takes the place of its first part; it is built at
@@ -223,7 +223,7 @@ def decode(
             bkey = (ev.tgid, ev.tid, ev.ts_ns, ev.probe)
             if bkey not in pending:
                 pending[bkey] = (len(out), [])
-                out.append(None)  # type: ignore[arg-type]  # its place, filled below
+                out.append(None)  # its place, filled below
             pos, parts = pending[bkey]
             parts.append((ev, fields, whole))
             if ev.flags & last_flag:

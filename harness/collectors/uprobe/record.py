@@ -365,8 +365,11 @@ class Recorder:
             "read_errors": totals[d["PB_USTAT_READ_ERRORS"]],
             "cut_values": totals[d["PB_USTAT_CUT_VALUES"]],
             # reads of the traced processes' memory: what a hit costs (--profile only)
-            **({"user_reads": totals[d["PB_USTAT_USER_READS"]]}
-               if self.common["PB_PROFILE"] else {}),  # fmt: skip
+            **(
+                {"user_reads": totals[d["PB_USTAT_USER_READS"]]}
+                if self.common["PB_PROFILE"]
+                else {}
+            ),
             "level": self.level,
             # uprobe hits per probe: the collector's cost is hits x the trap's
             "hits": {
