@@ -51,6 +51,7 @@
 #define PB_USTAT_CUT_VALUES 6       /* names or values captured only in part */
 #define PB_USTAT_RST_EVENTS 7
 #define PB_USTAT_HITS 8             /* + probe id (1..9): uprobe hits per probe */
+#define PB_USTAT_CONN_CACHED 20      /* connections found in the goroutine cache (PB_PROFILE) */
 #define PB_USTAT_MAX 24
 
 /* A header block is sent as one or more events (parts) of up to PB_EV_FIELDS fields and

@@ -234,6 +234,48 @@ static __always_inline void conn_of(struct conn_addr *c, u64 root, s64 s0, u64 t
 
 #define CONN_PATH(P) PB_##P##_S0, PB_##P##_T0, PB_##P##_S1, PB_##P##_T1, PB_##P##_CONN
 
+/* ---- the connection, remembered per goroutine. Every probe runs on a goroutine that serves
+ * one connection for its whole life (the transport's reader, or its loopyWriter), so the
+ * walk above (about 10 reads) is done once per (process, goroutine id, probe) and then
+ * costs one read: the goroutine id from the g that Go's register ABI keeps in R14. Ids are
+ * never reused; the entry also holds the probe's root object, and a hit whose root differs
+ * walks again. PB_G_GOID is runtime.g's goid offset (0: not known, no cache). */
+#ifndef PB_G_GOID
+#define PB_G_GOID 0
+#endif
+#if PB_G_GOID
+struct conn_key { u64 goid; u32 tgid; u32 probe; };
+struct conn_val { u64 root; struct conn_addr c; };
+BPF_TABLE("lru_hash", struct conn_key, struct conn_val, conn_cache, 8192);
+#endif
+
+static __always_inline void conn_at(struct pt_regs *ctx, struct conn_addr *c, u32 probe,
+                                    u64 root, s64 s0, u64 t0, s64 s1, u64 t1, s64 conn_off) {
+#if PB_G_GOID
+    struct conn_key k = {};
+    k.goid = rd64(ctx->r14 + PB_G_GOID);
+    k.tgid = bpf_get_current_pid_tgid() >> 32;
+    k.probe = probe;
+    struct conn_val *v = k.goid && root ? conn_cache.lookup(&k) : NULL;
+    if (v && v->root == root) {
+        __builtin_memcpy(c, &v->c, sizeof(*c));
+#if PB_PROFILE
+        stat_add(PB_USTAT_CONN_CACHED, 1);
+#endif
+        return;
+    }
+#endif
+    conn_of(c, root, s0, t0, s1, t1, conn_off);
+#if PB_G_GOID
+    if (k.goid && root && c->conn && c->status == PB_ADDR_OK) {
+        struct conn_val nv = {};
+        nv.root = root;
+        __builtin_memcpy(&nv.c, c, sizeof(*c));
+        conn_cache.update(&k, &nv);
+    }
+#endif
+}
+
 /* the prefix both event structs share */
 #define FILL_PREFIX(e, c, kind_, probe_, role_, dir_)                  \
     do {                                                               \
@@ -536,7 +578,7 @@ int probe_write_header(struct pt_regs *ctx) {
     if (!traced(bpf_get_current_pid_tgid() >> 32)) return 0;
     stat_add(PB_USTAT_HITS + PB_PROBE_WRITE_HEADER, 1);
     struct conn_addr c = {};
-    conn_of(&c, go_reg(ctx, PB_WH_RECV_REG), CONN_PATH(WH));
+    conn_at(ctx, &c, PB_PROBE_WRITE_HEADER, go_reg(ctx, PB_WH_RECV_REG), CONN_PATH(WH));
     return emit_headers(ctx, &c, PB_PROBE_WRITE_HEADER, PB_ROLE_UNKNOWN, PB_DIR_SEND,
                         (u32)go_reg(ctx, PB_WH_SID_REG), (u8)go_reg(ctx, PB_WH_END_REG),
                         go_reg(ctx, PB_WH_HF_PTR_REG), go_reg(ctx, PB_WH_HF_LEN_REG));
@@ -548,7 +590,7 @@ int probe_client_headers(struct pt_regs *ctx) {
     if (!traced(bpf_get_current_pid_tgid() >> 32)) return 0;
     stat_add(PB_USTAT_HITS + PB_PROBE_CLIENT_HEADERS, 1);
     struct conn_addr c = {};
-    conn_of(&c, go_reg(ctx, PB_CH_RECV_REG), CONN_PATH(CH));
+    conn_at(ctx, &c, PB_PROBE_CLIENT_HEADERS, go_reg(ctx, PB_CH_RECV_REG), CONN_PATH(CH));
     return recv_headers(ctx, &c, PB_PROBE_CLIENT_HEADERS, PB_ROLE_CLIENT, go_reg(ctx, PB_CH_FRAME_REG));
 }
 #endif
@@ -558,7 +600,7 @@ int probe_server_headers(struct pt_regs *ctx) {
     if (!traced(bpf_get_current_pid_tgid() >> 32)) return 0;
     stat_add(PB_USTAT_HITS + PB_PROBE_SERVER_HEADERS, 1);
     struct conn_addr c = {};
-    conn_of(&c, go_reg(ctx, PB_SH_RECV_REG), CONN_PATH(SH));
+    conn_at(ctx, &c, PB_PROBE_SERVER_HEADERS, go_reg(ctx, PB_SH_RECV_REG), CONN_PATH(SH));
     return recv_headers(ctx, &c, PB_PROBE_SERVER_HEADERS, PB_ROLE_SERVER, go_reg(ctx, PB_SH_FRAME_REG));
 }
 #endif
@@ -579,7 +621,7 @@ int probe_write_data(struct pt_regs *ctx) {
     if (!traced(bpf_get_current_pid_tgid() >> 32)) return 0;
     stat_add(PB_USTAT_HITS + PB_PROBE_WRITE_DATA, 1);
     struct conn_addr c = {};
-    conn_of(&c, go_reg(ctx, PB_WD_RECV_REG), CONN_PATH(WD));
+    conn_at(ctx, &c, PB_PROBE_WRITE_DATA, go_reg(ctx, PB_WD_RECV_REG), CONN_PATH(WD));
     if (!c.conn) return 0; /* an x/net Framer that is not grpc-go's */
     struct data_scratch ds = {};
     struct pb_data_event *e = &ds.e;
@@ -654,7 +696,7 @@ int probe_client_data(struct pt_regs *ctx) {
     if (!traced(bpf_get_current_pid_tgid() >> 32)) return 0;
     stat_add(PB_USTAT_HITS + PB_PROBE_CLIENT_DATA, 1);
     struct conn_addr c = {};
-    conn_of(&c, go_reg(ctx, PB_CD_RECV_REG), CONN_PATH(CD));
+    conn_at(ctx, &c, PB_PROBE_CLIENT_DATA, go_reg(ctx, PB_CD_RECV_REG), CONN_PATH(CD));
     return recv_data(&c, PB_PROBE_CLIENT_DATA, PB_ROLE_CLIENT, go_reg(ctx, PB_CD_FRAME_REG));
 }
 #endif
@@ -664,7 +706,7 @@ int probe_server_data(struct pt_regs *ctx) {
     if (!traced(bpf_get_current_pid_tgid() >> 32)) return 0;
     stat_add(PB_USTAT_HITS + PB_PROBE_SERVER_DATA, 1);
     struct conn_addr c = {};
-    conn_of(&c, go_reg(ctx, PB_SD_RECV_REG), CONN_PATH(SD));
+    conn_at(ctx, &c, PB_PROBE_SERVER_DATA, go_reg(ctx, PB_SD_RECV_REG), CONN_PATH(SD));
     return recv_data(&c, PB_PROBE_SERVER_DATA, PB_ROLE_SERVER, go_reg(ctx, PB_SD_FRAME_REG));
 }
 #endif
@@ -687,7 +729,7 @@ int probe_write_rst(struct pt_regs *ctx) {
     if (!traced(bpf_get_current_pid_tgid() >> 32)) return 0;
     stat_add(PB_USTAT_HITS + PB_PROBE_WRITE_RST, 1);
     struct conn_addr c = {};
-    conn_of(&c, go_reg(ctx, PB_WR_RECV_REG), CONN_PATH(WR));
+    conn_at(ctx, &c, PB_PROBE_WRITE_RST, go_reg(ctx, PB_WR_RECV_REG), CONN_PATH(WR));
     if (!c.conn) return 0; /* an x/net Framer that is not grpc-go's */
     struct pb_rst_event e = {};
     FILL_PREFIX(&e, &c, PB_UEV_RST, PB_PROBE_WRITE_RST, PB_ROLE_UNKNOWN, PB_DIR_SEND);
@@ -716,7 +758,7 @@ int probe_client_rst(struct pt_regs *ctx) {
     if (!traced(bpf_get_current_pid_tgid() >> 32)) return 0;
     stat_add(PB_USTAT_HITS + PB_PROBE_CLIENT_RST, 1);
     struct conn_addr c = {};
-    conn_of(&c, go_reg(ctx, PB_CR_RECV_REG), CONN_PATH(CR));
+    conn_at(ctx, &c, PB_PROBE_CLIENT_RST, go_reg(ctx, PB_CR_RECV_REG), CONN_PATH(CR));
     return recv_rst(&c, PB_PROBE_CLIENT_RST, PB_ROLE_CLIENT, go_reg(ctx, PB_CR_FRAME_REG));
 }
 #endif
@@ -726,7 +768,7 @@ int probe_server_rst(struct pt_regs *ctx) {
     if (!traced(bpf_get_current_pid_tgid() >> 32)) return 0;
     stat_add(PB_USTAT_HITS + PB_PROBE_SERVER_RST, 1);
     struct conn_addr c = {};
-    conn_of(&c, go_reg(ctx, PB_SR_RECV_REG), CONN_PATH(SR));
+    conn_at(ctx, &c, PB_PROBE_SERVER_RST, go_reg(ctx, PB_SR_RECV_REG), CONN_PATH(SR));
     return recv_rst(&c, PB_PROBE_SERVER_RST, PB_ROLE_SERVER, go_reg(ctx, PB_SR_FRAME_REG));
 }
 #endif

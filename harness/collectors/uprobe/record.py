@@ -366,7 +366,8 @@ class Recorder:
             "cut_values": totals[d["PB_USTAT_CUT_VALUES"]],
             # reads of the traced processes' memory: what a hit costs (--profile only)
             **(
-                {"user_reads": totals[d["PB_USTAT_USER_READS"]]}
+                {"user_reads": totals[d["PB_USTAT_USER_READS"]],
+                 "conns_cached": totals[d["PB_USTAT_CONN_CACHED"]]}
                 if self.common["PB_PROFILE"]
                 else {}
             ),

@@ -27,7 +27,7 @@ from harness.collectors.gobin.cache import cache_dir, cached, file_sha256
 from harness.collectors.gobin.elfgo import GoBinary, NotGoBinary, quick_info, read_go_binary
 from harness.collectors.gobin.pclntab import NoPclntab, read_pclntab
 
-RESOLVER_VERSION = 6
+RESOLVER_VERSION = 7
 
 TRANSPORT = "google.golang.org/grpc/internal/transport"
 HTTP2 = "golang.org/x/net/http2"
@@ -60,7 +60,7 @@ STRUCTS = (
     f"{HTTP2}.FrameHeader", f"{HTTP2}.DataFrame", f"{HTTP2}.RSTStreamFrame",
     f"{HPACK}.HeaderField",
     "internal/abi.ITab", "runtime.itab", f"{MEM}.buffer",
-    "crypto/tls.Conn", f"{CREDS}.syscallConn",
+    "crypto/tls.Conn", f"{CREDS}.syscallConn", "runtime.g",
 )  # fmt: skip
 TYPES = (
     "*net.TCPConn", "*net.TCPAddr", f"*{TRANSPORT}.bufWriter", f"*{MEM}.buffer",
@@ -380,6 +380,10 @@ class _Resolver:
         d["PB_CHECK_TYPES"] = int(self.gb.elf_type == "ET_EXEC")
         if self.gb.elf_type == "ET_EXEC":
             self.read_only_segment()
+        try:  # the probes' goroutine ids, for the connection cache (uprobe_grpc.c conn_at)
+            d["PB_G_GOID"] = self.off("runtime.g", "goid")
+        except Missing as e:
+            self.r.notes.append(f"connections not cached per goroutine ({e})")
         for name, fn in (
             ("header_fields", self.header_fields),
             ("write_header", self.write_header),
