@@ -130,6 +130,13 @@ def blob_fields(
         name_len, value_len, nc, vc, *rest = hf.unpack_from(blob, pos)
         how = rest[0] if rest else 0
         pos += hf.size
+        if not how:  # bytes only: most fields of a heap-built block
+            name, value = blob[pos : pos + nc], blob[pos + nc : pos + nc + vc]
+            pos += nc + vc
+            if pos > len(blob):
+                return out, False
+            out.append((name_len, value_len, name, value))
+            continue
         strs: list[Str] = []
         for length, cap, addr_bit, ref_bit in (
             (name_len, nc, d["PB_HOW_NAME_ADDR"], d["PB_HOW_NAME_REF"]),
@@ -310,7 +317,6 @@ def _block(parts: list[Part], seen: Seen, st: DecodeStats, strings: Strings) -> 
     nfields = parts[0][0].nfields
     complete = any(ev.flags & header().defines["PB_FLAG_LAST_PART"] for ev, _, _ in parts)
     expect = 0
-    unknown = 0
     for ev, raw_fields, whole in sorted(parts, key=lambda p: p[0].part):
         if ev.first != expect:
             complete = False  # a part in the middle was lost
@@ -319,9 +325,8 @@ def _block(parts: list[Part], seen: Seen, st: DecodeStats, strings: Strings) -> 
         for name_len, value_len, n, v in raw_fields:
             name = _text(n, strings, "latin-1")
             value = _text(v, strings, "utf-8")
-            if name is None:
+            if name is None:  # the field is unknown: counted missing below
                 st.unresolved_strings += 1
-                unknown += 1
                 continue
             if value is None:
                 st.unresolved_strings += 1
