@@ -659,7 +659,8 @@ def replay(
             # the truth worker: tshark is its child (in-process: these are the replay's)
             "truth_peak_rss_kb": truth_usage["peak_rss_kb"],
             "truth_cpu_s": truth_usage["cpu_s"], "tshark_cpu_s": truth_usage["children_cpu_s"],
-            # the largest tshark run (a large capture is decoded in parts, one after another)
+            # the largest tshark run (a large capture is decoded in parts, one after
+            # another); an upper bound: the kernel counts the worker's RSS when it started it
             "tshark_peak_rss_kb": truth_usage.get("children_peak_rss_kb", 0),
             "cpu_s": _usage()["cpu_s"],
         })  # fmt: skip

@@ -38,7 +38,11 @@ def layout(pcap: Path, every: int, before: int = 0) -> Layout | None:
     begin, and the frames ``before`` packets ahead of each of those. None: not pcapng, or a
     layout not walked (a second section, an interface block after a packet, an unknown
     block)."""
-    with open(pcap, "rb") as f:
+    try:
+        f = open(pcap, "rb")  # noqa: SIM115
+    except OSError:
+        return None  # tshark's pass says what is wrong with it
+    with f:
         # read, not mapped: a mapping of the whole file would count in this process's
         # resident set as it is walked (1.5 GB for a 2 M-exchange soak)
         head = f.read(12)
