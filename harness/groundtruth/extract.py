@@ -509,7 +509,7 @@ class _Scan:
                     if part.own(row):
                         self._row(row)
                 part.done()
-                truncated = tshark.truncated
+                truncated = truncated or tshark.truncated
             stats.tshark_parts = len(parts.starts)
         self._flush()
         if truncated:
