@@ -140,7 +140,10 @@ int probe_go_read_ret(struct pt_regs *ctx) {
     u64 id = bpf_get_current_pid_tgid();
     struct g_key k = {.tgid = id >> 32, .g = ctx->r14};
     struct go_read *r = reads.lookup(&k);
-    if (!r) return 0;
+    if (!r) {
+        if ((s64)ctx->ax > 0 && traced(k.tgid)) stat_add(PB_TSTAT_READ_UNSEEN, 1);
+        return 0;
+    }
     struct go_read v = *r;
     reads.delete(&k);
     s64 n = (s64)ctx->ax;

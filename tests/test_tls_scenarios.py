@@ -132,6 +132,30 @@ def test_tls_run_without_secrets_is_marked_not_scored(tmp_path: Path) -> None:
     assert m["rows"] == [] and m["tls"]["handshakes"] > 0
 
 
+@pytest.mark.bpf
+@pytest.mark.capture
+def test_tls_late_attach_go_reads_cut_by_the_attach_give_no_phantoms(tmp_path: Path) -> None:
+    # Each warm connection's server goroutine is parked inside crypto/tls (*Conn).Read when
+    # the probes go in: that Read's return has no entry, so the request it returns is
+    # unseen, and its response, alone, used to come out as an exchange with no start time
+    # that no truth could take (4 phantoms, one per warm connection). It is now left out
+    # as the kernel side leaves out responses before a mid-stream connection's first
+    # request: the request is missed, never invented.
+    run_dir = _run(tmp_path, "http11-keepalive", "--client", "go", "--server", "go",
+                   "--attach", "late", "--exchanges", "100", collectors="tls")  # fmt: skip
+    m = load_metrics(run_dir)
+    rows = {r["side"]: r for r in m["rows"] if r["variant"] == "default"}
+    dec = m["collectors"]["tls"]["default"]["decode"]
+    unseen = dec["collector"]["reads_unseen"]
+    assert unseen > 0 and dec["responses_before_request"] >= unseen
+    for side, r in rows.items():
+        assert r["phantoms"] == 0 and r["wrong"] == 0 and r["unmatched_no_address"] == 0, r
+        assert r["lost_events"] == 0 and r["degraded"] == 0, (side, r)
+    assert rows["client"]["completeness"] == 1.0
+    # one request per Read the attach cut is missed on the server's side, no more
+    assert rows["server"]["matched"] == rows["server"]["observable"] - unseen
+
+
 def test_decrypted_bytes_are_read_from_the_hex_dump() -> None:
     # tshark -P -x with the frame number as the only column: each frame's data sources
     dump = (

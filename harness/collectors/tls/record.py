@@ -319,6 +319,7 @@ class Recorder:
             "addr_unknown": t[d["PB_TSTAT_ADDR_NONE"]],
             "addr_mismatch": t[d["PB_TSTAT_ADDR_MISMATCH"]],
             "nested_calls": t[d["PB_TSTAT_NESTED"]],
+            "reads_unseen": t[d["PB_TSTAT_READ_UNSEEN"]],
             "sockdiag_found": self.sockdiag_found,
             "sockdiag_missed": self.sockdiag_missed,
             "records_written": self.writer.records,
