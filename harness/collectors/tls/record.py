@@ -257,7 +257,9 @@ class Recorder:
                 for p in self.ports:
                     bpf["ports"][ctypes.c_uint16(p)] = ctypes.c_uint8(1)
                 self._drain(rings, bpf)
-            points = [(g.write, "probe_go_write"), (g.read, "probe_go_read")] + [
+            # Read's entry only when its RETs cannot find the buffer themselves
+            entry = [] if g.read_args_spilled else [(g.read, "probe_go_read")]
+            points = [(g.write, "probe_go_write"), *entry] + [
                 (a, "probe_go_read_ret") for a in g.read_rets]
             for addr, fn in points:
                 try:
