@@ -223,9 +223,11 @@ def test_read_arguments_found_in_their_spill_slots_only_when_kept_there() -> Non
     # a slot reused for something else: at RET it no longer holds the argument
     assert not spilled_args(READ_PROLOGUE + "  5b1300:\tmov    %rdx,0x70(%rsp)\n", 3)
     assert not spilled_args(READ_PROLOGUE + "  5b1300:\tmovups %xmm15,0x60(%rsp)\n", 3)
+    assert not spilled_args(READ_PROLOGUE + "  5b1300:\tmov    %rdx,0x18(%rbp)\n", 3)
     # reads of the slots, and writes below them, are fine
     assert spilled_args(READ_PROLOGUE + "  5b1300:\tcmpq   $0x0,0x70(%rsp)\n"
-                        "  5b1304:\tmovups %xmm15,0x50(%rsp)\n", 3)  # fmt: skip
+                        "  5b1304:\tmovups %xmm15,0x50(%rsp)\n"
+                        "  5b1308:\tmov    %rdx,-0x8(%rbp)\n", 3)  # fmt: skip
     assert not spilled_args(READ_PROLOGUE.replace("sub    $0x58", "add    $0x58"), 3)
 
 

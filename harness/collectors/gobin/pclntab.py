@@ -193,7 +193,7 @@ def ret_addresses(path: Path, fn: FuncInfo, listing: str | None = None) -> list[
 
 _FRAME = re.compile(r"^\s*[0-9a-f]+:\s+sub\s+\$(0x[0-9a-f]+),%rsp\s*$", re.M)
 _INSN = re.compile(r"^\s*[0-9a-f]+:\s+(\S+)\s*(.*?)\s*(?:#.*)?$")
-_RSP_SLOT = re.compile(r"^(0x[0-9a-f]+)?\(%rsp\)$")
+_STACK_SLOT = re.compile(r"^(-?0x[0-9a-f]+)?\(%(rsp|rbp)\)$")
 _READ_ONLY = ("cmp", "test", "bt", "ucomis", "comis", "nop", "push", "jmp")  # never write
 _ARG_REGS = ("%rax", "%rbx", "%rcx", "%rdi", "%rsi", "%r8", "%r9", "%r10", "%r11")
 
@@ -219,10 +219,12 @@ def spilled_args(listing: str, words: int) -> bool:
         if op.startswith("call"):
             called = True
             continue
-        slot = _RSP_SLOT.match(args[-1].strip())
+        slot = _STACK_SLOT.match(args[-1].strip())
         if slot is None or op.startswith(_READ_ONLY):
             continue
         off = int(slot.group(1) or "0", 16)
+        if slot.group(2) == "rbp":
+            off += base - 16  # the frame pointer sits the frame's size above the SP
         if off + 16 <= base or off >= base + 8 * words:
             continue  # a write ending before the slots (16: the widest store) or past them
         if off in want and args[0].strip() == want[off] and op == "mov" and not called:
