@@ -17,12 +17,15 @@ MS = 1_000_000
 RUNS = sorted(p for p in (Path(__file__).parent / "fixtures" / "replay").iterdir() if p.is_dir())
 
 
-def _x(source: str, t: int, port: int, seq: int) -> Exchange:
+def _x(
+    source: str, t: int, port: int, seq: int, *, path: str = "/", end: int | None = None
+) -> Exchange:
     return Exchange(
         source=source, side="server" if source != "truth" else "wire",  # type: ignore[arg-type]
         protocol="http/1.1", client_ip="127.0.0.1", client_port=port,
-        server_ip="127.0.0.1", server_port=80, conn_seq=seq, method="GET", path="/",
-        status=200, t_start_ns=t, conn_id=f"c{port}" if source != "truth" else None,
+        server_ip="127.0.0.1", server_port=80, conn_seq=seq, method="GET", path=path,
+        status=200, t_start_ns=t, t_end_ns=end,
+        conn_id=f"c{port}" if source != "truth" else None,
     )  # fmt: skip
 
 
@@ -159,3 +162,77 @@ def test_stitched_while_decoded_equals_stitched_after(run: Path) -> None:
     assert [(c.key, c.send, c.recv) for c in others] == [
         (by_key[c.key].key, by_key[c.key].send, by_key[c.key].recv) for c in others
     ]
+
+
+def _pipelined(late_ms: int, answered_ms: int) -> tuple[list[Exchange], list[Exchange]]:
+    """Connection 5 pipelines 8 requests in one write at 0; the server reads the first 4 at
+    0.5 s and the last 4 (a second read, answered from ``answered_ms`` on) at ``late_ms``;
+    connection 6 moves time on, one exchange per 100 ms over 10 s."""
+    truth = [
+        _x("truth", 0, 5, k, path=f"/{k}",
+           end=(600 + 10 * k if k < 4 else answered_ms + 10 * k) * MS)
+        for k in range(8)
+    ] + [_x("truth", k * 100 * MS, 6, k, end=k * 100 * MS + MS) for k in range(100)]  # fmt: skip
+    seen = [_x("kprobe", 500 * MS, 5, k, path=f"/{k}") for k in range(4)]
+    seen += [_x("kprobe", late_ms * MS, 5, k, path=f"/{k}") for k in range(4, 8)]
+    seen += [_x("kprobe", k * 100 * MS + 50_000, 6, k) for k in range(100)]
+    return truth, seen
+
+
+def test_a_pipelined_request_read_long_after_it_was_sent_is_still_its_partner() -> None:
+    """The server reads requests 4-7 3 s after they were on the wire (busy with the first
+    ones, as a slow QEMU guest was): the sequence it follows gives their partners, however
+    late, so no phantom and no miss."""
+    truth, seen = _pipelined(late_ms=3_000, answered_ms=3_005)
+    m = match(truth, seen)
+    assert not m.phantoms
+    assert len(m.pairs) == len(seen)
+    assert all(v.truth.path == v.observed.path for v in m.pairs if v.truth.client_port == 5)
+    assert all(not v.degraded for v in m.pairs)
+
+
+def test_a_request_read_after_its_answer_went_out_is_not_its_partner() -> None:
+    """The server cannot read a request after answering it: truth answered before the late
+    read (here at 2.6 s, the read at 3 s) is not taken in sequence, nor after the window."""
+    truth, seen = _pipelined(late_ms=3_000, answered_ms=2_600)
+    m = match(truth, seen)
+    assert len(m.phantoms) == 4
+    assert {v.truth.path for v in m.pairs if v.truth.client_port == 5} == {"/0", "/1", "/2", "/3"}
+
+
+@pytest.mark.parametrize("closed", [True, False])
+def test_truth_held_for_a_lost_connection_goes(closed: bool) -> None:
+    """The collector sees the first 4 of a pipelined burst and then loses the connection:
+    the 4 it never saw are held (the server may read them late) only until the collector
+    closes the connection or, if it never says so, until their answers are on the wire
+    (60 s here); then they go, missed, and the matcher holds the window again."""
+    truth, seen = _pipelined(late_ms=0, answered_ms=60_000)
+    seen = [x for x in seen if not (x.client_port == 5 and (x.conn_seq or 0) >= 4)]
+    truth += [_x("truth", k * 100 * MS, 6, k, end=k * 100 * MS + MS) for k in range(100, 700)]
+    seen += [_x("kprobe", k * 100 * MS + 50_000, 6, k) for k in range(100, 700)]
+    seen.sort(key=lambda x: x.t_start_ns or 0)
+    pairs: list[Verdict] = []
+    phantoms: list[Exchange] = []
+    m = StreamMatcher(pairs.append, phantoms.append)
+    order = sorted(range(len(truth)), key=lambda i: (truth[i].t_start_ns or 0, i))
+    held = []
+    k = 0
+    for obs in seen:
+        ahead = (obs.t_start_ns or 0) + HORIZON_NS
+        while k < len(order) and (truth[order[k]].t_start_ns or 0) <= ahead:
+            m.add_truth(truth[order[k]], order[k])
+            k += 1
+        m.add_observed(obs)
+        if closed and obs.client_port == 5 and obs.conn_seq == 3:
+            m.close_connection("c5")
+        m.advance((obs.t_start_ns or 0) + 1)  # as the streamed replay ages: early
+        held.append((obs.t_start_ns or 0, m.retained()["held"]))
+    m.finish()
+    assert not phantoms and len(pairs) == len(seen)
+    assert {v.truth.path for v in pairs if v.truth.client_port == 5} == {"/0", "/1", "/2", "/3"}
+    if closed:
+        assert not any(h for _t, h in held)  # nothing to hold for a closed connection
+    else:
+        assert any(h for t, h in held if 2_100 * MS < t < 60_000 * MS)
+        assert not any(h for t, h in held if t > 60_100 * MS)
+    assert m.retained()["truth"] <= 2 * HORIZON_NS // (100 * MS) + 10

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_replay_bounded import _pipelined
 from test_scoring import RUNS, unpack
 
 from harness.analysis import replay as replay_mod
@@ -147,6 +148,18 @@ def test_kernel_side_stream_hands_over_what_the_whole_decode_gives(
         assert all((x.t_start_ns or 0) >= prev or x.t_start_ns is None for x in b.exchanges)
     if "early" in name and "keepalive" in name:  # seen from their open: handed over early
         assert sum(len(b.exchanges) for b in batches[:-1]) > len(whole) // 2
+
+
+@pytest.mark.parametrize("answered_ms", [3_005, 2_600])
+def test_late_pipelined_reads_stream_as_they_match_whole(answered_ms: int) -> None:
+    """Truth held past the window for a server that reads a pipelined burst late: the
+    streamed row (aged early, at each watermark) scores what the whole lists score."""
+    truth, seen = _pipelined(late_ms=3_000, answered_ms=answered_ms)
+    seen.sort(key=lambda x: (x.t_start_ns or 0, x.conn_seq or 0))
+    whole = score(_row("server"), truth, seen, 0).to_dict()
+    assert (whole["matched"], whole["phantoms"]) == ((108, 0) if answered_ms > 3_000 else (104, 4))
+    for tb, ob in ((1, 1), (7, 5), (1000, 3)):
+        assert _streamed(truth, seen, 0, None, tb, ob) == whole, (tb, ob)
 
 
 def test_a_row_holds_the_window_not_the_recording() -> None:

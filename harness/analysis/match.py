@@ -122,6 +122,14 @@ class _Last:
     blocked_ids: list[int] = field(default_factory=list)  # such truth an id may still take
 
 
+def _awaited(t: Exchange, now: int) -> bool:
+    """Whether a server could still read HTTP/1 truth ``t`` at ``now``, past the window: it
+    reads a request before it answers it, so not once the answer was all on the wire. What
+    such truth a matcher holds is bounded by the exchanges in flight; truth never answered
+    has no such bound and is held only within the window."""
+    return t.stream_id is None and t.t_end_ns is not None and t.t_end_ns + CLOCK_TOLERANCE_NS >= now
+
+
 class StreamMatcher:
     """``match`` over time-ordered streams, holding only the truth of the last few seconds.
 
@@ -151,6 +159,8 @@ class StreamMatcher:
         self._last: dict[_Key, _Last] = {}
         self._key_of: dict[str, _Key] = {}  # conn_id -> the key its _Last is under
         self._aging: list[tuple[int, int, _Key]] = []  # heap of (start, index, key)
+        # connections holding truth past the horizon for their _Last's sequence (_awaited)
+        self._held: set[_Key] = set()
         self._group: list[Exchange] = []  # observations sharing one start time
         self._closing: list[str] = []
         self._count = 0
@@ -160,8 +170,8 @@ class StreamMatcher:
         return {
             "truth": len(self._truth), "candidates": sum(map(len, self._by_conn.values())),
             "connections": len(self._by_conn), "streams": len(self._by_stream),
-            "taken": len(self._taken),
-            "last": len(self._last), "group": len(self._group),
+            "taken": len(self._taken), "last": len(self._last), "group": len(self._group),
+            "held": len(self._held),
         }  # fmt: skip
 
     def run(
@@ -277,18 +287,24 @@ class StreamMatcher:
             self._age(now)
 
     def _age(self, now: int) -> None:
-        """Forget truth too old for any observation from ``now`` on."""
+        """Forget truth too old for any observation from ``now`` on, but what a followed
+        sequence may still read (``_awaited``); that is looked at again each time."""
         cutoff = now - HORIZON_NS
-        keys = set()
+        keys = self._held
+        self._held = set()
         while self._aging and self._aging[0][0] < cutoff:
             keys.add(heapq.heappop(self._aging)[2])
         for key in keys:
             cands = self._by_conn[key]
             n = bisect.bisect_left(cands, (cutoff, -1))
             last = self._last.get(key)
+            kept: list[_Cand] = []
             for cand in cands[:n]:
                 i = cand[1]
                 free = i not in self._taken
+                if free and last is not None and cand > last.cand and _awaited(self._truth[i], now):
+                    kept.append(cand)
+                    continue
                 has_id = ID_HEADER in self._truth[i].req_headers
                 sid = self._truth[i].stream_id
                 if sid is not None:  # the oldest of its stream's candidates too
@@ -304,14 +320,18 @@ class StreamMatcher:
                 if not has_id:  # an id keeps it (and whether it was taken) for by_id
                     self._taken.discard(i)
                     del self._truth[i]
-            if n == len(cands):
+            if kept:
+                self._held.add(key)
+            if n == len(cands) and not kept:
                 del self._by_conn[key]
             else:
-                del cands[:n]
+                cands[:n] = kept
 
     def _next_in_sequence(self, obs: Exchange, cands: list[_Cand], prev: _Last) -> int | None:
         """The first free truth exchange after ``prev`` on the connection that a server
-        could have read by ``obs``'s start."""
+        could have read by ``obs``'s start: not before it was on the wire, and not after it
+        was answered; however late otherwise (a pipelined request waits in the socket
+        while the server handles the ones before it)."""
         if prev.blocked or any(i not in self._taken for i in prev.blocked_ids):
             return None  # the first free one after prev is long past
         ts = obs.t_start_ns or 0
@@ -319,9 +339,13 @@ class StreamMatcher:
             t, i = cands[j]
             if i in self._taken:
                 continue
-            if t > ts + CLOCK_TOLERANCE_NS or ts - t > MATCH_WINDOW_NS:
+            if t > ts + CLOCK_TOLERANCE_NS:
                 return None
-            return i
+            x = self._truth[i]
+            if x.t_end_ns is None or x.stream_id is not None:
+                # no answer on the wire bounds when it was read: the window does
+                return i if ts - t <= MATCH_WINDOW_NS else None
+            return i if _awaited(x, ts) else None
         return None
 
     def _find(self, obs: Exchange, later: int = 0) -> int | None:
