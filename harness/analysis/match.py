@@ -258,7 +258,7 @@ class StreamMatcher:
             if i is None:
                 self._on_phantom(obs)
                 continue
-            if key and obs.conn_seq is not None:
+            if key and obs.conn_seq is not None and obs.side == "server":  # only it follows one
                 self._last[key] = _Last(
                     obs.conn_id, obs.conn_seq, (self._truth[i].t_start_ns or 0, i)
                 )
