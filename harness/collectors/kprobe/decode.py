@@ -255,12 +255,14 @@ def decode_steps(
         del pending_of[key[:3]][key]
         segs = call_segments(call.ts, call.orig, call.parts)
         conn = call.conn
-        unseen = sum(s.orig_len - len(s.data) for s in segs) if len(segs) > 1 else (
-            segs[0].orig_len - len(segs[0].data))
+        unseen = sum(s.orig_len - len(s.data) for s in segs)
         if unseen:
             conn.truncated_bytes += unseen
             st.truncated_bytes += unseen
-        sent = call.direction == "send"
+        take(conn, call.direction == "send", segs)
+
+    def take(conn: Connection, sent: bool, segs: list[Segment]) -> None:
+        """A call's segments, in its direction's order, to its connection."""
         first_sent = sent and not conn.send
         if conn.http1 is not None:
             for seg in segs:
@@ -489,8 +491,13 @@ def decode_steps(
                 elif same:
                     for k in list(same):
                         flush_call(k)
-                pending[pkey] = _Call(conn, direction, ev.ts_ns, ev.orig_len, [(0, payload)])
-                same[pkey] = None
+                if not legacy and ev.cap_len == ev.orig_len:
+                    # captured whole in its first event, so it has no other (the kernel
+                    # emits a call's pieces only for bytes not yet emitted): placed now
+                    take(conn, i == 0, [Segment(ev.ts_ns, payload, ev.orig_len)])
+                else:
+                    pending[pkey] = _Call(conn, direction, ev.ts_ns, ev.orig_len, [(0, payload)])
+                    same[pkey] = None
             elif (call := pending.get(pkey)) is None:
                 st.lost_call_starts += 1
             elif legacy:
