@@ -411,6 +411,7 @@ class Http1Stream:
         if side not in ("client", "server"):
             raise Http1UsageError(f"side must be 'client' or 'server', not {side!r}")
         self.side = side
+        self._client = side == "client"
         self.stitcher = Http1Stitcher(
             side, source, from_start, pipelined, after_loss, pipelining, requests_lost_after
         )
@@ -422,6 +423,8 @@ class Http1Stream:
         self._hand_over = hand_over
 
     def _take(self) -> None:
+        if not self.stitcher.done:
+            return
         xs = self.stitcher.ready()
         if xs and self._on_ready is not None:
             self._on_ready(xs)
@@ -444,7 +447,7 @@ class Http1Stream:
 
     def add(self, sent: bool, seg: Segment) -> None:
         """A segment the observed process sent (else received), in its direction's order."""
-        (self._req if sent == (self.side == "client") else self._resp).append(seg)
+        (self._req if sent == self._client else self._resp).append(seg)
         self._place()
 
     def _place(self, final: bool = False) -> None:
