@@ -2,7 +2,7 @@
  * functions (PB_KPROBES=1) (the seed article's "kprobe" approach), compiled by
  * bcc. Settings arrive as -D cflags, never by editing this text: PB_FILTER_TGID,
  * PB_FILTER_PORTS, PB_SELF_TGID, PB_CHUNK, PB_CALL_LIMIT, PB_H2_BODY_LIMIT,
- * PB_RINGBUF_PAGES, PB_MAX_CONNS, PB_KPROBES.
+ * PB_RINGBUF_PAGES, PB_MAX_CONNS, PB_KPROBES, PB_TASK_STORAGE, PB_EXIT_ARGS.
  *
  * Kernel side does only: connection table, protocol inference, copy bytes.
  * Parsing and stitching happen in replay (user space), from the raw records. */
@@ -21,6 +21,12 @@
 #endif
 #ifndef PB_TASK_STORAGE
 #define PB_TASK_STORAGE 0 /* 1: pending calls in task storage (needs kernel BTF, 5.11+) */
+#endif
+#ifndef PB_EXIT_ARGS
+/* 1: a data call's arguments are read at its exit from the user registers saved at
+ * the syscall's entry (bpf_task_pt_regs: 5.15+, kernel BTF): receives need no enter
+ * program at all, and a send's enter only takes its start time */
+#define PB_EXIT_ARGS 0
 #endif
 #ifndef PB_MAX_CONNS
 #define PB_MAX_CONNS 65536
@@ -192,7 +198,10 @@ BPF_TABLE("lru_hash", u64, struct conn_key, sk_owner, 4096);  /* connecting sock
 BPF_TABLE("lru_hash", struct addr_key, struct addr_val, passive, 4096); /* peer -> local */
 BPF_HASH(connect_fd, u32, s32, 4096);   /* tid -> fd, during connect() */
 BPF_HASH(accept_args_map, u32, struct accept_args, 4096);
-#if PB_TASK_STORAGE
+#if PB_EXIT_ARGS
+/* a send's start time between its enter and exit, kept on the thread itself (0: none) */
+BPF_TASK_STORAGE(send_start, u64);
+#elif PB_TASK_STORAGE
 /* a data call between its enter and exit, kept on the thread itself: task
  * storage costs about a third of a hash update + lookup + delete keyed by tid */
 BPF_TASK_STORAGE(data_args_ts, struct data_args);
@@ -220,9 +229,9 @@ static __always_inline void prof_add(u32 idx, u64 n) {
 }
 
 #if PB_FILTER_TGID && defined(PB_TGID_LIST)
-/* data syscalls entered, by place in PB_TGID_LIST: the hits our targets cause
- * (each one an enter and an exit), for the overhead bench's floor */
-BPF_PERCPU_ARRAY(traced_calls, u64, 16);
+/* data-syscall program runs (enter and exit hits), by place in PB_TGID_LIST: the hits
+ * our targets cause, for the overhead bench's floor */
+BPF_PERCPU_ARRAY(traced_hits, u64, 16);
 #endif
 
 /* the target filter (pb_common.h), with the map when there is no inline list */
@@ -236,6 +245,21 @@ static __always_inline int port_traced(u16 a, u16 b) {
     return ports.lookup(&a) != NULL || ports.lookup(&b) != NULL;
 #else
     return 1;
+#endif
+}
+
+/* The target filter of the data-syscall programs, first thing: 1 if tgid is traced
+ * (its hit counted, with an inline list), 0 for every other process. */
+static __always_inline int data_hit(u32 tgid) {
+#if PB_FILTER_TGID && defined(PB_TGID_LIST)
+    int slot = pb_tgid_index(tgid);
+    if (slot < 0) return 0;
+    u32 k = slot;
+    u64 *nc = traced_hits.lookup(&k);
+    if (nc) *nc += 1;
+    return 1;
+#else
+    return tgid_traced(tgid);
 #endif
 }
 
@@ -592,17 +616,19 @@ static __always_inline u8 infer(const u8 *b, u32 len, u8 from_start) {
 }
 
 /* ---- data */
+#if PB_EXIT_ARGS
+/* A send's enter: its start time only (on_data_exit reads the arguments). */
+static __always_inline int on_send_enter(void) {
+    if (!data_hit(bpf_get_current_pid_tgid() >> 32)) return 0;
+    struct task_struct *t = (struct task_struct *)bpf_get_current_task_btf();
+    u64 *st = send_start.task_storage_get(t, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+    if (st) *st = bpf_ktime_get_ns();
+    return 0;
+}
+#else
 static __always_inline int on_data_enter(u8 sc, u8 dir, int fd, u64 buf, u32 iovcnt) {
     u64 id = bpf_get_current_pid_tgid();
-#if PB_FILTER_TGID && defined(PB_TGID_LIST)
-    int slot = pb_tgid_index(id >> 32);
-    if (slot < 0) return 0;
-    u32 k = slot;
-    u64 *nc = traced_calls.lookup(&k);
-    if (nc) *nc += 1;
-#else
-    if (!tgid_traced(id >> 32)) return 0;
-#endif
+    if (!data_hit(id >> 32)) return 0;
 #if PB_TASK_STORAGE
     struct task_struct *t = (struct task_struct *)bpf_get_current_task_btf();
     struct data_args *ap = data_args_ts.task_storage_get(t, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
@@ -622,6 +648,7 @@ static __always_inline int on_data_enter(u8 sc, u8 dir, int fd, u64 buf, u32 iov
 #endif
     return 0;
 }
+#endif
 
 /* Reserve one data event with room for `cls` payload bytes. The verifier needs a
  * constant size per reserve, so events come in size classes (PB_CHUNK the
@@ -1834,13 +1861,40 @@ int data_fn(void *ctx) {
 
 /* The sys_exit_* side: stash the call and go on in data_fn. The work is there,
  * once, rather than inlined into all eight programs (each copy costs the
- * verifier seconds at attach). */
-static __always_inline int on_data_exit(void *ctx, long ret) {
+ * verifier seconds at attach). sc and dir name the syscall (with PB_EXIT_ARGS; else
+ * its enter stashed them). */
+static __always_inline int on_data_exit(void *ctx, long ret, u8 sc, u8 dir) {
     u64 id = bpf_get_current_pid_tgid();
-    if (!tgid_traced(id >> 32)) return 0;  /* others: no lookup when the list is inline */
+    if (!data_hit(id >> 32)) return 0;  /* others: no lookup when the list is inline */
     if (ret <= 0) prof_add(PB_PROF_EMPTY_CALLS, 1);
     u32 tid = (u32)id;
-#if PB_TASK_STORAGE
+#if PB_EXIT_ARGS
+    struct task_struct *t = (struct task_struct *)bpf_get_current_task_btf();
+    struct data_args a = {.enter_ns = 1, .syscall = sc, .dir = dir};
+    if (dir == PB_DIR_SEND) {
+        /* a send is timed when it starts; none stashed: it began before the attach */
+        u64 *st = send_start.task_storage_get(t, 0, 0);
+        if (!st || !*st) return 0;
+        a.enter_ns = *st;
+        *st = 0;
+    }
+    if (ret <= 0) return 0;
+    /* the arguments, from the user registers saved at the syscall's entry (a syscall
+     * returns its value in ax and leaves the argument registers as they were) */
+    struct pt_regs r = {};
+    if (bpf_probe_read_kernel(&r, sizeof(r), (void *)bpf_task_pt_regs(t)) < 0) return 0;
+    a.fd = (int)PT_REGS_PARM1(&r);
+    a.buf = (u64)PT_REGS_PARM2(&r);
+    if (sc == PB_SC_READV || sc == PB_SC_WRITEV) {
+        a.iovcnt = (u32)PT_REGS_PARM3(&r);
+    } else if (sc == PB_SC_SENDMSG || sc == PB_SC_RECVMSG) {
+        /* the kernel writes back a msghdr's lengths and flags, never msg_iov/msg_iovlen */
+        struct user_msghdr m = {};
+        if (bpf_probe_read_user(&m, sizeof(m), (void *)a.buf) < 0) return 0;
+        a.buf = (u64)m.msg_iov;
+        a.iovcnt = (u32)m.msg_iovlen;
+    }
+#elif PB_TASK_STORAGE
     struct task_struct *t = (struct task_struct *)bpf_get_current_task_btf();
     struct data_args *ap = data_args_ts.task_storage_get(t, 0, 0);
     if (!ap || !ap->enter_ns) return 0;
@@ -1875,11 +1929,13 @@ static __always_inline int on_data_exit(void *ctx, long ret) {
     return 0;
 }
 
+#if !PB_EXIT_ARGS
 static __always_inline int on_msg_enter(u8 sc, u8 dir, int fd, u64 msg) {
     struct user_msghdr m = {};
     if (bpf_probe_read_user(&m, sizeof(m), (void *)msg) < 0) return 0;
     return on_data_enter(sc, dir, fd, (u64)m.msg_iov, (u32)m.msg_iovlen);
 }
+#endif
 
 /* ---- the syscall hooks: thin entry points into the on_* logic above, attached
  * either to the syscall tracepoints (default) or, with PB_KPROBES, as kprobes on
@@ -1894,22 +1950,38 @@ TRACEPOINT_PROBE(syscalls, sys_exit_accept4) { return on_accept_exit(args->ret);
 TRACEPOINT_PROBE(syscalls, sys_enter_close) { return on_close_enter(args->fd); }
 TRACEPOINT_PROBE(syscalls, sys_exit_dup2) { return on_fd_replaced(args->ret); }
 TRACEPOINT_PROBE(syscalls, sys_exit_dup3) { return on_fd_replaced(args->ret); }
+#if PB_EXIT_ARGS
+/* receives: the exit alone; sends: an enter for the start time */
+TRACEPOINT_PROBE(syscalls, sys_exit_read) { return on_data_exit(args, args->ret, PB_SC_READ, PB_DIR_RECV); }
+TRACEPOINT_PROBE(syscalls, sys_enter_write) { return on_send_enter(); }
+TRACEPOINT_PROBE(syscalls, sys_exit_write) { return on_data_exit(args, args->ret, PB_SC_WRITE, PB_DIR_SEND); }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendto) { return on_send_enter(); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendto) { return on_data_exit(args, args->ret, PB_SC_SENDTO, PB_DIR_SEND); }
+TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom) { return on_data_exit(args, args->ret, PB_SC_RECVFROM, PB_DIR_RECV); }
+TRACEPOINT_PROBE(syscalls, sys_exit_readv) { return on_data_exit(args, args->ret, PB_SC_READV, PB_DIR_RECV); }
+TRACEPOINT_PROBE(syscalls, sys_enter_writev) { return on_send_enter(); }
+TRACEPOINT_PROBE(syscalls, sys_exit_writev) { return on_data_exit(args, args->ret, PB_SC_WRITEV, PB_DIR_SEND); }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg) { return on_send_enter(); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg) { return on_data_exit(args, args->ret, PB_SC_SENDMSG, PB_DIR_SEND); }
+TRACEPOINT_PROBE(syscalls, sys_exit_recvmsg) { return on_data_exit(args, args->ret, PB_SC_RECVMSG, PB_DIR_RECV); }
+#else
 TRACEPOINT_PROBE(syscalls, sys_enter_read) { return on_data_enter(PB_SC_READ, PB_DIR_RECV, args->fd, (u64)args->buf, 0); }
-TRACEPOINT_PROBE(syscalls, sys_exit_read) { return on_data_exit(args, args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_read) { return on_data_exit(args, args->ret, 0, 0); }
 TRACEPOINT_PROBE(syscalls, sys_enter_write) { return on_data_enter(PB_SC_WRITE, PB_DIR_SEND, args->fd, (u64)args->buf, 0); }
-TRACEPOINT_PROBE(syscalls, sys_exit_write) { return on_data_exit(args, args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_write) { return on_data_exit(args, args->ret, 0, 0); }
 TRACEPOINT_PROBE(syscalls, sys_enter_sendto) { return on_data_enter(PB_SC_SENDTO, PB_DIR_SEND, args->fd, (u64)args->buff, 0); }
-TRACEPOINT_PROBE(syscalls, sys_exit_sendto) { return on_data_exit(args, args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendto) { return on_data_exit(args, args->ret, 0, 0); }
 TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom) { return on_data_enter(PB_SC_RECVFROM, PB_DIR_RECV, args->fd, (u64)args->ubuf, 0); }
-TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom) { return on_data_exit(args, args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom) { return on_data_exit(args, args->ret, 0, 0); }
 TRACEPOINT_PROBE(syscalls, sys_enter_readv) { return on_data_enter(PB_SC_READV, PB_DIR_RECV, args->fd, (u64)args->vec, args->vlen); }
-TRACEPOINT_PROBE(syscalls, sys_exit_readv) { return on_data_exit(args, args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_readv) { return on_data_exit(args, args->ret, 0, 0); }
 TRACEPOINT_PROBE(syscalls, sys_enter_writev) { return on_data_enter(PB_SC_WRITEV, PB_DIR_SEND, args->fd, (u64)args->vec, args->vlen); }
-TRACEPOINT_PROBE(syscalls, sys_exit_writev) { return on_data_exit(args, args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_writev) { return on_data_exit(args, args->ret, 0, 0); }
 TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg) { return on_msg_enter(PB_SC_SENDMSG, PB_DIR_SEND, args->fd, (u64)args->msg); }
-TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg) { return on_data_exit(args, args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg) { return on_data_exit(args, args->ret, 0, 0); }
 TRACEPOINT_PROBE(syscalls, sys_enter_recvmsg) { return on_msg_enter(PB_SC_RECVMSG, PB_DIR_RECV, args->fd, (u64)args->msg); }
-TRACEPOINT_PROBE(syscalls, sys_exit_recvmsg) { return on_data_exit(args, args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_recvmsg) { return on_data_exit(args, args->ret, 0, 0); }
+#endif
 #else
 /* Not auto-attached (no kprobe__ prefix): the recorder attaches each
  * pb_sysenter__NAME / pb_sysexit__NAME to the kernel's NAME syscall function
@@ -1931,20 +2003,35 @@ int pb_sysexit__accept4(struct pt_regs *ctx) { return on_accept_exit(PB_RET); }
 int pb_sysenter__close(struct pt_regs *ctx) { PB_SYSREGS; return on_close_enter(PB_A1); }
 int pb_sysexit__dup2(struct pt_regs *ctx) { return on_fd_replaced(PB_RET); }
 int pb_sysexit__dup3(struct pt_regs *ctx) { return on_fd_replaced(PB_RET); }
+#if PB_EXIT_ARGS
+int pb_sysexit__read(struct pt_regs *ctx) { return on_data_exit(ctx, PB_RET, PB_SC_READ, PB_DIR_RECV); }
+int pb_sysenter__write(struct pt_regs *ctx) { return on_send_enter(); }
+int pb_sysexit__write(struct pt_regs *ctx) { return on_data_exit(ctx, PB_RET, PB_SC_WRITE, PB_DIR_SEND); }
+int pb_sysenter__sendto(struct pt_regs *ctx) { return on_send_enter(); }
+int pb_sysexit__sendto(struct pt_regs *ctx) { return on_data_exit(ctx, PB_RET, PB_SC_SENDTO, PB_DIR_SEND); }
+int pb_sysexit__recvfrom(struct pt_regs *ctx) { return on_data_exit(ctx, PB_RET, PB_SC_RECVFROM, PB_DIR_RECV); }
+int pb_sysexit__readv(struct pt_regs *ctx) { return on_data_exit(ctx, PB_RET, PB_SC_READV, PB_DIR_RECV); }
+int pb_sysenter__writev(struct pt_regs *ctx) { return on_send_enter(); }
+int pb_sysexit__writev(struct pt_regs *ctx) { return on_data_exit(ctx, PB_RET, PB_SC_WRITEV, PB_DIR_SEND); }
+int pb_sysenter__sendmsg(struct pt_regs *ctx) { return on_send_enter(); }
+int pb_sysexit__sendmsg(struct pt_regs *ctx) { return on_data_exit(ctx, PB_RET, PB_SC_SENDMSG, PB_DIR_SEND); }
+int pb_sysexit__recvmsg(struct pt_regs *ctx) { return on_data_exit(ctx, PB_RET, PB_SC_RECVMSG, PB_DIR_RECV); }
+#else
 int pb_sysenter__read(struct pt_regs *ctx) { PB_SYSREGS; return on_data_enter(PB_SC_READ, PB_DIR_RECV, PB_A1, PB_A2, 0); }
-int pb_sysexit__read(struct pt_regs *ctx) { return on_data_exit(ctx, PB_RET); }
+int pb_sysexit__read(struct pt_regs *ctx) { return on_data_exit(ctx, PB_RET, 0, 0); }
 int pb_sysenter__write(struct pt_regs *ctx) { PB_SYSREGS; return on_data_enter(PB_SC_WRITE, PB_DIR_SEND, PB_A1, PB_A2, 0); }
-int pb_sysexit__write(struct pt_regs *ctx) { return on_data_exit(ctx, PB_RET); }
+int pb_sysexit__write(struct pt_regs *ctx) { return on_data_exit(ctx, PB_RET, 0, 0); }
 int pb_sysenter__sendto(struct pt_regs *ctx) { PB_SYSREGS; return on_data_enter(PB_SC_SENDTO, PB_DIR_SEND, PB_A1, PB_A2, 0); }
-int pb_sysexit__sendto(struct pt_regs *ctx) { return on_data_exit(ctx, PB_RET); }
+int pb_sysexit__sendto(struct pt_regs *ctx) { return on_data_exit(ctx, PB_RET, 0, 0); }
 int pb_sysenter__recvfrom(struct pt_regs *ctx) { PB_SYSREGS; return on_data_enter(PB_SC_RECVFROM, PB_DIR_RECV, PB_A1, PB_A2, 0); }
-int pb_sysexit__recvfrom(struct pt_regs *ctx) { return on_data_exit(ctx, PB_RET); }
+int pb_sysexit__recvfrom(struct pt_regs *ctx) { return on_data_exit(ctx, PB_RET, 0, 0); }
 int pb_sysenter__readv(struct pt_regs *ctx) { PB_SYSREGS; return on_data_enter(PB_SC_READV, PB_DIR_RECV, PB_A1, PB_A2, PB_A3); }
-int pb_sysexit__readv(struct pt_regs *ctx) { return on_data_exit(ctx, PB_RET); }
+int pb_sysexit__readv(struct pt_regs *ctx) { return on_data_exit(ctx, PB_RET, 0, 0); }
 int pb_sysenter__writev(struct pt_regs *ctx) { PB_SYSREGS; return on_data_enter(PB_SC_WRITEV, PB_DIR_SEND, PB_A1, PB_A2, PB_A3); }
-int pb_sysexit__writev(struct pt_regs *ctx) { return on_data_exit(ctx, PB_RET); }
+int pb_sysexit__writev(struct pt_regs *ctx) { return on_data_exit(ctx, PB_RET, 0, 0); }
 int pb_sysenter__sendmsg(struct pt_regs *ctx) { PB_SYSREGS; return on_msg_enter(PB_SC_SENDMSG, PB_DIR_SEND, PB_A1, PB_A2); }
-int pb_sysexit__sendmsg(struct pt_regs *ctx) { return on_data_exit(ctx, PB_RET); }
+int pb_sysexit__sendmsg(struct pt_regs *ctx) { return on_data_exit(ctx, PB_RET, 0, 0); }
 int pb_sysenter__recvmsg(struct pt_regs *ctx) { PB_SYSREGS; return on_msg_enter(PB_SC_RECVMSG, PB_DIR_RECV, PB_A1, PB_A2); }
-int pb_sysexit__recvmsg(struct pt_regs *ctx) { return on_data_exit(ctx, PB_RET); }
+int pb_sysexit__recvmsg(struct pt_regs *ctx) { return on_data_exit(ctx, PB_RET, 0, 0); }
+#endif
 #endif
