@@ -95,7 +95,7 @@ class Recorder:
         self.defines.update(socket_walk_defines())
         if Path("/sys/kernel/btf/vmlinux").exists():
             self.defines["PB_TASK_STORAGE"] = 1  # bpf_get_current_task_btf needs kernel BTF
-            # bpf_task_pt_regs (5.15): data calls' arguments read at their exit
+            # bpf_task_pt_regs (5.15): receives' arguments read at their exit, no enter program
             self.defines["PB_EXIT_ARGS"] = int(hooks.kernel_at_least(5, 15))
         if 0 < len(tgids) <= INLINE_TGIDS:
             self.defines["PB_TGID_LIST"] = ",".join(str(t) for t in tgids)
