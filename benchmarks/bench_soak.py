@@ -3,14 +3,23 @@
     PROBEBENCH_SOAK_S=60 .venv/bin/pytest benchmarks/bench_soak.py --benchmark-only -s
 
 Sets up nginx itself (a temporary config on a free loopback port, 612-byte pages,
-sendfile off so the kernel side sees the bodies), records `wrk -t1 -c4` for
-PROBEBENCH_SOAK_S seconds (default 60) with the kernel-side collector, then times
-`probebench replay` of the run in a child process. Reports exchanges, replay wall
-time, peak RSS (replay and its truth worker as replay.json has them; and, sampled every
-0.2 s, the whole process tree's: the sum of its resident sets, and each program's peak,
-tshark's included) and exchanges/s per core in `extra_info` of the bench results
-(results/bench.json under `nox -s bench`).
-Root, BPF, nginx and wrk needed; the run directory goes under a temporary folder.
+sendfile off so the kernel side sees the bodies), records `wrk` (PROBEBENCH_SOAK_WRK,
+default "-t1 -c4") for PROBEBENCH_SOAK_S seconds (default 60) with the kernel-side
+collector, then times `probebench replay` of the run in a child process. Reports in
+`extra_info` of the bench results (results/bench.json under `nox -s bench`) and prints:
+
+- exchanges per source and ``exchanges_all``, the count issue 14 states soaks in: truth
+  plus the kernel side's client and server exchanges (3 per request on a clean run);
+- replay wall time, and CPU seconds and peak RSS per process: the main process, the
+  truth worker and tshark (replay.json; tshark's peak is sampled: its VmHWM);
+- ``peak_rss_sum_mb``: those three peaks added up, an upper bound of what the replay
+  held at once (they need not peak together), beside the sampled sum of the whole process
+  tree's resident sets (``tree_peak_rss_mb``);
+- exchanges/s per core, and the truth's tshark parts.
+
+Root, BPF, nginx and wrk needed; the run directory goes under a temporary folder, or
+under PROBEBENCH_SOAK_OUT, where it is kept (a 60 s soak takes 2-4 GB: the bench skips
+when less than 10 GB are free there).
 
     PROBEBENCH_REPLAY_RUN=DIR .venv/bin/pytest benchmarks/bench_soak.py -k recording \
         --benchmark-only -s
@@ -46,6 +55,9 @@ from harness.procfs import descendants, memory_kb
 ROOT = Path(__file__).resolve().parent.parent
 SOAK_S = float(os.environ.get("PROBEBENCH_SOAK_S", "60"))
 REPLAY_RUN = os.environ.get("PROBEBENCH_REPLAY_RUN")
+SOAK_WRK = os.environ.get("PROBEBENCH_SOAK_WRK", "-t1 -c4").split()
+SOAK_OUT = os.environ.get("PROBEBENCH_SOAK_OUT")
+MIN_FREE = 10 << 30
 PROBEBENCH = str(Path(sys.executable).with_name("probebench"))
 
 pytestmark = pytest.mark.slow
@@ -100,10 +112,15 @@ def test_soak_replay(
     benchmark: BenchmarkFixture, nginx: int, tmp_path: Path
 ) -> None:
     url = f"http://127.0.0.1:{nginx}/index.html"
+    out = Path(SOAK_OUT) if SOAK_OUT else tmp_path
+    out.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(out).free
+    if free < MIN_FREE:
+        pytest.skip(f"{free / 2**30:.1f} GB free in {out}: a soak needs up to 10 GB")
     rec = subprocess.run(
         ["timeout", str(int(SOAK_S) + 240), PROBEBENCH, "observe", "--port", str(nginx),
          "--collectors", "kprobe", "--duration", str(SOAK_S + 60), "--no-replay",
-         "--out", str(tmp_path), "--", "wrk", "-t1", "-c4", f"-d{SOAK_S:g}s", url],
+         "--out", str(out), "--", "wrk", *SOAK_WRK, f"-d{SOAK_S:g}s", url],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert rec.returncode == 0, rec.stderr[-2000:]
@@ -197,16 +214,29 @@ def _timed_replay(benchmark: BenchmarkFixture, run_dir: Path) -> dict:
     truth = int(metrics["truth"]["exchanges"])
     cpu = (cpu1.children_user - cpu0.children_user) + (cpu1.children_system - cpu0.children_system)
     rows = [r for r in metrics["rows"] if r["variant"] == "default"]
+    by_source = {k: v for k, v in stats["exchanges"].items() if v}
+    # tshark's own high-water mark, sampled (its rusage would count the worker's RSS at fork)
+    tshark_kb = tree["peak_kb"].get("tshark", 0)
+    peaks = {"main": stats["peak_rss_kb"], "truth_worker": stats["truth_peak_rss_kb"],
+             "tshark": tshark_kb}  # fmt: skip
     info = {
         "run": run_dir.name,
         "truth_exchanges": truth,
+        "exchanges": by_source,
+        "exchanges_all": sum(by_source.values()),
+        "cpu_s": {"main": stats.get("cpu_s"), "truth_worker": stats.get("truth_cpu_s"),
+                  "tshark": stats.get("tshark_cpu_s")},
+        "peak_rss_mb": {k: round(v / 1024) for k, v in peaks.items()},
+        "peak_rss_sum_mb": round(sum(peaks.values()) / 1024),
+        "tshark_parts": metrics["truth"].get("tshark_parts"),
+        "tshark_parts_given_up": metrics["truth"].get("parts_given_up"),
         "replay_wall_s": round(wall, 2),
         "replay_cpu_s": round(cpu, 2),
         "exchanges_per_s": round(truth / wall) if wall else None,
         "exchanges_per_cpu_s": round(truth / cpu) if cpu else None,
         "exchanges_per_s_per_core": round(truth / wall / (os.cpu_count() or 1)) if wall else None,
-        "peak_rss_mb": round(stats["peak_rss_kb"] / 1024),
-        "truth_peak_rss_mb": round(stats["truth_peak_rss_kb"] / 1024),
+        "all_exchanges_per_s_per_core":
+            round(sum(by_source.values()) / wall / (os.cpu_count() or 1)) if wall else None,
         # sampled: what the replay's processes held at once, and each program's own peak
         "tree_peak_rss_mb": round(tree["sum_kb"] / 1024),
         "peak_rss_by_program_mb": {k: round(v / 1024) for k, v in tree["peak_kb"].items()},

@@ -39,7 +39,10 @@
 #define PB_TSTAT_ADDR_NONE 6
 #define PB_TSTAT_ADDR_MISMATCH 7 /* the call's socket differs from the SSL's last one */
 #define PB_TSTAT_NESTED 8        /* an SSL call entered while one was open on the thread */
-#define PB_TSTAT_MAX 9
+/* Go: a Read returned whose entry no probe saw (the goroutine was parked in it when the
+ * probes went in): its plaintext went unseen, and replay trims what answers it */
+#define PB_TSTAT_READ_UNSEEN 9
+#define PB_TSTAT_MAX 10
 
 struct pb_tls_event {
     u64 ts_ns;    /* send: when the call began; receive: when it returned */

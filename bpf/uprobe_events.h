@@ -45,11 +45,13 @@
 /* PB_STAT_DROPPED 0 (pb_common.h): ring buffer full, event lost */
 #define PB_USTAT_HEADER_EVENTS 1
 #define PB_USTAT_DATA_EVENTS 2
+#define PB_USTAT_USER_READS 3       /* reads of user memory (only with PB_PROFILE) */
 #define PB_USTAT_EXTRA_FIELDS 4     /* fields beyond PB_MAX_BLOCK_FIELDS in a block */
 #define PB_USTAT_READ_ERRORS 5
 #define PB_USTAT_CUT_VALUES 6       /* names or values captured only in part */
 #define PB_USTAT_RST_EVENTS 7
 #define PB_USTAT_HITS 8             /* + probe id (1..9): uprobe hits per probe */
+#define PB_USTAT_CONN_CACHED 20      /* connections found in the goroutine cache (PB_PROFILE) */
 #define PB_USTAT_MAX 24
 
 /* A header block is sent as one or more events (parts) of up to PB_EV_FIELDS fields and
@@ -83,14 +85,23 @@ struct pb_header_event {
     u8 blob[PB_HDR_BLOB];
 };
 
-/* one header field in a pb_header_event's blob, followed by name_cap bytes of its name
- * and value_cap bytes of its value */
+/* one header field in a pb_header_event's blob, followed by its name (the 8-byte address
+ * if `how` has PB_HOW_NAME_ADDR, then name_cap bytes) and its value (the same, with
+ * PB_HOW_VALUE_ADDR). A string in the binary's read-only segment is the same bytes
+ * wherever it is met in that process: it comes with its address, and once a CPU has sent
+ * it (tgid, address, length) later fields name it by address only (PB_HOW_*_REF, no
+ * bytes), which replay resolves from the record that carried them. */
 struct pb_hfield {
     u32 name_len;  /* original lengths (clamped to 2^32-1) */
     u32 value_len;
-    u32 name_cap;  /* captured lengths: less than the original = cut */
+    u32 name_cap;  /* captured lengths: less than the original = cut (unless by reference) */
     u32 value_cap;
+    u32 how;       /* PB_HOW_* */
 };
+#define PB_HOW_NAME_ADDR 1  /* the name's address precedes its bytes */
+#define PB_HOW_NAME_REF 2   /* with PB_HOW_NAME_ADDR: no bytes, they were sent before */
+#define PB_HOW_VALUE_ADDR 4
+#define PB_HOW_VALUE_REF 8
 
 struct pb_data_event {
 #include "uprobe_event_head.h"

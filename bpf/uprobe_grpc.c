@@ -58,6 +58,19 @@ static __always_inline void stat_add(u32 idx, u64 n) {
     pb_count(stats.lookup(&idx), n);
 }
 
+#ifndef PB_PROFILE
+#define PB_PROFILE 0 /* 1: count user-memory reads (PB_USTAT_USER_READS, recorder --profile) */
+#endif
+/* Every read of the traced process's memory goes through here: a read costs about as much
+ * as copying a few hundred bytes (page-fault-safe copy, per call), so their number, not
+ * their size, sets a hit's cost; --profile counts them. */
+static __always_inline long uread(void *dst, u32 size, const void *src) {
+#if PB_PROFILE
+    stat_add(PB_USTAT_USER_READS, 1);
+#endif
+    return bpf_probe_read_user(dst, size, src);
+}
+
 static __always_inline u32 bound(u32 v, u32 mask) {
     /* the asm keeps clang from dropping a mask it can prove redundant */
     asm volatile("%0 &= %1" : "+r"(v) : "r"(mask));
@@ -66,7 +79,7 @@ static __always_inline u32 bound(u32 v, u32 mask) {
 
 static __always_inline u64 rd64(u64 addr) {
     u64 v = 0;
-    if (!addr || bpf_probe_read_user(&v, sizeof(v), (void *)addr) < 0) return 0;
+    if (!addr || uread(&v, sizeof(v), (void *)addr) < 0) return 0;
     return v;
 }
 
@@ -140,18 +153,18 @@ static __always_inline u8 read_tcpaddr(struct go_iface *i, u64 t, u8 *ip, u16 *p
     u64 p = 0;
 #if PB_TCPADDR_PORT == PB_TCPADDR_IP + 24
     struct { struct go_slice ip; u64 port; } ta = {};
-    if (bpf_probe_read_user(&ta, sizeof(ta), (void *)(i->data + PB_TCPADDR_IP)) < 0)
+    if (uread(&ta, sizeof(ta), (void *)(i->data + PB_TCPADDR_IP)) < 0)
         return PB_ADDR_UNREADABLE;
     s = ta.ip;
     p = ta.port;
 #else
-    if (bpf_probe_read_user(&s, sizeof(s), (void *)(i->data + PB_TCPADDR_IP)) < 0)
+    if (uread(&s, sizeof(s), (void *)(i->data + PB_TCPADDR_IP)) < 0)
         return PB_ADDR_UNREADABLE;
     p = rd64(i->data + PB_TCPADDR_PORT);
 #endif
     u32 n = s.len == 4 ? 4 : 16;
     if (s.len != 4 && s.len != 16) return PB_ADDR_UNREADABLE;
-    if (bpf_probe_read_user(ip, n, (void *)s.ptr) < 0) return PB_ADDR_UNREADABLE;
+    if (uread(ip, n, (void *)s.ptr) < 0) return PB_ADDR_UNREADABLE;
     *port = (u16)p;
     *ip_len = n;
     return PB_ADDR_OK;
@@ -169,7 +182,7 @@ static __always_inline void unwrap(struct go_iface *i, u64 *t) {
     if (!inner && type_is(*t, PB_TYPE_TLSCONN)) inner = i->data + PB_TLSCONN_INNER;
 #endif
     struct go_iface w = {};
-    if (!inner || bpf_probe_read_user(&w, sizeof(w), (void *)inner) < 0 || !w.data) return;
+    if (!inner || uread(&w, sizeof(w), (void *)inner) < 0 || !w.data) return;
     *i = w;
     *t = dyn_type(w.tab);
 }
@@ -182,7 +195,7 @@ static __always_inline void conn_of(struct conn_addr *c, u64 root, s64 s0, u64 t
     u64 obj = hop(hop(root, s0, t0), s1, t1);
     if (!obj) return;
     struct go_iface ci = {};
-    if (bpf_probe_read_user(&ci, sizeof(ci), (void *)(obj + conn_off)) < 0 || !ci.data) return;
+    if (uread(&ci, sizeof(ci), (void *)(obj + conn_off)) < 0 || !ci.data) return;
     c->conn = ci.data; /* a stable name even when the type is not TCP */
 #if PB_HAVE_ADDR
     u64 t = dyn_type(ci.tab);
@@ -195,17 +208,17 @@ static __always_inline void conn_of(struct conn_addr *c, u64 root, s64 s0, u64 t
     if (!fd) return;
     c->conn = fd;
     s32 sysfd = -1;
-    bpf_probe_read_user(&sysfd, sizeof(sysfd), (void *)(fd + PB_NETFD_SYSFD));
+    uread(&sysfd, sizeof(sysfd), (void *)(fd + PB_NETFD_SYSFD));
     c->fd = sysfd;
     struct go_iface la = {}, ra = {};
 #if PB_NETFD_RADDR == PB_NETFD_LADDR + 16
     struct go_iface both[2] = {};
-    if (bpf_probe_read_user(both, sizeof(both), (void *)(fd + PB_NETFD_LADDR)) < 0) return;
+    if (uread(both, sizeof(both), (void *)(fd + PB_NETFD_LADDR)) < 0) return;
     la = both[0];
     ra = both[1];
 #else
-    if (bpf_probe_read_user(&la, sizeof(la), (void *)(fd + PB_NETFD_LADDR)) < 0 ||
-        bpf_probe_read_user(&ra, sizeof(ra), (void *)(fd + PB_NETFD_RADDR)) < 0)
+    if (uread(&la, sizeof(la), (void *)(fd + PB_NETFD_LADDR)) < 0 ||
+        uread(&ra, sizeof(ra), (void *)(fd + PB_NETFD_RADDR)) < 0)
         return;
 #endif
     /* both addresses are usually of one type: its itab's type is read once */
@@ -220,6 +233,48 @@ static __always_inline void conn_of(struct conn_addr *c, u64 root, s64 s0, u64 t
 }
 
 #define CONN_PATH(P) PB_##P##_S0, PB_##P##_T0, PB_##P##_S1, PB_##P##_T1, PB_##P##_CONN
+
+/* ---- the connection, remembered per goroutine. Every probe runs on a goroutine that serves
+ * one connection for its whole life (the transport's reader, or its loopyWriter), so the
+ * walk above (about 10 reads) is done once per (process, goroutine id, probe) and then
+ * costs one read: the goroutine id from the g that Go's register ABI keeps in R14. Ids are
+ * never reused; the entry also holds the probe's root object, and a hit whose root differs
+ * walks again. PB_G_GOID is runtime.g's goid offset (0: not known, no cache). */
+#ifndef PB_G_GOID
+#define PB_G_GOID 0
+#endif
+#if PB_G_GOID
+struct conn_key { u64 goid; u32 tgid; u32 probe; };
+struct conn_val { u64 root; struct conn_addr c; };
+BPF_TABLE("lru_hash", struct conn_key, struct conn_val, conn_cache, 8192);
+#endif
+
+static __always_inline void conn_at(struct pt_regs *ctx, struct conn_addr *c, u32 probe,
+                                    u64 root, s64 s0, u64 t0, s64 s1, u64 t1, s64 conn_off) {
+#if PB_G_GOID
+    struct conn_key k = {};
+    k.goid = rd64(ctx->r14 + PB_G_GOID);
+    k.tgid = bpf_get_current_pid_tgid() >> 32;
+    k.probe = probe;
+    struct conn_val *v = k.goid && root ? conn_cache.lookup(&k) : NULL;
+    if (v && v->root == root) {
+        __builtin_memcpy(c, &v->c, sizeof(*c));
+#if PB_PROFILE
+        stat_add(PB_USTAT_CONN_CACHED, 1);
+#endif
+        return;
+    }
+#endif
+    conn_of(c, root, s0, t0, s1, t1, conn_off);
+#if PB_G_GOID
+    if (k.goid && root && c->conn && c->status == PB_ADDR_OK) {
+        struct conn_val nv = {};
+        nv.root = root;
+        __builtin_memcpy(&nv.c, c, sizeof(*c));
+        conn_cache.update(&k, &nv);
+    }
+#endif
+}
 
 /* the prefix both event structs share */
 #define FILL_PREFIX(e, c, kind_, probe_, role_, dir_)                  \
@@ -263,7 +318,7 @@ static __always_inline u32 blob_put(struct pb_header_event *e, struct go_string 
     u32 o = bound(off, PB_HDR_BLOB - 1);
     u32 m = bound(n, PB_HDR_BLOB - 1);
     if (!m) return 0;
-    if (bpf_probe_read_user(e->blob + o, m, (void *)s->ptr) < 0) {
+    if (uread(e->blob + o, m, (void *)s->ptr) < 0) {
         stat_add(PB_USTAT_READ_ERRORS, 1);
         return 0;
     }
@@ -271,14 +326,39 @@ static __always_inline u32 blob_put(struct pb_header_event *e, struct go_string 
     return m;
 }
 
+/* Where a block's walk stands between the runs of its tail-call chain (one CPU), and the
+ * (name, value) string headers of up to PB_FCHUNK fields from index base, fetched in one
+ * read: each probe read costs more than copying a few hundred bytes. `ro` remembers the
+ * read-only strings this CPU has sent (pb_hfield): a slot is good while its epoch is the
+ * walk's, which moves on when a record is lost (its strings must be sent again). */
+#define PB_FCHUNK 8
+#define PB_FBUF 512 /* power of two > PB_FCHUNK * PB_HFIELD_SIZE */
+#define PB_RO_SLOTS 256 /* power of two */
+_Static_assert(PB_FCHUNK * PB_HFIELD_SIZE < PB_FBUF, "field chunk exceeds its buffer");
+struct roslot { u64 ptr; u32 len; u32 tgid; u32 epoch; u32 pad; };
+struct hwalk {
+    u64 hf_ptr;
+    u32 next;
+    u32 n;
+    u32 base;
+    u32 loaded;
+    u32 epoch;
+    u32 pad;
+    u8 fbuf[2 * PB_FBUF]; /* slack: a masked offset plus a string header stays inside */
+    struct roslot ro[PB_RO_SLOTS];
+};
+BPF_PERCPU_ARRAY(hwalk, struct hwalk, 1);
+BPF_PROG_ARRAY(hdr_walker, 1); /* [0] = hdr_fields, loaded by the recorder */
+
 /* Send the part built so far and start the next one. */
-static __always_inline void hdr_flush(struct pb_header_event *e) {
+static __always_inline void hdr_flush(struct pb_header_event *e, struct hwalk *w) {
     u32 off = *(volatile u32 *)&e->blob_len;
     u32 size = offsetof(struct pb_header_event, blob) + bound(off, PB_HDR_BLOB - 1);
     if (off >= PB_HDR_BLOB) size = sizeof(struct pb_header_event);
-    if (events.ringbuf_output(e, size, rb_flags(size)) < 0)
+    if (events.ringbuf_output(e, size, rb_flags(size)) < 0) {
         stat_add(PB_STAT_DROPPED, 1);
-    else
+        w->epoch += 1; /* its strings may be named later: forget every one */
+    } else
         stat_add(PB_USTAT_HEADER_EVENTS, 1);
     e->first += e->count;
     e->count = 0;
@@ -286,22 +366,6 @@ static __always_inline void hdr_flush(struct pb_header_event *e) {
     e->part += 1;
 }
 
-/* Where a block's walk stands between the runs of its tail-call chain (one CPU), and the
- * (name, value) string headers of up to PB_FCHUNK fields from index base, fetched in one
- * read: each probe read costs more than copying a few hundred bytes. */
-#define PB_FCHUNK 8
-#define PB_FBUF 512 /* power of two > PB_FCHUNK * PB_HFIELD_SIZE */
-_Static_assert(PB_FCHUNK * PB_HFIELD_SIZE < PB_FBUF, "field chunk exceeds its buffer");
-struct hwalk {
-    u64 hf_ptr;
-    u32 next;
-    u32 n;
-    u32 base;
-    u32 loaded;
-    u8 fbuf[2 * PB_FBUF]; /* slack: a masked offset plus a string header stays inside */
-};
-BPF_PERCPU_ARRAY(hwalk, struct hwalk, 1);
-BPF_PROG_ARRAY(hdr_walker, 1); /* [0] = hdr_fields, loaded by the recorder */
 
 /* Field idx's name and value string headers, from the chunk, read first if need be.
  * Returns -1 when they cannot be read. */
@@ -313,7 +377,7 @@ static __always_inline int field_strings(struct hwalk *w, u32 idx, struct go_str
         u32 cnt = left < PB_FCHUNK ? left : PB_FCHUNK;
         u32 size = bound(cnt * PB_HFIELD_SIZE, PB_FBUF - 1);
         w->loaded = 0;
-        if (!size || bpf_probe_read_user(w->fbuf, size,
+        if (!size || uread(w->fbuf, size,
                                          (void *)(w->hf_ptr + (u64)idx * PB_HFIELD_SIZE)) < 0)
             return -1;
         w->base = idx;
@@ -324,6 +388,67 @@ static __always_inline int field_strings(struct hwalk *w, u32 idx, struct go_str
     __builtin_memcpy(name, w->fbuf + bound(at + PB_HFIELD_NAME, PB_FBUF - 1), sizeof(*name));
     __builtin_memcpy(value, w->fbuf + bound(at + PB_HFIELD_VALUE, PB_FBUF - 1), sizeof(*value));
     return 0;
+}
+
+/* ---- strings in the binary's read-only segment [PB_RO_LO, PB_RO_HI) (resolve.py; none
+ * for a PIE): header names, and values grpc-go takes from constants or hpack's static
+ * table, sent once per CPU and process, then named by address (pb_hfield). */
+#ifndef PB_RO_HI
+#define PB_RO_LO 0
+#define PB_RO_HI 0
+#endif
+
+/* The slot that remembers s, or NULL when s is not a whole read-only string. */
+static __always_inline struct roslot *ro_slot(struct hwalk *w, u32 tgid, struct go_string *s,
+                                              u32 cap) {
+#if PB_RO_HI
+    if (!s->len || s->len > cap || s->ptr < PB_RO_LO || s->ptr + s->len > PB_RO_HI) return NULL;
+    u32 i = bound((u32)(s->ptr >> 3) ^ (u32)(s->ptr >> 11) ^ tgid, PB_RO_SLOTS - 1);
+    return &w->ro[i];
+#else
+    return NULL;
+#endif
+}
+
+/* A string's address into the blob (space checked by the caller) */
+static __always_inline void blob_addr(struct pb_header_event *e, u64 addr) {
+    volatile u32 *vo = &e->blob_len;
+    u32 off = *vo;
+    if (off >= PB_HDR_BLOB) return;
+    __builtin_memcpy(e->blob + bound(off, PB_HDR_BLOB - 1), &addr, sizeof(addr));
+    *vo = off + sizeof(addr);
+}
+
+/* One string of a field (c: up to its cap): with its address if it is read-only, then its
+ * bytes unless this CPU sent them before; the PB_HOW_* bits go into h->how. Returns the
+ * bytes that follow in the blob. A string sent with its address whose bytes could not all
+ * be read is forgotten: no reference may name it. */
+static __always_inline u32 put_str(struct pb_header_event *e, struct hwalk *w,
+                                   struct pb_hfield *h, struct go_string *s,
+                                   struct go_string *c, u32 max, u32 addr, u32 ref) {
+    u32 tgid = e->tgid;
+    struct roslot *r = c->len == s->len ? ro_slot(w, tgid, s, max) : NULL;
+    if (r) {
+        blob_addr(e, s->ptr);
+        if (r->ptr == s->ptr && r->len == (u32)s->len && r->tgid == tgid &&
+            r->epoch == w->epoch) {
+            *(volatile u32 *)&h->how |= addr | ref;
+            return 0;
+        }
+        *(volatile u32 *)&h->how |= addr;
+    }
+    u32 got = blob_put(e, c, max);
+    if (got != s->len) {
+        stat_add(PB_USTAT_CUT_VALUES, 1);
+        return got;
+    }
+    if (r) {
+        r->ptr = s->ptr;
+        r->len = (u32)s->len;
+        r->tgid = tgid;
+        r->epoch = w->epoch;
+    }
+    return got;
 }
 
 /* One header field into the current part: its pb_hfield, name and value; returns 0 when
@@ -345,18 +470,18 @@ static __always_inline int hdr_field(struct pb_header_event *e, struct hwalk *w,
     volatile u32 *vo = &e->blob_len;
     u32 off = *vo;
     if (off >= PB_HDR_BLOB) return 0;
-    if (cnt && off + sizeof(struct pb_hfield) + nl + vl > PB_HDR_BLOB) return 0;
+    /* 16: room for both addresses (sizing_defines keeps one whole field within a part) */
+    if (cnt && off + sizeof(struct pb_hfield) + nl + vl + 16 > PB_HDR_BLOB) return 0;
     /* the slack after the blob keeps a masked offset plus the record inside the entry */
     struct pb_hfield *h = (struct pb_hfield *)(e->blob + bound(off, PB_HDR_BLOB - 1));
     h->name_len = name.len > 0xffffffffULL ? 0xffffffff : (u32)name.len;
     h->value_len = value.len > 0xffffffffULL ? 0xffffffff : (u32)value.len;
     *vo = off + sizeof(struct pb_hfield);
     struct go_string nc_s = {name.ptr, nl}, vc_s = {value.ptr, vl};
-    u32 nc = blob_put(e, &nc_s, PB_NAME_MAX);
-    u32 vc = blob_put(e, &vc_s, PB_VALUE_MAX);
-    h->name_cap = nc;
-    h->value_cap = vc;
-    if (nc != name.len || vc != value.len) stat_add(PB_USTAT_CUT_VALUES, 1);
+    h->how = 0;
+    h->name_cap = put_str(e, w, h, &name, &nc_s, PB_NAME_MAX, PB_HOW_NAME_ADDR, PB_HOW_NAME_REF);
+    h->value_cap = put_str(e, w, h, &value, &vc_s, PB_VALUE_MAX, PB_HOW_VALUE_ADDR,
+                           PB_HOW_VALUE_REF);
     *(volatile u32 *)&e->count = cnt + 1;
     return 1;
 }
@@ -365,24 +490,29 @@ static __always_inline int hdr_field(struct pb_header_event *e, struct hwalk *w,
  * A chain is at most 33 runs (the kernel's tail-call limit): fields beyond it are counted
  * in nfields but not sent, which replay marks as truncated_headers. Each run's loop is
  * verified once, whatever the block's length. */
+
+/* Fields per run of hdr_fields: the verifier walks each of them (about 17k instructions
+ * each, of its million); 33 runs still reach PB_MAX_BLOCK_FIELDS. */
+#define PB_RUN_FIELDS 32
+_Static_assert(PB_RUN_FIELDS <= PB_EV_FIELDS, "a run fills at most one part");
 int hdr_fields(struct pt_regs *ctx) {
     u32 zero = 0;
     struct hwalk *w = hwalk.lookup(&zero);
     struct pb_header_event *e = hscratch_get();
     if (!w || !e) return 0;
-    for (int i = 0; i < PB_EV_FIELDS; i++) {
+    for (int i = 0; i < PB_RUN_FIELDS; i++) {
         u32 idx = *(volatile u32 *)&w->next;
         if (idx >= w->n) break;
         if (!hdr_field(e, w, idx)) break;
         *(volatile u32 *)&w->next = idx + 1;
     }
     if (w->next < w->n) {
-        hdr_flush(e);
+        hdr_flush(e, w);
         hdr_walker.call(ctx, 0);
         /* the chain's end (tail-call limit, or no walker loaded): the rest goes unsent */
     }
     e->flags |= PB_FLAG_LAST_PART;
-    hdr_flush(e);
+    hdr_flush(e, w);
     return 0;
 }
 
@@ -411,7 +541,7 @@ static __always_inline int emit_headers(struct pt_regs *ctx, struct conn_addr *c
     hdr_walker.call(ctx, 0);
     /* no walker loaded: the block's fields go unsent, and replay says so */
     e->flags |= PB_FLAG_LAST_PART;
-    hdr_flush(e);
+    hdr_flush(e, w);
     return 0;
 }
 
@@ -422,12 +552,12 @@ static __always_inline int recv_headers(struct pt_regs *ctx, struct conn_addr *c
     u64 hdrs = 0;
 #if PB_MHF_FIELDS == PB_MHF_HEADERS + 8
     struct { u64 hdrs; struct go_slice fields; } m = {};
-    bpf_probe_read_user(&m, sizeof(m), (void *)(frame + PB_MHF_HEADERS));
+    uread(&m, sizeof(m), (void *)(frame + PB_MHF_HEADERS));
     hdrs = m.hdrs;
     fields = m.fields;
 #else
     hdrs = rd64(frame + PB_MHF_HEADERS);
-    bpf_probe_read_user(&fields, sizeof(fields), (void *)(frame + PB_MHF_FIELDS));
+    uread(&fields, sizeof(fields), (void *)(frame + PB_MHF_FIELDS));
 #endif
     u32 sid = 0;
     u8 flags = 0;
@@ -435,7 +565,7 @@ static __always_inline int recv_headers(struct pt_regs *ctx, struct conn_addr *c
         /* the frame header's flags and stream id, in one read */
         u8 fh[PB_FH_SID + 4] = {};
         _Static_assert(PB_FH_FLAGS < PB_FH_SID, "FrameHeader layout");
-        bpf_probe_read_user(fh, sizeof(fh), (void *)(hdrs + PB_HDRF_FH));
+        uread(fh, sizeof(fh), (void *)(hdrs + PB_HDRF_FH));
         flags = fh[PB_FH_FLAGS];
         __builtin_memcpy(&sid, fh + PB_FH_SID, sizeof(sid));
     }
@@ -448,7 +578,7 @@ int probe_write_header(struct pt_regs *ctx) {
     if (!traced(bpf_get_current_pid_tgid() >> 32)) return 0;
     stat_add(PB_USTAT_HITS + PB_PROBE_WRITE_HEADER, 1);
     struct conn_addr c = {};
-    conn_of(&c, go_reg(ctx, PB_WH_RECV_REG), CONN_PATH(WH));
+    conn_at(ctx, &c, PB_PROBE_WRITE_HEADER, go_reg(ctx, PB_WH_RECV_REG), CONN_PATH(WH));
     return emit_headers(ctx, &c, PB_PROBE_WRITE_HEADER, PB_ROLE_UNKNOWN, PB_DIR_SEND,
                         (u32)go_reg(ctx, PB_WH_SID_REG), (u8)go_reg(ctx, PB_WH_END_REG),
                         go_reg(ctx, PB_WH_HF_PTR_REG), go_reg(ctx, PB_WH_HF_LEN_REG));
@@ -460,7 +590,7 @@ int probe_client_headers(struct pt_regs *ctx) {
     if (!traced(bpf_get_current_pid_tgid() >> 32)) return 0;
     stat_add(PB_USTAT_HITS + PB_PROBE_CLIENT_HEADERS, 1);
     struct conn_addr c = {};
-    conn_of(&c, go_reg(ctx, PB_CH_RECV_REG), CONN_PATH(CH));
+    conn_at(ctx, &c, PB_PROBE_CLIENT_HEADERS, go_reg(ctx, PB_CH_RECV_REG), CONN_PATH(CH));
     return recv_headers(ctx, &c, PB_PROBE_CLIENT_HEADERS, PB_ROLE_CLIENT, go_reg(ctx, PB_CH_FRAME_REG));
 }
 #endif
@@ -470,7 +600,7 @@ int probe_server_headers(struct pt_regs *ctx) {
     if (!traced(bpf_get_current_pid_tgid() >> 32)) return 0;
     stat_add(PB_USTAT_HITS + PB_PROBE_SERVER_HEADERS, 1);
     struct conn_addr c = {};
-    conn_of(&c, go_reg(ctx, PB_SH_RECV_REG), CONN_PATH(SH));
+    conn_at(ctx, &c, PB_PROBE_SERVER_HEADERS, go_reg(ctx, PB_SH_RECV_REG), CONN_PATH(SH));
     return recv_headers(ctx, &c, PB_PROBE_SERVER_HEADERS, PB_ROLE_SERVER, go_reg(ctx, PB_SH_FRAME_REG));
 }
 #endif
@@ -491,7 +621,7 @@ int probe_write_data(struct pt_regs *ctx) {
     if (!traced(bpf_get_current_pid_tgid() >> 32)) return 0;
     stat_add(PB_USTAT_HITS + PB_PROBE_WRITE_DATA, 1);
     struct conn_addr c = {};
-    conn_of(&c, go_reg(ctx, PB_WD_RECV_REG), CONN_PATH(WD));
+    conn_at(ctx, &c, PB_PROBE_WRITE_DATA, go_reg(ctx, PB_WD_RECV_REG), CONN_PATH(WD));
     if (!c.conn) return 0; /* an x/net Framer that is not grpc-go's */
     struct data_scratch ds = {};
     struct pb_data_event *e = &ds.e;
@@ -503,7 +633,7 @@ int probe_write_data(struct pt_regs *ctx) {
     /* data []byte */
     e->frame_len = (u32)len;
     u32 n = bound(len < PB_DATA_CAP ? (u32)len : PB_DATA_CAP, 2 * PB_DATA_CAP - 1);
-    if (n && bpf_probe_read_user(e->data, n, (void *)ptr) == 0) e->cap_len = n;
+    if (n && uread(e->data, n, (void *)ptr) == 0) e->cap_len = n;
 #else
     /* data [][]byte: the frame is the concatenation of the pieces */
     /* running totals live in the event (volatile), so iterations carry no verifier state */
@@ -511,14 +641,14 @@ int probe_write_data(struct pt_regs *ctx) {
     for (int i = 0; i < PB_MAX_PIECES; i++) {
         if (i >= len) break;
         struct go_slice s = {};
-        bpf_probe_read_user(&s, sizeof(s), (void *)(ptr + (u64)i * sizeof(s)));
+        uread(&s, sizeof(s), (void *)(ptr + (u64)i * sizeof(s)));
         *total = *total + (u32)s.len;
         u32 g = *got;
         if (i >= PB_COPY_PIECES || g >= PB_DATA_CAP || !s.len) continue;
         u32 n = s.len < PB_DATA_CAP - g ? (u32)s.len : PB_DATA_CAP - g;
         u32 o = bound(g, PB_DATA_CAP - 1);
         u32 m = bound(n, 2 * PB_DATA_CAP - 1);
-        if (m && bpf_probe_read_user(e->data + o, m, (void *)s.ptr) == 0) *got = g + m;
+        if (m && uread(e->data + o, m, (void *)s.ptr) == 0) *got = g + m;
     }
     if (len > PB_MAX_PIECES) e->flags |= PB_FLAG_LEN_PARTIAL;
 #endif
@@ -531,14 +661,14 @@ static __always_inline int recv_data(struct conn_addr *c, u8 probe, u8 role, u64
     struct data_scratch ds = {};
     struct pb_data_event *e = &ds.e;
     FILL_PREFIX(e, c, PB_UEV_DATA, probe, role, PB_DIR_RECV);
-    bpf_probe_read_user(&e->stream_id, sizeof(e->stream_id), (void *)(frame + PB_DF_FH + PB_FH_SID));
+    uread(&e->stream_id, sizeof(e->stream_id), (void *)(frame + PB_DF_FH + PB_FH_SID));
     u8 flags = 0;
-    bpf_probe_read_user(&flags, sizeof(flags), (void *)(frame + PB_DF_FH + PB_FH_FLAGS));
+    uread(&flags, sizeof(flags), (void *)(frame + PB_DF_FH + PB_FH_FLAGS));
     e->flags = flags & 1 ? PB_FLAG_END_STREAM : 0;
     struct go_slice s = {};
 #if PB_RD_SHAPE == 1
     /* data []byte (padding already stripped) */
-    bpf_probe_read_user(&s, sizeof(s), (void *)(frame + PB_DF_DATA));
+    uread(&s, sizeof(s), (void *)(frame + PB_DF_DATA));
 #else
     /* data mem.Buffer: a SliceBuffer (the interface points at a slice header) or a
      * *mem.buffer (whose data field is the slice) */
@@ -547,15 +677,15 @@ static __always_inline int recv_data(struct conn_addr *c, u8 probe, u8 role, u64
     u64 typ = itab ? rd64(itab + PB_ITAB_TYPE) : 0;
     u64 obj = rd64(iface + 8);
     if (itab && typ == PB_TYPE_SLICEBUF)
-        bpf_probe_read_user(&s, sizeof(s), (void *)obj);
+        uread(&s, sizeof(s), (void *)obj);
     else if (itab && typ == PB_TYPE_MEMBUF)
-        bpf_probe_read_user(&s, sizeof(s), (void *)(obj + PB_MEMBUF_DATA));
+        uread(&s, sizeof(s), (void *)(obj + PB_MEMBUF_DATA));
     else if (itab)
         e->flags |= PB_FLAG_DATA_UNREAD; /* emptyBuffer has no bytes; others are unknown */
 #endif
     e->frame_len = (u32)s.len;
     u32 n = bound(s.len < PB_DATA_CAP ? (u32)s.len : PB_DATA_CAP, 2 * PB_DATA_CAP - 1);
-    if (n && bpf_probe_read_user(e->data, n, (void *)s.ptr) == 0) e->cap_len = n;
+    if (n && uread(e->data, n, (void *)s.ptr) == 0) e->cap_len = n;
     else if (n) stat_add(PB_USTAT_READ_ERRORS, 1);
     return emit_data(e);
 }
@@ -566,7 +696,7 @@ int probe_client_data(struct pt_regs *ctx) {
     if (!traced(bpf_get_current_pid_tgid() >> 32)) return 0;
     stat_add(PB_USTAT_HITS + PB_PROBE_CLIENT_DATA, 1);
     struct conn_addr c = {};
-    conn_of(&c, go_reg(ctx, PB_CD_RECV_REG), CONN_PATH(CD));
+    conn_at(ctx, &c, PB_PROBE_CLIENT_DATA, go_reg(ctx, PB_CD_RECV_REG), CONN_PATH(CD));
     return recv_data(&c, PB_PROBE_CLIENT_DATA, PB_ROLE_CLIENT, go_reg(ctx, PB_CD_FRAME_REG));
 }
 #endif
@@ -576,7 +706,7 @@ int probe_server_data(struct pt_regs *ctx) {
     if (!traced(bpf_get_current_pid_tgid() >> 32)) return 0;
     stat_add(PB_USTAT_HITS + PB_PROBE_SERVER_DATA, 1);
     struct conn_addr c = {};
-    conn_of(&c, go_reg(ctx, PB_SD_RECV_REG), CONN_PATH(SD));
+    conn_at(ctx, &c, PB_PROBE_SERVER_DATA, go_reg(ctx, PB_SD_RECV_REG), CONN_PATH(SD));
     return recv_data(&c, PB_PROBE_SERVER_DATA, PB_ROLE_SERVER, go_reg(ctx, PB_SD_FRAME_REG));
 }
 #endif
@@ -585,7 +715,7 @@ int probe_server_data(struct pt_regs *ctx) {
 
 #if PB_HAVE_WRITE_RST || PB_HAVE_CLIENT_RST || PB_HAVE_SERVER_RST
 static __always_inline int emit_rst(struct pb_rst_event *e) {
-    if (events.ringbuf_output(e, sizeof(*e), 0) < 0) {
+    if (events.ringbuf_output(e, sizeof(*e), rb_flags(sizeof(*e))) < 0) {
         stat_add(PB_STAT_DROPPED, 1);
         return 0;
     }
@@ -599,7 +729,7 @@ int probe_write_rst(struct pt_regs *ctx) {
     if (!traced(bpf_get_current_pid_tgid() >> 32)) return 0;
     stat_add(PB_USTAT_HITS + PB_PROBE_WRITE_RST, 1);
     struct conn_addr c = {};
-    conn_of(&c, go_reg(ctx, PB_WR_RECV_REG), CONN_PATH(WR));
+    conn_at(ctx, &c, PB_PROBE_WRITE_RST, go_reg(ctx, PB_WR_RECV_REG), CONN_PATH(WR));
     if (!c.conn) return 0; /* an x/net Framer that is not grpc-go's */
     struct pb_rst_event e = {};
     FILL_PREFIX(&e, &c, PB_UEV_RST, PB_PROBE_WRITE_RST, PB_ROLE_UNKNOWN, PB_DIR_SEND);
@@ -613,9 +743,9 @@ int probe_write_rst(struct pt_regs *ctx) {
 static __always_inline int recv_rst(struct conn_addr *c, u8 probe, u8 role, u64 frame) {
     struct pb_rst_event e = {};
     FILL_PREFIX(&e, c, PB_UEV_RST, probe, role, PB_DIR_RECV);
-    if (bpf_probe_read_user(&e.stream_id, sizeof(e.stream_id),
+    if (uread(&e.stream_id, sizeof(e.stream_id),
                             (void *)(frame + PB_RSTF_FH + PB_FH_SID)) < 0 ||
-        bpf_probe_read_user(&e.err_code, sizeof(e.err_code), (void *)(frame + PB_RSTF_CODE)) < 0) {
+        uread(&e.err_code, sizeof(e.err_code), (void *)(frame + PB_RSTF_CODE)) < 0) {
         stat_add(PB_USTAT_READ_ERRORS, 1);
         return 0;
     }
@@ -628,7 +758,7 @@ int probe_client_rst(struct pt_regs *ctx) {
     if (!traced(bpf_get_current_pid_tgid() >> 32)) return 0;
     stat_add(PB_USTAT_HITS + PB_PROBE_CLIENT_RST, 1);
     struct conn_addr c = {};
-    conn_of(&c, go_reg(ctx, PB_CR_RECV_REG), CONN_PATH(CR));
+    conn_at(ctx, &c, PB_PROBE_CLIENT_RST, go_reg(ctx, PB_CR_RECV_REG), CONN_PATH(CR));
     return recv_rst(&c, PB_PROBE_CLIENT_RST, PB_ROLE_CLIENT, go_reg(ctx, PB_CR_FRAME_REG));
 }
 #endif
@@ -638,7 +768,7 @@ int probe_server_rst(struct pt_regs *ctx) {
     if (!traced(bpf_get_current_pid_tgid() >> 32)) return 0;
     stat_add(PB_USTAT_HITS + PB_PROBE_SERVER_RST, 1);
     struct conn_addr c = {};
-    conn_of(&c, go_reg(ctx, PB_SR_RECV_REG), CONN_PATH(SR));
+    conn_at(ctx, &c, PB_PROBE_SERVER_RST, go_reg(ctx, PB_SR_RECV_REG), CONN_PATH(SR));
     return recv_rst(&c, PB_PROBE_SERVER_RST, PB_ROLE_SERVER, go_reg(ctx, PB_SR_FRAME_REG));
 }
 #endif

@@ -16,6 +16,7 @@ import pytest
 
 from harness.groundtruth import extract as extract_mod
 from harness.groundtruth.extract import TruthBatch, TruthStats, extract_exchanges, stream_exchanges
+from harness.groundtruth.pcapng import layout
 from harness.model import Exchange
 
 FIX = Path(__file__).parent / "fixtures"
@@ -56,13 +57,21 @@ def mixed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d / "mixed.pcapng"
 
 
+@pytest.fixture(scope="module")
+def one_pass() -> dict[str, tuple[list[Exchange], TruthStats]]:
+    """Each case's truth from one tshark pass, decoded once for the tests of this file."""
+    return {}
+
+
 @pytest.mark.parametrize("case", ["wrk", "http1", "mixed"])
 def test_any_spill_cut_gives_the_same_truth_in_start_order(
-    case: str, mixed: Path, monkeypatch: pytest.MonkeyPatch
+    case: str, mixed: Path, monkeypatch: pytest.MonkeyPatch, one_pass: dict
 ) -> None:
     pcap, ports = {"wrk": (WRK, [41341]), "http1": (HTTP1, [HTTP1_PORT]),
                    "mixed": (mixed, [41341, 54545])}[case]  # fmt: skip
-    whole, whole_stats = extract_exchanges(pcap, http1_ports=ports, h2c_ports=[])
+    if case not in one_pass:
+        one_pass[case] = extract_exchanges(pcap, http1_ports=ports, h2c_ports=[], part_packets=0)
+    whole, whole_stats = one_pass[case]
     assert whole
     # one message per spill record: responses wait for requests across records, the
     # watermark moves after each
@@ -109,3 +118,50 @@ def test_memory_holds_what_is_in_flight_not_the_recording(
     assert n == stats.exchanges > 200
     assert stats.streams_held_whole == 0  # every report settled from its own fields
     assert 0 < stats.held_peak <= 8 + 4, stats.held_peak
+
+
+def _stats(s: TruthStats) -> dict:
+    d = s.to_dict()
+    del d["tshark_parts"], d["parts_given_up"]
+    return d
+
+
+@pytest.mark.parametrize(
+    ("case", "packets", "overlap", "parts"),
+    # http1: 60 packets before a part are enough, 50 are not (an HTTP/1.0 close seen from
+    # its middle); mixed: a pipelined connection idle through an overlap
+    [("wrk", 250, 30, 3), ("http1", 80, 60, 3), ("mixed", 150, 60, 0)],
+)
+def test_the_capture_in_parts_gives_the_one_pass_truth(
+    case: str, packets: int, overlap: int, parts: int, mixed: Path, one_pass: dict
+) -> None:
+    """tshark given the capture in small parts (each with an overlap before it): the same
+    exchanges and statistics as one pass; where a part cannot be lined up with the one
+    before (a connection idle through the overlap, a message begun before it), the parts
+    are given up and the one pass is what comes out."""
+    pcap, ports = {"wrk": (WRK, [41341]), "http1": (HTTP1, [HTTP1_PORT]),
+                   "mixed": (mixed, [41341, 54545])}[case]  # fmt: skip
+    if case not in one_pass:
+        one_pass[case] = extract_exchanges(pcap, http1_ports=ports, h2c_ports=[], part_packets=0)
+    whole, whole_stats = one_pass[case]
+    got, stats = extract_exchanges(pcap, http1_ports=ports, h2c_ports=[], part_packets=packets,
+                                   part_overlap=overlap)  # fmt: skip
+    assert whole_stats.tshark_parts == 1
+    assert list(map(_key, got)) == list(map(_key, whole))
+    assert _stats(stats) == _stats(whole_stats)
+    if parts:
+        assert (stats.tshark_parts, stats.parts_given_up) == (parts, None)
+    else:  # lined up wrongly, it would have lost or changed exchanges above
+        assert stats.tshark_parts == 1
+        assert stats.parts_given_up
+
+
+def test_a_capture_tshark_can_be_given_in_parts(tmp_path: Path) -> None:
+    lay = layout(HTTP1, 40, 10)
+    assert lay is not None
+    # every 40th frame from the first, and 10 before each
+    assert lay.packets == 161 and lay.size == HTTP1.stat().st_size
+    assert sorted(lay.offsets) == [1, 31, 41, 71, 81, 111, 121, 151, 161]
+    assert lay.offsets[1] == lay.header_end < lay.offsets[31] < lay.offsets[41]
+    (tmp_path / "x.pcap").write_bytes(b"\xd4\xc3\xb2\xa1" + bytes(40))
+    assert layout(tmp_path / "x.pcap", 40) is None  # pcap, not pcapng: decoded whole

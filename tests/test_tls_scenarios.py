@@ -132,6 +132,29 @@ def test_tls_run_without_secrets_is_marked_not_scored(tmp_path: Path) -> None:
     assert m["rows"] == [] and m["tls"]["handshakes"] > 0
 
 
+@pytest.mark.bpf
+@pytest.mark.capture
+def test_tls_late_attach_go_reads_cut_by_the_attach_are_seen_whole(tmp_path: Path) -> None:
+    # Each warm connection's server goroutine is parked inside crypto/tls (*Conn).Read when
+    # the probes go in. With a probe at Read's entry that call was never seen: its request
+    # was missed and its response, alone, came out as an exchange with no start time that
+    # no truth could take (4 phantoms, one per warm connection). Read's RETs now take the
+    # buffer from its argument spill slots, so the call is seen whole; where a binary's
+    # Read does not keep them there, the entry probe stays and replay leaves such a
+    # response out, as the kernel side does on a connection found mid-stream.
+    run_dir = _run(tmp_path, "http11-keepalive", "--client", "go", "--server", "go",
+                   "--attach", "late", "--exchanges", "100", collectors="tls")  # fmt: skip
+    m = load_metrics(run_dir)
+    rows = {r["side"]: r for r in m["rows"] if r["variant"] == "default"}
+    dec = m["collectors"]["tls"]["default"]["decode"]
+    assert dec["collector"]["reads_unseen"] == 0 and dec["responses_before_request"] == 0
+    assert set(rows) == {"client", "server"}
+    for side, r in rows.items():
+        assert r["phantoms"] == 0 and r["wrong"] == 0 and r["unmatched_no_address"] == 0, r
+        assert r["lost_events"] == 0 and r["degraded"] == 0, (side, r)
+        assert r["observable"] > 0 and r["completeness"] == 1.0, (side, r)
+
+
 def test_decrypted_bytes_are_read_from_the_hex_dump() -> None:
     # tshark -P -x with the frame number as the only column: each frame's data sources
     dump = (

@@ -55,15 +55,18 @@ class Rec:
         e.raddr[:] = list(lo)  # type: ignore[attr-defined]
 
     def headers(self, sid: int, fields: list[tuple[str, str]], *, end: bool = False,
-                cut: int | None = None) -> bytes:  # fmt: skip
-        (one,) = self.header_parts(sid, fields, end=end, cut=cut)
+                cut: int | None = None,
+                ro: dict[str, tuple[int, bool]] | None = None) -> bytes:  # fmt: skip
+        (one,) = self.header_parts(sid, fields, end=end, cut=cut, ro=ro)
         return one
 
     def header_parts(self, sid: int, fields: list[tuple[str, str]], *, end: bool = False,
                      cut: int | None = None, per_part: int | None = None,
-                     nfields: int | None = None) -> list[bytes]:  # fmt: skip
+                     nfields: int | None = None,
+                     ro: dict[str, tuple[int, bool]] | None = None) -> list[bytes]:  # fmt: skip
         """One header block as the program sends it: parts of per_part fields sharing
-        ts_ns and tid, the last flagged."""
+        ts_ns and tid, the last flagged. `ro` names the read-only strings: text ->
+        (address, by reference alone)."""
         probe = "write_header" if self._sends_headers(fields) else f"{self.side}_headers"
         step = per_part or max(1, len(fields))
         chunks = [fields[i : i + step] for i in range(0, len(fields), step)] or [[]]
@@ -80,7 +83,17 @@ class Rec:
             for n, v in chunk:
                 nb, vb = n.encode(), v.encode()
                 vc = vb if cut is None else vb[:cut]
-                blob += HF.pack(len(nb), len(vb), len(nb), len(vc)) + nb + vc
+                how, parts = 0, []
+                for text, data, bits in ((n, nb, ("NAME_ADDR", "NAME_REF")),
+                                         (v, vc, ("VALUE_ADDR", "VALUE_REF"))):  # fmt: skip
+                    addr, ref = (ro or {}).get(text, (0, False))
+                    if addr:
+                        how |= D[f"PB_HOW_{bits[0]}"] | (D[f"PB_HOW_{bits[1]}"] if ref else 0)
+                        data = addr.to_bytes(8, "little") + (b"" if ref else data)
+                    parts.append(data)
+                ncap = 0 if how & D["PB_HOW_NAME_REF"] else len(nb)
+                vcap = 0 if how & D["PB_HOW_VALUE_REF"] else len(vc)
+                blob += HF.pack(len(nb), len(vb), ncap, vcap, how) + parts[0] + parts[1]
             e.blob_len = len(blob)
             raw = bytearray(bytes(e)[: BLOB + len(blob)])
             raw[BLOB:] = blob
@@ -329,10 +342,71 @@ def test_a_field_whose_strings_were_unreadable_is_cut_not_empty(tmp_path: Path) 
     """The program sends a field whose string headers it could not read with lengths of
     2^32-1 and nothing captured: replay counts it truncated, never an empty value."""
     c = Rec("client")
-    raw = bytearray(c.headers(1, REQ[:1])) + HF.pack(0xFFFFFFFF, 0xFFFFFFFF, 0, 0)
+    raw = bytearray(c.headers(1, REQ[:1])) + HF.pack(0xFFFFFFFF, 0xFFFFFFFF, 0, 0, 0)
     for name, v in (("count", 2), ("nfields", 2), ("blob_len", len(raw) - BLOB)):
         at = H.offset("pb_header_event", name)
         raw[at : at + 4] = v.to_bytes(4, "little")
     (block,), st = decode(write(tmp_path / "u.bin", [bytes(raw)]))
     assert block.fields == [(":method", "POST"), ("", "")]
     assert block.cut == {1} and st.truncated_fields == 1
+
+
+# read-only strings of the binary, by the address the program would name them by
+RO = {":method": 0x91A000, "POST": 0x91A010, ":path": 0x91A020,
+      "/probebench.Bench/Unary": 0x91A030, "content-type": 0x91A050,
+      "application/grpc": 0x91A060, ":status": 0x91A070, "200": 0x91A080,
+      "grpc-status": 0x91A090, "0": 0x91A0A0}  # fmt: skip
+
+
+def _unary(c: Rec, s: Rec, sid: int, ro: dict[str, tuple[int, bool]] | None) -> list[bytes]:
+    req = [(n, "7" if n == "x-probebench-id" else v) for n, v in REQ]
+    return [
+        c.headers(sid, req, ro=ro), c.data(sid, msg(3), send=True, end=True),
+        s.headers(sid, req, ro=ro), s.data(sid, msg(3), send=False, end=True),
+        s.headers(sid, RESP, ro=ro), c.headers(sid, RESP, ro=ro),
+        s.headers(sid, [("grpc-status", "0")], end=True, ro=ro),
+        c.headers(sid, [("grpc-status", "0")], end=True, ro=ro),
+    ]  # fmt: skip
+
+
+def test_read_only_strings_named_by_address_are_resolved(tmp_path: Path) -> None:
+    """The program sends a read-only string with its address once, then the address alone
+    (uprobe-grpc/5): replay gives the same call either way, and an attach time after the
+    first call does not lose the strings it carried."""
+    c, s = Rec("client"), Rec("server")
+    first = _unary(c, s, 1, {t: (a, False) for t, a in RO.items()})
+    attach = max(c.ts, s.ts) + 5  # after the first call's records, before the second's
+    later = _unary(c, s, 3, {t: (a, True) for t, a in RO.items()})
+    path = write(tmp_path / "u.bin", first + later)
+    full, st = uprobe_exchanges(path, [SERVER_PORT])
+    late, _ = uprobe_exchanges(path, [SERVER_PORT], attach_at_ns=attach)
+    assert len(full) == 4 and st.decode["unresolved_strings"] == 0
+    for x in full + late:
+        assert x.degraded == []
+        assert (x.method, x.path, x.status, x.grpc_status) == (
+            "POST", "/probebench.Bench/Unary", 200, 0)  # fmt: skip
+        assert x.req_headers["content-type"] == "application/grpc"
+    assert {x.stream_id for x in late} == {3}
+
+
+def test_a_reference_without_its_bytes_is_unknown_never_guessed(tmp_path: Path) -> None:
+    """A reference whose bytes no record carried (that record lost), or whose address two
+    records gave different bytes for, is unknown: a value is marked cut, a name leaves its
+    field out (the block's headers unknown), and nothing is filled in."""
+    c = Rec("client")
+    recs = [
+        # two records give 0x91A030 different bytes: neither is trusted for a reference
+        c.headers(1, [("x-a", "/one")], ro={"/one": (0x91A030, False)}),
+        c.headers(1, [("x-a", "/two")], ro={"/two": (0x91A030, False)}),
+        c.headers(5, REQ, ro={"/probebench.Bench/Unary": (0x91A030, True),
+                              "x-tenant": (0x91B000, True)}),
+        c.data(5, msg(3), send=True, end=True), c.headers(5, RESP),
+        c.headers(5, [("grpc-status", "0")], end=True),
+    ]  # fmt: skip
+    xs, st = uprobe_exchanges(write(tmp_path / "u.bin", recs), [SERVER_PORT])
+    (x,) = [x for x in xs if x.stream_id == 5]
+    reasons = {g.field: g.reason for g in x.degraded}
+    assert x.path is None and reasons["path"] == "truncated_value"
+    assert "x-tenant" not in x.req_headers and reasons["req_headers"] == "truncated_headers"
+    assert x.method == "POST"
+    assert st.decode["unresolved_strings"] == 2

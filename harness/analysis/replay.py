@@ -290,7 +290,8 @@ def _usage() -> dict[str, float]:
     me = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     return {"peak_rss_kb": me.ru_maxrss, "cpu_s": round(me.ru_utime + me.ru_stime, 2),
-            "children_cpu_s": round(kids.ru_utime + kids.ru_stime, 2)}  # fmt: skip
+            "children_cpu_s": round(kids.ru_utime + kids.ru_stime, 2),
+            "children_peak_rss_kb": kids.ru_maxrss}  # fmt: skip
 
 
 class _TruthJob:
@@ -658,6 +659,9 @@ def replay(
             # the truth worker: tshark is its child (in-process: these are the replay's)
             "truth_peak_rss_kb": truth_usage["peak_rss_kb"],
             "truth_cpu_s": truth_usage["cpu_s"], "tshark_cpu_s": truth_usage["children_cpu_s"],
+            # the largest tshark run (a large capture is decoded in parts, one after
+            # another); an upper bound: the kernel counts the worker's RSS when it started it
+            "tshark_peak_rss_kb": truth_usage.get("children_peak_rss_kb", 0),
             "cpu_s": _usage()["cpu_s"],
         })  # fmt: skip
     return metrics

@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from harness.errors import CaptureError
+from harness.groundtruth.pcapng import Layout, layout
 from harness.groundtruth.tshark import AGG, SEP, TsharkStream, decode_as, run_tshark, unescape
 from harness.model import TRUTH_HPACK_UNKNOWN, TRUTH_UNRELIABLE, Exchange
 from harness.protocols.http2.grpc import apply_reset_status
@@ -88,6 +89,8 @@ class TruthStats:
     # HTTP/1 streams held whole for a repair (several messages in a frame, repeated reports)
     streams_held_whole: int = 0
     spill_bytes: int = 0  # HTTP/1 messages written to a temporary file between the passes
+    tshark_parts: int = 1  # tshark runs the scan took (a large HTTP/1 capture: one per part)
+    parts_given_up: str | None = None  # why the parts were given up for one pass, if they were
     warnings: dict[str, int] = field(default_factory=dict)  # message -> count
 
     def warn(self, message: str, n: int = 1) -> None:
@@ -293,6 +296,150 @@ def _interim(m: _H1Msg) -> bool:
     return code.isdigit() and (100 <= int(code) < 200 and code != "101")
 
 
+# -- the capture in parts ------------------------------------------------------------------
+#
+# tshark keeps state for every packet it has read (TCP sequence analysis mostly: about
+# 600 B a packet on a wrk capture, 450 B of it the analysis that out-of-order reassembly
+# needs), so one pass over a soak's capture grows with it. A large HTTP/1 capture is
+# decoded in parts instead: each part's packets with the ``overlap`` packets before them
+# in front, so that TCP reassembly and the HTTP dissector find their footing again. Each
+# frame's row is taken from the part that owns it (frame numbers and tcp.stream indices
+# mapped back to the whole file's); the rows the previous part owned are only compared.
+# Where they differ on the last ``check`` frames of the overlap, or a connection cannot
+# be told apart from one seen before (an idle connection waking after the overlap, or a
+# port reused), the parts are given up and the capture decoded whole (``parts_given_up``):
+# the truth is always the one pass's.
+
+PART_PACKETS = 400_000  # tshark on a wrk capture: about 160 MB + 600 B a packet
+PART_OVERLAP = 20_000
+PART_CHECK = 10_000
+# only with parts (never with HTTP/2, whose HPACK state cannot be picked up mid-connection):
+# a segment held for reassembly and one read as the continuation of a message differ in it
+_PART_FIELDS = ("frame.protocols",)
+_FRAME_REFS = (_SEGS, _REQ_IN)  # fields holding frame numbers (TLS is never in parts)
+
+
+class _OutOfSync(Exception):
+    """A part's decode does not line up with the previous part's."""
+
+
+@dataclass(slots=True)
+class _Parts:
+    """Where each part begins (its first own frame), and what one part hands the next."""
+
+    layout: Layout
+    starts: list[int]
+    overlap: int
+    check: int
+    stream_at: dict[int, int] = field(default_factory=dict)  # frame -> tcp.stream, last frames
+    sig_at: dict[int, tuple[str, ...]] = field(default_factory=dict)  # frame -> its row
+    conns: set[tuple[Any, ...]] = field(default_factory=set)  # connections seen so far
+    next_stream: int = 0
+
+    @classmethod
+    def plan(cls, pcap: Path, packets: int, overlap: int, check: int) -> _Parts | None:
+        """Parts of ``packets`` frames, or None where one pass does (a small capture, or a
+        file whose blocks are not simply laid out)."""
+        overlap = min(overlap, packets - 1)  # the previous part's rows are all it compares
+        lay = layout(pcap, packets, overlap)
+        if lay is None or lay.packets <= packets:
+            return None
+        return cls(lay, list(range(1, lay.packets + 1, packets)), overlap, min(check, overlap))
+
+    def first(self, p: int) -> int:
+        """The first frame tshark reads for part ``p``."""
+        return max(1, self.starts[p] - self.overlap) if p else 1
+
+    def ranges(self, p: int) -> tuple[tuple[int, int], ...]:
+        lay = self.layout
+        end = lay.offsets[self.starts[p + 1]] if p + 1 < len(self.starts) else lay.size
+        return (0, lay.header_end), (lay.offsets[self.first(p)], end)
+
+
+def _conn(row: list[str]) -> tuple[Any, ...]:
+    a = (_first(row[_SRC4]) or _first(row[_SRC6]), _first(row[_SPORT]))
+    b = (_first(row[_DST4]) or _first(row[_DST6]), _first(row[_DPORT]))
+    return (a, b) if a <= b else (b, a)
+
+
+def _shift(text: str, base: int) -> str:
+    return AGG.join(str(int(v) + base) for v in text.split(AGG))
+
+
+class _Part:
+    """One part's rows: its overlap checked against the previous part and dropped, its own
+    rows given the whole file's frame numbers and tcp.stream indices (``own``)."""
+
+    def __init__(self, parts: _Parts, p: int) -> None:
+        self.parts, self.p = parts, p
+        self.start = parts.starts[p]
+        self.base = parts.first(p) - 1
+        nxt = parts.starts[p + 1] if p + 1 < len(parts.starts) else None
+        self.keep_from = _NEVER if nxt is None else nxt - parts.overlap
+        self.sig_from = _NEVER if nxt is None else nxt - parts.check
+        self.check_from = self.start - parts.check
+        self.smap: dict[int, int] = {}  # this tshark's tcp.stream -> the whole file's
+        self.stream_at: dict[int, int] = {}
+        self.sig_at: dict[int, tuple[str, ...]] = {}
+        self.checked = 0
+
+    def own(self, row: list[str]) -> bool:
+        """Whether the row is this part's; if so, rewritten to the whole file's numbers."""
+        parts, base = self.parts, self.base
+        num = int(row[_NUM]) + base
+        s = _int(_first(row[_STREAM]))
+        if base:
+            row[_NUM] = str(num)
+            for i in _FRAME_REFS:
+                if row[i]:
+                    row[i] = _shift(row[i], base)
+        if num < self.start:  # the overlap: the previous part's rows
+            g = parts.stream_at.get(num)
+            if s is not None and g is not None:
+                if self.smap.setdefault(s, g) != g:
+                    raise _OutOfSync(f"frame {num}: connection differs")
+                if num >= self.check_from:
+                    row[_STREAM] = str(g)
+            elif s is not None or g is not None:
+                raise _OutOfSync(f"frame {num}: connection differs")
+            if num >= self.check_from:
+                if not _same_row(parts.sig_at.get(num), row):
+                    raise _OutOfSync(f"frame {num} decoded differently")
+                self.checked += 1
+            return False
+        if s is not None:
+            g = self.smap.get(s)
+            if g is None:
+                conn = _conn(row)
+                if self.p and conn in parts.conns:
+                    raise _OutOfSync(f"frame {num}: a connection seen before comes back")
+                parts.conns.add(conn)
+                g = self.smap[s] = parts.next_stream
+                parts.next_stream += 1
+            if g != s:
+                row[_STREAM] = str(g)
+            if num >= self.keep_from:
+                self.stream_at[num] = g
+        if num >= self.sig_from:
+            self.sig_at[num] = tuple(row)
+        return True
+
+    def done(self) -> None:
+        if self.p and self.checked != self.start - max(self.check_from, self.parts.first(self.p)):
+            raise _OutOfSync(f"part {self.p}: {self.checked} frames of its overlap decoded")
+        self.parts.stream_at, self.parts.sig_at = self.stream_at, self.sig_at
+
+
+def _same_row(before: tuple[str, ...] | None, row: list[str]) -> bool:
+    """The previous part's row for a frame against this part's: equal, except that this
+    part may not know a response's request (it came before the overlap)."""
+    if before is None or len(before) != len(row):
+        return False
+    if row[_REQ_IN] or not before[_REQ_IN]:
+        return tuple(row) == before
+    return all(a == b for i, (a, b) in enumerate(zip(before, row, strict=True)) if i != _REQ_IN)
+
+
 class _Scan:
     """The scan pass: tshark's field output read as it comes; frame times, warnings, HTTP/2
     frames (to ``h2``), and HTTP/1 messages: summarised per TCP stream and spilled to an
@@ -301,9 +448,12 @@ class _Scan:
     def __init__(
         self, pcap: Path, http1_ports: list[int], h2c_ports: list[int], mono_offset_ns: int,
         stats: TruthStats, h2: _H2Fields | None = None, tls_keylog: Path | None = None,
+        parts: _Parts | None = None,
     ) -> None:
         self.pcap, self.http1_ports, self.h2c_ports = pcap, http1_ports, h2c_ports
         self.offset, self.stats, self.h2, self.tls_keylog = mono_offset_ns, stats, h2, tls_keylog
+        self.parts = parts
+        self._http1 = set(http1_ports)
         # Only the JSON route of HTTP/2 looks frames up afterwards; HTTP/1 only needs the time
         # of a request's first segment: 8 bytes a frame, not a record (millions on a soak)
         self.frames: dict[int, _Frame] = {}
@@ -323,61 +473,83 @@ class _Scan:
         self.spill.close()
 
     def read(self) -> None:
+        """One tshark pass over the capture, or one per part (``parts``): the same rows."""
         stats = self.stats
         args = [*decode_as(self.http1_ports, self.h2c_ports, self.tls_keylog,
                            out_of_order=stats.out_of_order),
                 "-T", "fields", "-E", "occurrence=a", "-E", f"aggregator={AGG}",
                 "-E", f"separator={SEP}"]  # fmt: skip
         columns = _FIELDS + (_H2_FIELDS if self.h2 is not None else ())
+        if self.parts is not None:
+            columns += _PART_FIELDS  # never with HTTP/2: parts are HTTP/1 only
         for f in columns:
             args += ["-e", f]
-        tshark = TsharkStream(self.pcap, args)
-        keep_frames = bool(self.h2c_ports)
-        times, frames, warnings, h2 = self.times, self.frames, self.warnings, self.h2
-        packets = 0
-        streams: set[int] = set()
-        http1 = set(self.http1_ports)
-        intern = sys.intern
-        for line in tshark:
-            row = line.split(SEP)
-            if len(row) != len(columns):
-                warnings["tshark output row with an unexpected number of fields"] += 1
-                continue
-            num = int(row[_NUM])
-            stream = _int(_first(row[_STREAM]))
-            fr = _Frame(
-                epoch_to_ns(row[_TIME]) - self.offset, stream,
-                intern(_first(row[_SRC4]) or _first(row[_SRC6])) or None,
-                _int(_first(row[_SPORT])),
-                intern(_first(row[_DST4]) or _first(row[_DST6])) or None,
-                _int(_first(row[_DPORT])),
-            )
-            packets += 1
-            if keep_frames:
-                frames[num] = fr
-            if num >= len(times):
-                times.extend([-1] * (num + 1 - len(times)))
-            times[num] = fr.t_ns
-            if stream is not None:
-                streams.add(stream)
-            if h2 is not None and row[_H2_TYPE]:
-                h2.packet(row, fr)
-            if row[_SEV]:
-                for sev, msg in zip(row[_SEV].split(AGG), row[_MSG].split(AGG), strict=False):
-                    if int(sev) >= WARN_SEVERITY:
-                        warnings[unescape(msg)] += 1
-            if http1:
-                self._messages(num, fr, row, http1)
-                if fr.sport in http1 and row[_TCP_LEN] not in ("", "0"):
-                    self.server_data[stream] = num
+        self.packets = 0
+        self.tcp_streams: set[int] = set()
+        truncated = False
+        if self.parts is None:
+            tshark = TsharkStream(self.pcap, args)
+            for line in tshark:
+                row = line.split(SEP)
+                if len(row) != len(columns):
+                    self.warnings["tshark output row with an unexpected number of fields"] += 1
+                    continue
+                self._row(row)
+            truncated = tshark.truncated
+        else:
+            parts = self.parts
+            for p in range(len(parts.starts)):
+                tshark = TsharkStream(self.pcap, args, ranges=parts.ranges(p))
+                part = _Part(parts, p)
+                for line in tshark:
+                    row = line.split(SEP)
+                    if len(row) != len(columns):
+                        self.warnings["tshark output row with an unexpected number of fields"] += 1
+                        continue
+                    if part.own(row):
+                        self._row(row)
+                part.done()
+                truncated = truncated or tshark.truncated
+            stats.tshark_parts = len(parts.starts)
         self._flush()
-        if tshark.truncated:
+        if truncated:
             stats.truncated = True
             stats.warn("capture file cut short in the middle of a packet")
-        stats.packets += packets
-        stats.tcp_streams = len(streams)
+        stats.packets += self.packets
+        stats.tcp_streams = len(self.tcp_streams)
         for st in self.streams.values():
             st.finish()
+
+    def _row(self, row: list[str]) -> None:
+        num = int(row[_NUM])
+        stream = _int(_first(row[_STREAM]))
+        intern = sys.intern
+        fr = _Frame(
+            epoch_to_ns(row[_TIME]) - self.offset, stream,
+            intern(_first(row[_SRC4]) or _first(row[_SRC6])) or None,
+            _int(_first(row[_SPORT])),
+            intern(_first(row[_DST4]) or _first(row[_DST6])) or None,
+            _int(_first(row[_DPORT])),
+        )
+        self.packets += 1
+        if self.h2c_ports:
+            self.frames[num] = fr
+        times = self.times
+        if num >= len(times):
+            times.extend([-1] * (num + 1 - len(times)))
+        times[num] = fr.t_ns
+        if stream is not None:
+            self.tcp_streams.add(stream)
+        if self.h2 is not None and row[_H2_TYPE]:
+            self.h2.packet(row, fr)
+        if row[_SEV]:
+            for sev, msg in zip(row[_SEV].split(AGG), row[_MSG].split(AGG), strict=False):
+                if int(sev) >= WARN_SEVERITY:
+                    self.warnings[unescape(msg)] += 1
+        if http1 := self._http1:
+            self._messages(num, fr, row, http1)
+            if fr.sport in http1 and row[_TCP_LEN] not in ("", "0"):
+                self.server_data[stream] = num
 
     def _messages(self, num: int, fr: _Frame, row: list[str], http1: set[int]) -> None:
         """The frame's HTTP/1 messages: into its stream's summary and the spill."""
@@ -1421,6 +1593,8 @@ def stream_exchanges(
     tls_keylog: Path | None = None,
     out_of_order: bool = True,
     batch: int = 5000,
+    part_packets: int = PART_PACKETS,
+    part_overlap: int = PART_OVERLAP,
 ) -> Generator[TruthBatch, None, TruthStats]:
     """Every HTTP/1 exchange and HTTP/2 call on the given server ports, in batches of about
     ``batch`` in order of start time; returns the decode statistics.
@@ -1429,15 +1603,28 @@ def stream_exchanges(
     Times are CLOCK_MONOTONIC when ``mono_offset_ns`` is CLOCK_REALTIME - CLOCK_MONOTONIC
     at capture time (the pcap holds wall-clock times). Memory holds the HTTP/1 requests in
     flight and the exchanges not yet past the watermark; HTTP/2 calls are all held until the
-    scan ends. Raises CaptureError when tshark cannot read the file at all.
+    scan ends. An HTTP/1 capture of more than ``part_packets`` packets is decoded in parts
+    (0: never), so that tshark's memory stays bounded too (see _Parts): the same truth.
+    Raises CaptureError when tshark cannot read the file at all.
     """
     stats = TruthStats(out_of_order=out_of_order)
     # the fields route counts into its own stats: they only count if it sees it through
     h2 = _H2Fields(_H2Calls(h2c_ports, TruthStats())) if h2c_ports else None
-    scan = _Scan(Path(pcap), http1_ports, h2c_ports, mono_offset_ns, stats, h2, tls_keylog)
+    parts = None
+    if part_packets and http1_ports and not h2c_ports and tls_keylog is None:
+        parts = _Parts.plan(Path(pcap), part_packets, part_overlap, PART_CHECK)
+    scan = _Scan(Path(pcap), http1_ports, h2c_ports, mono_offset_ns, stats, h2, tls_keylog,
+                 parts)  # fmt: skip
     n = 0
     try:
-        scan.read()
+        try:
+            scan.read()
+        except _OutOfSync as e:
+            scan.close()
+            stats = TruthStats(out_of_order=out_of_order, parts_given_up=str(e))
+            scan = _Scan(Path(pcap), http1_ports, h2c_ports, mono_offset_ns, stats, h2,
+                         tls_keylog)  # fmt: skip
+            scan.read()
         if not stats.packets and stats.truncated:
             raise CaptureError(f"{pcap} is cut short before its first packet")
         # (start, 0, frame, index, exchange) for HTTP/1, (start, 1, order, 0, call) for HTTP/2
@@ -1523,11 +1710,14 @@ def extract_exchanges(
     mono_offset_ns: int = 0,
     tls_keylog: Path | None = None,
     out_of_order: bool = True,
+    part_packets: int = PART_PACKETS,
+    part_overlap: int = PART_OVERLAP,
 ) -> tuple[list[Exchange], TruthStats]:
     """``stream_exchanges`` as one list, in order of start time, and the statistics."""
     gen = stream_exchanges(pcap, http1_ports=http1_ports, h2c_ports=h2c_ports,
                            mono_offset_ns=mono_offset_ns, tls_keylog=tls_keylog,
-                           out_of_order=out_of_order)  # fmt: skip
+                           out_of_order=out_of_order, part_packets=part_packets,
+                           part_overlap=part_overlap)  # fmt: skip
     out: list[Exchange] = []
     while True:
         try:

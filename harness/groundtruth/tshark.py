@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import re
 import shutil
 import subprocess
@@ -118,15 +120,21 @@ class TsharkStream:
     pcap: Path
     args: list[str]
     timeout: float = 3600
+    # byte ranges of ``pcap`` given to tshark on its standard input instead of the whole
+    # file (a part of a capture: its header blocks, then a run of packets)
+    ranges: tuple[tuple[int, int], ...] | None = None
     truncated: bool = False
     stderr: list[str] = field(default_factory=list)
 
     def __iter__(self) -> Iterator[str]:
         check_capture_file(self.pcap)
-        cmd = [tshark_path(), "-n", "-r", str(self.pcap), *self.args]
+        src = "-" if self.ranges is not None else str(self.pcap)
+        cmd = [tshark_path(), "-n", "-r", src, *self.args]
         try:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE)
+            proc = subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                stdin=subprocess.DEVNULL if self.ranges is None else subprocess.PIPE,
+            )  # fmt: skip
         except OSError as e:
             raise CaptureError(f"could not run tshark: {e}") from e
         assert proc.stdout is not None and proc.stderr is not None
@@ -134,6 +142,11 @@ class TsharkStream:
         chunks: list[bytes] = []
         reader = threading.Thread(target=lambda: chunks.append(err.read()), daemon=True)
         reader.start()
+        feeder = None
+        if self.ranges is not None:
+            feeder = threading.Thread(target=_feed, args=(self.pcap, self.ranges, proc),
+                                      daemon=True)  # fmt: skip
+            feeder.start()
         timer = threading.Timer(self.timeout, proc.kill)  # a hung tshark must not hang us
         timer.start()
         try:
@@ -149,6 +162,8 @@ class TsharkStream:
                 proc.kill()
                 proc.wait()
             reader.join(timeout=5)
+            if feeder is not None:
+                feeder.join(timeout=5)
             proc.stdout.close()
             err.close()
         text = b"".join(chunks).decode("utf-8", "replace")
@@ -161,6 +176,26 @@ class TsharkStream:
             raise CaptureError(
                 f"tshark could not read {self.pcap}: {reason.removeprefix('tshark: ')}"
             )
+
+
+def _feed(pcap: Path, ranges: tuple[tuple[int, int], ...], proc: subprocess.Popen[bytes]) -> None:
+    """Copy byte ranges of ``pcap`` to tshark's standard input (in the kernel: sendfile),
+    then close it; a tshark that stopped reading ends the copy."""
+    assert proc.stdin is not None
+    out = proc.stdin
+    try:
+        with open(pcap, "rb") as f:
+            for start, end in ranges:
+                while start < end:
+                    sent = os.sendfile(out.fileno(), f.fileno(), start, min(end - start, 1 << 24))
+                    if sent == 0:
+                        break
+                    start += sent
+    except OSError:
+        pass  # tshark ended early (it reports why) or was killed
+    finally:
+        with contextlib.suppress(OSError):
+            out.close()
 
 
 def unescape(text: str) -> str:

@@ -24,6 +24,7 @@ from harness.protocols.common import Segment
 from harness.protocols.http1.stitch import Http1Stats, stitch_http1
 from harness.protocols.http2.hpack import HpackMode
 from harness.protocols.http2.stitch import Http2Stats, orient, stitch_http2
+from harness.protocols.sniff import HTTP1_STARTS
 
 ADDRESS_FIELDS = ("client_ip", "client_port", "server_ip", "server_port")
 Role = Literal["client", "server"]
@@ -124,6 +125,25 @@ def stitch(
     c2s, s2c = orient(send, recv, role)
     return stitch_http2(c2s, s2c, hpack_mode=hpack_mode, source=source, side=role,
                         conn_id=conn_id)  # fmt: skip
+
+
+def trim_to_first_request(role: str, send: list[Segment], recv: list[Segment]) -> int:
+    """HTTP/1 found mid-stream (opened before the attach, after a loss, or a read begun
+    before the attach): leave out the response segments before the first request start
+    seen; how many. They answer requests no one saw, and without the request a response's
+    body length is a guess (a HEAD or a 204 has none whatever its headers say): parsing
+    them could swallow the next response and pair it with the wrong request. A response
+    alone has no start time either, so nothing could tie it to the truth: a phantom."""
+    if role not in ("client", "server"):
+        return 0
+    reqs, resps = (send, recv) if role == "client" else (recv, send)
+    start = next(
+        (s.ts_ns for s in reqs if s.data.startswith(HTTP1_STARTS[:-1])), None
+    )  # fmt: skip
+    keep = [s for s in resps if start is not None and s.ts_ns > start]
+    dropped = len(resps) - len(keep)
+    resps[:] = keep
+    return dropped
 
 
 def drop_split_tails(

@@ -28,10 +28,10 @@ from harness.collectors.eventfile import NOTE, read_event_file
 from harness.collectors.kprobe.layout import FORMAT, header, protos, roles
 from harness.errors import RunDirError
 from harness.model import Exchange
-from harness.protocols.bytestream import ByteStream, Endpoint, ip_text
+from harness.protocols.bytestream import ByteStream, Endpoint, ip_text, trim_to_first_request
 from harness.protocols.common import Segment
 from harness.protocols.http1.stitch import Http1Stats, Http1Stream, unpair_after
-from harness.protocols.sniff import HTTP1_STARTS, infer_proto
+from harness.protocols.sniff import infer_proto
 
 
 @dataclass
@@ -93,7 +93,7 @@ class DecodeStats:
     lost_call_starts: int = 0  # events of calls whose first event was lost (dropped)
     opened_unseen: int = 0  # connections known only from data: their open event was lost
     # HTTP/1 segments left out after a loss or before the first request of a connection
-    # found mid-stream (see _trim_to_first_request)
+    # found mid-stream (see bytestream.trim_to_first_request)
     responses_before_request: int = 0
     seq_reordered: int = 0  # a call numbered before one already seen (threads racing)
     lost_tails: int = 0  # a close numbered more calls than were seen: lost at the end
@@ -599,7 +599,7 @@ def decode_steps(
         # found mid-stream (after a loss, or opened before the attach): responses before the
         # first request seen answer requests no one saw
         if (conn.after_loss or not conn.from_start) and conn.proto == "http1":
-            st.responses_before_request += _trim_to_first_request(conn)
+            st.responses_before_request += trim_to_first_request(conn.role, conn.send, conn.recv)
     kept = [c for c in done if c.send or c.recv or c.stitched is not None]
     for conn in kept:
         if conn.local is None or conn.remote is None:
@@ -674,25 +674,6 @@ def call_segments(ts: int, orig: int, parts: list[tuple[int, bytes]]) -> list[Se
         nxt = runs[i + 1][0] if i + 1 < len(runs) else max(orig, off + len(run))
         segs.append(Segment(ts, bytes(run), nxt - off))
     return segs
-
-
-def _trim_to_first_request(conn: Connection) -> int:
-    """Leave out response bytes before the first request start after a loss; how many segments.
-
-    They answer requests lost in the gap, and without the request a response's body length
-    is a guess (a HEAD or a 204 has none whatever its headers say): parsing them could
-    swallow the next response and pair it with the wrong request.
-    """
-    if conn.role not in ("client", "server"):
-        return 0
-    reqs, resps = (conn.send, conn.recv) if conn.role == "client" else (conn.recv, conn.send)
-    start = next(
-        (s.ts_ns for s in reqs if s.data.startswith(HTTP1_STARTS[:-1])), None
-    )  # fmt: skip
-    keep = [s for s in resps if start is not None and s.ts_ns > start]
-    dropped = len(resps) - len(keep)
-    resps[:] = keep
-    return dropped
 
 
 def _inferred(ev: Any, proto: str, payload: bytes, direction: str) -> Connection:

@@ -75,6 +75,9 @@ class TlsDecodeStats:
     lost_calls: int = 0  # seq gaps: calls the ring buffer lost
     loss_splits: int = 0  # connections split at such a gap (the tail is seen mid-stream)
     truncated_calls: int = 0
+    # HTTP/1 response calls left out before the first request seen on a connection found
+    # mid-stream (bytestream.trim_to_first_request; as the kernel side's count)
+    responses_before_request: int = 0
     collector: dict[str, Any] = field(default_factory=dict)
     unsupported: list[str] = field(default_factory=list)
 

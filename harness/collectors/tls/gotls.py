@@ -20,12 +20,14 @@ from harness.collectors.gobin.elfgo import GoBinary, NotGoBinary, read_go_binary
 from harness.collectors.gobin.pclntab import (
     NoDisassembly,
     NoPclntab,
+    disassemble,
     probe_pc,
     read_pclntab,
     ret_addresses,
+    spilled_args,
 )
 
-RESOLVER_VERSION = 2
+RESOLVER_VERSION = 3
 
 WRITE = "crypto/tls.(*Conn).Write"
 READ = "crypto/tls.(*Conn).Read"
@@ -45,6 +47,9 @@ class GoTls:
     write: int = 0  # entry addresses (virtual)
     read: int = 0
     read_rets: list[int] = field(default_factory=list)  # RET instructions of Read
+    # Read keeps its receiver and buffer (c, b.ptr, b.len) in their spill slots to the end:
+    # its RETs alone see each call whole, even one begun before the attach (no entry probe)
+    read_args_spilled: bool = False
     defines: dict[str, int] = field(default_factory=dict)
     source: str = "none"  # where the layouts came from: "dwarf" | "table" | "none"
     error: str | None = None
@@ -103,7 +108,9 @@ def _resolve(path: Path) -> GoTls:
                     r.error = "stripped, and a crypto/tls prologue is not one we know"
                     return r
                 r.source, r.write, r.read = "table", pw, pr
-            r.read_rets = ret_addresses(path, fr)
+            listing = disassemble(path, fr)
+            r.read_rets = ret_addresses(path, fr, listing)
+            r.read_args_spilled = spilled_args(listing, 3)
     except (NoPclntab, NoDisassembly) as e:
         r.error = str(e)
         return r
@@ -114,7 +121,7 @@ def _resolve(path: Path) -> GoTls:
         r.error = f"no RET found in {READ}"
         return r
     try:
-        r.defines = _defines(gb)
+        r.defines = _defines(gb) | {"PB_GO_READ_SPILLED": int(r.read_args_spilled)}
     except KeyError as e:
         r.error = f"no layout for {e} in the {r.source}"
     return r

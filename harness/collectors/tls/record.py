@@ -186,7 +186,7 @@ class Recorder:
             return
         batch, self.pending = self.pending, []
         answers = sockdiag.lookup([(t, fd) for t, fd, _s, _ts in batch])
-        table = bpf["ssl_addr"]
+        table = bpf["ssl_addr"] if bpf is not None else None  # Go has no SSL object
         for tgid, fd, ssl, ts in batch:
             a = answers.get((tgid, fd))
             note: dict[str, Any] = {"type": "sockdiag", "tgid": tgid, "fd": fd, "ssl": ssl,
@@ -197,7 +197,8 @@ class Recorder:
                 self.sockdiag_found += 1
                 note.update(local_ip=a.local_ip, local_port=a.local_port,
                             remote_ip=a.remote_ip, remote_port=a.remote_port)  # fmt: skip
-                self._seed(table, ssl, a)
+                if table is not None:
+                    self._seed(table, ssl, a)
             self.writer.note(note)
 
     @staticmethod
@@ -257,7 +258,9 @@ class Recorder:
                 for p in self.ports:
                     bpf["ports"][ctypes.c_uint16(p)] = ctypes.c_uint8(1)
                 self._drain(rings, bpf)
-            points = [(g.write, "probe_go_write"), (g.read, "probe_go_read")] + [
+            # Read's entry only when its RETs cannot find the buffer themselves
+            entry = [] if g.read_args_spilled else [(g.read, "probe_go_read")]
+            points = [(g.write, "probe_go_write"), *entry] + [
                 (a, "probe_go_read_ret") for a in g.read_rets]
             for addr, fn in points:
                 try:
@@ -273,15 +276,20 @@ class Recorder:
     def run(self, deadline_s: float) -> dict[str, Any]:
         stop = stop_flag()
         rings = RingSet()
-        bpf = compile_program(PROGRAM, self.defines)
+        # The OpenSSL program only with a libssl to probe: its socket and syscall
+        # tracepoints (how an SSL call finds its socket) fire on every process's I/O, and
+        # Go's probes read their addresses from the *tls.Conn
+        bpf = compile_program(PROGRAM, self.defines) if self.libraries else None
         try:
-            for t in self.tgids:
-                bpf["targets"][ctypes.c_uint32(t)] = ctypes.c_uint8(1)
-            for p in self.ports:
-                bpf["ports"][ctypes.c_uint16(p)] = ctypes.c_uint8(1)
-            self._drain(rings, bpf)
+            if bpf is not None:
+                for t in self.tgids:
+                    bpf["targets"][ctypes.c_uint32(t)] = ctypes.c_uint8(1)
+                for p in self.ports:
+                    bpf["ports"][ctypes.c_uint16(p)] = ctypes.c_uint8(1)
+                self._drain(rings, bpf)
             t0 = time.monotonic()
-            self._attach(bpf)
+            if bpf is not None:
+                self._attach(bpf)
             self._attach_go(rings)
             if (self.libraries or self.go) and not self.attached:
                 raise CollectorError(f"no OpenSSL probe attached: {self.problems[-1]}")
@@ -297,15 +305,16 @@ class Recorder:
         finally:
             self.writer.close()
             rings.close()
-            bpf.cleanup()
+            if bpf is not None:
+                bpf.cleanup()
             for gp in self.go_programs:
                 gp.cleanup()
 
     def _stats(self, bpf: Any, attach_s: float) -> dict[str, Any]:
         d = self.hdr.defines
-        t = percpu_totals(bpf["stats"], d["PB_TSTAT_MAX"])
-        for gp in self.go_programs:
-            t = [a + b for a, b in zip(t, percpu_totals(gp["stats"], d["PB_TSTAT_MAX"]),
+        t = [0] * d["PB_TSTAT_MAX"]
+        for prog in ([bpf] if bpf is not None else []) + self.go_programs:
+            t = [a + b for a, b in zip(t, percpu_totals(prog["stats"], d["PB_TSTAT_MAX"]),
                                        strict=True)]  # fmt: skip
         ru = resource.getrusage(resource.RUSAGE_SELF)
         return {
@@ -319,6 +328,7 @@ class Recorder:
             "addr_unknown": t[d["PB_TSTAT_ADDR_NONE"]],
             "addr_mismatch": t[d["PB_TSTAT_ADDR_MISMATCH"]],
             "nested_calls": t[d["PB_TSTAT_NESTED"]],
+            "reads_unseen": t[d["PB_TSTAT_READ_UNSEEN"]],
             "sockdiag_found": self.sockdiag_found,
             "sockdiag_missed": self.sockdiag_missed,
             "records_written": self.writer.records,

@@ -17,6 +17,7 @@ from typing import Any
 from harness.collectors.eventfile import NOTE, read_event_file
 from harness.collectors.uprobe.layout import (
     FORMAT,
+    HFIELD_V4,
     PROBE_NAMES,
     READABLE_FORMATS,
     header,
@@ -82,6 +83,9 @@ class DecodeStats:
     reset_frames: int = 0
     truncated_fields: int = 0
     missing_fields: int = 0
+    # read-only strings named by address whose bytes no record carried (lost with a
+    # record) or two records gave differently: their field or value is unknown
+    unresolved_strings: int = 0
     header_parts: int = 0
     incomplete_blocks: int = 0  # blocks with a part lost (ring buffer full)
     level: str = "messages"  # recordings made before levels existed probed DATA frames too
@@ -99,6 +103,63 @@ def _family(ip_len: int) -> int:
 
 
 Event = HeaderBlock | DataFrame | ResetFrame
+
+# A string of a header field as its record carried it: its bytes, or (a reference to a
+# read-only string sent before) its (tgid, address, length).
+Str = bytes | tuple[int, int, int]
+# one field: name length, value length, name, value (original lengths: a shorter bytes
+# value was cut)
+RawField = tuple[int, int, Str, Str]
+# (tgid, address, length) -> the bytes some record carried with that address, or None when
+# two records disagree (the address meant different bytes: never trusted)
+Strings = dict[tuple[int, int, int], bytes | None]
+Part = tuple[Any, list[RawField], bool]  # one header record: event, its fields, all there
+
+
+def blob_fields(
+    blob: bytes, count: int, tgid: int, hf: struct.Struct, strings: Strings | None = None
+) -> tuple[list[RawField], bool]:
+    """The fields of one header record's blob, and whether all `count` were there. Strings
+    sent with their address are added to `strings`."""
+    d = header().defines
+    out: list[RawField] = []
+    pos = 0
+    for _ in range(count):
+        if pos + hf.size > len(blob):
+            return out, False  # the part ended early: its other fields are unknown
+        name_len, value_len, nc, vc, *rest = hf.unpack_from(blob, pos)
+        how = rest[0] if rest else 0
+        pos += hf.size
+        if not how:  # bytes only: most fields of a heap-built block
+            name, value = blob[pos : pos + nc], blob[pos + nc : pos + nc + vc]
+            pos += nc + vc
+            if pos > len(blob):
+                return out, False
+            out.append((name_len, value_len, name, value))
+            continue
+        strs: list[Str] = []
+        for length, cap, addr_bit, ref_bit in (
+            (name_len, nc, d["PB_HOW_NAME_ADDR"], d["PB_HOW_NAME_REF"]),
+            (value_len, vc, d["PB_HOW_VALUE_ADDR"], d["PB_HOW_VALUE_REF"]),
+        ):
+            addr = None
+            if how & addr_bit:
+                addr = int.from_bytes(blob[pos : pos + 8], "little")
+                pos += 8
+            if addr is not None and how & ref_bit:
+                strs.append((tgid, addr, length))
+                continue
+            data = blob[pos : pos + cap]
+            pos += cap
+            strs.append(data)
+            if addr is not None and strings is not None and len(data) == length:
+                key = (tgid, addr, length)
+                if strings.setdefault(key, data) != data:
+                    strings[key] = None
+        if pos > len(blob):
+            return out, False
+        out.append((name_len, value_len, strs[0], strs[1]))
+    return out, True
 
 
 def decode(
@@ -118,13 +179,18 @@ def decode(
     blob_off = hdr.offset("pb_header_event", "blob")
     kind_off = hdr.offset("pb_header_event", "kind")
     he_size, de_size = ctypes.sizeof(HE), ctypes.sizeof(DE)
-    legacy = ef.header.get("format") != FORMAT  # header records with a per-field table
+    fmt = ef.header.get("format")
+    table = fmt in ("uprobe-grpc/2", "uprobe-grpc/3")  # header records with a per-field table
+    hf = hfield_struct() if fmt == FORMAT else HFIELD_V4
     st = DecodeStats(truncated_tail_bytes=ef.truncated_tail_bytes)
     st.level = str(ef.header.get("level", "messages"))
-    out: list[Event] = []
+    out: list[Any] = []  # events; a header block's place holds None until the end
+    strings: Strings = {}
     # a block's parts share (tgid, tid, ts_ns, probe); parts of other blocks (other CPUs)
-    # may come between them. The block takes the place of its first part.
-    pending: dict[tuple[int, int, int, int], tuple[int, list[tuple[Any, bytes]]]] = {}
+    # may come between them. The block takes the place of its first part; it is built at
+    # the end, when every read-only string it names has been met.
+    pending: dict[tuple[int, int, int, int], tuple[int, list[Part]]] = {}
+    blocks: list[tuple[int, list[Part], Seen]] = []
     last_flag = d["PB_FLAG_LAST_PART"]
     for rtype, rec in ef.records():
         if rtype == NOTE:
@@ -148,6 +214,11 @@ def decode(
             ev = RE.from_buffer_copy(raw[:re_size].ljust(re_size, b"\0"))
         else:
             raise RunDirError(f"{path}: record {st.kernel_records} has unknown kind {kind}")
+        if kind == d["PB_UEV_HEADERS"]:
+            # read-only strings are the same bytes before and after any attach time
+            blob = (_table_blob(raw, ev, blob_off, d["PB_EV_FIELDS"]) if table
+                    else raw[blob_off : blob_off + ev.blob_len])  # fmt: skip
+            fields, whole = blob_fields(blob, ev.count, ev.tgid, hf, strings)
         if attach_at_ns is not None and ev.ts_ns < attach_at_ns:
             st.dropped_before_attach += 1
             continue
@@ -159,16 +230,12 @@ def decode(
             bkey = (ev.tgid, ev.tid, ev.ts_ns, ev.probe)
             if bkey not in pending:
                 pending[bkey] = (len(out), [])
-                out.append(None)  # type: ignore[arg-type]  # its place, filled below
+                out.append(None)  # its place, filled below
             pos, parts = pending[bkey]
-            if legacy:
-                parts.append((ev, _table_blob(raw, ev, blob_off, d["PB_EV_FIELDS"])))
-            else:
-                parts.append((ev, raw[blob_off : blob_off + ev.blob_len]))
+            parts.append((ev, fields, whole))
             if ev.flags & last_flag:
-                out[pos] = _block(parts, seen, st)
+                blocks.append((pos, parts, seen))
                 del pending[bkey]
-                st.header_blocks += 1
         elif kind == d["PB_UEV_RST"]:
             out.append(ResetFrame(seen=seen, error_code=ev.err_code))
             st.reset_frames += 1
@@ -184,7 +251,9 @@ def decode(
             )
             st.data_frames += 1
     for pos, parts in pending.values():  # the last part was lost: what came is kept
-        out[pos] = _block(parts, _seen(parts[0][0]), st)
+        blocks.append((pos, parts, _seen(parts[0][0])))
+    for pos, parts, seen in blocks:
+        out[pos] = _block(parts, seen, st, strings)
         st.header_blocks += 1
     return out, st
 
@@ -212,7 +281,7 @@ def _table_blob(raw: bytes, ev: Any, blob_off: int, ev_fields: int) -> bytes:
     """A header record of uprobe-grpc/2 or /3 in today's blob layout: those records held
     four u32[PB_EV_FIELDS] tables (name_len, value_len, name_cap, value_cap) after the
     prefix, then the names and values packed."""
-    hf = hfield_struct()
+    hf = HFIELD_V4
     table = struct.unpack_from(f"={4 * ev_fields}I", raw, blob_off)
     name_len, value_len, name_cap, value_cap = (
         table[k * ev_fields : (k + 1) * ev_fields] for k in range(4)
@@ -228,36 +297,45 @@ def _table_blob(raw: bytes, ev: Any, blob_off: int, ev_fields: int) -> bytes:
     return bytes(out)
 
 
-def _block(parts: list[tuple[Any, bytes]], seen: Seen, st: DecodeStats) -> HeaderBlock:
+def _text(s: Str, strings: Strings, encoding: str) -> str | None:
+    """A field's string as text; None for a reference whose bytes no record carried."""
+    if isinstance(s, tuple):
+        data = strings.get(s)
+        if data is None:
+            return None
+        s = data
+    return s.decode(encoding) if encoding == "latin-1" else s.decode(encoding, errors="replace")
+
+
+def _block(parts: list[Part], seen: Seen, st: DecodeStats, strings: Strings) -> HeaderBlock:
     """One header block from its parts. A field cut short keeps its name (so the exchange
-    can say which field) but is flagged: its value is not the value."""
+    can say which field) but is flagged: its value is not the value. A field whose name is
+    an unresolved reference is not known at all: it counts as missing."""
     fields: list[tuple[str, str]] = []
     truncated: list[str] = []
     cut: set[int] = set()
     nfields = parts[0][0].nfields
-    complete = any(ev.flags & header().defines["PB_FLAG_LAST_PART"] for ev, _ in parts)
-    hf = hfield_struct()
+    complete = any(ev.flags & header().defines["PB_FLAG_LAST_PART"] for ev, _, _ in parts)
     expect = 0
-    for ev, blob in sorted(parts, key=lambda p: p[0].part):
+    for ev, raw_fields, whole in sorted(parts, key=lambda p: p[0].part):
         if ev.first != expect:
             complete = False  # a part in the middle was lost
         expect = ev.first + ev.count
-        pos = 0
-        for _ in range(ev.count):
-            if pos + hf.size > len(blob):
-                complete = False  # the part ended early: its other fields are unknown
-                break
-            name_len, value_len, nc, vc = hf.unpack_from(blob, pos)
-            pos += hf.size
-            name = blob[pos : pos + nc].decode("latin-1")
-            pos += nc
-            value = blob[pos : pos + vc].decode("utf-8", errors="replace")
-            pos += vc
-            if nc != name_len or vc != value_len or pos > len(blob):
+        complete = complete and whole
+        for name_len, value_len, n, v in raw_fields:
+            name = _text(n, strings, "latin-1")
+            value = _text(v, strings, "utf-8")
+            if name is None:  # the field is unknown: counted missing below
+                st.unresolved_strings += 1
+                continue
+            if value is None:
+                st.unresolved_strings += 1
+            if value is None or (isinstance(n, bytes) and len(n) != name_len) or (
+                    isinstance(v, bytes) and len(v) != value_len):  # fmt: skip
                 truncated.append(name)
                 cut.add(len(fields))
                 st.truncated_fields += 1
-            fields.append((name, value))
+            fields.append((name, value or ""))
     missing = max(0, nfields - len(fields))
     if not complete:
         st.incomplete_blocks += 1

@@ -13,11 +13,13 @@ from harness.errors import ProbebenchError
 HEADER_FILE = BPF_DIR / "uprobe_events.h"
 PROGRAM = "uprobe_grpc.c"
 # event file format version (header "format"); /3 added RST_STREAM, /4 packs each header
-# field's lengths with its bytes (struct pb_hfield) instead of a fixed per-event table
-FORMAT = "uprobe-grpc/4"
+# field's lengths with its bytes (struct pb_hfield) instead of a fixed per-event table, /5
+# names read-only strings by address once sent (pb_hfield.how)
+FORMAT = "uprobe-grpc/5"
 # what replay reads: /2 and /3 have the same data and reset records, and header records
-# with the per-field table (decode converts them)
-READABLE_FORMATS = frozenset({"uprobe-grpc/2", "uprobe-grpc/3", FORMAT})
+# with the per-field table (decode converts them); /4 a pb_hfield without `how`
+READABLE_FORMATS = frozenset({"uprobe-grpc/2", "uprobe-grpc/3", "uprobe-grpc/4", FORMAT})
+HFIELD_V4 = struct.Struct("=4I")  # pb_hfield of uprobe-grpc/2 to /4
 DEFAULT_RINGBUF_PAGES = 4096  # 16 MiB: a header event holds up to PB_HDR_BLOB + 96 bytes
 DATA_PROBES = frozenset({"write_data", "client_data", "server_data"})
 MAX_VALUE_MAX = 1 << 20
@@ -61,6 +63,7 @@ def sizing_defines(value_max: int) -> dict[str, int]:
     name and value, so one field always fits in an empty part."""
     if not 1 <= value_max <= MAX_VALUE_MAX:
         raise ProbebenchError(f"the header value cap must be 1..{MAX_VALUE_MAX} bytes")
-    need = value_max + header().defines["PB_NAME_MAX"] + hfield_struct().size
+    # + 16: a field's name and value may each come with its 8-byte address (pb_hfield)
+    need = value_max + header().defines["PB_NAME_MAX"] + hfield_struct().size + 16
     blob = max(header().defines["PB_HDR_BLOB"], 1 << (need - 1).bit_length())
     return {"PB_VALUE_MAX": value_max, "PB_HDR_BLOB": blob}

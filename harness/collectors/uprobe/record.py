@@ -118,6 +118,7 @@ class Recorder:
         follow: int | None = None,
         level: str = "headers",
         value_max: int = DEFAULT_VALUE_MAX,
+        profile: bool = False,
     ) -> None:
         if ringbuf_pages & (ringbuf_pages - 1):
             raise ProbebenchError("--ringbuf-pages must be a power of two")
@@ -144,6 +145,7 @@ class Recorder:
             # bpf_get_smp_processor_id() indexes the header scratch: every possible CPU
             "PB_NCPU": max(os.cpu_count() or 1, _possible_cpus()),
             **sizing_defines(value_max),
+            "PB_PROFILE": int(profile),
         }
         self.writer = EventWriter(
             out,
@@ -362,6 +364,13 @@ class Recorder:
             "extra_fields": totals[d["PB_USTAT_EXTRA_FIELDS"]],
             "read_errors": totals[d["PB_USTAT_READ_ERRORS"]],
             "cut_values": totals[d["PB_USTAT_CUT_VALUES"]],
+            # reads of the traced processes' memory: what a hit costs (--profile only)
+            **(
+                {"user_reads": totals[d["PB_USTAT_USER_READS"]],
+                 "conns_cached": totals[d["PB_USTAT_CONN_CACHED"]]}
+                if self.common["PB_PROFILE"]
+                else {}
+            ),
             "level": self.level,
             # uprobe hits per probe: the collector's cost is hits x the trap's
             "hits": {
@@ -407,10 +416,13 @@ def main(argv: list[str] | None = None) -> int:
         "--follow", type=int, metavar="PID",
         help="hold each exec in this process's tree until its binary is probed (if grpc-go)",
     )  # fmt: skip
+    ap.add_argument("--profile", action="store_true",
+                    help="count the probes' reads of user memory (user_reads in the stats)")
     a = ap.parse_args(argv)
     try:
         rec = Recorder(
-            a.out, a.tgid, a.port, a.binary, a.ringbuf_pages, a.follow, a.level, a.value_max
+            a.out, a.tgid, a.port, a.binary, a.ringbuf_pages, a.follow, a.level, a.value_max,
+            a.profile,
         )
         stats = rec.run(a.deadline)
     except (ProbebenchError, CollectorError) as e:

@@ -27,7 +27,7 @@ from harness.collectors.gobin.cache import cache_dir, cached, file_sha256
 from harness.collectors.gobin.elfgo import GoBinary, NotGoBinary, quick_info, read_go_binary
 from harness.collectors.gobin.pclntab import NoPclntab, read_pclntab
 
-RESOLVER_VERSION = 5
+RESOLVER_VERSION = 7
 
 TRANSPORT = "google.golang.org/grpc/internal/transport"
 HTTP2 = "golang.org/x/net/http2"
@@ -60,7 +60,7 @@ STRUCTS = (
     f"{HTTP2}.FrameHeader", f"{HTTP2}.DataFrame", f"{HTTP2}.RSTStreamFrame",
     f"{HPACK}.HeaderField",
     "internal/abi.ITab", "runtime.itab", f"{MEM}.buffer",
-    "crypto/tls.Conn", f"{CREDS}.syscallConn",
+    "crypto/tls.Conn", f"{CREDS}.syscallConn", "runtime.g",
 )  # fmt: skip
 TYPES = (
     "*net.TCPConn", "*net.TCPAddr", f"*{TRANSPORT}.bufWriter", f"*{MEM}.buffer",
@@ -378,6 +378,12 @@ class _Resolver:
         if self.gb.elf_type != "ET_EXEC":
             self.r.notes.append("position-independent binary: dynamic type checks are off")
         d["PB_CHECK_TYPES"] = int(self.gb.elf_type == "ET_EXEC")
+        if self.gb.elf_type == "ET_EXEC":
+            self.read_only_segment()
+        try:  # the probes' goroutine ids, for the connection cache (uprobe_grpc.c conn_at)
+            d["PB_G_GOID"] = self.off("runtime.g", "goid")
+        except Missing as e:
+            self.r.notes.append(f"connections not cached per goroutine ({e})")
         for name, fn in (
             ("header_fields", self.header_fields),
             ("write_header", self.write_header),
@@ -417,6 +423,25 @@ class _Resolver:
         for p in PROBES:
             d[f"PB_HAVE_{p.upper()}"] = int(p in self.r.probes)
         self.r.defines = dict(sorted(d.items()))
+
+    def read_only_segment(self) -> None:
+        """Where the binary's read-only data lies once loaded (a fixed address: not a PIE).
+        The header probes send a string found there once and name it by address after
+        (pb_hfield); none is named that way when .rodata is in no read-only segment."""
+        try:
+            with self.gb.path.open("rb") as f:
+                elf = ELFFile(f)
+                sec = elf.get_section_by_name(".rodata")
+                segs = [s.header for s in elf.iter_segments() if s["p_type"] == "PT_LOAD"]
+        except (ELFError, OSError) as e:
+            self.r.notes.append(f"read-only data not located ({e}): header strings read each time")
+            return
+        addr = sec["sh_addr"] if sec is not None else None
+        for h in segs:
+            if addr is not None and h.p_vaddr <= addr < h.p_vaddr + h.p_filesz:
+                if not h.p_flags & 2:  # PF_W
+                    self.d["PB_RO_LO"], self.d["PB_RO_HI"] = h.p_vaddr, h.p_vaddr + h.p_filesz
+                return
 
     def side_linked(self, side: str) -> bool:
         """A client-only binary has no http2Server code at all (and vice versa)."""
