@@ -132,7 +132,7 @@ class RunResult:
     wall_s: float = 0.0  # main phase span
     idle_programs: list[dict[str, Any]] = field(default_factory=list)  # IDLE_S before GO
     idle_s: float = 0.0
-    traced_calls: int | None = None  # data syscalls of this workload's processes (kprobe)
+    traced_hits: int | None = None  # data-syscall hits of this workload's processes (kprobe)
 
 
 def pinned(cpu: int, argv: list[str]) -> list[str]:
@@ -277,12 +277,12 @@ def run_config(
             if "error" in stats:
                 raise CollectorError(f"the {rc.name} collector failed: {stats['error']}")
             out.collector_stats[rc.name] = stats
-    # the kprobe program counts each target's data syscalls: the hits of this workload
-    by_tgid = out.collector_stats.get("kprobe", {}).get("traced_calls_by_tgid") or {}
+    # the kprobe program counts each target's data-syscall hits: the hits of this workload
+    by_tgid = out.collector_stats.get("kprobe", {}).get("traced_hits_by_tgid") or {}
     for t in targets:
         pids = (t.server.pid,) if servers_only else (t.server.pid, clients[t.wl.key].pid)
         if by_tgid and all(str(p) in by_tgid for p in pids):
-            out.results[t.wl.key].traced_calls = sum(by_tgid[str(p)] for p in pids)
+            out.results[t.wl.key].traced_hits = sum(by_tgid[str(p)] for p in pids)
     for f in (work_dir / "events").glob("*.bin"):
         f.unlink()  # event files are not looked at; keep the temp dir small
     return out
@@ -709,10 +709,10 @@ def _bpf_pass(sess: Session, work_dir: Path) -> dict[str, Any]:
         out[key] = {"config": config, "exchanges": res.exchanges, "throughput": res.throughput,
                     "by_kind": by_kind,
                     "programs": [p for p in res.programs if p["run_cnt"]]}  # fmt: skip
-        if res.traced_calls is not None:
-            # every data syscall of the workload's own processes is two hits (enter, exit);
-            # the rest of run_cnt is other processes' syscalls passing the filter
-            out[key]["target_hits_per_exchange"] = 2 * res.traced_calls / res.exchanges
+        if res.traced_hits is not None:
+            # the workload's own processes' hits; the rest of run_cnt is other processes'
+            # syscalls passing the filter
+            out[key]["target_hits_per_exchange"] = res.traced_hits / res.exchanges
         out[key]["idle"] = _idle(res)
     return out
 
@@ -752,7 +752,7 @@ def _h2_walk_pass(sess: Session, work_dir: Path) -> dict[str, Any]:
                     "bpf_ns_per_exchange": t_ns / res.exchanges,
                     "exit_ns_per_hit": oh.per_hit_ns(ex_ns, ex_cnt),
                     "exit_hits_per_exchange": ex_cnt / res.exchanges,
-                    "target_calls_per_exchange": (res.traced_calls or 0) / res.exchanges,
+                    "target_hits_per_exchange": (res.traced_hits or 0) / res.exchanges,
                     "h2_frame_aware_calls": st.get("h2_frame_aware_calls"),
                     "truncated_calls": st.get("truncated_calls"),
                     "programs": [p for p in res.programs if p["run_cnt"]],
@@ -811,10 +811,10 @@ def _rate_pass(sess: Session, work_dir: Path, scale: float) -> dict[str, Any]:
                     # the kernel-side programs also run (briefly) for every other process's
                     # syscalls; that share, estimated from the idle span, is not this workload's
                     others_s = 0.0
-                    if name == "kprobe" and res.traced_calls is not None:
+                    if name == "kprobe" and res.traced_hits is not None:
                         idle = _idle(res)
                         others_s = oh.others_bpf_ns(sum(p["run_cnt"] for p in progs),
-                                                    2 * res.traced_calls,
+                                                    res.traced_hits,
                                                     idle["kprobe_ns_per_hit"]) / 1e9  # fmt: skip
                     entry[name] = oh.core_share(c["cpu_user_s"], c["cpu_system_s"],
                                                 bpf_s - others_s, res.wall_s,

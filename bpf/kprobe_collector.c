@@ -2,7 +2,7 @@
  * functions (PB_KPROBES=1) (the seed article's "kprobe" approach), compiled by
  * bcc. Settings arrive as -D cflags, never by editing this text: PB_FILTER_TGID,
  * PB_FILTER_PORTS, PB_SELF_TGID, PB_CHUNK, PB_CALL_LIMIT, PB_H2_BODY_LIMIT,
- * PB_RINGBUF_PAGES, PB_MAX_CONNS, PB_KPROBES.
+ * PB_RINGBUF_PAGES, PB_MAX_CONNS, PB_KPROBES, PB_TASK_STORAGE, PB_EXIT_ARGS.
  *
  * Kernel side does only: connection table, protocol inference, copy bytes.
  * Parsing and stitching happen in replay (user space), from the raw records. */
@@ -21,6 +21,12 @@
 #endif
 #ifndef PB_TASK_STORAGE
 #define PB_TASK_STORAGE 0 /* 1: pending calls in task storage (needs kernel BTF, 5.11+) */
+#endif
+#ifndef PB_EXIT_ARGS
+/* 1: a receive's arguments are read at its exit from the user registers saved at the
+ * syscall's entry (bpf_task_pt_regs: 5.15+, kernel BTF; with PB_TASK_STORAGE): receives
+ * need no enter program. A send keeps its enter: it is timed when it starts. */
+#define PB_EXIT_ARGS 0
 #endif
 #ifndef PB_MAX_CONNS
 #define PB_MAX_CONNS 65536
@@ -220,9 +226,9 @@ static __always_inline void prof_add(u32 idx, u64 n) {
 }
 
 #if PB_FILTER_TGID && defined(PB_TGID_LIST)
-/* data syscalls entered, by place in PB_TGID_LIST: the hits our targets cause
- * (each one an enter and an exit), for the overhead bench's floor */
-BPF_PERCPU_ARRAY(traced_calls, u64, 16);
+/* data-syscall program runs (enter and exit hits), by place in PB_TGID_LIST: the hits
+ * our targets cause, for the overhead bench's floor */
+BPF_PERCPU_ARRAY(traced_hits, u64, 16);
 #endif
 
 /* the target filter (pb_common.h), with the map when there is no inline list */
@@ -236,6 +242,21 @@ static __always_inline int port_traced(u16 a, u16 b) {
     return ports.lookup(&a) != NULL || ports.lookup(&b) != NULL;
 #else
     return 1;
+#endif
+}
+
+/* The target filter of the data-syscall programs, first thing: 1 if tgid is traced
+ * (its hit counted, with an inline list), 0 for every other process. */
+static __always_inline int data_hit(u32 tgid) {
+#if PB_FILTER_TGID && defined(PB_TGID_LIST)
+    int slot = pb_tgid_index(tgid);
+    if (slot < 0) return 0;
+    u32 k = slot;
+    u64 *nc = traced_hits.lookup(&k);
+    if (nc) *nc += 1;
+    return 1;
+#else
+    return tgid_traced(tgid);
 #endif
 }
 
@@ -594,15 +615,7 @@ static __always_inline u8 infer(const u8 *b, u32 len, u8 from_start) {
 /* ---- data */
 static __always_inline int on_data_enter(u8 sc, u8 dir, int fd, u64 buf, u32 iovcnt) {
     u64 id = bpf_get_current_pid_tgid();
-#if PB_FILTER_TGID && defined(PB_TGID_LIST)
-    int slot = pb_tgid_index(id >> 32);
-    if (slot < 0) return 0;
-    u32 k = slot;
-    u64 *nc = traced_calls.lookup(&k);
-    if (nc) *nc += 1;
-#else
-    if (!tgid_traced(id >> 32)) return 0;
-#endif
+    if (!data_hit(id >> 32)) return 0;
 #if PB_TASK_STORAGE
     struct task_struct *t = (struct task_struct *)bpf_get_current_task_btf();
     struct data_args *ap = data_args_ts.task_storage_get(t, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
@@ -1568,7 +1581,8 @@ int h1_walk_fn(void *ctx) {
         H2_JOIN();
         if (take) {
             /* a lost event shows in its call's parts: replay stops trusting the call */
-            emit_chunk(dc, c, (u32)w->pos, buf + w->pos, take);
+            /* from the scan's copy (kernel memory): the head's bytes were read once */
+            emit_piece(dc, c, (u32)w->pos, buf + w->pos, take, (u64)&s->buf[s->sh & H1_MASK]);
             w->pos += take;
             if (body != H1_UNSURE) {
                 if (seek) {
@@ -1832,14 +1846,82 @@ int data_fn(void *ctx) {
     return 0;
 }
 
+/* A data call, its arguments known: stash it and go on in data_fn. */
+static __always_inline int stash_call(void *ctx, struct data_args *a, u64 id, long ret) {
+    u32 zero = 0;
+    struct data_call *dc = calls.lookup(&zero);
+    if (!dc) return 0;
+    dc->a = *a;
+    dc->key.tgid = id >> 32;
+    dc->key.fd = a->fd;
+    dc->tid = (u32)id;
+    /* a send is timed when it starts (its packets leave during the call), a
+     * receive when it returns (a blocking read starts long before data arrives) */
+    dc->ts = a->dir == PB_DIR_SEND ? a->enter_ns : bpf_ktime_get_ns();
+    dc->orig = (u32)ret;
+    dc->seq = 0;
+    dc->part = 0;
+    walkers.call(ctx, PB_TC_DATA);
+    stat_add(PB_STAT_TAIL_FAILED, 1);  /* the walkers are not in place yet */
+    return 0;
+}
+
+#if PB_EXIT_ARGS
+/* A receive's fd, buffer (or iovecs) and count, at its exit: from the user registers
+ * saved at the syscall's entry (a syscall returns its value in ax and leaves the
+ * argument registers as they were). 0: unreadable. */
+static __always_inline int exit_args(struct data_args *a) {
+    u64 regs = (u64)bpf_task_pt_regs((struct task_struct *)bpf_get_current_task_btf());
+    u64 fd, ptr, n;
+#ifdef bpf_target_x86
+    /* the three argument registers lie together, in reverse: one small read */
+    struct { u64 dx, si, di; } r;
+    _Static_assert(offsetof(struct pt_regs, si) == offsetof(struct pt_regs, dx) + 8 &&
+                   offsetof(struct pt_regs, di) == offsetof(struct pt_regs, dx) + 16,
+                   "x86-64 pt_regs: dx, si, di");
+    if (bpf_probe_read_kernel(&r, sizeof(r), (void *)(regs + offsetof(struct pt_regs, dx))) < 0)
+        return 0;
+    fd = r.di;
+    ptr = r.si;
+    n = r.dx;
+#else
+    struct pt_regs r = {};
+    if (bpf_probe_read_kernel(&r, sizeof(r), (void *)regs) < 0) return 0;
+    fd = PT_REGS_PARM1(&r);
+    ptr = PT_REGS_PARM2(&r);
+    n = PT_REGS_PARM3(&r);
+#endif
+    a->fd = (s32)fd;
+    a->buf = ptr;
+    if (a->syscall == PB_SC_READV) {
+        a->iovcnt = (u32)n;
+    } else if (a->syscall == PB_SC_RECVMSG) {
+        /* the kernel writes back a msghdr's lengths and flags, never msg_iov/msg_iovlen */
+        struct user_msghdr m = {};
+        if (bpf_probe_read_user(&m, sizeof(m), (void *)ptr) < 0) return 0;
+        a->buf = (u64)m.msg_iov;
+        a->iovcnt = (u32)m.msg_iovlen;
+    }
+    return 1;
+}
+#endif
+
 /* The sys_exit_* side: stash the call and go on in data_fn. The work is there,
  * once, rather than inlined into all eight programs (each copy costs the
- * verifier seconds at attach). */
-static __always_inline int on_data_exit(void *ctx, long ret) {
+ * verifier seconds at attach). sc and dir name the syscall: a receive's arguments
+ * are read here (PB_EXIT_ARGS); else its enter stashed them. */
+static __always_inline int on_data_exit(void *ctx, long ret, u8 sc, u8 dir) {
     u64 id = bpf_get_current_pid_tgid();
-    if (!tgid_traced(id >> 32)) return 0;  /* others: no lookup when the list is inline */
+    if (!data_hit(id >> 32)) return 0;  /* others: no lookup when the list is inline */
     if (ret <= 0) prof_add(PB_PROF_EMPTY_CALLS, 1);
-    u32 tid = (u32)id;
+#if PB_EXIT_ARGS
+    if (dir == PB_DIR_RECV) {
+        if (ret <= 0) return 0;
+        struct data_args a = {.enter_ns = 1, .syscall = sc, .dir = dir};
+        if (!exit_args(&a)) return 0;
+        return stash_call(ctx, &a, id, ret);
+    }
+#endif
 #if PB_TASK_STORAGE
     struct task_struct *t = (struct task_struct *)bpf_get_current_task_btf();
     struct data_args *ap = data_args_ts.task_storage_get(t, 0, 0);
@@ -1851,28 +1933,14 @@ static __always_inline int on_data_exit(void *ctx, long ret) {
     struct data_args a = *ap;
     ap->enter_ns = 0;
 #else
+    u32 tid = (u32)id;
     struct data_args *ap = data_args_map.lookup(&tid);
     if (!ap) return 0;
     struct data_args a = *ap;
     data_args_map.delete(&tid);
     if (ret <= 0) return 0;
 #endif
-    u32 zero = 0;
-    struct data_call *dc = calls.lookup(&zero);
-    if (!dc) return 0;
-    dc->a = a;
-    dc->key.tgid = id >> 32;
-    dc->key.fd = a.fd;
-    dc->tid = tid;
-    /* a send is timed when it starts (its packets leave during the call), a
-     * receive when it returns (a blocking read starts long before data arrives) */
-    dc->ts = a.dir == PB_DIR_SEND ? a.enter_ns : bpf_ktime_get_ns();
-    dc->orig = (u32)ret;
-    dc->seq = 0;
-    dc->part = 0;
-    walkers.call(ctx, PB_TC_DATA);
-    stat_add(PB_STAT_TAIL_FAILED, 1);  /* the walkers are not in place yet */
-    return 0;
+    return stash_call(ctx, &a, id, ret);
 }
 
 static __always_inline int on_msg_enter(u8 sc, u8 dir, int fd, u64 msg) {
@@ -1894,22 +1962,25 @@ TRACEPOINT_PROBE(syscalls, sys_exit_accept4) { return on_accept_exit(args->ret);
 TRACEPOINT_PROBE(syscalls, sys_enter_close) { return on_close_enter(args->fd); }
 TRACEPOINT_PROBE(syscalls, sys_exit_dup2) { return on_fd_replaced(args->ret); }
 TRACEPOINT_PROBE(syscalls, sys_exit_dup3) { return on_fd_replaced(args->ret); }
+/* receives: with PB_EXIT_ARGS, the exit alone */
+#if !PB_EXIT_ARGS
 TRACEPOINT_PROBE(syscalls, sys_enter_read) { return on_data_enter(PB_SC_READ, PB_DIR_RECV, args->fd, (u64)args->buf, 0); }
-TRACEPOINT_PROBE(syscalls, sys_exit_read) { return on_data_exit(args, args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_enter_write) { return on_data_enter(PB_SC_WRITE, PB_DIR_SEND, args->fd, (u64)args->buf, 0); }
-TRACEPOINT_PROBE(syscalls, sys_exit_write) { return on_data_exit(args, args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_enter_sendto) { return on_data_enter(PB_SC_SENDTO, PB_DIR_SEND, args->fd, (u64)args->buff, 0); }
-TRACEPOINT_PROBE(syscalls, sys_exit_sendto) { return on_data_exit(args, args->ret); }
 TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom) { return on_data_enter(PB_SC_RECVFROM, PB_DIR_RECV, args->fd, (u64)args->ubuf, 0); }
-TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom) { return on_data_exit(args, args->ret); }
 TRACEPOINT_PROBE(syscalls, sys_enter_readv) { return on_data_enter(PB_SC_READV, PB_DIR_RECV, args->fd, (u64)args->vec, args->vlen); }
-TRACEPOINT_PROBE(syscalls, sys_exit_readv) { return on_data_exit(args, args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_enter_writev) { return on_data_enter(PB_SC_WRITEV, PB_DIR_SEND, args->fd, (u64)args->vec, args->vlen); }
-TRACEPOINT_PROBE(syscalls, sys_exit_writev) { return on_data_exit(args, args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg) { return on_msg_enter(PB_SC_SENDMSG, PB_DIR_SEND, args->fd, (u64)args->msg); }
-TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg) { return on_data_exit(args, args->ret); }
 TRACEPOINT_PROBE(syscalls, sys_enter_recvmsg) { return on_msg_enter(PB_SC_RECVMSG, PB_DIR_RECV, args->fd, (u64)args->msg); }
-TRACEPOINT_PROBE(syscalls, sys_exit_recvmsg) { return on_data_exit(args, args->ret); }
+#endif
+TRACEPOINT_PROBE(syscalls, sys_exit_read) { return on_data_exit(args, args->ret, PB_SC_READ, PB_DIR_RECV); }
+TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom) { return on_data_exit(args, args->ret, PB_SC_RECVFROM, PB_DIR_RECV); }
+TRACEPOINT_PROBE(syscalls, sys_exit_readv) { return on_data_exit(args, args->ret, PB_SC_READV, PB_DIR_RECV); }
+TRACEPOINT_PROBE(syscalls, sys_exit_recvmsg) { return on_data_exit(args, args->ret, PB_SC_RECVMSG, PB_DIR_RECV); }
+TRACEPOINT_PROBE(syscalls, sys_enter_write) { return on_data_enter(PB_SC_WRITE, PB_DIR_SEND, args->fd, (u64)args->buf, 0); }
+TRACEPOINT_PROBE(syscalls, sys_exit_write) { return on_data_exit(args, args->ret, PB_SC_WRITE, PB_DIR_SEND); }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendto) { return on_data_enter(PB_SC_SENDTO, PB_DIR_SEND, args->fd, (u64)args->buff, 0); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendto) { return on_data_exit(args, args->ret, PB_SC_SENDTO, PB_DIR_SEND); }
+TRACEPOINT_PROBE(syscalls, sys_enter_writev) { return on_data_enter(PB_SC_WRITEV, PB_DIR_SEND, args->fd, (u64)args->vec, args->vlen); }
+TRACEPOINT_PROBE(syscalls, sys_exit_writev) { return on_data_exit(args, args->ret, PB_SC_WRITEV, PB_DIR_SEND); }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg) { return on_msg_enter(PB_SC_SENDMSG, PB_DIR_SEND, args->fd, (u64)args->msg); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg) { return on_data_exit(args, args->ret, PB_SC_SENDMSG, PB_DIR_SEND); }
 #else
 /* Not auto-attached (no kprobe__ prefix): the recorder attaches each
  * pb_sysenter__NAME / pb_sysexit__NAME to the kernel's NAME syscall function
@@ -1931,20 +2002,22 @@ int pb_sysexit__accept4(struct pt_regs *ctx) { return on_accept_exit(PB_RET); }
 int pb_sysenter__close(struct pt_regs *ctx) { PB_SYSREGS; return on_close_enter(PB_A1); }
 int pb_sysexit__dup2(struct pt_regs *ctx) { return on_fd_replaced(PB_RET); }
 int pb_sysexit__dup3(struct pt_regs *ctx) { return on_fd_replaced(PB_RET); }
+#if !PB_EXIT_ARGS
 int pb_sysenter__read(struct pt_regs *ctx) { PB_SYSREGS; return on_data_enter(PB_SC_READ, PB_DIR_RECV, PB_A1, PB_A2, 0); }
-int pb_sysexit__read(struct pt_regs *ctx) { return on_data_exit(ctx, PB_RET); }
-int pb_sysenter__write(struct pt_regs *ctx) { PB_SYSREGS; return on_data_enter(PB_SC_WRITE, PB_DIR_SEND, PB_A1, PB_A2, 0); }
-int pb_sysexit__write(struct pt_regs *ctx) { return on_data_exit(ctx, PB_RET); }
-int pb_sysenter__sendto(struct pt_regs *ctx) { PB_SYSREGS; return on_data_enter(PB_SC_SENDTO, PB_DIR_SEND, PB_A1, PB_A2, 0); }
-int pb_sysexit__sendto(struct pt_regs *ctx) { return on_data_exit(ctx, PB_RET); }
 int pb_sysenter__recvfrom(struct pt_regs *ctx) { PB_SYSREGS; return on_data_enter(PB_SC_RECVFROM, PB_DIR_RECV, PB_A1, PB_A2, 0); }
-int pb_sysexit__recvfrom(struct pt_regs *ctx) { return on_data_exit(ctx, PB_RET); }
 int pb_sysenter__readv(struct pt_regs *ctx) { PB_SYSREGS; return on_data_enter(PB_SC_READV, PB_DIR_RECV, PB_A1, PB_A2, PB_A3); }
-int pb_sysexit__readv(struct pt_regs *ctx) { return on_data_exit(ctx, PB_RET); }
-int pb_sysenter__writev(struct pt_regs *ctx) { PB_SYSREGS; return on_data_enter(PB_SC_WRITEV, PB_DIR_SEND, PB_A1, PB_A2, PB_A3); }
-int pb_sysexit__writev(struct pt_regs *ctx) { return on_data_exit(ctx, PB_RET); }
-int pb_sysenter__sendmsg(struct pt_regs *ctx) { PB_SYSREGS; return on_msg_enter(PB_SC_SENDMSG, PB_DIR_SEND, PB_A1, PB_A2); }
-int pb_sysexit__sendmsg(struct pt_regs *ctx) { return on_data_exit(ctx, PB_RET); }
 int pb_sysenter__recvmsg(struct pt_regs *ctx) { PB_SYSREGS; return on_msg_enter(PB_SC_RECVMSG, PB_DIR_RECV, PB_A1, PB_A2); }
-int pb_sysexit__recvmsg(struct pt_regs *ctx) { return on_data_exit(ctx, PB_RET); }
+#endif
+int pb_sysexit__read(struct pt_regs *ctx) { return on_data_exit(ctx, PB_RET, PB_SC_READ, PB_DIR_RECV); }
+int pb_sysexit__recvfrom(struct pt_regs *ctx) { return on_data_exit(ctx, PB_RET, PB_SC_RECVFROM, PB_DIR_RECV); }
+int pb_sysexit__readv(struct pt_regs *ctx) { return on_data_exit(ctx, PB_RET, PB_SC_READV, PB_DIR_RECV); }
+int pb_sysexit__recvmsg(struct pt_regs *ctx) { return on_data_exit(ctx, PB_RET, PB_SC_RECVMSG, PB_DIR_RECV); }
+int pb_sysenter__write(struct pt_regs *ctx) { PB_SYSREGS; return on_data_enter(PB_SC_WRITE, PB_DIR_SEND, PB_A1, PB_A2, 0); }
+int pb_sysexit__write(struct pt_regs *ctx) { return on_data_exit(ctx, PB_RET, PB_SC_WRITE, PB_DIR_SEND); }
+int pb_sysenter__sendto(struct pt_regs *ctx) { PB_SYSREGS; return on_data_enter(PB_SC_SENDTO, PB_DIR_SEND, PB_A1, PB_A2, 0); }
+int pb_sysexit__sendto(struct pt_regs *ctx) { return on_data_exit(ctx, PB_RET, PB_SC_SENDTO, PB_DIR_SEND); }
+int pb_sysenter__writev(struct pt_regs *ctx) { PB_SYSREGS; return on_data_enter(PB_SC_WRITEV, PB_DIR_SEND, PB_A1, PB_A2, PB_A3); }
+int pb_sysexit__writev(struct pt_regs *ctx) { return on_data_exit(ctx, PB_RET, PB_SC_WRITEV, PB_DIR_SEND); }
+int pb_sysenter__sendmsg(struct pt_regs *ctx) { PB_SYSREGS; return on_msg_enter(PB_SC_SENDMSG, PB_DIR_SEND, PB_A1, PB_A2); }
+int pb_sysexit__sendmsg(struct pt_regs *ctx) { return on_data_exit(ctx, PB_RET, PB_SC_SENDMSG, PB_DIR_SEND); }
 #endif

@@ -25,6 +25,7 @@ import pytest
 from test_bpf_kprobe import start_recorder
 
 from harness.collectors.kprobe.decode import Connection, decode
+from harness.model import waited
 from harness.protocols.http1 import stitch_http1
 from harness.runner.record import free_port
 
@@ -243,7 +244,8 @@ def test_a_connection_found_mid_stream_is_followed_from_its_next_request(tmp_pat
             buf.clear()
             _recv_until(c, buf, b"\r\n\r\n")  # GET /pre2: its body spans the attach
             c.sendall(HEAD % (10_000 + tail) + _body(10_000))
-            assert attached.wait(60)
+            # the recorder's compile comes first: minutes in an emulated guest
+            assert attached.wait(waited(60))
             c.sendall(_body(tail))
             _serve_framed(c)
 

@@ -6,6 +6,7 @@ import itertools
 import random
 from dataclasses import dataclass, field
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -523,3 +524,41 @@ def test_stitcher_pairs_pipelined_bursts_in_order(
         assert (x.method, x.path, x.status) == (q.head[0], q.head[1], r.head[0])
         assert (x.req_bytes, x.resp_bytes) == (len(q.body), len(r.body))
         assert x.conn_seq == i and x.t_start_ns == req_ts[i]
+
+
+@FEW
+@given(
+    conv=conversations(),
+    data=st.data(),
+    side=st.sampled_from(["client", "server"]),
+    whole=st.booleans(),
+)
+def test_whole_message_fast_path_gives_what_the_general_path_gives(
+    conv: Conversation, data: st.DataObject, side: str, whole: bool
+) -> None:
+    """The parser's fast path for a segment holding one whole message (keep-alive traffic)
+    changes nothing: the same exchanges and stats as the general state machine alone, on
+    whole messages and cut ones, with a response dropped and after a late attach."""
+    if whole:
+        reqs, resps, t = [], [], 1000
+        for q, r in zip(conv.requests, conv.responses, strict=False):
+            reqs.append(Segment(t, q.raw, len(q.raw)))
+            resps.append(Segment(t + 10, r.raw, len(r.raw)))
+            t += 20
+    else:
+        reqs, resps, _ = conversation_segments(conv, data)
+    if resps and data.draw(st.booleans()):
+        del resps[data.draw(st.integers(0, len(resps) - 1))]
+    attach = data.draw(st.sampled_from([0, 0, max(s.ts_ns for s in reqs + resps) // 2]))
+    reqs = [s for s in reqs if s.ts_ns >= attach]
+    resps = [s for s in resps if s.ts_ns >= attach]
+    send, recv = (reqs, resps) if side == "client" else (resps, reqs)
+
+    def stitched() -> tuple[list[dict[str, object]], object]:
+        xs, stats = stitch_http1(send, recv, side=side, closed_ns=None, from_start=attach == 0)
+        return [x.to_dict() for x in xs], stats
+
+    fast = stitched()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Http1Parser, "_whole", lambda self, seg: False)
+        assert stitched() == fast

@@ -7,6 +7,8 @@ import heapq
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from operator import attrgetter
+from typing import Any
 
 from harness.model import H2_FAMILY, NOT_COLLECTED, Exchange, is_h2
 
@@ -39,6 +41,12 @@ def required_fields(protocol: str) -> tuple[str, ...]:
     return GRPC_FIELDS if is_h2(protocol) else COMMON_FIELDS
 
 
+# Each protocol's required fields read in one call (as a tuple), by the tuple of names.
+FIELD_VALUES: dict[tuple[str, ...], attrgetter[Any]] = {
+    fs: attrgetter(*fs) for fs in (COMMON_FIELDS, GRPC_FIELDS, H2C_FIELDS)
+}
+
+
 @dataclass
 class Verdict:
     """One matched pair: which required fields were missing (with why) or wrong."""
@@ -59,10 +67,14 @@ def _custom(headers: dict[str, str]) -> dict[str, str]:
 
 def judge(truth: Exchange, obs: Exchange) -> Verdict:
     v = Verdict(truth, obs)
+    fields = required_fields(truth.protocol)
+    values = FIELD_VALUES[fields]
+    if values(truth) == values(obs):  # the common case: every field the same, none judged
+        return v
     reasons = {d.field: d.reason for d in obs.degraded}
     unreliable = {d.field for d in truth.degraded}  # Wireshark itself could not tell
     unreliable |= {d.field for d in obs.degraded if d.reason == NOT_COLLECTED}
-    for f in required_fields(truth.protocol):
+    for f in fields:
         if f in unreliable:
             continue
         want, got = getattr(truth, f), getattr(obs, f)

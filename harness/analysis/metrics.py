@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.analysis.match import Verdict, match_into, required_fields
+from harness.analysis.match import FIELD_VALUES, Verdict, match_into, required_fields
 from harness.model import TRUNCATED_PAYLOAD, Exchange
 
 DEFINITIONS = {
@@ -109,7 +109,7 @@ class Scorer:
             row.pre_attach += 1
             return
         idx = min(v.observed.conn_seq or 0, RECOVERY_CALLS - 1)
-        have = sum(1 for f in required_fields(v.truth.protocol) if _known(getattr(v.truth, f)))
+        have = sum(map(_known, FIELD_VALUES[required_fields(v.truth.protocol)](v.truth)))
         self._total_at[idx] += have
         self._correct_at[idx] += have - len(v.missing) - len(v.wrong)
         row.matched += 1
@@ -124,10 +124,12 @@ class Scorer:
             self._fields[f] += 1
             self._wrong[f] += 1
             self._reasons["wrong_value"] += 1
-        if any(d.reason == TRUNCATED_PAYLOAD for d in v.observed.degraded):
-            row.truncated_payloads += 1
-        self._unjudged.update(f"{d.field}:{d.reason}" for d in v.truth.degraded)
-        self._self_reported.update(f"{d.field}:{d.reason}" for d in v.observed.degraded)
+        if v.truth.degraded:
+            self._unjudged.update(f"{d.field}:{d.reason}" for d in v.truth.degraded)
+        if v.observed.degraded:
+            if any(d.reason == TRUNCATED_PAYLOAD for d in v.observed.degraded):
+                row.truncated_payloads += 1
+            self._self_reported.update(f"{d.field}:{d.reason}" for d in v.observed.degraded)
 
     def phantom(self, x: Exchange) -> None:
         if x.client_port is None or x.server_port is None:

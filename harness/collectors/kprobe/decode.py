@@ -255,10 +255,14 @@ def decode_steps(
         del pending_of[key[:3]][key]
         segs = call_segments(call.ts, call.orig, call.parts)
         conn = call.conn
-        unseen = sum(s.truncated for s in segs)
-        conn.truncated_bytes += unseen
-        st.truncated_bytes += unseen
-        sent = call.direction == "send"
+        unseen = sum(s.orig_len - len(s.data) for s in segs)
+        if unseen:
+            conn.truncated_bytes += unseen
+            st.truncated_bytes += unseen
+        take(conn, call.direction == "send", segs)
+
+    def take(conn: Connection, sent: bool, segs: list[Segment]) -> None:
+        """A call's segments, in its direction's order, to its connection."""
         first_sent = sent and not conn.send
         if conn.http1 is not None:
             for seg in segs:
@@ -293,11 +297,15 @@ def decode_steps(
     def settle(conn: Connection, everything: bool = False) -> None:
         """Hand over what no later loss can change (all of it: ``everything``)."""
         seen = conn.last_ts[0 if conn.role == "client" else 1]
-        out = conn.held if everything else [x for x in conn.held if _final(x, seen)]
+        out, keep = conn.held, list[Exchange]()
+        if not everything:
+            out = []
+            for x in conn.held:
+                (out if _final(x, seen) else keep).append(x)
         if out:
             assert handover is not None
             handover.ready.append((conn, out))
-            conn.held = [] if everything else [x for x in conn.held if not _final(x, seen)]
+            conn.held = keep
         if not conn.held:
             holding.pop(id(conn), None)
 
@@ -387,6 +395,7 @@ def decode_steps(
         return conn
 
     newest = 0  # the latest event time read
+    dir_send = d["PB_DIR_SEND"]
     for rtype, rec in ef.records():
         if rtype == NOTE:
             assert isinstance(rec, dict)
@@ -420,14 +429,17 @@ def decode_steps(
             fixed = rec if len(rec) >= data_min else bytes(rec).ljust(data_min, b"\0")
             ev = as_event._make(unpack_data.unpack_from(fixed))
             payload = bytes(rec[data_off : data_off + ev.cap_len])
-            newest = max(newest, ev.ts_ns)
+            if ev.ts_ns > newest:
+                newest = ev.ts_ns
             if attach_at_ns is not None and ev.ts_ns < attach_at_ns:
                 st.dropped_before_attach += 1
                 continue
             key = (ev.tgid, ev.fd)
             conn = live.get(key)
-            direction = "send" if ev.dir == d["PB_DIR_SEND"] else "recv"
-            i = 0 if direction == "send" else 1
+            if ev.dir == dir_send:
+                direction, i = "send", 0
+            else:
+                direction, i = "recv", 1
             if conn is None and attach_at_ns is None:
                 if legacy or ev.part != 0 or not protos().get(ev.proto):
                     st.orphan_data_events += 1
@@ -461,16 +473,31 @@ def decode_steps(
                 st.inferred_connections += 1
                 if handover is not None:
                     opened(key)
-            if not legacy:
+            if legacy:
+                pass
+            elif ev.part == 0 and (last := conn.last_seq[i]) is not None and ev.seq == last + 1:
+                # check_seq's common case, inline: the next call, from its first event
+                conn.last_seq[i] = ev.seq
+                if ev.ts_ns > conn.last_ts[i]:
+                    conn.last_ts[i] = ev.ts_ns
+            else:
                 conn = check_seq(conn, ev, i)
             pkey = (ev.tgid, ev.fd, direction, ev.tid, ev.ts_ns)
             first = ev.offset == 0 if legacy else ev.part == 0
             if first:
-                same = pending_of.setdefault(pkey[:3], {})
-                for k in list(same):
-                    flush_call(k)
-                pending[pkey] = _Call(conn, direction, ev.ts_ns, ev.orig_len, [(0, payload)])
-                same[pkey] = None
+                same = pending_of.get(key3 := (ev.tgid, ev.fd, direction))
+                if same is None:
+                    same = pending_of[key3] = {}
+                elif same:
+                    for k in list(same):
+                        flush_call(k)
+                if not legacy and ev.cap_len == ev.orig_len:
+                    # captured whole in its first event, so it has no other (the kernel
+                    # emits a call's pieces only for bytes not yet emitted): placed now
+                    take(conn, i == 0, [Segment(ev.ts_ns, payload, ev.orig_len)])
+                else:
+                    pending[pkey] = _Call(conn, direction, ev.ts_ns, ev.orig_len, [(0, payload)])
+                    same[pkey] = None
             elif (call := pending.get(pkey)) is None:
                 st.lost_call_starts += 1
             elif legacy:

@@ -10,6 +10,7 @@ supports is what `doctor` reports and what the recorder checks before compiling.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,12 @@ def _syscall_function(name: str) -> str | None:
     except OSError:
         return None
     return None
+
+
+def kernel_at_least(major: int, minor: int) -> bool:
+    """The running kernel is version major.minor or later (uname's release, "6.1.0-57-amd64")."""
+    m = re.match(r"(\d+)\.(\d+)", os.uname().release)
+    return m is not None and (int(m[1]), int(m[2])) >= (major, minor)
 
 
 def hook_modes() -> dict[str, str | None]:

@@ -48,7 +48,7 @@ DEFAULT_POLL_MS = 20
 SOCKDIAG_WAIT_S = (0.005, 0.05)  # the sock_diag thread's wait: while busy, when idle
 # Up to this many target tgids are compared inline in the programs (no map lookup
 # for the syscalls of other processes); more go through the `targets` map.
-INLINE_TGIDS = 8  # at most 16: the size of traced_calls in the program
+INLINE_TGIDS = 8  # at most 16: the size of traced_hits in the program
 
 
 class Recorder:
@@ -95,6 +95,8 @@ class Recorder:
         self.defines.update(socket_walk_defines())
         if Path("/sys/kernel/btf/vmlinux").exists():
             self.defines["PB_TASK_STORAGE"] = 1  # bpf_get_current_task_btf needs kernel BTF
+            # bpf_task_pt_regs (5.15): receives' arguments read at their exit, no enter program
+            self.defines["PB_EXIT_ARGS"] = int(hooks.kernel_at_least(5, 15))
         if 0 < len(tgids) <= INLINE_TGIDS:
             self.defines["PB_TGID_LIST"] = ",".join(str(t) for t in tgids)
         self.ev_exit = d["PB_EV_EXIT"]
@@ -247,7 +249,7 @@ class Recorder:
                 rings.close()
             stats = self._stats(bpf)
             stats.update(
-                traced_calls_by_tgid=self._traced_calls(bpf),
+                traced_hits_by_tgid=self._traced_hits(bpf),
                 polls=self.polls,
                 drain_batches=batch.batches,
                 drain_trimmed_bytes=batch.trimmed_bytes,
@@ -275,11 +277,11 @@ class Recorder:
         totals = percpu_totals(bpf["prof"], d["PB_PROF_MAX"])
         return {name: totals[i] for i, name in self.hdr.enum("PB_PROF_").items() if name != "max"}
 
-    def _traced_calls(self, bpf: Any) -> dict[str, int]:
-        """Data syscalls each inline-listed target entered (their hits are twice that)."""
+    def _traced_hits(self, bpf: Any) -> dict[str, int]:
+        """Data-syscall program runs (enter and exit hits) of each inline-listed target."""
         if "PB_TGID_LIST" not in self.defines:
             return {}
-        totals = percpu_totals(bpf["traced_calls"], len(self.tgids))
+        totals = percpu_totals(bpf["traced_hits"], len(self.tgids))
         return {str(t): n for t, n in zip(self.tgids, totals, strict=True)}
 
     def _load_walkers(self, bpf: Any) -> None:

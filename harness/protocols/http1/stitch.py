@@ -146,8 +146,9 @@ class Http1Stitcher:
         if seg.orig_len:
             starts[not is_request] = 0
         for ev in events:
-            if isinstance(ev, (RequestHeadersParsed, ResponseHeadersParsed)) or (
-                isinstance(ev, MessageLost) and not ev.headers_seen
+            t = type(ev)  # (events are final classes: ``is`` is isinstance here, cheaper)
+            if t is RequestHeadersParsed or t is ResponseHeadersParsed or (
+                t is MessageLost and not ev.headers_seen  # type: ignore[union-attr]
             ):
                 starts[is_request] += 1
         if starts[is_request] > 1:
@@ -410,6 +411,7 @@ class Http1Stream:
         if side not in ("client", "server"):
             raise Http1UsageError(f"side must be 'client' or 'server', not {side!r}")
         self.side = side
+        self._client = side == "client"
         self.stitcher = Http1Stitcher(
             side, source, from_start, pipelined, after_loss, pipelining, requests_lost_after
         )
@@ -421,6 +423,8 @@ class Http1Stream:
         self._hand_over = hand_over
 
     def _take(self) -> None:
+        if not self.stitcher.done:
+            return
         xs = self.stitcher.ready()
         if xs and self._on_ready is not None:
             self._on_ready(xs)
@@ -443,7 +447,7 @@ class Http1Stream:
 
     def add(self, sent: bool, seg: Segment) -> None:
         """A segment the observed process sent (else received), in its direction's order."""
-        (self._req if sent == (self.side == "client") else self._resp).append(seg)
+        (self._req if sent == self._client else self._resp).append(seg)
         self._place()
 
     def _place(self, final: bool = False) -> None:
