@@ -112,7 +112,8 @@ class Matching:
 
 
 # Every path below looks at most MATCH_WINDOW_NS back and CLOCK_TOLERANCE_NS ahead of an
-# observation's start: truth older than this behind it can be nobody's partner any more.
+# observation's start: truth older than this behind it can be nobody's partner any more,
+# but the next in a server's followed HTTP/1 sequence not yet answered (``_awaited``).
 HORIZON_NS = MATCH_WINDOW_NS + CLOCK_TOLERANCE_NS
 
 _Key = tuple[object, ...]
