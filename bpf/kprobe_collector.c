@@ -28,6 +28,9 @@
  * need no enter program. A send keeps its enter: it is timed when it starts. */
 #define PB_EXIT_ARGS 0
 #endif
+#if PB_EXIT_ARGS && !PB_TASK_STORAGE
+#error "PB_EXIT_ARGS needs PB_TASK_STORAGE (bpf_get_current_task_btf)"
+#endif
 #ifndef PB_MAX_CONNS
 #define PB_MAX_CONNS 65536
 #endif
@@ -1885,11 +1888,8 @@ static __always_inline int exit_args(struct data_args *a) {
     ptr = r.si;
     n = r.dx;
 #else
-    struct pt_regs r = {};
-    if (bpf_probe_read_kernel(&r, sizeof(r), (void *)regs) < 0) return 0;
-    fd = PT_REGS_PARM1(&r);
-    ptr = PT_REGS_PARM2(&r);
-    n = PT_REGS_PARM3(&r);
+/* elsewhere the return value may overwrite the first argument's register (arm64: x0) */
+#error "PB_EXIT_ARGS reads x86-64's saved argument registers: set it on x86-64 only"
 #endif
     a->fd = (s32)fd;
     a->buf = ptr;

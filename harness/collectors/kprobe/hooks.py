@@ -46,6 +46,18 @@ def kernel_at_least(major: int, minor: int) -> bool:
     return m is not None and (int(m[1]), int(m[2])) >= (major, minor)
 
 
+BTF = Path("/sys/kernel/btf/vmlinux")
+# the receives, whose arguments exit_args() lets the exit read: no enter hook for them
+RECEIVES = (b"read", b"recvfrom", b"readv", b"recvmsg")
+
+
+def exit_args() -> bool:
+    """Whether a receive's arguments can be read at its exit (PB_EXIT_ARGS): from the user
+    registers saved at entry (bpf_task_pt_regs: 5.15+, kernel BTF), on x86-64, where a
+    syscall's return value leaves the argument registers in place (not so arm64's x0)."""
+    return BTF.exists() and kernel_at_least(5, 15) and os.uname().machine == "x86_64"
+
+
 def hook_modes() -> dict[str, str | None]:
     """Each mode -> None if this kernel supports it, else why not (one sentence)."""
     tp = None if (TRACEFS / "events/syscalls").is_dir() else (

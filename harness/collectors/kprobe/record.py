@@ -93,10 +93,10 @@ class Recorder:
         }
         # fd -> socket walk at the running kernel's offsets (connections' own addresses)
         self.defines.update(socket_walk_defines())
-        if Path("/sys/kernel/btf/vmlinux").exists():
+        if hooks.BTF.exists():
             self.defines["PB_TASK_STORAGE"] = 1  # bpf_get_current_task_btf needs kernel BTF
-            # bpf_task_pt_regs (5.15): receives' arguments read at their exit, no enter program
-            self.defines["PB_EXIT_ARGS"] = int(hooks.kernel_at_least(5, 15))
+            # receives' arguments read at their exit: no enter program for them
+            self.defines["PB_EXIT_ARGS"] = int(hooks.exit_args())
         if 0 < len(tgids) <= INLINE_TGIDS:
             self.defines["PB_TGID_LIST"] = ",".join(str(t) for t in tgids)
         self.ev_exit = d["PB_EV_EXIT"]
