@@ -307,8 +307,9 @@ def _interim(m: _H1Msg) -> bool:
 # mapped back to the whole file's); the rows the previous part owned are only compared.
 # Where they differ on the last ``check`` frames of the overlap, or a connection cannot
 # be told apart from one seen before (an idle connection waking after the overlap, or a
-# port reused), the parts are given up and the capture decoded whole (``parts_given_up``):
-# the truth is always the one pass's.
+# port reused), the parts are given up and the capture decoded whole (``parts_given_up``).
+# Only the overlap is compared: a response whose request lies before its part's overlap
+# has no http.request_in there, so Wireshark's pairing is not cross-checked for it.
 
 PART_PACKETS = 400_000  # tshark on a wrk capture: about 160 MB + 600 B a packet
 PART_OVERLAP = 20_000
