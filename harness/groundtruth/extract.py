@@ -488,29 +488,22 @@ class _Scan:
         self.packets = 0
         self.tcp_streams: set[int] = set()
         truncated = False
-        if self.parts is None:
-            tshark = TsharkStream(self.pcap, args)
+        parts = self.parts
+        for p in range(len(parts.starts) if parts is not None else 1):
+            # one pass is one part over the whole file, its numbers left as they are
+            part = _Part(parts, p) if parts is not None else None
+            tshark = TsharkStream(self.pcap, args, ranges=parts.ranges(p) if parts else None)
             for line in tshark:
                 row = line.split(SEP)
                 if len(row) != len(columns):
                     self.warnings["tshark output row with an unexpected number of fields"] += 1
                     continue
-                self._row(row)
-            truncated = tshark.truncated
-        else:
-            parts = self.parts
-            for p in range(len(parts.starts)):
-                tshark = TsharkStream(self.pcap, args, ranges=parts.ranges(p))
-                part = _Part(parts, p)
-                for line in tshark:
-                    row = line.split(SEP)
-                    if len(row) != len(columns):
-                        self.warnings["tshark output row with an unexpected number of fields"] += 1
-                        continue
-                    if part.own(row):
-                        self._row(row)
+                if part is None or part.own(row):
+                    self._row(row)
+            if part is not None:
                 part.done()
-                truncated = truncated or tshark.truncated
+            truncated = truncated or tshark.truncated
+        if parts is not None:
             stats.tshark_parts = len(parts.starts)
         self._flush()
         if truncated:
