@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.collectors.base import KERNEL_HOOKS as HOOKS
+from harness.collectors.btf import VMLINUX
 from harness.errors import CapabilityError, CollectorError
 
 ENTER, EXIT = b"pb_sysenter__", b"pb_sysexit__"
@@ -46,7 +47,6 @@ def kernel_at_least(major: int, minor: int) -> bool:
     return m is not None and (int(m[1]), int(m[2])) >= (major, minor)
 
 
-BTF = Path("/sys/kernel/btf/vmlinux")
 # the receives, whose arguments exit_args() lets the exit read: no enter hook for them
 RECEIVES = (b"read", b"recvfrom", b"readv", b"recvmsg")
 
@@ -55,7 +55,7 @@ def exit_args() -> bool:
     """Whether a receive's arguments can be read at its exit (PB_EXIT_ARGS): from the user
     registers saved at entry (bpf_task_pt_regs: 5.15+, kernel BTF), on x86-64, where a
     syscall's return value leaves the argument registers in place (not so arm64's x0)."""
-    return BTF.exists() and kernel_at_least(5, 15) and os.uname().machine == "x86_64"
+    return VMLINUX.exists() and kernel_at_least(5, 15) and os.uname().machine == "x86_64"
 
 
 def hook_modes() -> dict[str, str | None]:

@@ -33,7 +33,7 @@ from harness.collectors.base import (
     H1_BODIES,
 )
 from harness.collectors.bpfsource import compile_program, load_bcc, percpu_totals
-from harness.collectors.btf import socket_walk_defines
+from harness.collectors.btf import VMLINUX, socket_walk_defines
 from harness.collectors.cli import recorder_parser, stop_flag, stopped_by, write_stats
 from harness.collectors.eventfile import KERNEL, EventWriter
 from harness.collectors.kprobe import hooks
@@ -93,7 +93,7 @@ class Recorder:
         }
         # fd -> socket walk at the running kernel's offsets (connections' own addresses)
         self.defines.update(socket_walk_defines())
-        if hooks.BTF.exists():
+        if VMLINUX.exists():
             self.defines["PB_TASK_STORAGE"] = 1  # bpf_get_current_task_btf needs kernel BTF
             # receives' arguments read at their exit: no enter program for them
             self.defines["PB_EXIT_ARGS"] = int(hooks.exit_args())
