@@ -492,7 +492,8 @@ class _Scan:
         for p in range(len(parts.starts) if parts is not None else 1):
             # one pass is one part over the whole file, its numbers left as they are
             part = _Part(parts, p) if parts is not None else None
-            tshark = TsharkStream(self.pcap, args, ranges=parts.ranges(p) if parts else None)
+            tshark = (TsharkStream(self.pcap, args) if parts is None else
+                      TsharkStream(self.pcap, args, ranges=parts.ranges(p)))  # fmt: skip
             for line in tshark:
                 row = line.split(SEP)
                 if len(row) != len(columns):
