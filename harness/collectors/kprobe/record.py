@@ -34,7 +34,13 @@ from harness.collectors.base import (
 )
 from harness.collectors.bpfsource import compile_program, load_bcc, percpu_totals
 from harness.collectors.btf import VMLINUX, socket_walk_defines
-from harness.collectors.cli import recorder_parser, stop_flag, stopped_by, write_stats
+from harness.collectors.cli import (
+    name_thread,
+    recorder_parser,
+    stop_flag,
+    stopped_by,
+    write_stats,
+)
 from harness.collectors.eventfile import KERNEL, EventWriter
 from harness.collectors.kprobe import hooks
 from harness.collectors.kprobe.layout import FORMAT, chunk_for, header
@@ -146,6 +152,7 @@ class Recorder:
 
     def _sockdiag_loop(self, bpf: Any, stop: threading.Event) -> None:
         """The netlink step: one sock_diag dump per round answers every wanted address."""
+        name_thread("pb-sockdiag")
         wanted = bpf["addr_wanted"]
         # 5 ms while look-ups come (a short connection must still be open when asked about),
         # backing off to 50 ms when none do: an idle 5 ms timer was most of an idle
