@@ -741,6 +741,8 @@ def _analyse(sess: Session, wl: Workload, rounds: int) -> dict[str, Any]:
                 # (ring, batch, file), so what the per-byte part of its cost scales with
                 "event_bytes_per_exchange":
                     sum(r.collectors[name].get("event_bytes", 0) for r in rs) / n,
+                # exact on-CPU time of the collector's threads (the per-1k s are ticks)
+                "cpu_ns_per_exchange": sum(r.collectors[name]["cpu_ns"] for r in rs) / n,
             }  # fmt: skip
             per[name]["cpu_s_per_1k"] = (per[name]["cpu_user_s_per_1k"]
                                          + per[name]["cpu_system_s_per_1k"])  # fmt: skip

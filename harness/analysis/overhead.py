@@ -379,6 +379,8 @@ def decompose(workload: Mapping[str, Any], trap: Mapping[str, Any] | None) -> di
         # the recorder's CPU per exchange (s per 1k = 1e6 ns per exchange): on a box whose
         # cores the client and server fill, it is taken from them too
         recorder_ns = 1e6 * (u + s) if u is not None and s is not None else None
+        if proc.get("cpu_ns_per_exchange") is not None:
+            recorder_ns = proc["cpu_ns_per_exchange"]  # exact (schedstat), where the bench had it
         everything = (kernel + recorder_ns
                       if kernel is not None and recorder_ns is not None else None)  # fmt: skip
         out[coll] = {
