@@ -409,6 +409,9 @@ def decompose(workload: Mapping[str, Any], trap: Mapping[str, Any] | None) -> di
             "fixed_rate_core_pct": at_rate.get("core_pct"),
             "fixed_rate_bpf_pct": at_rate.get("bpf_pct"),
             "fixed_rate_context_switches_per_s": at_rate.get("context_switches_per_s"),
+            # the recorder process's exact share (schedstat), and the same attached but idle
+            "fixed_rate_process_pct": at_rate.get("process_pct"),
+            "fixed_rate_idle_process_pct": (at_rate.get("idle") or {}).get("process_pct"),
         }
         helpers = by_kind.get(cost.helper_kind) if cost.helper_kind else None
         if helpers:
