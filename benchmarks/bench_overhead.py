@@ -543,7 +543,10 @@ class Report:
                                "process_cpu": "exact on-CPU ns of every thread "
                                               "(/proc/PID/task/*/schedstat); user and system "
                                               "split by the clock-tick ratio (/proc/PID/stat)",
-                               "span": "GO until the collector caught up (settle included)"},
+                               "span": "GO until the collector caught up (settle included)",
+                               "core_pct_at_rate_target": "idle process % + (process % above "
+                                                          "idle + BPF %) x target / the span's "
+                                                          "rate: a linear projection"},
                 "fixed_rate_only": self.settings.fixed_rate_only,
                 "loadavg_start": list(self.loadavg_start),
                 "loadavg_end": list(os.getloadavg()),
@@ -911,6 +914,11 @@ def _at_rate(name: str, c: dict[str, Any], res: RunResult) -> dict[str, Any]:
                                   idle["context_switches"], idle["threads"])  # fmt: skip
         if "process_pct" in x and "process_pct" in x["idle"]:
             x["process_pct_above_idle"] = x["process_pct"] - x["idle"]["process_pct"]
+            # a loaded machine may not reach the rate (or the span holds the settle): the
+            # traffic's share scaled to FIXED_RATE over the span, the idle share as measured
+            k = FIXED_RATE * w / res.exchanges
+            x["core_pct_at_rate_target"] = (x["idle"]["process_pct"]
+                                            + k * (x["process_pct_above_idle"] + x["bpf_pct"]))
     return x
 
 
@@ -957,7 +965,8 @@ def _rate_line(name: str, x: dict[str, Any], rate: float, config: str) -> str:
     def f(v: float | None) -> str:
         return "n/a" if v is None else f"{v:.2f}"
 
-    line = (f"  at {rate:.0f}/s ({config}): {name} {f(x['core_pct'])}% of a core = process "
+    line = (f"  at {rate:.0f}/s ({config}): {name} {f(x['core_pct'])}% of a core "
+            f"({f(x.get('core_pct_at_rate_target'))}% projected to {FIXED_RATE:.0f}/s) = process "
             f"{f(x.get('process_pct'))} (user {f(x['user_pct'])}, sys {f(x['system_pct'])}, "
             f"by ticks) + bpf {f(x['bpf_pct'])}; {x.get('cpu_ns_per_exchange', 0):.0f} ns "
             f"process CPU/exchange; {x['context_switches_per_s']:.0f} wake-ups/s")
