@@ -24,6 +24,11 @@ are counted; names from bpftool). Stats stay off during the rounds because they 
 clock reads per program run. test_trap_cost measures the bare cost of the traps on this
 machine with a small C loop built by gcc: write() to /dev/null with and without an empty
 sys_enter_write program, and a call to an empty function with and without a uprobe.
+
+The fixed-rate pass (`_rate_pass`; alone with PROBEBENCH_OVERHEAD_FIXED_RATE_ONLY=1): each
+collector alone, the clients paced open loop to 2,000 exchanges/s for 10 s at scale 1 (4 s
+at least), BPF stats on; the collector's exact on-CPU time per thread (schedstat) + its
+BPF run time as % of one core, after an idle span (attached, no traffic) read apart.
 """
 
 from __future__ import annotations
