@@ -196,15 +196,18 @@ class _Checker:
                         slots.clear()  # through RDI, wherever it points
                     continue
                 hit = self.slot_of(addr, _width(insn))
+                # the one good write: a whole register still holding argument i, into slot i
                 src = _reg(ops[0]) if len(ops) == 2 else None
-                good = [i for i in hit if op in ("mov", "movq") and addr == 8 + 8 * i
-                        and ops[0] == f"%{ARG_REGS[i]}" and regs.get(src or "") == i]  # fmt: skip
+                whole = src is not None and ops[0] == f"%{src}" and op in ("mov", "movq")
+                good = [i for i in hit if whole and addr == 8 + 8 * i and regs.get(src or "") == i]
                 slots -= hit
                 slots.update(good)
         # the stack and frame pointers
         dest = _reg(last) if not _READ_ONLY.match(op) else None
         if op.startswith("push"):
             sp -= 8
+        elif op.startswith("pop") and dest == "rsp":
+            raise Unfollowed(f"the stack pointer popped at {insn.addr:#x}")
         elif op.startswith("pop"):
             sp += 8
         elif dest == "rsp":
@@ -241,7 +244,10 @@ class _Checker:
                 if src is not None and ops[0] == f"%{src}":
                     held = regs.get(src)
                 elif src is None and _MEM.match(ops[0]):
-                    addr = self.address(ops[0], st)
+                    try:
+                        addr = self.address(ops[0], st)
+                    except Unfollowed:
+                        addr = None  # a load from somewhere unknown: holds no argument
                     i = (addr - 8) // 8 if addr is not None and addr % 8 == 0 else -1
                     held = i if 0 <= i < self.words and i in slots else None
             regs.pop(dest, None)
