@@ -57,9 +57,10 @@ def test_real_read_keeps_its_arguments_in_their_slots(listing: str) -> None:
     assert not spilled_args(listing, 4)
 
 
-@pytest.mark.parametrize("name", BINARIES)
-def test_resolution_uses_the_ret_probes_for_both_go_versions(name: str) -> None:
-    r = resolve_go_tls(BIN / name, use_cache=False)
+def test_resolution_uses_the_ret_probes_for_go119_too() -> None:
+    """(Go 1.26's: test_grpc_offsets.py.) The old instruction-order check missed Go 1.19's
+    frame layout (its slots were looked for 8 bytes too high) and refused it."""
+    r = resolve_go_tls(BIN / "tls-client-go1.19", use_cache=False)
     assert r.error is None and r.read_args_spilled and r.defines["PB_GO_READ_SPILLED"] == 1
     assert len(r.read_rets) >= 2
 
