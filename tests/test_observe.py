@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from kernel_state import descendants, loaded_prog_ids, our_uprobe_events, prog_ids_held_by
 
-from harness.model import RunManifest, load_metrics
+from harness.model import RunManifest, load_metrics, waited
 from harness.procfs import processes
 from harness.runner.record import free_port
 
@@ -43,7 +43,7 @@ def observe(
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         observe_argv(tmp_path, port, script, "--duration", "120", *options),
-        capture_output=True, text=True, cwd=ROOT, timeout=600,
+        capture_output=True, text=True, cwd=ROOT, timeout=waited(600),
     )  # fmt: skip
 
 
@@ -131,7 +131,7 @@ def test_nothing_is_left_when_observe_is_stopped_mid_run(tmp_path: Path, sig: in
         progs = prog_ids_held_by(ours)
         assert progs, "no collector holds a BPF program"
         proc.send_signal(sig)
-        proc.wait(timeout=120)
+        proc.wait(timeout=waited(120))
         # everything dies with the runner, the command's own children included (the
         # keeper gets SIGTERM from the kernel even when the runner is SIGKILLed)
         deadline = time.monotonic() + 60
@@ -171,7 +171,7 @@ def test_a_collector_killed_while_holding_strands_nothing(tmp_path: Path) -> Non
         ]  # fmt: skip
         ours = descendants(proc.pid)
         os.kill(collector, signal.SIGKILL)
-        out, err = proc.communicate(timeout=120)
+        out, err = proc.communicate(timeout=waited(120))
         # the stranded server waited for the duration, then the keeper ended it
         assert proc.returncode == 0, err
         assert "still running after 8 s" in err
