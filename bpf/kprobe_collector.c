@@ -168,6 +168,8 @@ struct conn_info {
         };
     };
     u32 seq[2];          /* data calls so far, by PB_DIR_* (pb_data_event.seq) */
+    u32 fd_gen;          /* PB_IGNORED by the fd walk (unseen_socket): the process's
+                          * fd_gens value then; another one says the fd may have changed */
 };
 struct data_args {
     u64 enter_ns;
@@ -520,14 +522,41 @@ static __always_inline int on_fd_replaced(long ret) {
     return 0;
 }
 
+/* A traced process's fd generation: bumped when its fds may change without a close()
+ * or dup2() we see (exec closes its close-on-exec fds). 0 until then. */
+BPF_HASH(fd_gens, u32, u32, 1024);
+static __always_inline u32 fd_gen(u32 tgid) {
+    u32 *g = fd_gens.lookup(&tgid);
+    return g ? *g : 0;
+}
+TRACEPOINT_PROBE(sched, sched_process_exec) {
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    if (!tgid_traced(tgid)) return 0;
+    u32 g = fd_gen(tgid) + 1;
+    fd_gens.update(&tgid, &g);
+    return 0;
+}
+/* An fd the walk found to be no followed socket: remembered as ignored, so its later
+ * calls (Go's netpoller eventfd, files, pipes, UDP, other ports) stop at the table
+ * instead of walking task->files again. A close() or dup2() onto the fd drops the
+ * entry; an exec bumps the generation, so an fd number reused after it is walked
+ * anew. (close_range() and io_uring closes are not seen: a socket reusing such a
+ * number in the same process stays unseen.) */
+static __always_inline void ignore_fd(struct conn_key *key) {
+    struct conn_info ign = {.proto = PB_IGNORED, .fd_gen = fd_gen(key->tgid)};
+    conns.update(key, &ign);
+}
+
 /* Data on an fd not in the table (a connection opened before the attach, in a
  * child after fork, or through dup): 1 if it is a TCP socket on the traced
- * ports, its addresses and (from which end has the traced port) role in n. A
- * TCP socket off the ports is remembered as ignored, so its later calls stop at
- * the table; other fds (files, pipes) are walked again at each call, since
- * their numbers can turn into sockets without a close we see (exec). */
+ * ports, its addresses and (from which end has the traced port) role in n. Any
+ * other fd is remembered as ignored (ignore_fd). */
 static __always_inline int unseen_socket(struct conn_key *key, struct conn_info *n) {
-    if (!fd_sock(key->fd, n)) return 0;
+    prof_add(PB_PROF_FD_WALKS, 1);
+    if (!fd_sock(key->fd, n)) {
+        if (PB_FD_SOCK && key->fd >= 0) ignore_fd(key);
+        return 0;
+    }
 #if PB_FILTER_PORTS
     /* values read, not pointers compared: clang would OR the two pointers */
     u8 server = 0, client = 0;
@@ -537,8 +566,7 @@ static __always_inline int unseen_socket(struct conn_key *key, struct conn_info 
     if (cv) client = *cv;
     if (!server && !client) {
         cstat_add(PB_CSTAT_OTHER_PORTS);
-        struct conn_info ign = {.proto = PB_IGNORED};
-        conns.update(key, &ign);
+        ignore_fd(key);
         return 0;
     }
     if (server != client) n->role = server ? PB_ROLE_SERVER : PB_ROLE_CLIENT;
@@ -1288,23 +1316,44 @@ static __always_inline void h1_line(struct h1_scan *s, u32 q) {
 #endif
 /* A line checked at a word's end reads up to 40 bytes on: not past what was read */
 #define H1_WANTS_SLICE(s) ((s)->n < (s)->lim && (s)->o + 48 > (s)->n)
-/* Go on finding the header block's end in s->buf[0, n), a word at a time: a word
- * without a '\n' costs a few instructions. State lives in the map value (H2_JOIN). */
+/* 0x80 in exactly the bytes of w that are '\n' (no false hit, unlike x - 0x01..) */
+static __always_inline u64 h1_newlines(u64 w) {
+    u64 x = w ^ 0x0a0a0a0a0a0a0a0aULL;
+    return ~(((x & 0x7f7f7f7f7f7f7f7fULL) + 0x7f7f7f7f7f7f7f7fULL) | x | 0x7f7f7f7f7f7f7f7fULL);
+}
+/* Each line starting after a '\n' of the word at o (m: h1_newlines), lowest address
+ * first: a word holds a few at most, where checking every lane cost 8 loads and tests. */
+static __always_inline void h1_lines(struct h1_scan *s, u32 o, u64 m) {
+#pragma unroll
+    for (u32 j = 0; j < 8; j++) {
+        if (!m) break;
+        /* the lowest hit's lane: (m & -m) >> 7 is 1 << 8 * lane, and times this
+         * constant it brings byte `lane` of 0x0706050403020100 to the top */
+        u32 lane = (((m & -m) >> 7) * 0x0001020304050607ULL) >> 56;
+        m &= m - 1;
+        H2_JOIN();
+        h1_line(s, o + (lane & 7) + 1);
+    }
+}
+/* Go on finding the header block's end in s->buf[0, n), two words at a time: words
+ * without a '\n' cost a few instructions. State lives in the map value (H2_JOIN). A
+ * second word past n is harmless: h1_line takes nothing at or past n (the scan read
+ * past n a word at a time before, too), and before n is all read H1_WANTS_SLICE keeps
+ * 48 bytes ahead of o. */
 static __always_inline void h1_scan_step(struct h1_scan *s) {
 #pragma clang loop unroll(disable)
-    for (u32 i = 0; i < PB_H1_SCAN_WORDS; i++) {
+    for (u32 i = 0; i < PB_H1_SCAN_WORDS / 2; i++) {
         H2_JOIN();
         u32 o = s->o & H1_MASK;
         if (s->o >= s->n || s->end || H1_WANTS_SLICE(s)) break;
-        s->o = o + 8;
-        u64 x = s->words[o / 8] ^ 0x0a0a0a0a0a0a0a0aULL;
-        if (!((x - 0x0101010101010101ULL) & ~x & 0x8080808080808080ULL)) continue;
-        /* a '\n' in this word (or a rare false hit above one): each lane is checked */
-#pragma unroll
-        for (u32 j = 0; j < 8; j++) {
-            H2_JOIN();
-            if (s->buf[o + j] == '\n') h1_line(s, o + j + 1);
-        }
+        s->o = o + 16;
+        prof_add(PB_PROF_H1_SCAN_WORDS, 2);
+        u64 m0 = h1_newlines(s->words[o / 8]);
+        u64 m1 = h1_newlines(s->words[o / 8 + 1]);
+        if (!(m0 | m1)) continue;
+        h1_lines(s, o, m0);
+        H2_JOIN();
+        h1_lines(s, o + 8, m1);
     }
 }
 
@@ -1541,20 +1590,29 @@ int h1_walk_fn(void *ctx) {
     struct h1_walk *w = h1_walks.lookup(&zero);
     struct h1_scan *s = h1_scans.lookup(&zero);
     if (!dc || !w || !s) return 0;
-    struct conn_info *c = conns.lookup(&dc->key);
-    if (!c) return 0;  /* closed meanwhile by another thread */
+    prof_add(PB_PROF_H1_RUNS, 1);
     u8 dir = dc->a.dir & 1;
     u32 orig = dc->orig;
     u64 buf = dc->a.buf;
-    struct h1_dir *d = &c->h1[dir];
-    if (w->scanning == H1_SCANNING) {
+    u8 mode = w->scanning;
+    if (mode == H1_SCANNING) {
+        /* a scan-only run needs no connection: the table is looked up only if the
+         * chain ends here (out of tail calls) */
+        prof_add(PB_PROF_H1_SCAN_RUNS, 1);
         h1_scan_step(s);
         if (!s->end && H1_WANTS_SLICE(s)) h1_read_slice(s, buf + w->pos);
         /* the scan goes on, or its outcome is decided, in a fresh run: a run that
          * scans leaves the verifier few paths to follow past its loop */
         if (s->end || s->o >= s->n) w->scanning = H1_SCANNED;
         walkers.call(ctx, PB_TC_H1);
-    } else if (w->scanning == H1_SCANNED) {
+    }
+    struct conn_info *c = conns.lookup(&dc->key);
+    if (!c) return 0;  /* closed meanwhile by another thread */
+    struct h1_dir *d = &c->h1[dir];
+    if (mode == H1_SCANNING) {
+        /* out of tail calls: the rest goes as a prefix, below */
+    } else if (mode == H1_SCANNED) {
+        prof_add(PB_PROF_H1_HEADS, 1);
         w->scanning = 0;
         s64 body = H1_UNSURE;
         u32 rest = orig - (u32)w->pos;
@@ -1642,7 +1700,8 @@ int h1_walk_fn(void *ctx) {
                 d->clen = s->n;
                 w->pos = orig;
             } else if (s->end > cp) {
-                emit_chunk(dc, c, (u32)w->pos, buf + w->pos, s->end - cp);
+                /* from the line's copy (kernel memory), not read from the call again */
+                emit_piece(dc, c, (u32)w->pos, buf + w->pos, s->end - cp, (u64)&s->buf[cp]);
                 w->pos += s->end - cp;
                 d->clen = 0;
                 d->rem = s->cl;
@@ -1731,7 +1790,13 @@ int data_fn(void *ctx) {
     u32 orig = dc->orig;
     struct conn_key key = dc->key;
     struct conn_info *c = conns.lookup(&key);
-    if (c && c->proto == PB_IGNORED) return 0;
+    if (c && c->proto == PB_IGNORED) {
+        if (c->fd_gen == fd_gen(key.tgid)) {
+            prof_add(PB_PROF_IGNORED_CALLS, 1);
+            return 0;
+        }
+        c = NULL;  /* ignored before an exec: the fd is walked anew (entry replaced) */
+    }
     struct conn_info n = {};
     int sock = !c && unseen_socket(&key, &n);
     if (!c && PB_FD_SOCK && !sock) return 0;
@@ -1777,6 +1842,7 @@ int data_fn(void *ctx) {
             if (!p && first_len < PB_INFER_MIN) return 0;
             if (!p) {
                 c->proto = PB_IGNORED;
+                c->fd_gen = fd_gen(key.tgid);
                 stat_add(PB_STAT_NON_HTTP, 1);
                 return 0;
             }
