@@ -542,9 +542,11 @@ TRACEPOINT_PROBE(sched, sched_process_exec) {
  * entry; an exec bumps the generation, so an fd number reused after it is walked
  * anew. (close_range() and io_uring closes are not seen: a socket reusing such a
  * number in the same process stays unseen.) */
-static __always_inline void ignore_fd(struct conn_key *key) {
-    struct conn_info ign = {.proto = PB_IGNORED, .fd_gen = fd_gen(key->tgid)};
-    conns.update(key, &ign);
+static __always_inline void ignore_fd(struct conn_key *key, struct conn_info *n) {
+    /* n itself (what the walk found is of no use now): one conn_info on the stack */
+    n->proto = PB_IGNORED;
+    n->fd_gen = fd_gen(key->tgid);
+    conns.update(key, n);
 }
 
 /* Data on an fd not in the table (a connection opened before the attach, in a
@@ -554,7 +556,7 @@ static __always_inline void ignore_fd(struct conn_key *key) {
 static __always_inline int unseen_socket(struct conn_key *key, struct conn_info *n) {
     prof_add(PB_PROF_FD_WALKS, 1);
     if (!fd_sock(key->fd, n)) {
-        if (PB_FD_SOCK && key->fd >= 0) ignore_fd(key);
+        if (PB_FD_SOCK && key->fd >= 0) ignore_fd(key, n);
         return 0;
     }
 #if PB_FILTER_PORTS
@@ -566,7 +568,7 @@ static __always_inline int unseen_socket(struct conn_key *key, struct conn_info 
     if (cv) client = *cv;
     if (!server && !client) {
         cstat_add(PB_CSTAT_OTHER_PORTS);
-        ignore_fd(key);
+        ignore_fd(key, n);
         return 0;
     }
     if (server != client) n->role = server ? PB_ROLE_SERVER : PB_ROLE_CLIENT;
