@@ -85,6 +85,16 @@
 #define PB_H2_TRIAL 3
 #endif
 
+#ifndef PB_H2_KEPT
+#define PB_H2_KEPT 4 /* streams' gRPC positions kept in the connection's entry; a power of two */
+#endif
+/* One stream's gRPC message position (sid 0: a free slot). */
+struct h2_pos {
+    u32 sid;
+    u32 msg_rem;
+    u8 have;
+    u8 pre[5];
+};
 /* Where one direction of an HTTP/2 connection stands between calls. */
 struct h2_dir {
     u32 rem;      /* payload bytes left of the current frame */
@@ -101,15 +111,14 @@ struct h2_dir {
      * (a read's offset and length are masked to 15 each for the verifier, and the map
      * value goes on past fld, so such a write would stay inside it) */
     u8 fld[16];
-    /* The gRPC message position of one stream between its DATA frames, kept here: a
-     * connection carrying one call at a time never needs grpc_msgs, whose LRU updates
-     * and deletes were the walk's largest cost. Another stream's position moves the
-     * one here to the map (spilled), and only then is the map looked up. */
-    u32 c_sid;    /* 0: none */
-    u32 c_msg_rem;
-    u8 c_have;
-    u8 c_pre[5];
-    u8 spilled;   /* grpc_msgs may hold positions of this direction's streams */
+    /* The gRPC message positions of up to PB_H2_KEPT streams between their DATA frames,
+     * kept here: a connection carrying that many calls at once never needs grpc_msgs,
+     * whose LRU updates and deletes were the walk's largest cost (one slot was not
+     * enough: calls interleave on a connection). One more stream's position moves a
+     * kept one to the map (spilled), and only then is the map looked up. */
+    struct h2_pos kept[PB_H2_KEPT];
+    u8 next;      /* the slot given up next when all are taken */
+    u8 spilled;   /* positions in grpc_msgs not taken back since (LRU losses aside) */
 };
 #ifndef PB_H1_SKIP
 #define PB_H1_SKIP 1 /* 0: HTTP/1 bodies captured like any bytes (prefix capture) */
@@ -211,6 +220,7 @@ BPF_TASK_STORAGE(data_args_ts, struct data_args);
 BPF_HASH(data_args_map, u32, struct data_args, 4096);
 #endif
 BPF_PERCPU_ARRAY(calls, struct data_call, 1);
+BPF_PERCPU_ARRAY(conn_scratch, struct conn_info, 1);
 BPF_PROG_ARRAY(walkers, PB_TC_MAX);
 BPF_TABLE("lru_hash", struct grpc_key, struct grpc_val, grpc_msgs, PB_MAX_CONNS);
 
@@ -918,31 +928,48 @@ static __always_inline void h2_field(struct h2_walk *w) {
  * so a step costs the verifier about its own length, not its paths' product. */
 #define H2_JOIN() asm volatile("" ::: "memory")
 
-/* A stream's gRPC message position (msg_rem, have, fld[0..5)) kept for its next DATA
- * frame: in the direction's one-stream cache, the stream there before going to the map. */
-static __always_inline void grpc_put(struct conn_key *k, struct h2_walk *w, u8 dir, u32 sid) {
-    struct h2_dir *s = &w->s;
-    if (s->c_sid && s->c_sid != sid) {
-        struct grpc_key gk = {.tgid = k->tgid, .fd = k->fd, .sid = s->c_sid, .dir = dir};
-        struct grpc_val gv = {.msg_rem = s->c_msg_rem, .have = s->c_have};
-        __builtin_memcpy(gv.pre, s->c_pre, 5);
-        prof_add(PB_PROF_GRPC_MAP_OPS, 1);
-        grpc_msgs.update(&gk, &gv);
-        s->spilled = 1;
-    }
-    s->c_sid = sid;
-    s->c_msg_rem = s->msg_rem;
-    s->c_have = s->have;
-    __builtin_memcpy(s->c_pre, s->fld, 5);
+/* The slot keeping stream sid's position, or -1. */
+static __always_inline int grpc_slot(struct h2_dir *s, u32 sid) {
+    int at = -1;
+#pragma unroll
+    for (int i = 0; i < PB_H2_KEPT; i++)
+        if (s->kept[i].sid == sid) at = i;
+    return at;
 }
 
-/* The position kept for a stream into msg_rem, have, fld[0..5); 0: none kept. */
+/* A stream's gRPC message position (msg_rem, have, fld[0..5)) kept for its next DATA
+ * frame: in its slot, or a free one; with none free, a kept stream goes to the map. */
+static __always_inline void grpc_put(struct conn_key *k, struct h2_walk *w, u8 dir, u32 sid) {
+    struct h2_dir *s = &w->s;
+    int at = grpc_slot(s, sid);
+    if (at < 0) at = grpc_slot(s, 0);
+    if (at < 0) {
+        at = s->next & (PB_H2_KEPT - 1);
+        s->next++;
+        struct h2_pos *old = &s->kept[at & (PB_H2_KEPT - 1)];
+        struct grpc_key gk = {.tgid = k->tgid, .fd = k->fd, .sid = old->sid, .dir = dir};
+        struct grpc_val gv = {.msg_rem = old->msg_rem, .have = old->have};
+        __builtin_memcpy(gv.pre, old->pre, 5);
+        prof_add(PB_PROF_GRPC_MAP_OPS, 1);
+        if (!grpc_msgs.update(&gk, &gv)) s->spilled++;
+    }
+    struct h2_pos *p = &s->kept[at & (PB_H2_KEPT - 1)];
+    p->sid = sid;
+    p->msg_rem = s->msg_rem;
+    p->have = s->have;
+    __builtin_memcpy(p->pre, s->fld, 5);
+}
+
+/* The position kept for a stream into msg_rem, have, fld[0..5); 0: none kept. A
+ * position found in the map leaves it (the frame's end puts it in a slot, or drops it). */
 static __always_inline int grpc_get(struct conn_key *k, struct h2_walk *w, u8 dir, u32 sid) {
     struct h2_dir *s = &w->s;
-    if (sid && s->c_sid == sid) {
-        s->msg_rem = s->c_msg_rem;
-        s->have = s->c_have;
-        __builtin_memcpy(s->fld, s->c_pre, 5);
+    int at = sid ? grpc_slot(s, sid) : -1;
+    if (at >= 0) {
+        struct h2_pos *p = &s->kept[at & (PB_H2_KEPT - 1)];
+        s->msg_rem = p->msg_rem;
+        s->have = p->have;
+        __builtin_memcpy(s->fld, p->pre, 5);
         return 1;
     }
     if (!s->spilled) return 0;
@@ -953,16 +980,22 @@ static __always_inline int grpc_get(struct conn_key *k, struct h2_walk *w, u8 di
     s->msg_rem = gv->msg_rem;
     s->have = gv->have;
     __builtin_memcpy(s->fld, gv->pre, 5);
+    prof_add(PB_PROF_GRPC_MAP_OPS, 1);
+    if (!grpc_msgs.delete(&gk)) s->spilled--;
     return 1;
 }
 
 /* A stream ended: nothing kept for it. */
 static __always_inline void grpc_drop(struct conn_key *k, struct h2_walk *w, u8 dir, u32 sid) {
-    if (w->s.c_sid == sid) w->s.c_sid = 0;
+    int at = grpc_slot(&w->s, sid);
+    if (at >= 0) {
+        w->s.kept[at & (PB_H2_KEPT - 1)].sid = 0;
+        return;
+    }
     if (!w->s.spilled) return;
     struct grpc_key gk = {.tgid = k->tgid, .fd = k->fd, .sid = sid, .dir = dir};
     prof_add(PB_PROF_GRPC_MAP_OPS, 1);
-    grpc_msgs.delete(&gk);
+    if (!grpc_msgs.delete(&gk)) w->s.spilled--;
 }
 
 /* End of a frame's payload: a DATA frame leaves its stream's gRPC position
@@ -1799,9 +1832,16 @@ int data_fn(void *ctx) {
         }
         c = NULL;  /* ignored before an exec: the fd is walked anew (entry replaced) */
     }
-    struct conn_info n = {};
-    int sock = !c && unseen_socket(&key, &n);
-    if (!c && PB_FD_SOCK && !sock) return 0;
+    /* a connection not in the table is built in a per-CPU value: a conn_info is too
+     * large for the stack beside the rest */
+    struct conn_info *n = conn_scratch.lookup(&zero);
+    if (!n) return 0;
+    int sock = 0;
+    if (!c) {
+        __builtin_memset(n, 0, sizeof(*n));
+        sock = unseen_socket(&key, n);
+        if (PB_FD_SOCK && !sock) return 0;
+    }
 
     /* where the first bytes are, for inference */
     u64 first = a.buf;
@@ -1821,14 +1861,14 @@ int data_fn(void *ctx) {
              * (PB_FD_SOCK), or else only in processes named as targets: without
              * a socket check, any file read could pass for an HTTP/2 frame. */
             if ((!PB_FILTER_TGID && !sock) || !p) return 0;  /* !p: maybe mid-message, retry next call */
-            n.proto = p;
+            n->proto = p;
             /* who sends a request or a preface is the client */
             int req = p == PB_PROTO_HTTP2 ? starts((const char *)head, "PRI ", 4)
                                           : !starts((const char *)head, "HTTP/1.", 7);
             /* else the ports told; a TLS record says nothing of who sent it */
-            if (n.role == PB_ROLE_UNKNOWN && !(p == PB_PROTO_HTTP2 && !req) && p != PB_PROTO_TLS)
-                n.role = (req == (a.dir == PB_DIR_SEND)) ? PB_ROLE_CLIENT : PB_ROLE_SERVER;
-            conns.update(&key, &n);
+            if (n->role == PB_ROLE_UNKNOWN && !(p == PB_PROTO_HTTP2 && !req) && p != PB_PROTO_TLS)
+                n->role = (req == (a.dir == PB_DIR_SEND)) ? PB_ROLE_CLIENT : PB_ROLE_SERVER;
+            conns.update(&key, n);
             c = conns.lookup(&key);
             if (!c) return 0;
             u64 ts = emit_conn(PB_EV_CONN_INFER, &key, c, id);
