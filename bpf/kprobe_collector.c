@@ -863,12 +863,14 @@ static __always_inline void h2_flush(struct h2_walk *w) {
     prof_add(PB_PROF_RING_RECORDS, 1);
 }
 
-/* One captured run of the walk as a data event: packed when it is small and in the
- * window, else (after what is packed, to keep the call's events in order) alone. */
+/* One captured run of the walk as a data event: packed when it is small (from the
+ * window, or else read from the call into the pack: a call's first byte inside a
+ * skipped body is such a piece, and went out as a ring record of its own), else
+ * (after what is packed, to keep the call's events in order) alone. */
 static __always_inline void h2_emit(struct data_call *dc, struct conn_info *c, struct h2_walk *w) {
     u32 n = w->run_len;
     u64 src = h2_win_at(w, w->run_ptr, n);
-    if (!src || n > H2_PIECE_MAX) {
+    if (n > H2_PIECE_MAX) {
         h2_flush(w);
         emit_piece(dc, c, w->run_off, w->run_ptr, n, src);
         return;
@@ -877,12 +879,22 @@ static __always_inline void h2_emit(struct data_call *dc, struct conn_info *c, s
     if (w->pack_len + need > PB_H2_PACK) h2_flush(w);
     u32 at = PB_MASKED(w->pack_len, PB_H2_PACK - 1);
     struct pb_data_event *e = (struct pb_data_event *)&w->pack[at];
-    e->part = dc->part++;
+    e->part = dc->part++;  /* counted before the copy: a failed one shows as a gap */
     data_head(e, dc, c, w->run_off, n);
     /* n is 1..H2_PIECE_MAX: masked as n - 1, so that a piece of exactly H2_PIECE_MAX
      * bytes is copied whole (n & (H2_PIECE_MAX - 1) made it 0: the record then carried
      * the pack buffer's stale bytes, e.g. a write of HEADERS frames 512 bytes long) */
-    bpf_probe_read_kernel(e->data, PB_MASKED(n - 1, H2_PIECE_MAX - 1) + 1, (void *)src);
+    u32 len = PB_MASKED(n - 1, H2_PIECE_MAX - 1) + 1;
+    if (src) {
+        bpf_probe_read_kernel(e->data, len, (void *)src);
+    } else {
+        prof_add(PB_PROF_USER_READS, 1);
+        prof_add(PB_PROF_USER_READ_BYTES, n);
+        if (bpf_probe_read_user(e->data, len, (void *)w->run_ptr) < 0) {
+            stat_add(PB_STAT_READ_FAILED, 1);
+            return;
+        }
+    }
     w->pack_len += need;
     w->pack_n++;
 }
