@@ -863,16 +863,17 @@ static __always_inline void h2_flush(struct h2_walk *w) {
     prof_add(PB_PROF_RING_RECORDS, 1);
 }
 
-/* One captured run of the walk as a data event: packed when it is small (from the
- * window, or else read from the call into the pack: a call's first byte inside a
- * skipped body is such a piece, and went out as a ring record of its own), else
- * (after what is packed, to keep the call's events in order) alone. */
-static __always_inline void h2_emit(struct data_call *dc, struct conn_info *c, struct h2_walk *w) {
-    u32 n = w->run_len;
-    u64 src = h2_win_at(w, w->run_ptr, n);
+/* A piece of a call (n bytes at call offset off: user address uptr, or kernel kptr when
+ * nonzero) as a data event: packed when it is small (read from the call into the pack
+ * when no kernel copy holds it: a call's first byte inside a skipped body is such a
+ * piece, and went out as a ring record of its own), else (after what is packed, to keep
+ * the call's events in order) alone. The pack goes out at the call's end (h2_flush). */
+static __always_inline void pack_piece(struct data_call *dc, struct conn_info *c,
+                                       struct h2_walk *w, u32 off, u64 uptr, u32 n, u64 kptr) {
+    if (!n) return;
     if (n > H2_PIECE_MAX) {
         h2_flush(w);
-        emit_piece(dc, c, w->run_off, w->run_ptr, n, src);
+        emit_piece(dc, c, off, uptr, n, kptr);
         return;
     }
     u32 need = (PB_DATA_HDR + n + 7) & ~7;
@@ -880,23 +881,29 @@ static __always_inline void h2_emit(struct data_call *dc, struct conn_info *c, s
     u32 at = PB_MASKED(w->pack_len, PB_H2_PACK - 1);
     struct pb_data_event *e = (struct pb_data_event *)&w->pack[at];
     e->part = dc->part++;  /* counted before the copy: a failed one shows as a gap */
-    data_head(e, dc, c, w->run_off, n);
+    data_head(e, dc, c, off, n);
     /* n is 1..H2_PIECE_MAX: masked as n - 1, so that a piece of exactly H2_PIECE_MAX
      * bytes is copied whole (n & (H2_PIECE_MAX - 1) made it 0: the record then carried
      * the pack buffer's stale bytes, e.g. a write of HEADERS frames 512 bytes long) */
     u32 len = PB_MASKED(n - 1, H2_PIECE_MAX - 1) + 1;
-    if (src) {
-        bpf_probe_read_kernel(e->data, len, (void *)src);
+    if (kptr) {
+        bpf_probe_read_kernel(e->data, len, (void *)kptr);
     } else {
         prof_add(PB_PROF_USER_READS, 1);
         prof_add(PB_PROF_USER_READ_BYTES, n);
-        if (bpf_probe_read_user(e->data, len, (void *)w->run_ptr) < 0) {
+        if (bpf_probe_read_user(e->data, len, (void *)uptr) < 0) {
             stat_add(PB_STAT_READ_FAILED, 1);
             return;
         }
     }
     w->pack_len += need;
     w->pack_n++;
+}
+
+/* One captured run of the walk as a data event (from the window when it holds it). */
+static __always_inline void h2_emit(struct data_call *dc, struct conn_info *c, struct h2_walk *w) {
+    u32 n = w->run_len;
+    pack_piece(dc, c, w, w->run_off, w->run_ptr, n, h2_win_at(w, w->run_ptr, n));
 }
 
 /* This step's field bytes (w->n of them at w->ptr) into fld at `have`: from the
@@ -1636,7 +1643,9 @@ int h1_walk_fn(void *ctx) {
     struct data_call *dc = calls.lookup(&zero);
     struct h1_walk *w = h1_walks.lookup(&zero);
     struct h1_scan *s = h1_scans.lookup(&zero);
-    if (!dc || !w || !s) return 0;
+    /* the HTTP/2 walk's pack: a call's small pieces go out as one ring record */
+    struct h2_walk *pk = h2_walks.lookup(&zero);
+    if (!dc || !w || !s || !pk) return 0;
     prof_add(PB_PROF_H1_RUNS, 1);
     u8 dir = dc->a.dir & 1;
     u32 orig = dc->orig;
@@ -1654,7 +1663,10 @@ int h1_walk_fn(void *ctx) {
         walkers.call(ctx, PB_TC_H1);
     }
     struct conn_info *c = conns.lookup(&dc->key);
-    if (!c) return 0;  /* closed meanwhile by another thread */
+    if (!c) {
+        pk->pack_n = 0;  /* closed meanwhile by another thread: its pieces go unsent */
+        return 0;
+    }
     struct h1_dir *d = &c->h1[dir];
     if (mode == H1_SCANNING) {
         /* out of tail calls: the rest goes as a prefix, below */
@@ -1690,7 +1702,7 @@ int h1_walk_fn(void *ctx) {
         if (take) {
             /* a lost event shows in its call's parts: replay stops trusting the call */
             /* from the scan's copy (kernel memory): the head's bytes were read once */
-            emit_piece(dc, c, (u32)w->pos, buf + w->pos, take, (u64)&s->buf[s->sh & H1_MASK]);
+            pack_piece(dc, c, pk, (u32)w->pos, buf + w->pos, take, (u64)&s->buf[s->sh & H1_MASK]);
             w->pos += take;
             if (body != H1_UNSURE) {
                 if (seek) {
@@ -1718,7 +1730,7 @@ int h1_walk_fn(void *ctx) {
             u32 k = orig - (u32)w->pos;
             if (d->rem < k) k = d->rem;
             if (!w->pos) {
-                emit_chunk(dc, c, 0, buf, 1);  /* a call's first byte is kept */
+                pack_piece(dc, c, pk, 0, buf, 1, 0);  /* a call's first byte is kept */
                 k--;
                 w->pos = 1;
                 d->rem--;
@@ -1742,13 +1754,13 @@ int h1_walk_fn(void *ctx) {
             h1_chunk_line(s, d->crlf);
             if (!s->end && s->cut && s->n < 16 && n == orig - (u32)w->pos) {
                 /* the call ended inside the line: its bytes so far wait for the next */
-                emit_chunk(dc, c, (u32)w->pos, buf + w->pos, n);
+                pack_piece(dc, c, pk, (u32)w->pos, buf + w->pos, n, (u64)&s->buf[cp]);
                 __builtin_memcpy(d->cline, s->buf, 15);
                 d->clen = s->n;
                 w->pos = orig;
             } else if (s->end > cp) {
                 /* from the line's copy (kernel memory), not read from the call again */
-                emit_piece(dc, c, (u32)w->pos, buf + w->pos, s->end - cp, (u64)&s->buf[cp]);
+                pack_piece(dc, c, pk, (u32)w->pos, buf + w->pos, s->end - cp, (u64)&s->buf[cp]);
                 w->pos += s->end - cp;
                 d->clen = 0;
                 d->rem = s->cl;
@@ -1787,8 +1799,10 @@ int h1_walk_fn(void *ctx) {
         /* not framed for sure here, or out of tail calls: the rest as a prefix (a direction
          * still seeking tries again at its next call; one given up here is already off) */
         if (d->state != H1_SEEK && d->state != H1_OFF) h1_give_up(c, dir);
+        h2_flush(pk);
         capture_prefix(dc, c, (u32)w->pos, buf, orig);
     }
+    h2_flush(pk);  /* the call's end (a run that went on in another does not get here) */
     if (w->skipped) stat_add(PB_STAT_H1_SKIPPED_BYTES, w->skipped);
     return 0;
 }
@@ -1818,9 +1832,13 @@ static __always_inline int h1_begin(struct conn_info *c, struct data_args *a) {
         h1_give_up(c, a->dir);
         return 0;
     }
+    struct h2_walk *pk = h2_walks.lookup(&zero);
+    if (!pk) return 0;
     w->pos = 0;
     w->skipped = 0;
     w->scanning = 0;
+    pk->pack_len = 0;
+    pk->pack_n = 0;
     return 1;
 }
 
