@@ -1635,6 +1635,22 @@ static __always_inline void capture_prefix(struct data_call *dc, struct conn_inf
     }
 }
 
+/* A head's scan set up, its first slice read: n bytes of the call at w->pos after the
+ * s->sh bytes of earlier calls already in s->buf. The scan itself runs in the walker's
+ * next run (H1_SCANNING). */
+static __always_inline void h1_head_begin(struct h1_scan *s, struct h1_walk *w, u64 buf, u32 n) {
+    s->line1 = 0;
+    s->lim = s->sh + (n < H1_MASK - s->sh ? n : H1_MASK - s->sh);
+    s->n = s->sh;
+    h1_read_slice(s, buf + w->pos);
+    s->o = 0;
+    s->end = 0;
+    s->cl_at = 0;
+    s->cl_count = 0;
+    s->te = 0;
+    w->scanning = H1_SCANNING;
+}
+
 /* One message of a call whose direction follows HTTP/1 framing (the rest of a body,
  * then a head), then this program again for the next; see kprobe_events.h.
  * Not a TRACEPOINT_PROBE: the loader puts it in `walkers`. */
@@ -1772,7 +1788,6 @@ int h1_walk_fn(void *ctx) {
                                      (d->state == H1_SEEK && h1_seek_may(c, dir)))) {
             u32 n = orig - (u32)w->pos;
             s->sh = 0;
-            s->line1 = 0;
             if (d->pend) {
                 struct h1_pend_key pk = {.tgid = dc->key.tgid, .fd = dc->key.fd, .dir = dir};
                 struct h1_pend_val *pv = h1_pends.lookup(&pk);
@@ -1782,15 +1797,7 @@ int h1_walk_fn(void *ctx) {
                 else
                     n = 0;
             }
-            s->lim = s->sh + (n < H1_MASK - s->sh ? n : H1_MASK - s->sh);
-            s->n = s->sh;
-            h1_read_slice(s, buf + w->pos);
-            s->o = 0;
-            s->end = 0;
-            s->cl_at = 0;
-            s->cl_count = 0;
-            s->te = 0;
-            w->scanning = H1_SCANNING;
+            h1_head_begin(s, w, buf, n);
             /* the scan runs at the start of a run: one path in */
             if (d->state != H1_SEEK || h1_seek_starts(c, dir, s)) walkers.call(ctx, PB_TC_H1);
         }
@@ -1823,7 +1830,7 @@ static __always_inline int h1_inside_body(struct conn_info *c, u8 dir, u32 orig)
 }
 
 /* A call on a direction that follows HTTP/1 framing: 1 to go on in h1_walk_fn. */
-static __always_inline int h1_begin(struct conn_info *c, struct data_args *a) {
+static __always_inline int h1_begin(struct conn_info *c, struct data_args *a, u32 orig) {
     u32 zero = 0;
     struct h1_walk *w = h1_walks.lookup(&zero);
     if (!w) return 0;
@@ -1839,6 +1846,15 @@ static __always_inline int h1_begin(struct conn_info *c, struct data_args *a) {
     w->scanning = 0;
     pk->pack_len = 0;
     pk->pack_n = 0;
+    struct h1_dir *d = &c->h1[a->dir & 1];
+    if (d->state == H1_MSG && !d->pend) {
+        /* a call that starts a message: its head's scan is set up here, so the walker
+         * begins with the scan (one run less per head) */
+        struct h1_scan *s = h1_scans.lookup(&zero);
+        if (!s) return 0;
+        s->sh = 0;
+        h1_head_begin(s, w, a->buf, orig);
+    }
     return 1;
 }
 
@@ -1942,7 +1958,7 @@ int data_fn(void *ctx) {
     if (c->proto == PB_PROTO_HTTP1 && !a.iovcnt && h1_inside_body(c, a.dir, orig)) {
         cap = 1;  /* a call's first byte is kept (kprobe_events.h) */
     } else if (c->proto == PB_PROTO_HTTP1 && c->h1[a.dir & 1].state != H1_OFF &&
-               h1_begin(c, &a)) {
+               h1_begin(c, &a, orig)) {
         walkers.call(ctx, PB_TC_H1);
         stat_add(PB_STAT_TAIL_FAILED, 1);  /* the call goes unseen, its seq tells replay */
         return 0;
