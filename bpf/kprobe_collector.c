@@ -1718,7 +1718,10 @@ int h1_walk_fn(void *ctx) {
         if (take) {
             /* a lost event shows in its call's parts: replay stops trusting the call */
             /* from the scan's copy (kernel memory): the head's bytes were read once */
-            pack_piece(dc, c, pk, (u32)w->pos, buf + w->pos, take, (u64)&s->buf[s->sh & H1_MASK]);
+            /* a head goes straight into the ring (packing it would copy it twice); the
+             * small pieces of a call (chunk lines, a first byte) are packed */
+            h2_flush(pk);
+            emit_piece(dc, c, (u32)w->pos, buf + w->pos, take, (u64)&s->buf[s->sh & H1_MASK]);
             w->pos += take;
             if (body != H1_UNSURE) {
                 if (seek) {
