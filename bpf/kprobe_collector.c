@@ -1680,7 +1680,7 @@ int h1_walk_fn(void *ctx) {
     }
     struct conn_info *c = conns.lookup(&dc->key);
     if (!c) {
-        pk->pack_n = 0;  /* closed meanwhile by another thread: its pieces go unsent */
+        h2_flush(pk);  /* closed meanwhile by another thread: what was packed goes out */
         return 0;
     }
     struct h1_dir *d = &c->h1[dir];
