@@ -547,13 +547,13 @@ TRACEPOINT_PROBE(sched, sched_process_exec) {
     return 0;
 }
 /* An fd the walk found to be no followed socket: remembered as ignored, so its later
- * calls (Go's netpoller eventfd, files, pipes, UDP, other ports) stop at the table
+ * calls (eventfds, files, pipes, UDP, other ports) stop at the table
  * instead of walking task->files again. A close() or dup2() onto the fd drops the
  * entry; an exec bumps the generation, so an fd number reused after it is walked
  * anew. (close_range() and io_uring closes are not seen: a socket reusing such a
  * number in the same process stays unseen.) */
 static __always_inline void ignore_fd(struct conn_key *key, struct conn_info *n) {
-    /* n itself (what the walk found is of no use now): one conn_info on the stack */
+    /* n itself: what the walk found is of no use now */
     n->proto = PB_IGNORED;
     n->fd_gen = fd_gen(key->tgid);
     conns.update(key, n);
