@@ -2,6 +2,8 @@
 
     .venv/bin/pytest benchmarks/bench_overhead.py --benchmark-only -s
     PROBEBENCH_OVERHEAD_ROUNDS=8 PROBEBENCH_OVERHEAD_SCALE=1 .venv/bin/nox --no-venv -s bench
+    PROBEBENCH_OVERHEAD_FIXED_RATE_ONLY=1 .venv/bin/pytest benchmarks/bench_overhead.py \
+        --benchmark-only -s   # the fixed-rate pass alone (results/overhead-fixed-rate.json)
 
 Needs root and bcc. Settings: benchmarks/conftest.py. Writes results/overhead.json
 (schema: `harness.analysis.overhead`, SCHEMA_VERSION) besides pytest-benchmark's JSON.
@@ -22,6 +24,11 @@ are counted; names from bpftool). Stats stay off during the rounds because they 
 clock reads per program run. test_trap_cost measures the bare cost of the traps on this
 machine with a small C loop built by gcc: write() to /dev/null with and without an empty
 sys_enter_write program, and a call to an empty function with and without a uprobe.
+
+The fixed-rate pass (`_rate_pass`; alone with PROBEBENCH_OVERHEAD_FIXED_RATE_ONLY=1): each
+collector alone, the clients paced open loop to 2,000 exchanges/s for 10 s at scale 1 (4 s
+at least), BPF stats on; the collector's exact on-CPU time per thread (schedstat) + its
+BPF run time as % of one core, after an idle span (attached, no traffic) read apart.
 """
 
 from __future__ import annotations
@@ -96,7 +103,11 @@ BPF_STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
 SYS_BPF = {"x86_64": 321, "aarch64": 280}.get(platform.machine())
 BPF_ENABLE_STATS = 32
 FIXED_RATE = 2000.0  # exchanges/s of the open-loop pass
-FIXED_RATE_S = 4.0  # its length at scale 1
+FIXED_RATE_S = 10.0  # its length at scale 1
+FIXED_RATE_MIN_S = 4.0  # and at least this, at any scale
+# The rate pass's idle span: collectors attached, connections warm, no traffic. The
+# collector's own cost with nothing to record (timers, liveness checks) shows apart.
+FIXED_IDLE_S = 2.0
 TRAP_ROUNDS = 7
 # With BPF stats on, the programs' counters are read over this idle span before GO: every
 # hit then is another process's (or an idle target's), which gives what a hit the filter
@@ -148,18 +159,51 @@ def proc_cpu_s(pid: int) -> tuple[float, float]:
     return int(fields[11]) / tick, int(fields[12]) / tick  # utime, stime
 
 
-def proc_ctxsw(pid: int) -> int:
-    """Context switches (voluntary + involuntary) of a live process, all threads: each
-    voluntary one is a wake-up after a wait, so this counts the collector's wake-ups."""
-    n = 0
+def thread_cpu(pid: int) -> dict[int, tuple[str, int, int]]:
+    """Per thread of a live process: (name, on-CPU ns, context switches). The ns are the
+    scheduler's exact run time (/proc/PID/task/TID/schedstat, first field), where
+    /proc/PID/stat counts in clock ticks (10 ms): at a few % of a core over seconds, the
+    ticks are too coarse to judge. A thread that ends between two reads loses its share."""
+    out: dict[int, tuple[str, int, int]] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            for line in (task / "status").read_text().splitlines():
-                if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
-                    n += int(line.split()[1])
+            ns = int((task / "schedstat").read_text().split()[0])
+            name = (task / "comm").read_text().strip()
+            cs = sum(int(line.split()[1]) for line in (task / "status").read_text().splitlines()
+                     if line.startswith(("voluntary_ctxt_switches",
+                                         "nonvoluntary_ctxt_switches")))  # fmt: skip
         except OSError:
             continue  # a thread ended while we looked
-    return n
+        out[int(task.name)] = ("main" if int(task.name) == pid else name, ns, cs)
+    return out
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    """One read of a collector process's CPU counters (see `cpu_delta`)."""
+
+    t: float  # monotonic s
+    ticks: tuple[float, float]  # (user, system) s, clock ticks
+    threads: dict[int, tuple[str, int, int]]
+
+
+def cpu_sample(pid: int) -> CpuSample:
+    return CpuSample(time.monotonic(), proc_cpu_s(pid), thread_cpu(pid))
+
+
+def cpu_delta(a: CpuSample, b: CpuSample) -> dict[str, Any]:
+    """What a process used between two samples: exact on-CPU ns (all threads, and per
+    thread by name), context switches, and the tick-based user and system seconds."""
+    threads: dict[str, dict[str, int]] = {}
+    for tid, (name, ns, cs) in b.threads.items():
+        _, ns0, cs0 = a.threads.get(tid, (name, 0, 0))
+        t = threads.setdefault(name, {"cpu_ns": 0, "context_switches": 0})
+        t["cpu_ns"] += ns - ns0
+        t["context_switches"] += cs - cs0
+    return {"cpu_ns": sum(t["cpu_ns"] for t in threads.values()),
+            "context_switches": sum(t["context_switches"] for t in threads.values()),
+            "cpu_user_s": b.ticks[0] - a.ticks[0], "cpu_system_s": b.ticks[1] - a.ticks[1],
+            "wall_s": b.t - a.t, "threads": threads}  # fmt: skip
 
 
 def bpf_programs(pid: int) -> dict[int, dict[str, int]]:
@@ -230,12 +274,14 @@ def run_config(
     options: CollectorOptions | None = None,
     servers_only: bool = False,
     early: bool = False,
+    idle_span: float = IDLE_S,
 ) -> ConfigRun:
     """Warm every client, attach the configuration's collectors once (not timed), then run
     the clients one after another; CPU and BPF counters are read around each client.
     ``servers_only``: the collectors trace the servers only; ``early`` (servers only): they
     attach before the clients start, so they see every connection from its first byte
-    (HTTP/2 frame-aware capture)."""
+    (HTTP/2 frame-aware capture). With BPF stats, an idle span of ``idle_span`` s (clients
+    warm, no traffic) is read before each client's GO."""
     if early and not servers_only:
         raise ValueError("early attach traces the servers only (no client pid yet)")
     out = ConfigRun()
@@ -270,7 +316,7 @@ def run_config(
                    + ([] if servers_only else [c.pid for c in clients.values()]))  # fmt: skip
         for t in targets:
             out.results[t.wl.key] = _drive(t, config, clients[t.wl.key], running, work_dir,
-                                           with_bpf_stats)  # fmt: skip
+                                           with_bpf_stats, idle_span)  # fmt: skip
             stop_and_forget(procs, clients[t.wl.key])
         for rc, stats in zip(running, stop_collectors(procs, running), strict=True):
             procs.children.remove(rc.child)
@@ -295,16 +341,20 @@ def _drive(
     running: list[RunningCollector],
     work_dir: Path,
     with_bpf_stats: bool,
+    idle_span: float = IDLE_S,
 ) -> RunResult:
     idle0: dict[str, dict[int, dict[str, int]]] = {}
+    idle_cpu: dict[str, dict[str, Any]] = {}
     idle_s = 0.0
     if with_bpf_stats and running:
         idle0 = {rc.name: bpf_programs(rc.child.pid) for rc in running}
+        cpu_idle0 = {rc.name: cpu_sample(rc.child.pid) for rc in running}
         t0 = time.monotonic()
-        time.sleep(IDLE_S)
+        time.sleep(idle_span)
         idle_s = time.monotonic() - t0
-    cpu0 = {rc.name: proc_cpu_s(rc.child.pid) for rc in running}
-    csw0 = {rc.name: proc_ctxsw(rc.child.pid) for rc in running}
+        idle_cpu = {rc.name: cpu_delta(cpu_idle0[rc.name], cpu_sample(rc.child.pid))
+                    for rc in running}  # fmt: skip
+    cpu0 = {rc.name: cpu_sample(rc.child.pid) for rc in running}
     size0 = {rc.name: _size(rc.events) for rc in running}
     bpf0 = {rc.name: bpf_programs(rc.child.pid) for rc in running} if with_bpf_stats else {}
     assert client.proc.stdin is not None
@@ -320,12 +370,12 @@ def _drive(
     time.sleep(SETTLE_S if running else 0)
     res = RunResult(config, 0.0, 0.0, 0.0, 0)
     for rc in running:
-        u1, s1 = proc_cpu_s(rc.child.pid)
-        u0, s0 = cpu0[rc.name]
-        res.collectors[rc.name] = {"cpu_user_s": u1 - u0, "cpu_system_s": s1 - s0,
-                                   "context_switches": proc_ctxsw(rc.child.pid) - csw0[rc.name],
-                                   # the recorder flushes after every poll: what it wrote
-                                   "event_bytes": _size(rc.events) - size0[rc.name]}
+        # cpu_ns, context_switches, tick-based cpu_user_s/cpu_system_s, per thread
+        res.collectors[rc.name] = cpu_delta(cpu0[rc.name], cpu_sample(rc.child.pid))
+        # the recorder flushes after every poll: what it wrote
+        res.collectors[rc.name]["event_bytes"] = _size(rc.events) - size0[rc.name]
+        if rc.name in idle_cpu:
+            res.collectors[rc.name]["idle"] = idle_cpu[rc.name]
     if with_bpf_stats:
         res.programs = _program_deltas(bpf0, {rc.name: bpf_programs(rc.child.pid)
                                               for rc in running})  # fmt: skip
@@ -491,8 +541,18 @@ class Report:
                                   "collectors": "unpinned", "trap_helper": [CLIENT_CPU]},
                 "bpf_stats_during_rounds": False,
                 "fixed_rate": {"exchanges_per_s": FIXED_RATE, "seconds_at_scale_1": FIXED_RATE_S,
+                               "seconds_min": FIXED_RATE_MIN_S,
+                               "exchanges": fixed_rate_exchanges(self.settings.scale),
                                "loop": "open: exchange k due at start + k/rate",
-                               "bpf_stats": True},
+                               "bpf_stats": True, "idle_s": FIXED_IDLE_S,
+                               "process_cpu": "exact on-CPU ns of every thread "
+                                              "(/proc/PID/task/*/schedstat); user and system "
+                                              "split by the clock-tick ratio (/proc/PID/stat)",
+                               "span": "GO until the collector caught up (settle included)",
+                               "core_pct_at_rate_target": "idle process % + (process % above "
+                                                          "idle + BPF %) x target / the span's "
+                                                          "rate: a linear projection"},
+                "fixed_rate_only": self.settings.fixed_rate_only,
                 "loadavg_start": list(self.loadavg_start),
                 "loadavg_end": list(os.getloadavg()),
                 "ci": "95% delta-method on the log ratio of means, Welch df",
@@ -515,7 +575,7 @@ def report(overhead_settings: OverheadSettings) -> Iterator[Report]:
     r = Report(overhead_settings, dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                os.getloadavg())  # fmt: skip
     yield r
-    if r.workloads or r.trap_cost:
+    if r.workloads or r.trap_cost or r.fixed_rate:
         out = overhead_settings.out
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(r.to_dict(), indent=1) + "\n")
@@ -600,6 +660,15 @@ def test_overhead(
 ) -> None:
     (tmp_path / "events").mkdir()
     sess = Session(workloads(overhead_settings), tmp_path)
+    if overhead_settings.fixed_rate_only:
+        benchmark.group = "fixed-rate pass (attach included)"
+        benchmark.pedantic(lambda: setattr(report, "fixed_rate", _rate_pass(
+            sess, tmp_path, overhead_settings.scale)), rounds=1, iterations=1)  # fmt: skip
+        n = fixed_rate_exchanges(overhead_settings.scale)
+        for wl in sess.workloads:
+            _print_workload(Workload(wl.scenario, wl.server, n), {}, None, [],
+                            report.fixed_rate.get(wl.key))  # fmt: skip
+        return
     benchmark.group = "overhead rounds (attach included; see extra_info)"
     benchmark.pedantic(sess.one_round, rounds=overhead_settings.rounds, iterations=1)
     bpf = _bpf_pass(sess, tmp_path)
@@ -634,6 +703,8 @@ def test_tls_overhead(
     """The TLS collector on HTTPS/1.1 keep-alive (TLS 1.3), Go client: none and tls
     interleaved per round, then its programs' hits and run time with BPF stats on. A Go
     server is probed at crypto/tls, a Python one at libssl (OpenSSL)."""
+    if overhead_settings.fixed_rate_only:
+        pytest.skip("only the fixed-rate pass (--overhead-fixed-rate-only)")
     (tmp_path / "events").mkdir()
     tls_dir = make_tls_files(tmp_path / "tls").dir
     wls = [Workload(w.scenario, w.server, w.exchanges, tls=True)
@@ -678,6 +749,8 @@ def _analyse(sess: Session, wl: Workload, rounds: int) -> dict[str, Any]:
                 # (ring, batch, file), so what the per-byte part of its cost scales with
                 "event_bytes_per_exchange":
                     sum(r.collectors[name].get("event_bytes", 0) for r in rs) / n,
+                # exact on-CPU time of the collector's threads (the per-1k s are ticks)
+                "cpu_ns_per_exchange": sum(r.collectors[name]["cpu_ns"] for r in rs) / n,
             }  # fmt: skip
             per[name]["cpu_s_per_1k"] = (per[name]["cpu_user_s_per_1k"]
                                          + per[name]["cpu_system_s_per_1k"])  # fmt: skip
@@ -785,18 +858,25 @@ def _by_kind(programs: list[dict[str, Any]], exchanges: int) -> dict[str, dict[s
     return by_kind
 
 
+def fixed_rate_exchanges(scale: float) -> int:
+    """Exchanges of the rate pass: FIXED_RATE_S at scale 1, never under FIXED_RATE_MIN_S."""
+    return max(MIN_EXCHANGES, round(FIXED_RATE * max(FIXED_RATE_MIN_S, FIXED_RATE_S * scale)))
+
+
 def _rate_pass(sess: Session, work_dir: Path, scale: float) -> dict[str, Any]:
     """Each collector alone, the clients paced open loop to FIXED_RATE exchanges/s (the
-    load production agents quote their CPU at): the collector's CPU (user + system of its
-    process + its programs' BPF run time) as a percentage of one core."""
-    n = max(MIN_EXCHANGES, round(FIXED_RATE * FIXED_RATE_S * scale))
+    load production agents quote their CPU at): the collector's CPU (its process's exact
+    on-CPU time, all threads, + its programs' BPF run time) as a percentage of one core,
+    over the span from GO until the collector caught up (`cpu_delta`'s wall_s). Before GO,
+    an idle span of FIXED_IDLE_S (attached, no traffic) gives its cost with nothing to do."""
+    n = fixed_rate_exchanges(scale)
     wls = [Workload(w.scenario, w.server, n) for w in sess.workloads]
     configs = ["none"] + [c for c in ("kprobe", "uprobe") if c in sess.configs]
     out: dict[str, Any] = {}
     with bpf_stats_enabled(), servers_running(wls) as targets:
         for config in configs:
             run = run_config(config, targets, work_dir, seed=2000, with_bpf_stats=True,
-                             rate=FIXED_RATE)  # fmt: skip
+                             rate=FIXED_RATE, idle_span=FIXED_IDLE_S)  # fmt: skip
             for key, res in run.results.items():
                 e = out.setdefault(key, {"rate_target": FIXED_RATE, "exchanges": n,
                                          "configs": {}})  # fmt: skip
@@ -806,22 +886,45 @@ def _rate_pass(sess: Session, work_dir: Path, scale: float) -> dict[str, Any]:
                 for name, c in res.collectors.items():
                     if name in (sess.not_measured.get(key) or {}):
                         continue  # no probe points in this workload's binaries
-                    progs = [p for p in res.programs if p["collector"] == name]
-                    bpf_s = sum(p["run_time_ns"] for p in progs) / 1e9
-                    # the kernel-side programs also run (briefly) for every other process's
-                    # syscalls; that share, estimated from the idle span, is not this workload's
-                    others_s = 0.0
-                    if name == "kprobe" and res.traced_hits is not None:
-                        idle = _idle(res)
-                        others_s = oh.others_bpf_ns(sum(p["run_cnt"] for p in progs),
-                                                    res.traced_hits,
-                                                    idle["kprobe_ns_per_hit"]) / 1e9  # fmt: skip
-                    entry[name] = oh.core_share(c["cpu_user_s"], c["cpu_system_s"],
-                                                bpf_s - others_s, res.wall_s,
-                                                c["context_switches"])  # fmt: skip
-                    entry[name]["bpf_other_processes_s"] = others_s
+                    entry[name] = _at_rate(name, c, res)
                 e["configs"][config] = entry
     return out
+
+
+def _at_rate(name: str, c: dict[str, Any], res: RunResult) -> dict[str, Any]:
+    """One collector's share of a core in the rate pass, and its idle span apart."""
+    progs = [p for p in res.programs if p["collector"] == name]
+    bpf_s = sum(p["run_time_ns"] for p in progs) / 1e9
+    # the kernel-side programs also run (briefly) for every other process's syscalls;
+    # that share, estimated from the idle span, is not this workload's
+    others_s = 0.0
+    if name == "kprobe" and res.traced_hits is not None:
+        others_s = oh.others_bpf_ns(sum(p["run_cnt"] for p in progs), res.traced_hits,
+                                    _idle(res)["kprobe_ns_per_hit"]) / 1e9  # fmt: skip
+    x = oh.core_share(c["cpu_user_s"], c["cpu_system_s"], bpf_s - others_s, c["wall_s"],
+                      c["context_switches"], c["cpu_ns"])  # fmt: skip
+    x["bpf_other_processes_s"] = others_s
+    x["main_phase_s"] = res.wall_s
+    x["cpu_ns_per_exchange"] = c["cpu_ns"] / res.exchanges
+    x["bpf_ns_per_exchange"] = 1e9 * (bpf_s - others_s) / res.exchanges
+    x["context_switches_per_1k"] = 1000 * c["context_switches"] / res.exchanges
+    w = c["wall_s"]
+    x["threads"] = {t: {"cpu_ns": v["cpu_ns"], "process_pct": 100 * v["cpu_ns"] / 1e9 / w,
+                        "context_switches_per_s": v["context_switches"] / w}
+                    for t, v in c["threads"].items()}  # fmt: skip
+    idle = c.get("idle")
+    if idle:
+        idle_bpf = sum(p["run_time_ns"] for p in res.idle_programs if p["collector"] == name)
+        x["idle"] = oh.idle_share(idle["cpu_ns"], idle_bpf, idle["wall_s"],
+                                  idle["context_switches"], idle["threads"])  # fmt: skip
+        if "process_pct" in x and "process_pct" in x["idle"]:
+            x["process_pct_above_idle"] = x["process_pct"] - x["idle"]["process_pct"]
+            # a loaded machine may not reach the rate (or the span holds the settle): the
+            # traffic's share scaled to FIXED_RATE over the span, the idle share as measured
+            k = FIXED_RATE * w / res.exchanges
+            x["core_pct_at_rate_target"] = (x["idle"]["process_pct"]
+                                            + k * (x["process_pct_above_idle"] + x["bpf_pct"]))
+    return x
 
 
 def _print_workload(
@@ -858,12 +961,29 @@ def _print_workload(
     for c, e in ((fixed or {}).get("configs") or {}).items():
         for name in ("kprobe", "uprobe"):
             if name in e:
-                x = e[name]
-                print(f"  at {e['rate_achieved']:.0f}/s ({c}): {name} {x['core_pct']:.2f}% "
-                      f"of a core (user {x['user_pct']:.2f}, sys {x['system_pct']:.2f}, "
-                      f"bpf {x['bpf_pct']:.2f}), {x['context_switches_per_s']:.0f} wake-ups/s")
+                print(_rate_line(name, e[name], e["rate_achieved"], c))
     for w in warnings:
         print(f"  warning: {w}")
+
+
+def _rate_line(name: str, x: dict[str, Any], rate: float, config: str) -> str:
+    def f(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.2f}"
+
+    line = (f"  at {rate:.0f}/s ({config}): {name} {f(x['core_pct'])}% of a core "
+            f"({f(x.get('core_pct_at_rate_target'))}% projected to {FIXED_RATE:.0f}/s) = process "
+            f"{f(x.get('process_pct'))} (user {f(x['user_pct'])}, sys {f(x['system_pct'])}, "
+            f"by ticks) + bpf {f(x['bpf_pct'])}; {x.get('cpu_ns_per_exchange', 0):.0f} ns "
+            f"process CPU/exchange; {x['context_switches_per_s']:.0f} wake-ups/s")
+    threads = x.get("threads") or {}
+    line += "".join(f"\n    thread {t}: {v['process_pct']:.3f}%, "
+                    f"{v['context_switches_per_s']:.0f} wake-ups/s" for t, v in threads.items())
+    idle = x.get("idle") or {}
+    if "process_pct" in idle:
+        line += (f"\n    idle ({idle['wall_s']:.1f} s, no traffic): process "
+                 f"{idle['process_pct']:.3f}%, bpf {idle['bpf_pct']:.3f}%, "
+                 f"{idle['context_switches_per_s']:.0f} wake-ups/s")
+    return line
 
 
 # -- the bare trap cost ------------------------------------------------------------------
@@ -931,7 +1051,12 @@ def _trap_ns(helper: Path, mode: str, n: int) -> float:
 
 
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc missing")
-def test_trap_cost(benchmark: BenchmarkFixture, report: Report, tmp_path: Path) -> None:
+def test_trap_cost(
+    benchmark: BenchmarkFixture, report: Report, overhead_settings: OverheadSettings,
+    tmp_path: Path,
+) -> None:
+    if overhead_settings.fixed_rate_only:
+        pytest.skip("only the fixed-rate pass (--overhead-fixed-rate-only)")
     from harness.collectors.bpfsource import load_bcc
 
     bcc = load_bcc()

@@ -150,6 +150,29 @@ def test_core_share_adds_process_and_bpf_time():
     assert oh.core_share(1, 1, 1, 0.0, 5)["core_pct"] is None
 
 
+def test_core_share_takes_the_exact_process_time_and_splits_it_by_the_ticks():
+    # 30 ms of ticks (1 user : 2 system) over 2 s, but the scheduler counted 12 ms
+    s = oh.core_share(0.01, 0.02, 0.03, 2.0, 100, cpu_ns=12_000_000)
+    assert s["process_pct"] == pytest.approx(0.6)
+    assert s["core_pct"] == pytest.approx(0.6 + 1.5)
+    assert (s["user_pct"], s["system_pct"]) == pytest.approx((0.2, 0.4))
+    assert s["core_pct_ticks"] == pytest.approx(3.0)  # what schema 3 called core_pct
+    # no tick fell in the span: the split is unknown, never guessed; the total stands
+    z = oh.core_share(0.0, 0.0, 0.0, 2.0, 10, cpu_ns=2_000_000)
+    assert z["core_pct"] == pytest.approx(0.1) and z["user_pct"] is None
+    assert z["system_pct"] is None and z["user_system_split"].startswith("unknown")
+
+
+def test_idle_share_per_thread():
+    i = oh.idle_share(4_000_000, 1_000_000.0, 2.0, 20,
+                      {"main": {"cpu_ns": 3_000_000, "context_switches": 10},
+                       "pb-sockdiag": {"cpu_ns": 1_000_000, "context_switches": 10}})
+    assert i["process_pct"] == pytest.approx(0.2) and i["bpf_pct"] == pytest.approx(0.05)
+    assert i["context_switches_per_s"] == pytest.approx(10)
+    assert i["threads"]["main"]["process_pct"] == pytest.approx(0.15)
+    assert oh.idle_share(1, 0.0, 0.0, 0, {}) == {"wall_s": 0.0}
+
+
 def test_predicted_ratio():
     assert oh.predicted_ratio(0.0, 10_000) == 1.0
     # 100 us more per exchange at 10k/s over two CPUs: half the CPUs' time added
@@ -192,6 +215,9 @@ def test_decompose_against_the_floor():
     assert k["recorder_ns_per_exchange"] == pytest.approx(12_000.0)
     assert k["predicted_ratio_all"] == pytest.approx(1 / (1 + 20_800 * 10_000 / 2e9))
     assert k["bpf_ns_per_exchange_per_side"] == pytest.approx(4000.0)
+    # where the bench read the scheduler's exact time, that is the recorder's CPU
+    workload["configs"]["kprobe"]["collectors"]["kprobe"]["cpu_ns_per_exchange"] = 3_000.0
+    assert oh.decompose(workload, None)["kprobe"]["recorder_ns_per_exchange"] == 3_000.0
 
 
 def test_decompose_takes_other_processes_hits_out():

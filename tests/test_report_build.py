@@ -211,7 +211,8 @@ def test_newer_bench_keys_are_shown(tmp_path: Path) -> None:
         "hits_per_exchange": 43.9, "bare_trap_ns": 166.0, "floor_ns_per_exchange": 7287.4,
         "bpf_ns_per_exchange": 92489.0, "cpu_user_s_per_1k": 0.1, "cpu_system_s_per_1k": 0.02,
         "context_switches_per_1k": 812.0, "throughput_ratio": 0.66,
-        "fixed_rate_core_pct": 4.2}}}
+        "fixed_rate_core_pct": 4.2, "fixed_rate_process_pct": 0.41,
+        "fixed_rate_idle_process_pct": 0.135}}}
     bench["settings"]["fixed_rate"] = {"exchanges_per_s": 1000, "loop": "open"}
     bench["h2_walk"] = {"budget_bytes": 4096, "w/l": {"mode": {
         "skipped_ns": 12.5, "programs": [{"name": "p", "run_time_ns": 1000, "run_cnt": 4}]}}}
@@ -224,6 +225,8 @@ def test_newer_bench_keys_are_shown(tmp_path: Path) -> None:
     assert dec["floor: hits × trap, ns/exchange"] == "7,287"
     assert dec["collector CPU, ms per 1k"] == "120"
     assert dec["% of a core at fixed rate"] == "4.2%"
+    assert dec["of which the recorder process"] == "0.41%"
+    assert dec["recorder attached, idle"] == "0.14%"
     assert "Fixed rate: 1000 exchanges per second" in " ".join(md.split())
     # a section's records: one row each (its path in `where`), a list of records its own table
     assert [r["budget_bytes"] for r in md_rows(md, "—") if "budget_bytes" in r] == ["4096"]

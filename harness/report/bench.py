@@ -45,6 +45,8 @@ DECOMPOSITION = (
     ("predicted_ratio_all", "ratio floor+BPF+CPU predict", "{:.2f}×"),
     ("throughput_ratio", "ratio measured", "{:.2f}×"),
     ("fixed_rate_core_pct", "% of a core at fixed rate", "{:.1f}%"),
+    ("fixed_rate_process_pct", "of which the recorder process", "{:.2f}%"),
+    ("fixed_rate_idle_process_pct", "recorder attached, idle", "{:.2f}%"),
 )
 
 
@@ -318,6 +320,8 @@ class BenchView:
                 u, sy = d.get("cpu_user_s_per_1k"), d.get("cpu_system_s_per_1k")
                 if isinstance(u, int | float):
                     d["cpu_ms_per_1k"] = 1000 * (u + (sy if isinstance(sy, int | float) else 0))
+                if isinstance(d.get("recorder_ns_per_exchange"), int | float):
+                    d["cpu_ms_per_1k"] = d["recorder_ns_per_exchange"] / 1000  # exact, if read
                 row = {"workload": workload_label(wl), "collector": CONFIG_LABEL.get(coll, coll)}
                 for key, head, fmt in DECOMPOSITION:
                     v = d.get(key)

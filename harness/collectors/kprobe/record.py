@@ -34,7 +34,16 @@ from harness.collectors.base import (
 )
 from harness.collectors.bpfsource import compile_program, load_bcc, percpu_totals
 from harness.collectors.btf import VMLINUX, socket_walk_defines
-from harness.collectors.cli import recorder_parser, stop_flag, stopped_by, write_stats
+from harness.collectors.cli import (
+    TIMER_POLL_MS,
+    block_stop_signals,
+    name_thread,
+    record_until_stopped,
+    recorder_parser,
+    stop_flag,
+    stopped_by,
+    write_stats,
+)
 from harness.collectors.eventfile import KERNEL, EventWriter
 from harness.collectors.kprobe import hooks
 from harness.collectors.kprobe.layout import FORMAT, chunk_for, header
@@ -44,8 +53,13 @@ from harness.errors import CollectorError, ProbebenchError
 PROGRAM = "kprobe_collector.c"
 # The ring is drained on this timer (records go in without waking us, see
 # rb_flags in the program), or earlier when a CPU has submitted PB_WAKE_BYTES.
-DEFAULT_POLL_MS = 20
-SOCKDIAG_WAIT_S = (0.005, 0.05)  # the sock_diag thread's wait: while busy, when idle
+DEFAULT_POLL_MS = TIMER_POLL_MS
+# The sock_diag thread's wait: while look-ups come, then backing off (doubling) to the
+# second when idle, or to the third when the programs name sockets themselves (the fd ->
+# socket walk, PB_FD_SOCK): sock_diag is then a fallback that a run with BTF never
+# needed (0 look-ups in the bench's runs), and its idle timer was a third of an idle
+# recorder's wake-ups.
+SOCKDIAG_WAIT_S = (0.005, 0.05, 0.25)
 # Up to this many target tgids are compared inline in the programs (no map lookup
 # for the syscalls of other processes); more go through the `targets` map.
 INLINE_TGIDS = 8  # at most 16: the size of traced_hits in the program
@@ -146,15 +160,18 @@ class Recorder:
 
     def _sockdiag_loop(self, bpf: Any, stop: threading.Event) -> None:
         """The netlink step: one sock_diag dump per round answers every wanted address."""
+        name_thread("pb-sockdiag")
+        block_stop_signals()
         wanted = bpf["addr_wanted"]
         # 5 ms while look-ups come (a short connection must still be open when asked about),
-        # backing off to 50 ms when none do: an idle 5 ms timer was most of an idle
-        # recorder's CPU (1.7% of a core, 150 wake-ups/s)
-        wait = SOCKDIAG_WAIT_S[0]
+        # backing off when none do: an idle 5 ms timer was most of an idle recorder's CPU
+        # (1.7% of a core, 150 wake-ups/s)
+        busy, idle = SOCKDIAG_WAIT_S[0], SOCKDIAG_WAIT_S[2 if self.defines["PB_FD_SOCK"] else 1]
+        wait = busy
         while True:
             final = stop.wait(wait)
             batch = [(k.tgid, k.fd, v.value) for k, v in wanted.items()]
-            wait = SOCKDIAG_WAIT_S[0] if batch else min(2 * wait, SOCKDIAG_WAIT_S[1])
+            wait = busy if batch else min(2 * wait, idle)
             if batch:
                 found = sockdiag.lookup([(t, f) for t, f, _ in batch])
                 for tgid, fd, ts in batch:
@@ -228,18 +245,12 @@ class Recorder:
             # bcc's objects live until the end: out of the collector's sight, so its
             # periodic passes (a tenth of the recorder's CPU in a perf profile) stay small
             gc.freeze()
-            attach_ns = time.monotonic_ns()
             # the report's attach time (ease of building), beside the uprobe collector's
             self.compile_attach_s = time.monotonic() - t0
-            self.writer.note({"type": "attached", "ts_ns": attach_ns})
-            print(f"ATTACHED {attach_ns}", flush=True)
-            end = time.monotonic() + deadline_s
             try:
-                while not stop["signal"] and time.monotonic() < end:
-                    rings.poll(self.poll_ms)
-                    self.polls += 1
-                    self.writer.flush()
-                    self._collect_exited(bpf)
+                self.polls = record_until_stopped(self.writer, rings, [], deadline_s, stop,
+                                                  lambda: self._collect_exited(bpf),
+                                                  self.poll_ms)  # fmt: skip
                 # drain what the kernel already queued
                 rings.consume()
                 self._note_call_counts(list(bpf["conns"].items()))
