@@ -31,6 +31,7 @@ from harness.model import Exchange
 from harness.protocols.bytestream import ByteStream, Endpoint, ip_text, trim_to_first_request
 from harness.protocols.common import Segment
 from harness.protocols.http1.stitch import Http1Stats, Http1Stream, unpair_after
+from harness.protocols.http2.stitch import Http2Stats, Http2Stream
 from harness.protocols.sniff import infer_proto
 
 
@@ -61,7 +62,12 @@ class Connection(ByteStream):
     # decode(stitch=...): an HTTP/1 connection seen from its open is stitched while it is
     # read, its bytes let go; ``stitched`` holds what that gave once it ended
     http1: Http1Stream | None = field(default=None, repr=False)
-    stitched: tuple[list[Exchange], Http1Stats] | None = field(default=None, repr=False)
+    stitched: tuple[list[Exchange], Http1Stats | Http2Stats] | None = field(
+        default=None, repr=False)
+    # streamed replay: an HTTP/2 connection whose role and addresses are known from its
+    # first bytes is stitched while read, each call handed over as its stream ends
+    http2: Http2Stream | None = field(default=None, repr=False)
+    h2_streams: set[int] | None = field(default=None, repr=False)  # the stream ids it gave
     # streamed replay (decode(handover=...)): its exchanges are handed over as they become
     # final; ``held`` are stitched ones that a loss found later could still change
     handed: bool = field(default=False, repr=False)
@@ -132,6 +138,10 @@ class Handover:
     finished: list[Connection] = field(default_factory=list)  # yield nothing more
     # no exchange handed over later starts before it (but for a late send: late_exchanges)
     watermark: int = -(1 << 63)
+    # the run's server ports: an HTTP/2 connection whose role the kernel did not know is
+    # streamed when they say it (None: only those it knew)
+    ports: set[int] | None = None
+    hpack_mode: str = "tolerant"
 
 
 def _final(x: Exchange, seen_until: int) -> bool:
@@ -268,6 +278,12 @@ def decode_steps(
             for seg in segs:
                 conn.http1.add(sent, seg)
             return
+        if conn.http2 is None and handover is not None and not (conn.send or conn.recv):
+            _stream_h2(conn, handover)
+        if conn.http2 is not None:
+            for seg in segs:
+                conn.http2.add(sent, seg)
+            return
         (conn.send if sent else conn.recv).extend(segs)
         if stitch is not None and first_sent and _stitch_live(conn):
             # what the pass after the loop would decide from its first sent bytes, now
@@ -326,6 +342,10 @@ def decode_steps(
             conn.stitched, conn.http1 = conn.http1.finish(ts), None
         done.append(conn)
         if handover is None:
+            return
+        if conn.http2 is not None:  # every call handed over: nothing is held
+            _end_h2(conn)
+            handover.finished.append(conn)
             return
         if not conn.handed:
             if conn.send or conn.recv or conn.stitched is not None:
@@ -413,6 +433,9 @@ def decode_steps(
             for hc in list(holding.values()):
                 if hc.closed_ns is None and not hc.hold_to_end:
                     settle(hc)
+            for c in live.values():
+                if c.http2 is not None:
+                    c.http2.advance(newest - WATERMARK_SLACK_NS)
             handover.watermark = max(handover.watermark, min(
                 newest - WATERMARK_SLACK_NS, stuck[0],
                 min((c.ts for c in pending.values()), default=1 << 63),
@@ -572,6 +595,8 @@ def decode_steps(
     for conn in live.values():
         if conn.http1 is not None:
             conn.stitched, conn.http1 = conn.http1.finish(None), None
+        if conn.http2 is not None:
+            _end_h2(conn)
         done.append(conn)
     # calls numbered past the last one seen on a stream that ended (process exit, end of
     # observation): its tail was lost
@@ -591,7 +616,9 @@ def decode_steps(
     # close's or the exit's call counts): what it paired after the loss began is unproven
     for conn in done:
         lost = conn.lost_after[0 if conn.role == "client" else 1]
-        if conn.stitched is not None and lost is not None:
+        # (HTTP/2 pairs by stream id, not by order: nothing to undo)
+        if conn.stitched is not None and lost is not None and isinstance(
+                conn.stitched[1], Http1Stats):
             unpair_after(conn.stitched[0] + conn.held, conn.stitched[1], lost)
     for conn in list(holding.values()):  # streamed: the rest is final now
         settle(conn, everything=True)
@@ -638,12 +665,44 @@ def decode_steps(
 def _bound(conn: Connection) -> int | None:
     """The earliest start an exchange a live connection yields later can have, from what
     it holds (None: nothing; its next calls are bounded by the newest event)."""
+    if conn.http2 is not None:
+        return conn.http2.earliest_start()
     if conn.handed:
         assert conn.http1 is not None
         return conn.http1.earliest_start()
     if conn.send or conn.recv or conn.http1 is not None:
         return conn.opened_ns  # its exchanges come at the end
     return None
+
+
+def _stream_h2(conn: Connection, ho: Handover) -> None:
+    """Stitch an HTTP/2 connection while it is read (``conn.http2``) when its first segment
+    arrives, if nothing after the pass can change how it is stitched: its protocol, its
+    role and both addresses are known now (the pass only fills in what is unknown), and
+    it is a whole connection (not the part after a loss: which of its streams the part
+    before gave is settled at the end)."""
+    if conn.proto != "http2" or conn.continues is not None:
+        return
+    if None in (conn.local, conn.remote):
+        return
+    role = conn.role_by_ports(ho.ports) if ho.ports is not None else (
+        conn.role if conn.role in ("client", "server") else None)
+    if role is None:
+        return
+
+    def ready(xs: list[Exchange], c: Connection = conn) -> None:
+        ho.ready.append((c, xs))
+
+    conn.role = role
+    conn.http2 = Http2Stream(role, ready, hpack_mode=ho.hpack_mode,  # type: ignore[arg-type]
+                             source="kprobe", conn_id=conn.key)
+
+
+def _end_h2(conn: Connection) -> None:
+    """A streamed HTTP/2 connection ends: the rest handed over, its stats kept for the pass."""
+    assert conn.http2 is not None
+    conn.stitched = conn.http2.finish()
+    conn.h2_streams, conn.http2 = conn.http2.stream_ids, None
 
 
 def _stitch_live(conn: Connection) -> bool:

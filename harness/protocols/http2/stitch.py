@@ -84,6 +84,9 @@ class Http2Stats:
     degraded_by_reason: dict[str, int] = field(default_factory=dict)
     # One row per exchange, in call order: (conn_seq, header fields known, unknown).
     recovery: list[tuple[int, int, int]] = field(default_factory=list)
+    # streamed (Http2Stream): segments that arrived after later ones had been fed, so fed
+    # out of the time order a whole stitch would give them (their send blocked > 1 s)
+    late_segments: int = 0
 
 
 @dataclass(slots=True)
@@ -195,6 +198,82 @@ def stitch_http2(
     return st.finish()
 
 
+class Http2Stream:
+    """``stitch_http2`` while the segments arrive, so a replay need not hold a connection
+    that stays open: segments wait in a heap and are fed in the order ``stitch_http2``
+    sorts them (time, direction, arrival) up to ``advance``'s bound, and each call is
+    handed to ``on_ready`` when its stream ends (END_STREAM both ways, or RST_STREAM):
+    nothing later on the connection changes a finished call. Held: the segments not yet
+    fed, the streams still open, and the HPACK tables (bounded by their size)."""
+
+    def __init__(
+        self, side: Side, on_ready: Callable[[list[Exchange]], None], *,
+        hpack_mode: HpackMode = "tolerant", source: Source = "", conn_id: str | None = None,
+    ) -> None:  # fmt: skip
+        self._st = _Stitcher(hpack_mode, source, side, conn_id)
+        self._client = side == "client"
+        self._heap: list[tuple[int, int, int, Segment]] = []
+        self._count = [0, 0]  # segments added per direction: their place among equal times
+        self._fed_upto = -(1 << 63)  # the latest time fed: a segment before it came late
+        self._on_ready = on_ready
+
+    def add(self, sent: bool, seg: Segment) -> None:
+        """A segment the observed process sent (else received), in its direction's order."""
+        d = C2S if sent == self._client else S2C
+        if seg.ts_ns < self._fed_upto:
+            # later calls were fed already: fed now, out of the whole replay's order
+            self._st.stats.late_segments += 1
+        heapq.heappush(self._heap, (seg.ts_ns, d, self._count[d], seg))
+        self._count[d] += 1
+
+    def advance(self, upto_ns: int) -> None:
+        """Feed the segments before ``upto_ns`` (no segment before it is still to come) and
+        hand over the calls that ended."""
+        heap, st = self._heap, self._st
+        while heap and heap[0][0] < upto_ns:
+            ts, d, _i, seg = heapq.heappop(heap)
+            self._fed_upto = max(self._fed_upto, ts)
+            st.handle(d, st.parsers[d].feed(seg))
+        self._hand()
+
+    def _hand(self) -> None:
+        st = self._st
+        if st.finished:
+            xs = [st.exchange(c) for c in st.finished]
+            st.handed += len(xs)
+            st.finished.clear()
+            self._on_ready(xs)
+
+    def earliest_start(self) -> int | None:
+        """The earliest start an exchange not yet handed over can have (None: none)."""
+        starts = [c.t_start for c in self._st.calls.values()]
+        if self._heap:
+            starts.append(self._heap[0][0])
+        return min(starts, default=None)
+
+    def finish(self) -> tuple[list[Exchange], Http2Stats]:
+        """Everything fed; the calls still open handed over as they are (incomplete).
+        Returns no exchanges (all went to ``on_ready``) and the connection's stats."""
+        self.advance(1 << 63)
+        st = self._st
+        for d in (C2S, S2C):
+            st.handle(d, st.parsers[d].close())
+        self._hand()
+        rest, stats = st.finish()
+        st.closed_ids.update(x.stream_id for x in rest if x.stream_id is not None)
+        stats.exchanges += st.handed
+        stats.recovery.sort()
+        if rest:
+            self._on_ready(rest)
+        return [], stats
+
+    @property
+    def stream_ids(self) -> set[int]:
+        """The stream ids of every exchange handed over (a later part split at lost calls
+        leaves them out: ``bytestream.drop_split_tails``)."""
+        return self._st.closed_ids  # the ended ones; finish adds the rest
+
+
 class _Stitcher:
     def __init__(self, mode: HpackMode, source: Source, side: Side, conn_id: str | None) -> None:
         self.mode = mode
@@ -212,6 +291,7 @@ class _Stitcher:
         self.first_s2c_settings = False
         self.s2c_first_offset: int | None = None
         self.nframes = [0, 0]
+        self.handed = 0  # exchanges made before finish (streamed)
 
     # -- frames ------------------------------------------------------------------------
 
