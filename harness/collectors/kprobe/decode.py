@@ -16,6 +16,7 @@ resynchronise instead of splicing bytes that were never adjacent. A jump in
 from __future__ import annotations
 
 import ctypes
+import functools
 import ipaddress
 import struct
 from collections import namedtuple
@@ -32,7 +33,7 @@ from harness.protocols.bytestream import ByteStream, Endpoint, ip_text, trim_to_
 from harness.protocols.common import Segment
 from harness.protocols.http1.stitch import Http1Stats, Http1Stream, unpair_after
 from harness.protocols.http2.stitch import Http2Stats, Http2Stream
-from harness.protocols.sniff import infer_proto
+from harness.protocols.sniff import HTTP1_STARTS, infer_proto
 
 
 @dataclass
@@ -68,6 +69,8 @@ class Connection(ByteStream):
     # first bytes is stitched while read, each call handed over as its stream ends
     http2: Http2Stream | None = field(default=None, repr=False)
     h2_streams: set[int] | None = field(default=None, repr=False)  # the stream ids it gave
+    # HTTP/1 found mid-stream, streamed: its first request's start (responses up to it go)
+    h1_since: int | None = field(default=None, repr=False)
     # streamed replay (decode(handover=...)): its exchanges are handed over as they become
     # final; ``held`` are stitched ones that a loss found later could still change
     handed: bool = field(default=False, repr=False)
@@ -275,7 +278,11 @@ def decode_steps(
         """A call's segments, in its direction's order, to its connection."""
         first_sent = sent and not conn.send
         if conn.http1 is not None:
+            since = conn.h1_since
             for seg in segs:
+                if since is not None and sent != (conn.role == "client") and seg.ts_ns <= since:
+                    st.responses_before_request += 1  # as the trim after the pass would
+                    continue
                 conn.http1.add(sent, seg)
             return
         if conn.http2 is None and handover is not None and not (conn.send or conn.recv):
@@ -293,6 +300,20 @@ def decode_steps(
             on_ready = (lambda xs, c=conn: got(c, xs)) if conn.handed else stitch
             conn.http1 = Http1Stream(conn.role, source="kprobe", from_start=True,  # type: ignore[arg-type]
                                      on_ready=on_ready, hand_over=conn.handed)  # fmt: skip
+            for seg in conn.recv:
+                conn.http1.add(False, seg)
+            for seg in conn.send:
+                conn.http1.add(True, seg)
+            conn.send, conn.recv = [], []
+        elif handover is not None and _midstream_h1(conn, sent, segs):
+            # found mid-stream: its framing is known from its first request on, so it is
+            # stitched from there as the pass would (responses before it left out)
+            st.responses_before_request += trim_to_first_request(conn.role, conn.send, conn.recv)
+            conn.h1_since = next(s.ts_ns for s in (conn.send if sent else conn.recv)
+                                 if s.data.startswith(HTTP1_STARTS[:-1]))  # fmt: skip
+            conn.handed = True
+            conn.http1 = Http1Stream(conn.role, source="kprobe", hand_over=True,  # type: ignore[arg-type]
+                                     on_ready=functools.partial(got, conn))  # fmt: skip
             for seg in conn.recv:
                 conn.http1.add(False, seg)
             for seg in conn.send:
@@ -673,6 +694,19 @@ def _bound(conn: Connection) -> int | None:
     if conn.send or conn.recv or conn.http1 is not None:
         return conn.opened_ns  # its exchanges come at the end
     return None
+
+
+def _midstream_h1(conn: Connection, sent: bool, segs: list[Segment]) -> bool:
+    """Whether an HTTP/1 connection found mid-stream (not after a loss) can be stitched
+    while read from these segments on: the first request start it has seen, with its role
+    and both addresses known."""
+    if conn.from_start or conn.after_loss or conn.continues is not None:
+        return False
+    if conn.proto != "http1" or conn.role not in ("client", "server"):
+        return False
+    if sent != (conn.role == "client") or None in (conn.local, conn.remote):
+        return False
+    return any(s.data.startswith(HTTP1_STARTS[:-1]) for s in segs)
 
 
 def _stream_h2(conn: Connection, ho: Handover) -> None:
