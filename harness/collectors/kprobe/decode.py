@@ -285,8 +285,6 @@ def decode_steps(
                     continue
                 conn.http1.add(sent, seg)
             return
-        if conn.http2 is None and handover is not None and not (conn.send or conn.recv):
-            _stream_h2(conn, handover)
         if conn.http2 is not None:
             for seg in segs:
                 conn.http2.add(sent, seg)
@@ -304,6 +302,14 @@ def decode_steps(
                 conn.http1.add(False, seg)
             for seg in conn.send:
                 conn.http1.add(True, seg)
+            conn.send, conn.recv = [], []
+        elif handover is not None and (first_sent or conn.proto == "http2") and _stream_h2(
+                conn, handover):
+            assert conn.http2 is not None
+            for seg in conn.recv:
+                conn.http2.add(False, seg)
+            for seg in conn.send:
+                conn.http2.add(True, seg)
             conn.send, conn.recv = [], []
         elif handover is not None and _midstream_h1(conn, sent, segs):
             # found mid-stream: its framing is known from its first request on, so it is
@@ -709,27 +715,30 @@ def _midstream_h1(conn: Connection, sent: bool, segs: list[Segment]) -> bool:
     return any(s.data.startswith(HTTP1_STARTS[:-1]) for s in segs)
 
 
-def _stream_h2(conn: Connection, ho: Handover) -> None:
-    """Stitch an HTTP/2 connection while it is read (``conn.http2``) when its first segment
-    arrives, if nothing after the pass can change how it is stitched: its protocol, its
-    role and both addresses are known now (the pass only fills in what is unknown), and
-    it is a whole connection (not the part after a loss: which of its streams the part
-    before gave is settled at the end)."""
-    if conn.proto != "http2" or conn.continues is not None:
-        return
-    if None in (conn.local, conn.remote):
-        return
+def _stream_h2(conn: Connection, ho: Handover) -> bool:
+    """Whether to stitch an HTTP/2 connection while it is read (``conn.http2``, set up
+    here), from a segment just taken on: nothing after the pass can change how it is
+    stitched, as its protocol (the kernel's, or the pass's inference from the first sent
+    bytes), its role and both addresses are known now (the pass only fills in what is
+    unknown), and it is a whole connection (not the part after a loss: which of its
+    streams the part before gave is settled at the end)."""
+    proto = conn.proto
+    if proto == "unknown" and conn.from_start and conn.send:
+        proto = infer_proto(conn.send[0].data[:16], from_start=True) or "unknown"
+    if proto != "http2" or conn.continues is not None or None in (conn.local, conn.remote):
+        return False
     role = conn.role_by_ports(ho.ports) if ho.ports is not None else (
         conn.role if conn.role in ("client", "server") else None)
     if role is None:
-        return
+        return False
 
     def ready(xs: list[Exchange], c: Connection = conn) -> None:
         ho.ready.append((c, xs))
 
-    conn.role = role
+    conn.role, conn.proto = role, proto
     conn.http2 = Http2Stream(role, ready, hpack_mode=ho.hpack_mode,  # type: ignore[arg-type]
                              source="kprobe", conn_id=conn.key)
+    return True
 
 
 def _end_h2(conn: Connection) -> None:
