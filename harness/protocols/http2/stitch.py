@@ -9,6 +9,7 @@ DATA to per-stream body counters. What could not be known is named on each Excha
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -52,6 +53,12 @@ R_INCOMPLETE = STREAM_INCOMPLETE
 
 # a header block read whole, yet without the pseudo-header every request/response has
 R_MALFORMED = MALFORMED_HEADERS
+# A stream whose server side ended while its request head was never seen (it began before
+# the capture: what its client sent went by unseen) is closed once the segments merged
+# reach this long after its end: a client's frame merged later than that is not clock
+# skew between CPUs. Its exchange is what it would be at the connection's end, and a
+# connection that stays open no longer holds it (and the streamed replay's watermark).
+HEAD_UNSEEN_GRACE_NS = 1_000_000_000
 FIELDS = ("method", "path", "authority", "status", "grpc_status", "grpc_message",
           "req_bytes", "resp_bytes", "req_messages", "resp_messages", "protocol")
 
@@ -132,6 +139,7 @@ class _Call:
     reset: bool = False
     # the first RST_STREAM's error code (None: its payload went unseen) and time
     rst: tuple[int | None, int] | None = None
+    expiring: bool = False  # queued to close HEAD_UNSEEN_GRACE_NS after its server's end
 
     @property
     def done(self) -> bool:
@@ -191,7 +199,7 @@ def stitch_http2(
         for d, segs in ((C2S, client_to_server), (S2C, server_to_client))
     ]
     for ts, d, _, seg in heapq.merge(*(sorted(t, key=lambda x: (x[0], x[2])) for t in tagged)):
-        del ts
+        st.expire(ts)
         st.handle(d, st.parsers[d].feed(seg))
     for d in (C2S, S2C):
         st.handle(d, st.parsers[d].close())
@@ -233,7 +241,10 @@ class Http2Stream:
         while heap and heap[0][0] < upto_ns:
             ts, d, _i, seg = heapq.heappop(heap)
             self._fed_upto = max(self._fed_upto, ts)
+            st.expire(ts)
             st.handle(d, st.parsers[d].feed(seg))
+        if upto_ns < 1 << 63:  # every later segment is at or after it (at the end: none)
+            st.expire(upto_ns)
         self._hand()
 
     def _hand(self) -> None:
@@ -291,6 +302,7 @@ class _Stitcher:
         self.first_s2c_settings = False
         self.s2c_first_offset: int | None = None
         self.nframes = [0, 0]
+        self.expiring: deque[tuple[int, _Call]] = deque()  # by server end: see expire
         self.handed = 0  # exchanges made before finish (streamed)
 
     # -- frames ------------------------------------------------------------------------
@@ -503,9 +515,24 @@ class _Stitcher:
 
     def maybe_finish(self, call: _Call) -> None:
         if call.closable:
-            self.finished.append(call)
-            del self.calls[call.stream_id]
-            self.closed_ids.add(call.stream_id)
+            self.close(call)
+        elif (call.ended[S2C] or call.reset) and call.headers_missed and not call.expiring:
+            call.expiring = True
+            self.expiring.append((call.t_end, call))
+
+    def close(self, call: _Call) -> None:
+        self.finished.append(call)
+        del self.calls[call.stream_id]
+        self.closed_ids.add(call.stream_id)
+
+    def expire(self, now: int) -> None:
+        """Close the streams whose server side ended HEAD_UNSEEN_GRACE_NS before ``now``
+        with their request head still unseen (called before each segment is fed)."""
+        q = self.expiring
+        while q and q[0][0] + HEAD_UNSEEN_GRACE_NS <= now:
+            call = q.popleft()[1]
+            if self.calls.get(call.stream_id) is call and call.headers_missed:
+                self.close(call)
 
     # -- exchanges ---------------------------------------------------------------------
 
