@@ -311,7 +311,7 @@ def decode_steps(
             for seg in conn.send:
                 conn.http2.add(True, seg)
             conn.send, conn.recv = [], []
-        elif handover is not None and _midstream_h1(conn, sent, segs):
+        elif handover is not None and (piped := _midstream_h1(conn, sent, segs)) is not None:
             # found mid-stream: its framing is known from its first request on, so it is
             # stitched from there as the pass would (responses before it left out)
             st.responses_before_request += trim_to_first_request(conn.role, conn.send, conn.recv)
@@ -319,6 +319,7 @@ def decode_steps(
                                  if s.data.startswith(HTTP1_STARTS[:-1]))  # fmt: skip
             conn.handed = True
             conn.http1 = Http1Stream(conn.role, source="kprobe", hand_over=True,  # type: ignore[arg-type]
+                                     after_loss=conn.after_loss, pipelining=piped,
                                      on_ready=functools.partial(got, conn))  # fmt: skip
             for seg in conn.recv:
                 conn.http1.add(False, seg)
@@ -702,17 +703,41 @@ def _bound(conn: Connection) -> int | None:
     return None
 
 
-def _midstream_h1(conn: Connection, sent: bool, segs: list[Segment]) -> bool:
-    """Whether an HTTP/1 connection found mid-stream (not after a loss) can be stitched
-    while read from these segments on: the first request start it has seen, with its role
-    and both addresses known."""
-    if conn.from_start or conn.after_loss or conn.continues is not None:
-        return False
-    if conn.proto != "http1" or conn.role not in ("client", "server"):
-        return False
-    if sent != (conn.role == "client") or None in (conn.local, conn.remote):
-        return False
-    return any(s.data.startswith(HTTP1_STARTS[:-1]) for s in segs)
+def _midstream_h1(conn: Connection, sent: bool, segs: list[Segment]) -> bool | None:
+    """Whether an HTTP/1 connection found mid-stream (or the part after a loss) can be
+    stitched while read from these segments on: the first request start it has seen, with
+    its role and both addresses known (a part after a loss: its connection's, and every
+    part before it stitched while read, so the pipelining it carries is known). Returns
+    None for no, else the pipelining seen before it."""
+    if conn.from_start or conn.proto != "http1" or conn.role not in ("client", "server"):
+        return None
+    if sent != (conn.role == "client"):
+        return None
+    piped = _piped(conn)
+    if piped is None:
+        return None
+    ends = conn if conn.local is not None or conn.remote is not None else None
+    for part in conn.before():
+        if ends is None and (part.local is not None or part.remote is not None):
+            ends = part
+    if ends is None or None in (ends.local, ends.remote):
+        return None
+    if not any(s.data.startswith(HTTP1_STARTS[:-1]) for s in segs):
+        return None
+    conn.local, conn.remote, conn.addr_source = ends.local, ends.remote, ends.addr_source
+    return piped
+
+
+def _piped(conn: Connection) -> bool | None:
+    """The pipelining a part after a loss carries from the part before it, as the pass
+    after the loop gives it (a part it keeps that pipelined, or carried it); None: not
+    known yet (a part before it was not stitched while read)."""
+    prev = conn.continues
+    if prev is None or not (prev.send or prev.recv or prev.stitched is not None):
+        return False  # the pass keeps no empty part: it carries nothing
+    if prev.stitched is None or not isinstance(prev.stitched[1], Http1Stats):
+        return None
+    return True if prev.stitched[1].pipelining else _piped(prev)
 
 
 def _stream_h2(conn: Connection, ho: Handover) -> bool:
