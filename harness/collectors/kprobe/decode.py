@@ -16,6 +16,7 @@ resynchronise instead of splicing bytes that were never adjacent. A jump in
 from __future__ import annotations
 
 import ctypes
+import functools
 import ipaddress
 import struct
 from collections import namedtuple
@@ -31,7 +32,8 @@ from harness.model import Exchange
 from harness.protocols.bytestream import ByteStream, Endpoint, ip_text, trim_to_first_request
 from harness.protocols.common import Segment
 from harness.protocols.http1.stitch import Http1Stats, Http1Stream, unpair_after
-from harness.protocols.sniff import infer_proto
+from harness.protocols.http2.stitch import Http2Stats, Http2Stream
+from harness.protocols.sniff import HTTP1_STARTS, infer_proto
 
 
 @dataclass
@@ -61,7 +63,14 @@ class Connection(ByteStream):
     # decode(stitch=...): an HTTP/1 connection seen from its open is stitched while it is
     # read, its bytes let go; ``stitched`` holds what that gave once it ended
     http1: Http1Stream | None = field(default=None, repr=False)
-    stitched: tuple[list[Exchange], Http1Stats] | None = field(default=None, repr=False)
+    stitched: tuple[list[Exchange], Http1Stats | Http2Stats] | None = field(
+        default=None, repr=False)
+    # streamed replay: an HTTP/2 connection whose role and addresses are known from its
+    # first bytes is stitched while read, each call handed over as its stream ends
+    http2: Http2Stream | None = field(default=None, repr=False)
+    h2_streams: set[int] | None = field(default=None, repr=False)  # the stream ids it gave
+    # HTTP/1 found mid-stream, streamed: its first request's start (responses up to it go)
+    h1_since: int | None = field(default=None, repr=False)
     # streamed replay (decode(handover=...)): its exchanges are handed over as they become
     # final; ``held`` are stitched ones that a loss found later could still change
     handed: bool = field(default=False, repr=False)
@@ -132,6 +141,10 @@ class Handover:
     finished: list[Connection] = field(default_factory=list)  # yield nothing more
     # no exchange handed over later starts before it (but for a late send: late_exchanges)
     watermark: int = -(1 << 63)
+    # the run's server ports: an HTTP/2 connection whose role the kernel did not know is
+    # streamed when they say it (None: only those it knew)
+    ports: set[int] | None = None
+    hpack_mode: str = "tolerant"
 
 
 def _final(x: Exchange, seen_until: int) -> bool:
@@ -265,8 +278,16 @@ def decode_steps(
         """A call's segments, in its direction's order, to its connection."""
         first_sent = sent and not conn.send
         if conn.http1 is not None:
+            since = conn.h1_since
             for seg in segs:
+                if since is not None and sent != (conn.role == "client") and seg.ts_ns <= since:
+                    st.responses_before_request += 1  # as the trim after the pass would
+                    continue
                 conn.http1.add(sent, seg)
+            return
+        if conn.http2 is not None:
+            for seg in segs:
+                conn.http2.add(sent, seg)
             return
         (conn.send if sent else conn.recv).extend(segs)
         if stitch is not None and first_sent and _stitch_live(conn):
@@ -277,6 +298,29 @@ def decode_steps(
             on_ready = (lambda xs, c=conn: got(c, xs)) if conn.handed else stitch
             conn.http1 = Http1Stream(conn.role, source="kprobe", from_start=True,  # type: ignore[arg-type]
                                      on_ready=on_ready, hand_over=conn.handed)  # fmt: skip
+            for seg in conn.recv:
+                conn.http1.add(False, seg)
+            for seg in conn.send:
+                conn.http1.add(True, seg)
+            conn.send, conn.recv = [], []
+        elif handover is not None and (first_sent or conn.proto == "http2") and _stream_h2(
+                conn, handover):
+            assert conn.http2 is not None
+            for seg in conn.recv:
+                conn.http2.add(False, seg)
+            for seg in conn.send:
+                conn.http2.add(True, seg)
+            conn.send, conn.recv = [], []
+        elif handover is not None and (piped := _midstream_h1(conn, sent, segs)) is not None:
+            # found mid-stream: its framing is known from its first request on, so it is
+            # stitched from there as the pass would (responses before it left out)
+            st.responses_before_request += trim_to_first_request(conn.role, conn.send, conn.recv)
+            conn.h1_since = next(s.ts_ns for s in (conn.send if sent else conn.recv)
+                                 if s.data.startswith(HTTP1_STARTS[:-1]))  # fmt: skip
+            conn.handed = True
+            conn.http1 = Http1Stream(conn.role, source="kprobe", hand_over=True,  # type: ignore[arg-type]
+                                     after_loss=conn.after_loss, pipelining=piped,
+                                     on_ready=functools.partial(got, conn))  # fmt: skip
             for seg in conn.recv:
                 conn.http1.add(False, seg)
             for seg in conn.send:
@@ -326,6 +370,10 @@ def decode_steps(
             conn.stitched, conn.http1 = conn.http1.finish(ts), None
         done.append(conn)
         if handover is None:
+            return
+        if conn.http2 is not None:  # every call handed over: nothing is held
+            _end_h2(conn)
+            handover.finished.append(conn)
             return
         if not conn.handed:
             if conn.send or conn.recv or conn.stitched is not None:
@@ -413,6 +461,9 @@ def decode_steps(
             for hc in list(holding.values()):
                 if hc.closed_ns is None and not hc.hold_to_end:
                     settle(hc)
+            for c in live.values():
+                if c.http2 is not None:
+                    c.http2.advance(newest - WATERMARK_SLACK_NS)
             handover.watermark = max(handover.watermark, min(
                 newest - WATERMARK_SLACK_NS, stuck[0],
                 min((c.ts for c in pending.values()), default=1 << 63),
@@ -572,6 +623,8 @@ def decode_steps(
     for conn in live.values():
         if conn.http1 is not None:
             conn.stitched, conn.http1 = conn.http1.finish(None), None
+        if conn.http2 is not None:
+            _end_h2(conn)
         done.append(conn)
     # calls numbered past the last one seen on a stream that ended (process exit, end of
     # observation): its tail was lost
@@ -591,7 +644,9 @@ def decode_steps(
     # close's or the exit's call counts): what it paired after the loss began is unproven
     for conn in done:
         lost = conn.lost_after[0 if conn.role == "client" else 1]
-        if conn.stitched is not None and lost is not None:
+        # (HTTP/2 pairs by stream id, not by order: nothing to undo)
+        if conn.stitched is not None and lost is not None and isinstance(
+                conn.stitched[1], Http1Stats):
             unpair_after(conn.stitched[0] + conn.held, conn.stitched[1], lost)
     for conn in list(holding.values()):  # streamed: the rest is final now
         settle(conn, everything=True)
@@ -638,12 +693,84 @@ def decode_steps(
 def _bound(conn: Connection) -> int | None:
     """The earliest start an exchange a live connection yields later can have, from what
     it holds (None: nothing; its next calls are bounded by the newest event)."""
+    if conn.http2 is not None:
+        return conn.http2.earliest_start()
     if conn.handed:
         assert conn.http1 is not None
         return conn.http1.earliest_start()
     if conn.send or conn.recv or conn.http1 is not None:
         return conn.opened_ns  # its exchanges come at the end
     return None
+
+
+def _midstream_h1(conn: Connection, sent: bool, segs: list[Segment]) -> bool | None:
+    """Whether an HTTP/1 connection found mid-stream (or the part after a loss) can be
+    stitched while read from these segments on: the first request start it has seen, with
+    its role and both addresses known (a part after a loss: its connection's, and every
+    part before it stitched while read, so the pipelining it carries is known). Returns
+    None for no, else the pipelining seen before it."""
+    if conn.from_start or conn.proto != "http1" or conn.role not in ("client", "server"):
+        return None
+    if sent != (conn.role == "client"):
+        return None
+    piped = _piped(conn)
+    if piped is None:
+        return None
+    ends = conn if conn.local is not None or conn.remote is not None else None
+    for part in conn.before():
+        if ends is None and (part.local is not None or part.remote is not None):
+            ends = part
+    if ends is None or None in (ends.local, ends.remote):
+        return None
+    if not any(s.data.startswith(HTTP1_STARTS[:-1]) for s in segs):
+        return None
+    conn.local, conn.remote, conn.addr_source = ends.local, ends.remote, ends.addr_source
+    return piped
+
+
+def _piped(conn: Connection) -> bool | None:
+    """The pipelining a part after a loss carries from the part before it, as the pass
+    after the loop gives it (a part it keeps that pipelined, or carried it); None: not
+    known yet (a part before it was not stitched while read)."""
+    prev = conn.continues
+    if prev is None or not (prev.send or prev.recv or prev.stitched is not None):
+        return False  # the pass keeps no empty part: it carries nothing
+    if prev.stitched is None or not isinstance(prev.stitched[1], Http1Stats):
+        return None
+    return True if prev.stitched[1].pipelining else _piped(prev)
+
+
+def _stream_h2(conn: Connection, ho: Handover) -> bool:
+    """Whether to stitch an HTTP/2 connection while it is read (``conn.http2``, set up
+    here), from a segment just taken on: nothing after the pass can change how it is
+    stitched, as its protocol (the kernel's, or the pass's inference from the first sent
+    bytes), its role and both addresses are known now (the pass only fills in what is
+    unknown), and it is a whole connection (not the part after a loss: which of its
+    streams the part before gave is settled at the end)."""
+    proto = conn.proto
+    if proto == "unknown" and conn.from_start and conn.send:
+        proto = infer_proto(conn.send[0].data[:16], from_start=True) or "unknown"
+    if proto != "http2" or conn.continues is not None or None in (conn.local, conn.remote):
+        return False
+    role = conn.role_by_ports(ho.ports) if ho.ports is not None else (
+        conn.role if conn.role in ("client", "server") else None)
+    if role is None:
+        return False
+
+    def ready(xs: list[Exchange], c: Connection = conn) -> None:
+        ho.ready.append((c, xs))
+
+    conn.role, conn.proto = role, proto
+    conn.http2 = Http2Stream(role, ready, hpack_mode=ho.hpack_mode,  # type: ignore[arg-type]
+                             source="kprobe", conn_id=conn.key)
+    return True
+
+
+def _end_h2(conn: Connection) -> None:
+    """A streamed HTTP/2 connection ends: the rest handed over, its stats kept for the pass."""
+    assert conn.http2 is not None
+    conn.stitched = conn.http2.finish()
+    conn.h2_streams, conn.http2 = conn.http2.stream_ids, None
 
 
 def _stitch_live(conn: Connection) -> bool:

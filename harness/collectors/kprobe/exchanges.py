@@ -78,11 +78,12 @@ def kprobe_stream(
     encrypted: list[EncryptedConn] | None = None,
 ) -> ExchangeStream:
     """``kprobe_exchanges`` as the recording is read: HTTP/1 connections seen from their
-    open come out as their exchanges become final; the rest (found mid-stream, HTTP/2,
-    after losses) at the end, as before."""
+    open come out as their exchanges become final, HTTP/2 connections whose role and
+    addresses are known from their first bytes as their streams end; the rest (HTTP/1
+    found mid-stream, parts after a loss) at the end, as before."""
     share = Sharer()
     ports = set(server_ports)
-    ho = Handover()
+    ho = Handover(ports=ports, hpack_mode=variant.hpack_mode)
     steps = decode_steps(events, attach_at_ns=attach_at_ns, use_sockdiag=variant.use_sockdiag,
                          stitch=share, handover=ho)  # fmt: skip
     late = 0
@@ -182,6 +183,8 @@ def _exchanges(
         if conn.proto == "http2":
             xs, tails = drop_split_tails(conn, xs, streams_of)
             st.split_stream_tails += tails
+            if conn.h2_streams is not None:  # streamed: its exchanges were handed over
+                streams_of[id(conn)] = conn.h2_streams
         place(xs, conn, role, pid=conn.tgid, conn_id=conn.key)
         out.extend(xs)
     return out, st

@@ -9,6 +9,7 @@ DATA to per-stream body counters. What could not be known is named on each Excha
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -52,6 +53,12 @@ R_INCOMPLETE = STREAM_INCOMPLETE
 
 # a header block read whole, yet without the pseudo-header every request/response has
 R_MALFORMED = MALFORMED_HEADERS
+# A stream whose server side ended while its request head was never seen (it began before
+# the capture: what its client sent went by unseen) is closed once the segments merged
+# reach this long after its end: a client's frame merged later than that is not clock
+# skew between CPUs. Its exchange is what it would be at the connection's end, and a
+# connection that stays open no longer holds it (and the streamed replay's watermark).
+HEAD_UNSEEN_GRACE_NS = 1_000_000_000
 FIELDS = ("method", "path", "authority", "status", "grpc_status", "grpc_message",
           "req_bytes", "resp_bytes", "req_messages", "resp_messages", "protocol")
 
@@ -84,6 +91,9 @@ class Http2Stats:
     degraded_by_reason: dict[str, int] = field(default_factory=dict)
     # One row per exchange, in call order: (conn_seq, header fields known, unknown).
     recovery: list[tuple[int, int, int]] = field(default_factory=list)
+    # streamed (Http2Stream): segments that arrived after later ones had been fed, so fed
+    # out of the time order a whole stitch would give them (their send blocked > 1 s)
+    late_segments: int = 0
 
 
 @dataclass(slots=True)
@@ -129,6 +139,7 @@ class _Call:
     reset: bool = False
     # the first RST_STREAM's error code (None: its payload went unseen) and time
     rst: tuple[int | None, int] | None = None
+    expiring: bool = False  # queued to close HEAD_UNSEEN_GRACE_NS after its server's end
 
     @property
     def done(self) -> bool:
@@ -188,11 +199,90 @@ def stitch_http2(
         for d, segs in ((C2S, client_to_server), (S2C, server_to_client))
     ]
     for ts, d, _, seg in heapq.merge(*(sorted(t, key=lambda x: (x[0], x[2])) for t in tagged)):
-        del ts
+        st.expire(ts)
         st.handle(d, st.parsers[d].feed(seg))
     for d in (C2S, S2C):
         st.handle(d, st.parsers[d].close())
     return st.finish()
+
+
+class Http2Stream:
+    """``stitch_http2`` while the segments arrive, so a replay need not hold a connection
+    that stays open: segments wait in a heap and are fed in the order ``stitch_http2``
+    sorts them (time, direction, arrival) up to ``advance``'s bound, and each call is
+    handed to ``on_ready`` when its stream ends (END_STREAM both ways, or RST_STREAM):
+    nothing later on the connection changes a finished call. Held: the segments not yet
+    fed, the streams still open, and the HPACK tables (bounded by their size)."""
+
+    def __init__(
+        self, side: Side, on_ready: Callable[[list[Exchange]], None], *,
+        hpack_mode: HpackMode = "tolerant", source: Source = "", conn_id: str | None = None,
+    ) -> None:  # fmt: skip
+        self._st = _Stitcher(hpack_mode, source, side, conn_id)
+        self._client = side == "client"
+        self._heap: list[tuple[int, int, int, Segment]] = []
+        self._count = [0, 0]  # segments added per direction: their place among equal times
+        self._fed_upto = -(1 << 63)  # the latest time fed: a segment before it came late
+        self._on_ready = on_ready
+
+    def add(self, sent: bool, seg: Segment) -> None:
+        """A segment the observed process sent (else received), in its direction's order."""
+        d = C2S if sent == self._client else S2C
+        if seg.ts_ns < self._fed_upto:
+            # later calls were fed already: fed now, out of the whole replay's order
+            self._st.stats.late_segments += 1
+        heapq.heappush(self._heap, (seg.ts_ns, d, self._count[d], seg))
+        self._count[d] += 1
+
+    def advance(self, upto_ns: int) -> None:
+        """Feed the segments before ``upto_ns`` (no segment before it is still to come) and
+        hand over the calls that ended."""
+        heap, st = self._heap, self._st
+        while heap and heap[0][0] < upto_ns:
+            ts, d, _i, seg = heapq.heappop(heap)
+            self._fed_upto = max(self._fed_upto, ts)
+            st.expire(ts)
+            st.handle(d, st.parsers[d].feed(seg))
+        if upto_ns < 1 << 63:  # every later segment is at or after it (at the end: none)
+            st.expire(upto_ns)
+        self._hand()
+
+    def _hand(self) -> None:
+        st = self._st
+        if st.finished:
+            xs = [st.exchange(c) for c in st.finished]
+            st.handed += len(xs)
+            st.finished.clear()
+            self._on_ready(xs)
+
+    def earliest_start(self) -> int | None:
+        """The earliest start an exchange not yet handed over can have (None: none)."""
+        starts = [c.t_start for c in self._st.calls.values()]
+        if self._heap:
+            starts.append(self._heap[0][0])
+        return min(starts, default=None)
+
+    def finish(self) -> tuple[list[Exchange], Http2Stats]:
+        """Everything fed; the calls still open handed over as they are (incomplete).
+        Returns no exchanges (all went to ``on_ready``) and the connection's stats."""
+        self.advance(1 << 63)
+        st = self._st
+        for d in (C2S, S2C):
+            st.handle(d, st.parsers[d].close())
+        self._hand()
+        rest, stats = st.finish()
+        st.closed_ids.update(x.stream_id for x in rest if x.stream_id is not None)
+        stats.exchanges += st.handed
+        stats.recovery.sort()
+        if rest:
+            self._on_ready(rest)
+        return [], stats
+
+    @property
+    def stream_ids(self) -> set[int]:
+        """The stream ids of every exchange handed over (a later part split at lost calls
+        leaves them out: ``bytestream.drop_split_tails``)."""
+        return self._st.closed_ids  # the ended ones; finish adds the rest
 
 
 class _Stitcher:
@@ -212,6 +302,8 @@ class _Stitcher:
         self.first_s2c_settings = False
         self.s2c_first_offset: int | None = None
         self.nframes = [0, 0]
+        self.expiring: deque[tuple[int, _Call]] = deque()  # by server end: see expire
+        self.handed = 0  # exchanges made before finish (streamed)
 
     # -- frames ------------------------------------------------------------------------
 
@@ -423,9 +515,24 @@ class _Stitcher:
 
     def maybe_finish(self, call: _Call) -> None:
         if call.closable:
-            self.finished.append(call)
-            del self.calls[call.stream_id]
-            self.closed_ids.add(call.stream_id)
+            self.close(call)
+        elif (call.ended[S2C] or call.reset) and call.headers_missed and not call.expiring:
+            call.expiring = True
+            self.expiring.append((call.t_end, call))
+
+    def close(self, call: _Call) -> None:
+        self.finished.append(call)
+        del self.calls[call.stream_id]
+        self.closed_ids.add(call.stream_id)
+
+    def expire(self, now: int) -> None:
+        """Close the streams whose server side ended HEAD_UNSEEN_GRACE_NS before ``now``
+        with their request head still unseen (called before each segment is fed)."""
+        q = self.expiring
+        while q and q[0][0] + HEAD_UNSEEN_GRACE_NS <= now:
+            call = q.popleft()[1]
+            if self.calls.get(call.stream_id) is call and call.headers_missed:
+                self.close(call)
 
     # -- exchanges ---------------------------------------------------------------------
 
