@@ -19,6 +19,7 @@ from test_replay_bounded import _pipelined
 from test_scoring import RUNS, unpack
 
 from harness.analysis import replay as replay_mod
+from harness.analysis import streaming as streaming_mod
 from harness.analysis.match import ID_HEADER
 from harness.analysis.metrics import Row, score
 from harness.analysis.replay import _window, run_protocol
@@ -177,7 +178,7 @@ def test_a_row_holds_the_window_not_the_recording() -> None:
         )  # fmt: skip
 
     n = 20_000
-    peak = {"items": 0, "held": 0}
+    peak = {"items": 0, "held": 0, "list": 0}
     feed = TruthFeed(lambda t: rs.count_truth(t))
     rs = RowStream(_row("server"), 0, feed)
     for k0 in range(0, n, 500):
@@ -185,7 +186,8 @@ def test_a_row_holds_the_window_not_the_recording() -> None:
         rs.push(x("kprobe", k) for k in range(k0, k0 + 500))
         rs.step((k0 + 501) * ms, feed.watermark)
         feed.trim(rs.position())
-        peak["items"] = max(peak["items"], len(feed.items))
+        peak["items"] = max(peak["items"], feed.held)
+        peak["list"] = max(peak["list"], len(feed.items))  # taken ones are None, cut later
         peak["held"] = max(peak["held"], rs.held)
     feed.add([], STREAM_END_NS)
     rs.step(STREAM_END_NS, STREAM_END_NS)
@@ -193,6 +195,7 @@ def test_a_row_holds_the_window_not_the_recording() -> None:
     assert (row.observable, row.matched, row.degraded, row.phantoms) == (n, n, 0, 0)
     window = 2 * 2_020 + 1_000  # ms of truth behind and ahead of the matcher, plus a batch
     assert peak["items"] <= window and peak["held"] <= window
+    assert peak["list"] <= 2 * window + streaming_mod._COMPACT
 
 
 @pytest.mark.parametrize("run", REPLAY_RUNS, ids=[r.name for r in REPLAY_RUNS])

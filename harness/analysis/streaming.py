@@ -13,9 +13,9 @@ which changes nothing (aging reads only what observations change).
 from __future__ import annotations
 
 import heapq
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from itertools import repeat
 
 from harness.analysis.match import HORIZON_NS, ID_HEADER, StreamMatcher, Verdict
 from harness.analysis.metrics import Row, Scorer
@@ -27,6 +27,10 @@ def _start(x: Exchange) -> int:
     return x.t_start_ns or 0
 
 
+# Taken truth a feed keeps as None at its front before cutting it off (then at most half)
+_COMPACT = 4096
+
+
 class TruthFeed:
     """The truth in (start, index) order, released up to its watermark and kept until every
     stage of every row has taken it. Indexes are the truth's places in arrival order (the
@@ -35,8 +39,11 @@ class TruthFeed:
     def __init__(self, on_release: Callable[[Exchange], None]) -> None:
         self._heap: list[tuple[int, int, Exchange]] = []
         self._count = 0
-        self.items: deque[tuple[int, Exchange]] = deque()  # released, in order
+        # released, in order; what every stage took is None (a deque's indexing walks it
+        # from an end: costly in a soak's window of ~100k), cut off now and then
+        self.items: list[tuple[int, Exchange] | None] = []
         self.base = 0  # absolute position of items[0]
+        self._taken = 0  # items before it are None
         self.watermark = -END_NS  # every truth exchange starting before it is released
         self.early: list[tuple[int, Exchange]] = []  # carry the workload's id: known first
         self._on_release = on_release
@@ -72,11 +79,23 @@ class TruthFeed:
             self.items.append((i, t))
             self._on_release(t)
 
+    @property
+    def held(self) -> int:
+        """Released truth some stage has not taken yet."""
+        return len(self.items) - self._taken
+
     def trim(self, upto: int) -> None:
         """Forget what every stage has taken (positions below ``upto``)."""
-        while self.base < upto and self.items:
-            self.items.popleft()
-            self.base += 1
+        items = self.items
+        k = min(upto - self.base, len(items))
+        if k <= self._taken:
+            return
+        items[self._taken : k] = repeat(None, k - self._taken)  # as long: nothing moves
+        self._taken = k
+        if k > _COMPACT and k * 2 > len(items):
+            del items[:k]
+            self.base += k
+            self._taken = 0
 
 
 class _Stage:
@@ -102,7 +121,7 @@ class _Stage:
             k = self.pos - feed.base
             if k >= len(items):
                 return
-            i, t = items[k]
+            i, t = items[k]  # type: ignore[misc]  # not None: this stage has not taken it
             s = _start(t)
             if s > ahead:
                 return
