@@ -62,6 +62,32 @@ static __always_inline int pb_tgid_filter(u32 tgid) {
 #endif
 }
 
+/* ---- which process image the current task runs: its thread group leader's start time
+ * (a reused tgid is a new process) and its exec count (an exec keeps the tgid and the
+ * start time; every thread after it carries the new count). State kept per tgid across
+ * hits checks both. PB_TASK_IMAGE=1 with PB_OFF_TASK_* from the running kernel's BTF
+ * (harness/collectors/btf.py task_image_defines); the exec count is read as its low 32
+ * bits (u32 before 5.7, u64 since). */
+#ifndef PB_TASK_IMAGE
+#define PB_TASK_IMAGE 0
+#endif
+struct pb_image {
+    u64 start;
+    u32 exec_id;
+    u32 pad;
+};
+#if PB_TASK_IMAGE
+static __always_inline void pb_task_image(struct pb_image *img) {
+    u64 task = bpf_get_current_task(), leader = 0;
+    bpf_probe_read_kernel(&leader, sizeof(leader), (void *)(task + PB_OFF_TASK_GROUP_LEADER));
+    if (leader)
+        bpf_probe_read_kernel(&img->start, sizeof(img->start),
+                              (void *)(leader + PB_OFF_TASK_START_TIME));
+    bpf_probe_read_kernel(&img->exec_id, sizeof(img->exec_id),
+                          (void *)(task + PB_OFF_TASK_EXEC_ID));
+}
+#endif
+
 /* ---- batched wake-ups: records go in with BPF_RB_NO_WAKEUP and the recorder drains
  * on a timer (harness/collectors/rings.py); only after PB_WAKE_BYTES submitted on this
  * CPU since its last forced wake-up (the program passes PB_WAKE_BYTES, which its own

@@ -238,26 +238,33 @@ static __always_inline void conn_of(struct conn_addr *c, u64 root, s64 s0, u64 t
  * one connection for its whole life (the transport's reader, or its loopyWriter), so the
  * walk above (about 10 reads) is done once per (process, goroutine id, probe) and then
  * costs one read: the goroutine id from the g that Go's register ABI keeps in R14. Ids are
- * never reused; the entry also holds the probe's root object, and a hit whose root differs
- * walks again. PB_G_GOID is runtime.g's goid offset (0: not known, no cache). */
+ * never reused within a process, and a hit whose root object differs walks again; but a
+ * new process under a reused tgid, or the same tgid after an exec, counts goroutines from
+ * 1 again and, without heap randomisation (Go < 1.26), allocates its roots at the same
+ * addresses: so the entry also holds the process image (pb_task_image) and is trusted only
+ * by the same image. PB_G_GOID is runtime.g's goid offset (0: not known, no cache); no
+ * cache either without the image (PB_TASK_IMAGE=0: no kernel BTF). */
 #ifndef PB_G_GOID
 #define PB_G_GOID 0
 #endif
-#if PB_G_GOID
+#define PB_CONN_CACHE (PB_G_GOID && PB_TASK_IMAGE)
+#if PB_CONN_CACHE
 struct conn_key { u64 goid; u32 tgid; u32 probe; };
-struct conn_val { u64 root; struct conn_addr c; };
+struct conn_val { u64 root; struct pb_image img; struct conn_addr c; };
 BPF_TABLE("lru_hash", struct conn_key, struct conn_val, conn_cache, 8192);
 #endif
 
 static __always_inline void conn_at(struct pt_regs *ctx, struct conn_addr *c, u32 probe,
                                     u64 root, s64 s0, u64 t0, s64 s1, u64 t1, s64 conn_off) {
-#if PB_G_GOID
+#if PB_CONN_CACHE
     struct conn_key k = {};
     k.goid = rd64(ctx->r14 + PB_G_GOID);
     k.tgid = bpf_get_current_pid_tgid() >> 32;
     k.probe = probe;
+    struct pb_image img = {};
     struct conn_val *v = k.goid && root ? conn_cache.lookup(&k) : NULL;
-    if (v && v->root == root) {
+    if (k.goid && root) pb_task_image(&img);
+    if (v && v->root == root && v->img.start == img.start && v->img.exec_id == img.exec_id) {
         __builtin_memcpy(c, &v->c, sizeof(*c));
 #if PB_PROFILE
         stat_add(PB_USTAT_CONN_CACHED, 1);
@@ -266,10 +273,11 @@ static __always_inline void conn_at(struct pt_regs *ctx, struct conn_addr *c, u3
     }
 #endif
     conn_of(c, root, s0, t0, s1, t1, conn_off);
-#if PB_G_GOID
+#if PB_CONN_CACHE
     if (k.goid && root && c->conn && c->status == PB_ADDR_OK) {
         struct conn_val nv = {};
         nv.root = root;
+        nv.img = img;
         __builtin_memcpy(&nv.c, c, sizeof(*c));
         conn_cache.update(&k, &nv);
     }

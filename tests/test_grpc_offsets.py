@@ -195,42 +195,6 @@ def test_stripped_go_tls_resolves_as_dwarf_does(version: str) -> None:
     assert bare.read_args_spilled and bare.defines["PB_GO_READ_SPILLED"] == 1
 
 
-# crypto/tls.(*Conn).Read's prologue as go1.2x compiles it (objdump -d --no-show-raw-insn)
-READ_PROLOGUE = """\
-  5b1280:\tcmp    0x10(%r14),%rsp
-  5b1284:\tjbe    5b1604 <crypto/tls.(*Conn).Read+0x384>
-  5b128a:\tpush   %rbp
-  5b128b:\tmov    %rsp,%rbp
-  5b128e:\tsub    $0x58,%rsp
-  5b1292:\tmovq   %xmm15,0x50(%rsp)
-  5b1299:\tmov    %rax,0x68(%rsp)
-  5b129e:\tmov    %rcx,0x78(%rsp)
-  5b12a3:\tmov    %rbx,0x70(%rsp)
-  5b12cb:\tcall   5b1a20 <crypto/tls.(*Conn).handshakeContext>
-  5b12d9:\tmov    0x78(%rsp),%rcx
-  5b12e0:\ttest   %rcx,%rcx
-"""
-
-
-def test_read_arguments_found_in_their_spill_slots_only_when_kept_there() -> None:
-    from harness.collectors.gobin.pclntab import spilled_args
-
-    assert spilled_args(READ_PROLOGUE, 3)
-    # b.len spilled only after a call: at an early RET its slot is the caller's garbage
-    late = READ_PROLOGUE.replace("  5b129e:\tmov    %rcx,0x78(%rsp)\n", "") + (
-        "  5b1300:\tmov    %rcx,0x78(%rsp)\n")
-    assert not spilled_args(late, 3)
-    # a slot reused for something else: at RET it no longer holds the argument
-    assert not spilled_args(READ_PROLOGUE + "  5b1300:\tmov    %rdx,0x70(%rsp)\n", 3)
-    assert not spilled_args(READ_PROLOGUE + "  5b1300:\tmovups %xmm15,0x60(%rsp)\n", 3)
-    assert not spilled_args(READ_PROLOGUE + "  5b1300:\tmov    %rdx,0x18(%rbp)\n", 3)
-    # reads of the slots, and writes below them, are fine
-    assert spilled_args(READ_PROLOGUE + "  5b1300:\tcmpq   $0x0,0x70(%rsp)\n"
-                        "  5b1304:\tmovups %xmm15,0x50(%rsp)\n"
-                        "  5b1308:\tmov    %rdx,-0x8(%rbp)\n", 3)  # fmt: skip
-    assert not spilled_args(READ_PROLOGUE.replace("sub    $0x58", "add    $0x58"), 3)
-
-
 def test_stripped_go_tls_without_a_layout_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     table = copy.deepcopy(offsets.load_table())
     for entry in table["go"].values():

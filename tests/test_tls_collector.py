@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.server
 import json
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -31,10 +32,11 @@ def _perf_lines(pid: int) -> list[str]:
     return [ln for ln in out.stdout.splitlines() if f"pid {pid} " in ln and "libssl" in ln]
 
 
-def _start(events: Path, port: int) -> subprocess.Popen[str]:
+def _start(events: Path, port: int, binaries: tuple[Path, ...] = ()) -> subprocess.Popen[str]:
     col = subprocess.Popen(
         [sys.executable, "-m", "harness.collectors.tls.record", "--out", str(events),
-         "--stats", str(events.with_suffix(".json")), "--port", str(port), "--deadline", "120"],
+         "--stats", str(events.with_suffix(".json")), "--port", str(port), "--deadline", "120",
+         *[a for b in binaries for a in ("--binary", str(b))]],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert col.stdout is not None
@@ -120,3 +122,48 @@ def test_no_probe_left_after_the_collector_is_stopped(tmp_path: Path, sig: int) 
         if col.poll() is None:
             col.kill()
             col.wait()
+
+
+def test_go119_reads_seen_whole_at_their_rets(tmp_path: Path) -> None:
+    """Debian's Go 1.19 compiles crypto/tls.(*Conn).Read with its frame allocated before the
+    frame pointer is saved; the spill-slot check (gobin/spills.py) follows that layout, so
+    its reads are probed at their RETs alone, c and b read from the spill slots. Each
+    response, read by the Go client, must come out whole and on its own connection."""
+    binary = ROOT / "scenarios" / "go" / "bin" / "tls-client-go1.19"
+    port, n = free_port(), 4
+    files = make_tls_files(tmp_path / "tls")
+    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    sctx.load_cert_chain(files.cert, files.key)
+    body = b"pong" * 50
+    listener = socket.create_server(("127.0.0.1", port))
+
+    def serve() -> None:
+        for _ in range(n):
+            conn, _ = listener.accept()
+            with sctx.wrap_socket(conn, server_side=True) as s:
+                s.recv(4096)
+                s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    threading.Thread(target=serve, daemon=True).start()
+    events = tmp_path / "tls.bin"
+    col = _start(events, port, (binary,))
+    try:
+        for _ in range(n):
+            out = subprocess.run([str(binary), f"127.0.0.1:{port}",
+                                  "GET / HTTP/1.1\r\nHost: x\r\n\r\n"],
+                                 capture_output=True, timeout=60, check=True)  # fmt: skip
+            assert out.stdout.endswith(body)
+        time.sleep(0.3)
+    finally:
+        col.send_signal(signal.SIGTERM)
+        col.wait(timeout=60)
+        listener.close()
+    stats = json.loads(events.with_suffix(".json").read_text())
+    assert stats["lost_events"] == 0 and stats["reads_unseen"] == 0
+    assert stats["unsupported"] == []
+    xs, st = tls_exchanges(events, [port])
+    mine = [x for x in xs if x.side == "client"]
+    assert len(mine) == n, st
+    assert len({x.client_port for x in mine}) == n
+    assert all(x.status == 200 and x.resp_bytes == len(body) and not x.degraded
+               for x in mine)  # fmt: skip

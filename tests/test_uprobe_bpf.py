@@ -16,7 +16,9 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -30,6 +32,7 @@ from uprobe_run import (
 )
 
 from harness.collectors.bpfsource import compile_program
+from harness.collectors.btf import task_image_defines
 from harness.collectors.eventfile import KERNEL, read_event_file
 from harness.collectors.uprobe.exchanges import uprobe_exchanges
 from harness.collectors.uprobe.layout import header, hfield_struct
@@ -216,3 +219,106 @@ def test_nothing_left_after_the_collector_dies_mid_run(tmp_path: Path, sig: int)
         stop(srv)
         if col.poll() is None:
             col.kill()
+
+
+def _spawn_as(pid: int, args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    """Start args under a given (free) pid, as a reused pid would: the kernel hands out the
+    pid after ns_last_pid next, unless another fork on the machine takes it first."""
+    for _ in range(200):
+        Path("/proc/sys/kernel/ns_last_pid").write_text(str(pid - 1))
+        p = subprocess.Popen(args, env=env, text=True)
+        if p.pid == pid:
+            return p
+        p.kill()
+        p.wait()
+    raise AssertionError(f"pid {pid} could not be had again")
+
+
+def _health_checks(port: int, n: int) -> None:
+    """n grpc.health.v1 Check calls on one connection (raw bytes: the empty request, and
+    the answer SERVING)."""
+    import grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        grpc.channel_ready_future(ch).result(timeout=30)
+        check = ch.unary_unary("/grpc.health.v1.Health/Check")
+        for _ in range(n):
+            assert check(b"", timeout=30) == b"\x08\x01"
+
+
+def test_cached_connection_not_taken_by_a_new_process_under_the_same_pid(
+    tmp_path: Path,
+) -> None:
+    """The connection cache (conn_at, uprobe_grpc.c) holds each goroutine's connection by
+    (tgid, goroutine id, probe), checked against the probe's root object. A Go < 1.26 binary
+    (Debian's Go 1.19 build) counts goroutines from 1 and allocates its transports at the
+    same addresses in every run, so a second server under the first one's pid met the first
+    one's entries, root and all, and its calls were named by the first server's port (or
+    its response headers by one port and its requests by the other). Two servers, one pid,
+    two ports: each call named by its own server's port, and the cache still used."""
+    srv_bin = BIN / "grpc-health-debian"
+    port1, port2 = free_port(), free_port()
+    events = tmp_path / "uprobe.bin"
+    # one P: the goroutine ids and heap addresses of the two runs are then the same
+    env = {**os.environ, "GOMAXPROCS": "1"}
+    col = start_collector(events, [srv_bin], port1, level="headers", profile=True)
+    try:
+        first = subprocess.Popen([str(srv_bin), "--port", str(port1)], env=env, text=True)
+        try:
+            _health_checks(port1, 3)
+        finally:
+            stop(first)
+        second = _spawn_as(first.pid, [str(srv_bin), "--port", str(port2)], env)
+        try:
+            _health_checks(port2, 4)
+        finally:
+            stop(second)
+    finally:
+        assert stop(col) == 0
+    stats = json.loads(events.with_suffix(".json").read_text())
+    assert stats["lost_events"] == 0 and stats["unsupported"] == []
+    xs, _ = uprobe_exchanges(events, [port1, port2])
+    got = Counter((x.side, x.server_port, x.path) for x in xs)
+    check = "/grpc.health.v1.Health/Check"
+    assert got == {("server", port1, check): 3, ("server", port2, check): 4}, got
+    assert stats["conns_cached"] > 0
+
+
+def test_task_image_tells_an_exec_and_a_new_process_apart(tmp_path: Path) -> None:
+    """pb_task_image (pb_common.h), which the connection cache is checked by: an exec keeps
+    the tgid and the start time and moves the exec count on; another process starts at
+    another time."""
+    src = tmp_path / "image_probe.c"
+    src.write_text(
+        "#include <uapi/linux/ptrace.h>\n"
+        '#include "pb_common.h"\n'
+        "BPF_ARRAY(images, struct pb_image, 4);\n"
+        "BPF_ARRAY(count, u32, 1);\n"
+        "TRACEPOINT_PROBE(syscalls, sys_enter_getppid) {\n"
+        "  u32 tgid = bpf_get_current_pid_tgid() >> 32;\n"
+        "  if (tgid != PB_A && tgid != PB_B) return 0;\n"
+        "  int zero = 0; u32 *n = count.lookup(&zero); if (!n) return 0;\n"
+        "  int i = *n; struct pb_image img = {}; pb_task_image(&img);\n"
+        "  images.update(&i, &img); *n = i + 1; return 0; }\n"
+    )
+    # A calls getppid, then execs a Python that calls it again; then B calls it once
+    again = "import os; os.getppid()"
+    first = ("import os, sys; sys.stdin.readline(); os.getppid(); "
+             f"os.execv(sys.executable, [sys.executable, '-c', {again!r}])")  # fmt: skip
+    second = "import os, sys; sys.stdin.readline(); os.getppid()"
+    a = subprocess.Popen([sys.executable, "-c", first], stdin=subprocess.PIPE, text=True)
+    b = subprocess.Popen([sys.executable, "-c", second], stdin=subprocess.PIPE, text=True)
+    prog = compile_program(str(src), {**task_image_defines(), "PB_A": a.pid, "PB_B": b.pid})
+    try:
+        for p in (a, b):
+            assert p.stdin is not None
+            p.communicate("go\n", timeout=60)
+            assert p.returncode == 0
+        n = prog["count"][ctypes.c_int(0)].value
+        imgs = [prog["images"][ctypes.c_int(i)] for i in range(n)]
+    finally:
+        prog.cleanup()
+    assert n == 3
+    before, after, other = ((i.start, i.exec_id) for i in imgs)
+    assert before[0] == after[0] and after[1] == before[1] + 1
+    assert other[0] not in (0, before[0])

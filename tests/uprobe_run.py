@@ -24,7 +24,7 @@ FIELDS = (
 
 def start_collector(
     out: Path, binaries: list[Path], port: int, level: str = "messages",
-    value_max: int | None = None,
+    value_max: int | None = None, profile: bool = False,
 ) -> subprocess.Popen[str]:
     stats = out.with_suffix(".json")
     args = [sys.executable, "-m", "harness.collectors.uprobe.record", "--out", str(out),
@@ -32,6 +32,8 @@ def start_collector(
             "--level", level]  # fmt: skip
     if value_max is not None:
         args += ["--value-max", str(value_max)]
+    if profile:
+        args.append("--profile")
     for b in binaries:
         args += ["--binary", str(b)]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, cwd=ROOT)

@@ -151,31 +151,54 @@ SOCKET_WALK = (
 )
 
 
+# (define, struct, member): which image of which process the current task runs. A tgid
+# is reused by a new process (its thread group leader's start time differs) and keeps
+# its number across an exec (start time kept, the exec count moves on).
+TASK_IMAGE = (
+    ("PB_OFF_TASK_GROUP_LEADER", "task_struct", "group_leader"),
+    ("PB_OFF_TASK_START_TIME", "task_struct", "start_time"),
+    ("PB_OFF_TASK_EXEC_ID", "task_struct", "self_exec_id"),
+)
+
+
 def socket_walk_defines(path: Path = VMLINUX, *, use_cache: bool = True) -> dict[str, int]:
-    """-D settings for the collector's fd -> socket walk; PB_FD_SOCK=0 when BTF is missing.
+    """-D settings for the collector's fd -> socket walk; PB_FD_SOCK=0 when BTF is missing."""
+    return _offset_defines(SOCKET_WALK, "PB_FD_SOCK", path, use_cache)
+
+
+def task_image_defines(path: Path = VMLINUX, *, use_cache: bool = True) -> dict[str, int]:
+    """-D settings for pb_task_image (pb_common.h); PB_TASK_IMAGE=0 when BTF is missing."""
+    return _offset_defines(TASK_IMAGE, "PB_TASK_IMAGE", path, use_cache)
+
+
+def _offset_defines(
+    spec: tuple[tuple[str, str, str], ...], flag: str, path: Path, use_cache: bool
+) -> dict[str, int]:
+    """The offsets of ``spec`` and ``flag``=1, or just ``flag``=0 when BTF is missing or
+    lacks one of them.
 
     Cached by the blob's hash: reading a kernel's BTF costs every collector start a second
     of CPU (a tenth of a matrix run's), and the answer changes only with the kernel."""
     try:
         blob = path.read_bytes()
     except OSError:
-        return {"PB_FD_SOCK": 0}
-    key = hashlib.sha256(blob + repr(SOCKET_WALK).encode()).hexdigest()
-    return cached(cache_dir("btf") / f"{key}.json", lambda: _socket_walk(blob),
+        return {flag: 0}
+    key = hashlib.sha256(blob + repr(spec).encode()).hexdigest()
+    return cached(cache_dir("btf") / f"{key}.json", lambda: _offsets(blob, spec, flag),
                   dict, lambda d: {str(k): int(v) for k, v in d.items()},
                   use_cache=use_cache)  # fmt: skip
 
 
-def _socket_walk(blob: bytes) -> dict[str, int]:
+def _offsets(blob: bytes, spec: tuple[tuple[str, str, str], ...], flag: str) -> dict[str, int]:
     try:
         btf = Btf(blob)
-        out = {name: btf.offset(s, m) for name, s, m in SOCKET_WALK}
+        out = {name: btf.offset(s, m) for name, s, m in spec}
         # struct sock begins with its sock_common
-        if btf.offset("sock", "__sk_common") != 0:
+        if spec is SOCKET_WALK and btf.offset("sock", "__sk_common") != 0:
             raise CollectorError("struct sock does not begin with __sk_common")
     except CollectorError:
-        # another kernel's layout: the collector falls back to the caller's sockaddr and
-        # sock_diag (the event file's header records PB_FD_SOCK=0)
-        return {"PB_FD_SOCK": 0}
-    out["PB_FD_SOCK"] = 1
+        # another kernel's layout: the collector does without (the socket walk falls back
+        # to the caller's sockaddr and sock_diag; the event file's header records the flag)
+        return {flag: 0}
+    out[flag] = 1
     return out

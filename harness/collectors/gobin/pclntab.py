@@ -191,49 +191,6 @@ def ret_addresses(path: Path, fn: FuncInfo, listing: str | None = None) -> list[
     return [int(a, 16) for a in _RET.findall(listing or disassemble(path, fn))]
 
 
-_FRAME = re.compile(r"^\s*[0-9a-f]+:\s+sub\s+\$(0x[0-9a-f]+),%rsp\s*$", re.M)
-_INSN = re.compile(r"^\s*[0-9a-f]+:\s+(\S+)\s*(.*?)\s*(?:#.*)?$")
-_STACK_SLOT = re.compile(r"^(-?0x[0-9a-f]+)?\(%(rsp|rbp)\)$")
-_READ_ONLY = ("cmp", "test", "bt", "ucomis", "comis", "nop", "push", "jmp")  # never write
-_ARG_REGS = ("%rax", "%rbx", "%rcx", "%rdi", "%rsi", "%r8", "%r9", "%r10", "%r11")
-
-
-def spilled_args(listing: str, words: int) -> bool:
-    """Whether a Go function (register ABI) stores its first ``words`` argument registers in
-    their spill slots (the caller's frame, just above the return address) before its first
-    call, and nothing else ever writes there: then at any of its RETs those words are
-    still its arguments, at 8, 16, ... bytes above the stack pointer. The compiler spills
-    there only when it needs an argument across a call, so this is checked, not assumed."""
-    frame = _FRAME.search(listing)
-    if frame is None:
-        return False
-    base = int(frame.group(1), 16) + 16  # the saved frame pointer and the return address
-    want = {base + 8 * i: reg for i, reg in enumerate(_ARG_REGS[:words])}
-    seen: set[int] = set()
-    called = False
-    for line in listing[frame.end() :].splitlines():
-        m = _INSN.match(line)
-        if m is None:
-            continue
-        op, args = m.group(1), m.group(2).split(",")
-        if op.startswith("call"):
-            called = True
-            continue
-        slot = _STACK_SLOT.match(args[-1].strip())
-        if slot is None or op.startswith(_READ_ONLY):
-            continue
-        off = int(slot.group(1) or "0", 16)
-        if slot.group(2) == "rbp":
-            off += base - 16  # the frame pointer sits the frame's size above the SP
-        if off + 16 <= base or off >= base + 8 * words:
-            continue  # a write ending before the slots (16: the widest store) or past them
-        if off in want and args[0].strip() == want[off] and op == "mov" and not called:
-            seen.add(off)
-            continue
-        return False  # something else writes an argument's slot
-    return seen == set(want)
-
-
 def disassemble(path: Path, fn: FuncInfo) -> str:
     """GNU objdump's listing of one function ([entry, end))."""
     exe = shutil.which("objdump")

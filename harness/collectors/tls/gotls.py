@@ -24,10 +24,10 @@ from harness.collectors.gobin.pclntab import (
     probe_pc,
     read_pclntab,
     ret_addresses,
-    spilled_args,
 )
+from harness.collectors.gobin.spills import spilled_args
 
-RESOLVER_VERSION = 3
+RESOLVER_VERSION = 4  # 4: the spill check follows control flow
 
 WRITE = "crypto/tls.(*Conn).Write"
 READ = "crypto/tls.(*Conn).Read"

@@ -27,6 +27,7 @@ from typing import Any
 
 from harness.collectors.base import DEFAULT_VALUE_MAX, LEVELS
 from harness.collectors.bpfsource import compile_program, percpu_totals
+from harness.collectors.btf import task_image_defines
 from harness.collectors.cli import (
     record_until_stopped,
     recorder_parser,
@@ -146,6 +147,8 @@ class Recorder:
             "PB_NCPU": max(os.cpu_count() or 1, _possible_cpus()),
             **sizing_defines(value_max),
             "PB_PROFILE": int(profile),
+            # the process image a goroutine's cached connection belongs to (conn_at)
+            **task_image_defines(),
         }
         self.writer = EventWriter(
             out,
