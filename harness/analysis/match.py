@@ -6,7 +6,7 @@ import bisect
 import heapq
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from operator import attrgetter
 from typing import Any
 
@@ -184,6 +184,30 @@ class StreamMatcher:
         self._group: list[Exchange] = []  # observations sharing one start time
         self._closing: list[str] = []
         self._count = 0
+
+    def fork(
+        self, on_pair: Callable[[Verdict], None], on_phantom: Callable[[Exchange], None]
+    ) -> StreamMatcher:
+        """A matcher in this one's state that goes on on its own (nothing may be pending:
+        ``advance`` first): the exchanges are shared, the bookkeeping copied."""
+        assert not self._group
+        m = StreamMatcher(on_pair, on_phantom)
+        m._truth, m._head, m._by_id = dict(self._truth), dict(self._head), dict(self._by_id)
+        m._by_conn = {k: list(v) for k, v in self._by_conn.items()}
+        m._by_stream = {k: list(v) for k, v in self._by_stream.items()}
+        m._taken, m._held = set(self._taken), set(self._held)
+        m._last = {k: replace(v, blocked_ids=list(v.blocked_ids)) for k, v in self._last.items()}
+        m._key_of, m._aging, m._count = dict(self._key_of), list(self._aging), self._count
+        return m
+
+    def reroute(
+        self,
+        on_pair: Callable[[Verdict], None],
+        on_phantom: Callable[[Exchange], None],
+        on_closed: Callable[[str], None] | None,
+    ) -> None:
+        """Send what is decided from now on to these callbacks."""
+        self._on_pair, self._on_phantom, self._on_closed = on_pair, on_phantom, on_closed
 
     def retained(self) -> dict[str, int]:
         """How much state is held (what must not grow with a recording's length)."""

@@ -142,7 +142,11 @@ class RowStream:
     exchanges come. ``until`` (observe): the truth that started before the observation's
     end, and what the collector saw of it, as ``replay._window`` cuts them: a first matcher
     over all the truth decides which observations belong to the window, a second scores
-    them against the truth in it. ``since``: observations that start before it are left
+    them against the truth in it. The two decide alike as long as the first has no truth
+    from after ``until`` (every observation's partner, or the observation itself if it
+    has none, starts no later than the truth it was matched among): until then the first
+    scores alone, and the second starts from a copy of it (``_split``), which halves a
+    long observation's matching. ``since``: observations that start before it are left
     out (the truth begins there)."""
 
     def __init__(
@@ -156,13 +160,28 @@ class RowStream:
         self._n = 0
         self._conns: dict[str, _Conn] = {}
         sc = self.scorer
-        if until is None:
-            self.first = _Stage(feed, StreamMatcher(sc.pair, sc.phantom), None)
-            self.second: _Stage | None = None
-        else:
-            self.second = _Stage(feed, StreamMatcher(sc.pair, sc.phantom), until)
-            m1 = StreamMatcher(self._kept_pair, self._kept_phantom, self.second.m.close_connection)
-            self.first = _Stage(feed, m1, None)
+        self.first = _Stage(feed, StreamMatcher(sc.pair, sc.phantom), None)
+        self.second: _Stage | None = None
+        self._split_pending = until is not None
+
+    def _truth_upto(self, ahead: int, now: int) -> None:
+        """The first stage's ``truth_upto``, split first if it would take truth from after
+        ``until`` (or id-carrying truth, which any observation may claim by its id)."""
+        if self._split_pending and (ahead > self.until or self.first.feed.early):  # type: ignore[operator]
+            self._split(now)
+        self.first.truth_upto(ahead)
+
+    def _split(self, now: int) -> None:
+        """From here on the first stage decides what belongs to the window and the second,
+        a copy of it, scores: ``now`` is before any observation still to come, so the copy
+        is taken with nothing pending."""
+        self._split_pending = False
+        first, sc = self.first, self.scorer
+        first.m.advance(now)
+        m2 = first.m.fork(sc.pair, sc.phantom)
+        self.second = _Stage(first.feed, m2, self.until)
+        self.second.pos, self.second._early = first.pos, first._early
+        first.m.reroute(self._kept_pair, self._kept_phantom, m2.close_connection)
 
     @property
     def held(self) -> int:
@@ -203,7 +222,7 @@ class RowStream:
         heap, first = self._heap, self.first
         while heap and heap[0][0] < limit:
             obs = heapq.heappop(heap)[3]
-            first.truth_upto(_start(obs) + HORIZON_NS)
+            self._truth_upto(_start(obs) + HORIZON_NS, _start(obs))
             first.m.add_observed(obs)
             cid = obs.conn_id
             if cid is not None and (c := self._conns.get(cid)) is not None:
@@ -215,7 +234,7 @@ class RowStream:
             return
         # nothing before `limit` comes any more: age the truth now, not at the next
         # observation (a row that sees nothing for a while would hold it all)
-        first.truth_upto(limit + HORIZON_NS)
+        self._truth_upto(limit + HORIZON_NS, limit)
         first.m.advance(limit)
         if self.second is not None:
             self.second.truth_upto(limit + HORIZON_NS)
