@@ -85,6 +85,16 @@
 #define PB_H2_TRIAL 3
 #endif
 
+#ifndef PB_H2_KEPT
+#define PB_H2_KEPT 4 /* streams' gRPC positions kept in the connection's entry; a power of two */
+#endif
+/* One stream's gRPC message position (sid 0: a free slot). */
+struct h2_pos {
+    u32 sid;
+    u32 msg_rem;
+    u8 have;
+    u8 pre[5];
+};
 /* Where one direction of an HTTP/2 connection stands between calls. */
 struct h2_dir {
     u32 rem;      /* payload bytes left of the current frame */
@@ -101,15 +111,14 @@ struct h2_dir {
      * (a read's offset and length are masked to 15 each for the verifier, and the map
      * value goes on past fld, so such a write would stay inside it) */
     u8 fld[16];
-    /* The gRPC message position of one stream between its DATA frames, kept here: a
-     * connection carrying one call at a time never needs grpc_msgs, whose LRU updates
-     * and deletes were the walk's largest cost. Another stream's position moves the
-     * one here to the map (spilled), and only then is the map looked up. */
-    u32 c_sid;    /* 0: none */
-    u32 c_msg_rem;
-    u8 c_have;
-    u8 c_pre[5];
-    u8 spilled;   /* grpc_msgs may hold positions of this direction's streams */
+    /* The gRPC message positions of up to PB_H2_KEPT streams between their DATA frames,
+     * kept here: a connection carrying that many calls at once never needs grpc_msgs,
+     * whose LRU updates and deletes were the walk's largest cost (one slot was not
+     * enough: calls interleave on a connection). One more stream's position moves a
+     * kept one to the map (spilled), and only then is the map looked up. */
+    struct h2_pos kept[PB_H2_KEPT];
+    u8 next;      /* the slot given up next when all are taken */
+    u8 spilled;   /* positions in grpc_msgs not taken back since (LRU losses aside) */
 };
 #ifndef PB_H1_SKIP
 #define PB_H1_SKIP 1 /* 0: HTTP/1 bodies captured like any bytes (prefix capture) */
@@ -168,6 +177,8 @@ struct conn_info {
         };
     };
     u32 seq[2];          /* data calls so far, by PB_DIR_* (pb_data_event.seq) */
+    u32 fd_gen;          /* PB_IGNORED by the fd walk (unseen_socket): the process's
+                          * fd_gens value then; another one says the fd may have changed */
 };
 struct data_args {
     u64 enter_ns;
@@ -209,6 +220,7 @@ BPF_TASK_STORAGE(data_args_ts, struct data_args);
 BPF_HASH(data_args_map, u32, struct data_args, 4096);
 #endif
 BPF_PERCPU_ARRAY(calls, struct data_call, 1);
+BPF_PERCPU_ARRAY(conn_scratch, struct conn_info, 1);
 BPF_PROG_ARRAY(walkers, PB_TC_MAX);
 BPF_TABLE("lru_hash", struct grpc_key, struct grpc_val, grpc_msgs, PB_MAX_CONNS);
 
@@ -520,14 +532,43 @@ static __always_inline int on_fd_replaced(long ret) {
     return 0;
 }
 
+/* A traced process's fd generation: bumped when its fds may change without a close()
+ * or dup2() we see (exec closes its close-on-exec fds). 0 until then. */
+BPF_HASH(fd_gens, u32, u32, 1024);
+static __always_inline u32 fd_gen(u32 tgid) {
+    u32 *g = fd_gens.lookup(&tgid);
+    return g ? *g : 0;
+}
+TRACEPOINT_PROBE(sched, sched_process_exec) {
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    if (!tgid_traced(tgid)) return 0;
+    u32 g = fd_gen(tgid) + 1;
+    fd_gens.update(&tgid, &g);
+    return 0;
+}
+/* An fd the walk found to be no followed socket: remembered as ignored, so its later
+ * calls (eventfds, files, pipes, UDP, other ports) stop at the table
+ * instead of walking task->files again. A close() or dup2() onto the fd drops the
+ * entry; an exec bumps the generation, so an fd number reused after it is walked
+ * anew. (close_range() and io_uring closes are not seen: a socket reusing such a
+ * number in the same process stays unseen.) */
+static __always_inline void ignore_fd(struct conn_key *key, struct conn_info *n) {
+    /* n itself: what the walk found is of no use now */
+    n->proto = PB_IGNORED;
+    n->fd_gen = fd_gen(key->tgid);
+    conns.update(key, n);
+}
+
 /* Data on an fd not in the table (a connection opened before the attach, in a
  * child after fork, or through dup): 1 if it is a TCP socket on the traced
- * ports, its addresses and (from which end has the traced port) role in n. A
- * TCP socket off the ports is remembered as ignored, so its later calls stop at
- * the table; other fds (files, pipes) are walked again at each call, since
- * their numbers can turn into sockets without a close we see (exec). */
+ * ports, its addresses and (from which end has the traced port) role in n. Any
+ * other fd is remembered as ignored (ignore_fd). */
 static __always_inline int unseen_socket(struct conn_key *key, struct conn_info *n) {
-    if (!fd_sock(key->fd, n)) return 0;
+    prof_add(PB_PROF_FD_WALKS, 1);
+    if (!fd_sock(key->fd, n)) {
+        if (PB_FD_SOCK && key->fd >= 0) ignore_fd(key, n);
+        return 0;
+    }
 #if PB_FILTER_PORTS
     /* values read, not pointers compared: clang would OR the two pointers */
     u8 server = 0, client = 0;
@@ -537,8 +578,7 @@ static __always_inline int unseen_socket(struct conn_key *key, struct conn_info 
     if (cv) client = *cv;
     if (!server && !client) {
         cstat_add(PB_CSTAT_OTHER_PORTS);
-        struct conn_info ign = {.proto = PB_IGNORED};
-        conns.update(key, &ign);
+        ignore_fd(key, n);
         return 0;
     }
     if (server != client) n->role = server ? PB_ROLE_SERVER : PB_ROLE_CLIENT;
@@ -823,28 +863,47 @@ static __always_inline void h2_flush(struct h2_walk *w) {
     prof_add(PB_PROF_RING_RECORDS, 1);
 }
 
-/* One captured run of the walk as a data event: packed when it is small and in the
- * window, else (after what is packed, to keep the call's events in order) alone. */
-static __always_inline void h2_emit(struct data_call *dc, struct conn_info *c, struct h2_walk *w) {
-    u32 n = w->run_len;
-    u64 src = h2_win_at(w, w->run_ptr, n);
-    if (!src || n > H2_PIECE_MAX) {
+/* A piece of a call (n bytes at call offset off: user address uptr, or kernel kptr when
+ * nonzero) as a data event: packed when it is small (read from the call into the pack
+ * when no kernel copy holds it: a call's first byte inside a skipped body is such a
+ * piece, and went out as a ring record of its own), else (after what is packed, to keep
+ * the call's events in order) alone. The pack goes out at the call's end (h2_flush). */
+static __always_inline void pack_piece(struct data_call *dc, struct conn_info *c,
+                                       struct h2_walk *w, u32 off, u64 uptr, u32 n, u64 kptr) {
+    if (!n) return;
+    if (n > H2_PIECE_MAX) {
         h2_flush(w);
-        emit_piece(dc, c, w->run_off, w->run_ptr, n, src);
+        emit_piece(dc, c, off, uptr, n, kptr);
         return;
     }
     u32 need = (PB_DATA_HDR + n + 7) & ~7;
     if (w->pack_len + need > PB_H2_PACK) h2_flush(w);
     u32 at = PB_MASKED(w->pack_len, PB_H2_PACK - 1);
     struct pb_data_event *e = (struct pb_data_event *)&w->pack[at];
-    e->part = dc->part++;
-    data_head(e, dc, c, w->run_off, n);
+    e->part = dc->part++;  /* counted before the copy: a failed one shows as a gap */
+    data_head(e, dc, c, off, n);
     /* n is 1..H2_PIECE_MAX: masked as n - 1, so that a piece of exactly H2_PIECE_MAX
      * bytes is copied whole (n & (H2_PIECE_MAX - 1) made it 0: the record then carried
      * the pack buffer's stale bytes, e.g. a write of HEADERS frames 512 bytes long) */
-    bpf_probe_read_kernel(e->data, PB_MASKED(n - 1, H2_PIECE_MAX - 1) + 1, (void *)src);
+    u32 len = PB_MASKED(n - 1, H2_PIECE_MAX - 1) + 1;
+    if (kptr) {
+        bpf_probe_read_kernel(e->data, len, (void *)kptr);
+    } else {
+        prof_add(PB_PROF_USER_READS, 1);
+        prof_add(PB_PROF_USER_READ_BYTES, n);
+        if (bpf_probe_read_user(e->data, len, (void *)uptr) < 0) {
+            stat_add(PB_STAT_READ_FAILED, 1);
+            return;
+        }
+    }
     w->pack_len += need;
     w->pack_n++;
+}
+
+/* One captured run of the walk as a data event (from the window when it holds it). */
+static __always_inline void h2_emit(struct data_call *dc, struct conn_info *c, struct h2_walk *w) {
+    u32 n = w->run_len;
+    pack_piece(dc, c, w, w->run_off, w->run_ptr, n, h2_win_at(w, w->run_ptr, n));
 }
 
 /* This step's field bytes (w->n of them at w->ptr) into fld at `have`: from the
@@ -888,31 +947,48 @@ static __always_inline void h2_field(struct h2_walk *w) {
  * so a step costs the verifier about its own length, not its paths' product. */
 #define H2_JOIN() asm volatile("" ::: "memory")
 
-/* A stream's gRPC message position (msg_rem, have, fld[0..5)) kept for its next DATA
- * frame: in the direction's one-stream cache, the stream there before going to the map. */
-static __always_inline void grpc_put(struct conn_key *k, struct h2_walk *w, u8 dir, u32 sid) {
-    struct h2_dir *s = &w->s;
-    if (s->c_sid && s->c_sid != sid) {
-        struct grpc_key gk = {.tgid = k->tgid, .fd = k->fd, .sid = s->c_sid, .dir = dir};
-        struct grpc_val gv = {.msg_rem = s->c_msg_rem, .have = s->c_have};
-        __builtin_memcpy(gv.pre, s->c_pre, 5);
-        prof_add(PB_PROF_GRPC_MAP_OPS, 1);
-        grpc_msgs.update(&gk, &gv);
-        s->spilled = 1;
-    }
-    s->c_sid = sid;
-    s->c_msg_rem = s->msg_rem;
-    s->c_have = s->have;
-    __builtin_memcpy(s->c_pre, s->fld, 5);
+/* The slot keeping stream sid's position, or -1. */
+static __always_inline int grpc_slot(struct h2_dir *s, u32 sid) {
+    int at = -1;
+#pragma unroll
+    for (int i = 0; i < PB_H2_KEPT; i++)
+        if (s->kept[i].sid == sid) at = i;
+    return at;
 }
 
-/* The position kept for a stream into msg_rem, have, fld[0..5); 0: none kept. */
+/* A stream's gRPC message position (msg_rem, have, fld[0..5)) kept for its next DATA
+ * frame: in its slot, or a free one; with none free, a kept stream goes to the map. */
+static __always_inline void grpc_put(struct conn_key *k, struct h2_walk *w, u8 dir, u32 sid) {
+    struct h2_dir *s = &w->s;
+    int at = grpc_slot(s, sid);
+    if (at < 0) at = grpc_slot(s, 0);
+    if (at < 0) {
+        at = s->next & (PB_H2_KEPT - 1);
+        s->next++;
+        struct h2_pos *old = &s->kept[at & (PB_H2_KEPT - 1)];
+        struct grpc_key gk = {.tgid = k->tgid, .fd = k->fd, .sid = old->sid, .dir = dir};
+        struct grpc_val gv = {.msg_rem = old->msg_rem, .have = old->have};
+        __builtin_memcpy(gv.pre, old->pre, 5);
+        prof_add(PB_PROF_GRPC_MAP_OPS, 1);
+        if (!grpc_msgs.update(&gk, &gv)) s->spilled++;
+    }
+    struct h2_pos *p = &s->kept[at & (PB_H2_KEPT - 1)];
+    p->sid = sid;
+    p->msg_rem = s->msg_rem;
+    p->have = s->have;
+    __builtin_memcpy(p->pre, s->fld, 5);
+}
+
+/* The position kept for a stream into msg_rem, have, fld[0..5); 0: none kept. A
+ * position found in the map leaves it (the frame's end puts it in a slot, or drops it). */
 static __always_inline int grpc_get(struct conn_key *k, struct h2_walk *w, u8 dir, u32 sid) {
     struct h2_dir *s = &w->s;
-    if (sid && s->c_sid == sid) {
-        s->msg_rem = s->c_msg_rem;
-        s->have = s->c_have;
-        __builtin_memcpy(s->fld, s->c_pre, 5);
+    int at = sid ? grpc_slot(s, sid) : -1;
+    if (at >= 0) {
+        struct h2_pos *p = &s->kept[at & (PB_H2_KEPT - 1)];
+        s->msg_rem = p->msg_rem;
+        s->have = p->have;
+        __builtin_memcpy(s->fld, p->pre, 5);
         return 1;
     }
     if (!s->spilled) return 0;
@@ -923,16 +999,22 @@ static __always_inline int grpc_get(struct conn_key *k, struct h2_walk *w, u8 di
     s->msg_rem = gv->msg_rem;
     s->have = gv->have;
     __builtin_memcpy(s->fld, gv->pre, 5);
+    prof_add(PB_PROF_GRPC_MAP_OPS, 1);
+    if (!grpc_msgs.delete(&gk)) s->spilled--;
     return 1;
 }
 
 /* A stream ended: nothing kept for it. */
 static __always_inline void grpc_drop(struct conn_key *k, struct h2_walk *w, u8 dir, u32 sid) {
-    if (w->s.c_sid == sid) w->s.c_sid = 0;
+    int at = grpc_slot(&w->s, sid);
+    if (at >= 0) {
+        w->s.kept[at & (PB_H2_KEPT - 1)].sid = 0;
+        return;
+    }
     if (!w->s.spilled) return;
     struct grpc_key gk = {.tgid = k->tgid, .fd = k->fd, .sid = sid, .dir = dir};
     prof_add(PB_PROF_GRPC_MAP_OPS, 1);
-    grpc_msgs.delete(&gk);
+    if (!grpc_msgs.delete(&gk)) w->s.spilled--;
 }
 
 /* End of a frame's payload: a DATA frame leaves its stream's gRPC position
@@ -1288,23 +1370,44 @@ static __always_inline void h1_line(struct h1_scan *s, u32 q) {
 #endif
 /* A line checked at a word's end reads up to 40 bytes on: not past what was read */
 #define H1_WANTS_SLICE(s) ((s)->n < (s)->lim && (s)->o + 48 > (s)->n)
-/* Go on finding the header block's end in s->buf[0, n), a word at a time: a word
- * without a '\n' costs a few instructions. State lives in the map value (H2_JOIN). */
+/* 0x80 in exactly the bytes of w that are '\n' (no false hit, unlike x - 0x01..) */
+static __always_inline u64 h1_newlines(u64 w) {
+    u64 x = w ^ 0x0a0a0a0a0a0a0a0aULL;
+    return ~(((x & 0x7f7f7f7f7f7f7f7fULL) + 0x7f7f7f7f7f7f7f7fULL) | x | 0x7f7f7f7f7f7f7f7fULL);
+}
+/* Each line starting after a '\n' of the word at o (m: h1_newlines), lowest address
+ * first: a word holds a few at most, where checking every lane cost 8 loads and tests. */
+static __always_inline void h1_lines(struct h1_scan *s, u32 o, u64 m) {
+#pragma unroll
+    for (u32 j = 0; j < 8; j++) {
+        if (!m) break;
+        /* the lowest hit's lane: (m & -m) >> 7 is 1 << 8 * lane, and times this
+         * constant it brings byte `lane` of 0x0706050403020100 to the top */
+        u32 lane = (((m & -m) >> 7) * 0x0001020304050607ULL) >> 56;
+        m &= m - 1;
+        H2_JOIN();
+        h1_line(s, o + (lane & 7) + 1);
+    }
+}
+/* Go on finding the header block's end in s->buf[0, n), two words at a time: words
+ * without a '\n' cost a few instructions. State lives in the map value (H2_JOIN). A
+ * second word past n is harmless: h1_line takes nothing at or past n (the scan read
+ * past n a word at a time before, too), and before n is all read H1_WANTS_SLICE keeps
+ * 48 bytes ahead of o. */
 static __always_inline void h1_scan_step(struct h1_scan *s) {
 #pragma clang loop unroll(disable)
-    for (u32 i = 0; i < PB_H1_SCAN_WORDS; i++) {
+    for (u32 i = 0; i < PB_H1_SCAN_WORDS / 2; i++) {
         H2_JOIN();
         u32 o = s->o & H1_MASK;
         if (s->o >= s->n || s->end || H1_WANTS_SLICE(s)) break;
-        s->o = o + 8;
-        u64 x = s->words[o / 8] ^ 0x0a0a0a0a0a0a0a0aULL;
-        if (!((x - 0x0101010101010101ULL) & ~x & 0x8080808080808080ULL)) continue;
-        /* a '\n' in this word (or a rare false hit above one): each lane is checked */
-#pragma unroll
-        for (u32 j = 0; j < 8; j++) {
-            H2_JOIN();
-            if (s->buf[o + j] == '\n') h1_line(s, o + j + 1);
-        }
+        s->o = o + 16;
+        prof_add(PB_PROF_H1_SCAN_WORDS, 2);
+        u64 m0 = h1_newlines(s->words[o / 8]);
+        u64 m1 = h1_newlines(s->words[o / 8 + 1]);
+        if (!(m0 | m1)) continue;
+        h1_lines(s, o, m0);
+        H2_JOIN();
+        h1_lines(s, o + 8, m1);
     }
 }
 
@@ -1532,6 +1635,22 @@ static __always_inline void capture_prefix(struct data_call *dc, struct conn_inf
     }
 }
 
+/* A head's scan set up, its first slice read: n bytes of the call at w->pos after the
+ * s->sh bytes of earlier calls already in s->buf. The scan itself runs in the walker's
+ * next run (H1_SCANNING). */
+static __always_inline void h1_head_begin(struct h1_scan *s, struct h1_walk *w, u64 buf, u32 n) {
+    s->line1 = 0;
+    s->lim = s->sh + (n < H1_MASK - s->sh ? n : H1_MASK - s->sh);
+    s->n = s->sh;
+    h1_read_slice(s, buf + w->pos);
+    s->o = 0;
+    s->end = 0;
+    s->cl_at = 0;
+    s->cl_count = 0;
+    s->te = 0;
+    w->scanning = H1_SCANNING;
+}
+
 /* One message of a call whose direction follows HTTP/1 framing (the rest of a body,
  * then a head), then this program again for the next; see kprobe_events.h.
  * Not a TRACEPOINT_PROBE: the loader puts it in `walkers`. */
@@ -1540,21 +1659,35 @@ int h1_walk_fn(void *ctx) {
     struct data_call *dc = calls.lookup(&zero);
     struct h1_walk *w = h1_walks.lookup(&zero);
     struct h1_scan *s = h1_scans.lookup(&zero);
-    if (!dc || !w || !s) return 0;
-    struct conn_info *c = conns.lookup(&dc->key);
-    if (!c) return 0;  /* closed meanwhile by another thread */
+    /* the HTTP/2 walk's pack: a call's small pieces go out as one ring record */
+    struct h2_walk *pk = h2_walks.lookup(&zero);
+    if (!dc || !w || !s || !pk) return 0;
+    prof_add(PB_PROF_H1_RUNS, 1);
     u8 dir = dc->a.dir & 1;
     u32 orig = dc->orig;
     u64 buf = dc->a.buf;
-    struct h1_dir *d = &c->h1[dir];
-    if (w->scanning == H1_SCANNING) {
+    u8 mode = w->scanning;
+    if (mode == H1_SCANNING) {
+        /* a scan-only run needs no connection: the table is looked up only if the
+         * chain ends here (out of tail calls) */
+        prof_add(PB_PROF_H1_SCAN_RUNS, 1);
         h1_scan_step(s);
         if (!s->end && H1_WANTS_SLICE(s)) h1_read_slice(s, buf + w->pos);
         /* the scan goes on, or its outcome is decided, in a fresh run: a run that
          * scans leaves the verifier few paths to follow past its loop */
         if (s->end || s->o >= s->n) w->scanning = H1_SCANNED;
         walkers.call(ctx, PB_TC_H1);
-    } else if (w->scanning == H1_SCANNED) {
+    }
+    struct conn_info *c = conns.lookup(&dc->key);
+    if (!c) {
+        h2_flush(pk);  /* closed meanwhile by another thread: what was packed goes out */
+        return 0;
+    }
+    struct h1_dir *d = &c->h1[dir];
+    if (mode == H1_SCANNING) {
+        /* out of tail calls: the rest goes as a prefix, below */
+    } else if (mode == H1_SCANNED) {
+        prof_add(PB_PROF_H1_HEADS, 1);
         w->scanning = 0;
         s64 body = H1_UNSURE;
         u32 rest = orig - (u32)w->pos;
@@ -1585,6 +1718,9 @@ int h1_walk_fn(void *ctx) {
         if (take) {
             /* a lost event shows in its call's parts: replay stops trusting the call */
             /* from the scan's copy (kernel memory): the head's bytes were read once */
+            /* a head goes straight into the ring (packing it would copy it twice); the
+             * small pieces of a call (chunk lines, a first byte) are packed */
+            h2_flush(pk);
             emit_piece(dc, c, (u32)w->pos, buf + w->pos, take, (u64)&s->buf[s->sh & H1_MASK]);
             w->pos += take;
             if (body != H1_UNSURE) {
@@ -1613,7 +1749,7 @@ int h1_walk_fn(void *ctx) {
             u32 k = orig - (u32)w->pos;
             if (d->rem < k) k = d->rem;
             if (!w->pos) {
-                emit_chunk(dc, c, 0, buf, 1);  /* a call's first byte is kept */
+                pack_piece(dc, c, pk, 0, buf, 1, 0);  /* a call's first byte is kept */
                 k--;
                 w->pos = 1;
                 d->rem--;
@@ -1637,12 +1773,13 @@ int h1_walk_fn(void *ctx) {
             h1_chunk_line(s, d->crlf);
             if (!s->end && s->cut && s->n < 16 && n == orig - (u32)w->pos) {
                 /* the call ended inside the line: its bytes so far wait for the next */
-                emit_chunk(dc, c, (u32)w->pos, buf + w->pos, n);
+                pack_piece(dc, c, pk, (u32)w->pos, buf + w->pos, n, (u64)&s->buf[cp]);
                 __builtin_memcpy(d->cline, s->buf, 15);
                 d->clen = s->n;
                 w->pos = orig;
             } else if (s->end > cp) {
-                emit_chunk(dc, c, (u32)w->pos, buf + w->pos, s->end - cp);
+                /* from the line's copy (kernel memory), not read from the call again */
+                pack_piece(dc, c, pk, (u32)w->pos, buf + w->pos, s->end - cp, (u64)&s->buf[cp]);
                 w->pos += s->end - cp;
                 d->clen = 0;
                 d->rem = s->cl;
@@ -1654,7 +1791,6 @@ int h1_walk_fn(void *ctx) {
                                      (d->state == H1_SEEK && h1_seek_may(c, dir)))) {
             u32 n = orig - (u32)w->pos;
             s->sh = 0;
-            s->line1 = 0;
             if (d->pend) {
                 struct h1_pend_key pk = {.tgid = dc->key.tgid, .fd = dc->key.fd, .dir = dir};
                 struct h1_pend_val *pv = h1_pends.lookup(&pk);
@@ -1664,15 +1800,7 @@ int h1_walk_fn(void *ctx) {
                 else
                     n = 0;
             }
-            s->lim = s->sh + (n < H1_MASK - s->sh ? n : H1_MASK - s->sh);
-            s->n = s->sh;
-            h1_read_slice(s, buf + w->pos);
-            s->o = 0;
-            s->end = 0;
-            s->cl_at = 0;
-            s->cl_count = 0;
-            s->te = 0;
-            w->scanning = H1_SCANNING;
+            h1_head_begin(s, w, buf, n);
             /* the scan runs at the start of a run: one path in */
             if (d->state != H1_SEEK || h1_seek_starts(c, dir, s)) walkers.call(ctx, PB_TC_H1);
         }
@@ -1681,8 +1809,10 @@ int h1_walk_fn(void *ctx) {
         /* not framed for sure here, or out of tail calls: the rest as a prefix (a direction
          * still seeking tries again at its next call; one given up here is already off) */
         if (d->state != H1_SEEK && d->state != H1_OFF) h1_give_up(c, dir);
+        h2_flush(pk);
         capture_prefix(dc, c, (u32)w->pos, buf, orig);
     }
+    h2_flush(pk);  /* the call's end (a run that went on in another does not get here) */
     if (w->skipped) stat_add(PB_STAT_H1_SKIPPED_BYTES, w->skipped);
     return 0;
 }
@@ -1703,7 +1833,7 @@ static __always_inline int h1_inside_body(struct conn_info *c, u8 dir, u32 orig)
 }
 
 /* A call on a direction that follows HTTP/1 framing: 1 to go on in h1_walk_fn. */
-static __always_inline int h1_begin(struct conn_info *c, struct data_args *a) {
+static __always_inline int h1_begin(struct conn_info *c, struct data_args *a, u32 orig) {
     u32 zero = 0;
     struct h1_walk *w = h1_walks.lookup(&zero);
     if (!w) return 0;
@@ -1712,9 +1842,22 @@ static __always_inline int h1_begin(struct conn_info *c, struct data_args *a) {
         h1_give_up(c, a->dir);
         return 0;
     }
+    struct h2_walk *pk = h2_walks.lookup(&zero);
+    if (!pk) return 0;
     w->pos = 0;
     w->skipped = 0;
     w->scanning = 0;
+    pk->pack_len = 0;
+    pk->pack_n = 0;
+    struct h1_dir *d = &c->h1[a->dir & 1];
+    if (d->state == H1_MSG && !d->pend) {
+        /* a call that starts a message: its head's scan is set up here, so the walker
+         * begins with the scan (one run less per head) */
+        struct h1_scan *s = h1_scans.lookup(&zero);
+        if (!s) return 0;
+        s->sh = 0;
+        h1_head_begin(s, w, a->buf, orig);
+    }
     return 1;
 }
 
@@ -1731,10 +1874,23 @@ int data_fn(void *ctx) {
     u32 orig = dc->orig;
     struct conn_key key = dc->key;
     struct conn_info *c = conns.lookup(&key);
-    if (c && c->proto == PB_IGNORED) return 0;
-    struct conn_info n = {};
-    int sock = !c && unseen_socket(&key, &n);
-    if (!c && PB_FD_SOCK && !sock) return 0;
+    if (c && c->proto == PB_IGNORED) {
+        if (c->fd_gen == fd_gen(key.tgid)) {
+            prof_add(PB_PROF_IGNORED_CALLS, 1);
+            return 0;
+        }
+        c = NULL;  /* ignored before an exec: the fd is walked anew (entry replaced) */
+    }
+    /* a connection not in the table is built in a per-CPU value: a conn_info is too
+     * large for the stack beside the rest */
+    struct conn_info *n = conn_scratch.lookup(&zero);
+    if (!n) return 0;
+    int sock = 0;
+    if (!c) {
+        __builtin_memset(n, 0, sizeof(*n));
+        sock = unseen_socket(&key, n);
+        if (PB_FD_SOCK && !sock) return 0;
+    }
 
     /* where the first bytes are, for inference */
     u64 first = a.buf;
@@ -1754,14 +1910,14 @@ int data_fn(void *ctx) {
              * (PB_FD_SOCK), or else only in processes named as targets: without
              * a socket check, any file read could pass for an HTTP/2 frame. */
             if ((!PB_FILTER_TGID && !sock) || !p) return 0;  /* !p: maybe mid-message, retry next call */
-            n.proto = p;
+            n->proto = p;
             /* who sends a request or a preface is the client */
             int req = p == PB_PROTO_HTTP2 ? starts((const char *)head, "PRI ", 4)
                                           : !starts((const char *)head, "HTTP/1.", 7);
             /* else the ports told; a TLS record says nothing of who sent it */
-            if (n.role == PB_ROLE_UNKNOWN && !(p == PB_PROTO_HTTP2 && !req) && p != PB_PROTO_TLS)
-                n.role = (req == (a.dir == PB_DIR_SEND)) ? PB_ROLE_CLIENT : PB_ROLE_SERVER;
-            conns.update(&key, &n);
+            if (n->role == PB_ROLE_UNKNOWN && !(p == PB_PROTO_HTTP2 && !req) && p != PB_PROTO_TLS)
+                n->role = (req == (a.dir == PB_DIR_SEND)) ? PB_ROLE_CLIENT : PB_ROLE_SERVER;
+            conns.update(&key, n);
             c = conns.lookup(&key);
             if (!c) return 0;
             u64 ts = emit_conn(PB_EV_CONN_INFER, &key, c, id);
@@ -1777,6 +1933,7 @@ int data_fn(void *ctx) {
             if (!p && first_len < PB_INFER_MIN) return 0;
             if (!p) {
                 c->proto = PB_IGNORED;
+                c->fd_gen = fd_gen(key.tgid);
                 stat_add(PB_STAT_NON_HTTP, 1);
                 return 0;
             }
@@ -1804,7 +1961,7 @@ int data_fn(void *ctx) {
     if (c->proto == PB_PROTO_HTTP1 && !a.iovcnt && h1_inside_body(c, a.dir, orig)) {
         cap = 1;  /* a call's first byte is kept (kprobe_events.h) */
     } else if (c->proto == PB_PROTO_HTTP1 && c->h1[a.dir & 1].state != H1_OFF &&
-               h1_begin(c, &a)) {
+               h1_begin(c, &a, orig)) {
         walkers.call(ctx, PB_TC_H1);
         stat_add(PB_STAT_TAIL_FAILED, 1);  /* the call goes unseen, its seq tells replay */
         return 0;

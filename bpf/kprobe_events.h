@@ -59,7 +59,13 @@
 #define PB_PROF_USER_READ_BYTES 7
 #define PB_PROF_RING_RECORDS 8   /* ring records of data events (one may pack several) */
 #define PB_PROF_GRPC_MAP_OPS 9   /* grpc_msgs lookups, updates, deletes */
-#define PB_PROF_MAX 10
+#define PB_PROF_IGNORED_CALLS 10 /* data calls on fds known to be no followed socket */
+#define PB_PROF_FD_WALKS 11      /* data calls that walked task->files for their fd */
+#define PB_PROF_H1_RUNS 12       /* runs of h1_walk_fn: tail calls into it */
+#define PB_PROF_H1_SCAN_RUNS 13  /* ... of them scanning a head */
+#define PB_PROF_H1_SCAN_WORDS 14 /* 8-byte words of heads scanned */
+#define PB_PROF_H1_HEADS 15      /* heads scanned to a decision */
+#define PB_PROF_MAX 16
 
 /* The sys_exit_* programs only stash a data call and tail-call the walkers
  * (slots of the `walkers` program array, filled by the loader), so the costly

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 from harness.groundtruth import Dumpcap
+from harness.model import waited
 from harness.runner.record import free_port
 
 BIN = Path(__file__).resolve().parent.parent / "scenarios" / "go" / "bin"
@@ -26,9 +27,9 @@ def capture_go_grpc(pcap: Path, client_args: list[str]) -> int:
             subprocess.run(
                 [str(BIN / f"grpc-client-{VERSION}"), "--proto", "grpc", "--port", str(port),
                  "--connections", "1", *client_args],
-                check=True, capture_output=True, timeout=60,
+                check=True, capture_output=True, timeout=waited(60),
             )  # fmt: skip
         finally:
             srv.terminate()
-            srv.wait(timeout=10)
+            srv.wait(timeout=waited(10))
     return port

@@ -20,6 +20,7 @@ import pytest
 
 from harness.collectors.kprobe.decode import decode
 from harness.collectors.kprobe.exchanges import kprobe_exchanges
+from harness.model import waited
 from harness.runner.record import free_port
 
 pytestmark = pytest.mark.bpf
@@ -63,7 +64,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         assert rec.stdout is not None
         line = rec.stdout.readline()
         assert line.startswith("ATTACHED "), line
-        out_early, _ = early.communicate("go\n", timeout=60)
+        out_early, _ = early.communicate("go\n", timeout=waited(60))
         assert early.returncode == 0
         clients["before-attach"] = [json.loads(x) for x in out_early.splitlines()]
         for case, port in ports.items():
@@ -71,7 +72,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                 continue
             run = subprocess.run(
                 [sys.executable, str(TARGET), case, str(port), str(N)],
-                capture_output=True, text=True, timeout=60,
+                capture_output=True, text=True, timeout=waited(60),
             )  # fmt: skip
             assert run.returncode == 0, (case, run.stderr[-2000:])
             clients[case] = [json.loads(x) for x in run.stdout.splitlines()]
@@ -80,7 +81,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             early.kill()
             early.wait()
         rec.send_signal(signal.SIGTERM)
-        assert rec.wait(timeout=60) == 0
+        assert rec.wait(timeout=waited(60)) == 0
     exchanges = {
         case: kprobe_exchanges(out, [port])[0] for case, port in ports.items()
     }  # fmt: skip

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from harness.groundtruth import extract
-from harness.model import load_metrics
+from harness.model import load_metrics, waited
 from harness.runner.record import free_port
 
 pytestmark = [pytest.mark.bpf, pytest.mark.capture]
@@ -45,7 +45,7 @@ def test_pipelined_and_100_continue_are_seen_whole_on_both_sides(
         [sys.executable, "-m", "harness.cli", "observe", "--port", str(port),
          "--collectors", "kprobe", "--duration", "120", "--out", str(tmp_path / "runs"),
          "--", "bash", "-c", script],
-        capture_output=True, text=True, cwd=ROOT, timeout=600,
+        capture_output=True, text=True, cwd=ROOT, timeout=waited(600),
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     run_dir = Path(r.stdout.strip().splitlines()[-1])

@@ -15,6 +15,7 @@ import pytest
 from harness.collectors.bpfsource import compile_program
 from harness.collectors.kprobe.decode import decode
 from harness.collectors.kprobe.layout import header
+from harness.model import waited
 from harness.runner.record import free_port
 
 pytestmark = pytest.mark.bpf
@@ -94,14 +95,14 @@ def test_collector_records_the_bytes_a_process_wrote(tmp_path: Path) -> None:
         request = f"GET /probe-{os.getpid()}-{time.time_ns()} HTTP/1.1\r\nHost: t\r\n\r\n"
         cli = subprocess.run(
             [sys.executable, "-c", CLIENT, str(port), request],
-            capture_output=True, text=True, timeout=30, check=True,
+            capture_output=True, text=True, timeout=waited(30), check=True,
         )  # fmt: skip
-        srv.wait(timeout=30)
+        srv.wait(timeout=waited(30))
         client_port = int(cli.stdout.split()[0])
         time.sleep(0.2)
     finally:
         rec.send_signal(signal.SIGTERM)
-        assert rec.wait(timeout=60) == 0
+        assert rec.wait(timeout=waited(60)) == 0
     conns, st = decode(out)
     assert st.collector["lost_events"] == 0
     # other processes' connections accepted without a known port pass the kernel's port
@@ -137,11 +138,11 @@ def test_large_call_is_captured_in_chunks_up_to_the_limit(tmp_path: Path) -> Non
             "c.sendall(sys.stdin.buffer.read());c.recv(100);c.close()"
         )
         subprocess.run([sys.executable, "-c", code, str(port)], input=request, check=True)
-        srv.wait(timeout=30)
+        srv.wait(timeout=waited(30))
         time.sleep(0.2)
     finally:
         rec.send_signal(signal.SIGTERM)
-        assert rec.wait(timeout=60) == 0
+        assert rec.wait(timeout=waited(60)) == 0
     conns, st = decode(out)
     [client] = [c for c in conns if c.role == "client" and c.remote and c.remote.port == port]
     [seg] = client.send

@@ -174,7 +174,7 @@ def _close_delimited(ls: socket.socket, port: int) -> None:
         s.sendall(b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\n")
         while s.recv(65536):
             pass
-    t.join(timeout=30)
+    t.join(timeout=waited(30))
 
 
 def _exchanges(conn: Connection) -> list[tuple[str | None, str | None, int | None, int | None]]:
@@ -194,7 +194,7 @@ def test_framed_bodies_are_left_out_and_replay_frames_them_the_same(tmp_path: Pa
         srv = threading.Thread(target=_framed_server, args=(ls,))
         srv.start()
         _framed_client(port)
-        srv.join(timeout=30)
+        srv.join(timeout=waited(30))
         assert not srv.is_alive()
         _close_delimited(ls2, port2)
         time.sleep(0.2)
@@ -202,7 +202,7 @@ def test_framed_bodies_are_left_out_and_replay_frames_them_the_same(tmp_path: Pa
         ls.close()
         ls2.close()
         rec.send_signal(signal.SIGTERM)
-        assert rec.wait(timeout=60) == 0
+        assert rec.wait(timeout=waited(60)) == 0
     conns, st = decode(out)
     assert st.collector["lost_events"] == 0
     mine = [c for c in conns if c.local and port in (c.local.port, c.remote.port)]
@@ -264,7 +264,7 @@ def test_a_connection_found_mid_stream_is_followed_from_its_next_request(tmp_pat
             attached.set()
             _recv_exact(s, buf, len(HEAD % (10_000 + tail)) + 10_000 + tail)
             _drive_framed(s)
-        srv.join(timeout=30)
+        srv.join(timeout=waited(30))
         assert not srv.is_alive()
         time.sleep(0.2)
     finally:
@@ -272,7 +272,7 @@ def test_a_connection_found_mid_stream_is_followed_from_its_next_request(tmp_pat
         ls.close()
         if rec is not None:
             rec.send_signal(signal.SIGTERM)
-            assert rec.wait(timeout=60) == 0
+            assert rec.wait(timeout=waited(60)) == 0
     conns, st = decode(out)
     assert st.collector["lost_events"] == 0
     # both directions of both ends began following, none gave up

@@ -15,7 +15,7 @@ import pytest
 from kernel_state import descendants, loaded_prog_ids, our_uprobe_events, prog_ids_held_by
 
 from harness.analysis.replay import replay
-from harness.model import RunManifest, load_metrics
+from harness.model import RunManifest, load_metrics, waited
 
 pytestmark = [pytest.mark.bpf, pytest.mark.capture]
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def probebench(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "harness.cli", *args],
-        capture_output=True, text=True, cwd=ROOT, timeout=600, **kw,
+        capture_output=True, text=True, cwd=ROOT, timeout=waited(600), **kw,
     )  # fmt: skip
 
 
@@ -72,7 +72,7 @@ def test_interrupted_run_leaves_nothing_behind(tmp_path: Path, sig: int) -> None
     ours = prog_ids_held_by(set(pids))
     assert ours, "the run's collector holds no BPF program"
     proc.send_signal(sig)
-    code = proc.wait(timeout=120)
+    code = proc.wait(timeout=waited(120))
     # children die with their parent (PR_SET_PDEATHSIG), even after SIGKILL
     deadline = time.monotonic() + 60
     def ours_loaded() -> bool:

@@ -21,6 +21,7 @@ import pytest
 
 from harness.collectors.rings import RingSet
 from harness.collectors.uprobe.gate import Exec, ExecGate
+from harness.model import waited
 
 pytestmark = pytest.mark.bpf
 
@@ -111,7 +112,7 @@ def test_the_whole_tree_is_followed_and_nothing_else() -> None:
     with gated("sh -c '/bin/true; /bin/true'; /bin/true") as (sh, gate, rings):
         go(sh)
         stranger = subprocess.Popen(["/bin/true"])
-        assert stranger.wait(timeout=10) == 0  # it was not held, or this would hang
+        assert stranger.wait(timeout=waited(10)) == 0  # it was not held, or this would hang
         seen: list[Exec] = []
         deadline = time.monotonic() + 20
         while sh.poll() is None and time.monotonic() < deadline:
@@ -142,7 +143,7 @@ def test_closing_lets_held_processes_go_and_stops_holding() -> None:
         assert all(settled(p, ("R", "S")) in ("R", "S") for p in pids)
         # detached: the shell's own exec runs freely now
         go(sh)
-        assert sh.wait(timeout=10) == 0
+        assert sh.wait(timeout=waited(10)) == 0
         assert gate.stats()["execs"] == 2
 
 

@@ -18,7 +18,7 @@ import pytest
 from harness import scenarios
 from harness.analysis.match import judge
 from harness.errors import ProbebenchError
-from harness.model import Exchange, RunManifest, load_metrics
+from harness.model import Exchange, RunManifest, load_metrics, waited
 from harness.runner.lifecycle import ProcessSet, read_line_until
 from harness.runner.record import free_port
 
@@ -30,7 +30,7 @@ def _plan(lang: str, seed: int) -> str:
     argv = scenarios.client_command(SCEN, lang, 1, exchanges=300, seed=seed, warmup=0,
                                     workload=Path("/dev/null"), grpc_version=None,
                                     deadline=30)  # fmt: skip
-    res = subprocess.run([*argv, "--plan-only"], capture_output=True, text=True, timeout=60,
+    res = subprocess.run([*argv, "--plan-only"], capture_output=True, text=True, timeout=waited(60),
                          check=True)  # fmt: skip
     return res.stdout
 
@@ -68,7 +68,7 @@ def test_targets_interoperate(tmp_path: Path, client: str, server: str) -> None:
         cli.proc.stdin.write("GO\n")
         cli.proc.stdin.flush()
         read_line_until(cli, lambda s: s.startswith("DONE"), 60, "DONE")
-        assert cli.proc.wait(timeout=30) == 0
+        assert cli.proc.wait(timeout=waited(30)) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in rows] == list(range(80))
     assert {r["protocol"] for r in rows} == {"h2c"}
@@ -104,7 +104,7 @@ def _run(tmp_path: Path, client: str, server: str, attach: str) -> Path:
         [sys.executable, "-m", "harness.cli", "run", "h2c-plain", "--client", client,
          "--server", server, "--attach", attach, "--collectors", "kprobe,uprobe",
          "--exchanges", "60", "--out", str(tmp_path)],
-        capture_output=True, text=True, cwd=ROOT, timeout=600,
+        capture_output=True, text=True, cwd=ROOT, timeout=waited(600),
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
     return Path(res.stdout.strip().splitlines()[-1])

@@ -14,6 +14,7 @@ import pytest
 from test_bpf_kprobe import start_recorder
 
 from harness.collectors.kprobe.decode import decode
+from harness.model import waited
 from harness.protocols.http2.frames import FrameParsed, FrameParser
 from harness.runner.record import free_port
 
@@ -66,10 +67,10 @@ def one_call(tmp_path: Path, frames: int) -> tuple[list[FrameParsed], int, dict[
         assert srv.stdout is not None and srv.stdout.readline().strip() == "READY"
         subprocess.run([sys.executable, "-c", CLIENT, str(port), wire.hex()], check=True)
         assert int(srv.stdout.readline()) == len(wire)
-        srv.wait(timeout=30)
+        srv.wait(timeout=waited(30))
     finally:
         rec.send_signal(signal.SIGTERM)
-        rec.wait(timeout=60)
+        rec.wait(timeout=waited(60))
     stats = json.loads(out.with_suffix(".json").read_text())
     conns, _ = decode(out)
     (client,) = [c for c in conns if c.role == "client" and c.send]

@@ -26,6 +26,7 @@ from test_kprobe_capture_chain import PREFACE, SERVER, frame
 from test_kprobe_h2_midstream import CLIENT, grpc_message, seen, seen_map
 
 from harness.collectors.kprobe.decode import decode
+from harness.model import waited
 from harness.runner.record import free_port
 
 pytestmark = pytest.mark.bpf
@@ -105,9 +106,9 @@ def test_headers_batched_after_a_big_data_tail_are_all_captured(tmp_path: Path) 
             assert cli.stdout.readline().strip() == "SENT"
             time.sleep(0.02)
         cli.stdin.close()
-        assert cli.wait(timeout=30) == 0
+        assert cli.wait(timeout=waited(30)) == 0
         assert int(srv.stdout.readline()) == len(wire)
-        srv.wait(timeout=30)
+        srv.wait(timeout=waited(30))
         time.sleep(0.2)
     finally:
         for p in (cli, srv):
@@ -115,7 +116,7 @@ def test_headers_batched_after_a_big_data_tail_are_all_captured(tmp_path: Path) 
                 p.kill()
                 p.wait()
         rec.send_signal(signal.SIGTERM)
-        rec.wait(timeout=60)
+        rec.wait(timeout=waited(60))
     conns, st = decode(out)
     assert st.collector["lost_events"] == 0
     (client,) = [c for c in conns if c.role == "client" and c.remote and c.remote.port == port]

@@ -18,6 +18,7 @@ import pytest
 from test_kprobe_capture_chain import PREFACE, SERVER, frame
 
 from harness.collectors.kprobe.decode import decode
+from harness.model import waited
 from harness.runner.record import free_port
 
 pytestmark = pytest.mark.bpf
@@ -96,9 +97,9 @@ def test_midstream_walk_skips_bodies_only_where_it_knows_the_messages(tmp_path: 
         for c in calls:
             send(c)
         cli.stdin.close()
-        assert cli.wait(timeout=30) == 0
+        assert cli.wait(timeout=waited(30)) == 0
         assert int(srv.stdout.readline()) == len(before) + sum(map(len, calls))
-        srv.wait(timeout=30)
+        srv.wait(timeout=waited(30))
     finally:
         for p in (cli, srv):
             if p.poll() is None:
@@ -106,7 +107,7 @@ def test_midstream_walk_skips_bodies_only_where_it_knows_the_messages(tmp_path: 
                 p.wait()
         if rec is not None:
             rec.send_signal(signal.SIGTERM)
-            rec.wait(timeout=60)
+            rec.wait(timeout=waited(60))
     stats = json.loads(out.with_suffix(".json").read_text())
     conns, _ = decode(out)
     (client,) = [c for c in conns if c.send and c.proto == "http2"]

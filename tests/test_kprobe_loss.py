@@ -21,6 +21,7 @@ from harness.collectors.eventfile import EventWriter
 from harness.collectors.kprobe.decode import decode
 from harness.collectors.kprobe.exchanges import kprobe_exchanges
 from harness.collectors.kprobe.layout import header
+from harness.model import waited
 from harness.protocols.common import Segment
 from harness.protocols.http1.stitch import stitch_http1
 from harness.runner.record import free_port
@@ -174,16 +175,16 @@ def test_tiny_ring_buffer_loses_events_and_replay_reports_none_wrong(tmp_path: P
             [sys.executable, "-c", CLIENT, str(port), "4", "60"],
             capture_output=True,
             text=True,
-            timeout=240,
+            timeout=waited(240),
             check=True,
         )
         sent = json.loads(client.stdout)
     finally:
         if server is not None:
             server.send_signal(signal.SIGTERM)
-            server.wait(timeout=30)
+            server.wait(timeout=waited(30))
         rec.send_signal(signal.SIGTERM)
-        rec.wait(timeout=60)
+        rec.wait(timeout=waited(60))
     assert rec.returncode == 0
     assert len(sent) == 240
     stats = json.loads(stats_path.read_text())

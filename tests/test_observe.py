@@ -9,6 +9,7 @@ may still run, nothing may be left stopped, and no probe may remain.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 from kernel_state import descendants, loaded_prog_ids, our_uprobe_events, prog_ids_held_by
 
-from harness.model import RunManifest, load_metrics
+from harness.model import RunManifest, load_metrics, waited
 from harness.procfs import processes
 from harness.runner.record import free_port
 
@@ -38,13 +39,32 @@ def observe_argv(tmp_path: Path, port: int, script: str, *options: str) -> list[
             "--out", str(tmp_path / "runs"), *options, "--", "bash", "-c", script]  # fmt: skip
 
 
+# in the environment of every process a test's observe starts, so that a check of what
+# was left stopped judges only those (other work on the machine stops its own)
+MARK = "PB_TEST_OBSERVE_MARK"
+
+
 def observe(
     tmp_path: Path, port: int, script: str, *options: str
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         observe_argv(tmp_path, port, script, "--duration", "120", *options),
-        capture_output=True, text=True, cwd=ROOT, timeout=600,
+        capture_output=True, text=True, cwd=ROOT, timeout=waited(600),
+        env={**os.environ, MARK: str(tmp_path)},
     )  # fmt: skip
+
+
+def stopped_of(tmp_path: Path) -> list[int]:
+    """Processes left stopped that the test's observe started (their environment says so)."""
+    mark = f"{MARK}={tmp_path}".encode()
+    out = []
+    for p in processes():
+        if p.state != "T":
+            continue
+        with contextlib.suppress(OSError):
+            if mark in Path(f"/proc/{p.pid}/environ").read_bytes().split(b"\0"):
+                out.append(p.pid)
+    return out
 
 
 def server_then_client(tmp_path: Path, port: int, *client_args: str) -> str:
@@ -77,7 +97,6 @@ def test_a_script_s_own_services_are_probed_from_their_first_call(tmp_path: Path
     script = server_then_client(
         tmp_path, port, "--exchanges", "40", "--seed", "5", "--connections", "2", "--mode", "unary"
     )
-    stopped_before = {p.pid for p in processes() if p.state == "T"}
     r = observe(tmp_path, port, script, "--collectors", "kprobe,uprobe")
     assert r.returncode == 0, r.stderr
     run_dir = Path(r.stdout.strip().splitlines()[-1])
@@ -105,7 +124,7 @@ def test_a_script_s_own_services_are_probed_from_their_first_call(tmp_path: Path
     # the server and its `sleep` outlived the script: observe ended them
     assert manifest.params["leftover_processes_stopped"] == 2
     assert running(SERVER) == []
-    assert {p.pid for p in processes() if p.state == "T"} <= stopped_before
+    assert stopped_of(tmp_path) == []
     assert str(SERVER) not in Path("/sys/kernel/tracing/uprobe_events").read_text()
 
 
@@ -131,7 +150,7 @@ def test_nothing_is_left_when_observe_is_stopped_mid_run(tmp_path: Path, sig: in
         progs = prog_ids_held_by(ours)
         assert progs, "no collector holds a BPF program"
         proc.send_signal(sig)
-        proc.wait(timeout=120)
+        proc.wait(timeout=waited(120))
         # everything dies with the runner, the command's own children included (the
         # keeper gets SIGTERM from the kernel even when the runner is SIGKILLed)
         deadline = time.monotonic() + 60
@@ -171,7 +190,7 @@ def test_a_collector_killed_while_holding_strands_nothing(tmp_path: Path) -> Non
         ]  # fmt: skip
         ours = descendants(proc.pid)
         os.kill(collector, signal.SIGKILL)
-        out, err = proc.communicate(timeout=120)
+        out, err = proc.communicate(timeout=waited(120))
         # the stranded server waited for the duration, then the keeper ended it
         assert proc.returncode == 0, err
         assert "still running after 8 s" in err

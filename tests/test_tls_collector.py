@@ -19,6 +19,7 @@ import pytest
 from kernel_state import prog_ids_held_by
 
 from harness.collectors.tls.exchanges import tls_exchanges
+from harness.model import waited
 from harness.runner.record import free_port
 from harness.runner.tlsfiles import make_tls_files
 
@@ -72,7 +73,7 @@ def _https(tmp_path: Path, port: int, n: int) -> None:
         cctx = ssl.create_default_context(cafile=str(files.ca))
         for _ in range(n):
             with urllib.request.urlopen(f"https://127.0.0.1:{port}/", context=cctx,
-                                        timeout=10) as r:  # fmt: skip
+                                        timeout=waited(10)) as r:  # fmt: skip
                 assert r.read() == b"x" * 1000
     finally:
         srv.shutdown()
@@ -88,7 +89,7 @@ def test_both_ends_plaintext_seen(tmp_path: Path) -> None:
         time.sleep(0.3)
     finally:
         col.send_signal(signal.SIGTERM)
-        col.wait(timeout=60)
+        col.wait(timeout=waited(60))
     assert col.returncode == 0
     stats = json.loads(events.with_suffix(".json").read_text())
     assert stats["lost_events"] == 0
@@ -110,7 +111,7 @@ def test_no_probe_left_after_the_collector_is_stopped(tmp_path: Path, sig: int) 
         assert progs
         _https(tmp_path, port, 3)  # mid-run: it has recorded
         col.send_signal(sig)
-        col.wait(timeout=60)
+        col.wait(timeout=waited(60))
         deadline = time.monotonic() + 20
         while _perf_lines(col.pid) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -151,12 +152,12 @@ def test_go119_reads_seen_whole_at_their_rets(tmp_path: Path) -> None:
         for _ in range(n):
             out = subprocess.run([str(binary), f"127.0.0.1:{port}",
                                   "GET / HTTP/1.1\r\nHost: x\r\n\r\n"],
-                                 capture_output=True, timeout=60, check=True)  # fmt: skip
+                                 capture_output=True, timeout=waited(60), check=True)  # fmt: skip
             assert out.stdout.endswith(body)
         time.sleep(0.3)
     finally:
         col.send_signal(signal.SIGTERM)
-        col.wait(timeout=60)
+        col.wait(timeout=waited(60))
         listener.close()
     stats = json.loads(events.with_suffix(".json").read_text())
     assert stats["lost_events"] == 0 and stats["reads_unseen"] == 0

@@ -14,7 +14,7 @@ from harness.errors import CaptureError
 from harness.groundtruth.extract import parse_decrypted_dump
 from harness.groundtruth.tlskeys import merge_keylogs
 from harness.groundtruth.tshark import decode_as
-from harness.model import load_metrics
+from harness.model import load_metrics, waited
 from harness.protocols.sniff import infer_proto, is_tls_record
 from harness.runner.tlsfiles import make_tls_files
 
@@ -79,7 +79,7 @@ def _run(tmp_path: Path, *args: str, collectors: str = "kprobe") -> Path:
     r = subprocess.run(
         [sys.executable, "-m", "harness.cli", "run", *args, "--tls", "--collectors", collectors,
          "--out", str(tmp_path)],
-        capture_output=True, text=True, cwd=ROOT, timeout=600, check=False,
+        capture_output=True, text=True, cwd=ROOT, timeout=waited(600), check=False,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     return Path(r.stdout.strip().splitlines()[-1])

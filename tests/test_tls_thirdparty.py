@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.model import load_metrics
+from harness.model import load_metrics, waited
 from harness.runner.record import free_port
 from harness.runner.tlsfiles import make_tls_files
 
@@ -70,7 +70,7 @@ def test_curl_to_nginx_over_https_both_sides(tmp_path: Path) -> None:
         [sys.executable, "-m", "harness.cli", "observe", "--port", str(port), "--tls",
          "--keylog", str(keylog), "--collectors", "kprobe,tls", "--duration", "120",
          "--out", str(tmp_path / "runs"), "--", str(script)],
-        capture_output=True, text=True, cwd=ROOT, timeout=600, check=False,
+        capture_output=True, text=True, cwd=ROOT, timeout=waited(600), check=False,
         env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "SSLKEYLOGFILE": str(keylog)},
     )  # fmt: skip
     assert r.returncode == 0, r.stderr

@@ -36,6 +36,7 @@ from harness.collectors.btf import task_image_defines
 from harness.collectors.eventfile import KERNEL, read_event_file
 from harness.collectors.uprobe.exchanges import uprobe_exchanges
 from harness.collectors.uprobe.layout import header, hfield_struct
+from harness.model import waited
 from harness.runner.record import free_port
 from harness.runner.tlsfiles import make_tls_files
 
@@ -106,7 +107,7 @@ def test_calls_match_the_workload_from_both_sides(
         srv = start_server(version, port, extra)
         try:
             subprocess.run([*client_args(version, port, mode, 40, workload), *extra],
-                           check=True, capture_output=True, timeout=120)  # fmt: skip
+                           check=True, capture_output=True, timeout=waited(120))  # fmt: skip
         finally:
             stop(srv)
     finally:
@@ -210,7 +211,7 @@ def test_nothing_left_after_the_collector_dies_mid_run(tmp_path: Path, sig: int)
         assert ours & _prog_ids() == set()
         assert str(server_bin) not in UPROBE_EVENTS.read_text()
         # the traced processes carry on unharmed (a breakpoint left behind would kill them)
-        _, err = client.communicate(timeout=120)
+        _, err = client.communicate(timeout=waited(120))
         assert client.returncode == 0, err
         assert srv.poll() is None
     finally:
@@ -240,10 +241,10 @@ def _health_checks(port: int, n: int) -> None:
     import grpc
 
     with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-        grpc.channel_ready_future(ch).result(timeout=30)
+        grpc.channel_ready_future(ch).result(timeout=waited(30))
         check = ch.unary_unary("/grpc.health.v1.Health/Check")
         for _ in range(n):
-            assert check(b"", timeout=30) == b"\x08\x01"
+            assert check(b"", timeout=waited(30)) == b"\x08\x01"
 
 
 def test_cached_connection_not_taken_by_a_new_process_under_the_same_pid(
@@ -312,7 +313,7 @@ def test_task_image_tells_an_exec_and_a_new_process_apart(tmp_path: Path) -> Non
     try:
         for p in (a, b):
             assert p.stdin is not None
-            p.communicate("go\n", timeout=60)
+            p.communicate("go\n", timeout=waited(60))
             assert p.returncode == 0
         n = prog["count"][ctypes.c_int(0)].value
         imgs = [prog["images"][ctypes.c_int(i)] for i in range(n)]

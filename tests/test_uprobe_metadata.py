@@ -22,6 +22,7 @@ from uprobe_run import client_args, recording
 
 from harness.collectors.uprobe.decode import HeaderBlock, decode
 from harness.collectors.uprobe.exchanges import uprobe_exchanges
+from harness.model import waited
 from harness.runner.record import free_port
 
 pytestmark = pytest.mark.bpf
@@ -44,7 +45,7 @@ def _record(tmp_path: Path, runs: list[list[dict[str, str]]], *, value_max: int 
             args = client_args(VERSION, port, "unary", len(sets), wl)
             args[args.index("--connections") + 1] = "1"
             subprocess.run([*args, "--metadata-file", str(md)], check=True,
-                           capture_output=True, timeout=120)  # fmt: skip
+                           capture_output=True, timeout=waited(120))  # fmt: skip
             records += [json.loads(ln) for ln in wl.read_text().splitlines()]
     return events, records, port, stats
 

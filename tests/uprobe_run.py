@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from harness.model import waited
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "scenarios" / "go" / "bin"
 # what the collector must give exactly as the client wrote it to workload.jsonl
@@ -61,11 +63,11 @@ def client_args(version: str, port: int, mode: str, n: int, workload: Path) -> l
 
 def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> int:
     proc.send_signal(sig)
-    return proc.wait(timeout=60)
+    return proc.wait(timeout=waited(60))
 
 
 def run_client(args: list[str]) -> None:
-    subprocess.run(args, check=True, capture_output=True, timeout=120)
+    subprocess.run(args, check=True, capture_output=True, timeout=waited(120))
 
 
 @contextlib.contextmanager
