@@ -19,6 +19,7 @@ from test_replay_bounded import _pipelined
 from test_scoring import RUNS, unpack
 
 from harness.analysis import replay as replay_mod
+from harness.analysis import streaming as streaming_mod
 from harness.analysis.match import ID_HEADER
 from harness.analysis.metrics import Row, score
 from harness.analysis.replay import _window, run_protocol
@@ -177,7 +178,7 @@ def test_a_row_holds_the_window_not_the_recording() -> None:
         )  # fmt: skip
 
     n = 20_000
-    peak = {"items": 0, "held": 0}
+    peak = {"items": 0, "held": 0, "list": 0}
     feed = TruthFeed(lambda t: rs.count_truth(t))
     rs = RowStream(_row("server"), 0, feed)
     for k0 in range(0, n, 500):
@@ -185,7 +186,8 @@ def test_a_row_holds_the_window_not_the_recording() -> None:
         rs.push(x("kprobe", k) for k in range(k0, k0 + 500))
         rs.step((k0 + 501) * ms, feed.watermark)
         feed.trim(rs.position())
-        peak["items"] = max(peak["items"], len(feed.items))
+        peak["items"] = max(peak["items"], feed.held)
+        peak["list"] = max(peak["list"], len(feed.items))  # taken ones are None, cut later
         peak["held"] = max(peak["held"], rs.held)
     feed.add([], STREAM_END_NS)
     rs.step(STREAM_END_NS, STREAM_END_NS)
@@ -193,6 +195,7 @@ def test_a_row_holds_the_window_not_the_recording() -> None:
     assert (row.observable, row.matched, row.degraded, row.phantoms) == (n, n, 0, 0)
     window = 2 * 2_020 + 1_000  # ms of truth behind and ahead of the matcher, plus a batch
     assert peak["items"] <= window and peak["held"] <= window
+    assert peak["list"] <= 2 * window + streaming_mod._COMPACT
 
 
 @pytest.mark.parametrize("run", REPLAY_RUNS, ids=[r.name for r in REPLAY_RUNS])
@@ -216,3 +219,47 @@ def test_a_run_without_workload_streams_its_truth_and_scores_as_before(
     ]
     used = json.loads((work / replay_mod.REPLAY_JSON).read_text())
     assert used["truth_cpu_s"] > 0 and used["truth_peak_rss_kb"] > 0
+
+
+@pytest.mark.parametrize("side", ["client", "server"])
+def test_one_matcher_scores_until_the_window_end_is_in_reach(side: str) -> None:
+    """An observe row scores with one matcher while nothing it holds starts after the
+    window's end, and splits in two only then: the row is what the whole lists cut by
+    ``_window`` score, with misses, phantoms and exchanges straddling the end."""
+    ms = 1_000_000
+    lead = -50_000 if side == "client" else 50_000  # a client sends before the wire sees it
+
+    def x(src: str, k: int) -> Exchange:
+        return Exchange(
+            source=src, side=side if src != "truth" else "wire",  # type: ignore[arg-type]
+            protocol="http/1.1", client_ip="127.0.0.1", client_port=1000 + k % 3,
+            server_ip="127.0.0.1", server_port=80, conn_seq=k // 3, method="GET", path="/",
+            status=200 if k % 97 else 404,
+            t_start_ns=(k + 1) * ms + (lead if src != "truth" else 0),
+            t_end_ns=(k + 1) * ms + ms // 2, conn_id=f"c{k % 3}" if src != "truth" else None,
+        )  # fmt: skip
+
+    n = 6_000
+    truth = [x("truth", k) for k in range(n)]
+    seen = [x("kprobe", k) for k in range(n) if k % 173]  # missed by the collector
+    for k in range(0, n, 211):  # on a connection the wire did not see: phantoms
+        seen.append(x("kprobe", k))
+        seen[-1].client_port, seen[-1].conn_id = 999, "c999"
+    seen.sort(key=lambda o: (o.t_start_ns or 0, o.conn_seq or 0))
+    until = 4_000 * ms + 20_000  # mid-burst: some exchanges straddle it
+    t_in, s_in = _window(truth, copy.copy(seen), until)
+    whole = score(_row(side), t_in, s_in, 0).to_dict()
+    assert whole["phantoms"] and whole["matched"] < whole["observable"]
+    for tb, ob in ((5, 3), (400, 300)):
+        got = _streamed(truth, seen, 0, until, tb, ob)
+        got["side"] = whole["side"]
+        assert got == whole, (tb, ob)
+    # and the split came late: one matcher scored most of the stream
+    feed = TruthFeed(lambda t: None)
+    rs = RowStream(_row(side), 0, feed, until=until)
+    feed.add(truth, STREAM_END_NS)
+    rs.push(seen)
+    rs.step(until - 2_500 * ms, feed.watermark)
+    assert rs.second is None and rs.scorer.row.matched > 1_450  # all but the missed
+    rs.step(STREAM_END_NS, feed.watermark)
+    assert rs.second is not None

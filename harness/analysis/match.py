@@ -6,7 +6,7 @@ import bisect
 import heapq
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from operator import attrgetter
 from typing import Any
 
@@ -117,6 +117,9 @@ class Matching:
 HORIZON_NS = MATCH_WINDOW_NS + CLOCK_TOLERANCE_NS
 
 _Key = tuple[object, ...]
+# Aged candidates a connection's list may keep at its front before they are cut off (then
+# at most an eighth of it: the cut is paid for by as many cheap agings).
+_COMPACT = 1024
 _Cand = tuple[int, int]  # (truth start, truth index): each connection's list is sorted on it
 
 
@@ -164,6 +167,10 @@ class StreamMatcher:
         self._on_pair, self._on_phantom, self._on_closed = on_pair, on_phantom, on_closed
         self._truth: dict[int, Exchange] = {}
         self._by_conn: dict[_Key, list[_Cand]] = {}
+        # where each connection's live candidates begin: aged ones are dropped from the
+        # front in bulk (_age), not one by one; a list's front deletion moves all the rest,
+        # which at 10k exchanges/s per connection was most of a soak's matching
+        self._head: dict[_Key, int] = {}
         # the same candidates by (connection, HTTP/2 stream id): ids are unique on a
         # connection (no run lasts to their wrap), so an observation's stream looks at its own
         self._by_stream: dict[tuple[_Key, int], list[_Cand]] = {}
@@ -178,10 +185,35 @@ class StreamMatcher:
         self._closing: list[str] = []
         self._count = 0
 
+    def fork(
+        self, on_pair: Callable[[Verdict], None], on_phantom: Callable[[Exchange], None]
+    ) -> StreamMatcher:
+        """A matcher in this one's state that goes on on its own (nothing may be pending:
+        ``advance`` first): the exchanges are shared, the bookkeeping copied."""
+        assert not self._group
+        m = StreamMatcher(on_pair, on_phantom)
+        m._truth, m._head, m._by_id = dict(self._truth), dict(self._head), dict(self._by_id)
+        m._by_conn = {k: list(v) for k, v in self._by_conn.items()}
+        m._by_stream = {k: list(v) for k, v in self._by_stream.items()}
+        m._taken, m._held = set(self._taken), set(self._held)
+        m._last = {k: replace(v, blocked_ids=list(v.blocked_ids)) for k, v in self._last.items()}
+        m._key_of, m._aging, m._count = dict(self._key_of), list(self._aging), self._count
+        return m
+
+    def reroute(
+        self,
+        on_pair: Callable[[Verdict], None],
+        on_phantom: Callable[[Exchange], None],
+        on_closed: Callable[[str], None] | None,
+    ) -> None:
+        """Send what is decided from now on to these callbacks."""
+        self._on_pair, self._on_phantom, self._on_closed = on_pair, on_phantom, on_closed
+
     def retained(self) -> dict[str, int]:
         """How much state is held (what must not grow with a recording's length)."""
         return {
-            "truth": len(self._truth), "candidates": sum(map(len, self._by_conn.values())),
+            "truth": len(self._truth),
+            "candidates": sum(map(len, self._by_conn.values())) - sum(self._head.values()),
             "connections": len(self._by_conn), "streams": len(self._by_stream),
             "taken": len(self._taken), "last": len(self._last), "group": len(self._group),
             "held": len(self._held),
@@ -225,7 +257,7 @@ class StreamMatcher:
         key = _conn_key(t)
         if key is not None:
             cand = (t.t_start_ns or 0, i)
-            bisect.insort(self._by_conn.setdefault(key, []), cand)
+            bisect.insort(self._by_conn.setdefault(key, []), cand, self._head.get(key, 0))
             if t.stream_id is not None:
                 bisect.insort(self._by_stream.setdefault((key, t.stream_id), []), cand)
             heapq.heappush(self._aging, (*cand, key))
@@ -265,7 +297,8 @@ class StreamMatcher:
                 and prev.conn_id == obs.conn_id
                 and prev.conn_seq + 1 == obs.conn_seq
             ):
-                i = self._next_in_sequence(obs, self._by_conn.get(key, []), prev)
+                i = self._next_in_sequence(
+                    obs, self._by_conn.get(key, []), self._head.get(key, 0), prev)
             if i is None:
                 i = self._find(obs, later)
             if i is None:
@@ -309,10 +342,11 @@ class StreamMatcher:
             keys.add(heapq.heappop(self._aging)[2])
         for key in keys:
             cands = self._by_conn[key]
-            n = bisect.bisect_left(cands, (cutoff, -1))
+            head = self._head.get(key, 0)
+            n = bisect.bisect_left(cands, (cutoff, -1), head)
             last = self._last.get(key)
             kept: list[_Cand] = []
-            for cand in cands[:n]:
+            for cand in cands[head:n]:
                 i = cand[1]
                 free = i not in self._taken
                 if free and last is not None and cand > last.cand and _awaited(self._truth[i], now):
@@ -337,10 +371,18 @@ class StreamMatcher:
                 self._held.add(key)
             if n == len(cands) and not kept:
                 del self._by_conn[key]
-            else:
-                cands[:n] = kept
+                self._head.pop(key, None)
+                continue
+            head = n - len(kept)
+            cands[head:n] = kept  # as long as what it replaces: nothing moves
+            if head > _COMPACT and head * 8 > len(cands):  # the dead front, now and then
+                del cands[:head]
+                head = 0
+            self._head[key] = head
 
-    def _next_in_sequence(self, obs: Exchange, cands: list[_Cand], prev: _Last) -> int | None:
+    def _next_in_sequence(
+        self, obs: Exchange, cands: list[_Cand], head: int, prev: _Last
+    ) -> int | None:
         """The first free truth exchange after ``prev`` on the connection that a server
         could have read by ``obs``'s start: not before it was on the wire, and not after it
         was answered; however late otherwise (a pipelined request waits in the socket
@@ -348,7 +390,7 @@ class StreamMatcher:
         if prev.blocked or any(i not in self._taken for i in prev.blocked_ids):
             return None  # the first free one after prev is long past
         ts = obs.t_start_ns or 0
-        for j in range(bisect.bisect_right(cands, prev.cand), len(cands)):
+        for j in range(bisect.bisect_right(cands, prev.cand, head), len(cands)):
             t, i = cands[j]
             if i in self._taken:
                 continue
@@ -370,6 +412,7 @@ class StreamMatcher:
             i = self._by_id.get(xid) if xid is not None else None
             return i if i is not None and i not in taken else None
         cands = self._by_conn.get(key, [])
+        head = self._head.get(key, 0)
         ts = obs.t_start_ns or 0
         if obs.stream_id is not None:
             for t, i in self._by_stream.get((key, obs.stream_id), ()):
@@ -380,9 +423,9 @@ class StreamMatcher:
         # is on the wire; a server reads it after. Nearest-in-time would pick a neighbour
         # whenever the server is slower to read than the client is to send the next one.
         if obs.side == "server":
-            pos = bisect.bisect_right(cands, (ts + CLOCK_TOLERANCE_NS, 1 << 62))
+            pos = bisect.bisect_right(cands, (ts + CLOCK_TOLERANCE_NS, 1 << 62), head)
             earliest = None  # when the burst has more exchanges than the truth left for it
-            for j in range(pos - 1, -1, -1):
+            for j in range(pos - 1, head - 1, -1):
                 t, i = cands[j]
                 if ts - t > MATCH_WINDOW_NS:
                     break
@@ -391,7 +434,7 @@ class StreamMatcher:
                         # requests that reached the wire together (one pipelined write) are
                         # read in their order: take the first of them still free
                         k = j
-                        while k > 0 and cands[k - 1][0] == t and cands[k - 1][1] not in taken:
+                        while k > head and cands[k - 1][0] == t and cands[k - 1][1] not in taken:
                             k -= 1
                         # unless the collector missed some of them (a capture budget cut
                         # the read): then the request line it did read says which
@@ -404,7 +447,7 @@ class StreamMatcher:
                     later -= 1  # left for a later exchange of the same read
                     earliest = i
             return earliest
-        pos = bisect.bisect_left(cands, (ts - CLOCK_TOLERANCE_NS, -1))
+        pos = bisect.bisect_left(cands, (ts - CLOCK_TOLERANCE_NS, -1), head)
         for j in range(pos, len(cands)):
             t, i = cands[j]
             if t - ts > MATCH_WINDOW_NS:

@@ -13,9 +13,9 @@ which changes nothing (aging reads only what observations change).
 from __future__ import annotations
 
 import heapq
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from itertools import repeat
 
 from harness.analysis.match import HORIZON_NS, ID_HEADER, StreamMatcher, Verdict
 from harness.analysis.metrics import Row, Scorer
@@ -27,6 +27,10 @@ def _start(x: Exchange) -> int:
     return x.t_start_ns or 0
 
 
+# Taken truth a feed keeps as None at its front before cutting it off (then at most half)
+_COMPACT = 4096
+
+
 class TruthFeed:
     """The truth in (start, index) order, released up to its watermark and kept until every
     stage of every row has taken it. Indexes are the truth's places in arrival order (the
@@ -35,8 +39,11 @@ class TruthFeed:
     def __init__(self, on_release: Callable[[Exchange], None]) -> None:
         self._heap: list[tuple[int, int, Exchange]] = []
         self._count = 0
-        self.items: deque[tuple[int, Exchange]] = deque()  # released, in order
+        # released, in order; what every stage took is None (a deque's indexing walks it
+        # from an end: costly in a soak's window of ~100k), cut off now and then
+        self.items: list[tuple[int, Exchange] | None] = []
         self.base = 0  # absolute position of items[0]
+        self._taken = 0  # items before it are None
         self.watermark = -END_NS  # every truth exchange starting before it is released
         self.early: list[tuple[int, Exchange]] = []  # carry the workload's id: known first
         self._on_release = on_release
@@ -72,11 +79,23 @@ class TruthFeed:
             self.items.append((i, t))
             self._on_release(t)
 
+    @property
+    def held(self) -> int:
+        """Released truth some stage has not taken yet."""
+        return len(self.items) - self._taken
+
     def trim(self, upto: int) -> None:
         """Forget what every stage has taken (positions below ``upto``)."""
-        while self.base < upto and self.items:
-            self.items.popleft()
-            self.base += 1
+        items = self.items
+        k = min(upto - self.base, len(items))
+        if k <= self._taken:
+            return
+        items[self._taken : k] = repeat(None, k - self._taken)  # as long: nothing moves
+        self._taken = k
+        if k > _COMPACT and k * 2 > len(items):
+            del items[:k]
+            self.base += k
+            self._taken = 0
 
 
 class _Stage:
@@ -102,7 +121,7 @@ class _Stage:
             k = self.pos - feed.base
             if k >= len(items):
                 return
-            i, t = items[k]
+            i, t = items[k]  # type: ignore[misc]  # not None: this stage has not taken it
             s = _start(t)
             if s > ahead:
                 return
@@ -123,7 +142,11 @@ class RowStream:
     exchanges come. ``until`` (observe): the truth that started before the observation's
     end, and what the collector saw of it, as ``replay._window`` cuts them: a first matcher
     over all the truth decides which observations belong to the window, a second scores
-    them against the truth in it. ``since``: observations that start before it are left
+    them against the truth in it. The two decide alike as long as the first has no truth
+    from after ``until`` (every observation's partner, or the observation itself if it
+    has none, starts no later than the truth it was matched among): until then the first
+    scores alone, and the second starts from a copy of it (``_split``), which halves a
+    long observation's matching. ``since``: observations that start before it are left
     out (the truth begins there)."""
 
     def __init__(
@@ -137,13 +160,28 @@ class RowStream:
         self._n = 0
         self._conns: dict[str, _Conn] = {}
         sc = self.scorer
-        if until is None:
-            self.first = _Stage(feed, StreamMatcher(sc.pair, sc.phantom), None)
-            self.second: _Stage | None = None
-        else:
-            self.second = _Stage(feed, StreamMatcher(sc.pair, sc.phantom), until)
-            m1 = StreamMatcher(self._kept_pair, self._kept_phantom, self.second.m.close_connection)
-            self.first = _Stage(feed, m1, None)
+        self.first = _Stage(feed, StreamMatcher(sc.pair, sc.phantom), None)
+        self.second: _Stage | None = None
+        self._split_pending = until is not None
+
+    def _truth_upto(self, ahead: int, now: int) -> None:
+        """The first stage's ``truth_upto``, split first if it would take truth from after
+        ``until`` (or id-carrying truth, which any observation may claim by its id)."""
+        if self._split_pending and (ahead > self.until or self.first.feed.early):  # type: ignore[operator]
+            self._split(now)
+        self.first.truth_upto(ahead)
+
+    def _split(self, now: int) -> None:
+        """From here on the first stage decides what belongs to the window and the second,
+        a copy of it, scores: ``now`` is before any observation still to come, so the copy
+        is taken with nothing pending."""
+        self._split_pending = False
+        first, sc = self.first, self.scorer
+        first.m.advance(now)
+        m2 = first.m.fork(sc.pair, sc.phantom)
+        self.second = _Stage(first.feed, m2, self.until)
+        self.second.pos, self.second._early = first.pos, first._early
+        first.m.reroute(self._kept_pair, self._kept_phantom, m2.close_connection)
 
     @property
     def held(self) -> int:
@@ -184,7 +222,7 @@ class RowStream:
         heap, first = self._heap, self.first
         while heap and heap[0][0] < limit:
             obs = heapq.heappop(heap)[3]
-            first.truth_upto(_start(obs) + HORIZON_NS)
+            self._truth_upto(_start(obs) + HORIZON_NS, _start(obs))
             first.m.add_observed(obs)
             cid = obs.conn_id
             if cid is not None and (c := self._conns.get(cid)) is not None:
@@ -196,7 +234,7 @@ class RowStream:
             return
         # nothing before `limit` comes any more: age the truth now, not at the next
         # observation (a row that sees nothing for a while would hold it all)
-        first.truth_upto(limit + HORIZON_NS)
+        self._truth_upto(limit + HORIZON_NS, limit)
         first.m.advance(limit)
         if self.second is not None:
             self.second.truth_upto(limit + HORIZON_NS)

@@ -349,7 +349,7 @@ class Http1Parser:
         self._last_ts = seg.ts_ns
         if (
             self._state is _State.SCAN and self._synced and not self._buf and seg.data
-            and seg.orig_len == len(seg.data) and not self._skip_pending
+            and not self._skip_pending
             and not self._emit_body and not self._tunnel_next and self._whole(seg)
         ):  # fmt: skip
             return self._events
@@ -488,9 +488,14 @@ class Http1Parser:
     def _whole(self, seg: Segment) -> bool:
         """The common case of keep-alive traffic, without the state machine: ``seg`` arrives
         between messages and holds exactly one whole message framed by its length (or with
-        no body). Emits what the general path would for it and says True; says False having
-        changed nothing whenever anything is otherwise (the general path then runs)."""
+        no body), its body's end possibly cut by the capture (the kernel side skips bodies
+        it need not see). Emits what the general path would for it and says True; says
+        False having changed nothing whenever anything is otherwise (the general path then
+        runs)."""
         data = seg.data
+        size = seg.orig_len
+        if size < len(data):
+            return False
         request = self.kind == "request"
         m = (_REQUEST_LINE if request else _STATUS_LINE).match(data)
         if m is None:
@@ -506,7 +511,7 @@ class Http1Parser:
         ts = seg.ts_ns
         if request:
             body = length or 0
-            if chunked is not False or h.end() + body != len(data):
+            if chunked is not False or h.end() + body != size:
                 return False
             head: Event = RequestHeadersParsed(first, second, version, headers, ts)
         else:
@@ -526,7 +531,7 @@ class Http1Parser:
                 return False
             else:
                 body = length
-            if h.end() + body != len(data):
+            if h.end() + body != size:
                 return False
             method, matched, unanswered, unpaired = self._pair(ts)
             head = ResponseHeadersParsed(status, second, version, headers, ts, method, matched,
@@ -534,7 +539,9 @@ class Http1Parser:
         self._resync_reason = "garbage"
         self._base += len(data)
         self.stats.messages += 1
-        self._events = [head, MessageCompleted(body, 0, ts, [], None)]
+        cut = size - len(data)  # of the body (the head is all in data)
+        self.stats.truncated_bytes += cut
+        self._events = [head, MessageCompleted(body, cut, ts, [], None)]
         return True
 
     def _mark_garbage(self) -> None:
