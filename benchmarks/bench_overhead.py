@@ -909,9 +909,7 @@ def _at_rate(name: str, c: dict[str, Any], res: RunResult) -> dict[str, Any]:
     x["bpf_ns_per_exchange"] = 1e9 * (bpf_s - others_s) / res.exchanges
     x["context_switches_per_1k"] = 1000 * c["context_switches"] / res.exchanges
     w = c["wall_s"]
-    x["threads"] = {t: {"cpu_ns": v["cpu_ns"], "process_pct": 100 * v["cpu_ns"] / 1e9 / w,
-                        "context_switches_per_s": v["context_switches"] / w}
-                    for t, v in c["threads"].items()}  # fmt: skip
+    x["threads"] = oh.thread_shares(c["threads"], w)
     idle = c.get("idle")
     if idle:
         idle_bpf = sum(p["run_time_ns"] for p in res.idle_programs if p["collector"] == name)

@@ -314,9 +314,17 @@ def idle_share(cpu_ns: int, bpf_ns: float, wall_s: float, context_switches: int,
     return {"wall_s": wall_s, "cpu_ns": cpu_ns, "process_pct": 100 * cpu_ns / 1e9 / wall_s,
             "bpf_pct": 100 * bpf_ns / 1e9 / wall_s,
             "context_switches_per_s": context_switches / wall_s,
-            "threads": {n: {"process_pct": 100 * t["cpu_ns"] / 1e9 / wall_s,
-                            "context_switches_per_s": t["context_switches"] / wall_s}
-                        for n, t in threads.items()}}  # fmt: skip
+            "threads": thread_shares(threads, wall_s)}  # fmt: skip
+
+
+def thread_shares(
+    threads: Mapping[str, Mapping[str, int]], wall_s: float
+) -> dict[str, dict[str, float]]:
+    """Each named thread's on-CPU ns and context switches over ``wall_s`` (> 0), as % of one
+    core and wake-ups per second."""
+    return {n: {"cpu_ns": t["cpu_ns"], "process_pct": 100 * t["cpu_ns"] / 1e9 / wall_s,
+                "context_switches_per_s": t["context_switches"] / wall_s}
+            for n, t in threads.items()}  # fmt: skip
 
 
 # The workloads' client and server are pinned to one CPU each: added kernel work per exchange
