@@ -444,6 +444,8 @@ def decode_steps(
 
     newest = 0  # the latest event time read
     dir_send = d["PB_DIR_SEND"]
+    # the named tuple's _make without its Python frame (15 M events in a soak's replay)
+    new_event = tuple.__new__
     for rtype, rec in ef.records():
         if rtype == NOTE:
             assert isinstance(rec, dict)
@@ -478,7 +480,7 @@ def decode_steps(
             # the fixed part read in place (a ctypes copy padded to the whole struct cost
             # a 16 KiB allocation per event)
             fixed = rec if len(rec) >= data_min else bytes(rec).ljust(data_min, b"\0")
-            ev = as_event._make(unpack_data.unpack_from(fixed))
+            ev = new_event(as_event, unpack_data.unpack_from(fixed))
             payload = bytes(rec[data_off : data_off + ev.cap_len])
             if ev.ts_ns > newest:
                 newest = ev.ts_ns
@@ -533,7 +535,6 @@ def decode_steps(
                     conn.last_ts[i] = ev.ts_ns
             else:
                 conn = check_seq(conn, ev, i)
-            pkey = (ev.tgid, ev.fd, direction, ev.tid, ev.ts_ns)
             first = ev.offset == 0 if legacy else ev.part == 0
             if first:
                 same = pending_of.get(key3 := (ev.tgid, ev.fd, direction))
@@ -545,11 +546,16 @@ def decode_steps(
                 if not legacy and ev.cap_len == ev.orig_len:
                     # captured whole in its first event, so it has no other (the kernel
                     # emits a call's pieces only for bytes not yet emitted): placed now
-                    take(conn, i == 0, [Segment(ev.ts_ns, payload, ev.orig_len)])
+                    seg = Segment(ev.ts_ns, payload, ev.orig_len)
+                    if conn.http1 is not None and conn.h1_since is None:
+                        conn.http1.add(i == 0, seg)  # take's common case, inline
+                    else:
+                        take(conn, i == 0, [seg])
                 else:
+                    pkey = (ev.tgid, ev.fd, direction, ev.tid, ev.ts_ns)
                     pending[pkey] = _Call(conn, direction, ev.ts_ns, ev.orig_len, [(0, payload)])
                     same[pkey] = None
-            elif (call := pending.get(pkey)) is None:
+            elif (call := pending.get((ev.tgid, ev.fd, direction, ev.tid, ev.ts_ns))) is None:
                 st.lost_call_starts += 1
             elif legacy:
                 call.parts.append((ev.offset, payload))
