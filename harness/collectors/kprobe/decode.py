@@ -156,7 +156,7 @@ def _final(x: Exchange, seen_until: int) -> bool:
         x.t_end_ns is None or x.t_end_ns <= seen_until)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Call:
     """A syscall's events gathered so far (a call's events can interleave with others')."""
 
@@ -230,7 +230,7 @@ def decode_steps(
     ``handover``, HTTP/1 connections stitched while read whose addresses came with their
     open hand their exchanges over (``handover.ready``) once nothing later can change
     them, so a replay need not hold them; the connections returned then hold none."""
-    ef = read_event_file(path)
+    ef = read_event_file(path, check=False)  # checked as read: one pass, not two
     if ef.header.get("format", FORMAT) != FORMAT:
         raise RunDirError(f"{path} is not a {FORMAT} recording (header says "
                           f"{ef.header.get('format')!r})")  # fmt: skip
@@ -248,7 +248,7 @@ def decode_steps(
     data_kind = d["PB_EV_DATA"]
     kind_off = hdr.offset("pb_conn_event", "kind")
     ce_size = ctypes.sizeof(CE)
-    st = DecodeStats(truncated_tail_bytes=ef.truncated_tail_bytes, legacy_layout=legacy)
+    st = DecodeStats(legacy_layout=legacy)  # truncated_tail_bytes: once read to the end
     live: dict[tuple[int, int], Connection] = {}
     answers: dict[tuple[int, int, int], dict[str, Any]] = {}
     # simulated late attach: what sock_diag would have answered for sockets opened before it
@@ -268,11 +268,17 @@ def decode_steps(
         del pending_of[key[:3]][key]
         segs = call_segments(call.ts, call.orig, call.parts)
         conn = call.conn
-        unseen = sum(s.orig_len - len(s.data) for s in segs)
+        unseen = 0
+        for s in segs:
+            unseen += s.orig_len - len(s.data)
         if unseen:
             conn.truncated_bytes += unseen
             st.truncated_bytes += unseen
-        take(conn, call.direction == "send", segs)
+        if conn.http1 is not None and conn.h1_since is None:  # take's common case, inline
+            for s in segs:
+                conn.http1.add(call.direction == "send", s)
+        else:
+            take(conn, call.direction == "send", segs)
 
     def take(conn: Connection, sent: bool, segs: list[Segment]) -> None:
         """A call's segments, in its direction's order, to its connection."""
@@ -624,6 +630,7 @@ def decode_steps(
         st.connections += 1
         if handover is not None:
             opened(key)
+    st.truncated_tail_bytes = ef.truncated_tail_bytes
     for pkey in list(pending):
         flush_call(pkey)
     for conn in live.values():
@@ -819,6 +826,15 @@ def call_segments(ts: int, orig: int, parts: list[tuple[int, bytes]]) -> list[Se
         data = parts[0][1]
         if len(data) <= orig:
             return [Segment(ts, bytes(data), orig)]
+    elif parts[0][0] == 0:  # the next: pieces in order with no gap (a read's chunks)
+        end = 0
+        for off, data in parts:
+            if off != end:
+                break
+            end += len(data)
+        else:
+            if end <= orig:
+                return [Segment(ts, b"".join([data for _off, data in parts]), orig)]
     segs: list[Segment] = []
     runs: list[tuple[int, bytearray]] = []
     for off, data in sorted(parts, key=lambda p: p[0]):
