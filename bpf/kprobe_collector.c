@@ -2050,19 +2050,15 @@ static __always_inline int stash_call(void *ctx, struct data_args *a, u64 id, lo
  * saved at the syscall's entry (a syscall returns its value in ax and leaves the
  * argument registers as they were). 0: unreadable. */
 static __always_inline int exit_args(struct data_args *a) {
-    u64 regs = (u64)bpf_task_pt_regs((struct task_struct *)bpf_get_current_task_btf());
+    /* the registers as kernel BTF types them: plain loads, no helper call per read */
+    struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(
+        (struct task_struct *)bpf_get_current_task_btf());
+    if (!regs) return 0;
     u64 fd, ptr, n;
 #ifdef bpf_target_x86
-    /* the three argument registers lie together, in reverse: one small read */
-    struct { u64 dx, si, di; } r;
-    _Static_assert(offsetof(struct pt_regs, si) == offsetof(struct pt_regs, dx) + 8 &&
-                   offsetof(struct pt_regs, di) == offsetof(struct pt_regs, dx) + 16,
-                   "x86-64 pt_regs: dx, si, di");
-    if (bpf_probe_read_kernel(&r, sizeof(r), (void *)(regs + offsetof(struct pt_regs, dx))) < 0)
-        return 0;
-    fd = r.di;
-    ptr = r.si;
-    n = r.dx;
+    fd = regs->di;
+    ptr = regs->si;
+    n = regs->dx;
 #else
 /* elsewhere the return value may overwrite the first argument's register (arm64: x0) */
 #error "PB_EXIT_ARGS reads x86-64's saved argument registers: set it on x86-64 only"
