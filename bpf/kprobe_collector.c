@@ -2,7 +2,7 @@
  * functions (PB_KPROBES=1) (the seed article's "kprobe" approach), compiled by
  * bcc. Settings arrive as -D cflags, never by editing this text: PB_FILTER_TGID,
  * PB_FILTER_PORTS, PB_SELF_TGID, PB_CHUNK, PB_CALL_LIMIT, PB_H2_BODY_LIMIT,
- * PB_RINGBUF_PAGES, PB_MAX_CONNS, PB_KPROBES, PB_TASK_STORAGE, PB_EXIT_ARGS, PB_SEND_EXIT.
+ * PB_RINGBUF_PAGES, PB_MAX_CONNS, PB_KPROBES, PB_TASK_STORAGE, PB_EXIT_ARGS.
  *
  * Kernel side does only: connection table, protocol inference, copy bytes.
  * Parsing and stitching happen in replay (user space), from the raw records. */
@@ -30,16 +30,6 @@
 #endif
 #if PB_EXIT_ARGS && !PB_TASK_STORAGE
 #error "PB_EXIT_ARGS needs PB_TASK_STORAGE (bpf_get_current_task_btf)"
-#endif
-#ifndef PB_SEND_EXIT
-/* 1 (with PB_EXIT_ARGS): sends too are read at their exit alone, no enter program, and
- * timed when they return. Off by default: replay orders a connection's two directions
- * by time, and a send timed at its return can come after a reply another thread has
- * already read (the sender preempted between its packet and its return). */
-#define PB_SEND_EXIT 0
-#endif
-#if PB_SEND_EXIT && !PB_EXIT_ARGS
-#error "PB_SEND_EXIT needs PB_EXIT_ARGS"
 #endif
 #ifndef PB_MAX_CONNS
 #define PB_MAX_CONNS 65536
@@ -2075,9 +2065,9 @@ static __always_inline int exit_args(struct data_args *a) {
 #endif
     a->fd = (s32)fd;
     a->buf = ptr;
-    if (a->syscall == PB_SC_READV || a->syscall == PB_SC_WRITEV) {
+    if (a->syscall == PB_SC_READV) {
         a->iovcnt = (u32)n;
-    } else if (a->syscall == PB_SC_RECVMSG || a->syscall == PB_SC_SENDMSG) {
+    } else if (a->syscall == PB_SC_RECVMSG) {
         /* the kernel writes back a msghdr's lengths and flags, never msg_iov/msg_iovlen */
         struct user_msghdr m = {};
         if (bpf_probe_read_user(&m, sizeof(m), (void *)ptr) < 0) return 0;
@@ -2097,11 +2087,10 @@ static __always_inline int on_data_exit(void *ctx, long ret, u8 sc, u8 dir) {
     if (!data_hit(id >> 32)) return 0;  /* others: no lookup when the list is inline */
     if (ret <= 0) prof_add(PB_PROF_EMPTY_CALLS, 1);
 #if PB_EXIT_ARGS
-    if (dir == PB_DIR_RECV || PB_SEND_EXIT) {
+    if (dir == PB_DIR_RECV) {
         if (ret <= 0) return 0;
         struct data_args a = {.enter_ns = 1, .syscall = sc, .dir = dir};
         if (!exit_args(&a)) return 0;
-        if (dir == PB_DIR_SEND) a.enter_ns = bpf_ktime_get_ns();  /* PB_SEND_EXIT */
         return stash_call(ctx, &a, id, ret);
     }
 #endif
@@ -2156,16 +2145,13 @@ TRACEPOINT_PROBE(syscalls, sys_exit_read) { return on_data_exit(args, args->ret,
 TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom) { return on_data_exit(args, args->ret, PB_SC_RECVFROM, PB_DIR_RECV); }
 TRACEPOINT_PROBE(syscalls, sys_exit_readv) { return on_data_exit(args, args->ret, PB_SC_READV, PB_DIR_RECV); }
 TRACEPOINT_PROBE(syscalls, sys_exit_recvmsg) { return on_data_exit(args, args->ret, PB_SC_RECVMSG, PB_DIR_RECV); }
-/* sends: with PB_SEND_EXIT, the exit alone */
-#if !PB_SEND_EXIT
 TRACEPOINT_PROBE(syscalls, sys_enter_write) { return on_data_enter(PB_SC_WRITE, PB_DIR_SEND, args->fd, (u64)args->buf, 0); }
-TRACEPOINT_PROBE(syscalls, sys_enter_sendto) { return on_data_enter(PB_SC_SENDTO, PB_DIR_SEND, args->fd, (u64)args->buff, 0); }
-TRACEPOINT_PROBE(syscalls, sys_enter_writev) { return on_data_enter(PB_SC_WRITEV, PB_DIR_SEND, args->fd, (u64)args->vec, args->vlen); }
-TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg) { return on_msg_enter(PB_SC_SENDMSG, PB_DIR_SEND, args->fd, (u64)args->msg); }
-#endif
 TRACEPOINT_PROBE(syscalls, sys_exit_write) { return on_data_exit(args, args->ret, PB_SC_WRITE, PB_DIR_SEND); }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendto) { return on_data_enter(PB_SC_SENDTO, PB_DIR_SEND, args->fd, (u64)args->buff, 0); }
 TRACEPOINT_PROBE(syscalls, sys_exit_sendto) { return on_data_exit(args, args->ret, PB_SC_SENDTO, PB_DIR_SEND); }
+TRACEPOINT_PROBE(syscalls, sys_enter_writev) { return on_data_enter(PB_SC_WRITEV, PB_DIR_SEND, args->fd, (u64)args->vec, args->vlen); }
 TRACEPOINT_PROBE(syscalls, sys_exit_writev) { return on_data_exit(args, args->ret, PB_SC_WRITEV, PB_DIR_SEND); }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg) { return on_msg_enter(PB_SC_SENDMSG, PB_DIR_SEND, args->fd, (u64)args->msg); }
 TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg) { return on_data_exit(args, args->ret, PB_SC_SENDMSG, PB_DIR_SEND); }
 #else
 /* Not auto-attached (no kprobe__ prefix): the recorder attaches each
@@ -2198,15 +2184,12 @@ int pb_sysexit__read(struct pt_regs *ctx) { return on_data_exit(ctx, PB_RET, PB_
 int pb_sysexit__recvfrom(struct pt_regs *ctx) { return on_data_exit(ctx, PB_RET, PB_SC_RECVFROM, PB_DIR_RECV); }
 int pb_sysexit__readv(struct pt_regs *ctx) { return on_data_exit(ctx, PB_RET, PB_SC_READV, PB_DIR_RECV); }
 int pb_sysexit__recvmsg(struct pt_regs *ctx) { return on_data_exit(ctx, PB_RET, PB_SC_RECVMSG, PB_DIR_RECV); }
-/* sends: with PB_SEND_EXIT, the exit alone */
-#if !PB_SEND_EXIT
 int pb_sysenter__write(struct pt_regs *ctx) { PB_SYSREGS; return on_data_enter(PB_SC_WRITE, PB_DIR_SEND, PB_A1, PB_A2, 0); }
-int pb_sysenter__sendto(struct pt_regs *ctx) { PB_SYSREGS; return on_data_enter(PB_SC_SENDTO, PB_DIR_SEND, PB_A1, PB_A2, 0); }
-int pb_sysenter__writev(struct pt_regs *ctx) { PB_SYSREGS; return on_data_enter(PB_SC_WRITEV, PB_DIR_SEND, PB_A1, PB_A2, PB_A3); }
-int pb_sysenter__sendmsg(struct pt_regs *ctx) { PB_SYSREGS; return on_msg_enter(PB_SC_SENDMSG, PB_DIR_SEND, PB_A1, PB_A2); }
-#endif
 int pb_sysexit__write(struct pt_regs *ctx) { return on_data_exit(ctx, PB_RET, PB_SC_WRITE, PB_DIR_SEND); }
+int pb_sysenter__sendto(struct pt_regs *ctx) { PB_SYSREGS; return on_data_enter(PB_SC_SENDTO, PB_DIR_SEND, PB_A1, PB_A2, 0); }
 int pb_sysexit__sendto(struct pt_regs *ctx) { return on_data_exit(ctx, PB_RET, PB_SC_SENDTO, PB_DIR_SEND); }
+int pb_sysenter__writev(struct pt_regs *ctx) { PB_SYSREGS; return on_data_enter(PB_SC_WRITEV, PB_DIR_SEND, PB_A1, PB_A2, PB_A3); }
 int pb_sysexit__writev(struct pt_regs *ctx) { return on_data_exit(ctx, PB_RET, PB_SC_WRITEV, PB_DIR_SEND); }
+int pb_sysenter__sendmsg(struct pt_regs *ctx) { PB_SYSREGS; return on_msg_enter(PB_SC_SENDMSG, PB_DIR_SEND, PB_A1, PB_A2); }
 int pb_sysexit__sendmsg(struct pt_regs *ctx) { return on_data_exit(ctx, PB_RET, PB_SC_SENDMSG, PB_DIR_SEND); }
 #endif

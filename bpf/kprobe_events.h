@@ -133,7 +133,7 @@ struct pb_conn_event {
 };
 
 struct pb_data_event {
-    u64 ts_ns;    /* send: when the call began (PB_SEND_EXIT: returned); receive: when it returned */
+    u64 ts_ns;    /* send: when the call began; receive: when it returned */
     u32 tgid;
     u32 tid;
     s32 fd;

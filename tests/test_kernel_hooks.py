@@ -66,36 +66,6 @@ def test_kprobe_mode_programs_pass_the_verifier(tmp_path: Path) -> None:
         bpf.cleanup()
 
 
-@pytest.mark.bpf
-@pytest.mark.parametrize("mode", ["tracepoints", "kprobes"])
-def test_sends_read_at_exit_pass_the_verifier(tmp_path: Path, mode: str,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """PROBEBENCH_SEND_TS=exit (PB_SEND_EXIT): sends read at their exit too, no enter hook for
-    any data call; the exits and the walkers still load, behind either context."""
-    monkeypatch.setenv(hooks.SEND_TS_ENV, "exit")
-    rec = Recorder(tmp_path / "k.bin", [1], [9], kernel_hooks="tracepoints")
-    assert rec.defines["PB_SEND_EXIT"] == 1
-    rec.kernel_hooks = mode
-    rec.defines["PB_KPROBES"] = int(mode == "kprobes")
-    bpf = compile_program("kprobe_collector.c", rec.defines)
-    try:
-        rec._load_walkers(bpf)
-        lib = load_bcc().lib
-        names = {lib.bpf_function_name(bpf.module, i)
-                 for i in range(lib.bpf_num_functions(bpf.module))}  # fmt: skip
-        data = hooks.RECEIVES + hooks.SENDS
-        if mode == "kprobes":
-            assert not names & {hooks.ENTER + n for n in data}
-            assert all(bpf.load_func(hooks.EXIT + n, bpf.KPROBE).fd > 0 for n in data)
-        else:
-            tps = {n.decode() for n in bpf.tracepoint_fds}
-            assert not [t for t in tps if t.startswith("syscalls:sys_enter_")
-                        and t.split("sys_enter_")[1].encode() in data]  # fmt: skip
-            assert {f"syscalls:sys_exit_{n.decode()}" for n in data} <= tps
-    finally:
-        bpf.cleanup()
-
-
 def test_kprobes_refused_before_anything_starts(monkeypatch: pytest.MonkeyPatch,
                                                 tmp_path: Path) -> None:
     from harness.runner.record import RunSpec, record

@@ -58,18 +58,6 @@ def exit_args() -> bool:
     return VMLINUX.exists() and kernel_at_least(5, 15) and os.uname().machine == "x86_64"
 
 
-# the sends, whose enter hook PB_SEND_EXIT leaves out too
-SENDS = (b"write", b"sendto", b"writev", b"sendmsg")
-SEND_TS_ENV = "PROBEBENCH_SEND_TS"
-
-
-def send_at_exit() -> bool:
-    """Whether sends are to be read and timed at their exit alone (PB_SEND_EXIT, with
-    exit_args()): PROBEBENCH_SEND_TS=exit. Off by default: replay orders a connection's
-    two directions by time, and a send timed at its return can follow the reply to it."""
-    return os.environ.get(SEND_TS_ENV) == "exit"
-
-
 def hook_modes() -> dict[str, str | None]:
     """Each mode -> None if this kernel supports it, else why not (one sentence)."""
     tp = None if (TRACEFS / "events/syscalls").is_dir() else (

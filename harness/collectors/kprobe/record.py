@@ -111,9 +111,6 @@ class Recorder:
             self.defines["PB_TASK_STORAGE"] = 1  # bpf_get_current_task_btf needs kernel BTF
             # receives' arguments read at their exit: no enter program for them
             self.defines["PB_EXIT_ARGS"] = int(hooks.exit_args())
-            # sends read and timed at their exit too (no enter program): an experiment
-            # (bpf/kprobe_collector.c, PB_SEND_EXIT), off unless asked for
-            self.defines["PB_SEND_EXIT"] = int(hooks.exit_args() and hooks.send_at_exit())
         if 0 < len(tgids) <= INLINE_TGIDS:
             self.defines["PB_TGID_LIST"] = ",".join(str(t) for t in tgids)
         self.ev_exit = d["PB_EV_EXIT"]
