@@ -180,7 +180,8 @@ def _close_delimited(ls: socket.socket, port: int) -> None:
 def _exchanges(conn: Connection) -> list[tuple[str | None, str | None, int | None, int | None]]:
     xs, _ = stitch_http1(conn.send, conn.recv, side=conn.role, closed_ns=conn.closed_ns,
                          source="kprobe", from_start=conn.from_start)  # fmt: skip
-    assert all(not x.degraded for x in xs), [(x.path, x.degraded) for x in xs]
+    assert all(not x.degraded for x in xs), [(k, len(xs), x.path, x.degraded)
+                                             for k, x in enumerate(xs) if x.degraded]  # fmt: skip
     return [(x.method, x.path, x.status, x.resp_bytes) for x in xs]
 
 
