@@ -161,6 +161,7 @@ def tls_stream(
     live: dict[int, _Live] = {}  # id(connection) -> streamed connection, until it ends
     streamed: set[int] = set()  # id(connection): ever streamed
     waiting: list[TlsConnection] = []  # its directions have not both begun
+    ignored: list[TlsConnection] = []  # no role: its calls are let go as they come
     pin = STREAM_END_NS  # the earliest start of a connection stitched at the end
     seen = 0  # connections looked at
     streams_of: dict[int, set[int]] = {}
@@ -184,11 +185,15 @@ def tls_stream(
                 _count(st, proto)
                 live[id(conn)] = _Live(conn, role, proto, out)
                 streamed.add(id(conn))
-            elif role is None or not conn.seen_from_start():  # stitched whole at the end
-                pin = min(pin, conn.first_ns) if role is not None else pin
+            elif role is None:  # of no port of the run: counted at the end, bytes unused
+                ignored.append(conn)
+            elif not conn.seen_from_start():  # stitched whole at the end
+                pin = min(pin, conn.first_ns)
             else:
                 still.append(conn)  # a direction has not begun
         waiting = still
+        for conn in ignored:
+            conn.calls = [{}, {}]
         bound = newest - SLACK_NS
         marks = [bound, pin, *(c.first_ns for c in waiting)]
         for k, lc in list(live.items()):
