@@ -120,7 +120,20 @@ RawField = tuple[int, int, Str, Str]
 # (tgid, address, length) -> the bytes some record carried with that address, or None when
 # two records disagree (the address meant different bytes: never trusted)
 Strings = dict[tuple[int, int, int], bytes | None]
-Part = tuple[Any, list[RawField], bool]  # one header record: event, its fields, all there
+@dataclass(slots=True, frozen=True)
+class PartHead:
+    """What a block's build reads of one header record's fixed part (the record's ctypes
+    copy is 32 KiB: held for every part until the end, a 120k-call recording's needed
+    23 GB)."""
+
+    part: int
+    first: int
+    count: int
+    nfields: int
+    flags: int
+
+
+Part = tuple[PartHead, list[RawField], bool]  # one header record: head, its fields, all there
 
 
 def blob_fields(
@@ -301,7 +314,8 @@ def decode_steps(
             if slot is None:
                 slot = pending[bkey] = _Slot(bkey, seen, [])
                 fifo.append(slot)  # the block takes its first part's place
-            slot.parts.append((ev, fields, whole))
+            slot.parts.append(
+                (PartHead(ev.part, ev.first, ev.count, ev.nfields, ev.flags), fields, whole))
             if ev.flags & last_flag:
                 slot.seen, slot.last = seen, True
                 del pending[bkey]
