@@ -1471,23 +1471,11 @@ static __always_inline int h1_request_line(struct h1_scan *s) {
            s->buf[(e - 2) & H1_MASK] == '\r';
 }
 
-/* At s->buf[0, n): with crlf, the CRLF ending a chunk's data (a writer may send it
- * alone); else a chunk-size line, hex size CRLF, and after the last chunk's (size 0)
- * the empty line ending the message (trailers are not framed here). Sets s->end to
- * the bytes taken, s->digits to the size's (0: the CRLF) and s->cl to the size;
- * s->end 0: not that, or cut. */
-static __always_inline void h1_chunk_line(struct h1_scan *s, u8 crlf) {
-    s->end = 0;
-    s->cl = 0;
-    s->digits = 0;
-    s->bad = 0;
-    s->cut = 0;
-    s->o = 0;
-    if (crlf) {
-        if (s->n >= 2 && s->buf[0] == '\r' && s->buf[1] == '\n') s->end = 2;
-        s->cut = s->n == 1 && s->buf[0] == '\r';
-        return;
-    }
+/* At s->buf[s->o, n): a chunk-size line, hex size CRLF, and after the last chunk's (size
+ * 0) the empty line ending the message (trailers are not framed here). Sets s->end to
+ * where it ends, s->digits to the size's and s->cl to the size; s->end 0: not that, or
+ * cut (s->cut). */
+static __always_inline void h1_size_line(struct h1_scan *s) {
     int i;
 #pragma clang loop unroll(disable)
     for (i = 0; i < 8; i++) {
@@ -1519,6 +1507,35 @@ static __always_inline void h1_chunk_line(struct h1_scan *s, u8 crlf) {
         o += 2;
     }
     s->end = o;
+}
+
+/* At s->buf[0, n): with crlf, the CRLF ending a chunk's data (a writer may send it
+ * alone), and the next size line with it when that is whole here (one step where there
+ * were two); else a size line (h1_size_line). Sets s->end to the bytes taken, s->digits
+ * to the size's (0: the CRLF alone) and s->cl to the size; s->end 0: not that, or cut. */
+static __always_inline void h1_chunk_line(struct h1_scan *s, u8 crlf) {
+    s->end = 0;
+    s->cl = 0;
+    s->digits = 0;
+    s->bad = 0;
+    s->cut = 0;
+    s->o = 0;
+    if (crlf) {
+        if (s->n < 2 || s->buf[0] != '\r' || s->buf[1] != '\n') {
+            s->cut = s->n == 1 && s->buf[0] == '\r';
+            return;
+        }
+        s->o = 2;
+        h1_size_line(s);
+        if (!s->end) {  /* the size line is not whole here: the CRLF alone */
+            s->end = 2;
+            s->cl = 0;
+            s->digits = 0;
+            s->cut = 0;
+        }
+        return;
+    }
+    h1_size_line(s);
 }
 
 /* The direction a call went is the connection's request direction. */
@@ -1673,10 +1690,10 @@ int h1_walk_fn(void *ctx) {
         prof_add(PB_PROF_H1_SCAN_RUNS, 1);
         h1_scan_step(s);
         if (!s->end && H1_WANTS_SLICE(s)) h1_read_slice(s, buf + w->pos);
-        /* the scan goes on, or its outcome is decided, in a fresh run: a run that
-         * scans leaves the verifier few paths to follow past its loop */
-        if (s->end || s->o >= s->n) w->scanning = H1_SCANNED;
-        walkers.call(ctx, PB_TC_H1);
+        /* a head scanned to its end is decided in this run (a call that is one small
+         * message costs one run); a longer scan goes on in a fresh run */
+        if (s->end || s->o >= s->n) mode = H1_SCANNED;
+        else walkers.call(ctx, PB_TC_H1);
     }
     struct conn_info *c = conns.lookup(&dc->key);
     if (!c) {
@@ -1741,10 +1758,12 @@ int h1_walk_fn(void *ctx) {
                 w->pos = orig;
                 if (!d->rem) d->state = H1_MSG;
             }
-            /* the next message (or this one's body) in a fresh run */
-            if (w->pos < orig) walkers.call(ctx, PB_TC_H1);
+            /* this message's body (or the next message) in this run, below */
+            mode = 0;
         }
-    } else {
+    }
+    H2_JOIN();
+    if (mode == 0 && w->pos < orig) {
         if (d->state == H1_BODY || d->state == H1_CDATA) {
             u32 k = orig - (u32)w->pos;
             if (d->rem < k) k = d->rem;
@@ -2031,19 +2050,15 @@ static __always_inline int stash_call(void *ctx, struct data_args *a, u64 id, lo
  * saved at the syscall's entry (a syscall returns its value in ax and leaves the
  * argument registers as they were). 0: unreadable. */
 static __always_inline int exit_args(struct data_args *a) {
-    u64 regs = (u64)bpf_task_pt_regs((struct task_struct *)bpf_get_current_task_btf());
+    /* the registers as kernel BTF types them: plain loads, no helper call per read */
+    struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(
+        (struct task_struct *)bpf_get_current_task_btf());
+    if (!regs) return 0;
     u64 fd, ptr, n;
 #ifdef bpf_target_x86
-    /* the three argument registers lie together, in reverse: one small read */
-    struct { u64 dx, si, di; } r;
-    _Static_assert(offsetof(struct pt_regs, si) == offsetof(struct pt_regs, dx) + 8 &&
-                   offsetof(struct pt_regs, di) == offsetof(struct pt_regs, dx) + 16,
-                   "x86-64 pt_regs: dx, si, di");
-    if (bpf_probe_read_kernel(&r, sizeof(r), (void *)(regs + offsetof(struct pt_regs, dx))) < 0)
-        return 0;
-    fd = r.di;
-    ptr = r.si;
-    n = r.dx;
+    fd = regs->di;
+    ptr = regs->si;
+    n = regs->dx;
 #else
 /* elsewhere the return value may overwrite the first argument's register (arm64: x0) */
 #error "PB_EXIT_ARGS reads x86-64's saved argument registers: set it on x86-64 only"
