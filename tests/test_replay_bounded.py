@@ -236,3 +236,88 @@ def test_truth_held_for_a_lost_connection_goes(closed: bool) -> None:
         assert any(h for t, h in held if 2_100 * MS < t < 60_000 * MS)
         assert not any(h for t, h in held if t > 60_100 * MS)
     assert m.retained()["truth"] <= 2 * HORIZON_NS // (100 * MS) + 10
+
+
+class _NeverNone(dict):  # type: ignore[type-arg]
+    """A free count that always says there may be some: _find then looks every time."""
+
+    def get(self, key: object, default: object = None) -> object:
+        return 1
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_a_connection_with_nothing_free_skips_the_search_and_decides_alike(seed: int) -> None:
+    """Truth the collector missed, observations the truth missed (a collector that outlives
+    the capture), ids that outlive the window, a port reused: the count of free candidates
+    that lets _find return at once never says none while one is free (the same verdicts
+    as searching every time), and the observations after the capture's end are phantoms."""
+    import random
+
+    from harness.analysis.match import ID_HEADER
+
+    rnd = random.Random(seed)
+    truth: list[Exchange] = []
+    seen: list[Exchange] = []
+    for k in range(3_000):
+        port, t = 1000 + k % 3, k * MS // 2
+        seq = k // 3 + (100_000 if k > 2_000 else 0)  # the port reused on a new connection
+        x = _x("truth", t, port, seq, path=f"/{k}", end=t + MS // 4)
+        if k < 2_400 and rnd.random() < 0.9:  # the capture ends at 2,400
+            if rnd.random() < 0.05:
+                x.req_headers[ID_HEADER] = f"id{k}"
+            truth.append(x)
+        if ID_HEADER in x.req_headers and x in truth and rnd.random() < 0.5:
+            # no address: claimed by its id, after the truth aged out of the window
+            o = _x("kprobe", t + 3 * HORIZON_NS, port, seq, path=f"/{k}")
+            o.client_port = o.server_port = o.conn_id = None
+            o.req_headers[ID_HEADER] = x.req_headers[ID_HEADER]
+            seen.append(o)
+        elif rnd.random() < 0.9:
+            o = _x("kprobe", t + rnd.randrange(0, 80_000), port, seq, path=f"/{k}")
+            o.side = "server" if rnd.random() < 0.7 else "client"  # type: ignore[assignment]
+            o.conn_id = f"c{port}-{k > 2_000}"
+            seen.append(o)
+
+    def verdicts(search_always: bool) -> tuple[list[tuple[int, int]], list[int]]:
+        pairs: list[Verdict] = []
+        phantoms: list[Exchange] = []
+        real = StreamMatcher.__init__
+
+        def init(self: StreamMatcher, *a: object, **kw: object) -> None:
+            real(self, *a, **kw)  # type: ignore[arg-type]
+            if search_always:
+                self._free = _NeverNone()
+
+        StreamMatcher.__init__ = init  # type: ignore[method-assign]
+        try:
+            from harness.analysis.match import match_into
+
+            match_into(truth, seen, pairs.append, phantoms.append)
+        finally:
+            StreamMatcher.__init__ = real  # type: ignore[method-assign]
+        return (sorted((id(v.truth), id(v.observed)) for v in pairs),
+                sorted(id(x) for x in phantoms))  # fmt: skip
+
+    fast, slow = verdicts(False), verdicts(True)
+    assert fast == slow
+    assert len(fast[0]) > 1_500 and len(fast[1]) > 400
+
+
+def test_truth_an_id_keeps_past_the_window_still_counts_as_free_until_taken() -> None:
+    """Truth with an id ages out of its connection's list while free, yet stays claimable
+    by that id: it leaves the free count only when taken, so the connection's other free
+    truth is still found (a count that dropped it twice would call that one a phantom)."""
+    from harness.analysis.match import ID_HEADER
+
+    a = _x("truth", 0, 5, 0)
+    a.req_headers[ID_HEADER] = "a"
+    b, c = _x("truth", 2_900 * MS, 5, 1), _x("truth", 2_500 * MS, 6, 0)
+    by_id = _x("kprobe", 3_000 * MS, 5, 0)
+    by_id.client_port = by_id.server_port = by_id.conn_id = None
+    by_id.req_headers[ID_HEADER] = "a"
+    seen = [_x("kprobe", 2_500 * MS + 50_000, 6, 0),  # ages a out: another connection
+            by_id, _x("kprobe", 3_000 * MS + 50_000, 5, 1)]  # fmt: skip
+    got = match([a, b, c], seen)
+    assert not got.phantoms
+    assert {id(v.observed): v.truth for v in got.pairs} == {
+        id(seen[0]): c, id(seen[1]): a, id(seen[2]): b}

@@ -176,6 +176,11 @@ class StreamMatcher:
         self._by_stream: dict[tuple[_Key, int], list[_Cand]] = {}
         self._by_id: dict[str, int] = {}
         self._taken: set[int] = set()
+        # each connection's candidates not taken, or more (truth an id keeps counts until
+        # it is taken): at 0, _find has nothing to look for. Without it an observation
+        # with no partner (a collector seeing traffic after the capture ended) walked all
+        # of its connection's taken candidates in the window: most of such a replay's CPU
+        self._free: dict[_Key, int] = {}
         self._last: dict[_Key, _Last] = {}
         self._key_of: dict[str, _Key] = {}  # conn_id -> the key its _Last is under
         self._aging: list[tuple[int, int, _Key]] = []  # heap of (start, index, key)
@@ -195,7 +200,7 @@ class StreamMatcher:
         m._truth, m._head, m._by_id = dict(self._truth), dict(self._head), dict(self._by_id)
         m._by_conn = {k: list(v) for k, v in self._by_conn.items()}
         m._by_stream = {k: list(v) for k, v in self._by_stream.items()}
-        m._taken, m._held = set(self._taken), set(self._held)
+        m._taken, m._held, m._free = set(self._taken), set(self._held), dict(self._free)
         m._last = {k: replace(v, blocked_ids=list(v.blocked_ids)) for k, v in self._last.items()}
         m._key_of, m._aging, m._count = dict(self._key_of), list(self._aging), self._count
         return m
@@ -258,6 +263,7 @@ class StreamMatcher:
         if key is not None:
             cand = (t.t_start_ns or 0, i)
             bisect.insort(self._by_conn.setdefault(key, []), cand, self._head.get(key, 0))
+            self._free[key] = self._free.get(key, 0) + 1
             if t.stream_id is not None:
                 bisect.insort(self._by_stream.setdefault((key, t.stream_id), []), cand)
             heapq.heappush(self._aging, (*cand, key))
@@ -312,6 +318,8 @@ class StreamMatcher:
                 if obs.conn_id is not None:
                     self._key_of[obs.conn_id] = key
             self._taken.add(i)
+            if (tkey := _conn_key(self._truth[i])) is not None:
+                self._free[tkey] -= 1
             self._on_pair(judge(self._truth[i], obs))
         for conn_id in self._closing:
             key = self._key_of.pop(conn_id, None)
@@ -370,11 +378,15 @@ class StreamMatcher:
                 if not has_id:  # an id keeps it (and whether it was taken) for by_id
                     self._taken.discard(i)
                     del self._truth[i]
+                    if free:
+                        self._free[key] -= 1
             if kept:
                 self._held.add(key)
             if n == len(cands) and not kept:
                 del self._by_conn[key]
                 self._head.pop(key, None)
+                if not self._free[key]:  # (else truth an id keeps: counted till taken)
+                    del self._free[key]
                 continue
             head = n - len(kept)
             cands[head:n] = kept  # as long as what it replaces: nothing moves
@@ -415,6 +427,8 @@ class StreamMatcher:
             xid = obs.req_headers.get(ID_HEADER)
             i = self._by_id.get(xid) if xid is not None else None
             return i if i is not None and i not in taken else None
+        if not self._free.get(key):
+            return None
         cands = self._by_conn.get(key, [])
         head = self._head.get(key, 0)
         ts = obs.t_start_ns or 0

@@ -301,13 +301,20 @@ class Recorder:
         They are plain functions, not TRACEPOINT_PROBEs, so bcc neither loads nor attaches
         them; each is verified once here. Calls that end before this are counted as failed
         tail calls, which happen before ATTACHED: that count is kept to subtract.
+
+        data_fn goes in last: it numbers each call and hands it to a frame walker, so a
+        walker missing meanwhile would leave numbered calls unseen. h1_walk_fn takes
+        seconds to verify; with data_fn in first, every connection already open lost its
+        walked directions for those seconds (a gap replay must treat as a loss). Calls
+        before data_fn is in are not numbered: their connections are found from the next
+        call on, as if the attach came then.
         """
         d = self.hdr.defines
         walkers = bpf["walkers"]
         # a tail call stays within one program type: the hooks' own
         kind = bpf.KPROBE if self.kernel_hooks == "kprobes" else bpf.TRACEPOINT
-        for name, idx in (("data_fn", d["PB_TC_DATA"]), ("h2_walk_fn", d["PB_TC_H2"]),
-                          ("h1_walk_fn", d["PB_TC_H1"])):
+        for name, idx in (("h2_walk_fn", d["PB_TC_H2"]), ("h1_walk_fn", d["PB_TC_H1"]),
+                          ("data_fn", d["PB_TC_DATA"])):
             try:
                 fn = bpf.load_func(name.encode(), kind)
             except Exception as e:  # bcc raises bare Exception with the verifier's log

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.collectors.base import BpfCost, Collector, CollectorOptions, GoLayouts
-from harness.collectors.tls.exchanges import not_covered, replay_exchanges
+from harness.collectors.tls.exchanges import not_covered, replay_exchanges, replay_stream
 
 
 def _recorder_args(_opts: CollectorOptions, bins: list[Path], _follow: int | None) -> list[str]:
@@ -23,6 +23,7 @@ COLLECTOR = Collector(
     label="TLS library probes",
     record_module="harness.collectors.tls.record",
     exchanges=replay_exchanges,
+    stream=replay_stream,
     recorder_args=_recorder_args,
     not_covered=not_covered,
     default=False,

@@ -15,6 +15,7 @@ across the gap, which would decode header indices against the wrong table.
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,14 +38,28 @@ class TlsConnection(ByteStream):
     # per direction (send, recv): call seq -> [ts, orig_len, {offset: bytes}]
     calls: list[dict[int, list[Any]]] = field(default_factory=lambda: [{}, {}])
     last_seq: list[int] = field(default_factory=lambda: [0, 0])  # per direction
+    # per direction: the lowest call number seen (a streamed replay takes calls out)
+    min_seq: list[int | None] = field(default_factory=lambda: [None, None])
+    replaced: bool = False  # a later part (a loss, a new address) took its SSL object
 
     @property
     def key(self) -> str:
         return f"{self.tgid}:ssl{self.ssl:x}@{self.first_ns}"
 
     def segments(self, d: int) -> list[Segment]:
+        return self.take(d, None)
+
+    def take(self, d: int, before_ns: int | None) -> list[Segment]:
+        """Direction d's calls as segments, in call order, taken out of ``calls``: all of
+        them (``before_ns`` None), else those whose chunks have all come: a later call
+        follows them, or they began before ``before_ns``."""
+        calls = self.calls[d]
+        seqs = sorted(calls)
+        if before_ns is not None and seqs:
+            seqs = [q for q in seqs if q < seqs[-1] or calls[q][0] < before_ns]
         out = []
-        for _seq, (ts, orig, parts) in sorted(self.calls[d].items()):
+        for q in seqs:
+            ts, orig, parts = calls.pop(q)
             data = b""
             for off in sorted(parts):
                 if off != len(data):
@@ -53,6 +68,11 @@ class TlsConnection(ByteStream):
             out.append(Segment(ts, data, orig))
         return out
 
+    def head(self, d: int) -> bytes:
+        """Direction d's first call's first bytes (none yet: empty)."""
+        calls = self.calls[d]
+        return calls[min(calls)][2].get(0, b"") if calls else b""
+
     def seen_from_start(self) -> bool:
         """The plaintext starts at byte 0: the socket was established after the probes were
         in (its address came from the kernel's own state change), and no first call is
@@ -60,7 +80,7 @@ class TlsConnection(ByteStream):
         return (
             self.first_source == "syscall"
             and self.continues is None
-            and all(not c or min(c) == 1 for c in self.calls)
+            and all(m is None or m == 1 for m in self.min_seq)
         )
 
 
@@ -80,11 +100,32 @@ class TlsDecodeStats:
     responses_before_request: int = 0
     collector: dict[str, Any] = field(default_factory=dict)
     unsupported: list[str] = field(default_factory=list)
+    # streamed replay: exchanges handed over after a watermark said none would start before
+    late_exchanges: int = 0
+
+
+# Records between two steps of a streamed decode
+STEP_RECORDS = 4096
 
 
 def decode(
     path: Path, *, attach_at_ns: int | None = None
 ) -> tuple[list[TlsConnection], TlsDecodeStats]:
+    steps = decode_steps(path, attach_at_ns=attach_at_ns, steps=False)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value
+
+
+def decode_steps(
+    path: Path, *, attach_at_ns: int | None = None, steps: bool = True
+) -> Generator[tuple[list[TlsConnection], int], None,
+               tuple[list[TlsConnection], TlsDecodeStats]]:  # fmt: skip
+    """``decode`` a step at a time: every STEP_RECORDS records (``steps``), the connections
+    so far (a caller may take their finished calls out) and the newest event time read."""
+    step = STEP_RECORDS
     ef = read_event_file(path)
     if ef.header.get("format") != FORMAT:
         raise RunDirError(f"{path}: not a TLS collector recording ({ef.header.get('format')})")
@@ -96,8 +137,7 @@ def decode(
     noted: dict[tuple[int, int], tuple[Endpoint, Endpoint]] = {}
     current: dict[tuple[int, int], TlsConnection] = {}
     conns: list[TlsConnection] = []
-    raw_records = list(ef.records())
-    for rtype, rec in raw_records:  # sock_diag answers first: they name earlier calls too
+    for rtype, rec in ef.records():  # sock_diag answers first: they name earlier calls too
         if (
             rtype != KERNEL
             and isinstance(rec, dict)
@@ -108,7 +148,8 @@ def decode(
                 Endpoint(rec["local_ip"], rec["local_port"]),
                 Endpoint(rec["remote_ip"], rec["remote_port"]),
             )
-    for rtype, rec in raw_records:
+    newest = -(1 << 63)
+    for rtype, rec in ef.records():
         if rtype != KERNEL:
             assert isinstance(rec, dict)
             if rec.get("type") == "stats":
@@ -120,6 +161,9 @@ def decode(
         raw = bytes(rec)
         ev = ev_t.from_buffer_copy(raw[:data_off].ljust(ctypes.sizeof(ev_t), b"\0"))
         st.events += 1
+        if steps and not st.events % step:
+            yield conns, newest
+        newest = max(newest, ev.ts_ns)
         if attach_at_ns is not None and ev.ts_ns < attach_at_ns:
             st.dropped_before_attach += 1
             continue
@@ -138,6 +182,8 @@ def decode(
         if conn is None or (local is not None and (conn.local, conn.remote) != (local, remote)):
             if local is None and conn is None:
                 st.without_address += ev.part == 0
+            if conn is not None:
+                conn.replaced = True
             conn = TlsConnection(tgid=ev.tgid, ssl=ev.ssl, local=local, remote=remote,
                                  first_ns=ev.ts_ns,
                                  first_source=sources.get(ev.addr_source, "none"))  # fmt: skip
@@ -155,9 +201,12 @@ def decode(
                                      remote=conn.remote, first_ns=ev.ts_ns,
                                      first_source=conn.first_source, continues=conn)  # fmt: skip
                 tail.last_seq = list(conn.last_seq)
+                conn.replaced = True
                 conn = current[ident] = tail
                 conns.append(conn)
         conn.last_seq[d] = max(last, ev.seq)
+        low = conn.min_seq[d]
+        conn.min_seq[d] = ev.seq if low is None else min(low, ev.seq)
         call = conn.calls[d].setdefault(ev.seq, [ev.ts_ns, ev.orig_len, {}])
         call[2][ev.offset] = raw[data_off : data_off + ev.cap_len]
         if (

@@ -7,7 +7,7 @@ from typing import Any
 
 from harness.collectors.base import BpfCost, Collector, CollectorOptions, Curve, GoLayouts
 from harness.collectors.uprobe.discover import find_grpc_go_targets
-from harness.collectors.uprobe.exchanges import replay_exchanges
+from harness.collectors.uprobe.exchanges import replay_exchanges, replay_stream
 from harness.collectors.uprobe.facts import binary_facts
 
 
@@ -48,6 +48,7 @@ COLLECTOR = Collector(
     label="uprobe (grpc-go)",
     record_module="harness.collectors.uprobe.record",
     exchanges=replay_exchanges,
+    stream=replay_stream,
     recorder_args=_recorder_args,
     observe_binaries=_observe_binaries,
     observe_summary=_observe_summary,

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import ctypes
 import struct
+from collections import deque
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.collectors.base import STREAM_END_NS as END_NS
 from harness.collectors.eventfile import NOTE, read_event_file
 from harness.collectors.uprobe.layout import (
     FORMAT,
@@ -94,6 +97,10 @@ class DecodeStats:
     dropped_before_attach: int = 0
     unsupported: list[str] = field(default_factory=list)
     attached_probes: int = 0
+    # streamed replay: strings a later record gave otherwise than a built block took them
+    strings_changed_after_use: int = 0
+    # streamed replay: calls handed over after a watermark said none would start before them
+    late_exchanges: int = 0
     collector: dict[str, Any] = field(default_factory=dict)  # the recorder's final stats
 
 
@@ -113,7 +120,20 @@ RawField = tuple[int, int, Str, Str]
 # (tgid, address, length) -> the bytes some record carried with that address, or None when
 # two records disagree (the address meant different bytes: never trusted)
 Strings = dict[tuple[int, int, int], bytes | None]
-Part = tuple[Any, list[RawField], bool]  # one header record: event, its fields, all there
+@dataclass(slots=True, frozen=True)
+class PartHead:
+    """What a block's build reads of one header record's fixed part (the record's ctypes
+    copy is 32 KiB: held for every part until the end, a 120k-call recording's needed
+    23 GB)."""
+
+    part: int
+    first: int
+    count: int
+    nfields: int
+    flags: int
+
+
+Part = tuple[PartHead, list[RawField], bool]  # one header record: head, its fields, all there
 
 
 def blob_fields(
@@ -162,9 +182,47 @@ def blob_fields(
     return out, True
 
 
+@dataclass(slots=True)
+class _Slot:
+    """A header block's place among the events until it is built: its parts so far."""
+
+    key: tuple[int, int, int, int]  # (tgid, tid, ts_ns, probe): what its parts share
+    seen: Seen
+    parts: list[Part]
+    last: bool = False  # its last part came
+
+
+# Records between two steps of a streamed decode
+STEP_RECORDS = 4096
+
+
 def decode(
     path: Path, *, attach_at_ns: int | None = None
 ) -> tuple[list[Event], DecodeStats]:
+    """Every event of the recording, in its order (each header block in its first part's
+    place), built once the whole file is read."""
+    steps = decode_steps(path, attach_at_ns=attach_at_ns)
+    out: list[Event] = []
+    while True:
+        try:
+            out.extend(next(steps)[0])
+        except StopIteration as stop:
+            return out, stop.value
+
+
+def decode_steps(
+    path: Path, *, attach_at_ns: int | None = None, lag_ns: int | None = None,
+    st: DecodeStats | None = None,
+) -> Generator[tuple[list[Event], int], None, DecodeStats]:
+    """``decode`` as the file is read: the events in the file's order, in steps of
+    STEP_RECORDS records, each with a watermark (no event of a later step is older). An
+    event is given out once the newest record read is ``lag_ns`` later: a header block's
+    parts and the read-only strings it names by address have come by then (the ring buffer
+    orders records by reservation, not by time, within microseconds). ``lag_ns`` None:
+    everything at the end (the strings as the whole file gives them). A string that a later
+    record gives differently than when a block used it is counted
+    (``strings_changed_after_use``), never silently taken back. ``st``: the stats to fill
+    (the file header's ``level`` is in them from the first step on)."""
     ef = read_event_file(path)
     if ef.header.get("collector") != "uprobe" or ef.header.get("format") not in READABLE_FORMATS:
         raise RunDirError(
@@ -182,16 +240,35 @@ def decode(
     fmt = ef.header.get("format")
     table = fmt in ("uprobe-grpc/2", "uprobe-grpc/3")  # header records with a per-field table
     hf = hfield_struct() if fmt == FORMAT else HFIELD_V4
-    st = DecodeStats(truncated_tail_bytes=ef.truncated_tail_bytes)
+    st = DecodeStats() if st is None else st
+    st.truncated_tail_bytes = ef.truncated_tail_bytes
     st.level = str(ef.header.get("level", "messages"))
-    out: list[Any] = []  # events; a header block's place holds None until the end
     strings: Strings = {}
-    # a block's parts share (tgid, tid, ts_ns, probe); parts of other blocks (other CPUs)
-    # may come between them. The block takes the place of its first part; it is built at
-    # the end, when every read-only string it names has been met.
-    pending: dict[tuple[int, int, int, int], tuple[int, list[Part]]] = {}
-    blocks: list[tuple[int, list[Part], Seen]] = []
+    used: Strings = {}  # streamed: what each string meant when a block was built with it
+    # Events in the file's order; a header block's place holds its _Slot until it is built.
+    # A block's parts share (tgid, tid, ts_ns, probe); parts of other blocks (other CPUs)
+    # may come between them.
+    fifo: deque[Event | _Slot] = deque()
+    pending: dict[tuple[int, int, int, int], _Slot] = {}
     last_flag = d["PB_FLAG_LAST_PART"]
+    newest = -(1 << 63)
+
+    def release(upto: int | None) -> list[Event]:
+        """Give out the events from the front that are older than ``upto`` (all: None)."""
+        out: list[Event] = []
+        while fifo:
+            ev = fifo[0]
+            if upto is not None and ev.seen.ts_ns > upto:
+                break
+            fifo.popleft()
+            if isinstance(ev, _Slot):
+                if not ev.last:  # its last part was lost: what came is kept
+                    del pending[ev.key]
+                ev = _block(ev.parts, ev.seen, st, strings, used if lag_ns is not None else None)
+                st.header_blocks += 1
+            out.append(ev)
+        return out
+
     for rtype, rec in ef.records():
         if rtype == NOTE:
             assert isinstance(rec, dict)
@@ -204,6 +281,10 @@ def decode(
             continue
         assert isinstance(rec, memoryview)
         st.kernel_records += 1
+        if lag_ns is not None and not st.kernel_records % STEP_RECORDS:
+            upto = newest - lag_ns
+            out = release(upto)
+            yield out, min(upto, min((e.seen.ts_ns for e in fifo), default=upto))
         raw = bytes(rec)
         kind = raw[kind_off]
         if kind == d["PB_UEV_HEADERS"]:
@@ -214,6 +295,7 @@ def decode(
             ev = RE.from_buffer_copy(raw[:re_size].ljust(re_size, b"\0"))
         else:
             raise RunDirError(f"{path}: record {st.kernel_records} has unknown kind {kind}")
+        newest = max(newest, ev.ts_ns)
         if kind == d["PB_UEV_HEADERS"]:
             # read-only strings are the same bytes before and after any attach time
             blob = (_table_blob(raw, ev, blob_off, d["PB_EV_FIELDS"]) if table
@@ -228,19 +310,20 @@ def decode(
         if kind == d["PB_UEV_HEADERS"]:
             st.header_parts += 1
             bkey = (ev.tgid, ev.tid, ev.ts_ns, ev.probe)
-            if bkey not in pending:
-                pending[bkey] = (len(out), [])
-                out.append(None)  # its place, filled below
-            pos, parts = pending[bkey]
-            parts.append((ev, fields, whole))
+            slot = pending.get(bkey)
+            if slot is None:
+                slot = pending[bkey] = _Slot(bkey, seen, [])
+                fifo.append(slot)  # the block takes its first part's place
+            slot.parts.append(
+                (PartHead(ev.part, ev.first, ev.count, ev.nfields, ev.flags), fields, whole))
             if ev.flags & last_flag:
-                blocks.append((pos, parts, seen))
+                slot.seen, slot.last = seen, True
                 del pending[bkey]
         elif kind == d["PB_UEV_RST"]:
-            out.append(ResetFrame(seen=seen, error_code=ev.err_code))
+            fifo.append(ResetFrame(seen=seen, error_code=ev.err_code))
             st.reset_frames += 1
         else:
-            out.append(
+            fifo.append(
                 DataFrame(
                     seen=seen,
                     length=ev.frame_len,
@@ -250,12 +333,10 @@ def decode(
                 )
             )
             st.data_frames += 1
-    for pos, parts in pending.values():  # the last part was lost: what came is kept
-        blocks.append((pos, parts, _seen(parts[0][0])))
-    for pos, parts, seen in blocks:
-        out[pos] = _block(parts, seen, st, strings)
-        st.header_blocks += 1
-    return out, st
+    out = release(None)
+    st.strings_changed_after_use = sum(strings.get(k) != v for k, v in used.items())
+    yield out, END_NS
+    return st
 
 
 def _seen(ev: Any) -> Seen:
@@ -297,17 +378,21 @@ def _table_blob(raw: bytes, ev: Any, blob_off: int, ev_fields: int) -> bytes:
     return bytes(out)
 
 
-def _text(s: Str, strings: Strings, encoding: str) -> str | None:
+def _text(s: Str, strings: Strings, encoding: str, used: Strings | None) -> str | None:
     """A field's string as text; None for a reference whose bytes no record carried."""
     if isinstance(s, tuple):
         data = strings.get(s)
+        if used is not None:
+            used.setdefault(s, data)
         if data is None:
             return None
         s = data
     return s.decode(encoding) if encoding == "latin-1" else s.decode(encoding, errors="replace")
 
 
-def _block(parts: list[Part], seen: Seen, st: DecodeStats, strings: Strings) -> HeaderBlock:
+def _block(
+    parts: list[Part], seen: Seen, st: DecodeStats, strings: Strings, used: Strings | None
+) -> HeaderBlock:
     """One header block from its parts. A field cut short keeps its name (so the exchange
     can say which field) but is flagged: its value is not the value. A field whose name is
     an unresolved reference is not known at all: it counts as missing."""
@@ -323,8 +408,8 @@ def _block(parts: list[Part], seen: Seen, st: DecodeStats, strings: Strings) -> 
         expect = ev.first + ev.count
         complete = complete and whole
         for name_len, value_len, n, v in raw_fields:
-            name = _text(n, strings, "latin-1")
-            value = _text(v, strings, "utf-8")
+            name = _text(n, strings, "latin-1", used)
+            value = _text(v, strings, "utf-8", used)
             if name is None:  # the field is unknown: counted missing below
                 st.unresolved_strings += 1
                 continue

@@ -13,13 +13,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote
 
-from harness.collectors.base import ObservedStats, ReplayInput
+from harness.collectors.base import (
+    STREAM_END_NS,
+    ExchangeBatch,
+    ExchangeStream,
+    ObservedStats,
+    ReplayInput,
+)
 from harness.collectors.uprobe.decode import (
+    DecodeStats,
     Event,
     HeaderBlock,
     ResetFrame,
     Seen,
-    decode,
+    decode_steps,
 )
 from harness.model import (
     HEADERS_MISSED_STREAM,
@@ -59,6 +66,7 @@ class _Call:
     body_lost: list[bool] = field(default_factory=lambda: [False, False])
     messages: bool = True  # DATA frames were probed (level "messages")
     rst: tuple[int, int] | None = None  # the first RST_STREAM's (error code, time)
+    role: str = "unknown"  # its connection's, in the observing process
 
     @property
     def done(self) -> bool:
@@ -76,73 +84,136 @@ def _has(block: HeaderBlock, name: str) -> bool:
     return any(n == name for n, _ in block.fields)
 
 
-def _roles(events: list[Event], ports: set[int]) -> dict[ConnKey, str]:
-    """Each connection's role in its process: the receive probes know it (http2Client or
-    http2Server); a sent request or response says it too; the server port last."""
-    roles: dict[ConnKey, str] = {}
-    for ev in events:
+# A call whose server side has ended (trailers or END_STREAM) and that nothing has touched
+# for this long is handed over: a grpc-go call in flight at the attach (its client's
+# END_STREAM went by unseen) would otherwise stay open to the end, and with it every call
+# after it in a streamed replay.
+IDLE_NS = 1_000_000_000
+# How long a call's end (and a stream's reset) is remembered: a RST_STREAM after the end
+# (a server's NO_ERROR after its trailers) or DATA crossing a reset is not a new call.
+REMEMBER_NS = 10_000_000_000
+# Calls taken between two looks for idle calls and forgotten ends
+_SWEEP = 4096
+# The streamed decode's lag: header parts and the strings they name by address come
+# within microseconds of each other; a second is far beyond the ring buffer's disorder.
+LAG_NS = 1_000_000_000
+
+CallKey = tuple[ConnKey, int]
+
+
+class _Calls:
+    """Header blocks, DATA and RST_STREAM frames -> calls, one connection at a time.
+
+    A connection's events wait until its role is known: a receive probe says it (the
+    first one is taken; a later one that disagrees is counted in ``roles_changed``). A
+    connection no receive probe named waits to the end, where a sent request or response
+    says it, else the server port. Calls are handed over (``ready``) as they end, in the
+    order they began; the same events in the same order give the same calls however they
+    are batched."""
+
+    def __init__(self, ports: set[int], messages: bool, st: ObservedStats) -> None:
+        self.ports, self.messages, self.st = ports, messages, st
+        self.roles: dict[ConnKey, str] = {}
+        self.waiting: dict[ConnKey, list[Event]] = {}  # role not known yet
+        self.calls: dict[CallKey, _Call] = {}  # open
+        self.ended: dict[CallKey, int] = {}  # -> when: ended calls, remembered a while
+        self.closed: dict[CallKey, int] = {}  # -> when: streams ended by a reset
+        self.ready: list[_Call] = []
+        self.conns: set[ConnKey] = set()
+        self.parse = {"calls": 0, "orphan_frames": 0, "extra_blocks": 0, "unknown_role": 0,
+                      "after_end": 0, "roles_changed": 0}  # fmt: skip
+        self.seq = 0
+        self.now = -(1 << 63)  # the latest event time taken
+        self.taken = 0
+
+    def add(self, ev: Event) -> None:
         s = ev.seen
         key = _conn_key(s)
+        role = self.roles.get(key)
         if s.role != "unknown":
-            roles[key] = s.role
-        elif key not in roles and isinstance(ev, HeaderBlock) and s.direction == "send":
-            if _has(ev, ":method"):
-                roles[key] = "client"
-            elif _has(ev, ":status"):
-                roles[key] = "server"
-    for ev in events:
-        key = _conn_key(ev.seen)
-        if key in roles:
-            continue
-        if ev.seen.local and ev.seen.local.port in ports:
-            roles[key] = "server"
-        elif ev.seen.remote and ev.seen.remote.port in ports:
-            roles[key] = "client"
-    return roles
+            if role is None:
+                self.roles[key] = s.role
+                for held in self.waiting.pop(key, ()):
+                    self._take(held, s.role)
+            elif role != s.role:
+                self.parse["roles_changed"] += 1
+            self._take(ev, self.roles[key])
+        elif role is not None:
+            self._take(ev, role)
+        else:
+            self.waiting.setdefault(key, []).append(ev)
 
+    def finish(self) -> None:
+        """The end: waiting connections get their role from what they sent, or their port;
+        every call still open is handed over."""
+        for evs in self.waiting.values():
+            sent = (_sent_role(ev) for ev in evs
+                    if isinstance(ev, HeaderBlock) and ev.seen.direction == "send")  # fmt: skip
+            role = next((r for r in sent if r is not None), None)
+            s = evs[0].seen
+            if role is not None:
+                pass
+            elif s.local and s.local.port in self.ports:
+                role = "server"
+            elif s.remote and s.remote.port in self.ports:
+                role = "client"
+            for ev in evs:
+                self._take(ev, role or "unknown")
+        self.waiting.clear()
+        self.ready.extend(self.calls.values())
+        self.calls.clear()
 
-def uprobe_exchanges(
-    events: Path, server_ports: list[int], attach_at_ns: int | None = None
-) -> tuple[list[Exchange], ObservedStats]:
-    evs, dst = decode(events, attach_at_ns=attach_at_ns)
-    st = ObservedStats(decode=dict(vars(dst)))
-    ports = set(server_ports)
-    messages = dst.level == "messages"
-    roles = _roles(evs, ports)
-    calls: dict[tuple[ConnKey, int], _Call] = {}
-    finished: list[_Call] = []
-    conns: set[ConnKey] = set()
-    parse = {"calls": 0, "orphan_frames": 0, "extra_blocks": 0, "unknown_role": 0,
-             "after_end": 0}  # fmt: skip
-    # streams ended by a reset, or reset after their end: later frames are not a new call
-    closed: set[tuple[ConnKey, int]] = set()
-    for ev in evs:
-        s = ev.seen
-        ckey = _conn_key(s)
-        role = roles.get(ckey, "unknown")
+    def earliest(self) -> int | None:
+        """The earliest start of a call not handed over yet, or of an event waiting."""
+        starts = [c.t_start for c in self.calls.values()]
+        starts += [evs[0].seen.ts_ns for evs in self.waiting.values()]
+        return min(starts, default=None)
+
+    def _sweep(self) -> None:
+        """Hand over idle calls whose server side ended; forget old ends."""
+        now = self.now
+        for key, call in list(self.calls.items()):
+            if (call.ended[S2C] or call.rst is not None) and call.t_end < now - IDLE_NS:
+                self._end(key, call)
+        for marks in (self.ended, self.closed):
+            for key in [k for k, t in marks.items() if t < now - REMEMBER_NS]:
+                del marks[key]
+
+    def _end(self, key: CallKey, call: _Call) -> None:
+        del self.calls[key]
+        self.ready.append(call)
+        self.ended[key] = call.t_end
+
+    def _take(self, ev: Event, role: str) -> None:
+        s, parse = ev.seen, self.parse
+        self.now = max(self.now, s.ts_ns)
+        self.taken += 1
+        if not self.taken % _SWEEP:
+            self._sweep()
         if role == "unknown":
             parse["unknown_role"] += 1
-            continue
+            return
         server = s.local if role == "server" else s.remote
-        if server is not None and ports and server.port not in ports:
-            st.skipped_other_ports += 1
-            continue
-        conns.add(ckey)
+        if server is not None and self.ports and server.port not in self.ports:
+            self.st.skipped_other_ports += 1
+            return
+        ckey = _conn_key(s)
+        self.conns.add(ckey)
         d = C2S if (s.direction == "send") == (role == "client") else S2C
         key = (ckey, s.stream_id)
-        call = calls.get(key)
-        if key in closed or (isinstance(ev, ResetFrame) and call is not None and call.done):
+        call = self.calls.get(key)
+        if key in self.closed or (isinstance(ev, ResetFrame) and call is None
+                                  and key in self.ended):  # fmt: skip
             # e.g. a server's RST_STREAM(NO_ERROR) after its trailers, DATA crossing a reset
             parse["after_end"] += 1
-            closed.add(key)
-            continue
-        if call is not None and call.done:
-            finished.append(calls.pop(key))
-            call = None
+            self.closed[key] = s.ts_ns
+            return
         if call is None:
-            call = _Call(seen=s, seq=len(calls) + len(finished), t_start=s.ts_ns, t_end=s.ts_ns,
-                         messages=messages)  # fmt: skip
-            calls[key] = call
+            call = _Call(seen=s, seq=self.seq, t_start=s.ts_ns, t_end=s.ts_ns,
+                         messages=self.messages, role=role)  # fmt: skip
+            self.seq += 1
+            self.calls[key] = call
+            self.ended.pop(key, None)
             parse["calls"] += 1
             if not (isinstance(ev, HeaderBlock) and d == C2S):
                 parse["orphan_frames"] += 1  # the stream's start went by unseen
@@ -151,7 +222,7 @@ def uprobe_exchanges(
             _add_block(call, ev, d, parse)
         elif isinstance(ev, ResetFrame):
             call.rst = (ev.error_code, s.ts_ns)
-            closed.add(key)
+            self.closed[key] = s.ts_ns
         else:
             if ev.unread or ev.length_partial:
                 call.bodies[d].mark_lost()
@@ -159,16 +230,84 @@ def uprobe_exchanges(
             call.bodies[d].add_data_frame(ev.length, False, pieces)
         if s.end_stream:
             call.ended[d] = True
-    finished.extend(calls.values())
-    st.connections = len(conns)
-    st.connections_by_proto = {"http2": len(conns)} if conns else {}
-    st.parse = parse
-    out = [_exchange(c, roles[_conn_key(c.seen)]) for c in sorted(finished, key=lambda c: c.seq)]
-    for x in out:
-        for g in x.degraded:
-            counter = f"degraded_{g.reason}"
-            st.parse[counter] = st.parse.get(counter, 0) + 1
-    return out, st
+        if call.done:
+            self._end(key, call)
+
+    def exchanges(self) -> list[Exchange]:
+        """The calls handed over since the last time, as exchanges in the order they began."""
+        out = [_exchange(c, c.role) for c in sorted(self.ready, key=lambda c: c.seq)]
+        self.ready.clear()
+        for x in out:
+            for g in x.degraded:
+                counter = f"degraded_{g.reason}"
+                self.st.parse[counter] = self.st.parse.get(counter, 0) + 1
+        return out
+
+    def stats(self, dst: DecodeStats) -> ObservedStats:
+        st = self.st
+        st.decode = dict(vars(dst))
+        st.connections = len(self.conns)
+        st.connections_by_proto = {"http2": len(self.conns)} if self.conns else {}
+        st.parse = {**self.parse, **st.parse}
+        return st
+
+
+def _sent_role(b: HeaderBlock) -> str | None:
+    """A sent request says client, a sent response server."""
+    return "client" if _has(b, ":method") else "server" if _has(b, ":status") else None
+
+
+def uprobe_stream(
+    events: Path, server_ports: list[int], attach_at_ns: int | None = None,
+    lag_ns: int | None = LAG_NS,
+) -> ExchangeStream:  # fmt: skip
+    """The recording's calls as it is read: each handed over when it ends (or, its server
+    side ended, when it has been idle for IDLE_NS), with a watermark before every call
+    still open or waiting for its connection's role. ``lag_ns`` None: one batch at the
+    end."""
+    dst = DecodeStats()
+    steps = decode_steps(events, attach_at_ns=attach_at_ns, lag_ns=lag_ns, st=dst)
+    st = ObservedStats()
+    calls: _Calls | None = None
+    said = -STREAM_END_NS
+    late = 0
+    while True:
+        try:
+            evs, mark = next(steps)
+        except StopIteration:
+            break
+        if calls is None:  # the level is in the file's header, read by the first step
+            calls = _Calls(set(server_ports), dst.level == "messages", st)
+        for ev in evs:
+            calls.add(ev)
+        if mark >= STREAM_END_NS:
+            calls.finish()
+        xs = calls.exchanges()
+        late += sum(1 for x in xs if (x.t_start_ns or 0) < said)
+        if mark < STREAM_END_NS:
+            first = calls.earliest()
+            said = max(said, mark if first is None else min(mark, first))
+            yield ExchangeBatch(xs, said)
+        else:
+            last = xs
+    assert calls is not None
+    dst.late_exchanges = late
+    st = calls.stats(dst)
+    yield ExchangeBatch(last, STREAM_END_NS)
+    return st
+
+
+def uprobe_exchanges(
+    events: Path, server_ports: list[int], attach_at_ns: int | None = None
+) -> tuple[list[Exchange], ObservedStats]:
+    """All of the recording's calls at once (``uprobe_stream`` read whole)."""
+    gen = uprobe_stream(events, server_ports, attach_at_ns, lag_ns=None)
+    out: list[Exchange] = []
+    while True:
+        try:
+            out.extend(next(gen).exchanges)
+        except StopIteration as stop:
+            return out, stop.value
 
 
 def _add_block(call: _Call, b: HeaderBlock, d: int, parse: dict[str, int]) -> None:
@@ -299,3 +438,7 @@ def _degrade_cut(x: Exchange, block: HeaderBlock, named: dict[str, str], rest: s
 
 def replay_exchanges(r: ReplayInput) -> tuple[list[Exchange], ObservedStats]:
     return uprobe_exchanges(r.events, r.ports, attach_at_ns=r.attach_at_ns)
+
+
+def replay_stream(r: ReplayInput) -> ExchangeStream:
+    return uprobe_stream(r.events, r.ports, attach_at_ns=r.attach_at_ns)
