@@ -58,3 +58,30 @@ def test_corrupt_record_is_an_error(tmp_path: Path) -> None:
     f.write_bytes(bytes(data))
     with pytest.raises(RunDirError, match="corrupt record"):
         read_event_file(f)
+
+
+@pytest.mark.parametrize("cut", [0, 1, 3, 7])
+def test_unchecked_read_checks_as_it_goes(tmp_path: Path, cut: int) -> None:
+    """check=False (a replay's single pass): the same records, counts and cut-off tail
+    once read to the end, and a corrupt record still an error, raised where it is read."""
+    f = tmp_path / "e.bin"
+    _write(f, 4)
+    data = f.read_bytes()
+    f.write_bytes(data[: len(data) - cut])
+    checked = read_event_file(f)
+    lazy = read_event_file(f, check=False)
+    got = [(t, bytes(r) if t == KERNEL else r) for t, r in lazy.records()]
+    assert got == [(t, bytes(r) if t == KERNEL else r) for t, r in checked.records()]
+    assert (lazy.kernel_records, lazy.notes, lazy.truncated_tail_bytes) == (
+        checked.kernel_records, checked.notes, checked.truncated_tail_bytes)
+    assert len(list(lazy.records())) == len(got)  # a second pass reads the same
+    bad = bytearray(data)
+    hlen = int.from_bytes(bad[6:10], "little")
+    second = 10 + hlen + 5 + 10  # the second record: after the first (10 bytes of payload)
+    bad[second] = 99
+    f.write_bytes(bytes(bad))
+    lazy = read_event_file(f, check=False)
+    it = lazy.records()
+    assert next(it)[0] == KERNEL  # read up to the corrupt record
+    with pytest.raises(RunDirError, match="corrupt record"):
+        next(it)

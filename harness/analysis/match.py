@@ -286,13 +286,14 @@ class StreamMatcher:
         # A server reads a pipelined burst in one syscall: its exchanges share one start
         # time, and each must take its own place in the burst, not the latest one.
         burst: dict[_Key, int] = defaultdict(int)
-        for obs in group:
-            if obs.side == "server" and obs.stream_id is None and (key := _conn_key(obs)):
-                burst[key] += 1
+        if len(group) > 1:  # (alone, an observation has no later one in its burst)
+            for obs in group:
+                if obs.side == "server" and obs.stream_id is None and (key := _conn_key(obs)):
+                    burst[key] += 1
         for obs in group:
             later = 0
             key = _conn_key(obs) if obs.stream_id is None else None
-            if obs.side == "server" and key:
+            if obs.side == "server" and key and burst:
                 burst[key] -= 1
                 later = burst[key]
             i = None
@@ -344,6 +345,8 @@ class StreamMatcher:
         """Forget truth too old for any observation from ``now`` on, but what a followed
         sequence may still read (``_awaited``); that is looked at again each time."""
         cutoff = now - HORIZON_NS
+        if not self._held and (not self._aging or self._aging[0][0] >= cutoff):
+            return  # nothing aged (most observations)
         keys = self._held
         self._held = set()
         while self._aging and self._aging[0][0] < cutoff:
@@ -399,7 +402,8 @@ class StreamMatcher:
         could have read by ``obs``'s start: not before it was on the wire, and not after it
         was answered; however late otherwise (a pipelined request waits in the socket
         while the server handles the ones before it)."""
-        if prev.blocked or any(i not in self._taken for i in prev.blocked_ids):
+        if prev.blocked or (prev.blocked_ids and any(i not in self._taken
+                                                     for i in prev.blocked_ids)):
             return None  # the first free one after prev is long past
         ts = obs.t_start_ns or 0
         for j in range(bisect.bisect_right(cands, prev.cand, head), len(cands)):

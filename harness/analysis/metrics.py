@@ -78,11 +78,6 @@ class Row:
         return d
 
 
-def _known(value: object) -> bool:
-    """Whether the truth has this field (0 counts; None and empty header sets do not)."""
-    return value is not None and value != {}
-
-
 class Scorer:
     """One row's numbers, added up as truth, verdicts and phantoms stream past: nothing is
     kept per exchange, so a row costs the same for a second of traffic as for an hour."""
@@ -109,7 +104,9 @@ class Scorer:
             row.pre_attach += 1
             return
         idx = min(v.observed.conn_seq or 0, RECOVERY_CALLS - 1)
-        have = sum(map(_known, FIELD_VALUES[required_fields(v.truth.protocol)](v.truth)))
+        values = FIELD_VALUES[required_fields(v.truth.protocol)](v.truth)
+        # the fields the truth has (0 counts; None and empty header sets do not)
+        have = len(values) - values.count(None) - values.count({})
         self._total_at[idx] += have
         self._correct_at[idx] += have - len(v.missing) - len(v.wrong)
         row.matched += 1

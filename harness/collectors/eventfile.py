@@ -94,6 +94,9 @@ class EventFile:
     _data: bytes | mmap.mmap = field(default=b"", repr=False)
     _start: int = 0
     _end: int = 0
+    # read_event_file(check=False): the framing is checked by the first ``records`` pass,
+    # which sets the counts and ``truncated_tail_bytes`` once it has ended
+    _unchecked: str | None = field(default=None, repr=False)  # the file's path, for errors
 
     def records(self) -> Iterator[tuple[int, memoryview | dict[str, Any]]]:
         """(KERNEL, raw bytes) or (NOTE, dict), in recording order, read as iterated."""
@@ -102,9 +105,15 @@ class EventFile:
         unpack = _REC.unpack_from
         size = _REC.size
         pos, end = self._start, self._end
+        path = self._unchecked
+        if path is not None:
+            end = len(data)
+        kernel = notes = 0
         released = 0
         while pos + size <= end:
             rtype, n = unpack(data, pos)
+            if path is not None and (rtype not in (KERNEL, NOTE) or n > _MAX_RECORD):
+                raise RunDirError(_corrupt(path, pos, rtype, n))
             if pos + size + n > end:
                 break
             payload = view[pos + size : pos + size + n]
@@ -112,9 +121,19 @@ class EventFile:
             if pos - released >= _RELEASE_BYTES:
                 released = _release(data, released, pos - size - n)
             if rtype == KERNEL:
+                kernel += 1
                 yield KERNEL, payload
             elif rtype == NOTE:
+                notes += 1
                 yield NOTE, json.loads(bytes(payload))
+        if path is not None:  # checked now, to the end: as read_event_file would say it
+            self.kernel_records, self.notes = kernel, notes
+            self.truncated_tail_bytes = end - pos
+            self._end, self._unchecked = pos, None
+
+
+def _corrupt(path: str | Path, pos: int, rtype: int, n: int) -> str:
+    return f"{path}: corrupt record at byte {pos} (type {rtype}, length {n})"
 
 
 def _map(path: Path) -> bytes | mmap.mmap:
@@ -124,11 +143,14 @@ def _map(path: Path) -> bytes | mmap.mmap:
         return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
 
 
-def read_event_file(path: Path) -> EventFile:
+def read_event_file(path: Path, *, check: bool = True) -> EventFile:
     """Open a recording; a corrupt start raises RunDirError, a cut-off end is counted.
 
     The framing of every record is checked here, in one pass over the mapped file;
-    payloads are only read when `EventFile.records` is iterated."""
+    payloads are only read when `EventFile.records` is iterated. ``check`` False leaves
+    the check to the first ``records`` pass (a corrupt record raises there; the counts
+    and ``truncated_tail_bytes`` are known once it ended): a soak's 15 M records took
+    15 CPU-s to check before the replay read them again."""
     try:
         data = _map(path)
     except OSError as e:
@@ -142,6 +164,9 @@ def read_event_file(path: Path) -> EventFile:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise RunDirError(f"{path}: event file header is corrupt ({e})") from e
     ef = EventFile(header=header, _data=data, _start=hstart + hlen)
+    if not check:
+        ef._unchecked = str(path)
+        return ef
     # one pass to validate framing and count; stops at the first impossible record
     pos, end = ef._start, len(data)
     unpack = _REC.unpack_from
@@ -157,9 +182,9 @@ def read_event_file(path: Path) -> EventFile:
         elif rtype == NOTE:
             notes += 1
         else:
-            raise RunDirError(f"{path}: corrupt record at byte {pos} (type {rtype}, length {n})")
+            raise RunDirError(_corrupt(path, pos, rtype, n))
         if n > _MAX_RECORD:
-            raise RunDirError(f"{path}: corrupt record at byte {pos} (type {rtype}, length {n})")
+            raise RunDirError(_corrupt(path, pos, rtype, n))
         if pos + size + n > end:
             if rtype == KERNEL:
                 kernel -= 1

@@ -208,7 +208,12 @@ def _holds_exactly(
     it. Saves reading its bytes back from the capture (a second tshark pass over every
     HTTP frame of a soak, whose keep-alive requests each repeat the one before)."""
     row = ms[0].row
-    if row[_SEGS] or row[_TLS_SEGS] or row[_REASM_LEN] or any(m.first_frame != f for m in ms):
+    if row[_SEGS] or row[_TLS_SEGS] or row[_REASM_LEN]:
+        return False
+    if len(ms) == 1:  # (most frames: without the generators below)
+        n = _wire_size(ms[0], known) if ms[0].first_frame == f else None
+        return n is not None and n == _int(_first(row[_TCP_LEN]))
+    if any(m.first_frame != f for m in ms):
         return False
     sizes = [n for m in ms if (n := _wire_size(m, known)) is not None]
     return len(sizes) == len(ms) and sum(sizes) == _int(_first(row[_TCP_LEN]))
@@ -225,6 +230,7 @@ def _holds_exactly(
 # pairing gives; memory holds the requests in flight, not the recording.
 
 _SPILL_BATCH = 4096  # messages per marshal record of the spill file
+_SEVERITY_LISTS = 64  # distinct lists of a frame's expert severities remembered
 
 
 @dataclass(slots=True)
@@ -469,6 +475,7 @@ class _Scan:
         self.head_sizes: dict[tuple[str, ...], int] = {}
         self._buf: list[tuple[Any, ...]] = []
         self._buf_min = _NEVER
+        self._severities: dict[str, bool] = {}  # a frame's expert severities -> a warning?
 
     def close(self) -> None:
         self.spill.close()
@@ -517,34 +524,53 @@ class _Scan:
 
     def _row(self, row: list[str]) -> None:
         num = int(row[_NUM])
-        stream = _int(_first(row[_STREAM]))
         intern = sys.intern
+        # _int(_first(...)) inline, as a soak's millions of rows read them
+        s, sport, dport = row[_STREAM], row[_SPORT], row[_DPORT]
+        src, dst = row[_SRC4] or row[_SRC6], row[_DST4] or row[_DST6]
+        if AGG in s + src + sport + dst + dport:  # a field occurring more than once (tunnels)
+            s, sport, dport = _first(s), _first(sport), _first(dport)
+            src = _first(row[_SRC4]) or _first(row[_SRC6])
+            dst = _first(row[_DST4]) or _first(row[_DST6])
+        stream = int(s) if s else None
         fr = _Frame(
             epoch_to_ns(row[_TIME]) - self.offset, stream,
-            intern(_first(row[_SRC4]) or _first(row[_SRC6])) or None,
-            _int(_first(row[_SPORT])),
-            intern(_first(row[_DST4]) or _first(row[_DST6])) or None,
-            _int(_first(row[_DPORT])),
-        )
+            intern(src) if src else None, int(sport) if sport else None,
+            intern(dst) if dst else None, int(dport) if dport else None,
+        )  # fmt: skip
         self.packets += 1
         if self.h2c_ports:
             self.frames[num] = fr
         times = self.times
-        if num >= len(times):
-            times.extend([-1] * (num + 1 - len(times)))
-        times[num] = fr.t_ns
+        if num == len(times):  # the next frame (a part's overlap rows are not given here)
+            times.append(fr.t_ns)
+        else:
+            if num > len(times):
+                times.extend([-1] * (num + 1 - len(times)))
+            times[num] = fr.t_ns
         if stream is not None:
             self.tcp_streams.add(stream)
         if self.h2 is not None and row[_H2_TYPE]:
             self.h2.packet(row, fr)
-        if row[_SEV]:
-            for sev, msg in zip(row[_SEV].split(AGG), row[_MSG].split(AGG), strict=False):
+        if (sevs := row[_SEV]) and self._warns(sevs):
+            for sev, msg in zip(sevs.split(AGG), row[_MSG].split(AGG), strict=False):
                 if int(sev) >= WARN_SEVERITY:
                     self.warnings[unescape(msg)] += 1
         if http1 := self._http1:
             self._messages(num, fr, row, http1)
             if fr.sport in http1 and row[_TCP_LEN] not in ("", "0"):
                 self.server_data[stream] = num
+
+    def _warns(self, sevs: str) -> bool:
+        """Whether a frame's expert severities hold a warning or worse (every HTTP frame
+        has a chat one: its few lists are judged once)."""
+        got = self._severities.get(sevs)
+        if got is None:
+            if len(self._severities) >= _SEVERITY_LISTS:
+                self._severities.clear()
+            got = self._severities[sevs] = any(
+                int(v) >= WARN_SEVERITY for v in sevs.split(AGG))
+        return got
 
     def _messages(self, num: int, fr: _Frame, row: list[str], http1: set[int]) -> None:
         """The frame's HTTP/1 messages: into its stream's summary and the spill."""
@@ -554,8 +580,11 @@ class _Scan:
             n, is_request = len(row[_CODE].split(AGG)), False
         else:
             return
-        segs = [s for s in (*row[_SEGS].split(AGG), *row[_TLS_SEGS].split(AGG)) if s]
-        first_seg = min((int(s) for s in segs), default=num)
+        if row[_SEGS] or row[_TLS_SEGS]:
+            segs = [s for s in (*row[_SEGS].split(AGG), *row[_TLS_SEGS].split(AGG)) if s]
+            first_seg = min((int(s) for s in segs), default=num)
+        else:
+            first_seg = num  # in one segment (most messages)
         row = _slim(row)
         ms = [_H1Msg(num, i, first_seg if i == 0 else num, fr, row, is_request)
               for i in range(n)]  # fmt: skip
@@ -590,9 +619,12 @@ class _Scan:
     def _repeats(self, num: int, prev: list[_H1Msg] | None, ms: list[_H1Msg]) -> bool:
         """A report equal to the previous one of its stream and direction that its own bytes
         do not settle at once: _drop_repeated_reports must read the capture again."""
-        if prev is None or len(ms) < len(prev) or not all(
-            _identity(a) == _identity(b) for a, b in zip(prev, ms, strict=False)
-        ):
+        if prev is None or len(ms) < len(prev):
+            return False
+        if len(prev) == 1:  # (most reports: without the generator below)
+            if _IDENTITY(prev[0].row) != _IDENTITY(ms[0].row):
+                return False
+        elif not all(_identity(a) == _identity(b) for a, b in zip(prev, ms, strict=False)):
             return False
         return self.tls_keylog is not None or not _holds_exactly(num, ms, self.head_sizes)
 

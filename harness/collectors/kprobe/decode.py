@@ -156,7 +156,7 @@ def _final(x: Exchange, seen_until: int) -> bool:
         x.t_end_ns is None or x.t_end_ns <= seen_until)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Call:
     """A syscall's events gathered so far (a call's events can interleave with others')."""
 
@@ -230,7 +230,7 @@ def decode_steps(
     ``handover``, HTTP/1 connections stitched while read whose addresses came with their
     open hand their exchanges over (``handover.ready``) once nothing later can change
     them, so a replay need not hold them; the connections returned then hold none."""
-    ef = read_event_file(path)
+    ef = read_event_file(path, check=False)  # checked as read: one pass, not two
     if ef.header.get("format", FORMAT) != FORMAT:
         raise RunDirError(f"{path} is not a {FORMAT} recording (header says "
                           f"{ef.header.get('format')!r})")  # fmt: skip
@@ -248,7 +248,7 @@ def decode_steps(
     data_kind = d["PB_EV_DATA"]
     kind_off = hdr.offset("pb_conn_event", "kind")
     ce_size = ctypes.sizeof(CE)
-    st = DecodeStats(truncated_tail_bytes=ef.truncated_tail_bytes, legacy_layout=legacy)
+    st = DecodeStats(legacy_layout=legacy)  # truncated_tail_bytes: once read to the end
     live: dict[tuple[int, int], Connection] = {}
     answers: dict[tuple[int, int, int], dict[str, Any]] = {}
     # simulated late attach: what sock_diag would have answered for sockets opened before it
@@ -268,11 +268,17 @@ def decode_steps(
         del pending_of[key[:3]][key]
         segs = call_segments(call.ts, call.orig, call.parts)
         conn = call.conn
-        unseen = sum(s.orig_len - len(s.data) for s in segs)
+        unseen = 0
+        for s in segs:
+            unseen += s.orig_len - len(s.data)
         if unseen:
             conn.truncated_bytes += unseen
             st.truncated_bytes += unseen
-        take(conn, call.direction == "send", segs)
+        if conn.http1 is not None and conn.h1_since is None:  # take's common case, inline
+            for s in segs:
+                conn.http1.add(call.direction == "send", s)
+        else:
+            take(conn, call.direction == "send", segs)
 
     def take(conn: Connection, sent: bool, segs: list[Segment]) -> None:
         """A call's segments, in its direction's order, to its connection."""
@@ -444,6 +450,8 @@ def decode_steps(
 
     newest = 0  # the latest event time read
     dir_send = d["PB_DIR_SEND"]
+    # the named tuple's _make without its Python frame (15 M events in a soak's replay)
+    new_event = tuple.__new__
     for rtype, rec in ef.records():
         if rtype == NOTE:
             assert isinstance(rec, dict)
@@ -478,7 +486,7 @@ def decode_steps(
             # the fixed part read in place (a ctypes copy padded to the whole struct cost
             # a 16 KiB allocation per event)
             fixed = rec if len(rec) >= data_min else bytes(rec).ljust(data_min, b"\0")
-            ev = as_event._make(unpack_data.unpack_from(fixed))
+            ev = new_event(as_event, unpack_data.unpack_from(fixed))
             payload = bytes(rec[data_off : data_off + ev.cap_len])
             if ev.ts_ns > newest:
                 newest = ev.ts_ns
@@ -533,7 +541,6 @@ def decode_steps(
                     conn.last_ts[i] = ev.ts_ns
             else:
                 conn = check_seq(conn, ev, i)
-            pkey = (ev.tgid, ev.fd, direction, ev.tid, ev.ts_ns)
             first = ev.offset == 0 if legacy else ev.part == 0
             if first:
                 same = pending_of.get(key3 := (ev.tgid, ev.fd, direction))
@@ -545,11 +552,16 @@ def decode_steps(
                 if not legacy and ev.cap_len == ev.orig_len:
                     # captured whole in its first event, so it has no other (the kernel
                     # emits a call's pieces only for bytes not yet emitted): placed now
-                    take(conn, i == 0, [Segment(ev.ts_ns, payload, ev.orig_len)])
+                    seg = Segment(ev.ts_ns, payload, ev.orig_len)
+                    if conn.http1 is not None and conn.h1_since is None:
+                        conn.http1.add(i == 0, seg)  # take's common case, inline
+                    else:
+                        take(conn, i == 0, [seg])
                 else:
+                    pkey = (ev.tgid, ev.fd, direction, ev.tid, ev.ts_ns)
                     pending[pkey] = _Call(conn, direction, ev.ts_ns, ev.orig_len, [(0, payload)])
                     same[pkey] = None
-            elif (call := pending.get(pkey)) is None:
+            elif (call := pending.get((ev.tgid, ev.fd, direction, ev.tid, ev.ts_ns))) is None:
                 st.lost_call_starts += 1
             elif legacy:
                 call.parts.append((ev.offset, payload))
@@ -618,6 +630,7 @@ def decode_steps(
         st.connections += 1
         if handover is not None:
             opened(key)
+    st.truncated_tail_bytes = ef.truncated_tail_bytes
     for pkey in list(pending):
         flush_call(pkey)
     for conn in live.values():
@@ -813,6 +826,15 @@ def call_segments(ts: int, orig: int, parts: list[tuple[int, bytes]]) -> list[Se
         data = parts[0][1]
         if len(data) <= orig:
             return [Segment(ts, bytes(data), orig)]
+    elif parts[0][0] == 0:  # the next: pieces in order with no gap (a read's chunks)
+        end = 0
+        for off, data in parts:
+            if off != end:
+                break
+            end += len(data)
+        else:
+            if end <= orig:
+                return [Segment(ts, b"".join([data for _off, data in parts]), orig)]
     segs: list[Segment] = []
     runs: list[tuple[int, bytearray]] = []
     for off, data in sorted(parts, key=lambda p: p[0]):

@@ -166,8 +166,8 @@ class Http1Stitcher:
             self.stats.exchanges += 1
             if not x.degraded:
                 self.stats.complete += 1
-            if any(d.field in ("req_bytes", "resp_bytes") and d.reason != REQUEST_MISSED
-                   for d in x.degraded):  # fmt: skip
+            elif any(d.field in ("req_bytes", "resp_bytes") and d.reason != REQUEST_MISSED
+                     for d in x.degraded):  # fmt: skip
                 self.stats.degraded_payload += 1
             self.done.append(x)
 
@@ -447,8 +447,10 @@ class Http1Stream:
 
     def add(self, sent: bool, seg: Segment) -> None:
         """A segment the observed process sent (else received), in its direction's order."""
-        (self._req if sent == self._client else self._resp).append(seg)
-        self._place()
+        req, resp = self._req, self._resp
+        (req if sent == self._client else resp).append(seg)
+        if req and resp:  # else nothing can be placed yet (``_place`` would do nothing)
+            self._place()
 
     def _place(self, final: bool = False) -> None:
         req, resp, st = self._req, self._resp, self.stitcher
