@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 N = 30
 
 NGINX_CONF = """daemon off;
+user root;
 worker_processes 1;
 pid {d}/nginx.pid;
 error_log {d}/error.log;
