@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from drain import drain
 
 from harness.groundtruth import extract as extract_mod
 from harness.groundtruth.extract import TruthBatch, TruthStats, extract_exchanges, stream_exchanges
@@ -29,13 +30,7 @@ PIPELINED = FIX / "replay" / "pipelined-54545.pcapng"
 
 
 def _all(pcap: Path, ports: list[int], batch: int) -> tuple[list[TruthBatch], TruthStats]:
-    gen = stream_exchanges(pcap, http1_ports=ports, h2c_ports=[], batch=batch)
-    batches = []
-    while True:
-        try:
-            batches.append(next(gen))
-        except StopIteration as stop:
-            return batches, stop.value
+    return drain(stream_exchanges(pcap, http1_ports=ports, h2c_ports=[], batch=batch))
 
 
 def _key(x: Exchange) -> str:

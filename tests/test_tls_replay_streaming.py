@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from drain import drain
 from test_tls_loss import PORT, RECV, SEND, client_calls, event, frame, write
 
 from harness.collectors import registry
@@ -27,13 +28,7 @@ RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
 
 
 def _stream(path: Path, protocol: str) -> tuple[list[ExchangeBatch], Any]:
-    gen = registry.get("tls").replay_stream(ReplayInput(path, [PORT], protocol))
-    batches = []
-    while True:
-        try:
-            batches.append(next(gen))
-        except StopIteration as stop:
-            return batches, stop.value
+    return drain(registry.get("tls").replay_stream(ReplayInput(path, [PORT], protocol)))
 
 
 def _same(whole: list[Exchange], got: list[Exchange]) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from drain import drain
 from test_uprobe_replay import REQ, RESP, SERVER_PORT, Rec, msg, write
 
 from harness.collectors import registry
@@ -48,13 +49,7 @@ def _recording(path: Path, n: int) -> Path:
 
 
 def _stream(path: Path) -> tuple[list[ExchangeBatch], Any]:
-    gen = registry.get("uprobe").replay_stream(ReplayInput(path, [SERVER_PORT], "h2c-grpc"))
-    batches = []
-    while True:
-        try:
-            batches.append(next(gen))
-        except StopIteration as stop:
-            return batches, stop.value
+    return drain(registry.get("uprobe").replay_stream(ReplayInput(path, [SERVER_PORT], "h2c-grpc")))
 
 
 def test_a_long_uprobe_recording_streams_call_by_call(
