@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from drain import drain
+from streamed import drain
 
 from harness.groundtruth import extract as extract_mod
 from harness.groundtruth.extract import TruthBatch, TruthStats, extract_exchanges, stream_exchanges

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from streamed import assert_same_exchanges, drain
 
 from harness.collectors.eventfile import EventWriter
 from harness.collectors.kprobe import decode as decode_mod
@@ -98,15 +99,8 @@ def _calls(path: Path, n: int, *, mid_stream: bool) -> Path:
 
 
 def _stream(path: Path) -> tuple[list[list[Exchange]], list[int], Any]:
-    gen = kprobe_stream(path, [PORT])
-    batches, marks = [], []
-    while True:
-        try:
-            b = next(gen)
-        except StopIteration as stop:
-            return batches, marks, stop.value
-        batches.append(b.exchanges)
-        marks.append(b.watermark_ns)
+    got, stats = drain(kprobe_stream(path, [PORT]))
+    return [b.exchanges for b in got], [b.watermark_ns for b in got], stats
 
 
 @pytest.mark.parametrize("mid_stream", [False, True])
@@ -123,13 +117,7 @@ def test_an_open_h2_connection_hands_each_call_over_as_its_stream_ends(
     monkeypatch.setattr(decode_mod, "HANDOVER_RECORDS", 1000)
     batches, marks, sst = _stream(path)
     got = [x for b in batches for x in b]
-
-    def key(x: Exchange) -> tuple[Any, ...]:
-        return (x.conn_id, x.stream_id)
-
-    by = {key(x): x.to_dict() for x in whole}
-    assert sorted(map(key, got)) == sorted(by)
-    assert all(x.to_dict() == by[key(x)] for x in got)
+    assert_same_exchanges(whole, got, lambda x: (x.conn_id, x.stream_id))
     assert sst.decode == wst.decode and sst.parse == wst.parse
     assert sst.decode["late_exchanges"] == 0
     # held: about the watermark's second of calls and one hand-over step, not the recording

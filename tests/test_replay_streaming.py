@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from streamed import assert_same_exchanges, drain
 from test_replay_bounded import _pipelined
 from test_scoring import RUNS, unpack
 
@@ -124,22 +125,11 @@ def test_kernel_side_stream_hands_over_what_the_whole_decode_gives(
     events = d / EVENTS_DIR / "kprobe.bin"
     whole, wst = kprobe_exchanges(events, m.ports)
     monkeypatch.setattr(decode_mod, "HANDOVER_RECORDS", 8)  # hand over every few records
-    gen = kprobe_stream(events, m.ports)
-    batches = []
-    while True:
-        try:
-            batches.append(next(gen))
-        except StopIteration as stop:
-            sst = stop.value
-            break
+    batches, sst = drain(kprobe_stream(events, m.ports))
     got = [x for b in batches for x in b.exchanges]
-
-    def key(x: Exchange) -> tuple[Any, ...]:
-        return (x.side, x.conn_id, x.conn_seq or 0, x.stream_id or 0)
-
-    assert sorted(map(key, got)) == sorted(map(key, whole))
-    by = {key(x): x for x in whole}
-    assert all(x.to_dict() == by[key(x)].to_dict() for x in got)
+    assert_same_exchanges(
+        whole, got, lambda x: (x.side, x.conn_id, x.conn_seq or 0, x.stream_id or 0)
+    )
     assert sst.decode["late_exchanges"] == 0
     assert sst.decode == wst.decode and sst.parse == wst.parse
     # watermarks only go up, and no exchange came after one that said it would not

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from drain import drain
+from streamed import assert_same_exchanges, drain
 from test_tls_loss import PORT, RECV, SEND, client_calls, event, frame, write
 
 from harness.collectors import registry
@@ -32,12 +32,7 @@ def _stream(path: Path, protocol: str) -> tuple[list[ExchangeBatch], Any]:
 
 
 def _same(whole: list[Exchange], got: list[Exchange]) -> None:
-    def key(x: Exchange) -> tuple[Any, ...]:
-        return (x.conn_id, x.t_start_ns, x.stream_id)
-
-    by = {key(x): x.to_dict() for x in whole}
-    assert sorted(map(key, got)) == sorted(by)
-    assert all(x.to_dict() == by[key(x)] for x in got)
+    assert_same_exchanges(whole, got, lambda x: (x.conn_id, x.t_start_ns, x.stream_id))
 
 
 def test_a_long_https_connection_streams_request_by_request(

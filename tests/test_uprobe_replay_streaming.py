@@ -14,14 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from drain import drain
+from streamed import assert_same_exchanges, drain
 from test_uprobe_replay import REQ, RESP, SERVER_PORT, Rec, msg, write
 
 from harness.collectors import registry
 from harness.collectors.base import ExchangeBatch, ReplayInput
 from harness.collectors.uprobe import decode as decode_mod
 from harness.collectors.uprobe.exchanges import uprobe_exchanges
-from harness.model import Exchange
 
 MS = 1_000_000
 ZOMBIES = 3  # in flight at the attach: response and trailers seen, the request not
@@ -68,13 +67,7 @@ def test_a_long_uprobe_recording_streams_call_by_call(
     # gave all of them in one batch at the end, the calls in flight at the attach too)
     assert max(len(b.exchanges) for b in batches) < 1_500
     got = [x for b in batches for x in b.exchanges]
-
-    def key(x: Exchange) -> tuple[Any, ...]:
-        return (x.conn_id, x.stream_id)
-
-    by = {key(x): x.to_dict() for x in whole}
-    assert sorted(map(key, got)) == sorted(by)
-    assert all(x.to_dict() == by[key(x)] for x in got)
+    assert_same_exchanges(whole, got, lambda x: (x.conn_id, x.stream_id))
     assert sst.parse == wst.parse and sst.connections == wst.connections
     assert sst.decode == wst.decode
     assert sst.decode["late_exchanges"] == 0 and sst.decode["strings_changed_after_use"] == 0
