@@ -150,6 +150,7 @@ def cmd_kernels(a: argparse.Namespace) -> int:
     from harness.report.load import load
     from harness.report.tables import hook_agreement, kernels_frame, rows_frame
     from harness.runner import kernels
+    from harness.runner.kernels_guest import shard_ids
 
     t0 = time.monotonic()
     series = a.kernel or list(kernels.DEFAULT_SERIES)
@@ -159,6 +160,13 @@ def cmd_kernels(a: argparse.Namespace) -> int:
         print("installed: QEMU, busybox, virtme-ng and the kernels of " + ", ".join(series))
         return 0
     tests = "none" if a.no_tests else a.tests or ("quick" if a.quick else "full")
+    test_ids = None
+    if a.shard:
+        if tests != "full":
+            raise ProbebenchError("--shard cuts the full test set: use it with --tests full")
+        test_ids = shard_ids(*a.shard)
+        _progress(f"tests: shard {a.shard[0]}/{a.shard[1]} of the full set, {len(test_ids)} "
+                  f"tests ({test_ids[0]} … {test_ids[-1]})")
     kernels.run_guests(series, a.quick, out, _progress, install_only=True)  # before the host
     failed: list[str] = []
     dirs: list[Path] = []
@@ -167,7 +175,8 @@ def cmd_kernels(a: argparse.Namespace) -> int:
     cancel = Event()  # an error or ^C here stops the guest too, not only at its timeout
     with ThreadPoolExecutor(1) as pool:
         running = pool.submit(kernels.run_guests, series, a.quick, out, _progress,
-                              timeout_s=a.timeout, tests=tests, cancel=cancel)  # fmt: skip
+                              timeout_s=a.timeout, tests=tests, cancel=cancel,
+                              test_ids=test_ids)  # fmt: skip
         try:
             failed += _host_cells(out / "host", a.quick, dirs) if not a.no_host else []
             guests = running.result()
@@ -238,6 +247,13 @@ def _collectors(text: str) -> list[str]:
             f"collectors are {', '.join(registry.NAMES)}, not {text!r}"
         )
     return names
+
+
+def _shard(text: str) -> tuple[int, int]:
+    k, _, n = text.partition("/")
+    if not (k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
+        raise argparse.ArgumentTypeError(f"a shard is K/N with 1 <= K <= N, not {text!r}")
+    return int(k), int(n)
 
 
 def _uprobe_options(p: argparse.ArgumentParser) -> None:
@@ -391,6 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "full (every test marked bpf or kprobes) or none; default quick with "
                    "--quick, else full")
     p.add_argument("--no-tests", action="store_true", help="the same as --tests none")
+    p.add_argument("--shard", type=_shard, metavar="K/N",
+                   help="with --tests full: only part K of N of it (contiguous, in the set's "
+                   "order; the whole set needs about 3 h of a quiet machine per guest)")
     p.add_argument("--no-host", action="store_true",
                    help="leave out the same cells on this machine's own kernel")
     p.add_argument("--install-only", action="store_true",

@@ -235,6 +235,26 @@ def test_guest_test_sets_pick_only_the_files_that_need_a_kernel() -> None:
     assert quick[:2] == ["-m", "kprobes"] and "tests/test_kernel_hooks.py" in quick
 
 
+def test_shards_cut_the_full_set_into_contiguous_parts_that_cover_it_once() -> None:
+    """--shard K/N: N sessions together run every test of the full set exactly once, in
+    the set's order (kprobe-mode tests in the first part); a bad K/N is refused."""
+    import argparse
+
+    from harness.cli import _shard
+    from harness.runner.kernels_guest import shard_ids, test_args
+
+    parts = [shard_ids(k, 3) for k in (1, 2, 3)]
+    whole = shard_ids(1, 1)
+    assert [i for p in parts for i in p] == whole
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    assert parts[0][0].startswith("tests/test_kernel_hooks.py::")
+    assert test_args("full", parts[1])[2:] == parts[1]
+    assert _shard("2/3") == (2, 3)
+    for bad in ("0/3", "4/3", "3", "a/b"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _shard(bad)
+
+
 def test_a_guest_is_killed_when_the_caller_gives_up() -> None:
     """kernels runs the host's cells while a guest boots: an error or ^C there sets the
     event, and the guest's whole session (QEMU, virtiofsd) is killed, not waited for."""

@@ -156,7 +156,8 @@ def loop_seconds() -> float:
     return best
 
 
-def guest_command(out: Path, quick: bool, tests: str = "quick") -> str:
+def guest_command(out: Path, quick: bool, tests: str = "quick",
+                  test_ids: Path | None = None) -> str:
     """What the guest runs: the project's venv Python (a symlink to Debian's, with bcc),
     from the read-only checkout, writing only under `out`."""
     args = [sys.executable, "-m", "harness.runner.kernels_guest", "--out", str(out),
@@ -164,16 +165,18 @@ def guest_command(out: Path, quick: bool, tests: str = "quick") -> str:
     if quick:
         args.append("--quick")
     args += ["--tests", tests]
+    if test_ids is not None:
+        args += ["--test-ids", str(test_ids)]
     # the guest's root is read-only: no byte-code caches
     return f"cd {shlex.quote(str(repo_root()))} && PYTHONDONTWRITEBYTECODE=1 {shlex.join(args)}"
 
 
 def vng_command(vng: Path, kernel: GuestKernel, out: Path, quick: bool,
-                tests: str = "quick") -> list[str]:
+                tests: str = "quick", test_ids: Path | None = None) -> list[str]:
     return [str(vng), "--run", str(kernel.vmlinuz), "--disable-kvm",
             "--cpus", str(GUEST_CPUS), "--memory", GUEST_MEMORY,
             "--rwdir", str(out), "--name", f"pb-{kernel.series}",
-            "--exec", guest_command(out, quick, tests)]  # fmt: skip
+            "--exec", guest_command(out, quick, tests, test_ids)]  # fmt: skip
 
 
 def _wait(proc: subprocess.Popen[bytes], timeout_s: float,
@@ -198,13 +201,18 @@ def _wait(proc: subprocess.Popen[bytes], timeout_s: float,
 
 def boot(vng: Path, kernel: GuestKernel, out: Path, quick: bool, progress: Progress,
          timeout_s: float | None = None, tests: str = "quick",
-         cancel: Event | None = None) -> dict[str, object]:
+         cancel: Event | None = None, test_ids: list[str] | None = None) -> dict[str, object]:
     """Boot one guest, run the guest side, return what it wrote to guest.json (or why not).
-    The console goes to out/console.log; QEMU is killed at the timeout or on `cancel`."""
+    The console goes to out/console.log; QEMU is killed at the timeout or on `cancel`.
+    `test_ids`: only these tests of the set (a shard), passed in a file in `out`."""
     out.mkdir(parents=True, exist_ok=True)
     (out / GUEST_JSON).unlink(missing_ok=True)
     timeout_s = timeout_s or GUEST_TIMEOUT_S[quick]
-    cmd = vng_command(vng, kernel, out, quick, tests)
+    ids_file = None
+    if test_ids:
+        ids_file = out / "test-ids.txt"
+        ids_file.write_text("\n".join(test_ids) + "\n")
+    cmd = vng_command(vng, kernel, out, quick, tests, ids_file)
     progress(f"{kernel.release}: booting under TCG (timeout {timeout_s:.0f} s)")
     t0 = time.monotonic()
     cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -252,6 +260,7 @@ def left_runs(out: Path) -> list[dict[str, Any]]:
 def run_guests(series: list[str], quick: bool, out: Path, progress: Progress,
                install_only: bool = False, timeout_s: float | None = None,
                tests: str = "quick", cancel: Event | None = None,
+               test_ids: list[str] | None = None,
                ) -> list[tuple[GuestKernel, Path, dict[str, object]]]:
     """Find, install and boot each kernel series in turn; one output directory each."""
     kernels = [find_kernel(s, progress) for s in series]
@@ -263,7 +272,7 @@ def run_guests(series: list[str], quick: bool, out: Path, progress: Progress,
         gdir = out / k.release
         if cancel is not None and cancel.is_set():
             break
-        guest = boot(vng, k, gdir, quick, progress, timeout_s, tests, cancel)
+        guest = boot(vng, k, gdir, quick, progress, timeout_s, tests, cancel, test_ids)
         done.append((k, gdir, guest))
         result = guest.get("tests") or {}
         progress(f"{k.release}: {guest.get('error') or 'done'}; tests: "

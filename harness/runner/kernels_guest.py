@@ -41,11 +41,13 @@ QUICK_TESTS = ["-m", "kprobes", "tests/test_kernel_hooks.py", "-k", "not early",
                "-p", "no:hypothesispytest"]  # fmt: skip
 
 
-def test_args(which: str) -> list[str]:
+def test_args(which: str, ids: list[str] | None = None) -> list[str]:
     """pytest's arguments for test set `which` (quick: the kprobe-mode test; full: every
-    test marked bpf or kprobes)."""
+    test marked bpf or kprobes, or only the node `ids` of it given)."""
     if which == "quick":
         return QUICK_TESTS
+    if ids:
+        return ["-m", MARKERS, *ids]
     tests = repo_root() / "tests"
     marked = re.compile(r"pytest\.mark\.(bpf|kprobes)\b")
     texts = {str(f.relative_to(repo_root())): f.read_text() for f in tests.glob("test_*.py")}
@@ -54,6 +56,22 @@ def test_args(which: str) -> list[str]:
     files = sorted((n for n, t in texts.items() if marked.search(t)),
                    key=lambda n: ("pytest.mark.kprobes" not in texts[n], n))  # fmt: skip
     return ["-m", MARKERS, *files]
+
+
+def shard_ids(k: int, n: int) -> list[str]:
+    """Part `k` of `n` of the full set: its node ids in the set's order (kprobe-mode tests
+    first), cut into n contiguous parts of near-equal size. The whole set takes about 3 h
+    of a quiet machine per guest under TCG; cut, it runs as n sessions, one after another
+    or on n machines at once. Collected here, on the host: in a guest it takes minutes."""
+    if not 1 <= k <= n:
+        raise ProbebenchError(f"shard {k}/{n}: K must be between 1 and N")
+    done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q",
+                           "-p", "no:cacheprovider", *test_args("full")],
+                          cwd=repo_root(), capture_output=True, text=True, check=False)  # fmt: skip
+    ids = [ln for ln in done.stdout.splitlines() if "::" in ln]
+    if not ids:
+        raise ProbebenchError(f"collecting the BPF tests failed: {done.stdout[-500:]}")
+    return ids[-(-len(ids) * (k - 1) // n) : -(-len(ids) * k // n)]
 
 
 def cells(quick: bool) -> list[tuple[str, str, str, str, int]]:
@@ -67,7 +85,7 @@ def _mount_tracefs() -> None:
             subprocess.run(["mount", "-t", fs, "nodev", where], check=False)
 
 
-def run_tests(out: Path, which: str) -> dict[str, Any]:
+def run_tests(out: Path, which: str, ids: list[str] | None = None) -> dict[str, Any]:
     t0 = time.monotonic()
     # --durations: where a guest's minutes go, per test (the profile of a slow run)
     # -v: one line per test as it ends, so a guest killed at its timeout leaves its results,
@@ -77,7 +95,7 @@ def run_tests(out: Path, which: str) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-o",
            "cache_dir=/tmp", "-o", "console_output_style=times", "--durations=15",
            "--basetemp", str(out / "pytest-tmp"), "--junitxml", str(out / "pytest.xml"),
-           *test_args(which)]  # fmt: skip
+           *test_args(which, ids)]  # fmt: skip
     # CI: a missing capability fails; unbuffered: the log shows progress while it runs;
     # each failure's traceback as it happens (tests/conftest.py)
     env = {**os.environ, "CI": "true", "TMPDIR": "/tmp", "PYTHONUNBUFFERED": "1",
@@ -124,9 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--tests", choices=["quick", "full", "none"], default="quick")
+    ap.add_argument("--test-ids", type=Path, help="with --tests full: only these node ids, "
+                    "one a line (a shard the host picked)")
     ap.add_argument("--host-loop-s", type=float, help="kernels.loop_seconds() on the host")
     a = ap.parse_args(argv)
     t0 = time.monotonic()
+    ids = a.test_ids.read_text().splitlines() if a.test_ids else None
     # TCG runs 25-35x slower than the host on a quiet machine, far more on a loaded one:
     # start-up waits are scaled by twice what this guest measures now, 30x at least
     slower = loop_seconds() / a.host_loop_s if a.host_loop_s else 0.0
@@ -137,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     # seconds from power-on to here: the boot and the Python start-up under TCG
     booted = float(Path("/proc/uptime").read_text().split()[0])
     res: dict[str, Any] = {"kernel": platform.release(), "hook_modes": modes, "quick": a.quick,
-                           "tests_set": a.tests, "slower_than_host": round(slower, 1),
+                           "tests_set": a.tests, "test_ids": ids,
+                           "slower_than_host": round(slower, 1),
                            "slowdown": os.environ[SLOWDOWN_ENV],
                            "uptime_at_start_s": booted}
     print(f"[guest] kernel {res['kernel']}, hook modes {have}, {slower:.0f}x slower than "
@@ -146,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     # single-threaded bcc compiles, so one at a time leaves a vCPU idle (measured: QEMU used
     # 1.1 host CPUs on average over a quick session run in series).
     with ThreadPoolExecutor(1) as pool:
-        tests = pool.submit(run_tests, a.out, a.tests) if a.tests != "none" else None
+        tests = pool.submit(run_tests, a.out, a.tests, ids) if a.tests != "none" else None
         res["runs"] = record_cells(a.out, a.quick, have)
         if tests is not None:
             res["tests"] = tests.result()
