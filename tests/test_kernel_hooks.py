@@ -305,3 +305,30 @@ def test_kernel_version_gate_reads_uname(monkeypatch: pytest.MonkeyPatch) -> Non
                     ("4.19.0", False), ("10.0", True), ("weird", False)):
         release(r)
         assert hooks.kernel_at_least(5, 15) is want, r
+
+
+def test_the_ci_workflows_call_probebench_with_options_it_has() -> None:
+    """The workflow files are not run here: at least their probebench commands parse, and
+    the kernels workflow's shards cover the whole test set."""
+    import re
+
+    from harness.cli import build_parser
+    from harness.model import repo_root
+
+    flows = repo_root() / ".github" / "workflows"
+    commands = []
+    for f in sorted(flows.glob("*.yml")):
+        text = re.sub(r"\$\([^)]*\)", "X", f.read_text())  # a command substitution: one arg
+        for line in re.findall(r"\.venv/bin/probebench ([^\n|;]+)", text):
+            # a matrix value or a shell expansion stands for one argument
+            line = re.sub(r'"?\$\{\{ matrix\.shard \}\}/3"?', "2/3", line)
+            line = re.sub(r'"[^"]*\$\{\{[^"]*"|\$\{\{ [\w.]+ \}\}|"?\$\w+"?', "X", line)
+            commands.append(line.split())
+    assert any(c[0] == "kernels" for c in commands) and any(c[0] == "matrix" for c in commands)
+    for c in commands:
+        build_parser().parse_args(c)  # SystemExit on an option probebench lacks
+    kernels = (flows / "kernels.yml").read_text()
+    shard = re.search(r"--shard \"\$\{\{ matrix\.shard \}\}/(\d+)\"", kernels)
+    assert shard is not None
+    n = int(shard.group(1))
+    assert f"shard: [{', '.join(str(k) for k in range(1, n + 1))}]" in kernels
