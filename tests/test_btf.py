@@ -51,3 +51,16 @@ def test_cached_offsets_equal_a_fresh_read(tmp_path: Path, monkeypatch: pytest.M
     assert socket_walk_defines() == fresh  # read back
     entry.write_text("{not json")  # a corrupt entry is computed again, never trusted
     assert socket_walk_defines() == fresh
+
+
+@needs_btf
+def test_a_member_that_must_lead_its_struct_and_does_not_turns_the_walk_off() -> None:
+    """The walk reads sock_common's fields off the sock pointer: on a kernel where sock
+    did not begin with it, the walk is off (not reading the wrong bytes)."""
+    from harness.collectors.btf import _offsets
+
+    blob = VMLINUX.read_bytes()
+    assert _offsets(blob, ((None, "sock", "__sk_common"),), "F") == {"F": 1}
+    # sk_type is not sock's first member: a stand-in for a layout that moved
+    assert _offsets(blob, (("X", "sock", "sk_protocol"), (None, "sock", "sk_type")), "F") == {
+        "F": 0}

@@ -129,8 +129,11 @@ class Btf:
         return off // 8
 
 
-# (define, struct, member): what the collector's fd -> socket walk reads
-SOCKET_WALK = (
+# (define, struct, member): what the collector's fd -> socket walk reads; a define of None
+# is a member that must sit at offset 0 (the walk reads sock_common's fields off the sock)
+Spec = tuple[tuple[str | None, str, str], ...]
+SOCKET_WALK: Spec = (
+    (None, "sock", "__sk_common"),
     ("PB_OFF_TASK_FILES", "task_struct", "files"),
     ("PB_OFF_FILES_FDT", "files_struct", "fdt"),
     ("PB_OFF_FDT_MAX", "fdtable", "max_fds"),
@@ -154,7 +157,7 @@ SOCKET_WALK = (
 # (define, struct, member): which image of which process the current task runs. A tgid
 # is reused by a new process (its thread group leader's start time differs) and keeps
 # its number across an exec (start time kept, the exec count moves on).
-TASK_IMAGE = (
+TASK_IMAGE: Spec = (
     ("PB_OFF_TASK_GROUP_LEADER", "task_struct", "group_leader"),
     ("PB_OFF_TASK_START_TIME", "task_struct", "start_time"),
     ("PB_OFF_TASK_EXEC_ID", "task_struct", "self_exec_id"),
@@ -171,9 +174,7 @@ def task_image_defines(path: Path = VMLINUX, *, use_cache: bool = True) -> dict[
     return _offset_defines(TASK_IMAGE, "PB_TASK_IMAGE", path, use_cache)
 
 
-def _offset_defines(
-    spec: tuple[tuple[str, str, str], ...], flag: str, path: Path, use_cache: bool
-) -> dict[str, int]:
+def _offset_defines(spec: Spec, flag: str, path: Path, use_cache: bool) -> dict[str, int]:
     """The offsets of ``spec`` and ``flag``=1, or just ``flag``=0 when BTF is missing or
     lacks one of them.
 
@@ -189,13 +190,16 @@ def _offset_defines(
                   use_cache=use_cache)  # fmt: skip
 
 
-def _offsets(blob: bytes, spec: tuple[tuple[str, str, str], ...], flag: str) -> dict[str, int]:
+def _offsets(blob: bytes, spec: Spec, flag: str) -> dict[str, int]:
+    out: dict[str, int] = {}
     try:
         btf = Btf(blob)
-        out = {name: btf.offset(s, m) for name, s, m in spec}
-        # struct sock begins with its sock_common
-        if spec is SOCKET_WALK and btf.offset("sock", "__sk_common") != 0:
-            raise CollectorError("struct sock does not begin with __sk_common")
+        for name, struct, member in spec:
+            off = btf.offset(struct, member)
+            if name is not None:
+                out[name] = off
+            elif off != 0:
+                raise CollectorError(f"struct {struct} does not begin with {member}")
     except CollectorError:
         # another kernel's layout: the collector does without (the socket walk falls back
         # to the caller's sockaddr and sock_diag; the event file's header records the flag)
