@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from harness.model import repo_root
+from harness.model import repo_root, waited
 
 TRACEFS = Path("/sys/kernel/tracing")
 # Every syscall tracepoint the kernel-side collector attaches to.
@@ -34,8 +34,10 @@ class Check:
 
 
 def _run(args: list[str], timeout: float = 20) -> subprocess.CompletedProcess[str] | None:
+    # scaled like every start-up wait: under an emulated CPU (a kernel guest under TCG,
+    # 10-30x slower) `tshark --version` alone takes tens of seconds
     try:
-        return subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(args, capture_output=True, text=True, timeout=waited(timeout))
     except (OSError, subprocess.SubprocessError):
         return None
 
