@@ -160,7 +160,11 @@ def cmd_kernels(a: argparse.Namespace) -> int:
         print("installed: QEMU, busybox, virtme-ng and the kernels of " + ", ".join(series))
         return 0
     tests = "none" if a.no_tests else a.tests or ("quick" if a.quick else "full")
-    test_ids = None
+    test_ids = a.test
+    if a.test and (a.shard or a.tests not in (None, "full") or a.no_tests):
+        raise ProbebenchError("--test names tests to run: leave out --shard and --tests")
+    if a.test:
+        tests = "full"
     if a.shard:
         if tests != "full":
             raise ProbebenchError("--shard cuts the full test set: use it with --tests full")
@@ -410,6 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", type=_shard, metavar="K/N",
                    help="with --tests full: only part K of N of it (contiguous, in the set's "
                    "order; the whole set needs about 3 h of a quiet machine per guest)")
+    p.add_argument("--test", action="append", metavar="NODEID",
+                   help="run only this test of the full set in each guest (repeatable; "
+                   "e.g. one that failed there: tests/test_x.py::test_y)")
     p.add_argument("--no-host", action="store_true",
                    help="leave out the same cells on this machine's own kernel")
     p.add_argument("--install-only", action="store_true",
