@@ -150,7 +150,7 @@ def cmd_kernels(a: argparse.Namespace) -> int:
     from harness.report.load import load
     from harness.report.tables import hook_agreement, kernels_frame, rows_frame
     from harness.runner import kernels
-    from harness.runner.kernels_guest import shard_ids
+    from harness.runner.kernels_guest import full_ids, shard
 
     t0 = time.monotonic()
     series = a.kernel or list(kernels.DEFAULT_SERIES)
@@ -168,7 +168,7 @@ def cmd_kernels(a: argparse.Namespace) -> int:
     if a.shard:
         if tests != "full":
             raise ProbebenchError("--shard cuts the full test set: use it with --tests full")
-        test_ids = shard_ids(*a.shard)
+        test_ids = shard(full_ids(), *a.shard)
         _progress(f"tests: shard {a.shard[0]}/{a.shard[1]} of the full set, {len(test_ids)} "
                   f"tests ({test_ids[0]} … {test_ids[-1]})")
     kernels.run_guests(series, a.quick, out, _progress, install_only=True)  # before the host

@@ -241,15 +241,21 @@ def test_shards_cut_the_full_set_into_contiguous_parts_that_cover_it_once() -> N
     import argparse
 
     from harness.cli import _shard
-    from harness.runner.kernels_guest import shard_ids, test_args
+    from harness.runner.kernels_guest import full_ids, shard, test_args
 
-    parts = [shard_ids(k, 3) for k in (1, 2, 3)]
-    whole = shard_ids(1, 1)
-    assert [i for p in parts for i in p] == whole
+    whole = full_ids()
+    parts = [shard(whole, k, 3) for k in (1, 2, 3)]
+    assert [i for p in parts for i in p] == whole == shard(whole, 1, 1)
     assert max(map(len, parts)) - min(map(len, parts)) <= 1
     assert parts[0][0].startswith("tests/test_kernel_hooks.py::")
     assert test_args("full", parts[1])[2:] == parts[1]
     assert _shard("2/3") == (2, 3)
+    # --test names tests itself: with a shard or another set it is refused, before any boot
+    from harness.cli import main
+
+    for extra in (["--shard", "1/3"], ["--tests", "quick"], ["--no-tests"]):
+        assert main(["kernels", "--test", "tests/test_x.py::test_y", *extra]) == 2
+    assert main(["kernels", "--tests", "quick", "--shard", "1/3"]) == 2
     for bad in ("0/3", "4/3", "3", "a/b"):
         with pytest.raises(argparse.ArgumentTypeError):
             _shard(bad)

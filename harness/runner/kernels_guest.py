@@ -58,19 +58,24 @@ def test_args(which: str, ids: list[str] | None = None) -> list[str]:
     return ["-m", MARKERS, *files]
 
 
-def shard_ids(k: int, n: int) -> list[str]:
-    """Part `k` of `n` of the full set: its node ids in the set's order (kprobe-mode tests
-    first), cut into n contiguous parts of near-equal size. The whole set takes about 3 h
-    of a quiet machine per guest under TCG; cut, it runs as n sessions, one after another
-    or on n machines at once. Collected here, on the host: in a guest it takes minutes."""
-    if not 1 <= k <= n:
-        raise ProbebenchError(f"shard {k}/{n}: K must be between 1 and N")
+def full_ids() -> list[str]:
+    """The full set's node ids in its order (kprobe-mode tests first), collected here, on
+    the host: in a guest collecting takes minutes."""
     done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q",
                            "-p", "no:cacheprovider", *test_args("full")],
                           cwd=repo_root(), capture_output=True, text=True, check=False)  # fmt: skip
     ids = [ln for ln in done.stdout.splitlines() if "::" in ln]
     if not ids:
         raise ProbebenchError(f"collecting the BPF tests failed: {done.stdout[-500:]}")
+    return ids
+
+
+def shard(ids: list[str], k: int, n: int) -> list[str]:
+    """Part `k` of `n` of `ids`, cut into n contiguous parts of near-equal size. The whole
+    set takes about 3 h of a quiet machine per guest under TCG; cut, it runs as n
+    sessions, one after another or on n machines at once."""
+    if not 1 <= k <= n:
+        raise ProbebenchError(f"shard {k}/{n}: K must be between 1 and N")
     return ids[-(-len(ids) * (k - 1) // n) : -(-len(ids) * k // n)]
 
 
