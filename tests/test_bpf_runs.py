@@ -74,7 +74,7 @@ def test_interrupted_run_leaves_nothing_behind(tmp_path: Path, sig: int) -> None
     proc.send_signal(sig)
     code = proc.wait(timeout=waited(120))
     # children die with their parent (PR_SET_PDEATHSIG), even after SIGKILL
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + waited(60)
     def ours_loaded() -> bool:
         return bool(ours & loaded_prog_ids())
 

@@ -99,7 +99,7 @@ def test_an_exec_waits_stopped_until_released() -> None:
         assert state(sh.pid) == "T"
         held_ns = gate.release(sh.pid)
         assert held_ns is not None and held_ns >= 300_000_000
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + waited(5)
         while state(sh.pid) == "T" and time.monotonic() < deadline:
             time.sleep(0.01)
         assert state(sh.pid) in ("R", "S")
@@ -114,7 +114,7 @@ def test_the_whole_tree_is_followed_and_nothing_else() -> None:
         stranger = subprocess.Popen(["/bin/true"])
         assert stranger.wait(timeout=waited(10)) == 0  # it was not held, or this would hang
         seen: list[Exec] = []
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + waited(20)
         while sh.poll() is None and time.monotonic() < deadline:
             rings.poll(50)
             for ex in gate.take():

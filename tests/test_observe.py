@@ -139,7 +139,7 @@ def test_nothing_is_left_when_observe_is_stopped_mid_run(tmp_path: Path, sig: in
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + waited(120)
         while not running(CLIENT, below=proc.pid) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert running(CLIENT, below=proc.pid), "the workload never got to its client"
@@ -153,7 +153,7 @@ def test_nothing_is_left_when_observe_is_stopped_mid_run(tmp_path: Path, sig: in
         proc.wait(timeout=waited(120))
         # everything dies with the runner, the command's own children included (the
         # keeper gets SIGTERM from the kernel even when the runner is SIGKILLed)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + waited(60)
         while time.monotonic() < deadline and (
             progs & loaded_prog_ids() or any(Path(f"/proc/{p}").exists() for p in ours)
         ):
@@ -178,7 +178,7 @@ def test_a_collector_killed_while_holding_strands_nothing(tmp_path: Path) -> Non
     try:
         # the gate holds the server while its probes compile: kill the collector then
         held: list[int] = []
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + waited(60)
         while not held and time.monotonic() < deadline:
             below = descendants(proc.pid)
             held = [p.pid for p in processes() if p.pid in below and p.state == "T"]

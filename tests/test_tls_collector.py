@@ -112,7 +112,7 @@ def test_no_probe_left_after_the_collector_is_stopped(tmp_path: Path, sig: int) 
         _https(tmp_path, port, 3)  # mid-run: it has recorded
         col.send_signal(sig)
         col.wait(timeout=waited(60))
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + waited(20)
         while _perf_lines(col.pid) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert _perf_lines(col.pid) == []

@@ -195,14 +195,14 @@ def test_nothing_left_after_the_collector_dies_mid_run(tmp_path: Path, sig: int)
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )  # fmt: skip
         # wait until events flow (the collector is mid-run), then kill it
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + waited(60)
         while events.stat().st_size < 200_000 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert events.stat().st_size >= 200_000, "no traffic reached the collector"
         code = stop(col, sig)
         assert code == (-signal.SIGKILL if sig == signal.SIGKILL else 0)
         # the kernel frees the programs once their last reference (the probe) is gone
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + waited(20)
         while (_our_probes(col.pid, server_bin) or ours & _prog_ids()) and (
             time.monotonic() < deadline
         ):
