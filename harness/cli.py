@@ -151,6 +151,7 @@ def cmd_kernels(a: argparse.Namespace) -> int:
     from harness.report.tables import hook_agreement, kernels_frame, rows_frame
     from harness.runner import kernels
     from harness.runner.kernels_guest import full_ids, shard
+    from harness.runner.lifecycle import signals_as_exceptions
 
     t0 = time.monotonic()
     series = a.kernel or list(kernels.DEFAULT_SERIES)
@@ -177,7 +178,9 @@ def cmd_kernels(a: argparse.Namespace) -> int:
     # the host's cells and their replays while the guests run: a guest under TCG leaves
     # host CPU idle between its compiles; record() stays on the main thread (signals)
     cancel = Event()  # an error or ^C here stops the guest too, not only at its timeout
-    with ThreadPoolExecutor(1) as pool:
+    # SIGTERM too: QEMU runs in its own session, so a plain kill of this process would
+    # leave the guest running to its timeout
+    with signals_as_exceptions(), ThreadPoolExecutor(1) as pool:
         running = pool.submit(kernels.run_guests, series, a.quick, out, _progress,
                               timeout_s=a.timeout, tests=tests, cancel=cancel,
                               test_ids=test_ids)  # fmt: skip
