@@ -300,3 +300,14 @@ def test_pipelining_seen_from_the_start_pairs_in_order() -> None:
     assert stats.pipelining
     assert [(x.path, x.status) for x in xs] == [("/1", 200), ("/2", 200)]
     assert _wrongly_paired(xs) == [] and all(not x.degraded for x in xs)
+
+
+def test_a_part_after_lost_calls_still_pairs_by_time() -> None:
+    """A part after lost events is not a start found mid-stream: its gap was numbered, so two
+    requests read before its first answer pair as after any loss (the latest), as before."""
+    recv = [seg(10, _req("/1")), seg(20, _req("/2"))]
+    xs, stats = stitch_http1([seg(30, _resp("/2"))], recv, side="server", closed_ns=None,
+                             after_loss=True)  # fmt: skip
+    assert [(x.path, x.status) for x in xs] == [("/1", None), ("/2", 200)]
+    assert reasons(xs[0]) == {"status": "no_response"} and not xs[1].degraded
+    assert not stats.pipelining and _wrongly_paired(xs) == []

@@ -700,9 +700,10 @@ class Http1Parser:
         # running process one at a time), so the count is not exact. Pipelining (this answers
         # the oldest) and a missed answer (this answers the latest) show the same calls:
         # which it answers is unknown, and no pipelining is concluded (unless the caller
-        # ruled pipelining out: then the latest, as always).
+        # ruled pipelining out: then the latest, as always). A part after lost calls is
+        # not this: its gap was numbered, and it pairs as after any loss.
         unproven = (self._pipelined and k > 1 and not self._from_start
-                    and q[0][1] < (self._first_ts or 0))  # fmt: skip
+                    and not self._requests_hidden and q[0][1] < (self._first_ts or 0))  # fmt: skip
         gone = self._requests_lost_after
         if self._pipelined and not lost and not unproven and (gone is None or q[0][1] <= gone):
             # both counts exact up to the oldest queued request: it is the one answered
