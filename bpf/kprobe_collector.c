@@ -222,6 +222,13 @@ BPF_HASH(data_args_map, u32, struct data_args, 4096);
 BPF_PERCPU_ARRAY(calls, struct data_call, 1);
 BPF_PERCPU_ARRAY(conn_scratch, struct conn_info, 1);
 BPF_PROG_ARRAY(walkers, PB_TC_MAX);
+/* Nonzero once the recorder has put every walker in `walkers` and attached every hook: the
+ * one instant from which data calls are numbered. Putting a program in `walkers` patches
+ * each caller's tail-call jump in turn (constant keys are direct jumps), over milliseconds
+ * on a loaded machine: the receive hooks (loaded first) then reached data_fn before the
+ * send hooks did, so a connection's first sends went unnumbered after its first receives,
+ * which replay took for pipelining. */
+BPF_ARRAY(armed, u32, 1);
 BPF_TABLE("lru_hash", struct grpc_key, struct grpc_val, grpc_msgs, PB_MAX_CONNS);
 
 static __always_inline void stat_add(u32 idx, u64 n) {
@@ -2028,6 +2035,8 @@ int data_fn(void *ctx) {
 /* A data call, its arguments known: stash it and go on in data_fn. */
 static __always_inline int stash_call(void *ctx, struct data_args *a, u64 id, long ret) {
     u32 zero = 0;
+    u32 *on = armed.lookup(&zero);
+    if (!on || !*on) return 0;  /* before the attach: unnumbered, as if unseen */
     struct data_call *dc = calls.lookup(&zero);
     if (!dc) return 0;
     dc->a = *a;
@@ -2041,7 +2050,7 @@ static __always_inline int stash_call(void *ctx, struct data_args *a, u64 id, lo
     dc->seq = 0;
     dc->part = 0;
     walkers.call(ctx, PB_TC_DATA);
-    stat_add(PB_STAT_TAIL_FAILED, 1);  /* the walkers are not in place yet */
+    stat_add(PB_STAT_TAIL_FAILED, 1);
     return 0;
 }
 

@@ -15,6 +15,9 @@ exchanges are followed from its first request after the attach.
 
 from __future__ import annotations
 
+import ctypes
+import itertools
+import os
 import signal
 import socket
 import threading
@@ -24,7 +27,9 @@ from pathlib import Path
 import pytest
 from test_bpf_kprobe import start_recorder
 
+from harness.collectors.bpfsource import compile_program
 from harness.collectors.kprobe.decode import Connection, decode
+from harness.collectors.kprobe.record import Recorder
 from harness.model import waited
 from harness.protocols.http1 import stitch_http1
 from harness.runner.record import free_port
@@ -365,3 +370,137 @@ def test_a_connection_busy_across_the_attach_is_followed_without_a_gap(tmp_path:
         # from the request after the attach (one in flight at it may be cut) to the last
         assert first <= at_attach + 1, (conn.role, first, at_attach)
         assert paths == [f"/r{k}" for k in range(first, last + 1)], conn.role
+
+
+def test_busy_connections_across_the_attach_have_every_answer(tmp_path: Path) -> None:
+    """Keep-alive connections exchanging back to back (unpaced) through the attach: from
+    each end's first call seen on, every request read has its answer sent and every request
+    sent has its answer read, in turn. Putting data_fn into the walkers patches each hook's
+    tail call in turn (milliseconds on a loaded machine): the receive hooks once numbered
+    calls while the send hooks did not yet, so a connection's first answers went unnumbered,
+    two requests came before any answer and replay concluded pipelining, pairing every
+    answer with the request before its own (seq numbers only, as above, cannot see that)."""
+    port = free_port()
+    out = tmp_path / "k.bin"
+    ls = socket.create_server(("127.0.0.1", port))
+    n_conns = 4
+    stop = threading.Event()
+    done = [0] * n_conns
+
+    def serve(c: socket.socket) -> None:
+        with c:
+            buf = bytearray()
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    got = c.recv(65536)
+                    if not got:
+                        return
+                    buf += got
+                path = bytes(buf[4 : buf.index(b" HTTP/")])
+                del buf[: buf.index(b"\r\n\r\n") + 4]
+                c.sendall(b"HTTP/1.1 200 OK\r\nX-Path: %s\r\nContent-Length: 10\r\n\r\n" % path
+                          + _body(10))  # fmt: skip
+
+    def accept() -> None:
+        for _ in range(n_conns):
+            c, _ = ls.accept()
+            threading.Thread(target=serve, args=(c,), daemon=True).start()
+
+    def drive(k: int) -> None:
+        deadline = time.monotonic() + waited(120)
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            buf = bytearray()
+            while not stop.is_set() and time.monotonic() < deadline:
+                s.sendall(b"GET /c%d/r%d HTTP/1.1\r\nHost: t\r\n\r\n" % (k, done[k]))
+                buf.clear()
+                _recv_until(s, buf, b"\r\n\r\n")
+                _recv_exact(s, buf, buf.index(b"\r\n\r\n") + 4 + 10)
+                done[k] += 1
+
+    acc = threading.Thread(target=accept)
+    acc.start()
+    clis = [threading.Thread(target=drive, args=(k,)) for k in range(n_conns)]
+    for t in clis:
+        t.start()
+    rec = None
+    try:
+        while min(done) < 20 and all(t.is_alive() for t in clis):
+            time.sleep(0.01)
+        rec = start_recorder(out, [port])
+        at_attach = list(done)
+        end = time.monotonic() + 0.5
+        while (min(d - a for d, a in zip(done, at_attach, strict=True)) < 200
+               or time.monotonic() < end) and all(t.is_alive() for t in clis):  # fmt: skip
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        for t in clis:
+            t.join(timeout=waited(30))
+        acc.join(timeout=waited(30))
+        ls.close()
+        if rec is not None:
+            time.sleep(0.2)
+            rec.send_signal(signal.SIGTERM)
+            assert rec.wait(timeout=waited(60)) == 0
+    assert not any(t.is_alive() for t in clis)
+    conns, st = decode(out)
+    assert st.collector["lost_events"] == 0
+    assert (st.loss_gaps, st.lost_tails, st.lost_call_starts, st.opened_unseen) == (0, 0, 0, 0)
+    mine = [c for c in conns if c.local and port in (c.local.port, c.remote.port)]
+    assert sorted(c.role for c in mine) == ["client"] * n_conns + ["server"] * n_conns
+    for conn in mine:
+        # messages in turn from the first call seen: a request, then its answer
+        starts = sorted([(s.ts_ns, d) for d, segs in (("send", conn.send), ("recv", conn.recv))
+                         for s in segs if s.data.startswith((b"GET ", b"HTTP/1.1 "))])  # fmt: skip
+        dirs = [d for _, d in starts]
+        assert all(a != b for a, b in itertools.pairwise(dirs)), (conn.role, dirs[:8])
+        xs, stats = stitch_http1(conn.send, conn.recv, side=conn.role, closed_ns=conn.closed_ns,
+                                 source="kprobe", from_start=conn.from_start)  # fmt: skip
+        assert not stats.pipelining, conn.role
+        paired = [x for x in xs if x.status is not None and x.path is not None]
+        assert len(paired) >= 200
+        assert all(x.resp_headers["x-path"] == x.path for x in paired), conn.role
+        assert all(not x.degraded for x in xs[1:]), conn.role  # the first may be cut by the attach
+
+
+def test_no_data_call_is_numbered_before_the_recorder_arms_the_hooks(tmp_path: Path) -> None:
+    """With every walker in, data calls still reach none of them until the recorder arms the
+    hooks, at one instant for all: filling `walkers` reaches each hook at its own time (a
+    direct tail call is patched per caller), so a call numbered then on one direction while
+    the other's calls still went unseen would look like a message missing with no gap."""
+    port = free_port()
+    rec = Recorder(tmp_path / "k.bin", [], [port])
+    rec.defines["PB_SELF_TGID"] = 0  # both ends are this process
+    bpf = compile_program("kprobe_collector.c", rec.defines)
+    ls = socket.create_server(("127.0.0.1", port))
+    try:
+        bpf["ports"][ctypes.c_uint16(port)] = ctypes.c_uint8(1)
+        rec._load_walkers(bpf)
+        with socket.create_connection(("127.0.0.1", port)) as cli:
+            srv, _ = ls.accept()
+            with srv:
+
+                def exchange(k: int) -> None:
+                    buf = bytearray()
+                    cli.sendall(b"GET /%d HTTP/1.1\r\nHost: t\r\n\r\n" % k)
+                    _recv_until(srv, buf, b"\r\n\r\n")
+                    srv.sendall(HEAD % 10 + _body(10))
+                    buf.clear()
+                    _recv_exact(cli, buf, len(HEAD % 10) + 10)
+
+                def numbered() -> dict[int, tuple[int, int]]:
+                    return {k.fd: (v.seq[0], v.seq[1]) for k, v in bpf["conns"].items()
+                            if k.tgid == os.getpid() and (v.seq[0] or v.seq[1])
+                            and k.fd in (cli.fileno(), srv.fileno())}  # fmt: skip
+
+                for k in range(3):
+                    exchange(k)
+                assert numbered() == {}
+                rec._arm(bpf)
+                for k in range(3, 6):
+                    exchange(k)
+                # from the arm on, each end's every call in both directions (send, recv)
+                assert numbered() == {cli.fileno(): (3, 3), srv.fileno(): (3, 3)}
+    finally:
+        ls.close()
+        bpf.cleanup()

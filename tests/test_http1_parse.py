@@ -305,7 +305,7 @@ def test_usage_errors_are_typed() -> None:
 
 
 def test_pipelined_parser_pairs_fifo_within_one_segment() -> None:
-    p = Http1Parser("response", pipelined=True)
+    p = Http1Parser("response", from_start=True, pipelined=True)
     p.expect_response_to("HEAD", 0)
     p.expect_response_to("GET", 1)
     data = (

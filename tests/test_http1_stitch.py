@@ -232,3 +232,82 @@ def test_a_stream_split_at_lost_events_pairs_as_after_a_loss(pipelining: bool) -
         assert x.status is None and reasons(x)["status"] == "pairing_unknown"
     else:
         assert (x.path, x.status, x.resp_bytes) == ("/1", 404, 1) and not x.degraded
+
+
+def _req(path: str) -> bytes:
+    return GET.replace(b"/a?q=1", path.encode())
+
+
+def _resp(path: str) -> bytes:
+    """A response that names the request it answers, so a wrong pairing shows."""
+    return b"HTTP/1.1 200 OK\r\nX-Path: %s\r\nContent-Length: 2\r\n\r\nhi" % path.encode()
+
+
+def _wrongly_paired(xs: list) -> list[tuple[str | None, str]]:  # type: ignore[type-arg]
+    return [(x.path, x.resp_headers["x-path"]) for x in xs
+            if x.status is not None and x.path is not None
+            and x.resp_headers.get("x-path") != x.path]  # fmt: skip
+
+
+def test_a_connection_found_mid_stream_with_its_first_answer_missed_is_not_pipelining() -> None:
+    """nginx under a late attach: its first response went unnumbered (the send hook reached
+    the walkers after the receive hook), so two requests came before any answer. That is
+    no proof of pipelining, and the answer is not paired in order with /1 (it answers /2,
+    or /1 if the client pipelines: the calls cannot tell). While a request read before
+    the first answer is queued, answers stay unknown; then they pair by time as after a
+    loss, right from /4 on, and no pipelining is carried to a part after a later loss."""
+    paths = [f"/{i}" for i in range(1, 7)]
+    recv = [seg(10 * i, _req(p)) for i, p in enumerate(paths)]
+    send = [seg(10 * i + 5, _resp(p)) for i, p in enumerate(paths) if i]  # /1's missed
+    xs, stats = stitch_http1(send, recv, side="server", closed_ns=None)
+    assert [x.path for x in xs] == paths
+    assert _wrongly_paired(xs) == []
+    assert not stats.pipelining
+    assert [x.status for x in xs] == [None, None, None, 200, 200, 200]
+    assert [reasons(x)["status"] for x in xs[:2]] == ["pairing_unknown"] * 2
+    assert all(not x.degraded for x in xs[3:])
+
+
+def test_a_client_found_mid_stream_with_a_request_missed_is_not_pipelining() -> None:
+    """wrk's side of the same: two responses read before any request seen (the write of
+    one went unnumbered): each is a response whose request was missed, and no pipelining."""
+    send = [seg(30, _req("/3")), seg(50, _req("/4"))]
+    recv = [seg(10, _resp("/1")), seg(20, _resp("/2")), seg(40, _resp("/3")), seg(60, _resp("/4"))]
+    xs, stats = stitch_http1(send, recv, side="client", closed_ns=None)
+    assert not stats.pipelining
+    assert [(x.path, x.status) for x in xs][-2:] == [("/3", 200), ("/4", 200)]
+    assert _wrongly_paired(xs) == [] and all(not x.degraded for x in xs[-2:])
+
+
+def test_pipelining_found_mid_stream_is_proven_by_two_answers_in_a_row() -> None:
+    """A pipelining client found mid-stream: its first answer (to /1 or to /2 after a missed
+    one, the calls cannot tell) is paired with neither; two answers with no request between
+    them, once requests are seen, prove pipelining."""
+    recv = [seg(10, _req("/1")), seg(20, _req("/2")), seg(50, _req("/3"))]
+    send = [seg(30, _resp("/1")), seg(40, _resp("/2")), seg(60, _resp("/3"))]
+    xs, stats = stitch_http1(send, recv, side="server", closed_ns=None)
+    assert stats.pipelining
+    assert _wrongly_paired(xs) == []
+    assert xs[0].status is None and reasons(xs[0])["status"] == "pairing_unknown"
+
+
+def test_pipelining_seen_from_the_start_pairs_in_order() -> None:
+    """The same calls on a connection seen from its open: the counts are exact, so the
+    first answer is /1's, in order, and two requests before it are pipelining."""
+    recv = [seg(10, _req("/1")), seg(20, _req("/2"))]
+    send = [seg(30, _resp("/1")), seg(40, _resp("/2"))]
+    xs, stats = stitch_http1(send, recv, side="server", closed_ns=None, from_start=True)
+    assert stats.pipelining
+    assert [(x.path, x.status) for x in xs] == [("/1", 200), ("/2", 200)]
+    assert _wrongly_paired(xs) == [] and all(not x.degraded for x in xs)
+
+
+def test_a_part_after_lost_calls_still_pairs_by_time() -> None:
+    """A part after lost events is not a start found mid-stream: its gap was numbered, so two
+    requests read before its first answer pair as after any loss (the latest), as before."""
+    recv = [seg(10, _req("/1")), seg(20, _req("/2"))]
+    xs, stats = stitch_http1([seg(30, _resp("/2"))], recv, side="server", closed_ns=None,
+                             after_loss=True)  # fmt: skip
+    assert [(x.path, x.status) for x in xs] == [("/1", None), ("/2", 200)]
+    assert reasons(xs[0]) == {"status": "no_response"} and not xs[1].degraded
+    assert not stats.pipelining and _wrongly_paired(xs) == []

@@ -232,8 +232,8 @@ class Recorder:
                 ports[ctypes.c_uint16(p)] = ctypes.c_uint8(1)
             self._load_walkers(bpf)
             if self.kernel_hooks == "kprobes":
-                # after the walkers: the syscall hooks tail-call them from their first hit
                 self.kprobes = hooks.attach_syscall_kprobes(bpf, load_bcc().lib)
+            self._arm(bpf)
             rings = RingSet()
             batch = self._batch()
             rings.add_batch(bpf["events"], batch)
@@ -305,9 +305,8 @@ class Recorder:
         data_fn goes in last: it numbers each call and hands it to a frame walker, so a
         walker missing meanwhile would leave numbered calls unseen. h1_walk_fn takes
         seconds to verify; with data_fn in first, every connection already open lost its
-        walked directions for those seconds (a gap replay must treat as a loss). Calls
-        before data_fn is in are not numbered: their connections are found from the next
-        call on, as if the attach came then.
+        walked directions for those seconds (a gap replay must treat as a loss). No call
+        reaches them before ``_arm``.
         """
         d = self.hdr.defines
         walkers = bpf["walkers"]
@@ -320,6 +319,19 @@ class Recorder:
             except Exception as e:  # bcc raises bare Exception with the verifier's log
                 raise CollectorError(f"the kernel rejected {name}: {e}") from e
             walkers[ctypes.c_int(idx)] = ctypes.c_int(fn.fd)
+
+    def _arm(self, bpf: Any) -> None:
+        """Let data calls through to data_fn, once every walker is in and every hook attached.
+
+        One flag, set at one instant: putting a program into `walkers` patches each
+        caller's direct tail-call jump in turn, over milliseconds on a loaded machine (18 ms
+        seen), so the receive hooks reached data_fn before the send hooks did and the first
+        sends of every busy connection went unnumbered (kprobes mode: hooks attach one by one
+        too). Calls before are not numbered: their connections are found from the next call
+        on, as if the attach came then.
+        """
+        d = self.hdr.defines
+        bpf["armed"][ctypes.c_int(0)] = ctypes.c_uint32(1)
         self.tail_failed_before_attach = percpu_totals(bpf["stats"], d["PB_STAT_MAX"])[
             d["PB_STAT_TAIL_FAILED"]
         ]

@@ -254,6 +254,8 @@ class Http1Parser:
         self.stats = Http1ParseStats()
         self._pipelined = pipelined
         self._emit_body = emit_body
+        self._from_start = from_start
+        self._first_ts: int | None = None  # this direction's first segment
         self._state = _State.SCAN
         # In sync: the next byte should start a message (so garbage is invalid,
         # and a truncated start is a lost message rather than an unknown gap).
@@ -347,6 +349,8 @@ class Http1Parser:
         self.stats.bytes += max(seg.orig_len, len(seg.data))
         self.stats.captured_bytes += len(seg.data)
         self._last_ts = seg.ts_ns
+        if self._first_ts is None:
+            self._first_ts = seg.ts_ns
         if (
             self._state is _State.SCAN and self._synced and not self._buf and seg.data
             and not self._skip_pending
@@ -691,8 +695,17 @@ class Http1Parser:
         k = 0  # requests that started before this response: the candidates
         while k < len(q) and q[k][1] <= ts:
             k += 1
+        # Found mid-stream, with candidates queued before this direction's first call seen:
+        # the oldest's answer may be in a call before that, never numbered (hooks reach a
+        # running process one at a time), so the count is not exact. Pipelining (this answers
+        # the oldest) and a missed answer (this answers the latest) show the same calls:
+        # which it answers is unknown, and no pipelining is concluded (unless the caller
+        # ruled pipelining out: then the latest, as always). A part after lost calls is
+        # not this: its gap was numbered, and it pairs as after any loss.
+        unproven = (self._pipelined and k > 1 and not self._from_start
+                    and not self._requests_hidden and q[0][1] < (self._first_ts or 0))  # fmt: skip
         gone = self._requests_lost_after
-        if self._pipelined and not lost and (gone is None or q[0][1] <= gone):
+        if self._pipelined and not lost and not unproven and (gone is None or q[0][1] <= gone):
             # both counts exact up to the oldest queued request: it is the one answered
             if k > 1:
                 self._pipelining_seen = True
@@ -701,9 +714,8 @@ class Http1Parser:
             return None, False, 0, False
         # a request lost at an unknown time may be the one answered
         lost_between = gone is not None and ts > gone
-        if not lost_between and (not self._pipelined or not self._pipelining_seen or (
-            k == 1 and not self._requests_hidden
-        )):
+        if not lost_between and not unproven and (not self._pipelined or not self._pipelining_seen
+                                                  or (k == 1 and not self._requests_hidden)):
             # The latest request that started before this response; older ones lost theirs
             # (one at a time on the connection, or only one candidate).
             for _ in range(k - 1):

@@ -115,6 +115,10 @@ class Http1Stitcher:
         # before any answer, or a second answer before any new request, means several
         # requests were outstanding at once (pipelining), however much a budget hid.
         self._starts = {True: 0, False: 0}
+        # Directions that have shown bytes. Found mid-stream, a direction's calls before its
+        # first one seen went unnumbered, so messages of the other direction before then do
+        # not count as outstanding at once: a missed answer (or request) may part them.
+        self._seen = {True: from_start, False: from_start}
         # header lists the parser shares between equal blocks -> their dict, made once
         self._dicts: dict[int, tuple[Headers, dict[str, str]]] = {}
 
@@ -145,7 +149,8 @@ class Http1Stitcher:
         starts = self._starts
         if seg.orig_len:
             starts[not is_request] = 0
-        for ev in events:
+            self._seen[is_request] = True
+        for ev in events if self._seen[not is_request] else ():
             t = type(ev)  # (events are final classes: ``is`` is isinstance here, cheaper)
             if t is RequestHeadersParsed or t is ResponseHeadersParsed or (
                 t is MessageLost and not ev.headers_seen  # type: ignore[union-attr]
