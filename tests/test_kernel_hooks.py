@@ -19,7 +19,6 @@ from harness.collectors.bpfsource import BPF_DIR, compile_program, load_bcc
 from harness.collectors.kprobe import hooks
 from harness.collectors.kprobe.record import Recorder
 from harness.errors import CapabilityError, ProbebenchError
-from harness.model import waited
 from harness.runner.collectors import CollectorOptions
 from harness.runner.kernels import newest_release
 
@@ -101,10 +100,10 @@ def test_kprobe_mode_on_a_real_workload(tmp_path: Path, attach: str) -> None:
     from harness.analysis.replay import replay
     from harness.runner.record import RunSpec, record
 
-    # in a guest (PROBEBENCH_SLOWDOWN) the warm client waits for GO through a slow compile
+    # (in a guest, PROBEBENCH_SLOWDOWN scales RunSpec's client deadline: the warm client
+    # waits for GO through a slow compile)
     spec = RunSpec("http11-keepalive", client="py", server="go", attach=attach, exchanges=30,
-                   collectors=["kprobe"], options=CollectorOptions(kernel_hooks="kprobes"),
-                   deadline_s=waited(RunSpec.deadline_s))  # fmt: skip
+                   collectors=["kprobe"], options=CollectorOptions(kernel_hooks="kprobes"))
     run_dir = record(spec, tmp_path)
     metrics = replay(run_dir)
     rows = [r for r in metrics["rows"] if r["collector"] == "kprobe" and r["variant"] == "default"]
@@ -338,3 +337,19 @@ def test_the_ci_workflows_call_probebench_with_options_it_has() -> None:
     assert shard is not None
     n = int(shard.group(1))
     assert f"shard: [{', '.join(str(k) for k in range(1, n + 1))}]" in kernels
+
+
+def test_a_run_s_client_deadline_is_scaled_for_a_slow_machine(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In a guest (PROBEBENCH_SLOWDOWN 30) a late attach's compile outlasted the client's
+    300 s, and the warm client gave up before GO: the default deadline scales, an explicit
+    one stays as given."""
+    from harness.model import SLOWDOWN_ENV
+    from harness.runner.record import CLIENT_DEADLINE_S, RunSpec
+
+    monkeypatch.delenv(SLOWDOWN_ENV, raising=False)
+    assert RunSpec("http11-keepalive").deadline_s == CLIENT_DEADLINE_S
+    monkeypatch.setenv(SLOWDOWN_ENV, "30")
+    assert RunSpec("http11-keepalive").deadline_s == 30 * CLIENT_DEADLINE_S
+    assert RunSpec("http11-keepalive", deadline_s=10).deadline_s == 10

@@ -22,7 +22,7 @@ from typing import Any
 from harness.collectors import registry
 from harness.collectors.kprobe.hooks import HOOKS, hook_modes
 from harness.errors import ProbebenchError
-from harness.model import SLOWDOWN_ENV, TRACEBACK_NOW_ENV, repo_root, waited
+from harness.model import SLOWDOWN_ENV, TRACEBACK_NOW_ENV, repo_root
 from harness.runner.collectors import CollectorOptions
 from harness.runner.kernels import GUEST_JSON, loop_seconds
 from harness.runner.record import RunSpec, record
@@ -120,11 +120,9 @@ def record_cells(out: Path, quick: bool, modes: list[str]) -> list[dict[str, Any
     hooked = [c.name for c in registry.collectors() if c.kernel_hooks]
     for mode in modes:
         for scenario, client, server, attach, n in cells(quick):
-            # the client's deadline scaled too: a compile before a late attach took 5+ min
-            # in a guest on a loaded machine, and the warm client gave up waiting for GO
+            # (RunSpec's client deadline is scaled by the guest's slowdown)
             spec = RunSpec(scenario=scenario, client=client, server=server, attach=attach,
                            exchanges=n, collectors=hooked,
-                           deadline_s=waited(RunSpec.deadline_s),
                            options=CollectorOptions(kernel_hooks=mode))  # fmt: skip
             entry: dict[str, Any] = {"scenario": scenario, "client": client, "server": server,
                                      "attach": attach, "kernel_hooks": mode}  # fmt: skip

@@ -39,6 +39,7 @@ from harness.runner.tlsfiles import TLS_VERSIONS, make_tls_files
 
 Progress = Callable[[str], None]
 READY_TIMEOUT_S = 30.0
+CLIENT_DEADLINE_S = 300.0
 
 
 @dataclass
@@ -52,7 +53,10 @@ class RunSpec:
     seed: int = 1
     grpc_version: str | None = None
     port: int | None = None  # None: pick a free one
-    deadline_s: float = 300.0  # the client never runs longer
+    # the client never runs longer; scaled like every start-up wait (waited()): a late
+    # attach waits for the compile, which took 5+ min in a kernel guest under TCG, and a
+    # warm client whose deadline passed meanwhile gave up waiting for GO
+    deadline_s: float = field(default_factory=lambda: waited(CLIENT_DEADLINE_S))
     pipeline_depth: int | None = None  # None: the scenario's (http11-pipelined: 8)
     options: CollectorOptions = field(default_factory=CollectorOptions)
     tls: bool = False
