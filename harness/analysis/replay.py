@@ -16,9 +16,8 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -53,6 +52,9 @@ from harness.model import (
     write_json_atomic,
 )
 from harness.scenarios import OBSERVE
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SIDES = ("client", "server")
 REPLAY_JSON = "replay.json"  # how long the last replay took, and its peak memory
@@ -113,6 +115,8 @@ def _columns(exchanges: list[Exchange]) -> dict[str, list[Any]]:
 
 def to_frame(exchanges: list[Exchange]) -> pd.DataFrame:
     """Exchanges as a table, one column per field."""
+    import pandas as pd  # here: a replay writes parquet through pyarrow alone (0.5 CPU-s)
+
     return pd.DataFrame(_columns(exchanges)) if exchanges else pd.DataFrame()
 
 
