@@ -9,7 +9,9 @@ kernel side's streamed decode must hand over the same exchanges as the whole dec
 from __future__ import annotations
 
 import copy
+import heapq
 import json
+import random
 import shutil
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ from harness.analysis import streaming as streaming_mod
 from harness.analysis.match import ID_HEADER
 from harness.analysis.metrics import Row, score
 from harness.analysis.replay import _window, run_protocol
-from harness.analysis.streaming import RowStream, TruthFeed
+from harness.analysis.streaming import RowStream, TruthFeed, _Pending
 from harness.collectors import registry
 from harness.collectors.base import STREAM_END_NS, VARIANTS, ReplayInput
 from harness.collectors.kprobe import decode as decode_mod
@@ -253,3 +255,28 @@ def test_one_matcher_scores_until_the_window_end_is_in_reach(side: str) -> None:
     assert rs.second is None and rs.scorer.row.matched > 1_450  # all but the missed
     rs.step(STREAM_END_NS, feed.watermark)
     assert rs.second is not None
+
+
+def test_pending_gives_what_waits_in_key_order_as_a_heap_would() -> None:
+    rng = random.Random(7)
+    pending = _Pending()
+    heap: list[tuple[int, int, int]] = []
+    got: list[tuple[int, int, int]] = []
+    want: list[tuple[int, int, int]] = []
+    n = 0
+    for _ in range(200):
+        batch = []
+        for _ in range(rng.randrange(0, 50)):
+            batch.append((rng.randrange(1000), rng.randrange(3), n))
+            n += 1
+        pending.add(list(batch))
+        for k in batch:
+            heapq.heappush(heap, k)
+        limit = rng.randrange(1000)
+        while len(pending) and pending.items[pending.pos][0] < limit:
+            got.append(pending.items[pending.pos])
+            pending.pos += 1
+        while heap and heap[0][0] < limit:
+            want.append(heapq.heappop(heap))
+        assert len(pending) == len(heap)
+    assert got == want and len(got) > 1000

@@ -351,35 +351,42 @@ class StreamMatcher:
         self._held = set()
         while self._aging and self._aging[0][0] < cutoff:
             keys.add(heapq.heappop(self._aging)[2])
+        taken, truth = self._taken, self._truth
         for key in keys:
             cands = self._by_conn[key]
             head = self._head.get(key, 0)
             n = bisect.bisect_left(cands, (cutoff, -1), head)
             last = self._last.get(key)
             kept: list[_Cand] = []
+            gone = 0  # free truth forgotten
             for cand in cands[head:n]:
                 i = cand[1]
-                free = i not in self._taken
-                if free and last is not None and cand > last.cand and _awaited(self._truth[i], now):
+                t = truth[i]
+                free = i not in taken
+                after = free and last is not None and cand > last.cand
+                if after and _awaited(t, now):
                     kept.append(cand)
                     continue
-                has_id = ID_HEADER in self._truth[i].req_headers
-                sid = self._truth[i].stream_id
+                has_id = ID_HEADER in t.req_headers
+                sid = t.stream_id
                 if sid is not None:  # the oldest of its stream's candidates too
                     scands = self._by_stream[(key, sid)]
                     scands.remove(cand)
                     if not scands:
                         del self._by_stream[(key, sid)]
-                if last is not None and free and cand > last.cand:
+                if after:
+                    assert last is not None
                     if has_id:
                         last.blocked_ids.append(i)
                     else:
                         last.blocked = True
                 if not has_id:  # an id keeps it (and whether it was taken) for by_id
-                    self._taken.discard(i)
-                    del self._truth[i]
-                    if free:
-                        self._free[key] -= 1
+                    if not free:
+                        taken.remove(i)
+                    del truth[i]
+                    gone += free
+            if gone:
+                self._free[key] -= gone
             if kept:
                 self._held.add(key)
             if n == len(cands) and not kept:

@@ -16,15 +16,15 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from harness.analysis.match import HORIZON_NS, match_into
 from harness.analysis.metrics import DEFINITIONS, Row
 from harness.analysis.streaming import RowStream, TruthFeed
+from harness.analysis.truthworker import GC_THRESHOLD, extract, stream_truth, usage
 from harness.collectors import registry
 from harness.collectors.base import (
     STREAM_END_NS,
@@ -34,9 +34,7 @@ from harness.collectors.base import (
     ReplayInput,
     Variant,
 )
-from harness.compact import Sharer
 from harness.errors import RunDirError
-from harness.groundtruth.extract import extract_exchanges, stream_exchanges
 from harness.groundtruth.match import match_workload, read_workload
 from harness.groundtruth.tlskeys import check_handshakes, merge_keylogs
 from harness.model import (
@@ -54,6 +52,9 @@ from harness.model import (
     write_json_atomic,
 )
 from harness.scenarios import OBSERVE
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SIDES = ("client", "server")
 REPLAY_JSON = "replay.json"  # how long the last replay took, and its peak memory
@@ -114,6 +115,8 @@ def _columns(exchanges: list[Exchange]) -> dict[str, list[Any]]:
 
 def to_frame(exchanges: list[Exchange]) -> pd.DataFrame:
     """Exchanges as a table, one column per field."""
+    import pandas as pd  # here: a replay writes parquet through pyarrow alone (0.5 CPU-s)
+
     return pd.DataFrame(_columns(exchanges)) if exchanges else pd.DataFrame()
 
 
@@ -271,37 +274,13 @@ def truth_window(manifest: RunManifest, exchanges: int) -> dict[str, Any]:
     return out
 
 
-def _extract(
-    pcap: Path, http1_ports: list[int], h2c_ports: list[int], offset: int, out_of_order: bool,
-    keylog: Path | None = None,
-) -> tuple[list[Exchange], Any, dict[str, float]]:
-    """The truth, its stats, and what the process that decoded it used (a worker's is no
-    child's of the replay: the forkserver forked it)."""
-    truth, stats = extract_exchanges(
-        pcap, http1_ports=http1_ports, h2c_ports=h2c_ports, mono_offset_ns=offset,
-        out_of_order=out_of_order, tls_keylog=keylog,
-    )  # fmt: skip
-    Sharer()(truth)
-    return truth, stats, _usage()
-
-
-def _usage() -> dict[str, float]:
-    """This process's peak RSS (KiB) and CPU seconds, its waited-for children's (tshark)
-    apart: CPU seconds are what the replay's cost is compared by on a loaded machine."""
-    me = resource.getrusage(resource.RUSAGE_SELF)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return {"peak_rss_kb": me.ru_maxrss, "cpu_s": round(me.ru_utime + me.ru_stime, 2),
-            "children_cpu_s": round(kids.ru_utime + kids.ru_stime, 2),
-            "children_peak_rss_kb": kids.ru_maxrss}  # fmt: skip
-
-
 class _TruthJob:
     """The truth of a run, decoded in a worker process for a big capture (started at once,
     so it overlaps the collectors' decode), else in this one when asked for."""
 
     def __init__(self, args: tuple[Any, ...], pool: ProcessPoolExecutor | None) -> None:
         self._args = args
-        self._fut = pool.submit(_extract, *args) if pool is not None else None
+        self._fut = pool.submit(extract, *args) if pool is not None else None
         self.stats: Any = None
         self.usage: dict[str, float] = {}
 
@@ -314,7 +293,7 @@ class _TruthJob:
         if self._fut is None and not self._args:
             return None
         truth, self.stats, self.usage = (
-            self._fut.result() if self._fut is not None else _extract(*self._args))
+            self._fut.result() if self._fut is not None else extract(*self._args))
         self._fut, self._args = None, ()
         return truth, STREAM_END_NS
 
@@ -328,35 +307,13 @@ class _TruthJob:
 TRUTH_QUEUE = 8
 
 
-def _stream_truth(q: Any, args: tuple[Any, ...]) -> None:
-    """In the worker: the truth in batches with their watermark, then ("end", stats, peak
-    RSS) or ("error", exception)."""
-    pcap, http1_ports, h2c_ports, offset, out_of_order, keylog = args
-    gc.set_threshold(*GC_THRESHOLD)  # this process's own: it ends with the stream
-    try:
-        share = Sharer()
-        gen = stream_exchanges(pcap, http1_ports=http1_ports, h2c_ports=h2c_ports,
-                               mono_offset_ns=offset, out_of_order=out_of_order,
-                               tls_keylog=keylog)  # fmt: skip
-        while True:
-            try:
-                b = next(gen)
-            except StopIteration as stop:
-                q.put(("end", stop.value, _usage()))
-                return
-            share(b.exchanges)
-            q.put(("batch", b.exchanges, b.watermark_ns))
-    except Exception as e:  # handed to the replay, which raises it
-        q.put(("error", e, 0))
-
-
 class _TruthStream:
     """The truth decoded by a worker process and handed over in batches as tshark's output
     is read (groundtruth.stream_exchanges): the replay never holds all of it."""
 
     def __init__(self, args: tuple[Any, ...], ctx: Any) -> None:
         self._q = ctx.Queue(TRUTH_QUEUE)
-        self._proc = ctx.Process(target=_stream_truth, args=(self._q, args), daemon=True)
+        self._proc = ctx.Process(target=stream_truth, args=(self._q, args), daemon=True)
         self._proc.start()
         self.stats: Any = None
         self.usage: dict[str, float] = {}
@@ -448,12 +405,6 @@ MAX_AHEAD = 250_000
 # truth decoded faster than the collectors (tshark on the other core) is not held here
 # (a 2.46 M-request soak's main process reached 1.77 GB holding it).
 TRUTH_AHEAD_NS = HORIZON_NS + 1_000_000_000
-
-
-# Allocations between the cyclic GC's young collections during a replay (Python's default,
-# 700, made collections 14% of a 138k-exchange replay's CPU: each older one walks every
-# exchange held in the matching window; a replay makes few cycles).
-GC_THRESHOLD = (100_000, 20, 100)
 
 
 @contextlib.contextmanager
@@ -697,6 +648,6 @@ def _replay(
             # the largest tshark run (a large capture is decoded in parts, one after
             # another); an upper bound: the kernel counts the worker's RSS when it started it
             "tshark_peak_rss_kb": truth_usage.get("children_peak_rss_kb", 0),
-            "cpu_s": _usage()["cpu_s"],
+            "cpu_s": usage()["cpu_s"],
         })  # fmt: skip
     return metrics
