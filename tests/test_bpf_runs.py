@@ -152,3 +152,24 @@ def test_doctor_json_is_machine_readable() -> None:
         assert c["status"] == "ok" or c["fix"], c
     assert os.geteuid() != 0 or doc["can_record"], [c for c in doc["checks"]
                                                     if c["status"] == "fail"]  # fmt: skip
+
+
+@pytest.mark.bpf
+def test_a_collector_that_reached_its_deadline_is_an_error(tmp_path: Path) -> None:
+    """A collector stops itself at --deadline: stopped later, its recording is cut short,
+    and the runner says so (in a slow guest a kprobe collector ended before the TLS one
+    beside it had attached, and its run scored 0 of 40 with no word why)."""
+    from harness.runner.collectors import CollectorOptions, start_collectors, stop_collectors
+    from harness.runner.lifecycle import ProcessSet
+
+    procs = ProcessSet()
+    try:
+        running = start_collectors(procs, ["kprobe"], tmp_path, tgids=[os.getpid()],
+                                   ports=[1], options=CollectorOptions(), deadline_s=1)  # fmt: skip
+        deadline = time.monotonic() + waited(30)
+        while running[0].child.proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        (stats,) = stop_collectors(procs, running)
+    finally:
+        procs.close()
+    assert stats["stopped_by"] == "deadline" and "deadline" in stats["error"]

@@ -175,6 +175,9 @@ def observe(
             cap.stop()
             for rc in running:
                 manifest.collectors[rc.name].update(stop_collector(procs, rc))
+                if "error" in manifest.collectors[rc.name]:
+                    progress(f"warning: {rc.name} collector: "
+                             f"{manifest.collectors[rc.name]['error']}")
             for name in collectors:
                 params, lines = registry.get(name).observe_summary(manifest.collectors[name])
                 manifest.params.update(params)
