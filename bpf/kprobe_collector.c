@@ -1372,10 +1372,12 @@ static __always_inline void h1_line(struct h1_scan *s, u32 q) {
 
 #ifndef PB_H1_SCAN_WORDS
 /* 8-byte words of a head scanned per run of h1_walk_fn: the verifier keeps every
- * branch of a run pending at once (at most 8192), so a run scans a slice. 128: a head of
- * up to 1 KiB in one run (h1_walk_fn verifies in about 390k instructions; 64 words made
- * heads of 512 bytes to 1 KiB, this workload's long request lines, take a run more) */
-#define PB_H1_SCAN_WORDS 128
+ * branch of a run pending at once (at most 8192), so a run scans a slice. 64: heads up
+ * to 512 bytes in one run. 128 (heads up to 1 KiB in one run: 17% fewer scan runs on the
+ * bench's go->go requests, no time difference measurable) made h1_walk_fn verify in 390k
+ * instructions against 242k, 0.16 s more on the host and seconds more per load in a
+ * guest, where it took `kernels --quick` past its 6 minutes */
+#define PB_H1_SCAN_WORDS 64
 #endif
 /* A line checked at a word's end reads up to 40 bytes on: not past what was read */
 #define H1_WANTS_SLICE(s) ((s)->n < (s)->lim && (s)->o + 48 > (s)->n)
