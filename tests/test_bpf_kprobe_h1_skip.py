@@ -22,6 +22,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,20 @@ def _recv_until(s: socket.socket, buf: bytearray, marker: bytes, count: int = 1)
         if not got:
             raise AssertionError(f"closed early: {bytes(buf[-200:])!r}")
         buf += got
+
+
+def _heads(c: socket.socket) -> Iterator[bytes]:
+    """Each request head a test server reads (bodiless requests), until the peer closes."""
+    buf = bytearray()
+    while True:
+        while b"\r\n\r\n" not in buf:
+            got = c.recv(65536)
+            if not got:
+                return
+            buf += got
+        end = buf.index(b"\r\n\r\n") + 4
+        yield bytes(buf[:end])
+        del buf[:end]
 
 
 def _recv_exact(s: socket.socket, buf: bytearray, n: int) -> None:
@@ -312,14 +327,7 @@ def test_a_connection_busy_across_the_attach_is_followed_without_a_gap(tmp_path:
     def serve() -> None:
         c, _ = ls.accept()
         with c:
-            buf = bytearray()
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    got = c.recv(65536)
-                    if not got:
-                        return
-                    buf += got
-                del buf[: buf.index(b"\r\n\r\n") + 4]
+            for _head in _heads(c):
                 c.sendall(HEAD % 10 + _body(10))
 
     def drive() -> None:
@@ -389,15 +397,8 @@ def test_busy_connections_across_the_attach_have_every_answer(tmp_path: Path) ->
 
     def serve(c: socket.socket) -> None:
         with c:
-            buf = bytearray()
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    got = c.recv(65536)
-                    if not got:
-                        return
-                    buf += got
-                path = bytes(buf[4 : buf.index(b" HTTP/")])
-                del buf[: buf.index(b"\r\n\r\n") + 4]
+            for head in _heads(c):
+                path = head[4 : head.index(b" HTTP/")]
                 c.sendall(b"HTTP/1.1 200 OK\r\nX-Path: %s\r\nContent-Length: 10\r\n\r\n" % path
                           + _body(10))  # fmt: skip
 
