@@ -133,7 +133,6 @@ class Recorder:
         self.lock = threading.Lock()  # the writer is shared with the sock_diag thread
         self.sockdiag_lookups = 0
         self.sockdiag_misses = 0
-        self.tail_failed_before_attach = 0
         self.polls = 0
 
     def _on_batch(self, framed: memoryview, records: int, payload: int, exits: list[int]) -> None:
@@ -168,7 +167,7 @@ class Recorder:
         # (1.7% of a core, 150 wake-ups/s)
         busy, idle = SOCKDIAG_WAIT_S[0], SOCKDIAG_WAIT_S[2 if self.defines["PB_FD_SOCK"] else 1]
         wait = busy
-        lib, key = load_bcc().libbcc.lib, wanted.Key()
+        lib, key = load_bcc().lib, wanted.Key()
         while True:
             final = stop.wait(wait)
             # one syscall says the map is empty (nearly every idle round): bcc's items()
@@ -305,8 +304,7 @@ class Recorder:
         """Put the data-call walkers into the program array the sys_exit_* programs tail-call.
 
         They are plain functions, not TRACEPOINT_PROBEs, so bcc neither loads nor attaches
-        them; each is verified once here. Calls that end before this are counted as failed
-        tail calls, which happen before ATTACHED: that count is kept to subtract.
+        them; each is verified once here.
 
         data_fn goes in last: it numbers each call and hands it to a frame walker, so a
         walker missing meanwhile would leave numbered calls unseen. h1_walk_fn takes
@@ -334,13 +332,10 @@ class Recorder:
         seen), so the receive hooks reached data_fn before the send hooks did and the first
         sends of every busy connection went unnumbered (kprobes mode: hooks attach one by one
         too). Calls before are not numbered: their connections are found from the next call
-        on, as if the attach came then.
+        on, as if the attach came then; no tail call is tried before, so every failed one
+        counted is a call lost.
         """
-        d = self.hdr.defines
         bpf["armed"][ctypes.c_int(0)] = ctypes.c_uint32(1)
-        self.tail_failed_before_attach = percpu_totals(bpf["stats"], d["PB_STAT_MAX"])[
-            d["PB_STAT_TAIL_FAILED"]
-        ]
 
     def _stats(self, bpf: Any) -> dict[str, Any]:
         d = self.hdr.defines
@@ -363,7 +358,7 @@ class Recorder:
             "h1_skipped_body_bytes": totals[d["PB_STAT_H1_SKIPPED_BYTES"]],
             "h1_framing_given_up": totals[d["PB_STAT_H1_GIVEN_UP"]],
             "h1_midstream_starts": totals[d["PB_STAT_H1_MIDSTREAM"]],
-            "tail_call_failures": totals[d["PB_STAT_TAIL_FAILED"]] - self.tail_failed_before_attach,
+            "tail_call_failures": totals[d["PB_STAT_TAIL_FAILED"]],
             "records_written": self.writer.records,
             "bytes_written": self.writer.bytes,
             "connections": conn_stats(bpf, d),
