@@ -206,18 +206,22 @@ def cpu_delta(a: CpuSample, b: CpuSample) -> dict[str, Any]:
             "wall_s": b.t - a.t, "threads": threads}  # fmt: skip
 
 
-def bpf_programs(pid: int) -> dict[int, dict[str, int]]:
-    """The BPF programs a process holds open, with the kernel's run counters (fdinfo)."""
-    out: dict[int, dict[str, int]] = {}
-    fd_dir = Path(f"/proc/{pid}/fd")
-    for fd in fd_dir.iterdir():
+def prog_fdinfo(pid: int) -> Iterator[dict[str, str]]:
+    """The fdinfo fields of each BPF program a process holds open."""
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
         try:
             if os.readlink(fd) != "anon_inode:bpf-prog":
                 continue
             info = Path(f"/proc/{pid}/fdinfo/{fd.name}").read_text()
         except OSError:
             continue  # closed while we looked
-        kv = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+        yield dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+
+
+def bpf_programs(pid: int) -> dict[int, dict[str, int]]:
+    """The BPF programs a process holds open, with the kernel's run counters (fdinfo)."""
+    out: dict[int, dict[str, int]] = {}
+    for kv in prog_fdinfo(pid):
         prog = {k: int(kv[k]) for k in ("prog_id", "prog_type", "run_time_ns", "run_cnt")}
         out[prog["prog_id"]] = prog
     return out

@@ -52,6 +52,7 @@ from bench_overhead import (
     bpf_programs,
     bpf_stats_enabled,
     pinned,
+    prog_fdinfo,
 )
 
 from harness import scenarios
@@ -192,21 +193,8 @@ def one_run(
 
 def verified_insns(pid: int) -> dict[int, int]:
     """prog id -> instructions the verifier processed (fdinfo, 5.16+), of a process's programs."""
-    out = {}
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            if os.readlink(fd) != "anon_inode:bpf-prog":
-                continue
-            kv = dict(
-                x.split(":", 1)
-                for x in Path(f"/proc/{pid}/fdinfo/{fd.name}").read_text().splitlines()
-                if ":" in x
-            )
-        except OSError:
-            continue
-        if "verified_insns" in kv:
-            out[int(kv["prog_id"])] = int(kv["verified_insns"])
-    return out
+    return {int(kv["prog_id"]): int(kv["verified_insns"])
+            for kv in prog_fdinfo(pid) if "verified_insns" in kv}  # fmt: skip
 
 
 def describe(r: Run) -> str:
