@@ -34,9 +34,10 @@ def test_pipelined_and_100_continue_are_seen_whole_on_both_sides(
 ) -> None:
     port = free_port()
     client = (f"{sys.executable} {CLIENT} --proto http11 --host 127.0.0.1 --port {port} "
-              f"--warmup 0 --deadline 60")  # fmt: skip
+              f"--warmup 0 --deadline {waited(60):.0f}")  # fmt: skip
     script = (
-        f"sleep 120 | {SERVER} --proto http11 --host 127.0.0.1 --port {port} & sleep 0.3; "
+        f"sleep {waited(120):.0f} | {SERVER} --proto http11 --host 127.0.0.1 --port {port} & "
+        f"sleep 0.3; "
         f"{client} --workload {tmp_path}/p.jsonl --exchanges {PIPELINED} --connections 2 "
         f"--pipeline 8 && "
         f"{client} --workload {tmp_path}/m.jsonl --exchanges {MIXED} --connections 1 --mixed"
