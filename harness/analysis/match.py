@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import bisect
-import heapq
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -183,7 +182,12 @@ class StreamMatcher:
         self._free: dict[_Key, int] = {}
         self._last: dict[_Key, _Last] = {}
         self._key_of: dict[str, _Key] = {}  # conn_id -> the key its _Last is under
-        self._aging: list[tuple[int, int, _Key]] = []  # heap of (start, index, key)
+        # (start, index, key) of each candidate, sorted, read from ``_aging_pos``: truth is
+        # added in start order (but for the id-carrying truth ``run`` adds first), so a list
+        # appended to, and read from its front, ages it (a heap push and pop each was a
+        # twentieth of a soak's replay)
+        self._aging: list[tuple[int, int, _Key]] = []
+        self._aging_pos = 0
         # connections holding truth past the horizon for their _Last's sequence (_awaited)
         self._held: set[_Key] = set()
         self._group: list[Exchange] = []  # observations sharing one start time
@@ -202,7 +206,8 @@ class StreamMatcher:
         m._by_stream = {k: list(v) for k, v in self._by_stream.items()}
         m._taken, m._held, m._free = set(self._taken), set(self._held), dict(self._free)
         m._last = {k: replace(v, blocked_ids=list(v.blocked_ids)) for k, v in self._last.items()}
-        m._key_of, m._aging, m._count = dict(self._key_of), list(self._aging), self._count
+        m._key_of, m._count = dict(self._key_of), self._count
+        m._aging, m._aging_pos = self._aging[self._aging_pos :], 0
         return m
 
     def reroute(
@@ -266,7 +271,12 @@ class StreamMatcher:
             self._free[key] = self._free.get(key, 0) + 1
             if t.stream_id is not None:
                 bisect.insort(self._by_stream.setdefault((key, t.stream_id), []), cand)
-            heapq.heappush(self._aging, (*cand, key))
+            entry = (*cand, key)
+            aging = self._aging
+            if not aging or aging[-1] < entry:  # in start order: the common case
+                aging.append(entry)
+            else:
+                bisect.insort(aging, entry, self._aging_pos)
         elif ID_HEADER not in t.req_headers:
             del self._truth[i]  # neither an address nor an id: no observation can take it
 
@@ -345,12 +355,17 @@ class StreamMatcher:
         """Forget truth too old for any observation from ``now`` on, but what a followed
         sequence may still read (``_awaited``); that is looked at again each time."""
         cutoff = now - HORIZON_NS
-        if not self._held and (not self._aging or self._aging[0][0] >= cutoff):
+        aging, pos = self._aging, self._aging_pos
+        if not self._held and (pos >= len(aging) or aging[pos][0] >= cutoff):
             return  # nothing aged (most observations)
         keys = self._held
         self._held = set()
-        while self._aging and self._aging[0][0] < cutoff:
-            keys.add(heapq.heappop(self._aging)[2])
+        end = bisect.bisect_left(aging, (cutoff,), pos)  # the first not aged
+        keys.update(entry[2] for entry in aging[pos:end])
+        if end > _COMPACT and end * 2 > len(aging):  # the dead front, now and then
+            del aging[:end]
+            end = 0
+        self._aging_pos = end
         taken, truth = self._taken, self._truth
         for key in keys:
             cands = self._by_conn[key]
