@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import bisect
-import heapq
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -47,7 +46,7 @@ FIELD_VALUES: dict[tuple[str, ...], attrgetter[Any]] = {
 }
 
 
-@dataclass
+@dataclass(slots=True)
 class Verdict:
     """One matched pair: which required fields were missing (with why) or wrong."""
 
@@ -115,6 +114,8 @@ class Matching:
 # observation's start: truth older than this behind it can be nobody's partner any more,
 # but the next in a server's followed HTTP/1 sequence not yet answered (``_awaited``).
 HORIZON_NS = MATCH_WINDOW_NS + CLOCK_TOLERANCE_NS
+# most groups are one observation, with no burst to count (a dict each cost a soak ~1%)
+_NO_BURST: dict[tuple[object, ...], int] = {}
 
 _Key = tuple[object, ...]
 # Aged candidates a connection's list may keep at its front before they are cut off (then
@@ -183,7 +184,12 @@ class StreamMatcher:
         self._free: dict[_Key, int] = {}
         self._last: dict[_Key, _Last] = {}
         self._key_of: dict[str, _Key] = {}  # conn_id -> the key its _Last is under
-        self._aging: list[tuple[int, int, _Key]] = []  # heap of (start, index, key)
+        # (start, index, key) of each candidate, sorted, read from ``_aging_pos``: truth is
+        # added in start order (but for the id-carrying truth ``run`` adds first), so a list
+        # appended to, and read from its front, ages it (a heap push and pop each was a
+        # twentieth of a soak's replay)
+        self._aging: list[tuple[int, int, _Key]] = []
+        self._aging_pos = 0
         # connections holding truth past the horizon for their _Last's sequence (_awaited)
         self._held: set[_Key] = set()
         self._group: list[Exchange] = []  # observations sharing one start time
@@ -202,7 +208,8 @@ class StreamMatcher:
         m._by_stream = {k: list(v) for k, v in self._by_stream.items()}
         m._taken, m._held, m._free = set(self._taken), set(self._held), dict(self._free)
         m._last = {k: replace(v, blocked_ids=list(v.blocked_ids)) for k, v in self._last.items()}
-        m._key_of, m._aging, m._count = dict(self._key_of), list(self._aging), self._count
+        m._key_of, m._count = dict(self._key_of), self._count
+        m._aging, m._aging_pos = self._aging[self._aging_pos :], 0
         return m
 
     def reroute(
@@ -266,7 +273,12 @@ class StreamMatcher:
             self._free[key] = self._free.get(key, 0) + 1
             if t.stream_id is not None:
                 bisect.insort(self._by_stream.setdefault((key, t.stream_id), []), cand)
-            heapq.heappush(self._aging, (*cand, key))
+            entry = (*cand, key)
+            aging = self._aging
+            if not aging or aging[-1] < entry:  # in start order: the common case
+                aging.append(entry)
+            else:
+                bisect.insort(aging, entry, self._aging_pos)
         elif ID_HEADER not in t.req_headers:
             del self._truth[i]  # neither an address nor an id: no observation can take it
 
@@ -285,8 +297,9 @@ class StreamMatcher:
         group, self._group = self._group, []
         # A server reads a pipelined burst in one syscall: its exchanges share one start
         # time, and each must take its own place in the burst, not the latest one.
-        burst: dict[_Key, int] = defaultdict(int)
+        burst: dict[_Key, int] = _NO_BURST  # (read only: it stays empty)
         if len(group) > 1:  # (alone, an observation has no later one in its burst)
+            burst = defaultdict(int)
             for obs in group:
                 if obs.side == "server" and obs.stream_id is None and (key := _conn_key(obs)):
                     burst[key] += 1
@@ -345,12 +358,19 @@ class StreamMatcher:
         """Forget truth too old for any observation from ``now`` on, but what a followed
         sequence may still read (``_awaited``); that is looked at again each time."""
         cutoff = now - HORIZON_NS
-        if not self._held and (not self._aging or self._aging[0][0] >= cutoff):
+        aging, pos = self._aging, self._aging_pos
+        if not self._held and (pos >= len(aging) or aging[pos][0] >= cutoff):
             return  # nothing aged (most observations)
         keys = self._held
         self._held = set()
-        while self._aging and self._aging[0][0] < cutoff:
-            keys.add(heapq.heappop(self._aging)[2])
+        end = len(aging)
+        while pos < end and (entry := aging[pos])[0] < cutoff:  # a few each time
+            keys.add(entry[2])
+            pos += 1
+        if pos > _COMPACT and pos * 2 > end:  # the dead front, now and then
+            del aging[:pos]
+            pos = 0
+        self._aging_pos = pos
         taken, truth = self._taken, self._truth
         for key in keys:
             cands = self._by_conn[key]
