@@ -6,9 +6,12 @@ phantom; a collector exchange on a connection whose truth is complete still is o
 
 from __future__ import annotations
 
+import shutil
 from array import array
 from collections import Counter
+from pathlib import Path
 
+from harness.analysis import replay as replay_mod
 from harness.analysis.match import match
 from harness.groundtruth import extract as ex
 from harness.groundtruth.extract import TruthStats, _Frame, _H1Msg, _pair_http1
@@ -104,3 +107,23 @@ def test_a_real_phantom_on_a_complete_connection_is_still_counted():
         seen = [_seen(side, 1 + dt, "GET", "/a", 200, 0), _seen(side, 5 + dt, "POST", "/p", 405, 1)]
         m = match(truth, seen)
         assert [x.path for x in m.phantoms] == ["/p"], side
+
+
+# -- a recorded run: observe (kprobe) around curl against nginx (fixtures/lost_request) -----
+
+RUN = next((Path(__file__).parent / "fixtures" / "lost_request").glob("*-observe-*"))
+
+
+def test_a_recorded_curl_run_replays_with_no_phantom(tmp_path: Path) -> None:
+    """Three times: GET then (--next) an upload answered 405 at once on one connection,
+    and an upload alone on another. Before, the truth dropped the 405s whose requests
+    Wireshark never decoded: 7 observable and 2 phantoms on each side."""
+    work = tmp_path / RUN.name
+    shutil.copytree(RUN, work)
+    rows = [r for r in replay_mod.replay(work)["rows"] if r["variant"] == "default"]
+    assert sorted(r["side"] for r in rows) == ["client", "server"]
+    for r in rows:
+        got = (r["observable"], r["matched"], r["phantoms"], r["wrong"], r["degraded"])
+        assert got == (9, 9, 0, 0, 0), r["side"]
+        assert r["unjudged"] == {f"{f}:truth_unreliable": 2 for f in ("method", "path",
+                                                                      "req_bytes")}  # fmt: skip
