@@ -14,7 +14,7 @@ from pathlib import Path
 from harness.analysis import replay as replay_mod
 from harness.analysis.match import match
 from harness.groundtruth import extract as ex
-from harness.groundtruth.extract import TruthStats, _Frame, _H1Msg, _pair_http1
+from harness.groundtruth.extract import TruthStats, _Frame, _H1Msg, _pair_http1, _Runs
 from harness.model import TRUTH_UNRELIABLE, Exchange
 
 CLI, SRV = ("127.0.0.1", 40000), ("127.0.0.1", 8080)
@@ -40,7 +40,7 @@ def _response(num: int, code: str, clen: int) -> _H1Msg:
     return _H1Msg(num, 0, num, _frame(num, False), row, False)
 
 
-def _pair(msgs: list[_H1Msg], runs: dict[int | None, list[int]]):
+def _pair(msgs: list[_H1Msg], runs: dict[int | None, _Runs]):
     stats, warnings = TruthStats(), Counter[str]()
     times = array("q", [n * MS for n in range(20)])
     out = _pair_http1(msgs, times, {7: max(m.frame for m in msgs)}, stats, warnings, runs)
@@ -52,7 +52,7 @@ MSGS = [_request(1, "GET", "/a"), _response(2, "200", 10), _response(6, "405", 1
 
 
 def test_a_response_to_a_request_never_decoded_is_an_exchange_with_the_request_unknown():
-    xs, stats, _ = _pair(MSGS, {7: [5]})
+    xs, stats, _ = _pair(MSGS, {7: _Runs([5], answers=1)})
     assert [(x.method, x.path, x.status, x.resp_bytes) for x in xs] == [
         ("GET", "/a", 200, 10), (None, None, 405, 157)]  # fmt: skip
     assert xs[0].degraded == []  # the decoded pairing is judged in full
@@ -75,9 +75,13 @@ def test_without_client_bytes_after_the_last_request_the_pairing_stays_doubtful(
     assert any("more responses than requests" in w for w in warnings)
 
 
-def test_client_bytes_after_the_response_answer_nothing():
-    xs, stats, _ = _pair(MSGS, {7: [9]})
+def test_client_bytes_after_the_extra_response_leave_the_pairing_doubtful():
+    """A request lost before a decoded one (its response then answered by the decoded
+    one's) with the client sending after the last response: in-order pairing cannot be
+    trusted, nor can the extra response be placed."""
+    xs, stats, _ = _pair(MSGS, {7: _Runs([9], answers=0)})
     assert [(x.path, x.status) for x in xs] == [("/a", 200)]
+    assert {d.field for d in xs[0].degraded} == {"status", "resp_bytes"}
     assert stats.unpaired_responses == 1
 
 
@@ -89,7 +93,7 @@ def _seen(side: str, t_ms: float, method: str, path: str, status: int, seq: int)
 
 
 def test_the_collectors_record_of_it_is_matched_on_both_sides_and_not_wrong():
-    truth, _, _ = _pair(MSGS, {7: [5]})
+    truth, _, _ = _pair(MSGS, {7: _Runs([5], answers=1)})
     truth[0].req_bytes = 0
     # the client writes before the wire, the server reads after it
     for side, dt in (("client", -0.01), ("server", 0.01)):

@@ -467,9 +467,9 @@ class _Scan:
         self.times = array("q")
         self.streams: dict[int | None, _H1Stream] = {}
         self.server_data: dict[int | None, int] = {}  # tcp.stream -> last frame with server bytes
-        # tcp.stream -> the first frame of each run of client bytes since its last reported
-        # request (none reported it: a request Wireshark never decoded, see _H1Pairer._lost)
-        self.client_runs: dict[int | None, list[int]] = {}
+        # tcp.stream -> the runs of client bytes since its last reported request (none
+        # reported it: a request Wireshark never decoded, see _H1Pairer._lost)
+        self.client_runs: dict[int | None, _Runs] = {}
         self._run_open: set[int | None] = set()  # streams whose latest bytes were the client's
         self.warnings: Counter[str] = Counter()
         # closed by close(), after the pairing pass has read it back
@@ -568,10 +568,12 @@ class _Scan:
                     self._run_open.discard(stream)
                 elif fr.dport in http1 and not row[_METHOD] and stream not in self._run_open:
                     self._run_open.add(stream)
-                    runs = self.client_runs.setdefault(stream, [])
-                    runs.append(num)
-                    if len(runs) > _RUNS_KEPT:  # (after a 101: the other protocol's bytes)
-                        del runs[0]
+                    runs = self.client_runs.get(stream)
+                    if runs is None:
+                        runs = self.client_runs[stream] = _Runs()
+                    runs.frames.append(num)
+                    if len(runs.frames) > _RUNS_KEPT:  # (after a 101: the other protocol's)
+                        del runs.frames[0]
 
     def _warns(self, sevs: str) -> bool:
         """Whether a frame's expert severities hold a warning or worse (every HTTP frame
@@ -622,7 +624,8 @@ class _Scan:
         elif runs := self.client_runs.get(fr.stream):
             # the response may answer a request begun there (_H1Pairer._lost): no watermark
             # may pass that start before this record is paired
-            t_start = self.times[runs[0]]
+            t_start = self.times[runs.frames[0]]
+            runs.answers += sum(not _interim(m) for m in ms)
         self._buf_min = min(self._buf_min, t_start)
         if len(self._buf) >= _SPILL_BATCH:
             self._flush()
@@ -679,6 +682,14 @@ class _Scan:
 
 _NEVER = 1 << 63  # later than any start time: the watermark once nothing more can come
 _RUNS_KEPT = 16  # runs of client bytes kept per stream since its last reported request
+
+
+@dataclass(slots=True)
+class _Runs:
+    """A stream's runs of client bytes since its last reported request."""
+
+    frames: list[int] = field(default_factory=list)  # each run's first frame
+    answers: int = 0  # final responses reported since the first run began
 
 
 def _request_start(m: _H1Msg, times: array[int]) -> int:
@@ -1060,7 +1071,7 @@ def _answers_earlier(resp: _H1Msg, req: _H1Msg) -> bool:
 def _pair_http1(
     msgs: list[_H1Msg], times: array[int], server_data: dict[int | None, int],
     stats: TruthStats, warnings: Counter[str],
-    client_runs: dict[int | None, list[int]] | None = None,
+    client_runs: dict[int | None, _Runs] | None = None,
 ) -> list[tuple[Exchange, int, int]]:
     """The exchanges of whole streams' messages (already repaired), with their request's
     frame and index: each stream summarised, then paired."""
@@ -1126,7 +1137,7 @@ class _H1Pairer:
     def __init__(
         self, streams: dict[int | None, _H1Stream], times: array[int],
         server_data: dict[int | None, int], stats: TruthStats, warnings: Counter[str],
-        client_runs: dict[int | None, list[int]] | None = None,
+        client_runs: dict[int | None, _Runs] | None = None,
     ) -> None:
         self.streams, self.times, self.server_data = streams, times, server_data
         self.client_runs = client_runs or {}
@@ -1156,9 +1167,11 @@ class _H1Pairer:
         # once a pairing is doubtful, so is every later one on the stream; more responses
         # than requests means Wireshark lost a request somewhere: all of them are doubtful,
         # unless the lost ones began after the last decoded request (client bytes no request
-        # was reported from): then they are the last ones answered
-        lost = rs - nreq if rs > nreq and info.switch_at is None and \
-            stream in self.client_runs else 0
+        # was reported from) and the extra responses all came after those bytes began: then
+        # they are the last ones answered
+        runs = self.client_runs.get(stream)
+        lost = rs - nreq if rs > nreq and info.switch_at is None and runs is not None and \
+            runs.answers >= rs - nreq else 0
         broken = rs > nreq and not lost
         if broken:
             warnings["HTTP/1 connection with more responses than requests decoded: "
@@ -1212,7 +1225,7 @@ class _H1Pairer:
         bytes after the last decoded request (the last run before ``m`` if there are fewer:
         several requests in one write). Its request's fields are truth_unreliable."""
         stream = m.fr.stream
-        runs = [f for f in self.client_runs[stream] if f < m.frame]
+        runs = [f for f in self.client_runs[stream].frames if f < m.frame]
         if not runs:  # no client bytes before it: it answers nothing seen (a 408)
             self.stats.unpaired_responses += 1
             return
