@@ -7,15 +7,28 @@ phantom; a collector exchange on a connection whose truth is complete still is o
 from __future__ import annotations
 
 import shutil
+import socket
+import threading
 from array import array
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from harness.analysis import replay as replay_mod
 from harness.analysis.match import match
 from harness.groundtruth import extract as ex
-from harness.groundtruth.extract import TruthStats, _Frame, _H1Msg, _pair_http1, _Runs
+from harness.groundtruth.capture import Dumpcap
+from harness.groundtruth.extract import (
+    TruthStats,
+    _Frame,
+    _H1Msg,
+    _pair_http1,
+    _Runs,
+    extract_exchanges,
+)
 from harness.model import TRUTH_UNRELIABLE, Exchange
+from harness.runner.record import free_port
 
 CLI, SRV = ("127.0.0.1", 40000), ("127.0.0.1", 8080)
 MS = 1_000_000
@@ -131,3 +144,38 @@ def test_a_recorded_curl_run_replays_with_no_phantom(tmp_path: Path) -> None:
         assert got == (9, 9, 0, 0, 0), r["side"]
         assert r["unjudged"] == {f"{f}:truth_unreliable": 2 for f in ("method", "path",
                                                                       "req_bytes")}  # fmt: skip
+
+
+# -- two equal uploads back to back: not one report repeated ------------------------------
+
+
+@pytest.mark.capture
+def test_equal_uploads_back_to_back_are_two_exchanges(tmp_path: Path) -> None:
+    """The first upload's body ends and the second (equal) one begins in one segment, so
+    Wireshark's reassembly of the second starts in the frame that reported the first: it
+    was taken for TShark repeating that report, the first dropped, and the collector's
+    record of it counted a phantom (curl -H 'Expect:' --data-binary @3MB URL URL)."""
+    port = free_port()
+    body = b"b" * 200_001
+    req = (b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n" % len(body)) + body
+    resp = b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"
+    pcap = tmp_path / "c.pcapng"
+    with socket.create_server(("127.0.0.1", port)) as srv, Dumpcap(pcap, [port]):
+        cli = socket.create_connection(("127.0.0.1", port))
+        conn, _ = srv.accept()
+        with cli, conn:
+            sender = threading.Thread(target=cli.sendall, args=(req + req,))
+            sender.start()
+            for _ in range(2):
+                got = 0
+                while got < len(req):
+                    got += len(conn.recv(min(65536, len(req) - got)))
+                conn.sendall(resp)
+            sender.join()
+            n = 0
+            while n < 2 * len(resp):
+                n += len(cli.recv(4096))
+    xs, stats = extract_exchanges(pcap, http1_ports=[port], h2c_ports=[])
+    assert [(x.method, x.path, x.req_bytes) for x in xs] == [("POST", "/up", len(body))] * 2
+    assert [x.status for x in xs] == [201, 201]
+    assert stats.unpaired_responses == 0

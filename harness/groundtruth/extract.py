@@ -974,7 +974,12 @@ def _drop_repeated_reports(
     # that all came after the previous report (a server writing headers and body apart:
     # http.server) begins in its own first segment, not in the frame reporting it, which
     # holds only the body's end. A repeat of an earlier report begins no later than it.
-    where = {f: g if (g := ms[0].first_frame) > prev[-1].frame else f
+    # One begun in the very frame that ended the previous report, when that report began
+    # in an earlier frame (two equal uploads back to back: the first's body ends and the
+    # second begins in one segment), is new if its start line is there (the previous
+    # one's is not: it is in that one's own first segment).
+    where = {f: g if (g := ms[0].first_frame) > prev[-1].frame
+             or (g == prev[-1].frame and prev[-1].first_frame < g) else f
              for f, (prev, ms) in suspects.items()}
     # as the scan pass reassembled: with out-of-order reassembly on a capture begun
     # mid-connection this pass ran 84+ CPU-s where the scan took a few
