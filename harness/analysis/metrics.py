@@ -30,7 +30,8 @@ DEFINITIONS = {
     "recovery": "per call index on a connection after the attach (0 = first call seen): "
     "[index, required fields correct, required fields the truth has], summed over connections",
     "unjudged": "matched exchanges' fields the truth itself could not determine, as "
-    "'field:reason' (e.g. truth_hpack_unknown: Wireshark missed the HPACK table's start); "
+    "'field:reason' (e.g. truth_hpack_unknown: Wireshark missed the HPACK table's start; "
+    "method:truth_unreliable: a request Wireshark never decoded whose response it did); "
     "neither correct nor degraded",
     "self_reported": "matched exchanges' fields the collector marked unknown itself, as "
     "'field:reason', whether or not the truth could judge them",

@@ -467,6 +467,10 @@ class _Scan:
         self.times = array("q")
         self.streams: dict[int | None, _H1Stream] = {}
         self.server_data: dict[int | None, int] = {}  # tcp.stream -> last frame with server bytes
+        # tcp.stream -> the runs of client bytes since its last reported request (none
+        # reported it: a request Wireshark never decoded, see _H1Pairer._lost)
+        self.client_runs: dict[int | None, _Runs] = {}
+        self._run_open: set[int | None] = set()  # streams whose latest bytes were the client's
         self.warnings: Counter[str] = Counter()
         # closed by close(), after the pairing pass has read it back
         self.spill = tempfile.TemporaryFile(prefix="probebench-truth-")  # noqa: SIM115
@@ -558,8 +562,18 @@ class _Scan:
                     self.warnings[unescape(msg)] += 1
         if http1 := self._http1:
             self._messages(num, fr, row, http1)
-            if fr.sport in http1 and row[_TCP_LEN] not in ("", "0"):
-                self.server_data[stream] = num
+            if row[_TCP_LEN] not in ("", "0"):
+                if fr.sport in http1:
+                    self.server_data[stream] = num
+                    self._run_open.discard(stream)
+                elif fr.dport in http1 and not row[_METHOD] and stream not in self._run_open:
+                    self._run_open.add(stream)
+                    runs = self.client_runs.get(stream)
+                    if runs is None:
+                        runs = self.client_runs[stream] = _Runs()
+                    runs.frames.append(num)
+                    if len(runs.frames) > _RUNS_KEPT:  # (after a 101: the other protocol's)
+                        del runs.frames[0]
 
     def _warns(self, sevs: str) -> bool:
         """Whether a frame's expert severities hold a warning or worse (every HTTP frame
@@ -604,6 +618,14 @@ class _Scan:
                 t_start = min(t_start, _request_start(m, self.times))
             self._buf.append((num, m.index, m.first_frame, fr.t_ns, fr.stream, fr.src, fr.sport,
                               fr.dst, fr.dport, is_request, row))  # fmt: skip
+        if is_request:
+            self.client_runs.pop(fr.stream, None)  # those bytes were this request's
+            self._run_open.discard(fr.stream)
+        elif runs := self.client_runs.get(fr.stream):
+            # the response may answer a request begun there (_H1Pairer._lost): no watermark
+            # may pass that start before this record is paired
+            t_start = self.times[runs.frames[0]]
+            runs.answers += sum(not _interim(m) for m in ms)
         self._buf_min = min(self._buf_min, t_start)
         if len(self._buf) >= _SPILL_BATCH:
             self._flush()
@@ -659,6 +681,15 @@ class _Scan:
 
 
 _NEVER = 1 << 63  # later than any start time: the watermark once nothing more can come
+_RUNS_KEPT = 16  # runs of client bytes kept per stream since its last reported request
+
+
+@dataclass(slots=True)
+class _Runs:
+    """A stream's runs of client bytes since its last reported request."""
+
+    frames: list[int] = field(default_factory=list)  # each run's first frame
+    answers: int = 0  # final responses reported since the first run began
 
 
 def _request_start(m: _H1Msg, times: array[int]) -> int:
@@ -679,6 +710,7 @@ def _request_start(m: _H1Msg, times: array[int]) -> int:
 # stream) is marked truth_unreliable.
 
 _H1_RESPONSE_FIELDS = ("status", "resp_bytes")
+_H1_REQUEST_FIELDS = ("method", "path", "req_bytes")
 
 
 @dataclass(slots=True)
@@ -942,7 +974,12 @@ def _drop_repeated_reports(
     # that all came after the previous report (a server writing headers and body apart:
     # http.server) begins in its own first segment, not in the frame reporting it, which
     # holds only the body's end. A repeat of an earlier report begins no later than it.
-    where = {f: g if (g := ms[0].first_frame) > prev[-1].frame else f
+    # One begun in the very frame that ended the previous report, when that report began
+    # in an earlier frame (two equal uploads back to back: the first's body ends and the
+    # second begins in one segment), is new if its start line is there (the previous
+    # one's is not: it is in that one's own first segment).
+    where = {f: g if (g := ms[0].first_frame) > prev[-1].frame
+             or (g == prev[-1].frame and prev[-1].first_frame < g) else f
              for f, (prev, ms) in suspects.items()}
     # as the scan pass reassembled: with out-of-order reassembly on a capture begun
     # mid-connection this pass ran 84+ CPU-s where the scan took a few
@@ -1039,6 +1076,7 @@ def _answers_earlier(resp: _H1Msg, req: _H1Msg) -> bool:
 def _pair_http1(
     msgs: list[_H1Msg], times: array[int], server_data: dict[int | None, int],
     stats: TruthStats, warnings: Counter[str],
+    client_runs: dict[int | None, _Runs] | None = None,
 ) -> list[tuple[Exchange, int, int]]:
     """The exchanges of whole streams' messages (already repaired), with their request's
     frame and index: each stream summarised, then paired."""
@@ -1051,7 +1089,7 @@ def _pair_http1(
         st.add(m)
     for st in streams.values():
         st.finish()
-    pairer = _H1Pairer(streams, times, server_data, stats, warnings)
+    pairer = _H1Pairer(streams, times, server_data, stats, warnings, client_runs)
     for m in msgs:
         pairer.feed(m)
     return pairer.take()
@@ -1066,6 +1104,7 @@ class _Pairing:
     answered: int  # requests that get a response
     cut: int  # requests from here on follow a protocol switch (101): not HTTP
     broken: bool
+    lost: int = 0  # final responses after the answered ones that answer requests never decoded
     fed: int = 0
     nreq: int = 0
     nresp: int = 0  # final responses read, leads included
@@ -1092,13 +1131,21 @@ class _H1Pairer:
     whose response Wireshark did not decode: TShark 4.0.17 frames a pipelined HEAD
     response by the latest request's method, takes its Content-Length for a body and
     swallows the responses behind it. Those exchanges are truth_unreliable, not unanswered.
+
+    More final responses than requests, with client bytes after the last reported request
+    that no request was reported from (``client_runs``): Wireshark waits for a body that
+    never comes (``Expect: 100-continue`` answered at once, e.g. 405, and the client
+    closes). The server answers in order, so the responses after those of the decoded
+    requests answer the requests begun there: exchanges of their own (``_lost``).
     """
 
     def __init__(
         self, streams: dict[int | None, _H1Stream], times: array[int],
         server_data: dict[int | None, int], stats: TruthStats, warnings: Counter[str],
+        client_runs: dict[int | None, _Runs] | None = None,
     ) -> None:
         self.streams, self.times, self.server_data = streams, times, server_data
+        self.client_runs = client_runs or {}
         self.stats, self.warnings = stats, warnings
         self.state: dict[int | None, _Pairing] = {}
         self.open: set[int | None] = set()  # streams with requests waiting for a response
@@ -1123,8 +1170,14 @@ class _H1Pairer:
                      "exchanges of the capture, dropped"] += info.lead
             stats.unpaired_responses += info.lead
         # once a pairing is doubtful, so is every later one on the stream; more responses
-        # than requests means Wireshark lost a request somewhere: all of them are doubtful
-        broken = rs > nreq
+        # than requests means Wireshark lost a request somewhere: all of them are doubtful,
+        # unless the lost ones began after the last decoded request (client bytes no request
+        # was reported from) and the extra responses all came after those bytes began: then
+        # they are the last ones answered
+        runs = self.client_runs.get(stream)
+        lost = rs - nreq if rs > nreq and info.switch_at is None and runs is not None and \
+            runs.answers >= rs - nreq else 0
+        broken = rs > nreq and not lost
         if broken:
             warnings["HTTP/1 connection with more responses than requests decoded: "
                      "marked truth_unreliable"] += 1
@@ -1137,8 +1190,8 @@ class _H1Pairer:
                          "dropped"] += nreq - cut
         else:
             answered, cut = min(rs, nreq), nreq
-            stats.unpaired_responses += max(0, rs - nreq)
-        p = self.state[stream] = _Pairing(info, answered, cut, broken)
+            stats.unpaired_responses += max(0, rs - nreq - lost)
+        p = self.state[stream] = _Pairing(info, answered, cut, broken, lost)
         return p
 
     def feed(self, m: _H1Msg) -> None:
@@ -1161,6 +1214,8 @@ class _H1Pairer:
             p.nresp += 1
             if 0 <= k < p.answered:
                 p.resps.append(m)
+            elif p.lost and k >= p.answered:
+                self._lost(p, m, k - p.answered)
         end = p.fed == p.info.messages
         while p.resps and p.nreq > p.done and (end or p.resps[0].frame + p.info.lag < m.frame):
             self._pair(p, p.resps.popleft())
@@ -1168,6 +1223,34 @@ class _H1Pairer:
             self.open.discard(stream)
         if end:
             del self.state[stream]
+
+    def _lost(self, p: _Pairing, m: _H1Msg, j: int) -> None:
+        """Final response ``m``, the ``j``-th after those of the decoded requests: the
+        exchange of a request Wireshark never reported, begun at the ``j``-th run of client
+        bytes after the last decoded request (the last run before ``m`` if there are fewer:
+        several requests in one write). Its request's fields are truth_unreliable."""
+        stream = m.fr.stream
+        runs = [f for f in self.client_runs[stream].frames if f < m.frame]
+        if not runs:  # no client bytes before it: it answers nothing seen (a 408)
+            self.stats.unpaired_responses += 1
+            return
+        f = runs[min(j, len(runs) - 1)]
+        self.warnings["HTTP/1 responses to requests Wireshark did not decode (client bytes "
+                      "after the last decoded request): the request's fields "
+                      "truth_unreliable"] += 1
+        version = _first(m.row[_RESP_VERSION])
+        x = Exchange(
+            source="truth", side="wire",
+            protocol=version.lower() if version.upper() in ("HTTP/1.0", "HTTP/1.1") else "http/1.1",
+            client_ip=m.fr.dst, client_port=m.fr.dport, server_ip=m.fr.src,
+            server_port=m.fr.sport, conn_seq=p.cut + j, t_start_ns=self.times[f],
+            conn_id=f"tcp.stream={stream}",
+        )
+        for name in _H1_REQUEST_FIELDS:
+            x.degrade(name, TRUTH_UNRELIABLE)
+        _apply_response(x, m, self.warnings, self.hd)
+        # (frame, index): a frame no request was reported in, so no decoded exchange's key
+        self.out.append((x, f, 1 + j))
 
     def _unanswered(self, req: _H1Msg, x: Exchange) -> None:
         if req.first_frame < self.server_data.get(req.fr.stream, 0):
@@ -1660,7 +1743,8 @@ def stream_exchanges(
         ]
         heap += [(x.t_start_ns or 0, 0, f, i, x) for x, f, i in _hard_streams(scan)]
         heapq.heapify(heap)
-        pairer = _H1Pairer(scan.streams, scan.times, scan.server_data, stats, scan.warnings)
+        pairer = _H1Pairer(scan.streams, scan.times, scan.server_data, stats, scan.warnings,
+                           scan.client_runs)
         later = [*list(accumulate(reversed(scan.batch_min), min))[::-1], _NEVER]
         out: list[Exchange] = []
         for b, msgs in enumerate(scan.spilled()):
@@ -1726,7 +1810,8 @@ def _hard_streams(scan: _Scan) -> list[tuple[Exchange, int, int]]:
         _split_multi(*args, multi, scan.warnings, scan.tls_keylog, out_of_order=ooo)
     msgs = _drop_redissected(msgs, scan.warnings)
     msgs = _drop_repeated_reports(*args, msgs, scan.warnings, scan.tls_keylog, out_of_order=ooo)
-    return _pair_http1(msgs, scan.times, scan.server_data, scan.stats, scan.warnings)
+    return _pair_http1(msgs, scan.times, scan.server_data, scan.stats, scan.warnings,
+                       scan.client_runs)
 
 
 def extract_exchanges(
