@@ -477,6 +477,7 @@ _SEVERITY = {'"Comment"': "1048576", '"Chat"': "2097152", '"Note"': "4194304",
 # request only with one of its known methods): their commas are the joins
 _JOINED = (_NUM, _TIME, _STREAM, _SRC4, _SRC6, _SPORT, _DST4, _DST6, _DPORT, _SEGS, _METHOD,
            _CODE, _REQ_IN, _CLEN, _CHUNKS, _TCP_LEN, _REASM_LEN, _TLS_SEGS, _SEQ_RAW, _ACK_RAW)
+_JOINED_OF = operator.itemgetter(*_JOINED)
 _REQ_STRINGS = (_URI, _VERSION)  # one per request
 _RESP_STRINGS = (_RESP_VERSION, _PHRASE)  # one per response
 _MSG_COLUMNS = 3  # expert messages printed one column each (a frame's severities count them)
@@ -499,6 +500,7 @@ class _Columns:
         self.n = len(columns)
         self.width = self.n + _MSG_COLUMNS - 1
         self.severities: dict[str, str | None] = {}
+        self.warns: set[str] = set()  # severity lists that hold a warning or worse
         self.why = ""
 
     def row(self, line: str) -> list[str] | None:
@@ -510,9 +512,10 @@ class _Columns:
             for v in row
         ):  # fmt: skip
             return self._unsure("a column as long as tshark cuts them")
-        for i in _JOINED:
-            if "," in row[i]:
-                row[i] = row[i].replace(",", AGG)
+        if "," in "".join(_JOINED_OF(row)):  # (one test for the twenty: most have none)
+            for i in _JOINED:
+                if "," in row[i]:
+                    row[i] = row[i].replace(",", AGG)
         strings: tuple[int, ...]
         if row[_METHOD]:
             n, strings = row[_METHOD].count(AGG) + 1, _REQ_STRINGS
@@ -532,7 +535,7 @@ class _Columns:
             return self._unsure("a comma in Transfer-Encoding")
         for i in (_REQ_LINES, _RESP_LINES):
             if v := row[i]:
-                if "\\" in v.replace(_CRLF, ""):
+                if v.count("\\") != 2 * v.count(_CRLF):
                     return self._unsure("a header line with an escape other than its CRLF")
                 if "," in v:
                     row[i] = v.replace(_CRLF + ",", _CRLF + AGG)
@@ -542,8 +545,11 @@ class _Columns:
                 names = sev.split(",")
                 got = None if any(s not in _SEVERITY for s in names) else AGG.join(
                     _SEVERITY[s] for s in names)
-                if len(self.severities) < _SEVERITY_LISTS:
-                    self.severities[sev] = got
+                if len(self.severities) >= _SEVERITY_LISTS:
+                    self.severities.clear()
+                self.severities[sev] = got
+                if got is not None and any(int(v) >= WARN_SEVERITY for v in got.split(AGG)):
+                    self.warns.add(got)
             if got is None:
                 return self._unsure("an expert severity of no known name")
             row[_SEV] = got
@@ -551,11 +557,11 @@ class _Columns:
             if k > 1:
                 if k > _MSG_COLUMNS:
                     return self._unsure("more expert messages than columns")
-                msgs = [row[_MSG], *row[self.n : self.n + k - 1]]
-                if any("\\" in m and _NOT_FIELDS.search(m) for m in msgs):
-                    return self._unsure("an escaped control character")
-                row[_MSG] = AGG.join(msgs)
-            elif "\\" in row[_MSG] and _NOT_FIELDS.search(row[_MSG]):
+                row[_MSG] = AGG.join([row[_MSG], *row[self.n : self.n + k - 1]])
+            # a message is read only with a warning (the HTTP chat ones hold the start line,
+            # whose fields are checked above)
+            if (msg := row[_MSG]) and "\\" in msg and got in self.warns and \
+                    _NOT_FIELDS.search(msg):
                 return self._unsure("an escaped control character")
         del row[self.n :]
         return row
