@@ -579,11 +579,11 @@ class _Scan:
     def __init__(
         self, pcap: Path, http1_ports: list[int], h2c_ports: list[int], mono_offset_ns: int,
         stats: TruthStats, h2: _H2Fields | None = None, tls_keylog: Path | None = None,
-        parts: _Parts | None = None,
+        parts: _Parts | None = None, columns: bool = True,
     ) -> None:
         self.pcap, self.http1_ports, self.h2c_ports = pcap, http1_ports, h2c_ports
         self.offset, self.stats, self.h2, self.tls_keylog = mono_offset_ns, stats, h2, tls_keylog
-        self.parts = parts
+        self.parts, self.columns = parts, columns
         self._http1 = set(http1_ports)
         # Only the JSON route of HTTP/2 looks frames up afterwards; HTTP/1 only needs the time
         # of a request's first segment: 8 bytes a frame, not a record (millions on a soak)
@@ -617,7 +617,7 @@ class _Scan:
         for f in columns:
             args += ["-e", f]
         # HTTP/2 header values hold commas that nothing tells from the joins: fields
-        cols = _Columns(columns) if self.h2 is None else None
+        cols = _Columns(columns) if self.h2 is None and self.columns else None
         if cols is None:
             stats.tshark_output = "fields"
         col_args = [*base, *column_format(_column_fields(columns))]
@@ -1773,6 +1773,7 @@ def stream_exchanges(
     batch: int = 5000,
     part_packets: int = PART_PACKETS,
     part_overlap: int = PART_OVERLAP,
+    columns: bool = True,
 ) -> Generator[TruthBatch, None, TruthStats]:
     """Every HTTP/1 exchange and HTTP/2 call on the given server ports, in batches of about
     ``batch`` in order of start time; returns the decode statistics.
@@ -1783,7 +1784,8 @@ def stream_exchanges(
     flight and the exchanges not yet past the watermark; HTTP/2 calls are all held until the
     scan ends. An HTTP/1 capture of more than ``part_packets`` packets is decoded in parts
     (0: never), so that tshark's memory stays bounded too (see _Parts): the same truth.
-    Raises CaptureError when tshark cannot read the file at all.
+    ``columns=False``: tshark prints ``-T fields`` throughout (see _Columns): the same
+    truth, slower. Raises CaptureError when tshark cannot read the file at all.
     """
     stats = TruthStats(out_of_order=out_of_order)
     # the fields route counts into its own stats: they only count if it sees it through
@@ -1792,7 +1794,7 @@ def stream_exchanges(
     if part_packets and http1_ports and not h2c_ports and tls_keylog is None:
         parts = _Parts.plan(Path(pcap), part_packets, part_overlap, PART_CHECK)
     scan = _Scan(Path(pcap), http1_ports, h2c_ports, mono_offset_ns, stats, h2, tls_keylog,
-                 parts)  # fmt: skip
+                 parts, columns)  # fmt: skip
     n = 0
     try:
         try:
@@ -1801,7 +1803,7 @@ def stream_exchanges(
             scan.close()
             stats = TruthStats(out_of_order=out_of_order, parts_given_up=str(e))
             scan = _Scan(Path(pcap), http1_ports, h2c_ports, mono_offset_ns, stats, h2,
-                         tls_keylog)  # fmt: skip
+                         tls_keylog, columns=columns)  # fmt: skip
             scan.read()
         if not stats.packets and stats.truncated:
             raise CaptureError(f"{pcap} is cut short before its first packet")
@@ -1890,12 +1892,13 @@ def extract_exchanges(
     out_of_order: bool = True,
     part_packets: int = PART_PACKETS,
     part_overlap: int = PART_OVERLAP,
+    columns: bool = True,
 ) -> tuple[list[Exchange], TruthStats]:
     """``stream_exchanges`` as one list, in order of start time, and the statistics."""
     gen = stream_exchanges(pcap, http1_ports=http1_ports, h2c_ports=h2c_ports,
                            mono_offset_ns=mono_offset_ns, tls_keylog=tls_keylog,
                            out_of_order=out_of_order, part_packets=part_packets,
-                           part_overlap=part_overlap)  # fmt: skip
+                           part_overlap=part_overlap, columns=columns)  # fmt: skip
     out: list[Exchange] = []
     while True:
         try:
