@@ -633,7 +633,8 @@ class _Scan:
             while True:
                 run = [*args, "-Y", f"frame.number >= {since}"] if since else (
                     col_args if cols is not None else args)
-                tshark = TsharkStream(self.pcap, run, ranges=ranges)
+                tshark = (TsharkStream(self.pcap, run) if ranges is None else
+                          TsharkStream(self.pcap, run, ranges=ranges))  # fmt: skip
                 lines = iter(tshark)
                 assert isinstance(lines, Generator)
                 try:
