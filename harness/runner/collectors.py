@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sys
 from dataclasses import dataclass
@@ -99,10 +100,29 @@ def _wait_attached(rc: RunningCollector) -> None:
             "its probes attached"
         )
     except TargetError as e:
-        log = (rc.events.parent / f"{rc.name}.log").read_text().strip().splitlines()
-        why = log[-1] if log else str(e)
-        raise CollectorError(f"the {rc.name} collector failed to attach: {why}") from e
+        log_path = rc.events.parent / f"{rc.name}.log"
+        said = last_words(log_path.read_text())
+        raise CollectorError(
+            f"the {rc.name} collector failed to attach: {e}"
+            + (f"; its log ({log_path.name}) ends: {said}" if said else "")
+        ) from e
     rc.attach_ns = int(line.split()[1])
+
+
+# what clang prints while it compiles a program fine: never why a collector failed
+_COMPILER_NOISE = re.compile(
+    r"warning: |\d+ warnings? generated|In file included from |\s|\^|#"
+    r"|\S+:\d+:\d+: (warning|note): "
+)
+
+
+def last_words(log: str) -> str:
+    """A collector log's last line that says something: not bcc's compiler warnings (an
+    attach that timed out mid-compile used to be reported as 'loop not unrolled')."""
+    for line in reversed(log.strip().splitlines()):
+        if line and not _COMPILER_NOISE.match(line):
+            return line
+    return ""
 
 
 def stop_collector(procs: ProcessSet, rc: RunningCollector) -> dict[str, Any]:
