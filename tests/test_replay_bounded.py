@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from streamed import matcher_peak
 
 from harness.analysis.match import HORIZON_NS, StreamMatcher, Verdict, match
 from harness.collectors.kprobe.decode import decode
@@ -48,21 +49,7 @@ def _soak(n: int) -> tuple[Iterator[tuple[int, Exchange]], Iterator[Exchange], d
 
 def _peak(n: int) -> dict[str, int]:
     """The most state the matcher held while matching n exchanges, sampled as it went."""
-    peak: dict[str, int] = {"pairs": 0}
-    phantoms: list[Exchange] = []
-
-    def on_pair(v: Verdict) -> None:
-        assert not v.degraded
-        peak["pairs"] += 1
-        if peak["pairs"] % 101 == 0:
-            for k, c in m.retained().items():
-                peak[k] = max(peak.get(k, 0), c)
-
-    m = StreamMatcher(on_pair, phantoms.append)
-    truth, seen, ends = _soak(n)
-    m.run(truth, seen, ends=ends)
-    assert not phantoms
-    return peak
+    return matcher_peak(*_soak(n))
 
 
 def test_matching_state_does_not_grow_with_the_recording() -> None:

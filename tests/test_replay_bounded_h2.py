@@ -6,8 +6,9 @@ from __future__ import annotations
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.events import DataReceived
+from streamed import matcher_peak
 
-from harness.analysis.match import HORIZON_NS, StreamMatcher, Verdict
+from harness.analysis.match import HORIZON_NS
 from harness.model import Exchange
 from harness.protocols.common import Segment
 from harness.protocols.http2.stitch import Http2Stream
@@ -84,21 +85,10 @@ def _h2(source: str, t: int, port: int, sid: int) -> Exchange:
 
 def _matcher_peak(n: int) -> dict[str, int]:
     """n h2 streams 0.1 ms apart on two long-lived connections, matched by stream id."""
-    peak = {"pairs": 0}
-
-    def on_pair(v: Verdict) -> None:
-        assert not v.degraded
-        peak["pairs"] += 1
-        if peak["pairs"] % 97 == 0:
-            for k, c in m.retained().items():
-                peak[k] = max(peak.get(k, 0), c)
-
-    m = StreamMatcher(on_pair, lambda x: None)
     step = MS // 10
     truth = ((k, _h2("truth", k * step, 1000 + k % 2, 2 * (k // 2) + 1)) for k in range(n))
     seen = (_h2("kprobe", k * step + 50_000, 1000 + k % 2, 2 * (k // 2) + 1) for k in range(n))
-    m.run(truth, seen)
-    return peak
+    return matcher_peak(truth, seen)
 
 
 def test_h2_matching_state_is_the_window_not_the_recording() -> None:
