@@ -139,8 +139,8 @@ def stop_collectors(procs: ProcessSet, running: list[RunningCollector]) -> list[
         stats = rc.stats()
         stats["exit_code"] = code
         if code != 0:
-            log = (rc.events.parent / f"{rc.name}.log").read_text().strip().splitlines()
-            stats["error"] = log[-1] if log else f"exit code {code}"
+            said = last_words((rc.events.parent / f"{rc.name}.log").read_text())
+            stats["error"] = said or f"exit code {code}"
         elif stats.get("stopped_by") == "deadline":
             # it stopped itself before it was stopped: what came after went unrecorded (in a
             # slow guest a kprobe collector once ended before the TLS one beside it attached)
