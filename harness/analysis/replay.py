@@ -9,7 +9,6 @@ import json
 import multiprocessing
 import os
 import queue
-import resource
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -663,17 +662,18 @@ def _replay(
         save_metrics(run_dir, metrics)
         manifest.recording = recording_size(run_dir, truth_sink.count)
         manifest.save(run_dir)
+        mine = usage()
         write_json_atomic(run_dir / REPLAY_JSON, {
             "wall_s": round(time.monotonic() - t0, 3),
             "exchanges": {src: sk.count for src, sk in sinks.items()},
-            "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-            "children_peak_rss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+            "peak_rss_kb": mine["peak_rss_kb"],
+            "children_peak_rss_kb": mine["children_peak_rss_kb"],
             # the truth worker: tshark is its child (in-process: these are the replay's)
             "truth_peak_rss_kb": truth_usage["peak_rss_kb"],
             "truth_cpu_s": truth_usage["cpu_s"], "tshark_cpu_s": truth_usage["children_cpu_s"],
             # the largest tshark run (a large capture is decoded in parts, one after
             # another); an upper bound: the kernel counts the worker's RSS when it started it
             "tshark_peak_rss_kb": truth_usage.get("children_peak_rss_kb", 0),
-            "cpu_s": usage()["cpu_s"],
+            "cpu_s": mine["cpu_s"],
         })  # fmt: skip
     return metrics
