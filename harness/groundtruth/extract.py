@@ -1167,12 +1167,15 @@ class _HeaderDicts(dict[str, dict[str, str]]):
         return d
 
 
+def _h1_protocol(version: str) -> str:
+    """An exchange's protocol from a start line's version (HTTP/1.1 if it says neither)."""
+    return version.lower() if version.upper() in ("HTTP/1.0", "HTTP/1.1") else "http/1.1"
+
+
 def _new_request(m: _H1Msg, times: array[int], seq: int, hd: _HeaderDicts) -> Exchange:
     row, fr = m.row, m.fr
-    version = _first(row[_VERSION])
     x = Exchange(
-        source="truth", side="wire",
-        protocol=version.lower() if version.upper() in ("HTTP/1.0", "HTTP/1.1") else "http/1.1",
+        source="truth", side="wire", protocol=_h1_protocol(_first(row[_VERSION])),
         client_ip=fr.src, client_port=fr.sport, server_ip=fr.dst, server_port=fr.dport,
         conn_seq=seq, method=_first(row[_METHOD]), path=unescape(_first(row[_URI])) or None,
         t_start_ns=_request_start(m, times),
@@ -1390,10 +1393,8 @@ class _H1Pairer:
         self.warnings["HTTP/1 responses to requests Wireshark did not decode (client bytes "
                       "after the last decoded request): the request's fields "
                       "truth_unreliable"] += 1
-        version = _first(m.row[_RESP_VERSION])
         x = Exchange(
-            source="truth", side="wire",
-            protocol=version.lower() if version.upper() in ("HTTP/1.0", "HTTP/1.1") else "http/1.1",
+            source="truth", side="wire", protocol=_h1_protocol(_first(m.row[_RESP_VERSION])),
             client_ip=m.fr.dst, client_port=m.fr.dport, server_ip=m.fr.src,
             server_port=m.fr.sport, conn_seq=p.cut + j, t_start_ns=self.times[f],
             conn_id=f"tcp.stream={stream}",
