@@ -15,7 +15,7 @@ HTTP/1 pairing from the next message) instead of joining bytes that were never a
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator, Sequence
+from collections.abc import Container, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, Self
 
@@ -147,15 +147,13 @@ def trim_to_first_request(role: str, send: list[Segment], recv: list[Segment]) -
 
 
 def drop_split_tails(
-    stream: ByteStream, xs: list[Exchange], streams_of: dict[int, set[int]]
+    stream: ByteStream, xs: list[Exchange], streams_of: dict[int, Container[int]]
 ) -> tuple[list[Exchange], int]:
     """HTTP/2 streams cut in two by lost calls: the part after the gap is not a new call (the
     part before it is, degraded). ``streams_of`` maps id(part) -> the stream ids it gave;
     returns the exchanges kept and how many were left out."""
-    seen: set[int] = set()
-    for prev in stream.before():
-        seen |= streams_of.get(id(prev), set())
-    kept = [x for x in xs if x.stream_id not in seen]
+    before = [s for prev in stream.before() if (s := streams_of.get(id(prev))) is not None]
+    kept = [x for x in xs if not any(x.stream_id in s for s in before)]
     streams_of[id(stream)] = {x.stream_id for x in kept if x.stream_id is not None}
     return kept, len(xs) - len(kept)
 

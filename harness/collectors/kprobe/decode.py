@@ -20,7 +20,7 @@ import functools
 import ipaddress
 import struct
 from collections import namedtuple
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Container, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,7 +68,7 @@ class Connection(ByteStream):
     # streamed replay: an HTTP/2 connection whose role and addresses are known from its
     # first bytes is stitched while read, each call handed over as its stream ends
     http2: Http2Stream | None = field(default=None, repr=False)
-    h2_streams: set[int] | None = field(default=None, repr=False)  # the stream ids it gave
+    h2_streams: Container[int] | None = field(default=None, repr=False)  # the stream ids it gave
     # HTTP/1 found mid-stream, streamed: its first request's start (responses up to it go)
     h1_since: int | None = field(default=None, repr=False)
     # streamed replay (decode(handover=...)): its exchanges are handed over as they become

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Container
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +130,7 @@ def _exchanges(
     addresses."""
     st = ObservedStats(decode=dict(vars(dstats)))
     out: list[Exchange] = []
-    streams_of: dict[int, set[int]] = {}  # id(connection) -> HTTP/2 stream ids it produced
+    streams_of: dict[int, Container[int]] = {}  # id(connection) -> HTTP/2 stream ids it produced
     pipelining: set[int] = set()  # id(connection) of HTTP/1 streams seen pipelining
     for conn in conns:
         role = conn.role_by_ports(ports)

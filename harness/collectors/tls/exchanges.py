@@ -7,6 +7,7 @@ connections' header tables were filled before it looked. That is measured, not h
 
 from __future__ import annotations
 
+from collections.abc import Container
 from pathlib import Path
 
 from harness.collectors.base import (
@@ -53,7 +54,7 @@ def tls_exchanges(
     st = ObservedStats()
     ports = set(server_ports)
     out: list[Exchange] = []
-    streams_of: dict[int, set[int]] = {}  # id(connection) -> HTTP/2 stream ids it produced
+    streams_of: dict[int, Container[int]] = {}  # id(connection) -> HTTP/2 stream ids it produced
     for conn in conns:
         out += _whole(conn, ports, h2, st, dst, streams_of)
     st.decode = dict(vars(dst))
@@ -62,7 +63,7 @@ def tls_exchanges(
 
 def _whole(
     conn: TlsConnection, ports: set[int], h2: bool, st: ObservedStats, dst: TlsDecodeStats,
-    streams_of: dict[int, set[int]],
+    streams_of: dict[int, Container[int]],
 ) -> list[Exchange]:  # fmt: skip
     """One connection's exchanges, from all of its calls at once."""
     role = conn.role_by_ports(ports)
@@ -137,7 +138,7 @@ class _Live:
             starts.append(e)
         return min(starts, default=None)
 
-    def finish(self, st: ObservedStats, streams_of: dict[int, set[int]]) -> None:
+    def finish(self, st: ObservedStats, streams_of: dict[int, Container[int]]) -> None:
         self.feed(None)
         if self.h1 is not None:
             st.add_parse(self.h1.finish(None)[1])
@@ -164,7 +165,7 @@ def tls_stream(
     ignored: list[TlsConnection] = []  # no role: its calls are let go as they come
     pin = STREAM_END_NS  # the earliest start of a connection stitched at the end
     seen = 0  # connections looked at
-    streams_of: dict[int, set[int]] = {}
+    streams_of: dict[int, Container[int]] = {}
     out: list[Exchange] = []
     said = -STREAM_END_NS
     late = 0

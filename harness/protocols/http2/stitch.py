@@ -39,6 +39,7 @@ from harness.protocols.http2.frames import (
 )
 from harness.protocols.http2.grpc import R_RESET, BodyCounter, apply_reset_status
 from harness.protocols.http2.hpack import DecodedField, HpackDecoder, HpackMode, HpackStats
+from harness.protocols.idset import IdSet
 
 C2S, S2C = 0, 1
 END_STREAM, END_HEADERS, PADDED, PRIORITY = 0x1, 0x4, 0x8, 0x20
@@ -89,8 +90,6 @@ class Http2Stats:
     field_decoded: dict[str, int] = field(default_factory=dict)
     field_unknown: dict[str, int] = field(default_factory=dict)
     degraded_by_reason: dict[str, int] = field(default_factory=dict)
-    # One row per exchange, in call order: (conn_seq, header fields known, unknown).
-    recovery: list[tuple[int, int, int]] = field(default_factory=list)
     # streamed (Http2Stream): segments that arrived after later ones had been fed, so fed
     # out of the time order a whole stitch would give them (their send blocked > 1 s)
     late_segments: int = 0
@@ -273,13 +272,12 @@ class Http2Stream:
         rest, stats = st.finish()
         st.closed_ids.update(x.stream_id for x in rest if x.stream_id is not None)
         stats.exchanges += st.handed
-        stats.recovery.sort()
         if rest:
             self._on_ready(rest)
         return [], stats
 
     @property
-    def stream_ids(self) -> set[int]:
+    def stream_ids(self) -> IdSet:
         """The stream ids of every exchange handed over (a later part split at lost calls
         leaves them out: ``bytestream.drop_split_tails``)."""
         return self._st.closed_ids  # the ended ones; finish adds the rest
@@ -296,7 +294,8 @@ class _Stitcher:
         self.pending: list[_Pending | None] = [None, None]
         self.calls: dict[int, _Call] = {}
         self.finished: list[_Call] = []
-        self.closed_ids: set[int] = set()
+        # a long-lived connection closes streams by the hundred thousand: held as runs
+        self.closed_ids = IdSet()
         self.stats = Http2Stats()
         self.allowed_table: list[int | None] = [None, None]
         self.first_s2c_settings = False
@@ -624,9 +623,6 @@ class _Stitcher:
             target[name] = target.get(name, 0) + 1
         for g in x.degraded:
             st.degraded_by_reason[g.reason] = st.degraded_by_reason.get(g.reason, 0) + 1
-        known = req.known + resp.known + trl.known
-        unknown = req.unknown + resp.unknown + trl.unknown
-        st.recovery.append((call.seq, known, unknown))
         return x
 
     def is_grpc(self, call: _Call, x: Exchange, req: _Fields, resp: _Fields,
@@ -715,7 +711,6 @@ class _Fields:
     def __init__(self, block: _Block | None) -> None:
         self.pseudo: dict[str, str] = {}
         self.headers: dict[str, str] = {}
-        self.known = 0
         self.unknown = 0
         if block is None or block.fields is None:
             return
@@ -723,7 +718,6 @@ class _Fields:
             if not f.known or f.name is None or f.value is None:
                 self.unknown += 1
                 continue
-            self.known += 1
             name = f.name.decode("latin-1").lower()
             value = f.value.decode("utf-8", errors="replace")
             target = self.pseudo if name.startswith(":") else self.headers
