@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from harness.analysis.match import HORIZON_NS, match_into
 from harness.analysis.metrics import DEFINITIONS, Row
 from harness.analysis.streaming import RowStream, TruthFeed
-from harness.analysis.truthworker import GC_THRESHOLD, extract, stream_truth, usage
+from harness.analysis.truthworker import extract, stream_truth, usage
 from harness.collectors import registry
 from harness.collectors.base import (
     STREAM_END_NS,
@@ -430,6 +430,16 @@ MAX_AHEAD = 250_000
 # truth decoded faster than the collectors (tshark on the other core) is not held here
 # (a 2.46 M-request soak's main process reached 1.77 GB holding it).
 TRUTH_AHEAD_NS = HORIZON_NS + 1_000_000_000
+
+
+# The cyclic GC's thresholds in the replaying process. Its young collections walk every
+# object made since the last one that is still alive, and the matching window keeps
+# millions alive; once the window is full, about as many are freed as made, and the young
+# count (allocations less deallocations) grows only slowly. At the truth worker's 100,000
+# a 1.3 M-exchange replay ran 30 young collections and one older one (2.9 CPU-s of 51);
+# at a million, one (0.3 s). Cycles, were any made per exchange, are still collected
+# every million objects.
+GC_THRESHOLD = (1_000_000, 20, 100)
 
 
 @contextlib.contextmanager
