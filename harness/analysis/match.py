@@ -122,6 +122,33 @@ _Key = tuple[object, ...]
 # at most an eighth of it: the cut is paid for by as many cheap agings).
 _COMPACT = 1024
 _Cand = tuple[int, int]  # (truth start, truth index): each connection's list is sorted on it
+# Steps a search takes on from where the last one on the same list ended (``_seek``) before
+# it bisects the rest.
+_SEEK_STEPS = 8
+
+
+def _insort(items: list[Any], item: Any, lo: int = 0) -> None:
+    """``bisect.insort``; truth comes in start order (but for the id-carrying truth ``run``
+    adds first), so most items go on the end: appended without a bisect of the window."""
+    if not items or items[-1] < item:
+        items.append(item)
+    else:
+        bisect.insort(items, item, lo)
+
+
+def _seek(cands: list[_Cand], target: _Cand, lo: int, hint: int) -> int:
+    """``bisect.bisect_left(cands, target, lo)``, looked for from ``hint``: where the last
+    search on ``cands`` ended, a step or two before this one's answer (observations come in
+    time order), where a bisect of a window's thousands of candidates, each probe a cache
+    miss, cost a soak's replay a few percent. A hint that no longer holds (the list was cut
+    or inserted into since) only costs the bisect."""
+    end = len(cands)
+    if lo <= hint <= end and (hint == lo or cands[hint - 1] < target):
+        for j in range(hint, min(hint + _SEEK_STEPS, end)):
+            if not cands[j] < target:
+                return j
+        lo = min(hint + _SEEK_STEPS, end)
+    return bisect.bisect_left(cands, target, lo)
 
 
 @dataclass(slots=True)
@@ -172,6 +199,8 @@ class StreamMatcher:
         # front in bulk (_age), not one by one; a list's front deletion moves all the rest,
         # which at 10k exchanges/s per connection was most of a soak's matching
         self._head: dict[_Key, int] = {}
+        # where each connection's last search (``_seek``) ended: the next starts there
+        self._hint: dict[_Key, int] = {}
         # the same candidates by (connection, HTTP/2 stream id): ids are unique on a
         # connection (no run lasts to their wrap), so an observation's stream looks at its own
         self._by_stream: dict[tuple[_Key, int], list[_Cand]] = {}
@@ -204,6 +233,7 @@ class StreamMatcher:
         assert not self._group
         m = StreamMatcher(on_pair, on_phantom)
         m._truth, m._head, m._by_id = dict(self._truth), dict(self._head), dict(self._by_id)
+        m._hint = dict(self._hint)
         m._by_conn = {k: list(v) for k, v in self._by_conn.items()}
         m._by_stream = {k: list(v) for k, v in self._by_stream.items()}
         m._taken, m._held, m._free = set(self._taken), set(self._held), dict(self._free)
@@ -269,16 +299,11 @@ class StreamMatcher:
         key = _conn_key(t)
         if key is not None:
             cand = (t.t_start_ns or 0, i)
-            bisect.insort(self._by_conn.setdefault(key, []), cand, self._head.get(key, 0))
+            _insort(self._by_conn.setdefault(key, []), cand, self._head.get(key, 0))
             self._free[key] = self._free.get(key, 0) + 1
             if t.stream_id is not None:
-                bisect.insort(self._by_stream.setdefault((key, t.stream_id), []), cand)
-            entry = (*cand, key)
-            aging = self._aging
-            if not aging or aging[-1] < entry:  # in start order: the common case
-                aging.append(entry)
-            else:
-                bisect.insort(aging, entry, self._aging_pos)
+                _insort(self._by_stream.setdefault((key, t.stream_id), []), cand)
+            _insort(self._aging, (*cand, key), self._aging_pos)
         elif ID_HEADER not in t.req_headers:
             del self._truth[i]  # neither an address nor an id: no observation can take it
 
@@ -317,8 +342,7 @@ class StreamMatcher:
                 and prev.conn_id == obs.conn_id
                 and prev.conn_seq + 1 == obs.conn_seq
             ):
-                i = self._next_in_sequence(
-                    obs, self._by_conn.get(key, []), self._head.get(key, 0), prev)
+                i = self._next_in_sequence(obs, key, prev)
             if i is None:
                 i = self._find(obs, later)
             if i is None:
@@ -375,7 +399,11 @@ class StreamMatcher:
         for key in keys:
             cands = self._by_conn[key]
             head = self._head.get(key, 0)
-            n = bisect.bisect_left(cands, (cutoff, -1), head)
+            # the first candidate not aged: a step or two on from ``head`` (aging comes at
+            # each observation), where a bisect of the whole window cost a soak 2%
+            n, stop = head, len(cands)
+            while n < stop and cands[n][0] < cutoff:
+                n += 1
             last = self._last.get(key)
             kept: list[_Cand] = []
             gone = 0  # free truth forgotten
@@ -412,6 +440,7 @@ class StreamMatcher:
             if n == len(cands) and not kept:
                 del self._by_conn[key]
                 self._head.pop(key, None)
+                self._hint.pop(key, None)
                 if not self._free[key]:  # (else truth an id keeps: counted till taken)
                     del self._free[key]
                 continue
@@ -422,9 +451,7 @@ class StreamMatcher:
                 head = 0
             self._head[key] = head
 
-    def _next_in_sequence(
-        self, obs: Exchange, cands: list[_Cand], head: int, prev: _Last
-    ) -> int | None:
+    def _next_in_sequence(self, obs: Exchange, key: _Key, prev: _Last) -> int | None:
         """The first free truth exchange after ``prev`` on the connection that a server
         could have read by ``obs``'s start: not before it was on the wire, and not after it
         was answered; however late otherwise (a pipelined request waits in the socket
@@ -432,8 +459,15 @@ class StreamMatcher:
         if prev.blocked or (prev.blocked_ids and any(i not in self._taken
                                                      for i in prev.blocked_ids)):
             return None  # the first free one after prev is long past
+        cands = self._by_conn.get(key)
+        if not cands:
+            return None
         ts = obs.t_start_ns or 0
-        for j in range(bisect.bisect_right(cands, prev.cand, head), len(cands)):
+        head = self._head.get(key, 0)
+        t0, i0 = prev.cand
+        # bisect_right(cands, prev.cand): indexes are ints, so (t0, i0 + 1) is the next pair
+        start = self._hint[key] = _seek(cands, (t0, i0 + 1), head, self._hint.get(key, head))
+        for j in range(start, len(cands)):
             t, i = cands[j]
             if i in self._taken:
                 continue
@@ -492,7 +526,9 @@ class StreamMatcher:
                     later -= 1  # left for a later exchange of the same read
                     earliest = i
             return earliest
-        pos = bisect.bisect_left(cands, (ts - CLOCK_TOLERANCE_NS, -1), head)
+        pos = _seek(cands, (ts - CLOCK_TOLERANCE_NS, -1), head, self._hint.get(key, head))
+        if cands:  # (a key's hint goes with its candidates)
+            self._hint[key] = pos
         for j in range(pos, len(cands)):
             t, i = cands[j]
             if t - ts > MATCH_WINDOW_NS:
