@@ -316,3 +316,32 @@ def test_pipelined_parser_pairs_fifo_within_one_segment() -> None:
     heads = [e for e in events if isinstance(e, ResponseHeadersParsed)]
     assert [(h.request_method, h.unanswered) for h in heads] == [("HEAD", 0), ("GET", 0)]
     assert [e.body_bytes for e in events if isinstance(e, MessageCompleted)] == [0, 3]
+
+
+def test_whole_segments_repeating_a_head_read_each_message_afresh() -> None:
+    """Keep-alive calls that each hold one message (the parser's fast path, which keeps the
+    last head it read): a repeated head, then heads of the same length that differ in the
+    target, a header value or the framing (a cut capture's bodies on the wire), and one
+    that is the last head with a body behind it."""
+    heads = [
+        b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"GET /b HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"GET /b HTTP/1.1\r\nHost: i\r\n\r\n",
+        b"PUT /b HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
+        b"PUT /b HTTP/1.1\r\nContent-Length: 4\r\n\r\nabcd",
+        b"PUT /b HTTP/1.1\r\nContent-Length: 4\r\n\r\nab",  # the capture kept 2 of 4
+    ]
+    p = Http1Parser("request", from_start=True)
+    got = []
+    for i, raw in enumerate(heads):
+        orig = len(raw) + 2 if i == len(heads) - 1 else len(raw)
+        got += p.feed(Segment(i, raw, orig))
+    assert [(e.target, e.headers) for e in got if isinstance(e, RequestHeadersParsed)] == [
+        ("/a", [("Host", "h")]), ("/a", [("Host", "h")]), ("/b", [("Host", "h")]),
+        ("/b", [("Host", "i")]), ("/b", [("Content-Length", "3")]),
+        ("/b", [("Content-Length", "4")]), ("/b", [("Content-Length", "4")]),
+    ]  # fmt: skip
+    done = [(e.body_bytes, e.truncated_bytes) for e in got if isinstance(e, MessageCompleted)]
+    assert done == [(0, 0)] * 4 + [(3, 0), (4, 0), (4, 2)]
+    assert p.stats.messages == 7 and p.stats.invalid == 0

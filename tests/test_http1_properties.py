@@ -532,14 +532,20 @@ def test_stitcher_pairs_pipelined_bursts_in_order(
     data=st.data(),
     side=st.sampled_from(["client", "server"]),
     whole=st.booleans(),
+    repeat=st.booleans(),
 )
 def test_whole_message_fast_path_gives_what_the_general_path_gives(
-    conv: Conversation, data: st.DataObject, side: str, whole: bool
+    conv: Conversation, data: st.DataObject, side: str, whole: bool, repeat: bool
 ) -> None:
     """The parser's fast path for a segment holding one whole message (keep-alive traffic)
     changes nothing: the same exchanges and stats as the general state machine alone, on
     whole messages and cut ones (split over calls, or ended early by the capture), with a
-    response dropped and after a late attach."""
+    response dropped and after a late attach; ``repeat``: each exchange twice in a row, so
+    the fast path meets the head it read last (which it keeps) again."""
+    if repeat:
+        conv = Conversation(
+            [m for m in conv.requests for _ in (0, 1)], [m for m in conv.responses for _ in (0, 1)]
+        )
     if whole:
         # each message in one call; cut: the capture kept only its first bytes (the kernel
         # side skips bodies), anywhere from none of it to all
