@@ -399,8 +399,9 @@ class StreamMatcher:
         for key in keys:
             cands = self._by_conn[key]
             head = self._head.get(key, 0)
-            # the first candidate not aged: a step or two on from ``head`` (aging comes at
-            # each observation), where a bisect of the whole window cost a soak 2%
+            # the first candidate not aged, stepped to: no more steps than the loop below
+            # takes (one or two: aging comes at each observation), where a bisect of the
+            # window's candidates cost a soak's replay 2%
             n, stop = head, len(cands)
             while n < stop and cands[n][0] < cutoff:
                 n += 1
