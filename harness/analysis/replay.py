@@ -434,7 +434,7 @@ TRUTH_AHEAD_NS = HORIZON_NS + 1_000_000_000
 
 # The cyclic GC's thresholds in the replaying process. Its young collections walk every
 # object made since the last one that is still alive, and the matching window keeps
-# millions alive; once the window is full, about as many are freed as made, and the young
+# several per exchange alive; once it is full, about as many are freed as made, and the young
 # count (allocations less deallocations) grows only slowly. At the truth worker's 100,000
 # a 1.3 M-exchange replay ran 30 young collections and one older one (2.9 CPU-s of 51);
 # at a million, one (0.3 s). Cycles, were any made per exchange, are still collected

@@ -509,7 +509,7 @@ class Http1Parser:
         if last is not None and data.startswith(last[0]):
             # the last head again (a keep-alive client's next request, its answer within
             # the same second): the regexes read no byte past a head's end, so what they
-            # found there holds (they were a twelfth of a soak's replay)
+            # found there holds (_whole was a tenth of a soak's main process, now 5%)
             _, end, first, second, version, headers, chunked, length = last
         else:
             m = (_REQUEST_LINE if request else _STATUS_LINE).match(data)
