@@ -148,16 +148,20 @@ class _Frames:
         if num >= len(stream):
             stream.extend([-1] * (num + 1 - len(stream)))
             back.extend(bytes(num + 1 - len(back)))
-        if fr.stream is None:
+        if (s := fr.stream) is None:
             return
-        stream[num] = fr.stream
-        ends = (fr.src, fr.sport, fr.dst, fr.dport)
-        first = self.ends.setdefault(fr.stream, ends)
-        if ends != first:
-            if ends == (first[2], first[3], first[0], first[1]):
-                back[num] = 1
-            else:
-                self.odd[num] = fr
+        stream[num] = s
+        ends = self.ends.get(s)
+        if ends is None:
+            ends = self.ends[s] = (fr.src, fr.sport, fr.dst, fr.dport)
+        if fr.sport == ends[1] and fr.dport == ends[3] and fr.src == ends[0] and \
+                fr.dst == ends[2]:
+            return
+        if fr.sport == ends[3] and fr.dport == ends[1] and fr.src == ends[2] and \
+                fr.dst == ends[0]:
+            back[num] = 1
+        else:
+            self.odd[num] = fr
 
     def get(self, num: int) -> _Frame | None:
         """Frame ``num`` of the scan, or None if it had no TCP stream (or is no frame)."""
@@ -1732,6 +1736,8 @@ class _H2Calls:
                 self.stats.h2_held_peak = len(self.calls)
         if end_stream:
             call.ended[d] = True
+            if call.ended[1 - d] and not call.over:
+                self._over(call, key)
         if ftype in (1, 9):
             if not to_server and call.rst is not None and call.rst_by_client:
                 call.crossed_reset = True
@@ -1752,12 +1758,16 @@ class _H2Calls:
         elif ftype == 3 and call.rst is None and rst_code is not None:
             call.rst = (rst_code, fr.t_ns)
             call.rst_by_client = to_server
+            if not call.over:
+                self._over(call, key)
         if (not to_server and call.x.conn_id != "orphan") or ftype == 3:
             call.x.t_end_ns = fr.t_ns  # last server frame, or a reset from either side
-        if not call.over and (call.rst is not None or all(call.ended)):
-            call.over = True
-            self.ended.append((max(self.now, fr.t_ns), key))
         return call
+
+    def _over(self, call: _Call, key: tuple[int, int]) -> None:
+        """The call has ended (both ways, or reset): handed on once the grace has passed."""
+        call.over = True
+        self.ended.append((self.now, key))
 
     def grpc_message(self, fr: _Frame, call: _Call | None, length: int) -> None:
         if call is None:
@@ -1803,36 +1813,35 @@ class _H2Calls:
 _EXCHANGE_FIELDS = tuple(f.name for f in dataclasses.fields(Exchange))
 assert _EXCHANGE_FIELDS[-1] == "degraded"
 _EXCHANGE_ROW = operator.attrgetter(*_EXCHANGE_FIELDS[:-1])
-_DEGRADATIONS = 1024  # distinct (field, reason) pairs shared on load (a few dozen exist)
+_DEGRADATIONS = 1024  # distinct lists of degradations shared on load
 
 
 def _dump_calls(calls: list[tuple[int, int, Exchange]]) -> bytes:
     return marshal.dumps([
-        (start, order, _EXCHANGE_ROW(x), [(d.field, d.reason) for d in x.degraded])
+        (start, order, _EXCHANGE_ROW(x), tuple([(d.field, d.reason) for d in x.degraded]))
         for start, order, x in calls
     ])  # fmt: skip
 
 
 class _CallLoader:
     """A spill record of calls back to (start, order, Exchange). Degradations are frozen:
-    equal ones are one object."""
+    the calls with the same ones (most of a capture's: e.g. those of a connection begun
+    before it) share them, made once."""
 
     def __init__(self) -> None:
-        self.known: dict[tuple[str, str], Degradation] = {}
+        self.known: dict[tuple[tuple[str, str], ...], tuple[Degradation, ...]] = {}
 
     def __call__(self, blob: bytes) -> list[tuple[int, int, Exchange]]:
         known, out = self.known, []
         for start, order, row, pairs in marshal.loads(blob):
-            degraded = []
-            for pair in pairs:
-                d = known.get(pair)
-                if d is None:
+            x = Exchange(*row)
+            if pairs:
+                ds = known.get(pairs)
+                if ds is None:
                     if len(known) >= _DEGRADATIONS:
                         known.clear()
-                    d = known[pair] = Degradation(*pair)
-                degraded.append(d)
-            x = Exchange(*row)
-            x.degraded = degraded
+                    ds = known[pairs] = tuple(Degradation(*p) for p in pairs)
+                x.degraded = list(ds)
             out.append((start, order, x))
         return out
 
