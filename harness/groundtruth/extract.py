@@ -2,10 +2,12 @@
 
 One ``-T fields`` scan of every frame: frame times, TCP 4-tuples, expert warnings, the
 HTTP/1 messages (summarised per TCP stream, spilled to a temporary file, then paired in a
-second pass over that file, not over the capture) and the HTTP/2 frames. tshark runs
+second pass over that file, not over the capture) and the HTTP/2 frames (each call
+finished once it has ended and spilled to a file of its own, see _H2Calls). tshark runs
 again only where the fields cannot say enough: a ``-T json`` pass over HTTP/2 frames
 whose fields cannot be lined up with their streams, and over HTTP/1 frames that carry
-several messages or that repeat an earlier report.
+several messages or that repeat an earlier report. The two spills are read back
+together, in order of start time.
 """
 
 from __future__ import annotations
@@ -144,13 +146,17 @@ class _Frames:
         self.odd: dict[int, _Frame] = {}  # frames whose ends are neither of their stream's
 
     def add(self, num: int, fr: _Frame) -> None:
-        stream, back = self.stream, self.back
-        if num >= len(stream):
-            stream.extend([-1] * (num + 1 - len(stream)))
-            back.extend(bytes(num + 1 - len(back)))
-        if (s := fr.stream) is None:
+        stream, back, s = self.stream, self.back, fr.stream
+        if num == len(stream):  # the next frame (most)
+            stream.append(-1 if s is None else s)
+            back.append(0)
+        else:
+            if num > len(stream):
+                stream.extend([-1] * (num + 1 - len(stream)))
+                back.extend(bytes(num + 1 - len(back)))
+            stream[num] = -1 if s is None else s
+        if s is None:
             return
-        stream[num] = s
         ends = self.ends.get(s)
         if ends is None:
             ends = self.ends[s] = (fr.src, fr.sport, fr.dst, fr.dport)
@@ -1649,7 +1655,7 @@ def _apply_headers(call: _Call, to_server: bool, hdrs: list[tuple[str, str]]) ->
 # end still finds it: a reset after both END_STREAMs, the server's header block crossing the
 # client's reset. The kernel-side stitcher waits as long (HEAD_UNSEEN_GRACE_NS).
 _H2_GRACE_NS = 1_000_000_000
-_H2_SPILL_BATCH = 2048  # calls per pickle record of the spill
+_H2_SPILL_BATCH = 2048  # calls per marshal record of the spill
 
 
 class _H2Calls:
