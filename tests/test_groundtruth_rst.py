@@ -55,6 +55,10 @@ def test_reset_calls_have_their_clients_status(tmp_path: Path, mode: str) -> Non
         scan = extract_mod._Scan(pcap, [], [port], 0, extract_mod.TruthStats())
         scan.read()
         scan.close()
-        ys = extract_mod._h2(pcap, [port], scan.frames, extract_mod.TruthStats(), [])
+        assert scan.frames is not None
+        calls = extract_mod._h2(pcap, [port], scan.frames, extract_mod.TruthStats(), [])
+        ys = [y for record in calls.spill.records() for _, _, y in record]
+        ys += [y for _, _, y in calls.unended]
+        calls.close()
         assert sorted((y.stream_id, y.grpc_status) for y in ys) == \
             sorted((x.stream_id, x.grpc_status) for x in xs)

@@ -2,14 +2,17 @@
 
 One ``-T fields`` scan of every frame: frame times, TCP 4-tuples, expert warnings, the
 HTTP/1 messages (summarised per TCP stream, spilled to a temporary file, then paired in a
-second pass over that file, not over the capture) and the HTTP/2 frames. tshark runs
+second pass over that file, not over the capture) and the HTTP/2 frames (each call
+finished once it has ended and spilled to a file of its own, see _H2Calls). tshark runs
 again only where the fields cannot say enough: a ``-T json`` pass over HTTP/2 frames
 whose fields cannot be lined up with their streams, and over HTTP/1 frames that carry
-several messages or that repeat an earlier report.
+several messages or that repeat an earlier report. The two spills are read back
+together, in order of start time.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import json
 import marshal
@@ -19,7 +22,7 @@ import sys
 import tempfile
 from array import array
 from collections import Counter, deque
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import asdict, dataclass, field
 from itertools import accumulate
 from pathlib import Path
@@ -37,8 +40,9 @@ from harness.groundtruth.tshark import (
     run_tshark,
     unescape,
 )
-from harness.model import TRUTH_HPACK_UNKNOWN, TRUTH_UNRELIABLE, Exchange
+from harness.model import TRUTH_HPACK_UNKNOWN, TRUTH_UNRELIABLE, Degradation, Exchange
 from harness.protocols.http2.grpc import apply_reset_status
+from harness.protocols.idset import IdSet
 
 WARN_SEVERITY = 0x600000  # expert info: warning and error; chat and note are routine
 NO_BODY_STATUS = frozenset({204, 304})
@@ -98,6 +102,13 @@ class TruthStats:
     # HTTP/1 streams held whole for a repair (several messages in a frame, repeated reports)
     streams_held_whole: int = 0
     spill_bytes: int = 0  # HTTP/1 messages written to a temporary file between the passes
+    # HTTP/2 calls are handed on (finished and spilled) once ended and _H2_GRACE_NS of capture
+    # time later: the most held open at once, and the spill's bytes
+    h2_held_peak: int = 0
+    h2_spill_bytes: int = 0
+    # frames of a call already handed on, counted and not applied (the whole decode, which
+    # held every call to the end, would have applied them to it): 0 on every capture tried
+    h2_late_frames: int = 0
     tshark_parts: int = 1  # tshark runs the scan took (a large HTTP/1 capture: one per part)
     parts_given_up: str | None = None  # why the parts were given up for one pass, if they were
     # how tshark printed the scan: "columns" (see _Columns), or "fields" from some frame on
@@ -120,6 +131,54 @@ class _Frame:
     sport: int | None
     dst: str | None
     dport: int | None
+
+
+class _Frames:
+    """What the JSON route of HTTP/2 looks up by frame number once the scan is done (what a
+    _Frame per packet held: a busy h2c capture has millions): each frame's TCP stream and
+    direction in arrays, each stream's two ends once, the times in the scan's ``times``."""
+
+    def __init__(self, times: array[int]) -> None:
+        self.times = times
+        self.stream = array("i")  # frame number -> tcp.stream; -1: none, or not a frame
+        self.back = bytearray()  # 1: sent from the end its stream's first frame went to
+        self.ends: dict[int, tuple[str | None, int | None, str | None, int | None]] = {}
+        self.odd: dict[int, _Frame] = {}  # frames whose ends are neither of their stream's
+
+    def add(self, num: int, fr: _Frame) -> None:
+        stream, back, s = self.stream, self.back, fr.stream
+        if num == len(stream):  # the next frame (most)
+            stream.append(-1 if s is None else s)
+            back.append(0)
+        else:
+            if num > len(stream):
+                stream.extend([-1] * (num + 1 - len(stream)))
+                back.extend(bytes(num + 1 - len(back)))
+            stream[num] = -1 if s is None else s
+        if s is None:
+            return
+        ends = self.ends.get(s)
+        if ends is None:
+            ends = self.ends[s] = (fr.src, fr.sport, fr.dst, fr.dport)
+        if fr.sport == ends[1] and fr.dport == ends[3] and fr.src == ends[0] and \
+                fr.dst == ends[2]:
+            return
+        if fr.sport == ends[3] and fr.dport == ends[1] and fr.src == ends[2] and \
+                fr.dst == ends[0]:
+            back[num] = 1
+        else:
+            self.odd[num] = fr
+
+    def get(self, num: int) -> _Frame | None:
+        """Frame ``num`` of the scan, or None if it had no TCP stream (or is no frame)."""
+        if not 0 <= num < len(self.stream) or (s := self.stream[num]) < 0:
+            return None
+        if (fr := self.odd.get(num)) is not None:
+            return fr
+        src, sport, dst, dport = self.ends[s]
+        if self.back[num]:
+            src, sport, dst, dport = dst, dport, src, sport
+        return _Frame(self.times[num], s, src, sport, dst, dport)
 
 
 def epoch_to_ns(text: str) -> int:
@@ -243,6 +302,54 @@ def _holds_exactly(
 
 _SPILL_BATCH = 4096  # messages per marshal record of the spill file
 _SEVERITY_LISTS = 64  # distinct lists of a frame's expert severities remembered
+
+
+class _Spill:
+    """Items written to an unlinked temporary file in records (the writer appends to ``buf``,
+    lowers ``buf_min`` to the earliest start it holds, and calls ``flush``), read back one
+    record at a time in the order written. Each record's earliest start (``mins``) gives
+    the watermark while they are read (``later``). The scan's HTTP/1 messages and the
+    HTTP/2 calls handed on (see _dump_calls) go through one each."""
+
+    def __init__(self, dumps: Callable[[Any], bytes], loads: Callable[[bytes], Any]) -> None:
+        self.dumps, self.loads = dumps, loads
+        # closed by close(), after the merge has read it back
+        self.file = tempfile.TemporaryFile(prefix="probebench-truth-")  # noqa: SIM115
+        self.sizes: list[int] = []  # bytes of each record
+        self.mins: list[int] = []  # earliest start in each record
+        self.buf: list[Any] = []
+        self.buf_min = _NEVER
+        self.bytes = 0
+
+    def flush(self) -> None:
+        if self.buf:
+            blob = self.dumps(self.buf)
+            try:
+                self.file.seek(0, 2)  # (after a read back)
+                self.file.write(blob)
+            except OSError as e:
+                raise CaptureError(f"could not write the truth's spill file in "
+                                   f"{tempfile.gettempdir()}: {e}") from e  # fmt: skip
+            self.sizes.append(len(blob))
+            self.bytes += len(blob)
+            self.mins.append(self.buf_min)
+            self.buf, self.buf_min = [], _NEVER
+
+    def records(self) -> Iterator[list[Any]]:
+        pos = 0
+        for size in self.sizes:
+            self.file.seek(pos)
+            pos += size
+            # loads of what was read: marshal.load on the file reads it a few bytes at a time
+            yield self.loads(self.file.read(size))
+
+    def later(self) -> list[int]:
+        """Per record, the earliest start in it and every record after it; then _NEVER: the
+        watermark of what is still to be read, once the records before it have been."""
+        return [*list(accumulate(reversed(self.mins), min))[::-1], _NEVER]
+
+    def close(self) -> None:
+        self.file.close()
 
 
 @dataclass(slots=True)
@@ -585,10 +692,10 @@ class _Scan:
         self.offset, self.stats, self.h2, self.tls_keylog = mono_offset_ns, stats, h2, tls_keylog
         self.parts, self.columns = parts, columns
         self._http1 = set(http1_ports)
-        # Only the JSON route of HTTP/2 looks frames up afterwards; HTTP/1 only needs the time
-        # of a request's first segment: 8 bytes a frame, not a record (millions on a soak)
-        self.frames: dict[int, _Frame] = {}
+        # HTTP/1 only needs the time of a request's first segment: 8 bytes a frame, not a
+        # record (millions on a soak); the JSON route of HTTP/2 the rest of each frame
         self.times = array("q")
+        self.frames = _Frames(self.times) if h2c_ports else None
         self.streams: dict[int | None, _H1Stream] = {}
         self.server_data: dict[int | None, int] = {}  # tcp.stream -> last frame with server bytes
         # tcp.stream -> the runs of client bytes since its last reported request (none
@@ -596,13 +703,10 @@ class _Scan:
         self.client_runs: dict[int | None, _Runs] = {}
         self._run_open: set[int | None] = set()  # streams whose latest bytes were the client's
         self.warnings: Counter[str] = Counter()
-        # closed by close(), after the pairing pass has read it back
-        self.spill = tempfile.TemporaryFile(prefix="probebench-truth-")  # noqa: SIM115
-        self.batch_min: list[int] = []  # earliest request start in each spill record
-        self.sizes: list[int] = []  # bytes of each spill record
+        # the HTTP/1 messages; a record's earliest start is its requests' (or of a response
+        # that may answer a request Wireshark never decoded, see _messages)
+        self.spill = _Spill(marshal.dumps, marshal.loads)
         self.head_sizes: dict[tuple[str, ...], int] = {}
-        self._buf: list[tuple[Any, ...]] = []
-        self._buf_min = _NEVER
         self._severities: dict[str, bool] = {}  # a frame's expert severities -> a warning?
 
     def close(self) -> None:
@@ -665,7 +769,8 @@ class _Scan:
             truncated = truncated or tshark.truncated
         if parts is not None:
             stats.tshark_parts = len(parts.starts)
-        self._flush()
+        self.spill.flush()
+        stats.spill_bytes += self.spill.bytes
         if truncated:
             stats.truncated = True
             stats.warn("capture file cut short in the middle of a packet")
@@ -695,8 +800,6 @@ class _Scan:
             intern(dst) if dst else None, int(dport) if dport else None,
         )  # fmt: skip
         self.packets += 1
-        if self.h2c_ports:
-            self.frames[num] = fr
         times = self.times
         if num == len(times):  # the next frame (a part's overlap rows are not given here)
             times.append(fr.t_ns)
@@ -704,6 +807,8 @@ class _Scan:
             if num > len(times):
                 times.extend([-1] * (num + 1 - len(times)))
             times[num] = fr.t_ns
+        if self.frames is not None:
+            self.frames.add(num, fr)
         if stream is not None:
             self.tcp_streams.add(stream)
         if self.h2 is not None and row[_H2_TYPE]:
@@ -763,12 +868,13 @@ class _Scan:
             st.hard = True
         st.last = (st.last[0], ms) if is_request else (ms, st.last[1])
         t_start = _NEVER
+        spill = self.spill
         for m in ms:
             if not st.hard:
                 st.add(m)
             if is_request:
                 t_start = min(t_start, _request_start(m, self.times))
-            self._buf.append((num, m.index, m.first_frame, fr.t_ns, fr.stream, fr.src, fr.sport,
+            spill.buf.append((num, m.index, m.first_frame, fr.t_ns, fr.stream, fr.src, fr.sport,
                               fr.dst, fr.dport, is_request, row))  # fmt: skip
         if is_request:
             self.client_runs.pop(fr.stream, None)  # those bytes were this request's
@@ -778,9 +884,9 @@ class _Scan:
             # may pass that start before this record is paired
             t_start = self.times[runs.frames[0]]
             runs.answers += sum(not _interim(m) for m in ms)
-        self._buf_min = min(self._buf_min, t_start)
-        if len(self._buf) >= _SPILL_BATCH:
-            self._flush()
+        spill.buf_min = min(spill.buf_min, t_start)
+        if len(spill.buf) >= _SPILL_BATCH:
+            spill.flush()
 
     @staticmethod
     def _redissects(row: list[str], num: int, prev: list[_H1Msg] | None) -> bool:
@@ -802,28 +908,12 @@ class _Scan:
             return False
         return self.tls_keylog is not None or not _holds_exactly(num, ms, self.head_sizes)
 
-    def _flush(self) -> None:
-        if self._buf:
-            blob = marshal.dumps(self._buf)
-            try:
-                self.spill.write(blob)
-            except OSError as e:
-                raise CaptureError(f"could not write the truth's spill file in "
-                                   f"{tempfile.gettempdir()}: {e}") from e  # fmt: skip
-            self.sizes.append(len(blob))
-            self.stats.spill_bytes += len(blob)
-            self.batch_min.append(self._buf_min)
-            self._buf, self._buf_min = [], _NEVER
-
     def spilled(self) -> Iterator[list[_H1Msg]]:
         """The spilled messages again, one record at a time, in frame order."""
-        self.spill.seek(0)
         frames: dict[int, _Frame] = {}
-        for size in self.sizes:
+        for record in self.spill.records():
             out = []
-            # loads of what was read: marshal.load on the file reads it a few bytes at a time
-            for num, index, first, t_ns, stream, src, sport, dst, dport, is_req, row in \
-                    marshal.loads(self.spill.read(size)):
+            for num, index, first, t_ns, stream, src, sport, dst, dport, is_req, row in record:
                 fr = frames.get(num)
                 if fr is None:
                     frames.clear()
@@ -1490,6 +1580,8 @@ class _Call:
     # so its grpc-status is the server's, not the one the client saw
     crossed_reset: bool = False
     rst_by_client: bool = False
+    order: int = -1  # among the calls the client began (-1: an orphan, never a truth call)
+    over: bool = False  # ended both ways or reset: handed on once the grace has passed
 
 
 def _pairs_get(pairs: list[tuple[str, Any]], key: str) -> Any:
@@ -1559,14 +1651,54 @@ def _apply_headers(call: _Call, to_server: bool, hdrs: list[tuple[str, str]]) ->
         x.grpc_message = unquote(x.trailers["grpc-message"])
 
 
+# A call is handed on this long (of capture time) after it ended, so that what follows its
+# end still finds it: a reset after both END_STREAMs, the server's header block crossing the
+# client's reset. The kernel-side stitcher waits as long (HEAD_UNSEEN_GRACE_NS).
+_H2_GRACE_NS = 1_000_000_000
+_H2_SPILL_BATCH = 2048  # calls per marshal record of the spill
+
+
 class _H2Calls:
-    """The HTTP/2 calls of a capture while its packets' frames are applied, in frame order."""
+    """The HTTP/2 calls of a capture while its packets' frames are applied, in frame order
+    (``advance`` to each packet's time, then ``frame`` for each of its frames).
+
+    A call is handed on, finished and spilled (``spill``: its start, its ``order`` and the
+    Exchange), once it has ended, both ways or by a reset, and the capture's time has moved
+    _H2_GRACE_NS past that; what is held is the calls open or within the grace, not the
+    recording's. Its stream id is then remembered per TCP stream (``handed``), so that a
+    later frame of it is not taken for a new call: such a frame is counted and warned
+    about, not applied. ``finish`` hands on the calls still open at the end."""
 
     def __init__(self, h2c_ports: list[int], stats: TruthStats) -> None:
         self.servers = set(h2c_ports)
         self.stats = stats
         self.calls: dict[tuple[int, int], _Call] = {}
-        self.order: list[_Call] = []
+        self.created = 0  # calls the client began: their order breaks ties of start time
+        self.ended: deque[tuple[int, tuple[int, int]]] = deque()  # (time it ended, call)
+        self.handed: dict[int, IdSet] = {}  # tcp.stream -> stream ids handed on
+        self.grace = _H2_GRACE_NS
+        self.now = -1  # the capture's time: the latest packet's (frames can step back)
+        self.spill = _Spill(_dump_calls, _CallLoader())
+        self.unended: list[tuple[int, int, Exchange]] = []  # (see finish)
+
+    def close(self) -> None:
+        self.spill.close()
+        self.calls.clear()
+        self.ended.clear()
+
+    def advance(self, t_ns: int) -> None:
+        """The next packet's time: the calls that ended a grace before it are handed on."""
+        if t_ns > self.now:
+            self.now = t_ns
+        ended, limit = self.ended, self.now - self.grace
+        while ended and ended[0][0] < limit:
+            key = ended.popleft()[1]
+            stream, sid = key
+            ids = self.handed.get(stream)
+            if ids is None:
+                ids = self.handed[stream] = IdSet()
+            ids.add(sid)
+            self._spill(self.calls.pop(key))
 
     def frame(
         self, fr: _Frame, ftype: int | None, sid: int | None, end_stream: bool,
@@ -1586,6 +1718,12 @@ class _H2Calls:
         key = (fr.stream, sid)
         call = self.calls.get(key)
         if call is None:
+            if (ids := self.handed.get(fr.stream)) is not None and sid in ids:
+                self.stats.h2_late_frames += 1
+                self.stats.warn("HTTP/2 frame of a call handed on (a grace after it ended): "
+                                "not applied")  # fmt: skip
+                # the packet's gRPC messages that follow it go with it, to no call
+                return _Call(Exchange(source="truth", side="wire", protocol="h2c"))
             if not to_server:
                 self.stats.unpaired_responses += 1
                 self.calls[key] = call = _Call(Exchange(source="truth", side="wire",
@@ -1598,10 +1736,14 @@ class _H2Calls:
                     server_port=fr.dport, stream_id=sid, t_start_ns=fr.t_ns,
                     conn_id=f"tcp.stream={fr.stream}",
                 )
-                self.calls[key] = call = _Call(x)
-                self.order.append(call)
+                self.calls[key] = call = _Call(x, order=self.created)
+                self.created += 1
+            if len(self.calls) > self.stats.h2_held_peak:
+                self.stats.h2_held_peak = len(self.calls)
         if end_stream:
             call.ended[d] = True
+            if call.ended[1 - d] and not call.over:
+                self._over(call, key)
         if ftype in (1, 9):
             if not to_server and call.rst is not None and call.rst_by_client:
                 call.crossed_reset = True
@@ -1622,9 +1764,16 @@ class _H2Calls:
         elif ftype == 3 and call.rst is None and rst_code is not None:
             call.rst = (rst_code, fr.t_ns)
             call.rst_by_client = to_server
+            if not call.over:
+                self._over(call, key)
         if (not to_server and call.x.conn_id != "orphan") or ftype == 3:
             call.x.t_end_ns = fr.t_ns  # last server frame, or a reset from either side
         return call
+
+    def _over(self, call: _Call, key: tuple[int, int]) -> None:
+        """The call has ended (both ways, or reset): handed on once the grace has passed."""
+        call.over = True
+        self.ended.append((self.now, key))
 
     def grpc_message(self, fr: _Frame, call: _Call | None, length: int) -> None:
         if call is None:
@@ -1634,57 +1783,124 @@ class _H2Calls:
         call.grpc_msgs[d] += 1
         call.grpc_bytes[d] += length
 
-    def finish(self) -> list[Exchange]:
-        stats = self.stats
-        result = []
-        for call in self.order:
-            x = call.x
-            for d, fields in ((0, ("method", "path", "authority", "req_headers")),
-                              (1, ("status", "resp_headers", "grpc_status", "grpc_message"))):
-                if call.undecoded[d]:
-                    stats.warn("HTTP/2 header block Wireshark decoded no field of")
-                    for f in fields:
-                        x.degrade(f, TRUTH_UNRELIABLE)
-            for d, side in ((0, "req"), (1, "resp")):
-                block = call.open_block[d]
-                if block is not None:
-                    # a block whose END_HEADERS Wireshark never decoded: its fields are partial
-                    stats.warn("HTTP/2 header block without END_HEADERS")
-                    x.degrade(f"{side}_headers", TRUTH_UNRELIABLE)
-                    if block:
-                        _apply_headers(call, d == 0, block)
-            if x.protocol == "h2c-grpc":
-                x.req_messages, x.resp_messages = call.grpc_msgs
-                x.req_bytes, x.resp_bytes = call.grpc_bytes
-                for d, label in ((0, "request"), (1, "response")):
-                    if call.data_bytes[d] != call.grpc_bytes[d] + 5 * call.grpc_msgs[d]:
-                        stats.warn(f"gRPC {label} messages do not add up to the DATA bytes")
-                        # Wireshark lost part of this body (e.g. a segment it did not
-                        # reassemble): its counts are no truth to score a collector against
-                        side = "req" if d == 0 else "resp"
-                        x.degrade(f"{side}_messages", TRUTH_UNRELIABLE)
-                        x.degrade(f"{side}_bytes", TRUTH_UNRELIABLE)
-            else:
-                x.req_bytes, x.resp_bytes = call.data_bytes
-            if call.crossed_reset and x.grpc_status is not None:
-                for f in ("grpc_status", "grpc_message"):
-                    x.degrade(f, TRUTH_UNRELIABLE)
-            elif x.protocol == "h2c-grpc" and x.grpc_status is None and call.rst is not None:
-                code, t_ns = call.rst
-                apply_reset_status(x, code, t_ns - (x.t_start_ns or t_ns),
-                                   TRUTH_HPACK_UNKNOWN if call.hpack_unknown[0] else
-                                   TRUTH_UNRELIABLE if call.undecoded[0] else None)
-            _truth_blind(call)
-            if x.status is None:
-                stats.unpaired_requests += 1
-                if x.conn_id != "orphan":
-                    # Wireshark decoded no response for it (it lost the stream, e.g. after a
-                    # segment it did not reassemble): the response's counts are unknown, not 0
-                    x.resp_bytes = x.resp_messages = None
-                    for f in ("resp_bytes", "resp_messages"):
-                        x.degrade(f, TRUTH_UNRELIABLE)
-            result.append(x)
-        return result
+    def _spill(self, call: _Call) -> None:
+        if call.order < 0:
+            return  # an orphan: its frames are absorbed, it is no call of the truth
+        x = _finish_call(call, self.stats)
+        start = x.t_start_ns or 0
+        out = self.spill
+        out.buf.append((start, call.order, x))
+        if start < out.buf_min:
+            out.buf_min = start
+        if len(out.buf) >= _H2_SPILL_BATCH:
+            out.flush()
+
+    def finish(self) -> _H2Calls:
+        """The capture has ended: the calls that ended within the grace are spilled; those
+        that never ended (a response Wireshark did not decode, a call the capture's end cut
+        off) are finished into ``unended``, not spilled: the early start of one would hold
+        the spill's watermark back until its last record, and the merge with it."""
+        for call in self.calls.values():
+            if call.over:
+                self._spill(call)
+            elif call.order >= 0:
+                x = _finish_call(call, self.stats)
+                self.unended.append((x.t_start_ns or 0, call.order, x))
+        self.calls.clear()
+        self.ended.clear()
+        self.spill.flush()
+        self.stats.h2_spill_bytes += self.spill.bytes
+        return self
+
+
+# The spill holds a call as (start, order, its Exchange's fields, its degradations as pairs):
+# marshal, a third of pickle's time (which pickles each Degradation through its slots: a
+# call on a connection begun before the capture has eight).
+_EXCHANGE_FIELDS = tuple(f.name for f in dataclasses.fields(Exchange))
+assert _EXCHANGE_FIELDS[-1] == "degraded"
+_EXCHANGE_ROW = operator.attrgetter(*_EXCHANGE_FIELDS[:-1])
+_DEGRADATIONS = 1024  # distinct lists of degradations shared on load
+
+
+def _dump_calls(calls: list[tuple[int, int, Exchange]]) -> bytes:
+    return marshal.dumps([
+        (start, order, _EXCHANGE_ROW(x), tuple([(d.field, d.reason) for d in x.degraded]))
+        for start, order, x in calls
+    ])  # fmt: skip
+
+
+class _CallLoader:
+    """A spill record of calls back to (start, order, Exchange). Degradations are frozen:
+    the calls with the same ones (most of a capture's: e.g. those of a connection begun
+    before it) share them, made once."""
+
+    def __init__(self) -> None:
+        self.known: dict[tuple[tuple[str, str], ...], tuple[Degradation, ...]] = {}
+
+    def __call__(self, blob: bytes) -> list[tuple[int, int, Exchange]]:
+        known, out = self.known, []
+        for start, order, row, pairs in marshal.loads(blob):
+            x = Exchange(*row)
+            if pairs:
+                ds = known.get(pairs)
+                if ds is None:
+                    if len(known) >= _DEGRADATIONS:
+                        known.clear()
+                    ds = known[pairs] = tuple(Degradation(*p) for p in pairs)
+                x.degraded = list(ds)
+            out.append((start, order, x))
+        return out
+
+
+def _finish_call(call: _Call, stats: TruthStats) -> Exchange:
+    """A call's Exchange once no frame of it is to come: what its frames left open or
+    undecoded marked, its gRPC or body counts and reset status settled."""
+    x = call.x
+    for d, fields in ((0, ("method", "path", "authority", "req_headers")),
+                      (1, ("status", "resp_headers", "grpc_status", "grpc_message"))):
+        if call.undecoded[d]:
+            stats.warn("HTTP/2 header block Wireshark decoded no field of")
+            for f in fields:
+                x.degrade(f, TRUTH_UNRELIABLE)
+    for d, side in ((0, "req"), (1, "resp")):
+        block = call.open_block[d]
+        if block is not None:
+            # a block whose END_HEADERS Wireshark never decoded: its fields are partial
+            stats.warn("HTTP/2 header block without END_HEADERS")
+            x.degrade(f"{side}_headers", TRUTH_UNRELIABLE)
+            if block:
+                _apply_headers(call, d == 0, block)
+    if x.protocol == "h2c-grpc":
+        x.req_messages, x.resp_messages = call.grpc_msgs
+        x.req_bytes, x.resp_bytes = call.grpc_bytes
+        for d, label in ((0, "request"), (1, "response")):
+            if call.data_bytes[d] != call.grpc_bytes[d] + 5 * call.grpc_msgs[d]:
+                stats.warn(f"gRPC {label} messages do not add up to the DATA bytes")
+                # Wireshark lost part of this body (e.g. a segment it did not
+                # reassemble): its counts are no truth to score a collector against
+                side = "req" if d == 0 else "resp"
+                x.degrade(f"{side}_messages", TRUTH_UNRELIABLE)
+                x.degrade(f"{side}_bytes", TRUTH_UNRELIABLE)
+    else:
+        x.req_bytes, x.resp_bytes = call.data_bytes
+    if call.crossed_reset and x.grpc_status is not None:
+        for f in ("grpc_status", "grpc_message"):
+            x.degrade(f, TRUTH_UNRELIABLE)
+    elif x.protocol == "h2c-grpc" and x.grpc_status is None and call.rst is not None:
+        code, t_ns = call.rst
+        apply_reset_status(x, code, t_ns - (x.t_start_ns or t_ns),
+                           TRUTH_HPACK_UNKNOWN if call.hpack_unknown[0] else
+                           TRUTH_UNRELIABLE if call.undecoded[0] else None)
+    _truth_blind(call)
+    if x.status is None:
+        stats.unpaired_requests += 1
+        if x.conn_id != "orphan":
+            # Wireshark decoded no response for it (it lost the stream, e.g. after a
+            # segment it did not reassemble): the response's counts are unknown, not 0
+            x.resp_bytes = x.resp_messages = None
+            for f in ("resp_bytes", "resp_messages"):
+                x.degrade(f, TRUTH_UNRELIABLE)
+    return x
 
 
 class _H2Fields:
@@ -1704,39 +1920,39 @@ class _H2Fields:
         self.unsure: str | None = None
 
     def packet(self, row: list[str], fr: _Frame) -> None:
-        if self.unsure is not None:
-            return
+        if self.unsure is None:
+            self.unsure = self._packet(row, fr)
+            if self.unsure is not None:
+                self.h2.close()  # the JSON pass decodes every call again
+
+    def _packet(self, row: list[str], fr: _Frame) -> str | None:
+        """The packet's frames applied; or why they cannot be lined up."""
         types = row[_H2_TYPE].split(AGG)
         sids = row[_H2_SID].split(AGG)
         lens = row[_H2_LEN].split(AGG)
         flags = row[_H2_FLAGS].split(AGG)
         if not len(types) == len(sids) == len(lens) == len(flags) or fr.stream is None:
-            self.unsure = "HTTP/2 frame fields do not line up"
-            return
+            return "HTTP/2 frame fields do not line up"
         counts = [int(c) for c in row[_H2_HCOUNT].split(AGG)] if row[_H2_HCOUNT] else []
         names = row[_H2_NAMES].split(AGG) if row[_H2_NAMES] else []
         values = row[_H2_VALUES].split(AGG) if row[_H2_NAMES] else []
         if len(names) != len(values) or sum(counts) != len(names):
-            self.unsure = "HTTP/2 header fields do not line up"
-            return
+            return "HTTP/2 header fields do not line up"
         ints = [(int(t), int(sid), int(n), int(f, 16)) for t, sid, n, f in
                 zip(types, sids, lens, flags, strict=True)]
         blocks = sum(1 for t, *_ in ints if t in (1, 5, 9))
         if any(t in (5, 9) for t, *_ in ints) or blocks != len(counts):
-            self.unsure = "HTTP/2 header blocks do not line up with their frames"
-            return
+            return "HTTP/2 header blocks do not line up with their frames"
         if any(t in (0, 1) and f & 0x08 for t, _, _, f in ints):
-            self.unsure = "padded HTTP/2 frames"
-            return
+            return "padded HTTP/2 frames"
         grpc = [int(n) for n in row[_GRPC_LEN].split(AGG)] if row[_GRPC_LEN] else []
         if grpc and len({sid for t, sid, _, _ in ints if sid and t in (0, 1, 3, 9)}) > 1:
-            self.unsure = "gRPC messages in a packet with several streams' frames"
-            return
+            return "gRPC messages in a packet with several streams' frames"
         rsts = [int(c) for c in row[_H2_RST].split(AGG)] if row[_H2_RST] else []
         if len(rsts) != sum(1 for t, *_ in ints if t == 3):
-            self.unsure = "RST_STREAM error codes do not line up with their frames"
-            return
+            return "RST_STREAM error codes do not line up with their frames"
         rsts.reverse()
+        self.h2.advance(fr.t_ns)
         block = pos = 0
         last: _Call | None = None
         for ftype, sid, length, fl in ints:
@@ -1754,6 +1970,7 @@ class _H2Fields:
                 last = call
         for n in grpc:
             self.h2.grpc_message(fr, last, n)
+        return None
 
 
 def _json_packets(pcap: Path, args: list[str]) -> Iterator[list[tuple[str, Any]]]:
@@ -1776,9 +1993,11 @@ def _json_packets(pcap: Path, args: list[str]) -> Iterator[list[tuple[str, Any]]
 
 
 def _h2(
-    pcap: Path, h2c_ports: list[int], frames: dict[int, _Frame], stats: TruthStats,
+    pcap: Path, h2c_ports: list[int], frames: _Frames, stats: TruthStats,
     http1_ports: list[int], tls_keylog: Path | None = None,
-) -> list[Exchange]:
+) -> _H2Calls:
+    """The HTTP/2 calls from a ``-T json`` pass over the HTTP/2 frames, handed on as the
+    fields route hands them on (see _H2Calls)."""
     args = [*decode_as(http1_ports, h2c_ports, tls_keylog, out_of_order=stats.out_of_order),
             "-Y", "http2", "-T", "json",
             "-J", "frame http2 grpc"]
@@ -1791,6 +2010,7 @@ def _h2(
         if fr is None or fr.stream is None:
             stats.warn("HTTP/2 frame missing from the scan pass")
             continue
+        h2.advance(fr.t_ns)
         last: _Call | None = None
         for name, layer in layers:
             if name == "grpc" and isinstance(layer, list):
@@ -1866,8 +2086,9 @@ def stream_exchanges(
     With ``tls_keylog`` the ports carry TLS, decrypted with that NSS key log.
     Times are CLOCK_MONOTONIC when ``mono_offset_ns`` is CLOCK_REALTIME - CLOCK_MONOTONIC
     at capture time (the pcap holds wall-clock times). Memory holds the HTTP/1 requests in
-    flight and the exchanges not yet past the watermark; HTTP/2 calls are all held until the
-    scan ends. An HTTP/1 capture of more than ``part_packets`` packets is decoded in parts
+    flight, the HTTP/2 calls open (or ended within _H2_GRACE_NS) and the exchanges not yet
+    past the watermark, not the recording: both are spilled to temporary files between the
+    scan and the merge. An HTTP/1 capture of more than ``part_packets`` packets is decoded in parts
     (0: never), so that tshark's memory stays bounded too (see _Parts): the same truth.
     ``columns=False``: tshark prints ``-T fields`` throughout (see _Columns): the same
     truth, slower. Raises CaptureError when tshark cannot read the file at all.
@@ -1881,6 +2102,7 @@ def stream_exchanges(
     scan = _Scan(Path(pcap), http1_ports, h2c_ports, mono_offset_ns, stats, h2, tls_keylog,
                  parts, columns)  # fmt: skip
     n = 0
+    calls: _H2Calls | None = None
     try:
         try:
             scan.read()
@@ -1892,24 +2114,42 @@ def stream_exchanges(
             scan.read()
         if not stats.packets and stats.truncated:
             raise CaptureError(f"{pcap} is cut short before its first packet")
+        calls = _h2_calls(scan, h2)  # (a JSON pass, if the fields route gave up)
         # (start, 0, frame, index, exchange) for HTTP/1, (start, 1, order, 0, call) for HTTP/2
         heap: list[tuple[int, int, int, int, Exchange]] = [
-            (x.t_start_ns or 0, 1, i, 0, x) for i, x in enumerate(_h2_calls(scan, h2))
+            (x.t_start_ns or 0, 0, f, i, x) for x, f, i in _hard_streams(scan)
         ]
-        heap += [(x.t_start_ns or 0, 0, f, i, x) for x, f, i in _hard_streams(scan)]
+        if calls is not None:
+            heap += [(start, 1, order, 0, x) for start, order, x in calls.unended]
+            calls.unended = []
         heapq.heapify(heap)
         pairer = _H1Pairer(scan.streams, scan.times, scan.server_data, stats, scan.warnings,
                            scan.client_runs)
-        later = [*list(accumulate(reversed(scan.batch_min), min))[::-1], _NEVER]
+        # Both spills are read a record at a time, each from the one whose watermark is
+        # behind: the HTTP/1 messages (paired as they come) and the HTTP/2 calls handed on.
+        # An exchange leaves the heap once nothing still to be read can start before it.
+        msgs, h1_later, h1_left = scan.spilled(), scan.spill.later(), len(scan.spill.sizes)
+        spill = calls.spill if calls is not None else None
+        h2_records = spill.records() if spill is not None else iter(())
+        h2_later = spill.later() if spill is not None else [_NEVER]
+        h2_left = len(spill.sizes) if spill is not None else 0
+        b1 = b2 = waiting = 0
+        first = _NEVER  # the earliest start among the requests waiting for their response
         out: list[Exchange] = []
-        for b, msgs in enumerate(scan.spilled()):
-            for m in msgs:
-                if not scan.streams[m.fr.stream].hard:
-                    pairer.feed(m)
-            for x, f, i in pairer.take():
-                heapq.heappush(heap, (x.t_start_ns or 0, 0, f, i, x))
-            waiting, first = pairer.held()
-            mark = min(first, later[b + 1])
+        while h1_left > b1 or h2_left > b2:
+            if h1_left > b1 and (h2_left == b2 or min(first, h1_later[b1]) <= h2_later[b2]):
+                for m in next(msgs):
+                    if not scan.streams[m.fr.stream].hard:
+                        pairer.feed(m)
+                for x, f, i in pairer.take():
+                    heapq.heappush(heap, (x.t_start_ns or 0, 0, f, i, x))
+                b1 += 1
+                waiting, first = pairer.held()
+            else:
+                for start, order, x in next(h2_records):
+                    heapq.heappush(heap, (start, 1, order, 0, x))
+                b2 += 1
+            mark = min(first, h1_later[b1], h2_later[b2])
             stats.held_peak = max(stats.held_peak, len(heap) + waiting)
             while heap and heap[0][0] < mark:
                 out.append(heapq.heappop(heap)[-1])
@@ -1922,28 +2162,35 @@ def stream_exchanges(
         yield TruthBatch(out, _NEVER)
     finally:
         scan.close()
+        if h2 is not None:
+            h2.h2.close()
+        if calls is not None:
+            calls.close()
     for msg, count in scan.warnings.items():
         stats.warn(msg, count)
     stats.exchanges = n
     return stats
 
 
-def _h2_calls(scan: _Scan, h2: _H2Fields | None) -> list[Exchange]:
-    """The HTTP/2 calls once the scan is done: from its fields, or a JSON pass if they
-    could not be lined up."""
+def _h2_calls(scan: _Scan, h2: _H2Fields | None) -> _H2Calls | None:
+    """The HTTP/2 calls once the scan is done, handed on: from its fields, or a JSON pass
+    if they could not be lined up (the fields route's spill dropped)."""
     stats = scan.stats
     if h2 is None:
-        return []
+        return None
     if h2.unsure is None:
         calls = h2.h2.finish()
         own = h2.h2.stats
-        stats.unpaired_requests += own.unpaired_requests
-        stats.unpaired_responses += own.unpaired_responses
+        for f in ("unpaired_requests", "unpaired_responses", "h2_late_frames",
+                  "h2_held_peak", "h2_spill_bytes"):  # fmt: skip
+            setattr(stats, f, getattr(stats, f) + getattr(own, f))
         for msg, n in own.warnings.items():
             stats.warn(msg, n)
         stats.h2_decode = "fields"
         return calls
+    h2.h2.close()
     stats.h2_decode = f"json ({h2.unsure})"
+    assert scan.frames is not None  # (kept whenever there are h2c ports)
     return _h2(scan.pcap, scan.h2c_ports, scan.frames, stats, scan.http1_ports, scan.tls_keylog)
 
 
