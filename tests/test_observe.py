@@ -71,11 +71,13 @@ def server_then_client(tmp_path: Path, port: int, *client_args: str) -> str:
     """A user's kind of script: a service in the background, then a client. The server quits
     when its stdin closes, so `sleep |` keeps it up; the script leaves it running. (The
     sleep is scaled: in a guest the gate releases it while the server is still held for
-    minutes of probe compiles, and a fixed 120 s ran out before the client began.)"""
+    minutes of probe compiles, and a fixed 120 s ran out before the client began. So is the
+    client's deadline: released before the server, it dials until the server listens.)"""
     return (
         f"sleep {waited(120):.0f} | {SERVER} --proto grpc --host 127.0.0.1 --port {port} & "
         f"sleep 0.3; "
         f"{CLIENT} --proto grpc --host 127.0.0.1 --port {port} --warmup 0 "
+        f"--deadline {waited(120):.0f} "
         f"--workload {tmp_path}/w.jsonl {' '.join(client_args)}"
     )
 
