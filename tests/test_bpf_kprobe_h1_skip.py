@@ -45,6 +45,12 @@ def _body(n: int) -> bytes:
     return bytes(b"0123456789abcdef"[i % 16] for i in range(n))
 
 
+def _connect(port: int) -> socket.socket:
+    """A client socket whose calls time out (scaled): a stalled exchange fails the test
+    instead of blocking it to the guest's end (a 6.12 guest sat in one for over an hour)."""
+    return socket.create_connection(("127.0.0.1", port), timeout=waited(30))
+
+
 def _recv_until(s: socket.socket, buf: bytearray, marker: bytes, count: int = 1) -> None:
     while buf.count(marker) < count:
         got = s.recv(65536)
@@ -332,7 +338,7 @@ def test_a_connection_busy_across_the_attach_is_followed_without_a_gap(tmp_path:
 
     def drive() -> None:
         deadline = time.monotonic() + waited(120)
-        with socket.create_connection(("127.0.0.1", port)) as s:
+        with _connect(port) as s:
             buf = bytearray()
             while not stop.is_set() and time.monotonic() < deadline:
                 s.sendall(b"GET /r%d HTTP/1.1\r\nHost: t\r\n\r\n" % done[0])
@@ -409,10 +415,7 @@ def test_busy_connections_across_the_attach_have_every_answer(tmp_path: Path) ->
 
     def drive(k: int) -> None:
         deadline = time.monotonic() + waited(120)
-        with socket.create_connection(("127.0.0.1", port)) as s:
-            # a stalled exchange fails the test instead of blocking it to the guest's end (a
-            # 6.12 guest sat here for over an hour with 941 bytes recorded)
-            s.settimeout(waited(30))
+        with _connect(port) as s:
             buf = bytearray()
             while not stop.is_set() and time.monotonic() < deadline:
                 s.sendall(b"GET /c%d/r%d HTTP/1.1\r\nHost: t\r\n\r\n" % (k, done[k]))
