@@ -305,14 +305,16 @@ _SEVERITY_LISTS = 64  # distinct lists of a frame's expert severities remembered
 
 
 class _Spill:
-    """Items written to an unlinked temporary file in records (the writer appends to ``buf``,
-    lowers ``buf_min`` to the earliest start it holds, and calls ``flush``), read back one
-    record at a time in the order written. Each record's earliest start (``mins``) gives
-    the watermark while they are read (``later``). The scan's HTTP/1 messages and the
-    HTTP/2 calls handed on (see _dump_calls) go through one each."""
+    """Items written to an unlinked temporary file in records of about ``batch`` (the writer
+    appends to ``buf``, then says with ``added`` the earliest start of what it appended),
+    read back one record at a time in the order written. Each record's earliest start
+    (``mins``) gives the watermark while they are read (``later``). The scan's HTTP/1
+    messages and the HTTP/2 calls handed on (see _dump_calls) go through one each."""
 
-    def __init__(self, dumps: Callable[[Any], bytes], loads: Callable[[bytes], Any]) -> None:
-        self.dumps, self.loads = dumps, loads
+    def __init__(
+        self, dumps: Callable[[Any], bytes], loads: Callable[[bytes], Any], batch: int
+    ) -> None:
+        self.dumps, self.loads, self.batch = dumps, loads, batch
         # closed by close(), after the merge has read it back
         self.file = tempfile.TemporaryFile(prefix="probebench-truth-")  # noqa: SIM115
         self.sizes: list[int] = []  # bytes of each record
@@ -320,6 +322,14 @@ class _Spill:
         self.buf: list[Any] = []
         self.buf_min = _NEVER
         self.bytes = 0
+
+    def added(self, start: int) -> None:
+        """Items just appended to ``buf`` start no earlier than ``start``: the record is
+        written once it holds ``batch`` items."""
+        if start < self.buf_min:
+            self.buf_min = start
+        if len(self.buf) >= self.batch:
+            self.flush()
 
     def flush(self) -> None:
         if self.buf:
@@ -705,7 +715,7 @@ class _Scan:
         self.warnings: Counter[str] = Counter()
         # the HTTP/1 messages; a record's earliest start is its requests' (or of a response
         # that may answer a request Wireshark never decoded, see _messages)
-        self.spill = _Spill(marshal.dumps, marshal.loads)
+        self.spill = _Spill(marshal.dumps, marshal.loads, _SPILL_BATCH)
         self.head_sizes: dict[tuple[str, ...], int] = {}
         self._severities: dict[str, bool] = {}  # a frame's expert severities -> a warning?
 
@@ -884,9 +894,7 @@ class _Scan:
             # may pass that start before this record is paired
             t_start = self.times[runs.frames[0]]
             runs.answers += sum(not _interim(m) for m in ms)
-        spill.buf_min = min(spill.buf_min, t_start)
-        if len(spill.buf) >= _SPILL_BATCH:
-            spill.flush()
+        spill.added(t_start)
 
     @staticmethod
     def _redissects(row: list[str], num: int, prev: list[_H1Msg] | None) -> bool:
@@ -1678,7 +1686,7 @@ class _H2Calls:
         self.handed: dict[int, IdSet] = {}  # tcp.stream -> stream ids handed on
         self.grace = _H2_GRACE_NS
         self.now = -1  # the capture's time: the latest packet's (frames can step back)
-        self.spill = _Spill(_dump_calls, _CallLoader())
+        self.spill = _Spill(_dump_calls, _CallLoader(), _H2_SPILL_BATCH)
         self.unended: list[tuple[int, int, Exchange]] = []  # (see finish)
 
     def close(self) -> None:
@@ -1788,12 +1796,8 @@ class _H2Calls:
             return  # an orphan: its frames are absorbed, it is no call of the truth
         x = _finish_call(call, self.stats)
         start = x.t_start_ns or 0
-        out = self.spill
-        out.buf.append((start, call.order, x))
-        if start < out.buf_min:
-            out.buf_min = start
-        if len(out.buf) >= _H2_SPILL_BATCH:
-            out.flush()
+        self.spill.buf.append((start, call.order, x))
+        self.spill.added(start)
 
     def finish(self) -> _H2Calls:
         """The capture has ended: the calls that ended within the grace are spilled; those
