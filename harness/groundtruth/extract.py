@@ -2192,8 +2192,7 @@ def _h2_calls(scan: _Scan, h2: _H2Fields | None) -> _H2Calls | None:
             stats.warn(msg, n)
         stats.h2_decode = "fields"
         return calls
-    h2.h2.close()
-    stats.h2_decode = f"json ({h2.unsure})"
+    stats.h2_decode = f"json ({h2.unsure})"  # (its spill was closed when it turned unsure)
     assert scan.frames is not None  # (kept whenever there are h2c ports)
     return _h2(scan.pcap, scan.h2c_ports, scan.frames, stats, scan.http1_ports, scan.tls_keylog)
 
