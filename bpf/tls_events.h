@@ -18,6 +18,10 @@
 #define PB_TLS_ADDR_SSL 2     /* no socket call inside (buffered read): the SSL's last one */
 #define PB_TLS_ADDR_STRUCT 3  /* Go: read from the *tls.Conn's own net.Conn */
 
+/* how the OpenSSL program finds the socket an SSL call moves bytes on (PB_SK_HOOK) */
+#define PB_SK_TRACEPOINTS 1 /* sock:sock_send_length/sock_recv_length (Linux 6.3+) */
+#define PB_SK_KPROBES 2     /* kprobes on tcp_sendmsg/tcp_recvmsg (older kernels) */
+
 #define PB_TLS_LIB_OPENSSL 1
 #define PB_TLS_LIB_GO 2
 

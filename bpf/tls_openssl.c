@@ -4,8 +4,9 @@
  *
  * The connection: the socket the SSL call's own send/recv uses, found by the
  * sock_send_length/sock_recv_length tracepoints on the same thread while the call
- * is open (the approach Pixie and Coroot moved to), its address from the TCP state
- * change that established it. A call that moved no socket bytes (a read served
+ * is open (the approach Pixie and Coroot moved to; before Linux 6.3, which has no
+ * such tracepoints, kprobes on tcp_sendmsg/tcp_recvmsg: PB_SK_HOOK), its address
+ * from the TCP state change that established it. A call that moved no socket bytes (a read served
  * from OpenSSL's buffer) takes the address its SSL object used last, or the one its
  * handshake (SSL_do_handshake) used: with TLS 1.3 a server's first SSL_read often
  * returns a request the handshake already read (nginx). Stitching
@@ -99,8 +100,18 @@ static __always_inline int on_sock_io(u64 sk) {
     if (c && !c->sk) c->sk = sk;
     return 0;
 }
+/* which hook names that socket: the loader's choice for this kernel (tls/sockhook.py) */
+#ifndef PB_SK_HOOK
+#define PB_SK_HOOK PB_SK_TRACEPOINTS
+#endif
+#if PB_SK_HOOK == PB_SK_TRACEPOINTS
 TRACEPOINT_PROBE(sock, sock_send_length) { return on_sock_io((u64)args->sk); }
 TRACEPOINT_PROBE(sock, sock_recv_length) { return on_sock_io((u64)args->sk); }
+#elif PB_SK_HOOK == PB_SK_KPROBES
+/* every send and receive on a TCP socket reaches these, the sock their first argument;
+ * attached by the loader (bcc would auto-attach a kprobe__ name at compile) */
+int pb_tcp_io(struct pt_regs *ctx) { return on_sock_io(PT_REGS_PARM1(ctx)); }
+#endif
 
 /* the fd of that syscall, kept for replay (the fallback when no address is known) */
 static __always_inline int on_sys_enter(int fd) {

@@ -134,6 +134,21 @@ def check_kernel_hooks() -> Check:
     )
 
 
+def check_tls_sockets() -> Check:
+    """How the OpenSSL TLS collector finds an SSL call's socket on this kernel."""
+    from harness.collectors.tls.sockhook import TCP_IO, TRACEPOINTS, sock_hook
+    from harness.errors import CapabilityError
+
+    try:
+        hook = sock_hook()
+    except CapabilityError as e:
+        return Check("TLS sockets", UNAVAILABLE, str(e),
+                     "a kernel with CONFIG_KPROBES=y, or Linux 6.3+", required=False)  # fmt: skip
+    names = TRACEPOINTS if hook == "tracepoints" else TCP_IO
+    return Check("TLS sockets", OK, f"an SSL call's socket from {hook} on "
+                 + " and ".join(names), required=False)  # fmt: skip
+
+
 def check_uprobes(cfg: dict[str, str]) -> Check:
     if (TRACEFS / "uprobe_events").exists() or Path(
         "/sys/bus/event_source/devices/uprobe"
@@ -250,6 +265,7 @@ def run_checks(progress: Callable[[str], None] | None = None) -> list[Check]:
         check_syscall_tracepoints,
         check_kernel_hooks,
         lambda: check_uprobes(cfg),
+        check_tls_sockets,
         check_btf,
         check_headers,
         check_bcc,

@@ -168,3 +168,22 @@ def test_go119_reads_seen_whole_at_their_rets(tmp_path: Path) -> None:
     assert len({x.client_port for x in mine}) == n
     assert all(x.status == 200 and x.resp_bytes == len(body) and not x.degraded
                for x in mine)  # fmt: skip
+
+
+def test_kprobe_socket_hook_passes_the_verifier() -> None:
+    """The variant for kernels before 6.3 (no sock tracepoints): compiled and loaded as a
+    kprobe program here, where only attaching needs a kernel with kprobes."""
+    from harness.collectors.bpfsource import compile_program, load_bcc
+    from harness.collectors.tls.layout import PROGRAM, header
+    from harness.collectors.tls.sockhook import KPROBE_FN
+
+    d = header().defines
+    bpf = compile_program(PROGRAM, {"PB_FILTER_TGID": 0, "PB_FILTER_PORTS": 1,
+                                    "PB_SK_HOOK": d["PB_SK_KPROBES"]})  # fmt: skip
+    try:
+        assert bpf.load_func(KPROBE_FN, load_bcc().BPF.KPROBE).fd >= 0
+        # the tracepoint variant's programs are not in this one
+        assert not any(b"sock_send_length" in k for k in bpf.tracepoint_fds)
+    finally:
+        bpf.cleanup()
+

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 from typing import Any
 
 from harness.collectors.base import KERNEL_HOOKS as HOOKS
 from harness.collectors.btf import VMLINUX
+from harness.collectors.tracing import TRACEFS, kprobes_supported
 from harness.errors import CapabilityError, CollectorError
 
 ENTER, EXIT = b"pb_sysenter__", b"pb_sysexit__"
@@ -23,8 +23,6 @@ ENTER, EXIT = b"pb_sysenter__", b"pb_sysexit__"
 # (a threaded server's readers). The kernel's default, max(10, 2 * CPUs), would miss
 # returns, and so lose data calls, with more blocked threads than that.
 KRETPROBE_MAXACTIVE = 512
-TRACEFS = Path("/sys/kernel/tracing")
-KPROBE_PMU = Path("/sys/bus/event_source/devices/kprobe")
 
 
 def _syscall_function(name: str) -> str | None:
@@ -63,7 +61,7 @@ def hook_modes() -> dict[str, str | None]:
     tp = None if (TRACEFS / "events/syscalls").is_dir() else (
         "no syscall tracepoints (CONFIG_FTRACE_SYSCALLS, tracefs mounted)")
     kp: str | None = None
-    if not (KPROBE_PMU.exists() or (TRACEFS / "kprobe_events").exists()):
+    if not kprobes_supported():
         kp = "the kernel has no kprobes (CONFIG_KPROBES is not set)"
     elif os.uname().machine != "x86_64":
         kp = "kprobe mode reads the x86-64 syscall wrappers' registers"

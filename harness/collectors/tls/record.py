@@ -49,6 +49,7 @@ from harness.collectors.tls.layout import (
     RETURN_PROBE,
     header,
 )
+from harness.collectors.tls.sockhook import KPROBE_FN, TCP_IO, sock_hook
 from harness.errors import CollectorError, ProbebenchError
 
 _LIBSSL = re.compile(r"/libssl[^/]*\.so[.\d]*$")
@@ -127,6 +128,10 @@ class Recorder:
             "PB_FILTER_PORTS": int(bool(ports)),
             "PB_RINGBUF_PAGES": ringbuf_pages,
         }
+        # the OpenSSL program's way to a call's socket on this kernel (Go reads its own)
+        self.sock_hook = sock_hook() if self.libraries else None
+        if self.sock_hook is not None:
+            self.defines["PB_SK_HOOK"] = self.hdr.defines[f"PB_SK_{self.sock_hook.upper()}"]
         self.attached: list[dict[str, Any]] = []
         self.looked_up: set[tuple[int, int, int]] = set()  # (tgid, fd, ssl) asked once
         self.pending: list[tuple[int, int, int, int]] = []  # (tgid, fd, ssl, ts)
@@ -215,6 +220,13 @@ class Recorder:
         table[table.Key(ssl)] = v
 
     def _attach(self, bpf: Any) -> None:
+        if self.sock_hook == "kprobes":
+            # before the uprobes: an SSL call that starts first would find no socket
+            for fn in TCP_IO:
+                try:
+                    bpf.attach_kprobe(event=fn, fn_name=KPROBE_FN)
+                except Exception as e:  # bcc raises bare Exception with the kernel's reason
+                    raise CollectorError(f"could not attach a kprobe on {fn}: {e}") from e
         for lib in self.libraries:
             for sym, fn in OPENSSL_PROBES:
                 try:
@@ -343,6 +355,7 @@ class Recorder:
             "go_binaries": [g.path for g in self.go],
             "unsupported": list(self.problems),
             "attach_s": round(attach_s, 3),
+            "sock_hook": self.sock_hook,
             "cpu_user_s": ru.ru_utime,
             "cpu_system_s": ru.ru_stime,
         }
