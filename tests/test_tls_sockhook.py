@@ -28,7 +28,7 @@ def test_kprobes_before_6_3(tmp_path: Path, events: tuple[str, ...]) -> None:
 
 
 def test_neither_is_one_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(CapabilityError, match="sock_send_length.*tcp_sendmsg.*neither"):
+    with pytest.raises(CapabilityError, match=r"sock_send_length.*tcp_sendmsg.*neither"):
         sock_hook(_tracefs(tmp_path), kprobes=False)
 
 

@@ -7,13 +7,14 @@ socket I/O in the call, so its address comes from the handshake's socket."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from harness.model import load_metrics, waited
+from harness.model import SLOWDOWN_ENV, load_metrics, waited
 from harness.runner.record import free_port
 from harness.runner.tlsfiles import make_tls_files
 
@@ -72,7 +73,10 @@ def test_curl_to_nginx_over_https_both_sides(tmp_path: Path) -> None:
          "--keylog", str(keylog), "--collectors", "kprobe,tls", "--duration", "120",
          "--out", str(tmp_path / "runs"), "--", str(script)],
         capture_output=True, text=True, cwd=ROOT, timeout=waited(600), check=False,
-        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "SSLKEYLOGFILE": str(keylog)},
+        # a clean environment but for curl's key log, and a guest's slowdown (the collectors'
+        # attach waits scale with it: without it the TLS collector's 120 s ran out in 6.1)
+        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "SSLKEYLOGFILE": str(keylog),
+             **{k: v for k, v in os.environ.items() if k == SLOWDOWN_ENV}},
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     m = load_metrics(Path(r.stdout.strip().splitlines()[-1]))
