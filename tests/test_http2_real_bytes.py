@@ -6,6 +6,7 @@ SETTINGS_HEADER_TABLE_SIZE from the server, and an encoder table resized mid-con
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from harness.groundtruth import Dumpcap, extract_exchanges
+from harness.model import waited
 from harness.protocols.common import Segment
 from harness.protocols.http2 import stitch_http2
 from harness.runner.record import free_port
@@ -61,14 +63,20 @@ def _capture(tmp_path: Path, server_args: list[str], client_args: list[str]) -> 
         srv = subprocess.Popen(["nghttpd", "--no-tls", "-d", str(docs), *server_args, str(port)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         try:
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:  # nghttpd prints nothing when ready
-                if subprocess.run(["nghttp", "-n", f"http://127.0.0.1:{port}/"],
-                                  capture_output=True, timeout=10).returncode == 0:  # fmt: skip
+            # nghttpd prints nothing when ready, and nghttp exits 0 when it cannot connect
+            # (a loaded machine then captured no request at all): wait for the listener
+            deadline = time.monotonic() + waited(10)
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
                     break
-                time.sleep(0.1)
-            subprocess.run(["nghttp", "-n", *client_args, f"http://127.0.0.1:{port}/"],
-                           check=True, capture_output=True, timeout=60)  # fmt: skip
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+            r = subprocess.run(["nghttp", "-n", *client_args, f"http://127.0.0.1:{port}/"],
+                               check=True, capture_output=True, text=True, timeout=60)  # fmt: skip
+            assert "not processed" not in r.stderr, r.stderr
         finally:
             srv.terminate()
             srv.wait(timeout=10)
