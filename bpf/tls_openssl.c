@@ -6,11 +6,11 @@
  * sock_send_length/sock_recv_length tracepoints on the same thread while the call
  * is open (the approach Pixie and Coroot moved to; before Linux 6.3, which has no
  * such tracepoints, kprobes on tcp_sendmsg/tcp_recvmsg: PB_SK_HOOK), its address
- * from the TCP state change that established it. A call that moved no socket bytes (a read served
- * from OpenSSL's buffer) takes the address its SSL object used last, or the one its
- * handshake (SSL_do_handshake) used: with TLS 1.3 a server's first SSL_read often
- * returns a request the handshake already read (nginx). Stitching
- * and everything else is replay's. */
+ * from the TCP state change that established it. A call that moved no socket bytes
+ * (a read served from OpenSSL's buffer) takes the address its SSL object used last,
+ * or the one its handshake (SSL_do_handshake) used: with TLS 1.3 a server's first
+ * SSL_read often returns a request the handshake already read (nginx). Stitching and
+ * everything else is replay's. */
 #include <uapi/linux/ptrace.h>
 #include <linux/socket.h>
 #include <linux/in.h>

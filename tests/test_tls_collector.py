@@ -186,4 +186,3 @@ def test_kprobe_socket_hook_passes_the_verifier() -> None:
         assert not any(b"sock_send_length" in k for k in bpf.tracepoint_fds)
     finally:
         bpf.cleanup()
-
