@@ -24,6 +24,7 @@ from harness.model import (
     RunManifest,
     machine_info,
     utc_now,
+    waited,
 )
 from harness.runner.collectors import start_collector, stop_collector
 from harness.runner.keeper import GRACE_S
@@ -114,7 +115,9 @@ def observe(
             progress(f"attaching {name} collector")
             rc = start_collector(
                 procs, name, run_dir / EVENTS_DIR, tgids=[], ports=ports,
-                options=options, deadline_s=duration_s + 120,
+                # a safety net from the collector's own start, so its compile and attach
+                # are in it: scaled like every start-up wait (a 6.12 guest's took 224 s)
+                options=options, deadline_s=duration_s + waited(120),
                 binaries=early, follow=child.pid,
             )  # fmt: skip
             running.append(rc)
