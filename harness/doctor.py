@@ -13,9 +13,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from harness.collectors.tracing import TRACEFS
 from harness.model import repo_root, waited
 
-TRACEFS = Path("/sys/kernel/tracing")
 # Every syscall tracepoint the kernel-side collector attaches to.
 SYSCALLS = (
     "connect", "accept", "accept4", "close", "read", "write", "sendto", "recvfrom",
