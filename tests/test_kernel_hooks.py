@@ -21,6 +21,7 @@ from harness.collectors.kprobe.record import Recorder
 from harness.errors import CapabilityError, ProbebenchError
 from harness.runner.collectors import CollectorOptions
 from harness.runner.kernels import newest_release
+from harness.scenarios import GO_BIN
 
 SOURCE = (BPF_DIR / "kprobe_collector.c").read_text()
 
@@ -232,6 +233,35 @@ def test_guest_test_sets_pick_only_the_files_that_need_a_kernel() -> None:
     assert full[2] == "tests/test_kernel_hooks.py"  # kprobe-mode tests first: guests only
     quick = test_args("quick")
     assert quick[:2] == ["-m", "kprobes"] and "tests/test_kernel_hooks.py" in quick
+
+
+def test_guests_read_the_host_s_answers_about_the_go_targets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before a full-set guest boots, the host works out what the uprobe and TLS collectors
+    need of each Go target, into its cache; the guest is pointed at that cache whatever its
+    HOME, so a collector there resolves nothing itself (a 6.12 guest took 47-53 min a pair)."""
+    from harness.collectors.uprobe.resolve import resolve
+    from harness.runner import kernels
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(kernels, "GO_BIN", tmp_path / "bin")
+    (tmp_path / "bin").mkdir()
+    server = GO_BIN / "grpc-server-v1.50.1-stripped"  # quick to resolve: no DWARF
+    (tmp_path / "bin" / server.name).symlink_to(server)
+    (tmp_path / "bin" / ".stamp").write_text("")  # build stamps are not targets
+    said: list[str] = []
+    kernels.prepare_binaries(said.append)
+    assert said and "1 Go targets resolved" in said[0]
+    assert len(list((tmp_path / "cache" / "probebench" / "uprobe").iterdir())) == 1
+    assert len(list((tmp_path / "cache" / "probebench" / "tls").iterdir())) == 1
+    # the answer is read back, not worked out again: the DWARF reader is not called
+    import harness.collectors.uprobe.resolve as res
+
+    monkeypatch.setattr(res, "_resolve", lambda *_a: pytest.fail("resolved again"))
+    assert resolve(tmp_path / "bin" / server.name).error is None
+    cmd = kernels.guest_command(tmp_path / "out", True)
+    assert f"XDG_CACHE_HOME={tmp_path / 'cache'} " in cmd
 
 
 def test_shards_cut_the_full_set_into_contiguous_parts_that_cover_it_once() -> None:

@@ -22,10 +22,14 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def cache_home() -> Path:
+    """$XDG_CACHE_HOME, else ~/.cache."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache"))
+
+
 def cache_dir(kind: str) -> Path:
     """~/.cache/probebench/<kind> (or under $XDG_CACHE_HOME)."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "probebench" / kind
+    return cache_home() / "probebench" / kind
 
 
 def cached(

@@ -12,6 +12,14 @@ def _recorder_args(_opts: CollectorOptions, bins: list[Path], _follow: int | Non
     return [a for b in bins for a in ("--binary", str(b))]
 
 
+def _prepare_binaries(bins: list[Path]) -> None:
+    """Each Go binary's crypto/tls probes, worked out now (cached by content hash)."""
+    from harness.collectors.tls.gotls import resolve_go_tls
+
+    for b in bins:
+        resolve_go_tls(b)
+
+
 def _go_layouts() -> GoLayouts:
     from harness.collectors.tls.gotls import TLS_STRUCTS
 
@@ -34,4 +42,5 @@ COLLECTOR = Collector(
     # used) are counted apart
     bpf=BpfCost(("tls_uprobe",), "uprobe_added_ns", helper_kind="tls_tracepoint"),
     go_layouts=_go_layouts,
+    prepare_binaries=_prepare_binaries,
 )

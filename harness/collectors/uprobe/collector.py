@@ -37,6 +37,14 @@ def _observe_summary(stats: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     return {"uprobe_targets": probed}, lines
 
 
+def _prepare_binaries(bins: list[Path]) -> None:
+    """Resolve each binary now (cached by content hash; an error is an answer too)."""
+    from harness.collectors.uprobe.resolve import resolve
+
+    for b in bins:
+        resolve(b)
+
+
 def _go_layouts() -> GoLayouts:
     from harness.collectors.uprobe.resolve import FUNCTIONS, STRUCTS, TYPES
 
@@ -60,6 +68,7 @@ COLLECTOR = Collector(
     process_gap="uprobe_gap",
     binary_facts=binary_facts,
     go_layouts=_go_layouts,
+    prepare_binaries=_prepare_binaries,
     article={"stability": "weak", "multi-language": "weak", "compatibility": "weak",
              "ease of building": "simple", "data completeness": "complete"},
     parts={
