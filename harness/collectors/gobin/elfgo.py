@@ -7,6 +7,7 @@ part (a few seconds for a 15 MB binary); callers cache its results by binary has
 from __future__ import annotations
 
 import bisect
+import io
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,7 +130,9 @@ def _open(f: BinaryIO) -> ELFFile:
 def quick_info(path: Path) -> tuple[str | None, dict[str, str]]:
     """Go version and modules without touching DWARF; raises NotGoBinary for non-Go files."""
     with path.open("rb") as f:
-        elf = _open(f)
+        # parsed in memory: pyelftools reads headers an entry at a time, each read a round
+        # trip on a 9p root (a kernel guest's)
+        elf = _open(io.BytesIO(f.read()))
         sec = elf.get_section_by_name(".go.buildinfo")
         if sec is None:
             raise NotGoBinary("no .go.buildinfo section: not a Go binary")
