@@ -9,7 +9,6 @@ may still run, nothing may be left stopped, and no probe may remain.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -59,15 +58,7 @@ def observe(
 
 def stopped_of(tmp_path: Path) -> list[int]:
     """Processes left stopped that the test's observe started (their environment says so)."""
-    mark = f"{MARK}={tmp_path}".encode()
-    out = []
-    for p in processes():
-        if p.state != "T":
-            continue
-        with contextlib.suppress(OSError):
-            if mark in Path(f"/proc/{p.pid}/environ").read_bytes().split(b"\0"):
-                out.append(p.pid)
-    return out
+    return [p.pid for p in processes() if p.state == "T" and marked(tmp_path, p.pid)]
 
 
 def server_then_client(tmp_path: Path, port: int, *client_args: str) -> str:
@@ -85,12 +76,25 @@ def server_then_client(tmp_path: Path, port: int, *client_args: str) -> str:
     )
 
 
-def running(binary: Path, below: int | None = None) -> list[int]:
-    """Processes running ``binary``; with ``below``, only that process's descendants."""
+def marked(tmp_path: Path, pid: int) -> bool:
+    """Did the test's observe start this process (its environment says so)?"""
+    mark = f"{MARK}={tmp_path}".encode()
+    try:
+        return mark in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+
+
+def running(binary: Path, below: int | None = None, of: Path | None = None) -> list[int]:
+    """Processes running ``binary``; with ``below``, only that process's descendants; with
+    ``of``, only those the test with that tmp_path started (a kernel guest records its
+    smoke cells, grpc-go servers of the same build, beside the tests)."""
     mine = descendants(below) if below is not None else None
     out = []
     for p in processes():
         if mine is not None and p.pid not in mine:
+            continue
+        if of is not None and not marked(of, p.pid):
             continue
         try:
             if os.readlink(f"/proc/{p.pid}/exe") == str(binary):
@@ -131,7 +135,7 @@ def test_a_script_s_own_services_are_probed_from_their_first_call(tmp_path: Path
     assert manifest.params["uprobe_targets"] == sorted([str(CLIENT), str(SERVER)])
     # the server and its `sleep` outlived the script: observe ended them
     assert manifest.params["leftover_processes_stopped"] == 2
-    assert running(SERVER) == []
+    assert running(SERVER, of=tmp_path) == []
     assert stopped_of(tmp_path) == []
     assert str(SERVER) not in Path("/sys/kernel/tracing/uprobe_events").read_text()
 
