@@ -148,6 +148,20 @@ def test_identify_reads_a_binary_in_a_few_large_reads(monkeypatch: pytest.Monkey
     assert 0 < len(reads) <= 4, len(reads)  # was 88,000
 
 
+def test_a_binary_over_the_cap_is_parsed_from_the_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Memory stays bounded: a file over IN_MEMORY_MAX is not read whole, and reads the same."""
+    from harness.collectors.gobin import elfgo
+
+    path = BIN / "http1-server"
+    if not path.exists():
+        pytest.skip("http1 Go targets not built")
+    whole = identify(path)
+    monkeypatch.setattr(elfgo, "IN_MEMORY_MAX", 0)
+    with path.open("rb") as f:
+        assert elfgo.in_memory(f) is f
+    assert identify(path) == whole
+
+
 def test_missing_file_is_an_error_not_an_exception(tmp_path: Path) -> None:
     r = resolve(tmp_path / "nope", use_cache=False)
     assert r.error is not None and not r.usable

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 import io
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,12 +128,23 @@ def _open(f: BinaryIO) -> ELFFile:
         raise NotGoBinary(f"not an ELF file ({e})") from e
 
 
+# a file up to this size is parsed from memory after one read (in_memory)
+IN_MEMORY_MAX = 128 << 20
+
+
+def in_memory(f: BinaryIO) -> BinaryIO:
+    """The file's bytes to parse, read whole when it is at most IN_MEMORY_MAX: pyelftools
+    reads a header or a symbol at a time (87k reads for a grpc-go server's symbol table),
+    each a round trip on a network or 9p root (a kernel guest's: 25 minutes). A larger
+    file is parsed from the file itself, so memory stays bounded."""
+    size = os.fstat(f.fileno()).st_size
+    return io.BytesIO(f.read()) if size <= IN_MEMORY_MAX else f
+
+
 def quick_info(path: Path) -> tuple[str | None, dict[str, str]]:
     """Go version and modules without touching DWARF; raises NotGoBinary for non-Go files."""
     with path.open("rb") as f:
-        # parsed in memory: pyelftools reads headers an entry at a time, each read a round
-        # trip on a 9p root (a kernel guest's)
-        elf = _open(io.BytesIO(f.read()))
+        elf = _open(in_memory(f))
         sec = elf.get_section_by_name(".go.buildinfo")
         if sec is None:
             raise NotGoBinary("no .go.buildinfo section: not a Go binary")

@@ -9,7 +9,6 @@ transport functions in its symbol table or, stripped, in Go's function table).
 
 from __future__ import annotations
 
-import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from harness.collectors.gobin.elfgo import NotGoBinary, quick_info
+from harness.collectors.gobin.elfgo import NotGoBinary, in_memory, quick_info
 from harness.collectors.uprobe.resolve import GRPC_MODULE, TRANSPORT
 
 PROC = Path("/proc")
@@ -56,10 +55,7 @@ def identify(exe: Path) -> GoIdentity:
     stripped_blind = False  # no symbol table and no function table: cannot tell
     try:
         with exe.open("rb") as f:
-            # parsed in memory: the symbol table is read an entry at a time (87k reads of a
-            # grpc-go server), each a round trip on a 9p root, where a 6.12 guest held the
-            # exec'd server 25 minutes
-            elf = ELFFile(io.BytesIO(f.read()))
+            elf = ELFFile(in_memory(f))  # one read, not one a symbol (the gate is holding)
             symtab = elf.get_section_by_name(".symtab")
             for s in symtab.iter_symbols() if symtab is not None else ():
                 if s.name == "runtime.buildVersion":
