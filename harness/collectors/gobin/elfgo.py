@@ -121,13 +121,6 @@ def parse_buildinfo(data: bytes) -> tuple[str | None, dict[str, str]]:
     return version, mods
 
 
-def _open(f: BinaryIO) -> ELFFile:
-    try:
-        return ELFFile(f)
-    except ELFError as e:
-        raise NotGoBinary(f"not an ELF file ({e})") from e
-
-
 # a file up to this size is parsed from memory after one read (in_memory)
 IN_MEMORY_MAX = 128 << 20
 
@@ -141,10 +134,17 @@ def in_memory(f: BinaryIO) -> BinaryIO:
     return io.BytesIO(f.read()) if size <= IN_MEMORY_MAX else f
 
 
+def _open(f: BinaryIO) -> ELFFile:
+    try:
+        return ELFFile(in_memory(f))
+    except ELFError as e:
+        raise NotGoBinary(f"not an ELF file ({e})") from e
+
+
 def quick_info(path: Path) -> tuple[str | None, dict[str, str]]:
     """Go version and modules without touching DWARF; raises NotGoBinary for non-Go files."""
     with path.open("rb") as f:
-        elf = _open(in_memory(f))
+        elf = _open(f)
         sec = elf.get_section_by_name(".go.buildinfo")
         if sec is None:
             raise NotGoBinary("no .go.buildinfo section: not a Go binary")
