@@ -29,6 +29,13 @@ The fixed-rate pass (`_rate_pass`; alone with PROBEBENCH_OVERHEAD_FIXED_RATE_ONL
 collector alone, the clients paced open loop to 2,000 exchanges/s for 10 s at scale 1 (4 s
 at least), BPF stats on; the collector's exact on-CPU time per thread (schedstat) + its
 BPF run time as % of one core, after an idle span (attached, no traffic) read apart.
+
+The floor pass (`_floor_pass`): the kernel-side collector alone and its two floor builds
+(recorder --floor, PB_FLOOR_* in bpf/kprobe_events.h), each at saturation and at the fixed
+rate, BPF stats on. `filter`: the data programs return after the target filter, what any
+collector on these hooks pays; `record`: one record of at most 255 bytes per call (the call
+stashed, its connection looked up and numbered), what one that records each call pays
+before any framing. Their difference from the collector is the framing's cost.
 """
 
 from __future__ import annotations
@@ -108,6 +115,8 @@ FIXED_RATE_MIN_S = 4.0  # and at least this, at any scale
 # The rate pass's idle span: collectors attached, connections warm, no traffic. The
 # collector's own cost with nothing to record (timers, liveness checks) shows apart.
 FIXED_IDLE_S = 2.0
+# the kernel side's floor pass: the collector, then its floor builds (recorder --floor)
+FLOOR_BUILDS = ("collector", "record", "filter")
 TRAP_ROUNDS = 7
 # With BPF stats on, the programs' counters are read over this idle span before GO: every
 # hit then is another process's (or an idle target's), which gives what a hit the filter
@@ -482,12 +491,13 @@ class Report:
     collectors: dict[str, Any] = field(default_factory=dict)
     fixed_rate: dict[str, Any] = field(default_factory=dict)
     h2_walk: dict[str, Any] = field(default_factory=dict)
+    floor_builds: dict[str, Any] = field(default_factory=dict)
 
     def decomposition(self) -> dict[str, Any]:
         """Per workload and collector: the floor, our BPF work, our user space (oh.decompose)."""
         out: dict[str, Any] = {}
         for key, w in self.workloads.items():
-            out[key] = oh.decompose(w, self.trap_cost or None)
+            out[key] = oh.decompose(w, self.trap_cost or None, self.floor_builds.get(key))
         return out
 
     def summary(self) -> dict[str, dict[str, float]]:
@@ -569,6 +579,7 @@ class Report:
             "trap_cost": self.trap_cost,
             "fixed_rate": self.fixed_rate,
             "h2_walk": self.h2_walk,
+            "floor_builds": self.floor_builds,
             "decomposition": self.decomposition(),
             "warnings": self.warnings,
         }
@@ -679,6 +690,7 @@ def test_overhead(
     fixed = _rate_pass(sess, tmp_path, overhead_settings.scale)
     report.fixed_rate = fixed
     report.h2_walk = _h2_walk_pass(sess, tmp_path)
+    report.floor_builds = _floor_pass(sess, tmp_path, overhead_settings.scale)
     for wl in sess.workloads:
         entry = _analyse(sess, wl, overhead_settings.rounds)
         entry["bpf_run_time"] = bpf.get(wl.key)
@@ -693,6 +705,8 @@ def test_overhead(
                   f"exit programs {m['exit_ns_per_hit'] or 0:.0f} ns/hit x "
                   f"{m['exit_hits_per_exchange']:.1f} hits/exchange, "
                   f"{m['h2_frame_aware_calls']} frame-aware calls")  # fmt: skip
+    for key, builds in report.floor_builds.items():
+        _print_floor(key, builds)
     report.collectors.update(sess.collector_totals)
     benchmark.extra_info.update(workloads=report.workloads, collectors=sess.collector_totals,
                                 warnings=report.warnings)  # fmt: skip
@@ -835,6 +849,49 @@ def _h2_walk_pass(sess: Session, work_dir: Path) -> dict[str, Any]:
                     "programs": [p for p in res.programs if p["run_cnt"]],
                 }
     return out
+
+
+def _floor_pass(sess: Session, work_dir: Path, scale: float) -> dict[str, Any]:
+    """The kernel-side collector alone beside its floor builds (FLOOR_BUILDS), BPF stats on:
+    at saturation, each build's BPF run time (as _bpf_pass), then paced to FIXED_RATE, its
+    share of a core (as _rate_pass). Servers restart per build, as in a round."""
+    if "kprobe" not in sess.configs:
+        return {}
+    paced = [Workload(w.scenario, w.server, fixed_rate_exchanges(scale)) for w in sess.workloads]
+    out: dict[str, Any] = {}
+    for build in FLOOR_BUILDS:
+        opts = CollectorOptions(kprobe_floor="none" if build == "collector" else build)
+        with bpf_stats_enabled(), servers_running(sess.workloads) as targets:
+            run = run_config("kprobe", targets, work_dir, seed=4000, with_bpf_stats=True,
+                             options=opts)  # fmt: skip
+        for key, res in run.results.items():
+            _name_programs(res.programs, run.collector_stats)
+            e = out.setdefault(key, {})[build] = {
+                "exchanges": res.exchanges, "throughput": res.throughput,
+                "by_kind": _by_kind(res.programs, res.exchanges), "idle": _idle(res)}  # fmt: skip
+            if res.traced_hits is not None:
+                e["target_hits_per_exchange"] = res.traced_hits / res.exchanges
+        with bpf_stats_enabled(), servers_running(paced) as targets:
+            run = run_config("kprobe", targets, work_dir, seed=4001, with_bpf_stats=True,
+                             rate=FIXED_RATE, idle_span=FIXED_IDLE_S, options=opts)  # fmt: skip
+        for key, res in run.results.items():
+            _name_programs(res.programs, run.collector_stats)
+            out[key][build]["fixed_rate"] = _at_rate("kprobe", res.collectors["kprobe"], res)
+            out[key][build]["fixed_rate"]["rate_achieved"] = res.throughput
+    return out
+
+
+def _print_floor(key: str, builds: dict[str, Any]) -> None:
+    print(f"\n{key}, the kernel side against its floor builds:")
+    for build, e in builds.items():
+        k = e["by_kind"].get("tracepoint") or {}
+        own = oh.own_bpf_ns(k, e.get("target_hits_per_exchange"),
+                            e["idle"].get("kprobe_ns_per_hit"))  # fmt: skip
+        at = e.get("fixed_rate") or {}
+        side = "n/a" if own is None else f"{own / 2:,.0f}"
+        print(f"  {build:9s} {side} ns BPF per exchange and side, {e['throughput']:.0f}/s; "
+              f"at {FIXED_RATE:.0f}/s {at.get('core_pct', float('nan')):.2f}% of a core "
+              f"(BPF {at.get('bpf_pct', float('nan')):.2f}%)")  # fmt: skip
 
 
 def _name_programs(programs: list[dict[str, Any]], stats: dict[str, dict[str, Any]]) -> None:

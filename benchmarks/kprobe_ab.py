@@ -3,6 +3,14 @@
     .venv/bin/python benchmarks/kprobe_ab.py --build base=/var/tmp/w10/base --build new=. \\
         --scenario http11-keepalive --rounds 6 --exchanges 4000
 
+A build ``NAME=TREE@FLOOR`` is the tree's floor build (recorder ``--floor``, ``PB_FLOOR_*`` in
+bpf/kprobe_events.h): ``@filter`` returns after the target filter, ``@record`` writes one
+record of at most 255 bytes per call with no framing. Against the tree itself they split its
+cost into what any collector on these hooks pays and what the framing adds::
+
+    .venv/bin/python benchmarks/kprobe_ab.py --build full=. --build record=.@record \\
+        --build filter=.@filter --rounds 4 --exchanges 30000
+
 Each build is a source tree (its ``bpf/`` and ``harness/``; e.g. ``git worktree add --detach
 DIR COMMIT``): its recorder runs from there, so the builds differ only in what the trees hold.
 One Go server (pinned to CPU 1) serves every round; per round each build, in an order rotated
@@ -107,13 +115,30 @@ def _short(name: str) -> str:
     return name.rsplit("__", 1)[-1]
 
 
-def recorder_cmd(tree: Path, out: Path, tgids: list[int], port: int, profile: bool) -> list[str]:
+@dataclass(frozen=True)
+class Build:
+    name: str
+    tree: Path
+    floor: str = "none"  # a floor build of the tree (recorder --floor)
+
+    @classmethod
+    def parse(cls, spec: str) -> Build:
+        name, _, where = spec.partition("=")
+        tree, _, floor = where.partition("@")
+        if not name or not tree:
+            raise SystemExit(f"--build {spec!r}: NAME=TREE[@FLOOR] expected")
+        return cls(name, Path(tree).resolve(), floor or "none")
+
+
+def recorder_cmd(
+    b: Build, out: Path, tgids: list[int], port: int, profile: bool
+) -> list[str]:
     args = [sys.executable, "-m", "harness.collectors.kprobe.record", "--out", str(out),
             "--stats", str(out.with_suffix(".stats.json")), "--deadline", "600",
             "--port", str(port)]  # fmt: skip
     for t in tgids:
         args += ["--tgid", str(t)]
-    args += registry.get("kprobe").recorder_args(CollectorOptions(), [], None)
+    args += registry.get("kprobe").recorder_args(CollectorOptions(kprobe_floor=b.floor), [], None)
     if profile:
         args.append("--profile")
     return args
@@ -121,7 +146,7 @@ def recorder_cmd(tree: Path, out: Path, tgids: list[int], port: int, profile: bo
 
 def one_run(
     procs: ProcessSet,
-    builds: list[tuple[str, Path]],
+    builds: list[Build],
     scen: Any,
     port: int,
     server: Child,
@@ -141,14 +166,14 @@ def one_run(
                          stdin=subprocess.PIPE)  # fmt: skip
     read_line_until(client, lambda s: s == "WARM", 60, "WARM")
     recs = []
-    for build, tree in builds:
-        out = work / f"events-{build}.bin"
-        env = dict(os.environ, PYTHONPATH=str(tree))
-        rec = procs.spawn(f"recorder {build}",
-                          recorder_cmd(tree, out, [server.pid, client.pid], port, profile),
-                          cwd=str(tree), env=env, stop_timeout=60)  # fmt: skip
+    for b in builds:
+        out = work / f"events-{b.name}.bin"
+        env = dict(os.environ, PYTHONPATH=str(b.tree))
+        rec = procs.spawn(f"recorder {b.name}",
+                          recorder_cmd(b, out, [server.pid, client.pid], port, profile),
+                          cwd=str(b.tree), env=env, stop_timeout=60)  # fmt: skip
         read_line_until(rec, lambda s: s.startswith("ATTACHED "), 300, "ATTACHED")
-        recs.append((build, rec, out))
+        recs.append((b.name, rec, out))
     p0 = {b: bpf_programs(r.pid) for b, r, _ in recs}
     insns = {b: verified_insns(r.pid) for b, r, _ in recs}
     time.sleep(IDLE_S)
@@ -210,7 +235,8 @@ def describe(r: Run) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--build", action="append", required=True, metavar="NAME=TREE")
+    ap.add_argument("--build", action="append", required=True, metavar="NAME=TREE[@FLOOR]",
+                    help="a source tree to measure; @filter or @record: its floor build")
     ap.add_argument("--scenario", default="http11-keepalive")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--exchanges", type=int, default=3000)
@@ -223,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--json", type=Path, help="also write every run here")
     a = ap.parse_args(argv)
-    builds = [(n, Path(t).resolve()) for n, t in (b.split("=", 1) for b in a.build)]
+    builds = [Build.parse(b) for b in a.build]
     scen = scenarios.get(a.scenario)
     runs: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="kprobe-ab-") as tmp, ProcessSet() as procs, \
@@ -256,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
                         )
     base = None
     print(f"\n{a.scenario}, {a.rounds} rounds of {a.exchanges} exchanges, median [min, max]")
-    for name, _ in builds:
+    for name in (b.name for b in builds):
         mine = [r for r in runs if r.build == name]
         side = [r.per_side_ns() for r in mine]
         med = statistics.median(side)

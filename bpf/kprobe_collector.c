@@ -31,6 +31,9 @@
 #if PB_EXIT_ARGS && !PB_TASK_STORAGE
 #error "PB_EXIT_ARGS needs PB_TASK_STORAGE (bpf_get_current_task_btf)"
 #endif
+#ifndef PB_FLOOR
+#define PB_FLOOR 0 /* PB_FLOOR_* (kprobe_events.h): a floor build, for the bench */
+#endif
 #ifndef PB_MAX_CONNS
 #define PB_MAX_CONNS 65536
 #endif
@@ -666,6 +669,7 @@ static __always_inline u8 infer(const u8 *b, u32 len, u8 from_start) {
 static __always_inline int on_data_enter(u8 sc, u8 dir, int fd, u64 buf, u32 iovcnt) {
     u64 id = bpf_get_current_pid_tgid();
     if (!data_hit(id >> 32)) return 0;
+    if (PB_FLOOR == PB_FLOOR_FILTER) return 0;
 #if PB_TASK_STORAGE
     struct task_struct *t = (struct task_struct *)bpf_get_current_task_btf();
     struct data_args *ap = data_args_ts.task_storage_get(t, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
@@ -1992,6 +1996,10 @@ int data_fn(void *ctx) {
     c->seq[a.dir & 1] = seq;
     dc->seq = seq;
     dc->part = 0;
+    if (PB_FLOOR == PB_FLOOR_RECORD) {
+        emit_chunk(dc, c, 0, first, first_len < 255 ? first_len : 255);
+        return 0;
+    }
     if (c->proto == PB_PROTO_HTTP2 && !c->h2[a.dir & 1].sync) h2_resync(c, a.dir & 1, first, first_len);
     if (c->proto == PB_PROTO_HTTP2 && c->h2[a.dir & 1].sync) {
         prof_add(PB_PROF_H2_CALLS, 1);
@@ -2111,6 +2119,7 @@ static __always_inline int exit_args(struct data_args *a) {
 static __always_inline int on_data_exit(void *ctx, long ret, u8 sc, u8 dir) {
     u64 id = bpf_get_current_pid_tgid();
     if (!data_hit(id >> 32)) return 0;  /* others: no lookup when the list is inline */
+    if (PB_FLOOR == PB_FLOOR_FILTER) return 0;
     if (ret <= 0) prof_add(PB_PROF_EMPTY_CALLS, 1);
 #if PB_EXIT_ARGS
     if (dir == PB_DIR_RECV) {

@@ -47,6 +47,13 @@
 #define PB_STAT_H1_MIDSTREAM 15  /* HTTP/1 directions found mid-stream that began following */
 #define PB_STAT_MAX 16
 
+/* Floor builds (-D PB_FLOOR, recorder --floor; the overhead bench's floor pass): what
+ * this approach costs on the machine before any of the collector's own work, measured
+ * with the same hooks, filter and clock. 0: the collector. */
+#define PB_FLOOR_FILTER 1 /* every data program returns after the target filter */
+#define PB_FLOOR_RECORD 2 /* + the call stashed, its connection looked up and numbered, and
+                           * one record of at most 255 bytes (no framing, no walker) */
+
 /* What the data path did, counted with -D PB_PROFILE=1 (recorder --profile): where a
  * data call's BPF time goes, in counts that do not depend on the machine's load */
 #define PB_PROF_DATA_CALLS 0     /* data calls that moved bytes (data_fn runs) */

@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 
 from harness.collectors.bpfsource import compile_program
+from harness.collectors.eventfile import KERNEL, read_event_file
 from harness.collectors.kprobe.decode import decode
 from harness.collectors.kprobe.layout import header
+from harness.errors import RunDirError
 from harness.model import waited
 from harness.runner.record import free_port
 
@@ -149,3 +151,40 @@ def test_large_call_is_captured_in_chunks_up_to_the_limit(tmp_path: Path) -> Non
     assert seg.orig_len == len(request)
     assert seg.data == request[:32768]  # two 16 KiB chunks, a prefix of the call
     assert st.collector["truncated_calls"] >= 1
+
+
+@pytest.mark.parametrize("floor", ["record", "filter"])
+def test_floor_builds_do_what_the_bench_says_they_do(tmp_path: Path, floor: str) -> None:
+    """The overhead bench's floor builds (recorder --floor): `record` writes one data event of
+    at most 255 bytes per call and frames nothing, `filter` writes no data event; neither
+    recording passes for one replay can read."""
+    port = free_port()
+    out = tmp_path / "k.bin"
+    rec = start_recorder(out, [port], "--floor", floor)
+    request = f"GET /{'x' * 400} HTTP/1.1\r\nHost: t\r\n\r\n"
+    try:
+        srv = subprocess.Popen([sys.executable, "-c", SERVER, str(port)], stdout=subprocess.PIPE)
+        assert srv.stdout is not None and srv.stdout.readline().startswith(b"READY")
+        subprocess.run([sys.executable, "-c", CLIENT, str(port), request],
+                       capture_output=True, text=True, timeout=waited(30), check=True)  # fmt: skip
+        srv.wait(timeout=waited(30))
+        time.sleep(0.2)
+    finally:
+        rec.send_signal(signal.SIGTERM)
+        assert rec.wait(timeout=waited(60)) == 0
+    ef = read_event_file(out)
+    assert ef.header["defines"]["PB_FLOOR"] == header().defines[f"PB_FLOOR_{floor.upper()}"]
+    h = header(int(ef.header["defines"]["PB_CHUNK"]))
+    kind_at = h.offset("pb_data_event", "kind")
+    orig_at, cap_at = h.offset("pb_data_event", "orig_len"), h.offset("pb_data_event", "cap_len")
+    data = [bytes(r) for t, r in ef.records() if t == KERNEL and isinstance(r, memoryview)
+            and r[kind_at] == h.defines["PB_EV_DATA"]]  # fmt: skip
+    sizes = [(int.from_bytes(d[orig_at:orig_at + 4], "little"),
+              int.from_bytes(d[cap_at:cap_at + 4], "little")) for d in data]  # fmt: skip
+    if floor == "filter":
+        assert sizes == []
+    else:
+        # the request (its two sides) cut at 255 bytes, the response whole
+        assert (len(request), 255) in sizes and max(c for _, c in sizes) == 255, sizes
+    with pytest.raises(RunDirError, match="floor build"):
+        decode(out)

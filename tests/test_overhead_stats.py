@@ -240,6 +240,39 @@ def test_decompose_takes_other_processes_hits_out():
     assert oh.others_bpf_ns(10, 16, 50.0) == 0.0  # never negative
 
 
+def test_decompose_sets_the_kernel_side_beside_its_floor_builds():
+    """The floor pass's raw runs per build: BPF of the workload's own hits per side (other
+    processes' hits at the idle cost taken out, as for the collector itself), per hit, and
+    the fixed-rate share of a core; only the kernel side gets them."""
+    workload = {
+        "configs": {"none": {"throughput": {"mean": 10_000.0}},
+                    "kprobe": {"throughput_ratio": 0.9}},
+        "bpf_run_time": {"target_hits_per_exchange": 12.0,
+                         "by_kind": {"tracepoint": {"hits_per_exchange": 12.0,
+                                                    "ns_per_exchange": 8000.0}}},
+    }  # fmt: skip
+    def build(ns: float, pct: float) -> dict[str, object]:
+        return {"throughput": 20_000.0, "target_hits_per_exchange": 12.0,
+                "by_kind": {"tracepoint": {"hits_per_exchange": 14.0, "ns_per_exchange": ns}},
+                "idle": {"kprobe_ns_per_hit": 100.0},
+                "fixed_rate": {"core_pct": pct, "bpf_pct": pct - 0.4, "process_pct": 0.4}}
+    floors = {"collector": build(8200.0, 2.3), "record": build(4800.0, 1.5),
+              "filter": build(1400.0, 0.6)}  # fmt: skip
+    d = oh.decompose(workload, {"tracepoint_added_ns": 50.0}, floors)
+    f = d["kprobe"]["floor_builds"]
+    assert list(f) == ["collector", "record", "filter"]
+    # 2 of the 14 hits per exchange were other processes' at 100 ns: 200 ns not the workload's
+    assert f["record"]["bpf_ns_per_exchange_per_side"] == pytest.approx(2300.0)
+    assert f["filter"]["bpf_ns_per_hit"] == pytest.approx(1200.0 / 12)
+    assert f["collector"]["fixed_rate_core_pct"] == 2.3
+    assert f["filter"]["throughput"] == 20_000.0
+    assert "floor_builds" not in oh.decompose(workload, None)["kprobe"]
+    # a build without run time says so, and makes nothing up
+    floors["filter"]["by_kind"] = {}
+    assert oh.decompose(workload, None, floors)["kprobe"]["floor_builds"]["filter"][
+        "bpf_ns_per_exchange_per_side"] is None
+
+
 def test_decompose_the_tls_collector_against_the_uprobe_trap():
     workload = {
         "configs": {

@@ -236,6 +236,30 @@ def test_newer_bench_keys_are_shown(tmp_path: Path) -> None:
     assert prog["name"] == "p" and prog["ns per run"] == "250"
 
 
+def test_the_kernel_side_is_shown_beside_its_floor_builds(tmp_path: Path) -> None:
+    runs = _copy([EARLY], tmp_path / "runs")
+    bench = json.loads((FIXTURES / "overhead.json").read_text())
+    figures = {"collector": (3660.0, 2.3), "record": (2348.0, 1.6), "filter": (587.0, 0.5)}
+    bench["decomposition"] = {"http11-keepalive/go2go": {"kprobe": {
+        "hits_per_exchange": 12.2, "floor_builds": {
+            b: {"bpf_ns_per_exchange_per_side": ns, "bpf_ns_per_hit": ns / 6.1,
+                "throughput": 20_000.0, "fixed_rate_core_pct": pct, "fixed_rate_bpf_pct": None}
+            for b, (ns, pct) in figures.items()}}}}  # fmt: skip
+    bench["floor_builds"] = {"http11-keepalive/go2go": {"filter": {"raw": 1}}}
+    (tmp_path / "overhead.json").write_text(json.dumps(bench))
+    out = tmp_path / "out"
+    build_report([runs, tmp_path / "overhead.json"], out, draw=False)
+    md = (out / "report.md").read_text()
+    rows = [r for r in md_rows(md, "http11-keepalive go→go") if "build" in r]
+    assert [r["build"] for r in rows] == ["the collector (+ framing)",
+                                          "+ one record of ≤ 255 B per call",
+                                          "hooks + target filter only"]  # fmt: skip
+    assert [r["BPF, ns/exchange per side"] for r in rows] == ["3,660", "2,348", "587"]
+    assert rows[1]["% of a core at fixed rate"] == "1.60%" and rows[0]["of which BPF"] == "—"
+    assert "what recording each call pays before framing it" in md
+    assert "`floor_builds`" not in md  # the raw pass is not dumped as an unknown section
+
+
 def test_sweep_and_failed_runs_listed(report: Path) -> None:
     md = (report / "report.md").read_text()
     sweep = [r for r in md_rows(md, EARLY) if "T (s)" in r]

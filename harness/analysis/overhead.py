@@ -32,7 +32,8 @@ from harness.collectors import registry
 # 3: the kernel side's bpf_ns_per_exchange (decomposition, fixed-rate bpf_pct) leaves out other
 #    processes' hits (the all-process figure kept beside it); adds per side, the recorder's
 #    ns per exchange, predicted_ratio_all, event bytes per exchange, bpf_run_time.idle
-SCHEMA_VERSION = 3
+# 4: adds floor_builds (the kernel side's floor builds, raw) and decomposition.kprobe.floor_builds
+SCHEMA_VERSION = 4
 ALPHA = 0.05
 CONFIDENCE = 0.95
 CV_WARN = 0.10  # pyperf warns when the standard deviation exceeds 10 % of the mean
@@ -332,12 +333,50 @@ def thread_shares(
 PATH_CPUS = 2
 
 
-def others_bpf_ns(hits_all: int, target_hits: int, ns_per_other_hit: float | None) -> float:
+def others_bpf_ns(
+    hits_all: float, target_hits: float, ns_per_other_hit: float | None
+) -> float:
     """BPF run time spent on other processes' hits (the filter turning them away), from
     their count and the cost of such a hit measured while the workload was idle."""
     if ns_per_other_hit is None or hits_all <= target_hits:
         return 0.0
     return (hits_all - target_hits) * ns_per_other_hit
+
+
+def own_bpf_ns(
+    kind: Mapping[str, Any], target_hits: float | None, ns_per_other_hit: float | None
+) -> float | None:
+    """BPF ns per exchange of the workload's own hits, from one kind's totals (``_by_kind``):
+    other processes' hits (all hits less ``target_hits`` per exchange), charged at the idle
+    span's ns per hit, are taken out. None when the run time is unknown."""
+    ns, hits_all = kind.get("ns_per_exchange"), kind.get("hits_per_exchange")
+    if ns is None:
+        return None
+    if target_hits is None or hits_all is None:
+        return float(ns)
+    return float(ns) - min(others_bpf_ns(hits_all, target_hits, ns_per_other_hit), float(ns))
+
+
+def floor_figures(builds: Mapping[str, Any], kind: str, coll: str) -> dict[str, Any]:
+    """Per floor build (the bench's floor pass, raw): BPF ns per exchange and side of the
+    workload's own hits, hits per exchange, saturation throughput, and at the fixed rate the
+    collector's share of a core and its BPF part."""
+    out: dict[str, Any] = {}
+    for build, e in builds.items():
+        k = (e.get("by_kind") or {}).get(kind) or {}
+        hits = e.get("target_hits_per_exchange")
+        own = own_bpf_ns(k, hits, (e.get("idle") or {}).get(f"{coll}_ns_per_hit"))
+        at = e.get("fixed_rate") or {}
+        out[build] = {
+            "bpf_ns_per_exchange_per_side": own / 2 if own is not None else None,
+            "bpf_ns_per_hit": own / hits if own is not None and hits else None,
+            "hits_per_exchange": hits,
+            "throughput": e.get("throughput"),
+            "fixed_rate_core_pct": at.get("core_pct"),
+            "fixed_rate_bpf_pct": at.get("bpf_pct"),
+            "fixed_rate_process_pct": at.get("process_pct"),
+        }
+    return out
 
 
 def predicted_ratio(added_ns: float | None, baseline_per_s: float | None) -> float | None:
@@ -348,11 +387,17 @@ def predicted_ratio(added_ns: float | None, baseline_per_s: float | None) -> flo
     return 1 / (1 + added_ns * baseline_per_s / (1e9 * PATH_CPUS))
 
 
-def decompose(workload: Mapping[str, Any], trap: Mapping[str, Any] | None) -> dict[str, Any]:
+def decompose(
+    workload: Mapping[str, Any],
+    trap: Mapping[str, Any] | None,
+    floor_builds: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """One workload's overhead per collector, against its floor: hits per exchange x the bare
     trap of the same session (what any collector at those points pays), the BPF run time
     per exchange (our programs' work on top of the trap), the collector process's CPU and
-    wake-ups per 1k exchanges, the saturation ratios, and the CPU share at a fixed rate."""
+    wake-ups per 1k exchanges, the saturation ratios, and the CPU share at a fixed rate.
+    ``floor_builds`` (the kernel side's floor pass for this workload) adds each floor
+    build's figures to the kernel-side entry (``floor_figures``)."""
     bpf = workload.get("bpf_run_time") or {}
     by_kind = bpf.get("by_kind") or {}
     configs = workload.get("configs") or {}
@@ -378,8 +423,8 @@ def decompose(workload: Mapping[str, Any], trap: Mapping[str, Any] | None) -> di
             # at the idle span's cost per hit, is not this workload's
             idle = (bpf.get("idle") or {}).get(f"{coll}_ns_per_hit")
             if idle is not None:
-                bpf_ns -= min(others_bpf_ns(hits_all, hits, idle), bpf_ns)
-                per_hit = bpf_ns / hits if hits else None
+                bpf_ns = own_bpf_ns(k, hits, idle)
+                per_hit = bpf_ns / hits if hits and bpf_ns is not None else None
         proc = (c.get("collectors") or {}).get(coll) or {}
         at_rate = (fixed.get(coll) or {}).get(coll) or {}
         kernel = floor + bpf_ns if floor is not None and bpf_ns is not None else None
@@ -421,6 +466,8 @@ def decompose(workload: Mapping[str, Any], trap: Mapping[str, Any] | None) -> di
             "fixed_rate_process_pct": at_rate.get("process_pct"),
             "fixed_rate_idle_process_pct": (at_rate.get("idle") or {}).get("process_pct"),
         }
+        if floor_builds and cost.every_process:
+            out[coll]["floor_builds"] = floor_figures(floor_builds, cost.kinds[0], coll)
         helpers = by_kind.get(cost.helper_kind) if cost.helper_kind else None
         if helpers:
             # they run for every process's syscalls: their hits count other processes too

@@ -44,6 +44,7 @@ class CollectorOptions:
     uprobe_level: str = "headers"  # or "messages": + one uprobe hit per DATA frame
     uprobe_value_max: int = DEFAULT_VALUE_MAX
     kernel_hooks: str = DEFAULT_KERNEL_HOOKS  # kernel side: "tracepoints" or "kprobes"
+    kprobe_floor: str = "none"  # kernel side, the overhead bench only: a floor build
 
 
 @dataclass(frozen=True)

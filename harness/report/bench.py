@@ -27,7 +27,7 @@ KNOWN_CONFIG_KEYS = re.compile(
 )
 KNOWN_TOP = {"version", "kind", "started_utc", "finished_utc", "machine", "settings", "summary",
              "workloads", "bpf_run_time", "collectors", "trap_cost", "warnings",
-             "origin", "decomposition", "fixed_rate"}  # fmt: skip
+             "origin", "decomposition", "fixed_rate", "floor_builds"}  # fmt: skip
 KNOWN_WORKLOAD = {"scenario", "client", "server", "exchanges", "rounds", "order",
                   "uprobe_probed_binaries", "configs", "bpf_run_time", "fixed_rate"}  # fmt: skip
 # The decomposition against the floor (bench schema 2), column by column: key, header, format.
@@ -47,6 +47,21 @@ DECOMPOSITION = (
     ("fixed_rate_core_pct", "% of a core at fixed rate", "{:.1f}%"),
     ("fixed_rate_process_pct", "of which the recorder process", "{:.2f}%"),
     ("fixed_rate_idle_process_pct", "recorder attached, idle", "{:.2f}%"),
+)
+
+
+# The kernel side's floor builds (recorder --floor), as the floor table names them.
+FLOOR_BUILD_LABEL = {
+    "filter": "hooks + target filter only",
+    "record": "+ one record of ≤ 255 B per call",
+    "collector": "the collector (+ framing)",
+}
+FLOOR_COLUMNS = (
+    ("bpf_ns_per_exchange_per_side", "BPF, ns/exchange per side", "{:,.0f}"),
+    ("bpf_ns_per_hit", "BPF, ns/hit", "{:,.0f}"),
+    ("throughput", "exchanges/s (one run)", "{:,.0f}"),
+    ("fixed_rate_core_pct", "% of a core at fixed rate", "{:.2f}%"),
+    ("fixed_rate_bpf_pct", "of which BPF", "{:.2f}%"),
 )
 
 
@@ -327,6 +342,28 @@ class BenchView:
                     v = d.get(key)
                     row[head] = fmt.format(v) if isinstance(v, int | float) else "—"
                 rows.append(row)
+        return pd.DataFrame(rows)
+
+    def floor_frame(self) -> pd.DataFrame:
+        """The kernel side beside its floor builds (bench schema 4), per workload: what any
+        collector on these hooks pays (the target filter), what one recording each call
+        pays before framing it, and the collector; at saturation and at the fixed rate."""
+        dec = self.data.get("decomposition")
+        rows = []
+        for wl, per_coll in sorted(dec.items() if isinstance(dec, dict) else ()):
+            for d in (per_coll or {}).values():
+                builds = d.get("floor_builds") if isinstance(d, dict) else None
+                if not isinstance(builds, dict):
+                    continue
+                for build, f in builds.items():
+                    if not isinstance(f, dict):
+                        continue
+                    row = {"workload": workload_label(wl),
+                           "build": FLOOR_BUILD_LABEL.get(build, build)}  # fmt: skip
+                    for key, head, fmt in FLOOR_COLUMNS:
+                        v = f.get(key)
+                        row[head] = fmt.format(v) if isinstance(v, int | float) else "—"
+                    rows.append(row)
         return pd.DataFrame(rows)
 
     def fixed_rate_line(self) -> str:

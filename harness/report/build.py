@@ -245,6 +245,15 @@ def _overhead_section(b: BenchView, runs: list[Any], pdir: Path | None) -> Secti
                                     "measured in the same session; everything above it (BPF "
                                     "program time, copies, wake-ups, user-space draining) is "
                                     "the collector's own."))  # fmt: skip
+    floor = b.floor_frame()
+    if not floor.empty:
+        s.blocks.append(_table(floor, "The kernel side against its floor builds: what any "
+                                      "collector on these hooks pays, and what recording "
+                                      "each call pays before framing it",
+                               note="Floor builds of the same program (recorder `--floor`, "
+                                    "`PB_FLOOR_*` in bpf/kprobe_events.h), measured in the "
+                                    "same session with BPF stats on; the collector's figure "
+                                    "less the record build's is what its framing costs."))
     for caption, frame in b.extra_frames():
         s.blocks.append(_table(frame, caption))
     cpu = tables.recorder_cpu(runs)

@@ -11,7 +11,8 @@ from harness.collectors.kprobe.exchanges import replay_exchanges, replay_stream,
 def _recorder_args(opts: CollectorOptions, _bins: list[Path], _follow: int | None) -> list[str]:
     return ["--max-capture", str(opts.max_capture), "--h2-body-limit", str(opts.h2_body_limit),
             "--h1-bodies", opts.h1_bodies,
-            "--ringbuf-pages", str(opts.ringbuf_pages), "--kernel-hooks", opts.kernel_hooks]
+            "--ringbuf-pages", str(opts.ringbuf_pages), "--kernel-hooks", opts.kernel_hooks,
+            *(["--floor", opts.kprobe_floor] if opts.kprobe_floor != "none" else [])]
 
 
 COLLECTOR = Collector(

@@ -235,6 +235,9 @@ def decode_steps(
         raise RunDirError(f"{path} is not a {FORMAT} recording (header says "
                           f"{ef.header.get('format')!r})")  # fmt: skip
     defines = ef.header.get("defines", {})
+    if defines.get("PB_FLOOR"):
+        raise RunDirError(f"{path} was recorded by a floor build of the overhead bench "
+                          "(PB_FLOOR): it holds no framing to replay")  # fmt: skip
     hdr = header(int(defines.get("PB_CHUNK", 16384)))
     d = hdr.defines
     CE, DE = hdr.structs["pb_conn_event"], hdr.structs["pb_data_event"]

@@ -63,6 +63,9 @@ SOCKDIAG_WAIT_S = (0.005, 0.05, 0.25)
 # Up to this many target tgids are compared inline in the programs (no map lookup
 # for the syscalls of other processes); more go through the `targets` map.
 INLINE_TGIDS = 8  # at most 16: the size of traced_hits in the program
+# Floor builds (PB_FLOOR_* in kprobe_events.h), for the overhead bench: what a collector on
+# these hooks costs before any work of ours. Their recordings are not replayed.
+FLOORS = {"none": "", "filter": "PB_FLOOR_FILTER", "record": "PB_FLOOR_RECORD"}
 
 
 class Recorder:
@@ -78,8 +81,11 @@ class Recorder:
         kernel_hooks: str = DEFAULT_KERNEL_HOOKS,
         h1_bodies: str = DEFAULT_H1_BODIES,
         profile: bool = False,
+        floor: str = "none",
     ) -> None:
         chunk = chunk_for(max_capture)
+        if floor not in FLOORS:
+            raise ProbebenchError(f"--floor must be one of {', '.join(FLOORS)}")
         if not 0 <= h2_body_limit <= max_capture:
             raise ProbebenchError("--h2-body-limit must be between 0 and --max-capture")
         hooks.require(kernel_hooks)
@@ -105,6 +111,8 @@ class Recorder:
             "PB_KPROBES": int(kernel_hooks == "kprobes"),
             "PB_PROFILE": int(profile),
         }
+        if floor != "none":
+            self.defines["PB_FLOOR"] = d[FLOORS[floor]]
         # fd -> socket walk at the running kernel's offsets (connections' own addresses)
         self.defines.update(socket_walk_defines())
         if VMLINUX.exists():
@@ -406,10 +414,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", action="store_true",
                     help="count the data path's work (calls, walk steps, user reads, ring "
                          "records) into the stats, for the overhead analysis")  # fmt: skip
+    ap.add_argument("--floor", choices=tuple(FLOORS), default="none",
+                    help="a floor build for the overhead bench: the data programs return "
+                         "after the target filter, or write one record of at most 255 bytes "
+                         "per call with no framing (not a recording to replay)")  # fmt: skip
     a = ap.parse_args(argv)
     try:
         rec = Recorder(a.out, a.tgid, a.port, a.max_capture, a.ringbuf_pages, a.poll_ms,
-                       a.h2_body_limit, a.kernel_hooks, a.h1_bodies, a.profile)
+                       a.h2_body_limit, a.kernel_hooks, a.h1_bodies, a.profile, a.floor)
         stats = rec.run(a.deadline)
     except ProbebenchError as e:
         print(f"kprobe collector: {e}", file=sys.stderr)
