@@ -10,7 +10,8 @@ Needs root and bcc. Settings: benchmarks/conftest.py. Writes results/overhead.js
 
 Per workload (http11-keepalive and grpc-unary; Go and Python servers; Go client) and per
 round: the server starts once (pinned to CPU 1), then every configuration (none, kprobe,
-uprobe, both), in an order rotated by one per round, runs the Go client (pinned to CPU 0):
+uprobe, both, and the kernel side's floor builds kprobe-record and kprobe-filter, below), in
+an order rotated by one per round, runs the Go client (pinned to CPU 0):
 it warms its connections, the collectors attach (not timed), GO, the main phase runs a
 fixed number of exchanges, the collectors detach. Throughput and latency come from the
 client's workload.jsonl (main phase only), so attach and compile time never count.
@@ -35,7 +36,8 @@ The floor pass (`_floor_pass`): the kernel-side collector alone and its two floo
 rate, BPF stats on. `filter`: the data programs return after the target filter, what any
 collector on these hooks pays; `record`: one record of at most 255 bytes per call (the call
 stashed, its connection looked up and numbered), what one that records each call pays
-before any framing. Their difference from the collector is the framing's cost.
+before any framing. Their difference from the collector is the framing's cost. The rounds
+run both builds too (kprobe-filter, kprobe-record): their saturation ratios.
 """
 
 from __future__ import annotations
@@ -85,8 +87,14 @@ CONFIGS: dict[str, tuple[str, ...]] = {
     "uprobe": ("uprobe",),
     "both": ("kprobe", "uprobe"),
     "tls": ("tls",),  # the HTTPS workloads only (test_tls_overhead)
+    # the kernel side's floor builds (recorder --floor, FLOOR_BUILDS), in the rounds too:
+    # their saturation ratios are what any collector recording each call pays here
+    "kprobe-record": ("kprobe",),
+    "kprobe-filter": ("kprobe",),
 }
-PLAIN_CONFIGS = ("none", "kprobe", "uprobe", "both")
+CONFIG_OPTIONS = {"kprobe-record": CollectorOptions(kprobe_floor="record"),
+                  "kprobe-filter": CollectorOptions(kprobe_floor="filter")}  # fmt: skip
+PLAIN_CONFIGS = ("none", "kprobe", "uprobe", "both", "kprobe-record", "kprobe-filter")
 TLS_CONFIGS = ("none", "tls")
 TLS_VERSION = "1.3"
 # Exchanges per run at scale 1: about 1.5-2 s of client main phase each, measured here.
@@ -305,7 +313,8 @@ def run_config(
         def attach(tgids: list[int]) -> None:
             running.extend(start_collectors(
                 procs, list(CONFIGS[config]), work_dir / "events", tgids=tgids,
-                ports=[t.port for t in targets], options=options or CollectorOptions(),
+                ports=[t.port for t in targets],
+                options=options or CONFIG_OPTIONS.get(config) or CollectorOptions(),
                 deadline_s=COLLECTOR_DEADLINE_S, binaries=[],
             ))  # fmt: skip
 

@@ -246,7 +246,8 @@ def test_decompose_sets_the_kernel_side_beside_its_floor_builds():
     the fixed-rate share of a core; only the kernel side gets them."""
     workload = {
         "configs": {"none": {"throughput": {"mean": 10_000.0}},
-                    "kprobe": {"throughput_ratio": 0.9}},
+                    "kprobe": {"throughput_ratio": 0.9},
+                    "kprobe-filter": {"throughput_ratio": 0.97, "throughput_ci95": [0.9, 1.0]}},
         "bpf_run_time": {"target_hits_per_exchange": 12.0,
                          "by_kind": {"tracepoint": {"hits_per_exchange": 12.0,
                                                     "ns_per_exchange": 8000.0}}},
@@ -266,6 +267,9 @@ def test_decompose_sets_the_kernel_side_beside_its_floor_builds():
     assert f["filter"]["bpf_ns_per_hit"] == pytest.approx(1200.0 / 12)
     assert f["collector"]["fixed_rate_core_pct"] == 2.3
     assert f["filter"]["throughput"] == 20_000.0
+    # the saturation ratios come from the interleaved rounds, where the build ran as a config
+    assert f["filter"]["throughput_ratio"] == 0.97 and f["filter"]["throughput_ci95"] == [0.9, 1.0]
+    assert f["collector"]["throughput_ratio"] == 0.9 and f["record"]["throughput_ratio"] is None
     assert "floor_builds" not in oh.decompose(workload, None)["kprobe"]
     # a build without run time says so, and makes nothing up
     floors["filter"]["by_kind"] = {}

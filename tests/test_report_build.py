@@ -243,7 +243,8 @@ def test_the_kernel_side_is_shown_beside_its_floor_builds(tmp_path: Path) -> Non
     bench["decomposition"] = {"http11-keepalive/go2go": {"kprobe": {
         "hits_per_exchange": 12.2, "floor_builds": {
             b: {"bpf_ns_per_exchange_per_side": ns, "bpf_ns_per_hit": ns / 6.1,
-                "throughput": 20_000.0, "fixed_rate_core_pct": pct, "fixed_rate_bpf_pct": None}
+                "throughput_ratio": 0.9, "throughput_ci95": [0.85, 0.95], "p99_ratio": None,
+                "fixed_rate_core_pct": pct, "fixed_rate_bpf_pct": None}
             for b, (ns, pct) in figures.items()}}}}  # fmt: skip
     bench["floor_builds"] = {"http11-keepalive/go2go": {"filter": {"raw": 1}}}
     (tmp_path / "overhead.json").write_text(json.dumps(bench))
@@ -256,6 +257,7 @@ def test_the_kernel_side_is_shown_beside_its_floor_builds(tmp_path: Path) -> Non
                                           "hooks + target filter only"]  # fmt: skip
     assert [r["BPF, ns/exchange per side"] for r in rows] == ["3,660", "2,348", "587"]
     assert rows[1]["% of a core at fixed rate"] == "1.60%" and rows[0]["of which BPF"] == "—"
+    assert rows[2]["throughput ratio [95% CI]"] == "0.90× [0.85, 0.95]"
     assert "what recording each call pays before framing it" in md
     assert "`floor_builds`" not in md  # the raw pass is not dumped as an unknown section
 

@@ -357,10 +357,14 @@ def own_bpf_ns(
     return float(ns) - min(others_bpf_ns(hits_all, target_hits, ns_per_other_hit), float(ns))
 
 
-def floor_figures(builds: Mapping[str, Any], kind: str, coll: str) -> dict[str, Any]:
+def floor_figures(
+    builds: Mapping[str, Any], kind: str, coll: str, configs: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """Per floor build (the bench's floor pass, raw): BPF ns per exchange and side of the
-    workload's own hits, hits per exchange, saturation throughput, and at the fixed rate the
-    collector's share of a core and its BPF part."""
+    workload's own hits, hits per exchange, the pass's one saturation run, and at the fixed
+    rate the collector's share of a core and its BPF part; with the interleaved rounds'
+    ``configs`` (the collector as ``coll``, a floor build as ``coll-BUILD``), the saturation
+    ratios against no collector."""
     out: dict[str, Any] = {}
     for build, e in builds.items():
         k = (e.get("by_kind") or {}).get(kind) or {}
@@ -376,6 +380,9 @@ def floor_figures(builds: Mapping[str, Any], kind: str, coll: str) -> dict[str, 
             "fixed_rate_bpf_pct": at.get("bpf_pct"),
             "fixed_rate_process_pct": at.get("process_pct"),
         }
+        c = (configs or {}).get(coll if build == "collector" else f"{coll}-{build}") or {}
+        for key in ("throughput_ratio", "throughput_ci95", "p99_ratio"):
+            out[build][key] = c.get(key)
     return out
 
 
@@ -467,7 +474,7 @@ def decompose(
             "fixed_rate_idle_process_pct": (at_rate.get("idle") or {}).get("process_pct"),
         }
         if floor_builds and cost.every_process:
-            out[coll]["floor_builds"] = floor_figures(floor_builds, cost.kinds[0], coll)
+            out[coll]["floor_builds"] = floor_figures(floor_builds, cost.kinds[0], coll, configs)
         helpers = by_kind.get(cost.helper_kind) if cost.helper_kind else None
         if helpers:
             # they run for every process's syscalls: their hits count other processes too

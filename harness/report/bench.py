@@ -17,7 +17,9 @@ import pandas as pd
 
 from harness.collectors import registry
 
-CONFIG_LABEL = {**{c.name: c.called for c in registry.collectors()}, "both": "both"}
+CONFIG_LABEL = {**{c.name: c.called for c in registry.collectors()}, "both": "both",
+                "kprobe-record": "kernel side's floor: one record per call",
+                "kprobe-filter": "kernel side's floor: filter only"}  # fmt: skip
 # Per-config keys shown in the ratio table or deliberately left out (raw samples, the
 # per-metric comparison objects the table already summarises).
 KNOWN_CONFIG_KEYS = re.compile(
@@ -57,9 +59,9 @@ FLOOR_BUILD_LABEL = {
     "collector": "the collector (+ framing)",
 }
 FLOOR_COLUMNS = (
+    ("p99_ratio", "p99 ratio", "{:.2f}×"),
     ("bpf_ns_per_exchange_per_side", "BPF, ns/exchange per side", "{:,.0f}"),
     ("bpf_ns_per_hit", "BPF, ns/hit", "{:,.0f}"),
-    ("throughput", "exchanges/s (one run)", "{:,.0f}"),
     ("fixed_rate_core_pct", "% of a core at fixed rate", "{:.2f}%"),
     ("fixed_rate_bpf_pct", "of which BPF", "{:.2f}%"),
 )
@@ -358,8 +360,10 @@ class BenchView:
                 for build, f in builds.items():
                     if not isinstance(f, dict):
                         continue
+                    ratio = _ratio(f.get("throughput_ratio"), f.get("throughput_ci95"))
                     row = {"workload": workload_label(wl),
-                           "build": FLOOR_BUILD_LABEL.get(build, build)}  # fmt: skip
+                           "build": FLOOR_BUILD_LABEL.get(build, build),
+                           "throughput ratio [95% CI]": ratio}  # fmt: skip
                     for key, head, fmt in FLOOR_COLUMNS:
                         v = f.get(key)
                         row[head] = fmt.format(v) if isinstance(v, int | float) else "—"
