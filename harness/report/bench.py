@@ -52,7 +52,9 @@ DECOMPOSITION = (
 )
 
 
-# The kernel side's floor builds (recorder --floor), as the floor table names them.
+# The kernel side's floor builds as configurations of the bench's rounds
+FLOOR_CONFIGS = {"kprobe-record", "kprobe-filter"}
+# ... and as the floor table names them (recorder --floor)
 FLOOR_BUILD_LABEL = {
     "filter": "hooks + target filter only",
     "record": "+ one record of ≤ 255 B per call",
@@ -229,7 +231,8 @@ class BenchView:
             f"Pinning: server on CPU {place.get('server', '?')}, client on CPU "
             f"{place.get('client', '?')}, collectors {place.get('collectors', '?')}.",
             f"Rounds: {s.get('rounds', '?')} interleaved rounds ({s.get('order', '?')}) of no "
-            f"collector, each collector and both, scale {s.get('scale', '?')} of the "
+            f"collector, each collector and both{self._floor_configs()}, scale "
+            f"{s.get('scale', '?')} of the "
             f"standard exchange counts, {s.get('client', '?')} client, closed loop on "
             f"loopback; BPF statistics off during the rounds.",
             f"Statistics: {s.get('ci', '?')}; {s.get('test', '?')}.",
@@ -278,6 +281,7 @@ class BenchView:
                     continue
                 ci = c.get("ci95") or c.get("throughput_ci95") or [None, None]
                 rows.append({"workload": workload_label(wl), "config": config,
+                             "label": CONFIG_LABEL.get(config, config),
                              "ratio": c["throughput_ratio"], "lo": ci[0], "hi": ci[1],
                              "rounds": c.get("rounds"),
                              "unstable": bool(self.unstable(wl, config))})  # fmt: skip
@@ -345,6 +349,11 @@ class BenchView:
                     row[head] = fmt.format(v) if isinstance(v, int | float) else "—"
                 rows.append(row)
         return pd.DataFrame(rows)
+
+    def _floor_configs(self) -> str:
+        """`, and the kernel side's floor builds` when the rounds ran them."""
+        named = {c for wl in self.workloads() for c in self.configs(wl)}
+        return ", and the kernel side's floor builds" if named & FLOOR_CONFIGS else ""
 
     def floor_frame(self) -> pd.DataFrame:
         """The kernel side beside its floor builds (bench schema 4), per workload: what any

@@ -24,7 +24,8 @@ from harness.collectors import registry
 
 DPI = 100
 WIDTH = 12.4  # inches: 1240 px, the page's content width at 1400 px
-COLORS = {**{c.name: c.color for c in registry.collectors()}, "both": "#7b4fa0"}
+COLORS = {**{c.name: c.color for c in registry.collectors()}, "both": "#7b4fa0",
+          "kprobe-record": "#6aa8dc", "kprobe-filter": "#a9cdea"}  # the kernel side's floors
 LANG_SHADE = {"go": 1.0, "py": 0.55}
 NA = "#c9ced6"
 STYLE = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "xtick.labelsize": 10,
@@ -280,8 +281,9 @@ def overhead(pf: pd.DataFrame, path: Path) -> Path | None:
     ax.text(1.0, 1.005, "no collector", fontsize=9, ha="center", va="bottom",
             transform=ax.get_xaxis_transform())  # fmt: skip
     names = {c.name: c.called for c in registry.collectors()}
-    ax.set_yticks(ys, [f"{r.workload} · {names.get(r.config, r.config)} (n={r.rounds} rounds)"
-                       for r in pf.itertuples()])  # fmt: skip
+    label = pf["label"] if "label" in pf else pf["config"].map(lambda c: names.get(c, c))
+    ax.set_yticks(ys, [f"{r.workload} · {lab} (n={r.rounds} rounds)"
+                       for r, lab in zip(pf.itertuples(), label, strict=True)])  # fmt: skip
     ax.invert_yaxis()
     ax.set_xlim(0, max(1.1, float(pf["hi"].max(skipna=True) or 0) + 0.05))
     ax.set_xlabel("throughput with the collector / without (×), 95% CI")
