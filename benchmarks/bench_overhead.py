@@ -892,15 +892,14 @@ def _floor_pass(sess: Session, work_dir: Path, scale: float) -> dict[str, Any]:
 
 def _print_floor(key: str, builds: dict[str, Any]) -> None:
     print(f"\n{key}, the kernel side against its floor builds:")
-    for build, e in builds.items():
-        k = e["by_kind"].get("tracepoint") or {}
-        own = oh.own_bpf_ns(k, e.get("target_hits_per_exchange"),
-                            e["idle"].get("kprobe_ns_per_hit"))  # fmt: skip
-        at = e.get("fixed_rate") or {}
-        side = "n/a" if own is None else f"{own / 2:,.0f}"
-        print(f"  {build:9s} {side} ns BPF per exchange and side, {e['throughput']:.0f}/s; "
-              f"at {FIXED_RATE:.0f}/s {at.get('core_pct', float('nan')):.2f}% of a core "
-              f"(BPF {at.get('bpf_pct', float('nan')):.2f}%)")  # fmt: skip
+    cost = registry.get("kprobe").bpf
+    figures = oh.floor_figures(builds, cost.kinds if cost else (), "kprobe")
+    for build, f in figures.items():
+        side = f["bpf_ns_per_exchange_per_side"]
+        print(f"  {build:9s} {'n/a' if side is None else format(side, ',.0f')} ns BPF per "
+              f"exchange and side, {f['throughput']:.0f}/s; at {FIXED_RATE:.0f}/s "
+              f"{f['fixed_rate_core_pct'] or float('nan'):.2f}% of a core "
+              f"(BPF {f['fixed_rate_bpf_pct'] or float('nan'):.2f}%)")  # fmt: skip
 
 
 def _name_programs(programs: list[dict[str, Any]], stats: dict[str, dict[str, Any]]) -> None:

@@ -358,16 +358,20 @@ def own_bpf_ns(
 
 
 def floor_figures(
-    builds: Mapping[str, Any], kind: str, coll: str, configs: Mapping[str, Any] | None = None
+    builds: Mapping[str, Any],
+    kinds: Sequence[str],
+    coll: str,
+    configs: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Per floor build (the bench's floor pass, raw): BPF ns per exchange and side of the
     workload's own hits, hits per exchange, the pass's one saturation run, and at the fixed
     rate the collector's share of a core and its BPF part; with the interleaved rounds'
     ``configs`` (the collector as ``coll``, a floor build as ``coll-BUILD``), the saturation
-    ratios against no collector."""
+    ratios against no collector. The programs are the first of ``kinds`` that ran."""
     out: dict[str, Any] = {}
     for build, e in builds.items():
-        k = (e.get("by_kind") or {}).get(kind) or {}
+        by_kind = e.get("by_kind") or {}
+        k: Mapping[str, Any] = next((by_kind[x] for x in kinds if by_kind.get(x)), {})
         hits = e.get("target_hits_per_exchange")
         own = own_bpf_ns(k, hits, (e.get("idle") or {}).get(f"{coll}_ns_per_hit"))
         at = e.get("fixed_rate") or {}
@@ -474,7 +478,7 @@ def decompose(
             "fixed_rate_idle_process_pct": (at_rate.get("idle") or {}).get("process_pct"),
         }
         if floor_builds and cost.every_process:
-            out[coll]["floor_builds"] = floor_figures(floor_builds, cost.kinds[0], coll, configs)
+            out[coll]["floor_builds"] = floor_figures(floor_builds, cost.kinds, coll, configs)
         helpers = by_kind.get(cost.helper_kind) if cost.helper_kind else None
         if helpers:
             # they run for every process's syscalls: their hits count other processes too
