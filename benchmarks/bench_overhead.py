@@ -805,15 +805,20 @@ def _bpf_pass(sess: Session, work_dir: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, res in run.results.items():
         _name_programs(res.programs, run.collector_stats)
-        by_kind = _by_kind(res.programs, res.exchanges)
-        out[key] = {"config": config, "exchanges": res.exchanges, "throughput": res.throughput,
-                    "by_kind": by_kind,
+        out[key] = {"config": config, **_bpf_figures(res),
                     "programs": [p for p in res.programs if p["run_cnt"]]}  # fmt: skip
-        if res.traced_hits is not None:
-            # the workload's own processes' hits; the rest of run_cnt is other processes'
-            # syscalls passing the filter
-            out[key]["target_hits_per_exchange"] = res.traced_hits / res.exchanges
-        out[key]["idle"] = _idle(res)
+    return out
+
+
+def _bpf_figures(res: RunResult) -> dict[str, Any]:
+    """One client's run with BPF stats on: its programs' totals by kind, the workload's own
+    hits and the idle span (what oh.decompose and oh.floor_figures read)."""
+    out = {"exchanges": res.exchanges, "throughput": res.throughput,
+           "by_kind": _by_kind(res.programs, res.exchanges), "idle": _idle(res)}  # fmt: skip
+    if res.traced_hits is not None:
+        # the workload's own processes' hits; the rest of run_cnt is other processes'
+        # syscalls passing the filter
+        out["target_hits_per_exchange"] = res.traced_hits / res.exchanges
     return out
 
 
@@ -875,11 +880,7 @@ def _floor_pass(sess: Session, work_dir: Path, scale: float) -> dict[str, Any]:
                              options=opts)  # fmt: skip
         for key, res in run.results.items():
             _name_programs(res.programs, run.collector_stats)
-            e = out.setdefault(key, {})[build] = {
-                "exchanges": res.exchanges, "throughput": res.throughput,
-                "by_kind": _by_kind(res.programs, res.exchanges), "idle": _idle(res)}  # fmt: skip
-            if res.traced_hits is not None:
-                e["target_hits_per_exchange"] = res.traced_hits / res.exchanges
+            out.setdefault(key, {})[build] = _bpf_figures(res)
         with bpf_stats_enabled(), servers_running(paced) as targets:
             run = run_config("kprobe", targets, work_dir, seed=4001, with_bpf_stats=True,
                              rate=FIXED_RATE, idle_span=FIXED_IDLE_S, options=opts)  # fmt: skip

@@ -343,11 +343,9 @@ class BenchView:
                     d["cpu_ms_per_1k"] = 1000 * (u + (sy if isinstance(sy, int | float) else 0))
                 if isinstance(d.get("recorder_ns_per_exchange"), int | float):
                     d["cpu_ms_per_1k"] = d["recorder_ns_per_exchange"] / 1000  # exact, if read
-                row = {"workload": workload_label(wl), "collector": CONFIG_LABEL.get(coll, coll)}
-                for key, head, fmt in DECOMPOSITION:
-                    v = d.get(key)
-                    row[head] = fmt.format(v) if isinstance(v, int | float) else "—"
-                rows.append(row)
+                rows.append({"workload": workload_label(wl),
+                             "collector": CONFIG_LABEL.get(coll, coll),
+                             **_cells(d, DECOMPOSITION)})  # fmt: skip
         return pd.DataFrame(rows)
 
     def _floor_configs(self) -> str:
@@ -370,13 +368,10 @@ class BenchView:
                     if not isinstance(f, dict):
                         continue
                     ratio = _ratio(f.get("throughput_ratio"), f.get("throughput_ci95"))
-                    row = {"workload": workload_label(wl),
-                           "build": FLOOR_BUILD_LABEL.get(build, build),
-                           "throughput ratio [95% CI]": ratio}  # fmt: skip
-                    for key, head, fmt in FLOOR_COLUMNS:
-                        v = f.get(key)
-                        row[head] = fmt.format(v) if isinstance(v, int | float) else "—"
-                    rows.append(row)
+                    rows.append({"workload": workload_label(wl),
+                                 "build": FLOOR_BUILD_LABEL.get(build, build),
+                                 "throughput ratio [95% CI]": ratio,
+                                 **_cells(f, FLOOR_COLUMNS)})  # fmt: skip
         return pd.DataFrame(rows)
 
     def fixed_rate_line(self) -> str:
@@ -451,6 +446,13 @@ def _records(
                 if isinstance(n, int) and n and isinstance(t, int | float):
                     r["ns per run"] = _val(t / n)
                 lists.setdefault(k, []).append(r)
+
+
+def _cells(d: dict[str, Any], columns: tuple[tuple[str, str, str], ...]) -> dict[str, str]:
+    """A table row's numeric cells: each (key, header, format) of `columns` from `d`, "—"
+    where `d` has no number."""
+    return {head: fmt.format(d[key]) if isinstance(d.get(key), int | float) else "—"
+            for key, head, fmt in columns}  # fmt: skip
 
 
 def _val(v: Any) -> str:

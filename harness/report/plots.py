@@ -264,7 +264,8 @@ def sweep(sw: pd.DataFrame, path: Path) -> Path | None:
 
 
 def overhead(pf: pd.DataFrame, path: Path) -> Path | None:
-    """Throughput ratio to no collector with 95% CI whiskers, per workload and collector."""
+    """Throughput ratio to no collector with 95% CI whiskers, per workload and collector
+    (BenchView.plot_frame: `label` names the collector as the tables do)."""
     if pf.empty:
         return None
     pf = pf.sort_values(["workload", "config"]).reset_index(drop=True)
@@ -280,10 +281,8 @@ def overhead(pf: pd.DataFrame, path: Path) -> Path | None:
     ax.axvline(1.0, color="black", linewidth=1)
     ax.text(1.0, 1.005, "no collector", fontsize=9, ha="center", va="bottom",
             transform=ax.get_xaxis_transform())  # fmt: skip
-    names = {c.name: c.called for c in registry.collectors()}
-    label = pf["label"] if "label" in pf else pf["config"].map(lambda c: names.get(c, c))
-    ax.set_yticks(ys, [f"{r.workload} · {lab} (n={r.rounds} rounds)"
-                       for r, lab in zip(pf.itertuples(), label, strict=True)])  # fmt: skip
+    ax.set_yticks(ys, [f"{r.workload} · {r.label} (n={r.rounds} rounds)"
+                       for r in pf.itertuples()])  # fmt: skip
     ax.invert_yaxis()
     ax.set_xlim(0, max(1.1, float(pf["hi"].max(skipna=True) or 0) + 0.05))
     ax.set_xlabel("throughput with the collector / without (×), 95% CI")
